@@ -1,0 +1,141 @@
+// Package client is the Go client of ward's authority API. It dials the
+// local admin socket (unix:///path) and exposes the generated service
+// clients, plus helpers that make it an envelope.KMS for the envelope
+// package.
+package client
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/local"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+)
+
+// EnvAddress is the environment variable that names the authority.
+const EnvAddress = "WARD_ADDRESS"
+
+// Client is a connection to a ward authority. Safe for concurrent use.
+type Client struct {
+	conn     *grpc.ClientConn
+	Operator wardv1.OperatorClient
+	Keys     wardv1.KeysClient
+	KMS      wardv1.KMSClient
+	Audit    wardv1.AuditClient
+}
+
+type options struct {
+	tls *tls.Config
+}
+
+// Option configures Dial.
+type Option func(*options)
+
+// WithTLS sets the mTLS configuration used for host:port addresses.
+func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
+
+// ResolveAddress returns flag if set, else $WARD_ADDRESS, else an error
+// that says how to set it.
+func ResolveAddress(flag string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if v := os.Getenv(EnvAddress); v != "" {
+		return v, nil
+	}
+	return "", errors.New("no authority address: pass --address unix:///path/to/admin.sock (or host:port), or set WARD_ADDRESS (`ward server --dev` prints the line to paste)")
+}
+
+// Dial connects to address: "unix:///abs/path" for the admin socket or
+// "host:port" (requires WithTLS). It does not block.
+func Dial(address string, opts ...Option) (*Client, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	var creds credentials.TransportCredentials
+	switch {
+	case strings.HasPrefix(address, "unix://"):
+		if !strings.HasPrefix(address, "unix:///") {
+			return nil, fmt.Errorf("address %q: a unix address needs an absolute path, as in unix:///var/lib/ward/admin.sock", address)
+		}
+		creds = local.NewCredentials()
+	case strings.Contains(address, "://"):
+		return nil, fmt.Errorf("address %q: use unix:///path or host:port", address)
+	default:
+		if o.tls == nil {
+			return nil, fmt.Errorf("address %q is TCP, which needs mutual TLS with a workload identity; use the admin socket (unix:///path) here", address)
+		}
+		creds = credentials.NewTLS(o.tls)
+	}
+	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(creds))
+	if err != nil {
+		return nil, fmt.Errorf("connecting to %s: %w", address, err)
+	}
+	return &Client{conn: conn,
+		Operator: wardv1.NewOperatorClient(conn), Keys: wardv1.NewKeysClient(conn),
+		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn)}, nil
+}
+
+// Close closes the connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// GenerateDataKey returns a fresh data key in plaintext and wrapped under
+// keyName's active version, bound to encCtx. It satisfies envelope.KMS.
+func (c *Client) GenerateDataKey(ctx context.Context, keyName string, encCtx map[string]string) (plaintext, wrapped []byte, err error) {
+	r, err := c.KMS.GenerateDataKey(ctx, &wardv1.GenerateDataKeyRequest{Key: keyName, Context: encCtx})
+	if err != nil {
+		return nil, nil, Unwrap(err)
+	}
+	return r.Plaintext, r.Wrapped, nil
+}
+
+// Decrypt unwraps a KMS ciphertext. It satisfies envelope.KMS.
+func (c *Client) Decrypt(ctx context.Context, wrapped []byte, encCtx map[string]string) ([]byte, error) {
+	r, err := c.KMS.Decrypt(ctx, &wardv1.DecryptRequest{Ciphertext: wrapped, Context: encCtx})
+	if err != nil {
+		return nil, Unwrap(err)
+	}
+	return r.Plaintext, nil
+}
+
+// Rewrap re-wraps a KMS ciphertext under its key's newest version without
+// revealing the plaintext. It satisfies envelope.KMS.
+func (c *Client) Rewrap(ctx context.Context, wrapped []byte, encCtx map[string]string) ([]byte, error) {
+	r, err := c.KMS.Rewrap(ctx, &wardv1.RewrapRequest{Ciphertext: wrapped, Context: encCtx})
+	if err != nil {
+		return nil, Unwrap(err)
+	}
+	return r.Ciphertext, nil
+}
+
+// Error is an API error with its gRPC code name.
+type Error struct {
+	Code    string
+	Message string
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Unwrap turns a gRPC status error into an *Error whose text is the
+// server's message (which says what failed and what to do); connection
+// failures get a hint about the address.
+func Unwrap(err error) error {
+	s, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	msg := s.Message()
+	if s.Code().String() == "Unavailable" && strings.Contains(msg, "connection") {
+		msg = "cannot reach the authority (" + msg + "): is `ward server` running, and does --address / WARD_ADDRESS point at its admin socket?"
+	}
+	return &Error{Code: s.Code().String(), Message: msg}
+}

@@ -1,0 +1,248 @@
+// Package config reads and validates the authority's YAML configuration
+// (`ward server --config ward.yaml`). Unknown fields, bad durations and
+// inconsistent settings are errors that name the field and what to do;
+// nothing starts on a config that does not validate.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"gopkg.in/yaml.v3"
+
+	"github.com/wardproject/ward/internal/kms"
+	"github.com/wardproject/ward/internal/kmsfmt"
+)
+
+// Duration is a time.Duration that YAML reads from "90s", "12h" or "30d".
+type Duration time.Duration
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %v", n.Line, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseDuration accepts Go durations plus a "d" (days) suffix.
+func ParseDuration(s string) (time.Duration, error) {
+	s = strings.TrimSpace(s)
+	if strings.HasSuffix(s, "d") {
+		n, err := strconv.ParseFloat(strings.TrimSuffix(s, "d"), 64)
+		if err != nil || n < 0 {
+			return 0, fmt.Errorf("bad duration %q: use e.g. 90s, 12h or 30d", s)
+		}
+		return time.Duration(n * float64(24*time.Hour)), nil
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("bad duration %q: use e.g. 90s, 12h or 30d", s)
+	}
+	return v, nil
+}
+
+// Server is the authority's configuration.
+type Server struct {
+	TrustDomain string  `yaml:"trust_domain"`
+	DataDir     string  `yaml:"data_dir"`
+	AdminSocket string  `yaml:"admin_socket"`
+	HTTPAddress string  `yaml:"http_address"`
+	LogLevel    string  `yaml:"log_level"`
+	Storage     Storage `yaml:"storage"`
+	Seal        Seal    `yaml:"seal"`
+	KMS         KMS     `yaml:"kms"`
+}
+
+// Storage selects the backend.
+type Storage struct {
+	Backend string `yaml:"backend"` // bbolt (default) or etcd
+	Bbolt   Bbolt  `yaml:"bbolt"`
+	Etcd    Etcd   `yaml:"etcd"`
+}
+
+// Bbolt configures the embedded store.
+type Bbolt struct {
+	Path string `yaml:"path"` // default <data_dir>/ward.db
+}
+
+// Etcd configures the distributed store.
+type Etcd struct {
+	Endpoints   []string `yaml:"endpoints"`
+	Prefix      string   `yaml:"prefix"`
+	CAFile      string   `yaml:"ca_file"`
+	CertFile    string   `yaml:"cert_file"`
+	KeyFile     string   `yaml:"key_file"`
+	DialTimeout Duration `yaml:"dial_timeout"`
+}
+
+// Seal selects how the root key is protected.
+type Seal struct {
+	Type    string `yaml:"type"` // shamir (default) or keyfile
+	KeyFile string `yaml:"key_file"`
+}
+
+// KMS configures key management.
+type KMS struct {
+	RotationCheckInterval Duration                  `yaml:"rotation_check_interval"`
+	Classifications       map[string]Classification `yaml:"classifications"`
+}
+
+// Classification is one row of the operator's classification table.
+type Classification struct {
+	Algorithm      string   `yaml:"algorithm"`
+	RotationPeriod Duration `yaml:"rotation_period"`
+	KeepVersions   uint32   `yaml:"keep_versions"`
+}
+
+// Load reads, defaults and validates the file at path.
+func Load(path string) (*Server, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	c, err := Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes YAML strictly (unknown fields are errors), applies
+// defaults and validates.
+func Parse(b []byte) (*Server, error) {
+	var c Server
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("file is empty: see docs/configuration.md for an example")
+		}
+		return nil, fmt.Errorf("invalid YAML: %v", err)
+	}
+	c.defaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+func (c *Server) defaults() {
+	if c.Storage.Backend == "" {
+		c.Storage.Backend = "bbolt"
+	}
+	if c.DataDir != "" {
+		if c.Storage.Bbolt.Path == "" {
+			c.Storage.Bbolt.Path = filepath.Join(c.DataDir, "ward.db")
+		}
+		if c.AdminSocket == "" {
+			c.AdminSocket = filepath.Join(c.DataDir, "admin.sock")
+		}
+	}
+	if c.Seal.Type == "" {
+		c.Seal.Type = "shamir"
+	}
+	if c.Storage.Etcd.Prefix == "" {
+		c.Storage.Etcd.Prefix = "/ward/" + c.TrustDomain + "/"
+	}
+	if c.Storage.Etcd.DialTimeout == 0 {
+		c.Storage.Etcd.DialTimeout = Duration(5 * time.Second)
+	}
+	if c.KMS.RotationCheckInterval == 0 {
+		c.KMS.RotationCheckInterval = Duration(time.Minute)
+	}
+	if c.LogLevel == "" {
+		c.LogLevel = "info"
+	}
+}
+
+// Validate checks the configuration as a whole.
+func (c *Server) Validate() error {
+	if c.TrustDomain == "" {
+		return errors.New("trust_domain is required (for example prod-eu.example.org)")
+	}
+	if err := ValidateTrustDomain(c.TrustDomain); err != nil {
+		return fmt.Errorf("trust_domain: %v", err)
+	}
+	if c.DataDir == "" {
+		return errors.New("data_dir is required: the directory for the admin socket and (with bbolt) the data file")
+	}
+	switch c.Storage.Backend {
+	case "bbolt":
+	case "etcd":
+		if len(c.Storage.Etcd.Endpoints) == 0 {
+			return errors.New("storage.etcd.endpoints is empty: list at least one etcd endpoint such as https://10.0.0.1:2379")
+		}
+		e := c.Storage.Etcd
+		if (e.CertFile == "") != (e.KeyFile == "") {
+			return errors.New("storage.etcd: cert_file and key_file go together: set both or neither")
+		}
+	default:
+		return fmt.Errorf("storage.backend %q is unknown: use bbolt or etcd", c.Storage.Backend)
+	}
+	switch c.Seal.Type {
+	case "shamir":
+	case "keyfile":
+		if c.Seal.KeyFile == "" {
+			return errors.New("seal.key_file is required with seal.type keyfile (development only)")
+		}
+	default:
+		return fmt.Errorf("seal.type %q is unknown: use shamir or keyfile", c.Seal.Type)
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level %q is unknown: use debug, info, warn or error", c.LogLevel)
+	}
+	if time.Duration(c.KMS.RotationCheckInterval) < time.Second {
+		return errors.New("kms.rotation_check_interval must be at least 1s")
+	}
+	if _, err := c.ClassificationTable(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ClassificationTable returns the configured table, or the default one.
+// A configured row replaces the default row of the same name.
+func (c *Server) ClassificationTable() (kms.Table, error) {
+	t := kms.DefaultTable()
+	for name, row := range c.KMS.Classifications {
+		alg, err := kmsfmt.ParseAlg(row.Algorithm)
+		if row.Algorithm == "" {
+			alg, err = kmsfmt.AlgAES256GCMHKDF, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kms.classifications.%s.algorithm: %v", name, err)
+		}
+		if row.RotationPeriod == 0 {
+			return nil, fmt.Errorf("kms.classifications.%s.rotation_period is required (e.g. 90d)", name)
+		}
+		t[name] = kms.Classification{Name: name, Algorithm: alg, RotationPeriod: time.Duration(row.RotationPeriod), KeepVersions: row.KeepVersions}
+	}
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("kms.classifications: %v", err)
+	}
+	return t, nil
+}
+
+// ValidateTrustDomain checks a SPIFFE trust domain name with go-spiffe.
+func ValidateTrustDomain(td string) error {
+	if _, err := spiffeid.TrustDomainFromString(td); err != nil {
+		return fmt.Errorf("%q is not a valid SPIFFE trust domain (%v): use lowercase letters, digits, '.', '-' and '_', e.g. prod-eu.example.org", td, err)
+	}
+	if strings.Contains(td, "://") {
+		return fmt.Errorf("%q: give the bare trust domain name, without spiffe://", td)
+	}
+	return nil
+}

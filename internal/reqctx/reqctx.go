@@ -1,0 +1,38 @@
+// Package reqctx carries who is calling and the request id through a
+// context, from the API layer down to the services that audit them.
+package reqctx
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+)
+
+// Caller identifies the origin of a request.
+type Caller struct {
+	// Actor names who acts: "admin:uid=1000" on the admin socket, a
+	// SPIFFE ID over mTLS, "system:rotation" for scheduled jobs.
+	Actor string
+	// RequestID correlates the request with its audit events and errors.
+	RequestID string
+}
+
+type key struct{}
+
+// With returns ctx carrying c.
+func With(ctx context.Context, c Caller) context.Context { return context.WithValue(ctx, key{}, c) }
+
+// From returns the caller in ctx; an unknown caller has Actor "unknown".
+func From(ctx context.Context) Caller {
+	if c, ok := ctx.Value(key{}).(Caller); ok {
+		return c
+	}
+	return Caller{Actor: "unknown"}
+}
+
+// NewRequestID returns a random 128-bit request id in hex.
+func NewRequestID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
