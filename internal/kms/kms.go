@@ -77,7 +77,9 @@ const (
 
 func (e *Error) Error() string { return e.Msg }
 
-func errorf(k Kind, format string, a ...any) error { return &Error{Kind: k, Msg: fmt.Sprintf(format, a...)} }
+func errorf(k Kind, format string, a ...any) error {
+	return &Error{Kind: k, Msg: fmt.Sprintf(format, a...)}
+}
 
 // KindOf returns the kind of err, or 0.
 func KindOf(err error) Kind {
