@@ -1,0 +1,312 @@
+package envelope
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+)
+
+// job is one batch of consecutive segments sealed or opened together.
+type job struct {
+	buf   []byte // sealing: plaintext at i*(S+16), sealed in place
+	out   []byte // opening: plaintext, contiguous
+	n     int    // sealing: plaintext bytes; opening: ciphertext bytes
+	first uint64 // index of the first segment
+	last  bool   // holds the final segment
+	done  chan struct{}
+	ok    int   // opening: plaintext bytes that verified
+	err   error // opening: first failure
+	res   []byte
+}
+
+// pool runs jobs on a bounded set of goroutines.
+type pool struct {
+	jobs chan *job
+	wg   sync.WaitGroup
+}
+
+func newPool(workers int, run func(*job)) *pool {
+	p := &pool{jobs: make(chan *job, workers)}
+	for range workers {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for j := range p.jobs {
+				run(j)
+				close(j.done)
+			}
+		}()
+	}
+	return p
+}
+
+func (p *pool) stop() {
+	close(p.jobs)
+	p.wg.Wait()
+}
+
+// Writer encrypts a stream. Create it with NewWriter; Close writes the
+// final segment and must be called.
+type Writer struct {
+	dst      io.Writer
+	k        *keys
+	seg      int
+	per      int // segments per job
+	inflight int
+	workers  int
+	pool     *pool
+	free     [][]byte
+	pending  []*job
+	cur      *job
+	next     uint64
+	err      error
+	closed   bool
+	hdr      *Header
+}
+
+// NewWriter writes an envelope header to dst and returns a Writer whose
+// plaintext is sealed segment by segment under a fresh data key from kms
+// (wrapped by keyName). Nothing is written to dst if an error is returned.
+func NewWriter(ctx context.Context, dst io.Writer, kms KMS, keyName string, opts ...Option) (*Writer, error) {
+	c, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if c.alg == ChaCha20Poly1305 {
+		if _, err := deriveKeys(&Header{Alg: c.alg}, make([]byte, DataKeySize)); err != nil {
+			return nil, err
+		}
+	}
+	h := &Header{Format: FormatV1, Alg: c.alg, SegmentSize: c.segSize, Classification: c.classification, Metadata: c.meta}
+	if h.Metadata == nil {
+		h.Metadata = map[string]string{}
+	}
+	rand.Read(h.salt[:])
+	rand.Read(h.prefix[:])
+	h.ObjectID = fmt.Sprintf("%x", h.salt[:])
+	dk, wrapped, err := kms.GenerateDataKey(ctx, keyName, h.kmsContext(c.extCtx))
+	if err != nil {
+		return nil, fmt.Errorf("generating a data key under key %q: %w", keyName, err)
+	}
+	defer clear(dk)
+	if len(wrapped) == 0 || len(wrapped) > MaxWrappedKey {
+		return nil, fmt.Errorf("%w: the KMS returned a %d-byte wrapped key (limit %d)", ErrInvalid, len(wrapped), MaxWrappedKey)
+	}
+	h.wrapped = wrapped
+	k, err := deriveKeys(h, dk)
+	if err != nil {
+		return nil, err
+	}
+	h.tag = k.headerTag(h, c.extCtx)
+	h.encode()
+	// Round-trip through the parser so every header we write parses.
+	ph, err := parseRaw(h.raw)
+	if err != nil {
+		return nil, fmt.Errorf("the KMS returned a wrapped key this format cannot hold: %w", err)
+	}
+	if _, err := dst.Write(h.raw); err != nil {
+		return nil, fmt.Errorf("writing envelope header: %w", err)
+	}
+	w := &Writer{dst: dst, k: k, seg: c.segSize, per: batchSegments(c.segSize), workers: c.workers, hdr: ph}
+	w.inflight = 2 * c.workers
+	if c.workers > 1 {
+		w.pool = newPool(c.workers, w.seal)
+	}
+	return w, nil
+}
+
+// Header returns the header written to dst.
+func (w *Writer) Header() *Header { return w.hdr }
+
+func (w *Writer) capacity() int { return w.per * w.seg }
+
+func (w *Writer) newJob() *job {
+	var b []byte
+	if n := len(w.free); n > 0 {
+		b, w.free = w.free[n-1], w.free[:n-1]
+	} else {
+		b = make([]byte, w.per*segCT(w.seg))
+	}
+	return &job{buf: b, first: w.next, done: make(chan struct{})}
+}
+
+// slot returns the free space of the current segment in the current job.
+func (w *Writer) slot() []byte {
+	j := w.cur
+	i, off := j.n/w.seg, j.n%w.seg
+	base := i * segCT(w.seg)
+	return j.buf[base+off : base+w.seg]
+}
+
+// seal seals a job's segments in place.
+func (w *Writer) seal(j *job) {
+	var nb [12]byte
+	nseg := (j.n + w.seg - 1) / w.seg
+	if nseg == 0 {
+		nseg = 1 // the empty final segment of an empty stream
+	}
+	out := 0
+	for i := range nseg {
+		l := min(w.seg, j.n-i*w.seg)
+		base := i * segCT(w.seg)
+		last := j.last && i == nseg-1
+		w.k.aead.Seal(j.buf[base:base], w.k.nonce(&nb, j.first+uint64(i), last), j.buf[base:base+l], nil)
+		out = base + l + segTag
+	}
+	j.res = j.buf[:out]
+}
+
+// submit hands the current job to the workers and writes out finished
+// jobs, in order, once too many are in flight.
+func (w *Writer) submit(last bool) error {
+	j := w.cur
+	w.cur = nil
+	j.last = last
+	nseg := max(1, (j.n+w.seg-1)/w.seg)
+	if j.first+uint64(nseg) > maxSegs {
+		return fmt.Errorf("%w: more than %d segments; use a larger segment size", ErrTooLarge, uint64(maxSegs))
+	}
+	w.next = j.first + uint64(nseg)
+	if w.pool == nil {
+		w.seal(j)
+		close(j.done)
+	} else {
+		w.pool.jobs <- j
+	}
+	w.pending = append(w.pending, j)
+	for len(w.pending) > w.inflight || (last && len(w.pending) > 0) {
+		if err := w.flushOne(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (w *Writer) flushOne() error {
+	j := w.pending[0]
+	<-j.done
+	w.pending = w.pending[1:]
+	_, err := w.dst.Write(j.res)
+	w.free = append(w.free, j.buf)
+	if err != nil {
+		return fmt.Errorf("writing encrypted segments: %w", err)
+	}
+	return nil
+}
+
+// ensure makes room for at least one more plaintext byte.
+func (w *Writer) ensure() error {
+	if w.cur != nil && w.cur.n == w.capacity() {
+		if err := w.submit(false); err != nil {
+			return err
+		}
+	}
+	if w.cur == nil {
+		w.cur = w.newJob()
+	}
+	return nil
+}
+
+// Write encrypts p. Segments are released to dst in order as they seal.
+func (w *Writer) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, errors.New("envelope: write after Close")
+	}
+	total := 0
+	for len(p) > 0 {
+		if err := w.ensure(); err != nil {
+			w.fail(err)
+			return total, err
+		}
+		n := copy(w.slot(), p)
+		w.cur.n += n
+		p = p[n:]
+		total += n
+	}
+	return total, nil
+}
+
+// ReadFrom encrypts everything r yields, reading straight into segment
+// buffers (io.Copy uses it).
+func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	if w.closed {
+		return 0, errors.New("envelope: write after Close")
+	}
+	var total int64
+	for {
+		if w.cur != nil && w.cur.n == w.capacity() {
+			// Only submit a full job once more data exists: the final
+			// segment must carry the last flag.
+			nj := w.newJob()
+			n, err := io.ReadFull(r, nj.buf[:1])
+			if n == 0 {
+				w.free = append(w.free, nj.buf)
+				if err == io.EOF {
+					return total, nil
+				}
+				w.fail(err)
+				return total, err
+			}
+			if err := w.submit(false); err != nil {
+				w.fail(err)
+				return total, err
+			}
+			nj.first = w.next
+			nj.n = 1
+			w.cur = nj
+			total++
+		}
+		if w.cur == nil {
+			w.cur = w.newJob()
+		}
+		n, err := r.Read(w.slot())
+		w.cur.n += n
+		total += int64(n)
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			w.fail(err)
+			return total, err
+		}
+	}
+}
+
+func (w *Writer) fail(err error) {
+	if w.err == nil {
+		w.err = err
+	}
+}
+
+// Close seals the final segment, writes everything out and stops the
+// workers. It does not close dst.
+func (w *Writer) Close() error {
+	if w.closed {
+		return w.err
+	}
+	w.closed = true
+	if w.err == nil {
+		if w.cur == nil {
+			w.cur = w.newJob()
+		}
+		w.fail(w.submit(true))
+	}
+	for _, j := range w.pending {
+		<-j.done
+	}
+	w.pending = nil
+	if w.pool != nil {
+		w.pool.stop()
+	}
+	clear(w.k.hdrKey)
+	return w.err
+}
