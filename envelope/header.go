@@ -63,8 +63,8 @@ const (
 
 	saltSize   = 32
 	prefixSize = 7
-	tagSize    = 32 // header tag (HMAC-SHA256)
-	segTag     = 16 // AEAD tag per segment
+	tagSize    = 32                                        // header tag (HMAC-SHA256)
+	segTag     = 16                                        // AEAD tag per segment
 	fixedSize  = 4 + 1 + 1 + 4 + 4 + saltSize + prefixSize // through the nonce prefix
 	maxSegs    = 1 << 32
 )
