@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -324,7 +325,11 @@ func (m *Manager) load(ctx context.Context, name string) (*loaded, error) {
 // mutate applies f to a fresh copy of the key's record and stores it with
 // compare-and-swap, retrying on conflicts with other writers.
 func (m *Manager) mutate(ctx context.Context, name string, f func(rec *KeyRecord) error) (*loaded, error) {
-	for attempt := 0; attempt < 8; attempt++ {
+	for attempt := 0; attempt < 64; attempt++ {
+		if attempt > 0 {
+			// Back off a little, with jitter, so contending writers spread out.
+			time.Sleep(time.Duration(mrand.Int64N(int64(attempt)*int64(time.Millisecond) + 1)))
+		}
 		l, err := m.load(ctx, name)
 		if err != nil {
 			return nil, err
@@ -479,10 +484,12 @@ func (m *Manager) Rotate(ctx context.Context, name string) (View, error) {
 }
 
 func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View, error) {
-	if !onlyIfDue {
-		if err := m.auditStart(ctx, "key.rotate", name, nil); err != nil {
-			return View{}, err
-		}
+	fields := map[string]string{}
+	if onlyIfDue {
+		fields["trigger"] = "schedule"
+	}
+	if err := m.auditStart(ctx, "key.rotate", name, fields); err != nil {
+		return View{}, err
 	}
 	var disabled []string
 	skipped := false
@@ -512,20 +519,14 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 		return nil
 	})
 	if err != nil {
-		if onlyIfDue {
-			return View{}, err
-		}
-		return View{}, m.auditEnd(ctx, "key.rotate", name, 0, nil, err)
+		return View{}, m.auditEnd(ctx, "key.rotate", name, 0, fields, err)
 	}
 	if skipped {
-		return m.view(l), nil
+		fields["skipped"] = "another authority rotated it first"
+		return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), fields, nil)
 	}
-	fields := map[string]string{}
 	if len(disabled) > 0 {
 		fields["disabled_versions"] = strings.Join(disabled, ",")
-	}
-	if onlyIfDue {
-		fields["trigger"] = "schedule"
 	}
 	return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), fields, nil)
 }
