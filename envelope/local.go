@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -184,11 +183,7 @@ func (l *LocalKMS) Decrypt(_ context.Context, wrapped []byte, encCtx map[string]
 	if kv == nil {
 		return nil, fmt.Errorf("key %s has no version %d in this local key file", l.name, h.Version)
 	}
-	pt, err := kv.Decrypt(h, raw, payload, encCtx)
-	if errors.Is(err, kmscrypto.ErrAuth) {
-		return nil, fmt.Errorf("key %s version %d: %w", l.name, h.Version, err)
-	}
-	return pt, err
+	return kv.Decrypt(h, raw, payload, encCtx)
 }
 
 // Rewrap implements KMS.

@@ -12,6 +12,7 @@ import (
 // job is one batch of consecutive segments sealed or opened together.
 type job struct {
 	buf   []byte // sealing: plaintext at i*(S+16), sealed in place
+	src   []byte // sealing: plaintext borrowed from the caller (sealed into buf)
 	out   []byte // opening: plaintext, contiguous
 	n     int    // sealing: plaintext bytes; opening: ciphertext bytes
 	first uint64 // index of the first segment
@@ -153,7 +154,11 @@ func (w *Writer) seal(j *job) {
 		l := min(w.seg, j.n-i*w.seg)
 		base := i * segCT(w.seg)
 		last := j.last && i == nseg-1
-		w.k.aead.Seal(j.buf[base:base], w.k.nonce(&nb, j.first+uint64(i), last), j.buf[base:base+l], nil)
+		in := j.buf[base : base+l]
+		if j.src != nil {
+			in = j.src[i*w.seg : i*w.seg+l]
+		}
+		w.k.aead.Seal(j.buf[base:base], w.k.nonce(&nb, j.first+uint64(i), last), in, nil)
 		out = base + l + segTag
 	}
 	j.res = j.buf[:out]
@@ -219,6 +224,29 @@ func (w *Writer) Write(p []byte) (int, error) {
 		return 0, errors.New("envelope: write after Close")
 	}
 	total := 0
+	// Large writes: whole jobs are sealed straight from p (no copy); more
+	// of p follows each, so none of them holds the final segment. Write
+	// waits until they are sealed, so p is not retained.
+	var borrowed []*job
+	for w.pool != nil && (w.cur == nil || w.cur.n == 0) && len(p) > w.capacity() {
+		if w.cur == nil {
+			w.cur = w.newJob()
+		}
+		w.cur.src, w.cur.n = p[:w.capacity()], w.capacity()
+		borrowed = append(borrowed, w.cur)
+		if err := w.submit(false); err != nil {
+			w.fail(err)
+			return total, err
+		}
+		p = p[w.capacity():]
+		total += w.capacity()
+	}
+	defer func() {
+		for _, j := range borrowed {
+			<-j.done
+			j.src = nil
+		}
+	}()
 	for len(p) > 0 {
 		if err := w.ensure(); err != nil {
 			w.fail(err)
