@@ -148,7 +148,10 @@ func (b *Barrier) Initialize(ctx context.Context, rootKey []byte, with ...store.
 	ops := append([]store.Op{{Key: KeyringKey, Value: blob, ExpectRevision: 0}}, with...)
 	if _, err := b.raw.Batch(ctx, ops); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			return fmt.Errorf("barrier: %w (or one of the %d keys written with it already exists)", ErrAlreadyInitialized, len(with))
+			if len(with) > 0 {
+				return fmt.Errorf("barrier: %w (or one of the %d keys written with it already exists)", ErrAlreadyInitialized, len(with))
+			}
+			return fmt.Errorf("barrier: %w", ErrAlreadyInitialized)
 		}
 		return fmt.Errorf("barrier: writing keyring to %s: %w; nothing was written", KeyringKey, err)
 	}
