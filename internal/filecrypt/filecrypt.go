@@ -1,0 +1,366 @@
+// Package filecrypt applies envelope encryption to files and directory
+// trees for the CLI: it expands paths, replaces files atomically (temp
+// file, fsync, rename), shows progress on a terminal and summarises the
+// outcome. Bad input never leaves a partial file behind.
+package filecrypt
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/wardproject/ward/envelope"
+)
+
+// Suffix is appended to encrypted file names in directory mode.
+const Suffix = ".ward"
+
+// tmpPrefix marks our temporary files; Collect skips them.
+const tmpPrefix = ".ward-tmp-"
+
+// Item is one regular file to process.
+type Item struct {
+	Path string // as found
+	Rel  string // relative to the argument it was found under ("" for a file argument)
+	Size int64
+}
+
+// Collect expands files and directories (recursively) into regular files,
+// in a stable order. Symbolic links inside directories are skipped (never
+// followed) and reported in skipped; our own temporary files are ignored.
+func Collect(paths []string) (items []Item, skipped []string, err error) {
+	seen := map[string]bool{}
+	for _, p := range paths {
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %w", p, err)
+		}
+		if !st.IsDir() {
+			if !st.Mode().IsRegular() {
+				return nil, nil, fmt.Errorf("%s is not a regular file", p)
+			}
+			if !seen[p] {
+				seen[p] = true
+				items = append(items, Item{Path: p, Size: st.Size()})
+			}
+			continue
+		}
+		err = filepath.WalkDir(p, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.IsDir() {
+				return nil
+			}
+			if strings.HasPrefix(d.Name(), tmpPrefix) {
+				return nil
+			}
+			if !d.Type().IsRegular() {
+				skipped = append(skipped, path)
+				return nil
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(p, path)
+			if !seen[path] {
+				seen[path] = true
+				items = append(items, Item{Path: path, Rel: rel, Size: info.Size()})
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("walking %s: %w", p, err)
+		}
+	}
+	sort.SliceStable(items, func(i, j int) bool { return items[i].Path < items[j].Path })
+	return items, skipped, nil
+}
+
+// AtomicWrite writes path through fill into a temporary file in the same
+// directory, syncs it and renames it over path. If fill fails nothing is
+// left behind and an existing path is untouched. mode is used for a new
+// file; an existing file keeps its mode.
+func AtomicWrite(path string, mode fs.FileMode, fill func(f *os.File) error) (err error) {
+	if st, err := os.Stat(path); err == nil {
+		if st.IsDir() {
+			return fmt.Errorf("%s is a directory", path)
+		}
+		mode = st.Mode().Perm()
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
+	if err != nil {
+		return fmt.Errorf("creating a temporary file next to %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(mode); err != nil {
+		return err
+	}
+	if err := fill(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("syncing %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("replacing %s: %w", path, err)
+	}
+	return nil
+}
+
+// Runner performs envelope operations on files.
+type Runner struct {
+	KMS      envelope.KMS
+	Opts     []envelope.Option // e.g. envelope.WithContext, for every operation
+	Progress *Progress         // may be nil
+}
+
+func (r *Runner) counted(rd io.Reader) io.Reader {
+	if r.Progress == nil {
+		return rd
+	}
+	return r.Progress.Reader(rd)
+}
+
+// Encrypt encrypts src (stream) into dst under keyName.
+func (r *Runner) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, keyName string, opts ...envelope.Option) (int64, error) {
+	w, err := envelope.NewWriter(ctx, dst, r.KMS, keyName, append(append([]envelope.Option{}, r.Opts...), opts...)...)
+	if err != nil {
+		return 0, err
+	}
+	n, err := io.Copy(w, r.counted(src))
+	if cerr := w.Close(); err == nil {
+		err = cerr
+	}
+	return n, err
+}
+
+// Decrypt decrypts src into dst. dst receives only authenticated
+// plaintext; on error it may hold the verified part before the bad
+// segment (callers writing files use DecryptFile).
+func (r *Runner) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) (int64, error) {
+	rd, err := envelope.NewReader(ctx, r.counted(src), r.KMS, r.Opts...)
+	if err != nil {
+		return 0, err
+	}
+	defer rd.Close()
+	return rd.WriteTo(dst)
+}
+
+// EncryptFile encrypts src into the file dst atomically.
+func (r *Runner) EncryptFile(ctx context.Context, dst, src, keyName string, opts ...envelope.Option) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	var n int64
+	err = AtomicWrite(dst, 0o600, func(f *os.File) error {
+		n, err = r.Encrypt(ctx, f, in, keyName, opts...)
+		return err
+	})
+	return n, err
+}
+
+// DecryptFile decrypts src into dst: dst appears (by rename) only after
+// the final segment has been authenticated.
+func (r *Runner) DecryptFile(ctx context.Context, dst, src string) (int64, error) {
+	in, err := os.Open(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	var n int64
+	err = AtomicWrite(dst, 0o600, func(f *os.File) error {
+		n, err = r.Decrypt(ctx, f, in)
+		return err
+	})
+	return n, err
+}
+
+// Verify authenticates every segment of path without writing plaintext.
+func (r *Runner) Verify(ctx context.Context, path string) (int64, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	return r.Decrypt(ctx, io.Discard, in)
+}
+
+// Rewrap rewrites only the header of path with its data key wrapped under
+// the newest key version, replacing the file atomically. It reports false
+// (and leaves the file alone) if the key version did not change.
+func (r *Runner) Rewrap(ctx context.Context, path string) (changed bool, h *envelope.Header, err error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return false, nil, err
+	}
+	defer in.Close()
+	old, err := envelope.ParseHeader(in)
+	if err != nil {
+		return false, nil, err
+	}
+	nh, err := envelope.Rewrap(ctx, r.KMS, old, r.Opts...)
+	if err != nil {
+		return false, old, err
+	}
+	if nh.KeyName == old.KeyName && nh.KeyVersion == old.KeyVersion {
+		return false, nh, nil
+	}
+	err = AtomicWrite(path, 0o600, func(f *os.File) error {
+		if _, err := f.Write(nh.Encoded()); err != nil {
+			return err
+		}
+		_, err := io.Copy(f, in) // in is positioned right after the header
+		return err
+	})
+	return err == nil, nh, err
+}
+
+// Reencrypt decrypts path and encrypts it again under a fresh data key
+// (for a compromised one), keeping algorithm, segment size,
+// classification and metadata; keyName "" keeps the key. The file is
+// replaced atomically only if every segment of the old one verified.
+func (r *Runner) Reencrypt(ctx context.Context, path, keyName string) (int64, error) {
+	in, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	rd, err := envelope.NewReader(ctx, r.counted(in), r.KMS, r.Opts...)
+	if err != nil {
+		return 0, err
+	}
+	defer rd.Close()
+	h := rd.Header()
+	if keyName == "" {
+		keyName = h.KeyName
+	}
+	var n int64
+	err = AtomicWrite(path, 0o600, func(f *os.File) error {
+		w, err := envelope.NewWriter(ctx, f, r.KMS, keyName, append(append([]envelope.Option{}, r.Opts...),
+			envelope.WithAlgorithm(h.Alg), envelope.WithSegmentSize(h.SegmentSize),
+			envelope.WithClassification(h.Classification), envelope.WithMetadata(h.Metadata))...)
+		if err != nil {
+			return err
+		}
+		n, err = rd.WriteTo(w)
+		if cerr := w.Close(); err == nil {
+			err = cerr
+		}
+		return err
+	})
+	return n, err
+}
+
+// Failure is one file that failed.
+type Failure struct {
+	Path string
+	Err  error
+}
+
+// Summary is the outcome of an operation over many files.
+type Summary struct {
+	Verb      string // past tense: "encrypted", "verified", ...
+	Files     int    // succeeded
+	Bytes     int64  // bytes processed
+	Unchanged int    // succeeded without change (rewrap: already current)
+	Failures  []Failure
+}
+
+// Err returns nil, or an error naming how many files failed.
+func (s *Summary) Err() error {
+	if len(s.Failures) == 0 {
+		return nil
+	}
+	return fmt.Errorf("%d of %d files failed (see above); files that failed were left unchanged", len(s.Failures), len(s.Failures)+s.Files+s.Unchanged)
+}
+
+// Print writes the failures and a one-line summary.
+func (s *Summary) Print(w io.Writer) {
+	for _, f := range s.Failures {
+		fmt.Fprintf(w, "FAILED %s: %v\n", f.Path, f.Err)
+	}
+	line := fmt.Sprintf("%s %d files, %s", s.Verb, s.Files, HumanBytes(s.Bytes))
+	if s.Unchanged > 0 {
+		line += fmt.Sprintf("; %d already current", s.Unchanged)
+	}
+	fmt.Fprintf(w, "%s; %d failures\n", line, len(s.Failures))
+}
+
+// Result is what one file's operation reports to Each.
+type Result struct {
+	Bytes     int64
+	Unchanged bool
+}
+
+// Each runs fn over items with up to jobs at a time, stopping early only
+// if ctx is cancelled, and returns the summary.
+func Each(ctx context.Context, verb string, items []Item, jobs int, p *Progress, fn func(ctx context.Context, it Item) (Result, error)) *Summary {
+	s := &Summary{Verb: verb}
+	var mu sync.Mutex
+	sem := make(chan struct{}, max(1, jobs))
+	var wg sync.WaitGroup
+	for _, it := range items {
+		if ctx.Err() != nil {
+			mu.Lock()
+			s.Failures = append(s.Failures, Failure{it.Path, fmt.Errorf("not processed: %w", ctx.Err())})
+			mu.Unlock()
+			continue
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			res, err := fn(ctx, it)
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err != nil:
+				s.Failures = append(s.Failures, Failure{it.Path, err})
+			case res.Unchanged:
+				s.Unchanged++
+			default:
+				s.Files++
+				s.Bytes += res.Bytes
+			}
+			if p != nil {
+				p.FileDone()
+			}
+		}()
+	}
+	wg.Wait()
+	sort.Slice(s.Failures, func(i, j int) bool { return s.Failures[i].Path < s.Failures[j].Path })
+	return s
+}
+
+// HumanBytes formats n as B, KiB, MiB, GiB.
+func HumanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit && exp < 4; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTP"[exp])
+}
