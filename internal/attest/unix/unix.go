@@ -1,0 +1,178 @@
+// Package unix is the unix workload attestor: from a caller's peer
+// credentials and /proc it reports the selectors unix:uid:N, unix:gid:N,
+// unix:supplementary_gid:N, unix:path:/abs (the binary) and unix:sha256:HEX
+// (the binary's digest).
+//
+// The agent and the workload must share a PID namespace. A pidfd taken before
+// /proc is read and checked after proves the facts belong to a process that
+// was still alive, so a PID reused in between is detected.
+package unix
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/wardproject/ward/internal/attest"
+)
+
+// Type is the selector type this attestor emits.
+const Type = "unix"
+
+// Attestor implements attest.Attestor for local processes.
+type Attestor struct {
+	procRoot string
+
+	mu    sync.Mutex
+	cache map[fileKey]string // binary identity -> sha256 hex
+}
+
+type fileKey struct {
+	dev, ino     uint64
+	size         int64
+	mtime, ctime int64
+}
+
+const maxCache = 4096
+
+// Option configures an Attestor.
+type Option func(*Attestor)
+
+// WithProcRoot reads process information below root instead of /proc.
+func WithProcRoot(root string) Option { return func(a *Attestor) { a.procRoot = root } }
+
+// New returns a unix attestor.
+func New(opts ...Option) *Attestor {
+	a := &Attestor{procRoot: "/proc", cache: map[fileKey]string{}}
+	for _, o := range opts {
+		o(a)
+	}
+	return a
+}
+
+// Attest implements attest.Attestor.
+func (a *Attestor) Attest(ctx context.Context, c attest.Caller) ([]attest.Selector, error) {
+	if c.PID <= 0 {
+		return nil, fmt.Errorf("unix attestor: caller has no PID (peer in another PID namespace?)")
+	}
+	pidfd, err := unix.PidfdOpen(int(c.PID), 0)
+	if err != nil && !errors.Is(err, unix.ENOSYS) {
+		return nil, fmt.Errorf("unix attestor: open pidfd of pid %d: %w", c.PID, err)
+	}
+	havePidfd := err == nil
+	if havePidfd {
+		defer unix.Close(pidfd)
+	}
+	sel := []attest.Selector{
+		{Type: Type, Value: "uid:" + strconv.FormatUint(uint64(c.UID), 10)},
+		{Type: Type, Value: "gid:" + strconv.FormatUint(uint64(c.GID), 10)},
+	}
+	procDir := filepath.Join(a.procRoot, strconv.Itoa(int(c.PID)))
+	groups, err := readGroups(filepath.Join(procDir, "status"))
+	if err != nil {
+		return nil, fmt.Errorf("unix attestor: pid %d: %w", c.PID, err)
+	}
+	for _, g := range groups {
+		sel = append(sel, attest.Selector{Type: Type, Value: "supplementary_gid:" + g})
+	}
+	exe := filepath.Join(procDir, "exe")
+	if p, err := os.Readlink(exe); err == nil && filepath.IsAbs(p) && !strings.HasSuffix(p, " (deleted)") {
+		sel = append(sel, attest.Selector{Type: Type, Value: "path:" + filepath.Clean(p)})
+	}
+	sum, err := a.hash(ctx, exe)
+	if err != nil {
+		return nil, fmt.Errorf("unix attestor: pid %d: digest of binary: %w", c.PID, err)
+	}
+	sel = append(sel, attest.Selector{Type: Type, Value: "sha256:" + sum})
+	if havePidfd {
+		// The process must still be the one we asked about.
+		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
+			return nil, fmt.Errorf("unix attestor: pid %d exited during attestation", c.PID)
+		}
+	}
+	return attest.Normalize(sel), nil
+}
+
+// readGroups returns the supplementary group IDs from a /proc status file.
+func readGroups(statusPath string) ([]string, error) {
+	f, err := os.Open(statusPath)
+	if err != nil {
+		return nil, fmt.Errorf("read process status: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
+		if !ok {
+			continue
+		}
+		var out []string
+		for _, g := range strings.Fields(rest) {
+			if _, err := strconv.ParseUint(g, 10, 32); err != nil {
+				return nil, fmt.Errorf("process status: bad group %q", g)
+			}
+			out = append(out, g)
+		}
+		return out, nil
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read process status: %w", err)
+	}
+	return nil, errors.New("process status has no Groups line")
+}
+
+// hash returns the SHA-256 of the file, cached by its identity (device,
+// inode, size, mtime, ctime), so a binary is hashed once per change.
+func (a *Attestor) hash(ctx context.Context, exe string) (string, error) {
+	f, err := os.Open(exe)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", err
+	}
+	key := fileKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+	a.mu.Lock()
+	sum, ok := a.cache[key]
+	a.mu.Unlock()
+	if ok {
+		return sum, nil
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, &ctxReader{ctx: ctx, r: f}); err != nil {
+		return "", err
+	}
+	sum = hex.EncodeToString(h.Sum(nil))
+	a.mu.Lock()
+	if len(a.cache) >= maxCache {
+		clear(a.cache)
+	}
+	a.cache[key] = sum
+	a.mu.Unlock()
+	return sum, nil
+}
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c *ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
