@@ -200,7 +200,7 @@ func Dearmor(in []byte) ([]byte, error) {
 	}
 	s := strings.TrimSpace(string(in))
 	if !strings.HasPrefix(s, ArmorPrefix) {
-		return nil, fmt.Errorf("%w: input is neither a binary ward ciphertext nor text starting with %q", ErrMalformed, ArmorPrefix)
+		return nil, fmt.Errorf("%w: not a ward ciphertext: it starts neither with the ward KMS magic bytes nor with %q", ErrMalformed, ArmorPrefix)
 	}
 	b, err := base64.StdEncoding.DecodeString(s[len(ArmorPrefix):])
 	if err != nil {

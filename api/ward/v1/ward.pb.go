@@ -135,7 +135,7 @@ type UnsealRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Share string                 `protobuf:"bytes,1,opt,name=share,proto3" json:"share,omitempty"`
 	// Discard the shares submitted so far.
-	Reset_        bool `protobuf:"varint,2,opt,name=reset,proto3" json:"reset,omitempty"`
+	ResetProgress bool `protobuf:"varint,2,opt,name=reset_progress,json=resetProgress,proto3" json:"reset_progress,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -177,9 +177,9 @@ func (x *UnsealRequest) GetShare() string {
 	return ""
 }
 
-func (x *UnsealRequest) GetReset_() bool {
+func (x *UnsealRequest) GetResetProgress() bool {
 	if x != nil {
-		return x.Reset_
+		return x.ResetProgress
 	}
 	return false
 }
@@ -2344,7 +2344,9 @@ type AuditRecord struct {
 	// The exact leaf bytes (the event's JSON encoding).
 	Leaf []byte `protobuf:"bytes,2,opt,name=leaf,proto3" json:"leaf,omitempty"`
 	// Set when the stored record could not be read.
-	Error         string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	Error string `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	// The record does not exist in storage (deleted), as opposed to altered.
+	Missing       bool `protobuf:"varint,4,opt,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2398,6 +2400,13 @@ func (x *AuditRecord) GetError() string {
 		return x.Error
 	}
 	return ""
+}
+
+func (x *AuditRecord) GetMissing() bool {
+	if x != nil {
+		return x.Missing
+	}
+	return false
 }
 
 type CheckpointRequest struct {
@@ -2588,10 +2597,10 @@ const file_ward_v1_ward_proto_rawDesc = "" +
 	"\tthreshold\x18\x02 \x01(\rR\tthreshold\"S\n" +
 	"\fInitResponse\x12\x16\n" +
 	"\x06shares\x18\x01 \x03(\tR\x06shares\x12+\n" +
-	"\x06status\x18\x02 \x01(\v2\x13.ward.v1.SealStatusR\x06status\";\n" +
+	"\x06status\x18\x02 \x01(\v2\x13.ward.v1.SealStatusR\x06status\"L\n" +
 	"\rUnsealRequest\x12\x14\n" +
-	"\x05share\x18\x01 \x01(\tR\x05share\x12\x14\n" +
-	"\x05reset\x18\x02 \x01(\bR\x05reset\"\r\n" +
+	"\x05share\x18\x01 \x01(\tR\x05share\x12%\n" +
+	"\x0ereset_progress\x18\x02 \x01(\bR\rresetProgress\"\r\n" +
 	"\vSealRequest\"\x0f\n" +
 	"\rStatusRequest\"\xba\x02\n" +
 	"\n" +
@@ -2765,11 +2774,12 @@ const file_ward_v1_ward_proto_rawDesc = "" +
 	"\x03end\x18\x02 \x01(\x04R\x03end\">\n" +
 	"\x10TailAuditRequest\x12\x12\n" +
 	"\x04last\x18\x01 \x01(\x04R\x04last\x12\x16\n" +
-	"\x06follow\x18\x02 \x01(\bR\x06follow\"I\n" +
+	"\x06follow\x18\x02 \x01(\bR\x06follow\"c\n" +
 	"\vAuditRecord\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04leaf\x18\x02 \x01(\fR\x04leaf\x12\x14\n" +
-	"\x05error\x18\x03 \x01(\tR\x05error\"\x13\n" +
+	"\x05error\x18\x03 \x01(\tR\x05error\x12\x18\n" +
+	"\amissing\x18\x04 \x01(\bR\amissing\"\x13\n" +
 	"\x11CheckpointRequest\"Z\n" +
 	"\x12CheckpointResponse\x12\x1e\n" +
 	"\n" +
