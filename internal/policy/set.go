@@ -1,0 +1,637 @@
+package policy
+
+import (
+	"fmt"
+	"iter"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	cedar "github.com/cedar-policy/cedar-go"
+	"github.com/cedar-policy/cedar-go/types"
+)
+
+// Reasons used when no policy decided. They contain spaces, which policy
+// ids cannot, so they never collide with a policy id.
+const (
+	ReasonNoPolicy       = "no valid policy"
+	ReasonDenyListID     = "deny-list: SPIFFE ID"
+	ReasonDenyListSerial = "deny-list: certificate serial"
+	ReasonBadRequest     = "invalid request"
+)
+
+// Cause says what kind of rule determined a Decision.
+type Cause int
+
+const (
+	CauseDefaultDeny Cause = iota // no permit matched
+	CausePermit                   // a permit matched and no forbid did
+	CauseForbid                   // a forbid matched
+	CauseDenyList                 // the principal or its certificate is deny-listed
+	CauseNoPolicy                 // no valid policy set is loaded (fail closed)
+	CauseBadRequest               // the request itself is invalid
+)
+
+var causeNames = [...]string{"default-deny", "permit", "forbid", "deny-list", "no-policy", "bad-request"}
+
+func (c Cause) String() string {
+	if c >= 0 && int(c) < len(causeNames) {
+		return causeNames[c]
+	}
+	return fmt.Sprintf("cause(%d)", int(c))
+}
+
+// MarshalText makes Cause log as its name.
+func (c Cause) MarshalText() ([]byte, error) { return []byte(c.String()), nil }
+
+// Resource is the object of a request: a Service (for connect) or a Key
+// (for kms:*).
+type Resource struct {
+	Type           string // TypeService or TypeKey
+	Name           string
+	Port           int // services only
+	Classification string
+}
+
+// Context is what the enforcement point knows about the request.
+type Context struct {
+	SourceTrustDomain string    // defaults to the principal's trust domain
+	Destination       string    // e.g. host:port the caller asked for
+	TLSVersion        string    // e.g. "1.3"
+	Time              time.Time // zero means now
+}
+
+// Request is one authorization question.
+type Request struct {
+	Principal  string            // SPIFFE ID of the caller
+	Labels     map[string]string // labels of its registration entry
+	Groups     []string          // groups of its registration entry (Group::"g")
+	CertSerial string            // hex serial of its certificate, for the deny-list (optional)
+	Action     string            // e.g. ActionConnect, ActionKMSDecrypt
+	Resource   Resource
+	Context    Context
+}
+
+// EvalError is a policy that failed to evaluate for a request; Cedar skips
+// such a policy.
+type EvalError struct {
+	Policy  string `json:"policy"`
+	Message string `json:"message"`
+}
+
+// Decision is the answer to a Request.
+type Decision struct {
+	Allowed bool  `json:"allowed"`
+	Cause   Cause `json:"cause"`
+	// Reasons are the ids of the policies that determined the decision (the
+	// matching forbids when denied by policy, the matching permits when
+	// allowed), or one of the Reason* constants. Empty for default deny.
+	Reasons []string `json:"reasons,omitempty"`
+	// DryRunDenials are dry-run forbids that would have turned this allow
+	// into a deny. They never block.
+	DryRunDenials []string `json:"dry_run_denials,omitempty"`
+	// DryRunPermits are dry-run permits that would have turned this deny
+	// into an allow. They never grant.
+	DryRunPermits []string    `json:"dry_run_permits,omitempty"`
+	Errors        []EvalError `json:"errors,omitempty"`
+	// Version is the policy set version that decided.
+	Version uint64 `json:"version"`
+}
+
+// compiled is one policy of a Set.
+type compiled struct {
+	id         string
+	policy     *cedar.Policy
+	forbid     bool
+	dryRun     bool
+	file       string
+	line       int
+	column     int
+	text       string
+	actionMask uint64
+	pKey, rKey types.EntityUID
+	pAny, rAny bool
+}
+
+type bucket struct {
+	any   []*compiled
+	byRes map[types.EntityUID][]*compiled
+}
+
+func (b *bucket) add(c *compiled) {
+	if c.rAny {
+		b.any = append(b.any, c)
+		return
+	}
+	if b.byRes == nil {
+		b.byRes = map[types.EntityUID][]*compiled{}
+	}
+	b.byRes[c.rKey] = append(b.byRes[c.rKey], c)
+}
+
+// Set is an immutable, compiled and indexed policy set version with its
+// deny-list. It is safe for concurrent use.
+type Set struct {
+	model   *model
+	version uint64
+	all     []*compiled // in file order
+	byID    map[string]*compiled
+	deny    *denySet
+
+	anyPrincipal bucket
+	byPrincipal  map[types.EntityUID]*bucket
+}
+
+func (s *Set) buildIndex() {
+	s.byPrincipal = map[types.EntityUID]*bucket{}
+	for _, c := range s.all {
+		if c.pAny {
+			s.anyPrincipal.add(c)
+			continue
+		}
+		b := s.byPrincipal[c.pKey]
+		if b == nil {
+			b = &bucket{}
+			s.byPrincipal[c.pKey] = b
+		}
+		b.add(c)
+	}
+}
+
+// Version is the version the Set was labelled with (0 if none).
+func (s *Set) Version() uint64 { return s.version }
+
+// Len is the number of policies.
+func (s *Set) Len() int { return len(s.all) }
+
+// DenyList returns the deny-list in canonical form.
+func (s *Set) DenyList() DenyList {
+	if s.deny == nil {
+		return DenyList{}
+	}
+	return s.deny.canonical()
+}
+
+// PolicyInfo describes one policy for listing and display.
+type PolicyInfo struct {
+	ID     string `json:"id"`
+	Effect string `json:"effect"` // "permit" or "forbid"
+	DryRun bool   `json:"dry_run"`
+	File   string `json:"file"`
+	Line   int    `json:"line"`
+	Column int    `json:"column"`
+	Text   string `json:"text"` // canonical Cedar text
+}
+
+func (c *compiled) info() PolicyInfo {
+	return PolicyInfo{ID: c.id, Effect: c.effect(), DryRun: c.dryRun, File: c.file, Line: c.line, Column: c.column, Text: c.text}
+}
+
+func (c *compiled) effect() string {
+	if c.forbid {
+		return "forbid"
+	}
+	return "permit"
+}
+
+// Policies lists the policies in file order.
+func (s *Set) Policies() []PolicyInfo {
+	out := make([]PolicyInfo, len(s.all))
+	for i, c := range s.all {
+		out[i] = c.info()
+	}
+	return out
+}
+
+// policyList hands a candidate slice to cedar.Authorize.
+type policyList []*compiled
+
+func (l policyList) All() iter.Seq2[cedar.PolicyID, *cedar.Policy] {
+	return func(yield func(cedar.PolicyID, *cedar.Policy) bool) {
+		for _, c := range l {
+			if !yield(cedar.PolicyID(c.id), c.policy) {
+				return
+			}
+		}
+	}
+}
+
+// env is a request translated into Cedar terms.
+type env struct {
+	req       cedar.Request
+	principal types.Entity
+	resource  types.Entity
+	actions   map[types.EntityUID]types.Entity
+	parents   []types.EntityUID // principal's parents, for the index
+	actionBit uint64
+}
+
+func (e *env) Get(uid types.EntityUID) (types.Entity, bool) {
+	switch uid {
+	case e.principal.UID:
+		return e.principal, true
+	case e.resource.UID:
+		return e.resource, true
+	}
+	a, ok := e.actions[uid]
+	return a, ok
+}
+
+func (m *model) env(r *Request) (*env, error) {
+	td, path, err := parseSPIFFEID(r.Principal)
+	if err != nil {
+		return nil, fmt.Errorf("principal: %w", err)
+	}
+	bit, ok := m.actionBit[types.String(r.Action)]
+	if !ok {
+		return nil, fmt.Errorf("unknown action %q (known actions: %s)", r.Action, m.actionNames())
+	}
+	rt := types.EntityType(r.Resource.Type)
+	if _, ok := m.resources[rt]; !ok {
+		return nil, fmt.Errorf("unknown resource type %q (resource types: %s)", r.Resource.Type, keys(m.resources))
+	}
+	if r.Resource.Name == "" {
+		return nil, fmt.Errorf("resource %s has no name", r.Resource.Type)
+	}
+
+	labels := make(types.RecordMap, len(r.Labels))
+	for k, v := range r.Labels {
+		labels[types.String(k)] = types.String(v)
+	}
+	parents := make([]types.EntityUID, 0, 1+len(r.Groups))
+	parents = append(parents, types.NewEntityUID(TypeTrustDomain, types.String(td)))
+	for _, g := range r.Groups {
+		parents = append(parents, types.NewEntityUID(TypeGroup, types.String(g)))
+	}
+	pUID := types.NewEntityUID(TypeWorkload, types.String(r.Principal))
+	e := &env{
+		principal: types.Entity{
+			UID:     pUID,
+			Parents: types.NewEntityUIDSet(parents...),
+			Attributes: types.NewRecord(types.RecordMap{
+				"trust_domain": types.String(td),
+				"path":         types.String(path),
+				"labels":       types.NewRecord(labels),
+			}),
+		},
+		actions:   m.actionEnts,
+		parents:   parents,
+		actionBit: bit,
+	}
+	rattrs := types.RecordMap{
+		"name":           types.String(r.Resource.Name),
+		"classification": types.String(r.Resource.Classification),
+	}
+	if m.resources[rt]["port"] {
+		rattrs["port"] = types.Long(r.Resource.Port)
+	}
+	rUID := types.NewEntityUID(rt, types.String(r.Resource.Name))
+	e.resource = types.Entity{UID: rUID, Attributes: types.NewRecord(rattrs)}
+
+	now := r.Context.Time
+	if now.IsZero() {
+		now = time.Now()
+	}
+	std := r.Context.SourceTrustDomain
+	if std == "" {
+		std = td
+	}
+	e.req = cedar.Request{
+		Principal: pUID,
+		Action:    types.NewEntityUID(TypeAction, types.String(r.Action)),
+		Resource:  rUID,
+		Context: types.NewRecord(types.RecordMap{
+			"source_trust_domain": types.String(std),
+			"destination":         types.String(r.Context.Destination),
+			"tls_version":         types.String(r.Context.TLSVersion),
+			"time":                types.NewDatetime(now),
+			"unix_time":           types.Long(now.Unix()),
+		}),
+	}
+	return e, nil
+}
+
+// candidates are the policies a request may match, split by role.
+type candidates struct {
+	enforced, dryForbid, dryPermit policyList
+}
+
+func (cs *candidates) add(list []*compiled, bit uint64) {
+	for _, c := range list {
+		if c.actionMask&bit == 0 {
+			continue
+		}
+		switch {
+		case !c.dryRun:
+			cs.enforced = append(cs.enforced, c)
+		case c.forbid:
+			cs.dryForbid = append(cs.dryForbid, c)
+		default:
+			cs.dryPermit = append(cs.dryPermit, c)
+		}
+	}
+}
+
+func (cs *candidates) addBucket(b *bucket, res types.EntityUID, bit uint64) {
+	cs.add(b.any, bit)
+	if b.byRes != nil {
+		cs.add(b.byRes[res], bit)
+	}
+}
+
+// lookup returns every policy whose scopes can match e: principal anchored
+// to the principal or one of its parents (or unanchored), resource anchored
+// to the resource (or unanchored), action scope covering the action. The
+// resource has no parents in ward's model, so `resource in E` is anchored
+// to E like `resource == E`.
+func (s *Set) lookup(e *env) candidates {
+	var cs candidates
+	res := e.resource.UID
+	if b := s.byPrincipal[e.principal.UID]; b != nil {
+		cs.addBucket(b, res, e.actionBit)
+	}
+	for _, p := range e.parents {
+		if b := s.byPrincipal[p]; b != nil {
+			cs.addBucket(b, res, e.actionBit)
+		}
+	}
+	cs.addBucket(&s.anyPrincipal, res, e.actionBit)
+	return cs
+}
+
+// lookupAll is the unindexed reference: every policy is a candidate.
+func (s *Set) lookupAll() candidates {
+	var cs candidates
+	cs.add(s.all, ^uint64(0))
+	return cs
+}
+
+// Decide answers req. It never fails: problems with the request deny with
+// CauseBadRequest.
+func (s *Set) Decide(req Request) Decision {
+	return s.decide(&req, false)
+}
+
+func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
+	d := Decision{Version: s.version}
+	if s.deny != nil {
+		if _, ok := s.deny.ids[req.Principal]; ok {
+			d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListID}
+			return d, nil, true
+		}
+		if req.CertSerial != "" {
+			if n, err := NormalizeSerial(req.CertSerial); err == nil {
+				if _, ok := s.deny.serials[n]; ok {
+					d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListSerial}
+					return d, nil, true
+				}
+			}
+		}
+	}
+	e, err := s.model.env(req)
+	if err != nil {
+		d.Cause, d.Reasons = CauseBadRequest, []string{ReasonBadRequest}
+		d.Errors = []EvalError{{Message: err.Error()}}
+		return d, nil, true
+	}
+	if req.CertSerial != "" {
+		if _, err := NormalizeSerial(req.CertSerial); err != nil {
+			d.Cause, d.Reasons = CauseBadRequest, []string{ReasonBadRequest}
+			d.Errors = []EvalError{{Message: err.Error()}}
+			return d, nil, true
+		}
+	}
+	return d, e, false
+}
+
+func (s *Set) decide(req *Request, unindexed bool) Decision {
+	d, e, done := s.preCheck(req)
+	if done {
+		return d
+	}
+	var cs candidates
+	if unindexed {
+		cs = s.lookupAll()
+	} else {
+		cs = s.lookup(e)
+	}
+
+	ok, diag := cedar.Authorize(cs.enforced, e, e.req)
+	d.Allowed = bool(ok)
+	d.Reasons = reasonIDs(diag.Reasons)
+	d.Errors = appendErrors(d.Errors, diag.Errors)
+	switch {
+	case d.Allowed:
+		d.Cause = CausePermit
+	case len(d.Reasons) > 0:
+		d.Cause = CauseForbid
+	default:
+		d.Cause = CauseDefaultDeny
+	}
+
+	// Shadow decision: only a dry-run forbid can flip an allow, only a
+	// dry-run permit (and no dry-run forbid) can flip a default deny. Both
+	// kinds are always evaluated so a canary surfaces its errors.
+	var dryForbids, dryPermits []string
+	if len(cs.dryForbid) > 0 {
+		dec, dd := cedar.Authorize(cs.dryForbid, e, e.req)
+		d.Errors = appendErrors(d.Errors, dd.Errors)
+		if dec == cedar.Deny {
+			dryForbids = reasonIDs(dd.Reasons)
+		}
+	}
+	if len(cs.dryPermit) > 0 {
+		dec, dd := cedar.Authorize(cs.dryPermit, e, e.req)
+		d.Errors = appendErrors(d.Errors, dd.Errors)
+		if dec == cedar.Allow {
+			dryPermits = reasonIDs(dd.Reasons)
+		}
+	}
+	switch {
+	case d.Allowed:
+		d.DryRunDenials = dryForbids
+	case d.Cause == CauseDefaultDeny && len(dryForbids) == 0:
+		d.DryRunPermits = dryPermits
+	}
+	sort.Slice(d.Errors, func(i, j int) bool { return d.Errors[i].Policy < d.Errors[j].Policy })
+	return d
+}
+
+func reasonIDs(rs []types.DiagnosticReason) []string {
+	if len(rs) == 0 {
+		return nil
+	}
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = string(r.PolicyID)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func appendErrors(dst []EvalError, es []types.DiagnosticError) []EvalError {
+	for _, e := range es {
+		dst = append(dst, EvalError{Policy: string(e.PolicyID), Message: e.Message})
+	}
+	return dst
+}
+
+// Outcome of one candidate policy in an Explanation.
+const (
+	OutcomeNoMatch      = "no match"
+	OutcomePermit       = "permit"
+	OutcomeForbid       = "forbid"
+	OutcomeDryRunPermit = "dry-run permit"
+	OutcomeDryRunForbid = "dry-run forbid"
+	OutcomeError        = "error"
+)
+
+// ExplainedPolicy is one candidate policy and what it did for the request.
+type ExplainedPolicy struct {
+	PolicyInfo
+	Outcome string `json:"outcome"`         // one of the Outcome* constants
+	Error   string `json:"error,omitempty"` // when Outcome is OutcomeError
+}
+
+// Explanation is what `ward policy test` shows.
+type Explanation struct {
+	Decision   Decision          `json:"decision"`
+	Total      int               `json:"total_policies"`
+	Candidates []ExplainedPolicy `json:"candidates"` // policies whose scope can match, in file order
+}
+
+// Explain decides req and evaluates each candidate policy on its own to say
+// whether it matched.
+func (s *Set) Explain(req Request) Explanation {
+	x := Explanation{Decision: s.Decide(req), Total: len(s.all)}
+	_, e, done := s.preCheck(&req)
+	if done {
+		return x
+	}
+	cs := s.lookup(e)
+	all := slices.Concat(cs.enforced, cs.dryForbid, cs.dryPermit)
+	order := map[*compiled]int{}
+	for i, c := range s.all {
+		order[c] = i
+	}
+	sort.Slice(all, func(i, j int) bool { return order[all[i]] < order[all[j]] })
+	for _, c := range all {
+		ep := ExplainedPolicy{PolicyInfo: c.info(), Outcome: OutcomeNoMatch}
+		_, diag := cedar.Authorize(policyList{c}, e, e.req)
+		switch {
+		case len(diag.Errors) > 0:
+			ep.Outcome, ep.Error = OutcomeError, diag.Errors[0].Message
+		case len(diag.Reasons) > 0:
+			switch {
+			case c.dryRun && c.forbid:
+				ep.Outcome = OutcomeDryRunForbid
+			case c.dryRun:
+				ep.Outcome = OutcomeDryRunPermit
+			case c.forbid:
+				ep.Outcome = OutcomeForbid
+			default:
+				ep.Outcome = OutcomePermit
+			}
+		}
+		x.Candidates = append(x.Candidates, ep)
+	}
+	return x
+}
+
+// Diff lists what changed from one Set to another.
+type Diff struct {
+	Added   []string `json:"added,omitempty"`   // policy ids only in the new set
+	Removed []string `json:"removed,omitempty"` // policy ids only in the old set
+	Changed []string `json:"changed,omitempty"` // same id, different canonical text (effect, scope, conditions or annotations)
+	// Deny-list entries added and removed.
+	DenyAdded   DenyList `json:"deny_added"`
+	DenyRemoved DenyList `json:"deny_removed"`
+}
+
+// Empty reports whether nothing changed.
+func (d Diff) Empty() bool {
+	return len(d.Added)+len(d.Removed)+len(d.Changed)+
+		len(d.DenyAdded.SPIFFEIDs)+len(d.DenyAdded.Serials)+
+		len(d.DenyRemoved.SPIFFEIDs)+len(d.DenyRemoved.Serials) == 0
+}
+
+// String renders the diff one change per line (+ added, - removed, ~ changed).
+func (d Diff) String() string {
+	var b strings.Builder
+	for _, id := range d.Added {
+		fmt.Fprintf(&b, "+ policy %s\n", id)
+	}
+	for _, id := range d.Removed {
+		fmt.Fprintf(&b, "- policy %s\n", id)
+	}
+	for _, id := range d.Changed {
+		fmt.Fprintf(&b, "~ policy %s\n", id)
+	}
+	for _, id := range d.DenyAdded.SPIFFEIDs {
+		fmt.Fprintf(&b, "+ deny spiffe id %s\n", id)
+	}
+	for _, id := range d.DenyRemoved.SPIFFEIDs {
+		fmt.Fprintf(&b, "- deny spiffe id %s\n", id)
+	}
+	for _, sn := range d.DenyAdded.Serials {
+		fmt.Fprintf(&b, "+ deny serial %s\n", sn)
+	}
+	for _, sn := range d.DenyRemoved.Serials {
+		fmt.Fprintf(&b, "- deny serial %s\n", sn)
+	}
+	return b.String()
+}
+
+// DiffSets compares old and new; a nil Set counts as empty.
+func DiffSets(old, new *Set) Diff {
+	var d Diff
+	o, n := map[string]*compiled{}, map[string]*compiled{}
+	if old != nil {
+		o = old.byID
+	}
+	if new != nil {
+		n = new.byID
+	}
+	for id, c := range n {
+		if oc, ok := o[id]; !ok {
+			d.Added = append(d.Added, id)
+		} else if oc.text != c.text {
+			d.Changed = append(d.Changed, id)
+		}
+	}
+	for id := range o {
+		if _, ok := n[id]; !ok {
+			d.Removed = append(d.Removed, id)
+		}
+	}
+	sort.Strings(d.Added)
+	sort.Strings(d.Removed)
+	sort.Strings(d.Changed)
+	var od, nd DenyList
+	if old != nil {
+		od = old.DenyList()
+	}
+	if new != nil {
+		nd = new.DenyList()
+	}
+	d.DenyAdded.SPIFFEIDs = minus(nd.SPIFFEIDs, od.SPIFFEIDs)
+	d.DenyRemoved.SPIFFEIDs = minus(od.SPIFFEIDs, nd.SPIFFEIDs)
+	d.DenyAdded.Serials = minus(nd.Serials, od.Serials)
+	d.DenyRemoved.Serials = minus(od.Serials, nd.Serials)
+	return d
+}
+
+func minus(a, b []string) []string {
+	in := make(map[string]bool, len(b))
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []string
+	for _, x := range a {
+		if !in[x] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
