@@ -1,0 +1,88 @@
+package etcdtest
+
+import (
+	"context"
+	"crypto/tls"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+func TestStart(t *testing.T) {
+	tests := []struct {
+		name   string
+		opts   []Option
+		scheme string
+	}{
+		{"plaintext", nil, "http://"},
+		{"mutual TLS", []Option{WithTLS()}, "https://"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := Start(t, tc.opts...)
+			ep := srv.Endpoints()[0]
+			if !strings.HasPrefix(ep, tc.scheme+"127.0.0.1:") {
+				t.Errorf("endpoint %q, want %s127.0.0.1:port", ep, tc.scheme)
+			}
+			cli, err := clientv3.New(clientv3.Config{Endpoints: srv.Endpoints(), TLS: srv.ClientTLS(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cli.Close()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+			defer cancel()
+			if _, err := cli.Put(ctx, "k", "v"); err != nil {
+				t.Fatalf("put through %s: %v", ep, err)
+			}
+			ca, cert, key := srv.ClientCertFiles()
+			for _, f := range []string{ca, cert, key} {
+				if (f != "") != (srv.ClientTLS() != nil) {
+					t.Errorf("cert file %q set for a server without TLS (or missing with TLS)", f)
+				}
+				if f != "" {
+					if st, err := os.Stat(f); err != nil || st.Mode().Perm() != 0o600 {
+						t.Errorf("cert file %s: %v, mode %v; want 0600", f, err, st.Mode())
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestTLSRequiresClientCert(t *testing.T) {
+	srv := Start(t, WithTLS())
+	cfg := srv.ClientTLS()
+	cfg.Certificates = nil
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg}}
+	resp, err := hc.Get(srv.Endpoints()[0] + "/health")
+	if err == nil {
+		resp.Body.Close()
+		t.Fatalf("request without a client certificate succeeded: %s", resp.Status)
+	}
+	// And with a certificate it works, with the server verified for 127.0.0.1.
+	hc.Transport = &http.Transport{TLSClientConfig: srv.ClientTLS()}
+	resp, err = hc.Get(srv.Endpoints()[0] + "/health")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.TLS == nil || resp.TLS.Version != tls.VersionTLS13 {
+		t.Errorf("connection not TLS 1.3")
+	}
+}
+
+func TestStopIsIdempotent(t *testing.T) {
+	srv := Start(t)
+	srv.Stop()
+	srv.Stop()
+	hc := &http.Client{Timeout: time.Second}
+	if resp, err := hc.Get(srv.Endpoints()[0] + "/health"); err == nil {
+		resp.Body.Close()
+		t.Error("server still answers after Stop")
+	}
+}
