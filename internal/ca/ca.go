@@ -165,6 +165,7 @@ type view struct {
 	inter  *keyRecord // active intermediate
 	jwt    *keyRecord // active JWT key
 	bundle *spiffebundle.Bundle
+	crls   [][]byte
 }
 
 // Open loads the CA state of cfg.TrustDomain from st (it need not exist yet:
@@ -249,6 +250,11 @@ func (c *CA) installLocked(s *persisted, rev int64) error {
 	b.SetRefreshHint(c.cfg.RefreshHint)
 	b.SetSequenceNumber(s.Sequence)
 	v.bundle = b
+	crls, err := buildCRLs(s, rev)
+	if err != nil {
+		return err
+	}
+	v.crls = crls
 	c.view.Store(v)
 	close(c.updated)
 	c.updated = make(chan struct{})

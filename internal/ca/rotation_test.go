@@ -154,6 +154,9 @@ func TestTaint(t *testing.T) {
 	t.Run("intermediate", func(t *testing.T) {
 		c, _ := initCA(t, Config{}, nil)
 		id := activeID(c, KindIntermediate)
+		if len(c.CRLs()) != 0 {
+			t.Fatal("CRL before any taint")
+		}
 		if err := c.Taint(ctx, id); err != nil {
 			t.Fatal(err)
 		}
@@ -165,6 +168,27 @@ func TestTaint(t *testing.T) {
 		}
 		if chain := sign(t, c); chain[1].Equal(mustCert(t, c, id)) {
 			t.Error("tainted intermediate still signs")
+		}
+		// The root publishes a CRL revoking the tainted intermediate.
+		crls := c.CRLs()
+		if len(crls) != 1 {
+			t.Fatalf("%d CRLs, want 1", len(crls))
+		}
+		crl, err := x509.ParseRevocationList(crls[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := mustCert(t, c, activeID(c, KindRoot))
+		if err := crl.CheckSignatureFrom(root); err != nil {
+			t.Fatalf("CRL not signed by the root: %v", err)
+		}
+		tainted := mustCert(t, c, id)
+		if len(crl.RevokedCertificateEntries) != 1 || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(tainted.SerialNumber) != 0 ||
+			crl.RevokedCertificateEntries[0].ReasonCode != crlReasonCACompromise {
+			t.Fatalf("CRL entries %+v", crl.RevokedCertificateEntries)
+		}
+		if !crl.NextUpdate.After(crl.ThisUpdate) {
+			t.Error("CRL NextUpdate not after ThisUpdate")
 		}
 		rev := c.State().Revision
 		if err := c.Taint(ctx, id); err != nil || c.State().Revision != rev {

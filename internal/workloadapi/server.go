@@ -75,6 +75,14 @@ type Source interface {
 	Changed() <-chan struct{}
 }
 
+// CRLSource is optionally implemented by a Source that has certificate
+// revocation lists (DER) for its trust domain, e.g. revoking a tainted
+// intermediate; they go in the crl fields of X509SVIDResponse and
+// X509BundlesResponse.
+type CRLSource interface {
+	CRLs() [][]byte
+}
+
 // Server implements the SPIFFE Workload API.
 type Server struct {
 	pb.UnimplementedSpiffeWorkloadAPIServer
@@ -197,7 +205,7 @@ func (s *Server) FetchX509Bundles(_ *pb.X509BundlesRequest, stream grpc.ServerSt
 			return nil, err
 		}
 		own, fed := s.src.Bundles()
-		resp := &pb.X509BundlesResponse{Bundles: map[string][]byte{}}
+		resp := &pb.X509BundlesResponse{Bundles: map[string][]byte{}, Crl: s.crls()}
 		for _, b := range append([]*spiffebundle.Bundle{own}, fed...) {
 			if b != nil {
 				resp.Bundles[b.TrustDomain().IDString()] = concatDER(b.X509Authorities())
@@ -306,6 +314,13 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *pb.ValidateJWTSVIDReq
 	return &pb.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }
 
+func (s *Server) crls() [][]byte {
+	if cs, ok := s.src.(CRLSource); ok {
+		return cs.CRLs()
+	}
+	return nil
+}
+
 func (s *Server) mayVerify(sel []attest.Selector) error {
 	if s.allowUnauthVerifier || len(s.src.Identities(sel)) > 0 {
 		return nil
@@ -326,7 +341,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*pb.X509SVIDResponse, 
 			fedByTD[b.TrustDomain()] = b
 		}
 	}
-	resp := &pb.X509SVIDResponse{}
+	resp := &pb.X509SVIDResponse{Crl: s.crls()}
 	for _, ident := range idents {
 		if len(ident.Chain) == 0 || ident.Key == nil {
 			continue

@@ -373,6 +373,56 @@ func TestStreamsPushFullState(t *testing.T) {
 	}
 }
 
+// TestTaintPushesCRLAndNewSVID: tainting the intermediate reaches the
+// workload as a CRL revoking it and an SVID re-issued under a fresh one.
+func TestTaintPushesCRLAndNewSVID(t *testing.T) {
+	ctx := withHeader(testCtx(t))
+	c := newTestCA(t)
+	src := newMemSource(t, c)
+	a := src.addEntry(t, "/a", uidSelector())
+	cl := rawClient(t, serve(t, src, workload("a")))
+	xs, err := cl.FetchX509SVID(ctx, &pb.X509SVIDRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bs, err := cl.FetchX509Bundles(ctx, &pb.X509BundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := mustRecv(t, xs); len(m.Crl) != 0 {
+		t.Fatal("CRL before taint")
+	}
+	mustRecv(t, bs)
+	old, _ := c.ActiveIntermediate()
+	id, _ := ca.KeyID(old.PublicKey)
+	if err := c.Taint(ctx, id); err != nil {
+		t.Fatal(err)
+	}
+	src.refreshBundle(t)
+	src.issue(t, a)
+	var m *pb.X509SVIDResponse
+	for {
+		m = mustRecv(t, xs)
+		chain, err := x509.ParseCertificates(m.Svids[0].X509Svid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !chain[1].Equal(old) {
+			break
+		}
+	}
+	if len(m.Crl) != 1 {
+		t.Fatalf("%d CRLs in the SVID message", len(m.Crl))
+	}
+	crl, err := x509.ParseRevocationList(m.Crl[0])
+	if err != nil || crl.RevokedCertificateEntries[0].SerialNumber.Cmp(old.SerialNumber) != 0 {
+		t.Fatalf("CRL does not revoke the tainted intermediate: %v", err)
+	}
+	if b := mustRecv(t, bs); len(b.Crl) != 1 {
+		t.Fatalf("%d CRLs in the bundles message", len(b.Crl))
+	}
+}
+
 func mustRecv[T any](t *testing.T, s grpc.ServerStreamingClient[T]) *T {
 	t.Helper()
 	m, err := s.Recv()

@@ -36,6 +36,7 @@ type memSource struct {
 	entries   []memEntry
 	idents    map[spiffeid.ID]Identity
 	bundle    *spiffebundle.Bundle // the agent's cached copy of the CA bundle
+	crls      [][]byte
 	federated []*spiffebundle.Bundle
 	changed   chan struct{}
 }
@@ -62,6 +63,7 @@ func (s *memSource) refreshBundle(t testing.TB) {
 	}
 	s.mu.Lock()
 	s.bundle = b
+	s.crls = s.ca.CRLs()
 	s.notifyLocked()
 	s.mu.Unlock()
 }
@@ -186,6 +188,12 @@ func (s *memSource) MintJWTSVID(ctx context.Context, id spiffeid.ID, audience []
 		return "", err
 	}
 	return svid.Token, nil
+}
+
+func (s *memSource) CRLs() [][]byte {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.crls
 }
 
 func (s *memSource) Changed() <-chan struct{} {
