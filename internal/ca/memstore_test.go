@@ -18,6 +18,18 @@ type memStore struct {
 	data map[string]store.KV
 	// failCAS, when set, is returned by CompareAndSwap.
 	failCAS error
+	// watchers get every write (when watchable).
+	watchable bool
+	watchers  []chan store.Event
+}
+
+func (m *memStore) emitLocked(kv store.KV) {
+	for _, w := range m.watchers {
+		select {
+		case w <- store.Event{Type: store.EventPut, Key: kv.Key, Value: kv.Value, Revision: kv.Revision}:
+		default:
+		}
+	}
 }
 
 func newMemStore() *memStore { return &memStore{data: map[string]store.KV{}} }
@@ -72,6 +84,7 @@ func (m *memStore) CompareAndSwap(_ context.Context, key string, value []byte, e
 	}
 	m.rev++
 	m.data[key] = store.KV{Key: key, Value: append([]byte(nil), value...), Revision: m.rev}
+	m.emitLocked(m.data[key])
 	return m.rev, nil
 }
 
@@ -79,8 +92,27 @@ func (m *memStore) Batch(context.Context, []store.Op) (int64, error) {
 	return 0, errors.New("memstore: batch not supported")
 }
 func (m *memStore) MaxBatch() int { return 0 }
-func (m *memStore) Watch(context.Context, string) (<-chan store.Event, error) {
-	return nil, errors.New("memstore: watch not supported")
+func (m *memStore) Watch(ctx context.Context, _ string) (<-chan store.Event, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.watchable {
+		return nil, errors.New("memstore: watch not supported")
+	}
+	ch := make(chan store.Event, 16)
+	m.watchers = append(m.watchers, ch)
+	go func() {
+		<-ctx.Done()
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for i, w := range m.watchers {
+			if w == ch {
+				m.watchers = append(m.watchers[:i], m.watchers[i+1:]...)
+				close(ch)
+				return
+			}
+		}
+	}()
+	return ch, nil
 }
 func (m *memStore) Backend() string { return "mem" }
 func (m *memStore) Close() error    { return nil }
