@@ -306,6 +306,7 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 				text:   string(cp.MarshalCedar()),
 			}
 			c.actionMask = m.actionMask(pa.Action)
+			c.needsAttrs, c.needsContext = dataNeeds(pa)
 			c.pKey, c.pAny = scopeKey(pa.Principal)
 			c.rKey, c.rAny = scopeKey(pa.Resource)
 			set.byID[id] = c

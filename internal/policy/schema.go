@@ -2,9 +2,12 @@ package policy
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/cedar-policy/cedar-go/types"
 	xast "github.com/cedar-policy/cedar-go/x/exp/ast"
@@ -79,6 +82,39 @@ type model struct {
 	actionBit   map[types.String]uint64 // action id -> its own bit
 	actionDesc  map[types.String]uint64 // action id -> bits of itself and every action below it
 	actionEnts  map[types.EntityUID]types.Entity
+
+	resCache  sync.Map // Resource -> types.Entity
+	resCached atomic.Int64
+	ctxCache  [16]atomic.Pointer[ctxEntry]
+	ctxSeed   maphash.Seed
+}
+
+// dataNeeds reports whether policy p may read the principal's attributes
+// (any attribute read that is not plainly on context or resource is taken
+// to) and whether it reads the context. Resource entities are always built.
+func dataNeeds(p *xast.Policy) (principal, ctx bool) {
+	reads := func(n xast.IsNode) {
+		v, ok := n.(xast.NodeTypeVariable)
+		if !ok || v.Name != "context" && v.Name != "resource" {
+			principal = true
+		}
+	}
+	for _, c := range p.Conditions {
+		xast.Inspect(xast.NewNode(c.Body), func(n xast.IsNode) bool {
+			switch x := n.(type) {
+			case xast.NodeTypeVariable:
+				ctx = ctx || x.Name == "context"
+			case xast.NodeTypeAccess:
+				reads(x.Arg)
+			case xast.NodeTypeHas:
+				reads(x.Arg)
+			case xast.NodeTypeGetTag, xast.NodeTypeHasTag:
+				principal = true
+			}
+			return true
+		})
+	}
+	return principal, ctx
 }
 
 func (s *Schema) prepare() (*model, error) {
@@ -92,6 +128,7 @@ func (s *Schema) prepare() (*model, error) {
 		actionBit:   map[types.String]uint64{},
 		actionDesc:  map[types.String]uint64{},
 		actionEnts:  map[types.EntityUID]types.Entity{},
+		ctxSeed:     maphash.MakeSeed(),
 	}
 	for t, attrs := range s.Principals {
 		m.principals[types.EntityType(t)] = setOf(attrs)

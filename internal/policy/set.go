@@ -2,6 +2,7 @@ package policy
 
 import (
 	"fmt"
+	"hash/maphash"
 	"iter"
 	"slices"
 	"sort"
@@ -59,7 +60,7 @@ type Context struct {
 	SourceTrustDomain string    // defaults to the principal's trust domain
 	Destination       string    // e.g. host:port the caller asked for
 	TLSVersion        string    // e.g. "1.3"
-	Time              time.Time // zero means now
+	Time              time.Time // zero means now; policies see it to the second
 }
 
 // Request is one authorization question.
@@ -112,6 +113,9 @@ type compiled struct {
 	actionMask uint64
 	pKey, rKey types.EntityUID
 	pAny, rAny bool
+	// needsAttrs: the policy may read the principal's attributes;
+	// needsContext: it reads the context. Conservative (true when unsure).
+	needsAttrs, needsContext bool
 }
 
 type bucket struct {
@@ -225,6 +229,9 @@ type env struct {
 	actions   map[types.EntityUID]types.Entity
 	parents   []types.EntityUID // principal's parents, for the index
 	actionBit uint64
+	td, path  string
+	r         *Request
+	m         *model
 }
 
 func (e *env) Get(uid types.EntityUID) (types.Entity, bool) {
@@ -236,6 +243,34 @@ func (e *env) Get(uid types.EntityUID) (types.Entity, bool) {
 	}
 	a, ok := e.actions[uid]
 	return a, ok
+}
+
+var emptyRecord = types.NewRecord(nil)
+
+// maxCachedResources bounds the resource entity cache of a model.
+const maxCachedResources = 4096
+
+// resourceEntity returns the Cedar entity for r. Enforcement points see few
+// distinct resources (a proxy guards one service), and building a record is
+// a large share of a decision's cost, so entities are cached (immutable,
+// bounded; past the bound they are built per request).
+func (m *model) resourceEntity(r Resource) types.Entity {
+	if v, ok := m.resCache.Load(r); ok {
+		return v.(types.Entity)
+	}
+	rt := types.EntityType(r.Type)
+	rattrs := types.RecordMap{
+		"name":           types.String(r.Name),
+		"classification": types.String(r.Classification),
+	}
+	if m.resources[rt]["port"] {
+		rattrs["port"] = types.Long(r.Port)
+	}
+	ent := types.Entity{UID: types.NewEntityUID(rt, types.String(r.Name)), Attributes: types.NewRecord(rattrs)}
+	if m.resCached.Add(1) <= maxCachedResources {
+		m.resCache.Store(r, ent)
+	}
+	return ent
 }
 
 func (m *model) env(r *Request) (*env, error) {
@@ -255,10 +290,6 @@ func (m *model) env(r *Request) (*env, error) {
 		return nil, fmt.Errorf("resource %s has no name", r.Resource.Type)
 	}
 
-	labels := make(types.RecordMap, len(r.Labels))
-	for k, v := range r.Labels {
-		labels[types.String(k)] = types.String(v)
-	}
 	parents := make([]types.EntityUID, 0, 1+len(r.Groups))
 	parents = append(parents, types.NewEntityUID(TypeTrustDomain, types.String(td)))
 	for _, g := range r.Groups {
@@ -266,50 +297,92 @@ func (m *model) env(r *Request) (*env, error) {
 	}
 	pUID := types.NewEntityUID(TypeWorkload, types.String(r.Principal))
 	e := &env{
-		principal: types.Entity{
-			UID:     pUID,
-			Parents: types.NewEntityUIDSet(parents...),
-			Attributes: types.NewRecord(types.RecordMap{
-				"trust_domain": types.String(td),
-				"path":         types.String(path),
-				"labels":       types.NewRecord(labels),
-			}),
-		},
+		principal: types.Entity{UID: pUID, Parents: types.NewEntityUIDSet(parents...)},
 		actions:   m.actionEnts,
 		parents:   parents,
 		actionBit: bit,
+		td:        td,
+		path:      path,
+		r:         r,
+		m:         m,
 	}
-	rattrs := types.RecordMap{
-		"name":           types.String(r.Resource.Name),
-		"classification": types.String(r.Resource.Classification),
+	e.resource = m.resourceEntity(r.Resource)
+	e.req = cedar.Request{
+		Principal: pUID,
+		Action:    types.NewEntityUID(TypeAction, types.String(r.Action)),
+		Resource:  e.resource.UID,
 	}
-	if m.resources[rt]["port"] {
-		rattrs["port"] = types.Long(r.Resource.Port)
-	}
-	rUID := types.NewEntityUID(rt, types.String(r.Resource.Name))
-	e.resource = types.Entity{UID: rUID, Attributes: types.NewRecord(rattrs)}
+	return e, nil
+}
 
+// fill builds the principal's attributes and the context record, which are
+// a large share of a decision's cost, only when some candidate reads them.
+func (e *env) fill(cs *candidates) {
+	var attrs, ctx bool
+	for _, l := range []policyList{cs.enforced, cs.dryForbid, cs.dryPermit} {
+		for _, c := range l {
+			attrs = attrs || c.needsAttrs
+			ctx = ctx || c.needsContext
+		}
+	}
+	r := e.r
+	if attrs {
+		labels := emptyRecord
+		if len(r.Labels) > 0 {
+			lm := make(types.RecordMap, len(r.Labels))
+			for k, v := range r.Labels {
+				lm[types.String(k)] = types.String(v)
+			}
+			labels = types.NewRecord(lm)
+		}
+		e.principal.Attributes = types.NewRecord(types.RecordMap{
+			"trust_domain": types.String(e.td),
+			"path":         types.String(e.path),
+			"labels":       labels,
+		})
+	}
+	if ctx {
+		e.req.Context = e.m.contextRecord(r, e.td)
+	}
+}
+
+// ctxKey identifies a context record; time is kept to the second.
+type ctxKey struct {
+	std, dest, tls string
+	unix           int64
+}
+
+type ctxEntry struct {
+	key ctxKey
+	rec types.Record
+}
+
+// contextRecord returns the context record of r. Recent records are reused
+// (a small direct-mapped cache): an enforcement point sees the same source,
+// destination and TLS version many times a second, and records are
+// immutable.
+func (m *model) contextRecord(r *Request, td string) types.Record {
 	now := r.Context.Time
 	if now.IsZero() {
 		now = time.Now()
 	}
-	std := r.Context.SourceTrustDomain
-	if std == "" {
-		std = td
+	k := ctxKey{std: r.Context.SourceTrustDomain, dest: r.Context.Destination, tls: r.Context.TLSVersion, unix: now.Unix()}
+	if k.std == "" {
+		k.std = td
 	}
-	e.req = cedar.Request{
-		Principal: pUID,
-		Action:    types.NewEntityUID(TypeAction, types.String(r.Action)),
-		Resource:  rUID,
-		Context: types.NewRecord(types.RecordMap{
-			"source_trust_domain": types.String(std),
-			"destination":         types.String(r.Context.Destination),
-			"tls_version":         types.String(r.Context.TLSVersion),
-			"time":                types.NewDatetime(now),
-			"unix_time":           types.Long(now.Unix()),
-		}),
+	slot := &m.ctxCache[maphash.Comparable(m.ctxSeed, k)%uint64(len(m.ctxCache))]
+	if last := slot.Load(); last != nil && last.key == k {
+		return last.rec
 	}
-	return e, nil
+	rec := types.NewRecord(types.RecordMap{
+		"source_trust_domain": types.String(k.std),
+		"destination":         types.String(k.dest),
+		"tls_version":         types.String(k.tls),
+		"time":                types.NewDatetime(time.Unix(k.unix, 0)),
+		"unix_time":           types.Long(k.unix),
+	})
+	slot.Store(&ctxEntry{key: k, rec: rec})
+	return rec
 }
 
 // candidates are the policies a request may match, split by role.
@@ -363,7 +436,16 @@ func (s *Set) lookup(e *env) candidates {
 // lookupAll is the unindexed reference: every policy is a candidate.
 func (s *Set) lookupAll() candidates {
 	var cs candidates
-	cs.add(s.all, ^uint64(0))
+	for _, c := range s.all {
+		switch {
+		case !c.dryRun:
+			cs.enforced = append(cs.enforced, c)
+		case c.forbid:
+			cs.dryForbid = append(cs.dryForbid, c)
+		default:
+			cs.dryPermit = append(cs.dryPermit, c)
+		}
+	}
 	return cs
 }
 
@@ -416,6 +498,7 @@ func (s *Set) decide(req *Request, unindexed bool) Decision {
 	} else {
 		cs = s.lookup(e)
 	}
+	e.fill(&cs)
 
 	ok, diag := cedar.Authorize(cs.enforced, e, e.req)
 	d.Allowed = bool(ok)
@@ -510,6 +593,7 @@ func (s *Set) Explain(req Request) Explanation {
 		return x
 	}
 	cs := s.lookup(e)
+	e.fill(&cs)
 	all := slices.Concat(cs.enforced, cs.dryForbid, cs.dryPermit)
 	order := map[*compiled]int{}
 	for i, c := range s.all {

@@ -1,0 +1,65 @@
+package policy
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+)
+
+func FuzzCompile(f *testing.F) {
+	f.Add([]byte(shopPolicy))
+	f.Add([]byte(`permit(principal, action, resource) when { context.tls_version == "1.3" };`))
+	f.Add([]byte(`@id("x") @dryrun("true") forbid(principal in Group::"g", action in [Action::"connect"], resource is Key in Key::"k") unless { if true then false else 1 };`))
+	f.Add([]byte(`permit(principal, action, resource) when { "\u{1F600}" like "*\*" && [1,{a:2}].contains(ip("10.0.0.1")) };`))
+	f.Add([]byte("permit(principal,\n action resource)"))
+	f.Add([]byte(`forbid(principal, action, resource) when { -9223372036854775808 < 99999999999999999999 };`))
+	f.Fuzz(func(t *testing.T, src []byte) {
+		s, err := Compile(map[string][]byte{"f.cedar": src})
+		if err != nil {
+			if s != nil {
+				t.Fatal("both a Set and an error")
+			}
+			var ce *CompileError
+			if !errors.As(err, &ce) || len(ce.Problems) == 0 {
+				t.Fatalf("error is not a CompileError with problems: %v", err)
+			}
+			for _, p := range ce.Problems {
+				if p.File != "f.cedar" || p.Message == "" || p.Line < 0 || p.Column < 0 {
+					t.Fatalf("bad problem %+v", p)
+				}
+			}
+			return
+		}
+		// Whatever compiled must decide identically with and without the index.
+		for _, req := range []Request{connect(web, "api"), kms(api, ActionKMSDecrypt, "k")} {
+			if got, want := s.Decide(req), s.decide(&req, true); !reflect.DeepEqual(got, want) {
+				t.Fatalf("indexed %+v != unindexed %+v", got, want)
+			}
+			_ = s.Explain(req)
+		}
+	})
+}
+
+func FuzzParseBundle(f *testing.F) {
+	raw, _ := MarshalBundle(Bundle{Version: 3, Files: map[string][]byte{"a": []byte(shopPolicy)}, DenyList: DenyList{SPIFFEIDs: []string{web}, Serials: []string{"0a"}}})
+	f.Add(raw)
+	f.Add([]byte(`{"version":1,"files":{},"deny_list":{"serials":["zz"]}}`))
+	f.Add([]byte(`{"version":-1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		b, err := ParseBundle(data)
+		if err != nil {
+			return
+		}
+		again, err := MarshalBundle(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b2, err := ParseBundle(again)
+		if err != nil || !reflect.DeepEqual(b, b2) {
+			t.Fatalf("round trip: %v", err)
+		}
+		if s, err := CompileBundle(b); err == nil && s.Version() != b.Version {
+			t.Fatal("version lost")
+		}
+	})
+}
