@@ -452,10 +452,14 @@ func (c *CA) activate(k *keyRecord, now time.Time) {
 	k.ActivatedAt = now
 }
 
-func retire(k *keyRecord, now time.Time, maxTTL time.Duration) {
+// retire stops k from signing. It stays (and, for JWT keys, stays
+// published) until the last thing it can have signed has expired: maxTTL
+// after now, plus margin for authorities sharing the store that have not
+// reloaded yet; never past its own expiry, which bounds everything it signed.
+func retire(k *keyRecord, now time.Time, maxTTL, margin time.Duration) {
 	k.State = StateRetired
 	k.RetiredAt = now
-	k.DropAfter = minTime(k.NotAfter, now.Add(maxTTL))
+	k.DropAfter = minTime(k.NotAfter, now.Add(maxTTL+margin))
 }
 
 func (c *CA) rotateIntermediate(s *persisted, now time.Time) error {
@@ -473,7 +477,7 @@ func (c *CA) rotateIntermediate(s *persisted, now time.Time) error {
 		next = n
 	}
 	if old := s.one(KindIntermediate, StateActive, ""); old != nil {
-		retire(old, now, c.cfg.MaxSVIDTTL)
+		retire(old, now, c.cfg.MaxSVIDTTL, c.cfg.PrepareAhead)
 	}
 	c.activate(next, now)
 	return nil
@@ -490,7 +494,7 @@ func (c *CA) rotateJWT(s *persisted, now time.Time) error {
 		next = n
 	}
 	if old := s.one(KindJWT, StateActive, ""); old != nil {
-		retire(old, now, c.cfg.MaxJWTSVIDTTL)
+		retire(old, now, c.cfg.MaxJWTSVIDTTL, c.cfg.PrepareAhead)
 	}
 	c.activate(next, now)
 	return nil

@@ -58,8 +58,14 @@ func TestRotate(t *testing.T) {
 		for _, k := range c.State().Keys {
 			if k.ID == id {
 				found = true
-				if k.State != StateRetired || k.DropAfter.IsZero() {
-					t.Errorf("old key %s: state %s drop_after %s", id, k.State, k.DropAfter)
+				maxTTL := 24 * time.Hour // MaxSVIDTTL
+				if k.Kind == KindJWT {
+					maxTTL = time.Hour // MaxJWTSVIDTTL
+				}
+				// Kept until the last possible SVID expired, plus PrepareAhead
+				// for authorities that have not reloaded yet.
+				if want := k.RetiredAt.Add(maxTTL + 30*time.Minute); k.State != StateRetired || !k.DropAfter.Equal(want) {
+					t.Errorf("old %s key %s: state %s drop_after %s, want %s", k.Kind, id, k.State, k.DropAfter, want)
 				}
 			}
 		}
