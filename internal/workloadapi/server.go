@@ -330,11 +330,14 @@ func (s *Server) mayVerify(sel []attest.Selector) error {
 
 func (s *Server) x509SVIDResponse(sel []attest.Selector) (*pb.X509SVIDResponse, error) {
 	idents := s.src.Identities(sel)
-	own, fed := s.src.Bundles()
-	var ownDER []byte
-	if own != nil {
-		ownDER = concatDER(own.X509Authorities())
+	if len(idents) == 0 {
+		return nil, errNoIdentity
 	}
+	own, fed := s.src.Bundles()
+	if own == nil || len(own.X509Authorities()) == 0 {
+		return nil, status.Error(codes.Unavailable, "no trust bundle yet (agent not synced with its authority); retry")
+	}
+	ownDER := concatDER(own.X509Authorities())
 	fedByTD := map[spiffeid.TrustDomain]*spiffebundle.Bundle{}
 	for _, b := range fed {
 		if b != nil {
@@ -364,7 +367,7 @@ func (s *Server) x509SVIDResponse(sel []attest.Selector) (*pb.X509SVIDResponse, 
 		}
 	}
 	if len(resp.Svids) == 0 {
-		return nil, errNoIdentity
+		return nil, status.Error(codes.Unavailable, "X509-SVID not issued yet; retry")
 	}
 	return resp, nil
 }

@@ -423,6 +423,39 @@ func TestTaintPushesCRLAndNewSVID(t *testing.T) {
 	}
 }
 
+// TestNotReadyIsUnavailable: an entitled caller whose SVID or bundle the
+// agent does not have yet gets Unavailable (go-spiffe retries), not
+// PermissionDenied.
+func TestNotReadyIsUnavailable(t *testing.T) {
+	ctx := testCtx(t)
+	c := newTestCA(t)
+	src := newMemSource(t, c)
+	a := src.addEntry(t, "/a", uidSelector())
+	client, err := gsw.New(ctx, gsw.WithAddr(serve(t, src, workload("a"))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	src.mu.Lock()
+	ident := src.idents[a]
+	src.idents[a] = Identity{ID: a}
+	src.mu.Unlock()
+	if _, err := client.FetchX509SVID(ctx); status.Code(err) != codes.Unavailable {
+		t.Errorf("no SVID yet: %v, want Unavailable", err)
+	}
+	src.mu.Lock()
+	src.idents[a] = ident
+	src.bundle = nil
+	src.mu.Unlock()
+	if _, err := client.FetchX509SVID(ctx); status.Code(err) != codes.Unavailable {
+		t.Errorf("no bundle yet: %v, want Unavailable", err)
+	}
+	src.refreshBundle(t)
+	if _, err := client.FetchX509SVID(ctx); err != nil {
+		t.Errorf("ready: %v", err)
+	}
+}
+
 func mustRecv[T any](t *testing.T, s grpc.ServerStreamingClient[T]) *T {
 	t.Helper()
 	m, err := s.Recv()
