@@ -190,7 +190,8 @@ func parseSPIFFEID(id string) (td, path string, err error) {
 		}
 	}
 	if path != "" {
-		for _, seg := range strings.Split(path[1:], "/") {
+		for rest := path[1:]; ; {
+			seg, tail, more := strings.Cut(rest, "/")
 			if seg == "" || seg == "." || seg == ".." {
 				return "", "", fmt.Errorf("SPIFFE ID %q: path segments must be non-empty and not . or ..", id)
 			}
@@ -200,6 +201,10 @@ func parseSPIFFEID(id string) (td, path string, err error) {
 					return "", "", fmt.Errorf("SPIFFE ID %q: path may only hold A-Z a-z 0-9 . - _ and /", id)
 				}
 			}
+			if !more {
+				break
+			}
+			rest = tail
 		}
 	}
 	return td, path, nil

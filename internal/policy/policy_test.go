@@ -123,6 +123,7 @@ func TestDecide(t *testing.T) {
 			cause: CauseDefaultDeny, dryPerms: []string{"canary-allow-batch"}},
 		{name: "dry-run permit shadowed by dry-run forbid", req: connect(batch, "api"), cause: CauseDefaultDeny},
 		{name: "resource attribute condition", req: with(connect(api, "anything"), func(r *Request) { r.Resource.Port = 61000 }), allowed: true, cause: CausePermit, reasons: []string{"big-ports"}},
+		{name: "same service, other port: no cached attribute reuse", req: with(connect(api, "anything"), func(r *Request) { r.Resource.Port = 600 }), cause: CauseDefaultDeny},
 		{name: "bad principal", req: connect("https://prod.example/web", "api"), cause: CauseBadRequest, reasons: []string{ReasonBadRequest}, errPolicy: []string{""}},
 		{name: "unknown action", req: with(connect(web, "api"), func(r *Request) { r.Action = "kms:sing" }), cause: CauseBadRequest, reasons: []string{ReasonBadRequest}, errPolicy: []string{""}},
 		{name: "unknown resource type", req: with(connect(web, "api"), func(r *Request) { r.Resource.Type = "Bucket" }), cause: CauseBadRequest, reasons: []string{ReasonBadRequest}, errPolicy: []string{""}},
@@ -357,11 +358,6 @@ permit (principal is Workload in TrustDomain::"a", action in [Action::"connect",
 when { principal.labels has app && principal.trust_domain == "a" && principal.path like "/x/*" && resource.classification == "internal"
        && resource.name == "k" && context.destination == "" && context.time > datetime("2020-01-01") && context.unix_time > 0
        && context.source_trust_domain == "a" && context.tls_version == "1.3" && principal in Group::"g" && resource has port
-       && action in Action::"kms:*" && principal.labels.app == "web" && @x == 1 || true };`[:0] + `
-permit (principal is Workload in TrustDomain::"a", action in [Action::"connect", Action::"kms:*"], resource is Key in Key::"k")
-when { principal.labels has app && principal.trust_domain == "a" && principal.path like "/x/*" && resource.classification == "internal"
-       && resource.name == "k" && context.destination == "" && context.time > datetime("2020-01-01") && context.unix_time > 0
-       && context.source_trust_domain == "a" && context.tls_version == "1.3" && principal in Group::"g" && resource has port
        && action in Action::"kms:*" && principal.labels.app == "web" };`})
 }
 
@@ -526,5 +522,31 @@ func TestExplain(t *testing.T) {
 	}
 	if !forbid || x.Decision.Allowed {
 		t.Fatalf("forbid not explained: %+v", x)
+	}
+}
+
+func TestParseSPIFFEID(t *testing.T) {
+	tests := []struct {
+		id, td, path string
+		ok           bool
+	}{
+		{"spiffe://example.org", "example.org", "", true},
+		{"spiffe://example.org/ns/a/sa/b", "example.org", "/ns/a/sa/b", true},
+		{"spiffe://ex_1-2.org/A.b-c_d", "ex_1-2.org", "/A.b-c_d", true},
+		{"spiffe://example.org/", "", "", false},
+		{"spiffe://example.org//a", "", "", false},
+		{"spiffe://example.org/a/../b", "", "", false},
+		{"spiffe://example.org/./b", "", "", false},
+		{"spiffe://Example.org/a", "", "", false},
+		{"spiffe:///a", "", "", false},
+		{"http://example.org/a", "", "", false},
+		{"spiffe://example.org/a?x=1", "", "", false},
+		{"spiffe://example.org:8080/a", "", "", false},
+	}
+	for _, tc := range tests {
+		td, path, err := parseSPIFFEID(tc.id)
+		if (err == nil) != tc.ok || td != tc.td || path != tc.path {
+			t.Errorf("parseSPIFFEID(%q) = %q %q %v", tc.id, td, path, err)
+		}
 	}
 }

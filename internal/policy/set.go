@@ -419,7 +419,7 @@ func (cs *candidates) addBucket(b *bucket, res types.EntityUID, bit uint64) {
 // resource has no parents in ward's model, so `resource in E` is anchored
 // to E like `resource == E`.
 func (s *Set) lookup(e *env) candidates {
-	var cs candidates
+	cs := candidates{enforced: make(policyList, 0, 32)}
 	res := e.resource.UID
 	if b := s.byPrincipal[e.principal.UID]; b != nil {
 		cs.addBucket(b, res, e.actionBit)
