@@ -314,3 +314,29 @@ func TestFIPSChild(t *testing.T) {
 }
 
 func fipsEnabled() bool { return fips140.Enabled() }
+
+func TestCancel(t *testing.T) {
+	kms := newKMS(t)
+	ctx, cancel := context.WithCancel(bg)
+	w, err := NewWriter(ctx, io.Discard, kms, "local/test", WithSegmentSize(seg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := w.Write(randBytes(3 << 20)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("write after cancel: %v", err)
+	}
+	if err := w.Close(); !errors.Is(err, context.Canceled) {
+		t.Fatalf("close after cancel: %v", err)
+	}
+	ct := seal(t, kms, randBytes(4<<20))
+	ctx, cancel = context.WithCancel(bg)
+	r, err := NewReader(ctx, bytes.NewReader(ct), kms)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	if _, err := io.Copy(io.Discard, r); !errors.Is(err, context.Canceled) {
+		t.Fatalf("read after cancel: %v", err)
+	}
+}

@@ -13,6 +13,7 @@ import (
 type job struct {
 	buf   []byte // sealing: plaintext at i*(S+16), sealed in place
 	src   []byte // sealing: plaintext borrowed from the caller (sealed into buf)
+	sent  bool   // handed to the workers (done will be closed)
 	out   []byte // opening: plaintext, contiguous
 	n     int    // sealing: plaintext bytes; opening: ciphertext bytes
 	first uint64 // index of the first segment
@@ -52,6 +53,7 @@ func (p *pool) stop() {
 // Writer encrypts a stream. Create it with NewWriter; Close writes the
 // final segment and must be called.
 type Writer struct {
+	ctx      context.Context
 	dst      io.Writer
 	k        *keys
 	seg      int
@@ -111,7 +113,7 @@ func NewWriter(ctx context.Context, dst io.Writer, kms KMS, keyName string, opts
 	if _, err := dst.Write(h.raw); err != nil {
 		return nil, fmt.Errorf("writing envelope header: %w", err)
 	}
-	w := &Writer{dst: dst, k: k, seg: c.segSize, per: batchSegments(c.segSize), workers: c.workers, hdr: ph}
+	w := &Writer{ctx: ctx, dst: dst, k: k, seg: c.segSize, per: batchSegments(c.segSize), workers: c.workers, hdr: ph}
 	w.inflight = 2 * c.workers
 	if c.workers > 1 {
 		w.pool = newPool(c.workers, w.seal)
@@ -167,6 +169,9 @@ func (w *Writer) seal(j *job) {
 // submit hands the current job to the workers and writes out finished
 // jobs, in order, once too many are in flight.
 func (w *Writer) submit(last bool) error {
+	if err := w.ctx.Err(); err != nil {
+		return fmt.Errorf("encryption stopped: %w", err)
+	}
 	j := w.cur
 	w.cur = nil
 	j.last = last
@@ -181,6 +186,7 @@ func (w *Writer) submit(last bool) error {
 	} else {
 		w.pool.jobs <- j
 	}
+	j.sent = true
 	w.pending = append(w.pending, j)
 	for len(w.pending) > w.inflight || (last && len(w.pending) > 0) {
 		if err := w.flushOne(); err != nil {
@@ -228,6 +234,14 @@ func (w *Writer) Write(p []byte) (int, error) {
 	// of p follows each, so none of them holds the final segment. Write
 	// waits until they are sealed, so p is not retained.
 	var borrowed []*job
+	defer func() {
+		for _, j := range borrowed {
+			if j.sent {
+				<-j.done
+			}
+			j.src = nil
+		}
+	}()
 	for w.pool != nil && (w.cur == nil || w.cur.n == 0) && len(p) > w.capacity() {
 		if w.cur == nil {
 			w.cur = w.newJob()
@@ -235,18 +249,13 @@ func (w *Writer) Write(p []byte) (int, error) {
 		w.cur.src, w.cur.n = p[:w.capacity()], w.capacity()
 		borrowed = append(borrowed, w.cur)
 		if err := w.submit(false); err != nil {
+			w.cur = nil
 			w.fail(err)
 			return total, err
 		}
 		p = p[w.capacity():]
 		total += w.capacity()
 	}
-	defer func() {
-		for _, j := range borrowed {
-			<-j.done
-			j.src = nil
-		}
-	}()
 	for len(p) > 0 {
 		if err := w.ensure(); err != nil {
 			w.fail(err)
