@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path"
 	"sort"
 	"strconv"
@@ -20,6 +21,11 @@ type Caller struct {
 	PID int32
 	UID uint32
 	GID uint32
+	// PIDFD, when not nil, is a pidfd of the very process that connected
+	// (SO_PEERPIDFD). Attestors use it to prove the process they read from
+	// /proc is that one and not a later process that reused its PID. It is
+	// owned by the connection; attestors must not close it.
+	PIDFD *os.File
 }
 
 // Attestor derives selectors from a caller. Implementations must only report

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"sync"
 
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/credentials"
@@ -35,7 +37,24 @@ func (peerCreds) ServerHandshake(conn net.Conn) (net.Conn, credentials.AuthInfo,
 	if err != nil {
 		return nil, nil, err
 	}
-	return conn, PeerCredAuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Caller: c}, nil
+	info := PeerCredAuthInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.NoSecurity}, Caller: c}
+	if c.PIDFD != nil {
+		conn = &pidfdConn{Conn: conn, pidfd: c.PIDFD}
+	}
+	return conn, info, nil
+}
+
+// pidfdConn closes the peer's pidfd with the connection.
+type pidfdConn struct {
+	net.Conn
+	pidfd *os.File
+	once  sync.Once
+}
+
+func (c *pidfdConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { c.pidfd.Close() })
+	return err
 }
 
 func (peerCreds) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {
@@ -60,16 +79,32 @@ func PeerCaller(conn net.Conn) (attest.Caller, error) {
 	}
 	var cred *unix.Ucred
 	var credErr error
+	pidfd := -1
 	if err := raw.Control(func(fd uintptr) {
 		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+		if credErr == nil {
+			// Linux ≥ 6.5; older kernels answer ENOPROTOOPT.
+			if pfd, err := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, soPeerPIDFD); err == nil && pfd >= 0 {
+				pidfd = pfd
+			}
+		}
 	}); err != nil {
 		return attest.Caller{}, fmt.Errorf("workloadapi: peer credentials: %w", err)
 	}
 	if credErr != nil {
 		return attest.Caller{}, fmt.Errorf("workloadapi: SO_PEERCRED: %w", credErr)
 	}
-	return attest.Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}, nil
+	c := attest.Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}
+	if pidfd >= 0 {
+		unix.CloseOnExec(pidfd)
+		c.PIDFD = os.NewFile(uintptr(pidfd), "pidfd")
+	}
+	return c, nil
 }
+
+// soPeerPIDFD is SO_PEERPIDFD (include/uapi/asm-generic/socket.h), which
+// golang.org/x/sys/unix does not name yet.
+const soPeerPIDFD = 77
 
 // callerFromContext returns the caller recorded by PeerCredentials.
 func callerFromContext(ctx context.Context) (attest.Caller, bool) {

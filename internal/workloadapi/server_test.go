@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/internal/attest"
+	"github.com/wardproject/ward/internal/attest/unix"
 	"github.com/wardproject/ward/internal/ca"
 )
 
@@ -598,3 +599,44 @@ func TestConcurrentClients(t *testing.T) {
 }
 
 var _ attest.Attestor = socketAttestor("")
+
+// TestPeerCallerUnix: a real unix connection reports this process's pid,
+// uid and gid, and (on kernels with SO_PEERPIDFD) a pidfd of this process.
+func TestPeerCallerUnix(t *testing.T) {
+	dir, err := os.MkdirTemp("", "wapi")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	l, err := Listen(filepath.Join(dir, "s.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		c, err := net.Dial("unix", filepath.Join(dir, "s.sock"))
+		if err == nil {
+			defer c.Close()
+			_, _ = io.Copy(io.Discard, c)
+		}
+	}()
+	conn, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	wrapped, info, err := PeerCredentials().ServerHandshake(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrapped.Close()
+	c := info.(PeerCredAuthInfo).Caller
+	if int(c.PID) != os.Getpid() || int(c.UID) != os.Getuid() || int(c.GID) != os.Getgid() {
+		t.Fatalf("caller %+v, want pid %d uid %d gid %d", c, os.Getpid(), os.Getuid(), os.Getgid())
+	}
+	if c.PIDFD == nil {
+		t.Skip("kernel without SO_PEERPIDFD")
+	}
+	if _, err := unix.New().Attest(context.Background(), c); err != nil {
+		t.Fatalf("attest with the connection's pidfd: %v", err)
+	}
+}

@@ -3,9 +3,10 @@
 // unix:supplementary_gid:N, unix:path:/abs (the binary) and unix:sha256:HEX
 // (the binary's digest).
 //
-// The agent and the workload must share a PID namespace. A pidfd taken before
-// /proc is read and checked after proves the facts belong to a process that
-// was still alive, so a PID reused in between is detected.
+// The agent and the workload must share a PID namespace. A pidfd of the
+// caller (from the connection via SO_PEERPIDFD, or opened at attestation
+// time on older kernels) is checked after /proc is read: the facts belong to
+// a process that was still alive, so a PID reused in between is detected.
 package unix
 
 import (
@@ -66,13 +67,35 @@ func (a *Attestor) Attest(ctx context.Context, c attest.Caller) ([]attest.Select
 	if c.PID <= 0 {
 		return nil, fmt.Errorf("unix attestor: caller has no PID (peer in another PID namespace?)")
 	}
-	pidfd, err := unix.PidfdOpen(int(c.PID), 0)
-	if err != nil && !errors.Is(err, unix.ENOSYS) {
-		return nil, fmt.Errorf("unix attestor: open pidfd of pid %d: %w", c.PID, err)
+	// The pidfd pins the process: if it is still alive after /proc was
+	// read, what was read belongs to it. The connection's own pidfd (from
+	// SO_PEERPIDFD) also covers a PID reused before this call; without it,
+	// open one now.
+	alive := func() error { return nil } // no pidfd support (kernel < 5.3)
+	if c.PIDFD != nil {
+		rc, err := c.PIDFD.SyscallConn()
+		if err != nil {
+			return nil, fmt.Errorf("unix attestor: pidfd of pid %d: %w", c.PID, err)
+		}
+		alive = func() error {
+			var sigErr error
+			if err := rc.Control(func(fd uintptr) { sigErr = unix.PidfdSendSignal(int(fd), 0, nil, 0) }); err != nil {
+				return err
+			}
+			return sigErr
+		}
+	} else {
+		fd, err := unix.PidfdOpen(int(c.PID), 0)
+		if err != nil && !errors.Is(err, unix.ENOSYS) {
+			return nil, fmt.Errorf("unix attestor: open pidfd of pid %d: %w", c.PID, err)
+		}
+		if err == nil {
+			defer unix.Close(fd)
+			alive = func() error { return unix.PidfdSendSignal(fd, 0, nil, 0) }
+		}
 	}
-	havePidfd := err == nil
-	if havePidfd {
-		defer unix.Close(pidfd)
+	if err := alive(); err != nil {
+		return nil, fmt.Errorf("unix attestor: pid %d has exited", c.PID)
 	}
 	sel := []attest.Selector{
 		{Type: Type, Value: "uid:" + strconv.FormatUint(uint64(c.UID), 10)},
@@ -95,11 +118,9 @@ func (a *Attestor) Attest(ctx context.Context, c attest.Caller) ([]attest.Select
 		return nil, fmt.Errorf("unix attestor: pid %d: digest of binary: %w", c.PID, err)
 	}
 	sel = append(sel, attest.Selector{Type: Type, Value: "sha256:" + sum})
-	if havePidfd {
-		// The process must still be the one we asked about.
-		if err := unix.PidfdSendSignal(pidfd, 0, nil, 0); err != nil {
-			return nil, fmt.Errorf("unix attestor: pid %d exited during attestation", c.PID)
-		}
+	// The process must still be the one we asked about.
+	if err := alive(); err != nil {
+		return nil, fmt.Errorf("unix attestor: pid %d exited during attestation", c.PID)
 	}
 	return attest.Normalize(sel), nil
 }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/wardproject/ward/internal/attest"
 )
 
@@ -134,5 +136,41 @@ func BenchmarkAttest(b *testing.B) {
 		if _, err := a.Attest(context.Background(), c); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestPIDReuseDetected simulates a PID reused after the connection: the
+// caller's pidfd names a process that has exited while /proc/<PID> shows a
+// live (different) process. Attestation must fail rather than describe the
+// wrong process.
+func TestPIDReuseDetected(t *testing.T) {
+	cmd := exec.Command("true")
+	if err := cmd.Start(); err != nil {
+		t.Skip("no true binary")
+	}
+	fd, err := unix.PidfdOpen(cmd.Process.Pid, 0)
+	if err != nil {
+		t.Skipf("pidfd_open: %v", err)
+	}
+	pidfd := os.NewFile(uintptr(fd), "pidfd")
+	defer pidfd.Close()
+	if err := cmd.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	// "Reused": the PID now shows this test process.
+	c := attest.Caller{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PIDFD: pidfd}
+	if _, err := New().Attest(context.Background(), c); err == nil {
+		t.Fatal("attested a reused PID")
+	}
+	// With a pidfd of the live process it works.
+	self, err := unix.PidfdOpen(os.Getpid(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	selfFile := os.NewFile(uintptr(self), "pidfd")
+	defer selfFile.Close()
+	c.PIDFD = selfFile
+	if _, err := New().Attest(context.Background(), c); err != nil {
+		t.Fatalf("live pidfd: %v", err)
 	}
 }
