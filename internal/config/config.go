@@ -62,6 +62,9 @@ type Server struct {
 	Storage     Storage `yaml:"storage"`
 	Seal        Seal    `yaml:"seal"`
 	KMS         KMS     `yaml:"kms"`
+	// Identity configures the CA, node attestation and the Node API
+	// (identity.go).
+	Identity Identity `yaml:"identity"`
 }
 
 // Storage selects the backend.
@@ -164,6 +167,7 @@ func (c *Server) defaults() {
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
 	}
+	c.Identity.defaults(c)
 }
 
 // Validate checks the configuration as a whole.
@@ -210,7 +214,7 @@ func (c *Server) Validate() error {
 	if _, err := c.ClassificationTable(); err != nil {
 		return err
 	}
-	return nil
+	return c.Identity.validate()
 }
 
 // ClassificationTable returns the configured table, or the default one.

@@ -1,0 +1,151 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
+)
+
+func init() {
+	register(func(root *cobra.Command) { root.AddCommand(operatorCommand()) })
+}
+
+func printStatus(w io.Writer, s *wardv1.SealStatus) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Trust domain:\t%s\n", s.TrustDomain)
+	fmt.Fprintf(tw, "Initialized:\t%t\n", s.Initialized)
+	fmt.Fprintf(tw, "Sealed:\t%t\n", s.Sealed)
+	fmt.Fprintf(tw, "Seal type:\t%s\n", s.SealType)
+	if s.SealType == "shamir" && s.Initialized {
+		fmt.Fprintf(tw, "Shares / threshold:\t%d / %d\n", s.Shares, s.Threshold)
+		if s.Sealed {
+			fmt.Fprintf(tw, "Unseal progress:\t%d/%d\n", s.Progress, s.Threshold)
+		}
+	}
+	fmt.Fprintf(tw, "Storage backend:\t%s\n", s.StorageBackend)
+	if !s.Sealed {
+		fmt.Fprintf(tw, "Audit log size:\t%d\n", s.AuditSize)
+	}
+	fmt.Fprintf(tw, "Version:\t%s\n", s.Version)
+	tw.Flush()
+}
+
+func operatorCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "operator", Short: "Initialise, unseal, seal and inspect the authority"}
+
+	var shares, threshold uint32
+	var asJSON bool
+	initCmd := &cobra.Command{
+		Use: "init", Short: "Create the barrier key and print the unseal shares (once; they are stored nowhere)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				r, err := c.Operator.Init(ctx, &wardv1.InitRequest{Shares: shares, Threshold: threshold})
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				if asJSON {
+					return json.NewEncoder(out).Encode(map[string]any{"shares": r.Shares, "threshold": threshold})
+				}
+				if len(r.Shares) == 0 {
+					fmt.Fprintf(out, "Authority initialised with the %s seal, which unseals itself.\n", r.Status.SealType)
+					return nil
+				}
+				for i, s := range r.Shares {
+					fmt.Fprintf(out, "Unseal share %d: %s\n", i+1, s)
+				}
+				fmt.Fprintf(out, "\nAuthority initialised with %d shares and a threshold of %d.\n", len(r.Shares), threshold)
+				fmt.Fprintf(out, "These shares are shown once and stored nowhere. Give each to a different person and keep them safe:\n")
+				fmt.Fprintf(out, "any %d of them unseal the authority, fewer reveal nothing. Unseal now with `ward operator unseal` (%d times).\n", threshold, threshold)
+				return nil
+			})
+		},
+	}
+	initCmd.Flags().Uint32Var(&shares, "shares", 5, "number of unseal shares to create")
+	initCmd.Flags().Uint32Var(&threshold, "threshold", 3, "number of shares needed to unseal")
+	initCmd.Flags().BoolVar(&asJSON, "json", false, "print the shares as JSON (for automation)")
+
+	var reset bool
+	unseal := &cobra.Command{
+		Use: "unseal [SHARE]", Short: "Submit one unseal share (prompted without echo if not given)", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &wardv1.UnsealRequest{ResetProgress: reset}
+			if !reset {
+				if len(args) == 1 {
+					req.Share = args[0]
+				} else {
+					s, err := readSecretLine(cmd, "Unseal share (input hidden): ")
+					if err != nil {
+						return err
+					}
+					req.Share = s
+				}
+				if req.Share == "" {
+					return fmt.Errorf("no share given: pass it as an argument, on stdin, or type it at the prompt")
+				}
+			}
+			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				s, err := c.Operator.Unseal(ctx, req)
+				if err != nil {
+					return err
+				}
+				switch {
+				case reset:
+					fmt.Fprintln(cmd.OutOrStdout(), "Unseal progress reset: submitted shares were discarded.")
+				case s.Sealed:
+					fmt.Fprintf(cmd.OutOrStdout(), "Share accepted. Unseal progress: %d/%d.\n", s.Progress, s.Threshold)
+				default:
+					fmt.Fprintln(cmd.OutOrStdout(), "Authority unsealed.")
+				}
+				return nil
+			})
+		},
+	}
+	unseal.Flags().BoolVar(&reset, "reset", false, "discard the shares submitted so far")
+
+	sealCmd := &cobra.Command{
+		Use: "seal", Short: "Seal the authority: keys leave memory and every key operation stops until unsealed", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				if _, err := c.Operator.Seal(ctx, &wardv1.SealRequest{}); err != nil {
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), "Authority sealed.")
+				return nil
+			})
+		},
+	}
+
+	statusCmd := &cobra.Command{
+		Use: "status", Short: "Show seal state, unseal progress, storage backend and version (exit code 2 while sealed)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var sealed bool
+			err := withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				s, err := c.Operator.Status(ctx, &wardv1.StatusRequest{})
+				if err != nil {
+					return err
+				}
+				sealed = s.Sealed
+				if asJSON {
+					return json.NewEncoder(cmd.OutOrStdout()).Encode(s)
+				}
+				printStatus(cmd.OutOrStdout(), s)
+				return nil
+			})
+			if err == nil && sealed {
+				return &exitError{code: 2, err: fmt.Errorf("the authority is sealed")}
+			}
+			return err
+		},
+	}
+	statusCmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(initCmd, unseal, sealCmd, statusCmd)
+	return cmd
+}

@@ -1,0 +1,146 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wardproject/ward/internal/config"
+	"github.com/wardproject/ward/internal/server"
+)
+
+func init() {
+	register(func(root *cobra.Command) { root.AddCommand(serverCommand()) })
+}
+
+func newLogger(w io.Writer, level string) *slog.Logger {
+	var l slog.Level
+	_ = l.UnmarshalText([]byte(level))
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+func serverCommand() *cobra.Command {
+	var cfgPath, devDir string
+	var dev bool
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run an authority: `--dev` for a throwaway unsealed one, `--config ward.yaml` for production",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case dev && cfgPath != "":
+				return fmt.Errorf("--dev and --config exclude each other: --dev builds its own configuration")
+			case dev:
+				return runDevServer(cmd, devDir)
+			case cfgPath == "":
+				return fmt.Errorf("give --config ward.yaml (see docs/configuration.md), or --dev for a throwaway development authority")
+			}
+			cfg, err := config.Load(cfgPath)
+			if err != nil {
+				return err
+			}
+			return runServer(cmd, cfg, nil)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the server configuration (YAML)")
+	cmd.Flags().BoolVar(&dev, "dev", false, "start a development authority: embedded store in a temporary directory, already initialised and unsealed")
+	cmd.Flags().StringVar(&devDir, "dev-dir", "", "with --dev: keep data in this directory instead of a temporary one (kept on exit)")
+	return cmd
+}
+
+// runServer opens storage and the seal, starts the authority and blocks
+// until SIGINT/SIGTERM. ready, if set, runs once the server listens.
+func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server) error) error {
+	log := newLogger(cmd.ErrOrStderr(), cfg.LogLevel)
+	ctx := cmd.Context()
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return fmt.Errorf("creating data_dir: %w", err)
+	}
+	raw, err := server.OpenStore(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	defer raw.Close()
+	sl, err := server.OpenSeal(cfg)
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(cfg, raw, sl, log)
+	if err != nil {
+		return err
+	}
+	if err := srv.Start(ctx); err != nil {
+		srv.Stop()
+		return err
+	}
+	defer srv.Stop()
+	log.Info("authority started", "trust_domain", cfg.TrustDomain, "admin", srv.AdminAddress(), "http", srv.HTTPAddress(),
+		"storage", raw.Backend(), "sealed", srv.Sealed(), "version", server.Version)
+	if ready != nil {
+		if err := ready(srv); err != nil {
+			return err
+		}
+	}
+	return srv.Wait(ctx)
+}
+
+func runDevServer(cmd *cobra.Command, dir string) error {
+	keep := dir != ""
+	if dir == "" {
+		d, err := os.MkdirTemp("", "ward-dev-")
+		if err != nil {
+			return err
+		}
+		dir = d
+		defer os.RemoveAll(dir)
+	}
+	dir, _ = filepath.Abs(dir)
+	cfg := &config.Server{
+		TrustDomain: "dev.ward.internal",
+		DataDir:     dir,
+		HTTPAddress: "127.0.0.1:0",
+		LogLevel:    "warn",
+		Seal:        config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "dev-seal.key")},
+		KMS:         config.KMS{RotationCheckInterval: config.Duration(time.Minute)},
+	}
+	cfg.Storage.Backend = "bbolt"
+	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
+	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	return runServer(cmd, cfg, func(srv *server.Server) error {
+		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+		defer cancel()
+		if err := srv.DevInit(ctx); err != nil {
+			return fmt.Errorf("initialising the dev authority: %w", err)
+		}
+		out := cmd.OutOrStdout()
+		where := "a temporary directory, deleted on exit"
+		if keep {
+			where = "the directory you gave, kept on exit"
+		}
+		var b strings.Builder
+		fmt.Fprintf(&b, "ward %s: development authority running, initialised and unsealed.\n\n", server.Version)
+		fmt.Fprintf(&b, "  trust domain:  %s\n", cfg.TrustDomain)
+		fmt.Fprintf(&b, "  admin socket:  %s\n", srv.AdminAddress())
+		fmt.Fprintf(&b, "  metrics:       http://%s/metrics   (/healthz, /readyz)\n", srv.HTTPAddress())
+		fmt.Fprintf(&b, "  data:          %s (%s)\n\n", dir, where)
+		fmt.Fprintf(&b, "Point the CLI at it (paste into another shell):\n\n    export WARD_ADDRESS=%s\n\n", srv.AdminAddress())
+		fmt.Fprintf(&b, "Then try:\n\n")
+		fmt.Fprintf(&b, "    ward key create tenant-a/payments --classification confidential\n")
+		fmt.Fprintf(&b, "    echo -n 'card 4111-1111' | ward kms encrypt --key tenant-a/payments --context tenant=a > secret.txt\n")
+		fmt.Fprintf(&b, "    ward kms decrypt --context tenant=a < secret.txt && ward audit verify\n\n")
+		fmt.Fprintf(&b, "Dev mode uses a key-file seal and keeps everything on this machine: never use it in production.\n")
+		fmt.Fprintf(&b, "Press Ctrl-C to stop.\n")
+		_, err := io.WriteString(out, b.String())
+		return err
+	})
+}
