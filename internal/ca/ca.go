@@ -7,7 +7,8 @@
 // signs X509-SVIDs and is sent in each SVID's chain. A root or JWT key enters
 // the bundle when prepared, at least Config.PrepareAhead before it signs, and
 // leaves it only once everything it (or its intermediates) signed has expired
-// — or at once when tainted. State lives in one store value replaced with
+// — or at once when tainted; a tainted intermediate is revoked by a CRL from
+// its root (CRLs). State lives in one store value replaced with
 // compare-and-swap, so several authorities can share a store: one write
 // wins, the others reload and re-decide.
 package ca
