@@ -33,3 +33,7 @@ echo "==> go test (race detector on)"
 # -race everywhere: the concurrent packages (store, audit, kms, server,
 # workload API) need it and the rest is cheap. -p 2 matches CI's 2 cores.
 go test -race -p 2 -timeout 25m -count=1 ./...
+
+echo "==> go test in FIPS 140-3 mode (GODEBUG=fips140=on) for the crypto paths"
+GODEBUG=fips140=on go test -count=1 -p 2 ./internal/kmscrypto ./internal/kms ./internal/barrier \
+  ./internal/seal ./internal/audit ./internal/server ./envelope
