@@ -30,6 +30,14 @@ func fmtTime(t interface{ AsTime() time.Time }) string {
 	return tt.UTC().Format(time.RFC3339)
 }
 
+// fmtPeriod shows whole days as "90d" and anything else in Go syntax.
+func fmtPeriod(d time.Duration) string {
+	if d > 0 && d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
+
 func printKey(w io.Writer, k *wardv1.Key) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "Name:\t%s\n", k.Name)
@@ -41,7 +49,7 @@ func printKey(w io.Writer, k *wardv1.Key) {
 	fmt.Fprintf(tw, "Created:\t%s\n", fmtTime(k.Created))
 	fmt.Fprintf(tw, "Latest version:\t%d\n", k.LatestVersion)
 	fmt.Fprintf(tw, "Min decrypt version:\t%d\n", k.MinDecryptVersion)
-	fmt.Fprintf(tw, "Rotation period:\t%s\n", k.RotationPeriod.AsDuration())
+	fmt.Fprintf(tw, "Rotation period:\t%s\n", fmtPeriod(k.RotationPeriod.AsDuration()))
 	fmt.Fprintf(tw, "Next rotation:\t%s\n", fmtTime(k.NextRotation))
 	keep := "all"
 	if k.KeepVersions > 0 {
@@ -213,7 +221,7 @@ func keyCommand() *cobra.Command {
 					if x.KeepVersions > 0 {
 						keep = fmt.Sprint(x.KeepVersions)
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, x.Algorithm, x.RotationPeriod.AsDuration(), keep)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", x.Name, x.Algorithm, fmtPeriod(x.RotationPeriod.AsDuration()), keep)
 				}
 				return tw.Flush()
 			})
