@@ -54,8 +54,13 @@ t_aen=$(timeit sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null")
 t_adn=$(timeit sh -c "'$BIN/age' -d -i age.key in.age > /dev/null")
 
 echo "measuring raw AES-256-GCM (go test -bench) ..." >&2
-RAW=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkRawAESGCM(Parallel)?$' -benchtime 2s ./envelope/ | awk '/^BenchmarkRawAESGCM-/ {s=$(NF-1)} /^BenchmarkRawAESGCMParallel-/ {p=$(NF-1)} END {print s, p}')
-read -r RAW1 RAWN <<<"$RAW"
+RAW=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkRawAESGCM' -benchtime 2s ./envelope/ |
+	awk '/^BenchmarkRawAESGCM-/ {s=$(NF-1)} /^BenchmarkRawAESGCMParallel-/ {p=$(NF-1)} END {print s, p}')
+LIBE=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkEncrypt$/^aes-256-gcm$/^seg=64K$' -benchtime 2s ./envelope/ | awk '/^BenchmarkEncrypt/ {print $(NF-1)}')
+LIBD=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkDecrypt$/^aes-256-gcm$' -benchtime 2s ./envelope/ | awk '/^BenchmarkDecrypt/ {print $(NF-1)}')
+LIB="$LIBE $LIBD"
+RAW="$RAW $LIB"
+read -r RAW1 RAWN LIBE LIBD <<<"$RAW"
 CORES=$(getconf _NPROCESSORS_ONLN)
 
 echo
@@ -70,10 +75,13 @@ row "age encrypt   (file -> file)" "$t_ae"
 row "age decrypt   (file -> file)" "$t_ad"
 row "age encrypt   (file -> /dev/null)" "$t_aen"
 row "age decrypt   (file -> /dev/null)" "$t_adn"
+printf "%-44s %10s %10.0f\n" "envelope library encrypt (64 MiB in memory)" "-" "$LIBE"
+printf "%-44s %10s %10.0f\n" "envelope library decrypt (64 MiB in memory)" "-" "$LIBD"
 printf "%-44s %10s %10.0f\n" "raw AES-256-GCM, 1 core, 64 KiB segments" "-" "$RAW1"
 printf "%-44s %10s %10.0f\n" "raw AES-256-GCM, all cores" "-" "$RAWN"
-awk -v c="$CORES" -v r="$RAW1" -v b="$BYTES" -v e="$t_wen" -v d="$t_wdn" -v ae="$t_aen" -v ad="$t_adn" 'BEGIN {
-  printf "ward vs %d x single-core AES-GCM: encrypt %.0f%%, decrypt %.0f%% (to /dev/null)\n", c, 100*b/e/1e6/(c*r), 100*b/d/1e6/(c*r)
+awk -v c="$CORES" -v r="$RAW1" -v b="$BYTES" -v e="$t_wen" -v d="$t_wdn" -v ae="$t_aen" -v ad="$t_adn" -v le="$LIBE" -v ld="$LIBD" 'BEGIN {
+  printf "ward CLI vs %d x single-core AES-GCM: encrypt %.0f%%, decrypt %.0f%% (to /dev/null)\n", c, 100*b/e/1e6/(c*r), 100*b/d/1e6/(c*r)
+  printf "library  vs %d x single-core AES-GCM: encrypt %.0f%%, decrypt %.0f%%\n", c, 100*le/(c*r), 100*ld/(c*r)
   printf "ward vs age: encrypt %.1fx, decrypt %.1fx (to /dev/null)\n", ae/e, ad/d }'
 
 echo >&2
