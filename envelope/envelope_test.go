@@ -340,3 +340,37 @@ func TestCancel(t *testing.T) {
 		t.Fatalf("read after cancel: %v", err)
 	}
 }
+
+type failWriter struct{ n int }
+
+func (f *failWriter) Write(p []byte) (int, error) {
+	if f.n -= len(p); f.n < 0 {
+		return 0, errors.New("disk full")
+	}
+	return len(p), nil
+}
+
+// I/O errors on either side surface as errors, never as a clean end.
+func TestIOErrors(t *testing.T) {
+	kms := newKMS(t)
+	w, err := NewWriter(bg, &failWriter{n: 2 << 20}, kms, "local/test", WithSegmentSize(seg))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, werr := w.Write(randBytes(8 << 20))
+	cerr := w.Close()
+	if werr == nil && cerr == nil {
+		t.Fatal("write error lost")
+	}
+	if _, err := NewWriter(bg, &failWriter{}, kms, "local/test"); err == nil {
+		t.Fatal("header write error lost")
+	}
+	ct := seal(t, kms, randBytes(3<<20), WithSegmentSize(seg))
+	r, err := NewReader(bg, iotest.TimeoutReader(bytes.NewReader(ct)), kms)
+	if err == nil {
+		_, err = io.Copy(io.Discard, r)
+	}
+	if !errors.Is(err, iotest.ErrTimeout) {
+		t.Fatalf("read error: %v", err)
+	}
+}

@@ -135,10 +135,12 @@ func (l *LocalKMS) Save(path string) error {
 		return fmt.Errorf("saving local key: %w", err)
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err == nil {
-		if _, err = tmp.Write(append(b, '\n')); err == nil {
-			err = tmp.Sync()
-		}
+	err = tmp.Chmod(0o600)
+	if err == nil {
+		_, err = tmp.Write(append(b, '\n'))
+	}
+	if err == nil {
+		err = tmp.Sync()
 	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
