@@ -30,6 +30,9 @@ type Client struct {
 	Keys     wardv1.KeysClient
 	KMS      wardv1.KMSClient
 	Audit    wardv1.AuditClient
+	Policy   wardv1.PolicyClient
+	// PolicyDistribution streams policy versions as they change.
+	PolicyDistribution wardv1.PolicyDistributionClient
 }
 
 type options struct {
@@ -82,7 +85,8 @@ func Dial(address string, opts ...Option) (*Client, error) {
 	}
 	return &Client{conn: conn,
 		Operator: wardv1.NewOperatorClient(conn), Keys: wardv1.NewKeysClient(conn),
-		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn)}, nil
+		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
+		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn)}, nil
 }
 
 // Close closes the connection.

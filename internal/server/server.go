@@ -28,6 +28,7 @@ import (
 	"github.com/wardproject/ward/internal/barrier"
 	"github.com/wardproject/ward/internal/config"
 	"github.com/wardproject/ward/internal/kms"
+	"github.com/wardproject/ward/internal/policystore"
 	"github.com/wardproject/ward/internal/reqctx"
 	"github.com/wardproject/ward/internal/seal"
 	"github.com/wardproject/ward/internal/store"
@@ -63,6 +64,7 @@ type Server struct {
 type unsealedState struct {
 	ident  *identityState // workload identity services (identity.go)
 	kms    *kms.Manager
+	policy *policystore.Store
 	audit  *audit.Log
 	hasher *audit.Hasher
 	cancel context.CancelFunc
@@ -102,6 +104,8 @@ func (s *Server) Start(ctx context.Context) error {
 	wardv1.RegisterKeysServer(s.grpc, &keysService{s: s})
 	wardv1.RegisterKMSServer(s.grpc, &kmsService{s: s})
 	wardv1.RegisterAuditServer(s.grpc, &auditService{s: s})
+	wardv1.RegisterPolicyServer(s.grpc, &policyService{s: s})
+	wardv1.RegisterPolicyDistributionServer(s.grpc, &policyDistribution{s: s})
 	s.registerIdentity(s.grpc)
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
 
@@ -248,6 +252,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		alog.Close()
 		return err
 	}
+	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st})
 	// Flush what happened while sealed, then record the unseal itself.
 	s.mu.Lock()
 	pending := s.pending
