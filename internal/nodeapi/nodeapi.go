@@ -1,0 +1,350 @@
+// Package nodeapi is the authority's Node API: the gRPC service agents call
+// over mutual TLS on TCP to attest (join token or x509pop), renew their
+// agent SVID, sync the registration entries they serve and have workload
+// X509- and JWT-SVIDs signed. The server authenticates as
+// spiffe://TD/ward/server with an X509-SVID from the CA, renewed at half
+// life; Attest is the only call allowed without a client certificate, every
+// other call needs the current SVID of a registered, non-evicted agent.
+// Every issuance is audited; nothing is released if its event cannot be
+// written.
+package nodeapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/ca"
+	"github.com/wardproject/ward/internal/registry"
+	"github.com/wardproject/ward/internal/reqctx"
+)
+
+// ServerID is the SPIFFE ID the Node API presents:
+// spiffe://TD/ward/server. Agents must authorize exactly this ID.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	return spiffeid.RequireFromPath(td, registry.ServerIDPath)
+}
+
+// Config configures a Server.
+type Config struct {
+	// CA signs agent, workload and the server's own SVIDs. Required.
+	CA *ca.CA
+	// Registry holds entries, join tokens and agents. Required.
+	Registry *registry.Registry
+	// Audit records every issuance. Required.
+	Audit registry.AuditFunc
+	// X509PopRoots verifies x509pop node certificates; nil disables x509pop.
+	X509PopRoots *x509.CertPool
+	// AgentSVIDTTL is the agent SVID lifetime (0 = the CA's SVID TTL).
+	AgentSVIDTTL time.Duration
+	// DNSNames are added to the server certificate.
+	DNSNames []string
+	// AttestTimeout bounds one attestation exchange (default 30s).
+	AttestTimeout time.Duration
+	// Log receives operational messages (default: discard).
+	Log *slog.Logger
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+}
+
+// MaxBatch is the largest number of SVIDs one SignX509SVIDs call may ask for.
+const MaxBatch = 1000
+
+const maxCSR = 16 << 10
+
+// Server is the Node API.
+type Server struct {
+	cfg  Config
+	td   spiffeid.TrustDomain
+	grpc *grpc.Server
+
+	certMu sync.Mutex
+	cert   atomic.Pointer[serverCert]
+
+	lnMu sync.Mutex
+	ln   net.Listener
+}
+
+type serverCert struct {
+	tls     *tls.Certificate
+	renewAt time.Time
+	inter   []byte // raw intermediate that signed it
+}
+
+// New builds the Node API server; call Serve or Listen.
+func New(cfg Config) (*Server, error) {
+	if cfg.CA == nil || cfg.Registry == nil || cfg.Audit == nil {
+		return nil, errors.New("nodeapi: CA, Registry and Audit are required")
+	}
+	if cfg.AttestTimeout <= 0 {
+		cfg.AttestTimeout = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = time.Now
+	}
+	for _, n := range cfg.DNSNames {
+		if err := registry.CheckDNSName(n); err != nil {
+			return nil, fmt.Errorf("nodeapi: node_api_dns_names: %v", err)
+		}
+	}
+	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain()}
+	s.grpc = grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
+		grpc.ChainUnaryInterceptor(s.authUnary),
+		grpc.ChainStreamInterceptor(s.authStream),
+		grpc.MaxRecvMsgSize(32<<20), grpc.MaxSendMsgSize(64<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(10*time.Second),
+	)
+	wardv1.RegisterNodeServer(s.grpc, &nodeService{s: s})
+	return s, nil
+}
+
+// TLSConfig is the server side: TLS 1.3 only, the server's X509-SVID,
+// client certificates requested (not required: Attest runs without) and,
+// when sent, verified as agent SVIDs against the current bundle.
+func (s *Server) TLSConfig() *tls.Config {
+	return &tls.Config{
+		MinVersion:     tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.certificate() },
+		ClientAuth:     tls.RequestClientCert,
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) == 0 {
+				return nil
+			}
+			_, err := s.verifyAgent(raw)
+			return err
+		},
+	}
+}
+
+// bundleSource adapts the CA's live bundle to go-spiffe.
+type bundleSource struct{ ca *ca.CA }
+
+func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	bundle, err := b.ca.Bundle()
+	if err != nil {
+		return nil, err
+	}
+	return bundle.GetX509BundleForTrustDomain(td)
+}
+
+// verifyAgent checks that raw is an X509-SVID of this trust domain, valid
+// now against the current bundle, naming an agent.
+func (s *Server) verifyAgent(raw [][]byte) (spiffeid.ID, error) {
+	id, _, err := x509svid.ParseAndVerify(raw, bundleSource{s.cfg.CA}, x509svid.WithTime(s.cfg.Clock()))
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("agent SVID rejected: %v", err)
+	}
+	if !registry.IsAgentID(s.td, id) {
+		return spiffeid.ID{}, fmt.Errorf("client SVID %s is not an agent ID (spiffe://%s%s...)", id, s.td.Name(), registry.AgentIDPrefix)
+	}
+	return id, nil
+}
+
+// certificate returns the server's X509-SVID, signing a new one when none
+// exists, past half life, or when the CA's active intermediate changed.
+func (s *Server) certificate() (*tls.Certificate, error) {
+	now := s.cfg.Clock()
+	inter, ierr := s.cfg.CA.ActiveIntermediate()
+	fresh := func(c *serverCert) bool {
+		return c != nil && now.Before(c.renewAt) && (ierr != nil || bytes.Equal(c.inter, inter.Raw))
+	}
+	if c := s.cert.Load(); fresh(c) {
+		return c.tls, nil
+	}
+	s.certMu.Lock()
+	defer s.certMu.Unlock()
+	if c := s.cert.Load(); fresh(c) {
+		return c.tls, nil
+	}
+	c, err := s.issueServerCert(now)
+	if err != nil {
+		if old := s.cert.Load(); old != nil && now.Before(old.tls.Leaf.NotAfter) {
+			s.cfg.Log.Warn("renewing the Node API certificate failed; serving the current one", "err", err)
+			return old.tls, nil
+		}
+		return nil, err
+	}
+	s.cert.Store(c)
+	return c.tls, nil
+}
+
+func (s *Server) issueServerCert(now time.Time) (*serverCert, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	id := ServerID(s.td)
+	chain, err := s.cfg.CA.SignX509SVID(context.Background(), ca.SVIDRequest{ID: id, PublicKey: key.Public(), DNSNames: s.cfg.DNSNames})
+	if err != nil {
+		return nil, fmt.Errorf("signing the Node API certificate %s: %w", id, err)
+	}
+	tc := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	leaf := chain[0]
+	life := leaf.NotAfter.Sub(leaf.NotBefore)
+	sc := &serverCert{tls: tc, renewAt: leaf.NotBefore.Add(life / 2)}
+	if len(chain) > 1 {
+		sc.inter = chain[1].Raw
+	}
+	s.cfg.Log.Info("Node API certificate issued", "spiffe_id", id, "serial", leaf.SerialNumber.Text(16), "expires", leaf.NotAfter)
+	return sc, nil
+}
+
+// Listen binds addr (host:port) and serves in the background.
+func (s *Server) Listen(addr string) error {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listening on identity.node_api_address %s: %w", addr, err)
+	}
+	s.lnMu.Lock()
+	s.ln = ln
+	s.lnMu.Unlock()
+	go s.grpc.Serve(ln)
+	return nil
+}
+
+// Serve serves on ln until Stop.
+func (s *Server) Serve(ln net.Listener) error {
+	s.lnMu.Lock()
+	s.ln = ln
+	s.lnMu.Unlock()
+	return s.grpc.Serve(ln)
+}
+
+// Addr is the bound address, or nil before Listen/Serve.
+func (s *Server) Addr() net.Addr {
+	s.lnMu.Lock()
+	defer s.lnMu.Unlock()
+	if s.ln == nil {
+		return nil
+	}
+	return s.ln.Addr()
+}
+
+// Stop closes the listener and ends open calls (gracefully for up to 5s).
+func (s *Server) Stop() {
+	done := make(chan struct{})
+	go func() { s.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		s.grpc.Stop()
+	}
+}
+
+// --- authentication ---
+
+type agentKey struct{}
+
+// agentFrom returns the authenticated agent of a call.
+func agentFrom(ctx context.Context) spiffeid.ID {
+	id, _ := ctx.Value(agentKey{}).(spiffeid.ID)
+	return id
+}
+
+const attestMethod = "/ward.v1.Node/Attest"
+
+func requestID(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("x-request-id"); len(v) == 1 && len(v[0]) <= 64 && len(v[0]) > 0 {
+			ok := true
+			for _, r := range v[0] {
+				if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+					ok = false
+				}
+			}
+			if ok {
+				return v[0]
+			}
+		}
+	}
+	return reqctx.NewRequestID()
+}
+
+// authenticate re-verifies the caller's SVID (a connection may outlive its
+// certificate or the root that signed it) and checks the agent record.
+func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
+	p, _ := peer.FromContext(ctx)
+	actor := "node:unauthenticated"
+	if p != nil && p.Addr != nil {
+		actor += "@" + p.Addr.String()
+	}
+	var raw [][]byte
+	var leaf *x509.Certificate
+	if p != nil {
+		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
+			for _, c := range ti.State.PeerCertificates {
+				raw = append(raw, c.Raw)
+			}
+			leaf = ti.State.PeerCertificates[0]
+		}
+	}
+	if method == attestMethod {
+		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: requestID(ctx)}), nil
+	}
+	if leaf == nil {
+		return nil, status.Error(codes.Unauthenticated, "this call needs an agent SVID as TLS client certificate: attest first")
+	}
+	id, err := s.verifyAgent(raw)
+	if err != nil {
+		return nil, status.Errorf(codes.Unauthenticated, "%v: renew or attest again", err)
+	}
+	ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: requestID(ctx)})
+	if _, err := s.cfg.Registry.Authorize(ctx, id, leaf.SerialNumber.Text(16)); err != nil {
+		return nil, Status(err)
+	}
+	return context.WithValue(ctx, agentKey{}, id), nil
+}
+
+func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	ctx, err := s.authenticate(ctx, info.FullMethod)
+	if err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c ctxStream) Context() context.Context { return c.ctx }
+
+func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
+	if err != nil {
+		return err
+	}
+	return h(srv, ctxStream{ss, ctx})
+}
