@@ -109,6 +109,7 @@ func runDevServer(cmd *cobra.Command, dir string) error {
 		LogLevel:    "warn",
 		Seal:        config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "dev-seal.key")},
 		KMS:         config.KMS{RotationCheckInterval: config.Duration(time.Minute)},
+		Identity:    config.Identity{NodeAPIAddress: "127.0.0.1:0"},
 	}
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
@@ -132,6 +133,7 @@ func runDevServer(cmd *cobra.Command, dir string) error {
 		fmt.Fprintf(&b, "  trust domain:  %s\n", cfg.TrustDomain)
 		fmt.Fprintf(&b, "  admin socket:  %s\n", srv.AdminAddress())
 		fmt.Fprintf(&b, "  metrics:       http://%s/metrics   (/healthz, /readyz)\n", srv.HTTPAddress())
+		fmt.Fprintf(&b, "  node API:      %s   (agents: server_address; server ID spiffe://%s/ward/server)\n", srv.NodeAPIAddress(), cfg.TrustDomain)
 		fmt.Fprintf(&b, "  data:          %s (%s)\n\n", dir, where)
 		fmt.Fprintf(&b, "Point the CLI at it (paste into another shell):\n\n    export WARD_ADDRESS=%s\n\n", srv.AdminAddress())
 		fmt.Fprintf(&b, "Then try:\n\n")
