@@ -1,0 +1,60 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wardproject/ward/internal/proxy"
+)
+
+func init() {
+	register(func(root *cobra.Command) { root.AddCommand(proxyCommand()) })
+}
+
+func proxyCommand() *cobra.Command {
+	var cfgPath, logLevel string
+	var check bool
+	cmd := &cobra.Command{
+		Use:   "proxy --config proxy.yaml",
+		Short: "Run the mTLS proxy: inbound listeners authorize callers by policy, outbound listeners wrap the app's traffic in mTLS",
+		Long: `Run the ward proxy (sidecar or gateway). See docs/proxy.md.
+
+SIGHUP re-reads the policy files; SIGTERM or SIGINT drains open connections
+(up to drain_timeout) and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfgPath == "" {
+				return fmt.Errorf("give --config proxy.yaml (see docs/proxy.md for an example)")
+			}
+			cfg, err := proxy.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d inbound, %d outbound listeners)\n", cfgPath, len(cfg.Inbound), len(cfg.Outbound))
+				return nil
+			}
+			p, err := proxy.New(cfg, proxy.WithLogger(newLogger(cmd.ErrOrStderr(), logLevel)))
+			if err != nil {
+				return err
+			}
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for range hup {
+					p.Reload()
+				}
+			}()
+			return p.Run(cmd.Context())
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the proxy configuration (YAML)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "operational log level: debug, info, warn or error")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
+	return cmd
+}
