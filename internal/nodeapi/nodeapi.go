@@ -272,7 +272,35 @@ func agentFrom(ctx context.Context) spiffeid.ID {
 	return id
 }
 
-const attestMethod = "/ward.v1.Node/Attest"
+const (
+	attestMethod = "/ward.v1.Node/Attest"
+	renewMethod  = "/ward.v1.Node/RenewAgent"
+)
+
+// taintedIn returns the ID of a tainted CA key among the issuers in raw
+// (DER), or "". An agent whose SVID chains to one may only renew.
+func (s *Server) taintedIn(raw [][]byte) string {
+	tainted := s.cfg.CA.TaintedKeyIDs()
+	if len(tainted) == 0 {
+		return ""
+	}
+	for _, der := range raw {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			continue
+		}
+		kid, err := ca.KeyID(c.PublicKey)
+		if err != nil {
+			continue
+		}
+		for _, t := range tainted {
+			if t == kid {
+				return kid
+			}
+		}
+	}
+	return ""
+}
 
 func requestID(ctx context.Context) string {
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -320,6 +348,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		return nil, status.Errorf(codes.Unauthenticated, "%v: renew or attest again", err)
 	}
 	ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: requestID(ctx)})
+	if kid := s.taintedIn(raw[1:]); kid != "" && method != renewMethod {
+		return nil, status.Errorf(codes.Unauthenticated, "agent SVID chains to tainted CA key %s: call RenewAgent for a re-issued SVID", kid)
+	}
 	if _, err := s.cfg.Registry.Authorize(ctx, id, leaf.SerialNumber.Text(16)); err != nil {
 		return nil, Status(err)
 	}

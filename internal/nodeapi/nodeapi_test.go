@@ -16,7 +16,6 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
-	"github.com/wardproject/ward/internal/registry"
 )
 
 func TestX509PopChallengeSignatures(t *testing.T) {
@@ -133,5 +132,4 @@ func TestEntryProtoRoundTrip(t *testing.T) {
 	if e := EntryFromProto(&wardv1.Entry{TtlSeconds: 1 << 62}); e.TTL >= 0 {
 		t.Fatal("overflowing TTL wrapped instead of failing validation")
 	}
-	_ = registry.AttestJoinToken
 }
