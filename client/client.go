@@ -31,6 +31,9 @@ type Client struct {
 	KMS      wardv1.KMSClient
 	Audit    wardv1.AuditClient
 	Policy   wardv1.PolicyClient
+	Entries  wardv1.EntriesClient
+	Agents   wardv1.AgentsClient
+	CA       wardv1.CAClient
 	// PolicyDistribution streams policy versions as they change.
 	PolicyDistribution wardv1.PolicyDistributionClient
 }
@@ -86,7 +89,8 @@ func Dial(address string, opts ...Option) (*Client, error) {
 	return &Client{conn: conn,
 		Operator: wardv1.NewOperatorClient(conn), Keys: wardv1.NewKeysClient(conn),
 		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
-		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn)}, nil
+		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn),
+		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn)}, nil
 }
 
 // Close closes the connection.

@@ -12,8 +12,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/local"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -36,25 +34,9 @@ type identityClients struct {
 
 // withIdentity runs f against the authority's admin socket.
 func withIdentity(cmd *cobra.Command, f func(ctx context.Context, c identityClients) error) error {
-	flag, _ := cmd.Flags().GetString("address")
-	addr, err := client.ResolveAddress(flag)
-	if err != nil {
-		return err
-	}
-	if !strings.HasPrefix(addr, "unix:///") {
-		return fmt.Errorf("address %q: identity administration uses the admin socket only (unix:///path/to/admin.sock)", addr)
-	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(local.NewCredentials()))
-	if err != nil {
-		return fmt.Errorf("connecting to %s: %w", addr, err)
-	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Minute)
-	defer cancel()
-	if err := f(ctx, identityClients{wardv1.NewEntriesClient(conn), wardv1.NewAgentsClient(conn), wardv1.NewCAClient(conn)}); err != nil {
-		return client.Unwrap(err)
-	}
-	return nil
+	return withClient(cmd, func(ctx context.Context, c *client.Client) error {
+		return f(ctx, identityClients{c.Entries, c.Agents, c.CA})
+	})
 }
 
 func printJSON(w io.Writer, m proto.Message) error {
