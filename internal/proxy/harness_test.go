@@ -27,6 +27,7 @@ const (
 	webID  = "spiffe://prod.example/ns/shop/web"
 	toolID = "spiffe://prod.example/ns/ops/tool"
 	apiID  = "spiffe://prod.example/ns/shop/api"
+	apiDNS = "api.prod.example" // DNS SAN of the server's SVID, for curl
 )
 
 const basePolicy = `
@@ -186,14 +187,14 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { e.auth.Close() })
-	add := func(path string) *proxytest.Workload {
-		w, err := e.auth.AddWorkload(ctx, path, e.svidTTL)
+	add := func(path string, dns ...string) *proxytest.Workload {
+		w, err := e.auth.AddWorkload(ctx, path, e.svidTTL, dns...)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return w
 	}
-	e.api, e.web, e.tool = add("/ns/shop/api"), add("/ns/shop/web"), add("/ns/ops/tool")
+	e.api, e.web, e.tool = add("/ns/shop/api", apiDNS), add("/ns/shop/web"), add("/ns/ops/tool")
 	e.policyDir = filepath.Join(dir, "policy")
 	if err := os.Mkdir(e.policyDir, 0o700); err != nil {
 		t.Fatal(err)

@@ -89,7 +89,7 @@ func handshakeReason(err error) string {
 	case errors.As(err, &ue) || errors.As(err, &ce) || strings.Contains(msg, "x509svid") ||
 		strings.Contains(msg, "certificate") || strings.Contains(msg, "X509 bundle"):
 		return "bad_certificate"
-	case strings.Contains(msg, "protocol version"):
+	case strings.Contains(msg, "protocol version") || strings.Contains(msg, "unsupported versions"):
 		return "protocol_version"
 	case strings.Contains(msg, "no cipher suite") || strings.Contains(msg, "no mutually supported") ||
 		strings.Contains(msg, "no supported") || strings.Contains(msg, "handshake failure"):

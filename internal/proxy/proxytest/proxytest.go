@@ -83,6 +83,9 @@ type Workload struct {
 	Socket string // filesystem path of the unix socket
 	Addr   string // go-spiffe form: unix:///path
 	TTL    time.Duration
+	// DNSNames are added to every SVID as DNS SANs (for clients that check
+	// host names, like curl).
+	DNSNames []string
 
 	a   *Authority
 	srv *workloadapi.Server
@@ -93,9 +96,9 @@ type Workload struct {
 	changed chan struct{}
 }
 
-// AddWorkload issues an SVID for path (TTL ttl, 0 = CA default) and serves
-// it on a new socket.
-func (a *Authority) AddWorkload(ctx context.Context, path string, ttl time.Duration) (*Workload, error) {
+// AddWorkload issues an SVID for path (TTL ttl, 0 = CA default; DNS SANs
+// dnsNames) and serves it on a new socket.
+func (a *Authority) AddWorkload(ctx context.Context, path string, ttl time.Duration, dnsNames ...string) (*Workload, error) {
 	id, err := spiffeid.FromPath(a.TD, path)
 	if err != nil {
 		return nil, fmt.Errorf("proxytest: workload path %q: %w", path, err)
@@ -104,7 +107,7 @@ func (a *Authority) AddWorkload(ctx context.Context, path string, ttl time.Durat
 	n := len(a.workloads)
 	a.mu.Unlock()
 	sock := filepath.Join(a.dir, fmt.Sprintf("w%d.sock", n))
-	w := &Workload{ID: id, Socket: sock, Addr: "unix://" + sock, TTL: ttl, a: a, changed: make(chan struct{})}
+	w := &Workload{ID: id, Socket: sock, Addr: "unix://" + sock, TTL: ttl, DNSNames: dnsNames, a: a, changed: make(chan struct{})}
 	if _, err := w.Rotate(ctx); err != nil {
 		return nil, err
 	}
@@ -130,7 +133,7 @@ func (w *Workload) Rotate(ctx context.Context) (*big.Int, error) {
 	if err != nil {
 		return nil, err
 	}
-	chain, err := w.a.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: w.ID, PublicKey: key.Public(), TTL: w.TTL})
+	chain, err := w.a.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: w.ID, PublicKey: key.Public(), TTL: w.TTL, DNSNames: w.DNSNames})
 	if err != nil {
 		return nil, fmt.Errorf("proxytest: sign SVID for %s: %w", w.ID, err)
 	}
