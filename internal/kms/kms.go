@@ -970,3 +970,13 @@ func (m *Manager) KeyAges(ctx context.Context) (map[string]time.Duration, error)
 	}
 	return out, nil
 }
+
+// Classification returns a key's classification from the cache (loading
+// it on a miss), for authorization decisions on the hot path.
+func (m *Manager) Classification(ctx context.Context, name string) (string, error) {
+	l, err := m.get(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	return l.rec.Classification, nil
+}

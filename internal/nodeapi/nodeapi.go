@@ -68,6 +68,13 @@ type Config struct {
 	Log *slog.Logger
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
+	// Register adds further services to the Node API's gRPC server (the
+	// authority registers the KMS for workloads and policy distribution).
+	Register func(*grpc.Server)
+	// WorkloadMethod reports the methods any workload SVID of the trust
+	// domain may call (authorization is then the service's job); every
+	// other method needs an agent SVID.
+	WorkloadMethod func(fullMethod string) bool
 }
 
 // MaxBatch is the largest number of SVIDs one SignX509SVIDs call may ask for.
@@ -123,6 +130,9 @@ func New(cfg Config) (*Server, error) {
 		grpc.ConnectionTimeout(10*time.Second),
 	)
 	wardv1.RegisterNodeServer(s.grpc, &nodeService{s: s})
+	if cfg.Register != nil {
+		cfg.Register(s.grpc)
+	}
 	return s, nil
 }
 
@@ -138,7 +148,9 @@ func (s *Server) TLSConfig() *tls.Config {
 			if len(raw) == 0 {
 				return nil
 			}
-			_, err := s.verifyAgent(raw)
+			// Any SVID of this trust domain may connect; authenticate
+			// decides per call whether it must be an agent.
+			_, err := s.verifySVID(raw)
 			return err
 		},
 	}
@@ -155,10 +167,20 @@ func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 	return bundle.GetX509BundleForTrustDomain(td)
 }
 
+// verifySVID checks that raw is an X509-SVID of this trust domain, valid
+// now against the current bundle.
+func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
+	id, _, err := x509svid.ParseAndVerify(raw, bundleSource{s.cfg.CA}, x509svid.WithTime(s.cfg.Clock()))
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("client SVID rejected: %v", err)
+	}
+	return id, nil
+}
+
 // verifyAgent checks that raw is an X509-SVID of this trust domain, valid
 // now against the current bundle, naming an agent.
 func (s *Server) verifyAgent(raw [][]byte) (spiffeid.ID, error) {
-	id, _, err := x509svid.ParseAndVerify(raw, bundleSource{s.cfg.CA}, x509svid.WithTime(s.cfg.Clock()))
+	id, err := s.verifySVID(raw)
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("agent SVID rejected: %v", err)
 	}
@@ -266,6 +288,15 @@ func (s *Server) Stop() {
 
 type agentKey struct{}
 
+type workloadKey struct{}
+
+// WorkloadFrom returns the authenticated workload of a call to a
+// WorkloadMethod (zero otherwise).
+func WorkloadFrom(ctx context.Context) spiffeid.ID {
+	id, _ := ctx.Value(workloadKey{}).(spiffeid.ID)
+	return id
+}
+
 // agentFrom returns the authenticated agent of a call.
 func agentFrom(ctx context.Context) spiffeid.ID {
 	id, _ := ctx.Value(agentKey{}).(spiffeid.ID)
@@ -339,6 +370,20 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	if method == attestMethod {
 		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: requestID(ctx)}), nil
+	}
+	if s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method) {
+		if leaf == nil {
+			return nil, status.Error(codes.Unauthenticated, "this call needs your workload's X509-SVID as TLS client certificate (from the SPIFFE Workload API)")
+		}
+		id, err := s.verifySVID(raw)
+		if err != nil {
+			return nil, status.Errorf(codes.Unauthenticated, "%v: fetch a fresh SVID from the Workload API", err)
+		}
+		if kid := s.taintedIn(raw[1:]); kid != "" {
+			return nil, status.Errorf(codes.Unauthenticated, "workload SVID chains to tainted CA key %s: fetch a re-issued SVID from the Workload API", kid)
+		}
+		ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: requestID(ctx)})
+		return context.WithValue(ctx, workloadKey{}, id), nil
 	}
 	if leaf == nil {
 		return nil, status.Error(codes.Unauthenticated, "this call needs an agent SVID as TLS client certificate: attest first")

@@ -7,6 +7,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/wardproject/ward/internal/policy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
@@ -17,6 +19,22 @@ type metrics struct {
 	ops      *prometheus.CounterVec
 	latency  *prometheus.HistogramVec
 	batchLen *prometheus.HistogramVec
+	// Policy decisions for workload KMS calls.
+	decisions       *prometheus.CounterVec
+	decisionLatency prometheus.Histogram
+}
+
+// decision counts one policy decision (dry-run denials separately).
+func (m *metrics) decision(action string, d policy.Decision, took time.Duration) {
+	result := "deny"
+	if d.Allowed {
+		result = "allow"
+	}
+	m.decisions.WithLabelValues(action, result).Inc()
+	if len(d.DryRunDenials) > 0 {
+		m.decisions.WithLabelValues(action, "dry-run-deny").Inc()
+	}
+	m.decisionLatency.Observe(took.Seconds())
 }
 
 func newMetrics(s *Server) *metrics {
@@ -30,6 +48,14 @@ func newMetrics(s *Server) *metrics {
 		Help:    "API operation latency by service and method.",
 		Buckets: prometheus.ExponentialBuckets(20e-6, 2.5, 14),
 	}, []string{"service", "method"})
+	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "policy_decisions_total",
+		Help: "Policy decisions on workload KMS calls by action and result (allow, deny, dry-run-deny).",
+	}, []string{"action", "result"})
+	m.decisionLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "ward", Name: "policy_decision_duration_seconds", Help: "Time to decide one request.",
+		Buckets: prometheus.ExponentialBuckets(250e-9, 2, 14),
+	})
 	sealed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "ward", Name: "sealed", Help: "1 while the authority is sealed.",
 	}, func() float64 {
@@ -41,7 +67,7 @@ func newMetrics(s *Server) *metrics {
 	auditSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "ward", Name: "audit_log_size", Help: "Events in the audit log (tree size of the latest checkpoint).",
 	}, func() float64 { return float64(s.auditSize()) })
-	m.reg.MustRegister(m.ops, m.latency, sealed, auditSize, &keyAgeCollector{s: s},
+	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/wardproject/ward/internal/barrier"
 	"github.com/wardproject/ward/internal/config"
 	"github.com/wardproject/ward/internal/kms"
+	"github.com/wardproject/ward/internal/policy"
 	"github.com/wardproject/ward/internal/policystore"
 	"github.com/wardproject/ward/internal/reqctx"
 	"github.com/wardproject/ward/internal/seal"
@@ -65,6 +66,7 @@ type unsealedState struct {
 	ident  *identityState // workload identity services (identity.go)
 	kms    *kms.Manager
 	policy *policystore.Store
+	engine *policy.Engine // current policy version, for workload KMS calls
 	audit  *audit.Log
 	hasher *audit.Hasher
 	cancel context.CancelFunc
@@ -253,6 +255,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		return err
 	}
 	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st})
+	st.engine = policy.NewEngine()
 	// Flush what happened while sealed, then record the unseal itself.
 	s.mu.Lock()
 	pending := s.pending
@@ -274,8 +277,9 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	st.cancel = cancel
-	st.wg.Add(2)
+	st.wg.Add(3)
 	go func() { defer st.wg.Done(); st.kms.Watch(jobCtx) }()
+	go func() { defer st.wg.Done(); s.runPolicyEngine(jobCtx, st) }()
 	go func() { defer st.wg.Done(); s.rotationLoop(jobCtx, st.kms) }()
 	s.mu.Lock()
 	s.unsealed = st

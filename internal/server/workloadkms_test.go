@@ -1,0 +1,138 @@
+package server
+
+import (
+	"context"
+	"crypto/tls"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
+)
+
+// workloadSVID registers an entry under a fresh agent and has the agent
+// sign an X509-SVID for it, as the node agent would.
+func (e *idEnv) workloadSVID(t *testing.T, path string) *x509svid.SVID {
+	t.Helper()
+	agent := e.joinAgent(t, "node-"+strings.TrimPrefix(path, "/"))
+	en, err := e.entries.CreateEntry(context.Background(), &wardv1.CreateEntryRequest{Entry: &wardv1.Entry{
+		SpiffeId: "spiffe://" + testTD + path, ParentId: agent.ID.String(), Selectors: []*wardv1.Selector{{Type: "unix", Value: "uid:1"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, key := newCSR(t)
+	res, err := e.nodeClient(t, agent).SignX509SVIDs(context.Background(), &wardv1.SignX509SVIDsRequest{Params: []*wardv1.X509SVIDParams{{EntryId: en.Id, Csr: csr}}})
+	if err != nil || res.Results[0].Error != nil {
+		t.Fatalf("signing %s: %v %v", path, err, res.GetResults())
+	}
+	return toSVID(t, res.Results[0].Chain, key)
+}
+
+func (e *idEnv) workloadKMS(t *testing.T, svid *x509svid.SVID) wardv1.KMSClient {
+	t.Helper()
+	tc := tlsconfig.MTLSClientConfig(svid, e.bundle, tlsconfig.AuthorizeID(serverID()))
+	tc.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient(e.srv.NodeAPIAddress(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return wardv1.NewKMSClient(conn)
+}
+
+func TestWorkloadKMSIsAuthorizedByPolicy(t *testing.T) {
+	e := startIdentity(t)
+	ctx := context.Background()
+	admin, err := client.Dial(e.srv.AdminAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "payments/cards", Classification: "restricted"}); err != nil {
+		t.Fatal(err)
+	}
+	payments := e.workloadKMS(t, e.workloadSVID(t, "/payments"))
+	batch := e.workloadKMS(t, e.workloadSVID(t, "/batch"))
+
+	// No policy yet: fail closed.
+	_, err = payments.Encrypt(ctx, &wardv1.EncryptRequest{Key: "payments/cards", Plaintext: []byte("4111")})
+	if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "no-policy") {
+		t.Fatalf("without policy: %v", err)
+	}
+	pol := `@id("payments-uses-its-key")
+permit(principal == Workload::"spiffe://` + testTD + `/payments", action in Action::"kms:*", resource == Key::"payments/cards");
+@id("restricted-needs-payments")
+forbid(principal, action == Action::"kms:decrypt", resource) when { resource.classification == "restricted" } unless { principal == Workload::"spiffe://` + testTD + `/payments" };`
+	if _, err := admin.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"kms.cedar": []byte(pol)}}); err != nil {
+		t.Fatal(err)
+	}
+	// The engine follows the store's watch: bounded wait for the version.
+	var ct *wardv1.EncryptResponse
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ct, err = payments.Encrypt(ctx, &wardv1.EncryptRequest{Key: "payments/cards", Plaintext: []byte("4111")})
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("allowed workload: %v", err)
+	}
+	pt, err := payments.Decrypt(ctx, &wardv1.DecryptRequest{Ciphertext: ct.Ciphertext})
+	if err != nil || string(pt.Plaintext) != "4111" {
+		t.Fatalf("decrypt: %v", err)
+	}
+	_, err = batch.Decrypt(ctx, &wardv1.DecryptRequest{Ciphertext: ct.Ciphertext})
+	if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "restricted-needs-payments") {
+		t.Fatalf("other workload decrypting: %v", err)
+	}
+	_, err = batch.BatchDecrypt(ctx, &wardv1.BatchDecryptRequest{Items: []*wardv1.DecryptItem{{Ciphertext: ct.Ciphertext}}})
+	if code(err) != codes.PermissionDenied {
+		t.Fatalf("other workload batch decrypting: %v", err)
+	}
+	_, err = batch.GenerateDataKey(ctx, &wardv1.GenerateDataKeyRequest{Key: "payments/cards"})
+	if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "default-deny") {
+		t.Fatalf("other workload datakey: %v", err)
+	}
+	// Revocation applies on the next call.
+	if _, err := admin.Policy.Revoke(ctx, &wardv1.RevokeRequest{SpiffeIds: []string{"spiffe://" + testTD + "/payments"}}); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		_, err = payments.Encrypt(ctx, &wardv1.EncryptRequest{Key: "payments/cards", Plaintext: []byte("x")})
+		if code(err) == codes.PermissionDenied || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "deny-list") {
+		t.Fatalf("revoked workload: %v", err)
+	}
+	// Denials are audited with the caller's SPIFFE ID.
+	denied := 0
+	for _, ev := range e.auditEvents(t) {
+		if ev.Result == "denied" && strings.HasPrefix(ev.Operation, "kms.") && strings.HasPrefix(ev.Actor, "spiffe://") {
+			denied++
+		}
+	}
+	if denied < 4 {
+		t.Fatalf("only %d denied KMS calls audited", denied)
+	}
+	// Without a client certificate the KMS is not reachable at all.
+	tc := tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(serverID()))
+	conn, _ := grpc.NewClient(e.srv.NodeAPIAddress(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	defer conn.Close()
+	_, err = wardv1.NewKMSClient(conn).Encrypt(ctx, &wardv1.EncryptRequest{Key: "payments/cards"})
+	if code(err) != codes.Unauthenticated {
+		t.Fatalf("anonymous KMS call: %v", err)
+	}
+}
