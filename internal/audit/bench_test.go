@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 // BenchmarkAppendParallel measures group-committed appends from many
@@ -14,7 +16,7 @@ import (
 func BenchmarkAppendParallel(b *testing.B) {
 	for _, maxBatch := range []int{10000, 128} {
 		b.Run(fmt.Sprintf("maxbatch=%d", maxBatch), func(b *testing.B) {
-			st := newMemStore(maxBatch)
+			st := memstore.New(memstore.WithMaxBatch(maxBatch))
 			key := newKey(b)
 			signer := &countingSigner{Signer: key}
 			l := openLog(b, st, signer)

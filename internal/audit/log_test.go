@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 type countingSigner struct {
@@ -124,7 +125,7 @@ func TestAppendReadVerifyRoundTrip(t *testing.T) {
 		{"two-op batches", 2, 25},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st := newMemStore(tc.maxBatch)
+			st := memstore.New(memstore.WithMaxBatch(tc.maxBatch))
 			key := newKey(t)
 			l := openLog(t, st, key)
 			appendN(t, l, 0, tc.n)
@@ -168,7 +169,7 @@ func TestAppendReadVerifyRoundTrip(t *testing.T) {
 }
 
 func TestConcurrentAppendersGetUniqueContiguousSeqs(t *testing.T) {
-	st := newMemStore(128)
+	st := memstore.New(memstore.WithMaxBatch(128))
 	key := newKey(t)
 	l := openLog(t, st, key)
 	const workers, per = 32, 40
@@ -201,7 +202,7 @@ func TestConcurrentAppendersGetUniqueContiguousSeqs(t *testing.T) {
 	if len(got) != workers*per {
 		t.Fatalf("%d seqs, want %d", len(got), workers*per)
 	}
-	for _, n := range st.batchSizes {
+	for _, n := range st.BatchSizes() {
 		if n > 128 {
 			t.Fatalf("batch of %d ops exceeds MaxBatch", n)
 		}
@@ -216,9 +217,9 @@ type gate struct {
 	once    sync.Once
 }
 
-func blockBatches(st *memStore) *gate {
+func blockBatches(st *memstore.Store) *gate {
 	g := &gate{entered: make(chan struct{}), open: make(chan struct{})}
-	st.setBatchHook(func([]store.Op) error {
+	st.SetBatchHook(func([]store.Op) error {
 		g.once.Do(func() { close(g.entered) })
 		<-g.open
 		return nil
@@ -252,7 +253,7 @@ func appendAsync(l *Log, from, n int) <-chan result {
 }
 
 func TestGroupCommitSignsOncePerGroup(t *testing.T) {
-	st := newMemStore(128)
+	st := memstore.New(memstore.WithMaxBatch(128))
 	signer := &countingSigner{Signer: newKey(t)}
 	l := openLog(t, st, signer)
 	g := blockBatches(st)
@@ -274,8 +275,8 @@ func TestGroupCommitSignsOncePerGroup(t *testing.T) {
 		t.Fatalf("%d checkpoint signatures for 2 groups, want 2", got)
 	}
 	// 1 batch for the first event, ceil(300/127) = 3 chunks for the group.
-	if want := []int{2, 128, 128, 300 - 2*127 + 1}; !slices.Equal(st.batchSizes, want) {
-		t.Fatalf("batch sizes %v, want %v", st.batchSizes, want)
+	if want := []int{2, 128, 128, 300 - 2*127 + 1}; !slices.Equal(st.BatchSizes(), want) {
+		t.Fatalf("batch sizes %v, want %v", st.BatchSizes(), want)
 	}
 	cp := head(t, l)
 	if cp.Size != n+1 {
@@ -287,7 +288,7 @@ func TestGroupCommitSignsOncePerGroup(t *testing.T) {
 func TestStoreFailureFailsAppend(t *testing.T) {
 	errDown := errors.New("disk on fire")
 	t.Run("whole group fails", func(t *testing.T) {
-		st := newMemStore(1024)
+		st := memstore.New(memstore.WithMaxBatch(1024))
 		key := newKey(t)
 		l := openLog(t, st, key)
 		appendN(t, l, 0, 3)
@@ -296,7 +297,7 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		<-g.entered
 		rest := appendAsync(l, 4, 20)
 		waitQueued(t, l, 20)
-		st.setBatchHook(func([]store.Op) error { return errDown })
+		st.SetBatchHook(func([]store.Op) error { return errDown })
 		close(g.open) // the blocked batch proceeds; the queued group fails
 		if r := <-first; r.err != nil {
 			t.Fatalf("first: %v", r.err)
@@ -309,7 +310,7 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		if l.Size() != 4 {
 			t.Fatalf("size %d after failed group, want 4", l.Size())
 		}
-		st.setBatchHook(nil)
+		st.SetBatchHook(nil)
 		seq, err := l.Append(context.Background(), testEvent(99))
 		if err != nil || seq != 4 {
 			t.Fatalf("append after recovery: %d, %v", seq, err)
@@ -317,7 +318,7 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		requireOK(t, verifyLog(t, l, key.Public()))
 	})
 	t.Run("later chunk fails", func(t *testing.T) {
-		st := newMemStore(4) // 3 events + head per chunk
+		st := memstore.New(memstore.WithMaxBatch(4)) // 3 events + head per chunk
 		key := newKey(t)
 		l := openLog(t, st, key)
 		g := blockBatches(st)
@@ -326,7 +327,7 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		rest := appendAsync(l, 1, 10)
 		waitQueued(t, l, 10)
 		calls := 0
-		st.setBatchHook(func([]store.Op) error {
+		st.SetBatchHook(func([]store.Op) error {
 			if calls++; calls == 2 {
 				return errDown // second chunk of the group
 			}
@@ -357,13 +358,13 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		}
 	})
 	t.Run("applied but reported failed", func(t *testing.T) {
-		st := newMemStore(1024)
+		st := memstore.New(memstore.WithMaxBatch(1024))
 		key := newKey(t)
 		l := openLog(t, st, key)
 		appendN(t, l, 0, 2)
 		var lie atomic.Bool
 		lie.Store(true)
-		wrapped := &lyingStore{memStore: st, lie: &lie}
+		wrapped := &lyingStore{Store: st, lie: &lie}
 		l2 := openLog(t, wrapped, key)
 		if _, err := l2.Append(context.Background(), testEvent(2)); err == nil {
 			t.Fatal("append reported success although the store said it failed")
@@ -376,12 +377,12 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		requireOK(t, verifyLog(t, l2, key.Public()))
 	})
 	t.Run("signer fails", func(t *testing.T) {
-		st := newMemStore(1024)
+		st := memstore.New(memstore.WithMaxBatch(1024))
 		l := openLog(t, st, failingSigner{newKey(t)})
 		if _, err := l.Append(context.Background(), testEvent(0)); err == nil || !strings.Contains(err.Error(), "signing") {
 			t.Fatalf("append with broken signer: %v", err)
 		}
-		if len(st.batchSizes) != 0 {
+		if len(st.BatchSizes()) != 0 {
 			t.Fatal("events stored although no checkpoint could be signed")
 		}
 	})
@@ -395,12 +396,12 @@ func (failingSigner) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) 
 
 // lyingStore applies a Batch, then reports a timeout (like etcd can).
 type lyingStore struct {
-	*memStore
+	*memstore.Store
 	lie *atomic.Bool
 }
 
 func (s *lyingStore) Batch(ctx context.Context, ops []store.Op) (int64, error) {
-	rev, err := s.memStore.Batch(ctx, ops)
+	rev, err := s.Store.Batch(ctx, ops)
 	if err == nil && s.lie.Load() {
 		return 0, context.DeadlineExceeded
 	}
@@ -409,7 +410,7 @@ func (s *lyingStore) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 
 func TestConflictBetweenTwoLogsOnOneStore(t *testing.T) {
 	t.Run("sequential", func(t *testing.T) {
-		st := newMemStore(128)
+		st := memstore.New(memstore.WithMaxBatch(128))
 		key := newKey(t)
 		a := openLog(t, st, key)
 		b := openLog(t, st, key) // opened on the empty store
@@ -425,7 +426,7 @@ func TestConflictBetweenTwoLogsOnOneStore(t *testing.T) {
 		requireOK(t, verifyLog(t, a, key.Public()))
 	})
 	t.Run("concurrent", func(t *testing.T) {
-		st := newMemStore(128)
+		st := memstore.New(memstore.WithMaxBatch(128))
 		key := newKey(t)
 		logs := []*Log{openLog(t, st, key), openLog(t, st, key)}
 		var mu sync.Mutex
@@ -470,11 +471,11 @@ func TestConflictBetweenTwoLogsOnOneStore(t *testing.T) {
 }
 
 func TestRollbackIsRefused(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	l := openLog(t, st, key)
 	appendN(t, l, 0, 4)
-	st.rawDelete(headKeySuffix) // head "rolled back" to an empty log
+	st.RawDelete(headKeySuffix) // head "rolled back" to an empty log
 	if _, err := l.Append(context.Background(), testEvent(4)); err == nil || !strings.Contains(err.Error(), "went back") {
 		t.Fatalf("append after head rollback: %v", err)
 	}
@@ -482,7 +483,7 @@ func TestRollbackIsRefused(t *testing.T) {
 	if _, err := fresh.Append(context.Background(), testEvent(4)); err == nil || !strings.Contains(err.Error(), "exists beyond the stored head") {
 		t.Fatalf("append over existing events: %v", err)
 	}
-	if got := st.raw(fresh.eventKey(0)); string(got) == "" {
+	if got := st.Raw(fresh.eventKey(0)); string(got) == "" {
 		t.Fatal("event 0 was removed")
 	} else if e, _ := DecodeEvent(got); e.RequestID != "req-0" {
 		t.Fatalf("event 0 was overwritten: %+v", e)
@@ -490,7 +491,7 @@ func TestRollbackIsRefused(t *testing.T) {
 }
 
 func TestAppendRejectsInvalidEventAndClosedLog(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	l := openLog(t, st, newKey(t))
 	for _, e := range []Event{
 		{Result: ResultOK},
@@ -502,7 +503,7 @@ func TestAppendRejectsInvalidEventAndClosedLog(t *testing.T) {
 			t.Errorf("invalid event %+v accepted", e)
 		}
 	}
-	if l.Size() != 0 || len(st.batchSizes) != 0 {
+	if l.Size() != 0 || len(st.BatchSizes()) != 0 {
 		t.Fatal("invalid events changed the store")
 	}
 	l.Close()
@@ -512,7 +513,7 @@ func TestAppendRejectsInvalidEventAndClosedLog(t *testing.T) {
 }
 
 func TestAppendCanceledBeforeCommitIsNotStored(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	l := openLog(t, st, key)
 	g := blockBatches(st)
@@ -539,7 +540,7 @@ func TestAppendCanceledBeforeCommitIsNotStored(t *testing.T) {
 }
 
 func TestOpenErrors(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	for _, tc := range []struct {
 		name   string
@@ -551,7 +552,7 @@ func TestOpenErrors(t *testing.T) {
 		{"P-384 signer", st, p384, testOrigin},
 		{"empty origin", st, newKey(t), ""},
 		{"newline in origin", st, newKey(t), "a\nb"},
-		{"one-op batches", newMemStore(1), newKey(t), testOrigin},
+		{"one-op batches", memstore.New(memstore.WithMaxBatch(1)), newKey(t), testOrigin},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Open(context.Background(), tc.st, tc.signer, tc.origin); err == nil {
@@ -560,20 +561,20 @@ func TestOpenErrors(t *testing.T) {
 		})
 	}
 	t.Run("unreadable head", func(t *testing.T) {
-		st := newMemStore(1024)
-		st.rawPut(headKeySuffix, []byte("{garbage"))
+		st := memstore.New(memstore.WithMaxBatch(1024))
+		st.RawPut(headKeySuffix, []byte("{garbage"))
 		if _, err := Open(context.Background(), st, newKey(t), testOrigin); err == nil || !strings.Contains(err.Error(), "head") {
 			t.Fatalf("Open on a bad head: %v", err)
 		}
-		st.setCorrupt(headKeySuffix)
-		if _, err := Open(context.Background(), st, newKey(t), testOrigin); err == nil || !errors.Is(err, errBarrier) {
+		st.SetCorrupt(headKeySuffix)
+		if _, err := Open(context.Background(), st, newKey(t), testOrigin); err == nil || !errors.Is(err, memstore.ErrCorrupt) {
 			t.Fatalf("Open on an unreadable head: %v", err)
 		}
 	})
 }
 
 func TestPrefixKeepsLogsApart(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	a := openLog(t, st, key, WithPrefix("a/"))
 	b := openLog(t, st, key, WithPrefix("b/"))
@@ -582,7 +583,7 @@ func TestPrefixKeepsLogsApart(t *testing.T) {
 	if a.Size() != 3 || b.Size() != 1 {
 		t.Fatalf("sizes %d %d", a.Size(), b.Size())
 	}
-	if st.raw("a/audit/e/00000000000000000002") == nil || st.raw("b/audit/head") == nil {
+	if st.Raw("a/audit/e/00000000000000000002") == nil || st.Raw("b/audit/head") == nil {
 		t.Fatal("keys not laid out under the prefixes")
 	}
 	requireOK(t, verifyLog(t, a, key.Public()))
@@ -590,7 +591,7 @@ func TestPrefixKeepsLogsApart(t *testing.T) {
 }
 
 func TestReadBlocksAndFallback(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	l := openLog(t, st, key, WithMaxGroup(1024))
 	// Append 1234 events in large groups.
@@ -606,8 +607,8 @@ func TestReadBlocksAndFallback(t *testing.T) {
 			t.Fatal(r.err)
 		}
 	}
-	st.setBatchHook(nil)
-	st.setCorrupt(l.eventKey(1003))
+	st.SetBatchHook(nil)
+	st.SetCorrupt(l.eventKey(1003))
 	for _, tc := range []struct{ from, to uint64 }{
 		{0, 1234}, {995, 1010}, {1003, 1004}, {7, 7}, {1230, 5000}, {0, 1000}, {1000, 1100},
 	} {
@@ -649,7 +650,7 @@ func TestReadBlocksAndFallback(t *testing.T) {
 }
 
 func TestWaitSeesAppendsFromAnyLog(t *testing.T) {
-	st := newMemStore(128)
+	st := memstore.New(memstore.WithMaxBatch(128))
 	key := newKey(t)
 	a := openLog(t, st, key)
 	b := openLog(t, st, key)
@@ -687,7 +688,7 @@ func TestWaitSeesAppendsFromAnyLog(t *testing.T) {
 }
 
 func TestHeadOfEmptyLogAndInterruptedCommit(t *testing.T) {
-	st := newMemStore(3) // 2 events per chunk
+	st := memstore.New(memstore.WithMaxBatch(3)) // 2 events per chunk
 	key := newKey(t)
 	l := openLog(t, st, key)
 	cp := head(t, l)
@@ -703,7 +704,7 @@ func TestHeadOfEmptyLogAndInterruptedCommit(t *testing.T) {
 	rest := appendAsync(l, 1, 4)
 	waitQueued(t, l, 4)
 	calls := 0
-	st.setBatchHook(func([]store.Op) error {
+	st.SetBatchHook(func([]store.Op) error {
 		if calls++; calls == 2 {
 			return errors.New("gone") // the group's last chunk
 		}

@@ -8,12 +8,14 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 func TestVerifierDetectsTampering(t *testing.T) {
 	const n = 40
 	type setup struct {
-		st  *memStore
+		st  *memstore.Store
 		l   *Log
 		key *ecdsa.PrivateKey
 	}
@@ -30,35 +32,35 @@ func TestVerifierDetectsTampering(t *testing.T) {
 		},
 		{
 			name:   "record bytes edited (barrier rejects it)",
-			tamper: func(s setup) { s.st.setCorrupt(s.l.eventKey(7)) },
+			tamper: func(s setup) { s.st.SetCorrupt(s.l.eventKey(7)) },
 			want:   []string{"unreadable@7", "unverified@-1"},
 		},
 		{
 			name: "event content changed and re-encoded",
 			tamper: func(s setup) {
 				k := s.l.eventKey(12)
-				e, err := DecodeEvent(s.st.raw(k))
+				e, err := DecodeEvent(s.st.Raw(k))
 				if err != nil {
 					panic(err)
 				}
 				e.Result = ResultDenied
 				leaf, _ := EncodeEvent(e)
-				s.st.rawPut(k, leaf)
+				s.st.RawPut(k, leaf)
 			},
 			want: []string{"root@-1"},
 		},
 		{
 			name:   "record deleted",
-			tamper: func(s setup) { s.st.rawDelete(s.l.eventKey(20)) },
+			tamper: func(s setup) { s.st.RawDelete(s.l.eventKey(20)) },
 			want:   []string{"missing@20", "unverified@-1"},
 		},
 		{
 			name: "two records swapped",
 			tamper: func(s setup) {
 				a, b := s.l.eventKey(3), s.l.eventKey(30)
-				va, vb := s.st.raw(a), s.st.raw(b)
-				s.st.rawPut(a, vb)
-				s.st.rawPut(b, va)
+				va, vb := s.st.Raw(a), s.st.Raw(b)
+				s.st.RawPut(a, vb)
+				s.st.RawPut(b, va)
 			},
 			want: []string{"reordered@3", "reordered@30", "root@-1"},
 		},
@@ -66,7 +68,7 @@ func TestVerifierDetectsTampering(t *testing.T) {
 			name: "tail truncated in storage",
 			tamper: func(s setup) {
 				for i := uint64(37); i < n; i++ {
-					s.st.rawDelete(s.l.eventKey(i))
+					s.st.RawDelete(s.l.eventKey(i))
 				}
 			},
 			want: []string{"missing@37", "missing@38", "missing@39", "unverified@-1"},
@@ -96,7 +98,7 @@ func TestVerifierDetectsTampering(t *testing.T) {
 		{
 			name: "leaf without a sequence number",
 			tamper: func(s setup) {
-				s.st.rawPut(s.l.eventKey(9), []byte(`{"operation":"x"}`))
+				s.st.RawPut(s.l.eventKey(9), []byte(`{"operation":"x"}`))
 			},
 			want: []string{"malformed@9", "root@-1"},
 		},
@@ -107,7 +109,7 @@ func TestVerifierDetectsTampering(t *testing.T) {
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st := newMemStore(1024)
+			st := memstore.New(memstore.WithMaxBatch(1024))
 			key := newKey(t)
 			l := openLog(t, st, key)
 			appendN(t, l, 0, n)
@@ -138,13 +140,13 @@ func TestVerifierDetectsTampering(t *testing.T) {
 }
 
 func TestVerifierCapsProblems(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	l := openLog(t, st, key)
 	appendN(t, l, 0, 20)
 	cp := head(t, l)
 	for i := range uint64(20) {
-		st.setCorrupt(l.eventKey(i))
+		st.SetCorrupt(l.eventKey(i))
 	}
 	rep := verifyRecords(readAll(t, l, 0, 20), VerifyOptions{Head: cp, PublicKey: key.Public(), MaxProblems: 5})
 	if rep.Omitted != 15 || len(rep.Problems) != 6 || rep.OK() {
@@ -156,7 +158,7 @@ func TestVerifierCapsProblems(t *testing.T) {
 }
 
 func TestConsistencyWithEarlierCheckpoint(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	key := newKey(t)
 	clock := WithClock(func() time.Time { return time.Date(2026, 11, 21, 12, 0, 0, 0, time.UTC) })
 	l := openLog(t, st, key, clock)
@@ -184,7 +186,7 @@ func TestConsistencyWithEarlierCheckpoint(t *testing.T) {
 	}
 
 	// The same signing key signs a rewritten history: events 3.. differ.
-	st2 := newMemStore(1024)
+	st2 := memstore.New(memstore.WithMaxBatch(1024))
 	l2 := openLog(t, st2, key, clock)
 	appendN(t, l2, 0, 3)
 	appendN(t, l2, 1000, 22)
@@ -244,7 +246,7 @@ func TestConsistencyWithEarlierCheckpoint(t *testing.T) {
 // TestVerifierAgainstStoreRead runs the full pipeline on a tampered store
 // with a chunked (etcd-sized) backend, reading through Log.Read.
 func TestVerifierAgainstStoreRead(t *testing.T) {
-	st := newMemStore(128)
+	st := memstore.New(memstore.WithMaxBatch(128))
 	key := newKey(t)
 	l := openLog(t, st, key)
 	appendN(t, l, 0, 150)
@@ -263,7 +265,7 @@ func TestVerifierAgainstStoreRead(t *testing.T) {
 }
 
 func TestHeadAfterSigningKeyRotation(t *testing.T) {
-	st := newMemStore(1024)
+	st := memstore.New(memstore.WithMaxBatch(1024))
 	old, cur := newKey(t), newKey(t)
 	l := openLog(t, st, old)
 	appendN(t, l, 0, 3)

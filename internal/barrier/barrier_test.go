@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 func newRootKey() []byte {
@@ -19,11 +20,11 @@ func newRootKey() []byte {
 	return k
 }
 
-// setup returns an initialised, unsealed barrier over a fresh memStore.
-func setup(t testing.TB) (*Barrier, *memStore, []byte) {
+// setup returns an initialised, unsealed barrier over a fresh memstore.
+func setup(t testing.TB) (*Barrier, *memstore.Store, []byte) {
 	t.Helper()
 	ctx := context.Background()
-	raw := newMemStore()
+	raw := memstore.New()
 	root := newRootKey()
 	b := New(raw)
 	if err := b.Initialize(ctx, root); err != nil {
@@ -40,7 +41,7 @@ func setup(t testing.TB) (*Barrier, *memStore, []byte) {
 
 func TestInitializeAndRoundTrip(t *testing.T) {
 	ctx := context.Background()
-	raw := newMemStore()
+	raw := memstore.New()
 	b := New(raw)
 	if ok, err := b.Initialized(ctx); ok || err != nil {
 		t.Fatalf("Initialized before init = %v, %v", ok, err)
@@ -104,7 +105,7 @@ func TestNothingWrittenContainsPlaintext(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	dump := raw.rawBytes()
+	dump := raw.RawBytes()
 	for _, s := range secrets {
 		// Also look for any 16-byte window of the plaintext.
 		for off := 0; off+16 <= len(s); off += 8 {
@@ -124,7 +125,7 @@ func TestNothingWrittenContainsPlaintext(t *testing.T) {
 	// Same plaintext twice gives different ciphertexts (random nonces).
 	v.Put(ctx, "same/1", []byte("x"))
 	v.Put(ctx, "same/2", []byte("x"))
-	if bytes.Equal(raw.rawGet("same/1")[headerSize:], raw.rawGet("same/2")[headerSize:]) {
+	if bytes.Equal(raw.Raw("same/1")[headerSize:], raw.Raw("same/2")[headerSize:]) {
 		t.Fatal("equal plaintexts produced equal ciphertexts")
 	}
 }
@@ -134,7 +135,7 @@ func TestWrongRootKeyChangesNothing(t *testing.T) {
 	b, raw, root := setup(t)
 	v := b.Store()
 	v.Put(ctx, "a", []byte("1"))
-	before := raw.rawGet(KeyringKey)
+	before := raw.Raw(KeyringKey)
 
 	wrong := bytes.Clone(root)
 	wrong[0] ^= 1
@@ -158,13 +159,13 @@ func TestWrongRootKeyChangesNothing(t *testing.T) {
 	if _, err := v.Get(ctx, "a"); !errors.Is(err, ErrSealed) {
 		t.Fatalf("Get after wrong unseal = %v", err)
 	}
-	if !bytes.Equal(before, raw.rawGet(KeyringKey)) {
+	if !bytes.Equal(before, raw.Raw(KeyringKey)) {
 		t.Fatal("keyring changed")
 	}
 	// An altered keyring is indistinguishable from a wrong key.
 	bad := bytes.Clone(before)
 	bad[len(bad)-1] ^= 1
-	raw.rawSet(KeyringKey, bad)
+	raw.RawPut(KeyringKey, bad)
 	if err := b.Unseal(ctx, root); !errors.Is(err, ErrBadRootKey) || !b.Sealed() {
 		t.Fatalf("Unseal of altered keyring = %v", err)
 	}
@@ -173,12 +174,12 @@ func TestWrongRootKeyChangesNothing(t *testing.T) {
 func TestInitializeTwiceAndAtomicity(t *testing.T) {
 	ctx := context.Background()
 	b, raw, _ := setup(t)
-	before := raw.rawGet(KeyringKey)
+	before := raw.Raw(KeyringKey)
 	err := b.Initialize(ctx, newRootKey(), store.Op{Key: "core/other", Value: []byte("x"), ExpectRevision: 0})
 	if !errors.Is(err, ErrAlreadyInitialized) {
 		t.Fatalf("second Initialize = %v", err)
 	}
-	if !bytes.Equal(before, raw.rawGet(KeyringKey)) {
+	if !bytes.Equal(before, raw.Raw(KeyringKey)) {
 		t.Fatal("second Initialize changed the keyring")
 	}
 	if _, err := raw.Get(ctx, "core/other"); !errors.Is(err, store.ErrNotFound) {
@@ -186,7 +187,7 @@ func TestInitializeTwiceAndAtomicity(t *testing.T) {
 	}
 
 	// An extra op that conflicts stops the keyring being written.
-	raw2 := newMemStore()
+	raw2 := memstore.New()
 	raw2.Put(ctx, "core/seal-config", []byte("exists"))
 	b2 := New(raw2)
 	if err := b2.Initialize(ctx, newRootKey(), store.Op{Key: "core/seal-config", Value: []byte("new"), ExpectRevision: 0}); !errors.Is(err, store.ErrConflict) && !errors.Is(err, ErrAlreadyInitialized) {
@@ -196,16 +197,16 @@ func TestInitializeTwiceAndAtomicity(t *testing.T) {
 		t.Fatal("keyring written although the batch conflicted")
 	}
 	// A failing backend leaves nothing behind.
-	raw3 := newMemStore()
-	raw3.failBatch = errors.New("disk full")
+	raw3 := memstore.New()
+	raw3.SetBatchHook(func([]store.Op) error { return errors.New("disk full") })
 	if err := New(raw3).Initialize(ctx, newRootKey()); err == nil || !strings.Contains(err.Error(), "disk full") {
 		t.Fatalf("Initialize on failing store = %v", err)
 	}
-	if len(raw3.rawBytes()) != 0 {
+	if len(raw3.RawBytes()) != 0 {
 		t.Fatal("failing Initialize left data")
 	}
 	// Extra ops may not target the keyring itself.
-	if err := New(newMemStore()).Initialize(ctx, newRootKey(), store.Op{Key: KeyringKey}); err == nil {
+	if err := New(memstore.New()).Initialize(ctx, newRootKey(), store.Op{Key: KeyringKey}); err == nil {
 		t.Fatal("Initialize accepted an extra op on the keyring key")
 	}
 }
@@ -215,12 +216,12 @@ func TestTamperDetected(t *testing.T) {
 	b, raw, _ := setup(t)
 	v := b.Store()
 	v.Put(ctx, "secrets/a", []byte("value a"))
-	good := raw.rawGet("secrets/a")
+	good := raw.Raw("secrets/a")
 
 	// A value written by another keyring (other root key, other barrier key).
 	ob, oraw, _ := setup(t)
 	ob.Store().Put(ctx, "secrets/a", []byte("value a"))
-	foreign := oraw.rawGet("secrets/a")
+	foreign := oraw.Raw("secrets/a")
 
 	flip := func(i int) []byte { c := bytes.Clone(good); c[i] ^= 0x01; return c }
 	for _, tc := range []struct {
@@ -241,7 +242,7 @@ func TestTamperDetected(t *testing.T) {
 		{"written by another keyring", "secrets/a", foreign},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			raw.rawSet(tc.key, tc.value)
+			raw.RawPut(tc.key, tc.value)
 			_, err := v.Get(ctx, tc.key)
 			if !errors.Is(err, ErrAuth) {
 				t.Fatalf("Get = %v, want ErrAuth", err)
@@ -255,7 +256,7 @@ func TestTamperDetected(t *testing.T) {
 			if _, err := v.List(ctx, "secrets/"); !errors.Is(err, ErrAuth) {
 				t.Fatalf("List = %v, want ErrAuth", err)
 			}
-			raw.rawSet(tc.key, good)
+			raw.RawPut(tc.key, good)
 			if tc.key != "secrets/a" {
 				raw.Delete(ctx, tc.key)
 			}
@@ -265,7 +266,7 @@ func TestTamperDetected(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The error text for a moved value is the documented one.
-	raw.rawSet("secrets/c", good)
+	raw.RawPut("secrets/c", good)
 	_, err := v.Get(ctx, "secrets/c")
 	want := `stored value for "secrets/c" failed authentication: altered, moved or written by another keyring`
 	if err == nil || !strings.Contains(err.Error(), want) {
@@ -274,7 +275,7 @@ func TestTamperDetected(t *testing.T) {
 	// An unknown term says so.
 	unk := bytes.Clone(good)
 	unk[1], unk[2], unk[3], unk[4] = 0, 0, 0, 7
-	raw.rawSet("secrets/d", unk)
+	raw.RawPut("secrets/d", unk)
 	if _, err := v.Get(ctx, "secrets/d"); !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "keyring term 7") {
 		t.Fatalf("unknown term error = %v", err)
 	}
@@ -297,7 +298,7 @@ func TestSealedRefusesEverything(t *testing.T) {
 			t.Fatalf("key material #%d not zeroed by Seal", i)
 		}
 	}
-	before := raw.rawBytes()
+	before := raw.RawBytes()
 	calls := map[string]func() error{
 		"get":    func() error { _, err := v.Get(ctx, "a"); return err },
 		"put":    func() error { _, err := v.Put(ctx, "a", []byte("2")); return err },
@@ -316,7 +317,7 @@ func TestSealedRefusesEverything(t *testing.T) {
 			t.Errorf("%s while sealed = %v, want ErrSealed", name, err)
 		}
 	}
-	if !bytes.Equal(before, raw.rawBytes()) {
+	if !bytes.Equal(before, raw.RawBytes()) {
 		t.Fatal("sealed view changed the store")
 	}
 	b.Seal() // idempotent
@@ -332,7 +333,7 @@ func TestReservedKeys(t *testing.T) {
 	ctx := context.Background()
 	b, raw, _ := setup(t)
 	v := b.Store()
-	before := raw.rawGet(KeyringKey)
+	before := raw.Raw(KeyringKey)
 	calls := map[string]func() error{
 		"get":    func() error { _, err := v.Get(ctx, KeyringKey); return err },
 		"put":    func() error { _, err := v.Put(ctx, KeyringKey, []byte("x")); return err },
@@ -353,7 +354,7 @@ func TestReservedKeys(t *testing.T) {
 	if _, err := raw.Get(ctx, "ok"); !errors.Is(err, store.ErrNotFound) {
 		t.Fatal("batch with a reserved key applied its other ops")
 	}
-	if !bytes.Equal(before, raw.rawGet(KeyringKey)) {
+	if !bytes.Equal(before, raw.Raw(KeyringKey)) {
 		t.Fatal("keyring changed")
 	}
 	v.Put(ctx, "core", []byte("not reserved: no slash"))
@@ -376,7 +377,7 @@ func TestViewContract(t *testing.T) {
 	ctx := context.Background()
 	b, _, _ := setup(t)
 	v := b.Store()
-	if v.Backend() != "memory" || v.MaxBatch() != 64 {
+	if v.Backend() != "memory" || v.MaxBatch() != memstore.DefaultMaxBatch {
 		t.Fatalf("Backend/MaxBatch = %q/%d", v.Backend(), v.MaxBatch())
 	}
 	if _, err := v.Get(ctx, "missing"); !errors.Is(err, store.ErrNotFound) {
@@ -580,7 +581,7 @@ func TestConcurrentSealUnseal(t *testing.T) {
 func FuzzOpenValue(f *testing.F) {
 	b, raw, _ := setup(f)
 	b.Store().Put(context.Background(), "k", []byte("seed"))
-	f.Add("k", raw.rawGet("k"))
+	f.Add("k", raw.Raw("k"))
 	f.Add("k", []byte{1, 0, 0, 0, 1})
 	f.Add("", []byte{})
 	lookup, _ := b.lookup()
@@ -624,7 +625,7 @@ func BenchmarkViewGet1K(b *testing.B) {
 
 // Baselines: the same operations on the raw store, to show barrier cost.
 func BenchmarkRawPut1K(b *testing.B) {
-	raw, val, ctx := newMemStore(), benchValue(), context.Background()
+	raw, val, ctx := memstore.New(), benchValue(), context.Background()
 	b.SetBytes(int64(len(val)))
 	for b.Loop() {
 		raw.Put(ctx, "bench/key", val)
@@ -632,7 +633,7 @@ func BenchmarkRawPut1K(b *testing.B) {
 }
 
 func BenchmarkRawGet1K(b *testing.B) {
-	raw, val, ctx := newMemStore(), benchValue(), context.Background()
+	raw, val, ctx := memstore.New(), benchValue(), context.Background()
 	raw.Put(ctx, "bench/key", val)
 	b.SetBytes(int64(len(val)))
 	for b.Loop() {

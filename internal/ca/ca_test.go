@@ -27,6 +27,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("prod-eu.example.org")
@@ -43,7 +45,7 @@ func (f *fakeClock) Set(t time.Time) {
 	f.mu.Unlock()
 }
 
-func newCA(t testing.TB, st *memStore, cfg Config, clock Clock) *CA {
+func newCA(t testing.TB, st *memstore.Store, cfg Config, clock Clock) *CA {
 	t.Helper()
 	if cfg.TrustDomain.IsZero() {
 		cfg.TrustDomain = td
@@ -55,9 +57,9 @@ func newCA(t testing.TB, st *memStore, cfg Config, clock Clock) *CA {
 	return c
 }
 
-func initCA(t testing.TB, cfg Config, clock Clock) (*CA, *memStore) {
+func initCA(t testing.TB, cfg Config, clock Clock) (*CA, *memstore.Store) {
 	t.Helper()
-	st := newMemStore()
+	st := memstore.New()
 	c := newCA(t, st, cfg, clock)
 	if err := c.Init(context.Background()); err != nil {
 		t.Fatalf("Init: %v", err)
@@ -108,13 +110,13 @@ func TestConfigValidation(t *testing.T) {
 		{"prepare too long", Config{TrustDomain: td, PrepareAhead: 100 * time.Hour}, "prepare_ahead"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := Open(context.Background(), newMemStore(), tc.cfg, nil)
+			_, err := Open(context.Background(), memstore.New(), tc.cfg, nil)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Open err = %v, want containing %q", err, tc.want)
 			}
 		})
 	}
-	c := newCA(t, newMemStore(), Config{}, nil)
+	c := newCA(t, memstore.New(), Config{}, nil)
 	cfg := c.Config()
 	if cfg.SVIDTTL != time.Hour || cfg.KeyType != KeyTypeP256 || cfg.PrepareAhead != 30*time.Minute {
 		t.Fatalf("defaults not applied: %+v", cfg)
@@ -122,7 +124,7 @@ func TestConfigValidation(t *testing.T) {
 }
 
 func TestNotInitialized(t *testing.T) {
-	c := newCA(t, newMemStore(), Config{}, nil)
+	c := newCA(t, memstore.New(), Config{}, nil)
 	ctx := context.Background()
 	if _, err := c.Bundle(); !errors.Is(err, ErrNotInitialized) {
 		t.Errorf("Bundle: %v", err)
@@ -146,7 +148,7 @@ func TestNotInitialized(t *testing.T) {
 
 func TestInitIdempotentAndShared(t *testing.T) {
 	ctx := context.Background()
-	st := newMemStore()
+	st := memstore.New()
 	a := newCA(t, st, Config{}, nil)
 	b := newCA(t, st, Config{}, nil)
 	// Both initialize concurrently: exactly one set of keys results.

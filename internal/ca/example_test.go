@@ -12,11 +12,12 @@ import (
 
 	"github.com/wardproject/ward/internal/ca"
 	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 // exampleStore returns the store the authority passes (barrier-encrypted in
-// ward); here the in-package test double is not visible, so a map-backed one.
-func exampleStore() store.Store { return newMapStore() }
+// ward); here an in-memory one.
+func exampleStore() store.Store { return memstore.New() }
 
 func Example() {
 	ctx := context.Background()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
-	"fmt"
 	"sync"
 	"syscall"
 	"testing"
@@ -13,6 +12,9 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 func sign(t testing.TB, c *CA) []*x509.Certificate {
@@ -465,7 +467,7 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	c, st := initCA(t, Config{}, nil)
 	before := c.State()
-	st.failCAS = fmt.Errorf("disk full")
+	st.SetBatchHook(func([]store.Op) error { return errors.New("disk full") })
 	if err := c.Rotate(ctx); err == nil {
 		t.Fatal("Rotate succeeded on a failing store")
 	}
@@ -476,7 +478,7 @@ func TestStoreFailureChangesNothing(t *testing.T) {
 	if after.Revision != before.Revision || activeID(c, KindIntermediate) != before.Keys[1].ID || len(after.Keys) != 3 {
 		t.Fatal("failed writes changed the loaded state")
 	}
-	st.failCAS = nil
+	st.SetBatchHook(nil)
 	if err := c.Rotate(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +493,7 @@ func TestCorruptState(t *testing.T) {
 		"other td":    `{"version":1,"trust_domain":"other.org"}`,
 	} {
 		t.Run(name, func(t *testing.T) {
-			st := newMemStore()
+			st := memstore.New()
 			_, _ = st.Put(ctx, "ca/prod-eu.example.org/state", []byte(val))
 			if _, err := Open(ctx, st, Config{TrustDomain: td}, nil); err == nil {
 				t.Fatal("Open accepted corrupt state")

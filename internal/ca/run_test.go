@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 // waitFor blocks until cond holds, re-checking on every CA update.
@@ -35,8 +37,11 @@ func TestRunFollowsScheduleAndPeers(t *testing.T) {
 			defer cancel()
 			start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 			clk := &fakeClock{now: start}
-			st := newMemStore()
-			st.watchable = watchable
+			var opts []memstore.Option
+			if !watchable {
+				opts = append(opts, memstore.WithoutWatch())
+			}
+			st := memstore.New(opts...)
 			a := newCA(t, st, Config{}, clk.Now)
 			if err := a.Init(ctx); err != nil {
 				t.Fatal(err)

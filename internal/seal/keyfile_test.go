@@ -10,12 +10,13 @@ import (
 	"testing"
 
 	"github.com/wardproject/ward/internal/barrier"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
 func TestKeyFileSeal(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "sub", "seal.key")
-	raw := newMemStore()
+	raw := memstore.New()
 	b := barrier.New(raw)
 	m := NewManager(raw, b, NewKeyFile(path))
 	res, err := m.Init(ctx, InitOptions{})
@@ -33,7 +34,7 @@ func TestKeyFileSeal(t *testing.T) {
 		t.Fatalf("temporary files left: %v", left)
 	}
 	key, _ := os.ReadFile(path)
-	if bytes.Contains(raw.rawBytes(), key) {
+	if bytes.Contains(raw.RawBytes(), key) {
 		t.Fatal("key file contents stored")
 	}
 	st, _ := m.Status(ctx)
@@ -61,7 +62,7 @@ func TestKeyFileSeal(t *testing.T) {
 	}
 
 	// An existing key file is reused by a second initialisation.
-	raw3 := newMemStore()
+	raw3 := memstore.New()
 	m3 := NewManager(raw3, barrier.New(raw3), NewKeyFile(path))
 	if _, err := m3.Init(ctx, InitOptions{}); err != nil {
 		t.Fatal(err)
@@ -75,7 +76,7 @@ func TestKeyFileErrors(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "seal.key")
-	raw := newMemStore()
+	raw := memstore.New()
 	if _, err := NewManager(raw, barrier.New(raw), NewKeyFile(path)).Init(ctx, InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -107,12 +108,12 @@ func TestKeyFileErrors(t *testing.T) {
 		})
 	}
 	// Init refuses a bad existing key file and writes nothing.
-	raw2 := newMemStore()
+	raw2 := memstore.New()
 	bad := write(t, dir, "bad-init.key", good[:10], 0o600)
 	if _, err := NewManager(raw2, barrier.New(raw2), NewKeyFile(bad)).Init(ctx, InitOptions{}); !errors.Is(err, ErrKeyFile) {
 		t.Fatalf("Init with short key file = %v", err)
 	}
-	if len(raw2.rawBytes()) != 0 {
+	if len(raw2.RawBytes()) != 0 {
 		t.Fatal("failed Init wrote to the store")
 	}
 	// A tampered wrapped blob fails clearly.

@@ -14,16 +14,17 @@ import (
 
 	"github.com/wardproject/ward/internal/barrier"
 	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/store/memstore"
 )
 
-func newShamirManager(t testing.TB) (*Manager, *barrier.Barrier, *memStore) {
+func newShamirManager(t testing.TB) (*Manager, *barrier.Barrier, *memstore.Store) {
 	t.Helper()
-	raw := newMemStore()
+	raw := memstore.New()
 	b := barrier.New(raw)
 	return NewManager(raw, b, NewShamir()), b, raw
 }
 
-func initShamir(t testing.TB, n, th int) (*Manager, *barrier.Barrier, *memStore, []string) {
+func initShamir(t testing.TB, n, th int) (*Manager, *barrier.Barrier, *memstore.Store, []string) {
 	t.Helper()
 	m, b, raw := newShamirManager(t)
 	res, err := m.Init(context.Background(), InitOptions{Shares: n, Threshold: th})
@@ -74,7 +75,7 @@ func TestShamirLifecycle(t *testing.T) {
 			t.Fatalf("hash %d mismatch", i)
 		}
 	}
-	dump := raw.rawBytes()
+	dump := raw.RawBytes()
 	for i, s := range res.Shares {
 		if bytes.Contains(dump, s[:16]) || bytes.Contains(dump, []byte(shares[i][:32])) {
 			t.Fatalf("share %d found in the store", i+1)
@@ -232,7 +233,7 @@ func TestNotInitialized(t *testing.T) {
 	if err := m.Seal(ctx); !errors.Is(err, ErrNotInitialized) {
 		t.Fatalf("Seal = %v", err)
 	}
-	km := NewManager(newMemStore(), barrier.New(newMemStore()), NewKeyFile(filepath.Join(t.TempDir(), "k")))
+	km := NewManager(memstore.New(), barrier.New(memstore.New()), NewKeyFile(filepath.Join(t.TempDir(), "k")))
 	if _, err := km.AutoUnseal(ctx); !errors.Is(err, ErrNotInitialized) {
 		t.Fatalf("AutoUnseal = %v", err)
 	}
@@ -241,7 +242,7 @@ func TestNotInitialized(t *testing.T) {
 func TestInitTwiceChangesNothing(t *testing.T) {
 	ctx := context.Background()
 	m, b, raw, _ := initShamir(t, 3, 2)
-	before := raw.rawBytes()
+	before := raw.RawBytes()
 	if _, err := m.Init(ctx, InitOptions{Shares: 3, Threshold: 2}); !errors.Is(err, ErrAlreadyInitialized) {
 		t.Fatalf("second Init = %v", err)
 	}
@@ -252,11 +253,11 @@ func TestInitTwiceChangesNothing(t *testing.T) {
 		t.Fatalf("Init from another manager = %v", err)
 	}
 	raw.Delete(ctx, ConfigKey) // keyring alone still blocks init
-	before2 := raw.rawBytes()
+	before2 := raw.RawBytes()
 	if _, err := NewManager(raw, b, NewShamir()).Init(ctx, InitOptions{Shares: 3, Threshold: 2}); !errors.Is(err, ErrAlreadyInitialized) {
 		t.Fatalf("Init over an existing keyring = %v", err)
 	}
-	if !bytes.Equal(before2, raw.rawBytes()) {
+	if !bytes.Equal(before2, raw.RawBytes()) {
 		t.Fatal("failed Init wrote something")
 	}
 	if bytes.Equal(before, before2) {
@@ -280,12 +281,12 @@ func TestInitOptionsValidation(t *testing.T) {
 		{"keyfile with shares", NewKeyFile(keyPath), InitOptions{Shares: 3, Threshold: 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			raw := newMemStore()
+			raw := memstore.New()
 			m := NewManager(raw, barrier.New(raw), tc.seal)
 			if _, err := m.Init(ctx, tc.opts); !errors.Is(err, ErrBadOptions) {
 				t.Fatalf("Init = %v, want ErrBadOptions", err)
 			}
-			if len(raw.rawBytes()) != 0 {
+			if len(raw.RawBytes()) != 0 {
 				t.Fatal("rejected Init wrote to the store")
 			}
 			if st, _ := m.Status(ctx); st.Initialized {
@@ -301,17 +302,17 @@ func TestInitOptionsValidation(t *testing.T) {
 func TestInitAtomicOnStoreFailure(t *testing.T) {
 	ctx := context.Background()
 	m, _, raw := newShamirManager(t)
-	raw.failBatch = errors.New("backend unavailable")
+	raw.SetBatchHook(func([]store.Op) error { return errors.New("backend unavailable") })
 	if _, err := m.Init(ctx, InitOptions{Shares: 3, Threshold: 2}); err == nil || !strings.Contains(err.Error(), "backend unavailable") {
 		t.Fatalf("Init on failing store = %v", err)
 	}
-	if len(raw.rawBytes()) != 0 {
+	if len(raw.RawBytes()) != 0 {
 		t.Fatal("failed Init left data")
 	}
 	if st, _ := m.Status(ctx); st.Initialized {
 		t.Fatal("reported initialised after failed Init")
 	}
-	raw.failBatch = nil
+	raw.SetBatchHook(nil)
 	if _, err := m.Init(ctx, InitOptions{Shares: 3, Threshold: 2}); err != nil {
 		t.Fatalf("Init after recovery = %v", err)
 	}
@@ -325,7 +326,7 @@ func TestInitAtomicOnStoreFailure(t *testing.T) {
 
 func TestConcurrentInitOneWins(t *testing.T) {
 	ctx := context.Background()
-	raw := newMemStore()
+	raw := memstore.New()
 	var wg sync.WaitGroup
 	results := make(chan error, 8)
 	for i := 0; i < 8; i++ {
@@ -357,7 +358,7 @@ func TestKeyringMismatchResetsProgress(t *testing.T) {
 	_, _, raw, shares := initShamir(t, 3, 2)
 	_, _, other, _ := initShamir(t, 3, 2)
 	// Simulate a partial restore: another initialisation's keyring.
-	raw.rawSet(barrier.KeyringKey, other.rawGet(barrier.KeyringKey))
+	raw.RawPut(barrier.KeyringKey, other.Raw(barrier.KeyringKey))
 	b := barrier.New(raw)
 	m := NewManager(raw, b, NewShamir())
 	m.SubmitShare(ctx, shares[0])
@@ -547,5 +548,3 @@ func FuzzSubmitShare(f *testing.F) {
 		}
 	})
 }
-
-var _ store.Store = (*memStore)(nil)
