@@ -43,6 +43,9 @@ import (
 	"github.com/wardproject/ward/internal/workloadapi"
 )
 
+// opRenew names the agent SVID renewal in logs and metrics.
+const opRenew = "renew agent SVID"
+
 // signBatch is the most SVIDs asked for in one SignX509SVIDs call.
 const signBatch = 500
 
@@ -242,7 +245,7 @@ func (a *Agent) step(ctx context.Context) time.Time {
 	if sv != nil && !now.Before(a.agentRenewAt) && !now.Before(a.nextRenew) {
 		if err := a.renewAgent(ctx); err != nil {
 			a.nextRenew = now.Add(interval)
-			a.noteFailure(now, "renew agent SVID", err)
+			a.noteFailure(now, opRenew, err)
 		}
 		sv = a.agentSVID.Load()
 	}
@@ -319,6 +322,22 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 		}
 		a.log.Error("the authority refused this agent (evicted with `ward agent evict`?); "+how, "agent_id", id, "during", what, "error", err)
 		a.connected = false
+		a.failures++
+		return
+	}
+	if status.Code(err) == codes.Unauthenticated {
+		if what != opRenew {
+			// The authority no longer accepts this SVID (e.g. it chains to a
+			// tainted CA key): renew it now.
+			a.log.Warn("the authority refused the agent SVID; renewing it", "during", what, "error", err)
+			a.agentRenewAt, a.nextRenew = time.Time{}, time.Time{}
+			a.connected = false
+			a.failures++
+			return
+		}
+		a.log.Error("the authority refused to renew the agent SVID; attesting again", "error", err)
+		a.dropAgentSVID()
+		a.nextAttest = now
 		a.failures++
 		return
 	}

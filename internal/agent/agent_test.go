@@ -3,7 +3,6 @@ package agent
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"io"
 	"log/slog"
 	"os"
@@ -375,27 +374,5 @@ func TestNewRejectsBadFiles(t *testing.T) {
 	cfg.X509Pop = &X509Pop{CertPath: cp, KeyPath: filepath.Join(t.TempDir(), "node.key")}
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "key_path") {
 		t.Fatalf("missing key: %v", err)
-	}
-}
-
-func TestSignX509PopChallengeVerifies(t *testing.T) {
-	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
-	dir := t.TempDir()
-	cp, kp := auth.nodeCert(dir)
-	chain, signer, err := loadX509Pop(&X509Pop{CertPath: cp, KeyPath: kp})
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(chain[0])
-	nonce := []byte("challenge-nonce-0123456789abcdef")
-	sig, err := SignX509PopChallenge(signer, nonce)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := leaf.CheckSignature(X509PopSignatureAlgorithm(leaf.PublicKey), nonce, sig); err != nil {
-		t.Fatalf("signature does not verify: %v", err)
-	}
-	if err := leaf.CheckSignature(X509PopSignatureAlgorithm(leaf.PublicKey), append(nonce, 0), sig); err == nil {
-		t.Fatal("signature verifies for another challenge")
 	}
 }

@@ -30,6 +30,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/ca"
+	"github.com/wardproject/ward/internal/nodeapi"
 	"github.com/wardproject/ward/internal/store/boltstore"
 )
 
@@ -287,7 +288,7 @@ func (a *testAuthority) Attest(stream wardv1.Node_AttestServer) error {
 		if err != nil {
 			return err
 		}
-		if err := leaf.CheckSignature(X509PopSignatureAlgorithm(leaf.PublicKey), nonce, resp.GetX509PopChallengeSignature()); err != nil {
+		if err := nodeapi.VerifyX509PopChallenge(leaf.PublicKey, nonce, resp.GetX509PopChallengeSignature()); err != nil {
 			return status.Error(codes.PermissionDenied, "x509pop challenge signature does not verify")
 		}
 		fp := sha256.Sum256(leaf.Raw)

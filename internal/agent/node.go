@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -28,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/nodeapi"
 )
 
 // rpcTimeout bounds every call to the authority.
@@ -229,7 +228,7 @@ func (a *Agent) attest(ctx context.Context) error {
 		if len(nonce) == 0 {
 			return errors.New("attest with x509pop: the authority sent no challenge")
 		}
-		sig, err := SignX509PopChallenge(signer, nonce)
+		sig, err := nodeapi.SignX509PopChallenge(signer, nonce)
 		if err != nil {
 			return fmt.Errorf("attest with x509pop: sign challenge: %w", err)
 		}
@@ -397,39 +396,4 @@ func parsePrivateKeyPEM(b []byte) (crypto.Signer, error) {
 		}
 		return s, nil
 	}
-}
-
-// SignX509PopChallenge answers an x509pop challenge with the node key, in
-// the form x509.Certificate.CheckSignature verifies: ECDSA keys sign
-// SHA-256(challenge) (x509.ECDSAWithSHA256, ASN.1), RSA keys RSA-PSS over
-// SHA-256 with a salt as long as the hash (x509.SHA256WithRSAPSS), Ed25519
-// keys the challenge itself (x509.PureEd25519).
-func SignX509PopChallenge(key crypto.Signer, challenge []byte) ([]byte, error) {
-	switch key.Public().(type) {
-	case *ecdsa.PublicKey:
-		d := sha256.Sum256(challenge)
-		return key.Sign(rand.Reader, d[:], crypto.SHA256)
-	case *rsa.PublicKey:
-		d := sha256.Sum256(challenge)
-		return key.Sign(rand.Reader, d[:], &rsa.PSSOptions{SaltLength: rsa.PSSSaltLengthEqualsHash, Hash: crypto.SHA256})
-	case ed25519.PublicKey:
-		return key.Sign(rand.Reader, challenge, crypto.Hash(0))
-	default:
-		return nil, fmt.Errorf("unsupported node key type %T: use ECDSA, RSA or Ed25519", key.Public())
-	}
-}
-
-// X509PopSignatureAlgorithm is the x509.SignatureAlgorithm an authority
-// passes to CheckSignature to verify SignX509PopChallenge's answer from a
-// node certificate with public key pub.
-func X509PopSignatureAlgorithm(pub crypto.PublicKey) x509.SignatureAlgorithm {
-	switch pub.(type) {
-	case *ecdsa.PublicKey:
-		return x509.ECDSAWithSHA256
-	case *rsa.PublicKey:
-		return x509.SHA256WithRSAPSS
-	case ed25519.PublicKey:
-		return x509.PureEd25519
-	}
-	return x509.UnknownSignatureAlgorithm
 }

@@ -38,6 +38,6 @@ func agentCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the agent configuration (YAML)")
-	// TODO(identity): cmd.AddCommand(agentAdminCommands()...) once internal/cli/identity.go exports it (ward agent list/evict).
+	cmd.AddCommand(agentAdminCommands()...) // ward agent list, ward agent evict (identity.go)
 	return cmd
 }
