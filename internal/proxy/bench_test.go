@@ -2,6 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/policy"
+	"github.com/wardproject/ward/internal/proxy"
 )
 
 // BenchmarkDecide is the per-connection policy work of an inbound
@@ -47,32 +49,55 @@ func BenchmarkDecide(b *testing.B) {
 	}
 }
 
-// BenchmarkForward is the steady-state data path: 64 KiB writes echoed
-// through client proxy → mTLS → server proxy → app over one connection.
+// BenchmarkForward is the steady-state data path: 64 KiB writes through
+// client proxy → mTLS → server proxy → a sink app, on one connection.
 func BenchmarkForward(b *testing.B) {
-	e := newEnv(b)
+	sink, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sink.Close()
+	go func() {
+		for {
+			c, err := sink.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				var n [8]byte
+				if _, err := io.ReadFull(c, n[:]); err != nil {
+					return
+				}
+				io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint64(n[:])))
+				c.Write([]byte{'K'})
+			}()
+		}
+	}()
+	e := newEnv(b, withConfig(func(c *proxy.Config) {
+		c.Inbound[0].PeerIdentity = proxy.PeerIdentityNone
+		c.Inbound[0].Forward = sink.Addr().String()
+	}))
 	c, _, err := dialVia(e.clientWeb)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer c.Close()
-	// the app echoes lines; switch it to a raw sink by sending one line
-	// and then count bytes of the echo of large lines
 	buf := make([]byte, 64<<10)
-	for i := range buf {
-		buf[i] = 'x'
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(b.N)*uint64(len(buf)))
+	if _, err := c.Write(n[:]); err != nil {
+		b.Fatal(err)
 	}
-	buf[len(buf)-1] = '\n'
-	r := bufio.NewReaderSize(c, 128<<10)
 	b.SetBytes(int64(len(buf)))
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := c.Write(buf); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := r.ReadSlice('\n'); err != nil && err != bufio.ErrBufferFull {
-			b.Fatal(err)
-		}
+	}
+	if _, err := io.ReadFull(c, n[:1]); err != nil {
+		b.Fatal(err)
 	}
 }
 
