@@ -318,53 +318,59 @@ func closedLoop(addr string) (float64, int64, error) {
 	return float64(n.Load()) / loopDur.Seconds(), errs.Load(), nil
 }
 
-// fixedRate sends *rate requests/s spread over *conns connections and
-// measures each request's round trip; requests that start over 1 ms behind
-// schedule are counted and reported (the generator must keep up for the
-// figures to mean anything).
+// fixedRate sends *rate requests/s in total over *conns connections, each
+// connection on its own evenly spaced schedule, and measures each request's
+// round trip. Requests that start over 1 ms behind schedule are counted and
+// reported: the generator must keep up for the figures to mean anything.
 func fixedRate(addr string) (p50, p99 time.Duration, achieved float64, errs int64, err error) {
-	pool := make(chan *echoConn, *conns)
-	for i := 0; i < *conns; i++ {
-		ec, err := dialEcho(addr)
-		if err != nil {
+	ecs := make([]*echoConn, *conns)
+	for i := range ecs {
+		if ecs[i], err = dialEcho(addr); err != nil {
 			return 0, 0, 0, 0, err
 		}
-		defer ec.c.Close()
-		pool <- ec
+		defer ecs[i].c.Close()
 	}
-	total := int(float64(*rate) * rateDur.Seconds())
-	interval := time.Second / time.Duration(*rate)
-	lat := make([]time.Duration, total)
+	perConn := int(float64(*rate)*rateDur.Seconds()) / *conns
+	interval := time.Duration(float64(time.Second) * float64(*conns) / float64(*rate))
+	lat := make([][]time.Duration, *conns)
 	var e, late atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
-	for i := 0; i < total; i++ {
-		at := start.Add(time.Duration(i) * interval)
-		if d := time.Until(at); d > 0 {
-			time.Sleep(d)
-		}
-		ec := <-pool
-		if time.Since(at) > time.Millisecond {
-			late.Add(1) // the generator fell behind its schedule
-		}
+	for i, ec := range ecs {
 		wg.Add(1)
-		go func(i int) {
+		go func(i int, ec *echoConn) {
 			defer wg.Done()
-			t0 := time.Now()
-			if err := ec.do(); err != nil {
-				e.Add(1)
+			offset := interval * time.Duration(i) / time.Duration(*conns)
+			for k := 0; k < perConn; k++ {
+				at := start.Add(offset + time.Duration(k)*interval)
+				if d := time.Until(at); d > 0 {
+					time.Sleep(d)
+				} else if -d > time.Millisecond {
+					late.Add(1)
+				}
+				t0 := time.Now()
+				if err := ec.do(); err != nil {
+					e.Add(1)
+					return
+				}
+				lat[i] = append(lat[i], time.Since(t0))
 			}
-			lat[i] = time.Since(t0)
-			pool <- ec
-		}(i)
+		}(i, ec)
 	}
 	wg.Wait()
 	el := time.Since(start)
-	sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
-	if l := late.Load(); l > int64(total/100) {
-		fmt.Fprintf(os.Stderr, "warning: %d of %d requests started over 1 ms late; latency figures are optimistic\n", l, total)
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
 	}
-	return lat[total/2], lat[total*99/100], float64(total) / el.Seconds(), e.Load(), nil
+	if len(all) == 0 {
+		return 0, 0, 0, e.Load(), errors.New("no request succeeded")
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	if l := late.Load(); l > int64(len(all)/100) {
+		fmt.Fprintf(os.Stderr, "warning: %d of %d requests started over 1 ms late; latency figures are optimistic\n", l, len(all))
+	}
+	return all[len(all)/2], all[len(all)*99/100], float64(len(all)) / el.Seconds(), e.Load(), nil
 }
 
 // newConns: *conns workers each open a connection, do one request, close.

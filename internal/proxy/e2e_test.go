@@ -1,6 +1,7 @@
 package proxy_test
 
 import (
+	"bufio"
 	"context"
 	"crypto/fips140"
 	"errors"
@@ -414,4 +415,49 @@ func TestIdleTimeout(t *testing.T) {
 		t.Fatalf("idle connection not closed: %v", err)
 	}
 	waitFor(t, "idle in access log", 10*time.Second, func() bool { return len(e.serverLog.find("error", "idle timeout")) == 1 })
+}
+
+// TestUnixSockets: the inbound listener forwards to an app on a unix
+// socket, and the outbound listener accepts the app on a unix socket.
+func TestUnixSockets(t *testing.T) {
+	dir, err := os.MkdirTemp("", "wu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	appSock := dir + "/app.sock"
+	l, err := net.Listen("unix", appSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	e := newEnv(t, withConfig(func(c *proxy.Config) {
+		c.Inbound[0].Forward = "unix://" + appSock
+		c.Inbound[0].PeerIdentity = proxy.PeerIdentityNone
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	outSock := dir + "/out.sock"
+	startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: e.web.Addr, Outbound: []proxy.Outbound{{Name: "to-api",
+		Listen: "unix://" + outSock, Remote: e.server.Addr("api").String(), ServerID: apiID}}}, proxy.WithAccessLog(io.Discard))
+	c, err := net.Dial("unix", outSock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got, err := roundTrip(c, bufio.NewReader(c), "over unix sockets"); err != nil || got != "over unix sockets" {
+		t.Fatalf("got %q, %v", got, err)
+	}
 }

@@ -259,6 +259,9 @@ func (p *Proxy) newHTTPFront(in *Inbound) *httpFront {
 	go func() { _ = hf.srv.Serve(l) }()
 	p.mu.Lock()
 	p.closeFns = append(p.closeFns, func() { hf.srv.Close() })
+	// on drain, idle keep-alive connections close now and busy ones after
+	// their current request
+	p.drainFns = append(p.drainFns, func() { hf.srv.SetKeepAlivesEnabled(false) })
 	p.mu.Unlock()
 	return hf
 }

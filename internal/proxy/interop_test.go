@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -13,6 +14,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/wardproject/ward/internal/proxy"
 )
@@ -231,5 +236,51 @@ func TestTestSSL(t *testing.T) {
 				t.Logf("testssl output:\n%s", log)
 			}
 		})
+	}
+}
+
+// TestHTTPHeaderKeepAliveDrain: an HTTP app behind an http-header listener
+// serves several requests on one kept-alive mTLS connection, each carrying
+// the verified peer ID; on shutdown the idle keep-alive connection is
+// closed at once, so the drain does not wait for drain_timeout.
+func TestHTTPHeaderKeepAliveDrain(t *testing.T) {
+	app := httpApp(t)
+	e := newEnv(t, withConfig(func(c *proxy.Config) {
+		c.Inbound[0].PeerIdentity = proxy.PeerIdentityHTTPHeader
+		c.Inbound[0].Forward = app
+		c.DrainTimeout = cfgDur(time.Hour)
+	}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr(e.web.Addr)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer xs.Close()
+	tr := &http.Transport{TLSClientConfig: tlsconfig.MTLSClientConfig(xs, xs, tlsconfig.AuthorizeID(spiffeid.RequireFromString(apiID)))}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	for i := 0; i < 3; i++ {
+		resp, err := client.Get("https://" + e.server.Addr("api").String() + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.HasPrefix(string(b), "peer="+webID+" ") {
+			t.Fatalf("request %d: app saw %q", i, b)
+		}
+	}
+	if v := metric(t, e.server, "ward_proxy_connections_total"); v != 1 {
+		t.Fatalf("%v connections for 3 kept-alive requests, want 1", v)
+	}
+	e.stopServer()
+	select {
+	case err := <-e.serverDone:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("drain waited on an idle keep-alive connection")
 	}
 }

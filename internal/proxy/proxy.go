@@ -43,6 +43,7 @@ type Proxy struct {
 	m      *metrics
 
 	sem      chan struct{}
+	srcReady atomic.Bool // p.src is set (the admin endpoint may read it)
 	draining atomic.Bool
 	started  chan struct{}
 
@@ -51,6 +52,7 @@ type Proxy struct {
 	addrs     map[string]net.Addr
 	listeners []net.Listener
 	closeFns  []func()
+	drainFns  []func()
 	wg        sync.WaitGroup
 
 	inboundTLS *tls.Config
@@ -156,7 +158,7 @@ func (p *Proxy) Reload() {
 }
 
 func (p *Proxy) svidExpiry() float64 {
-	if p.src == nil {
+	if !p.srcReady.Load() {
 		return 0
 	}
 	s, err := p.src.GetX509SVID()
@@ -193,6 +195,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 		defer xs.Close()
 		p.src = xs
 	}
+	p.srcReady.Store(true)
 	if svid, err := p.src.GetX509SVID(); err == nil {
 		p.log.Info("identity", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	}
@@ -356,10 +359,13 @@ func (p *Proxy) drain() {
 	p.log.Info("draining: listeners closed, waiting for open connections", "timeout", time.Duration(p.cfg.DrainTimeout).String())
 	p.mu.Lock()
 	p.draining.Store(true)
-	ls := p.listeners
+	ls, dfs := p.listeners, p.drainFns
 	p.mu.Unlock()
 	for _, l := range ls {
 		l.Close()
+	}
+	for _, f := range dfs {
+		f()
 	}
 	done := make(chan struct{})
 	go func() { p.wg.Wait(); close(done) }()
