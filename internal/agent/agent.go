@@ -705,6 +705,7 @@ func (a *Agent) persist() {
 		st.SVIDs = append(st.SVIDs, cachedSVID{EntryID: id, Spec: sv.spec, Chain: derChain(sv.chain), Key: key, RotateAt: sv.rotateAt})
 	}
 	a.mu.Unlock()
+	st.JWTs = a.jwt.export(a.now())
 	if err := a.cache.Save(st); err != nil {
 		a.log.Error("could not save the agent cache; a restart would need the authority", "data_dir", a.cfg.DataDir, "error", err)
 		a.mu.Lock()
@@ -794,6 +795,7 @@ func (a *Agent) loadCache() {
 			}
 		}
 	}
+	a.jwt.load(st.JWTs, now)
 	a.log.Info("agent cache loaded", "entries", len(a.entries), "svids", len(a.svids), "agent_svid", a.agentSVID.Load() != nil,
 		"last_sync", a.lastSync)
 }

@@ -254,6 +254,12 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
 	r1 := startAgent(t, cfg, nil)
 	before := mustFetch(t, r1)
+	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer jcancel()
+	jwt1, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "db"}, r1.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
 	r1.stop(t)
 
 	auth.stop()
@@ -262,6 +268,9 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	cached := mustFetch(t, r2)
 	if serial(cached) != serial(before) {
 		t.Fatal("restarted agent did not serve the cached SVID")
+	}
+	if jwt2, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "db"}, r2.addr()); err != nil || jwt2.Marshal() != jwt1.Marshal() {
+		t.Fatalf("restarted agent without authority did not serve the cached JWT-SVID: %v", err)
 	}
 	clock.Advance(20 * time.Minute)
 	r2.poke()

@@ -240,6 +240,7 @@ type cacheState struct {
 	Federated      map[string][]byte `json:"federated,omitempty"`
 	Entries        []cachedEntry     `json:"entries,omitempty"`
 	SVIDs          []cachedSVID      `json:"svids,omitempty"`
+	JWTs           []cachedJWT       `json:"jwts,omitempty"`
 	LastSync       time.Time         `json:"last_sync,omitzero"`
 }
 
@@ -267,4 +268,12 @@ type cachedSVID struct {
 	Chain    [][]byte  `json:"chain"`
 	Key      []byte    `json:"key"`
 	RotateAt time.Time `json:"rotate_at"`
+}
+
+type cachedJWT struct {
+	Key     string    `json:"key"` // SPIFFE ID and sorted audience
+	Token   string    `json:"token"`
+	Issued  time.Time `json:"issued"`
+	Refresh time.Time `json:"refresh"`
+	Expires time.Time `json:"expires"`
 }

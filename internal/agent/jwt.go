@@ -97,6 +97,9 @@ func (c *jwtCache) mint(ctx context.Context, a *Agent, id spiffeid.ID, audience 
 	}
 	t := jwtToken{token: resp.GetToken(), issued: now, expires: exp, refresh: now.Add(exp.Sub(now) / 2)}
 	c.put(key, t, now)
+	a.mu.Lock()
+	a.dirty = true // kept in the cache: a restarted agent serves it while the authority is away
+	a.mu.Unlock()
 	return t.token, nil
 }
 
@@ -112,4 +115,26 @@ func (a *Agent) entryIDFor(id spiffeid.ID) string {
 		}
 	}
 	return best
+}
+
+// export returns the unexpired tokens for the disk cache.
+func (c *jwtCache) export(now time.Time) []cachedJWT {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]cachedJWT, 0, len(c.tokens))
+	for k, t := range c.tokens {
+		if now.Before(t.expires) {
+			out = append(out, cachedJWT{Key: k, Token: t.token, Issued: t.issued, Refresh: t.refresh, Expires: t.expires})
+		}
+	}
+	return out
+}
+
+// load restores unexpired tokens from the disk cache.
+func (c *jwtCache) load(js []cachedJWT, now time.Time) {
+	for _, j := range js {
+		if now.Before(j.Expires) && j.Token != "" && len(c.tokens) < maxJWTCache {
+			c.put(j.Key, jwtToken{token: j.Token, issued: j.Issued, refresh: j.Refresh, expires: j.Expires}, now)
+		}
+	}
 }

@@ -1,0 +1,409 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/status"
+)
+
+// Workload helper mode: the test binary re-executes itself (as another
+// uid) with WARD_E2E_WORKLOAD set, and runs go-spiffe's own Workload API
+// client instead of the tests. init runs before TestMain, so the helper
+// never builds ward.
+const (
+	envWorkload = "WARD_E2E_WORKLOAD" // server, client or fetch
+	envSocket   = "WARD_E2E_SOCKET"
+	envPeer     = "WARD_E2E_PEER" // SPIFFE ID the other side must have
+	envAddr     = "WARD_E2E_ADDR" // client: where the server listens
+)
+
+func init() {
+	mode := os.Getenv(envWorkload)
+	if mode == "" {
+		return
+	}
+	err := runWorkload(mode)
+	if err != nil {
+		fmt.Println("ERROR", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// runWorkload is one workload process. It stops when stdin closes (the
+// test ends) or after five minutes.
+func runWorkload(mode string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	go func() { io.Copy(io.Discard, os.Stdin); cancel() }()
+	addr := workloadapi.WithAddr("unix://" + os.Getenv(envSocket))
+	if mode == "fetch" {
+		_, err := workloadapi.FetchX509SVID(ctx, addr)
+		fmt.Println("FETCH", grpcCode(err))
+		return nil
+	}
+	peer, err := spiffeid.FromString(os.Getenv(envPeer))
+	if err != nil {
+		return err
+	}
+	x509src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(addr))
+	if err != nil {
+		return fmt.Errorf("X509Source: %w", err)
+	}
+	defer x509src.Close()
+	jwtsrc, err := workloadapi.NewJWTSource(ctx, workloadapi.WithClientOptions(addr))
+	if err != nil {
+		return fmt.Errorf("JWTSource: %w", err)
+	}
+	defer jwtsrc.Close()
+	switch mode {
+	case "server":
+		l, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(x509src, x509src, tlsconfig.AuthorizeID(peer)))
+		if err != nil {
+			return err
+		}
+		fmt.Println("LISTEN", l.Addr())
+		go func() { <-ctx.Done(); l.Close() }()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return nil
+			}
+			go serveConn(c.(*tls.Conn), jwtsrc)
+		}
+	case "client":
+		serverAddr := os.Getenv(envAddr)
+		for ctx.Err() == nil {
+			line, err := clientRound(ctx, serverAddr, x509src, jwtsrc, peer)
+			if err != nil {
+				fmt.Println("FAIL", err)
+			} else {
+				fmt.Println("OK", line)
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+		return nil
+	}
+	return fmt.Errorf("unknown mode %q", mode)
+}
+
+func grpcCode(err error) string {
+	if err == nil {
+		return "OK"
+	}
+	return status.Code(err).String()
+}
+
+// serveConn: one request per connection, a JWT-SVID for audience
+// "e2e-server", checked against the JWT bundle; the answer names the
+// client's JWT subject.
+func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if err := c.Handshake(); err != nil {
+		fmt.Println("FAIL server handshake:", err)
+		return
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil {
+		fmt.Println("FAIL server read:", err)
+		return
+	}
+	svid, err := jwtsvid.ParseAndValidate(strings.TrimSpace(line), jwtsrc, []string{"e2e-server"})
+	if err != nil {
+		fmt.Fprintf(c, "JWT-INVALID %v\n", err)
+		fmt.Println("FAIL server JWT:", err)
+		return
+	}
+	fmt.Fprintf(c, "JWT-OK %s\n", svid.ID)
+}
+
+// clientRound dials a fresh mTLS connection (a full handshake each time,
+// so every rotation is exercised), sends a JWT-SVID and reports the serial
+// and issuer of its own SVID and the number of X.509 roots it trusts.
+func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Source, jwtsrc *workloadapi.JWTSource, peer spiffeid.ID) (string, error) {
+	d := tls.Dialer{Config: tlsconfig.MTLSClientConfig(x509src, x509src, tlsconfig.AuthorizeID(peer))}
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	nc, err := d.DialContext(dctx, "tcp", addr)
+	if err != nil {
+		return "", fmt.Errorf("handshake: %w", err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(5 * time.Second))
+	tok, err := jwtsrc.FetchJWTSVID(dctx, jwtsvid.Params{Audience: "e2e-server"})
+	if err != nil {
+		return "", fmt.Errorf("JWT-SVID: %w", err)
+	}
+	fmt.Fprintln(nc, tok.Marshal())
+	reply, err := bufio.NewReader(nc).ReadString('\n')
+	if err != nil {
+		return "", fmt.Errorf("read reply: %w", err)
+	}
+	if !strings.HasPrefix(reply, "JWT-OK ") {
+		return "", fmt.Errorf("server: %s", strings.TrimSpace(reply))
+	}
+	sv, err := x509src.GetX509SVID()
+	if err != nil {
+		return "", err
+	}
+	b, err := x509src.GetX509BundleForTrustDomain(sv.ID.TrustDomain())
+	if err != nil {
+		return "", err
+	}
+	leaf := sv.Certificates[0]
+	root := ""
+	if len(sv.Certificates) > 1 {
+		root = hex.EncodeToString(sv.Certificates[len(sv.Certificates)-1].AuthorityKeyId)
+	}
+	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d", leaf.SerialNumber.Text(16),
+		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities())), nil
+}
+
+// workload is a helper child process running as uid.
+type workload struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	mu    sync.Mutex
+	lines []string
+}
+
+// helperBinary copies the test binary where other uids can run it.
+var helperBinary = sync.OnceValues(func() (string, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	dir, err := os.MkdirTemp("", "ward-e2e-helper-")
+	if err != nil {
+		return "", err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	b, err := os.ReadFile(self)
+	if err != nil {
+		return "", err
+	}
+	p := filepath.Join(dir, "e2e-workload")
+	return p, os.WriteFile(p, b, 0o755)
+})
+
+func startWorkload(t *testing.T, uid uint32, mode, socket string, env ...string) *workload {
+	t.Helper()
+	bin, err := helperBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
+	w := &workload{cmd: exec.Command(bin)}
+	w.cmd.Env = append([]string{envWorkload + "=" + mode, envSocket + "=" + socket, "HOME=/", "PATH=/usr/bin:/bin"}, env...)
+	w.cmd.Dir = "/"
+	w.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	w.stdin, _ = w.cmd.StdinPipe()
+	out, _ := w.cmd.StdoutPipe()
+	w.cmd.Stderr = w.cmd.Stdout
+	if err := w.cmd.Start(); err != nil {
+		t.Fatalf("start workload as uid %d: %v", uid, err)
+	}
+	go func() {
+		sc := bufio.NewScanner(out)
+		for sc.Scan() {
+			w.mu.Lock()
+			w.lines = append(w.lines, sc.Text())
+			w.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		w.stdin.Close()
+		done := make(chan struct{})
+		go func() { w.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			w.cmd.Process.Kill()
+			<-done
+		}
+	})
+	return w
+}
+
+// output returns the lines printed so far.
+func (w *workload) output() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.lines...)
+}
+
+// waitLine waits (bounded) for a line with prefix and returns it.
+func (w *workload) waitLine(t *testing.T, prefix string, after int) (string, int) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		lines := w.output()
+		for i := after; i < len(lines); i++ {
+			if strings.HasPrefix(lines[i], prefix) {
+				return lines[i], i + 1
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("workload printed no %q line; output:\n%s", prefix, strings.Join(w.output(), "\n"))
+	return "", 0
+}
+
+// agentProc is a `ward agent` child process.
+type agentProc struct {
+	t      *testing.T
+	config string
+	cmd    *exec.Cmd
+	logs   *syncBuffer
+	socket string
+	health string
+}
+
+// publicDir makes a directory other uids can traverse (for the socket).
+func publicDir(t *testing.T) string {
+	t.Helper()
+	d, err := os.MkdirTemp("", "ward-e2e-agent-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(d, 0o755)
+	t.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// freePort returns a loopback host:port nobody listens on right now.
+func freePort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+	t.Helper()
+	a := &agentProc{t: t, socket: filepath.Join(dir, "agent.sock"), health: freePort(t)}
+	cfg := fmt.Sprintf(`trust_domain: e2e.example.org
+server_address: %s
+trust_bundle_path: %s
+join_token: %s
+socket_path: %s
+data_dir: %s
+sync_interval: 500ms
+health_address: %s
+log_level: debug
+`, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health)
+	a.config = filepath.Join(dir, "agent.yaml")
+	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.start()
+	t.Cleanup(a.stop)
+	return a
+}
+
+func (a *agentProc) start() {
+	a.t.Helper()
+	a.logs = &syncBuffer{}
+	a.cmd = exec.Command(wardBin, "agent", "--config", a.config)
+	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
+	if err := a.cmd.Start(); err != nil {
+		a.t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if _, err := a.status(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent did not come up; logs:\n%s", a.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func (a *agentProc) stop() {
+	if a.cmd == nil || a.cmd.Process == nil || a.cmd.ProcessState != nil {
+		return
+	}
+	a.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { a.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		a.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// agentStatus is the subset of the agent's /status the tests read.
+type agentStatus struct {
+	AgentID              string    `json:"agent_id"`
+	LastError            string    `json:"last_error"`
+	SecondsSinceLastSync float64   `json:"seconds_since_last_sync"`
+	SVIDs                int       `json:"svids"`
+	SoonestSVIDExpiry    time.Time `json:"soonest_svid_expiry"`
+}
+
+func (a *agentProc) status() (agentStatus, error) {
+	var st agentStatus
+	c := http.Client{Timeout: 2 * time.Second}
+	resp, err := c.Get("http://" + a.health + "/status")
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	return st, json.NewDecoder(resp.Body).Decode(&st)
+}
+
+// waitStatus polls /status (bounded) until cond holds.
+func (a *agentProc) waitStatus(what string, cond func(agentStatus) bool) agentStatus {
+	a.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := a.status()
+		if err == nil && cond(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			a.t.Fatalf("agent never reached %s (last status %+v, err %v); logs:\n%s", what, st, err, tail(a.logs.String(), 4000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}

@@ -1,0 +1,248 @@
+package e2e
+
+import (
+	"context"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+const (
+	uidServer  = 41001
+	uidClient  = 41002
+	uidNoEntry = 41003
+)
+
+// TestWorkloadIdentityThroughRotationsAndOutage runs the real authority
+// and `ward agent` as processes and go-spiffe's own Workload API client in
+// two workloads running as different uids. They keep an mTLS conversation
+// (a fresh handshake every 100ms, plus a JWT-SVID checked by the server)
+// going through an SVID rotation, an intermediate rotation, a root
+// rotation, an authority outage longer than an SVID half-life and an agent
+// restart during that outage. Not one handshake may fail.
+func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
+	if testing.Short() {
+		t.Skip("takes about two minutes (the shortest SVID TTL is one minute)")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run workloads as other uids")
+	}
+	dir := t.TempDir()
+	nodeAPI := freePort(t)
+	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI)))
+	shares := s.initAndUnseal()
+	a := s.addr
+
+	pub := publicDir(t)
+	bundle := filepath.Join(pub, "bundle.pem")
+	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	agentID := "spiffe://e2e.example.org/ward/agent/node-1"
+	serverID := "spiffe://e2e.example.org/e2e/server"
+	clientID := "spiffe://e2e.example.org/e2e/client"
+	toolID := "spiffe://e2e.example.org/e2e/tool"
+	mustWard(t, a, "", "entry", "create", "--spiffe-id", serverID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidServer), "--dns", "server.e2e.internal")
+	mustWard(t, a, "", "entry", "create", "--spiffe-id", clientID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidClient))
+	mustWard(t, a, "", "entry", "create", "--spiffe-id", toolID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+
+	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
+	ag.waitStatus("3 SVIDs", func(st agentStatus) bool { return st.AgentID == agentID && st.SVIDs == 3 })
+	if out := mustWard(t, a, "", "agent", "list"); !strings.Contains(out, agentID) {
+		t.Fatalf("ward agent list lacks %s:\n%s", agentID, out)
+	}
+
+	// A caller matching no entry gets PermissionDenied; one without the
+	// security header gets InvalidArgument.
+	nobody := startWorkload(t, uidNoEntry, "fetch", ag.socket)
+	if line, _ := nobody.waitLine(t, "FETCH", 0); line != "FETCH PermissionDenied" {
+		t.Fatalf("caller without entry: %s", line)
+	}
+	checkMissingHeader(t, ag.socket)
+
+	// openssl accepts an issued chain against the bundle and shows the URI SAN.
+	checkWithOpenSSL(t, ag.socket, pub, toolID)
+
+	srv := startWorkload(t, uidServer, "server", ag.socket, envPeer+"="+clientID)
+	listen, _ := srv.waitLine(t, "LISTEN ", 0)
+	cli := startWorkload(t, uidClient, "client", ag.socket, envPeer+"="+serverID, envAddr+"="+strings.TrimPrefix(listen, "LISTEN "))
+	first, pos := cli.waitLine(t, "OK ", 0)
+	f0 := fields(first)
+
+	// 1. SVID rotation with an intermediate rotation: rotate the
+	// intermediate now; the next SVID (at half life) is signed by the new one.
+	mustWard(t, a, "", "ca", "rotate")
+	line, pos := waitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f0["serial"] && f["issuer"] != f0["issuer"] })
+	f1 := fields(line)
+	t.Logf("SVID and intermediate rotated: %s -> %s", first, line)
+
+	// 2. Root rotation: the new root reaches every bundle before any SVID
+	// chains to it.
+	mustWard(t, a, "", "ca", "rotate", "--root")
+	line, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["root"] != f1["root"] && f["root"] != "" })
+	f2 := fields(line)
+	if n, _ := strconv.Atoi(f2["roots"]); n < 2 {
+		t.Fatalf("after the root rotation the client trusts %s roots, want both", f2["roots"])
+	}
+	t.Logf("root rotated: %s", line)
+
+	// 3. Authority down for longer than an SVID half-life, and the agent
+	// restarted meanwhile: workloads keep valid SVIDs and keep talking;
+	// staleness is reported.
+	s.stop()
+	downAt := time.Now()
+	ag.waitStatus("staleness reported", func(st agentStatus) bool { return st.LastError != "" && st.SecondsSinceLastSync > 2 })
+	ag.stop()
+	ag.start()
+	st := ag.waitStatus("cache loaded after restart", func(st agentStatus) bool { return st.SVIDs == 3 && st.LastError != "" })
+	if !strings.Contains(ag.logs.String(), "agent cache loaded") {
+		t.Fatalf("restarted agent did not load its cache:\n%s", tail(ag.logs.String(), 3000))
+	}
+	if st.SoonestSVIDExpiry.Before(time.Now()) {
+		t.Fatalf("agent serves an expired SVID: %+v", st)
+	}
+	for time.Since(downAt) < 35*time.Second {
+		time.Sleep(time.Second)
+	}
+	ag.waitStatus("long staleness", func(st agentStatus) bool { return st.SecondsSinceLastSync > 30 })
+	if !strings.Contains(ag.logs.String(), "authority unreachable; serving cached SVIDs") {
+		t.Fatalf("agent did not log staleness:\n%s", tail(ag.logs.String(), 3000))
+	}
+	_, pos = cli.waitLine(t, "OK ", pos) // still talking, on cached SVIDs
+	f3 := fields(cli.output()[pos-1])
+
+	// 4. The authority returns (restart + unseal): rotation catches up.
+	s.start()
+	s.unseal(shares[:3])
+	ag.waitStatus("sync after the outage", func(st agentStatus) bool { return st.LastError == "" && st.SecondsSinceLastSync < 5 })
+	line, _ = waitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f3["serial"] })
+	t.Logf("caught up after the outage: %s", line)
+
+	for name, w := range map[string]*workload{"client": cli, "server": srv} {
+		for _, l := range w.output() {
+			if strings.HasPrefix(l, "FAIL") || strings.HasPrefix(l, "ERROR") {
+				t.Errorf("%s workload: %s", name, l)
+			}
+		}
+	}
+	oks := 0
+	for _, l := range cli.output() {
+		if strings.HasPrefix(l, "OK ") {
+			oks++
+		}
+	}
+	t.Logf("%d successful mTLS handshakes with JWT-SVID checks, none failed", oks)
+}
+
+// fields parses "OK k=v k=v" lines.
+func fields(line string) map[string]string {
+	out := map[string]string{}
+	for _, f := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// waitClient waits (bounded by the SVID TTL) for an OK line satisfying cond.
+func waitClient(t *testing.T, w *workload, from int, cond func(map[string]string) bool) (string, int) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		lines := w.output()
+		for i := from; i < len(lines); i++ {
+			if strings.HasPrefix(lines[i], "OK ") && cond(fields(lines[i])) {
+				return lines[i], i + 1
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lines := w.output()
+	t.Fatalf("client never reached the expected state; last lines:\n%s", strings.Join(lines[max(0, len(lines)-5):], "\n"))
+	return "", 0
+}
+
+func checkMissingHeader(t *testing.T, socket string) {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := pb.NewSpiffeWorkloadAPIClient(conn).FetchX509SVID(ctx, &pb.X509SVIDRequest{})
+	if err == nil {
+		_, err = stream.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("call without the security header: %v, want InvalidArgument", err)
+	}
+}
+
+// checkWithOpenSSL fetches this process's SVID (entry for the test's uid),
+// and has openssl verify the chain against the bundle and print the SAN.
+func checkWithOpenSSL(t *testing.T, socket, dir, wantID string) {
+	t.Helper()
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Log("openssl not installed; skipping the openssl checks")
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	x509ctx, err := workloadapi.FetchX509Context(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sv := x509ctx.DefaultSVID()
+	if sv.ID.String() != wantID {
+		t.Fatalf("tool SVID %s, want %s", sv.ID, wantID)
+	}
+	b, err := x509ctx.Bundles.GetX509BundleForTrustDomain(sv.ID.TrustDomain())
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, ders ...[]byte) string {
+		var buf []byte
+		for _, d := range ders {
+			buf = append(buf, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d})...)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, buf, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	leaf := write("leaf.pem", sv.Certificates[0].Raw)
+	var inter [][]byte
+	for _, c := range sv.Certificates[1:] {
+		inter = append(inter, c.Raw)
+	}
+	untrusted := write("intermediates.pem", inter...)
+	var roots [][]byte
+	for _, c := range b.X509Authorities() {
+		roots = append(roots, c.Raw)
+	}
+	ca := write("roots.pem", roots...)
+	out, err := exec.Command("openssl", "verify", "-CAfile", ca, "-untrusted", untrusted, leaf).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), ": OK") {
+		t.Fatalf("openssl verify: %v\n%s", err, out)
+	}
+	out, err = exec.Command("openssl", "x509", "-in", leaf, "-noout", "-text").CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "URI:"+wantID) {
+		t.Fatalf("openssl x509 -text lacks URI:%s: %v\n%s", wantID, err, out)
+	}
+}
