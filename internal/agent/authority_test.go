@@ -10,7 +10,6 @@ import (
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/big"
 	"net"
@@ -390,4 +389,3 @@ func (a *testAuthority) SignJWTSVID(ctx context.Context, req *wardv1.SignJWTSVID
 	return nil, status.Error(codes.NotFound, fmt.Sprintf("entry %s", req.GetEntryId()))
 }
 
-var _ = errors.New
