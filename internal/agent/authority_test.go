@@ -388,4 +388,3 @@ func (a *testAuthority) SignJWTSVID(ctx context.Context, req *wardv1.SignJWTSVID
 	}
 	return nil, status.Error(codes.NotFound, fmt.Sprintf("entry %s", req.GetEntryId()))
 }
-

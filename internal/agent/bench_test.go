@@ -229,4 +229,3 @@ func BenchmarkIdentities(b *testing.B) {
 		}
 	}
 }
-
