@@ -276,14 +276,7 @@ func TestRotationsUnderLoad(t *testing.T) {
 		}(w)
 	}
 	// waitServing waits until the server proxy's handshakes use serial.
-	seenIn := func(log *syncBuffer, serial string) bool {
-		for _, l := range log.lines() {
-			if l["peer_serial"] == serial {
-				return true
-			}
-		}
-		return false
-	}
+	seenIn := func(log *syncBuffer, serial string) bool { return log.contains(`"peer_serial":"` + serial + `"`) }
 	progress := func(what string) {
 		t.Helper()
 		n := oks.Load()

@@ -51,6 +51,13 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+// contains reports whether the log holds sub.
+func (s *syncBuffer) contains(sub string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return bytes.Contains(s.b.Bytes(), []byte(sub))
+}
+
 // lines returns the JSON access-log lines.
 func (s *syncBuffer) lines() []map[string]any {
 	s.mu.Lock()
