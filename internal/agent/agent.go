@@ -179,6 +179,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	srv := workloadapi.New(a, a.att, workloadapi.WithLogger(a.log))
 	go srv.Serve(l)
 	defer srv.Stop()
+	if a.cfg.PolicySocket != "" && a.cfg.PolicySocket != "none" {
+		stop, err := a.servePolicy(ctx)
+		if err != nil {
+			return fmt.Errorf("policy_socket %s: %w", a.cfg.PolicySocket, err)
+		}
+		defer stop()
+	}
 	if a.cfg.HealthAddress != "" {
 		hl, err := net.Listen("tcp", a.cfg.HealthAddress)
 		if err != nil {

@@ -40,6 +40,10 @@ type Config struct {
 	X509Pop *X509Pop `yaml:"x509pop"`
 	// SocketPath is the Workload API unix socket.
 	SocketPath string `yaml:"socket_path"`
+	// PolicySocket serves the current policy version to local proxies
+	// (PolicyDistribution.WatchPolicy); "none" turns it off. Default:
+	// policy.sock next to socket_path.
+	PolicySocket string `yaml:"policy_socket"`
 	// DataDir holds the encrypted cache and its key.
 	DataDir string `yaml:"data_dir"`
 	// SyncInterval between syncs with the authority (default 5s).
@@ -156,6 +160,17 @@ func (c *Config) Validate() error {
 	}
 	if !filepath.IsAbs(c.SocketPath) {
 		return fmt.Errorf("socket_path %q must be absolute: workloads find the socket by this path", c.SocketPath)
+	}
+	if c.PolicySocket == "" {
+		c.PolicySocket = filepath.Join(filepath.Dir(c.SocketPath), "policy.sock")
+	}
+	if c.PolicySocket != "none" {
+		if !filepath.IsAbs(c.PolicySocket) || len(c.PolicySocket) > 107 {
+			return fmt.Errorf("policy_socket %q must be an absolute path of at most 107 bytes (or \"none\")", c.PolicySocket)
+		}
+		if c.PolicySocket == c.SocketPath {
+			return errors.New("policy_socket and socket_path must differ")
+		}
 	}
 	if len(c.SocketPath) > 107 {
 		return fmt.Errorf("socket_path %q is longer than a unix socket path may be (107 bytes); choose a shorter one", c.SocketPath)

@@ -52,6 +52,16 @@ func NewSource(conn grpc.ClientConnInterface, log *slog.Logger) *Source {
 	return &Source{client: wardv1.NewPolicyDistributionClient(conn), log: log, MaxBackoff: 5 * time.Second}
 }
 
+// SetKnown makes the source skip versions up to n (the caller already
+// holds n, e.g. from a cache).
+func (s *Source) SetKnown(n uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n > s.known {
+		s.known = n
+	}
+}
+
 // Status returns a snapshot of the stream's state.
 func (s *Source) Status() Status {
 	s.mu.Lock()

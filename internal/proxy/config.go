@@ -46,7 +46,12 @@ type Config struct {
 	AdminAddress string `yaml:"admin_address"`
 	// AllowNonLoopback permits listeners on addresses other than loopback.
 	AllowNonLoopback bool `yaml:"allow_non_loopback"`
-	// PolicyFiles are Cedar files or directories (every *.cedar inside).
+	// PolicySocket is the node agent's policy socket (unix:///path or a
+	// plain path): the proxy follows the authority's policy versions
+	// through it. Exclusive with PolicyFiles.
+	PolicySocket string `yaml:"policy_socket"`
+	// PolicyFiles are Cedar files or directories (every *.cedar inside),
+	// for standalone proxies without an agent.
 	PolicyFiles []string `yaml:"policy_files"`
 	// DenyListFile is an optional JSON policy.DenyList (spiffe_ids, serials).
 	DenyListFile string `yaml:"deny_list_file"`
@@ -200,8 +205,11 @@ func (c *Config) Validate() error {
 	if c.TLS.MinVersion != "1.3" && c.TLS.MinVersion != "1.2" {
 		bad("tls.min_version %q: use \"1.3\" (default) or \"1.2\"", c.TLS.MinVersion)
 	}
-	if len(c.Inbound) > 0 && len(c.PolicyFiles) == 0 {
-		bad("inbound listeners need policy: set policy_files (Cedar files or directories); without policy every connection is denied")
+	if c.PolicySocket != "" && len(c.PolicyFiles) > 0 {
+		bad("policy_socket and policy_files exclude each other: follow the agent's policy, or read local files")
+	}
+	if len(c.Inbound) > 0 && len(c.PolicyFiles) == 0 && c.PolicySocket == "" {
+		bad("inbound listeners need policy: set policy_socket (the agent's, e.g. /run/ward/policy.sock) or policy_files (Cedar files or directories); without policy every connection is denied")
 	}
 	if c.AdminAddress != "" {
 		if err := c.checkListen("admin_address", c.AdminAddress); err != nil {

@@ -105,6 +105,13 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		}
 		p.access = slog.New(slog.NewJSONHandler(w, nil))
 	}
+	if p.psrc == nil && cfg.PolicySocket != "" {
+		src, err := newAgentPolicySource(cfg.PolicySocket, p.log)
+		if err != nil {
+			return nil, err
+		}
+		p.psrc = src
+	}
 	if p.psrc == nil && len(cfg.PolicyFiles) > 0 {
 		fs := NewFileSource(cfg.PolicyFiles, cfg.DenyListFile, time.Duration(cfg.PolicyPollInterval))
 		p.psrc = fs
