@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Workload identity benchmarks: SVID signing at the CA and through the Node
+# API, the agent holding 10,000 workloads, Workload API fetch latency.
+# Shared, noisy machines: read the ratios to the aims, not absolute times.
+#
+#   bench/identity/run.sh            # BENCHTIME=2s by default
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+cd "$ROOT"
+BT=${BENCHTIME:-2s}
+OUT=$(mktemp)
+trap 'rm -f "$OUT"' EXIT
+run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Benchmark' | tee -a "$OUT" >&2; }
+
+echo "== running benchmarks (benchtime $BT) ==" >&2
+run 'BenchmarkSignX509SVID$|BenchmarkSignJWTSVID' ./internal/ca
+run 'BenchmarkNodeSignX509SVIDs' ./internal/server
+run 'BenchmarkAgentMemoryPerWorkload|BenchmarkAgentBundleRotationPush|BenchmarkWorkloadAPIFetchLatency' ./internal/agent
+
+# first value of metric UNIT on the line matching NAME
+val() { awk -v n="$1" -v u="$2" '$1 ~ n { for (i = 2; i <= NF; i++) if ($(i+1) == u) { print $i; exit } }' "$OUT"; }
+printf '\n== summary ==\n'
+grep -E '^Benchmark' "$OUT" | sed 's/^/  /'
+x=$(val 'SignX509SVID-' 'svids/s@2cores')
+if [ -n "$x" ]; then
+  awk -v r="$x" 'BEGIN { printf "  CA X509-SVID signing on 2 cores: %.0f/s (aim >= 10000/s): %.2fx\n", r, r / 10000 }'
+fi
