@@ -97,6 +97,16 @@ type Bundle struct {
 	Version  uint64            `json:"version"`
 	Files    map[string][]byte `json:"files"`
 	DenyList DenyList          `json:"deny_list"`
+	// Principals are the attributes of known workloads by SPIFFE ID (from
+	// their registration entries), so that every enforcement point sees the
+	// same labels and groups for a peer at a given policy version.
+	Principals map[string]Principal `json:"principals,omitempty"`
+}
+
+// Principal is what the authority knows about one workload identity.
+type Principal struct {
+	Labels map[string]string `json:"labels,omitempty"`
+	Groups []string          `json:"groups,omitempty"`
 }
 
 // MaxBundleJSON bounds the size of a bundle accepted by ParseBundle.
@@ -145,6 +155,12 @@ func (s *Schema) CompileBundle(b Bundle) (*Set, error) {
 	if err != nil {
 		return nil, err
 	}
+	for id := range b.Principals {
+		if _, _, err := parseSPIFFEID(id); err != nil {
+			return nil, &CompileError{Problems: []Problem{{Kind: "principals", Message: fmt.Sprintf("principal %q: %v", id, err)}}}
+		}
+	}
+	set.principals = b.Principals
 	set.version = b.Version
 	return set, nil
 }

@@ -142,6 +142,8 @@ type Set struct {
 	all     []*compiled // in file order
 	byID    map[string]*compiled
 	deny    *denySet
+	// principals fill in Labels and Groups of requests that carry none.
+	principals map[string]Principal
 
 	anyPrincipal bucket
 	byPrincipal  map[types.EntityUID]*bucket
@@ -457,6 +459,11 @@ func (s *Set) Decide(req Request) Decision {
 
 func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
 	d := Decision{Version: s.version}
+	if req.Labels == nil && req.Groups == nil {
+		if p, ok := s.principals[req.Principal]; ok {
+			req.Labels, req.Groups = p.Labels, p.Groups
+		}
+	}
 	if s.deny != nil {
 		if _, ok := s.deny.ids[req.Principal]; ok {
 			d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListID}

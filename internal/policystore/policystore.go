@@ -70,15 +70,31 @@ type Auditor interface {
 
 // Store is the policy version store. Safe for concurrent use.
 type Store struct {
-	st     store.Store
-	audit  Auditor
-	schema *policy.Schema
-	now    func() time.Time
+	st         store.Store
+	audit      Auditor
+	schema     *policy.Schema
+	now        func() time.Time
+	principals PrincipalsFunc
 }
 
+// PrincipalsFunc returns the attributes (labels, groups) of every known
+// workload identity, from the registration entries.
+type PrincipalsFunc func(ctx context.Context) (map[string]policy.Principal, error)
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithPrincipals makes every new version carry the principals' attributes
+// as f reports them at that moment.
+func WithPrincipals(f PrincipalsFunc) Option { return func(s *Store) { s.principals = f } }
+
 // New returns a Store over st (barrier-encrypted).
-func New(st store.Store, a Auditor) *Store {
-	return &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now}
+func New(st store.Store, a Auditor, opts ...Option) *Store {
+	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
 }
 
 func (s *Store) readHead(ctx context.Context) (head, int64, error) {
@@ -180,6 +196,11 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		next.Number = h.Latest + 1
 		next.Bundle.Version = next.Number
+		if s.principals != nil {
+			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
+				return Version{}, s.fail(ctx, op, fields, fmt.Errorf("reading principal attributes: %w", err))
+			}
+		}
 		next.Created = s.now().UTC()
 		set, err := s.Compile(next.Bundle)
 		if err != nil {
@@ -308,6 +329,56 @@ func appendNew(dst, add []string) []string {
 	}
 	sort.Strings(dst)
 	return dst
+}
+
+// RefreshPrincipals stores a new version with the current policies and
+// deny-list when the principals' attributes changed since the current
+// version (after an entry's labels changed); otherwise it does nothing and
+// returns 0.
+func (s *Store) RefreshPrincipals(ctx context.Context, actor string) (uint64, error) {
+	if s.principals == nil {
+		return 0, nil
+	}
+	cur, err := s.Current(ctx)
+	if err != nil || cur == 0 {
+		return 0, err
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return 0, err
+	}
+	now, err := s.principals(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if samePrincipals(v.Bundle.Principals, now) {
+		return 0, nil
+	}
+	next, err := s.commit(ctx, "policy.principals", map[string]string{"principals": fmt.Sprint(len(now))}, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		return Version{Actor: actor, Comment: "principal attributes changed", Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: cur.Bundle.DenyList}}, nil
+	})
+	return next.Number, err
+}
+
+func samePrincipals(a, b map[string]policy.Principal) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, pa := range a {
+		pb, ok := b[id]
+		if !ok || len(pa.Labels) != len(pb.Labels) || !slices.Equal(pa.Groups, pb.Groups) {
+			return false
+		}
+		for k, v := range pa.Labels {
+			if w, ok := pb.Labels[k]; !ok || w != v {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // Watch sends the current version (if newer than known) and every later

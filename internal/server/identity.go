@@ -181,6 +181,7 @@ func (e *entriesService) CreateEntry(ctx context.Context, r *wardv1.CreateEntryR
 	if err != nil {
 		return nil, nodeapi.Status(err)
 	}
+	e.s.refreshPrincipals(ctx)
 	return nodeapi.EntryProto(out), nil
 }
 
@@ -224,6 +225,7 @@ func (e *entriesService) UpdateEntry(ctx context.Context, r *wardv1.UpdateEntryR
 	if err != nil {
 		return nil, nodeapi.Status(err)
 	}
+	e.s.refreshPrincipals(ctx)
 	return nodeapi.EntryProto(out), nil
 }
 
@@ -235,6 +237,7 @@ func (e *entriesService) DeleteEntry(ctx context.Context, r *wardv1.DeleteEntryR
 	if err := id.reg.DeleteEntry(ctx, r.Id); err != nil {
 		return nil, nodeapi.Status(err)
 	}
+	e.s.refreshPrincipals(ctx)
 	return &wardv1.DeleteEntryResponse{}, nil
 }
 

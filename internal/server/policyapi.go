@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sort"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -13,6 +14,7 @@ import (
 	"github.com/wardproject/ward/internal/audit"
 	"github.com/wardproject/ward/internal/policy"
 	"github.com/wardproject/ward/internal/policystore"
+	"github.com/wardproject/ward/internal/registry"
 	"github.com/wardproject/ward/internal/reqctx"
 )
 
@@ -183,4 +185,50 @@ func (p *policyDistribution) WatchPolicy(r *wardv1.WatchPolicyRequest, ss wardv1
 		return nil
 	}
 	return policyError(err)
+}
+
+// principalsFunc reports every registered SPIFFE ID's labels, for the
+// policy versions enforcement points receive. Entries sharing one SPIFFE
+// ID are merged in entry-ID order (a later entry's label wins).
+func (s *Server) principalsFunc(st *unsealedState) policystore.PrincipalsFunc {
+	return func(ctx context.Context) (map[string]policy.Principal, error) {
+		if st.ident == nil {
+			return nil, nil
+		}
+		entries, err := st.ident.reg.ListEntries(ctx, registry.ListFilter{})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
+		out := map[string]policy.Principal{}
+		for _, e := range entries {
+			if len(e.Labels) == 0 {
+				continue
+			}
+			p := out[e.SPIFFEID]
+			if p.Labels == nil {
+				p.Labels = map[string]string{}
+			}
+			for k, v := range e.Labels {
+				p.Labels[k] = v
+			}
+			out[e.SPIFFEID] = p
+		}
+		return out, nil
+	}
+}
+
+// refreshPrincipals publishes a new policy version when an entry change
+// altered principal attributes. A failure is logged, not returned: the
+// entry change itself succeeded and the next change or apply retries.
+func (s *Server) refreshPrincipals(ctx context.Context) {
+	st, err := s.state()
+	if err != nil {
+		return
+	}
+	if v, err := st.policy.RefreshPrincipals(ctx, reqctx.From(ctx).Actor); err != nil {
+		s.log.Error("publishing changed principal labels in a new policy version failed", "err", err)
+	} else if v != 0 {
+		s.log.Info("principal labels changed: new policy version", "version", v)
+	}
 }

@@ -254,7 +254,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		alog.Close()
 		return err
 	}
-	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st})
+	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)))
 	st.engine = policy.NewEngine()
 	// Flush what happened while sealed, then record the unseal itself.
 	s.mu.Lock()

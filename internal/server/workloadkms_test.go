@@ -136,3 +136,58 @@ forbid(principal, action == Action::"kms:decrypt", resource) when { resource.cla
 		t.Fatalf("anonymous KMS call: %v", err)
 	}
 }
+
+// TestPrincipalLabelsReachPolicy: labels of registration entries travel in
+// every policy version, and changing an entry's labels publishes a new
+// version that enforcement points (here the workload KMS) follow.
+func TestPrincipalLabelsReachPolicy(t *testing.T) {
+	e := startIdentity(t)
+	ctx := context.Background()
+	admin, err := client.Dial(e.srv.AdminAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	admin.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "team-key", Classification: "internal"})
+	agent := e.joinAgent(t, "node-labels")
+	en, err := e.entries.CreateEntry(ctx, &wardv1.CreateEntryRequest{Entry: &wardv1.Entry{
+		SpiffeId: "spiffe://" + testTD + "/svc", ParentId: agent.ID.String(),
+		Selectors: []*wardv1.Selector{{Type: "unix", Value: "uid:7"}}, Labels: map[string]string{"team": "payments"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, key := newCSR(t)
+	res, err := e.nodeClient(t, agent).SignX509SVIDs(ctx, &wardv1.SignX509SVIDsRequest{Params: []*wardv1.X509SVIDParams{{EntryId: en.Id, Csr: csr}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kms := e.workloadKMS(t, toSVID(t, res.Results[0].Chain, key))
+	pol := `@id("team-payments") permit(principal, action == Action::"kms:encrypt", resource == Key::"team-key") when { principal has labels && principal.labels has team && principal.labels.team == "payments" };`
+	if _, err := admin.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"p.cedar": []byte(pol)}}); err != nil {
+		t.Fatal(err)
+	}
+	until := func(want codes.Code) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, err := kms.Encrypt(ctx, &wardv1.EncryptRequest{Key: "team-key", Plaintext: []byte("x")})
+			if code(err) == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("want %v, last error %v", want, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	until(codes.OK)
+	en.Labels = map[string]string{"team": "batch"}
+	if _, err := e.entries.UpdateEntry(ctx, &wardv1.UpdateEntryRequest{Entry: en}); err != nil {
+		t.Fatal(err)
+	}
+	until(codes.PermissionDenied)
+	pv, err := admin.Policy.GetPolicy(ctx, &wardv1.GetPolicyRequest{})
+	if err != nil || pv.Version != 2 || !strings.Contains(string(pv.BundleJson), `"team":"batch"`) {
+		t.Fatalf("current version after the label change: %v %v", pv.GetVersion(), err)
+	}
+}
