@@ -40,6 +40,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/attest"
 	"github.com/wardproject/ward/internal/attest/unix"
+	"github.com/wardproject/ward/internal/ca"
 	"github.com/wardproject/ward/internal/workloadapi"
 )
 
@@ -479,12 +480,41 @@ func (a *Agent) applySync(resp *wardv1.SyncResponse) error {
 		a.federated, a.federatedJSON = fed, maps.Clone(fedJSON)
 		changed = true
 	}
+	if n := a.retireTaintedLocked(resp.GetTaintedKeyIds(), now); n > 0 {
+		a.log.Warn("SVIDs chain to a tainted CA key: re-issuing them now", "svids", n, "tainted", resp.GetTaintedKeyIds())
+		a.poke()
+	}
 	a.lastSync, a.lastErr = now, ""
 	a.dirty = true
 	if changed {
 		a.notifyLocked()
 	}
 	return nil
+}
+
+// retireTaintedLocked makes every SVID whose chain contains a tainted CA
+// key due for rotation now, and returns how many it found.
+func (a *Agent) retireTaintedLocked(tainted []string, now time.Time) int {
+	if len(tainted) == 0 {
+		return 0
+	}
+	bad := make(map[string]bool, len(tainted))
+	for _, k := range tainted {
+		bad[k] = true
+	}
+	n := 0
+	for _, sv := range a.svids {
+		for _, c := range sv.chain[1:] {
+			if kid, err := ca.KeyID(c.PublicKey); err == nil && bad[kid] {
+				if sv.rotateAt.After(now) {
+					sv.rotateAt = now
+					n++
+				}
+				break
+			}
+		}
+	}
+	return n
 }
 
 func sameEntry(x, y *entry) bool {

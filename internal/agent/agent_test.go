@@ -18,6 +18,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/wardproject/ward/internal/ca"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -384,4 +385,36 @@ func TestNewRejectsBadFiles(t *testing.T) {
 	if _, err := New(cfg); err == nil || !strings.Contains(err.Error(), "key_path") {
 		t.Fatalf("missing key: %v", err)
 	}
+}
+
+// TestAgentReissuesSVIDsOfATaintedKey: after `ward ca taint`, SVIDs signed
+// by the tainted intermediate are re-issued at the next sync, long before
+// their normal rotation.
+func TestAgentReissuesSVIDsOfATaintedKey(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
+	auth.addEntry("e-web", "*", "/web", uidSelector())
+	cfg := agentConfig(t, auth, t.TempDir())
+	cfg.JoinToken = auth.joinToken()
+	r := startAgent(t, cfg, nil)
+	first := mustFetch(t, r)
+	oldKID, err := ca.KeyID(first.Certificates[1].PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := auth.ca.Rotate(ctx); err != nil { // a fresh intermediate signs from now on
+		t.Fatal(err)
+	}
+	if err := auth.ca.Taint(ctx, oldKID); err != nil {
+		t.Fatal(err)
+	}
+	r.poke()
+	waitFor(t, "an SVID from an untainted intermediate", func() bool {
+		sv, err := fetchSVID(t, r)
+		if err != nil || len(sv.Certificates) < 2 {
+			return false
+		}
+		kid, _ := ca.KeyID(sv.Certificates[1].PublicKey)
+		return kid != oldKID && serial(sv) != serial(first)
+	})
 }

@@ -334,7 +334,8 @@ func (a *testAuthority) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv
 	}
 	b, _ := a.ca.Bundle()
 	doc, _ := b.Marshal()
-	return &wardv1.SyncResponse{Entries: a.entriesOf(id), BundleSpiffeJson: doc, BundleSequence: a.ca.State().BundleSequence}, nil
+	return &wardv1.SyncResponse{Entries: a.entriesOf(id), BundleSpiffeJson: doc, BundleSequence: a.ca.State().BundleSequence,
+		TaintedKeyIds: a.ca.TaintedKeyIDs()}, nil
 }
 
 func (a *testAuthority) SignX509SVIDs(ctx context.Context, req *wardv1.SignX509SVIDsRequest) (*wardv1.SignX509SVIDsResponse, error) {

@@ -254,7 +254,8 @@ func (n *nodeService) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv1.
 	if err != nil {
 		return nil, err
 	}
-	out := &wardv1.SyncResponse{BundleSpiffeJson: bj, BundleSequence: seq, Entries: make([]*wardv1.Entry, len(entries))}
+	out := &wardv1.SyncResponse{BundleSpiffeJson: bj, BundleSequence: seq, Entries: make([]*wardv1.Entry, len(entries)),
+		TaintedKeyIds: s.cfg.CA.TaintedKeyIDs()}
 	for i, e := range entries {
 		out.Entries[i] = EntryProto(e)
 	}

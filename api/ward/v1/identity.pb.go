@@ -1705,8 +1705,11 @@ type SyncResponse struct {
 	BundleSequence   uint64   `protobuf:"varint,3,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
 	// Federated bundles by trust domain (SPIFFE bundle JSON).
 	FederatedBundles map[string][]byte `protobuf:"bytes,4,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// CA keys tainted after a compromise (ward ca taint): an SVID whose chain
+	// contains one must be re-issued at once.
+	TaintedKeyIds []string `protobuf:"bytes,5,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -1763,6 +1766,13 @@ func (x *SyncResponse) GetBundleSequence() uint64 {
 func (x *SyncResponse) GetFederatedBundles() map[string][]byte {
 	if x != nil {
 		return x.FederatedBundles
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetTaintedKeyIds() []string {
+	if x != nil {
+		return x.TaintedKeyIds
 	}
 	return nil
 }
@@ -2198,12 +2208,13 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x12bundle_spiffe_json\x18\x03 \x01(\fR\x10bundleSpiffeJson\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"\r\n" +
-	"\vSyncRequest\"\xae\x02\n" +
+	"\vSyncRequest\"\xd6\x02\n" +
 	"\fSyncResponse\x12(\n" +
 	"\aentries\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\aentries\x12,\n" +
 	"\x12bundle_spiffe_json\x18\x02 \x01(\fR\x10bundleSpiffeJson\x12'\n" +
 	"\x0fbundle_sequence\x18\x03 \x01(\x04R\x0ebundleSequence\x12X\n" +
-	"\x11federated_bundles\x18\x04 \x03(\v2+.ward.v1.SyncResponse.FederatedBundlesEntryR\x10federatedBundles\x1aC\n" +
+	"\x11federated_bundles\x18\x04 \x03(\v2+.ward.v1.SyncResponse.FederatedBundlesEntryR\x10federatedBundles\x12&\n" +
+	"\x0ftainted_key_ids\x18\x05 \x03(\tR\rtaintedKeyIds\x1aC\n" +
 	"\x15FederatedBundlesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"G\n" +
