@@ -1,10 +1,8 @@
 package agent
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,7 +10,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"gopkg.in/yaml.v3"
 
 	"github.com/wardproject/ward/internal/config"
 )
@@ -81,17 +78,8 @@ func LoadConfig(path string) (*Config, error) {
 // directory.
 func ParseConfig(b []byte) (*Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("file is empty: see docs/agent.md for an example")
-		}
-		return nil, fmt.Errorf("invalid YAML: %v", err)
-	}
-	var extra yaml.Node
-	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("more than one YAML document: keep the whole configuration in one")
+	if err := config.DecodeStrict(b, &c, "docs/agent.md"); err != nil {
+		return nil, err
 	}
 	if c.SyncInterval == 0 {
 		c.SyncInterval = config.Duration(DefaultSyncInterval)

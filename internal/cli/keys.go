@@ -231,6 +231,21 @@ func keyCommand() *cobra.Command {
 	return cmd
 }
 
+// readCiphertext reads a KMS ciphertext (binary or ward:v1: text) from
+// stdin and parses the --context flags.
+func readCiphertext(cmd *cobra.Command, ctxPairs []string) ([]byte, map[string]string, error) {
+	encCtx, err := parseKV("context", ctxPairs)
+	if err != nil {
+		return nil, nil, err
+	}
+	in, err := readInput(cmd, 1<<20)
+	if err != nil {
+		return nil, nil, err
+	}
+	ct, err := kmsfmt.Dearmor(in)
+	return ct, encCtx, err
+}
+
 func kmsCommand() *cobra.Command {
 	cmd := &cobra.Command{Use: "kms", Short: "Envelope operations on small payloads: encrypt, decrypt, datakey, rewrap"}
 	var keyName string
@@ -273,15 +288,7 @@ func kmsCommand() *cobra.Command {
 	decrypt := &cobra.Command{
 		Use: "decrypt [--context k=v ...]", Short: "Decrypt a ciphertext from stdin to stdout", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			encCtx, err := parseKV("context", ctxPairs)
-			if err != nil {
-				return err
-			}
-			in, err := readInput(cmd, 1<<20)
-			if err != nil {
-				return err
-			}
-			ct, err := kmsfmt.Dearmor(in)
+			ct, encCtx, err := readCiphertext(cmd, ctxPairs)
 			if err != nil {
 				return err
 			}
@@ -327,15 +334,7 @@ func kmsCommand() *cobra.Command {
 	rewrap := &cobra.Command{
 		Use: "rewrap [--context k=v ...]", Short: "Re-wrap a ciphertext from stdin under its key's newest version (plaintext never leaves the KMS)", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			encCtx, err := parseKV("context", ctxPairs)
-			if err != nil {
-				return err
-			}
-			in, err := readInput(cmd, 1<<20)
-			if err != nil {
-				return err
-			}
-			ct, err := kmsfmt.Dearmor(in)
+			ct, encCtx, err := readCiphertext(cmd, ctxPairs)
 			if err != nil {
 				return err
 			}

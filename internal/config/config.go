@@ -5,10 +5,8 @@
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -125,13 +123,8 @@ func Load(path string) (*Server, error) {
 // defaults and validates.
 func Parse(b []byte) (*Server, error) {
 	var c Server
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, errors.New("file is empty: see docs/configuration.md for an example")
-		}
-		return nil, fmt.Errorf("invalid YAML: %v", err)
+	if err := DecodeStrict(b, &c, "docs/configuration.md"); err != nil {
+		return nil, err
 	}
 	c.defaults()
 	if err := c.Validate(); err != nil {

@@ -350,20 +350,7 @@ func (a *agentProc) start() {
 	}
 }
 
-func (a *agentProc) stop() {
-	if a.cmd == nil || a.cmd.Process == nil || a.cmd.ProcessState != nil {
-		return
-	}
-	a.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { a.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		a.cmd.Process.Kill()
-		<-done
-	}
-}
+func (a *agentProc) stop() { stopProcess(a.cmd) }
 
 // agentStatus is the subset of the agent's /status the tests read.
 type agentStatus struct {

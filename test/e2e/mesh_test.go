@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -50,7 +49,7 @@ inbound:
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() })
+		t.Cleanup(func() { stopProcess(cmd) })
 		return cmd
 	}
 	proxy := startProxy()
@@ -99,8 +98,7 @@ inbound:
 	// Authority down: a proxy (re)started now gets version 2 from the
 	// agent's cache.
 	s.stop()
-	proxy.Process.Signal(syscall.SIGTERM)
-	proxy.Wait()
+	stopProcess(proxy)
 	startProxy()
 	waitVersion("2", 10*time.Second)
 	// The authority returns: the next version flows again.
