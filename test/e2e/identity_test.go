@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"os"
@@ -100,7 +101,30 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 
 	// 3. Authority down for longer than an SVID half-life, and the agent
 	// restarted meanwhile: workloads keep valid SVIDs and keep talking;
-	// staleness is reported.
+	// staleness is reported. An SVID is rotated at about half its life, so
+	// one issued just before its rotation has less than an outage of more
+	// than half a life left: start the outage with fresh SVIDs everywhere,
+	// by tainting the active intermediate (`ward ca taint` forces every
+	// SVID it signed to be re-issued at the next sync).
+	var caState struct {
+		Keys []struct{ ID, Kind, State string } `json:"keys"`
+	}
+	if err := json.Unmarshal([]byte(mustWard(t, a, "", "ca", "show", "--json")), &caState); err != nil {
+		t.Fatal(err)
+	}
+	active := ""
+	for _, k := range caState.Keys {
+		if k.Kind == "intermediate" && k.State == "active" {
+			active = k.ID
+		}
+	}
+	if active == "" {
+		t.Fatalf("no active intermediate in ca show: %+v", caState)
+	}
+	mustWard(t, a, "", "ca", "taint", active, "--yes") // also activates a fresh intermediate
+	line, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["issuer"] != f2["issuer"] })
+	t.Logf("re-issued after tainting %s: %s", active, line)
+	time.Sleep(2 * time.Second) // the server workload's SVID is re-issued at the same sync
 	s.stop()
 	downAt := time.Now()
 	ag.waitStatus("staleness reported", func(st agentStatus) bool { return st.LastError != "" && st.SecondsSinceLastSync > 2 })
@@ -113,7 +137,7 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if st.SoonestSVIDExpiry.Before(time.Now()) {
 		t.Fatalf("agent serves an expired SVID: %+v", st)
 	}
-	for time.Since(downAt) < 35*time.Second {
+	for time.Since(downAt) < 32*time.Second {
 		time.Sleep(time.Second)
 	}
 	ag.waitStatus("long staleness", func(st agentStatus) bool { return st.SecondsSinceLastSync > 30 })
