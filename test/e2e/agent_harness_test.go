@@ -191,7 +191,11 @@ type workload struct {
 	lines []string
 }
 
-// helperBinary copies the test binary where other uids can run it.
+// helperDir holds the copied helper binary; TestMain removes it.
+var helperDir string
+
+// helperBinary copies the test binary where other uids can run it (once
+// per test process, shared by every test that starts workloads).
 var helperBinary = sync.OnceValues(func() (string, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -201,6 +205,7 @@ var helperBinary = sync.OnceValues(func() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	helperDir = dir
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return "", err
 	}
@@ -218,7 +223,6 @@ func startWorkload(t *testing.T, uid uint32, mode, socket string, env ...string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
 	w := &workload{cmd: exec.Command(bin)}
 	w.cmd.Env = append([]string{envWorkload + "=" + mode, envSocket + "=" + socket, "HOME=/", "PATH=/usr/bin:/bin"}, env...)
 	w.cmd.Dir = "/"

@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
+	if helperDir != "" {
+		os.RemoveAll(helperDir)
+	}
 	os.Exit(code)
 }
 
