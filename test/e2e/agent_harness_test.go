@@ -154,7 +154,7 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 	}
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(5 * time.Second))
-	tok, err := jwtsrc.FetchJWTSVID(dctx, jwtsvid.Params{Audience: "e2e-server"})
+	tok, err := cachedJWT(dctx, jwtsrc, "e2e-server")
 	if err != nil {
 		return "", fmt.Errorf("JWT-SVID: %w", err)
 	}
@@ -181,6 +181,33 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 	}
 	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d", leaf.SerialNumber.Text(16),
 		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities())), nil
+}
+
+// jwtCache holds the client's JWT-SVID the way a real workload would:
+// fetched again past half its lifetime, and reused (while still valid) if
+// the agent cannot be reached at that moment (e.g. while it restarts).
+var jwtCache struct {
+	mu      sync.Mutex
+	tok     *jwtsvid.SVID
+	fetched time.Time
+}
+
+func cachedJWT(ctx context.Context, src *workloadapi.JWTSource, aud string) (*jwtsvid.SVID, error) {
+	jwtCache.mu.Lock()
+	defer jwtCache.mu.Unlock()
+	now := time.Now()
+	if t := jwtCache.tok; t != nil && now.Before(jwtCache.fetched.Add(t.Expiry.Sub(jwtCache.fetched)/2)) {
+		return t, nil
+	}
+	tok, err := src.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud})
+	if err != nil {
+		if t := jwtCache.tok; t != nil && now.Before(t.Expiry.Add(-5*time.Second)) {
+			return t, nil
+		}
+		return nil, err
+	}
+	jwtCache.tok, jwtCache.fetched = tok, now
+	return tok, nil
 }
 
 // workload is a helper child process running as uid.
