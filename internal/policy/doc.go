@@ -22,8 +22,10 @@
 // # Semantics
 //
 // Default deny; a matching forbid overrides any permit. A policy that fails
-// to evaluate (for instance reading a label the principal lacks) is skipped
-// and reported in Decision.Errors, exactly as Cedar specifies; guard optional
+// to evaluate (for instance reading a label the principal lacks) is reported
+// in Decision.Errors. A failing permit grants nothing, as in Cedar; a
+// failing enforced forbid denies (fail closed), where Cedar would skip it:
+// a forbid that cannot be checked might have matched. Guard optional
 // attributes with `has`.
 //
 // Policies annotated @dryrun("true") never change a decision. Dry-run

@@ -41,3 +41,31 @@ permit(principal, action == Action::"connect", resource == Service::"db") when {
 		t.Fatalf("round trip: %+v %v", back, err)
 	}
 }
+
+// TestErroringForbidDenies: a forbid that cannot be evaluated for a request
+// (it reads a label the principal lacks) denies instead of being skipped.
+func TestErroringForbidDenies(t *testing.T) {
+	set := mustCompile(t, map[string]string{"p.cedar": `@id("all-to-db")
+permit(principal, action == Action::"connect", resource == Service::"db");
+@id("no-untrusted")
+forbid(principal, action, resource) when { principal.labels.trust == "low" };
+@id("canary")
+@dryrun("true")
+forbid(principal, action, resource) when { principal.labels.zone == "x" };`})
+	cases := []struct {
+		name    string
+		labels  map[string]string
+		allowed bool
+		reasons []string
+	}{
+		{"label present, forbid does not match", map[string]string{"trust": "high"}, true, []string{"all-to-db"}},
+		{"label present, forbid matches", map[string]string{"trust": "low"}, false, []string{"no-untrusted"}},
+		{"label missing: forbid errors and denies", map[string]string{}, false, []string{"no-untrusted"}},
+	}
+	for _, c := range cases {
+		d := set.Decide(Request{Principal: "spiffe://td/a", Labels: c.labels, Action: ActionConnect, Resource: Resource{Type: TypeService, Name: "db"}})
+		if d.Allowed != c.allowed || len(d.Reasons) != len(c.reasons) || d.Reasons[0] != c.reasons[0] {
+			t.Errorf("%s: %+v", c.name, d)
+		}
+	}
+}

@@ -511,6 +511,14 @@ func (s *Set) decide(req *Request, unindexed bool) Decision {
 	d.Allowed = bool(ok)
 	d.Reasons = reasonIDs(diag.Reasons)
 	d.Errors = appendErrors(d.Errors, diag.Errors)
+	if d.Allowed {
+		// Fail closed: an enforced forbid that could not be evaluated (for
+		// example it reads a label this principal lacks) might have denied,
+		// so it denies. Cedar itself would skip it.
+		if ids := s.erroredForbids(diag.Errors); len(ids) > 0 {
+			d.Allowed, d.Reasons = false, ids
+		}
+	}
 	switch {
 	case d.Allowed:
 		d.Cause = CausePermit
@@ -546,6 +554,18 @@ func (s *Set) decide(req *Request, unindexed bool) Decision {
 	}
 	sort.Slice(d.Errors, func(i, j int) bool { return d.Errors[i].Policy < d.Errors[j].Policy })
 	return d
+}
+
+// erroredForbids returns the ids of enforced forbid policies among errs.
+func (s *Set) erroredForbids(errs []types.DiagnosticError) []string {
+	var out []string
+	for _, e := range errs {
+		if c := s.byID[string(e.PolicyID)]; c != nil && c.forbid && !c.dryRun {
+			out = append(out, c.id)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func reasonIDs(rs []types.DiagnosticReason) []string {
