@@ -15,7 +15,7 @@ func FuzzDNSName(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, name string) {
-		if checkDNSName(name) != nil {
+		if CheckDNSName(name) != nil {
 			return
 		}
 		chain, err := c.SignX509SVID(context.Background(), SVIDRequest{ID: wid("/w"), PublicKey: pub, DNSNames: []string{name}})

@@ -139,7 +139,7 @@ func (c *CA) SignX509SVID(ctx context.Context, req SVIDRequest) ([]*x509.Certifi
 		return nil, fmt.Errorf("%w: SVID for %s: %v", ErrInvalidRequest, req.ID, err)
 	}
 	for _, n := range req.DNSNames {
-		if err := checkDNSName(n); err != nil {
+		if err := CheckDNSName(n); err != nil {
 			return nil, fmt.Errorf("%w: SVID for %s: %v", ErrInvalidRequest, req.ID, err)
 		}
 	}
@@ -237,9 +237,9 @@ func leafKeyUsage(pub crypto.PublicKey) (x509.KeyUsage, error) {
 	}
 }
 
-// checkDNSName accepts host names (letters, digits, hyphens, dots) with an
+// CheckDNSName accepts host names (letters, digits, hyphens, dots) with an
 // optional leading "*." wildcard label.
-func checkDNSName(n string) error {
+func CheckDNSName(n string) error {
 	if n == "" || len(n) > 253 {
 		return fmt.Errorf("DNS name %q must be 1–253 characters", n)
 	}

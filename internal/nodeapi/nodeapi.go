@@ -32,7 +32,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -333,23 +332,6 @@ func (s *Server) taintedIn(raw [][]byte) string {
 	return ""
 }
 
-func requestID(ctx context.Context) string {
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get("x-request-id"); len(v) == 1 && len(v[0]) <= 64 && len(v[0]) > 0 {
-			ok := true
-			for _, r := range v[0] {
-				if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-					ok = false
-				}
-			}
-			if ok {
-				return v[0]
-			}
-		}
-	}
-	return reqctx.NewRequestID()
-}
-
 // authenticate re-verifies the caller's SVID (a connection may outlive its
 // certificate or the root that signed it) and checks the agent record.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
@@ -369,7 +351,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		}
 	}
 	if method == attestMethod {
-		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: requestID(ctx)}), nil
+		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: reqctx.RequestIDFrom(ctx)}), nil
 	}
 	if s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method) {
 		if leaf == nil {
@@ -382,7 +364,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		if kid := s.taintedIn(raw[1:]); kid != "" {
 			return nil, status.Errorf(codes.Unauthenticated, "workload SVID chains to tainted CA key %s: fetch a re-issued SVID from the Workload API", kid)
 		}
-		ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: requestID(ctx)})
+		ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: reqctx.RequestIDFrom(ctx)})
 		return context.WithValue(ctx, workloadKey{}, id), nil
 	}
 	if leaf == nil {
@@ -392,7 +374,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if err != nil {
 		return nil, status.Errorf(codes.Unauthenticated, "%v: renew or attest again", err)
 	}
-	ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: requestID(ctx)})
+	ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: reqctx.RequestIDFrom(ctx)})
 	if kid := s.taintedIn(raw[1:]); kid != "" && method != renewMethod {
 		return nil, status.Errorf(codes.Unauthenticated, "agent SVID chains to tainted CA key %s: call RenewAgent for a re-issued SVID", kid)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/attest"
+	"github.com/wardproject/ward/internal/ca"
 	"github.com/wardproject/ward/internal/store"
 )
 
@@ -183,25 +184,9 @@ func validLabelKey(k string) bool {
 	return true
 }
 
-// CheckDNSName accepts host names (letters, digits, hyphens, dots) with an
-// optional leading "*." wildcard label — the rule the CA signs with.
-func CheckDNSName(n string) error {
-	if n == "" || len(n) > 253 {
-		return fmt.Errorf("DNS name %q must be 1-253 characters", n)
-	}
-	for _, l := range strings.Split(strings.TrimPrefix(n, "*."), ".") {
-		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
-			return fmt.Errorf("DNS name %q has an invalid label %q", n, l)
-		}
-		for i := 0; i < len(l); i++ {
-			ch := l[i]
-			if !(ch >= 'a' && ch <= 'z' || ch >= 'A' && ch <= 'Z' || ch >= '0' && ch <= '9' || ch == '-') {
-				return fmt.Errorf("DNS name %q has an invalid character %q", n, ch)
-			}
-		}
-	}
-	return nil
-}
+// CheckDNSName is the CA's DNS-name rule (ca.CheckDNSName), checked at
+// registration so an entry the CA would refuse is never stored.
+func CheckDNSName(n string) error { return ca.CheckDNSName(n) }
 
 // identityKey is the uniqueness key: one entry per (spiffe_id, parent_id,
 // selector set).

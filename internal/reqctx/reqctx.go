@@ -6,6 +6,8 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+
+	"google.golang.org/grpc/metadata"
 )
 
 // Caller identifies the origin of a request.
@@ -35,4 +37,27 @@ func NewRequestID() string {
 	var b [16]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
+}
+
+// RequestIDFrom returns the request id a gRPC client sent in the
+// x-request-id header (1–64 characters of [A-Za-z0-9_-]), or a new one.
+func RequestIDFrom(ctx context.Context) string {
+	if md, ok := metadata.FromIncomingContext(ctx); ok {
+		if v := md.Get("x-request-id"); len(v) == 1 && validRequestID(v[0]) {
+			return v[0]
+		}
+	}
+	return NewRequestID()
+}
+
+func validRequestID(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return false
+		}
+	}
+	return true
 }

@@ -9,90 +9,22 @@ import (
 	"strconv"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 
 	"github.com/wardproject/ward/internal/reqctx"
+	"github.com/wardproject/ward/internal/workloadapi"
 )
 
-// peerCredsAuth reads SO_PEERCRED from admin-socket connections so every
-// admin action is attributed to the local user who made it.
-type peerCredsAuth struct{}
-
-// peerCredsInfo is the credentials.AuthInfo of an admin connection.
-type peerCredsInfo struct {
-	credentials.CommonAuthInfo
-	UID, GID uint32
-	PID      int32
-}
-
-func (peerCredsInfo) AuthType() string { return "unix-peercred" }
-
-func (peerCredsAuth) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return c, peerCredsInfo{}, nil
-}
-
-func (peerCredsAuth) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	uc, ok := c.(*net.UnixConn)
-	if !ok {
-		return nil, nil, fmt.Errorf("admin API accepts unix socket connections only")
-	}
-	raw, err := uc.SyscallConn()
-	if err != nil {
-		return nil, nil, err
-	}
-	var cred *unix.Ucred
-	var credErr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, credErr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return nil, nil, err
-	}
-	if credErr != nil {
-		return nil, nil, fmt.Errorf("reading peer credentials: %w", credErr)
-	}
-	return c, peerCredsInfo{CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
-		UID: cred.Uid, GID: cred.Gid, PID: cred.Pid}, nil
-}
-
-func (peerCredsAuth) Info() credentials.ProtocolInfo {
-	return credentials.ProtocolInfo{SecurityProtocol: "unix-peercred"}
-}
-func (p peerCredsAuth) Clone() credentials.TransportCredentials { return p }
-func (peerCredsAuth) OverrideServerName(string) error           { return nil }
-
-// callerFromContext builds the audit identity of a gRPC caller and its
-// request id (taken from the x-request-id header when the client set one).
+// callerFromContext builds the audit identity of an admin-socket caller
+// (its uid, from SO_PEERCRED) and its request id (x-request-id, or new).
 func callerFromContext(ctx context.Context) reqctx.Caller {
-	c := reqctx.Caller{Actor: "unknown"}
+	c := reqctx.Caller{Actor: "unknown", RequestID: reqctx.RequestIDFrom(ctx)}
 	if p, ok := peer.FromContext(ctx); ok {
-		if info, ok := p.AuthInfo.(peerCredsInfo); ok {
-			c.Actor = "admin:uid=" + strconv.FormatUint(uint64(info.UID), 10)
+		if info, ok := p.AuthInfo.(workloadapi.PeerCredAuthInfo); ok {
+			c.Actor = "admin:uid=" + strconv.FormatUint(uint64(info.Caller.UID), 10)
 		}
-	}
-	if md, ok := metadata.FromIncomingContext(ctx); ok {
-		if v := md.Get("x-request-id"); len(v) == 1 && validRequestID(v[0]) {
-			c.RequestID = v[0]
-		}
-	}
-	if c.RequestID == "" {
-		c.RequestID = reqctx.NewRequestID()
 	}
 	return c
-}
-
-func validRequestID(s string) bool {
-	if s == "" || len(s) > 64 {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
-			return false
-		}
-	}
-	return true
 }
 
 // listenAdmin creates the admin socket, readable and writable by its owner

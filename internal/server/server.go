@@ -33,6 +33,7 @@ import (
 	"github.com/wardproject/ward/internal/reqctx"
 	"github.com/wardproject/ward/internal/seal"
 	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/workloadapi"
 )
 
 // Version is ward's version, set at build time with -ldflags.
@@ -97,7 +98,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	s.adminLn = ln
 	s.grpc = grpc.NewServer(
-		grpc.Creds(peerCredsAuth{}),
+		grpc.Creds(workloadapi.PeerCredentials()), // SO_PEERCRED: actors are local uids
 		grpc.ChainUnaryInterceptor(s.metrics.unary(), s.unaryCaller),
 		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),

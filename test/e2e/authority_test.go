@@ -134,6 +134,9 @@ func TestAuthorityTourThroughTheCLI(t *testing.T) {
 	if strings.Contains(tail, "card 4111") || strings.Contains(tail, "tenant=a") || strings.Contains(tail, "context.tenant=a") {
 		t.Fatalf("audit tail leaks plaintext or a context value:\n%s", tail)
 	}
+	if !strings.Contains(tail, fmt.Sprintf("admin:uid=%d", os.Getuid())) {
+		t.Errorf("admin actions should name the caller's uid (SO_PEERCRED):\n%s", tail)
+	}
 	if !strings.Contains(tail, "context.tenant=hmac-sha256:") {
 		t.Errorf("context values should appear as HMACs:\n%s", tail)
 	}
