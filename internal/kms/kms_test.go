@@ -32,16 +32,6 @@ func (r *recorder) Audit(_ context.Context, a AuditRecord) error {
 	return nil
 }
 
-func (r *recorder) ops() []string {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	var out []string
-	for _, e := range r.events {
-		out = append(out, e.Operation+":"+e.Result)
-	}
-	return out
-}
-
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time

@@ -159,16 +159,15 @@ type env struct {
 	policyDir string
 	denyFile  string
 
-	server      *proxy.Proxy
-	serverLog   *syncBuffer
-	clientWeb   *proxy.Proxy
-	clientLog   *syncBuffer
-	clientTool  *proxy.Proxy
-	stopServer  context.CancelFunc
-	serverDone  chan error
-	mutateCfg   func(*proxy.Config)
-	svidTTL     time.Duration
-	withSources bool
+	server     *proxy.Proxy
+	serverLog  *syncBuffer
+	clientWeb  *proxy.Proxy
+	clientLog  *syncBuffer
+	clientTool *proxy.Proxy
+	stopServer context.CancelFunc
+	serverDone chan error
+	mutateCfg  func(*proxy.Config)
+	svidTTL    time.Duration
 }
 
 type envOpt func(*env)

@@ -785,8 +785,7 @@ func TestCAAdmin(t *testing.T) {
 	if st.TrustDomain != testTD || kinds["root"] != 1 || kinds["intermediate"] != 1 || kinds["jwt"] != 1 {
 		t.Fatalf("ShowCA after first unseal: %v", st)
 	}
-	st, err = e.ca.RotateCA(ctx, &wardv1.RotateCARequest{})
-	if err != nil {
+	if _, err = e.ca.RotateCA(ctx, &wardv1.RotateCARequest{}); err != nil {
 		t.Fatal(err)
 	}
 	st, err = e.ca.RotateCA(ctx, &wardv1.RotateCARequest{Root: true})

@@ -15,10 +15,9 @@ import (
 
 // metrics holds the authority's Prometheus collectors.
 type metrics struct {
-	reg      *prometheus.Registry
-	ops      *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
-	batchLen *prometheus.HistogramVec
+	reg     *prometheus.Registry
+	ops     *prometheus.CounterVec
+	latency *prometheus.HistogramVec
 	// Policy decisions for workload KMS calls.
 	decisions       *prometheus.CounterVec
 	decisionLatency prometheus.Histogram

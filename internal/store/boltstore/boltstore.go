@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/wardproject/ward/internal/store"
 )
@@ -102,7 +103,7 @@ func Open(path string, opts ...Option) (*Store, error) {
 	}
 	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: o.lockTimeout})
 	if err != nil {
-		if errors.Is(err, bbolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("boltstore: open %s: data directory is in use by another ward process "+
 				"(file lock not acquired within %s); stop that process or choose another data directory: %w",
 				path, o.lockTimeout, err)

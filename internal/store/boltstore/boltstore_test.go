@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/wardproject/ward/internal/store"
 	"github.com/wardproject/ward/internal/store/storetest"
@@ -101,7 +102,7 @@ func TestLockedFile(t *testing.T) {
 	if err == nil {
 		t.Fatal("second Open of a locked file succeeded")
 	}
-	if !strings.Contains(err.Error(), "in use by another ward process") || !errors.Is(err, bbolt.ErrTimeout) {
+	if !strings.Contains(err.Error(), "in use by another ward process") || !errors.Is(err, bolterrors.ErrTimeout) {
 		t.Errorf("error %q does not say the data directory is in use", err)
 	}
 	if _, err := s.Put(t.Context(), "still", []byte("works")); err != nil {
