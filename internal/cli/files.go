@@ -102,14 +102,24 @@ func isDir(p string) bool {
 }
 
 // treeOp maps every file under the input directory to an output path
-// under outDir and runs op on it, with a progress bar and a summary.
-func treeOp(cmd *cobra.Command, verb, in, outDir string, rename func(string) string, op func(ctx context.Context, dst, src string) (int64, error), r *filecrypt.Runner) error {
+// under outDir and runs op on it, with a progress bar and a summary. The
+// output tree is opened as an os.Root: outDir itself must not be a
+// symbolic link, and a symbolic link found at any directory or file under
+// it is refused, so nothing is ever written outside outDir. Symbolic
+// links in the input tree are skipped (Collect) and inputs are opened
+// without following links.
+func treeOp(cmd *cobra.Command, verb, in, outDir string, rename func(string) string, op func(ctx context.Context, root *os.Root, name, src string) (int64, error), r *filecrypt.Runner) error {
 	if isStdio(outDir) {
 		return fmt.Errorf("-i %s is a directory: give an output directory with -o DIR", in)
 	}
 	if abs(outDir) == abs(in) || strings.HasPrefix(abs(outDir), abs(in)+string(filepath.Separator)) {
 		return fmt.Errorf("output directory %s is inside the input directory %s: choose another -o", outDir, in)
 	}
+	root, err := openOutputRoot(outDir, r.OutputMode())
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 	items, skipped, err := filecrypt.Collect([]string{in})
 	if err != nil {
 		return err
@@ -118,16 +128,57 @@ func treeOp(cmd *cobra.Command, verb, in, outDir string, rename func(string) str
 	p := newProgress(cmd, verb, items)
 	r.Progress = p
 	s := filecrypt.Each(cmd.Context(), verb, items, 1, p, func(ctx context.Context, it filecrypt.Item) (filecrypt.Result, error) {
-		dst := filepath.Join(outDir, rename(it.Rel))
-		if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-			return filecrypt.Result{}, err
-		}
-		n, err := op(ctx, dst, it.Path)
+		n, err := op(ctx, root, rename(it.Rel), it.Path)
 		return filecrypt.Result{Bytes: n}, err
 	})
 	p.Stop()
 	s.Print(cmd.ErrOrStderr())
 	return s.Err()
+}
+
+// openOutputRoot creates outDir if needed and opens it as an os.Root,
+// refusing an outDir that is a symbolic link.
+func openOutputRoot(outDir string, mode os.FileMode) (*os.Root, error) {
+	clean := filepath.Clean(outDir) // "link/" would make Lstat follow the link
+	st, err := os.Lstat(clean)
+	switch {
+	case err == nil && st.Mode()&os.ModeSymlink != 0:
+		return nil, fmt.Errorf("output directory %s is a symbolic link: refusing to write through it (it could lead anywhere); give the directory it points to", outDir)
+	case err == nil && !st.IsDir():
+		return nil, fmt.Errorf("output %s exists and is not a directory: with -i DIR, -o must be a directory", outDir)
+	case errors.Is(err, os.ErrNotExist):
+		if err := os.MkdirAll(clean, filecrypt.DirModeFor(mode)); err != nil {
+			return nil, fmt.Errorf("creating output directory %s: %w", outDir, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("output directory %s: %w", outDir, err)
+	}
+	root, err := os.OpenRoot(clean)
+	if err != nil {
+		return nil, fmt.Errorf("opening output directory %s: %w", outDir, err)
+	}
+	return root, nil
+}
+
+// modeFlag adds --mode to a command that writes files.
+func modeFlag(cmd *cobra.Command, mode *string) {
+	cmd.Flags().StringVar(mode, "mode", "", "mode of output files, octal (default 0600; world-writable modes are refused); an existing file's mode is never inherited")
+}
+
+// applyMode validates --mode into r.Mode; it needs an output file or tree.
+func applyMode(r *filecrypt.Runner, mode, out string) error {
+	if mode == "" {
+		return nil
+	}
+	if isStdio(out) {
+		return errors.New("--mode applies to output files: give -o FILE or -o DIR")
+	}
+	m, err := filecrypt.ParseMode(mode)
+	if err != nil {
+		return err
+	}
+	r.Mode = m
+	return nil
 }
 
 func abs(p string) string {
@@ -167,7 +218,7 @@ func encryptCommand() *cobra.Command {
 	var (
 		kf                      kmsFlags
 		key, classification, in string
-		out, alg, segSize       string
+		out, alg, segSize, mode string
 		meta                    []string
 	)
 	cmd := &cobra.Command{
@@ -175,7 +226,9 @@ func encryptCommand() *cobra.Command {
 		Short: "Encrypt a file, a directory tree or stdin under a fresh data key wrapped by a KMS key",
 		Long: `Encrypt data of any size under a fresh data key per file, wrapped by the KMS key NAME.
 Reads stdin and writes stdout by default. With -i DIR, every file under DIR is encrypted
-into the directory -o OUT as <name>.ward. Output files appear only when complete.`,
+into the directory -o OUT as <name>.ward. Output files appear only when complete, with
+mode 0600 (or --mode); a symbolic link at the output path, or at a directory under -o DIR,
+is refused, and an existing file's mode is never inherited.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			m, err := parseKV("meta", meta)
@@ -200,6 +253,9 @@ into the directory -o OUT as <name>.ward. Output files appear only when complete
 				return err
 			}
 			defer closeFn()
+			if err := applyMode(r, mode, out); err != nil {
+				return err
+			}
 			if key == "" {
 				if local == nil {
 					return errors.New("--key is required: the name of the KMS key to wrap data keys with (see `ward key list`)")
@@ -209,8 +265,8 @@ into the directory -o OUT as <name>.ward. Output files appear only when complete
 			ctx := cmd.Context()
 			if !isStdio(in) && isDir(in) {
 				return treeOp(cmd, "encrypted", in, out, func(rel string) string { return rel + filecrypt.Suffix },
-					func(ctx context.Context, dst, src string) (int64, error) {
-						return r.EncryptFile(ctx, dst, src, key, opts...)
+					func(ctx context.Context, root *os.Root, name, src string) (int64, error) {
+						return r.EncryptFileIn(ctx, root, name, src, key, opts...)
 					}, r)
 			}
 			p := singleFileProgress(cmd, "encrypting", in)
@@ -229,7 +285,7 @@ into the directory -o OUT as <name>.ward. Output files appear only when complete
 				return err
 			}
 			if isStdio(in) {
-				return filecrypt.AtomicWrite(out, 0o600, func(f *os.File) error {
+				return filecrypt.AtomicWrite(out, r.OutputMode(), func(f *os.File) error {
 					_, err := r.Encrypt(ctx, f, cmd.InOrStdin(), key, opts...)
 					return err
 				})
@@ -245,6 +301,7 @@ into the directory -o OUT as <name>.ward. Output files appear only when complete
 	cmd.Flags().StringVarP(&out, "out", "o", "", "output file, or directory with -i DIR (default stdout)")
 	cmd.Flags().StringVar(&alg, "alg", "aes-256-gcm", "segment cipher: aes-256-gcm or chacha20-poly1305")
 	cmd.Flags().StringVar(&segSize, "segment-size", "", "plaintext bytes per segment (default 64KiB; 4KiB..16MiB)")
+	modeFlag(cmd, &mode)
 	kf.add(cmd)
 	return cmd
 }
@@ -262,8 +319,8 @@ func openInput(cmd *cobra.Command, in string) (io.Reader, func(), error) {
 
 func decryptCommand() *cobra.Command {
 	var (
-		kf      kmsFlags
-		in, out string
+		kf            kmsFlags
+		in, out, mode string
 	)
 	cmd := &cobra.Command{
 		Use:   "decrypt [-i IN] [-o OUT]",
@@ -272,7 +329,9 @@ func decryptCommand() *cobra.Command {
 To a file: the plaintext goes to a temporary file renamed into place only after the last
 segment verifies. To stdout: each segment is released only after it verifies, and the
 command fails (non-zero exit) at the first bad segment. With -i DIR, every file under DIR
-is decrypted into the directory -o OUT (a .ward suffix is removed).`,
+is decrypted into the directory -o OUT (a .ward suffix is removed). Plaintext files are
+created with mode 0600 (or --mode, never world-writable), whatever sits at the output path:
+a symbolic link there, or at a directory under -o DIR, is refused, never followed.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, _, closeFn, err := kf.runner(cmd)
@@ -280,9 +339,12 @@ is decrypted into the directory -o OUT (a .ward suffix is removed).`,
 				return err
 			}
 			defer closeFn()
+			if err := applyMode(r, mode, out); err != nil {
+				return err
+			}
 			ctx := cmd.Context()
 			if !isStdio(in) && isDir(in) {
-				return treeOp(cmd, "decrypted", in, out, func(rel string) string { return strings.TrimSuffix(rel, filecrypt.Suffix) }, r.DecryptFile, r)
+				return treeOp(cmd, "decrypted", in, out, func(rel string) string { return strings.TrimSuffix(rel, filecrypt.Suffix) }, r.DecryptFileIn, r)
 			}
 			p := singleFileProgress(cmd, "decrypting", in)
 			r.Progress = p
@@ -300,7 +362,7 @@ is decrypted into the directory -o OUT (a .ward suffix is removed).`,
 				return nil
 			}
 			if isStdio(in) {
-				err := filecrypt.AtomicWrite(out, 0o600, func(f *os.File) error {
+				err := filecrypt.AtomicWrite(out, r.OutputMode(), func(f *os.File) error {
 					_, err := r.Decrypt(ctx, f, cmd.InOrStdin())
 					return err
 				})
@@ -317,6 +379,7 @@ is decrypted into the directory -o OUT (a .ward suffix is removed).`,
 	}
 	cmd.Flags().StringVarP(&in, "in", "i", "", "input file or directory (default stdin)")
 	cmd.Flags().StringVarP(&out, "out", "o", "", "output file, or directory with -i DIR (default stdout)")
+	modeFlag(cmd, &mode)
 	kf.add(cmd)
 	return cmd
 }

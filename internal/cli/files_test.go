@@ -239,3 +239,103 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 }
+
+// The red-team attacks on output paths, through the CLI: a planted link
+// at -o, a planted 0666 file at -o, a link out of the tree under -o DIR,
+// and a link in the input tree.
+func TestOutputPathAttacksCLI(t *testing.T) {
+	dir := t.TempDir()
+	key := filepath.Join(dir, "key.json")
+	mustRun(t, nil, "local-key", "new", key)
+	src := filepath.Join(dir, "report")
+	os.WriteFile(src, []byte("salaries"), 0o600)
+	enc := filepath.Join(dir, "report.ward")
+	mustRun(t, nil, "encrypt", "--local-key", key, "-i", src, "-o", enc)
+	shared := t.TempDir()
+
+	// Planted symlink at -o → refused, target untouched.
+	victim := filepath.Join(t.TempDir(), "attacker-file")
+	os.WriteFile(victim, []byte("bait"), 0o644)
+	os.Chmod(victim, 0o644)
+	link := filepath.Join(shared, "report.txt")
+	os.Symlink(victim, link)
+	_, _, err := runWard(t, nil, "decrypt", "--local-key", key, "-i", enc, "-o", link)
+	if err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("decrypt to a planted link: %v", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "bait" {
+		t.Fatalf("target written: %q", b)
+	}
+	_, _, err = runWard(t, []byte("x"), "decrypt", "--local-key", key, "-o", link) // stdin form
+	if err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("decrypt stdin to a planted link: %v", err)
+	}
+
+	// Planted 0666 file → the plaintext is a new 0600 file.
+	planted := filepath.Join(shared, "planted.txt")
+	os.WriteFile(planted, nil, 0o666)
+	os.Chmod(planted, 0o666)
+	mustRun(t, nil, "decrypt", "--local-key", key, "-i", enc, "-o", planted)
+	if st, _ := os.Lstat(planted); !st.Mode().IsRegular() || st.Mode().Perm() != 0o600 {
+		t.Fatalf("plaintext mode %v", st.Mode())
+	}
+	// Ciphertext outputs are 0600 too; --mode chooses, validated.
+	if st, _ := os.Stat(enc); st.Mode().Perm() != 0o600 {
+		t.Fatalf("ciphertext mode %v", st.Mode())
+	}
+	mustRun(t, nil, "encrypt", "--local-key", key, "-i", src, "-o", enc, "--mode", "0644")
+	if st, _ := os.Stat(enc); st.Mode().Perm() != 0o644 {
+		t.Fatalf("--mode 0644 gave %v", st.Mode())
+	}
+	for _, m := range []string{"0666", "0777", "abc", "4700"} {
+		out := filepath.Join(shared, "m"+m)
+		if _, _, err := runWard(t, nil, "decrypt", "--local-key", key, "-i", enc, "-o", out, "--mode", m); err == nil || !strings.Contains(err.Error(), "--mode") {
+			t.Errorf("--mode %s: %v", m, err)
+		}
+		if _, err := os.Lstat(out); err == nil {
+			t.Errorf("--mode %s: output written", m)
+		}
+	}
+	if _, _, err := runWard(t, []byte("x"), "decrypt", "--local-key", key, "--mode", "0600"); err == nil {
+		t.Error("--mode with stdout accepted")
+	}
+
+	// Directory mode: an output subdirectory that links out of the tree.
+	in := filepath.Join(dir, "in")
+	os.MkdirAll(filepath.Join(in, "sub"), 0o700)
+	os.WriteFile(filepath.Join(in, "a"), []byte("a"), 0o600)
+	os.WriteFile(filepath.Join(in, "sub", "b"), []byte("b"), 0o600)
+	encDir := filepath.Join(dir, "enc")
+	mustRun(t, nil, "encrypt", "--local-key", key, "-i", in, "-o", encDir)
+	outDir, escape := filepath.Join(shared, "dec"), t.TempDir()
+	os.MkdirAll(outDir, 0o700)
+	os.Symlink(escape, filepath.Join(outDir, "sub"))
+	_, errOut, err := runWard(t, nil, "decrypt", "--local-key", key, "-i", encDir, "-o", outDir)
+	if err == nil || !strings.Contains(errOut, filepath.Join(outDir, "sub")+" is a symbolic link") {
+		t.Fatalf("decrypt into a tree with a link out: %v\n%s", err, errOut)
+	}
+	if got := files(t, escape); len(got) != 0 {
+		t.Fatalf("written outside the output tree: %v", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(outDir, "a")); err != nil || string(b) != "a" {
+		t.Fatalf("the safe file: %q %v", b, err)
+	}
+	// -o DIR that is itself a link is refused before anything is written.
+	linkDir := filepath.Join(shared, "decl")
+	os.Symlink(escape, linkDir)
+	if _, _, err := runWard(t, nil, "decrypt", "--local-key", key, "-i", encDir, "-o", linkDir+"/"); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("-o DIR link: %v", err)
+	}
+	if got := files(t, escape); len(got) != 0 {
+		t.Fatalf("written through -o DIR link: %v", got)
+	}
+
+	// The input walk does not follow a symlinked directory.
+	secret := t.TempDir()
+	os.WriteFile(filepath.Join(secret, "s"), []byte("s"), 0o600)
+	os.Symlink(secret, filepath.Join(in, "linked"))
+	_, errOut = mustRun(t, nil, "encrypt", "--local-key", key, "-i", in, "-o", filepath.Join(dir, "enc2"))
+	if !strings.Contains(errOut, "skipping "+filepath.Join(in, "linked")) || strings.Contains(strings.Join(files(t, filepath.Join(dir, "enc2")), ","), "linked") {
+		t.Fatalf("input link followed: %s", errOut)
+	}
+}

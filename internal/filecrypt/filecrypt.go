@@ -1,7 +1,11 @@
 // Package filecrypt applies envelope encryption to files and directory
 // trees for the CLI: it expands paths, replaces files atomically (temp
 // file, fsync, rename), shows progress on a terminal and summarises the
-// outcome. Bad input never leaves a partial file behind.
+// outcome. Bad input never leaves a partial file behind. Outputs never
+// follow or inherit from what is at the output path: they are new files of
+// mode 0600 (or the caller's), a symbolic link at an output path or under
+// an output tree is refused, and output trees are written through os.Root
+// (see write.go).
 package filecrypt
 
 import (
@@ -32,8 +36,10 @@ type Item struct {
 }
 
 // Collect expands files and directories (recursively) into regular files,
-// in a stable order. Symbolic links inside directories are skipped (never
-// followed) and reported in skipped; our own temporary files are ignored.
+// in a stable order. Symbolic links inside directories, to files or to
+// directories, are skipped (never followed) and reported in skipped; our
+// own temporary files are ignored. A path given as an argument is the
+// caller's choice and is followed if it is a link.
 func Collect(paths []string) (items []Item, skipped []string, err error) {
 	seen := map[string]bool{}
 	for _, p := range paths {
@@ -84,50 +90,23 @@ func Collect(paths []string) (items []Item, skipped []string, err error) {
 	return items, skipped, nil
 }
 
-// AtomicWrite writes path through fill into a temporary file in the same
-// directory, syncs it and renames it over path. If fill fails nothing is
-// left behind and an existing path is untouched. mode is used for a new
-// file; an existing file keeps its mode.
-func AtomicWrite(path string, mode fs.FileMode, fill func(f *os.File) error) (err error) {
-	if st, err := os.Stat(path); err == nil {
-		if st.IsDir() {
-			return fmt.Errorf("%s is a directory", path)
-		}
-		mode = st.Mode().Perm()
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), tmpPrefix+"*")
-	if err != nil {
-		return fmt.Errorf("creating a temporary file next to %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(mode); err != nil {
-		return err
-	}
-	if err := fill(tmp); err != nil {
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("syncing %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("closing %s: %w", tmp.Name(), err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("replacing %s: %w", path, err)
-	}
-	return nil
-}
-
 // Runner performs envelope operations on files.
 type Runner struct {
 	KMS      envelope.KMS
 	Opts     []envelope.Option // e.g. envelope.WithContext, for every operation
 	Progress *Progress         // may be nil
+	// Mode is the mode of new output files (EncryptFile, DecryptFile and
+	// the *In forms); 0 means DefaultMode (0600). Rewrap and Reencrypt
+	// keep the mode of the file they replace.
+	Mode fs.FileMode
+}
+
+// OutputMode is the mode new output files get: r.Mode or DefaultMode.
+func (r *Runner) OutputMode() fs.FileMode {
+	if r.Mode == 0 {
+		return DefaultMode
+	}
+	return r.Mode
 }
 
 func (r *Runner) counted(rd io.Reader) io.Reader {
@@ -162,7 +141,8 @@ func (r *Runner) Decrypt(ctx context.Context, dst io.Writer, src io.Reader) (int
 	return rd.WriteTo(dst)
 }
 
-// EncryptFile encrypts src into the file dst atomically.
+// EncryptFile encrypts src into the file dst atomically (see AtomicWrite:
+// a symbolic link at dst is refused, the output has mode r.Mode).
 func (r *Runner) EncryptFile(ctx context.Context, dst, src, keyName string, opts ...envelope.Option) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -170,7 +150,7 @@ func (r *Runner) EncryptFile(ctx context.Context, dst, src, keyName string, opts
 	}
 	defer in.Close()
 	var n int64
-	err = AtomicWrite(dst, 0o600, func(f *os.File) error {
+	err = AtomicWrite(dst, r.OutputMode(), func(f *os.File) error {
 		n, err = r.Encrypt(ctx, f, in, keyName, opts...)
 		return err
 	})
@@ -178,7 +158,8 @@ func (r *Runner) EncryptFile(ctx context.Context, dst, src, keyName string, opts
 }
 
 // DecryptFile decrypts src into dst: dst appears (by rename) only after
-// the final segment has been authenticated.
+// the final segment has been authenticated, as a new file of mode r.Mode
+// (0600 by default), never through a symbolic link.
 func (r *Runner) DecryptFile(ctx context.Context, dst, src string) (int64, error) {
 	in, err := os.Open(src)
 	if err != nil {
@@ -186,7 +167,39 @@ func (r *Runner) DecryptFile(ctx context.Context, dst, src string) (int64, error
 	}
 	defer in.Close()
 	var n int64
-	err = AtomicWrite(dst, 0o600, func(f *os.File) error {
+	err = AtomicWrite(dst, r.OutputMode(), func(f *os.File) error {
+		n, err = r.Decrypt(ctx, f, in)
+		return err
+	})
+	return n, err
+}
+
+// EncryptFileIn encrypts src (opened without following a symbolic link:
+// it was found by walking a tree) into name under root (see WriteInRoot).
+func (r *Runner) EncryptFileIn(ctx context.Context, root *os.Root, name, src, keyName string, opts ...envelope.Option) (int64, error) {
+	in, err := OpenNoFollow(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	var n int64
+	err = WriteInRoot(root, name, r.OutputMode(), func(f *os.File) error {
+		n, err = r.Encrypt(ctx, f, in, keyName, opts...)
+		return err
+	})
+	return n, err
+}
+
+// DecryptFileIn decrypts src (not following a symbolic link) into name
+// under root (see WriteInRoot).
+func (r *Runner) DecryptFileIn(ctx context.Context, root *os.Root, name, src string) (int64, error) {
+	in, err := OpenNoFollow(src)
+	if err != nil {
+		return 0, err
+	}
+	defer in.Close()
+	var n int64
+	err = WriteInRoot(root, name, r.OutputMode(), func(f *os.File) error {
 		n, err = r.Decrypt(ctx, f, in)
 		return err
 	})
@@ -204,10 +217,11 @@ func (r *Runner) Verify(ctx context.Context, path string) (int64, error) {
 }
 
 // Rewrap rewrites only the header of path with its data key wrapped under
-// the newest key version, replacing the file atomically. It reports false
-// (and leaves the file alone) if the key version did not change.
+// the newest key version, replacing the file atomically (keeping its
+// mode; a symbolic link is refused). It reports false (and leaves the
+// file alone) if the key version did not change.
 func (r *Runner) Rewrap(ctx context.Context, path string) (changed bool, h *envelope.Header, err error) {
-	in, err := os.Open(path)
+	in, err := OpenNoFollow(path)
 	if err != nil {
 		return false, nil, err
 	}
@@ -223,7 +237,7 @@ func (r *Runner) Rewrap(ctx context.Context, path string) (changed bool, h *enve
 	if nh.KeyName == old.KeyName && nh.KeyVersion == old.KeyVersion {
 		return false, nh, nil
 	}
-	err = AtomicWrite(path, 0o600, func(f *os.File) error {
+	err = ReplaceInPlace(path, func(f *os.File) error {
 		if _, err := f.Write(nh.Encoded()); err != nil {
 			return err
 		}
@@ -236,9 +250,10 @@ func (r *Runner) Rewrap(ctx context.Context, path string) (changed bool, h *enve
 // Reencrypt decrypts path and encrypts it again under a fresh data key
 // (for a compromised one), keeping algorithm, segment size,
 // classification and metadata; keyName "" keeps the key. The file is
-// replaced atomically only if every segment of the old one verified.
+// replaced atomically (keeping its mode; a symbolic link is refused) only
+// if every segment of the old one verified.
 func (r *Runner) Reencrypt(ctx context.Context, path, keyName string) (int64, error) {
-	in, err := os.Open(path)
+	in, err := OpenNoFollow(path)
 	if err != nil {
 		return 0, err
 	}
@@ -253,7 +268,7 @@ func (r *Runner) Reencrypt(ctx context.Context, path, keyName string) (int64, er
 		keyName = h.KeyName
 	}
 	var n int64
-	err = AtomicWrite(path, 0o600, func(f *os.File) error {
+	err = ReplaceInPlace(path, func(f *os.File) error {
 		w, err := envelope.NewWriter(ctx, f, r.KMS, keyName, append(append([]envelope.Option{}, r.Opts...),
 			envelope.WithAlgorithm(h.Alg), envelope.WithSegmentSize(h.SegmentSize),
 			envelope.WithClassification(h.Classification), envelope.WithMetadata(h.Metadata))...)
