@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 
@@ -39,7 +40,8 @@ type Client struct {
 }
 
 type options struct {
-	tls *tls.Config
+	tls       *tls.Config
+	peerCheck func(net.Conn) error
 }
 
 // Option configures Dial.
@@ -47,6 +49,33 @@ type Option func(*options)
 
 // WithTLS sets the mTLS configuration used for host:port addresses.
 func WithTLS(c *tls.Config) Option { return func(o *options) { o.tls = c } }
+
+// WithUnixPeerCheck runs check on every new admin-socket connection
+// before any byte of a request is written to it (as part of the transport
+// handshake); an error fails the connection, so nothing is sent to a
+// listener the caller does not trust (for instance, check its SO_PEERCRED
+// uid).
+func WithUnixPeerCheck(check func(net.Conn) error) Option {
+	return func(o *options) { o.peerCheck = check }
+}
+
+// checkedCreds are local credentials whose client handshake runs a check.
+type checkedCreds struct {
+	credentials.TransportCredentials
+	check func(net.Conn) error
+}
+
+func (c checkedCreds) ClientHandshake(ctx context.Context, authority string, conn net.Conn) (net.Conn, credentials.AuthInfo, error) {
+	if err := c.check(conn); err != nil {
+		conn.Close()
+		return nil, nil, err
+	}
+	return c.TransportCredentials.ClientHandshake(ctx, authority, conn)
+}
+
+func (c checkedCreds) Clone() credentials.TransportCredentials {
+	return checkedCreds{TransportCredentials: c.TransportCredentials.Clone(), check: c.check}
+}
 
 // ResolveAddress returns flag if set, else $WARD_ADDRESS, else an error
 // that says how to set it.
@@ -74,6 +103,9 @@ func Dial(address string, opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("address %q: a unix address needs an absolute path, as in unix:///var/lib/ward/admin.sock", address)
 		}
 		creds = local.NewCredentials()
+		if o.peerCheck != nil {
+			creds = checkedCreds{TransportCredentials: creds, check: o.peerCheck}
+		}
 	case strings.Contains(address, "://"):
 		return nil, fmt.Errorf("address %q: use unix:///path or host:port", address)
 	default:

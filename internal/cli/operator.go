@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -74,21 +75,29 @@ func operatorCommand() *cobra.Command {
 
 	var reset bool
 	unseal := &cobra.Command{
-		Use: "unseal [SHARE]", Short: "Submit one unseal share (prompted without echo if not given)", Args: cobra.MaximumNArgs(1),
+		Use:   "unseal [--reset]",
+		Short: "Submit one unseal share, read from stdin or typed at a prompt without echo",
+		Long: `Submit one unseal share. The share is read from stdin (one line) or, on a terminal,
+typed at a prompt without echo. It is never accepted as an argument: any local user can read
+a process's arguments (/proc/PID/cmdline, ps) and shells keep them in history.
+Before the share is sent, the CLI checks who serves the admin socket (see --server-uid).`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				// Never echo args: it may be a valid share.
+				return errors.New("refusing an unseal share on the command line: any local user can read it (ps, /proc/PID/cmdline) and shells keep it in history; nothing was sent. Pass shares on stdin or at the prompt: ward operator unseal < share.txt (or run `ward operator unseal` and type it). Treat a share typed on a command line as exposed")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &wardv1.UnsealRequest{ResetProgress: reset}
 			if !reset {
-				if len(args) == 1 {
-					req.Share = args[0]
-				} else {
-					s, err := readSecretLine(cmd, "Unseal share (input hidden): ")
-					if err != nil {
-						return err
-					}
-					req.Share = s
+				s, err := readSecretLine(cmd, "Unseal share (input hidden): ")
+				if err != nil {
+					return err
 				}
+				req.Share = s
 				if req.Share == "" {
-					return fmt.Errorf("no share given: pass it as an argument, on stdin, or type it at the prompt")
+					return fmt.Errorf("no share given: pass it on stdin (ward operator unseal < share.txt) or type it at the prompt")
 				}
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
