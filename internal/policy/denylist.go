@@ -18,12 +18,39 @@ type DenyList struct {
 	// Serials are X.509 certificate serial numbers in hex (case, colons and
 	// leading zeros do not matter: "0A:1b" == "a1b").
 	Serials []string `json:"serials,omitempty"`
+	// TaintedKeys are IDs of compromised CA keys (ca.KeyID: hex of the
+	// first 20 bytes of the SHA-256 of the PKIX public key, which is also
+	// the subject key identifier of ward's CA certificates). A peer whose
+	// verified chain holds a certificate with one of these public keys is
+	// refused, whatever its serial or SPIFFE ID (`ward ca taint` adds
+	// them; case does not matter).
+	TaintedKeys []string `json:"tainted_keys,omitempty"`
 }
 
 // denySet is a DenyList prepared for lookups.
 type denySet struct {
 	ids     map[string]struct{}
 	serials map[string]struct{}
+	keys    map[string]struct{}
+}
+
+// KeyIDLen is the length in hex digits of a CA key ID (20 bytes).
+const KeyIDLen = 40
+
+// NormalizeKeyID returns the canonical form (lower-case hex, 40 digits) of
+// a CA key ID, or an error when s is not one.
+func NormalizeKeyID(s string) (string, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	if len(t) != KeyIDLen {
+		return "", fmt.Errorf("tainted CA key ID %q has %d characters, want %d hex digits (see `ward ca show`)", s, len(t), KeyIDLen)
+	}
+	for i := 0; i < len(t); i++ {
+		c := t[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return "", fmt.Errorf("tainted CA key ID %q is not hex (byte %d is %q); copy it from `ward ca show`", s, i, c)
+		}
+	}
+	return t, nil
 }
 
 // NormalizeSerial returns the canonical form of a hex certificate serial
@@ -58,7 +85,7 @@ func SerialHex(n *big.Int) string {
 
 func (d DenyList) prepare() (*denySet, []Problem) {
 	var probs []Problem
-	ds := &denySet{ids: map[string]struct{}{}, serials: map[string]struct{}{}}
+	ds := &denySet{ids: map[string]struct{}{}, serials: map[string]struct{}{}, keys: map[string]struct{}{}}
 	for _, id := range d.SPIFFEIDs {
 		if _, _, err := parseSPIFFEID(id); err != nil {
 			probs = append(probs, Problem{File: "(deny-list)", Kind: "deny-list", Message: err.Error()})
@@ -74,6 +101,14 @@ func (d DenyList) prepare() (*denySet, []Problem) {
 		}
 		ds.serials[n] = struct{}{}
 	}
+	for _, k := range d.TaintedKeys {
+		n, err := NormalizeKeyID(k)
+		if err != nil {
+			probs = append(probs, Problem{File: "(deny-list)", Kind: "deny-list", Message: err.Error()})
+			continue
+		}
+		ds.keys[n] = struct{}{}
+	}
 	return ds, probs
 }
 
@@ -86,8 +121,12 @@ func (d *denySet) canonical() DenyList {
 	for s := range d.serials {
 		out.Serials = append(out.Serials, s)
 	}
+	for k := range d.keys {
+		out.TaintedKeys = append(out.TaintedKeys, k)
+	}
 	sort.Strings(out.SPIFFEIDs)
 	sort.Strings(out.Serials)
+	sort.Strings(out.TaintedKeys)
 	return out
 }
 

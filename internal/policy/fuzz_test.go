@@ -45,6 +45,7 @@ func FuzzParseBundle(f *testing.F) {
 	f.Add(raw)
 	f.Add([]byte(`{"version":1,"files":{},"deny_list":{"serials":["zz"]}}`))
 	f.Add([]byte(`{"version":-1}`))
+	f.Add([]byte(`{"version":1,"files":{},"deny_list":{"tainted_keys":["00112233445566778899AABBCCDDEEFF00112233","x"]}}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		b, err := ParseBundle(data)
 		if err != nil {

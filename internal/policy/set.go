@@ -20,6 +20,9 @@ const (
 	ReasonDenyListID     = "deny-list: SPIFFE ID"
 	ReasonDenyListSerial = "deny-list: certificate serial"
 	ReasonBadRequest     = "invalid request"
+	// ReasonTaintedKeyPrefix starts the reason of a CauseTaintedKey
+	// decision; the tainted key's ID follows.
+	ReasonTaintedKeyPrefix = "deny-list: tainted CA key "
 )
 
 // Cause says what kind of rule determined a Decision.
@@ -32,9 +35,10 @@ const (
 	CauseDenyList                 // the principal or its certificate is deny-listed
 	CauseNoPolicy                 // no valid policy set is loaded (fail closed)
 	CauseBadRequest               // the request itself is invalid
+	CauseTaintedKey               // the peer's certificate chain holds a tainted CA key (deny-list tainted_keys)
 )
 
-var causeNames = [...]string{"default-deny", "permit", "forbid", "deny-list", "no-policy", "bad-request"}
+var causeNames = [...]string{"default-deny", "permit", "forbid", "deny-list", "no-policy", "bad-request", "tainted-ca-key"}
 
 func (c Cause) String() string {
 	if c >= 0 && int(c) < len(causeNames) {
@@ -69,9 +73,14 @@ type Request struct {
 	Labels     map[string]string // labels of its registration entry
 	Groups     []string          // groups of its registration entry (Group::"g")
 	CertSerial string            // hex serial of its certificate, for the deny-list (optional)
-	Action     string            // e.g. ActionConnect, ActionKMSDecrypt
-	Resource   Resource
-	Context    Context
+	// ChainKeyIDs are the CA key IDs (see DenyList.TaintedKeys) of every
+	// certificate in the caller's verified chain, for the deny-list's
+	// tainted keys (optional; enforcement points that verify X.509 chains
+	// fill it in).
+	ChainKeyIDs []string
+	Action      string // e.g. ActionConnect, ActionKMSDecrypt
+	Resource    Resource
+	Context     Context
 }
 
 // EvalError is a policy that failed to evaluate for a request; Cedar skips
@@ -477,6 +486,14 @@ func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
 				}
 			}
 		}
+		if len(s.deny.keys) > 0 {
+			for _, k := range req.ChainKeyIDs {
+				if _, ok := s.deny.keys[strings.ToLower(k)]; ok {
+					d.Cause, d.Reasons = CauseTaintedKey, []string{ReasonTaintedKeyPrefix + strings.ToLower(k)}
+					return d, nil, true
+				}
+			}
+		}
 	}
 	e, err := s.model.env(req)
 	if err != nil {
@@ -664,7 +681,8 @@ type Diff struct {
 func (d Diff) Empty() bool {
 	return len(d.Added)+len(d.Removed)+len(d.Changed)+
 		len(d.DenyAdded.SPIFFEIDs)+len(d.DenyAdded.Serials)+
-		len(d.DenyRemoved.SPIFFEIDs)+len(d.DenyRemoved.Serials) == 0
+		len(d.DenyRemoved.SPIFFEIDs)+len(d.DenyRemoved.Serials)+
+		len(d.DenyAdded.TaintedKeys)+len(d.DenyRemoved.TaintedKeys) == 0
 }
 
 // String renders the diff one change per line (+ added, - removed, ~ changed).
@@ -690,6 +708,12 @@ func (d Diff) String() string {
 	}
 	for _, sn := range d.DenyRemoved.Serials {
 		fmt.Fprintf(&b, "- deny serial %s\n", sn)
+	}
+	for _, k := range d.DenyAdded.TaintedKeys {
+		fmt.Fprintf(&b, "+ deny tainted CA key %s\n", k)
+	}
+	for _, k := range d.DenyRemoved.TaintedKeys {
+		fmt.Fprintf(&b, "- deny tainted CA key %s\n", k)
 	}
 	return b.String()
 }
@@ -730,6 +754,8 @@ func DiffSets(old, new *Set) Diff {
 	d.DenyRemoved.SPIFFEIDs = minus(od.SPIFFEIDs, nd.SPIFFEIDs)
 	d.DenyAdded.Serials = minus(nd.Serials, od.Serials)
 	d.DenyRemoved.Serials = minus(od.Serials, nd.Serials)
+	d.DenyAdded.TaintedKeys = minus(nd.TaintedKeys, od.TaintedKeys)
+	d.DenyRemoved.TaintedKeys = minus(od.TaintedKeys, nd.TaintedKeys)
 	return d
 }
 
