@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/audit"
 	"github.com/wardproject/ward/internal/reqctx"
 	"github.com/wardproject/ward/internal/seal"
 )
@@ -80,6 +81,13 @@ func (o *operatorService) Unseal(ctx context.Context, r *wardv1.UnsealRequest) (
 	if !o.s.Sealed() {
 		return nil, status.Error(codes.FailedPrecondition, "the authority is already unsealed: nothing to do")
 	}
+	// Refuse the share (keeping the progress) if the unseal could not
+	// complete anyway: better now than after the last share.
+	if err := o.s.preflightListeners(); err != nil {
+		o.s.recordSealed(o.s.event(caller, "operator.unseal", audit.ResultError, err.Error()))
+		pr, _ := o.s.seals.Status(ctx)
+		return nil, status.Errorf(codes.FailedPrecondition, "%v. This share was not accepted; unseal progress stays %d/%d", err, pr.Progress, pr.Threshold)
+	}
 	st, err := o.s.seals.SubmitShare(ctx, r.Share)
 	if err != nil {
 		o.s.recordSealed(o.s.event(caller, "operator.unseal", "error", err.Error()))
@@ -90,8 +98,11 @@ func (o *operatorService) Unseal(ctx context.Context, r *wardv1.UnsealRequest) (
 		return o.status(ctx)
 	}
 	if err := o.s.afterUnseal(ctx, caller); err != nil {
+		// The combined key is wiped: the shares submitted so far are gone
+		// with it, and the operator must be told so.
 		o.s.seals.Seal(ctx)
-		return nil, status.Error(codes.Unavailable, err.Error())
+		return nil, status.Errorf(codes.Unavailable, "the last share was accepted but the unseal failed: %v. The authority stays sealed and the unseal progress was reset to 0/%d (the failure is in the audit log): fix the cause, then submit %d shares again",
+			err, st.Threshold, st.Threshold)
 	}
 	return o.status(ctx)
 }

@@ -140,6 +140,11 @@ func (s *Server) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reading the seal configuration: %w", err)
 	}
+	if err := s.preflightListeners(); err != nil {
+		// Not fatal while sealed (the port may be freed before the
+		// operator unseals), but every share is refused until it is.
+		s.log.Error("a listener started at unseal cannot be bound; unseal shares will be refused until it can", "err", err)
+	}
 	if s.auto && st.Initialized {
 		if _, err := s.seals.AutoUnseal(ctx); err != nil {
 			return fmt.Errorf("auto-unseal with the %s seal failed: %w", st.Type, err)
@@ -149,6 +154,25 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// preflightListeners checks, while sealed, that the addresses the
+// unsealed services listen on (identity.node_api_address) can be bound
+// right now, so that an unseal does not fail after its last share. Port 0
+// (any free port) always passes.
+func (s *Server) preflightListeners() error {
+	addr := s.cfg.Identity.Effective().NodeAPIAddress
+	if addr == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("identity.node_api_address %s cannot be bound (%v): the Node API starts at unseal, so unsealing would fail; free the port, or change identity.node_api_address and restart ward server", addr, err)
+	}
+	return l.Close()
 }
 
 // AdminAddress is the admin socket address in client form.
@@ -268,13 +292,20 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
 		}
 	}
+	// Start the services before recording the unseal as done: an unseal
+	// whose services fail is recorded as failed, with the cause.
+	if err := s.startIdentity(ctx, st); err != nil {
+		err = fmt.Errorf("starting workload identity services: %w", err)
+		if _, aerr := alog.Append(ctx, s.event(caller, "operator.unseal", audit.ResultError, err.Error())); aerr != nil {
+			s.log.Error("could not audit the failed unseal", "err", aerr, "cause", err)
+		}
+		alog.Close()
+		return err
+	}
 	if _, err := alog.Append(ctx, s.event(caller, "operator.unseal", "ok", "")); err != nil {
+		s.stopIdentity(st)
 		alog.Close()
 		return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
-	}
-	if err := s.startIdentity(ctx, st); err != nil {
-		alog.Close()
-		return fmt.Errorf("starting workload identity services: %w", err)
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	st.cancel = cancel
