@@ -75,6 +75,7 @@ type Store struct {
 	schema     *policy.Schema
 	now        func() time.Time
 	principals PrincipalsFunc
+	tainted    func() []string
 }
 
 // PrincipalsFunc returns the attributes (labels, groups) of every known
@@ -87,6 +88,13 @@ type Option func(*Store)
 // WithPrincipals makes every new version carry the principals' attributes
 // as f reports them at that moment.
 func WithPrincipals(f PrincipalsFunc) Option { return func(s *Store) { s.principals = f } }
+
+// WithTaintedKeys makes every new version's deny-list carry the CA key IDs
+// f reports (the CA's tainted keys), in addition to those the current
+// version already holds. So a policy applied after a taint, on any
+// authority sharing the store, still refuses chains through the key, even
+// if the taint's own version was never written.
+func WithTaintedKeys(f func() []string) Option { return func(s *Store) { s.tainted = f } }
 
 // New returns a Store over st (barrier-encrypted).
 func New(st store.Store, a Auditor, opts ...Option) *Store {
@@ -196,6 +204,18 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		next.Number = h.Latest + 1
 		next.Bundle.Version = next.Number
+		// Tainted keys are never dropped by a new version (apply, rollback,
+		// unrevoke): they only leave with the CA key itself.
+		var keep []string
+		if cur != nil {
+			keep = cur.Bundle.DenyList.TaintedKeys
+		}
+		if s.tainted != nil {
+			keep = append(slices.Clone(keep), s.tainted()...)
+		}
+		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
 		if s.principals != nil {
 			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
 				return Version{}, s.fail(ctx, op, fields, fmt.Errorf("reading principal attributes: %w", err))
@@ -319,6 +339,69 @@ func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string,
 		}
 		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
 	})
+}
+
+// TaintKeys adds CA key IDs (tainted in the CA) to the deny-list as a new
+// version, so every proxy refuses chains through them. Keys already listed
+// make no new version: the current one is returned. With no policy applied
+// yet it returns ErrNoPolicy and stores nothing (everything is denied
+// then; the first version applied carries the CA's tainted keys, see
+// WithTaintedKeys).
+func (s *Store) TaintKeys(ctx context.Context, actor string, keyIDs []string, comment string) (Version, error) {
+	norm, err := mergeKeyIDs(nil, keyIDs)
+	if err != nil {
+		return Version{}, err
+	}
+	if len(norm) == 0 {
+		return Version{}, errors.New("no CA key IDs given to taint: see `ward ca show`")
+	}
+	cur, err := s.Current(ctx)
+	if err != nil {
+		return Version{}, err
+	}
+	if cur == 0 {
+		return Version{}, ErrNoPolicy
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return Version{}, err
+	}
+	if have, _ := mergeKeyIDs(nil, v.Bundle.DenyList.TaintedKeys); len(have) > 0 {
+		missing := false
+		for _, k := range norm {
+			if !slices.Contains(have, k) {
+				missing = true
+				break
+			}
+		}
+		if !missing {
+			return v, nil
+		}
+	}
+	return s.commit(ctx, "policy.taint", map[string]string{"tainted_keys": fmt.Sprint(norm)}, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		d := cur.Bundle.DenyList
+		d.TaintedKeys = appendNew(slices.Clone(d.TaintedKeys), norm)
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+	})
+}
+
+// mergeKeyIDs returns the normalized, sorted union of a and b.
+func mergeKeyIDs(a, b []string) ([]string, error) {
+	var out []string
+	for _, k := range append(slices.Clone(a), b...) {
+		n, err := policy.NormalizeKeyID(k)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
 }
 
 func appendNew(dst, add []string) []string {
