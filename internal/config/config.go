@@ -7,6 +7,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -174,8 +175,25 @@ func (c *Server) Validate() error {
 	if c.DataDir == "" {
 		return errors.New("data_dir is required: the directory for the admin socket and (with bbolt) the data file")
 	}
+	if err := absPath("data_dir", c.DataDir); err != nil {
+		return err
+	}
+	if err := absPath("admin_socket", c.AdminSocket); err != nil {
+		return err
+	}
+	if len(c.AdminSocket) > maxSocketPath {
+		return fmt.Errorf("admin_socket %q is %d bytes long, over the %d a unix socket path may have: choose a shorter path (or a shorter data_dir)", c.AdminSocket, len(c.AdminSocket), maxSocketPath)
+	}
+	if c.HTTPAddress != "" {
+		if err := ValidateListenAddress("http_address", c.HTTPAddress); err != nil {
+			return err
+		}
+	}
 	switch c.Storage.Backend {
 	case "bbolt":
+		if err := absPath("storage.bbolt.path", c.Storage.Bbolt.Path); err != nil {
+			return err
+		}
 	case "etcd":
 		if len(c.Storage.Etcd.Endpoints) == 0 {
 			return errors.New("storage.etcd.endpoints is empty: list at least one etcd endpoint such as https://10.0.0.1:2379")
@@ -193,6 +211,9 @@ func (c *Server) Validate() error {
 		if c.Seal.KeyFile == "" {
 			return errors.New("seal.key_file is required with seal.type keyfile (development only)")
 		}
+		if err := absPath("seal.key_file", c.Seal.KeyFile); err != nil {
+			return err
+		}
 	default:
 		return fmt.Errorf("seal.type %q is unknown: use shamir or keyfile", c.Seal.Type)
 	}
@@ -207,7 +228,61 @@ func (c *Server) Validate() error {
 	if _, err := c.ClassificationTable(); err != nil {
 		return err
 	}
-	return c.Identity.validate()
+	if err := c.Identity.validate(); err != nil {
+		return err
+	}
+	if c.HTTPAddress != "" && samePort(c.HTTPAddress, c.Identity.NodeAPIAddress) {
+		return fmt.Errorf("http_address %s and identity.node_api_address %s use the same port: give them different ports", c.HTTPAddress, c.Identity.NodeAPIAddress)
+	}
+	return nil
+}
+
+// maxSocketPath is the longest unix socket path Linux accepts
+// (sizeof(sun_path) - 1).
+const maxSocketPath = 107
+
+// absPath requires an absolute path: a relative one would depend on the
+// directory the server happens to be started from. Empty is left to the
+// field's own rule.
+func absPath(field, p string) error {
+	if p == "" || filepath.IsAbs(p) {
+		return nil
+	}
+	return fmt.Errorf("%s %q is a relative path: give an absolute path such as /var/lib/ward (a relative one depends on the directory ward is started from)", field, p)
+}
+
+// ValidateListenAddress checks a host:port to listen on: the port is a
+// number 0–65535 (0 picks a free port), the host is empty (all
+// interfaces), an IP address or a DNS name.
+func ValidateListenAddress(field, a string) error {
+	hint := fmt.Sprintf("%s %q: use host:port, e.g. 127.0.0.1:9090, [::1]:9090 or :9090", field, a)
+	if strings.Contains(a, "://") {
+		return errors.New(hint + " (no scheme)")
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		return fmt.Errorf("%s: %v", hint, err)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 || port != strconv.Itoa(n) {
+		return fmt.Errorf("%s: the port must be a number from 0 to 65535", hint)
+	}
+	if host != "" && net.ParseIP(host) == nil && !validHostname(host) {
+		return fmt.Errorf("%s: %q is neither an IP address nor a host name", hint, host)
+	}
+	return nil
+}
+
+// samePort reports whether two listen addresses would collide: the same
+// non-zero port on the same host or where either is a wildcard.
+func samePort(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
 }
 
 // ClassificationTable returns the configured table, or the default one.

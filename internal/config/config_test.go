@@ -68,3 +68,41 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// Bad paths and listen addresses are rejected at validation, naming the
+// field, before the server creates anything (Parse touches no file).
+func TestRejectsBadPathsAndAddresses(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"relative data_dir", "data_dir: ward-data\n", "data_dir \"ward-data\" is a relative path"},
+		{"dot data_dir", "data_dir: ./d\n", "data_dir \"./d\" is a relative path"},
+		{"relative admin_socket", "data_dir: /d\nadmin_socket: admin.sock\n", "admin_socket \"admin.sock\" is a relative path"},
+		{"long admin_socket", "data_dir: /d\nadmin_socket: /" + strings.Repeat("x", 120) + "\n", "admin_socket"},
+		{"relative bbolt path", "data_dir: /d\nstorage: {bbolt: {path: w.db}}\n", "storage.bbolt.path"},
+		{"relative key file", "data_dir: /d\nseal: {type: keyfile, key_file: k}\n", "seal.key_file"},
+		{"http no port", "data_dir: /d\nhttp_address: localhost\n", "http_address \"localhost\""},
+		{"http port too big", "data_dir: /d\nhttp_address: 127.0.0.1:99999\n", "from 0 to 65535"},
+		{"http named port", "data_dir: /d\nhttp_address: 127.0.0.1:http\n", "from 0 to 65535"},
+		{"http negative port", "data_dir: /d\nhttp_address: 127.0.0.1:-1\n", "http_address"},
+		{"http scheme", "data_dir: /d\nhttp_address: http://127.0.0.1:9090\n", "no scheme"},
+		{"http bad host", "data_dir: /d\nhttp_address: 'bad host!:9090'\n", "neither an IP address nor a host name"},
+		{"node api port", "data_dir: /d\nidentity: {node_api_address: '0.0.0.0:70000'}\n", "identity.node_api_address"},
+		{"node api no port", "data_dir: /d\nidentity: {node_api_address: 0.0.0.0}\n", "identity.node_api_address"},
+		{"same port", "data_dir: /d\nhttp_address: 127.0.0.1:8443\nidentity: {node_api_address: '0.0.0.0:8443'}\n", "same port"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte("trust_domain: a.org\n" + c.yaml))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+	for _, ok := range []string{"http_address: 127.0.0.1:0\n", "http_address: ':9090'\n", "http_address: '[::1]:9090'\n", "http_address: metrics.internal:9090\n",
+		"http_address: 127.0.0.1:9090\nidentity: {node_api_address: '127.0.0.1:8443'}\n", "http_address: 127.0.0.1:0\nidentity: {node_api_address: '127.0.0.1:0'}\n"} {
+		if _, err := Parse([]byte("trust_domain: a.org\ndata_dir: /d\n" + ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}

@@ -5,7 +5,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"strings"
 	"time"
@@ -102,8 +101,8 @@ func (i *Identity) validate() error {
 		return fmt.Errorf("identity.refresh_hint %s is too long for intermediate_ttl %s: keys are prepared 6 refresh hints ahead, which must stay under a third of intermediate_ttl", time.Duration(e.RefreshHint), time.Duration(e.IntermediateTTL))
 	}
 	if a := e.NodeAPIAddress; a != "" {
-		if _, p, err := net.SplitHostPort(a); err != nil || p == "" {
-			return fmt.Errorf("identity.node_api_address %q: use host:port, e.g. 0.0.0.0:8443 (empty turns the Node API off)", a)
+		if err := ValidateListenAddress("identity.node_api_address", a); err != nil {
+			return fmt.Errorf("%v (empty turns the Node API off)", err)
 		}
 	}
 	for _, n := range e.NodeAPIDNSNames {
