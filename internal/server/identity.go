@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/wardproject/ward/internal/ca"
 	"github.com/wardproject/ward/internal/config"
 	"github.com/wardproject/ward/internal/nodeapi"
+	"github.com/wardproject/ward/internal/policystore"
 	"github.com/wardproject/ward/internal/registry"
 	"github.com/wardproject/ward/internal/reqctx"
 )
@@ -380,7 +382,36 @@ func (c *caService) TaintCAKey(ctx context.Context, r *wardv1.TaintCAKeyRequest)
 	if r.KeyId == "" {
 		return nil, status.Error(codes.InvalidArgument, "key_id is required: see `ward ca show`")
 	}
-	return c.s.caAdmin(ctx, "ca.taint", map[string]string{"key_id": r.KeyId}, func(a *ca.CA) error { return a.Taint(ctx, r.KeyId) })
+	return c.s.caAdmin(ctx, "ca.taint", map[string]string{"key_id": r.KeyId}, func(a *ca.CA) error {
+		if err := a.Taint(ctx, r.KeyId); err != nil {
+			return err
+		}
+		return c.s.publishTaints(ctx, a, r.KeyId)
+	})
+}
+
+// publishTaints puts every tainted CA key (the one just tainted, and the
+// intermediates a tainted root took with it) on the policy deny-list as a
+// new version, so proxies refuse chains through them within seconds, as
+// the Node API and the workload KMS already do. With no policy applied yet
+// nothing is published (everything is denied then) and the first version
+// applied carries the taints (policystore.WithTaintedKeys).
+func (s *Server) publishTaints(ctx context.Context, a *ca.CA, keyID string) error {
+	ps, err := s.policyStore()
+	if err == nil {
+		_, err = ps.TaintKeys(ctx, reqctx.From(ctx).Actor, a.TaintedKeyIDs(), "ca taint "+keyID)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, policystore.ErrNoPolicy):
+		s.log.Warn("CA key tainted while no policy is applied: the first policy version will carry it", "key_id", keyID)
+		return nil
+	}
+	return status.Errorf(codes.Unavailable,
+		"CA key %s is tainted in the CA (it no longer signs and agents re-issue), but adding it to the proxies' deny-list failed: %v; "+
+			"until that succeeds proxies still accept chains through it: run `ward ca taint %s` again (it is idempotent) once the policy store is reachable",
+		keyID, err, keyID)
 }
 
 func (c *caService) GetBundle(ctx context.Context, _ *wardv1.GetBundleRequest) (*wardv1.Bundle, error) {

@@ -73,7 +73,7 @@ func versionProto(v policystore.Version, current uint64, withBundle bool) (*ward
 	out := &wardv1.PolicyVersion{
 		Version: v.Number, Created: timestamppb.New(v.Created), Actor: v.Actor, Comment: v.Comment,
 		Current: v.Number == current, PolicyCount: uint32(v.PolicyCount), Digest: v.Digest(), RestoredFrom: v.RestoredFrom,
-		DenyListSize: uint32(len(v.Bundle.DenyList.SPIFFEIDs) + len(v.Bundle.DenyList.Serials)),
+		DenyListSize: uint32(len(v.Bundle.DenyList.SPIFFEIDs) + len(v.Bundle.DenyList.Serials) + len(v.Bundle.DenyList.TaintedKeys)),
 	}
 	if withBundle {
 		b, err := v.BundleJSON()
@@ -215,6 +215,17 @@ func (s *Server) principalsFunc(st *unsealedState) policystore.PrincipalsFunc {
 			out[e.SPIFFEID] = p
 		}
 		return out, nil
+	}
+}
+
+// taintedKeysFunc reports the CA's tainted key IDs, which every new policy
+// version carries on its deny-list (none while identity is not running).
+func (s *Server) taintedKeysFunc(st *unsealedState) func() []string {
+	return func() []string {
+		if st.ident == nil || st.ident.ca == nil {
+			return nil
+		}
+		return st.ident.ca.TaintedKeyIDs()
 	}
 }
 

@@ -279,7 +279,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		alog.Close()
 		return err
 	}
-	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)))
+	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
 	st.engine = policy.NewEngine()
 	// Flush what happened while sealed, then record the unseal itself.
 	s.mu.Lock()
