@@ -188,3 +188,20 @@ func TestDirModeFor(t *testing.T) {
 		}
 	}
 }
+
+// ParseMode never lets through a mode with bits outside 0777, a
+// world-writable mode, or one the owner cannot read.
+func FuzzParseMode(f *testing.F) {
+	for _, s := range []string{"0600", "644", "0o640", "0666", "4755", "", "0x1ff", "  0600 "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m, err := ParseMode(s)
+		if err != nil {
+			return
+		}
+		if m&^0o777 != 0 || m&0o002 != 0 || m&0o400 == 0 {
+			t.Fatalf("ParseMode(%q) = %o", s, m)
+		}
+	})
+}
