@@ -180,6 +180,20 @@ func (s *Set) Version() uint64 { return s.version }
 // Len is the number of policies.
 func (s *Set) Len() int { return len(s.all) }
 
+// TaintedKey returns the first of keyIDs (CA key IDs of a verified chain)
+// that the deny-list names as tainted, or "".
+func (s *Set) TaintedKey(keyIDs []string) string {
+	if s.deny == nil || len(s.deny.keys) == 0 {
+		return ""
+	}
+	for _, k := range keyIDs {
+		if _, ok := s.deny.keys[strings.ToLower(k)]; ok {
+			return strings.ToLower(k)
+		}
+	}
+	return ""
+}
+
 // DenyList returns the deny-list in canonical form.
 func (s *Set) DenyList() DenyList {
 	if s.deny == nil {

@@ -80,12 +80,21 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		c.outcome, c.errText = "handshake_failed", err.Error()
 		return
 	}
+	// The CA key IDs of the verified chain, so a tainted intermediate or
+	// root on the deny-list refuses the peer now and on every re-check.
+	keys, err := p.chainKeyIDs(cs.PeerCertificates)
+	if err != nil {
+		p.m.handshakeFail.WithLabelValues(c.listener, "bad_certificate").Inc()
+		c.outcome, c.errText = "handshake_failed", err.Error()
+		return
+	}
 	c.req = policy.Request{
-		Principal:  id.String(),
-		CertSerial: policy.SerialHex(leaf.SerialNumber),
-		Action:     policy.ActionConnect,
-		Resource:   policy.Resource{Type: policy.TypeService, Name: in.Service.Name, Port: in.Service.Port, Classification: in.Service.Classification},
-		Context:    policy.Context{TLSVersion: c.tlsVersion, Destination: in.Listen},
+		Principal:   id.String(),
+		CertSerial:  policy.SerialHex(leaf.SerialNumber),
+		ChainKeyIDs: keys,
+		Action:      policy.ActionConnect,
+		Resource:    policy.Resource{Type: policy.TypeService, Name: in.Service.Name, Port: in.Service.Port, Classification: in.Service.Classification},
+		Context:     policy.Context{TLSVersion: c.tlsVersion, Destination: in.Listen},
 	}
 	d := p.decide(c)
 	c.decision, c.decided = d, true

@@ -5,13 +5,18 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardproject/ward/internal/ca"
 )
 
 // aeadSuites12 are the TLS 1.2 suites offered when tls.min_version is 1.2:
@@ -54,12 +59,53 @@ func (p *Proxy) serverTLS() *tls.Config {
 	return c
 }
 
-// clientTLS dials mTLS and requires the server to present id.
+// clientTLS dials mTLS and requires the server to present id, through no
+// CA key the policy's deny-list names as tainted.
 func (p *Proxy) clientTLS(id spiffeid.ID, serverName string) *tls.Config {
 	c := p.baseTLS()
 	tlsconfig.HookMTLSClientConfig(c, p.src, p.src, tlsconfig.AuthorizeID(id))
 	c.ServerName = serverName
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		keys, err := p.chainKeyIDs(cs.PeerCertificates)
+		if err != nil {
+			return err
+		}
+		if set := p.engine.Current(); set != nil {
+			if k := set.TaintedKey(keys); k != "" {
+				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, k)
+			}
+		}
+		return nil
+	}
 	return c
+}
+
+// chainKeyIDs verifies the peer's certificates against the current trust
+// bundle (as the handshake did) and returns the CA key IDs (ca.KeyID, the
+// key IDs `ward ca taint` takes) of every certificate in every verified
+// chain, root included, for the deny-list's tainted keys. A chain that no
+// longer verifies is an error: the caller refuses the peer.
+func (p *Proxy) chainKeyIDs(certs []*x509.Certificate) ([]string, error) {
+	if len(certs) == 0 {
+		return nil, errors.New("x509svid: peer presented no certificate")
+	}
+	_, chains, err := x509svid.Verify(certs, p.src)
+	if err != nil {
+		return nil, fmt.Errorf("x509svid: re-verifying the peer's certificate chain: %w", err)
+	}
+	var ids []string
+	for _, chain := range chains {
+		for _, c := range chain {
+			kid, err := ca.KeyID(c.PublicKey)
+			if err != nil {
+				return nil, fmt.Errorf("x509svid: key ID of %q in the peer's chain: %w", c.Subject, err)
+			}
+			if !slices.Contains(ids, kid) {
+				ids = append(ids, kid)
+			}
+		}
+	}
+	return ids, nil
 }
 
 func tlsVersionName(v uint16) string {
