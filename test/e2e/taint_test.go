@@ -1,0 +1,201 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/wardproject/ward/internal/ca"
+)
+
+// TestTaintRevokesAtTheProxy runs the red team's replay: a workload's SVID
+// chain is saved, the intermediate that signed it is tainted with `ward ca
+// taint`, the agent re-issues, and the OLD chain is replayed with `openssl
+// s_client` into an inbound `ward proxy` (fed by the agent's policy
+// socket). The proxy must deny it, and its access log must name the key.
+func TestTaintRevokesAtTheProxy(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed (it is in the test dependencies)")
+	}
+	dir := t.TempDir()
+	nodeAPI := freePort(t)
+	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
+	s.initAndUnseal()
+	a := s.addr
+	pub := publicDir(t)
+	bundle := filepath.Join(pub, "bundle.pem")
+	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	const payments = "spiffe://e2e.example.org/payments"
+	mustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
+		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
+	ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	pol := filepath.Join(dir, "p.cedar")
+	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
+	mustWard(t, a, "", "policy", "apply", pol)
+
+	// The app behind the proxy: accepts and discards.
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
+		}
+	}()
+	inbound := freePort(t)
+	proxyCfg := filepath.Join(dir, "proxy.yaml")
+	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+admin_address: %s
+access_log: stdout
+inbound:
+  - name: payments
+    listen: %s
+    forward: %s
+`, ag.socket, filepath.Join(pub, "policy.sock"), freePort(t), inbound, app.Addr().String())), 0o600)
+	logs := &syncBuffer{}
+	cmd := exec.Command(wardBin, "proxy", "--config", proxyCfg)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stopProcess(cmd) })
+
+	// The workload's current SVID: what an attacker who stole it keeps.
+	fetch := func() *x509svid.SVID {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.socket))
+		if err != nil {
+			t.Fatalf("fetch X509-SVID: %v", err)
+		}
+		return sv
+	}
+	old := fetch()
+	if len(old.Certificates) < 2 {
+		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))
+	}
+	kid, err := ca.KeyID(old.Certificates[1].PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldSerial := old.Certificates[0].SerialNumber.Text(16)
+	leafPEM, interPEM, keyPEM := filepath.Join(dir, "old.crt"), filepath.Join(dir, "old-chain.crt"), filepath.Join(dir, "old.key")
+	writePEM(t, leafPEM, "CERTIFICATE", old.Certificates[0].Raw)
+	var chain []byte
+	for _, c := range old.Certificates[1:] {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	os.WriteFile(interPEM, chain, 0o600)
+	der, err := x509.MarshalPKCS8PrivateKey(old.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, keyPEM, "PRIVATE KEY", der)
+
+	replay := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c := exec.CommandContext(ctx, "openssl", "s_client", "-connect", inbound, "-cert", leafPEM, "-key", keyPEM,
+			"-cert_chain", interPEM, "-quiet", "-no_ign_eof")
+		c.Stdin = strings.NewReader("hello\n")
+		_ = c.Run() // the verdict is in the proxy's access log
+	}
+	// accessLine returns the proxy's access-log line for the old serial
+	// with the given decision, if any.
+	accessLine := func(decision string, from int) map[string]any {
+		for _, l := range strings.Split(logs.String()[from:], "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) != nil || m["peer_serial"] != oldSerial {
+				continue
+			}
+			if m["decision"] == decision {
+				return m
+			}
+		}
+		return nil
+	}
+	// Before the taint the replayed chain is allowed (the attack works).
+	deadline := time.Now().Add(30 * time.Second)
+	for accessLine("allow", 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", tail(logs.String(), 4000))
+		}
+		replay()
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	mustWard(t, a, "", "ca", "taint", kid, "--yes")
+	afterTaint := len(logs.String())
+	// The agent re-issues from the new intermediate (bounded wait).
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		sv := fetch()
+		if k, _ := ca.KeyID(sv.Certificates[len(sv.Certificates)-1].PublicKey); k != kid && sv.Certificates[0].SerialNumber.Text(16) != oldSerial {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the agent did not re-issue the SVID after the taint")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	// Replaying the old chain is denied within the loop bound, and the
+	// log names the tainted key.
+	deadline = time.Now().Add(5 * time.Second)
+	var denied map[string]any
+	for denied = accessLine("deny", afterTaint); denied == nil; denied = accessLine("deny", afterTaint) {
+		if time.Now().After(deadline) {
+			t.Fatalf("replayed chain through tainted %s not denied; proxy log:\n%s", kid, tail(logs.String(), 4000))
+		}
+		replay()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if denied["cause"] != "tainted-ca-key" || !strings.Contains(fmt.Sprint(denied["policies"]), kid) {
+		t.Fatalf("deny line does not say the chain holds tainted key %s: %v", kid, denied)
+	}
+	// Once denied, it stays denied.
+	allows := countLines(logs.String(), oldSerial, "allow")
+	replay()
+	time.Sleep(200 * time.Millisecond)
+	if n := countLines(logs.String(), oldSerial, "allow"); n != allows {
+		t.Fatalf("old chain allowed again after the deny: %d allow lines, was %d", n, allows)
+	}
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func countLines(logs, serial, decision string) int {
+	n := 0
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, `"peer_serial":"`+serial+`"`) && strings.Contains(l, `"decision":"`+decision+`"`) {
+			n++
+		}
+	}
+	return n
+}
