@@ -192,13 +192,13 @@ func (f *FileSource) load(names []string) (*policy.Set, [32]byte, error) {
 }
 
 // ParseDenyList decodes a JSON deny-list ({"spiffe_ids": [...], "serials":
-// [...]}); unknown fields are errors.
+// [...], "tainted_keys": [...]}); unknown fields are errors.
 func ParseDenyList(b []byte) (policy.DenyList, error) {
 	var dl policy.DenyList
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&dl); err != nil {
-		return policy.DenyList{}, fmt.Errorf("decode deny-list: %w (expected JSON {\"spiffe_ids\": [...], \"serials\": [...]})", err)
+		return policy.DenyList{}, fmt.Errorf("decode deny-list: %w (expected JSON {\"spiffe_ids\": [...], \"serials\": [...], \"tainted_keys\": [...]})", err)
 	}
 	if dec.More() {
 		return policy.DenyList{}, fmt.Errorf("decode deny-list: trailing data after the JSON object")
