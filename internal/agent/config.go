@@ -41,6 +41,12 @@ type Config struct {
 	// (PolicyDistribution.WatchPolicy); "none" turns it off. Default:
 	// policy.sock next to socket_path.
 	PolicySocket string `yaml:"policy_socket"`
+	// PolicySocketAllowedUIDs and PolicySocketAllowedGIDs are local users
+	// and (primary) groups that may read the policy socket without holding
+	// a registration entry. Every other caller must attest, like a
+	// Workload API caller, to at least one of this agent's entries.
+	PolicySocketAllowedUIDs []uint32 `yaml:"policy_socket_allowed_uids"`
+	PolicySocketAllowedGIDs []uint32 `yaml:"policy_socket_allowed_gids"`
 	// DataDir holds the encrypted cache and its key.
 	DataDir string `yaml:"data_dir"`
 	// SyncInterval between syncs with the authority (default 5s).
@@ -158,6 +164,18 @@ func (c *Config) Validate() error {
 		}
 		if c.PolicySocket == c.SocketPath {
 			return errors.New("policy_socket and socket_path must differ")
+		}
+	} else if len(c.PolicySocketAllowedUIDs)+len(c.PolicySocketAllowedGIDs) > 0 {
+		return errors.New("policy_socket_allowed_uids/gids are set but policy_socket is \"none\": remove them or enable the socket")
+	}
+	for _, l := range []struct {
+		name string
+		ids  []uint32
+	}{{"policy_socket_allowed_uids", c.PolicySocketAllowedUIDs}, {"policy_socket_allowed_gids", c.PolicySocketAllowedGIDs}} {
+		for _, id := range l.ids {
+			if id == ^uint32(0) {
+				return fmt.Errorf("%s: %d is not a valid id ((uid_t)-1 means \"no id\"); give numeric uids/gids of the proxies' users", l.name, id)
+			}
 		}
 	}
 	if len(c.SocketPath) > 107 {

@@ -6,14 +6,20 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/attest"
 	"github.com/wardproject/ward/internal/policy"
 	"github.com/wardproject/ward/internal/policystream"
+	"github.com/wardproject/ward/internal/workloadapi"
 )
 
 const policyCacheFile = "policy.cache"
@@ -38,13 +44,26 @@ func (a *Agent) servePolicy(ctx context.Context) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	// Proxies run as their own users: like the Workload API socket, any
-	// local process may read the policy (it holds no secrets).
+	// Proxies run as their own users, so every local user may connect;
+	// what guards the policy set and the principals' labels is the check
+	// on every call (authorizePolicyCaller), not the socket's mode.
 	if err := os.Chmod(a.cfg.PolicySocket, 0o666); err != nil {
 		ln.Close()
 		return nil, err
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(grpc.Creds(workloadapi.PeerCredentials()),
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := a.authorizePolicyCaller(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := a.authorizePolicyCaller(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}))
 	wardv1.RegisterPolicyDistributionServer(g, relay)
 	go g.Serve(ln)
 	ctx, cancel := context.WithCancel(ctx)
@@ -55,6 +74,36 @@ func (a *Agent) servePolicy(ctx context.Context) (stop func(), err error) {
 	}()
 	a.log.Info("serving policy to proxies", "socket", a.cfg.PolicySocket)
 	return func() { cancel(); g.Stop(); <-done }, nil
+}
+
+// authorizePolicyCaller lets a policy-socket caller in when its uid or
+// primary gid (SO_PEERCRED) is in policy_socket_allowed_uids/gids, or when
+// the workload attestor's selectors for it match at least one of this
+// agent's registration entries (as the Workload API finds identities).
+// Everyone else is refused with PermissionDenied: the policy set and every
+// registered label are not for any local user.
+func (a *Agent) authorizePolicyCaller(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.Internal, "policy socket: caller has no peer credentials")
+	}
+	ai, ok := p.AuthInfo.(workloadapi.PeerCredAuthInfo)
+	if !ok {
+		return status.Error(codes.Internal, "policy socket: caller has no peer credentials")
+	}
+	c := ai.Caller
+	if slices.Contains(a.cfg.PolicySocketAllowedUIDs, c.UID) || slices.Contains(a.cfg.PolicySocketAllowedGIDs, c.GID) {
+		return nil
+	}
+	sel, err := a.att.Attest(ctx, c)
+	if err == nil && len(a.Identities(attest.Normalize(sel))) > 0 {
+		return nil
+	}
+	a.log.Warn("policy socket: caller refused", "pid", c.PID, "uid", c.UID, "gid", c.GID, "attest_error", err)
+	return status.Errorf(codes.PermissionDenied,
+		"policy socket: caller (pid %d, uid %d, gid %d) matches no registration entry of this agent and is not in policy_socket_allowed_uids/gids: "+
+			"register an entry for the proxy's workload (e.g. selector unix:uid:%d) or add its uid to policy_socket_allowed_uids in the agent config",
+		c.PID, c.UID, c.GID, c.UID)
 }
 
 // followPolicy waits for an agent SVID, then follows the authority's
