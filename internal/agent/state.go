@@ -131,9 +131,11 @@ func rotateAt(now, notBefore, notAfter time.Time, u float64) time.Time {
 }
 
 // subsetSorted reports whether every selector of req is in have; both are
-// normalized (sorted, deduplicated). It does not allocate.
+// normalized (sorted, deduplicated). It does not allocate. Like
+// attest.Subset, it never matches an entry whose binary selectors lack a
+// uid/gid selector (entryFromProto already refuses those).
 func subsetSorted(req, have []attest.Selector) bool {
-	if len(req) == 0 {
+	if len(req) == 0 || attest.CheckEntrySelectors(req) != nil {
 		return false
 	}
 	j := 0

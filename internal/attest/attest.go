@@ -26,6 +26,13 @@ type Caller struct {
 	// /proc is that one and not a later process that reused its PID. It is
 	// owned by the connection; attestors must not close it.
 	PIDFD *os.File
+	// Image is the program the process was running when the connection
+	// was accepted (ReadImage), zero if it could not be read. Attestors
+	// that report facts about the binary must check the process still runs
+	// this image: a process that connects and then execs another binary
+	// keeps its PID, so /proc alone would describe the new binary while
+	// the socket may be spoken on by anyone the first program handed it to.
+	Image Image
 }
 
 // Attestor derives selectors from a caller. Implementations must only report
@@ -98,7 +105,9 @@ func ParseSelector(s string) (Selector, error) {
 	return sel, nil
 }
 
-// ParseSelectors parses each string; the result is normalized.
+// ParseSelectors parses the selectors of one registration entry: each
+// string, then the rules for the set (CheckEntrySelectors); the result is
+// normalized.
 func ParseSelectors(ss []string) ([]Selector, error) {
 	out := make([]Selector, 0, len(ss))
 	for _, s := range ss {
@@ -108,7 +117,43 @@ func ParseSelectors(ss []string) ([]Selector, error) {
 		}
 		out = append(out, sel)
 	}
+	if err := CheckEntrySelectors(out); err != nil {
+		return nil, err
+	}
 	return Normalize(out), nil
+}
+
+// ErrUnboundBinarySelector is wrapped by CheckEntrySelectors when an entry
+// selects on a binary without an account.
+var ErrUnboundBinarySelector = fmt.Errorf("%w: binary selector without unix:uid or unix:gid", ErrInvalidSelector)
+
+// CheckEntrySelectors checks the rules for the selector set of one
+// registration entry: unix:path and unix:sha256 (facts about the binary,
+// read from /proc) count only together with unix:uid or unix:gid (fixed by
+// the kernel when the process connected, SO_PEERCRED). Any local user can
+// make a process whose /proc shows a given binary (connect, then exec it;
+// or run it with LD_PRELOAD or under ptrace), so a binary selector alone
+// would hand the SVID to whoever asks; the account is what the binary is
+// checked within.
+func CheckEntrySelectors(sel []Selector) error {
+	var binary, account bool
+	for _, s := range sel {
+		if s.Type != "unix" {
+			continue
+		}
+		key, _, _ := strings.Cut(s.Value, ":")
+		switch key {
+		case "path", "sha256":
+			binary = true
+		case "uid", "gid":
+			account = true
+		}
+	}
+	if binary && !account {
+		return fmt.Errorf("%w: unix:path and unix:sha256 prove nothing on their own (any local user can connect and then exec the binary); "+
+			"add unix:uid:N or unix:gid:N of the account the workload runs as", ErrUnboundBinarySelector)
+	}
+	return nil
 }
 
 func checkUnix(value string) error {
@@ -165,9 +210,10 @@ func Normalize(s []Selector) []Selector {
 
 // Subset reports whether every selector of required is in have: a
 // registration entry with selectors required applies to a caller attested
-// with have. An entry with no selectors matches nothing.
+// with have. An entry with no selectors matches nothing, and neither does
+// one that breaks CheckEntrySelectors (a binary selector without uid/gid).
 func Subset(required, have []Selector) bool {
-	if len(required) == 0 {
+	if len(required) == 0 || CheckEntrySelectors(required) != nil {
 		return false
 	}
 	set := make(map[Selector]struct{}, len(have))

@@ -96,6 +96,9 @@ func (r *Registry) Validate(e *Entry) error {
 		}
 	}
 	e.Selectors = attest.Normalize(e.Selectors)
+	if err := attest.CheckEntrySelectors(e.Selectors); err != nil {
+		return errorf(KindInvalid, "entry %s: %v", id, err)
+	}
 	if e.TTL < 0 || e.TTL > 0 && (e.TTL < MinEntryTTL || e.TTL > r.opts.MaxEntryTTL) {
 		return errorf(KindInvalid, "entry %s ttl %s is out of range: use 0 (the CA default) or between %s and %s", id, e.TTL, MinEntryTTL, r.opts.MaxEntryTTL)
 	}

@@ -67,7 +67,12 @@ func (peerCreds) Info() credentials.ProtocolInfo {
 func (p peerCreds) Clone() credentials.TransportCredentials { return p }
 func (peerCreds) OverrideServerName(string) error           { return nil }
 
-// PeerCaller reads SO_PEERCRED from a unix socket connection.
+// PeerCaller reads SO_PEERCRED from a unix socket connection, the peer's
+// pidfd (SO_PEERPIDFD, Linux ≥ 6.5) and the image of the program it runs
+// (attest.ReadImage; zero if unreadable). uid and gid are the ones of the
+// process that called connect(2), fixed by the kernel at that moment: they
+// say who connected, not who speaks now (the descriptor may have been
+// inherited or passed with SCM_RIGHTS to another process).
 func PeerCaller(conn net.Conn) (attest.Caller, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
@@ -95,6 +100,14 @@ func PeerCaller(conn net.Conn) (attest.Caller, error) {
 		return attest.Caller{}, fmt.Errorf("workloadapi: SO_PEERCRED: %w", credErr)
 	}
 	c := attest.Caller{PID: cred.Pid, UID: cred.Uid, GID: cred.Gid}
+	// The program the peer runs now, as early as we can: the unix attestor
+	// reports binary selectors only while the peer still runs it (a process
+	// that connects and then execs keeps its PID). Unreadable (another
+	// user's process and we are not root, or another PID namespace): no
+	// image, and so no binary selectors.
+	if img, err := attest.ReadImage("/proc", cred.Pid); err == nil {
+		c.Image = img
+	}
 	if pidfd >= 0 {
 		unix.CloseOnExec(pidfd)
 		c.PIDFD = os.NewFile(uintptr(pidfd), "pidfd")

@@ -183,6 +183,27 @@ func (s *Server) attestCaller(ctx context.Context) ([]attest.Selector, error) {
 	return attest.Normalize(sel), nil
 }
 
+// checkUnchanged refuses to answer a caller whose process runs another
+// program than when it connected (it exec'd: the binary selectors it was
+// attested with no longer describe it, and the socket may be in anyone's
+// hands) or has exited. It runs before every answer, including each
+// message of a stream. Callers without a recorded image got no binary
+// selectors, so there is nothing to re-check.
+func (s *Server) checkUnchanged(ctx context.Context) error {
+	c, ok := callerFromContext(ctx)
+	if !ok {
+		return status.Error(codes.Internal, "caller has no peer credentials; serve with workloadapi.Listen and Serve")
+	}
+	if c.Image.IsZero() {
+		return nil
+	}
+	if err := attest.CheckImage("/proc", c.PID, c.Image); err != nil {
+		s.log.Warn("workload API caller changed program since it connected; refusing to answer", "pid", c.PID, "uid", c.UID, "error", err)
+		return status.Errorf(codes.PermissionDenied, "pid %d runs another program than when it connected (exec after connect) or has exited: connect to the Workload API after the last exec", c.PID)
+	}
+	return nil
+}
+
 var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
 
 // FetchX509SVID implements the Workload API.
@@ -278,6 +299,9 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *pb.JWTSVIDRequest) (*pb.
 	if len(resp.Svids) == 0 {
 		return nil, errNoIdentity
 	}
+	if err := s.checkUnchanged(ctx); err != nil {
+		return nil, err
+	}
 	return resp, nil
 }
 
@@ -310,6 +334,9 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *pb.ValidateJWTSVIDReq
 	claims, err := structpb.NewStruct(svid.Claims)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "JWT-SVID claims cannot be represented: %v", err)
+	}
+	if err := s.checkUnchanged(ctx); err != nil {
+		return nil, err
 	}
 	return &pb.ValidateJWTSVIDResponse{SpiffeId: svid.ID.String(), Claims: claims}, nil
 }
@@ -389,6 +416,9 @@ func stream_[T any, PT interface {
 			return err
 		}
 		if !sent || !proto.Equal(resp, last) {
+			if err := s.checkUnchanged(ctx); err != nil {
+				return err
+			}
 			if err := stream.Send((*T)(resp)); err != nil {
 				return err
 			}

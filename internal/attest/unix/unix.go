@@ -7,6 +7,13 @@
 // caller (from the connection via SO_PEERPIDFD, or opened at attestation
 // time on older kernels) is checked after /proc is read: the facts belong to
 // a process that was still alive, so a PID reused in between is detected.
+//
+// unix:path and unix:sha256 are reported only for the program the caller
+// ran when its connection was accepted (attest.Caller.Image, recorded by
+// workloadapi.PeerCaller): if the process has exec'd since, attestation
+// fails, and without a recorded image no binary selector is reported.
+// Entries must pair them with unix:uid or unix:gid
+// (attest.CheckEntrySelectors); docs/identity.md says what each proves.
 package unix
 
 import (
@@ -109,18 +116,36 @@ func (a *Attestor) Attest(ctx context.Context, c attest.Caller) ([]attest.Select
 	for _, g := range groups {
 		sel = append(sel, attest.Selector{Type: Type, Value: "supplementary_gid:" + g})
 	}
-	exe := filepath.Join(procDir, "exe")
-	if p, err := os.Readlink(exe); err == nil && filepath.IsAbs(p) && !strings.HasSuffix(p, " (deleted)") {
-		sel = append(sel, attest.Selector{Type: Type, Value: "path:" + filepath.Clean(p)})
+	// Binary selectors only for the program the caller ran when it
+	// connected: a process that connects and then execs keeps its PID and
+	// uid, and /proc would show the new binary while the socket is spoken
+	// on by whoever the first program handed it to.
+	if c.Image.IsZero() {
+		// Nothing recorded at connect time (unreadable /proc, or a caller
+		// not built by workloadapi.PeerCaller): no facts about the binary.
+		if err := alive(); err != nil {
+			return nil, fmt.Errorf("unix attestor: pid %d exited during attestation", c.PID)
+		}
+		return attest.Normalize(sel), nil
 	}
-	sum, err := a.hash(ctx, exe)
+	if err := attest.CheckImage(a.procRoot, c.PID, c.Image); err != nil {
+		return nil, fmt.Errorf("unix attestor: %w", err)
+	}
+	bin, err := a.binary(ctx, filepath.Join(procDir, "exe"), c.Image)
 	if err != nil {
-		return nil, fmt.Errorf("unix attestor: pid %d: digest of binary: %w", c.PID, err)
+		return nil, fmt.Errorf("unix attestor: pid %d: %w", c.PID, err)
 	}
-	sel = append(sel, attest.Selector{Type: Type, Value: "sha256:" + sum})
-	// The process must still be the one we asked about.
+	if bin.path != "" {
+		sel = append(sel, attest.Selector{Type: Type, Value: "path:" + bin.path})
+	}
+	sel = append(sel, attest.Selector{Type: Type, Value: "sha256:" + bin.sum})
+	// The process must still be the one we asked about, running the same
+	// program.
 	if err := alive(); err != nil {
 		return nil, fmt.Errorf("unix attestor: pid %d exited during attestation", c.PID)
+	}
+	if err := attest.CheckImage(a.procRoot, c.PID, c.Image); err != nil {
+		return nil, fmt.Errorf("unix attestor: %w", err)
 	}
 	return attest.Normalize(sel), nil
 }
@@ -153,37 +178,54 @@ func readGroups(statusPath string) ([]string, error) {
 	return nil, errors.New("process status has no Groups line")
 }
 
-// hash returns the SHA-256 of the file, cached by its identity (device,
-// inode, size, mtime, ctime), so a binary is hashed once per change.
-func (a *Attestor) hash(ctx context.Context, exe string) (string, error) {
+type binaryFacts struct {
+	path string // "" if the binary has no absolute, undeleted path
+	sum  string // SHA-256, hex
+}
+
+// binary opens the caller's executable once and reports its path and
+// digest from that one open file, after checking it is the file of the
+// recorded image (so both facts describe the program that connected).
+// Digests are cached by file identity (device, inode, size, mtime, ctime),
+// so a binary is hashed once per change.
+func (a *Attestor) binary(ctx context.Context, exe string, img attest.Image) (binaryFacts, error) {
 	f, err := os.Open(exe)
 	if err != nil {
-		return "", err
+		return binaryFacts{}, fmt.Errorf("open binary: %w", err)
 	}
 	defer f.Close()
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		return "", err
+		return binaryFacts{}, fmt.Errorf("stat binary: %w", err)
 	}
-	key := fileKey{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
+	if uint64(st.Dev) != img.Dev || st.Ino != img.Ino {
+		return binaryFacts{}, fmt.Errorf("%w: the binary now open is %d:%d, not the %s it connected with", attest.ErrImageChanged, st.Dev, st.Ino, img)
+	}
+	var out binaryFacts
+	// The path of the file we hold, not of whatever /proc/PID/exe names by now.
+	if p, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(int(f.Fd()))); err == nil && filepath.IsAbs(p) && !strings.HasSuffix(p, " (deleted)") {
+		out.path = filepath.Clean(p)
+	}
+	key := fileKey{dev: uint64(st.Dev), ino: st.Ino, size: st.Size, mtime: st.Mtim.Nano(), ctime: st.Ctim.Nano()}
 	a.mu.Lock()
 	sum, ok := a.cache[key]
 	a.mu.Unlock()
 	if ok {
-		return sum, nil
+		out.sum = sum
+		return out, nil
 	}
 	h := sha256.New()
 	if _, err := io.Copy(h, &ctxReader{ctx: ctx, r: f}); err != nil {
-		return "", err
+		return binaryFacts{}, fmt.Errorf("digest of binary: %w", err)
 	}
-	sum = hex.EncodeToString(h.Sum(nil))
+	out.sum = hex.EncodeToString(h.Sum(nil))
 	a.mu.Lock()
 	if len(a.cache) >= maxCache {
 		clear(a.cache)
 	}
-	a.cache[key] = sum
+	a.cache[key] = out.sum
 	a.mu.Unlock()
-	return sum, nil
+	return out, nil
 }
 
 type ctxReader struct {
