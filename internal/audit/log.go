@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wardproject/ward/internal/store"
@@ -43,6 +46,16 @@ func WithPrefix(prefix string) Option { return func(l *Log) { l.prefix = prefix 
 
 // WithClock sets the clock for event and checkpoint times (tests).
 func WithClock(now func() time.Time) Option { return func(l *Log) { l.now = now } }
+
+// WithLogger sets where the log reports failed writes and detected
+// rollbacks (default slog.Default()).
+func WithLogger(lg *slog.Logger) Option {
+	return func(l *Log) {
+		if lg != nil {
+			l.log = lg
+		}
+	}
+}
 
 // WithMaxGroup bounds how many events one group commit takes (default 4096).
 func WithMaxGroup(n int) Option {
@@ -89,6 +102,11 @@ type Log struct {
 	maxGroup      int
 	maxAttempts   int
 	commitTimeout time.Duration
+	log           *slog.Logger
+
+	// rollbacks counts the times the stored log was found to have gone
+	// backwards (shorter or different than what this Log already saw).
+	rollbacks atomic.Uint64
 
 	mu     sync.Mutex // guards queue, closed
 	queue  []*pending
@@ -138,7 +156,7 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 		return nil, fmt.Errorf("audit: store %s accepts batches of %d ops: need at least 2", st.Backend(), st.MaxBatch())
 	}
 	l := &Log{
-		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now,
+		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now, log: slog.Default(),
 		maxGroup: 4096, maxAttempts: 32, commitTimeout: 30 * time.Second,
 		wake: make(chan struct{}, 1), exited: make(chan struct{}), changed: make(chan struct{}),
 	}
@@ -279,7 +297,18 @@ func (l *Log) run() {
 	}
 }
 
-func fail(ps []*pending, err error) {
+// fail releases ps with err. It is the one place a failed audit write is
+// logged: the callers' operations are refused, and the operator needs the
+// cause (disk full, store down, lost races) to fix it.
+func (l *Log) fail(ps []*pending, err error) {
+	if len(ps) > 0 {
+		ops := make([]string, 0, min(len(ps), 8))
+		for _, p := range ps[:min(len(ps), 8)] {
+			ops = append(ops, bodyOperation(p.body))
+		}
+		l.log.Error("audit: events could not be stored; the operations they record were refused",
+			"events", len(ps), "operations", ops, "origin", l.origin, "backend", l.st.Backend(), "err", err)
+	}
 	for _, p := range ps {
 		p.done <- result{err: err}
 	}
@@ -300,12 +329,12 @@ func (l *Log) commit(group []*pending) {
 	conflicted := false
 	for attempt := 0; ; attempt++ {
 		if attempt == l.maxAttempts {
-			fail(rest, fmt.Errorf("audit: %d events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
+			l.fail(rest, fmt.Errorf("audit: %d events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
 			return
 		}
 		if l.stale {
 			if err := l.reload(ctx, conflicted); err != nil {
-				fail(rest, err)
+				l.fail(rest, err)
 				return
 			}
 			l.stale = false
@@ -317,7 +346,7 @@ func (l *Log) commit(group []*pending) {
 		}
 		l.stale = true
 		if !errors.Is(err, store.ErrConflict) {
-			fail(rest, err)
+			l.fail(rest, err)
 			return
 		}
 		conflicted = true
@@ -409,9 +438,11 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 	}
 	switch {
 	case h.Size < l.size:
+		l.noteRollback(fmt.Sprintf("stored head has %d events, this authority already saw %d", h.Size, l.size))
 		return fmt.Errorf("audit: stored head went back from size %d to %d (rolled back or replaced); refusing to append: run `ward audit verify`", l.size, h.Size)
 	case h.Size == l.size:
 		if !slices.EqualFunc(h.Hashes, l.hashes, bytes.Equal) {
+			l.noteRollback(fmt.Sprintf("stored head at size %d has another tree than this authority's", h.Size))
 			return fmt.Errorf("audit: stored head at size %d differs from this authority's tree; refusing to append: run `ward audit verify`", h.Size)
 		}
 		if afterConflict && rev == l.headRev {
@@ -441,6 +472,28 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 	}
 	l.setState(h.Size, h.Hashes, rev, h.Checkpoint)
 	return nil
+}
+
+// noteRollback counts and logs a detected rollback of the stored log.
+func (l *Log) noteRollback(detail string) {
+	l.rollbacks.Add(1)
+	l.log.Error("audit: the stored audit log went backwards (rolled back, truncated or replaced in storage)",
+		"origin", l.origin, "detail", detail, "action", "run `ward audit verify` and restore the log from a trusted copy")
+}
+
+// RollbacksDetected returns how often this Log found the stored log to
+// have gone backwards (for the ward_audit_rollbacks_detected_total metric).
+func (l *Log) RollbacksDetected() uint64 { return l.rollbacks.Load() }
+
+// bodyOperation extracts the operation of an encoded event body, for logs.
+func bodyOperation(body []byte) string {
+	var e struct {
+		Operation string `json:"operation"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return "?"
+	}
+	return e.Operation
 }
 
 // Head returns a signed checkpoint for the stored head, which may include

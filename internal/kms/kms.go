@@ -5,6 +5,17 @@
 // barrier-encrypted store under paths derived by HMAC, so not even key names
 // reach storage in the clear. Every operation is audited through Auditor
 // and fails if its audit event cannot be written.
+//
+// Rollback of key records: the barrier binds a stored value to its path,
+// not to its age, so someone with write access to storage could copy an
+// older record back (from a backup or an etcd snapshot) and resurrect a
+// destroyed version. Every record therefore carries a revision that grows
+// with each change, and every successful key-changing audit event records
+// the record's new revision and an HMAC digest of it. With a Witness (the
+// audit log's per-key index) the KMS refuses a record older than, or
+// different from, the newest one the audit log recorded: it reports the
+// rollback (error log, counter, audit event) and every use of the key
+// fails until the newest record is restored.
 package kms
 
 import (
@@ -21,6 +32,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wardproject/ward/internal/kmscrypto"
@@ -74,6 +86,7 @@ const (
 	KindAuth         // ciphertext failed authentication
 	KindConflict
 	KindUnavailable // storage or audit failed
+	KindRolledBack  // the stored record is older than the audit log says
 )
 
 func (e *Error) Error() string { return e.Msg }
@@ -103,7 +116,10 @@ type VersionRecord struct {
 
 // KeyRecord is one stored key (encrypted by the barrier before storage).
 type KeyRecord struct {
-	Name              string          `json:"name"`
+	Name string `json:"name"`
+	// Revision grows by one with every change of the record; the audit
+	// log records it (with a digest) so an older copy is recognised.
+	Revision          uint64          `json:"revision,omitempty"`
 	Classification    string          `json:"classification"`
 	Purpose           string          `json:"purpose,omitempty"`
 	Created           time.Time       `json:"created"`
@@ -151,6 +167,7 @@ type View struct {
 type loaded struct {
 	rec      KeyRecord
 	rev      int64
+	digest   string // HMAC of the stored record bytes
 	versions map[uint32]*kmscrypto.Version
 }
 
@@ -163,10 +180,39 @@ type Manager struct {
 	now     func() time.Time
 	log     *slog.Logger
 
+	witness   Witness
+	digestKey []byte
+
 	mu    sync.RWMutex
 	cache map[string]*loaded // by name
 	names map[string]string  // storage path -> name
+
+	rollbacks  atomic.Uint64
+	reportedMu sync.Mutex
+	reported   map[string]uint64 // key name -> stored revision already reported
 }
+
+// Mark is what the audit log last recorded about a key record.
+type Mark struct {
+	Revision  uint64
+	Digest    string
+	Seq       uint64   // the audit event that recorded it
+	Destroyed []uint32 // versions the log recorded as destroyed
+}
+
+// Witness tells the KMS the newest record revision the audit log holds for
+// a key (ok false: none recorded). An error means it cannot tell, and the
+// key is not used (fail closed).
+type Witness interface {
+	Latest(ctx context.Context, name string) (m Mark, ok bool, err error)
+}
+
+// WithWitness makes the KMS check every key record it loads against w.
+func WithWitness(w Witness) Option { return func(m *Manager) { m.witness = w } }
+
+// RollbacksDetected counts key records refused because they were older
+// than (or differed from) what the audit log recorded.
+func (m *Manager) RollbacksDetected() uint64 { return m.rollbacks.Load() }
 
 // Option configures a Manager.
 type Option func(*Manager)
@@ -187,15 +233,26 @@ func New(st store.Store, pathKey []byte, table Table, a Auditor, opts ...Option)
 		return nil, errors.New("kms: path key must be at least 32 bytes")
 	}
 	m := &Manager{st: st, pathKey: pathKey, table: table, audit: a, now: time.Now, log: slog.Default(),
-		cache: map[string]*loaded{}, names: map[string]string{}}
+		cache: map[string]*loaded{}, names: map[string]string{}, reported: map[string]uint64{}}
 	for _, o := range opts {
 		o(m)
 	}
+	h := hmac.New(sha256.New, pathKey)
+	h.Write([]byte("ward kms record digest v1"))
+	m.digestKey = h.Sum(nil)
 	return m, nil
 }
 
 // Table returns the classification table.
 func (m *Manager) Table() Table { return m.table }
+
+// recordDigest is the HMAC of a stored record's bytes: the audit log holds
+// it without learning anything about the record (which holds key material).
+func (m *Manager) recordDigest(b []byte) string {
+	h := hmac.New(sha256.New, m.digestKey)
+	h.Write(b)
+	return "hmac-sha256:" + hex.EncodeToString(h.Sum(nil))
+}
 
 func (m *Manager) path(name string) string {
 	h := hmac.New(sha256.New, m.pathKey)
@@ -251,17 +308,17 @@ func (m *Manager) apply(ev store.Event) {
 	if cur, ok := m.cache[rec.Name]; ok && cur.rev >= ev.Revision {
 		return
 	}
-	l, err := prepare(rec, ev.Revision)
-	if err != nil {
-		delete(m.cache, rec.Name)
-		return
+	// Another writer changed the record: drop the cached copy so the next
+	// use loads it and checks it against the audit log (a record copied
+	// back into etcd arrives here too).
+	if known && name != rec.Name {
+		delete(m.cache, name)
 	}
-	m.names[ev.Key] = rec.Name
-	m.cache[rec.Name] = l
+	delete(m.cache, rec.Name)
 }
 
-func prepare(rec KeyRecord, rev int64) (*loaded, error) {
-	l := &loaded{rec: rec, rev: rev, versions: map[uint32]*kmscrypto.Version{}}
+func prepare(rec KeyRecord, rev int64, digest string) (*loaded, error) {
+	l := &loaded{rec: rec, rev: rev, digest: digest, versions: map[uint32]*kmscrypto.Version{}}
 	for _, v := range rec.Versions {
 		if v.State == StateDestroyed {
 			continue
@@ -297,6 +354,9 @@ func (m *Manager) load(ctx context.Context, name string) (*loaded, error) {
 	p := m.path(name)
 	kv, err := m.st.Get(ctx, p)
 	if errors.Is(err, store.ErrNotFound) {
+		if err := m.checkMissing(ctx, name); err != nil {
+			return nil, err
+		}
 		return nil, errorf(KindNotFound, "key %q does not exist: create it with `ward key create %s --classification ...` or check the name with `ward key list`", name, name)
 	}
 	if err != nil {
@@ -309,7 +369,11 @@ func (m *Manager) load(ctx context.Context, name string) (*loaded, error) {
 	if rec.Name != name {
 		return nil, errorf(KindUnavailable, "key %q: stored record names another key; storage was tampered with", name)
 	}
-	l, err := prepare(rec, kv.Revision)
+	digest := m.recordDigest(kv.Value)
+	if err := m.checkRecord(ctx, &rec, digest); err != nil {
+		return nil, err
+	}
+	l, err := prepare(rec, kv.Revision, digest)
 	if err != nil {
 		return nil, errorf(KindUnavailable, "%v", err)
 	}
@@ -338,6 +402,7 @@ func (m *Manager) mutate(ctx context.Context, name string, f func(rec *KeyRecord
 		if err := f(&rec); err != nil {
 			return nil, err
 		}
+		rec.Revision = l.rec.Revision + 1
 		b, err := json.Marshal(rec)
 		if err != nil {
 			return nil, err
@@ -349,7 +414,7 @@ func (m *Manager) mutate(ctx context.Context, name string, f func(rec *KeyRecord
 		if err != nil {
 			return nil, errorf(KindUnavailable, "storing key %q: %v", name, err)
 		}
-		nl, err := prepare(rec, rev)
+		nl, err := prepare(rec, rev, m.recordDigest(b))
 		if err != nil {
 			return nil, errorf(KindUnavailable, "%v", err)
 		}
@@ -416,11 +481,14 @@ func (m *Manager) Create(ctx context.Context, name, classification, purpose stri
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, errorf(KindInvalid, "%v", err))
 	}
+	if err := m.checkMissing(ctx, name); err != nil {
+		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, err)
+	}
 	if err := m.auditStart(ctx, "key.create", name, fields); err != nil {
 		return View{}, err
 	}
 	now := m.now().UTC()
-	rec := KeyRecord{Name: name, Classification: c.Name, Purpose: purpose, Created: now, LastRotated: now, MinDecryptVersion: 1,
+	rec := KeyRecord{Name: name, Revision: 1, Classification: c.Name, Purpose: purpose, Created: now, LastRotated: now, MinDecryptVersion: 1,
 		Versions: []VersionRecord{{Version: 1, State: StateEnabled, Alg: c.Algorithm.String(), Created: now, StateChanged: now, Material: kmscrypto.NewKey()}}}
 	b, err := json.Marshal(rec)
 	if err != nil {
@@ -433,14 +501,14 @@ func (m *Manager) Create(ctx context.Context, name, classification, purpose stri
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, errorf(KindUnavailable, "storing key %q: %v", name, err))
 	}
-	l, err := prepare(rec, rev)
+	l, err := prepare(rec, rev, m.recordDigest(b))
 	if err != nil {
 		return View{}, err
 	}
 	m.mu.Lock()
 	m.cache[name], m.names[m.path(name)] = l, name
 	m.mu.Unlock()
-	return m.view(l), m.auditEnd(ctx, "key.create", name, 1, fields, nil)
+	return m.view(l), m.auditEnd(ctx, "key.create", name, 1, marked(fields, l), nil)
 }
 
 // Get returns a key's view.
@@ -452,8 +520,20 @@ func (m *Manager) Get(ctx context.Context, name string) (View, error) {
 	return m.view(l), nil
 }
 
-// List returns all keys whose name starts with prefix, sorted by name.
+// List returns all keys whose name starts with prefix, sorted by name. A
+// key whose stored record was rolled back fails the whole listing, loudly,
+// with the rollback error.
 func (m *Manager) List(ctx context.Context, prefix string) ([]View, error) {
+	return m.list(ctx, prefix, false)
+}
+
+// listHealthy is List for background jobs (scheduled rotation, metrics):
+// rolled-back keys are reported and left out, the others go on.
+func (m *Manager) listHealthy(ctx context.Context) ([]View, error) {
+	return m.list(ctx, "", true)
+}
+
+func (m *Manager) list(ctx context.Context, prefix string, skipRolledBack bool) ([]View, error) {
 	kvs, err := m.st.List(ctx, keyPrefix)
 	if err != nil {
 		return nil, errorf(KindUnavailable, "listing keys: %v", err)
@@ -467,7 +547,17 @@ func (m *Manager) List(ctx context.Context, prefix string) ([]View, error) {
 		if !strings.HasPrefix(rec.Name, prefix) {
 			continue
 		}
-		l, err := prepare(rec, kv.Revision)
+		if kv.Key != m.path(rec.Name) {
+			return nil, errorf(KindUnavailable, "stored key record %s names key %q, which lives elsewhere; storage was tampered with", kv.Key, rec.Name)
+		}
+		digest := m.recordDigest(kv.Value)
+		if err := m.checkRecord(ctx, &rec, digest); err != nil {
+			if skipRolledBack && KindOf(err) == KindRolledBack {
+				continue
+			}
+			return nil, err
+		}
+		l, err := prepare(rec, kv.Revision, digest)
 		if err != nil {
 			return nil, errorf(KindUnavailable, "%v", err)
 		}
@@ -523,18 +613,18 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 	}
 	if skipped {
 		fields["skipped"] = "another authority rotated it first"
-		return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), fields, nil)
+		return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), marked(fields, l), nil)
 	}
 	if len(disabled) > 0 {
 		fields["disabled_versions"] = strings.Join(disabled, ",")
 	}
-	return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), fields, nil)
+	return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), marked(fields, l), nil)
 }
 
 // RotateDue rotates every key whose rotation period has passed. It is
 // safe to run on several authorities at once: compare-and-swap lets one win.
 func (m *Manager) RotateDue(ctx context.Context) (rotated []string, err error) {
-	keys, err := m.List(ctx, "")
+	keys, err := m.listHealthy(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -571,7 +661,7 @@ func (m *Manager) SetMinDecryptVersion(ctx context.Context, name string, minV ui
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.config", name, 0, fields, err)
 	}
-	return m.view(l), m.auditEnd(ctx, "key.config", name, 0, fields, nil)
+	return m.view(l), m.auditEnd(ctx, "key.config", name, 0, marked(fields, l), nil)
 }
 
 // SetEnabled disables or re-enables a version. The latest version cannot
@@ -607,7 +697,7 @@ func (m *Manager) SetEnabled(ctx context.Context, name string, version uint32, e
 	if err != nil {
 		return View{}, m.auditEnd(ctx, op, name, version, nil, err)
 	}
-	return m.view(l), m.auditEnd(ctx, op, name, version, nil, nil)
+	return m.view(l), m.auditEnd(ctx, op, name, version, marked(nil, l), nil)
 }
 
 // Destroy erases a version's material for good (crypto-shredding).
@@ -635,7 +725,8 @@ func (m *Manager) Destroy(ctx context.Context, name string, version uint32) (Vie
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.destroy", name, version, nil, err)
 	}
-	return m.view(l), m.auditEnd(ctx, "key.destroy", name, version, nil, nil)
+	return m.view(l), m.auditEnd(ctx, "key.destroy", name, version,
+		marked(map[string]string{"destroyed_version": fmt.Sprint(version)}, l), nil)
 }
 
 // usable checks that version v of l may decrypt.
@@ -959,7 +1050,7 @@ func (m *Manager) auditBatch(ctx context.Context, op, key string, v uint32, n, f
 
 // KeyAges reports, for metrics, each key's age since its last rotation.
 func (m *Manager) KeyAges(ctx context.Context) (map[string]time.Duration, error) {
-	keys, err := m.List(ctx, "")
+	keys, err := m.listHealthy(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -3,14 +3,56 @@ package server
 import (
 	"context"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/audit"
 	"github.com/wardproject/ward/internal/kms"
 )
+
+// auditWitness lets the KMS check every key record it loads against the
+// newest revision the audit log recorded for it (rollback detection).
+type auditWitness struct{ idx *audit.RevisionIndex }
+
+func (w auditWitness) Latest(ctx context.Context, name string) (kms.Mark, bool, error) {
+	m, ok, err := w.idx.Latest(ctx, name)
+	return kms.Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, err
+}
+
+// kmsWitness is the KMS option that ties key records to the audit log l.
+func kmsWitness(l *audit.Log) kms.Option {
+	return kms.WithWitness(auditWitness{idx: audit.NewRevisionIndex(l)})
+}
+
+// integrityCollector exports the rollbacks the authority detected since it
+// was last unsealed: key records older than the audit log says, and the
+// stored audit log going backwards.
+type integrityCollector struct{ s *Server }
+
+var (
+	keyRollbackDesc = prometheus.NewDesc("ward_kms_key_record_rollbacks_detected_total",
+		"Key records refused since unseal because they were older than (or differed from) the revision the audit log recorded.", nil, nil)
+	auditRollbackDesc = prometheus.NewDesc("ward_audit_rollbacks_detected_total",
+		"Times since unseal the stored audit log was found shorter than, or different from, what the authority had already seen.", nil, nil)
+)
+
+func (c *integrityCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keyRollbackDesc
+	ch <- auditRollbackDesc
+}
+
+func (c *integrityCollector) Collect(ch chan<- prometheus.Metric) {
+	var keys, logs float64
+	if st, err := c.s.state(); err == nil {
+		keys, logs = float64(st.kms.RollbacksDetected()), float64(st.audit.RollbacksDetected())
+	}
+	ch <- prometheus.MustNewConstMetric(keyRollbackDesc, prometheus.CounterValue, keys)
+	ch <- prometheus.MustNewConstMetric(auditRollbackDesc, prometheus.CounterValue, logs)
+}
 
 // kmsError maps a KMS error to a gRPC status.
 func kmsError(err error) error {
@@ -33,6 +75,8 @@ func kmsError(err error) error {
 		code = codes.Aborted
 	case kms.KindUnavailable:
 		code = codes.Unavailable
+	case kms.KindRolledBack:
+		code = codes.DataLoss
 	}
 	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
 		return err

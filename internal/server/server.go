@@ -86,6 +86,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	srv.seals = seal.NewManager(raw, b, s)
 	_, srv.auto = s.(seal.AutoSeal)
 	srv.metrics = newMetrics(srv)
+	srv.metrics.reg.MustRegister(&integrityCollector{s: srv})
 	return srv, nil
 }
 
@@ -269,12 +270,12 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	if err != nil {
 		return err
 	}
-	alog, err := audit.Open(ctx, bs, signer, "ward/"+s.cfg.TrustDomain)
+	alog, err := audit.Open(ctx, bs, signer, "ward/"+s.cfg.TrustDomain, audit.WithLogger(s.log))
 	if err != nil {
 		return fmt.Errorf("opening the audit log: %w", err)
 	}
 	st := &unsealedState{audit: alog, hasher: hasher}
-	st.kms, err = kms.New(bs, pathKey, s.table, &kmsAuditor{s: s, st: st}, kms.WithLogger(s.log))
+	st.kms, err = kms.New(bs, pathKey, s.table, &kmsAuditor{s: s, st: st}, kms.WithLogger(s.log), kmsWitness(alog))
 	if err != nil {
 		alog.Close()
 		return err
