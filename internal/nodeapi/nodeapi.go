@@ -3,8 +3,10 @@
 // agent SVID, sync the registration entries they serve and have workload
 // X509- and JWT-SVIDs signed. The server authenticates as
 // spiffe://TD/ward/server with an X509-SVID from the CA, renewed at half
-// life; Attest is the only call allowed without a client certificate, every
-// other call needs the current SVID of a registered, non-evicted agent.
+// life; Attest is the only call allowed without a client certificate. The
+// agent methods need the current SVID of a registered, non-evicted agent;
+// the workload methods (the KMS) need a workload SVID, never one in the
+// reserved /ward/ namespace (see Server.authenticate).
 // Every issuance is audited; nothing is released if its event cannot be
 // written.
 package nodeapi
@@ -21,6 +23,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -176,19 +179,6 @@ func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// verifyAgent checks that raw is an X509-SVID of this trust domain, valid
-// now against the current bundle, naming an agent.
-func (s *Server) verifyAgent(raw [][]byte) (spiffeid.ID, error) {
-	id, err := s.verifySVID(raw)
-	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("agent SVID rejected: %v", err)
-	}
-	if !registry.IsAgentID(s.td, id) {
-		return spiffeid.ID{}, fmt.Errorf("client SVID %s is not an agent ID (spiffe://%s%s...)", id, s.td.Name(), registry.AgentIDPrefix)
-	}
-	return id, nil
-}
-
 // certificate returns the server's X509-SVID, signing a new one when none
 // exists, past half life, or when the CA's active intermediate changed.
 func (s *Server) certificate() (*tls.Certificate, error) {
@@ -332,8 +322,30 @@ func (s *Server) taintedIn(raw [][]byte) string {
 	return ""
 }
 
+// reserved reports whether id is in the /ward/ namespace, which belongs to
+// the authority (spiffe://TD/ward/server) and its agents
+// (spiffe://TD/ward/agent/...); registry entries can never name it.
+func reserved(id spiffeid.ID) bool {
+	return id.Path() == "/ward" || strings.HasPrefix(id.Path(), "/ward/")
+}
+
 // authenticate re-verifies the caller's SVID (a connection may outlive its
-// certificate or the root that signed it) and checks the agent record.
+// certificate or the root that signed it) and decides who it is. Every
+// Node API method passes here, so here is where identity is settled:
+//
+//   - Attest needs no SVID (it is how a node gets one).
+//   - An ID in the reserved /ward/ namespace is never a workload. It must
+//     be an agent ID whose record exists, is not evicted and names this
+//     very certificate (registry.Authorize: current serial, or the previous
+//     one until it expires); otherwise the call is refused whatever the
+//     method. An agent may call the agent methods (and WatchPolicy) only:
+//     it is not a workload, so the workload methods (the KMS) refuse it
+//     even when it is current. spiffe://TD/ward/server and any other
+//     /ward/ path are refused outright.
+//   - Any other SVID of the trust domain is a workload and may call the
+//     WorkloadMethods only (authorization is then the service's job).
+//
+// A certificate chaining to a tainted CA key may only call RenewAgent.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
 	actor := "node:unauthenticated"
@@ -353,13 +365,23 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if method == attestMethod {
 		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: reqctx.RequestIDFrom(ctx)}), nil
 	}
-	if s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method) {
-		if leaf == nil {
+	workload := s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method)
+	if leaf == nil {
+		if workload {
 			return nil, status.Error(codes.Unauthenticated, "this call needs your workload's X509-SVID as TLS client certificate (from the SPIFFE Workload API)")
 		}
-		id, err := s.verifySVID(raw)
-		if err != nil {
+		return nil, status.Error(codes.Unauthenticated, "this call needs an agent SVID as TLS client certificate: attest first")
+	}
+	id, err := s.verifySVID(raw)
+	if err != nil {
+		if workload {
 			return nil, status.Errorf(codes.Unauthenticated, "%v: fetch a fresh SVID from the Workload API", err)
+		}
+		return nil, status.Errorf(codes.Unauthenticated, "agent SVID rejected: %v: renew or attest again", err)
+	}
+	if !reserved(id) {
+		if !workload {
+			return nil, status.Errorf(codes.Unauthenticated, "client SVID %s is not an agent ID (spiffe://%s%s...): %s is for agents", id, s.td.Name(), registry.AgentIDPrefix, method)
 		}
 		if kid := s.taintedIn(raw[1:]); kid != "" {
 			return nil, status.Errorf(codes.Unauthenticated, "workload SVID chains to tainted CA key %s: fetch a re-issued SVID from the Workload API", kid)
@@ -367,12 +389,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: reqctx.RequestIDFrom(ctx)})
 		return context.WithValue(ctx, workloadKey{}, id), nil
 	}
-	if leaf == nil {
-		return nil, status.Error(codes.Unauthenticated, "this call needs an agent SVID as TLS client certificate: attest first")
-	}
-	id, err := s.verifyAgent(raw)
-	if err != nil {
-		return nil, status.Errorf(codes.Unauthenticated, "%v: renew or attest again", err)
+	// The reserved namespace: only a current agent gets through.
+	if !registry.IsAgentID(s.td, id) {
+		return nil, status.Errorf(codes.PermissionDenied, "client SVID %s is in the reserved /ward/ namespace but is not an agent ID: it may not call the Node API", id)
 	}
 	ctx = reqctx.With(ctx, reqctx.Caller{Actor: id.String(), RequestID: reqctx.RequestIDFrom(ctx)})
 	if kid := s.taintedIn(raw[1:]); kid != "" && method != renewMethod {
@@ -380,6 +399,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	}
 	if _, err := s.cfg.Registry.Authorize(ctx, id, leaf.SerialNumber.Text(16)); err != nil {
 		return nil, Status(err)
+	}
+	if workload {
+		return nil, status.Errorf(codes.PermissionDenied, "agent %s may not call %s: an agent SVID is not a workload identity; call with the workload's own SVID (register an entry for it)", id, method)
 	}
 	return context.WithValue(ctx, agentKey{}, id), nil
 }
@@ -392,17 +414,32 @@ func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerI
 	return h(ctx, req)
 }
 
+// ctxStream carries the authenticated context and re-authenticates the
+// caller before every message it sends: a long-lived stream (WatchPolicy)
+// must end when its agent is evicted, its SVID superseded or expired, or
+// its CA key tainted, not run on with the identity it had when it opened.
 type ctxStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx    context.Context
+	method string
+	s      *Server
 }
 
 func (c ctxStream) Context() context.Context { return c.ctx }
+
+func (c ctxStream) SendMsg(m any) error {
+	if c.method != attestMethod {
+		if _, err := c.s.authenticate(c.ServerStream.Context(), c.method); err != nil {
+			return err
+		}
+	}
+	return c.ServerStream.SendMsg(m)
+}
 
 func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
 	}
-	return h(srv, ctxStream{ss, ctx})
+	return h(srv, ctxStream{ss, ctx, info.FullMethod, s})
 }

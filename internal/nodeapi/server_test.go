@@ -41,7 +41,11 @@ type harness struct {
 	offset    atomic.Int64 // clock offset, ns
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessWith(t, nil) }
+
+// newHarnessWith lets a test adjust the Config (extra services, audit
+// source) before the server starts.
+func newHarnessWith(t testing.TB, adjust func(*Config)) *harness {
 	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "n.db"))
 	if err != nil {
@@ -68,7 +72,11 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
-	h.srv, err = New(Config{CA: h.ca, Registry: h.reg, Audit: auditFn, Clock: clock, DNSNames: []string{"ward.example.org"}})
+	cfg := Config{CA: h.ca, Registry: h.reg, Audit: auditFn, Clock: clock, DNSNames: []string{"ward.example.org"}}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	h.srv, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +90,13 @@ func newHarness(t *testing.T) *harness {
 	return h
 }
 
-func (h *harness) client(t *testing.T, svid *x509svid.SVID) wardv1.NodeClient {
+func (h *harness) client(t testing.TB, svid *x509svid.SVID) wardv1.NodeClient {
+	t.Helper()
+	return wardv1.NewNodeClient(h.conn(t, svid))
+}
+
+// conn dials the Node API, with svid as client certificate unless nil.
+func (h *harness) conn(t testing.TB, svid *x509svid.SVID) *grpc.ClientConn {
 	t.Helper()
 	b, err := h.ca.Bundle()
 	if err != nil {
@@ -99,10 +113,10 @@ func (h *harness) client(t *testing.T, svid *x509svid.SVID) wardv1.NodeClient {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return wardv1.NewNodeClient(conn)
+	return conn
 }
 
-func csr(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
+func csr(t testing.TB) ([]byte, *ecdsa.PrivateKey) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
@@ -111,7 +125,7 @@ func csr(t *testing.T) ([]byte, *ecdsa.PrivateKey) {
 	return der, key
 }
 
-func svidOf(t *testing.T, chain [][]byte, key *ecdsa.PrivateKey) *x509svid.SVID {
+func svidOf(t testing.TB, chain [][]byte, key *ecdsa.PrivateKey) *x509svid.SVID {
 	t.Helper()
 	s, err := x509svid.ParseRaw(concat(chain), mustPKCS8(t, key))
 	if err != nil {
@@ -128,7 +142,7 @@ func concat(bs [][]byte) []byte {
 	return out
 }
 
-func mustPKCS8(t *testing.T, k *ecdsa.PrivateKey) []byte {
+func mustPKCS8(t testing.TB, k *ecdsa.PrivateKey) []byte {
 	b, err := x509.MarshalPKCS8PrivateKey(k)
 	if err != nil {
 		t.Fatal(err)
@@ -136,7 +150,7 @@ func mustPKCS8(t *testing.T, k *ecdsa.PrivateKey) []byte {
 	return b
 }
 
-func (h *harness) token(t *testing.T) string {
+func (h *harness) token(t testing.TB) string {
 	t.Helper()
 	tok, err := h.reg.CreateJoinToken(context.Background(), time.Minute, "")
 	if err != nil {
@@ -145,7 +159,7 @@ func (h *harness) token(t *testing.T) string {
 	return tok.Token
 }
 
-func (h *harness) attest(t *testing.T, token string) (*x509svid.SVID, error) {
+func (h *harness) attest(t testing.TB, token string) (*x509svid.SVID, error) {
 	t.Helper()
 	stream, err := h.client(t, nil).Attest(context.Background())
 	if err != nil {

@@ -191,3 +191,69 @@ func TestPrincipalLabelsReachPolicy(t *testing.T) {
 		t.Fatalf("current version after the label change: %v %v", pv.GetVersion(), err)
 	}
 }
+
+// TestWorkloadKMSRefusesAgentSVIDs runs the red team's attack end to end:
+// with a policy that permits kms:encrypt to every principal of the trust
+// domain, an evicted agent's SVID, an agent SVID superseded by renewal and
+// even a current agent's SVID are refused by the workload KMS (the /ward/
+// namespace holds no workloads), while a workload's SVID is served.
+func TestWorkloadKMSRefusesAgentSVIDs(t *testing.T) {
+	e := startIdentity(t)
+	ctx := context.Background()
+	admin, err := client.Dial(e.srv.AdminAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	if _, err := admin.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "team/data", Classification: "internal"}); err != nil {
+		t.Fatal(err)
+	}
+	pol := `@id("whole-domain-encrypts")
+permit(principal in TrustDomain::"` + testTD + `", action == Action::"kms:encrypt", resource);`
+	if _, err := admin.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"kms.cedar": []byte(pol)}}); err != nil {
+		t.Fatal(err)
+	}
+	workload := e.workloadKMS(t, e.workloadSVID(t, "/app"))
+	encrypt := func(k wardv1.KMSClient) error {
+		_, err := k.Encrypt(ctx, &wardv1.EncryptRequest{Key: "team/data", Plaintext: []byte("x")})
+		return err
+	}
+	// The engine follows the store's watch: bounded wait for the version.
+	deadline := time.Now().Add(5 * time.Second)
+	for err = encrypt(workload); err != nil && time.Now().Before(deadline); err = encrypt(workload) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("workload under a permitting policy: %v", err)
+	}
+
+	current := e.joinAgent(t, "current")
+	evicted := e.joinAgent(t, "evicted")
+	if _, err := e.agents.EvictAgent(ctx, &wardv1.EvictAgentRequest{SpiffeId: evicted.ID.String()}); err != nil {
+		t.Fatal(err)
+	}
+	first := e.joinAgent(t, "renewed")
+	svid := first
+	for range 2 {
+		der, key := newCSR(t)
+		r, err := e.nodeClient(t, svid).RenewAgent(ctx, &wardv1.RenewAgentRequest{Csr: der})
+		if err != nil {
+			t.Fatal(err)
+		}
+		svid = toSVID(t, r.Chain, key)
+	}
+	for _, tc := range []struct {
+		name string
+		svid *x509svid.SVID
+		msg  string
+	}{
+		{"evicted agent", evicted, "evicted"},
+		{"superseded agent SVID", first, "no longer its current one"},
+		{"current agent", current, "not a workload identity"},
+	} {
+		err := encrypt(e.workloadKMS(t, tc.svid))
+		if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%s (%s) calling kms:encrypt: %v; want PermissionDenied %q", tc.name, tc.svid.ID, err, tc.msg)
+		}
+	}
+}
