@@ -24,13 +24,22 @@ const (
 // Defaults and bounds of the configuration.
 const (
 	DefaultMaxConnections   = 10000
-	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultHandshakeTimeout = 5 * time.Second
 	DefaultIdleTimeout      = 5 * time.Minute
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultDialTimeout      = 5 * time.Second
 	DefaultPolicyPoll       = time.Second
 	MaxPolicyPoll           = 10 * time.Second
 	MinPolicyPoll           = 50 * time.Millisecond
+)
+
+// Per-source limits. max_connections_per_source defaults to a tenth of
+// max_connections, but not below DefaultMaxHandshakesPerSource (nor above
+// max_connections); max_handshakes_per_source to
+// DefaultMaxHandshakesPerSource (at most max_connections_per_source).
+const (
+	DefaultMaxHandshakesPerSource = 64
+	MaxHandshakeTimeout           = time.Minute
 )
 
 // Config is `ward proxy --config proxy.yaml`. See docs/proxy.md.
@@ -56,7 +65,18 @@ type Config struct {
 	// (default 1s, 50ms..10s). SIGHUP reloads at once.
 	PolicyPollInterval config.Duration `yaml:"policy_poll_interval"`
 
-	MaxConnections   int             `yaml:"max_connections"`
+	// MaxConnections bounds open connections over all listeners.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxConnectionsPerSource bounds the open connections of one source
+	// (TCP peer IP; IPv6 per /64) on inbound TCP listeners (default: a
+	// tenth of max_connections but at least 64, at most max_connections).
+	MaxConnectionsPerSource int `yaml:"max_connections_per_source"`
+	// MaxHandshakesPerSource bounds one source's inbound connections that
+	// have not completed the TLS handshake, i.e. not presented and proved
+	// a certificate (default 64, at most max_connections_per_source).
+	MaxHandshakesPerSource int `yaml:"max_handshakes_per_source"`
+	// HandshakeTimeout closes a connection whose TLS handshake has not
+	// completed (default 5s, at most 1m).
 	HandshakeTimeout config.Duration `yaml:"handshake_timeout"`
 	IdleTimeout      config.Duration `yaml:"idle_timeout"`
 	DrainTimeout     config.Duration `yaml:"drain_timeout"`
@@ -145,6 +165,12 @@ func (c *Config) defaults() {
 	if c.MaxConnections == 0 {
 		c.MaxConnections = DefaultMaxConnections
 	}
+	if c.MaxConnectionsPerSource == 0 {
+		c.MaxConnectionsPerSource = max(c.MaxConnections/10, min(c.MaxConnections, DefaultMaxHandshakesPerSource), 1)
+	}
+	if c.MaxHandshakesPerSource == 0 {
+		c.MaxHandshakesPerSource = max(1, min(DefaultMaxHandshakesPerSource, c.MaxConnectionsPerSource))
+	}
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = "1.3"
 	}
@@ -180,6 +206,16 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxConnections < 1 {
 		bad("max_connections %d must be at least 1", c.MaxConnections)
+	}
+	if c.MaxConnectionsPerSource < 1 || c.MaxConnectionsPerSource > c.MaxConnections {
+		bad("max_connections_per_source %d must be between 1 and max_connections (%d): it keeps one host from taking every slot; "+
+			"behind a load balancer or NAT that hides callers' addresses raise it (up to max_connections)", c.MaxConnectionsPerSource, c.MaxConnections)
+	}
+	if c.MaxHandshakesPerSource < 1 || c.MaxHandshakesPerSource > c.MaxConnectionsPerSource {
+		bad("max_handshakes_per_source %d must be between 1 and max_connections_per_source (%d)", c.MaxHandshakesPerSource, c.MaxConnectionsPerSource)
+	}
+	if h := time.Duration(c.HandshakeTimeout); h > MaxHandshakeTimeout {
+		bad("handshake_timeout %s is longer than %s: connections that have not presented a certificate hold a slot that long; use a few seconds", h, MaxHandshakeTimeout)
 	}
 	if p := time.Duration(c.PolicyPollInterval); p < MinPolicyPoll || p > MaxPolicyPoll {
 		bad("policy_poll_interval %s must be between %s and %s", p, MinPolicyPoll, MaxPolicyPoll)

@@ -37,6 +37,108 @@ type connState struct {
 	errText    string
 	bytesIn    atomic.Int64
 	bytesOut   atomic.Int64
+
+	// Per-source accounting (inbound TCP listeners): src is the key the
+	// connection counts under in limits; handshaking is true until
+	// handshakeDone.
+	limits      *sourceLimits
+	src         string
+	handshaking atomic.Bool
+}
+
+// handshakeDone releases the connection's pre-handshake slot of its
+// source (max_handshakes_per_source); it may be called more than once.
+func (c *connState) handshakeDone() {
+	if c.limits != nil && c.handshaking.CompareAndSwap(true, false) {
+		c.limits.endHandshake(c.src)
+	}
+}
+
+// Reasons a connection is refused at accept (label of
+// ward_proxy_connections_rejected_total).
+const (
+	rejectMaxConnections  = "max_connections"
+	rejectPerSource       = "per_source"
+	rejectPerSourceShakes = "per_source_handshakes"
+	rejectDraining        = "draining"
+)
+
+// sourceLimits counts the open and the not yet handshaken connections of
+// each source, so that one host cannot take every slot of max_connections
+// (or hold them with idle connections that never present a certificate).
+// A source is the TCP peer's IP address; IPv6 addresses count per /64,
+// the block one host usually has. The proxy reads no PROXY header from
+// its callers, so the address is always the real TCP peer's.
+type sourceLimits struct {
+	maxOpen, maxHandshakes int
+
+	mu sync.Mutex
+	m  map[string]*sourceCount
+}
+
+type sourceCount struct{ open, handshaking int }
+
+func newSourceLimits(maxOpen, maxHandshakes int) *sourceLimits {
+	return &sourceLimits{maxOpen: maxOpen, maxHandshakes: maxHandshakes, m: map[string]*sourceCount{}}
+}
+
+// sourceKey names the source of a connection from a, or "" when a is not
+// a TCP address (unix sockets: no per-source limit).
+func sourceKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP == nil {
+		return ""
+	}
+	if v4 := ta.IP.To4(); v4 != nil {
+		return v4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// acquire counts a new connection of key as open and handshaking, or
+// returns the reason it is refused.
+func (l *sourceLimits) acquire(key string) (reason string, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc := l.m[key]
+	if sc == nil {
+		sc = &sourceCount{}
+		l.m[key] = sc
+	}
+	switch {
+	case sc.handshaking >= l.maxHandshakes:
+		return rejectPerSourceShakes, false
+	case sc.open >= l.maxOpen:
+		return rejectPerSource, false
+	}
+	sc.open++
+	sc.handshaking++
+	return "", true
+}
+
+func (l *sourceLimits) endHandshake(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if sc := l.m[key]; sc != nil && sc.handshaking > 0 {
+		sc.handshaking--
+	}
+}
+
+// release ends an open connection of key (its handshake slot must have
+// been released by handshakeDone already).
+func (l *sourceLimits) release(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc := l.m[key]
+	if sc == nil {
+		return
+	}
+	if sc.open > 0 {
+		sc.open--
+	}
+	if sc.open == 0 && sc.handshaking == 0 {
+		delete(l.m, key)
+	}
 }
 
 func newConnState(listener string, inbound bool, raw net.Conn) *connState {

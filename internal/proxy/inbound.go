@@ -64,6 +64,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.HandshakeTimeout))
 	err := tc.HandshakeContext(ctx)
 	cancel()
+	c.handshakeDone() // per-source pre-handshake slot (conn.go)
 	if err != nil {
 		reason := handshakeReason(err)
 		p.m.handshakeFail.WithLabelValues(c.listener, reason).Inc()

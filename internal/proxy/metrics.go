@@ -47,7 +47,7 @@ func newMetrics(svidExpiry func() float64) *metrics {
 		Help:    "Time to decide a connection against the policy.",
 		Buckets: []float64{1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2}})
 	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_connections_rejected_total",
-		Help: "Connections refused before the handshake or the app dial, by reason (max_connections, draining, dial_app, dial_remote)."},
+		Help: "Connections refused before the handshake or the app dial, by reason (max_connections, per_source, per_source_handshakes, draining, dial_app, dial_remote)."},
 		[]string{"listener", "reason"})
 	m.policyClosed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_connections_closed_by_policy_total",
 		Help: "Open connections closed because a new policy version or deny-list denies their peer."}, []string{"listener"})

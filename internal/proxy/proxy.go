@@ -42,10 +42,11 @@ type Proxy struct {
 	access *slog.Logger
 	m      *metrics
 
-	sem      chan struct{}
-	srcReady atomic.Bool // p.src is set (the admin endpoint may read it)
-	draining atomic.Bool
-	started  chan struct{}
+	sem       chan struct{}
+	srcLimits *sourceLimits
+	srcReady  atomic.Bool // p.src is set (the admin endpoint may read it)
+	draining  atomic.Bool
+	started   chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*connState]struct{}
@@ -85,12 +86,13 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		return nil, err
 	}
 	p := &Proxy{
-		cfg:     cfg,
-		engine:  policy.NewEngine(),
-		sem:     make(chan struct{}, cfg.MaxConnections),
-		started: make(chan struct{}),
-		conns:   map[*connState]struct{}{},
-		addrs:   map[string]net.Addr{},
+		cfg:       cfg,
+		engine:    policy.NewEngine(),
+		sem:       make(chan struct{}, cfg.MaxConnections),
+		srcLimits: newSourceLimits(cfg.MaxConnectionsPerSource, cfg.MaxHandshakesPerSource),
+		started:   make(chan struct{}),
+		conns:     map[*connState]struct{}{},
+		addrs:     map[string]net.Addr{},
 	}
 	for _, o := range opts {
 		o(p)
@@ -316,7 +318,8 @@ func (p *Proxy) addListener(name string, l net.Listener) {
 }
 
 // acceptLoop accepts on l and runs handle for each connection under the
-// max_connections limit.
+// max_connections limit and, for inbound TCP listeners, the per-source
+// limits (max_connections_per_source, max_handshakes_per_source).
 func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*connState, net.Conn)) {
 	for {
 		raw, err := l.Accept()
@@ -336,14 +339,31 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 		select {
 		case p.sem <- struct{}{}:
 		default:
-			p.m.rejected.WithLabelValues(name, "max_connections").Inc()
+			p.m.rejected.WithLabelValues(name, rejectMaxConnections).Inc()
 			raw.Close()
 			continue
 		}
 		c := newConnState(name, direction == "inbound", raw)
+		// Inbound TCP connections also count against their source's
+		// limits until they close (open) and until their TLS handshake
+		// ends (handshaking), so one host cannot hold every slot.
+		if key := sourceKey(raw.RemoteAddr()); direction == "inbound" && key != "" {
+			if reason, ok := p.srcLimits.acquire(key); !ok {
+				<-p.sem
+				p.m.rejected.WithLabelValues(name, reason).Inc()
+				raw.Close()
+				continue
+			}
+			c.limits, c.src = p.srcLimits, key
+			c.handshaking.Store(true)
+		}
 		if !p.track(c) {
 			<-p.sem
-			p.m.rejected.WithLabelValues(name, "draining").Inc()
+			c.handshakeDone()
+			if c.limits != nil {
+				c.limits.release(c.src)
+			}
+			p.m.rejected.WithLabelValues(name, rejectDraining).Inc()
 			raw.Close()
 			continue
 		}
@@ -354,6 +374,10 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 			defer func() {
 				open.Dec()
 				c.closeAll()
+				c.handshakeDone()
+				if c.limits != nil {
+					c.limits.release(c.src)
+				}
 				<-p.sem
 				p.untrack(c)
 			}()

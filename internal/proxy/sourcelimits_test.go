@@ -1,0 +1,113 @@
+package proxy
+
+import (
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSourceKey(t *testing.T) {
+	for _, tc := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.2"), Port: 1}, "127.0.0.2"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:10.1.2.3"), Port: 1}, "10.1.2.3"}, // v4-mapped counts as v4
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:aaaa::1"), Port: 1}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:bbbb::9"), Port: 2}, "2001:db8:1:2::/64"}, // same /64, same source
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 1}, "2001:db8:1:3::/64"},
+		{&net.UnixAddr{Name: "@", Net: "unix"}, ""},
+		{&net.TCPAddr{}, ""},
+	} {
+		if got := sourceKey(tc.addr); got != tc.want {
+			t.Errorf("sourceKey(%v) = %q, want %q", tc.addr, got, tc.want)
+		}
+	}
+}
+
+func TestSourceLimits(t *testing.T) {
+	l := newSourceLimits(3, 2)
+	// Two handshaking: the third is refused as pre-handshake.
+	for i := 0; i < 2; i++ {
+		if r, ok := l.acquire("a"); !ok {
+			t.Fatalf("acquire %d: %s", i, r)
+		}
+	}
+	if r, ok := l.acquire("a"); ok || r != rejectPerSourceShakes {
+		t.Fatalf("third pre-handshake connection: %q %v", r, ok)
+	}
+	// Another source is not affected.
+	if _, ok := l.acquire("b"); !ok {
+		t.Fatal("source b refused because of a")
+	}
+	// Handshakes done: one more fits (3 open), then per_source.
+	l.endHandshake("a")
+	l.endHandshake("a")
+	if _, ok := l.acquire("a"); !ok {
+		t.Fatal("third connection refused after handshakes ended")
+	}
+	l.endHandshake("a")
+	if r, ok := l.acquire("a"); ok || r != rejectPerSource {
+		t.Fatalf("fourth open connection: %q %v", r, ok)
+	}
+	for i := 0; i < 3; i++ {
+		l.release("a")
+	}
+	l.endHandshake("b")
+	l.release("b")
+	if len(l.m) != 0 {
+		t.Fatalf("counts left after every release: %v", l.m)
+	}
+	// Releasing more than acquired does not go negative.
+	l.release("a")
+	l.endHandshake("a")
+	if _, ok := l.acquire("a"); !ok {
+		t.Fatal("acquire after stray releases")
+	}
+	if l.m["a"].open != 1 || l.m["a"].handshaking != 1 {
+		t.Fatalf("counts %+v", *l.m["a"])
+	}
+}
+
+func TestLimitDefaultsAndValidation(t *testing.T) {
+	for _, tc := range []struct {
+		max, wantSrc, wantShakes int
+	}{
+		{0, 1000, 64}, // defaults: max_connections 10000
+		{300, 64, 64},
+		{1000, 100, 64},
+		{20, 20, 20},
+		{1, 1, 1},
+	} {
+		c, err := ParseConfig([]byte(goodConfig + "\nmax_connections: " + itoa(tc.max)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.MaxConnectionsPerSource != tc.wantSrc || c.MaxHandshakesPerSource != tc.wantShakes {
+			t.Errorf("max_connections %d: per source %d, handshakes %d; want %d, %d", tc.max, c.MaxConnectionsPerSource, c.MaxHandshakesPerSource, tc.wantSrc, tc.wantShakes)
+		}
+		if time.Duration(c.HandshakeTimeout) != 5*time.Second {
+			t.Errorf("default handshake_timeout %s, want 5s", time.Duration(c.HandshakeTimeout))
+		}
+	}
+	for _, tc := range []struct{ edit, want string }{
+		{"\nmax_connections: 100\nmax_connections_per_source: 101", "max_connections_per_source 101 must be between 1 and max_connections (100)"},
+		{"\nmax_connections_per_source: -1", "max_connections_per_source -1"},
+		{"\nmax_connections_per_source: 10\nmax_handshakes_per_source: 11", "max_handshakes_per_source 11 must be between 1 and max_connections_per_source (10)"},
+		{"\nmax_handshakes_per_source: -2", "max_handshakes_per_source -2"},
+		{"\nhandshake_timeout: 5m", "handshake_timeout 5m0s is longer than 1m0s"},
+	} {
+		_, err := ParseConfig([]byte(goodConfig + tc.edit))
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: error %v, want %q", tc.edit, err, tc.want)
+		}
+	}
+	c, err := ParseConfig([]byte(goodConfig + "\nmax_connections_per_source: 10000\nmax_handshakes_per_source: 500\nhandshake_timeout: 2s"))
+	if err != nil || c.MaxConnectionsPerSource != 10000 || c.MaxHandshakesPerSource != 500 || time.Duration(c.HandshakeTimeout) != 2*time.Second {
+		t.Fatalf("explicit limits: %+v %v", c, err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
