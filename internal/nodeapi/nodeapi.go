@@ -77,6 +77,9 @@ type Config struct {
 	// domain may call (authorization is then the service's job); every
 	// other method needs an agent SVID.
 	WorkloadMethod func(fullMethod string) bool
+	// MaxConcurrentAttests bounds attestations in progress (default 64);
+	// more are refused with ResourceExhausted.
+	MaxConcurrentAttests int
 }
 
 // MaxBatch is the largest number of SVIDs one SignX509SVIDs call may ask for.
@@ -88,7 +91,12 @@ const maxCSR = 16 << 10
 type Server struct {
 	cfg  Config
 	td   spiffeid.TrustDomain
-	grpc *grpc.Server
+	grpc *grpc.Server // connections that presented a verified SVID
+	anon *grpc.Server // connections without a client certificate: Attest only
+
+	authLn, anonLn *chanListener
+	attests        chan struct{} // semaphore: attestations in progress
+	anonConns      atomic.Int64
 
 	certMu sync.Mutex
 	cert   atomic.Pointer[serverCert]
@@ -122,18 +130,43 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("nodeapi: node_api_dns_names: %v", err)
 		}
 	}
-	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain()}
+	if cfg.MaxConcurrentAttests <= 0 {
+		cfg.MaxConcurrentAttests = defaultMaxAttests
+	}
+	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain(), attests: make(chan struct{}, cfg.MaxConcurrentAttests)}
+	s.authLn, s.anonLn = newChanListener(), newChanListener()
+	// See limits.go: the listener does the TLS handshake and sends each
+	// connection to one of two servers by whether it presented a verified
+	// SVID, so an unauthenticated peer never gets the large message limit.
 	s.grpc = grpc.NewServer(
-		grpc.Creds(credentials.NewTLS(s.TLSConfig())),
+		grpc.Creds(handshaken{}),
 		grpc.ChainUnaryInterceptor(s.authUnary),
 		grpc.ChainStreamInterceptor(s.authStream),
-		grpc.MaxRecvMsgSize(32<<20), grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxRecvMsgSize(maxAuthenticatedMsg), grpc.MaxSendMsgSize(64<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ConnectionTimeout(10*time.Second),
+		grpc.ConnectionTimeout(handshakeTimeout),
 	)
-	wardv1.RegisterNodeServer(s.grpc, &nodeService{s: s})
-	if cfg.Register != nil {
-		cfg.Register(s.grpc)
+	s.anon = grpc.NewServer(
+		grpc.Creds(handshaken{}),
+		grpc.ChainUnaryInterceptor(s.authUnary),
+		grpc.ChainStreamInterceptor(s.anonStream),
+		grpc.MaxRecvMsgSize(maxAttestMsg), grpc.MaxSendMsgSize(1<<20),
+		// Static windows (this also turns off BDP window growth): an
+		// unauthenticated connection has at most this much in flight
+		// towards us, whatever message length it announces.
+		grpc.InitialWindowSize(maxAttestMsg), grpc.InitialConnWindowSize(maxAttestMsg),
+		grpc.MaxConcurrentStreams(maxAnonStreams),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.ConnectionTimeout(handshakeTimeout),
+	)
+	for _, g := range []*grpc.Server{s.grpc, s.anon} {
+		wardv1.RegisterNodeServer(g, &nodeService{s: s})
+		if cfg.Register != nil {
+			// Also on the anonymous server, so that a call without a
+			// certificate gets authenticate's Unauthenticated, not
+			// Unimplemented.
+			cfg.Register(g)
+		}
 	}
 	return s, nil
 }
@@ -144,6 +177,7 @@ func New(cfg Config) (*Server, error) {
 func (s *Server) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS13,
+		NextProtos:     []string{"h2"},
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return s.certificate() },
 		ClientAuth:     tls.RequestClientCert,
 		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
@@ -240,7 +274,7 @@ func (s *Server) Listen(addr string) error {
 	s.lnMu.Lock()
 	s.ln = ln
 	s.lnMu.Unlock()
-	go s.grpc.Serve(ln)
+	go s.Serve(ln)
 	return nil
 }
 
@@ -249,7 +283,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lnMu.Lock()
 	s.ln = ln
 	s.lnMu.Unlock()
-	return s.grpc.Serve(ln)
+	go s.grpc.Serve(s.authLn)
+	go s.anon.Serve(s.anonLn)
+	return s.route(ln)
 }
 
 // Addr is the bound address, or nil before Listen/Serve.
@@ -264,13 +300,21 @@ func (s *Server) Addr() net.Addr {
 
 // Stop closes the listener and ends open calls (gracefully for up to 5s).
 func (s *Server) Stop() {
+	s.lnMu.Lock()
+	if s.ln != nil {
+		s.ln.Close()
+	}
+	s.lnMu.Unlock()
 	done := make(chan struct{})
-	go func() { s.grpc.GracefulStop(); close(done) }()
+	go func() { s.grpc.GracefulStop(); s.anon.GracefulStop(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		s.grpc.Stop()
+		s.anon.Stop()
 	}
+	s.authLn.Close()
+	s.anonLn.Close()
 }
 
 // --- authentication ---
@@ -363,6 +407,11 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		}
 	}
 	if method == attestMethod {
+		if leaf != nil {
+			// Attest is served on connections without a certificate only,
+			// where messages are bounded to what attestation needs.
+			return nil, status.Error(codes.FailedPrecondition, "Attest is for nodes without an SVID: dial the Node API without a client certificate to attest")
+		}
 		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: reqctx.RequestIDFrom(ctx)}), nil
 	}
 	workload := s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method)
