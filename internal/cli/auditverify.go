@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -17,8 +18,28 @@ import (
 	"github.com/wardproject/ward/internal/store"
 )
 
+// checkpointDir returns where `ward audit verify` remembers checkpoints:
+// <flag or $WARD_STATE_DIR>/checkpoints, else
+// $XDG_STATE_HOME/ward/checkpoints, else ~/.local/state/ward/checkpoints.
+func checkpointDir(flag string) (string, error) {
+	if flag == "" {
+		flag = os.Getenv("WARD_STATE_DIR")
+	}
+	if flag != "" {
+		return filepath.Join(flag, "checkpoints"), nil
+	}
+	if x := os.Getenv("XDG_STATE_HOME"); x != "" && filepath.IsAbs(x) {
+		return filepath.Join(x, "ward", "checkpoints"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no place to remember audit checkpoints: %w; give one with --state-dir or WARD_STATE_DIR", err)
+	}
+	return filepath.Join(home, ".local", "state", "ward", "checkpoints"), nil
+}
+
 func auditVerifyCommand() *cobra.Command {
-	var cpPath, keyPath string
+	var cpPath, keyPath, stateDir string
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Recompute the audit Merkle tree, check the signed checkpoint and (with --checkpoint) consistency with an earlier one",
@@ -28,7 +49,14 @@ Altered, deleted or reordered events are reported with their sequence numbers.
 With --checkpoint FILE (saved earlier by 'ward audit checkpoint -o FILE') it also proves
 that today's log extends that checkpoint: history was only appended to.
 With --public-key FILE the checkpoints must be signed by that key (PEM), not just by
-the key the authority presents.`,
+the key the authority presents.
+
+verify also remembers the newest checkpoint it has verified for each log (by signing key)
+in --state-dir (default $WARD_STATE_DIR, else $XDG_STATE_HOME/ward, else
+~/.local/state/ward; files checkpoints/<key id>.json, mode 0600) and proves every later head
+extends it, as Certificate Transparency monitors do. A log that went backwards (truncated,
+rolled back to an old head, or forked) fails loudly with exit code 1, naming the remembered
+and the current size and root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var earlier *audit.Checkpoint
@@ -53,6 +81,14 @@ the key the authority presents.`,
 					return fmt.Errorf("--public-key %s: %w", keyPath, err)
 				}
 			}
+			memDir, err := checkpointDir(stateDir)
+			if err != nil {
+				return err
+			}
+			mem, err := audit.OpenCheckpointMemory(memDir)
+			if err != nil {
+				return err
+			}
 			c, err := dial(cmd)
 			if err != nil {
 				return err
@@ -73,12 +109,42 @@ the key the authority presents.`,
 					return fmt.Errorf("the authority's public key: %w", err)
 				}
 			}
+			out := cmd.OutOrStdout()
+			remembered, err := mem.Load(cp.KeyID)
+			if err != nil {
+				return err
+			}
+			memPath, _ := mem.Path(cp.KeyID)
+			if remembered != nil {
+				if err := audit.Compare(*remembered, cp); err != nil {
+					var rb *audit.RollbackError
+					if errors.As(err, &rb) {
+						rb.Path = memPath
+					}
+					fmt.Fprintln(out, "PROBLEM", err)
+					return &exitError{code: 1, err: err}
+				}
+			}
 			v := audit.NewVerifier(audit.VerifyOptions{Head: cp, PublicKey: pub, Earlier: earlier})
-			if err := streamRecords(ctx, cmd, c, cp.Size, v); err != nil {
+			vs := []*audit.Verifier{v}
+			var vm *audit.Verifier
+			if remembered != nil {
+				vm = audit.NewVerifier(audit.VerifyOptions{Head: cp, PublicKey: pub, Earlier: remembered})
+				vs = append(vs, vm)
+			}
+			if err := streamRecords(ctx, cmd, c, cp.Size, vs...); err != nil {
 				return err
 			}
 			rep := v.Finish()
-			out := cmd.OutOrStdout()
+			if vm != nil {
+				if mrep := vm.Finish(); rep.OK() && !mrep.Consistent {
+					for _, p := range mrep.Problems {
+						fmt.Fprintln(out, "PROBLEM remembered checkpoint:", p.String())
+					}
+					rb := &audit.RollbackError{Remembered: *remembered, Head: cp, Path: memPath}
+					return &exitError{code: 1, err: fmt.Errorf("%v (the head is larger but does not extend the remembered checkpoint: history was rewritten)", rb)}
+				}
+			}
 			if !rep.OK() {
 				for _, p := range rep.Problems {
 					fmt.Fprintln(out, "PROBLEM", p.String())
@@ -94,17 +160,28 @@ the key the authority presents.`,
 				fmt.Fprintf(out, "OK: consistent with the earlier checkpoint of %d events (%s): history was only appended to\n",
 					earlier.Size, cpPath)
 			}
+			if remembered != nil {
+				fmt.Fprintf(out, "OK: consistent with the checkpoint of %d events remembered from %s (%s)\n",
+					remembered.Size, remembered.Time.UTC().Format(time.RFC3339), memPath)
+			}
+			if err := mem.Remember(cp); err != nil {
+				return &exitError{code: 1, err: err}
+			}
+			if remembered == nil || remembered.Size < cp.Size {
+				fmt.Fprintf(out, "remembered this checkpoint in %s: later verifications must extend it\n", memPath)
+			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&cpPath, "checkpoint", "", "an earlier checkpoint file to prove consistency with")
 	cmd.Flags().StringVar(&keyPath, "public-key", "", "PEM public key the checkpoints must be signed with")
+	cmd.Flags().StringVar(&stateDir, "state-dir", "", "where to remember verified checkpoints (default $WARD_STATE_DIR, $XDG_STATE_HOME/ward or ~/.local/state/ward)")
 	return cmd
 }
 
 // streamRecords feeds records [0, size) to v, with a live count on a
 // terminal.
-func streamRecords(ctx context.Context, cmd *cobra.Command, c *client.Client, size uint64, v *audit.Verifier) error {
+func streamRecords(ctx context.Context, cmd *cobra.Command, c *client.Client, size uint64, vs ...*audit.Verifier) error {
 	stream, err := c.Audit.Read(ctx, &wardv1.ReadAuditRequest{Start: 0, End: size})
 	if err != nil {
 		return client.Unwrap(err)
@@ -127,7 +204,9 @@ func streamRecords(ctx context.Context, cmd *cobra.Command, c *client.Client, si
 				rec.Err = errors.New(r.Error)
 			}
 		}
-		v.Add(rec)
+		for _, v := range vs {
+			v.Add(rec)
+		}
 		progress.add(1)
 	}
 }

@@ -290,3 +290,17 @@ func TestKeyRecordRollbackCases(t *testing.T) {
 }
 
 var _ store.Store = (*boltstore.Store)(nil)
+
+// TestCreateExistingKeyStillSaysExists: the deleted-record check must not
+// change the answer for a key that simply exists.
+func TestCreateExistingKeyStillSaysExists(t *testing.T) {
+	ctx := context.Background()
+	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	a := openAuthority(t, filepath.Join(t.TempDir(), "ward.db"), signer, true)
+	defer a.close()
+	if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.m.Create(ctx, "k", "internal", "")
+	kind(t, err, KindExists)
+}

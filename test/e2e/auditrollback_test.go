@@ -1,0 +1,109 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardproject/ward/internal/store/boltstore"
+)
+
+// `ward audit verify` remembers checkpoints; keep the e2e runs out of the
+// user's ~/.local/state (every test's authority has its own signing key,
+// so they do not collide in one directory).
+func init() {
+	if os.Getenv("WARD_STATE_DIR") == "" {
+		if d, err := os.MkdirTemp("", "ward-e2e-state-"); err == nil {
+			os.Setenv("WARD_STATE_DIR", d)
+		}
+	}
+}
+
+// TestAuditTruncationWithOldHeadIsCaught is the red team's attack: truncate
+// the audit tail in the raw bbolt file and put an old head back. The log is
+// internally consistent again, so only memory catches it: `ward audit
+// verify` must fail loudly because it remembers a newer checkpoint.
+func TestAuditTruncationWithOldHeadIsCaught(t *testing.T) {
+	dir := t.TempDir()
+	state := filepath.Join(t.TempDir(), "state")
+	s := startServer(t, dir, writeConfig(t, dir, ""))
+	shares := s.initAndUnseal()
+	mustWard(t, s.addr, "", "key", "create", "k", "--classification", "internal")
+	out := mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	if !strings.Contains(out, "remembered this checkpoint") {
+		t.Fatalf("first verify did not remember its checkpoint:\n%s", out)
+	}
+	s.stop()
+
+	ctx := context.Background()
+	path := filepath.Join(dir, "ward.db")
+	st, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldHead, err := st.Get(ctx, "audit/head") // the attacker's old copy
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	s.start()
+	s.unseal(shares[:3])
+	for i := 0; i < 20; i++ {
+		mustWard(t, s.addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
+	}
+	out = mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	if !strings.Contains(out, "consistent with the checkpoint of") {
+		t.Fatalf("second verify did not prove consistency with the remembered checkpoint:\n%s", out)
+	}
+	var remembered int
+	if _, err := fmt.Sscanf(out, "OK: %d events", &remembered); err != nil {
+		t.Fatalf("no size in verify output: %v\n%s", err, out)
+	}
+	s.stop()
+
+	// Truncate the tail and restore the old head, bypassing the barrier.
+	st, err = boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := st.List(ctx, "audit/e/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, kv := range events {
+		if kv.Revision > oldHead.Revision {
+			if err := st.Delete(ctx, kv.Key); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if _, err := st.Put(ctx, "audit/head", oldHead.Value); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+
+	s.start()
+	s.unseal(shares[1:4])
+	// Without memory (the old behaviour) the rolled-back log verifies.
+	if r := ward(t, s.addr, "", "audit", "verify", "--state-dir", filepath.Join(t.TempDir(), "fresh")); r.code != 0 {
+		t.Fatalf("precondition: the rolled-back log should verify without memory: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	if r.code == 0 {
+		t.Fatalf("verify passed on a truncated log with an old head:\n%s", r.stdout)
+	}
+	all := r.stdout + r.stderr
+	for _, want := range []string{"AUDIT LOG ROLLBACK", "went BACKWARDS", fmt.Sprintf("but %d events with root", remembered)} {
+		if !strings.Contains(all, want) {
+			t.Errorf("verify output lacks %q:\n%s", want, all)
+		}
+	}
+	// And it keeps failing: the memory did not move back.
+	if r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state); r.code == 0 {
+		t.Fatalf("second verify after the rollback passed:\n%s", r.stdout)
+	}
+}
