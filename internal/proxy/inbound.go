@@ -18,7 +18,8 @@ import (
 )
 
 // Headers set for HTTP apps (peer_identity: http-header). Values sent by
-// the caller under these names are removed first.
+// the caller under these names, in any spelling an app may fold together
+// (case, '-' vs '_'; see stripOwnedHeaders), are removed first.
 const (
 	HeaderPeerID        = "X-Ward-Peer-Id"
 	HeaderCorrelationID = "X-Ward-Correlation-Id"
@@ -236,8 +237,9 @@ func (p *Proxy) newHTTPFront(in *Inbound) *httpFront {
 			c := r.In.Context().Value(ctxKey{}).(*connState)
 			r.SetURL(target)
 			r.Out.Host = r.In.Host
-			r.Out.Header.Del(HeaderPeerID)
-			r.Out.Header.Del(HeaderCorrelationID)
+			// Every spelling an app may fold into these names (header.go).
+			stripOwnedHeaders(r.Out.Header)
+			stripOwnedHeaders(r.Out.Trailer)
 			r.Out.Header.Set(HeaderPeerID, c.req.Principal)
 			r.Out.Header.Set(HeaderCorrelationID, c.id)
 		},
