@@ -14,6 +14,7 @@ package nodeapi
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -39,6 +40,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/audit"
 	"github.com/wardproject/ward/internal/ca"
 	"github.com/wardproject/ward/internal/registry"
 	"github.com/wardproject/ward/internal/reqctx"
@@ -77,9 +79,22 @@ type Config struct {
 	// domain may call (authorization is then the service's job); every
 	// other method needs an agent SVID.
 	WorkloadMethod func(fullMethod string) bool
+	// AuditLog, when set, gives agents the authority's latest signed audit
+	// checkpoint and a consistency proof from the one they last verified
+	// with every Sync, so an agent notices a log that went backwards.
+	AuditLog AuditSource
 	// MaxConcurrentAttests bounds attestations in progress (default 64);
 	// more are refused with ResourceExhausted.
 	MaxConcurrentAttests int
+}
+
+// AuditSource is the authority's audit log as Sync needs it.
+type AuditSource interface {
+	// LatestCheckpoint is the current signed head and the key that signs it.
+	LatestCheckpoint(ctx context.Context) (audit.Checkpoint, crypto.PublicKey, error)
+	// ConsistencyProof proves the tree of oldSize records is a prefix of
+	// the tree of newSize records (RFC 6962).
+	ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error)
 }
 
 // MaxBatch is the largest number of SVIDs one SignX509SVIDs call may ask for.

@@ -243,7 +243,7 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	return &wardv1.AgentSVID{SpiffeId: id.String(), Chain: chainDER(chain), BundleSpiffeJson: bj}, nil
 }
 
-func (n *nodeService) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
+func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
 	s := n.s
 	id := agentFrom(ctx)
 	entries, err := s.cfg.Registry.ListEntries(ctx, registry.ListFilter{ParentID: id.String()})
@@ -259,7 +259,40 @@ func (n *nodeService) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv1.
 	for i, e := range entries {
 		out.Entries[i] = EntryProto(e)
 	}
+	s.auditCheckpoint(ctx, id, r.GetAuditTreeSize(), out)
 	return out, nil
+}
+
+// auditCheckpoint adds the latest signed audit checkpoint and the proof
+// that it extends the agent's known size. Best effort: without them the
+// agent keeps what it has (and learns the entries and bundle it needs).
+func (s *Server) auditCheckpoint(ctx context.Context, agent spiffeid.ID, known uint64, out *wardv1.SyncResponse) {
+	if s.cfg.AuditLog == nil {
+		return
+	}
+	cp, pub, err := s.cfg.AuditLog.LatestCheckpoint(ctx)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: no audit checkpoint for the agent", "agent_id", agent.String(), "err", err)
+		return
+	}
+	var proof [][]byte
+	if known > 0 && known < cp.Size {
+		if proof, err = s.cfg.AuditLog.ConsistencyProof(ctx, known, cp.Size); err != nil {
+			s.cfg.Log.Warn("Sync: no audit consistency proof for the agent", "agent_id", agent.String(), "from", known, "to", cp.Size, "err", err)
+			return
+		}
+	}
+	cj, err := audit.EncodeCheckpoint(cp)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: encoding the audit checkpoint", "err", err)
+		return
+	}
+	pem, err := audit.MarshalPublicKeyPEM(pub)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: encoding the audit key", "err", err)
+		return
+	}
+	out.AuditCheckpoint, out.AuditPublicKeyPem, out.AuditConsistencyProof = cj, pem, proof
 }
 
 // entryFor loads entry id and checks that agent owns it.

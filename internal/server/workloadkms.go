@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"fmt"
 	"strings"
 	"time"
@@ -45,6 +46,24 @@ func (s *Server) runPolicyEngine(ctx context.Context, st *unsealedState) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// auditSource gives the Node API's Sync the audit log's signed head and
+// consistency proofs (agents remember the newest checkpoint they verified).
+type auditSource struct {
+	log    *audit.Log
+	prover *audit.Prover
+}
+
+func newAuditSource(l *audit.Log) auditSource { return auditSource{log: l, prover: audit.NewProver(l)} }
+
+func (a auditSource) LatestCheckpoint(ctx context.Context) (audit.Checkpoint, crypto.PublicKey, error) {
+	cp, err := a.log.Head(ctx)
+	return cp, a.log.PublicKey(), err
+}
+
+func (a auditSource) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error) {
+	return a.prover.ConsistencyProof(ctx, oldSize, newSize)
 }
 
 // workloadMethod: the KMS is open to every workload SVID of the trust

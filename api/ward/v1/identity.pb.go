@@ -1662,7 +1662,10 @@ func (x *RenewAgentRequest) GetCsr() []byte {
 }
 
 type SyncRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Size of the newest audit checkpoint this agent has verified (0 = none):
+	// the response proves the authority's current log extends it.
+	AuditTreeSize uint64 `protobuf:"varint,1,opt,name=audit_tree_size,json=auditTreeSize,proto3" json:"audit_tree_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1697,6 +1700,13 @@ func (*SyncRequest) Descriptor() ([]byte, []int) {
 	return file_ward_v1_identity_proto_rawDescGZIP(), []int{28}
 }
 
+func (x *SyncRequest) GetAuditTreeSize() uint64 {
+	if x != nil {
+		return x.AuditTreeSize
+	}
+	return 0
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Entries the calling agent may issue SVIDs for.
@@ -1708,8 +1718,17 @@ type SyncResponse struct {
 	// CA keys tainted after a compromise (ward ca taint): an SVID whose chain
 	// contains one must be re-issued at once.
 	TaintedKeyIds []string `protobuf:"bytes,5,rep,name=tainted_key_ids,json=taintedKeyIds,proto3" json:"tainted_key_ids,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The authority's latest signed audit checkpoint (JSON, as
+	// `ward audit checkpoint` returns it; empty if the authority has no audit
+	// source), the PEM (PKIX) key that signs it, and the RFC 6962 consistency
+	// proof from the request's audit_tree_size to the checkpoint's size
+	// (empty when that size is 0, equal, or larger than the checkpoint's:
+	// the agent then reports a rollback).
+	AuditCheckpoint       []byte   `protobuf:"bytes,6,opt,name=audit_checkpoint,json=auditCheckpoint,proto3" json:"audit_checkpoint,omitempty"`
+	AuditPublicKeyPem     []byte   `protobuf:"bytes,7,opt,name=audit_public_key_pem,json=auditPublicKeyPem,proto3" json:"audit_public_key_pem,omitempty"`
+	AuditConsistencyProof [][]byte `protobuf:"bytes,8,rep,name=audit_consistency_proof,json=auditConsistencyProof,proto3" json:"audit_consistency_proof,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -1773,6 +1792,27 @@ func (x *SyncResponse) GetFederatedBundles() map[string][]byte {
 func (x *SyncResponse) GetTaintedKeyIds() []string {
 	if x != nil {
 		return x.TaintedKeyIds
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetAuditCheckpoint() []byte {
+	if x != nil {
+		return x.AuditCheckpoint
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetAuditPublicKeyPem() []byte {
+	if x != nil {
+		return x.AuditPublicKeyPem
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetAuditConsistencyProof() [][]byte {
+	if x != nil {
+		return x.AuditConsistencyProof
 	}
 	return nil
 }
@@ -2207,14 +2247,18 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x05chain\x18\x02 \x03(\fR\x05chain\x12,\n" +
 	"\x12bundle_spiffe_json\x18\x03 \x01(\fR\x10bundleSpiffeJson\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr\"\r\n" +
-	"\vSyncRequest\"\xd6\x02\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"5\n" +
+	"\vSyncRequest\x12&\n" +
+	"\x0faudit_tree_size\x18\x01 \x01(\x04R\rauditTreeSize\"\xea\x03\n" +
 	"\fSyncResponse\x12(\n" +
 	"\aentries\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\aentries\x12,\n" +
 	"\x12bundle_spiffe_json\x18\x02 \x01(\fR\x10bundleSpiffeJson\x12'\n" +
 	"\x0fbundle_sequence\x18\x03 \x01(\x04R\x0ebundleSequence\x12X\n" +
 	"\x11federated_bundles\x18\x04 \x03(\v2+.ward.v1.SyncResponse.FederatedBundlesEntryR\x10federatedBundles\x12&\n" +
-	"\x0ftainted_key_ids\x18\x05 \x03(\tR\rtaintedKeyIds\x1aC\n" +
+	"\x0ftainted_key_ids\x18\x05 \x03(\tR\rtaintedKeyIds\x12)\n" +
+	"\x10audit_checkpoint\x18\x06 \x01(\fR\x0fauditCheckpoint\x12/\n" +
+	"\x14audit_public_key_pem\x18\a \x01(\fR\x11auditPublicKeyPem\x126\n" +
+	"\x17audit_consistency_proof\x18\b \x03(\fR\x15auditConsistencyProof\x1aC\n" +
 	"\x15FederatedBundlesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"G\n" +
