@@ -44,9 +44,11 @@ type Proxy struct {
 
 	sem       chan struct{}
 	srcLimits *sourceLimits
-	srcReady  atomic.Bool // p.src is set (the admin endpoint may read it)
-	draining  atomic.Bool
-	started   chan struct{}
+	// lastRefusalLog is when warnRefusal last logged (UnixNano).
+	lastRefusalLog atomic.Int64
+	srcReady       atomic.Bool // p.src is set (the admin endpoint may read it)
+	draining       atomic.Bool
+	started        chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*connState]struct{}
@@ -351,6 +353,7 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 			if reason, ok := p.srcLimits.acquire(key); !ok {
 				<-p.sem
 				p.m.rejected.WithLabelValues(name, reason).Inc()
+				p.warnRefusal(name, key, reason)
 				raw.Close()
 				continue
 			}
@@ -384,6 +387,23 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 			handle(c, raw)
 		}()
 	}
+}
+
+// warnRefusal logs a per-source refusal, at most once every 10 s (a host
+// flooding the listener must not flood the log too; the metric counts
+// every refusal).
+func (p *Proxy) warnRefusal(listener, source, reason string) {
+	now := time.Now().UnixNano()
+	last := p.lastRefusalLog.Load()
+	if now-last < int64(10*time.Second) || !p.lastRefusalLog.CompareAndSwap(last, now) {
+		return
+	}
+	limit, field := p.cfg.MaxConnectionsPerSource, "max_connections_per_source"
+	if reason == rejectPerSourceShakes {
+		limit, field = p.cfg.MaxHandshakesPerSource, "max_handshakes_per_source"
+	}
+	p.log.Warn("refusing connections from a source over its limit (further refusals counted in ward_proxy_connections_rejected_total, logged at most every 10s)",
+		"listener", listener, "source", source, "reason", reason, field, limit)
 }
 
 func (p *Proxy) drain() {
