@@ -62,6 +62,7 @@ type Agent struct {
 	jitter   func() float64
 	cache    *diskCache
 	met      *metrics
+	audit    *auditMemory // the authority's audit checkpoint (checkpoint.go)
 	kick     chan struct{}
 
 	agentSVID atomic.Pointer[x509svid.SVID]
@@ -137,6 +138,7 @@ func New(cfg *Config, opts ...Option) (*Agent, error) {
 	if a.cache, err = openDiskCache(cfg.DataDir); err != nil {
 		return nil, err
 	}
+	a.audit = openAuditMemory(cfg.DataDir, a.log)
 	a.met = newMetrics(a)
 	return a, nil
 }
@@ -391,10 +393,11 @@ func (a *Agent) dropAgentSVID() {
 func (a *Agent) sync(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
-	resp, err := a.node().Sync(ctx, &wardv1.SyncRequest{})
+	resp, err := a.node().Sync(ctx, &wardv1.SyncRequest{AuditTreeSize: a.audit.knownSize()})
 	if err != nil {
 		return err
 	}
+	a.audit.observe(resp)
 	return a.applySync(resp)
 }
 

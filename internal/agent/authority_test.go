@@ -53,6 +53,9 @@ type testAuthority struct {
 	evicted map[spiffeid.ID]bool
 	calls   map[string]int
 	srv     *grpc.Server
+	// auditLog, when set, adds its checkpoint and a consistency proof to
+	// Sync responses as the authority does (checkpoint_test.go).
+	auditLog nodeapi.AuditSource
 
 	wardv1.UnimplementedNodeServer
 }
@@ -326,7 +329,7 @@ func (a *testAuthority) entriesOf(id spiffeid.ID) []*wardv1.Entry {
 	return out
 }
 
-func (a *testAuthority) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
+func (a *testAuthority) Sync(ctx context.Context, req *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
 	a.note("Sync")
 	id, err := a.callerID(ctx)
 	if err != nil {
@@ -334,8 +337,15 @@ func (a *testAuthority) Sync(ctx context.Context, _ *wardv1.SyncRequest) (*wardv
 	}
 	b, _ := a.ca.Bundle()
 	doc, _ := b.Marshal()
-	return &wardv1.SyncResponse{Entries: a.entriesOf(id), BundleSpiffeJson: doc, BundleSequence: a.ca.State().BundleSequence,
-		TaintedKeyIds: a.ca.TaintedKeyIDs()}, nil
+	resp := &wardv1.SyncResponse{Entries: a.entriesOf(id), BundleSpiffeJson: doc, BundleSequence: a.ca.State().BundleSequence,
+		TaintedKeyIds: a.ca.TaintedKeyIDs()}
+	a.mu.Lock()
+	src := a.auditLog
+	a.mu.Unlock()
+	if src != nil {
+		addAuditCheckpoint(a.t, ctx, src, req.GetAuditTreeSize(), resp)
+	}
+	return resp, nil
 }
 
 func (a *testAuthority) SignX509SVIDs(ctx context.Context, req *wardv1.SignX509SVIDsRequest) (*wardv1.SignX509SVIDsResponse, error) {

@@ -92,6 +92,20 @@ func newMetrics(a *Agent) *metrics {
 			}
 			return 0
 		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "ward", Subsystem: "agent", Name: "audit_log_rollback_total",
+			Help: "Sync responses whose audit checkpoint did not provably extend the one this agent verified earlier (log truncated, rolled back, forked or re-keyed)."},
+			func() float64 { return float64(a.audit.rollbacks.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ward", Subsystem: "agent", Name: "audit_log_rollback",
+			Help: "1 while the authority's latest audit checkpoint does not extend the remembered one."},
+			func() float64 {
+				if a.audit.alarm.Load() {
+					return 1
+				}
+				return 0
+			}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ward", Subsystem: "agent", Name: "audit_checkpoint_size",
+			Help: "Size of the newest audit checkpoint this agent verified."},
+			func() float64 { return float64(a.audit.knownSize()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
