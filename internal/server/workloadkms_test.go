@@ -9,12 +9,15 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/audit"
 )
 
 // workloadSVID registers an entry under a fresh agent and has the agent
@@ -255,5 +258,51 @@ permit(principal in TrustDomain::"` + testTD + `", action == Action::"kms:encryp
 		if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%s (%s) calling kms:encrypt: %v; want PermissionDenied %q", tc.name, tc.svid.ID, err, tc.msg)
 		}
+	}
+}
+
+// TestSyncAuditCheckpointIsTheAuthoritys: the checkpoint agents get with
+// Sync is the authority's audit head, signed by the key `ward audit
+// checkpoint` shows, and the proof from an earlier size verifies.
+func TestSyncAuditCheckpointIsTheAuthoritys(t *testing.T) {
+	e := startIdentity(t)
+	ctx := context.Background()
+	admin, err := client.Dial(e.srv.AdminAddress())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	agent := e.joinAgent(t, "witness")
+	node := e.nodeClient(t, agent)
+	first, err := node.Sync(ctx, &wardv1.SyncRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp1, err := audit.ParseCheckpoint(first.AuditCheckpoint)
+	if err != nil {
+		t.Fatalf("Sync audit checkpoint: %v", err)
+	}
+	cli, err := admin.Audit.Checkpoint(ctx, &wardv1.CheckpointRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(cli.PublicKeyPem) != string(first.AuditPublicKeyPem) {
+		t.Fatal("Sync and `ward audit checkpoint` name different audit keys")
+	}
+	pub, _ := audit.ParsePublicKeyPEM(cli.PublicKeyPem)
+	if err := audit.VerifyCheckpoint(cp1, pub); err != nil {
+		t.Fatal(err)
+	}
+	e.joinAgent(t, "another") // more audited events
+	next, err := node.Sync(ctx, &wardv1.SyncRequest{AuditTreeSize: cp1.Size})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp2, _ := audit.ParseCheckpoint(next.AuditCheckpoint)
+	if cp2.Size <= cp1.Size {
+		t.Fatalf("log did not grow: %d -> %d", cp1.Size, cp2.Size)
+	}
+	if err := proof.VerifyConsistency(rfc6962.DefaultHasher, cp1.Size, cp2.Size, next.AuditConsistencyProof, cp1.RootHash, cp2.RootHash); err != nil {
+		t.Fatal(err)
 	}
 }
