@@ -207,3 +207,29 @@ func scrapeMetrics(t testing.TB, a *Agent) string {
 	promhttp.HandlerFor(a.met.reg, promhttp.HandlerOpts{}).ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	return rec.Body.String()
 }
+
+// FuzzAuditObserve: whatever the authority sends, the remembered
+// checkpoint never moves backwards and only moves to a signed head.
+func FuzzAuditObserve(f *testing.F) {
+	key := newP256(f)
+	src := newTestAuditLog(f, key, 0, 9)
+	good := &wardv1.SyncResponse{}
+	addAuditCheckpoint(f, context.Background(), src, 0, good)
+	f.Add(good.AuditCheckpoint, good.AuditPublicKeyPem, []byte{})
+	f.Add([]byte(`{"size":99}`), []byte("x"), []byte{1})
+	gcp, _ := audit.ParseCheckpoint(good.AuditCheckpoint)
+	gpub, _ := audit.ParsePublicKeyPEM(good.AuditPublicKeyPem)
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, cp, pemKey, pr []byte) {
+		m := &auditMemory{path: filepath.Join(dir, auditCheckpointFile), log: slog.New(slog.DiscardHandler), cp: &gcp, pub: gpub, pubPEM: good.AuditPublicKeyPem}
+		m.size.Store(gcp.Size)
+		before := m.knownSize()
+		m.observe(&wardv1.SyncResponse{AuditCheckpoint: cp, AuditPublicKeyPem: pemKey, AuditConsistencyProof: [][]byte{pr}})
+		if m.knownSize() < before {
+			t.Fatalf("moved back from %d to %d", before, m.knownSize())
+		}
+		if m.knownSize() != before && m.rollbacks.Load() != 0 {
+			t.Fatal("moved forward after reporting a rollback")
+		}
+	})
+}
