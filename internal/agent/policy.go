@@ -107,8 +107,10 @@ func (a *Agent) authorizePolicyCaller(ctx context.Context) error {
 }
 
 // followPolicy waits for an agent SVID, then follows the authority's
-// stream until ctx ends (the stream reconnects by itself, presenting the
-// current agent SVID on every new connection).
+// stream until ctx ends. The stream rides on the agent's current Node API
+// connection (agentConn): a renewed agent SVID replaces that connection, the
+// authority ends streams of superseded or tainted SVIDs, and the stream
+// reconnects at once with the new identity.
 func (a *Agent) followPolicy(ctx context.Context, relay *policystream.Relay) {
 	for a.agentSVID.Load() == nil {
 		select {
@@ -117,12 +119,7 @@ func (a *Agent) followPolicy(ctx context.Context, relay *policystream.Relay) {
 		case <-time.After(time.Second):
 		}
 	}
-	conn, err := a.dial(true)
-	if err != nil {
-		a.log.Error("policy stream: cannot dial the authority", "err", err)
-		return
-	}
-	defer conn.Close()
+	conn := agentConn{a}
 	src := policystream.NewSource(conn, a.log.With("component", "policy"))
 	if v := relay.Latest(); v != nil {
 		src.SetKnown(v.Version)
@@ -180,4 +177,33 @@ func (a *Agent) loadPolicy() *wardv1.PolicyVersion {
 		return nil
 	}
 	return &v
+}
+
+// agentConn is a gRPC client connection that is always the agent's current
+// mTLS connection to the authority (installAgentSVID replaces it).
+type agentConn struct{ a *Agent }
+
+func (c agentConn) current() (*grpc.ClientConn, error) {
+	c.a.connMu.Lock()
+	defer c.a.connMu.Unlock()
+	if c.a.conn == nil {
+		return nil, status.Error(codes.Unavailable, "no connection to the authority yet")
+	}
+	return c.a.conn, nil
+}
+
+func (c agentConn) Invoke(ctx context.Context, method string, args, reply any, opts ...grpc.CallOption) error {
+	cc, err := c.current()
+	if err != nil {
+		return err
+	}
+	return cc.Invoke(ctx, method, args, reply, opts...)
+}
+
+func (c agentConn) NewStream(ctx context.Context, desc *grpc.StreamDesc, method string, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	cc, err := c.current()
+	if err != nil {
+		return nil, err
+	}
+	return cc.NewStream(ctx, desc, method, opts...)
 }

@@ -94,11 +94,18 @@ func Verify(v *wardv1.PolicyVersion) (*policy.Set, error) {
 // verified version newer than the last one (never concurrently). It
 // reconnects after any error with exponential backoff up to MaxBackoff.
 func (s *Source) RunVersions(ctx context.Context, update func(*wardv1.PolicyVersion, *policy.Set)) error {
-	backoff := 100 * time.Millisecond
+	const minBackoff = 100 * time.Millisecond
+	backoff := minBackoff
 	for ctx.Err() == nil {
-		err := s.follow(ctx, update)
+		started := time.Now()
+		got, err := s.follow(ctx, update)
 		if ctx.Err() != nil {
 			return nil
+		}
+		// A stream that delivered a version or ran a while was healthy:
+		// reconnect quickly (a renewed agent SVID ends streams on purpose).
+		if got || time.Since(started) > time.Second {
+			backoff = minBackoff
 		}
 		s.mu.Lock()
 		s.status.Connected = false
@@ -123,13 +130,15 @@ func (s *Source) Run(ctx context.Context, update func(*policy.Set)) error {
 	return s.RunVersions(ctx, func(_ *wardv1.PolicyVersion, set *policy.Set) { update(set) })
 }
 
-func (s *Source) follow(ctx context.Context, update func(*wardv1.PolicyVersion, *policy.Set)) error {
+// follow reads one stream until it fails; got says whether it delivered
+// any message.
+func (s *Source) follow(ctx context.Context, update func(*wardv1.PolicyVersion, *policy.Set)) (got bool, err error) {
 	s.mu.Lock()
 	known := s.known
 	s.mu.Unlock()
 	stream, err := s.client.WatchPolicy(ctx, &wardv1.WatchPolicyRequest{KnownVersion: known})
 	if err != nil {
-		return err
+		return false, err
 	}
 	s.mu.Lock()
 	s.status.Connected = true
@@ -137,8 +146,9 @@ func (s *Source) follow(ctx context.Context, update func(*wardv1.PolicyVersion, 
 	for {
 		v, err := stream.Recv()
 		if err != nil {
-			return err
+			return got, err
 		}
+		got = true
 		if v.Version <= known {
 			continue
 		}

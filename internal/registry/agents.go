@@ -174,8 +174,8 @@ type Agent struct {
 	AttestationType string            `json:"attestation_type"`
 	Selectors       []attest.Selector `json:"selectors,omitempty"`
 	// Serial (hex) and expiry of the current agent SVID; PrevSerial is the
-	// one it replaced (still accepted until it expires, so connections
-	// opened before a renewal keep working).
+	// one it replaced (still accepted for SupersededGrace after the
+	// renewal, so calls in flight on the old connection finish).
 	Serial     string    `json:"serial"`
 	PrevSerial string    `json:"prev_serial,omitempty"`
 	PrevExpiry time.Time `json:"prev_expiry,omitzero"`
@@ -299,10 +299,19 @@ func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, serial str
 			return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
 		}
 		a.PrevSerial, a.PrevExpiry = a.Serial, a.Expires
+		if grace := now.Add(SupersededGrace); grace.Before(a.PrevExpiry) {
+			a.PrevExpiry = grace
+		}
 		a.Serial, a.Expires, a.LastSeen = serial, expires, now
 		return nil
 	})
 }
+
+// SupersededGrace is how long an agent SVID that a renewal replaced is still
+// accepted: long enough for calls already in flight on the old connection
+// (the agent reconnects with the new SVID at once), short enough that a
+// stolen superseded SVID is worth nothing after it.
+const SupersededGrace = time.Minute
 
 // lastSeenEvery bounds how often Authorize writes LastSeen.
 const lastSeenEvery = time.Minute
