@@ -10,7 +10,7 @@ import (
 	"sort"
 	"unicode/utf8"
 
-	"github.com/wardproject/ward/internal/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/kmsfmt"
 )
 
 // Magic starts every envelope file.

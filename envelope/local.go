@@ -10,8 +10,8 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/wardproject/ward/internal/kmscrypto"
-	"github.com/wardproject/ward/internal/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/kmscrypto"
+	"github.com/wardproject/ward/internal/shared/kmsfmt"
 )
 
 // LocalKMS is a KMS held in a local key file: for tests and offline use

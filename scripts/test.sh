@@ -36,5 +36,5 @@ echo "==> go test (race detector on)"
 go test -race -p 2 -timeout 25m -count=1 ./...
 
 echo "==> go test in FIPS 140-3 mode (GODEBUG=fips140=on) for the crypto paths"
-GODEBUG=fips140=on go test -count=1 -p 2 ./internal/kmscrypto ./internal/kms ./internal/barrier \
-  ./internal/seal ./internal/audit ./internal/server ./envelope
+GODEBUG=fips140=on go test -count=1 -p 2 ./internal/shared/kmscrypto ./internal/shared/checkpoint ./internal/authority/kms ./internal/authority/barrier \
+  ./internal/authority/seal ./internal/authority/audit ./internal/authority/server ./envelope

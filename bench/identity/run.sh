@@ -13,9 +13,9 @@ trap 'rm -f "$OUT"' EXIT
 run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Benchmark' | tee -a "$OUT" >&2; }
 
 echo "== running benchmarks (benchtime $BT) ==" >&2
-run 'BenchmarkSignX509SVID$|BenchmarkSignJWTSVID' ./internal/ca
-run 'BenchmarkNodeSignX509SVIDs' ./internal/server
-run 'BenchmarkAgentMemoryPerWorkload|BenchmarkAgentBundleRotationPush|BenchmarkWorkloadAPIFetchLatency' ./internal/agent
+run 'BenchmarkSignX509SVID$|BenchmarkSignJWTSVID' ./internal/authority/ca
+run 'BenchmarkNodeSignX509SVIDs' ./internal/authority/server
+run 'BenchmarkAgentMemoryPerWorkload|BenchmarkAgentBundleRotationPush|BenchmarkWorkloadAPIFetchLatency' ./internal/node/agent
 
 # first value of metric UNIT on the line matching NAME
 val() { awk -v n="$1" -v u="$2" '$1 ~ n { for (i = 2; i <= NF; i++) if ($(i+1) == u) { print $i; exit } }' "$OUT"; }

@@ -14,10 +14,10 @@ trap 'rm -f "$OUT"' EXIT
 run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Benchmark' | tee -a "$OUT" >&2; }
 
 echo "== running benchmarks (benchtime $BT) ==" >&2
-run 'BenchmarkWrapDataKey' ./internal/kmscrypto
-run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/kms
-run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAuditAppendBbolt' ./internal/server
-run 'BenchmarkAppendParallel|BenchmarkVerify1M' ./internal/audit
+run 'BenchmarkWrapDataKey' ./internal/shared/kmscrypto
+run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/authority/kms
+run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAuditAppendBbolt' ./internal/authority/server
+run 'BenchmarkAppendParallel|BenchmarkVerify1M' ./internal/authority/audit
 
 # per_sec NAME -> operations per second from ns/op (or a custom metric).
 per_sec() {

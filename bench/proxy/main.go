@@ -28,7 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/wardproject/ward/internal/proxy/proxytest"
+	"github.com/wardproject/ward/internal/testutil/proxytest"
 )
 
 var (

@@ -14,4 +14,4 @@ echo "== ward proxy pair vs direct, bare Go TLS and stunnel ($(go version | cut 
 "$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" "$@"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
-go test ./internal/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection' -benchtime 2s | grep -E '^Benchmark|^ok'
+go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection' -benchtime 2s | grep -E '^Benchmark|^ok'

@@ -5,7 +5,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/wardproject/ward/internal/agent"
+	"github.com/wardproject/ward/internal/node/agent"
 )
 
 func init() {

@@ -14,7 +14,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/audit"
+	"github.com/wardproject/ward/internal/authority/audit"
 )
 
 func init() {

@@ -14,8 +14,9 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/audit"
-	"github.com/wardproject/ward/internal/store"
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
 )
 
 // checkpointDir returns where `ward audit verify` remembers checkpoints:
@@ -59,13 +60,13 @@ rolled back to an old head, or forked) fails loudly with exit code 1, naming the
 and the current size and root.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var earlier *audit.Checkpoint
+			var earlier *checkpoint.Checkpoint
 			if cpPath != "" {
 				b, err := os.ReadFile(cpPath)
 				if err != nil {
 					return fmt.Errorf("reading --checkpoint: %w", err)
 				}
-				cp, err := audit.ParseCheckpoint(b)
+				cp, err := checkpoint.Parse(b)
 				if err != nil {
 					return fmt.Errorf("--checkpoint %s: %w", cpPath, err)
 				}
@@ -77,7 +78,7 @@ and the current size and root.`,
 				if err != nil {
 					return fmt.Errorf("reading --public-key: %w", err)
 				}
-				if trusted, err = audit.ParsePublicKeyPEM(b); err != nil {
+				if trusted, err = checkpoint.ParsePublicKeyPEM(b); err != nil {
 					return fmt.Errorf("--public-key %s: %w", keyPath, err)
 				}
 			}
@@ -99,13 +100,13 @@ and the current size and root.`,
 			if err != nil {
 				return client.Unwrap(err)
 			}
-			cp, err := audit.ParseCheckpoint(head.Checkpoint)
+			cp, err := checkpoint.Parse(head.Checkpoint)
 			if err != nil {
 				return fmt.Errorf("the authority's checkpoint: %w", err)
 			}
 			pub := trusted
 			if pub == nil {
-				if pub, err = audit.ParsePublicKeyPEM(head.PublicKeyPem); err != nil {
+				if pub, err = checkpoint.ParsePublicKeyPEM(head.PublicKeyPem); err != nil {
 					return fmt.Errorf("the authority's public key: %w", err)
 				}
 			}

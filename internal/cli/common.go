@@ -17,7 +17,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/workloadapi"
+	"github.com/wardproject/ward/internal/shared/peercred"
 )
 
 func init() {
@@ -100,7 +100,7 @@ type adminPeer struct {
 }
 
 func (a *adminPeer) check(conn net.Conn) error {
-	caller, err := workloadapi.PeerCaller(conn)
+	caller, err := peercred.Read(conn)
 	if err != nil {
 		err = fmt.Errorf("admin socket %s: cannot read the credentials of the process serving it (%v): refusing to send anything to it", a.path, err)
 	} else {

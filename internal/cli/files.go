@@ -16,7 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/wardproject/ward/envelope"
-	"github.com/wardproject/ward/internal/filecrypt"
+	"github.com/wardproject/ward/internal/cli/filecrypt"
 )
 
 func init() {

@@ -16,8 +16,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/wardproject/ward/internal/config"
-	"github.com/wardproject/ward/internal/server"
+	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/server"
+	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
 // devAuthority starts an initialised, unsealed in-process authority and
@@ -27,7 +28,7 @@ func devAuthority(t *testing.T) string {
 	dir := t.TempDir()
 	cfg := &config.Server{TrustDomain: "cli.example.org", DataDir: dir, LogLevel: "warn",
 		Seal: config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "seal.key")},
-		KMS:  config.KMS{RotationCheckInterval: config.Duration(time.Minute)}}
+		KMS:  config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)}}
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
 	cfg.AdminSocket = filepath.Join(dir, "admin.sock")

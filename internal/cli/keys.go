@@ -13,7 +13,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/kmsfmt"
 )
 
 func init() {

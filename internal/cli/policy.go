@@ -16,7 +16,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/policy"
+	"github.com/wardproject/ward/internal/shared/policy"
 )
 
 func init() {

@@ -8,7 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/wardproject/ward/internal/proxy"
+	"github.com/wardproject/ward/internal/dataplane/proxy"
 )
 
 func init() {

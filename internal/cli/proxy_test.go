@@ -23,7 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	"github.com/wardproject/ward/internal/proxy/proxytest"
+	"github.com/wardproject/ward/internal/testutil/proxytest"
 )
 
 // TestProxyHelperProcess is `ward` when run as a child of the tests below.

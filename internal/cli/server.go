@@ -12,8 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/wardproject/ward/internal/config"
-	"github.com/wardproject/ward/internal/server"
+	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/server"
+	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
 func init() {
@@ -108,7 +109,7 @@ func runDevServer(cmd *cobra.Command, dir string) error {
 		HTTPAddress: "127.0.0.1:0",
 		LogLevel:    "warn",
 		Seal:        config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "dev-seal.key")},
-		KMS:         config.KMS{RotationCheckInterval: config.Duration(time.Minute)},
+		KMS:         config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)},
 		Identity:    config.Identity{NodeAPIAddress: "127.0.0.1:0"},
 	}
 	cfg.Storage.Backend = "bbolt"

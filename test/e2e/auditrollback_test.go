@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wardproject/ward/internal/store/boltstore"
+	"github.com/wardproject/ward/internal/authority/store/boltstore"
 )
 
 // `ward audit verify` remembers checkpoints; keep the e2e runs out of the

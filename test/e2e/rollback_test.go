@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wardproject/ward/internal/store"
-	"github.com/wardproject/ward/internal/store/boltstore"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/authority/store/boltstore"
 )
 
 // rawKeyRecords returns the raw (barrier-encrypted) key records in the

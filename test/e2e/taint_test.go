@@ -16,8 +16,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
-
-	"github.com/wardproject/ward/internal/ca"
+	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
 // TestTaintRevokesAtTheProxy runs the red team's replay: a workload's SVID
@@ -96,7 +95,7 @@ inbound:
 	if len(old.Certificates) < 2 {
 		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))
 	}
-	kid, err := ca.KeyID(old.Certificates[1].PublicKey)
+	kid, err := keyutil.CAKeyID(old.Certificates[1].PublicKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -152,7 +151,7 @@ inbound:
 	deadline = time.Now().Add(30 * time.Second)
 	for {
 		sv := fetch()
-		if k, _ := ca.KeyID(sv.Certificates[len(sv.Certificates)-1].PublicKey); k != kid && sv.Certificates[0].SerialNumber.Text(16) != oldSerial {
+		if k, _ := keyutil.CAKeyID(sv.Certificates[len(sv.Certificates)-1].PublicKey); k != kid && sv.Certificates[0].SerialNumber.Text(16) != oldSerial {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wardproject/ward/internal/store/boltstore"
+	"github.com/wardproject/ward/internal/authority/store/boltstore"
 )
 
 // TestAuditTamperingIsReported edits, deletes and swaps stored audit

@@ -1,0 +1,678 @@
+package audit
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/keyutil"
+)
+
+// ErrClosed is returned by Append after Close.
+var ErrClosed = errors.New("audit: log closed")
+
+// Record is one stored event as read back: Leaf holds the exact stored
+// bytes, or Err says why the record at Seq could not be read (missing
+// records wrap store.ErrNotFound).
+type Record struct {
+	Seq  uint64
+	Leaf []byte
+	Err  error
+}
+
+// missingMarker is in the message of every missing record's error.
+const missingMarker = "is missing"
+
+func missingErr(seq uint64, err error) error {
+	return fmt.Errorf("audit record %d %s: %w", seq, missingMarker, err)
+}
+
+// Option configures a Log.
+type Option func(*Log)
+
+// WithPrefix stores the log under prefix (e.g. "cluster-a/"): keys become
+// prefix+"audit/head" and prefix+"audit/e/<seq>".
+func WithPrefix(prefix string) Option { return func(l *Log) { l.prefix = prefix } }
+
+// WithClock sets the clock for event and checkpoint times (tests).
+func WithClock(now func() time.Time) Option { return func(l *Log) { l.now = now } }
+
+// WithLogger sets where the log reports failed writes and detected
+// rollbacks (default slog.Default()).
+func WithLogger(lg *slog.Logger) Option {
+	return func(l *Log) {
+		if lg != nil {
+			l.log = lg
+		}
+	}
+}
+
+// WithMaxGroup bounds how many events one group commit takes (default 4096).
+func WithMaxGroup(n int) Option {
+	return func(l *Log) {
+		if n > 0 {
+			l.maxGroup = n
+		}
+	}
+}
+
+// WithMaxAttempts bounds how often a group is retried after revision
+// conflicts with another writer of the same store (default 32).
+func WithMaxAttempts(n int) Option {
+	return func(l *Log) {
+		if n > 0 {
+			l.maxAttempts = n
+		}
+	}
+}
+
+// WithCommitTimeout bounds the store calls of one group commit (default 30s).
+func WithCommitTimeout(d time.Duration) Option {
+	return func(l *Log) {
+		if d > 0 {
+			l.commitTimeout = d
+		}
+	}
+}
+
+// Log is the append side of the audit log. Append is safe for concurrent
+// use; one committer goroutine batches waiting events into a single
+// conditional store batch per group (chunked to the store's MaxBatch) and
+// signs one checkpoint per group. Several Logs (authorities) may share one
+// store: revision conflicts are resolved by reloading the head.
+type Log struct {
+	st            store.Store
+	signer        crypto.Signer
+	pub           crypto.PublicKey
+	keyID         string
+	origin        string
+	prefix        string
+	headKey       string
+	now           func() time.Time
+	maxGroup      int
+	maxAttempts   int
+	commitTimeout time.Duration
+	log           *slog.Logger
+
+	// rollbacks counts the times the stored log was found to have gone
+	// backwards (shorter or different than what this Log already saw).
+	rollbacks atomic.Uint64
+
+	mu     sync.Mutex // guards queue, closed
+	queue  []*pending
+	closed bool
+	wake   chan struct{}
+	exited chan struct{}
+
+	// Tree state: written only by the committer (and Open), under stateMu.
+	stateMu sync.Mutex
+	size    uint64
+	hashes  [][]byte // compact range [0, size)
+	headRev int64    // revision of audit/head; 0 = absent
+	cp      *checkpoint.Checkpoint
+	changed chan struct{} // closed and replaced whenever size grows
+	stale   bool          // committer-only: reload the head before committing
+}
+
+type pending struct {
+	body []byte
+	done chan result
+}
+
+type result struct {
+	seq uint64
+	err error
+}
+
+// Open loads the log's head from st (an empty store starts an empty log)
+// and starts the committer. signer must hold an ECDSA P-256 key; origin
+// names the log in checkpoints (e.g. "ward/example.org").
+func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin string, opts ...Option) (*Log, error) {
+	if err := checkpoint.CheckOrigin(origin); err != nil {
+		return nil, err
+	}
+	if signer == nil {
+		return nil, errors.New("audit: no checkpoint signer given")
+	}
+	pub, err := checkpoint.P256Key(signer.Public())
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	keyID, err := keyutil.CheckpointKeyID(pub)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if st.MaxBatch() < 2 {
+		return nil, fmt.Errorf("audit: store %s accepts batches of %d ops: need at least 2", st.Backend(), st.MaxBatch())
+	}
+	l := &Log{
+		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now, log: slog.Default(),
+		maxGroup: 4096, maxAttempts: 32, commitTimeout: 30 * time.Second,
+		wake: make(chan struct{}, 1), exited: make(chan struct{}), changed: make(chan struct{}),
+	}
+	for _, o := range opts {
+		o(l)
+	}
+	l.headKey = l.prefix + headKeySuffix
+	h, rev, err := l.loadHead(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("audit: opening log: %w (the log cannot be appended to until the head is readable)", err)
+	}
+	if h != nil {
+		l.size, l.hashes, l.headRev, l.cp = h.Size, h.Hashes, rev, h.Checkpoint
+	}
+	go l.run()
+	return l, nil
+}
+
+// PublicKey returns the key that verifies this log's checkpoints.
+func (l *Log) PublicKey() crypto.PublicKey { return l.pub }
+
+// Origin returns the log's checkpoint origin.
+func (l *Log) Origin() string { return l.origin }
+
+// Size returns the number of events this Log knows to be stored (another
+// authority sharing the store may have appended more; see Head).
+func (l *Log) Size() uint64 {
+	l.stateMu.Lock()
+	defer l.stateMu.Unlock()
+	return l.size
+}
+
+func (l *Log) eventKey(seq uint64) string {
+	var b [64]byte
+	k := append(b[:0], l.prefix...)
+	k = append(k, eventKeyPrefix...)
+	var d [20]byte
+	s := strconv.AppendUint(d[:0], seq, 10)
+	for range 20 - len(s) {
+		k = append(k, '0')
+	}
+	return string(append(k, s...))
+}
+
+// loadHead reads audit/head; a missing head gives (nil, 0, nil).
+func (l *Log) loadHead(ctx context.Context) (*headRecord, int64, error) {
+	kv, err := l.st.Get(ctx, l.headKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, 0, nil
+	}
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading audit head %q: %w", l.headKey, err)
+	}
+	h, err := decodeHead(kv.Value)
+	if err != nil {
+		return nil, 0, err
+	}
+	return h, kv.Revision, nil
+}
+
+// Append stores e (its Seq is assigned, a zero Time becomes now) and
+// returns its sequence number once it is durable and covered by a stored
+// signed checkpoint. An error means the event is not known to be stored:
+// the caller must not perform the audited operation (fail closed).
+func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
+	if e.Time.IsZero() {
+		e.Time = l.now()
+	}
+	body, err := encodeBody(&e)
+	if err != nil {
+		return 0, err
+	}
+	p := &pending{body: body, done: make(chan result, 1)}
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return 0, ErrClosed
+	}
+	l.queue = append(l.queue, p)
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case r := <-p.done:
+		return r.seq, r.err
+	case <-ctx.Done():
+	}
+	l.mu.Lock()
+	if i := slices.Index(l.queue, p); i >= 0 {
+		l.queue = slices.Delete(l.queue, i, i+1)
+		l.mu.Unlock()
+		return 0, fmt.Errorf("audit event %q not stored: %w", e.Operation, ctx.Err())
+	}
+	l.mu.Unlock()
+	return 0, fmt.Errorf("audit event %q: gave up waiting for the store: %w (it may still be recorded; the operation must not proceed)", e.Operation, ctx.Err())
+}
+
+// Close stores the events already queued, stops the committer and makes
+// further Appends fail with ErrClosed. It does not close the store.
+func (l *Log) Close() error {
+	l.mu.Lock()
+	if !l.closed {
+		l.closed = true
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
+	}
+	l.mu.Unlock()
+	<-l.exited
+	return nil
+}
+
+func (l *Log) run() {
+	defer close(l.exited)
+	for {
+		l.mu.Lock()
+		for len(l.queue) == 0 && !l.closed {
+			l.mu.Unlock()
+			<-l.wake
+			l.mu.Lock()
+		}
+		if len(l.queue) == 0 {
+			l.mu.Unlock()
+			return
+		}
+		var group []*pending
+		if len(l.queue) <= l.maxGroup {
+			group, l.queue = l.queue, nil
+		} else {
+			group = l.queue[:l.maxGroup:l.maxGroup]
+			l.queue = slices.Clone(l.queue[l.maxGroup:])
+		}
+		l.mu.Unlock()
+		l.commit(group)
+	}
+}
+
+// fail releases ps with err. It is the one place a failed audit write is
+// logged: the callers' operations are refused, and the operator needs the
+// cause (disk full, store down, lost races) to fix it.
+func (l *Log) fail(ps []*pending, err error) {
+	if len(ps) > 0 {
+		ops := make([]string, 0, min(len(ps), 8))
+		for _, p := range ps[:min(len(ps), 8)] {
+			ops = append(ops, bodyOperation(p.body))
+		}
+		l.log.Error("audit: events could not be stored; the operations they record were refused",
+			"events", len(ps), "operations", ops, "origin", l.origin, "backend", l.st.Backend(), "err", err)
+	}
+	for _, p := range ps {
+		p.done <- result{err: err}
+	}
+}
+
+func release(ps []*pending, base uint64) {
+	for i, p := range ps {
+		p.done <- result{seq: base + uint64(i)}
+	}
+}
+
+// commit stores group, retrying after revision conflicts, and releases
+// every waiter with its sequence number or an error.
+func (l *Log) commit(group []*pending) {
+	ctx, cancel := context.WithTimeout(context.Background(), l.commitTimeout)
+	defer cancel()
+	rest := group
+	conflicted := false
+	for attempt := 0; ; attempt++ {
+		if attempt == l.maxAttempts {
+			l.fail(rest, fmt.Errorf("audit: %d events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
+			return
+		}
+		if l.stale {
+			if err := l.reload(ctx, conflicted); err != nil {
+				l.fail(rest, err)
+				return
+			}
+			l.stale = false
+		}
+		n, err := l.tryCommit(ctx, rest)
+		rest = rest[n:]
+		if err == nil {
+			return
+		}
+		l.stale = true
+		if !errors.Is(err, store.ErrConflict) {
+			l.fail(rest, err)
+			return
+		}
+		conflicted = true
+		// Another authority won the race; let it finish before retrying.
+		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) * int64(min(attempt+1, 10)))))
+	}
+}
+
+// tryCommit stores ps as events base.. in chunks of MaxBatch()-1 events plus
+// the head (conditional on its revision), with one signed checkpoint carried
+// by the last chunk. It returns how many leading events are stored (their
+// waiters released) and the error that stopped it.
+func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
+	base := l.size
+	n := len(ps)
+	rng, err := factory.NewRange(0, base, slices.Clone(l.hashes))
+	if err != nil {
+		return 0, fmt.Errorf("audit: in-memory tree at size %d is invalid: %w", base, err)
+	}
+	chunk := l.st.MaxBatch() - 1
+	nChunks := (n + chunk - 1) / chunk
+	leaves := make([][]byte, n)
+	snaps := make([][][]byte, nChunks)
+	for i, p := range ps {
+		leaves[i] = joinLeaf(base+uint64(i), p.body)
+		if err := rng.Append(th.HashLeaf(leaves[i]), nil); err != nil {
+			return 0, fmt.Errorf("audit: extending tree at size %d: %w", base+uint64(i), err)
+		}
+		if (i+1)%chunk == 0 || i == n-1 {
+			snaps[i/chunk] = slices.Clone(rng.Hashes())
+		}
+	}
+	root, err := rng.GetRootHash(nil)
+	if err != nil {
+		return 0, fmt.Errorf("audit: computing root at size %d: %w", base+uint64(n), err)
+	}
+	cp, err := checkpoint.Sign(l.signer, l.origin, base+uint64(n), root, l.now())
+	if err != nil {
+		return 0, fmt.Errorf("audit: %w", err)
+	}
+	for c := range nChunks {
+		a, b := c*chunk, min((c+1)*chunk, n)
+		ops := make([]store.Op, 0, b-a+1)
+		for i := a; i < b; i++ {
+			ops = append(ops, store.Op{Key: l.eventKey(base + uint64(i)), Value: leaves[i], ExpectRevision: 0})
+		}
+		h := headRecord{Size: base + uint64(b), Hashes: snaps[c], Checkpoint: l.cp}
+		if c == nChunks-1 {
+			h.Checkpoint = &cp
+		}
+		hv, err := encodeHead(&h)
+		if err != nil {
+			release(ps[:a], base)
+			return a, err
+		}
+		ops = append(ops, store.Op{Key: l.headKey, Value: hv, ExpectRevision: l.headRev})
+		rev, err := l.st.Batch(ctx, ops)
+		if err != nil {
+			release(ps[:a], base)
+			return a, fmt.Errorf("audit: storing events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)
+		}
+		l.setState(h.Size, snaps[c], rev, h.Checkpoint)
+	}
+	release(ps, base)
+	return n, nil
+}
+
+func (l *Log) setState(size uint64, hashes [][]byte, rev int64, cp *checkpoint.Checkpoint) {
+	l.stateMu.Lock()
+	defer l.stateMu.Unlock()
+	grew := size > l.size
+	l.size, l.hashes, l.headRev, l.cp = size, hashes, rev, cp
+	if grew {
+		close(l.changed)
+		l.changed = make(chan struct{})
+	}
+}
+
+// reload catches up with the stored head after a conflict or an uncertain
+// store error: it re-reads the events this Log lacks, recomputes the
+// compact range and checks it against the head before adopting it.
+func (l *Log) reload(ctx context.Context, afterConflict bool) error {
+	h, rev, err := l.loadHead(ctx)
+	if err != nil {
+		return fmt.Errorf("audit: reloading head: %w; refusing to append", err)
+	}
+	if h == nil {
+		h = &headRecord{}
+	}
+	switch {
+	case h.Size < l.size:
+		l.noteRollback(fmt.Sprintf("stored head has %d events, this authority already saw %d", h.Size, l.size))
+		return fmt.Errorf("audit: stored head went back from size %d to %d (rolled back or replaced); refusing to append: run `ward audit verify`", l.size, h.Size)
+	case h.Size == l.size:
+		if !slices.EqualFunc(h.Hashes, l.hashes, bytes.Equal) {
+			l.noteRollback(fmt.Sprintf("stored head at size %d has another tree than this authority's", h.Size))
+			return fmt.Errorf("audit: stored head at size %d differs from this authority's tree; refusing to append: run `ward audit verify`", h.Size)
+		}
+		if afterConflict && rev == l.headRev {
+			// The head did not move, so the conflict came from an event key.
+			if _, err := l.st.Get(ctx, l.eventKey(h.Size)); err == nil || !errors.Is(err, store.ErrNotFound) {
+				return fmt.Errorf("audit: event %d already exists beyond the stored head (size %d): the head was rolled back or events were planted; refusing to append: run `ward audit verify`", h.Size, h.Size)
+			}
+		}
+		l.setState(h.Size, l.hashes, rev, h.Checkpoint)
+		return nil
+	}
+	rng, err := factory.NewRange(0, l.size, slices.Clone(l.hashes))
+	if err != nil {
+		return fmt.Errorf("audit: in-memory tree at size %d is invalid: %w", l.size, err)
+	}
+	err = l.readRange(ctx, l.size, h.Size, func(r Record) error {
+		if r.Err != nil {
+			return fmt.Errorf("audit: catching up with another writer: %w; refusing to append: run `ward audit verify`", r.Err)
+		}
+		return rng.Append(th.HashLeaf(r.Leaf), nil)
+	})
+	if err != nil {
+		return err
+	}
+	if !slices.EqualFunc(h.Hashes, rng.Hashes(), bytes.Equal) {
+		return fmt.Errorf("audit: stored events %d..%d do not hash to the stored head; refusing to append: run `ward audit verify`", l.size, h.Size-1)
+	}
+	l.setState(h.Size, h.Hashes, rev, h.Checkpoint)
+	return nil
+}
+
+// noteRollback counts and logs a detected rollback of the stored log.
+func (l *Log) noteRollback(detail string) {
+	l.rollbacks.Add(1)
+	l.log.Error("audit: the stored audit log went backwards (rolled back, truncated or replaced in storage)",
+		"origin", l.origin, "detail", detail, "action", "run `ward audit verify` and restore the log from a trusted copy")
+}
+
+// RollbacksDetected returns how often this Log found the stored log to
+// have gone backwards (for the ward_audit_rollbacks_detected_total metric).
+func (l *Log) RollbacksDetected() uint64 { return l.rollbacks.Load() }
+
+// bodyOperation extracts the operation of an encoded event body, for logs.
+func bodyOperation(body []byte) string {
+	var e struct {
+		Operation string `json:"operation"`
+	}
+	if json.Unmarshal(body, &e) != nil {
+		return "?"
+	}
+	return e.Operation
+}
+
+// Head returns a signed checkpoint for the stored head, which may include
+// events appended by other authorities sharing the store. If the head holds
+// no checkpoint for its full size by this Log's key (an interrupted
+// multi-chunk commit, an empty log, a rotated key), a fresh one is signed.
+func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
+	h, _, err := l.loadHead(ctx)
+	if err != nil {
+		return checkpoint.Checkpoint{}, fmt.Errorf("audit: %w", err)
+	}
+	if h == nil {
+		h = &headRecord{}
+	}
+	if c := h.Checkpoint; c != nil && c.Size == h.Size && c.KeyID == l.keyID && c.Origin == l.origin {
+		return *c, nil
+	}
+	root, err := rootOf(h.Size, h.Hashes)
+	if err != nil {
+		return checkpoint.Checkpoint{}, fmt.Errorf("audit: head at size %d: %w", h.Size, err)
+	}
+	cp, err := checkpoint.Sign(l.signer, l.origin, h.Size, root, l.now())
+	if err != nil {
+		return checkpoint.Checkpoint{}, fmt.Errorf("audit: %w", err)
+	}
+	return cp, nil
+}
+
+// storedSize is the size of the stored head, or this Log's size if the
+// head cannot be read (Read still streams what is there).
+func (l *Log) storedSize(ctx context.Context) uint64 {
+	size := l.Size()
+	if h, _, err := l.loadHead(ctx); err == nil && h != nil && h.Size > size {
+		size = h.Size
+	}
+	return size
+}
+
+// Read calls fn for every record with from <= Seq < to, in order, clamping
+// to to the stored size. A record that cannot be read is passed with Err
+// set and reading goes on; Read stops at the first error fn returns, when
+// ctx ends, or when the store is closed.
+func (l *Log) Read(ctx context.Context, from, to uint64, fn func(Record) error) error {
+	if size := l.storedSize(ctx); to > size {
+		to = size
+	}
+	return l.readRange(ctx, from, to, fn)
+}
+
+var blockSpans = [...]struct {
+	span   uint64
+	digits int
+}{{1000, 3}, {100, 2}, {10, 1}}
+
+func (l *Log) readRange(ctx context.Context, from, to uint64, fn func(Record) error) error {
+	for seq := from; seq < to; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		span := uint64(1)
+		listed := false
+		for _, b := range blockSpans {
+			if seq%b.span == 0 && to-seq >= b.span {
+				span = b.span
+				var err error
+				if listed, err = l.listBlock(ctx, seq, b.span, b.digits, fn); err != nil {
+					return err
+				}
+				break
+			}
+		}
+		if !listed {
+			// No aligned block, or listing it failed (e.g. one record in
+			// it is unreadable): read record by record to say which.
+			for i := seq; i < seq+span; i++ {
+				r, err := l.getRecord(ctx, i)
+				if err != nil {
+					return err
+				}
+				if err := fn(r); err != nil {
+					return err
+				}
+			}
+		}
+		seq += span
+	}
+	return nil
+}
+
+// listBlock lists the span records starting at seq (aligned) with one List.
+// done is false when the List failed and the caller should fall back to Get.
+func (l *Log) listBlock(ctx context.Context, seq, span uint64, digits int, fn func(Record) error) (bool, error) {
+	key := l.eventKey(seq)
+	prefix := key[:len(key)-digits]
+	kvs, err := l.st.List(ctx, prefix)
+	if err != nil {
+		if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
+			return false, fmt.Errorf("audit: reading records %d..%d: %w", seq, seq+span-1, err)
+		}
+		return false, nil
+	}
+	leaves := make([][]byte, span)
+	for _, kv := range kvs {
+		suffix := kv.Key[len(prefix):]
+		if len(suffix) != digits {
+			continue
+		}
+		i, err := strconv.ParseUint(suffix, 10, 64)
+		if err != nil || i >= span {
+			continue
+		}
+		leaves[i] = kv.Value
+	}
+	for i, leaf := range leaves {
+		r := Record{Seq: seq + uint64(i), Leaf: leaf}
+		if leaf == nil {
+			r.Err = missingErr(r.Seq, store.ErrNotFound)
+		}
+		if err := fn(r); err != nil {
+			return true, err
+		}
+	}
+	return true, nil
+}
+
+func (l *Log) getRecord(ctx context.Context, seq uint64) (Record, error) {
+	kv, err := l.st.Get(ctx, l.eventKey(seq))
+	switch {
+	case err == nil:
+		return Record{Seq: seq, Leaf: kv.Value}, nil
+	case ctx.Err() != nil || errors.Is(err, store.ErrClosed):
+		return Record{}, fmt.Errorf("audit: reading record %d: %w", seq, err)
+	case errors.Is(err, store.ErrNotFound):
+		return Record{Seq: seq, Err: missingErr(seq, err)}, nil
+	default:
+		return Record{Seq: seq, Err: fmt.Errorf("audit record %d is unreadable (altered in storage?): %w", seq, err)}, nil
+	}
+}
+
+// Wait blocks until the stored log holds more than size events (appended
+// by this Log or another authority sharing the store) and returns the new
+// size, or returns ctx's error. `ward audit tail -f` loops Wait + Read.
+func (l *Log) Wait(ctx context.Context, size uint64) (uint64, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var watch <-chan store.Event
+	for {
+		if watch == nil {
+			// Best effort: without a watch only this Log's appends wake us.
+			if ch, err := l.st.Watch(wctx, l.headKey); err == nil {
+				watch = ch
+			}
+		}
+		l.stateMu.Lock()
+		cur, changed := l.size, l.changed
+		l.stateMu.Unlock()
+		if cur > size {
+			return cur, nil
+		}
+		if s := l.storedSize(wctx); s > size {
+			return s, nil
+		}
+		select {
+		case <-ctx.Done():
+			return size, ctx.Err()
+		case <-changed:
+		case _, ok := <-watch:
+			if !ok {
+				watch = nil
+				if ctx.Err() == nil {
+					// The backend dropped the watch; re-watch after a pause.
+					select {
+					case <-time.After(100 * time.Millisecond):
+					case <-ctx.Done():
+					}
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,110 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproject/ward/internal/shared/yamlconf"
+)
+
+func TestParse(t *testing.T) {
+	cases := []struct {
+		name, yaml, wantErr string
+	}{
+		{"minimal", "trust_domain: a.org\ndata_dir: /d\n", ""},
+		{"etcd tls", "trust_domain: a.org\ndata_dir: /d\nstorage: {backend: etcd, etcd: {endpoints: [https://e:2379], ca_file: ca, cert_file: c, key_file: k}}\n", ""},
+		{"custom classification", "trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {pci: {algorithm: aes-256-gcm, rotation_period: 30d, keep_versions: 2}}}\n", ""},
+		{"unknown field", "trust_domain: a.org\ndata_dir: /d\nbogus: 1\n", "bogus"},
+		{"missing td", "data_dir: /d\n", "trust_domain is required"},
+		{"spiffe prefix td", "trust_domain: spiffe://a.org\ndata_dir: /d\n", "without spiffe://"},
+		{"half etcd tls", "trust_domain: a.org\ndata_dir: /d\nstorage: {backend: etcd, etcd: {endpoints: [x], cert_file: c}}\n", "both or neither"},
+		{"bad alg", "trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {x: {algorithm: des, rotation_period: 1d}}}\n", "unknown algorithm"},
+		{"no rotation", "trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {x: {algorithm: aes-256-gcm}}}\n", "rotation_period is required"},
+		{"short rotation", "trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {x: {rotation_period: 10s}}}\n", "shorter than one minute"},
+		{"bad log level", "trust_domain: a.org\ndata_dir: /d\nlog_level: loud\n", "log_level"},
+		{"keyfile without path", "trust_domain: a.org\ndata_dir: /d\nseal: {type: keyfile}\n", "seal.key_file is required"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(c.yaml))
+			if c.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if cfg.AdminSocket != "/d/admin.sock" || cfg.Storage.Bbolt.Path != "/d/ward.db" {
+					t.Fatalf("defaults: %+v", cfg)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.wantErr)
+			}
+		})
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for in, want := range map[string]time.Duration{"90s": 90 * time.Second, "12h": 12 * time.Hour, "30d": 30 * 24 * time.Hour, "1.5d": 36 * time.Hour} {
+		if got, err := yamlconf.ParseDuration(in); err != nil || got != want {
+			t.Errorf("%s: %v %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "soon", "-1d", "-5s", "d"} {
+		if _, err := yamlconf.ParseDuration(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("trust_domain: a.org\ndata_dir: /d\n"))
+	f.Add([]byte("trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {x: {rotation_period: 3d}}}\n"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		cfg, err := Parse(b)
+		if err == nil {
+			if verr := cfg.Validate(); verr != nil {
+				t.Fatalf("Parse accepted a config that Validate rejects: %v", verr)
+			}
+		}
+	})
+}
+
+// Bad paths and listen addresses are rejected at validation, naming the
+// field, before the server creates anything (Parse touches no file).
+func TestRejectsBadPathsAndAddresses(t *testing.T) {
+	cases := []struct {
+		name, yaml, want string
+	}{
+		{"relative data_dir", "data_dir: ward-data\n", "data_dir \"ward-data\" is a relative path"},
+		{"dot data_dir", "data_dir: ./d\n", "data_dir \"./d\" is a relative path"},
+		{"relative admin_socket", "data_dir: /d\nadmin_socket: admin.sock\n", "admin_socket \"admin.sock\" is a relative path"},
+		{"long admin_socket", "data_dir: /d\nadmin_socket: /" + strings.Repeat("x", 120) + "\n", "admin_socket"},
+		{"relative bbolt path", "data_dir: /d\nstorage: {bbolt: {path: w.db}}\n", "storage.bbolt.path"},
+		{"relative key file", "data_dir: /d\nseal: {type: keyfile, key_file: k}\n", "seal.key_file"},
+		{"http no port", "data_dir: /d\nhttp_address: localhost\n", "http_address \"localhost\""},
+		{"http port too big", "data_dir: /d\nhttp_address: 127.0.0.1:99999\n", "from 0 to 65535"},
+		{"http named port", "data_dir: /d\nhttp_address: 127.0.0.1:http\n", "from 0 to 65535"},
+		{"http negative port", "data_dir: /d\nhttp_address: 127.0.0.1:-1\n", "http_address"},
+		{"http scheme", "data_dir: /d\nhttp_address: http://127.0.0.1:9090\n", "no scheme"},
+		{"http bad host", "data_dir: /d\nhttp_address: 'bad host!:9090'\n", "neither an IP address nor a host name"},
+		{"node api port", "data_dir: /d\nidentity: {node_api_address: '0.0.0.0:70000'}\n", "identity.node_api_address"},
+		{"node api no port", "data_dir: /d\nidentity: {node_api_address: 0.0.0.0}\n", "identity.node_api_address"},
+		{"same port", "data_dir: /d\nhttp_address: 127.0.0.1:8443\nidentity: {node_api_address: '0.0.0.0:8443'}\n", "same port"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte("trust_domain: a.org\n" + c.yaml))
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+		})
+	}
+	for _, ok := range []string{"http_address: 127.0.0.1:0\n", "http_address: ':9090'\n", "http_address: '[::1]:9090'\n", "http_address: metrics.internal:9090\n",
+		"http_address: 127.0.0.1:9090\nidentity: {node_api_address: '127.0.0.1:8443'}\n", "http_address: 127.0.0.1:0\nidentity: {node_api_address: '127.0.0.1:0'}\n"} {
+		if _, err := Parse([]byte("trust_domain: a.org\ndata_dir: /d\n" + ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}

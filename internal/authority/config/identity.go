@@ -1,0 +1,172 @@
+package config
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/wardproject/ward/internal/shared/yamlconf"
+)
+
+// Identity configures workload identity: the CA, node attestation and the
+// Node API that agents reach over mTLS. Zero values take the defaults
+// documented per field (docs/identity.md).
+type Identity struct {
+	// KeyType of CA keys: ec-p256 (default) or ec-p384.
+	KeyType string `yaml:"key_type"`
+	// SVIDTTL is the default X509-SVID lifetime (default 1h).
+	SVIDTTL yamlconf.Duration `yaml:"svid_ttl"`
+	// MaxSVIDTTL caps entry TTLs (default 24h).
+	MaxSVIDTTL yamlconf.Duration `yaml:"max_svid_ttl"`
+	// JWTSVIDTTL is the default JWT-SVID lifetime (default 5m).
+	JWTSVIDTTL yamlconf.Duration `yaml:"jwt_svid_ttl"`
+	// AgentSVIDTTL is the agent SVID lifetime (default 1h).
+	AgentSVIDTTL yamlconf.Duration `yaml:"agent_svid_ttl"`
+	// IntermediateTTL is the lifetime of each intermediate CA (default 7d).
+	IntermediateTTL yamlconf.Duration `yaml:"intermediate_ttl"`
+	// RootTTL is the lifetime of each root (default 10 years).
+	RootTTL yamlconf.Duration `yaml:"root_ttl"`
+	// RefreshHint is published in the bundle (default 5m).
+	RefreshHint yamlconf.Duration `yaml:"refresh_hint"`
+	// NodeAPIAddress is host:port of the Node API; empty = off.
+	NodeAPIAddress string `yaml:"node_api_address"`
+	// NodeAPIDNSNames are extra DNS SANs of the Node API certificate.
+	NodeAPIDNSNames []string `yaml:"node_api_dns_names"`
+	// JoinTokenMaxTTL bounds `ward token create --ttl` (default 24h).
+	JoinTokenMaxTTL yamlconf.Duration `yaml:"join_token_max_ttl"`
+	// X509PopCABundle is a PEM file of CA certificates that node
+	// certificates must chain to for x509pop; empty = x509pop off.
+	X509PopCABundle string `yaml:"x509pop_ca_bundle"`
+}
+
+// Effective returns i with defaults filled in.
+func (i Identity) Effective() Identity {
+	def := func(d *yamlconf.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = yamlconf.Duration(v)
+		}
+	}
+	if i.KeyType == "" {
+		i.KeyType = "ec-p256"
+	}
+	def(&i.SVIDTTL, time.Hour)
+	def(&i.MaxSVIDTTL, max(24*time.Hour, time.Duration(i.SVIDTTL)))
+	def(&i.JWTSVIDTTL, 5*time.Minute)
+	def(&i.AgentSVIDTTL, time.Hour)
+	def(&i.IntermediateTTL, 7*24*time.Hour)
+	def(&i.RootTTL, 10*365*24*time.Hour)
+	def(&i.RefreshHint, 5*time.Minute)
+	def(&i.JoinTokenMaxTTL, 24*time.Hour)
+	return i
+}
+
+func (i *Identity) defaults(c *Server) { *i = i.Effective() }
+
+func (i *Identity) validate() error {
+	e := i.Effective()
+	switch e.KeyType {
+	case "ec-p256", "ec-p384":
+	default:
+		return fmt.Errorf("identity.key_type %q is unknown: use ec-p256 or ec-p384", e.KeyType)
+	}
+	type bound struct {
+		name     string
+		v        yamlconf.Duration
+		min, max time.Duration
+	}
+	for _, b := range []bound{
+		{"svid_ttl", e.SVIDTTL, time.Minute, 30 * 24 * time.Hour},
+		{"max_svid_ttl", e.MaxSVIDTTL, time.Minute, 30 * 24 * time.Hour},
+		{"jwt_svid_ttl", e.JWTSVIDTTL, 10 * time.Second, 24 * time.Hour},
+		{"agent_svid_ttl", e.AgentSVIDTTL, time.Minute, 30 * 24 * time.Hour},
+		{"refresh_hint", e.RefreshHint, time.Second, 7 * 24 * time.Hour},
+		{"join_token_max_ttl", e.JoinTokenMaxTTL, time.Second, 30 * 24 * time.Hour},
+	} {
+		if d := time.Duration(b.v); d < b.min || d > b.max {
+			return fmt.Errorf("identity.%s %s is out of range: use between %s and %s", b.name, d, b.min, b.max)
+		}
+	}
+	switch {
+	case e.MaxSVIDTTL < e.SVIDTTL:
+		return fmt.Errorf("identity.max_svid_ttl %s is below svid_ttl %s: raise max_svid_ttl", time.Duration(e.MaxSVIDTTL), time.Duration(e.SVIDTTL))
+	case e.AgentSVIDTTL > e.MaxSVIDTTL:
+		return fmt.Errorf("identity.agent_svid_ttl %s is above max_svid_ttl %s: lower it or raise max_svid_ttl", time.Duration(e.AgentSVIDTTL), time.Duration(e.MaxSVIDTTL))
+	case e.IntermediateTTL < 2*e.MaxSVIDTTL:
+		return fmt.Errorf("identity.intermediate_ttl %s must be at least twice max_svid_ttl %s", time.Duration(e.IntermediateTTL), time.Duration(e.MaxSVIDTTL))
+	case e.RootTTL < 2*e.IntermediateTTL:
+		return fmt.Errorf("identity.root_ttl %s must be at least twice intermediate_ttl %s", time.Duration(e.RootTTL), time.Duration(e.IntermediateTTL))
+	case 6*e.RefreshHint*3 > e.IntermediateTTL:
+		return fmt.Errorf("identity.refresh_hint %s is too long for intermediate_ttl %s: keys are prepared 6 refresh hints ahead, which must stay under a third of intermediate_ttl", time.Duration(e.RefreshHint), time.Duration(e.IntermediateTTL))
+	}
+	if a := e.NodeAPIAddress; a != "" {
+		if err := ValidateListenAddress("identity.node_api_address", a); err != nil {
+			return fmt.Errorf("%v (empty turns the Node API off)", err)
+		}
+	}
+	for _, n := range e.NodeAPIDNSNames {
+		if !validHostname(n) {
+			return fmt.Errorf("identity.node_api_dns_names: %q is not a DNS name (letters, digits, '-' and '.', optional leading '*.')", n)
+		}
+	}
+	if e.X509PopCABundle != "" {
+		if _, err := LoadCertPool(e.X509PopCABundle); err != nil {
+			return fmt.Errorf("identity.x509pop_ca_bundle: %v", err)
+		}
+	}
+	return nil
+}
+
+func validHostname(n string) bool {
+	if n == "" || len(n) > 253 {
+		return false
+	}
+	for _, l := range strings.Split(strings.TrimPrefix(n, "*."), ".") {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-') {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// LoadCertPool reads a PEM file of CA certificates.
+func LoadCertPool(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", path, err)
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "CERTIFICATE" {
+			continue
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: certificate %d does not parse: %v", path, n+1, err)
+		}
+		if !c.IsCA {
+			return nil, fmt.Errorf("%s: certificate %d (%s) is not a CA certificate", path, n+1, c.Subject)
+		}
+		pool.AddCert(c)
+		n++
+	}
+	if n == 0 {
+		return nil, errors.New(path + " holds no PEM CERTIFICATE blocks: give the CA certificates node certificates chain to")
+	}
+	return pool, nil
+}

@@ -1,0 +1,306 @@
+package kms
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/barrier"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/authority/store/boltstore"
+)
+
+// logAuditor appends kms audit records to a real audit log.
+type logAuditor struct{ l *audit.Log }
+
+func (a logAuditor) Audit(ctx context.Context, r AuditRecord) error {
+	_, err := a.l.Append(ctx, audit.Event{Operation: r.Operation, Key: r.Key, KeyVersion: r.Version,
+		Result: r.Result, Error: r.Error, Count: r.Count, Fields: r.Fields})
+	return err
+}
+
+// indexWitness is the production wiring (server.auditWitness) in miniature.
+type indexWitness struct{ idx *audit.RevisionIndex }
+
+func (w indexWitness) Latest(ctx context.Context, name string) (Mark, bool, error) {
+	m, ok, err := w.idx.Latest(ctx, name)
+	return Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, err
+}
+
+// syncBuf collects log output.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
+func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+// authority is an authority's storage stack on a real bbolt file: raw
+// store, barrier, audit log and KMS, as the server wires them.
+type authority struct {
+	raw  *boltstore.Store
+	log  *audit.Log
+	m    *Manager
+	logs *syncBuf
+}
+
+var (
+	testRootKey = bytes.Repeat([]byte{3}, barrier.KeySize)
+	testPathKey = bytes.Repeat([]byte{7}, 32)
+)
+
+func openAuthority(t *testing.T, path string, signer *ecdsa.PrivateKey, witness bool) *authority {
+	t.Helper()
+	ctx := context.Background()
+	raw, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := barrier.New(raw)
+	if ok, _ := b.Initialized(ctx); !ok {
+		if err := b.Initialize(ctx, testRootKey); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Unseal(ctx, testRootKey); err != nil {
+		t.Fatal(err)
+	}
+	bs := b.Store()
+	l, err := audit.Open(ctx, bs, signer, "ward/test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &authority{raw: raw, log: l, logs: &syncBuf{}}
+	opts := []Option{WithLogger(slog.New(slog.NewTextHandler(a.logs, nil)))}
+	if witness {
+		opts = append(opts, WithWitness(indexWitness{audit.NewRevisionIndex(l)}))
+	}
+	if a.m, err = New(bs, testPathKey, DefaultTable(), logAuditor{l}, opts...); err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
+func (a *authority) close() {
+	a.log.Close()
+	a.raw.Close()
+}
+
+func (a *authority) events(t *testing.T, op string) []audit.Event {
+	t.Helper()
+	var out []audit.Event
+	err := a.log.Read(context.Background(), 0, a.log.Size(), func(r audit.Record) error {
+		if ev, err := audit.DecodeEvent(r.Leaf); err == nil && ev.Operation == op {
+			out = append(out, ev)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDestroyedVersionRollbackIsRefused runs the red team's attack: copy an
+// older raw record of a key (taken before `key destroy`) back into the
+// bbolt file, bypassing the barrier API, and restart. The destroyed
+// version must not decrypt again, and the rollback must be reported.
+func TestDestroyedVersionRollbackIsRefused(t *testing.T) {
+	ctx := context.Background()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "ward.db")
+	a := openAuthority(t, path, signer, true)
+	if _, err := a.m.Create(ctx, "tenant/k", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	ct1, _, err := a.m.Encrypt(ctx, "tenant/k", []byte("secret under v1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.m.Rotate(ctx, "tenant/k"); err != nil {
+		t.Fatal(err)
+	}
+	recPath := a.m.path("tenant/k")
+	old, err := a.raw.Get(ctx, recPath) // the attacker's backup: raw, encrypted bytes
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.m.Destroy(ctx, "tenant/k", 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := a.m.Decrypt(ctx, ct1, nil); KindOf(err) != KindPrecondition {
+		t.Fatalf("decrypt after destroy: %v", err)
+	}
+	a.close()
+
+	// The attacker copies the old bytes back, straight into bbolt.
+	raw, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, recPath, old.Value); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	// Without the audit witness (the old code) the attack works: this is
+	// what the red team saw.
+	b := openAuthority(t, path, signer, false)
+	if pt, _, err := b.m.Decrypt(ctx, ct1, nil); err != nil || string(pt) != "secret under v1" {
+		t.Fatalf("precondition: without the witness the rolled-back record should decrypt (got %q, %v)", pt, err)
+	}
+	b.close()
+
+	// The restarted authority refuses the record.
+	c := openAuthority(t, path, signer, true)
+	defer c.close()
+	_, _, err = c.m.Decrypt(ctx, ct1, nil)
+	kind(t, err, KindRolledBack)
+	for _, want := range []string{`"tenant/k"`, "rolled back", "versions 1", "Restore"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("decrypt error lacks %q: %v", want, err)
+		}
+	}
+	if _, err := c.m.Get(ctx, "tenant/k"); KindOf(err) != KindRolledBack { // `ward key show`
+		t.Fatalf("Get of rolled-back key: %v", err)
+	}
+	if _, err := c.m.List(ctx, ""); KindOf(err) != KindRolledBack { // `ward key list`
+		t.Fatalf("List with a rolled-back key: %v", err)
+	}
+	if _, _, err := c.m.Encrypt(ctx, "tenant/k", []byte("x"), nil); KindOf(err) != KindRolledBack {
+		t.Fatalf("Encrypt with rolled-back key: %v", err)
+	}
+	if _, err := c.m.Rotate(ctx, "tenant/k"); KindOf(err) != KindRolledBack {
+		t.Fatalf("Rotate of rolled-back key: %v", err)
+	}
+	if n := c.m.RollbacksDetected(); n != 1 {
+		t.Errorf("RollbacksDetected = %d, want 1 (reported once)", n)
+	}
+	logs := c.logs.String()
+	for _, want := range []string{"level=ERROR", "rolled back", "key=tenant/k", "stored_revision=2", "audit_revision=3", "resurrected_versions=1"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("error log lacks %q:\n%s", want, logs)
+		}
+	}
+	evs := c.events(t, "key.rollback_detected")
+	if len(evs) != 1 || evs[0].Key != "tenant/k" || evs[0].Result != audit.ResultError || evs[0].Fields["resurrected_versions"] != "1" {
+		t.Fatalf("rollback audit events: %+v", evs)
+	}
+	// Background jobs skip the bad key instead of failing for all keys.
+	if _, err := c.m.RotateDue(ctx); err != nil {
+		t.Fatalf("RotateDue with a rolled-back key: %v", err)
+	}
+}
+
+// TestKeyRecordRollbackCases covers the other shapes of the attack.
+func TestKeyRecordRollbackCases(t *testing.T) {
+	ctx := context.Background()
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Run("deleted record", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ward.db")
+		a := openAuthority(t, path, signer, true)
+		if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+			t.Fatal(err)
+		}
+		a.close()
+		raw, _ := boltstore.Open(path)
+		if err := raw.Delete(ctx, a.m.path("k")); err != nil {
+			t.Fatal(err)
+		}
+		raw.Close()
+		b := openAuthority(t, path, signer, true)
+		defer b.close()
+		if _, err := b.m.Get(ctx, "k"); KindOf(err) != KindRolledBack {
+			t.Fatalf("Get of deleted record: %v", err)
+		}
+		// Re-creating it under the same name would hide the deletion.
+		if _, err := b.m.Create(ctx, "k", "internal", ""); KindOf(err) != KindRolledBack {
+			t.Fatalf("Create over a deleted record: %v", err)
+		}
+	})
+	t.Run("live rollback through the watch", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ward.db")
+		a := openAuthority(t, path, signer, true)
+		defer a.close()
+		wctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go a.m.Watch(wctx)
+		if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+			t.Fatal(err)
+		}
+		ct1, _, _ := a.m.Encrypt(ctx, "k", []byte("v1"), nil)
+		a.m.Rotate(ctx, "k")
+		old, _ := a.raw.Get(ctx, a.m.path("k"))
+		if _, err := a.m.Destroy(ctx, "k", 1); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.raw.Put(ctx, a.m.path("k"), old.Value); err != nil {
+			t.Fatal(err)
+		}
+		// Poll (bounded) until the watch delivered the change; never may
+		// the destroyed version decrypt.
+		var derr error
+		for i := 0; i < 500; i++ {
+			_, _, derr = a.m.Decrypt(ctx, ct1, nil)
+			if derr == nil {
+				t.Fatal("destroyed version decrypted after the record was copied back")
+			}
+			if KindOf(derr) == KindRolledBack {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		kind(t, derr, KindRolledBack)
+	})
+	t.Run("legitimate history passes", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "ward.db")
+		a := openAuthority(t, path, signer, true)
+		a.m.Create(ctx, "k", "internal", "")
+		a.m.Rotate(ctx, "k")
+		a.m.SetEnabled(ctx, "k", 1, false)
+		a.m.SetEnabled(ctx, "k", 1, true)
+		a.m.SetMinDecryptVersion(ctx, "k", 1)
+		a.close()
+		b := openAuthority(t, path, signer, true)
+		defer b.close()
+		v, err := b.m.Get(ctx, "k")
+		if err != nil || v.Revision != 5 {
+			t.Fatalf("Get after restart: revision %d, %v", v.Revision, err)
+		}
+		if _, err := b.m.Rotate(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+var _ store.Store = (*boltstore.Store)(nil)
+
+// TestCreateExistingKeyStillSaysExists: the deleted-record check must not
+// change the answer for a key that simply exists.
+func TestCreateExistingKeyStillSaysExists(t *testing.T) {
+	ctx := context.Background()
+	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	a := openAuthority(t, filepath.Join(t.TempDir(), "ward.db"), signer, true)
+	defer a.close()
+	if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	_, err := a.m.Create(ctx, "k", "internal", "")
+	kind(t, err, KindExists)
+}

@@ -1,0 +1,106 @@
+package nodeapi
+
+import (
+	"errors"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/attest"
+)
+
+// Status maps a registry or CA error to a gRPC status error.
+func Status(err error) error {
+	if err == nil {
+		return nil
+	}
+	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, ca.ErrInvalidRequest):
+		code = codes.InvalidArgument
+	case errors.Is(err, ca.ErrUnknownKey):
+		code = codes.NotFound
+	case errors.Is(err, ca.ErrNotInitialized):
+		code = codes.FailedPrecondition
+	default:
+		switch registry.KindOf(err) {
+		case registry.KindInvalid:
+			code = codes.InvalidArgument
+		case registry.KindNotFound:
+			code = codes.NotFound
+		case registry.KindExists:
+			code = codes.AlreadyExists
+		case registry.KindConflict:
+			code = codes.Aborted
+		case registry.KindDenied:
+			code = codes.PermissionDenied
+		case registry.KindUnavailable:
+			code = codes.Unavailable
+		case registry.KindPrecondition:
+			code = codes.FailedPrecondition
+		}
+	}
+	return status.Error(code, err.Error())
+}
+
+func ts(t time.Time) *timestamppb.Timestamp {
+	if t.IsZero() {
+		return nil
+	}
+	return timestamppb.New(t)
+}
+
+// SelectorsProto converts selectors to their wire form.
+func SelectorsProto(ss []attest.Selector) []*wardv1.Selector {
+	out := make([]*wardv1.Selector, len(ss))
+	for i, s := range ss {
+		out[i] = &wardv1.Selector{Type: s.Type, Value: s.Value}
+	}
+	return out
+}
+
+// EntryProto converts a registry entry to its wire form.
+func EntryProto(e registry.Entry) *wardv1.Entry {
+	return &wardv1.Entry{
+		Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, Selectors: SelectorsProto(e.Selectors),
+		TtlSeconds: int64(e.TTL / time.Second), DnsNames: e.DNSNames, Hint: e.Hint, FederatesWith: e.FederatesWith,
+		Labels: e.Labels, Revision: e.Revision, Created: ts(e.Created), Updated: ts(e.Updated),
+	}
+}
+
+// EntryFromProto converts the writable fields of a wire entry; the
+// registry validates them.
+func EntryFromProto(p *wardv1.Entry) registry.Entry {
+	if p == nil {
+		return registry.Entry{}
+	}
+	e := registry.Entry{ID: p.Id, SPIFFEID: p.SpiffeId, ParentID: p.ParentId, DNSNames: append([]string(nil), p.DnsNames...),
+		Hint: p.Hint, FederatesWith: append([]string(nil), p.FederatesWith...), TTL: time.Duration(p.TtlSeconds) * time.Second}
+	if p.TtlSeconds < 0 || p.TtlSeconds > int64(1<<62/time.Second) {
+		e.TTL = -1
+	}
+	for _, s := range p.Selectors {
+		e.Selectors = append(e.Selectors, attest.Selector{Type: s.GetType(), Value: s.GetValue()})
+	}
+	if len(p.Labels) > 0 {
+		e.Labels = make(map[string]string, len(p.Labels))
+		for k, v := range p.Labels {
+			e.Labels[k] = v
+		}
+	}
+	return e
+}
+
+// AgentProto converts an agent record to its wire form.
+func AgentProto(a registry.Agent) *wardv1.Agent {
+	return &wardv1.Agent{SpiffeId: a.SPIFFEID, AttestationType: a.AttestationType, Selectors: SelectorsProto(a.Selectors),
+		Serial: a.Serial, Expires: ts(a.Expires), Attested: ts(a.Attested), LastSeen: ts(a.LastSeen), Evicted: a.Evicted}
+}

@@ -1,0 +1,440 @@
+package nodeapi
+
+import (
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/x509"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/shared/x509pop"
+)
+
+type nodeService struct {
+	wardv1.UnimplementedNodeServer
+	s *Server
+}
+
+// parseCSR checks a PKCS#10 request (DER) and returns its public key; only
+// the key is used, the subject and extensions are ignored. checkSig proves
+// possession of the key: required for agent SVIDs; for workload SVIDs the
+// authenticated agent is entitled to the SVID whatever key it names (an
+// SVID for a key it does not hold is useless to it), so the check, which
+// costs more than signing the SVID, is skipped there.
+func parseCSR(der []byte, checkSig bool) (crypto.PublicKey, error) {
+	if len(der) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "csr is missing: send a PKCS#10 certificate request (DER) for the SVID key")
+	}
+	if len(der) > maxCSR {
+		return nil, status.Errorf(codes.InvalidArgument, "csr is %d bytes; at most %d are accepted", len(der), maxCSR)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "csr does not parse as PKCS#10 DER: %v", err)
+	}
+	if !checkSig {
+		return csr.PublicKey, nil
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "csr signature does not verify (sign it with the SVID key): %v", err)
+	}
+	return csr.PublicKey, nil
+}
+
+func (s *Server) event(ctx context.Context, op, result, errMsg string, fields map[string]string) audit.Event {
+	c := reqctx.From(ctx)
+	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Error: errMsg, Fields: fields}
+}
+
+// deny audits a refused call (best effort: the refusal stands either way)
+// and returns err as a status.
+func (s *Server) deny(ctx context.Context, op string, fields map[string]string, err error) error {
+	st := status.Convert(Status(err))
+	result := audit.ResultError
+	if st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated {
+		result = audit.ResultDenied
+	}
+	if aerr := s.cfg.Audit(ctx, s.event(ctx, op, result, st.Message(), fields)); aerr != nil {
+		s.cfg.Log.Warn("could not audit a refused call", "operation", op, "err", aerr)
+	}
+	return st.Err()
+}
+
+func chainDER(chain []*x509.Certificate) [][]byte {
+	out := make([][]byte, len(chain))
+	for i, c := range chain {
+		out[i] = c.Raw
+	}
+	return out
+}
+
+func (s *Server) bundleJSON() ([]byte, uint64, error) {
+	b, err := s.cfg.CA.Bundle()
+	if err != nil {
+		return nil, 0, Status(err)
+	}
+	j, err := b.Marshal()
+	if err != nil {
+		return nil, 0, status.Errorf(codes.Internal, "encoding the trust bundle: %v", err)
+	}
+	seq, _ := b.SequenceNumber()
+	return j, seq, nil
+}
+
+// signAgent signs an agent SVID for id.
+func (s *Server) signAgent(ctx context.Context, id spiffeid.ID, pub crypto.PublicKey) ([]*x509.Certificate, error) {
+	chain, err := s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: s.cfg.AgentSVIDTTL})
+	if err != nil {
+		return nil, Status(err)
+	}
+	return chain, nil
+}
+
+// recvTimeout receives one message or gives up after d.
+func recvTimeout(stream wardv1.Node_AttestServer, d time.Duration) (*wardv1.AttestRequest, error) {
+	type res struct {
+		m   *wardv1.AttestRequest
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() { m, err := stream.Recv(); ch <- res{m, err} }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return nil, status.Errorf(codes.Canceled, "attestation: receiving: %v", r.err)
+		}
+		return r.m, nil
+	case <-t.C:
+		return nil, status.Error(codes.DeadlineExceeded, "attestation timed out waiting for the agent")
+	}
+}
+
+func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
+	s := n.s
+	ctx := stream.Context()
+	deadline := time.Now().Add(s.cfg.AttestTimeout)
+	first, err := recvTimeout(stream, s.cfg.AttestTimeout)
+	if err != nil {
+		return err
+	}
+	fields := map[string]string{}
+	pub, err := parseCSR(first.Csr, true)
+	if err != nil {
+		return s.deny(ctx, "agent.attest", fields, err)
+	}
+	var (
+		id   spiffeid.ID
+		typ  string
+		sels []attest.Selector
+	)
+	switch step := first.Step.(type) {
+	case *wardv1.AttestRequest_JoinToken:
+		typ = registry.AttestJoinToken
+		fields["attestation_type"] = typ
+		var tokenID string
+		id, tokenID, err = s.cfg.Registry.ConsumeJoinToken(ctx, step.JoinToken.GetToken())
+		if tokenID != "" {
+			fields["token_id"] = tokenID
+		}
+		if err != nil {
+			return s.deny(ctx, "agent.attest", fields, err)
+		}
+	case *wardv1.AttestRequest_X509Pop:
+		typ = registry.AttestX509Pop
+		fields["attestation_type"] = typ
+		if s.cfg.X509PopRoots == nil {
+			return s.deny(ctx, "agent.attest", fields, status.Error(codes.FailedPrecondition,
+				"x509pop attestation is not enabled on this authority: set identity.x509pop_ca_bundle"))
+		}
+		leaf, ss, err := verifyX509Pop(step.X509Pop.GetChain(), s.cfg.X509PopRoots, s.cfg.Clock())
+		if err != nil {
+			return s.deny(ctx, "agent.attest", fields, status.Error(codes.PermissionDenied, err.Error()))
+		}
+		id, sels = X509PopAgentID(s.td, leaf), ss
+		fields["agent_id"] = id.String()
+		nonce := make([]byte, x509pop.NonceSize)
+		if _, err := rand.Read(nonce); err != nil {
+			return status.Errorf(codes.Internal, "x509pop: no randomness for the challenge: %v", err)
+		}
+		if err := stream.Send(&wardv1.AttestResponse{Step: &wardv1.AttestResponse_X509PopChallenge{X509PopChallenge: nonce}}); err != nil {
+			return err
+		}
+		resp, err := recvTimeout(stream, time.Until(deadline))
+		if err != nil {
+			return s.deny(ctx, "agent.attest", fields, err)
+		}
+		sig, ok := resp.Step.(*wardv1.AttestRequest_X509PopChallengeSignature)
+		if !ok {
+			return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "x509pop: expected the challenge signature as the second message"))
+		}
+		if err := x509pop.Verify(leaf.PublicKey, nonce, sig.X509PopChallengeSignature); err != nil {
+			return s.deny(ctx, "agent.attest", fields, status.Errorf(codes.PermissionDenied, "x509pop: %v", err))
+		}
+	case *wardv1.AttestRequest_X509PopChallengeSignature:
+		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation must start with join_token or x509pop, not a challenge signature"))
+	default:
+		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation needs join_token or x509pop in the first message"))
+	}
+	fields["agent_id"] = id.String()
+	chain, err := s.signAgent(ctx, id, pub)
+	if err != nil {
+		return s.deny(ctx, "agent.attest", fields, err)
+	}
+	leaf := chain[0]
+	serial := leaf.SerialNumber.Text(16)
+	if _, err := s.cfg.Registry.RecordAttestation(ctx, id, typ, sels, serial, leaf.NotAfter); err != nil {
+		return s.deny(ctx, "agent.attest", fields, err)
+	}
+	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
+	// Audit before release: an SVID whose issuance is not in the log is
+	// never handed out.
+	if err := s.cfg.Audit(ctx, s.event(ctx, "agent.attest", audit.ResultOK, "", fields)); err != nil {
+		return status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
+	}
+	bj, _, err := s.bundleJSON()
+	if err != nil {
+		return err
+	}
+	return stream.Send(&wardv1.AttestResponse{Step: &wardv1.AttestResponse_Svid{Svid: &wardv1.AgentSVID{
+		SpiffeId: id.String(), Chain: chainDER(chain), BundleSpiffeJson: bj}}})
+}
+
+func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentRequest) (*wardv1.AgentSVID, error) {
+	s := n.s
+	id := agentFrom(ctx)
+	fields := map[string]string{"agent_id": id.String()}
+	pub, err := parseCSR(r.Csr, true)
+	if err != nil {
+		return nil, s.deny(ctx, "agent.renew", fields, err)
+	}
+	chain, err := s.signAgent(ctx, id, pub)
+	if err != nil {
+		return nil, s.deny(ctx, "agent.renew", fields, err)
+	}
+	leaf := chain[0]
+	serial := leaf.SerialNumber.Text(16)
+	if _, err := s.cfg.Registry.RecordRenewal(ctx, id, serial, leaf.NotAfter); err != nil {
+		return nil, s.deny(ctx, "agent.renew", fields, err)
+	}
+	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
+	if err := s.cfg.Audit(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
+	}
+	bj, _, err := s.bundleJSON()
+	if err != nil {
+		return nil, err
+	}
+	return &wardv1.AgentSVID{SpiffeId: id.String(), Chain: chainDER(chain), BundleSpiffeJson: bj}, nil
+}
+
+func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
+	s := n.s
+	id := agentFrom(ctx)
+	entries, err := s.cfg.Registry.ListEntries(ctx, registry.ListFilter{ParentID: id.String()})
+	if err != nil {
+		return nil, Status(err)
+	}
+	bj, seq, err := s.bundleJSON()
+	if err != nil {
+		return nil, err
+	}
+	out := &wardv1.SyncResponse{BundleSpiffeJson: bj, BundleSequence: seq, Entries: make([]*wardv1.Entry, len(entries)),
+		TaintedKeyIds: s.cfg.CA.TaintedKeyIDs()}
+	for i, e := range entries {
+		out.Entries[i] = EntryProto(e)
+	}
+	s.auditCheckpoint(ctx, id, r.GetAuditTreeSize(), out)
+	return out, nil
+}
+
+// auditCheckpoint adds the latest signed audit checkpoint and the proof
+// that it extends the agent's known size. Best effort: without them the
+// agent keeps what it has (and learns the entries and bundle it needs).
+func (s *Server) auditCheckpoint(ctx context.Context, agent spiffeid.ID, known uint64, out *wardv1.SyncResponse) {
+	if s.cfg.AuditLog == nil {
+		return
+	}
+	cp, pub, err := s.cfg.AuditLog.LatestCheckpoint(ctx)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: no audit checkpoint for the agent", "agent_id", agent.String(), "err", err)
+		return
+	}
+	var proof [][]byte
+	if known > 0 && known < cp.Size {
+		if proof, err = s.cfg.AuditLog.ConsistencyProof(ctx, known, cp.Size); err != nil {
+			s.cfg.Log.Warn("Sync: no audit consistency proof for the agent", "agent_id", agent.String(), "from", known, "to", cp.Size, "err", err)
+			return
+		}
+	}
+	cj, err := checkpoint.Encode(cp)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: encoding the audit checkpoint", "err", err)
+		return
+	}
+	pem, err := checkpoint.MarshalPublicKeyPEM(pub)
+	if err != nil {
+		s.cfg.Log.Warn("Sync: encoding the audit key", "err", err)
+		return
+	}
+	out.AuditCheckpoint, out.AuditPublicKeyPem, out.AuditConsistencyProof = cj, pem, proof
+}
+
+// entryFor loads entry id and checks that agent owns it.
+func (s *Server) entryFor(ctx context.Context, agent spiffeid.ID, id string) (registry.Entry, error) {
+	e, err := s.cfg.Registry.GetEntry(ctx, id)
+	if registry.KindOf(err) == registry.KindNotFound || err == nil && e.ParentID != agent.String() {
+		// Same answer for "missing" and "someone else's": an agent learns
+		// nothing about entries it does not serve.
+		return registry.Entry{}, status.Errorf(codes.PermissionDenied, "entry %s is not registered under agent %s: sync and use one of its entries", id, agent)
+	}
+	if err != nil {
+		return registry.Entry{}, Status(err)
+	}
+	return e, nil
+}
+
+type signed struct {
+	entry  registry.Entry
+	chain  []*x509.Certificate
+	err    error
+	result *wardv1.X509SVIDResult
+}
+
+func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDsRequest) (*wardv1.SignX509SVIDsResponse, error) {
+	s := n.s
+	agent := agentFrom(ctx)
+	if len(r.Params) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "no params: send one {entry_id, csr} per SVID")
+	}
+	if len(r.Params) > MaxBatch {
+		return nil, status.Errorf(codes.InvalidArgument, "%d SVIDs requested in one call; at most %d: split the batch", len(r.Params), MaxBatch)
+	}
+	items := make([]signed, len(r.Params))
+	one := func(i int) {
+		p := r.Params[i]
+		it := &items[i]
+		it.result = &wardv1.X509SVIDResult{EntryId: p.GetEntryId()}
+		e, err := s.entryFor(ctx, agent, p.GetEntryId())
+		if err != nil {
+			it.err = err
+			return
+		}
+		it.entry = e
+		pub, err := parseCSR(p.GetCsr(), false)
+		if err != nil {
+			it.err = err
+			return
+		}
+		id, err := spiffeid.FromString(e.SPIFFEID)
+		if err != nil {
+			it.err = status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.ID, err)
+			return
+		}
+		it.chain, it.err = s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: e.TTL, DNSNames: e.DNSNames})
+	}
+	workers := min(runtime.GOMAXPROCS(0), len(items))
+	if workers <= 1 {
+		for i := range items {
+			one(i)
+		}
+	} else {
+		var wg sync.WaitGroup
+		next := make(chan int)
+		for range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range next {
+					one(i)
+				}
+			}()
+		}
+		for i := range items {
+			next <- i
+		}
+		close(next)
+		wg.Wait()
+	}
+	var ok, failed []string
+	var serials, expiries, ids []string
+	out := &wardv1.SignX509SVIDsResponse{Results: make([]*wardv1.X509SVIDResult, len(items))}
+	for i := range items {
+		it := &items[i]
+		if it.err != nil {
+			st := status.Convert(Status(it.err))
+			it.result.Error = &wardv1.ItemError{Code: st.Code().String(), Message: st.Message()}
+			failed = append(failed, it.result.EntryId+": "+st.Message())
+		} else {
+			leaf := it.chain[0]
+			it.result.Chain = chainDER(it.chain)
+			it.result.Expires = timestamppb.New(leaf.NotAfter)
+			ok = append(ok, it.entry.ID)
+			ids = append(ids, it.entry.SPIFFEID)
+			serials = append(serials, leaf.SerialNumber.Text(16))
+			expiries = append(expiries, leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+		out.Results[i] = it.result
+	}
+	fields := map[string]string{"agent_id": agent.String(), "requested": strconv.Itoa(len(items))}
+	result := audit.ResultOK
+	if len(ok) > 0 {
+		fields["entries"], fields["spiffe_ids"] = strings.Join(ok, ","), strings.Join(ids, ",")
+		fields["serials"], fields["expires"] = strings.Join(serials, ","), strings.Join(expiries, ",")
+	}
+	if len(failed) > 0 {
+		fields["failed"] = strings.Join(failed, "; ")
+		if len(ok) == 0 {
+			result = audit.ResultDenied
+		}
+	}
+	ev := s.event(ctx, "svid.x509.sign", result, "", fields)
+	ev.Count = len(ok)
+	if err := s.cfg.Audit(ctx, ev); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, %d SVIDs for agent %s withheld: %v", len(ok), agent, err)
+	}
+	return out, nil
+}
+
+func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequest) (*wardv1.SignJWTSVIDResponse, error) {
+	s := n.s
+	agent := agentFrom(ctx)
+	fields := map[string]string{"agent_id": agent.String(), "entry": r.EntryId, "audience": strings.Join(r.Audience, ",")}
+	e, err := s.entryFor(ctx, agent, r.EntryId)
+	if err != nil {
+		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
+	}
+	id, err := spiffeid.FromString(e.SPIFFEID)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.ID, err)
+	}
+	if r.TtlSeconds < 0 || r.TtlSeconds > int64(24*time.Hour/time.Second) {
+		return nil, s.deny(ctx, "svid.jwt.sign", fields, status.Errorf(codes.InvalidArgument, "ttl_seconds %d is out of range: use 0 (the default) up to 86400", r.TtlSeconds))
+	}
+	j, err := s.cfg.CA.SignJWTSVID(ctx, id, r.Audience, time.Duration(r.TtlSeconds)*time.Second)
+	if err != nil {
+		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
+	}
+	fields["spiffe_id"], fields["key_id"], fields["expires"] = id.String(), j.KeyID, j.Expiry.UTC().Format(time.RFC3339)
+	if err := s.cfg.Audit(ctx, s.event(ctx, "svid.jwt.sign", audit.ResultOK, "", fields)); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, JWT-SVID for %s withheld: %v", id, err)
+	}
+	return &wardv1.SignJWTSVIDResponse{Token: j.Token, Expires: timestamppb.New(j.Expiry)}, nil
+}

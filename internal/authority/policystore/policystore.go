@@ -1,0 +1,502 @@
+// Package policystore keeps the authority's versioned policy sets: every
+// apply, rollback and revocation compiles the whole bundle first (nothing
+// is ever half applied) and stores it as a new immutable version, and the
+// current version is published to watchers (agents, proxies) as it changes.
+// Versions live in the barrier-encrypted store, written atomically with
+// the head that points at the current one, so several authorities on one
+// etcd agree on the numbering.
+package policystore
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/policy"
+)
+
+const (
+	headKey       = "policy/head"
+	versionPrefix = "policy/v/"
+)
+
+// ErrNoPolicy means no policy version has been applied yet.
+var ErrNoPolicy = errors.New("no policy has been applied yet: apply one with `ward policy apply FILE...`")
+
+// ErrNotFound means the requested version does not exist.
+var ErrNotFound = errors.New("policy version not found")
+
+// Version is one stored policy set version.
+type Version struct {
+	Number       uint64        `json:"number"`
+	Created      time.Time     `json:"created"`
+	Actor        string        `json:"actor"`
+	Comment      string        `json:"comment,omitempty"`
+	RestoredFrom uint64        `json:"restored_from,omitempty"`
+	Bundle       policy.Bundle `json:"bundle"`
+	PolicyCount  int           `json:"policy_count"`
+}
+
+// BundleJSON is the version's bundle as distributed.
+func (v Version) BundleJSON() ([]byte, error) { return policy.MarshalBundle(v.Bundle) }
+
+// Digest is the hex SHA-256 of BundleJSON.
+func (v Version) Digest() string {
+	b, err := v.BundleJSON()
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+type head struct {
+	Current uint64 `json:"current"`
+	Latest  uint64 `json:"latest"`
+}
+
+// Auditor records policy changes; an error means the change must not
+// happen (fail closed).
+type Auditor interface {
+	AuditPolicy(ctx context.Context, op string, version uint64, fields map[string]string, opErr error) error
+}
+
+// Store is the policy version store. Safe for concurrent use.
+type Store struct {
+	st         store.Store
+	audit      Auditor
+	schema     *policy.Schema
+	now        func() time.Time
+	principals PrincipalsFunc
+	tainted    func() []string
+}
+
+// PrincipalsFunc returns the attributes (labels, groups) of every known
+// workload identity, from the registration entries.
+type PrincipalsFunc func(ctx context.Context) (map[string]policy.Principal, error)
+
+// Option configures a Store.
+type Option func(*Store)
+
+// WithPrincipals makes every new version carry the principals' attributes
+// as f reports them at that moment.
+func WithPrincipals(f PrincipalsFunc) Option { return func(s *Store) { s.principals = f } }
+
+// WithTaintedKeys makes every new version's deny-list carry the CA key IDs
+// f reports (the CA's tainted keys), in addition to those the current
+// version already holds. So a policy applied after a taint, on any
+// authority sharing the store, still refuses chains through the key, even
+// if the taint's own version was never written.
+func WithTaintedKeys(f func() []string) Option { return func(s *Store) { s.tainted = f } }
+
+// New returns a Store over st (barrier-encrypted).
+func New(st store.Store, a Auditor, opts ...Option) *Store {
+	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+func (s *Store) readHead(ctx context.Context) (head, int64, error) {
+	kv, err := s.st.Get(ctx, headKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return head{}, 0, nil
+	}
+	if err != nil {
+		return head{}, 0, err
+	}
+	var h head
+	if err := json.Unmarshal(kv.Value, &h); err != nil {
+		return head{}, 0, fmt.Errorf("stored policy head is unreadable: %w", err)
+	}
+	return h, kv.Revision, nil
+}
+
+func versionKey(n uint64) string { return fmt.Sprintf("%s%020d", versionPrefix, n) }
+
+// Get returns version n (0 = current).
+func (s *Store) Get(ctx context.Context, n uint64) (Version, error) {
+	h, _, err := s.readHead(ctx)
+	if err != nil {
+		return Version{}, err
+	}
+	if n == 0 {
+		if h.Current == 0 {
+			return Version{}, ErrNoPolicy
+		}
+		n = h.Current
+	}
+	kv, err := s.st.Get(ctx, versionKey(n))
+	if errors.Is(err, store.ErrNotFound) {
+		return Version{}, fmt.Errorf("%w: version %d (latest is %d)", ErrNotFound, n, h.Latest)
+	}
+	if err != nil {
+		return Version{}, err
+	}
+	var v Version
+	if err := json.Unmarshal(kv.Value, &v); err != nil {
+		return Version{}, fmt.Errorf("stored policy version %d is unreadable: %w", n, err)
+	}
+	return v, nil
+}
+
+// Current returns the current version number (0 = none).
+func (s *Store) Current(ctx context.Context) (uint64, error) {
+	h, _, err := s.readHead(ctx)
+	return h.Current, err
+}
+
+// List returns every version, oldest first, and the current number.
+func (s *Store) List(ctx context.Context) ([]Version, uint64, error) {
+	h, _, err := s.readHead(ctx)
+	if err != nil {
+		return nil, 0, err
+	}
+	kvs, err := s.st.List(ctx, versionPrefix)
+	if err != nil {
+		return nil, 0, err
+	}
+	out := make([]Version, 0, len(kvs))
+	for _, kv := range kvs {
+		var v Version
+		if err := json.Unmarshal(kv.Value, &v); err != nil {
+			return nil, 0, fmt.Errorf("stored policy version %s is unreadable: %w", kv.Key, err)
+		}
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
+	return out, h.Current, nil
+}
+
+// Compile checks a bundle as the enforcement points will.
+func (s *Store) Compile(b policy.Bundle) (*policy.Set, error) { return s.schema.CompileBundle(b) }
+
+// commit compiles next (built from the current version by f) and stores it
+// as a new version, atomically with the head.
+func (s *Store) commit(ctx context.Context, op string, fields map[string]string, f func(cur *Version) (Version, error)) (Version, error) {
+	if err := s.audit.AuditPolicy(ctx, op, 0, withResult(fields, "started"), nil); err != nil {
+		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
+	}
+	for attempt := 0; attempt < 16; attempt++ {
+		h, rev, err := s.readHead(ctx)
+		if err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		var cur *Version
+		if h.Current != 0 {
+			v, err := s.Get(ctx, h.Current)
+			if err != nil {
+				return Version{}, s.fail(ctx, op, fields, err)
+			}
+			cur = &v
+		}
+		next, err := f(cur)
+		if err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		next.Number = h.Latest + 1
+		next.Bundle.Version = next.Number
+		// Tainted keys are never dropped by a new version (apply, rollback,
+		// unrevoke): they only leave with the CA key itself.
+		var keep []string
+		if cur != nil {
+			keep = cur.Bundle.DenyList.TaintedKeys
+		}
+		if s.tainted != nil {
+			keep = append(slices.Clone(keep), s.tainted()...)
+		}
+		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		if s.principals != nil {
+			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
+				return Version{}, s.fail(ctx, op, fields, fmt.Errorf("reading principal attributes: %w", err))
+			}
+		}
+		next.Created = s.now().UTC()
+		set, err := s.Compile(next.Bundle)
+		if err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		next.PolicyCount = set.Len()
+		vb, err := json.Marshal(next)
+		if err != nil {
+			return Version{}, err
+		}
+		hb, _ := json.Marshal(head{Current: next.Number, Latest: next.Number})
+		// rev 0 (no head yet) means "head must not exist".
+		_, err = s.st.Batch(ctx, []store.Op{
+			{Key: versionKey(next.Number), Value: vb, ExpectRevision: 0},
+			{Key: headKey, Value: hb, ExpectRevision: rev},
+		})
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		f2 := withResult(fields, "")
+		f2["policies"] = fmt.Sprint(next.PolicyCount)
+		f2["digest"] = next.Digest()
+		if err := s.audit.AuditPolicy(ctx, op, next.Number, f2, nil); err != nil {
+			return next, fmt.Errorf("%s stored version %d but its audit event could not be written: %w", op, next.Number, err)
+		}
+		return next, nil
+	}
+	return Version{}, s.fail(ctx, op, fields, errors.New("policy is being changed concurrently by another authority: retry"))
+}
+
+func withResult(fields map[string]string, result string) map[string]string {
+	out := map[string]string{}
+	for k, v := range fields {
+		out[k] = v
+	}
+	if result != "" {
+		out["phase"] = result
+	}
+	return out
+}
+
+func (s *Store) fail(ctx context.Context, op string, fields map[string]string, err error) error {
+	_ = s.audit.AuditPolicy(ctx, op, 0, fields, err)
+	return err
+}
+
+// Apply stores files as the new policy set, keeping the current deny-list.
+func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte, comment string) (Version, error) {
+	if len(files) == 0 {
+		return Version{}, errors.New("no policy files given: pass at least one .cedar file")
+	}
+	names := make([]string, 0, len(files))
+	for n := range files {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fields := map[string]string{"files": fmt.Sprint(names)}
+	return s.commit(ctx, "policy.apply", fields, func(cur *Version) (Version, error) {
+		v := Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: files}}
+		if cur != nil {
+			v.Bundle.DenyList = cur.Bundle.DenyList
+		}
+		return v, nil
+	})
+}
+
+// Rollback stores a new version with the policies of version n; the
+// current deny-list is kept, so a rollback never un-revokes anyone.
+func (s *Store) Rollback(ctx context.Context, actor string, n uint64, comment string) (Version, error) {
+	old, err := s.Get(ctx, n)
+	if err != nil {
+		return Version{}, err
+	}
+	return s.commit(ctx, "policy.rollback", map[string]string{"restored_from": fmt.Sprint(n)}, func(cur *Version) (Version, error) {
+		v := Version{Actor: actor, Comment: comment, RestoredFrom: n, Bundle: policy.Bundle{Files: old.Bundle.Files}}
+		if cur != nil {
+			v.Bundle.DenyList = cur.Bundle.DenyList
+		}
+		return v, nil
+	})
+}
+
+// Revoke adds (or, with remove, removes) SPIFFE IDs and certificate serials
+// to the deny-list as a new version.
+func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string, remove bool, comment string) (Version, error) {
+	if len(ids)+len(serials) == 0 {
+		return Version{}, errors.New("nothing to revoke: give --spiffe-id or --serial")
+	}
+	norm := make([]string, 0, len(serials))
+	for _, sr := range serials {
+		n, err := policy.NormalizeSerial(sr)
+		if err != nil {
+			return Version{}, fmt.Errorf("serial %q: %w", sr, err)
+		}
+		norm = append(norm, n)
+	}
+	op := "policy.revoke"
+	if remove {
+		op = "policy.unrevoke"
+	}
+	fields := map[string]string{"spiffe_ids": fmt.Sprint(ids), "serials": fmt.Sprint(norm)}
+	return s.commit(ctx, op, fields, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, errors.New("no policy applied yet: apply a policy set first (with no policy everything is denied anyway)")
+		}
+		d := cur.Bundle.DenyList
+		if remove {
+			d.SPIFFEIDs = slices.DeleteFunc(slices.Clone(d.SPIFFEIDs), func(x string) bool { return slices.Contains(ids, x) })
+			d.Serials = slices.DeleteFunc(slices.Clone(d.Serials), func(x string) bool { return slices.Contains(norm, x) })
+		} else {
+			d.SPIFFEIDs = appendNew(slices.Clone(d.SPIFFEIDs), ids)
+			d.Serials = appendNew(slices.Clone(d.Serials), norm)
+		}
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+	})
+}
+
+// TaintKeys adds CA key IDs (tainted in the CA) to the deny-list as a new
+// version, so every proxy refuses chains through them. Keys already listed
+// make no new version: the current one is returned. With no policy applied
+// yet it returns ErrNoPolicy and stores nothing (everything is denied
+// then; the first version applied carries the CA's tainted keys, see
+// WithTaintedKeys).
+func (s *Store) TaintKeys(ctx context.Context, actor string, keyIDs []string, comment string) (Version, error) {
+	norm, err := mergeKeyIDs(nil, keyIDs)
+	if err != nil {
+		return Version{}, err
+	}
+	if len(norm) == 0 {
+		return Version{}, errors.New("no CA key IDs given to taint: see `ward ca show`")
+	}
+	cur, err := s.Current(ctx)
+	if err != nil {
+		return Version{}, err
+	}
+	if cur == 0 {
+		return Version{}, ErrNoPolicy
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return Version{}, err
+	}
+	if have, _ := mergeKeyIDs(nil, v.Bundle.DenyList.TaintedKeys); len(have) > 0 {
+		missing := false
+		for _, k := range norm {
+			if !slices.Contains(have, k) {
+				missing = true
+				break
+			}
+		}
+		if !missing {
+			return v, nil
+		}
+	}
+	return s.commit(ctx, "policy.taint", map[string]string{"tainted_keys": fmt.Sprint(norm)}, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		d := cur.Bundle.DenyList
+		d.TaintedKeys = appendNew(slices.Clone(d.TaintedKeys), norm)
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+	})
+}
+
+// mergeKeyIDs returns the normalized, sorted union of a and b.
+func mergeKeyIDs(a, b []string) ([]string, error) {
+	var out []string
+	for _, k := range append(slices.Clone(a), b...) {
+		n, err := policy.NormalizeKeyID(k)
+		if err != nil {
+			return nil, err
+		}
+		if !slices.Contains(out, n) {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+func appendNew(dst, add []string) []string {
+	for _, a := range add {
+		if !slices.Contains(dst, a) {
+			dst = append(dst, a)
+		}
+	}
+	sort.Strings(dst)
+	return dst
+}
+
+// RefreshPrincipals stores a new version with the current policies and
+// deny-list when the principals' attributes changed since the current
+// version (after an entry's labels changed); otherwise it does nothing and
+// returns 0.
+func (s *Store) RefreshPrincipals(ctx context.Context, actor string) (uint64, error) {
+	if s.principals == nil {
+		return 0, nil
+	}
+	cur, err := s.Current(ctx)
+	if err != nil || cur == 0 {
+		return 0, err
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return 0, err
+	}
+	now, err := s.principals(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if samePrincipals(v.Bundle.Principals, now) {
+		return 0, nil
+	}
+	next, err := s.commit(ctx, "policy.principals", map[string]string{"principals": fmt.Sprint(len(now))}, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		return Version{Actor: actor, Comment: "principal attributes changed", Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: cur.Bundle.DenyList}}, nil
+	})
+	return next.Number, err
+}
+
+func samePrincipals(a, b map[string]policy.Principal) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for id, pa := range a {
+		pb, ok := b[id]
+		if !ok || len(pa.Labels) != len(pb.Labels) || !slices.Equal(pa.Groups, pb.Groups) {
+			return false
+		}
+		for k, v := range pa.Labels {
+			if w, ok := pb.Labels[k]; !ok || w != v {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// Watch sends the current version (if newer than known) and every later
+// one until ctx ends. A watch interrupted by the backend is restarted.
+func (s *Store) Watch(ctx context.Context, known uint64, send func(Version) error) error {
+	for ctx.Err() == nil {
+		ch, err := s.st.Watch(ctx, headKey)
+		if err != nil {
+			return err
+		}
+		// Read after subscribing, so no change is lost in between.
+		if cur, err := s.Current(ctx); err == nil && cur > known {
+			v, err := s.Get(ctx, cur)
+			if err != nil {
+				return err
+			}
+			if err := send(v); err != nil {
+				return err
+			}
+			known = cur
+		}
+		for range ch {
+			cur, err := s.Current(ctx)
+			if err != nil || cur <= known {
+				continue
+			}
+			v, err := s.Get(ctx, cur)
+			if err != nil {
+				return err
+			}
+			if err := send(v); err != nil {
+				return err
+			}
+			known = cur
+		}
+	}
+	return ctx.Err()
+}

@@ -1,0 +1,374 @@
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/attest"
+)
+
+// Attestation types.
+const (
+	AttestJoinToken = "join_token"
+	AttestX509Pop   = "x509pop"
+)
+
+// tokenRecord is what is stored for a join token: never the token itself,
+// only its SHA-256 (the store key).
+type tokenRecord struct {
+	ID      string    `json:"id"`
+	AgentID string    `json:"agent_id"`
+	Created time.Time `json:"created"`
+	Expires time.Time `json:"expires"`
+	Used    time.Time `json:"used,omitzero"`
+}
+
+// JoinToken is a freshly created token. Token is the secret, shown once.
+type JoinToken struct {
+	Token   string
+	ID      string
+	AgentID spiffeid.ID
+	Expires time.Time
+}
+
+const tokenBytes = 32 // 256-bit tokens
+
+func tokenKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return tokenPrefix + hex.EncodeToString(sum[:])
+}
+
+// agentIDFor validates an operator-chosen agent path ("rack1/node-7").
+func (r *Registry) agentIDFor(path string) (spiffeid.ID, error) {
+	path = strings.Trim(path, "/")
+	if strings.HasPrefix(path, AttestJoinToken+"/") || strings.HasPrefix(path, AttestX509Pop+"/") || path == AttestJoinToken || path == AttestX509Pop {
+		return spiffeid.ID{}, errorf(KindInvalid, "agent path %q: %s/ and %s/ are reserved for derived agent IDs; choose another path", path, AttestJoinToken, AttestX509Pop)
+	}
+	id, err := spiffeid.FromPath(r.opts.TrustDomain, AgentIDPrefix+path)
+	if err != nil {
+		return spiffeid.ID{}, errorf(KindInvalid, "agent path %q is not a valid SPIFFE path (%v): use segments of letters, digits, '.', '-' and '_', e.g. rack1/node-7", path, err)
+	}
+	return id, nil
+}
+
+// CreateJoinToken creates a single-use join token valid for ttl (0 = 10m,
+// at most Options.MaxTokenTTL). agentPath, if set, names the agent
+// (spiffe://TD/ward/agent/<agentPath>); by default the agent ID is
+// spiffe://TD/ward/agent/join_token/<token ID>.
+func (r *Registry) CreateJoinToken(ctx context.Context, ttl time.Duration, agentPath string) (JoinToken, error) {
+	fields := map[string]string{"ttl": ttl.String()}
+	if ttl == 0 {
+		ttl = defaultToken
+	}
+	if ttl < time.Second || ttl > r.opts.MaxTokenTTL {
+		return JoinToken{}, r.auditEnd(ctx, "token.create", fields, errorf(KindInvalid,
+			"join token ttl %s is out of range: use between 1s and %s (identity.join_token_max_ttl)", ttl, r.opts.MaxTokenTTL))
+	}
+	tid, err := randomHex(8)
+	if err != nil {
+		return JoinToken{}, err
+	}
+	var agentID spiffeid.ID
+	if agentPath != "" {
+		if agentID, err = r.agentIDFor(agentPath); err != nil {
+			return JoinToken{}, r.auditEnd(ctx, "token.create", fields, err)
+		}
+	} else {
+		agentID = spiffeid.RequireFromPath(r.opts.TrustDomain, AgentIDPrefix+AttestJoinToken+"/"+tid)
+	}
+	secret, err := randomHex(tokenBytes)
+	if err != nil {
+		return JoinToken{}, err
+	}
+	now := r.now()
+	rec := tokenRecord{ID: tid, AgentID: agentID.String(), Created: now, Expires: now.Add(ttl)}
+	fields["token_id"], fields["agent_id"], fields["expires"] = tid, rec.AgentID, rec.Expires.Format(time.RFC3339)
+	if err := r.auditStart(ctx, "token.create", fields); err != nil {
+		return JoinToken{}, err
+	}
+	b, _ := json.Marshal(rec)
+	if _, err := r.st.CompareAndSwap(ctx, tokenKey(secret), b, 0); err != nil {
+		return JoinToken{}, r.auditEnd(ctx, "token.create", fields, storeErr("storing join token "+tid, err))
+	}
+	return JoinToken{Token: secret, ID: tid, AgentID: agentID, Expires: rec.Expires},
+		r.auditEnd(ctx, "token.create", fields, nil)
+}
+
+// ConsumeJoinToken redeems token once: it returns the agent ID the token
+// grants and the token's ID. Unknown, expired and used tokens are refused
+// (KindDenied); of two concurrent redemptions exactly one wins.
+func (r *Registry) ConsumeJoinToken(ctx context.Context, token string) (spiffeid.ID, string, error) {
+	if len(token) != 2*tokenBytes {
+		return spiffeid.ID{}, "", errorf(KindDenied, "join token rejected: malformed (a token is %d hex digits from `ward token create`)", 2*tokenBytes)
+	}
+	key := tokenKey(token)
+	for attempt := 0; attempt < maxCASRetry; attempt++ {
+		kv, err := r.st.Get(ctx, key)
+		if errors.Is(err, store.ErrNotFound) {
+			return spiffeid.ID{}, "", errorf(KindDenied, "join token rejected: unknown token; create one with `ward token create`")
+		}
+		if err != nil {
+			return spiffeid.ID{}, "", storeErr("reading join token", err)
+		}
+		var rec tokenRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			return spiffeid.ID{}, "", errorf(KindInternal, "stored join token is unreadable: %v", err)
+		}
+		now := r.now()
+		if !rec.Used.IsZero() {
+			return spiffeid.ID{}, rec.ID, errorf(KindDenied, "join token %s rejected: already used at %s; tokens are single-use, create a new one", rec.ID, rec.Used.Format(time.RFC3339))
+		}
+		if !now.Before(rec.Expires) {
+			return spiffeid.ID{}, rec.ID, errorf(KindDenied, "join token %s rejected: expired at %s; create a new one", rec.ID, rec.Expires.Format(time.RFC3339))
+		}
+		id, err := spiffeid.FromString(rec.AgentID)
+		if err != nil {
+			return spiffeid.ID{}, rec.ID, errorf(KindInternal, "join token %s holds a bad agent ID: %v", rec.ID, err)
+		}
+		rec.Used = now
+		b, _ := json.Marshal(rec)
+		if _, err := r.st.CompareAndSwap(ctx, key, b, kv.Revision); errors.Is(err, store.ErrConflict) {
+			continue // someone else touched it: re-read (it is probably used now)
+		} else if err != nil {
+			return spiffeid.ID{}, rec.ID, storeErr("redeeming join token "+rec.ID, err)
+		}
+		return id, rec.ID, nil
+	}
+	return spiffeid.ID{}, "", errorf(KindConflict, "join token: too much contention; retry")
+}
+
+// PurgeTokens deletes tokens that expired (or were used) more than grace
+// ago and returns how many went.
+func (r *Registry) PurgeTokens(ctx context.Context, grace time.Duration) (int, error) {
+	kvs, err := r.st.List(ctx, tokenPrefix)
+	if err != nil {
+		return 0, storeErr("listing join tokens", err)
+	}
+	cut := r.now().Add(-grace)
+	n := 0
+	for _, kv := range kvs {
+		var rec tokenRecord
+		if json.Unmarshal(kv.Value, &rec) != nil {
+			continue
+		}
+		if rec.Expires.Before(cut) || !rec.Used.IsZero() && rec.Used.Before(cut) {
+			if _, err := r.st.Batch(ctx, []store.Op{{Key: kv.Key, Delete: true, ExpectRevision: kv.Revision}}); err == nil {
+				n++
+			}
+		}
+	}
+	return n, nil
+}
+
+// Agent is an attested node.
+type Agent struct {
+	SPIFFEID        string            `json:"spiffe_id"`
+	AttestationType string            `json:"attestation_type"`
+	Selectors       []attest.Selector `json:"selectors,omitempty"`
+	// Serial (hex) and expiry of the current agent SVID; PrevSerial is the
+	// one it replaced (still accepted for SupersededGrace after the
+	// renewal, so calls in flight on the old connection finish).
+	Serial     string    `json:"serial"`
+	PrevSerial string    `json:"prev_serial,omitempty"`
+	PrevExpiry time.Time `json:"prev_expiry,omitzero"`
+	Expires    time.Time `json:"expires"`
+	Attested   time.Time `json:"attested"`
+	LastSeen   time.Time `json:"last_seen"`
+	Evicted    bool      `json:"evicted,omitempty"`
+	EvictedAt  time.Time `json:"evicted_at,omitzero"`
+	Revision   int64     `json:"-"`
+}
+
+func (r *Registry) agentKey(id spiffeid.ID) (string, error) {
+	if !IsAgentID(r.opts.TrustDomain, id) {
+		return "", errorf(KindInvalid, "%q is not an agent ID of trust domain %q (agent IDs are spiffe://%s%s...; see `ward agent list`)",
+			id.String(), r.opts.TrustDomain.Name(), r.opts.TrustDomain.Name(), AgentIDPrefix)
+	}
+	return agentPrefix + strings.TrimPrefix(id.Path(), AgentIDPrefix), nil
+}
+
+// GetAgent returns the record of agent id.
+func (r *Registry) GetAgent(ctx context.Context, id spiffeid.ID) (Agent, error) {
+	key, err := r.agentKey(id)
+	if err != nil {
+		return Agent{}, err
+	}
+	kv, err := r.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return Agent{}, errorf(KindNotFound, "agent %s not found: see `ward agent list`", id)
+	}
+	if err != nil {
+		return Agent{}, storeErr("reading agent "+id.String(), err)
+	}
+	return decodeAgent(kv)
+}
+
+func decodeAgent(kv store.KV) (Agent, error) {
+	var a Agent
+	if err := json.Unmarshal(kv.Value, &a); err != nil {
+		return Agent{}, errorf(KindInternal, "stored agent %s is unreadable: %v", kv.Key, err)
+	}
+	a.Revision = kv.Revision
+	return a, nil
+}
+
+// ListAgents returns every agent record, sorted by SPIFFE ID.
+func (r *Registry) ListAgents(ctx context.Context) ([]Agent, error) {
+	kvs, err := r.st.List(ctx, agentPrefix)
+	if err != nil {
+		return nil, storeErr("listing agents", err)
+	}
+	out := make([]Agent, 0, len(kvs))
+	for _, kv := range kvs {
+		a, err := decodeAgent(kv)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, nil
+}
+
+// update applies fn to agent id's record with compare-and-swap; create
+// allows a missing record (fn then gets a zero Agent with ok false).
+func (r *Registry) update(ctx context.Context, id spiffeid.ID, create bool, fn func(a *Agent, exists bool) error) (Agent, error) {
+	key, err := r.agentKey(id)
+	if err != nil {
+		return Agent{}, err
+	}
+	for attempt := 0; attempt < maxCASRetry; attempt++ {
+		var a Agent
+		kv, err := r.st.Get(ctx, key)
+		exists := err == nil
+		switch {
+		case exists:
+			if a, err = decodeAgent(kv); err != nil {
+				return Agent{}, err
+			}
+		case errors.Is(err, store.ErrNotFound):
+			if !create {
+				return Agent{}, errorf(KindNotFound, "agent %s not found: see `ward agent list`", id)
+			}
+		default:
+			return Agent{}, storeErr("reading agent "+id.String(), err)
+		}
+		if err := fn(&a, exists); err != nil {
+			return Agent{}, err
+		}
+		b, _ := json.Marshal(a)
+		rev, err := r.st.CompareAndSwap(ctx, key, b, a.Revision)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return Agent{}, storeErr("writing agent "+id.String(), err)
+		}
+		a.Revision = rev
+		return a, nil
+	}
+	return Agent{}, errorf(KindConflict, "agent %s: too much contention; retry", id)
+}
+
+// RecordAttestation stores (or replaces) the record of a freshly attested
+// agent holding the SVID serial, clearing any eviction. The caller audits
+// the attestation with the issued SVID.
+func (r *Registry) RecordAttestation(ctx context.Context, id spiffeid.ID, typ string, sels []attest.Selector, serial string, expires time.Time) (Agent, error) {
+	now := r.now()
+	return r.update(ctx, id, true, func(a *Agent, _ bool) error {
+		rev := a.Revision
+		*a = Agent{SPIFFEID: id.String(), AttestationType: typ, Selectors: attest.Normalize(sels), Serial: serial,
+			Expires: expires, Attested: now, LastSeen: now, Revision: rev}
+		return nil
+	})
+}
+
+// RecordRenewal makes serial the agent's current SVID. An evicted agent is
+// refused (KindDenied): it must attest again.
+func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, serial string, expires time.Time) (Agent, error) {
+	now := r.now()
+	return r.update(ctx, id, false, func(a *Agent, _ bool) error {
+		if a.Evicted {
+			return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+		}
+		a.PrevSerial, a.PrevExpiry = a.Serial, a.Expires
+		if grace := now.Add(SupersededGrace); grace.Before(a.PrevExpiry) {
+			a.PrevExpiry = grace
+		}
+		a.Serial, a.Expires, a.LastSeen = serial, expires, now
+		return nil
+	})
+}
+
+// SupersededGrace is how long an agent SVID that a renewal replaced is still
+// accepted: long enough for calls already in flight on the old connection
+// (the agent reconnects with the new SVID at once), short enough that a
+// stolen superseded SVID is worth nothing after it.
+const SupersededGrace = time.Minute
+
+// lastSeenEvery bounds how often Authorize writes LastSeen.
+const lastSeenEvery = time.Minute
+
+// Authorize checks that agent id, presenting an SVID with serial, may call
+// the Node API: it exists, is not evicted and the serial is its current
+// (or just-replaced) SVID. It refreshes LastSeen at most once a minute.
+func (r *Registry) Authorize(ctx context.Context, id spiffeid.ID, serial string) (Agent, error) {
+	a, err := r.GetAgent(ctx, id)
+	if KindOf(err) == KindNotFound {
+		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
+	}
+	if err != nil {
+		return Agent{}, err
+	}
+	if a.Evicted {
+		return Agent{}, errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+	}
+	now := r.now()
+	if serial != a.Serial && (serial != a.PrevSerial || !now.Before(a.PrevExpiry)) {
+		return Agent{}, errorf(KindDenied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
+	}
+	if now.Sub(a.LastSeen) >= lastSeenEvery {
+		if u, err := r.update(ctx, id, false, func(x *Agent, _ bool) error {
+			if x.Evicted {
+				return errorf(KindDenied, "agent evicted: attest again (agent %s)", id)
+			}
+			x.LastSeen = now
+			return nil
+		}); err == nil {
+			a = u
+		} else if KindOf(err) == KindDenied {
+			return Agent{}, err
+		}
+	}
+	return a, nil
+}
+
+// EvictAgent marks agent id evicted: it can no longer renew, sync or sign
+// and must attest again. Audited.
+func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID) (Agent, error) {
+	fields := map[string]string{"agent_id": id.String()}
+	if _, err := r.agentKey(id); err != nil {
+		return Agent{}, r.auditEnd(ctx, "agent.evict", fields, err)
+	}
+	if err := r.auditStart(ctx, "agent.evict", fields); err != nil {
+		return Agent{}, err
+	}
+	now := r.now()
+	a, err := r.update(ctx, id, false, func(a *Agent, _ bool) error {
+		if !a.Evicted {
+			a.Evicted, a.EvictedAt = true, now
+		}
+		return nil
+	})
+	if err == nil {
+		fields["serial"] = a.Serial
+	}
+	return a, r.auditEnd(ctx, "agent.evict", fields, err)
+}

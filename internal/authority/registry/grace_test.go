@@ -1,0 +1,50 @@
+package registry
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store/memstore"
+)
+
+// TestSupersededAgentSVIDExpiresAfterGrace runs the attack of a stolen,
+// superseded agent SVID: accepted only for SupersededGrace after the
+// renewal that replaced it, however long the certificate itself is valid.
+func TestSupersededAgentSVIDExpiresAfterGrace(t *testing.T) {
+	ctx := context.Background()
+	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+		Audit: func(context.Context, audit.Event) error { return nil }, Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := spiffeid.RequireFromString("spiffe://example.org/ward/agent/join_token/a")
+	if _, err := r.RecordAttestation(ctx, id, AttestJoinToken, nil, "aa", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RecordRenewal(ctx, id, "bb", now.Add(2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		after  time.Duration
+		serial string
+		ok     bool
+	}{
+		{0, "bb", true},
+		{0, "aa", true},
+		{SupersededGrace - time.Second, "aa", true},
+		{SupersededGrace, "aa", false},
+		{30 * time.Minute, "aa", false}, // the old certificate is still valid for another 30 minutes
+		{30 * time.Minute, "bb", true},
+	} {
+		now = time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC).Add(tc.after)
+		_, err := r.Authorize(ctx, id, tc.serial)
+		if (err == nil) != tc.ok {
+			t.Errorf("serial %s %v after the renewal: err = %v, want ok=%v", tc.serial, tc.after, err, tc.ok)
+		}
+	}
+}

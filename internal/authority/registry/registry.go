@@ -1,0 +1,177 @@
+// Package registry keeps workload identity's records in the authority's
+// (barrier-encrypted) store: registration entries, single-use join tokens
+// and attested agents. Every write is validated first (bad input changes
+// nothing), made with compare-and-swap or a conditional batch so several
+// authorities can share one store, and audited (fail closed: a mutation
+// whose "started" event cannot be written does not happen).
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// Store key prefixes (inside the barrier).
+const (
+	entryPrefix  = "identity/entries/"
+	indexPrefix  = "identity/entry-index/"
+	tokenPrefix  = "identity/join-tokens/"
+	agentPrefix  = "identity/agents/"
+	maxCASRetry  = 8
+	defaultToken = 10 * time.Minute
+)
+
+// Kind classifies registry errors so API layers can map them to codes.
+type Kind int
+
+const (
+	KindInternal     Kind = iota
+	KindInvalid           // bad input: nothing changed
+	KindNotFound          // no such entry, token or agent
+	KindExists            // duplicate entry
+	KindConflict          // revision mismatch (expect_revision) or lost race
+	KindDenied            // token rejected, agent evicted
+	KindUnavailable       // store or audit log unavailable
+	KindPrecondition      // e.g. sealed
+)
+
+// Error is a registry error with its Kind.
+type Error struct {
+	Kind Kind
+	Msg  string
+}
+
+func (e *Error) Error() string { return e.Msg }
+
+func errorf(k Kind, format string, args ...any) error {
+	return &Error{Kind: k, Msg: fmt.Sprintf(format, args...)}
+}
+
+// KindOf returns the Kind of err (KindInternal for foreign errors).
+func KindOf(err error) Kind {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Kind
+	}
+	return KindInternal
+}
+
+// AuditFunc appends one audit event; an error means it was not recorded.
+type AuditFunc func(ctx context.Context, ev audit.Event) error
+
+// Options configures a Registry.
+type Options struct {
+	// TrustDomain the registry serves. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Audit records every mutation. Required.
+	Audit AuditFunc
+	// MaxEntryTTL bounds an entry's X509-SVID TTL (default 24h).
+	MaxEntryTTL time.Duration
+	// MaxTokenTTL bounds a join token's lifetime (default 24h).
+	MaxTokenTTL time.Duration
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+}
+
+// Registry is the store of entries, join tokens and agents. Safe for
+// concurrent use; it keeps no state of its own besides configuration, so
+// every authority sharing the store sees the same records.
+type Registry struct {
+	st   store.Store
+	opts Options
+}
+
+// New returns a registry over st (normally the barrier's store view).
+func New(st store.Store, opts Options) (*Registry, error) {
+	if opts.TrustDomain.IsZero() {
+		return nil, errors.New("registry: trust domain is required")
+	}
+	if opts.Audit == nil {
+		return nil, errors.New("registry: an audit function is required (mutations are audited, fail closed)")
+	}
+	if opts.MaxEntryTTL <= 0 {
+		opts.MaxEntryTTL = 24 * time.Hour
+	}
+	if opts.MaxTokenTTL <= 0 {
+		opts.MaxTokenTTL = 24 * time.Hour
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	return &Registry{st: st, opts: opts}, nil
+}
+
+// TrustDomain returns the trust domain served.
+func (r *Registry) TrustDomain() spiffeid.TrustDomain { return r.opts.TrustDomain }
+
+// AgentIDPrefix is the path under which all agent IDs live.
+const AgentIDPrefix = "/ward/agent/"
+
+// ServerIDPath is the path of the authority's own SPIFFE ID.
+const ServerIDPath = "/ward/server"
+
+// IsAgentID reports whether id is an agent ID of td.
+func IsAgentID(td spiffeid.TrustDomain, id spiffeid.ID) bool {
+	return id.MemberOf(td) && len(id.Path()) > len(AgentIDPrefix) && id.Path()[:len(AgentIDPrefix)] == AgentIDPrefix
+}
+
+func (r *Registry) now() time.Time { return r.opts.Clock().UTC() }
+
+func randomHex(n int) (string, error) {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		return "", errorf(KindInternal, "reading randomness: %v", err)
+	}
+	return hex.EncodeToString(b), nil
+}
+
+// event builds an audit event for the caller in ctx.
+func event(ctx context.Context, op, result string, fields map[string]string) audit.Event {
+	c := reqctx.From(ctx)
+	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Fields: fields}
+}
+
+// auditStart writes the "started" event of a mutation; if it cannot be
+// written, the mutation is refused.
+func (r *Registry) auditStart(ctx context.Context, op string, fields map[string]string) error {
+	if err := r.opts.Audit(ctx, event(ctx, op, audit.ResultStarted, fields)); err != nil {
+		return errorf(KindUnavailable, "audit log unavailable, %s refused: %v", op, err)
+	}
+	return nil
+}
+
+// auditEnd writes the outcome of a mutation and returns opErr (or an error
+// if a successful mutation could not be audited).
+func (r *Registry) auditEnd(ctx context.Context, op string, fields map[string]string, opErr error) error {
+	ev := event(ctx, op, audit.ResultOK, fields)
+	if opErr != nil {
+		ev.Result, ev.Error = audit.ResultError, opErr.Error()
+		if KindOf(opErr) == KindDenied {
+			ev.Result = audit.ResultDenied
+		}
+	}
+	if err := r.opts.Audit(ctx, ev); err != nil {
+		if opErr != nil {
+			return opErr
+		}
+		return errorf(KindUnavailable, "%s was applied but its audit event could not be written: %v", op, err)
+	}
+	return opErr
+}
+
+func storeErr(what string, err error) error {
+	if errors.Is(err, store.ErrConflict) {
+		return errorf(KindConflict, "%s: changed concurrently; re-read and retry", what)
+	}
+	return errorf(KindUnavailable, "%s: store unavailable: %v", what, err)
+}

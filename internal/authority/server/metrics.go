@@ -1,0 +1,127 @@
+package server
+
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/wardproject/ward/internal/shared/policy"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+)
+
+// metrics holds the authority's Prometheus collectors.
+type metrics struct {
+	reg     *prometheus.Registry
+	ops     *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+	// Policy decisions for workload KMS calls.
+	decisions       *prometheus.CounterVec
+	decisionLatency prometheus.Histogram
+}
+
+// decision counts one policy decision (dry-run denials separately).
+func (m *metrics) decision(action string, d policy.Decision, took time.Duration) {
+	result := "deny"
+	if d.Allowed {
+		result = "allow"
+	}
+	m.decisions.WithLabelValues(action, result).Inc()
+	if len(d.DryRunDenials) > 0 {
+		m.decisions.WithLabelValues(action, "dry-run-deny").Inc()
+	}
+	m.decisionLatency.Observe(took.Seconds())
+}
+
+func newMetrics(s *Server) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.ops = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "api_operations_total",
+		Help: "API operations by service, method and result (gRPC code).",
+	}, []string{"service", "method", "code"})
+	m.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "ward", Name: "api_operation_duration_seconds",
+		Help:    "API operation latency by service and method.",
+		Buckets: prometheus.ExponentialBuckets(20e-6, 2.5, 14),
+	}, []string{"service", "method"})
+	m.decisions = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "policy_decisions_total",
+		Help: "Policy decisions on workload KMS calls by action and result (allow, deny, dry-run-deny).",
+	}, []string{"action", "result"})
+	m.decisionLatency = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Namespace: "ward", Name: "policy_decision_duration_seconds", Help: "Time to decide one request.",
+		Buckets: prometheus.ExponentialBuckets(250e-9, 2, 14),
+	})
+	sealed := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "ward", Name: "sealed", Help: "1 while the authority is sealed.",
+	}, func() float64 {
+		if s.Sealed() {
+			return 1
+		}
+		return 0
+	})
+	auditSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "ward", Name: "audit_log_size", Help: "Events in the audit log (tree size of the latest checkpoint).",
+	}, func() float64 { return float64(s.auditSize()) })
+	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, sealed, auditSize, &keyAgeCollector{s: s},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// keyAgeCollector reports seconds since each key's last rotation.
+type keyAgeCollector struct{ s *Server }
+
+var keyAgeDesc = prometheus.NewDesc("ward_key_age_seconds", "Seconds since the key's last rotation.", []string{"key", "classification"}, nil)
+
+func (c *keyAgeCollector) Describe(ch chan<- *prometheus.Desc) { ch <- keyAgeDesc }
+
+func (c *keyAgeCollector) Collect(ch chan<- prometheus.Metric) {
+	m, err := c.s.kmsManager()
+	if err != nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys, err := m.List(ctx, "")
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, k := range keys {
+		ch <- prometheus.MustNewConstMetric(keyAgeDesc, prometheus.GaugeValue, now.Sub(k.LastRotated).Seconds(), k.Name, k.Classification)
+	}
+}
+
+func splitMethod(full string) (svc, method string) {
+	full = strings.TrimPrefix(full, "/")
+	svc, method, _ = strings.Cut(full, "/")
+	svc = strings.TrimPrefix(svc, "ward.v1.")
+	return
+}
+
+func (m *metrics) observe(full string, start time.Time, err error) {
+	svc, method := splitMethod(full)
+	m.ops.WithLabelValues(svc, method, status.Code(err).String()).Inc()
+	m.latency.WithLabelValues(svc, method).Observe(time.Since(start).Seconds())
+}
+
+func (m *metrics) unary() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := h(ctx, req)
+		m.observe(info.FullMethod, start, err)
+		return resp, err
+	}
+}
+
+func (m *metrics) stream() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		start := time.Now()
+		err := h(srv, ss)
+		m.observe(info.FullMethod, start, err)
+		return err
+	}
+}

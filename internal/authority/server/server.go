@@ -1,0 +1,440 @@
+// Package server wires ward's authority together: storage, barrier and
+// seal, the audit log, the KMS, the gRPC API on the admin socket and the
+// HTTP endpoints (/metrics, /healthz, /readyz). It owns the sealed ↔
+// unsealed lifecycle: services that need keys exist only while unsealed.
+package server
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/barrier"
+	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/authority/seal"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/peercred"
+	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// Version is ward's version, set at build time with -ldflags.
+var Version = "dev"
+
+const auditSigningKeyPath = "audit/signing-key"
+
+// Server is one authority.
+type Server struct {
+	cfg     *config.Server
+	log     *slog.Logger
+	raw     store.Store
+	barrier *barrier.Barrier
+	seals   *seal.Manager
+	auto    bool // the seal unseals itself (key file, HSM)
+	table   kms.Table
+	metrics *metrics
+
+	grpc     *grpc.Server
+	http     *http.Server
+	adminLn  net.Listener
+	httpLn   net.Listener
+	serveErr chan error
+
+	mu       sync.RWMutex
+	unsealed *unsealedState
+	pending  []audit.Event // events that happened while sealed
+}
+
+type unsealedState struct {
+	ident  *identityState // workload identity services (identity.go)
+	kms    *kms.Manager
+	policy *policystore.Store
+	engine *policy.Engine // current policy version, for workload KMS calls
+	audit  *audit.Log
+	hasher *audit.Hasher
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// New builds an authority over an opened raw store and seal. It does not
+// listen yet: call Start.
+func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*Server, error) {
+	table, err := cfg.ClassificationTable()
+	if err != nil {
+		return nil, err
+	}
+	b := barrier.New(raw)
+	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2)}
+	srv.seals = seal.NewManager(raw, b, s)
+	_, srv.auto = s.(seal.AutoSeal)
+	srv.metrics = newMetrics(srv)
+	srv.metrics.reg.MustRegister(&integrityCollector{s: srv})
+	return srv, nil
+}
+
+// Start listens on the admin socket and HTTP address and, for auto seals,
+// unseals.
+func (s *Server) Start(ctx context.Context) error {
+	ln, err := listenAdmin(s.cfg.AdminSocket)
+	if err != nil {
+		return err
+	}
+	s.adminLn = ln
+	s.grpc = grpc.NewServer(
+		grpc.Creds(peercred.Credentials()), // SO_PEERCRED: actors are local uids
+		grpc.ChainUnaryInterceptor(s.metrics.unary(), s.unaryCaller),
+		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
+		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
+	)
+	wardv1.RegisterOperatorServer(s.grpc, &operatorService{s: s})
+	wardv1.RegisterKeysServer(s.grpc, &keysService{s: s})
+	wardv1.RegisterKMSServer(s.grpc, &kmsService{s: s})
+	wardv1.RegisterAuditServer(s.grpc, &auditService{s: s})
+	wardv1.RegisterPolicyServer(s.grpc, &policyService{s: s})
+	wardv1.RegisterPolicyDistributionServer(s.grpc, &policyDistribution{s: s})
+	s.registerIdentity(s.grpc)
+	go func() { s.serveErr <- s.grpc.Serve(ln) }()
+
+	if s.cfg.HTTPAddress != "" {
+		hl, err := net.Listen("tcp", s.cfg.HTTPAddress)
+		if err != nil {
+			s.grpc.Stop()
+			return fmt.Errorf("listening on http_address %s: %w", s.cfg.HTTPAddress, err)
+		}
+		s.httpLn = hl
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
+			if s.Sealed() {
+				http.Error(w, "sealed: run `ward operator unseal`", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := s.http.Serve(hl); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.serveErr <- err
+			}
+		}()
+	}
+	st, err := s.seals.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the seal configuration: %w", err)
+	}
+	if err := s.preflightListeners(); err != nil {
+		// Not fatal while sealed (the port may be freed before the
+		// operator unseals), but every share is refused until it is.
+		s.log.Error("a listener started at unseal cannot be bound; unseal shares will be refused until it can", "err", err)
+	}
+	if s.auto && st.Initialized {
+		if _, err := s.seals.AutoUnseal(ctx); err != nil {
+			return fmt.Errorf("auto-unseal with the %s seal failed: %w", st.Type, err)
+		}
+		if err := s.afterUnseal(ctx, reqctx.Caller{Actor: "system:auto-unseal", RequestID: reqctx.NewRequestID()}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// preflightListeners checks, while sealed, that the addresses the
+// unsealed services listen on (identity.node_api_address) can be bound
+// right now, so that an unseal does not fail after its last share. Port 0
+// (any free port) always passes.
+func (s *Server) preflightListeners() error {
+	addr := s.cfg.Identity.Effective().NodeAPIAddress
+	if addr == "" {
+		return nil
+	}
+	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
+		return nil
+	}
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("identity.node_api_address %s cannot be bound (%v): the Node API starts at unseal, so unsealing would fail; free the port, or change identity.node_api_address and restart ward server", addr, err)
+	}
+	return l.Close()
+}
+
+// AdminAddress is the admin socket address in client form.
+func (s *Server) AdminAddress() string { return "unix://" + s.cfg.AdminSocket }
+
+// HTTPAddress is the bound HTTP address, or "".
+func (s *Server) HTTPAddress() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// Wait blocks until ctx ends or a listener fails.
+func (s *Server) Wait(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-s.serveErr:
+		return err
+	}
+}
+
+// Stop seals (wiping keys from memory) and shuts down gracefully.
+func (s *Server) Stop() {
+	if s.http != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s.http.Shutdown(ctx)
+		cancel()
+	}
+	if s.grpc != nil {
+		done := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			s.grpc.Stop()
+		}
+	}
+	s.sealInternal()
+}
+
+// Sealed reports whether the authority is sealed.
+func (s *Server) Sealed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.unsealed == nil
+}
+
+var errSealed = status.Error(codes.FailedPrecondition, "the authority is sealed: unseal it with `ward operator unseal` (or initialise it first with `ward operator init`)")
+
+func (s *Server) state() (*unsealedState, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.unsealed == nil {
+		return nil, errSealed
+	}
+	return s.unsealed, nil
+}
+
+func (s *Server) kmsManager() (*kms.Manager, error) {
+	st, err := s.state()
+	if err != nil {
+		return nil, err
+	}
+	return st.kms, nil
+}
+
+func (s *Server) auditSize() uint64 {
+	st, err := s.state()
+	if err != nil {
+		return 0
+	}
+	return st.audit.Size()
+}
+
+// afterUnseal starts the services that need the barrier open: the audit
+// log (its signing key lives behind the barrier), the KMS and its jobs.
+func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
+	bs := s.barrier.Store()
+	signer, err := loadOrCreateSigner(ctx, bs)
+	if err != nil {
+		return fmt.Errorf("audit signing key: %w", err)
+	}
+	hkey, err := s.barrier.DeriveKey("audit-hmac")
+	if err != nil {
+		return err
+	}
+	pathKey, err := s.barrier.DeriveKey("kms-key-paths")
+	if err != nil {
+		return err
+	}
+	hasher, err := audit.NewHasher(hkey)
+	if err != nil {
+		return err
+	}
+	alog, err := audit.Open(ctx, bs, signer, "ward/"+s.cfg.TrustDomain, audit.WithLogger(s.log))
+	if err != nil {
+		return fmt.Errorf("opening the audit log: %w", err)
+	}
+	st := &unsealedState{audit: alog, hasher: hasher}
+	st.kms, err = kms.New(bs, pathKey, s.table, &kmsAuditor{s: s, st: st}, kms.WithLogger(s.log), kmsWitness(alog))
+	if err != nil {
+		alog.Close()
+		return err
+	}
+	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
+	st.engine = policy.NewEngine()
+	// Flush what happened while sealed, then record the unseal itself.
+	s.mu.Lock()
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	for _, ev := range pending {
+		if _, err := alog.Append(ctx, ev); err != nil {
+			alog.Close()
+			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
+		}
+	}
+	// Start the services before recording the unseal as done: an unseal
+	// whose services fail is recorded as failed, with the cause.
+	if err := s.startIdentity(ctx, st); err != nil {
+		err = fmt.Errorf("starting workload identity services: %w", err)
+		if _, aerr := alog.Append(ctx, s.event(caller, "operator.unseal", audit.ResultError, err.Error())); aerr != nil {
+			s.log.Error("could not audit the failed unseal", "err", aerr, "cause", err)
+		}
+		alog.Close()
+		return err
+	}
+	if _, err := alog.Append(ctx, s.event(caller, "operator.unseal", "ok", "")); err != nil {
+		s.stopIdentity(st)
+		alog.Close()
+		return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
+	}
+	jobCtx, cancel := context.WithCancel(context.Background())
+	st.cancel = cancel
+	st.wg.Add(3)
+	go func() { defer st.wg.Done(); st.kms.Watch(jobCtx) }()
+	go func() { defer st.wg.Done(); s.runPolicyEngine(jobCtx, st) }()
+	go func() { defer st.wg.Done(); s.rotationLoop(jobCtx, st.kms) }()
+	s.mu.Lock()
+	s.unsealed = st
+	s.mu.Unlock()
+	s.log.Info("authority unsealed", "actor", caller.Actor)
+	return nil
+}
+
+func (s *Server) rotationLoop(ctx context.Context, m *kms.Manager) {
+	t := time.NewTicker(time.Duration(s.cfg.KMS.RotationCheckInterval))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			c := reqctx.With(ctx, reqctx.Caller{Actor: "system:rotation", RequestID: reqctx.NewRequestID()})
+			if rotated, err := m.RotateDue(c); err != nil {
+				s.log.Error("scheduled rotation failed", "err", err)
+			} else if len(rotated) > 0 {
+				s.log.Info("keys rotated on schedule", "keys", rotated)
+			}
+		}
+	}
+}
+
+// sealInternal stops the unsealed services and wipes keys from memory.
+func (s *Server) sealInternal() {
+	s.mu.Lock()
+	st := s.unsealed
+	s.unsealed = nil
+	s.mu.Unlock()
+	if st != nil {
+		st.cancel()
+		st.wg.Wait()
+		s.stopIdentity(st)
+		st.audit.Close()
+	}
+	if err := s.seals.Seal(context.Background()); err != nil {
+		s.log.Error("sealing", "err", err)
+	}
+}
+
+// event builds an audit event for caller.
+func (s *Server) event(c reqctx.Caller, op, result, errMsg string) audit.Event {
+	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Error: errMsg}
+}
+
+// recordSealed audits an event that happened while sealed: it is kept in
+// memory and appended first thing after the next unseal.
+func (s *Server) recordSealed(ev audit.Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if len(s.pending) < 10000 {
+		s.pending = append(s.pending, ev)
+	}
+}
+
+// kmsAuditor adapts kms audit records to audit events.
+type kmsAuditor struct {
+	s  *Server
+	st *unsealedState
+}
+
+func (a *kmsAuditor) Audit(ctx context.Context, r kms.AuditRecord) error {
+	c := reqctx.From(ctx)
+	ev := audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: r.Operation,
+		Key: r.Key, KeyVersion: r.Version, Result: r.Result, Error: r.Error, Count: r.Count}
+	if len(r.Context) > 0 || len(r.Fields) > 0 {
+		ev.Fields = map[string]string{}
+		for k, v := range r.Fields {
+			ev.Fields[k] = v
+		}
+		for k, v := range a.st.hasher.HashContext(r.Context) {
+			ev.Fields["context."+k] = v
+		}
+	}
+	_, err := a.st.audit.Append(ctx, ev)
+	return err
+}
+
+func (s *Server) unaryCaller(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	return h(reqctx.With(ctx, adminCaller(ctx)), req)
+}
+
+type callerStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (c callerStream) Context() context.Context { return c.ctx }
+
+func (s *Server) streamCaller(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, callerStream{ss, reqctx.With(ss.Context(), adminCaller(ss.Context()))})
+}
+
+// loadOrCreateSigner returns the audit checkpoint signing key, creating
+// it on first unseal. It lives only behind the barrier.
+func loadOrCreateSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey, error) {
+	kv, err := bs.Get(ctx, auditSigningKeyPath)
+	if err == nil {
+		k, err := x509.ParseECPrivateKey(kv.Value)
+		if err != nil {
+			return nil, fmt.Errorf("stored audit signing key is unreadable: %w", err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, store.ErrNotFound) {
+		return nil, err
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := bs.CompareAndSwap(ctx, auditSigningKeyPath, der, 0); errors.Is(err, store.ErrConflict) {
+		return loadOrCreateSigner(ctx, bs) // another authority created it first
+	} else if err != nil {
+		return nil, err
+	}
+	return k, nil
+}

@@ -1,0 +1,485 @@
+// Package boltstore implements store.Store on one bbolt file: ward's
+// embedded, zero-setup storage for a single-node authority.
+//
+// Layout: bucket "ward.meta" holds the format version and the global revision
+// counter; bucket "ward.kv" maps each key to an 8-byte big-endian revision
+// followed by the value. Every write is one bbolt transaction (fsynced on
+// commit), so a Batch is atomic and a crash never leaves half a batch. Watch
+// is served in-process: committed changes fan out to watchers through
+// bounded buffers, and a watcher too slow to keep up is dropped (its channel
+// closed) rather than allowed to block writers.
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
+
+	"github.com/wardproject/ward/internal/authority/store"
+)
+
+// Defaults for the options.
+const (
+	DefaultMaxBatch    = 10000
+	DefaultWatchBuffer = 1024
+	DefaultLockTimeout = time.Second
+)
+
+const formatVersion = 1
+
+var (
+	bucketMeta  = []byte("ward.meta")
+	bucketKV    = []byte("ward.kv")
+	keyFormat   = []byte("format")
+	keyRevision = []byte("revision")
+)
+
+type options struct {
+	lockTimeout time.Duration
+	maxBatch    int
+	watchBuffer int
+}
+
+// Option configures Open.
+type Option func(*options)
+
+// WithLockTimeout sets how long Open waits for the file lock held by another
+// process before failing (default 1s).
+func WithLockTimeout(d time.Duration) Option { return func(o *options) { o.lockTimeout = d } }
+
+// WithMaxBatch sets the largest Batch accepted (default 10000).
+func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
+
+// WithWatchBuffer sets how many undelivered events a watcher may queue before
+// it is dropped (default 1024).
+func WithWatchBuffer(n int) Option { return func(o *options) { o.watchBuffer = n } }
+
+// Store is a bbolt-backed store.Store. Create it with Open.
+type Store struct {
+	db   *bbolt.DB
+	path string
+	opts options
+
+	life    sync.RWMutex // read-held by every operation; write-held by Close
+	closed  bool
+	writeMu sync.Mutex // serializes commit+publish so watchers see revision order
+
+	watchMu  sync.Mutex
+	watchers map[*watcher]struct{}
+}
+
+type watcher struct {
+	prefix string
+	ch     chan store.Event
+	stop   func() bool // stops the ctx.Done hook
+}
+
+var _ store.Store = (*Store)(nil)
+
+// Open opens (creating if needed, mode 0600) the bbolt file at path. It fails
+// with a clear error if another process holds the file.
+func Open(path string, opts ...Option) (*Store, error) {
+	o := options{lockTimeout: DefaultLockTimeout, maxBatch: DefaultMaxBatch, watchBuffer: DefaultWatchBuffer}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	if o.maxBatch < 1 {
+		return nil, fmt.Errorf("boltstore: open %s: max batch %d must be at least 1", path, o.maxBatch)
+	}
+	if o.watchBuffer < 1 {
+		return nil, fmt.Errorf("boltstore: open %s: watch buffer %d must be at least 1", path, o.watchBuffer)
+	}
+	if o.lockTimeout <= 0 {
+		// bbolt treats 0 as "wait forever"; never hang a startup.
+		o.lockTimeout = DefaultLockTimeout
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: o.lockTimeout})
+	if err != nil {
+		if errors.Is(err, bolterrors.ErrTimeout) {
+			return nil, fmt.Errorf("boltstore: open %s: data directory is in use by another ward process "+
+				"(file lock not acquired within %s); stop that process or choose another data directory: %w",
+				path, o.lockTimeout, err)
+		}
+		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if meta == nil {
+			var err error
+			if meta, err = tx.CreateBucket(bucketMeta); err != nil {
+				return err
+			}
+			if err := meta.Put(keyFormat, u64(formatVersion)); err != nil {
+				return err
+			}
+			if err := meta.Put(keyRevision, u64(0)); err != nil {
+				return err
+			}
+		}
+		f := meta.Get(keyFormat)
+		if len(f) != 8 || binary.BigEndian.Uint64(f) != formatVersion {
+			return fmt.Errorf("file format %x is not %d; this file was written by another program or ward version", f, formatVersion)
+		}
+		if r := meta.Get(keyRevision); len(r) != 8 {
+			return fmt.Errorf("revision counter is corrupt (%d bytes); restore the data directory from backup", len(r))
+		}
+		_, err := tx.CreateBucketIfNotExists(bucketKV)
+		return err
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+	}
+	return &Store{db: db, path: path, opts: o, watchers: make(map[*watcher]struct{})}, nil
+}
+
+// Path returns the file the store was opened on.
+func (s *Store) Path() string { return s.path }
+
+// Backend returns "bbolt".
+func (s *Store) Backend() string { return "bbolt" }
+
+// MaxBatch returns the configured batch limit.
+func (s *Store) MaxBatch() int { return s.opts.maxBatch }
+
+// enter starts an operation: it checks ctx and the key, and read-holds life.
+// On success the caller must call s.life.RUnlock.
+func (s *Store) enter(ctx context.Context, op, key string, checkKey bool) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("boltstore: %s %q: %w", op, key, err)
+	}
+	if checkKey && key == "" {
+		return fmt.Errorf("boltstore: %s: empty key; keys must be non-empty", op)
+	}
+	s.life.RLock()
+	if s.closed {
+		s.life.RUnlock()
+		return fmt.Errorf("boltstore: %s %q: %w", op, key, store.ErrClosed)
+	}
+	return nil
+}
+
+// Get returns the entry for key.
+func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
+	if err := s.enter(ctx, "get", key, true); err != nil {
+		return store.KV{}, err
+	}
+	defer s.life.RUnlock()
+	var kv store.KV
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		raw := tx.Bucket(bucketKV).Get([]byte(key))
+		if raw == nil {
+			return fmt.Errorf("boltstore: get %q: %w", key, store.ErrNotFound)
+		}
+		rev, val, err := decode(key, raw)
+		if err != nil {
+			return err
+		}
+		kv = store.KV{Key: key, Value: bytes.Clone(val), Revision: rev}
+		return nil
+	})
+	return kv, err
+}
+
+// List returns the entries under prefix, sorted by key.
+func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, error) {
+	if err := s.enter(ctx, "list", prefix, false); err != nil {
+		return nil, err
+	}
+	defer s.life.RUnlock()
+	var out []store.KV
+	err := s.db.View(func(tx *bbolt.Tx) error {
+		c := tx.Bucket(bucketKV).Cursor()
+		p := []byte(prefix)
+		for k, raw := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, raw = c.Next() {
+			rev, val, err := decode(string(k), raw)
+			if err != nil {
+				return err
+			}
+			out = append(out, store.KV{Key: string(k), Value: bytes.Clone(val), Revision: rev})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Put writes key unconditionally.
+func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error) {
+	if err := s.enter(ctx, "put", key, true); err != nil {
+		return 0, err
+	}
+	defer s.life.RUnlock()
+	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
+		if err := put(tx, key, value, rev); err != nil {
+			return nil, fmt.Errorf("boltstore: put %q: %w", key, err)
+		}
+		return []store.Event{{Type: store.EventPut, Key: key, Value: value, Revision: rev}}, nil
+	})
+}
+
+// Delete removes key; a missing key is not an error and changes nothing.
+func (s *Store) Delete(ctx context.Context, key string) error {
+	if err := s.enter(ctx, "delete", key, true); err != nil {
+		return err
+	}
+	defer s.life.RUnlock()
+	_, err := s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
+		b := tx.Bucket(bucketKV)
+		if b.Get([]byte(key)) == nil {
+			return nil, nil
+		}
+		if err := b.Delete([]byte(key)); err != nil {
+			return nil, fmt.Errorf("boltstore: delete %q: %w", key, err)
+		}
+		return []store.Event{{Type: store.EventDelete, Key: key, Revision: rev}}, nil
+	})
+	return err
+}
+
+// CompareAndSwap writes key only if its revision equals expectRevision
+// (0 = key must not exist).
+func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, expectRevision int64) (int64, error) {
+	if err := s.enter(ctx, "compare-and-swap", key, true); err != nil {
+		return 0, err
+	}
+	defer s.life.RUnlock()
+	if expectRevision < 0 {
+		return 0, fmt.Errorf("boltstore: compare-and-swap %q: expected revision %d is negative; use 0 for create-only or Put for unconditional writes", key, expectRevision)
+	}
+	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
+		cur, err := currentRevision(tx, key)
+		if err != nil {
+			return nil, err
+		}
+		if cur != expectRevision {
+			return nil, fmt.Errorf("boltstore: compare-and-swap %q: expected revision %d, found %d: %w", key, expectRevision, cur, store.ErrConflict)
+		}
+		if err := put(tx, key, value, rev); err != nil {
+			return nil, fmt.Errorf("boltstore: compare-and-swap %q: %w", key, err)
+		}
+		return []store.Event{{Type: store.EventPut, Key: key, Value: value, Revision: rev}}, nil
+	})
+}
+
+// Batch applies ops in one bbolt transaction: all conditions are checked
+// first, and if any fails nothing is written and the error wraps
+// store.ErrConflict. A key may appear at most once per batch.
+func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
+	if err := s.enter(ctx, "batch", "", false); err != nil {
+		return 0, err
+	}
+	defer s.life.RUnlock()
+	if err := validateBatch(ops, s.opts.maxBatch); err != nil {
+		return 0, err
+	}
+	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
+		b := tx.Bucket(bucketKV)
+		for _, op := range ops {
+			if op.ExpectRevision < 0 {
+				continue
+			}
+			cur, err := currentRevision(tx, op.Key)
+			if err != nil {
+				return nil, err
+			}
+			if cur != op.ExpectRevision {
+				return nil, fmt.Errorf("boltstore: batch: key %q: expected revision %d, found %d; nothing was applied: %w", op.Key, op.ExpectRevision, cur, store.ErrConflict)
+			}
+		}
+		var evs []store.Event
+		for _, op := range ops {
+			if op.Delete {
+				if b.Get([]byte(op.Key)) == nil {
+					continue
+				}
+				if err := b.Delete([]byte(op.Key)); err != nil {
+					return nil, fmt.Errorf("boltstore: batch: delete %q: %w", op.Key, err)
+				}
+				evs = append(evs, store.Event{Type: store.EventDelete, Key: op.Key, Revision: rev})
+				continue
+			}
+			if err := put(tx, op.Key, op.Value, rev); err != nil {
+				return nil, fmt.Errorf("boltstore: batch: put %q: %w", op.Key, err)
+			}
+			evs = append(evs, store.Event{Type: store.EventPut, Key: op.Key, Value: op.Value, Revision: rev})
+		}
+		return evs, nil
+	})
+}
+
+func validateBatch(ops []store.Op, limit int) error {
+	if len(ops) > limit {
+		return fmt.Errorf("boltstore: batch has %d ops, more than the limit of %d; split it into smaller batches", len(ops), limit)
+	}
+	seen := make(map[string]struct{}, len(ops))
+	for i, op := range ops {
+		if op.Key == "" {
+			return fmt.Errorf("boltstore: batch: op %d has an empty key; keys must be non-empty", i)
+		}
+		if op.ExpectRevision < -1 {
+			return fmt.Errorf("boltstore: batch: op %d (key %q): expected revision %d is invalid; use -1 (unconditional), 0 (must not exist) or a revision", i, op.Key, op.ExpectRevision)
+		}
+		if _, dup := seen[op.Key]; dup {
+			return fmt.Errorf("boltstore: batch: key %q appears more than once; merge the ops for one key", op.Key)
+		}
+		seen[op.Key] = struct{}{}
+	}
+	return nil
+}
+
+// write runs fn in one read-write transaction with the next revision. If fn
+// reports no events nothing changed: the transaction is rolled back and the
+// current revision returned. After commit, events go to watchers; writeMu
+// keeps commit and publish in the same order.
+func (s *Store) write(fn func(tx *bbolt.Tx, rev int64) ([]store.Event, error)) (int64, error) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	var (
+		evs []store.Event
+		rev int64
+	)
+	errNoChange := errors.New("no change")
+	err := s.db.Update(func(tx *bbolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		cur := int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
+		rev = cur + 1
+		var err error
+		if evs, err = fn(tx, rev); err != nil {
+			return err
+		}
+		if len(evs) == 0 {
+			rev = cur
+			return errNoChange
+		}
+		return meta.Put(keyRevision, u64(uint64(rev)))
+	})
+	if errors.Is(err, errNoChange) {
+		return rev, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	s.publish(evs)
+	return rev, nil
+}
+
+func put(tx *bbolt.Tx, key string, value []byte, rev int64) error {
+	buf := make([]byte, 8+len(value))
+	binary.BigEndian.PutUint64(buf, uint64(rev))
+	copy(buf[8:], value)
+	return tx.Bucket(bucketKV).Put([]byte(key), buf)
+}
+
+func currentRevision(tx *bbolt.Tx, key string) (int64, error) {
+	raw := tx.Bucket(bucketKV).Get([]byte(key))
+	if raw == nil {
+		return 0, nil
+	}
+	rev, _, err := decode(key, raw)
+	return rev, err
+}
+
+func decode(key string, raw []byte) (int64, []byte, error) {
+	if len(raw) < 8 {
+		return 0, nil, fmt.Errorf("boltstore: entry %q is corrupt (%d bytes, want at least 8); restore the data directory from backup", key, len(raw))
+	}
+	rev := int64(binary.BigEndian.Uint64(raw))
+	if rev <= 0 {
+		return 0, nil, fmt.Errorf("boltstore: entry %q has invalid revision %d; restore the data directory from backup", key, rev)
+	}
+	return rev, raw[8:], nil
+}
+
+func u64(v uint64) []byte {
+	b := make([]byte, 8)
+	binary.BigEndian.PutUint64(b, v)
+	return b
+}
+
+// Watch streams changes under prefix committed after the call, until ctx
+// ends or the store closes. If the reader falls more than the watch buffer
+// behind, the channel is closed early; re-list and re-watch.
+func (s *Store) Watch(ctx context.Context, prefix string) (<-chan store.Event, error) {
+	if err := s.enter(ctx, "watch", prefix, false); err != nil {
+		return nil, err
+	}
+	defer s.life.RUnlock()
+	w := &watcher{prefix: prefix, ch: make(chan store.Event, s.opts.watchBuffer)}
+	// Register under writeMu so no commit is half-published to this watcher.
+	s.writeMu.Lock()
+	s.watchMu.Lock()
+	s.watchers[w] = struct{}{}
+	w.stop = context.AfterFunc(ctx, func() { s.dropWatcher(w) })
+	s.watchMu.Unlock()
+	s.writeMu.Unlock()
+	return w.ch, nil
+}
+
+// dropWatcher removes w and closes its channel, once.
+func (s *Store) dropWatcher(w *watcher) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	s.dropLocked(w)
+}
+
+func (s *Store) dropLocked(w *watcher) {
+	if _, ok := s.watchers[w]; !ok {
+		return
+	}
+	delete(s.watchers, w)
+	w.stop()
+	close(w.ch)
+}
+
+func (s *Store) publish(evs []store.Event) {
+	s.watchMu.Lock()
+	defer s.watchMu.Unlock()
+	for w := range s.watchers {
+		for _, ev := range evs {
+			if !strings.HasPrefix(ev.Key, w.prefix) {
+				continue
+			}
+			if ev.Type == store.EventPut {
+				ev.Value = append([]byte{}, ev.Value...) // each reader owns its copy
+			}
+			select {
+			case w.ch <- ev:
+				continue
+			default:
+			}
+			s.dropLocked(w) // too slow: never block writers
+			break
+		}
+	}
+}
+
+// Close closes every watch channel and the bbolt file. It waits for
+// in-flight operations; later calls return store.ErrClosed.
+func (s *Store) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return fmt.Errorf("boltstore: close %s: %w", s.path, store.ErrClosed)
+	}
+	s.closed = true
+	s.watchMu.Lock()
+	for w := range s.watchers {
+		s.dropLocked(w)
+	}
+	s.watchMu.Unlock()
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("boltstore: close %s: %w", s.path, err)
+	}
+	return nil
+}

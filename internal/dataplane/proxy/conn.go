@@ -1,0 +1,246 @@
+package proxy
+
+import (
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wardproject/ward/internal/shared/policy"
+)
+
+// connState is one proxied connection: what is logged about it, what can
+// close it, and (inbound) the request its policy decision was made for.
+type connState struct {
+	id       string // correlation id
+	listener string
+	inbound  bool
+	start    time.Time
+	client   string // remote address of the connecting side
+
+	mu      sync.Mutex
+	closers []io.Closer
+	closed  bool
+
+	req        policy.Request
+	decision   policy.Decision
+	decided    bool
+	authorized atomic.Bool
+	revoked    atomic.Pointer[policy.Decision]
+
+	tlsVersion string
+	outcome    string // handshake_failed, denied, dial_failed, closed, ...
+	errText    string
+	bytesIn    atomic.Int64
+	bytesOut   atomic.Int64
+
+	// Per-source accounting (inbound TCP listeners): src is the key the
+	// connection counts under in limits; handshaking is true until
+	// handshakeDone.
+	limits      *sourceLimits
+	src         string
+	handshaking atomic.Bool
+}
+
+// handshakeDone releases the connection's pre-handshake slot of its
+// source (max_handshakes_per_source); it may be called more than once.
+func (c *connState) handshakeDone() {
+	if c.limits != nil && c.handshaking.CompareAndSwap(true, false) {
+		c.limits.endHandshake(c.src)
+	}
+}
+
+// Reasons a connection is refused at accept (label of
+// ward_proxy_connections_rejected_total).
+const (
+	rejectMaxConnections  = "max_connections"
+	rejectPerSource       = "per_source"
+	rejectPerSourceShakes = "per_source_handshakes"
+	rejectDraining        = "draining"
+)
+
+// sourceLimits counts the open and the not yet handshaken connections of
+// each source, so that one host cannot take every slot of max_connections
+// (or hold them with idle connections that never present a certificate).
+// A source is the TCP peer's IP address; IPv6 addresses count per /64,
+// the block one host usually has. The proxy reads no PROXY header from
+// its callers, so the address is always the real TCP peer's.
+type sourceLimits struct {
+	maxOpen, maxHandshakes int
+
+	mu sync.Mutex
+	m  map[string]*sourceCount
+}
+
+type sourceCount struct{ open, handshaking int }
+
+func newSourceLimits(maxOpen, maxHandshakes int) *sourceLimits {
+	return &sourceLimits{maxOpen: maxOpen, maxHandshakes: maxHandshakes, m: map[string]*sourceCount{}}
+}
+
+// sourceKey names the source of a connection from a, or "" when a is not
+// a TCP address (unix sockets: no per-source limit).
+func sourceKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP == nil {
+		return ""
+	}
+	if v4 := ta.IP.To4(); v4 != nil {
+		return v4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// acquire counts a new connection of key as open and handshaking, or
+// returns the reason it is refused.
+func (l *sourceLimits) acquire(key string) (reason string, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc := l.m[key]
+	if sc == nil {
+		sc = &sourceCount{}
+		l.m[key] = sc
+	}
+	switch {
+	case sc.handshaking >= l.maxHandshakes:
+		return rejectPerSourceShakes, false
+	case sc.open >= l.maxOpen:
+		return rejectPerSource, false
+	}
+	sc.open++
+	sc.handshaking++
+	return "", true
+}
+
+func (l *sourceLimits) endHandshake(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if sc := l.m[key]; sc != nil && sc.handshaking > 0 {
+		sc.handshaking--
+	}
+}
+
+// release ends an open connection of key (its handshake slot must have
+// been released by handshakeDone already).
+func (l *sourceLimits) release(key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	sc := l.m[key]
+	if sc == nil {
+		return
+	}
+	if sc.open > 0 {
+		sc.open--
+	}
+	if sc.open == 0 && sc.handshaking == 0 {
+		delete(l.m, key)
+	}
+}
+
+func newConnState(listener string, inbound bool, raw net.Conn) *connState {
+	return &connState{id: rand.Text(), listener: listener, inbound: inbound, start: time.Now(), client: raw.RemoteAddr().String(),
+		closers: []io.Closer{raw}}
+}
+
+// add registers x to be closed with the connection (at once if it already
+// is closed).
+func (c *connState) add(x io.Closer) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		x.Close()
+		return
+	}
+	c.closers = append(c.closers, x)
+	c.mu.Unlock()
+}
+
+func (c *connState) closeAll() {
+	c.mu.Lock()
+	cs := c.closers
+	c.closers, c.closed = nil, true
+	c.mu.Unlock()
+	for _, x := range cs {
+		x.Close()
+	}
+}
+
+// revoke closes a connection the current policy denies.
+func (c *connState) revoke(d policy.Decision) {
+	c.revoked.Store(&d)
+	c.closeAll()
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+type closeWriter interface{ CloseWrite() error }
+
+// pipe copies both ways between the connecting side a and the other side b
+// until both directions end, an error occurs, or neither side sent a byte
+// for idle. A direction that ends cleanly half-closes the other side.
+func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	errc := make(chan error, 2)
+	cp := func(dst, src net.Conn, n *atomic.Int64) {
+		bp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bp)
+		buf := *bp
+		var setAt time.Time
+		for {
+			now := time.Now()
+			if now.Sub(setAt) > idle/8 {
+				src.SetReadDeadline(now.Add(idle))
+				setAt = now
+			}
+			r, err := src.Read(buf)
+			if r > 0 {
+				last.Store(time.Now().UnixNano())
+				if _, werr := dst.Write(buf[:r]); werr != nil {
+					errc <- werr
+					return
+				}
+				n.Add(int64(r))
+			}
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					if time.Since(time.Unix(0, last.Load())) < idle {
+						setAt = time.Time{}
+						continue
+					}
+					errc <- errIdle
+					return
+				}
+				if errors.Is(err, io.EOF) {
+					if cw, ok := dst.(closeWriter); ok {
+						_ = cw.CloseWrite()
+					}
+					errc <- nil
+					return
+				}
+				errc <- err
+				return
+			}
+		}
+	}
+	go cp(b, a, &c.bytesIn)
+	go cp(a, b, &c.bytesOut)
+	var first error
+	for i := 0; i < 2; i++ {
+		if err := <-errc; err != nil {
+			if first == nil {
+				first = err
+			}
+			// unblock the other direction
+			a.Close()
+			b.Close()
+		}
+	}
+	return first
+}
+
+var errIdle = errors.New("idle timeout")

@@ -1,0 +1,152 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/wardproject/ward/internal/shared/keyutil"
+)
+
+// aeadSuites12 are the TLS 1.2 suites offered when tls.min_version is 1.2:
+// ECDHE with AES-GCM or ChaCha20-Poly1305 only (no CBC, no RSA key
+// exchange). TLS 1.3 suites are all AEAD and not configurable in Go. In
+// FIPS 140-3 mode Go further restricts both lists to AES-GCM.
+var aeadSuites12 = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// baseTLS is the protocol part shared by both directions. CurvePreferences
+// stays nil on purpose: Go's default list puts the hybrid post-quantum
+// X25519MLKEM768 first (and, in FIPS mode, keeps only approved groups).
+// Session tickets are off, so every connection presents and has its
+// certificate chain verified against the current bundle (a resumed session
+// would skip that). Go's TLS server never accepts 0-RTT early data.
+func (p *Proxy) baseTLS() *tls.Config {
+	c := &tls.Config{
+		MinVersion:             tls.VersionTLS13,
+		SessionTicketsDisabled: true,
+	}
+	if p.cfg.TLS.MinVersion == "1.2" {
+		c.MinVersion = tls.VersionTLS12
+		c.CipherSuites = aeadSuites12
+	}
+	return c
+}
+
+// serverTLS terminates mTLS: the client must present an X509-SVID that
+// chains to the bundle of its trust domain; which IDs may connect is the
+// policy's decision, made after the handshake.
+func (p *Proxy) serverTLS() *tls.Config {
+	c := p.baseTLS()
+	tlsconfig.HookMTLSServerConfig(c, p.src, p.src, tlsconfig.AuthorizeAny())
+	return c
+}
+
+// clientTLS dials mTLS and requires the server to present id, through no
+// CA key the policy's deny-list names as tainted.
+func (p *Proxy) clientTLS(id spiffeid.ID, serverName string) *tls.Config {
+	c := p.baseTLS()
+	tlsconfig.HookMTLSClientConfig(c, p.src, p.src, tlsconfig.AuthorizeID(id))
+	c.ServerName = serverName
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		keys, err := p.chainKeyIDs(cs.PeerCertificates)
+		if err != nil {
+			return err
+		}
+		if set := p.engine.Current(); set != nil {
+			if k := set.TaintedKey(keys); k != "" {
+				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, k)
+			}
+		}
+		return nil
+	}
+	return c
+}
+
+// chainKeyIDs verifies the peer's certificates against the current trust
+// bundle (as the handshake did) and returns the CA key IDs (ca.KeyID, the
+// key IDs `ward ca taint` takes) of every certificate in every verified
+// chain, root included, for the deny-list's tainted keys. A chain that no
+// longer verifies is an error: the caller refuses the peer.
+func (p *Proxy) chainKeyIDs(certs []*x509.Certificate) ([]string, error) {
+	if len(certs) == 0 {
+		return nil, errors.New("x509svid: peer presented no certificate")
+	}
+	_, chains, err := x509svid.Verify(certs, p.src)
+	if err != nil {
+		return nil, fmt.Errorf("x509svid: re-verifying the peer's certificate chain: %w", err)
+	}
+	var ids []string
+	for _, chain := range chains {
+		for _, c := range chain {
+			kid, err := keyutil.CAKeyID(c.PublicKey)
+			if err != nil {
+				return nil, fmt.Errorf("x509svid: key ID of %q in the peer's chain: %w", c.Subject, err)
+			}
+			if !slices.Contains(ids, kid) {
+				ids = append(ids, kid)
+			}
+		}
+	}
+	return ids, nil
+}
+
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS13:
+		return "1.3"
+	case tls.VersionTLS12:
+		return "1.2"
+	}
+	return tls.VersionName(v)
+}
+
+// handshakeReason classifies a handshake error for metrics and logs.
+func handshakeReason(err error) string {
+	var ne net.Error
+	var ae tls.AlertError
+	var ue x509.UnknownAuthorityError
+	var ce x509.CertificateInvalidError
+	msg := err.Error()
+	switch {
+	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case strings.Contains(msg, "didn't provide a certificate"):
+		return "no_client_certificate"
+	case strings.Contains(msg, "unexpected ID") || strings.Contains(msg, "unauthorized"):
+		return "unauthorized_id"
+	case errors.As(err, &ue) || errors.As(err, &ce) || strings.Contains(msg, "x509svid") ||
+		strings.Contains(msg, "certificate") || strings.Contains(msg, "X509 bundle"):
+		return "bad_certificate"
+	case strings.Contains(msg, "protocol version") || strings.Contains(msg, "unsupported versions"):
+		return "protocol_version"
+	case strings.Contains(msg, "no cipher suite") || strings.Contains(msg, "no mutually supported") ||
+		strings.Contains(msg, "no supported") || strings.Contains(msg, "handshake failure"):
+		return "no_shared_parameters"
+	case errors.As(err, &ae):
+		return "alert"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) ||
+		strings.Contains(msg, "connection reset"):
+		return "eof"
+	case strings.Contains(msg, "first record does not look like a TLS handshake") || strings.Contains(msg, "unexpected message") ||
+		strings.Contains(msg, "oversized record"):
+		return "not_tls"
+	}
+	return "other"
+}
