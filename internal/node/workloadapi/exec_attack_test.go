@@ -187,7 +187,12 @@ func fetchOnce(dialOpt grpc.DialOption, target string) string {
 // unix:path:<target>); the child asks for the SVID on the inherited
 // socket. It must be refused (before the fix /proc showed the target and
 // the SVID and key were handed over). The same target binary connecting
-// by itself after its exec is served.
+// by itself after its exec is served. The helper waits until the agent
+// has accepted before it execs: an exec in the instant between connect(2)
+// and accept can still be recorded as the connecting program, which is why
+// binary selectors count only together with the account (unix:uid or
+// unix:gid) and docs/identity.md says so; this test proves the image
+// check, not that race.
 func TestConnectThenExecIsRefused(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to run helper processes as uid 65534 (CI runs as root); run as root to exercise the connect-then-exec attack")
