@@ -40,7 +40,17 @@ func (m *Manager) checkRecord(ctx context.Context, rec *KeyRecord, digest string
 		return errorf(KindUnavailable, "key %q: cannot check its stored record against the audit log, so it is not used: %v", rec.Name, err)
 	}
 	if !ok {
-		return nil
+		if rec.Revision == 0 {
+			return nil // written before records carried revisions: nothing to compare
+		}
+		// Every revision of every key is audited since records carry
+		// revisions, so a revised record the log does not know means the
+		// log was wiped or replaced (a new log would forget destroyed
+		// versions) or the record was planted.
+		m.reportRollback(ctx, rec.Name, rec.Revision, Mark{}, rec, nil)
+		return errorf(KindRolledBack, "key %q: the stored record is revision %d but the audit log has no event for this key: "+
+			"the audit log was wiped or replaced, or the record was copied in from elsewhere, so versions destroyed earlier could decrypt again; %s",
+			rec.Name, rec.Revision, rollbackHelp)
 	}
 	var resurrected []string
 	for _, v := range mark.Destroyed {
@@ -116,8 +126,12 @@ func (m *Manager) reportRollback(ctx context.Context, name string, stored uint64
 	if len(resurrected) > 0 {
 		fields["resurrected_versions"] = strings.Join(resurrected, ",")
 	}
+	msg := "stored key record is older than the audit log's"
+	if rec != nil && mark.Revision == 0 && len(mark.Destroyed) == 0 {
+		msg = "stored key record has a revision the audit log has no event for (the log was wiped or replaced)"
+	}
 	if err := m.audit.Audit(ctx, AuditRecord{Operation: "key.rollback_detected", Key: name, Result: "error",
-		Error: "stored key record is older than the audit log's", Fields: fields}); err != nil {
+		Error: msg, Fields: fields}); err != nil {
 		m.log.Error("kms: could not audit a detected key record rollback", "key", name, "err", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/json"
 	"log/slog"
 	"path/filepath"
 	"strings"
@@ -303,4 +304,90 @@ func TestCreateExistingKeyStillSaysExists(t *testing.T) {
 	}
 	_, err := a.m.Create(ctx, "k", "internal", "")
 	kind(t, err, KindExists)
+}
+
+// TestRevisedRecordUnknownToTheLogIsRefused runs the audit-wipe attack on
+// the KMS alone: the attacker deletes every audit/ key (so the log the
+// witness reads starts empty, under a new signing key) and copies back a
+// record from before a destroy. A revised record the log never heard of is
+// refused; a record from before records carried revisions (revision 0)
+// still works.
+func TestRevisedRecordUnknownToTheLogIsRefused(t *testing.T) {
+	ctx := context.Background()
+	signer, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	path := filepath.Join(t.TempDir(), "ward.db")
+	a := openAuthority(t, path, signer, true)
+	if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	ct1, _, err := a.m.Encrypt(ctx, "k", []byte("under v1"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.m.Rotate(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	old, _ := a.raw.Get(ctx, a.m.path("k"))
+	if _, err := a.m.Destroy(ctx, "k", 1); err != nil {
+		t.Fatal(err)
+	}
+	// A key written before records carried revisions.
+	if _, err := a.m.Create(ctx, "legacy", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	kv, err := a.m.st.Get(ctx, a.m.path("legacy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rec KeyRecord
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		t.Fatal(err)
+	}
+	rec.Revision = 0
+	b, _ := json.Marshal(rec)
+	if _, err := a.m.st.Put(ctx, a.m.path("legacy"), b); err != nil {
+		t.Fatal(err)
+	}
+	a.close()
+
+	raw, err := boltstore.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Put(ctx, a.m.path("k"), old.Value); err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := raw.List(ctx, "audit/")
+	if err != nil || len(kvs) == 0 {
+		t.Fatalf("listing audit/: %d keys, %v", len(kvs), err)
+	}
+	for _, kv := range kvs {
+		if err := raw.Delete(ctx, kv.Key); err != nil {
+			t.Fatal(err)
+		}
+	}
+	raw.Close()
+
+	fresh, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader) // what the old server made
+	c := openAuthority(t, path, fresh, true)
+	defer c.close()
+	pt, _, err := c.m.Decrypt(ctx, ct1, nil)
+	if err == nil {
+		t.Fatalf("the destroyed version decrypted again after the audit log was wiped: %q", pt)
+	}
+	kind(t, err, KindRolledBack)
+	for _, want := range []string{`"k"`, "revision 2", "no event", "wiped", "Restore"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("decrypt error lacks %q: %v", want, err)
+		}
+	}
+	if n := c.m.RollbacksDetected(); n != 1 {
+		t.Errorf("RollbacksDetected = %d, want 1", n)
+	}
+	if evs := c.events(t, "key.rollback_detected"); len(evs) != 1 || evs[0].Key != "k" {
+		t.Errorf("rollback audit events: %+v", evs)
+	}
+	if _, err := c.m.Get(ctx, "legacy"); err != nil {
+		t.Fatalf("a revision-0 record (from before revisions) is refused: %v", err)
+	}
 }
