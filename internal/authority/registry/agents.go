@@ -290,13 +290,21 @@ func (r *Registry) RecordAttestation(ctx context.Context, id spiffeid.ID, typ st
 	})
 }
 
-// RecordRenewal makes serial the agent's current SVID. An evicted agent is
-// refused (KindDenied): it must attest again.
-func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, serial string, expires time.Time) (Agent, error) {
+// RecordRenewal makes serial the agent's current SVID, replacing from, the
+// serial of the SVID the renewal was made with. from must be the current
+// serial (a superseded SVID, still accepted for other calls during
+// SupersededGrace, may not renew: its holder would make its own certificate
+// current and lock the real agent out), checked in the same
+// compare-and-swap as the write, so of two renewals with one SVID only one
+// succeeds. An evicted agent is refused (KindDenied): it must attest again.
+func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, from, serial string, expires time.Time) (Agent, error) {
 	now := r.now()
 	return r.update(ctx, id, false, func(a *Agent, _ bool) error {
 		if a.Evicted {
 			return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+		}
+		if from != a.Serial {
+			return errorf(KindDenied, "agent %s renewed with SVID serial %s, which is not its current one: renew with the current agent SVID or attest again", id, from)
 		}
 		a.PrevSerial, a.PrevExpiry = a.Serial, a.Expires
 		if grace := now.Add(SupersededGrace); grace.Before(a.PrevExpiry) {
@@ -318,8 +326,19 @@ const lastSeenEvery = time.Minute
 
 // Authorize checks that agent id, presenting an SVID with serial, may call
 // the Node API: it exists, is not evicted and the serial is its current
-// (or just-replaced) SVID. It refreshes LastSeen at most once a minute.
+// (or, for SupersededGrace, just-replaced) SVID. It refreshes LastSeen at
+// most once a minute. RenewAgent needs AuthorizeRenewal instead.
 func (r *Registry) Authorize(ctx context.Context, id spiffeid.ID, serial string) (Agent, error) {
+	return r.authorize(ctx, id, serial, true)
+}
+
+// AuthorizeRenewal is Authorize for RenewAgent: only the current SVID may
+// renew, never one a renewal superseded (even within SupersededGrace).
+func (r *Registry) AuthorizeRenewal(ctx context.Context, id spiffeid.ID, serial string) (Agent, error) {
+	return r.authorize(ctx, id, serial, false)
+}
+
+func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string, allowPrev bool) (Agent, error) {
 	a, err := r.GetAgent(ctx, id)
 	if KindOf(err) == KindNotFound {
 		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
@@ -333,6 +352,9 @@ func (r *Registry) Authorize(ctx context.Context, id spiffeid.ID, serial string)
 	now := r.now()
 	if serial != a.Serial && (serial != a.PrevSerial || !now.Before(a.PrevExpiry)) {
 		return Agent{}, errorf(KindDenied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
+	}
+	if serial != a.Serial && !allowPrev {
+		return Agent{}, errorf(KindDenied, "agent %s presented SVID serial %s, which a renewal superseded: only the current agent SVID may renew; use it (or attest again)", id, serial)
 	}
 	if now.Sub(a.LastSeen) >= lastSeenEvery {
 		if u, err := r.update(ctx, id, false, func(x *Agent, _ bool) error {

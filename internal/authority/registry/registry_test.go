@@ -239,7 +239,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if _, err := f.reg.Authorize(ctx, id, "bb"); KindOf(err) != KindDenied {
 		t.Fatalf("unknown serial: %v", err)
 	}
-	if _, err := f.reg.RecordRenewal(ctx, id, "bb", exp.Add(time.Hour)); err != nil {
+	if _, err := f.reg.RecordRenewal(ctx, id, "aa", "bb", exp.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	for _, s := range []string{"aa", "bb"} {
@@ -264,7 +264,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if _, err := f.reg.Authorize(ctx, id, "bb"); KindOf(err) != KindDenied || !strings.Contains(err.Error(), "agent evicted: attest again") {
 		t.Fatalf("evicted authorize: %v", err)
 	}
-	if _, err := f.reg.RecordRenewal(ctx, id, "cc", exp); KindOf(err) != KindDenied {
+	if _, err := f.reg.RecordRenewal(ctx, id, "bb", "cc", exp); KindOf(err) != KindDenied {
 		t.Fatalf("evicted renewal: %v", err)
 	}
 	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/ward/agent/none")); KindOf(err) != KindNotFound {
