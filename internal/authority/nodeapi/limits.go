@@ -3,15 +3,19 @@ package nodeapi
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+
+	"github.com/wardproject/ward/internal/authority/registry"
 )
 
 // Resource limits of the Node API.
@@ -36,11 +40,24 @@ import (
 //
 // Attest on a connection with a certificate is refused (FailedPrecondition),
 // so an SVID never buys the large limit for the unauthenticated method.
-// Pre-authentication work is bounded too: at most maxPreHandshake TLS
-// handshakes run at once (further connections wait in the kernel's accept
-// queue), each gets handshakeTimeout, at most maxAnonConns certificate-less
-// connections are open at once, each with at most maxAnonStreams streams,
-// and at most Config.MaxConcurrentAttests attestations are in progress.
+// Only a certificate that may actually call something gets the main server:
+// route checks an agent SVID against the registry (registered, not
+// evicted, current or within the superseded grace) and any SVID against
+// the tainted CA keys right after the handshake, and sends the refused
+// ones (and /ward/ IDs that are not agents) to the anonymous server, where
+// their calls get authenticate's refusal and its small limits.
+//
+// Pre-authentication work is bounded without ever making accept wait, so
+// idle connections cannot stall the API for everyone: a source (the TCP
+// peer's IPv4 address, or its IPv6 /64) may have at most
+// maxPreHandshakePerSource connections in their TLS handshake and at most
+// maxAnonPerSource open connections on the anonymous server; each
+// handshake gets handshakeTimeout; the anonymous server closes
+// connections idle for anonMaxIdle and any connection after anonMaxAge.
+// maxPreHandshake and maxAnonConns bound the totals as a safety net.
+// Connections over any of these are closed at once (never queued) and
+// counted (Server.RefusedConnections), and at most
+// Config.MaxConcurrentAttests attestations are in progress.
 const (
 	// maxAttestMsg bounds one Attest message. The largest legitimate one is
 	// an x509pop first message: a CSR (the agent's is ECDSA P-256, ~250
@@ -56,32 +73,142 @@ const (
 	// 32 MiB lets a batch of ~500 maximal plaintexts through and is what
 	// the authority has always accepted from SVID holders.
 	maxAuthenticatedMsg = 32 << 20
+	// maxAuthStreams bounds concurrent streams per connection on the main
+	// server (an agent needs a few: Sync, SignX509SVIDs, WatchPolicy).
+	maxAuthStreams = 64
 	// handshakeTimeout bounds the TLS handshake (and grpc's HTTP/2
-	// preface), so slow peers cannot hold pre-handshake slots.
-	handshakeTimeout = 10 * time.Second
-	// maxPreHandshake bounds concurrent TLS handshakes (each parses and
-	// verifies a peer chain); enough for a fleet reconnecting at once, as
-	// later connections wait in the accept queue rather than fail.
-	maxPreHandshake = 128
-	// maxAnonConns bounds open connections without a certificate: with the
-	// 64 KiB windows that caps their in-flight data at ~64 MiB.
+	// preface): a legitimate one takes milliseconds.
+	handshakeTimeout = 5 * time.Second
+	// maxPreHandshakePerSource bounds one source's connections in their
+	// TLS handshake: a node makes one connection at a time; a NAT in front
+	// of a few nodes that reconnect at once stays well under it.
+	maxPreHandshakePerSource = 16
+	// maxPreHandshake bounds all handshakes in progress (each parses and
+	// verifies a peer chain): a safety net past the per-source bound.
+	maxPreHandshake = 512
+	// maxAnonPerSource bounds one source's open connections without a
+	// usable certificate (an attesting node needs one).
+	maxAnonPerSource = 8
+	// maxAnonConns bounds all of them: with the 64 KiB windows that caps
+	// their in-flight data at ~64 MiB.
 	maxAnonConns = 1024
 	// maxAnonStreams: an attesting agent needs one stream.
 	maxAnonStreams = 4
+	// anonMaxIdle and anonMaxAge end connections on the anonymous server
+	// (idle: no stream open); an attestation takes one exchange bounded by
+	// Config.AttestTimeout (30s by default), which anonMaxAgeGrace lets finish.
+	anonMaxIdle     = 30 * time.Second
+	anonMaxAge      = 2 * time.Minute
+	anonMaxAgeGrace = 30 * time.Second
 	// defaultMaxAttests is Config.MaxConcurrentAttests' default.
 	defaultMaxAttests = 64
+	// authorizeTimeout bounds route's registry lookup of an agent SVID.
+	authorizeTimeout = 5 * time.Second
 )
 
-// route accepts TCP connections, completes their TLS handshake (bounded in
-// number and time) and hands them to the main or the anonymous server.
+// Reasons route closes a connection (RefusedConnections).
+const (
+	RefusedHandshakesPerSource = "per_source_handshakes"
+	RefusedHandshakes          = "max_handshakes"
+	RefusedAnonPerSource       = "per_source_anonymous"
+	RefusedAnon                = "max_anonymous"
+)
+
+// RefusedConnections reports how many connections route closed for
+// reason (one of the Refused* constants) since the server started.
+func (s *Server) RefusedConnections(reason string) uint64 {
+	s.limits.mu.Lock()
+	defer s.limits.mu.Unlock()
+	return s.limits.refused[reason]
+}
+
+// connLimits counts connections in their handshake and open anonymous
+// connections, per source and in total.
+type connLimits struct {
+	mu              sync.Mutex
+	shaking, anon   map[string]int
+	shakingN, anonN int
+	refused         map[string]uint64
+	onRefused       func(reason string)
+	lastWarn        time.Time
+}
+
+func newConnLimits(onRefused func(string)) *connLimits {
+	return &connLimits{shaking: map[string]int{}, anon: map[string]int{}, refused: map[string]uint64{}, onRefused: onRefused}
+}
+
+// sourceKey names the source of a connection: the IPv4 address, or the
+// IPv6 /64 (the block one host usually has); "" for non-TCP addresses.
+func sourceKey(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok || ta.IP == nil {
+		return ""
+	}
+	if v4 := ta.IP.To4(); v4 != nil {
+		return v4.String()
+	}
+	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
+}
+
+// take counts one more connection of key in m (total *n) unless key is at
+// perSource or the total at total; it returns the refusal reason or "".
+func (l *connLimits) take(m map[string]int, n *int, key string, perSource, total int, perReason, totalReason string) string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	reason := ""
+	switch {
+	case m[key] >= perSource:
+		reason = perReason
+	case *n >= total:
+		reason = totalReason
+	default:
+		m[key]++
+		*n++
+		return ""
+	}
+	l.refused[reason]++
+	return reason
+}
+
+func (l *connLimits) give(m map[string]int, n *int, key string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if m[key] > 1 {
+		m[key]--
+	} else {
+		delete(m, key)
+	}
+	*n--
+}
+
+// refuse closes c, refused for reason, and logs it (at most once a second).
+func (s *Server) refuse(c net.Conn, key, reason string) {
+	c.Close()
+	if s.limits.onRefused != nil {
+		s.limits.onRefused(reason)
+	}
+	s.limits.mu.Lock()
+	now := time.Now()
+	warn := now.Sub(s.limits.lastWarn) >= time.Second
+	if warn {
+		s.limits.lastWarn = now
+	}
+	s.limits.mu.Unlock()
+	if warn {
+		s.cfg.Log.Warn("Node API connection refused: too many connections from its source or in total; if this is a NAT in front of many nodes, stagger their reconnects",
+			"source", key, "reason", reason)
+	}
+}
+
+// route accepts TCP connections, completes their TLS handshake (bounded
+// per source, in total and in time, refusing rather than queueing what is
+// over a bound) and hands them to the main or the anonymous server.
 func (s *Server) route(ln net.Listener) error {
-	slots := make(chan struct{}, maxPreHandshake)
 	cfg := s.TLSConfig()
+	l := s.limits
 	for {
-		slots <- struct{}{}
 		c, err := ln.Accept()
 		if err != nil {
-			<-slots
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() {
 				time.Sleep(10 * time.Millisecond)
@@ -92,26 +219,69 @@ func (s *Server) route(ln net.Listener) error {
 			}
 			return err
 		}
-		go func() {
-			tc, err := handshake(c, cfg)
-			<-slots
-			if err != nil {
-				s.cfg.Log.Debug("Node API TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
-				return
-			}
-			if len(tc.ConnectionState().PeerCertificates) > 0 {
-				s.authLn.push(tc)
-				return
-			}
-			if s.anonConns.Add(1) > maxAnonConns {
-				s.anonConns.Add(-1)
-				s.cfg.Log.Warn("too many Node API connections without a client certificate; closing one", "peer", c.RemoteAddr().String(), "limit", maxAnonConns)
-				tc.Close()
-				return
-			}
-			s.anonLn.push(&countedConn{Conn: tc, release: func() { s.anonConns.Add(-1) }})
-		}()
+		key := sourceKey(c.RemoteAddr())
+		if reason := l.take(l.shaking, &l.shakingN, key, maxPreHandshakePerSource, maxPreHandshake, RefusedHandshakesPerSource, RefusedHandshakes); reason != "" {
+			s.refuse(c, key, reason)
+			continue
+		}
+		go s.serveConn(c, key, cfg)
 	}
+}
+
+// serveConn handshakes c and hands it to a server.
+func (s *Server) serveConn(c net.Conn, key string, cfg *tls.Config) {
+	l := s.limits
+	tc, err := handshake(c, cfg)
+	l.give(l.shaking, &l.shakingN, key)
+	if err != nil {
+		s.cfg.Log.Debug("Node API TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+		return
+	}
+	if s.mainServerFor(tc.ConnectionState().PeerCertificates) {
+		s.authLn.push(tc)
+		return
+	}
+	if reason := l.take(l.anon, &l.anonN, key, maxAnonPerSource, maxAnonConns, RefusedAnonPerSource, RefusedAnon); reason != "" {
+		s.refuse(tc, key, reason)
+		return
+	}
+	s.anonLn.push(&countedConn{Conn: tc, release: func() { l.give(l.anon, &l.anonN, key) }})
+}
+
+// mainServerFor reports whether a connection presenting certs (already
+// verified against the bundle by the handshake) gets the main server: a
+// workload SVID, or the SVID of a current agent, not chaining to a tainted
+// CA key. Everything else (no certificate; an agent SVID that is evicted,
+// unknown or superseded past the grace; another /ward/ ID; a tainted chain,
+// which may only renew, a small call) goes to the anonymous server, where
+// authenticate refuses what it may not call, within the small limits.
+func (s *Server) mainServerFor(certs []*x509.Certificate) bool {
+	if len(certs) == 0 {
+		return false
+	}
+	var raw [][]byte
+	for _, c := range certs[1:] {
+		raw = append(raw, c.Raw)
+	}
+	if s.taintedIn(raw) != "" {
+		return false
+	}
+	id, err := x509svid.IDFromCert(certs[0])
+	if err != nil {
+		return false
+	}
+	if !reserved(id) {
+		return true
+	}
+	if !registry.IsAgentID(s.td, id) {
+		return false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), authorizeTimeout)
+	defer cancel()
+	_, err = s.cfg.Registry.Authorize(ctx, id, certs[0].SerialNumber.Text(16))
+	// A registry that cannot answer now is no refusal: authenticate asks
+	// again per call.
+	return err == nil || registry.KindOf(err) != registry.KindDenied
 }
 
 func handshake(c net.Conn, cfg *tls.Config) (*tls.Conn, error) {

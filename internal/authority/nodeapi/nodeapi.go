@@ -87,6 +87,10 @@ type Config struct {
 	// MaxConcurrentAttests bounds attestations in progress (default 64);
 	// more are refused with ResourceExhausted.
 	MaxConcurrentAttests int
+	// OnConnRefused, when set, is called for every connection the Node
+	// API closes at accept for being over a connection limit, with the
+	// reason (a Refused* constant), e.g. to count it in a metric.
+	OnConnRefused func(reason string)
 }
 
 // AuditSource is the authority's audit log as Sync needs it.
@@ -112,7 +116,7 @@ type Server struct {
 
 	authLn, anonLn *chanListener
 	attests        chan struct{} // semaphore: attestations in progress
-	anonConns      atomic.Int64
+	limits         *connLimits
 
 	certMu sync.Mutex
 	cert   atomic.Pointer[serverCert]
@@ -151,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain(), attests: make(chan struct{}, cfg.MaxConcurrentAttests)}
 	s.authLn, s.anonLn = newChanListener(), newChanListener()
+	s.limits = newConnLimits(cfg.OnConnRefused)
 	// See limits.go: the listener does the TLS handshake and sends each
 	// connection to one of two servers by whether it presented a verified
 	// SVID, so an unauthenticated peer never gets the large message limit.
@@ -159,6 +164,7 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(s.authUnary),
 		grpc.ChainStreamInterceptor(s.authStream),
 		grpc.MaxRecvMsgSize(maxAuthenticatedMsg), grpc.MaxSendMsgSize(64<<20),
+		grpc.MaxConcurrentStreams(maxAuthStreams),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)
@@ -172,6 +178,10 @@ func New(cfg Config) (*Server, error) {
 		// towards us, whatever message length it announces.
 		grpc.InitialWindowSize(maxAttestMsg), grpc.InitialConnWindowSize(maxAttestMsg),
 		grpc.MaxConcurrentStreams(maxAnonStreams),
+		// Certificate-less connections do not stay: idle ones close after
+		// anonMaxIdle, every one after anonMaxAge (plus the grace for an
+		// attestation in progress).
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: anonMaxIdle, MaxConnectionAge: anonMaxAge, MaxConnectionAgeGrace: anonMaxAgeGrace}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)
@@ -337,6 +347,9 @@ func (s *Server) Stop() {
 
 type agentKey struct{}
 
+// agentSerialKey carries the serial (hex) of the authenticated agent's SVID.
+type agentSerialKey struct{}
+
 type workloadKey struct{}
 
 // WorkloadFrom returns the authenticated workload of a call to a
@@ -397,7 +410,8 @@ func reserved(id spiffeid.ID) bool {
 //   - An ID in the reserved /ward/ namespace is never a workload. It must
 //     be an agent ID whose record exists, is not evicted and names this
 //     very certificate (registry.Authorize: current serial, or the previous
-//     one until it expires); otherwise the call is refused whatever the
+//     one for registry.SupersededGrace after the renewal; RenewAgent needs
+//     the current one, registry.AuthorizeRenewal); otherwise the call is refused whatever the
 //     method. An agent may call the agent methods (and WatchPolicy) only:
 //     it is not a workload, so the workload methods (the KMS) refuse it
 //     even when it is current. spiffe://TD/ward/server and any other
@@ -462,12 +476,21 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	if kid := s.taintedIn(raw[1:]); kid != "" && method != renewMethod {
 		return nil, status.Errorf(codes.Unauthenticated, "agent SVID chains to tainted CA key %s: call RenewAgent for a re-issued SVID", kid)
 	}
-	if _, err := s.cfg.Registry.Authorize(ctx, id, leaf.SerialNumber.Text(16)); err != nil {
+	serial := leaf.SerialNumber.Text(16)
+	authorize := s.cfg.Registry.Authorize
+	if method == renewMethod {
+		// Only the current SVID may renew: a superseded one (accepted for
+		// other calls during the grace) would make its holder's new
+		// certificate current and lock the real agent out.
+		authorize = s.cfg.Registry.AuthorizeRenewal
+	}
+	if _, err := authorize(ctx, id, serial); err != nil {
 		return nil, Status(err)
 	}
 	if workload {
 		return nil, status.Errorf(codes.PermissionDenied, "agent %s may not call %s: an agent SVID is not a workload identity; call with the workload's own SVID (register an entry for it)", id, method)
 	}
+	ctx = context.WithValue(ctx, agentSerialKey{}, serial)
 	return context.WithValue(ctx, agentKey{}, id), nil
 }
 

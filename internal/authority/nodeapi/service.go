@@ -231,7 +231,8 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	}
 	leaf := chain[0]
 	serial := leaf.SerialNumber.Text(16)
-	if _, err := s.cfg.Registry.RecordRenewal(ctx, id, serial, leaf.NotAfter); err != nil {
+	from, _ := ctx.Value(agentSerialKey{}).(string)
+	if _, err := s.cfg.Registry.RecordRenewal(ctx, id, from, serial, leaf.NotAfter); err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
