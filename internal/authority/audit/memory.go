@@ -2,11 +2,14 @@ package audit
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +23,13 @@ import (
 // given an older head back is caught even without --checkpoint. Files are
 // <dir>/<key id>.json (the `ward audit checkpoint` format), mode 0600, in a
 // directory of mode 0700, replaced atomically under a lock.
+//
+// It also remembers, per origin (ward/<trust domain>), the signing key id
+// it last accepted, in <dir>/origin-<sha256 of the origin>.json: a log
+// wiped in storage comes back under a new signing key with an empty
+// history, and keying the memory by key id alone would accept it as a new
+// log. A checkpoint of a known origin under another key fails with a
+// *KeyChangedError until AcceptKey records the new key.
 //
 // It never moves backwards: Remember refuses a smaller checkpoint, or a
 // different root at the same size, with a *RollbackError. It does not prove
@@ -47,6 +57,29 @@ func (e *RollbackError) Error() string {
 		"Only if the authority was deliberately re-initialised, delete that file",
 		r.Origin, what, h.Size, hex.EncodeToString(h.RootHash), h.Time.UTC().Format(time.RFC3339),
 		r.Size, hex.EncodeToString(r.RootHash), r.Time.UTC().Format(time.RFC3339), e.Path)
+}
+
+// KeyChangedError says that a log's origin was verified earlier under
+// another signing key.
+type KeyChangedError struct {
+	Origin             string
+	OldKeyID, NewKeyID string
+	Path               string // the file that remembers OldKeyID
+}
+
+func (e *KeyChangedError) Error() string {
+	return fmt.Sprintf("AUDIT SIGNING KEY CHANGED: the audit signing key of %s changed from %s to %s (the old key is remembered in %s). "+
+		"An authority's audit signing key never changes: its audit log was wiped or replaced in storage (a new log forgets every earlier event, "+
+		"including which key versions were destroyed), or this is another authority using the same trust domain. Treat it as an incident and find out why. "+
+		"Only if the authority was deliberately re-initialised, run `ward audit verify --accept-new-key`",
+		e.Origin, e.OldKeyID, e.NewKeyID, e.Path)
+}
+
+// originRecord is the content of an origin file.
+type originRecord struct {
+	Origin string    `json:"origin"`
+	KeyID  string    `json:"key_id"`
+	Since  time.Time `json:"since"`
 }
 
 // OpenCheckpointMemory uses dir, creating it (mode 0700) if needed. A
@@ -85,6 +118,88 @@ func (m *CheckpointMemory) Path(keyID string) (string, error) {
 	return filepath.Join(m.dir, keyID+".json"), nil
 }
 
+// originPath returns the file that remembers origin's signing key.
+func (m *CheckpointMemory) originPath(origin string) string {
+	h := sha256.Sum256([]byte(origin))
+	return filepath.Join(m.dir, "origin-"+hex.EncodeToString(h[:])+".json")
+}
+
+// OriginKey returns the signing key id remembered for origin and the file
+// that remembers it, or "" if the origin was never verified. A memory
+// written before origins were remembered has no origin file: then the
+// newest checkpoint file of that origin names the key.
+func (m *CheckpointMemory) OriginKey(origin string) (keyID, path string, err error) {
+	p := m.originPath(origin)
+	b, err := os.ReadFile(p)
+	if err == nil {
+		var r originRecord
+		if err := json.Unmarshal(b, &r); err != nil || r.Origin != origin || len(r.KeyID) != 64 {
+			return "", "", fmt.Errorf("checkpoint memory: %s is unreadable or names another origin: it was altered; restore it, or delete it if you trust the log today", p)
+		}
+		return r.KeyID, p, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", "", fmt.Errorf("checkpoint memory: %w", err)
+	}
+	files, err := filepath.Glob(filepath.Join(m.dir, "*.json"))
+	if err != nil {
+		return "", "", fmt.Errorf("checkpoint memory: %w", err)
+	}
+	var newest *checkpoint.Checkpoint
+	for _, f := range files {
+		id := strings.TrimSuffix(filepath.Base(f), ".json")
+		if _, err := m.Path(id); err != nil {
+			continue // not a checkpoint file
+		}
+		cp, err := m.Load(id)
+		if err != nil || cp == nil || cp.Origin != origin {
+			continue
+		}
+		if newest == nil || cp.Time.After(newest.Time) {
+			newest, path = cp, f
+		}
+	}
+	if newest == nil {
+		return "", "", nil
+	}
+	return newest.KeyID, path, nil
+}
+
+// CheckKey returns a *KeyChangedError if cp's origin was verified before
+// under another signing key.
+func (m *CheckpointMemory) CheckKey(cp checkpoint.Checkpoint) error {
+	old, p, err := m.OriginKey(cp.Origin)
+	if err != nil {
+		return err
+	}
+	if old != "" && old != cp.KeyID {
+		return &KeyChangedError{Origin: cp.Origin, OldKeyID: old, NewKeyID: cp.KeyID, Path: p}
+	}
+	return nil
+}
+
+// AcceptKey records cp's key as its origin's signing key from now on (the
+// operator accepted a new key, e.g. after a deliberate re-initialisation).
+func (m *CheckpointMemory) AcceptKey(cp checkpoint.Checkpoint) error {
+	if err := cp.Check(); err != nil {
+		return fmt.Errorf("checkpoint memory: %w", err)
+	}
+	unlock, err := m.lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return m.writeOrigin(cp)
+}
+
+func (m *CheckpointMemory) writeOrigin(cp checkpoint.Checkpoint) error {
+	b, err := json.Marshal(originRecord{Origin: cp.Origin, KeyID: cp.KeyID, Since: time.Now().UTC()})
+	if err != nil {
+		return err
+	}
+	return writeAtomic(m.originPath(cp.Origin), append(b, '\n'))
+}
+
 // Load returns the checkpoint remembered for the log signed by keyID, or
 // nil if there is none. The file's signature is not checked here: the
 // Verifier checks it as the Earlier checkpoint.
@@ -112,7 +227,9 @@ func (m *CheckpointMemory) Load(keyID string) (*checkpoint.Checkpoint, error) {
 
 // Remember stores cp as the newest checkpoint of its log, unless the
 // remembered one is newer: a smaller size, or another root at the same
-// size, returns a *RollbackError and changes nothing.
+// size, returns a *RollbackError and changes nothing. A checkpoint whose
+// origin is remembered under another signing key returns a
+// *KeyChangedError and changes nothing (AcceptKey first).
 func (m *CheckpointMemory) Remember(cp checkpoint.Checkpoint) error {
 	if err := cp.Check(); err != nil {
 		return fmt.Errorf("checkpoint memory: %w", err)
@@ -126,6 +243,14 @@ func (m *CheckpointMemory) Remember(cp checkpoint.Checkpoint) error {
 		return err
 	}
 	defer unlock()
+	if err := m.CheckKey(cp); err != nil {
+		return err
+	}
+	if _, err := os.Stat(m.originPath(cp.Origin)); errors.Is(err, os.ErrNotExist) {
+		if err := m.writeOrigin(cp); err != nil {
+			return err
+		}
+	}
 	old, err := m.Load(cp.KeyID)
 	if err != nil {
 		return err

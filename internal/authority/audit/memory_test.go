@@ -101,3 +101,79 @@ func TestCheckpointMemoryNeverMovesBackwards(t *testing.T) {
 		t.Fatal("world-writable memory dir accepted")
 	}
 }
+
+// TestCheckpointMemoryRemembersTheOriginsKey is the audit-wipe attack on
+// the memory: the wiped log comes back under a new signing key with a
+// fresh, internally consistent history. Keyed by key id alone, the memory
+// would have accepted it as a new log.
+func TestCheckpointMemoryRemembersTheOriginsKey(t *testing.T) {
+	at := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	sign := func(k *ecdsa.PrivateKey, origin string, size uint64) checkpoint.Checkpoint {
+		c, err := checkpoint.Sign(k, origin, size, bytes.Repeat([]byte{byte(size)}, 32), at.Add(time.Duration(size)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	oldKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	newKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	m, err := OpenCheckpointMemory(filepath.Join(t.TempDir(), "checkpoints"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remember(sign(oldKey, "ward/example.org", 50)); err != nil {
+		t.Fatal(err)
+	}
+	wiped := sign(newKey, "ward/example.org", 3)
+	err = m.CheckKey(wiped)
+	var kc *KeyChangedError
+	if !errors.As(err, &kc) {
+		t.Fatalf("CheckKey of a new key for a known origin: %v", err)
+	}
+	oldID := sign(oldKey, "x", 1).KeyID
+	for _, want := range []string{"AUDIT SIGNING KEY CHANGED", "ward/example.org", oldID, wiped.KeyID, "--accept-new-key"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q: %v", want, err)
+		}
+	}
+	if err := m.Remember(wiped); !errors.As(err, &kc) {
+		t.Fatalf("Remember of a new key for a known origin: %v", err)
+	}
+	if got, _ := m.Load(wiped.KeyID); got != nil {
+		t.Fatal("Remember stored the checkpoint of the changed key")
+	}
+	// Another origin under another key is simply a new log.
+	if err := m.Remember(sign(newKey, "ward/other.org", 3)); err != nil {
+		t.Fatalf("new origin: %v", err)
+	}
+	// The operator accepts the new key (a deliberate re-initialisation).
+	if err := m.AcceptKey(wiped); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Remember(wiped); err != nil {
+		t.Fatalf("Remember after AcceptKey: %v", err)
+	}
+	// ... and now the old key is the stranger.
+	if err := m.CheckKey(sign(oldKey, "ward/example.org", 60)); !errors.As(err, &kc) || kc.OldKeyID != wiped.KeyID {
+		t.Fatalf("old key after accepting the new one: %v", err)
+	}
+
+	// Memory written before origins were remembered (checkpoint files
+	// only) still knows the origin's key.
+	legacy, err := OpenCheckpointMemory(filepath.Join(t.TempDir(), "checkpoints"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := legacy.Remember(sign(oldKey, "ward/example.org", 50)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(legacy.originPath("ward/example.org")); err != nil {
+		t.Fatal(err)
+	}
+	if err := legacy.CheckKey(wiped); !errors.As(err, &kc) || kc.OldKeyID != oldID {
+		t.Fatalf("legacy memory: %v", err)
+	}
+	if err := legacy.CheckKey(sign(oldKey, "ward/example.org", 60)); err != nil {
+		t.Fatalf("legacy memory, same key: %v", err)
+	}
+}
