@@ -41,6 +41,7 @@ func checkpointDir(flag string) (string, error) {
 
 func auditVerifyCommand() *cobra.Command {
 	var cpPath, keyPath, stateDir string
+	var acceptNewKey bool
 	cmd := &cobra.Command{
 		Use:   "verify",
 		Short: "Recompute the audit Merkle tree, check the signed checkpoint and (with --checkpoint) consistency with an earlier one",
@@ -57,7 +58,13 @@ in --state-dir (default $WARD_STATE_DIR, else $XDG_STATE_HOME/ward, else
 ~/.local/state/ward; files checkpoints/<key id>.json, mode 0600) and proves every later head
 extends it, as Certificate Transparency monitors do. A log that went backwards (truncated,
 rolled back to an old head, or forked) fails loudly with exit code 1, naming the remembered
-and the current size and root.`,
+and the current size and root.
+
+It also remembers each log's signing key by origin (ward/<trust domain>). An authority's
+audit signing key never changes, so a checkpoint of a known origin signed by another key
+fails with exit code 1 ("AUDIT SIGNING KEY CHANGED"): the log was wiped or replaced in
+storage, and its new history would start empty. Only after a deliberate re-initialisation
+pass --accept-new-key to verify the new log and remember its key from then on.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var earlier *checkpoint.Checkpoint
@@ -111,6 +118,19 @@ and the current size and root.`,
 				}
 			}
 			out := cmd.OutOrStdout()
+			if err := mem.CheckKey(cp); err != nil {
+				var kc *audit.KeyChangedError
+				if !errors.As(err, &kc) {
+					return err
+				}
+				if !acceptNewKey {
+					fmt.Fprintln(out, "PROBLEM", err)
+					return &exitError{code: 1, err: err}
+				}
+				fmt.Fprintf(out, "WARNING: the audit signing key of %s changed from %s to %s; accepted with --accept-new-key\n", kc.Origin, kc.OldKeyID, kc.NewKeyID)
+			} else {
+				acceptNewKey = false // nothing to accept
+			}
 			remembered, err := mem.Load(cp.KeyID)
 			if err != nil {
 				return err
@@ -165,6 +185,12 @@ and the current size and root.`,
 				fmt.Fprintf(out, "OK: consistent with the checkpoint of %d events remembered from %s (%s)\n",
 					remembered.Size, remembered.Time.UTC().Format(time.RFC3339), memPath)
 			}
+			if acceptNewKey {
+				if err := mem.AcceptKey(cp); err != nil {
+					return &exitError{code: 1, err: err}
+				}
+				fmt.Fprintf(out, "remembered key %s as the audit signing key of %s\n", cp.KeyID, cp.Origin)
+			}
 			if err := mem.Remember(cp); err != nil {
 				return &exitError{code: 1, err: err}
 			}
@@ -176,6 +202,7 @@ and the current size and root.`,
 	}
 	cmd.Flags().StringVar(&cpPath, "checkpoint", "", "an earlier checkpoint file to prove consistency with")
 	cmd.Flags().StringVar(&keyPath, "public-key", "", "PEM public key the checkpoints must be signed with")
+	cmd.Flags().BoolVar(&acceptNewKey, "accept-new-key", false, "accept a new audit signing key for a log verified before under another key (only after a deliberate re-initialisation)")
 	cmd.Flags().StringVar(&stateDir, "state-dir", "", "where to remember verified checkpoints (default $WARD_STATE_DIR, $XDG_STATE_HOME/ward or ~/.local/state/ward)")
 	return cmd
 }

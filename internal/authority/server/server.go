@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -254,9 +255,11 @@ func (s *Server) auditSize() uint64 {
 // log (its signing key lives behind the barrier), the KMS and its jobs.
 func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	bs := s.barrier.Store()
-	signer, err := loadOrCreateSigner(ctx, bs)
+	signer, err := s.auditSigner(ctx, bs)
 	if err != nil {
-		return fmt.Errorf("audit signing key: %w", err)
+		s.log.Error("unseal refused: the audit log's storage is missing or incomplete", "err", err)
+		s.recordSealed(s.event(caller, "operator.unseal", audit.ResultError, err.Error()))
+		return err
 	}
 	hkey, err := s.barrier.DeriveKey("audit-hmac")
 	if err != nil {
@@ -409,20 +412,96 @@ func (s *Server) streamCaller(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 	return h(srv, callerStream{ss, reqctx.With(ss.Context(), adminCaller(ss.Context()))})
 }
 
-// loadOrCreateSigner returns the audit checkpoint signing key, creating
-// it on first unseal. It lives only behind the barrier.
-func loadOrCreateSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey, error) {
-	kv, err := bs.Get(ctx, auditSigningKeyPath)
-	if err == nil {
-		k, err := x509.ParseECPrivateKey(kv.Value)
-		if err != nil {
-			return nil, fmt.Errorf("stored audit signing key is unreadable: %w", err)
-		}
-		return k, nil
+// auditHeadPath is where the audit log keeps its head (audit.Open reads
+// it); only its presence is checked here.
+const auditHeadPath = "audit/head"
+
+// ErrAuditStateMissing: storage lost the audit signing key or the audit
+// head of an authority that has used them; the authority stays sealed.
+var ErrAuditStateMissing = errors.New("audit log state missing from storage")
+
+// auditSigner returns the audit checkpoint signing key. It is created only
+// for a fresh authority, whose storage holds nothing but the seal's and the
+// barrier's own configuration: at init for auto seals and dev mode, at the
+// first unseal after a share-seal init (the barrier stays sealed at init),
+// and for an authority initialised before this rule that was never
+// unsealed. Afterwards a missing key, or a key without an audit head, means
+// audit/ was deleted or rolled back in storage: a new log, under a new key,
+// would forget every destroyed key version, so the unseal fails instead.
+func (s *Server) auditSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey, error) {
+	k, err := loadSigner(ctx, bs)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, fmt.Errorf("audit signing key: %w", err)
 	}
-	if !errors.Is(err, store.ErrNotFound) {
+	if k != nil {
+		_, err := s.raw.Get(ctx, auditHeadPath)
+		if err == nil {
+			return k, nil
+		}
+		if !errors.Is(err, store.ErrNotFound) {
+			return nil, fmt.Errorf("reading the audit head %s: %w", auditHeadPath, err)
+		}
+	}
+	others, err := s.dataBeyondSeal(ctx)
+	if err != nil {
 		return nil, err
 	}
+	if len(others) > 0 {
+		missing := auditSigningKeyPath + " (the audit signing key)"
+		if k != nil {
+			missing = auditHeadPath + " (the audit log's head)"
+		}
+		return nil, fmt.Errorf("%w: storage has no %s, yet it holds the authority's data (%s): audit/ was deleted or rolled back in storage. "+
+			"Starting a new audit log would forget which key versions were destroyed and who did what, so the authority stays sealed. "+
+			"Restore the whole storage (the data directory or the etcd prefix) from a backup, find out who could write to it, then unseal again; "+
+			"see docs/architecture.md, \"Key record rollback\"", ErrAuditStateMissing, missing, strings.Join(others, ", "))
+	}
+	if k != nil {
+		return k, nil // a first unseal that stopped before the log's first event
+	}
+	return createSigner(ctx, bs)
+}
+
+// dataBeyondSeal names (up to a few) stored entries other than the seal's
+// and barrier's configuration and the audit signing key: what a fresh
+// authority, before its first unseal, does not have.
+func (s *Server) dataBeyondSeal(ctx context.Context) ([]string, error) {
+	kvs, err := s.raw.List(ctx, "")
+	if err != nil {
+		return nil, fmt.Errorf("listing storage to check the audit log is complete: %w", err)
+	}
+	var out []string
+	n := 0
+	for _, kv := range kvs {
+		if strings.HasPrefix(kv.Key, barrier.ReservedPrefix) || kv.Key == auditSigningKeyPath {
+			continue
+		}
+		if n++; n <= 3 {
+			out = append(out, kv.Key)
+		}
+	}
+	if n > 3 {
+		out = append(out, fmt.Sprintf("and %d more", n-3))
+	}
+	return out, nil
+}
+
+// loadSigner reads the audit checkpoint signing key; it lives only behind
+// the barrier. A missing key returns an error wrapping store.ErrNotFound.
+func loadSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey, error) {
+	kv, err := bs.Get(ctx, auditSigningKeyPath)
+	if err != nil {
+		return nil, err
+	}
+	k, err := x509.ParseECPrivateKey(kv.Value)
+	if err != nil {
+		return nil, fmt.Errorf("stored audit signing key is unreadable: %w", err)
+	}
+	return k, nil
+}
+
+// createSigner makes the audit signing key of a fresh authority.
+func createSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey, error) {
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
@@ -432,9 +511,9 @@ func loadOrCreateSigner(ctx context.Context, bs store.Store) (*ecdsa.PrivateKey,
 		return nil, err
 	}
 	if _, err := bs.CompareAndSwap(ctx, auditSigningKeyPath, der, 0); errors.Is(err, store.ErrConflict) {
-		return loadOrCreateSigner(ctx, bs) // another authority created it first
+		return loadSigner(ctx, bs) // another authority created it first
 	} else if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("storing the audit signing key: %w", err)
 	}
 	return k, nil
 }
