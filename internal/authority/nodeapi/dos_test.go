@@ -6,6 +6,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -58,7 +59,14 @@ func syncCtx(t testing.TB) context.Context {
 // Sync timed out; now the source gets maxPreHandshakePerSource of them,
 // the rest are closed at once, and agents elsewhere are served.
 func TestIdleTCPConnectionsDoNotBlockAgents(t *testing.T) {
-	h := newHarness(t)
+	var hooked atomic.Int64 // the metric hook sees every refusal
+	h := newHarnessWith(t, func(c *Config) {
+		c.OnConnRefused = func(reason string) {
+			if reason == RefusedHandshakesPerSource {
+				hooked.Add(1)
+			}
+		}
+	})
 	agent, err := h.attest(t, h.token(t))
 	if err != nil {
 		t.Fatal(err)
@@ -75,6 +83,9 @@ func TestIdleTCPConnectionsDoNotBlockAgents(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(4 * time.Second))
 	if n, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
 		t.Fatalf("connection over the per-source handshake limit: read %d, %v; want it closed", n, err)
+	}
+	if n := hooked.Load(); n < 128-maxPreHandshakePerSource {
+		t.Fatalf("OnConnRefused saw %d refusals; want at least %d", n, 128-maxPreHandshakePerSource)
 	}
 	if _, err := client.Sync(syncCtx(t), &wardv1.SyncRequest{}); err != nil {
 		t.Fatalf("agent Sync from another source while 128 idle connections are open: %v", err)

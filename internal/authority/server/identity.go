@@ -92,7 +92,8 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: auditFunc(st), X509PopRoots: roots,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
-			Register: s.registerNodeServices, WorkloadMethod: workloadMethod, AuditLog: newAuditSource(st.audit)})
+			Register: s.registerNodeServices, WorkloadMethod: workloadMethod, AuditLog: newAuditSource(st.audit),
+			OnConnRefused: func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() }})
 		if err != nil {
 			return err
 		}

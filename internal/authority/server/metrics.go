@@ -21,6 +21,8 @@ type metrics struct {
 	// Policy decisions for workload KMS calls.
 	decisions       *prometheus.CounterVec
 	decisionLatency prometheus.Histogram
+	// Node API connections closed at accept for being over a limit.
+	nodeAPIRefused *prometheus.CounterVec
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -66,7 +68,11 @@ func newMetrics(s *Server) *metrics {
 	auditSize := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "ward", Name: "audit_log_size", Help: "Events in the audit log (tree size of the latest checkpoint).",
 	}, func() float64 { return float64(s.auditSize()) })
-	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, sealed, auditSize, &keyAgeCollector{s: s},
+	m.nodeAPIRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "node_api_connections_refused_total",
+		Help: "Node API connections closed at accept for being over a connection limit, by reason (per_source_handshakes, max_handshakes, per_source_anonymous, max_anonymous).",
+	}, []string{"reason"})
+	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
