@@ -27,10 +27,11 @@ import (
 // gRPC servers:
 //
 //   - a connection that presented a client certificate verified against
-//     the bundle (TLSConfig) goes to the main server, whose limit is the
-//     largest authenticated need (maxAuthenticatedMsg); authenticate then
-//     checks the SVID per call;
-//   - a connection without a certificate goes to the anonymous server,
+//     the bundle (TLSConfig) and usable now (mainServerFor) goes to the
+//     main server, whose limit is the largest authenticated need
+//     (maxAuthenticatedMsg); authenticate then checks the SVID per call;
+//   - a connection without a certificate (or with a refused one) goes to
+//     the anonymous server,
 //     which serves Attest only (everything else is Unauthenticated) with a
 //     receive limit of maxAttestMsg and static 64 KiB flow-control windows:
 //     grpc-go checks a message's announced length against the limit before
@@ -157,7 +158,7 @@ func (l *connLimits) take(m map[string]int, n *int, key string, perSource, total
 	defer l.mu.Unlock()
 	reason := ""
 	switch {
-	case m[key] >= perSource:
+	case key != "" && m[key] >= perSource: // "": not TCP, no per-source bound
 		reason = perReason
 	case *n >= total:
 		reason = totalReason
