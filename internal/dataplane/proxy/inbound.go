@@ -60,7 +60,11 @@ func (p *Proxy) decide(c *connState) policy.Decision {
 
 func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.Conn) {
 	defer p.logAccess(c)
-	tc := tls.Server(raw, p.inboundTLS)
+	// keys: the CA key IDs of the chains the handshake verified, so a
+	// tainted intermediate or root on the deny-list refuses the peer now
+	// and on every re-check.
+	var keys []string
+	tc := tls.Server(raw, p.withChainKeys(p.inboundTLS, &keys))
 	c.add(tc)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.HandshakeTimeout))
 	err := tc.HandshakeContext(ctx)
@@ -82,12 +86,9 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		c.outcome, c.errText = "handshake_failed", err.Error()
 		return
 	}
-	// The CA key IDs of the verified chain, so a tainted intermediate or
-	// root on the deny-list refuses the peer now and on every re-check.
-	keys, err := p.chainKeyIDs(cs.PeerCertificates)
-	if err != nil {
+	if len(keys) == 0 { // set by every successful verification; belt and braces
 		p.m.handshakeFail.WithLabelValues(c.listener, "bad_certificate").Inc()
-		c.outcome, c.errText = "handshake_failed", err.Error()
+		c.outcome, c.errText = "handshake_failed", "x509svid: the handshake recorded no verified chain for the peer; refusing"
 		return
 	}
 	c.req = policy.Request{

@@ -22,12 +22,11 @@ func (p *Proxy) startOutbound(out *Outbound) error {
 		return fmt.Errorf("outbound %s: %w", out.Name, err)
 	}
 	p.addListener(out.Name, l)
-	cfg := p.clientTLS(id, out.ServerName)
-	go p.acceptLoop(l, out.Name, "outbound", func(c *connState, raw net.Conn) { p.serveOutbound(out, cfg, c, raw) })
+	go p.acceptLoop(l, out.Name, "outbound", func(c *connState, raw net.Conn) { p.serveOutbound(out, id, c, raw) })
 	return nil
 }
 
-func (p *Proxy) serveOutbound(out *Outbound, cfg *tls.Config, c *connState, raw net.Conn) {
+func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, c *connState, raw net.Conn) {
 	defer p.logAccess(c)
 	c.req.Principal = out.ServerID
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.DialTimeout+p.cfg.HandshakeTimeout))
@@ -39,7 +38,11 @@ func (p *Proxy) serveOutbound(out *Outbound, cfg *tls.Config, c *connState, raw 
 		c.outcome, c.errText = "dial_failed", fmt.Sprintf("dial remote %s: %v", out.Remote, err)
 		return
 	}
-	tc := tls.Client(tcp, cfg)
+	// keys: the CA key IDs of the server's verified chains (clientTLS
+	// refuses a tainted one at the handshake; recheck closes the
+	// connection when a later policy version taints one).
+	var keys []string
+	tc := tls.Client(tcp, p.clientTLS(id, out.ServerName, &keys))
 	c.add(tc)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		reason := handshakeReason(err)
@@ -51,6 +54,16 @@ func (p *Proxy) serveOutbound(out *Outbound, cfg *tls.Config, c *connState, raw 
 	cs := tc.ConnectionState()
 	c.tlsVersion = tlsVersionName(cs.Version)
 	c.req.CertSerial = policy.SerialHex(cs.PeerCertificates[0].SerialNumber)
+	c.req.ChainKeyIDs = keys
+	c.authorized.Store(true)
+	// A policy version stored between the handshake's taint check and
+	// authorized.Store had its re-check skip this connection: check the
+	// current one again (re-checks after the Store see the connection).
+	if d, tainted := p.serverKeyTainted(c); tainted {
+		c.decision, c.decided = d, true
+		c.outcome = "denied"
+		return
+	}
 	p.m.tlsVersion.WithLabelValues(c.listener, c.tlsVersion, cs.CurveID.String()).Inc()
 	c.outcome = "closed"
 	if err := pipe(c, raw, tc, time.Duration(p.cfg.IdleTimeout)); err != nil {

@@ -254,17 +254,26 @@ func (p *Proxy) applyPolicy(s *policy.Set) {
 }
 
 // recheck decides every open inbound connection again and closes those the
-// current policy (or deny-list) denies.
+// current policy (or deny-list) denies, and closes every open outbound
+// connection whose server chain holds a CA key the deny-list now names
+// as tainted.
 func (p *Proxy) recheck() {
 	p.mu.Lock()
 	var open []*connState
 	for c := range p.conns {
-		if c.inbound && c.authorized.Load() {
+		if c.authorized.Load() {
 			open = append(open, c)
 		}
 	}
 	p.mu.Unlock()
 	for _, c := range open {
+		if !c.inbound {
+			if d, tainted := p.serverKeyTainted(c); tainted {
+				p.m.policyClosed.WithLabelValues(c.listener).Inc()
+				c.revoke(d)
+			}
+			continue
+		}
 		req := c.req
 		req.Context.Time = time.Time{}
 		d := p.engine.Decide(req)
@@ -273,6 +282,23 @@ func (p *Proxy) recheck() {
 			c.revoke(d)
 		}
 	}
+}
+
+// serverKeyTainted reports whether the current policy's deny-list names a
+// CA key of outbound connection c's server chain (c.req.ChainKeyIDs) as
+// tainted, with the deny decision to log (cause tainted-ca-key, naming
+// the key). An outbound connection is not otherwise policy-decided: the
+// server's policy decides whether it may be reached.
+func (p *Proxy) serverKeyTainted(c *connState) (policy.Decision, bool) {
+	set := p.engine.Current()
+	if set == nil {
+		return policy.Decision{}, false
+	}
+	k := set.TaintedKey(c.req.ChainKeyIDs)
+	if k == "" {
+		return policy.Decision{}, false
+	}
+	return policy.Decision{Cause: policy.CauseTaintedKey, Reasons: []string{policy.ReasonTaintedKeyPrefix + k}, Version: set.Version()}, true
 }
 
 // track registers c for drain and policy re-checks; false when draining.

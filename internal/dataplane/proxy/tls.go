@@ -10,11 +10,11 @@ import (
 	"net"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
@@ -51,51 +51,78 @@ func (p *Proxy) baseTLS() *tls.Config {
 
 // serverTLS terminates mTLS: the client must present an X509-SVID that
 // chains to the bundle of its trust domain; which IDs may connect is the
-// policy's decision, made after the handshake.
+// policy's decision, made after the handshake. It is the template of
+// inboundTLS: serveInbound uses it through withChainKeys.
 func (p *Proxy) serverTLS() *tls.Config {
 	c := p.baseTLS()
 	tlsconfig.HookMTLSServerConfig(c, p.src, p.src, tlsconfig.AuthorizeAny())
 	return c
 }
 
+// withChainKeys returns a per-connection copy of the server template
+// whose chain verification (the handshake's only one) also stores the
+// CA key IDs of the verified chains in *keys, for the deny-list's tainted
+// keys at the decision and on every re-check.
+func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
+	c := tmpl.Clone()
+	c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(p.src, captureChainKeys(tlsconfig.AuthorizeAny(), keys))
+	return c
+}
+
 // clientTLS dials mTLS and requires the server to present id, through no
-// CA key the policy's deny-list names as tainted.
-func (p *Proxy) clientTLS(id spiffeid.ID, serverName string) *tls.Config {
+// CA key the policy's deny-list names as tainted. It is built per
+// connection: the verification stores the server chain's CA key IDs in
+// *keys, so that the connection is closed when a later policy version
+// taints one of them (recheck).
+func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tls.Config {
 	c := p.baseTLS()
-	tlsconfig.HookMTLSClientConfig(c, p.src, p.src, tlsconfig.AuthorizeID(id))
-	c.ServerName = serverName
-	c.VerifyConnection = func(cs tls.ConnectionState) error {
-		keys, err := p.chainKeyIDs(cs.PeerCertificates)
-		if err != nil {
+	authorize := captureChainKeys(tlsconfig.AuthorizeID(id), keys)
+	tlsconfig.HookMTLSClientConfig(c, p.src, p.src, func(got spiffeid.ID, chains [][]*x509.Certificate) error {
+		if err := authorize(got, chains); err != nil {
 			return err
 		}
 		if set := p.engine.Current(); set != nil {
-			if k := set.TaintedKey(keys); k != "" {
+			if k := set.TaintedKey(*keys); k != "" {
 				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, k)
 			}
 		}
 		return nil
-	}
+	})
+	c.ServerName = serverName
 	return c
 }
 
-// chainKeyIDs verifies the peer's certificates against the current trust
-// bundle (as the handshake did) and returns the CA key IDs (ca.KeyID, the
-// key IDs `ward ca taint` takes) of every certificate in every verified
-// chain, root included, for the deny-list's tainted keys. A chain that no
-// longer verifies is an error: the caller refuses the peer.
-func (p *Proxy) chainKeyIDs(certs []*x509.Certificate) ([]string, error) {
-	if len(certs) == 0 {
-		return nil, errors.New("x509svid: peer presented no certificate")
+// captureChainKeys wraps authorize (go-spiffe's authorizer, called by the
+// handshake with the chains x509svid verified against the current bundle)
+// so that, once it accepts, *keys holds the CA key IDs of those chains.
+// Reusing the handshake's chains costs no second verification; a peer's
+// extra certificates that are in no verified chain contribute no key ID
+// (they are not what it is trusted through).
+func captureChainKeys(authorize tlsconfig.Authorizer, keys *[]string) tlsconfig.Authorizer {
+	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
+		if err := authorize(id, chains); err != nil {
+			return err
+		}
+		ids, err := chainKeyIDs(chains)
+		if err != nil {
+			return err
+		}
+		*keys = ids
+		return nil
 	}
-	_, chains, err := x509svid.Verify(certs, p.src)
-	if err != nil {
-		return nil, fmt.Errorf("x509svid: re-verifying the peer's certificate chain: %w", err)
+}
+
+// chainKeyIDs returns the CA key IDs (ca.KeyID, the key IDs `ward ca
+// taint` takes) of every certificate in every verified chain, root
+// included.
+func chainKeyIDs(chains [][]*x509.Certificate) ([]string, error) {
+	if len(chains) == 0 {
+		return nil, errors.New("x509svid: no verified certificate chain for the peer")
 	}
 	var ids []string
 	for _, chain := range chains {
 		for _, c := range chain {
-			kid, err := keyutil.CAKeyID(c.PublicKey)
+			kid, err := keyIDs.get(c)
 			if err != nil {
 				return nil, fmt.Errorf("x509svid: key ID of %q in the peer's chain: %w", c.Subject, err)
 			}
@@ -105,6 +132,41 @@ func (p *Proxy) chainKeyIDs(certs []*x509.Certificate) ([]string, error) {
 		}
 	}
 	return ids, nil
+}
+
+// keyIDCache memoizes CA key IDs by a certificate's raw
+// SubjectPublicKeyInfo: the same intermediates and roots come with every
+// connection, and MarshalPKIXPublicKey+SHA-256 per certificate per
+// connection showed up in BenchmarkNewConnection. The ID is a function of
+// the parsed key, which is a function of those bytes, so a hit is exact.
+// Bounded: when full it starts over (peers cannot grow it without limit).
+type keyIDCache struct {
+	mu sync.Mutex
+	m  map[string]string
+}
+
+const keyIDCacheMax = 4096
+
+var keyIDs = &keyIDCache{m: map[string]string{}}
+
+func (k *keyIDCache) get(c *x509.Certificate) (string, error) {
+	k.mu.Lock()
+	kid, ok := k.m[string(c.RawSubjectPublicKeyInfo)]
+	k.mu.Unlock()
+	if ok {
+		return kid, nil
+	}
+	kid, err := keyutil.CAKeyID(c.PublicKey)
+	if err != nil || len(c.RawSubjectPublicKeyInfo) == 0 {
+		return kid, err
+	}
+	k.mu.Lock()
+	if len(k.m) >= keyIDCacheMax {
+		clear(k.m)
+	}
+	k.m[string(c.RawSubjectPublicKeyInfo)] = kid
+	k.mu.Unlock()
+	return kid, nil
 }
 
 func tlsVersionName(v uint16) string {
