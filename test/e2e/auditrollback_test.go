@@ -12,8 +12,9 @@ import (
 )
 
 // `ward audit verify` remembers checkpoints; keep the e2e runs out of the
-// user's ~/.local/state (every test's authority has its own signing key,
-// so they do not collide in one directory).
+// user's ~/.local/state. The CLI remembers each origin's signing key and
+// every test's authority has the same trust domain but its own key, so
+// each admin address gets its own directory under this one (stateDirFor).
 func init() {
 	if os.Getenv("WARD_STATE_DIR") == "" {
 		if d, err := os.MkdirTemp("", "ward-e2e-state-"); err == nil {

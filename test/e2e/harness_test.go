@@ -55,7 +55,7 @@ func ward(t *testing.T, addr, stdin string, args ...string) result {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, wardBin, args...)
-	cmd.Env = append(os.Environ(), "WARD_ADDRESS="+addr)
+	cmd.Env = append(os.Environ(), "WARD_ADDRESS="+addr, "WARD_STATE_DIR="+stateDirFor(addr))
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
