@@ -31,20 +31,24 @@ func (s *countingSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*
 	return s.X509Source.GetX509BundleForTrustDomain(td)
 }
 
-// TestInboundVerifiesPeerChainOnce: the handshake verifies the client's
-// chain and the tainted-key check reuses the chains it built; no second
+// TestInboundVerifiesPeerChainOnce: the handshake verifies the peer's
+// chain (client's at the server proxy, server's at the client proxy) and
+// the tainted-key check reuses the chains it built; no second
 // x509svid.Verify per connection (the 18% BenchmarkNewConnection
 // regression). Fails if any code path verifies the peer chain again.
 func TestInboundVerifiesPeerChainOnce(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr(e.api.Addr)))
-	if err != nil {
-		t.Fatalf("workload API source for the server proxy: %v", err)
+	counting := func(addr string) *countingSource {
+		xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr(addr)))
+		if err != nil {
+			t.Fatalf("workload API source %s: %v", addr, err)
+		}
+		t.Cleanup(func() { xs.Close() })
+		return &countingSource{X509Source: xs}
 	}
-	defer xs.Close()
-	src := &countingSource{X509Source: xs}
+	src, csrc := counting(e.api.Addr), counting(e.web.Addr)
 	cfg := &proxy.Config{
 		WorkloadAPISocket: e.api.Addr, // validated; WithX509Source replaces it
 		PolicyFiles:       []string{e.policyDir}, DenyListFile: e.denyFile, PolicyPollInterval: cfgDur(100 * time.Millisecond),
@@ -54,9 +58,10 @@ func TestInboundVerifiesPeerChainOnce(t *testing.T) {
 	srv, _ := startProxy(t, ctx, cfg, proxy.WithX509Source(src), proxy.WithAccessLog(io.Discard))
 	waitFor(t, "server policy loaded", 10*time.Second, func() bool { _, ok := srv.Engine().Status(); return ok })
 	client, _ := startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: e.web.Addr,
-		Outbound: []proxy.Outbound{{Name: "to-api", Listen: "127.0.0.1:0", Remote: srv.Addr("api").String(), ServerID: apiID}}}, proxy.WithAccessLog(io.Discard))
+		Outbound: []proxy.Outbound{{Name: "to-api", Listen: "127.0.0.1:0", Remote: srv.Addr("api").String(), ServerID: apiID}}},
+		proxy.WithX509Source(csrc), proxy.WithAccessLog(io.Discard))
 	const n = 5
-	before := src.bundleLookups.Load()
+	before, cbefore := src.bundleLookups.Load(), csrc.bundleLookups.Load()
 	for i := 0; i < n; i++ {
 		if got, err := request(client, "x"); err != nil || !strings.HasPrefix(got, webID) {
 			t.Fatalf("request %d through the counting server proxy: %q, %v", i, got, err)
@@ -64,6 +69,9 @@ func TestInboundVerifiesPeerChainOnce(t *testing.T) {
 	}
 	if got := src.bundleLookups.Load() - before; got != n {
 		t.Fatalf("%d inbound connections looked the trust bundle up %d times; want %d (one chain verification per handshake)", n, got, n)
+	}
+	if got := csrc.bundleLookups.Load() - cbefore; got != n {
+		t.Fatalf("%d outbound connections looked the trust bundle up %d times; want %d (one chain verification per handshake)", n, got, n)
 	}
 }
 
