@@ -18,7 +18,7 @@ type DenyList struct {
 	// Serials are X.509 certificate serial numbers in hex (case, colons and
 	// leading zeros do not matter: "0A:1b" == "a1b").
 	Serials []string `json:"serials,omitempty"`
-	// TaintedKeys are IDs of compromised CA keys (ca.KeyID: hex of the
+	// TaintedKeys are IDs of compromised CA keys (keyutil.CAKeyID: hex of the
 	// first 20 bytes of the SHA-256 of the PKIX public key, which is also
 	// the subject key identifier of ward's CA certificates). A peer whose
 	// verified chain holds a certificate with one of these public keys is
@@ -174,6 +174,13 @@ func ParseBundle(data []byte) (Bundle, error) {
 	}
 	if dec.More() {
 		return Bundle{}, fmt.Errorf("decode policy bundle: trailing data after the JSON object")
+	}
+	// An empty list is no list: the same bundle whether a writer sent []
+	// or left the field out (MarshalBundle leaves it out).
+	for _, l := range []*[]string{&b.DenyList.SPIFFEIDs, &b.DenyList.Serials, &b.DenyList.TaintedKeys} {
+		if len(*l) == 0 {
+			*l = nil
+		}
 	}
 	return b, nil
 }
