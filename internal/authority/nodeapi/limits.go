@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/netsource"
 )
 
 // Resource limits of the Node API.
@@ -138,19 +139,6 @@ func newConnLimits(onRefused func(string)) *connLimits {
 	return &connLimits{shaking: map[string]int{}, anon: map[string]int{}, refused: map[string]uint64{}, onRefused: onRefused}
 }
 
-// sourceKey names the source of a connection: the IPv4 address, or the
-// IPv6 /64 (the block one host usually has); "" for non-TCP addresses.
-func sourceKey(a net.Addr) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok || ta.IP == nil {
-		return ""
-	}
-	if v4 := ta.IP.To4(); v4 != nil {
-		return v4.String()
-	}
-	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
-}
-
 // take counts one more connection of key in m (total *n) unless key is at
 // perSource or the total at total; it returns the refusal reason or "".
 func (l *connLimits) take(m map[string]int, n *int, key string, perSource, total int, perReason, totalReason string) string {
@@ -220,7 +208,7 @@ func (s *Server) route(ln net.Listener) error {
 			}
 			return err
 		}
-		key := sourceKey(c.RemoteAddr())
+		key := netsource.Key(c.RemoteAddr())
 		if reason := l.take(l.shaking, &l.shakingN, key, maxPreHandshakePerSource, maxPreHandshake, RefusedHandshakesPerSource, RefusedHandshakes); reason != "" {
 			s.refuse(c, key, reason)
 			continue

@@ -82,19 +82,6 @@ func newSourceLimits(maxOpen, maxHandshakes int) *sourceLimits {
 	return &sourceLimits{maxOpen: maxOpen, maxHandshakes: maxHandshakes, m: map[string]*sourceCount{}}
 }
 
-// sourceKey names the source of a connection from a, or "" when a is not
-// a TCP address (unix sockets: no per-source limit).
-func sourceKey(a net.Addr) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok || ta.IP == nil {
-		return ""
-	}
-	if v4 := ta.IP.To4(); v4 != nil {
-		return v4.String()
-	}
-	return ta.IP.Mask(net.CIDRMask(64, 128)).String() + "/64"
-}
-
 // acquire counts a new connection of key as open and handshaking, or
 // returns the reason it is refused.
 func (l *sourceLimits) acquire(key string) (reason string, ok bool) {

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/wardproject/ward/internal/shared/netsource"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
 
@@ -375,7 +376,7 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 		// Inbound TCP connections also count against their source's
 		// limits until they close (open) and until their TLS handshake
 		// ends (handshaking), so one host cannot hold every slot.
-		if key := sourceKey(raw.RemoteAddr()); direction == "inbound" && key != "" {
+		if key := netsource.Key(raw.RemoteAddr()); direction == "inbound" && key != "" {
 			if reason, ok := p.srcLimits.acquire(key); !ok {
 				<-p.sem
 				p.m.rejected.WithLabelValues(name, reason).Inc()
