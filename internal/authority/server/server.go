@@ -277,6 +277,26 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	if err != nil {
 		return fmt.Errorf("opening the audit log: %w", err)
 	}
+	// The audit head must exist before anything else is written: storage
+	// holding data but no head is what a wiped log looks like (auditSigner
+	// refuses it). Flush what happened while sealed now, and give an empty
+	// log a first event if nothing was pending (an auto-unsealing restart).
+	s.mu.Lock()
+	pending := s.pending
+	s.pending = nil
+	s.mu.Unlock()
+	if alog.Size() == 0 && len(pending) == 0 {
+		pending = append(pending, s.event(caller, "audit.log_created", "ok", ""))
+	}
+	for i, ev := range pending {
+		if _, err := alog.Append(ctx, ev); err != nil {
+			alog.Close()
+			s.mu.Lock() // keep what was not stored for the next unseal
+			s.pending = append(pending[i:], s.pending...)
+			s.mu.Unlock()
+			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
+		}
+	}
 	st := &unsealedState{audit: alog, hasher: hasher}
 	st.kms, err = kms.New(bs, pathKey, s.table, &kmsAuditor{s: s, st: st}, kms.WithLogger(s.log), kmsWitness(alog))
 	if err != nil {
@@ -285,17 +305,6 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
 	st.engine = policy.NewEngine()
-	// Flush what happened while sealed, then record the unseal itself.
-	s.mu.Lock()
-	pending := s.pending
-	s.pending = nil
-	s.mu.Unlock()
-	for _, ev := range pending {
-		if _, err := alog.Append(ctx, ev); err != nil {
-			alog.Close()
-			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
-		}
-	}
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause.
 	if err := s.startIdentity(ctx, st); err != nil {
