@@ -176,15 +176,19 @@ type Agent struct {
 	// Serial (hex) and expiry of the current agent SVID; PrevSerial is the
 	// one it replaced (still accepted for SupersededGrace after the
 	// renewal, so calls in flight on the old connection finish).
-	Serial     string    `json:"serial"`
-	PrevSerial string    `json:"prev_serial,omitempty"`
-	PrevExpiry time.Time `json:"prev_expiry,omitzero"`
-	Expires    time.Time `json:"expires"`
-	Attested   time.Time `json:"attested"`
-	LastSeen   time.Time `json:"last_seen"`
-	Evicted    bool      `json:"evicted,omitempty"`
-	EvictedAt  time.Time `json:"evicted_at,omitzero"`
-	Revision   int64     `json:"-"`
+	// CurrentSeen says the current SVID has been presented to the Node API
+	// since it was issued: until then PrevSerial may renew again (the
+	// agent never got the renewal's response), after that it may not.
+	Serial      string    `json:"serial"`
+	CurrentSeen bool      `json:"current_seen,omitempty"`
+	PrevSerial  string    `json:"prev_serial,omitempty"`
+	PrevExpiry  time.Time `json:"prev_expiry,omitzero"`
+	Expires     time.Time `json:"expires"`
+	Attested    time.Time `json:"attested"`
+	LastSeen    time.Time `json:"last_seen"`
+	Evicted     bool      `json:"evicted,omitempty"`
+	EvictedAt   time.Time `json:"evicted_at,omitzero"`
+	Revision    int64     `json:"-"`
 }
 
 func (r *Registry) agentKey(id spiffeid.ID) (string, error) {
@@ -292,25 +296,30 @@ func (r *Registry) RecordAttestation(ctx context.Context, id spiffeid.ID, typ st
 
 // RecordRenewal makes serial the agent's current SVID, replacing from, the
 // serial of the SVID the renewal was made with. from must be the current
-// serial (a superseded SVID, still accepted for other calls during
-// SupersededGrace, may not renew: its holder would make its own certificate
-// current and lock the real agent out), checked in the same
-// compare-and-swap as the write, so of two renewals with one SVID only one
-// succeeds. An evicted agent is refused (KindDenied): it must attest again.
+// serial, or the one it replaced (within SupersededGrace) while the
+// current one has never been presented: that is the agent retrying a
+// renewal whose response it never got (lost, timed out, or withheld because
+// the audit log was down), and the unseen serial is dropped for good. Once
+// the current SVID has been used, a superseded SVID may not renew: its
+// holder would make their own certificate current and lock the real agent
+// out. The check is in the same compare-and-swap as the write. An evicted
+// agent is refused (KindDenied): it must attest again.
 func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, from, serial string, expires time.Time) (Agent, error) {
 	now := r.now()
 	return r.update(ctx, id, false, func(a *Agent, _ bool) error {
-		if a.Evicted {
-			return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+		if err := checkSerial(a, id, from, now, renewing); err != nil {
+			return err
 		}
-		if from != a.Serial {
-			return errorf(KindDenied, "agent %s renewed with SVID serial %s, which is not its current one: renew with the current agent SVID or attest again", id, from)
+		if from == a.Serial {
+			a.PrevSerial, a.PrevExpiry = a.Serial, a.Expires
+			if grace := now.Add(SupersededGrace); grace.Before(a.PrevExpiry) {
+				a.PrevExpiry = grace
+			}
 		}
-		a.PrevSerial, a.PrevExpiry = a.Serial, a.Expires
-		if grace := now.Add(SupersededGrace); grace.Before(a.PrevExpiry) {
-			a.PrevExpiry = grace
-		}
-		a.Serial, a.Expires, a.LastSeen = serial, expires, now
+		// A retry from PrevSerial keeps it, and its grace, as they are: the
+		// grace is not extended, and the never-presented serial it
+		// replaces is accepted no more.
+		a.Serial, a.CurrentSeen, a.Expires, a.LastSeen = serial, false, expires, now
 		return nil
 	})
 }
@@ -327,18 +336,46 @@ const lastSeenEvery = time.Minute
 // Authorize checks that agent id, presenting an SVID with serial, may call
 // the Node API: it exists, is not evicted and the serial is its current
 // (or, for SupersededGrace, just-replaced) SVID. It refreshes LastSeen at
-// most once a minute. RenewAgent needs AuthorizeRenewal instead.
+// most once a minute, and records the first presentation of the current
+// SVID (CurrentSeen), after which the replaced one may no longer renew.
+// RenewAgent needs AuthorizeRenewal instead.
 func (r *Registry) Authorize(ctx context.Context, id spiffeid.ID, serial string) (Agent, error) {
-	return r.authorize(ctx, id, serial, true)
+	return r.authorize(ctx, id, serial, calling)
 }
 
-// AuthorizeRenewal is Authorize for RenewAgent: only the current SVID may
-// renew, never one a renewal superseded (even within SupersededGrace).
+// AuthorizeRenewal is Authorize for RenewAgent: the current SVID may renew,
+// and the one it replaced only within SupersededGrace and only while the
+// current one has never been presented (a renewal whose response the agent
+// never got); see RecordRenewal.
 func (r *Registry) AuthorizeRenewal(ctx context.Context, id spiffeid.ID, serial string) (Agent, error) {
-	return r.authorize(ctx, id, serial, false)
+	return r.authorize(ctx, id, serial, renewing)
 }
 
-func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string, allowPrev bool) (Agent, error) {
+type use int
+
+const (
+	calling use = iota
+	renewing
+)
+
+// checkSerial says whether agent record a accepts serial for u at now.
+func checkSerial(a *Agent, id spiffeid.ID, serial string, now time.Time, u use) error {
+	if a.Evicted {
+		return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+	}
+	if serial == a.Serial {
+		return nil
+	}
+	if serial != a.PrevSerial || !now.Before(a.PrevExpiry) {
+		return errorf(KindDenied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
+	}
+	if u == renewing && a.CurrentSeen {
+		return errorf(KindDenied, "agent %s presented SVID serial %s, which a renewal superseded and whose successor is in use: only the current agent SVID may renew; use it (or attest again)", id, serial)
+	}
+	return nil
+}
+
+func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string, u use) (Agent, error) {
 	a, err := r.GetAgent(ctx, id)
 	if KindOf(err) == KindNotFound {
 		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
@@ -346,30 +383,37 @@ func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string,
 	if err != nil {
 		return Agent{}, err
 	}
-	if a.Evicted {
-		return Agent{}, errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
-	}
 	now := r.now()
-	if serial != a.Serial && (serial != a.PrevSerial || !now.Before(a.PrevExpiry)) {
-		return Agent{}, errorf(KindDenied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
+	if err := checkSerial(&a, id, serial, now, u); err != nil {
+		return Agent{}, err
 	}
-	if serial != a.Serial && !allowPrev {
-		return Agent{}, errorf(KindDenied, "agent %s presented SVID serial %s, which a renewal superseded: only the current agent SVID may renew; use it (or attest again)", id, serial)
+	firstUse := serial == a.Serial && !a.CurrentSeen
+	if !firstUse && now.Sub(a.LastSeen) < lastSeenEvery {
+		return a, nil
 	}
-	if now.Sub(a.LastSeen) >= lastSeenEvery {
-		if u, err := r.update(ctx, id, false, func(x *Agent, _ bool) error {
-			if x.Evicted {
-				return errorf(KindDenied, "agent evicted: attest again (agent %s)", id)
-			}
-			x.LastSeen = now
-			return nil
-		}); err == nil {
-			a = u
-		} else if KindOf(err) == KindDenied {
-			return Agent{}, err
+	u2, err := r.update(ctx, id, false, func(x *Agent, _ bool) error {
+		// Checked again in the compare-and-swap: a renewal may have
+		// replaced the serial since the read.
+		if err := checkSerial(x, id, serial, now, u); err != nil {
+			return err
 		}
+		if serial == x.Serial {
+			x.CurrentSeen = true
+		}
+		x.LastSeen = now
+		return nil
+	})
+	switch {
+	case err == nil:
+		return u2, nil
+	case KindOf(err) == KindNotFound:
+		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
+	case KindOf(err) == KindDenied, firstUse:
+		// Refused; or the first use could not be recorded, and until it
+		// is the replaced SVID could still renew: fail closed.
+		return Agent{}, err
 	}
-	return a, nil
+	return a, nil // LastSeen is best effort
 }
 
 // EvictAgent marks agent id evicted: it can no longer renew, sync or sign
