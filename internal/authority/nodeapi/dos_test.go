@@ -233,8 +233,9 @@ func TestRefusedAgentSVIDGetsSmallLimits(t *testing.T) {
 }
 
 // TestSupersededAgentSVIDCannotRenew runs the attack: a stolen agent SVID
-// that a renewal superseded, used within the grace. Sync still works (so
-// calls in flight finish); RenewAgent is refused, so its holder cannot
+// that a renewal superseded, used within the grace after the real agent
+// used its new one. Sync still works (so calls in flight finish);
+// RenewAgent is refused, so its holder cannot
 // make its own certificate current and lock the real agent out.
 func TestSupersededAgentSVIDCannotRenew(t *testing.T) {
 	h := newHarness(t)
@@ -249,6 +250,11 @@ func TestSupersededAgentSVIDCannotRenew(t *testing.T) {
 		t.Fatal(err)
 	}
 	cur := svidOf(t, r.Chain, key)
+	// The real agent uses its new SVID (until then the old one may renew
+	// again: TestLostRenewalResponseRetry).
+	if _, err := h.client(t, cur).Sync(ctx, &wardv1.SyncRequest{}); err != nil {
+		t.Fatalf("the new SVID's Sync: %v", err)
+	}
 	stolen := h.client(t, old)
 	if _, err := stolen.Sync(ctx, &wardv1.SyncRequest{}); err != nil {
 		t.Fatalf("superseded SVID within the grace, Sync: %v; want allowed", err)

@@ -479,9 +479,11 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 	serial := leaf.SerialNumber.Text(16)
 	authorize := s.cfg.Registry.Authorize
 	if method == renewMethod {
-		// Only the current SVID may renew: a superseded one (accepted for
-		// other calls during the grace) would make its holder's new
-		// certificate current and lock the real agent out.
+		// Only the current SVID may renew, and the one it replaced only
+		// while the current one was never presented (the agent never got
+		// the renewal's response): a superseded one whose successor is in
+		// use would make its holder's certificate current and lock the
+		// real agent out.
 		authorize = s.cfg.Registry.AuthorizeRenewal
 	}
 	if _, err := authorize(ctx, id, serial); err != nil {

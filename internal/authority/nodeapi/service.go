@@ -236,8 +236,11 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
+	// The new serial is recorded but unseen: the agent retries with the SVID
+	// it renewed with, which may renew again until the new one is presented
+	// (registry.RecordRenewal). So is a response lost on the way.
 	if err := s.cfg.Audit(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
-		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
+		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v; retry RenewAgent with the same agent SVID", id, err)
 	}
 	bj, _, err := s.bundleJSON()
 	if err != nil {
