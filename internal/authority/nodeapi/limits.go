@@ -1,6 +1,7 @@
 package nodeapi
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -94,6 +95,17 @@ const (
 	// maxAnonConns bounds all of them: with the 64 KiB windows that caps
 	// their in-flight data at ~64 MiB.
 	maxAnonConns = 1024
+	// maxAnonHeaderList and maxAuthHeaderList bound one HTTP/2 header
+	// list (grpc.MaxHeaderListSize) on the anonymous and the main server.
+	// Header blocks (HEADERS + CONTINUATION frames) are not flow-controlled
+	// and grpc-go's default is 16 MiB, which a certificate-less peer could
+	// make the server buffer per connection before any stream or
+	// interceptor exists. An agent's headers (path, content-type, te,
+	// user-agent, timeout, a few metadata entries) are well under 1 KiB; a
+	// larger block closes the connection (PROTOCOL_ERROR or
+	// COMPRESSION_ERROR) once it passes the limit, before the rest is read.
+	maxAnonHeaderList = 16 << 10
+	maxAuthHeaderList = 64 << 10
 	// maxAnonStreams: an attesting agent needs one stream.
 	maxAnonStreams = 4
 	// anonMaxIdle and anonMaxAge end connections on the anonymous server
@@ -124,19 +136,93 @@ func (s *Server) RefusedConnections(reason string) uint64 {
 	return s.limits.refused[reason]
 }
 
-// connLimits counts connections in their handshake and open anonymous
-// connections, per source and in total.
+// connLimits counts connections in their handshake (each tracked, per
+// source, oldest first, so that a full total can shed the biggest source's
+// oldest) and open anonymous connections, per source and in total.
 type connLimits struct {
-	mu              sync.Mutex
-	shaking, anon   map[string]int
-	shakingN, anonN int
-	refused         map[string]uint64
-	onRefused       func(reason string)
-	lastWarn        time.Time
+	mu        sync.Mutex
+	shaking   map[string]*list.List // of *pending, oldest first
+	shakingN  int
+	anon      map[string]int
+	anonN     int
+	refused   map[string]uint64
+	onRefused func(reason string)
+	lastWarn  time.Time
+}
+
+// pending is a connection holding a handshake slot.
+type pending struct {
+	c    net.Conn
+	key  string
+	elem *list.Element // nil once released (or shed)
 }
 
 func newConnLimits(onRefused func(string)) *connLimits {
-	return &connLimits{shaking: map[string]int{}, anon: map[string]int{}, refused: map[string]uint64{}, onRefused: onRefused}
+	return &connLimits{shaking: map[string]*list.List{}, anon: map[string]int{}, refused: map[string]uint64{}, onRefused: onRefused}
+}
+
+// takeHandshake gives c (from source key) a handshake slot. A source at
+// maxPreHandshakePerSource is refused. When the total is at
+// maxPreHandshake, the newcomer is refused only if its own source holds
+// (one of) the most pending handshakes; otherwise the oldest pending
+// handshake of the biggest source is shed (returned, to be closed) and the
+// newcomer admitted, so many sources filling the total cannot lock out a
+// source that holds less than they do. It returns the slot (nil if
+// refused), the refusal reason and the connection to shed, if any.
+func (l *connLimits) takeHandshake(c net.Conn, key string) (p *pending, reason string, shed *pending) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	q := l.shaking[key]
+	mine := 0
+	if q != nil {
+		mine = q.Len()
+	}
+	if key != "" && mine >= maxPreHandshakePerSource { // "": not TCP, no per-source bound
+		l.refused[RefusedHandshakesPerSource]++
+		return nil, RefusedHandshakesPerSource, nil
+	}
+	if l.shakingN >= maxPreHandshake {
+		var biggest *list.List
+		for _, bq := range l.shaking {
+			if biggest == nil || bq.Len() > biggest.Len() {
+				biggest = bq
+			}
+		}
+		l.refused[RefusedHandshakes]++
+		if biggest == nil || biggest.Len() <= mine {
+			return nil, RefusedHandshakes, nil
+		}
+		shed = biggest.Front().Value.(*pending)
+		l.releaseLocked(shed)
+	}
+	if q == nil {
+		q = list.New()
+		l.shaking[key] = q
+	}
+	p = &pending{c: c, key: key}
+	p.elem = q.PushBack(p)
+	l.shakingN++
+	return p, "", shed
+}
+
+// releaseHandshake gives p's slot back (a no-op if it was shed).
+func (l *connLimits) releaseHandshake(p *pending) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.releaseLocked(p)
+}
+
+func (l *connLimits) releaseLocked(p *pending) {
+	if p.elem == nil {
+		return
+	}
+	q := l.shaking[p.key]
+	q.Remove(p.elem)
+	p.elem = nil
+	if q.Len() == 0 {
+		delete(l.shaking, p.key)
+	}
+	l.shakingN--
 }
 
 // take counts one more connection of key in m (total *n) unless key is at
@@ -209,24 +295,34 @@ func (s *Server) route(ln net.Listener) error {
 			return err
 		}
 		key := netsource.Key(c.RemoteAddr())
-		if reason := l.take(l.shaking, &l.shakingN, key, maxPreHandshakePerSource, maxPreHandshake, RefusedHandshakesPerSource, RefusedHandshakes); reason != "" {
+		p, reason, shed := l.takeHandshake(c, key)
+		if shed != nil {
+			s.refuse(shed.c, shed.key, RefusedHandshakes)
+		}
+		if p == nil {
 			s.refuse(c, key, reason)
 			continue
 		}
-		go s.serveConn(c, key, cfg)
+		go s.serveConn(p, cfg)
 	}
 }
 
 // serveConn handshakes c and hands it to a server.
-func (s *Server) serveConn(c net.Conn, key string, cfg *tls.Config) {
+// The handshake slot is held until the connection is routed, including
+// mainServerFor's registry lookup (up to authorizeTimeout), so connections
+// waiting on it count against their source's bound too.
+func (s *Server) serveConn(p *pending, cfg *tls.Config) {
 	l := s.limits
+	c, key := p.c, p.key
 	tc, err := handshake(c, cfg)
-	l.give(l.shaking, &l.shakingN, key)
 	if err != nil {
+		l.releaseHandshake(p)
 		s.cfg.Log.Debug("Node API TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
 		return
 	}
-	if s.mainServerFor(tc.ConnectionState().PeerCertificates) {
+	main := s.mainServerFor(tc.ConnectionState().PeerCertificates)
+	l.releaseHandshake(p)
+	if main {
 		s.authLn.push(tc)
 		return
 	}

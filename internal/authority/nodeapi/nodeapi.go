@@ -165,6 +165,9 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainStreamInterceptor(s.authStream),
 		grpc.MaxRecvMsgSize(maxAuthenticatedMsg), grpc.MaxSendMsgSize(64<<20),
 		grpc.MaxConcurrentStreams(maxAuthStreams),
+		// HTTP/2 header blocks are not flow-controlled: bound what a peer
+		// can make us buffer before any stream exists (see limits.go).
+		grpc.MaxHeaderListSize(maxAuthHeaderList),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)
@@ -178,6 +181,7 @@ func New(cfg Config) (*Server, error) {
 		// towards us, whatever message length it announces.
 		grpc.InitialWindowSize(maxAttestMsg), grpc.InitialConnWindowSize(maxAttestMsg),
 		grpc.MaxConcurrentStreams(maxAnonStreams),
+		grpc.MaxHeaderListSize(maxAnonHeaderList),
 		// Certificate-less connections do not stay: idle ones close after
 		// anonMaxIdle, every one after anonMaxAge (plus the grace for an
 		// attestation in progress).
