@@ -57,10 +57,17 @@ import (
 // maxAnonPerSource open connections on the anonymous server; each
 // handshake gets handshakeTimeout; the anonymous server closes
 // connections idle for anonMaxIdle and any connection after anonMaxAge.
-// maxPreHandshake and maxAnonConns bound the totals as a safety net.
-// Connections over any of these are closed at once (never queued) and
-// counted (Server.RefusedConnections), and at most
-// Config.MaxConcurrentAttests attestations are in progress.
+// A connection keeps its handshake slot until it is routed (through
+// mainServerFor's registry lookup). maxPreHandshake and maxAnonConns bound
+// the totals as a safety net; when the handshake total is full, a
+// newcomer whose source holds fewer pending handshakes than the biggest
+// source sheds that source's oldest one (so many sources at their bound
+// cannot lock everyone else out), and is refused only if its own source is
+// (one of) the biggest. Connections over any of these are closed at once
+// (never queued) and counted (Server.RefusedConnections), and at most
+// Config.MaxConcurrentAttests attestations are in progress. Header lists
+// are bounded (maxAnonHeaderList, maxAuthHeaderList), since HTTP/2 header
+// blocks are not flow-controlled.
 const (
 	// maxAttestMsg bounds one Attest message. The largest legitimate one is
 	// an x509pop first message: a CSR (the agent's is ECDSA P-256, ~250
@@ -87,7 +94,9 @@ const (
 	// of a few nodes that reconnect at once stays well under it.
 	maxPreHandshakePerSource = 16
 	// maxPreHandshake bounds all handshakes in progress (each parses and
-	// verifies a peer chain): a safety net past the per-source bound.
+	// verifies a peer chain): a safety net past the per-source bound. At
+	// the total, a newcomer from a smaller source sheds the biggest
+	// source's oldest pending handshake (counted as max_handshakes).
 	maxPreHandshake = 512
 	// maxAnonPerSource bounds one source's open connections without a
 	// usable certificate (an attesting node needs one).
