@@ -214,6 +214,12 @@ func (s *Server) Stop() {
 			s.grpc.Stop()
 		}
 	}
+	// Serve runs in a goroutine and may not have taken the listener yet
+	// (a Start that failed at once): close it here, so the socket is gone
+	// when Stop returns.
+	if s.adminLn != nil {
+		s.adminLn.Close()
+	}
 	s.sealInternal()
 }
 
