@@ -473,6 +473,12 @@ func (a *Agent) applySync(resp *wardv1.SyncResponse) error {
 			a.byID[e.spiffeID] = append(a.byID[e.spiffeID], e)
 		}
 	}
+	if newBundle != nil && a.bundle != nil && a.bundle.Equal(newBundle) {
+		// The same bundle in other bytes (the authority's JSON encoding is
+		// not canonical): nothing changed, nobody is notified.
+		a.bundleJSON = doc
+		newBundle = nil
+	}
 	if newBundle != nil {
 		a.setBundleLocked(newBundle, doc, resp.GetBundleSequence())
 		changed = true
