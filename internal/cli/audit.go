@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 	"time"
@@ -15,6 +14,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 )
 
 func init() {
@@ -107,7 +107,7 @@ func auditCommand() *cobra.Command {
 					_, err = cmd.OutOrStdout().Write(append(r.Checkpoint, '\n'))
 					return err
 				}
-				return writeFileAtomic(outPath, append(r.Checkpoint, '\n'), 0o644)
+				return atomicfile.Write(outPath, append(r.Checkpoint, '\n'), 0o644)
 			})
 		},
 	}
@@ -128,35 +128,4 @@ func auditCommand() *cobra.Command {
 	}
 	cmd.AddCommand(tail, checkpoint, hash, auditVerifyCommand())
 	return cmd
-}
-
-// writeFileAtomic writes data to a temporary file next to path and renames
-// it into place, so readers never see a half-written file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := "."
-	if i := strings.LastIndexByte(path, '/'); i >= 0 {
-		dir = path[:i+1]
-	}
-	f, err := os.CreateTemp(dir, ".ward-tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

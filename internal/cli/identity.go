@@ -17,6 +17,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 )
 
 func init() {
@@ -484,7 +485,7 @@ func caCommand() *cobra.Command {
 					_, err := cmd.OutOrStdout().Write(data)
 					return err
 				}
-				return writeFileAtomic(out, data, 0o644)
+				return atomicfile.Write(out, data, 0o644)
 			})
 		},
 	}

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
 )
 
@@ -197,7 +198,7 @@ func (m *CheckpointMemory) writeOrigin(cp checkpoint.Checkpoint) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(m.originPath(cp.Origin), append(b, '\n'))
+	return memoryErr(atomicfile.Write(m.originPath(cp.Origin), append(b, '\n'), 0o600))
 }
 
 // Load returns the checkpoint remembered for the log signed by keyID, or
@@ -271,7 +272,7 @@ func (m *CheckpointMemory) Remember(cp checkpoint.Checkpoint) error {
 	if err != nil {
 		return err
 	}
-	return writeAtomic(p, b)
+	return memoryErr(atomicfile.Write(p, b, 0o600))
 }
 
 // Compare returns a *RollbackError if head is behind remembered (smaller,
@@ -298,37 +299,10 @@ func (m *CheckpointMemory) lock() (func(), error) {
 	return func() { syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
-// writeAtomic writes data to a 0600 temporary file in path's directory,
-// syncs it and renames it over path, then syncs the directory.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, ".tmp-*")
+// memoryErr names the checkpoint memory in a write error.
+func memoryErr(err error) error {
 	if err != nil {
 		return fmt.Errorf("checkpoint memory: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(0o600); err == nil {
-		if _, err = f.Write(data); err == nil {
-			err = f.Sync()
-		}
-		if err != nil {
-			f.Close()
-			return fmt.Errorf("checkpoint memory: writing %s: %w", tmp, err)
-		}
-	} else {
-		f.Close()
-		return fmt.Errorf("checkpoint memory: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("checkpoint memory: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("checkpoint memory: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

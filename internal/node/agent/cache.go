@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"time"
+
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 )
 
 // On-disk cache: data_dir/cache.key holds 32 random bytes (mode 0600,
@@ -86,14 +88,14 @@ func loadOrCreateKey(path string) ([]byte, error) {
 		if _, err := rand.Read(key); err != nil {
 			return nil, fmt.Errorf("agent cache key: %w", err)
 		}
-		tmp, err := writeTemp(filepath.Dir(path), ".cache.key-", key)
+		tmp, err := atomicfile.Temp(filepath.Dir(path), ".cache.key-", key, 0o600)
 		if err != nil {
 			return nil, fmt.Errorf("agent cache key: %w", err)
 		}
 		err = os.Link(tmp, path)
 		os.Remove(tmp)
 		if err == nil {
-			return key, syncDir(filepath.Dir(path))
+			return key, atomicfile.SyncDir(filepath.Dir(path))
 		}
 		if !errors.Is(err, fs.ErrExist) {
 			return nil, fmt.Errorf("agent cache key: %w", err)
@@ -101,40 +103,6 @@ func loadOrCreateKey(path string) ([]byte, error) {
 		// Lost a race with another creator: read theirs.
 	}
 	return nil, fmt.Errorf("agent cache key %s: could not create or read it", path)
-}
-
-// writeTemp writes data to a new 0600 file in dir, fsyncs it and returns
-// its name.
-func writeTemp(dir, pattern string, data []byte) (string, error) {
-	f, err := os.CreateTemp(dir, pattern)
-	if err != nil {
-		return "", err
-	}
-	name := f.Name()
-	if err := f.Chmod(0o600); err == nil {
-		if _, err = f.Write(data); err == nil {
-			err = f.Sync()
-		}
-		if cerr := f.Close(); err == nil {
-			err = cerr
-		}
-		if err == nil {
-			return name, nil
-		}
-	} else {
-		f.Close()
-	}
-	os.Remove(name)
-	return "", err
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // seal encrypts plaintext into the cache file format.
@@ -173,16 +141,8 @@ func (d *diskCache) Save(st *cacheState) error {
 	if err != nil {
 		return fmt.Errorf("agent cache: encrypt: %w", err)
 	}
-	tmp, err := writeTemp(d.dir, ".cache.bin-", ct)
-	if err != nil {
-		return fmt.Errorf("agent cache: write %s: %w", d.dir, err)
-	}
-	if err := os.Rename(tmp, filepath.Join(d.dir, cacheFileName)); err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("agent cache: replace %s: %w", cacheFileName, err)
-	}
-	if err := syncDir(d.dir); err != nil {
-		return fmt.Errorf("agent cache: sync %s: %w", d.dir, err)
+	if err := atomicfile.Write(filepath.Join(d.dir, cacheFileName), ct, 0o600); err != nil {
+		return fmt.Errorf("agent cache: %w", err)
 	}
 	return nil
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/transparency-dev/merkle/rfc6962"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
 )
 
@@ -196,32 +197,5 @@ func (m *auditMemory) save(cp checkpoint.Checkpoint, pemKey []byte) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(m.path)
-	f, err := os.CreateTemp(dir, ".audit-checkpoint-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.Write(b)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, m.path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(m.path, b, 0o600)
 }

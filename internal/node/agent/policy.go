@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/shared/atomicfile"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/peercred"
 	"github.com/wardproject/ward/internal/shared/policy"
@@ -143,15 +144,7 @@ func (a *Agent) savePolicy(v *wardv1.PolicyVersion) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := writeTemp(a.cache.dir, ".policy-*", sealed)
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, filepath.Join(a.cache.dir, policyCacheFile)); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return syncDir(a.cache.dir)
+	return atomicfile.Write(filepath.Join(a.cache.dir, policyCacheFile), sealed, 0o600)
 }
 
 // loadPolicy returns the cached version if it is intact and compiles.
