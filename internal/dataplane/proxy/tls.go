@@ -112,7 +112,7 @@ func captureChainKeys(authorize tlsconfig.Authorizer, keys *[]string) tlsconfig.
 	}
 }
 
-// chainKeyIDs returns the CA key IDs (ca.KeyID, the key IDs `ward ca
+// chainKeyIDs returns the CA key IDs (keyutil.CAKeyID, the key IDs `ward ca
 // taint` takes) of every certificate in every verified chain, root
 // included.
 func chainKeyIDs(chains [][]*x509.Certificate) ([]string, error) {

@@ -522,29 +522,6 @@ func TestListen(t *testing.T) {
 	}
 }
 
-func TestPeerCallerRejectsTCP(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err == nil {
-			defer c.Close()
-			_, _ = io.Copy(io.Discard, c)
-		}
-	}()
-	conn, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	if _, err := peercred.Read(conn); err == nil {
-		t.Fatal("TCP connection accepted as a unix peer")
-	}
-}
-
 // TestConcurrentClients runs many streams and unary calls while the source
 // changes; run with -race.
 func TestConcurrentClients(t *testing.T) {
