@@ -81,18 +81,11 @@ func (f fakePolicy) WatchPolicy(_ *wardv1.WatchPolicyRequest, ss wardv1.PolicyDi
 
 func isKMS(m string) bool { return strings.HasPrefix(m, "/ward.v1.KMS/") }
 
-// newAuthHarness is a Node API with the workload KMS and policy
-// distribution mounted as the authority mounts them.
+// newAuthHarness is a Node API with stand-ins for the workload KMS and
+// policy distribution, mounted where the real ones are.
 func newAuthHarness(t testing.TB) (*harness, fakePolicy) {
 	fp := fakePolicy{more: make(chan struct{})}
-	h := newHarnessWith(t, func(c *Config) {
-		c.Register = func(g *grpc.Server) {
-			wardv1.RegisterKMSServer(g, fakeKMS{})
-			wardv1.RegisterPolicyDistributionServer(g, fp)
-		}
-		c.WorkloadMethod = isKMS
-	})
-	return h, fp
+	return newHarnessMounting(t, nil, fakeKMS{}, fp), fp
 }
 
 // caSigned has the CA sign an SVID for any path, as it signs the server's

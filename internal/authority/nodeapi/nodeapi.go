@@ -40,10 +40,14 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/shared/policy"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -73,13 +77,17 @@ type Config struct {
 	Log *slog.Logger
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
-	// Register adds further services to the Node API's gRPC server (the
-	// authority registers the KMS for workloads and policy distribution).
-	Register func(*grpc.Server)
-	// WorkloadMethod reports the methods any workload SVID of the trust
-	// domain may call (authorization is then the service's job); every
-	// other method needs an agent SVID.
-	WorkloadMethod func(fullMethod string) bool
+	// KMS, when set, is served to workloads: the KMS service, every call
+	// authorized by Engine's current policy (see workloadkms.go).
+	KMS *kms.Manager
+	// Engine holds the current policy version the workload KMS decides
+	// with. Required with KMS.
+	Engine *policy.Engine
+	// OnDecision, when set, is called with every policy decision on a
+	// workload KMS call and the time it took, e.g. to count it in a metric.
+	OnDecision func(action string, d policy.Decision, took time.Duration)
+	// Policy, when set, is streamed to agents (PolicyDistribution.WatchPolicy).
+	Policy *policystore.Store
 	// AuditLog, when set, gives agents the authority's latest signed audit
 	// checkpoint and a consistency proof from the one they last verified
 	// with every Sync, so an agent notices a log that went backwards.
@@ -133,8 +141,33 @@ type serverCert struct {
 
 // New builds the Node API server; call Serve or Listen.
 func New(cfg Config) (*Server, error) {
+	s, err := newServer(cfg)
+	if err != nil {
+		return nil, err
+	}
+	s.register(s.services())
+	return s, nil
+}
+
+// services are the workload KMS and policy distribution the Config asks
+// for (nil when it does not).
+func (s *Server) services() (kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) {
+	if m := s.cfg.KMS; m != nil {
+		kmsSrv = &workloadKMS{s: s, inner: &apiconv.KMS{Manager: func() (*kms.Manager, error) { return m, nil }}}
+	}
+	if s.cfg.Policy != nil {
+		policySrv = &policyDistribution{ps: s.cfg.Policy}
+	}
+	return kmsSrv, policySrv
+}
+
+// newServer builds the server without its services (see register).
+func newServer(cfg Config) (*Server, error) {
 	if cfg.CA == nil || cfg.Registry == nil || cfg.Audit == nil {
 		return nil, errors.New("nodeapi: CA, Registry and Audit are required")
+	}
+	if cfg.KMS != nil && cfg.Engine == nil {
+		return nil, errors.New("nodeapi: the workload KMS needs the policy Engine")
 	}
 	if cfg.AttestTimeout <= 0 {
 		cfg.AttestTimeout = 30 * time.Second
@@ -189,16 +222,23 @@ func New(cfg Config) (*Server, error) {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(handshakeTimeout),
 	)
+	return s, nil
+}
+
+// register mounts the Node API's services on both gRPC servers: Node,
+// and the workload KMS and policy distribution when configured. They are
+// on the anonymous server too, so that a call without a certificate gets
+// authenticate's Unauthenticated, not Unimplemented.
+func (s *Server) register(kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) {
 	for _, g := range []*grpc.Server{s.grpc, s.anon} {
 		wardv1.RegisterNodeServer(g, &nodeService{s: s})
-		if cfg.Register != nil {
-			// Also on the anonymous server, so that a call without a
-			// certificate gets authenticate's Unauthenticated, not
-			// Unimplemented.
-			cfg.Register(g)
+		if kmsSrv != nil {
+			wardv1.RegisterKMSServer(g, kmsSrv)
+		}
+		if policySrv != nil {
+			wardv1.RegisterPolicyDistributionServer(g, policySrv)
 		}
 	}
-	return s, nil
 }
 
 // TLSConfig is the server side: TLS 1.3 only, the server's X509-SVID,
@@ -357,7 +397,7 @@ type agentSerialKey struct{}
 type workloadKey struct{}
 
 // WorkloadFrom returns the authenticated workload of a call to a
-// WorkloadMethod (zero otherwise).
+// workload method (zero otherwise).
 func WorkloadFrom(ctx context.Context) spiffeid.ID {
 	id, _ := ctx.Value(workloadKey{}).(spiffeid.ID)
 	return id
@@ -368,6 +408,11 @@ func agentFrom(ctx context.Context) spiffeid.ID {
 	id, _ := ctx.Value(agentKey{}).(spiffeid.ID)
 	return id
 }
+
+// workloadMethod reports the methods any workload SVID of the trust
+// domain may call: the KMS (each call is then authorized by policy).
+// Every other method needs an agent SVID.
+func workloadMethod(fullMethod string) bool { return strings.HasPrefix(fullMethod, "/ward.v1.KMS/") }
 
 const (
 	attestMethod = "/ward.v1.Node/Attest"
@@ -421,7 +466,7 @@ func reserved(id spiffeid.ID) bool {
 //     even when it is current. spiffe://TD/ward/server and any other
 //     /ward/ path are refused outright.
 //   - Any other SVID of the trust domain is a workload and may call the
-//     WorkloadMethods only (authorization is then the service's job).
+//     workload methods only (authorization is then the service's job).
 //
 // A certificate chaining to a tainted CA key may only call RenewAgent.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
@@ -448,7 +493,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		}
 		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: reqctx.RequestIDFrom(ctx)}), nil
 	}
-	workload := s.cfg.WorkloadMethod != nil && s.cfg.WorkloadMethod(method)
+	workload := workloadMethod(method)
 	if leaf == nil {
 		if workload {
 			return nil, status.Error(codes.Unauthenticated, "this call needs your workload's X509-SVID as TLS client certificate (from the SPIFFE Workload API)")
@@ -491,7 +536,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		authorize = s.cfg.Registry.AuthorizeRenewal
 	}
 	if _, err := authorize(ctx, id, serial); err != nil {
-		return nil, Status(err)
+		return nil, apiconv.Status(err)
 	}
 	if workload {
 		return nil, status.Errorf(codes.PermissionDenied, "agent %s may not call %s: an agent SVID is not a workload identity; call with the workload's own SVID (register an entry for it)", id, method)

@@ -44,9 +44,17 @@ type harness struct {
 
 func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessWith(t, nil) }
 
-// newHarnessWith lets a test adjust the Config (extra services, audit
-// source) before the server starts.
+// newHarnessWith lets a test adjust the Config (audit source, limits)
+// before the server starts.
 func newHarnessWith(t testing.TB, adjust func(*Config)) *harness {
+	t.Helper()
+	return newHarnessMounting(t, adjust, nil, nil)
+}
+
+// newHarnessMounting serves kmsSrv and policySrv in place of the services
+// the Config asks for, when either is set (to test authentication apart
+// from what the services decide).
+func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) *harness {
 	t.Helper()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "n.db"))
 	if err != nil {
@@ -77,9 +85,14 @@ func newHarnessWith(t testing.TB, adjust func(*Config)) *harness {
 	if adjust != nil {
 		adjust(&cfg)
 	}
-	h.srv, err = New(cfg)
+	h.srv, err = newServer(cfg)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if kmsSrv != nil || policySrv != nil {
+		h.srv.register(kmsSrv, policySrv)
+	} else {
+		h.srv.register(h.srv.services())
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/registry"
@@ -65,7 +66,7 @@ func (s *Server) event(ctx context.Context, op, result, errMsg string, fields ma
 // deny audits a refused call (best effort: the refusal stands either way)
 // and returns err as a status.
 func (s *Server) deny(ctx context.Context, op string, fields map[string]string, err error) error {
-	st := status.Convert(Status(err))
+	st := status.Convert(apiconv.Status(err))
 	result := audit.ResultError
 	if st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated {
 		result = audit.ResultDenied
@@ -87,7 +88,7 @@ func chainDER(chain []*x509.Certificate) [][]byte {
 func (s *Server) bundleJSON() ([]byte, uint64, error) {
 	b, err := s.cfg.CA.Bundle()
 	if err != nil {
-		return nil, 0, Status(err)
+		return nil, 0, apiconv.Status(err)
 	}
 	j, err := b.Marshal()
 	if err != nil {
@@ -101,7 +102,7 @@ func (s *Server) bundleJSON() ([]byte, uint64, error) {
 func (s *Server) signAgent(ctx context.Context, id spiffeid.ID, pub crypto.PublicKey) ([]*x509.Certificate, error) {
 	chain, err := s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: s.cfg.AgentSVIDTTL})
 	if err != nil {
-		return nil, Status(err)
+		return nil, apiconv.Status(err)
 	}
 	return chain, nil
 }
@@ -254,7 +255,7 @@ func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.
 	id := agentFrom(ctx)
 	entries, err := s.cfg.Registry.ListEntries(ctx, registry.ListFilter{ParentID: id.String()})
 	if err != nil {
-		return nil, Status(err)
+		return nil, apiconv.Status(err)
 	}
 	bj, seq, err := s.bundleJSON()
 	if err != nil {
@@ -263,7 +264,7 @@ func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.
 	out := &wardv1.SyncResponse{BundleSpiffeJson: bj, BundleSequence: seq, Entries: make([]*wardv1.Entry, len(entries)),
 		TaintedKeyIds: s.cfg.CA.TaintedKeyIDs()}
 	for i, e := range entries {
-		out.Entries[i] = EntryProto(e)
+		out.Entries[i] = apiconv.EntryProto(e)
 	}
 	s.auditCheckpoint(ctx, id, r.GetAuditTreeSize(), out)
 	return out, nil
@@ -310,7 +311,7 @@ func (s *Server) entryFor(ctx context.Context, agent spiffeid.ID, id string) (re
 		return registry.Entry{}, status.Errorf(codes.PermissionDenied, "entry %s is not registered under agent %s: sync and use one of its entries", id, agent)
 	}
 	if err != nil {
-		return registry.Entry{}, Status(err)
+		return registry.Entry{}, apiconv.Status(err)
 	}
 	return e, nil
 }
@@ -383,7 +384,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	for i := range items {
 		it := &items[i]
 		if it.err != nil {
-			st := status.Convert(Status(it.err))
+			st := status.Convert(apiconv.Status(it.err))
 			it.result.Error = &wardv1.ItemError{Code: st.Code().String(), Message: st.Message()}
 			failed = append(failed, it.result.EntryId+": "+st.Message())
 		} else {

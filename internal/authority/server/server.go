@@ -24,7 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/adminapi"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/config"
@@ -105,13 +105,7 @@ func (s *Server) Start(ctx context.Context) error {
 		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
 	)
-	wardv1.RegisterOperatorServer(s.grpc, &operatorService{s: s})
-	wardv1.RegisterKeysServer(s.grpc, &keysService{s: s})
-	wardv1.RegisterKMSServer(s.grpc, &kmsService{s: s})
-	wardv1.RegisterAuditServer(s.grpc, &auditService{s: s})
-	wardv1.RegisterPolicyServer(s.grpc, &policyService{s: s})
-	wardv1.RegisterPolicyDistributionServer(s.grpc, &policyDistribution{s: s})
-	s.registerIdentity(s.grpc)
+	adminapi.Register(s.grpc, lifecycle{s}, lifecycle{s}, adminapi.Options{Classifications: s.table, Log: s.log})
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
 
 	if s.cfg.HTTPAddress != "" {

@@ -1,4 +1,9 @@
-package nodeapi
+// Package apiconv holds the wire forms both of the authority's gRPC APIs
+// (the admin API on the unix socket, the Node API over mTLS) speak: the
+// protobuf forms of entries, agents, keys and policy versions, the gRPC
+// status of service errors, and the KMS service itself, which turns a
+// request into a kms.Manager call and the result back.
+package apiconv
 
 import (
 	"errors"
@@ -51,7 +56,8 @@ func Status(err error) error {
 	return status.Error(code, err.Error())
 }
 
-func ts(t time.Time) *timestamppb.Timestamp {
+// Timestamp is t on the wire; the zero time is nil (absent).
+func Timestamp(t time.Time) *timestamppb.Timestamp {
 	if t.IsZero() {
 		return nil
 	}
@@ -72,7 +78,7 @@ func EntryProto(e registry.Entry) *wardv1.Entry {
 	return &wardv1.Entry{
 		Id: e.ID, SpiffeId: e.SPIFFEID, ParentId: e.ParentID, Selectors: SelectorsProto(e.Selectors),
 		TtlSeconds: int64(e.TTL / time.Second), DnsNames: e.DNSNames, Hint: e.Hint, FederatesWith: e.FederatesWith,
-		Labels: e.Labels, Revision: e.Revision, Created: ts(e.Created), Updated: ts(e.Updated),
+		Labels: e.Labels, Revision: e.Revision, Created: Timestamp(e.Created), Updated: Timestamp(e.Updated),
 	}
 }
 
@@ -102,5 +108,5 @@ func EntryFromProto(p *wardv1.Entry) registry.Entry {
 // AgentProto converts an agent record to its wire form.
 func AgentProto(a registry.Agent) *wardv1.Agent {
 	return &wardv1.Agent{SpiffeId: a.SPIFFEID, AttestationType: a.AttestationType, Selectors: SelectorsProto(a.Selectors),
-		Serial: a.Serial, Expires: ts(a.Expires), Attested: ts(a.Attested), LastSeen: ts(a.LastSeen), Evicted: a.Evicted}
+		Serial: a.Serial, Expires: Timestamp(a.Expires), Attested: Timestamp(a.Attested), LastSeen: Timestamp(a.LastSeen), Evicted: a.Evicted}
 }

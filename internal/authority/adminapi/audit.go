@@ -1,4 +1,4 @@
-package server
+package adminapi
 
 import (
 	"context"
@@ -11,20 +11,19 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
-	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
 type auditService struct {
 	wardv1.UnimplementedAuditServer
-	s *Server
+	a *api
 }
 
 func (a *auditService) log() (*audit.Log, error) {
-	st, err := a.s.state()
+	sv, err := a.a.us.Services()
 	if err != nil {
 		return nil, err
 	}
-	return st.audit, nil
+	return sv.Audit, nil
 }
 
 func sendRange(ctx context.Context, l *audit.Log, from, to uint64, send func(*wardv1.AuditRecord) error) error {
@@ -111,13 +110,13 @@ func (a *auditService) Checkpoint(ctx context.Context, _ *wardv1.CheckpointReque
 }
 
 func (a *auditService) Hash(ctx context.Context, r *wardv1.HashRequest) (*wardv1.HashResponse, error) {
-	st, err := a.s.state()
+	sv, err := a.a.us.Services()
 	if err != nil {
 		return nil, err
 	}
 	// Hashing is an oracle on audited values: audit its use.
-	if _, err := st.audit.Append(ctx, a.s.event(reqctx.From(ctx), "audit.hash", "ok", "")); err != nil {
+	if _, err := sv.Audit.Append(ctx, event(ctx, "audit.hash", "ok", "")); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 	}
-	return &wardv1.HashResponse{Hash: st.hasher.HashValue(r.Value)}, nil
+	return &wardv1.HashResponse{Hash: sv.Hasher.HashValue(r.Value)}, nil
 }

@@ -1,82 +1,20 @@
-package server
+package nodeapi
 
 import (
 	"context"
-	"crypto"
 	"fmt"
 	"strings"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
-	"github.com/wardproject/ward/internal/authority/nodeapi"
-	"github.com/wardproject/ward/internal/authority/policystore"
-	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 	"github.com/wardproject/ward/internal/shared/policy"
-	"github.com/wardproject/ward/internal/shared/reqctx"
 )
-
-type policyVersion = policystore.Version
-
-// runPolicyEngine keeps st.engine at the current policy version, compiled
-// once here and evaluated in memory for every workload KMS call.
-func (s *Server) runPolicyEngine(ctx context.Context, st *unsealedState) {
-	for ctx.Err() == nil {
-		err := st.policy.Watch(ctx, 0, func(v policyVersion) error {
-			set, err := policy.CompileBundle(v.Bundle)
-			if err != nil {
-				// Stored versions were compiled on apply; this only happens
-				// if the schema changed under them. Keep the last good set.
-				s.log.Error("stored policy version does not compile; keeping the previous one", "version", v.Number, "err", err)
-				return nil
-			}
-			st.engine.StoreIfNewer(set)
-			return nil
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		s.log.Warn("policy watch ended; restarting", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-// auditSource gives the Node API's Sync the audit log's signed head and
-// consistency proofs (agents remember the newest checkpoint they verified).
-type auditSource struct {
-	log    *audit.Log
-	prover *audit.Prover
-}
-
-func newAuditSource(l *audit.Log) auditSource { return auditSource{log: l, prover: audit.NewProver(l)} }
-
-func (a auditSource) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	cp, err := a.log.Head(ctx)
-	return cp, a.log.PublicKey(), err
-}
-
-func (a auditSource) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error) {
-	return a.prover.ConsistencyProof(ctx, oldSize, newSize)
-}
-
-// workloadMethod: the KMS is open to every workload SVID of the trust
-// domain on the Node API; each call is then authorized by policy.
-func workloadMethod(fullMethod string) bool { return strings.HasPrefix(fullMethod, "/ward.v1.KMS/") }
-
-// registerNodeServices adds the workload KMS and policy distribution to
-// the Node API.
-func (s *Server) registerNodeServices(g *grpc.Server) {
-	wardv1.RegisterKMSServer(g, &workloadKMS{s: s, inner: &kmsService{s: s}})
-	wardv1.RegisterPolicyDistributionServer(g, &policyDistribution{s: s})
-}
 
 // workloadKMS is the KMS as workloads reach it over mTLS: the same service
 // as on the admin socket, behind a policy decision on the caller's SPIFFE
@@ -84,7 +22,7 @@ func (s *Server) registerNodeServices(g *grpc.Server) {
 type workloadKMS struct {
 	wardv1.UnimplementedKMSServer
 	s     *Server
-	inner *kmsService
+	inner *apiconv.KMS
 }
 
 var kmsActions = map[string]string{
@@ -111,11 +49,8 @@ func keyOf(ct []byte) string {
 // authorize decides method on keys for the calling workload; a denial is
 // audited and returned as PermissionDenied naming the deciding policies.
 func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...string) error {
-	st, err := w.s.state()
-	if err != nil {
-		return err
-	}
-	id := nodeapi.WorkloadFrom(ctx)
+	cfg := &w.s.cfg
+	id := WorkloadFrom(ctx)
 	if id.IsZero() {
 		return status.Error(codes.Unauthenticated, "no workload identity on this call")
 	}
@@ -126,24 +61,26 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 			continue
 		}
 		seen[k] = true
-		cls, err := st.kms.Classification(ctx, k)
+		cls, err := cfg.KMS.Classification(ctx, k)
 		if err != nil {
 			// Unknown keys are not revealed to callers policy does not
 			// allow: decide on the name alone, then let the KMS answer.
 			cls = ""
 		}
 		start := time.Now()
-		d := st.engine.Decide(policy.Request{Principal: id.String(), Action: action,
+		d := cfg.Engine.Decide(policy.Request{Principal: id.String(), Action: action,
 			Resource: policy.Resource{Type: policy.TypeKey, Name: k, Classification: cls},
 			Context:  policy.Context{SourceTrustDomain: id.TrustDomain().Name(), TLSVersion: "1.3"}})
-		w.s.metrics.decision(action, d, time.Since(start))
+		if cfg.OnDecision != nil {
+			cfg.OnDecision(action, d, time.Since(start))
+		}
 		if d.Allowed {
 			continue
 		}
-		ev := w.s.event(reqctx.From(ctx), "kms."+strings.TrimPrefix(action, "kms:"), audit.ResultDenied, "")
+		ev := w.s.event(ctx, "kms."+strings.TrimPrefix(action, "kms:"), audit.ResultDenied, "",
+			map[string]string{"policy_version": fmt.Sprint(d.Version), "cause": d.Cause.String(), "policies": strings.Join(d.Reasons, ",")})
 		ev.Key = k
-		ev.Fields = map[string]string{"policy_version": fmt.Sprint(d.Version), "cause": d.Cause.String(), "policies": strings.Join(d.Reasons, ",")}
-		if _, err := st.audit.Append(ctx, ev); err != nil {
+		if err := cfg.Audit(ctx, ev); err != nil {
 			return status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 		}
 		why := d.Cause.String()

@@ -1,0 +1,119 @@
+package adminapi
+
+import (
+	"context"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/apiconv"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+type policyService struct {
+	wardv1.UnimplementedPolicyServer
+	a *api
+}
+
+func (p *policyService) ApplyPolicy(ctx context.Context, r *wardv1.ApplyPolicyRequest) (*wardv1.PolicyVersion, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	v, err := ps.Apply(ctx, reqctx.From(ctx).Actor, r.Files, r.Comment)
+	if err != nil {
+		return nil, apiconv.PolicyError(err)
+	}
+	return apiconv.VersionProto(v, v.Number, false)
+}
+
+func (p *policyService) ListPolicyVersions(ctx context.Context, _ *wardv1.ListPolicyVersionsRequest) (*wardv1.ListPolicyVersionsResponse, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	vs, cur, err := ps.List(ctx)
+	if err != nil {
+		return nil, apiconv.PolicyError(err)
+	}
+	out := &wardv1.ListPolicyVersionsResponse{}
+	for _, v := range vs {
+		pv, err := apiconv.VersionProto(v, cur, false)
+		if err != nil {
+			return nil, err
+		}
+		out.Versions = append(out.Versions, pv)
+	}
+	return out, nil
+}
+
+func (p *policyService) GetPolicy(ctx context.Context, r *wardv1.GetPolicyRequest) (*wardv1.PolicyVersion, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	v, err := ps.Get(ctx, r.Version)
+	if err != nil {
+		return nil, apiconv.PolicyError(err)
+	}
+	cur, _ := ps.Current(ctx)
+	return apiconv.VersionProto(v, cur, true)
+}
+
+func (p *policyService) RollbackPolicy(ctx context.Context, r *wardv1.RollbackPolicyRequest) (*wardv1.PolicyVersion, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	if r.Version == 0 {
+		return nil, status.Error(codes.InvalidArgument, "give the version to roll back to")
+	}
+	v, err := ps.Rollback(ctx, reqctx.From(ctx).Actor, r.Version, r.Comment)
+	if err != nil {
+		return nil, apiconv.PolicyError(err)
+	}
+	return apiconv.VersionProto(v, v.Number, false)
+}
+
+func (p *policyService) Revoke(ctx context.Context, r *wardv1.RevokeRequest) (*wardv1.PolicyVersion, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	v, err := ps.Revoke(ctx, reqctx.From(ctx).Actor, r.SpiffeIds, r.Serials, r.Remove, r.Comment)
+	if err != nil {
+		return nil, apiconv.PolicyError(err)
+	}
+	return apiconv.VersionProto(v, v.Number, false)
+}
+
+// policyDistribution streams policy versions to local consumers on the
+// admin socket (the Node API streams them to agents).
+type policyDistribution struct {
+	wardv1.UnimplementedPolicyDistributionServer
+	a *api
+}
+
+func (p *policyDistribution) WatchPolicy(r *wardv1.WatchPolicyRequest, ss wardv1.PolicyDistribution_WatchPolicyServer) error {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return err
+	}
+	return apiconv.WatchPolicy(ps, r, ss)
+}
+
+// refreshPrincipals publishes a new policy version when an entry change
+// altered principal attributes. A failure is logged, not returned: the
+// entry change itself succeeded and the next change or apply retries.
+func (a *api) refreshPrincipals(ctx context.Context) {
+	ps, err := a.policyStore()
+	if err != nil {
+		return
+	}
+	if v, err := ps.RefreshPrincipals(ctx, reqctx.From(ctx).Actor); err != nil {
+		a.log.Error("publishing changed principal labels in a new policy version failed", "err", err)
+	} else if v != 0 {
+		a.log.Info("principal labels changed: new policy version", "version", v)
+	}
+}

@@ -1,0 +1,172 @@
+package server
+
+import (
+	"context"
+	"crypto"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// policyAuditor records policy changes in the audit log.
+type policyAuditor struct {
+	s  *Server
+	st *unsealedState
+}
+
+func (a *policyAuditor) AuditPolicy(ctx context.Context, op string, version uint64, fields map[string]string, opErr error) error {
+	ev := a.s.event(reqctx.From(ctx), op, audit.ResultOK, "")
+	if fields["phase"] == "started" {
+		ev.Result = audit.ResultStarted
+	}
+	if opErr != nil {
+		ev.Result, ev.Error = audit.ResultError, opErr.Error()
+	}
+	ev.Fields = map[string]string{}
+	for k, v := range fields {
+		if k != "phase" {
+			ev.Fields[k] = v
+		}
+	}
+	if version != 0 {
+		ev.Fields["policy_version"] = fmt.Sprint(version)
+	}
+	_, err := a.st.audit.Append(ctx, ev)
+	return err
+}
+
+// principalsFunc reports every registered SPIFFE ID's labels, for the
+// policy versions enforcement points receive. Entries sharing one SPIFFE
+// ID are merged in entry-ID order (a later entry's label wins).
+func (s *Server) principalsFunc(st *unsealedState) policystore.PrincipalsFunc {
+	return func(ctx context.Context) (map[string]policy.Principal, error) {
+		if st.ident == nil {
+			return nil, nil
+		}
+		entries, err := st.ident.reg.ListEntries(ctx, registry.ListFilter{})
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(entries, func(i, j int) bool { return entries[i].ID < entries[j].ID })
+		out := map[string]policy.Principal{}
+		for _, e := range entries {
+			if len(e.Labels) == 0 {
+				continue
+			}
+			p := out[e.SPIFFEID]
+			if p.Labels == nil {
+				p.Labels = map[string]string{}
+			}
+			for k, v := range e.Labels {
+				p.Labels[k] = v
+			}
+			out[e.SPIFFEID] = p
+		}
+		return out, nil
+	}
+}
+
+// taintedKeysFunc reports the CA's tainted key IDs, which every new policy
+// version carries on its deny-list (none while identity is not running).
+func (s *Server) taintedKeysFunc(st *unsealedState) func() []string {
+	return func() []string {
+		if st.ident == nil || st.ident.ca == nil {
+			return nil
+		}
+		return st.ident.ca.TaintedKeyIDs()
+	}
+}
+
+// runPolicyEngine keeps st.engine at the current policy version, compiled
+// once here and evaluated in memory for every workload KMS call.
+func (s *Server) runPolicyEngine(ctx context.Context, st *unsealedState) {
+	for ctx.Err() == nil {
+		err := st.policy.Watch(ctx, 0, func(v policystore.Version) error {
+			set, err := policy.CompileBundle(v.Bundle)
+			if err != nil {
+				// Stored versions were compiled on apply; this only happens
+				// if the schema changed under them. Keep the last good set.
+				s.log.Error("stored policy version does not compile; keeping the previous one", "version", v.Number, "err", err)
+				return nil
+			}
+			st.engine.StoreIfNewer(set)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("policy watch ended; restarting", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// auditSource gives the Node API's Sync the audit log's signed head and
+// consistency proofs (agents remember the newest checkpoint they verified).
+type auditSource struct {
+	log    *audit.Log
+	prover *audit.Prover
+}
+
+func newAuditSource(l *audit.Log) auditSource { return auditSource{log: l, prover: audit.NewProver(l)} }
+
+func (a auditSource) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+	cp, err := a.log.Head(ctx)
+	return cp, a.log.PublicKey(), err
+}
+
+func (a auditSource) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error) {
+	return a.prover.ConsistencyProof(ctx, oldSize, newSize)
+}
+
+// auditWitness lets the KMS check every key record it loads against the
+// newest revision the audit log recorded for it (rollback detection).
+type auditWitness struct{ idx *audit.RevisionIndex }
+
+func (w auditWitness) Latest(ctx context.Context, name string) (kms.Mark, bool, error) {
+	m, ok, err := w.idx.Latest(ctx, name)
+	return kms.Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, err
+}
+
+// kmsWitness is the KMS option that ties key records to the audit log l.
+func kmsWitness(l *audit.Log) kms.Option {
+	return kms.WithWitness(auditWitness{idx: audit.NewRevisionIndex(l)})
+}
+
+// integrityCollector exports the rollbacks the authority detected since it
+// was last unsealed: key records older than the audit log says, and the
+// stored audit log going backwards.
+type integrityCollector struct{ s *Server }
+
+var (
+	keyRollbackDesc = prometheus.NewDesc("ward_kms_key_record_rollbacks_detected_total",
+		"Key records refused since unseal because they were older than (or differed from) the revision the audit log recorded.", nil, nil)
+	auditRollbackDesc = prometheus.NewDesc("ward_audit_rollbacks_detected_total",
+		"Times since unseal the stored audit log was found shorter than, or different from, what the authority had already seen.", nil, nil)
+)
+
+func (c *integrityCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- keyRollbackDesc
+	ch <- auditRollbackDesc
+}
+
+func (c *integrityCollector) Collect(ch chan<- prometheus.Metric) {
+	var keys, logs float64
+	if st, err := c.s.state(); err == nil {
+		keys, logs = float64(st.kms.RollbacksDetected()), float64(st.audit.RollbacksDetected())
+	}
+	ch <- prometheus.MustNewConstMetric(keyRollbackDesc, prometheus.CounterValue, keys)
+	ch <- prometheus.MustNewConstMetric(auditRollbackDesc, prometheus.CounterValue, logs)
+}
