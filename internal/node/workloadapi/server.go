@@ -18,6 +18,9 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -93,6 +96,11 @@ type Server struct {
 	log                 *slog.Logger
 	allowUnauthVerifier bool
 	grpc                *grpc.Server
+
+	// refusedMu guards refusedLog: when each refused selector set was last
+	// logged (a client retrying with backoff must not flood the log).
+	refusedMu  sync.Mutex
+	refusedLog map[string]time.Time
 }
 
 // Option configures a Server.
@@ -205,7 +213,61 @@ func (s *Server) checkUnchanged(ctx context.Context) error {
 	return nil
 }
 
-var errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+// refusalLogEvery bounds how often the same refused caller (the same
+// selectors) is logged; maxRefusalKeys bounds the memory of it.
+const (
+	refusalLogEvery = time.Minute
+	maxRefusalKeys  = 1024
+	maxShownSelect  = 16
+)
+
+// refuse is the answer to a caller that matches no registration entry:
+// PermissionDenied naming the selectors it attested with (its own uid,
+// gids, binary path and digest: facts about the caller, never secrets),
+// so that a workload, or a proxy waiting for its SVID, can say what is
+// missing. The agent logs the refusal too, at most once a minute for the
+// same selectors.
+func (s *Server) refuse(ctx context.Context, sel []attest.Selector) error {
+	shown := make([]string, 0, min(len(sel), maxShownSelect))
+	for i, x := range sel {
+		if i == maxShownSelect {
+			shown = append(shown, fmt.Sprintf("(%d more)", len(sel)-maxShownSelect))
+			break
+		}
+		shown = append(shown, x.String())
+	}
+	list := strings.Join(shown, " ")
+	var pid int32
+	var uid uint32
+	if c, ok := peercred.FromContext(ctx); ok {
+		pid, uid = c.PID, c.UID
+	}
+	now := time.Now()
+	s.refusedMu.Lock()
+	if s.refusedLog == nil || len(s.refusedLog) >= maxRefusalKeys {
+		s.refusedLog = map[string]time.Time{}
+	}
+	logIt := now.Sub(s.refusedLog[list]) >= refusalLogEvery
+	if logIt {
+		s.refusedLog[list] = now
+	}
+	s.refusedMu.Unlock()
+	if logIt {
+		s.log.Warn("workload API: no registration entry matches the caller; refused (same caller logged at most once a minute)",
+			"pid", pid, "uid", uid, "selectors", list)
+	}
+	return status.Errorf(codes.PermissionDenied,
+		"no identity issued: no registration entry of this agent matches the caller (pid %d), which attested as [%s]; "+
+			"register an entry with a subset of these selectors under this node's agent (`ward entry create --parent AGENT-ID --selector %s ...`, AGENT-ID from `ward agent list`)",
+		pid, list, firstOr(shown, "unix:uid:N"))
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
+}
 
 // FetchX509SVID implements the Workload API.
 func (s *Server) FetchX509SVID(_ *pb.X509SVIDRequest, stream grpc.ServerStreamingServer[pb.X509SVIDResponse]) error {
@@ -213,7 +275,7 @@ func (s *Server) FetchX509SVID(_ *pb.X509SVIDRequest, stream grpc.ServerStreamin
 	if err != nil {
 		return err
 	}
-	return stream_(s, stream, func() (*pb.X509SVIDResponse, error) { return s.x509SVIDResponse(sel) })
+	return stream_(s, stream, func() (*pb.X509SVIDResponse, error) { return s.x509SVIDResponse(stream.Context(), sel) })
 }
 
 // FetchX509Bundles implements the Workload API.
@@ -223,7 +285,7 @@ func (s *Server) FetchX509Bundles(_ *pb.X509BundlesRequest, stream grpc.ServerSt
 		return err
 	}
 	return stream_(s, stream, func() (*pb.X509BundlesResponse, error) {
-		if err := s.mayVerify(sel); err != nil {
+		if err := s.mayVerify(stream.Context(), sel); err != nil {
 			return nil, err
 		}
 		own, fed := s.src.Bundles()
@@ -244,7 +306,7 @@ func (s *Server) FetchJWTBundles(_ *pb.JWTBundlesRequest, stream grpc.ServerStre
 		return err
 	}
 	return stream_(s, stream, func() (*pb.JWTBundlesResponse, error) {
-		if err := s.mayVerify(sel); err != nil {
+		if err := s.mayVerify(stream.Context(), sel); err != nil {
 			return nil, err
 		}
 		own, fed := s.src.Bundles()
@@ -298,7 +360,10 @@ func (s *Server) FetchJWTSVID(ctx context.Context, req *pb.JWTSVIDRequest) (*pb.
 		resp.Svids = append(resp.Svids, &pb.JWTSVID{SpiffeId: ident.ID.String(), Svid: tok, Hint: ident.Hint})
 	}
 	if len(resp.Svids) == 0 {
-		return nil, errNoIdentity
+		if !want.IsZero() {
+			return nil, status.Errorf(codes.PermissionDenied, "no identity issued: the caller is not entitled to the requested SPIFFE ID %s", want)
+		}
+		return nil, s.refuse(ctx, sel)
 	}
 	if err := s.checkUnchanged(ctx); err != nil {
 		return nil, err
@@ -318,7 +383,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *pb.ValidateJWTSVIDReq
 	if err != nil {
 		return nil, err
 	}
-	if err := s.mayVerify(sel); err != nil {
+	if err := s.mayVerify(ctx, sel); err != nil {
 		return nil, err
 	}
 	own, fed := s.src.Bundles()
@@ -349,17 +414,17 @@ func (s *Server) crls() [][]byte {
 	return nil
 }
 
-func (s *Server) mayVerify(sel []attest.Selector) error {
+func (s *Server) mayVerify(ctx context.Context, sel []attest.Selector) error {
 	if s.allowUnauthVerifier || len(s.src.Identities(sel)) > 0 {
 		return nil
 	}
-	return errNoIdentity
+	return s.refuse(ctx, sel)
 }
 
-func (s *Server) x509SVIDResponse(sel []attest.Selector) (*pb.X509SVIDResponse, error) {
+func (s *Server) x509SVIDResponse(ctx context.Context, sel []attest.Selector) (*pb.X509SVIDResponse, error) {
 	idents := s.src.Identities(sel)
 	if len(idents) == 0 {
-		return nil, errNoIdentity
+		return nil, s.refuse(ctx, sel)
 	}
 	own, fed := s.src.Bundles()
 	if own == nil || len(own.X509Authorities()) == 0 {

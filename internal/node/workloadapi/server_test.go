@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -618,4 +619,57 @@ func TestPeerCallerUnix(t *testing.T) {
 	if _, err := unix.New().Attest(context.Background(), c); err != nil {
 		t.Fatalf("attest with the connection's pidfd: %v", err)
 	}
+}
+
+// TestRefusalNamesTheCallersSelectors: a caller no entry matches learns
+// what it attested as (so a waiting proxy can say what is missing), and
+// the agent logs the refusal with those selectors, once per minute for
+// the same caller.
+func TestRefusalNamesTheCallersSelectors(t *testing.T) {
+	ctx := testCtx(t)
+	src := newMemSource(t, newTestCA(t))
+	src.addEntry(t, "/someone-else", "unix:uid:4242424")
+	var logs syncLog
+	addr := serve(t, src, workload("a"), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	client, err := gsw.New(ctx, gsw.WithAddr(addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	for range 3 {
+		_, err = client.FetchX509SVID(ctx)
+		if status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("FetchX509SVID: %v, want PermissionDenied", err)
+		}
+	}
+	msg := status.Convert(err).Message()
+	for _, want := range []string{"no registration entry", uidSelector(), "test:socket:a", "ward entry create"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("refusal %q does not name %q", msg, want)
+		}
+	}
+	out := logs.String()
+	if n := strings.Count(out, "no registration entry matches the caller"); n != 1 {
+		t.Errorf("refusal logged %d times, want once:\n%s", n, out)
+	}
+	if !strings.Contains(out, uidSelector()) {
+		t.Errorf("refusal log without the caller's selectors:\n%s", out)
+	}
+}
+
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
