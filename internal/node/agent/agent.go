@@ -75,9 +75,14 @@ type Agent struct {
 	nextRenew    time.Time
 	nextSync     time.Time
 	connected    bool
-	failures     int
-	lastStaleLog time.Time
-	retryIssue   map[string]time.Time
+	// failures counts exchanges that failed because the authority was
+	// unreachable (or answered with an error other than a refusal) since
+	// the last good sync; refusals (eviction, a refused agent SVID) and a
+	// spent join token (spentFailures) are not outages and do not count.
+	failures      int
+	spentFailures int
+	lastStaleLog  time.Time
+	retryIssue    map[string]time.Time
 
 	mu            sync.RWMutex
 	entries       map[string]*entry
@@ -308,11 +313,11 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 	a.lastErr = what + ": " + err.Error()
 	a.mu.Unlock()
 	if errors.Is(err, errNoAttestation) {
-		if a.failures == 0 || now.Sub(a.lastStaleLog) >= 30*time.Second {
+		if a.spentFailures == 0 || now.Sub(a.lastStaleLog) >= 30*time.Second {
 			a.log.Error("agent has no SVID and its join token is spent: no new SVIDs are issued; cached SVIDs are served until they expire. Write a new token from `ward token create` into join_token_file (or join_token and restart)", "soonest_svid_expiry", a.soonestExpiry())
 			a.lastStaleLog = now
 		}
-		a.failures++
+		a.spentFailures++
 		return
 	}
 	if status.Code(err) == codes.PermissionDenied {
@@ -332,23 +337,22 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 		}
 		a.log.Error("the authority refused this agent (evicted with `ward agent evict`?); "+how, "agent_id", id, "during", what, "error", err)
 		a.connected = false
-		a.failures++
 		return
 	}
 	if status.Code(err) == codes.Unauthenticated {
 		if what != opRenew {
 			// The authority no longer accepts this SVID (e.g. it chains to a
 			// tainted CA key): renew it now.
+			// The next step (step's wake-up) renews; the authority is
+			// reachable, so this is not counted as an outage.
 			a.log.Warn("the authority refused the agent SVID; renewing it", "during", what, "error", err)
-			a.agentRenewAt, a.nextRenew = time.Time{}, time.Time{}
+			a.agentRenewAt, a.nextRenew = now, now
 			a.connected = false
-			a.failures++
 			return
 		}
 		a.log.Error("the authority refused to renew the agent SVID; attesting again", "error", err)
 		a.dropAgentSVID()
 		a.nextAttest = now
-		a.failures++
 		return
 	}
 	a.connected = false
@@ -371,7 +375,7 @@ func (a *Agent) noteSuccess(now time.Time) {
 	if a.failures > 0 {
 		a.log.Info("authority reachable again; catching up", "failed_attempts", a.failures)
 	}
-	a.failures = 0
+	a.failures, a.spentFailures = 0, 0
 	a.connected = true
 }
 

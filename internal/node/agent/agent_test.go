@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/shared/yamlconf"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -417,4 +418,38 @@ func TestAgentReissuesSVIDsOfATaintedKey(t *testing.T) {
 		kid, _ := keyutil.CAKeyID(sv.Certificates[1].PublicKey)
 		return kid != oldKID && serial(sv) != serial(first)
 	})
+}
+
+// TestRefusedAgentSVIDRenewsAtOnce: when the authority refuses the agent
+// SVID (Unauthenticated, e.g. it chains to a tainted CA key) the agent
+// renews it at once, not at the next sync (an hour away here), and since
+// the authority was reachable all along it never logs that it is
+// "reachable again".
+func TestRefusedAgentSVIDRenewsAtOnce(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, 24*time.Hour)
+	auth.addEntry("e-web", "*", "/web", uidSelector())
+	cfg := agentConfig(t, auth, t.TempDir())
+	cfg.JoinToken = auth.joinToken()
+	cfg.SyncInterval = yamlconf.Duration(time.Hour)
+	r := startAgent(t, cfg, nil)
+	mustFetch(t, r)
+	syncs := auth.count("Sync")
+	auth.mu.Lock()
+	auth.refuseSyncs = 1
+	auth.mu.Unlock()
+	r.clock.Advance(time.Hour + time.Minute) // the next sync is due; it is refused
+	r.poke()
+	waitFor(t, "the renewal after the refused sync", func() bool { return auth.count("RenewAgent") >= 1 })
+	if !strings.Contains(r.logs.String(), "refused the agent SVID; renewing it") {
+		t.Fatalf("refusal not logged:\n%s", r.logs.String())
+	}
+	if auth.count("Sync") != syncs+1 {
+		t.Fatalf("the renewal waited for another sync (%d syncs after the refused one)", auth.count("Sync")-syncs-1)
+	}
+	r.clock.Advance(time.Hour + time.Minute)
+	r.poke()
+	waitFor(t, "a sync after the renewal", func() bool { return r.Status().LastError == "" && auth.count("Sync") >= syncs+2 })
+	if strings.Contains(r.logs.String(), "reachable again") {
+		t.Fatalf("logged the authority as reachable again though it never was unreachable:\n%s", r.logs.String())
+	}
 }

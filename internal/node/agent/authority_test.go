@@ -57,6 +57,10 @@ type testAuthority struct {
 	// auditLog, when set, adds its checkpoint and a consistency proof to
 	// Sync responses as the authority does (checkpoint_test.go).
 	auditLog nodeapi.AuditSource
+	// refuseSyncs, while positive, makes Sync refuse the agent SVID
+	// (Unauthenticated, as for a chain through a tainted CA key), once per
+	// call.
+	refuseSyncs int
 
 	wardv1.UnimplementedNodeServer
 }
@@ -335,6 +339,15 @@ func (a *testAuthority) Sync(ctx context.Context, req *wardv1.SyncRequest) (*war
 	id, err := a.callerID(ctx)
 	if err != nil {
 		return nil, err
+	}
+	a.mu.Lock()
+	refuse := a.refuseSyncs > 0
+	if refuse {
+		a.refuseSyncs--
+	}
+	a.mu.Unlock()
+	if refuse {
+		return nil, status.Error(codes.Unauthenticated, "agent SVID chains to a tainted CA key; renew it")
 	}
 	b, _ := a.ca.Bundle()
 	doc, _ := b.Marshal()
