@@ -46,6 +46,12 @@ type Config struct {
 	// WorkloadAPISocket is the node agent's Workload API: unix:///path or a
 	// plain path.
 	WorkloadAPISocket string `yaml:"workload_api_socket"`
+	// SPIFFEID picks the proxy's X509-SVID when the Workload API offers
+	// several (workloads sharing a uid); empty takes the first one.
+	SPIFFEID string `yaml:"spiffe_id"`
+	// SVIDHint picks the X509-SVID whose entry has this hint (`ward entry
+	// create --hint`); with SPIFFEID both must match.
+	SVIDHint string `yaml:"svid_hint"`
 	// AdminAddress serves /metrics, /healthz and /readyz (host:port or
 	// unix:///path); empty disables it.
 	AdminAddress string `yaml:"admin_address"`
@@ -199,6 +205,11 @@ func (c *Config) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Errorf(format, a...)) }
 	if c.WorkloadAPISocket == "" {
 		bad("workload_api_socket is required: the node agent's Workload API socket, e.g. unix:///run/ward/agent.sock")
+	}
+	if c.SPIFFEID != "" {
+		if _, err := spiffeid.FromString(c.SPIFFEID); err != nil {
+			bad("spiffe_id %q: %v (the SPIFFE ID this proxy presents, e.g. spiffe://prod.example/ns/shop/api)", c.SPIFFEID, err)
+		}
 	}
 	if len(c.Inbound)+len(c.Outbound) == 0 {
 		bad("no listeners: add at least one entry under inbound or outbound")

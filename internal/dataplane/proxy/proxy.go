@@ -10,7 +10,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,7 +17,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/wardproject/ward/internal/shared/netsource"
 	"github.com/wardproject/ward/internal/shared/policy"
@@ -48,8 +46,12 @@ type Proxy struct {
 	// lastRefusalLog is when warnRefusal last logged (UnixNano).
 	lastRefusalLog atomic.Int64
 	srcReady       atomic.Bool // p.src is set (the admin endpoint may read it)
-	draining       atomic.Bool
-	started        chan struct{}
+	// waitReason is what keeps the proxy from its first SVID (workload.go),
+	// for /readyz; waitDiagnosis is when to say it (DefaultWaitDiagnosis).
+	waitReason    atomic.Pointer[string]
+	waitDiagnosis time.Duration
+	draining      atomic.Bool
+	started       chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*connState]struct{}
@@ -77,6 +79,10 @@ func WithAccessLog(w io.Writer) Option {
 // WithPolicySource replaces the configured policy files with src (the node
 // agent's policy stream, or tests).
 func WithPolicySource(src PolicySource) Option { return func(p *Proxy) { p.psrc = src } }
+
+// WithWaitDiagnosis sets how long the proxy waits for its first X509-SVID
+// before it logs what is missing (default DefaultWaitDiagnosis).
+func WithWaitDiagnosis(d time.Duration) Option { return func(p *Proxy) { p.waitDiagnosis = d } }
 
 // WithX509Source uses src instead of connecting to workload_api_socket.
 func WithX509Source(src X509Source) Option { return func(p *Proxy) { p.src = src } }
@@ -195,14 +201,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 		}
 	}
 	if p.src == nil {
-		addr := p.cfg.WorkloadAPISocket
-		if !strings.Contains(addr, "://") {
-			addr = "unix://" + addr
-		}
-		p.log.Info("waiting for an X509-SVID from the Workload API", "socket", addr)
-		xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr(addr)))
+		xs, err := p.connectWorkloadAPI(ctx)
 		if err != nil {
-			return fmt.Errorf("workload API %s: %w (is the ward agent running and does an entry match this proxy?)", addr, err)
+			return err
 		}
 		defer xs.Close()
 		p.src = xs
@@ -483,6 +484,9 @@ func (p *Proxy) readiness() (bool, string) {
 	select {
 	case <-p.started:
 	default:
+		if why := p.waitReasonText(); why != "" {
+			return false, "starting: no X509-SVID from the Workload API yet: " + why
+		}
 		return false, "starting: waiting for an X509-SVID from the Workload API"
 	}
 	if _, err := p.src.GetX509SVID(); err != nil {

@@ -92,6 +92,8 @@ type Workload struct {
 
 	mu      sync.Mutex
 	ident   workloadapi.Identity
+	extra   []workloadapi.Identity // AddIdentity: more SVIDs on the same socket
+	refused bool                   // SetRefused: no identity for any caller
 	bundle  *spiffebundle.Bundle
 	changed chan struct{}
 }
@@ -203,7 +205,42 @@ func (w *Workload) notifyLocked() {
 func (w *Workload) Identities([]attest.Selector) []workloadapi.Identity {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return []workloadapi.Identity{w.ident}
+	if w.refused {
+		return nil
+	}
+	return append([]workloadapi.Identity{w.ident}, w.extra...)
+}
+
+// SetRefused makes the socket refuse every caller (as an agent with no
+// matching entry does) or serve again.
+func (w *Workload) SetRefused(refused bool) {
+	w.mu.Lock()
+	w.refused = refused
+	w.notifyLocked()
+	w.mu.Unlock()
+}
+
+// AddIdentity issues one more SVID (SPIFFE ID path, with hint) served on
+// the same socket after the workload's own, as an agent does for callers
+// that several entries match.
+func (w *Workload) AddIdentity(ctx context.Context, path, hint string) (spiffeid.ID, error) {
+	id, err := spiffeid.FromPath(w.a.TD, path)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	chain, err := w.a.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: key.Public(), TTL: w.TTL, DNSNames: w.DNSNames})
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("proxytest: sign SVID for %s: %w", id, err)
+	}
+	w.mu.Lock()
+	w.extra = append(w.extra, workloadapi.Identity{ID: id, Chain: chain, Key: key, Hint: hint})
+	w.notifyLocked()
+	w.mu.Unlock()
+	return id, nil
 }
 
 // Bundles implements workloadapi.Source.
