@@ -35,6 +35,9 @@ SIGHUP re-reads the policy files; SIGTERM or SIGINT drains open connections
 				return err
 			}
 			if check {
+				if err := cfg.CheckPolicyFiles(); err != nil {
+					return fmt.Errorf("proxy config %s: %w", cfgPath, err)
+				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d inbound, %d outbound listeners)\n", cfgPath, len(cfg.Inbound), len(cfg.Outbound))
 				return nil
 			}
@@ -55,6 +58,6 @@ SIGHUP re-reads the policy files; SIGTERM or SIGINT drains open connections
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the proxy configuration (YAML)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "operational log level: debug, info, warn or error")
-	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration (and compile policy_files and deny_list_file) and exit")
 	return cmd
 }

@@ -191,6 +191,30 @@ func (f *FileSource) load(names []string) (*policy.Set, [32]byte, error) {
 	return set, sum, nil
 }
 
+// CheckPolicyFiles reads and compiles policy_files and deny_list_file as
+// the proxy will at start (`ward proxy --check`): a missing path, a
+// directory without *.cedar files, a policy that does not compile or a
+// bad deny-list is an error naming the file.
+func (c *Config) CheckPolicyFiles() error {
+	if len(c.PolicyFiles) == 0 {
+		if c.DenyListFile != "" {
+			if _, err := os.Stat(c.DenyListFile); err != nil {
+				return fmt.Errorf("deny_list_file: %w", err)
+			}
+		}
+		return nil
+	}
+	f := NewFileSource(c.PolicyFiles, c.DenyListFile, 0)
+	names, err := f.files()
+	if err != nil {
+		return err
+	}
+	if _, _, err := f.load(names); err != nil {
+		return err
+	}
+	return nil
+}
+
 // ParseDenyList decodes a JSON deny-list ({"spiffe_ids": [...], "serials":
 // [...], "tainted_keys": [...]}); unknown fields are errors.
 func ParseDenyList(b []byte) (policy.DenyList, error) {

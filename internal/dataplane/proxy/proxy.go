@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,8 @@ type Proxy struct {
 	// for /readyz; waitDiagnosis is when to say it (DefaultWaitDiagnosis).
 	waitReason    atomic.Pointer[string]
 	waitDiagnosis time.Duration
+	// policyErr is the last policy load error since the last good load.
+	policyErr atomic.Pointer[string]
 	draining      atomic.Bool
 	started       chan struct{}
 
@@ -128,10 +131,7 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		p.psrc = fs
 	}
 	if fs, ok := p.psrc.(*FileSource); ok && fs.OnError == nil {
-		fs.OnError = func(err error) {
-			p.m.policyErrors.Inc()
-			p.log.Error("policy reload failed; the previous policy stays in force", "error", err)
-		}
+		fs.OnError = p.policyFailed
 	}
 	p.m = newMetrics(p.svidExpiry)
 	return p, nil
@@ -242,12 +242,30 @@ func (p *Proxy) Run(ctx context.Context) error {
 	return nil
 }
 
+// policyFailed counts a failed policy load and logs it once (again only
+// when the error changes, or after a good load): the file source retries
+// every poll interval. What it says depends on whether a policy is in
+// force; /readyz repeats the error.
+func (p *Proxy) policyFailed(err error) {
+	p.m.policyErrors.Inc()
+	msg := err.Error()
+	if prev := p.policyErr.Swap(&msg); prev != nil && *prev == msg {
+		return
+	}
+	if _, ok := p.engine.Status(); ok {
+		p.log.Error("policy reload failed; the previous policy stays in force (retried every policy_poll_interval, logged again when the error changes)", "error", err)
+		return
+	}
+	p.log.Error("no policy could be loaded: every inbound connection is denied until one is (retried every policy_poll_interval, logged again when the error changes)", "error", err)
+}
+
 // applyPolicy stores s if newer and closes open connections it now denies.
 func (p *Proxy) applyPolicy(s *policy.Set) {
 	if !p.engine.StoreIfNewer(s) {
 		p.log.Warn("policy update ignored: not newer than the policy in force", "version", s.Version())
 		return
 	}
+	p.policyErr.Store(nil)
 	p.m.policyVersion.Set(float64(s.Version()))
 	p.m.policyLoaded.Set(1)
 	p.log.Info("policy in force", "version", s.Version(), "policies", s.Len(),
@@ -494,10 +512,39 @@ func (p *Proxy) readiness() (bool, string) {
 	}
 	if len(p.cfg.Inbound) > 0 {
 		if _, ok := p.engine.Status(); !ok {
-			return false, "no valid policy: every inbound connection is denied (fail closed); check policy_files and the proxy's log"
+			why := "no valid policy: every inbound connection is denied (fail closed); check policy_files or policy_socket and the proxy's log"
+			if e := p.policyErr.Load(); e != nil {
+				why += ": " + *e
+			}
+			return false, why
 		}
 	}
 	return true, ""
+}
+
+// readyText is /readyz's answer when ready: what it means for this
+// proxy's listeners.
+func (p *Proxy) readyText() string {
+	var parts []string
+	if len(p.cfg.Inbound) > 0 {
+		v, _ := p.engine.Status()
+		parts = append(parts, fmt.Sprintf("inbound: %d listener(s) deciding with policy version %d", len(p.cfg.Inbound), v))
+	}
+	if len(p.cfg.Outbound) > 0 {
+		o := fmt.Sprintf("outbound: %d listener(s) with an X509-SVID", len(p.cfg.Outbound))
+		if p.psrc == nil {
+			o += " (no policy source: tainted CA keys are refused only by the servers)"
+		} else if v, ok := p.engine.Status(); ok {
+			o += fmt.Sprintf(", deny-list of policy version %d", v)
+		} else {
+			o += ", no policy yet (tainted CA keys not known here)"
+		}
+		parts = append(parts, o)
+	}
+	if e := p.policyErr.Load(); e != nil {
+		parts = append(parts, "policy error: "+*e)
+	}
+	return "ready: " + strings.Join(parts, "; ")
 }
 
 func (p *Proxy) startAdmin() error {
@@ -510,13 +557,12 @@ func (p *Proxy) startAdmin() error {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		ok, why := p.readiness()
-		v, loaded := p.engine.Status()
 		if !ok {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			fmt.Fprintf(w, "not ready: %s\n", why)
 			return
 		}
-		fmt.Fprintf(w, "ready: policy version %d loaded=%v\n", v, loaded)
+		fmt.Fprintln(w, p.readyText())
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(l) }()

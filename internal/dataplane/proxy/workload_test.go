@@ -140,3 +140,74 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 		waitFor(t, "the identity log line", 10*time.Second, func() bool { return logs.contains("spiffe_id=spiffe://prod.example/ns/shop/four") })
 	})
 }
+
+// TestMissingPolicyFiles: `--check` (Config.CheckPolicyFiles) refuses
+// policy_files that do not exist; at runtime the proxy says so once (not
+// at every poll), without claiming a previous policy, and /readyz names
+// the error. An outbound-only proxy's /readyz says what it is ready for.
+func TestMissingPolicyFiles(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir, err := os.MkdirTemp("", "wpm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	missing := filepath.Join(dir, "nonexistent")
+	cfg := &proxy.Config{WorkloadAPISocket: "/run/ward/agent.sock", PolicyFiles: []string{missing},
+		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: "127.0.0.1:1"}}}
+	if err := cfg.CheckPolicyFiles(); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Fatalf("CheckPolicyFiles with a missing file: %v", err)
+	}
+	empty := filepath.Join(dir, "empty")
+	os.Mkdir(empty, 0o700)
+	cfg.PolicyFiles = []string{empty}
+	if err := cfg.CheckPolicyFiles(); err == nil || !strings.Contains(err.Error(), "no .cedar file") {
+		t.Fatalf("CheckPolicyFiles with an empty directory: %v", err)
+	}
+	os.WriteFile(filepath.Join(empty, "bad.cedar"), []byte("permit (principal, action, resource) when { nope };"), 0o600)
+	if err := cfg.CheckPolicyFiles(); err == nil || !strings.Contains(err.Error(), "bad.cedar") {
+		t.Fatalf("CheckPolicyFiles with a bad policy: %v", err)
+	}
+
+	auth, err := proxytest.NewAuthority(ctx, dir, tdName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auth.Close()
+	w, err := auth.AddWorkload(ctx, "/ns/shop/api", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	p, _ := startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: w.Addr, AdminAddress: "127.0.0.1:0",
+		PolicyFiles: []string{missing}, PolicyPollInterval: cfgDur(50 * time.Millisecond),
+		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: "127.0.0.1:1"}}},
+		proxy.WithLogger(slog.New(slog.NewTextHandler(logs, nil))), proxy.WithAccessLog(logs))
+	waitFor(t, "several failed policy loads", 10*time.Second, func() bool {
+		return metric(t, p, "ward_proxy_policy_load_errors_total") >= 4
+	})
+	out := logs.String()
+	if n := strings.Count(out, "no policy could be loaded"); n != 1 {
+		t.Errorf("the missing policy was logged %d times, want once:\n%s", n, out)
+	}
+	if strings.Contains(out, "previous policy stays in force") {
+		t.Errorf("claims a previous policy though none was ever loaded:\n%s", out)
+	}
+	if code, body := readyz(t, p); code != http.StatusServiceUnavailable || !strings.Contains(body, missing) {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+
+	out2, _ := startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: w.Addr, AdminAddress: "127.0.0.1:0",
+		Outbound: []proxy.Outbound{{Name: "out", Listen: "127.0.0.1:0", Remote: "127.0.0.1:1", ServerID: apiID}}})
+	if code, body := readyz(t, out2); code != http.StatusOK || !strings.Contains(body, "outbound: 1 listener(s) with an X509-SVID") ||
+		strings.Contains(body, "loaded=") {
+		t.Errorf("outbound-only /readyz: %d %q", code, body)
+	}
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
