@@ -53,8 +53,8 @@ type Proxy struct {
 	waitDiagnosis time.Duration
 	// policyErr is the last policy load error since the last good load.
 	policyErr atomic.Pointer[string]
-	draining      atomic.Bool
-	started       chan struct{}
+	draining  atomic.Bool
+	started   chan struct{}
 
 	mu        sync.Mutex
 	conns     map[*connState]struct{}
