@@ -42,6 +42,12 @@ type Event struct {
 	Error      string            `json:"error,omitempty"`
 	Fields     map[string]string `json:"fields,omitempty"`
 	Count      int               `json:"count,omitempty"`
+
+	// Context holds sensitive values (a KMS encryption context) that may
+	// only reach the log as HMACs: a Recorder made by NewLogRecorder
+	// replaces them by Fields "context.<key>" = Hasher.HashValue(value).
+	// It is never encoded; an event still holding it is refused.
+	Context map[string]string `json:"-"`
 }
 
 // eventBody is Event without Seq: appenders encode it in parallel, the
@@ -69,6 +75,9 @@ func (e *Event) Validate() error {
 	case ResultOK, ResultError, ResultDenied, ResultStarted:
 	default:
 		return fmt.Errorf("audit event %q has result %q: use ok, error, denied or started", e.Operation, e.Result)
+	}
+	if len(e.Context) > 0 {
+		return fmt.Errorf("audit event %q holds context values in clear: record it through a Recorder (NewLogRecorder), which hashes them", e.Operation)
 	}
 	if e.Count < 0 {
 		return fmt.Errorf("audit event %q has negative count %d", e.Operation, e.Count)
