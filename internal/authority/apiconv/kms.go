@@ -3,44 +3,17 @@ package apiconv
 import (
 	"context"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // KMSError maps a KMS error to a gRPC status.
-func KMSError(err error) error {
-	if err == nil {
-		return nil
-	}
-	code := codes.Internal
-	switch kms.KindOf(err) {
-	case kms.KindInvalid:
-		code = codes.InvalidArgument
-	case kms.KindNotFound:
-		code = codes.NotFound
-	case kms.KindExists:
-		code = codes.AlreadyExists
-	case kms.KindPrecondition:
-		code = codes.FailedPrecondition
-	case kms.KindAuth:
-		code = codes.PermissionDenied
-	case kms.KindConflict:
-		code = codes.Aborted
-	case kms.KindUnavailable:
-		code = codes.Unavailable
-	case kms.KindRolledBack:
-		code = codes.DataLoss
-	}
-	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
-		return err
-	}
-	return status.Error(code, err.Error())
-}
+func KMSError(err error) error { return errs.ToStatus(err) }
 
 func itemError(err error) *wardv1.ItemError {
 	if err == nil {

@@ -10,19 +10,21 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 )
 
-// recorder is an Auditor that keeps events and can be made to fail.
+// recorder is an audit.Recorder that keeps events and can be made to fail.
 type recorder struct {
 	mu     sync.Mutex
-	events []AuditRecord
+	events []audit.Event
 	fail   bool
 }
 
-func (r *recorder) Audit(_ context.Context, a AuditRecord) error {
+func (r *recorder) Record(_ context.Context, a audit.Event) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.fail {
@@ -63,13 +65,13 @@ func newManager(t testing.TB, st store.Store) (*Manager, *recorder, *fakeClock) 
 	return m, rec, clk
 }
 
-func kind(t *testing.T, err error, want Kind) {
+func kind(t *testing.T, err error, want errs.Kind) {
 	t.Helper()
 	if err == nil {
-		t.Fatalf("no error, want kind %d", want)
+		t.Fatalf("no error, want kind %v", want)
 	}
-	if got := KindOf(err); got != want {
-		t.Fatalf("error %q has kind %d, want %d", err, got, want)
+	if got := errs.KindOf(err); got != want {
+		t.Fatalf("error %q has kind %v, want %v", err, got, want)
 	}
 }
 
@@ -80,11 +82,11 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := m.Create(ctx, "tenant-a/payments", "confidential", "")
-	kind(t, err, KindExists)
+	kind(t, err, errs.Exists)
 	_, err = m.Create(ctx, "Bad Name", "confidential", "")
-	kind(t, err, KindInvalid)
+	kind(t, err, errs.Invalid)
 	_, err = m.Create(ctx, "x", "top-secret", "")
-	kind(t, err, KindInvalid)
+	kind(t, err, errs.Invalid)
 	if !strings.Contains(err.Error(), "restricted") {
 		t.Errorf("unknown classification error should list the valid ones: %v", err)
 	}
@@ -108,7 +110,7 @@ func TestLifecycle(t *testing.T) {
 	}
 	// Wrong context.
 	_, _, err = m.Decrypt(ctx, ct1, map[string]string{"tenant": "b"})
-	kind(t, err, KindAuth)
+	kind(t, err, errs.Denied)
 	// Rewrap v1 -> v2 without exposing plaintext.
 	rw, v, err := m.Rewrap(ctx, ct1, ectx)
 	if err != nil || v != 2 {
@@ -122,21 +124,21 @@ func TestLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, err = m.Decrypt(ctx, ct1, ectx)
-	kind(t, err, KindPrecondition)
+	kind(t, err, errs.Precondition)
 	if !strings.Contains(err.Error(), "min-decrypt-version") {
 		t.Errorf("error should name min-decrypt-version: %v", err)
 	}
 	_, err = m.SetMinDecryptVersion(ctx, "tenant-a/payments", 9)
-	kind(t, err, KindInvalid)
+	kind(t, err, errs.Invalid)
 	m.SetMinDecryptVersion(ctx, "tenant-a/payments", 1)
 	// disable / enable.
 	_, err = m.SetEnabled(ctx, "tenant-a/payments", 2, false)
-	kind(t, err, KindPrecondition) // active version
+	kind(t, err, errs.Precondition) // active version
 	if _, err := m.SetEnabled(ctx, "tenant-a/payments", 1, false); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = m.Decrypt(ctx, ct1, ectx)
-	kind(t, err, KindPrecondition)
+	kind(t, err, errs.Precondition)
 	if !strings.Contains(err.Error(), "disabled") {
 		t.Errorf("want 'disabled' in %v", err)
 	}
@@ -146,34 +148,34 @@ func TestLifecycle(t *testing.T) {
 	}
 	// destroy.
 	_, err = m.Destroy(ctx, "tenant-a/payments", 2)
-	kind(t, err, KindPrecondition)
+	kind(t, err, errs.Precondition)
 	if _, err := m.Destroy(ctx, "tenant-a/payments", 1); err != nil {
 		t.Fatal(err)
 	}
 	_, _, err = m.Decrypt(ctx, ct1, ectx)
-	kind(t, err, KindPrecondition)
+	kind(t, err, errs.Precondition)
 	if !strings.Contains(err.Error(), "destroyed") {
 		t.Errorf("want 'destroyed' in %v", err)
 	}
 	_, err = m.SetEnabled(ctx, "tenant-a/payments", 1, true)
-	kind(t, err, KindPrecondition)
+	kind(t, err, errs.Precondition)
 	if _, _, err := m.Decrypt(ctx, ct2, ectx); err != nil {
 		t.Fatalf("v2 after destroying v1: %v", err)
 	}
 	// Unknown key, truncated ciphertext, not a ciphertext.
 	_, _, err = m.Encrypt(ctx, "nope", []byte("x"), nil)
-	kind(t, err, KindNotFound)
+	kind(t, err, errs.NotFound)
 	_, _, err = m.Decrypt(ctx, ct2[:len(ct2)-3], ectx)
-	kind(t, err, KindAuth)
+	kind(t, err, errs.Denied)
 	_, _, err = m.Decrypt(ctx, []byte("hello"), nil)
-	kind(t, err, KindInvalid)
+	kind(t, err, errs.Invalid)
 	_, _, err = m.Decrypt(ctx, []byte(kmsfmt.Armor(ct2)), ectx)
 	if err != nil {
 		t.Fatalf("armored ciphertext: %v", err)
 	}
 	// Oversized payload.
 	_, _, err = m.Encrypt(ctx, "tenant-a/payments", make([]byte, MaxPlaintext+1), nil)
-	kind(t, err, KindInvalid)
+	kind(t, err, errs.Invalid)
 
 	v1, _ := m.Get(ctx, "tenant-a/payments")
 	if v1.DisplayState(&v1.Versions[0]) != "destroyed" || v1.DisplayState(&v1.Versions[1]) != "active" || v1.Versions[0].Material != nil {
@@ -204,7 +206,7 @@ func TestKeepVersionsDisablesOldOnes(t *testing.T) {
 	// 6 versions, restricted keeps 3: versions 1..3 disabled.
 	for i, ct := range cts {
 		_, _, err := m.Decrypt(ctx, ct, nil)
-		if v := i + 1; v <= 3 && KindOf(err) != KindPrecondition {
+		if v := i + 1; v <= 3 && errs.KindOf(err) != errs.Precondition {
 			t.Errorf("version %d should be disabled, err=%v", v, err)
 		} else if v > 3 && err != nil {
 			t.Errorf("version %d should decrypt: %v", v, err)
@@ -247,16 +249,16 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	m.Create(ctx, "k", "internal", "")
 	ct, _, _ := m.Encrypt(ctx, "k", []byte("x"), nil)
 	rec.fail = true
-	if ct2, _, err := m.Encrypt(ctx, "k", []byte("x"), nil); KindOf(err) != KindUnavailable || ct2 != nil {
+	if ct2, _, err := m.Encrypt(ctx, "k", []byte("x"), nil); errs.KindOf(err) != errs.Unavailable || ct2 != nil {
 		t.Fatalf("encrypt with audit down: %v", err)
 	}
-	if pt, _, err := m.Decrypt(ctx, ct, nil); KindOf(err) != KindUnavailable || pt != nil {
+	if pt, _, err := m.Decrypt(ctx, ct, nil); errs.KindOf(err) != errs.Unavailable || pt != nil {
 		t.Fatalf("decrypt with audit down returned plaintext or wrong error: %v", err)
 	}
-	if _, err := m.Rotate(ctx, "k"); KindOf(err) != KindUnavailable {
+	if _, err := m.Rotate(ctx, "k"); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("rotate with audit down: %v", err)
 	}
-	if _, err := m.Create(ctx, "k2", "internal", ""); KindOf(err) != KindUnavailable {
+	if _, err := m.Create(ctx, "k2", "internal", ""); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("create with audit down: %v", err)
 	}
 	rec.fail = false
@@ -264,7 +266,7 @@ func TestAuditFailureFailsClosed(t *testing.T) {
 	if k.Latest() != 1 {
 		t.Fatalf("rotation happened although it could not be audited: latest %d", k.Latest())
 	}
-	if _, err := m.Get(ctx, "k2"); KindOf(err) != KindNotFound {
+	if _, err := m.Get(ctx, "k2"); errs.KindOf(err) != errs.NotFound {
 		t.Fatalf("k2 was created although unaudited: %v", err)
 	}
 }
@@ -328,18 +330,18 @@ func TestBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res[0].Err != nil || res[1].Err != nil || KindOf(res[2].Err) != KindInvalid {
+	if res[0].Err != nil || res[1].Err != nil || errs.KindOf(res[2].Err) != errs.Invalid {
 		t.Fatalf("batch encrypt results: %+v", res)
 	}
 	dec, _ := m.BatchDecrypt(ctx, []Item{{Data: res[0].Data}, {Data: res[1].Data, Context: map[string]string{"x": "2"}}, {Data: []byte("junk")}})
-	if string(dec[0].Data) != "a" || KindOf(dec[1].Err) != KindAuth || KindOf(dec[2].Err) != KindInvalid {
+	if string(dec[0].Data) != "a" || errs.KindOf(dec[1].Err) != errs.Denied || errs.KindOf(dec[2].Err) != errs.Invalid {
 		t.Fatalf("batch decrypt: %+v", dec)
 	}
 	dks, err := m.BatchGenerateDataKey(ctx, "k", 100, 0, nil)
 	if err != nil || len(dks) != 100 || len(dks[0].Plaintext) != 32 {
 		t.Fatalf("batch datakey: %v", err)
 	}
-	if _, err := m.BatchEncrypt(ctx, "k", nil); KindOf(err) != KindInvalid {
+	if _, err := m.BatchEncrypt(ctx, "k", nil); errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("empty batch: %v", err)
 	}
 	n := len(rec.events)

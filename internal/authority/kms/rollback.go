@@ -6,7 +6,32 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
+
+// Mark is what the audit log last recorded about a key record.
+type Mark struct {
+	Revision  uint64
+	Digest    string
+	Seq       uint64   // the audit event that recorded it
+	Destroyed []uint32 // versions the log recorded as destroyed
+}
+
+// Witness tells the KMS the newest record revision the audit log holds for
+// a key (ok false: none recorded). An error means it cannot tell, and the
+// key is not used (fail closed).
+type Witness interface {
+	Latest(ctx context.Context, name string) (m Mark, ok bool, err error)
+}
+
+// WithWitness makes the KMS check every key record it loads against w.
+func WithWitness(w Witness) Option { return func(m *Manager) { m.witness = w } }
+
+// RollbacksDetected counts key records refused because they were older
+// than (or differed from) what the audit log recorded.
+func (m *Manager) RollbacksDetected() uint64 { return m.rollbacks.Load() }
 
 // Audit event fields that tie a key-changing event to the record it wrote
 // (the audit package's RevisionIndex reads them back).
@@ -37,7 +62,7 @@ func (m *Manager) checkRecord(ctx context.Context, rec *KeyRecord, digest string
 	}
 	mark, ok, err := m.witness.Latest(ctx, rec.Name)
 	if err != nil {
-		return errorf(KindUnavailable, "key %q: cannot check its stored record against the audit log, so it is not used: %v", rec.Name, err)
+		return errs.Errorf(errs.Unavailable, "key %q: cannot check its stored record against the audit log, so it is not used: %v", rec.Name, err)
 	}
 	if !ok {
 		if rec.Revision == 0 {
@@ -48,7 +73,7 @@ func (m *Manager) checkRecord(ctx context.Context, rec *KeyRecord, digest string
 		// log was wiped or replaced (a new log would forget destroyed
 		// versions) or the record was planted.
 		m.reportRollback(ctx, rec.Name, rec.Revision, Mark{}, rec, nil)
-		return errorf(KindRolledBack, "key %q: the stored record is revision %d but the audit log has no event for this key: "+
+		return errs.Errorf(errs.RolledBack, "key %q: the stored record is revision %d but the audit log has no event for this key: "+
 			"the audit log was wiped or replaced, or the record was copied in from elsewhere, so versions destroyed earlier could decrypt again; %s",
 			rec.Name, rec.Revision, rollbackHelp)
 	}
@@ -73,7 +98,7 @@ func (m *Manager) checkRecord(ctx context.Context, rec *KeyRecord, digest string
 		what += fmt.Sprintf("; versions %s, destroyed according to the audit log, would decrypt again", strings.Join(resurrected, ","))
 	}
 	m.reportRollback(ctx, rec.Name, rec.Revision, mark, rec, resurrected)
-	return errorf(KindRolledBack, "key %q: %s; %s", rec.Name, what, rollbackHelp)
+	return errs.Errorf(errs.RolledBack, "key %q: %s; %s", rec.Name, what, rollbackHelp)
 }
 
 // checkMissing is called when a key has no stored record: if the audit log
@@ -85,13 +110,13 @@ func (m *Manager) checkMissing(ctx context.Context, name string) error {
 	}
 	mark, ok, err := m.witness.Latest(ctx, name)
 	if err != nil {
-		return errorf(KindUnavailable, "key %q: cannot check its absence against the audit log: %v", name, err)
+		return errs.Errorf(errs.Unavailable, "key %q: cannot check its absence against the audit log: %v", name, err)
 	}
 	if !ok || mark.Revision == 0 {
 		return nil
 	}
 	m.reportRollback(ctx, name, 0, mark, nil, nil)
-	return errorf(KindRolledBack, "key %q: storage holds no record of it but the audit log recorded its revision %d (audit event %d): the record was deleted or storage was rolled back to before the key existed; %s", name, mark.Revision, mark.Seq, rollbackHelp)
+	return errs.Errorf(errs.RolledBack, "key %q: storage holds no record of it but the audit log recorded its revision %d (audit event %d): the record was deleted or storage was rolled back to before the key existed; %s", name, mark.Revision, mark.Seq, rollbackHelp)
 }
 
 // reportRollback logs, counts and audits a rolled-back record, once per key
@@ -130,8 +155,9 @@ func (m *Manager) reportRollback(ctx context.Context, name string, stored uint64
 	if rec != nil && mark.Revision == 0 && len(mark.Destroyed) == 0 {
 		msg = "stored key record has a revision the audit log has no event for (the log was wiped or replaced)"
 	}
-	if err := m.audit.Audit(ctx, AuditRecord{Operation: "key.rollback_detected", Key: name, Result: "error",
-		Error: msg, Fields: fields}); err != nil {
+	ev := keyEvent(ctx, "key.rollback_detected", name, 0, audit.ResultError, fields)
+	ev.Error = msg
+	if err := m.audit.Record(ctx, ev); err != nil {
 		m.log.Error("kms: could not audit a detected key record rollback", "key", name, "err", err)
 	}
 }

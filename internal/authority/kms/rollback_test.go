@@ -18,16 +18,8 @@ import (
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
-
-// logAuditor appends kms audit records to a real audit log.
-type logAuditor struct{ l *audit.Log }
-
-func (a logAuditor) Audit(ctx context.Context, r AuditRecord) error {
-	_, err := a.l.Append(ctx, audit.Event{Operation: r.Operation, Key: r.Key, KeyVersion: r.Version,
-		Result: r.Result, Error: r.Error, Count: r.Count, Fields: r.Fields})
-	return err
-}
 
 // indexWitness is the production wiring (server.auditWitness) in miniature.
 type indexWitness struct{ idx *audit.RevisionIndex }
@@ -86,7 +78,11 @@ func openAuthority(t *testing.T, path string, signer *ecdsa.PrivateKey, witness 
 	if witness {
 		opts = append(opts, WithWitness(indexWitness{audit.NewRevisionIndex(l)}))
 	}
-	if a.m, err = New(bs, testPathKey, DefaultTable(), logAuditor{l}, opts...); err != nil {
+	hasher, err := audit.NewHasher(testPathKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.m, err = New(bs, testPathKey, DefaultTable(), audit.NewLogRecorder(l, hasher), opts...); err != nil {
 		t.Fatal(err)
 	}
 	return a
@@ -142,7 +138,7 @@ func TestDestroyedVersionRollbackIsRefused(t *testing.T) {
 	if _, err := a.m.Destroy(ctx, "tenant/k", 1); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := a.m.Decrypt(ctx, ct1, nil); KindOf(err) != KindPrecondition {
+	if _, _, err := a.m.Decrypt(ctx, ct1, nil); errs.KindOf(err) != errs.Precondition {
 		t.Fatalf("decrypt after destroy: %v", err)
 	}
 	a.close()
@@ -169,22 +165,22 @@ func TestDestroyedVersionRollbackIsRefused(t *testing.T) {
 	c := openAuthority(t, path, signer, true)
 	defer c.close()
 	_, _, err = c.m.Decrypt(ctx, ct1, nil)
-	kind(t, err, KindRolledBack)
+	kind(t, err, errs.RolledBack)
 	for _, want := range []string{`"tenant/k"`, "rolled back", "versions 1", "Restore"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("decrypt error lacks %q: %v", want, err)
 		}
 	}
-	if _, err := c.m.Get(ctx, "tenant/k"); KindOf(err) != KindRolledBack { // `ward key show`
+	if _, err := c.m.Get(ctx, "tenant/k"); errs.KindOf(err) != errs.RolledBack { // `ward key show`
 		t.Fatalf("Get of rolled-back key: %v", err)
 	}
-	if _, err := c.m.List(ctx, ""); KindOf(err) != KindRolledBack { // `ward key list`
+	if _, err := c.m.List(ctx, ""); errs.KindOf(err) != errs.RolledBack { // `ward key list`
 		t.Fatalf("List with a rolled-back key: %v", err)
 	}
-	if _, _, err := c.m.Encrypt(ctx, "tenant/k", []byte("x"), nil); KindOf(err) != KindRolledBack {
+	if _, _, err := c.m.Encrypt(ctx, "tenant/k", []byte("x"), nil); errs.KindOf(err) != errs.RolledBack {
 		t.Fatalf("Encrypt with rolled-back key: %v", err)
 	}
-	if _, err := c.m.Rotate(ctx, "tenant/k"); KindOf(err) != KindRolledBack {
+	if _, err := c.m.Rotate(ctx, "tenant/k"); errs.KindOf(err) != errs.RolledBack {
 		t.Fatalf("Rotate of rolled-back key: %v", err)
 	}
 	if n := c.m.RollbacksDetected(); n != 1 {
@@ -227,11 +223,11 @@ func TestKeyRecordRollbackCases(t *testing.T) {
 		raw.Close()
 		b := openAuthority(t, path, signer, true)
 		defer b.close()
-		if _, err := b.m.Get(ctx, "k"); KindOf(err) != KindRolledBack {
+		if _, err := b.m.Get(ctx, "k"); errs.KindOf(err) != errs.RolledBack {
 			t.Fatalf("Get of deleted record: %v", err)
 		}
 		// Re-creating it under the same name would hide the deletion.
-		if _, err := b.m.Create(ctx, "k", "internal", ""); KindOf(err) != KindRolledBack {
+		if _, err := b.m.Create(ctx, "k", "internal", ""); errs.KindOf(err) != errs.RolledBack {
 			t.Fatalf("Create over a deleted record: %v", err)
 		}
 	})
@@ -262,12 +258,12 @@ func TestKeyRecordRollbackCases(t *testing.T) {
 			if derr == nil {
 				t.Fatal("destroyed version decrypted after the record was copied back")
 			}
-			if KindOf(derr) == KindRolledBack {
+			if errs.KindOf(derr) == errs.RolledBack {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
-		kind(t, derr, KindRolledBack)
+		kind(t, derr, errs.RolledBack)
 	})
 	t.Run("legitimate history passes", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "ward.db")
@@ -303,7 +299,7 @@ func TestCreateExistingKeyStillSaysExists(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err := a.m.Create(ctx, "k", "internal", "")
-	kind(t, err, KindExists)
+	kind(t, err, errs.Exists)
 }
 
 // TestRevisedRecordUnknownToTheLogIsRefused runs the audit-wipe attack on
@@ -375,7 +371,7 @@ func TestRevisedRecordUnknownToTheLogIsRefused(t *testing.T) {
 	if err == nil {
 		t.Fatalf("the destroyed version decrypted again after the audit log was wiped: %q", pt)
 	}
-	kind(t, err, KindRolledBack)
+	kind(t, err, errs.RolledBack)
 	for _, want := range []string{`"k"`, "revision 2", "no event", "wiped", "Restore"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("decrypt error lacks %q: %v", want, err)

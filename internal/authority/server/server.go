@@ -71,8 +71,11 @@ type unsealedState struct {
 	engine *policy.Engine // current policy version, for workload KMS calls
 	audit  *audit.Log
 	hasher *audit.Hasher
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	// recorder is the one audit seam the KMS, the registry, the policy
+	// store and the Node API record through (context values hashed).
+	recorder audit.Recorder
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // New builds an authority over an opened raw store and seal. It does not
@@ -297,8 +300,8 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
 		}
 	}
-	st := &unsealedState{audit: alog, hasher: hasher}
-	st.kms, err = kms.New(bs, pathKey, s.table, &kmsAuditor{s: s, st: st}, kms.WithLogger(s.log), kmsWitness(alog))
+	st := &unsealedState{audit: alog, hasher: hasher, recorder: audit.NewLogRecorder(alog, hasher)}
+	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog))
 	if err != nil {
 		alog.Close()
 		return err
@@ -381,29 +384,6 @@ func (s *Server) recordSealed(ev audit.Event) {
 	if len(s.pending) < 10000 {
 		s.pending = append(s.pending, ev)
 	}
-}
-
-// kmsAuditor adapts kms audit records to audit events.
-type kmsAuditor struct {
-	s  *Server
-	st *unsealedState
-}
-
-func (a *kmsAuditor) Audit(ctx context.Context, r kms.AuditRecord) error {
-	c := reqctx.From(ctx)
-	ev := audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: r.Operation,
-		Key: r.Key, KeyVersion: r.Version, Result: r.Result, Error: r.Error, Count: r.Count}
-	if len(r.Context) > 0 || len(r.Fields) > 0 {
-		ev.Fields = map[string]string{}
-		for k, v := range r.Fields {
-			ev.Fields[k] = v
-		}
-		for k, v := range a.st.hasher.HashContext(r.Context) {
-			ev.Fields["context."+k] = v
-		}
-	}
-	_, err := a.st.audit.Append(ctx, ev)
-	return err
 }
 
 func (s *Server) unaryCaller(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
