@@ -13,6 +13,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // Attestation types.
@@ -50,11 +51,11 @@ func tokenKey(token string) string {
 func (r *Registry) agentIDFor(path string) (spiffeid.ID, error) {
 	path = strings.Trim(path, "/")
 	if strings.HasPrefix(path, AttestJoinToken+"/") || strings.HasPrefix(path, AttestX509Pop+"/") || path == AttestJoinToken || path == AttestX509Pop {
-		return spiffeid.ID{}, errorf(KindInvalid, "agent path %q: %s/ and %s/ are reserved for derived agent IDs; choose another path", path, AttestJoinToken, AttestX509Pop)
+		return spiffeid.ID{}, errs.Errorf(errs.Invalid, "agent path %q: %s/ and %s/ are reserved for derived agent IDs; choose another path", path, AttestJoinToken, AttestX509Pop)
 	}
 	id, err := spiffeid.FromPath(r.opts.TrustDomain, AgentIDPrefix+path)
 	if err != nil {
-		return spiffeid.ID{}, errorf(KindInvalid, "agent path %q is not a valid SPIFFE path (%v): use segments of letters, digits, '.', '-' and '_', e.g. rack1/node-7", path, err)
+		return spiffeid.ID{}, errs.Errorf(errs.Invalid, "agent path %q is not a valid SPIFFE path (%v): use segments of letters, digits, '.', '-' and '_', e.g. rack1/node-7", path, err)
 	}
 	return id, nil
 }
@@ -69,7 +70,7 @@ func (r *Registry) CreateJoinToken(ctx context.Context, ttl time.Duration, agent
 		ttl = defaultToken
 	}
 	if ttl < time.Second || ttl > r.opts.MaxTokenTTL {
-		return JoinToken{}, r.auditEnd(ctx, "token.create", fields, errorf(KindInvalid,
+		return JoinToken{}, r.auditEnd(ctx, "token.create", fields, errs.Errorf(errs.Invalid,
 			"join token ttl %s is out of range: use between 1s and %s (identity.join_token_max_ttl)", ttl, r.opts.MaxTokenTTL))
 	}
 	tid, err := randomHex(8)
@@ -104,34 +105,34 @@ func (r *Registry) CreateJoinToken(ctx context.Context, ttl time.Duration, agent
 
 // ConsumeJoinToken redeems token once: it returns the agent ID the token
 // grants and the token's ID. Unknown, expired and used tokens are refused
-// (KindDenied); of two concurrent redemptions exactly one wins.
+// (errs.Denied); of two concurrent redemptions exactly one wins.
 func (r *Registry) ConsumeJoinToken(ctx context.Context, token string) (spiffeid.ID, string, error) {
 	if len(token) != 2*tokenBytes {
-		return spiffeid.ID{}, "", errorf(KindDenied, "join token rejected: malformed (a token is %d hex digits from `ward token create`)", 2*tokenBytes)
+		return spiffeid.ID{}, "", errs.Errorf(errs.Denied, "join token rejected: malformed (a token is %d hex digits from `ward token create`)", 2*tokenBytes)
 	}
 	key := tokenKey(token)
 	for attempt := 0; attempt < maxCASRetry; attempt++ {
 		kv, err := r.st.Get(ctx, key)
 		if errors.Is(err, store.ErrNotFound) {
-			return spiffeid.ID{}, "", errorf(KindDenied, "join token rejected: unknown token; create one with `ward token create`")
+			return spiffeid.ID{}, "", errs.Errorf(errs.Denied, "join token rejected: unknown token; create one with `ward token create`")
 		}
 		if err != nil {
 			return spiffeid.ID{}, "", storeErr("reading join token", err)
 		}
 		var rec tokenRecord
 		if err := json.Unmarshal(kv.Value, &rec); err != nil {
-			return spiffeid.ID{}, "", errorf(KindInternal, "stored join token is unreadable: %v", err)
+			return spiffeid.ID{}, "", errs.Errorf(errs.Internal, "stored join token is unreadable: %v", err)
 		}
 		now := r.now()
 		if !rec.Used.IsZero() {
-			return spiffeid.ID{}, rec.ID, errorf(KindDenied, "join token %s rejected: already used at %s; tokens are single-use, create a new one", rec.ID, rec.Used.Format(time.RFC3339))
+			return spiffeid.ID{}, rec.ID, errs.Errorf(errs.Denied, "join token %s rejected: already used at %s; tokens are single-use, create a new one", rec.ID, rec.Used.Format(time.RFC3339))
 		}
 		if !now.Before(rec.Expires) {
-			return spiffeid.ID{}, rec.ID, errorf(KindDenied, "join token %s rejected: expired at %s; create a new one", rec.ID, rec.Expires.Format(time.RFC3339))
+			return spiffeid.ID{}, rec.ID, errs.Errorf(errs.Denied, "join token %s rejected: expired at %s; create a new one", rec.ID, rec.Expires.Format(time.RFC3339))
 		}
 		id, err := spiffeid.FromString(rec.AgentID)
 		if err != nil {
-			return spiffeid.ID{}, rec.ID, errorf(KindInternal, "join token %s holds a bad agent ID: %v", rec.ID, err)
+			return spiffeid.ID{}, rec.ID, errs.Errorf(errs.Internal, "join token %s holds a bad agent ID: %v", rec.ID, err)
 		}
 		rec.Used = now
 		b, _ := json.Marshal(rec)
@@ -142,7 +143,7 @@ func (r *Registry) ConsumeJoinToken(ctx context.Context, token string) (spiffeid
 		}
 		return id, rec.ID, nil
 	}
-	return spiffeid.ID{}, "", errorf(KindConflict, "join token: too much contention; retry")
+	return spiffeid.ID{}, "", errs.Errorf(errs.Conflict, "join token: too much contention; retry")
 }
 
 // PurgeTokens deletes tokens that expired (or were used) more than grace
@@ -193,7 +194,7 @@ type Agent struct {
 
 func (r *Registry) agentKey(id spiffeid.ID) (string, error) {
 	if !IsAgentID(r.opts.TrustDomain, id) {
-		return "", errorf(KindInvalid, "%q is not an agent ID of trust domain %q (agent IDs are spiffe://%s%s...; see `ward agent list`)",
+		return "", errs.Errorf(errs.Invalid, "%q is not an agent ID of trust domain %q (agent IDs are spiffe://%s%s...; see `ward agent list`)",
 			id.String(), r.opts.TrustDomain.Name(), r.opts.TrustDomain.Name(), AgentIDPrefix)
 	}
 	return agentPrefix + strings.TrimPrefix(id.Path(), AgentIDPrefix), nil
@@ -207,7 +208,7 @@ func (r *Registry) GetAgent(ctx context.Context, id spiffeid.ID) (Agent, error) 
 	}
 	kv, err := r.st.Get(ctx, key)
 	if errors.Is(err, store.ErrNotFound) {
-		return Agent{}, errorf(KindNotFound, "agent %s not found: see `ward agent list`", id)
+		return Agent{}, errs.Errorf(errs.NotFound, "agent %s not found: see `ward agent list`", id)
 	}
 	if err != nil {
 		return Agent{}, storeErr("reading agent "+id.String(), err)
@@ -218,7 +219,7 @@ func (r *Registry) GetAgent(ctx context.Context, id spiffeid.ID) (Agent, error) 
 func decodeAgent(kv store.KV) (Agent, error) {
 	var a Agent
 	if err := json.Unmarshal(kv.Value, &a); err != nil {
-		return Agent{}, errorf(KindInternal, "stored agent %s is unreadable: %v", kv.Key, err)
+		return Agent{}, errs.Errorf(errs.Internal, "stored agent %s is unreadable: %v", kv.Key, err)
 	}
 	a.Revision = kv.Revision
 	return a, nil
@@ -259,7 +260,7 @@ func (r *Registry) update(ctx context.Context, id spiffeid.ID, create bool, fn f
 			}
 		case errors.Is(err, store.ErrNotFound):
 			if !create {
-				return Agent{}, errorf(KindNotFound, "agent %s not found: see `ward agent list`", id)
+				return Agent{}, errs.Errorf(errs.NotFound, "agent %s not found: see `ward agent list`", id)
 			}
 		default:
 			return Agent{}, storeErr("reading agent "+id.String(), err)
@@ -278,7 +279,7 @@ func (r *Registry) update(ctx context.Context, id spiffeid.ID, create bool, fn f
 		a.Revision = rev
 		return a, nil
 	}
-	return Agent{}, errorf(KindConflict, "agent %s: too much contention; retry", id)
+	return Agent{}, errs.Errorf(errs.Conflict, "agent %s: too much contention; retry", id)
 }
 
 // RecordAttestation stores (or replaces) the record of a freshly attested
@@ -303,7 +304,7 @@ func (r *Registry) RecordAttestation(ctx context.Context, id spiffeid.ID, typ st
 // the current SVID has been used, a superseded SVID may not renew: its
 // holder would make their own certificate current and lock the real agent
 // out. The check is in the same compare-and-swap as the write. An evicted
-// agent is refused (KindDenied): it must attest again.
+// agent is refused (errs.Denied): it must attest again.
 func (r *Registry) RecordRenewal(ctx context.Context, id spiffeid.ID, from, serial string, expires time.Time) (Agent, error) {
 	now := r.now()
 	return r.update(ctx, id, false, func(a *Agent, _ bool) error {
@@ -361,24 +362,24 @@ const (
 // checkSerial says whether agent record a accepts serial for u at now.
 func checkSerial(a *Agent, id spiffeid.ID, serial string, now time.Time, u use) error {
 	if a.Evicted {
-		return errorf(KindDenied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
+		return errs.Errorf(errs.Denied, "agent evicted: attest again (agent %s was evicted at %s)", id, a.EvictedAt.Format(time.RFC3339))
 	}
 	if serial == a.Serial {
 		return nil
 	}
 	if serial != a.PrevSerial || !now.Before(a.PrevExpiry) {
-		return errorf(KindDenied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
+		return errs.Errorf(errs.Denied, "agent %s presented SVID serial %s, which is no longer its current one: attest again", id, serial)
 	}
 	if u == renewing && a.CurrentSeen {
-		return errorf(KindDenied, "agent %s presented SVID serial %s, which a renewal superseded and whose successor is in use: only the current agent SVID may renew; use it (or attest again)", id, serial)
+		return errs.Errorf(errs.Denied, "agent %s presented SVID serial %s, which a renewal superseded and whose successor is in use: only the current agent SVID may renew; use it (or attest again)", id, serial)
 	}
 	return nil
 }
 
 func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string, u use) (Agent, error) {
 	a, err := r.GetAgent(ctx, id)
-	if KindOf(err) == KindNotFound {
-		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
+	if errs.KindOf(err) == errs.NotFound {
+		return Agent{}, errs.Errorf(errs.Denied, "agent %s is not registered: attest again", id)
 	}
 	if err != nil {
 		return Agent{}, err
@@ -406,9 +407,9 @@ func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string,
 	switch {
 	case err == nil:
 		return u2, nil
-	case KindOf(err) == KindNotFound:
-		return Agent{}, errorf(KindDenied, "agent %s is not registered: attest again", id)
-	case KindOf(err) == KindDenied, firstUse:
+	case errs.KindOf(err) == errs.NotFound:
+		return Agent{}, errs.Errorf(errs.Denied, "agent %s is not registered: attest again", id)
+	case errs.KindOf(err) == errs.Denied, firstUse:
 		// Refused; or the first use could not be recorded, and until it
 		// is the replaced SVID could still renew: fail closed.
 		return Agent{}, err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"strings"
 	"testing"
+
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // TestBinarySelectorNeedsUIDOrGID: an entry selecting only on the binary
@@ -36,8 +38,8 @@ func TestBinarySelectorNeedsUIDOrGID(t *testing.T) {
 				}
 				return
 			}
-			if err == nil || KindOf(err) != KindInvalid || !strings.Contains(err.Error(), "unix:uid") {
-				t.Fatalf("CreateEntry(%v) = %v, want KindInvalid saying to add unix:uid or unix:gid", tc.sel, err)
+			if err == nil || errs.KindOf(err) != errs.Invalid || !strings.Contains(err.Error(), "unix:uid") {
+				t.Fatalf("CreateEntry(%v) = %v, want errs.Invalid saying to add unix:uid or unix:gid", tc.sel, err)
 			}
 			list, lerr := f.reg.ListEntries(ctx, ListFilter{})
 			if lerr != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // Limits on entry fields.
@@ -58,33 +59,33 @@ func (r *Registry) Validate(e *Entry) error {
 	td := r.opts.TrustDomain
 	id, err := spiffeid.FromString(e.SPIFFEID)
 	if err != nil {
-		return errorf(KindInvalid, "spiffe_id %q is not a SPIFFE ID (%v): use spiffe://%s/PATH", e.SPIFFEID, err, td.Name())
+		return errs.Errorf(errs.Invalid, "spiffe_id %q is not a SPIFFE ID (%v): use spiffe://%s/PATH", e.SPIFFEID, err, td.Name())
 	}
 	if !id.MemberOf(td) {
-		return errorf(KindInvalid, "spiffe_id %s is outside this authority's trust domain %q: use spiffe://%s/PATH", id, td.Name(), td.Name())
+		return errs.Errorf(errs.Invalid, "spiffe_id %s is outside this authority's trust domain %q: use spiffe://%s/PATH", id, td.Name(), td.Name())
 	}
 	if id.Path() == "" {
-		return errorf(KindInvalid, "spiffe_id %s has no path: a workload ID needs one, e.g. spiffe://%s/ns/prod/sa/payments", id, td.Name())
+		return errs.Errorf(errs.Invalid, "spiffe_id %s has no path: a workload ID needs one, e.g. spiffe://%s/ns/prod/sa/payments", id, td.Name())
 	}
 	if id.Path() == "/ward" || strings.HasPrefix(id.Path(), "/ward/") {
-		return errorf(KindInvalid, "spiffe_id %s is under /ward/, which is reserved for the authority and its agents: choose another path", id)
+		return errs.Errorf(errs.Invalid, "spiffe_id %s is under /ward/, which is reserved for the authority and its agents: choose another path", id)
 	}
 	parent, err := spiffeid.FromString(e.ParentID)
 	if err != nil {
-		return errorf(KindInvalid, "parent_id %q is not a SPIFFE ID (%v): give the agent's ID (see `ward agent list`)", e.ParentID, err)
+		return errs.Errorf(errs.Invalid, "parent_id %q is not a SPIFFE ID (%v): give the agent's ID (see `ward agent list`)", e.ParentID, err)
 	}
 	if !parent.MemberOf(td) || parent.Path() == "" {
-		return errorf(KindInvalid, "parent_id %s must be an agent or entry ID inside trust domain %q (see `ward agent list`)", parent, td.Name())
+		return errs.Errorf(errs.Invalid, "parent_id %s must be an agent or entry ID inside trust domain %q (see `ward agent list`)", parent, td.Name())
 	}
 	if parent == id {
-		return errorf(KindInvalid, "parent_id equals spiffe_id %s: an entry cannot be its own parent", id)
+		return errs.Errorf(errs.Invalid, "parent_id equals spiffe_id %s: an entry cannot be its own parent", id)
 	}
 	e.SPIFFEID, e.ParentID = id.String(), parent.String()
 	if len(e.Selectors) == 0 {
-		return errorf(KindInvalid, "entry %s has no selectors: give at least one, e.g. unix:uid:1000", id)
+		return errs.Errorf(errs.Invalid, "entry %s has no selectors: give at least one, e.g. unix:uid:1000", id)
 	}
 	if len(e.Selectors) > maxSelectors {
-		return errorf(KindInvalid, "entry %s has %d selectors; at most %d are allowed", id, len(e.Selectors), maxSelectors)
+		return errs.Errorf(errs.Invalid, "entry %s has %d selectors; at most %d are allowed", id, len(e.Selectors), maxSelectors)
 	}
 	for i, s := range e.Selectors {
 		p, err := attest.ParseSelector(s.String())
@@ -92,57 +93,57 @@ func (r *Registry) Validate(e *Entry) error {
 			if err == nil {
 				err = fmt.Errorf("type %q and value %q do not round-trip", s.Type, s.Value)
 			}
-			return errorf(KindInvalid, "entry %s selector %d: %v", id, i+1, err)
+			return errs.Errorf(errs.Invalid, "entry %s selector %d: %v", id, i+1, err)
 		}
 	}
 	e.Selectors = attest.Normalize(e.Selectors)
 	if err := attest.CheckEntrySelectors(e.Selectors); err != nil {
-		return errorf(KindInvalid, "entry %s: %v", id, err)
+		return errs.Errorf(errs.Invalid, "entry %s: %v", id, err)
 	}
 	if e.TTL < 0 || e.TTL > 0 && (e.TTL < MinEntryTTL || e.TTL > r.opts.MaxEntryTTL) {
-		return errorf(KindInvalid, "entry %s ttl %s is out of range: use 0 (the CA default) or between %s and %s", id, e.TTL, MinEntryTTL, r.opts.MaxEntryTTL)
+		return errs.Errorf(errs.Invalid, "entry %s ttl %s is out of range: use 0 (the CA default) or between %s and %s", id, e.TTL, MinEntryTTL, r.opts.MaxEntryTTL)
 	}
 	if len(e.DNSNames) > maxDNSNames {
-		return errorf(KindInvalid, "entry %s has %d DNS names; at most %d are allowed", id, len(e.DNSNames), maxDNSNames)
+		return errs.Errorf(errs.Invalid, "entry %s has %d DNS names; at most %d are allowed", id, len(e.DNSNames), maxDNSNames)
 	}
 	for i, n := range e.DNSNames {
 		n = strings.ToLower(n)
 		if err := CheckDNSName(n); err != nil {
-			return errorf(KindInvalid, "entry %s: %v", id, err)
+			return errs.Errorf(errs.Invalid, "entry %s: %v", id, err)
 		}
 		e.DNSNames[i] = n
 	}
 	if slices.Contains(e.DNSNames, "") || hasDup(e.DNSNames) {
-		return errorf(KindInvalid, "entry %s lists a DNS name twice", id)
+		return errs.Errorf(errs.Invalid, "entry %s lists a DNS name twice", id)
 	}
 	if len(e.Hint) > maxHint || !printable(e.Hint) {
-		return errorf(KindInvalid, "entry %s hint must be at most %d printable characters", id, maxHint)
+		return errs.Errorf(errs.Invalid, "entry %s hint must be at most %d printable characters", id, maxHint)
 	}
 	if len(e.FederatesWith) > maxFederations {
-		return errorf(KindInvalid, "entry %s federates with %d trust domains; at most %d are allowed", id, len(e.FederatesWith), maxFederations)
+		return errs.Errorf(errs.Invalid, "entry %s federates with %d trust domains; at most %d are allowed", id, len(e.FederatesWith), maxFederations)
 	}
 	for i, f := range e.FederatesWith {
 		ftd, err := spiffeid.TrustDomainFromString(f)
 		if err != nil || strings.Contains(f, "/") {
-			return errorf(KindInvalid, "entry %s federates_with %q is not a trust domain name (e.g. prod-us.example.org)", id, f)
+			return errs.Errorf(errs.Invalid, "entry %s federates_with %q is not a trust domain name (e.g. prod-us.example.org)", id, f)
 		}
 		if ftd == td {
-			return errorf(KindInvalid, "entry %s federates_with its own trust domain %q: list foreign trust domains only", id, f)
+			return errs.Errorf(errs.Invalid, "entry %s federates_with its own trust domain %q: list foreign trust domains only", id, f)
 		}
 		e.FederatesWith[i] = ftd.Name()
 	}
 	if hasDup(e.FederatesWith) {
-		return errorf(KindInvalid, "entry %s lists a federated trust domain twice", id)
+		return errs.Errorf(errs.Invalid, "entry %s lists a federated trust domain twice", id)
 	}
 	if len(e.Labels) > maxLabels {
-		return errorf(KindInvalid, "entry %s has %d labels; at most %d are allowed", id, len(e.Labels), maxLabels)
+		return errs.Errorf(errs.Invalid, "entry %s has %d labels; at most %d are allowed", id, len(e.Labels), maxLabels)
 	}
 	for k, v := range e.Labels {
 		if !validLabelKey(k) {
-			return errorf(KindInvalid, "entry %s label key %q: use 1-%d letters, digits, '.', '_', '-' or '/'", id, k, maxLabelKey)
+			return errs.Errorf(errs.Invalid, "entry %s label key %q: use 1-%d letters, digits, '.', '_', '-' or '/'", id, k, maxLabelKey)
 		}
 		if len(v) > maxLabelValue || !printable(v) {
-			return errorf(KindInvalid, "entry %s label %q: the value must be at most %d printable characters", id, k, maxLabelValue)
+			return errs.Errorf(errs.Invalid, "entry %s label %q: the value must be at most %d printable characters", id, k, maxLabelValue)
 		}
 	}
 	if len(e.Labels) == 0 {
@@ -239,7 +240,7 @@ func validEntryID(id string) bool {
 
 // CreateEntry validates and stores a new entry; ID, Created and Updated are
 // assigned. A second entry with the same SPIFFE ID, parent and selectors is
-// refused (KindExists).
+// refused (errs.Exists).
 func (r *Registry) CreateEntry(ctx context.Context, in Entry) (Entry, error) {
 	e := cloneEntry(in)
 	e.ID = ""
@@ -259,7 +260,7 @@ func (r *Registry) CreateEntry(ctx context.Context, in Entry) (Entry, error) {
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
-		return Entry{}, r.auditEnd(ctx, "entry.create", fields, errorf(KindInternal, "encoding entry: %v", err))
+		return Entry{}, r.auditEnd(ctx, "entry.create", fields, errs.Errorf(errs.Internal, "encoding entry: %v", err))
 	}
 	rev, err := r.st.Batch(ctx, []store.Op{
 		{Key: identityKey(&e), Value: []byte(e.ID), ExpectRevision: 0},
@@ -270,7 +271,7 @@ func (r *Registry) CreateEntry(ctx context.Context, in Entry) (Entry, error) {
 		if kv, gerr := r.st.Get(ctx, identityKey(&e)); gerr == nil {
 			other = " (entry " + string(kv.Value) + ")"
 		}
-		return Entry{}, r.auditEnd(ctx, "entry.create", fields, errorf(KindExists,
+		return Entry{}, r.auditEnd(ctx, "entry.create", fields, errs.Errorf(errs.Exists,
 			"an entry for %s under %s with the same selectors already exists%s: update it instead", e.SPIFFEID, e.ParentID, other))
 	}
 	if err != nil {
@@ -283,11 +284,11 @@ func (r *Registry) CreateEntry(ctx context.Context, in Entry) (Entry, error) {
 // GetEntry returns the entry with id.
 func (r *Registry) GetEntry(ctx context.Context, id string) (Entry, error) {
 	if !validEntryID(id) {
-		return Entry{}, errorf(KindInvalid, "entry ID %q is malformed: entry IDs are 32 lowercase hex digits (see `ward entry list`)", id)
+		return Entry{}, errs.Errorf(errs.Invalid, "entry ID %q is malformed: entry IDs are 32 lowercase hex digits (see `ward entry list`)", id)
 	}
 	kv, err := r.st.Get(ctx, entryPrefix+id)
 	if errors.Is(err, store.ErrNotFound) {
-		return Entry{}, errorf(KindNotFound, "entry %s not found: see `ward entry list`", id)
+		return Entry{}, errs.Errorf(errs.NotFound, "entry %s not found: see `ward entry list`", id)
 	}
 	if err != nil {
 		return Entry{}, storeErr("reading entry "+id, err)
@@ -298,7 +299,7 @@ func (r *Registry) GetEntry(ctx context.Context, id string) (Entry, error) {
 func decodeEntry(kv store.KV) (Entry, error) {
 	var e Entry
 	if err := json.Unmarshal(kv.Value, &e); err != nil {
-		return Entry{}, errorf(KindInternal, "stored entry %s is unreadable: %v", kv.Key, err)
+		return Entry{}, errs.Errorf(errs.Internal, "stored entry %s is unreadable: %v", kv.Key, err)
 	}
 	e.Revision = kv.Revision
 	return e, nil
@@ -338,7 +339,7 @@ func (r *Registry) ListEntries(ctx context.Context, f ListFilter) ([]Entry, erro
 
 // UpdateEntry replaces every field of the entry named by in.ID except
 // Created. If expectRevision is non-zero the update applies only at that
-// revision (KindConflict otherwise).
+// revision (errs.Conflict otherwise).
 func (r *Registry) UpdateEntry(ctx context.Context, in Entry, expectRevision int64) (Entry, error) {
 	e := cloneEntry(in)
 	fail := func(err error) (Entry, error) {
@@ -352,7 +353,7 @@ func (r *Registry) UpdateEntry(ctx context.Context, in Entry, expectRevision int
 		return fail(err)
 	}
 	if expectRevision != 0 && expectRevision != cur.Revision {
-		return fail(errorf(KindConflict, "entry %s is at revision %d, not %d: it changed since you read it; re-read and retry", in.ID, cur.Revision, expectRevision))
+		return fail(errs.Errorf(errs.Conflict, "entry %s is at revision %d, not %d: it changed since you read it; re-read and retry", in.ID, cur.Revision, expectRevision))
 	}
 	e.Created, e.Updated = cur.Created, r.now()
 	fields := entryFields(&e)
@@ -361,7 +362,7 @@ func (r *Registry) UpdateEntry(ctx context.Context, in Entry, expectRevision int
 	}
 	b, err := json.Marshal(e)
 	if err != nil {
-		return Entry{}, r.auditEnd(ctx, "entry.update", fields, errorf(KindInternal, "encoding entry: %v", err))
+		return Entry{}, r.auditEnd(ctx, "entry.update", fields, errs.Errorf(errs.Internal, "encoding entry: %v", err))
 	}
 	ops := []store.Op{{Key: entryPrefix + e.ID, Value: b, ExpectRevision: cur.Revision}}
 	if oldKey, newKey := identityKey(&cur), identityKey(&e); oldKey != newKey {
@@ -370,7 +371,7 @@ func (r *Registry) UpdateEntry(ctx context.Context, in Entry, expectRevision int
 	}
 	rev, err := r.st.Batch(ctx, ops)
 	if errors.Is(err, store.ErrConflict) {
-		return Entry{}, r.auditEnd(ctx, "entry.update", fields, errorf(KindConflict,
+		return Entry{}, r.auditEnd(ctx, "entry.update", fields, errs.Errorf(errs.Conflict,
 			"entry %s changed concurrently, or another entry already has SPIFFE ID %s, parent %s and these selectors; re-read and retry", e.ID, e.SPIFFEID, e.ParentID))
 	}
 	if err != nil {

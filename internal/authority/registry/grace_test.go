@@ -10,6 +10,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // TestSupersededAgentSVIDExpiresAfterGrace runs the attack of a stolen,
@@ -82,11 +83,11 @@ func TestSupersededAgentSVIDCannotRenew(t *testing.T) {
 	if _, err := r.Authorize(ctx, id, "aa"); err != nil {
 		t.Fatalf("superseded SVID within the grace, other calls: %v; want allowed", err)
 	}
-	if _, err := r.AuthorizeRenewal(ctx, id, "aa"); KindOf(err) != KindDenied || !strings.Contains(err.Error(), "only the current agent SVID may renew") {
-		t.Fatalf("superseded SVID within the grace, renewal: %v; want KindDenied", err)
+	if _, err := r.AuthorizeRenewal(ctx, id, "aa"); errs.KindOf(err) != errs.Denied || !strings.Contains(err.Error(), "only the current agent SVID may renew") {
+		t.Fatalf("superseded SVID within the grace, renewal: %v; want errs.Denied", err)
 	}
-	if _, err := r.RecordRenewal(ctx, id, "aa", "evil", now.Add(2*time.Hour)); KindOf(err) != KindDenied {
-		t.Fatalf("RecordRenewal from the superseded serial: %v; want KindDenied", err)
+	if _, err := r.RecordRenewal(ctx, id, "aa", "evil", now.Add(2*time.Hour)); errs.KindOf(err) != errs.Denied {
+		t.Fatalf("RecordRenewal from the superseded serial: %v; want errs.Denied", err)
 	}
 	a, err := r.GetAgent(ctx, id)
 	if err != nil || a.Serial != "bb" {
@@ -143,7 +144,7 @@ func TestLostRenewalResponseRetry(t *testing.T) {
 				t.Fatalf("AuthorizeRenewal from aa: %v; want ok=%v", err, tc.ok)
 			}
 			_, err = r.RecordRenewal(ctx, id, "aa", "cc", now.Add(2*time.Hour))
-			if (err == nil) != tc.ok || err != nil && KindOf(err) != KindDenied {
+			if (err == nil) != tc.ok || err != nil && errs.KindOf(err) != errs.Denied {
 				t.Fatalf("RecordRenewal from aa: %v; want ok=%v", err, tc.ok)
 			}
 			a, err := r.GetAgent(ctx, id)
@@ -161,17 +162,17 @@ func TestLostRenewalResponseRetry(t *testing.T) {
 			}
 			// The unseen bb is dropped for good; cc works and, once used,
 			// locks aa out of renewing.
-			if _, err := r.Authorize(ctx, id, "bb"); KindOf(err) != KindDenied {
-				t.Fatalf("the dropped serial bb: %v; want KindDenied", err)
+			if _, err := r.Authorize(ctx, id, "bb"); errs.KindOf(err) != errs.Denied {
+				t.Fatalf("the dropped serial bb: %v; want errs.Denied", err)
 			}
 			if _, err := r.Authorize(ctx, id, "cc"); err != nil {
 				t.Fatalf("the retried renewal's serial cc: %v", err)
 			}
-			if _, err := r.AuthorizeRenewal(ctx, id, "aa"); KindOf(err) != KindDenied {
-				t.Fatalf("aa renewing after cc was used: %v; want KindDenied", err)
+			if _, err := r.AuthorizeRenewal(ctx, id, "aa"); errs.KindOf(err) != errs.Denied {
+				t.Fatalf("aa renewing after cc was used: %v; want errs.Denied", err)
 			}
-			if _, err := r.RecordRenewal(ctx, id, "aa", "dd", now.Add(2*time.Hour)); KindOf(err) != KindDenied {
-				t.Fatalf("RecordRenewal from aa after cc was used: %v; want KindDenied", err)
+			if _, err := r.RecordRenewal(ctx, id, "aa", "dd", now.Add(2*time.Hour)); errs.KindOf(err) != errs.Denied {
+				t.Fatalf("RecordRenewal from aa after cc was used: %v; want errs.Denied", err)
 			}
 		})
 	}

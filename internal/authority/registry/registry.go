@@ -11,14 +11,13 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
-	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // Store key prefixes (inside the barrier).
@@ -31,43 +30,11 @@ const (
 	defaultToken = 10 * time.Minute
 )
 
-// Kind classifies registry errors so API layers can map them to codes.
-type Kind int
-
-const (
-	KindInternal     Kind = iota
-	KindInvalid           // bad input: nothing changed
-	KindNotFound          // no such entry, token or agent
-	KindExists            // duplicate entry
-	KindConflict          // revision mismatch (expect_revision) or lost race
-	KindDenied            // token rejected, agent evicted
-	KindUnavailable       // store or audit log unavailable
-	KindPrecondition      // e.g. sealed
-)
-
-// Error is a registry error with its Kind.
-type Error struct {
-	Kind Kind
-	Msg  string
-}
-
-func (e *Error) Error() string { return e.Msg }
-
-func errorf(k Kind, format string, args ...any) error {
-	return &Error{Kind: k, Msg: fmt.Sprintf(format, args...)}
-}
-
-// KindOf returns the Kind of err (KindInternal for foreign errors).
-func KindOf(err error) Kind {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Kind
-	}
-	return KindInternal
-}
-
-// AuditFunc appends one audit event; an error means it was not recorded.
-type AuditFunc func(ctx context.Context, ev audit.Event) error
+// AuditFunc records one audit event; an error means it was not recorded.
+//
+// Deprecated: temporary alias of audit.RecorderFunc while the Node API
+// still takes a function; use audit.Recorder.
+type AuditFunc = audit.RecorderFunc
 
 // Options configures a Registry.
 type Options struct {
@@ -94,10 +61,10 @@ type Registry struct {
 // New returns a registry over st (normally the barrier's store view).
 func New(st store.Store, opts Options) (*Registry, error) {
 	if opts.TrustDomain.IsZero() {
-		return nil, errors.New("registry: trust domain is required")
+		return nil, errors.New("a registry needs a trust domain")
 	}
 	if opts.Audit == nil {
-		return nil, errors.New("registry: an audit function is required (mutations are audited, fail closed)")
+		return nil, errors.New("a registry needs an audit recorder (mutations are audited, fail closed)")
 	}
 	if opts.MaxEntryTTL <= 0 {
 		opts.MaxEntryTTL = 24 * time.Hour
@@ -130,22 +97,23 @@ func (r *Registry) now() time.Time { return r.opts.Clock().UTC() }
 func randomHex(n int) (string, error) {
 	b := make([]byte, n)
 	if _, err := rand.Read(b); err != nil {
-		return "", errorf(KindInternal, "reading randomness: %v", err)
+		return "", errs.Errorf(errs.Internal, "reading randomness: %v", err)
 	}
 	return hex.EncodeToString(b), nil
 }
 
 // event builds an audit event for the caller in ctx.
 func event(ctx context.Context, op, result string, fields map[string]string) audit.Event {
-	c := reqctx.From(ctx)
-	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Fields: fields}
+	ev := audit.NewEvent(ctx, op, result)
+	ev.Fields = fields
+	return ev
 }
 
 // auditStart writes the "started" event of a mutation; if it cannot be
 // written, the mutation is refused.
 func (r *Registry) auditStart(ctx context.Context, op string, fields map[string]string) error {
-	if err := r.opts.Audit(ctx, event(ctx, op, audit.ResultStarted, fields)); err != nil {
-		return errorf(KindUnavailable, "audit log unavailable, %s refused: %v", op, err)
+	if err := r.opts.Audit.Record(ctx, event(ctx, op, audit.ResultStarted, fields)); err != nil {
+		return errs.Errorf(errs.Unavailable, "audit log unavailable, %s refused: %v", op, err)
 	}
 	return nil
 }
@@ -156,22 +124,22 @@ func (r *Registry) auditEnd(ctx context.Context, op string, fields map[string]st
 	ev := event(ctx, op, audit.ResultOK, fields)
 	if opErr != nil {
 		ev.Result, ev.Error = audit.ResultError, opErr.Error()
-		if KindOf(opErr) == KindDenied {
+		if errs.KindOf(opErr) == errs.Denied {
 			ev.Result = audit.ResultDenied
 		}
 	}
-	if err := r.opts.Audit(ctx, ev); err != nil {
+	if err := r.opts.Audit.Record(ctx, ev); err != nil {
 		if opErr != nil {
 			return opErr
 		}
-		return errorf(KindUnavailable, "%s was applied but its audit event could not be written: %v", op, err)
+		return errs.Errorf(errs.Unavailable, "%s was applied but its audit event could not be written: %v", op, err)
 	}
 	return opErr
 }
 
 func storeErr(what string, err error) error {
 	if errors.Is(err, store.ErrConflict) {
-		return errorf(KindConflict, "%s: changed concurrently; re-read and retry", what)
+		return errs.Errorf(errs.Conflict, "%s: changed concurrently; re-read and retry", what)
 	}
-	return errorf(KindUnavailable, "%s: store unavailable: %v", what, err)
+	return errs.Errorf(errs.Unavailable, "%s: store unavailable: %v", what, err)
 }

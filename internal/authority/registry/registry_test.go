@@ -16,6 +16,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -96,8 +97,8 @@ func TestValidate(t *testing.T) {
 			if (err == nil) != tc.ok {
 				t.Fatalf("Validate = %v, want ok=%v", err, tc.ok)
 			}
-			if err != nil && KindOf(err) != KindInvalid {
-				t.Fatalf("kind %v, want KindInvalid", KindOf(err))
+			if err != nil && errs.KindOf(err) != errs.Invalid {
+				t.Fatalf("kind %v, want errs.Invalid", errs.KindOf(err))
 			}
 		})
 	}
@@ -112,7 +113,7 @@ func TestValidate(t *testing.T) {
 	for _, ttl := range []time.Duration{-time.Second, time.Second, 25 * time.Hour} {
 		e := entry("/a", "/ward/agent/n", "unix:uid:1")
 		e.TTL = ttl
-		if err := f.reg.Validate(&e); KindOf(err) != KindInvalid {
+		if err := f.reg.Validate(&e); errs.KindOf(err) != errs.Invalid {
 			t.Errorf("ttl %s: %v", ttl, err)
 		}
 	}
@@ -125,7 +126,7 @@ func TestEntryLifecycleAndAuditFailClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.reg.CreateEntry(ctx, entry("/a", "/ward/agent/n", "unix:uid:1")); KindOf(err) != KindExists {
+	if _, err := f.reg.CreateEntry(ctx, entry("/a", "/ward/agent/n", "unix:uid:1")); errs.KindOf(err) != errs.Exists {
 		t.Fatalf("duplicate: %v", err)
 	}
 	// Same ID under another parent, or with other selectors, is distinct.
@@ -139,7 +140,7 @@ func TestEntryLifecycleAndAuditFailClosed(t *testing.T) {
 	}
 	clash := entry("/a", "/ward/agent/n", "unix:uid:1")
 	clash.ID = other.ID
-	if _, err := f.reg.UpdateEntry(ctx, clash, 0); KindOf(err) != KindConflict {
+	if _, err := f.reg.UpdateEntry(ctx, clash, 0); errs.KindOf(err) != errs.Conflict {
 		t.Fatalf("update onto a duplicate: %v", err)
 	}
 	if got, _ := f.reg.GetEntry(ctx, other.ID); got.Revision != other.Revision {
@@ -147,13 +148,13 @@ func TestEntryLifecycleAndAuditFailClosed(t *testing.T) {
 	}
 	// Audit down: nothing is created, updated or deleted.
 	f.fail.Store(true)
-	if _, err := f.reg.CreateEntry(ctx, entry("/b", "/ward/agent/n", "unix:uid:1")); KindOf(err) != KindUnavailable {
+	if _, err := f.reg.CreateEntry(ctx, entry("/b", "/ward/agent/n", "unix:uid:1")); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("create with audit down: %v", err)
 	}
-	if err := f.reg.DeleteEntry(ctx, e.ID); KindOf(err) != KindUnavailable {
+	if err := f.reg.DeleteEntry(ctx, e.ID); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("delete with audit down: %v", err)
 	}
-	if _, err := f.reg.CreateJoinToken(ctx, time.Minute, ""); KindOf(err) != KindUnavailable {
+	if _, err := f.reg.CreateJoinToken(ctx, time.Minute, ""); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("token with audit down: %v", err)
 	}
 	f.fail.Store(false)
@@ -167,10 +168,10 @@ func TestEntryLifecycleAndAuditFailClosed(t *testing.T) {
 	if err := f.reg.DeleteEntry(ctx, e.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.reg.GetEntry(ctx, e.ID); KindOf(err) != KindNotFound {
+	if _, err := f.reg.GetEntry(ctx, e.ID); errs.KindOf(err) != errs.NotFound {
 		t.Fatalf("get deleted: %v", err)
 	}
-	if _, err := f.reg.GetEntry(ctx, "../../etc"); KindOf(err) != KindInvalid {
+	if _, err := f.reg.GetEntry(ctx, "../../etc"); errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("malformed id: %v", err)
 	}
 }
@@ -190,7 +191,7 @@ func TestJoinTokenExpiryAndSingleUse(t *testing.T) {
 		}
 	}
 	f.advance(time.Minute)
-	if _, _, err := f.reg.ConsumeJoinToken(ctx, tok.Token); KindOf(err) != KindDenied || !strings.Contains(err.Error(), "expired") {
+	if _, _, err := f.reg.ConsumeJoinToken(ctx, tok.Token); errs.KindOf(err) != errs.Denied || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("expired token: %v", err)
 	}
 	tok2, _ := f.reg.CreateJoinToken(ctx, time.Minute, "n1")
@@ -198,7 +199,7 @@ func TestJoinTokenExpiryAndSingleUse(t *testing.T) {
 	if err != nil || id.String() != "spiffe://example.org/ward/agent/n1" || tid != tok2.ID {
 		t.Fatalf("consume: %v %s %s", err, id, tid)
 	}
-	if _, _, err := f.reg.ConsumeJoinToken(ctx, tok2.Token); KindOf(err) != KindDenied {
+	if _, _, err := f.reg.ConsumeJoinToken(ctx, tok2.Token); errs.KindOf(err) != errs.Denied {
 		t.Fatalf("second use: %v", err)
 	}
 	// Concurrent redemption: one winner.
@@ -236,7 +237,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if _, err := f.reg.Authorize(ctx, id, "aa"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.reg.Authorize(ctx, id, "bb"); KindOf(err) != KindDenied {
+	if _, err := f.reg.Authorize(ctx, id, "bb"); errs.KindOf(err) != errs.Denied {
 		t.Fatalf("unknown serial: %v", err)
 	}
 	if _, err := f.reg.RecordRenewal(ctx, id, "aa", "bb", exp.Add(time.Hour)); err != nil {
@@ -248,7 +249,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 		}
 	}
 	f.advance(time.Hour) // the previous SVID has expired
-	if _, err := f.reg.Authorize(ctx, id, "aa"); KindOf(err) != KindDenied {
+	if _, err := f.reg.Authorize(ctx, id, "aa"); errs.KindOf(err) != errs.Denied {
 		t.Fatalf("expired previous serial: %v", err)
 	}
 	if _, err := f.reg.Authorize(ctx, id, "bb"); err != nil {
@@ -261,16 +262,16 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if _, err := f.reg.EvictAgent(ctx, id); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.reg.Authorize(ctx, id, "bb"); KindOf(err) != KindDenied || !strings.Contains(err.Error(), "agent evicted: attest again") {
+	if _, err := f.reg.Authorize(ctx, id, "bb"); errs.KindOf(err) != errs.Denied || !strings.Contains(err.Error(), "agent evicted: attest again") {
 		t.Fatalf("evicted authorize: %v", err)
 	}
-	if _, err := f.reg.RecordRenewal(ctx, id, "bb", "cc", exp); KindOf(err) != KindDenied {
+	if _, err := f.reg.RecordRenewal(ctx, id, "bb", "cc", exp); errs.KindOf(err) != errs.Denied {
 		t.Fatalf("evicted renewal: %v", err)
 	}
-	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/ward/agent/none")); KindOf(err) != KindNotFound {
+	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/ward/agent/none")); errs.KindOf(err) != errs.NotFound {
 		t.Fatalf("evict unknown: %v", err)
 	}
-	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/payments")); KindOf(err) != KindInvalid {
+	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/payments")); errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("evict non-agent: %v", err)
 	}
 	// Re-attestation lifts the eviction.
@@ -303,7 +304,7 @@ func FuzzValidate(f *testing.F) {
 		e := Entry{SPIFFEID: id, ParentID: parent, Selectors: []attest.Selector{{Type: typ, Value: val}},
 			DNSNames: []string{dns}, Labels: map[string]string{lk: lv}}
 		if err := fx.reg.Validate(&e); err != nil {
-			if KindOf(err) != KindInvalid {
+			if errs.KindOf(err) != errs.Invalid {
 				t.Fatalf("non-Invalid error %v", err)
 			}
 			return
