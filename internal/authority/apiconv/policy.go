@@ -1,33 +1,15 @@
 package apiconv
 
 import (
-	"errors"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/policystore"
-	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
-// PolicyError maps a policy store or compiler error to a gRPC status.
-func PolicyError(err error) error {
-	var ce *policy.CompileError
-	switch {
-	case err == nil:
-		return nil
-	case errors.As(err, &ce):
-		return status.Error(codes.InvalidArgument, err.Error())
-	case errors.Is(err, policystore.ErrNoPolicy), errors.Is(err, policystore.ErrNotFound):
-		return status.Error(codes.NotFound, err.Error())
-	}
-	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
-		return err
-	}
-	return status.Error(codes.FailedPrecondition, err.Error())
-}
+// PolicyError maps a policy store error to a gRPC status.
+func PolicyError(err error) error { return errs.ToStatus(err) }
 
 // VersionProto converts a policy version to its wire form; current is
 // the store's current version number, withBundle adds the bundle's JSON.

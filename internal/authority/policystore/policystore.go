@@ -14,11 +14,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"time"
 
+	"google.golang.org/grpc/status"
+
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
 
@@ -28,10 +33,10 @@ const (
 )
 
 // ErrNoPolicy means no policy version has been applied yet.
-var ErrNoPolicy = errors.New("no policy has been applied yet: apply one with `ward policy apply FILE...`")
+var ErrNoPolicy = errs.New(errs.NotFound, "no policy has been applied yet: apply one with `ward policy apply FILE...`")
 
 // ErrNotFound means the requested version does not exist.
-var ErrNotFound = errors.New("policy version not found")
+var ErrNotFound = errs.New(errs.NotFound, "policy version not found")
 
 // Version is one stored policy set version.
 type Version struct {
@@ -62,16 +67,10 @@ type head struct {
 	Latest  uint64 `json:"latest"`
 }
 
-// Auditor records policy changes; an error means the change must not
-// happen (fail closed).
-type Auditor interface {
-	AuditPolicy(ctx context.Context, op string, version uint64, fields map[string]string, opErr error) error
-}
-
 // Store is the policy version store. Safe for concurrent use.
 type Store struct {
 	st         store.Store
-	audit      Auditor
+	audit      audit.Recorder
 	schema     *policy.Schema
 	now        func() time.Time
 	principals PrincipalsFunc
@@ -96,8 +95,10 @@ func WithPrincipals(f PrincipalsFunc) Option { return func(s *Store) { s.princip
 // if the taint's own version was never written.
 func WithTaintedKeys(f func() []string) Option { return func(s *Store) { s.tainted = f } }
 
-// New returns a Store over st (barrier-encrypted).
-func New(st store.Store, a Auditor, opts ...Option) *Store {
+// New returns a Store over st (barrier-encrypted) that records every
+// change through a (an error there means the change does not happen: fail
+// closed).
+func New(st store.Store, a audit.Recorder, opts ...Option) *Store {
 	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now}
 	for _, o := range opts {
 		o(s)
@@ -123,7 +124,8 @@ func (s *Store) readHead(ctx context.Context) (head, int64, error) {
 func versionKey(n uint64) string { return fmt.Sprintf("%s%020d", versionPrefix, n) }
 
 // Get returns version n (0 = current).
-func (s *Store) Get(ctx context.Context, n uint64) (Version, error) {
+func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
+	defer func() { err = classify(err) }()
 	h, _, err := s.readHead(ctx)
 	if err != nil {
 		return Version{}, err
@@ -149,13 +151,15 @@ func (s *Store) Get(ctx context.Context, n uint64) (Version, error) {
 }
 
 // Current returns the current version number (0 = none).
-func (s *Store) Current(ctx context.Context) (uint64, error) {
+func (s *Store) Current(ctx context.Context) (_ uint64, err error) {
+	defer func() { err = classify(err) }()
 	h, _, err := s.readHead(ctx)
 	return h.Current, err
 }
 
 // List returns every version, oldest first, and the current number.
-func (s *Store) List(ctx context.Context) ([]Version, uint64, error) {
+func (s *Store) List(ctx context.Context) (_ []Version, _ uint64, err error) {
+	defer func() { err = classify(err) }()
 	h, _, err := s.readHead(ctx)
 	if err != nil {
 		return nil, 0, err
@@ -177,12 +181,15 @@ func (s *Store) List(ctx context.Context) ([]Version, uint64, error) {
 }
 
 // Compile checks a bundle as the enforcement points will.
-func (s *Store) Compile(b policy.Bundle) (*policy.Set, error) { return s.schema.CompileBundle(b) }
+func (s *Store) Compile(b policy.Bundle) (*policy.Set, error) {
+	set, err := s.schema.CompileBundle(b)
+	return set, classify(err)
+}
 
 // commit compiles next (built from the current version by f) and stores it
 // as a new version, atomically with the head.
 func (s *Store) commit(ctx context.Context, op string, fields map[string]string, f func(cur *Version) (Version, error)) (Version, error) {
-	if err := s.audit.AuditPolicy(ctx, op, 0, withResult(fields, "started"), nil); err != nil {
+	if err := s.record(ctx, op, audit.ResultStarted, 0, fields, nil); err != nil {
 		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
 	}
 	for attempt := 0; attempt < 16; attempt++ {
@@ -243,10 +250,13 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		if err != nil {
 			return Version{}, s.fail(ctx, op, fields, err)
 		}
-		f2 := withResult(fields, "")
+		f2 := maps.Clone(fields)
+		if f2 == nil {
+			f2 = map[string]string{}
+		}
 		f2["policies"] = fmt.Sprint(next.PolicyCount)
 		f2["digest"] = next.Digest()
-		if err := s.audit.AuditPolicy(ctx, op, next.Number, f2, nil); err != nil {
+		if err := s.record(ctx, op, audit.ResultOK, next.Number, f2, nil); err != nil {
 			return next, fmt.Errorf("%s stored version %d but its audit event could not be written: %w", op, next.Number, err)
 		}
 		return next, nil
@@ -254,24 +264,57 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	return Version{}, s.fail(ctx, op, fields, errors.New("policy is being changed concurrently by another authority: retry"))
 }
 
-func withResult(fields map[string]string, result string) map[string]string {
-	out := map[string]string{}
-	for k, v := range fields {
-		out[k] = v
+// record audits a policy change: result, the version it made (0: none),
+// fields and, for a failure, its error.
+func (s *Store) record(ctx context.Context, op, result string, version uint64, fields map[string]string, opErr error) error {
+	ev := audit.NewEvent(ctx, op, result)
+	if opErr != nil {
+		ev.Result, ev.Error = audit.ResultError, opErr.Error()
 	}
-	if result != "" {
-		out["phase"] = result
+	ev.Fields = maps.Clone(fields)
+	if version != 0 {
+		if ev.Fields == nil {
+			ev.Fields = map[string]string{}
+		}
+		ev.Fields["policy_version"] = fmt.Sprint(version)
 	}
-	return out
+	return s.audit.Record(ctx, ev)
 }
 
 func (s *Store) fail(ctx context.Context, op string, fields map[string]string, err error) error {
-	_ = s.audit.AuditPolicy(ctx, op, 0, fields, err)
+	_ = s.record(ctx, op, audit.ResultError, 0, fields, err)
 	return err
 }
 
+// classify gives err the kind the policy API has always answered with: a
+// compile error is Invalid, a missing version (or no policy yet) NotFound,
+// and anything else (bad input, storage, the audit log, a lost race)
+// Precondition. Errors that carry a gRPC status (a failed stream send)
+// keep it. Every exported method returns its error through classify.
+func classify(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var ce *policy.CompileError
+	k := errs.Precondition
+	switch {
+	case errors.As(err, &ce):
+		k = errs.Invalid
+	case errors.Is(err, ErrNoPolicy), errors.Is(err, ErrNotFound):
+		k = errs.NotFound
+	}
+	if errs.KindOf(err) == k {
+		return err
+	}
+	return errs.Wrap(k, err, "")
+}
+
 // Apply stores files as the new policy set, keeping the current deny-list.
-func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte, comment string) (Version, error) {
+func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte, comment string) (_ Version, err error) {
+	defer func() { err = classify(err) }()
 	if len(files) == 0 {
 		return Version{}, errors.New("no policy files given: pass at least one .cedar file")
 	}
@@ -292,7 +335,8 @@ func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte
 
 // Rollback stores a new version with the policies of version n; the
 // current deny-list is kept, so a rollback never un-revokes anyone.
-func (s *Store) Rollback(ctx context.Context, actor string, n uint64, comment string) (Version, error) {
+func (s *Store) Rollback(ctx context.Context, actor string, n uint64, comment string) (_ Version, err error) {
+	defer func() { err = classify(err) }()
 	old, err := s.Get(ctx, n)
 	if err != nil {
 		return Version{}, err
@@ -308,7 +352,8 @@ func (s *Store) Rollback(ctx context.Context, actor string, n uint64, comment st
 
 // Revoke adds (or, with remove, removes) SPIFFE IDs and certificate serials
 // to the deny-list as a new version.
-func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string, remove bool, comment string) (Version, error) {
+func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string, remove bool, comment string) (_ Version, err error) {
+	defer func() { err = classify(err) }()
 	if len(ids)+len(serials) == 0 {
 		return Version{}, errors.New("nothing to revoke: give --spiffe-id or --serial")
 	}
@@ -347,7 +392,8 @@ func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string,
 // yet it returns ErrNoPolicy and stores nothing (everything is denied
 // then; the first version applied carries the CA's tainted keys, see
 // WithTaintedKeys).
-func (s *Store) TaintKeys(ctx context.Context, actor string, keyIDs []string, comment string) (Version, error) {
+func (s *Store) TaintKeys(ctx context.Context, actor string, keyIDs []string, comment string) (_ Version, err error) {
+	defer func() { err = classify(err) }()
 	norm, err := mergeKeyIDs(nil, keyIDs)
 	if err != nil {
 		return Version{}, err
@@ -418,7 +464,8 @@ func appendNew(dst, add []string) []string {
 // deny-list when the principals' attributes changed since the current
 // version (after an entry's labels changed); otherwise it does nothing and
 // returns 0.
-func (s *Store) RefreshPrincipals(ctx context.Context, actor string) (uint64, error) {
+func (s *Store) RefreshPrincipals(ctx context.Context, actor string) (_ uint64, err error) {
+	defer func() { err = classify(err) }()
 	if s.principals == nil {
 		return 0, nil
 	}
@@ -466,7 +513,8 @@ func samePrincipals(a, b map[string]policy.Principal) bool {
 
 // Watch sends the current version (if newer than known) and every later
 // one until ctx ends. A watch interrupted by the backend is restarted.
-func (s *Store) Watch(ctx context.Context, known uint64, send func(Version) error) error {
+func (s *Store) Watch(ctx context.Context, known uint64, send func(Version) error) (err error) {
+	defer func() { err = classify(err) }()
 	for ctx.Err() == nil {
 		ch, err := s.st.Watch(ctx, headKey)
 		if err != nil {

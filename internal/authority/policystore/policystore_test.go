@@ -9,8 +9,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
 type auditLog struct {
@@ -19,19 +22,13 @@ type auditLog struct {
 	fail bool
 }
 
-func (a *auditLog) AuditPolicy(_ context.Context, op string, v uint64, f map[string]string, err error) error {
+func (a *auditLog) Record(_ context.Context, ev audit.Event) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.fail {
 		return errors.New("audit down")
 	}
-	r := "ok"
-	if err != nil {
-		r = "error"
-	} else if f["phase"] == "started" {
-		r = "started"
-	}
-	a.ops = append(a.ops, op+":"+r)
+	a.ops = append(a.ops, ev.Operation+":"+ev.Result)
 	return nil
 }
 
@@ -165,5 +162,50 @@ func TestWatchPushesNewVersions(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("new version not pushed")
+	}
+}
+
+// TestErrorKindsAndEvents: errors carry the kinds the policy API has always
+// answered with (compile error Invalid, missing version NotFound, anything
+// else Precondition), and events carry caller, result and policy_version.
+func TestErrorKindsAndEvents(t *testing.T) {
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "p.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	var events []audit.Event
+	s := New(st, audit.RecorderFunc(func(_ context.Context, ev audit.Event) error { events = append(events, ev); return nil }))
+	ctx := reqctx.With(context.Background(), reqctx.Caller{Actor: "admin:uid=0", RequestID: "req-1"})
+	if _, err := s.Get(ctx, 0); errs.KindOf(err) != errs.NotFound || !errors.Is(err, ErrNoPolicy) {
+		t.Fatalf("Get with no policy: %v (%v)", err, errs.KindOf(err))
+	}
+	if _, err := s.Apply(ctx, "admin", map[string][]byte{"bad.cedar": []byte("permit(")}, ""); errs.KindOf(err) != errs.Invalid {
+		t.Fatalf("Apply of a syntax error: %v (%v)", err, errs.KindOf(err))
+	} else if ce := (*policy.CompileError)(nil); !errors.As(err, &ce) {
+		t.Fatalf("the compile error is lost: %v", err)
+	}
+	if _, err := s.Apply(ctx, "admin", nil, ""); errs.KindOf(err) != errs.Precondition {
+		t.Fatalf("Apply of nothing: %v (%v)", err, errs.KindOf(err))
+	}
+	if _, err := s.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(allowAB)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Rollback(ctx, "admin", 9, ""); errs.KindOf(err) != errs.NotFound || !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Rollback to a missing version: %v (%v)", err, errs.KindOf(err))
+	}
+	var results []string
+	for _, ev := range events {
+		if ev.Actor != "admin:uid=0" || ev.RequestID != "req-1" || ev.Time.IsZero() {
+			t.Fatalf("event without its caller: %+v", ev)
+		}
+		if _, ok := ev.Fields["phase"]; ok {
+			t.Fatalf("event carries the phase field: %+v", ev)
+		}
+		results = append(results, ev.Operation+":"+ev.Result+":"+ev.Fields["policy_version"])
+	}
+	want := "policy.apply:started: policy.apply:error: policy.apply:started: policy.apply:ok:1"
+	if got := strings.Join(results, " "); got != want {
+		t.Fatalf("events %s, want %s", got, want)
 	}
 }

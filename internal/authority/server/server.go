@@ -306,7 +306,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		alog.Close()
 		return err
 	}
-	st.policy = policystore.New(bs, &policyAuditor{s: s, st: st}, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
+	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
 	st.engine = policy.NewEngine()
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause.

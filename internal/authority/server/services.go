@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"crypto"
-	"fmt"
 	"sort"
 	"time"
 
@@ -15,35 +14,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/policy"
-	"github.com/wardproject/ward/internal/shared/reqctx"
 )
-
-// policyAuditor records policy changes in the audit log.
-type policyAuditor struct {
-	s  *Server
-	st *unsealedState
-}
-
-func (a *policyAuditor) AuditPolicy(ctx context.Context, op string, version uint64, fields map[string]string, opErr error) error {
-	ev := a.s.event(reqctx.From(ctx), op, audit.ResultOK, "")
-	if fields["phase"] == "started" {
-		ev.Result = audit.ResultStarted
-	}
-	if opErr != nil {
-		ev.Result, ev.Error = audit.ResultError, opErr.Error()
-	}
-	ev.Fields = map[string]string{}
-	for k, v := range fields {
-		if k != "phase" {
-			ev.Fields[k] = v
-		}
-	}
-	if version != 0 {
-		ev.Fields["policy_version"] = fmt.Sprint(version)
-	}
-	_, err := a.st.audit.Append(ctx, ev)
-	return err
-}
 
 // principalsFunc reports every registered SPIFFE ID's labels, for the
 // policy versions enforcement points receive. Entries sharing one SPIFFE

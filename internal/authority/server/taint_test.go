@@ -136,7 +136,7 @@ func TestTaintCAKeyFailsWhenDenyListCannotBeUpdated(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := st.policy
-	st.policy = policystore.New(failingBatch{e.srv.barrier.Store()}, &policyAuditor{s: e.srv, st: st})
+	st.policy = policystore.New(failingBatch{e.srv.barrier.Store()}, st.recorder)
 	kid := activeIntermediate(t, e)
 	_, err = e.ca.TaintCAKey(ctx, &wardv1.TaintCAKeyRequest{KeyId: kid})
 	st.policy = good
