@@ -1,0 +1,211 @@
+package federation
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/federation"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/ca"
+)
+
+// EndpointConfig configures the bundle endpoint.
+type EndpointConfig struct {
+	// CA's bundle is served; it also signs the endpoint's X509-SVID. Required.
+	CA *ca.CA
+	// ServerID is the SPIFFE ID the https_spiffe endpoint presents
+	// (default spiffe://<trust domain>/ward/server).
+	ServerID spiffeid.ID
+	// Address (host:port) of the https_spiffe endpoint; "" turns it off.
+	Address string
+	// WebAddress (host:port) of the https_web endpoint, with the Web PKI
+	// certificate chain and key in CertFile and KeyFile (PEM; re-read when
+	// the files change); "" turns it off.
+	WebAddress, CertFile, KeyFile string
+	// Log receives operational messages (default: discard).
+	Log *slog.Logger
+}
+
+// Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
+// https_spiffe and, when configured, https_web.
+type Endpoint struct {
+	cfg     EndpointConfig
+	handler http.Handler
+	srvs    []*http.Server
+	addrs   map[Profile]net.Addr
+
+	certMu  sync.Mutex
+	svid    *tls.Certificate
+	renewAt time.Time
+	inter   []byte
+	web     *tls.Certificate
+	webMod  time.Time
+}
+
+type caSource struct{ c *ca.CA }
+
+func (s caSource) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	if td != s.c.TrustDomain() {
+		return nil, fmt.Errorf("no bundle for %s", td)
+	}
+	return s.c.Bundle()
+}
+
+// NewEndpoint checks cfg and loads the Web PKI certificate if any.
+func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
+	if cfg.CA == nil {
+		return nil, errors.New("federation: endpoint needs the CA")
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	td := cfg.CA.TrustDomain()
+	if cfg.ServerID.IsZero() {
+		cfg.ServerID = spiffeid.RequireFromPath(td, "/ward/server")
+	}
+	if !cfg.ServerID.MemberOf(td) {
+		return nil, fmt.Errorf("federation: endpoint ID %s is not in %s", cfg.ServerID, td)
+	}
+	if cfg.WebAddress != "" && (cfg.CertFile == "" || cfg.KeyFile == "") {
+		return nil, errors.New("federation: bundle_endpoint.web_address needs cert_file and key_file (the Web PKI certificate and key)")
+	}
+	h, err := federation.NewHandler(td, caSource{cfg.CA})
+	if err != nil {
+		return nil, err
+	}
+	e := &Endpoint{cfg: cfg, handler: h, addrs: map[Profile]net.Addr{}}
+	if cfg.WebAddress != "" {
+		if _, err := e.webCert(); err != nil {
+			return nil, err
+		}
+	}
+	return e, nil
+}
+
+// Start listens on the configured addresses and serves in the background.
+func (e *Endpoint) Start() error {
+	type l struct {
+		p    Profile
+		addr string
+		get  func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+	}
+	var ls []l
+	if e.cfg.Address != "" {
+		ls = append(ls, l{ProfileSPIFFE, e.cfg.Address, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return e.svidCert() }})
+	}
+	if e.cfg.WebAddress != "" {
+		ls = append(ls, l{ProfileWeb, e.cfg.WebAddress, func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return e.webCert() }})
+	}
+	for _, x := range ls {
+		ln, err := net.Listen("tcp", x.addr)
+		if err != nil {
+			e.Stop()
+			return fmt.Errorf("federation: bundle endpoint (%s) on %s: %w", x.p, x.addr, err)
+		}
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: x.get, NextProtos: []string{"http/1.1"}}
+		srv := &http.Server{Handler: e.handler, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
+			ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(e.cfg.Log.Handler(), slog.LevelDebug)}
+		e.srvs = append(e.srvs, srv)
+		e.addrs[x.p] = ln.Addr()
+		go func() { _ = srv.Serve(tls.NewListener(ln, tc)) }()
+		e.cfg.Log.Info("bundle endpoint listening", "profile", string(x.p), "address", ln.Addr().String(), "spiffe_id", e.cfg.ServerID.String())
+	}
+	return nil
+}
+
+// Addr returns the address of the endpoint of profile p (nil if off).
+func (e *Endpoint) Addr(p Profile) net.Addr { return e.addrs[p] }
+
+// ServerID is the SPIFFE ID of the https_spiffe endpoint.
+func (e *Endpoint) ServerID() spiffeid.ID { return e.cfg.ServerID }
+
+// Stop closes the listeners and open connections.
+func (e *Endpoint) Stop() {
+	for _, s := range e.srvs {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = s.Shutdown(ctx)
+		cancel()
+		_ = s.Close()
+	}
+	e.srvs = nil
+}
+
+// svidCert returns the endpoint's X509-SVID, signing a new one when there
+// is none, past half life, or when the CA's active intermediate changed.
+func (e *Endpoint) svidCert() (*tls.Certificate, error) {
+	e.certMu.Lock()
+	defer e.certMu.Unlock()
+	now := time.Now()
+	inter, ierr := e.cfg.CA.ActiveIntermediate()
+	if e.svid != nil && now.Before(e.renewAt) && (ierr != nil || bytes.Equal(e.inter, inter.Raw)) {
+		return e.svid, nil
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	chain, err := e.cfg.CA.SignX509SVID(context.Background(), ca.SVIDRequest{ID: e.cfg.ServerID, PublicKey: key.Public()})
+	if err != nil {
+		if e.svid != nil && now.Before(e.svid.Leaf.NotAfter) {
+			e.cfg.Log.Warn("renewing the bundle endpoint certificate failed; serving the current one", "err", err)
+			return e.svid, nil
+		}
+		return nil, fmt.Errorf("signing the bundle endpoint certificate %s: %w", e.cfg.ServerID, err)
+	}
+	tc := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, c := range chain {
+		tc.Certificate = append(tc.Certificate, c.Raw)
+	}
+	e.svid, e.renewAt, e.inter = tc, chain[0].NotBefore.Add(chain[0].NotAfter.Sub(chain[0].NotBefore)/2), nil
+	if len(chain) > 1 {
+		e.inter = chain[1].Raw
+	}
+	return tc, nil
+}
+
+// webCert returns the Web PKI certificate, re-read when a file changed.
+func (e *Endpoint) webCert() (*tls.Certificate, error) {
+	e.certMu.Lock()
+	defer e.certMu.Unlock()
+	mod := time.Time{}
+	for _, f := range []string{e.cfg.CertFile, e.cfg.KeyFile} {
+		fi, err := os.Stat(f)
+		if err != nil {
+			if e.web != nil {
+				return e.web, nil
+			}
+			return nil, fmt.Errorf("federation: bundle endpoint certificate: %w", err)
+		}
+		if fi.ModTime().After(mod) {
+			mod = fi.ModTime()
+		}
+	}
+	if e.web != nil && mod.Equal(e.webMod) {
+		return e.web, nil
+	}
+	c, err := tls.LoadX509KeyPair(e.cfg.CertFile, e.cfg.KeyFile)
+	if err != nil {
+		if e.web != nil {
+			e.cfg.Log.Warn("re-reading the bundle endpoint's Web PKI certificate failed; serving the current one", "err", err)
+			return e.web, nil
+		}
+		return nil, fmt.Errorf("federation: bundle endpoint certificate %s / %s: %w", e.cfg.CertFile, e.cfg.KeyFile, err)
+	}
+	e.web, e.webMod = &c, mod
+	return e.web, nil
+}

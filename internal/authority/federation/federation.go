@@ -1,0 +1,631 @@
+// Package federation is SPIFFE Federation for one authority: it serves the
+// trust domain's bundle at a bundle endpoint (profiles https_spiffe and
+// https_web) and keeps the bundles of the foreign trust domains it federates
+// with — relationships stored behind the barrier, audited, refreshed on
+// their refresh hint, and kept at their last good version through failures
+// and restarts. A foreign bundle only ever validates IDs of its own trust
+// domain: bundles are never merged.
+package federation
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// Profile is a bundle endpoint profile of the SPIFFE Federation standard.
+type Profile string
+
+const (
+	// ProfileSPIFFE authenticates the endpoint by its X509-SVID, verified
+	// with the foreign trust domain's own (bootstrap, then last good) bundle.
+	ProfileSPIFFE Profile = "https_spiffe"
+	// ProfileWeb authenticates the endpoint with Web PKI.
+	ProfileWeb Profile = "https_web"
+)
+
+// Errors callers may test with errors.Is (and ErrRefused).
+var (
+	ErrNotFound    = errors.New("federation: no relationship with that trust domain")
+	ErrExists      = errors.New("federation: relationship already exists")
+	ErrInvalid     = errors.New("federation: invalid relationship")
+	ErrConfigured  = errors.New("federation: relationship is declared in the server config")
+	ErrUnavailable = errors.New("federation: store or audit log unavailable")
+)
+
+// Source says where a relationship was declared.
+const (
+	SourceAPI    = "api"
+	SourceConfig = "config"
+)
+
+// Relationship is a federation relationship with one foreign trust domain.
+type Relationship struct {
+	TrustDomain spiffeid.TrustDomain
+	// EndpointURL is the foreign bundle endpoint (https).
+	EndpointURL string
+	Profile     Profile
+	// EndpointID is the SPIFFE ID the endpoint must present (https_spiffe
+	// only); it must be in TrustDomain.
+	EndpointID spiffeid.ID
+	// Source is SourceAPI or SourceConfig.
+	Source string
+}
+
+// Validate checks r against the authority's own trust domain own.
+func (r Relationship) Validate(own spiffeid.TrustDomain) error {
+	if r.TrustDomain.IsZero() {
+		return fmt.Errorf("%w: trust domain is required", ErrInvalid)
+	}
+	if r.TrustDomain == own {
+		return fmt.Errorf("%w: %s is this authority's own trust domain", ErrInvalid, own)
+	}
+	u, err := url.Parse(r.EndpointURL)
+	if err != nil || u.Scheme != "https" || u.Host == "" {
+		return fmt.Errorf("%w: endpoint %q must be an https:// URL", ErrInvalid, r.EndpointURL)
+	}
+	switch r.Profile {
+	case ProfileSPIFFE:
+		if r.EndpointID.IsZero() {
+			return fmt.Errorf("%w: profile https_spiffe needs the endpoint's SPIFFE ID (e.g. spiffe://%s/ward/server)", ErrInvalid, r.TrustDomain.Name())
+		}
+		if !r.EndpointID.MemberOf(r.TrustDomain) {
+			return fmt.Errorf("%w: endpoint ID %s is not in %s; its bundle could not authenticate it", ErrInvalid, r.EndpointID, r.TrustDomain)
+		}
+	case ProfileWeb:
+		if !r.EndpointID.IsZero() {
+			return fmt.Errorf("%w: profile https_web takes no endpoint SPIFFE ID", ErrInvalid)
+		}
+	default:
+		return fmt.Errorf("%w: profile %q; use https_spiffe or https_web", ErrInvalid, r.Profile)
+	}
+	if r.Source != SourceAPI && r.Source != SourceConfig {
+		return fmt.Errorf("%w: source %q", ErrInvalid, r.Source)
+	}
+	return nil
+}
+
+// Status is a relationship with the state of its foreign bundle.
+type Status struct {
+	Relationship
+	// Bundle is the last good bundle (nil if none: a stored copy that no
+	// longer parses).
+	Bundle *spiffebundle.Bundle
+	// Sequence of Bundle (HasSequence false when it has none).
+	Sequence    uint64
+	HasSequence bool
+	// RefreshHint is the effective interval between refreshes.
+	RefreshHint time.Duration
+	AddedAt     time.Time
+	// LastRefresh is when the endpoint last served an accepted bundle (the
+	// bootstrap time until then); the bundle's age counts from it.
+	LastRefresh time.Time
+	LastAttempt time.Time
+	NextRefresh time.Time
+	// LastError of the last attempt ("" after a success).
+	LastError string
+	// Failures since the last success.
+	Failures int
+	// Stale: no accepted refresh for StaleAfterHints refresh hints.
+	Stale bool
+}
+
+// record is a relationship as stored under store key "federation/<td>".
+type record struct {
+	Version     int             `json:"version"`
+	TrustDomain string          `json:"trust_domain"`
+	EndpointURL string          `json:"endpoint_url"`
+	Profile     Profile         `json:"profile"`
+	EndpointID  string          `json:"endpoint_id,omitempty"`
+	Source      string          `json:"source"`
+	Bundle      json.RawMessage `json:"bundle"`
+	AddedAt     time.Time       `json:"added_at"`
+	LastRefresh time.Time       `json:"last_refresh,omitzero"`
+	LastAttempt time.Time       `json:"last_attempt,omitzero"`
+	NextRefresh time.Time       `json:"next_refresh,omitzero"`
+	LastError   string          `json:"last_error,omitempty"`
+	Failures    int             `json:"failures,omitempty"`
+}
+
+const (
+	recordVersion = 1
+	keyPrefix     = "federation/"
+)
+
+func storeKey(td spiffeid.TrustDomain) string { return keyPrefix + td.Name() }
+
+// entry is a loaded relationship.
+type entry struct {
+	rec    record
+	rev    int64
+	rel    Relationship
+	bundle *spiffebundle.Bundle
+}
+
+// AuditFunc appends one audit event; an error means it was not recorded.
+type AuditFunc func(ctx context.Context, ev audit.Event) error
+
+// Options configures a Manager.
+type Options struct {
+	// Store keeps relationships (pass the barrier's store). Required.
+	Store store.Store
+	// TrustDomain is this authority's own trust domain. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Audit records changes. Required.
+	Audit AuditFunc
+	// Log receives operational messages (default: discard).
+	Log *slog.Logger
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
+	// DefaultRefresh applies to bundles without a refresh hint (default 5m).
+	DefaultRefresh time.Duration
+	// MinRefresh and MaxRefresh bound a bundle's refresh hint (defaults 30s
+	// and 1h); failed attempts retry from MinRefresh, doubling up to the hint.
+	MinRefresh, MaxRefresh time.Duration
+	// StaleAfterHints: a bundle not refreshed for this many refresh hints is
+	// stale (metric, health warning; default 3).
+	StaleAfterHints int
+	// FetchTimeout bounds one fetch (default 30s).
+	FetchTimeout time.Duration
+	// WebRoots verifies https_web endpoints (nil: the system roots).
+	WebRoots *x509.CertPool
+}
+
+func (o *Options) setDefaults() error {
+	if o.Store == nil || o.Audit == nil || o.TrustDomain.IsZero() {
+		return errors.New("federation: Store, Audit and TrustDomain are required")
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Clock == nil {
+		o.Clock = time.Now
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&o.DefaultRefresh, 5*time.Minute)
+	def(&o.MinRefresh, 30*time.Second)
+	def(&o.MaxRefresh, time.Hour)
+	def(&o.FetchTimeout, 30*time.Second)
+	if o.MaxRefresh < o.MinRefresh {
+		o.MaxRefresh = o.MinRefresh
+	}
+	if o.StaleAfterHints <= 0 {
+		o.StaleAfterHints = 3
+	}
+	return nil
+}
+
+// Manager holds the relationships of one authority and their bundles. Its
+// methods are safe for concurrent use.
+type Manager struct {
+	opts Options
+
+	mu      sync.Mutex
+	entries map[spiffeid.TrustDomain]*entry
+	// refreshing serializes refreshes of one trust domain.
+	refreshing map[spiffeid.TrustDomain]*sync.Mutex
+	wake       chan struct{}
+	stats      map[spiffeid.TrustDomain]*counters
+}
+
+type counters struct{ ok, failed, refused uint64 }
+
+// Open loads the stored relationships.
+func Open(ctx context.Context, opts Options) (*Manager, error) {
+	if err := opts.setDefaults(); err != nil {
+		return nil, err
+	}
+	m := &Manager{opts: opts, entries: map[spiffeid.TrustDomain]*entry{},
+		refreshing: map[spiffeid.TrustDomain]*sync.Mutex{}, wake: make(chan struct{}, 1),
+		stats: map[spiffeid.TrustDomain]*counters{}}
+	if err := m.Reload(ctx); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Reload re-reads every relationship from the store (picking up changes of
+// other authorities sharing it).
+func (m *Manager) Reload(ctx context.Context) error {
+	kvs, err := m.opts.Store.List(ctx, keyPrefix)
+	if err != nil {
+		return fmt.Errorf("%w: listing federation relationships: %v", ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seen := map[spiffeid.TrustDomain]bool{}
+	for _, kv := range kvs {
+		e, err := m.decode(kv)
+		if err != nil {
+			m.opts.Log.Error("skipping a stored federation relationship", "key", kv.Key, "err", err)
+			continue
+		}
+		seen[e.rel.TrustDomain] = true
+		if old := m.entries[e.rel.TrustDomain]; old != nil && old.rev == kv.Revision {
+			continue
+		}
+		m.entries[e.rel.TrustDomain] = e
+	}
+	for td := range m.entries {
+		if !seen[td] {
+			delete(m.entries, td)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) decode(kv store.KV) (*entry, error) {
+	var rec record
+	if err := json.Unmarshal(kv.Value, &rec); err != nil {
+		return nil, fmt.Errorf("decode: %w", err)
+	}
+	if rec.Version != recordVersion {
+		return nil, fmt.Errorf("record version %d, this authority reads %d", rec.Version, recordVersion)
+	}
+	td, err := spiffeid.TrustDomainFromString(rec.TrustDomain)
+	if err != nil || storeKey(td) != kv.Key {
+		return nil, fmt.Errorf("record names trust domain %q under key %s", rec.TrustDomain, kv.Key)
+	}
+	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source}
+	if rec.EndpointID != "" {
+		if rel.EndpointID, err = spiffeid.FromString(rec.EndpointID); err != nil {
+			return nil, fmt.Errorf("endpoint ID: %w", err)
+		}
+	}
+	e := &entry{rec: rec, rev: kv.Revision, rel: rel}
+	if len(rec.Bundle) == 0 {
+		return e, nil // https_web before its first fetch
+	}
+	if b, err := ParseBundle(td, rec.Bundle); err != nil {
+		// Keep the relationship visible with its error; nothing validates
+		// against it until a good bundle arrives.
+		m.opts.Log.Error("stored federated bundle does not parse", "trust_domain", td.Name(), "err", err)
+		e.rec.LastError = "stored bundle unusable: " + err.Error()
+	} else {
+		e.bundle = b
+	}
+	return e, nil
+}
+
+// write stores rec with compare-and-swap against rev and installs it.
+func (m *Manager) write(ctx context.Context, rec record, rev int64, b *spiffebundle.Bundle, rel Relationship) (*entry, error) {
+	v, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	nrev, err := m.opts.Store.CompareAndSwap(ctx, storeKey(rel.TrustDomain), v, rev)
+	if err != nil {
+		return nil, err
+	}
+	e := &entry{rec: rec, rev: nrev, rel: rel, bundle: b}
+	m.mu.Lock()
+	m.entries[rel.TrustDomain] = e
+	m.mu.Unlock()
+	return e, nil
+}
+
+func (m *Manager) event(ctx context.Context, op, result string, fields map[string]string) audit.Event {
+	c := reqctx.From(ctx)
+	return audit.Event{Time: m.opts.Clock().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Fields: fields}
+}
+
+// audited runs fn between a "started" event (refused if it cannot be
+// written) and its outcome.
+func (m *Manager) audited(ctx context.Context, op string, fields map[string]string, fn func() error) error {
+	if err := m.opts.Audit(ctx, m.event(ctx, op, audit.ResultStarted, fields)); err != nil {
+		return fmt.Errorf("%w: audit log unavailable, %s refused: %v", ErrUnavailable, op, err)
+	}
+	opErr := fn()
+	ev := m.event(ctx, op, audit.ResultOK, fields)
+	if opErr != nil {
+		ev.Result, ev.Error = audit.ResultError, opErr.Error()
+	}
+	if err := m.opts.Audit(ctx, ev); err != nil && opErr == nil {
+		return fmt.Errorf("%w: %s was applied but its audit event could not be written: %v", ErrUnavailable, op, err)
+	}
+	return opErr
+}
+
+func relFields(r Relationship) map[string]string {
+	f := map[string]string{"trust_domain": r.TrustDomain.Name(), "endpoint": r.EndpointURL, "profile": string(r.Profile), "source": r.Source}
+	if !r.EndpointID.IsZero() {
+		f["endpoint_id"] = r.EndpointID.String()
+	}
+	return f
+}
+
+// Add stores a relationship with its bootstrap bundle (the foreign trust
+// domain's bundle obtained out of band: it authenticates the first https_spiffe
+// fetch). The first refresh is due at once.
+func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebundle.Bundle) (Status, error) {
+	if r.Source == "" {
+		r.Source = SourceAPI
+	}
+	if err := r.Validate(m.opts.TrustDomain); err != nil {
+		return Status{}, err
+	}
+	// https_web authenticates the endpoint with Web PKI, so it may start
+	// without a bundle; https_spiffe needs one to authenticate the endpoint.
+	if bootstrap != nil || r.Profile == ProfileSPIFFE {
+		if err := CheckBundle(r.TrustDomain, bootstrap); err != nil {
+			return Status{}, fmt.Errorf("%w: bootstrap bundle: %v", ErrInvalid, err)
+		}
+	}
+	fields := relFields(r)
+	if bootstrap != nil {
+		if seq, ok := bootstrap.SequenceNumber(); ok {
+			fields["sequence"] = strconv.FormatUint(seq, 10)
+		}
+	}
+	var st Status
+	err := m.audited(ctx, "federation.add", fields, func() error {
+		if _, ok := m.get(r.TrustDomain); ok {
+			return fmt.Errorf("%w: %s; remove it first", ErrExists, r.TrustDomain)
+		}
+		var doc []byte
+		if bootstrap != nil {
+			var err error
+			if doc, err = bootstrap.Marshal(); err != nil {
+				return fmt.Errorf("%w: bootstrap bundle: %v", ErrInvalid, err)
+			}
+		}
+		now := m.opts.Clock().UTC()
+		rec := newRecord(r, doc, now)
+		e, err := m.write(ctx, rec, 0, bootstrap, r)
+		if errors.Is(err, store.ErrConflict) {
+			return fmt.Errorf("%w: %s (added concurrently)", ErrExists, r.TrustDomain)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: storing relationship: %v", ErrUnavailable, err)
+		}
+		st = m.status(e, now)
+		return nil
+	})
+	if err == nil {
+		m.kick()
+	}
+	return st, err
+}
+
+func newRecord(r Relationship, doc []byte, now time.Time) record {
+	rec := record{Version: recordVersion, TrustDomain: r.TrustDomain.Name(), EndpointURL: r.EndpointURL,
+		Profile: r.Profile, Source: r.Source, Bundle: doc, AddedAt: now, NextRefresh: now}
+	if doc != nil {
+		rec.LastRefresh = now
+	}
+	if !r.EndpointID.IsZero() {
+		rec.EndpointID = r.EndpointID.String()
+	}
+	return rec
+}
+
+// Declare makes the stored relationships with Source config match decl
+// (the server config): new ones are added with their bootstrap bundle,
+// changed endpoints are updated keeping the last good bundle, and config
+// relationships no longer declared are removed. Every change is audited.
+func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap map[spiffeid.TrustDomain]*spiffebundle.Bundle) error {
+	want := map[spiffeid.TrustDomain]Relationship{}
+	for _, r := range decl {
+		r.Source = SourceConfig
+		if err := r.Validate(m.opts.TrustDomain); err != nil {
+			return err
+		}
+		want[r.TrustDomain] = r
+	}
+	for td, r := range want {
+		e, ok := m.get(td)
+		switch {
+		case !ok:
+			if _, err := m.Add(ctx, r, bootstrap[td]); err != nil {
+				return fmt.Errorf("federation with %s from the server config: %w", td, err)
+			}
+		case e.rel != r:
+			err := m.audited(ctx, "federation.update", relFields(r), func() error {
+				rec := e.rec
+				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID = r.EndpointURL, r.Profile, r.Source, ""
+				if !r.EndpointID.IsZero() {
+					rec.EndpointID = r.EndpointID.String()
+				}
+				rec.NextRefresh = m.opts.Clock().UTC()
+				_, err := m.write(ctx, rec, e.rev, e.bundle, r)
+				return err
+			})
+			if err != nil {
+				return fmt.Errorf("federation with %s from the server config: %w", td, err)
+			}
+		}
+	}
+	for _, st := range m.List() {
+		if _, ok := want[st.TrustDomain]; !ok && st.Source == SourceConfig {
+			if err := m.remove(ctx, st.TrustDomain); err != nil {
+				return err
+			}
+		}
+	}
+	m.kick()
+	return nil
+}
+
+// Remove deletes a relationship added through the API; its bundle stops
+// being served at once.
+func (m *Manager) Remove(ctx context.Context, td spiffeid.TrustDomain) error {
+	e, ok := m.get(td)
+	if !ok {
+		return fmt.Errorf("%w %s", ErrNotFound, td)
+	}
+	if e.rel.Source == SourceConfig {
+		return fmt.Errorf("%w: remove %s from federation: in the server config and restart", ErrConfigured, td)
+	}
+	return m.remove(ctx, td)
+}
+
+func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
+	return m.audited(ctx, "federation.remove", map[string]string{"trust_domain": td.Name()}, func() error {
+		if err := m.opts.Store.Delete(ctx, storeKey(td)); err != nil {
+			return fmt.Errorf("%w: deleting relationship: %v", ErrUnavailable, err)
+		}
+		m.mu.Lock()
+		delete(m.entries, td)
+		delete(m.stats, td)
+		m.mu.Unlock()
+		return nil
+	})
+}
+
+func (m *Manager) get(td spiffeid.TrustDomain) (*entry, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.entries[td]
+	return e, ok
+}
+
+// Show returns one relationship.
+func (m *Manager) Show(td spiffeid.TrustDomain) (Status, error) {
+	e, ok := m.get(td)
+	if !ok {
+		return Status{}, fmt.Errorf("%w %s", ErrNotFound, td)
+	}
+	return m.status(e, m.opts.Clock()), nil
+}
+
+// List returns every relationship, by trust domain.
+func (m *Manager) List() []Status {
+	now := m.opts.Clock()
+	m.mu.Lock()
+	es := make([]*entry, 0, len(m.entries))
+	for _, e := range m.entries {
+		es = append(es, e)
+	}
+	m.mu.Unlock()
+	out := make([]Status, 0, len(es))
+	for _, e := range es {
+		out = append(out, m.status(e, now))
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].TrustDomain.Name() < out[j].TrustDomain.Name() })
+	return out
+}
+
+// Bundle returns the last good bundle of td (a copy), if federated.
+func (m *Manager) Bundle(td spiffeid.TrustDomain) (*spiffebundle.Bundle, bool) {
+	e, ok := m.get(td)
+	if !ok || e.bundle == nil {
+		return nil, false
+	}
+	return e.bundle.Clone(), true
+}
+
+// GetBundleForTrustDomain makes the Manager a spiffebundle.Source of the
+// foreign bundles (never this authority's own).
+func (m *Manager) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
+	if b, ok := m.Bundle(td); ok {
+		return b, nil
+	}
+	return nil, fmt.Errorf("%w %s", ErrNotFound, td)
+}
+
+// GetX509BundleForTrustDomain makes the Manager an x509bundle.Source: the
+// X.509 authorities of td's bundle, for IDs of td only.
+func (m *Manager) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b, err := m.GetBundleForTrustDomain(td)
+	if err != nil {
+		return nil, err
+	}
+	return b.X509Bundle(), nil
+}
+
+// GetJWTBundleForTrustDomain makes the Manager a jwtbundle.Source.
+func (m *Manager) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	b, err := m.GetBundleForTrustDomain(td)
+	if err != nil {
+		return nil, err
+	}
+	return b.JWTBundle(), nil
+}
+
+// BundleDocuments returns the SPIFFE bundle JSON of each federated trust
+// domain among tds (skipping those not federated), keyed by trust domain
+// name: what Sync sends as federated_bundles.
+func (m *Manager) BundleDocuments(tds []string) map[string][]byte {
+	var out map[string][]byte
+	for _, name := range tds {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			continue
+		}
+		e, ok := m.get(td)
+		if !ok || e.bundle == nil {
+			continue
+		}
+		if out == nil {
+			out = map[string][]byte{}
+		}
+		out[td.Name()] = e.rec.Bundle
+	}
+	return out
+}
+
+func (m *Manager) hint(b *spiffebundle.Bundle) time.Duration {
+	h := m.opts.DefaultRefresh
+	if b != nil {
+		if bh, ok := b.RefreshHint(); ok && bh > 0 {
+			h = bh
+		}
+	}
+	return min(max(h, m.opts.MinRefresh), m.opts.MaxRefresh)
+}
+
+func (m *Manager) status(e *entry, now time.Time) Status {
+	st := Status{Relationship: e.rel, RefreshHint: m.hint(e.bundle), AddedAt: e.rec.AddedAt,
+		LastRefresh: e.rec.LastRefresh, LastAttempt: e.rec.LastAttempt, NextRefresh: e.rec.NextRefresh,
+		LastError: e.rec.LastError, Failures: e.rec.Failures}
+	if e.bundle != nil {
+		st.Bundle = e.bundle.Clone()
+		st.Sequence, st.HasSequence = e.bundle.SequenceNumber()
+	}
+	st.Stale = e.bundle == nil || now.Sub(e.rec.LastRefresh) > time.Duration(m.opts.StaleAfterHints)*st.RefreshHint
+	return st
+}
+
+// Warnings returns one health warning per stale or unusable bundle.
+func (m *Manager) Warnings() []string {
+	var w []string
+	now := m.opts.Clock()
+	for _, st := range m.List() {
+		switch {
+		case st.Bundle == nil:
+			w = append(w, fmt.Sprintf("federation: no usable bundle of %s: %s", st.TrustDomain, st.LastError))
+		case st.Stale:
+			w = append(w, fmt.Sprintf("federation: the bundle of %s is %s old, more than %d refresh hints of %s (last error: %s)",
+				st.TrustDomain, now.Sub(st.LastRefresh).Truncate(time.Second), m.opts.StaleAfterHints, st.RefreshHint, orNone(st.LastError)))
+		}
+	}
+	return w
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}

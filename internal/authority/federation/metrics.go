@@ -1,0 +1,61 @@
+package federation
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+var (
+	ageDesc = prometheus.NewDesc("ward_federation_bundle_age_seconds",
+		"Seconds since the foreign trust domain's bundle was last refreshed from its endpoint (or bootstrapped).",
+		[]string{"trust_domain"}, nil)
+	staleDesc = prometheus.NewDesc("ward_federation_bundle_stale",
+		"1 when the foreign bundle is older than the configured number of refresh hints or unusable.",
+		[]string{"trust_domain"}, nil)
+	seqDesc = prometheus.NewDesc("ward_federation_bundle_sequence",
+		"spiffe_sequence of the foreign bundle in use.", []string{"trust_domain"}, nil)
+	refreshDesc = prometheus.NewDesc("ward_federation_refreshes_total",
+		"Bundle refreshes by trust domain and result (ok, error, refused) since this authority unsealed.",
+		[]string{"trust_domain", "result"}, nil)
+)
+
+type collector struct{ get func() *Manager }
+
+// NewCollector returns a Prometheus collector of the federation metrics of
+// whatever Manager get returns (nil while sealed: no series).
+func NewCollector(get func() *Manager) prometheus.Collector { return collector{get} }
+
+func (collector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- ageDesc
+	ch <- staleDesc
+	ch <- seqDesc
+	ch <- refreshDesc
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.get()
+	if m == nil {
+		return
+	}
+	now := m.opts.Clock()
+	for _, st := range m.List() {
+		td := st.TrustDomain.Name()
+		if !st.LastRefresh.IsZero() {
+			ch <- prometheus.MustNewConstMetric(ageDesc, prometheus.GaugeValue, now.Sub(st.LastRefresh).Seconds(), td)
+		}
+		stale := 0.0
+		if st.Stale {
+			stale = 1
+		}
+		ch <- prometheus.MustNewConstMetric(staleDesc, prometheus.GaugeValue, stale, td)
+		if st.HasSequence {
+			ch <- prometheus.MustNewConstMetric(seqDesc, prometheus.GaugeValue, float64(st.Sequence), td)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for td, k := range m.stats {
+		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.ok), td.Name(), "ok")
+		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.failed), td.Name(), "error")
+		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.refused), td.Name(), "refused")
+	}
+}
