@@ -27,7 +27,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
-	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // Profile is a bundle endpoint profile of the SPIFFE Federation standard.
@@ -41,7 +41,8 @@ const (
 	ProfileWeb Profile = "https_web"
 )
 
-// Errors callers may test with errors.Is (and ErrRefused).
+// Errors callers may test with errors.Is (and ErrRefused); each also
+// carries its errs kind (errs.KindOf) for the API's status codes.
 var (
 	ErrNotFound    = errors.New("federation: no relationship with that trust domain")
 	ErrExists      = errors.New("federation: relationship already exists")
@@ -72,32 +73,32 @@ type Relationship struct {
 // Validate checks r against the authority's own trust domain own.
 func (r Relationship) Validate(own spiffeid.TrustDomain) error {
 	if r.TrustDomain.IsZero() {
-		return fmt.Errorf("%w: trust domain is required", ErrInvalid)
+		return errs.Errorf(errs.Invalid, "%w: trust domain is required", ErrInvalid)
 	}
 	if r.TrustDomain == own {
-		return fmt.Errorf("%w: %s is this authority's own trust domain", ErrInvalid, own)
+		return errs.Errorf(errs.Invalid, "%w: %s is this authority's own trust domain", ErrInvalid, own)
 	}
 	u, err := url.Parse(r.EndpointURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return fmt.Errorf("%w: endpoint %q must be an https:// URL", ErrInvalid, r.EndpointURL)
+		return errs.Errorf(errs.Invalid, "%w: endpoint %q must be an https:// URL", ErrInvalid, r.EndpointURL)
 	}
 	switch r.Profile {
 	case ProfileSPIFFE:
 		if r.EndpointID.IsZero() {
-			return fmt.Errorf("%w: profile https_spiffe needs the endpoint's SPIFFE ID (e.g. spiffe://%s/ward/server)", ErrInvalid, r.TrustDomain.Name())
+			return errs.Errorf(errs.Invalid, "%w: profile https_spiffe needs the endpoint's SPIFFE ID (e.g. spiffe://%s/ward/server)", ErrInvalid, r.TrustDomain.Name())
 		}
 		if !r.EndpointID.MemberOf(r.TrustDomain) {
-			return fmt.Errorf("%w: endpoint ID %s is not in %s; its bundle could not authenticate it", ErrInvalid, r.EndpointID, r.TrustDomain)
+			return errs.Errorf(errs.Invalid, "%w: endpoint ID %s is not in %s; its bundle could not authenticate it", ErrInvalid, r.EndpointID, r.TrustDomain)
 		}
 	case ProfileWeb:
 		if !r.EndpointID.IsZero() {
-			return fmt.Errorf("%w: profile https_web takes no endpoint SPIFFE ID", ErrInvalid)
+			return errs.Errorf(errs.Invalid, "%w: profile https_web takes no endpoint SPIFFE ID", ErrInvalid)
 		}
 	default:
-		return fmt.Errorf("%w: profile %q; use https_spiffe or https_web", ErrInvalid, r.Profile)
+		return errs.Errorf(errs.Invalid, "%w: profile %q; use https_spiffe or https_web", ErrInvalid, r.Profile)
 	}
 	if r.Source != SourceAPI && r.Source != SourceConfig {
-		return fmt.Errorf("%w: source %q", ErrInvalid, r.Source)
+		return errs.Errorf(errs.Invalid, "%w: source %q", ErrInvalid, r.Source)
 	}
 	return nil
 }
@@ -159,17 +160,14 @@ type entry struct {
 	bundle *spiffebundle.Bundle
 }
 
-// AuditFunc appends one audit event; an error means it was not recorded.
-type AuditFunc func(ctx context.Context, ev audit.Event) error
-
 // Options configures a Manager.
 type Options struct {
 	// Store keeps relationships (pass the barrier's store). Required.
 	Store store.Store
 	// TrustDomain is this authority's own trust domain. Required.
 	TrustDomain spiffeid.TrustDomain
-	// Audit records changes. Required.
-	Audit AuditFunc
+	// Audit records changes (fail closed). Required.
+	Audit audit.Recorder
 	// Log receives operational messages (default: discard).
 	Log *slog.Logger
 	// Clock returns the current time (default time.Now).
@@ -250,7 +248,7 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 func (m *Manager) Reload(ctx context.Context) error {
 	kvs, err := m.opts.Store.List(ctx, keyPrefix)
 	if err != nil {
-		return fmt.Errorf("%w: listing federation relationships: %v", ErrUnavailable, err)
+		return errs.Errorf(errs.Unavailable, "%w: listing federation relationships: %v", ErrUnavailable, err)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -326,23 +324,24 @@ func (m *Manager) write(ctx context.Context, rec record, rev int64, b *spiffebun
 }
 
 func (m *Manager) event(ctx context.Context, op, result string, fields map[string]string) audit.Event {
-	c := reqctx.From(ctx)
-	return audit.Event{Time: m.opts.Clock().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Fields: fields}
+	ev := audit.NewEvent(ctx, op, result)
+	ev.Fields = fields
+	return ev
 }
 
 // audited runs fn between a "started" event (refused if it cannot be
 // written) and its outcome.
 func (m *Manager) audited(ctx context.Context, op string, fields map[string]string, fn func() error) error {
-	if err := m.opts.Audit(ctx, m.event(ctx, op, audit.ResultStarted, fields)); err != nil {
-		return fmt.Errorf("%w: audit log unavailable, %s refused: %v", ErrUnavailable, op, err)
+	if err := m.opts.Audit.Record(ctx, m.event(ctx, op, audit.ResultStarted, fields)); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: audit log unavailable, %s refused: %v", ErrUnavailable, op, err)
 	}
 	opErr := fn()
 	ev := m.event(ctx, op, audit.ResultOK, fields)
 	if opErr != nil {
 		ev.Result, ev.Error = audit.ResultError, opErr.Error()
 	}
-	if err := m.opts.Audit(ctx, ev); err != nil && opErr == nil {
-		return fmt.Errorf("%w: %s was applied but its audit event could not be written: %v", ErrUnavailable, op, err)
+	if err := m.opts.Audit.Record(ctx, ev); err != nil && opErr == nil {
+		return errs.Errorf(errs.Unavailable, "%w: %s was applied but its audit event could not be written: %v", ErrUnavailable, op, err)
 	}
 	return opErr
 }
@@ -369,7 +368,7 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 	// without a bundle; https_spiffe needs one to authenticate the endpoint.
 	if bootstrap != nil || r.Profile == ProfileSPIFFE {
 		if err := CheckBundle(r.TrustDomain, bootstrap); err != nil {
-			return Status{}, fmt.Errorf("%w: bootstrap bundle: %v", ErrInvalid, err)
+			return Status{}, errs.Errorf(errs.Invalid, "%w: bootstrap bundle: %v", ErrInvalid, err)
 		}
 	}
 	fields := relFields(r)
@@ -381,23 +380,23 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 	var st Status
 	err := m.audited(ctx, "federation.add", fields, func() error {
 		if _, ok := m.get(r.TrustDomain); ok {
-			return fmt.Errorf("%w: %s; remove it first", ErrExists, r.TrustDomain)
+			return errs.Errorf(errs.Exists, "%w: %s; remove it first", ErrExists, r.TrustDomain)
 		}
 		var doc []byte
 		if bootstrap != nil {
 			var err error
 			if doc, err = bootstrap.Marshal(); err != nil {
-				return fmt.Errorf("%w: bootstrap bundle: %v", ErrInvalid, err)
+				return errs.Errorf(errs.Invalid, "%w: bootstrap bundle: %v", ErrInvalid, err)
 			}
 		}
 		now := m.opts.Clock().UTC()
 		rec := newRecord(r, doc, now)
 		e, err := m.write(ctx, rec, 0, bootstrap, r)
 		if errors.Is(err, store.ErrConflict) {
-			return fmt.Errorf("%w: %s (added concurrently)", ErrExists, r.TrustDomain)
+			return errs.Errorf(errs.Exists, "%w: %s (added concurrently)", ErrExists, r.TrustDomain)
 		}
 		if err != nil {
-			return fmt.Errorf("%w: storing relationship: %v", ErrUnavailable, err)
+			return errs.Errorf(errs.Unavailable, "%w: storing relationship: %v", ErrUnavailable, err)
 		}
 		st = m.status(e, now)
 		return nil
@@ -472,10 +471,10 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 func (m *Manager) Remove(ctx context.Context, td spiffeid.TrustDomain) error {
 	e, ok := m.get(td)
 	if !ok {
-		return fmt.Errorf("%w %s", ErrNotFound, td)
+		return errs.Errorf(errs.NotFound, "%w %s", ErrNotFound, td)
 	}
 	if e.rel.Source == SourceConfig {
-		return fmt.Errorf("%w: remove %s from federation: in the server config and restart", ErrConfigured, td)
+		return errs.Errorf(errs.Precondition, "%w: remove %s from federation: in the server config and restart", ErrConfigured, td)
 	}
 	return m.remove(ctx, td)
 }
@@ -483,7 +482,7 @@ func (m *Manager) Remove(ctx context.Context, td spiffeid.TrustDomain) error {
 func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 	return m.audited(ctx, "federation.remove", map[string]string{"trust_domain": td.Name()}, func() error {
 		if err := m.opts.Store.Delete(ctx, storeKey(td)); err != nil {
-			return fmt.Errorf("%w: deleting relationship: %v", ErrUnavailable, err)
+			return errs.Errorf(errs.Unavailable, "%w: deleting relationship: %v", ErrUnavailable, err)
 		}
 		m.mu.Lock()
 		delete(m.entries, td)
@@ -504,7 +503,7 @@ func (m *Manager) get(td spiffeid.TrustDomain) (*entry, bool) {
 func (m *Manager) Show(td spiffeid.TrustDomain) (Status, error) {
 	e, ok := m.get(td)
 	if !ok {
-		return Status{}, fmt.Errorf("%w %s", ErrNotFound, td)
+		return Status{}, errs.Errorf(errs.NotFound, "%w %s", ErrNotFound, td)
 	}
 	return m.status(e, m.opts.Clock()), nil
 }
@@ -541,7 +540,7 @@ func (m *Manager) GetBundleForTrustDomain(td spiffeid.TrustDomain) (*spiffebundl
 	if b, ok := m.Bundle(td); ok {
 		return b, nil
 	}
-	return nil, fmt.Errorf("%w %s", ErrNotFound, td)
+	return nil, errs.Errorf(errs.NotFound, "%w %s", ErrNotFound, td)
 }
 
 // GetX509BundleForTrustDomain makes the Manager an x509bundle.Source: the

@@ -132,7 +132,7 @@ type fixture struct {
 
 func (f *fixture) open(t testing.TB) *Manager {
 	t.Helper()
-	m, err := Open(context.Background(), Options{Store: f.st, TrustDomain: tdB, Audit: f.aud.append, Clock: f.clk.Now,
+	m, err := Open(context.Background(), Options{Store: f.st, TrustDomain: tdB, Audit: audit.RecorderFunc(f.aud.append), Clock: f.clk.Now,
 		MinRefresh: 10 * time.Second, MaxRefresh: time.Hour, FetchTimeout: 10 * time.Second})
 	if err != nil {
 		t.Fatal(err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // fetch GETs the bundle of e's trust domain from its endpoint. It does what
@@ -84,7 +85,15 @@ func (m *Manager) tdLock(td spiffeid.TrustDomain) *sync.Mutex {
 // fetch that fails or is refused keeps the last good bundle and returns the
 // error alongside the status.
 func (m *Manager) Refresh(ctx context.Context, td spiffeid.TrustDomain) (Status, error) {
-	return m.refresh(ctx, td, true)
+	st, err := m.refresh(ctx, td, true)
+	switch {
+	case err == nil || errs.KindOf(err) != errs.Unknown:
+		return st, err
+	case errors.Is(err, ErrRefused):
+		return st, errs.Wrap(errs.Precondition, err, "")
+	default:
+		return st, errs.Wrap(errs.Unavailable, err, "")
+	}
 }
 
 // RefreshDue refreshes every relationship whose next refresh is due and
@@ -155,7 +164,7 @@ func (m *Manager) refresh(ctx context.Context, td spiffeid.TrustDomain, manual b
 	defer l.Unlock()
 	e, ok := m.get(td)
 	if !ok {
-		return Status{}, fmt.Errorf("%w %s", ErrNotFound, td)
+		return Status{}, errs.Errorf(errs.NotFound, "%w %s", ErrNotFound, td)
 	}
 	fctx, cancel := context.WithTimeout(ctx, m.opts.FetchTimeout)
 	b, ferr := m.fetch(fctx, e)
@@ -209,10 +218,10 @@ func (m *Manager) refresh(ctx context.Context, td spiffeid.TrustDomain, manual b
 				ev.Result = audit.ResultDenied
 			}
 		}
-		if err := m.opts.Audit(ctx, ev); err != nil && changed {
+		if err := m.opts.Audit.Record(ctx, ev); err != nil && changed {
 			// Fail closed: a trust anchor change that is not in the audit
 			// log is not installed; retry soon.
-			ferr = fmt.Errorf("%w: audit log unavailable, the new bundle of %s is not installed: %v", ErrUnavailable, td, err)
+			ferr = errs.Errorf(errs.Unavailable, "%w: audit log unavailable, the new bundle of %s is not installed: %v", ErrUnavailable, td, err)
 			rec = e.rec
 			rec.LastAttempt, rec.LastError, rec.Failures = now, ferr.Error(), e.rec.Failures+1
 			rec.NextRefresh = now.Add(m.backoff(e, rec.Failures))
@@ -228,11 +237,11 @@ func (m *Manager) refresh(ctx context.Context, td spiffeid.TrustDomain, manual b
 				return Status{}, rerr
 			}
 			if ne, ok = m.get(td); !ok {
-				return Status{}, fmt.Errorf("%w %s (removed meanwhile)", ErrNotFound, td)
+				return Status{}, errs.Errorf(errs.NotFound, "%w %s (removed meanwhile)", ErrNotFound, td)
 			}
 			return m.status(ne, now), ferr
 		}
-		return m.status(e, now), fmt.Errorf("%w: storing the refresh of %s: %v (fetch result: %v)", ErrUnavailable, td, err, ferr)
+		return m.status(e, now), errs.Errorf(errs.Unavailable, "%w: storing the refresh of %s: %v (fetch result: %v)", ErrUnavailable, td, err, ferr)
 	}
 	m.count(td, ferr)
 	switch {
