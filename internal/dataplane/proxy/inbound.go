@@ -103,6 +103,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	c.decision, c.decided = d, true
 	if !d.Allowed {
 		c.outcome = "denied"
+		p.refuse(c, tc, d)
 		return
 	}
 	c.authorized.Store(true)
@@ -112,11 +113,13 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		if d = p.decide(c); !d.Allowed {
 			c.decision = d
 			c.outcome = "denied"
+			p.refuse(c, tc, d)
 			return
 		}
 		c.decision = d
 	}
 	if hf != nil {
+		sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
 		hf.serve(c, tc)
 		c.outcome = "closed"
 		return
@@ -125,8 +128,11 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	if err != nil {
 		p.m.rejected.WithLabelValues(c.listener, "dial_app").Inc()
 		c.outcome, c.errText = "dial_failed", err.Error()
+		sendVerdict(tc, verdictAppUnavilable, fmt.Sprintf("service %q; correlation id %s in the server's access log", in.Service.Name, c.id),
+			time.Duration(p.cfg.HandshakeTimeout))
 		return
 	}
+	sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
 	c.add(app)
 	if in.PeerIdentity == PeerIdentityProxyV2 {
 		hdr, err := AppendProxyV2(nil, raw.RemoteAddr(), raw.LocalAddr(),
@@ -143,6 +149,14 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	if err := pipe(c, tc, app, time.Duration(p.cfg.IdleTimeout)); err != nil {
 		c.errText = err.Error()
 	}
+}
+
+// refuse tells a calling ward proxy (verdict.go) that the policy denied
+// its connection: the policy version, the cause and the correlation id of
+// the server's access-log line, not the policies' text.
+func (p *Proxy) refuse(c *connState, tc *tls.Conn, d policy.Decision) {
+	sendVerdict(tc, verdictDenied, fmt.Sprintf("connect to service %q denied by policy version %d (%s); correlation id %s in the server's access log",
+		c.req.Resource.Name, d.Version, d.Cause, c.id), time.Duration(p.cfg.HandshakeTimeout))
 }
 
 func (p *Proxy) dialApp(addr string) (net.Conn, error) {

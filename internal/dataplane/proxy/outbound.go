@@ -66,7 +66,13 @@ func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, c *connState, raw n
 	}
 	p.m.tlsVersion.WithLabelValues(c.listener, c.tlsVersion, cs.CurveID.String()).Inc()
 	c.outcome = "closed"
-	if err := pipe(c, raw, tc, time.Duration(p.cfg.IdleTimeout)); err != nil {
+	vc := newVerdictConn(tc)
+	if err := pipe(c, raw, vc, time.Duration(p.cfg.IdleTimeout)); err != nil {
 		c.errText = err.Error()
+	}
+	if vc.refusal != "" {
+		// The remote ward proxy said why (verdict.go).
+		p.m.rejected.WithLabelValues(c.listener, "remote_refused").Inc()
+		c.outcome, c.errText = "refused_by_remote", vc.refusal
 	}
 }

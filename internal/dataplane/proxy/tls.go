@@ -66,6 +66,7 @@ func (p *Proxy) serverTLS() *tls.Config {
 func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 	c := tmpl.Clone()
 	c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(p.src, captureChainKeys(tlsconfig.AuthorizeAny(), keys))
+	serverVerdictConfig(c)
 	return c
 }
 
@@ -89,6 +90,8 @@ func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tl
 		return nil
 	})
 	c.ServerName = serverName
+	// A remote ward proxy then says why it refuses (verdict.go).
+	c.NextProtos = []string{ALPNVerdict, "http/1.1"}
 	return c
 }
 
