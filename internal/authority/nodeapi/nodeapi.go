@@ -77,17 +77,16 @@ type Config struct {
 	Log *slog.Logger
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
+	// Policy, when set, is streamed to agents (PolicyDistribution.WatchPolicy)
+	// and decides the workload KMS's calls.
+	Policy *policystore.Store
 	// KMS, when set, is served to workloads: the KMS service, every call
-	// authorized by Engine's current policy (see workloadkms.go).
+	// authorized by Policy's current version (see workloadkms.go).
+	// Needs Policy.
 	KMS *kms.Manager
-	// Engine holds the current policy version the workload KMS decides
-	// with. Required with KMS.
-	Engine *policy.Engine
 	// OnDecision, when set, is called with every policy decision on a
 	// workload KMS call and the time it took, e.g. to count it in a metric.
 	OnDecision func(action string, d policy.Decision, took time.Duration)
-	// Policy, when set, is streamed to agents (PolicyDistribution.WatchPolicy).
-	Policy *policystore.Store
 	// AuditLog, when set, gives agents the authority's latest signed audit
 	// checkpoint and a consistency proof from the one they last verified
 	// with every Sync, so an agent notices a log that went backwards.
@@ -131,6 +130,13 @@ type Server struct {
 
 	lnMu sync.Mutex
 	ln   net.Listener
+
+	// engine holds Policy's current version, compiled, for the workload
+	// KMS; followPolicy keeps it current from Serve until Stop.
+	engine     *policy.Engine
+	followOnce sync.Once
+	stopFollow context.CancelFunc
+	followDone chan struct{}
 }
 
 type serverCert struct {
@@ -166,8 +172,8 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.CA == nil || cfg.Registry == nil || cfg.Audit == nil {
 		return nil, errors.New("nodeapi: CA, Registry and Audit are required")
 	}
-	if cfg.KMS != nil && cfg.Engine == nil {
-		return nil, errors.New("nodeapi: the workload KMS needs the policy Engine")
+	if cfg.KMS != nil && cfg.Policy == nil {
+		return nil, errors.New("nodeapi: the workload KMS needs the policy store (Policy)")
 	}
 	if cfg.AttestTimeout <= 0 {
 		cfg.AttestTimeout = 30 * time.Second
@@ -186,7 +192,7 @@ func newServer(cfg Config) (*Server, error) {
 	if cfg.MaxConcurrentAttests <= 0 {
 		cfg.MaxConcurrentAttests = defaultMaxAttests
 	}
-	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain(), attests: make(chan struct{}, cfg.MaxConcurrentAttests)}
+	s := &Server{cfg: cfg, td: cfg.CA.TrustDomain(), attests: make(chan struct{}, cfg.MaxConcurrentAttests), engine: policy.NewEngine()}
 	s.authLn, s.anonLn = newChanListener(), newChanListener()
 	s.limits = newConnLimits(cfg.OnConnRefused)
 	// See limits.go: the listener does the TLS handshake and sends each
@@ -353,6 +359,13 @@ func (s *Server) Serve(ln net.Listener) error {
 	s.lnMu.Lock()
 	s.ln = ln
 	s.lnMu.Unlock()
+	if s.cfg.KMS != nil {
+		s.followOnce.Do(func() {
+			ctx, cancel := context.WithCancel(context.Background())
+			s.stopFollow, s.followDone = cancel, make(chan struct{})
+			go func() { defer close(s.followDone); s.followPolicy(ctx) }()
+		})
+	}
 	go s.grpc.Serve(s.authLn)
 	go s.anon.Serve(s.anonLn)
 	return s.route(ln)
@@ -385,6 +398,11 @@ func (s *Server) Stop() {
 	}
 	s.authLn.Close()
 	s.anonLn.Close()
+	s.followOnce.Do(func() {}) // none starts after Stop
+	if s.stopFollow != nil {
+		s.stopFollow()
+		<-s.followDone
+	}
 }
 
 // --- authentication ---

@@ -12,9 +12,36 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
+
+// followPolicy keeps s.engine at Policy's current version, compiled once
+// here and evaluated in memory for every workload KMS call.
+func (s *Server) followPolicy(ctx context.Context) {
+	for ctx.Err() == nil {
+		err := s.cfg.Policy.Watch(ctx, 0, func(v policystore.Version) error {
+			set, err := policy.CompileBundle(v.Bundle)
+			if err != nil {
+				// Stored versions were compiled on apply; this only happens
+				// if the schema changed under them. Keep the last good set.
+				s.cfg.Log.Error("stored policy version does not compile; keeping the previous one", "version", v.Number, "err", err)
+				return nil
+			}
+			s.engine.StoreIfNewer(set)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		s.cfg.Log.Warn("policy watch ended; restarting", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
 
 // workloadKMS is the KMS as workloads reach it over mTLS: the same service
 // as on the admin socket, behind a policy decision on the caller's SPIFFE
@@ -68,7 +95,7 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 			cls = ""
 		}
 		start := time.Now()
-		d := cfg.Engine.Decide(policy.Request{Principal: id.String(), Action: action,
+		d := w.s.engine.Decide(policy.Request{Principal: id.String(), Action: action,
 			Resource: policy.Resource{Type: policy.TypeKey, Name: k, Classification: cls},
 			Context:  policy.Context{SourceTrustDomain: id.TrustDomain().Name(), TLSVersion: "1.3"}})
 		if cfg.OnDecision != nil {

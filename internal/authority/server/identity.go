@@ -75,7 +75,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: auditFunc(st), X509PopRoots: roots,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
-			AuditLog: newAuditSource(st.audit), KMS: st.kms, Engine: st.engine, OnDecision: s.metrics.decision, Policy: st.policy,
+			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
 			OnConnRefused: func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() }})
 		if err != nil {
 			return err

@@ -33,7 +33,6 @@ import (
 	"github.com/wardproject/ward/internal/authority/seal"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/peercred"
-	"github.com/wardproject/ward/internal/shared/policy"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -68,7 +67,6 @@ type unsealedState struct {
 	ident  *identityState // workload identity services (identity.go)
 	kms    *kms.Manager
 	policy *policystore.Store
-	engine *policy.Engine // current policy version, for workload KMS calls
 	audit  *audit.Log
 	hasher *audit.Hasher
 	// recorder is the one audit seam the KMS, the registry, the policy
@@ -307,7 +305,6 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		return err
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
-	st.engine = policy.NewEngine()
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause.
 	if err := s.startIdentity(ctx, st); err != nil {
@@ -325,9 +322,8 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	st.cancel = cancel
-	st.wg.Add(3)
+	st.wg.Add(2)
 	go func() { defer st.wg.Done(); st.kms.Watch(jobCtx) }()
-	go func() { defer st.wg.Done(); s.runPolicyEngine(jobCtx, st) }()
 	go func() { defer st.wg.Done(); s.rotationLoop(jobCtx, st.kms) }()
 	s.mu.Lock()
 	s.unsealed = st

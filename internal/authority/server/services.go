@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto"
 	"sort"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -55,32 +54,6 @@ func (s *Server) taintedKeysFunc(st *unsealedState) func() []string {
 			return nil
 		}
 		return st.ident.ca.TaintedKeyIDs()
-	}
-}
-
-// runPolicyEngine keeps st.engine at the current policy version, compiled
-// once here and evaluated in memory for every workload KMS call.
-func (s *Server) runPolicyEngine(ctx context.Context, st *unsealedState) {
-	for ctx.Err() == nil {
-		err := st.policy.Watch(ctx, 0, func(v policystore.Version) error {
-			set, err := policy.CompileBundle(v.Bundle)
-			if err != nil {
-				// Stored versions were compiled on apply; this only happens
-				// if the schema changed under them. Keep the last good set.
-				s.log.Error("stored policy version does not compile; keeping the previous one", "version", v.Number, "err", err)
-				return nil
-			}
-			st.engine.StoreIfNewer(set)
-			return nil
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		s.log.Warn("policy watch ended; restarting", "err", err)
-		select {
-		case <-ctx.Done():
-		case <-time.After(time.Second):
-		}
 	}
 }
 
