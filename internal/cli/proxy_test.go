@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -14,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -23,7 +21,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
+	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestProxyHelperProcess is `ward` when run as a child of the tests below.
@@ -43,23 +43,12 @@ func TestProxyHelperProcess(t *testing.T) {
 
 // wardProc runs `ward args...` as a real child process.
 type wardProc struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	stderr bytes.Buffer
-	done   chan error
+	cmd  *exec.Cmd
+	out  syncbuf.Buffer // stdout and stderr
+	done chan error
 }
 
-func (w *wardProc) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stderr.Write(p)
-}
-
-func (w *wardProc) output() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.stderr.String()
-}
+func (w *wardProc) output() string { return w.out.String() }
 
 func startWard(t *testing.T, args ...string) *wardProc {
 	t.Helper()
@@ -70,7 +59,7 @@ func startWard(t *testing.T, args ...string) *wardProc {
 	w := &wardProc{done: make(chan error, 1)}
 	w.cmd = exec.Command(exe, append([]string{"-test.run=^TestProxyHelperProcess$", "--"}, args...)...)
 	w.cmd.Env = append(os.Environ(), "WARD_CLI_HELPER=1")
-	w.cmd.Stdout, w.cmd.Stderr = w, w
+	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
 	if err := w.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -80,15 +69,6 @@ func startWard(t *testing.T, args ...string) *wardProc {
 		<-w.done
 	})
 	return w
-}
-
-func freePort(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // TestProxyCLI runs `ward proxy --config` as a process: a client with an
@@ -133,7 +113,7 @@ func TestProxyCLI(t *testing.T) {
 	policyFile := filepath.Join(dir, "p.cedar")
 	allow := `@id("web-to-api") permit (principal == Workload::"spiffe://prod.example/ns/shop/web", action == Action::"connect", resource == Service::"api");`
 	os.WriteFile(policyFile, []byte(allow), 0o600)
-	inbound := freePort(t)
+	inbound := netutil.FreeLoopbackAddr(t)
 	admin := filepath.Join(dir, "admin.sock")
 	cfg := fmt.Sprintf(`workload_api_socket: %s
 admin_address: unix://%s

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -23,6 +22,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"google.golang.org/grpc/status"
 )
 
@@ -311,7 +312,7 @@ type agentProc struct {
 	t      *testing.T
 	config string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	socket string
 	health string
 }
@@ -328,20 +329,9 @@ func publicDir(t *testing.T) string {
 	return d
 }
 
-// freePort returns a loopback host:port nobody listens on right now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, socket: filepath.Join(dir, "agent.sock"), health: freePort(t)}
+	a := &agentProc{t: t, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
 	cfg := fmt.Sprintf(`trust_domain: e2e.example.org
 server_address: %s
 trust_bundle_path: %s
@@ -363,7 +353,7 @@ log_level: debug
 
 func (a *agentProc) start() {
 	a.t.Helper()
-	a.logs = &syncBuffer{}
+	a.logs = &syncbuf.Buffer{}
 	a.cmd = exec.Command(wardBin, "agent", "--config", a.config)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {

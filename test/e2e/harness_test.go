@@ -12,13 +12,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 var wardBin string
@@ -86,27 +86,8 @@ type server struct {
 	dir    string
 	config string
 	cmd    *exec.Cmd
-	logs   *syncBuffer
+	logs   *syncbuf.Buffer
 	addr   string
-}
-
-// syncBuffer is a bytes.Buffer safe for the child's output copier and the
-// test reading it at the same time.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // writeConfig writes a bbolt + shamir config into dir and returns its path.
@@ -130,7 +111,7 @@ func startServer(t *testing.T, dir, configPath string) *server {
 
 func (s *server) start() {
 	s.t.Helper()
-	s.logs = &syncBuffer{}
+	s.logs = &syncbuf.Buffer{}
 	s.cmd = exec.Command(wardBin, "server", "--config", s.config)
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {

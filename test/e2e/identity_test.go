@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/wardproject/ward/internal/testutil/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -42,7 +43,7 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 		t.Skip("needs root to run workloads as other uids")
 	}
 	dir := t.TempDir()
-	nodeAPI := freePort(t)
+	nodeAPI := netutil.FreeLoopbackAddr(t)
 	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI)))
 	shares := s.initAndUnseal()
 	a := s.addr

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"fmt"
+	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"io"
 	"net/http"
 	"os"
@@ -19,7 +21,7 @@ import (
 // started while the authority is down still gets the agent's cached copy.
 func TestPolicyReachesTheProxyThroughTheAgent(t *testing.T) {
 	dir := t.TempDir()
-	nodeAPI := freePort(t)
+	nodeAPI := netutil.FreeLoopbackAddr(t)
 	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
 	shares := s.initAndUnseal()
 	a := s.addr
@@ -32,7 +34,7 @@ func TestPolicyReachesTheProxyThroughTheAgent(t *testing.T) {
 	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
 	ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
 
-	admin := freePort(t)
+	admin := netutil.FreeLoopbackAddr(t)
 	proxyCfg := filepath.Join(dir, "proxy.yaml")
 	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
@@ -41,10 +43,10 @@ inbound:
   - name: payments
     listen: %s
     forward: %s
-`, ag.socket, filepath.Join(pub, "policy.sock"), admin, freePort(t), freePort(t))), 0o600)
+`, ag.socket, filepath.Join(pub, "policy.sock"), admin, netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t))), 0o600)
 	startProxy := func() *exec.Cmd {
 		cmd := exec.Command(wardBin, "proxy", "--config", proxyCfg)
-		logs := &syncBuffer{}
+		logs := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestTaintRevokesAtTheProxy runs the red team's replay: a workload's SVID
@@ -29,7 +31,7 @@ func TestTaintRevokesAtTheProxy(t *testing.T) {
 		t.Skip("openssl not installed (it is in the test dependencies)")
 	}
 	dir := t.TempDir()
-	nodeAPI := freePort(t)
+	nodeAPI := netutil.FreeLoopbackAddr(t)
 	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
 	s.initAndUnseal()
 	a := s.addr
@@ -61,7 +63,7 @@ func TestTaintRevokesAtTheProxy(t *testing.T) {
 			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
 		}
 	}()
-	inbound := freePort(t)
+	inbound := netutil.FreeLoopbackAddr(t)
 	proxyCfg := filepath.Join(dir, "proxy.yaml")
 	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
@@ -71,8 +73,8 @@ inbound:
   - name: payments
     listen: %s
     forward: %s
-`, ag.socket, filepath.Join(pub, "policy.sock"), freePort(t), inbound, app.Addr().String())), 0o600)
-	logs := &syncBuffer{}
+`, ag.socket, filepath.Join(pub, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
+	logs := &syncbuf.Buffer{}
 	cmd := exec.Command(wardBin, "proxy", "--config", proxyCfg)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {

@@ -1,36 +1,23 @@
 package audit
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
-
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-func (l *lockedBuf) String() string { l.mu.Lock(); defer l.mu.Unlock(); return l.b.String() }
 
 // TestFailedWriteIsLogged: a store that cannot write (disk full) fails the
 // append, and the failure is logged at error level with its cause.
 func TestFailedWriteIsLogged(t *testing.T) {
 	st := memstore.New(memstore.WithMaxBatch(1024))
-	logs := &lockedBuf{}
+	logs := &syncbuf.Buffer{}
 	l := openLog(t, st, newKey(t), WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	appendN(t, l, 0, 2)
 	if logs.String() != "" {
@@ -59,7 +46,7 @@ func TestFailedWriteIsLogged(t *testing.T) {
 func TestRevisionIndex(t *testing.T) {
 	ctx := context.Background()
 	st := memstore.New(memstore.WithMaxBatch(1024))
-	logs := &lockedBuf{}
+	logs := &syncbuf.Buffer{}
 	l := openLog(t, st, newKey(t), WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	add := func(key, result string, fields map[string]string) {
 		t.Helper()

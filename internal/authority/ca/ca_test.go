@@ -29,21 +29,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("prod-eu.example.org")
-
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (f *fakeClock) Now() time.Time { f.mu.Lock(); defer f.mu.Unlock(); return f.now }
-func (f *fakeClock) Set(t time.Time) {
-	f.mu.Lock()
-	f.now = t
-	f.mu.Unlock()
-}
 
 func newCA(t testing.TB, st *memstore.Store, cfg Config, clock Clock) *CA {
 	t.Helper()
@@ -289,7 +278,7 @@ func TestX509SVIDConformance(t *testing.T) {
 
 func TestX509SVIDTTL(t *testing.T) {
 	ctx := context.Background()
-	clk := &fakeClock{now: time.Now()}
+	clk := clock.At(time.Now())
 	c, _ := initCA(t, Config{SVIDTTL: time.Hour, MaxSVIDTTL: 4 * time.Hour, IntermediateTTL: 48 * time.Hour}, clk.Now)
 	inter, _ := c.ActiveIntermediate()
 	id := wid("/w")

@@ -16,6 +16,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 func sign(t testing.TB, c *CA) []*x509.Certificate {
@@ -271,7 +272,7 @@ func mustCert(t *testing.T, c *CA, id string) *x509.Certificate {
 func TestScheduleSimulation(t *testing.T) {
 	ctx := context.Background()
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	clk := &fakeClock{now: start}
+	clk := clock.At(start)
 	cfg := Config{SVIDTTL: time.Hour, MaxSVIDTTL: time.Hour, IntermediateTTL: 6 * time.Hour,
 		JWTSVIDTTL: 30 * time.Minute, MaxJWTSVIDTTL: time.Hour, JWTKeyTTL: 6 * time.Hour,
 		RootTTL: 12 * time.Hour, RefreshHint: 5 * time.Minute, PrepareAhead: 30 * time.Minute}
@@ -376,7 +377,7 @@ func TestScheduleSimulation(t *testing.T) {
 func TestCatchUpAfterDowntime(t *testing.T) {
 	ctx := context.Background()
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	clk := &fakeClock{now: start}
+	clk := clock.At(start)
 	c, _ := initCA(t, Config{}, clk.Now)
 	inter, _ := c.ActiveIntermediate()
 	later := inter.NotAfter.Add(time.Hour)
@@ -399,7 +400,7 @@ func TestCatchUpAfterDowntime(t *testing.T) {
 func TestSharedStore(t *testing.T) {
 	ctx := context.Background()
 	start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-	clk := &fakeClock{now: start}
+	clk := clock.At(start)
 	a, st := initCA(t, Config{}, clk.Now)
 	b := newCA(t, st, Config{}, clk.Now)
 

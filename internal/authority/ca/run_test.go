@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 // waitFor blocks until cond holds, re-checking on every CA update.
@@ -36,7 +37,7 @@ func TestRunFollowsScheduleAndPeers(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			start := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
-			clk := &fakeClock{now: start}
+			clk := clock.At(start)
 			var opts []memstore.Option
 			if !watchable {
 				opts = append(opts, memstore.WithoutWatch())

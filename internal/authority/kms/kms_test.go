@@ -15,6 +15,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 // recorder is an audit.Recorder that keeps events and can be made to fail.
@@ -34,18 +35,6 @@ func (r *recorder) Record(_ context.Context, a audit.Event) error {
 	return nil
 }
 
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 func openStore(t testing.TB) store.Store {
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "ward.db"))
 	if err != nil {
@@ -55,10 +44,10 @@ func openStore(t testing.TB) store.Store {
 	return st
 }
 
-func newManager(t testing.TB, st store.Store) (*Manager, *recorder, *fakeClock) {
+func newManager(t testing.TB, st store.Store) (*Manager, *recorder, *clock.Fake) {
 	rec := &recorder{}
-	clk := &fakeClock{t: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)}
-	m, err := New(st, bytes.Repeat([]byte{7}, 32), DefaultTable(), rec, WithClock(clk.now))
+	clk := clock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	m, err := New(st, bytes.Repeat([]byte{7}, 32), DefaultTable(), rec, WithClock(clk.Now))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -223,13 +212,13 @@ func TestScheduledRotation(t *testing.T) {
 	if err != nil || len(got) != 0 {
 		t.Fatalf("nothing due yet: %v %v", got, err)
 	}
-	clk.add(31 * day)
+	clk.Advance(31 * day)
 	got, _ = m.RotateDue(ctx)
 	if len(got) != 1 || got[0] != "a" {
 		t.Fatalf("rotated %v, want [a]", got)
 	}
 	k, _ := m.Get(ctx, "a")
-	if k.Latest() != 2 || !k.NextRotation.Equal(clk.now().Add(30*day)) {
+	if k.Latest() != 2 || !k.NextRotation.Equal(clk.Now().Add(30*day)) {
 		t.Fatalf("after scheduled rotation: latest %d next %s", k.Latest(), k.NextRotation)
 	}
 	found := false

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // indexWitness is the production wiring (server.auditWitness) in miniature.
@@ -29,22 +29,13 @@ func (w indexWitness) Latest(ctx context.Context, name string) (Mark, bool, erro
 	return Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, err
 }
 
-// syncBuf collects log output.
-type syncBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuf) Write(p []byte) (int, error) { s.mu.Lock(); defer s.mu.Unlock(); return s.b.Write(p) }
-func (s *syncBuf) String() string              { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
-
 // authority is an authority's storage stack on a real bbolt file: raw
 // store, barrier, audit log and KMS, as the server wires them.
 type authority struct {
 	raw  *boltstore.Store
 	log  *audit.Log
 	m    *Manager
-	logs *syncBuf
+	logs *syncbuf.Buffer
 }
 
 var (
@@ -73,7 +64,7 @@ func openAuthority(t *testing.T, path string, signer *ecdsa.PrivateKey, witness 
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &authority{raw: raw, log: l, logs: &syncBuf{}}
+	a := &authority{raw: raw, log: l, logs: &syncbuf.Buffer{}}
 	opts := []Option{WithLogger(slog.New(slog.NewTextHandler(a.logs, nil)))}
 	if witness {
 		opts = append(opts, WithWitness(indexWitness{audit.NewRevisionIndex(l)}))

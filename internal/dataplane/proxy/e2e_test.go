@@ -17,6 +17,7 @@ import (
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestAllowAndDeny: through a client proxy and the server proxy, the
@@ -43,16 +44,16 @@ func TestAllowAndDeny(t *testing.T) {
 	if n := e.app.count(toolID); n != 0 {
 		t.Fatalf("app saw %d connections from the denied client", n)
 	}
-	waitFor(t, "access log line for the denied client", 10*time.Second, func() bool { return len(e.serverLog.find("peer_id", toolID)) > 0 })
-	l := e.serverLog.find("peer_id", toolID)[0]
+	waitFor(t, "access log line for the denied client", 10*time.Second, func() bool { return len(findLog(e.serverLog, "peer_id", toolID)) > 0 })
+	l := findLog(e.serverLog, "peer_id", toolID)[0]
 	if l["decision"] != "deny" || l["outcome"] != "denied" || fmt.Sprint(l["policies"]) != "[ops-may-not-connect]" || l["cause"] != "forbid" {
 		t.Fatalf("denied access log line: %v", l)
 	}
 	if l["correlation_id"] == "" || l["policy_version"] != float64(1) {
 		t.Fatalf("access log line lacks correlation id or policy version: %v", l)
 	}
-	waitFor(t, "access log line for the allowed client", 10*time.Second, func() bool { return len(e.serverLog.find("peer_id", webID)) > 0 })
-	a := e.serverLog.find("peer_id", webID)[0]
+	waitFor(t, "access log line for the allowed client", 10*time.Second, func() bool { return len(findLog(e.serverLog, "peer_id", webID)) > 0 })
+	a := findLog(e.serverLog, "peer_id", webID)[0]
 	if a["decision"] != "allow" || fmt.Sprint(a["policies"]) != "[web-to-api]" || a["bytes_in"].(float64) < 6 || a["tls_version"] != "1.3" {
 		t.Fatalf("allowed access log line: %v", a)
 	}
@@ -107,7 +108,7 @@ func TestFailClosed(t *testing.T) {
 		WorkloadAPISocket: e.api.Addr, AdminAddress: "127.0.0.1:0", PolicyFiles: []string{e.policyDir},
 		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: e.app.l.Addr().String(), PeerIdentity: proxy.PeerIdentityProxyV2}},
 	}
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	p, _ := startProxy(t, ctx, cfg, proxy.WithAccessLog(log))
 	code, body := httpGetStatus(t, "http://"+p.Addr("admin").String()+"/readyz")
 	if code != 503 || !strings.Contains(body, "no valid policy") {
@@ -118,7 +119,7 @@ func TestFailClosed(t *testing.T) {
 	if got, err := request(cw, "x"); err == nil {
 		t.Fatalf("no policy: got %q, want the connection refused", got)
 	}
-	waitFor(t, "no-policy denial logged", 10*time.Second, func() bool { return len(log.find("cause", "no-policy")) == 1 })
+	waitFor(t, "no-policy denial logged", 10*time.Second, func() bool { return len(findLog(log, "cause", "no-policy")) == 1 })
 
 	e.writePolicy(basePolicy)
 	p.Reload()
@@ -195,9 +196,9 @@ forbid (principal == Workload::"spiffe://prod.example/ns/shop/web", action, reso
 				t.Fatalf("closed-by-policy = %v", v)
 			}
 			waitFor(t, "closed_by_policy in access log", 10*time.Second, func() bool {
-				return len(e.serverLog.find("outcome", "closed_by_policy")) >= 1
+				return len(findLog(e.serverLog, "outcome", "closed_by_policy")) >= 1
 			})
-			l := e.serverLog.find("outcome", "closed_by_policy")[0]
+			l := findLog(e.serverLog, "outcome", "closed_by_policy")[0]
 			if l["policy_version"] != float64(2) {
 				t.Fatalf("closed_by_policy line: %v", l)
 			}
@@ -228,7 +229,7 @@ forbid (principal == Workload::"spiffe://prod.example/ns/shop/web", action, reso
 		t.Fatalf("enforced denials = %v, want 0", v)
 	}
 	waitFor(t, "dry-run in the access log", 10*time.Second, func() bool {
-		for _, l := range e.serverLog.find("peer_id", webID) {
+		for _, l := range findLog(e.serverLog, "peer_id", webID) {
 			if fmt.Sprint(l["dry_run_denials"]) == "[canary-no-web]" && l["decision"] == "allow" {
 				return true
 			}
@@ -276,7 +277,7 @@ func TestRotationsUnderLoad(t *testing.T) {
 		}(w)
 	}
 	// waitServing waits until the server proxy's handshakes use serial.
-	seenIn := func(log *syncBuffer, serial string) bool { return log.contains(`"peer_serial":"` + serial + `"`) }
+	seenIn := func(log *syncbuf.Buffer, serial string) bool { return log.Contains(`"peer_serial":"` + serial + `"`) }
 	progress := func(what string) {
 		t.Helper()
 		n := oks.Load()
@@ -407,7 +408,7 @@ func TestIdleTimeout(t *testing.T) {
 	if _, err := r.ReadString('\n'); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("idle connection not closed: %v", err)
 	}
-	waitFor(t, "idle in access log", 10*time.Second, func() bool { return len(e.serverLog.find("error", "idle timeout")) == 1 })
+	waitFor(t, "idle in access log", 10*time.Second, func() bool { return len(findLog(e.serverLog, "error", "idle timeout")) == 1 })
 }
 
 // TestUnixSockets: the inbound listener forwards to an app on a unix

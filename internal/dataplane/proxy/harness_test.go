@@ -2,9 +2,7 @@ package proxy_test
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -20,6 +18,7 @@ import (
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 const (
@@ -39,46 +38,10 @@ forbid (principal, action == Action::"connect", resource)
 when { principal.path like "/ns/ops/*" };
 `
 
-// syncBuffer is an io.Writer safe for concurrent use (the access log).
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-// contains reports whether the log holds sub.
-func (s *syncBuffer) contains(sub string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Contains(s.b.Bytes(), []byte(sub))
-}
-
-// lines returns the JSON access-log lines.
-func (s *syncBuffer) lines() []map[string]any {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// findLog returns the JSON access-log lines in log whose field k equals v.
+func findLog(log *syncbuf.Buffer, k, v string) []map[string]any {
 	var out []map[string]any
-	for _, l := range strings.Split(s.b.String(), "\n") {
-		if l == "" {
-			continue
-		}
-		var m map[string]any
-		if json.Unmarshal([]byte(l), &m) == nil {
-			out = append(out, m)
-		}
-	}
-	return out
-}
-
-// find returns access-log lines whose field k equals v.
-func (s *syncBuffer) find(k, v string) []map[string]any {
-	var out []map[string]any
-	for _, m := range s.lines() {
+	for _, m := range log.JSONLines() {
 		if fmt.Sprint(m[k]) == v {
 			out = append(out, m)
 		}
@@ -160,9 +123,9 @@ type env struct {
 	denyFile  string
 
 	server     *proxy.Proxy
-	serverLog  *syncBuffer
+	serverLog  *syncbuf.Buffer
 	clientWeb  *proxy.Proxy
-	clientLog  *syncBuffer
+	clientLog  *syncbuf.Buffer
 	clientTool *proxy.Proxy
 	stopServer context.CancelFunc
 	serverDone chan error
@@ -227,11 +190,11 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	if cfg.Inbound[0].Forward == "" {
 		cfg.Inbound[0].Forward = e.app.l.Addr().String()
 	}
-	e.serverLog = &syncBuffer{}
+	e.serverLog = &syncbuf.Buffer{}
 	var sctx context.Context
 	sctx, e.stopServer = context.WithCancel(ctx)
 	e.server, e.serverDone = startProxy(t, sctx, cfg, proxy.WithAccessLog(e.serverLog))
-	e.clientLog = &syncBuffer{}
+	e.clientLog = &syncbuf.Buffer{}
 	e.clientWeb = e.clientProxy(ctx, e.web, e.clientLog)
 	e.clientTool = e.clientProxy(ctx, e.tool, io.Discard)
 	return e

@@ -91,7 +91,7 @@ func TestCurl(t *testing.T) {
 		t.Fatalf("curl with the denied SVID succeeded: %s", out)
 	}
 	waitFor(t, "denial logged", 10*time.Second, func() bool {
-		for _, l := range e.serverLog.find("peer_id", toolID) {
+		for _, l := range findLog(e.serverLog, "peer_id", toolID) {
 			if fmt.Sprint(l["policies"]) == "[ops-may-not-connect]" {
 				return true
 			}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // countingSource counts the trust bundle look-ups of a proxy: each
@@ -93,7 +94,7 @@ func TestOpenOutboundClosedWhenServerKeyTainted(t *testing.T) {
 		PolicyPollInterval: cfgDur(100 * time.Millisecond),
 		Outbound:           []proxy.Outbound{{Name: "to-api", Listen: "127.0.0.1:0", Remote: e.server.Addr("api").String(), ServerID: apiID}},
 	}
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	p, _ := startProxy(t, ctx, cfg, proxy.WithAccessLog(log))
 	waitFor(t, "client policy loaded", 10*time.Second, func() bool { _, ok := p.Engine().Status(); return ok })
 	v0, _ := p.Engine().Status()
@@ -115,14 +116,14 @@ func TestOpenOutboundClosedWhenServerKeyTainted(t *testing.T) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("open outbound connection to a server chained through the tainted intermediate still open 10 s after the client's deny-list listed it")
 	}
-	waitFor(t, "client closed_by_policy line", 10*time.Second, func() bool { return len(log.find("outcome", "closed_by_policy")) > 0 })
-	l := log.find("outcome", "closed_by_policy")[0]
+	waitFor(t, "client closed_by_policy line", 10*time.Second, func() bool { return len(findLog(log, "outcome", "closed_by_policy")) > 0 })
+	l := findLog(log, "outcome", "closed_by_policy")[0]
 	if l["direction"] != "outbound" || l["decision"] != "deny" || l["cause"] != "tainted-ca-key" ||
 		!strings.Contains(fmt.Sprint(l["policies"]), policy.ReasonTaintedKeyPrefix+k) || l["peer_id"] != apiID {
 		t.Fatalf("closed_by_policy line does not name the tainted server key: %v", l)
 	}
 	// The server proxy did not close it: its deny-list never listed K.
-	if got := e.serverLog.find("outcome", "closed_by_policy"); len(got) != 0 {
+	if got := findLog(e.serverLog, "outcome", "closed_by_policy"); len(got) != 0 {
 		t.Fatalf("server proxy closed the connection (test setup leaks the taint to the server): %v", got)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 func activeIntermediateKeyID(t *testing.T, e *env) string {
@@ -59,8 +60,8 @@ func TestTaintedIntermediateRefusedAndOpenConnectionClosed(t *testing.T) {
 	if errors.As(err, &ne) && ne.Timeout() {
 		t.Fatal("open connection through the tainted intermediate still open 10 s after the deny-list listed it")
 	}
-	waitFor(t, "closed_by_policy line", 10*time.Second, func() bool { return len(e.serverLog.find("outcome", "closed_by_policy")) > 0 })
-	l := e.serverLog.find("outcome", "closed_by_policy")[0]
+	waitFor(t, "closed_by_policy line", 10*time.Second, func() bool { return len(findLog(e.serverLog, "outcome", "closed_by_policy")) > 0 })
+	l := findLog(e.serverLog, "outcome", "closed_by_policy")[0]
 	if l["cause"] != "tainted-ca-key" || !strings.Contains(fmt.Sprint(l["policies"]), policy.ReasonTaintedKeyPrefix+k) {
 		t.Fatalf("closed_by_policy line does not name the tainted key: %v", l)
 	}
@@ -70,8 +71,8 @@ func TestTaintedIntermediateRefusedAndOpenConnectionClosed(t *testing.T) {
 	if got, err := request(e.clientWeb, "replay"); err == nil {
 		t.Fatalf("old chain through tainted %s was let through: %q", k, got)
 	}
-	waitFor(t, "denied line", 10*time.Second, func() bool { return len(e.serverLog.find("outcome", "denied")) > 0 })
-	d := e.serverLog.find("outcome", "denied")[0]
+	waitFor(t, "denied line", 10*time.Second, func() bool { return len(findLog(e.serverLog, "outcome", "denied")) > 0 })
+	d := findLog(e.serverLog, "outcome", "denied")[0]
 	if d["decision"] != "deny" || d["cause"] != "tainted-ca-key" || d["peer_id"] != webID ||
 		!strings.Contains(fmt.Sprint(d["policies"]), policy.ReasonTaintedKeyPrefix+k) {
 		t.Fatalf("denied line does not name the tainted key: %v", d)
@@ -111,13 +112,13 @@ func TestOutboundRefusesServerThroughTaintedKey(t *testing.T) {
 		WorkloadAPISocket: e.web.Addr, PolicyFiles: []string{e.policyDir}, DenyListFile: deny,
 		Outbound: []proxy.Outbound{{Name: "to-api", Listen: "127.0.0.1:0", Remote: e.server.Addr("api").String(), ServerID: apiID}},
 	}
-	log := &syncBuffer{}
+	log := &syncbuf.Buffer{}
 	p, _ := startProxy(t, ctx, cfg, proxy.WithAccessLog(log))
 	waitFor(t, "client policy loaded", 10*time.Second, func() bool { _, ok := p.Engine().Status(); return ok })
 	if got, err := request(p, "x"); err == nil {
 		t.Fatalf("outbound to a server chained through tainted %s succeeded: %q", k, got)
 	}
-	waitFor(t, "outbound log line", 10*time.Second, func() bool { return log.contains("tainted CA key " + k) })
+	waitFor(t, "outbound log line", 10*time.Second, func() bool { return log.Contains("tainted CA key " + k) })
 	// Without the taint the same client connects (the refusal is the taint's).
 	writeAtomic(t, deny, `{}`)
 	waitFor(t, "client deny-list emptied", 10*time.Second, func() bool {

@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -9,8 +8,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -20,6 +17,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
+	"github.com/wardproject/ward/internal/testutil/clock"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -28,34 +27,10 @@ func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Disca
 
 var testTD = spiffeid.RequireTrustDomainFromString("agent.example.org")
 
-// testClock is real time plus an offset the test moves forward.
-type testClock struct{ off atomic.Int64 }
-
-func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.off.Load())) }
-func (c *testClock) Advance(d time.Duration) { c.off.Add(int64(d)) }
-
-// syncBuffer is a log sink safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 type runningAgent struct {
 	*Agent
-	clock  *testClock
-	logs   *syncBuffer
+	clock  *clock.Fake
+	logs   *syncbuf.Buffer
 	socket string
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -89,19 +64,19 @@ func agentConfig(t testing.TB, auth *testAuthority, dir string) *Config {
 		SyncInterval: 200 * 1e6, LogLevel: "debug"}
 }
 
-func startAgent(t testing.TB, cfg *Config, clock *testClock) *runningAgent {
+func startAgent(t testing.TB, cfg *Config, clk *clock.Fake) *runningAgent {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	a, err := New(cfg, WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if clock == nil {
-		clock = &testClock{}
+	if clk == nil {
+		clk = clock.Running()
 	}
-	a.now = clock.Now
+	a.now = clk.Now
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &runningAgent{Agent: a, clock: clock, logs: logs, socket: cfg.SocketPath, cancel: cancel, done: make(chan struct{})}
+	r := &runningAgent{Agent: a, clock: clk, logs: logs, socket: cfg.SocketPath, cancel: cancel, done: make(chan struct{})}
 	go func() { r.err = a.Run(ctx); close(r.done) }()
 	t.Cleanup(func() {
 		cancel()
@@ -265,8 +240,8 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	r1.stop(t)
 
 	auth.stop()
-	clock := &testClock{}
-	r2 := startAgent(t, cfg, clock)
+	clk := clock.Running()
+	r2 := startAgent(t, cfg, clk)
 	cached := mustFetch(t, r2)
 	if serial(cached) != serial(before) {
 		t.Fatal("restarted agent did not serve the cached SVID")
@@ -274,7 +249,7 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	if jwt2, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "db"}, r2.addr()); err != nil || jwt2.Marshal() != jwt1.Marshal() {
 		t.Fatalf("restarted agent without authority did not serve the cached JWT-SVID: %v", err)
 	}
-	clock.Advance(20 * time.Minute)
+	clk.Advance(20 * time.Minute)
 	r2.poke()
 	waitFor(t, "staleness in status and logs", func() bool {
 		st := r2.Status()
@@ -284,7 +259,7 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	if st := r2.Status(); st.SoonestSVIDExpiry.IsZero() || st.AgentID == "" {
 		t.Fatalf("status while stale: %+v", st)
 	}
-	clock.Advance(15 * time.Minute) // rotation is now overdue; SVID still valid
+	clk.Advance(15 * time.Minute) // rotation is now overdue; SVID still valid
 	r2.poke()
 	if sv := mustFetch(t, r2); serial(sv) != serial(before) {
 		t.Fatal("rotated while the authority was down?")

@@ -21,6 +21,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // testAuditLog is a real audit log with the authority's prover.
@@ -97,7 +98,7 @@ func newP256(t testing.TB) *ecdsa.PrivateKey {
 // and on disk. A genuine extension moves it forward again.
 func TestAuditMemoryDetectsRollback(t *testing.T) {
 	dir := t.TempDir()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	lg := slogTo(logs)
 	m := openAuditMemory(dir, lg)
 	key := newP256(t)
@@ -199,7 +200,7 @@ func TestAgentReportsAuditRollback(t *testing.T) {
 	}
 }
 
-func slogTo(w *syncBuffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
+func slogTo(w *syncbuf.Buffer) *slog.Logger { return slog.New(slog.NewTextHandler(w, nil)) }
 
 // scrapeMetrics renders the agent's /metrics.
 func scrapeMetrics(t testing.TB, a *Agent) string {

@@ -12,7 +12,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/internal/testutil/netutil"
 )
 
 // startTimeout bounds the wait for a started etcd to report healthy.
@@ -104,7 +105,7 @@ func (s *Server) start(t testing.TB, bin, dir string, c config) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
 	}
-	ports, err := freePorts(2)
+	ports, err := netutil.FreeLoopbackPorts(2)
 	if err != nil {
 		return fmt.Errorf("find free loopback ports: %w", err)
 	}
@@ -215,23 +216,4 @@ func (s *Server) logTail() string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
-}
-
-func freePorts(n int) ([]int, error) {
-	var ls []net.Listener
-	defer func() {
-		for _, l := range ls {
-			l.Close()
-		}
-	}()
-	var ports []int
-	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		ls = append(ls, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
