@@ -23,53 +23,7 @@ import (
 
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
-	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
-
-// TestProxyHelperProcess is `ward` when run as a child of the tests below.
-func TestProxyHelperProcess(t *testing.T) {
-	if os.Getenv("WARD_CLI_HELPER") != "1" {
-		t.Skip("helper process for TestProxyCLI")
-	}
-	args := os.Args
-	for i, a := range args {
-		if a == "--" {
-			args = args[i+1:]
-			break
-		}
-	}
-	os.Exit(Main(args))
-}
-
-// wardProc runs `ward args...` as a real child process.
-type wardProc struct {
-	cmd  *exec.Cmd
-	out  syncbuf.Buffer // stdout and stderr
-	done chan error
-}
-
-func (w *wardProc) output() string { return w.out.String() }
-
-func startWard(t *testing.T, args ...string) *wardProc {
-	t.Helper()
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &wardProc{done: make(chan error, 1)}
-	w.cmd = exec.Command(exe, append([]string{"-test.run=^TestProxyHelperProcess$", "--"}, args...)...)
-	w.cmd.Env = append(os.Environ(), "WARD_CLI_HELPER=1")
-	w.cmd.Stdout, w.cmd.Stderr = &w.out, &w.out
-	if err := w.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { w.done <- w.cmd.Wait() }()
-	t.Cleanup(func() {
-		w.cmd.Process.Kill()
-		<-w.done
-	})
-	return w
-}
 
 // TestProxyCLI runs `ward proxy --config` as a process: a client with an
 // allowed SVID gets through; SIGHUP applies a policy that forbids it, which
@@ -132,8 +86,8 @@ inbound:
 	// a bad config is refused with a clear error
 	bad := filepath.Join(dir, "bad.yaml")
 	os.WriteFile(bad, []byte(cfg+"bogus: 1\n"), 0o600)
-	badCmd := exec.Command(mustExe(t), "-test.run=^TestProxyHelperProcess$", "--", "proxy", "--config", bad)
-	badCmd.Env = append(os.Environ(), "WARD_CLI_HELPER=1")
+	badCmd := exec.Command(mustExe(t), "-test.run=^TestReexecWard$", "--", "proxy", "--config", bad)
+	badCmd.Env = append(os.Environ(), reexecEnv)
 	if out, err := badCmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "field bogus not found") {
 		t.Fatalf("bad config: %v: %s", err, out)
 	}
@@ -213,12 +167,4 @@ inbound:
 	if !strings.Contains(w.output(), "draining") {
 		t.Fatalf("no drain logged:\n%s", w.output())
 	}
-}
-
-func mustExe(t *testing.T) string {
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return exe
 }

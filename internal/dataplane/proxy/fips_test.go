@@ -7,7 +7,7 @@ import (
 	"testing"
 )
 
-// TestFIPS140 re-runs the end-to-end tests in a child test binary with
+// TestFIPS140 re-runs the in-process proxy tests in a child test binary with
 // GODEBUG=fips140=on (Go's FIPS 140-3 mode): the child checks that the mode
 // is really on (WARD_EXPECT_FIPS) and every handshake, rotation and policy
 // decision must work as without it.
@@ -26,7 +26,7 @@ func TestFIPS140(t *testing.T) {
 	cmd.Env = append(os.Environ(), "GODEBUG=fips140=on", "WARD_EXPECT_FIPS=1")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("end-to-end tests under GODEBUG=fips140=on failed: %v\n%s", err, out)
+		t.Fatalf("in-process proxy tests under GODEBUG=fips140=on failed: %v\n%s", err, out)
 	}
 	for _, name := range []string{"TestAllowAndDeny", "TestRotationsUnderLoad", "TestPolicyChangeClosesRunningClient"} {
 		if !strings.Contains(string(out), "--- PASS: "+name) {

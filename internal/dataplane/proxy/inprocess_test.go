@@ -1,3 +1,7 @@
+// In-process proxy tests: real proxies (client and server side), a real CA
+// and real Workload API sockets (testutil/proxytest) and an echo app, all in
+// this test binary over loopback, so they can reach into metrics, logs and
+// rotations (docs/testing.md names the three kinds of whole-path tests).
 package proxy_test
 
 import (
