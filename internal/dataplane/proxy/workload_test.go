@@ -12,19 +12,20 @@ import (
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // waitingProxy runs a proxy on socket (an outbound listener only) that
 // says after 50ms what keeps it from an SVID; it returns its log and the
 // proxy.
-func waitingProxy(t *testing.T, ctx context.Context, socket string, mutate func(*proxy.Config)) (*proxy.Proxy, *syncBuffer, chan error) {
+func waitingProxy(t *testing.T, ctx context.Context, socket string, mutate func(*proxy.Config)) (*proxy.Proxy, *syncbuf.Buffer, chan error) {
 	t.Helper()
 	cfg := &proxy.Config{WorkloadAPISocket: socket, AdminAddress: "127.0.0.1:0",
 		Outbound: []proxy.Outbound{{Name: "out", Listen: "127.0.0.1:0", Remote: "127.0.0.1:1", ServerID: apiID}}}
 	if mutate != nil {
 		mutate(cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	p, err := proxy.New(cfg, proxy.WithLogger(slog.New(slog.NewTextHandler(logs, nil))), proxy.WithAccessLog(logs),
 		proxy.WithWaitDiagnosis(50*time.Millisecond))
 	if err != nil {
@@ -64,7 +65,7 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 	t.Run("no socket", func(t *testing.T) {
 		missing := filepath.Join(dir, "nothing-here.sock")
 		p, logs, _ := waitingProxy(t, ctx, missing, nil)
-		waitFor(t, "the missing socket in the log", 10*time.Second, func() bool { return logs.contains("no Workload API socket at " + missing) })
+		waitFor(t, "the missing socket in the log", 10*time.Second, func() bool { return logs.Contains("no Workload API socket at " + missing) })
 		code, body := readyz(t, p)
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "no Workload API socket") {
 			t.Fatalf("/readyz: %d %q", code, body)
@@ -79,7 +80,7 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 		w.SetRefused(true)
 		p, logs, done := waitingProxy(t, ctx, w.Addr, nil)
 		waitFor(t, "the agent's refusal in the log", 10*time.Second, func() bool {
-			return logs.contains("the agent refused this proxy") && logs.contains("test:socket")
+			return logs.Contains("the agent refused this proxy") && logs.Contains("test:socket")
 		})
 		code, body := readyz(t, p)
 		if code != http.StatusServiceUnavailable || !strings.Contains(body, "no registration entry") {
@@ -103,7 +104,7 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 		want := "spiffe://prod.example/ns/shop/two"
 		p, logs, done := waitingProxy(t, ctx, w.Addr, func(c *proxy.Config) { c.SPIFFEID = want })
 		waitFor(t, "the SVIDs on offer in the log", 10*time.Second, func() bool {
-			return logs.contains("no X509-SVID with spiffe_id "+want) && logs.contains("it offers: spiffe://prod.example/ns/shop/one")
+			return logs.Contains("no X509-SVID with spiffe_id "+want) && logs.Contains("it offers: spiffe://prod.example/ns/shop/one")
 		})
 		if code, body := readyz(t, p); code != http.StatusServiceUnavailable || !strings.Contains(body, want) {
 			t.Fatalf("/readyz: %d %q", code, body)
@@ -118,7 +119,7 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("proxy did not start once its SVID was offered")
 		}
-		waitFor(t, "the identity log line", 10*time.Second, func() bool { return logs.contains("spiffe_id=" + want) })
+		waitFor(t, "the identity log line", 10*time.Second, func() bool { return logs.Contains("spiffe_id=" + want) })
 	})
 
 	t.Run("pick by hint", func(t *testing.T) {
@@ -137,7 +138,7 @@ func TestWaitingProxySaysWhatIsMissing(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("proxy did not start")
 		}
-		waitFor(t, "the identity log line", 10*time.Second, func() bool { return logs.contains("spiffe_id=spiffe://prod.example/ns/shop/four") })
+		waitFor(t, "the identity log line", 10*time.Second, func() bool { return logs.Contains("spiffe_id=spiffe://prod.example/ns/shop/four") })
 	})
 }
 
@@ -179,7 +180,7 @@ func TestMissingPolicyFiles(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	p, _ := startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: w.Addr, AdminAddress: "127.0.0.1:0",
 		PolicyFiles: []string{missing}, PolicyPollInterval: cfgDur(50 * time.Millisecond),
 		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: "127.0.0.1:1"}}},
@@ -204,10 +205,4 @@ func TestMissingPolicyFiles(t *testing.T) {
 		strings.Contains(body, "loaded=") {
 		t.Errorf("outbound-only /readyz: %d %q", code, body)
 	}
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
