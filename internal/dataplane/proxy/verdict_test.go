@@ -13,6 +13,7 @@ import (
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestRemoteRefusalIsVisibleOnTheCallingSide: when the inbound proxy's
@@ -25,15 +26,15 @@ func TestRemoteRefusalIsVisibleOnTheCallingSide(t *testing.T) {
 	e := newEnv(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	toolLog := &syncBuffer{}
+	toolLog := &syncbuf.Buffer{}
 	tool := e.clientProxy(ctx, e.tool, toolLog)
 	if got, err := request(tool, "hello"); err == nil {
 		t.Fatalf("denied client got a reply %q", got)
 	}
-	waitFor(t, "the caller's access log line", 10*time.Second, func() bool { return len(toolLog.find("peer_id", apiID)) > 0 })
-	waitFor(t, "the server's access log line", 10*time.Second, func() bool { return len(e.serverLog.find("peer_id", toolID)) > 0 })
-	l := toolLog.find("peer_id", apiID)[0]
-	server := e.serverLog.find("peer_id", toolID)
+	waitFor(t, "the caller's access log line", 10*time.Second, func() bool { return len(findLog(toolLog, "peer_id", apiID)) > 0 })
+	waitFor(t, "the server's access log line", 10*time.Second, func() bool { return len(findLog(e.serverLog, "peer_id", toolID)) > 0 })
+	l := findLog(toolLog, "peer_id", apiID)[0]
+	server := findLog(e.serverLog, "peer_id", toolID)
 	errText, _ := l["error"].(string)
 	if l["outcome"] != "refused_by_remote" || !strings.Contains(errText, "refused by the remote policy") ||
 		!strings.Contains(errText, "forbid") || !strings.Contains(errText, server[0]["correlation_id"].(string)) {
@@ -50,7 +51,7 @@ func TestRemoteRefusalIsVisibleOnTheCallingSide(t *testing.T) {
 		return err != nil
 	})
 	waitFor(t, "the caller's line for the unreachable app", 10*time.Second, func() bool {
-		return e.clientLog.contains("its app is not reachable")
+		return e.clientLog.Contains("its app is not reachable")
 	})
 }
 
