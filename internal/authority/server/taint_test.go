@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"slices"
 	"strings"
 	"testing"
@@ -11,8 +10,6 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
-	"github.com/wardproject/ward/internal/authority/policystore"
-	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
 
@@ -109,51 +106,5 @@ func TestTaintCAKeyPublishesToDenyList(t *testing.T) {
 	}
 	if ops["policy.taint/ok"] == 0 || ops["ca.taint/ok"] < 2 {
 		t.Errorf("audit log lacks the taint's events: %v", ops)
-	}
-}
-
-type failingBatch struct{ store.Store }
-
-func (failingBatch) Batch(context.Context, []store.Op) (int64, error) {
-	return 0, errors.New("backend unavailable")
-}
-
-// If the deny-list cannot be updated, the call fails, says so and says
-// what to do; running it again once the store works publishes the key.
-func TestTaintCAKeyFailsWhenDenyListCannotBeUpdated(t *testing.T) {
-	e := startIdentity(t)
-	ctx := context.Background()
-	admin, err := client.Dial(e.srv.AdminAddress())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer admin.Close()
-	if _, err := admin.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"p.cedar": []byte(`@id("all") permit(principal, action, resource);`)}}); err != nil {
-		t.Fatal(err)
-	}
-	st, err := e.srv.state()
-	if err != nil {
-		t.Fatal(err)
-	}
-	good := st.policy
-	st.policy = policystore.New(failingBatch{e.srv.barrier.Store()}, st.recorder)
-	kid := activeIntermediate(t, e)
-	_, err = e.ca.TaintCAKey(ctx, &wardv1.TaintCAKeyRequest{KeyId: kid})
-	st.policy = good
-	if code(err) != codes.Unavailable || !strings.Contains(err.Error(), "deny-list") || !strings.Contains(err.Error(), "ward ca taint "+kid) {
-		t.Fatalf("failed publication: got %v", err)
-	}
-	if _, err := e.ca.TaintCAKey(ctx, &wardv1.TaintCAKeyRequest{KeyId: kid}); err != nil {
-		t.Fatalf("retry: %v", err)
-	}
-	if b := currentBundle(t, admin); !slices.Contains(b.DenyList.TaintedKeys, kid) {
-		t.Fatalf("retry did not publish the key: %+v", b.DenyList)
-	}
-	ops := map[string]int{}
-	for _, ev := range e.auditEvents(t) {
-		ops[ev.Operation+"/"+ev.Result]++
-	}
-	if ops["ca.taint/error"] == 0 || ops["policy.taint/error"] == 0 {
-		t.Errorf("the failure is not audited: %v", ops)
 	}
 }
