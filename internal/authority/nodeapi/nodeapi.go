@@ -4,9 +4,10 @@
 // X509- and JWT-SVIDs signed. The server authenticates as
 // spiffe://TD/ward/server with an X509-SVID from the CA, renewed at half
 // life; Attest is the only call allowed without a client certificate. The
-// agent methods need the current SVID of a registered, non-evicted agent;
-// the workload methods (the KMS) need a workload SVID, never one in the
-// reserved /ward/ namespace (see Server.authenticate).
+// agent methods (and the policy stream, WatchPolicy) need the current SVID
+// of a registered, non-evicted agent; the workload methods (the KMS, each
+// call decided by the current policy version) need a workload SVID, never
+// one in the reserved /ward/ namespace (see Server.authenticate).
 // Every issuance is audited; nothing is released if its event cannot be
 // written.
 package nodeapi

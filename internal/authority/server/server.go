@@ -1,7 +1,9 @@
 // Package server wires ward's authority together: storage, barrier and
-// seal, the audit log, the KMS, the gRPC API on the admin socket and the
-// HTTP endpoints (/metrics, /healthz, /readyz). It owns the sealed ↔
-// unsealed lifecycle: services that need keys exist only while unsealed.
+// seal, the audit log, the KMS, the policy store and workload identity.
+// It owns the sealed ↔ unsealed lifecycle (services that need keys exist
+// only while unsealed) and the listeners: the admin socket, which serves
+// internal/authority/adminapi, the Node API (internal/authority/nodeapi),
+// started at unseal, and the HTTP endpoints (/metrics, /healthz, /readyz).
 package server
 
 import (
