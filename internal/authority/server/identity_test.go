@@ -586,56 +586,6 @@ func opensslVerify(t *testing.T, e *idEnv, chain [][]byte) {
 	}
 }
 
-func TestNodeAPIServerIdentity(t *testing.T) {
-	e := startIdentity(t)
-	// A client expecting another SPIFFE ID refuses the server.
-	tc := tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://"+testTD+"/not-the-server")))
-	c, err := tls.Dial("tcp", e.srv.NodeAPIAddress(), tc)
-	if err == nil {
-		c.Close()
-		t.Fatal("handshake succeeded against the wrong expected server ID")
-	}
-	// The real one: TLS 1.3, server SVID spiffe://TD/ward/server.
-	tc = tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(serverID()))
-	tc.NextProtos = []string{"h2"}
-	c, err = tls.Dial("tcp", e.srv.NodeAPIAddress(), tc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	st := c.ConnectionState()
-	if st.Version != tls.VersionTLS13 {
-		t.Fatalf("TLS version %x, want 1.3", st.Version)
-	}
-	if id, _ := x509svid.IDFromCert(st.PeerCertificates[0]); id != serverID() {
-		t.Fatalf("server presents %s", id)
-	}
-	// TLS 1.2 is refused.
-	tc12 := tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(serverID()))
-	tc12.MaxVersion = tls.VersionTLS12
-	if c12, err := tls.Dial("tcp", e.srv.NodeAPIAddress(), tc12); err == nil {
-		c12.Close()
-		t.Fatal("TLS 1.2 accepted")
-	}
-	// A client certificate that is not an agent SVID is refused in the
-	// handshake: here, a workload SVID.
-	agent := e.joinAgent(t, "node-1")
-	en, err := e.entries.CreateEntry(context.Background(), &wardv1.CreateEntryRequest{Entry: &wardv1.Entry{
-		SpiffeId: "spiffe://" + testTD + "/web", ParentId: agent.ID.String(), Selectors: []*wardv1.Selector{{Type: "unix", Value: "uid:1"}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, key := newCSR(t)
-	res, err := e.nodeClient(t, agent).SignX509SVIDs(context.Background(), &wardv1.SignX509SVIDsRequest{Params: []*wardv1.X509SVIDParams{{EntryId: en.Id, Csr: csr}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	workload := toSVID(t, res.Results[0].Chain, key)
-	if _, err := e.nodeClient(t, workload).Sync(context.Background(), &wardv1.SyncRequest{}); err == nil {
-		t.Fatal("a workload SVID was accepted as an agent")
-	}
-}
-
 func TestIdentitySealed(t *testing.T) {
 	e := startIdentity(t)
 	ctx := context.Background()
