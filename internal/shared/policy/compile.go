@@ -154,6 +154,31 @@ func syntaxProblem(file string, src []byte, err error) Problem {
 	return p
 }
 
+// tokenPosition is where the first of tokens (tried in order) occurs in
+// src at or after the policy's start (line, col), so that a validation
+// problem points at the offending name rather than at the policy; a token
+// that starts with '.' or ' ' points after that character. Without a
+// match it is the policy's start.
+func tokenPosition(src []byte, line, col int, tokens []string) (int, int) {
+	start := offsetOf(src, line, col)
+	if start < 0 {
+		return line, col
+	}
+	rest := string(src[start:])
+	for _, t := range tokens {
+		if t == "" {
+			continue
+		}
+		if i := strings.Index(rest, t); i >= 0 {
+			if t[0] == '.' || t[0] == ' ' {
+				i++
+			}
+			return positionOf(src, start+i)
+		}
+	}
+	return line, col
+}
+
 // backTo moves a reported position back to the last occurrence of token
 // before it, when there is one.
 func backTo(src []byte, line, col int, token string) (int, int) {
@@ -287,10 +312,11 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 				continue
 			}
 			firstSeen[id] = loc
-			if msgs := m.validate(pa); len(msgs) > 0 {
-				for _, msg := range msgs {
+			if vps := m.validate(pa); len(vps) > 0 {
+				for _, vp := range vps {
 					q := loc
-					q.Kind, q.Message = "validation", msg
+					q.Line, q.Column = tokenPosition(src, pos.Line, pos.Column, vp.tokens)
+					q.Kind, q.Message = "validation", vp.msg
 					addProb(q)
 				}
 				continue

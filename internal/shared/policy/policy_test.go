@@ -550,3 +550,32 @@ func TestParseSPIFFEID(t *testing.T) {
 		}
 	}
 }
+
+// TestValidationPointsAtTheToken: a validation problem on a later line of
+// a policy is reported where the offending name is, not at the policy's
+// first character.
+func TestValidationPointsAtTheToken(t *testing.T) {
+	tests := []struct {
+		name      string
+		src       string
+		line, col int
+	}{
+		{"unknown action", "// header\npermit (\n  principal,\n  action == Action::\"conect\",\n  resource\n);", 4, 21},
+		{"unknown attribute", "permit (principal, action, resource)\nwhen {\n  principal.namespace == \"x\"\n};", 3, 13},
+		{"unknown context field", "permit (principal, action, resource)\nwhen { context has cluster };", 2, 20},
+		{"unknown type", "permit (principal, action,\n   resource == Bucket::\"b\");", 2, 16},
+		{"second policy", "permit (principal, action, resource);\n\nforbid (principal, action, resource)\nwhen { resource.owner == \"x\" };", 4, 17},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Compile(map[string][]byte{"p.cedar": []byte(tc.src)})
+			var ce *CompileError
+			if !errors.As(err, &ce) || len(ce.Problems) != 1 {
+				t.Fatalf("err = %v, want one problem", err)
+			}
+			if p := ce.Problems[0]; p.Line != tc.line || p.Column != tc.col {
+				t.Fatalf("problem at %d:%d, want %d:%d: %v", p.Line, p.Column, tc.line, tc.col, p)
+			}
+		})
+	}
+}

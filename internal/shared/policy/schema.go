@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"slices"
+	"strconv"
 	"sort"
 	"strings"
 	"sync"
@@ -255,31 +256,40 @@ func (m *model) allTypes() string {
 
 // validate checks one parsed policy against the model and returns a message
 // per problem found (empty when the policy is valid).
-func (m *model) validate(p *xast.Policy) []string {
-	var probs []string
-	add := func(format string, args ...any) { probs = append(probs, fmt.Sprintf(format, args...)) }
+func (m *model) validate(p *xast.Policy) []validationProblem {
+	var probs []validationProblem
+	var tokens []string // the source text the next add points at, best first
+	add := func(format string, args ...any) {
+		probs = append(probs, validationProblem{msg: fmt.Sprintf(format, args...), tokens: tokens})
+	}
+	at := func(t ...string) { tokens = t }
 
 	principalType := func(t types.EntityType, where string) {
 		if _, ok := m.principals[t]; !ok {
+			at(string(t))
 			add("%s: %q is not a principal entity type (principal types: %s)", where, t, keys(m.principals))
 		}
 	}
 	principalOrGroup := func(e types.EntityUID, where string) {
 		if _, ok := m.principals[e.Type]; !ok && !m.groups[e.Type] {
+			at(string(e.Type))
 			add("%s: unknown principal or group entity type %q in %s (known: %s, %s)", where, e.Type, e, keys(m.principals), keys(m.groups))
 		}
 	}
 	resourceType := func(t types.EntityType, where string) {
 		if _, ok := m.resources[t]; !ok {
+			at(string(t))
 			add("%s: %q is not a resource entity type (resource types: %s)", where, t, keys(m.resources))
 		}
 	}
 	action := func(e types.EntityUID, where string) {
 		if e.Type != TypeAction {
+			at(string(e.Type))
 			add("%s: %s is not an action; actions are Action::\"...\"", where, e)
 			return
 		}
 		if _, ok := m.actionBit[e.ID]; !ok {
+			at(strconv.Quote(string(e.ID)), string(e.ID))
 			add("%s: unknown action %s (known actions: %s)", where, e, m.actionNames())
 		}
 	}
@@ -319,6 +329,7 @@ func (m *model) validate(p *xast.Policy) []string {
 
 	literal := func(e types.EntityUID) {
 		if !m.knownType(e.Type) {
+			at(string(e.Type))
 			add("condition: unknown entity type %q in %s (known types: %s)", e.Type, e, m.allTypes())
 			return
 		}
@@ -346,6 +357,7 @@ func (m *model) validate(p *xast.Policy) []string {
 		if !ok {
 			return
 		}
+		at("."+string(name), strconv.Quote(string(name)), " "+string(name))
 		switch v.Name {
 		case "context":
 			if !m.context[string(name)] {
@@ -369,10 +381,12 @@ func (m *model) validate(p *xast.Policy) []string {
 			case xast.NodeValue:
 				value(x.Value)
 			case xast.NodeTypeIs:
+				at(string(x.EntityType))
 				if !m.knownType(x.EntityType) {
 					add("condition: unknown entity type %q after `is` (known types: %s)", x.EntityType, m.allTypes())
 				}
 			case xast.NodeTypeIsIn:
+				at(string(x.EntityType))
 				if !m.knownType(x.EntityType) {
 					add("condition: unknown entity type %q after `is` (known types: %s)", x.EntityType, m.allTypes())
 				}
@@ -381,10 +395,18 @@ func (m *model) validate(p *xast.Policy) []string {
 			case xast.NodeTypeHas:
 				attr(x.Arg, x.Value)
 			case xast.NodeTypeGetTag, xast.NodeTypeHasTag:
+				at("getTag", "hasTag")
 				add("condition: ward entities carry no tags; read labels with principal.labels")
 			}
 			return true
 		})
 	}
-	return slices.Compact(probs)
+	return slices.CompactFunc(probs, func(a, b validationProblem) bool { return a.msg == b.msg })
+}
+
+// validationProblem is one finding of validate and the source text it is
+// about (tokens, best first), for its position.
+type validationProblem struct {
+	msg    string
+	tokens []string
 }
