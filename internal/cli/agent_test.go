@@ -21,7 +21,7 @@ func TestAgentCommand(t *testing.T) {
 		want string
 	}{
 		{"no config", []string{"agent"}, "give --config"},
-		{"bad config", []string{"agent", "--config", bad}, "field bogus not found"},
+		{"bad config", []string{"agent", "--config", bad}, `unknown field "bogus"`},
 		{"missing file", []string{"agent", "--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
 		{"missing bundle", []string{"agent", "--config", missingBundle}, "trust_bundle_path"},
 		{"stray argument", []string{"agent", "run"}, "unknown command"},

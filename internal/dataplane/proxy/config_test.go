@@ -35,7 +35,7 @@ func TestParseConfig(t *testing.T) {
 	for _, tc := range []struct {
 		name, edit, want string
 	}{
-		{"unknown field", "\nlisten_everywhere: true", "field listen_everywhere not found"},
+		{"unknown field", "\nlisten_everywhere: true", `unknown field "listen_everywhere" at the top level`},
 		{"non-loopback listen", "", ""},
 		{"bad tls version", "\ntls: {min_version: \"1.1\"}", `tls.min_version "1.1"`},
 		{"poll too slow", "\npolicy_poll_interval: 1m", "policy_poll_interval 1m0s must be between"},

@@ -41,7 +41,7 @@ func TestParseConfigErrors(t *testing.T) {
 	}{
 		{"empty", "", "file is empty"},
 		{"not yaml", "trust_domain: [", "invalid YAML"},
-		{"unknown field", goodConfig + "sync_intervall: 5s\n", "field sync_intervall not found"},
+		{"unknown field", goodConfig + "sync_intervall: 5s\n", `unknown field "sync_intervall" at the top level: did you mean "sync_interval"?`},
 		{"two documents", goodConfig + "---\ntrust_domain: x\n", "more than one YAML document"},
 		{"no trust domain", without("trust_domain"), "trust_domain is required"},
 		{"trust domain URL", strings.Replace(goodConfig, "prod.example.org", "spiffe://prod.example.org", 1), "not a trust domain name"},
