@@ -33,7 +33,7 @@ type kmsFlags struct {
 }
 
 func (f *kmsFlags) add(cmd *cobra.Command) {
-	cmd.Flags().StringVar(&f.localKey, "local-key", "", "use a local key file instead of the authority (offline; create one with `ward local-key new`)")
+	cmd.Flags().StringVar(&f.localKey, "local-key", "", "use the local key `FILE` instead of the authority (offline; create one with: ward local-key new)")
 	cmd.Flags().StringArrayVar(&f.context, "context", nil, "encryption context k=v not stored in the file (repeatable; must match on decrypt, verify, rewrap)")
 }
 

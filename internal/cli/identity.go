@@ -110,7 +110,7 @@ type entryFlags struct {
 
 func (f *entryFlags) add(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.spiffeID, "spiffe-id", "", "the workload's SPIFFE ID, spiffe://TRUST-DOMAIN/PATH")
-	cmd.Flags().StringVar(&f.parent, "parent", "", "the agent that serves it (see `ward agent list`), or a parent entry's SPIFFE ID")
+	cmd.Flags().StringVar(&f.parent, "parent", "", "the `SPIFFE-ID` of the agent that serves it (see: ward agent list), or of a parent entry")
 	cmd.Flags().StringArrayVar(&f.selectors, "selector", nil, "TYPE:VALUE the workload must match, e.g. unix:uid:1000 (repeatable; all must match)")
 	cmd.Flags().DurationVar(&f.ttl, "ttl", 0, "X509-SVID lifetime, e.g. 1h (default: the CA's svid_ttl)")
 	cmd.Flags().StringArrayVar(&f.dns, "dns", nil, "DNS name to put in the SVID (repeatable)")
