@@ -217,6 +217,190 @@ func (x *Entry) GetUpdated() *timestamppb.Timestamp {
 	return nil
 }
 
+type BatchEntriesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// New entries; id may be given (32 lowercase hex digits) or left empty.
+	Create []*Entry `protobuf:"bytes,1,rep,name=create,proto3" json:"create,omitempty"`
+	// Replacements by entry.id; a non-zero entry.revision must match.
+	Update        []*Entry    `protobuf:"bytes,2,rep,name=update,proto3" json:"update,omitempty"`
+	Delete        []*EntryRef `protobuf:"bytes,3,rep,name=delete,proto3" json:"delete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchEntriesRequest) Reset() {
+	*x = BatchEntriesRequest{}
+	mi := &file_ward_v1_identity_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchEntriesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchEntriesRequest) ProtoMessage() {}
+
+func (x *BatchEntriesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_identity_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchEntriesRequest.ProtoReflect.Descriptor instead.
+func (*BatchEntriesRequest) Descriptor() ([]byte, []int) {
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *BatchEntriesRequest) GetCreate() []*Entry {
+	if x != nil {
+		return x.Create
+	}
+	return nil
+}
+
+func (x *BatchEntriesRequest) GetUpdate() []*Entry {
+	if x != nil {
+		return x.Update
+	}
+	return nil
+}
+
+func (x *BatchEntriesRequest) GetDelete() []*EntryRef {
+	if x != nil {
+		return x.Delete
+	}
+	return nil
+}
+
+// EntryRef names an entry; a non-zero revision must match the stored one.
+type EntryRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Revision      int64                  `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryRef) Reset() {
+	*x = EntryRef{}
+	mi := &file_ward_v1_identity_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryRef) ProtoMessage() {}
+
+func (x *EntryRef) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_identity_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryRef.ProtoReflect.Descriptor instead.
+func (*EntryRef) Descriptor() ([]byte, []int) {
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *EntryRef) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *EntryRef) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
+type BatchEntriesResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Created []*Entry               `protobuf:"bytes,1,rep,name=created,proto3" json:"created,omitempty"`
+	Updated []*Entry               `protobuf:"bytes,2,rep,name=updated,proto3" json:"updated,omitempty"`
+	Deleted []string               `protobuf:"bytes,3,rep,name=deleted,proto3" json:"deleted,omitempty"`
+	// The store revision of the batch (0: nothing to do).
+	Revision      int64 `protobuf:"varint,4,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchEntriesResponse) Reset() {
+	*x = BatchEntriesResponse{}
+	mi := &file_ward_v1_identity_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchEntriesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchEntriesResponse) ProtoMessage() {}
+
+func (x *BatchEntriesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_identity_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchEntriesResponse.ProtoReflect.Descriptor instead.
+func (*BatchEntriesResponse) Descriptor() ([]byte, []int) {
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *BatchEntriesResponse) GetCreated() []*Entry {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *BatchEntriesResponse) GetUpdated() []*Entry {
+	if x != nil {
+		return x.Updated
+	}
+	return nil
+}
+
+func (x *BatchEntriesResponse) GetDeleted() []string {
+	if x != nil {
+		return x.Deleted
+	}
+	return nil
+}
+
+func (x *BatchEntriesResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 type CreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entry         *Entry                 `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
@@ -226,7 +410,7 @@ type CreateEntryRequest struct {
 
 func (x *CreateEntryRequest) Reset() {
 	*x = CreateEntryRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[2]
+	mi := &file_ward_v1_identity_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -238,7 +422,7 @@ func (x *CreateEntryRequest) String() string {
 func (*CreateEntryRequest) ProtoMessage() {}
 
 func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[2]
+	mi := &file_ward_v1_identity_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -251,7 +435,7 @@ func (x *CreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*CreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{2}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CreateEntryRequest) GetEntry() *Entry {
@@ -272,7 +456,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[3]
+	mi := &file_ward_v1_identity_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -284,7 +468,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[3]
+	mi := &file_ward_v1_identity_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -297,7 +481,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{3}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListEntriesRequest) GetParentId() string {
@@ -315,15 +499,18 @@ func (x *ListEntriesRequest) GetSpiffeIdPrefix() string {
 }
 
 type ListEntriesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// The most changes one BatchEntries call may hold (the store's atomic
+	// batch limit).
+	MaxBatchEntries uint32 `protobuf:"varint,2,opt,name=max_batch_entries,json=maxBatchEntries,proto3" json:"max_batch_entries,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[4]
+	mi := &file_ward_v1_identity_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -335,7 +522,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[4]
+	mi := &file_ward_v1_identity_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -348,7 +535,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{4}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -356,6 +543,13 @@ func (x *ListEntriesResponse) GetEntries() []*Entry {
 		return x.Entries
 	}
 	return nil
+}
+
+func (x *ListEntriesResponse) GetMaxBatchEntries() uint32 {
+	if x != nil {
+		return x.MaxBatchEntries
+	}
+	return 0
 }
 
 type GetEntryRequest struct {
@@ -367,7 +561,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[5]
+	mi := &file_ward_v1_identity_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -379,7 +573,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[5]
+	mi := &file_ward_v1_identity_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -392,7 +586,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{5}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -414,7 +608,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[6]
+	mi := &file_ward_v1_identity_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +620,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[6]
+	mi := &file_ward_v1_identity_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +633,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{6}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -465,7 +659,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[7]
+	mi := &file_ward_v1_identity_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -477,7 +671,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[7]
+	mi := &file_ward_v1_identity_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -490,7 +684,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{7}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -508,7 +702,7 @@ type DeleteEntryResponse struct {
 
 func (x *DeleteEntryResponse) Reset() {
 	*x = DeleteEntryResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[8]
+	mi := &file_ward_v1_identity_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +714,7 @@ func (x *DeleteEntryResponse) String() string {
 func (*DeleteEntryResponse) ProtoMessage() {}
 
 func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[8]
+	mi := &file_ward_v1_identity_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +727,7 @@ func (x *DeleteEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryResponse.ProtoReflect.Descriptor instead.
 func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{8}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{11}
 }
 
 // Agent is an attested node.
@@ -555,7 +749,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_ward_v1_identity_proto_msgTypes[9]
+	mi := &file_ward_v1_identity_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -567,7 +761,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[9]
+	mi := &file_ward_v1_identity_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -580,7 +774,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{9}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Agent) GetSpiffeId() string {
@@ -651,7 +845,7 @@ type CreateJoinTokenRequest struct {
 
 func (x *CreateJoinTokenRequest) Reset() {
 	*x = CreateJoinTokenRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[10]
+	mi := &file_ward_v1_identity_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +857,7 @@ func (x *CreateJoinTokenRequest) String() string {
 func (*CreateJoinTokenRequest) ProtoMessage() {}
 
 func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[10]
+	mi := &file_ward_v1_identity_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +870,7 @@ func (x *CreateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*CreateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{10}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *CreateJoinTokenRequest) GetTtlSeconds() int64 {
@@ -706,7 +900,7 @@ type JoinToken struct {
 
 func (x *JoinToken) Reset() {
 	*x = JoinToken{}
-	mi := &file_ward_v1_identity_proto_msgTypes[11]
+	mi := &file_ward_v1_identity_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -718,7 +912,7 @@ func (x *JoinToken) String() string {
 func (*JoinToken) ProtoMessage() {}
 
 func (x *JoinToken) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[11]
+	mi := &file_ward_v1_identity_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -731,7 +925,7 @@ func (x *JoinToken) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinToken.ProtoReflect.Descriptor instead.
 func (*JoinToken) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{11}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *JoinToken) GetToken() string {
@@ -763,7 +957,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[12]
+	mi := &file_ward_v1_identity_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -775,7 +969,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[12]
+	mi := &file_ward_v1_identity_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -788,7 +982,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{12}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{15}
 }
 
 type ListAgentsResponse struct {
@@ -800,7 +994,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[13]
+	mi := &file_ward_v1_identity_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +1006,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[13]
+	mi := &file_ward_v1_identity_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +1019,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{13}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -844,7 +1038,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[14]
+	mi := &file_ward_v1_identity_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +1050,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[14]
+	mi := &file_ward_v1_identity_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +1063,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{14}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -898,7 +1092,7 @@ type CAKey struct {
 
 func (x *CAKey) Reset() {
 	*x = CAKey{}
-	mi := &file_ward_v1_identity_proto_msgTypes[15]
+	mi := &file_ward_v1_identity_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -910,7 +1104,7 @@ func (x *CAKey) String() string {
 func (*CAKey) ProtoMessage() {}
 
 func (x *CAKey) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[15]
+	mi := &file_ward_v1_identity_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -923,7 +1117,7 @@ func (x *CAKey) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAKey.ProtoReflect.Descriptor instead.
 func (*CAKey) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{15}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *CAKey) GetId() string {
@@ -987,7 +1181,7 @@ type CAStatus struct {
 
 func (x *CAStatus) Reset() {
 	*x = CAStatus{}
-	mi := &file_ward_v1_identity_proto_msgTypes[16]
+	mi := &file_ward_v1_identity_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -999,7 +1193,7 @@ func (x *CAStatus) String() string {
 func (*CAStatus) ProtoMessage() {}
 
 func (x *CAStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[16]
+	mi := &file_ward_v1_identity_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1012,7 +1206,7 @@ func (x *CAStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CAStatus.ProtoReflect.Descriptor instead.
 func (*CAStatus) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{16}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CAStatus) GetTrustDomain() string {
@@ -1051,7 +1245,7 @@ type ShowCARequest struct {
 
 func (x *ShowCARequest) Reset() {
 	*x = ShowCARequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[17]
+	mi := &file_ward_v1_identity_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1063,7 +1257,7 @@ func (x *ShowCARequest) String() string {
 func (*ShowCARequest) ProtoMessage() {}
 
 func (x *ShowCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[17]
+	mi := &file_ward_v1_identity_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1076,7 +1270,7 @@ func (x *ShowCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowCARequest.ProtoReflect.Descriptor instead.
 func (*ShowCARequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{17}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{20}
 }
 
 type RotateCARequest struct {
@@ -1089,7 +1283,7 @@ type RotateCARequest struct {
 
 func (x *RotateCARequest) Reset() {
 	*x = RotateCARequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[18]
+	mi := &file_ward_v1_identity_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1101,7 +1295,7 @@ func (x *RotateCARequest) String() string {
 func (*RotateCARequest) ProtoMessage() {}
 
 func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[18]
+	mi := &file_ward_v1_identity_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1114,7 +1308,7 @@ func (x *RotateCARequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateCARequest.ProtoReflect.Descriptor instead.
 func (*RotateCARequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{18}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RotateCARequest) GetRoot() bool {
@@ -1133,7 +1327,7 @@ type TaintCAKeyRequest struct {
 
 func (x *TaintCAKeyRequest) Reset() {
 	*x = TaintCAKeyRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[19]
+	mi := &file_ward_v1_identity_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1145,7 +1339,7 @@ func (x *TaintCAKeyRequest) String() string {
 func (*TaintCAKeyRequest) ProtoMessage() {}
 
 func (x *TaintCAKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[19]
+	mi := &file_ward_v1_identity_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1158,7 +1352,7 @@ func (x *TaintCAKeyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintCAKeyRequest.ProtoReflect.Descriptor instead.
 func (*TaintCAKeyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{19}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TaintCAKeyRequest) GetKeyId() string {
@@ -1176,7 +1370,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[20]
+	mi := &file_ward_v1_identity_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1188,7 +1382,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[20]
+	mi := &file_ward_v1_identity_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1201,7 +1395,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{20}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{23}
 }
 
 type Bundle struct {
@@ -1218,7 +1412,7 @@ type Bundle struct {
 
 func (x *Bundle) Reset() {
 	*x = Bundle{}
-	mi := &file_ward_v1_identity_proto_msgTypes[21]
+	mi := &file_ward_v1_identity_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1230,7 +1424,7 @@ func (x *Bundle) String() string {
 func (*Bundle) ProtoMessage() {}
 
 func (x *Bundle) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[21]
+	mi := &file_ward_v1_identity_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1243,7 +1437,7 @@ func (x *Bundle) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Bundle.ProtoReflect.Descriptor instead.
 func (*Bundle) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{21}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Bundle) GetTrustDomain() string {
@@ -1290,7 +1484,7 @@ type AttestRequest struct {
 
 func (x *AttestRequest) Reset() {
 	*x = AttestRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[22]
+	mi := &file_ward_v1_identity_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1302,7 +1496,7 @@ func (x *AttestRequest) String() string {
 func (*AttestRequest) ProtoMessage() {}
 
 func (x *AttestRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[22]
+	mi := &file_ward_v1_identity_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1315,7 +1509,7 @@ func (x *AttestRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestRequest.ProtoReflect.Descriptor instead.
 func (*AttestRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{22}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AttestRequest) GetStep() isAttestRequest_Step {
@@ -1392,7 +1586,7 @@ type JoinTokenAttestation struct {
 
 func (x *JoinTokenAttestation) Reset() {
 	*x = JoinTokenAttestation{}
-	mi := &file_ward_v1_identity_proto_msgTypes[23]
+	mi := &file_ward_v1_identity_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1404,7 +1598,7 @@ func (x *JoinTokenAttestation) String() string {
 func (*JoinTokenAttestation) ProtoMessage() {}
 
 func (x *JoinTokenAttestation) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[23]
+	mi := &file_ward_v1_identity_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1417,7 +1611,7 @@ func (x *JoinTokenAttestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenAttestation.ProtoReflect.Descriptor instead.
 func (*JoinTokenAttestation) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{23}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *JoinTokenAttestation) GetToken() string {
@@ -1437,7 +1631,7 @@ type X509PopAttestation struct {
 
 func (x *X509PopAttestation) Reset() {
 	*x = X509PopAttestation{}
-	mi := &file_ward_v1_identity_proto_msgTypes[24]
+	mi := &file_ward_v1_identity_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1449,7 +1643,7 @@ func (x *X509PopAttestation) String() string {
 func (*X509PopAttestation) ProtoMessage() {}
 
 func (x *X509PopAttestation) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[24]
+	mi := &file_ward_v1_identity_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1462,7 +1656,7 @@ func (x *X509PopAttestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509PopAttestation.ProtoReflect.Descriptor instead.
 func (*X509PopAttestation) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{24}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *X509PopAttestation) GetChain() [][]byte {
@@ -1485,7 +1679,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[25]
+	mi := &file_ward_v1_identity_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1691,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[25]
+	mi := &file_ward_v1_identity_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1704,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{25}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AttestResponse) GetStep() isAttestResponse_Step {
@@ -1568,7 +1762,7 @@ type AgentSVID struct {
 
 func (x *AgentSVID) Reset() {
 	*x = AgentSVID{}
-	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	mi := &file_ward_v1_identity_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1774,7 @@ func (x *AgentSVID) String() string {
 func (*AgentSVID) ProtoMessage() {}
 
 func (x *AgentSVID) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	mi := &file_ward_v1_identity_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1787,7 @@ func (x *AgentSVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentSVID.ProtoReflect.Descriptor instead.
 func (*AgentSVID) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{26}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AgentSVID) GetSpiffeId() string {
@@ -1626,7 +1820,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[27]
+	mi := &file_ward_v1_identity_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1832,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[27]
+	mi := &file_ward_v1_identity_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1845,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{27}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -1672,7 +1866,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[28]
+	mi := &file_ward_v1_identity_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1684,7 +1878,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[28]
+	mi := &file_ward_v1_identity_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1697,7 +1891,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{28}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SyncRequest) GetAuditTreeSize() uint64 {
@@ -1733,7 +1927,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[29]
+	mi := &file_ward_v1_identity_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1745,7 +1939,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[29]
+	mi := &file_ward_v1_identity_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1758,7 +1952,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{29}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SyncResponse) GetEntries() []*Entry {
@@ -1826,7 +2020,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[30]
+	mi := &file_ward_v1_identity_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1838,7 +2032,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[30]
+	mi := &file_ward_v1_identity_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1851,7 +2045,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{30}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SignX509SVIDsRequest) GetParams() []*X509SVIDParams {
@@ -1871,7 +2065,7 @@ type X509SVIDParams struct {
 
 func (x *X509SVIDParams) Reset() {
 	*x = X509SVIDParams{}
-	mi := &file_ward_v1_identity_proto_msgTypes[31]
+	mi := &file_ward_v1_identity_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2077,7 @@ func (x *X509SVIDParams) String() string {
 func (*X509SVIDParams) ProtoMessage() {}
 
 func (x *X509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[31]
+	mi := &file_ward_v1_identity_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2090,7 @@ func (x *X509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDParams.ProtoReflect.Descriptor instead.
 func (*X509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{31}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *X509SVIDParams) GetEntryId() string {
@@ -1922,7 +2116,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[32]
+	mi := &file_ward_v1_identity_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1934,7 +2128,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[32]
+	mi := &file_ward_v1_identity_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1947,7 +2141,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{32}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*X509SVIDResult {
@@ -1969,7 +2163,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_ward_v1_identity_proto_msgTypes[33]
+	mi := &file_ward_v1_identity_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1981,7 +2175,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[33]
+	mi := &file_ward_v1_identity_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1994,7 +2188,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{33}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -2036,7 +2230,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[34]
+	mi := &file_ward_v1_identity_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2048,7 +2242,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[34]
+	mi := &file_ward_v1_identity_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2061,7 +2255,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{34}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2095,7 +2289,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[35]
+	mi := &file_ward_v1_identity_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2107,7 +2301,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[35]
+	mi := &file_ward_v1_identity_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,7 +2314,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{35}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2162,14 +2356,27 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\aupdated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\":\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\x13BatchEntriesRequest\x12&\n" +
+	"\x06create\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\x06create\x12&\n" +
+	"\x06update\x18\x02 \x03(\v2\x0e.ward.v1.EntryR\x06update\x12)\n" +
+	"\x06delete\x18\x03 \x03(\v2\x11.ward.v1.EntryRefR\x06delete\"6\n" +
+	"\bEntryRef\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa0\x01\n" +
+	"\x14BatchEntriesResponse\x12(\n" +
+	"\acreated\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\acreated\x12(\n" +
+	"\aupdated\x18\x02 \x03(\v2\x0e.ward.v1.EntryR\aupdated\x12\x18\n" +
+	"\adeleted\x18\x03 \x03(\tR\adeleted\x12\x1a\n" +
+	"\brevision\x18\x04 \x01(\x03R\brevision\":\n" +
 	"\x12CreateEntryRequest\x12$\n" +
 	"\x05entry\x18\x01 \x01(\v2\x0e.ward.v1.EntryR\x05entry\"[\n" +
 	"\x12ListEntriesRequest\x12\x1b\n" +
 	"\tparent_id\x18\x01 \x01(\tR\bparentId\x12(\n" +
-	"\x10spiffe_id_prefix\x18\x02 \x01(\tR\x0espiffeIdPrefix\"?\n" +
+	"\x10spiffe_id_prefix\x18\x02 \x01(\tR\x0espiffeIdPrefix\"k\n" +
 	"\x13ListEntriesResponse\x12(\n" +
-	"\aentries\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\aentries\"!\n" +
+	"\aentries\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\aentries\x12*\n" +
+	"\x11max_batch_entries\x18\x02 \x01(\rR\x0fmaxBatchEntries\"!\n" +
 	"\x0fGetEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"c\n" +
 	"\x12UpdateEntryRequest\x12$\n" +
@@ -2281,13 +2488,14 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"ttlSeconds\"a\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x124\n" +
-	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires2\xcb\x02\n" +
+	"\aexpires\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires2\x98\x03\n" +
 	"\aEntries\x12:\n" +
 	"\vCreateEntry\x12\x1b.ward.v1.CreateEntryRequest\x1a\x0e.ward.v1.Entry\x12H\n" +
 	"\vListEntries\x12\x1b.ward.v1.ListEntriesRequest\x1a\x1c.ward.v1.ListEntriesResponse\x124\n" +
 	"\bGetEntry\x12\x18.ward.v1.GetEntryRequest\x1a\x0e.ward.v1.Entry\x12:\n" +
 	"\vUpdateEntry\x12\x1b.ward.v1.UpdateEntryRequest\x1a\x0e.ward.v1.Entry\x12H\n" +
-	"\vDeleteEntry\x12\x1b.ward.v1.DeleteEntryRequest\x1a\x1c.ward.v1.DeleteEntryResponse2\xd1\x01\n" +
+	"\vDeleteEntry\x12\x1b.ward.v1.DeleteEntryRequest\x1a\x1c.ward.v1.DeleteEntryResponse\x12K\n" +
+	"\fBatchEntries\x12\x1c.ward.v1.BatchEntriesRequest\x1a\x1d.ward.v1.BatchEntriesResponse2\xd1\x01\n" +
 	"\x06Agents\x12F\n" +
 	"\x0fCreateJoinToken\x12\x1f.ward.v1.CreateJoinTokenRequest\x1a\x12.ward.v1.JoinToken\x12E\n" +
 	"\n" +
@@ -2320,116 +2528,126 @@ func file_ward_v1_identity_proto_rawDescGZIP() []byte {
 	return file_ward_v1_identity_proto_rawDescData
 }
 
-var file_ward_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_ward_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_ward_v1_identity_proto_goTypes = []any{
 	(*Selector)(nil),               // 0: ward.v1.Selector
 	(*Entry)(nil),                  // 1: ward.v1.Entry
-	(*CreateEntryRequest)(nil),     // 2: ward.v1.CreateEntryRequest
-	(*ListEntriesRequest)(nil),     // 3: ward.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),    // 4: ward.v1.ListEntriesResponse
-	(*GetEntryRequest)(nil),        // 5: ward.v1.GetEntryRequest
-	(*UpdateEntryRequest)(nil),     // 6: ward.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),     // 7: ward.v1.DeleteEntryRequest
-	(*DeleteEntryResponse)(nil),    // 8: ward.v1.DeleteEntryResponse
-	(*Agent)(nil),                  // 9: ward.v1.Agent
-	(*CreateJoinTokenRequest)(nil), // 10: ward.v1.CreateJoinTokenRequest
-	(*JoinToken)(nil),              // 11: ward.v1.JoinToken
-	(*ListAgentsRequest)(nil),      // 12: ward.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),     // 13: ward.v1.ListAgentsResponse
-	(*EvictAgentRequest)(nil),      // 14: ward.v1.EvictAgentRequest
-	(*CAKey)(nil),                  // 15: ward.v1.CAKey
-	(*CAStatus)(nil),               // 16: ward.v1.CAStatus
-	(*ShowCARequest)(nil),          // 17: ward.v1.ShowCARequest
-	(*RotateCARequest)(nil),        // 18: ward.v1.RotateCARequest
-	(*TaintCAKeyRequest)(nil),      // 19: ward.v1.TaintCAKeyRequest
-	(*GetBundleRequest)(nil),       // 20: ward.v1.GetBundleRequest
-	(*Bundle)(nil),                 // 21: ward.v1.Bundle
-	(*AttestRequest)(nil),          // 22: ward.v1.AttestRequest
-	(*JoinTokenAttestation)(nil),   // 23: ward.v1.JoinTokenAttestation
-	(*X509PopAttestation)(nil),     // 24: ward.v1.X509PopAttestation
-	(*AttestResponse)(nil),         // 25: ward.v1.AttestResponse
-	(*AgentSVID)(nil),              // 26: ward.v1.AgentSVID
-	(*RenewAgentRequest)(nil),      // 27: ward.v1.RenewAgentRequest
-	(*SyncRequest)(nil),            // 28: ward.v1.SyncRequest
-	(*SyncResponse)(nil),           // 29: ward.v1.SyncResponse
-	(*SignX509SVIDsRequest)(nil),   // 30: ward.v1.SignX509SVIDsRequest
-	(*X509SVIDParams)(nil),         // 31: ward.v1.X509SVIDParams
-	(*SignX509SVIDsResponse)(nil),  // 32: ward.v1.SignX509SVIDsResponse
-	(*X509SVIDResult)(nil),         // 33: ward.v1.X509SVIDResult
-	(*SignJWTSVIDRequest)(nil),     // 34: ward.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),    // 35: ward.v1.SignJWTSVIDResponse
-	nil,                            // 36: ward.v1.Entry.LabelsEntry
-	nil,                            // 37: ward.v1.SyncResponse.FederatedBundlesEntry
-	(*timestamppb.Timestamp)(nil),  // 38: google.protobuf.Timestamp
-	(*ItemError)(nil),              // 39: ward.v1.ItemError
+	(*BatchEntriesRequest)(nil),    // 2: ward.v1.BatchEntriesRequest
+	(*EntryRef)(nil),               // 3: ward.v1.EntryRef
+	(*BatchEntriesResponse)(nil),   // 4: ward.v1.BatchEntriesResponse
+	(*CreateEntryRequest)(nil),     // 5: ward.v1.CreateEntryRequest
+	(*ListEntriesRequest)(nil),     // 6: ward.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),    // 7: ward.v1.ListEntriesResponse
+	(*GetEntryRequest)(nil),        // 8: ward.v1.GetEntryRequest
+	(*UpdateEntryRequest)(nil),     // 9: ward.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),     // 10: ward.v1.DeleteEntryRequest
+	(*DeleteEntryResponse)(nil),    // 11: ward.v1.DeleteEntryResponse
+	(*Agent)(nil),                  // 12: ward.v1.Agent
+	(*CreateJoinTokenRequest)(nil), // 13: ward.v1.CreateJoinTokenRequest
+	(*JoinToken)(nil),              // 14: ward.v1.JoinToken
+	(*ListAgentsRequest)(nil),      // 15: ward.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),     // 16: ward.v1.ListAgentsResponse
+	(*EvictAgentRequest)(nil),      // 17: ward.v1.EvictAgentRequest
+	(*CAKey)(nil),                  // 18: ward.v1.CAKey
+	(*CAStatus)(nil),               // 19: ward.v1.CAStatus
+	(*ShowCARequest)(nil),          // 20: ward.v1.ShowCARequest
+	(*RotateCARequest)(nil),        // 21: ward.v1.RotateCARequest
+	(*TaintCAKeyRequest)(nil),      // 22: ward.v1.TaintCAKeyRequest
+	(*GetBundleRequest)(nil),       // 23: ward.v1.GetBundleRequest
+	(*Bundle)(nil),                 // 24: ward.v1.Bundle
+	(*AttestRequest)(nil),          // 25: ward.v1.AttestRequest
+	(*JoinTokenAttestation)(nil),   // 26: ward.v1.JoinTokenAttestation
+	(*X509PopAttestation)(nil),     // 27: ward.v1.X509PopAttestation
+	(*AttestResponse)(nil),         // 28: ward.v1.AttestResponse
+	(*AgentSVID)(nil),              // 29: ward.v1.AgentSVID
+	(*RenewAgentRequest)(nil),      // 30: ward.v1.RenewAgentRequest
+	(*SyncRequest)(nil),            // 31: ward.v1.SyncRequest
+	(*SyncResponse)(nil),           // 32: ward.v1.SyncResponse
+	(*SignX509SVIDsRequest)(nil),   // 33: ward.v1.SignX509SVIDsRequest
+	(*X509SVIDParams)(nil),         // 34: ward.v1.X509SVIDParams
+	(*SignX509SVIDsResponse)(nil),  // 35: ward.v1.SignX509SVIDsResponse
+	(*X509SVIDResult)(nil),         // 36: ward.v1.X509SVIDResult
+	(*SignJWTSVIDRequest)(nil),     // 37: ward.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),    // 38: ward.v1.SignJWTSVIDResponse
+	nil,                            // 39: ward.v1.Entry.LabelsEntry
+	nil,                            // 40: ward.v1.SyncResponse.FederatedBundlesEntry
+	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
+	(*ItemError)(nil),              // 42: ward.v1.ItemError
 }
 var file_ward_v1_identity_proto_depIdxs = []int32{
 	0,  // 0: ward.v1.Entry.selectors:type_name -> ward.v1.Selector
-	36, // 1: ward.v1.Entry.labels:type_name -> ward.v1.Entry.LabelsEntry
-	38, // 2: ward.v1.Entry.created:type_name -> google.protobuf.Timestamp
-	38, // 3: ward.v1.Entry.updated:type_name -> google.protobuf.Timestamp
-	1,  // 4: ward.v1.CreateEntryRequest.entry:type_name -> ward.v1.Entry
-	1,  // 5: ward.v1.ListEntriesResponse.entries:type_name -> ward.v1.Entry
-	1,  // 6: ward.v1.UpdateEntryRequest.entry:type_name -> ward.v1.Entry
-	0,  // 7: ward.v1.Agent.selectors:type_name -> ward.v1.Selector
-	38, // 8: ward.v1.Agent.expires:type_name -> google.protobuf.Timestamp
-	38, // 9: ward.v1.Agent.attested:type_name -> google.protobuf.Timestamp
-	38, // 10: ward.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	38, // 11: ward.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
-	9,  // 12: ward.v1.ListAgentsResponse.agents:type_name -> ward.v1.Agent
-	38, // 13: ward.v1.CAKey.not_before:type_name -> google.protobuf.Timestamp
-	38, // 14: ward.v1.CAKey.not_after:type_name -> google.protobuf.Timestamp
-	38, // 15: ward.v1.CAKey.activated:type_name -> google.protobuf.Timestamp
-	15, // 16: ward.v1.CAStatus.keys:type_name -> ward.v1.CAKey
-	23, // 17: ward.v1.AttestRequest.join_token:type_name -> ward.v1.JoinTokenAttestation
-	24, // 18: ward.v1.AttestRequest.x509pop:type_name -> ward.v1.X509PopAttestation
-	26, // 19: ward.v1.AttestResponse.svid:type_name -> ward.v1.AgentSVID
-	1,  // 20: ward.v1.SyncResponse.entries:type_name -> ward.v1.Entry
-	37, // 21: ward.v1.SyncResponse.federated_bundles:type_name -> ward.v1.SyncResponse.FederatedBundlesEntry
-	31, // 22: ward.v1.SignX509SVIDsRequest.params:type_name -> ward.v1.X509SVIDParams
-	33, // 23: ward.v1.SignX509SVIDsResponse.results:type_name -> ward.v1.X509SVIDResult
-	38, // 24: ward.v1.X509SVIDResult.expires:type_name -> google.protobuf.Timestamp
-	39, // 25: ward.v1.X509SVIDResult.error:type_name -> ward.v1.ItemError
-	38, // 26: ward.v1.SignJWTSVIDResponse.expires:type_name -> google.protobuf.Timestamp
-	2,  // 27: ward.v1.Entries.CreateEntry:input_type -> ward.v1.CreateEntryRequest
-	3,  // 28: ward.v1.Entries.ListEntries:input_type -> ward.v1.ListEntriesRequest
-	5,  // 29: ward.v1.Entries.GetEntry:input_type -> ward.v1.GetEntryRequest
-	6,  // 30: ward.v1.Entries.UpdateEntry:input_type -> ward.v1.UpdateEntryRequest
-	7,  // 31: ward.v1.Entries.DeleteEntry:input_type -> ward.v1.DeleteEntryRequest
-	10, // 32: ward.v1.Agents.CreateJoinToken:input_type -> ward.v1.CreateJoinTokenRequest
-	12, // 33: ward.v1.Agents.ListAgents:input_type -> ward.v1.ListAgentsRequest
-	14, // 34: ward.v1.Agents.EvictAgent:input_type -> ward.v1.EvictAgentRequest
-	17, // 35: ward.v1.CA.ShowCA:input_type -> ward.v1.ShowCARequest
-	18, // 36: ward.v1.CA.RotateCA:input_type -> ward.v1.RotateCARequest
-	19, // 37: ward.v1.CA.TaintCAKey:input_type -> ward.v1.TaintCAKeyRequest
-	20, // 38: ward.v1.CA.GetBundle:input_type -> ward.v1.GetBundleRequest
-	22, // 39: ward.v1.Node.Attest:input_type -> ward.v1.AttestRequest
-	27, // 40: ward.v1.Node.RenewAgent:input_type -> ward.v1.RenewAgentRequest
-	28, // 41: ward.v1.Node.Sync:input_type -> ward.v1.SyncRequest
-	30, // 42: ward.v1.Node.SignX509SVIDs:input_type -> ward.v1.SignX509SVIDsRequest
-	34, // 43: ward.v1.Node.SignJWTSVID:input_type -> ward.v1.SignJWTSVIDRequest
-	1,  // 44: ward.v1.Entries.CreateEntry:output_type -> ward.v1.Entry
-	4,  // 45: ward.v1.Entries.ListEntries:output_type -> ward.v1.ListEntriesResponse
-	1,  // 46: ward.v1.Entries.GetEntry:output_type -> ward.v1.Entry
-	1,  // 47: ward.v1.Entries.UpdateEntry:output_type -> ward.v1.Entry
-	8,  // 48: ward.v1.Entries.DeleteEntry:output_type -> ward.v1.DeleteEntryResponse
-	11, // 49: ward.v1.Agents.CreateJoinToken:output_type -> ward.v1.JoinToken
-	13, // 50: ward.v1.Agents.ListAgents:output_type -> ward.v1.ListAgentsResponse
-	9,  // 51: ward.v1.Agents.EvictAgent:output_type -> ward.v1.Agent
-	16, // 52: ward.v1.CA.ShowCA:output_type -> ward.v1.CAStatus
-	16, // 53: ward.v1.CA.RotateCA:output_type -> ward.v1.CAStatus
-	16, // 54: ward.v1.CA.TaintCAKey:output_type -> ward.v1.CAStatus
-	21, // 55: ward.v1.CA.GetBundle:output_type -> ward.v1.Bundle
-	25, // 56: ward.v1.Node.Attest:output_type -> ward.v1.AttestResponse
-	26, // 57: ward.v1.Node.RenewAgent:output_type -> ward.v1.AgentSVID
-	29, // 58: ward.v1.Node.Sync:output_type -> ward.v1.SyncResponse
-	32, // 59: ward.v1.Node.SignX509SVIDs:output_type -> ward.v1.SignX509SVIDsResponse
-	35, // 60: ward.v1.Node.SignJWTSVID:output_type -> ward.v1.SignJWTSVIDResponse
-	44, // [44:61] is the sub-list for method output_type
-	27, // [27:44] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	39, // 1: ward.v1.Entry.labels:type_name -> ward.v1.Entry.LabelsEntry
+	41, // 2: ward.v1.Entry.created:type_name -> google.protobuf.Timestamp
+	41, // 3: ward.v1.Entry.updated:type_name -> google.protobuf.Timestamp
+	1,  // 4: ward.v1.BatchEntriesRequest.create:type_name -> ward.v1.Entry
+	1,  // 5: ward.v1.BatchEntriesRequest.update:type_name -> ward.v1.Entry
+	3,  // 6: ward.v1.BatchEntriesRequest.delete:type_name -> ward.v1.EntryRef
+	1,  // 7: ward.v1.BatchEntriesResponse.created:type_name -> ward.v1.Entry
+	1,  // 8: ward.v1.BatchEntriesResponse.updated:type_name -> ward.v1.Entry
+	1,  // 9: ward.v1.CreateEntryRequest.entry:type_name -> ward.v1.Entry
+	1,  // 10: ward.v1.ListEntriesResponse.entries:type_name -> ward.v1.Entry
+	1,  // 11: ward.v1.UpdateEntryRequest.entry:type_name -> ward.v1.Entry
+	0,  // 12: ward.v1.Agent.selectors:type_name -> ward.v1.Selector
+	41, // 13: ward.v1.Agent.expires:type_name -> google.protobuf.Timestamp
+	41, // 14: ward.v1.Agent.attested:type_name -> google.protobuf.Timestamp
+	41, // 15: ward.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	41, // 16: ward.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
+	12, // 17: ward.v1.ListAgentsResponse.agents:type_name -> ward.v1.Agent
+	41, // 18: ward.v1.CAKey.not_before:type_name -> google.protobuf.Timestamp
+	41, // 19: ward.v1.CAKey.not_after:type_name -> google.protobuf.Timestamp
+	41, // 20: ward.v1.CAKey.activated:type_name -> google.protobuf.Timestamp
+	18, // 21: ward.v1.CAStatus.keys:type_name -> ward.v1.CAKey
+	26, // 22: ward.v1.AttestRequest.join_token:type_name -> ward.v1.JoinTokenAttestation
+	27, // 23: ward.v1.AttestRequest.x509pop:type_name -> ward.v1.X509PopAttestation
+	29, // 24: ward.v1.AttestResponse.svid:type_name -> ward.v1.AgentSVID
+	1,  // 25: ward.v1.SyncResponse.entries:type_name -> ward.v1.Entry
+	40, // 26: ward.v1.SyncResponse.federated_bundles:type_name -> ward.v1.SyncResponse.FederatedBundlesEntry
+	34, // 27: ward.v1.SignX509SVIDsRequest.params:type_name -> ward.v1.X509SVIDParams
+	36, // 28: ward.v1.SignX509SVIDsResponse.results:type_name -> ward.v1.X509SVIDResult
+	41, // 29: ward.v1.X509SVIDResult.expires:type_name -> google.protobuf.Timestamp
+	42, // 30: ward.v1.X509SVIDResult.error:type_name -> ward.v1.ItemError
+	41, // 31: ward.v1.SignJWTSVIDResponse.expires:type_name -> google.protobuf.Timestamp
+	5,  // 32: ward.v1.Entries.CreateEntry:input_type -> ward.v1.CreateEntryRequest
+	6,  // 33: ward.v1.Entries.ListEntries:input_type -> ward.v1.ListEntriesRequest
+	8,  // 34: ward.v1.Entries.GetEntry:input_type -> ward.v1.GetEntryRequest
+	9,  // 35: ward.v1.Entries.UpdateEntry:input_type -> ward.v1.UpdateEntryRequest
+	10, // 36: ward.v1.Entries.DeleteEntry:input_type -> ward.v1.DeleteEntryRequest
+	2,  // 37: ward.v1.Entries.BatchEntries:input_type -> ward.v1.BatchEntriesRequest
+	13, // 38: ward.v1.Agents.CreateJoinToken:input_type -> ward.v1.CreateJoinTokenRequest
+	15, // 39: ward.v1.Agents.ListAgents:input_type -> ward.v1.ListAgentsRequest
+	17, // 40: ward.v1.Agents.EvictAgent:input_type -> ward.v1.EvictAgentRequest
+	20, // 41: ward.v1.CA.ShowCA:input_type -> ward.v1.ShowCARequest
+	21, // 42: ward.v1.CA.RotateCA:input_type -> ward.v1.RotateCARequest
+	22, // 43: ward.v1.CA.TaintCAKey:input_type -> ward.v1.TaintCAKeyRequest
+	23, // 44: ward.v1.CA.GetBundle:input_type -> ward.v1.GetBundleRequest
+	25, // 45: ward.v1.Node.Attest:input_type -> ward.v1.AttestRequest
+	30, // 46: ward.v1.Node.RenewAgent:input_type -> ward.v1.RenewAgentRequest
+	31, // 47: ward.v1.Node.Sync:input_type -> ward.v1.SyncRequest
+	33, // 48: ward.v1.Node.SignX509SVIDs:input_type -> ward.v1.SignX509SVIDsRequest
+	37, // 49: ward.v1.Node.SignJWTSVID:input_type -> ward.v1.SignJWTSVIDRequest
+	1,  // 50: ward.v1.Entries.CreateEntry:output_type -> ward.v1.Entry
+	7,  // 51: ward.v1.Entries.ListEntries:output_type -> ward.v1.ListEntriesResponse
+	1,  // 52: ward.v1.Entries.GetEntry:output_type -> ward.v1.Entry
+	1,  // 53: ward.v1.Entries.UpdateEntry:output_type -> ward.v1.Entry
+	11, // 54: ward.v1.Entries.DeleteEntry:output_type -> ward.v1.DeleteEntryResponse
+	4,  // 55: ward.v1.Entries.BatchEntries:output_type -> ward.v1.BatchEntriesResponse
+	14, // 56: ward.v1.Agents.CreateJoinToken:output_type -> ward.v1.JoinToken
+	16, // 57: ward.v1.Agents.ListAgents:output_type -> ward.v1.ListAgentsResponse
+	12, // 58: ward.v1.Agents.EvictAgent:output_type -> ward.v1.Agent
+	19, // 59: ward.v1.CA.ShowCA:output_type -> ward.v1.CAStatus
+	19, // 60: ward.v1.CA.RotateCA:output_type -> ward.v1.CAStatus
+	19, // 61: ward.v1.CA.TaintCAKey:output_type -> ward.v1.CAStatus
+	24, // 62: ward.v1.CA.GetBundle:output_type -> ward.v1.Bundle
+	28, // 63: ward.v1.Node.Attest:output_type -> ward.v1.AttestResponse
+	29, // 64: ward.v1.Node.RenewAgent:output_type -> ward.v1.AgentSVID
+	32, // 65: ward.v1.Node.Sync:output_type -> ward.v1.SyncResponse
+	35, // 66: ward.v1.Node.SignX509SVIDs:output_type -> ward.v1.SignX509SVIDsResponse
+	38, // 67: ward.v1.Node.SignJWTSVID:output_type -> ward.v1.SignJWTSVIDResponse
+	50, // [50:68] is the sub-list for method output_type
+	32, // [32:50] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_identity_proto_init() }
@@ -2438,12 +2656,12 @@ func file_ward_v1_identity_proto_init() {
 		return
 	}
 	file_ward_v1_ward_proto_init()
-	file_ward_v1_identity_proto_msgTypes[22].OneofWrappers = []any{
+	file_ward_v1_identity_proto_msgTypes[25].OneofWrappers = []any{
 		(*AttestRequest_JoinToken)(nil),
 		(*AttestRequest_X509Pop)(nil),
 		(*AttestRequest_X509PopChallengeSignature)(nil),
 	}
-	file_ward_v1_identity_proto_msgTypes[25].OneofWrappers = []any{
+	file_ward_v1_identity_proto_msgTypes[28].OneofWrappers = []any{
 		(*AttestResponse_X509PopChallenge)(nil),
 		(*AttestResponse_Svid)(nil),
 	}
@@ -2453,7 +2671,7 @@ func file_ward_v1_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_identity_proto_rawDesc), len(file_ward_v1_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   38,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -22,11 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Entries_CreateEntry_FullMethodName = "/ward.v1.Entries/CreateEntry"
-	Entries_ListEntries_FullMethodName = "/ward.v1.Entries/ListEntries"
-	Entries_GetEntry_FullMethodName    = "/ward.v1.Entries/GetEntry"
-	Entries_UpdateEntry_FullMethodName = "/ward.v1.Entries/UpdateEntry"
-	Entries_DeleteEntry_FullMethodName = "/ward.v1.Entries/DeleteEntry"
+	Entries_CreateEntry_FullMethodName  = "/ward.v1.Entries/CreateEntry"
+	Entries_ListEntries_FullMethodName  = "/ward.v1.Entries/ListEntries"
+	Entries_GetEntry_FullMethodName     = "/ward.v1.Entries/GetEntry"
+	Entries_UpdateEntry_FullMethodName  = "/ward.v1.Entries/UpdateEntry"
+	Entries_DeleteEntry_FullMethodName  = "/ward.v1.Entries/DeleteEntry"
+	Entries_BatchEntries_FullMethodName = "/ward.v1.Entries/BatchEntries"
 )
 
 // EntriesClient is the client API for Entries service.
@@ -40,6 +41,10 @@ type EntriesClient interface {
 	GetEntry(ctx context.Context, in *GetEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*DeleteEntryResponse, error)
+	// BatchEntries validates every change, then applies them all in one
+	// atomic store write: all or none (`ward apply`). At most
+	// ListEntriesResponse.max_batch_entries changes per call.
+	BatchEntries(ctx context.Context, in *BatchEntriesRequest, opts ...grpc.CallOption) (*BatchEntriesResponse, error)
 }
 
 type entriesClient struct {
@@ -100,6 +105,16 @@ func (c *entriesClient) DeleteEntry(ctx context.Context, in *DeleteEntryRequest,
 	return out, nil
 }
 
+func (c *entriesClient) BatchEntries(ctx context.Context, in *BatchEntriesRequest, opts ...grpc.CallOption) (*BatchEntriesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchEntriesResponse)
+	err := c.cc.Invoke(ctx, Entries_BatchEntries_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EntriesServer is the server API for Entries service.
 // All implementations must embed UnimplementedEntriesServer
 // for forward compatibility.
@@ -111,6 +126,10 @@ type EntriesServer interface {
 	GetEntry(context.Context, *GetEntryRequest) (*Entry, error)
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error)
+	// BatchEntries validates every change, then applies them all in one
+	// atomic store write: all or none (`ward apply`). At most
+	// ListEntriesResponse.max_batch_entries changes per call.
+	BatchEntries(context.Context, *BatchEntriesRequest) (*BatchEntriesResponse, error)
 	mustEmbedUnimplementedEntriesServer()
 }
 
@@ -135,6 +154,9 @@ func (UnimplementedEntriesServer) UpdateEntry(context.Context, *UpdateEntryReque
 }
 func (UnimplementedEntriesServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*DeleteEntryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedEntriesServer) BatchEntries(context.Context, *BatchEntriesRequest) (*BatchEntriesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchEntries not implemented")
 }
 func (UnimplementedEntriesServer) mustEmbedUnimplementedEntriesServer() {}
 func (UnimplementedEntriesServer) testEmbeddedByValue()                 {}
@@ -247,6 +269,24 @@ func _Entries_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Entries_BatchEntries_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchEntriesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EntriesServer).BatchEntries(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Entries_BatchEntries_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EntriesServer).BatchEntries(ctx, req.(*BatchEntriesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Entries_ServiceDesc is the grpc.ServiceDesc for Entries service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -273,6 +313,10 @@ var Entries_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _Entries_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "BatchEntries",
+			Handler:    _Entries_BatchEntries_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -16,6 +16,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
@@ -52,7 +53,7 @@ func (e *entriesService) ListEntries(ctx context.Context, r *wardv1.ListEntriesR
 	if err != nil {
 		return nil, apiconv.Status(err)
 	}
-	out := &wardv1.ListEntriesResponse{Entries: make([]*wardv1.Entry, len(list))}
+	out := &wardv1.ListEntriesResponse{Entries: make([]*wardv1.Entry, len(list)), MaxBatchEntries: uint32(id.Registry.MaxBatchEntries())}
 	for i, en := range list {
 		out.Entries[i] = apiconv.EntryProto(en)
 	}
@@ -97,6 +98,42 @@ func (e *entriesService) DeleteEntry(ctx context.Context, r *wardv1.DeleteEntryR
 	}
 	e.a.refreshPrincipals(ctx)
 	return &wardv1.DeleteEntryResponse{}, nil
+}
+
+// BatchEntries applies a batch of entry changes in one atomic store write
+// and publishes changed principal labels once for the whole batch.
+func (e *entriesService) BatchEntries(ctx context.Context, r *wardv1.BatchEntriesRequest) (*wardv1.BatchEntriesResponse, error) {
+	id, err := e.a.identity()
+	if err != nil {
+		return nil, err
+	}
+	var b registry.Batch
+	for _, p := range r.Create {
+		b.Create = append(b.Create, apiconv.EntryFromProto(p))
+	}
+	for _, p := range r.Update {
+		en := apiconv.EntryFromProto(p)
+		en.Revision = p.GetRevision()
+		b.Update = append(b.Update, en)
+	}
+	for _, d := range r.Delete {
+		b.Delete = append(b.Delete, registry.EntryRef{ID: d.GetId(), Revision: d.GetRevision()})
+	}
+	res, err := id.Registry.ApplyBatch(ctx, b)
+	if err != nil {
+		return nil, errs.ToStatus(err)
+	}
+	if res.Revision != 0 {
+		e.a.refreshPrincipals(ctx)
+	}
+	out := &wardv1.BatchEntriesResponse{Deleted: res.Deleted, Revision: res.Revision}
+	for _, en := range res.Created {
+		out.Created = append(out.Created, apiconv.EntryProto(en))
+	}
+	for _, en := range res.Updated {
+		out.Updated = append(out.Updated, apiconv.EntryProto(en))
+	}
+	return out, nil
 }
 
 // --- Agents ---

@@ -248,3 +248,41 @@ func TestTaintCAKeyFailsWhenDenyListCannotBeUpdated(t *testing.T) {
 		t.Errorf("the failure is not audited: %v", ops)
 	}
 }
+
+func TestBatchEntries(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	agent := "spiffe://" + testTD + "/ward/agent/node-1"
+	mk := func(path, uid string) *wardv1.Entry {
+		return &wardv1.Entry{SpiffeId: "spiffe://" + testTD + path, ParentId: agent,
+			Selectors: []*wardv1.Selector{{Type: "unix", Value: "uid:" + uid}}, Labels: map[string]string{"app": path[1:]}}
+	}
+	list, err := e.entries.ListEntries(ctx, &wardv1.ListEntriesRequest{})
+	if err != nil || list.MaxBatchEntries == 0 {
+		t.Fatalf("ListEntries: max_batch_entries %d, %v", list.GetMaxBatchEntries(), err)
+	}
+	res, err := e.entries.BatchEntries(ctx, &wardv1.BatchEntriesRequest{Create: []*wardv1.Entry{mk("/a", "1"), mk("/b", "2")}})
+	if err != nil || len(res.Created) != 2 || res.Revision == 0 {
+		t.Fatalf("batch create: %v %v", res, err)
+	}
+	// A bad entry anywhere refuses the whole batch.
+	_, err = e.entries.BatchEntries(ctx, &wardv1.BatchEntriesRequest{Create: []*wardv1.Entry{mk("/c", "3"), mk("/ward/x", "4")}})
+	if code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), "create[1]") {
+		t.Fatalf("bad batch: %v", err)
+	}
+	upd := res.Created[0]
+	upd.Labels = map[string]string{"app": "renamed"}
+	res2, err := e.entries.BatchEntries(ctx, &wardv1.BatchEntriesRequest{Update: []*wardv1.Entry{upd}, Delete: []*wardv1.EntryRef{{Id: res.Created[1].Id, Revision: res.Created[1].Revision}}})
+	if err != nil || len(res2.Updated) != 1 || len(res2.Deleted) != 1 {
+		t.Fatalf("batch update/delete: %v %v", res2, err)
+	}
+	list, err = e.entries.ListEntries(ctx, &wardv1.ListEntriesRequest{})
+	if err != nil || len(list.Entries) != 1 || list.Entries[0].Labels["app"] != "renamed" {
+		t.Fatalf("after batches: %v %v", list, err)
+	}
+	// A stale revision is a conflict.
+	upd.Revision = 1
+	if _, err := e.entries.BatchEntries(ctx, &wardv1.BatchEntriesRequest{Update: []*wardv1.Entry{upd}}); code(err) != codes.Aborted {
+		t.Fatalf("stale revision: %v", err)
+	}
+}
