@@ -202,4 +202,3 @@ func BenchmarkCreateEntry1000(b *testing.B) {
 		}
 	}
 }
-
