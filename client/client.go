@@ -35,6 +35,8 @@ type Client struct {
 	Entries  wardv1.EntriesClient
 	Agents   wardv1.AgentsClient
 	CA       wardv1.CAClient
+	// Federation manages federation relationships with foreign trust domains.
+	Federation wardv1.FederationClient
 	// PolicyDistribution streams policy versions as they change.
 	PolicyDistribution wardv1.PolicyDistributionClient
 }
@@ -122,7 +124,8 @@ func Dial(address string, opts ...Option) (*Client, error) {
 		Operator: wardv1.NewOperatorClient(conn), Keys: wardv1.NewKeysClient(conn),
 		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
 		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn),
-		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn)}, nil
+		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn),
+		Federation: wardv1.NewFederationClient(conn)}, nil
 }
 
 // Close closes the connection.

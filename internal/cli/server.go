@@ -28,7 +28,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 func serverCommand() *cobra.Command {
-	var cfgPath, devDir string
+	var cfgPath, devDir, devTD string
 	var dev bool
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -39,7 +39,7 @@ func serverCommand() *cobra.Command {
 			case dev && cfgPath != "":
 				return fmt.Errorf("--dev and --config exclude each other: --dev builds its own configuration")
 			case dev:
-				return runDevServer(cmd, devDir)
+				return runDevServer(cmd, devDir, devTD)
 			case cfgPath == "":
 				return fmt.Errorf("give --config ward.yaml (see docs/configuration.md), or --dev for a throwaway development authority")
 			}
@@ -53,6 +53,7 @@ func serverCommand() *cobra.Command {
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the server configuration (YAML)")
 	cmd.Flags().BoolVar(&dev, "dev", false, "start a development authority: embedded store in a temporary directory, already initialised and unsealed")
 	cmd.Flags().StringVar(&devDir, "dev-dir", "", "with --dev: keep data in this directory instead of a temporary one (kept on exit)")
+	cmd.Flags().StringVar(&devTD, "trust-domain", "dev.ward.internal", "with --dev: the trust domain (two dev authorities with different ones can federate)")
 	return cmd
 }
 
@@ -92,7 +93,7 @@ func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server
 	return srv.Wait(ctx)
 }
 
-func runDevServer(cmd *cobra.Command, dir string) error {
+func runDevServer(cmd *cobra.Command, dir, trustDomain string) error {
 	keep := dir != ""
 	if dir == "" {
 		d, err := os.MkdirTemp("", "ward-dev-")
@@ -104,13 +105,14 @@ func runDevServer(cmd *cobra.Command, dir string) error {
 	}
 	dir, _ = filepath.Abs(dir)
 	cfg := &config.Server{
-		TrustDomain: "dev.ward.internal",
+		TrustDomain: trustDomain,
 		DataDir:     dir,
 		HTTPAddress: "127.0.0.1:0",
 		LogLevel:    "warn",
 		Seal:        config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "dev-seal.key")},
 		KMS:         config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)},
 		Identity:    config.Identity{NodeAPIAddress: "127.0.0.1:0"},
+		Federation:  config.Federation{BundleEndpoint: config.BundleEndpoint{Address: "127.0.0.1:0"}},
 	}
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
@@ -135,6 +137,7 @@ func runDevServer(cmd *cobra.Command, dir string) error {
 		fmt.Fprintf(&b, "  admin socket:  %s\n", srv.AdminAddress())
 		fmt.Fprintf(&b, "  metrics:       http://%s/metrics   (/healthz, /readyz)\n", srv.HTTPAddress())
 		fmt.Fprintf(&b, "  node API:      %s   (agents: server_address; server ID spiffe://%s/ward/server)\n", srv.NodeAPIAddress(), cfg.TrustDomain)
+		fmt.Fprintf(&b, "  bundle:        https://%s   (SPIFFE bundle endpoint, https_spiffe; for `ward federation add`)\n", srv.BundleEndpointAddress())
 		fmt.Fprintf(&b, "  data:          %s (%s)\n\n", dir, where)
 		fmt.Fprintf(&b, "Point the CLI at it (paste into another shell):\n\n    export WARD_ADDRESS=%s\n\n", srv.AdminAddress())
 		fmt.Fprintf(&b, "Then try:\n\n")

@@ -1,6 +1,6 @@
 // Package adminapi is the authority's admin API: the gRPC services an
 // operator calls on the admin unix socket (Operator, Keys, KMS, Audit,
-// Policy, PolicyDistribution, Entries, Agents, CA). It reaches the
+// Policy, PolicyDistribution, Entries, Agents, CA, Federation). It reaches the
 // authority only through Lifecycle (init, unseal, seal, status) and
 // Unsealed (the services that exist while unsealed); the server owns the
 // socket, its credentials and the lifecycle itself.
@@ -19,6 +19,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
@@ -60,6 +61,8 @@ type Services struct {
 	// CA and Registry are nil while workload identity is not running.
 	CA       *ca.CA
 	Registry *registry.Registry
+	// Federation is nil while workload identity is not running.
+	Federation *federation.Manager
 }
 
 // Unsealed gives the services of an unsealed authority.
@@ -92,6 +95,7 @@ func Register(g *grpc.Server, lc Lifecycle, us Unsealed, opts Options) {
 	wardv1.RegisterEntriesServer(g, &entriesService{a: a})
 	wardv1.RegisterAgentsServer(g, &agentsService{a: a})
 	wardv1.RegisterCAServer(g, &caService{a: a})
+	wardv1.RegisterFederationServer(g, &federationService{a: a})
 }
 
 // api is what every service shares.

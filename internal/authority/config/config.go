@@ -34,6 +34,9 @@ type Server struct {
 	// Identity configures the CA, node attestation and the Node API
 	// (identity.go).
 	Identity Identity `yaml:"identity"`
+	// Federation configures the bundle endpoint and declared federation
+	// relationships (federation.go).
+	Federation Federation `yaml:"federation"`
 }
 
 // Storage selects the backend.
@@ -199,6 +202,9 @@ func (c *Server) Validate() error {
 		return err
 	}
 	if err := c.Identity.validate(); err != nil {
+		return err
+	}
+	if err := c.Federation.validate(c.TrustDomain); err != nil {
 		return err
 	}
 	if c.HTTPAddress != "" && samePort(c.HTTPAddress, c.Identity.NodeAPIAddress) {

@@ -95,6 +95,11 @@ type Config struct {
 	// MaxConcurrentAttests bounds attestations in progress (default 64);
 	// more are refused with ResourceExhausted.
 	MaxConcurrentAttests int
+	// FederatedBundles, when set, returns the SPIFFE bundle JSON of each
+	// trust domain among names that this authority federates with (the
+	// others are left out): Sync sends those the agent's entries name in
+	// federates_with.
+	FederatedBundles func(names []string) map[string][]byte
 	// OnConnRefused, when set, is called for every connection the Node
 	// API closes at accept for being over a connection limit, with the
 	// reason (a Refused* constant), e.g. to count it in a metric.

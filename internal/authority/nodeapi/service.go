@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -263,8 +264,14 @@ func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.
 	}
 	out := &wardv1.SyncResponse{BundleSpiffeJson: bj, BundleSequence: seq, Entries: make([]*wardv1.Entry, len(entries)),
 		TaintedKeyIds: s.cfg.CA.TaintedKeyIDs()}
+	var feds []string
 	for i, e := range entries {
 		out.Entries[i] = apiconv.EntryProto(e)
+		feds = append(feds, out.Entries[i].GetFederatesWith()...)
+	}
+	if s.cfg.FederatedBundles != nil && len(feds) > 0 {
+		slices.Sort(feds)
+		out.FederatedBundles = s.cfg.FederatedBundles(slices.Compact(feds))
 	}
 	s.auditCheckpoint(ctx, id, r.GetAuditTreeSize(), out)
 	return out, nil

@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"os"
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/reqctx"
@@ -22,6 +25,8 @@ type identityState struct {
 	ca     *ca.CA
 	reg    *registry.Registry
 	node   *nodeapi.Server // nil when identity.node_api_address is empty
+	fed    *federation.Manager
+	bep    *federation.Endpoint // nil when federation.bundle_endpoint is off
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -66,6 +71,9 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		return err
 	}
 	id := &identityState{ca: c, reg: reg}
+	if id.fed, err = s.openFederation(ctx, st, td); err != nil {
+		return err
+	}
 	if ic.NodeAPIAddress != "" {
 		var roots *x509.CertPool
 		if ic.X509PopCABundle != "" {
@@ -76,7 +84,8 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: auditFunc(st), X509PopRoots: roots,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
 			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
-			OnConnRefused: func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() }})
+			FederatedBundles: id.fed.BundleDocuments,
+			OnConnRefused:    func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() }})
 		if err != nil {
 			return err
 		}
@@ -85,9 +94,27 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 		s.log.Info("Node API listening", "address", id.node.Addr().String(), "spiffe_id", nodeapi.ServerID(td).String())
 	}
+	fc := s.cfg.Federation.Effective()
+	if be := fc.BundleEndpoint; be.Address != "" || be.WebAddress != "" {
+		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
+			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation")})
+		if err == nil {
+			err = id.bep.Start()
+		}
+		if err != nil {
+			if id.node != nil {
+				id.node.Stop()
+			}
+			return err
+		}
+	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(2)
+	id.wg.Add(3)
+	go func() {
+		defer id.wg.Done()
+		id.fed.Run(jobCtx)
+	}()
 	go func() {
 		defer id.wg.Done()
 		c.Run(jobCtx, 0, func(err error) { s.log.Error("CA rotation schedule", "err", err) })
@@ -120,6 +147,9 @@ func (s *Server) stopIdentity(st *unsealedState) {
 	if id.node != nil {
 		id.node.Stop()
 	}
+	if id.bep != nil {
+		id.bep.Stop()
+	}
 	id.cancel()
 	id.wg.Wait()
 	st.ident = nil
@@ -133,6 +163,77 @@ func (s *Server) NodeAPIAddress() string {
 		return ""
 	}
 	if a := st.ident.node.Addr(); a != nil {
+		return a.String()
+	}
+	return ""
+}
+
+// openFederation opens the federation relationships over the barrier
+// store and makes those declared in the config (federation.trust_domains)
+// match it.
+func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiffeid.TrustDomain) (*federation.Manager, error) {
+	fc := s.cfg.Federation.Effective()
+	var roots *x509.CertPool
+	if fc.WebRoots != "" {
+		var err error
+		if roots, err = config.LoadCertPool(fc.WebRoots); err != nil {
+			return nil, fmt.Errorf("federation.web_roots: %w", err)
+		}
+	}
+	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
+		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
+		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots})
+	if err != nil {
+		return nil, fmt.Errorf("opening federation: %w", err)
+	}
+	var decl []federation.Relationship
+	boot := map[spiffeid.TrustDomain]*spiffebundle.Bundle{}
+	for _, d := range fc.TrustDomains {
+		ftd, err := spiffeid.TrustDomainFromString(d.TrustDomain)
+		if err != nil {
+			return nil, fmt.Errorf("federation.trust_domains: %w", err)
+		}
+		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile)}
+		if d.EndpointID != "" {
+			if r.EndpointID, err = spiffeid.FromString(d.EndpointID); err != nil {
+				return nil, fmt.Errorf("federation.trust_domains %s: endpoint_id: %w", ftd, err)
+			}
+		}
+		if _, stored := m.Bundle(ftd); !stored && d.BundleFile != "" {
+			doc, err := os.ReadFile(d.BundleFile)
+			if err != nil {
+				return nil, fmt.Errorf("federation.trust_domains %s: bundle_file: %w", ftd, err)
+			}
+			if boot[ftd], err = federation.ParseBundle(ftd, doc); err != nil {
+				return nil, fmt.Errorf("federation.trust_domains %s: bundle_file %s: %w", ftd, d.BundleFile, err)
+			}
+		}
+		decl = append(decl, r)
+	}
+	if err := m.Declare(ctx, decl, boot); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
+// Federation returns the federation relationships while unsealed (nil
+// otherwise).
+func (s *Server) federation() *federation.Manager {
+	st, err := s.state()
+	if err != nil || st.ident == nil {
+		return nil
+	}
+	return st.ident.fed
+}
+
+// BundleEndpointAddress is the bound https_spiffe bundle endpoint address,
+// or "" when it is off or the authority is sealed.
+func (s *Server) BundleEndpointAddress() string {
+	st, err := s.state()
+	if err != nil || st.ident == nil || st.ident.bep == nil {
+		return ""
+	}
+	if a := st.ident.bep.Addr(federation.ProfileSPIFFE); a != nil {
 		return a.String()
 	}
 	return ""

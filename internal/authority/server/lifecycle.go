@@ -41,7 +41,7 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	}
 	sv := &adminapi.Services{KMS: st.kms, Policy: st.policy, Audit: st.audit, Hasher: st.hasher}
 	if st.ident != nil {
-		sv.CA, sv.Registry = st.ident.ca, st.ident.reg
+		sv.CA, sv.Registry, sv.Federation = st.ident.ca, st.ident.reg, st.ident.fed
 	}
 	return sv, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/shared/policy"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
@@ -72,6 +73,7 @@ func newMetrics(s *Server) *metrics {
 		Namespace: "ward", Name: "node_api_connections_refused_total",
 		Help: "Node API connections closed at accept for being over a connection limit, by reason (per_source_handshakes, max_handshakes, per_source_anonymous, max_anonymous).",
 	}, []string{"reason"})
+	m.reg.MustRegister(federation.NewCollector(s.federation))
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -120,7 +120,16 @@ func (s *Server) Start(ctx context.Context) error {
 		s.httpLn = hl
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.reg, promhttp.HandlerOpts{}))
-		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+			// Warnings do not fail liveness: a stale foreign bundle is the
+			// peer's or the network's problem, not a reason to restart.
+			fmt.Fprintln(w, "ok")
+			if m := s.federation(); m != nil {
+				for _, warn := range m.Warnings() {
+					fmt.Fprintln(w, "warning:", warn)
+				}
+			}
+		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 			if s.Sealed() {
 				http.Error(w, "sealed: run `ward operator unseal`", http.StatusServiceUnavailable)

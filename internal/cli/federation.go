@@ -1,0 +1,187 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
+)
+
+func init() {
+	register(func(root *cobra.Command) { root.AddCommand(federationCommand()) })
+}
+
+func withFederation(cmd *cobra.Command, f func(ctx context.Context, c wardv1.FederationClient) error) error {
+	return withClient(cmd, func(ctx context.Context, c *client.Client) error { return f(ctx, c.Federation) })
+}
+
+func fedTime(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().Local().Format(time.DateTime)
+}
+
+func fedSequence(r *wardv1.FederationRelationship) string {
+	switch {
+	case len(r.BundleSpiffeJson) == 0:
+		return "none"
+	case !r.HasSequence:
+		return "-"
+	}
+	return fmt.Sprint(r.Sequence)
+}
+
+func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "Trust domain:\t%s\n", r.TrustDomain)
+	fmt.Fprintf(tw, "Endpoint:\t%s (%s)\n", r.EndpointUrl, r.Profile)
+	if r.EndpointSpiffeId != "" {
+		fmt.Fprintf(tw, "Endpoint ID:\t%s\n", r.EndpointSpiffeId)
+	}
+	fmt.Fprintf(tw, "Declared by:\t%s\n", r.Source)
+	fmt.Fprintf(tw, "Bundle sequence:\t%s\n", fedSequence(r))
+	fmt.Fprintf(tw, "Refresh hint:\t%s\n", time.Duration(r.RefreshHintSeconds)*time.Second)
+	fmt.Fprintf(tw, "Added:\t%s\n", fedTime(r.Added))
+	fmt.Fprintf(tw, "Last refresh:\t%s\n", fedTime(r.LastRefresh))
+	fmt.Fprintf(tw, "Last attempt:\t%s\n", fedTime(r.LastAttempt))
+	fmt.Fprintf(tw, "Next refresh:\t%s\n", fedTime(r.NextRefresh))
+	if r.LastError != "" {
+		fmt.Fprintf(tw, "Last error:\t%s (%d failures in a row)\n", r.LastError, r.Failures)
+	}
+	if r.Stale {
+		fmt.Fprintf(tw, "STALE:\tnot refreshed for several refresh hints; workloads validate with the last good bundle\n")
+	}
+	_ = tw.Flush()
+}
+
+func federationCommand() *cobra.Command {
+	cmd := &cobra.Command{Use: "federation", Short: "Federate with other trust domains (SPIFFE Federation): add, list, show, refresh, remove"}
+	var asJSON bool
+
+	var endpoint, profile, endpointID, bundleFile string
+	add := &cobra.Command{
+		Use:   "add TRUST-DOMAIN --endpoint URL [--profile https_spiffe] [--endpoint-id SPIFFE-ID] --bundle BOOTSTRAP-FILE",
+		Short: "Trust a foreign trust domain: fetch its bundle from its bundle endpoint and keep it refreshed",
+		Example: "  ward federation add b.example --endpoint https://127.0.0.1:8444 --bundle b.bundle.json\n" +
+			"  (b.bundle.json: `ward ca bundle --format spiffe` run against b.example's authority)",
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID}
+			if profile == "https_spiffe" && endpointID == "" {
+				req.EndpointSpiffeId = "spiffe://" + args[0] + "/ward/server"
+			}
+			if bundleFile != "" {
+				b, err := os.ReadFile(bundleFile)
+				if err != nil {
+					return fmt.Errorf("--bundle: %w", err)
+				}
+				req.BundleSpiffeJson = b
+			}
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				r, err := c.AddFederation(ctx, req)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Federated with %s; its bundle is fetched from %s now and on every refresh hint.\n\n", r.TrustDomain, r.EndpointUrl)
+				printFederation(cmd.OutOrStdout(), r)
+				return nil
+			})
+		},
+	}
+	add.Flags().StringVar(&endpoint, "endpoint", "", "https:// URL of the foreign bundle endpoint (required)")
+	add.Flags().StringVar(&profile, "profile", "https_spiffe", "bundle endpoint profile: https_spiffe or https_web")
+	add.Flags().StringVar(&endpointID, "endpoint-id", "", "SPIFFE ID the https_spiffe endpoint presents (default spiffe://TRUST-DOMAIN/ward/server)")
+	add.Flags().StringVar(&bundleFile, "bundle", "", "bootstrap bundle of the foreign trust domain (SPIFFE bundle JSON; required for https_spiffe)")
+	_ = add.MarkFlagRequired("endpoint")
+
+	list := &cobra.Command{
+		Use: "list", Short: "List federated trust domains with their bundle's sequence, refresh times and last error", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				r, err := c.ListFederations(ctx, &wardv1.ListFederationsRequest{})
+				if err != nil {
+					return err
+				}
+				if asJSON {
+					return printJSON(cmd.OutOrStdout(), r)
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "TRUST DOMAIN\tSEQUENCE\tLAST REFRESH\tNEXT REFRESH\tLAST ERROR")
+				for _, f := range r.Relationships {
+					e := f.LastError
+					if e == "" {
+						e = "-"
+					}
+					if f.Stale {
+						e = "STALE; " + e
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.TrustDomain, fedSequence(f), fedTime(f.LastRefresh), fedTime(f.NextRefresh), e)
+				}
+				return tw.Flush()
+			})
+		},
+	}
+	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+
+	var withBundle bool
+	show := &cobra.Command{
+		Use: "show TRUST-DOMAIN", Short: "Show one relationship (--bundle: print the foreign bundle in use)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				r, err := c.ShowFederation(ctx, &wardv1.ShowFederationRequest{TrustDomain: args[0]})
+				if err != nil {
+					return err
+				}
+				switch {
+				case asJSON:
+					return printJSON(cmd.OutOrStdout(), r)
+				case withBundle:
+					_, err := cmd.OutOrStdout().Write(append(r.BundleSpiffeJson, '\n'))
+					return err
+				}
+				printFederation(cmd.OutOrStdout(), r)
+				return nil
+			})
+		},
+	}
+	show.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	show.Flags().BoolVar(&withBundle, "bundle", false, "print the SPIFFE bundle JSON in use for the trust domain")
+
+	refresh := &cobra.Command{
+		Use: "refresh TRUST-DOMAIN", Short: "Fetch the foreign bundle now (a failure keeps the last good bundle)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				r, err := c.RefreshFederation(ctx, &wardv1.RefreshFederationRequest{TrustDomain: args[0]})
+				if err != nil {
+					return fmt.Errorf("%w (the last good bundle stays in use; `ward federation show %s`)", err, args[0])
+				}
+				printFederation(cmd.OutOrStdout(), r)
+				return nil
+			})
+		},
+	}
+
+	remove := &cobra.Command{
+		Use: "remove TRUST-DOMAIN", Short: "Stop trusting a foreign trust domain (its bundle leaves agents at their next sync)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				if _, err := c.RemoveFederation(ctx, &wardv1.RemoveFederationRequest{TrustDomain: args[0]}); err != nil {
+					return err
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "No longer federated with %s.\n", args[0])
+				return nil
+			})
+		},
+	}
+	cmd.AddCommand(add, list, show, refresh, remove)
+	return cmd
+}
