@@ -119,7 +119,7 @@ func TestTwoFederatedAuthorities(t *testing.T) {
 	federate(t, a, b)
 	federate(t, b, a)
 	for _, x := range []struct {
-		in  *fedAuthority
+		in   *fedAuthority
 		for_ spiffeid.TrustDomain
 	}{{a, b.td}, {b, a.td}} {
 		r, err := refresh(t, x.in, x.for_)
