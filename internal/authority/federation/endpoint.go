@@ -1,7 +1,6 @@
 package federation
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -13,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
 // EndpointConfig configures the bundle endpoint.
@@ -51,7 +52,7 @@ type Endpoint struct {
 	certMu  sync.Mutex
 	svid    *tls.Certificate
 	renewAt time.Time
-	inter   []byte
+	interID string // CA key ID of the certificate's intermediate
 	web     *tls.Certificate
 	webMod  time.Time
 }
@@ -146,13 +147,18 @@ func (e *Endpoint) Stop() {
 }
 
 // svidCert returns the endpoint's X509-SVID, signing a new one when there
-// is none, past half life, or when the CA's active intermediate changed.
+// is none, past half life, or when its intermediate was tainted. Unlike the
+// Node API's certificate it is deliberately not renewed when the CA's
+// active intermediate changes: peers authenticate this endpoint with the
+// last bundle they fetched from it, so after an immediate root rotation
+// (`ward ca rotate --root`) the certificate under the old root (still
+// published while retired) lets them fetch the bundle with the new root
+// before the endpoint presents a chain to it.
 func (e *Endpoint) svidCert() (*tls.Certificate, error) {
 	e.certMu.Lock()
 	defer e.certMu.Unlock()
 	now := time.Now()
-	inter, ierr := e.cfg.CA.ActiveIntermediate()
-	if e.svid != nil && now.Before(e.renewAt) && (ierr != nil || bytes.Equal(e.inter, inter.Raw)) {
+	if e.svid != nil && now.Before(e.renewAt) && !e.taintedLocked() {
 		return e.svid, nil
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -171,11 +177,17 @@ func (e *Endpoint) svidCert() (*tls.Certificate, error) {
 	for _, c := range chain {
 		tc.Certificate = append(tc.Certificate, c.Raw)
 	}
-	e.svid, e.renewAt, e.inter = tc, chain[0].NotBefore.Add(chain[0].NotAfter.Sub(chain[0].NotBefore)/2), nil
+	e.svid, e.renewAt, e.interID = tc, chain[0].NotBefore.Add(chain[0].NotAfter.Sub(chain[0].NotBefore)/2), ""
 	if len(chain) > 1 {
-		e.inter = chain[1].Raw
+		e.interID, _ = keyutil.CAKeyID(chain[1].PublicKey)
 	}
 	return tc, nil
+}
+
+// taintedLocked reports whether the current certificate's intermediate is
+// tainted (a tainted root taints its intermediates).
+func (e *Endpoint) taintedLocked() bool {
+	return e.interID != "" && slices.Contains(e.cfg.CA.TaintedKeyIDs(), e.interID)
 }
 
 // webCert returns the Web PKI certificate, re-read when a file changed.

@@ -643,3 +643,36 @@ func TestEndpointServesSPIFFEBundle(t *testing.T) {
 		t.Fatalf("POST: %s", resp.Status)
 	}
 }
+
+// An immediate root rotation (`ward ca rotate --root`, no prepare) still
+// reaches the peer: the endpoint keeps presenting its certificate under the
+// old, still published root until the peer has fetched the new one; a taint
+// of the old root makes it switch at once.
+func TestImmediateRootRotationReachesPeer(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	if _, err := f.m.Add(ctx, f.rel(f.url), bundleOf(t, f.a)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Refresh(ctx, tdA); err != nil {
+		t.Fatal(err)
+	}
+	oldRoot := f.a.State().Keys[0].ID
+	if err := f.a.RotateRoot(ctx); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.m.Refresh(ctx, tdA)
+	if err != nil || len(st.Bundle.X509Authorities()) != 2 {
+		t.Fatalf("refresh after an immediate root rotation: %v", err)
+	}
+	if _, _, err := x509svid.Verify(svid(t, f.a, "/new"), f.m); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.a.Taint(ctx, oldRoot); err != nil {
+		t.Fatal(err)
+	}
+	st, err = f.m.Refresh(ctx, tdA)
+	if err != nil || len(st.Bundle.X509Authorities()) != 1 {
+		t.Fatalf("refresh after tainting the old root: %v (%d roots)", err, len(st.Bundle.X509Authorities()))
+	}
+}

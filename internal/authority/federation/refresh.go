@@ -57,6 +57,10 @@ func (m *Manager) fetch(ctx context.Context, e *entry) (*spiffebundle.Bundle, er
 	}
 	resp, err := client.Do(req)
 	if err != nil {
+		if e.rel.Profile == ProfileSPIFFE && strings.Contains(err.Error(), "x509svid: could not verify") {
+			return nil, fmt.Errorf("fetching the bundle of %s: the endpoint's certificate does not chain to the last good bundle of %s (were its roots replaced at once rather than prepared ahead? then remove the relationship and add it again with a fresh bootstrap bundle): %w",
+				e.rel.TrustDomain, e.rel.TrustDomain, err)
+		}
 		return nil, fmt.Errorf("fetching the bundle of %s: %w", e.rel.TrustDomain, err)
 	}
 	defer resp.Body.Close()
