@@ -93,10 +93,11 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 			if err != nil {
 				return err
 			}
-			mem, err := audit.OpenCheckpointMemory(memDir)
+			mem, err := checkpoint.OpenDirMemory(memDir)
 			if err != nil {
 				return err
 			}
+			witness := checkpoint.NewWitness(mem)
 			c, err := dial(cmd)
 			if err != nil {
 				return err
@@ -118,8 +119,8 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 				}
 			}
 			out := cmd.OutOrStdout()
-			if err := mem.CheckKey(cp); err != nil {
-				var kc *audit.KeyChangedError
+			if err := witness.CheckKey(cp); err != nil {
+				var kc *checkpoint.KeyChangedError
 				if !errors.As(err, &kc) {
 					return err
 				}
@@ -131,20 +132,14 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 			} else {
 				acceptNewKey = false // nothing to accept
 			}
-			remembered, err := mem.Load(cp.KeyID)
+			remembered, memPath, err := witness.CheckLog(cp)
 			if err != nil {
-				return err
-			}
-			memPath, _ := mem.Path(cp.KeyID)
-			if remembered != nil {
-				if err := audit.Compare(*remembered, cp); err != nil {
-					var rb *audit.RollbackError
-					if errors.As(err, &rb) {
-						rb.Path = memPath
-					}
+				var rb *checkpoint.RollbackError
+				if errors.As(err, &rb) {
 					fmt.Fprintln(out, "PROBLEM", err)
 					return &exitError{code: 1, err: err}
 				}
+				return err
 			}
 			v := audit.NewVerifier(audit.VerifyOptions{Head: cp, PublicKey: pub, Earlier: earlier})
 			vs := []*audit.Verifier{v}
@@ -162,8 +157,9 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 					for _, p := range mrep.Problems {
 						fmt.Fprintln(out, "PROBLEM remembered checkpoint:", p.String())
 					}
-					rb := &audit.RollbackError{Remembered: *remembered, Head: cp, Path: memPath}
-					return &exitError{code: 1, err: fmt.Errorf("%v (the head is larger but does not extend the remembered checkpoint: history was rewritten)", rb)}
+					rb := &checkpoint.RollbackError{Remembered: *remembered, Head: cp, Path: memPath,
+						Inconsistent: errors.New("its records do not reproduce the remembered root: history was rewritten")}
+					return &exitError{code: 1, err: rb}
 				}
 			}
 			if !rep.OK() {
@@ -186,12 +182,12 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 					remembered.Size, remembered.Time.UTC().Format(time.RFC3339), memPath)
 			}
 			if acceptNewKey {
-				if err := mem.AcceptKey(cp); err != nil {
+				if err := witness.AcceptKey(cp); err != nil {
 					return &exitError{code: 1, err: err}
 				}
 				fmt.Fprintf(out, "remembered key %s as the audit signing key of %s\n", cp.KeyID, cp.Origin)
 			}
-			if err := mem.Remember(cp); err != nil {
+			if err := witness.Remember(cp, pub); err != nil {
 				return &exitError{code: 1, err: err}
 			}
 			if remembered == nil || remembered.Size < cp.Size {

@@ -2,18 +2,11 @@ package audit
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
 	"encoding/json"
 	"reflect"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/wardproject/ward/internal/shared/checkpoint"
 )
 
 func TestEncodeEventIsDeterministicJSON(t *testing.T) {
@@ -117,110 +110,5 @@ func TestHasher(t *testing.T) {
 	}
 	if _, err := NewHasher(make([]byte, 31)); err == nil {
 		t.Fatal("short key accepted")
-	}
-}
-
-func TestCheckpointSignVerifyParse(t *testing.T) {
-	key := newKey(t)
-	root := sha256.Sum256([]byte("root"))
-	at := time.Date(2026, 11, 21, 19, 0, 0, 123, time.UTC)
-	cp, err := checkpoint.Sign(key, testOrigin, 42, root[:], at)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := testOrigin + "\n42\n" + base64.StdEncoding.EncodeToString(root[:]) + "\n2026-11-21T19:00:00.000000123Z\n"; string(cp.SignedBody()) != want {
-		t.Fatalf("signed body %q, want %q", cp.SignedBody(), want)
-	}
-	if err := checkpoint.Verify(cp, key.Public()); err != nil {
-		t.Fatal(err)
-	}
-	file, err := checkpoint.Encode(cp)
-	if err != nil {
-		t.Fatal(err)
-	}
-	parsed, err := checkpoint.Parse(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !reflect.DeepEqual(parsed, cp) {
-		t.Fatalf("parse round trip:\n%+v\n%+v", parsed, cp)
-	}
-	if err := checkpoint.Verify(parsed, key.Public()); err != nil {
-		t.Fatal(err)
-	}
-
-	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	for _, tc := range []struct {
-		name   string
-		modify func(c *checkpoint.Checkpoint)
-		key    any
-	}{
-		{"wrong key", nil, newKey(t).Public()},
-		{"P-384 key", nil, p384.Public()},
-		{"size changed", func(c *checkpoint.Checkpoint) { c.Size++ }, nil},
-		{"root changed", func(c *checkpoint.Checkpoint) { c.RootHash = append([]byte{1}, c.RootHash[1:]...) }, nil},
-		{"origin changed", func(c *checkpoint.Checkpoint) { c.Origin += "x" }, nil},
-		{"time changed", func(c *checkpoint.Checkpoint) { c.Time = c.Time.Add(time.Nanosecond) }, nil},
-		{"signature flipped", func(c *checkpoint.Checkpoint) { c.Signature = append([]byte{}, c.Signature...); c.Signature[8] ^= 1 }, nil},
-		{"key id of another key", func(c *checkpoint.Checkpoint) { c.KeyID = strings.Repeat("a", 64) }, nil},
-		{"no signature", func(c *checkpoint.Checkpoint) { c.Signature = nil }, nil},
-		{"short root", func(c *checkpoint.Checkpoint) { c.RootHash = c.RootHash[:31] }, nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c := cp
-			if tc.modify != nil {
-				tc.modify(&c)
-			}
-			k := tc.key
-			if k == nil {
-				k = key.Public()
-			}
-			if err := checkpoint.Verify(c, k); err == nil {
-				t.Fatal("verified")
-			}
-		})
-	}
-
-	for _, bad := range []string{
-		``,
-		`{}`,
-		`[]`,
-		strings.Replace(string(file), `"size"`, `"sizes"`, 1),
-		string(file) + `{}`,
-		strings.Replace(string(file), `"origin": "ward/test.example"`, `"origin": "a\nb"`, 1),
-		strings.Replace(string(file), `"size": 42`, `"size": -1`, 1),
-		strings.Replace(string(file), `"size": 42`, `"size": 1e3`, 1),
-		strings.Replace(string(file), cp.KeyID, strings.ToUpper(cp.KeyID), 1),
-		string(file) + strings.Repeat(" ", checkpoint.MaxFileSize),
-	} {
-		if _, err := checkpoint.Parse([]byte(bad)); err == nil {
-			t.Errorf("ParseCheckpoint accepted %q", bad)
-		}
-	}
-
-	if _, err := checkpoint.Sign(p384, testOrigin, 1, root[:], at); err == nil {
-		t.Error("signed with a P-384 key")
-	}
-	if _, err := checkpoint.Sign(key, testOrigin, 1, root[:16], at); err == nil {
-		t.Error("signed a 16-byte root")
-	}
-}
-
-func TestPublicKeyPEM(t *testing.T) {
-	key := newKey(t)
-	b, err := checkpoint.MarshalPublicKeyPEM(key.Public())
-	if err != nil {
-		t.Fatal(err)
-	}
-	pub, err := checkpoint.ParsePublicKeyPEM(b)
-	if err != nil || !key.PublicKey.Equal(pub) {
-		t.Fatalf("round trip: %v", err)
-	}
-	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	b384, _ := checkpoint.MarshalPublicKeyPEM(p384.Public())
-	for _, bad := range [][]byte{nil, []byte("junk"), b384, append(b, "trailing"...)} {
-		if _, err := checkpoint.ParsePublicKeyPEM(bad); err == nil {
-			t.Errorf("accepted %q", bad)
-		}
 	}
 }

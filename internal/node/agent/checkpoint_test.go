@@ -219,12 +219,16 @@ func FuzzAuditObserve(f *testing.F) {
 	addAuditCheckpoint(f, context.Background(), src, 0, good)
 	f.Add(good.AuditCheckpoint, good.AuditPublicKeyPem, []byte{})
 	f.Add([]byte(`{"size":99}`), []byte("x"), []byte{1})
-	gcp, _ := checkpoint.Parse(good.AuditCheckpoint)
-	gpub, _ := checkpoint.ParsePublicKeyPEM(good.AuditPublicKeyPem)
 	dir := f.TempDir()
+	seed := openAuditMemory(dir, slog.New(slog.DiscardHandler))
+	seed.observe(good)
+	saved, err := os.ReadFile(filepath.Join(dir, auditCheckpointFile))
+	if err != nil || seed.knownSize() != 9 {
+		f.Fatalf("seeding the memory: size %d, %v", seed.knownSize(), err)
+	}
 	f.Fuzz(func(t *testing.T, cp, pemKey, pr []byte) {
-		m := &auditMemory{path: filepath.Join(dir, auditCheckpointFile), log: slog.New(slog.DiscardHandler), cp: &gcp, pub: gpub, pubPEM: good.AuditPublicKeyPem}
-		m.size.Store(gcp.Size)
+		os.WriteFile(filepath.Join(dir, auditCheckpointFile), saved, 0o600) // each input starts from the good checkpoint
+		m := openAuditMemory(dir, slog.New(slog.DiscardHandler))
 		before := m.knownSize()
 		m.observe(&wardv1.SyncResponse{AuditCheckpoint: cp, AuditPublicKeyPem: pemKey, AuditConsistencyProof: [][]byte{pr}})
 		if m.knownSize() < before {
@@ -232,6 +236,9 @@ func FuzzAuditObserve(f *testing.F) {
 		}
 		if m.knownSize() != before && m.rollbacks.Load() != 0 {
 			t.Fatal("moved forward after reporting a rollback")
+		}
+		if again := openAuditMemory(dir, slog.New(slog.DiscardHandler)); again.knownSize() != m.knownSize() {
+			t.Fatalf("the file remembers size %d, the memory %d", again.knownSize(), m.knownSize())
 		}
 	})
 }

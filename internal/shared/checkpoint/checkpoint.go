@@ -1,7 +1,8 @@
 // Package checkpoint is the format of the audit log's signed checkpoints
 // (tree size, RFC 6962 root hash, time, ECDSA P-256 signature): signed by
 // the authority, checked by the CLI and by every agent, which keep the
-// newest one they have seen to catch a log that goes backwards.
+// newest one they have verified (Witness, over a DirMemory for the CLI and a
+// FileMemory for an agent) to catch a log that goes backwards.
 package checkpoint
 
 import (
