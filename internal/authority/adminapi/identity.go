@@ -38,7 +38,7 @@ func (e *entriesService) CreateEntry(ctx context.Context, r *wardv1.CreateEntryR
 	}
 	out, err := id.Registry.CreateEntry(ctx, apiconv.EntryFromProto(r.Entry))
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	e.a.refreshPrincipals(ctx)
 	return apiconv.EntryProto(out), nil
@@ -51,7 +51,7 @@ func (e *entriesService) ListEntries(ctx context.Context, r *wardv1.ListEntriesR
 	}
 	list, err := id.Registry.ListEntries(ctx, registry.ListFilter{ParentID: r.ParentId, SPIFFEIDPrefix: r.SpiffeIdPrefix})
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.ListEntriesResponse{Entries: make([]*wardv1.Entry, len(list)), MaxBatchEntries: uint32(id.Registry.MaxBatchEntries())}
 	for i, en := range list {
@@ -67,7 +67,7 @@ func (e *entriesService) GetEntry(ctx context.Context, r *wardv1.GetEntryRequest
 	}
 	out, err := id.Registry.GetEntry(ctx, r.Id)
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.EntryProto(out), nil
 }
@@ -82,7 +82,7 @@ func (e *entriesService) UpdateEntry(ctx context.Context, r *wardv1.UpdateEntryR
 	}
 	out, err := id.Registry.UpdateEntry(ctx, apiconv.EntryFromProto(r.Entry), r.ExpectRevision)
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	e.a.refreshPrincipals(ctx)
 	return apiconv.EntryProto(out), nil
@@ -94,7 +94,7 @@ func (e *entriesService) DeleteEntry(ctx context.Context, r *wardv1.DeleteEntryR
 		return nil, err
 	}
 	if err := id.Registry.DeleteEntry(ctx, r.Id); err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	e.a.refreshPrincipals(ctx)
 	return &wardv1.DeleteEntryResponse{}, nil
@@ -153,7 +153,7 @@ func (a *agentsService) CreateJoinToken(ctx context.Context, r *wardv1.CreateJoi
 	}
 	tok, err := id.Registry.CreateJoinToken(ctx, time.Duration(r.TtlSeconds)*time.Second, r.AgentPath)
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	return &wardv1.JoinToken{Token: tok.Token, Expires: apiconv.Timestamp(tok.Expires), AgentId: tok.AgentID.String()}, nil
 }
@@ -165,7 +165,7 @@ func (a *agentsService) ListAgents(ctx context.Context, _ *wardv1.ListAgentsRequ
 	}
 	list, err := id.Registry.ListAgents(ctx)
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.ListAgentsResponse{Agents: make([]*wardv1.Agent, len(list))}
 	for i, ag := range list {
@@ -185,7 +185,7 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 	}
 	ag, err := id.Registry.EvictAgent(ctx, aid)
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.AgentProto(ag), nil
 }
@@ -246,7 +246,7 @@ func (a *api) caAdmin(ctx context.Context, op string, fields map[string]string, 
 		return nil, status.Errorf(codes.Unavailable, "%s was applied but its audit event could not be written: %v", op, err)
 	}
 	if opErr != nil {
-		return nil, apiconv.Status(opErr)
+		return nil, errs.ToStatus(opErr)
 	}
 	return caStatus(id.CA), nil
 }
@@ -309,7 +309,7 @@ func (c *caService) GetBundle(ctx context.Context, _ *wardv1.GetBundleRequest) (
 	}
 	b, err := id.CA.Bundle()
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	j, err := b.Marshal()
 	if err != nil {

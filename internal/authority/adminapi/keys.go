@@ -9,6 +9,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 type keysService struct {
@@ -23,7 +24,7 @@ func (k *keysService) CreateKey(ctx context.Context, r *wardv1.CreateKeyRequest)
 	}
 	v, err := m.Create(ctx, r.Name, r.Classification, r.Purpose)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }
@@ -35,7 +36,7 @@ func (k *keysService) ListKeys(ctx context.Context, r *wardv1.ListKeysRequest) (
 	}
 	vs, err := m.List(ctx, r.Prefix)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.ListKeysResponse{}
 	for _, v := range vs {
@@ -51,7 +52,7 @@ func (k *keysService) GetKey(ctx context.Context, r *wardv1.GetKeyRequest) (*war
 	}
 	v, err := m.Get(ctx, r.Name)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }
@@ -63,7 +64,7 @@ func (k *keysService) RotateKey(ctx context.Context, r *wardv1.RotateKeyRequest)
 	}
 	v, err := m.Rotate(ctx, r.Name)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }
@@ -78,7 +79,7 @@ func (k *keysService) ConfigureKey(ctx context.Context, r *wardv1.ConfigureKeyRe
 	}
 	v, err := m.SetMinDecryptVersion(ctx, r.Name, r.MinDecryptVersion)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }
@@ -93,7 +94,7 @@ func (k *keysService) SetVersionState(ctx context.Context, r *wardv1.SetVersionS
 	}
 	v, err := m.SetEnabled(ctx, r.Name, r.Version, r.Enabled)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }
@@ -108,7 +109,7 @@ func (k *keysService) DestroyVersion(ctx context.Context, r *wardv1.DestroyVersi
 	}
 	v, err := m.Destroy(ctx, r.Name, r.Version)
 	if err != nil {
-		return nil, apiconv.KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.KeyProto(v), nil
 }

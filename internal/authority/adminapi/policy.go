@@ -8,6 +8,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -23,7 +24,7 @@ func (p *policyService) ApplyPolicy(ctx context.Context, r *wardv1.ApplyPolicyRe
 	}
 	v, err := ps.Apply(ctx, reqctx.From(ctx).Actor, r.Files, r.Comment)
 	if err != nil {
-		return nil, apiconv.PolicyError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.VersionProto(v, v.Number, false)
 }
@@ -35,7 +36,7 @@ func (p *policyService) ListPolicyVersions(ctx context.Context, _ *wardv1.ListPo
 	}
 	vs, cur, err := ps.List(ctx)
 	if err != nil {
-		return nil, apiconv.PolicyError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.ListPolicyVersionsResponse{}
 	for _, v := range vs {
@@ -55,7 +56,7 @@ func (p *policyService) GetPolicy(ctx context.Context, r *wardv1.GetPolicyReques
 	}
 	v, err := ps.Get(ctx, r.Version)
 	if err != nil {
-		return nil, apiconv.PolicyError(err)
+		return nil, errs.ToStatus(err)
 	}
 	cur, _ := ps.Current(ctx)
 	return apiconv.VersionProto(v, cur, true)
@@ -71,7 +72,7 @@ func (p *policyService) RollbackPolicy(ctx context.Context, r *wardv1.RollbackPo
 	}
 	v, err := ps.Rollback(ctx, reqctx.From(ctx).Actor, r.Version, r.Comment)
 	if err != nil {
-		return nil, apiconv.PolicyError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.VersionProto(v, v.Number, false)
 }
@@ -83,7 +84,7 @@ func (p *policyService) Revoke(ctx context.Context, r *wardv1.RevokeRequest) (*w
 	}
 	v, err := ps.Revoke(ctx, reqctx.From(ctx).Actor, r.SpiffeIds, r.Serials, r.Remove, r.Comment)
 	if err != nil {
-		return nil, apiconv.PolicyError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return apiconv.VersionProto(v, v.Number, false)
 }

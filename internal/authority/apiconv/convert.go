@@ -1,60 +1,20 @@
 // Package apiconv holds the wire forms both of the authority's gRPC APIs
 // (the admin API on the unix socket, the Node API over mTLS) speak: the
-// protobuf forms of entries, agents, keys and policy versions, the gRPC
-// status of service errors, and the KMS service itself, which turns a
-// request into a kms.Manager call and the result back.
+// protobuf forms of entries, agents, keys and policy versions, and the KMS
+// service itself, which turns a request into a kms.Manager call and the
+// result back. Errors become gRPC statuses through the one mapper,
+// errs.ToStatus.
 package apiconv
 
 import (
-	"errors"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
-	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/attest"
 )
-
-// Status maps a registry or CA error to a gRPC status error.
-func Status(err error) error {
-	if err == nil {
-		return nil
-	}
-	if s, ok := status.FromError(err); ok && s.Code() != codes.Unknown {
-		return err
-	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, ca.ErrInvalidRequest):
-		code = codes.InvalidArgument
-	case errors.Is(err, ca.ErrUnknownKey):
-		code = codes.NotFound
-	case errors.Is(err, ca.ErrNotInitialized):
-		code = codes.FailedPrecondition
-	default:
-		switch registry.KindOf(err) {
-		case registry.KindInvalid:
-			code = codes.InvalidArgument
-		case registry.KindNotFound:
-			code = codes.NotFound
-		case registry.KindExists:
-			code = codes.AlreadyExists
-		case registry.KindConflict:
-			code = codes.Aborted
-		case registry.KindDenied:
-			code = codes.PermissionDenied
-		case registry.KindUnavailable:
-			code = codes.Unavailable
-		case registry.KindPrecondition:
-			code = codes.FailedPrecondition
-		}
-	}
-	return status.Error(code, err.Error())
-}
 
 // Timestamp is t on the wire; the zero time is nil (absent).
 func Timestamp(t time.Time) *timestamppb.Timestamp {

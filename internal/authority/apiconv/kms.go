@@ -12,14 +12,11 @@ import (
 	"github.com/wardproject/ward/internal/shared/errs"
 )
 
-// KMSError maps a KMS error to a gRPC status.
-func KMSError(err error) error { return errs.ToStatus(err) }
-
 func itemError(err error) *wardv1.ItemError {
 	if err == nil {
 		return nil
 	}
-	s := status.Convert(KMSError(err))
+	s := status.Convert(errs.ToStatus(err))
 	return &wardv1.ItemError{Code: s.Code().String(), Message: s.Message()}
 }
 
@@ -56,7 +53,7 @@ func (k *KMS) Encrypt(ctx context.Context, r *wardv1.EncryptRequest) (*wardv1.En
 	}
 	ct, v, err := m.Encrypt(ctx, r.Key, r.Plaintext, r.Context)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return &wardv1.EncryptResponse{Ciphertext: ct, KeyVersion: v}, nil
 }
@@ -68,7 +65,7 @@ func (k *KMS) Decrypt(ctx context.Context, r *wardv1.DecryptRequest) (*wardv1.De
 	}
 	pt, h, err := m.Decrypt(ctx, r.Ciphertext, r.Context)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return &wardv1.DecryptResponse{Plaintext: pt, Key: h.KeyName, KeyVersion: h.Version}, nil
 }
@@ -80,7 +77,7 @@ func (k *KMS) GenerateDataKey(ctx context.Context, r *wardv1.GenerateDataKeyRequ
 	}
 	dk, err := m.GenerateDataKey(ctx, r.Key, r.Size, r.Context)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.GenerateDataKeyResponse{Wrapped: dk.Wrapped, KeyVersion: dk.Version}
 	if !r.WrappedOnly {
@@ -96,7 +93,7 @@ func (k *KMS) Rewrap(ctx context.Context, r *wardv1.RewrapRequest) (*wardv1.Rewr
 	}
 	ct, v, err := m.Rewrap(ctx, r.Ciphertext, r.Context)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	return &wardv1.RewrapResponse{Ciphertext: ct, KeyVersion: v}, nil
 }
@@ -112,7 +109,7 @@ func (k *KMS) BatchEncrypt(ctx context.Context, r *wardv1.BatchEncryptRequest) (
 	}
 	res, err := m.BatchEncrypt(ctx, r.Key, items)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.BatchEncryptResponse{Results: make([]*wardv1.CiphertextResult, len(res))}
 	for i, x := range res {
@@ -136,7 +133,7 @@ func (k *KMS) BatchDecrypt(ctx context.Context, r *wardv1.BatchDecryptRequest) (
 	}
 	res, err := m.BatchDecrypt(ctx, decryptItems(r.Items))
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.BatchDecryptResponse{Results: make([]*wardv1.PlaintextResult, len(res))}
 	for i, x := range res {
@@ -152,7 +149,7 @@ func (k *KMS) BatchRewrap(ctx context.Context, r *wardv1.BatchRewrapRequest) (*w
 	}
 	res, err := m.BatchRewrap(ctx, decryptItems(r.Items))
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.BatchRewrapResponse{Results: make([]*wardv1.CiphertextResult, len(res))}
 	for i, x := range res {
@@ -168,7 +165,7 @@ func (k *KMS) BatchGenerateDataKey(ctx context.Context, r *wardv1.BatchGenerateD
 	}
 	dks, err := m.BatchGenerateDataKey(ctx, r.Key, int(r.Count), r.Size, r.Context)
 	if err != nil {
-		return nil, KMSError(err)
+		return nil, errs.ToStatus(err)
 	}
 	out := &wardv1.BatchGenerateDataKeyResponse{Keys: make([]*wardv1.GenerateDataKeyResponse, len(dks))}
 	for i, dk := range dks {

@@ -8,9 +8,6 @@ import (
 	"github.com/wardproject/ward/internal/shared/errs"
 )
 
-// PolicyError maps a policy store error to a gRPC status.
-func PolicyError(err error) error { return errs.ToStatus(err) }
-
 // VersionProto converts a policy version to its wire form; current is
 // the store's current version number, withBundle adds the bundle's JSON.
 func VersionProto(v policystore.Version, current uint64, withBundle bool) (*wardv1.PolicyVersion, error) {
@@ -43,5 +40,5 @@ func WatchPolicy(ps *policystore.Store, r *wardv1.WatchPolicyRequest, ss wardv1.
 	if ss.Context().Err() != nil {
 		return nil
 	}
-	return PolicyError(err)
+	return errs.ToStatus(err)
 }

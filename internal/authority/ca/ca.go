@@ -30,6 +30,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
@@ -46,11 +47,11 @@ const (
 // Errors callers may test with errors.Is.
 var (
 	// ErrNotInitialized: Init has not run for this trust domain.
-	ErrNotInitialized = errors.New("ca: not initialized; run `ward operator init` (CA.Init) first")
+	ErrNotInitialized = errs.New(errs.Precondition, "the CA is not initialized; run `ward operator init` (CA.Init) first")
 	// ErrUnknownKey: no CA key has the given ID.
-	ErrUnknownKey = errors.New("ca: unknown key ID")
+	ErrUnknownKey = errs.New(errs.NotFound, "unknown CA key ID")
 	// ErrInvalidRequest: a signing request was malformed; nothing was signed.
-	ErrInvalidRequest = errors.New("ca: invalid request")
+	ErrInvalidRequest = errs.New(errs.Invalid, "invalid signing request")
 )
 
 // Config configures the CA. Zero durations take the defaults documented on
@@ -88,13 +89,13 @@ type Config struct {
 
 func (c *Config) setDefaults() error {
 	if c.TrustDomain.IsZero() {
-		return errors.New("ca: config: trust_domain is required (e.g. prod-eu.example.org)")
+		return errors.New("trust_domain is required (e.g. prod-eu.example.org)")
 	}
 	if c.KeyType == "" {
 		c.KeyType = KeyTypeP256
 	}
 	if c.KeyType != KeyTypeP256 && c.KeyType != KeyTypeP384 {
-		return fmt.Errorf("ca: config: key type %q not supported; use %q or %q", c.KeyType, KeyTypeP256, KeyTypeP384)
+		return fmt.Errorf("key type %q not supported; use %q or %q", c.KeyType, KeyTypeP256, KeyTypeP384)
 	}
 	def := func(d *time.Duration, v time.Duration) {
 		if *d == 0 {
@@ -123,20 +124,20 @@ func (c *Config) setDefaults() error {
 		"prepare_ahead": c.PrepareAhead, "backdate": c.Backdate,
 	} {
 		if d < 0 {
-			return fmt.Errorf("ca: config: %s is negative (%s); use a positive duration", name, d)
+			return fmt.Errorf("%s is negative (%s); use a positive duration", name, d)
 		}
 	}
 	switch {
 	case c.IntermediateTTL < 2*c.MaxSVIDTTL:
-		return fmt.Errorf("ca: config: intermediate_ttl %s must be at least twice max_svid_ttl %s", c.IntermediateTTL, c.MaxSVIDTTL)
+		return fmt.Errorf("intermediate_ttl %s must be at least twice max_svid_ttl %s", c.IntermediateTTL, c.MaxSVIDTTL)
 	case c.JWTKeyTTL < 2*c.MaxJWTSVIDTTL:
-		return fmt.Errorf("ca: config: jwt_key_ttl %s must be at least twice max_jwt_svid_ttl %s", c.JWTKeyTTL, c.MaxJWTSVIDTTL)
+		return fmt.Errorf("jwt_key_ttl %s must be at least twice max_jwt_svid_ttl %s", c.JWTKeyTTL, c.MaxJWTSVIDTTL)
 	case c.RootTTL < 2*c.IntermediateTTL:
-		return fmt.Errorf("ca: config: root_ttl %s must be at least twice intermediate_ttl %s", c.RootTTL, c.IntermediateTTL)
+		return fmt.Errorf("root_ttl %s must be at least twice intermediate_ttl %s", c.RootTTL, c.IntermediateTTL)
 	case c.PrepareAhead < c.RefreshHint:
-		return fmt.Errorf("ca: config: prepare_ahead %s must be at least refresh_hint %s (3–5 hints recommended)", c.PrepareAhead, c.RefreshHint)
+		return fmt.Errorf("prepare_ahead %s must be at least refresh_hint %s (3–5 hints recommended)", c.PrepareAhead, c.RefreshHint)
 	case c.PrepareAhead*3 > min(c.IntermediateTTL, c.JWTKeyTTL):
-		return fmt.Errorf("ca: config: prepare_ahead %s is too long for intermediate_ttl/jwt_key_ttl; keep it under a third of them", c.PrepareAhead)
+		return fmt.Errorf("prepare_ahead %s is too long for intermediate_ttl/jwt_key_ttl; keep it under a third of them", c.PrepareAhead)
 	}
 	return nil
 }
@@ -206,22 +207,22 @@ func (c *CA) reloadLocked(ctx context.Context) error {
 	kv, err := c.st.Get(ctx, c.key)
 	if errors.Is(err, store.ErrNotFound) {
 		if c.view.Load().state != nil {
-			return fmt.Errorf("ca: state of trust domain %q vanished from the store; restore it from backup", c.cfg.TrustDomain)
+			return fmt.Errorf("state of trust domain %q vanished from the store; restore it from backup", c.cfg.TrustDomain)
 		}
 		return nil
 	}
 	if err != nil {
-		return fmt.Errorf("ca: load state of trust domain %q: %w", c.cfg.TrustDomain, err)
+		return fmt.Errorf("load state of trust domain %q: %w", c.cfg.TrustDomain, err)
 	}
 	if kv.Revision == c.view.Load().rev {
 		return nil
 	}
 	s, err := decodeState(kv.Value)
 	if err != nil {
-		return fmt.Errorf("ca: trust domain %q: %w", c.cfg.TrustDomain, err)
+		return fmt.Errorf("trust domain %q: %w", c.cfg.TrustDomain, err)
 	}
 	if s.TrustDomain != c.cfg.TrustDomain.Name() {
-		return fmt.Errorf("ca: stored state is for trust domain %q, configured %q", s.TrustDomain, c.cfg.TrustDomain)
+		return fmt.Errorf("stored state is for trust domain %q, configured %q", s.TrustDomain, c.cfg.TrustDomain)
 	}
 	return c.installLocked(s, kv.Revision)
 }
@@ -242,7 +243,7 @@ func (c *CA) installLocked(s *persisted, rev int64) error {
 			b.AddX509Authority(k.cert)
 		case KindJWT:
 			if err := b.AddJWTAuthority(k.ID, k.signer.Public()); err != nil {
-				return fmt.Errorf("ca: add JWT authority %s to bundle: %w", k.ID, err)
+				return fmt.Errorf("add JWT authority %s to bundle: %w", k.ID, err)
 			}
 		}
 	}
@@ -290,17 +291,17 @@ func (c *CA) mutate(ctx context.Context, op string, fn func(s *persisted, now ti
 		}
 		b, err := json.Marshal(s)
 		if err != nil {
-			return fmt.Errorf("ca: %s: encode state: %w", op, err)
+			return fmt.Errorf("%s: encode state: %w", op, err)
 		}
 		rev, err := c.st.CompareAndSwap(ctx, c.key, b, cur.rev)
 		if errors.Is(err, store.ErrConflict) && attempt < 8 {
 			if err := c.reloadLocked(ctx); err != nil {
-				return fmt.Errorf("ca: %s: reload after conflict: %w", op, err)
+				return fmt.Errorf("%s: reload after conflict: %w", op, err)
 			}
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("ca: %s for trust domain %q: write state: %w", op, c.cfg.TrustDomain, err)
+			return fmt.Errorf("%s for trust domain %q: write state: %w", op, c.cfg.TrustDomain, err)
 		}
 		return c.installLocked(s, rev)
 	}
@@ -464,7 +465,7 @@ func retire(k *keyRecord, now time.Time, maxTTL, margin time.Duration) {
 func (c *CA) rotateIntermediate(s *persisted, now time.Time) error {
 	root := s.one(KindRoot, StateActive, "")
 	if root == nil {
-		return fmt.Errorf("ca: trust domain %q has no active root; run RotateRoot", c.cfg.TrustDomain)
+		return fmt.Errorf("trust domain %q has no active root; run RotateRoot", c.cfg.TrustDomain)
 	}
 	next := s.one(KindIntermediate, StatePrepared, root.ID)
 	if next == nil {
@@ -651,7 +652,7 @@ func (c *CA) generateKey() (*ecdsa.PrivateKey, error) {
 	}
 	k, err := ecdsa.GenerateKey(curve, rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("ca: generate %s key: %w", c.cfg.KeyType, err)
+		return nil, fmt.Errorf("generate %s key: %w", c.cfg.KeyType, err)
 	}
 	return k, nil
 }
@@ -663,11 +664,11 @@ func (c *CA) newRecord(kind Kind, now, notAfter time.Time) (*keyRecord, *ecdsa.P
 	}
 	der, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: encode new %s key: %w", kind, err)
+		return nil, nil, fmt.Errorf("encode new %s key: %w", kind, err)
 	}
 	pub, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
-		return nil, nil, fmt.Errorf("ca: encode new %s public key: %w", kind, err)
+		return nil, nil, fmt.Errorf("encode new %s public key: %w", kind, err)
 	}
 	id, err := keyutil.CAKeyID(key.Public())
 	if err != nil {

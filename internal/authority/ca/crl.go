@@ -46,7 +46,7 @@ func buildCRLs(s *persisted, number int64) ([][]byte, error) {
 		}
 		der, err := x509.CreateRevocationList(rand.Reader, tmpl, root.cert, root.signer)
 		if err != nil {
-			return nil, fmt.Errorf("ca: sign CRL with root %s: %w", root.ID, err)
+			return nil, fmt.Errorf("sign CRL with root %s: %w", root.ID, err)
 		}
 		out = append(out, der)
 	}

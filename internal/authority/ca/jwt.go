@@ -51,7 +51,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 	ttl = min(ttl, c.cfg.MaxJWTSVIDTTL)
 	exp := minTime(now.Add(ttl), v.jwt.NotAfter)
 	if !exp.After(now) {
-		return JWTSVID{}, fmt.Errorf("ca: active JWT key %s of %q has expired; run Tick or Rotate", v.jwt.ID, c.cfg.TrustDomain)
+		return JWTSVID{}, fmt.Errorf("active JWT key %s of %q has expired; run Tick or Rotate", v.jwt.ID, c.cfg.TrustDomain)
 	}
 	alg := jose.ES256
 	if k, ok := v.jwt.signer.(*ecdsa.PrivateKey); ok && k.Curve.Params().BitSize == 384 {
@@ -60,7 +60,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 	sig, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: v.jwt.signer, KeyID: v.jwt.ID}},
 		(&jose.SignerOptions{}).WithType("JWT"))
 	if err != nil {
-		return JWTSVID{}, fmt.Errorf("ca: JWT signer for key %s: %w", v.jwt.ID, err)
+		return JWTSVID{}, fmt.Errorf("JWT signer for key %s: %w", v.jwt.ID, err)
 	}
 	iat := now.Truncate(time.Second)
 	claims := jwt.Claims{
@@ -71,7 +71,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 	}
 	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
 	if err != nil {
-		return JWTSVID{}, fmt.Errorf("ca: sign JWT-SVID for %s: %w", id, err)
+		return JWTSVID{}, fmt.Errorf("sign JWT-SVID for %s: %w", id, err)
 	}
 	return JWTSVID{Token: tok, ID: id, Audience: append([]string(nil), audience...), IssuedAt: iat,
 		Expiry: exp.Truncate(time.Second), KeyID: v.jwt.ID}, nil

@@ -27,7 +27,7 @@ func randomSerial() (*big.Int, error) {
 	for {
 		n, err := rand.Int(rand.Reader, serialLimit)
 		if err != nil {
-			return nil, fmt.Errorf("ca: random serial: %w", err)
+			return nil, fmt.Errorf("random serial: %w", err)
 		}
 		if n.Sign() > 0 {
 			return n, nil
@@ -44,7 +44,7 @@ func (c *CA) caTemplate(kind Kind, id string, notBefore, notAfter time.Time) (*x
 	}
 	skid, err := hex.DecodeString(id)
 	if err != nil {
-		return nil, fmt.Errorf("ca: key ID %q: %w", id, err)
+		return nil, fmt.Errorf("key ID %q: %w", id, err)
 	}
 	return &x509.Certificate{
 		SerialNumber: serial,
@@ -75,7 +75,7 @@ func (c *CA) newRoot(now time.Time) (*keyRecord, error) {
 	tmpl.MaxPathLen = 1
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
-		return nil, fmt.Errorf("ca: self-sign root for %q: %w", c.cfg.TrustDomain, err)
+		return nil, fmt.Errorf("self-sign root for %q: %w", c.cfg.TrustDomain, err)
 	}
 	return rec.withCert(der)
 }
@@ -97,7 +97,7 @@ func (c *CA) newIntermediate(root *keyRecord, now time.Time) (*keyRecord, error)
 	tmpl.MaxPathLenZero = true
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.cert, key.Public(), root.signer)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign intermediate for %q with root %s: %w", c.cfg.TrustDomain, root.ID, err)
+		return nil, fmt.Errorf("sign intermediate for %q with root %s: %w", c.cfg.TrustDomain, root.ID, err)
 	}
 	return rec.withCert(der)
 }
@@ -105,7 +105,7 @@ func (c *CA) newIntermediate(root *keyRecord, now time.Time) (*keyRecord, error)
 func (k *keyRecord) withCert(der []byte) (*keyRecord, error) {
 	cert, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: parse new %s certificate: %w", k.Kind, err)
+		return nil, fmt.Errorf("parse new %s certificate: %w", k.Kind, err)
 	}
 	k.Cert, k.cert = der, cert
 	return k, nil
@@ -155,7 +155,7 @@ func (c *CA) SignX509SVID(ctx context.Context, req SVIDRequest) ([]*x509.Certifi
 	ttl = min(ttl, c.cfg.MaxSVIDTTL)
 	notAfter := minTime(now.Add(ttl), v.inter.cert.NotAfter)
 	if !notAfter.After(now) {
-		return nil, fmt.Errorf("ca: active intermediate %s of %q has expired; run Tick or Rotate", v.inter.ID, c.cfg.TrustDomain)
+		return nil, fmt.Errorf("active intermediate %s of %q has expired; run Tick or Rotate", v.inter.ID, c.cfg.TrustDomain)
 	}
 	notBefore := now.Add(-c.cfg.Backdate)
 	if notBefore.Before(v.inter.cert.NotBefore) {
@@ -182,11 +182,11 @@ func (c *CA) SignX509SVID(ctx context.Context, req SVIDRequest) ([]*x509.Certifi
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, v.inter.cert, req.PublicKey, v.inter.signer)
 	if err != nil {
-		return nil, fmt.Errorf("ca: sign X509-SVID for %s: %w", req.ID, err)
+		return nil, fmt.Errorf("sign X509-SVID for %s: %w", req.ID, err)
 	}
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
-		return nil, fmt.Errorf("ca: parse X509-SVID for %s: %w", req.ID, err)
+		return nil, fmt.Errorf("parse X509-SVID for %s: %w", req.ID, err)
 	}
 	return []*x509.Certificate{leaf, v.inter.cert}, nil
 }

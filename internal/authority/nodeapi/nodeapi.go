@@ -47,6 +47,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/policy"
 	"github.com/wardproject/ward/internal/shared/reqctx"
@@ -560,7 +561,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		authorize = s.cfg.Registry.AuthorizeRenewal
 	}
 	if _, err := authorize(ctx, id, serial); err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	if workload {
 		return nil, status.Errorf(codes.PermissionDenied, "agent %s may not call %s: an agent SVID is not a workload identity; call with the workload's own SVID (register an entry for it)", id, method)

@@ -24,6 +24,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/x509pop"
 )
@@ -67,7 +68,7 @@ func (s *Server) event(ctx context.Context, op, result, errMsg string, fields ma
 // deny audits a refused call (best effort: the refusal stands either way)
 // and returns err as a status.
 func (s *Server) deny(ctx context.Context, op string, fields map[string]string, err error) error {
-	st := status.Convert(apiconv.Status(err))
+	st := status.Convert(errs.ToStatus(err))
 	result := audit.ResultError
 	if st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated {
 		result = audit.ResultDenied
@@ -89,7 +90,7 @@ func chainDER(chain []*x509.Certificate) [][]byte {
 func (s *Server) bundleJSON() ([]byte, uint64, error) {
 	b, err := s.cfg.CA.Bundle()
 	if err != nil {
-		return nil, 0, apiconv.Status(err)
+		return nil, 0, errs.ToStatus(err)
 	}
 	j, err := b.Marshal()
 	if err != nil {
@@ -103,7 +104,7 @@ func (s *Server) bundleJSON() ([]byte, uint64, error) {
 func (s *Server) signAgent(ctx context.Context, id spiffeid.ID, pub crypto.PublicKey) ([]*x509.Certificate, error) {
 	chain, err := s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: s.cfg.AgentSVIDTTL})
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	return chain, nil
 }
@@ -256,7 +257,7 @@ func (n *nodeService) Sync(ctx context.Context, r *wardv1.SyncRequest) (*wardv1.
 	id := agentFrom(ctx)
 	entries, err := s.cfg.Registry.ListEntries(ctx, registry.ListFilter{ParentID: id.String()})
 	if err != nil {
-		return nil, apiconv.Status(err)
+		return nil, errs.ToStatus(err)
 	}
 	bj, seq, err := s.bundleJSON()
 	if err != nil {
@@ -318,7 +319,7 @@ func (s *Server) entryFor(ctx context.Context, agent spiffeid.ID, id string) (re
 		return registry.Entry{}, status.Errorf(codes.PermissionDenied, "entry %s is not registered under agent %s: sync and use one of its entries", id, agent)
 	}
 	if err != nil {
-		return registry.Entry{}, apiconv.Status(err)
+		return registry.Entry{}, errs.ToStatus(err)
 	}
 	return e, nil
 }
@@ -391,7 +392,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	for i := range items {
 		it := &items[i]
 		if it.err != nil {
-			st := status.Convert(apiconv.Status(it.err))
+			st := status.Convert(errs.ToStatus(it.err))
 			it.result.Error = &wardv1.ItemError{Code: st.Code().String(), Message: st.Message()}
 			failed = append(failed, it.result.EntryId+": "+st.Message())
 		} else {

@@ -11,6 +11,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // keyFileAAD binds the wrapped root key to its purpose.
@@ -18,7 +20,7 @@ const keyFileAAD = "ward keyfile seal v1 root key"
 
 // ErrKeyFile: the key file is missing, unreadable, malformed, too widely
 // readable, or not the one used at init.
-var ErrKeyFile = errors.New("seal: key file problem")
+var ErrKeyFile = errs.New(errs.Internal, "key-file seal")
 
 // KeyFileSeal wraps the root key with AES-256-GCM under a 32-byte key read
 // from a file, and unseals automatically. It is for development and tests
@@ -77,7 +79,7 @@ func (k *KeyFileSeal) Unwrap(_ context.Context, cfg Config) ([]byte, error) {
 func keyFileAEAD(key []byte) (cipher.AEAD, error) {
 	blk, err := aes.NewCipher(key)
 	if err != nil {
-		return nil, fmt.Errorf("seal: preparing AES key: %w", err)
+		return nil, fmt.Errorf("preparing AES key: %w", err)
 	}
 	return cipher.NewGCMWithRandomNonce(blk)
 }

@@ -60,7 +60,7 @@ func (m *Manager) loadLocked(ctx context.Context) (*Config, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("seal: reading %s: %w", ConfigKey, err)
+		return nil, fmt.Errorf("reading %s: %w", ConfigKey, err)
 	}
 	cfg, err := ParseConfig(kv.Value)
 	if err != nil {
@@ -121,7 +121,7 @@ func (m *Manager) Init(ctx context.Context, opts InitOptions) (InitResult, error
 	case isAuto && (opts.Shares != 0 || opts.Threshold != 0):
 		return InitResult{}, fmt.Errorf("%w: the %q seal unseals automatically and takes no shares or threshold", ErrBadOptions, m.seal.Type())
 	case !isShare && !isAuto:
-		return InitResult{}, fmt.Errorf("seal: %q is neither a share seal nor an auto seal", m.seal.Type())
+		return InitResult{}, fmt.Errorf("%q is neither a share seal nor an auto seal", m.seal.Type())
 	}
 
 	root := make([]byte, barrier.KeySize)
@@ -129,13 +129,13 @@ func (m *Manager) Init(ctx context.Context, opts InitOptions) (InitResult, error
 	defer clear(root)
 	cfg, shares, err := m.seal.Init(ctx, root, opts)
 	if err != nil {
-		return InitResult{}, fmt.Errorf("seal: initialising %q seal: %w; nothing was written", m.seal.Type(), err)
+		return InitResult{}, fmt.Errorf("initialising %q seal: %w; nothing was written", m.seal.Type(), err)
 	}
 	cfg.Version, cfg.Type, cfg.Shares, cfg.Threshold, cfg.ShareHashes = 1, m.seal.Type(), 0, 0, nil
 	var check []byte
 	if isShare {
 		if len(shares) != opts.Shares {
-			return InitResult{}, fmt.Errorf("seal: %q seal made %d shares, %d were asked for; nothing was written", m.seal.Type(), len(shares), opts.Shares)
+			return InitResult{}, fmt.Errorf("%q seal made %d shares, %d were asked for; nothing was written", m.seal.Type(), len(shares), opts.Shares)
 		}
 		cfg.Shares, cfg.Threshold = opts.Shares, opts.Threshold
 		for _, s := range shares {
@@ -146,26 +146,26 @@ func (m *Manager) Init(ctx context.Context, opts InitOptions) (InitResult, error
 		check, err = as.Unwrap(ctx, cfg)
 	}
 	if err != nil {
-		return InitResult{}, fmt.Errorf("seal: checking that the %q seal gives the root key back: %w; nothing was written", m.seal.Type(), err)
+		return InitResult{}, fmt.Errorf("checking that the %q seal gives the root key back: %w; nothing was written", m.seal.Type(), err)
 	}
 	if subtle.ConstantTimeCompare(check, root) != 1 {
 		clear(check)
-		return InitResult{}, fmt.Errorf("seal: the %q seal gave back a different root key when checked; nothing was written", m.seal.Type())
+		return InitResult{}, fmt.Errorf("the %q seal gave back a different root key when checked; nothing was written", m.seal.Type())
 	}
 	clear(check)
 	data, err := json.Marshal(cfg)
 	if err != nil {
-		return InitResult{}, fmt.Errorf("seal: encoding configuration: %w", err)
+		return InitResult{}, fmt.Errorf("encoding configuration: %w", err)
 	}
 	if _, err := ParseConfig(data); err != nil {
-		return InitResult{}, fmt.Errorf("seal: made an invalid configuration (%w); nothing was written", err)
+		return InitResult{}, fmt.Errorf("the seal made an invalid configuration (%w); nothing was written", err)
 	}
 	err = m.b.Initialize(ctx, root, store.Op{Key: ConfigKey, Value: data, ExpectRevision: 0})
 	if errors.Is(err, barrier.ErrAlreadyInitialized) {
 		return InitResult{}, fmt.Errorf("%w (another process initialised it first)", ErrAlreadyInitialized)
 	}
 	if err != nil {
-		return InitResult{}, fmt.Errorf("seal: %w", err)
+		return InitResult{}, fmt.Errorf("writing the keyring and seal configuration: %w", err)
 	}
 	m.cfg = &cfg
 	m.resetLocked()
@@ -238,7 +238,7 @@ func (m *Manager) SubmitShare(ctx context.Context, encoded string) (Status, erro
 		if errors.Is(err, barrier.ErrBadRootKey) {
 			return m.statusLocked(cfg), fmt.Errorf("%w: the %d shares are genuine but their key does not open %s; progress was reset", ErrKeyringMismatch, cfg.Threshold, barrier.KeyringKey)
 		}
-		return m.statusLocked(cfg), fmt.Errorf("seal: unsealing the barrier: %w; progress was reset, submit the shares again", err)
+		return m.statusLocked(cfg), fmt.Errorf("unsealing the barrier: %w; progress was reset, submit the shares again", err)
 	}
 	return m.statusLocked(cfg), nil
 }
@@ -285,7 +285,7 @@ func (m *Manager) AutoUnseal(ctx context.Context) (Status, error) {
 		if errors.Is(err, barrier.ErrBadRootKey) {
 			return m.statusLocked(cfg), fmt.Errorf("%w: the %q seal's key does not open %s", ErrKeyringMismatch, cfg.Type, barrier.KeyringKey)
 		}
-		return m.statusLocked(cfg), fmt.Errorf("seal: unsealing the barrier: %w", err)
+		return m.statusLocked(cfg), fmt.Errorf("unsealing the barrier: %w", err)
 	}
 	return m.statusLocked(cfg), nil
 }

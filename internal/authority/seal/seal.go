@@ -15,12 +15,12 @@ import (
 	"context"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"unicode"
 
 	"github.com/wardproject/ward/internal/authority/shamir"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // ConfigKey is where the seal configuration is stored (not secret).
@@ -101,18 +101,18 @@ type Config struct {
 
 // Errors; returned errors wrap them for errors.Is.
 var (
-	ErrNotInitialized     = errors.New("seal: the authority is not initialised; run init first")
-	ErrAlreadyInitialized = errors.New("seal: the authority is already initialised; nothing was changed")
-	ErrAlreadyUnsealed    = errors.New("seal: the authority is already unsealed; nothing to do")
-	ErrBadShareEncoding   = errors.New("seal: the share is not valid hex as printed at init; check for copy errors")
-	ErrUnknownShare       = errors.New("seal: the share is not one of the shares created at init; check for typos or a share from another authority")
-	ErrRepeatedShare      = errors.New("seal: this share was already submitted in this unseal attempt; submit a different operator's share")
-	ErrKeyringMismatch    = errors.New("seal: the recovered root key does not open the barrier keyring; the keyring and the seal configuration come from different initialisations (for example a partial restore)")
-	ErrSealMismatch       = errors.New("seal: the configured seal type does not match the one the authority was initialised with")
-	ErrNotShareSeal       = errors.New("seal: this seal unseals automatically and takes no shares; use auto-unseal")
-	ErrNotAutoSeal        = errors.New("seal: this seal needs operator shares to unseal; submit shares")
-	ErrBadOptions         = errors.New("seal: invalid init options")
-	ErrBadConfig          = errors.New("seal: the stored seal configuration at " + ConfigKey + " is invalid")
+	ErrNotInitialized     = errs.New(errs.Precondition, "the authority is not initialised; run init first")
+	ErrAlreadyInitialized = errs.New(errs.Precondition, "the authority is already initialised; nothing was changed")
+	ErrAlreadyUnsealed    = errs.New(errs.Precondition, "the authority is already unsealed; nothing to do")
+	ErrBadShareEncoding   = errs.New(errs.Invalid, "the share is not valid hex as printed at init; check for copy errors")
+	ErrUnknownShare       = errs.New(errs.Invalid, "the share is not one of the shares created at init; check for typos or a share from another authority")
+	ErrRepeatedShare      = errs.New(errs.Invalid, "this share was already submitted in this unseal attempt; submit a different operator's share")
+	ErrKeyringMismatch    = errs.New(errs.Invalid, "the recovered root key does not open the barrier keyring; the keyring and the seal configuration come from different initialisations (for example a partial restore)")
+	ErrSealMismatch       = errs.New(errs.Internal, "the configured seal type does not match the one the authority was initialised with")
+	ErrNotShareSeal       = errs.New(errs.Internal, "this seal unseals automatically and takes no shares; use auto-unseal")
+	ErrNotAutoSeal        = errs.New(errs.Internal, "this seal needs operator shares to unseal; submit shares")
+	ErrBadOptions         = errs.New(errs.Invalid, "invalid init options")
+	ErrBadConfig          = errs.New(errs.Internal, "the stored seal configuration at "+ConfigKey+" is invalid")
 )
 
 // EncodeShare returns a share as lowercase hex, the form printed to

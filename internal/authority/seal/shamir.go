@@ -32,15 +32,15 @@ func (ShamirSeal) Init(_ context.Context, rootKey []byte, opts InitOptions) (Con
 // Combine recovers the root key from cfg.Threshold shares.
 func (ShamirSeal) Combine(cfg Config, shares [][]byte) ([]byte, error) {
 	if len(shares) < cfg.Threshold {
-		return nil, fmt.Errorf("seal: %d shares given, threshold is %d", len(shares), cfg.Threshold)
+		return nil, fmt.Errorf("%d shares given, threshold is %d", len(shares), cfg.Threshold)
 	}
 	key, err := shamir.Combine(shares)
 	if err != nil {
-		return nil, fmt.Errorf("seal: combining shares: %w", err)
+		return nil, fmt.Errorf("combining shares: %w", err)
 	}
 	if len(key) != barrier.KeySize {
 		clear(key)
-		return nil, fmt.Errorf("seal: shares combine to %d bytes, a root key is %d", len(key), barrier.KeySize)
+		return nil, fmt.Errorf("shares combine to %d bytes, a root key is %d", len(key), barrier.KeySize)
 	}
 	return key, nil
 }

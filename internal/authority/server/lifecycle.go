@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -10,6 +9,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/adminapi"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/seal"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -46,31 +46,18 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	return sv, nil
 }
 
-func sealError(err error) error {
-	switch {
-	case errors.Is(err, seal.ErrAlreadyInitialized), errors.Is(err, seal.ErrNotInitialized),
-		errors.Is(err, seal.ErrAlreadyUnsealed):
-		return status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, seal.ErrBadShareEncoding), errors.Is(err, seal.ErrUnknownShare),
-		errors.Is(err, seal.ErrRepeatedShare), errors.Is(err, seal.ErrKeyringMismatch),
-		errors.Is(err, seal.ErrBadOptions):
-		return status.Error(codes.InvalidArgument, err.Error())
-	}
-	return status.Error(codes.Internal, err.Error())
-}
-
 func (l lifecycle) Init(ctx context.Context, opts seal.InitOptions) ([]string, error) {
 	s := l.s
 	caller := reqctx.From(ctx)
 	res, err := s.seals.Init(ctx, opts)
 	if err != nil {
 		s.recordSealed(s.event(caller, "operator.init", "error", err.Error()))
-		return nil, sealError(err)
+		return nil, errs.ToStatus(err)
 	}
 	s.recordSealed(s.event(caller, "operator.init", "ok", ""))
 	if s.auto {
 		if _, err := s.seals.AutoUnseal(ctx); err != nil {
-			return nil, sealError(err)
+			return nil, errs.ToStatus(err)
 		}
 		if err := s.afterUnseal(ctx, caller); err != nil {
 			s.seals.Seal(ctx)
@@ -101,7 +88,7 @@ func (l lifecycle) Unseal(ctx context.Context, share string) error {
 	st, err := s.seals.SubmitShare(ctx, share)
 	if err != nil {
 		s.recordSealed(s.event(caller, "operator.unseal", "error", err.Error()))
-		return sealError(err)
+		return errs.ToStatus(err)
 	}
 	if st.Sealed {
 		s.recordSealed(s.event(caller, "operator.unseal.share", "ok", ""))
