@@ -9,7 +9,6 @@ package adminapi
 import (
 	"context"
 	"log/slog"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -24,7 +23,6 @@ import (
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/authority/seal"
-	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
 // Lifecycle is the authority's sealed ↔ unsealed lifecycle, as the
@@ -58,6 +56,9 @@ type Services struct {
 	Policy *policystore.Store
 	Audit  *audit.Log
 	Hasher *audit.Hasher
+	// Recorder is the one audit seam (audit.NewLogRecorder over Audit
+	// and Hasher) that every audited admin call records through.
+	Recorder audit.Recorder
 	// CA and Registry are nil while workload identity is not running.
 	CA       *ca.CA
 	Registry *registry.Registry
@@ -136,6 +137,7 @@ func (a *api) identity() (*Services, error) {
 
 // event builds an audit event for the caller in ctx.
 func event(ctx context.Context, op, result, errMsg string) audit.Event {
-	c := reqctx.From(ctx)
-	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Error: errMsg}
+	ev := audit.NewEvent(ctx, op, result)
+	ev.Error = errMsg
+	return ev
 }

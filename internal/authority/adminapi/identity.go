@@ -233,7 +233,7 @@ func (a *api) caAdmin(ctx context.Context, op string, fields map[string]string, 
 	}
 	ev := event(ctx, op, audit.ResultStarted, "")
 	ev.Fields = fields
-	if _, err := id.Audit.Append(ctx, ev); err != nil {
+	if err := id.Recorder.Record(ctx, ev); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, %s refused: %v", op, err)
 	}
 	opErr := f(id.CA)
@@ -242,7 +242,7 @@ func (a *api) caAdmin(ctx context.Context, op string, fields map[string]string, 
 	if opErr != nil {
 		ev.Result, ev.Error = audit.ResultError, opErr.Error()
 	}
-	if _, err := id.Audit.Append(ctx, ev); err != nil && opErr == nil {
+	if err := id.Recorder.Record(ctx, ev); err != nil && opErr == nil {
 		return nil, status.Errorf(codes.Unavailable, "%s was applied but its audit event could not be written: %v", op, err)
 	}
 	if opErr != nil {

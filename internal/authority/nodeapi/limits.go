@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/netsource"
 )
 
@@ -375,7 +376,7 @@ func (s *Server) mainServerFor(certs []*x509.Certificate) bool {
 	_, err = s.cfg.Registry.Authorize(ctx, id, certs[0].SerialNumber.Text(16))
 	// A registry that cannot answer now is no refusal: authenticate asks
 	// again per call.
-	return err == nil || registry.KindOf(err) != registry.KindDenied
+	return err == nil || errs.KindOf(err) != errs.Denied
 }
 
 func handshake(c net.Conn, cfg *tls.Config) (*tls.Conn, error) {

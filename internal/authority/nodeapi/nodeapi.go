@@ -42,6 +42,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
@@ -66,7 +67,7 @@ type Config struct {
 	// Registry holds entries, join tokens and agents. Required.
 	Registry *registry.Registry
 	// Audit records every issuance. Required.
-	Audit registry.AuditFunc
+	Audit audit.Recorder
 	// X509PopRoots verifies x509pop node certificates; nil disables x509pop.
 	X509PopRoots *x509.CertPool
 	// AgentSVIDTTL is the agent SVID lifetime (0 = the CA's SVID TTL).

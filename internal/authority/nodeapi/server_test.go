@@ -71,12 +71,12 @@ func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSSer
 	if err := h.ca.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	auditFn := func(context.Context, audit.Event) error {
+	auditFn := audit.RecorderFunc(func(context.Context, audit.Event) error {
 		if h.auditDown.Load() {
 			return errors.New("audit log down")
 		}
 		return nil
-	}
+	})
 	h.reg, err = registry.New(st, registry.Options{TrustDomain: testTD, Audit: auditFn, Clock: clock})
 	if err != nil {
 		t.Fatal(err)

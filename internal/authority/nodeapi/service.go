@@ -25,7 +25,6 @@ import (
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/errs"
-	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/x509pop"
 )
 
@@ -61,8 +60,9 @@ func parseCSR(der []byte, checkSig bool) (crypto.PublicKey, error) {
 }
 
 func (s *Server) event(ctx context.Context, op, result, errMsg string, fields map[string]string) audit.Event {
-	c := reqctx.From(ctx)
-	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Error: errMsg, Fields: fields}
+	ev := audit.NewEvent(ctx, op, result)
+	ev.Error, ev.Fields = errMsg, fields
+	return ev
 }
 
 // deny audits a refused call (best effort: the refusal stands either way)
@@ -73,7 +73,7 @@ func (s *Server) deny(ctx context.Context, op string, fields map[string]string, 
 	if st.Code() == codes.PermissionDenied || st.Code() == codes.Unauthenticated {
 		result = audit.ResultDenied
 	}
-	if aerr := s.cfg.Audit(ctx, s.event(ctx, op, result, st.Message(), fields)); aerr != nil {
+	if aerr := s.cfg.Audit.Record(ctx, s.event(ctx, op, result, st.Message(), fields)); aerr != nil {
 		s.cfg.Log.Warn("could not audit a refused call", "operation", op, "err", aerr)
 	}
 	return st.Err()
@@ -209,7 +209,7 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
 	// Audit before release: an SVID whose issuance is not in the log is
 	// never handed out.
-	if err := s.cfg.Audit(ctx, s.event(ctx, "agent.attest", audit.ResultOK, "", fields)); err != nil {
+	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.attest", audit.ResultOK, "", fields)); err != nil {
 		return status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -242,7 +242,7 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	// The new serial is recorded but unseen: the agent retries with the SVID
 	// it renewed with, which may renew again until the new one is presented
 	// (registry.RecordRenewal). So is a response lost on the way.
-	if err := s.cfg.Audit(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
+	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v; retry RenewAgent with the same agent SVID", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -313,7 +313,7 @@ func (s *Server) auditCheckpoint(ctx context.Context, agent spiffeid.ID, known u
 // entryFor loads entry id and checks that agent owns it.
 func (s *Server) entryFor(ctx context.Context, agent spiffeid.ID, id string) (registry.Entry, error) {
 	e, err := s.cfg.Registry.GetEntry(ctx, id)
-	if registry.KindOf(err) == registry.KindNotFound || err == nil && e.ParentID != agent.String() {
+	if errs.KindOf(err) == errs.NotFound || err == nil && e.ParentID != agent.String() {
 		// Same answer for "missing" and "someone else's": an agent learns
 		// nothing about entries it does not serve.
 		return registry.Entry{}, status.Errorf(codes.PermissionDenied, "entry %s is not registered under agent %s: sync and use one of its entries", id, agent)
@@ -420,7 +420,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	}
 	ev := s.event(ctx, "svid.x509.sign", result, "", fields)
 	ev.Count = len(ok)
-	if err := s.cfg.Audit(ctx, ev); err != nil {
+	if err := s.cfg.Audit.Record(ctx, ev); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, %d SVIDs for agent %s withheld: %v", len(ok), agent, err)
 	}
 	return out, nil
@@ -446,7 +446,7 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequ
 		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
 	}
 	fields["spiffe_id"], fields["key_id"], fields["expires"] = id.String(), j.KeyID, j.Expiry.UTC().Format(time.RFC3339)
-	if err := s.cfg.Audit(ctx, s.event(ctx, "svid.jwt.sign", audit.ResultOK, "", fields)); err != nil {
+	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "svid.jwt.sign", audit.ResultOK, "", fields)); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, JWT-SVID for %s withheld: %v", id, err)
 	}
 	return &wardv1.SignJWTSVIDResponse{Token: j.Token, Expires: timestamppb.New(j.Expiry)}, nil

@@ -107,7 +107,7 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 		ev := w.s.event(ctx, "kms."+strings.TrimPrefix(action, "kms:"), audit.ResultDenied, "",
 			map[string]string{"policy_version": fmt.Sprint(d.Version), "cause": d.Cause.String(), "policies": strings.Join(d.Reasons, ",")})
 		ev.Key = k
-		if err := cfg.Audit(ctx, ev); err != nil {
+		if err := cfg.Audit.Record(ctx, ev); err != nil {
 			return status.Errorf(codes.Unavailable, "audit log unavailable: %v", err)
 		}
 		why := d.Cause.String()

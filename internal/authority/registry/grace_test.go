@@ -20,7 +20,7 @@ func TestSupersededAgentSVIDExpiresAfterGrace(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-		Audit: func(context.Context, audit.Event) error { return nil }, Clock: func() time.Time { return now }})
+		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func TestSupersededAgentSVIDCannotRenew(t *testing.T) {
 	ctx := context.Background()
 	now := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
 	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-		Audit: func(context.Context, audit.Event) error { return nil }, Clock: func() time.Time { return now }})
+		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestLostRenewalResponseRetry(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			now := t0
 			r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-				Audit: func(context.Context, audit.Event) error { return nil }, Clock: func() time.Time { return now }})
+				Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now }})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -30,18 +30,12 @@ const (
 	defaultToken = 10 * time.Minute
 )
 
-// AuditFunc records one audit event; an error means it was not recorded.
-//
-// Deprecated: temporary alias of audit.RecorderFunc while the Node API
-// still takes a function; use audit.Recorder.
-type AuditFunc = audit.RecorderFunc
-
 // Options configures a Registry.
 type Options struct {
 	// TrustDomain the registry serves. Required.
 	TrustDomain spiffeid.TrustDomain
 	// Audit records every mutation. Required.
-	Audit AuditFunc
+	Audit audit.Recorder
 	// MaxEntryTTL bounds an entry's X509-SVID TTL (default 24h).
 	MaxEntryTTL time.Duration
 	// MaxTokenTTL bounds a join token's lifetime (default 24h).

@@ -41,7 +41,7 @@ func newFixture(t testing.TB) *fixture {
 	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	f.now.Store(&now)
 	f.reg, err = New(st, Options{TrustDomain: td, MaxEntryTTL: 24 * time.Hour, Clock: func() time.Time { return *f.now.Load() },
-		Audit: func(_ context.Context, ev audit.Event) error {
+		Audit: audit.RecorderFunc(func(_ context.Context, ev audit.Event) error {
 			if f.fail.Load() {
 				return errors.New("audit down")
 			}
@@ -49,7 +49,7 @@ func newFixture(t testing.TB) *fixture {
 			f.events = append(f.events, ev)
 			f.mu.Unlock()
 			return nil
-		}})
+		})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,14 +31,6 @@ type identityState struct {
 	wg     sync.WaitGroup
 }
 
-// auditFunc appends to the unsealed audit log.
-func auditFunc(st *unsealedState) registry.AuditFunc {
-	return func(ctx context.Context, ev audit.Event) error {
-		_, err := st.audit.Append(ctx, ev)
-		return err
-	}
-}
-
 // startIdentity opens the CA over the barrier store (creating root,
 // intermediate and JWT key on first unseal), keeps it rotating, opens the
 // registry and, if configured, starts the Node API.
@@ -61,11 +53,11 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 		ev := s.event(reqctx.From(ctx), "ca.init", audit.ResultOK, "")
 		ev.Fields = map[string]string{"trust_domain": td.Name()}
-		if _, err := st.audit.Append(ctx, ev); err != nil {
+		if err := st.recorder.Record(ctx, ev); err != nil {
 			return fmt.Errorf("audit log unavailable: %w", err)
 		}
 	}
-	reg, err := registry.New(bs, registry.Options{TrustDomain: td, Audit: auditFunc(st),
+	reg, err := registry.New(bs, registry.Options{TrustDomain: td, Audit: st.recorder,
 		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL)})
 	if err != nil {
 		return err
@@ -81,7 +73,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 				return fmt.Errorf("identity.x509pop_ca_bundle: %w", err)
 			}
 		}
-		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: auditFunc(st), X509PopRoots: roots,
+		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: st.recorder, X509PopRoots: roots,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
 			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
 			FederatedBundles: id.fed.BundleDocuments,

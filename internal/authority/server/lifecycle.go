@@ -39,7 +39,7 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	if err != nil {
 		return nil, err
 	}
-	sv := &adminapi.Services{KMS: st.kms, Policy: st.policy, Audit: st.audit, Hasher: st.hasher}
+	sv := &adminapi.Services{KMS: st.kms, Policy: st.policy, Audit: st.audit, Hasher: st.hasher, Recorder: st.recorder}
 	if st.ident != nil {
 		sv.CA, sv.Registry, sv.Federation = st.ident.ca, st.ident.reg, st.ident.fed
 	}
@@ -114,7 +114,7 @@ func (l lifecycle) Seal(ctx context.Context) error {
 	// cannot be written the failure is logged and the event is kept to be
 	// appended at the next unseal.
 	ev := s.event(reqctx.From(ctx), "operator.seal", "ok", "")
-	if _, err := st.audit.Append(ctx, ev); err != nil {
+	if err := st.recorder.Record(ctx, ev); err != nil {
 		s.log.Error("could not audit the seal; sealing anyway", "err", err)
 		s.recordSealed(ev)
 	}

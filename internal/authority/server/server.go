@@ -378,9 +378,12 @@ func (s *Server) sealInternal() {
 	}
 }
 
-// event builds an audit event for caller.
+// event builds an audit event for caller (lifecycle events happen while
+// sealed, without a recorder: they are appended to the log directly).
 func (s *Server) event(c reqctx.Caller, op, result, errMsg string) audit.Event {
-	return audit.Event{Time: time.Now().UTC(), RequestID: c.RequestID, Actor: c.Actor, Operation: op, Result: result, Error: errMsg}
+	ev := audit.NewEvent(reqctx.With(context.Background(), c), op, result)
+	ev.Error = errMsg
+	return ev
 }
 
 // recordSealed audits an event that happened while sealed: it is kept in
