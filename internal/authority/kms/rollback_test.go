@@ -18,6 +18,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
@@ -376,5 +377,38 @@ func TestRevisedRecordUnknownToTheLogIsRefused(t *testing.T) {
 	}
 	if _, err := c.m.Get(ctx, "legacy"); err != nil {
 		t.Fatalf("a revision-0 record (from before revisions) is refused: %v", err)
+	}
+}
+
+// TestEventsThroughTheRecorder: on a real log, a data operation's event
+// carries the caller and its encryption context only as HMACs under
+// "context.<key>", and a key change carries record_revision and
+// record_digest for the rollback index.
+func TestEventsThroughTheRecorder(t *testing.T) {
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := openAuthority(t, filepath.Join(t.TempDir(), "ward.db"), signer, true)
+	defer a.close()
+	ctx := reqctx.With(context.Background(), reqctx.Caller{Actor: "admin:uid=0", RequestID: "req-9"})
+	if _, err := a.m.Create(ctx, "k", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	const secret = "tenant-in-clear"
+	if _, _, err := a.m.Encrypt(ctx, "k", []byte("x"), map[string]string{"tenant": secret}); err != nil {
+		t.Fatal(err)
+	}
+	enc := a.events(t, "kms.encrypt")
+	if len(enc) != 1 || enc[0].Actor != "admin:uid=0" || enc[0].RequestID != "req-9" || enc[0].KeyVersion != 1 {
+		t.Fatalf("encrypt events %+v", enc)
+	}
+	if v := enc[0].Fields["context.tenant"]; !strings.HasPrefix(v, audit.HashPrefix) || strings.Contains(v, secret) {
+		t.Fatalf("context field %q, want an HMAC", v)
+	}
+	created := a.events(t, "key.create")
+	if len(created) != 2 || created[1].Result != audit.ResultOK || created[1].Fields["record_revision"] != "1" ||
+		!strings.HasPrefix(created[1].Fields["record_digest"], "hmac-sha256:") {
+		t.Fatalf("key.create events %+v", created)
 	}
 }
