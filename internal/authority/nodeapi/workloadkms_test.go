@@ -46,12 +46,12 @@ func newKMSHarness(t *testing.T) *kmsHarness {
 	k := &kmsHarness{kms: m, policy: policystore.New(st, discard)}
 	k.harness = newHarnessWith(t, func(c *Config) {
 		c.KMS, c.Policy = k.kms, k.policy
-		c.Audit = func(_ context.Context, ev audit.Event) error {
+		c.Audit = audit.RecorderFunc(func(_ context.Context, ev audit.Event) error {
 			k.mu.Lock()
 			defer k.mu.Unlock()
 			k.events = append(k.events, ev)
 			return nil
-		}
+		})
 	})
 	return k
 }
