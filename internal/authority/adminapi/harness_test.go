@@ -127,11 +127,11 @@ func newEnv(t testing.TB) *env {
 	if err := c.Init(ctx); err != nil {
 		t.Fatal(err)
 	}
-	reg, err := registry.New(st, registry.Options{TrustDomain: td, Audit: rec.Record})
+	reg, err := registry.New(st, registry.Options{TrustDomain: td, Audit: rec})
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := &authority{store: st, sv: Services{KMS: m, Audit: alog, Hasher: hasher, CA: c, Registry: reg,
+	a := &authority{store: st, sv: Services{KMS: m, Audit: alog, Hasher: hasher, Recorder: rec, CA: c, Registry: reg,
 		Policy: policystore.New(st, rec, policystore.WithTaintedKeys(c.TaintedKeyIDs))}}
 
 	ln := bufconn.Listen(1 << 20)

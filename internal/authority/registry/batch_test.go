@@ -155,7 +155,7 @@ func TestApplyBatchLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	reg, err := New(st, Options{TrustDomain: td, Audit: func(context.Context, audit.Event) error { return nil }})
+	reg, err := New(st, Options{TrustDomain: td, Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil })})
 	if err != nil {
 		t.Fatal(err)
 	}
