@@ -9,7 +9,6 @@ need_pkgs=()
 command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl ca-certificates)
-command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2)
 command -v testssl >/dev/null 2>&1 || need_pkgs+=(testssl.sh)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 
@@ -30,11 +29,44 @@ if [ -n "$unformatted" ]; then
   echo "gofmt needed on:"; echo "$unformatted"; exit 1
 fi
 
+# Every go test line goes to the terminal and to $log, so that the closing
+# "ok"/"FAIL" lines stay in the output (CI reads them) and a per-package
+# time summary can be printed at the end.
+log="$(mktemp)"
+fipslog="$(mktemp)"
+trap 'rm -f "$log" "$fipslog"' EXIT
+rc=0
+
 echo "==> go test (race detector on)"
 # -race everywhere: the concurrent packages (store, audit, kms, server,
 # workload API) need it and the rest is cheap. -p 2 matches CI's 2 cores.
-go test -race -p 2 -timeout 25m -count=1 ./...
+set +e
+go test -race -p 2 -timeout 25m -count=1 ./... 2>&1 | tee -a "$log"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" = 0 ] || rc=$status
 
 echo "==> go test in FIPS 140-3 mode (GODEBUG=fips140=on) for the crypto paths"
+set +e
 GODEBUG=fips140=on go test -count=1 -p 2 ./internal/shared/kmscrypto ./internal/shared/checkpoint ./internal/authority/kms ./internal/authority/barrier \
-  ./internal/authority/seal ./internal/authority/audit ./internal/authority/server ./envelope
+  ./internal/authority/seal ./internal/authority/audit ./internal/authority/server ./envelope 2>&1 | tee "$fipslog"
+status=${PIPESTATUS[0]}
+set -e
+[ "$status" = 0 ] || rc=$status
+
+# Per-package times, slowest first, from go test's closing lines
+# ("ok  pkg  12.3s", "FAIL pkg 4.5s").
+pkgtimes() {
+  awk -v tag="$2" '{
+    n = split($0, f, /[ \t]+/)
+    if ((f[1] == "ok" || f[1] == "FAIL") && n >= 3 && f[3] ~ /^[0-9.]+s$/) {
+      t = f[3]; sub(/s$/, "", t)
+      printf "%9.1fs  %-4s %s%s\n", t, f[1], f[2], tag
+    }
+  }' "$1"
+}
+echo "==> time per package (slowest first)"
+times="$( (pkgtimes "$log" ""; pkgtimes "$fipslog" " (fips)") | sort -rn)"
+echo "$times"
+echo "$times" | awk '{ t = $1; sub(/s$/, "", t); total += t } END { printf "%9.1fs  in all (packages run 2 at a time)\n", total }'
+exit "$rc"
