@@ -15,6 +15,7 @@ func init() {
 // agentCommand is `ward agent --config agent.yaml` (run the node agent).
 func agentCommand() *cobra.Command {
 	var cfgPath string
+	var check bool
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Run the node agent (`--config agent.yaml`): attest the node, serve the SPIFFE Workload API",
@@ -30,6 +31,10 @@ func agentCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (trust domain %s, authority %s)\n", cfgPath, cfg.TrustDomain, cfg.ServerAddress)
+				return nil
+			}
 			a, err := agent.New(cfg, agent.WithLogger(newLogger(cmd.ErrOrStderr(), cfg.LogLevel)))
 			if err != nil {
 				return err
@@ -38,6 +43,7 @@ func agentCommand() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the agent configuration (YAML)")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration (not the files it names) and exit")
 	cmd.AddCommand(agentAdminCommands()...) // ward agent list, ward agent evict (identity.go)
 	return cmd
 }

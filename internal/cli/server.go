@@ -29,7 +29,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 
 func serverCommand() *cobra.Command {
 	var cfgPath, devDir, devTD string
-	var dev bool
+	var dev, check bool
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run an authority: `--dev` for a throwaway unsealed one, `--config ward.yaml` for production",
@@ -47,11 +47,16 @@ func serverCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if check {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (trust domain %s, storage %s, seal %s)\n", cfgPath, cfg.TrustDomain, cfg.Storage.Backend, cfg.Seal.Type)
+				return nil
+			}
 			return runServer(cmd, cfg, nil)
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the server configuration (YAML)")
 	cmd.Flags().BoolVar(&dev, "dev", false, "start a development authority: embedded store in a temporary directory, already initialised and unsealed")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
 	cmd.Flags().StringVar(&devDir, "dev-dir", "", "with --dev: keep data in this directory instead of a temporary one (kept on exit)")
 	cmd.Flags().StringVar(&devTD, "trust-domain", "dev.ward.internal", "with --dev: the trust domain (two dev authorities with different ones can federate)")
 	return cmd
