@@ -11,9 +11,12 @@
 // app's plaintext on loopback and dial the remote with mTLS, requiring its
 // configured SPIFFE ID.
 //
-// Policy arrives through a PolicySource (policy files now, the node agent's
-// stream later); without a valid policy every inbound connection is
-// denied. Each new policy version re-checks the open connections and closes
-// those it denies. Metrics, an access log line per connection, /healthz
-// and /readyz make every decision visible.
+// Policy arrives through a PolicySource: the node agent's policy socket
+// (the authority's versions, pushed as they are applied) or local policy
+// files; without a valid policy every inbound connection is denied. Each
+// new policy version re-checks the open connections and closes those it
+// denies. An inbound proxy tells a calling ward proxy its verdict
+// (verdict.go), and a proxy waiting for its SVID says what is missing
+// (workload.go). Metrics, an access log line per connection, /healthz and
+// /readyz make every decision visible.
 package proxy
