@@ -30,6 +30,7 @@ import (
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/peercred"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 func testCtx(t testing.TB) context.Context {
@@ -629,8 +630,8 @@ func TestRefusalNamesTheCallersSelectors(t *testing.T) {
 	ctx := testCtx(t)
 	src := newMemSource(t, newTestCA(t))
 	src.addEntry(t, "/someone-else", "unix:uid:4242424")
-	var logs syncLog
-	addr := serve(t, src, workload("a"), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	logs := &syncbuf.Buffer{}
+	addr := serve(t, src, workload("a"), WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
 	client, err := gsw.New(ctx, gsw.WithAddr(addr))
 	if err != nil {
 		t.Fatal(err)
@@ -655,21 +656,4 @@ func TestRefusalNamesTheCallersSelectors(t *testing.T) {
 	if !strings.Contains(out, uidSelector()) {
 		t.Errorf("refusal log without the caller's selectors:\n%s", out)
 	}
-}
-
-type syncLog struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *syncLog) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *syncLog) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
