@@ -331,8 +331,14 @@ func publicDir(t *testing.T) string {
 
 func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *agentProc {
 	t.Helper()
+	return startAgentProcTD(t, "e2e.example.org", dir, serverAddr, bundlePath, joinToken)
+}
+
+// startAgentProcTD starts an agent of trust domain td.
+func startAgentProcTD(t *testing.T, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+	t.Helper()
 	a := &agentProc{t: t, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
-	cfg := fmt.Sprintf(`trust_domain: e2e.example.org
+	cfg := fmt.Sprintf(`trust_domain: %s
 server_address: %s
 trust_bundle_path: %s
 join_token: %s
@@ -341,7 +347,7 @@ data_dir: %s
 sync_interval: 500ms
 health_address: %s
 log_level: debug
-`, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health)
+`, td, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health)
 	a.config = filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

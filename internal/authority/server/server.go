@@ -165,22 +165,29 @@ func (s *Server) Start(ctx context.Context) error {
 }
 
 // preflightListeners checks, while sealed, that the addresses the
-// unsealed services listen on (identity.node_api_address) can be bound
-// right now, so that an unseal does not fail after its last share. Port 0
-// (any free port) always passes.
+// unsealed services listen on (identity.node_api_address and the
+// federation bundle endpoint) can be bound right now, so that an unseal
+// does not fail after its last share. Port 0 (any free port) always passes.
 func (s *Server) preflightListeners() error {
-	addr := s.cfg.Identity.Effective().NodeAPIAddress
-	if addr == "" {
-		return nil
+	be := s.cfg.Federation.BundleEndpoint
+	for _, l := range []struct{ field, addr, what string }{
+		{"identity.node_api_address", s.cfg.Identity.Effective().NodeAPIAddress, "the Node API"},
+		{"federation.bundle_endpoint.address", be.Address, "the bundle endpoint"},
+		{"federation.bundle_endpoint.web_address", be.WebAddress, "the bundle endpoint"},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(l.addr); err == nil && port == "0" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s %s cannot be bound (%v): %s starts at unseal, so unsealing would fail; free the port, or change %s and restart ward server", l.field, l.addr, err, l.what, l.field)
+		}
+		ln.Close()
 	}
-	if _, port, err := net.SplitHostPort(addr); err == nil && port == "0" {
-		return nil
-	}
-	l, err := net.Listen("tcp", addr)
-	if err != nil {
-		return fmt.Errorf("identity.node_api_address %s cannot be bound (%v): the Node API starts at unseal, so unsealing would fail; free the port, or change identity.node_api_address and restart ward server", addr, err)
-	}
-	return l.Close()
+	return nil
 }
 
 // AdminAddress is the admin socket address in client form.

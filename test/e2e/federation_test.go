@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardproject/ward/internal/testutil/netutil"
+)
+
+const (
+	uidFedServer   = 41011
+	uidFedClient   = 41012
+	uidFedUnfedded = 41013
+)
+
+// cluster is one trust domain: a `ward server` process with its Node API
+// and bundle endpoint on loopback, and one `ward agent` process.
+type cluster struct {
+	td, nodeAPI, bundleURL string
+	s                      *server
+	pub                    string
+}
+
+func startCluster(t *testing.T, td string) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{td: td, nodeAPI: netutil.FreeLoopbackAddr(t), pub: publicDir(t)}
+	bep := netutil.FreeLoopbackAddr(t)
+	c.bundleURL = "https://" + bep
+	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\nfederation:\n  bundle_endpoint:\n    address: %s\n",
+		td, dir, c.nodeAPI, bep)
+	p := filepath.Join(dir, "ward.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c.s = startServer(t, dir, p)
+	c.s.initAndUnseal()
+	mustWard(t, c.s.addr, "", "ca", "bundle", "--format", "spiffe", "-o", filepath.Join(c.pub, td+".json"))
+	return c
+}
+
+func (c *cluster) ward(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustWard(t, c.s.addr, "", args...)
+}
+
+func (c *cluster) agent(t *testing.T) *agentProc {
+	t.Helper()
+	bundle := filepath.Join(c.pub, "bundle.pem")
+	c.ward(t, "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(c.ward(t, "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	return startAgentProcTD(t, c.td, c.pub, c.nodeAPI, bundle, token)
+}
+
+// countFails counts FAIL lines from index from on.
+func countFails(w *workload, from int) (fails int, last string) {
+	lines := w.output()
+	for i := from; i < len(lines); i++ {
+		if strings.HasPrefix(lines[i], "FAIL") {
+			fails++
+			last = lines[i]
+		}
+	}
+	return fails, last
+}
+
+// waitOKs waits (bounded) for n more OK lines after from.
+func waitOKs(t *testing.T, w *workload, from, n int) int {
+	t.Helper()
+	for range n {
+		_, from = w.waitLine(t, "OK ", from)
+	}
+	return from
+}
+
+// TestFederatedClustersTalkAcrossTrustDomains runs two clusters as real
+// processes — `ward server` and `ward agent` for a.example and for
+// b.example, on loopback — federated both ways with `ward federation add`.
+// A go-spiffe workload in B calls one in A over mTLS with a JWT-SVID:
+// each side's X509Source and JWTSource validate the other trust domain's
+// SVIDs with the federated bundle its agent serves, through an
+// intermediate rotation in A and while A's authority is down (B keeps A's
+// last good bundle). A workload in B whose entry does not federate with A
+// cannot validate A.
+func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two authorities, two agents and three workloads")
+	}
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run workloads as other uids")
+	}
+	a := startCluster(t, "a.example")
+	b := startCluster(t, "b.example")
+	b.ward(t, "federation", "add", "a.example", "--endpoint", a.bundleURL, "--bundle", filepath.Join(a.pub, "a.example.json"))
+	a.ward(t, "federation", "add", "b.example", "--endpoint", b.bundleURL, "--bundle", filepath.Join(b.pub, "b.example.json"))
+	if out := b.ward(t, "federation", "list"); !strings.Contains(out, "a.example") || strings.Contains(out, "STALE") {
+		t.Fatalf("ward federation list in B:\n%s", out)
+	}
+
+	serverID := "spiffe://a.example/api"
+	clientID := "spiffe://b.example/client"
+	a.ward(t, "entry", "create", "--spiffe-id", serverID, "--parent", "spiffe://a.example/ward/agent/node-1",
+		"--selector", fmt.Sprintf("unix:uid:%d", uidFedServer), "--federates-with", "b.example")
+	b.ward(t, "entry", "create", "--spiffe-id", clientID, "--parent", "spiffe://b.example/ward/agent/node-1",
+		"--selector", fmt.Sprintf("unix:uid:%d", uidFedClient), "--federates-with", "a.example")
+	b.ward(t, "entry", "create", "--spiffe-id", "spiffe://b.example/local-only", "--parent", "spiffe://b.example/ward/agent/node-1",
+		"--selector", fmt.Sprintf("unix:uid:%d", uidFedUnfedded))
+	agA, agB := a.agent(t), b.agent(t)
+	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	agB.waitStatus("2 SVIDs", func(st agentStatus) bool { return st.SVIDs == 2 })
+
+	srv := startWorkload(t, uidFedServer, "server", agA.socket, envPeer+"="+clientID)
+	listen, _ := srv.waitLine(t, "LISTEN ", 0)
+	addr := envAddr + "=" + strings.TrimPrefix(listen, "LISTEN ")
+	cli := startWorkload(t, uidFedClient, "client", agB.socket, envPeer+"="+serverID, addr)
+	pos := waitOKs(t, cli, 0, 5)
+	if n, last := countFails(cli, 0); n > 0 {
+		t.Fatalf("%d cross-cluster rounds failed, last: %s", n, last)
+	}
+
+	// Trust domains stay apart: B's workload without federates_with has no
+	// bundle of a.example and refuses A's server.
+	lone := startWorkload(t, uidFedUnfedded, "client", agB.socket, envPeer+"="+serverID, addr)
+	line, _ := lone.waitLine(t, "FAIL", 0)
+	if !strings.Contains(line, "handshake") {
+		t.Fatalf("unfederated workload: %s", line)
+	}
+	t.Logf("workload of B without federates_with: %s", line)
+	if out := strings.Join(lone.output(), "\n"); strings.Contains(out, "OK ") {
+		t.Fatalf("a workload of B without federates_with validated A's SVID:\n%s", out)
+	}
+
+	// An intermediate rotation in A: the bundle (roots) is unchanged and
+	// not one cross-cluster handshake fails.
+	a.ward(t, "ca", "rotate")
+	from := pos
+	pos = waitOKs(t, cli, pos, 20)
+	if n, last := countFails(cli, from); n > 0 {
+		t.Fatalf("%d cross-cluster rounds failed across A's intermediate rotation, last: %s", n, last)
+	}
+
+	// A's authority goes down: B cannot refresh, says so, keeps A's last
+	// good bundle, and the workloads keep talking (the agents serve from
+	// what they hold).
+	a.s.stop()
+	res := ward(t, b.s.addr, "", "federation", "refresh", "a.example")
+	if res.code == 0 || !strings.Contains(res.stderr, "last good bundle stays in use") {
+		t.Fatalf("refresh with A down: exit %d, %s", res.code, res.stderr)
+	}
+	show := b.ward(t, "federation", "show", "a.example")
+	if !strings.Contains(show, "Last error:") || strings.Contains(show, "Bundle sequence:  none") {
+		t.Fatalf("ward federation show in B with A down:\n%s", show)
+	}
+	from = pos
+	waitOKs(t, cli, pos, 10)
+	if n, last := countFails(cli, from); n > 0 {
+		t.Fatalf("%d cross-cluster rounds failed while A's authority was down, last: %s", n, last)
+	}
+}
