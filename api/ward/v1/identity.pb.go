@@ -222,8 +222,11 @@ type BatchEntriesRequest struct {
 	// New entries; id may be given (32 lowercase hex digits) or left empty.
 	Create []*Entry `protobuf:"bytes,1,rep,name=create,proto3" json:"create,omitempty"`
 	// Replacements by entry.id; a non-zero entry.revision must match.
-	Update        []*Entry    `protobuf:"bytes,2,rep,name=update,proto3" json:"update,omitempty"`
-	Delete        []*EntryRef `protobuf:"bytes,3,rep,name=delete,proto3" json:"delete,omitempty"`
+	Update []*Entry    `protobuf:"bytes,2,rep,name=update,proto3" json:"update,omitempty"`
+	Delete []*EntryRef `protobuf:"bytes,3,rep,name=delete,proto3" json:"delete,omitempty"`
+	// Only validate the batch and check it against the stored entries
+	// (duplicates, missing entries, revisions); write nothing, audit nothing.
+	ValidateOnly  bool `protobuf:"varint,4,opt,name=validate_only,json=validateOnly,proto3" json:"validate_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -277,6 +280,13 @@ func (x *BatchEntriesRequest) GetDelete() []*EntryRef {
 		return x.Delete
 	}
 	return nil
+}
+
+func (x *BatchEntriesRequest) GetValidateOnly() bool {
+	if x != nil {
+		return x.ValidateOnly
+	}
+	return false
 }
 
 // EntryRef names an entry; a non-zero revision must match the stored one.
@@ -2356,11 +2366,12 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\aupdated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xb5\x01\n" +
 	"\x13BatchEntriesRequest\x12&\n" +
 	"\x06create\x18\x01 \x03(\v2\x0e.ward.v1.EntryR\x06create\x12&\n" +
 	"\x06update\x18\x02 \x03(\v2\x0e.ward.v1.EntryR\x06update\x12)\n" +
-	"\x06delete\x18\x03 \x03(\v2\x11.ward.v1.EntryRefR\x06delete\"6\n" +
+	"\x06delete\x18\x03 \x03(\v2\x11.ward.v1.EntryRefR\x06delete\x12#\n" +
+	"\rvalidate_only\x18\x04 \x01(\bR\fvalidateOnly\"6\n" +
 	"\bEntryRef\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
 	"\brevision\x18\x02 \x01(\x03R\brevision\"\xa0\x01\n" +

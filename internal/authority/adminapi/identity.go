@@ -119,6 +119,12 @@ func (e *entriesService) BatchEntries(ctx context.Context, r *wardv1.BatchEntrie
 	for _, d := range r.Delete {
 		b.Delete = append(b.Delete, registry.EntryRef{ID: d.GetId(), Revision: d.GetRevision()})
 	}
+	if r.ValidateOnly {
+		if err := id.Registry.CheckBatch(ctx, b); err != nil {
+			return nil, errs.ToStatus(err)
+		}
+		return &wardv1.BatchEntriesResponse{}, nil
+	}
 	res, err := id.Registry.ApplyBatch(ctx, b)
 	if err != nil {
 		return nil, errs.ToStatus(err)

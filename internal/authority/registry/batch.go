@@ -231,6 +231,31 @@ func (r *Registry) planBatch(ctx context.Context, b Batch) (*batchPlan, error) {
 	return p, nil
 }
 
+// CheckBatch validates b as ApplyBatch would and checks it against the
+// stored entries (a create whose identity or ID is taken, a missing entry,
+// a stale revision), writing and auditing nothing: `ward apply` checks
+// every batch before it changes anything.
+func (r *Registry) CheckBatch(ctx context.Context, b Batch) error {
+	if n := len(b.Create) + len(b.Update) + len(b.Delete); n > r.MaxBatchEntries() {
+		return errs.Errorf(errs.Invalid, "batch has %d entry changes; this store takes at most %d in one atomic write: split it", n, r.MaxBatchEntries())
+	}
+	p, err := r.planBatch(ctx, b)
+	if err != nil {
+		return err
+	}
+	for _, op := range p.ops {
+		if op.ExpectRevision != 0 {
+			continue
+		}
+		if _, err := r.st.Get(ctx, op.Key); err == nil {
+			return r.batchConflict(ctx, p)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return storeErr("checking a batch of entries", err)
+		}
+	}
+	return nil
+}
+
 // batchConflict names what made a batch's conditions fail.
 func (r *Registry) batchConflict(ctx context.Context, p *batchPlan) error {
 	for _, e := range p.created {

@@ -129,6 +129,9 @@ func TestApplyBatchRefusalChangesNothing(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			before := snapshot(t, f)
+			if err := f.reg.CheckBatch(ctx, tc.b); errs.KindOf(err) != tc.kind {
+				t.Fatalf("CheckBatch = %v (kind %v), want %v", err, errs.KindOf(err), tc.kind)
+			}
 			_, err := f.reg.ApplyBatch(ctx, tc.b)
 			if errs.KindOf(err) != tc.kind || !strings.Contains(err.Error(), tc.msg) {
 				t.Fatalf("err = %v (kind %v), want %v containing %q", err, errs.KindOf(err), tc.kind, tc.msg)
@@ -138,9 +141,16 @@ func TestApplyBatchRefusalChangesNothing(t *testing.T) {
 			}
 		})
 	}
+	// A good batch checks out, writing and auditing nothing.
+	events, before := len(f.ops()), snapshot(t, f)
+	if err := f.reg.CheckBatch(ctx, Batch{Create: good(), Update: []Entry{existing}}); err != nil {
+		t.Fatalf("CheckBatch of a good batch: %v", err)
+	}
+	if len(f.ops()) != events || snapshot(t, f) != before {
+		t.Fatal("CheckBatch wrote or audited something")
+	}
 	// The audit log down: refused before anything is written.
 	f.fail.Store(true)
-	before := snapshot(t, f)
 	if _, err := f.reg.ApplyBatch(ctx, Batch{Create: good()}); errs.KindOf(err) != errs.Unavailable {
 		t.Fatalf("audit down: %v", err)
 	}
