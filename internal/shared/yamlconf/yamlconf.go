@@ -170,6 +170,11 @@ func collectSections(t reflect.Type, path string, out map[string]section) {
 	out[t.String()] = sec
 }
 
+// Nearest returns the name in names closest to name by edit distance, if
+// it is close enough to be a likely typo, else "" (for "did you mean"
+// messages outside configuration files, e.g. ward apply's documents).
+func Nearest(name string, names []string) string { return nearest(name, names) }
+
 // nearest returns the field closest to name by edit distance, if it is
 // close enough to be a likely typo (or name is a prefix of it).
 func nearest(name string, fields []string) string {

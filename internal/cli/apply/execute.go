@@ -1,0 +1,174 @@
+package apply
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
+)
+
+// maxBatch bounds one BatchEntries call (the authority's limit permitting)
+// so that a request stays well inside gRPC's message size.
+const maxBatch = 1000
+
+// Result is what Execute did.
+type Result struct {
+	KeysCreated, KeysChanged                      int
+	EntriesCreated, EntriesChanged, EntriesDelete int
+	Batches                                       int
+	PolicyVersion                                 uint64
+}
+
+func (r Result) String() string {
+	s := fmt.Sprintf("Applied: %d key(s) created, %d changed; %d entry(ies) created, %d changed, %d deleted in %d batch(es)",
+		r.KeysCreated, r.KeysChanged, r.EntriesCreated, r.EntriesChanged, r.EntriesDelete, r.Batches)
+	if r.PolicyVersion != 0 {
+		s += fmt.Sprintf("; policy version %d", r.PolicyVersion)
+	}
+	return s + "."
+}
+
+// batches splits the entry changes by the authority's batch limit.
+func (p *Plan) batches() [][]*Change {
+	size := p.MaxBatch
+	if size <= 0 || size > maxBatch {
+		size = maxBatch
+	}
+	var out [][]*Change
+	for rest := p.Entries; len(rest) > 0; {
+		n := min(size, len(rest))
+		out = append(out, rest[:n])
+		rest = rest[n:]
+	}
+	return out
+}
+
+func batchRequest(cs []*Change, validateOnly bool) *wardv1.BatchEntriesRequest {
+	r := &wardv1.BatchEntriesRequest{ValidateOnly: validateOnly}
+	for _, c := range cs {
+		switch c.Action {
+		case Create:
+			r.Create = append(r.Create, entryProto(c.entry, 0))
+		case Update:
+			r.Update = append(r.Update, entryProto(c.entry, c.revision))
+		case Delete:
+			r.Delete = append(r.Delete, &wardv1.EntryRef{Id: c.entry.ID, Revision: c.revision})
+		}
+	}
+	return r
+}
+
+// Execute applies the plan: first every entry batch is checked by the
+// authority without writing (so an entry it refuses changes nothing),
+// then keys are created or configured, entry batches are applied (each
+// one atomic write), and the policy set is stored as one new version.
+// progress (may be nil) hears of each step.
+func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer) (Result, error) {
+	var res Result
+	if progress == nil {
+		progress = io.Discard
+	}
+	batches := p.batches()
+	for _, b := range batches {
+		if _, err := c.Entries.BatchEntries(ctx, batchRequest(b, true)); err != nil {
+			return res, batchError(b, err)
+		}
+	}
+	for _, ch := range p.Keys {
+		switch ch.Action {
+		case Create:
+			if _, err := c.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: ch.key.Name, Classification: ch.key.Classification, Purpose: ch.key.Purpose}); err != nil {
+				return res, fmt.Errorf("%s: creating key %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
+			}
+			res.KeysCreated++
+		case Update:
+			if _, err := c.Keys.ConfigureKey(ctx, &wardv1.ConfigureKeyRequest{Name: ch.key.Name, MinDecryptVersion: ch.key.MinDecryptVersion}); err != nil {
+				return res, fmt.Errorf("%s: configuring key %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
+			}
+			res.KeysChanged++
+		}
+	}
+	for i, b := range batches {
+		r, err := c.Entries.BatchEntries(ctx, batchRequest(b, false))
+		if err != nil {
+			err = batchError(b, err)
+			if i > 0 {
+				err = fmt.Errorf("%w (the %d batch(es) before it were applied; run ward apply again once the cause is fixed)", err, i)
+			}
+			return res, err
+		}
+		res.Batches++
+		res.EntriesCreated += len(r.Created)
+		res.EntriesChanged += len(r.Updated)
+		res.EntriesDelete += len(r.Deleted)
+		fmt.Fprintf(progress, "entries: batch %d of %d applied (%d changes)\n", i+1, len(batches), len(b))
+	}
+	if p.PolicyFiles != nil {
+		v, err := c.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: p.PolicyFiles, Comment: "ward apply"})
+		if err != nil {
+			return res, fmt.Errorf("storing the policy set: %w", client.Unwrap(err))
+		}
+		res.PolicyVersion = v.Version
+	}
+	return res, nil
+}
+
+var batchIndex = regexp.MustCompile(`^(create|update|delete)\[(\d+)\]`)
+
+// entryFields are the document fields an authority message may name.
+var entryFields = []string{"spiffe_id", "parent_id", "selector", "ttl", "dns_names", "DNS name", "hint", "federates_with", "federated", "label"}
+
+// batchError names the document of the change the authority refused.
+func batchError(b []*Change, err error) error {
+	msg := status.Convert(err).Message()
+	if _, ok := status.FromError(err); !ok {
+		msg = err.Error()
+	}
+	var ch *Change
+	if m := batchIndex.FindStringSubmatch(msg); m != nil {
+		i, _ := strconv.Atoi(m[2])
+		want := map[string]byte{"create": Create, "update": Update, "delete": Delete}[m[1]]
+		for _, c := range b {
+			if c.Action != want {
+				continue
+			}
+			if i == 0 {
+				ch = c
+				break
+			}
+			i--
+		}
+	} else {
+		for _, c := range b {
+			if c.Doc != nil && strings.Contains(msg, c.Name) && strings.Contains(msg, c.entry.ParentID) {
+				ch = c
+				break
+			}
+		}
+	}
+	if ch == nil || ch.Doc == nil {
+		return fmt.Errorf("the authority refused the entries (nothing was changed): %w", client.Unwrap(err))
+	}
+	// The field the message names first (after the batch index).
+	field, at := "", len(msg)
+	for _, f := range entryFields {
+		if i := strings.Index(msg, f); i >= 0 && i < at {
+			field, at = f, i
+		}
+	}
+	if f, ok := map[string]string{"selector": "selectors", "DNS name": "dns_names", "federated": "federates_with", "label": "labels"}[field]; ok {
+		field = f
+	}
+	line := ch.Doc.Line
+	if field != "" {
+		line = ch.Doc.FieldLine(field)
+	}
+	return Errors{{File: ch.Doc.File, Line: line, Field: field, Msg: "the authority refused this entry: " + msg}}
+}

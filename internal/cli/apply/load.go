@@ -1,0 +1,175 @@
+package apply
+
+import (
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+)
+
+// Set is every document of one `ward apply`, checked as a whole.
+type Set struct {
+	Keys     []*Doc
+	Entries  []*Doc
+	Policies []*Doc // one per Cedar file (a directory is expanded)
+}
+
+// Load reads the documents of every path (a file, or a directory: every
+// *.yaml and *.yml inside, recursively, in lexical order), reads the
+// policy files they name and checks the set as a whole: every problem is
+// returned at once, each with file, line and field.
+func Load(paths []string) (*Set, error) {
+	var files []string
+	var errs Errors
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			errs = append(errs, &Error{File: p, Msg: fmt.Sprintf("cannot read it: %v", err)})
+			continue
+		}
+		if !fi.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		var found []string
+		err = filepath.WalkDir(p, func(f string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && (strings.HasSuffix(f, ".yaml") || strings.HasSuffix(f, ".yml")) {
+				found = append(found, f)
+			}
+			return nil
+		})
+		if err != nil {
+			errs = append(errs, &Error{File: p, Msg: fmt.Sprintf("cannot read the directory: %v", err)})
+		}
+		if len(found) == 0 && err == nil {
+			errs = append(errs, &Error{File: p, Msg: "holds no .yaml or .yml documents"})
+		}
+		sort.Strings(found)
+		files = append(files, found...)
+	}
+	var docs []*Doc
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			errs = append(errs, &Error{File: f, Msg: fmt.Sprintf("cannot read it: %v", err)})
+			continue
+		}
+		ds, err := Parse(f, b)
+		if pe, ok := err.(Errors); ok {
+			errs = append(errs, pe...)
+		}
+		docs = append(docs, ds...)
+	}
+	set, serrs := build(docs, readPolicyPath)
+	errs = append(errs, serrs...)
+	return set, errs.orNil()
+}
+
+// readPolicyPath reads a Policy document's file: a .cedar file, or every
+// *.cedar in a directory, named by their path relative to the document's
+// directory (slash-separated, so the names do not depend on where ward
+// apply runs).
+func readPolicyPath(d *Doc) ([]*PolicySpec, *Error) {
+	rel := filepath.Clean(filepath.FromSlash(d.Policy.Path))
+	full := rel
+	if !filepath.IsAbs(rel) {
+		full = filepath.Join(filepath.Dir(d.File), rel)
+	}
+	fi, err := os.Stat(full)
+	if err != nil {
+		return nil, d.errAt("file", "cannot read %s: %v", full, err)
+	}
+	if !fi.IsDir() {
+		b, err := os.ReadFile(full)
+		if err != nil {
+			return nil, d.errAt("file", "cannot read %s: %v", full, err)
+		}
+		return []*PolicySpec{{Name: filepath.ToSlash(rel), Path: d.Policy.Path, Source: b, SourceFile: full}}, nil
+	}
+	var out []*PolicySpec
+	err = filepath.WalkDir(full, func(f string, de fs.DirEntry, err error) error {
+		if err != nil || de.IsDir() || !strings.HasSuffix(f, ".cedar") {
+			return err
+		}
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		r, err := filepath.Rel(full, f)
+		if err != nil {
+			return err
+		}
+		out = append(out, &PolicySpec{Name: path.Join(filepath.ToSlash(rel), filepath.ToSlash(r)), Path: d.Policy.Path, Source: b, SourceFile: f})
+		return nil
+	})
+	if err != nil {
+		return nil, d.errAt("file", "cannot read %s: %v", full, err)
+	}
+	if len(out) == 0 {
+		return nil, d.errAt("file", "directory %s holds no .cedar files", full)
+	}
+	return out, nil
+}
+
+// build sorts documents by kind, expands policy files and finds what no
+// single document shows: a key, an entry or a policy file given twice.
+func build(docs []*Doc, readPolicy func(*Doc) ([]*PolicySpec, *Error)) (*Set, Errors) {
+	s := &Set{}
+	var errs Errors
+	keys := map[string]*Doc{}
+	ids := map[string]*Doc{}
+	idents := map[string]*Doc{}
+	policies := map[string]*Doc{}
+	for _, d := range docs {
+		switch d.Kind {
+		case KindKey:
+			if o, dup := keys[d.Key.Name]; dup {
+				errs = append(errs, d.errAt("name", "key %s is also declared at %s: declare each key once", d.Key.Name, o.Where()))
+				continue
+			}
+			keys[d.Key.Name] = d
+			s.Keys = append(s.Keys, d)
+		case KindEntry:
+			e := d.Entry
+			if o, dup := idents[e.Identity()]; dup {
+				errs = append(errs, d.errAt("spiffe_id", "an entry for %s under %s with the same selectors is also declared at %s: an entry is unique by SPIFFE ID, parent and selectors", e.SPIFFEID, e.ParentID, o.Where()))
+				continue
+			}
+			if o, dup := ids[e.ID]; dup && e.ID != "" {
+				errs = append(errs, d.errAt("id", "entry %s is also declared at %s", e.ID, o.Where()))
+				continue
+			}
+			idents[e.Identity()], ids[e.ID] = d, d
+			s.Entries = append(s.Entries, d)
+		case KindPolicy:
+			specs := []*PolicySpec{d.Policy}
+			if d.Policy.Path != "" {
+				var err *Error
+				if readPolicy == nil {
+					continue
+				}
+				if specs, err = readPolicy(d); err != nil {
+					errs = append(errs, err)
+					continue
+				}
+			}
+			for _, ps := range specs {
+				if o, dup := policies[ps.Name]; dup {
+					errs = append(errs, d.errAt("name", "policy file %s is also declared at %s", ps.Name, o.Where()))
+					continue
+				}
+				nd := *d
+				nd.Policy = ps
+				policies[ps.Name] = &nd
+				s.Policies = append(s.Policies, &nd)
+			}
+		}
+	}
+	return s, errs
+}
