@@ -48,6 +48,9 @@ the policy set as one new version. A second run prints "No changes".`,
 				if err != nil {
 					return err
 				}
+				if err := apply.Check(ctx, c, plan); err != nil {
+					return err
+				}
 				out := cmd.OutOrStdout()
 				plan.Render(out, !dryRun && !full)
 				if dryRun || plan.Empty() {
@@ -100,4 +103,3 @@ func exportCommand() *cobra.Command {
 	cmd.Flags().StringVarP(&output, "output", "o", "", "write to FILE (replaced atomically) instead of standard output")
 	return cmd
 }
-

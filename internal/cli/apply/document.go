@@ -295,19 +295,30 @@ func (p *parser) document(n *yaml.Node) *Doc {
 		return nil
 	}
 	d := &Doc{Kind: kind, File: p.file, Line: n.Line, lines: keyLines}
+	suggested := map[string]bool{}
 	for _, f := range order {
 		if !contains(spec.fields, f) {
 			hint := ""
 			if near := yamlconf.Nearest(f, spec.fields); near != "" {
 				hint = fmt.Sprintf(": did you mean %s?", near)
+				suggested[near] = true
 			}
-			p.fail(keyLines[f], f, "unknown field in a %s document%s (fields: %s)", kind, hint, strings.Join(spec.fields[1:], ", "))
+			p.fail(keyLines[f], f, "unknown field in the %s document%s (fields: %s)", kind, hint, strings.Join(spec.fields[1:], ", "))
 			delete(fields, f)
 		}
 	}
 	before := len(p.errs)
 	spec.parse(p, d, fields)
 	if len(p.errs) > before {
+		// A field reported missing that a misspelt one was suggested
+		// for is said once, by the suggestion.
+		kept := p.errs[:before]
+		for _, e := range p.errs[before:] {
+			if !(suggested[e.Field] && strings.HasPrefix(e.Msg, "missing")) {
+				kept = append(kept, e)
+			}
+		}
+		p.errs = kept
 		return nil
 	}
 	return d

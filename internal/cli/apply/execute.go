@@ -65,9 +65,22 @@ func batchRequest(cs []*Change, validateOnly bool) *wardv1.BatchEntriesRequest {
 	return r
 }
 
-// Execute applies the plan: first every entry batch is checked by the
-// authority without writing (so an entry it refuses changes nothing),
-// then keys are created or configured, entry batches are applied (each
+// Check has the authority check every entry batch of the plan against
+// its rules and its stored entries, writing nothing: an entry it would
+// refuse is reported (with the document's file, line and field) before
+// anything changes.
+func Check(ctx context.Context, c *client.Client, p *Plan) error {
+	for _, b := range p.batches() {
+		if _, err := c.Entries.BatchEntries(ctx, batchRequest(b, true)); err != nil {
+			return batchError(b, err)
+		}
+	}
+	p.checked = true
+	return nil
+}
+
+// Execute applies the plan (after Check, which it runs if the caller did
+// not): keys are created or configured, entry batches are applied (each
 // one atomic write), and the policy set is stored as one new version.
 // progress (may be nil) hears of each step.
 func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer) (Result, error) {
@@ -75,12 +88,12 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 	if progress == nil {
 		progress = io.Discard
 	}
-	batches := p.batches()
-	for _, b := range batches {
-		if _, err := c.Entries.BatchEntries(ctx, batchRequest(b, true)); err != nil {
-			return res, batchError(b, err)
+	if !p.checked {
+		if err := Check(ctx, c, p); err != nil {
+			return res, err
 		}
 	}
+	batches := p.batches()
 	for _, ch := range p.Keys {
 		switch ch.Action {
 		case Create:

@@ -75,12 +75,15 @@ func Export(w io.Writer, st *State) error {
 		docs = append(docs, policyOut{KindPolicy, n, string(st.Policy[n])})
 	}
 	for _, d := range docs {
-		b, err := yaml.Marshal(d)
-		if err != nil {
+		var b bytes.Buffer
+		enc := yaml.NewEncoder(&b)
+		enc.SetIndent(2)
+		if err := enc.Encode(d); err != nil {
 			return err
 		}
+		enc.Close()
 		buf.WriteString("---\n")
-		buf.Write(b)
+		buf.Write(b.Bytes())
 	}
 	_, err := w.Write(buf.Bytes())
 	return err

@@ -56,6 +56,7 @@ type Plan struct {
 	KeptPolicies          []string
 	MaxBatch              int
 	Prune                 bool
+	checked               bool // Check passed
 }
 
 // Empty reports whether the plan changes nothing.
@@ -175,7 +176,8 @@ func (p *Plan) planEntries(set *Set, st *State) {
 	for i, d := range set.Entries {
 		want, cur := d.Entry, match[i]
 		if cur == nil {
-			p.Entries = append(p.Entries, &Change{Action: Create, Kind: KindEntry, Name: want.SPIFFEID, Detail: entryDetail(want), Doc: d, entry: want})
+			p.Entries = append(p.Entries, &Change{Action: Create, Kind: KindEntry, Name: want.SPIFFEID, Detail: entryDetail(want), Doc: d, entry: want,
+				Fields: createdFields(want)})
 			continue
 		}
 		fields := entryDiff(&cur.EntrySpec, want)
@@ -234,6 +236,15 @@ func entryDiff(cur, want *EntrySpec) []FieldChange {
 		if bok != aok || a != b {
 			out = append(out, FieldChange{"labels." + k, labelValue(b, bok), labelValue(a, aok)})
 		}
+	}
+	return out
+}
+
+// createdFields are a new entry's optional fields that are set.
+func createdFields(e *EntrySpec) []FieldChange {
+	var out []FieldChange
+	for _, f := range entryDiff(&EntrySpec{SPIFFEID: e.SPIFFEID, ParentID: e.ParentID, Selectors: e.Selectors}, e) {
+		out = append(out, FieldChange{Field: f.Field, After: f.After})
 	}
 	return out
 }
@@ -393,14 +404,14 @@ func lineDiff(a, b []byte) []string {
 		case i < len(as) && j < len(bs) && as[i] == bs[j]:
 			same = append(same, "  "+as[i])
 			i, j = i+1, j+1
-		case j < len(bs) && (i == len(as) || lcs[i][j+1] >= lcs[i+1][j]):
-			flush()
-			out = append(out, "+ "+bs[j])
-			j++
-		default:
+		case i < len(as) && (j == len(bs) || lcs[i+1][j] >= lcs[i][j+1]):
 			flush()
 			out = append(out, "- "+as[i])
 			i++
+		default:
+			flush()
+			out = append(out, "+ "+bs[j])
+			j++
 		}
 	}
 	flush()
@@ -464,6 +475,10 @@ func (p *Plan) renderChange(w io.Writer, c *Change) {
 	}
 	fmt.Fprintln(w, where)
 	for _, f := range c.Fields {
+		if c.Action == Create {
+			fmt.Fprintf(w, "    %s: %s\n", f.Field, f.After)
+			continue
+		}
 		fmt.Fprintf(w, "    %s: %s → %s\n", f.Field, f.Before, f.After)
 	}
 	for _, l := range c.Lines {

@@ -1,0 +1,195 @@
+package apply
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproject/ward/internal/shared/attest"
+)
+
+func mustSet(t *testing.T, files map[string]string) *Set {
+	t.Helper()
+	dir := t.TempDir()
+	for n, c := range files {
+		p := filepath.Join(dir, n)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, []byte(c), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	set, err := Load([]string{dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return set
+}
+
+func sel(s string) attest.Selector {
+	p, err := attest.ParseSelector(s)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+func baseState() *State {
+	return &State{
+		Keys:            map[string]*KeySpec{"old/key": {Name: "old/key", Classification: "internal", MinDecryptVersion: 1}, "a/b": {Name: "a/b", Classification: "confidential", MinDecryptVersion: 1}},
+		KeyLatest:       map[string]uint32{"old/key": 1, "a/b": 3},
+		Classifications: []string{"confidential", "internal", "public", "restricted"},
+		Entries: []*StoredEntry{
+			{Revision: 5, EntrySpec: EntrySpec{ID: strings.Repeat("a", 32), SPIFFEID: "spiffe://e/web", ParentID: "spiffe://e/ward/agent/n", Selectors: []attest.Selector{sel("unix:uid:1")}, Labels: map[string]string{"app": "web"}}},
+			{Revision: 6, EntrySpec: EntrySpec{ID: strings.Repeat("b", 32), SPIFFEID: "spiffe://e/stray", ParentID: "spiffe://e/ward/agent/n", Selectors: []attest.Selector{sel("unix:uid:9")}}},
+		},
+		Policy:        map[string][]byte{"kept.cedar": []byte("permit (principal, action == Action::\"connect\", resource);\n")},
+		PolicyVersion: 3,
+		MaxBatch:      2,
+	}
+}
+
+const planDocs = `kind: Key
+name: a/b
+classification: confidential
+min_decrypt_version: 2
+---
+kind: Key
+name: new/key
+classification: restricted
+---
+kind: Entry
+spiffe_id: spiffe://e/web
+parent_id: spiffe://e/ward/agent/n
+selectors: [unix:uid:1]
+ttl: 1h
+labels: {app: frontend}
+---
+kind: Entry
+spiffe_id: spiffe://e/api
+parent_id: spiffe://e/ward/agent/n
+selectors: [unix:uid:2]
+---
+kind: Policy
+file: p
+`
+
+func TestPlan(t *testing.T) {
+	set := mustSet(t, map[string]string{"d.yaml": planDocs, "p/connect.cedar": "permit (principal, action == Action::\"connect\", resource == Service::\"api\");\n"})
+	p, err := NewPlan(set, baseState(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	p.Render(&out, false)
+	got := out.String()
+	for _, want := range []string{
+		"~ key a/b", "min_decrypt_version: 1 → 2",
+		"+ key new/key  classification restricted",
+		"~ entry spiffe://e/web", "ttl: 0 → 1h", `labels.app: "web" → "frontend"`,
+		"+ entry spiffe://e/api",
+		"+ policy file p/connect.cedar",
+		"Plan: 3 to create, 2 to change, 0 to delete.",
+		"1 key(s) not in the documents are kept",
+		"1 entry(ies) not in the documents are kept (--prune deletes them)",
+		"policy file(s) kept.cedar not in the documents stay in the set",
+	} {
+		if !strings.Contains(got, want) {
+			t.Errorf("plan lacks %q:\n%s", want, got)
+		}
+	}
+	if len(p.PolicyFiles) != 2 {
+		t.Fatalf("policy set %v: want the kept file and the new one", p.PolicyFiles)
+	}
+	if bs := p.batches(); len(bs) != 1 || len(bs[0]) != 2 {
+		t.Fatalf("batches %v", bs)
+	}
+	r := batchRequest(p.Entries, false)
+	if len(r.Update) != 1 || r.Update[0].Id != strings.Repeat("a", 32) || r.Update[0].Revision != 5 || r.Update[0].TtlSeconds != 3600 || len(r.Create) != 1 {
+		t.Fatalf("batch request %v", r)
+	}
+
+	// --prune deletes the stray entry and drops the kept policy file.
+	p, err = NewPlan(set, baseState(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	p.Render(&out, false)
+	if !strings.Contains(out.String(), "- entry spiffe://e/stray") || !strings.Contains(out.String(), "- policy file kept.cedar") || len(p.PolicyFiles) != 1 {
+		t.Fatalf("prune plan:\n%s", out.String())
+	}
+	if !strings.Contains(out.String(), "1 key(s) not in the documents are kept") {
+		t.Fatalf("--prune must never touch keys:\n%s", out.String())
+	}
+	if r := batchRequest(p.Entries, false); len(r.Delete) != 1 || r.Delete[0].Revision != 6 {
+		t.Fatalf("prune request %v", r)
+	}
+}
+
+func TestPlanErrorsNeedState(t *testing.T) {
+	cases := []struct {
+		name, docs string
+		want       string
+	}{
+		{"unknown classification", "kind: Key\nname: x\nclassification: confidental\n", "d.yaml:3: field classification: classification \"confidental\" is not configured on the authority (did you mean confidential?)"},
+		{"classification change", "kind: Key\nname: a/b\nclassification: internal\n", "d.yaml:3: field classification: key a/b has classification confidential"},
+		{"purpose change", "kind: Key\nname: a/b\nclassification: confidential\npurpose: other\n", "d.yaml:4: field purpose"},
+		{"min_decrypt_version too high", "kind: Key\nname: a/b\nclassification: confidential\nmin_decrypt_version: 4\n", "versions up to 3"},
+		{"policy does not compile", "kind: Policy\nname: x.cedar\ncedar: |\n  permit (principal,\n    action == Action::\"conect\", resource);\n", "d.yaml:5: field cedar: validation error"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			set := mustSet(t, map[string]string{"d.yaml": tc.docs})
+			_, err := NewPlan(set, baseState(), false)
+			var es Errors
+			if !errors.As(err, &es) {
+				t.Fatalf("NewPlan = %v, want Errors", err)
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v\nlacks %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestPlanMatchesByExplicitID(t *testing.T) {
+	docs := "kind: Entry\nid: " + strings.Repeat("a", 32) + "\nspiffe_id: spiffe://e/web\nparent_id: spiffe://e/ward/agent/n\nselectors: [unix:uid:7]\nlabels: {app: web}\n"
+	p, err := NewPlan(mustSet(t, map[string]string{"d.yaml": docs}), baseState(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Entries) != 1 || p.Entries[0].Action != Update || p.Entries[0].Fields[0].Field != "selectors" {
+		t.Fatalf("want one selector change on the entry named by id, got %+v", p.Entries)
+	}
+}
+
+func TestExportRoundTrip(t *testing.T) {
+	st := baseState()
+	st.Entries[0].TTL = 90 * time.Minute
+	st.Entries[0].DNSNames = []string{"web.internal"}
+	st.Entries[0].FederatesWith = []string{"partner.example.com"}
+	st.Entries[0].Hint = "web: frontend"
+	st.Keys["a/b"].MinDecryptVersion = 2
+	st.Keys["a/b"].Purpose = "it's \"quoted\""
+	st.Policy["multi.cedar"] = []byte("// trailing spaces   \npermit (principal, action, resource);\n\n")
+	var buf bytes.Buffer
+	if err := Export(&buf, st); err != nil {
+		t.Fatal(err)
+	}
+	set := mustSet(t, map[string]string{"export.yaml": buf.String()})
+	p, err := NewPlan(set, st, true)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, buf.String())
+	}
+	if !p.Empty() {
+		var out bytes.Buffer
+		p.Render(&out, false)
+		t.Fatalf("export then plan is not empty:\n%s\nexported:\n%s", out.String(), buf.String())
+	}
+}
