@@ -31,6 +31,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 var (
@@ -99,30 +100,13 @@ func (a *auditLog) ops() []string {
 	return out
 }
 
-type clock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *clock) add(d time.Duration) {
-	c.mu.Lock()
-	c.now = c.now.Add(d)
-	c.mu.Unlock()
-}
-
 // fixture is authority B (the manager) federating with A (a real CA and
 // bundle endpoint, or a fake endpoint presenting A's server SVID).
 type fixture struct {
 	a     *ca.CA
 	st    *memstore.Store
 	aud   *auditLog
-	clk   *clock
+	clk   *clock.Fake
 	m     *Manager
 	ep    *Endpoint
 	url   string
@@ -142,7 +126,7 @@ func (f *fixture) open(t testing.TB) *Manager {
 
 func newFixture(t testing.TB) *fixture {
 	t.Helper()
-	f := &fixture{a: newCA(t, tdA), st: memstore.New(), aud: &auditLog{}, clk: &clock{now: time.Now()}}
+	f := &fixture{a: newCA(t, tdA), st: memstore.New(), aud: &auditLog{}, clk: clock.At(time.Now())}
 	f.m = f.open(t)
 	ep, err := NewEndpoint(EndpointConfig{CA: f.a, Address: "127.0.0.1:0"})
 	if err != nil {
@@ -365,7 +349,7 @@ func TestScheduleBackoffAndStaleness(t *testing.T) {
 	f.fake.serve(503, nil)
 	var delays []time.Duration
 	for range 4 {
-		f.clk.add(time.Hour)
+		f.clk.Advance(time.Hour)
 		n := f.m.RefreshDue(ctx)
 		delays = append(delays, n.Sub(f.clk.Now()))
 	}
@@ -402,7 +386,7 @@ func TestScheduleBackoffAndStaleness(t *testing.T) {
 		t.Fatalf("metrics: %v", got)
 	}
 	f.fake.serve(200, marshal(t, bundleOf(t, f.a)))
-	f.clk.add(time.Hour)
+	f.clk.Advance(time.Hour)
 	f.m.RefreshDue(ctx)
 	if st, _ := f.m.Show(tdA); st.Stale || st.Failures != 0 || st.LastError != "" || len(f.m.Warnings()) != 0 {
 		t.Fatalf("after recovery: %+v", st)
