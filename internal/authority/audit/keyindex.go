@@ -69,7 +69,7 @@ func (x *RevisionIndex) Sync(ctx context.Context) error {
 func (x *RevisionIndex) syncLocked(ctx context.Context) error {
 	h, _, err := x.log.loadHead(ctx)
 	if err != nil {
-		return fmt.Errorf("audit: %w; key records cannot be checked against the log", err)
+		return fmt.Errorf("%w; key records cannot be checked against the audit log", err)
 	}
 	size := uint64(0)
 	if h != nil {
@@ -77,14 +77,14 @@ func (x *RevisionIndex) syncLocked(ctx context.Context) error {
 	}
 	if size < x.next {
 		x.log.noteRollback(fmt.Sprintf("stored audit head has %d events but %d were already read from it", size, x.next))
-		return fmt.Errorf("audit: the stored log went back from %d to %d events (rolled back or truncated in storage): key records cannot be checked against it; run `ward audit verify`", x.next, size)
+		return fmt.Errorf("the stored audit log went back from %d to %d events (rolled back or truncated in storage): key records cannot be checked against it; run `ward audit verify`", x.next, size)
 	}
 	if size == x.next {
 		return nil
 	}
 	return x.log.readRange(ctx, x.next, size, func(r Record) error {
 		if r.Err != nil {
-			return fmt.Errorf("audit: reading the log to check key record revisions: %w; run `ward audit verify`", r.Err)
+			return fmt.Errorf("reading the audit log to check key record revisions: %w; run `ward audit verify`", r.Err)
 		}
 		x.next = r.Seq + 1
 		if !bytes.Contains(r.Leaf, recordRevisionNeedle) && !bytes.Contains(r.Leaf, []byte(FieldDestroyedVersion)) {
@@ -92,7 +92,7 @@ func (x *RevisionIndex) syncLocked(ctx context.Context) error {
 		}
 		ev, err := DecodeEvent(r.Leaf)
 		if err != nil {
-			return fmt.Errorf("audit: record %d: %w; run `ward audit verify`", r.Seq, err)
+			return fmt.Errorf("audit record %d: %w; run `ward audit verify`", r.Seq, err)
 		}
 		x.add(ev)
 		return nil

@@ -21,7 +21,7 @@ import (
 )
 
 // ErrClosed is returned by Append after Close.
-var ErrClosed = errors.New("audit: log closed")
+var ErrClosed = errors.New("the audit log is closed")
 
 // Record is one stored event as read back: Leaf holds the exact stored
 // bytes, or Err says why the record at Seq could not be read (missing
@@ -144,18 +144,18 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 		return nil, err
 	}
 	if signer == nil {
-		return nil, errors.New("audit: no checkpoint signer given")
+		return nil, errors.New("no audit checkpoint signer given")
 	}
 	pub, err := checkpoint.P256Key(signer.Public())
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, fmt.Errorf("audit checkpoint signer: %w", err)
 	}
 	keyID, err := keyutil.CheckpointKeyID(pub)
 	if err != nil {
-		return nil, fmt.Errorf("audit: %w", err)
+		return nil, fmt.Errorf("audit checkpoint signer: %w", err)
 	}
 	if st.MaxBatch() < 2 {
-		return nil, fmt.Errorf("audit: store %s accepts batches of %d ops: need at least 2", st.Backend(), st.MaxBatch())
+		return nil, fmt.Errorf("store %s accepts batches of %d ops: the audit log needs at least 2", st.Backend(), st.MaxBatch())
 	}
 	l := &Log{
 		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now, log: slog.Default(),
@@ -168,7 +168,7 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 	l.headKey = l.prefix + headKeySuffix
 	h, rev, err := l.loadHead(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("audit: opening log: %w (the log cannot be appended to until the head is readable)", err)
+		return nil, fmt.Errorf("%w (the audit log cannot be appended to until its head is readable)", err)
 	}
 	if h != nil {
 		l.size, l.hashes, l.headRev, l.cp = h.Size, h.Hashes, rev, h.Checkpoint
@@ -331,7 +331,7 @@ func (l *Log) commit(group []*pending) {
 	conflicted := false
 	for attempt := 0; ; attempt++ {
 		if attempt == l.maxAttempts {
-			l.fail(rest, fmt.Errorf("audit: %d events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
+			l.fail(rest, fmt.Errorf("%d audit events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
 			return
 		}
 		if l.stale {
@@ -366,7 +366,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 	n := len(ps)
 	rng, err := factory.NewRange(0, base, slices.Clone(l.hashes))
 	if err != nil {
-		return 0, fmt.Errorf("audit: in-memory tree at size %d is invalid: %w", base, err)
+		return 0, fmt.Errorf("in-memory audit tree at size %d is invalid: %w", base, err)
 	}
 	chunk := l.st.MaxBatch() - 1
 	nChunks := (n + chunk - 1) / chunk
@@ -375,7 +375,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 	for i, p := range ps {
 		leaves[i] = joinLeaf(base+uint64(i), p.body)
 		if err := rng.Append(th.HashLeaf(leaves[i]), nil); err != nil {
-			return 0, fmt.Errorf("audit: extending tree at size %d: %w", base+uint64(i), err)
+			return 0, fmt.Errorf("extending the audit tree at size %d: %w", base+uint64(i), err)
 		}
 		if (i+1)%chunk == 0 || i == n-1 {
 			snaps[i/chunk] = slices.Clone(rng.Hashes())
@@ -383,11 +383,11 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 	}
 	root, err := rng.GetRootHash(nil)
 	if err != nil {
-		return 0, fmt.Errorf("audit: computing root at size %d: %w", base+uint64(n), err)
+		return 0, fmt.Errorf("computing the audit root at size %d: %w", base+uint64(n), err)
 	}
 	cp, err := checkpoint.Sign(l.signer, l.origin, base+uint64(n), root, l.now())
 	if err != nil {
-		return 0, fmt.Errorf("audit: %w", err)
+		return 0, fmt.Errorf("signing the audit checkpoint: %w", err)
 	}
 	for c := range nChunks {
 		a, b := c*chunk, min((c+1)*chunk, n)
@@ -408,7 +408,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 		rev, err := l.st.Batch(ctx, ops)
 		if err != nil {
 			release(ps[:a], base)
-			return a, fmt.Errorf("audit: storing events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)
+			return a, fmt.Errorf("storing audit events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)
 		}
 		l.setState(h.Size, snaps[c], rev, h.Checkpoint)
 	}
@@ -433,7 +433,7 @@ func (l *Log) setState(size uint64, hashes [][]byte, rev int64, cp *checkpoint.C
 func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 	h, rev, err := l.loadHead(ctx)
 	if err != nil {
-		return fmt.Errorf("audit: reloading head: %w; refusing to append", err)
+		return fmt.Errorf("reloading the audit head: %w; refusing to append", err)
 	}
 	if h == nil {
 		h = &headRecord{}
@@ -441,16 +441,16 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 	switch {
 	case h.Size < l.size:
 		l.noteRollback(fmt.Sprintf("stored head has %d events, this authority already saw %d", h.Size, l.size))
-		return fmt.Errorf("audit: stored head went back from size %d to %d (rolled back or replaced); refusing to append: run `ward audit verify`", l.size, h.Size)
+		return fmt.Errorf("the stored audit head went back from size %d to %d (rolled back or replaced); refusing to append: run `ward audit verify`", l.size, h.Size)
 	case h.Size == l.size:
 		if !slices.EqualFunc(h.Hashes, l.hashes, bytes.Equal) {
 			l.noteRollback(fmt.Sprintf("stored head at size %d has another tree than this authority's", h.Size))
-			return fmt.Errorf("audit: stored head at size %d differs from this authority's tree; refusing to append: run `ward audit verify`", h.Size)
+			return fmt.Errorf("the stored audit head at size %d differs from this authority's tree; refusing to append: run `ward audit verify`", h.Size)
 		}
 		if afterConflict && rev == l.headRev {
 			// The head did not move, so the conflict came from an event key.
 			if _, err := l.st.Get(ctx, l.eventKey(h.Size)); err == nil || !errors.Is(err, store.ErrNotFound) {
-				return fmt.Errorf("audit: event %d already exists beyond the stored head (size %d): the head was rolled back or events were planted; refusing to append: run `ward audit verify`", h.Size, h.Size)
+				return fmt.Errorf("audit event %d already exists beyond the stored head (size %d): the head was rolled back or events were planted; refusing to append: run `ward audit verify`", h.Size, h.Size)
 			}
 		}
 		l.setState(h.Size, l.hashes, rev, h.Checkpoint)
@@ -458,11 +458,11 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 	}
 	rng, err := factory.NewRange(0, l.size, slices.Clone(l.hashes))
 	if err != nil {
-		return fmt.Errorf("audit: in-memory tree at size %d is invalid: %w", l.size, err)
+		return fmt.Errorf("in-memory audit tree at size %d is invalid: %w", l.size, err)
 	}
 	err = l.readRange(ctx, l.size, h.Size, func(r Record) error {
 		if r.Err != nil {
-			return fmt.Errorf("audit: catching up with another writer: %w; refusing to append: run `ward audit verify`", r.Err)
+			return fmt.Errorf("catching up with another writer of the audit log: %w; refusing to append: run `ward audit verify`", r.Err)
 		}
 		return rng.Append(th.HashLeaf(r.Leaf), nil)
 	})
@@ -470,7 +470,7 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 		return err
 	}
 	if !slices.EqualFunc(h.Hashes, rng.Hashes(), bytes.Equal) {
-		return fmt.Errorf("audit: stored events %d..%d do not hash to the stored head; refusing to append: run `ward audit verify`", l.size, h.Size-1)
+		return fmt.Errorf("stored audit events %d..%d do not hash to the stored head; refusing to append: run `ward audit verify`", l.size, h.Size-1)
 	}
 	l.setState(h.Size, h.Hashes, rev, h.Checkpoint)
 	return nil
@@ -505,7 +505,7 @@ func bodyOperation(body []byte) string {
 func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
 	h, _, err := l.loadHead(ctx)
 	if err != nil {
-		return checkpoint.Checkpoint{}, fmt.Errorf("audit: %w", err)
+		return checkpoint.Checkpoint{}, err
 	}
 	if h == nil {
 		h = &headRecord{}
@@ -515,11 +515,11 @@ func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
 	}
 	root, err := rootOf(h.Size, h.Hashes)
 	if err != nil {
-		return checkpoint.Checkpoint{}, fmt.Errorf("audit: head at size %d: %w", h.Size, err)
+		return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
 	}
 	cp, err := checkpoint.Sign(l.signer, l.origin, h.Size, root, l.now())
 	if err != nil {
-		return checkpoint.Checkpoint{}, fmt.Errorf("audit: %w", err)
+		return checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
 	}
 	return cp, nil
 }
@@ -593,7 +593,7 @@ func (l *Log) listBlock(ctx context.Context, seq, span uint64, digits int, fn fu
 	kvs, err := l.st.List(ctx, prefix)
 	if err != nil {
 		if ctx.Err() != nil || errors.Is(err, store.ErrClosed) {
-			return false, fmt.Errorf("audit: reading records %d..%d: %w", seq, seq+span-1, err)
+			return false, fmt.Errorf("reading audit records %d..%d: %w", seq, seq+span-1, err)
 		}
 		return false, nil
 	}
@@ -627,7 +627,7 @@ func (l *Log) getRecord(ctx context.Context, seq uint64) (Record, error) {
 	case err == nil:
 		return Record{Seq: seq, Leaf: kv.Value}, nil
 	case ctx.Err() != nil || errors.Is(err, store.ErrClosed):
-		return Record{}, fmt.Errorf("audit: reading record %d: %w", seq, err)
+		return Record{}, fmt.Errorf("reading audit record %d: %w", seq, err)
 	case errors.Is(err, store.ErrNotFound):
 		return Record{Seq: seq, Err: missingErr(seq, err)}, nil
 	default:

@@ -36,7 +36,7 @@ func NewProver(l *Log) *Prover {
 // is 0 or equal to newSize).
 func (p *Prover) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error) {
 	if oldSize > newSize {
-		return nil, fmt.Errorf("audit: no consistency proof from size %d to the smaller size %d", oldSize, newSize)
+		return nil, fmt.Errorf("no audit consistency proof from size %d to the smaller size %d", oldSize, newSize)
 	}
 	if oldSize == 0 || oldSize == newSize {
 		return [][]byte{}, nil
@@ -48,12 +48,12 @@ func (p *Prover) ConsistencyProof(ctx context.Context, oldSize, newSize uint64) 
 	}
 	nodes, err := proof.Consistency(oldSize, newSize)
 	if err != nil {
-		return nil, fmt.Errorf("audit: consistency proof %d -> %d: %w", oldSize, newSize, err)
+		return nil, fmt.Errorf("audit consistency proof %d -> %d: %w", oldSize, newSize, err)
 	}
 	hashes := make([][]byte, len(nodes.IDs))
 	for i, id := range nodes.IDs {
 		if hashes[i], err = p.node(ctx, id); err != nil {
-			return nil, fmt.Errorf("audit: consistency proof %d -> %d: %w", oldSize, newSize, err)
+			return nil, fmt.Errorf("audit consistency proof %d -> %d: %w", oldSize, newSize, err)
 		}
 	}
 	return nodes.Rehash(hashes, th.HashChildren)
