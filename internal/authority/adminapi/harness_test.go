@@ -18,14 +18,13 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/audit"
-	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
-	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/authority/seal"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 const testTD = "test.example.org"
@@ -120,17 +119,8 @@ func newEnv(t testing.TB) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := ca.Open(ctx, st, ca.Config{TrustDomain: td}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	reg, err := registry.New(st, registry.Options{TrustDomain: td, Audit: rec})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ta := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithStore(st), authoritytest.WithAuditHook(rec.Record))
+	c, reg := ta.CA, ta.Registry
 	a := &authority{store: st, sv: Services{KMS: m, Audit: alog, Hasher: hasher, Recorder: rec, CA: c, Registry: reg,
 		Policy: policystore.New(st, rec, policystore.WithTaintedKeys(c.TaintedKeyIDs))}}
 

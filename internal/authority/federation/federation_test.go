@@ -31,6 +31,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
@@ -41,14 +42,7 @@ var (
 
 func newCA(t testing.TB, td spiffeid.TrustDomain) *ca.CA {
 	t.Helper()
-	c, err := ca.Open(context.Background(), memstore.New(), ca.Config{TrustDomain: td, RefreshHint: time.Minute}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithCAConfig(func(c *ca.Config) { c.RefreshHint = time.Minute })).CA
 }
 
 func bundleOf(t testing.TB, c *ca.CA) *spiffebundle.Bundle {

@@ -9,7 +9,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,9 +25,10 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/registry"
-	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 var testTD = spiffeid.RequireTrustDomainFromString("node.example.org")
@@ -39,7 +39,7 @@ type harness struct {
 	reg       *registry.Registry
 	addr      string
 	auditDown atomic.Bool
-	offset    atomic.Int64 // clock offset, ns
+	clock     *clock.Fake
 }
 
 func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessWith(t, nil) }
@@ -56,35 +56,20 @@ func newHarnessWith(t testing.TB, adjust func(*Config)) *harness {
 // from what the services decide).
 func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) *harness {
 	t.Helper()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "n.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	h := &harness{}
-	clock := func() time.Time { return time.Now().Add(time.Duration(h.offset.Load())) }
-	ctx := context.Background()
-	h.ca, err = ca.Open(ctx, st, ca.Config{TrustDomain: testTD}, clock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.ca.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	auditFn := audit.RecorderFunc(func(context.Context, audit.Event) error {
-		if h.auditDown.Load() {
-			return errors.New("audit log down")
-		}
-		return nil
-	})
-	h.reg, err = registry.New(st, registry.Options{TrustDomain: testTD, Audit: auditFn, Clock: clock})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg := Config{CA: h.ca, Registry: h.reg, Audit: auditFn, Clock: clock, DNSNames: []string{"ward.example.org"}}
+	h := &harness{clock: clock.Running()}
+	auth := authoritytest.New(t, authoritytest.WithTrustDomain(testTD.Name()), authoritytest.WithClock(h.clock.Now),
+		authoritytest.WithAuditHook(func(context.Context, audit.Event) error {
+			if h.auditDown.Load() {
+				return errors.New("audit log down")
+			}
+			return nil
+		}))
+	h.ca, h.reg = auth.CA, auth.Registry
+	cfg := Config{CA: h.ca, Registry: h.reg, Audit: auth, Clock: h.clock.Now, DNSNames: []string{"ward.example.org"}}
 	if adjust != nil {
 		adjust(&cfg)
 	}
+	var err error
 	h.srv, err = newServer(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -203,7 +188,7 @@ func TestServerCertificateRenewal(t *testing.T) {
 		t.Fatal("a fresh certificate was replaced")
 	}
 	life := c1.Leaf.NotAfter.Sub(c1.Leaf.NotBefore)
-	h.offset.Store(int64(life/2 + time.Second))
+	h.clock.Advance(life/2 + time.Second)
 	c2, _ := h.srv.certificate()
 	if c2 == c1 || c2.Leaf.SerialNumber.Cmp(c1.Leaf.SerialNumber) == 0 {
 		t.Fatal("not renewed past half life")

@@ -30,8 +30,8 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/nodeapi"
-	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/x509pop"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 // testAuthority is a Node API server for the agent's in-package tests,
@@ -67,18 +67,9 @@ type testAuthority struct {
 
 func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL time.Duration) *testAuthority {
 	t.Helper()
-	st, err := boltstore.Open(filepath.Join(t.TempDir(), "ca.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	c, err := ca.Open(context.Background(), st, ca.Config{TrustDomain: td, SVIDTTL: svidTTL, JWTSVIDTTL: svidTTL}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
+	c := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithCAConfig(func(c *ca.Config) {
+		c.SVIDTTL, c.JWTSVIDTTL = svidTTL, svidTTL
+	})).CA
 	nk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node CA"}, IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}

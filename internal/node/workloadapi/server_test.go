@@ -30,6 +30,7 @@ import (
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/peercred"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
@@ -336,14 +337,7 @@ func TestStreamsPushFullState(t *testing.T) {
 	// A federated trust domain appears: bundles stream gets both; the SVID
 	// that federates with it carries it.
 	other := spiffeid.RequireTrustDomainFromString("partner.example.com")
-	oc, err := ca.Open(ctx, newMemStore(), ca.Config{TrustDomain: other}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := oc.Init(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ob, _ := oc.Bundle()
+	ob, _ := authoritytest.New(t, authoritytest.WithTrustDomain(other.Name())).CA.Bundle()
 	src.setFederated(ob)
 	b1 := mustRecv(t, bs)
 	if len(b1.Bundles) != 2 || len(b1.Bundles[other.IDString()]) == 0 {

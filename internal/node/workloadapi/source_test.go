@@ -5,8 +5,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"sort"
@@ -19,9 +17,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/ca"
-	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/node/attestor/unix"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("prod-eu.example.org")
@@ -242,68 +240,8 @@ func serve(t testing.TB, src Source, att attest.Attestor, opts ...Option) string
 // workload attests with the real unix attestor plus a socket name.
 func workload(name string) attest.Attestor { return attest.Multi{unix.New(), socketAttestor(name)} }
 
+// newTestCA is the test authority's CA for td.
 func newTestCA(t testing.TB) *ca.CA {
 	t.Helper()
-	c, err := ca.Open(context.Background(), newMemStore(), ca.Config{TrustDomain: td}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Init(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return authoritytest.New(t, authoritytest.WithTrustDomain(td.Name())).CA
 }
-
-// memStore is a minimal store.Store for the CA in these tests.
-type memStore struct {
-	mu   sync.Mutex
-	rev  int64
-	data map[string]store.KV
-}
-
-func newMemStore() *memStore { return &memStore{data: map[string]store.KV{}} }
-
-func (m *memStore) Get(_ context.Context, k string) (store.KV, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	kv, ok := m.data[k]
-	if !ok {
-		return store.KV{}, fmt.Errorf("%q: %w", k, store.ErrNotFound)
-	}
-	return kv, nil
-}
-func (m *memStore) Put(ctx context.Context, k string, v []byte) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.rev++
-	m.data[k] = store.KV{Key: k, Value: append([]byte(nil), v...), Revision: m.rev}
-	return m.rev, nil
-}
-func (m *memStore) Delete(_ context.Context, k string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	delete(m.data, k)
-	return nil
-}
-func (m *memStore) List(context.Context, string) ([]store.KV, error) {
-	return nil, errors.New("memstore: list not supported")
-}
-func (m *memStore) CompareAndSwap(_ context.Context, k string, v []byte, expect int64) (int64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.data[k].Revision != expect {
-		return 0, store.ErrConflict
-	}
-	m.rev++
-	m.data[k] = store.KV{Key: k, Value: append([]byte(nil), v...), Revision: m.rev}
-	return m.rev, nil
-}
-func (m *memStore) Batch(context.Context, []store.Op) (int64, error) {
-	return 0, errors.New("memstore: batch not supported")
-}
-func (m *memStore) MaxBatch() int { return 0 }
-func (m *memStore) Watch(context.Context, string) (<-chan store.Event, error) {
-	return nil, errors.New("memstore: watch not supported")
-}
-func (m *memStore) Backend() string { return "mem" }
-func (m *memStore) Close() error    { return nil }

@@ -1,8 +1,8 @@
 // Package proxytest runs a real SPIFFE Workload API for ward proxy tests and
-// benchmarks: a ward CA (internal/authority/ca, on a bbolt store in a temporary
-// directory) signs X509-SVIDs, and each Workload is one identity served on
-// its own unix socket by internal/node/workloadapi, so go-spiffe X509Sources see
-// exactly what a node agent would push, including rotations.
+// benchmarks: the test authority's CA (testutil/authoritytest) signs
+// X509-SVIDs, and each Workload is one identity served on its own unix socket
+// by internal/node/workloadapi, so go-spiffe X509Sources see exactly what a
+// node agent would push, including rotations.
 package proxytest
 
 import (
@@ -24,9 +24,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/authority/ca"
-	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/node/workloadapi"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 // Authority is a CA of one trust domain and the Workload API sockets of
@@ -35,37 +35,24 @@ type Authority struct {
 	CA  *ca.CA
 	TD  spiffeid.TrustDomain
 	dir string
-	st  *boltstore.Store
+	a   *authoritytest.Authority
 
 	mu        sync.Mutex
 	workloads []*Workload
 }
 
-// NewAuthority creates and initializes a CA for trust domain td with its
-// data in dir (which must exist; keep its path short, unix socket paths are
-// limited to 108 bytes).
+// NewAuthority creates the test authority of trust domain td with its
+// sockets in dir (which must exist; keep its path short, unix socket paths
+// are limited to 108 bytes).
 func NewAuthority(ctx context.Context, dir, td string) (*Authority, error) {
-	t, err := spiffeid.TrustDomainFromString(td)
+	a, err := authoritytest.Open(ctx, authoritytest.WithTrustDomain(td))
 	if err != nil {
-		return nil, fmt.Errorf("proxytest: trust domain %q: %w", td, err)
+		return nil, fmt.Errorf("proxytest: %w", err)
 	}
-	st, err := boltstore.Open(filepath.Join(dir, "ca.db"))
-	if err != nil {
-		return nil, err
-	}
-	c, err := ca.Open(ctx, st, ca.Config{TrustDomain: t}, nil)
-	if err != nil {
-		st.Close()
-		return nil, err
-	}
-	if err := c.Init(ctx); err != nil {
-		st.Close()
-		return nil, err
-	}
-	return &Authority{CA: c, TD: t, dir: dir, st: st}, nil
+	return &Authority{CA: a.CA, TD: a.TD, dir: dir, a: a}, nil
 }
 
-// Close stops every Workload API server and closes the CA's store.
+// Close stops every Workload API server.
 func (a *Authority) Close() error {
 	a.mu.Lock()
 	ws := a.workloads
@@ -74,7 +61,7 @@ func (a *Authority) Close() error {
 	for _, w := range ws {
 		w.srv.Stop()
 	}
-	return a.st.Close()
+	return nil
 }
 
 // Workload is one identity served on its own Workload API socket.
@@ -131,13 +118,9 @@ func (a *Authority) AddWorkload(ctx context.Context, path string, ttl time.Durat
 // Rotate signs a new SVID (new key) under the CA's active intermediate and
 // pushes it to the Workload API streams; it returns the new serial.
 func (w *Workload) Rotate(ctx context.Context) (*big.Int, error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	chain, key, err := w.a.a.IssueSVID(ctx, w.ID, w.TTL, w.DNSNames...)
 	if err != nil {
-		return nil, err
-	}
-	chain, err := w.a.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: w.ID, PublicKey: key.Public(), TTL: w.TTL, DNSNames: w.DNSNames})
-	if err != nil {
-		return nil, fmt.Errorf("proxytest: sign SVID for %s: %w", w.ID, err)
+		return nil, fmt.Errorf("proxytest: %w", err)
 	}
 	w.mu.Lock()
 	w.ident = workloadapi.Identity{ID: w.ID, Chain: chain, Key: key}
