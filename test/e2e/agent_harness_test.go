@@ -22,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"google.golang.org/grpc/status"
@@ -34,8 +35,9 @@ import (
 const (
 	envWorkload = "WARD_E2E_WORKLOAD" // server, client or fetch
 	envSocket   = "WARD_E2E_SOCKET"
-	envPeer     = "WARD_E2E_PEER" // SPIFFE ID the other side must have
-	envAddr     = "WARD_E2E_ADDR" // client: where the server listens
+	envPeer     = "WARD_E2E_PEER"   // SPIFFE ID the other side must have
+	envAddr     = "WARD_E2E_ADDR"   // client: where the server listens
+	envListen   = "WARD_E2E_LISTEN" // server: where to listen (default 127.0.0.1:0)
 )
 
 func init() {
@@ -79,7 +81,11 @@ func runWorkload(mode string) error {
 	defer jwtsrc.Close()
 	switch mode {
 	case "server":
-		l, err := tls.Listen("tcp", "127.0.0.1:0", tlsconfig.MTLSServerConfig(x509src, x509src, tlsconfig.AuthorizeID(peer)))
+		listen := os.Getenv(envListen)
+		if listen == "" {
+			listen = "127.0.0.1:0"
+		}
+		l, err := tls.Listen("tcp", listen, tlsconfig.MTLSServerConfig(x509src, x509src, tlsconfig.AuthorizeID(peer)))
 		if err != nil {
 			return err
 		}
@@ -247,14 +253,24 @@ var helperBinary = sync.OnceValues(func() (string, error) {
 
 func startWorkload(t *testing.T, uid uint32, mode, socket string, env ...string) *workload {
 	t.Helper()
+	return startWorkloadIn(t, nil, uid, mode, socket, env...)
+}
+
+// startWorkloadIn starts a workload in network namespace nd (nil: this one).
+func startWorkloadIn(t *testing.T, nd *netns.Node, uid uint32, mode, socket string, env ...string) *workload {
+	t.Helper()
 	bin, err := helperBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
 	w := &workload{cmd: exec.Command(bin)}
-	w.cmd.Env = append([]string{envWorkload + "=" + mode, envSocket + "=" + socket, "HOME=/", "PATH=/usr/bin:/bin"}, env...)
+	if nd != nil {
+		w.cmd = nd.Command(uid, bin)
+	} else {
+		w.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+	}
+	w.cmd.Env = append([]string{envWorkload + "=" + mode, envSocket + "=" + socket, "HOME=/", "PATH=/usr/bin:/bin:/usr/sbin:/sbin"}, env...)
 	w.cmd.Dir = "/"
-	w.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	w.stdin, _ = w.cmd.StdinPipe()
 	out, _ := w.cmd.StdoutPipe()
 	w.cmd.Stderr = w.cmd.Stdout
@@ -310,6 +326,7 @@ func (w *workload) waitLine(t *testing.T, prefix string, after int) (string, int
 // agentProc is a `ward agent` child process.
 type agentProc struct {
 	t      *testing.T
+	ns     *netns.Node // run in this network namespace (nil: this one)
 	config string
 	cmd    *exec.Cmd
 	logs   *syncbuf.Buffer
@@ -337,7 +354,14 @@ func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string)
 // startAgentProcTD starts an agent of trust domain td.
 func startAgentProcTD(t *testing.T, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
 	t.Helper()
-	a := &agentProc{t: t, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
+	return startAgentProcIn(t, nil, td, dir, serverAddr, bundlePath, joinToken)
+}
+
+// startAgentProcIn starts an agent of trust domain td in network namespace
+// nd (nil: this one).
+func startAgentProcIn(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+	t.Helper()
+	a := &agentProc{t: t, ns: nd, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
 	cfg := fmt.Sprintf(`trust_domain: %s
 server_address: %s
 trust_bundle_path: %s
@@ -361,13 +385,18 @@ func (a *agentProc) start() {
 	a.t.Helper()
 	a.logs = &syncbuf.Buffer{}
 	a.cmd = exec.Command(wardBin, "agent", "--config", a.config)
+	if a.ns != nil {
+		a.cmd = a.ns.Command(0, wardBin, "agent", "--config", a.config)
+	}
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, err := a.status(); err == nil {
+		// An agent in another namespace: its health address is out of
+		// reach, its Workload API socket (a file) is not.
+		if _, err := a.status(); err == nil || (a.ns != nil && fileExists(a.socket)) {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -420,4 +449,9 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
 )
 
@@ -22,21 +23,34 @@ type cluster struct {
 	td, nodeAPI, bundleURL string
 	s                      *server
 	pub                    string
+	ns                     *netns.Node
 }
 
 func startCluster(t *testing.T, td string) *cluster {
 	t.Helper()
+	return startClusterIn(t, nil, td, "")
+}
+
+// startClusterIn starts the cluster's processes in network namespace nd
+// (nil: this one, on loopback); fedExtra is added under federation:.
+func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster {
+	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{td: td, nodeAPI: netutil.FreeLoopbackAddr(t), pub: publicDir(t)}
-	bep := netutil.FreeLoopbackAddr(t)
+	c := &cluster{td: td, ns: nd, pub: publicDir(t)}
+	var bep string
+	if nd == nil {
+		c.nodeAPI, bep = netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t)
+	} else {
+		c.nodeAPI, bep = nd.Addr(8443), nd.Addr(8444)
+	}
 	c.bundleURL = "https://" + bep
-	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\nfederation:\n  bundle_endpoint:\n    address: %s\n",
-		td, dir, c.nodeAPI, bep)
+	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\nfederation:\n  bundle_endpoint:\n    address: %s\n%s",
+		td, dir, c.nodeAPI, bep, fedExtra)
 	p := filepath.Join(dir, "ward.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.s = startServer(t, dir, p)
+	c.s = startServerIn(t, nd, dir, p)
 	c.s.initAndUnseal()
 	mustWard(t, c.s.addr, "", "ca", "bundle", "--format", "spiffe", "-o", filepath.Join(c.pub, td+".json"))
 	return c
@@ -52,7 +66,7 @@ func (c *cluster) agent(t *testing.T) *agentProc {
 	bundle := filepath.Join(c.pub, "bundle.pem")
 	c.ward(t, "ca", "bundle", "-o", bundle)
 	token := strings.TrimSpace(c.ward(t, "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
-	return startAgentProcTD(t, c.td, c.pub, c.nodeAPI, bundle, token)
+	return startAgentProcIn(t, c.ns, c.td, c.pub, c.nodeAPI, bundle, token)
 }
 
 // countFails counts FAIL lines from index from on.

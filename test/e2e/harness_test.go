@@ -18,6 +18,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
@@ -83,6 +84,7 @@ func mustWard(t *testing.T, addr, stdin string, args ...string) string {
 // server is a ward server child process.
 type server struct {
 	t      *testing.T
+	ns     *netns.Node // run in this network namespace (nil: this one)
 	dir    string
 	config string
 	cmd    *exec.Cmd
@@ -103,7 +105,14 @@ func writeConfig(t *testing.T, dir, extra string) string {
 
 func startServer(t *testing.T, dir, configPath string) *server {
 	t.Helper()
-	s := &server{t: t, dir: dir, config: configPath, addr: "unix://" + filepath.Join(dir, "admin.sock")}
+	return startServerIn(t, nil, dir, configPath)
+}
+
+// startServerIn starts `ward server` in network namespace nd (nil: this
+// one); its admin socket is a file, reachable from here.
+func startServerIn(t *testing.T, nd *netns.Node, dir, configPath string) *server {
+	t.Helper()
+	s := &server{t: t, ns: nd, dir: dir, config: configPath, addr: "unix://" + filepath.Join(dir, "admin.sock")}
 	s.start()
 	t.Cleanup(s.stop)
 	return s
@@ -113,6 +122,9 @@ func (s *server) start() {
 	s.t.Helper()
 	s.logs = &syncbuf.Buffer{}
 	s.cmd = exec.Command(wardBin, "server", "--config", s.config)
+	if s.ns != nil {
+		s.cmd = s.ns.Command(0, wardBin, "server", "--config", s.config)
+	}
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatal(err)
