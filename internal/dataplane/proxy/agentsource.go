@@ -38,3 +38,13 @@ func (a *agentPolicySource) Run(ctx context.Context, update func(*policy.Set)) e
 	defer a.conn.Close()
 	return a.src.Run(ctx, update)
 }
+
+// lastError is the stream's last error while it is not connected, for
+// /readyz ("" when connected).
+func (a *agentPolicySource) lastError() string {
+	st := a.src.Status()
+	if st.Connected {
+		return ""
+	}
+	return st.LastError
+}

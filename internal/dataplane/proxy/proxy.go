@@ -515,6 +515,8 @@ func (p *Proxy) readiness() (bool, string) {
 			why := "no valid policy: every inbound connection is denied (fail closed); check policy_files or policy_socket and the proxy's log"
 			if e := p.policyErr.Load(); e != nil {
 				why += ": " + *e
+			} else if as, ok := p.psrc.(*agentPolicySource); ok && as.lastError() != "" {
+				why += ": policy_socket: " + as.lastError()
 			}
 			return false, why
 		}

@@ -206,3 +206,38 @@ func TestMissingPolicyFiles(t *testing.T) {
 		t.Errorf("outbound-only /readyz: %d %q", code, body)
 	}
 }
+
+// TestUnreachablePolicySocketSaidOnce: a proxy whose policy_socket is
+// missing says so once (the retries are debug), and /readyz names it.
+func TestUnreachablePolicySocketSaidOnce(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	dir, err := os.MkdirTemp("", "wps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	auth, err := proxytest.NewAuthority(ctx, dir, tdName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer auth.Close()
+	w, err := auth.AddWorkload(ctx, "/ns/shop/api", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncbuf.Buffer{}
+	p, _ := startProxy(t, ctx, &proxy.Config{WorkloadAPISocket: w.Addr, AdminAddress: "127.0.0.1:0",
+		PolicySocket: "unix://" + filepath.Join(dir, "no-policy.sock"),
+		Inbound:      []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: "127.0.0.1:1"}}},
+		proxy.WithLogger(slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))), proxy.WithAccessLog(logs))
+	waitFor(t, "several retries", 20*time.Second, func() bool {
+		return strings.Count(logs.String(), "policy stream still interrupted") >= 2
+	})
+	if n := strings.Count(logs.String(), "policy stream interrupted"); n != 1 {
+		t.Errorf("the unreachable policy socket was logged %d times at warn level, want once:\n%s", n, logs.String())
+	}
+	if code, body := readyz(t, p); code != http.StatusServiceUnavailable || !strings.Contains(body, "policy_socket: ") {
+		t.Errorf("/readyz: %d %q", code, body)
+	}
+}

@@ -96,6 +96,7 @@ func Verify(v *wardv1.PolicyVersion) (*policy.Set, error) {
 func (s *Source) RunVersions(ctx context.Context, update func(*wardv1.PolicyVersion, *policy.Set)) error {
 	const minBackoff = 100 * time.Millisecond
 	backoff := minBackoff
+	lastLogged := ""
 	for ctx.Err() == nil {
 		started := time.Now()
 		got, err := s.follow(ctx, update)
@@ -114,7 +115,14 @@ func (s *Source) RunVersions(ctx context.Context, update func(*wardv1.PolicyVers
 			s.status.LastError = err.Error()
 		}
 		s.mu.Unlock()
-		s.log.Warn("policy stream interrupted; reconnecting", "err", err, "in", backoff)
+		// Said once per distinct error (a missing socket or a refusal
+		// repeats at every retry); the retries themselves are debug.
+		if msg := fmt.Sprint(err); got || msg != lastLogged {
+			s.log.Warn("policy stream interrupted; reconnecting (the same error again is logged at debug level)", "err", err, "in", backoff)
+			lastLogged = msg
+		} else {
+			s.log.Debug("policy stream still interrupted; reconnecting", "err", err, "in", backoff)
+		}
 		select {
 		case <-ctx.Done():
 			return nil
