@@ -103,9 +103,26 @@ func TestApplyExport(t *testing.T) {
 		t.Fatalf("applying the edit:\n%s", out)
 	}
 
+	// A federation relationship (https_web needs no bootstrap bundle; the
+	// endpoint need not answer for the relationship to be added).
+	fed := filepath.Join(docs, "federation.yaml")
+	if err := os.WriteFile(fed, []byte("kind: Federation\ntrust_domain: b.example\nendpoint_url: https://127.0.0.1:9/\nprofile: https_web\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out = mustWard(t, a, "", "apply", "-f", docs)
+	if !strings.Contains(out, "+ federation b.example") || !strings.Contains(out, "1 federation relationship(s) added, 0 removed") {
+		t.Fatalf("applying a federation relationship:\n%s", out)
+	}
+	if out = mustWard(t, a, "", "apply", "-f", docs); !strings.Contains(out, "No changes") {
+		t.Fatalf("re-applying a federation relationship:\n%s", out)
+	}
+
 	// Export round trip: the export applied to the same authority is no change.
 	exported := filepath.Join(t.TempDir(), "export.yaml")
 	mustWard(t, a, "", "export", "-o", exported)
+	if b, err := os.ReadFile(exported); err != nil || !strings.Contains(string(b), "kind: Federation\ntrust_domain: b.example\n") {
+		t.Fatalf("export lacks the federation relationship (%v):\n%s", err, b)
+	}
 	out = mustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", exported)
 	if !strings.Contains(out, "No changes") {
 		t.Fatalf("export round trip is not a no-op:\n%s", out)
@@ -117,7 +134,8 @@ func TestApplyExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	out = mustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", web)
-	if !strings.Contains(out, "- entry spiffe://e2e.example.org/web") || !strings.Contains(out, "Plan: 0 to create, 0 to change, 1 to delete.") {
+	if !strings.Contains(out, "- entry spiffe://e2e.example.org/web") || !strings.Contains(out, "- federation b.example") ||
+		!strings.Contains(out, "Plan: 0 to create, 0 to change, 2 to delete.") {
 		t.Fatalf("prune plan:\n%s", out)
 	}
 

@@ -1,5 +1,6 @@
 // Package apply is `ward apply` and `ward export`: a declarative set of
-// YAML documents (kind Key, Entry, Policy) read and checked as a whole,
+// YAML documents (kind Key, Entry, Policy, Federation) read and checked as
+// a whole,
 // compared with the authority's state as a plan (+ create, ~ change,
 // - delete only with prune), applied in batches, and the state written
 // back in the same format (docs/apply.md).
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,14 +25,18 @@ import (
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
-// Kinds of documents. Federation relationships (and, later, exported
-// services and posture) become further kinds: a parse function in kinds,
-// a state reader, a plan step and an export writer (docs/apply.md).
+// Kinds of documents. Exported services and posture will become further
+// kinds: a parse function in kinds, a state reader, a plan step, an
+// execute step and an export writer (docs/apply.md, "Extending").
 const (
-	KindKey    = "Key"
-	KindEntry  = "Entry"
-	KindPolicy = "Policy"
+	KindKey        = "Key"
+	KindEntry      = "Entry"
+	KindPolicy     = "Policy"
+	KindFederation = "Federation"
 )
+
+// kindNames lists the kinds for messages.
+var kindNames = []string{KindKey, KindEntry, KindPolicy, KindFederation}
 
 // kinds maps each kind to its fields (for "did you mean") and parser.
 var kinds = map[string]struct {
@@ -39,12 +45,8 @@ var kinds = map[string]struct {
 }{
 	KindKey:    {[]string{"kind", "name", "classification", "purpose", "min_decrypt_version"}, parseKey},
 	KindEntry:  {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
-	KindPolicy: {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
-}
-
-// notYet are kinds the issue names that ward apply does not manage yet.
-var notYet = map[string]string{
-	"Federation": "federation relationships are not managed by ward apply yet (docs/apply.md, \"Extending\")",
+	KindPolicy:     {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
+	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle"}, parseFederation},
 }
 
 // Limits on untrusted input.
@@ -58,9 +60,10 @@ type Doc struct {
 	Kind   string
 	File   string
 	Line   int
-	Key    *KeySpec
-	Entry  *EntrySpec
-	Policy *PolicySpec
+	Key        *KeySpec
+	Entry      *EntrySpec
+	Policy     *PolicySpec
+	Federation *FederationSpec
 	// lines of the fields, for errors found after parsing.
 	lines map[string]int
 }
@@ -132,6 +135,19 @@ type PolicySpec struct {
 	// YAML document (the line before the block's first).
 	SourceFile string
 	SourceLine int
+}
+
+// FederationSpec is a federation relationship with a foreign trust domain.
+type FederationSpec struct {
+	TrustDomain      string
+	EndpointURL      string
+	Profile          string // https_spiffe (default) or https_web
+	EndpointSPIFFEID string // https_spiffe: default spiffe://TRUST-DOMAIN/ward/server
+	// BundlePath is the bootstrap bundle file (relative to the document),
+	// read by Load; Bundle is its content. Used only to create the
+	// relationship.
+	BundlePath string
+	Bundle     []byte
 }
 
 // Error is a problem in the documents: file, line and field.
@@ -253,7 +269,7 @@ func yamlErrMsg(err error) string {
 
 func (p *parser) document(n *yaml.Node) *Doc {
 	if n.Kind != yaml.MappingNode {
-		p.fail(n.Line, "", "a document must be a mapping starting with kind: Key, Entry or Policy")
+		p.fail(n.Line, "", "a document must be a mapping starting with kind: Key, Entry, Policy or Federation")
 		return nil
 	}
 	fields := map[string]*yaml.Node{}
@@ -274,7 +290,7 @@ func (p *parser) document(n *yaml.Node) *Doc {
 	}
 	kn, ok := fields["kind"]
 	if !ok {
-		p.fail(n.Line, "kind", "missing: every document starts with kind: Key, Entry or Policy")
+		p.fail(n.Line, "kind", "missing: every document starts with kind: Key, Entry, Policy or Federation")
 		return nil
 	}
 	kind, ok := p.scalar(kn, "kind")
@@ -283,15 +299,11 @@ func (p *parser) document(n *yaml.Node) *Doc {
 	}
 	spec, known := kinds[kind]
 	if !known {
-		if why, ok := notYet[kind]; ok {
-			p.fail(kn.Line, "kind", "%s: %s", kind, why)
-			return nil
-		}
 		hint := ""
-		if near := yamlconf.Nearest(kind, []string{KindKey, KindEntry, KindPolicy}); near != "" {
+		if near := yamlconf.Nearest(kind, kindNames); near != "" {
 			hint = fmt.Sprintf(" (did you mean %s?)", near)
 		}
-		p.fail(kn.Line, "kind", "unknown kind %q%s: use Key, Entry or Policy", kind, hint)
+		p.fail(kn.Line, "kind", "unknown kind %q%s: use %s", kind, hint, strings.Join(kindNames, ", "))
 		return nil
 	}
 	d := &Doc{Kind: kind, File: p.file, Line: n.Line, lines: keyLines}
@@ -560,4 +572,51 @@ func parsePolicy(p *parser, d *Doc, f map[string]*yaml.Node) {
 		p.fail(n.Line, "name", "only for inline cedar: a policy file is named by its path")
 	}
 	d.Policy = ps
+}
+
+func parseFederation(p *parser, d *Doc, f map[string]*yaml.Node) {
+	fs := &FederationSpec{Profile: "https_spiffe"}
+	if s, ok := p.required(d, f, "trust_domain", "b.example.org"); ok {
+		td, err := spiffeid.TrustDomainFromString(s)
+		if err != nil || strings.Contains(s, "/") {
+			p.fail(f["trust_domain"].Line, "trust_domain", "%q is not a trust domain name (e.g. b.example.org)", s)
+		} else {
+			fs.TrustDomain = td.Name()
+		}
+	}
+	if s, ok := p.required(d, f, "endpoint_url", "https://ward.b.example.org:8444"); ok {
+		if u, err := url.Parse(s); err != nil || u.Scheme != "https" || u.Host == "" {
+			p.fail(f["endpoint_url"].Line, "endpoint_url", "%q is not an https:// URL of a bundle endpoint", s)
+		}
+		fs.EndpointURL = s
+	}
+	if n, ok := f["profile"]; ok {
+		if s, ok := p.scalar(n, "profile"); ok {
+			if s != "https_spiffe" && s != "https_web" {
+				p.fail(n.Line, "profile", "%q: use https_spiffe or https_web", s)
+			}
+			fs.Profile = s
+		}
+	}
+	if n, ok := f["endpoint_spiffe_id"]; ok {
+		if s, ok := p.scalar(n, "endpoint_spiffe_id"); ok {
+			id, err := spiffeid.FromString(s)
+			switch {
+			case err != nil:
+				p.fail(n.Line, "endpoint_spiffe_id", "%q is not a SPIFFE ID (%v)", s, err)
+			case fs.Profile == "https_web":
+				p.fail(n.Line, "endpoint_spiffe_id", "profile https_web authenticates the endpoint with Web PKI and takes no SPIFFE ID")
+			case fs.TrustDomain != "" && id.TrustDomain().Name() != fs.TrustDomain:
+				p.fail(n.Line, "endpoint_spiffe_id", "%s is not in trust domain %s: its bundle could not authenticate the endpoint", s, fs.TrustDomain)
+			default:
+				fs.EndpointSPIFFEID = id.String()
+			}
+		}
+	} else if fs.Profile == "https_spiffe" && fs.TrustDomain != "" {
+		fs.EndpointSPIFFEID = "spiffe://" + fs.TrustDomain + "/ward/server"
+	}
+	if n, ok := f["bundle"]; ok {
+		fs.BundlePath, _ = p.scalar(n, "bundle")
+	}
+	d.Federation = fs
 }

@@ -32,6 +32,11 @@ cedar: |
 kind: Policy
 file: policies/
 ---
+kind: Federation
+trust_domain: b.example.org
+endpoint_url: https://ward.b.example.org:8444
+bundle: b.json
+---
 `
 
 func TestParseGood(t *testing.T) {
@@ -39,8 +44,11 @@ func TestParseGood(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(docs) != 4 {
-		t.Fatalf("%d documents, want 4", len(docs))
+	if len(docs) != 5 {
+		t.Fatalf("%d documents, want 5", len(docs))
+	}
+	if f := docs[4].Federation; f.TrustDomain != "b.example.org" || f.Profile != "https_spiffe" || f.EndpointSPIFFEID != "spiffe://b.example.org/ward/server" || f.BundlePath != "b.json" {
+		t.Fatalf("federation %+v", f)
 	}
 	k := docs[0].Key
 	if docs[0].Line != 2 || k.Name != "tenant-a/payments" || k.Classification != "confidential" || k.Purpose != "payment records" || k.MinDecryptVersion != 2 {
@@ -72,7 +80,11 @@ func TestParseErrors(t *testing.T) {
 	}{
 		{"unknown field suggests", "kind: Entry\nspiffe_id: spiffe://e/a\nparent_id: spiffe://e/b\nselector: [unix:uid:1]\n", 4, "selector", "did you mean selectors?"},
 		{"unknown kind suggests", "kind: Entyr\n", 1, "kind", "did you mean Entry?"},
-		{"federation not yet", "kind: Federation\n", 1, "kind", "not managed by ward apply yet"},
+		{"federation without trust domain", "kind: Federation\nendpoint_url: https://b.example:8444\n", 1, "trust_domain", "missing"},
+		{"federation http endpoint", "kind: Federation\ntrust_domain: b.example\nendpoint_url: http://b.example\n", 3, "endpoint_url", "https://"},
+		{"federation bad profile", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: spiffe\n", 4, "profile", "https_spiffe or https_web"},
+		{"federation endpoint id elsewhere", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nendpoint_spiffe_id: spiffe://c.example/ward/server\n", 4, "endpoint_spiffe_id", "not in trust domain b.example"},
+		{"federation web with id", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: https_web\nendpoint_spiffe_id: spiffe://b.example/x\n", 5, "endpoint_spiffe_id", "Web PKI"},
 		{"no kind", "name: x\n", 1, "kind", "missing"},
 		{"not a mapping", "- a\n- b\n", 1, "", "must be a mapping"},
 		{"invalid YAML", "kind: Key\nname: [\n", 2, "", "invalid YAML"},
@@ -173,6 +185,7 @@ func FuzzParse(f *testing.F) {
 			case d.Kind == KindKey && d.Key != nil && d.Key.Name != "":
 			case d.Kind == KindEntry && d.Entry != nil && len(d.Entry.Selectors) > 0:
 			case d.Kind == KindPolicy && d.Policy != nil && (d.Policy.Path != "" || d.Policy.Name != ""):
+			case d.Kind == KindFederation && d.Federation != nil && d.Federation.TrustDomain != "" && d.Federation.EndpointURL != "":
 			default:
 				t.Fatalf("incomplete document %+v", d)
 			}

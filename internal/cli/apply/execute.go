@@ -21,6 +21,7 @@ const maxBatch = 1000
 // Result is what Execute did.
 type Result struct {
 	KeysCreated, KeysChanged                      int
+	FederationsAdded, FederationsRemoved          int
 	EntriesCreated, EntriesChanged, EntriesDelete int
 	Batches                                       int
 	PolicyVersion                                 uint64
@@ -29,6 +30,9 @@ type Result struct {
 func (r Result) String() string {
 	s := fmt.Sprintf("Applied: %d key(s) created, %d changed; %d entry(ies) created, %d changed, %d deleted in %d batch(es)",
 		r.KeysCreated, r.KeysChanged, r.EntriesCreated, r.EntriesChanged, r.EntriesDelete, r.Batches)
+	if r.FederationsAdded+r.FederationsRemoved > 0 {
+		s += fmt.Sprintf("; %d federation relationship(s) added, %d removed", r.FederationsAdded, r.FederationsRemoved)
+	}
 	if r.PolicyVersion != 0 {
 		s += fmt.Sprintf("; policy version %d", r.PolicyVersion)
 	}
@@ -80,8 +84,9 @@ func Check(ctx context.Context, c *client.Client, p *Plan) error {
 }
 
 // Execute applies the plan (after Check, which it runs if the caller did
-// not): keys are created or configured, entry batches are applied (each
-// one atomic write), and the policy set is stored as one new version.
+// not): keys are created or configured, federation relationships added,
+// entry batches applied (each one atomic write), relationships removed
+// (--prune), and the policy set stored as one new version.
 // progress (may be nil) hears of each step.
 func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer) (Result, error) {
 	var res Result
@@ -108,6 +113,18 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 			res.KeysChanged++
 		}
 	}
+	for _, ch := range p.Federations {
+		if ch.Action != Create {
+			continue
+		}
+		f := ch.federation
+		_, err := c.Federation.AddFederation(ctx, &wardv1.AddFederationRequest{TrustDomain: f.TrustDomain, EndpointUrl: f.EndpointURL,
+			Profile: f.Profile, EndpointSpiffeId: f.EndpointSPIFFEID, BundleSpiffeJson: f.Bundle})
+		if err != nil {
+			return res, fmt.Errorf("%s: adding the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
+		}
+		res.FederationsAdded++
+	}
 	for i, b := range batches {
 		r, err := c.Entries.BatchEntries(ctx, batchRequest(b, false))
 		if err != nil {
@@ -122,6 +139,15 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 		res.EntriesChanged += len(r.Updated)
 		res.EntriesDelete += len(r.Deleted)
 		fmt.Fprintf(progress, "entries: batch %d of %d applied (%d changes)\n", i+1, len(batches), len(b))
+	}
+	for _, ch := range p.Federations {
+		if ch.Action != Delete {
+			continue
+		}
+		if _, err := c.Federation.RemoveFederation(ctx, &wardv1.RemoveFederationRequest{TrustDomain: ch.Name}); err != nil {
+			return res, fmt.Errorf("removing the federation relationship with %s: %w", ch.Name, client.Unwrap(err))
+		}
+		res.FederationsRemoved++
 	}
 	if p.PolicyFiles != nil {
 		v, err := c.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: p.PolicyFiles, Comment: "ward apply"})

@@ -30,6 +30,14 @@ type entryOut struct {
 	Labels        map[string]string `yaml:"labels,omitempty"`
 }
 
+type federationOut struct {
+	Kind             string `yaml:"kind"`
+	TrustDomain      string `yaml:"trust_domain"`
+	EndpointURL      string `yaml:"endpoint_url"`
+	Profile          string `yaml:"profile"`
+	EndpointSPIFFEID string `yaml:"endpoint_spiffe_id,omitempty"`
+}
+
 type policyOut struct {
 	Kind  string `yaml:"kind"`
 	Name  string `yaml:"name"`
@@ -37,7 +45,9 @@ type policyOut struct {
 }
 
 // Export writes the state as documents `ward apply` reads: every key
-// (min_decrypt_version only when above 1), every entry (identified by
+// (min_decrypt_version only when above 1), every federation relationship
+// added through the API (without its bootstrap bundle: add bundle: FILE
+// before applying to another authority), every entry (identified by
 // SPIFFE ID, parent and selectors), and the current policy set's files
 // inline. Applying the output to the same authority changes nothing.
 func Export(w io.Writer, st *State) error {
@@ -53,6 +63,13 @@ func Export(w io.Writer, st *State) error {
 			mdv = 0
 		}
 		docs = append(docs, keyOut{KindKey, k.Name, k.Classification, k.Purpose, mdv})
+	}
+	for _, td := range sortedNames(st.Federations) {
+		f := st.Federations[td]
+		if f.Source == "config" {
+			continue // the server's configuration declares it
+		}
+		docs = append(docs, federationOut{KindFederation, f.TrustDomain, f.EndpointURL, f.Profile, f.EndpointSPIFFEID})
 	}
 	entries := append([]*StoredEntry(nil), st.Entries...)
 	sort.SliceStable(entries, func(i, j int) bool {

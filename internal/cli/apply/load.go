@@ -15,6 +15,8 @@ type Set struct {
 	Keys     []*Doc
 	Entries  []*Doc
 	Policies []*Doc // one per Cedar file (a directory is expanded)
+	// Federations are relationships with foreign trust domains.
+	Federations []*Doc
 }
 
 // Load reads the documents of every path (a file, or a directory: every
@@ -67,6 +69,11 @@ func Load(paths []string) (*Set, error) {
 		docs = append(docs, ds...)
 	}
 	set, serrs := build(docs, readPolicyPath)
+	for _, d := range set.Federations {
+		if err := readBundle(d); err != nil {
+			serrs = append(serrs, err)
+		}
+	}
 	errs = append(errs, serrs...)
 	return set, errs.orNil()
 }
@@ -117,6 +124,24 @@ func readPolicyPath(d *Doc) ([]*PolicySpec, *Error) {
 	return out, nil
 }
 
+// readBundle reads a Federation document's bootstrap bundle file.
+func readBundle(d *Doc) *Error {
+	fs := d.Federation
+	if fs.BundlePath == "" {
+		return nil
+	}
+	full := filepath.FromSlash(fs.BundlePath)
+	if !filepath.IsAbs(full) {
+		full = filepath.Join(filepath.Dir(d.File), full)
+	}
+	b, err := os.ReadFile(full)
+	if err != nil {
+		return d.errAt("bundle", "cannot read the bootstrap bundle %s: %v", full, err)
+	}
+	fs.Bundle = b
+	return nil
+}
+
 // build sorts documents by kind, expands policy files and finds what no
 // single document shows: a key, an entry or a policy file given twice.
 func build(docs []*Doc, readPolicy func(*Doc) ([]*PolicySpec, *Error)) (*Set, Errors) {
@@ -126,8 +151,16 @@ func build(docs []*Doc, readPolicy func(*Doc) ([]*PolicySpec, *Error)) (*Set, Er
 	ids := map[string]*Doc{}
 	idents := map[string]*Doc{}
 	policies := map[string]*Doc{}
+	feds := map[string]*Doc{}
 	for _, d := range docs {
 		switch d.Kind {
+		case KindFederation:
+			if o, dup := feds[d.Federation.TrustDomain]; dup {
+				errs = append(errs, d.errAt("trust_domain", "a relationship with %s is also declared at %s", d.Federation.TrustDomain, o.Where()))
+				continue
+			}
+			feds[d.Federation.TrustDomain] = d
+			s.Federations = append(s.Federations, d)
 		case KindKey:
 			if o, dup := keys[d.Key.Name]; dup {
 				errs = append(errs, d.errAt("name", "key %s is also declared at %s: declare each key once", d.Key.Name, o.Where()))

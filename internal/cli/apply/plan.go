@@ -40,19 +40,20 @@ type Change struct {
 	// Lines is a policy file's diff.
 	Lines []string
 
-	key      *KeySpec
+	federation *FederationSpec
+	key        *KeySpec
 	entry    *EntrySpec
 	revision int64
 }
 
 // Plan is what apply would change, in order: keys, entries, policy.
 type Plan struct {
-	Keys, Entries, Policies []*Change
+	Keys, Federations, Entries, Policies []*Change
 	// PolicyFiles is the policy set to store as a new version (nil: the
 	// policy set does not change).
 	PolicyFiles map[string][]byte
 	// What is left alone.
-	KeptEntries, KeptKeys int
+	KeptEntries, KeptKeys, KeptFederations int
 	KeptPolicies          []string
 	MaxBatch              int
 	Prune                 bool
@@ -60,11 +61,13 @@ type Plan struct {
 }
 
 // Empty reports whether the plan changes nothing.
-func (p *Plan) Empty() bool { return len(p.Keys)+len(p.Entries)+len(p.Policies) == 0 }
+func (p *Plan) Empty() bool {
+	return len(p.Keys)+len(p.Federations)+len(p.Entries)+len(p.Policies) == 0
+}
 
 // Counts returns how many creates, changes and deletes the plan holds.
 func (p *Plan) Counts() (create, change, del int) {
-	for _, cs := range [][]*Change{p.Keys, p.Entries, p.Policies} {
+	for _, cs := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies} {
 		for _, c := range cs {
 			switch c.Action {
 			case Create:
@@ -87,6 +90,7 @@ func NewPlan(set *Set, st *State, prune bool) (*Plan, error) {
 	p := &Plan{Prune: prune, MaxBatch: st.MaxBatch}
 	var errs Errors
 	errs = append(errs, p.planKeys(set, st)...)
+	errs = append(errs, p.planFederations(set, st)...)
 	p.planEntries(set, st)
 	errs = append(errs, p.planPolicy(set, st)...)
 	if err := errs.orNil(); err != nil {
@@ -143,6 +147,57 @@ func (p *Plan) planKeys(set *Set, st *State) Errors {
 	for n := range st.Keys {
 		if !declared[n] {
 			p.KeptKeys++
+		}
+	}
+	return errs
+}
+
+func (p *Plan) planFederations(set *Set, st *State) Errors {
+	var errs Errors
+	declared := map[string]bool{}
+	for _, d := range set.Federations {
+		f := d.Federation
+		declared[f.TrustDomain] = true
+		if st.NoFederation != "" {
+			errs = append(errs, d.errAt("kind", "the authority cannot take federation relationships: %s", st.NoFederation))
+			continue
+		}
+		cur, ok := st.Federations[f.TrustDomain]
+		if !ok {
+			if f.Profile == "https_spiffe" && len(f.Bundle) == 0 {
+				errs = append(errs, d.errAt("bundle", "a new https_spiffe relationship needs the foreign trust domain's bootstrap bundle: bundle: FILE (`ward ca bundle --format spiffe` on %s's authority, brought over out of band)", f.TrustDomain))
+				continue
+			}
+			detail := "endpoint " + f.EndpointURL + ", profile " + f.Profile
+			if f.EndpointSPIFFEID != "" {
+				detail += ", endpoint ID " + f.EndpointSPIFFEID
+			}
+			p.Federations = append(p.Federations, &Change{Action: Create, Kind: KindFederation, Name: f.TrustDomain, Detail: detail, Doc: d, federation: f})
+			continue
+		}
+		var diff []string
+		for _, fc := range []FieldChange{{"endpoint_url", cur.EndpointURL, f.EndpointURL}, {"profile", cur.Profile, f.Profile}, {"endpoint_spiffe_id", cur.EndpointSPIFFEID, f.EndpointSPIFFEID}} {
+			if fc.Before != fc.After {
+				diff = append(diff, fmt.Sprintf("%s %s → %s", fc.Field, quote(fc.Before), quote(fc.After)))
+			}
+		}
+		switch {
+		case len(diff) == 0:
+		case cur.Source == "config":
+			errs = append(errs, d.errAt("trust_domain", "the relationship with %s is declared in the server's configuration (federation:), which differs (%s): change it there, or drop this document", f.TrustDomain, strings.Join(diff, ", ")))
+		default:
+			errs = append(errs, d.errAt("trust_domain", "the relationship with %s differs (%s) and cannot change in place: `ward federation remove %s`, then apply again with its bootstrap bundle", f.TrustDomain, strings.Join(diff, ", "), f.TrustDomain))
+		}
+	}
+	for _, td := range sortedNames(st.Federations) {
+		cur := st.Federations[td]
+		if declared[td] || cur.Source == "config" {
+			continue
+		}
+		if p.Prune {
+			p.Federations = append(p.Federations, &Change{Action: Delete, Kind: KindFederation, Name: td, Detail: "endpoint " + cur.EndpointURL, federation: &cur.FederationSpec})
+		} else {
+			p.KeptFederations++
 		}
 	}
 	return errs
@@ -424,7 +479,7 @@ func (p *Plan) Render(w io.Writer, brief bool) {
 	if p.Empty() {
 		fmt.Fprintln(w, "No changes: the authority already matches the documents.")
 	}
-	for _, group := range [][]*Change{p.Keys, p.Entries, p.Policies} {
+	for _, group := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies} {
 		creates := 0
 		for _, c := range group {
 			if c.Action == Create {
@@ -451,6 +506,9 @@ func (p *Plan) Render(w io.Writer, brief bool) {
 	}
 	if p.KeptEntries > 0 {
 		kept = append(kept, fmt.Sprintf("%d entry(ies) not in the documents are kept (--prune deletes them)", p.KeptEntries))
+	}
+	if p.KeptFederations > 0 {
+		kept = append(kept, fmt.Sprintf("%d federation relationship(s) not in the documents are kept (--prune removes them)", p.KeptFederations))
 	}
 	if len(p.KeptPolicies) > 0 {
 		kept = append(kept, fmt.Sprintf("policy file(s) %s not in the documents stay in the set (--prune drops them)", strings.Join(p.KeptPolicies, ", ")))

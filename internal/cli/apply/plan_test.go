@@ -51,6 +51,10 @@ func baseState() *State {
 		Policy:        map[string][]byte{"kept.cedar": []byte("permit (principal, action == Action::\"connect\", resource);\n")},
 		PolicyVersion: 3,
 		MaxBatch:      2,
+		Federations: map[string]*StoredFederation{
+			"c.example": {Source: "api", FederationSpec: FederationSpec{TrustDomain: "c.example", EndpointURL: "https://c.example:8444", Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://c.example/ward/server"}},
+			"conf.example": {Source: "config", FederationSpec: FederationSpec{TrustDomain: "conf.example", EndpointURL: "https://conf.example", Profile: "https_web"}},
+		},
 	}
 }
 
@@ -77,10 +81,15 @@ selectors: [unix:uid:2]
 ---
 kind: Policy
 file: p
+---
+kind: Federation
+trust_domain: b.example
+endpoint_url: https://b.example:8444
+bundle: b.json
 `
 
 func TestPlan(t *testing.T) {
-	set := mustSet(t, map[string]string{"d.yaml": planDocs, "p/connect.cedar": "permit (principal, action == Action::\"connect\", resource == Service::\"api\");\n"})
+	set := mustSet(t, map[string]string{"d.yaml": planDocs, "p/connect.cedar": "permit (principal, action == Action::\"connect\", resource == Service::\"api\");\n", "b.json": `{"keys":[]}`})
 	p, err := NewPlan(set, baseState(), false)
 	if err != nil {
 		t.Fatal(err)
@@ -94,7 +103,9 @@ func TestPlan(t *testing.T) {
 		"~ entry spiffe://e/web", "ttl: 0 → 1h", `labels.app: "web" → "frontend"`,
 		"+ entry spiffe://e/api",
 		"+ policy file p/connect.cedar",
-		"Plan: 3 to create, 2 to change, 0 to delete.",
+		"+ federation b.example  endpoint https://b.example:8444, profile https_spiffe, endpoint ID spiffe://b.example/ward/server",
+		"Plan: 4 to create, 2 to change, 0 to delete.",
+		"1 federation relationship(s) not in the documents are kept (--prune removes them)",
 		"1 key(s) not in the documents are kept",
 		"1 entry(ies) not in the documents are kept (--prune deletes them)",
 		"policy file(s) kept.cedar not in the documents stay in the set",
@@ -121,7 +132,8 @@ func TestPlan(t *testing.T) {
 	}
 	out.Reset()
 	p.Render(&out, false)
-	if !strings.Contains(out.String(), "- entry spiffe://e/stray") || !strings.Contains(out.String(), "- policy file kept.cedar") || len(p.PolicyFiles) != 1 {
+	if !strings.Contains(out.String(), "- entry spiffe://e/stray") || !strings.Contains(out.String(), "- policy file kept.cedar") || len(p.PolicyFiles) != 1 ||
+		!strings.Contains(out.String(), "- federation c.example") || strings.Contains(out.String(), "conf.example") {
 		t.Fatalf("prune plan:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "1 key(s) not in the documents are kept") {
@@ -141,6 +153,9 @@ func TestPlanErrorsNeedState(t *testing.T) {
 		{"classification change", "kind: Key\nname: a/b\nclassification: internal\n", "d.yaml:3: field classification: key a/b has classification confidential"},
 		{"purpose change", "kind: Key\nname: a/b\nclassification: confidential\npurpose: other\n", "d.yaml:4: field purpose"},
 		{"min_decrypt_version too high", "kind: Key\nname: a/b\nclassification: confidential\nmin_decrypt_version: 4\n", "versions up to 3"},
+		{"federation without bundle", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\n", "d.yaml:1: field bundle: a new https_spiffe relationship needs"},
+		{"federation changes", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c2.example\n", "cannot change in place"},
+		{"federation from config", "kind: Federation\ntrust_domain: conf.example\nendpoint_url: https://other.example\nprofile: https_web\n", "server's configuration"},
 		{"policy does not compile", "kind: Policy\nname: x.cedar\ncedar: |\n  permit (principal,\n    action == Action::\"conect\", resource);\n", "d.yaml:5: field cedar: validation error"},
 	}
 	for _, tc := range cases {

@@ -26,6 +26,18 @@ type State struct {
 	PolicyVersion uint64
 	// MaxBatch is the most entry changes one BatchEntries call takes.
 	MaxBatch int
+	// Federations are the relationships by trust domain; NoFederation
+	// says why there are none to manage (federation not running).
+	Federations  map[string]*StoredFederation
+	NoFederation string
+}
+
+// StoredFederation is a relationship as the authority holds it.
+type StoredFederation struct {
+	FederationSpec
+	// Source is "api" (ward federation add, ward apply) or "config"
+	// (the server's configuration, which apply leaves alone).
+	Source string
 }
 
 // StoredEntry is an entry as stored, with its ID and revision.
@@ -39,7 +51,7 @@ type StoredEntry struct {
 // running there reads as empty only when nothing needs it (the plan
 // says so).
 func Fetch(ctx context.Context, c *client.Client) (*State, error) {
-	s := &State{Keys: map[string]*KeySpec{}, KeyLatest: map[string]uint32{}, Policy: map[string][]byte{}}
+	s := &State{Keys: map[string]*KeySpec{}, KeyLatest: map[string]uint32{}, Policy: map[string][]byte{}, Federations: map[string]*StoredFederation{}}
 	kl, err := c.Keys.ListKeys(ctx, &wardv1.ListKeysRequest{})
 	if err != nil {
 		return nil, err
@@ -67,6 +79,18 @@ func Fetch(ctx context.Context, c *client.Client) (*State, error) {
 			s.Entries = append(s.Entries, storedEntry(p))
 		}
 		s.MaxBatch = int(el.MaxBatchEntries)
+	}
+	fl, err := c.Federation.ListFederations(ctx, &wardv1.ListFederationsRequest{})
+	switch code := status.Code(err); {
+	case code == codes.FailedPrecondition || code == codes.Unimplemented:
+		s.NoFederation = status.Convert(err).Message()
+	case err != nil:
+		return nil, err
+	default:
+		for _, r := range fl.Relationships {
+			s.Federations[r.TrustDomain] = &StoredFederation{Source: r.Source, FederationSpec: FederationSpec{
+				TrustDomain: r.TrustDomain, EndpointURL: r.EndpointUrl, Profile: r.Profile, EndpointSPIFFEID: r.EndpointSpiffeId}}
+		}
 	}
 	pv, err := c.Policy.GetPolicy(ctx, &wardv1.GetPolicyRequest{})
 	switch {
