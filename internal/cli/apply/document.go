@@ -43,8 +43,8 @@ var kinds = map[string]struct {
 	fields []string
 	parse  func(p *parser, d *Doc, fields map[string]*yaml.Node)
 }{
-	KindKey:    {[]string{"kind", "name", "classification", "purpose", "min_decrypt_version"}, parseKey},
-	KindEntry:  {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
+	KindKey:        {[]string{"kind", "name", "classification", "purpose", "min_decrypt_version"}, parseKey},
+	KindEntry:      {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
 	KindPolicy:     {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
 	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle"}, parseFederation},
 }
@@ -57,9 +57,9 @@ const (
 
 // Doc is one document with where it came from.
 type Doc struct {
-	Kind   string
-	File   string
-	Line   int
+	Kind       string
+	File       string
+	Line       int
 	Key        *KeySpec
 	Entry      *EntrySpec
 	Policy     *PolicySpec

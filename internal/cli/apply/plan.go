@@ -42,8 +42,8 @@ type Change struct {
 
 	federation *FederationSpec
 	key        *KeySpec
-	entry    *EntrySpec
-	revision int64
+	entry      *EntrySpec
+	revision   int64
 }
 
 // Plan is what apply would change, in order: keys, entries, policy.
@@ -54,10 +54,10 @@ type Plan struct {
 	PolicyFiles map[string][]byte
 	// What is left alone.
 	KeptEntries, KeptKeys, KeptFederations int
-	KeptPolicies          []string
-	MaxBatch              int
-	Prune                 bool
-	checked               bool // Check passed
+	KeptPolicies                           []string
+	MaxBatch                               int
+	Prune                                  bool
+	checked                                bool // Check passed
 }
 
 // Empty reports whether the plan changes nothing.

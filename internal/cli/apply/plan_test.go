@@ -52,7 +52,7 @@ func baseState() *State {
 		PolicyVersion: 3,
 		MaxBatch:      2,
 		Federations: map[string]*StoredFederation{
-			"c.example": {Source: "api", FederationSpec: FederationSpec{TrustDomain: "c.example", EndpointURL: "https://c.example:8444", Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://c.example/ward/server"}},
+			"c.example":    {Source: "api", FederationSpec: FederationSpec{TrustDomain: "c.example", EndpointURL: "https://c.example:8444", Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://c.example/ward/server"}},
 			"conf.example": {Source: "config", FederationSpec: FederationSpec{TrustDomain: "conf.example", EndpointURL: "https://conf.example", Profile: "https_web"}},
 		},
 	}
