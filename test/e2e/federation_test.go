@@ -24,6 +24,7 @@ type cluster struct {
 	s                      *server
 	pub                    string
 	ns                     *netns.Node
+	shares                 []string
 }
 
 func startCluster(t *testing.T, td string) *cluster {
@@ -51,7 +52,7 @@ func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster 
 		t.Fatal(err)
 	}
 	c.s = startServerIn(t, nd, dir, p)
-	c.s.initAndUnseal()
+	c.shares = c.s.initAndUnseal()
 	mustWard(t, c.s.addr, "", "ca", "bundle", "--format", "spiffe", "-o", filepath.Join(c.pub, td+".json"))
 	return c
 }
@@ -169,8 +170,25 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 		t.Fatalf("ward federation show in B with A down:\n%s", show)
 	}
 	from = pos
-	waitOKs(t, cli, pos, 10)
+	pos = waitOKs(t, cli, pos, 10)
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed while A's authority was down, last: %s", n, last)
+	}
+
+	// A restarted and unsealed: nothing lost — its own relationship with B
+	// is still there, and B refreshes from it again.
+	a.s.start()
+	a.s.unseal(a.shares[:3])
+	if out := a.ward(t, "federation", "list"); !strings.Contains(out, "b.example") {
+		t.Fatalf("A lost its relationship with B across a restart:\n%s", out)
+	}
+	b.ward(t, "federation", "refresh", "a.example")
+	if show := b.ward(t, "federation", "show", "a.example"); strings.Contains(show, "Last error:") {
+		t.Fatalf("B still shows an error after A came back:\n%s", show)
+	}
+	from = pos
+	waitOKs(t, cli, pos, 5)
+	if n, last := countFails(cli, from); n > 0 {
+		t.Fatalf("%d cross-cluster rounds failed after A came back, last: %s", n, last)
 	}
 }

@@ -436,7 +436,12 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 		e, ok := m.get(td)
 		switch {
 		case !ok:
-			if _, err := m.Add(ctx, r, bootstrap[td]); err != nil {
+			_, err := m.Add(ctx, r, bootstrap[td])
+			if errors.Is(err, ErrExists) {
+				// Another authority sharing the store declared it first.
+				err = m.Reload(ctx)
+			}
+			if err != nil {
 				return fmt.Errorf("federation with %s from the server config: %w", td, err)
 			}
 		case e.rel != r:
@@ -448,6 +453,11 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 				}
 				rec.NextRefresh = m.opts.Clock().UTC()
 				_, err := m.write(ctx, rec, e.rev, e.bundle, r)
+				if errors.Is(err, store.ErrConflict) {
+					// Changed meanwhile (a refresh, or another authority
+					// applying the same config): the next unseal reconciles.
+					return m.Reload(ctx)
+				}
 				return err
 			})
 			if err != nil {

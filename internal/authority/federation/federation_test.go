@@ -654,3 +654,23 @@ func TestImmediateRootRotationReachesPeer(t *testing.T) {
 		t.Fatalf("refresh after tainting the old root: %v (%d roots)", err, len(st.Bundle.X509Authorities()))
 	}
 }
+
+// Two authorities sharing one store both apply the same config at unseal:
+// neither fails, and both see the one relationship.
+func TestDeclareOnSharedStore(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	other := f.open(t) // opened before either declared
+	good := bundleOf(t, f.a)
+	decl := []Relationship{f.rel(f.url)}
+	boot := map[spiffeid.TrustDomain]*spiffebundle.Bundle{tdA: good}
+	if err := f.m.Declare(ctx, decl, boot); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Declare(ctx, decl, boot); err != nil {
+		t.Fatalf("the second authority: %v", err)
+	}
+	if st, err := other.Show(tdA); err != nil || !st.Bundle.Equal(good) {
+		t.Fatalf("the second authority sees %v, %v", st, err)
+	}
+}
