@@ -41,7 +41,13 @@ func copyDir(t *testing.T, src, dst string) {
 // and change nothing.
 func TestApplyExport(t *testing.T) {
 	dir := t.TempDir()
-	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", netutil.FreeLoopbackAddr(t))))
+	// The example is written for `ward server --dev` (trust domain dev.ward.internal).
+	cfg := filepath.Join(dir, "ward.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("trust_domain: dev.ward.internal\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\n",
+		dir, netutil.FreeLoopbackAddr(t))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, dir, cfg)
 	s.initAndUnseal()
 	a := s.addr
 	c := s.client()
@@ -63,7 +69,7 @@ func TestApplyExport(t *testing.T) {
 
 	// Apply the example directory.
 	out := mustWard(t, a, "", "apply", "-f", docs)
-	for _, want := range []string{"+ key tenant-a/payments", "+ entry spiffe://e2e.example.org/payments", "+ policy file policies/connect.cedar",
+	for _, want := range []string{"+ key tenant-a/payments", "+ entry spiffe://dev.ward.internal/payments", "+ policy file policies/connect.cedar",
 		"Applied: 2 key(s) created, 0 changed; 2 entry(ies) created, 0 changed, 0 deleted in 1 batch(es); policy version"} {
 		if !strings.Contains(out, want) {
 			t.Fatalf("first apply lacks %q:\n%s", want, out)
@@ -91,7 +97,7 @@ func TestApplyExport(t *testing.T) {
 	}
 	before := state()
 	out = mustWard(t, a, "", "apply", "--dry-run", "-f", docs)
-	if !strings.Contains(out, "~ entry spiffe://e2e.example.org/payments") || !strings.Contains(out, `labels.tier: "backend" → "critical"`) ||
+	if !strings.Contains(out, "~ entry spiffe://dev.ward.internal/payments") || !strings.Contains(out, `labels.tier: "backend" → "critical"`) ||
 		!strings.Contains(out, "Plan: 0 to create, 1 to change, 0 to delete.") {
 		t.Fatalf("dry-run diff:\n%s", out)
 	}
@@ -130,11 +136,11 @@ func TestApplyExport(t *testing.T) {
 
 	// --prune proposes deleting what the documents no longer declare.
 	web := filepath.Join(t.TempDir(), "only-payments.yaml")
-	if err := os.WriteFile(web, []byte("kind: Entry\nspiffe_id: spiffe://e2e.example.org/payments\nparent_id: spiffe://e2e.example.org/ward/agent/node-1\nselectors: [unix:uid:1000]\nttl: 1h\ndns_names: [payments.internal]\nlabels: {app: payments, tier: critical}\n"), 0o644); err != nil {
+	if err := os.WriteFile(web, []byte("kind: Entry\nspiffe_id: spiffe://dev.ward.internal/payments\nparent_id: spiffe://dev.ward.internal/ward/agent/node-1\nselectors: [unix:uid:1000]\nttl: 1h\ndns_names: [payments.internal]\nlabels: {app: payments, tier: critical}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	out = mustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", web)
-	if !strings.Contains(out, "- entry spiffe://e2e.example.org/web") || !strings.Contains(out, "- federation b.example") ||
+	if !strings.Contains(out, "- entry spiffe://dev.ward.internal/web") || !strings.Contains(out, "- federation b.example") ||
 		!strings.Contains(out, "Plan: 0 to create, 0 to change, 2 to delete.") {
 		t.Fatalf("prune plan:\n%s", out)
 	}
@@ -147,9 +153,9 @@ func TestApplyExport(t *testing.T) {
 	badFile := filepath.Join(bad, "bad.yaml")
 	key := "kind: Key\nname: tenant-c/new\nclassification: internal\n---\n"
 	cases := []struct{ doc, want string }{
-		{key + "kind: Entry\nspiffe_id: spiffe://e2e.example.org/x\nparent_id: spiffe://e2e.example.org/ward/agent/node-1\nselector: [unix:uid:5]\n",
+		{key + "kind: Entry\nspiffe_id: spiffe://dev.ward.internal/x\nparent_id: spiffe://dev.ward.internal/ward/agent/node-1\nselector: [unix:uid:5]\n",
 			badFile + ":8: field selector: unknown field in the Entry document: did you mean selectors?"},
-		{key + "kind: Entry\nspiffe_id: spiffe://e2e.example.org/ward/mine\nparent_id: spiffe://e2e.example.org/ward/agent/node-1\nselectors: [unix:uid:5]\n",
+		{key + "kind: Entry\nspiffe_id: spiffe://dev.ward.internal/ward/mine\nparent_id: spiffe://dev.ward.internal/ward/agent/node-1\nselectors: [unix:uid:5]\n",
 			badFile + ":6: field spiffe_id: the authority refused this entry"},
 		{key + "kind: Policy\nname: broken.cedar\ncedar: |\n  permit (principal, action == Action::\"conect\", resource);\n",
 			badFile + ":8: field cedar: validation error"},
