@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
@@ -39,17 +40,29 @@ func (r Result) String() string {
 	return s + "."
 }
 
-// batches splits the entry changes by the authority's batch limit.
+// maxBatchBytes bounds the encoded entries of one batch, well inside
+// gRPC's default 4 MiB message limit (entries with many labels are large).
+const maxBatchBytes = 2 << 20
+
+// batches splits the entry changes by the authority's batch limit and by
+// size.
 func (p *Plan) batches() [][]*Change {
 	size := p.MaxBatch
 	if size <= 0 || size > maxBatch {
 		size = maxBatch
 	}
 	var out [][]*Change
-	for rest := p.Entries; len(rest) > 0; {
-		n := min(size, len(rest))
-		out = append(out, rest[:n])
-		rest = rest[n:]
+	start, bytes := 0, 0
+	for i, c := range p.Entries {
+		n := proto.Size(entryProto(c.entry, c.revision))
+		if i > start && (i-start == size || bytes+n > maxBatchBytes) {
+			out = append(out, p.Entries[start:i])
+			start, bytes = i, 0
+		}
+		bytes += n
+	}
+	if start < len(p.Entries) {
+		out = append(out, p.Entries[start:])
 	}
 	return out
 }

@@ -228,3 +228,35 @@ func TestExampleLoads(t *testing.T) {
 		t.Fatalf("plan on an empty authority creates %d of %d documents", c, len(set.Keys)+len(set.Entries)+len(set.Policies))
 	}
 }
+
+func TestBatchesBySizeAndCount(t *testing.T) {
+	mk := func(n, labelBytes int) *Plan {
+		p := &Plan{MaxBatch: 3}
+		for i := range n {
+			e := &EntrySpec{SPIFFEID: "spiffe://e/w" + strings.Repeat("x", i%3), ParentID: "spiffe://e/p", Selectors: []attest.Selector{sel("unix:uid:1")}}
+			if labelBytes > 0 {
+				e.Labels = map[string]string{"big": strings.Repeat("v", labelBytes)}
+			}
+			p.Entries = append(p.Entries, &Change{Action: Create, entry: e})
+		}
+		return p
+	}
+	lens := func(bs [][]*Change) []int {
+		var out []int
+		for _, b := range bs {
+			out = append(out, len(b))
+		}
+		return out
+	}
+	if got := lens(mk(7, 0).batches()); len(got) != 3 || got[0] != 3 || got[2] != 1 {
+		t.Fatalf("by count: %v", got)
+	}
+	p := mk(3, maxBatchBytes/2)
+	p.MaxBatch = 100
+	if got := lens(p.batches()); len(got) != 3 {
+		t.Fatalf("by size: %v", got)
+	}
+	if got := (&Plan{}).batches(); len(got) != 0 {
+		t.Fatalf("no entries: %v", got)
+	}
+}
