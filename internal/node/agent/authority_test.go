@@ -2,74 +2,60 @@ package agent
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
-	"fmt"
+	"errors"
 	"math/big"
 	"net"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/peer"
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/timestamppb"
 
-	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/nodeapi"
-	"github.com/wardproject/ward/internal/shared/x509pop"
+	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
-// testAuthority is a Node API server for the agent's in-package tests,
-// backed by the real CA (internal/authority/ca on a bbolt store) and real mTLS. The
-// production authority (internal/authority/nodeapi) is exercised end to end in
-// test/e2e/identity_test.go.
+// testAuthority is the real Node API (internal/authority/nodeapi) over the
+// shared test authority (testutil/authoritytest: real CA and registry),
+// with join tokens, x509pop, eviction and audit as in production, on a
+// loopback port that survives stop and restart.
 type testAuthority struct {
-	t    testing.TB
-	td   spiffeid.TrustDomain
-	ca   *ca.CA
-	addr string
+	*authoritytest.Authority
+	t        testing.TB
+	ca       *ca.CA
+	addr     string
+	agentTTL time.Duration
 	// nodeCA signs x509pop node certificates.
 	nodeCA    *x509.Certificate
 	nodeCAKey *ecdsa.PrivateKey
-	agentTTL  time.Duration
+	audit     syncCounter
 
-	mu      sync.Mutex
-	tokens  map[string]bool // unused join tokens
-	entries []*wardv1.Entry
-	evicted map[spiffeid.ID]bool
-	calls   map[string]int
-	srv     *grpc.Server
-	// auditLog, when set, adds its checkpoint and a consistency proof to
-	// Sync responses as the authority does (checkpoint_test.go).
-	auditLog nodeapi.AuditSource
-	// refuseSyncs, while positive, makes Sync refuse the agent SVID
-	// (Unauthenticated, as for a chain through a tainted CA key), once per
-	// call.
-	refuseSyncs int
-
-	wardv1.UnimplementedNodeServer
+	mu     sync.Mutex
+	srv    *nodeapi.Server
+	agents []spiffeid.ID // the agents entries are registered under
 }
+
+// testAgentPath names the agent of every join token (so entries can be
+// registered before it attests): spiffe://TD/ward/agent/node-1.
+const testAgentPath = "node-1"
 
 func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL time.Duration) *testAuthority {
 	t.Helper()
-	c := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithCAConfig(func(c *ca.Config) {
+	base := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithCAConfig(func(c *ca.Config) {
 		c.SVIDTTL, c.JWTSVIDTTL = svidTTL, svidTTL
-	})).CA
+	}))
 	nk, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "node CA"}, IsCA: true,
 		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
@@ -78,8 +64,8 @@ func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL t
 		t.Fatal(err)
 	}
 	nodeCA, _ := x509.ParseCertificate(der)
-	a := &testAuthority{t: t, td: td, ca: c, nodeCA: nodeCA, nodeCAKey: nk, agentTTL: agentTTL,
-		tokens: map[string]bool{}, evicted: map[spiffeid.ID]bool{}, calls: map[string]int{}}
+	a := &testAuthority{Authority: base, t: t, ca: base.CA, nodeCA: nodeCA, nodeCAKey: nk, agentTTL: agentTTL,
+		agents: []spiffeid.ID{spiffeid.RequireFromPath(td, registry.AgentIDPrefix+testAgentPath)}}
 	a.start("127.0.0.1:0")
 	t.Cleanup(a.stop)
 	return a
@@ -87,30 +73,12 @@ func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL t
 
 func (a *testAuthority) start(addr string) {
 	a.t.Helper()
-	serverKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	chain, err := a.ca.SignX509SVID(context.Background(), ca.SVIDRequest{ID: spiffeid.RequireFromPath(a.td, "/ward/server"), PublicKey: serverKey.Public()})
+	roots := x509.NewCertPool()
+	roots.AddCert(a.nodeCA)
+	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a.Authority, X509PopRoots: roots,
+		AgentSVIDTTL: a.agentTTL, AuditLog: &a.audit})
 	if err != nil {
 		a.t.Fatal(err)
-	}
-	cert := tls.Certificate{PrivateKey: serverKey, Leaf: chain[0]}
-	for _, c := range chain {
-		cert.Certificate = append(cert.Certificate, c.Raw)
-	}
-	tc := &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequestClientCert,
-		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
-			if len(raw) == 0 {
-				return nil // Attest only
-			}
-			b, err := a.ca.Bundle()
-			if err != nil {
-				return err
-			}
-			_, _, err = x509svid.ParseAndVerify(raw, b.X509Bundle())
-			return err
-		},
 	}
 	var l net.Listener
 	for i := 0; ; i++ {
@@ -123,12 +91,10 @@ func (a *testAuthority) start(addr string) {
 		a.t.Fatal(err)
 	}
 	a.addr = l.Addr().String()
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(tc)))
-	wardv1.RegisterNodeServer(srv, a)
+	go srv.Serve(l)
 	a.mu.Lock()
 	a.srv = srv
 	a.mu.Unlock()
-	go srv.Serve(l)
 }
 
 func (a *testAuthority) stop() {
@@ -143,49 +109,66 @@ func (a *testAuthority) stop() {
 
 func (a *testAuthority) restart() { a.start(a.addr) }
 
-func (a *testAuthority) count(m string) int {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.calls[m]
+// count is how often method was called: Sync by the syncs that reached the
+// service, the others by their audit events (granted or refused).
+func (a *testAuthority) count(method string) int {
+	op := map[string]string{"Attest": "agent.attest", "RenewAgent": "agent.renew", "SignX509SVIDs": "svid.x509.sign", "SignJWTSVID": "svid.jwt.sign"}[method]
+	switch {
+	case method == "Sync":
+		return int(a.audit.syncs.Load())
+	case op == "":
+		a.t.Fatalf("count: unknown method %s", method)
+	}
+	return len(a.Events(op))
 }
 
-func (a *testAuthority) joinToken() string {
-	b := make([]byte, 16)
-	rand.Read(b)
-	tok := hex.EncodeToString(b)
-	a.mu.Lock()
-	a.tokens[tok] = true
-	a.mu.Unlock()
-	return tok
-}
+func (a *testAuthority) joinToken() string { return a.JoinToken(a.t, testAgentPath) }
 
-func (a *testAuthority) addEntry(id, parent, path string, selectors ...string) {
-	e := &wardv1.Entry{Id: id, SpiffeId: spiffeid.RequireFromPath(a.td, path).String(), ParentId: parent, Revision: 1}
-	for _, s := range selectors {
-		typ, val, _ := cut(s)
-		e.Selectors = append(e.Selectors, &wardv1.Selector{Type: typ, Value: val})
+// addEntry registers path for the callers with selectors, under every
+// agent of this authority (the join-token agent and each x509pop node).
+func (a *testAuthority) addEntry(path string, selectors ...string) {
+	a.t.Helper()
+	sels, err := attest.ParseSelectors(selectors)
+	if err != nil {
+		a.t.Fatal(err)
 	}
 	a.mu.Lock()
-	a.entries = append(a.entries, e)
+	agents := append([]spiffeid.ID(nil), a.agents...)
 	a.mu.Unlock()
-}
-
-func cut(s string) (string, string, bool) {
-	for i := range s {
-		if s[i] == ':' {
-			return s[:i], s[i+1:], true
+	for _, agent := range agents {
+		if _, err := a.Registry.CreateEntry(context.Background(), registry.Entry{SPIFFEID: a.ID(path).String(), ParentID: agent.String(), Selectors: sels}); err != nil {
+			a.t.Fatal(err)
 		}
 	}
-	return s, "", false
+}
+
+// removeEntries deletes every entry.
+func (a *testAuthority) removeEntries() {
+	a.t.Helper()
+	ctx := context.Background()
+	es, err := a.Registry.ListEntries(ctx, registry.ListFilter{})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	for _, e := range es {
+		if err := a.Registry.DeleteEntry(ctx, e.ID); err != nil {
+			a.t.Fatal(err)
+		}
+	}
 }
 
 func (a *testAuthority) evict(id spiffeid.ID) {
-	a.mu.Lock()
-	a.evicted[id] = true
-	a.mu.Unlock()
+	a.t.Helper()
+	if _, err := a.Registry.EvictAgent(context.Background(), id); err != nil {
+		a.t.Fatal(err)
+	}
 }
 
-// nodeCert issues an x509pop node certificate and key (PEM files in dir).
+// setAuditLog makes Sync carry src's checkpoint and consistency proofs.
+func (a *testAuthority) setAuditLog(src nodeapi.AuditSource) { a.audit.src.Store(&src) }
+
+// nodeCert issues an x509pop node certificate and key (PEM files in dir);
+// entries added afterwards are registered for its agent too.
 func (a *testAuthority) nodeCert(dir string) (certPath, keyPath string) {
 	a.t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -195,6 +178,21 @@ func (a *testAuthority) nodeCert(dir string) (certPath, keyPath string) {
 	if err != nil {
 		a.t.Fatal(err)
 	}
+	leaf, _ := x509.ParseCertificate(der)
+	node := nodeapi.X509PopAgentID(a.TD, leaf)
+	ctx := context.Background()
+	es, err := a.Registry.ListEntries(ctx, registry.ListFilter{ParentID: a.agents[0].String()})
+	if err != nil {
+		a.t.Fatal(err)
+	}
+	for _, e := range es {
+		if _, err := a.Registry.CreateEntry(ctx, registry.Entry{SPIFFEID: e.SPIFFEID, ParentID: node.String(), Selectors: e.Selectors}); err != nil {
+			a.t.Fatal(err)
+		}
+	}
+	a.mu.Lock()
+	a.agents = append(a.agents, node)
+	a.mu.Unlock()
 	kd, _ := x509.MarshalPKCS8PrivateKey(k)
 	certPath, keyPath = filepath.Join(dir, "node.pem"), filepath.Join(dir, "node.key")
 	writePEM(a.t, certPath, "CERTIFICATE", der)
@@ -202,205 +200,27 @@ func (a *testAuthority) nodeCert(dir string) (certPath, keyPath string) {
 	return certPath, keyPath
 }
 
-func (a *testAuthority) callerID(ctx context.Context) (spiffeid.ID, error) {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "no peer")
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "agent SVID required")
-	}
-	id, err := x509svid.IDFromCert(ti.State.PeerCertificates[0])
-	if err != nil {
-		return spiffeid.ID{}, status.Error(codes.Unauthenticated, err.Error())
-	}
-	a.mu.Lock()
-	ev := a.evicted[id]
-	a.mu.Unlock()
-	if ev {
-		return spiffeid.ID{}, status.Errorf(codes.PermissionDenied, "agent %s was evicted; attest again", id)
-	}
-	return id, nil
+// syncCounter is the Node API's audit source: Sync asks it for the
+// checkpoint once per call, so it counts the syncs that reached the
+// service; it hands out the checkpoints of the log set with setAuditLog.
+type syncCounter struct {
+	syncs atomic.Int64
+	src   atomic.Pointer[nodeapi.AuditSource]
 }
 
-func (a *testAuthority) note(m string) {
-	a.mu.Lock()
-	a.calls[m]++
-	a.mu.Unlock()
+var errNoAuditLog = errors.New("no audit log in this test")
+
+func (s *syncCounter) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+	s.syncs.Add(1)
+	if p := s.src.Load(); p != nil {
+		return (*p).LatestCheckpoint(ctx)
+	}
+	return checkpoint.Checkpoint{}, nil, errNoAuditLog
 }
 
-func (a *testAuthority) agentSVID(id spiffeid.ID, csrDER []byte) (*wardv1.AgentSVID, error) {
-	csr, err := x509.ParseCertificateRequest(csrDER)
-	if err != nil || csr.CheckSignature() != nil {
-		return nil, status.Error(codes.InvalidArgument, "bad CSR")
+func (s *syncCounter) ConsistencyProof(ctx context.Context, o, n uint64) ([][]byte, error) {
+	if p := s.src.Load(); p != nil {
+		return (*p).ConsistencyProof(ctx, o, n)
 	}
-	chain, err := a.ca.SignX509SVID(context.Background(), ca.SVIDRequest{ID: id, PublicKey: csr.PublicKey, TTL: a.agentTTL})
-	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
-	}
-	b, _ := a.ca.Bundle()
-	doc, _ := b.Marshal()
-	out := &wardv1.AgentSVID{SpiffeId: id.String(), BundleSpiffeJson: doc}
-	for _, c := range chain {
-		out.Chain = append(out.Chain, c.Raw)
-	}
-	return out, nil
-}
-
-func (a *testAuthority) Attest(stream wardv1.Node_AttestServer) error {
-	a.note("Attest")
-	req, err := stream.Recv()
-	if err != nil {
-		return err
-	}
-	var id spiffeid.ID
-	switch {
-	case req.GetJoinToken() != nil:
-		tok := req.GetJoinToken().GetToken()
-		a.mu.Lock()
-		ok := a.tokens[tok]
-		delete(a.tokens, tok)
-		a.mu.Unlock()
-		if !ok {
-			return status.Error(codes.PermissionDenied, "join token unknown or spent")
-		}
-		id = spiffeid.RequireFromPath(a.td, "/ward/agent/join_token/"+tok[:8])
-	case req.GetX509Pop() != nil:
-		chain := req.GetX509Pop().GetChain()
-		leaf, err := x509.ParseCertificate(chain[0])
-		if err != nil {
-			return status.Error(codes.InvalidArgument, "bad node certificate")
-		}
-		pool := x509.NewCertPool()
-		pool.AddCert(a.nodeCA)
-		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-			return status.Error(codes.PermissionDenied, "node certificate does not chain to the node CA")
-		}
-		nonce := make([]byte, 32)
-		rand.Read(nonce)
-		if err := stream.Send(&wardv1.AttestResponse{Step: &wardv1.AttestResponse_X509PopChallenge{X509PopChallenge: nonce}}); err != nil {
-			return err
-		}
-		resp, err := stream.Recv()
-		if err != nil {
-			return err
-		}
-		if err := x509pop.Verify(leaf.PublicKey, nonce, resp.GetX509PopChallengeSignature()); err != nil {
-			return status.Error(codes.PermissionDenied, "x509pop challenge signature does not verify")
-		}
-		fp := sha256.Sum256(leaf.Raw)
-		id = spiffeid.RequireFromPath(a.td, "/ward/agent/x509pop/"+hex.EncodeToString(fp[:8]))
-		a.mu.Lock()
-		delete(a.evicted, id) // a fresh attestation lifts an eviction
-		a.mu.Unlock()
-	default:
-		return status.Error(codes.InvalidArgument, "no attestation")
-	}
-	svid, err := a.agentSVID(id, req.GetCsr())
-	if err != nil {
-		return err
-	}
-	return stream.Send(&wardv1.AttestResponse{Step: &wardv1.AttestResponse_Svid{Svid: svid}})
-}
-
-func (a *testAuthority) RenewAgent(ctx context.Context, req *wardv1.RenewAgentRequest) (*wardv1.AgentSVID, error) {
-	a.note("RenewAgent")
-	id, err := a.callerID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return a.agentSVID(id, req.GetCsr())
-}
-
-func (a *testAuthority) entriesOf(id spiffeid.ID) []*wardv1.Entry {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	var out []*wardv1.Entry
-	for _, e := range a.entries {
-		if e.ParentId == id.String() || e.ParentId == "*" {
-			out = append(out, e)
-		}
-	}
-	return out
-}
-
-func (a *testAuthority) Sync(ctx context.Context, req *wardv1.SyncRequest) (*wardv1.SyncResponse, error) {
-	a.note("Sync")
-	id, err := a.callerID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	a.mu.Lock()
-	refuse := a.refuseSyncs > 0
-	if refuse {
-		a.refuseSyncs--
-	}
-	a.mu.Unlock()
-	if refuse {
-		return nil, status.Error(codes.Unauthenticated, "agent SVID chains to a tainted CA key; renew it")
-	}
-	b, _ := a.ca.Bundle()
-	doc, _ := b.Marshal()
-	resp := &wardv1.SyncResponse{Entries: a.entriesOf(id), BundleSpiffeJson: doc, BundleSequence: a.ca.State().BundleSequence,
-		TaintedKeyIds: a.ca.TaintedKeyIDs()}
-	a.mu.Lock()
-	src := a.auditLog
-	a.mu.Unlock()
-	if src != nil {
-		addAuditCheckpoint(a.t, ctx, src, req.GetAuditTreeSize(), resp)
-	}
-	return resp, nil
-}
-
-func (a *testAuthority) SignX509SVIDs(ctx context.Context, req *wardv1.SignX509SVIDsRequest) (*wardv1.SignX509SVIDsResponse, error) {
-	a.note("SignX509SVIDs")
-	id, err := a.callerID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	byID := map[string]*wardv1.Entry{}
-	for _, e := range a.entriesOf(id) {
-		byID[e.Id] = e
-	}
-	resp := &wardv1.SignX509SVIDsResponse{}
-	for _, p := range req.GetParams() {
-		r := &wardv1.X509SVIDResult{EntryId: p.GetEntryId()}
-		resp.Results = append(resp.Results, r)
-		e := byID[p.GetEntryId()]
-		csr, err := x509.ParseCertificateRequest(p.GetCsr())
-		if e == nil || err != nil || csr.CheckSignature() != nil {
-			r.Error = &wardv1.ItemError{Code: "NotFound", Message: "no such entry for this agent, or bad CSR"}
-			continue
-		}
-		chain, err := a.ca.SignX509SVID(ctx, ca.SVIDRequest{ID: spiffeid.RequireFromString(e.SpiffeId), PublicKey: csr.PublicKey,
-			TTL: time.Duration(e.TtlSeconds) * time.Second, DNSNames: e.DnsNames})
-		if err != nil {
-			r.Error = &wardv1.ItemError{Code: "Internal", Message: err.Error()}
-			continue
-		}
-		for _, c := range chain {
-			r.Chain = append(r.Chain, c.Raw)
-		}
-		r.Expires = timestamppb.New(chain[0].NotAfter)
-	}
-	return resp, nil
-}
-
-func (a *testAuthority) SignJWTSVID(ctx context.Context, req *wardv1.SignJWTSVIDRequest) (*wardv1.SignJWTSVIDResponse, error) {
-	a.note("SignJWTSVID")
-	id, err := a.callerID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	for _, e := range a.entriesOf(id) {
-		if e.Id == req.GetEntryId() {
-			j, err := a.ca.SignJWTSVID(ctx, spiffeid.RequireFromString(e.SpiffeId), req.GetAudience(), time.Duration(req.GetTtlSeconds())*time.Second)
-			if err != nil {
-				return nil, status.Error(codes.Internal, err.Error())
-			}
-			return &wardv1.SignJWTSVIDResponse{Token: j.Token, Expires: timestamppb.New(j.Expiry)}, nil
-		}
-	}
-	return nil, status.Error(codes.NotFound, fmt.Sprintf("entry %s", req.GetEntryId()))
+	return nil, errNoAuditLog
 }

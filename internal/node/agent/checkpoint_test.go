@@ -171,9 +171,7 @@ func TestAgentReportsAuditRollback(t *testing.T) {
 	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
 	key := newP256(t)
 	real := newTestAuditLog(t, key, 0, 20)
-	auth.mu.Lock()
-	auth.auditLog = real
-	auth.mu.Unlock()
+	auth.setAuditLog(real)
 	dir := t.TempDir()
 	cfg := agentConfig(t, auth, dir)
 	cfg.JoinToken = auth.joinToken()
@@ -182,9 +180,7 @@ func TestAgentReportsAuditRollback(t *testing.T) {
 	real.append(t, 20, 3)
 	waitFor(t, "the agent to follow the log", func() bool { return r.audit.knownSize() == 23 })
 
-	auth.mu.Lock()
-	auth.auditLog = newTestAuditLog(t, key, 0, 12) // the authority restored an older copy
-	auth.mu.Unlock()
+	auth.setAuditLog(newTestAuditLog(t, key, 0, 12)) // the authority restored an older copy
 	waitFor(t, "the rollback to be reported", func() bool { return r.audit.rollbacks.Load() > 0 })
 	if r.audit.knownSize() != 23 {
 		t.Fatalf("the agent moved back to size %d", r.audit.knownSize())

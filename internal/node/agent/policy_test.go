@@ -152,7 +152,7 @@ func TestPolicySocketRefusesUnattestedCallers(t *testing.T) {
 	}
 	const nobody = 65534
 	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
-	auth.addEntry("e-proxy", "*", "/proxy", uidSelector()) // the test process (root) is the proxy
+	auth.addEntry("/proxy", uidSelector()) // the test process (root) is the proxy
 	dir := publicTestDir(t)
 	bin := copyTestBinary(t, dir)
 
@@ -167,7 +167,7 @@ func TestPolicySocketRefusesUnattestedCallers(t *testing.T) {
 		t.Fatalf("caller with no entry (uid %d): %q, want PermissionDenied saying what to do", nobody, got)
 	}
 	// Register an entry for uid 65534: it attests and is served.
-	auth.addEntry("e-nobody", "*", "/nobody", fmt.Sprintf("unix:uid:%d", nobody))
+	auth.addEntry("/nobody", fmt.Sprintf("unix:uid:%d", nobody))
 	waitFor(t, "the second entry synced", func() bool { return a.Status().Entries == 2 })
 	if got := runPolicyClientAs(t, bin, sock, nobody); !strings.HasPrefix(got, "OK 1 ") {
 		t.Fatalf("caller attested to an entry (uid %d): %q, want served", nobody, got)

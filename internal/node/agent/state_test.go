@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,7 +76,7 @@ func sel(t testing.TB, s ...string) []attest.Selector {
 func protoEntry(id, path string, selectors ...string) *wardv1.Entry {
 	e := &wardv1.Entry{Id: id, SpiffeId: "spiffe://prod.example.org" + path, Revision: 1}
 	for _, s := range selectors {
-		typ, val, _ := cut(s)
+		typ, val, _ := strings.Cut(s, ":")
 		e.Selectors = append(e.Selectors, &wardv1.Selector{Type: typ, Value: val})
 	}
 	return e

@@ -1,10 +1,9 @@
 // Package authoritytest is the in-process test authority tests share: a
 // trust domain's real CA (initialised) and registry over an in-memory store,
 // recording the audit events they emit. Tests put the part under test on top
-// of it: the Node API (internal/authority/nodeapi tests, and
-// authoritytest/nodeapitest for the agent's), a Workload API
-// (testutil/proxytest, the workloadapi tests), the admin API. Configure it
-// with functional options.
+// of it: the real Node API (the nodeapi tests, and the agent's tests, which
+// talk to it over mTLS), a Workload API (testutil/proxytest, the workloadapi
+// tests), the admin API, federation. Configure it with functional options.
 package authoritytest
 
 import (
