@@ -189,6 +189,9 @@ func (p *Plan) planFederations(set *Set, st *State) Errors {
 			errs = append(errs, d.errAt("trust_domain", "the relationship with %s differs (%s) and cannot change in place: `ward federation remove %s`, then apply again with its bootstrap bundle", f.TrustDomain, strings.Join(diff, ", "), f.TrustDomain))
 		}
 	}
+	if len(set.Federations) == 0 {
+		return errs // no Federation documents: relationships are not managed by this run
+	}
 	for _, td := range sortedNames(st.Federations) {
 		cur := st.Federations[td]
 		if declared[td] || cur.Source == "config" {
@@ -243,6 +246,9 @@ func (p *Plan) planEntries(set *Set, st *State) {
 		upd.ID = cur.ID
 		p.Entries = append(p.Entries, &Change{Action: Update, Kind: KindEntry, Name: want.SPIFFEID, Detail: entryDetail(&cur.EntrySpec) + " [" + cur.ID + "]",
 			Doc: d, entry: &upd, revision: cur.Revision, Fields: fields})
+	}
+	if len(set.Entries) == 0 {
+		return // no Entry documents: entries are not managed by this run
 	}
 	for _, e := range st.Entries {
 		if matched[e.ID] {

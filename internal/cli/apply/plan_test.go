@@ -260,3 +260,18 @@ func TestBatchesBySizeAndCount(t *testing.T) {
 		t.Fatalf("no entries: %v", got)
 	}
 }
+
+// TestPruneOnlyManagedKinds: --prune with documents of one kind leaves the
+// other kinds alone (pruning keys.yaml alone cannot wipe the registry).
+func TestPruneOnlyManagedKinds(t *testing.T) {
+	set := mustSet(t, map[string]string{"k.yaml": "kind: Key\nname: a/b\nclassification: confidential\n"})
+	p, err := NewPlan(set, baseState(), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !p.Empty() || p.PolicyFiles != nil {
+		var out bytes.Buffer
+		p.Render(&out, false)
+		t.Fatalf("--prune with only a Key document plans:\n%s", out.String())
+	}
+}
