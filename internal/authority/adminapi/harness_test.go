@@ -2,14 +2,10 @@ package adminapi
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"net"
 	"sync"
 	"testing"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -22,7 +18,6 @@ import (
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/seal"
 	"github.com/wardproject/ward/internal/authority/store"
-	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
@@ -96,33 +91,10 @@ type env struct {
 
 func newEnv(t testing.TB) *env {
 	t.Helper()
-	ctx := context.Background()
-	st := memstore.New()
-	td := spiffeid.RequireTrustDomainFromString(testTD)
-	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	alog, err := audit.Open(ctx, st, signer, "ward/"+testTD)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { alog.Close() })
-	key := make([]byte, 32)
-	rand.Read(key)
-	hasher, err := audit.NewHasher(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rec := audit.NewLogRecorder(alog, hasher)
-	m, err := kms.New(st, key, kms.DefaultTable(), rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ta := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithStore(st), authoritytest.WithAuditHook(rec.Record))
-	c, reg := ta.CA, ta.Registry
-	a := &authority{store: st, sv: Services{KMS: m, Audit: alog, Hasher: hasher, Recorder: rec, CA: c, Registry: reg,
-		Policy: policystore.New(st, rec, policystore.WithTaintedKeys(c.TaintedKeyIDs))}}
+	ta := authoritytest.New(t, authoritytest.WithTrustDomain(testTD), authoritytest.WithAuditLog(), authoritytest.WithKMS(), authoritytest.WithPolicy())
+	a := &authority{store: ta.Store, sv: Services{KMS: ta.KMS, Audit: ta.AuditLog, Hasher: ta.Hasher, Recorder: ta, CA: ta.CA, Registry: ta.Registry,
+		Policy: ta.Policy}}
+	rec := audit.Recorder(ta)
 
 	ln := bufconn.Listen(1 << 20)
 	caller := reqctx.Caller{Actor: "admin:uid=1000", RequestID: "test"}
@@ -149,21 +121,5 @@ func code(err error) codes.Code { return status.Code(err) }
 func (e *env) auditEvents(t testing.TB) []audit.Event {
 	t.Helper()
 	l := e.auth.sv.Audit
-	ctx := context.Background()
-	cp, err := l.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Event
-	if err := l.Read(ctx, 0, cp.Size, func(r audit.Record) error {
-		if r.Err != nil {
-			return r.Err
-		}
-		ev, err := audit.DecodeEvent(r.Leaf)
-		out = append(out, ev)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return authoritytest.ReadEvents(t, l)
 }

@@ -2,59 +2,21 @@ package nodeapi
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"errors"
-	"fmt"
-	"sync/atomic"
 	"testing"
 
 	"github.com/transparency-dev/merkle/proof"
 	"github.com/transparency-dev/merkle/rfc6962"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
-	"github.com/wardproject/ward/internal/authority/audit"
-	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
-// swappableAudit is an audit source whose log the test can replace by an
-// older copy (a rolled-back authority), or break.
-type swappableAudit struct {
-	cur   atomic.Pointer[audit.Log]
-	prov  atomic.Pointer[audit.Prover]
-	broke atomic.Bool
-}
-
-func (s *swappableAudit) set(l *audit.Log) { s.prov.Store(audit.NewProver(l)); s.cur.Store(l) }
-
-func (s *swappableAudit) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	l := s.cur.Load()
-	cp, err := l.Head(ctx)
-	return cp, l.PublicKey(), err
-}
-
-func (s *swappableAudit) ConsistencyProof(ctx context.Context, o, n uint64) ([][]byte, error) {
-	if s.broke.Load() {
-		return nil, errors.New("store unreadable")
-	}
-	return s.prov.Load().ConsistencyProof(ctx, o, n)
-}
-
-func auditLogOf(t *testing.T, key *ecdsa.PrivateKey, n int) *audit.Log {
-	l, err := audit.Open(context.Background(), memstore.New(memstore.WithMaxBatch(128)), key, "ward/node.example.org")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	for i := range n {
-		if _, err := l.Append(context.Background(), audit.Event{RequestID: fmt.Sprint(i), Operation: "x", Result: audit.ResultOK}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return l
+func auditLogOf(t *testing.T, key *ecdsa.PrivateKey, n int) *authoritytest.AuditLog {
+	return authoritytest.NewAuditLog(t, key, "ward/node.example.org").Append(t, 0, n)
 }
 
 // TestSyncCarriesAuditCheckpoint: Sync returns the signed head, its key and
@@ -64,8 +26,9 @@ func auditLogOf(t *testing.T, key *ecdsa.PrivateKey, n int) *audit.Log {
 // fields out rather than sending an unprovable head.
 func TestSyncCarriesAuditCheckpoint(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	src := &swappableAudit{}
-	src.set(auditLogOf(t, key, 300))
+	src := &authoritytest.AuditSource{}
+	l := auditLogOf(t, key, 300)
+	src.Set(l)
 	h := newHarnessWith(t, func(c *Config) { c.AuditLog = src })
 	ctx := context.Background()
 	agent, err := h.attest(t, h.token(t))
@@ -86,10 +49,7 @@ func TestSyncCarriesAuditCheckpoint(t *testing.T) {
 		t.Fatalf("first sync: %v proof %d", err, len(first.AuditConsistencyProof))
 	}
 	// Registry events of the attestation may not reach this log; grow it.
-	l := src.cur.Load()
-	for i := range 5 {
-		l.Append(ctx, audit.Event{RequestID: fmt.Sprint("more", i), Operation: "x", Result: audit.ResultOK})
-	}
+	l.Append(t, 300, 5)
 	next, err := node.Sync(ctx, &wardv1.SyncRequest{AuditTreeSize: cp1.Size})
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +58,7 @@ func TestSyncCarriesAuditCheckpoint(t *testing.T) {
 	if err := proof.VerifyConsistency(rfc6962.DefaultHasher, cp1.Size, cp2.Size, next.AuditConsistencyProof, cp1.RootHash, cp2.RootHash); err != nil || cp2.Size != cp1.Size+5 {
 		t.Fatalf("proof %d -> %d: %v", cp1.Size, cp2.Size, err)
 	}
-	src.set(auditLogOf(t, key, 100)) // an older copy
+	src.Set(auditLogOf(t, key, 100)) // an older copy
 	back, err := node.Sync(ctx, &wardv1.SyncRequest{AuditTreeSize: cp2.Size})
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +66,7 @@ func TestSyncCarriesAuditCheckpoint(t *testing.T) {
 	if cp, _ := checkpoint.Parse(back.AuditCheckpoint); cp.Size != 100 || len(back.AuditConsistencyProof) != 0 {
 		t.Fatalf("after the rollback: size %d, proof %d", cp.Size, len(back.AuditConsistencyProof))
 	}
-	src.broke.Store(true)
+	src.Broken.Store(true)
 	none, err := node.Sync(ctx, &wardv1.SyncRequest{AuditTreeSize: 50})
 	if err != nil || len(none.AuditCheckpoint) != 0 {
 		t.Fatalf("unprovable head: %v checkpoint %d bytes", err, len(none.AuditCheckpoint))

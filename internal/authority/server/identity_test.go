@@ -35,6 +35,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/shared/x509pop"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 const testTD = "test.example.org"
@@ -249,23 +250,7 @@ func (e *idEnv) auditEvents(t testing.TB) []audit.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	cp, err := st.audit.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Event
-	if err := st.audit.Read(ctx, 0, cp.Size, func(r audit.Record) error {
-		if r.Err != nil {
-			return r.Err
-		}
-		ev, err := audit.DecodeEvent(r.Leaf)
-		out = append(out, ev)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return authoritytest.ReadEvents(t, st.audit)
 }
 
 func TestJoinTokens(t *testing.T) {

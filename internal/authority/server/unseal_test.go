@@ -14,6 +14,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 func allEvents(t *testing.T, srv *Server) []audit.Event {
@@ -22,23 +23,7 @@ func allEvents(t *testing.T, srv *Server) []audit.Event {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx := context.Background()
-	cp, err := st.audit.Head(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []audit.Event
-	if err := st.audit.Read(ctx, 0, cp.Size, func(r audit.Record) error {
-		if r.Err != nil {
-			return r.Err
-		}
-		ev, err := audit.DecodeEvent(r.Leaf)
-		out = append(out, ev)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return out
+	return authoritytest.ReadEvents(t, st.audit)
 }
 
 // An unseal that cannot start its services: a busy identity.node_api_address

@@ -2,18 +2,15 @@ package agent
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"errors"
 	"math/big"
 	"net"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,7 +20,6 @@ import (
 	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/attest"
-	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
@@ -40,7 +36,7 @@ type testAuthority struct {
 	// nodeCA signs x509pop node certificates.
 	nodeCA    *x509.Certificate
 	nodeCAKey *ecdsa.PrivateKey
-	audit     syncCounter
+	audit     authoritytest.AuditSource // counts the syncs that reach the service
 
 	mu     sync.Mutex
 	srv    *nodeapi.Server
@@ -115,7 +111,7 @@ func (a *testAuthority) count(method string) int {
 	op := map[string]string{"Attest": "agent.attest", "RenewAgent": "agent.renew", "SignX509SVIDs": "svid.x509.sign", "SignJWTSVID": "svid.jwt.sign"}[method]
 	switch {
 	case method == "Sync":
-		return int(a.audit.syncs.Load())
+		return a.audit.Asked() // Sync asks for the audit checkpoint once
 	case op == "":
 		a.t.Fatalf("count: unknown method %s", method)
 	}
@@ -164,8 +160,8 @@ func (a *testAuthority) evict(id spiffeid.ID) {
 	}
 }
 
-// setAuditLog makes Sync carry src's checkpoint and consistency proofs.
-func (a *testAuthority) setAuditLog(src nodeapi.AuditSource) { a.audit.src.Store(&src) }
+// setAuditLog makes Sync carry l's checkpoint and consistency proofs.
+func (a *testAuthority) setAuditLog(l *authoritytest.AuditLog) { a.audit.Set(l) }
 
 // nodeCert issues an x509pop node certificate and key (PEM files in dir);
 // entries added afterwards are registered for its agent too.
@@ -198,29 +194,4 @@ func (a *testAuthority) nodeCert(dir string) (certPath, keyPath string) {
 	writePEM(a.t, certPath, "CERTIFICATE", der)
 	writePEM(a.t, keyPath, "PRIVATE KEY", kd)
 	return certPath, keyPath
-}
-
-// syncCounter is the Node API's audit source: Sync asks it for the
-// checkpoint once per call, so it counts the syncs that reached the
-// service; it hands out the checkpoints of the log set with setAuditLog.
-type syncCounter struct {
-	syncs atomic.Int64
-	src   atomic.Pointer[nodeapi.AuditSource]
-}
-
-var errNoAuditLog = errors.New("no audit log in this test")
-
-func (s *syncCounter) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	s.syncs.Add(1)
-	if p := s.src.Load(); p != nil {
-		return (*p).LatestCheckpoint(ctx)
-	}
-	return checkpoint.Checkpoint{}, nil, errNoAuditLog
-}
-
-func (s *syncCounter) ConsistencyProof(ctx context.Context, o, n uint64) ([][]byte, error) {
-	if p := s.src.Load(); p != nil {
-		return (*p).ConsistencyProof(ctx, o, n)
-	}
-	return nil, errNoAuditLog
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"fmt"
 	"log/slog"
 	"net/http/httptest"
 	"os"
@@ -18,49 +17,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
-	"github.com/wardproject/ward/internal/authority/audit"
-	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
-// testAuditLog is a real audit log with the authority's prover.
-type testAuditLog struct {
-	log    *audit.Log
-	prover *audit.Prover
-}
-
-func (l *testAuditLog) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	cp, err := l.log.Head(ctx)
-	return cp, l.log.PublicKey(), err
-}
-
-func (l *testAuditLog) ConsistencyProof(ctx context.Context, o, n uint64) ([][]byte, error) {
-	return l.prover.ConsistencyProof(ctx, o, n)
-}
-
-// newTestAuditLog opens a log signed by key holding events from..from+n-1
+// newTestAuditLog is a log signed by key holding events from..from+n-1
 // (the same events for the same numbers, so two logs agree on a prefix).
-func newTestAuditLog(t testing.TB, key *ecdsa.PrivateKey, from, n int) *testAuditLog {
+func newTestAuditLog(t testing.TB, key *ecdsa.PrivateKey, from, n int) *authoritytest.AuditLog {
 	t.Helper()
-	l, err := audit.Open(context.Background(), memstore.New(memstore.WithMaxBatch(128)), key, "ward/agent.test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	tl := &testAuditLog{log: l, prover: audit.NewProver(l)}
-	tl.append(t, from, n)
-	return tl
-}
-
-func (l *testAuditLog) append(t testing.TB, from, n int) {
-	t.Helper()
-	for i := from; i < from+n; i++ {
-		ev := audit.Event{Time: time.Unix(1700000000, 0).UTC(), RequestID: fmt.Sprint("r", i), Actor: "spiffe://agent.test/x", Operation: "kms.encrypt", Result: audit.ResultOK}
-		if _, err := l.log.Append(context.Background(), ev); err != nil {
-			t.Fatal(err)
-		}
-	}
+	return authoritytest.NewAuditLog(t, key, "ward/agent.test").Append(t, from, n)
 }
 
 // addAuditCheckpoint fills a Sync response from src as nodeapi's Sync does.
@@ -103,7 +69,7 @@ func TestAuditMemoryDetectsRollback(t *testing.T) {
 	m := openAuditMemory(dir, lg)
 	key := newP256(t)
 	ctx := context.Background()
-	observe := func(src *testAuditLog) {
+	observe := func(src *authoritytest.AuditLog) {
 		resp := &wardv1.SyncResponse{}
 		addAuditCheckpoint(t, ctx, src, m.knownSize(), resp)
 		m.observe(resp)
@@ -122,7 +88,7 @@ func TestAuditMemoryDetectsRollback(t *testing.T) {
 
 	for i, tc := range []struct {
 		name string
-		src  *testAuditLog
+		src  *authoritytest.AuditLog
 		want string
 	}{
 		{"older copy (truncated)", newTestAuditLog(t, key, 0, 7), "went backwards"},
@@ -144,7 +110,7 @@ func TestAuditMemoryDetectsRollback(t *testing.T) {
 			t.Fatalf("%s: no error-level rollback report %q in:\n%s", tc.name, tc.want, logs.String())
 		}
 	}
-	real.append(t, 10, 5)
+	real.Append(t, 10, 5)
 	observe(real)
 	if m.knownSize() != 15 || m.alarm.Load() {
 		t.Fatalf("genuine extension: size %d alarm %v", m.knownSize(), m.alarm.Load())
@@ -155,7 +121,7 @@ func TestAuditMemoryDetectsRollback(t *testing.T) {
 	// A tampered file is reported and never overwritten.
 	os.WriteFile(path, []byte(`{"checkpoint":{}}`), 0o600)
 	ro := openAuditMemory(dir, lg)
-	real.append(t, 15, 1)
+	real.Append(t, 15, 1)
 	resp := &wardv1.SyncResponse{}
 	addAuditCheckpoint(t, ctx, real, ro.knownSize(), resp)
 	ro.observe(resp)
@@ -177,7 +143,7 @@ func TestAgentReportsAuditRollback(t *testing.T) {
 	cfg.JoinToken = auth.joinToken()
 	r := startAgent(t, cfg, nil)
 	waitFor(t, "the agent to verify the audit checkpoint", func() bool { return r.audit.knownSize() == 20 })
-	real.append(t, 20, 3)
+	real.Append(t, 20, 3)
 	waitFor(t, "the agent to follow the log", func() bool { return r.audit.knownSize() == 23 })
 
 	auth.setAuditLog(newTestAuditLog(t, key, 0, 12)) // the authority restored an older copy

@@ -22,6 +22,8 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
@@ -38,8 +40,17 @@ type Authority struct {
 	Registry *registry.Registry
 	// Now is the clock every part was given.
 	Now func() time.Time
+	// AuditLog and Hasher, with WithAuditLog: the signed log every event
+	// is appended to (context values HMACed by Hasher), as in the server.
+	AuditLog *audit.Log
+	Hasher   *audit.Hasher
+	// KMS, with WithKMS, and Policy, with WithPolicy, are on Store and
+	// record into the authority.
+	KMS    *kms.Manager
+	Policy *policystore.Store
 
-	hook func(context.Context, audit.Event) error
+	hook   func(context.Context, audit.Event) error
+	logRec audit.Recorder
 
 	mu     sync.Mutex
 	events []audit.Event
@@ -51,6 +62,8 @@ type options struct {
 	now   func() time.Time
 	st    store.Store
 	hook  func(context.Context, audit.Event) error
+
+	auditLog, kms, policy bool
 }
 
 // Option configures an Authority.
@@ -77,6 +90,18 @@ func WithAuditHook(hook func(context.Context, audit.Event) error) Option {
 	return func(o *options) { o.hook = hook }
 }
 
+// WithAuditLog appends every event to a real signed audit log on the
+// authority's store (a fresh P-256 signing key, origin "ward/<trust
+// domain>"), through the recorder the server uses.
+func WithAuditLog() Option { return func(o *options) { o.auditLog = true } }
+
+// WithKMS adds a KMS (the default classification table) on the store.
+func WithKMS() Option { return func(o *options) { o.kms = true } }
+
+// WithPolicy adds a policy store on the store; its deny-list carries the
+// CA's tainted keys.
+func WithPolicy() Option { return func(o *options) { o.policy = true } }
+
 // Open builds and initialises the authority.
 func Open(ctx context.Context, opts ...Option) (*Authority, error) {
 	o := options{td: DefaultTrustDomain, now: time.Now}
@@ -102,29 +127,73 @@ func Open(ctx context.Context, opts ...Option) (*Authority, error) {
 		return nil, err
 	}
 	a := &Authority{TD: td, Store: o.st, CA: c, Now: o.now, hook: o.hook}
+	if o.auditLog {
+		if err := a.openAuditLog(ctx); err != nil {
+			return nil, err
+		}
+	}
 	a.Registry, err = registry.New(o.st, registry.Options{TrustDomain: td, Audit: a, Clock: o.now})
 	if err != nil {
 		return nil, err
 	}
+	if o.kms {
+		if a.KMS, err = kms.New(o.st, randomKey(), kms.DefaultTable(), a); err != nil {
+			return nil, err
+		}
+	}
+	if o.policy {
+		a.Policy = policystore.New(o.st, a, policystore.WithTaintedKeys(c.TaintedKeyIDs))
+	}
 	return a, nil
 }
 
-// New is Open for a test: it fails the test on an error.
+func (a *Authority) openAuditLog(ctx context.Context) error {
+	signer, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	if a.AuditLog, err = audit.Open(ctx, a.Store, signer, "ward/"+a.TD.Name()); err != nil {
+		return err
+	}
+	if a.Hasher, err = audit.NewHasher(randomKey()); err != nil {
+		return err
+	}
+	a.logRec = audit.NewLogRecorder(a.AuditLog, a.Hasher)
+	return nil
+}
+
+func randomKey() []byte {
+	k := make([]byte, 32)
+	rand.Read(k)
+	return k
+}
+
+// New is Open for a test: it fails the test on an error and closes the
+// audit log when the test ends.
 func New(t testing.TB, opts ...Option) *Authority {
 	t.Helper()
 	a, err := Open(context.Background(), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
+	if a.AuditLog != nil {
+		t.Cleanup(func() { a.AuditLog.Close() })
+	}
 	return a
 }
 
 // Record implements audit.Recorder, the recorder every part of the
-// authority is given: it keeps ev and passes it to the audit hook.
+// authority is given: it keeps ev, appends it to the audit log (with
+// WithAuditLog) and passes it to the audit hook.
 func (a *Authority) Record(ctx context.Context, ev audit.Event) error {
 	a.mu.Lock()
 	a.events = append(a.events, ev)
 	a.mu.Unlock()
+	if a.logRec != nil {
+		if err := a.logRec.Record(ctx, ev); err != nil {
+			return err
+		}
+	}
 	if a.hook != nil {
 		return a.hook(ctx, ev)
 	}
