@@ -14,6 +14,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/server"
+	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -128,6 +129,9 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain string) error {
 	return runServer(cmd, cfg, func(srv *server.Server) error {
 		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 		defer cancel()
+		// The init's audit events (operator.init, ca.init, operator.unseal)
+		// name the user who started the dev authority.
+		ctx = reqctx.With(ctx, reqctx.Caller{Actor: fmt.Sprintf("dev:uid=%d", os.Getuid()), RequestID: reqctx.NewRequestID()})
 		if err := srv.DevInit(ctx); err != nil {
 			return fmt.Errorf("initialising the dev authority: %w", err)
 		}

@@ -51,7 +51,15 @@ func (s *Server) DevInit(ctx context.Context) error {
 	if !s.auto {
 		return fmt.Errorf("dev mode needs an auto seal (keyfile)")
 	}
-	caller := reqctx.Caller{Actor: "system:dev", RequestID: reqctx.NewRequestID()}
+	// The caller in ctx (`ward server --dev` names the user who ran it)
+	// is the actor of every event of the init; without one, system:dev.
+	caller := reqctx.From(ctx)
+	if caller.Actor == "" || caller.Actor == "unknown" {
+		caller.Actor = "system:dev"
+	}
+	if caller.RequestID == "" {
+		caller.RequestID = reqctx.NewRequestID()
+	}
 	st, err := s.seals.Status(ctx)
 	if err != nil {
 		return err

@@ -324,8 +324,9 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
 	// Start the services before recording the unseal as done: an unseal
-	// whose services fail is recorded as failed, with the cause.
-	if err := s.startIdentity(ctx, st); err != nil {
+	// whose services fail is recorded as failed, with the cause. The
+	// caller of the unseal is the caller of what it does (ca.init).
+	if err := s.startIdentity(reqctx.With(ctx, caller), st); err != nil {
 		err = fmt.Errorf("starting workload identity services: %w", err)
 		if _, aerr := alog.Append(ctx, s.event(caller, "operator.unseal", audit.ResultError, err.Error())); aerr != nil {
 			s.log.Error("could not audit the failed unseal", "err", aerr, "cause", err)
