@@ -29,7 +29,7 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 }
 
 func serverCommand() *cobra.Command {
-	var cfgPath, devDir, devTD string
+	var cfgPath, devDir, devTD, meshDir string
 	var dev, check bool
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -39,8 +39,12 @@ func serverCommand() *cobra.Command {
 			switch {
 			case dev && cfgPath != "":
 				return fmt.Errorf("--dev and --config exclude each other: --dev builds its own configuration")
+			case meshDir != "" && !dev:
+				return fmt.Errorf("--mesh runs beside a development authority: give --dev --mesh DIR")
+			case meshDir != "" && devDir != "":
+				return fmt.Errorf("--mesh keeps the authority's data in DIR/authority: leave out --dev-dir")
 			case dev:
-				return runDevServer(cmd, devDir, devTD)
+				return runDevServer(cmd, devDir, devTD, meshDir)
 			case cfgPath == "":
 				return fmt.Errorf("give --config ward.yaml (see docs/configuration.md), or --dev for a throwaway development authority")
 			}
@@ -59,6 +63,7 @@ func serverCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&dev, "dev", false, "start a development authority: embedded store in a temporary directory, already initialised and unsealed")
 	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
 	cmd.Flags().StringVar(&devDir, "dev-dir", "", "with --dev: keep data in this directory instead of a temporary one (kept on exit)")
+	cmd.Flags().StringVar(&meshDir, "mesh", "", "with --dev: also run a mesh demo (agent, two proxies, a demo app) and write its configs into `DIR` (see `ward dev up`)")
 	cmd.Flags().StringVar(&devTD, "trust-domain", "dev.ward.internal", "with --dev: the trust domain (two dev authorities with different ones can federate)")
 	return cmd
 }
@@ -99,7 +104,19 @@ func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server
 	return srv.Wait(ctx)
 }
 
-func runDevServer(cmd *cobra.Command, dir, trustDomain string) error {
+func runDevServer(cmd *cobra.Command, dir, trustDomain, meshDir string) error {
+	var m *mesh
+	if meshDir != "" {
+		abs, err := filepath.Abs(meshDir)
+		if err != nil {
+			return err
+		}
+		if err := prepareMeshDir(abs); err != nil {
+			return err
+		}
+		m = &mesh{Dir: abs, Shown: filepath.Clean(meshDir), TrustDomain: trustDomain}
+		dir = m.path("authority")
+	}
 	keep := dir != ""
 	if dir == "" {
 		d, err := os.MkdirTemp("", "ward-dev-")
@@ -126,6 +143,9 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain string) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	meshCtx, stopMesh := context.WithCancel(cmd.Context())
+	meshWait := func() {}
+	defer func() { stopMesh(); meshWait() }()
 	return runServer(cmd, cfg, func(srv *server.Server) error {
 		ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 		defer cancel()
@@ -149,10 +169,26 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain string) error {
 		fmt.Fprintf(&b, "  bundle:        https://%s   (SPIFFE bundle endpoint, https_spiffe; for `ward federation add`)\n", srv.BundleEndpointAddress())
 		fmt.Fprintf(&b, "  data:          %s (%s)\n\n", dir, where)
 		fmt.Fprintf(&b, "Point the CLI at it (paste into another shell):\n\n    export WARD_ADDRESS=%s\n\n", srv.AdminAddress())
-		fmt.Fprintf(&b, "Then try:\n\n")
-		fmt.Fprintf(&b, "    ward key create tenant-a/payments --classification confidential\n")
-		fmt.Fprintf(&b, "    echo -n 'card 4111-1111' | ward kms encrypt --key tenant-a/payments --context tenant=a > secret.txt\n")
-		fmt.Fprintf(&b, "    ward kms decrypt --context tenant=a < secret.txt && ward audit verify\n\n")
+		if m != nil {
+			wait, err := startMesh(meshCtx, srv, m, cmd.ErrOrStderr())
+			if wait != nil {
+				meshWait = wait
+			}
+			if err != nil {
+				return err
+			}
+			text, err := m.render(meshInstructions)
+			if err != nil {
+				return err
+			}
+			b.Write(text)
+			b.WriteString("\n")
+		} else {
+			fmt.Fprintf(&b, "Then try:\n\n")
+			fmt.Fprintf(&b, "    ward key create tenant-a/payments --classification confidential\n")
+			fmt.Fprintf(&b, "    echo -n 'card 4111-1111' | ward kms encrypt --key tenant-a/payments --context tenant=a > secret.txt\n")
+			fmt.Fprintf(&b, "    ward kms decrypt --context tenant=a < secret.txt && ward audit verify\n\n")
+		}
 		fmt.Fprintf(&b, "Dev mode uses a key-file seal and keeps everything on this machine: never use it in production.\n")
 		fmt.Fprintf(&b, "Press Ctrl-C to stop.\n")
 		_, err := io.WriteString(out, b.String())
