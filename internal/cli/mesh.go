@@ -351,7 +351,6 @@ SVID with spiffe_id. What ward registered, as commands: {{.Shown}}/README.txt.
 Everything in {{.Shown}} is a commented example to copy into production configs.
 `
 
-
 // meshReadme is DIR/README.txt, written last: `ward dev up` waits for it.
 const meshReadme = meshInstructions + `
 What the demo did on the authority, as you would do it by hand:
