@@ -63,7 +63,7 @@ func serverCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&dev, "dev", false, "start a development authority: embedded store in a temporary directory, already initialised and unsealed")
 	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration and exit")
 	cmd.Flags().StringVar(&devDir, "dev-dir", "", "with --dev: keep data in this directory instead of a temporary one (kept on exit)")
-	cmd.Flags().StringVar(&meshDir, "mesh", "", "with --dev: also run a mesh demo (agent, two proxies, a demo app) and write its configs into `DIR` (see `ward dev up`)")
+	cmd.Flags().StringVar(&meshDir, "mesh", "", "with --dev: also run a mesh demo (agent, two proxies, a demo app) and write its configs into `DIR` (as ward dev up does, in the foreground)")
 	cmd.Flags().StringVar(&devTD, "trust-domain", "dev.ward.internal", "with --dev: the trust domain (two dev authorities with different ones can federate)")
 	return cmd
 }

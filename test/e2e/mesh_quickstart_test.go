@@ -92,6 +92,17 @@ func TestMeshQuickstart(t *testing.T) {
 			}
 		}
 	}
+	// What the demo wrote are examples that pass their own checks.
+	for _, check := range []string{
+		"ward agent --config mesh/agent.yaml --check",
+		"ward proxy --config mesh/proxy-api.yaml --check",
+		"ward proxy --config mesh/proxy-web.yaml --check",
+		"ward policy test -f mesh/policies/ --principal spiffe://dev.ward.internal/demo/web --action connect --resource service:api",
+	} {
+		if out, rc, _ := sh.run(check, time.Minute); rc != 0 {
+			t.Errorf("%s: exit %d:\n%s", check, rc, out)
+		}
+	}
 	if !allowed || !denied || !revoked {
 		t.Fatalf("the quickstart must show an allowed request, a denied one and a revoke; saw allowed=%v denied=%v revoked=%v", allowed, denied, revoked)
 	}
