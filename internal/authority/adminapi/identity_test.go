@@ -14,6 +14,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 func TestEntryValidationChangesNothing(t *testing.T) {
@@ -184,21 +185,6 @@ func TestCAAdmin(t *testing.T) {
 	}
 }
 
-func activeIntermediate(t *testing.T, e *env) string {
-	t.Helper()
-	st, err := e.ca.ShowCA(context.Background(), &wardv1.ShowCARequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range st.Keys {
-		if k.Kind == "intermediate" && k.State == "active" {
-			return k.Id
-		}
-	}
-	t.Fatal("no active intermediate")
-	return ""
-}
-
 func currentBundle(t *testing.T, e *env) policy.Bundle {
 	t.Helper()
 	pv, err := e.policy.GetPolicy(context.Background(), &wardv1.GetPolicyRequest{})
@@ -228,7 +214,7 @@ func TestTaintCAKeyFailsWhenDenyListCannotBeUpdated(t *testing.T) {
 	}
 	good := e.auth.sv.Policy
 	e.auth.setPolicy(policystore.New(failingBatch{e.auth.store}, e.recorder))
-	kid := activeIntermediate(t, e)
+	kid := authoritytest.ActiveIntermediate(t, e.ca)
 	_, err := e.ca.TaintCAKey(ctx, &wardv1.TaintCAKeyRequest{KeyId: kid})
 	e.auth.setPolicy(good)
 	if code(err) != codes.Unavailable || !strings.Contains(err.Error(), "deny-list") || !strings.Contains(err.Error(), "ward ca taint "+kid) {

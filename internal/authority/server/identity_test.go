@@ -610,7 +610,7 @@ func TestNodeAPIAfterRootRotation(t *testing.T) {
 	if inits == 0 {
 		t.Error("audit log lacks ca.init/ok after the first unseal")
 	}
-	activeInter := activeIntermediate(t, e)
+	activeInter := authoritytest.ActiveIntermediate(t, e.ca)
 	if _, err := e.ca.RotateCA(ctx, &wardv1.RotateCARequest{}); err != nil {
 		t.Fatal(err)
 	}

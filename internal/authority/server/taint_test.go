@@ -11,22 +11,8 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
-
-func activeIntermediate(t *testing.T, e *idEnv) string {
-	t.Helper()
-	st, err := e.ca.ShowCA(context.Background(), &wardv1.ShowCARequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, k := range st.Keys {
-		if k.Kind == "intermediate" && k.State == "active" {
-			return k.Id
-		}
-	}
-	t.Fatal("no active intermediate")
-	return ""
-}
 
 func currentBundle(t *testing.T, admin *client.Client) policy.Bundle {
 	t.Helper()
@@ -55,7 +41,7 @@ func TestTaintCAKeyPublishesToDenyList(t *testing.T) {
 
 	// Before any policy: the taint is recorded in the CA and the first
 	// policy version carries it.
-	first := activeIntermediate(t, e)
+	first := authoritytest.ActiveIntermediate(t, e.ca)
 	if _, err := e.ca.TaintCAKey(ctx, &wardv1.TaintCAKeyRequest{KeyId: first}); err != nil {
 		t.Fatalf("taint with no policy applied: %v", err)
 	}
@@ -68,7 +54,7 @@ func TestTaintCAKeyPublishesToDenyList(t *testing.T) {
 	}
 
 	// A workload with an SVID from the now-active intermediate.
-	second := activeIntermediate(t, e)
+	second := authoritytest.ActiveIntermediate(t, e.ca)
 	svid := e.workloadSVID(t, "/payments")
 	if _, err := admin.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "payments/cards", Classification: "internal"}); err != nil {
 		t.Fatal(err)

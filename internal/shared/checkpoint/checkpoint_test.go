@@ -14,13 +14,9 @@ import (
 
 const testOrigin = "ward/test.example"
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
+// newKey is a fresh P-256 signing key.
+func newKey(testing.TB) *ecdsa.PrivateKey {
+	return must(ecdsa.GenerateKey(elliptic.P256(), rand.Reader))
 }
 
 func TestSignVerifyParse(t *testing.T) {

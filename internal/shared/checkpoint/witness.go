@@ -104,6 +104,30 @@ func (w *Witness) remember(head Checkpoint, pub crypto.PublicKey, consistent fun
 	if err := Verify(head, pub); err != nil {
 		return err
 	}
+	return w.locked(func() error {
+		if err := w.CheckKey(head); err != nil {
+			return err
+		}
+		old, where, err := w.CheckLog(head)
+		if err != nil {
+			return err
+		}
+		if old != nil {
+			if old.Size == head.Size {
+				return nil // the same checkpoint: nothing to record
+			}
+			if consistent != nil {
+				if err := consistent(*old); err != nil {
+					return &RollbackError{Remembered: *old, Head: head, Path: where, Inconsistent: err}
+				}
+			}
+		}
+		return w.mem.Put(head, pub)
+	})
+}
+
+// locked runs f holding the witness's and the memory's locks.
+func (w *Witness) locked(f func() error) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	unlock, err := w.mem.Lock()
@@ -111,24 +135,7 @@ func (w *Witness) remember(head Checkpoint, pub crypto.PublicKey, consistent fun
 		return err
 	}
 	defer unlock()
-	if err := w.CheckKey(head); err != nil {
-		return err
-	}
-	old, where, err := w.CheckLog(head)
-	if err != nil {
-		return err
-	}
-	if old != nil {
-		if old.Size == head.Size {
-			return nil // the same checkpoint: nothing to record
-		}
-		if consistent != nil {
-			if err := consistent(*old); err != nil {
-				return &RollbackError{Remembered: *old, Head: head, Path: where, Inconsistent: err}
-			}
-		}
-	}
-	return w.mem.Put(head, pub)
+	return f()
 }
 
 // AcceptKey remembers head's key as its origin's signing key from now on
@@ -138,14 +145,7 @@ func (w *Witness) AcceptKey(head Checkpoint) error {
 	if err := head.Check(); err != nil {
 		return fmt.Errorf("checkpoint memory: %w", err)
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	unlock, err := w.mem.Lock()
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return w.mem.PinKey(head)
+	return w.locked(func() error { return w.mem.PinKey(head) })
 }
 
 // Compare returns a *RollbackError if head is behind remembered: another

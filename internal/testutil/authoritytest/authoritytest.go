@@ -20,6 +20,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/kms"
@@ -254,4 +255,21 @@ func (a *Authority) BundlePEM(t testing.TB) []byte {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// ActiveIntermediate is the key ID of the active intermediate CA as the
+// admin API's CA service shows it.
+func ActiveIntermediate(t testing.TB, c wardv1.CAClient) string {
+	t.Helper()
+	st, err := c.ShowCA(context.Background(), &wardv1.ShowCARequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range st.Keys {
+		if k.Kind == "intermediate" && k.State == "active" {
+			return k.Id
+		}
+	}
+	t.Fatal("no active intermediate")
+	return ""
 }
