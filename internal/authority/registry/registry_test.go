@@ -17,6 +17,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -24,7 +25,7 @@ var td = spiffeid.RequireTrustDomainFromString("example.org")
 type fixture struct {
 	reg    *Registry
 	st     store.Store
-	now    atomic.Pointer[time.Time]
+	clk    *clock.Fake
 	mu     sync.Mutex
 	events []audit.Event
 	fail   atomic.Bool // audit log down
@@ -37,10 +38,8 @@ func newFixture(t testing.TB) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { st.Close() })
-	f := &fixture{st: st}
-	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	f.now.Store(&now)
-	f.reg, err = New(st, Options{TrustDomain: td, MaxEntryTTL: 24 * time.Hour, Clock: func() time.Time { return *f.now.Load() },
+	f := &fixture{st: st, clk: clock.At(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))}
+	f.reg, err = New(st, Options{TrustDomain: td, MaxEntryTTL: 24 * time.Hour, Clock: f.clk.Now,
 		Audit: audit.RecorderFunc(func(_ context.Context, ev audit.Event) error {
 			if f.fail.Load() {
 				return errors.New("audit down")
@@ -57,8 +56,7 @@ func newFixture(t testing.TB) *fixture {
 }
 
 func (f *fixture) advance(d time.Duration) {
-	n := f.now.Load().Add(d)
-	f.now.Store(&n)
+	f.clk.Advance(d)
 }
 
 func entry(path, parent string, sels ...string) Entry {
@@ -230,7 +228,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	id := spiffeid.RequireFromString("spiffe://example.org/ward/agent/n1")
-	exp := f.now.Load().Add(time.Hour)
+	exp := f.clk.Now().Add(time.Hour)
 	if _, err := f.reg.RecordAttestation(ctx, id, AttestJoinToken, nil, "aa", exp); err != nil {
 		t.Fatal(err)
 	}
@@ -256,7 +254,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 		t.Fatal(err)
 	}
 	a, err := f.reg.GetAgent(ctx, id)
-	if err != nil || !a.LastSeen.Equal(*f.now.Load()) {
+	if err != nil || !a.LastSeen.Equal(f.clk.Now()) {
 		t.Fatalf("last seen not refreshed: %v %v", a.LastSeen, err)
 	}
 	if _, err := f.reg.EvictAgent(ctx, id); err != nil {
