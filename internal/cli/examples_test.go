@@ -124,3 +124,21 @@ func TestPolicyDocCompiles(t *testing.T) {
 		t.Errorf("docs/policy.md blocks do not compile together: %v", err)
 	}
 }
+
+// TestProxyCheckRefusesMissingPolicyFiles: `ward proxy --check` reads the
+// policy files it names, as the proxy will at start.
+func TestProxyCheckRefusesMissingPolicyFiles(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "proxy.yaml")
+	os.WriteFile(cfg, []byte(`workload_api_socket: unix:///run/ward/agent.sock
+policy_files: [/nonexistent]
+inbound:
+  - name: api
+    listen: 127.0.0.1:8443
+    forward: 127.0.0.1:8080
+`), 0o600)
+	out, err := wardIn(t, dir, "proxy", "--config", cfg, "--check")
+	if err == nil || !strings.Contains(err.Error(), "/nonexistent") || !strings.Contains(err.Error(), "proxy.yaml") {
+		t.Fatalf("--check with a missing policy file: %v\n%s", err, out)
+	}
+}
