@@ -173,6 +173,11 @@ func startMesh(ctx context.Context, srv *server.Server, m *mesh, logw io.Writer)
 		return nil
 	})
 	run("the agent", ag.Run)
+	// The proxies start once the agent holds both SVIDs, so that their
+	// first Workload API call is answered (not refused, then retried).
+	if err := waitAgentSVIDs(ctx, ag, 2, errc); err != nil {
+		return wg.Wait, err
+	}
 	run("the api's proxy", proxies[0].Run)
 	run("the web's proxy", proxies[1].Run)
 	wait = wg.Wait
@@ -277,6 +282,27 @@ func (m *mesh) selfCheck(ctx context.Context, errc <-chan error) error {
 			return fmt.Errorf("the mesh demo did not answer a request from web to api (last: %s); see the agent's and proxies' log lines above", last)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitAgentSVIDs waits (bounded) until the agent holds n X509-SVIDs.
+func waitAgentSVIDs(ctx context.Context, ag *agent.Agent, n int, errc <-chan error) error {
+	deadline := time.Now().Add(90 * time.Second)
+	for {
+		st := ag.Status()
+		if st.SVIDs >= n {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the mesh demo's agent holds %d of its %d SVIDs after 90s (last error: %q)", st.SVIDs, n, st.LastError)
+		}
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
