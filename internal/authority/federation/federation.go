@@ -225,6 +225,9 @@ type Manager struct {
 	refreshing map[spiffeid.TrustDomain]*sync.Mutex
 	wake       chan struct{}
 	stats      map[spiffeid.TrustDomain]*counters
+	// gen counts local writes and removals, so a Reload whose listing may
+	// predate one does not undo it.
+	gen uint64
 }
 
 type counters struct{ ok, failed, refused uint64 }
@@ -246,6 +249,9 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 // Reload re-reads every relationship from the store (picking up changes of
 // other authorities sharing it).
 func (m *Manager) Reload(ctx context.Context) error {
+	m.mu.Lock()
+	gen := m.gen
+	m.mu.Unlock()
 	kvs, err := m.opts.Store.List(ctx, keyPrefix)
 	if err != nil {
 		return errs.Errorf(errs.Unavailable, "%w: listing federation relationships: %v", ErrUnavailable, err)
@@ -260,10 +266,15 @@ func (m *Manager) Reload(ctx context.Context) error {
 			continue
 		}
 		seen[e.rel.TrustDomain] = true
-		if old := m.entries[e.rel.TrustDomain]; old != nil && old.rev == kv.Revision {
-			continue
+		if old := m.entries[e.rel.TrustDomain]; old != nil && old.rev >= kv.Revision {
+			continue // as loaded, or written here after the listing
 		}
 		m.entries[e.rel.TrustDomain] = e
+	}
+	if m.gen != gen {
+		// Added or removed here while listing: the listing may predate it;
+		// the next Reload removes what others removed.
+		return nil
 	}
 	for td := range m.entries {
 		if !seen[td] {
@@ -319,6 +330,7 @@ func (m *Manager) write(ctx context.Context, rec record, rev int64, b *spiffebun
 	e := &entry{rec: rec, rev: nrev, rel: rel, bundle: b}
 	m.mu.Lock()
 	m.entries[rel.TrustDomain] = e
+	m.gen++
 	m.mu.Unlock()
 	return e, nil
 }
@@ -497,6 +509,7 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 		m.mu.Lock()
 		delete(m.entries, td)
 		delete(m.stats, td)
+		m.gen++
 		m.mu.Unlock()
 		return nil
 	})
@@ -623,7 +636,7 @@ func (m *Manager) Warnings() []string {
 	for _, st := range m.List() {
 		switch {
 		case st.Bundle == nil:
-			w = append(w, fmt.Sprintf("federation: no usable bundle of %s: %s", st.TrustDomain, st.LastError))
+			w = append(w, fmt.Sprintf("federation: no usable bundle of %s yet (last error: %s)", st.TrustDomain, orNone(st.LastError)))
 		case st.Stale:
 			w = append(w, fmt.Sprintf("federation: the bundle of %s is %s old, more than %d refresh hints of %s (last error: %s)",
 				st.TrustDomain, now.Sub(st.LastRefresh).Truncate(time.Second), m.opts.StaleAfterHints, st.RefreshHint, orNone(st.LastError)))
