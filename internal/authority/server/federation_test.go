@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -277,4 +278,45 @@ func httpBody(t *testing.T, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestFederationFromConfig: a relationship declared in the server config
+// is stored at unseal from its bundle_file, refreshes like any other, cannot
+// be removed through the API, and leaves when it leaves the config.
+func TestFederationFromConfig(t *testing.T) {
+	ctx := context.Background()
+	a := startFedAuthority(t, "a.example")
+	dir := filepath.Join(t.TempDir(), "b")
+	boot := filepath.Join(filepath.Dir(dir), "a.bundle.json")
+	if err := os.WriteFile(boot, a.bundleJSON(t), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := baseConfig(dir)
+	cfg.TrustDomain = "b.example"
+	cfg.Federation = config.Federation{TrustDomains: []config.FederatedDomain{{TrustDomain: "a.example",
+		Endpoint: "https://" + a.srv.BundleEndpointAddress(), BundleFile: boot}}}
+	srv, c := startB(t, cfg)
+	if _, err := c.Operator.Init(ctx, &wardv1.InitRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	b := &fedAuthority{cfg: cfg, raw: srv.raw, srv: srv, c: c, td: spiffeid.RequireTrustDomainFromString("b.example")}
+	r, err := refresh(t, b, a.td)
+	if err != nil || r.Source != "config" || r.EndpointSpiffeId != "spiffe://a.example/ward/server" {
+		t.Fatalf("config relationship: %v, %v", r, err)
+	}
+	if _, err := c.Federation.RemoveFederation(ctx, &wardv1.RemoveFederationRequest{TrustDomain: "a.example"}); code(err) != codes.FailedPrecondition {
+		t.Fatalf("removing a config relationship through the API: %v", err)
+	}
+	// The bootstrap file is read only while the relationship is not stored:
+	// gone now, the restart keeps the stored (refreshed) bundle.
+	os.Remove(boot)
+	b.restart(t)
+	if r, err := b.c.Federation.ShowFederation(ctx, &wardv1.ShowFederationRequest{TrustDomain: "a.example"}); err != nil || len(r.BundleSpiffeJson) == 0 {
+		t.Fatalf("after restart: %v, %v", r, err)
+	}
+	b.cfg.Federation.TrustDomains = nil
+	b.restart(t)
+	if l, err := b.c.Federation.ListFederations(ctx, &wardv1.ListFederationsRequest{}); err != nil || len(l.Relationships) != 0 {
+		t.Fatalf("a relationship removed from the config stayed: %v, %v", l, err)
+	}
 }
