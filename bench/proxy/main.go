@@ -28,6 +28,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
 )
 
@@ -187,12 +188,11 @@ func (p *procs) stopAll() {
 }
 
 func freePort() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := netutil.FreeLoopbackPorts(1)
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", ports[0])
 }
 
 // waitEcho waits until a request through addr gets its echo.
