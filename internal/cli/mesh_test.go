@@ -1,0 +1,76 @@
+package cli
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardproject/ward/internal/dataplane/proxy"
+	"github.com/wardproject/ward/internal/node/agent"
+)
+
+// The mesh demo writes only into a new or empty directory or one it wrote
+// before (which it clears, keeping what `ward dev up` put there first);
+// nothing of the user's is ever deleted.
+func TestPrepareMeshDir(t *testing.T) {
+	root := t.TempDir()
+
+	foreign := filepath.Join(root, "mine")
+	os.MkdirAll(foreign, 0o755)
+	os.WriteFile(filepath.Join(foreign, "notes.txt"), []byte("keep me"), 0o600)
+	err := prepareMeshDir(foreign)
+	if err == nil || !strings.Contains(err.Error(), "not written by ward") {
+		t.Fatalf("a directory with the user's files: %v, want a refusal", err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(foreign, "notes.txt")); string(b) != "keep me" {
+		t.Fatal("the user's file was touched")
+	}
+
+	dir := filepath.Join(root, "mesh")
+	if err := prepareMeshDir(dir); err != nil {
+		t.Fatalf("a new directory: %v", err)
+	}
+	os.MkdirAll(filepath.Join(dir, "authority"), 0o700)
+	os.WriteFile(filepath.Join(dir, "agent.yaml"), nil, 0o644)
+	os.WriteFile(filepath.Join(dir, "ward.log"), []byte("log"), 0o600)
+	if err := prepareMeshDir(dir); err != nil {
+		t.Fatalf("an earlier mesh demo: %v", err)
+	}
+	ents, _ := os.ReadDir(dir)
+	var names []string
+	for _, e := range ents {
+		names = append(names, e.Name())
+	}
+	if got := strings.Join(names, " "); got != ".ward-mesh ward.log" {
+		t.Fatalf("after clearing an earlier demo the directory holds %q, want .ward-mesh ward.log", got)
+	}
+}
+
+// Every file the demo writes renders, and the configs parse with the
+// loaders `ward agent` and `ward proxy` use (the e2e quickstart runs them).
+func TestMeshTemplatesRender(t *testing.T) {
+	m := &mesh{Dir: "/tmp/m", Shown: "m", TrustDomain: "dev.ward.internal", UID: 1000, NodeAPI: "127.0.0.1:1",
+		AdminSocket: "unix:///tmp/m/authority/admin.sock", AgentID: "spiffe://dev.ward.internal/ward/agent/mesh-node",
+		WebID: "spiffe://dev.ward.internal/demo/web", APIID: "spiffe://dev.ward.internal/demo/api",
+		InboundAddr: "127.0.0.1:2", AppAddr: "127.0.0.1:3", Policy: 1}
+	for name, tmpl := range meshFiles {
+		b, err := m.render(tmpl)
+		if err != nil || strings.Contains(string(b), "<no value>") {
+			t.Fatalf("%s: %v\n%s", name, err, b)
+		}
+		switch {
+		case name == "agent.yaml":
+			_, err = agent.ParseConfig(b)
+		case strings.HasPrefix(name, "proxy-"):
+			_, err = proxy.ParseConfig(b)
+		}
+		if err != nil {
+			t.Errorf("%s: %v\n%s", name, err, b)
+		}
+	}
+	b, err := m.render(meshReadme)
+	if err != nil || !strings.Contains(string(b), "curl -s --unix-socket m/web.sock http://api/hello") {
+		t.Fatalf("README.txt: %v\n%s", err, b)
+	}
+}
