@@ -418,18 +418,20 @@ func caCommand() *cobra.Command {
 	}
 	show.Flags().BoolVar(&asJSON, "json", false, "print JSON (includes certificates as PEM)")
 
-	var root bool
+	var root, prepare bool
 	rotate := &cobra.Command{
-		Use:   "rotate [--root]",
+		Use:   "rotate [--root [--prepare]]",
 		Short: "Prepare and activate a new intermediate and JWT key now (--root: a new root)",
 		Long: "Without --root, a new intermediate and JWT key sign from now on; the old ones retire and stay\n" +
 			"trusted until what they signed has expired. With --root, a new root (and intermediate under it)\n" +
 			"becomes active at once: agents pick it up from the bundle; SVIDs chained to the old root stay\n" +
-			"valid while the old root remains in the bundle.",
+			"valid while the old root remains in the bundle. With --root --prepare, the new root is only\n" +
+			"published in the bundle; a later --root activates it. Federated trust domains fetch bundles on\n" +
+			"their refresh hint: wait several hints between the two.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withIdentity(cmd, func(ctx context.Context, c identityClients) error {
-				s, err := c.ca.RotateCA(ctx, &wardv1.RotateCARequest{Root: root})
+				s, err := c.ca.RotateCA(ctx, &wardv1.RotateCARequest{Root: root, Prepare: prepare})
 				if err != nil {
 					return err
 				}
@@ -439,6 +441,7 @@ func caCommand() *cobra.Command {
 		},
 	}
 	rotate.Flags().BoolVar(&root, "root", false, "rotate the root instead of the intermediate")
+	rotate.Flags().BoolVar(&prepare, "prepare", false, "with --root: publish a new root without activating it")
 
 	var yes bool
 	taint := &cobra.Command{

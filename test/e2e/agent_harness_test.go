@@ -186,8 +186,17 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 	if len(sv.Certificates) > 1 {
 		root = hex.EncodeToString(sv.Certificates[len(sv.Certificates)-1].AuthorityKeyId)
 	}
-	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d", leaf.SerialNumber.Text(16),
-		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities())), nil
+	// The peer's side: the root its chain names, and how many roots of its
+	// trust domain this workload trusts (another domain's when federated).
+	peerRoot, peerRoots := "", 0
+	if pc := nc.(*tls.Conn).ConnectionState().PeerCertificates; len(pc) > 1 {
+		peerRoot = hex.EncodeToString(pc[len(pc)-1].AuthorityKeyId)
+	}
+	if pb, err := x509src.GetX509BundleForTrustDomain(peer.TrustDomain()); err == nil {
+		peerRoots = len(pb.X509Authorities())
+	}
+	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d peerroot=%s peerroots=%d", leaf.SerialNumber.Text(16),
+		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities()), peerRoot, peerRoots), nil
 }
 
 // jwtCache holds the client's JWT-SVID the way a real workload would:

@@ -45,7 +45,8 @@ func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster 
 		c.nodeAPI, bep = nd.Addr(8443), nd.Addr(8444)
 	}
 	c.bundleURL = "https://" + bep
-	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\nfederation:\n  bundle_endpoint:\n    address: %s\n%s",
+	// Short SVIDs, so workloads move to a new root within half a minute.
+	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\nfederation:\n  bundle_endpoint:\n    address: %s\n%s",
 		td, dir, c.nodeAPI, bep, fedExtra)
 	p := filepath.Join(dir, "ward.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
@@ -155,6 +156,22 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 	pos = waitOKs(t, cli, pos, 20)
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed across A's intermediate rotation, last: %s", n, last)
+	}
+
+	// A root rotation in A under steady cross-cluster traffic, the way
+	// federation needs it: the new root is published first (--prepare), B
+	// fetches it (its refresh, here asked for at once) and hands it to its
+	// workloads, and only then does A activate it. Not one handshake fails,
+	// and afterwards A's server presents a chain to the new root.
+	f0 := fields(cli.output()[pos-1])
+	a.ward(t, "ca", "rotate", "--root", "--prepare")
+	b.ward(t, "federation", "refresh", "a.example")
+	from = pos
+	_, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroots"] == "2" })
+	a.ward(t, "ca", "rotate", "--root")
+	_, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroot"] != f0["peerroot"] && f["peerroot"] != "" })
+	if n, last := countFails(cli, from); n > 0 {
+		t.Fatalf("%d cross-cluster rounds failed across A's root rotation, last: %s", n, last)
 	}
 
 	// A's authority goes down: B cannot refresh, says so, keeps A's last

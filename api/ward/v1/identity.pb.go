@@ -1286,7 +1286,11 @@ func (*ShowCARequest) Descriptor() ([]byte, []int) {
 type RotateCARequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Rotate the root (prepare + activate) instead of the intermediate.
-	Root          bool `protobuf:"varint,1,opt,name=root,proto3" json:"root,omitempty"`
+	Root bool `protobuf:"varint,1,opt,name=root,proto3" json:"root,omitempty"`
+	// With root: only prepare a new root (published in the bundle, not
+	// signing); a later rotation with root activates it. Lets federated
+	// peers fetch the new root before anything chains to it.
+	Prepare       bool `protobuf:"varint,2,opt,name=prepare,proto3" json:"prepare,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1324,6 +1328,13 @@ func (*RotateCARequest) Descriptor() ([]byte, []int) {
 func (x *RotateCARequest) GetRoot() bool {
 	if x != nil {
 		return x.Root
+	}
+	return false
+}
+
+func (x *RotateCARequest) GetPrepare() bool {
+	if x != nil {
+		return x.Prepare
 	}
 	return false
 }
@@ -2433,9 +2444,10 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x04keys\x18\x02 \x03(\v2\x0e.ward.v1.CAKeyR\x04keys\x12'\n" +
 	"\x0fbundle_sequence\x18\x03 \x01(\x04R\x0ebundleSequence\x120\n" +
 	"\x14refresh_hint_seconds\x18\x04 \x01(\x03R\x12refreshHintSeconds\"\x0f\n" +
-	"\rShowCARequest\"%\n" +
+	"\rShowCARequest\"?\n" +
 	"\x0fRotateCARequest\x12\x12\n" +
-	"\x04root\x18\x01 \x01(\bR\x04root\"*\n" +
+	"\x04root\x18\x01 \x01(\bR\x04root\x12\x18\n" +
+	"\aprepare\x18\x02 \x01(\bR\aprepare\"*\n" +
 	"\x11TaintCAKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\"\x12\n" +
 	"\x10GetBundleRequest\"\x83\x01\n" +

@@ -266,7 +266,12 @@ func (c *caService) ShowCA(ctx context.Context, _ *wardv1.ShowCARequest) (*wardv
 }
 
 func (c *caService) RotateCA(ctx context.Context, r *wardv1.RotateCARequest) (*wardv1.CAStatus, error) {
-	if r.Root {
+	switch {
+	case r.Prepare && !r.Root:
+		return nil, status.Error(codes.InvalidArgument, "prepare applies to roots only: use --root --prepare (intermediates are not published, so they need no preparation)")
+	case r.Prepare:
+		return c.a.caAdmin(ctx, "ca.prepare_root", nil, func(a *ca.CA) error { return a.PrepareRoot(ctx) })
+	case r.Root:
 		return c.a.caAdmin(ctx, "ca.rotate_root", nil, func(a *ca.CA) error { return a.RotateRoot(ctx) })
 	}
 	return c.a.caAdmin(ctx, "ca.rotate", nil, func(a *ca.CA) error { return a.Rotate(ctx) })
