@@ -182,7 +182,10 @@ func TestTwoFederatedAuthorities(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := a.ca(t).PrepareRoot(ctx); err != nil {
+	if _, err := a.c.CA.RotateCA(ctx, &wardv1.RotateCARequest{Prepare: true}); code(err) != codes.InvalidArgument {
+		t.Fatalf("prepare without root: %v", err)
+	}
+	if _, err := a.c.CA.RotateCA(ctx, &wardv1.RotateCARequest{Root: true, Prepare: true}); err != nil { // ward ca rotate --root --prepare
 		t.Fatal(err)
 	}
 	r, err := refresh(t, b, a.td)
@@ -193,7 +196,7 @@ func TestTwoFederatedAuthorities(t *testing.T) {
 	if len(fedA.X509Authorities()) != 2 {
 		t.Fatalf("B's agents hold %d roots of A, want 2 (the prepared one)", len(fedA.X509Authorities()))
 	}
-	if err := a.ca(t).RotateRoot(ctx); err != nil {
+	if _, err := a.c.CA.RotateCA(ctx, &wardv1.RotateCARequest{Root: true}); err != nil { // activates the prepared root
 		t.Fatal(err)
 	}
 	if _, _, err := x509svid.Verify(a.svid(t, "/after-rotation"), x509bundle.NewSet(fedA.X509Bundle())); err != nil {
