@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"slices"
-	"sync"
 	"time"
 )
 
@@ -85,65 +85,109 @@ func sendVerdict(tc *tls.Conn, kind byte, reason string, timeout time.Duration) 
 // ward proxy refused the connection; remoteRefusal holds its reason.
 var errRemoteRefused = errors.New("refused by the remote")
 
-// verdictConn is the outbound side: its first Read consumes the verdict
+// verdictConn is the outbound side: its first Reads consume the verdict
 // frame (when ALPNVerdict was negotiated), so the app's bytes towards the
 // remote flow at once while the remote's bytes reach the app only once
-// the remote has allowed the connection.
+// the remote has allowed the connection. Only one goroutine reads (pipe's
+// copy from the remote); refusal is read after it ended.
+//
+// A read deadline that passes while the frame is awaited is an ordinary
+// timeout: the bytes read so far are kept and the next Read goes on
+// waiting. (Keeping the timeout as the verdict's outcome made every later
+// Read fail at once, so pipe's copy loop, which retries timeouts while the
+// other direction is busy, spun on a core.)
 type verdictConn struct {
 	*tls.Conn
-	once    sync.Once
+	done    bool   // the frame was read (or none is expected)
+	hdr     []byte // the frame's bytes read so far
 	err     error
 	refusal string // "refused by the remote policy: ..." (set before err)
 }
 
 func newVerdictConn(tc *tls.Conn) *verdictConn {
-	v := &verdictConn{Conn: tc}
-	if tc.ConnectionState().NegotiatedProtocol != ALPNVerdict {
-		v.once.Do(func() {})
-	}
-	return v
+	return &verdictConn{Conn: tc, done: tc.ConnectionState().NegotiatedProtocol != ALPNVerdict}
 }
 
 func (v *verdictConn) Read(b []byte) (int, error) {
-	v.once.Do(v.readVerdict)
 	if v.err != nil {
 		return 0, v.err
+	}
+	if !v.done {
+		if err := v.readVerdict(); err != nil {
+			if !isTimeout(err) {
+				v.err = err
+			}
+			return 0, err
+		}
+		if v.err != nil {
+			return 0, v.err
+		}
 	}
 	return v.Conn.Read(b)
 }
 
-func (v *verdictConn) readVerdict() {
-	var kind [1]byte
-	if _, err := io.ReadFull(v.Conn, kind[:]); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = fmt.Errorf("the remote ward proxy closed the connection before its verdict: %w", err)
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
+}
+
+// need is how many bytes the frame holds, as far as hdr tells.
+func (v *verdictConn) need() int {
+	switch {
+	case len(v.hdr) < 1:
+		return 1
+	case v.hdr[0] == verdictAllowed:
+		return 1
+	case len(v.hdr) < 3:
+		return 3
+	}
+	return 3 + min(int(binary.BigEndian.Uint16(v.hdr[1:3])), maxVerdictReason)
+}
+
+// readVerdict reads the rest of the frame; a timeout returns with what
+// was read kept in hdr. Once the frame is complete it sets done and, for
+// a refusal, refusal and err.
+func (v *verdictConn) readVerdict() error {
+	for len(v.hdr) < v.need() {
+		var buf [3 + maxVerdictReason]byte
+		n, err := v.Conn.Read(buf[:v.need()-len(v.hdr)])
+		v.hdr = append(v.hdr, buf[:n]...)
+		if len(v.hdr) >= v.need() {
+			break
 		}
-		v.err = err
-		return
+		if err == nil {
+			continue
+		}
+		switch {
+		case isTimeout(err):
+			return err
+		case len(v.hdr) == 0 && errors.Is(err, io.EOF):
+			return fmt.Errorf("the remote ward proxy closed the connection before its verdict: %w", err)
+		case len(v.hdr) == 0:
+			return err
+		case errors.Is(err, io.EOF):
+			err = io.ErrUnexpectedEOF
+		}
+		return fmt.Errorf("remote verdict %d: %w", v.hdr[0], err)
 	}
-	if kind[0] == verdictAllowed {
-		return
+	v.done = true
+	kind, reason := v.hdr[0], ""
+	if kind == verdictAllowed {
+		v.hdr = nil
+		return nil
 	}
-	var n [2]byte
-	if _, err := io.ReadFull(v.Conn, n[:]); err != nil {
-		v.err = fmt.Errorf("remote verdict %d: %w", kind[0], err)
-		return
-	}
-	l := min(int(binary.BigEndian.Uint16(n[:])), maxVerdictReason)
-	reason := make([]byte, l)
-	if _, err := io.ReadFull(v.Conn, reason); err != nil {
-		v.err = fmt.Errorf("remote verdict %d: %w", kind[0], err)
-		return
-	}
-	switch kind[0] {
+	reason = string(v.hdr[3:])
+	v.hdr = nil
+	switch kind {
 	case verdictDenied:
-		v.refusal = "refused by the remote policy: " + string(reason)
+		v.refusal = "refused by the remote policy: " + reason
 	case verdictAppUnavilable:
-		v.refusal = "refused by the remote proxy: its app is not reachable: " + string(reason)
+		v.refusal = "refused by the remote proxy: its app is not reachable: " + reason
 	default:
-		v.refusal = fmt.Sprintf("refused by the remote proxy (verdict %d): %s", kind[0], reason)
+		v.refusal = fmt.Sprintf("refused by the remote proxy (verdict %d): %s", kind, reason)
 	}
 	v.err = errRemoteRefused
+	return nil
 }
 
 // CloseWrite half-closes the TLS side (pipe's clean end of a direction).
