@@ -44,18 +44,29 @@ var meshKeep = []string{meshMarker, "ward.log", "ward.pid"}
 
 // prepareMeshDir creates dir or clears a previous mesh demo in it; a
 // directory holding anything else is refused (nothing of the user's is
-// ever deleted).
+// ever deleted). The directory must be the user's own and writable by
+// nobody else (a directory another user can write into could hold their
+// symlinks where ward writes its marker, log and pid files, or be swapped
+// for theirs); it is left readable by its owner only (0700), since it
+// holds the join token, the logs and the web workload's socket, which
+// speaks as that workload.
 func prepareMeshDir(dir string) error {
-	ents, err := os.ReadDir(dir)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("creating the mesh directory: %w", err)
-		}
-	case err != nil:
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("creating the mesh directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
 		return fmt.Errorf("mesh directory %s: %w", dir, err)
-	case len(ents) > 0:
-		if _, err := os.Stat(filepath.Join(dir, meshMarker)); err != nil {
+	}
+	if err := checkOwnDir(dir, fi); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("mesh directory %s: %w", dir, err)
+	}
+	if len(ents) > 0 {
+		if fi, err := os.Lstat(filepath.Join(dir, meshMarker)); err != nil || !fi.Mode().IsRegular() {
 			return fmt.Errorf("mesh directory %s is not empty and was not written by ward: choose a new or empty directory", dir)
 		}
 		for _, e := range ents {
@@ -66,8 +77,26 @@ func prepareMeshDir(dir string) error {
 			}
 		}
 	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("mesh directory %s: %w", dir, err)
+	}
 	return os.WriteFile(filepath.Join(dir, meshMarker),
 		[]byte("Written by `ward server --dev --mesh` / `ward dev up`: the next run clears this directory.\n"), 0o644)
+}
+
+// checkOwnDir refuses a mesh directory that is not a directory, belongs
+// to another user or is writable by group or others.
+func checkOwnDir(dir string, fi os.FileInfo) error {
+	if !fi.IsDir() {
+		return fmt.Errorf("mesh directory %s is not a directory", dir)
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Getuid() {
+		return fmt.Errorf("mesh directory %s belongs to uid %d, not to you (uid %d): choose a directory of your own", dir, st.Uid, os.Getuid())
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("mesh directory %s is writable by other users (mode %#o): choose a new directory, or `chmod go-w` this one", dir, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // mesh is what the demo runs and writes.
@@ -470,7 +499,8 @@ func devCommand() *cobra.Command {
 		Short: "Start a dev authority, an agent, two demo workloads' proxies and a demo app in the background; configs in DIR (default ward-mesh)",
 		Long: "ward dev up runs `ward server --dev --mesh DIR` in the background (its log in DIR/ward.log) and returns\n" +
 			"once a request from the demo's web workload reaches its api workload through both proxies. It prints\n" +
-			"the commands to try (also in DIR/README.txt). DIR must be new, empty, or an earlier mesh demo (cleared).\n" +
+			"the commands to try (also in DIR/README.txt). DIR must be new, empty, or an earlier mesh demo (cleared),\n" +
+			"your own and writable by nobody else; it is left readable by you only (0700).\n" +
 			"Stop it with `ward dev down DIR`.",
 		Args: cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return devUp(cmd, meshArg(args), td) },
@@ -570,6 +600,13 @@ func devDown(cmd *cobra.Command, dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return err
+	}
+	if fi, err := os.Stat(abs); err == nil {
+		// ward.pid names the process to signal: only from a directory
+		// nobody else can write into.
+		if err := checkOwnDir(dir, fi); err != nil {
+			return err
+		}
 	}
 	pid, ok := meshRunning(abs)
 	if !ok {

@@ -74,3 +74,77 @@ func TestMeshTemplatesRender(t *testing.T) {
 		t.Fatalf("README.txt: %v\n%s", err, b)
 	}
 }
+
+// The mesh directory is the user's own: one another user can write into
+// (e.g. made in /tmp by someone else, or left world-writable) is refused
+// before anything is written, so their symlinks named .ward-mesh,
+// ward.log or ward.pid cannot make ward overwrite a file of the user's.
+// Before this check a planted `.ward-mesh -> ~/.bashrc` passed as an
+// earlier demo and the marker text replaced the victim file. What ward
+// creates or accepts is left 0700: it holds the join token, the logs and
+// web.sock (which calls the api as the web workload).
+func TestPrepareMeshDirRefusesOthersDirectories(t *testing.T) {
+	root := t.TempDir()
+	victim := filepath.Join(root, "victim.txt")
+	if err := os.WriteFile(victim, []byte("precious"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	shared := filepath.Join(root, "shared")
+	if err := os.Mkdir(shared, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o1777); err != nil { // like /tmp, whatever the umask
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(shared, meshMarker)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(victim, filepath.Join(shared, "ward.log")); err != nil {
+		t.Fatal(err)
+	}
+	err := prepareMeshDir(shared)
+	if err == nil || !strings.Contains(err.Error(), "writable by other users") {
+		t.Fatalf("a world-writable directory: %v, want a refusal", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("the file a planted symlink pointed at was overwritten: %q", b)
+	}
+
+	// A marker that is a symlink is no marker, even in the user's own directory.
+	own := filepath.Join(root, "own")
+	os.Mkdir(own, 0o755)
+	os.Symlink(victim, filepath.Join(own, meshMarker))
+	if err := prepareMeshDir(own); err == nil || !strings.Contains(err.Error(), "not written by ward") {
+		t.Fatalf("a symlinked marker: %v, want a refusal", err)
+	}
+	if b, _ := os.ReadFile(victim); string(b) != "precious" {
+		t.Fatalf("the symlinked marker's target was overwritten: %q", b)
+	}
+
+	if os.Getuid() == 0 {
+		other := filepath.Join(root, "other")
+		os.Mkdir(other, 0o755)
+		if err := os.Chown(other, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		if err := prepareMeshDir(other); err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+			t.Fatalf("another user's directory: %v, want a refusal", err)
+		}
+	}
+
+	mine := filepath.Join(root, "mine")
+	os.Mkdir(mine, 0o755)
+	if err := prepareMeshDir(mine); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range []string{mine, filepath.Join(root, "new")} {
+		if d != mine {
+			if err := prepareMeshDir(d); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if fi, err := os.Stat(d); err != nil || fi.Mode().Perm() != 0o700 {
+			t.Fatalf("%s: mode %v %v, want 0700", d, fi.Mode().Perm(), err)
+		}
+	}
+}
