@@ -16,7 +16,7 @@ import (
 // Identity hand-off modes of an inbound listener (Inbound.PeerIdentity).
 const (
 	PeerIdentityNone       = "none"        // the app learns nothing
-	PeerIdentityProxyV2    = "proxy-v2"    // PROXY protocol v2 header with TLVs (see proxyproto.go)
+	PeerIdentityProxyV2    = "proxy-v2"    // PROXY protocol v2 header with TLVs (internal/shared/proxyproto)
 	PeerIdentityHTTPHeader = "http-header" // HTTP/1.1 reverse proxy setting X-Ward-Peer-Id
 )
 

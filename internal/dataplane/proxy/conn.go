@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/wardproject/ward/internal/shared/netsource"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
 
@@ -41,7 +42,7 @@ type connState struct {
 	// Per-source accounting (inbound TCP listeners): src is the key the
 	// connection counts under in limits; handshaking is true until
 	// handshakeDone.
-	limits      *sourceLimits
+	limits      *netsource.Limits
 	src         string
 	handshaking atomic.Bool
 }
@@ -50,7 +51,7 @@ type connState struct {
 // source (max_handshakes_per_source); it may be called more than once.
 func (c *connState) handshakeDone() {
 	if c.limits != nil && c.handshaking.CompareAndSwap(true, false) {
-		c.limits.endHandshake(c.src)
+		c.limits.EndPending(c.src)
 	}
 }
 
@@ -63,70 +64,12 @@ const (
 	rejectDraining        = "draining"
 )
 
-// sourceLimits counts the open and the not yet handshaken connections of
-// each source, so that one host cannot take every slot of max_connections
-// (or hold them with idle connections that never present a certificate).
-// A source is the TCP peer's IP address; IPv6 addresses count per /64,
-// the block one host usually has. The proxy reads no PROXY header from
-// its callers, so the address is always the real TCP peer's.
-type sourceLimits struct {
-	maxOpen, maxHandshakes int
-
-	mu sync.Mutex
-	m  map[string]*sourceCount
-}
-
-type sourceCount struct{ open, handshaking int }
-
-func newSourceLimits(maxOpen, maxHandshakes int) *sourceLimits {
-	return &sourceLimits{maxOpen: maxOpen, maxHandshakes: maxHandshakes, m: map[string]*sourceCount{}}
-}
-
-// acquire counts a new connection of key as open and handshaking, or
-// returns the reason it is refused.
-func (l *sourceLimits) acquire(key string) (reason string, ok bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	sc := l.m[key]
-	if sc == nil {
-		sc = &sourceCount{}
-		l.m[key] = sc
-	}
-	switch {
-	case sc.handshaking >= l.maxHandshakes:
-		return rejectPerSourceShakes, false
-	case sc.open >= l.maxOpen:
-		return rejectPerSource, false
-	}
-	sc.open++
-	sc.handshaking++
-	return "", true
-}
-
-func (l *sourceLimits) endHandshake(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if sc := l.m[key]; sc != nil && sc.handshaking > 0 {
-		sc.handshaking--
-	}
-}
-
-// release ends an open connection of key (its handshake slot must have
-// been released by handshakeDone already).
-func (l *sourceLimits) release(key string) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	sc := l.m[key]
-	if sc == nil {
-		return
-	}
-	if sc.open > 0 {
-		sc.open--
-	}
-	if sc.open == 0 && sc.handshaking == 0 {
-		delete(l.m, key)
-	}
-}
+// Inbound TCP connections count against their source's limits
+// (netsource.Limits: max_connections_per_source open, of which
+// max_handshakes_per_source still in their TLS handshake), so one host
+// cannot take every slot of max_connections or hold them with connections
+// that never present a certificate. The proxy reads no PROXY header from
+// its callers, so the source is always the real TCP peer's.
 
 func newConnState(listener string, inbound bool, raw net.Conn) *connState {
 	return &connState{id: rand.Text(), listener: listener, inbound: inbound, start: time.Now(), client: raw.RemoteAddr().String(),

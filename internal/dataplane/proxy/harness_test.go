@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
+	"github.com/wardproject/ward/internal/shared/proxyproto"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
@@ -82,7 +83,7 @@ func (a *echoApp) serve(c net.Conn) {
 	r := bufio.NewReader(c)
 	peer := "-"
 	if a.proxy {
-		h, err := proxy.ReadProxyV2(r)
+		h, err := proxyproto.ReadV2(r)
 		if err != nil {
 			fmt.Fprintf(c, "bad proxy header: %v\n", err)
 			return

@@ -15,6 +15,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/proxyproto"
 )
 
 // Headers set for HTTP apps (peer_identity: http-header). Values sent by
@@ -135,8 +136,8 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
 	c.add(app)
 	if in.PeerIdentity == PeerIdentityProxyV2 {
-		hdr, err := AppendProxyV2(nil, raw.RemoteAddr(), raw.LocalAddr(),
-			TLV{Type: TLVSPIFFEID, Value: []byte(c.req.Principal)}, TLV{Type: TLVUniqueID, Value: []byte(c.id)})
+		hdr, err := proxyproto.AppendV2(nil, raw.RemoteAddr(), raw.LocalAddr(),
+			proxyproto.TLV{Type: proxyproto.TLVSPIFFEID, Value: []byte(c.req.Principal)}, proxyproto.TLV{Type: proxyproto.TLVUniqueID, Value: []byte(c.id)})
 		if err == nil {
 			_, err = app.Write(hdr)
 		}

@@ -43,7 +43,7 @@ type Proxy struct {
 	m      *metrics
 
 	sem       chan struct{}
-	srcLimits *sourceLimits
+	srcLimits *netsource.Limits
 	// lastRefusalLog is when warnRefusal last logged (UnixNano).
 	lastRefusalLog atomic.Int64
 	srcReady       atomic.Bool // p.src is set (the admin endpoint may read it)
@@ -101,7 +101,7 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		cfg:       cfg,
 		engine:    policy.NewEngine(),
 		sem:       make(chan struct{}, cfg.MaxConnections),
-		srcLimits: newSourceLimits(cfg.MaxConnectionsPerSource, cfg.MaxHandshakesPerSource),
+		srcLimits: netsource.NewLimits(cfg.MaxConnectionsPerSource, cfg.MaxHandshakesPerSource),
 		started:   make(chan struct{}),
 		conns:     map[*connState]struct{}{},
 		addrs:     map[string]net.Addr{},
@@ -396,7 +396,11 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 		// limits until they close (open) and until their TLS handshake
 		// ends (handshaking), so one host cannot hold every slot.
 		if key := netsource.Key(raw.RemoteAddr()); direction == "inbound" && key != "" {
-			if reason, ok := p.srcLimits.acquire(key); !ok {
+			if r := p.srcLimits.Acquire(key); r != netsource.Accepted {
+				reason := rejectPerSource
+				if r == netsource.OverPending {
+					reason = rejectPerSourceShakes
+				}
 				<-p.sem
 				p.m.rejected.WithLabelValues(name, reason).Inc()
 				p.warnRefusal(name, key, reason)
@@ -410,7 +414,7 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 			<-p.sem
 			c.handshakeDone()
 			if c.limits != nil {
-				c.limits.release(c.src)
+				c.limits.Release(c.src)
 			}
 			p.m.rejected.WithLabelValues(name, rejectDraining).Inc()
 			raw.Close()
@@ -425,7 +429,7 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 				c.closeAll()
 				c.handshakeDone()
 				if c.limits != nil {
-					c.limits.release(c.src)
+					c.limits.Release(c.src)
 				}
 				<-p.sem
 				p.untrack(c)

@@ -7,50 +7,6 @@ import (
 	"time"
 )
 
-func TestSourceLimits(t *testing.T) {
-	l := newSourceLimits(3, 2)
-	// Two handshaking: the third is refused as pre-handshake.
-	for i := 0; i < 2; i++ {
-		if r, ok := l.acquire("a"); !ok {
-			t.Fatalf("acquire %d: %s", i, r)
-		}
-	}
-	if r, ok := l.acquire("a"); ok || r != rejectPerSourceShakes {
-		t.Fatalf("third pre-handshake connection: %q %v", r, ok)
-	}
-	// Another source is not affected.
-	if _, ok := l.acquire("b"); !ok {
-		t.Fatal("source b refused because of a")
-	}
-	// Handshakes done: one more fits (3 open), then per_source.
-	l.endHandshake("a")
-	l.endHandshake("a")
-	if _, ok := l.acquire("a"); !ok {
-		t.Fatal("third connection refused after handshakes ended")
-	}
-	l.endHandshake("a")
-	if r, ok := l.acquire("a"); ok || r != rejectPerSource {
-		t.Fatalf("fourth open connection: %q %v", r, ok)
-	}
-	for i := 0; i < 3; i++ {
-		l.release("a")
-	}
-	l.endHandshake("b")
-	l.release("b")
-	if len(l.m) != 0 {
-		t.Fatalf("counts left after every release: %v", l.m)
-	}
-	// Releasing more than acquired does not go negative.
-	l.release("a")
-	l.endHandshake("a")
-	if _, ok := l.acquire("a"); !ok {
-		t.Fatal("acquire after stray releases")
-	}
-	if l.m["a"].open != 1 || l.m["a"].handshaking != 1 {
-		t.Fatalf("counts %+v", *l.m["a"])
-	}
-}
-
 func TestLimitDefaultsAndValidation(t *testing.T) {
 	for _, tc := range []struct {
 		max, wantSrc, wantShakes int

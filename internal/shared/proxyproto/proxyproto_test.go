@@ -1,4 +1,4 @@
-package proxy
+package proxyproto
 
 import (
 	"bufio"
@@ -18,13 +18,13 @@ func TestProxyV2RoundTrip(t *testing.T) {
 		{"unix", &net.UnixAddr{Name: "@", Net: "unix"}, &net.UnixAddr{Name: "/a", Net: "unix"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := AppendProxyV2(nil, tc.src, tc.dst, TLV{TLVSPIFFEID, []byte("spiffe://td/x")}, TLV{TLVUniqueID, []byte("abc")})
+			b, err := AppendV2(nil, tc.src, tc.dst, TLV{TLVSPIFFEID, []byte("spiffe://td/x")}, TLV{TLVUniqueID, []byte("abc")})
 			if err != nil {
 				t.Fatal(err)
 			}
 			b = append(b, "payload"...)
 			r := bufio.NewReader(bytes.NewReader(b))
-			h, err := ReadProxyV2(r)
+			h, err := ReadV2(r)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -42,7 +42,7 @@ func TestProxyV2RoundTrip(t *testing.T) {
 }
 
 func TestProxyV2Malformed(t *testing.T) {
-	good, _ := AppendProxyV2(nil, &net.TCPAddr{IP: net.IPv4(1, 2, 3, 4), Port: 1}, &net.TCPAddr{IP: net.IPv4(5, 6, 7, 8), Port: 2}, TLV{TLVSPIFFEID, []byte("spiffe://a/b")})
+	good, _ := AppendV2(nil, &net.TCPAddr{IP: net.IPv4(1, 2, 3, 4), Port: 1}, &net.TCPAddr{IP: net.IPv4(5, 6, 7, 8), Port: 2}, TLV{TLVSPIFFEID, []byte("spiffe://a/b")})
 	mut := func(f func([]byte) []byte) []byte { return f(append([]byte(nil), good...)) }
 	for _, tc := range []struct {
 		name string
@@ -59,23 +59,23 @@ func TestProxyV2Malformed(t *testing.T) {
 		{"body short", mut(func(b []byte) []byte { return b[:20] }), "body"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := ReadProxyV2(bufio.NewReader(bytes.NewReader(tc.in)))
+			_, err := ReadV2(bufio.NewReader(bytes.NewReader(tc.in)))
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error %v, want %q", err, tc.want)
 			}
 		})
 	}
-	if _, err := AppendProxyV2(nil, nil, nil, TLV{1, make([]byte, 70000)}); err == nil {
+	if _, err := AppendV2(nil, nil, nil, TLV{1, make([]byte, 70000)}); err == nil {
 		t.Fatal("oversized TLV accepted")
 	}
 }
 
-func FuzzReadProxyV2(f *testing.F) {
-	good, _ := AppendProxyV2(nil, &net.TCPAddr{IP: net.IPv4(1, 2, 3, 4), Port: 1}, &net.TCPAddr{IP: net.IPv4(5, 6, 7, 8), Port: 2}, TLV{TLVSPIFFEID, []byte("spiffe://a/b")})
+func FuzzReadV2(f *testing.F) {
+	good, _ := AppendV2(nil, &net.TCPAddr{IP: net.IPv4(1, 2, 3, 4), Port: 1}, &net.TCPAddr{IP: net.IPv4(5, 6, 7, 8), Port: 2}, TLV{TLVSPIFFEID, []byte("spiffe://a/b")})
 	f.Add(good)
 	f.Add(append([]byte(nil), proxyV2Sig...))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		h, err := ReadProxyV2(bufio.NewReader(bytes.NewReader(b)))
+		h, err := ReadV2(bufio.NewReader(bytes.NewReader(b)))
 		if err != nil {
 			return
 		}
@@ -83,11 +83,11 @@ func FuzzReadProxyV2(f *testing.F) {
 		for k, v := range h.TLVs {
 			tlvs = append(tlvs, TLV{k, v})
 		}
-		out, err := AppendProxyV2(nil, h.Src, h.Dst, tlvs...)
+		out, err := AppendV2(nil, h.Src, h.Dst, tlvs...)
 		if err != nil {
 			return
 		}
-		h2, err := ReadProxyV2(bufio.NewReader(bytes.NewReader(out)))
+		h2, err := ReadV2(bufio.NewReader(bytes.NewReader(out)))
 		if err != nil {
 			t.Fatalf("re-encoded header does not parse: %v", err)
 		}

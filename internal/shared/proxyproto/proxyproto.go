@@ -1,4 +1,9 @@
-package proxy
+// Package proxyproto encodes and decodes the PROXY protocol v2 header
+// (https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt) that ward
+// writes in front of a forwarded connection: the proxy towards its app
+// (with the caller's SPIFFE ID), the gateway towards an inbound proxy
+// (with the original source address), and that inbound proxy reads.
+package proxyproto
 
 import (
 	"bufio"
@@ -10,10 +15,9 @@ import (
 	"net"
 )
 
-// PROXY protocol v2 (https://www.haproxy.org/download/2.9/doc/proxy-protocol.txt)
-// as ward writes it in front of an inbound connection when peer_identity is
-// proxy-v2: command PROXY, TCP over IPv4/IPv6 with the caller's and the
-// listener's addresses (AF_UNSPEC when either is not TCP), and these TLVs:
+// The header as ward writes it: command PROXY, TCP over IPv4/IPv6 with the
+// caller's and the listener's addresses (AF_UNSPEC when either is not TCP),
+// and these TLVs:
 const (
 	// TLVUniqueID (PP2_TYPE_UNIQUE_ID) carries the connection's correlation id.
 	TLVUniqueID = 0x05
@@ -27,22 +31,22 @@ var proxyV2Sig = []byte("\r\n\r\n\x00\r\nQUIT\n")
 // maxProxyV2Len bounds the variable part we accept when parsing.
 const maxProxyV2Len = 4096
 
-// ProxyHeader is a decoded PROXY v2 header.
-type ProxyHeader struct {
+// Header is a decoded PROXY v2 header.
+type Header struct {
 	Local    bool     // command LOCAL (health checks): no addresses
 	Src, Dst net.Addr // nil for AF_UNSPEC
 	TLVs     map[byte][]byte
 }
 
 // SPIFFEID returns the caller's SPIFFE ID TLV ("" if absent).
-func (h *ProxyHeader) SPIFFEID() string { return string(h.TLVs[TLVSPIFFEID]) }
+func (h *Header) SPIFFEID() string { return string(h.TLVs[TLVSPIFFEID]) }
 
 // CorrelationID returns the unique-id TLV ("" if absent).
-func (h *ProxyHeader) CorrelationID() string { return string(h.TLVs[TLVUniqueID]) }
+func (h *Header) CorrelationID() string { return string(h.TLVs[TLVUniqueID]) }
 
-// AppendProxyV2 appends a PROXY v2 header for a connection from src to dst
+// AppendV2 appends a PROXY v2 header for a connection from src to dst
 // carrying tlvs (type, value; values up to 65535 bytes, in order).
-func AppendProxyV2(b []byte, src, dst net.Addr, tlvs ...TLV) ([]byte, error) {
+func AppendV2(b []byte, src, dst net.Addr, tlvs ...TLV) ([]byte, error) {
 	var addr []byte
 	fam := byte(0x00) // AF_UNSPEC
 	s, sok := src.(*net.TCPAddr)
@@ -86,10 +90,10 @@ type TLV struct {
 	Value []byte
 }
 
-// ReadProxyV2 reads and decodes a PROXY v2 header from r (for apps behind
-// a ward proxy, and tests). Malformed input returns an error; at most 16 +
+// ReadV2 reads and decodes a PROXY v2 header from r (an inbound proxy
+// behind a gateway, apps behind a ward proxy, tests). Malformed input returns an error; at most 16 +
 // 4096 bytes are consumed.
-func ReadProxyV2(r *bufio.Reader) (*ProxyHeader, error) {
+func ReadV2(r *bufio.Reader) (*Header, error) {
 	head := make([]byte, 16)
 	if _, err := io.ReadFull(r, head); err != nil {
 		return nil, fmt.Errorf("PROXY v2 header: %w", err)
@@ -100,7 +104,7 @@ func ReadProxyV2(r *bufio.Reader) (*ProxyHeader, error) {
 	if head[12]>>4 != 2 {
 		return nil, fmt.Errorf("PROXY v2 header: version %d, want 2", head[12]>>4)
 	}
-	h := &ProxyHeader{TLVs: map[byte][]byte{}}
+	h := &Header{TLVs: map[byte][]byte{}}
 	switch head[12] & 0x0F {
 	case 0:
 		h.Local = true
