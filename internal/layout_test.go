@@ -20,7 +20,7 @@ var mayImport = map[string][]string{
 	"shared":    {"api"},                                                       // policy engine, formats, crypto helpers, peer credentials
 	"authority": {"shared", "api"},                                             // ward server: CA, KMS, registry, audit, store, Node API
 	"node":      {"shared", "api"},                                             // ward agent: attestation, Workload API
-	"dataplane": {"shared", "api"},                                             // ward proxy (and the gateway to come)
+	"dataplane": {"shared", "api"},                                             // ward proxy, ward gateway
 	"public":    {"shared", "api"},                                             // envelope, client: what users import
 	"cli":       {"authority", "node", "dataplane", "shared", "public", "api"}, // the command tree wires every part
 	"cmd":       {"cli"},

@@ -57,8 +57,10 @@ func TestExamplesPassTheirOwnCheck(t *testing.T) {
 			cmd = "agent"
 		case strings.HasPrefix(name, "proxy"):
 			cmd = "proxy"
+		case strings.HasPrefix(name, "gateway"):
+			cmd = "gateway"
 		default:
-			t.Errorf("examples/%s: no command reads it (name it ward*, agent* or proxy*)", name)
+			t.Errorf("examples/%s: no command reads it (name it ward*, agent*, proxy* or gateway*)", name)
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
@@ -68,7 +70,7 @@ func TestExamplesPassTheirOwnCheck(t *testing.T) {
 			}
 		})
 	}
-	for _, want := range []string{"ward.yaml", "agent.yaml", "proxy-inbound.yaml", "proxy-outbound.yaml"} {
+	for _, want := range []string{"ward.yaml", "agent.yaml", "proxy-inbound.yaml", "proxy-outbound.yaml", "gateway.yaml"} {
 		if _, err := os.Stat(filepath.Join(root, "examples", want)); err != nil {
 			t.Errorf("examples/%s is missing: %v", want, err)
 		}

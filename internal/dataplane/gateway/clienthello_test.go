@@ -182,7 +182,6 @@ func sniExt(entries ...any) []byte {
 	return ext(0, append(binary.BigEndian.AppendUint16(nil, uint16(len(list))), list...))
 }
 
-
 func frame(msg []byte, size int) []byte {
 	var out []byte
 	for len(msg) > 0 {

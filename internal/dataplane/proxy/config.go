@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/wardproject/ward/internal/shared/sniname"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -117,6 +118,13 @@ type Inbound struct {
 	Service Service `yaml:"service"`
 	// PeerIdentity: none (default), proxy-v2 or http-header.
 	PeerIdentity string `yaml:"peer_identity"`
+	// AcceptProxyV2: the listener is behind a ward gateway route with
+	// proxy_protocol: v2, and every connection starts with a PROXY v2
+	// header naming the original source (logged as client_addr, passed on
+	// to the app); a connection without a valid one is refused. Only the
+	// gateway may be able to reach such a listener (a unix socket or
+	// loopback): whoever connects to it can claim any source address.
+	AcceptProxyV2 bool `yaml:"accept_proxy_v2"`
 }
 
 // Outbound accepts plaintext from the app and dials the remote with mTLS.
@@ -127,6 +135,25 @@ type Outbound struct {
 	ServerID string `yaml:"server_id"` // required SPIFFE ID of the remote
 	// ServerName is sent as SNI (optional; defaults to none).
 	ServerName string `yaml:"server_name"`
+	// GatewayService reaches the service of that name through a ward
+	// gateway (Remote is the gateway's address): the SNI is
+	// <gateway_service>.<server_id's trust domain>.ward (sniname), the
+	// name the gateway routes by. Exclusive with ServerName; the server
+	// must still present ServerID.
+	GatewayService string `yaml:"gateway_service"`
+}
+
+// SNI is the server name the listener sends: ServerName, or the gateway
+// SNI name of GatewayService in the trust domain of ServerID.
+func (o *Outbound) SNI() (string, error) {
+	if o.GatewayService == "" {
+		return o.ServerName, nil
+	}
+	id, err := spiffeid.FromString(o.ServerID)
+	if err != nil {
+		return "", err
+	}
+	return sniname.For(o.GatewayService, id.TrustDomain().Name())
 }
 
 // LoadConfig reads and validates the file at path.
@@ -295,6 +322,12 @@ func (c *Config) Validate() error {
 		}
 		if _, err := spiffeid.FromString(out.ServerID); err != nil {
 			bad("%s.server_id %q: %v (the SPIFFE ID the remote must present, e.g. spiffe://prod.example/ns/shop/api)", f, out.ServerID, err)
+		} else if out.GatewayService != "" {
+			if out.ServerName != "" {
+				bad("%s: server_name and gateway_service exclude each other: gateway_service sets the SNI the gateway routes by", f)
+			} else if _, err := out.SNI(); err != nil {
+				bad("%s.gateway_service: %v", f, err)
+			}
 		}
 	}
 	return errors.Join(errs...)

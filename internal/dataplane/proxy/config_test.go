@@ -94,3 +94,27 @@ func FuzzParseConfig(f *testing.F) {
 		}
 	})
 }
+
+// TestOutboundGatewayService: gateway_service sets the SNI the gateway
+// routes by, in the trust domain of server_id; it excludes server_name.
+func TestOutboundGatewayService(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig + "    gateway_service: db\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sni, err := c.Outbound[0].SNI(); err != nil || sni != "db.prod.example.ward" {
+		t.Fatalf("SNI %q %v", sni, err)
+	}
+	for edit, want := range map[string]string{
+		"    gateway_service: db\n    server_name: db.internal\n": "server_name and gateway_service exclude each other",
+		"    gateway_service: Db_1\n":                             `outbound[0] (to-db).gateway_service: service name "Db_1"`,
+	} {
+		if _, err := ParseConfig([]byte(goodConfig + edit)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", edit, err, want)
+		}
+	}
+	c, err = ParseConfig([]byte(strings.Replace(goodConfig, "    peer_identity: proxy-v2\n", "    peer_identity: proxy-v2\n    accept_proxy_v2: true\n", 1)))
+	if err != nil || !c.Inbound[0].AcceptProxyV2 {
+		t.Fatalf("accept_proxy_v2: %v", err)
+	}
+}

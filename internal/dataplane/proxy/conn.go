@@ -21,7 +21,9 @@ type connState struct {
 	listener string
 	inbound  bool
 	start    time.Time
-	client   string // remote address of the connecting side
+	client   string // remote address of the connecting side (the original source behind a gateway's PROXY v2 header)
+	via      string // accept_proxy_v2: the gateway's address the connection came through
+	viaID    string // accept_proxy_v2: the gateway's connection id (its access log's id)
 
 	mu      sync.Mutex
 	closers []io.Closer
@@ -68,8 +70,9 @@ const (
 // (netsource.Limits: max_connections_per_source open, of which
 // max_handshakes_per_source still in their TLS handshake), so one host
 // cannot take every slot of max_connections or hold them with connections
-// that never present a certificate. The proxy reads no PROXY header from
-// its callers, so the source is always the real TCP peer's.
+// that never present a certificate. The source is always the real TCP
+// peer's: behind a gateway (accept_proxy_v2) that is the gateway, whose
+// own per-source limits bound the original sources.
 
 func newConnState(listener string, inbound bool, raw net.Conn) *connState {
 	return &connState{id: rand.Text(), listener: listener, inbound: inbound, start: time.Now(), client: raw.RemoteAddr().String(),

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"fmt"
@@ -65,7 +66,17 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	// tainted intermediate or root on the deny-list refuses the peer now
 	// and on every re-check.
 	var keys []string
-	tc := tls.Server(raw, p.withChainKeys(p.inboundTLS, &keys))
+	src, conn := raw.RemoteAddr(), raw
+	if in.AcceptProxyV2 {
+		var err error
+		if src, conn, err = p.readGatewayHeader(c, raw); err != nil {
+			c.handshakeDone()
+			p.m.handshakeFail.WithLabelValues(c.listener, "proxy_v2").Inc()
+			c.outcome, c.errText = "handshake_failed", "proxy_v2: "+err.Error()+" (accept_proxy_v2 is set: only a ward gateway with proxy_protocol: v2 may connect)"
+			return
+		}
+	}
+	tc := tls.Server(conn, p.withChainKeys(p.inboundTLS, &keys))
 	c.add(tc)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.HandshakeTimeout))
 	err := tc.HandshakeContext(ctx)
@@ -136,7 +147,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
 	c.add(app)
 	if in.PeerIdentity == PeerIdentityProxyV2 {
-		hdr, err := proxyproto.AppendV2(nil, raw.RemoteAddr(), raw.LocalAddr(),
+		hdr, err := proxyproto.AppendV2(nil, src, raw.LocalAddr(),
 			proxyproto.TLV{Type: proxyproto.TLVSPIFFEID, Value: []byte(c.req.Principal)}, proxyproto.TLV{Type: proxyproto.TLVUniqueID, Value: []byte(c.id)})
 		if err == nil {
 			_, err = app.Write(hdr)
@@ -151,6 +162,34 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		c.errText = err.Error()
 	}
 }
+
+// readGatewayHeader reads the PROXY v2 header a gateway sends before the
+// ClientHello (within handshake_timeout), records the original source in
+// c and returns it with the connection to read the TLS bytes from.
+func (p *Proxy) readGatewayHeader(c *connState, raw net.Conn) (net.Addr, net.Conn, error) {
+	raw.SetReadDeadline(c.start.Add(time.Duration(p.cfg.HandshakeTimeout)))
+	br := bufio.NewReaderSize(raw, 4096)
+	h, err := proxyproto.ReadV2(br)
+	if err != nil {
+		return nil, nil, err
+	}
+	raw.SetReadDeadline(time.Time{})
+	src := raw.RemoteAddr()
+	c.via, c.viaID = c.client, h.CorrelationID()
+	if !h.Local && h.Src != nil {
+		src = h.Src
+		c.client = h.Src.String()
+	}
+	return src, &bufConn{Conn: raw, r: br}, nil
+}
+
+// bufConn reads through r (which may hold bytes read ahead of a header).
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (b *bufConn) Read(p []byte) (int, error) { return b.r.Read(p) }
 
 // refuse tells a calling ward proxy (verdict.go) that the policy denied
 // its connection: the policy version, the cause and the correlation id of
@@ -177,6 +216,9 @@ func (p *Proxy) logAccess(c *connState) {
 		slog.String("direction", map[bool]string{true: "inbound", false: "outbound"}[c.inbound]),
 		slog.String("client_addr", c.client),
 		slog.String("peer_id", c.req.Principal),
+	}
+	if c.via != "" {
+		attrs = append(attrs, slog.String("via_gateway", c.via), slog.String("gateway_id", c.viaID))
 	}
 	if c.req.CertSerial != "" {
 		attrs = append(attrs, slog.String("peer_serial", c.req.CertSerial))

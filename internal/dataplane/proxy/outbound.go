@@ -17,16 +17,20 @@ func (p *Proxy) startOutbound(out *Outbound) error {
 	if err != nil {
 		return fmt.Errorf("outbound %s: server_id: %w", out.Name, err)
 	}
+	sni, err := out.SNI()
+	if err != nil {
+		return fmt.Errorf("outbound %s: %w", out.Name, err)
+	}
 	l, err := listen(out.Listen)
 	if err != nil {
 		return fmt.Errorf("outbound %s: %w", out.Name, err)
 	}
 	p.addListener(out.Name, l)
-	go p.acceptLoop(l, out.Name, "outbound", func(c *connState, raw net.Conn) { p.serveOutbound(out, id, c, raw) })
+	go p.acceptLoop(l, out.Name, "outbound", func(c *connState, raw net.Conn) { p.serveOutbound(out, id, sni, c, raw) })
 	return nil
 }
 
-func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, c *connState, raw net.Conn) {
+func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, sni string, c *connState, raw net.Conn) {
 	defer p.logAccess(c)
 	c.req.Principal = out.ServerID
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.DialTimeout+p.cfg.HandshakeTimeout))
@@ -42,7 +46,7 @@ func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, c *connState, raw n
 	// refuses a tainted one at the handshake; recheck closes the
 	// connection when a later policy version taints one).
 	var keys []string
-	tc := tls.Client(tcp, p.clientTLS(id, out.ServerName, &keys))
+	tc := tls.Client(tcp, p.clientTLS(id, sni, &keys))
 	c.add(tc)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		reason := handshakeReason(err)
