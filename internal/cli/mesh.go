@@ -111,11 +111,17 @@ type mesh struct {
 	WebID       string
 	APIID       string
 	InboundAddr string // the api's proxy: mTLS from other workloads
-	AppAddr     string // the demo app behind it
+	AppAddr     string // the demo app behind it (appAddr)
 	Policy      uint64
 }
 
 func (m *mesh) path(p ...string) string { return filepath.Join(append([]string{m.Dir}, p...)...) }
+
+// appAddr is where the demo app listens: a unix socket in the mesh
+// directory (0700), so that only the api's proxy (and this user) reach
+// it. The app trusts X-Ward-Peer-Id; on a loopback port any local user
+// could send it a forged one, bypassing the proxy and its policy.
+func (m *mesh) appAddr() string { return "unix://" + m.path("app.sock") }
 
 // freeLoopback picks a free 127.0.0.1 port for a config file.
 func freeLoopback() (string, error) {
@@ -141,9 +147,7 @@ func startMesh(ctx context.Context, srv *server.Server, m *mesh, logw io.Writer)
 	if m.InboundAddr, err = freeLoopback(); err != nil {
 		return nil, err
 	}
-	if m.AppAddr, err = freeLoopback(); err != nil {
-		return nil, err
-	}
+	m.AppAddr = m.appAddr()
 	c, err := client.Dial(m.AdminSocket)
 	if err != nil {
 		return nil, err
@@ -178,7 +182,7 @@ func startMesh(ctx context.Context, srv *server.Server, m *mesh, logw io.Writer)
 		proxies = append(proxies, p)
 	}
 	app := &http.Server{Handler: demoApp(m.APIID), ReadHeaderTimeout: 10 * time.Second}
-	appL, err := net.Listen("tcp", m.AppAddr)
+	appL, err := net.Listen("unix", m.path("app.sock"))
 	if err != nil {
 		return nil, fmt.Errorf("the demo app: %w", err)
 	}
@@ -379,7 +383,7 @@ const meshInstructions = `Mesh demo: two workloads, web and api, talking mutual 
   authority   {{.AdminSocket}}   (dev; Node API {{.NodeAPI}}, data in {{.Shown}}/authority)
   agent       {{.Shown}}/agent.yaml   ({{.AgentID}}, Workload API {{.Shown}}/agent/agent.sock)
   web         {{.WebID}}   {{.Shown}}/proxy-web.yaml: the app calls {{.Shown}}/web.sock
-  api         {{.APIID}}   {{.Shown}}/proxy-api.yaml: {{.InboundAddr}} -> demo app {{.AppAddr}}
+  api         {{.APIID}}   {{.Shown}}/proxy-api.yaml: {{.InboundAddr}} -> demo app {{.Shown}}/app.sock
   policy      {{.Shown}}/policies/connect.cedar (version {{.Policy}}); decisions in {{.Shown}}/access.log
 
 Both entries select unix:uid:{{.UID}} (one user runs both proxies); each proxy asks for its own
@@ -447,7 +451,7 @@ access_log: {{.Dir}}/access.log
 inbound:
   - name: api
     listen: {{.InboundAddr}}           # production: a routable address and allow_non_loopback: true
-    forward: {{.AppAddr}}              # the app, plaintext on loopback
+    forward: {{.AppAddr}}   # the app, plaintext on a socket only this user reaches (the app trusts X-Ward-Peer-Id: on a loopback port any local user could forge it)
     service: {name: api, classification: internal}   # Service::"api" in policy
     peer_identity: http-header          # none | proxy-v2 | http-header
 `,

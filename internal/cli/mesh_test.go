@@ -148,3 +148,28 @@ func TestPrepareMeshDirRefusesOthersDirectories(t *testing.T) {
 		}
 	}
 }
+
+// The demo app trusts X-Ward-Peer-Id, so only the api's proxy may reach
+// it: it listens on a unix socket in the (0700) mesh directory. On a
+// loopback port, as before, any local user could send
+// `X-Ward-Peer-Id: spiffe://.../demo/web` straight to it, bypassing the
+// proxy, its mTLS and its policy.
+func TestMeshAppOnlyBehindTheProxy(t *testing.T) {
+	m := &mesh{Dir: t.TempDir(), Shown: "m", TrustDomain: "dev.ward.internal", UID: 1000, NodeAPI: "127.0.0.1:1",
+		AdminSocket: "unix:///tmp/m/authority/admin.sock", AgentID: "spiffe://dev.ward.internal/ward/agent/mesh-node",
+		WebID: "spiffe://dev.ward.internal/demo/web", APIID: "spiffe://dev.ward.internal/demo/api",
+		InboundAddr: "127.0.0.1:2", Policy: 1}
+	m.AppAddr = m.appAddr()
+	b, err := m.render(meshFiles["proxy-api.yaml"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := proxy.ParseConfig(b)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, b)
+	}
+	fwd := cfg.Inbound[0].Forward
+	if want := "unix://" + filepath.Join(m.Dir, "app.sock"); fwd != want {
+		t.Fatalf("the api's proxy forwards to %q, want the app on %q (a socket in the mesh directory)", fwd, want)
+	}
+}
