@@ -97,11 +97,11 @@ var errRemoteRefused = errors.New("refused by the remote")
 // Read fail at once, so pipe's copy loop, which retries timeouts while the
 // other direction is busy, spun on a core.)
 type verdictConn struct {
-	*tls.Conn
-	done    bool   // the frame was read (or none is expected)
-	hdr     []byte // the frame's bytes read so far
-	err     error
-	refusal string // "refused by the remote policy: ..." (set before err)
+	net.Conn        // the TLS connection to the remote
+	done     bool   // the frame was read (or none is expected)
+	hdr      []byte // the frame's bytes read so far
+	err      error
+	refusal  string // "refused by the remote policy: ..." (set before err)
 }
 
 func newVerdictConn(tc *tls.Conn) *verdictConn {
@@ -191,6 +191,11 @@ func (v *verdictConn) readVerdict() error {
 }
 
 // CloseWrite half-closes the TLS side (pipe's clean end of a direction).
-func (v *verdictConn) CloseWrite() error { return v.Conn.CloseWrite() }
+func (v *verdictConn) CloseWrite() error {
+	if cw, ok := v.Conn.(closeWriter); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
 
 var _ net.Conn = (*verdictConn)(nil)

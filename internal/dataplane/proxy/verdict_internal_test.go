@@ -11,6 +11,8 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -41,7 +43,7 @@ func verdictPair(t *testing.T) (*verdictConn, *tls.Conn) {
 	if err := <-errc; err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { cli.Close(); srv.Close() })
+	t.Cleanup(func() { a.Close(); b.Close() }) // not a TLS close: nobody reads its alert
 	if cli.ConnectionState().NegotiatedProtocol != ALPNVerdict {
 		t.Fatal("verdict not negotiated")
 	}
@@ -91,4 +93,90 @@ func TestVerdictAllowedAfterADeadline(t *testing.T) {
 	if err != nil || string(got) != "hi" {
 		t.Fatalf("app bytes after a late allowed verdict: %q %v", got, err)
 	}
+}
+
+// chunkConn serves data to Read in chunks of the sizes in sizes (cycled),
+// with a read timeout before every chunk whose size is 0, then io.EOF: a
+// remote that sends its verdict frame in pieces and stalls between them.
+type chunkConn struct {
+	net.Conn
+	data  []byte
+	sizes []byte
+	i     int
+}
+
+type timeoutErr struct{}
+
+func (timeoutErr) Error() string   { return "i/o timeout" }
+func (timeoutErr) Timeout() bool   { return true }
+func (timeoutErr) Temporary() bool { return true }
+
+func (c *chunkConn) Read(b []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := 1
+	if len(c.sizes) > 0 {
+		n = int(c.sizes[c.i%len(c.sizes)])
+		c.i++
+		if n == 0 {
+			return 0, timeoutErr{}
+		}
+	}
+	n = min(n, len(b), len(c.data))
+	copy(b, c.data[:n])
+	c.data = c.data[n:]
+	return n, nil
+}
+
+// FuzzVerdictFrame reads what a remote ward proxy sends (a verdict frame,
+// then the app's bytes), split and stalled at random: the outbound side
+// never panics, delivers exactly the bytes after an allowed verdict,
+// reports exactly the (bounded) reason of a refusal, and a timeout never
+// ends the wait.
+func FuzzVerdictFrame(f *testing.F) {
+	f.Add([]byte{0, 'h', 'i'}, []byte{1})
+	f.Add([]byte{1, 0, 4, 'n', 'o', 'p', 'e'}, []byte{1, 0, 2})
+	f.Add([]byte{2, 0xff, 0xff, 'x'}, []byte{3, 0})
+	f.Add([]byte{7, 0, 0}, []byte{0, 0, 200})
+	f.Add([]byte{1, 0}, []byte{})
+	f.Fuzz(func(t *testing.T, data, sizes []byte) {
+		if len(sizes) > 0 && !slices.ContainsFunc(sizes, func(b byte) bool { return b != 0 }) {
+			return // only timeouts: never any byte
+		}
+		v := &verdictConn{Conn: &chunkConn{data: data, sizes: sizes}}
+		var got []byte
+		var err error
+		buf := make([]byte, 512)
+		for range 100000 {
+			var n int
+			n, err = v.Read(buf)
+			got = append(got, buf[:n]...)
+			if err != nil && !isTimeout(err) {
+				break
+			}
+		}
+		if err == nil || isTimeout(err) {
+			t.Fatalf("still reading after %d bytes", len(data))
+		}
+		switch {
+		case len(data) == 0:
+			if errors.Is(err, errRemoteRefused) {
+				t.Fatal("no frame, yet a refusal")
+			}
+		case data[0] == verdictAllowed:
+			if !errors.Is(err, io.EOF) || string(got) != string(data[1:]) {
+				t.Fatalf("after an allowed verdict: %q %v, want %q", got, err, data[1:])
+			}
+		case len(data) >= 3 && len(data) >= 3+min(int(data[1])<<8|int(data[2]), maxVerdictReason):
+			l := min(int(data[1])<<8|int(data[2]), maxVerdictReason)
+			if !errors.Is(err, errRemoteRefused) || len(got) != 0 || !strings.HasSuffix(v.refusal, ": "+string(data[3:3+l])) {
+				t.Fatalf("a refusal: %q %v refusal %q", got, err, v.refusal)
+			}
+		default:
+			if errors.Is(err, errRemoteRefused) || len(got) != 0 {
+				t.Fatalf("a truncated frame: %q %v refusal %q", got, err, v.refusal)
+			}
+		}
+	})
 }
