@@ -3,7 +3,9 @@
 // (two minimal crypto/tls forwarders doing mTLS with static certificates), a
 // ward proxy pair (two `ward proxy` processes, SVIDs from a real Workload
 // API, policy decision per connection, access log), and an stunnel4 pair
-// doing the same mTLS job. For each it measures single-stream throughput,
+// doing the same mTLS job; and the ward proxy pair through a ward gateway
+// (ward-gw) or through HAProxy doing the same SNI routing (haproxy), see
+// bench/gateway/run.sh. For each it measures single-stream throughput,
 // requests/s (closed loop) and p50/p99 latency at a fixed rate, and new
 // connections/s, then prints ratios. Run it through bench/proxy/run.sh.
 package main
@@ -35,13 +37,14 @@ import (
 var (
 	wardBin                                                     = flag.String("ward", "ward", "path to the ward binary")
 	stunnel                                                     = flag.String("stunnel", "stunnel4", "path to stunnel (empty: skip)")
+	haproxy                                                     = flag.String("haproxy", "haproxy", "path to haproxy for the haproxy path (empty: skip)")
 	streamMB                                                    = flag.Int("stream-mb", 512, "MiB sent for single-stream throughput")
 	rate                                                        = flag.Int("rate", 1000, "requests/s for the fixed-rate latency run")
 	rateDur                                                     = flag.Duration("rate-duration", 5*time.Second, "length of the fixed-rate run")
 	loopDur                                                     = flag.Duration("loop-duration", 3*time.Second, "length of the closed-loop runs")
 	conns                                                       = flag.Int("conns", 8, "concurrent connections for the request and connection runs")
 	msgSize                                                     = flag.Int("msg", 128, "request and response size in bytes")
-	only                                                        = flag.String("only", "", "comma-separated subset of paths: direct,go-tls,ward,stunnel")
+	only                                                        = flag.String("only", "", "comma-separated subset of paths: direct,go-tls,ward,stunnel,ward-gw,haproxy (default: the first four)")
 	bareMode                                                    = flag.String("bare", "", "internal: run a bare Go TLS forwarder (server|client)")
 	bareListen, bareTarget, bareCert, bareKey, bareCA, bareName string
 )
@@ -457,6 +460,37 @@ func run() error {
 	go serveApp(appL)
 	app := appL.Addr().String()
 
+	// startWard runs a ward proxy pair (server in front of the app, client
+	// dialing it) and returns the client's listener; with via, the client
+	// dials what via returns (a gateway in front of the server proxy) with
+	// gateway_service set.
+	startWard := func(tag string, via func(srv string) (string, error)) (string, error) {
+		srv, cli := freePort(), freePort()
+		pol := filepath.Join(dir, "bench.cedar")
+		os.WriteFile(pol, []byte(`@id("client-to-server") permit (principal == Workload::"spiffe://bench.example/ns/bench/client", action == Action::"connect", resource == Service::"server");`), 0o600)
+		scfg := fmt.Sprintf("workload_api_socket: %s\npolicy_files: [%s]\naccess_log: %s\nmax_connections: 100000\ninbound:\n  - name: server\n    listen: %s\n    forward: %s\n",
+			api.Addr, pol, filepath.Join(dir, tag+"-server-access.log"), srv, app)
+		remote, extra := srv, ""
+		if via != nil {
+			var err error
+			if remote, err = via(srv); err != nil {
+				return "", err
+			}
+			extra = "    gateway_service: server\n"
+		}
+		ccfg := fmt.Sprintf("workload_api_socket: %s\naccess_log: %s\nmax_connections: 100000\noutbound:\n  - name: to-server\n    listen: %s\n    remote: %s\n    server_id: spiffe://bench.example/ns/bench/server\n%s",
+			web.Addr, filepath.Join(dir, tag+"-client-access.log"), cli, remote, extra)
+		for name, c := range map[string]string{tag + "-server.yaml": scfg, tag + "-client.yaml": ccfg} {
+			if err := os.WriteFile(filepath.Join(dir, name), []byte(c), 0o600); err != nil {
+				return "", err
+			}
+			if _, err := ps.start(*wardBin, "proxy", "--log-level", "warn", "--config", filepath.Join(dir, name)); err != nil {
+				return "", err
+			}
+		}
+		return cli, nil
+	}
+
 	paths := map[string]func() (string, error){
 		"direct": func() (string, error) { return app, nil },
 		"go-tls": func() (string, error) {
@@ -470,23 +504,54 @@ func run() error {
 			}
 			return cli, nil
 		},
-		"ward": func() (string, error) {
-			srv, cli := freePort(), freePort()
-			pol := filepath.Join(dir, "bench.cedar")
-			os.WriteFile(pol, []byte(`@id("client-to-server") permit (principal == Workload::"spiffe://bench.example/ns/bench/client", action == Action::"connect", resource == Service::"server");`), 0o600)
-			scfg := fmt.Sprintf("workload_api_socket: %s\npolicy_files: [%s]\naccess_log: %s\nmax_connections: 100000\ninbound:\n  - name: server\n    listen: %s\n    forward: %s\n",
-				api.Addr, pol, filepath.Join(dir, "server-access.log"), srv, app)
-			ccfg := fmt.Sprintf("workload_api_socket: %s\naccess_log: %s\nmax_connections: 100000\noutbound:\n  - name: to-server\n    listen: %s\n    remote: %s\n    server_id: spiffe://bench.example/ns/bench/server\n",
-				web.Addr, filepath.Join(dir, "client-access.log"), cli, srv)
-			for name, c := range map[string]string{"ward-server.yaml": scfg, "ward-client.yaml": ccfg} {
-				if err := os.WriteFile(filepath.Join(dir, name), []byte(c), 0o600); err != nil {
+		"ward": func() (string, error) { return startWard("ward", nil) },
+		// Through a ward gateway (no key, routes by SNI): client proxy ->
+		// gateway -> server proxy, the client's gateway_service sets the SNI.
+		"ward-gw": func() (string, error) {
+			return startWard("ward-gw", func(srv string) (string, error) {
+				gw := freePort()
+				cfg := fmt.Sprintf("listen: %s\ntrust_domain: bench.example\naccess_log: %s\nmax_connections: 100000\nmax_connections_per_source: 100000\nmax_pending_per_source: 1000\nroutes:\n  - service: server\n    forward: %s\n",
+					gw, filepath.Join(dir, "gateway-access.log"), srv)
+				path := filepath.Join(dir, "gateway.yaml")
+				if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 					return "", err
 				}
-				if _, err := ps.start(*wardBin, "proxy", "--log-level", "warn", "--config", filepath.Join(dir, name)); err != nil {
-					return "", err
-				}
+				_, err := ps.start(*wardBin, "gateway", "--log-level", "warn", "--config", path)
+				return gw, err
+			})
+		},
+		// The same SNI routing by HAProxy (mode tcp, req.ssl_sni).
+		"haproxy": func() (string, error) {
+			if *haproxy == "" {
+				return "", errSkip
 			}
-			return cli, nil
+			if _, err := exec.LookPath(*haproxy); err != nil {
+				return "", errSkip
+			}
+			return startWard("haproxy", func(srv string) (string, error) {
+				gw := freePort()
+				cfg := fmt.Sprintf(`global
+  maxconn 100000
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 5m
+  timeout server 5m
+frontend gw
+  bind %s
+  tcp-request inspect-delay 5s
+  tcp-request content accept if { req.ssl_hello_type 1 }
+  use_backend server if { req.ssl_sni -m str server.bench.example.ward }
+backend server
+  server s1 %s
+`, gw, srv)
+				path := filepath.Join(dir, "haproxy.cfg")
+				if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+					return "", err
+				}
+				_, err := ps.start(*haproxy, "-db", "-q", "-f", path)
+				return gw, err
+			})
 		},
 		"stunnel": func() (string, error) {
 			if *stunnel == "" {
@@ -527,7 +592,7 @@ func run() error {
 		}
 		addr, err := setup()
 		if errors.Is(err, errSkip) {
-			fmt.Printf("%-8s skipped (stunnel4 not installed: apt-get install stunnel4)\n", name)
+			fmt.Printf("%-8s skipped (not installed: apt-get install stunnel4 / haproxy)\n", name)
 			continue
 		}
 		if err != nil {
@@ -558,6 +623,21 @@ func run() error {
 	ratio("ward", "stunnel", rps, "req/s")
 	ratio("ward", "go-tls", cps, "new conn/s")
 	ratio("ward", "stunnel", cps, "new conn/s")
+	for _, what := range []struct {
+		f    func(result) float64
+		name string
+	}{{mb, "throughput"}, {rps, "req/s"}, {cps, "new conn/s"}} {
+		ratio("ward-gw", "ward", what.f, what.name)
+		ratio("haproxy", "ward", what.f, what.name)
+		ratio("ward-gw", "haproxy", what.f, what.name)
+	}
+	if w, ok := res["ward"]; ok {
+		for _, n := range []string{"ward-gw", "haproxy"} {
+			if r, ok := res[n]; ok {
+				fmt.Printf("%-40s %6.0f µs (p50 %.0f µs)\n", n+" added p99 vs ward proxy->proxy", us(r.p99-w.p99), us(r.p50-w.p50))
+			}
+		}
+	}
 	if d, ok := res["direct"]; ok {
 		for _, n := range []string{"go-tls", "ward", "stunnel"} {
 			if r, ok := res[n]; ok {

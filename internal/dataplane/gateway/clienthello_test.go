@@ -315,3 +315,25 @@ func FuzzReadClientHello(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkReadClientHello parses a real post-quantum ClientHello (one
+// record, about 1.5 KiB) and the same split into 100-byte records.
+func BenchmarkReadClientHello(b *testing.B) {
+	raw := realHellos(b)["tls13-pq-sni"].raw
+	for _, tc := range []struct {
+		name string
+		in   []byte
+	}{{"one-record", raw}, {"100-byte-records", resplit(raw, 100)}} {
+		b.Run(tc.name, func(b *testing.B) {
+			r := bytes.NewReader(tc.in)
+			b.SetBytes(int64(len(tc.in)))
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				r.Reset(tc.in)
+				if _, err := ReadClientHello(r, DefaultMaxClientHello); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

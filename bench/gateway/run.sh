@@ -1,0 +1,25 @@
+#!/bin/sh
+# Side-by-side loopback benchmark of the east-west gateway: a ward proxy
+# pair direct (ward), the same pair through `ward gateway` (ward-gw), and
+# through HAProxy doing the same SNI routing (haproxy: mode tcp,
+# req.ssl_sni; Debian package haproxy, installed here if missing), with the
+# ratios; then the Go benchmarks of the gateway's per-connection path,
+# splice throughput and ClientHello parser. Not part of the test suite.
+# Usage: bench/gateway/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000]
+set -eu
+cd "$(dirname "$0")/../.."
+if ! command -v haproxy >/dev/null 2>&1; then
+  echo "installing haproxy (apt-get) for the comparison..."
+  if [ "$(id -u)" = 0 ]; then apt-get install -y -q haproxy >/dev/null || true
+  else sudo apt-get install -y -q haproxy >/dev/null || true; fi
+fi
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+go build -o "$tmp/ward" ./cmd/ward
+go build -o "$tmp/proxybench" ./bench/proxy
+haproxy=$(command -v haproxy || true)
+echo "== ward proxy pair: direct vs through ward gateway vs through HAProxy ($(go version | cut -d' ' -f3); $("${haproxy:-true}" -v 2>/dev/null | head -1))"
+"$tmp/proxybench" -ward "$tmp/ward" -haproxy "$haproxy" -only ward,ward-gw,haproxy "$@"
+echo
+echo "== gateway hot path (go test -bench): new connection, splice, ClientHello parser"
+go test ./internal/dataplane/gateway/ -run '^$' -bench 'Connection|Splice|ReadClientHello' -benchtime 2s | grep -E '^Benchmark|^ok'
