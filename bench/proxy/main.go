@@ -530,8 +530,9 @@ func run() error {
 			}
 			return startWard("haproxy", func(srv string) (string, error) {
 				gw := freePort()
+				// maxconn within the usual 20000-fd limit (HAProxy needs two per connection).
 				cfg := fmt.Sprintf(`global
-  maxconn 100000
+  maxconn 8000
 defaults
   mode tcp
   timeout connect 5s
@@ -549,7 +550,7 @@ backend server
 				if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 					return "", err
 				}
-				_, err := ps.start(*haproxy, "-db", "-q", "-f", path)
+				_, err := ps.start(*haproxy, "-db", "-f", path)
 				return gw, err
 			})
 		},
