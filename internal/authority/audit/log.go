@@ -109,6 +109,8 @@ type Log struct {
 	// rollbacks counts the times the stored log was found to have gone
 	// backwards (shorter or different than what this Log already saw).
 	rollbacks atomic.Uint64
+	// commits counts the store batches that stored events.
+	commits atomic.Uint64
 
 	mu     sync.Mutex // guards queue, closed
 	queue  []*pending
@@ -274,8 +276,28 @@ func (l *Log) Close() error {
 	return nil
 }
 
+// maxLinger bounds how long the committer waits for the callers of the
+// previous group to come back before it closes the next group.
+const maxLinger = time.Millisecond
+
+// run is the committer. Commits are serial (one store batch at a time), so
+// with callers that append again as soon as they are released (every
+// unary API call is such a caller), a group that closed the moment the
+// previous commit ended would hold only those who arrived during that
+// commit; the callers just released would miss it and wait for two commits
+// (the one under way and their own), and concurrent callers would split
+// into two alternating halves. So after releasing n events the committer
+// waits for up to n events to be queued again, but never longer than half
+// the last commit took (nor maxLinger): an event arriving within that
+// window saves a whole commit. An event arriving after that window (after
+// an idle spell) or with a single caller is taken at once.
 func (l *Log) run() {
 	defer close(l.exited)
+	var (
+		timer    *time.Timer
+		active   int       // events released by the previous commit plus those queued during it
+		deadline time.Time // its end plus half its duration (at most maxLinger)
+	)
 	for {
 		l.mu.Lock()
 		for len(l.queue) == 0 && !l.closed {
@@ -287,6 +309,30 @@ func (l *Log) run() {
 			l.mu.Unlock()
 			return
 		}
+		if want := min(active, l.maxGroup); len(l.queue) < want {
+			for len(l.queue) < want && !l.closed {
+				wait := time.Until(deadline)
+				if wait <= 0 {
+					break
+				}
+				l.mu.Unlock()
+				if timer == nil {
+					timer = time.NewTimer(wait)
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-l.wake:
+				case <-timer.C:
+				}
+				timer.Stop()
+				l.mu.Lock()
+			}
+			if len(l.queue) == 0 { // the waiting callers gave up
+				l.mu.Unlock()
+				continue
+			}
+		}
 		var group []*pending
 		if len(l.queue) <= l.maxGroup {
 			group, l.queue = l.queue, nil
@@ -295,7 +341,13 @@ func (l *Log) run() {
 			l.queue = slices.Clone(l.queue[l.maxGroup:])
 		}
 		l.mu.Unlock()
+		start := time.Now()
 		l.commit(group)
+		end := time.Now()
+		l.mu.Lock()
+		active = len(group) + len(l.queue)
+		l.mu.Unlock()
+		deadline = end.Add(min(end.Sub(start)/2, maxLinger))
 	}
 }
 
@@ -411,6 +463,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 			return a, fmt.Errorf("storing audit events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)
 		}
 		l.setState(h.Size, snaps[c], rev, h.Checkpoint)
+		l.commits.Add(1)
 	}
 	release(ps, base)
 	return n, nil
@@ -482,6 +535,11 @@ func (l *Log) noteRollback(detail string) {
 	l.log.Error("audit: the stored audit log went backwards (rolled back, truncated or replaced in storage)",
 		"origin", l.origin, "detail", detail, "action", "run `ward audit verify` and restore the log from a trusted copy")
 }
+
+// Commits returns how many store batches this Log wrote (each a durable
+// write of one group, or of one chunk of a group larger than the store's
+// batch limit): appended events ÷ commits is the group size.
+func (l *Log) Commits() uint64 { return l.commits.Load() }
 
 // RollbacksDetected returns how often this Log found the stored log to
 // have gone backwards (for the ward_audit_rollbacks_detected_total metric).

@@ -2,8 +2,13 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
@@ -11,9 +16,14 @@ import (
 )
 
 func benchAuthority(b *testing.B) *client.Client {
+	_, c := benchServer(b)
+	return c
+}
+
+func benchServer(b *testing.B) (*Server, *client.Client) {
 	b.Helper()
 	cfg := baseConfig(filepath.Join(b.TempDir(), "a"))
-	_, c := startB(b, cfg)
+	srv, c := startB(b, cfg)
 	ctx := context.Background()
 	if _, err := c.Operator.Init(ctx, &wardv1.InitRequest{}); err != nil {
 		b.Fatal(err)
@@ -21,7 +31,7 @@ func benchAuthority(b *testing.B) *client.Client {
 	if _, err := c.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "bench", Classification: "confidential"}); err != nil {
 		b.Fatal(err)
 	}
-	return c
+	return srv, c
 }
 
 // BenchmarkAPIDataKeyBatch measures data keys per second through the
@@ -86,4 +96,51 @@ func BenchmarkAuditAppendBbolt(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "events/s")
+}
+
+// BenchmarkAPIEncryptUnaryCallers measures single encrypt calls through the
+// real admin socket (gRPC over the unix socket, one audit event each, group
+// committed to bbolt with fsync) from 1, 8 and 64 concurrent callers, and
+// reports throughput and the p50/p99 latency of one call.
+func BenchmarkAPIEncryptUnaryCallers(b *testing.B) {
+	for _, callers := range []int{1, 8, 64} {
+		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
+			srv, c := benchServer(b)
+			st, err := srv.state()
+			if err != nil {
+				b.Fatal(err)
+			}
+			ctx := context.Background()
+			pt := make([]byte, 32)
+			req := &wardv1.EncryptRequest{Key: "bench", Plaintext: pt}
+			lat := make([]time.Duration, b.N)
+			var next atomic.Int64
+			var wg sync.WaitGroup
+			commits := st.audit.Commits()
+			b.ResetTimer()
+			for range callers {
+				wg.Go(func() {
+					for {
+						i := next.Add(1) - 1
+						if i >= int64(b.N) {
+							return
+						}
+						t0 := time.Now()
+						if _, err := c.KMS.Encrypt(ctx, req); err != nil {
+							b.Error(err)
+							return
+						}
+						lat[i] = time.Since(t0)
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/float64(max(st.audit.Commits()-commits, 1)), "events/commit")
+			slices.Sort(lat)
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
+		})
+	}
 }
