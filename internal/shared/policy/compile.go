@@ -258,7 +258,7 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 			Message: fmt.Sprintf("policy files total %d bytes, more than the limit of %d; split the policy set", total, MaxTotalSize)}}}
 	}
 
-	set := &Set{model: m, byID: map[string]*compiled{}}
+	set := &Set{model: m, byID: map[string]*compiled{}, cache: newDecisionCache()}
 	firstSeen := map[string]Problem{}
 	for _, name := range names {
 		src := files[name]
@@ -333,6 +333,7 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 			}
 			c.actionMask = m.actionMask(pa.Action)
 			c.needsAttrs, c.needsContext = dataNeeds(pa)
+			c.readsTime = readsTime(pa)
 			c.pKey, c.pAny = scopeKey(pa.Principal)
 			c.rKey, c.rAny = scopeKey(pa.Resource)
 			set.byID[id] = c

@@ -219,14 +219,14 @@ func (s *Set) WithDenyList(d DenyList) (*Set, error) {
 		return nil, &CompileError{Problems: probs}
 	}
 	c := *s
-	c.deny = ds
+	c.deny, c.cache = ds, newDecisionCache()
 	return &c, nil
 }
 
 // WithVersion returns a copy of s labelled with version v.
 func (s *Set) WithVersion(v uint64) *Set {
 	c := *s
-	c.version = v
+	c.version, c.cache = v, newDecisionCache()
 	return &c
 }
 

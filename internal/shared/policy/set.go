@@ -123,8 +123,9 @@ type compiled struct {
 	pKey, rKey types.EntityUID
 	pAny, rAny bool
 	// needsAttrs: the policy may read the principal's attributes;
-	// needsContext: it reads the context. Conservative (true when unsure).
-	needsAttrs, needsContext bool
+	// needsContext: it reads the context; readsTime: it may read the
+	// request time. Conservative (true when unsure).
+	needsAttrs, needsContext, readsTime bool
 }
 
 type bucket struct {
@@ -156,6 +157,10 @@ type Set struct {
 
 	anyPrincipal bucket
 	byPrincipal  map[types.EntityUID]*bucket
+
+	// cache holds recent decisions of this Set (cache.go); every Set,
+	// copies made by WithDenyList and WithVersion included, has its own.
+	cache *decisionCache
 }
 
 func (s *Set) buildIndex() {
@@ -475,40 +480,41 @@ func (s *Set) lookupAll() candidates {
 }
 
 // Decide answers req. It never fails: problems with the request deny with
-// CauseBadRequest.
+// CauseBadRequest. Recent decisions that cannot depend on the time are
+// answered from the Set's cache (cache.go) after the deny-list check.
 func (s *Set) Decide(req Request) Decision {
-	return s.decide(&req, false)
+	s.fillPrincipal(&req)
+	if d, denied := s.denied(&req); denied {
+		return d
+	}
+	if s.cache == nil || req.CertSerial != "" && !validSerial(req.CertSerial) {
+		return s.decideCopy(req)
+	}
+	return s.cachedDecide(&req)
 }
 
-func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
-	d := Decision{Version: s.version}
+// decideCopy decides a copy of req without the cache, so that Decide's own
+// request stays on the stack.
+//
+//go:noinline
+func (s *Set) decideCopy(req Request) Decision { return s.decide(&req, false) }
+
+// fillPrincipal fills in the labels and groups of a request that carries
+// none from the Set's principals.
+func (s *Set) fillPrincipal(req *Request) {
 	if req.Labels == nil && req.Groups == nil {
 		if p, ok := s.principals[req.Principal]; ok {
 			req.Labels, req.Groups = p.Labels, p.Groups
 		}
 	}
-	if s.deny != nil {
-		if _, ok := s.deny.ids[req.Principal]; ok {
-			d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListID}
-			return d, nil, true
-		}
-		if req.CertSerial != "" {
-			if n, err := NormalizeSerial(req.CertSerial); err == nil {
-				if _, ok := s.deny.serials[n]; ok {
-					d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListSerial}
-					return d, nil, true
-				}
-			}
-		}
-		if len(s.deny.keys) > 0 {
-			for _, k := range req.ChainKeyIDs {
-				if _, ok := s.deny.keys[strings.ToLower(k)]; ok {
-					d.Cause, d.Reasons = CauseTaintedKey, []string{ReasonTaintedKeyPrefix + strings.ToLower(k)}
-					return d, nil, true
-				}
-			}
-		}
+}
+
+func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
+	s.fillPrincipal(req)
+	if d, denied := s.denied(req); denied {
+		return d, nil, true
 	}
+	d := Decision{Version: s.version}
 	e, err := s.model.env(req)
 	if err != nil {
 		d.Cause, d.Reasons = CauseBadRequest, []string{ReasonBadRequest}
@@ -525,10 +531,53 @@ func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
 	return d, e, false
 }
 
+// denied checks req against the deny-list.
+func (s *Set) denied(req *Request) (Decision, bool) {
+	d := Decision{Version: s.version}
+	if s.deny != nil {
+		if _, ok := s.deny.ids[req.Principal]; ok {
+			d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListID}
+			return d, true
+		}
+		if req.CertSerial != "" {
+			if n, err := NormalizeSerial(req.CertSerial); err == nil {
+				if _, ok := s.deny.serials[n]; ok {
+					d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListSerial}
+					return d, true
+				}
+			}
+		}
+		if len(s.deny.keys) > 0 {
+			for _, k := range req.ChainKeyIDs {
+				if _, ok := s.deny.keys[strings.ToLower(k)]; ok {
+					d.Cause, d.Reasons = CauseTaintedKey, []string{ReasonTaintedKeyPrefix + strings.ToLower(k)}
+					return d, true
+				}
+			}
+		}
+	}
+	return d, false
+}
+
+func validSerial(serial string) bool {
+	_, err := NormalizeSerial(serial)
+	return err == nil
+}
+
+// decide evaluates req without the cache (unindexed: hand cedar-go every
+// policy, the reference the index is tested against).
 func (s *Set) decide(req *Request, unindexed bool) Decision {
+	d, _ := s.evaluate(req, unindexed)
+	return d
+}
+
+// evaluate decides req and reports whether the decision may be cached: it
+// passed the deny-list, the request is valid, and no candidate policy may
+// read the time.
+func (s *Set) evaluate(req *Request, unindexed bool) (Decision, bool) {
 	d, e, done := s.preCheck(req)
 	if done {
-		return d
+		return d, false
 	}
 	var cs candidates
 	if unindexed {
@@ -584,7 +633,19 @@ func (s *Set) decide(req *Request, unindexed bool) Decision {
 		d.DryRunPermits = dryPermits
 	}
 	sort.Slice(d.Errors, func(i, j int) bool { return d.Errors[i].Policy < d.Errors[j].Policy })
-	return d
+	return d, !cs.readTime()
+}
+
+// readTime reports whether a candidate may read the request time.
+func (cs *candidates) readTime() bool {
+	for _, l := range []policyList{cs.enforced, cs.dryForbid, cs.dryPermit} {
+		for _, c := range l {
+			if c.readsTime {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // erroredForbids returns the ids of enforced forbid policies among errs.
