@@ -17,15 +17,16 @@ const module = "github.com/wardproject/ward"
 // parts: the top folders of internal/ (and the public packages), each with
 // the parts its packages may import. A part may always import itself.
 var mayImport = map[string][]string{
-	"shared":    {"api"},                                                       // policy engine, formats, crypto helpers, peer credentials
-	"authority": {"shared", "api"},                                             // ward server: CA, KMS, registry, audit, store, Node API
-	"node":      {"shared", "api"},                                             // ward agent: attestation, Workload API
-	"dataplane": {"shared", "api"},                                             // ward proxy, ward gateway
-	"public":    {"shared", "api"},                                             // envelope, client: what users import
-	"cli":       {"authority", "node", "dataplane", "shared", "public", "api"}, // the command tree wires every part
-	"cmd":       {"cli"},
-	"testutil":  {"authority", "node", "dataplane", "shared", "public", "api"}, // fixtures for tests only
-	"api":       {},
+	"shared":       {"api"},                                                                       // policy engine, formats, crypto helpers, peer credentials
+	"authority":    {"shared", "api"},                                                             // ward server: CA, KMS, registry, audit, store, Node API
+	"node":         {"shared", "api"},                                                             // ward agent: attestation, Workload API
+	"dataplane":    {"shared", "api"},                                                             // ward proxy, ward gateway
+	"integrations": {"shared", "public", "api"},                                                   // beside other systems' servers (ward kms-plugin beside kube-apiserver): never the authority
+	"public":       {"shared", "api"},                                                             // envelope, client: what users import
+	"cli":          {"authority", "node", "dataplane", "integrations", "shared", "public", "api"}, // the command tree wires every part
+	"cmd":          {"cli"},
+	"testutil":     {"authority", "node", "dataplane", "integrations", "shared", "public", "api"}, // fixtures for tests only
+	"api":          {},
 }
 
 // partOf names the part a package path of this module belongs to.

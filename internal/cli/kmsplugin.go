@@ -1,0 +1,114 @@
+package cli
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/integrations/k8s/kmsplugin"
+)
+
+func init() {
+	register(func(root *cobra.Command) { root.AddCommand(kmsPluginCommand()) })
+}
+
+func kmsPluginCommand() *cobra.Command {
+	var cfgPath, logLevel string
+	var check bool
+	cmd := &cobra.Command{
+		Use:   "kms-plugin --config kms-plugin.yaml",
+		Short: "Run the Kubernetes KMS v2 plugin: kube-apiserver's DEK seeds wrapped by a ward key",
+		Long: `Run ward's Kubernetes KMS v2 plugin beside kube-apiserver. See docs/kubernetes.md.
+
+It serves the KMS v2 gRPC API on a unix socket (mode 0600) named in the
+apiserver's EncryptionConfiguration, and wraps the DEK seeds the apiserver
+makes with a ward key through the authority's admin socket, bound to the
+encryption context k8s-kms-plugin=<cluster>. Every call is authorized and
+audited by the authority like any other KMS call.
+
+Status answers "ok" only after a real encrypt/decrypt round trip through the
+authority (reused for health_ttl, 10s by default), and otherwise says why
+(authority sealed, unreachable, key disabled). Its key_id is
+ward:<key>:<version>, so ` + "`ward key rotate`" + ` changes it and the apiserver
+makes a new DEK seed under the new version.
+
+--check validates the configuration, makes one round trip and exits non-zero
+unless it succeeded.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfgPath == "" {
+				return fmt.Errorf("give --config kms-plugin.yaml (see docs/kubernetes.md)")
+			}
+			cfg, err := kmsplugin.LoadConfig(cfgPath)
+			if err != nil {
+				return err
+			}
+			c, err := dialKMSPluginAuthority(cmd, cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			p := kmsplugin.New(cfg, kmsplugin.ClientAuthority(c))
+			out := cmd.OutOrStdout()
+			if check {
+				healthz, v := p.Health(cmd.Context())
+				if healthz != "ok" {
+					return &exitError{code: 1, err: fmt.Errorf("%s: valid, but the round trip through the authority failed: %s", cfgPath, healthz)}
+				}
+				fmt.Fprintf(out, "%s: valid; round trip through the authority ok; key_id %s\n", cfgPath, kmsplugin.KeyID(cfg.Key, v))
+				return nil
+			}
+			log := newLogger(cmd.ErrOrStderr(), logLevel)
+			ln, err := kmsplugin.Listen(cfg.Socket)
+			if err != nil {
+				return err
+			}
+			defer os.Remove(cfg.Socket)
+			healthz, v := p.Health(cmd.Context())
+			log.Info("kms-plugin serving", "socket", cfg.Socket, "key", cfg.Key, "cluster", cfg.Cluster,
+				"healthz", healthz, "key_id", keyIDOrNone(cfg.Key, v))
+			fmt.Fprintf(out, "kms-plugin: serving KMS v2 on unix://%s (key %s, cluster %s)\n", cfg.Socket, cfg.Key, cfg.Cluster)
+			return p.Serve(cmd.Context(), ln)
+		},
+	}
+	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the plugin configuration (YAML, docs/kubernetes.md)")
+	cmd.Flags().StringVar(&logLevel, "log-level", "info", "operational log level: debug, info, warn or error")
+	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration, make one round trip through the authority and exit")
+	return cmd
+}
+
+func keyIDOrNone(key string, v uint32) string {
+	if v == 0 {
+		return "(none yet)"
+	}
+	return kmsplugin.KeyID(key, v)
+}
+
+// dialKMSPluginAuthority dials the admin socket named by the configuration
+// (else --address / $WARD_ADDRESS), checking its server like every CLI
+// command does (adminPeer).
+func dialKMSPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config) (*client.Client, error) {
+	flag, _ := cmd.Flags().GetString("address")
+	if cfg.Authority.Address != "" {
+		flag = cfg.Authority.Address
+	}
+	addr, err := client.ResolveAddress(flag)
+	if err != nil {
+		return nil, err
+	}
+	path, ok := strings.CutPrefix(addr, "unix://")
+	if !ok {
+		return nil, fmt.Errorf("authority address %q: the kms-plugin reaches the authority over its admin socket (unix:///path/to/admin.sock)", addr)
+	}
+	extra := -1
+	if cfg.Authority.ServerUID != nil {
+		extra = *cfg.Authority.ServerUID
+	} else if f := cmd.Flags().Lookup("server-uid"); f != nil {
+		extra, _ = cmd.Flags().GetInt("server-uid")
+	}
+	chk := &adminPeer{path: path, self: uint32(os.Geteuid()), extraUID: extra}
+	return client.Dial(addr, client.WithUnixPeerCheck(chk.check))
+}

@@ -1,0 +1,118 @@
+// Package kmsplugin is ward's Kubernetes KMS v2 plugin: it serves the KMS
+// v2 gRPC API (k8s.io/kms apis/v2) to kube-apiserver on a unix socket and
+// wraps the apiserver's DEK seeds with a named ward key through the
+// authority, bound to an encryption context that names the cluster. It
+// runs beside the apiserver (`ward kms-plugin`), so it imports only
+// shared, api and the public client: never the authority's internals.
+package kmsplugin
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wardproject/ward/internal/shared/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/yamlconf"
+)
+
+// ContextKey is the encryption-context key every DEK seed is bound to; its
+// value is the cluster name, so a seed wrapped for one cluster does not
+// decrypt for another, nor for any other ward KMS caller.
+const ContextKey = "k8s-kms-plugin"
+
+// Defaults, documented in docs/kubernetes.md.
+const (
+	// DefaultHealthTTL is how long a successful Status round trip is
+	// reused. The apiserver polls Status about once a minute while healthy
+	// (every 10 s while not), so with 10 s every healthy poll after a quiet
+	// spell makes one fresh round trip.
+	DefaultHealthTTL = 10 * time.Second
+	// DefaultTimeout bounds every call to the authority; the apiserver
+	// gives a KMS v2 call 3 s in all.
+	DefaultTimeout = 2 * time.Second
+)
+
+// Config is the plugin's YAML configuration file.
+type Config struct {
+	// Socket is the unix socket the apiserver dials (the endpoint of the
+	// EncryptionConfiguration, without "unix://").
+	Socket string `yaml:"socket"`
+	// Cluster names the cluster; it is the value of the k8s-kms-plugin
+	// encryption context, so it must never change for stored data.
+	Cluster string `yaml:"cluster"`
+	// Key is the ward key that wraps DEK seeds (ward key create NAME).
+	Key string `yaml:"key"`
+	// Authority says how to reach the authority.
+	Authority AuthorityConfig `yaml:"authority"`
+	// HealthTTL: how long a good Status round trip is reused (default 10s).
+	HealthTTL yamlconf.Duration `yaml:"health_ttl"`
+	// Timeout bounds each call to the authority (default 2s).
+	Timeout yamlconf.Duration `yaml:"timeout"`
+}
+
+// AuthorityConfig names the authority's admin socket.
+type AuthorityConfig struct {
+	// Address is unix:///path/to/admin.sock (default $WARD_ADDRESS).
+	Address string `yaml:"address"`
+	// ServerUID also trusts an admin socket served by this uid (as the
+	// CLI's --server-uid); -1 or absent: only root, the plugin's own uid or
+	// the owner of a private directory holding the socket.
+	ServerUID *int `yaml:"server_uid"`
+}
+
+const configDocs = "docs/kubernetes.md"
+
+// ParseConfig reads and validates a configuration, filling defaults.
+func ParseConfig(b []byte) (*Config, error) {
+	var c Config
+	if err := yamlconf.DecodeStrict(b, &c, configDocs); err != nil {
+		return nil, err
+	}
+	if err := c.validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// LoadConfig reads the configuration file at path.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the kms-plugin configuration: %w", err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *Config) validate() error {
+	var problems []error
+	if c.Socket == "" {
+		problems = append(problems, errors.New("socket: required, for example /run/ward/kms-plugin.sock (the EncryptionConfiguration's endpoint is unix:// followed by it)"))
+	} else if !filepath.IsAbs(c.Socket) {
+		problems = append(problems, fmt.Errorf("socket: %q must be an absolute path", c.Socket))
+	}
+	if c.Cluster == "" {
+		problems = append(problems, errors.New("cluster: required: the cluster's name, bound into every wrapped DEK seed (never change it while data is stored under it)"))
+	} else if len(c.Cluster) > 253 {
+		problems = append(problems, fmt.Errorf("cluster: %d characters: the limit is 253", len(c.Cluster)))
+	}
+	if err := kmsfmt.ValidateKeyName(c.Key); err != nil {
+		problems = append(problems, fmt.Errorf("key: %v", err))
+	}
+	if c.HealthTTL == 0 {
+		c.HealthTTL = yamlconf.Duration(DefaultHealthTTL)
+	} else if c.HealthTTL < 0 || time.Duration(c.HealthTTL) > time.Minute {
+		problems = append(problems, fmt.Errorf("health_ttl: %s: use 0s < health_ttl <= 1m (the apiserver polls Status every minute)", time.Duration(c.HealthTTL)))
+	}
+	if c.Timeout == 0 {
+		c.Timeout = yamlconf.Duration(DefaultTimeout)
+	} else if c.Timeout < 0 || time.Duration(c.Timeout) >= 3*time.Second {
+		problems = append(problems, fmt.Errorf("timeout: %s: use 0s < timeout < 3s (the apiserver gives a KMS call 3s)", time.Duration(c.Timeout)))
+	}
+	return errors.Join(problems...)
+}
