@@ -2,8 +2,16 @@ package agent
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
 	"io"
 	"log/slog"
+	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -435,4 +443,62 @@ func TestRefusedAgentSVIDRenewsAtOnce(t *testing.T) {
 	if strings.Contains(r.logs.String(), "reachable again") {
 		t.Fatalf("logged the authority as reachable again though it never was unreachable:\n%s", r.logs.String())
 	}
+}
+
+// TestSyncWithLargeFederatedBundles: Sync carries the bundle of every
+// trust domain the agent's entries federate with, each up to the 1 MiB a
+// foreign bundle may have (federation.MaxBundleSize), and the authority
+// sends up to 64 MiB. The agent received at most gRPC's default 4 MiB, so
+// a few large foreign bundles (which their trust domains control) made
+// every Sync of the node fail with ResourceExhausted: no entries, no SVIDs.
+func TestSyncWithLargeFederatedBundles(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, 24*time.Hour)
+	var tds []string
+	for i := range 6 {
+		tds = append(tds, fmt.Sprintf("fed%d.example", i))
+	}
+	auth.mu.Lock()
+	auth.federated = func(names []string) map[string][]byte {
+		out := map[string][]byte{}
+		for _, n := range names {
+			out[n] = bigBundle(t, n, 1<<20)
+		}
+		return out
+	}
+	auth.mu.Unlock()
+	auth.addEntryFederated("/web", tds, uidSelector())
+	cfg := agentConfig(t, auth, t.TempDir())
+	cfg.JoinToken = auth.joinToken()
+	r := startAgent(t, cfg, nil)
+	mustFetch(t, r)
+}
+
+// bigBundle is a SPIFFE bundle of td of about size bytes: one CA
+// certificate listed again and again (as a bundle with many authorities).
+func bigBundle(t testing.TB, td string, size int) []byte {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), IsCA: true, BasicConstraintsValid: true,
+		URIs: []*url.URL{{Scheme: "spiffe", Host: td}}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := fmt.Sprintf(`{"use":"x509-svid","kty":"EC","crv":"P-256","x":%q,"y":%q,"x5c":[%q]}`,
+		base64.RawURLEncoding.EncodeToString(k.X.FillBytes(make([]byte, 32))),
+		base64.RawURLEncoding.EncodeToString(k.Y.FillBytes(make([]byte, 32))),
+		base64.StdEncoding.EncodeToString(der))
+	var b strings.Builder
+	b.WriteString(`{"spiffe_sequence":1,"keys":[`)
+	for i := 0; b.Len() < size; i++ {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(key)
+	}
+	b.WriteString("]}")
+	return []byte(b.String())
 }

@@ -41,6 +41,8 @@ type testAuthority struct {
 	mu     sync.Mutex
 	srv    *nodeapi.Server
 	agents []spiffeid.ID // the agents entries are registered under
+	// federated, when set, answers Sync's federated_bundles.
+	federated func(names []string) map[string][]byte
 }
 
 // testAgentPath names the agent of every join token (so entries can be
@@ -72,7 +74,15 @@ func (a *testAuthority) start(addr string) {
 	roots := x509.NewCertPool()
 	roots.AddCert(a.nodeCA)
 	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a.Authority, X509PopRoots: roots,
-		AgentSVIDTTL: a.agentTTL, AuditLog: &a.audit})
+		AgentSVIDTTL: a.agentTTL, AuditLog: &a.audit, FederatedBundles: func(names []string) map[string][]byte {
+			a.mu.Lock()
+			f := a.federated
+			a.mu.Unlock()
+			if f == nil {
+				return nil
+			}
+			return f(names)
+		}})
 	if err != nil {
 		a.t.Fatal(err)
 	}
@@ -124,6 +134,12 @@ func (a *testAuthority) joinToken() string { return a.JoinToken(a.t, testAgentPa
 // agent of this authority (the join-token agent and each x509pop node).
 func (a *testAuthority) addEntry(path string, selectors ...string) {
 	a.t.Helper()
+	a.addEntryFederated(path, nil, selectors...)
+}
+
+// addEntryFederated registers path for every agent, federating with tds.
+func (a *testAuthority) addEntryFederated(path string, tds []string, selectors ...string) {
+	a.t.Helper()
 	sels, err := attest.ParseSelectors(selectors)
 	if err != nil {
 		a.t.Fatal(err)
@@ -132,7 +148,7 @@ func (a *testAuthority) addEntry(path string, selectors ...string) {
 	agents := append([]spiffeid.ID(nil), a.agents...)
 	a.mu.Unlock()
 	for _, agent := range agents {
-		if _, err := a.Registry.CreateEntry(context.Background(), registry.Entry{SPIFFEID: a.ID(path).String(), ParentID: agent.String(), Selectors: sels}); err != nil {
+		if _, err := a.Registry.CreateEntry(context.Background(), registry.Entry{SPIFFEID: a.ID(path).String(), ParentID: agent.String(), Selectors: sels, FederatesWith: tds}); err != nil {
 			a.t.Fatal(err)
 		}
 	}

@@ -58,6 +58,10 @@ func (n *nodeTLS) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bun
 	return b.X509Bundle(), nil
 }
 
+// maxSyncMsg is the largest Node API answer the agent takes: the
+// authority's send limit (nodeapi: grpc.MaxSendMsgSize(64<<20)).
+const maxSyncMsg = 64 << 20
+
 // nodeTLS adapts the agent to go-spiffe's SVID and bundle sources.
 type nodeTLS struct{ a *Agent }
 
@@ -73,7 +77,12 @@ func (a *Agent) dial(mtls bool) (*grpc.ClientConn, error) {
 		tc = tlsconfig.TLSClientConfig(src, tlsconfig.AuthorizeID(a.serverID))
 	}
 	tc.MinVersion = tls.VersionTLS13
-	conn, err := grpc.NewClient(a.cfg.ServerAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	// Sync carries the bundle of every trust domain the node's entries
+	// federate with (each up to 1 MiB, controlled by that trust domain):
+	// take what the authority may send (its MaxSendMsgSize), not gRPC's
+	// default 4 MiB, or a few large foreign bundles stop every Sync.
+	conn, err := grpc.NewClient(a.cfg.ServerAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMsg)))
 	if err != nil {
 		return nil, fmt.Errorf("connect to authority %s: %w", a.cfg.ServerAddress, err)
 	}
