@@ -140,6 +140,10 @@ type Bundle struct {
 	// their registration entries), so that every enforcement point sees the
 	// same labels and groups for a peer at a given policy version.
 	Principals map[string]Principal `json:"principals,omitempty"`
+	// RemoteDenyLists are the deny-lists federated trust domains published
+	// for their own identities, by trust domain (remote.go): each refuses
+	// only peers of its trust domain.
+	RemoteDenyLists map[string]DenyList `json:"remote_deny_lists,omitempty"`
 }
 
 // Principal is what the authority knows about one workload identity.
@@ -205,6 +209,9 @@ func (s *Schema) CompileBundle(b Bundle) (*Set, error) {
 		if _, _, err := parseSPIFFEID(id); err != nil {
 			return nil, &CompileError{Problems: []Problem{{Kind: "principals", Message: fmt.Sprintf("principal %q: %v", id, err)}}}
 		}
+	}
+	if set, err = set.withRemote(b.RemoteDenyLists); err != nil {
+		return nil, err
 	}
 	set.principals = b.Principals
 	set.version = b.Version

@@ -152,6 +152,8 @@ type Set struct {
 	all     []*compiled // in file order
 	byID    map[string]*compiled
 	deny    *denySet
+	// remote are the remote deny-lists by trust domain (remote.go).
+	remote map[string]*denySet
 	// principals fill in Labels and Groups of requests that carry none.
 	principals map[string]Principal
 
@@ -534,6 +536,9 @@ func (s *Set) preCheck(req *Request) (Decision, *env, bool) {
 // denied checks req against the deny-list.
 func (s *Set) denied(req *Request) (Decision, bool) {
 	d := Decision{Version: s.version}
+	if rd, ok := s.remoteDenied(req); ok {
+		return rd, true
+	}
 	if s.deny != nil {
 		if _, ok := s.deny.ids[req.Principal]; ok {
 			d.Cause, d.Reasons = CauseDenyList, []string{ReasonDenyListID}
