@@ -17,6 +17,7 @@ import (
 	"maps"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -75,6 +76,8 @@ type Store struct {
 	now        func() time.Time
 	principals PrincipalsFunc
 	tainted    func() []string
+	remote     func() map[string]policy.DenyList
+	td         string
 }
 
 // PrincipalsFunc returns the attributes (labels, groups) of every known
@@ -94,6 +97,18 @@ func WithPrincipals(f PrincipalsFunc) Option { return func(s *Store) { s.princip
 // authority sharing the store, still refuses chains through the key, even
 // if the taint's own version was never written.
 func WithTaintedKeys(f func() []string) Option { return func(s *Store) { s.tainted = f } }
+
+// WithRemoteDenyLists makes every new version carry the remote deny-lists
+// f reports: what federated trust domains published about their own
+// identities (federation's revocation channel), by trust domain.
+func WithRemoteDenyLists(f func() map[string]policy.DenyList) Option {
+	return func(s *Store) { s.remote = f }
+}
+
+// WithTrustDomain is the authority's own trust domain: Revoke refuses
+// SPIFFE IDs of any other (a trust domain only revokes its own identities;
+// its federated peers learn of them over the revocation channel).
+func WithTrustDomain(td string) Option { return func(s *Store) { s.td = td } }
 
 // New returns a Store over st (barrier-encrypted) that records every
 // change through a (an error there means the change does not happen: fail
@@ -222,6 +237,12 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
 			return Version{}, s.fail(ctx, op, fields, err)
+		}
+		switch {
+		case s.remote != nil:
+			next.Bundle.RemoteDenyLists = s.remote()
+		case cur != nil:
+			next.Bundle.RemoteDenyLists = cur.Bundle.RemoteDenyLists
 		}
 		if s.principals != nil {
 			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
@@ -374,6 +395,15 @@ func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string,
 		if cur == nil {
 			return Version{}, errors.New("no policy applied yet: apply a policy set first (with no policy everything is denied anyway)")
 		}
+		if !remove && s.td != "" {
+			for _, id := range ids {
+				if td := idTrustDomain(id); td != s.td {
+					return Version{}, errs.Errorf(errs.Invalid, "%s is an identity of trust domain %q, not of this authority's %s: "+
+						"a trust domain can only revoke its own identities (revoke it in %s's authority, whose revocations reach this one "+
+						"over federation; or refuse it here with a forbid policy)", id, td, s.td, td)
+				}
+			}
+		}
 		d := cur.Bundle.DenyList
 		if remove {
 			d.SPIFFEIDs = slices.DeleteFunc(slices.Clone(d.SPIFFEIDs), func(x string) bool { return slices.Contains(ids, x) })
@@ -458,6 +488,58 @@ func appendNew(dst, add []string) []string {
 	}
 	sort.Strings(dst)
 	return dst
+}
+
+// idTrustDomain returns the trust domain of a SPIFFE ID ("" if it is none).
+func idTrustDomain(id string) string {
+	rest, ok := strings.CutPrefix(id, "spiffe://")
+	if !ok {
+		return ""
+	}
+	td, _, _ := strings.Cut(rest, "/")
+	return td
+}
+
+// RefreshRemote stores a new version with the current policies and
+// deny-list when the remote deny-lists (WithRemoteDenyLists) differ from
+// the current version's; otherwise, or with no policy applied yet (the
+// first version carries them), it does nothing and returns 0.
+func (s *Store) RefreshRemote(ctx context.Context, actor string, fields map[string]string) (_ uint64, err error) {
+	defer func() { err = classify(err) }()
+	if s.remote == nil {
+		return 0, nil
+	}
+	cur, err := s.Current(ctx)
+	if err != nil || cur == 0 {
+		return 0, err
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return 0, err
+	}
+	if sameRemote(v.Bundle.RemoteDenyLists, s.remote()) {
+		return 0, nil
+	}
+	next, err := s.commit(ctx, "policy.remote_deny_list", fields, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		return Version{Actor: actor, Comment: "remote deny-lists changed", Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: cur.Bundle.DenyList}}, nil
+	})
+	return next.Number, err
+}
+
+func sameRemote(a, b map[string]policy.DenyList) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, x := range a {
+		y, ok := b[td]
+		if !ok || !slices.Equal(x.SPIFFEIDs, y.SPIFFEIDs) || !slices.Equal(x.Serials, y.Serials) || !slices.Equal(x.TaintedKeys, y.TaintedKeys) {
+			return false
+		}
+	}
+	return true
 }
 
 // RefreshPrincipals stores a new version with the current policies and
