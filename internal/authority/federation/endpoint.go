@@ -2,10 +2,13 @@ package federation
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,12 +16,15 @@ import (
 	"net/http"
 	"os"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/shared/keyutil"
@@ -39,6 +45,14 @@ type EndpointConfig struct {
 	WebAddress, CertFile, KeyFile string
 	// Log receives operational messages (default: discard).
 	Log *slog.Logger
+	// Revocations, when set, are served at RevocationPath of the
+	// https_spiffe endpoint to the server IDs of federated trust domains,
+	// verified with Peers (their bundles: the Manager). Required together.
+	Revocations RevocationSource
+	Peers       x509bundle.Source
+	// OnRevocationRefused counts a refused client of the revocation channel
+	// by reason (no_client_certificate, not_federated, not_a_server).
+	OnRevocationRefused func(reason string)
 }
 
 // Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
@@ -88,7 +102,16 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
+	if (cfg.Revocations == nil) != (cfg.Peers == nil) {
+		return nil, errors.New("federation: the revocation channel needs both Revocations and Peers")
+	}
 	e := &Endpoint{cfg: cfg, handler: h, addrs: map[Profile]net.Addr{}}
+	if cfg.Revocations != nil {
+		mux := http.NewServeMux()
+		mux.Handle("/", h)
+		mux.HandleFunc(RevocationPath, e.serveRevocations)
+		e.handler = mux
+	}
 	if cfg.WebAddress != "" {
 		if _, err := e.webCert(); err != nil {
 			return nil, err
@@ -118,6 +141,11 @@ func (e *Endpoint) Start() error {
 			return fmt.Errorf("federation: bundle endpoint (%s) on %s: %w", x.p, x.addr, err)
 		}
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: x.get, NextProtos: []string{"http/1.1"}}
+		if x.p == ProfileSPIFFE && e.cfg.Revocations != nil {
+			// Asked, never required (bundle fetches stay anonymous); the
+			// revocation channel verifies it (serveRevocations).
+			tc.ClientAuth = tls.RequestClientCert
+		}
 		srv := &http.Server{Handler: e.handler, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
 			ErrorLog: slog.NewLogLogger(e.cfg.Log.Handler(), slog.LevelDebug)}
@@ -182,6 +210,85 @@ func (e *Endpoint) svidCert() (*tls.Certificate, error) {
 		e.interID, _ = keyutil.CAKeyID(chain[1].PublicKey)
 	}
 	return tc, nil
+}
+
+// SVID returns the server's X509-SVID (the endpoint's certificate), which
+// also authenticates this authority on federated peers' revocation
+// channels.
+func (e *Endpoint) SVID() (*x509svid.SVID, error) {
+	tc, err := e.svidCert()
+	if err != nil {
+		return nil, err
+	}
+	s := &x509svid.SVID{ID: e.cfg.ServerID, PrivateKey: tc.PrivateKey.(crypto.Signer)}
+	for _, raw := range tc.Certificate {
+		c, err := x509.ParseCertificate(raw)
+		if err != nil {
+			return nil, err
+		}
+		s.Certificates = append(s.Certificates, c)
+	}
+	return s, nil
+}
+
+// serveRevocations answers a federated authority's long-poll for this
+// trust domain's revocations. The client must present the server ID of a
+// federated trust domain (spiffe://<td>/ward/server), verified with that
+// trust domain's bundle and nothing else.
+func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
+	refuse := func(code int, reason, msg string) {
+		if e.cfg.OnRevocationRefused != nil {
+			e.cfg.OnRevocationRefused(reason)
+		}
+		e.cfg.Log.Warn("revocation channel: client refused", "reason", reason, "remote", r.RemoteAddr, "err", msg)
+		http.Error(w, msg, code)
+	}
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		refuse(http.StatusUnauthorized, "no_client_certificate", "the revocation channel needs the client's X509-SVID (spiffe://<trust domain>/ward/server)")
+		return
+	}
+	id, _, err := x509svid.Verify(r.TLS.PeerCertificates, e.cfg.Peers)
+	if err != nil {
+		claimed := "an unparsable ID"
+		if cid, cerr := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); cerr == nil {
+			claimed = cid.String()
+		}
+		refuse(http.StatusForbidden, "not_federated", fmt.Sprintf("client %s is not a server of a trust domain %s federates with: %v", claimed, e.cfg.CA.TrustDomain().Name(), err))
+		return
+	}
+	if id.Path() != serverPath || id.TrustDomain() == e.cfg.CA.TrustDomain() {
+		refuse(http.StatusForbidden, "not_a_server", fmt.Sprintf("client %s is not a federated authority's server ID (spiffe://<trust domain>%s)", id, serverPath))
+		return
+	}
+	q := r.URL.Query()
+	var after uint64
+	if a := q.Get("after"); a != "" {
+		if after, err = strconv.ParseUint(a, 10, 64); err != nil {
+			http.Error(w, "after: not a sequence number", http.StatusBadRequest)
+			return
+		}
+	}
+	wait := MaxRevocationWait
+	if ws := q.Get("wait"); ws != "" {
+		if d, err := time.ParseDuration(ws); err == nil && d >= 0 && d < wait {
+			wait = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	rev, err := e.cfg.Revocations.Revocations(ctx, after)
+	if err != nil {
+		http.Error(w, "revocations unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	rev.DenyList = OwnOnly(e.cfg.CA.TrustDomain(), rev.DenyList)
+	rev.TrustDomain = e.cfg.CA.TrustDomain().Name()
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(rev)
 }
 
 // taintedLocked reports whether the current certificate's intermediate is

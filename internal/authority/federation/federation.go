@@ -184,6 +184,10 @@ type Options struct {
 	FetchTimeout time.Duration
 	// WebRoots verifies https_web endpoints (nil: the system roots).
 	WebRoots *x509.CertPool
+	// OnRevocations is called after revocations received from td changed
+	// the remote deny-lists (RemoteDenyLists), with the audit fields:
+	// publish them (policystore.RefreshRemote).
+	OnRevocations func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string)
 }
 
 func (o *Options) setDefaults() error {
@@ -228,6 +232,10 @@ type Manager struct {
 	// gen counts local writes and removals, so a Reload whose listing may
 	// predate one does not undo it.
 	gen uint64
+	// remote are the last revocations received from each trust domain,
+	// revErr the last error of its channel (revocations.go).
+	remote map[spiffeid.TrustDomain]received
+	revErr map[spiffeid.TrustDomain]string
 }
 
 type counters struct{ ok, failed, refused uint64 }
@@ -239,7 +247,8 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 	}
 	m := &Manager{opts: opts, entries: map[spiffeid.TrustDomain]*entry{},
 		refreshing: map[spiffeid.TrustDomain]*sync.Mutex{}, wake: make(chan struct{}, 1),
-		stats: map[spiffeid.TrustDomain]*counters{}}
+		stats: map[spiffeid.TrustDomain]*counters{}, remote: map[spiffeid.TrustDomain]received{},
+		revErr: map[spiffeid.TrustDomain]string{}}
 	if err := m.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -255,6 +264,9 @@ func (m *Manager) Reload(ctx context.Context) error {
 	kvs, err := m.opts.Store.List(ctx, keyPrefix)
 	if err != nil {
 		return errs.Errorf(errs.Unavailable, "%w: listing federation relationships: %v", ErrUnavailable, err)
+	}
+	if err := m.loadRevocations(ctx); err != nil {
+		return err
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -506,7 +518,13 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 		if err := m.opts.Store.Delete(ctx, storeKey(td)); err != nil {
 			return errs.Errorf(errs.Unavailable, "%w: deleting relationship: %v", ErrUnavailable, err)
 		}
+		// Its revocations go with it (a new relationship starts over).
+		if err := m.opts.Store.Delete(ctx, revocationKey(td)); err != nil && !errors.Is(err, store.ErrNotFound) {
+			return errs.Errorf(errs.Unavailable, "%w: deleting received revocations: %v", ErrUnavailable, err)
+		}
 		m.mu.Lock()
+		delete(m.remote, td)
+		delete(m.revErr, td)
 		delete(m.entries, td)
 		delete(m.stats, td)
 		m.gen++

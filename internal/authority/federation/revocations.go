@@ -1,0 +1,416 @@
+package federation
+
+// Cross-cluster revocation. SPIFFE federation exchanges bundles only; ward
+// authorities also exchange, over an mTLS channel between their server IDs
+// (spiffe://<td>/ward/server, each verified with the other's federated
+// bundle), each trust domain's own deny-list: SPIFFE IDs, certificate
+// serials and tainted CA keys, with a sequence number (the publisher's
+// policy version). The channel rides on the https_spiffe bundle endpoint
+// (RevocationPath): the subscriber long-polls it, so a revocation arrives
+// as soon as the publisher stores it. What is received is checked (the
+// publisher's own trust domain only, bounded size, sequence never
+// backwards), audited, stored behind the barrier (a partitioned authority
+// keeps the last revocations it received) and merged into the policy
+// versions this authority pushes, as a separate section per trust domain
+// (policy.Bundle.RemoteDenyLists).
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/shared/policy"
+)
+
+const (
+	// RevocationPath is where the https_spiffe bundle endpoint serves this
+	// trust domain's revocations to federated authorities (mTLS).
+	RevocationPath = "/ward/federation/v1/revocations"
+	// MaxRevocationUpdate bounds one update (bytes of JSON).
+	MaxRevocationUpdate = 1 << 20
+	// MaxRevocationWait bounds a long-poll (below the endpoint's write
+	// timeout).
+	MaxRevocationWait = 20 * time.Second
+
+	revocationPrefix = "federation-revocations/"
+	serverPath       = "/ward/server"
+)
+
+// Revocations is one trust domain's own deny-list at a sequence.
+type Revocations struct {
+	TrustDomain string          `json:"trust_domain"`
+	Sequence    uint64          `json:"sequence"`
+	DenyList    policy.DenyList `json:"deny_list"`
+}
+
+// RevocationSource publishes this trust domain's revocations: it returns
+// them once their sequence is above after, or the current ones when ctx
+// ends first.
+type RevocationSource interface {
+	Revocations(ctx context.Context, after uint64) (Revocations, error)
+}
+
+// OwnOnly returns d without entries of other trust domains than td (a
+// publisher only ever speaks for its own identities).
+func OwnOnly(td spiffeid.TrustDomain, d policy.DenyList) policy.DenyList {
+	d.SPIFFEIDs = slices.DeleteFunc(slices.Clone(d.SPIFFEIDs), func(s string) bool {
+		id, err := spiffeid.FromString(s)
+		return err != nil || !id.MemberOf(td)
+	})
+	return d
+}
+
+// received is what is stored under revocationPrefix+td.
+type received struct {
+	Revocations
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+func revocationKey(td spiffeid.TrustDomain) string { return revocationPrefix + td.Name() }
+
+// RevocationStatus is the state of the channel with one trust domain.
+type RevocationStatus struct {
+	Sequence   uint64
+	Has        bool
+	ReceivedAt time.Time
+	LastError  string
+}
+
+// loadRevocations reads the stored revocations (after Open and Reload).
+func (m *Manager) loadRevocations(ctx context.Context) error {
+	kvs, err := m.opts.Store.List(ctx, revocationPrefix)
+	if err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: listing received revocations: %v", ErrUnavailable, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, kv := range kvs {
+		var r received
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			m.opts.Log.Error("skipping stored revocations", "key", kv.Key, "err", err)
+			continue
+		}
+		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+		if err != nil || revocationKey(td) != kv.Key {
+			m.opts.Log.Error("skipping stored revocations", "key", kv.Key, "trust_domain", r.TrustDomain)
+			continue
+		}
+		if old, ok := m.remote[td]; ok && old.Sequence > r.Sequence {
+			continue
+		}
+		m.remote[td] = r
+	}
+	return nil
+}
+
+// RemoteDenyLists returns the last revocations received from every
+// federated trust domain (policystore.WithRemoteDenyLists).
+func (m *Manager) RemoteDenyLists() map[string]policy.DenyList {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out map[string]policy.DenyList
+	for td, r := range m.remote {
+		if _, ok := m.entries[td]; !ok {
+			continue
+		}
+		d := r.DenyList
+		if len(d.SPIFFEIDs)+len(d.Serials)+len(d.TaintedKeys) == 0 {
+			continue
+		}
+		if out == nil {
+			out = map[string]policy.DenyList{}
+		}
+		out[td.Name()] = d
+	}
+	return out
+}
+
+// Revocation returns the channel's state with td.
+func (m *Manager) Revocation(td spiffeid.TrustDomain) RevocationStatus {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.remote[td]
+	return RevocationStatus{Sequence: r.Sequence, Has: ok, ReceivedAt: r.ReceivedAt, LastError: m.revErr[td]}
+}
+
+// canonical checks that d only names identities of td and returns it
+// normalized and sorted.
+func canonical(td spiffeid.TrustDomain, d policy.DenyList) (policy.DenyList, error) {
+	var out policy.DenyList
+	for _, s := range d.SPIFFEIDs {
+		id, err := spiffeid.FromString(s)
+		if err != nil {
+			return out, fmt.Errorf("SPIFFE ID %q: %v", s, err)
+		}
+		if !id.MemberOf(td) {
+			return out, fmt.Errorf("entry %s is an identity of trust domain %s, not of %s: a trust domain can only revoke its own identities", id, id.TrustDomain().Name(), td.Name())
+		}
+		out.SPIFFEIDs = append(out.SPIFFEIDs, id.String())
+	}
+	for _, s := range d.Serials {
+		n, err := policy.NormalizeSerial(s)
+		if err != nil {
+			return out, err
+		}
+		out.Serials = append(out.Serials, n)
+	}
+	for _, k := range d.TaintedKeys {
+		n, err := policy.NormalizeKeyID(k)
+		if err != nil {
+			return out, err
+		}
+		out.TaintedKeys = append(out.TaintedKeys, n)
+	}
+	for _, l := range []*[]string{&out.SPIFFEIDs, &out.Serials, &out.TaintedKeys} {
+		sort.Strings(*l)
+		*l = slices.Compact(*l)
+	}
+	return out, nil
+}
+
+func sameDeny(a, b policy.DenyList) bool {
+	return slices.Equal(a.SPIFFEIDs, b.SPIFFEIDs) && slices.Equal(a.Serials, b.Serials) && slices.Equal(a.TaintedKeys, b.TaintedKeys)
+}
+
+// AcceptRevocations checks an update received from td's authority, audits
+// it (accepted or refused: an update whose audit event cannot be written
+// is not installed), stores it and, when the deny-list changed, calls
+// Options.OnRevocations. Refused: an update over MaxRevocationUpdate, one
+// that does not parse, one for another trust domain or naming another
+// trust domain's identities, a sequence older than the last accepted one
+// (a replay, or a peer rolled back), the same sequence with other content.
+func (m *Manager) AcceptRevocations(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
+	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
+	m.mu.Lock()
+	prev, hasPrev := m.remote[td]
+	_, federated := m.entries[td]
+	m.mu.Unlock()
+	if hasPrev {
+		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
+	}
+	refuse := func(format string, args ...any) error {
+		err := errs.Errorf(errs.Denied, "federation: revocations from %s refused: "+format, append([]any{td.Name()}, args...)...)
+		ev := m.event(ctx, "federation.revocations", audit.ResultDenied, fields)
+		ev.Error = err.Error()
+		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
+			m.opts.Log.Error("could not audit refused revocations", "trust_domain", td.Name(), "err", aerr)
+		}
+		m.opts.Log.Warn("refused revocations from a federated authority", "trust_domain", td.Name(), "err", err)
+		m.setRevErr(td, err.Error())
+		return err
+	}
+	if !federated {
+		return refuse("no federation relationship with %s", td.Name())
+	}
+	if len(body) > MaxRevocationUpdate {
+		return refuse("update of %d bytes or more, the limit is %d", len(body), MaxRevocationUpdate)
+	}
+	var u Revocations
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		return refuse("update does not parse: %v", err)
+	}
+	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
+	if u.TrustDomain != td.Name() {
+		return refuse("the update is for trust domain %q; this channel is with %s, which can only revoke its own identities", u.TrustDomain, td.Name())
+	}
+	d, err := canonical(td, u.DenyList)
+	if err != nil {
+		return refuse("%v", err)
+	}
+	fields["spiffe_ids"] = fmt.Sprint(d.SPIFFEIDs)
+	fields["serials"] = fmt.Sprint(d.Serials)
+	fields["tainted_keys"] = fmt.Sprint(d.TaintedKeys)
+	switch {
+	case hasPrev && u.Sequence < prev.Sequence:
+		return refuse("sequence %d is older than %d, already received (a replayed update, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
+	case hasPrev && u.Sequence == prev.Sequence:
+		if sameDeny(d, prev.DenyList) {
+			m.setRevErr(td, "")
+			return nil // nothing new
+		}
+		return refuse("sequence %d was already received with other content", u.Sequence)
+	}
+	changed := !hasPrev || !sameDeny(d, prev.DenyList)
+	fields["changed"] = strconv.FormatBool(changed)
+	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.revocations", audit.ResultOK, fields)); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: revocations from %s not installed, their audit event could not be written: %v", ErrUnavailable, td.Name(), err)
+	}
+	r := received{Revocations: Revocations{TrustDomain: td.Name(), Sequence: u.Sequence, DenyList: d}, ReceivedAt: m.opts.Clock().UTC()}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := m.opts.Store.Put(ctx, revocationKey(td), v); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: storing revocations from %s: %v", ErrUnavailable, td.Name(), err)
+	}
+	m.mu.Lock()
+	m.remote[td] = r
+	m.mu.Unlock()
+	m.setRevErr(td, "")
+	m.opts.Log.Info("revocations received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
+		"spiffe_ids", len(d.SPIFFEIDs), "serials", len(d.Serials), "tainted_keys", len(d.TaintedKeys), "changed", changed)
+	if changed && m.opts.OnRevocations != nil {
+		m.opts.OnRevocations(ctx, td, fields)
+	}
+	return nil
+}
+
+func (m *Manager) setRevErr(td spiffeid.TrustDomain, e string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if e == "" {
+		delete(m.revErr, td)
+	} else {
+		m.revErr[td] = e
+	}
+}
+
+// RevocationClient is how this authority authenticates on the channel.
+type RevocationClient struct {
+	// SVID returns this authority's server X509-SVID
+	// (spiffe://<td>/ward/server). Required.
+	SVID func() (*x509svid.SVID, error)
+	// Wait is the long-poll's wait (default and at most MaxRevocationWait).
+	Wait time.Duration
+}
+
+// RunRevocations follows the revocations of every federated trust domain
+// whose relationship uses https_spiffe, over its bundle endpoint, until ctx
+// ends.
+func (m *Manager) RunRevocations(ctx context.Context, c RevocationClient) {
+	if c.Wait <= 0 || c.Wait > MaxRevocationWait {
+		c.Wait = MaxRevocationWait
+	}
+	type poller struct {
+		rel    Relationship
+		cancel context.CancelFunc
+	}
+	running := map[spiffeid.TrustDomain]*poller{}
+	var wg sync.WaitGroup
+	defer func() {
+		for _, p := range running {
+			p.cancel()
+		}
+		wg.Wait()
+	}()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		want := map[spiffeid.TrustDomain]Relationship{}
+		for _, st := range m.List() {
+			if st.Profile == ProfileSPIFFE {
+				want[st.TrustDomain] = st.Relationship
+			}
+		}
+		for td, p := range running {
+			if r, ok := want[td]; !ok || r != p.rel {
+				p.cancel()
+				delete(running, td)
+			}
+		}
+		for td, r := range want {
+			if running[td] != nil {
+				continue
+			}
+			pctx, cancel := context.WithCancel(ctx)
+			running[td] = &poller{rel: r, cancel: cancel}
+			wg.Add(1)
+			go func() { defer wg.Done(); m.followRevocations(pctx, r, c) }()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// followRevocations long-polls one trust domain's revocations.
+func (m *Manager) followRevocations(ctx context.Context, rel Relationship, c RevocationClient) {
+	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		body, err := m.pollRevocations(ctx, rel, c)
+		if err == nil {
+			err = m.AcceptRevocations(ctx, rel.TrustDomain, body)
+		} else if ctx.Err() == nil {
+			m.setRevErr(rel.TrustDomain, err.Error())
+			m.opts.Log.Debug("revocation channel", "trust_domain", rel.TrustDomain.Name(), "err", err)
+		}
+		if err == nil {
+			backoff = minBackoff
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// pollRevocations asks rel's endpoint for revocations newer than the last
+// received, presenting this authority's server SVID and requiring the
+// endpoint's SPIFFE ID, verified with the peer's own bundle only.
+func (m *Manager) pollRevocations(ctx context.Context, rel Relationship, c RevocationClient) ([]byte, error) {
+	e, ok := m.get(rel.TrustDomain)
+	if !ok || e.bundle == nil {
+		return nil, fmt.Errorf("no bundle of %s yet", rel.TrustDomain)
+	}
+	st := m.Revocation(rel.TrustDomain)
+	u, err := url.Parse(rel.EndpointURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Path, u.RawQuery = RevocationPath, url.Values{"wait": {c.Wait.String()}}.Encode()
+	if st.Has {
+		u.RawQuery += "&after=" + strconv.FormatUint(st.Sequence, 10)
+	}
+	tc := tlsconfig.MTLSClientConfig(svidFunc(c.SVID), e.bundle, tlsconfig.AuthorizeID(rel.EndpointID))
+	client := &http.Client{
+		Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true, TLSHandshakeTimeout: m.opts.FetchTimeout},
+		Timeout:   c.Wait + m.opts.FetchTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return errors.New("the revocation channel does not follow redirects")
+		},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), http.NoBody)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("revocations of %s: %w", rel.TrustDomain, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxRevocationUpdate+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the revocations of %s: %w", rel.TrustDomain, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("revocation channel of %s answered %s: %.200q", rel.TrustDomain, resp.Status, bytes.TrimSpace(body))
+	}
+	return body, nil
+}
+
+type svidFunc func() (*x509svid.SVID, error)
+
+func (f svidFunc) GetX509SVID() (*x509svid.SVID, error) { return f() }
