@@ -66,6 +66,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	if id.fed, err = s.openFederation(ctx, st, td); err != nil {
 		return err
 	}
+	st.fed.Store(id.fed)
 	if ic.NodeAPIAddress != "" {
 		var roots *x509.CertPool
 		if ic.X509PopCABundle != "" {
@@ -89,7 +90,9 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	fc := s.cfg.Federation.Effective()
 	if be := fc.BundleEndpoint; be.Address != "" || be.WebAddress != "" {
 		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
-			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation")})
+			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation"),
+			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed,
+			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() }})
 		if err == nil {
 			err = id.bep.Start()
 		}
@@ -100,9 +103,21 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			return err
 		}
 	}
+	// This authority's server SVID authenticates it on its peers'
+	// revocation channels (the bundle endpoint's, or one signed for that).
+	svidEP := id.bep
+	if svidEP == nil {
+		if svidEP, err = federation.NewEndpoint(federation.EndpointConfig{CA: c}); err != nil {
+			return err
+		}
+	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(3)
+	id.wg.Add(4)
+	go func() {
+		defer id.wg.Done()
+		id.fed.RunRevocations(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
+	}()
 	go func() {
 		defer id.wg.Done()
 		id.fed.Run(jobCtx)
@@ -174,7 +189,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 	}
 	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
-		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots})
+		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st)})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}

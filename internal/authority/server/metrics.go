@@ -24,6 +24,8 @@ type metrics struct {
 	decisionLatency prometheus.Histogram
 	// Node API connections closed at accept for being over a limit.
 	nodeAPIRefused *prometheus.CounterVec
+	// revocationRefused counts refused clients of the revocation channel.
+	revocationRefused *prometheus.CounterVec
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -73,7 +75,11 @@ func newMetrics(s *Server) *metrics {
 		Namespace: "ward", Name: "node_api_connections_refused_total",
 		Help: "Node API connections closed at accept for being over a connection limit, by reason (per_source_handshakes, max_handshakes, per_source_anonymous, max_anonymous).",
 	}, []string{"reason"})
-	m.reg.MustRegister(federation.NewCollector(s.federation))
+	m.revocationRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "federation_revocation_clients_refused_total",
+		Help: "Clients of the cross-cluster revocation channel refused, by reason (no_client_certificate, not_federated, not_a_server).",
+	}, []string{"reason"})
+	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused)
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -19,6 +19,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,6 +31,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/seal"
@@ -74,8 +76,11 @@ type unsealedState struct {
 	// recorder is the one audit seam the KMS, the registry, the policy
 	// store and the Node API record through (context values hashed).
 	recorder audit.Recorder
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// fed is the federation manager once the identity services started
+	// (for the remote deny-lists of new policy versions).
+	fed    atomic.Pointer[federation.Manager]
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // New builds an authority over an opened raw store and seal. It does not
@@ -322,7 +327,8 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		alog.Close()
 		return err
 	}
-	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)))
+	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)),
+		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithTrustDomain(s.cfg.TrustDomain))
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The
 	// caller of the unseal is the caller of what it does (ca.init).

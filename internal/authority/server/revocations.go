@@ -1,0 +1,73 @@
+package server
+
+import (
+	"context"
+	"errors"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/federation"
+	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// ownRevocations publishes this trust domain's deny-list on the revocation
+// channel (federation.RevocationSource): its sequence is the policy
+// version, so it only ever grows and survives restarts.
+type ownRevocations struct {
+	ps *policystore.Store
+	td spiffeid.TrustDomain
+}
+
+var errGot = errors.New("got a version")
+
+func (o ownRevocations) Revocations(ctx context.Context, after uint64) (federation.Revocations, error) {
+	var got *policystore.Version
+	err := o.ps.Watch(ctx, after, func(v policystore.Version) error { got = &v; return errGot })
+	if got == nil {
+		if ctx.Err() == nil && err != nil {
+			return federation.Revocations{}, err
+		}
+		// The wait ended with nothing newer: answer with the current one.
+		cur, err := o.ps.Current(context.WithoutCancel(ctx))
+		if err != nil {
+			return federation.Revocations{}, err
+		}
+		if cur == 0 {
+			return federation.Revocations{TrustDomain: o.td.Name()}, nil
+		}
+		v, err := o.ps.Get(context.WithoutCancel(ctx), cur)
+		if err != nil {
+			return federation.Revocations{}, err
+		}
+		got = &v
+	}
+	return federation.Revocations{TrustDomain: o.td.Name(), Sequence: got.Number,
+		DenyList: federation.OwnOnly(o.td, policy.DenyList{SPIFFEIDs: got.Bundle.DenyList.SPIFFEIDs,
+			Serials: got.Bundle.DenyList.Serials, TaintedKeys: got.Bundle.DenyList.TaintedKeys})}, nil
+}
+
+// remoteDenyLists reports the revocations received from federated trust
+// domains, for every new policy version.
+func (s *Server) remoteDenyLists(st *unsealedState) func() map[string]policy.DenyList {
+	return func() map[string]policy.DenyList {
+		if m := st.fed.Load(); m != nil {
+			return m.RemoteDenyLists()
+		}
+		return nil
+	}
+}
+
+// onRevocations publishes a new policy version when revocations received
+// from td changed the remote deny-lists.
+func (s *Server) onRevocations(st *unsealedState) func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string) {
+	return func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string) {
+		ctx = reqctx.With(ctx, reqctx.Caller{Actor: "system:federation/" + td.Name(), RequestID: reqctx.NewRequestID()})
+		if v, err := st.policy.RefreshRemote(ctx, "system:federation/"+td.Name(), fields); err != nil {
+			s.log.Error("publishing revocations received from a federated trust domain", "trust_domain", td.Name(), "err", err)
+		} else if v != 0 {
+			s.log.Info("revocations of a federated trust domain published", "trust_domain", td.Name(), "policy_version", v)
+		}
+	}
+}
