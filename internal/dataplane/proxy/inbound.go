@@ -109,7 +109,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		ChainKeyIDs: keys,
 		Action:      policy.ActionConnect,
 		Resource:    policy.Resource{Type: policy.TypeService, Name: in.Service.Name, Port: in.Service.Port, Classification: in.Service.Classification},
-		Context:     policy.Context{TLSVersion: c.tlsVersion, Destination: in.Listen},
+		Context:     policy.Context{SourceTrustDomain: id.TrustDomain().Name(), TLSVersion: c.tlsVersion, Destination: in.Listen},
 	}
 	d := p.decide(c)
 	c.decision, c.decided = d, true
@@ -216,6 +216,9 @@ func (p *Proxy) logAccess(c *connState) {
 		slog.String("direction", map[bool]string{true: "inbound", false: "outbound"}[c.inbound]),
 		slog.String("client_addr", c.client),
 		slog.String("peer_id", c.req.Principal),
+	}
+	if c.req.Context.SourceTrustDomain != "" {
+		attrs = append(attrs, slog.String("peer_trust_domain", c.req.Context.SourceTrustDomain))
 	}
 	if c.via != "" {
 		attrs = append(attrs, slog.String("via_gateway", c.via), slog.String("gateway_id", c.viaID))

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/shared/netsource"
@@ -314,7 +315,11 @@ func (p *Proxy) serverKeyTainted(c *connState) (policy.Decision, bool) {
 	if set == nil {
 		return policy.Decision{}, false
 	}
-	k := set.TaintedKey(c.req.ChainKeyIDs)
+	td := ""
+	if id, err := spiffeid.FromString(c.req.Principal); err == nil {
+		td = id.TrustDomain().Name()
+	}
+	k := set.TaintedKeyOf(td, c.req.ChainKeyIDs)
 	if k == "" {
 		return policy.Decision{}, false
 	}

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/wardproject/ward/internal/shared/keyutil"
@@ -55,9 +56,43 @@ func (p *Proxy) baseTLS() *tls.Config {
 // inboundTLS: serveInbound uses it through withChainKeys.
 func (p *Proxy) serverTLS() *tls.Config {
 	c := p.baseTLS()
-	tlsconfig.HookMTLSServerConfig(c, p.src, p.src, tlsconfig.AuthorizeAny())
+	tlsconfig.HookMTLSServerConfig(c, p.src, federatedOnly{p.src}, tlsconfig.AuthorizeAny())
 	return c
 }
+
+// federatedOnly is the proxy's bundle source for verifying peers: a peer
+// is verified with the bundle of its own trust domain only (go-spiffe looks
+// it up by the peer's ID; trust domains are never merged), and a trust
+// domain the Workload API serves no bundle for (neither this one nor a
+// federated one) fails with errNotFederated, which the handshake's metrics
+// and access log name (trust_domain_not_federated).
+type federatedOnly struct{ src x509bundle.Source }
+
+func (f federatedOnly) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	b, err := f.src.GetX509BundleForTrustDomain(td)
+	if err != nil {
+		return nil, &notFederatedError{td: td.Name(), err: err}
+	}
+	return b, nil
+}
+
+// notFederatedError: the peer's trust domain is not federated with this
+// one (no bundle of it on the Workload API).
+type notFederatedError struct {
+	td  string
+	err error
+}
+
+func (e *notFederatedError) Error() string {
+	return fmt.Sprintf("trust domain %q is not federated with this one (no bundle of it on the Workload API: federate the authorities, "+
+		"and give this proxy's entry --federates-with %s): %v", e.td, e.td, e.err)
+}
+
+func (e *notFederatedError) Unwrap() error { return e.err }
+
+// reasonNotFederated is the handshake failure reason of a peer whose trust
+// domain is not federated.
+const reasonNotFederated = "trust_domain_not_federated"
 
 // withChainKeys returns a per-connection copy of the server template
 // whose chain verification (the handshake's only one) also stores the
@@ -65,7 +100,7 @@ func (p *Proxy) serverTLS() *tls.Config {
 // keys at the decision and on every re-check.
 func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 	c := tmpl.Clone()
-	c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(p.src, captureChainKeys(tlsconfig.AuthorizeAny(), keys))
+	c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(federatedOnly{p.src}, captureChainKeys(tlsconfig.AuthorizeAny(), keys))
 	serverVerdictConfig(c)
 	return c
 }
@@ -78,12 +113,12 @@ func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tls.Config {
 	c := p.baseTLS()
 	authorize := captureChainKeys(tlsconfig.AuthorizeID(id), keys)
-	tlsconfig.HookMTLSClientConfig(c, p.src, p.src, func(got spiffeid.ID, chains [][]*x509.Certificate) error {
+	tlsconfig.HookMTLSClientConfig(c, p.src, federatedOnly{p.src}, func(got spiffeid.ID, chains [][]*x509.Certificate) error {
 		if err := authorize(got, chains); err != nil {
 			return err
 		}
 		if set := p.engine.Current(); set != nil {
-			if k := set.TaintedKey(*keys); k != "" {
+			if k := set.TaintedKeyOf(got.TrustDomain().Name(), *keys); k != "" {
 				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, k)
 			}
 		}
@@ -189,7 +224,10 @@ func handshakeReason(err error) string {
 	var ue x509.UnknownAuthorityError
 	var ce x509.CertificateInvalidError
 	msg := err.Error()
+	var nf *notFederatedError
 	switch {
+	case errors.As(err, &nf):
+		return reasonNotFederated
 	case errors.Is(err, context.DeadlineExceeded) || errors.As(err, &ne) && ne.Timeout():
 		return "timeout"
 	case strings.Contains(msg, "didn't provide a certificate"):
