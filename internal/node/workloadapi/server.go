@@ -288,7 +288,7 @@ func (s *Server) FetchX509Bundles(_ *pb.X509BundlesRequest, stream grpc.ServerSt
 		if err := s.mayVerify(stream.Context(), sel); err != nil {
 			return nil, err
 		}
-		own, fed := s.src.Bundles()
+		own, fed := s.bundlesFor(sel)
 		resp := &pb.X509BundlesResponse{Bundles: map[string][]byte{}, Crl: s.crls()}
 		for _, b := range append([]*spiffebundle.Bundle{own}, fed...) {
 			if b != nil {
@@ -309,7 +309,7 @@ func (s *Server) FetchJWTBundles(_ *pb.JWTBundlesRequest, stream grpc.ServerStre
 		if err := s.mayVerify(stream.Context(), sel); err != nil {
 			return nil, err
 		}
-		own, fed := s.src.Bundles()
+		own, fed := s.bundlesFor(sel)
 		resp := &pb.JWTBundlesResponse{Bundles: map[string][]byte{}}
 		for _, b := range append([]*spiffebundle.Bundle{own}, fed...) {
 			if b == nil {
@@ -386,7 +386,7 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *pb.ValidateJWTSVIDReq
 	if err := s.mayVerify(ctx, sel); err != nil {
 		return nil, err
 	}
-	own, fed := s.src.Bundles()
+	own, fed := s.bundlesFor(sel)
 	set := jwtbundle.NewSet()
 	for _, b := range append([]*spiffebundle.Bundle{own}, fed...) {
 		if b != nil {
@@ -412,6 +412,33 @@ func (s *Server) crls() [][]byte {
 		return cs.CRLs()
 	}
 	return nil
+}
+
+// bundlesFor is the own bundle and the federated bundles of the trust
+// domains that the caller's identities federate with (federates_with):
+// the bundles FetchX509Bundles, FetchJWTBundles and ValidateJWTSVID use.
+// A workload whose entries federate with no one validates only its own
+// trust domain, as with its X509-SVIDs, whatever other workloads of the
+// node federate with; so does a verifier without identity
+// (WithAllowUnauthenticatedVerifiers).
+func (s *Server) bundlesFor(sel []attest.Selector) (*spiffebundle.Bundle, []*spiffebundle.Bundle) {
+	own, fed := s.src.Bundles()
+	if len(fed) == 0 {
+		return own, nil
+	}
+	want := map[spiffeid.TrustDomain]bool{}
+	for _, ident := range s.src.Identities(sel) {
+		for _, td := range ident.FederatesWith {
+			want[td] = true
+		}
+	}
+	var out []*spiffebundle.Bundle
+	for _, b := range fed {
+		if b != nil && want[b.TrustDomain()] {
+			out = append(out, b)
+		}
+	}
+	return own, out
 }
 
 func (s *Server) mayVerify(ctx context.Context, sel []attest.Selector) error {

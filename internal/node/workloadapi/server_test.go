@@ -334,11 +334,14 @@ func TestStreamsPushFullState(t *testing.T) {
 		t.Fatalf("second message: %d svids", len(second.Svids))
 	}
 
-	// A federated trust domain appears: bundles stream gets both; the SVID
-	// that federates with it carries it.
+	// A federated trust domain appears and b federates with it: bundles
+	// stream gets both (TestFederatedBundlesOnlyForFederatingCallers: not
+	// before an identity of the caller federates with it); the SVID that
+	// federates with it carries it.
 	other := spiffeid.RequireTrustDomainFromString("partner.example.com")
 	ob, _ := authoritytest.New(t, authoritytest.WithTrustDomain(other.Name())).CA.Bundle()
 	src.setFederated(ob)
+	src.setFederatesWith(b, other)
 	b1 := mustRecv(t, bs)
 	if len(b1.Bundles) != 2 || len(b1.Bundles[other.IDString()]) == 0 {
 		t.Fatalf("X509 bundles after federation: %d", len(b1.Bundles))
@@ -347,7 +350,6 @@ func TestStreamsPushFullState(t *testing.T) {
 	if len(j1.Bundles) != 2 {
 		t.Fatalf("JWT bundles after federation: %d", len(j1.Bundles))
 	}
-	src.setFederatesWith(b, other)
 	var fed *pb.X509SVIDResponse
 	for fed == nil || len(fed.FederatedBundles) == 0 {
 		fed = mustRecv(t, xs)
@@ -649,5 +651,63 @@ func TestRefusalNamesTheCallersSelectors(t *testing.T) {
 	}
 	if !strings.Contains(out, uidSelector()) {
 		t.Errorf("refusal log without the caller's selectors:\n%s", out)
+	}
+}
+
+// TestFederatedBundlesOnlyForFederatingCallers: the agent holds the
+// bundles of every trust domain some entry of the node federates with, but
+// a workload gets (FetchX509Bundles, FetchJWTBundles) and validates with
+// (ValidateJWTSVID) only those its own entries name in federates_with, as
+// docs/federation.md says. Before, any workload of the node, and any
+// verifier, got them all: one whose entries federate with no one accepted
+// JWT-SVIDs (and, through a bundle source, X509-SVIDs) of a trust domain
+// another workload federates with.
+func TestFederatedBundlesOnlyForFederatingCallers(t *testing.T) {
+	ctx := withHeader(testCtx(t))
+	src := newMemSource(t, newTestCA(t))
+	a := src.addEntry(t, "/a", uidSelector())
+	other := spiffeid.RequireTrustDomainFromString("partner.example.com")
+	partner := authoritytest.New(t, authoritytest.WithTrustDomain(other.Name())).CA
+	ob, _ := partner.Bundle()
+	src.setFederated(ob) // another workload's entry federates with partner
+	tok, err := partner.SignJWTSVID(ctx, spiffeid.RequireFromPath(other, "/admin"), []string{"me"}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl := rawClient(t, serve(t, src, workload("a")))
+	for _, unauth := range []bool{false, true} {
+		if unauth {
+			cl = rawClient(t, serve(t, src, workload("a"), WithAllowUnauthenticatedVerifiers()))
+		}
+		bs, err := cl.FetchX509Bundles(ctx, &pb.X509BundlesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b := mustRecv(t, bs); len(b.Bundles) != 1 || b.Bundles[other.IDString()] != nil {
+			t.Fatalf("X509 bundles of a caller that federates with no one: %d, want its own only", len(b.Bundles))
+		}
+		js, err := cl.FetchJWTBundles(ctx, &pb.JWTBundlesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j := mustRecv(t, js); len(j.Bundles) != 1 || j.Bundles[other.IDString()] != nil {
+			t.Fatalf("JWT bundles of a caller that federates with no one: %d, want its own only", len(j.Bundles))
+		}
+		if r, err := cl.ValidateJWTSVID(ctx, &pb.ValidateJWTSVIDRequest{Svid: tok.Token, Audience: "me"}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("a caller that federates with no one validated %s's JWT-SVID: %v %v", other, r, err)
+		}
+	}
+
+	src.setFederatesWith(a, other)
+	cl = rawClient(t, serve(t, src, workload("a")))
+	bs, err := cl.FetchX509Bundles(ctx, &pb.X509BundlesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := mustRecv(t, bs); len(b.Bundles) != 2 || len(b.Bundles[other.IDString()]) == 0 {
+		t.Fatalf("X509 bundles of a caller that federates with %s: %d", other, len(b.Bundles))
+	}
+	if r, err := cl.ValidateJWTSVID(ctx, &pb.ValidateJWTSVIDRequest{Svid: tok.Token, Audience: "me"}); err != nil || r.SpiffeId != other.IDString()+"/admin" {
+		t.Fatalf("a caller that federates with %s: %v %v", other, r, err)
 	}
 }
