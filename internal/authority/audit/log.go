@@ -277,8 +277,12 @@ func (l *Log) Close() error {
 }
 
 // maxLinger bounds how long the committer waits for the callers of the
-// previous group to come back before it closes the next group.
-const maxLinger = time.Millisecond
+// previous group to come back before it closes the next group; lingerSkip
+// is how many groups it closes at once after a wait that did not pay.
+const (
+	maxLinger  = 5 * time.Millisecond
+	lingerSkip = 16
+)
 
 // run is the committer. Commits are serial (one store batch at a time), so
 // with callers that append again as soon as they are released (every
@@ -286,17 +290,21 @@ const maxLinger = time.Millisecond
 // previous commit ended would hold only those who arrived during that
 // commit; the callers just released would miss it and wait for two commits
 // (the one under way and their own), and concurrent callers would split
-// into two alternating halves. So after releasing n events the committer
-// waits for up to n events to be queued again, but never longer than half
-// the last commit took (nor maxLinger): an event arriving within that
-// window saves a whole commit. An event arriving after that window (after
-// an idle spell) or with a single caller is taken at once.
+// into two alternating halves. So the committer waits until as many events
+// are queued as the previous group held plus those queued during its
+// commit (the active callers), but never longer than half the last commit
+// took (nor maxLinger): an event arriving within that window saves a whole
+// commit. An event arriving after that window (after an idle spell) or
+// with a single caller is taken at once, and if a wait ran out with fewer
+// than a quarter of the awaited events come (callers that do not append
+// again at once), the next lingerSkip groups are closed without waiting.
 func (l *Log) run() {
 	defer close(l.exited)
 	var (
 		timer    *time.Timer
 		active   int       // events released by the previous commit plus those queued during it
 		deadline time.Time // its end plus half its duration (at most maxLinger)
+		skip     int       // groups to close without waiting
 	)
 	for {
 		l.mu.Lock()
@@ -309,10 +317,12 @@ func (l *Log) run() {
 			l.mu.Unlock()
 			return
 		}
-		if want := min(active, l.maxGroup); len(l.queue) < want {
+		if want, had := min(active, l.maxGroup), len(l.queue); had < want && skip == 0 {
+			timedOut := false
 			for len(l.queue) < want && !l.closed {
 				wait := time.Until(deadline)
 				if wait <= 0 {
+					timedOut = true
 					break
 				}
 				l.mu.Unlock()
@@ -328,10 +338,15 @@ func (l *Log) run() {
 				timer.Stop()
 				l.mu.Lock()
 			}
+			if timedOut && (len(l.queue)-had)*4 < want-had {
+				skip = lingerSkip
+			}
 			if len(l.queue) == 0 { // the waiting callers gave up
 				l.mu.Unlock()
 				continue
 			}
+		} else if skip > 0 {
+			skip--
 		}
 		var group []*pending
 		if len(l.queue) <= l.maxGroup {
