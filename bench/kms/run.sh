@@ -16,8 +16,8 @@ run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Ben
 echo "== running benchmarks (benchtime $BT) ==" >&2
 run 'BenchmarkWrapDataKey' ./internal/shared/kmscrypto
 run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/authority/kms
-run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAuditAppendBbolt' ./internal/authority/server
-run 'BenchmarkAppendParallel|BenchmarkVerify1M' ./internal/authority/audit
+run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt' ./internal/authority/server
+run 'BenchmarkAppendParallel|BenchmarkAppendClosedLoop|BenchmarkVerify1M' ./internal/authority/audit
 
 # per_sec NAME -> operations per second from ns/op (or a custom metric).
 per_sec() {
@@ -36,10 +36,39 @@ row() { # label measured aim
 row "data-key wrap, crypto only (hkdf, parallel)" "$(per_sec 'WrapDataKey/aes-256-gcm-hkdf')" 200000
 row "data key in-process (kms.Manager, parallel)" "$(per_sec 'DataKeyInProcess')" 200000
 row "data keys through the local API, batches of 1000" "$(metric 'APIDataKeyBatch' 'keys/s')" 50000
-row "encrypt through the local API, unary (audited)" "$(metric 'APIEncryptUnary' 'ops/s')" 50000
+row "encrypt through the local API, unary (audited)" "$(metric 'APIEncryptUnary-' 'ops/s')" 50000
+row "encrypt through the local API, unary, 64 callers" "$(metric 'APIEncryptUnaryCallers/callers=64' 'ops/s')" 50000
 row "audit append, group commit (in-memory store)" "$(metric 'AppendParallel/maxbatch=10000' 'events/s')" 100000
 row "audit append, group commit (bbolt, fsync)" "$(metric 'AuditAppendBbolt' 'events/s')" 100000
 v=$(ns 'Verify1M')
 if [ -n "$v" ]; then
   printf '%-52s %14s %14s %8s\n' "audit verify of 1M events" "$(awk -v x="$v" 'BEGIN { printf "%.2fs", x / 1e9 }')" "5s" "$(awk -v x="$v" 'BEGIN { printf "%.2fx", 5e9 / x }')"
 fi
+
+# Unary vs batched vs in-process, side by side: the same encrypt (or data
+# key) through the API one call at a time, in batches, and in process
+# (audited through the same log and bbolt file, or with an in-memory
+# recorder: the ceiling).
+inproc=$(per_sec 'EncryptDecryptRewrap/encrypt')
+batched=$(metric 'APIDataKeyBatch' 'keys/s')
+printf '\n%-44s %12s %10s %12s %12s %14s\n' "KMS encrypt, callers" "ops/s" "events/cmt" "p50 µs" "p99 µs" "÷ in-process"
+for c in 1 8 64; do
+  for kind in APIEncryptUnaryCallers KMSEncryptAuditedCallers; do
+    n="$kind/callers=$c-"
+    label="unary via API"; [ "$kind" = KMSEncryptAuditedCallers ] && label="in process, audited (bbolt)"
+    ops=$(metric "$n" 'ops/s')
+    [ -z "$ops" ] && continue
+    printf '%-44s %12s %10s %12s %12s %14s\n' "$label, $c" "$ops" "$(metric "$n" 'events/commit')" \
+      "$(metric "$n" 'p50-µs')" "$(metric "$n" 'p99-µs')" \
+      "$([ -n "$inproc" ] && awk -v a="$ops" -v b="$inproc" 'BEGIN { printf "%.3f", a / b }')"
+  done
+done
+[ -n "$batched" ] && printf '%-44s %12s %10s %12s %12s %14s\n' "data keys via API, batches of 1000" "$batched" "-" "-" "-" \
+  "$([ -n "$inproc" ] && awk -v a="$batched" -v b="$inproc" 'BEGIN { printf "%.3f", a / b }')"
+[ -n "$inproc" ] && printf '%-44s %12s %10s %12s %12s %14s\n' "in process, in-memory recorder (ceiling)" "$inproc" "-" "-" "-" "1.000"
+printf '%s\n' "aim: unary via API, 64 callers >= 50000 ops/s with p99 < 2000 µs"
+for c in 1 8 64; do
+  n="AppendClosedLoop/callers=$c-"
+  ev=$(metric "$n" 'events/s')
+  [ -n "$ev" ] && printf 'audit group commit, simulated 500µs fsync, %2d callers: %8s events/s %6s events/commit\n' "$c" "$ev" "$(metric "$n" 'events/commit')"
+done
