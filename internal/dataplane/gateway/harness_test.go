@@ -151,7 +151,8 @@ func (s *syncbufBytes) bytes() []byte {
 }
 
 // env: an authority with the api (server) and web (client) workloads, an
-// echo app behind an inbound proxy (accept_proxy_v2), a gateway whose one
+// echo app behind an inbound proxy (accept_proxy_v2, per-source limits of
+// 1 that must not apply to it), a gateway whose one
 // route "api" goes through a tap to that proxy, and the web workload's
 // outbound proxy whose listener goes through the gateway.
 type env struct {
@@ -200,6 +201,11 @@ func newEnv(t testing.TB, mutate func(*gateway.Config)) *env {
 	e.inbound = startProxy(t, ctx, &proxy.Config{
 		WorkloadAPISocket: e.api.Addr,
 		PolicyFiles:       []string{pdir},
+		// Per-source limits of 1: an accept_proxy_v2 listener counts none
+		// (every connection comes from the gateway), so concurrent callers
+		// through the gateway are not refused.
+		MaxConnectionsPerSource: 1,
+		MaxHandshakesPerSource:  1,
 		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: app.Addr().String(),
 			PeerIdentity: proxy.PeerIdentityProxyV2, AcceptProxyV2: true, Service: proxy.Service{Name: "api", Port: 8443}}},
 	}, proxy.WithAccessLog(e.inboundLog))

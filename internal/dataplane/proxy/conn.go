@@ -71,8 +71,9 @@ const (
 // max_handshakes_per_source still in their TLS handshake), so one host
 // cannot take every slot of max_connections or hold them with connections
 // that never present a certificate. The source is always the real TCP
-// peer's: behind a gateway (accept_proxy_v2) that is the gateway, whose
-// own per-source limits bound the original sources.
+// peer's. Listeners behind a gateway (accept_proxy_v2) count none: all
+// their connections come from the gateway, whose own per-source limits
+// bound the original sources.
 
 func newConnState(listener string, inbound bool, raw net.Conn) *connState {
 	return &connState{id: rand.Text(), listener: listener, inbound: inbound, start: time.Now(), client: raw.RemoteAddr().String(),

@@ -37,7 +37,7 @@ func (p *Proxy) startInbound(in *Inbound) error {
 	if in.PeerIdentity == PeerIdentityHTTPHeader {
 		hf = p.newHTTPFront(in)
 	}
-	go p.acceptLoop(l, in.Name, "inbound", func(c *connState, raw net.Conn) { p.serveInbound(in, hf, c, raw) })
+	go p.acceptLoop(l, in.Name, "inbound", !in.AcceptProxyV2, func(c *connState, raw net.Conn) { p.serveInbound(in, hf, c, raw) })
 	return nil
 }
 

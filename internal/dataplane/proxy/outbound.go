@@ -26,7 +26,7 @@ func (p *Proxy) startOutbound(out *Outbound) error {
 		return fmt.Errorf("outbound %s: %w", out.Name, err)
 	}
 	p.addListener(out.Name, l)
-	go p.acceptLoop(l, out.Name, "outbound", func(c *connState, raw net.Conn) { p.serveOutbound(out, id, sni, c, raw) })
+	go p.acceptLoop(l, out.Name, "outbound", false, func(c *connState, raw net.Conn) { p.serveOutbound(out, id, sni, c, raw) })
 	return nil
 }
 

@@ -373,7 +373,12 @@ func (p *Proxy) addListener(name string, l net.Listener) {
 // acceptLoop accepts on l and runs handle for each connection under the
 // max_connections limit and, for inbound TCP listeners, the per-source
 // limits (max_connections_per_source, max_handshakes_per_source).
-func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*connState, net.Conn)) {
+//
+// perSource is false for outbound listeners (the local app's side) and for
+// inbound listeners with accept_proxy_v2: every connection of those comes
+// from the gateway, which applies the per-source limits to the original
+// sources itself.
+func (p *Proxy) acceptLoop(l net.Listener, name, direction string, perSource bool, handle func(*connState, net.Conn)) {
 	for {
 		raw, err := l.Accept()
 		if err != nil {
@@ -400,7 +405,7 @@ func (p *Proxy) acceptLoop(l net.Listener, name, direction string, handle func(*
 		// Inbound TCP connections also count against their source's
 		// limits until they close (open) and until their TLS handshake
 		// ends (handshaking), so one host cannot hold every slot.
-		if key := netsource.Key(raw.RemoteAddr()); direction == "inbound" && key != "" {
+		if key := netsource.Key(raw.RemoteAddr()); perSource && key != "" {
 			if r := p.srcLimits.Acquire(key); r != netsource.Accepted {
 				reason := rejectPerSource
 				if r == netsource.OverPending {
