@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -96,6 +97,7 @@ type xcEnv struct {
 	clientID   string
 	apiID      string
 	outbound   string
+	polB       string
 	logA, logB *syncbuf.Buffer
 }
 
@@ -122,6 +124,7 @@ permit(principal in TrustDomain::"a.example", action == Action::"connect", resou
   when { context.source_trust_domain == "a.example" && principal.path == "/client" };`), 0o600)
 	a.ward(t, "policy", "apply", polA)
 	b.ward(t, "policy", "apply", polB)
+	e.polB = polB
 	agA, agB := a.agent(t), b.agent(t)
 	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
 	agB.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
@@ -226,6 +229,39 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 	// B's audit log holds the received update.
 	if out := e.b.ward(t, "audit", "tail", "-n", "200"); !strings.Contains(out, "federation.revocations") {
 		t.Fatalf("B's audit log has no federation.revocations event:\n%s", tail(out, 3000))
+	}
+
+	// Partitioned: A's authority is gone, B's restarts (the revocations it
+	// received are stored behind its barrier) and publishes a new policy
+	// version, which still carries A's deny-list.
+	e.a.s.stop()
+	e.b.s.stop()
+	e.b.s.start()
+	e.b.s.unseal(e.b.shares[:3])
+	e.b.ward(t, "policy", "apply", e.polB)
+	out := e.b.ward(t, "policy", "show", "--json")
+	var shown struct {
+		Version uint64 `json:"version"`
+	}
+	if err := json.Unmarshal([]byte(out), &shown); err != nil || !strings.Contains(out, "spiffe://a.example/client") {
+		t.Fatalf("B's policy version after a restart without A lacks A's revocation (%v):\n%s", err, tail(out, 3000))
+	}
+	// New connections are refused by that version (bounded wait for it to
+	// reach B's proxy).
+	want := fmt.Sprintf(`"policy_version":%d`, shown.Version)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if c2, _, err := crossRound(e.outbound); err == nil {
+			c2.Close()
+			t.Fatal("after B's restart without A, the revoked client of A was allowed into B")
+		}
+		if strings.Contains(e.logB.String(), want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("B's proxy never decided with version %d:\n%s", shown.Version, tail(e.logB.String(), 3000))
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 

@@ -288,6 +288,7 @@ func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
 	rev.DenyList = OwnOnly(e.cfg.CA.TrustDomain(), rev.DenyList)
 	rev.TrustDomain = e.cfg.CA.TrustDomain().Name()
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(revocationHeader, "1")
 	_ = json.NewEncoder(w).Encode(rev)
 }
 

@@ -49,6 +49,10 @@ const (
 	MaxRevocationWait = 20 * time.Second
 
 	revocationPrefix = "federation-revocations/"
+	// revocationHeader marks a ward revocation answer: an endpoint of
+	// another SPIFFE implementation answering the path (with its bundle,
+	// say) is not a peer sending a bad update, so it is not audited.
+	revocationHeader = "Ward-Revocations"
 	serverPath       = "/ward/server"
 )
 
@@ -407,6 +411,9 @@ func (m *Manager) pollRevocations(ctx context.Context, rel Relationship, c Revoc
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("revocation channel of %s answered %s: %.200q", rel.TrustDomain, resp.Status, bytes.TrimSpace(body))
+	}
+	if resp.Header.Get(revocationHeader) != "1" {
+		return nil, fmt.Errorf("the bundle endpoint of %s serves no ward revocation channel (not a ward authority?); its revocations cannot be followed", rel.TrustDomain)
 	}
 	return body, nil
 }

@@ -295,3 +295,30 @@ func mustJSON(v any) []byte {
 	}
 	return b
 }
+
+// A peer of another SPIFFE implementation (its endpoint answers any path
+// with its bundle) has no revocation channel: that is an error of the
+// channel, not a refused update, so nothing is audited.
+func TestRevocationsOfANonWardPeer(t *testing.T) {
+	f := newFixture(t)
+	f.fake.serve(200, marshal(t, bundleOf(t, f.a)))
+	if _, err := f.m.Add(context.Background(), f.rel(f.fakeU), bundleOf(t, f.a)); err != nil {
+		t.Fatal(err)
+	}
+	before := len(f.aud.ops())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.m.RunRevocations(ctx, RevocationClient{SVID: serverSVID(t, newCA(t, tdB)), Wait: time.Second})
+	}()
+	waitFor(t, "the channel error", func() bool { return f.m.Revocation(tdA).LastError != "" })
+	cancel()
+	<-done
+	if st := f.m.Revocation(tdA); st.Has || !strings.Contains(st.LastError, "no ward revocation channel") {
+		t.Fatalf("status: %+v", st)
+	}
+	if ops := f.aud.ops()[before:]; len(ops) != 0 {
+		t.Fatalf("audited: %v", ops)
+	}
+}
