@@ -514,7 +514,10 @@ func (m *Manager) Remove(ctx context.Context, td spiffeid.TrustDomain) error {
 }
 
 func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
-	return m.audited(ctx, "federation.remove", map[string]string{"trust_domain": td.Name()}, func() error {
+	m.mu.Lock()
+	_, hadRevocations := m.remote[td]
+	m.mu.Unlock()
+	err := m.audited(ctx, "federation.remove", map[string]string{"trust_domain": td.Name()}, func() error {
 		if err := m.opts.Store.Delete(ctx, storeKey(td)); err != nil {
 			return errs.Errorf(errs.Unavailable, "%w: deleting relationship: %v", ErrUnavailable, err)
 		}
@@ -531,6 +534,11 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 		m.mu.Unlock()
 		return nil
 	})
+	if err == nil && hadRevocations && m.opts.OnRevocations != nil {
+		// Its section leaves the next policy version.
+		m.opts.OnRevocations(ctx, td, map[string]string{"trust_domain": td.Name(), "removed": "true"})
+	}
+	return err
 }
 
 func (m *Manager) get(td spiffeid.TrustDomain) (*entry, bool) {

@@ -375,7 +375,9 @@ func TestScheduleBackoffAndStaleness(t *testing.T) {
 			got[k] = fmt.Sprint(v)
 		}
 	}
-	if len(got) != 6 || got["ward_federation_bundle_stale a.example"] != "1" || got["ward_federation_bundle_age_seconds a.example"] != "14400" ||
+	// 7: the six bundle series and the revocation channel's error gauge (no
+	// channel runs here).
+	if len(got) != 7 || got["ward_federation_revocation_channel_error a.example"] != "0" || got["ward_federation_bundle_stale a.example"] != "1" || got["ward_federation_bundle_age_seconds a.example"] != "14400" ||
 		got["ward_federation_refreshes_total error a.example"] != "4" || got["ward_federation_refreshes_total ok a.example"] != "1" {
 		t.Fatalf("metrics: %v", got)
 	}

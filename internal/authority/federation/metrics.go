@@ -16,6 +16,15 @@ var (
 	refreshDesc = prometheus.NewDesc("ward_federation_refreshes_total",
 		"Bundle refreshes by trust domain and result (ok, error, refused) since this authority unsealed.",
 		[]string{"trust_domain", "result"}, nil)
+	revSeqDesc = prometheus.NewDesc("ward_federation_revocations_sequence",
+		"Sequence of the last revocations accepted from the trust domain's authority (cross-cluster revocation).",
+		[]string{"trust_domain"}, nil)
+	revAgeDesc = prometheus.NewDesc("ward_federation_revocations_age_seconds",
+		"Seconds since revocations were last accepted from the trust domain's authority (a new sequence; an idle channel does not refresh it).",
+		[]string{"trust_domain"}, nil)
+	revErrDesc = prometheus.NewDesc("ward_federation_revocation_channel_error",
+		"1 while the revocation channel with the trust domain's authority is failing or its last update was refused.",
+		[]string{"trust_domain"}, nil)
 )
 
 type collector struct{ get func() *Manager }
@@ -29,6 +38,9 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- staleDesc
 	ch <- seqDesc
 	ch <- refreshDesc
+	ch <- revSeqDesc
+	ch <- revAgeDesc
+	ch <- revErrDesc
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -49,6 +61,18 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(staleDesc, prometheus.GaugeValue, stale, td)
 		if st.HasSequence {
 			ch <- prometheus.MustNewConstMetric(seqDesc, prometheus.GaugeValue, float64(st.Sequence), td)
+		}
+		if st.Profile == ProfileSPIFFE {
+			rs := m.Revocation(st.TrustDomain)
+			if rs.Has {
+				ch <- prometheus.MustNewConstMetric(revSeqDesc, prometheus.GaugeValue, float64(rs.Sequence), td)
+				ch <- prometheus.MustNewConstMetric(revAgeDesc, prometheus.GaugeValue, now.Sub(rs.ReceivedAt).Seconds(), td)
+			}
+			failing := 0.0
+			if rs.LastError != "" {
+				failing = 1
+			}
+			ch <- prometheus.MustNewConstMetric(revErrDesc, prometheus.GaugeValue, failing, td)
 		}
 	}
 	m.mu.Lock()

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -157,9 +158,29 @@ func TestRevocationChannelDeliversAndPersists(t *testing.T) {
 	if n := strings.Count(strings.Join(p.f.aud.ops(), " "), "federation.revocations:ok"); n < 2 {
 		t.Fatalf("received updates not audited: %v", p.f.aud.ops())
 	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(NewCollector(func() *Manager { return p.f.m }))
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]float64{}
+	for _, mf := range mfs {
+		for _, mm := range mf.GetMetric() {
+			seen[mf.GetName()] = mm.GetGauge().GetValue()
+		}
+	}
+	if seen["ward_federation_revocations_sequence"] != 5 || seen["ward_federation_revocation_channel_error"] != 0 {
+		t.Fatalf("revocation metrics: %v", seen)
+	}
+	if _, ok := seen["ward_federation_revocations_age_seconds"]; !ok {
+		t.Fatalf("revocation metrics: %v", seen)
+	}
 	// Partitioned (endpoint gone) and restarted: the last received stay.
 	p.ep.Stop()
-	m2, err := Open(context.Background(), Options{Store: p.f.st, TrustDomain: tdB, Audit: audit.RecorderFunc(p.f.aud.append)})
+	var removed atomic.Int32
+	m2, err := Open(context.Background(), Options{Store: p.f.st, TrustDomain: tdB, Audit: audit.RecorderFunc(p.f.aud.append),
+		OnRevocations: func(context.Context, spiffeid.TrustDomain, map[string]string) { removed.Add(1) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -172,6 +193,9 @@ func TestRevocationChannelDeliversAndPersists(t *testing.T) {
 	}
 	if got := m2.RemoteDenyLists(); len(got) != 0 {
 		t.Fatalf("after remove: %+v", got)
+	}
+	if removed.Load() != 1 {
+		t.Fatalf("removing the relationship did not republish: %d", removed.Load())
 	}
 }
 
