@@ -60,6 +60,16 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 	if r.Stale {
 		fmt.Fprintf(tw, "STALE:\tnot refreshed for several refresh hints; workloads validate with the last good bundle\n")
 	}
+	if r.Profile == "https_spiffe" {
+		rev := "none received yet"
+		if r.HasRevocations {
+			rev = fmt.Sprintf("sequence %d, %d entries, received %s", r.RevocationsSequence, r.RevokedEntries, fedTime(r.RevocationsReceived))
+		}
+		fmt.Fprintf(tw, "Revocations:\t%s\n", rev)
+		if r.RevocationError != "" {
+			fmt.Fprintf(tw, "Revocation channel:\t%s\n", r.RevocationError)
+		}
+	}
 	_ = tw.Flush()
 }
 

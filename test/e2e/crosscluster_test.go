@@ -231,6 +231,10 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 		t.Fatalf("B's audit log has no federation.revocations event:\n%s", tail(out, 3000))
 	}
 
+	if show := e.b.ward(t, "federation", "show", "a.example"); !strings.Contains(show, "Revocations:") || !strings.Contains(show, "1 entries") {
+		t.Fatalf("ward federation show in B does not show A's revocations:\n%s", show)
+	}
+
 	// Partitioned: A's authority is gone, B's restarts (the revocations it
 	// received are stored behind its barrier) and publishes a new policy
 	// version, which still carries A's deny-list.

@@ -48,9 +48,17 @@ type FederationRelationship struct {
 	LastError          string                 `protobuf:"bytes,14,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	Failures           int32                  `protobuf:"varint,15,opt,name=failures,proto3" json:"failures,omitempty"`
 	// Not refreshed for several refresh hints, or no usable bundle.
-	Stale         bool `protobuf:"varint,16,opt,name=stale,proto3" json:"stale,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Stale bool `protobuf:"varint,16,opt,name=stale,proto3" json:"stale,omitempty"`
+	// Cross-cluster revocation (https_spiffe peers): the sequence of the
+	// last revocations accepted from the trust domain's authority, when,
+	// how many entries they hold, and the channel's last error.
+	RevocationsSequence uint64                 `protobuf:"varint,17,opt,name=revocations_sequence,json=revocationsSequence,proto3" json:"revocations_sequence,omitempty"`
+	HasRevocations      bool                   `protobuf:"varint,18,opt,name=has_revocations,json=hasRevocations,proto3" json:"has_revocations,omitempty"`
+	RevocationsReceived *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=revocations_received,json=revocationsReceived,proto3" json:"revocations_received,omitempty"`
+	RevocationError     string                 `protobuf:"bytes,20,opt,name=revocation_error,json=revocationError,proto3" json:"revocation_error,omitempty"`
+	RevokedEntries      int32                  `protobuf:"varint,21,opt,name=revoked_entries,json=revokedEntries,proto3" json:"revoked_entries,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *FederationRelationship) Reset() {
@@ -193,6 +201,41 @@ func (x *FederationRelationship) GetStale() bool {
 		return x.Stale
 	}
 	return false
+}
+
+func (x *FederationRelationship) GetRevocationsSequence() uint64 {
+	if x != nil {
+		return x.RevocationsSequence
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetHasRevocations() bool {
+	if x != nil {
+		return x.HasRevocations
+	}
+	return false
+}
+
+func (x *FederationRelationship) GetRevocationsReceived() *timestamppb.Timestamp {
+	if x != nil {
+		return x.RevocationsReceived
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetRevocationError() string {
+	if x != nil {
+		return x.RevocationError
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetRevokedEntries() int32 {
+	if x != nil {
+		return x.RevokedEntries
+	}
+	return 0
 }
 
 type AddFederationRequest struct {
@@ -525,7 +568,7 @@ var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\x05\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\a\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -544,7 +587,12 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
 	"last_error\x18\x0e \x01(\tR\tlastError\x12\x1a\n" +
 	"\bfailures\x18\x0f \x01(\x05R\bfailures\x12\x14\n" +
-	"\x05stale\x18\x10 \x01(\bR\x05stale\"\xd2\x01\n" +
+	"\x05stale\x18\x10 \x01(\bR\x05stale\x121\n" +
+	"\x14revocations_sequence\x18\x11 \x01(\x04R\x13revocationsSequence\x12'\n" +
+	"\x0fhas_revocations\x18\x12 \x01(\bR\x0ehasRevocations\x12M\n" +
+	"\x14revocations_received\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13revocationsReceived\x12)\n" +
+	"\x10revocation_error\x18\x14 \x01(\tR\x0frevocationError\x12'\n" +
+	"\x0frevoked_entries\x18\x15 \x01(\x05R\x0erevokedEntries\"\xd2\x01\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -598,22 +646,23 @@ var file_ward_v1_federation_proto_depIdxs = []int32{
 	8,  // 1: ward.v1.FederationRelationship.last_refresh:type_name -> google.protobuf.Timestamp
 	8,  // 2: ward.v1.FederationRelationship.last_attempt:type_name -> google.protobuf.Timestamp
 	8,  // 3: ward.v1.FederationRelationship.next_refresh:type_name -> google.protobuf.Timestamp
-	0,  // 4: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
-	1,  // 5: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
-	2,  // 6: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
-	4,  // 7: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
-	5,  // 8: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
-	6,  // 9: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
-	0,  // 10: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
-	3,  // 11: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
-	0,  // 12: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
-	0,  // 13: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
-	7,  // 14: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	8,  // 4: ward.v1.FederationRelationship.revocations_received:type_name -> google.protobuf.Timestamp
+	0,  // 5: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
+	1,  // 6: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
+	2,  // 7: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
+	4,  // 8: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
+	5,  // 9: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
+	6,  // 10: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
+	0,  // 11: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
+	3,  // 12: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
+	0,  // 13: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
+	0,  // 14: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
+	7,  // 15: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_federation_proto_init() }

@@ -136,7 +136,12 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 	p := &wardv1.FederationRelationship{TrustDomain: st.TrustDomain.Name(), EndpointUrl: st.EndpointURL, Profile: string(st.Profile),
 		Source: st.Source, Sequence: st.Sequence, HasSequence: st.HasSequence, RefreshHintSeconds: int64(st.RefreshHint / time.Second),
 		Added: apiconv.Timestamp(st.AddedAt), LastRefresh: apiconv.Timestamp(st.LastRefresh), LastAttempt: apiconv.Timestamp(st.LastAttempt),
-		NextRefresh: apiconv.Timestamp(st.NextRefresh), LastError: st.LastError, Failures: int32(st.Failures), Stale: st.Stale}
+		NextRefresh: apiconv.Timestamp(st.NextRefresh), LastError: st.LastError, Failures: int32(st.Failures), Stale: st.Stale,
+		RevocationsSequence: st.Revocations.Sequence, HasRevocations: st.Revocations.Has, RevocationError: st.Revocations.LastError,
+		RevokedEntries: int32(st.Revocations.Entries)}
+	if st.Revocations.Has {
+		p.RevocationsReceived = apiconv.Timestamp(st.Revocations.ReceivedAt)
+	}
 	if !st.EndpointID.IsZero() {
 		p.EndpointSpiffeId = st.EndpointID.String()
 	}

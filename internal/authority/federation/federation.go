@@ -126,6 +126,8 @@ type Status struct {
 	Failures int
 	// Stale: no accepted refresh for StaleAfterHints refresh hints.
 	Stale bool
+	// Revocations is the state of the revocation channel (https_spiffe).
+	Revocations RevocationStatus
 }
 
 // record is a relationship as stored under store key "federation/<td>".
@@ -652,6 +654,7 @@ func (m *Manager) status(e *entry, now time.Time) Status {
 		st.Sequence, st.HasSequence = e.bundle.SequenceNumber()
 	}
 	st.Stale = e.bundle == nil || now.Sub(e.rec.LastRefresh) > time.Duration(m.opts.StaleAfterHints)*st.RefreshHint
+	st.Revocations = m.Revocation(e.rel.TrustDomain)
 	return st
 }
 

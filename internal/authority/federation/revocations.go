@@ -93,7 +93,9 @@ type RevocationStatus struct {
 	Sequence   uint64
 	Has        bool
 	ReceivedAt time.Time
-	LastError  string
+	// Entries counts SPIFFE IDs, serials and tainted keys received.
+	Entries   int
+	LastError string
 }
 
 // loadRevocations reads the stored revocations (after Open and Reload).
@@ -150,7 +152,8 @@ func (m *Manager) Revocation(td spiffeid.TrustDomain) RevocationStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	r, ok := m.remote[td]
-	return RevocationStatus{Sequence: r.Sequence, Has: ok, ReceivedAt: r.ReceivedAt, LastError: m.revErr[td]}
+	return RevocationStatus{Sequence: r.Sequence, Has: ok, ReceivedAt: r.ReceivedAt, LastError: m.revErr[td],
+		Entries: len(r.DenyList.SPIFFEIDs) + len(r.DenyList.Serials) + len(r.DenyList.TaintedKeys)}
 }
 
 // canonical checks that d only names identities of td and returns it
