@@ -7,6 +7,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -205,4 +206,37 @@ func TestReadsTime(t *testing.T) {
 func compileOne(t *testing.T, src string) *Set {
 	t.Helper()
 	return mustCompile(t, map[string]string{"p.cedar": src})
+}
+
+// TestCacheConcurrentDecisions: goroutines deciding at once on one Set
+// (as a proxy's connections do) fill and read the cache safely (run with
+// -race) and every one gets the uncached decision.
+func TestCacheConcurrentDecisions(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var src strings.Builder
+	for i := range 30 {
+		src.WriteString(randomPolicy(r, i))
+	}
+	src.WriteString(timePolicy(r, 0))
+	set := mustCompile(t, map[string]string{"r.cedar": src.String()})
+	reqs := make([]Request, 64)
+	want := make([]Decision, len(reqs))
+	for i := range reqs {
+		reqs[i] = randomRequest(r)
+		q := reqs[i]
+		want[i] = set.decide(&q, false)
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for j := range 2000 {
+				i := (j*7 + g) % len(reqs)
+				if got := set.Decide(reqs[i]); !reflect.DeepEqual(got, want[i]) {
+					t.Errorf("request %d: %+v, want %+v", i, got, want[i])
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
