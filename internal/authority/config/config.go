@@ -207,8 +207,26 @@ func (c *Server) Validate() error {
 	if err := c.Federation.validate(c.TrustDomain); err != nil {
 		return err
 	}
-	if c.HTTPAddress != "" && samePort(c.HTTPAddress, c.Identity.NodeAPIAddress) {
-		return fmt.Errorf("http_address %s and identity.node_api_address %s use the same port: give them different ports", c.HTTPAddress, c.Identity.NodeAPIAddress)
+	return c.checkListenerClash()
+}
+
+// checkListenerClash refuses two listeners of this server on one port
+// (the second would fail to bind only after data_dir was created and the
+// first listener started).
+func (c *Server) checkListenerClash() error {
+	be := c.Federation.BundleEndpoint
+	ls := []struct{ field, addr string }{
+		{"http_address", c.HTTPAddress},
+		{"identity.node_api_address", c.Identity.NodeAPIAddress},
+		{"federation.bundle_endpoint.address", be.Address},
+		{"federation.bundle_endpoint.web_address", be.WebAddress},
+	}
+	for i := range ls {
+		for j := i + 1; j < len(ls); j++ {
+			if ls[i].addr != "" && ls[j].addr != "" && samePort(ls[i].addr, ls[j].addr) {
+				return fmt.Errorf("%s %s and %s %s use the same port: give them different ports", ls[i].field, ls[i].addr, ls[j].field, ls[j].addr)
+			}
+		}
 	}
 	return nil
 }

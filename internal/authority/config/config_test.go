@@ -92,6 +92,10 @@ func TestRejectsBadPathsAndAddresses(t *testing.T) {
 		{"node api port", "data_dir: /d\nidentity: {node_api_address: '0.0.0.0:70000'}\n", "identity.node_api_address"},
 		{"node api no port", "data_dir: /d\nidentity: {node_api_address: 0.0.0.0}\n", "identity.node_api_address"},
 		{"same port", "data_dir: /d\nhttp_address: 127.0.0.1:8443\nidentity: {node_api_address: '0.0.0.0:8443'}\n", "same port"},
+		{"bundle endpoint on node api port", "data_dir: /d\nidentity: {node_api_address: '127.0.0.1:8443'}\nfederation: {bundle_endpoint: {address: ':8443'}}\n", "identity.node_api_address 127.0.0.1:8443 and federation.bundle_endpoint.address :8443 use the same port"},
+		{"bundle endpoint on http port", "data_dir: /d\nhttp_address: 127.0.0.1:9090\nfederation: {bundle_endpoint: {address: '127.0.0.1:9090'}}\n", "same port"},
+		{"bundle endpoint bad port", "data_dir: /d\nfederation: {bundle_endpoint: {address: '127.0.0.1:99999'}}\n", "federation.bundle_endpoint.address"},
+		{"bundle endpoint scheme", "data_dir: /d\nfederation: {bundle_endpoint: {address: 'https://127.0.0.1:8444'}}\n", "no scheme"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

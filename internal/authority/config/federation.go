@@ -90,6 +90,14 @@ func (f *Federation) validate(own string) error {
 		return fmt.Errorf("federation.stale_after_hints must be at least 1")
 	}
 	be := e.BundleEndpoint
+	for _, a := range []struct{ field, addr string }{{"federation.bundle_endpoint.address", be.Address}, {"federation.bundle_endpoint.web_address", be.WebAddress}} {
+		if a.addr == "" {
+			continue
+		}
+		if err := ValidateListenAddress(a.field, a.addr); err != nil {
+			return err
+		}
+	}
 	if be.WebAddress != "" && (be.CertFile == "" || be.KeyFile == "") {
 		return fmt.Errorf("federation.bundle_endpoint.web_address needs cert_file and key_file (the Web PKI certificate and key)")
 	}
