@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if helperDir != "" {
 		os.RemoveAll(helperDir)
 	}
+	if e2eStateDir != "" {
+		os.RemoveAll(e2eStateDir)
+	}
 	os.Exit(code)
 }
 
