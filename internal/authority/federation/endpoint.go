@@ -27,6 +27,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
@@ -53,6 +54,16 @@ type EndpointConfig struct {
 	// OnRevocationRefused counts a refused client of the revocation channel
 	// by reason (no_client_certificate, not_federated, not_a_server).
 	OnRevocationRefused func(reason string)
+	// Checkpoints, when set, is this authority's audit log, served at
+	// WitnessPath of the https_spiffe endpoint to the server IDs of
+	// federated trust domains (verified with Peers, which is then
+	// required), each with the cosignature this authority made on its log
+	// (Cosignatures: the Manager's CosignatureOf).
+	Checkpoints  CheckpointSource
+	Cosignatures func(td spiffeid.TrustDomain) *checkpoint.Cosignature
+	// OnWitnessRefused counts a refused client of WitnessPath by reason
+	// (as OnRevocationRefused).
+	OnWitnessRefused func(reason string)
 }
 
 // Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
@@ -102,14 +113,22 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 	if err != nil {
 		return nil, err
 	}
-	if (cfg.Revocations == nil) != (cfg.Peers == nil) {
-		return nil, errors.New("federation: the revocation channel needs both Revocations and Peers")
+	if (cfg.Revocations != nil || cfg.Checkpoints != nil) && cfg.Peers == nil {
+		return nil, errors.New("federation: the revocation channel and the audit witness need Peers (the federated bundles)")
+	}
+	if cfg.Peers != nil && cfg.Revocations == nil && cfg.Checkpoints == nil {
+		return nil, errors.New("federation: Peers given without the revocation channel or the audit witness")
 	}
 	e := &Endpoint{cfg: cfg, handler: h, addrs: map[Profile]net.Addr{}}
-	if cfg.Revocations != nil {
+	if cfg.Peers != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/", h)
-		mux.HandleFunc(RevocationPath, e.serveRevocations)
+		if cfg.Revocations != nil {
+			mux.HandleFunc(RevocationPath, e.serveRevocations)
+		}
+		if cfg.Checkpoints != nil {
+			mux.HandleFunc(WitnessPath, e.serveCheckpoint)
+		}
 		e.handler = mux
 	}
 	if cfg.WebAddress != "" {
@@ -141,9 +160,9 @@ func (e *Endpoint) Start() error {
 			return fmt.Errorf("federation: bundle endpoint (%s) on %s: %w", x.p, x.addr, err)
 		}
 		tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: x.get, NextProtos: []string{"http/1.1"}}
-		if x.p == ProfileSPIFFE && e.cfg.Revocations != nil {
+		if x.p == ProfileSPIFFE && e.cfg.Peers != nil {
 			// Asked, never required (bundle fetches stay anonymous); the
-			// revocation channel verifies it (serveRevocations).
+			// revocation channel and the witness verify it (peer).
 			tc.ClientAuth = tls.RequestClientCert
 		}
 		srv := &http.Server{Handler: e.handler, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
@@ -236,34 +255,10 @@ func (e *Endpoint) SVID() (*x509svid.SVID, error) {
 // federated trust domain (spiffe://<td>/ward/server), verified with that
 // trust domain's bundle and nothing else.
 func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
-	refuse := func(code int, reason, msg string) {
-		if e.cfg.OnRevocationRefused != nil {
-			e.cfg.OnRevocationRefused(reason)
-		}
-		e.cfg.Log.Warn("revocation channel: client refused", "reason", reason, "remote", r.RemoteAddr, "err", msg)
-		http.Error(w, msg, code)
-	}
-	if r.Method != http.MethodGet {
-		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+	if _, ok := e.peer(w, r, "revocation channel", e.cfg.OnRevocationRefused); !ok {
 		return
 	}
-	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
-		refuse(http.StatusUnauthorized, "no_client_certificate", "the revocation channel needs the client's X509-SVID (spiffe://<trust domain>/ward/server)")
-		return
-	}
-	id, _, err := x509svid.Verify(r.TLS.PeerCertificates, e.cfg.Peers)
-	if err != nil {
-		claimed := "an unparsable ID"
-		if cid, cerr := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); cerr == nil {
-			claimed = cid.String()
-		}
-		refuse(http.StatusForbidden, "not_federated", fmt.Sprintf("client %s is not a server of a trust domain %s federates with: %v", claimed, e.cfg.CA.TrustDomain().Name(), err))
-		return
-	}
-	if id.Path() != serverPath || id.TrustDomain() == e.cfg.CA.TrustDomain() {
-		refuse(http.StatusForbidden, "not_a_server", fmt.Sprintf("client %s is not a federated authority's server ID (spiffe://<trust domain>%s)", id, serverPath))
-		return
-	}
+	var err error
 	q := r.URL.Query()
 	var after uint64
 	if a := q.Get("after"); a != "" {
@@ -290,6 +285,93 @@ func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set(revocationHeader, "1")
 	_ = json.NewEncoder(w).Encode(rev)
+}
+
+// peer authenticates a client of the revocation channel or the witness:
+// it must present the server ID of a federated trust domain
+// (spiffe://<td>/ward/server), verified with that trust domain's bundle
+// and nothing else. A refused client is answered, logged and counted.
+func (e *Endpoint) peer(w http.ResponseWriter, r *http.Request, what string, count func(string)) (spiffeid.ID, bool) {
+	refuse := func(code int, reason, msg string) (spiffeid.ID, bool) {
+		if count != nil {
+			count(reason)
+		}
+		e.cfg.Log.Warn(what+": client refused", "reason", reason, "remote", r.RemoteAddr, "err", msg)
+		http.Error(w, msg, code)
+		return spiffeid.ID{}, false
+	}
+	if r.Method != http.MethodGet {
+		http.Error(w, "GET only", http.StatusMethodNotAllowed)
+		return spiffeid.ID{}, false
+	}
+	if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+		return refuse(http.StatusUnauthorized, "no_client_certificate", fmt.Sprintf("the %s needs the client's X509-SVID (spiffe://<trust domain>/ward/server)", what))
+	}
+	id, _, err := x509svid.Verify(r.TLS.PeerCertificates, e.cfg.Peers)
+	if err != nil {
+		claimed := "an unparsable ID"
+		if cid, cerr := x509svid.IDFromCert(r.TLS.PeerCertificates[0]); cerr == nil {
+			claimed = cid.String()
+		}
+		return refuse(http.StatusForbidden, "not_federated", fmt.Sprintf("client %s is not a server of a trust domain %s federates with: %v", claimed, e.cfg.CA.TrustDomain().Name(), err))
+	}
+	if id.Path() != serverPath || id.TrustDomain() == e.cfg.CA.TrustDomain() {
+		return refuse(http.StatusForbidden, "not_a_server", fmt.Sprintf("client %s is not a federated authority's server ID (spiffe://<trust domain>%s)", id, serverPath))
+	}
+	return id, true
+}
+
+// serveCheckpoint answers a federated authority's witness: this
+// authority's latest signed audit checkpoint, its key, a consistency proof
+// from ?from= (none when from is 0 or beyond the log: the witness then
+// sees the log went backwards) and this authority's cosignature on the
+// caller's own log.
+func (e *Endpoint) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
+	id, ok := e.peer(w, r, "audit witness", e.cfg.OnWitnessRefused)
+	if !ok {
+		return
+	}
+	var from uint64
+	if f := r.URL.Query().Get("from"); f != "" {
+		var err error
+		if from, err = strconv.ParseUint(f, 10, 64); err != nil {
+			http.Error(w, "from: not a tree size", http.StatusBadRequest)
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	defer cancel()
+	cp, pub, err := e.cfg.Checkpoints.LatestCheckpoint(ctx)
+	if err != nil {
+		http.Error(w, "audit checkpoint unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	pemKey, err := checkpoint.MarshalPublicKeyPEM(pub)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	ans := WitnessAnswer{Checkpoint: cp, PublicKeyPEM: string(pemKey)}
+	if from > 0 && from < cp.Size {
+		if ans.Consistency, err = e.cfg.Checkpoints.ConsistencyProof(ctx, from, cp.Size); err != nil {
+			http.Error(w, "audit consistency proof unavailable: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		ans.From = from
+	} else if from == cp.Size {
+		ans.From = from
+	}
+	if e.cfg.Cosignatures != nil {
+		ans.Cosignature = e.cfg.Cosignatures(id.TrustDomain())
+	}
+	b, err := json.Marshal(ans)
+	if err != nil || len(b) > MaxWitnessAnswer {
+		http.Error(w, fmt.Sprintf("audit checkpoint answer too large or unencodable (%d bytes): %v", len(b), err), http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(witnessHeader, "1")
+	_, _ = w.Write(b)
 }
 
 // taintedLocked reports whether the current certificate's intermediate is

@@ -9,6 +9,7 @@ package federation
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -128,6 +129,9 @@ type Status struct {
 	Stale bool
 	// Revocations is the state of the revocation channel (https_spiffe).
 	Revocations RevocationStatus
+	// Witness is what this authority witnessed of the peer's audit log
+	// (https_spiffe).
+	Witness WitnessStatus
 }
 
 // record is a relationship as stored under store key "federation/<td>".
@@ -190,6 +194,9 @@ type Options struct {
 	// the remote deny-lists (RemoteDenyLists), with the audit fields:
 	// publish them (policystore.RefreshRemote).
 	OnRevocations func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string)
+	// Signer is this authority's audit checkpoint key: it cosigns the
+	// peers' checkpoints this authority witnessed (nil: no witnessing).
+	Signer crypto.Signer
 }
 
 func (o *Options) setDefaults() error {
@@ -238,9 +245,18 @@ type Manager struct {
 	// revErr the last error of its channel (revocations.go).
 	remote map[spiffeid.TrustDomain]received
 	revErr map[spiffeid.TrustDomain]string
+	// witness is what was witnessed of each peer's audit log, cosigned
+	// the newest cosignature each peer made on this log (witness.go);
+	// witnessMu serializes witness rounds.
+	witness   map[spiffeid.TrustDomain]*witnessState
+	cosigned  map[spiffeid.TrustDomain]cosignedRecord
+	witnessMu sync.Mutex
 }
 
-type counters struct{ ok, failed, refused uint64 }
+type counters struct {
+	ok, failed, refused                                    uint64
+	witnessOK, witnessFailed, witnessRefused, witnessAlert uint64
+}
 
 // Open loads the stored relationships.
 func Open(ctx context.Context, opts Options) (*Manager, error) {
@@ -250,7 +266,8 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 	m := &Manager{opts: opts, entries: map[spiffeid.TrustDomain]*entry{},
 		refreshing: map[spiffeid.TrustDomain]*sync.Mutex{}, wake: make(chan struct{}, 1),
 		stats: map[spiffeid.TrustDomain]*counters{}, remote: map[spiffeid.TrustDomain]received{},
-		revErr: map[spiffeid.TrustDomain]string{}}
+		revErr: map[spiffeid.TrustDomain]string{}, witness: map[spiffeid.TrustDomain]*witnessState{},
+		cosigned: map[spiffeid.TrustDomain]cosignedRecord{}}
 	if err := m.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -268,6 +285,9 @@ func (m *Manager) Reload(ctx context.Context) error {
 		return errs.Errorf(errs.Unavailable, "%w: listing federation relationships: %v", ErrUnavailable, err)
 	}
 	if err := m.loadRevocations(ctx); err != nil {
+		return err
+	}
+	if err := m.loadWitness(ctx); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -523,11 +543,17 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 		if err := m.opts.Store.Delete(ctx, storeKey(td)); err != nil {
 			return errs.Errorf(errs.Unavailable, "%w: deleting relationship: %v", ErrUnavailable, err)
 		}
-		// Its revocations go with it (a new relationship starts over).
-		if err := m.opts.Store.Delete(ctx, revocationKey(td)); err != nil && !errors.Is(err, store.ErrNotFound) {
-			return errs.Errorf(errs.Unavailable, "%w: deleting received revocations: %v", ErrUnavailable, err)
+		// Its revocations, what was witnessed of its audit log (the pinned
+		// key, an alert) and its cosignatures go with it: a new
+		// relationship starts over.
+		for _, k := range []string{revocationKey(td), witnessKey(td), cosignedKey(td)} {
+			if err := m.opts.Store.Delete(ctx, k); err != nil && !errors.Is(err, store.ErrNotFound) {
+				return errs.Errorf(errs.Unavailable, "%w: deleting %s: %v", ErrUnavailable, k, err)
+			}
 		}
 		m.mu.Lock()
+		delete(m.witness, td)
+		delete(m.cosigned, td)
 		delete(m.remote, td)
 		delete(m.revErr, td)
 		delete(m.entries, td)
@@ -655,6 +681,7 @@ func (m *Manager) status(e *entry, now time.Time) Status {
 	}
 	st.Stale = e.bundle == nil || now.Sub(e.rec.LastRefresh) > time.Duration(m.opts.StaleAfterHints)*st.RefreshHint
 	st.Revocations = m.Revocation(e.rel.TrustDomain)
+	st.Witness = m.Witnessed(e.rel.TrustDomain)
 	return st
 }
 
@@ -663,6 +690,10 @@ func (m *Manager) Warnings() []string {
 	var w []string
 	now := m.opts.Clock()
 	for _, st := range m.List() {
+		if a := st.Witness.Alert; a != nil {
+			w = append(w, fmt.Sprintf("federation: AUDIT WITNESS ALERT for %s since %s: its audit log %s (see ward federation show %s)",
+				st.TrustDomain, a.At.Format(time.RFC3339), alertWhat(a.Reason), st.TrustDomain))
+		}
 		switch {
 		case st.Bundle == nil:
 			w = append(w, fmt.Sprintf("federation: no usable bundle of %s yet (last error: %s)", st.TrustDomain, orNone(st.LastError)))
@@ -679,4 +710,19 @@ func orNone(s string) string {
 		return "none"
 	}
 	return s
+}
+
+// alertWhat says what a witness alert's reason means.
+func alertWhat(reason string) string {
+	switch reason {
+	case AlertWentBackwards:
+		return "went backwards (fewer events than a checkpoint it signed before)"
+	case AlertForked:
+		return "forked (another root at a size it signed before)"
+	case AlertInconsistent:
+		return "rewrote its history (a larger checkpoint that does not extend one it signed before)"
+	case AlertKeyChanged:
+		return "is signed by another key than the pinned one"
+	}
+	return "was replaced by another log"
 }

@@ -166,6 +166,9 @@ func newFakeEndpoint(t testing.TB, a *ca.CA) *fakeEndpoint {
 		t.Fatal(err)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == WitnessPath {
+			w.Header().Set(witnessHeader, "1")
+		}
 		w.WriteHeader(int(fe.status.Load()))
 		if b := fe.body.Load(); b != nil {
 			_, _ = w.Write(*b)

@@ -25,6 +25,21 @@ var (
 	revErrDesc = prometheus.NewDesc("ward_federation_revocation_channel_error",
 		"1 while the revocation channel with the trust domain's authority is failing or its last update was refused.",
 		[]string{"trust_domain"}, nil)
+	witnessAlertDesc = prometheus.NewDesc("ward_federation_witness_alert",
+		"1 once the trust domain's audit log did not extend what this authority witnessed (reason went_backwards, forked, inconsistent, other_log, key_changed); it stays until the relationship is removed.",
+		[]string{"trust_domain", "reason"}, nil)
+	witnessSizeDesc = prometheus.NewDesc("ward_federation_witness_size",
+		"Size of the newest checkpoint of the trust domain's audit log this authority witnessed and cosigned.",
+		[]string{"trust_domain"}, nil)
+	witnessAgeDesc = prometheus.NewDesc("ward_federation_witness_age_seconds",
+		"Seconds since this authority last cosigned a new checkpoint of the trust domain's audit log.",
+		[]string{"trust_domain"}, nil)
+	witnessErrDesc = prometheus.NewDesc("ward_federation_witness_error",
+		"1 while the last attempt to witness the trust domain's audit log failed, was refused or raised an alert.",
+		[]string{"trust_domain"}, nil)
+	witnessRoundsDesc = prometheus.NewDesc("ward_federation_witness_rounds_total",
+		"Rounds witnessing the trust domain's audit log by result (ok, error, refused, alert) since this authority unsealed.",
+		[]string{"trust_domain", "result"}, nil)
 )
 
 type collector struct{ get func() *Manager }
@@ -41,6 +56,11 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- revSeqDesc
 	ch <- revAgeDesc
 	ch <- revErrDesc
+	ch <- witnessAlertDesc
+	ch <- witnessSizeDesc
+	ch <- witnessAgeDesc
+	ch <- witnessErrDesc
+	ch <- witnessRoundsDesc
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -73,6 +93,23 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				failing = 1
 			}
 			ch <- prometheus.MustNewConstMetric(revErrDesc, prometheus.GaugeValue, failing, td)
+			ws := st.Witness
+			if ws.Alert != nil {
+				ch <- prometheus.MustNewConstMetric(witnessAlertDesc, prometheus.GaugeValue, 1, td, ws.Alert.Reason)
+			}
+			if ws.Checkpoint != nil {
+				ch <- prometheus.MustNewConstMetric(witnessSizeDesc, prometheus.GaugeValue, float64(ws.Checkpoint.Size), td)
+			}
+			if !ws.WitnessedAt.IsZero() {
+				ch <- prometheus.MustNewConstMetric(witnessAgeDesc, prometheus.GaugeValue, now.Sub(ws.WitnessedAt).Seconds(), td)
+			}
+			if !ws.LastAttempt.IsZero() || ws.Checkpoint != nil || ws.Alert != nil {
+				werr := 0.0
+				if ws.LastError != "" || ws.Alert != nil {
+					werr = 1
+				}
+				ch <- prometheus.MustNewConstMetric(witnessErrDesc, prometheus.GaugeValue, werr, td)
+			}
 		}
 	}
 	m.mu.Lock()
@@ -81,5 +118,11 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.ok), td.Name(), "ok")
 		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.failed), td.Name(), "error")
 		ch <- prometheus.MustNewConstMetric(refreshDesc, prometheus.CounterValue, float64(k.refused), td.Name(), "refused")
+		if k.witnessOK+k.witnessFailed+k.witnessRefused+k.witnessAlert > 0 {
+			ch <- prometheus.MustNewConstMetric(witnessRoundsDesc, prometheus.CounterValue, float64(k.witnessOK), td.Name(), "ok")
+			ch <- prometheus.MustNewConstMetric(witnessRoundsDesc, prometheus.CounterValue, float64(k.witnessFailed), td.Name(), "error")
+			ch <- prometheus.MustNewConstMetric(witnessRoundsDesc, prometheus.CounterValue, float64(k.witnessRefused), td.Name(), "refused")
+			ch <- prometheus.MustNewConstMetric(witnessRoundsDesc, prometheus.CounterValue, float64(k.witnessAlert), td.Name(), "alert")
+		}
 	}
 }
