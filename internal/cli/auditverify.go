@@ -1,13 +1,16 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -59,6 +62,12 @@ in --state-dir (default $WARD_STATE_DIR, else $XDG_STATE_HOME/ward, else
 extends it, as Certificate Transparency monitors do. A log that went backwards (truncated,
 rolled back to an old head, or forked) fails loudly with exit code 1, naming the remembered
 and the current size and root.
+
+It lists the audit witnesses: every federated authority that witnessed this log
+(docs/federation.md, "Audit witnesses") with the size and time of the newest checkpoint it
+cosigned. Each cosignature is verified with the witness's checkpoint key as this authority
+pinned it, and the log must extend the cosigned checkpoint: a log that went back behind what
+a witness cosigned fails with exit code 1.
 
 It also remembers each log's signing key by origin (ward/<trust domain>). An authority's
 audit signing key never changes, so a checkpoint of a known origin signed by another key
@@ -148,6 +157,12 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 				vm = audit.NewVerifier(audit.VerifyOptions{Head: cp, PublicKey: pub, Earlier: remembered})
 				vs = append(vs, vm)
 			}
+			wits := witnessChecks(head.Cosignatures, cp, pub)
+			for _, w := range wits {
+				if w.v != nil {
+					vs = append(vs, w.v)
+				}
+			}
 			if err := streamRecords(ctx, cmd, c, cp.Size, vs...); err != nil {
 				return err
 			}
@@ -180,6 +195,9 @@ pass --accept-new-key to verify the new log and remember its key from then on.`,
 			if remembered != nil {
 				fmt.Fprintf(out, "OK: consistent with the checkpoint of %d events remembered from %s (%s)\n",
 					remembered.Size, remembered.Time.UTC().Format(time.RFC3339), memPath)
+			}
+			if err := printWitnesses(out, wits); err != nil {
+				return &exitError{code: 1, err: err}
 			}
 			if acceptNewKey {
 				if err := witness.AcceptKey(cp); err != nil {
@@ -233,4 +251,90 @@ func streamRecords(ctx context.Context, cmd *cobra.Command, c *client.Client, si
 		}
 		progress.add(1)
 	}
+}
+
+// witnessCheck is one audit witness's cosignature on the log being
+// verified: checked at once (err), then proven extended by the records
+// (v, fed with the others).
+type witnessCheck struct {
+	td  string
+	cs  checkpoint.Cosignature
+	key string
+	err error
+	v   *audit.Verifier
+}
+
+// witnessChecks verifies each cosignature with its witness's pinned key
+// and prepares a Verifier proving that head extends the cosigned
+// checkpoint (signed by the log's key pub).
+func witnessChecks(cws []*wardv1.WitnessCosignature, head checkpoint.Checkpoint, pub crypto.PublicKey) []*witnessCheck {
+	var out []*witnessCheck
+	for _, w := range cws {
+		wc := &witnessCheck{td: w.TrustDomain}
+		out = append(out, wc)
+		dec := json.NewDecoder(bytes.NewReader(w.Cosignature))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&wc.cs); err != nil {
+			wc.err = fmt.Errorf("its cosignature does not parse: %w", err)
+			continue
+		}
+		wpub, err := checkpoint.ParsePublicKeyPEM(w.PublicKeyPem)
+		if err != nil {
+			wc.err = fmt.Errorf("its pinned key: %w", err)
+			continue
+		}
+		wc.key = wc.cs.KeyID
+		switch {
+		case wc.cs.Witness != w.TrustDomain:
+			wc.err = fmt.Errorf("the cosignature names witness %q", wc.cs.Witness)
+		case wc.cs.Checkpoint.Origin != head.Origin:
+			wc.err = fmt.Errorf("the cosignature is on log %q, not %q", wc.cs.Checkpoint.Origin, head.Origin)
+		}
+		if wc.err == nil {
+			wc.err = checkpoint.VerifyCosignature(wc.cs, wpub)
+		}
+		if wc.err == nil {
+			if err := checkpoint.Verify(wc.cs.Checkpoint, pub); err != nil {
+				wc.err = fmt.Errorf("the checkpoint it cosigned was not signed by this log's key: %w", err)
+			}
+		}
+		if wc.err == nil {
+			earlier := wc.cs.Checkpoint
+			wc.v = audit.NewVerifier(audit.VerifyOptions{Head: head, PublicKey: pub, Earlier: &earlier})
+		}
+	}
+	return out
+}
+
+// printWitnesses reports each witness; a cosignature that does not verify
+// or a log that does not extend what a witness cosigned is an error.
+func printWitnesses(out io.Writer, wits []*witnessCheck) error {
+	if len(wits) == 0 {
+		fmt.Fprintln(out, "no audit witnesses: no federated authority has cosigned this log (docs/federation.md, \"Audit witnesses\")")
+		return nil
+	}
+	bad := 0
+	for _, w := range wits {
+		cp := w.cs.Checkpoint
+		if w.err == nil && w.v != nil {
+			if rep := w.v.Finish(); !rep.Consistent {
+				var ps []string
+				for _, p := range rep.Problems {
+					ps = append(ps, p.String())
+				}
+				w.err = fmt.Errorf("AUDIT LOG ROLLBACK: the log does not extend the checkpoint %s cosigned: %s", w.td, strings.Join(ps, "; "))
+			}
+		}
+		if w.err != nil {
+			bad++
+			fmt.Fprintf(out, "PROBLEM witnessed by %s at size %d, time %s: %v\n", w.td, cp.Size, w.cs.Time.UTC().Format(time.RFC3339), w.err)
+			continue
+		}
+		fmt.Fprintf(out, "OK: witnessed by %s at size %d, time %s (root %x; cosignature verified with its checkpoint key %s, pinned by this authority's federation relationship); the log extends it\n",
+			w.td, cp.Size, w.cs.Time.UTC().Format(time.RFC3339), cp.RootHash, w.key)
+	}
+	if bad > 0 {
+		return fmt.Errorf("audit log verification FAILED: %d audit witness(es) cosigned a checkpoint this log does not extend, or a cosignature that does not verify", bad)
+	}
+	return nil
 }

@@ -69,6 +69,20 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 		if r.RevocationError != "" {
 			fmt.Fprintf(tw, "Revocation channel:\t%s\n", r.RevocationError)
 		}
+		wit := "nothing witnessed yet"
+		if r.WitnessedSize > 0 || r.Witnessed != nil {
+			wit = fmt.Sprintf("its audit log at %d events (root %x), cosigned %s; its checkpoint key %s", r.WitnessedSize, r.WitnessedRoot, fedTime(r.Witnessed), r.WitnessKeyId)
+		}
+		fmt.Fprintf(tw, "Audit witness:\t%s\n", wit)
+		if r.CosignedByPeer != nil {
+			fmt.Fprintf(tw, "Witnessed by it:\tthis authority's audit log at %d events, cosigned %s\n", r.CosignedByPeerSize, fedTime(r.CosignedByPeer))
+		}
+		if r.WitnessError != "" && r.WitnessAlert == nil {
+			fmt.Fprintf(tw, "Witness error:\t%s\n", r.WitnessError)
+		}
+		if a := r.WitnessAlert; a != nil {
+			fmt.Fprintf(tw, "AUDIT WITNESS ALERT:\t%s since %s (seen %d times): %s\n", a.Reason, fedTime(a.At), a.Count, a.Error)
+		}
 	}
 	_ = tw.Flush()
 }
@@ -133,6 +147,9 @@ func federationCommand() *cobra.Command {
 					}
 					if f.Stale {
 						e = "STALE; " + e
+					}
+					if a := f.WitnessAlert; a != nil {
+						e = "AUDIT WITNESS ALERT (" + a.Reason + "); " + e
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.TrustDomain, fedSequence(f), fedTime(f.LastRefresh), fedTime(f.NextRefresh), e)
 				}

@@ -57,8 +57,22 @@ type FederationRelationship struct {
 	RevocationsReceived *timestamppb.Timestamp `protobuf:"bytes,19,opt,name=revocations_received,json=revocationsReceived,proto3" json:"revocations_received,omitempty"`
 	RevocationError     string                 `protobuf:"bytes,20,opt,name=revocation_error,json=revocationError,proto3" json:"revocation_error,omitempty"`
 	RevokedEntries      int32                  `protobuf:"varint,21,opt,name=revoked_entries,json=revokedEntries,proto3" json:"revoked_entries,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// Audit witness (https_spiffe peers): the peer's checkpoint key pinned
+	// on first use, the newest checkpoint of its audit log this authority
+	// witnessed and cosigned, the last round's error, and an alert once its
+	// log went backwards, forked or changed key (it stays until the
+	// relationship is removed).
+	WitnessKeyId  string                 `protobuf:"bytes,22,opt,name=witness_key_id,json=witnessKeyId,proto3" json:"witness_key_id,omitempty"`
+	WitnessedSize uint64                 `protobuf:"varint,23,opt,name=witnessed_size,json=witnessedSize,proto3" json:"witnessed_size,omitempty"`
+	WitnessedRoot []byte                 `protobuf:"bytes,24,opt,name=witnessed_root,json=witnessedRoot,proto3" json:"witnessed_root,omitempty"`
+	Witnessed     *timestamppb.Timestamp `protobuf:"bytes,25,opt,name=witnessed,proto3" json:"witnessed,omitempty"`
+	WitnessError  string                 `protobuf:"bytes,26,opt,name=witness_error,json=witnessError,proto3" json:"witness_error,omitempty"`
+	WitnessAlert  *WitnessAlert          `protobuf:"bytes,27,opt,name=witness_alert,json=witnessAlert,proto3" json:"witness_alert,omitempty"`
+	// The newest cosignature the peer made on this authority's audit log.
+	CosignedByPeerSize uint64                 `protobuf:"varint,28,opt,name=cosigned_by_peer_size,json=cosignedByPeerSize,proto3" json:"cosigned_by_peer_size,omitempty"`
+	CosignedByPeer     *timestamppb.Timestamp `protobuf:"bytes,29,opt,name=cosigned_by_peer,json=cosignedByPeer,proto3" json:"cosigned_by_peer,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *FederationRelationship) Reset() {
@@ -238,6 +252,152 @@ func (x *FederationRelationship) GetRevokedEntries() int32 {
 	return 0
 }
 
+func (x *FederationRelationship) GetWitnessKeyId() string {
+	if x != nil {
+		return x.WitnessKeyId
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetWitnessedSize() uint64 {
+	if x != nil {
+		return x.WitnessedSize
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetWitnessedRoot() []byte {
+	if x != nil {
+		return x.WitnessedRoot
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetWitnessed() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Witnessed
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetWitnessError() string {
+	if x != nil {
+		return x.WitnessError
+	}
+	return ""
+}
+
+func (x *FederationRelationship) GetWitnessAlert() *WitnessAlert {
+	if x != nil {
+		return x.WitnessAlert
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetCosignedByPeerSize() uint64 {
+	if x != nil {
+		return x.CosignedByPeerSize
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetCosignedByPeer() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CosignedByPeer
+	}
+	return nil
+}
+
+// WitnessAlert is evidence that a federated peer's audit log did not
+// extend what this authority witnessed.
+type WitnessAlert struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// went_backwards, forked, inconsistent, other_log or key_changed.
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	Error  string                 `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	At     *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=at,proto3" json:"at,omitempty"`
+	// The witnessed checkpoint and the peer's head that does not extend it
+	// (JSON encodings of the signed checkpoints).
+	WitnessedCheckpoint []byte `protobuf:"bytes,4,opt,name=witnessed_checkpoint,json=witnessedCheckpoint,proto3" json:"witnessed_checkpoint,omitempty"`
+	HeadCheckpoint      []byte `protobuf:"bytes,5,opt,name=head_checkpoint,json=headCheckpoint,proto3" json:"head_checkpoint,omitempty"`
+	// Fetches that found it since.
+	Count         int32 `protobuf:"varint,6,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WitnessAlert) Reset() {
+	*x = WitnessAlert{}
+	mi := &file_ward_v1_federation_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WitnessAlert) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WitnessAlert) ProtoMessage() {}
+
+func (x *WitnessAlert) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_federation_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WitnessAlert.ProtoReflect.Descriptor instead.
+func (*WitnessAlert) Descriptor() ([]byte, []int) {
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *WitnessAlert) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *WitnessAlert) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *WitnessAlert) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *WitnessAlert) GetWitnessedCheckpoint() []byte {
+	if x != nil {
+		return x.WitnessedCheckpoint
+	}
+	return nil
+}
+
+func (x *WitnessAlert) GetHeadCheckpoint() []byte {
+	if x != nil {
+		return x.HeadCheckpoint
+	}
+	return nil
+}
+
+func (x *WitnessAlert) GetCount() int32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
 type AddFederationRequest struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain      string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -253,7 +413,7 @@ type AddFederationRequest struct {
 
 func (x *AddFederationRequest) Reset() {
 	*x = AddFederationRequest{}
-	mi := &file_ward_v1_federation_proto_msgTypes[1]
+	mi := &file_ward_v1_federation_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -265,7 +425,7 @@ func (x *AddFederationRequest) String() string {
 func (*AddFederationRequest) ProtoMessage() {}
 
 func (x *AddFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[1]
+	mi := &file_ward_v1_federation_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -278,7 +438,7 @@ func (x *AddFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddFederationRequest.ProtoReflect.Descriptor instead.
 func (*AddFederationRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{1}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AddFederationRequest) GetTrustDomain() string {
@@ -324,7 +484,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_ward_v1_federation_proto_msgTypes[2]
+	mi := &file_ward_v1_federation_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -336,7 +496,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[2]
+	mi := &file_ward_v1_federation_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -349,7 +509,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{2}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{3}
 }
 
 type ListFederationsResponse struct {
@@ -361,7 +521,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_ward_v1_federation_proto_msgTypes[3]
+	mi := &file_ward_v1_federation_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -373,7 +533,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[3]
+	mi := &file_ward_v1_federation_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -386,7 +546,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{3}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListFederationsResponse) GetRelationships() []*FederationRelationship {
@@ -405,7 +565,7 @@ type ShowFederationRequest struct {
 
 func (x *ShowFederationRequest) Reset() {
 	*x = ShowFederationRequest{}
-	mi := &file_ward_v1_federation_proto_msgTypes[4]
+	mi := &file_ward_v1_federation_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -417,7 +577,7 @@ func (x *ShowFederationRequest) String() string {
 func (*ShowFederationRequest) ProtoMessage() {}
 
 func (x *ShowFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[4]
+	mi := &file_ward_v1_federation_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -430,7 +590,7 @@ func (x *ShowFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShowFederationRequest.ProtoReflect.Descriptor instead.
 func (*ShowFederationRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{4}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ShowFederationRequest) GetTrustDomain() string {
@@ -449,7 +609,7 @@ type RefreshFederationRequest struct {
 
 func (x *RefreshFederationRequest) Reset() {
 	*x = RefreshFederationRequest{}
-	mi := &file_ward_v1_federation_proto_msgTypes[5]
+	mi := &file_ward_v1_federation_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +621,7 @@ func (x *RefreshFederationRequest) String() string {
 func (*RefreshFederationRequest) ProtoMessage() {}
 
 func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[5]
+	mi := &file_ward_v1_federation_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +634,7 @@ func (x *RefreshFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RefreshFederationRequest.ProtoReflect.Descriptor instead.
 func (*RefreshFederationRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{5}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RefreshFederationRequest) GetTrustDomain() string {
@@ -493,7 +653,7 @@ type RemoveFederationRequest struct {
 
 func (x *RemoveFederationRequest) Reset() {
 	*x = RemoveFederationRequest{}
-	mi := &file_ward_v1_federation_proto_msgTypes[6]
+	mi := &file_ward_v1_federation_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -505,7 +665,7 @@ func (x *RemoveFederationRequest) String() string {
 func (*RemoveFederationRequest) ProtoMessage() {}
 
 func (x *RemoveFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[6]
+	mi := &file_ward_v1_federation_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -518,7 +678,7 @@ func (x *RemoveFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFederationRequest.ProtoReflect.Descriptor instead.
 func (*RemoveFederationRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{6}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RemoveFederationRequest) GetTrustDomain() string {
@@ -536,7 +696,7 @@ type RemoveFederationResponse struct {
 
 func (x *RemoveFederationResponse) Reset() {
 	*x = RemoveFederationResponse{}
-	mi := &file_ward_v1_federation_proto_msgTypes[7]
+	mi := &file_ward_v1_federation_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +708,7 @@ func (x *RemoveFederationResponse) String() string {
 func (*RemoveFederationResponse) ProtoMessage() {}
 
 func (x *RemoveFederationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_federation_proto_msgTypes[7]
+	mi := &file_ward_v1_federation_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,14 +721,15 @@ func (x *RemoveFederationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveFederationResponse.ProtoReflect.Descriptor instead.
 func (*RemoveFederationResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_federation_proto_rawDescGZIP(), []int{7}
+	return file_ward_v1_federation_proto_rawDescGZIP(), []int{8}
 }
 
 var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9c\a\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\n" +
+	"\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -592,7 +753,22 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\x0fhas_revocations\x18\x12 \x01(\bR\x0ehasRevocations\x12M\n" +
 	"\x14revocations_received\x18\x13 \x01(\v2\x1a.google.protobuf.TimestampR\x13revocationsReceived\x12)\n" +
 	"\x10revocation_error\x18\x14 \x01(\tR\x0frevocationError\x12'\n" +
-	"\x0frevoked_entries\x18\x15 \x01(\x05R\x0erevokedEntries\"\xd2\x01\n" +
+	"\x0frevoked_entries\x18\x15 \x01(\x05R\x0erevokedEntries\x12$\n" +
+	"\x0ewitness_key_id\x18\x16 \x01(\tR\fwitnessKeyId\x12%\n" +
+	"\x0ewitnessed_size\x18\x17 \x01(\x04R\rwitnessedSize\x12%\n" +
+	"\x0ewitnessed_root\x18\x18 \x01(\fR\rwitnessedRoot\x128\n" +
+	"\twitnessed\x18\x19 \x01(\v2\x1a.google.protobuf.TimestampR\twitnessed\x12#\n" +
+	"\rwitness_error\x18\x1a \x01(\tR\fwitnessError\x12:\n" +
+	"\rwitness_alert\x18\x1b \x01(\v2\x15.ward.v1.WitnessAlertR\fwitnessAlert\x121\n" +
+	"\x15cosigned_by_peer_size\x18\x1c \x01(\x04R\x12cosignedByPeerSize\x12D\n" +
+	"\x10cosigned_by_peer\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x0ecosignedByPeer\"\xda\x01\n" +
+	"\fWitnessAlert\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
+	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
+	"\x14witnessed_checkpoint\x18\x04 \x01(\fR\x13witnessedCheckpoint\x12'\n" +
+	"\x0fhead_checkpoint\x18\x05 \x01(\fR\x0eheadCheckpoint\x12\x14\n" +
+	"\x05count\x18\x06 \x01(\x05R\x05count\"\xd2\x01\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -629,40 +805,45 @@ func file_ward_v1_federation_proto_rawDescGZIP() []byte {
 	return file_ward_v1_federation_proto_rawDescData
 }
 
-var file_ward_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_ward_v1_federation_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_ward_v1_federation_proto_goTypes = []any{
 	(*FederationRelationship)(nil),   // 0: ward.v1.FederationRelationship
-	(*AddFederationRequest)(nil),     // 1: ward.v1.AddFederationRequest
-	(*ListFederationsRequest)(nil),   // 2: ward.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),  // 3: ward.v1.ListFederationsResponse
-	(*ShowFederationRequest)(nil),    // 4: ward.v1.ShowFederationRequest
-	(*RefreshFederationRequest)(nil), // 5: ward.v1.RefreshFederationRequest
-	(*RemoveFederationRequest)(nil),  // 6: ward.v1.RemoveFederationRequest
-	(*RemoveFederationResponse)(nil), // 7: ward.v1.RemoveFederationResponse
-	(*timestamppb.Timestamp)(nil),    // 8: google.protobuf.Timestamp
+	(*WitnessAlert)(nil),             // 1: ward.v1.WitnessAlert
+	(*AddFederationRequest)(nil),     // 2: ward.v1.AddFederationRequest
+	(*ListFederationsRequest)(nil),   // 3: ward.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),  // 4: ward.v1.ListFederationsResponse
+	(*ShowFederationRequest)(nil),    // 5: ward.v1.ShowFederationRequest
+	(*RefreshFederationRequest)(nil), // 6: ward.v1.RefreshFederationRequest
+	(*RemoveFederationRequest)(nil),  // 7: ward.v1.RemoveFederationRequest
+	(*RemoveFederationResponse)(nil), // 8: ward.v1.RemoveFederationResponse
+	(*timestamppb.Timestamp)(nil),    // 9: google.protobuf.Timestamp
 }
 var file_ward_v1_federation_proto_depIdxs = []int32{
-	8,  // 0: ward.v1.FederationRelationship.added:type_name -> google.protobuf.Timestamp
-	8,  // 1: ward.v1.FederationRelationship.last_refresh:type_name -> google.protobuf.Timestamp
-	8,  // 2: ward.v1.FederationRelationship.last_attempt:type_name -> google.protobuf.Timestamp
-	8,  // 3: ward.v1.FederationRelationship.next_refresh:type_name -> google.protobuf.Timestamp
-	8,  // 4: ward.v1.FederationRelationship.revocations_received:type_name -> google.protobuf.Timestamp
-	0,  // 5: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
-	1,  // 6: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
-	2,  // 7: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
-	4,  // 8: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
-	5,  // 9: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
-	6,  // 10: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
-	0,  // 11: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
-	3,  // 12: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
-	0,  // 13: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
-	0,  // 14: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
-	7,  // 15: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
-	11, // [11:16] is the sub-list for method output_type
-	6,  // [6:11] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	9,  // 0: ward.v1.FederationRelationship.added:type_name -> google.protobuf.Timestamp
+	9,  // 1: ward.v1.FederationRelationship.last_refresh:type_name -> google.protobuf.Timestamp
+	9,  // 2: ward.v1.FederationRelationship.last_attempt:type_name -> google.protobuf.Timestamp
+	9,  // 3: ward.v1.FederationRelationship.next_refresh:type_name -> google.protobuf.Timestamp
+	9,  // 4: ward.v1.FederationRelationship.revocations_received:type_name -> google.protobuf.Timestamp
+	9,  // 5: ward.v1.FederationRelationship.witnessed:type_name -> google.protobuf.Timestamp
+	1,  // 6: ward.v1.FederationRelationship.witness_alert:type_name -> ward.v1.WitnessAlert
+	9,  // 7: ward.v1.FederationRelationship.cosigned_by_peer:type_name -> google.protobuf.Timestamp
+	9,  // 8: ward.v1.WitnessAlert.at:type_name -> google.protobuf.Timestamp
+	0,  // 9: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
+	2,  // 10: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
+	3,  // 11: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
+	5,  // 12: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
+	6,  // 13: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
+	7,  // 14: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
+	0,  // 15: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
+	4,  // 16: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
+	0,  // 17: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
+	0,  // 18: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
+	8,  // 19: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
+	15, // [15:20] is the sub-list for method output_type
+	10, // [10:15] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_federation_proto_init() }
@@ -676,7 +857,7 @@ func file_ward_v1_federation_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_federation_proto_rawDesc), len(file_ward_v1_federation_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -2450,7 +2450,11 @@ type CheckpointResponse struct {
 	// JSON encoding of the signed checkpoint.
 	Checkpoint []byte `protobuf:"bytes,1,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	// PEM (PKIX) public key that signs checkpoints.
-	PublicKeyPem  []byte `protobuf:"bytes,2,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
+	PublicKeyPem []byte `protobuf:"bytes,2,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
+	// The newest cosignature each federated authority made on this log as
+	// its audit witness, with the witness's checkpoint key as this
+	// authority pinned it (docs/federation.md, "Audit witnesses").
+	Cosignatures  []*WitnessCosignature `protobuf:"bytes,3,rep,name=cosignatures,proto3" json:"cosignatures,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2499,6 +2503,85 @@ func (x *CheckpointResponse) GetPublicKeyPem() []byte {
 	return nil
 }
 
+func (x *CheckpointResponse) GetCosignatures() []*WitnessCosignature {
+	if x != nil {
+		return x.Cosignatures
+	}
+	return nil
+}
+
+type WitnessCosignature struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The witness's trust domain.
+	TrustDomain string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// JSON encoding of the cosignature (witness, cosigned checkpoint, time,
+	// key id, signature).
+	Cosignature []byte `protobuf:"bytes,2,opt,name=cosignature,proto3" json:"cosignature,omitempty"`
+	// PEM (PKIX) checkpoint key of the witness, pinned by this authority.
+	PublicKeyPem  []byte                 `protobuf:"bytes,3,opt,name=public_key_pem,json=publicKeyPem,proto3" json:"public_key_pem,omitempty"`
+	Received      *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=received,proto3" json:"received,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WitnessCosignature) Reset() {
+	*x = WitnessCosignature{}
+	mi := &file_ward_v1_ward_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WitnessCosignature) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WitnessCosignature) ProtoMessage() {}
+
+func (x *WitnessCosignature) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_ward_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WitnessCosignature.ProtoReflect.Descriptor instead.
+func (*WitnessCosignature) Descriptor() ([]byte, []int) {
+	return file_ward_v1_ward_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *WitnessCosignature) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *WitnessCosignature) GetCosignature() []byte {
+	if x != nil {
+		return x.Cosignature
+	}
+	return nil
+}
+
+func (x *WitnessCosignature) GetPublicKeyPem() []byte {
+	if x != nil {
+		return x.PublicKeyPem
+	}
+	return nil
+}
+
+func (x *WitnessCosignature) GetReceived() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Received
+	}
+	return nil
+}
+
 type HashRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Value         string                 `protobuf:"bytes,1,opt,name=value,proto3" json:"value,omitempty"`
@@ -2508,7 +2591,7 @@ type HashRequest struct {
 
 func (x *HashRequest) Reset() {
 	*x = HashRequest{}
-	mi := &file_ward_v1_ward_proto_msgTypes[45]
+	mi := &file_ward_v1_ward_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2520,7 +2603,7 @@ func (x *HashRequest) String() string {
 func (*HashRequest) ProtoMessage() {}
 
 func (x *HashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_ward_proto_msgTypes[45]
+	mi := &file_ward_v1_ward_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2533,7 +2616,7 @@ func (x *HashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashRequest.ProtoReflect.Descriptor instead.
 func (*HashRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_ward_proto_rawDescGZIP(), []int{45}
+	return file_ward_v1_ward_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *HashRequest) GetValue() string {
@@ -2552,7 +2635,7 @@ type HashResponse struct {
 
 func (x *HashResponse) Reset() {
 	*x = HashResponse{}
-	mi := &file_ward_v1_ward_proto_msgTypes[46]
+	mi := &file_ward_v1_ward_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2564,7 +2647,7 @@ func (x *HashResponse) String() string {
 func (*HashResponse) ProtoMessage() {}
 
 func (x *HashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_ward_proto_msgTypes[46]
+	mi := &file_ward_v1_ward_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2577,7 +2660,7 @@ func (x *HashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HashResponse.ProtoReflect.Descriptor instead.
 func (*HashResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_ward_proto_rawDescGZIP(), []int{46}
+	return file_ward_v1_ward_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *HashResponse) GetHash() string {
@@ -2780,12 +2863,18 @@ const file_ward_v1_ward_proto_rawDesc = "" +
 	"\x04leaf\x18\x02 \x01(\fR\x04leaf\x12\x14\n" +
 	"\x05error\x18\x03 \x01(\tR\x05error\x12\x18\n" +
 	"\amissing\x18\x04 \x01(\bR\amissing\"\x13\n" +
-	"\x11CheckpointRequest\"Z\n" +
+	"\x11CheckpointRequest\"\x9b\x01\n" +
 	"\x12CheckpointResponse\x12\x1e\n" +
 	"\n" +
 	"checkpoint\x18\x01 \x01(\fR\n" +
 	"checkpoint\x12$\n" +
-	"\x0epublic_key_pem\x18\x02 \x01(\fR\fpublicKeyPem\"#\n" +
+	"\x0epublic_key_pem\x18\x02 \x01(\fR\fpublicKeyPem\x12?\n" +
+	"\fcosignatures\x18\x03 \x03(\v2\x1b.ward.v1.WitnessCosignatureR\fcosignatures\"\xb7\x01\n" +
+	"\x12WitnessCosignature\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12 \n" +
+	"\vcosignature\x18\x02 \x01(\fR\vcosignature\x12$\n" +
+	"\x0epublic_key_pem\x18\x03 \x01(\fR\fpublicKeyPem\x126\n" +
+	"\breceived\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\breceived\"#\n" +
 	"\vHashRequest\x12\x14\n" +
 	"\x05value\x18\x01 \x01(\tR\x05value\"\"\n" +
 	"\fHashResponse\x12\x12\n" +
@@ -2832,7 +2921,7 @@ func file_ward_v1_ward_proto_rawDescGZIP() []byte {
 	return file_ward_v1_ward_proto_rawDescData
 }
 
-var file_ward_v1_ward_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_ward_v1_ward_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_ward_v1_ward_proto_goTypes = []any{
 	(*InitRequest)(nil),                  // 0: ward.v1.InitRequest
 	(*InitResponse)(nil),                 // 1: ward.v1.InitResponse
@@ -2879,98 +2968,101 @@ var file_ward_v1_ward_proto_goTypes = []any{
 	(*AuditRecord)(nil),                  // 42: ward.v1.AuditRecord
 	(*CheckpointRequest)(nil),            // 43: ward.v1.CheckpointRequest
 	(*CheckpointResponse)(nil),           // 44: ward.v1.CheckpointResponse
-	(*HashRequest)(nil),                  // 45: ward.v1.HashRequest
-	(*HashResponse)(nil),                 // 46: ward.v1.HashResponse
-	nil,                                  // 47: ward.v1.EncryptRequest.ContextEntry
-	nil,                                  // 48: ward.v1.DecryptRequest.ContextEntry
-	nil,                                  // 49: ward.v1.GenerateDataKeyRequest.ContextEntry
-	nil,                                  // 50: ward.v1.RewrapRequest.ContextEntry
-	nil,                                  // 51: ward.v1.EncryptItem.ContextEntry
-	nil,                                  // 52: ward.v1.DecryptItem.ContextEntry
-	nil,                                  // 53: ward.v1.BatchGenerateDataKeyRequest.ContextEntry
-	(*timestamppb.Timestamp)(nil),        // 54: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),          // 55: google.protobuf.Duration
+	(*WitnessCosignature)(nil),           // 45: ward.v1.WitnessCosignature
+	(*HashRequest)(nil),                  // 46: ward.v1.HashRequest
+	(*HashResponse)(nil),                 // 47: ward.v1.HashResponse
+	nil,                                  // 48: ward.v1.EncryptRequest.ContextEntry
+	nil,                                  // 49: ward.v1.DecryptRequest.ContextEntry
+	nil,                                  // 50: ward.v1.GenerateDataKeyRequest.ContextEntry
+	nil,                                  // 51: ward.v1.RewrapRequest.ContextEntry
+	nil,                                  // 52: ward.v1.EncryptItem.ContextEntry
+	nil,                                  // 53: ward.v1.DecryptItem.ContextEntry
+	nil,                                  // 54: ward.v1.BatchGenerateDataKeyRequest.ContextEntry
+	(*timestamppb.Timestamp)(nil),        // 55: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),          // 56: google.protobuf.Duration
 }
 var file_ward_v1_ward_proto_depIdxs = []int32{
 	5,  // 0: ward.v1.InitResponse.status:type_name -> ward.v1.SealStatus
 	14, // 1: ward.v1.ListKeysResponse.keys:type_name -> ward.v1.Key
-	54, // 2: ward.v1.Key.created:type_name -> google.protobuf.Timestamp
-	55, // 3: ward.v1.Key.rotation_period:type_name -> google.protobuf.Duration
-	54, // 4: ward.v1.Key.next_rotation:type_name -> google.protobuf.Timestamp
+	55, // 2: ward.v1.Key.created:type_name -> google.protobuf.Timestamp
+	56, // 3: ward.v1.Key.rotation_period:type_name -> google.protobuf.Duration
+	55, // 4: ward.v1.Key.next_rotation:type_name -> google.protobuf.Timestamp
 	15, // 5: ward.v1.Key.versions:type_name -> ward.v1.KeyVersion
-	54, // 6: ward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
-	54, // 7: ward.v1.KeyVersion.state_changed:type_name -> google.protobuf.Timestamp
+	55, // 6: ward.v1.KeyVersion.created:type_name -> google.protobuf.Timestamp
+	55, // 7: ward.v1.KeyVersion.state_changed:type_name -> google.protobuf.Timestamp
 	18, // 8: ward.v1.ListClassificationsResponse.classifications:type_name -> ward.v1.Classification
-	55, // 9: ward.v1.Classification.rotation_period:type_name -> google.protobuf.Duration
-	47, // 10: ward.v1.EncryptRequest.context:type_name -> ward.v1.EncryptRequest.ContextEntry
-	48, // 11: ward.v1.DecryptRequest.context:type_name -> ward.v1.DecryptRequest.ContextEntry
-	49, // 12: ward.v1.GenerateDataKeyRequest.context:type_name -> ward.v1.GenerateDataKeyRequest.ContextEntry
-	50, // 13: ward.v1.RewrapRequest.context:type_name -> ward.v1.RewrapRequest.ContextEntry
+	56, // 9: ward.v1.Classification.rotation_period:type_name -> google.protobuf.Duration
+	48, // 10: ward.v1.EncryptRequest.context:type_name -> ward.v1.EncryptRequest.ContextEntry
+	49, // 11: ward.v1.DecryptRequest.context:type_name -> ward.v1.DecryptRequest.ContextEntry
+	50, // 12: ward.v1.GenerateDataKeyRequest.context:type_name -> ward.v1.GenerateDataKeyRequest.ContextEntry
+	51, // 13: ward.v1.RewrapRequest.context:type_name -> ward.v1.RewrapRequest.ContextEntry
 	29, // 14: ward.v1.BatchEncryptRequest.items:type_name -> ward.v1.EncryptItem
-	51, // 15: ward.v1.EncryptItem.context:type_name -> ward.v1.EncryptItem.ContextEntry
+	52, // 15: ward.v1.EncryptItem.context:type_name -> ward.v1.EncryptItem.ContextEntry
 	31, // 16: ward.v1.BatchEncryptResponse.results:type_name -> ward.v1.CiphertextResult
 	27, // 17: ward.v1.CiphertextResult.error:type_name -> ward.v1.ItemError
 	33, // 18: ward.v1.BatchDecryptRequest.items:type_name -> ward.v1.DecryptItem
-	52, // 19: ward.v1.DecryptItem.context:type_name -> ward.v1.DecryptItem.ContextEntry
+	53, // 19: ward.v1.DecryptItem.context:type_name -> ward.v1.DecryptItem.ContextEntry
 	35, // 20: ward.v1.BatchDecryptResponse.results:type_name -> ward.v1.PlaintextResult
 	27, // 21: ward.v1.PlaintextResult.error:type_name -> ward.v1.ItemError
-	53, // 22: ward.v1.BatchGenerateDataKeyRequest.context:type_name -> ward.v1.BatchGenerateDataKeyRequest.ContextEntry
+	54, // 22: ward.v1.BatchGenerateDataKeyRequest.context:type_name -> ward.v1.BatchGenerateDataKeyRequest.ContextEntry
 	24, // 23: ward.v1.BatchGenerateDataKeyResponse.keys:type_name -> ward.v1.GenerateDataKeyResponse
 	33, // 24: ward.v1.BatchRewrapRequest.items:type_name -> ward.v1.DecryptItem
 	31, // 25: ward.v1.BatchRewrapResponse.results:type_name -> ward.v1.CiphertextResult
-	0,  // 26: ward.v1.Operator.Init:input_type -> ward.v1.InitRequest
-	2,  // 27: ward.v1.Operator.Unseal:input_type -> ward.v1.UnsealRequest
-	3,  // 28: ward.v1.Operator.Seal:input_type -> ward.v1.SealRequest
-	4,  // 29: ward.v1.Operator.Status:input_type -> ward.v1.StatusRequest
-	6,  // 30: ward.v1.Keys.CreateKey:input_type -> ward.v1.CreateKeyRequest
-	7,  // 31: ward.v1.Keys.ListKeys:input_type -> ward.v1.ListKeysRequest
-	9,  // 32: ward.v1.Keys.GetKey:input_type -> ward.v1.GetKeyRequest
-	10, // 33: ward.v1.Keys.RotateKey:input_type -> ward.v1.RotateKeyRequest
-	11, // 34: ward.v1.Keys.ConfigureKey:input_type -> ward.v1.ConfigureKeyRequest
-	12, // 35: ward.v1.Keys.SetVersionState:input_type -> ward.v1.SetVersionStateRequest
-	13, // 36: ward.v1.Keys.DestroyVersion:input_type -> ward.v1.DestroyVersionRequest
-	16, // 37: ward.v1.Keys.ListClassifications:input_type -> ward.v1.ListClassificationsRequest
-	19, // 38: ward.v1.KMS.Encrypt:input_type -> ward.v1.EncryptRequest
-	21, // 39: ward.v1.KMS.Decrypt:input_type -> ward.v1.DecryptRequest
-	23, // 40: ward.v1.KMS.GenerateDataKey:input_type -> ward.v1.GenerateDataKeyRequest
-	25, // 41: ward.v1.KMS.Rewrap:input_type -> ward.v1.RewrapRequest
-	28, // 42: ward.v1.KMS.BatchEncrypt:input_type -> ward.v1.BatchEncryptRequest
-	32, // 43: ward.v1.KMS.BatchDecrypt:input_type -> ward.v1.BatchDecryptRequest
-	36, // 44: ward.v1.KMS.BatchGenerateDataKey:input_type -> ward.v1.BatchGenerateDataKeyRequest
-	38, // 45: ward.v1.KMS.BatchRewrap:input_type -> ward.v1.BatchRewrapRequest
-	40, // 46: ward.v1.Audit.Read:input_type -> ward.v1.ReadAuditRequest
-	41, // 47: ward.v1.Audit.Tail:input_type -> ward.v1.TailAuditRequest
-	43, // 48: ward.v1.Audit.Checkpoint:input_type -> ward.v1.CheckpointRequest
-	45, // 49: ward.v1.Audit.Hash:input_type -> ward.v1.HashRequest
-	1,  // 50: ward.v1.Operator.Init:output_type -> ward.v1.InitResponse
-	5,  // 51: ward.v1.Operator.Unseal:output_type -> ward.v1.SealStatus
-	5,  // 52: ward.v1.Operator.Seal:output_type -> ward.v1.SealStatus
-	5,  // 53: ward.v1.Operator.Status:output_type -> ward.v1.SealStatus
-	14, // 54: ward.v1.Keys.CreateKey:output_type -> ward.v1.Key
-	8,  // 55: ward.v1.Keys.ListKeys:output_type -> ward.v1.ListKeysResponse
-	14, // 56: ward.v1.Keys.GetKey:output_type -> ward.v1.Key
-	14, // 57: ward.v1.Keys.RotateKey:output_type -> ward.v1.Key
-	14, // 58: ward.v1.Keys.ConfigureKey:output_type -> ward.v1.Key
-	14, // 59: ward.v1.Keys.SetVersionState:output_type -> ward.v1.Key
-	14, // 60: ward.v1.Keys.DestroyVersion:output_type -> ward.v1.Key
-	17, // 61: ward.v1.Keys.ListClassifications:output_type -> ward.v1.ListClassificationsResponse
-	20, // 62: ward.v1.KMS.Encrypt:output_type -> ward.v1.EncryptResponse
-	22, // 63: ward.v1.KMS.Decrypt:output_type -> ward.v1.DecryptResponse
-	24, // 64: ward.v1.KMS.GenerateDataKey:output_type -> ward.v1.GenerateDataKeyResponse
-	26, // 65: ward.v1.KMS.Rewrap:output_type -> ward.v1.RewrapResponse
-	30, // 66: ward.v1.KMS.BatchEncrypt:output_type -> ward.v1.BatchEncryptResponse
-	34, // 67: ward.v1.KMS.BatchDecrypt:output_type -> ward.v1.BatchDecryptResponse
-	37, // 68: ward.v1.KMS.BatchGenerateDataKey:output_type -> ward.v1.BatchGenerateDataKeyResponse
-	39, // 69: ward.v1.KMS.BatchRewrap:output_type -> ward.v1.BatchRewrapResponse
-	42, // 70: ward.v1.Audit.Read:output_type -> ward.v1.AuditRecord
-	42, // 71: ward.v1.Audit.Tail:output_type -> ward.v1.AuditRecord
-	44, // 72: ward.v1.Audit.Checkpoint:output_type -> ward.v1.CheckpointResponse
-	46, // 73: ward.v1.Audit.Hash:output_type -> ward.v1.HashResponse
-	50, // [50:74] is the sub-list for method output_type
-	26, // [26:50] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	45, // 26: ward.v1.CheckpointResponse.cosignatures:type_name -> ward.v1.WitnessCosignature
+	55, // 27: ward.v1.WitnessCosignature.received:type_name -> google.protobuf.Timestamp
+	0,  // 28: ward.v1.Operator.Init:input_type -> ward.v1.InitRequest
+	2,  // 29: ward.v1.Operator.Unseal:input_type -> ward.v1.UnsealRequest
+	3,  // 30: ward.v1.Operator.Seal:input_type -> ward.v1.SealRequest
+	4,  // 31: ward.v1.Operator.Status:input_type -> ward.v1.StatusRequest
+	6,  // 32: ward.v1.Keys.CreateKey:input_type -> ward.v1.CreateKeyRequest
+	7,  // 33: ward.v1.Keys.ListKeys:input_type -> ward.v1.ListKeysRequest
+	9,  // 34: ward.v1.Keys.GetKey:input_type -> ward.v1.GetKeyRequest
+	10, // 35: ward.v1.Keys.RotateKey:input_type -> ward.v1.RotateKeyRequest
+	11, // 36: ward.v1.Keys.ConfigureKey:input_type -> ward.v1.ConfigureKeyRequest
+	12, // 37: ward.v1.Keys.SetVersionState:input_type -> ward.v1.SetVersionStateRequest
+	13, // 38: ward.v1.Keys.DestroyVersion:input_type -> ward.v1.DestroyVersionRequest
+	16, // 39: ward.v1.Keys.ListClassifications:input_type -> ward.v1.ListClassificationsRequest
+	19, // 40: ward.v1.KMS.Encrypt:input_type -> ward.v1.EncryptRequest
+	21, // 41: ward.v1.KMS.Decrypt:input_type -> ward.v1.DecryptRequest
+	23, // 42: ward.v1.KMS.GenerateDataKey:input_type -> ward.v1.GenerateDataKeyRequest
+	25, // 43: ward.v1.KMS.Rewrap:input_type -> ward.v1.RewrapRequest
+	28, // 44: ward.v1.KMS.BatchEncrypt:input_type -> ward.v1.BatchEncryptRequest
+	32, // 45: ward.v1.KMS.BatchDecrypt:input_type -> ward.v1.BatchDecryptRequest
+	36, // 46: ward.v1.KMS.BatchGenerateDataKey:input_type -> ward.v1.BatchGenerateDataKeyRequest
+	38, // 47: ward.v1.KMS.BatchRewrap:input_type -> ward.v1.BatchRewrapRequest
+	40, // 48: ward.v1.Audit.Read:input_type -> ward.v1.ReadAuditRequest
+	41, // 49: ward.v1.Audit.Tail:input_type -> ward.v1.TailAuditRequest
+	43, // 50: ward.v1.Audit.Checkpoint:input_type -> ward.v1.CheckpointRequest
+	46, // 51: ward.v1.Audit.Hash:input_type -> ward.v1.HashRequest
+	1,  // 52: ward.v1.Operator.Init:output_type -> ward.v1.InitResponse
+	5,  // 53: ward.v1.Operator.Unseal:output_type -> ward.v1.SealStatus
+	5,  // 54: ward.v1.Operator.Seal:output_type -> ward.v1.SealStatus
+	5,  // 55: ward.v1.Operator.Status:output_type -> ward.v1.SealStatus
+	14, // 56: ward.v1.Keys.CreateKey:output_type -> ward.v1.Key
+	8,  // 57: ward.v1.Keys.ListKeys:output_type -> ward.v1.ListKeysResponse
+	14, // 58: ward.v1.Keys.GetKey:output_type -> ward.v1.Key
+	14, // 59: ward.v1.Keys.RotateKey:output_type -> ward.v1.Key
+	14, // 60: ward.v1.Keys.ConfigureKey:output_type -> ward.v1.Key
+	14, // 61: ward.v1.Keys.SetVersionState:output_type -> ward.v1.Key
+	14, // 62: ward.v1.Keys.DestroyVersion:output_type -> ward.v1.Key
+	17, // 63: ward.v1.Keys.ListClassifications:output_type -> ward.v1.ListClassificationsResponse
+	20, // 64: ward.v1.KMS.Encrypt:output_type -> ward.v1.EncryptResponse
+	22, // 65: ward.v1.KMS.Decrypt:output_type -> ward.v1.DecryptResponse
+	24, // 66: ward.v1.KMS.GenerateDataKey:output_type -> ward.v1.GenerateDataKeyResponse
+	26, // 67: ward.v1.KMS.Rewrap:output_type -> ward.v1.RewrapResponse
+	30, // 68: ward.v1.KMS.BatchEncrypt:output_type -> ward.v1.BatchEncryptResponse
+	34, // 69: ward.v1.KMS.BatchDecrypt:output_type -> ward.v1.BatchDecryptResponse
+	37, // 70: ward.v1.KMS.BatchGenerateDataKey:output_type -> ward.v1.BatchGenerateDataKeyResponse
+	39, // 71: ward.v1.KMS.BatchRewrap:output_type -> ward.v1.BatchRewrapResponse
+	42, // 72: ward.v1.Audit.Read:output_type -> ward.v1.AuditRecord
+	42, // 73: ward.v1.Audit.Tail:output_type -> ward.v1.AuditRecord
+	44, // 74: ward.v1.Audit.Checkpoint:output_type -> ward.v1.CheckpointResponse
+	47, // 75: ward.v1.Audit.Hash:output_type -> ward.v1.HashResponse
+	52, // [52:76] is the sub-list for method output_type
+	28, // [28:52] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_ward_proto_init() }
@@ -2984,7 +3076,7 @@ func file_ward_v1_ward_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_ward_proto_rawDesc), len(file_ward_v1_ward_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

@@ -2,12 +2,14 @@ package adminapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
@@ -106,7 +108,18 @@ func (a *auditService) Checkpoint(ctx context.Context, _ *wardv1.CheckpointReque
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	return &wardv1.CheckpointResponse{Checkpoint: b, PublicKeyPem: pem}, nil
+	resp := &wardv1.CheckpointResponse{Checkpoint: b, PublicKeyPem: pem}
+	if sv, err := a.a.us.Services(); err == nil && sv.Federation != nil {
+		for _, c := range sv.Federation.Cosignatures() {
+			cj, err := json.Marshal(c.Cosignature)
+			if err != nil {
+				return nil, status.Error(codes.Internal, err.Error())
+			}
+			resp.Cosignatures = append(resp.Cosignatures, &wardv1.WitnessCosignature{TrustDomain: c.TrustDomain.Name(), Cosignature: cj,
+				PublicKeyPem: c.PublicKeyPEM, Received: apiconv.Timestamp(c.ReceivedAt)})
+		}
+	}
+	return resp, nil
 }
 
 func (a *auditService) Hash(ctx context.Context, r *wardv1.HashRequest) (*wardv1.HashResponse, error) {

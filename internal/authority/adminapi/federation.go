@@ -12,6 +12,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/federation"
+	"github.com/wardproject/ward/internal/shared/checkpoint"
 	"github.com/wardproject/ward/internal/shared/errs"
 )
 
@@ -114,6 +115,16 @@ func (f *federationService) RefreshFederation(ctx context.Context, r *wardv1.Ref
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}
+	if st.Profile == federation.ProfileSPIFFE {
+		// Witness its audit log too; only an alert fails the refresh
+		// (other witness errors are shown with the relationship).
+		if _, werr := m.WitnessNow(ctx, td); federation.IsAlert(werr) {
+			return nil, status.Error(codes.DataLoss, werr.Error())
+		}
+		if st, err = m.Show(td); err != nil {
+			return nil, errs.ToStatus(err)
+		}
+	}
 	return federationProto(st)
 }
 
@@ -141,6 +152,22 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 		RevokedEntries: int32(st.Revocations.Entries)}
 	if st.Revocations.Has {
 		p.RevocationsReceived = apiconv.Timestamp(st.Revocations.ReceivedAt)
+	}
+	w := st.Witness
+	p.WitnessKeyId, p.WitnessError = w.KeyID, w.LastError
+	if w.Checkpoint != nil {
+		p.WitnessedSize, p.WitnessedRoot, p.Witnessed = w.Checkpoint.Size, w.Checkpoint.RootHash, apiconv.Timestamp(w.WitnessedAt)
+	}
+	if a := w.Alert; a != nil {
+		pa := &wardv1.WitnessAlert{Reason: a.Reason, Error: a.Error, At: apiconv.Timestamp(a.At), Count: int32(a.Count)}
+		pa.HeadCheckpoint, _ = checkpoint.Encode(a.Head)
+		if a.Remembered != nil {
+			pa.WitnessedCheckpoint, _ = checkpoint.Encode(*a.Remembered)
+		}
+		p.WitnessAlert = pa
+	}
+	if cs := w.CosignedByPeer; cs != nil {
+		p.CosignedByPeerSize, p.CosignedByPeer = cs.Checkpoint.Size, apiconv.Timestamp(cs.Time)
 	}
 	if !st.EndpointID.IsZero() {
 		p.EndpointSpiffeId = st.EndpointID.String()

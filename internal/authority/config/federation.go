@@ -22,6 +22,10 @@ type Federation struct {
 	// StaleAfterHints: a foreign bundle not refreshed for this many refresh
 	// hints raises a health warning and ward_federation_bundle_stale (default 3).
 	StaleAfterHints int `yaml:"stale_after_hints"`
+	// WitnessInterval is how often this authority witnesses the audit log
+	// of every https_spiffe peer (fetch its signed checkpoint, prove
+	// consistency, cosign; default 1m, at least 1s).
+	WitnessInterval yamlconf.Duration `yaml:"witness_interval"`
 	// WebRoots is a PEM file of CA certificates for https_web endpoints
 	// (default: the system roots).
 	WebRoots string `yaml:"web_roots"`
@@ -67,6 +71,9 @@ func (f Federation) Effective() Federation {
 	if f.StaleAfterHints == 0 {
 		f.StaleAfterHints = 3
 	}
+	if f.WitnessInterval == 0 {
+		f.WitnessInterval = yamlconf.Duration(time.Minute)
+	}
 	td := make([]FederatedDomain, len(f.TrustDomains))
 	for i, d := range f.TrustDomains {
 		if d.Profile == "" {
@@ -85,6 +92,9 @@ func (f *Federation) validate(own string) error {
 	e := f.Effective()
 	if time.Duration(e.RefreshMin) < time.Second || e.RefreshMax < e.RefreshMin {
 		return fmt.Errorf("federation.refresh_min (%s) must be at least 1s and at most refresh_max (%s)", time.Duration(e.RefreshMin), time.Duration(e.RefreshMax))
+	}
+	if time.Duration(e.WitnessInterval) < time.Second {
+		return fmt.Errorf("federation.witness_interval (%s) must be at least 1s", time.Duration(e.WitnessInterval))
 	}
 	if e.StaleAfterHints < 1 {
 		return fmt.Errorf("federation.stale_after_hints must be at least 1")

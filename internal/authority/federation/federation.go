@@ -25,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
@@ -251,6 +252,8 @@ type Manager struct {
 	witness   map[spiffeid.TrustDomain]*witnessState
 	cosigned  map[spiffeid.TrustDomain]cosignedRecord
 	witnessMu sync.Mutex
+	// witnessSVID authenticates the running witness (RunWitness).
+	witnessSVID func() (*x509svid.SVID, error)
 }
 
 type counters struct {

@@ -301,6 +301,9 @@ func (m *Manager) RunWitness(ctx context.Context, c WitnessClient) {
 	if c.Interval <= 0 {
 		c.Interval = time.Minute
 	}
+	m.mu.Lock()
+	m.witnessSVID = c.SVID
+	m.mu.Unlock()
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()
 	for {
@@ -318,6 +321,24 @@ func (m *Manager) RunWitness(ctx context.Context, c WitnessClient) {
 		case <-t.C:
 		}
 	}
+}
+
+// WitnessNow witnesses td's audit log now, as the running witness
+// (RunWitness) does.
+func (m *Manager) WitnessNow(ctx context.Context, td spiffeid.TrustDomain) (WitnessStatus, error) {
+	m.mu.Lock()
+	svid := m.witnessSVID
+	m.mu.Unlock()
+	if svid == nil {
+		return m.Witnessed(td), errs.Errorf(errs.Precondition, "federation: the audit witness is not running")
+	}
+	return m.Witness(ctx, td, svid)
+}
+
+// IsAlert reports whether err is a witness alert.
+func IsAlert(err error) bool {
+	var al *alertError
+	return errors.As(err, &al)
 }
 
 // Witness witnesses td's audit log now (https_spiffe relationships only).

@@ -92,7 +92,9 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
 			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation"),
 			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed,
-			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() }})
+			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() },
+			Checkpoints:         newAuditSource(st.audit), Cosignatures: id.fed.CosignatureOf,
+			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() }})
 		if err == nil {
 			err = id.bep.Start()
 		}
@@ -104,7 +106,8 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 	}
 	// This authority's server SVID authenticates it on its peers'
-	// revocation channels (the bundle endpoint's, or one signed for that).
+	// revocation channels and to their audit checkpoints (the bundle
+	// endpoint's, or one signed for that).
 	svidEP := id.bep
 	if svidEP == nil {
 		if svidEP, err = federation.NewEndpoint(federation.EndpointConfig{CA: c}); err != nil {
@@ -113,10 +116,14 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(4)
+	id.wg.Add(5)
 	go func() {
 		defer id.wg.Done()
 		id.fed.RunRevocations(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
+	}()
+	go func() {
+		defer id.wg.Done()
+		id.fed.RunWitness(jobCtx, federation.WitnessClient{SVID: svidEP.SVID, Interval: time.Duration(fc.WitnessInterval)})
 	}()
 	go func() {
 		defer id.wg.Done()
@@ -189,7 +196,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 	}
 	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
-		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st)})
+		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}

@@ -26,6 +26,8 @@ type metrics struct {
 	nodeAPIRefused *prometheus.CounterVec
 	// revocationRefused counts refused clients of the revocation channel.
 	revocationRefused *prometheus.CounterVec
+	// witnessRefused counts refused clients of the audit witness endpoint.
+	witnessRefused *prometheus.CounterVec
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -79,7 +81,11 @@ func newMetrics(s *Server) *metrics {
 		Namespace: "ward", Name: "federation_revocation_clients_refused_total",
 		Help: "Clients of the cross-cluster revocation channel refused, by reason (no_client_certificate, not_federated, not_a_server).",
 	}, []string{"reason"})
-	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused)
+	m.witnessRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "federation_witness_clients_refused_total",
+		Help: "Clients asking for this authority's audit checkpoint (audit witnesses) refused, by reason (no_client_certificate, not_federated, not_a_server).",
+	}, []string{"reason"})
+	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused, m.witnessRefused)
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -72,6 +72,9 @@ type unsealedState struct {
 	kms    *kms.Manager
 	policy *policystore.Store
 	audit  *audit.Log
+	// signer is the audit checkpoint key; it also cosigns the federated
+	// peers' checkpoints this authority witnesses.
+	signer *ecdsa.PrivateKey
 	hasher *audit.Hasher
 	// recorder is the one audit seam the KMS, the registry, the policy
 	// store and the Node API record through (context values hashed).
@@ -321,7 +324,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
 		}
 	}
-	st := &unsealedState{audit: alog, hasher: hasher, recorder: audit.NewLogRecorder(alog, hasher)}
+	st := &unsealedState{audit: alog, signer: signer, hasher: hasher, recorder: audit.NewLogRecorder(alog, hasher)}
 	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog))
 	if err != nil {
 		alog.Close()
