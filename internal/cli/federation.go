@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
@@ -184,10 +186,14 @@ func federationCommand() *cobra.Command {
 	show.Flags().BoolVar(&withBundle, "bundle", false, "print the SPIFFE bundle JSON in use for the trust domain")
 
 	refresh := &cobra.Command{
-		Use: "refresh TRUST-DOMAIN", Short: "Fetch the foreign bundle now (a failure keeps the last good bundle)", Args: cobra.ExactArgs(1),
+		Use: "refresh TRUST-DOMAIN", Short: "Fetch the foreign bundle now (a failure keeps the last good bundle) and witness its audit log (https_spiffe)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
 				r, err := c.RefreshFederation(ctx, &wardv1.RefreshFederationRequest{TrustDomain: args[0]})
+				if status.Code(err) == codes.DataLoss {
+					// An audit witness alert: the bundle was refreshed.
+					return fmt.Errorf("%w (`ward federation show %s`)", err, args[0])
+				}
 				if err != nil {
 					return fmt.Errorf("%w (the last good bundle stays in use; `ward federation show %s`)", err, args[0])
 				}
