@@ -24,6 +24,8 @@ func TestFederationConfig(t *testing.T) {
 		{"web address without cert", "  bundle_endpoint:\n    web_address: 127.0.0.1:443\n", "cert_file"},
 		{"refresh bounds", "  refresh_min: 2h\n  refresh_max: 1h\n", "refresh_min"},
 		{"unknown field", "  bundle_endpoints: {}\n", "bundle_endpoints"},
+		{"witness interval", "  witness_interval: 30s\n", ""},
+		{"witness interval too short", "  witness_interval: 100ms\n", "witness_interval"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

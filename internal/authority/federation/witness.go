@@ -27,6 +27,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -369,17 +370,21 @@ func (m *Manager) witnessRound(ctx context.Context, rel Relationship, svid func(
 		ws = &witnessState{rec: witnessRecord{TrustDomain: td.Name()}}
 		m.witness[td] = ws
 	}
+	prev := ws.lastError
 	ws.lastAttempt = m.opts.Clock().UTC()
 	ws.lastError = ""
 	if err != nil {
 		ws.lastError = err.Error()
 	}
 	m.mu.Unlock()
-	if err != nil && ctx.Err() == nil {
-		var al *alertError
-		if !errors.As(err, &al) {
-			m.opts.Log.Warn("federation: witnessing the audit log failed", "trust_domain", td.Name(), "err", err)
+	if err != nil && ctx.Err() == nil && !IsAlert(err) {
+		// Each new error once at warning level (an unreachable peer or
+		// one of another SPIFFE implementation fails every round).
+		lvl := slog.LevelWarn
+		if err.Error() == prev {
+			lvl = slog.LevelDebug
 		}
+		m.opts.Log.Log(ctx, lvl, "federation: witnessing the audit log failed", "trust_domain", td.Name(), "err", err)
 	}
 	m.countWitness(td, err)
 	return m.Witnessed(td), err
