@@ -85,6 +85,9 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 		if a := r.WitnessAlert; a != nil {
 			fmt.Fprintf(tw, "AUDIT WITNESS ALERT:\t%s since %s (seen %d times): %s\n", a.Reason, fedTime(a.At), a.Count, a.Error)
 		}
+		if a := r.OwnLogAlert; a != nil {
+			fmt.Fprintf(tw, "OWN AUDIT LOG ROLLBACK:\t%s since %s (seen %d times): %s\n", a.Reason, fedTime(a.At), a.Count, a.Error)
+		}
 	}
 	_ = tw.Flush()
 }
@@ -152,6 +155,9 @@ func federationCommand() *cobra.Command {
 					}
 					if a := f.WitnessAlert; a != nil {
 						e = "AUDIT WITNESS ALERT (" + a.Reason + "); " + e
+					}
+					if a := f.OwnLogAlert; a != nil {
+						e = "OWN AUDIT LOG ROLLBACK (" + a.Reason + "); " + e
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", f.TrustDomain, fedSequence(f), fedTime(f.LastRefresh), fedTime(f.NextRefresh), e)
 				}

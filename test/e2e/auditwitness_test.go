@@ -25,14 +25,15 @@ import (
 // refresh fails, federation show/list, /healthz, the metric, B's audit
 // log — and that stays through more rounds and a restart of B; A's own
 // `ward audit verify`, even without any local memory, fails because B
-// cosigned more than A's log now holds.
+// cosigned more than A's log now holds, and A's next round with B raises
+// the alert about its own log.
 func TestAuditRollbackDetectedByWitness(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two authorities")
 	}
 	a := startClusterIn(t, nil, "a.example", "  witness_interval: 1s\n")
 	b := startClusterIn(t, nil, "b.example", "  witness_interval: 1s\n")
-	auditRollbackWitnessed(t, a, b, func(path string) string { return httpGet(t, b.s, path) })
+	auditRollbackWitnessed(t, a, b, func(c *cluster, path string) string { return httpGet(t, c.s, path) })
 }
 
 // TestAuditRollbackDetectedByWitnessAcrossNetworkNamespaces is scenario 6:
@@ -46,21 +47,21 @@ func TestAuditRollbackDetectedByWitnessAcrossNetworkNamespaces(t *testing.T) {
 	na, nb := nw.AddNode("a"), nw.AddNode("b")
 	a := startClusterIn(t, na, "a.example", "  witness_interval: 1s\n")
 	b := startClusterIn(t, nb, "b.example", "  witness_interval: 1s\n")
-	auditRollbackWitnessed(t, a, b, func(path string) string {
-		// B's HTTP listener is on loopback inside its namespace.
+	auditRollbackWitnessed(t, a, b, func(c *cluster, path string) string {
+		// The HTTP listener is on loopback inside the cluster's namespace.
 		if _, err := exec.LookPath("curl"); err != nil {
-			t.Logf("no curl: %s not checked inside B's namespace", path)
+			t.Logf("no curl: %s of %s not checked inside its namespace", path, c.td)
 			return ""
 		}
-		out, err := nb.Run("curl", "-sS", "--max-time", "10", "http://"+httpAddr(t, b.s)+path)
+		out, err := c.ns.Run("curl", "-sS", "--max-time", "10", "http://"+httpAddr(t, c.s)+path)
 		if err != nil {
-			t.Fatalf("curl %s in B's namespace: %v\n%s", path, err, out)
+			t.Fatalf("curl %s in the namespace of %s: %v\n%s", path, c.td, err, out)
 		}
 		return out
 	})
 }
 
-func auditRollbackWitnessed(t *testing.T, a, b *cluster, bHTTP func(path string) string) {
+func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster, path string) string) {
 	t.Helper()
 	b.ward(t, "federation", "add", "a.example", "--endpoint", a.bundleURL, "--bundle", filepath.Join(a.pub, "a.example.json"))
 	a.ward(t, "federation", "add", "b.example", "--endpoint", b.bundleURL, "--bundle", filepath.Join(b.pub, "b.example.json"))
@@ -157,10 +158,10 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, bHTTP func(path string)
 		if list := b.ward(t, "federation", "list"); !strings.Contains(list, "AUDIT WITNESS ALERT (went_backwards)") {
 			t.Fatalf("%s: federation list in B:\n%s", when, list)
 		}
-		if h := bHTTP("/healthz"); h != "" && !strings.Contains(h, "warning: federation: AUDIT WITNESS ALERT for a.example") {
+		if h := httpOf(b, "/healthz"); h != "" && !strings.Contains(h, "warning: federation: AUDIT WITNESS ALERT for a.example") {
 			t.Fatalf("%s: /healthz of B:\n%s", when, h)
 		}
-		if m := bHTTP("/metrics"); m != "" && !strings.Contains(m, `ward_federation_witness_alert{reason="went_backwards",trust_domain="a.example"} 1`) {
+		if m := httpOf(b, "/metrics"); m != "" && !strings.Contains(m, `ward_federation_witness_alert{reason="went_backwards",trust_domain="a.example"} 1`) {
 			t.Fatalf("%s: /metrics of B lack the alert:\n%s", when, grepLines(m, "ward_federation_witness"))
 		}
 	}
@@ -174,8 +175,8 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, bHTTP func(path string)
 
 	// More activity in A and more witness rounds (1s) do not clear it,
 	// nor does a restart of B.
-	for range 3 {
-		a.ward(t, "federation", "refresh", "b.example")
+	for i := range 3 {
+		a.ward(t, "audit", "hash", fmt.Sprint(i))
 	}
 	time.Sleep(3 * time.Second)
 	checkAlert("after more rounds")
@@ -183,6 +184,22 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, bHTTP func(path string)
 	b.s.start()
 	b.s.unseal(b.shares[:3])
 	checkAlert("after B restarted")
+
+	// A finds out itself from B's cosignature, kept behind its barrier:
+	// its next round with B raises the alert about its own log.
+	r = ward(t, a.s.addr, "", "federation", "refresh", "b.example")
+	if r.code == 0 || !strings.Contains(r.stderr, "AUDIT LOG ROLLBACK of this authority's own log, seen by its witness b.example") {
+		t.Fatalf("refresh in the rolled-back A: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	}
+	if show := a.ward(t, "federation", "show", "b.example"); !strings.Contains(show, "OWN AUDIT LOG ROLLBACK:") {
+		t.Fatalf("federation show in A:\n%s", show)
+	}
+	if h := httpOf(a, "/healthz"); h != "" && !strings.Contains(h, "warning: federation: AUDIT LOG ROLLBACK of this authority's own audit log") {
+		t.Fatalf("/healthz of A:\n%s", h)
+	}
+	if m := httpOf(a, "/metrics"); m != "" && !strings.Contains(m, `ward_federation_witness_own_log_alert{reason="went_backwards",trust_domain="b.example"} 1`) {
+		t.Fatalf("/metrics of A lack the alert:\n%s", grepLines(m, "ward_federation_witness"))
+	}
 
 	// A's own verify, with no local memory, fails too: B cosigned a
 	// checkpoint A's log no longer extends.

@@ -71,8 +71,11 @@ type FederationRelationship struct {
 	// The newest cosignature the peer made on this authority's audit log.
 	CosignedByPeerSize uint64                 `protobuf:"varint,28,opt,name=cosigned_by_peer_size,json=cosignedByPeerSize,proto3" json:"cosigned_by_peer_size,omitempty"`
 	CosignedByPeer     *timestamppb.Timestamp `protobuf:"bytes,29,opt,name=cosigned_by_peer,json=cosignedByPeer,proto3" json:"cosigned_by_peer,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// Set while this authority's own audit log does not extend the
+	// checkpoint the peer cosigned: it was rolled back in storage.
+	OwnLogAlert   *WitnessAlert `protobuf:"bytes,30,opt,name=own_log_alert,json=ownLogAlert,proto3" json:"own_log_alert,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *FederationRelationship) Reset() {
@@ -304,6 +307,13 @@ func (x *FederationRelationship) GetCosignedByPeerSize() uint64 {
 func (x *FederationRelationship) GetCosignedByPeer() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CosignedByPeer
+	}
+	return nil
+}
+
+func (x *FederationRelationship) GetOwnLogAlert() *WitnessAlert {
+	if x != nil {
+		return x.OwnLogAlert
 	}
 	return nil
 }
@@ -728,7 +738,7 @@ var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa4\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\n" +
 	"\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
@@ -761,7 +771,8 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\rwitness_error\x18\x1a \x01(\tR\fwitnessError\x12:\n" +
 	"\rwitness_alert\x18\x1b \x01(\v2\x15.ward.v1.WitnessAlertR\fwitnessAlert\x121\n" +
 	"\x15cosigned_by_peer_size\x18\x1c \x01(\x04R\x12cosignedByPeerSize\x12D\n" +
-	"\x10cosigned_by_peer\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x0ecosignedByPeer\"\xda\x01\n" +
+	"\x10cosigned_by_peer\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x0ecosignedByPeer\x129\n" +
+	"\rown_log_alert\x18\x1e \x01(\v2\x15.ward.v1.WitnessAlertR\vownLogAlert\"\xda\x01\n" +
 	"\fWitnessAlert\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
@@ -827,23 +838,24 @@ var file_ward_v1_federation_proto_depIdxs = []int32{
 	9,  // 5: ward.v1.FederationRelationship.witnessed:type_name -> google.protobuf.Timestamp
 	1,  // 6: ward.v1.FederationRelationship.witness_alert:type_name -> ward.v1.WitnessAlert
 	9,  // 7: ward.v1.FederationRelationship.cosigned_by_peer:type_name -> google.protobuf.Timestamp
-	9,  // 8: ward.v1.WitnessAlert.at:type_name -> google.protobuf.Timestamp
-	0,  // 9: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
-	2,  // 10: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
-	3,  // 11: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
-	5,  // 12: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
-	6,  // 13: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
-	7,  // 14: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
-	0,  // 15: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
-	4,  // 16: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
-	0,  // 17: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
-	0,  // 18: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
-	8,  // 19: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
-	15, // [15:20] is the sub-list for method output_type
-	10, // [10:15] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1,  // 8: ward.v1.FederationRelationship.own_log_alert:type_name -> ward.v1.WitnessAlert
+	9,  // 9: ward.v1.WitnessAlert.at:type_name -> google.protobuf.Timestamp
+	0,  // 10: ward.v1.ListFederationsResponse.relationships:type_name -> ward.v1.FederationRelationship
+	2,  // 11: ward.v1.Federation.AddFederation:input_type -> ward.v1.AddFederationRequest
+	3,  // 12: ward.v1.Federation.ListFederations:input_type -> ward.v1.ListFederationsRequest
+	5,  // 13: ward.v1.Federation.ShowFederation:input_type -> ward.v1.ShowFederationRequest
+	6,  // 14: ward.v1.Federation.RefreshFederation:input_type -> ward.v1.RefreshFederationRequest
+	7,  // 15: ward.v1.Federation.RemoveFederation:input_type -> ward.v1.RemoveFederationRequest
+	0,  // 16: ward.v1.Federation.AddFederation:output_type -> ward.v1.FederationRelationship
+	4,  // 17: ward.v1.Federation.ListFederations:output_type -> ward.v1.ListFederationsResponse
+	0,  // 18: ward.v1.Federation.ShowFederation:output_type -> ward.v1.FederationRelationship
+	0,  // 19: ward.v1.Federation.RefreshFederation:output_type -> ward.v1.FederationRelationship
+	8,  // 20: ward.v1.Federation.RemoveFederation:output_type -> ward.v1.RemoveFederationResponse
+	16, // [16:21] is the sub-list for method output_type
+	11, // [11:16] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_federation_proto_init() }

@@ -158,14 +158,7 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 	if w.Checkpoint != nil {
 		p.WitnessedSize, p.WitnessedRoot, p.Witnessed = w.Checkpoint.Size, w.Checkpoint.RootHash, apiconv.Timestamp(w.WitnessedAt)
 	}
-	if a := w.Alert; a != nil {
-		pa := &wardv1.WitnessAlert{Reason: a.Reason, Error: a.Error, At: apiconv.Timestamp(a.At), Count: int32(a.Count)}
-		pa.HeadCheckpoint, _ = checkpoint.Encode(a.Head)
-		if a.Remembered != nil {
-			pa.WitnessedCheckpoint, _ = checkpoint.Encode(*a.Remembered)
-		}
-		p.WitnessAlert = pa
-	}
+	p.WitnessAlert, p.OwnLogAlert = witnessAlertProto(w.Alert), witnessAlertProto(w.OwnLogAlert)
 	if cs := w.CosignedByPeer; cs != nil {
 		p.CosignedByPeerSize, p.CosignedByPeer = cs.Checkpoint.Size, apiconv.Timestamp(cs.Time)
 	}
@@ -180,4 +173,16 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 		p.BundleSpiffeJson = doc
 	}
 	return p, nil
+}
+
+func witnessAlertProto(a *federation.WitnessAlert) *wardv1.WitnessAlert {
+	if a == nil {
+		return nil
+	}
+	pa := &wardv1.WitnessAlert{Reason: a.Reason, Error: a.Error, At: apiconv.Timestamp(a.At), Count: int32(a.Count)}
+	pa.HeadCheckpoint, _ = checkpoint.Encode(a.Head)
+	if a.Remembered != nil {
+		pa.WitnessedCheckpoint, _ = checkpoint.Encode(*a.Remembered)
+	}
+	return pa
 }

@@ -198,6 +198,9 @@ type Options struct {
 	// Signer is this authority's audit checkpoint key: it cosigns the
 	// peers' checkpoints this authority witnessed (nil: no witnessing).
 	Signer crypto.Signer
+	// OwnLog, if set, is this authority's audit log, checked against the
+	// cosignatures its peers made on it.
+	OwnLog CheckpointSource
 }
 
 func (o *Options) setDefaults() error {
@@ -252,8 +255,12 @@ type Manager struct {
 	witness   map[spiffeid.TrustDomain]*witnessState
 	cosigned  map[spiffeid.TrustDomain]cosignedRecord
 	witnessMu sync.Mutex
-	// witnessSVID authenticates the running witness (RunWitness).
+	// witnessSVID authenticates the running witness (RunWitness),
+	// witnessWake starts a round at once (a new relationship), ownAlert
+	// says this authority's own log does not extend what a peer cosigned.
 	witnessSVID func() (*x509svid.SVID, error)
+	witnessWake chan struct{}
+	ownAlert    map[spiffeid.TrustDomain]*WitnessAlert
 }
 
 type counters struct {
@@ -270,7 +277,8 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 		refreshing: map[spiffeid.TrustDomain]*sync.Mutex{}, wake: make(chan struct{}, 1),
 		stats: map[spiffeid.TrustDomain]*counters{}, remote: map[spiffeid.TrustDomain]received{},
 		revErr: map[spiffeid.TrustDomain]string{}, witness: map[spiffeid.TrustDomain]*witnessState{},
-		cosigned: map[spiffeid.TrustDomain]cosignedRecord{}}
+		cosigned: map[spiffeid.TrustDomain]cosignedRecord{}, witnessWake: make(chan struct{}, 1),
+		ownAlert: map[spiffeid.TrustDomain]*WitnessAlert{}}
 	if err := m.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -452,6 +460,10 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 	})
 	if err == nil {
 		m.kick()
+		select {
+		case m.witnessWake <- struct{}{}:
+		default:
+		}
 	}
 	return st, err
 }
@@ -557,6 +569,7 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 		m.mu.Lock()
 		delete(m.witness, td)
 		delete(m.cosigned, td)
+		delete(m.ownAlert, td)
 		delete(m.remote, td)
 		delete(m.revErr, td)
 		delete(m.entries, td)
@@ -693,6 +706,10 @@ func (m *Manager) Warnings() []string {
 	var w []string
 	now := m.opts.Clock()
 	for _, st := range m.List() {
+		if a := st.Witness.OwnLogAlert; a != nil {
+			w = append(w, fmt.Sprintf("federation: AUDIT LOG ROLLBACK of this authority's own audit log: it does not extend the checkpoint of %d events its witness %s cosigned (%s, since %s; see ward federation show %s)",
+				a.Remembered.Size, st.TrustDomain, a.Reason, a.At.Format(time.RFC3339), st.TrustDomain))
+		}
 		if a := st.Witness.Alert; a != nil {
 			w = append(w, fmt.Sprintf("federation: AUDIT WITNESS ALERT for %s since %s: its audit log %s (see ward federation show %s)",
 				st.TrustDomain, a.At.Format(time.RFC3339), alertWhat(a.Reason), st.TrustDomain))

@@ -28,6 +28,9 @@ var (
 	witnessAlertDesc = prometheus.NewDesc("ward_federation_witness_alert",
 		"1 once the trust domain's audit log did not extend what this authority witnessed (reason went_backwards, forked, inconsistent, other_log, key_changed); it stays until the relationship is removed.",
 		[]string{"trust_domain", "reason"}, nil)
+	ownLogAlertDesc = prometheus.NewDesc("ward_federation_witness_own_log_alert",
+		"1 while this authority's own audit log does not extend the checkpoint the federated witness trust_domain cosigned (reason went_backwards, forked, inconsistent): it was rolled back in storage.",
+		[]string{"trust_domain", "reason"}, nil)
 	witnessSizeDesc = prometheus.NewDesc("ward_federation_witness_size",
 		"Size of the newest checkpoint of the trust domain's audit log this authority witnessed and cosigned.",
 		[]string{"trust_domain"}, nil)
@@ -57,6 +60,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- revAgeDesc
 	ch <- revErrDesc
 	ch <- witnessAlertDesc
+	ch <- ownLogAlertDesc
 	ch <- witnessSizeDesc
 	ch <- witnessAgeDesc
 	ch <- witnessErrDesc
@@ -96,6 +100,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ws := st.Witness
 			if ws.Alert != nil {
 				ch <- prometheus.MustNewConstMetric(witnessAlertDesc, prometheus.GaugeValue, 1, td, ws.Alert.Reason)
+			}
+			if a := ws.OwnLogAlert; a != nil {
+				ch <- prometheus.MustNewConstMetric(ownLogAlertDesc, prometheus.GaugeValue, 1, td, a.Reason)
 			}
 			if ws.Checkpoint != nil {
 				ch <- prometheus.MustNewConstMetric(witnessSizeDesc, prometheus.GaugeValue, float64(ws.Checkpoint.Size), td)

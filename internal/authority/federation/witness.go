@@ -37,6 +37,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/transparency-dev/merkle/proof"
+	"github.com/transparency-dev/merkle/rfc6962"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
@@ -158,6 +160,9 @@ type WitnessStatus struct {
 	// CosignedByPeer is the newest cosignature the peer made on this
 	// authority's log (nil if none).
 	CosignedByPeer *checkpoint.Cosignature
+	// OwnLogAlert is set while this authority's own audit log does not
+	// extend CosignedByPeer (Options.OwnLog): it was rolled back.
+	OwnLogAlert *WitnessAlert
 }
 
 // ReceivedCosignature is a peer's cosignature on this authority's log,
@@ -247,6 +252,10 @@ func (m *Manager) Witnessed(td spiffeid.TrustDomain) WitnessStatus {
 		cs := c.Cosignature
 		st.CosignedByPeer = &cs
 	}
+	if a := m.ownAlert[td]; a != nil {
+		c := *a
+		st.OwnLogAlert = &c
+	}
 	return st
 }
 
@@ -320,6 +329,8 @@ func (m *Manager) RunWitness(ctx context.Context, c WitnessClient) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-m.witnessWake:
+			// A new relationship: pin its key now.
 		}
 	}
 }
@@ -485,6 +496,9 @@ func (m *Manager) witnessOnce(ctx context.Context, rel Relationship, svid func()
 			return err
 		}
 	}
+	if err := m.checkOwnLog(ctx, td); err != nil {
+		return err
+	}
 	if rec.Alert != nil {
 		// A later good answer never clears an alert.
 		return &alertError{*rec.Alert}
@@ -518,6 +532,91 @@ func keyChanged(td spiffeid.TrustDomain, rec witnessRecord) error {
 	return fmt.Errorf("the audit checkpoints of %s are now signed by another key than %s, pinned on %s: an authority's audit signing key never changes, "+
 		"so its audit log was wiped or replaced in storage (a new log forgets every earlier event), or another authority speaks for %s",
 		td.Name(), rec.KeyID, rec.PinnedAt.Format(time.RFC3339), td.Name())
+}
+
+// checkOwnLog checks this authority's own audit log (Options.OwnLog)
+// against the newest checkpoint td's authority cosigned of it: a log that
+// went back behind what a witness cosigned was rolled back in storage
+// (while this authority was stopped, or it would have noticed). The alert
+// is kept in memory and found again from the stored cosignature after a
+// restart; it clears only if the log extends the cosigned checkpoint.
+func (m *Manager) checkOwnLog(ctx context.Context, td spiffeid.TrustDomain) error {
+	if m.opts.OwnLog == nil {
+		return nil
+	}
+	m.mu.Lock()
+	c, ok := m.cosigned[td]
+	m.mu.Unlock()
+	if !ok {
+		return nil
+	}
+	cs := c.Cosignature.Checkpoint
+	head, _, err := m.opts.OwnLog.LatestCheckpoint(ctx)
+	if err != nil {
+		return fmt.Errorf("reading this authority's audit head to compare with %s's cosignature: %w", td.Name(), err)
+	}
+	var reason string
+	var cause error
+	switch {
+	case head.Size < cs.Size:
+		reason = AlertWentBackwards
+	case head.Size == cs.Size && !bytes.Equal(head.RootHash, cs.RootHash):
+		reason = AlertForked
+	case head.Size > cs.Size:
+		pf, err := m.opts.OwnLog.ConsistencyProof(ctx, cs.Size, head.Size)
+		if err != nil {
+			return fmt.Errorf("proving this authority's audit log extends what %s cosigned: %w", td.Name(), err)
+		}
+		if cause = proof.VerifyConsistency(rfc6962.DefaultHasher, cs.Size, head.Size, pf, cs.RootHash, head.RootHash); cause != nil {
+			reason = AlertInconsistent
+		}
+	}
+	m.mu.Lock()
+	old := m.ownAlert[td]
+	if reason == "" {
+		delete(m.ownAlert, td)
+		m.mu.Unlock()
+		return nil
+	}
+	a := old
+	if a == nil {
+		msg := fmt.Sprintf("AUDIT LOG ROLLBACK of this authority's own log, seen by its witness %s (%s): the log now has %d events with root %x, but %s cosigned %d events with root %x at %s, signed by this authority; "+
+			"its stored audit log was truncated, rolled back or replaced while it was stopped. Treat it as an incident: restore storage from a backup taken after that checkpoint and find out who could write to it",
+			td.Name(), reason, head.Size, head.RootHash, td.Name(), cs.Size, cs.RootHash, c.Cosignature.Time.UTC().Format(time.RFC3339))
+		if cause != nil {
+			msg += " (" + strings.Join(strings.Fields(cause.Error()), " ") + ")"
+		}
+		a = &WitnessAlert{Reason: reason, Error: msg, At: m.opts.Clock().UTC(), Remembered: &cs, Head: head}
+		m.ownAlert[td] = a
+	}
+	a.Count++
+	alert := *a
+	m.mu.Unlock()
+	if old == nil {
+		fields := map[string]string{"trust_domain": td.Name(), "own_log": "true", "reason": reason,
+			"head_size": strconv.FormatUint(head.Size, 10), "head_root": hex.EncodeToString(head.RootHash),
+			"witnessed_size": strconv.FormatUint(cs.Size, 10), "witnessed_root": hex.EncodeToString(cs.RootHash)}
+		ev := m.event(ctx, "federation.witness", audit.ResultError, fields)
+		ev.Error = alert.Error
+		if err := m.opts.Audit.Record(ctx, ev); err != nil {
+			m.opts.Log.Error("could not audit a rollback of this authority's audit log", "err", err)
+		}
+	}
+	m.opts.Log.Error("federation: AUDIT LOG ROLLBACK: this authority's own audit log does not extend what a federated witness cosigned",
+		"witness", td.Name(), "reason", reason, "first", old == nil)
+	return &alertError{alert}
+}
+
+// OwnLogAlert returns the alert raised because this authority's own audit
+// log does not extend what td's authority cosigned (nil if none).
+func (m *Manager) OwnLogAlert(td spiffeid.TrustDomain) *WitnessAlert {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if a := m.ownAlert[td]; a != nil {
+		c := *a
+		return &c
+	}
+	return nil
 }
 
 // parseWitnessAnswer decodes an untrusted answer and its key; the

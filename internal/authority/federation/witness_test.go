@@ -110,7 +110,7 @@ type witnessAuth struct {
 func (w *witnessAuth) open(t *testing.T) *Manager {
 	t.Helper()
 	m, err := Open(context.Background(), Options{Store: w.st, TrustDomain: w.td, Audit: audit.RecorderFunc(w.aud.append),
-		FetchTimeout: 5 * time.Second, Signer: w.key})
+		FetchTimeout: 5 * time.Second, Signer: w.key, OwnLog: w.src})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,5 +404,50 @@ func TestWitnessRefusesClients(t *testing.T) {
 	var ans WitnessAnswer
 	if code != 200 || json.Unmarshal([]byte(body), &ans) != nil || ans.Checkpoint.Size != 3 || ans.Checkpoint.Origin != "ward/a.example" {
 		t.Fatalf("B's server: %d %s", code, body)
+	}
+}
+
+// A's own log rolled back behind what B cosigned: A finds out from B's
+// cosignature (kept behind A's barrier) at its next round.
+func TestWitnessOwnLogBehindCosignature(t *testing.T) {
+	a, b := newWitnessPair(t)
+	appendEvents(t, a.log, 5, "b")
+	if _, err := b.witness(t, a); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.witness(t, b); err != nil {
+		t.Fatal(err)
+	}
+	if st := a.m.Witnessed(tdB); st.CosignedByPeer == nil || st.CosignedByPeer.Checkpoint.Size != 8 || st.OwnLogAlert != nil {
+		t.Fatalf("before: %+v", st)
+	}
+	// A restarts on a rolled-back log (same key, 5 events).
+	a.src.use(newAuditLog(t, a.key, tdA, 5, "a"), nil)
+	a2 := a.open(t)
+	st, err := a2.Witness(context.Background(), tdB, serverSVID(t, a.ca))
+	if !IsAlert(err) || st.OwnLogAlert == nil || st.OwnLogAlert.Reason != AlertWentBackwards || st.OwnLogAlert.Remembered.Size != 8 {
+		t.Fatalf("own log rolled back: %+v, %v", st.OwnLogAlert, err)
+	}
+	t.Logf("A: %v", err)
+	if w := strings.Join(a2.Warnings(), "\n"); !strings.Contains(w, "AUDIT LOG ROLLBACK of this authority's own audit log") {
+		t.Fatalf("no health warning: %q", w)
+	}
+	if got := gather(t, a2); got["ward_federation_witness_own_log_alert{went_backwards}"] != 1 {
+		t.Fatalf("metrics: %v", got)
+	}
+	if n := countOps(a.aud, "federation.witness:error"); n != 1 {
+		t.Fatalf("audited %d times: %v", n, a.aud.ops())
+	}
+	// A forked log of the same size as the cosigned one.
+	a.src.use(newAuditLog(t, a.key, tdA, 8, "fork"), nil)
+	a3 := a.open(t)
+	if st, err := a3.Witness(context.Background(), tdB, serverSVID(t, a.ca)); !IsAlert(err) || st.OwnLogAlert == nil || st.OwnLogAlert.Reason != AlertForked {
+		t.Fatalf("own log forked: %+v, %v", st.OwnLogAlert, err)
+	}
+	// The log restored (it extends the cosigned checkpoint again): clear.
+	appendEvents(t, a.log, 2, "c")
+	a.src.use(a.log, nil)
+	if st, err := a3.Witness(context.Background(), tdB, serverSVID(t, a.ca)); err != nil || st.OwnLogAlert != nil {
+		t.Fatalf("own log restored: %+v, %v", st.OwnLogAlert, err)
 	}
 }

@@ -196,7 +196,8 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 	}
 	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
-		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer})
+		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer,
+		OwnLog: newAuditSource(st.audit)})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}
