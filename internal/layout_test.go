@@ -17,15 +17,16 @@ const module = "github.com/wardproject/ward"
 // parts: the top folders of internal/ (and the public packages), each with
 // the parts its packages may import. A part may always import itself.
 var mayImport = map[string][]string{
-	"shared":       {"api"},                                                                       // policy engine, formats, crypto helpers, peer credentials
-	"authority":    {"shared", "api"},                                                             // ward server: CA, KMS, registry, audit, store, Node API
-	"node":         {"shared", "api"},                                                             // ward agent: attestation, Workload API
-	"dataplane":    {"shared", "api"},                                                             // ward proxy, ward gateway
-	"integrations": {"shared", "public", "api"},                                                   // beside other systems' servers (ward kms-plugin beside kube-apiserver): never the authority
-	"public":       {"shared", "api"},                                                             // envelope, client: what users import
-	"cli":          {"authority", "node", "dataplane", "integrations", "shared", "public", "api"}, // the command tree wires every part
+	"shared":       {"api"},                                                                                     // policy engine, formats, crypto helpers, peer credentials
+	"authority":    {"shared", "api"},                                                                           // ward server: CA, KMS, registry, audit, store, Node API
+	"node":         {"shared", "api"},                                                                           // ward agent: attestation, Workload API
+	"dataplane":    {"shared", "api"},                                                                           // ward proxy, ward gateway
+	"integrations": {"shared", "public", "api"},                                                                 // beside other systems' servers (ward kms-plugin beside kube-apiserver): never the authority
+	"governance":   {"shared", "api"},                                                                           // measures and grades what runs (ward scan): reads endpoints and the API, never authority internals or the data plane
+	"public":       {"shared", "api"},                                                                           // envelope, client: what users import
+	"cli":          {"authority", "node", "dataplane", "integrations", "governance", "shared", "public", "api"}, // the command tree wires every part
 	"cmd":          {"cli"},
-	"testutil":     {"authority", "node", "dataplane", "integrations", "shared", "public", "api"}, // fixtures for tests only
+	"testutil":     {"authority", "node", "dataplane", "integrations", "governance", "shared", "public", "api"}, // fixtures for tests only
 	"api":          {},
 }
 
@@ -67,7 +68,7 @@ func checkImport(pkg, imp string) error {
 	}
 	allowed, known := mayImport[from]
 	if !known {
-		return fmt.Errorf("%s is in %s, which is no part of ward's layout: put it under internal/{authority,node,dataplane,shared,cli,testutil} (docs/architecture.md)", pkg, from)
+		return fmt.Errorf("%s is in %s, which is no part of ward's layout: put it under internal/{authority,node,dataplane,integrations,governance,shared,cli,testutil} (docs/architecture.md)", pkg, from)
 	}
 	if _, known := mayImport[to]; !known {
 		return fmt.Errorf("%s imports %s, which is in %s, no part of ward's layout (docs/architecture.md)", pkg, imp, to)
@@ -171,6 +172,12 @@ func TestCheckImport(t *testing.T) {
 		{in + "authority/kms", in + "testutil/etcdtest", false},
 		{in + "misc", in + "shared/policy", false},
 		{in + "node/agent", "github.com/spiffe/go-spiffe/v2/spiffeid", true},
+		{in + "governance/scan", in + "shared/keyutil", true},
+		{in + "governance/scan", in + "authority/ca", false},
+		{in + "governance/scan", in + "dataplane/proxy", false},
+		{in + "governance/scan", in + "node/agent", false},
+		{in + "cli", in + "governance/scan", true},
+		{in + "dataplane/proxy", in + "governance/scan", false},
 	} {
 		err := checkImport(tc.pkg, tc.imp)
 		if (err == nil) != tc.ok {
