@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
@@ -38,6 +39,9 @@ const (
 	envPeer     = "WARD_E2E_PEER"   // SPIFFE ID the other side must have
 	envAddr     = "WARD_E2E_ADDR"   // client: where the server listens
 	envListen   = "WARD_E2E_LISTEN" // server: where to listen (default 127.0.0.1:0)
+	// envBundles set: the client also verifies the server's chain with a
+	// go-spiffe BundleSource of its own Workload API (bundles=ok).
+	envBundles = "WARD_E2E_BUNDLE_SOURCE"
 )
 
 func init() {
@@ -79,6 +83,13 @@ func runWorkload(mode string) error {
 		return fmt.Errorf("JWTSource: %w", err)
 	}
 	defer jwtsrc.Close()
+	var bundles *workloadapi.BundleSource
+	if os.Getenv(envBundles) != "" {
+		if bundles, err = workloadapi.NewBundleSource(ctx, workloadapi.WithClientOptions(addr)); err != nil {
+			return fmt.Errorf("BundleSource: %w", err)
+		}
+		defer bundles.Close()
+	}
 	switch mode {
 	case "server":
 		listen := os.Getenv(envListen)
@@ -101,7 +112,7 @@ func runWorkload(mode string) error {
 	case "client":
 		serverAddr := os.Getenv(envAddr)
 		for ctx.Err() == nil {
-			line, err := clientRound(ctx, serverAddr, x509src, jwtsrc, peer)
+			line, err := clientRound(ctx, serverAddr, x509src, jwtsrc, bundles, peer)
 			if err != nil {
 				fmt.Println("FAIL", err)
 			} else {
@@ -150,8 +161,9 @@ func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
 
 // clientRound dials a fresh mTLS connection (a full handshake each time,
 // so every rotation is exercised), sends a JWT-SVID and reports the serial
-// and issuer of its own SVID and the number of X.509 roots it trusts.
-func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Source, jwtsrc *workloadapi.JWTSource, peer spiffeid.ID) (string, error) {
+// and issuer of its own SVID and the number of X.509 roots it trusts. With
+// bundles, the server's chain is also verified with that BundleSource.
+func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Source, jwtsrc *workloadapi.JWTSource, bundles *workloadapi.BundleSource, peer spiffeid.ID) (string, error) {
 	d := tls.Dialer{Config: tlsconfig.MTLSClientConfig(x509src, x509src, tlsconfig.AuthorizeID(peer))}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
@@ -195,8 +207,16 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 	if pb, err := x509src.GetX509BundleForTrustDomain(peer.TrustDomain()); err == nil {
 		peerRoots = len(pb.X509Authorities())
 	}
-	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d peerroot=%s peerroots=%d", leaf.SerialNumber.Text(16),
-		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities()), peerRoot, peerRoots), nil
+	viaBundles := ""
+	if bundles != nil {
+		id, _, err := x509svid.Verify(nc.(*tls.Conn).ConnectionState().PeerCertificates, bundles)
+		if err != nil || id != peer {
+			return "", fmt.Errorf("BundleSource: server %s: %v", id, err)
+		}
+		viaBundles = " bundles=ok"
+	}
+	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d peerroot=%s peerroots=%d%s", leaf.SerialNumber.Text(16),
+		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities()), peerRoot, peerRoots, viaBundles), nil
 }
 
 // jwtCache holds the client's JWT-SVID the way a real workload would:

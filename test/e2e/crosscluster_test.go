@@ -14,19 +14,24 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
-// crossProxy starts `ward proxy` with config cfg; its output (JSON logs and
-// access log) goes to the returned buffer.
-func crossProxy(t *testing.T, dir, name, cfg string) *syncbuf.Buffer {
+// crossProxy starts `ward proxy` with config cfg in network namespace nd
+// (nil: this one); its output (JSON logs and access log) goes to the
+// returned buffer.
+func crossProxy(t *testing.T, nd *netns.Node, dir, name, cfg string) *syncbuf.Buffer {
 	t.Helper()
 	p := filepath.Join(dir, name+".yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(wardBin, "proxy", "--config", p)
+	if nd != nil {
+		cmd = nd.Command(0, wardBin, "proxy", "--config", p)
+	}
 	logs := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
@@ -37,9 +42,16 @@ func crossProxy(t *testing.T, dir, name, cfg string) *syncbuf.Buffer {
 }
 
 // echoServer answers every line with "echo LINE" until the client closes.
-func echoServer(t *testing.T) string {
+// It listens on loopback, or with sock set on that unix socket (reachable
+// from every network namespace); it returns the address in the proxy's
+// form (host:port or unix:///path).
+func echoServer(t *testing.T, sock string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	network, addr := "tcp", "127.0.0.1:0"
+	if sock != "" {
+		network, addr = "unix", sock
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,13 +77,21 @@ func echoServer(t *testing.T) string {
 			}()
 		}
 	}()
+	if sock != "" {
+		return "unix://" + sock
+	}
 	return l.Addr().String()
 }
 
-// crossRound opens a connection through the outbound proxy and sends one
-// line; it returns the open connection when the echo came back.
+// crossRound opens a connection through an outbound proxy listener
+// (host:port or unix:///path) and sends one line; it returns the open
+// connection when the echo came back.
 func crossRound(addr string) (net.Conn, *bufio.Reader, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	network := "tcp"
+	if p, ok := strings.CutPrefix(addr, "unix://"); ok {
+		network, addr = "unix", p
+	}
+	c, err := net.DialTimeout(network, addr, 5*time.Second)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -90,15 +110,21 @@ func crossRound(addr string) (net.Conn, *bufio.Reader, error) {
 	return c, r, nil
 }
 
-// xcEnv is two federated clusters with a proxy each: A's outbound
-// listener reaches B's api through B's inbound proxy.
+// xcEnv is federated clusters with a proxy each: A's outbound listeners
+// reach the api of B (and of C, with three clusters) through their inbound
+// proxies. Every cluster federates with every other.
 type xcEnv struct {
-	a, b       *cluster
-	clientID   string
-	apiID      string
-	outbound   string
-	polB       string
-	logA, logB *syncbuf.Buffer
+	a, b, c  *cluster // c: nil with two clusters
+	agA      *agentProc
+	agB      *agentProc
+	clientID string
+	apiID    string // B's api
+	apiIDC   string // C's api ("" with two clusters)
+	outbound string // A's listener to B's api
+	// outboundC is A's listener to C's api ("" with two clusters).
+	outboundC        string
+	polB             string
+	logA, logB, logC *syncbuf.Buffer
 }
 
 // startCrossCluster starts two clusters as real processes (ward server +
@@ -107,83 +133,172 @@ type xcEnv struct {
 // round trip through both proxies.
 func startCrossCluster(t *testing.T) *xcEnv {
 	t.Helper()
-	e := &xcEnv{a: startCluster(t, "a.example"), b: startCluster(t, "b.example"),
-		clientID: "spiffe://a.example/client", apiID: "spiffe://b.example/api"}
-	a, b := e.a, e.b
-	b.ward(t, "federation", "add", "a.example", "--endpoint", a.bundleURL, "--bundle", filepath.Join(a.pub, "a.example.json"))
-	a.ward(t, "federation", "add", "b.example", "--endpoint", b.bundleURL, "--bundle", filepath.Join(b.pub, "b.example.json"))
+	return startClusters(t, nil)
+}
 
+// startClusters starts the clusters of an xcEnv: with nw nil, A and B on
+// loopback; otherwise A, B and C, each in its own network namespace on nw
+// (its inbound proxy listening on the namespace's address, A's outbound
+// listeners and the apps on unix sockets, reachable from this test).
+func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
+	t.Helper()
+	tds := []string{"a.example", "b.example"}
+	if nw != nil {
+		tds = append(tds, "c.example")
+	}
+	nodes := make([]*netns.Node, len(tds))
+	cs := make([]*cluster, len(tds))
+	for i, td := range tds {
+		if nw != nil {
+			nodes[i] = nw.AddNode(td[:1])
+		}
+		cs[i] = startClusterIn(t, nodes[i], td, "")
+	}
+	for _, x := range cs {
+		for _, y := range cs {
+			if x != y {
+				x.ward(t, "federation", "add", y.td, "--endpoint", y.bundleURL, "--bundle", filepath.Join(y.pub, y.td+".json"))
+			}
+		}
+	}
+	e := &xcEnv{a: cs[0], b: cs[1], clientID: "spiffe://a.example/client", apiID: "spiffe://b.example/api"}
+	if nw != nil {
+		e.c, e.apiIDC = cs[2], "spiffe://c.example/api"
+	}
+	a := e.a
 	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
-	a.ward(t, "entry", "create", "--spiffe-id", e.clientID, "--parent", "spiffe://a.example/ward/agent/node-1", "--selector", uid, "--federates-with", "b.example")
-	b.ward(t, "entry", "create", "--spiffe-id", e.apiID, "--parent", "spiffe://b.example/ward/agent/node-1", "--selector", uid, "--federates-with", "a.example")
+	fedA := []string{"entry", "create", "--spiffe-id", e.clientID, "--parent", "spiffe://a.example/ward/agent/node-1", "--selector", uid}
+	for _, c := range cs[1:] {
+		fedA = append(fedA, "--federates-with", c.td)
+	}
+	a.ward(t, fedA...)
 	dir := t.TempDir()
-	polA, polB := filepath.Join(dir, "a.cedar"), filepath.Join(dir, "b.cedar")
+	polA := filepath.Join(dir, "a.cedar")
 	os.WriteFile(polA, []byte(`permit(principal in TrustDomain::"a.example", action == Action::"connect", resource);`), 0o600)
-	os.WriteFile(polB, []byte(`@id("clients-of-a")
+	a.ward(t, "policy", "apply", polA)
+	e.agA = a.agent(t)
+	if nw == nil {
+		e.agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	}
+
+	// Each other cluster: its api behind an inbound proxy, a policy that
+	// lets A's client in, and an outbound listener of A's proxy to it.
+	outbound := ""
+	for i, c := range cs[1:] {
+		apiID := "spiffe://" + c.td + "/api"
+		c.ward(t, "entry", "create", "--spiffe-id", apiID, "--parent", "spiffe://"+c.td+"/ward/agent/node-1", "--selector", uid, "--federates-with", "a.example")
+		pol := filepath.Join(dir, c.td+".cedar")
+		os.WriteFile(pol, []byte(`@id("clients-of-a")
 permit(principal in TrustDomain::"a.example", action == Action::"connect", resource == Service::"api")
   when { context.source_trust_domain == "a.example" && principal.path == "/client" };`), 0o600)
-	a.ward(t, "policy", "apply", polA)
-	b.ward(t, "policy", "apply", polB)
-	e.polB = polB
-	agA, agB := a.agent(t), b.agent(t)
-	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
-	agB.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
-
-	app := echoServer(t)
-	inbound := netutil.FreeLoopbackAddr(t)
-	e.outbound = netutil.FreeLoopbackAddr(t)
-	e.logB = crossProxy(t, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
+		c.ward(t, "policy", "apply", pol)
+		ag := c.agent(t)
+		inbound, app, listen, allow := netutil.FreeLoopbackAddr(t), echoServer(t, ""), netutil.FreeLoopbackAddr(t), ""
+		if nw != nil {
+			inbound, app = nodes[i+1].Addr(9443), echoServer(t, filepath.Join(dir, c.td+"-app.sock"))
+			listen, allow = "unix://"+filepath.Join(dir, "to-"+c.td+".sock"), "allow_non_loopback: true\n"
+		} else {
+			ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+		}
+		logs := crossProxy(t, nodes[i+1], dir, c.td, fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
-inbound:
+%sinbound:
   - name: api
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-`, agB.socket, filepath.Join(b.pub, "policy.sock"), inbound, app))
-	e.logA = crossProxy(t, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
-policy_socket: unix://%s
-access_log: stdout
-outbound:
-  - name: to-b-api
+`, ag.socket, filepath.Join(c.pub, "policy.sock"), allow, inbound, app))
+		outbound += fmt.Sprintf(`  - name: to-%s-api
     listen: %s
     remote: %s
     server_id: %s
-`, agA.socket, filepath.Join(a.pub, "policy.sock"), e.outbound, inbound, e.apiID))
-	c, _ := e.waitRound(t, 60*time.Second)
-	c.Close()
+`, c.td[:1], listen, inbound, apiID)
+		if i == 0 {
+			e.agB, e.polB, e.logB, e.outbound = ag, pol, logs, listen
+		} else {
+			e.logC, e.outboundC = logs, listen
+		}
+	}
+	e.logA = crossProxy(t, nodes[0], dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+access_log: stdout
+outbound:
+%s`, e.agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+	for _, addr := range []string{e.outbound, e.outboundC} {
+		if addr != "" {
+			c, _ := e.waitRoundTo(t, addr, 60*time.Second)
+			c.Close()
+		}
+	}
 	return e
 }
 
-// waitRound retries a round trip through both proxies (bounded).
+// waitRound retries a round trip through A's and B's proxies (bounded).
 func (e *xcEnv) waitRound(t *testing.T, within time.Duration) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	return e.waitRoundTo(t, e.outbound, within)
+}
+
+// waitRoundTo retries a round trip through A's outbound listener addr
+// (bounded).
+func (e *xcEnv) waitRoundTo(t *testing.T, addr string, within time.Duration) (net.Conn, *bufio.Reader) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
-		conn, r, err := crossRound(e.outbound)
+		conn, r, err := crossRound(addr)
 		if err == nil {
 			return conn, r
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no cross-cluster round trip: %v\nproxy A:\n%s\nproxy B:\n%s", err, tail(e.logA.String(), 3000), tail(e.logB.String(), 3000))
+			t.Fatalf("no cross-cluster round trip through %s: %v\nproxy A:\n%s\nproxy B:\n%s%s", addr, err,
+				tail(e.logA.String(), 3000), tail(e.logB.String(), 3000), e.logCTail())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-// revokeAndWait runs `ward revoke` of A's client in A and returns how long
-// until conn (open into B) is closed, failing past the issue's 2 s.
-func (e *xcEnv) revokeAndWait(t *testing.T, conn net.Conn, r *bufio.Reader) time.Duration {
+func (e *xcEnv) logCTail() string {
+	if e.logC == nil {
+		return ""
+	}
+	return "\nproxy C:\n" + tail(e.logC.String(), 3000)
+}
+
+// openConn is a connection of A's client open into another cluster.
+type openConn struct {
+	c    net.Conn
+	r    *bufio.Reader
+	into string // the cluster, for messages
+}
+
+// revokeAndWait runs `ward revoke` of A's client in A and returns, per
+// connection (open into other clusters), how long until it was closed,
+// failing past the issue's 2 s.
+func (e *xcEnv) revokeAndWait(t *testing.T, conns ...openConn) []time.Duration {
 	t.Helper()
 	t0 := time.Now()
 	e.a.ward(t, "revoke", "--spiffe-id", e.clientID)
-	conn.SetReadDeadline(t0.Add(2 * time.Second))
-	_, err := r.ReadString('\n')
-	d := time.Since(t0)
-	if ne, ok := err.(net.Error); ok && ne.Timeout() {
-		t.Fatalf("the open connection into B was not closed within 2s of ward revoke in A\nproxy B:\n%s", tail(e.logB.String(), 3000))
+	ds := make([]time.Duration, len(conns))
+	errc := make(chan error, len(conns))
+	for i, oc := range conns {
+		go func() {
+			oc.c.SetReadDeadline(t0.Add(2 * time.Second))
+			_, err := oc.r.ReadString('\n')
+			ds[i] = time.Since(t0)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				errc <- fmt.Errorf("the open connection into %s was not closed within 2s of ward revoke in A", oc.into)
+				return
+			}
+			errc <- nil
+		}()
 	}
-	return d
+	for range conns {
+		if err := <-errc; err != nil {
+			t.Fatalf("%v\nproxy B:\n%s%s", err, tail(e.logB.String(), 3000), e.logCTail())
+		}
+	}
+	return ds
 }
 
 // TestCrossClusterPolicyAndRevocation: A's workload calls B's service
@@ -218,7 +333,7 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 	if line, err := r.ReadString('\n'); err != nil || line != "echo again\n" {
 		t.Fatalf("open connection before the revoke: %q %v", line, err)
 	}
-	t.Logf("ward revoke in A -> open connection into B closed: %s", e.revokeAndWait(t, conn, r))
+	t.Logf("ward revoke in A -> open connection into B closed: %s", e.revokeAndWait(t, openConn{conn, r, "B"})[0])
 	if c2, _, err := crossRound(e.outbound); err == nil {
 		c2.Close()
 		t.Fatal("a new connection of the revoked client into B was allowed")
@@ -283,7 +398,7 @@ func TestBenchCrossClusterRevocation(t *testing.T) {
 	var ds []time.Duration
 	for i := range runs {
 		conn, r := e.waitRound(t, 30*time.Second)
-		d := e.revokeAndWait(t, conn, r)
+		d := e.revokeAndWait(t, openConn{conn, r, "B"})[0]
 		conn.Close()
 		ds = append(ds, d)
 		fmt.Printf("run %2d: ward revoke in A -> connection into B closed in %s\n", i+1, d.Round(100*time.Microsecond))

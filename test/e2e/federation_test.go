@@ -149,8 +149,23 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 		t.Fatalf("a workload of B without federates_with validated A's SVID:\n%s", out)
 	}
 
-	// An intermediate rotation in A: the bundle (roots) is unchanged and
-	// not one cross-cluster handshake fails.
+	pos = rotateUnderTraffic(t, a, cli, pos, b)
+
+	authorityOutage(t, a, b, cli, pos, false, nil)
+}
+
+// rotateUnderTraffic rotates A's intermediate, then A's root, while cli (a
+// go-spiffe client in a federated cluster calling a server of A, a fresh
+// handshake each round) keeps calling, and fails on any failed round from
+// pos on; it returns the new position in cli's output.
+//
+// An intermediate rotation leaves the bundle (roots) unchanged. The root
+// is rotated the way federation needs it: the new root is published first
+// (--prepare), the peers fetch it (their refresh, here asked for at once)
+// and hand it to their workloads, and only then does A activate it;
+// afterwards A's server presents a chain to the new root.
+func rotateUnderTraffic(t *testing.T, a *cluster, cli *workload, pos int, peers ...*cluster) int {
+	t.Helper()
 	a.ward(t, "ca", "rotate")
 	from := pos
 	pos = waitOKs(t, cli, pos, 20)
@@ -158,14 +173,11 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 		t.Fatalf("%d cross-cluster rounds failed across A's intermediate rotation, last: %s", n, last)
 	}
 
-	// A root rotation in A under steady cross-cluster traffic, the way
-	// federation needs it: the new root is published first (--prepare), B
-	// fetches it (its refresh, here asked for at once) and hands it to its
-	// workloads, and only then does A activate it. Not one handshake fails,
-	// and afterwards A's server presents a chain to the new root.
 	f0 := fields(cli.output()[pos-1])
 	a.ward(t, "ca", "rotate", "--root", "--prepare")
-	b.ward(t, "federation", "refresh", "a.example")
+	for _, p := range peers {
+		p.ward(t, "federation", "refresh", a.td)
+	}
 	from = pos
 	_, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroots"] == "2" })
 	a.ward(t, "ca", "rotate", "--root")
@@ -173,39 +185,53 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed across A's root rotation, last: %s", n, last)
 	}
+	return pos
+}
 
-	// A's authority goes down: B cannot refresh, says so, keeps A's last
-	// good bundle, and the workloads keep talking (the agents serve from
-	// what they hold).
-	a.s.stop()
-	res := ward(t, b.s.addr, "", "federation", "refresh", "a.example")
+// authorityOutage takes A's authority down (SIGTERM, or with kill SIGKILL)
+// while cli (a go-spiffe client in B calling a server of A) keeps calling:
+// B cannot refresh, says so, keeps A's last good bundle, and not one round
+// fails (the agents serve from what they hold). Then A is restarted and
+// unsealed: its relationship with B is still there, B refreshes from it
+// again and the rounds go on. whileDown (if not nil) runs while A is down.
+// It returns the new position in cli's output.
+func authorityOutage(t *testing.T, a, b *cluster, cli *workload, pos int, kill bool, whileDown func()) int {
+	t.Helper()
+	if kill {
+		a.s.kill()
+	} else {
+		a.s.stop()
+	}
+	res := ward(t, b.s.addr, "", "federation", "refresh", a.td)
 	if res.code == 0 || !strings.Contains(res.stderr, "last good bundle stays in use") {
 		t.Fatalf("refresh with A down: exit %d, %s", res.code, res.stderr)
 	}
-	show := b.ward(t, "federation", "show", "a.example")
+	show := b.ward(t, "federation", "show", a.td)
 	if !strings.Contains(show, "Last error:") || strings.Contains(show, "Bundle sequence:  none") {
 		t.Fatalf("ward federation show in B with A down:\n%s", show)
 	}
-	from = pos
+	from := pos
 	pos = waitOKs(t, cli, pos, 10)
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed while A's authority was down, last: %s", n, last)
 	}
+	if whileDown != nil {
+		whileDown()
+	}
 
-	// A restarted and unsealed: nothing lost — its own relationship with B
-	// is still there, and B refreshes from it again.
 	a.s.start()
 	a.s.unseal(a.shares[:3])
-	if out := a.ward(t, "federation", "list"); !strings.Contains(out, "b.example") {
+	if out := a.ward(t, "federation", "list"); !strings.Contains(out, b.td) {
 		t.Fatalf("A lost its relationship with B across a restart:\n%s", out)
 	}
-	b.ward(t, "federation", "refresh", "a.example")
-	if show := b.ward(t, "federation", "show", "a.example"); strings.Contains(show, "Last error:") {
+	b.ward(t, "federation", "refresh", a.td)
+	if show := b.ward(t, "federation", "show", a.td); strings.Contains(show, "Last error:") {
 		t.Fatalf("B still shows an error after A came back:\n%s", show)
 	}
 	from = pos
-	waitOKs(t, cli, pos, 5)
+	pos = waitOKs(t, cli, pos, 5)
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed after A came back, last: %s", n, last)
 	}
+	return pos
 }

@@ -46,9 +46,9 @@ func TestCrossClusterThroughGateway(t *testing.T) {
 	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
 	agB.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
 
-	app := echoServer(t)
+	app := echoServer(t, "")
 	inbound, gw, gwAdmin, outbound := netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t)
-	logB := crossProxy(t, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
+	logB := crossProxy(t, nil, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
 inbound:
@@ -79,7 +79,7 @@ routes:
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stopProcess(gcmd) })
-	logA := crossProxy(t, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
+	logA := crossProxy(t, nil, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
 outbound:
