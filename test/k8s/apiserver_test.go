@@ -33,7 +33,7 @@ import (
 
 // storedPrefix starts every value the apiserver's KMS v2 provider named
 // "ward" writes to etcd.
-const storedPrefix = "k8s:enc:kmsv2:v1:ward:"
+const storedPrefix = "k8s:enc:kms:v2:ward:"
 
 // kubeAPIServer returns the real kube-apiserver binary: $WARD_KUBE_APISERVER,
 // else the one scripts/kube-apiserver.sh builds (or finds in its cache).
@@ -54,7 +54,9 @@ func kubeAPIServer(t *testing.T) string {
 		}
 		t.Skip(msg)
 	}
-	t.Logf("%s", strings.TrimSpace(stderr.String()))
+	if msg := strings.TrimSpace(stderr.String()); msg != "" {
+		t.Logf("%s", msg)
+	}
 	return strings.TrimSpace(string(out))
 }
 

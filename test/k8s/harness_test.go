@@ -53,6 +53,7 @@ type authority struct {
 	t      testing.TB
 	addr   string
 	shares []string
+	state  string // the CLI's state dir (audit checkpoints), one per authority
 	logs   *syncbuf.Buffer
 	cmd    *exec.Cmd
 }
@@ -67,7 +68,7 @@ func startAuthority(t testing.TB, dir string) *authority {
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a := &authority{t: t, addr: "unix://" + filepath.Join(dir, "admin.sock"), logs: &syncbuf.Buffer{}}
+	a := &authority{t: t, addr: "unix://" + filepath.Join(dir, "admin.sock"), state: filepath.Join(dir, "cli-state"), logs: &syncbuf.Buffer{}}
 	a.cmd = exec.Command(wardBin, "server", "--config", path)
 	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
 	if err := a.cmd.Start(); err != nil {
@@ -119,7 +120,9 @@ func (a *authority) ward(stdin string, args ...string) string {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, wardBin, args...)
-	cmd.Env = append(os.Environ(), "WARD_ADDRESS="+a.addr)
+	// Each test authority is new under the same trust domain: its audit
+	// checkpoints go to its own state dir, never the user's.
+	cmd.Env = append(os.Environ(), "WARD_ADDRESS="+a.addr, "WARD_STATE_DIR="+a.state)
 	cmd.Stdin = strings.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

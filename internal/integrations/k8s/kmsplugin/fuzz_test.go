@@ -15,7 +15,7 @@ func FuzzCheckDecrypt(f *testing.F) {
 	f.Add(ct, KeyID("k8s/etcd", v), "", []byte(nil))
 	f.Add(ct, "ward:k8s/etcd:2", "a.example.com", []byte("x"))
 	f.Add([]byte("wKMS\x01\x02\x01a\x00\x00\x00\x01"), "ward:a:1", "", []byte(nil))
-	f.Add([]byte("k8s:enc:kmsv2:v1:"), "", "", []byte(nil))
+	f.Add([]byte("k8s:enc:kms:v2:"), "", "", []byte(nil))
 	f.Fuzz(func(t *testing.T, ct []byte, keyID, annKey string, annVal []byte) {
 		var ann map[string][]byte
 		if annKey != "" {
