@@ -123,6 +123,7 @@ type xcEnv struct {
 	outbound string // A's listener to B's api
 	// outboundC is A's listener to C's api ("" with two clusters).
 	outboundC        string
+	inboundB, appB   string // B's inbound proxy listener and the app behind it
 	polB             string
 	logA, logB, logC *syncbuf.Buffer
 }
@@ -215,7 +216,7 @@ access_log: stdout
     server_id: %s
 `, c.td[:1], listen, inbound, apiID)
 		if i == 0 {
-			e.agB, e.polB, e.logB, e.outbound = ag, pol, logs, listen
+			e.agB, e.polB, e.logB, e.outbound, e.inboundB, e.appB = ag, pol, logs, listen, inbound, app
 		} else {
 			e.logC, e.outboundC = logs, listen
 		}
