@@ -64,6 +64,9 @@ type EndpointConfig struct {
 	// OnWitnessRefused counts a refused client of WitnessPath by reason
 	// (as OnRevocationRefused).
 	OnWitnessRefused func(reason string)
+	// OnConnRefused counts a connection closed at accept for being over a
+	// limit, by reason (RefusedEndpoint*; endpointlimits.go).
+	OnConnRefused func(reason string)
 }
 
 // Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
@@ -80,6 +83,8 @@ type Endpoint struct {
 	interID string // CA key ID of the certificate's intermediate
 	web     *tls.Certificate
 	webMod  time.Time
+
+	slots peerSlots // authenticated requests in progress per peer
 }
 
 type caSource struct{ c *ca.CA }
@@ -167,10 +172,11 @@ func (e *Endpoint) Start() error {
 		}
 		srv := &http.Server{Handler: e.handler, TLSConfig: tc, ReadHeaderTimeout: 10 * time.Second,
 			ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10,
-			ErrorLog: slog.NewLogLogger(e.cfg.Log.Handler(), slog.LevelDebug)}
+			ErrorLog: slog.NewLogLogger(e.cfg.Log.Handler(), slog.LevelDebug), ConnState: endpointConnState}
 		e.srvs = append(e.srvs, srv)
 		e.addrs[x.p] = ln.Addr()
-		go func() { _ = srv.Serve(tls.NewListener(ln, tc)) }()
+		lln := newLimitListener(ln, e.cfg.Log, e.cfg.OnConnRefused)
+		go func() { _ = srv.Serve(tls.NewListener(lln, tc)) }()
 		e.cfg.Log.Info("bundle endpoint listening", "profile", string(x.p), "address", ln.Addr().String(), "spiffe_id", e.cfg.ServerID.String())
 	}
 	return nil
@@ -255,9 +261,14 @@ func (e *Endpoint) SVID() (*x509svid.SVID, error) {
 // federated trust domain (spiffe://<td>/ward/server), verified with that
 // trust domain's bundle and nothing else.
 func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
-	if _, ok := e.peer(w, r, "revocation channel", e.cfg.OnRevocationRefused); !ok {
+	id, ok := e.peer(w, r, "revocation channel", e.cfg.OnRevocationRefused)
+	if !ok {
 		return
 	}
+	if !e.peerSlot(w, r, id.TrustDomain(), "revocation channel", "revocations", maxLongPollsPerPeer, e.cfg.OnRevocationRefused) {
+		return
+	}
+	defer e.slots.give(id.TrustDomain(), "revocations")
 	var err error
 	q := r.URL.Query()
 	var after uint64
@@ -278,6 +289,11 @@ func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
 	rev, err := e.cfg.Revocations.Revocations(ctx, after)
 	if err != nil {
 		http.Error(w, "revocations unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	// The relationship may have been removed (or the peer's bundle may
+	// have dropped the key of its certificate) during the wait.
+	if _, ok := e.peer(w, r, "revocation channel", e.cfg.OnRevocationRefused); !ok {
 		return
 	}
 	rev.DenyList = OwnOnly(e.cfg.CA.TrustDomain(), rev.DenyList)
@@ -331,6 +347,10 @@ func (e *Endpoint) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	if !e.peerSlot(w, r, id.TrustDomain(), "audit witness", "witness", maxWitnessPerPeer, e.cfg.OnWitnessRefused) {
+		return
+	}
+	defer e.slots.give(id.TrustDomain(), "witness")
 	var from uint64
 	if f := r.URL.Query().Get("from"); f != "" {
 		var err error

@@ -94,7 +94,8 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed,
 			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() },
 			Checkpoints:         newAuditSource(st.audit), Cosignatures: id.fed.CosignatureOf,
-			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() }})
+			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() },
+			OnConnRefused:    func(reason string) { s.metrics.bundleEndpointRefused.WithLabelValues(reason).Inc() }})
 		if err == nil {
 			err = id.bep.Start()
 		}

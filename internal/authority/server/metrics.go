@@ -28,6 +28,9 @@ type metrics struct {
 	revocationRefused *prometheus.CounterVec
 	// witnessRefused counts refused clients of the audit witness endpoint.
 	witnessRefused *prometheus.CounterVec
+	// bundleEndpointRefused counts bundle endpoint connections closed at
+	// accept for being over a limit.
+	bundleEndpointRefused *prometheus.CounterVec
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -79,13 +82,17 @@ func newMetrics(s *Server) *metrics {
 	}, []string{"reason"})
 	m.revocationRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ward", Name: "federation_revocation_clients_refused_total",
-		Help: "Clients of the cross-cluster revocation channel refused, by reason (no_client_certificate, not_federated, not_a_server).",
+		Help: "Clients of the cross-cluster revocation channel refused, by reason (no_client_certificate, not_federated, not_a_server, busy).",
 	}, []string{"reason"})
 	m.witnessRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ward", Name: "federation_witness_clients_refused_total",
-		Help: "Clients asking for this authority's audit checkpoint (audit witnesses) refused, by reason (no_client_certificate, not_federated, not_a_server).",
+		Help: "Clients asking for this authority's audit checkpoint (audit witnesses) refused, by reason (no_client_certificate, not_federated, not_a_server, busy).",
 	}, []string{"reason"})
-	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused, m.witnessRefused)
+	m.bundleEndpointRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "ward", Name: "federation_bundle_endpoint_connections_refused_total",
+		Help: "Bundle endpoint connections closed at accept for being over a connection limit, by reason (per_source, per_source_pending, max_connections).",
+	}, []string{"reason"})
+	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused, m.witnessRefused, m.bundleEndpointRefused)
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
