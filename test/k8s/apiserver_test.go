@@ -184,7 +184,9 @@ func tail(s string, n int) string {
 // key version while old ones still read; a sealed authority makes the
 // plugin unhealthy with the reason while reads of cached DEKs go on; it
 // recovers after unseal; a restarted apiserver (empty DEK cache) reads
-// objects under both versions through the plugin's Decrypt.
+// objects under both versions through the plugin's Decrypt; rewriting
+// every Secret moves all of them to the new version, after which the
+// key's minimum decrypt version is raised and everything still reads.
 func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	bin := kubeAPIServer(t)
 	dir := t.TempDir()
@@ -304,6 +306,43 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 		t.Fatalf("s4 under %q", id)
 	}
 	get("s4", "plaintext-marker-four")
+
+	// Migration (the documented equivalent of a rewrap: replace every
+	// Secret unchanged; KMS v2 marks an object under an old key_id stale, so
+	// the apiserver writes it again under the current seed): afterwards
+	// every Secret in etcd is under version 2, so the key's minimum decrypt
+	// version can be raised to 2 and a restarted apiserver (empty DEK
+	// cache, version 1 now refused by the authority) still reads them all.
+	all, err := api.client.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range all.Items {
+		if _, err := api.client.CoreV1().Secrets(all.Items[i].Namespace).Update(ctx, &all.Items[i], metav1.UpdateOptions{}); err != nil {
+			t.Fatalf("rewrite %s: %v", all.Items[i].Name, err)
+		}
+	}
+	r, err := ec.Get(ctx, "/registry/secrets/", clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Kvs) != len(all.Items) || len(r.Kvs) < 5 {
+		t.Fatalf("%d secrets in etcd, %d listed", len(r.Kvs), len(all.Items))
+	}
+	for _, kv := range r.Kvs {
+		name := string(kv.Key[len("/registry/secrets/default/"):])
+		if id := raw(name, "plaintext-marker"); id != "ward:k8s/etcd:2" {
+			t.Fatalf("after the rewrite, %s is under %q", name, id)
+		}
+	}
+	a.ward("", "key", "config", "k8s/etcd", "--min-decrypt-version", "2")
+	api.restart()
+	for name, pt := range map[string]string{"s1": "plaintext-marker-one", "s2": "plaintext-marker-two", "s3": "plaintext-marker-three", "s4": "plaintext-marker-four"} {
+		get(name, pt)
+	}
+	if got, err := secrets.List(ctx, metav1.ListOptions{}); err != nil || len(got.Items) != len(all.Items) {
+		t.Fatalf("list after raising the minimum decrypt version: %v", err)
+	}
 
 	// Every call reached the authority as a KMS caller and was audited:
 	// the log names the key and the context key (its value is HMACed),
