@@ -297,6 +297,8 @@ type RevocationClient struct {
 	SVID func() (*x509svid.SVID, error)
 	// Wait is the long-poll's wait (default and at most MaxRevocationWait).
 	Wait time.Duration
+
+	sleep func(context.Context, time.Duration) // tests: replaces pause's timer
 }
 
 // RunRevocations follows the revocations of every federated trust domain
@@ -354,7 +356,18 @@ func (m *Manager) RunRevocations(ctx context.Context, c RevocationClient) {
 func (m *Manager) followRevocations(ctx context.Context, rel Relationship, c RevocationClient) {
 	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
 	backoff := minBackoff
+	var budget pollBudget
+	throttled := false
 	for ctx.Err() == nil {
+		if d := budget.take(m.opts.Clock()); d > 0 {
+			if !throttled {
+				throttled = true
+				m.opts.Log.Warn("federation: the revocation channel answers faster than it is polled; polling it at most once per "+revocationRefill.String()+" (a peer that answers every long-poll at once is broken or hostile)",
+					"trust_domain", rel.TrustDomain.Name(), "burst", revocationBurst)
+			}
+			c.pause(ctx, d)
+			continue
+		}
 		body, err := m.pollRevocations(ctx, rel, c)
 		if err == nil {
 			err = m.AcceptRevocations(ctx, rel.TrustDomain, body)
