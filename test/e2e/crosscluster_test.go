@@ -149,11 +149,16 @@ func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
 	}
 	nodes := make([]*netns.Node, len(tds))
 	cs := make([]*cluster, len(tds))
+	fedExtra := ""
+	if nw != nil {
+		// After a partition heals, refreshes are retried from 1s.
+		fedExtra = "  refresh_min: 1s\n"
+	}
 	for i, td := range tds {
 		if nw != nil {
 			nodes[i] = nw.AddNode(td[:1])
 		}
-		cs[i] = startClusterIn(t, nodes[i], td, "")
+		cs[i] = startClusterIn(t, nodes[i], td, fedExtra)
 	}
 	for _, x := range cs {
 		for _, y := range cs {

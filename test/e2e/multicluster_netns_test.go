@@ -27,13 +27,17 @@ import (
 //     A → C): not one fails.
 //  5. `ward revoke` in A closes the revoked client's open connections into
 //     B and C within 2 s and refuses new ones; a revoke in A naming B's
-//     identity is refused. (Run before 4: the client is restored after.)
+//     identity is refused. (Run before 3 and 4, while every
+//     revocation channel is connected; the client is restored after.)
+//  3. A partitioned (its link down): B cannot refresh and keeps A's last
+//     good bundle; after healing, B's refresher catches up with no manual
+//     step, a connection open across the partition carries on and new
+//     rounds succeed.
 //  4. A's authority killed: A's agent serves from its cache and B keeps
 //     accepting A's still-valid SVIDs (no failed round); A restarted and
 //     unsealed has lost nothing (entries, keys, relationships, policy
 //     version), and the traffic goes on.
 //
-// Scenario 3 (partition and heal) is TestFederationAcrossNetworkNamespaces.
 // Root only (network namespaces); skipped otherwise.
 func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 	if testing.Short() {
@@ -109,6 +113,43 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 			conn, _ := e.waitRoundTo(t, addr, 30*time.Second)
 			conn.Close()
 		}
+	})
+	ok = ok && t.Run("3-partition-heal", func(t *testing.T) {
+		// An open connection of A's client into B, and B's bundle of A.
+		conn, r := e.waitRoundTo(t, e.outbound, 10*time.Second)
+		defer conn.Close()
+		good := fedShow(t, b, "a.example")
+
+		// Partition A: B cannot refresh and keeps the last good bundle.
+		a.ns.Partition()
+		res := ward(t, b.s.addr, "", "federation", "refresh", "a.example")
+		if res.code == 0 || !strings.Contains(res.stderr, "last good bundle stays in use") {
+			t.Fatalf("refresh with A partitioned: exit %d, %s", res.code, res.stderr)
+		}
+		during := fedShow(t, b, "a.example")
+		if during.LastError == "" || during.BundleSpiffeJSON != good.BundleSpiffeJSON {
+			t.Fatalf("during the partition B shows error %q, same bundle %v", during.LastError, during.BundleSpiffeJSON == good.BundleSpiffeJSON)
+		}
+
+		// Heal: B's refresher (refresh_min 1s, doubling) clears the error
+		// on its own, the open connection (its SVIDs still valid) carries
+		// on and new rounds succeed.
+		a.ns.Heal()
+		deadline := time.Now().Add(90 * time.Second)
+		for fedShow(t, b, "a.example").LastError != "" {
+			if time.Now().After(deadline) {
+				t.Fatalf("B's refresher did not catch up after healing: %+v", fedShow(t, b, "a.example"))
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+		conn.SetDeadline(time.Now().Add(30 * time.Second))
+		if _, err := fmt.Fprintf(conn, "after the partition\n"); err != nil {
+			t.Fatal(err)
+		}
+		if line, err := r.ReadString('\n'); err != nil || line != "echo after the partition\n" {
+			t.Fatalf("the connection open across the partition: %q %v", line, err)
+		}
+		pos = waitOKs(t, cli, len(cli.output()), 5)
 	})
 	_ = ok && t.Run("4-authority-killed", func(t *testing.T) {
 		// What A holds before: entries, a key and a ciphertext under it,
@@ -231,4 +272,20 @@ func startTraffic(t *testing.T, addrs ...string) *traffic {
 		t.Logf("%d cross-cluster proxy rounds (each a new handshake) during %s, none failed", tr.rounds, during)
 	}
 	return tr
+}
+
+type fedStatus struct {
+	LastError        string `json:"lastError"`
+	BundleSpiffeJSON string `json:"bundleSpiffeJson"`
+	Sequence         string `json:"sequence"`
+}
+
+func fedShow(t *testing.T, c *cluster, td string) fedStatus {
+	t.Helper()
+	var st fedStatus
+	out := c.ward(t, "federation", "show", td, "--json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("ward federation show --json: %v\n%s", err, out)
+	}
+	return st
 }
