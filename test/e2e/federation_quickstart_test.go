@@ -54,17 +54,7 @@ func TestFederationQuickstart(t *testing.T) {
 			})
 			allowed = true
 		case strings.Contains(code, "/stream &"):
-			at := sh.offset()
-			if _, _, ok := sh.run(cmd, time.Minute); !ok {
-				t.Fatalf("%s: did not return", cmd)
-			}
-			deadline := time.Now().Add(time.Minute)
-			for strings.Count(sh.since(at), "stream line ") < 2 {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: the stream delivered no lines:\n%s", cmd, sh.since(at))
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+			sh.startStream(t, cmd)
 			streamed = true
 		case strings.HasPrefix(comment, "revoked"):
 			if !streamed {

@@ -55,17 +55,7 @@ func TestMeshQuickstart(t *testing.T) {
 			}
 			denied = true
 		case strings.HasSuffix(code, "&"):
-			at := sh.offset()
-			if _, _, ok := sh.run(cmd, time.Minute); !ok {
-				t.Fatalf("%s: did not return", cmd)
-			}
-			deadline := time.Now().Add(time.Minute)
-			for strings.Count(sh.since(at), "stream line ") < 2 {
-				if time.Now().After(deadline) {
-					t.Fatalf("%s: the stream delivered no lines:\n%s", cmd, sh.since(at))
-				}
-				time.Sleep(100 * time.Millisecond)
-			}
+			sh.startStream(t, cmd)
 			streamed = true
 		case strings.Contains(code, "ward revoke"):
 			if !streamed {
@@ -122,5 +112,23 @@ func (s *docShell) retry(t *testing.T, cmd string, done func(out string, rc int)
 			t.Fatalf("%s: never showed what its comment says (last exit %d):\n%s", cmd, rc, out)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// startStream runs a command that starts a stream in the background (a
+// curl of the demo app's /stream) and waits (bounded) until it delivered
+// two lines.
+func (s *docShell) startStream(t *testing.T, cmd string) {
+	t.Helper()
+	at := s.offset()
+	if _, _, ok := s.run(cmd, time.Minute); !ok {
+		t.Fatalf("%s: did not return", cmd)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for strings.Count(s.since(at), "stream line ") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: the stream delivered no lines:\n%s", cmd, s.since(at))
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
