@@ -37,6 +37,8 @@ type Client struct {
 	CA       wardv1.CAClient
 	// Federation manages federation relationships with foreign trust domains.
 	Federation wardv1.FederationClient
+	// Catalog manages exported services (docs/gateway.md).
+	Catalog wardv1.CatalogClient
 	// PolicyDistribution streams policy versions as they change.
 	PolicyDistribution wardv1.PolicyDistributionClient
 }
@@ -125,7 +127,7 @@ func Dial(address string, opts ...Option) (*Client, error) {
 		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
 		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn),
 		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn),
-		Federation: wardv1.NewFederationClient(conn)}, nil
+		Federation: wardv1.NewFederationClient(conn), Catalog: wardv1.NewCatalogClient(conn)}, nil
 }
 
 // Close closes the connection.

@@ -97,6 +97,7 @@ func Register(g *grpc.Server, lc Lifecycle, us Unsealed, opts Options) {
 	wardv1.RegisterAgentsServer(g, &agentsService{a: a})
 	wardv1.RegisterCAServer(g, &caService{a: a})
 	wardv1.RegisterFederationServer(g, &federationService{a: a})
+	wardv1.RegisterCatalogServer(g, &catalogService{fed: &federationService{a: a}})
 }
 
 // api is what every service shares.

@@ -37,6 +37,9 @@ type Server struct {
 	// Federation configures the bundle endpoint and declared federation
 	// relationships (federation.go).
 	Federation Federation `yaml:"federation"`
+	// Services are the services this trust domain exports through its
+	// gateways (services.go, docs/gateway.md).
+	Services Services `yaml:"services"`
 }
 
 // Storage selects the backend.
@@ -202,6 +205,9 @@ func (c *Server) Validate() error {
 		return err
 	}
 	if err := c.Identity.validate(); err != nil {
+		return err
+	}
+	if err := c.Services.validate(c.TrustDomain); err != nil {
 		return err
 	}
 	if err := c.Federation.validate(c.TrustDomain); err != nil {

@@ -52,7 +52,8 @@ type EndpointConfig struct {
 	Revocations RevocationSource
 	Peers       x509bundle.Source
 	// OnRevocationRefused counts a refused client of the revocation channel
-	// by reason (no_client_certificate, not_federated, not_a_server).
+	// (and the catalog channel) by reason (no_client_certificate,
+	// not_federated, not_a_server).
 	OnRevocationRefused func(reason string)
 	// Checkpoints, when set, is this authority's audit log, served at
 	// WitnessPath of the https_spiffe endpoint to the server IDs of
@@ -67,6 +68,9 @@ type EndpointConfig struct {
 	// OnConnRefused counts a connection closed at accept for being over a
 	// limit, by reason (RefusedEndpoint*; endpointlimits.go).
 	OnConnRefused func(reason string)
+	// Catalog, when set with Revocations, is served at CatalogPath to the
+	// same clients (catalog.go).
+	Catalog CatalogSource
 }
 
 // Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
@@ -133,6 +137,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 		}
 		if cfg.Checkpoints != nil {
 			mux.HandleFunc(WitnessPath, e.serveCheckpoint)
+		}
+		if cfg.Catalog != nil {
+			mux.HandleFunc(CatalogPath, e.serveCatalog)
 		}
 		e.handler = mux
 	}

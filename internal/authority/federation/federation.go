@@ -201,6 +201,10 @@ type Options struct {
 	// OwnLog, if set, is this authority's audit log, checked against the
 	// cosignatures its peers made on it.
 	OwnLog CheckpointSource
+	// OnCatalog is called after the services catalog changed (this trust
+	// domain's, or the one received from td), with the audit fields:
+	// publish it (policystore.RefreshRemote).
+	OnCatalog func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string)
 }
 
 func (o *Options) setDefaults() error {
@@ -261,6 +265,8 @@ type Manager struct {
 	witnessSVID func() (*x509svid.SVID, error)
 	witnessWake chan struct{}
 	ownAlert    map[spiffeid.TrustDomain]*WitnessAlert
+	// cat is the services catalog, local and received (catalog.go).
+	cat *catalogState
 }
 
 type counters struct {
@@ -278,7 +284,7 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 		stats: map[spiffeid.TrustDomain]*counters{}, remote: map[spiffeid.TrustDomain]received{},
 		revErr: map[spiffeid.TrustDomain]string{}, witness: map[spiffeid.TrustDomain]*witnessState{},
 		cosigned: map[spiffeid.TrustDomain]cosignedRecord{}, witnessWake: make(chan struct{}, 1),
-		ownAlert: map[spiffeid.TrustDomain]*WitnessAlert{}}
+		ownAlert: map[spiffeid.TrustDomain]*WitnessAlert{}, cat: newCatalogState()}
 	if err := m.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -299,6 +305,9 @@ func (m *Manager) Reload(ctx context.Context) error {
 		return err
 	}
 	if err := m.loadWitness(ctx); err != nil {
+		return err
+	}
+	if err := m.loadCatalogs(ctx); err != nil {
 		return err
 	}
 	m.mu.Lock()
@@ -566,6 +575,9 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 				return errs.Errorf(errs.Unavailable, "%w: deleting %s: %v", ErrUnavailable, k, err)
 			}
 		}
+		if err := m.forgetCatalog(ctx, td); err != nil {
+			return err
+		}
 		m.mu.Lock()
 		delete(m.witness, td)
 		delete(m.cosigned, td)
@@ -581,6 +593,9 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 	if err == nil && hadRevocations && m.opts.OnRevocations != nil {
 		// Its section leaves the next policy version.
 		m.opts.OnRevocations(ctx, td, map[string]string{"trust_domain": td.Name(), "removed": "true"})
+	}
+	if err == nil && m.opts.OnCatalog != nil {
+		m.opts.OnCatalog(ctx, td, map[string]string{"trust_domain": td.Name(), "removed": "true"})
 	}
 	return err
 }

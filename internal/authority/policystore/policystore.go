@@ -24,6 +24,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
@@ -77,6 +78,7 @@ type Store struct {
 	principals PrincipalsFunc
 	tainted    func() []string
 	remote     func() map[string]policy.DenyList
+	services   func() map[string][]catalog.Service
 	td         string
 }
 
@@ -103,6 +105,13 @@ func WithTaintedKeys(f func() []string) Option { return func(s *Store) { s.taint
 // identities (federation's revocation channel), by trust domain.
 func WithRemoteDenyLists(f func() map[string]policy.DenyList) Option {
 	return func(s *Store) { s.remote = f }
+}
+
+// WithServices makes every new version carry the services catalog f
+// reports (this trust domain's exported services and those federated
+// trust domains sent), by trust domain.
+func WithServices(f func() map[string][]catalog.Service) Option {
+	return func(s *Store) { s.services = f }
 }
 
 // WithTrustDomain is the authority's own trust domain: Revoke refuses
@@ -243,6 +252,12 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 			next.Bundle.RemoteDenyLists = s.remote()
 		case cur != nil:
 			next.Bundle.RemoteDenyLists = cur.Bundle.RemoteDenyLists
+		}
+		switch {
+		case s.services != nil:
+			next.Bundle.Services = s.services()
+		case cur != nil:
+			next.Bundle.Services = cur.Bundle.Services
 		}
 		if s.principals != nil {
 			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
@@ -527,6 +542,48 @@ func (s *Store) RefreshRemote(ctx context.Context, actor string, fields map[stri
 		return Version{Actor: actor, Comment: "remote deny-lists changed", Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: cur.Bundle.DenyList}}, nil
 	})
 	return next.Number, err
+}
+
+// RefreshServices stores a new version with the current policies and
+// deny-list when the services catalog (WithServices) differs from the
+// current version's; otherwise, or with no policy applied yet (the first
+// version carries it), it does nothing and returns 0.
+func (s *Store) RefreshServices(ctx context.Context, actor string, fields map[string]string) (_ uint64, err error) {
+	defer func() { err = classify(err) }()
+	if s.services == nil {
+		return 0, nil
+	}
+	cur, err := s.Current(ctx)
+	if err != nil || cur == 0 {
+		return 0, err
+	}
+	v, err := s.Get(ctx, cur)
+	if err != nil {
+		return 0, err
+	}
+	if sameServices(v.Bundle.Services, s.services()) {
+		return 0, nil
+	}
+	next, err := s.commit(ctx, "policy.services", fields, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		return Version{Actor: actor, Comment: "services catalog changed", Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: cur.Bundle.DenyList}}, nil
+	})
+	return next.Number, err
+}
+
+func sameServices(a, b map[string][]catalog.Service) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, x := range a {
+		y, ok := b[td]
+		if !ok || !catalog.Equal(x, y) {
+			return false
+		}
+	}
+	return true
 }
 
 func sameRemote(a, b map[string]policy.DenyList) bool {

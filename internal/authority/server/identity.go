@@ -91,7 +91,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	if be := fc.BundleEndpoint; be.Address != "" || be.WebAddress != "" {
 		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
 			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation"),
-			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed,
+			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed, Catalog: id.fed,
 			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() },
 			Checkpoints:         newAuditSource(st.audit), Cosignatures: id.fed.CosignatureOf,
 			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() },
@@ -117,7 +117,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(5)
+	id.wg.Add(6)
 	go func() {
 		defer id.wg.Done()
 		id.fed.RunRevocations(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
@@ -125,6 +125,10 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	go func() {
 		defer id.wg.Done()
 		id.fed.RunWitness(jobCtx, federation.WitnessClient{SVID: svidEP.SVID, Interval: time.Duration(fc.WitnessInterval)})
+	}()
+	go func() {
+		defer id.wg.Done()
+		id.fed.RunCatalogs(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
 	}()
 	go func() {
 		defer id.wg.Done()
@@ -198,7 +202,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
 		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer,
-		OwnLog: newAuditSource(st.audit)})
+		OwnLog: newAuditSource(st.audit), OnCatalog: s.onCatalog(st)})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}
@@ -227,6 +231,9 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 		decl = append(decl, r)
 	}
 	if err := m.Declare(ctx, decl, boot); err != nil {
+		return nil, err
+	}
+	if err := s.declareServices(ctx, m); err != nil {
 		return nil, err
 	}
 	return m, nil

@@ -331,7 +331,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		return err
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)),
-		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithTrustDomain(s.cfg.TrustDomain))
+		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain))
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The
 	// caller of the unseal is the caller of what it does (ca.init).

@@ -7,6 +7,8 @@ import (
 	"math/big"
 	"sort"
 	"strings"
+
+	"github.com/wardproject/ward/internal/shared/catalog"
 )
 
 // DenyList refuses identities before any policy is evaluated. It travels
@@ -144,6 +146,10 @@ type Bundle struct {
 	// for their own identities, by trust domain (remote.go): each refuses
 	// only peers of its trust domain.
 	RemoteDenyLists map[string]DenyList `json:"remote_deny_lists,omitempty"`
+	// Services is the catalog of exported services by trust domain (this
+	// one's and those federated authorities sent, services.go): proxies
+	// resolve `service: name@td` with it, gateways their routes.
+	Services map[string][]catalog.Service `json:"services,omitempty"`
 }
 
 // Principal is what the authority knows about one workload identity.
@@ -211,6 +217,9 @@ func (s *Schema) CompileBundle(b Bundle) (*Set, error) {
 		}
 	}
 	if set, err = set.withRemote(b.RemoteDenyLists); err != nil {
+		return nil, err
+	}
+	if set, err = set.withServices(b.Services); err != nil {
 		return nil, err
 	}
 	set.principals = b.Principals

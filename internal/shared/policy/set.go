@@ -11,6 +11,8 @@ import (
 
 	cedar "github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
+
+	"github.com/wardproject/ward/internal/shared/catalog"
 )
 
 // Reasons used when no policy decided. They contain spaces, which policy
@@ -154,6 +156,8 @@ type Set struct {
 	deny    *denySet
 	// remote are the remote deny-lists by trust domain (remote.go).
 	remote map[string]*denySet
+	// services is the catalog of exported services (services.go).
+	services map[string][]catalog.Service
 	// principals fill in Labels and Groups of requests that carry none.
 	principals map[string]Principal
 

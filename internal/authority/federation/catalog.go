@@ -1,0 +1,583 @@
+package federation
+
+// The services catalog (docs/gateway.md). This trust domain's exported
+// services (`ward service export`, or the server config) are stored behind
+// the barrier under one key with a sequence that only grows, every change
+// audited. Federated authorities follow it like the revocations: a
+// long-poll on the https_spiffe bundle endpoint (CatalogPath), mTLS between
+// server IDs, each side verified with the other's federated bundle only.
+// What is received is checked (the publisher's own services only, bounded
+// size, sequence never backwards), audited, stored behind the barrier (a
+// partitioned authority keeps the last catalog it received) and carried,
+// with the local catalog, in every policy version this authority pushes
+// (policy.Bundle.Services), so agents, proxies and gateways get it over
+// the policy stream they already follow.
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/catalog"
+	"github.com/wardproject/ward/internal/shared/errs"
+)
+
+const (
+	// CatalogPath is where the https_spiffe bundle endpoint serves this
+	// trust domain's exported services to federated authorities (mTLS).
+	CatalogPath = "/ward/federation/v1/catalog"
+	// MaxCatalogUpdate bounds one catalog (bytes of JSON).
+	MaxCatalogUpdate = 512 << 10
+
+	catalogLocalKey     = "catalog/local"
+	catalogRemotePrefix = "federation-catalog/"
+	catalogHeader       = "Ward-Catalog"
+)
+
+// Catalog is one trust domain's exported services at a sequence.
+type Catalog struct {
+	TrustDomain string            `json:"trust_domain"`
+	Sequence    uint64            `json:"sequence"`
+	Services    []catalog.Service `json:"services"`
+}
+
+// CatalogSource publishes this trust domain's catalog: it returns it once
+// its sequence is above after, or the current one when ctx ends first.
+type CatalogSource interface {
+	WaitCatalog(ctx context.Context, after uint64) (Catalog, error)
+}
+
+// LocalService is an exported service of this trust domain and where its
+// export comes from (SourceAPI or SourceConfig).
+type LocalService struct {
+	catalog.Service
+	Source string `json:"source"`
+}
+
+// localCatalog is what is stored under catalogLocalKey.
+type localCatalog struct {
+	Sequence uint64         `json:"sequence"`
+	Services []LocalService `json:"services"`
+}
+
+type receivedCatalog struct {
+	Catalog
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// catalogState is the Manager's catalog memory (Manager.cat).
+type catalogState struct {
+	mu      sync.Mutex
+	local   localCatalog
+	changed chan struct{} // closed and replaced when local changes
+	remote  map[spiffeid.TrustDomain]receivedCatalog
+	errs    map[spiffeid.TrustDomain]string
+
+	defGateway, defForwardHost string
+}
+
+func newCatalogState() *catalogState {
+	return &catalogState{changed: make(chan struct{}), remote: map[spiffeid.TrustDomain]receivedCatalog{},
+		errs: map[spiffeid.TrustDomain]string{}}
+}
+
+func catalogRemoteKey(td spiffeid.TrustDomain) string { return catalogRemotePrefix + td.Name() }
+
+// loadCatalogs reads the stored local and received catalogs (Reload).
+func (m *Manager) loadCatalogs(ctx context.Context) error {
+	var local localCatalog
+	kv, err := m.opts.Store.Get(ctx, catalogLocalKey)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+	case err != nil:
+		return errs.Errorf(errs.Unavailable, "%w: reading the services catalog: %v", ErrUnavailable, err)
+	default:
+		if err := json.Unmarshal(kv.Value, &local); err != nil {
+			return fmt.Errorf("federation: the stored services catalog does not parse: %w", err)
+		}
+	}
+	kvs, err := m.opts.Store.List(ctx, catalogRemotePrefix)
+	if err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: listing received catalogs: %v", ErrUnavailable, err)
+	}
+	c := m.cat
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if local.Sequence > c.local.Sequence {
+		c.local = local
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+	for _, kv := range kvs {
+		var r receivedCatalog
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			m.opts.Log.Error("skipping a stored catalog", "key", kv.Key, "err", err)
+			continue
+		}
+		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+		if err != nil || catalogRemoteKey(td) != kv.Key {
+			m.opts.Log.Error("skipping a stored catalog", "key", kv.Key, "trust_domain", r.TrustDomain)
+			continue
+		}
+		if old, ok := c.remote[td]; ok && old.Sequence > r.Sequence {
+			continue
+		}
+		c.remote[td] = r
+	}
+	return nil
+}
+
+// LocalServices returns this trust domain's exported services and the
+// catalog's sequence.
+func (m *Manager) LocalServices() ([]LocalService, uint64) {
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	return append([]LocalService(nil), m.cat.local.Services...), m.cat.local.Sequence
+}
+
+// WaitCatalog implements CatalogSource with this trust domain's catalog
+// (forward addresses left out: they stay inside the trust domain).
+func (m *Manager) WaitCatalog(ctx context.Context, after uint64) (Catalog, error) {
+	for {
+		m.cat.mu.Lock()
+		local, ch := m.cat.local, m.cat.changed
+		m.cat.mu.Unlock()
+		if local.Sequence > after || ctx.Err() != nil {
+			svcs := make([]catalog.Service, len(local.Services))
+			for i, s := range local.Services {
+				svcs[i] = s.Service
+			}
+			return Catalog{TrustDomain: m.opts.TrustDomain.Name(), Sequence: local.Sequence, Services: catalog.Public(svcs)}, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// ExportService adds or replaces the exported service s.Name of this trust
+// domain (audited "catalog.export"; source is SourceAPI or SourceConfig; a
+// service declared in the config is only changed by the config).
+func (m *Manager) ExportService(ctx context.Context, s catalog.Service, source string) error {
+	td := m.opts.TrustDomain.Name()
+	if err := catalog.CheckOne(td, s); err != nil {
+		return errs.Errorf(errs.Invalid, "%v", err)
+	}
+	if s.Forward == "" {
+		return errs.Errorf(errs.Invalid, "service %s: no forward address (the inbound proxy listener its gateway forwards to)", s.Name)
+	}
+	fields := map[string]string{"service": s.Name, "spiffe_id": s.SPIFFEID, "gateway": s.Gateway, "forward": s.Forward, "source": source}
+	return m.changeCatalog(ctx, "catalog.export", fields, func(l *localCatalog) (bool, error) {
+		for i, old := range l.Services {
+			if old.Name != s.Name {
+				continue
+			}
+			if old.Source == SourceConfig && source != SourceConfig {
+				return false, errs.Errorf(errs.Precondition, "service %s is exported by the server config: change it there and restart", s.Name)
+			}
+			if old.Service == s && old.Source == source {
+				return false, nil
+			}
+			l.Services[i] = LocalService{Service: s, Source: source}
+			return true, nil
+		}
+		if len(l.Services) >= catalog.MaxServices {
+			return false, errs.Errorf(errs.Precondition, "the catalog holds %d services, the limit", catalog.MaxServices)
+		}
+		l.Services = append(l.Services, LocalService{Service: s, Source: source})
+		return true, nil
+	})
+}
+
+// UnexportService removes the exported service name (audited
+// "catalog.unexport"). force allows removing one declared in the config
+// (the server does, for services no longer in it).
+func (m *Manager) UnexportService(ctx context.Context, name string, force bool) error {
+	return m.changeCatalog(ctx, "catalog.unexport", map[string]string{"service": name}, func(l *localCatalog) (bool, error) {
+		for i, old := range l.Services {
+			if old.Name == name {
+				if old.Source == SourceConfig && !force {
+					return false, errs.Errorf(errs.Precondition, "service %s is exported by the server config: remove it there and restart", name)
+				}
+				l.Services = append(l.Services[:i], l.Services[i+1:]...)
+				return true, nil
+			}
+		}
+		return false, errs.Errorf(errs.NotFound, "%w: no exported service %s (ward service list)", ErrNotFound, name)
+	})
+}
+
+// changeCatalog applies fn to the stored local catalog (compare-and-swap,
+// so authorities sharing a store never lose a change nor reuse a
+// sequence), audited, and publishes the new catalog.
+func (m *Manager) changeCatalog(ctx context.Context, op string, fields map[string]string, fn func(*localCatalog) (bool, error)) error {
+	var changed bool
+	err := m.audited(ctx, op, fields, func() error {
+		for range 10 {
+			var l localCatalog
+			var rev int64
+			kv, err := m.opts.Store.Get(ctx, catalogLocalKey)
+			switch {
+			case errors.Is(err, store.ErrNotFound):
+			case err != nil:
+				return errs.Errorf(errs.Unavailable, "%w: reading the services catalog: %v", ErrUnavailable, err)
+			default:
+				if err := json.Unmarshal(kv.Value, &l); err != nil {
+					return fmt.Errorf("federation: the stored services catalog does not parse: %w", err)
+				}
+				rev = kv.Revision
+			}
+			ok, err := fn(&l)
+			if err != nil || !ok {
+				return err
+			}
+			l.Sequence++
+			fields["sequence"] = strconv.FormatUint(l.Sequence, 10)
+			v, err := json.Marshal(l)
+			if err != nil {
+				return err
+			}
+			if _, err := m.opts.Store.CompareAndSwap(ctx, catalogLocalKey, v, rev); errors.Is(err, store.ErrConflict) {
+				continue
+			} else if err != nil {
+				return errs.Errorf(errs.Unavailable, "%w: storing the services catalog: %v", ErrUnavailable, err)
+			}
+			m.cat.mu.Lock()
+			if l.Sequence > m.cat.local.Sequence {
+				m.cat.local = l
+				close(m.cat.changed)
+				m.cat.changed = make(chan struct{})
+			}
+			m.cat.mu.Unlock()
+			changed = true
+			return nil
+		}
+		return errs.Errorf(errs.Unavailable, "%w: the services catalog kept changing under %s; retry", ErrUnavailable, op)
+	})
+	if err == nil && changed && m.opts.OnCatalog != nil {
+		m.opts.OnCatalog(ctx, m.opts.TrustDomain, fields)
+	}
+	return err
+}
+
+// Services returns the catalog every policy version carries: this trust
+// domain's services (with their forward addresses) and the last catalog
+// received from every federated trust domain.
+func (m *Manager) Services() map[string][]catalog.Service {
+	m.mu.Lock()
+	federated := map[spiffeid.TrustDomain]bool{}
+	for td := range m.entries {
+		federated[td] = true
+	}
+	m.mu.Unlock()
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	out := map[string][]catalog.Service{}
+	if len(m.cat.local.Services) > 0 {
+		svcs := make([]catalog.Service, len(m.cat.local.Services))
+		for i, s := range m.cat.local.Services {
+			svcs[i] = s.Service
+		}
+		if got, err := catalog.Check(m.opts.TrustDomain.Name(), svcs); err == nil {
+			out[m.opts.TrustDomain.Name()] = got
+		}
+	}
+	for td, r := range m.cat.remote {
+		if federated[td] && len(r.Services) > 0 {
+			out[td.Name()] = r.Services
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return out
+}
+
+// CatalogStatus is the state of the catalog channel with one trust domain.
+type CatalogStatus struct {
+	Sequence   uint64
+	Has        bool
+	ReceivedAt time.Time
+	Services   []catalog.Service
+	LastError  string
+}
+
+// RemoteCatalog returns the catalog channel's state with td.
+func (m *Manager) RemoteCatalog(td spiffeid.TrustDomain) CatalogStatus {
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	r, ok := m.cat.remote[td]
+	return CatalogStatus{Sequence: r.Sequence, Has: ok, ReceivedAt: r.ReceivedAt, Services: r.Services, LastError: m.cat.errs[td]}
+}
+
+func (m *Manager) setCatalogErr(td spiffeid.TrustDomain, e string) {
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	if e == "" {
+		delete(m.cat.errs, td)
+	} else {
+		m.cat.errs[td] = e
+	}
+}
+
+// forgetCatalog drops what td sent (its relationship was removed).
+func (m *Manager) forgetCatalog(ctx context.Context, td spiffeid.TrustDomain) error {
+	if err := m.opts.Store.Delete(ctx, catalogRemoteKey(td)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return errs.Errorf(errs.Unavailable, "%w: deleting the received catalog: %v", ErrUnavailable, err)
+	}
+	m.cat.mu.Lock()
+	delete(m.cat.remote, td)
+	delete(m.cat.errs, td)
+	m.cat.mu.Unlock()
+	return nil
+}
+
+// AcceptCatalog checks a catalog received from td's authority, audits it
+// (accepted or refused: one whose audit event cannot be written is not
+// installed), stores it and, when it changed, calls Options.OnCatalog.
+// Refused: a catalog over MaxCatalogUpdate or catalog.MaxServices, one
+// that does not parse, one for another trust domain or naming another
+// trust domain's identities, a bad service name or gateway address, a
+// sequence older than the last accepted one (a replay, or a peer rolled
+// back), the same sequence with other content.
+func (m *Manager) AcceptCatalog(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
+	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
+	m.cat.mu.Lock()
+	prev, hasPrev := m.cat.remote[td]
+	m.cat.mu.Unlock()
+	_, federated := m.get(td)
+	if hasPrev {
+		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
+	}
+	refuse := func(format string, args ...any) error {
+		err := errs.Errorf(errs.Denied, "federation: catalog from %s refused: "+format, append([]any{td.Name()}, args...)...)
+		ev := m.event(ctx, "federation.catalog", audit.ResultDenied, fields)
+		ev.Error = err.Error()
+		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
+			m.opts.Log.Error("could not audit a refused catalog", "trust_domain", td.Name(), "err", aerr)
+		}
+		m.opts.Log.Warn("refused the catalog of a federated authority", "trust_domain", td.Name(), "err", err)
+		m.setCatalogErr(td, err.Error())
+		return err
+	}
+	if !federated {
+		return refuse("no federation relationship with %s", td.Name())
+	}
+	if len(body) > MaxCatalogUpdate {
+		return refuse("catalog of %d bytes or more, the limit is %d", len(body), MaxCatalogUpdate)
+	}
+	var u Catalog
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		return refuse("catalog does not parse: %v", err)
+	}
+	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
+	if u.TrustDomain != td.Name() {
+		return refuse("the catalog is for trust domain %q; this channel is with %s, which can only export its own services", u.TrustDomain, td.Name())
+	}
+	for _, s := range u.Services {
+		if s.Forward != "" {
+			return refuse("service %s carries a forward address (only the gateway's address crosses trust domains)", s.Name)
+		}
+	}
+	svcs, err := catalog.Check(td.Name(), u.Services)
+	if err != nil {
+		return refuse("%v", err)
+	}
+	names := make([]string, len(svcs))
+	for i, s := range svcs {
+		names[i] = s.Name + "=" + s.SPIFFEID + "@" + s.Gateway
+	}
+	fields["services"] = fmt.Sprint(names)
+	switch {
+	case hasPrev && u.Sequence < prev.Sequence:
+		return refuse("sequence %d is older than %d, already received (a replayed catalog, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
+	case hasPrev && u.Sequence == prev.Sequence:
+		if catalog.Equal(svcs, prev.Services) {
+			m.setCatalogErr(td, "")
+			return nil
+		}
+		return refuse("sequence %d was already received with other content", u.Sequence)
+	}
+	changed := !hasPrev || !catalog.Equal(svcs, prev.Services)
+	fields["changed"] = strconv.FormatBool(changed)
+	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.catalog", audit.ResultOK, fields)); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: catalog from %s not installed, its audit event could not be written: %v", ErrUnavailable, td.Name(), err)
+	}
+	r := receivedCatalog{Catalog: Catalog{TrustDomain: td.Name(), Sequence: u.Sequence, Services: svcs}, ReceivedAt: m.opts.Clock().UTC()}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := m.opts.Store.Put(ctx, catalogRemoteKey(td), v); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: storing the catalog from %s: %v", ErrUnavailable, td.Name(), err)
+	}
+	m.cat.mu.Lock()
+	m.cat.remote[td] = r
+	m.cat.mu.Unlock()
+	m.setCatalogErr(td, "")
+	m.opts.Log.Info("catalog received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
+		"services", len(svcs), "changed", changed)
+	if changed && m.opts.OnCatalog != nil {
+		m.opts.OnCatalog(ctx, td, fields)
+	}
+	return nil
+}
+
+// RunCatalogs follows the catalog of every federated trust domain whose
+// relationship uses https_spiffe, over its bundle endpoint, until ctx ends
+// (authenticated like the revocation channel).
+func (m *Manager) RunCatalogs(ctx context.Context, c RevocationClient) {
+	if c.Wait <= 0 || c.Wait > MaxRevocationWait {
+		c.Wait = MaxRevocationWait
+	}
+	type poller struct {
+		rel    Relationship
+		cancel context.CancelFunc
+	}
+	running := map[spiffeid.TrustDomain]*poller{}
+	var wg sync.WaitGroup
+	defer func() {
+		for _, p := range running {
+			p.cancel()
+		}
+		wg.Wait()
+	}()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		want := map[spiffeid.TrustDomain]Relationship{}
+		for _, st := range m.List() {
+			if st.Profile == ProfileSPIFFE {
+				want[st.TrustDomain] = st.Relationship
+			}
+		}
+		for td, p := range running {
+			if r, ok := want[td]; !ok || r != p.rel {
+				p.cancel()
+				delete(running, td)
+			}
+		}
+		for td, r := range want {
+			if running[td] != nil {
+				continue
+			}
+			pctx, cancel := context.WithCancel(ctx)
+			running[td] = &poller{rel: r, cancel: cancel}
+			wg.Add(1)
+			go func() { defer wg.Done(); m.followCatalog(pctx, r, c) }()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (m *Manager) followCatalog(ctx context.Context, rel Relationship, c RevocationClient) {
+	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
+	backoff := minBackoff
+	for ctx.Err() == nil {
+		body, err := m.pollCatalog(ctx, rel, c)
+		if err == nil {
+			err = m.AcceptCatalog(ctx, rel.TrustDomain, body)
+		} else if ctx.Err() == nil {
+			m.setCatalogErr(rel.TrustDomain, err.Error())
+			m.opts.Log.Debug("catalog channel", "trust_domain", rel.TrustDomain.Name(), "err", err)
+		}
+		if err == nil {
+			backoff = minBackoff
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, maxBackoff)
+	}
+}
+
+// pollCatalog asks rel's endpoint for a catalog newer than the last
+// received, presenting this authority's server SVID and requiring the
+// endpoint's SPIFFE ID, verified with the peer's own bundle only.
+func (m *Manager) pollCatalog(ctx context.Context, rel Relationship, c RevocationClient) ([]byte, error) {
+	e, ok := m.get(rel.TrustDomain)
+	if !ok || e.bundle == nil {
+		return nil, fmt.Errorf("no bundle of %s yet", rel.TrustDomain)
+	}
+	st := m.RemoteCatalog(rel.TrustDomain)
+	u, err := url.Parse(rel.EndpointURL)
+	if err != nil {
+		return nil, err
+	}
+	u.Path, u.RawQuery = CatalogPath, url.Values{"wait": {c.Wait.String()}}.Encode()
+	if st.Has {
+		u.RawQuery += "&after=" + strconv.FormatUint(st.Sequence, 10)
+	}
+	tc := tlsconfig.MTLSClientConfig(svidFunc(c.SVID), e.bundle, tlsconfig.AuthorizeID(rel.EndpointID))
+	client := &http.Client{
+		Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true, TLSHandshakeTimeout: m.opts.FetchTimeout},
+		Timeout:   c.Wait + m.opts.FetchTimeout,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return errors.New("the catalog channel does not follow redirects")
+		},
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), http.NoBody)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("catalog of %s: %w", rel.TrustDomain, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxCatalogUpdate+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading the catalog of %s: %w", rel.TrustDomain, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("catalog channel of %s answered %s: %.200q", rel.TrustDomain, resp.Status, bytes.TrimSpace(body))
+	}
+	if resp.Header.Get(catalogHeader) != "1" {
+		return nil, fmt.Errorf("the bundle endpoint of %s serves no ward catalog (not a ward authority?)", rel.TrustDomain)
+	}
+	return body, nil
+}
+
+// SetServiceDefaults sets what an export without them gets: the gateway
+// address (services.gateway) and the host of a forward given as a port
+// (services.forward_host, default 127.0.0.1).
+func (m *Manager) SetServiceDefaults(gateway, forwardHost string) {
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	m.cat.defGateway, m.cat.defForwardHost = gateway, forwardHost
+}
+
+// ServiceDefaults returns what SetServiceDefaults set.
+func (m *Manager) ServiceDefaults() (gateway, forwardHost string) {
+	m.cat.mu.Lock()
+	defer m.cat.mu.Unlock()
+	if m.cat.defForwardHost == "" {
+		return m.cat.defGateway, "127.0.0.1"
+	}
+	return m.cat.defGateway, m.cat.defForwardHost
+}
+
+// TrustDomain is this authority's own trust domain.
+func (m *Manager) TrustDomain() spiffeid.TrustDomain { return m.opts.TrustDomain }
