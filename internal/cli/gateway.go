@@ -35,6 +35,11 @@ SIGTERM or SIGINT drains open connections (up to drain_timeout) and exits.`,
 			if err != nil {
 				return err
 			}
+			if check && cfg.CatalogSocket != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (routes: the exported services of %s in the services catalog from %s, proxy_protocol %s)\n",
+					cfgPath, cfg.TrustDomain, cfg.CatalogSocket, cfg.CatalogProxyProtocol)
+				return nil
+			}
 			if check {
 				fmt.Fprintf(cmd.OutOrStdout(), "%s: valid (%d routes)\n", cfgPath, len(cfg.Routes))
 				for _, r := range cfg.Routes {

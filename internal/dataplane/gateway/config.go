@@ -72,6 +72,15 @@ type Config struct {
 
 	// Routes are the exported services: nothing else is routable.
 	Routes []Route `yaml:"routes"`
+	// CatalogSocket is the node agent's policy socket (unix:///path): the
+	// routes are then this trust domain's exported services in the
+	// services catalog the policy stream carries (`ward service export`),
+	// replaced as it changes; routes must be empty. The socket gives the
+	// gateway no key: it reads policy versions, nothing else.
+	CatalogSocket string `yaml:"catalog_socket"`
+	// CatalogProxyProtocol is the proxy_protocol of the catalog's routes
+	// (none or v2, default none).
+	CatalogProxyProtocol string `yaml:"catalog_proxy_protocol"`
 }
 
 // Route is one exported service and the inbound proxy listener its
@@ -146,6 +155,9 @@ func (c *Config) defaults() {
 	if c.AccessLog == "" {
 		c.AccessLog = "stderr"
 	}
+	if c.CatalogProxyProtocol == "" {
+		c.CatalogProxyProtocol = ProxyProtocolNone
+	}
 	for i := range c.Routes {
 		if c.Routes[i].ProxyProtocol == "" {
 			c.Routes[i].ProxyProtocol = ProxyProtocolNone
@@ -195,8 +207,21 @@ func (c *Config) Validate() error {
 			bad("%s must be positive", d.name)
 		}
 	}
-	if len(c.Routes) == 0 {
-		bad("no routes: add the services this cluster exports under routes (service, forward)")
+	switch {
+	case c.CatalogSocket != "":
+		if p, ok := strings.CutPrefix(c.CatalogSocket, "unix://"); !ok || !strings.HasPrefix(p, "/") {
+			bad("catalog_socket %q: give the node agent's policy socket as unix:///path", c.CatalogSocket)
+		}
+		if len(c.Routes) > 0 {
+			bad("routes and catalog_socket exclude each other: with catalog_socket the routes are the exported services of the catalog (ward service export)")
+		}
+		switch c.CatalogProxyProtocol {
+		case ProxyProtocolNone, ProxyProtocolV2:
+		default:
+			bad("catalog_proxy_protocol %q: use none or v2", c.CatalogProxyProtocol)
+		}
+	case len(c.Routes) == 0:
+		bad("no routes: add the services this cluster exports under routes (service, forward), or follow the services catalog with catalog_socket")
 	}
 	seen := map[string]bool{}
 	for i := range c.Routes {

@@ -29,7 +29,10 @@ const PeerIdentityNote = "unknown to the gateway: TLS passes through it untermin
 // and admin endpoints.
 type Gateway struct {
 	cfg    *Config
-	routes map[string]*Route // by SNI name
+	routes atomic.Pointer[routeTable]
+	// catalog follows the agent's policy stream for the routes
+	// (catalog_socket; catalog.go), nil with configured routes.
+	catalog *catalogSource
 	log    *slog.Logger
 	access *slog.Logger
 	m      *metrics
@@ -70,15 +73,11 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 	}
 	g := &Gateway{
 		cfg:     cfg,
-		routes:  map[string]*Route{},
 		sem:     make(chan struct{}, cfg.MaxConnections),
 		limits:  netsource.NewLimits(cfg.MaxConnectionsPerSource, cfg.MaxPendingPerSource),
 		started: make(chan struct{}),
 		conns:   map[*conn]struct{}{},
 		addrs:   map[string]net.Addr{},
-	}
-	for i := range cfg.Routes {
-		g.routes[cfg.Routes[i].sni] = &cfg.Routes[i]
 	}
 	for _, o := range opts {
 		o(g)
@@ -93,7 +92,16 @@ func New(cfg *Config, opts ...Option) (*Gateway, error) {
 		}
 		g.access = slog.New(slog.NewJSONHandler(w, nil))
 	}
-	g.m = newMetrics(cfg.Routes)
+	g.m = newMetrics()
+	if cfg.CatalogSocket == "" {
+		g.setRoutes(cfg.Routes)
+	} else {
+		cs, err := newCatalogSource(cfg.CatalogSocket, g.log)
+		if err != nil {
+			return nil, err
+		}
+		g.catalog = cs
+	}
 	return g, nil
 }
 
@@ -138,6 +146,12 @@ func (g *Gateway) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if g.catalog != nil {
+		cctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); g.followCatalog(cctx) }()
+		defer func() { cancel(); <-done }()
+	}
 	g.mu.Lock()
 	g.listener = l
 	g.addrs["listen"] = l.Addr()
@@ -146,10 +160,14 @@ func (g *Gateway) Run(ctx context.Context) error {
 	go func() { defer close(acceptDone); g.acceptLoop(l) }()
 	close(g.started)
 	var names []string
-	for _, r := range g.cfg.Routes {
+	for _, r := range g.table().list {
 		names = append(names, r.sni+" -> "+r.Forward)
 	}
-	g.log.Info("gateway started", "listen", l.Addr().String(), "routes", names)
+	if g.catalog != nil {
+		g.log.Info("gateway started; routes follow the services catalog", "listen", l.Addr().String(), "catalog_socket", g.cfg.CatalogSocket)
+	} else {
+		g.log.Info("gateway started", "listen", l.Addr().String(), "routes", names)
+	}
 	<-ctx.Done()
 	g.drain()
 	<-acceptDone
@@ -338,7 +356,7 @@ func (g *Gateway) serve(c *conn, raw net.Conn) {
 		g.refuse(c, ReasonNoSNI, "the ClientHello names no server (server_name extension absent): the gateway routes by SNI only")
 		return
 	}
-	rt := g.routes[hello.ServerName]
+	rt := g.table().bySNI[hello.ServerName]
 	if rt == nil {
 		g.refuse(c, ReasonUnknown, fmt.Sprintf("no route for server name %q: this gateway exports only %s", hello.ServerName, g.routeNames()))
 		return
@@ -394,8 +412,11 @@ func (g *Gateway) refuse(c *conn, reason, text string) {
 
 func (g *Gateway) routeNames() string {
 	var names []string
-	for _, r := range g.cfg.Routes {
+	for _, r := range g.table().list {
 		names = append(names, r.sni)
+	}
+	if len(names) == 0 {
+		return "no service"
 	}
 	return strings.Join(names, ", ")
 }
@@ -534,7 +555,10 @@ func (g *Gateway) readiness() (bool, string) {
 	default:
 		return false, "starting"
 	}
-	return true, fmt.Sprintf("ready: %d route(s): %s", len(g.cfg.Routes), g.routeNames())
+	if g.catalog != nil && !g.catalog.received.Load() {
+		return false, "waiting for the services catalog on " + g.cfg.CatalogSocket + lastErr(g.catalog)
+	}
+	return true, fmt.Sprintf("ready: %d route(s): %s", len(g.table().list), g.routeNames())
 }
 
 func (g *Gateway) startAdmin() error {

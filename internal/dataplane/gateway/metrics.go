@@ -30,9 +30,10 @@ type metrics struct {
 	refused     *prometheus.CounterVec
 	helloBytes  prometheus.Histogram
 	helloSecond prometheus.Histogram
+	routes      *prometheus.GaugeVec
 }
 
-func newMetrics(routes []Route) *metrics {
+func newMetrics() *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ward_gateway_connections_open",
 		Help: "Forwarded connections currently open, by route (service)."}, []string{"route"})
@@ -48,21 +49,27 @@ func newMetrics(routes []Route) *metrics {
 	m.helloSecond = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ward_gateway_route_seconds",
 		Help:    "From accept to the ClientHello forwarded to the route's inbound proxy (read, parse, dial, write).",
 		Buckets: []float64{5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 5e-3, 0.025, 0.1, 1}})
-	routesGauge := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ward_gateway_route_info",
+	m.routes = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ward_gateway_route_info",
 		Help: "The configured routes (1 each): service, the SNI name it answers and its forward address."}, []string{"route", "sni", "forward"})
-	for _, c := range []prometheus.Collector{m.open, m.total, m.bytes, m.refused, m.helloBytes, m.helloSecond, routesGauge,
+	for _, c := range []prometheus.Collector{m.open, m.total, m.bytes, m.refused, m.helloBytes, m.helloSecond, m.routes,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{})} {
 		m.reg.MustRegister(c)
 	}
 	for _, r := range refusalReasons {
 		m.refused.WithLabelValues(r)
 	}
+	return m
+}
+
+// setRoutes makes ward_gateway_route_info list routes and their series
+// present.
+func (m *metrics) setRoutes(routes []*Route) {
+	m.routes.Reset()
 	for _, r := range routes {
-		routesGauge.WithLabelValues(r.Service, r.sni, r.Forward).Set(1)
+		m.routes.WithLabelValues(r.Service, r.sni, r.Forward).Set(1)
 		m.total.WithLabelValues(r.Service)
 		m.open.WithLabelValues(r.Service)
 		m.bytes.WithLabelValues(r.Service, "in")
 		m.bytes.WithLabelValues(r.Service, "out")
 	}
-	return m
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/sniname"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
@@ -143,6 +144,25 @@ type Outbound struct {
 	// name the gateway routes by. Exclusive with ServerName; the server
 	// must still present ServerID.
 	GatewayService string `yaml:"gateway_service"`
+	// Service names an exported service instead of remote and server_id:
+	// name@trust domain (e.g. payments@b.example). The proxy resolves it in
+	// the services catalog of its policy stream (policy_socket): the
+	// cluster's gateway is the remote, the SNI is the gateway's name of the
+	// service and the server must present the SPIFFE ID the catalog names
+	// (docs/gateway.md).
+	Service string `yaml:"service"`
+	// Failover lists further trust domains exporting the same service, in
+	// order of preference: a new connection goes to the first cluster
+	// that is not down (connect or handshake failed within failover_hold).
+	Failover []string `yaml:"failover"`
+	// FailoverHold is how long a cluster that failed is skipped before it
+	// is tried again (default 2s); traffic returns to a preferred cluster
+	// at most this long after it is back.
+	FailoverHold yamlconf.Duration `yaml:"failover_hold"`
+
+	ref       catalog.Ref
+	failovers []string
+	down      *downSet
 }
 
 // SNI is the server name the listener sends: ServerName, or the gateway
@@ -319,6 +339,15 @@ func (c *Config) Validate() error {
 		f := fmt.Sprintf("outbound[%d] (%s)", i, out.Name)
 		checkName("outbound", out.Name)
 		checkListen(f+".listen", out.Listen)
+		if out.Service != "" {
+			if err := c.checkService(out); err != nil {
+				bad("%s: %v", f, err)
+			}
+			continue
+		}
+		if len(out.Failover) > 0 || out.FailoverHold != 0 {
+			bad("%s: failover and failover_hold go with service (name@trust domain)", f)
+		}
 		if _, _, err := net.SplitHostPort(out.Remote); err != nil {
 			bad("%s.remote %q: give host:port of the remote ward proxy", f, out.Remote)
 		}

@@ -24,6 +24,10 @@ type connState struct {
 	client   string // remote address of the connecting side (the original source behind a gateway's PROXY v2 header)
 	via      string // accept_proxy_v2: the gateway's address the connection came through
 	viaID    string // accept_proxy_v2: the gateway's connection id (its access log's id)
+	// service: outbound listeners naming a service, the service@cluster
+	// reached and how many clusters failed before it.
+	service   string
+	failovers int
 
 	mu      sync.Mutex
 	closers []io.Closer

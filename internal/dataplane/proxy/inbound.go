@@ -223,6 +223,9 @@ func (p *Proxy) logAccess(c *connState) {
 	if c.via != "" {
 		attrs = append(attrs, slog.String("via_gateway", c.via), slog.String("gateway_id", c.viaID))
 	}
+	if c.service != "" {
+		attrs = append(attrs, slog.String("service", c.service), slog.Int("failovers", c.failovers))
+	}
 	if c.req.CertSerial != "" {
 		attrs = append(attrs, slog.String("peer_serial", c.req.CertSerial))
 	}

@@ -22,6 +22,7 @@ type metrics struct {
 	policyVersion   prometheus.Gauge
 	policyLoaded    prometheus.Gauge
 	policyErrors    prometheus.Counter
+	serviceDials    *prometheus.CounterVec
 }
 
 func newMetrics(svidExpiry func() float64) *metrics {
@@ -46,6 +47,9 @@ func newMetrics(svidExpiry func() float64) *metrics {
 	m.decisionSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ward_proxy_decision_seconds",
 		Help:    "Time to decide a connection against the policy.",
 		Buckets: []float64{1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3, 1e-2}})
+	m.serviceDials = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_service_attempts_total",
+		Help: "Attempts of outbound listeners naming a service (service: name@td) to reach one of its clusters, by listener, cluster (trust domain) and result (ok, dial_failed, handshake_failed, skipped_down)."},
+		[]string{"listener", "cluster", "result"})
 	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_connections_rejected_total",
 		Help: "Connections refused before the handshake or the app dial, by reason (max_connections, per_source, per_source_handshakes, draining, dial_app, dial_remote)."},
 		[]string{"listener", "reason"})
@@ -58,7 +62,7 @@ func newMetrics(svidExpiry func() float64) *metrics {
 	m.policyErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "ward_proxy_policy_load_errors_total",
 		Help: "Policy updates rejected (the previous set stays in force)."})
 	for _, c := range []prometheus.Collector{m.open, m.total, m.bytes, m.handshakeFail, m.tlsVersion, m.decisions, m.dryRun,
-		m.decisionSeconds, m.rejected, m.policyClosed, m.policyVersion, m.policyLoaded, m.policyErrors} {
+		m.decisionSeconds, m.rejected, m.policyClosed, m.policyVersion, m.policyLoaded, m.policyErrors, m.serviceDials} {
 		f(c)
 	}
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ward_proxy_svid_expiry_seconds",
