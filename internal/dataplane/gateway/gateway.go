@@ -33,9 +33,9 @@ type Gateway struct {
 	// catalog follows the agent's policy stream for the routes
 	// (catalog_socket; catalog.go), nil with configured routes.
 	catalog *catalogSource
-	log    *slog.Logger
-	access *slog.Logger
-	m      *metrics
+	log     *slog.Logger
+	access  *slog.Logger
+	m       *metrics
 
 	sem    chan struct{}
 	limits *netsource.Limits
