@@ -13,6 +13,7 @@ SIZE_MB=${SIZE_MB:-1024}
 FILES=${FILES:-10000}
 AGE_VERSION=${AGE_VERSION:-latest}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+. "$ROOT/bench/lib.sh"
 WORK=$(mktemp -d "${WORKDIR:-${TMPDIR:-/tmp}}/ward-bench.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 BIN="$WORK/bin"
@@ -84,6 +85,18 @@ awk -v c="$CORES" -v r="$RAW1" -v b="$BYTES" -v e="$t_wen" -v d="$t_wdn" -v ae="
   printf "library  vs %d x single-core AES-GCM: encrypt %.0f%%, decrypt %.0f%%\n", c, 100*le/(c*r), 100*ld/(c*r)
   printf "ward vs age: encrypt %.1fx, decrypt %.1fx (to /dev/null)\n", ae/e, ad/d }'
 
+
+# Rows of bench/run.sh's summary table (issue 17, gap 4).
+AGEV=$("$BIN/age" --version 2>/dev/null || echo "?")
+x=$(ratio "$t_ae" "$t_we"); summary "encrypt ${SIZE_MB} MiB file -> file" "${t_we} s (fsync)" "age $AGEV ${t_ae} s (no fsync)" "$x" ">= 1.5x age" "$(met "$x" '>=' 1.5)"
+x=$(ratio "$t_ad" "$t_wd"); summary "decrypt ${SIZE_MB} MiB file -> file" "${t_wd} s (fsync)" "age ${t_ad} s (no fsync)" "$x" ">= 1.5x age" "$(met "$x" '>=' 1.5)"
+x=$(ratio "$t_aen" "$t_wen"); summary "encrypt ${SIZE_MB} MiB file -> /dev/null" "${t_wen} s" "age ${t_aen} s" "$x" ">= 4x age" "$(met "$x" '>=' 4)"
+x=$(ratio "$t_adn" "$t_wdn"); summary "decrypt ${SIZE_MB} MiB file -> /dev/null" "${t_wdn} s" "age ${t_adn} s" "$x" "(context)" "-"
+for op in encrypt decrypt; do
+  t=$t_wen; [ "$op" = decrypt ] && t=$t_wdn
+  x=$(awk -v c="$CORES" -v r="$RAW1" -v b="$BYTES" -v t="$t" 'BEGIN { printf "%.2fx\n", b / t / 1e6 / (c * r) }')
+  summary "CLI $op -> /dev/null vs cores x AES-GCM" "$(rate "$BYTES" "$t") MB/s" "$CORES x $(printf '%.0f' "$RAW1") MB/s (1 core, go test)" "$x" ">= 0.80x" "$(met "$x" '>=' 0.8)"
+done
 echo >&2
 echo "preparing $FILES small files for rewrap ..." >&2
 mkdir -p small

@@ -7,6 +7,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
+. bench/lib.sh
 BT=${BENCHTIME:-2s}
 OUT=$(mktemp)
 trap 'rm -f "$OUT"' EXIT
@@ -72,3 +73,11 @@ for c in 1 8 64; do
   ev=$(metric "$n" 'events/s')
   [ -n "$ev" ] && printf 'audit group commit, simulated 500µs fsync, %2d callers: %8s events/s %6s events/commit\n' "$c" "$ev" "$(metric "$n" 'events/commit')"
 done
+
+# Rows of bench/run.sh's summary table (issue 17, gap 1).
+u64=$(metric 'APIEncryptUnaryCallers/callers=64-' 'ops/s')
+p64=$(metric 'APIEncryptUnaryCallers/callers=64-' 'p99-µs')
+a64=$(metric 'KMSEncryptAuditedCallers/callers=64-' 'ops/s')
+summary "KMS unary encrypt via API, 64 callers" "${u64:-?}/s" "aim 50000/s; in-process audited ${a64:-?}/s" "$(ratio "$u64" 50000)" ">= 1.00x of aim" "$(met "$(ratio "$u64" 50000)" '>=' 1)"
+summary "KMS unary via API, 64 callers, p99" "${p64:-?} µs" "-" "-" "< 2000 µs" "$(met "$p64" '<=' 1999)"
+summary "KMS unary via API / in-process (ceiling)" "${u64:-?}/s" "in-process ${inproc:-?}/s" "$(ratio "$u64" "$inproc")" "(context)" "-"

@@ -1,17 +1,50 @@
 #!/bin/sh
 # Side-by-side loopback benchmark of the ward proxy pair against a direct
-# connection, a bare Go TLS pair and an stunnel4 pair (Debian: apt-get
-# install stunnel4), plus the Go benchmarks of the proxy's hot path.
+# connection, a bare Go TLS pair, an stunnel4 pair and an haproxy 2.6 pair
+# (Debian: stunnel4, haproxy; installed here with apt-get when missing),
+# plus the Go benchmarks of the proxy's hot path.
 # Usage: bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000]
 set -eu
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
+for p in stunnel4 haproxy; do
+  if ! command -v "$p" >/dev/null 2>&1; then
+    echo "installing $p (apt-get) for the comparison..."
+    if [ "$(id -u)" = 0 ]; then apt-get install -y -q "$p" >/dev/null || true
+    else sudo apt-get install -y -q "$p" >/dev/null || true; fi
+  fi
+done
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 go build -o "$tmp/ward" ./cmd/ward
 go build -o "$tmp/proxybench" ./bench/proxy
 stunnel=$(command -v stunnel4 || command -v stunnel || true)
-echo "== ward proxy pair vs direct, bare Go TLS and stunnel ($(go version | cut -d' ' -f3))"
-"$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" "$@"
+haproxy=$(command -v haproxy || true)
+echo "== ward proxy pair vs direct, bare Go TLS, stunnel and haproxy ($(go version | cut -d' ' -f3))"
+"$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" -haproxy "$haproxy" \
+  -only direct,go-tls,ward,stunnel,haproxy -stream-mb 128 "$@" | tee "$tmp/out"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
-go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection' -benchtime 2s | grep -E '^Benchmark|^ok'
+go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
+
+# Rows of bench/run.sh's summary table (issue 17, gap 3 and the proxy
+# columns): col PATH N -> column N of PATH's row of the table above
+# (2 stream MB/s, 3 req/s, 5 p99 µs at the fixed rate, 7 new conn/s).
+col() { awk -v p="$1" -v c="$2" '$1 == p && $2 != "skipped" && NF >= 8 { print $c; exit }' "$tmp/out"; }
+w=$(col ward 7)
+for peer in go-tls haproxy stunnel; do
+  v=$(col "$peer" 7); x=$(ratio "$w" "$v")
+  summary "new mTLS connections/s vs $peer" "${w:-?}/s" "$peer ${v:-not run}/s" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
+done
+for peer in haproxy stunnel; do
+  for c in 2 3; do
+    what="stream MB/s, 1 conn"; unit=" MB/s"; [ "$c" = 3 ] && { what="req/s, 8 conns"; unit="/s"; }
+    a=$(col ward "$c"); v=$(col "$peer" "$c"); x=$(ratio "$a" "$v")
+    summary "proxy pair $what vs $peer" "${a:-?}$unit" "$peer ${v:-not run}$unit" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
+  done
+done
+d=$(col direct 5); g=$(col go-tls 5); w99=$(col ward 5)
+if [ -n "$d" ] && [ -n "$g" ] && [ -n "$w99" ]; then
+  wa=$((w99 - d)); ga=$((g - d)); over=$((w99 - g))
+  summary "p99 added over direct, fixed rate" "$wa µs" "go-tls $ga µs" "-" "<= go-tls + 100 µs" "$(met "$over" '<=' 100)"
+fi
