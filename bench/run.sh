@@ -18,7 +18,7 @@ for s in $suites; do
   echo "=================== bench/$s ==================="
   case "$s" in
     envelope) SIZE_MB=${SIZE_MB:-256} FILES=${FILES:-2000} bash envelope/run.sh ;;
-    federation) RUNS=${RUNS:-5} bash federation/run.sh ;;
+    federation) RUNS=${RUNS:-5} ROTATIONS=${ROTATIONS:-2} bash federation/run.sh ;;
     *) bash "$s/run.sh" ;;
   esac
   rc=$?
