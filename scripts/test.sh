@@ -10,6 +10,7 @@ command -v etcd >/dev/null 2>&1 || need_pkgs+=(etcd-server)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl ca-certificates)
 command -v testssl >/dev/null 2>&1 || need_pkgs+=(testssl.sh)
+command -v sslscan >/dev/null 2>&1 || need_pkgs+=(sslscan)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 
 if [ "${WARD_TEST_NO_INSTALL:-0}" != 1 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
