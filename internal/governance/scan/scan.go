@@ -207,11 +207,9 @@ func (s *Scanner) Scan(ctx context.Context, target string) *Result {
 		for _, id := range got {
 			p.Suites = append(p.Suites, SuiteByID(id))
 		}
-		if v == TLS12 || v < TLS12 && len(got) > 0 {
+		if v < TLS13 && v == highestLegacy(suites) {
 			for _, c := range curves {
-				if v == highestLegacy(suites) {
-					p.Groups = append(p.Groups, GroupByID(c))
-				}
+				p.Groups = append(p.Groups, GroupByID(c))
 			}
 		}
 		if v == TLS13 && p.Offered {
