@@ -238,6 +238,20 @@ func (s *Scanner) Scan(ctx context.Context, target string) *Result {
 		r.PostQuantum.ChosenWhenListedLast = GroupByID(pqLast).Name
 	}
 	e.finish(r, hs, flight)
+	if !slices.ContainsFunc(r.Protocols, func(p Protocol) bool { return p.Offered }) && r.Chain == nil {
+		// Nothing spoke TLS: say why, rather than grade an empty result.
+		why := "no ClientHello of any version was accepted"
+		if hs != nil && hs.err != nil {
+			why += "; Go's TLS client: " + hs.err.Error()
+		}
+		for _, p := range r.Protocols {
+			if p.Note != "" {
+				why += "; " + p.Version.String() + ": " + p.Note
+				break
+			}
+		}
+		r.Error = "no TLS: " + why
+	}
 	return r
 }
 

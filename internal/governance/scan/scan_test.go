@@ -7,7 +7,9 @@ import (
 	"encoding/json"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/governance/scan"
@@ -431,4 +435,65 @@ func TestUnreachable(t *testing.T) {
 	if r.Error == "" || len(r.Findings) != 1 || r.Findings[0].Rule != "scan-error" || r.Probes != 0 {
 		t.Fatalf("%+v", r)
 	}
+}
+
+// TestNotTLS: a port that answers but speaks no TLS is a scan error (a
+// finding), not an empty, clean result.
+func TestNotTLS(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte("HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"))
+				io.Copy(io.Discard, c)
+			}()
+		}
+	}()
+	r := scan.New(scan.Options{Timeout: 5 * time.Second}).Scan(context.Background(), l.Addr().String())
+	if !strings.HasPrefix(r.Error, "no TLS: ") || !strings.Contains(r.Error, "not TLS") || len(r.Findings) != 1 || r.Findings[0].Rule != "scan-error" {
+		t.Fatalf("error %q, findings %v", r.Error, r.Findings)
+	}
+}
+
+// TestOCSPAndExpiry: a stapled OCSP response (good, revoked, none where the
+// certificate names a responder), and certificates judged at later times.
+func TestOCSPAndExpiry(t *testing.T) {
+	s := startServers(t)
+	opts := scan.Options{ServerName: "ocsp.test", Roots: s.ca.pool}
+
+	good := scanOne(t, startStapling(t, s.ca, ocsp.Good), opts)
+	if o := good.Chain.OCSP; o == nil || !o.Stapled || o.Status != "good" || o.Error != "" {
+		t.Errorf("good staple: %+v", o)
+	}
+	noRules(t, good, "ocsp-revoked", "ocsp-invalid", "ocsp-not-stapled")
+
+	revoked := scanOne(t, startStapling(t, s.ca, ocsp.Revoked), opts)
+	if o := revoked.Chain.OCSP; o == nil || o.Status != "revoked" {
+		t.Errorf("revoked staple: %+v", o)
+	}
+	wantRules(t, revoked, "ocsp-revoked")
+
+	none := scanOne(t, startStapling(t, s.ca, -1), opts)
+	wantRules(t, none, "ocsp-not-stapled")
+	if got := none.Chain.Certificates[0].OCSPServers; !slices.Equal(got, []string{ocspServer}) {
+		t.Errorf("OCSP servers %v", got)
+	}
+
+	// The modern server's certificate lives 30 days from an hour ago.
+	at := func(d time.Duration) scan.Options {
+		return scan.Options{ServerName: "modern.test", Roots: s.ca.pool, Now: func() time.Time { return time.Now().Add(d) }}
+	}
+	wantRules(t, scanOne(t, s.modern, at(28*24*time.Hour)), "chain-expiring")
+	noRules(t, scanOne(t, s.modern, at(20*24*time.Hour)), "chain-expiring", "chain-expired")
+	wantRules(t, scanOne(t, s.modern, at(31*24*time.Hour)), "chain-expired", "chain-untrusted")
+	wantRules(t, scanOne(t, s.modern, at(-2*time.Hour)), "chain-not-yet-valid")
 }

@@ -19,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/ocsp"
 )
 
 // need finds a tool the test runs; without it the test is skipped, except
@@ -73,8 +75,9 @@ func newCA(t testing.TB, dir string) *testCA {
 }
 
 // issue writes a server certificate for dnsName with a key of kind "rsa"
-// or "ecdsa" into dir and returns the certificate and key file paths.
-func (ca *testCA) issue(t testing.TB, dir, name, kind, dnsName string) (string, string) {
+// or "ecdsa" into dir and returns the certificate and key file paths;
+// edits change the template first.
+func (ca *testCA) issue(t testing.TB, dir, name, kind, dnsName string, edits ...func(*x509.Certificate)) (string, string) {
 	t.Helper()
 	var key crypto.Signer
 	var err error
@@ -90,6 +93,9 @@ func (ca *testCA) issue(t testing.TB, dir, name, kind, dnsName string) (string, 
 		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: dnsName}, DNSNames: []string{dnsName},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageKeyEncipherment,
+	}
+	for _, e := range edits {
+		e(tmpl)
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
@@ -198,4 +204,43 @@ func startServers(t testing.TB) *servers {
 
 func (s *servers) String() string {
 	return fmt.Sprintf("legacy %s, legacy-all %s, modern %s, mtls %s, mtls12 %s", s.legacy, s.legacyAll, s.modern, s.mtls, s.mtls12)
+}
+
+// ocspServer is where the test certificates say their OCSP responder is
+// (nothing listens there: scans never fetch).
+const ocspServer = "http://127.0.0.1:9/ocsp"
+
+// startStapling runs an openssl TLS 1.3 server whose certificate names an
+// OCSP responder and which staples a response of status (ocsp.Good,
+// ocsp.Revoked) signed by the CA, or staples nothing when status < 0.
+func startStapling(t testing.TB, ca *testCA, status int) string {
+	t.Helper()
+	dir := t.TempDir()
+	certFile, keyFile := ca.issue(t, dir, "ocsp", "ecdsa", "ocsp.test", func(c *x509.Certificate) { c.OCSPServer = []string{ocspServer} })
+	if status < 0 {
+		return startOpenSSL(t, certFile, keyFile, "-tls1_3")
+	}
+	b, err := os.ReadFile(certFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk, _ := pem.Decode(b)
+	leaf, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	tmpl := ocsp.Response{Status: status, SerialNumber: leaf.SerialNumber, ThisUpdate: now.Add(-time.Minute), NextUpdate: now.Add(time.Hour)}
+	if status == ocsp.Revoked {
+		tmpl.RevokedAt, tmpl.RevocationReason = now.Add(-time.Minute), ocsp.KeyCompromise
+	}
+	der, err := ocsp.CreateResponse(ca.cert, ca.cert, tmpl, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	respFile := filepath.Join(dir, "ocsp.der")
+	if err := os.WriteFile(respFile, der, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return startOpenSSL(t, certFile, keyFile, "-tls1_3", "-status_file", respFile)
 }
