@@ -176,17 +176,19 @@ func (e *endpoint) finish(r *Result, hs *handshakeResult, flight *serverHello) {
 	if err != nil {
 		ch.VerifyError = err.Error()
 	}
-	// Names: the SPIFFE ID when one is expected; the host name when one
-	// was given or the target is named by a DNS name or an IP (and no
-	// SPIFFE ID is expected, as SPIFFE clients ignore DNS names).
+	// Names: the SPIFFE ID when one is expected (SPIFFE clients ignore
+	// DNS names, and the SNI is then only a routing name, as through ward's
+	// gateway); else the host name: --server-name, or the target's host
+	// (a DNS name or an IP).
+	host := opts.ServerName
+	if host == "" {
+		host, _, _ = net.SplitHostPort(r.Target)
+	}
 	if opts.SPIFFEID != "" {
 		ch.SPIFFEID = opts.SPIFFEID
 		ok := spiffeID(leaf) == opts.SPIFFEID
 		ch.SPIFFEIDMatch = &ok
-	}
-	host := opts.ServerName
-	if host == "" && opts.SPIFFEID == "" {
-		host, _, _ = net.SplitHostPort(r.Target)
+		host = ""
 	}
 	if host != "" {
 		ch.Hostname = host

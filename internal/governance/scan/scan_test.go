@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/crypto/ocsp"
 
+	"github.com/wardproject/ward/internal/dataplane/gateway"
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/governance/scan"
 	"github.com/wardproject/ward/internal/testutil/proxytest"
@@ -496,4 +497,53 @@ func TestOCSPAndExpiry(t *testing.T) {
 	noRules(t, scanOne(t, s.modern, at(20*24*time.Hour)), "chain-expiring", "chain-expired")
 	wantRules(t, scanOne(t, s.modern, at(31*24*time.Hour)), "chain-expired", "chain-untrusted")
 	wantRules(t, scanOne(t, s.modern, at(-2*time.Hour)), "chain-not-yet-valid")
+}
+
+// startGateway runs ward's east-west gateway with one route, service api
+// of trust domain prod.example, to forward.
+func startGateway(t testing.TB, forward string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	g, err := gateway.New(&gateway.Config{Listen: "127.0.0.1:0", TrustDomain: "prod.example", AccessLog: "off",
+		Routes: []gateway.Route{{Service: "api", Forward: forward}}}, gateway.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.Run(ctx) }()
+	select {
+	case <-g.Started():
+	case err := <-done:
+		t.Fatalf("gateway stopped: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("gateway did not start")
+	}
+	return g.Addr("listen").String()
+}
+
+// TestScanThroughGateway: ward's gateway does not terminate TLS, so a scan
+// with a route's SNI name measures the inbound proxy behind it (the same
+// result as scanning the proxy), and a name it does not route is refused:
+// nothing speaks TLS there.
+func TestScanThroughGateway(t *testing.T) {
+	w := startWardProxy(t)
+	gw := startGateway(t, w.addr)
+	r := scanOne(t, gw, scan.Options{ServerName: "api.prod.example.ward", Roots: w.roots, SPIFFEID: w.id})
+	if got := offered(r); !slices.Equal(got, []string{"TLSv1.3"}) {
+		t.Errorf("through the gateway: offered %v", got)
+	}
+	if !r.ClientAuth.Required || !r.PostQuantum.Preferred || r.Chain == nil || !r.Chain.Trusted || !*r.Chain.SPIFFEIDMatch {
+		t.Errorf("through the gateway: client auth %+v, pq %+v, chain %+v", r.ClientAuth, r.PostQuantum, r.Chain)
+	}
+	// The SNI is a routing name here: with --spiffe-id only the SPIFFE ID
+	// is checked, as ward's outbound proxies do through a gateway.
+	if w := scan.Worst(r.Findings); w > scan.Info {
+		t.Errorf("through the gateway: worst finding %v: %v", w, r.Findings)
+	}
+
+	r = scan.New(scan.Options{ServerName: "other.prod.example.ward"}).Scan(context.Background(), gw)
+	if !strings.HasPrefix(r.Error, "no TLS") {
+		t.Errorf("unrouted name: error %q, findings %v", r.Error, r.Findings)
+	}
 }
