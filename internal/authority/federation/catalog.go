@@ -493,7 +493,20 @@ func (m *Manager) RunCatalogs(ctx context.Context, c RevocationClient) {
 func (m *Manager) followCatalog(ctx context.Context, rel Relationship, c RevocationClient) {
 	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
 	backoff := minBackoff
+	// A peer answering every long-poll at once is paced like on the
+	// revocation channel (pollbudget.go).
+	var budget pollBudget
+	throttled := false
 	for ctx.Err() == nil {
+		if d := budget.take(m.opts.Clock()); d > 0 {
+			if !throttled {
+				throttled = true
+				m.opts.Log.Warn("federation: the catalog channel answers faster than it is polled; polling it at most once per "+revocationRefill.String()+" (a peer that answers every long-poll at once is broken or hostile)",
+					"trust_domain", rel.TrustDomain.Name(), "burst", revocationBurst)
+			}
+			c.pause(ctx, d)
+			continue
+		}
 		body, err := m.pollCatalog(ctx, rel, c)
 		if err == nil {
 			err = m.AcceptCatalog(ctx, rel.TrustDomain, body)
