@@ -393,16 +393,24 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 // TestBenchCrossClusterRevocation is bench/federation/run.sh: RUNS times
 // (WARD_BENCH_REVOKE_RUNS), the time from `ward revoke` in A (the command
 // started) to the open connection into B closed by B's proxy; then
-// `ward revoke --remove` and a new connection. Skipped unless the
-// variable is set (not part of the suite).
+// `ward revoke --remove` and a new connection. Runs start PAUSE apart
+// (WARD_BENCH_REVOKE_PAUSE seconds, default 10): each run changes A's
+// deny-list twice, and B's follower polls A's revocation channel at most
+// 10 times in a row, then once per 5 s (docs/federation.md), so runs back
+// to back would measure that budget rather than one revocation. Skipped
+// unless WARD_BENCH_REVOKE_RUNS is set (not part of the suite).
 func TestBenchCrossClusterRevocation(t *testing.T) {
 	runs, _ := strconv.Atoi(os.Getenv("WARD_BENCH_REVOKE_RUNS"))
 	if runs <= 0 {
 		t.Skip("a benchmark: bench/federation/run.sh (WARD_BENCH_REVOKE_RUNS=20)")
 	}
+	pause := time.Duration(envInt("WARD_BENCH_REVOKE_PAUSE", 10)) * time.Second
 	e := startCrossCluster(t)
 	var ds []time.Duration
+	var last time.Time
 	for i := range runs {
+		time.Sleep(time.Until(last.Add(pause)))
+		last = time.Now()
 		conn, r := e.waitRound(t, 30*time.Second)
 		d := e.revokeAndWait(t, openConn{conn, r, "B"})[0]
 		conn.Close()
