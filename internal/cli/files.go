@@ -286,7 +286,7 @@ is refused, and an existing file's mode is never inherited.`,
 			}
 			if isStdio(in) {
 				return filecrypt.AtomicWrite(out, r.OutputMode(), func(f *os.File) error {
-					_, err := r.Encrypt(ctx, f, cmd.InOrStdin(), key, opts...)
+					_, err := r.Encrypt(ctx, filecrypt.WriteBehind(f), cmd.InOrStdin(), key, opts...)
 					return err
 				})
 			}
@@ -363,7 +363,7 @@ a symbolic link there, or at a directory under -o DIR, is refused, never followe
 			}
 			if isStdio(in) {
 				err := filecrypt.AtomicWrite(out, r.OutputMode(), func(f *os.File) error {
-					_, err := r.Decrypt(ctx, f, cmd.InOrStdin())
+					_, err := r.Decrypt(ctx, filecrypt.WriteBehind(f), cmd.InOrStdin())
 					return err
 				})
 				if err != nil {

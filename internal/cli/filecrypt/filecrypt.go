@@ -151,7 +151,7 @@ func (r *Runner) EncryptFile(ctx context.Context, dst, src, keyName string, opts
 	defer in.Close()
 	var n int64
 	err = AtomicWrite(dst, r.OutputMode(), func(f *os.File) error {
-		n, err = r.Encrypt(ctx, newWriteBehind(f), in, keyName, opts...)
+		n, err = r.Encrypt(ctx, WriteBehind(f), in, keyName, opts...)
 		return err
 	})
 	return n, err
@@ -168,7 +168,7 @@ func (r *Runner) DecryptFile(ctx context.Context, dst, src string) (int64, error
 	defer in.Close()
 	var n int64
 	err = AtomicWrite(dst, r.OutputMode(), func(f *os.File) error {
-		n, err = r.Decrypt(ctx, newWriteBehind(f), in)
+		n, err = r.Decrypt(ctx, WriteBehind(f), in)
 		return err
 	})
 	return n, err
@@ -184,7 +184,7 @@ func (r *Runner) EncryptFileIn(ctx context.Context, root *os.Root, name, src, ke
 	defer in.Close()
 	var n int64
 	err = WriteInRoot(root, name, r.OutputMode(), func(f *os.File) error {
-		n, err = r.Encrypt(ctx, newWriteBehind(f), in, keyName, opts...)
+		n, err = r.Encrypt(ctx, WriteBehind(f), in, keyName, opts...)
 		return err
 	})
 	return n, err
@@ -200,7 +200,7 @@ func (r *Runner) DecryptFileIn(ctx context.Context, root *os.Root, name, src str
 	defer in.Close()
 	var n int64
 	err = WriteInRoot(root, name, r.OutputMode(), func(f *os.File) error {
-		n, err = r.Decrypt(ctx, newWriteBehind(f), in)
+		n, err = r.Decrypt(ctx, WriteBehind(f), in)
 		return err
 	})
 	return n, err
@@ -269,7 +269,7 @@ func (r *Runner) Reencrypt(ctx context.Context, path, keyName string) (int64, er
 	}
 	var n int64
 	err = ReplaceInPlace(path, func(f *os.File) error {
-		w, err := envelope.NewWriter(ctx, newWriteBehind(f), r.KMS, keyName, append(append([]envelope.Option{}, r.Opts...),
+		w, err := envelope.NewWriter(ctx, WriteBehind(f), r.KMS, keyName, append(append([]envelope.Option{}, r.Opts...),
 			envelope.WithAlgorithm(h.Alg), envelope.WithSegmentSize(h.SegmentSize),
 			envelope.WithClassification(h.Classification), envelope.WithMetadata(h.Metadata))...)
 		if err != nil {

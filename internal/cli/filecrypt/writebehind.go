@@ -23,8 +23,10 @@ type writeBehind struct {
 	started int64 // writeback started for [0, started)
 }
 
-// newWriteBehind wraps f for the output of a large stream.
-func newWriteBehind(f *os.File) io.Writer {
+// WriteBehind wraps f, the output file of a large stream, so that its
+// writeback starts while the stream is still being written; AtomicWrite
+// still syncs the file before the rename.
+func WriteBehind(f *os.File) io.Writer {
 	if writeBehindChunk <= 0 {
 		return f
 	}
