@@ -10,5 +10,9 @@ import (
 // the rename reports any that matter.
 func startWriteback(f *os.File, off, n int64) {
 	const syncFileRangeWrite = 0x2 // SYNC_FILE_RANGE_WRITE
-	_ = syscall.SyncFileRange(int(f.Fd()), off, n, syncFileRangeWrite)
+	rc, err := f.SyscallConn()     // not f.Fd(), which would change the file's mode
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) { _ = syscall.SyncFileRange(int(fd), off, n, syncFileRangeWrite) })
 }
