@@ -24,6 +24,11 @@ func TestParse(t *testing.T) {
 		{"short rotation", "trust_domain: a.org\ndata_dir: /d\nkms: {classifications: {x: {rotation_period: 10s}}}\n", "shorter than one minute"},
 		{"bad log level", "trust_domain: a.org\ndata_dir: /d\nlog_level: loud\n", "log_level"},
 		{"keyfile without path", "trust_domain: a.org\ndata_dir: /d\nseal: {type: keyfile}\n", "seal.key_file is required"},
+		{"exported service", "trust_domain: a.org\ndata_dir: /d\nservices: {gateway: gw.a.org:15443, export: [{name: api, port: 8443, spiffe_id: spiffe://a.org/api}]}\n", ""},
+		{"export of another domain", "trust_domain: a.org\ndata_dir: /d\nservices: {gateway: gw:1, export: [{name: api, port: 1, spiffe_id: spiffe://b.org/api}]}\n", "an identity of trust domain b.org"},
+		{"export without gateway", "trust_domain: a.org\ndata_dir: /d\nservices: {export: [{name: api, port: 1, spiffe_id: spiffe://a.org/api}]}\n", "no gateway"},
+		{"export without port", "trust_domain: a.org\ndata_dir: /d\nservices: {gateway: gw:1, export: [{name: api, spiffe_id: spiffe://a.org/api}]}\n", "give port"},
+		{"export twice", "trust_domain: a.org\ndata_dir: /d\nservices: {gateway: gw:1, export: [{name: api, port: 1, spiffe_id: spiffe://a.org/api}, {name: api, port: 2, spiffe_id: spiffe://a.org/api}]}\n", "listed twice"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,0 +1,53 @@
+package catalog
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+)
+
+func TestCheck(t *testing.T) {
+	ok := Service{Name: "payments", SPIFFEID: "spiffe://b.example/pay", Gateway: "gw.b.example:15443", Forward: "127.0.0.1:8443"}
+	got, err := Check("b.example", []Service{ok, {Name: "api", SPIFFEID: "spiffe://b.example/api", Gateway: "10.0.0.1:1", Forward: "unix:///run/in.sock"}})
+	if err != nil || got[0].Name != "api" {
+		t.Fatalf("%v %+v", err, got)
+	}
+	many := make([]Service, MaxServices+1)
+	for i := range many {
+		many[i] = ok
+		many[i].Name = fmt.Sprintf("s%d", i)
+	}
+	for name, tc := range map[string]struct {
+		td   string
+		svcs []Service
+		want string
+	}{
+		"another trust domain's identity": {"b.example", []Service{{Name: "db", SPIFFEID: "spiffe://c.example/db", Gateway: "gw:1"}}, "an identity of trust domain c.example"},
+		"no trust domain":                 {"", []Service{ok}, "not a trust domain"},
+		"duplicate":                       {"b.example", []Service{ok, ok}, "listed twice"},
+		"too many":                        {"b.example", many, "more than the limit"},
+		"bad name":                        {"b.example", []Service{{Name: "Pay", SPIFFEID: "spiffe://b.example/p", Gateway: "gw:1"}}, "service name"},
+		"bad gateway":                     {"b.example", []Service{{Name: "p", SPIFFEID: "spiffe://b.example/p", Gateway: "gw"}}, "gateway"},
+		"port zero":                       {"b.example", []Service{{Name: "p", SPIFFEID: "spiffe://b.example/p", Gateway: "gw:0"}}, "1..65535"},
+		"relative unix forward":           {"b.example", []Service{{Name: "p", SPIFFEID: "spiffe://b.example/p", Gateway: "gw:1", Forward: "unix://in.sock"}}, "absolute"},
+	} {
+		if _, err := Check(tc.td, tc.svcs); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: %v, want %q", name, err, tc.want)
+		}
+	}
+	if p := Public([]Service{ok}); p[0].Forward != "" || ok.Forward == "" {
+		t.Fatalf("Public: %+v", p)
+	}
+}
+
+func TestParseRef(t *testing.T) {
+	r, err := ParseRef("payments@b.example")
+	if err != nil || r.Name != "payments" || r.TrustDomain != "b.example" || r.String() != "payments@b.example" {
+		t.Fatalf("%+v %v", r, err)
+	}
+	for _, s := range []string{"payments", "@b.example", "payments@", "Pay@b.example", "p@B.example", "p@b.example@c"} {
+		if _, err := ParseRef(s); err == nil {
+			t.Errorf("%q accepted", s)
+		}
+	}
+}
