@@ -59,8 +59,10 @@ func TestExamplesPassTheirOwnCheck(t *testing.T) {
 			cmd = "proxy"
 		case strings.HasPrefix(name, "gateway"):
 			cmd = "gateway"
+		case strings.HasPrefix(name, "webhook"):
+			cmd = "webhook"
 		default:
-			t.Errorf("examples/%s: no command reads it (name it ward*, agent*, proxy* or gateway*)", name)
+			t.Errorf("examples/%s: no command reads it (name it ward*, agent*, proxy*, gateway* or webhook*)", name)
 			continue
 		}
 		t.Run(name, func(t *testing.T) {
@@ -70,7 +72,7 @@ func TestExamplesPassTheirOwnCheck(t *testing.T) {
 			}
 		})
 	}
-	for _, want := range []string{"ward.yaml", "agent.yaml", "proxy-inbound.yaml", "proxy-outbound.yaml", "gateway.yaml"} {
+	for _, want := range []string{"ward.yaml", "agent.yaml", "proxy-inbound.yaml", "proxy-outbound.yaml", "gateway.yaml", "webhook.yaml"} {
 		if _, err := os.Stat(filepath.Join(root, "examples", want)); err != nil {
 			t.Errorf("examples/%s is missing: %v", want, err)
 		}

@@ -91,9 +91,15 @@ func keyIDOrNone(key string, v uint32) string {
 // (else --address / $WARD_ADDRESS), checking its server like every CLI
 // command does (adminPeer).
 func dialKMSPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config) (*client.Client, error) {
+	return dialIntegrationAuthority(cmd, cfg.Authority.Address, cfg.Authority.ServerUID, "kms-plugin")
+}
+
+// dialIntegrationAuthority dials the admin socket address (else --address /
+// $WARD_ADDRESS) for an integration (who), trusting serverUID too if set.
+func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int, who string) (*client.Client, error) {
 	flag, _ := cmd.Flags().GetString("address")
-	if cfg.Authority.Address != "" {
-		flag = cfg.Authority.Address
+	if address != "" {
+		flag = address
 	}
 	addr, err := client.ResolveAddress(flag)
 	if err != nil {
@@ -101,11 +107,11 @@ func dialKMSPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config) (*client.
 	}
 	path, ok := strings.CutPrefix(addr, "unix://")
 	if !ok {
-		return nil, fmt.Errorf("authority address %q: the kms-plugin reaches the authority over its admin socket (unix:///path/to/admin.sock)", addr)
+		return nil, fmt.Errorf("authority address %q: the %s reaches the authority over its admin socket (unix:///path/to/admin.sock)", addr, who)
 	}
 	extra := -1
-	if cfg.Authority.ServerUID != nil {
-		extra = *cfg.Authority.ServerUID
+	if serverUID != nil {
+		extra = *serverUID
 	} else if f := cmd.Flags().Lookup("server-uid"); f != nil {
 		extra, _ = cmd.Flags().GetInt("server-uid")
 	}

@@ -69,10 +69,12 @@ type apiServer struct {
 	logs   *syncbuf.Buffer
 	cmd    *exec.Cmd
 	client *kubernetes.Clientset
+	cfg    *rest.Config
 }
 
 // startAPIServer runs kube-apiserver over etcd with an
-// EncryptionConfiguration whose only writer is ward's plugin at socket.
+// EncryptionConfiguration whose only writer is ward's plugin at socket
+// (socket "": no encryption configuration).
 func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket string) *apiServer {
 	t.Helper()
 	must := func(err error) {
@@ -96,6 +98,10 @@ func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket
 	tokens := filepath.Join(dir, "tokens.csv")
 	must(os.WriteFile(tokens, []byte(token+`,admin,admin,"system:masters"`+"\n"), 0o600))
 	enc := filepath.Join(dir, "encryption.yaml")
+	encryption := []string{"--encryption-provider-config=" + enc}
+	if socket == "" {
+		encryption = nil
+	}
 	must(os.WriteFile(enc, []byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
 kind: EncryptionConfiguration
 resources:
@@ -121,11 +127,12 @@ resources:
 		"--service-account-key-file=" + saPub, "--service-account-signing-key-file=" + saKey,
 		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
 		"--service-cluster-ip-range=10.96.0.0/24",
-		"--encryption-provider-config=" + enc,
 		"--enable-priority-and-fairness=false", "--endpoint-reconciler-type=none", "--profiling=false",
 	}
+	s.args = append(s.args, encryption...)
 	s.start()
 	cfg := &rest.Config{Host: s.url, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Timeout: 30 * time.Second}
+	s.cfg = cfg
 	s.client, err = kubernetes.NewForConfig(cfg)
 	must(err)
 	return s

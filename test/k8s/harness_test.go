@@ -58,12 +58,12 @@ type authority struct {
 	cmd    *exec.Cmd
 }
 
-func startAuthority(t testing.TB, dir string) *authority {
+func startAuthority(t testing.TB, dir string, extraConfig ...string) *authority {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf("trust_domain: k8s.example.org\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: warn\n", dir)
+	cfg := fmt.Sprintf("trust_domain: k8s.example.org\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: warn\n%s", dir, strings.Join(extraConfig, ""))
 	path := filepath.Join(dir, "ward.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
