@@ -51,7 +51,13 @@ func writeDetails(w io.Writer, r *Result) {
 			fmt.Fprintf(tw, "%s\tnot offered%s\n", p.Version, note)
 			continue
 		}
-		fmt.Fprintf(tw, "%s\toffered, %d suites\n", p.Version, len(p.Suites))
+		order := "client's order"
+		if p.ServerOrder {
+			order = "server's order, prefers " + p.Preferred
+		} else if len(p.Suites) == 1 {
+			order = "one suite"
+		}
+		fmt.Fprintf(tw, "%s\toffered, %d suites (%s)\n", p.Version, len(p.Suites), order)
 		for _, s := range p.Suites {
 			fmt.Fprintf(tw, "\t  %s\t0x%04X\t%d bits\n", s.Name, s.ID, s.Bits)
 		}

@@ -30,6 +30,10 @@ type Protocol struct {
 	Version Version `json:"version"`
 	Offered bool    `json:"offered"`
 	Suites  []Suite `json:"suites,omitempty"`
+	// ServerOrder: the server picks by its own preference (the same suite
+	// whichever order the client offers them in); Preferred is its pick.
+	ServerOrder bool   `json:"server_order"`
+	Preferred   string `json:"preferred,omitempty"`
 	// Groups: TLS 1.3 groups (by HelloRetryRequest), or the ECDHE curves of
 	// the highest version below 1.3 with ECDHE suites.
 	Groups []Group `json:"groups,omitempty"`

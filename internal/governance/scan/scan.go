@@ -200,12 +200,41 @@ func (s *Scanner) Scan(ctx context.Context, target string) *Result {
 		}
 	}
 
+	// Whose order decides: the accepted suites offered in two opposite
+	// orders; the same pick both times is the server's preference.
+	order := map[Version][2]uint16{}
+	for _, v := range Versions {
+		if len(suites[v]) < 2 {
+			continue
+		}
+		run(func() {
+			asc := slices.Sorted(slices.Values(suites[v]))
+			desc := slices.Clone(asc)
+			slices.Reverse(desc)
+			var picks [2]uint16
+			for i, offer := range [][]uint16{asc, desc} {
+				if sh, err := e.probe(ctx, &hello{version: v, suites: offer, groups: groupsFor(v), serverName: e.sni}, false); err == nil && sh.version == v {
+					picks[i] = sh.suite
+				}
+			}
+			mu.Lock()
+			order[v] = picks
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+
 	for _, v := range Versions {
 		got := suites[v]
 		slices.Sort(got)
 		p := Protocol{Version: v, Offered: len(got) > 0}
 		for _, id := range got {
 			p.Suites = append(p.Suites, SuiteByID(id))
+		}
+		if picks, ok := order[v]; ok && picks[0] != 0 && picks[0] == picks[1] {
+			p.ServerOrder, p.Preferred = true, SuiteByID(picks[0]).Name
+		} else if len(got) == 1 {
+			p.Preferred = SuiteByID(got[0]).Name
 		}
 		if v < TLS13 && v == highestLegacy(suites) {
 			for _, c := range curves {

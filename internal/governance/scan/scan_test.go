@@ -76,6 +76,15 @@ func offered(r *scan.Result) []string {
 	return out
 }
 
+func protocol(r *scan.Result, v scan.Version) scan.Protocol {
+	for _, p := range r.Protocols {
+		if p.Version == v {
+			return p
+		}
+	}
+	return scan.Protocol{}
+}
+
 func suiteIDs(r *scan.Result, v scan.Version) []uint16 {
 	for _, p := range r.Protocols {
 		if p.Version == v {
@@ -113,6 +122,15 @@ func TestScanOpenSSL(t *testing.T) {
 		t.Errorf("legacy-all offers %v", got)
 	}
 	wantRules(t, all, "protocol-tls10", "protocol-tls11", "suite-null", "suite-anon", "pq-not-offered", "client-cert-not-requested")
+	// -serverpref: the server's order decides.
+	for _, v := range []scan.Version{scan.TLS10, scan.TLS11, scan.TLS12} {
+		if p := protocol(all, v); !p.ServerOrder || p.Preferred == "" {
+			t.Errorf("legacy-all %s: server order %t, preferred %q", v, p.ServerOrder, p.Preferred)
+		}
+	}
+	if p := protocol(legacy, scan.TLS10); p.ServerOrder {
+		t.Errorf("legacy (no -serverpref): server order %t, preferred %q", p.ServerOrder, p.Preferred)
+	}
 
 	// A client certificate required, in TLS 1.3 (the server says so after
 	// the handshake) and in TLS 1.2 (the handshake fails).
@@ -158,6 +176,7 @@ type sslscanResult struct {
 		Enabled string `xml:"enabled,attr"`
 	} `xml:"ssltest>protocol"`
 	Ciphers []struct {
+		Status  string `xml:"status,attr"`
 		Version string `xml:"sslversion,attr"`
 		Name    string `xml:"cipher,attr"`
 		ID      string `xml:"id,attr"`
@@ -218,7 +237,7 @@ func compareWithSSLScan(t *testing.T, name, target, sni string, r *scan.Result) 
 			t.Errorf("%s: sslscan says %s enabled=%s, ward offered=%t", name, v, p.Enabled, wardOffers)
 		}
 	}
-	sslscanSuites, matched := 0, 0
+	sslscanSuites, matched, preferred := 0, 0, 0
 	for _, c := range ss.Ciphers {
 		id, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(c.ID), "0x"), 16, 16)
 		if err != nil {
@@ -236,27 +255,37 @@ func compareWithSSLScan(t *testing.T, name, target, sni string, r *scan.Result) 
 			t.Errorf("%s: sslscan reports %s %s (0x%04X), ward does not", name, c.Version, c.Name, id)
 			continue
 		}
-		matched++
-	}
-	// Groups are compared for TLS 1.3, where both ask the server directly.
-	var wardGroups []string
-	for _, p := range r.Protocols {
-		if p.Version == scan.TLS13 {
-			for _, g := range p.Groups {
-				wardGroups = append(wardGroups, fmt.Sprintf("0x%04x", g.ID))
+		// Where ward finds the server's own order, sslscan's preferred
+		// suite is the server's pick.
+		if p := protocol(r, v); c.Status == "preferred" && p.ServerOrder {
+			preferred++
+			if p.Preferred != scan.SuiteByID(uint16(id)).Name {
+				t.Errorf("%s: sslscan's preferred %s suite is %s, ward says the server prefers %s", name, c.Version, c.Name, p.Preferred)
 			}
 		}
+		matched++
 	}
+	// Groups: TLS 1.3 (HelloRetryRequests) and the ECDHE curves of the
+	// highest version below it (ServerKeyExchange).
+	wardGroups := map[string][]string{}
+	for _, p := range r.Protocols {
+		for _, g := range p.Groups {
+			wardGroups[p.Version.String()] = append(wardGroups[p.Version.String()], fmt.Sprintf("0x%04x", g.ID))
+		}
+	}
+	groups := 0
 	for _, g := range ss.Groups {
-		if g.Version == "TLSv1.3" && !slices.Contains(wardGroups, strings.ToLower(g.ID)) {
-			t.Errorf("%s: sslscan reports TLS 1.3 group %s (%s), ward does not (ward: %v)", name, g.Name, g.ID, wardGroups)
+		groups++
+		if !slices.Contains(wardGroups[g.Version], strings.ToLower(g.ID)) {
+			t.Errorf("%s: sslscan reports %s group %s (%s), ward does not (ward: %v)", name, g.Version, g.Name, g.ID, wardGroups)
 		}
 	}
 	wardSuites := 0
 	for _, p := range r.Protocols {
 		wardSuites += len(p.Suites)
 	}
-	t.Logf("%s: sslscan %d suites, all %d found by ward (ward: %d)", name, sslscanSuites, matched, wardSuites)
+	t.Logf("%s: sslscan %d suites, all %d found by ward (ward: %d); sslscan %d groups; the server's preferred suite agreed in %d versions",
+		name, sslscanSuites, matched, wardSuites, groups, preferred)
 }
 
 // TestScanMatchesSSLScan scans the same endpoints with ward and sslscan.

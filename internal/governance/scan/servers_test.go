@@ -181,7 +181,8 @@ type servers struct {
 // startServers starts the weak and strong openssl servers:
 //   - legacy: TLS 1.0 only, every suite Debian's OpenSSL still has at
 //     security level 0 (NULL, anonymous, static RSA, CBC), RSA certificate;
-//   - legacyAll: TLS 1.0 to 1.3 with the same suites;
+//   - legacyAll: TLS 1.0 to 1.3 with the same suites, in the server's
+//     order of preference (-serverpref);
 //   - modern: TLS 1.3 only, ECDSA P-256 certificate;
 //   - mtls, mtls12: OpenSSL's defaults (TLS 1.2 and 1.3; TLS 1.2 only)
 //     requiring a client certificate (-Verify).
@@ -195,7 +196,7 @@ func startServers(t testing.TB) *servers {
 	return &servers{
 		ca:        ca,
 		legacy:    startOpenSSL(t, rc, rk, append(weak, "-tls1")...),
-		legacyAll: startOpenSSL(t, rc, rk, append(weak, "-min_protocol", "TLSv1")...),
+		legacyAll: startOpenSSL(t, rc, rk, append(weak, "-min_protocol", "TLSv1", "-serverpref")...),
 		modern:    startOpenSSL(t, ec, ek, "-tls1_3"),
 		mtls:      startOpenSSL(t, ec, ek, "-Verify", "1", "-verifyCAfile", ca.pem, "-CAfile", ca.pem),
 		mtls12:    startOpenSSL(t, ec, ek, "-tls1_2", "-Verify", "1", "-verifyCAfile", ca.pem, "-CAfile", ca.pem),
