@@ -2,6 +2,9 @@ package scan
 
 import (
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -181,6 +184,15 @@ func (s *Scanner) Scan(ctx context.Context, target string) *Result {
 	var hs *handshakeResult
 	run(func() { hs = e.goHandshake(ctx) })
 	wg.Wait()
+
+	// A server that speaks TLS 1.3 to Go's client but answered no hello
+	// without a key share (no HelloRetryRequest): its suites, offering an
+	// x25519 key share.
+	if hs != nil && hs.state.Version == tls.VersionTLS13 && len(suites[TLS13]) == 0 {
+		if ks, err := x25519Share(); err == nil {
+			suites[TLS13], errs[TLS13] = e.enumerateSuites(ctx, TLS13, suitesFor(TLS13), ks)
+		}
+	}
 
 	// Older-only servers: curves and the flight from their best version.
 	if len(curves) == 0 {
@@ -378,12 +390,12 @@ func (e *endpoint) probe(ctx context.Context, h *hello, flight bool) (*serverHel
 
 // enumerateSuites offers chunk in version v again and again, each time
 // without the suite the server picked, until it refuses.
-func (e *endpoint) enumerateSuites(ctx context.Context, v Version, chunk []uint16) ([]uint16, error) {
+func (e *endpoint) enumerateSuites(ctx context.Context, v Version, chunk []uint16, shares ...keyShare) ([]uint16, error) {
 	offer := slices.Clone(chunk)
 	var got []uint16
 	groups := groupsFor(v)
 	for len(offer) > 0 {
-		sh, err := e.probe(ctx, &hello{version: v, suites: offer, groups: groups, serverName: e.sni}, false)
+		sh, err := e.probe(ctx, &hello{version: v, suites: offer, groups: groups, serverName: e.sni, keyShares: shares}, false)
 		if err != nil {
 			return got, err
 		}
@@ -453,4 +465,13 @@ func (e *endpoint) enumerateCurves(ctx context.Context, v Version) ([]uint16, *s
 		offer = slices.Delete(offer, i, i+1)
 	}
 	return got, first
+}
+
+// x25519Share is a TLS 1.3 key share of a fresh x25519 key.
+func x25519Share() (keyShare, error) {
+	k, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return keyShare{}, err
+	}
+	return keyShare{group: 0x001D, data: k.PublicKey().Bytes()}, nil
 }
