@@ -102,18 +102,14 @@ func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket
 	if socket == "" {
 		encryption = nil
 	}
-	must(os.WriteFile(enc, []byte(fmt.Sprintf(`apiVersion: apiserver.config.k8s.io/v1
-kind: EncryptionConfiguration
-resources:
-  - resources: [secrets]
-    providers:
-      - kms:
-          apiVersion: v2
-          name: ward
-          endpoint: unix://%s
-          timeout: 3s
-      - identity: {}
-`, socket)), 0o600))
+	// The EncryptionConfiguration deploy/ ships, with the test's socket.
+	shipped, err := os.ReadFile(filepath.Join(deployDir, "kms-plugin", "encryption-configuration.yaml"))
+	must(err)
+	const shippedEndpoint = "endpoint: unix:///var/run/ward/kms-plugin.sock"
+	if !bytes.Contains(shipped, []byte(shippedEndpoint)) {
+		t.Fatalf("deploy/kms-plugin/encryption-configuration.yaml lacks %q", shippedEndpoint)
+	}
+	must(os.WriteFile(enc, bytes.Replace(shipped, []byte(shippedEndpoint), []byte("endpoint: unix://"+socket), 1), 0o600))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)
 	port := l.Addr().(*net.TCPAddr).Port
