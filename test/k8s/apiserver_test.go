@@ -38,7 +38,7 @@ const storedPrefix = "k8s:enc:kms:v2:ward:"
 // kubeAPIServer returns the real kube-apiserver binary: $WARD_KUBE_APISERVER,
 // else the one scripts/kube-apiserver.sh builds (or finds in its cache).
 // Without one the test is skipped with the reason, never in CI.
-func kubeAPIServer(t *testing.T) string {
+func kubeAPIServer(t testing.TB) string {
 	t.Helper()
 	if p := os.Getenv("WARD_KUBE_APISERVER"); p != "" {
 		return p
@@ -61,7 +61,7 @@ func kubeAPIServer(t *testing.T) string {
 }
 
 type apiServer struct {
-	t      *testing.T
+	t      testing.TB
 	bin    string
 	args   []string
 	url    string
@@ -75,7 +75,26 @@ type apiServer struct {
 // startAPIServer runs kube-apiserver over etcd with an
 // EncryptionConfiguration whose only writer is ward's plugin at socket
 // (socket "": no encryption configuration).
-func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket string) *apiServer {
+func startAPIServer(t testing.TB, bin, dir string, etcd *etcdtest.Server, socket string) *apiServer {
+	t.Helper()
+	if socket == "" {
+		return startAPIServerEncrypting(t, bin, dir, etcd, "")
+	}
+	// The EncryptionConfiguration deploy/ ships, with the test's socket.
+	shipped, err := os.ReadFile(filepath.Join(deployDir, "kms-plugin", "encryption-configuration.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const shippedEndpoint = "endpoint: unix:///var/run/ward/kms-plugin.sock"
+	if !bytes.Contains(shipped, []byte(shippedEndpoint)) {
+		t.Fatalf("deploy/kms-plugin/encryption-configuration.yaml lacks %q", shippedEndpoint)
+	}
+	return startAPIServerEncrypting(t, bin, dir, etcd, string(bytes.Replace(shipped, []byte(shippedEndpoint), []byte("endpoint: unix://"+socket), 1)))
+}
+
+// startAPIServerEncrypting runs kube-apiserver over etcd with the
+// EncryptionConfiguration encryption ("": none).
+func startAPIServerEncrypting(t testing.TB, bin, dir string, etcd *etcdtest.Server, encryption string) *apiServer {
 	t.Helper()
 	must := func(err error) {
 		t.Helper()
@@ -97,19 +116,12 @@ func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket
 	token := "ward-test-token"
 	tokens := filepath.Join(dir, "tokens.csv")
 	must(os.WriteFile(tokens, []byte(token+`,admin,admin,"system:masters"`+"\n"), 0o600))
-	enc := filepath.Join(dir, "encryption.yaml")
-	encryption := []string{"--encryption-provider-config=" + enc}
-	if socket == "" {
-		encryption = nil
+	var encArgs []string
+	if encryption != "" {
+		enc := filepath.Join(dir, "encryption.yaml")
+		must(os.WriteFile(enc, []byte(encryption), 0o600))
+		encArgs = []string{"--encryption-provider-config=" + enc}
 	}
-	// The EncryptionConfiguration deploy/ ships, with the test's socket.
-	shipped, err := os.ReadFile(filepath.Join(deployDir, "kms-plugin", "encryption-configuration.yaml"))
-	must(err)
-	const shippedEndpoint = "endpoint: unix:///var/run/ward/kms-plugin.sock"
-	if !bytes.Contains(shipped, []byte(shippedEndpoint)) {
-		t.Fatalf("deploy/kms-plugin/encryption-configuration.yaml lacks %q", shippedEndpoint)
-	}
-	must(os.WriteFile(enc, bytes.Replace(shipped, []byte(shippedEndpoint), []byte("endpoint: unix://"+socket), 1), 0o600))
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	must(err)
 	port := l.Addr().(*net.TCPAddr).Port
@@ -125,7 +137,7 @@ func startAPIServer(t *testing.T, bin, dir string, etcd *etcdtest.Server, socket
 		"--service-cluster-ip-range=10.96.0.0/24",
 		"--enable-priority-and-fairness=false", "--endpoint-reconciler-type=none", "--profiling=false",
 	}
-	s.args = append(s.args, encryption...)
+	s.args = append(s.args, encArgs...)
 	s.start()
 	cfg := &rest.Config{Host: s.url, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{Insecure: true}, Timeout: 30 * time.Second}
 	s.cfg = cfg

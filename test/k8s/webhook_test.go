@@ -40,7 +40,7 @@ classifications:
 
 // webhookProc is a `ward webhook` child.
 type webhookProc struct {
-	t      *testing.T
+	t      testing.TB
 	config string
 	logs   *syncbuf.Buffer
 	cmd    *exec.Cmd
@@ -98,42 +98,7 @@ func TestWebhookWithRealAPIServer(t *testing.T) {
 	bin := kubeAPIServer(t)
 	dir := t.TempDir()
 	etcd := etcdtest.Start(t)
-	nodeAPI := freeAddr(t)
-	a := startAuthority(t, filepath.Join(dir, "authority"), fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI))
-
-	// A ward agent on this "node", and an entry giving the webhook (this
-	// uid) an SVID with the Service's DNS name; localhost too, the name
-	// the test's apiserver dials (no cluster DNS here).
-	agentDir := filepath.Join(dir, "agent")
-	if err := os.MkdirAll(agentDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	bundle := filepath.Join(agentDir, "bundle.pem")
-	a.ward("", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(a.ward("", "token", "create", "--agent-path", "node-1", "-q"))
-	a.ward("", "entry", "create", "--spiffe-id", "spiffe://k8s.example.org/ward-system/webhook",
-		"--parent", "spiffe://k8s.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()),
-		"--dns", webhookDNS, "--dns", "localhost")
-	socket := filepath.Join(agentDir, "agent.sock")
-	agentCfg := filepath.Join(agentDir, "agent.yaml")
-	if err := os.WriteFile(agentCfg, []byte(fmt.Sprintf("trust_domain: k8s.example.org\nserver_address: %s\ntrust_bundle_path: %s\njoin_token: %s\nsocket_path: %s\ndata_dir: %s\nsync_interval: 500ms\nlog_level: warn\n",
-		nodeAPI, bundle, token, socket, filepath.Join(agentDir, "data"))), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	agentLogs := &syncbuf.Buffer{}
-	agent := exec.Command(wardBin, "agent", "--config", agentCfg)
-	agent.Stdout, agent.Stderr = agentLogs, agentLogs
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stop(agent) })
-
-	// The webhook: rules checked against the authority's classification table.
-	whAddr := freeAddr(t)
-	_, port, _ := net.SplitHostPort(whAddr)
-	wh := &webhookProc{t: t, config: filepath.Join(dir, "webhook.yaml")}
-	baseCfg := fmt.Sprintf("listen: %s\nworkload_api_socket: %s\ndns_name: %s\nauthority:\n  address: %s\n%s", whAddr, socket, webhookDNS, a.addr, webhookRules)
-	wh.start("enforce", baseCfg)
+	_, wh, bundle, port, baseCfg := startWebhookStack(t, dir, "enforce")
 
 	api := startAPIServer(t, bin, filepath.Join(dir, "apiserver"), etcd, "")
 	ctx := context.Background()
@@ -303,7 +268,7 @@ func TestWebhookWithRealAPIServer(t *testing.T) {
 	}
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -311,4 +276,51 @@ func freeAddr(t *testing.T) string {
 	}
 	defer l.Close()
 	return l.Addr().String()
+}
+
+// startWebhookStack starts an authority, a ward agent on this "node" and
+// `ward webhook` (mode) serving the SVID of an entry for this uid with the
+// Service's DNS name, and localhost, the name the tests dial (no cluster
+// DNS here). The rules are checked against the authority's classification
+// table. It returns ward's bundle file, the webhook's port and its
+// configuration without the mode line.
+func startWebhookStack(t testing.TB, dir, mode string) (a *authority, wh *webhookProc, bundle, port, baseCfg string) {
+	t.Helper()
+	nodeAPI := freeAddr(t)
+	a = startAuthority(t, filepath.Join(dir, "authority"), fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI))
+
+	// A ward agent on this "node", and an entry giving the webhook (this
+	// uid) an SVID with the Service's DNS name; localhost too, the name
+	// the test's apiserver dials (no cluster DNS here).
+	agentDir := filepath.Join(dir, "agent")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	bundle = filepath.Join(agentDir, "bundle.pem")
+	a.ward("", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(a.ward("", "token", "create", "--agent-path", "node-1", "-q"))
+	a.ward("", "entry", "create", "--spiffe-id", "spiffe://k8s.example.org/ward-system/webhook",
+		"--parent", "spiffe://k8s.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()),
+		"--dns", webhookDNS, "--dns", "localhost")
+	socket := filepath.Join(agentDir, "agent.sock")
+	agentCfg := filepath.Join(agentDir, "agent.yaml")
+	if err := os.WriteFile(agentCfg, []byte(fmt.Sprintf("trust_domain: k8s.example.org\nserver_address: %s\ntrust_bundle_path: %s\njoin_token: %s\nsocket_path: %s\ndata_dir: %s\nsync_interval: 500ms\nlog_level: warn\n",
+		nodeAPI, bundle, token, socket, filepath.Join(agentDir, "data"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentLogs := &syncbuf.Buffer{}
+	agent := exec.Command(wardBin, "agent", "--config", agentCfg)
+	agent.Stdout, agent.Stderr = agentLogs, agentLogs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stop(agent) })
+
+	// The webhook: rules checked against the authority's classification table.
+	whAddr := freeAddr(t)
+	_, port, _ = net.SplitHostPort(whAddr)
+	wh = &webhookProc{t: t, config: filepath.Join(dir, "webhook.yaml")}
+	baseCfg = fmt.Sprintf("listen: %s\nworkload_api_socket: %s\ndns_name: %s\nauthority:\n  address: %s\n%s", whAddr, socket, webhookDNS, a.addr, webhookRules)
+	wh.start(mode, baseCfg)
+	return a, wh, bundle, port, baseCfg
 }
