@@ -72,8 +72,7 @@ func TestEndToEndThroughGateway(t *testing.T) {
 	e := newEnv(t, nil)
 	const secret = "attack-at-dawn-7f3a"
 	// A go-spiffe client: it sees the server's ID, the server sees its ID.
-	// Its connection stays open during the proxy's request below (the
-	// inbound listener counts no per-source limit behind the gateway).
+	// Its connection stays open during the proxy's request below.
 	c, err := spiffeDial(t, e.web.Addr, e.gw.Addr("listen").String(), apiSNI, apiID, "")
 	if err != nil {
 		t.Fatalf("go-spiffe client through the gateway: %v", err)

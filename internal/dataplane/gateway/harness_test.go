@@ -201,11 +201,13 @@ func newEnv(t testing.TB, mutate func(*gateway.Config)) *env {
 	e.inbound = startProxy(t, ctx, &proxy.Config{
 		WorkloadAPISocket: e.api.Addr,
 		PolicyFiles:       []string{pdir},
-		// Per-source limits of 1: an accept_proxy_v2 listener counts none
-		// (every connection comes from the gateway), so concurrent callers
-		// through the gateway are not refused.
-		MaxConnectionsPerSource: 1,
-		MaxHandshakesPerSource:  1,
+		// Small per-source limits: an accept_proxy_v2 listener counts them
+		// under the original source the gateway's PROXY header names, not
+		// under the gateway's address (proxy's
+		// TestGatewaySourcesCountPerSource); here every caller is
+		// 127.0.0.1, and the tests have at most two connections open at once.
+		MaxConnectionsPerSource: 2,
+		MaxHandshakesPerSource:  2,
 		Inbound: []proxy.Inbound{{Name: "api", Listen: "127.0.0.1:0", Forward: app.Addr().String(),
 			PeerIdentity: proxy.PeerIdentityProxyV2, AcceptProxyV2: true, Service: proxy.Service{Name: "api", Port: 8443}}},
 	}, proxy.WithAccessLog(e.inboundLog))

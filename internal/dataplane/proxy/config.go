@@ -125,8 +125,9 @@ type Inbound struct {
 	// to the app); a connection without a valid one is refused. Only the
 	// gateway may be able to reach such a listener (a unix socket or
 	// loopback): whoever connects to it can claim any source address.
-	// Such a listener counts no per-source limits (the gateway's apply to
-	// the original sources); max_connections and handshake_timeout do.
+	// Such a listener counts the per-source limits under the original
+	// source the header names (the gateway's own limits end with the
+	// ClientHello); max_connections and handshake_timeout apply too.
 	AcceptProxyV2 bool `yaml:"accept_proxy_v2"`
 }
 

@@ -75,9 +75,10 @@ const (
 // max_handshakes_per_source still in their TLS handshake), so one host
 // cannot take every slot of max_connections or hold them with connections
 // that never present a certificate. The source is always the real TCP
-// peer's. Listeners behind a gateway (accept_proxy_v2) count none: all
-// their connections come from the gateway, whose own per-source limits
-// bound the original sources.
+// peer's, except on listeners behind a gateway (accept_proxy_v2): there
+// every connection comes from the gateway, so each is counted, once its
+// PROXY header is read, under the original source the header names
+// (acquireGatewaySource).
 
 func newConnState(listener string, inbound bool, raw net.Conn) *connState {
 	return &connState{id: rand.Text(), listener: listener, inbound: inbound, start: time.Now(), client: raw.RemoteAddr().String(),
@@ -182,3 +183,31 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 }
 
 var errIdle = errors.New("idle timeout")
+
+// acquireGatewaySource counts a connection of a listener with
+// accept_proxy_v2 against the per-source limits of the original source its
+// gateway named (src, from the PROXY header), which acceptLoop could not
+// know. The gateway bounds each source only until it has read the
+// ClientHello; without this, one caller could hold up to the gateway's
+// max_connections_per_source TLS handshakes open here (a ClientHello, then
+// silence), instead of max_handshakes_per_source. A refused connection is
+// counted in ward_proxy_connections_rejected_total and logged; false then.
+func (p *Proxy) acquireGatewaySource(c *connState, src net.Addr) bool {
+	key := netsource.Key(src)
+	if key == "" || c.limits != nil {
+		return true
+	}
+	if r := p.srcLimits.Acquire(key); r != netsource.Accepted {
+		reason := rejectPerSource
+		if r == netsource.OverPending {
+			reason = rejectPerSourceShakes
+		}
+		p.m.rejected.WithLabelValues(c.listener, reason).Inc()
+		p.warnRefusal(c.listener, key, reason)
+		c.outcome, c.errText = "rejected", reason+": the original source "+key+" (PROXY header of the gateway) is over its per-source limit"
+		return false
+	}
+	c.limits, c.src = p.srcLimits, key
+	c.handshaking.Store(true)
+	return true
+}

@@ -75,6 +75,9 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 			c.outcome, c.errText = "handshake_failed", "proxy_v2: "+err.Error()+" (accept_proxy_v2 is set: only a ward gateway with proxy_protocol: v2 may connect)"
 			return
 		}
+		if !p.acquireGatewaySource(c, src) {
+			return
+		}
 	}
 	tc := tls.Server(conn, p.withChainKeys(p.inboundTLS, &keys))
 	c.add(tc)
