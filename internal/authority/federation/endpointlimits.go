@@ -28,7 +28,10 @@ import (
 //   - an authenticated peer (one federated trust domain, whichever sources
 //     its authorities connect from) may hold at most maxLongPollsPerPeer
 //     revocation long-polls and maxWitnessPerPeer witness requests at
-//     once; more are answered 429 at once and counted as "busy".
+//     once, and make at most peerRequestBurst requests in a row, then one
+//     per peerRequestRefill (a long-poll asked with wait=0, or a witness
+//     request, answers at once and can be repeated on a kept-alive
+//     connection); more are answered 429 at once and counted as "busy".
 //
 // A peer's authority makes one long-poll and one witness request at a
 // time, one bundle fetch now and then, each on its own connection; an HA
@@ -39,6 +42,11 @@ const (
 	endpointMaxPendingPerSource = 8
 	maxLongPollsPerPeer         = 8
 	maxWitnessPerPeer           = 4
+	// A peer's followers poll at most revocationBurst times in a row, then
+	// once per revocationRefill, and witness once per
+	// federation.witness_interval: a few replicas stay well under this.
+	peerRequestBurst  = 60
+	peerRequestRefill = 250 * time.Millisecond
 )
 
 // Reasons the bundle endpoint closes a connection at accept
@@ -159,8 +167,10 @@ func endpointConnState(c net.Conn, s http.ConnState) {
 // peerSlots counts an authenticated peer's requests in progress, per trust
 // domain and kind.
 type peerSlots struct {
-	mu sync.Mutex
-	n  map[peerSlotKey]int
+	mu     sync.Mutex
+	n      map[peerSlotKey]int
+	budget map[spiffeid.TrustDomain]*pollBudget
+	now    func() time.Time // tests (default time.Now)
 }
 
 type peerSlotKey struct {
@@ -178,6 +188,21 @@ func (p *peerSlots) take(td spiffeid.TrustDomain, kind string, max int) bool {
 	}
 	k := peerSlotKey{td, kind}
 	if p.n[k] >= max {
+		return false
+	}
+	if p.budget == nil {
+		p.budget = map[spiffeid.TrustDomain]*pollBudget{}
+	}
+	b := p.budget[td]
+	if b == nil {
+		b = &pollBudget{burst: peerRequestBurst, refill: peerRequestRefill}
+		p.budget[td] = b
+	}
+	now := time.Now
+	if p.now != nil {
+		now = p.now
+	}
+	if b.take(now()) > 0 {
 		return false
 	}
 	p.n[k]++
@@ -204,8 +229,8 @@ func (e *Endpoint) peerSlot(w http.ResponseWriter, r *http.Request, td spiffeid.
 	if count != nil {
 		count(RefusedBusy)
 	}
-	e.cfg.Log.Debug(what+": client refused: too many requests of its trust domain in progress", "trust_domain", td.Name(), "remote", r.RemoteAddr, "max", max)
+	e.cfg.Log.Debug(what+": client refused: too many requests of its trust domain in progress or in a row", "trust_domain", td.Name(), "remote", r.RemoteAddr, "max", max)
 	w.Header().Set("Retry-After", "5")
-	http.Error(w, "too many requests of trust domain "+td.Name()+" in progress; retry later", http.StatusTooManyRequests)
+	http.Error(w, "too many requests of trust domain "+td.Name()+" in progress or in a row; retry later", http.StatusTooManyRequests)
 	return false
 }

@@ -189,6 +189,7 @@ type peerEndpoint struct {
 	revRef  refusals
 	witRef  refusals
 	release sync.Once
+	ep      *Endpoint
 }
 
 func newPeerEndpoint(t *testing.T) *peerEndpoint {
@@ -217,6 +218,7 @@ func newPeerEndpoint(t *testing.T) *peerEndpoint {
 	}
 	t.Cleanup(ep.Stop)
 	p.base = "https://" + ep.Addr(ProfileSPIFFE).String()
+	p.ep = ep
 	tc := tlsconfig.MTLSClientConfig(svidFunc(serverSVID(t, b)), bundleOf(t, a), tlsconfig.AuthorizeID(ep.ServerID()))
 	p.client = func() *http.Client {
 		return &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}, Timeout: 30 * time.Second}
@@ -324,5 +326,44 @@ func TestRevocationLongPollRefusedAfterRelationshipRemoved(t *testing.T) {
 	}
 	if r.code != http.StatusForbidden {
 		t.Fatalf("long-poll of a peer removed during the wait: %d %.200s, want 403", r.code, r.body)
+	}
+}
+
+// A peer repeating requests that answer at once (a long-poll with wait=0,
+// on a kept-alive connection) makes the authority read its policy store
+// each time: past peerRequestBurst requests in a row it is answered 429
+// until its budget refills (here never: the clock stands still).
+func TestPeerRequestsInARowBounded(t *testing.T) {
+	p := newPeerEndpoint(t)
+	t0 := time.Now()
+	p.ep.slots.mu.Lock()
+	p.ep.slots.now = func() time.Time { return t0 }
+	p.ep.slots.mu.Unlock()
+	tr := &http.Transport{TLSClientConfig: p.client().Transport.(*http.Transport).TLSClientConfig}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	get := func() int {
+		resp, err := client.Get(p.base + RevocationPath + "?wait=0s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	for i := 0; i < peerRequestBurst; i++ {
+		if code := get(); code != http.StatusOK {
+			t.Fatalf("request %d: %d", i, code)
+		}
+	}
+	if code := get(); code != http.StatusTooManyRequests {
+		t.Fatalf("request %d in a row of one peer: %d, want 429", peerRequestBurst+1, code)
+	}
+	// Once the budget refills, the peer is served again.
+	p.ep.slots.mu.Lock()
+	p.ep.slots.now = func() time.Time { return t0.Add(peerRequestRefill) }
+	p.ep.slots.mu.Unlock()
+	if code := get(); code != http.StatusOK {
+		t.Fatalf("after a refill: %d", code)
 	}
 }

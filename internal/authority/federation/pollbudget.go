@@ -19,27 +19,32 @@ const (
 	revocationRefill = 5 * time.Second
 )
 
-// pollBudget is a token bucket of revocationBurst polls refilled one per
-// revocationRefill.
+// pollBudget is a token bucket of burst polls refilled one per refill
+// (zero: revocationBurst and revocationRefill).
 type pollBudget struct {
+	burst  float64
+	refill time.Duration
 	tokens float64
 	at     time.Time
 }
 
 // take spends a poll at now, or returns how long to wait for one.
 func (b *pollBudget) take(now time.Time) time.Duration {
+	if b.burst == 0 {
+		b.burst, b.refill = revocationBurst, revocationRefill
+	}
 	if b.at.IsZero() {
-		b.tokens, b.at = revocationBurst, now
+		b.tokens, b.at = b.burst, now
 	}
 	if now.After(b.at) {
-		b.tokens = min(revocationBurst, b.tokens+float64(now.Sub(b.at))/float64(revocationRefill))
+		b.tokens = min(b.burst, b.tokens+float64(now.Sub(b.at))/float64(b.refill))
 		b.at = now
 	}
 	if b.tokens >= 1 {
 		b.tokens--
 		return 0
 	}
-	return time.Duration((1 - b.tokens) * float64(revocationRefill))
+	return time.Duration((1 - b.tokens) * float64(b.refill))
 }
 
 // pause waits d or until ctx ends (c.sleep in tests).
