@@ -12,21 +12,22 @@
 #  - TestBenchCrossClusterRevocation: the time from `ward revoke` in A to
 #    the refusal in B (B's proxy closing A's revoked workload's open
 #    connection), median and max over RUNS runs (default 20), started PAUSE
-#    seconds apart (default 10: B polls A's revocation channel at most 10
-#    times in a row, then once per 5 s; each run changes A's deny-list twice).
+#    seconds apart (default 0: back to back; B polls A's revocation channel
+#    at most 10 times in a row, then once a second, and each run changes A's
+#    deny-list twice, so later runs include that second).
 #
 # Times include the CLI starting up; read them against the issue's bounds
 # (2 s for a revocation), not as absolutes. The test agents sync every
 # 500ms (the default is 5s), which bounds the rotation figure.
 #
-#   bench/federation/run.sh            # RUNS=20, PAUSE=10, SAMPLES=1000, LOOP=3 (seconds), CONNS=4, ROTATIONS=5
+#   bench/federation/run.sh            # RUNS=20, PAUSE=0, SAMPLES=1000, LOOP=3 (seconds), CONNS=4, ROTATIONS=5
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 . bench/lib.sh
 RUNS=${RUNS:-20}
 T=$(mktemp)
-WARD_BENCH_FEDERATION=1 WARD_BENCH_REVOKE_RUNS=$RUNS WARD_BENCH_REVOKE_PAUSE=${PAUSE:-10} \
+WARD_BENCH_FEDERATION=1 WARD_BENCH_REVOKE_RUNS=$RUNS WARD_BENCH_REVOKE_PAUSE=${PAUSE:-0} \
   WARD_BENCH_SAMPLES=${SAMPLES:-1000} WARD_BENCH_LOOP_SECONDS=${LOOP:-3} WARD_BENCH_CONNS=${CONNS:-4} \
   WARD_BENCH_ROTATE_RUNS=${ROTATIONS:-5} \
   go test -count=1 -timeout 30m -run '^(TestBenchFederation|TestBenchCrossClusterRevocation)$' -v ./test/e2e 2>&1 |

@@ -14,9 +14,13 @@ import (
 // waiting, then at most once per revocationRefill: a burst of revocations
 // still arrives at once, and since every answer carries the peer's whole
 // current deny-list, later ones are late by at most revocationRefill.
+// revocationRefill stays under the 2 s in which a revocation must reach
+// federated clusters (a longer refill made the 6th revoke-and-lift in a
+// minute arrive late); a hostile peer then costs at most one policy
+// version a second.
 const (
 	revocationBurst  = 10
-	revocationRefill = 5 * time.Second
+	revocationRefill = time.Second
 )
 
 // pollBudget is a token bucket of burst polls refilled one per refill
