@@ -354,4 +354,3 @@ func memContains(pid int, needle []byte) (bool, int, error) {
 	}
 	return false, scanned, nil
 }
-

@@ -80,7 +80,9 @@ func TestClientHelloParsesInGo(t *testing.T) {
 		{hello{version: TLS13, suites: suitesFor(TLS13), groups: groupsFor(TLS13), serverName: "x.test"},
 			func(sh *serverHello) bool { return sh.hrr && sh.version == TLS13 && sh.group == 0x11EC }},
 		{hello{version: TLS13, suites: suitesFor(TLS13), groups: []uint16{0x001D}, keyShares: []keyShare{mustShare(t)}},
-			func(sh *serverHello) bool { return !sh.hrr && sh.version == TLS13 && sh.group == 0x001D && SuiteByID(sh.suite).tls13() }},
+			func(sh *serverHello) bool {
+				return !sh.hrr && sh.version == TLS13 && sh.group == 0x001D && SuiteByID(sh.suite).tls13()
+			}},
 		{hello{version: TLS12, suites: suitesFor(TLS12), groups: groupsFor(TLS12)},
 			func(sh *serverHello) bool { return !sh.hrr && sh.version == TLS12 && SuiteByID(sh.suite).AEAD }},
 	} {
