@@ -319,7 +319,7 @@ func (e *Endpoint) peer(w http.ResponseWriter, r *http.Request, what string, cou
 		if count != nil {
 			count(reason)
 		}
-		e.cfg.Log.Warn(what+": client refused", "reason", reason, "remote", r.RemoteAddr, "err", msg)
+		e.logRefused(what, reason, r.RemoteAddr, msg)
 		http.Error(w, msg, code)
 		return spiffeid.ID{}, false
 	}

@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
@@ -109,10 +110,10 @@ func (l *limitListener) Accept() (net.Conn, error) {
 
 // refuse closes c, counts it and logs the first refusal of every 10 s.
 func (l *limitListener) refuse(c net.Conn, key, reason string) {
-	c.Close()
 	if l.onRefused != nil {
-		l.onRefused(reason)
+		l.onRefused(reason) // before the close the client sees
 	}
+	c.Close()
 	now := time.Now().UnixNano()
 	last := l.lastWarn.Load()
 	if now-last < int64(10*time.Second) || !l.lastWarn.CompareAndSwap(last, now) {
@@ -171,6 +172,8 @@ type peerSlots struct {
 	n      map[peerSlotKey]int
 	budget map[spiffeid.TrustDomain]*pollBudget
 	now    func() time.Time // tests (default time.Now)
+	// lastWarn is when a refused client was last logged as a warning.
+	lastWarn time.Time
 }
 
 type peerSlotKey struct {
@@ -218,6 +221,29 @@ func (p *peerSlots) give(td spiffeid.TrustDomain, kind string) {
 	} else {
 		delete(p.n, k)
 	}
+}
+
+// logRefused logs a refused client of the revocation channel or the
+// witness: at warning level at most once per 10 s (anyone can send
+// requests without a certificate, as fast as it likes: the refusal
+// counters count every one), at debug level otherwise.
+func (e *Endpoint) logRefused(what, reason, remote, msg string) {
+	now := time.Now
+	e.slots.mu.Lock()
+	if e.slots.now != nil {
+		now = e.slots.now
+	}
+	t := now()
+	warn := e.slots.lastWarn.IsZero() || t.Sub(e.slots.lastWarn) >= 10*time.Second
+	if warn {
+		e.slots.lastWarn = t
+	}
+	e.slots.mu.Unlock()
+	lvl := slog.LevelDebug
+	if warn {
+		lvl = slog.LevelWarn
+	}
+	e.cfg.Log.Log(context.Background(), lvl, what+": client refused (further refusals within 10s are logged at debug level)", "reason", reason, "remote", remote, "err", msg)
 }
 
 // peerSlot takes one of td's slots of kind for the request, or answers 429

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"sync"
@@ -365,5 +366,75 @@ func TestPeerRequestsInARowBounded(t *testing.T) {
 	p.ep.slots.mu.Unlock()
 	if code := get(); code != http.StatusOK {
 		t.Fatalf("after a refill: %d", code)
+	}
+}
+
+// countingHandler counts log records by level.
+type countingHandler struct {
+	mu sync.Mutex
+	n  map[slog.Level]int
+}
+
+func (h *countingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n == nil {
+		h.n = map[slog.Level]int{}
+	}
+	h.n[r.Level]++
+	return nil
+}
+func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
+
+func (h *countingHandler) count(l slog.Level) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n[l]
+}
+
+// Anyone may send requests without a certificate to the revocation
+// channel and the witness, as fast as it likes on a kept-alive
+// connection: each refusal is counted, but logged as a warning at most
+// once per 10 s (a flood must not fill the authority's log).
+func TestUnauthenticatedFloodDoesNotFloodTheLog(t *testing.T) {
+	mA, err := Open(context.Background(), Options{Store: memstore.New(), TrustDomain: tdA, Audit: audit.RecorderFunc((&auditLog{}).append)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &countingHandler{}
+	var refused atomic.Int32
+	ep, err := NewEndpoint(EndpointConfig{CA: newCA(t, tdA), Address: "127.0.0.1:0", Revocations: newPubSource(tdA.Name()), Peers: mA,
+		Log: slog.New(h), OnRevocationRefused: func(string) { refused.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	ep.slots.now = func() time.Time { return t0 }
+	if err := ep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ep.Stop)
+	tr := &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	const n = 50
+	for i := 0; i < n; i++ {
+		resp, err := client.Get("https://" + ep.Addr(ProfileSPIFFE).String() + RevocationPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("request %d without a certificate: %d", i, resp.StatusCode)
+		}
+	}
+	if refused.Load() != n {
+		t.Fatalf("refusals counted: %d, want %d", refused.Load(), n)
+	}
+	if w := h.count(slog.LevelWarn); w != 1 {
+		t.Fatalf("%d requests without a certificate logged %d warnings, want 1", n, w)
 	}
 }
