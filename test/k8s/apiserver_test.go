@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -200,8 +201,9 @@ func tail(s string, n int) string {
 // plugin unhealthy with the reason while reads of cached DEKs go on; it
 // recovers after unseal; a restarted apiserver (empty DEK cache) reads
 // objects under both versions through the plugin's Decrypt; rewriting
-// every Secret moves all of them to the new version, after which the
-// key's minimum decrypt version is raised and everything still reads.
+// `ward k8s rewrap` refuses to raise the key's minimum decrypt version
+// while a Secret is under version 1, then moves all of them to version 2
+// and raises it, and everything still reads.
 func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	bin := kubeAPIServer(t)
 	dir := t.TempDir()
@@ -270,11 +272,13 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	a.ward("", "key", "rotate", "k8s/etcd")
 	waitStatus(t, kc, "key_id version 2", func(h, id string) bool { return h == "ok" && id == "ward:k8s/etcd:2" })
 	deadline := time.Now().Add(3 * time.Minute)
+	var v1Count int
 	for i := 0; ; i++ {
 		name := fmt.Sprintf("s2-%d", i)
 		put(name, "plaintext-marker-two")
 		if raw(name, "plaintext-marker-two") == "ward:k8s/etcd:2" {
 			t.Logf("the apiserver wrote under version 2 after %d writes", i+1)
+			v1Count = 1 + i // s1 and s2-0 .. s2-(i-1)
 			break
 		}
 		if time.Now().After(deadline) {
@@ -322,20 +326,45 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	}
 	get("s4", "plaintext-marker-four")
 
-	// Migration (the documented equivalent of a rewrap: replace every
-	// Secret unchanged; KMS v2 marks an object under an old key_id stale, so
-	// the apiserver writes it again under the current seed): afterwards
-	// every Secret in etcd is under version 2, so the key's minimum decrypt
-	// version can be raised to 2 and a restarted apiserver (empty DEK
-	// cache, version 1 now refused by the authority) still reads them all.
+	// Migration with `ward k8s rewrap`: while s1 is under version 1, a
+	// request to raise the key's minimum decrypt version is refused; the
+	// rewrap rewrites what is stale through the apiserver until every
+	// Secret in etcd is under version 2 and only then raises it; a
+	// restarted apiserver (empty DEK cache, version 1 now refused by the
+	// authority) still reads them all.
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(api.token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rewrapArgs := []string{"k8s", "rewrap", "--key", "k8s/etcd", "--apiserver", api.url, "--token-file", tokenFile,
+		"--apiserver-ca", filepath.Join(dir, "apiserver", "certs", "apiserver.crt"),
+		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--raise-min-decrypt-version"}
+	out, err := a.wardErr("", append(rewrapArgs, "--dry-run")...)
+	if err == nil || !strings.Contains(out, fmt.Sprintf(" %d under ward:k8s/etcd:1;", v1Count)) ||
+		!strings.Contains(err.Error(), fmt.Sprintf("refusing to raise the minimum decrypt version of k8s/etcd to 2: %d objects are not under ward:k8s/etcd:2", v1Count)) {
+		t.Fatalf("dry run with objects under version 1: %v\n%s", err, out)
+	}
+	minDecrypt := func() string {
+		m := regexp.MustCompile(`Min decrypt version:\s+(\d+)`).FindStringSubmatch(a.ward("", "key", "show", "k8s/etcd"))
+		if m == nil {
+			t.Fatal("ward key show prints no minimum decrypt version")
+		}
+		return m[1]
+	}
+	if v := minDecrypt(); v != "1" && v != "0" {
+		t.Fatalf("raised anyway: minimum decrypt version %s", v)
+	}
+	out = a.ward("", rewrapArgs...)
+	t.Logf("ward k8s rewrap:\n%s", out)
+	if !strings.Contains(out, fmt.Sprintf("every object is under ward:k8s/etcd:2 (%d rewritten)", v1Count)) || !strings.Contains(out, "minimum decrypt version of k8s/etcd raised to 2") {
+		t.Fatalf("rewrap:\n%s", out)
+	}
+	if v := minDecrypt(); v != "2" {
+		t.Fatalf("after the rewrap, minimum decrypt version %s", v)
+	}
 	all, err := api.client.CoreV1().Secrets("").List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
-	}
-	for i := range all.Items {
-		if _, err := api.client.CoreV1().Secrets(all.Items[i].Namespace).Update(ctx, &all.Items[i], metav1.UpdateOptions{}); err != nil {
-			t.Fatalf("rewrite %s: %v", all.Items[i].Name, err)
-		}
 	}
 	r, err := ec.Get(ctx, "/registry/secrets/", clientv3.WithPrefix())
 	if err != nil {
@@ -347,10 +376,9 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	for _, kv := range r.Kvs {
 		name := string(kv.Key[len("/registry/secrets/default/"):])
 		if id := raw(name, "plaintext-marker"); id != "ward:k8s/etcd:2" {
-			t.Fatalf("after the rewrite, %s is under %q", name, id)
+			t.Fatalf("after the rewrap, %s is under %q", name, id)
 		}
 	}
-	a.ward("", "key", "config", "k8s/etcd", "--min-decrypt-version", "2")
 	api.restart()
 	for name, pt := range map[string]string{"s1": "plaintext-marker-one", "s2": "plaintext-marker-two", "s3": "plaintext-marker-three", "s4": "plaintext-marker-four"} {
 		get(name, pt)
@@ -362,7 +390,7 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	// Every call reached the authority as a KMS caller and was audited:
 	// the log names the key and the context key (its value is HMACed),
 	// and it verifies.
-	out := a.ward("", "audit", "tail", "-n", "5000", "--json")
+	out = a.ward("", "audit", "tail", "-n", "5000", "--json")
 	for _, want := range []string{"k8s/etcd", ContextKeyForTest} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the audit log lacks %q", want)

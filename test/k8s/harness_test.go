@@ -117,6 +117,16 @@ func (a *authority) seal() { a.ward("", "operator", "seal") }
 // ward runs the CLI against the authority and fails the test on error.
 func (a *authority) ward(stdin string, args ...string) string {
 	a.t.Helper()
+	out, err := a.wardErr(stdin, args...)
+	if err != nil {
+		a.t.Fatalf("ward %s: %v\nstdout: %s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// wardErr runs the CLI against the authority; the error carries stderr.
+func (a *authority) wardErr(stdin string, args ...string) (string, error) {
+	a.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, wardBin, args...)
@@ -127,9 +137,9 @@ func (a *authority) ward(stdin string, args ...string) string {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		a.t.Fatalf("ward %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errb.String())
+		return out.String(), fmt.Errorf("%w; stderr: %s", err, errb.String())
 	}
-	return out.String()
+	return out.String(), nil
 }
 
 // plugin is a `ward kms-plugin` child serving on socket.
