@@ -180,6 +180,14 @@ func (m *Manager) ExportService(ctx context.Context, s catalog.Service, source s
 	if s.Forward == "" {
 		return errs.Errorf(errs.Invalid, "service %s: no forward address (the inbound proxy listener its gateway forwards to)", s.Name)
 	}
+	m.cat.mu.Lock()
+	for _, old := range m.cat.local.Services {
+		if old.Service == s && old.Source == source {
+			m.cat.mu.Unlock()
+			return nil // as exported already: nothing to store or audit
+		}
+	}
+	m.cat.mu.Unlock()
 	fields := map[string]string{"service": s.Name, "spiffe_id": s.SPIFFEID, "gateway": s.Gateway, "forward": s.Forward, "source": source}
 	return m.changeCatalog(ctx, "catalog.export", fields, func(l *localCatalog) (bool, error) {
 		for i, old := range l.Services {

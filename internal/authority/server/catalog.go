@@ -38,8 +38,9 @@ func (s *Server) onCatalog(st *unsealedState) func(ctx context.Context, td spiff
 }
 
 // declareServices makes the catalog's config-declared services match
-// services.export.
-func (s *Server) declareServices(ctx context.Context, m *federation.Manager) error {
+// services.export, then makes the current policy version carry the
+// catalog as loaded (only if it differs).
+func (s *Server) declareServices(ctx context.Context, st *unsealedState, m *federation.Manager) error {
 	ctx = reqctx.With(ctx, reqctx.Caller{Actor: "system:config", RequestID: reqctx.NewRequestID()})
 	m.SetServiceDefaults(s.cfg.Services.Gateway, s.cfg.Services.ForwardHost)
 	want := map[string]bool{}
@@ -57,5 +58,6 @@ func (s *Server) declareServices(ctx context.Context, m *federation.Manager) err
 			}
 		}
 	}
+	s.onCatalog(st)(ctx, m.TrustDomain(), map[string]string{"reason": "unseal"})
 	return nil
 }

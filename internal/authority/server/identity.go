@@ -67,6 +67,10 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		return err
 	}
 	st.fed.Store(id.fed)
+	// After the Store: publishing the catalog reads it from st.fed.
+	if err := s.declareServices(ctx, st, id.fed); err != nil {
+		return err
+	}
 	if ic.NodeAPIAddress != "" {
 		var roots *x509.CertPool
 		if ic.X509PopCABundle != "" {
@@ -231,9 +235,6 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 		decl = append(decl, r)
 	}
 	if err := m.Declare(ctx, decl, boot); err != nil {
-		return nil, err
-	}
-	if err := s.declareServices(ctx, m); err != nil {
 		return nil, err
 	}
 	return m, nil
