@@ -181,9 +181,11 @@ func findLog(log *syncbuf.Buffer, k, v string) []map[string]any {
 }
 
 // TestGatewayHoldsNoKey: the gateway's configuration has no field for key
-// material (and refuses one), and the package links no TLS stack, X.509
+// material (and refuses one), and the package imports no TLS stack, X.509
 // or SPIFFE SVID code that could use one (it parses trust domain names
-// only).
+// only; with catalog_socket its gRPC client reaches the agent's unix
+// socket with local credentials, no TLS). TestGatewayInNetworkNamespaces
+// (test/e2e) searches the running gateway's memory for the workloads' keys.
 func TestGatewayHoldsNoKey(t *testing.T) {
 	for _, typ := range []reflect.Type{reflect.TypeOf(gateway.Config{}), reflect.TypeOf(gateway.Route{})} {
 		for i := 0; i < typ.NumField(); i++ {
