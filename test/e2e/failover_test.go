@@ -26,10 +26,15 @@ import (
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
-// taggedEcho answers every line with "<tag> LINE".
-func taggedEcho(t *testing.T, tag string) string {
+// taggedEcho answers every line with "<tag> LINE", on loopback or, with
+// sock set, on that unix socket (returned as unix:///path).
+func taggedEcho(t *testing.T, tag string, sock ...string) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	network, addr := "tcp", "127.0.0.1:0"
+	if len(sock) > 0 {
+		network, addr = "unix", sock[0]
+	}
+	l, err := net.Listen(network, addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +60,9 @@ func taggedEcho(t *testing.T, tag string) string {
 			}()
 		}
 	}()
+	if network == "unix" {
+		return "unix://" + addr
+	}
 	return l.Addr().String()
 }
 
