@@ -15,9 +15,15 @@ import (
 // trust domain (spiffe://<td>/ward/server), verified with that trust
 // domain's bundle and nothing else (as the revocation channel).
 func (e *Endpoint) serveCatalog(w http.ResponseWriter, r *http.Request) {
-	if _, ok := e.peer(w, r, "catalog channel", e.cfg.OnRevocationRefused); !ok {
+	id, ok := e.peer(w, r, "catalog channel", e.cfg.OnRevocationRefused)
+	if !ok {
 		return
 	}
+	// Bounded per peer as the revocation long-polls (endpointlimits.go).
+	if !e.peerSlot(w, r, id.TrustDomain(), "catalog channel", "catalog", maxLongPollsPerPeer, e.cfg.OnRevocationRefused) {
+		return
+	}
+	defer e.slots.give(id.TrustDomain(), "catalog")
 	var err error
 	q := r.URL.Query()
 	var after uint64
@@ -38,6 +44,10 @@ func (e *Endpoint) serveCatalog(w http.ResponseWriter, r *http.Request) {
 	c, err := e.cfg.Catalog.WaitCatalog(ctx, after)
 	if err != nil {
 		http.Error(w, "catalog unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	// The relationship may have been removed during the wait.
+	if _, ok := e.peer(w, r, "catalog channel", e.cfg.OnRevocationRefused); !ok {
 		return
 	}
 	c.TrustDomain = e.cfg.CA.TrustDomain().Name()

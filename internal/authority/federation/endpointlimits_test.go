@@ -438,3 +438,83 @@ func TestUnauthenticatedFloodDoesNotFloodTheLog(t *testing.T) {
 		t.Fatalf("%d requests without a certificate logged %d warnings, want 1", n, w)
 	}
 }
+
+// gatedCatalog counts the catalog long-polls waiting.
+type gatedCatalog struct {
+	waiting atomic.Int32
+	release chan struct{}
+}
+
+func (g *gatedCatalog) WaitCatalog(ctx context.Context, after uint64) (Catalog, error) {
+	g.waiting.Add(1)
+	defer g.waiting.Add(-1)
+	select {
+	case <-g.release:
+	case <-ctx.Done():
+	}
+	return Catalog{Sequence: after + 1}, nil
+}
+
+// The catalog channel is a long-poll like the revocation channel: a peer
+// holds at most maxLongPollsPerPeer of them, and one whose relationship is
+// removed during the wait gets no catalog.
+func TestCatalogLongPollsPerPeerBoundedAndRechecked(t *testing.T) {
+	a, b := newCA(t, tdA), newCA(t, tdB)
+	mA, err := Open(context.Background(), Options{Store: memstore.New(), TrustDomain: tdA, Audit: audit.RecorderFunc((&auditLog{}).append)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mA.Add(context.Background(), Relationship{TrustDomain: tdB, EndpointURL: "https://b.invalid/", Profile: ProfileSPIFFE,
+		EndpointID: spiffeid.RequireFromPath(tdB, "/ward/server")}, bundleOf(t, b)); err != nil {
+		t.Fatal(err)
+	}
+	cat := &gatedCatalog{release: make(chan struct{})}
+	var releaseOnce sync.Once
+	release := func() { releaseOnce.Do(func() { close(cat.release) }) }
+	var refused refusals
+	ep, err := NewEndpoint(EndpointConfig{CA: a, Address: "127.0.0.1:0", Revocations: newPubSource(tdA.Name()), Catalog: cat, Peers: mA,
+		OnRevocationRefused: refused.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ep.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(ep.Stop)
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	t.Cleanup(release)
+	tc := tlsconfig.MTLSClientConfig(svidFunc(serverSVID(t, b)), bundleOf(t, a), tlsconfig.AuthorizeID(ep.ServerID()))
+	get := func() (int, error) {
+		c := &http.Client{Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true}, Timeout: 30 * time.Second}
+		resp, err := c.Get("https://" + ep.Addr(ProfileSPIFFE).String() + CatalogPath + "?wait=20s")
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode, nil
+	}
+	codes := make(chan int, maxLongPollsPerPeer)
+	for i := 0; i < maxLongPollsPerPeer; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			code, _ := get()
+			codes <- code
+		}()
+	}
+	waitFor(t, "the catalog long-polls to wait", func() bool { return cat.waiting.Load() == maxLongPollsPerPeer })
+	if code, err := get(); err != nil || code != http.StatusTooManyRequests {
+		t.Fatalf("catalog long-poll %d of one peer: %d %v, want 429", maxLongPollsPerPeer+1, code, err)
+	}
+	if err := mA.Remove(context.Background(), tdB); err != nil {
+		t.Fatal(err)
+	}
+	release()
+	for i := 0; i < maxLongPollsPerPeer; i++ {
+		if code := <-codes; code != http.StatusForbidden {
+			t.Fatalf("catalog long-poll of a peer removed during the wait: %d, want 403", code)
+		}
+	}
+}
