@@ -1,0 +1,394 @@
+// Package anomaly scores ward's audit stream for unusual key access
+// (docs/anomaly.md). Per caller and key it keeps a baseline: for every
+// (caller, key, operation) series an exponentially weighted mean and
+// variance of the items per minute, an hour-of-day histogram per (caller,
+// key), the trust domains each key was used from, and per caller the
+// denials per minute. It raises an Alert when
+//
+//   - a caller touches a key of a restricted classification for the first time,
+//   - a minute's decrypt volume of a series exceeds mean + Sigma·stddev,
+//     Factor × mean and MinDecrypts at once,
+//   - a caller's denials in a minute exceed mean + Sigma·stddev and MinDenials,
+//   - a key is used by a caller of a trust domain it never was used from.
+//
+// Time is the events' own time (a virtual clock in tests), so a replayed
+// log scores as the live stream did. The authority feeds it the events its
+// audit log committed through Submit (a bounded queue: the audit path never
+// waits; drops are counted); alerts go back to the log as "anomaly.alert"
+// events, to Prometheus, to an optional webhook and to List (`ward anomaly
+// list` reads them from the log). It imports no authority package: its
+// input is the small Event below, which the CLI's wiring fills.
+package anomaly
+
+import (
+	"context"
+	"math"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Event is what the detector reads of one committed audit event.
+type Event struct {
+	Time      time.Time
+	Actor     string // the caller: spiffe://td/path, admin:uid=N, system:...
+	Operation string // e.g. kms.decrypt
+	Key       string // the key name; "" for events on no key
+	// Classification of Key (the KMS classification name), "" if unknown.
+	Classification string
+	Result         string // ok, error, denied, started
+	Count          int    // items of a batch; 0 means 1
+}
+
+// Alert kinds.
+const (
+	KindRestrictedFirstUse = "restricted_first_use"
+	KindDecryptBurst       = "decrypt_burst"
+	KindDenialSpike        = "denial_spike"
+	KindNewTrustDomain     = "new_trust_domain"
+)
+
+// Operation is the audit operation of an alert event.
+const Operation = "anomaly.alert"
+
+// Alert is one finding. It holds names and numbers only: no context
+// values, no plaintext, no key material.
+type Alert struct {
+	Time           time.Time `json:"time"`
+	Kind           string    `json:"kind"`
+	Caller         string    `json:"caller"`
+	Key            string    `json:"key,omitempty"`
+	Operation      string    `json:"operation,omitempty"`
+	Classification string    `json:"classification,omitempty"`
+	TrustDomain    string    `json:"trust_domain,omitempty"`
+	Observed       float64   `json:"observed,omitempty"`  // items this minute
+	Baseline       float64   `json:"baseline,omitempty"`  // EWMA mean per minute
+	Stddev         float64   `json:"stddev,omitempty"`    // EWMA standard deviation
+	Threshold      float64   `json:"threshold,omitempty"` // what Observed crossed
+	HourShare      float64   `json:"hour_share,omitempty"`
+	Detail         string    `json:"detail"`
+}
+
+type seriesKey struct{ caller, key, op string }
+
+// series is one (caller, key, operation) rate baseline.
+type series struct {
+	minute  int64   // the minute (Unix time / 60) cur counts
+	cur     float64 // items in that minute so far
+	mean    float64 // EWMA of items per closed minute
+	vr      float64 // EWMA variance
+	minutes int64   // closed minutes seen
+}
+
+type pairKey struct{ caller, key string }
+
+type pair struct {
+	hours [24]uint32
+	total uint32
+}
+
+type alertKey struct{ kind, caller, key string }
+
+// Detector is the scorer. Observe and Prime are for one goroutine (Run is
+// that goroutine in the authority); Submit, List and the metrics are safe
+// from any.
+type Detector struct {
+	cfg        Config
+	restricted map[string]bool
+
+	series  map[seriesKey]*series
+	denials map[string]*series // per caller
+	pairs   map[pairKey]*pair
+	domains map[string]map[string]struct{} // key -> trust domains
+	last    map[alertKey]time.Time
+	first   time.Time
+	priming bool
+
+	queue chan Event
+	sinks []func(context.Context, Alert)
+	hook  *webhook
+
+	mu     sync.Mutex
+	recent []Alert // ring, newest last
+	next   int
+
+	m metrics
+}
+
+// Option configures a Detector.
+type Option func(*Detector)
+
+// WithSink calls fn with every alert, on the goroutine running Run (the
+// authority records the alert in its audit log there).
+func WithSink(fn func(context.Context, Alert)) Option {
+	return func(d *Detector) { d.sinks = append(d.sinks, fn) }
+}
+
+// New returns a detector for cfg (defaults applied, then validated).
+func New(cfg Config, opts ...Option) (*Detector, error) {
+	cfg = cfg.Defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	d := &Detector{
+		cfg: cfg, restricted: map[string]bool{},
+		series: map[seriesKey]*series{}, denials: map[string]*series{}, pairs: map[pairKey]*pair{},
+		domains: map[string]map[string]struct{}{}, last: map[alertKey]time.Time{},
+		queue: make(chan Event, cfg.QueueSize), recent: make([]Alert, 0, cfg.RecentAlerts),
+	}
+	for _, n := range cfg.RestrictedClassifications {
+		d.restricted[n] = true
+	}
+	d.m = newMetrics()
+	for _, o := range opts {
+		o(d)
+	}
+	if cfg.WebhookURL != "" {
+		d.hook = newWebhook(cfg.WebhookURL, cfg.WebhookTimeout, &d.m)
+	}
+	return d, nil
+}
+
+// Config returns the detector's configuration (defaults applied).
+func (d *Detector) Config() Config { return d.cfg }
+
+// Submit queues ev for scoring without waiting: false (and a counted
+// drop) when the queue is full.
+func (d *Detector) Submit(ev Event) bool {
+	select {
+	case d.queue <- ev:
+		return true
+	default:
+		d.m.dropped.Inc()
+		return false
+	}
+}
+
+// Run scores queued events until ctx ends, handing each alert to the
+// sinks, the webhook and List.
+func (d *Detector) Run(ctx context.Context) {
+	if d.hook != nil {
+		go d.hook.run(ctx)
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-d.queue:
+			for _, a := range d.Observe(ev) {
+				for _, s := range d.sinks {
+					s(ctx, a)
+				}
+				if d.hook != nil {
+					d.hook.send(a)
+				}
+			}
+		}
+	}
+}
+
+// Prime builds the baseline from ev without alerting (the authority primes
+// with the log's recent events at unseal).
+func (d *Detector) Prime(ev Event) {
+	d.priming = true
+	d.Observe(ev)
+	d.priming = false
+}
+
+// List returns up to n of the newest alerts, newest first (n <= 0: all kept).
+func (d *Detector) List(n int) []Alert {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k := len(d.recent)
+	if n <= 0 || n > k {
+		n = k
+	}
+	out := make([]Alert, 0, n)
+	for i := 0; i < n; i++ {
+		// the ring's newest entry is at next-1 once it wrapped
+		j := (d.next - 1 - i + 2*k) % k
+		out = append(out, d.recent[j])
+	}
+	return out
+}
+
+// TrustDomain returns the trust domain of a SPIFFE ID actor, or "" for
+// local actors (admin:uid=N, system:...).
+func TrustDomain(actor string) string {
+	rest, ok := strings.CutPrefix(actor, "spiffe://")
+	if !ok {
+		return ""
+	}
+	td, _, _ := strings.Cut(rest, "/")
+	return td
+}
+
+func isDecrypt(op string) bool { return op == "kms.decrypt" || op == "kms.rewrap" }
+
+// Observe scores one event and returns the alerts it raises (none while
+// priming or learning for first-use kinds). Events older than a series'
+// current minute count in that minute (the stream is committed nearly in
+// order).
+func (d *Detector) Observe(ev Event) []Alert {
+	d.m.events.Inc()
+	if ev.Operation == Operation || ev.Actor == "" {
+		return nil // our own alerts; unattributed events
+	}
+	if d.first.IsZero() {
+		d.first = ev.Time
+	}
+	learning := ev.Time.Sub(d.first) < d.cfg.LearningPeriod
+	n := float64(ev.Count)
+	if n <= 0 {
+		n = 1
+	}
+	min := ev.Time.Unix() / 60
+	var out []Alert
+
+	if ev.Result == "denied" {
+		s := d.denials[ev.Actor]
+		if s == nil && len(d.denials) < d.cfg.MaxSeries {
+			s = &series{minute: min}
+			d.denials[ev.Actor] = s
+			d.m.series.Inc()
+		}
+		if s != nil {
+			s.add(min, n, d.cfg.Alpha)
+			thr := math.Max(d.cfg.MinDenials, s.mean+d.cfg.Sigma*math.Sqrt(s.vr))
+			if s.cur > thr {
+				out = d.raise(out, ev, Alert{Kind: KindDenialSpike, Observed: s.cur, Baseline: s.mean, Stddev: math.Sqrt(s.vr), Threshold: thr,
+					Detail: "denials by this caller in one minute far above its baseline"})
+			}
+		}
+	}
+	if ev.Key == "" {
+		return d.keep(out)
+	}
+
+	pk := pairKey{ev.Actor, ev.Key}
+	p := d.pairs[pk]
+	if p == nil {
+		if len(d.pairs) >= d.cfg.MaxSeries {
+			d.m.overflow.Inc()
+			return d.keep(out)
+		}
+		p = &pair{}
+		d.pairs[pk] = p
+		d.m.series.Inc()
+		if d.restricted[ev.Classification] && !learning {
+			out = d.raise(out, ev, Alert{Kind: KindRestrictedFirstUse,
+				Detail: "first use of a " + ev.Classification + " key by this caller"})
+		}
+	}
+	h := ev.Time.UTC().Hour()
+	p.hours[h]++
+	p.total++
+
+	if td := TrustDomain(ev.Actor); td != "" {
+		set := d.domains[ev.Key]
+		if set == nil {
+			set = map[string]struct{}{}
+			d.domains[ev.Key] = set
+		}
+		if _, ok := set[td]; !ok {
+			if len(set) < 64 {
+				set[td] = struct{}{}
+			}
+			if !learning {
+				out = d.raise(out, ev, Alert{Kind: KindNewTrustDomain, TrustDomain: td,
+					Detail: "key used from a trust domain it was never used from"})
+			}
+		}
+	}
+
+	if isDecrypt(ev.Operation) && ev.Result == "ok" {
+		sk := seriesKey{ev.Actor, ev.Key, ev.Operation}
+		s := d.series[sk]
+		if s == nil {
+			if len(d.series) >= d.cfg.MaxSeries {
+				d.m.overflow.Inc()
+				return d.keep(out)
+			}
+			s = &series{minute: min}
+			d.series[sk] = s
+			d.m.series.Inc()
+		}
+		s.add(min, n, d.cfg.Alpha)
+		sd := math.Sqrt(s.vr)
+		thr := math.Max(d.cfg.MinDecrypts, math.Max(s.mean+d.cfg.Sigma*sd, d.cfg.Factor*s.mean))
+		if s.cur > thr {
+			out = d.raise(out, ev, Alert{Kind: KindDecryptBurst, Observed: s.cur, Baseline: s.mean, Stddev: sd, Threshold: thr,
+				HourShare: float64(p.hours[h]) / float64(p.total),
+				Detail:    "decrypt volume in one minute far above this caller's baseline for the key"})
+		}
+	}
+	return d.keep(out)
+}
+
+// add counts n items at minute m, first closing the minutes before it.
+func (s *series) add(m int64, n, alpha float64) {
+	if m > s.minute {
+		s.close(s.cur, alpha)
+		gap := m - s.minute - 1
+		// empty minutes in between: a few exactly, the rest in closed form
+		if gap > 60 {
+			f := math.Pow(1-alpha, float64(gap-60))
+			s.mean *= f
+			s.vr *= f
+			s.minutes += gap - 60
+			gap = 60
+		}
+		for ; gap > 0; gap-- {
+			s.close(0, alpha)
+		}
+		s.minute, s.cur = m, 0
+	}
+	s.cur += n
+}
+
+// close folds one finished minute of x items into the EWMA mean and variance.
+func (s *series) close(x, alpha float64) {
+	diff := x - s.mean
+	inc := alpha * diff
+	s.mean += inc
+	s.vr = (1 - alpha) * (s.vr + diff*inc)
+	s.minutes++
+}
+
+// raise appends a (the event's caller, key and time filled in) unless
+// priming or an alert of its kind for the caller and key is cooling down.
+func (d *Detector) raise(out []Alert, ev Event, a Alert) []Alert {
+	if d.priming {
+		return out
+	}
+	k := alertKey{a.Kind, ev.Actor, ev.Key}
+	if t, ok := d.last[k]; ok && ev.Time.Sub(t) < d.cfg.Cooldown {
+		return out
+	}
+	d.last[k] = ev.Time
+	a.Time, a.Caller, a.Key, a.Operation, a.Classification = ev.Time.UTC(), ev.Actor, ev.Key, ev.Operation, ev.Classification
+	return append(out, a)
+}
+
+// keep records alerts in the recent ring and the metrics.
+func (d *Detector) keep(out []Alert) []Alert {
+	if len(out) == 0 {
+		return nil
+	}
+	d.mu.Lock()
+	for _, a := range out {
+		d.m.alerts.WithLabelValues(a.Kind).Inc()
+		if cap(d.recent) == 0 {
+			break
+		}
+		if len(d.recent) < cap(d.recent) {
+			d.recent = append(d.recent, a)
+			d.next = len(d.recent) % cap(d.recent)
+		} else {
+			d.recent[d.next] = a
+			d.next = (d.next + 1) % cap(d.recent)
+		}
+	}
+	d.mu.Unlock()
+	return out
+}
