@@ -89,6 +89,11 @@ func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server
 	if err != nil {
 		return err
 	}
+	stopAnomaly, err := wireAnomaly(srv, cfg.Anomaly, log)
+	if err != nil {
+		return err
+	}
+	defer stopAnomaly()
 	if err := srv.Start(ctx); err != nil {
 		srv.Stop()
 		return err

@@ -40,6 +40,9 @@ type Server struct {
 	// Services are the services this trust domain exports through its
 	// gateways (services.go, docs/gateway.md).
 	Services Services `yaml:"services"`
+	// Anomaly configures the anomaly alerts on key access (anomaly.go,
+	// docs/anomaly.md).
+	Anomaly Anomaly `yaml:"anomaly"`
 }
 
 // Storage selects the backend.
@@ -201,7 +204,11 @@ func (c *Server) Validate() error {
 	if time.Duration(c.KMS.RotationCheckInterval) < time.Second {
 		return errors.New("kms.rotation_check_interval must be at least 1s")
 	}
-	if _, err := c.ClassificationTable(); err != nil {
+	table, err := c.ClassificationTable()
+	if err != nil {
+		return err
+	}
+	if err := c.Anomaly.validate(table.Names()); err != nil {
 		return err
 	}
 	if err := c.Identity.validate(); err != nil {

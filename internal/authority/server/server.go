@@ -65,6 +65,8 @@ type Server struct {
 	mu       sync.RWMutex
 	unsealed *unsealedState
 	pending  []audit.Event // events that happened while sealed
+
+	observer func(audit.Event) // sees committed events (SetAuditObserver)
 }
 
 type unsealedState struct {
@@ -325,6 +327,9 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		}
 	}
 	st := &unsealedState{audit: alog, signer: signer, hasher: hasher, recorder: audit.NewLogRecorder(alog, hasher)}
+	if s.observer != nil {
+		st.recorder = observedRecorder{Recorder: st.recorder, fn: s.observer}
+	}
 	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog))
 	if err != nil {
 		alog.Close()

@@ -5,7 +5,8 @@
 // key), the trust domains each key was used from, and per caller the
 // denials per minute. It raises an Alert when
 //
-//   - a caller touches a key of a restricted classification for the first time,
+//   - a caller uses (encrypt, decrypt, datakey, rewrap) a key of a restricted
+//     classification for the first time,
 //   - a minute's decrypt volume of a series exceeds mean + Sigma·stddev,
 //     Factor × mean and MinDecrypts at once,
 //   - a caller's denials in a minute exceed mean + Sigma·stddev and MinDenials,
@@ -85,6 +86,7 @@ type pairKey struct{ caller, key string }
 type pair struct {
 	hours [24]uint32
 	total uint32
+	class string // the key's classification when the pair was first seen
 }
 
 type alertKey struct{ kind, caller, key string }
@@ -104,9 +106,10 @@ type Detector struct {
 	first   time.Time
 	priming bool
 
-	queue chan Event
-	sinks []func(context.Context, Alert)
-	hook  *webhook
+	queue    chan Event
+	sinks    []func(context.Context, Alert)
+	classify func(key string) string
+	hook     *webhook
 
 	mu     sync.Mutex
 	recent []Alert // ring, newest last
@@ -122,6 +125,13 @@ type Option func(*Detector)
 // authority records the alert in its audit log there).
 func WithSink(fn func(context.Context, Alert)) Option {
 	return func(d *Detector) { d.sinks = append(d.sinks, fn) }
+}
+
+// WithClassifier names the classification of keys whose events carry
+// none; it is asked once per new (caller, key) pair, on the goroutine
+// running Run (never on the audit path).
+func WithClassifier(fn func(key string) string) Option {
+	return func(d *Detector) { d.classify = fn }
 }
 
 // New returns a detector for cfg (defaults applied, then validated).
@@ -223,6 +233,15 @@ func TrustDomain(actor string) string {
 	return td
 }
 
+// isDataOp: the KMS operations that use a key's material.
+func isDataOp(op string) bool {
+	switch op {
+	case "kms.encrypt", "kms.decrypt", "kms.datakey", "kms.rewrap":
+		return true
+	}
+	return false
+}
+
 func isDecrypt(op string) bool { return op == "kms.decrypt" || op == "kms.rewrap" }
 
 // Observe scores one event and returns the alerts it raises (none while
@@ -261,8 +280,8 @@ func (d *Detector) Observe(ev Event) []Alert {
 			}
 		}
 	}
-	if ev.Key == "" {
-		return d.keep(out)
+	if ev.Key == "" || !isDataOp(ev.Operation) {
+		return d.keep(out) // key management (create, rotate, ...) is no use of a key
 	}
 
 	pk := pairKey{ev.Actor, ev.Key}
@@ -275,10 +294,17 @@ func (d *Detector) Observe(ev Event) []Alert {
 		p = &pair{}
 		d.pairs[pk] = p
 		d.m.series.Inc()
+		if ev.Classification == "" && d.classify != nil {
+			ev.Classification = d.classify(ev.Key)
+		}
+		p.class = ev.Classification
 		if d.restricted[ev.Classification] && !learning {
 			out = d.raise(out, ev, Alert{Kind: KindRestrictedFirstUse,
 				Detail: "first use of a " + ev.Classification + " key by this caller"})
 		}
+	}
+	if ev.Classification == "" {
+		ev.Classification = p.class
 	}
 	h := ev.Time.UTC().Hour()
 	p.hours[h]++
