@@ -28,8 +28,8 @@ import (
 func TestAnomalyWiring(t *testing.T) {
 	dir := t.TempDir()
 	cfg := &config.Server{TrustDomain: "cli.example.org", DataDir: dir, LogLevel: "warn",
-		Seal: config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "seal.key")},
-		KMS:  config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)},
+		Seal:    config.Seal{Type: "keyfile", KeyFile: filepath.Join(dir, "seal.key")},
+		KMS:     config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)},
 		Anomaly: config.Anomaly{LearningPeriod: yamlconf.Duration(time.Nanosecond), MinDecryptsPerMinute: 5}}
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
