@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,21 +25,48 @@ import (
 // returned buffer.
 func crossProxy(t *testing.T, nd *netns.Node, dir, name, cfg string) *syncbuf.Buffer {
 	t.Helper()
-	p := filepath.Join(dir, name+".yaml")
-	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+	return startWardProc(t, nd, "proxy", dir, name, cfg).logs
+}
+
+// wardProc is a `ward proxy` or `ward gateway` child process that can be
+// killed and started again with the same config; every run writes to the
+// same log buffer.
+type wardProc struct {
+	nd   *netns.Node
+	kind string // proxy or gateway
+	path string // its config
+	cmd  *exec.Cmd
+	logs *syncbuf.Buffer
+}
+
+// startWardProc writes cfg to dir/name.yaml and starts `ward KIND` with it
+// in network namespace nd (nil: this one); it is stopped when t ends.
+func startWardProc(t *testing.T, nd *netns.Node, kind, dir, name, cfg string) *wardProc {
+	t.Helper()
+	p := &wardProc{nd: nd, kind: kind, path: filepath.Join(dir, name+".yaml"), logs: &syncbuf.Buffer{}}
+	if err := os.WriteFile(p.path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(wardBin, "proxy", "--config", p)
-	if nd != nil {
-		cmd = nd.Command(0, wardBin, "proxy", "--config", p)
-	}
-	logs := &syncbuf.Buffer{}
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
+	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(cmd) })
-	return logs
+	t.Cleanup(func() { stopProcess(p.cmd) })
+	return p
+}
+
+func (p *wardProc) start() error {
+	p.cmd = exec.Command(wardBin, p.kind, "--config", p.path)
+	if p.nd != nil {
+		p.cmd = p.nd.Command(0, wardBin, p.kind, "--config", p.path)
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
+	return p.cmd.Start()
+}
+
+// kill sends SIGKILL and waits for the process to end.
+func (p *wardProc) kill() {
+	p.cmd.Process.Signal(syscall.SIGKILL)
+	p.cmd.Wait()
 }
 
 // echoServer answers every line with "echo LINE" until the client closes.
@@ -117,6 +145,7 @@ type xcEnv struct {
 	a, b, c  *cluster // c: nil with two clusters
 	agA      *agentProc
 	agB      *agentProc
+	agC      *agentProc // nil with two clusters
 	clientID string
 	apiID    string // B's api
 	apiIDC   string // C's api ("" with two clusters)
@@ -126,6 +155,14 @@ type xcEnv struct {
 	inboundB, appB   string // B's inbound proxy listener and the app behind it
 	polB             string
 	logA, logB, logC *syncbuf.Buffer
+	// proxies by cluster ("a", "b", "c"), to kill and restart them.
+	proxies map[string]*wardProc
+	// policies: each cluster's policy file, by trust domain.
+	policies map[string]string
+	// identityApps: the apps behind the inbound proxies are identityEcho
+	// servers (tagged b-app, c-app) and the inbound listeners pass the
+	// caller's verified SPIFFE ID to them (peer_identity: proxy-v2).
+	identityApps *identityApps
 }
 
 // startCrossCluster starts two clusters as real processes (ward server +
@@ -142,6 +179,14 @@ func startCrossCluster(t *testing.T) *xcEnv {
 // (its inbound proxy listening on the namespace's address, A's outbound
 // listeners and the apps on unix sockets, reachable from this test).
 func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
+	t.Helper()
+	return startClustersWith(t, nw, nil)
+}
+
+// startClustersWith is startClusters; with ids not nil, the apps behind
+// the inbound proxies are ids' identityEcho servers and the inbound
+// listeners pass the caller's SPIFFE ID to them.
+func startClustersWith(t *testing.T, nw *netns.Network, ids *identityApps) *xcEnv {
 	t.Helper()
 	tds := []string{"a.example", "b.example"}
 	if nw != nil {
@@ -167,7 +212,8 @@ func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
 			}
 		}
 	}
-	e := &xcEnv{a: cs[0], b: cs[1], clientID: "spiffe://a.example/client", apiID: "spiffe://b.example/api"}
+	e := &xcEnv{a: cs[0], b: cs[1], clientID: "spiffe://a.example/client", apiID: "spiffe://b.example/api",
+		proxies: map[string]*wardProc{}, policies: map[string]string{}, identityApps: ids}
 	if nw != nil {
 		e.c, e.apiIDC = cs[2], "spiffe://c.example/api"
 	}
@@ -182,6 +228,7 @@ func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
 	polA := filepath.Join(dir, "a.cedar")
 	os.WriteFile(polA, []byte(`permit(principal in TrustDomain::"a.example", action == Action::"connect", resource);`), 0o600)
 	a.ward(t, "policy", "apply", polA)
+	e.policies[a.td] = polA
 	e.agA = a.agent(t)
 	if nw == nil {
 		e.agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
@@ -198,15 +245,20 @@ func startClusters(t *testing.T, nw *netns.Network) *xcEnv {
 permit(principal in TrustDomain::"a.example", action == Action::"connect", resource == Service::"api")
   when { context.source_trust_domain == "a.example" && principal.path == "/client" };`), 0o600)
 		c.ward(t, "policy", "apply", pol)
+		e.policies[c.td] = pol
 		ag := c.agent(t)
-		inbound, app, listen, allow := netutil.FreeLoopbackAddr(t), echoServer(t, ""), netutil.FreeLoopbackAddr(t), ""
+		inbound, app, listen, allow, peerID := netutil.FreeLoopbackAddr(t), echoServer(t, ""), netutil.FreeLoopbackAddr(t), "", ""
 		if nw != nil {
 			inbound, app = nodes[i+1].Addr(9443), echoServer(t, filepath.Join(dir, c.td+"-app.sock"))
 			listen, allow = "unix://"+filepath.Join(dir, "to-"+c.td+".sock"), "allow_non_loopback: true\n"
+			if ids != nil {
+				app = ids.start(t, filepath.Join(dir, c.td+"-id.sock"), c.td[:1]+"-app")
+				peerID = "    peer_identity: proxy-v2\n"
+			}
 		} else {
 			ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
 		}
-		logs := crossProxy(t, nodes[i+1], dir, c.td, fmt.Sprintf(`workload_api_socket: unix://%s
+		pp := startWardProc(t, nodes[i+1], "proxy", dir, c.td, fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
 %sinbound:
@@ -214,7 +266,9 @@ access_log: stdout
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-`, ag.socket, filepath.Join(c.pub, "policy.sock"), allow, inbound, app))
+%s`, ag.socket, filepath.Join(c.pub, "policy.sock"), allow, inbound, app, peerID))
+		logs := pp.logs
+		e.proxies[c.td[:1]] = pp
 		outbound += fmt.Sprintf(`  - name: to-%s-api
     listen: %s
     remote: %s
@@ -223,14 +277,15 @@ access_log: stdout
 		if i == 0 {
 			e.agB, e.polB, e.logB, e.outbound, e.inboundB, e.appB = ag, pol, logs, listen, inbound, app
 		} else {
-			e.logC, e.outboundC = logs, listen
+			e.agC, e.logC, e.outboundC = ag, logs, listen
 		}
 	}
-	e.logA = crossProxy(t, nodes[0], dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
+	pa := startWardProc(t, nodes[0], "proxy", dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
 outbound:
 %s`, e.agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+	e.logA, e.proxies["a"] = pa.logs, pa
 	for _, addr := range []string{e.outbound, e.outboundC} {
 		if addr != "" {
 			c, _ := e.waitRoundTo(t, addr, 60*time.Second)
