@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
@@ -81,8 +82,15 @@ func (a *Agent) dial(mtls bool) (*grpc.ClientConn, error) {
 	// federate with (each up to 1 MiB, controlled by that trust domain):
 	// take what the authority may send (its MaxSendMsgSize), not gRPC's
 	// default 4 MiB, or a few large foreign bundles stop every Sync.
+	// Reconnects at most 1 s apart (gRPC's default backoff reaches 120 s):
+	// the policy stream rides on this connection, and a revocation must
+	// reach the proxies within 2 s of an authority coming back (an outage
+	// of a few seconds otherwise left the agent waiting up to 5 s before
+	// its next attempt; found by test/e2e TestChaos).
 	conn, err := grpc.NewClient(a.cfg.ServerAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMsg)))
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMsg)),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
+			MinConnectTimeout: 20 * time.Second}))
 	if err != nil {
 		return nil, fmt.Errorf("connect to authority %s: %w", a.cfg.ServerAddress, err)
 	}

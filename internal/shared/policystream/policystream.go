@@ -26,7 +26,9 @@ import (
 type Source struct {
 	client wardv1.PolicyDistributionClient
 	log    *slog.Logger
-	// MaxBackoff bounds the wait between reconnects (default 5s).
+	// MaxBackoff bounds the wait between reconnects (default 1s: a
+	// revocation must reach the proxies within 2 s of the stream's other
+	// end coming back; 5 s let it arrive late after an outage).
 	MaxBackoff time.Duration
 
 	mu     sync.Mutex
@@ -49,7 +51,7 @@ func NewSource(conn grpc.ClientConnInterface, log *slog.Logger) *Source {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{client: wardv1.NewPolicyDistributionClient(conn), log: log, MaxBackoff: 5 * time.Second}
+	return &Source{client: wardv1.NewPolicyDistributionClient(conn), log: log, MaxBackoff: time.Second}
 }
 
 // SetKnown makes the source skip versions up to n (the caller already
