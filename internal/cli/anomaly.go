@@ -55,6 +55,17 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 	ctx, cancel := context.WithCancel(context.Background())
 	d, err := anomaly.New(anomalyConfig(cfg),
 		anomaly.WithClassifier(func(key string) string { return srv.KeyClassification(ctx, key) }),
+		anomaly.WithPrimer(func(ctx context.Context, _ time.Time, prime func(anomaly.Event)) error {
+			n := uint64(cfg.PrimeEvents)
+			if n == 0 {
+				n = 100000
+			}
+			return srv.ReadRecentAudit(ctx, n, func(ev audit.Event) {
+				for _, e := range anomalyEvents(ev) {
+					prime(e)
+				}
+			})
+		}),
 		anomaly.WithSink(func(ctx context.Context, a anomaly.Alert) {
 			log.Warn("anomaly alert", "kind", a.Kind, "caller", a.Caller, "key", a.Key, "detail", a.Detail)
 			if err := srv.RecordEvent(ctx, alertEvent(a)); err != nil {

@@ -27,9 +27,12 @@ type Anomaly struct {
 	LearningPeriod            yamlconf.Duration `yaml:"learning_period"`
 	Cooldown                  yamlconf.Duration `yaml:"cooldown"`
 	MaxSeries                 int               `yaml:"max_series"`
-	QueueSize                 int               `yaml:"queue_size"`
-	WebhookURL                string            `yaml:"webhook_url"`
-	WebhookTimeout            yamlconf.Duration `yaml:"webhook_timeout"`
+	// PrimeEvents: how many of the log's newest events build the baseline
+	// before the first live event is scored (default 100000).
+	PrimeEvents    int               `yaml:"prime_events"`
+	QueueSize      int               `yaml:"queue_size"`
+	WebhookURL     string            `yaml:"webhook_url"`
+	WebhookTimeout yamlconf.Duration `yaml:"webhook_timeout"`
 }
 
 func (a *Anomaly) validate(classifications []string) error {
@@ -46,6 +49,8 @@ func (a *Anomaly) validate(classifications []string) error {
 		return errors.New("anomaly.learning_period and anomaly.cooldown must not be negative")
 	case a.MaxSeries < 0 || a.QueueSize < 0:
 		return errors.New("anomaly.max_series and anomaly.queue_size must not be negative (0 means the default)")
+	case a.PrimeEvents < 0 || a.PrimeEvents > 10_000_000:
+		return fmt.Errorf("anomaly.prime_events is %d: use 0 (default 100000) to 10000000", a.PrimeEvents)
 	case time.Duration(a.WebhookTimeout) < 0 || time.Duration(a.WebhookTimeout) > time.Minute:
 		return fmt.Errorf("anomaly.webhook_timeout is %v: use at most 1m (default 5s)", time.Duration(a.WebhookTimeout))
 	}

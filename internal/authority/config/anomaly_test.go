@@ -23,6 +23,7 @@ func TestAnomalySection(t *testing.T) {
 		{"anomaly:\n  webhook_timeout: 2m\n", "anomaly.webhook_timeout"},
 		{"anomaly:\n  queue_size: -1\n", "anomaly.max_series"},
 		{"anomaly:\n  thresholds: 3\n", "thresholds"},
+		{"anomaly:\n  prime_events: -5\n", "anomaly.prime_events"},
 	} {
 		_, err := Parse([]byte("trust_domain: a.org\ndata_dir: /d\n" + c.yaml))
 		if err == nil || !strings.Contains(err.Error(), c.want) {

@@ -60,3 +60,27 @@ func (s *Server) KeyClassification(ctx context.Context, name string) string {
 // Registerer is the registry /metrics serves, for collectors of parts
 // wired beside the authority.
 func (s *Server) Registerer() prometheus.Registerer { return s.metrics.reg }
+
+// ReadRecentAudit calls fn with up to the last n events of the audit log,
+// oldest first (records that cannot be read or decoded are skipped). The
+// anomaly detector primes its baseline with them. It fails while sealed.
+func (s *Server) ReadRecentAudit(ctx context.Context, n uint64, fn func(audit.Event)) error {
+	st, err := s.state()
+	if err != nil {
+		return err
+	}
+	size := st.audit.Size()
+	from := uint64(0)
+	if size > n {
+		from = size - n
+	}
+	return st.audit.Read(ctx, from, size, func(r audit.Record) error {
+		if r.Err != nil {
+			return nil
+		}
+		if ev, err := audit.DecodeEvent(r.Leaf); err == nil {
+			fn(ev)
+		}
+		return nil
+	})
+}

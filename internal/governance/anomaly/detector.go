@@ -109,6 +109,8 @@ type Detector struct {
 	queue    chan Event
 	sinks    []func(context.Context, Alert)
 	classify func(key string) string
+	primer   func(ctx context.Context, before time.Time, prime func(Event)) error
+	primed   bool
 	hook     *webhook
 
 	mu     sync.Mutex
@@ -132,6 +134,14 @@ func WithSink(fn func(context.Context, Alert)) Option {
 // running Run (never on the audit path).
 func WithClassifier(fn func(key string) string) Option {
 	return func(d *Detector) { d.classify = fn }
+}
+
+// WithPrimer makes Run, before it scores the first queued event, build the
+// baseline from history: fn calls prime with past events older than
+// before, oldest first (the authority reads its log's recent events), so a
+// restarted authority neither forgets its callers nor alerts on them.
+func WithPrimer(fn func(ctx context.Context, before time.Time, prime func(Event)) error) Option {
+	return func(d *Detector) { d.primer = fn }
 }
 
 // New returns a detector for cfg (defaults applied, then validated).
@@ -185,6 +195,10 @@ func (d *Detector) Run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case ev := <-d.queue:
+			if d.primer != nil && !d.primed {
+				d.primed = true
+				d.primeFrom(ctx, ev.Time)
+			}
 			for _, a := range d.Observe(ev) {
 				for _, s := range d.sinks {
 					s(ctx, a)
@@ -203,6 +217,20 @@ func (d *Detector) Prime(ev Event) {
 	d.priming = true
 	d.Observe(ev)
 	d.priming = false
+}
+
+func (d *Detector) primeFrom(ctx context.Context, before time.Time) {
+	n := 0
+	err := d.primer(ctx, before, func(ev Event) {
+		if ev.Time.Before(before) {
+			d.Prime(ev)
+			n++
+		}
+	})
+	d.m.primed.Add(float64(n))
+	if err != nil {
+		d.m.primeErrors.Inc()
+	}
 }
 
 // List returns up to n of the newest alerts, newest first (n <= 0: all kept).

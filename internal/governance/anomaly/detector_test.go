@@ -245,3 +245,37 @@ func TestRunSinksAndWebhook(t *testing.T) {
 		}
 	}
 }
+
+// TestPrimer: Run builds the baseline from history before the first live
+// event, so callers known from the past raise no first-use alert and only
+// events older than the first live one are primed.
+func TestPrimer(t *testing.T) {
+	sunk := make(chan Alert, 8)
+	var before time.Time
+	d, err := New(Config{}, WithSink(func(_ context.Context, a Alert) { sunk <- a }),
+		WithPrimer(func(_ context.Context, b time.Time, prime func(Event)) error {
+			before = b
+			prime(Event{Time: day0, Actor: "spiffe://a/old", Operation: "kms.decrypt", Key: "vault", Classification: "restricted", Result: "ok"})
+			prime(Event{Time: day0.Add(3 * time.Hour), Actor: "spiffe://a/late", Operation: "kms.decrypt", Key: "vault", Classification: "restricted", Result: "ok"})
+			return nil
+		}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go d.Run(ctx)
+	live := day0.Add(2 * time.Hour)
+	d.Submit(Event{Time: live, Actor: "spiffe://a/old", Operation: "kms.decrypt", Key: "vault", Classification: "restricted", Result: "ok"})
+	d.Submit(Event{Time: live.Add(time.Second), Actor: "spiffe://a/late", Operation: "kms.decrypt", Key: "vault", Classification: "restricted", Result: "ok"})
+	a := <-sunk
+	if a.Caller != "spiffe://a/late" || a.Kind != KindRestrictedFirstUse {
+		t.Fatalf("alert %+v: want the first use by the caller only seen after the first live event", a)
+	}
+	if !before.Equal(live) {
+		t.Fatalf("primer asked for events before %v, want %v", before, live)
+	}
+	if got := counterValue(t, d.m.primed); got != 1 {
+		t.Fatalf("primed %v events, want 1", got)
+	}
+}

@@ -6,6 +6,7 @@ type metrics struct {
 	events, dropped, overflow prometheus.Counter
 	hookSent, hookFailed      prometheus.Counter
 	hookDropped               prometheus.Counter
+	primed, primeErrors       prometheus.Counter
 	alerts                    *prometheus.CounterVec
 	series                    prometheus.Gauge
 }
@@ -21,6 +22,8 @@ func newMetrics() metrics {
 		hookSent:    c("webhook_sent_total", "Alerts delivered to the webhook (2xx)."),
 		hookFailed:  c("webhook_failures_total", "Webhook deliveries that failed (error, timeout or non-2xx)."),
 		hookDropped: c("webhook_dropped_total", "Alerts not sent to the webhook because its queue was full."),
+		primed:      c("events_primed_total", "Past audit events read to build the baseline before scoring (at start)."),
+		primeErrors: c("prime_errors_total", "Failures reading past audit events to build the baseline."),
 		alerts: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ward", Subsystem: "anomaly", Name: "alerts_total",
 			Help: "Anomaly alerts raised, by kind."}, []string{"kind"}),
 		series: prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "ward", Subsystem: "anomaly", Name: "series",
@@ -34,5 +37,5 @@ func (d *Detector) Collectors() []prometheus.Collector {
 	for _, k := range []string{KindRestrictedFirstUse, KindDecryptBurst, KindDenialSpike, KindNewTrustDomain} {
 		d.m.alerts.WithLabelValues(k)
 	}
-	return []prometheus.Collector{d.m.events, d.m.dropped, d.m.overflow, d.m.hookSent, d.m.hookFailed, d.m.hookDropped, d.m.alerts, d.m.series}
+	return []prometheus.Collector{d.m.events, d.m.dropped, d.m.overflow, d.m.hookSent, d.m.hookFailed, d.m.hookDropped, d.m.primed, d.m.primeErrors, d.m.alerts, d.m.series}
 }
