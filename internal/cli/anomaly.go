@@ -97,6 +97,11 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 // among them).
 func anomalyEvents(ev audit.Event) []anomaly.Event {
 	e := anomaly.Event{Time: ev.Time, Actor: ev.Actor, Operation: ev.Operation, Key: ev.Key, Result: ev.Result, Count: ev.Count}
+	if ev.Operation == anomaly.Operation && ev.Actor == anomalyActor {
+		a := alertFromEvent(ev)
+		e.Alert = &a
+		return []anomaly.Event{e}
+	}
 	keys := ev.Fields["keys"]
 	if ev.Key != "" || keys == "" {
 		return []anomaly.Event{e}

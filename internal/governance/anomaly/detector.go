@@ -39,6 +39,9 @@ type Event struct {
 	Classification string
 	Result         string // ok, error, denied, started
 	Count          int    // items of a batch; 0 means 1
+	// Alert is set on an "anomaly.alert" event read back from the log:
+	// priming with it restores that alert's cooldown across a restart.
+	Alert *Alert
 }
 
 // Alert kinds.
@@ -279,6 +282,12 @@ func isDecrypt(op string) bool { return op == "kms.decrypt" || op == "kms.rewrap
 func (d *Detector) Observe(ev Event) []Alert {
 	d.m.events.Inc()
 	if ev.Operation == Operation || ev.Actor == "" {
+		if a := ev.Alert; a != nil && d.priming {
+			k := alertKey{a.Kind, a.Caller, a.Key}
+			if a.Time.After(d.last[k]) {
+				d.last[k] = a.Time
+			}
+		}
 		return nil // our own alerts; unattributed events
 	}
 	if d.first.IsZero() {
