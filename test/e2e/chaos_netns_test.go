@@ -325,6 +325,7 @@ outbound:
 	}
 	pick := func() *cluster { return clusters[rng.IntN(len(clusters))] }
 	versionRe := regexp.MustCompile(`version (\d+) is now active`)
+	serialRe := regexp.MustCompile(`"peer_id":"spiffe://a.example/client".*?"peer_serial":"([0-9a-f]+)"`)
 
 	type action struct {
 		name string
@@ -510,6 +511,13 @@ outbound:
 			np += len(policyAcks[x.td])
 		}
 		t.Logf("  acknowledged: %d KMS key versions, %d policy versions; lost: %d", nk, np, lost)
+		// SVIDs rotate by themselves (svid_ttl 1m, renewed at half
+		// life) and with every intermediate and root rotation.
+		serials := map[string]bool{}
+		for _, m := range serialRe.FindAllStringSubmatch(e.logB.String()+e.logC.String(), -1) {
+			serials[m[1]] = true
+		}
+		t.Logf("  SVIDs of A's client seen by B's and C's proxies: %d", len(serials))
 		t.Logf("  ward audit verify runs: %d, failed: %d; slowest recovery of all paths after a step: %s", auditRuns, auditFailed, recoverMax.Round(time.Millisecond))
 	}
 	defer func() {
