@@ -118,6 +118,10 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		// An open connection of A's client into B, and B's bundle of A.
 		conn, r := e.waitRoundTo(t, e.outbound, 10*time.Second)
 		defer conn.Close()
+		// B first takes A's current bundle (the rotations above may still
+		// be on their way through B's refresher), so that a background
+		// refresh landing just before the partition cannot change it.
+		b.ward(t, "federation", "refresh", "a.example")
 		good := fedShow(t, b, "a.example")
 
 		// Partition A: B cannot refresh and keeps the last good bundle.
