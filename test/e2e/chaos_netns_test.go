@@ -2,7 +2,9 @@ package e2e
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -28,8 +30,10 @@ import (
 // or without an ID is counted: it reached the app without mTLS.
 type identityApps struct {
 	conns, unverified atomic.Int64
-	mu                sync.Mutex
-	lastUnverified    string
+	// empty counts connections closed before their first byte.
+	empty          atomic.Int64
+	mu             sync.Mutex
+	lastUnverified string
 }
 
 // start serves tag's app on unix socket sock; it returns the address in
@@ -52,6 +56,13 @@ func (ids *identityApps) start(t *testing.T, sock, tag string) string {
 				ids.conns.Add(1)
 				r := bufio.NewReader(c)
 				h, err := proxyproto.ReadV2(r)
+				if errors.Is(err, io.EOF) {
+					// Closed before any byte (the proxy dialed, then the
+					// connection was closed by a revocation or a kill):
+					// nothing reached the app.
+					ids.empty.Add(1)
+					return
+				}
 				if err != nil || h.SPIFFEID() == "" {
 					ids.unverified.Add(1)
 					ids.mu.Lock()
@@ -494,7 +505,7 @@ outbound:
 		for i, tg := range targets {
 			t.Logf("  %s: %d ok, %d failed (allowed during partitions and kills)%s", tg.name, tr.oks[i], tr.fails[i], lastOf(tr.lastFail[i]))
 		}
-		t.Logf("  answered without the expected mTLS identities: %d; connections reaching an app without a verified ID: %d of %d", len(tr.violations), ids.unverified.Load(), ids.conns.Load())
+		t.Logf("  answered without the expected mTLS identities: %d; connections reaching an app without a verified ID: %d of %d (closed before any byte: %d)", len(tr.violations), ids.unverified.Load(), ids.conns.Load(), ids.empty.Load())
 		refused := 0
 		for _, r := range tr.failed {
 			for _, w := range revokes {

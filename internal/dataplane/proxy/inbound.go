@@ -147,7 +147,9 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 			time.Duration(p.cfg.HandshakeTimeout))
 		return
 	}
-	sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
+	// The app's connection is tracked (a close of c closes it) and gets
+	// its PROXY header before the caller is told it may talk, so the app
+	// sees either the header first or a connection closed before any byte.
 	c.add(app)
 	if in.PeerIdentity == PeerIdentityProxyV2 {
 		hdr, err := proxyproto.AppendV2(nil, src, raw.LocalAddr(),
@@ -160,6 +162,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 			return
 		}
 	}
+	sendVerdict(tc, verdictAllowed, "", time.Duration(p.cfg.HandshakeTimeout))
 	c.outcome = "closed"
 	if err := pipe(c, tc, app, time.Duration(p.cfg.IdleTimeout)); err != nil {
 		c.errText = err.Error()
