@@ -159,6 +159,8 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 		}
 		if err != nil {
 			c.outcome, c.errText = "dial_failed", "PROXY header: "+err.Error()
+			sendVerdict(tc, verdictAppUnavilable, fmt.Sprintf("service %q; correlation id %s in the server's access log", in.Service.Name, c.id),
+				time.Duration(p.cfg.HandshakeTimeout))
 			return
 		}
 	}

@@ -46,6 +46,13 @@ type Status struct {
 	LastVersion *wardv1.PolicyVersion
 }
 
+// MaxMessage is the largest policy version a Source receives: a bundle
+// ParseBundle accepts plus room for the rest of the message. gRPC's
+// default (4 MiB) would leave a proxy or gateway on its old version, and
+// so without new revocations, once policies and federated catalogs grow
+// past it.
+const MaxMessage = policy.MaxBundleJSON + 1<<20
+
 // NewSource returns a Source reading from conn.
 func NewSource(conn grpc.ClientConnInterface, log *slog.Logger) *Source {
 	if log == nil {
@@ -146,7 +153,7 @@ func (s *Source) follow(ctx context.Context, update func(*wardv1.PolicyVersion, 
 	s.mu.Lock()
 	known := s.known
 	s.mu.Unlock()
-	stream, err := s.client.WatchPolicy(ctx, &wardv1.WatchPolicyRequest{KnownVersion: known})
+	stream, err := s.client.WatchPolicy(ctx, &wardv1.WatchPolicyRequest{KnownVersion: known}, grpc.MaxCallRecvMsgSize(MaxMessage))
 	if err != nil {
 		return false, err
 	}

@@ -167,3 +167,26 @@ func TestSourceReconnects(t *testing.T) {
 		t.Fatal("no reconnect counted")
 	}
 }
+
+// TestLargeVersionArrives: a version over gRPC's default 4 MiB receive
+// limit (policies plus federated catalogs grow) still reaches the proxy; a
+// source stuck on its old version would miss every revocation after it.
+func TestLargeVersionArrives(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	relay := NewRelay()
+	conn, _ := serve(t, relay)
+	src := NewSource(conn, nil)
+	got := make(chan uint64, 4)
+	go src.Run(ctx, func(s *policy.Set) { got <- s.Version() })
+	big := "// " + strings.Repeat("x", 6<<20) + "\n" + allow
+	relay.Publish(version(t, 1, big))
+	select {
+	case v := <-got:
+		if v != 1 {
+			t.Fatalf("got version %d", v)
+		}
+	case <-ctx.Done():
+		t.Fatalf("a 6 MiB version never arrived: %+v", src.Status())
+	}
+}
