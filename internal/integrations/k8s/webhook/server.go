@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -150,10 +151,53 @@ func CheckSVID(src SVIDSource, dnsName string) error {
 	return nil
 }
 
+// Reviews in flight: the port is reachable before any authentication (the
+// apiserver presents no client certificate), and each review may buffer
+// MaxBody bytes, so one source may hold MaxInFlightPerSource of them and
+// all together MaxInFlight; past that the answer is 503 at once.
+const (
+	MaxInFlight          = 32
+	MaxInFlightPerSource = 4
+)
+
+// limitInFlight bounds the requests h serves at once, per source host and
+// in all.
+func limitInFlight(h http.Handler) http.Handler {
+	var mu sync.Mutex
+	total, per := 0, map[string]int{}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		src, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			src = r.RemoteAddr
+		}
+		mu.Lock()
+		if total >= MaxInFlight || per[src] >= MaxInFlightPerSource {
+			mu.Unlock()
+			http.Error(w, "too many admission reviews in flight; retry", http.StatusServiceUnavailable)
+			return
+		}
+		total++
+		per[src]++
+		mu.Unlock()
+		defer func() {
+			mu.Lock()
+			total--
+			if per[src]--; per[src] == 0 {
+				delete(per, src)
+			}
+			mu.Unlock()
+		}()
+		h.ServeHTTP(w, r)
+	})
+}
+
 // Serve serves h over TLS on ln until ctx ends, then shuts down gracefully.
+// HTTP/2 is off: the apiserver speaks HTTP/1.1 to webhooks, and HTTP/2's
+// many streams per connection would multiply what one connection buffers.
 func Serve(ctx context.Context, ln net.Listener, h http.Handler, tc *tls.Config) error {
 	srv := &http.Server{
-		Handler:           h,
+		Handler:           limitInFlight(h),
+		TLSNextProto:      map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		TLSConfig:         tc,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,

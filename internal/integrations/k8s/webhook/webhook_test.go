@@ -243,3 +243,51 @@ func FuzzParseReview(f *testing.F) {
 		}
 	})
 }
+
+// TestInFlightBounded: one source cannot hold more than
+// MaxInFlightPerSource reviews (each may buffer MaxBody bytes) before any
+// authentication; another source is still served.
+func TestInFlightBounded(t *testing.T) {
+	release := make(chan struct{})
+	entered := make(chan struct{}, MaxInFlight)
+	h := limitInFlight(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		entered <- struct{}{}
+		<-release
+	}))
+	codes := make(chan int, MaxInFlightPerSource+1)
+	for i := 0; i < MaxInFlightPerSource; i++ {
+		go func() {
+			rec := httptest.NewRecorder()
+			req := httptest.NewRequest(http.MethodPost, "/validate", nil)
+			req.RemoteAddr = "10.0.0.9:4000"
+			h.ServeHTTP(rec, req)
+			codes <- rec.Code
+		}()
+		<-entered
+	}
+	rec := httptest.NewRecorder()
+	req := httptest.NewRequest(http.MethodPost, "/validate", nil)
+	req.RemoteAddr = "10.0.0.9:4001"
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusServiceUnavailable {
+		t.Fatalf("request %d from one source: %d, want 503", MaxInFlightPerSource+1, rec.Code)
+	}
+	other := make(chan int, 1)
+	go func() {
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/validate", nil)
+		req.RemoteAddr = "10.0.0.1:5000"
+		h.ServeHTTP(rec, req)
+		other <- rec.Code
+	}()
+	<-entered // another source is served
+	close(release)
+	if c := <-other; c != http.StatusOK {
+		t.Fatalf("other source: %d", c)
+	}
+	for i := 0; i < MaxInFlightPerSource; i++ {
+		if c := <-codes; c != http.StatusOK {
+			t.Fatalf("held request: %d", c)
+		}
+	}
+}
