@@ -16,6 +16,7 @@ package federation
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -411,7 +413,7 @@ func (m *Manager) AcceptCatalog(ctx context.Context, td spiffeid.TrustDomain, bo
 	for i, s := range svcs {
 		names[i] = s.Name + "=" + s.SPIFFEID + "@" + s.Gateway
 	}
-	fields["services"] = fmt.Sprint(names)
+	fields["services"] = auditNames(names)
 	switch {
 	case hasPrev && u.Sequence < prev.Sequence:
 		return refuse("sequence %d is older than %d, already received (a replayed catalog, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
@@ -602,3 +604,16 @@ func (m *Manager) ServiceDefaults() (gateway, forwardHost string) {
 
 // TrustDomain is this authority's own trust domain.
 func (m *Manager) TrustDomain() spiffeid.TrustDomain { return m.opts.TrustDomain }
+
+// auditNames is the services field of a federation.catalog event: every
+// service while they are few, else the count, the first ones and a digest
+// of all (a peer's catalog may hold 1,000 services, and each accepted one
+// is an audit event).
+func auditNames(names []string) string {
+	const show = 16
+	if len(names) <= show {
+		return fmt.Sprint(names)
+	}
+	sum := sha256.Sum256([]byte(strings.Join(names, "\n")))
+	return fmt.Sprintf("%d services, sha256 %x of all; first %d: %v", len(names), sum, show, names[:show])
+}
