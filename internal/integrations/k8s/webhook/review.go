@@ -26,6 +26,8 @@ type Request struct {
 	Name      string           `json:"name,omitempty"`
 	Operation string           `json:"operation"`
 	Object    json.RawMessage  `json:"object,omitempty"`
+	// OldObject is the object before an UPDATE.
+	OldObject json.RawMessage `json:"oldObject,omitempty"`
 }
 
 // GroupVersionKind names the object's type.

@@ -53,6 +53,20 @@ func (r *Rules) Namespaces(req *Request) ([]Violation, error) {
 			"rule %s: namespace %q: %s=%q is not a classification. To comply: use one of %s",
 			RuleClassified, name, label, v, known)}}, nil
 	}
+	// A relabel would move a namespace's pods and claims out of the rules
+	// of its classification (restricted to public, say): the classification
+	// of a namespace is set when it is created.
+	if req.Operation == "UPDATE" && len(req.OldObject) > 0 {
+		var old namespaceObject
+		if err := json.Unmarshal(req.OldObject, &old); err != nil {
+			return nil, fmt.Errorf("namespace oldObject: %w", err)
+		}
+		if was, had := old.Metadata.Labels[label]; had && was != v {
+			return []Violation{{RuleClassified, fmt.Sprintf(
+				"rule %s: namespace %q: %s may not change from %q to %q (it would move the namespace's workloads and volumes out of the rules of %s). To comply: keep %s=%s, or create a new namespace with the new classification and move the workloads",
+				RuleClassified, name, label, was, v, was, label, was)}}, nil
+		}
+	}
 	return nil, nil
 }
 

@@ -41,6 +41,16 @@ func review(kind, ns, op string, obj any) []byte {
 	return b
 }
 
+// update is review for an UPDATE of old to obj.
+func update(kind, ns string, old, obj any) []byte {
+	var m map[string]any
+	json.Unmarshal(review(kind, ns, "UPDATE", obj), &m)
+	o, _ := json.Marshal(old)
+	m["request"].(map[string]any)["oldObject"] = json.RawMessage(o)
+	b, _ := json.Marshal(m)
+	return b
+}
+
 func pod(ns, sa string, ann map[string]string) map[string]any {
 	return map[string]any{"metadata": map[string]any{"name": "p", "namespace": ns, "annotations": ann}, "spec": map[string]any{"serviceAccountName": sa}}
 }
@@ -86,6 +96,13 @@ func TestRulesEnforce(t *testing.T) {
 		{"unlabelled namespace", "/validate", review("Namespace", "", "CREATE", namespace("shop", nil)), false,
 			[]string{"rule namespace-classification", `namespace "shop" has no ward.dev/classification label`, "kubectl label namespace shop ward.dev/classification=<classification>", "confidential, internal, public, restricted"}},
 		{"label removed on update", "/validate", review("Namespace", "", "UPDATE", namespace("shop", map[string]string{"team": "a"})), false, []string{"rule namespace-classification"}},
+		{"classification downgraded", "/validate", update("Namespace", "",
+			namespace("payments", map[string]string{"ward.dev/classification": "restricted"}), namespace("payments", map[string]string{"ward.dev/classification": "public"})), false,
+			[]string{"rule namespace-classification", `ward.dev/classification may not change from "restricted" to "public"`, "create a new namespace"}},
+		{"other label changed", "/validate", update("Namespace", "",
+			namespace("payments", map[string]string{"ward.dev/classification": "restricted"}), namespace("payments", map[string]string{"ward.dev/classification": "restricted", "team": "b"})), true, nil},
+		{"classification added on update", "/validate", update("Namespace", "",
+			namespace("shop", nil), namespace("shop", map[string]string{"ward.dev/classification": "internal"})), true, nil},
 		{"unknown classification", "/validate", review("Namespace", "", "CREATE", namespace("shop", map[string]string{"ward.dev/classification": "secret"})), false,
 			[]string{`ward.dev/classification="secret" is not a classification`}},
 		{"compliant pod", "/validate/confidential", review("Pod", "payments", "CREATE", pod("payments", "api", nil)), true, nil},
