@@ -308,7 +308,9 @@ func (d *Detector) Observe(ev Event) []Alert {
 			d.denials[ev.Actor] = s
 			d.m.series.Inc()
 		}
-		if s != nil {
+		if s == nil {
+			d.m.overflow.Inc() // as docs/anomaly.md says: every overflow is counted
+		} else {
 			s.add(min, n, d.cfg.Alpha)
 			thr := math.Max(d.cfg.MinDenials, s.mean+d.cfg.Sigma*math.Sqrt(s.vr))
 			if s.cur > thr {

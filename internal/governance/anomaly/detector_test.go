@@ -279,3 +279,20 @@ func TestPrimer(t *testing.T) {
 		t.Fatalf("primed %v events, want 1", got)
 	}
 }
+
+// TestDenialOverflowCounted: a caller beyond MaxSeries whose denials
+// cannot be tracked is counted, like every other overflow.
+func TestDenialOverflowCounted(t *testing.T) {
+	d, err := New(Config{MaxSeries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := Event{Time: day0, Actor: "spiffe://a/x", Operation: "kms.decrypt", Result: "denied"}
+	d.Observe(ev)
+	before := counterValue(t, d.m.overflow)
+	ev.Actor = "spiffe://a/y"
+	d.Observe(ev)
+	if got := counterValue(t, d.m.overflow); got != before+1 {
+		t.Fatalf("overflow %v after an untracked caller's denial, want %v", got, before+1)
+	}
+}
