@@ -3,6 +3,7 @@ package config
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"time"
 
@@ -71,6 +72,18 @@ func (a *Anomaly) validate(classifications []string) error {
 		if u.User != nil {
 			return errors.New("anomaly.webhook_url holds credentials: put no user or password in it (alerts carry no secrets, and neither should their address)")
 		}
+		if u.Scheme == "http" && !loopbackHost(u.Hostname()) {
+			return fmt.Errorf("anomaly.webhook_url %q: alerts name callers and keys, so send them over https (plain http only to a loopback address such as a local relay)", a.WebhookURL)
+		}
 	}
 	return nil
+}
+
+// loopbackHost reports whether host is localhost or a loopback IP.
+func loopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }

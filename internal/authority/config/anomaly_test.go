@@ -20,6 +20,7 @@ func TestAnomalySection(t *testing.T) {
 		{"anomaly:\n  restricted_classifications: [secret]\n", `"secret" is no classification`},
 		{"anomaly:\n  webhook_url: ftp://x\n", "anomaly.webhook_url"},
 		{"anomaly:\n  webhook_url: https://u:p@x/\n", "credentials"},
+		{"anomaly:\n  webhook_url: http://alerts.example.org/ward\n", "over https"},
 		{"anomaly:\n  webhook_timeout: 2m\n", "anomaly.webhook_timeout"},
 		{"anomaly:\n  queue_size: -1\n", "anomaly.max_series"},
 		{"anomaly:\n  thresholds: 3\n", "thresholds"},
