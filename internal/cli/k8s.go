@@ -28,7 +28,7 @@ func k8sCommand() *cobra.Command {
 		key, apiserver, tokenFile, apiCA, etcdCA, etcdCert, etcdKey, etcdPrefix, provider string
 		etcd, resources                                                                   []string
 		dryRun, raise                                                                     bool
-		timeout                                                                           time.Duration
+		timeout, settle                                                                   time.Duration
 	}
 	rw := &cobra.Command{
 		Use:   "rewrap --key NAME --apiserver URL --token-file F --etcd-endpoints URL...",
@@ -106,6 +106,28 @@ counts (and with --raise-min-decrypt-version, raises only if nothing is older).`
 				return nil
 			}
 			fmt.Fprintf(out, "every object is under %s (%d rewritten)\n", target, rep.Rewritten)
+			if o.raise && !o.dryRun && o.settle > 0 {
+				// An apiserver that has not noticed the rotation yet (it
+				// polls the plugin's Status once a minute) may still write
+				// under the older version after the pass above: look again
+				// once every apiserver must have noticed it.
+				fmt.Fprintf(errw, "waiting %s (--settle) for every apiserver to write under %s, then checking again\n", o.settle, target)
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(o.settle):
+				}
+				again, err := rewrap.Run(cmd.Context(), rewrap.Options{
+					APIServer: o.apiserver, Token: token, Client: hc, Etcd: ec, EtcdPrefix: o.etcdPrefix,
+					Resources: o.resources, Provider: o.provider, Target: target, DryRun: true, Timeout: o.timeout, Progress: errw,
+				})
+				if err != nil {
+					return err
+				}
+				if again.Stale > 0 {
+					return &exitError{code: 1, err: fmt.Errorf("refusing to raise the minimum decrypt version of %s to %d: %d objects were written under an older version while waiting (an apiserver had not noticed the rotation yet; %w); run ward k8s rewrap again", o.key, k.LatestVersion, again.Stale, rewrap.ErrStale)}
+				}
+			}
 			if o.raise {
 				if _, err := c.Keys.ConfigureKey(cmd.Context(), &wardv1.ConfigureKeyRequest{Name: o.key, MinDecryptVersion: k.LatestVersion}); err != nil {
 					return client.Unwrap(err)
@@ -130,6 +152,7 @@ counts (and with --raise-min-decrypt-version, raises only if nothing is older).`
 	f.BoolVar(&o.dryRun, "dry-run", false, "only count the objects per key version")
 	f.BoolVar(&o.raise, "raise-min-decrypt-version", false, "after a complete rewrap, set the key's minimum decrypt version to its newest version")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "give up after this long")
+	f.DurationVar(&o.settle, "settle", 70*time.Second, "with --raise-min-decrypt-version: wait this long after a complete pass and check again before raising (every apiserver notices a rotation within a minute)")
 	cmd.AddCommand(rw)
 	return cmd
 }

@@ -338,7 +338,7 @@ func TestKMSPluginWithRealAPIServer(t *testing.T) {
 	}
 	rewrapArgs := []string{"k8s", "rewrap", "--key", "k8s/etcd", "--apiserver", api.url, "--token-file", tokenFile,
 		"--apiserver-ca", filepath.Join(dir, "apiserver", "certs", "apiserver.crt"),
-		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--raise-min-decrypt-version"}
+		"--etcd-endpoints", strings.Join(etcd.Endpoints(), ","), "--raise-min-decrypt-version", "--settle", "2s"}
 	out, err := a.wardErr("", append(rewrapArgs, "--dry-run")...)
 	if err == nil || !strings.Contains(out, fmt.Sprintf(" %d under ward:k8s/etcd:1;", v1Count)) ||
 		!strings.Contains(err.Error(), fmt.Sprintf("refusing to raise the minimum decrypt version of k8s/etcd to 2: %d objects are not under ward:k8s/etcd:2", v1Count)) {
