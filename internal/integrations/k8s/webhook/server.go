@@ -157,7 +157,7 @@ func CheckSVID(src SVIDSource, dnsName string) error {
 // all together MaxInFlight; past that the answer is 503 at once.
 const (
 	MaxInFlight          = 32
-	MaxInFlightPerSource = 4
+	MaxInFlightPerSource = 8
 )
 
 // limitInFlight bounds the requests h serves at once, per source host and
