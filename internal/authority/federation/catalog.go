@@ -453,51 +453,7 @@ func (m *Manager) AcceptCatalog(ctx context.Context, td spiffeid.TrustDomain, bo
 // relationship uses https_spiffe, over its bundle endpoint, until ctx ends
 // (authenticated like the revocation channel).
 func (m *Manager) RunCatalogs(ctx context.Context, c RevocationClient) {
-	if c.Wait <= 0 || c.Wait > MaxRevocationWait {
-		c.Wait = MaxRevocationWait
-	}
-	type poller struct {
-		rel    Relationship
-		cancel context.CancelFunc
-	}
-	running := map[spiffeid.TrustDomain]*poller{}
-	var wg sync.WaitGroup
-	defer func() {
-		for _, p := range running {
-			p.cancel()
-		}
-		wg.Wait()
-	}()
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		want := map[spiffeid.TrustDomain]Relationship{}
-		for _, st := range m.List() {
-			if st.Profile == ProfileSPIFFE {
-				want[st.TrustDomain] = st.Relationship
-			}
-		}
-		for td, p := range running {
-			if r, ok := want[td]; !ok || r != p.rel {
-				p.cancel()
-				delete(running, td)
-			}
-		}
-		for td, r := range want {
-			if running[td] != nil {
-				continue
-			}
-			pctx, cancel := context.WithCancel(ctx)
-			running[td] = &poller{rel: r, cancel: cancel}
-			wg.Add(1)
-			go func() { defer wg.Done(); m.followCatalog(pctx, r, c) }()
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	m.runFollowers(ctx, c, m.followCatalog)
 }
 
 func (m *Manager) followCatalog(ctx context.Context, rel Relationship, c RevocationClient) {

@@ -305,6 +305,13 @@ type RevocationClient struct {
 // whose relationship uses https_spiffe, over its bundle endpoint, until ctx
 // ends.
 func (m *Manager) RunRevocations(ctx context.Context, c RevocationClient) {
+	m.runFollowers(ctx, c, m.followRevocations)
+}
+
+// runFollowers runs follow for every https_spiffe relationship, restarting
+// it when the relationship changes and stopping it when it is removed,
+// until ctx ends (the revocation and catalog channels).
+func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, follow func(context.Context, Relationship, RevocationClient)) {
 	if c.Wait <= 0 || c.Wait > MaxRevocationWait {
 		c.Wait = MaxRevocationWait
 	}
@@ -342,7 +349,7 @@ func (m *Manager) RunRevocations(ctx context.Context, c RevocationClient) {
 			pctx, cancel := context.WithCancel(ctx)
 			running[td] = &poller{rel: r, cancel: cancel}
 			wg.Add(1)
-			go func() { defer wg.Done(); m.followRevocations(pctx, r, c) }()
+			go func() { defer wg.Done(); follow(pctx, r, c) }()
 		}
 		select {
 		case <-ctx.Done():
