@@ -41,6 +41,9 @@ type Client struct {
 	Catalog wardv1.CatalogClient
 	// PolicyDistribution streams policy versions as they change.
 	PolicyDistribution wardv1.PolicyDistributionClient
+	// Posture manages the declared posture and reports drift
+	// (docs/governance.md).
+	Posture wardv1.PostureClient
 }
 
 type options struct {
@@ -127,7 +130,8 @@ func Dial(address string, opts ...Option) (*Client, error) {
 		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
 		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn),
 		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn),
-		Federation: wardv1.NewFederationClient(conn), Catalog: wardv1.NewCatalogClient(conn)}, nil
+		Federation: wardv1.NewFederationClient(conn), Catalog: wardv1.NewCatalogClient(conn),
+		Posture: wardv1.NewPostureClient(conn)}, nil
 }
 
 // Close closes the connection.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/server"
+	"github.com/wardproject/ward/internal/governance/drift"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
@@ -89,6 +90,9 @@ func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server
 	if err != nil {
 		return err
 	}
+	// Drift of the declared posture (docs/governance.md): the authority
+	// evaluates it with governance's rules, which it never imports.
+	srv.SetDriftEvaluator(drift.Evaluate, 0)
 	stopAnomaly, err := wireAnomaly(srv, cfg.Anomaly, log)
 	if err != nil {
 		return err

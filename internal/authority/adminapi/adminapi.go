@@ -1,6 +1,6 @@
 // Package adminapi is the authority's admin API: the gRPC services an
 // operator calls on the admin unix socket (Operator, Keys, KMS, Audit,
-// Policy, PolicyDistribution, Entries, Agents, CA, Federation). It reaches the
+// Policy, PolicyDistribution, Entries, Agents, CA, Federation, Posture). It reaches the
 // authority only through Lifecycle (init, unseal, seal, status) and
 // Unsealed (the services that exist while unsealed); the server owns the
 // socket, its credentials and the lifecycle itself.
@@ -21,6 +21,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/authority/posturestore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/authority/seal"
 )
@@ -64,6 +65,10 @@ type Services struct {
 	Registry *registry.Registry
 	// Federation is nil while workload identity is not running.
 	Federation *federation.Manager
+	// Posture is the declared posture's versions; Drift the authority's
+	// drift evaluation (posture.go).
+	Posture *posturestore.Store
+	Drift   Drift
 }
 
 // Unsealed gives the services of an unsealed authority.
@@ -98,6 +103,7 @@ func Register(g *grpc.Server, lc Lifecycle, us Unsealed, opts Options) {
 	wardv1.RegisterCAServer(g, &caService{a: a})
 	wardv1.RegisterFederationServer(g, &federationService{a: a})
 	wardv1.RegisterCatalogServer(g, &catalogService{fed: &federationService{a: a}})
+	wardv1.RegisterPostureServer(g, &postureService{a: a})
 }
 
 // api is what every service shares.

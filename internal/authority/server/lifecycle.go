@@ -39,7 +39,10 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	if err != nil {
 		return nil, err
 	}
-	sv := &adminapi.Services{KMS: st.kms, Policy: st.policy, Audit: st.audit, Hasher: st.hasher, Recorder: st.recorder}
+	sv := &adminapi.Services{KMS: st.kms, Policy: st.policy, Audit: st.audit, Hasher: st.hasher, Recorder: st.recorder, Posture: st.posture}
+	if l.s.drift.eval != nil {
+		sv.Drift = l.s
+	}
 	if st.ident != nil {
 		sv.CA, sv.Registry, sv.Federation = st.ident.ca, st.ident.reg, st.ident.fed
 	}

@@ -31,6 +31,10 @@ type metrics struct {
 	// bundleEndpointRefused counts bundle endpoint connections closed at
 	// accept for being over a limit.
 	bundleEndpointRefused *prometheus.CounterVec
+	// driftEvaluations counts drift evaluations; telemetry counts node
+	// telemetry reports by result (drift.go).
+	driftEvaluations prometheus.Counter
+	telemetry        *prometheus.CounterVec
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -92,6 +96,11 @@ func newMetrics(s *Server) *metrics {
 		Namespace: "ward", Name: "federation_bundle_endpoint_connections_refused_total",
 		Help: "Bundle endpoint connections closed at accept for being over a connection limit, by reason (per_source, per_source_pending, max_connections).",
 	}, []string{"reason"})
+	m.driftEvaluations = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ward", Name: "drift_evaluations_total",
+		Help: "Drift evaluations of the declared posture (docs/governance.md)."})
+	m.telemetry = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ward", Name: "telemetry_reports_total",
+		Help: "Node telemetry reports by result (ok, invalid, other_node, rate_limited, too_large)."}, []string{"result"})
+	m.reg.MustRegister(m.driftEvaluations, m.telemetry)
 	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused, m.witnessRefused, m.bundleEndpointRefused)
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -34,6 +34,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/authority/posturestore"
 	"github.com/wardproject/ward/internal/authority/seal"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/peercred"
@@ -67,13 +68,19 @@ type Server struct {
 	pending  []audit.Event // events that happened while sealed
 
 	observer func(audit.Event) // sees committed events (SetAuditObserver)
+
+	// drift is the continuous drift evaluation and the nodes' telemetry
+	// (drift.go).
+	drift *driftState
 }
 
 type unsealedState struct {
 	ident  *identityState // workload identity services (identity.go)
 	kms    *kms.Manager
 	policy *policystore.Store
-	audit  *audit.Log
+	// posture is the declared posture's versions (drift.go).
+	posture *posturestore.Store
+	audit   *audit.Log
 	// signer is the audit checkpoint key; it also cosigns the federated
 	// peers' checkpoints this authority witnesses.
 	signer *ecdsa.PrivateKey
@@ -99,7 +106,9 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2)}
 	srv.seals = seal.NewManager(raw, b, s)
 	_, srv.auto = s.(seal.AutoSeal)
+	srv.drift = newDriftState()
 	srv.metrics = newMetrics(srv)
+	srv.metrics.reg.MustRegister(&driftCollector{s: srv})
 	srv.metrics.reg.MustRegister(&integrityCollector{s: srv})
 	return srv, nil
 }
@@ -337,6 +346,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)),
 		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain))
+	st.posture = posturestore.New(bs, st.recorder, s.table.Names())
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The
 	// caller of the unseal is the caller of what it does (ca.init).
@@ -361,6 +371,9 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	s.mu.Lock()
 	s.unsealed = st
 	s.mu.Unlock()
+	// After s.unsealed is set: an evaluation reads the unsealed state.
+	st.wg.Add(1)
+	go func() { defer st.wg.Done(); s.driftLoop(jobCtx) }()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
 	return nil
 }

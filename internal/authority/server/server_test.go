@@ -26,6 +26,13 @@ func start(t *testing.T, cfg *config.Server) (*Server, *client.Client) {
 
 func startB(t testing.TB, cfg *config.Server) (*Server, *client.Client) {
 	t.Helper()
+	return startWith(t, cfg, nil)
+}
+
+// startWith is startB with before called on the server before Start (to
+// wire what the CLI wires).
+func startWith(t testing.TB, cfg *config.Server, before func(*Server)) (*Server, *client.Client) {
+	t.Helper()
 	ctx := context.Background()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
@@ -42,6 +49,9 @@ func startB(t testing.TB, cfg *config.Server) (*Server, *client.Client) {
 	srv, err := New(cfg, raw, sl, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if before != nil {
+		before(srv)
 	}
 	if err := srv.Start(ctx); err != nil {
 		t.Fatal(err)
