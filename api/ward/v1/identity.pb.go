@@ -744,7 +744,7 @@ func (*DeleteEntryResponse) Descriptor() ([]byte, []int) {
 type Agent struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	// join_token or x509pop
+	// join_token, x509pop or k8s_psat
 	AttestationType string      `protobuf:"bytes,2,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
 	Selectors       []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
 	// Serial (hex) and expiry of the agent's current SVID.
@@ -1496,6 +1496,7 @@ type AttestRequest struct {
 	//	*AttestRequest_JoinToken
 	//	*AttestRequest_X509Pop
 	//	*AttestRequest_X509PopChallengeSignature
+	//	*AttestRequest_K8SPsat
 	Step isAttestRequest_Step `protobuf_oneof:"step"`
 	// PKCS#10 CSR (DER) for the agent SVID, sent with the first message.
 	Csr           []byte `protobuf:"bytes,4,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -1567,6 +1568,15 @@ func (x *AttestRequest) GetX509PopChallengeSignature() []byte {
 	return nil
 }
 
+func (x *AttestRequest) GetK8SPsat() *K8SPsatAttestation {
+	if x != nil {
+		if x, ok := x.Step.(*AttestRequest_K8SPsat); ok {
+			return x.K8SPsat
+		}
+	}
+	return nil
+}
+
 func (x *AttestRequest) GetCsr() []byte {
 	if x != nil {
 		return x.Csr
@@ -1592,11 +1602,74 @@ type AttestRequest_X509PopChallengeSignature struct {
 	X509PopChallengeSignature []byte `protobuf:"bytes,3,opt,name=x509pop_challenge_signature,json=x509popChallengeSignature,proto3,oneof"`
 }
 
+type AttestRequest_K8SPsat struct {
+	// k8s_psat: one message, a projected service-account token (audience
+	// of the cluster's configuration, "ward" by default) that the
+	// authority validates with the cluster's TokenReview API.
+	K8SPsat *K8SPsatAttestation `protobuf:"bytes,5,opt,name=k8s_psat,json=k8sPsat,proto3,oneof"`
+}
+
 func (*AttestRequest_JoinToken) isAttestRequest_Step() {}
 
 func (*AttestRequest_X509Pop) isAttestRequest_Step() {}
 
 func (*AttestRequest_X509PopChallengeSignature) isAttestRequest_Step() {}
+
+func (*AttestRequest_K8SPsat) isAttestRequest_Step() {}
+
+type K8SPsatAttestation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's name in the authority's identity.k8s_psat configuration.
+	Cluster string `protobuf:"bytes,1,opt,name=cluster,proto3" json:"cluster,omitempty"`
+	// The projected service-account token (a JWT) of the agent's pod.
+	Token         string `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *K8SPsatAttestation) Reset() {
+	*x = K8SPsatAttestation{}
+	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *K8SPsatAttestation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*K8SPsatAttestation) ProtoMessage() {}
+
+func (x *K8SPsatAttestation) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use K8SPsatAttestation.ProtoReflect.Descriptor instead.
+func (*K8SPsatAttestation) Descriptor() ([]byte, []int) {
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *K8SPsatAttestation) GetCluster() string {
+	if x != nil {
+		return x.Cluster
+	}
+	return ""
+}
+
+func (x *K8SPsatAttestation) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
 
 type JoinTokenAttestation struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1607,7 +1680,7 @@ type JoinTokenAttestation struct {
 
 func (x *JoinTokenAttestation) Reset() {
 	*x = JoinTokenAttestation{}
-	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	mi := &file_ward_v1_identity_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1692,7 @@ func (x *JoinTokenAttestation) String() string {
 func (*JoinTokenAttestation) ProtoMessage() {}
 
 func (x *JoinTokenAttestation) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[26]
+	mi := &file_ward_v1_identity_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1705,7 @@ func (x *JoinTokenAttestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinTokenAttestation.ProtoReflect.Descriptor instead.
 func (*JoinTokenAttestation) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{26}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *JoinTokenAttestation) GetToken() string {
@@ -1652,7 +1725,7 @@ type X509PopAttestation struct {
 
 func (x *X509PopAttestation) Reset() {
 	*x = X509PopAttestation{}
-	mi := &file_ward_v1_identity_proto_msgTypes[27]
+	mi := &file_ward_v1_identity_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1664,7 +1737,7 @@ func (x *X509PopAttestation) String() string {
 func (*X509PopAttestation) ProtoMessage() {}
 
 func (x *X509PopAttestation) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[27]
+	mi := &file_ward_v1_identity_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1677,7 +1750,7 @@ func (x *X509PopAttestation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509PopAttestation.ProtoReflect.Descriptor instead.
 func (*X509PopAttestation) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{27}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *X509PopAttestation) GetChain() [][]byte {
@@ -1700,7 +1773,7 @@ type AttestResponse struct {
 
 func (x *AttestResponse) Reset() {
 	*x = AttestResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[28]
+	mi := &file_ward_v1_identity_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1785,7 @@ func (x *AttestResponse) String() string {
 func (*AttestResponse) ProtoMessage() {}
 
 func (x *AttestResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[28]
+	mi := &file_ward_v1_identity_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1798,7 @@ func (x *AttestResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttestResponse.ProtoReflect.Descriptor instead.
 func (*AttestResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{28}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AttestResponse) GetStep() isAttestResponse_Step {
@@ -1783,7 +1856,7 @@ type AgentSVID struct {
 
 func (x *AgentSVID) Reset() {
 	*x = AgentSVID{}
-	mi := &file_ward_v1_identity_proto_msgTypes[29]
+	mi := &file_ward_v1_identity_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1795,7 +1868,7 @@ func (x *AgentSVID) String() string {
 func (*AgentSVID) ProtoMessage() {}
 
 func (x *AgentSVID) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[29]
+	mi := &file_ward_v1_identity_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1808,7 +1881,7 @@ func (x *AgentSVID) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentSVID.ProtoReflect.Descriptor instead.
 func (*AgentSVID) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{29}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AgentSVID) GetSpiffeId() string {
@@ -1841,7 +1914,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[30]
+	mi := &file_ward_v1_identity_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +1926,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[30]
+	mi := &file_ward_v1_identity_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +1939,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{30}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -1887,7 +1960,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[31]
+	mi := &file_ward_v1_identity_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +1972,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[31]
+	mi := &file_ward_v1_identity_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +1985,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{31}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SyncRequest) GetAuditTreeSize() uint64 {
@@ -1948,7 +2021,7 @@ type SyncResponse struct {
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[32]
+	mi := &file_ward_v1_identity_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1960,7 +2033,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[32]
+	mi := &file_ward_v1_identity_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1973,7 +2046,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{32}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SyncResponse) GetEntries() []*Entry {
@@ -2041,7 +2114,7 @@ type SignX509SVIDsRequest struct {
 
 func (x *SignX509SVIDsRequest) Reset() {
 	*x = SignX509SVIDsRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[33]
+	mi := &file_ward_v1_identity_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2126,7 @@ func (x *SignX509SVIDsRequest) String() string {
 func (*SignX509SVIDsRequest) ProtoMessage() {}
 
 func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[33]
+	mi := &file_ward_v1_identity_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2139,7 @@ func (x *SignX509SVIDsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsRequest.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{33}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *SignX509SVIDsRequest) GetParams() []*X509SVIDParams {
@@ -2086,7 +2159,7 @@ type X509SVIDParams struct {
 
 func (x *X509SVIDParams) Reset() {
 	*x = X509SVIDParams{}
-	mi := &file_ward_v1_identity_proto_msgTypes[34]
+	mi := &file_ward_v1_identity_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2098,7 +2171,7 @@ func (x *X509SVIDParams) String() string {
 func (*X509SVIDParams) ProtoMessage() {}
 
 func (x *X509SVIDParams) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[34]
+	mi := &file_ward_v1_identity_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2111,7 +2184,7 @@ func (x *X509SVIDParams) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDParams.ProtoReflect.Descriptor instead.
 func (*X509SVIDParams) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{34}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *X509SVIDParams) GetEntryId() string {
@@ -2137,7 +2210,7 @@ type SignX509SVIDsResponse struct {
 
 func (x *SignX509SVIDsResponse) Reset() {
 	*x = SignX509SVIDsResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[35]
+	mi := &file_ward_v1_identity_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2149,7 +2222,7 @@ func (x *SignX509SVIDsResponse) String() string {
 func (*SignX509SVIDsResponse) ProtoMessage() {}
 
 func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[35]
+	mi := &file_ward_v1_identity_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2162,7 +2235,7 @@ func (x *SignX509SVIDsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignX509SVIDsResponse.ProtoReflect.Descriptor instead.
 func (*SignX509SVIDsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{35}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SignX509SVIDsResponse) GetResults() []*X509SVIDResult {
@@ -2184,7 +2257,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_ward_v1_identity_proto_msgTypes[36]
+	mi := &file_ward_v1_identity_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2269,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[36]
+	mi := &file_ward_v1_identity_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2282,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{36}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -2251,7 +2324,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_ward_v1_identity_proto_msgTypes[37]
+	mi := &file_ward_v1_identity_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2263,7 +2336,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[37]
+	mi := &file_ward_v1_identity_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2276,7 +2349,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{37}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -2310,7 +2383,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_ward_v1_identity_proto_msgTypes[38]
+	mi := &file_ward_v1_identity_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2322,7 +2395,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_identity_proto_msgTypes[38]
+	mi := &file_ward_v1_identity_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2335,7 +2408,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_identity_proto_rawDescGZIP(), []int{38}
+	return file_ward_v1_identity_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -2456,14 +2529,18 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\vspiffe_json\x18\x02 \x01(\fR\n" +
 	"spiffeJson\x12\x19\n" +
 	"\bx509_pem\x18\x03 \x01(\fR\ax509Pem\x12\x1a\n" +
-	"\bsequence\x18\x04 \x01(\x04R\bsequence\"\xe4\x01\n" +
+	"\bsequence\x18\x04 \x01(\x04R\bsequence\"\x9e\x02\n" +
 	"\rAttestRequest\x12>\n" +
 	"\n" +
 	"join_token\x18\x01 \x01(\v2\x1d.ward.v1.JoinTokenAttestationH\x00R\tjoinToken\x127\n" +
 	"\ax509pop\x18\x02 \x01(\v2\x1b.ward.v1.X509PopAttestationH\x00R\ax509pop\x12@\n" +
-	"\x1bx509pop_challenge_signature\x18\x03 \x01(\fH\x00R\x19x509popChallengeSignature\x12\x10\n" +
+	"\x1bx509pop_challenge_signature\x18\x03 \x01(\fH\x00R\x19x509popChallengeSignature\x128\n" +
+	"\bk8s_psat\x18\x05 \x01(\v2\x1b.ward.v1.K8sPsatAttestationH\x00R\ak8sPsat\x12\x10\n" +
 	"\x03csr\x18\x04 \x01(\fR\x03csrB\x06\n" +
-	"\x04step\",\n" +
+	"\x04step\"D\n" +
+	"\x12K8sPsatAttestation\x12\x18\n" +
+	"\acluster\x18\x01 \x01(\tR\acluster\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\tR\x05token\",\n" +
 	"\x14JoinTokenAttestation\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\"*\n" +
 	"\x12X509PopAttestation\x12\x14\n" +
@@ -2551,7 +2628,7 @@ func file_ward_v1_identity_proto_rawDescGZIP() []byte {
 	return file_ward_v1_identity_proto_rawDescData
 }
 
-var file_ward_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_ward_v1_identity_proto_msgTypes = make([]protoimpl.MessageInfo, 42)
 var file_ward_v1_identity_proto_goTypes = []any{
 	(*Selector)(nil),               // 0: ward.v1.Selector
 	(*Entry)(nil),                  // 1: ward.v1.Entry
@@ -2579,29 +2656,30 @@ var file_ward_v1_identity_proto_goTypes = []any{
 	(*GetBundleRequest)(nil),       // 23: ward.v1.GetBundleRequest
 	(*Bundle)(nil),                 // 24: ward.v1.Bundle
 	(*AttestRequest)(nil),          // 25: ward.v1.AttestRequest
-	(*JoinTokenAttestation)(nil),   // 26: ward.v1.JoinTokenAttestation
-	(*X509PopAttestation)(nil),     // 27: ward.v1.X509PopAttestation
-	(*AttestResponse)(nil),         // 28: ward.v1.AttestResponse
-	(*AgentSVID)(nil),              // 29: ward.v1.AgentSVID
-	(*RenewAgentRequest)(nil),      // 30: ward.v1.RenewAgentRequest
-	(*SyncRequest)(nil),            // 31: ward.v1.SyncRequest
-	(*SyncResponse)(nil),           // 32: ward.v1.SyncResponse
-	(*SignX509SVIDsRequest)(nil),   // 33: ward.v1.SignX509SVIDsRequest
-	(*X509SVIDParams)(nil),         // 34: ward.v1.X509SVIDParams
-	(*SignX509SVIDsResponse)(nil),  // 35: ward.v1.SignX509SVIDsResponse
-	(*X509SVIDResult)(nil),         // 36: ward.v1.X509SVIDResult
-	(*SignJWTSVIDRequest)(nil),     // 37: ward.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),    // 38: ward.v1.SignJWTSVIDResponse
-	nil,                            // 39: ward.v1.Entry.LabelsEntry
-	nil,                            // 40: ward.v1.SyncResponse.FederatedBundlesEntry
-	(*timestamppb.Timestamp)(nil),  // 41: google.protobuf.Timestamp
-	(*ItemError)(nil),              // 42: ward.v1.ItemError
+	(*K8SPsatAttestation)(nil),     // 26: ward.v1.K8sPsatAttestation
+	(*JoinTokenAttestation)(nil),   // 27: ward.v1.JoinTokenAttestation
+	(*X509PopAttestation)(nil),     // 28: ward.v1.X509PopAttestation
+	(*AttestResponse)(nil),         // 29: ward.v1.AttestResponse
+	(*AgentSVID)(nil),              // 30: ward.v1.AgentSVID
+	(*RenewAgentRequest)(nil),      // 31: ward.v1.RenewAgentRequest
+	(*SyncRequest)(nil),            // 32: ward.v1.SyncRequest
+	(*SyncResponse)(nil),           // 33: ward.v1.SyncResponse
+	(*SignX509SVIDsRequest)(nil),   // 34: ward.v1.SignX509SVIDsRequest
+	(*X509SVIDParams)(nil),         // 35: ward.v1.X509SVIDParams
+	(*SignX509SVIDsResponse)(nil),  // 36: ward.v1.SignX509SVIDsResponse
+	(*X509SVIDResult)(nil),         // 37: ward.v1.X509SVIDResult
+	(*SignJWTSVIDRequest)(nil),     // 38: ward.v1.SignJWTSVIDRequest
+	(*SignJWTSVIDResponse)(nil),    // 39: ward.v1.SignJWTSVIDResponse
+	nil,                            // 40: ward.v1.Entry.LabelsEntry
+	nil,                            // 41: ward.v1.SyncResponse.FederatedBundlesEntry
+	(*timestamppb.Timestamp)(nil),  // 42: google.protobuf.Timestamp
+	(*ItemError)(nil),              // 43: ward.v1.ItemError
 }
 var file_ward_v1_identity_proto_depIdxs = []int32{
 	0,  // 0: ward.v1.Entry.selectors:type_name -> ward.v1.Selector
-	39, // 1: ward.v1.Entry.labels:type_name -> ward.v1.Entry.LabelsEntry
-	41, // 2: ward.v1.Entry.created:type_name -> google.protobuf.Timestamp
-	41, // 3: ward.v1.Entry.updated:type_name -> google.protobuf.Timestamp
+	40, // 1: ward.v1.Entry.labels:type_name -> ward.v1.Entry.LabelsEntry
+	42, // 2: ward.v1.Entry.created:type_name -> google.protobuf.Timestamp
+	42, // 3: ward.v1.Entry.updated:type_name -> google.protobuf.Timestamp
 	1,  // 4: ward.v1.BatchEntriesRequest.create:type_name -> ward.v1.Entry
 	1,  // 5: ward.v1.BatchEntriesRequest.update:type_name -> ward.v1.Entry
 	3,  // 6: ward.v1.BatchEntriesRequest.delete:type_name -> ward.v1.EntryRef
@@ -2611,66 +2689,67 @@ var file_ward_v1_identity_proto_depIdxs = []int32{
 	1,  // 10: ward.v1.ListEntriesResponse.entries:type_name -> ward.v1.Entry
 	1,  // 11: ward.v1.UpdateEntryRequest.entry:type_name -> ward.v1.Entry
 	0,  // 12: ward.v1.Agent.selectors:type_name -> ward.v1.Selector
-	41, // 13: ward.v1.Agent.expires:type_name -> google.protobuf.Timestamp
-	41, // 14: ward.v1.Agent.attested:type_name -> google.protobuf.Timestamp
-	41, // 15: ward.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
-	41, // 16: ward.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
+	42, // 13: ward.v1.Agent.expires:type_name -> google.protobuf.Timestamp
+	42, // 14: ward.v1.Agent.attested:type_name -> google.protobuf.Timestamp
+	42, // 15: ward.v1.Agent.last_seen:type_name -> google.protobuf.Timestamp
+	42, // 16: ward.v1.JoinToken.expires:type_name -> google.protobuf.Timestamp
 	12, // 17: ward.v1.ListAgentsResponse.agents:type_name -> ward.v1.Agent
-	41, // 18: ward.v1.CAKey.not_before:type_name -> google.protobuf.Timestamp
-	41, // 19: ward.v1.CAKey.not_after:type_name -> google.protobuf.Timestamp
-	41, // 20: ward.v1.CAKey.activated:type_name -> google.protobuf.Timestamp
+	42, // 18: ward.v1.CAKey.not_before:type_name -> google.protobuf.Timestamp
+	42, // 19: ward.v1.CAKey.not_after:type_name -> google.protobuf.Timestamp
+	42, // 20: ward.v1.CAKey.activated:type_name -> google.protobuf.Timestamp
 	18, // 21: ward.v1.CAStatus.keys:type_name -> ward.v1.CAKey
-	26, // 22: ward.v1.AttestRequest.join_token:type_name -> ward.v1.JoinTokenAttestation
-	27, // 23: ward.v1.AttestRequest.x509pop:type_name -> ward.v1.X509PopAttestation
-	29, // 24: ward.v1.AttestResponse.svid:type_name -> ward.v1.AgentSVID
-	1,  // 25: ward.v1.SyncResponse.entries:type_name -> ward.v1.Entry
-	40, // 26: ward.v1.SyncResponse.federated_bundles:type_name -> ward.v1.SyncResponse.FederatedBundlesEntry
-	34, // 27: ward.v1.SignX509SVIDsRequest.params:type_name -> ward.v1.X509SVIDParams
-	36, // 28: ward.v1.SignX509SVIDsResponse.results:type_name -> ward.v1.X509SVIDResult
-	41, // 29: ward.v1.X509SVIDResult.expires:type_name -> google.protobuf.Timestamp
-	42, // 30: ward.v1.X509SVIDResult.error:type_name -> ward.v1.ItemError
-	41, // 31: ward.v1.SignJWTSVIDResponse.expires:type_name -> google.protobuf.Timestamp
-	5,  // 32: ward.v1.Entries.CreateEntry:input_type -> ward.v1.CreateEntryRequest
-	6,  // 33: ward.v1.Entries.ListEntries:input_type -> ward.v1.ListEntriesRequest
-	8,  // 34: ward.v1.Entries.GetEntry:input_type -> ward.v1.GetEntryRequest
-	9,  // 35: ward.v1.Entries.UpdateEntry:input_type -> ward.v1.UpdateEntryRequest
-	10, // 36: ward.v1.Entries.DeleteEntry:input_type -> ward.v1.DeleteEntryRequest
-	2,  // 37: ward.v1.Entries.BatchEntries:input_type -> ward.v1.BatchEntriesRequest
-	13, // 38: ward.v1.Agents.CreateJoinToken:input_type -> ward.v1.CreateJoinTokenRequest
-	15, // 39: ward.v1.Agents.ListAgents:input_type -> ward.v1.ListAgentsRequest
-	17, // 40: ward.v1.Agents.EvictAgent:input_type -> ward.v1.EvictAgentRequest
-	20, // 41: ward.v1.CA.ShowCA:input_type -> ward.v1.ShowCARequest
-	21, // 42: ward.v1.CA.RotateCA:input_type -> ward.v1.RotateCARequest
-	22, // 43: ward.v1.CA.TaintCAKey:input_type -> ward.v1.TaintCAKeyRequest
-	23, // 44: ward.v1.CA.GetBundle:input_type -> ward.v1.GetBundleRequest
-	25, // 45: ward.v1.Node.Attest:input_type -> ward.v1.AttestRequest
-	30, // 46: ward.v1.Node.RenewAgent:input_type -> ward.v1.RenewAgentRequest
-	31, // 47: ward.v1.Node.Sync:input_type -> ward.v1.SyncRequest
-	33, // 48: ward.v1.Node.SignX509SVIDs:input_type -> ward.v1.SignX509SVIDsRequest
-	37, // 49: ward.v1.Node.SignJWTSVID:input_type -> ward.v1.SignJWTSVIDRequest
-	1,  // 50: ward.v1.Entries.CreateEntry:output_type -> ward.v1.Entry
-	7,  // 51: ward.v1.Entries.ListEntries:output_type -> ward.v1.ListEntriesResponse
-	1,  // 52: ward.v1.Entries.GetEntry:output_type -> ward.v1.Entry
-	1,  // 53: ward.v1.Entries.UpdateEntry:output_type -> ward.v1.Entry
-	11, // 54: ward.v1.Entries.DeleteEntry:output_type -> ward.v1.DeleteEntryResponse
-	4,  // 55: ward.v1.Entries.BatchEntries:output_type -> ward.v1.BatchEntriesResponse
-	14, // 56: ward.v1.Agents.CreateJoinToken:output_type -> ward.v1.JoinToken
-	16, // 57: ward.v1.Agents.ListAgents:output_type -> ward.v1.ListAgentsResponse
-	12, // 58: ward.v1.Agents.EvictAgent:output_type -> ward.v1.Agent
-	19, // 59: ward.v1.CA.ShowCA:output_type -> ward.v1.CAStatus
-	19, // 60: ward.v1.CA.RotateCA:output_type -> ward.v1.CAStatus
-	19, // 61: ward.v1.CA.TaintCAKey:output_type -> ward.v1.CAStatus
-	24, // 62: ward.v1.CA.GetBundle:output_type -> ward.v1.Bundle
-	28, // 63: ward.v1.Node.Attest:output_type -> ward.v1.AttestResponse
-	29, // 64: ward.v1.Node.RenewAgent:output_type -> ward.v1.AgentSVID
-	32, // 65: ward.v1.Node.Sync:output_type -> ward.v1.SyncResponse
-	35, // 66: ward.v1.Node.SignX509SVIDs:output_type -> ward.v1.SignX509SVIDsResponse
-	38, // 67: ward.v1.Node.SignJWTSVID:output_type -> ward.v1.SignJWTSVIDResponse
-	50, // [50:68] is the sub-list for method output_type
-	32, // [32:50] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	27, // 22: ward.v1.AttestRequest.join_token:type_name -> ward.v1.JoinTokenAttestation
+	28, // 23: ward.v1.AttestRequest.x509pop:type_name -> ward.v1.X509PopAttestation
+	26, // 24: ward.v1.AttestRequest.k8s_psat:type_name -> ward.v1.K8sPsatAttestation
+	30, // 25: ward.v1.AttestResponse.svid:type_name -> ward.v1.AgentSVID
+	1,  // 26: ward.v1.SyncResponse.entries:type_name -> ward.v1.Entry
+	41, // 27: ward.v1.SyncResponse.federated_bundles:type_name -> ward.v1.SyncResponse.FederatedBundlesEntry
+	35, // 28: ward.v1.SignX509SVIDsRequest.params:type_name -> ward.v1.X509SVIDParams
+	37, // 29: ward.v1.SignX509SVIDsResponse.results:type_name -> ward.v1.X509SVIDResult
+	42, // 30: ward.v1.X509SVIDResult.expires:type_name -> google.protobuf.Timestamp
+	43, // 31: ward.v1.X509SVIDResult.error:type_name -> ward.v1.ItemError
+	42, // 32: ward.v1.SignJWTSVIDResponse.expires:type_name -> google.protobuf.Timestamp
+	5,  // 33: ward.v1.Entries.CreateEntry:input_type -> ward.v1.CreateEntryRequest
+	6,  // 34: ward.v1.Entries.ListEntries:input_type -> ward.v1.ListEntriesRequest
+	8,  // 35: ward.v1.Entries.GetEntry:input_type -> ward.v1.GetEntryRequest
+	9,  // 36: ward.v1.Entries.UpdateEntry:input_type -> ward.v1.UpdateEntryRequest
+	10, // 37: ward.v1.Entries.DeleteEntry:input_type -> ward.v1.DeleteEntryRequest
+	2,  // 38: ward.v1.Entries.BatchEntries:input_type -> ward.v1.BatchEntriesRequest
+	13, // 39: ward.v1.Agents.CreateJoinToken:input_type -> ward.v1.CreateJoinTokenRequest
+	15, // 40: ward.v1.Agents.ListAgents:input_type -> ward.v1.ListAgentsRequest
+	17, // 41: ward.v1.Agents.EvictAgent:input_type -> ward.v1.EvictAgentRequest
+	20, // 42: ward.v1.CA.ShowCA:input_type -> ward.v1.ShowCARequest
+	21, // 43: ward.v1.CA.RotateCA:input_type -> ward.v1.RotateCARequest
+	22, // 44: ward.v1.CA.TaintCAKey:input_type -> ward.v1.TaintCAKeyRequest
+	23, // 45: ward.v1.CA.GetBundle:input_type -> ward.v1.GetBundleRequest
+	25, // 46: ward.v1.Node.Attest:input_type -> ward.v1.AttestRequest
+	31, // 47: ward.v1.Node.RenewAgent:input_type -> ward.v1.RenewAgentRequest
+	32, // 48: ward.v1.Node.Sync:input_type -> ward.v1.SyncRequest
+	34, // 49: ward.v1.Node.SignX509SVIDs:input_type -> ward.v1.SignX509SVIDsRequest
+	38, // 50: ward.v1.Node.SignJWTSVID:input_type -> ward.v1.SignJWTSVIDRequest
+	1,  // 51: ward.v1.Entries.CreateEntry:output_type -> ward.v1.Entry
+	7,  // 52: ward.v1.Entries.ListEntries:output_type -> ward.v1.ListEntriesResponse
+	1,  // 53: ward.v1.Entries.GetEntry:output_type -> ward.v1.Entry
+	1,  // 54: ward.v1.Entries.UpdateEntry:output_type -> ward.v1.Entry
+	11, // 55: ward.v1.Entries.DeleteEntry:output_type -> ward.v1.DeleteEntryResponse
+	4,  // 56: ward.v1.Entries.BatchEntries:output_type -> ward.v1.BatchEntriesResponse
+	14, // 57: ward.v1.Agents.CreateJoinToken:output_type -> ward.v1.JoinToken
+	16, // 58: ward.v1.Agents.ListAgents:output_type -> ward.v1.ListAgentsResponse
+	12, // 59: ward.v1.Agents.EvictAgent:output_type -> ward.v1.Agent
+	19, // 60: ward.v1.CA.ShowCA:output_type -> ward.v1.CAStatus
+	19, // 61: ward.v1.CA.RotateCA:output_type -> ward.v1.CAStatus
+	19, // 62: ward.v1.CA.TaintCAKey:output_type -> ward.v1.CAStatus
+	24, // 63: ward.v1.CA.GetBundle:output_type -> ward.v1.Bundle
+	29, // 64: ward.v1.Node.Attest:output_type -> ward.v1.AttestResponse
+	30, // 65: ward.v1.Node.RenewAgent:output_type -> ward.v1.AgentSVID
+	33, // 66: ward.v1.Node.Sync:output_type -> ward.v1.SyncResponse
+	36, // 67: ward.v1.Node.SignX509SVIDs:output_type -> ward.v1.SignX509SVIDsResponse
+	39, // 68: ward.v1.Node.SignJWTSVID:output_type -> ward.v1.SignJWTSVIDResponse
+	51, // [51:69] is the sub-list for method output_type
+	33, // [33:51] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_identity_proto_init() }
@@ -2683,8 +2762,9 @@ func file_ward_v1_identity_proto_init() {
 		(*AttestRequest_JoinToken)(nil),
 		(*AttestRequest_X509Pop)(nil),
 		(*AttestRequest_X509PopChallengeSignature)(nil),
+		(*AttestRequest_K8SPsat)(nil),
 	}
-	file_ward_v1_identity_proto_msgTypes[28].OneofWrappers = []any{
+	file_ward_v1_identity_proto_msgTypes[29].OneofWrappers = []any{
 		(*AttestResponse_X509PopChallenge)(nil),
 		(*AttestResponse_Svid)(nil),
 	}
@@ -2694,7 +2774,7 @@ func file_ward_v1_identity_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_identity_proto_rawDesc), len(file_ward_v1_identity_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   41,
+			NumMessages:   42,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

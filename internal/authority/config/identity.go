@@ -41,6 +41,32 @@ type Identity struct {
 	// X509PopCABundle is a PEM file of CA certificates that node
 	// certificates must chain to for x509pop; empty = x509pop off.
 	X509PopCABundle string `yaml:"x509pop_ca_bundle"`
+	// K8sPSAT lists the Kubernetes clusters whose agents attest with
+	// projected service-account tokens (k8s_psat); empty = off.
+	K8sPSAT []K8sPSATCluster `yaml:"k8s_psat"`
+}
+
+// K8sPSATCluster is one cluster for k8s_psat node attestation: where its
+// apiserver is and the authority's own credentials for its TokenReview API.
+type K8sPSATCluster struct {
+	// Cluster names the cluster in agent IDs and selectors; agents name it
+	// in their k8s_psat.cluster.
+	Cluster string `yaml:"cluster"`
+	// APIServer is the apiserver's https URL; empty = the cluster the
+	// authority runs in ($KUBERNETES_SERVICE_HOST).
+	APIServer string `yaml:"apiserver"`
+	// CABundle verifies the apiserver (PEM); empty = the pod's
+	// service-account CA.
+	CABundle string `yaml:"ca_bundle"`
+	// TokenFile holds the authority's bearer token for TokenReview (the
+	// service account needs system:auth-delegator); empty = the pod's
+	// service-account token.
+	TokenFile string `yaml:"token_file"`
+	// Audience the agents' tokens must be issued for (default ward).
+	Audience string `yaml:"audience"`
+	// AllowedServiceAccounts are "namespace:name" of the service accounts
+	// agents run as (e.g. ward-system:ward-agent). Required.
+	AllowedServiceAccounts []string `yaml:"allowed_service_accounts"`
 }
 
 // Effective returns i with defaults filled in.
@@ -117,7 +143,60 @@ func (i *Identity) validate() error {
 			return fmt.Errorf("identity.x509pop_ca_bundle: %v", err)
 		}
 	}
+	seen := map[string]bool{}
+	for i, c := range e.K8sPSAT {
+		if err := c.validate(); err != nil {
+			return fmt.Errorf("identity.k8s_psat[%d]: %v", i, err)
+		}
+		if seen[c.Cluster] {
+			return fmt.Errorf("identity.k8s_psat[%d]: cluster %q is listed twice", i, c.Cluster)
+		}
+		seen[c.Cluster] = true
+	}
 	return nil
+}
+
+func (c K8sPSATCluster) validate() error {
+	if !dnsLabel(c.Cluster) {
+		return fmt.Errorf("cluster %q: give a name of 1-63 lowercase letters, digits and '-' (it becomes part of agent IDs)", c.Cluster)
+	}
+	if c.APIServer != "" && !strings.HasPrefix(c.APIServer, "https://") {
+		return fmt.Errorf("apiserver %q: use an https:// URL (empty = the cluster the authority runs in)", c.APIServer)
+	}
+	for _, f := range []struct{ name, path string }{{"ca_bundle", c.CABundle}, {"token_file", c.TokenFile}} {
+		if f.path == "" {
+			continue
+		}
+		if _, err := os.Stat(f.path); err != nil {
+			return fmt.Errorf("%s: %v", f.name, err)
+		}
+	}
+	if c.Audience != "" && (len(c.Audience) > 256 || strings.ContainsAny(c.Audience, " \t\r\n")) {
+		return fmt.Errorf("audience %q: one word of at most 256 bytes (default ward)", c.Audience)
+	}
+	if len(c.AllowedServiceAccounts) == 0 {
+		return errors.New("allowed_service_accounts is required: the namespace:name of the agents' service account, e.g. ward-system:ward-agent")
+	}
+	for _, sa := range c.AllowedServiceAccounts {
+		ns, name, ok := strings.Cut(sa, ":")
+		if !ok || !dnsLabel(ns) || name == "" || len(name) > 253 || strings.Contains(name, ":") {
+			return fmt.Errorf("allowed_service_accounts: %q is not namespace:name", sa)
+		}
+	}
+	return nil
+}
+
+// dnsLabel: 1-63 lowercase letters, digits and '-', not at either end.
+func dnsLabel(s string) bool {
+	if s == "" || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func validHostname(n string) bool {

@@ -29,6 +29,13 @@ func TestIdentityConfig(t *testing.T) {
 		{"bad address", "identity:\n  node_api_address: localhost\n", "identity.node_api_address"},
 		{"bad dns", "identity:\n  node_api_dns_names: [\"a b\"]\n", "identity.node_api_dns_names"},
 		{"missing bundle", "identity:\n  x509pop_ca_bundle: /nonexistent.pem\n", "identity.x509pop_ca_bundle"},
+		{"psat", "identity:\n  k8s_psat:\n    - {cluster: prod-eu, apiserver: https://10.0.0.1:6443, allowed_service_accounts: [ward-system:ward-agent]}\n", ""},
+		{"psat bad cluster", "identity:\n  k8s_psat:\n    - {cluster: Prod/EU, allowed_service_accounts: [a:b]}\n", "identity.k8s_psat[0]: cluster"},
+		{"psat twice", "identity:\n  k8s_psat:\n    - {cluster: c, allowed_service_accounts: [a:b]}\n    - {cluster: c, allowed_service_accounts: [a:b]}\n", "listed twice"},
+		{"psat no accounts", "identity:\n  k8s_psat:\n    - {cluster: c}\n", "allowed_service_accounts is required"},
+		{"psat bad account", "identity:\n  k8s_psat:\n    - {cluster: c, allowed_service_accounts: [ward-agent]}\n", "not namespace:name"},
+		{"psat http", "identity:\n  k8s_psat:\n    - {cluster: c, apiserver: http://h, allowed_service_accounts: [a:b]}\n", "https://"},
+		{"psat missing token file", "identity:\n  k8s_psat:\n    - {cluster: c, token_file: /nonexistent, allowed_service_accounts: [a:b]}\n", "token_file"},
 		{"no certs in bundle", "identity:\n  x509pop_ca_bundle: " + notCA + "\n", "no PEM CERTIFICATE"},
 	}
 	for _, tc := range cases {

@@ -1,5 +1,5 @@
 // Package nodeapi is the authority's Node API: the gRPC service agents call
-// over mutual TLS on TCP to attest (join token or x509pop), renew their
+// over mutual TLS on TCP to attest (join token, x509pop or k8s_psat), renew their
 // agent SVID, sync the registration entries they serve and have workload
 // X509- and JWT-SVIDs signed. The server authenticates as
 // spiffe://TD/ward/server with an X509-SVID from the CA, renewed at half
@@ -70,6 +70,9 @@ type Config struct {
 	Audit audit.Recorder
 	// X509PopRoots verifies x509pop node certificates; nil disables x509pop.
 	X509PopRoots *x509.CertPool
+	// PSATClusters enables k8s_psat node attestation for these clusters,
+	// by name; empty disables it.
+	PSATClusters map[string]PSATCluster
 	// AgentSVIDTTL is the agent SVID lifetime (0 = the CA's SVID TTL).
 	AgentSVIDTTL time.Duration
 	// DNSNames are added to the server certificate.

@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -40,6 +41,8 @@ type harness struct {
 	addr      string
 	auditDown atomic.Bool
 	clock     *clock.Fake
+	anonOnce  sync.Once
+	anon      wardv1.NodeClient
 }
 
 func newHarness(t *testing.T) *harness { t.Helper(); return newHarnessWith(t, nil) }

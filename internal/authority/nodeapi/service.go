@@ -144,9 +144,10 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 		return s.deny(ctx, "agent.attest", fields, err)
 	}
 	var (
-		id   spiffeid.ID
-		typ  string
-		sels []attest.Selector
+		id    spiffeid.ID
+		typ   string
+		sels  []attest.Selector
+		reuse func(registry.Agent, bool) error
 	)
 	switch step := first.Step.(type) {
 	case *wardv1.AttestRequest_JoinToken:
@@ -191,10 +192,20 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 		if err := x509pop.Verify(leaf.PublicKey, nonce, sig.X509PopChallengeSignature); err != nil {
 			return s.deny(ctx, "agent.attest", fields, status.Errorf(codes.PermissionDenied, "x509pop: %v", err))
 		}
+	case *wardv1.AttestRequest_K8SPsat:
+		typ = registry.AttestK8sPSAT
+		fields["attestation_type"] = typ
+		fields["cluster"] = printable(step.K8SPsat.GetCluster())
+		res, err := s.verifyPSAT(ctx, step.K8SPsat.GetCluster(), step.K8SPsat.GetToken())
+		if err != nil {
+			return s.deny(ctx, "agent.attest", fields, err)
+		}
+		id, sels, reuse = res.id, res.sels, psatReuse(res.podUID, s.cfg.Clock())
+		fields["agent_id"], fields["pod_uid"] = id.String(), res.podUID
 	case *wardv1.AttestRequest_X509PopChallengeSignature:
-		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation must start with join_token or x509pop, not a challenge signature"))
+		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation must start with join_token, x509pop or k8s_psat, not a challenge signature"))
 	default:
-		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation needs join_token or x509pop in the first message"))
+		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation needs join_token, x509pop or k8s_psat in the first message"))
 	}
 	fields["agent_id"] = id.String()
 	chain, err := s.signAgent(ctx, id, pub)
@@ -203,7 +214,7 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 	}
 	leaf := chain[0]
 	serial := leaf.SerialNumber.Text(16)
-	if _, err := s.cfg.Registry.RecordAttestation(ctx, id, typ, sels, serial, leaf.NotAfter); err != nil {
+	if _, err := s.cfg.Registry.RecordAttestationIf(ctx, id, typ, sels, serial, leaf.NotAfter, reuse); err != nil {
 		return s.deny(ctx, "agent.attest", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)

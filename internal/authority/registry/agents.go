@@ -20,6 +20,7 @@ import (
 const (
 	AttestJoinToken = "join_token"
 	AttestX509Pop   = "x509pop"
+	AttestK8sPSAT   = "k8s_psat"
 )
 
 // tokenRecord is what is stored for a join token: never the token itself,
@@ -50,8 +51,10 @@ func tokenKey(token string) string {
 // agentIDFor validates an operator-chosen agent path ("rack1/node-7").
 func (r *Registry) agentIDFor(path string) (spiffeid.ID, error) {
 	path = strings.Trim(path, "/")
-	if strings.HasPrefix(path, AttestJoinToken+"/") || strings.HasPrefix(path, AttestX509Pop+"/") || path == AttestJoinToken || path == AttestX509Pop {
-		return spiffeid.ID{}, errs.Errorf(errs.Invalid, "agent path %q: %s/ and %s/ are reserved for derived agent IDs; choose another path", path, AttestJoinToken, AttestX509Pop)
+	for _, r := range []string{AttestJoinToken, AttestX509Pop, AttestK8sPSAT} {
+		if strings.HasPrefix(path, r+"/") || path == r {
+			return spiffeid.ID{}, errs.Errorf(errs.Invalid, "agent path %q: %s/, %s/ and %s/ are reserved for derived agent IDs; choose another path", path, AttestJoinToken, AttestX509Pop, AttestK8sPSAT)
+		}
 	}
 	id, err := spiffeid.FromPath(r.opts.TrustDomain, AgentIDPrefix+path)
 	if err != nil {
@@ -286,8 +289,22 @@ func (r *Registry) update(ctx context.Context, id spiffeid.ID, create bool, fn f
 // agent holding the SVID serial, clearing any eviction. The caller audits
 // the attestation with the issued SVID.
 func (r *Registry) RecordAttestation(ctx context.Context, id spiffeid.ID, typ string, sels []attest.Selector, serial string, expires time.Time) (Agent, error) {
+	return r.RecordAttestationIf(ctx, id, typ, sels, serial, expires, nil)
+}
+
+// RecordAttestationIf is RecordAttestation with a rule on the record it
+// replaces: allow (when not nil) sees the current record in the same
+// compare-and-swap as the write, and its error refuses the attestation
+// and leaves the record as it is.
+func (r *Registry) RecordAttestationIf(ctx context.Context, id spiffeid.ID, typ string, sels []attest.Selector, serial string, expires time.Time,
+	allow func(prev Agent, exists bool) error) (Agent, error) {
 	now := r.now()
-	return r.update(ctx, id, true, func(a *Agent, _ bool) error {
+	return r.update(ctx, id, true, func(a *Agent, exists bool) error {
+		if allow != nil {
+			if err := allow(*a, exists); err != nil {
+				return err
+			}
+		}
 		rev := a.Revision
 		*a = Agent{SPIFFEID: id.String(), AttestationType: typ, Selectors: attest.Normalize(sels), Serial: serial,
 			Expires: expires, Attested: now, LastSeen: now, Revision: rev}

@@ -17,6 +17,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/kubeapi"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -78,7 +79,15 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 				return fmt.Errorf("identity.x509pop_ca_bundle: %w", err)
 			}
 		}
-		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: st.recorder, X509PopRoots: roots,
+		psat := map[string]nodeapi.PSATCluster{}
+		for _, k := range ic.K8sPSAT {
+			kc, err := kubeapi.New(kubeapi.Config{URL: k.APIServer, CAFile: k.CABundle, TokenFile: k.TokenFile})
+			if err != nil {
+				return fmt.Errorf("identity.k8s_psat cluster %s: %w", k.Cluster, err)
+			}
+			psat[k.Cluster] = nodeapi.PSATCluster{Reviewer: kc, Audience: k.Audience, AllowedServiceAccounts: k.AllowedServiceAccounts}
+		}
+		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: st.recorder, X509PopRoots: roots, PSATClusters: psat,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
 			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
 			FederatedBundles: id.fed.BundleDocuments,

@@ -332,7 +332,9 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 		a.mu.Unlock()
 		a.nextAttest = now
 		how := "attesting again with x509pop"
-		if a.cfg.X509Pop == nil {
+		if a.cfg.K8sPSAT != nil {
+			how = "attesting again with the pod's token (refused after an eviction until the agent pod is replaced)"
+		} else if a.cfg.X509Pop == nil {
 			how = "attesting again only with a new join token (join_token_file or config); until then no new SVIDs are issued"
 		}
 		a.log.Error("the authority refused this agent (evicted with `ward agent evict`?); "+how, "agent_id", id, "during", what, "error", err)

@@ -34,6 +34,12 @@ type Config struct {
 	JoinTokenFile string `yaml:"join_token_file"`
 	// X509Pop: node attestation by proof of possession of a node key.
 	X509Pop *X509Pop `yaml:"x509pop"`
+	// K8sPSAT: node attestation with the projected service-account token
+	// of the agent's pod (docs/kubernetes.md).
+	K8sPSAT *K8sPSAT `yaml:"k8s_psat"`
+	// K8sWorkloadAttestor, when set, adds the k8s workload attestor: the
+	// pod of each caller, from its cgroup and the apiserver.
+	K8sWorkloadAttestor *K8sWorkloadAttestor `yaml:"k8s_workload_attestor"`
 	// SocketPath is the Workload API unix socket.
 	SocketPath string `yaml:"socket_path"`
 	// PolicySocket serves the current policy version to local proxies
@@ -63,6 +69,30 @@ type X509Pop struct {
 	CertPath string `yaml:"cert_path"`
 	// KeyPath: the node's private key (PEM, PKCS#8, SEC 1 or PKCS#1).
 	KeyPath string `yaml:"key_path"`
+}
+
+// K8sPSAT configures k8s_psat node attestation.
+type K8sPSAT struct {
+	// Cluster is the cluster's name in the authority's identity.k8s_psat.
+	Cluster string `yaml:"cluster"`
+	// TokenPath is the projected service-account token (audience ward),
+	// re-read at every attestation (the kubelet refreshes it).
+	TokenPath string `yaml:"token_path"`
+}
+
+// K8sWorkloadAttestor configures the k8s workload attestor.
+type K8sWorkloadAttestor struct {
+	// NodeName is this node's name (default $NODE_NAME, from the downward
+	// API); only pods on it are watched.
+	NodeName string `yaml:"node_name"`
+	// APIServer, CAPath and TokenPath reach the apiserver (empty: the
+	// cluster the agent runs in, with the pod's service-account token,
+	// which needs get, list and watch on pods).
+	APIServer string `yaml:"apiserver"`
+	CAPath    string `yaml:"ca_path"`
+	TokenPath string `yaml:"token_path"`
+	// ProcRoot is where the host's /proc is (default /proc).
+	ProcRoot string `yaml:"proc_root"`
 }
 
 // LoadConfig reads and validates the file at path.
@@ -142,11 +172,28 @@ func (c *Config) Validate() error {
 		}
 		methods++
 	}
+	if c.K8sPSAT != nil {
+		if c.K8sPSAT.Cluster == "" || c.K8sPSAT.TokenPath == "" {
+			return errors.New("k8s_psat needs cluster (as named in the authority's identity.k8s_psat) and token_path (the projected token)")
+		}
+		methods++
+	}
 	if methods == 0 {
-		return errors.New("no node attestation configured: set join_token (or join_token_file, from `ward token create`) or x509pop {cert_path, key_path}")
+		return errors.New("no node attestation configured: set join_token (or join_token_file, from `ward token create`), x509pop {cert_path, key_path} or k8s_psat {cluster, token_path}")
 	}
 	if methods > 1 {
-		return errors.New("configure one node attestation method: a join token or x509pop, not both")
+		return errors.New("configure one node attestation method, not both: a join token, x509pop or k8s_psat")
+	}
+	if k := c.K8sWorkloadAttestor; k != nil {
+		if k.NodeName == "" {
+			k.NodeName = os.Getenv("NODE_NAME")
+		}
+		if k.NodeName == "" {
+			return errors.New("k8s_workload_attestor.node_name is empty and $NODE_NAME unset: give the node's name (downward API spec.nodeName)")
+		}
+		if k.APIServer != "" && !strings.HasPrefix(k.APIServer, "https://") {
+			return fmt.Errorf("k8s_workload_attestor.apiserver %q: use an https:// URL (empty = the cluster the agent runs in)", k.APIServer)
+		}
 	}
 	if c.SocketPath == "" {
 		return errors.New("socket_path is required: the Workload API unix socket, e.g. /run/ward/agent.sock")

@@ -176,6 +176,20 @@ func (a *Agent) joinToken() (string, error) {
 	return t, nil
 }
 
+// readPSAT reads the projected service-account token (re-read at every
+// attestation: the kubelet replaces it before it expires).
+func readPSAT(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("k8s_psat token_path: %w", err)
+	}
+	t := strings.TrimSpace(string(b))
+	if t == "" || len(t) > 16<<10 {
+		return "", fmt.Errorf("k8s_psat token_path %s: empty or over 16 KiB: mount a projected serviceAccountToken (audience ward) there", path)
+	}
+	return t, nil
+}
+
 func tokenHash(t string) string {
 	h := sha256.Sum256([]byte(t))
 	return hex.EncodeToString(h[:])
@@ -188,7 +202,7 @@ var errNoAttestation = errors.New("no unused node attestation available")
 // attest performs node attestation and installs the agent SVID.
 func (a *Agent) attest(ctx context.Context) error {
 	var token string
-	if a.cfg.X509Pop == nil {
+	if a.cfg.X509Pop == nil && a.cfg.K8sPSAT == nil {
 		t, err := a.joinToken()
 		if err != nil {
 			return err
@@ -217,7 +231,18 @@ func (a *Agent) attest(ctx context.Context) error {
 		return fmt.Errorf("attest to %s: %w", a.cfg.ServerAddress, err)
 	}
 	var resp *wardv1.AttestResponse
-	if token != "" {
+	if p := a.cfg.K8sPSAT; p != nil {
+		tok, err := readPSAT(p.TokenPath)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&wardv1.AttestRequest{Step: &wardv1.AttestRequest_K8SPsat{K8SPsat: &wardv1.K8SPsatAttestation{Cluster: p.Cluster, Token: tok}}, Csr: csr}); err != nil {
+			return fmt.Errorf("attest with k8s_psat: send: %w", err)
+		}
+		if resp, err = stream.Recv(); err != nil {
+			return fmt.Errorf("attest with k8s_psat: %w", err)
+		}
+	} else if token != "" {
 		// A join token is single use: once offered it is spent, whatever the
 		// outcome, so never offer it again.
 		a.mu.Lock()
