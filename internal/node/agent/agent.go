@@ -38,10 +38,12 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/node/attestor/k8s"
 	"github.com/wardproject/ward/internal/node/attestor/unix"
 	"github.com/wardproject/ward/internal/node/workloadapi"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/shared/kubeapi"
 )
 
 // opRenew names the agent SVID renewal in logs and metrics.
@@ -58,6 +60,7 @@ type Agent struct {
 	serverID spiffeid.ID
 	log      *slog.Logger
 	att      attest.Attestor
+	pods     *k8s.Pods // the k8s workload attestor's pod watch, nil without it
 	now      func() time.Time
 	jitter   func() float64
 	cache    *diskCache
@@ -110,7 +113,8 @@ type Option func(*Agent)
 // WithLogger sets the logger (default: discard).
 func WithLogger(l *slog.Logger) Option { return func(a *Agent) { a.log = l } }
 
-// WithAttestor replaces the workload attestor (default: the unix attestor).
+// WithAttestor replaces the workload attestor (default: the unix attestor,
+// with the k8s attestor when k8s_workload_attestor is configured).
 func WithAttestor(att attest.Attestor) Option { return func(a *Agent) { a.att = att } }
 
 // New prepares an agent from a validated configuration: it reads the
@@ -122,13 +126,28 @@ func New(cfg *Config, opts ...Option) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, td: cfg.trustDomain(), serverID: cfg.serverID(),
-		log: slog.New(slog.NewTextHandler(io.Discard, nil)), att: unix.New(),
+		log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		now: time.Now, jitter: rand.Float64,
 		entries: map[string]*entry{}, index: map[attest.Selector][]*entry{}, byID: map[spiffeid.ID][]*entry{},
 		svids: map[string]*svid{}, changed: make(chan struct{}), kick: make(chan struct{}, 1), retryIssue: map[string]time.Time{},
 	}
 	for _, o := range opts {
 		o(a)
+	}
+	if a.att == nil {
+		a.att = unix.New()
+		if k := cfg.K8sWorkloadAttestor; k != nil {
+			kc, err := kubeapi.New(kubeapi.Config{URL: k.APIServer, CAFile: k.CAPath, TokenFile: k.TokenPath})
+			if err != nil {
+				return nil, fmt.Errorf("k8s_workload_attestor: %w", err)
+			}
+			a.pods = k8s.NewPods(kc, k.NodeName, a.log.With("attestor", "k8s"))
+			var ko []k8s.Option
+			if k.ProcRoot != "" {
+				ko = append(ko, k8s.WithProcRoot(k.ProcRoot))
+			}
+			a.att = attest.Multi{unix.New(), k8s.New(a.pods, ko...)}
+		}
 	}
 	b, err := readBundleFile(a.td, cfg.TrustBundlePath)
 	if err != nil {
@@ -183,6 +202,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	l, err := workloadapi.Listen(a.cfg.SocketPath)
 	if err != nil {
 		return err
+	}
+	if a.pods != nil {
+		pctx, stopPods := context.WithCancel(ctx)
+		defer stopPods()
+		go a.pods.Run(pctx)
 	}
 	srv := workloadapi.New(a, a.att, workloadapi.WithLogger(a.log))
 	go srv.Serve(l)

@@ -112,3 +112,25 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		t.Fatalf("plain http: %v", err)
 	}
 }
+
+// FuzzEventDecoder: a watch stream of any bytes never panics the decoder
+// nor yields an object read past its bound.
+func FuzzEventDecoder(f *testing.F) {
+	f.Add([]byte(`{"type":"ADDED","object":{"metadata":{"uid":"u"}}}` + "\n" + `{"type":"DELETED"}`))
+	f.Add([]byte(`{"type":"ERROR","object":{"code":410}}{"a":[1,2,{"b":"` + strings.Repeat("z", 300) + `"}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		d := NewEventDecoder(strings.NewReader(string(data)), 256)
+		for range 64 {
+			var v struct {
+				Type   string         `json:"type"`
+				Object map[string]any `json:"object"`
+			}
+			if err := d.Decode(&v); err != nil {
+				return
+			}
+			if len(v.Type) > 256 {
+				t.Fatalf("decoded a %d-byte type past the 256-byte bound", len(v.Type))
+			}
+		}
+	})
+}
