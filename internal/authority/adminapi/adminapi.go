@@ -84,6 +84,9 @@ type Options struct {
 	Classifications kms.Table
 	// Log receives operational messages (default: discard).
 	Log *slog.Logger
+	// Maintenance, if set, serves backups, barrier rotation and rekeying
+	// (maintenance.go).
+	Maintenance Maintainer
 }
 
 // Register adds every admin service to g.
@@ -104,6 +107,9 @@ func Register(g *grpc.Server, lc Lifecycle, us Unsealed, opts Options) {
 	wardv1.RegisterFederationServer(g, &federationService{a: a})
 	wardv1.RegisterCatalogServer(g, &catalogService{fed: &federationService{a: a}})
 	wardv1.RegisterPostureServer(g, &postureService{a: a})
+	if opts.Maintenance != nil {
+		wardv1.RegisterMaintenanceServer(g, &maintenanceService{m: opts.Maintenance})
+	}
 }
 
 // api is what every service shares.

@@ -94,6 +94,14 @@ type Barrier struct {
 	active   uint32
 	derive   []byte
 	sealedCh chan struct{} // closed by Seal; wakes watchers
+	// root is the root key while unsealed (zeroed on Seal): rotation
+	// rewraps the keyring with it and a keyring rotated by another
+	// authority is re-read with it. keyringRev is the stored keyring's
+	// revision when it was loaded.
+	root       []byte
+	keyringRev int64
+	// reloadMu serialises keyring changes and reloads.
+	reloadMu sync.Mutex
 }
 
 // New returns a sealed barrier over raw, which it does not own (closing it
@@ -160,7 +168,8 @@ func (b *Barrier) Initialize(ctx context.Context, rootKey []byte, with ...store.
 
 // Unseal reads the keyring, opens it with rootKey and loads the barrier
 // keys. A wrong root key returns an error wrapping ErrBadRootKey and leaves
-// the barrier exactly as it was (sealed or unsealed). rootKey is not kept.
+// the barrier exactly as it was (sealed or unsealed). A copy of rootKey is
+// kept in memory until Seal (barrier rotation rewraps the keyring with it).
 func (b *Barrier) Unseal(ctx context.Context, rootKey []byte) error {
 	if len(rootKey) != KeySize {
 		return fmt.Errorf("barrier: %w (root key is %d bytes, want %d)", ErrBadRootKey, len(rootKey), KeySize)
@@ -172,23 +181,49 @@ func (b *Barrier) Unseal(ctx context.Context, rootKey []byte) error {
 		}
 		return fmt.Errorf("barrier: reading %s: %w", KeyringKey, err)
 	}
-	rootAEAD, err := newAEAD(rootKey)
+	kr, err := openKeyring(rootKey, kv.Value)
 	if err != nil {
 		return err
 	}
-	term, pt, err := openValue(func(uint32) cipher.AEAD { return rootAEAD }, KeyringKey, kv.Value)
+	defer kr.zero()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if err := b.installLocked(kr, kv.Revision, rootKey); err != nil {
+		return err
+	}
+	if b.sealedCh == nil {
+		b.sealedCh = make(chan struct{})
+	}
+	return nil
+}
+
+// openKeyring opens a stored keyring with rootKey and checks it.
+func openKeyring(rootKey, blob []byte) (*keyringJSON, error) {
+	rootAEAD, err := newAEAD(rootKey)
+	if err != nil {
+		return nil, err
+	}
+	term, pt, err := openValue(func(uint32) cipher.AEAD { return rootAEAD }, KeyringKey, blob)
 	if err != nil || term != 0 {
-		return fmt.Errorf("barrier: %w", ErrBadRootKey)
+		return nil, fmt.Errorf("barrier: %w", ErrBadRootKey)
 	}
 	defer clear(pt)
 	var kr keyringJSON
 	if err := json.Unmarshal(pt, &kr); err != nil {
-		return fmt.Errorf("barrier: keyring at %s opened but does not decode (%v); it was written by an incompatible version", KeyringKey, err)
+		return nil, fmt.Errorf("barrier: keyring at %s opened but does not decode (%v); it was written by an incompatible version", KeyringKey, err)
 	}
-	defer kr.zero()
 	if kr.Version != 1 || len(kr.DeriveSecret) != KeySize {
-		return fmt.Errorf("barrier: keyring at %s has version %d or a bad derivation secret; it was written by an incompatible version", KeyringKey, kr.Version)
+		kr.zero()
+		return nil, fmt.Errorf("barrier: keyring at %s has version %d or a bad derivation secret; it was written by an incompatible version", KeyringKey, kr.Version)
 	}
+	return &kr, nil
+}
+
+// installLocked makes kr the keyring in memory (b.mu held). rev is the
+// stored keyring's revision; rootKey is kept (cloned) so the keyring can
+// be rewritten (barrier rotation) and re-read (rotation by another
+// authority) while unsealed.
+func (b *Barrier) installLocked(kr *keyringJSON, rev int64, rootKey []byte) error {
 	aeads := make(map[uint32]cipher.AEAD, len(kr.Keys))
 	var keys [][]byte
 	for _, k := range kr.Keys {
@@ -205,13 +240,10 @@ func (b *Barrier) Unseal(ctx context.Context, rootKey []byte) error {
 	if aeads[kr.ActiveTerm] == nil {
 		return fmt.Errorf("barrier: keyring at %s names active term %d but holds no key for it", KeyringKey, kr.ActiveTerm)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
+	root := bytes.Clone(rootKey)
 	b.zeroLocked()
 	b.aeads, b.keys, b.active, b.derive = aeads, keys, kr.ActiveTerm, bytes.Clone(kr.DeriveSecret)
-	if b.sealedCh == nil {
-		b.sealedCh = make(chan struct{})
-	}
+	b.root, b.keyringRev = root, rev
 	return nil
 }
 
@@ -234,7 +266,9 @@ func (b *Barrier) zeroLocked() {
 		clear(k)
 	}
 	clear(b.derive)
+	clear(b.root)
 	b.aeads, b.keys, b.active, b.derive = nil, nil, 0, nil
+	b.root, b.keyringRev = nil, 0
 }
 
 // Sealed reports whether the barrier holds no keys.
@@ -286,7 +320,12 @@ func (b *Barrier) lookup() (func(uint32) cipher.AEAD, error) {
 		return nil, ErrSealed
 	}
 	m := b.aeads
-	return func(t uint32) cipher.AEAD { return m[t] }, nil
+	return func(t uint32) cipher.AEAD {
+		if a := m[t]; a != nil || t == 0 {
+			return a
+		}
+		return b.reloadFor(t)
+	}, nil
 }
 
 func (b *Barrier) sealedChan() (<-chan struct{}, error) {
@@ -365,3 +404,13 @@ func openValue(lookup func(uint32) cipher.AEAD, key string, v []byte) (uint32, [
 }
 
 func reserved(key string) bool { return strings.HasPrefix(key, ReservedPrefix) }
+
+// ValueTerm returns the keyring term named in the header of a stored
+// barrier value (0: wrapped under the root key, the keyring), without
+// decrypting it; ok is false if v is not a barrier value.
+func ValueTerm(v []byte) (term uint32, ok bool) {
+	if len(v) < headerSize+nonceSize+tagSize || v[0] != formatV1 {
+		return 0, false
+	}
+	return binary.BigEndian.Uint32(v[1:headerSize]), true
+}

@@ -39,9 +39,10 @@ type Manager struct {
 	seal Seal
 
 	mu       sync.Mutex
-	cfg      *Config  // cached once initialised (the config never changes)
+	cfg      *Config  // cached once initialised; re-read when sealed (a rekey changes it)
 	progress [][]byte // submitted shares (secret)
 	used     []int    // indexes in cfg.ShareHashes of submitted shares
+	rekey    *rekeySession
 }
 
 // NewManager returns a Manager for barrier b over raw (the same store the
@@ -191,6 +192,9 @@ func (m *Manager) Status(ctx context.Context) (Status, error) {
 func (m *Manager) SubmitShare(ctx context.Context, encoded string) (Status, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if len(m.progress) == 0 {
+		m.cfg = nil // a new attempt: read the configuration again (rekeys)
+	}
 	cfg, err := m.requireLocked(ctx)
 	if err != nil {
 		return m.statusLocked(cfg), err
@@ -256,7 +260,12 @@ func (m *Manager) Seal(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.resetLocked()
+	if m.rekey != nil {
+		m.rekey.wipe()
+		m.rekey = nil
+	}
 	m.b.Seal()
+	m.cfg = nil // read again: another authority may rekey meanwhile
 	_, err := m.requireLocked(ctx)
 	return err
 }

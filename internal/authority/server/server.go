@@ -72,6 +72,12 @@ type Server struct {
 	// drift is the continuous drift evaluation and the nodes' telemetry
 	// (drift.go).
 	drift *driftState
+
+	// rewrite is the barrier rotation's rewrite (maintenance.go).
+	rewrite rewriter
+
+	journalMu    sync.Mutex
+	journalCount int // sealed-events journal entries, -1: unknown (sealedjournal.go)
 }
 
 type unsealedState struct {
@@ -92,6 +98,7 @@ type unsealedState struct {
 	// (for the remote deny-lists of new policy versions).
 	fed    atomic.Pointer[federation.Manager]
 	cancel context.CancelFunc
+	jobCtx context.Context // ends at seal: background jobs run under it
 	wg     sync.WaitGroup
 }
 
@@ -103,7 +110,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 		return nil, err
 	}
 	b := barrier.New(raw)
-	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2)}
+	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2), journalCount: -1}
 	srv.seals = seal.NewManager(raw, b, s)
 	_, srv.auto = s.(seal.AutoSeal)
 	srv.drift = newDriftState()
@@ -127,7 +134,7 @@ func (s *Server) Start(ctx context.Context) error {
 		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
 	)
-	adminapi.Register(s.grpc, lifecycle{s}, lifecycle{s}, adminapi.Options{Classifications: s.table, Log: s.log})
+	adminapi.Register(s.grpc, lifecycle{s}, lifecycle{s}, adminapi.Options{Classifications: s.table, Log: s.log, Maintenance: maintainer{s}})
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
 
 	if s.cfg.HTTPAddress != "" {
@@ -320,21 +327,34 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	// refuses it). Flush what happened while sealed now, and give an empty
 	// log a first event if nothing was pending (an auto-unsealing restart).
 	s.mu.Lock()
-	pending := s.pending
+	mem := s.pending
 	s.pending = nil
 	s.mu.Unlock()
+	pending := s.sealedEvents(ctx, mem)
 	if alog.Size() == 0 && len(pending) == 0 {
-		pending = append(pending, s.event(caller, "audit.log_created", "ok", ""))
+		pending = append(pending, pendingEvent{ev: s.event(caller, "audit.log_created", "ok", "")})
 	}
-	for i, ev := range pending {
-		if _, err := alog.Append(ctx, ev); err != nil {
+	var appended []string
+	for i, p := range pending {
+		if _, err := alog.Append(ctx, p.ev); err != nil {
 			alog.Close()
+			s.dropJournal(ctx, appended)
 			s.mu.Lock() // keep what was not stored for the next unseal
-			s.pending = append(pending[i:], s.pending...)
+			var keep []audit.Event
+			for _, q := range pending[i:] {
+				if q.key == "" {
+					keep = append(keep, q.ev)
+				}
+			}
+			s.pending = append(keep, s.pending...)
 			s.mu.Unlock()
 			return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
 		}
+		if p.key != "" {
+			appended = append(appended, p.key)
+		}
 	}
+	s.dropJournal(ctx, appended)
 	st := &unsealedState{audit: alog, signer: signer, hasher: hasher, recorder: audit.NewLogRecorder(alog, hasher)}
 	if s.observer != nil {
 		st.recorder = observedRecorder{Recorder: st.recorder, fn: s.observer}
@@ -364,7 +384,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		return fmt.Errorf("audit log unavailable, staying sealed: %w", err)
 	}
 	jobCtx, cancel := context.WithCancel(context.Background())
-	st.cancel = cancel
+	st.cancel, st.jobCtx = cancel, jobCtx
 	st.wg.Add(2)
 	go func() { defer st.wg.Done(); st.kms.Watch(jobCtx) }()
 	go func() { defer st.wg.Done(); s.rotationLoop(jobCtx, st.kms) }()
@@ -375,6 +395,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	st.wg.Add(1)
 	go func() { defer st.wg.Done(); s.driftLoop(jobCtx) }()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
+	s.resumeRewrite(ctx, st)
 	return nil
 }
 
@@ -421,9 +442,15 @@ func (s *Server) event(c reqctx.Caller, op, result, errMsg string) audit.Event {
 	return ev
 }
 
-// recordSealed audits an event that happened while sealed: it is kept in
-// memory and appended first thing after the next unseal.
+// recordSealed audits an event that happened while sealed: it is written
+// to the sealed-events journal in the raw store (kept in memory if that
+// fails) and appended first thing after the next unseal.
 func (s *Server) recordSealed(ev audit.Event) {
+	if err := s.journalSealed(ev); err == nil {
+		return
+	} else {
+		s.log.Warn("could not journal an event that happened while sealed; keeping it in memory until the next unseal", "operation", ev.Operation, "err", err)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.pending) < 10000 {

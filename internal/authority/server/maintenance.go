@@ -1,0 +1,247 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/wardproject/ward/internal/authority/adminapi"
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/backup"
+	"github.com/wardproject/ward/internal/authority/seal"
+	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/shared/reqctx"
+)
+
+// maintainer serves the Maintenance admin service (adminapi.Maintainer):
+// backups, barrier rotation and rekeying, each audited.
+type maintainer struct{ s *Server }
+
+var _ adminapi.Maintainer = maintainer{}
+
+// rewriter runs the barrier rewrite of a rotation in the background (one
+// at a time), and remembers its last error for the status.
+type rewriter struct {
+	mu      sync.Mutex
+	running bool
+	lastErr string
+}
+
+func (m maintainer) record(ctx context.Context, st *unsealedState, ev audit.Event) error {
+	if err := st.recorder.Record(ctx, ev); err != nil {
+		return status.Errorf(codes.Unavailable, "the audit log could not record %s, so it was not done: %v", ev.Operation, err)
+	}
+	return nil
+}
+
+func (m maintainer) Backup(ctx context.Context) ([]byte, backup.Manifest, error) {
+	s := m.s
+	st, err := s.state()
+	if err != nil {
+		return nil, backup.Manifest{}, err
+	}
+	data, man, err := backup.Create(ctx, backup.Source{Raw: s.raw, Open: s.barrier.OpenRaw, Signer: st.signer,
+		TrustDomain: s.cfg.TrustDomain, WardVersion: Version})
+	if err != nil {
+		ev := audit.NewEvent(ctx, "operator.backup", audit.ResultError)
+		ev.Error = err.Error()
+		st.recorder.Record(ctx, ev)
+		return nil, backup.Manifest{}, status.Errorf(codes.Unavailable, "backup: %v", err)
+	}
+	ev := audit.NewEvent(ctx, "operator.backup", audit.ResultOK)
+	ev.Count = int(man.Entries)
+	ev.Fields = map[string]string{"audit_size": strconv.FormatUint(man.Audit.Checkpoint.Size, 10),
+		"payload_sha256": man.PayloadSHA256, "backend": man.Backend}
+	if err := m.record(ctx, st, ev); err != nil {
+		return nil, backup.Manifest{}, err // fail closed: no unaudited backup leaves
+	}
+	return data, man, nil
+}
+
+func (m maintainer) RotateBarrier(ctx context.Context) (adminapi.BarrierStatus, error) {
+	s := m.s
+	st, err := s.state()
+	if err != nil {
+		return adminapi.BarrierStatus{}, err
+	}
+	term, err := s.barrier.Rotate(ctx, time.Now())
+	ev := audit.NewEvent(ctx, "operator.rotate", audit.ResultOK)
+	if err != nil {
+		ev.Result, ev.Error = audit.ResultError, err.Error()
+		st.recorder.Record(ctx, ev)
+		return adminapi.BarrierStatus{}, status.Errorf(codes.FailedPrecondition, "%v", err)
+	}
+	ev.Fields = map[string]string{"term": strconv.FormatUint(uint64(term), 10)}
+	if err := m.record(ctx, st, ev); err != nil {
+		// The term is in place; the rewrite still runs (it is audited
+		// when done).
+		s.startRewrite(st)
+		return adminapi.BarrierStatus{}, err
+	}
+	s.startRewrite(st)
+	return m.BarrierStatus(ctx)
+}
+
+func (m maintainer) BarrierStatus(ctx context.Context) (adminapi.BarrierStatus, error) {
+	s := m.s
+	if _, err := s.state(); err != nil {
+		return adminapi.BarrierStatus{}, err
+	}
+	rot, err := s.barrier.RotationStatus(ctx)
+	if err != nil {
+		return adminapi.BarrierStatus{}, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	s.rewrite.mu.Lock()
+	defer s.rewrite.mu.Unlock()
+	return adminapi.BarrierStatus{ActiveTerm: s.barrier.ActiveTerm(), Rotation: rot, Running: s.rewrite.running, Err: s.rewrite.lastErr}, nil
+}
+
+// startRewrite runs the rewrite of the stored rotation in the background
+// of the unsealed state st (stopped by seal; resumed at the next unseal).
+func (s *Server) startRewrite(st *unsealedState) {
+	s.rewrite.mu.Lock()
+	defer s.rewrite.mu.Unlock()
+	if s.rewrite.running {
+		return
+	}
+	s.mu.RLock()
+	ok := s.unsealed == st && st.jobCtx != nil
+	if ok {
+		st.wg.Add(1) // under s.mu: sealInternal waits only after taking it
+	}
+	s.mu.RUnlock()
+	if !ok {
+		return
+	}
+	s.rewrite.running, s.rewrite.lastErr = true, ""
+	go func() {
+		defer st.wg.Done()
+		ctx := reqctx.With(st.jobCtx, reqctx.Caller{Actor: "system:barrier-rewrite", RequestID: reqctx.NewRequestID()})
+		res, err := s.barrier.Rewrite(ctx, time.Now, nil)
+		s.rewrite.mu.Lock()
+		s.rewrite.running = false
+		if err != nil && !errors.Is(err, context.Canceled) {
+			s.rewrite.lastErr = err.Error()
+		}
+		s.rewrite.mu.Unlock()
+		switch {
+		case errors.Is(err, context.Canceled):
+			return // sealed: resumed at the next unseal
+		case err != nil:
+			s.log.Error("barrier rewrite stopped; it resumes at the next unseal or rotate", "err", err)
+			ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultError)
+			ev.Error = err.Error()
+			st.recorder.Record(ctx, ev)
+		case res != nil && res.Done:
+			ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultOK)
+			ev.Count = int(res.Rewritten)
+			ev.Fields = map[string]string{"term": strconv.FormatUint(uint64(res.Term), 10), "failed": strconv.FormatInt(res.Failed, 10)}
+			if res.Failed > 0 {
+				ev.Result, ev.Error = audit.ResultError, fmt.Sprintf("%d values could not be opened and stay under older terms (first: %v)", res.Failed, res.FailedKeys)
+			}
+			if err := st.recorder.Record(ctx, ev); err != nil {
+				s.log.Error("could not audit the end of the barrier rewrite", "err", err)
+			}
+			s.log.Info("barrier rewrite finished", "term", res.Term, "rewritten", res.Rewritten, "failed", res.Failed)
+		}
+	}()
+}
+
+func (m maintainer) rekeyEvent(ctx context.Context, op string, err error) audit.Event {
+	ev := audit.NewEvent(ctx, op, audit.ResultOK)
+	if err != nil {
+		ev.Result, ev.Error = audit.ResultError, err.Error()
+	}
+	return ev
+}
+
+func (m maintainer) RekeyStart(ctx context.Context, opts seal.InitOptions) (seal.RekeyStatus, error) {
+	st, err := m.s.state()
+	if err != nil {
+		return seal.RekeyStatus{}, err
+	}
+	rs, err := m.s.seals.RekeyStart(ctx, opts)
+	ev := m.rekeyEvent(ctx, "operator.rekey.start", err)
+	ev.Fields = map[string]string{"shares": strconv.Itoa(opts.Shares), "threshold": strconv.Itoa(opts.Threshold)}
+	if aerr := m.record(ctx, st, ev); aerr != nil {
+		m.s.seals.RekeyCancel()
+		return seal.RekeyStatus{}, aerr
+	}
+	if err != nil {
+		return rs, errs.ToStatus(err)
+	}
+	return rs, nil
+}
+
+func (m maintainer) RekeySubmit(ctx context.Context, nonce, share string) (seal.RekeyStatus, []string, error) {
+	st, err := m.s.state()
+	if err != nil {
+		return seal.RekeyStatus{}, nil, err
+	}
+	rs, shares, err := m.s.seals.RekeySubmit(ctx, nonce, share)
+	op := "operator.rekey.share"
+	if len(shares) > 0 || (err != nil && !rs.Started) {
+		op = "operator.rekey"
+	}
+	if aerr := m.record(ctx, st, m.rekeyEvent(ctx, op, err)); aerr != nil {
+		if len(shares) > 0 {
+			// The rekey happened: the new shares must reach the operator,
+			// or the authority could never be unsealed again.
+			m.s.log.Error("the rekey completed but could not be audited", "err", aerr)
+		} else {
+			return seal.RekeyStatus{}, nil, aerr
+		}
+	}
+	if err != nil {
+		return rs, nil, errs.ToStatus(err)
+	}
+	if len(shares) > 0 {
+		m.s.log.Info("unseal shares replaced (rekey)", "actor", reqctx.From(ctx).Actor)
+	}
+	return rs, seal.InitResult{Shares: shares}.Encoded(), nil
+}
+
+func (m maintainer) RekeyCancel(ctx context.Context) (seal.RekeyStatus, error) {
+	st, err := m.s.state()
+	if err != nil {
+		return seal.RekeyStatus{}, err
+	}
+	if !m.s.seals.RekeyCancel() {
+		return seal.RekeyStatus{}, errs.ToStatus(seal.ErrNoRekey)
+	}
+	if err := m.record(ctx, st, m.rekeyEvent(ctx, "operator.rekey.cancel", nil)); err != nil {
+		return seal.RekeyStatus{}, err
+	}
+	return seal.RekeyStatus{}, nil
+}
+
+func (m maintainer) RekeyStatus(ctx context.Context) (seal.RekeyStatus, error) {
+	if _, err := m.s.state(); err != nil {
+		return seal.RekeyStatus{}, err
+	}
+	rs, err := m.s.seals.RekeyStatus(ctx)
+	if err != nil {
+		return rs, errs.ToStatus(err)
+	}
+	return rs, nil
+}
+
+// resumeRewrite continues a barrier rotation's rewrite that a seal or a
+// crash interrupted.
+func (s *Server) resumeRewrite(ctx context.Context, st *unsealedState) {
+	rot, err := s.barrier.RotationStatus(ctx)
+	if err != nil {
+		s.log.Error("reading the barrier rotation state", "err", err)
+		return
+	}
+	if rot != nil && !rot.Done {
+		s.log.Info("resuming the barrier rewrite", "term", rot.Term, "scanned", rot.Scanned, "total", rot.Total)
+		s.startRewrite(st)
+	}
+}
