@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -26,7 +27,8 @@ const EnvAddress = "WARD_ADDRESS"
 
 // Client is a connection to a ward authority. Safe for concurrent use.
 type Client struct {
-	conn     *grpc.ClientConn
+	conn     grpc.ClientConnInterface
+	close    func() error
 	Operator wardv1.OperatorClient
 	Keys     wardv1.KeysClient
 	KMS      wardv1.KMSClient
@@ -44,12 +46,20 @@ type Client struct {
 	// Posture manages the declared posture and reports drift
 	// (docs/governance.md).
 	Posture wardv1.PostureClient
+	// Cluster reports the authorities sharing one store and their leader.
+	Cluster wardv1.ClusterClient
 }
 
 type options struct {
 	tls       *tls.Config
 	peerCheck func(net.Conn) error
+	attempt   time.Duration
 }
+
+// WithAttemptTimeout bounds each attempt of a call that may be retried on
+// another authority (default DefaultAttemptTimeout; only with several
+// addresses).
+func WithAttemptTimeout(d time.Duration) Option { return func(o *options) { o.attempt = d } }
 
 // Option configures Dial.
 type Option func(*options)
@@ -97,12 +107,43 @@ func ResolveAddress(flag string) (string, error) {
 }
 
 // Dial connects to address: "unix:///abs/path" for the admin socket or
-// "host:port" (requires WithTLS). It does not block.
+// "host:port" (requires WithTLS), or to several authorities sharing one
+// store, separated by commas ("unix:///a/admin.sock,unix:///b/admin.sock"):
+// calls then fail over between them (failover.go). It does not block.
 func Dial(address string, opts ...Option) (*Client, error) {
 	var o options
 	for _, f := range opts {
 		f(&o)
 	}
+	if o.attempt <= 0 {
+		o.attempt = DefaultAttemptTimeout
+	}
+	var addrs []string
+	for _, a := range strings.Split(address, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, fmt.Errorf("address %q names no authority: use unix:///path or host:port (several separated by commas)", address)
+	}
+	f := &failover{addrs: addrs, attempt: o.attempt}
+	for _, a := range addrs {
+		conn, err := dialOne(a, o)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		f.conns = append(f.conns, conn)
+	}
+	var conn grpc.ClientConnInterface = f
+	if len(f.conns) == 1 {
+		conn = f.conns[0]
+	}
+	return newClient(conn, f.Close), nil
+}
+
+func dialOne(address string, o options) (*grpc.ClientConn, error) {
 	var creds credentials.TransportCredentials
 	switch {
 	case strings.HasPrefix(address, "unix://"):
@@ -125,17 +166,29 @@ func Dial(address string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", address, err)
 	}
-	return &Client{conn: conn,
+	return conn, nil
+}
+
+func newClient(conn grpc.ClientConnInterface, closeFn func() error) *Client {
+	return &Client{conn: conn, close: closeFn,
 		Operator: wardv1.NewOperatorClient(conn), Keys: wardv1.NewKeysClient(conn),
 		KMS: wardv1.NewKMSClient(conn), Audit: wardv1.NewAuditClient(conn),
 		Policy: wardv1.NewPolicyClient(conn), PolicyDistribution: wardv1.NewPolicyDistributionClient(conn),
 		Entries: wardv1.NewEntriesClient(conn), Agents: wardv1.NewAgentsClient(conn), CA: wardv1.NewCAClient(conn),
 		Federation: wardv1.NewFederationClient(conn), Catalog: wardv1.NewCatalogClient(conn),
-		Posture: wardv1.NewPostureClient(conn)}, nil
+		Posture: wardv1.NewPostureClient(conn), Cluster: wardv1.NewClusterClient(conn)}
+}
+
+// Addresses returns the authorities this client reaches, in order.
+func (c *Client) Addresses() []string {
+	if f, ok := c.conn.(*failover); ok {
+		return append([]string(nil), f.addrs...)
+	}
+	return nil
 }
 
 // Close closes the connection.
-func (c *Client) Close() error { return c.conn.Close() }
+func (c *Client) Close() error { return c.close() }
 
 // GenerateDataKey returns a fresh data key in plaintext and wrapped under
 // keyName's active version, bound to encCtx. It satisfies envelope.KMS.

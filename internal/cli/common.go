@@ -43,12 +43,12 @@ func dialChecked(cmd *cobra.Command) (*client.Client, *adminPeer, error) {
 	}
 	var opts []client.Option
 	var chk *adminPeer
-	if path, ok := strings.CutPrefix(addr, "unix://"); ok {
+	if paths := unixPaths(addr); len(paths) > 0 {
 		extra := -1
 		if cmd.Flags().Lookup("server-uid") != nil {
 			extra, _ = cmd.Flags().GetInt("server-uid")
 		}
-		chk = &adminPeer{path: path, self: uint32(os.Geteuid()), extraUID: extra}
+		chk = &adminPeer{path: paths[0], paths: paths, self: uint32(os.Geteuid()), extraUID: extra}
 		opts = append(opts, client.WithUnixPeerCheck(chk.check))
 	}
 	c, err := client.Dial(addr, opts...)
@@ -92,6 +92,8 @@ func withClient(cmd *cobra.Command, f func(ctx context.Context, c *client.Client
 // socket owns it), which is why the directory chain is checked.
 type adminPeer struct {
 	path     string
+	paths    []string   // every admin socket of a failover client (remote_multi.go)
+	parent   *adminPeer // the failover client's check that keeps the last refusal
 	self     uint32
 	extraUID int // -1: none
 
@@ -100,6 +102,9 @@ type adminPeer struct {
 }
 
 func (a *adminPeer) check(conn net.Conn) error {
+	if len(a.paths) > 1 {
+		return a.forConn(conn).check(conn)
+	}
 	caller, err := peercred.Read(conn)
 	if err != nil {
 		err = fmt.Errorf("admin socket %s: cannot read the credentials of the process serving it (%v): refusing to send anything to it", a.path, err)
@@ -112,6 +117,11 @@ func (a *adminPeer) check(conn net.Conn) error {
 	a.mu.Lock()
 	a.err = err
 	a.mu.Unlock()
+	if a.parent != nil {
+		a.parent.mu.Lock()
+		a.parent.err = err
+		a.parent.mu.Unlock()
+	}
 	return err
 }
 

@@ -105,9 +105,9 @@ func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int
 	if err != nil {
 		return nil, err
 	}
-	path, ok := strings.CutPrefix(addr, "unix://")
-	if !ok {
-		return nil, fmt.Errorf("authority address %q: the %s reaches the authority over its admin socket (unix:///path/to/admin.sock)", addr, who)
+	paths := unixPaths(addr)
+	if len(paths) == 0 || len(paths) != len(strings.Split(addr, ",")) {
+		return nil, fmt.Errorf("authority address %q: the %s reaches the authority over its admin socket (unix:///path/to/admin.sock; several authorities separated by commas)", addr, who)
 	}
 	extra := -1
 	if serverUID != nil {
@@ -115,6 +115,6 @@ func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int
 	} else if f := cmd.Flags().Lookup("server-uid"); f != nil {
 		extra, _ = cmd.Flags().GetInt("server-uid")
 	}
-	chk := &adminPeer{path: path, self: uint32(os.Geteuid()), extraUID: extra}
+	chk := &adminPeer{path: paths[0], paths: paths, self: uint32(os.Geteuid()), extraUID: extra}
 	return client.Dial(addr, client.WithUnixPeerCheck(chk.check))
 }

@@ -146,6 +146,7 @@ Before the share is sent, the CLI checks who serves the admin socket (see --serv
 					return json.NewEncoder(cmd.OutOrStdout()).Encode(s)
 				}
 				printStatus(cmd.OutOrStdout(), s)
+				printCluster(ctx, cmd.OutOrStdout(), c) // operator_status.go
 				return nil
 			})
 			if err == nil && sealed {

@@ -27,7 +27,7 @@ func NewRoot() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.PersistentFlags().String("address", "", "authority address: unix:///path/to/admin.sock or host:port (default $WARD_ADDRESS)")
+	root.PersistentFlags().String("address", "", "authority address: unix:///path/to/admin.sock or host:port, or several authorities separated by commas (calls fail over between them, docs/ha.md) (default $WARD_ADDRESS)")
 	for _, f := range registrations {
 		f(root)
 	}

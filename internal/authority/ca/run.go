@@ -11,6 +11,18 @@ import (
 // that is briefly unreachable) go to onError, which may be nil; Run keeps
 // going and returns nil when ctx ends.
 func (c *CA) Run(ctx context.Context, interval time.Duration, onError func(error)) error {
+	return c.run(ctx, interval, onError, c.Tick)
+}
+
+// Follow keeps the CA's view current without ever rotating: it reloads
+// every interval (0 means a fifth of RefreshHint) and at once when another
+// authority writes the state. Authorities that share a store and are not
+// the elected leader run Follow; the leader runs Run.
+func (c *CA) Follow(ctx context.Context, interval time.Duration, onError func(error)) error {
+	return c.run(ctx, interval, onError, func(ctx context.Context, _ time.Time) error { return c.Reload(ctx) })
+}
+
+func (c *CA) run(ctx context.Context, interval time.Duration, onError func(error), tick func(context.Context, time.Time) error) error {
 	if interval <= 0 {
 		interval = c.cfg.RefreshHint / 5
 	}
@@ -39,13 +51,13 @@ func (c *CA) Run(ctx context.Context, interval time.Duration, onError func(error
 	events := watch()
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	report(c.Tick(ctx, c.clock()))
+	report(tick(ctx, c.clock()))
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
-			report(c.Tick(ctx, c.clock()))
+			report(tick(ctx, c.clock()))
 		case _, ok := <-events:
 			report(c.Reload(ctx))
 			if !ok { // watch dropped: re-list (reload) and re-watch

@@ -65,6 +65,13 @@ type Etcd struct {
 	CertFile    string            `yaml:"cert_file"`
 	KeyFile     string            `yaml:"key_file"`
 	DialTimeout yamlconf.Duration `yaml:"dial_timeout"`
+	// LeaseTTL is the lease of each authority's membership and of the
+	// leader election (docs/ha.md): a dead leader is replaced within it.
+	// Default 10s, at least 2s.
+	LeaseTTL yamlconf.Duration `yaml:"lease_ttl"`
+	// MemberName names this authority in `ward operator status` (default
+	// host name and process id).
+	MemberName string `yaml:"member_name"`
 }
 
 // Seal selects how the root key is protected.
@@ -180,6 +187,9 @@ func (c *Server) Validate() error {
 		e := c.Storage.Etcd
 		if (e.CertFile == "") != (e.KeyFile == "") {
 			return errors.New("storage.etcd: cert_file and key_file go together: set both or neither")
+		}
+		if e.LeaseTTL != 0 && (time.Duration(e.LeaseTTL) < 2*time.Second || time.Duration(e.LeaseTTL) > 5*time.Minute) {
+			return fmt.Errorf("storage.etcd.lease_ttl %s is out of range: use 2s to 5m (a dead leader is replaced within it; 10s is the default)", time.Duration(e.LeaseTTL))
 		}
 	default:
 		return fmt.Errorf("storage.backend %q is unknown: use bbolt or etcd", c.Storage.Backend)

@@ -2,15 +2,19 @@ package kms
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/kmscrypto"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
 // Create creates key name with classification.
@@ -73,8 +77,15 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 	}
 	var disabled []string
 	skipped := false
+	rid := ""
+	if !onlyIfDue {
+		rid = rotationID(ctx)
+	}
 	l, err := m.mutate(ctx, name, func(rec *KeyRecord) error {
 		disabled, skipped = nil, false
+		if rid != "" && slices.Contains(rec.Rotations, rid) {
+			return errRotationReplayed
+		}
 		c, err := m.table.Lookup(rec.Classification)
 		if err != nil {
 			return errs.Errorf(errs.Precondition, "key %q: %v", name, err)
@@ -87,6 +98,12 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 		nv := rec.Latest() + 1
 		rec.Versions = append(rec.Versions, VersionRecord{Version: nv, State: StateEnabled, Alg: c.Algorithm.String(), Created: now, StateChanged: now, Material: kmscrypto.NewKey()})
 		rec.LastRotated = now
+		if rid != "" {
+			rec.Rotations = append(rec.Rotations, rid)
+			if len(rec.Rotations) > maxRotationIDs {
+				rec.Rotations = rec.Rotations[len(rec.Rotations)-maxRotationIDs:]
+			}
+		}
 		if c.KeepVersions > 0 && nv > c.KeepVersions {
 			for i := range rec.Versions {
 				v := &rec.Versions[i]
@@ -98,6 +115,15 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 		}
 		return nil
 	})
+	if errors.Is(err, errRotationReplayed) {
+		// A retry of a rotation already made (same caller and idempotency
+		// key): answer with the key as it is, rotate nothing.
+		if l, err = m.load(ctx, name); err != nil {
+			return View{}, m.auditEnd(ctx, "key.rotate", name, 0, fields, err)
+		}
+		fields["replayed"] = "this request was already applied (same idempotency key); nothing rotated"
+		return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), fields, nil)
+	}
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.rotate", name, 0, fields, err)
 	}
@@ -217,4 +243,21 @@ func (m *Manager) Destroy(ctx context.Context, name string, version uint32) (Vie
 	}
 	return m.view(l), m.auditEnd(ctx, "key.destroy", name, version,
 		marked(map[string]string{"destroyed_version": fmt.Sprint(version)}, l), nil)
+}
+
+// maxRotationIDs is how many idempotency keys of manual rotations a key
+// record remembers.
+const maxRotationIDs = 16
+
+var errRotationReplayed = errors.New("rotation already applied")
+
+// rotationID is the digest a key record keeps of the caller's idempotency
+// key (reqctx.Caller.IdempotencyKey), or "" without one.
+func rotationID(ctx context.Context) string {
+	c := reqctx.From(ctx)
+	if c.IdempotencyKey == "" {
+		return ""
+	}
+	sum := sha256.Sum256([]byte(c.Actor + "\x00" + c.IdempotencyKey))
+	return hex.EncodeToString(sum[:16])
 }

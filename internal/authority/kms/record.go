@@ -38,6 +38,10 @@ type KeyRecord struct {
 	LastRotated       time.Time       `json:"last_rotated"`
 	MinDecryptVersion uint32          `json:"min_decrypt_version"`
 	Versions          []VersionRecord `json:"versions"`
+	// Rotations holds a digest of the idempotency keys of the last manual
+	// rotations (maxRotationIDs), so a rotation retried after an unknown
+	// outcome (its authority died) is recognised and never made twice.
+	Rotations []string `json:"rotations,omitempty"`
 }
 
 // Latest returns the newest version number.
@@ -104,6 +108,7 @@ func prepare(rec KeyRecord, rev int64, digest string) (*loaded, error) {
 
 func cloneRecord(r KeyRecord) KeyRecord {
 	r.Versions = append([]VersionRecord(nil), r.Versions...)
+	r.Rotations = append([]string(nil), r.Rotations...)
 	return r
 }
 

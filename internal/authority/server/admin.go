@@ -18,7 +18,7 @@ import (
 // adminCaller builds the audit identity of an admin-socket caller
 // (its uid, from SO_PEERCRED) and its request id (x-request-id, or new).
 func adminCaller(ctx context.Context) reqctx.Caller {
-	c := reqctx.Caller{Actor: "unknown", RequestID: reqctx.RequestIDFrom(ctx)}
+	c := reqctx.Caller{Actor: "unknown", RequestID: reqctx.RequestIDFrom(ctx), IdempotencyKey: reqctx.IdempotencyKeyFrom(ctx)}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(peercred.AuthInfo); ok {
 			c.Actor = "admin:uid=" + strconv.FormatUint(uint64(info.Caller.UID), 10)

@@ -28,6 +28,7 @@ type identityState struct {
 	node   *nodeapi.Server // nil when identity.node_api_address is empty
 	fed    *federation.Manager
 	bep    *federation.Endpoint // nil when federation.bundle_endpoint is off
+	svid   *federation.Endpoint // this authority's server SVID (the bundle endpoint's, or one made for it)
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -128,43 +129,21 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			return err
 		}
 	}
+	id.svid = svidEP
+	// Every authority keeps its view of the CA and of the federation
+	// current; the jobs that change them (CA rotation, bundle refresh,
+	// the revocation, catalog and witness channels) run on the elected
+	// leader only (leaderJobs, ha.go).
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(6)
+	id.wg.Add(2)
 	go func() {
 		defer id.wg.Done()
-		id.fed.RunRevocations(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
+		c.Follow(jobCtx, 0, func(err error) { s.log.Warn("CA reload", "err", err) })
 	}()
 	go func() {
 		defer id.wg.Done()
-		id.fed.RunWitness(jobCtx, federation.WitnessClient{SVID: svidEP.SVID, Interval: time.Duration(fc.WitnessInterval)})
-	}()
-	go func() {
-		defer id.wg.Done()
-		id.fed.RunCatalogs(jobCtx, federation.RevocationClient{SVID: svidEP.SVID})
-	}()
-	go func() {
-		defer id.wg.Done()
-		id.fed.Run(jobCtx)
-	}()
-	go func() {
-		defer id.wg.Done()
-		c.Run(jobCtx, 0, func(err error) { s.log.Error("CA rotation schedule", "err", err) })
-	}()
-	go func() {
-		defer id.wg.Done()
-		t := time.NewTicker(time.Hour)
-		defer t.Stop()
-		for {
-			select {
-			case <-jobCtx.Done():
-				return
-			case <-t.C:
-				if _, err := reg.PurgeTokens(jobCtx, time.Hour); err != nil {
-					s.log.Warn("purging expired join tokens", "err", err)
-				}
-			}
-		}
+		s.followFederation(jobCtx, id.fed)
 	}()
 	st.ident = id
 	return nil
@@ -270,4 +249,25 @@ func (s *Server) BundleEndpointAddress() string {
 		return a.String()
 	}
 	return ""
+}
+
+// followInterval is how often an authority re-reads what the leader's
+// federation jobs stored (relationships, foreign bundles, revocations,
+// catalogs, witness memory).
+const followInterval = 5 * time.Second
+
+// followFederation re-reads the federation state until ctx ends.
+func (s *Server) followFederation(ctx context.Context, m *federation.Manager) {
+	t := time.NewTicker(followInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := m.Reload(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("federation: re-reading what the leader stored", "err", err)
+			}
+		}
+	}
 }

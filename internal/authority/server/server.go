@@ -78,6 +78,9 @@ type Server struct {
 
 	journalMu    sync.Mutex
 	journalCount int // sealed-events journal entries, -1: unknown (sealedjournal.go)
+
+	leaderHook  func(context.Context) // a job only the leader runs (SetLeaderJob)
+	leaderships atomic.Uint64         // times this authority became leader
 }
 
 type unsealedState struct {
@@ -96,7 +99,9 @@ type unsealedState struct {
 	recorder audit.Recorder
 	// fed is the federation manager once the identity services started
 	// (for the remote deny-lists of new policy versions).
-	fed    atomic.Pointer[federation.Manager]
+	fed atomic.Pointer[federation.Manager]
+	// ha is this authority's membership and leadership (ha.go).
+	ha     atomic.Pointer[haState]
 	cancel context.CancelFunc
 	jobCtx context.Context // ends at seal: background jobs run under it
 	wg     sync.WaitGroup
@@ -117,6 +122,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	srv.metrics = newMetrics(srv)
 	srv.metrics.reg.MustRegister(&driftCollector{s: srv})
 	srv.metrics.reg.MustRegister(&integrityCollector{s: srv})
+	srv.metrics.reg.MustRegister(haCollector{s: srv})
 	return srv, nil
 }
 
@@ -130,11 +136,12 @@ func (s *Server) Start(ctx context.Context) error {
 	s.adminLn = ln
 	s.grpc = grpc.NewServer(
 		grpc.Creds(peercred.Credentials()), // SO_PEERCRED: actors are local uids
-		grpc.ChainUnaryInterceptor(s.metrics.unary(), s.unaryCaller),
+		grpc.ChainUnaryInterceptor(s.metrics.unary(), s.unaryCaller, s.haUnary, s.dedupUnary),
 		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
 		grpc.MaxRecvMsgSize(64<<20), grpc.MaxSendMsgSize(64<<20),
 	)
 	adminapi.Register(s.grpc, lifecycle{s}, lifecycle{s}, adminapi.Options{Classifications: s.table, Log: s.log, Maintenance: maintainer{s}})
+	adminapi.RegisterCluster(s.grpc, s)
 	go func() { s.serveErr <- s.grpc.Serve(ln) }()
 
 	if s.cfg.HTTPAddress != "" {
@@ -387,7 +394,9 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	st.cancel, st.jobCtx = cancel, jobCtx
 	st.wg.Add(2)
 	go func() { defer st.wg.Done(); st.kms.Watch(jobCtx) }()
-	go func() { defer st.wg.Done(); s.rotationLoop(jobCtx, st.kms) }()
+	// The singleton jobs (rotation schedules, federation refresh...) run
+	// only while this authority is the elected leader (ha.go).
+	go func() { defer st.wg.Done(); s.runHA(jobCtx, st) }()
 	s.mu.Lock()
 	s.unsealed = st
 	s.mu.Unlock()

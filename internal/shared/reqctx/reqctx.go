@@ -17,6 +17,9 @@ type Caller struct {
 	Actor string
 	// RequestID correlates the request with its audit events and errors.
 	RequestID string
+	// IdempotencyKey is the client's key for a state change it may retry
+	// (IdempotencyHeader), or "".
+	IdempotencyKey string
 }
 
 type key struct{}

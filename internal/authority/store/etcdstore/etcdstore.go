@@ -243,6 +243,13 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 	if err := s.check("put", key, true); err != nil {
 		return 0, err
 	}
+	if _, fenced := fenceFrom(ctx); fenced {
+		resp, err := s.fencedTxn(ctx, nil, []clientv3.Op{clientv3.OpPut(s.prefix+key, string(value))}, nil)
+		if err != nil {
+			return 0, s.fail("put", key, err)
+		}
+		return resp.Header.Revision, nil
+	}
 	resp, err := s.cli.Put(ctx, s.prefix+key, string(value))
 	if err != nil {
 		return 0, s.fail("put", key, err)
@@ -254,6 +261,12 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 func (s *Store) Delete(ctx context.Context, key string) error {
 	if err := s.check("delete", key, true); err != nil {
 		return err
+	}
+	if _, fenced := fenceFrom(ctx); fenced {
+		if _, err := s.fencedTxn(ctx, nil, []clientv3.Op{clientv3.OpDelete(s.prefix + key)}, nil); err != nil {
+			return s.fail("delete", key, err)
+		}
+		return nil
 	}
 	if _, err := s.cli.Delete(ctx, s.prefix+key); err != nil {
 		return s.fail("delete", key, err)
@@ -271,11 +284,8 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ex
 		return 0, fmt.Errorf("etcdstore: compare-and-swap %q: expected revision %d is negative; use 0 for create-only or Put for unconditional writes", key, expectRevision)
 	}
 	k := s.prefix + key
-	resp, err := s.cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.ModRevision(k), "=", expectRevision)).
-		Then(clientv3.OpPut(k, string(value))).
-		Else(clientv3.OpGet(k, clientv3.WithKeysOnly())).
-		Commit()
+	resp, err := s.fencedTxn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", expectRevision)},
+		[]clientv3.Op{clientv3.OpPut(k, string(value))}, []clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())})
 	if err != nil {
 		return 0, s.fail("compare-and-swap", key, err)
 	}
@@ -326,7 +336,7 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 			thens = append(thens, clientv3.OpPut(k, string(op.Value)))
 		}
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
+	resp, err := s.fencedTxn(ctx, cmps, thens, elses)
 	if err != nil {
 		return 0, s.fail("batch", "", err)
 	}
