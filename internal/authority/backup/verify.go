@@ -78,7 +78,7 @@ func Verify(r io.Reader, opts VerifyOptions) (*Verified, error) {
 		return nil, restoreErr.err
 	}
 	// Hash whatever is left of the declared payload, then look for more.
-	if _, err := io.Copy(io.Discard, pr.r); err != nil {
+	if _, err := io.Copy(io.Discard, pr); err != nil {
 		return nil, fmt.Errorf("reading the backup: %w", err)
 	}
 	got := hex.EncodeToString(h.Sum(nil))
@@ -206,9 +206,14 @@ type payloadReader struct {
 	read int64
 }
 
-func (p *payloadReader) full(b []byte) error {
-	n, err := io.ReadFull(p.r, b)
+func (p *payloadReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
 	p.read += int64(n)
+	return n, err
+}
+
+func (p *payloadReader) full(b []byte) error {
+	_, err := io.ReadFull(p, b)
 	return err
 }
 

@@ -1,0 +1,316 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/testutil/etcdtest"
+)
+
+// etcdConfig writes a config for an authority on etcd (mutual TLS) under
+// prefix.
+func etcdConfig(t *testing.T, dir string, e *etcdtest.Server, prefix string) string {
+	t.Helper()
+	ca, cert, key := e.ClientCertFiles()
+	return writeConfig(t, dir, fmt.Sprintf("storage:\n  backend: etcd\n  etcd:\n    endpoints: [%s]\n    prefix: %q\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n",
+		e.Endpoints()[0], prefix, ca, cert, key))
+}
+
+// kmsLoad runs encrypt/decrypt calls against s until stopped; it counts
+// calls and failures.
+type kmsLoad struct {
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	calls, failed atomic.Int64
+	mu            sync.Mutex
+	firstFailure  error
+}
+
+func startKMSLoad(t *testing.T, s *server, key string, workers int) *kmsLoad {
+	l := &kmsLoad{stop: make(chan struct{})}
+	c := s.client()
+	for w := range workers {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				pt := []byte(fmt.Sprintf("load %d/%d", w, i))
+				r, err := c.KMS.Encrypt(ctx, &wardv1.EncryptRequest{Key: key, Plaintext: pt})
+				if err == nil {
+					_, err = c.KMS.Decrypt(ctx, &wardv1.DecryptRequest{Ciphertext: r.Ciphertext})
+				}
+				cancel()
+				l.calls.Add(1)
+				if err != nil {
+					l.failed.Add(1)
+					l.mu.Lock()
+					if l.firstFailure == nil {
+						l.firstFailure = err
+					}
+					l.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return l
+}
+
+func (l *kmsLoad) end(t *testing.T) {
+	t.Helper()
+	close(l.stop)
+	l.wg.Wait()
+	if l.failed.Load() > 0 {
+		t.Fatalf("%d of %d KMS calls under load failed; first: %v", l.failed.Load(), l.calls.Load(), l.firstFailure)
+	}
+	t.Logf("%d KMS calls under load, none failed", l.calls.Load())
+}
+
+// canaries encrypts a few plaintexts and returns ciphertext → plaintext.
+func canaries(t *testing.T, s *server, key string) map[string]string {
+	t.Helper()
+	c := s.client()
+	out := map[string]string{}
+	for i := range 3 {
+		pt := fmt.Sprintf("canary %d made before the backup", i)
+		r, err := c.KMS.Encrypt(context.Background(), &wardv1.EncryptRequest{Key: key, Plaintext: []byte(pt), Context: map[string]string{"drill": "backup"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[string(r.Ciphertext)] = pt
+	}
+	return out
+}
+
+func decryptCanaries(t *testing.T, s *server, cs map[string]string) {
+	t.Helper()
+	c := s.client()
+	for ct, pt := range cs {
+		r, err := c.KMS.Decrypt(context.Background(), &wardv1.DecryptRequest{Ciphertext: []byte(ct), Context: map[string]string{"drill": "backup"}})
+		if err != nil {
+			t.Fatalf("decrypting a ciphertext made before the backup: %v", err)
+		}
+		if string(r.Plaintext) != pt {
+			t.Fatalf("decrypted %q, want %q", r.Plaintext, pt)
+		}
+	}
+}
+
+// auditEvents returns the stored JSON of the newest n events.
+func auditEvents(t *testing.T, s *server, n int) []map[string]any {
+	t.Helper()
+	out := mustWard(t, s.addr, "", "audit", "tail", "--json", "-n", fmt.Sprint(n))
+	var evs []map[string]any
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		var ev map[string]any
+		if err := json.Unmarshal([]byte(line), &ev); err != nil {
+			t.Fatalf("audit tail line %q: %v", line, err)
+		}
+		evs = append(evs, ev)
+	}
+	return evs
+}
+
+func hasEvent(evs []map[string]any, op, result string) map[string]any {
+	for _, ev := range evs {
+		if ev["operation"] == op && ev["result"] == result {
+			return ev
+		}
+	}
+	return nil
+}
+
+// TestBackupRestoreDrill is docs/backup.md's runbook with real processes:
+// back up a bbolt authority under a load of KMS calls, refuse altered
+// copies, destroy the data, restore onto etcd, unseal with the original
+// shares, decrypt ciphertexts made before the backup, prove the restored
+// audit log extends the backup's checkpoint; back up the etcd authority
+// and restore it onto bbolt again. Then, on the last one: a rejected share
+// is kept across a SIGKILL while sealed, a barrier rotation rewrites every
+// value under a load of KMS calls, and a rekey replaces the shares (old ones refused).
+func TestBackupRestoreDrill(t *testing.T) {
+	etcd := etcdtest.Start(t, etcdtest.WithTLS())
+	root := t.TempDir()
+
+	// A: bbolt.
+	dirA := filepath.Join(root, "a")
+	os.MkdirAll(dirA, 0o700)
+	a := startServer(t, dirA, writeConfig(t, dirA, ""))
+	shares := a.initAndUnseal()
+	mustWard(t, a.addr, "", "key", "create", "drill/payments", "--classification", "confidential")
+	mustWard(t, a.addr, "", "key", "rotate", "drill/payments")
+	cs := canaries(t, a, "drill/payments")
+
+	load := startKMSLoad(t, a, "drill/payments", 4)
+	time.Sleep(300 * time.Millisecond)
+	file := filepath.Join(root, "a.wbk")
+	out := mustWard(t, a.addr, "", "operator", "backup", "create", "-o", file)
+	time.Sleep(300 * time.Millisecond)
+	load.end(t)
+	t.Logf("backup: %s", out)
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("backup file: %v %v", st, err)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(root, ".a.wbk.tmp-*")); len(matches) != 0 {
+		t.Fatalf("temporary files left: %v", matches)
+	}
+	cpFile := filepath.Join(root, "backup-cp.json")
+	out = mustWard(t, "", "", "operator", "backup", "verify", file, "--checkpoint-out", cpFile)
+	if !strings.Contains(out, "is intact") {
+		t.Fatalf("verify: %s", out)
+	}
+
+	// One altered byte anywhere is refused with the reason.
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, off := range map[string]int{"header": 3, "manifest": 40, "payload": len(data) / 2, "last byte": len(data) - 1} {
+		bad := append([]byte(nil), data...)
+		bad[off] ^= 0x20
+		p := filepath.Join(root, "altered.wbk")
+		os.WriteFile(p, bad, 0o600)
+		r := ward(t, "", "", "operator", "backup", "verify", p)
+		if r.code == 0 || !strings.Contains(r.stderr, "backup refused") {
+			t.Fatalf("%s altered: exit %d\n%s%s", name, r.code, r.stdout, r.stderr)
+		}
+		t.Logf("%s altered: %s", name, strings.TrimSpace(r.stderr))
+		r = ward(t, "", "", "operator", "backup", "restore", p, "--data-dir", filepath.Join(root, "never"))
+		if r.code == 0 {
+			t.Fatalf("restore of an altered backup succeeded")
+		}
+		if _, err := os.Stat(filepath.Join(root, "never")); !os.IsNotExist(err) {
+			t.Fatalf("a refused restore left %s behind", filepath.Join(root, "never"))
+		}
+	}
+
+	// Destroy A's data.
+	a.kill()
+	if err := os.Remove(filepath.Join(dirA, "ward.db")); err != nil {
+		t.Fatal(err)
+	}
+
+	// B: restore onto etcd, unseal with other original shares.
+	ca, cert, key := etcd.ClientCertFiles()
+	etcdFlags := []string{"--etcd-endpoints", etcd.Endpoints()[0], "--etcd-prefix", "/drill-b/", "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key}
+	mustWard(t, "", "", append([]string{"operator", "backup", "restore", file}, etcdFlags...)...)
+	r := ward(t, "", "", append([]string{"operator", "backup", "restore", file}, etcdFlags...)...)
+	if r.code == 0 || !strings.Contains(r.stderr, "not empty") || !strings.Contains(r.stderr, "nothing was changed") {
+		t.Fatalf("restore into a non-empty prefix: exit %d %s", r.code, r.stderr)
+	}
+	dirB := filepath.Join(root, "b")
+	os.MkdirAll(dirB, 0o700)
+	b := startServer(t, dirB, etcdConfig(t, dirB, etcd, "/drill-b/"))
+	b.unseal(shares[2:5])
+	decryptCanaries(t, b, cs)
+	out = mustWard(t, b.addr, "", "audit", "verify", "--checkpoint", cpFile)
+	t.Logf("audit verify on the restored etcd authority: %s", out)
+
+	// C: back up B (etcd) and restore onto bbolt.
+	fileB := filepath.Join(root, "b.wbk")
+	mustWard(t, b.addr, "", "operator", "backup", "create", "-o", fileB)
+	cpB := filepath.Join(root, "b-cp.json")
+	mustWard(t, "", "", "operator", "backup", "verify", fileB, "--checkpoint-out", cpB)
+	if hasEvent(auditEvents(t, b, 5), "operator.backup", "ok") == nil {
+		t.Fatal("the backup of B is not in B's audit log")
+	}
+	b.stop()
+	dirC := filepath.Join(root, "c")
+	mustWard(t, "", "", "operator", "backup", "restore", fileB, "--data-dir", dirC)
+	c := startServer(t, dirC, writeConfig(t, dirC, ""))
+
+	// While sealed: a rejected share, then SIGKILL: the event survives.
+	r = ward(t, c.addr, "00"+shares[0][2:]+"\n", "operator", "unseal")
+	if r.code == 0 {
+		t.Fatal("a bogus share was accepted")
+	}
+	c.kill()
+	c.start()
+	c.unseal(shares[:3])
+	decryptCanaries(t, c, cs)
+	mustWard(t, c.addr, "", "audit", "verify", "--checkpoint", cpB)
+	mustWard(t, c.addr, "", "audit", "verify", "--checkpoint", cpFile)
+	evs := auditEvents(t, c, 50)
+	ev := hasEvent(evs, "operator.unseal", "error")
+	if ev == nil {
+		t.Fatalf("the share rejected while sealed, before a SIGKILL, is not in the audit log: %v", evs)
+	}
+	if f, _ := ev["fields"].(map[string]any); f["journal"] != "sealed" {
+		t.Fatalf("the rejected share's event: %v", ev)
+	}
+
+	// Barrier rotation: every value moves to term 2; data still readable.
+	load = startKMSLoad(t, c, "drill/payments", 4)
+	out = mustWard(t, c.addr, "", "operator", "rotate")
+	load.end(t)
+	if !strings.Contains(out, "Rewrite to term 2: done") {
+		t.Fatalf("rotate: %s", out)
+	}
+	decryptCanaries(t, c, cs)
+	fileC := filepath.Join(root, "c.wbk")
+	mustWard(t, c.addr, "", "operator", "backup", "create", "-o", fileC)
+	var man struct {
+		Terms map[string]int64 `json:"barrier_terms"`
+	}
+	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", fileC, "--json")), &man); err != nil {
+		t.Fatal(err)
+	}
+	if len(man.Terms) != 1 || man.Terms["2"] == 0 {
+		t.Fatalf("values per barrier term after the rotation: %v", man.Terms)
+	}
+	evs = auditEvents(t, c, 5000)
+	if hasEvent(evs, "operator.rotate", "ok") == nil || hasEvent(evs, "operator.rotate.rewrite", "ok") == nil {
+		t.Fatalf("rotation not audited: %v", evs)
+	}
+
+	// Rekey: 3 old shares, new 3/2; the old shares stop working.
+	out = mustWard(t, c.addr, "", "operator", "rekey", "--shares", "3", "--threshold", "2", "--json")
+	var rk struct {
+		Nonce string `json:"nonce"`
+	}
+	json.Unmarshal([]byte(out), &rk)
+	if rk.Nonce == "" {
+		t.Fatalf("rekey start: %s", out)
+	}
+	r = ward(t, c.addr, "00"+shares[0][2:]+"\n", "operator", "rekey", "--nonce", rk.Nonce)
+	if r.code == 0 {
+		t.Fatal("a bogus share counted towards the rekey")
+	}
+	var newShares []string
+	for _, sh := range shares[1:4] {
+		out = mustWard(t, c.addr, sh+"\n", "operator", "rekey", "--nonce", rk.Nonce)
+		for _, line := range strings.Split(out, "\n") {
+			if v, ok := strings.CutPrefix(line, "New unseal share "); ok {
+				_, s, _ := strings.Cut(v, ": ")
+				newShares = append(newShares, strings.TrimSpace(s))
+			}
+		}
+	}
+	if len(newShares) != 3 {
+		t.Fatalf("rekey gave %d new shares: %s", len(newShares), out)
+	}
+	mustWard(t, c.addr, "", "operator", "seal")
+	r = ward(t, c.addr, shares[0]+"\n", "operator", "unseal")
+	if r.code == 0 || !strings.Contains(r.stderr, "not one of the shares") {
+		t.Fatalf("an old share after the rekey: exit %d %s", r.code, r.stderr)
+	}
+	c.unseal(newShares[:2])
+	decryptCanaries(t, c, cs)
+	if hasEvent(auditEvents(t, c, 30), "operator.rekey", "ok") == nil {
+		t.Fatal("the rekey is not in the audit log")
+	}
+}
