@@ -163,14 +163,6 @@ func (c K8sPSATCluster) validate() error {
 	if c.APIServer != "" && !strings.HasPrefix(c.APIServer, "https://") {
 		return fmt.Errorf("apiserver %q: use an https:// URL (empty = the cluster the authority runs in)", c.APIServer)
 	}
-	for _, f := range []struct{ name, path string }{{"ca_bundle", c.CABundle}, {"token_file", c.TokenFile}} {
-		if f.path == "" {
-			continue
-		}
-		if _, err := os.Stat(f.path); err != nil {
-			return fmt.Errorf("%s: %v", f.name, err)
-		}
-	}
 	if c.Audience != "" && (len(c.Audience) > 256 || strings.ContainsAny(c.Audience, " \t\r\n")) {
 		return fmt.Errorf("audience %q: one word of at most 256 bytes (default ward)", c.Audience)
 	}

@@ -35,7 +35,6 @@ func TestIdentityConfig(t *testing.T) {
 		{"psat no accounts", "identity:\n  k8s_psat:\n    - {cluster: c}\n", "allowed_service_accounts is required"},
 		{"psat bad account", "identity:\n  k8s_psat:\n    - {cluster: c, allowed_service_accounts: [ward-agent]}\n", "not namespace:name"},
 		{"psat http", "identity:\n  k8s_psat:\n    - {cluster: c, apiserver: http://h, allowed_service_accounts: [a:b]}\n", "https://"},
-		{"psat missing token file", "identity:\n  k8s_psat:\n    - {cluster: c, token_file: /nonexistent, allowed_service_accounts: [a:b]}\n", "token_file"},
 		{"no certs in bundle", "identity:\n  x509pop_ca_bundle: " + notCA + "\n", "no PEM CERTIFICATE"},
 	}
 	for _, tc := range cases {

@@ -137,11 +137,18 @@ func New(cfg *Config, opts ...Option) (*Agent, error) {
 	if a.att == nil {
 		a.att = unix.New()
 		if k := cfg.K8sWorkloadAttestor; k != nil {
+			node := k.NodeName
+			if node == "" {
+				node = os.Getenv("NODE_NAME")
+			}
+			if node == "" {
+				return nil, errors.New("k8s_workload_attestor.node_name is empty and $NODE_NAME unset: give the node's name (in a DaemonSet, NODE_NAME from the downward API's spec.nodeName)")
+			}
 			kc, err := kubeapi.New(kubeapi.Config{URL: k.APIServer, CAFile: k.CAPath, TokenFile: k.TokenPath})
 			if err != nil {
 				return nil, fmt.Errorf("k8s_workload_attestor: %w", err)
 			}
-			a.pods = k8s.NewPods(kc, k.NodeName, a.log.With("attestor", "k8s"))
+			a.pods = k8s.NewPods(kc, node, a.log.With("attestor", "k8s"))
 			var ko []k8s.Option
 			if k.ProcRoot != "" {
 				ko = append(ko, k8s.WithProcRoot(k.ProcRoot))

@@ -82,8 +82,8 @@ type K8sPSAT struct {
 
 // K8sWorkloadAttestor configures the k8s workload attestor.
 type K8sWorkloadAttestor struct {
-	// NodeName is this node's name (default $NODE_NAME, from the downward
-	// API); only pods on it are watched.
+	// NodeName is this node's name (default $NODE_NAME at start, from the
+	// downward API); only pods on it are watched.
 	NodeName string `yaml:"node_name"`
 	// APIServer, CAPath and TokenPath reach the apiserver (empty: the
 	// cluster the agent runs in, with the pod's service-account token,
@@ -185,12 +185,6 @@ func (c *Config) Validate() error {
 		return errors.New("configure one node attestation method, not both: a join token, x509pop or k8s_psat")
 	}
 	if k := c.K8sWorkloadAttestor; k != nil {
-		if k.NodeName == "" {
-			k.NodeName = os.Getenv("NODE_NAME")
-		}
-		if k.NodeName == "" {
-			return errors.New("k8s_workload_attestor.node_name is empty and $NODE_NAME unset: give the node's name (downward API spec.nodeName)")
-		}
 		if k.APIServer != "" && !strings.HasPrefix(k.APIServer, "https://") {
 			return fmt.Errorf("k8s_workload_attestor.apiserver %q: use an https:// URL (empty = the cluster the agent runs in)", k.APIServer)
 		}

@@ -57,7 +57,6 @@ func TestParseConfigErrors(t *testing.T) {
 		{"token and x509pop", goodConfig + "x509pop: {cert_path: /c, key_path: /k}\n", "not both"},
 		{"token and psat", goodConfig + "k8s_psat: {cluster: c1, token_path: /t}\n", "not both"},
 		{"psat half", without("join_token") + "\nk8s_psat: {cluster: c1}\n", "k8s_psat needs cluster"},
-		{"k8s attestor without node", goodConfig + "k8s_workload_attestor: {apiserver: https://h:6443}\n", "node_name is empty"},
 		{"k8s attestor plain http", goodConfig + "k8s_workload_attestor: {node_name: n, apiserver: http://h:6443}\n", "https://"},
 		{"x509pop half", without("join_token") + "\nx509pop: {cert_path: /c}\n", "both cert_path and key_path"},
 		{"no socket", without("socket_path"), "socket_path is required"},
