@@ -8,4 +8,4 @@ cd "$(dirname "$0")"
 PATH="$(go env GOPATH)/bin:$PATH"
 protoc -I . --go_out=. --go_opt=paths=source_relative \
   --go-grpc_out=. --go-grpc_opt=paths=source_relative \
-  ward/v1/ward.proto ward/v1/identity.proto ward/v1/policy.proto ward/v1/federation.proto ward/v1/catalog.proto ward/v1/governance.proto ward/v1/maintenance.proto ward/v1/cluster.proto
+  ward/v1/ward.proto ward/v1/identity.proto ward/v1/policy.proto ward/v1/federation.proto ward/v1/catalog.proto ward/v1/governance.proto ward/v1/maintenance.proto ward/v1/cluster.proto ward/v1/network.proto

@@ -249,6 +249,7 @@ func newServer(cfg Config) (*Server, error) {
 func (s *Server) register(kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) {
 	for _, g := range []*grpc.Server{s.grpc, s.anon} {
 		wardv1.RegisterNodeServer(g, &nodeService{s: s})
+		wardv1.RegisterNodeNetworkServer(g, &nodeNetwork{s: s})
 		if kmsSrv != nil {
 			wardv1.RegisterKMSServer(g, kmsSrv)
 		}

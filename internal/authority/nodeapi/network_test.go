@@ -1,0 +1,130 @@
+package nodeapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+)
+
+func wgKey(t testing.TB) []byte {
+	k, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k.PublicKey().Bytes()
+}
+
+func wantCode(t *testing.T, what string, err error, code codes.Code, msg string) {
+	t.Helper()
+	if status.Code(err) != code || !strings.Contains(status.Convert(err).Message(), msg) {
+		t.Fatalf("%s: got %v, want %v containing %q", what, err, code, msg)
+	}
+}
+
+// TestRegisterTunnelIsBoundToTheCaller: a registration is stored under the
+// calling agent's own ID; an agent cannot register another node's key or
+// subnets, and nobody but a current agent registers at all (no SVID, a
+// workload SVID, a forged agent ID, an evicted agent).
+func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	svA, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svB, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	keyA := wgKey(t)
+	got, err := a.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyA, ListenPort: 51820, AllowedIps: []string{"10.250.1.1/32", "10.250.1.0/24"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.AgentId != svA.ID.String() || got.Endpoint != "127.0.0.1:51820" || len(got.AllowedIps) != 2 {
+		t.Fatalf("registered %+v", got)
+	}
+
+	// B claims A's key, A's subnet, or a whole-range prefix: refused.
+	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyA, ListenPort: 51820, AllowedIps: []string{"10.250.2.0/24"}})
+	wantCode(t, "B registering A's key", err, codes.PermissionDenied, "registered to "+svA.ID.String())
+	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), NextPublicKey: keyA, ListenPort: 51820, AllowedIps: []string{"10.250.2.0/24"}})
+	wantCode(t, "B announcing A's key as its next", err, codes.PermissionDenied, "registered to")
+	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 51820, AllowedIps: []string{"10.250.1.7/32"}})
+	wantCode(t, "B claiming an address in A's subnet", err, codes.PermissionDenied, "overlaps")
+	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 51820, AllowedIps: []string{"0.0.0.0/0"}})
+	wantCode(t, "B claiming everything", err, codes.InvalidArgument, "route everything")
+	for _, bad := range []*wardv1.RegisterTunnelRequest{
+		{PublicKey: []byte("short"), ListenPort: 1, AllowedIps: []string{"10.9.0.0/24"}},
+		{PublicKey: make([]byte, 32), ListenPort: 1, AllowedIps: []string{"10.9.0.0/24"}},
+		{PublicKey: wgKey(t), Endpoint: "node-b.example:51820", AllowedIps: []string{"10.9.0.0/24"}},
+		{PublicKey: wgKey(t), ListenPort: 1},
+		{PublicKey: wgKey(t), ListenPort: 1, AllowedIps: []string{"10.9.0.0"}},
+		{PublicKey: wgKey(t), AllowedIps: []string{"10.9.0.0/24"}},
+	} {
+		_, err := b.RegisterTunnel(ctx, bad)
+		wantCode(t, "bad request", err, codes.InvalidArgument, "")
+	}
+	keyB := wgKey(t)
+	if _, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyB, Endpoint: "10.0.0.2:51820", AllowedIps: []string{"10.250.2.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Not an agent: refused before the service.
+	_, err = wardv1.NewNodeNetworkClient(h.conn(t, nil)).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 1, AllowedIps: []string{"10.9.0.0/24"}})
+	wantCode(t, "no SVID", err, codes.Unauthenticated, "")
+	_, err = wardv1.NewNodeNetworkClient(h.conn(t, h.caSigned(t, "/app/payments"))).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 1, AllowedIps: []string{"10.9.0.0/24"}})
+	wantCode(t, "workload SVID", err, codes.Unauthenticated, "not an agent ID")
+	_, err = wardv1.NewNodeNetworkClient(h.conn(t, h.caSigned(t, "/ward/agent/join_token/forged"))).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 1, AllowedIps: []string{"10.9.0.0/24"}})
+	wantCode(t, "forged agent ID", err, codes.PermissionDenied, "not registered")
+
+	// The peer list: both, then B's eviction removes B's key at once
+	// (pushed, not polled), and B may no longer register.
+	stream, err := a.WatchPeers(ctx, &wardv1.WatchPeersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(pl.Peers) != 2 || !bytes.Equal(pl.Peers[0].PublicKey, keyA) && !bytes.Equal(pl.Peers[1].PublicKey, keyA) {
+		t.Fatalf("peer list %v", pl.Peers)
+	}
+	if _, err := h.reg.EvictAgent(ctx, svB.ID); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan *wardv1.PeerList, 1)
+	go func() {
+		pl, err := stream.Recv()
+		if err != nil {
+			t.Error(err)
+		}
+		done <- pl
+	}()
+	select {
+	case pl := <-done:
+		if pl == nil || len(pl.Peers) != 1 || pl.Peers[0].AgentId != svA.ID.String() {
+			t.Fatalf("after eviction: %v", pl)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no peer list after the eviction")
+	}
+	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyB, Endpoint: "10.0.0.2:51820", AllowedIps: []string{"10.250.2.0/24"}})
+	wantCode(t, "evicted agent", err, codes.PermissionDenied, "evicted")
+	bs, err := b.WatchPeers(ctx, &wardv1.WatchPeersRequest{})
+	if err == nil {
+		_, err = bs.Recv()
+	}
+	wantCode(t, "evicted agent watching", err, codes.PermissionDenied, "evicted")
+}

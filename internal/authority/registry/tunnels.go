@@ -1,0 +1,274 @@
+package registry
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"net"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/shared/errs"
+)
+
+// tunnelPrefix holds one WireGuard registration per agent (docs/network.md),
+// keyed like the agent records.
+const tunnelPrefix = "network/tunnels/"
+
+// Bounds on one registration.
+const (
+	MaxTunnelPrefixes = 64
+	maxEndpoint       = 253 + 1 + 5
+)
+
+// Tunnel is a node's WireGuard registration, bound to the agent that made
+// it: the key is the calling agent's ID, never a field of the request.
+type Tunnel struct {
+	AgentID    string    `json:"agent_id"`
+	PublicKey  []byte    `json:"public_key"`
+	NextKey    []byte    `json:"next_public_key,omitempty"`
+	Endpoint   string    `json:"endpoint"`
+	AllowedIPs []string  `json:"allowed_ips"`
+	Updated    time.Time `json:"updated"`
+}
+
+func (r *Registry) tunnelKey(id spiffeid.ID) (string, error) {
+	k, err := r.agentKey(id)
+	if err != nil {
+		return "", err
+	}
+	return tunnelPrefix + strings.TrimPrefix(k, agentPrefix), nil
+}
+
+// checkWGKey checks a Curve25519 public key: 32 bytes, not all zero.
+func checkWGKey(field string, k []byte) error {
+	if len(k) != 32 {
+		return errs.Errorf(errs.Invalid, "%s is %d bytes; a WireGuard public key is 32", field, len(k))
+	}
+	if bytes.Equal(k, make([]byte, 32)) {
+		return errs.Errorf(errs.Invalid, "%s is all zeros: not a public key", field)
+	}
+	return nil
+}
+
+// checkTunnel validates t's own fields and normalizes its prefixes.
+func checkTunnel(t *Tunnel) error {
+	if err := checkWGKey("public_key", t.PublicKey); err != nil {
+		return err
+	}
+	if len(t.NextKey) > 0 {
+		if err := checkWGKey("next_public_key", t.NextKey); err != nil {
+			return err
+		}
+		if bytes.Equal(t.NextKey, t.PublicKey) {
+			t.NextKey = nil
+		}
+	}
+	if len(t.Endpoint) > maxEndpoint {
+		return errs.Errorf(errs.Invalid, "endpoint is %d bytes; at most %d", len(t.Endpoint), maxEndpoint)
+	}
+	host, port, err := net.SplitHostPort(t.Endpoint)
+	if err != nil {
+		return errs.Errorf(errs.Invalid, "endpoint %q is not host:port: %v", t.Endpoint, err)
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return errs.Errorf(errs.Invalid, "endpoint %q: port must be 1-65535", t.Endpoint)
+	}
+	if _, err := netip.ParseAddr(host); err != nil {
+		return errs.Errorf(errs.Invalid, "endpoint %q: the host must be an IP address (peers do not resolve names)", t.Endpoint)
+	}
+	if len(t.AllowedIPs) == 0 {
+		return errs.Errorf(errs.Invalid, "allowed_ips is empty: name at least the node's overlay address (network.address)")
+	}
+	if len(t.AllowedIPs) > MaxTunnelPrefixes {
+		return errs.Errorf(errs.Invalid, "allowed_ips has %d prefixes; at most %d", len(t.AllowedIPs), MaxTunnelPrefixes)
+	}
+	out := make([]string, 0, len(t.AllowedIPs))
+	for _, s := range t.AllowedIPs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return errs.Errorf(errs.Invalid, "allowed_ips: %q is not a CIDR prefix: %v", s, err)
+		}
+		if p.Bits() == 0 {
+			return errs.Errorf(errs.Invalid, "allowed_ips: %s would route everything to one node; name the node's own subnets", s)
+		}
+		out = append(out, p.Masked().String())
+	}
+	slices.Sort(out)
+	t.AllowedIPs = slices.Compact(out)
+	return nil
+}
+
+func overlaps(a, b []string) string {
+	for _, x := range a {
+		px := netip.MustParsePrefix(x)
+		for _, y := range b {
+			if px.Overlaps(netip.MustParsePrefix(y)) {
+				return x + " overlaps " + y
+			}
+		}
+	}
+	return ""
+}
+
+// RegisterTunnel records agent id's WireGuard tunnel (the caller has
+// authenticated id with its current SVID). It is refused when another
+// node already holds one of its keys or a prefix overlapping its
+// allowed IPs: a node cannot take over another's key or traffic. Audited.
+func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel) (Tunnel, error) {
+	t.AgentID = id.String()
+	fields := map[string]string{"agent_id": t.AgentID, "endpoint": t.Endpoint,
+		"public_key": base64.StdEncoding.EncodeToString(t.PublicKey), "allowed_ips": strings.Join(t.AllowedIPs, ",")}
+	if len(t.NextKey) > 0 {
+		fields["next_public_key"] = base64.StdEncoding.EncodeToString(t.NextKey)
+	}
+	key, err := r.tunnelKey(id)
+	if err != nil {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
+	}
+	if err := checkTunnel(&t); err != nil {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
+	}
+	others, err := r.Tunnels(ctx, true)
+	if err != nil {
+		return Tunnel{}, err
+	}
+	for _, o := range others {
+		if o.AgentID == t.AgentID {
+			continue
+		}
+		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+			if len(k) > 0 && (bytes.Equal(k, o.PublicKey) || bytes.Equal(k, o.NextKey)) {
+				return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
+					"the WireGuard key %s is registered to %s: a node registers only its own key", base64.StdEncoding.EncodeToString(k), o.AgentID))
+			}
+		}
+		if why := overlaps(t.AllowedIPs, o.AllowedIPs); why != "" {
+			return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
+				"allowed_ips: %s, which %s routes: give each node its own subnets (network.address, network.subnets)", why, o.AgentID))
+		}
+	}
+	t.Updated = r.now()
+	if cur, err := r.st.Get(ctx, key); err == nil {
+		var old Tunnel
+		if json.Unmarshal(cur.Value, &old) == nil && sameTunnel(old, t) {
+			return old, nil // unchanged: no write, no event (agents re-register on every start)
+		}
+	}
+	if err := r.auditStart(ctx, "tunnel.register", fields); err != nil {
+		return Tunnel{}, err
+	}
+	b, _ := json.Marshal(t)
+	if _, err := r.st.Put(ctx, key, b); err != nil {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, storeErr("storing the tunnel of "+t.AgentID, err))
+	}
+	return t, r.auditEnd(ctx, "tunnel.register", fields, nil)
+}
+
+func sameTunnel(a, b Tunnel) bool {
+	return bytes.Equal(a.PublicKey, b.PublicKey) && bytes.Equal(a.NextKey, b.NextKey) && a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
+}
+
+// Tunnels returns the registered tunnels sorted by agent ID: those of
+// current agents only (an evicted or unknown agent's tunnel is left out),
+// or every stored one with all.
+func (r *Registry) Tunnels(ctx context.Context, all bool) ([]Tunnel, error) {
+	kvs, err := r.st.List(ctx, tunnelPrefix)
+	if err != nil {
+		return nil, storeErr("listing tunnels", err)
+	}
+	var live map[string]bool
+	if !all {
+		agents, err := r.ListAgents(ctx)
+		if err != nil {
+			return nil, err
+		}
+		live = make(map[string]bool, len(agents))
+		for _, a := range agents {
+			if !a.Evicted {
+				live[a.SPIFFEID] = true
+			}
+		}
+	}
+	out := make([]Tunnel, 0, len(kvs))
+	for _, kv := range kvs {
+		var t Tunnel
+		if err := json.Unmarshal(kv.Value, &t); err != nil {
+			return nil, errs.Errorf(errs.Internal, "stored tunnel %s is unreadable: %v", kv.Key, err)
+		}
+		if all || live[t.AgentID] {
+			out = append(out, t)
+		}
+	}
+	slices.SortFunc(out, func(a, b Tunnel) int { return strings.Compare(a.AgentID, b.AgentID) })
+	return out, nil
+}
+
+// WatchTunnels calls send with the current tunnels (of current agents), then
+// again whenever they change (a registration, or an agent evicted or
+// attested again), until ctx ends or send fails. Changes come from the
+// store's watch, not a poll.
+func (r *Registry) WatchTunnels(ctx context.Context, send func([]Tunnel) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tw, err := r.st.Watch(ctx, tunnelPrefix)
+	if err != nil {
+		return storeErr("watching tunnels", err)
+	}
+	aw, err := r.st.Watch(ctx, agentPrefix)
+	if err != nil {
+		return storeErr("watching agents", err)
+	}
+	var last []Tunnel
+	first := true
+	for {
+		cur, err := r.Tunnels(ctx, false)
+		if err != nil {
+			return err
+		}
+		if first || !reflect.DeepEqual(cur, last) {
+			if err := send(cur); err != nil {
+				return err
+			}
+			first, last = false, cur
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-tw:
+			if !ok {
+				return watchEnded(ctx)
+			}
+		case _, ok := <-aw:
+			if !ok {
+				return watchEnded(ctx)
+			}
+		}
+	}
+}
+
+func watchEnded(ctx context.Context) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return errs.Errorf(errs.Unavailable, "the store's watch ended: reconnect")
+}
+
+// DeleteTunnel removes agent id's tunnel (none is not an error).
+func (r *Registry) DeleteTunnel(ctx context.Context, id spiffeid.ID) error {
+	key, err := r.tunnelKey(id)
+	if err != nil {
+		return err
+	}
+	if err := r.st.Delete(ctx, key); err != nil {
+		return storeErr("deleting the tunnel of "+id.String(), err)
+	}
+	return nil
+}
