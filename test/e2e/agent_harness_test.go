@@ -390,6 +390,12 @@ func startAgentProcTD(t *testing.T, td, dir, serverAddr, bundlePath, joinToken s
 // nd (nil: this one).
 func startAgentProcIn(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
 	t.Helper()
+	return startAgentProcExtra(t, nd, td, dir, serverAddr, bundlePath, joinToken, "")
+}
+
+// startAgentProcExtra starts an agent whose config ends with extra (YAML).
+func startAgentProcExtra(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken, extra string) *agentProc {
+	t.Helper()
 	a := &agentProc{t: t, ns: nd, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
 	cfg := fmt.Sprintf(`trust_domain: %s
 server_address: %s
@@ -400,7 +406,7 @@ data_dir: %s
 sync_interval: 500ms
 health_address: %s
 log_level: debug
-`, td, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health)
+%s`, td, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health, extra)
 	a.config = filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

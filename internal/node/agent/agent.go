@@ -105,6 +105,7 @@ type Agent struct {
 	lastErr       string
 
 	jwt jwtCache
+	net netState // the WireGuard network (network.go), with a network section
 }
 
 // Option configures an Agent.
@@ -234,6 +235,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		go hs.Serve(hl)
 		defer hs.Close()
 		a.log.Info("serving /metrics and /status", "address", hl.Addr().String())
+	}
+	if a.cfg.Network != nil {
+		nctx, stopNet := context.WithCancel(ctx)
+		netDone := make(chan struct{})
+		go func() { defer close(netDone); a.runNetwork(nctx) }()
+		defer func() { stopNet(); <-netDone }()
 	}
 	a.log.Info("agent started", "trust_domain", a.td.Name(), "server", a.cfg.ServerAddress, "socket", a.cfg.SocketPath)
 	defer func() {

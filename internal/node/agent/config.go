@@ -61,6 +61,9 @@ type Config struct {
 	// HealthAddress, if set, serves /metrics and /status on this
 	// host:port (plain HTTP; bind it to loopback).
 	HealthAddress string `yaml:"health_address"`
+	// Network, when set, turns on node-to-node encryption with WireGuard
+	// (network.go, docs/network.md).
+	Network *NetworkConfig `yaml:"network"`
 }
 
 // X509Pop configures x509pop node attestation.
@@ -235,6 +238,11 @@ func (c *Config) Validate() error {
 	if c.HealthAddress != "" {
 		if _, p, err := net.SplitHostPort(c.HealthAddress); err != nil || p == "" {
 			return fmt.Errorf("health_address %q: use host:port, e.g. 127.0.0.1:9091", c.HealthAddress)
+		}
+	}
+	if c.Network != nil {
+		if err := c.Network.validate(); err != nil {
+			return fmt.Errorf("network: %w", err)
 		}
 	}
 	return nil

@@ -33,6 +33,8 @@ type Status struct {
 	// not rotated.
 	SoonestSVIDExpiry time.Time `json:"soonest_svid_expiry,omitzero"`
 	BundleSequence    uint64    `json:"bundle_sequence"`
+	// Network is the WireGuard tunnel table (with a network section).
+	Network *NetworkStatus `json:"network,omitempty"`
 }
 
 // Status reports the agent's health and how stale its state is.
@@ -50,6 +52,7 @@ func (a *Agent) Status() Status {
 	if sv := a.agentSVID.Load(); sv != nil {
 		st.AgentID, st.AgentSVIDExpires = sv.ID.String(), sv.Certificates[0].NotAfter
 	}
+	st.Network = a.networkStatus()
 	return st
 }
 
@@ -107,6 +110,9 @@ func newMetrics(a *Agent) *metrics {
 			Help: "Size of the newest audit checkpoint this agent verified."},
 			func() float64 { return float64(a.audit.knownSize()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if a.cfg.Network != nil {
+		m.reg.MustRegister(newNetCollector(a))
+	}
 	return m
 }
 

@@ -89,6 +89,16 @@ type Capture struct {
 	mu    sync.Mutex
 	flows map[flowKey]*flowState
 	done  chan struct{}
+	hooks []func(ip []byte)
+}
+
+// OnIPv4 calls f with every IPv4 packet captured from now on (the IP
+// header onwards; f must not keep it), for tests that look at more than
+// TCP (UDP tunnels, markers anywhere in a frame).
+func (c *Capture) OnIPv4(f func(ip []byte)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.hooks = append(c.hooks, f)
 }
 
 // Capture starts capturing in the node's namespace until the test ends or
@@ -146,7 +156,16 @@ func (c *Capture) frame(b []byte) {
 		return
 	}
 	ip := b[14:]
-	if len(ip) < 20 || ip[0]>>4 != 4 || ip[9] != 6 {
+	if len(ip) < 20 || ip[0]>>4 != 4 {
+		return
+	}
+	c.mu.Lock()
+	hooks := c.hooks
+	c.mu.Unlock()
+	for _, h := range hooks {
+		h(ip)
+	}
+	if ip[9] != 6 {
 		return
 	}
 	ihl := int(ip[0]&0x0f) * 4

@@ -102,6 +102,11 @@ func (nw *Network) AddNode(name string) *Node {
 	return nd
 }
 
+// Hub is the hub namespace as a Node (no address of its own): a Capture
+// there sees every frame that crosses the shared link, and nothing that
+// stays inside a node.
+func (nw *Network) Hub() *Node { return &Node{net: nw, Name: nw.hub} }
+
 // Command returns a command that runs in the node's namespace. With uid
 // non-zero it runs as that uid and gid (no supplementary groups).
 func (nd *Node) Command(uid uint32, name string, args ...string) *exec.Cmd {
