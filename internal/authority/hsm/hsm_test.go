@@ -1,0 +1,153 @@
+package hsm_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/wardproject/ward/internal/authority/hsm"
+	"github.com/wardproject/ward/internal/testutil/softhsm"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	softhsm.Cleanup()
+	os.Exit(code)
+}
+
+const pin = "hsm-test-pin-4711"
+
+func openToken(t *testing.T, label string) *hsm.Token {
+	t.Helper()
+	mod := softhsm.Use(t)
+	softhsm.NewToken(t, label, pin)
+	t.Setenv("WARD_TEST_HSM_PIN", pin)
+	tok, err := hsm.Open(hsm.Config{Module: mod, TokenLabel: label, PINEnv: "WARD_TEST_HSM_PIN"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	return tok
+}
+
+func TestKeyInHSM(t *testing.T) {
+	tok := openToken(t, "hsm-key")
+	if err := tok.GenerateKey("k1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tok.GenerateKey("k1"); err == nil {
+		t.Fatal("a second key with the same label was created")
+	}
+	info, err := tok.KeyInfo("k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Extractable || !info.Sensitive || !info.NeverExtractable || !info.Token {
+		t.Fatalf("key attributes %+v: want a sensitive, never extractable token object", info)
+	}
+	k, err := tok.Key("k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, err := k.Seal([]byte("secret data key"), []byte("aad"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct2, _ := k.Seal([]byte("secret data key"), []byte("aad"))
+	if bytes.Equal(ct, ct2) {
+		t.Fatal("two encryptions gave the same ciphertext: the nonce repeats")
+	}
+	pt, err := k.Open(ct, []byte("aad"))
+	if err != nil || string(pt) != "secret data key" {
+		t.Fatalf("Open = %q, %v", pt, err)
+	}
+	if _, err := k.Open(ct, []byte("other aad")); !errors.Is(err, hsm.ErrAuth) {
+		t.Fatalf("Open with other aad: %v, want ErrAuth", err)
+	}
+	bad := append([]byte(nil), ct...)
+	bad[len(bad)-1] ^= 1
+	if _, err := k.Open(bad, []byte("aad")); !errors.Is(err, hsm.ErrAuth) {
+		t.Fatalf("Open of an altered ciphertext: %v, want ErrAuth", err)
+	}
+	if err := tok.DestroyKey("k1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tok.Key("k1"); !errors.Is(err, hsm.ErrToken) {
+		t.Fatalf("Key after destroy: %v", err)
+	}
+}
+
+func TestWrongPINAndMissingToken(t *testing.T) {
+	mod := softhsm.Use(t)
+	softhsm.NewToken(t, "hsm-pin", pin)
+	t.Setenv("WARD_TEST_HSM_PIN", "wrong-pin-0815")
+	_, err := hsm.Open(hsm.Config{Module: mod, TokenLabel: "hsm-pin", PINEnv: "WARD_TEST_HSM_PIN"})
+	if !errors.Is(err, hsm.ErrPIN) || !strings.Contains(err.Error(), "refused the user PIN") {
+		t.Fatalf("wrong PIN: %v", err)
+	}
+	if strings.Contains(err.Error(), "wrong-pin-0815") {
+		t.Fatalf("the error repeats the PIN: %v", err)
+	}
+	t.Setenv("WARD_TEST_HSM_PIN", pin)
+	_, err = hsm.Open(hsm.Config{Module: mod, TokenLabel: "no-such-token", PINEnv: "WARD_TEST_HSM_PIN"})
+	if !errors.Is(err, hsm.ErrToken) || !strings.Contains(err.Error(), `no token "no-such-token"`) {
+		t.Fatalf("missing token: %v", err)
+	}
+	_, err = hsm.Open(hsm.Config{Module: "/nonexistent/libpkcs11.so", TokenLabel: "x", PINEnv: "WARD_TEST_HSM_PIN"})
+	if !errors.Is(err, hsm.ErrToken) || !strings.Contains(err.Error(), "/nonexistent/libpkcs11.so") {
+		t.Fatalf("missing module: %v", err)
+	}
+	t.Setenv("WARD_TEST_HSM_PIN", "")
+	_, err = hsm.Open(hsm.Config{Module: mod, TokenLabel: "hsm-pin", PINEnv: "WARD_TEST_HSM_PIN"})
+	if !errors.Is(err, hsm.ErrPIN) {
+		t.Fatalf("empty PIN variable: %v", err)
+	}
+}
+
+// The PIN file: another local uid must not be able to read it, so ward
+// refuses one that group or others can access, or that another uid owns.
+func TestPINFilePermissions(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "pin")
+	if err := os.WriteFile(p, []byte("1234\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := hsm.Config{PINFile: p}
+	got, err := c.ReadPIN()
+	if err != nil || got != "1234" {
+		t.Fatalf("ReadPIN = %q, %v", got, err)
+	}
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o644} {
+		os.Chmod(p, mode)
+		if _, err := c.ReadPIN(); !errors.Is(err, hsm.ErrPIN) || !strings.Contains(err.Error(), "accessible by group or others") || strings.Contains(err.Error(), "1234") {
+			t.Fatalf("mode %04o: %v", mode, err)
+		}
+	}
+	os.Chmod(p, 0o600)
+	link := filepath.Join(dir, "link")
+	os.Symlink(p, link)
+	if _, err := (hsm.Config{PINFile: link}).ReadPIN(); err == nil {
+		t.Fatal("a PIN file reached through a symlink was accepted")
+	}
+	if os.Geteuid() != 0 {
+		t.Log("not root: the other-uid checks are skipped")
+		return
+	}
+	// Another uid cannot read the accepted file...
+	cmd := exec.Command("cat", p)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	os.Chmod(dir, 0o755)
+	if out, err := cmd.CombinedOutput(); err == nil || strings.Contains(string(out), "1234") {
+		t.Fatalf("uid 65534 read the PIN file: %q", out)
+	}
+	// ...and a file another uid owns (who could rewrite it) is refused.
+	os.Chown(p, 65534, 65534)
+	if _, err := c.ReadPIN(); !errors.Is(err, hsm.ErrPIN) || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Fatalf("file owned by another uid: %v", err)
+	}
+}
