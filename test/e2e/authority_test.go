@@ -244,7 +244,7 @@ func TestMalformedConfigs(t *testing.T) {
 		{"bad backend", "trust_domain: a.org\ndata_dir: /tmp/x\nstorage: {backend: mysql}\n", "bbolt or etcd"},
 		{"etcd without endpoints", "trust_domain: a.org\ndata_dir: /tmp/x\nstorage: {backend: etcd}\n", "endpoints"},
 		{"bad duration", "trust_domain: a.org\ndata_dir: /tmp/x\nkms: {rotation_check_interval: soon}\n", "bad duration"},
-		{"bad seal", "trust_domain: a.org\ndata_dir: /tmp/x\nseal: {type: hsm-please}\n", "shamir or keyfile"},
+		{"bad seal", "trust_domain: a.org\ndata_dir: /tmp/x\nseal: {type: hsm-please}\n", "shamir, keyfile or pkcs11"},
 		{"not yaml", "{{{", "invalid YAML"},
 		{"empty", "", "empty"},
 	}

@@ -76,8 +76,10 @@ type Etcd struct {
 
 // Seal selects how the root key is protected.
 type Seal struct {
-	Type    string `yaml:"type"` // shamir (default) or keyfile
+	Type    string `yaml:"type"` // shamir (default), keyfile or pkcs11
 	KeyFile string `yaml:"key_file"`
+	// PKCS11 configures seal.type pkcs11 (pkcs11.go, docs/hsm.md).
+	PKCS11 PKCS11 `yaml:"pkcs11"`
 }
 
 // KMS configures key management.
@@ -91,6 +93,9 @@ type Classification struct {
 	Algorithm      string            `yaml:"algorithm"`
 	RotationPeriod yamlconf.Duration `yaml:"rotation_period"`
 	KeepVersions   uint32            `yaml:"keep_versions"`
+	// HardwareBacked keeps the keys in the PKCS#11 seal's HSM
+	// (algorithm aes-256-gcm-hsm; docs/hsm.md).
+	HardwareBacked bool `yaml:"hardware_backed"`
 }
 
 // Load reads, defaults and validates the file at path.
@@ -203,8 +208,12 @@ func (c *Server) Validate() error {
 		if err := absPath("seal.key_file", c.Seal.KeyFile); err != nil {
 			return err
 		}
+	case "pkcs11":
+		if err := c.Seal.PKCS11.validate(); err != nil {
+			return err
+		}
 	default:
-		return fmt.Errorf("seal.type %q is unknown: use shamir or keyfile", c.Seal.Type)
+		return fmt.Errorf("seal.type %q is unknown: use shamir, keyfile or pkcs11", c.Seal.Type)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
@@ -308,16 +317,22 @@ func (c *Server) ClassificationTable() (kms.Table, error) {
 	t := kms.DefaultTable()
 	for name, row := range c.KMS.Classifications {
 		alg, err := kmsfmt.ParseAlg(row.Algorithm)
-		if row.Algorithm == "" {
+		switch {
+		case row.Algorithm == "" && row.HardwareBacked:
+			alg, err = kmsfmt.AlgAES256GCMHSM, nil
+		case row.Algorithm == "":
 			alg, err = kmsfmt.AlgAES256GCMHKDF, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("kms.classifications.%s.algorithm: %v", name, err)
 		}
+		if row.HardwareBacked != (alg == kmsfmt.AlgAES256GCMHSM) {
+			return nil, fmt.Errorf("kms.classifications.%s: algorithm %s goes with hardware_backed: true, and hardware_backed rows use only it (leave algorithm empty)", name, kmsfmt.AlgAES256GCMHSM)
+		}
 		if row.RotationPeriod == 0 {
 			return nil, fmt.Errorf("kms.classifications.%s.rotation_period is required (e.g. 90d)", name)
 		}
-		t[name] = kms.Classification{Name: name, Algorithm: alg, RotationPeriod: time.Duration(row.RotationPeriod), KeepVersions: row.KeepVersions}
+		t[name] = kms.Classification{Name: name, Algorithm: alg, RotationPeriod: time.Duration(row.RotationPeriod), KeepVersions: row.KeepVersions, HardwareBacked: row.HardwareBacked}
 	}
 	if err := t.Validate(); err != nil {
 		return nil, fmt.Errorf("kms.classifications: %v", err)

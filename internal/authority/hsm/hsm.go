@@ -20,6 +20,7 @@ import (
 	"syscall"
 
 	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/shared/kmscrypto"
 )
 
 // Errors; returned errors wrap them for errors.Is. No error ever contains
@@ -31,8 +32,9 @@ var (
 	ErrPIN = errs.New(errs.Precondition, "HSM PIN")
 	// ErrToken: the module, the token or a key is missing or failing.
 	ErrToken = errs.New(errs.Unavailable, "HSM")
-	// ErrAuth: a ciphertext failed authentication in the HSM.
-	ErrAuth = errors.New("ciphertext failed authentication in the HSM")
+	// ErrAuth: a ciphertext failed authentication in the HSM (the KMS's
+	// own authentication error, so it is reported the same way).
+	ErrAuth = kmscrypto.ErrAuth
 )
 
 // Config selects a token and how to log in to it.

@@ -106,7 +106,7 @@ func (m *Manager) load(ctx context.Context, name string) (*loaded, error) {
 	if err := m.checkRecord(ctx, &rec, digest); err != nil {
 		return nil, err
 	}
-	l, err := prepare(rec, kv.Revision, digest)
+	l, err := m.prepare(rec, kv.Revision, digest)
 	if err != nil {
 		return nil, errs.Errorf(errs.Unavailable, "%v", err)
 	}
@@ -147,7 +147,7 @@ func (m *Manager) mutate(ctx context.Context, name string, f func(rec *KeyRecord
 		if err != nil {
 			return nil, errs.Errorf(errs.Unavailable, "storing key %q: %v", name, err)
 		}
-		nl, err := prepare(rec, rev, m.recordDigest(b))
+		nl, err := m.prepare(rec, rev, m.recordDigest(b))
 		if err != nil {
 			return nil, errs.Errorf(errs.Unavailable, "%v", err)
 		}

@@ -11,12 +11,16 @@ import (
 
 // Classification is one row of the classification table: it sets the
 // algorithm of new key versions, how often keys rotate and how many of the
-// newest versions stay decryptable (0 = all).
+// newest versions stay decryptable (0 = all). A hardware-backed row keeps
+// every key version in the authority's PKCS#11 HSM (algorithm
+// aes-256-gcm-hsm): generated there, never extractable, every encryption
+// and decryption done there (hsm.go).
 type Classification struct {
 	Name           string
 	Algorithm      kmsfmt.Alg
 	RotationPeriod time.Duration
 	KeepVersions   uint32
+	HardwareBacked bool
 }
 
 // Table maps classification names to their rows.
@@ -70,6 +74,9 @@ func (t Table) Validate() error {
 		}
 		if _, err := kmsfmt.ParseAlg(c.Algorithm.String()); err != nil {
 			return fmt.Errorf("classification %q: %v", n, err)
+		}
+		if c.HardwareBacked != (c.Algorithm == kmsfmt.AlgAES256GCMHSM) {
+			return fmt.Errorf("classification %q: hardware-backed rows, and only they, use algorithm %s", n, kmsfmt.AlgAES256GCMHSM)
 		}
 	}
 	return nil

@@ -30,6 +30,9 @@ func usable(l *loaded, v uint32) (*kmscrypto.Version, error) {
 	}
 	kv := l.versions[v]
 	if kv == nil {
+		if err := l.unavailable[v]; err != nil {
+			return nil, err
+		}
 		return nil, errs.Errorf(errs.Unavailable, "key %q version %d has no material", name, v)
 	}
 	return kv, nil
@@ -42,11 +45,17 @@ func (m *Manager) encryptRaw(ctx context.Context, name string, plaintext []byte,
 	}
 	latest := l.rec.Latest()
 	kv := l.versions[latest]
+	if err := l.unavailable[latest]; err != nil {
+		return nil, 0, err
+	}
 	if kv == nil || l.rec.Versions[latest-1].State != StateEnabled {
 		return nil, 0, errs.Errorf(errs.Precondition, "key %q: the latest version %d is not usable: rotate the key", name, latest)
 	}
 	ct, err := kv.Encrypt(kmsfmt.Header{KeyName: name, Version: latest}, plaintext, encCtx)
 	if err != nil {
+		if kv.Alg() == kmsfmt.AlgAES256GCMHSM {
+			return nil, 0, errs.Errorf(errs.Unavailable, "encrypting with key %q version %d in the HSM: %v", name, latest, err)
+		}
 		return nil, 0, errs.Errorf(errs.Invalid, "encrypting with key %q: %v", name, err)
 	}
 	return ct, latest, nil
@@ -73,6 +82,9 @@ func (m *Manager) decryptRaw(ctx context.Context, ciphertext []byte, encCtx map[
 	if err != nil {
 		if errors.Is(err, kmscrypto.ErrAuth) {
 			return nil, h, errs.Errorf(errs.Denied, "key %q version %d: %v", h.KeyName, h.Version, err)
+		}
+		if kv.Alg() == kmsfmt.AlgAES256GCMHSM {
+			return nil, h, errs.Errorf(errs.Unavailable, "decrypting with key %q version %d in the HSM: %v", h.KeyName, h.Version, err)
 		}
 		return nil, h, errs.Errorf(errs.Invalid, "%v", err)
 	}

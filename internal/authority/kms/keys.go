@@ -56,7 +56,7 @@ func (m *Manager) list(ctx context.Context, prefix string, skipRolledBack bool) 
 			}
 			return nil, err
 		}
-		l, err := prepare(rec, kv.Revision, digest)
+		l, err := m.prepare(rec, kv.Revision, digest)
 		if err != nil {
 			return nil, errs.Errorf(errs.Unavailable, "%v", err)
 		}

@@ -45,6 +45,7 @@ type Manager struct {
 
 	witness   Witness
 	digestKey []byte
+	hsm       HSM // nil: hardware-backed classifications are refused
 
 	mu    sync.RWMutex
 	cache map[string]*loaded // by name

@@ -34,24 +34,35 @@ func (m *Manager) Create(ctx context.Context, name, classification, purpose stri
 			return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, err)
 		}
 	}
+	if c.HardwareBacked && m.hsm == nil {
+		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, m.noHSM(c.Name))
+	}
 	if err := m.auditStart(ctx, "key.create", name, fields); err != nil {
 		return View{}, err
 	}
 	now := m.now().UTC()
+	v1, err := m.newVersionRecord(c, 1, now)
+	if err != nil {
+		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, err)
+	}
 	rec := KeyRecord{Name: name, Revision: 1, Classification: c.Name, Purpose: purpose, Created: now, LastRotated: now, MinDecryptVersion: 1,
-		Versions: []VersionRecord{{Version: 1, State: StateEnabled, Alg: c.Algorithm.String(), Created: now, StateChanged: now, Material: kmscrypto.NewKey()}}}
+		Versions: []VersionRecord{v1}}
 	b, err := json.Marshal(rec)
 	if err != nil {
+		m.dropHSMKey(v1.HSMKey)
 		return View{}, err
 	}
 	rev, err := m.st.CompareAndSwap(ctx, m.path(name), b, 0)
+	if err != nil {
+		m.dropHSMKey(v1.HSMKey)
+	}
 	if errors.Is(err, store.ErrConflict) {
 		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, errs.Errorf(errs.Exists, "key %q already exists: pick another name, or rotate it with `ward key rotate %s`", name, name))
 	}
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.create", name, 0, fields, errs.Errorf(errs.Unavailable, "storing key %q: %v", name, err))
 	}
-	l, err := prepare(rec, rev, m.recordDigest(b))
+	l, err := m.prepare(rec, rev, m.recordDigest(b))
 	if err != nil {
 		return View{}, err
 	}
@@ -81,6 +92,14 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 	if !onlyIfDue {
 		rid = rotationID(ctx)
 	}
+	// A hardware-backed key's new version is generated in the HSM once,
+	// and deleted from it again if no record ends up naming it.
+	hsmKey, used := "", false
+	defer func() {
+		if hsmKey != "" && !used {
+			m.dropHSMKey(hsmKey)
+		}
+	}()
 	l, err := m.mutate(ctx, name, func(rec *KeyRecord) error {
 		disabled, skipped = nil, false
 		if rid != "" && slices.Contains(rec.Rotations, rid) {
@@ -96,7 +115,18 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 			return nil
 		}
 		nv := rec.Latest() + 1
-		rec.Versions = append(rec.Versions, VersionRecord{Version: nv, State: StateEnabled, Alg: c.Algorithm.String(), Created: now, StateChanged: now, Material: kmscrypto.NewKey()})
+		vr := VersionRecord{Version: nv, State: StateEnabled, Alg: c.Algorithm.String(), Created: now, StateChanged: now}
+		if c.HardwareBacked {
+			if hsmKey == "" {
+				if hsmKey, err = m.newHSMKey(c.Name); err != nil {
+					return err
+				}
+			}
+			vr.HSMKey = hsmKey
+		} else {
+			vr.Material = kmscrypto.NewKey()
+		}
+		rec.Versions = append(rec.Versions, vr)
 		rec.LastRotated = now
 		if rid != "" {
 			rec.Rotations = append(rec.Rotations, rid)
@@ -127,6 +157,7 @@ func (m *Manager) rotate(ctx context.Context, name string, onlyIfDue bool) (View
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.rotate", name, 0, fields, err)
 	}
+	used = !skipped
 	if skipped {
 		fields["skipped"] = "another authority rotated it first"
 		return m.view(l), m.auditEnd(ctx, "key.rotate", name, l.rec.Latest(), marked(fields, l), nil)
@@ -221,7 +252,9 @@ func (m *Manager) Destroy(ctx context.Context, name string, version uint32) (Vie
 	if err := m.auditStart(ctx, "key.destroy", name, map[string]string{"version": fmt.Sprint(version)}); err != nil {
 		return View{}, err
 	}
+	hsmKey := ""
 	l, err := m.mutate(ctx, name, func(rec *KeyRecord) error {
+		hsmKey = ""
 		v := rec.version(version)
 		if v == nil {
 			return errs.Errorf(errs.NotFound, "key %q has no version %d (versions 1..%d)", name, version, rec.Latest())
@@ -235,14 +268,23 @@ func (m *Manager) Destroy(ctx context.Context, name string, version uint32) (Vie
 		for i := range v.Material {
 			v.Material[i] = 0
 		}
+		hsmKey = v.HSMKey
 		v.Material, v.State, v.StateChanged = nil, StateDestroyed, m.now().UTC()
 		return nil
 	})
 	if err != nil {
 		return View{}, m.auditEnd(ctx, "key.destroy", name, version, nil, err)
 	}
-	return m.view(l), m.auditEnd(ctx, "key.destroy", name, version,
-		marked(map[string]string{"destroyed_version": fmt.Sprint(version)}, l), nil)
+	fields := map[string]string{"destroyed_version": fmt.Sprint(version)}
+	// The record no longer names the HSM key: delete it from the HSM. If
+	// that fails the version is still unusable through ward; the event
+	// says so, for the HSM's own administrator.
+	if hsmKey != "" {
+		if err := m.dropHSMKey(hsmKey); err != nil {
+			fields["hsm_key_left"] = hsmKey
+		}
+	}
+	return m.view(l), m.auditEnd(ctx, "key.destroy", name, version, marked(fields, l), nil)
 }
 
 // maxRotationIDs is how many idempotency keys of manual rotations a key

@@ -24,6 +24,9 @@ type VersionRecord struct {
 	Created      time.Time `json:"created"`
 	StateChanged time.Time `json:"state_changed"`
 	Material     []byte    `json:"material,omitempty"`
+	// HSMKey is the label of the version's key in the HSM
+	// (hardware-backed classifications): a handle, never key material.
+	HSMKey string `json:"hsm_key,omitempty"`
 }
 
 // KeyRecord is one stored key (encrypted by the barrier before storage).
@@ -85,9 +88,12 @@ type loaded struct {
 	rev      int64
 	digest   string // HMAC of the stored record bytes
 	versions map[uint32]*kmscrypto.Version
+	// unavailable says why an HSM-held version has no prepared crypto
+	// (no HSM, or its key is missing from it).
+	unavailable map[uint32]error
 }
 
-func prepare(rec KeyRecord, rev int64, digest string) (*loaded, error) {
+func (m *Manager) prepare(rec KeyRecord, rev int64, digest string) (*loaded, error) {
 	l := &loaded{rec: rec, rev: rev, digest: digest, versions: map[uint32]*kmscrypto.Version{}}
 	for _, v := range rec.Versions {
 		if v.State == StateDestroyed {
@@ -96,6 +102,18 @@ func prepare(rec KeyRecord, rev int64, digest string) (*loaded, error) {
 		alg, err := kmsfmt.ParseAlg(v.Alg)
 		if err != nil {
 			return nil, fmt.Errorf("key %s version %d: %v", rec.Name, v.Version, err)
+		}
+		if v.HSMKey != "" || alg == kmsfmt.AlgAES256GCMHSM {
+			kv, err := m.hsmVersion(rec.Name, v)
+			if err != nil {
+				if l.unavailable == nil {
+					l.unavailable = map[uint32]error{}
+				}
+				l.unavailable[v.Version] = err
+				continue
+			}
+			l.versions[v.Version] = kv
+			continue
 		}
 		kv, err := kmscrypto.NewVersion(alg, v.Material)
 		if err != nil {

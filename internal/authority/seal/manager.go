@@ -71,7 +71,8 @@ func (m *Manager) loadLocked(ctx context.Context) (*Config, error) {
 		return nil, fmt.Errorf("%w: initialised with %q, configured with %q; configure the %q seal", ErrSealMismatch, cfg.Type, m.seal.Type(), cfg.Type)
 	}
 	_, share := m.seal.(ShareSeal)
-	if share != (cfg.Shares > 0) {
+	_, recovery := m.seal.(RecoverySeal) // recovery shares are optional
+	if share != (cfg.Shares > 0) && !(recovery && cfg.Shares == 0) {
 		return nil, fmt.Errorf("%w: the %q seal's configuration has %d shares", ErrBadConfig, cfg.Type, cfg.Shares)
 	}
 	m.cfg = &cfg
@@ -116,10 +117,13 @@ func (m *Manager) Init(ctx context.Context, opts InitOptions) (InitResult, error
 	}
 	ss, isShare := m.seal.(ShareSeal)
 	as, isAuto := m.seal.(AutoSeal)
+	if isShare && isAuto && opts.Shares == 0 && opts.Threshold == 0 {
+		isShare = false // a RecoverySeal initialised without recovery shares
+	}
 	switch {
 	case isShare && (opts.Threshold < 2 || opts.Threshold > opts.Shares || opts.Shares > shamir.MaxShares):
 		return InitResult{}, fmt.Errorf("%w: threshold %d of %d shares; use 2 <= threshold <= shares <= %d", ErrBadOptions, opts.Threshold, opts.Shares, shamir.MaxShares)
-	case isAuto && (opts.Shares != 0 || opts.Threshold != 0):
+	case isAuto && !isShare && (opts.Shares != 0 || opts.Threshold != 0):
 		return InitResult{}, fmt.Errorf("%w: the %q seal unseals automatically and takes no shares or threshold", ErrBadOptions, m.seal.Type())
 	case !isShare && !isAuto:
 		return InitResult{}, fmt.Errorf("%q is neither a share seal nor an auto seal", m.seal.Type())
@@ -143,7 +147,15 @@ func (m *Manager) Init(ctx context.Context, opts InitOptions) (InitResult, error
 			cfg.ShareHashes = append(cfg.ShareHashes, shareHash(s))
 		}
 		check, err = ss.Combine(cfg, shares[len(shares)-opts.Threshold:])
-	} else {
+		if err == nil && isAuto { // a RecoverySeal: check both ways back
+			if subtle.ConstantTimeCompare(check, root) != 1 {
+				err = errors.New("the recovery shares combine to a different root key")
+			}
+			clear(check)
+			check = nil
+		}
+	}
+	if err == nil && isAuto {
 		check, err = as.Unwrap(ctx, cfg)
 	}
 	if err != nil {
@@ -202,6 +214,9 @@ func (m *Manager) SubmitShare(ctx context.Context, encoded string) (Status, erro
 	ss, ok := m.seal.(ShareSeal)
 	if !ok {
 		return m.statusLocked(cfg), fmt.Errorf("%w (seal %q)", ErrNotShareSeal, cfg.Type)
+	}
+	if cfg.Shares == 0 {
+		return m.statusLocked(cfg), fmt.Errorf("%w (seal %q)", ErrNoRecoveryShares, cfg.Type)
 	}
 	if !m.b.Sealed() {
 		m.resetLocked()

@@ -41,8 +41,10 @@ func OpenSeal(cfg *config.Server) (seal.Seal, error) {
 		return seal.NewShamir(), nil
 	case "keyfile":
 		return seal.NewKeyFile(cfg.Seal.KeyFile), nil
+	case "pkcs11":
+		return openPKCS11Seal(cfg.Seal.PKCS11)
 	}
-	return nil, fmt.Errorf("seal.type %q is unknown: use shamir or keyfile", cfg.Seal.Type)
+	return nil, fmt.Errorf("seal.type %q is unknown: use shamir, keyfile or pkcs11", cfg.Seal.Type)
 }
 
 // DevInit initialises a fresh dev authority (auto seal) and unseals it.

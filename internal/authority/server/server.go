@@ -53,7 +53,8 @@ type Server struct {
 	raw     store.Store
 	barrier *barrier.Barrier
 	seals   *seal.Manager
-	auto    bool // the seal unseals itself (key file, HSM)
+	sealer  seal.Seal // the configured seal (hsm.go: its token serves the KMS)
+	auto    bool      // the seal unseals itself (key file, HSM)
 	table   kms.Table
 	metrics *metrics
 
@@ -116,7 +117,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	}
 	b := barrier.New(raw)
 	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2), journalCount: -1}
-	srv.seals = seal.NewManager(raw, b, s)
+	srv.seals, srv.sealer = seal.NewManager(raw, b, s), s
 	_, srv.auto = s.(seal.AutoSeal)
 	srv.drift = newDriftState()
 	srv.metrics = newMetrics(srv)
@@ -188,6 +189,13 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	if s.auto && st.Initialized {
 		if _, err := s.seals.AutoUnseal(ctx); err != nil {
+			if s.recoverable(st) {
+				// The HSM may be gone for good: stay up, sealed, for the
+				// recovery shares.
+				s.log.Error("auto-unseal failed; the authority stays sealed: fix the HSM and restart, or unseal with the recovery shares (`ward operator unseal`)", "seal", st.Type, "err", err)
+				s.recordSealed(s.event(reqctx.Caller{Actor: "system:auto-unseal", RequestID: reqctx.NewRequestID()}, "operator.unseal", "error", err.Error()))
+				return nil
+			}
 			return fmt.Errorf("auto-unseal with the %s seal failed: %w", st.Type, err)
 		}
 		if err := s.afterUnseal(ctx, reqctx.Caller{Actor: "system:auto-unseal", RequestID: reqctx.NewRequestID()}); err != nil {
@@ -267,6 +275,7 @@ func (s *Server) Stop() {
 		s.adminLn.Close()
 	}
 	s.sealInternal()
+	s.closeSeal()
 }
 
 // Sealed reports whether the authority is sealed.
@@ -366,7 +375,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	if s.observer != nil {
 		st.recorder = observedRecorder{Recorder: st.recorder, fn: s.observer}
 	}
-	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog))
+	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog), s.kmsHSM())
 	if err != nil {
 		alog.Close()
 		return err

@@ -34,6 +34,27 @@ type Version struct {
 	alg  kmsfmt.Alg
 	aead cipher.AEAD // AlgAES256GCM
 	prk  []byte      // AlgAES256GCMHKDF: HKDF-Extract of the version key
+	ext  External    // AlgAES256GCMHSM: the key is in an HSM
+}
+
+// External is an AEAD whose key is held outside the process (a PKCS#11
+// HSM). Seal picks a fresh nonce and returns nonce || ciphertext || tag;
+// both may fail (the HSM is unreachable). Open reports an authentication
+// failure with an error wrapping ErrAuth.
+type External interface {
+	Seal(plaintext, aad []byte) ([]byte, error)
+	Open(payload, aad []byte) ([]byte, error)
+}
+
+// NewExternalVersion prepares a version whose key is held in an HSM.
+func NewExternalVersion(alg kmsfmt.Alg, x External) (*Version, error) {
+	if alg != kmsfmt.AlgAES256GCMHSM {
+		return nil, fmt.Errorf("algorithm %s keeps its key in ward, not in an HSM", alg)
+	}
+	if x == nil {
+		return nil, errors.New("no HSM key")
+	}
+	return &Version{alg: alg, ext: x}, nil
 }
 
 // NewVersion prepares key material for alg. The key is copied.
@@ -57,6 +78,8 @@ func NewVersion(alg kmsfmt.Alg, key []byte) (*Version, error) {
 			return nil, err
 		}
 		v.prk = prk
+	case kmsfmt.AlgAES256GCMHSM:
+		return nil, fmt.Errorf("algorithm %s keeps its key in an HSM: it has no material in ward", alg)
 	default:
 		return nil, fmt.Errorf("algorithm %s is not supported", alg)
 	}
@@ -84,6 +107,12 @@ func (v *Version) Encrypt(h kmsfmt.Header, plaintext []byte, encCtx map[string]s
 		}
 		out = append(out, salt[:]...)
 		return aead.Seal(out, nil, plaintext, aad), nil
+	case kmsfmt.AlgAES256GCMHSM:
+		ct, err := v.ext.Seal(plaintext, aad)
+		if err != nil {
+			return nil, err
+		}
+		return append(out, ct...), nil
 	}
 	return nil, fmt.Errorf("algorithm %s is not supported", v.alg)
 }
@@ -95,6 +124,13 @@ func (v *Version) Decrypt(h kmsfmt.Header, rawHeader, payload []byte, encCtx map
 		return nil, fmt.Errorf("ciphertext says algorithm %s but key %s version %d uses %s", h.Alg, h.KeyName, h.Version, v.alg)
 	}
 	aad := kmsfmt.AAD(rawHeader, encCtx)
+	if v.ext != nil {
+		pt, err := v.ext.Open(payload, aad)
+		if err != nil && errors.Is(err, ErrAuth) {
+			return nil, ErrAuth
+		}
+		return pt, err
+	}
 	aead := v.aead
 	if v.alg == kmsfmt.AlgAES256GCMHKDF {
 		if len(payload) < saltSize {

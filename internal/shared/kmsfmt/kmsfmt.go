@@ -49,11 +49,16 @@ const (
 	// random nonce; no practical limit on messages per key version.
 	// Payload: salt(32) || nonce(12) || ciphertext || tag(16).
 	AlgAES256GCMHKDF Alg = 2
+	// AlgAES256GCMHSM: AES-256-GCM computed inside a PKCS#11 HSM
+	// (CKM_AES_GCM) with a key that never leaves it, random 96-bit nonce.
+	// Payload: nonce(12) || ciphertext || tag(16).
+	AlgAES256GCMHSM Alg = 3
 )
 
 var algNames = map[Alg]string{
 	AlgAES256GCM:     "aes-256-gcm",
 	AlgAES256GCMHKDF: "aes-256-gcm-hkdf-sha256",
+	AlgAES256GCMHSM:  "aes-256-gcm-hsm",
 }
 
 func (a Alg) String() string {
