@@ -30,6 +30,12 @@ func printStatus(w io.Writer, s *wardv1.SealStatus) {
 			fmt.Fprintf(tw, "Unseal progress:\t%d/%d\n", s.Progress, s.Threshold)
 		}
 	}
+	if s.SealType == "pkcs11" && s.Initialized && s.Shares > 0 {
+		fmt.Fprintf(tw, "Recovery shares / threshold:\t%d / %d\n", s.Shares, s.Threshold)
+		if s.Sealed {
+			fmt.Fprintf(tw, "Recovery progress:\t%d/%d\n", s.Progress, s.Threshold)
+		}
+	}
 	fmt.Fprintf(tw, "Storage backend:\t%s\n", s.StorageBackend)
 	if !s.Sealed {
 		fmt.Fprintf(tw, "Audit log size:\t%d\n", s.AuditSize)
@@ -59,6 +65,16 @@ func operatorCommand() *cobra.Command {
 					fmt.Fprintf(out, "Authority initialised with the %s seal, which unseals itself.\n", r.Status.SealType)
 					return nil
 				}
+				if r.Status.SealType == "pkcs11" {
+					for i, s := range r.Shares {
+						fmt.Fprintf(out, "Recovery share %d: %s\n", i+1, s)
+					}
+					fmt.Fprintf(out, "\nAuthority initialised with the pkcs11 seal: it unseals itself while the HSM is reachable.\n")
+					fmt.Fprintf(out, "These %d recovery shares are shown once and stored nowhere; any %d of them unseal the authority\n", len(r.Shares), threshold)
+					fmt.Fprintf(out, "without the HSM (`ward operator unseal`), so they are as powerful as the HSM key: give each to a\n")
+					fmt.Fprintf(out, "different person and keep them offline (docs/hsm.md).\n")
+					return nil
+				}
 				for i, s := range r.Shares {
 					fmt.Fprintf(out, "Unseal share %d: %s\n", i+1, s)
 				}
@@ -69,8 +85,8 @@ func operatorCommand() *cobra.Command {
 			})
 		},
 	}
-	initCmd.Flags().Uint32Var(&shares, "shares", 5, "number of unseal shares to create")
-	initCmd.Flags().Uint32Var(&threshold, "threshold", 3, "number of shares needed to unseal")
+	initCmd.Flags().Uint32Var(&shares, "shares", 5, "number of unseal shares to create (with the pkcs11 seal: recovery shares; 0 for none)")
+	initCmd.Flags().Uint32Var(&threshold, "threshold", 3, "number of shares needed to unseal (0 with --shares 0)")
 	initCmd.Flags().BoolVar(&asJSON, "json", false, "print the shares as JSON (for automation)")
 
 	var reset bool

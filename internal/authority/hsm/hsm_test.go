@@ -95,7 +95,7 @@ func TestWrongPINAndMissingToken(t *testing.T) {
 	}
 	t.Setenv("WARD_TEST_HSM_PIN", pin)
 	_, err = hsm.Open(hsm.Config{Module: mod, TokenLabel: "no-such-token", PINEnv: "WARD_TEST_HSM_PIN"})
-	if !errors.Is(err, hsm.ErrToken) || !strings.Contains(err.Error(), `no token "no-such-token"`) {
+	if !errors.Is(err, hsm.ErrToken) || !strings.Contains(err.Error(), `has no token labelled "no-such-token"`) {
 		t.Fatalf("missing token: %v", err)
 	}
 	_, err = hsm.Open(hsm.Config{Module: "/nonexistent/libpkcs11.so", TokenLabel: "x", PINEnv: "WARD_TEST_HSM_PIN"})

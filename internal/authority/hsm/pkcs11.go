@@ -132,7 +132,11 @@ func (t *Token) open(pin string) error {
 		}
 	}
 	if !found {
-		return fmt.Errorf("%w: no %s is present (tokens present: %d %v): is the HSM connected and the token initialised? The authority stays sealed; if the token is lost for good, unseal with the recovery shares (docs/hsm.md)", ErrToken, t.cfg, len(labels), labels)
+		want := fmt.Sprintf("token labelled %q", t.cfg.TokenLabel)
+		if t.cfg.Slot != nil {
+			want = fmt.Sprintf("token in slot %d", *t.cfg.Slot)
+		}
+		return fmt.Errorf("%w: PKCS#11 module %s has no %s (tokens present: %d %v): is the HSM connected and the token initialised? The authority stays sealed; if the token is lost for good, unseal with the recovery shares (docs/hsm.md)", ErrToken, t.cfg.Module, want, len(labels), labels)
 	}
 	for i := 0; i < poolSize; i++ {
 		sh, err := t.ctx.OpenSession(t.slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
