@@ -12,6 +12,7 @@ command -v curl >/dev/null 2>&1 || need_pkgs+=(curl ca-certificates)
 command -v testssl >/dev/null 2>&1 || need_pkgs+=(testssl.sh)
 command -v sslscan >/dev/null 2>&1 || need_pkgs+=(sslscan)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2) # PKCS#11 seal tests (docs/hsm.md)
 
 if [ "${WARD_TEST_NO_INSTALL:-0}" != 1 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing test dependencies: ${need_pkgs[*]}"
@@ -59,6 +60,9 @@ GODEBUG=fips140=on go test -count=1 -p 2 ./internal/shared/kmscrypto ./internal/
 status=${PIPESTATUS[0]}
 set -e
 [ "$status" = 0 ] || rc=$status
+
+echo "==> CGO_ENABLED=0 build (scripts/nocgo.sh)"
+bash scripts/nocgo.sh 2>&1 | tee -a "$log" || rc=1
 
 # The real-apiserver tests (test/k8s, its own module). The kube-apiserver
 # binary comes from scripts/kube-apiserver.sh, cached by Kubernetes and Go
