@@ -100,4 +100,26 @@ func TestPKCS11SealRecoveryShares(t *testing.T) {
 	if st, err := m2.SubmitShare(ctx, enc[0]); err != nil || st.Sealed || b.Sealed() {
 		t.Fatalf("recovery unseal: %+v, %v", st, err)
 	}
+
+	// Moving to a new token: a rekey with the recovery shares wraps a new
+	// root key under a wrapping key generated in the new token (and makes
+	// new recovery shares); from then on the authority auto-unseals.
+	softhsm.NewToken(t, "seal-rec", testPIN)
+	rs, err := m2.RekeyStart(ctx, InitOptions{Shares: 3, Threshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := m2.RekeySubmit(ctx, rs.Nonce, enc[1]); err != nil {
+		t.Fatal(err)
+	}
+	_, newShares, err := m2.RekeySubmit(ctx, rs.Nonce, enc[2])
+	if err != nil || len(newShares) != 3 {
+		t.Fatalf("rekey onto the new token: %d shares, %v", len(newShares), err)
+	}
+	m2.Seal(ctx)
+	b3 := barrier.New(raw)
+	m3 := NewManager(raw, b3, pkcs11Seal(t, "seal-rec", ""))
+	if st, err := m3.AutoUnseal(ctx); err != nil || st.Sealed || b3.Sealed() {
+		t.Fatalf("auto-unseal with the new token: %+v, %v", st, err)
+	}
 }
