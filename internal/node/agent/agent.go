@@ -368,7 +368,12 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 		a.mu.Lock()
 		a.evicted = true
 		a.mu.Unlock()
-		a.nextAttest = now
+		if what != "attest" {
+			// Refused as an agent: attest again now. A refused attestation
+			// waits the interval the caller set (retrying at once would
+			// loop on the authority, and for k8s_psat on the apiserver).
+			a.nextAttest = now
+		}
 		how := "attesting again with x509pop"
 		if a.cfg.K8sPSAT != nil {
 			how = "attesting again with the pod's token (refused after an eviction until the agent pod is replaced)"

@@ -43,6 +43,8 @@ type testAuthority struct {
 	agents []spiffeid.ID // the agents entries are registered under
 	// federated, when set, answers Sync's federated_bundles.
 	federated func(names []string) map[string][]byte
+	// psat, when set before start, enables k8s_psat attestation.
+	psat map[string]nodeapi.PSATCluster
 }
 
 // testAgentPath names the agent of every join token (so entries can be
@@ -50,6 +52,12 @@ type testAuthority struct {
 const testAgentPath = "node-1"
 
 func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL time.Duration) *testAuthority {
+	t.Helper()
+	return newTestAuthorityWith(t, td, svidTTL, agentTTL, nil)
+}
+
+// newTestAuthorityWith lets adjust change the authority before it starts.
+func newTestAuthorityWith(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL time.Duration, adjust func(*testAuthority)) *testAuthority {
 	t.Helper()
 	base := authoritytest.New(t, authoritytest.WithTrustDomain(td.Name()), authoritytest.WithCAConfig(func(c *ca.Config) {
 		c.SVIDTTL, c.JWTSVIDTTL = svidTTL, svidTTL
@@ -64,6 +72,9 @@ func newTestAuthority(t testing.TB, td spiffeid.TrustDomain, svidTTL, agentTTL t
 	nodeCA, _ := x509.ParseCertificate(der)
 	a := &testAuthority{Authority: base, t: t, ca: base.CA, nodeCA: nodeCA, nodeCAKey: nk, agentTTL: agentTTL,
 		agents: []spiffeid.ID{spiffeid.RequireFromPath(td, registry.AgentIDPrefix+testAgentPath)}}
+	if adjust != nil {
+		adjust(a)
+	}
 	a.start("127.0.0.1:0")
 	t.Cleanup(a.stop)
 	return a
@@ -73,7 +84,7 @@ func (a *testAuthority) start(addr string) {
 	a.t.Helper()
 	roots := x509.NewCertPool()
 	roots.AddCert(a.nodeCA)
-	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a.Authority, X509PopRoots: roots,
+	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a.Authority, X509PopRoots: roots, PSATClusters: a.psat,
 		AgentSVIDTTL: a.agentTTL, AuditLog: &a.audit, FederatedBundles: func(names []string) map[string][]byte {
 			a.mu.Lock()
 			f := a.federated
