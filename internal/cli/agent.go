@@ -45,5 +45,6 @@ func agentCommand() *cobra.Command {
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the agent configuration (YAML)")
 	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration (not the files it names) and exit")
 	cmd.AddCommand(agentAdminCommands()...) // ward agent list, ward agent evict (identity.go)
+	cmd.AddCommand(agentStatusCommand())    // ward agent status (agentstatus.go)
 	return cmd
 }

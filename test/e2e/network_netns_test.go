@@ -250,6 +250,11 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		return false
 	})
 	t.Logf("a's tunnel table: %d peers, %d handshakes", len(st.Peers), st.Handshakes)
+	table, err := a.nd.Run(wardBin, "agent", "status", "--address", a.ag.health)
+	if err != nil || !strings.Contains(table, "PEER") || !strings.Contains(table, b.id) || !strings.Contains(table, "10.250.2.1/32") {
+		t.Fatalf("ward agent status: %v\n%s", err, table)
+	}
+	t.Logf("ward agent status in a:\n%s", table)
 
 	// 2. Attacks. An intruder with a WireGuard key the authority never
 	// saw, configured with b's real key and endpoint.

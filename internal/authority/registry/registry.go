@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -45,11 +46,15 @@ type Options struct {
 }
 
 // Registry is the store of entries, join tokens and agents. Safe for
-// concurrent use; it keeps no state of its own besides configuration, so
+// concurrent use; it keeps no state of its own besides configuration (and
+// the tunnel watch its watchers share, a cache of the store), so
 // every authority sharing the store sees the same records.
 type Registry struct {
 	st   store.Store
 	opts Options
+
+	hubOnce sync.Once
+	hub     *hub // the tunnel watch every WatchTunnels shares (tunnels.go)
 }
 
 // New returns a registry over st (normally the barrier's store view).

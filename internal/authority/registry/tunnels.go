@@ -5,12 +5,14 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"log/slog"
 	"net"
 	"net/netip"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -214,8 +216,105 @@ func (r *Registry) Tunnels(ctx context.Context, all bool) ([]Tunnel, error) {
 // WatchTunnels calls send with the current tunnels (of current agents), then
 // again whenever they change (a registration, or an agent evicted or
 // attested again), until ctx ends or send fails. Changes come from the
-// store's watch, not a poll.
+// store's watch, not a poll, and one watch (the registry's tunnel hub)
+// serves every watcher: a change is listed once, however many agents
+// follow it.
 func (r *Registry) WatchTunnels(ctx context.Context, send func([]Tunnel) error) error {
+	h := r.tunnelHub()
+	h.subscribe(r)
+	defer h.unsubscribe()
+	var seen uint64
+	for {
+		cur, ver, changed := h.get()
+		if ver != 0 && ver != seen {
+			if err := send(cur); err != nil {
+				return err
+			}
+			seen = ver
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
+}
+
+// hub is the one loop that watches the store for WatchTunnels: it runs
+// while anyone watches, keeps the current list and wakes the watchers
+// when it changes.
+type hub struct {
+	mu      sync.Mutex
+	cur     []Tunnel
+	ver     uint64
+	changed chan struct{}
+	subs    int
+	stop    context.CancelFunc
+}
+
+func (r *Registry) tunnelHub() *hub {
+	r.hubOnce.Do(func() { r.hub = &hub{changed: make(chan struct{})} })
+	return r.hub
+}
+
+func (h *hub) get() ([]Tunnel, uint64, <-chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.cur, h.ver, h.changed
+}
+
+func (h *hub) subscribe(r *Registry) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.subs++
+	if h.stop == nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		h.stop = cancel
+		go h.run(ctx, r)
+	}
+}
+
+func (h *hub) unsubscribe() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.subs--
+	if h.subs == 0 && h.stop != nil {
+		h.stop()
+		h.stop, h.cur, h.ver = nil, nil, 0
+	}
+}
+
+func (h *hub) publish(ctx context.Context, ts []Tunnel) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if ctx.Err() != nil || h.ver != 0 && reflect.DeepEqual(ts, h.cur) {
+		return
+	}
+	h.cur, h.ver = ts, h.ver+1
+	close(h.changed)
+	h.changed = make(chan struct{})
+}
+
+// run watches until ctx ends, starting over (bounded backoff) when the
+// store's watch ends or a listing fails: watchers keep the last list.
+func (h *hub) run(ctx context.Context, r *Registry) {
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		err := h.watchOnce(ctx, r)
+		if ctx.Err() != nil {
+			return
+		}
+		slog.Warn("registry: watching tunnels failed; starting over", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+}
+
+func (h *hub) watchOnce(ctx context.Context, r *Registry) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	tw, err := r.st.Watch(ctx, tunnelPrefix)
@@ -226,19 +325,12 @@ func (r *Registry) WatchTunnels(ctx context.Context, send func([]Tunnel) error) 
 	if err != nil {
 		return storeErr("watching agents", err)
 	}
-	var last []Tunnel
-	first := true
 	for {
 		cur, err := r.Tunnels(ctx, false)
 		if err != nil {
 			return err
 		}
-		if first || !reflect.DeepEqual(cur, last) {
-			if err := send(cur); err != nil {
-				return err
-			}
-			first, last = false, cur
-		}
+		h.publish(ctx, cur)
 		select {
 		case <-ctx.Done():
 			return nil

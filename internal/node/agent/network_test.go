@@ -1,0 +1,80 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wardproject/ward/internal/node/wgnet"
+)
+
+func TestParseNetworkConfig(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig + "network:\n  address: 10.250.1.1\n  subnets: [10.250.1.0/24]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := c.Network
+	if n.Interface != "ward0" || n.ListenPort != 51820 || n.MTU != 1420 || time.Duration(n.RotationPeriod) != 24*time.Hour ||
+		time.Duration(n.RotationOverlap) != 2*time.Second || len(n.own) != 2 || n.own[0].String() != "10.250.1.1/32" {
+		t.Fatalf("defaults: %+v", n)
+	}
+	for _, tc := range []struct{ yaml, want string }{
+		{"network:\n  subnets: [10.250.1.0/24]\n", "address"},
+		{"network:\n  address: node-1\n", "address"},
+		{"network:\n  address: 10.250.1.1\n  subnets: [0.0.0.0/0]\n", "everything"},
+		{"network:\n  address: 10.250.1.1\n  strict: true\n", "strict_cidrs"},
+		{"network:\n  address: 10.250.1.1\n  strict_cidrs: [10.250.0.0/16]\n", "strict is false"},
+		{"network:\n  address: 10.250.1.1\n  strict: true\n  strict_cidrs: [0.0.0.0/0]\n", "authority included"},
+		{"network:\n  address: 10.250.1.1\n  rotation_period: 1s\n", "rotation_period"},
+		{"network:\n  address: 10.250.1.1\n  rotation_period: 10s\n  rotation_overlap: 6s\n", "rotation_overlap"},
+		{"network:\n  address: 10.250.1.1\n  endpoint: node-1:51820\n", "endpoint"},
+		{"network:\n  address: 10.250.1.1\n  interface: a-very-long-interface-name\n", "15 bytes"},
+		{"network:\n  address: 10.250.1.1\n  listen_port: 70000\n", "listen_port"},
+		{"network:\n  address: 10.250.1.1\n  federated: true\n", "federated"},
+	} {
+		if _, err := ParseConfig([]byte(goodConfig + tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%q: got %v, want an error naming %q", tc.yaml, err, tc.want)
+		}
+	}
+}
+
+// TestWireGuardKeySealed: the private key is kept only sealed under the
+// cache key (never in clear on disk), survives a restart, and a damaged
+// file is refused rather than silently replaced.
+func TestWireGuardKeySealed(t *testing.T) {
+	dir := t.TempDir()
+	dc, err := openDiskCache(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cache: dc, now: time.Now}
+	ks, err := a.loadWGKeys()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, wgKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := os.Stat(filepath.Join(dir, wgKeyFile)); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", fi.Mode().Perm())
+	}
+	if strings.Contains(string(raw), string(ks.Current)) {
+		t.Fatal("the private key is on disk in clear")
+	}
+	again, err := a.loadWGKeys()
+	if err != nil || string(again.Current) != string(ks.Current) {
+		t.Fatalf("reloaded %v, %v", again, err)
+	}
+	k, _ := wgnet.KeyFrom(ks.Current)
+	if k.Public() == (wgnet.Key{}) || k.Public() == k {
+		t.Fatal("public key derivation")
+	}
+	raw[len(raw)-1] ^= 1
+	os.WriteFile(filepath.Join(dir, wgKeyFile), raw, 0o600)
+	if _, err := a.loadWGKeys(); err == nil {
+		t.Fatal("a damaged key file was accepted")
+	}
+}
