@@ -153,3 +153,41 @@ func TestPINFilePermissions(t *testing.T) {
 		t.Fatalf("file owned by another uid: %v", err)
 	}
 }
+
+// FuzzOpen: a KMS ciphertext's payload is untrusted input that reaches
+// C_Decrypt in the HSM. Whatever it is, Open must not crash and must refuse
+// it as an authentication failure (it was not made by this key).
+func FuzzOpen(f *testing.F) {
+	mod := softhsm.Use(f)
+	softhsm.NewToken(f, "hsm-fuzz", pin)
+	f.Setenv("WARD_TEST_HSM_PIN", pin)
+	tok, err := hsm.Open(hsm.Config{Module: mod, TokenLabel: "hsm-fuzz", PINEnv: "WARD_TEST_HSM_PIN"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Cleanup(func() { tok.Close() })
+	if err := tok.GenerateKey("fuzz"); err != nil {
+		f.Fatal(err)
+	}
+	k, err := tok.Key("fuzz")
+	if err != nil {
+		f.Fatal(err)
+	}
+	good, _ := k.Seal([]byte("data key"), []byte("aad"))
+	f.Add(good, []byte("aad"))
+	f.Add([]byte{}, []byte{})
+	f.Add(make([]byte, 28), []byte("aad"))
+	f.Add(append(good[:len(good)-1:len(good)-1], good[len(good)-1]^1), []byte("aad"))
+	f.Fuzz(func(t *testing.T, payload, aad []byte) {
+		pt, err := k.Open(payload, aad)
+		if err == nil {
+			if !bytes.Equal(payload, good) || string(aad) != "aad" || string(pt) != "data key" {
+				t.Fatalf("Open accepted a payload it did not make: %x", payload)
+			}
+			return
+		}
+		if !errors.Is(err, hsm.ErrAuth) {
+			t.Fatalf("Open(%x): %v, want an authentication failure", payload, err)
+		}
+	})
+}
