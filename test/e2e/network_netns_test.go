@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -10,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -179,7 +181,11 @@ func (l *linkWatch) counts() (markers, clear, intruderC, wgUDP, wgFromX int) {
 //     dropped, not sent in clear.
 //  3. Node a rotates its key (rotation_period 10s) under a running
 //     stream: the stream survives, b learns a's new key.
-//  4. Evicting node c: every peer drops c's key (pushed), c's open
+//  4. Defense in depth: a `ward proxy` pair (a's client to b's api)
+//     carries mTLS over the tunnel: b's proxy decides with the client's
+//     SPIFFE ID, a capture on b's WireGuard interface shows only TLS
+//     records inside the tunnel, the link only WireGuard UDP.
+//  5. Evicting node c: every peer drops c's key (pushed), c's open
 //     connection and new ones stop.
 func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 	if testing.Short() {
@@ -352,7 +358,10 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 	})
 	t.Logf("stream of %d KiB survived a's key rotation", streamed.Load()>>10)
 
-	// 4. Evict c: its key leaves every peer, its traffic stops.
+	// 4. Defense in depth: a ward proxy pair carries mTLS over the tunnel.
+	defenseInDepth(t, cl, a, b, marker, lw)
+
+	// 5. Evict c: its key leaves every peer, its traffic stops.
 	cc, err := dialTimeout(c.nd, echo, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -384,4 +393,94 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		t.Fatal("no WireGuard UDP on the link: the capture proves nothing")
 	}
 	t.Logf("shared link: %d WireGuard UDP packets, no marker, no overlay packet of a ward node in clear", wgUDP)
+}
+
+// defenseInDepth runs a ward proxy pair between a and b over the tunnel
+// and checks both layers: mTLS inside (b's access log names a's client;
+// on b's WireGuard interface the proxied connection is TLS records only),
+// WireGuard outside (the link sees no TCP of the overlay, no marker).
+func defenseInDepth(t *testing.T, cl *cluster, a, b *wgNode, marker []byte, lw *linkWatch) {
+	t.Helper()
+	uid := fmt.Sprintf("unix:uid:%d", os.Getuid())
+	clientID, apiID := "spiffe://wg.example/client", "spiffe://wg.example/api"
+	cl.ward(t, "entry", "create", "--spiffe-id", clientID, "--parent", a.id, "--selector", uid)
+	cl.ward(t, "entry", "create", "--spiffe-id", apiID, "--parent", b.id, "--selector", uid)
+	dir := publicDir(t)
+	pol := filepath.Join(dir, "p.cedar")
+	os.WriteFile(pol, []byte(`permit(principal, action == Action::"connect", resource == Service::"api") when { principal.path == "/client" };`), 0o600)
+	cl.ward(t, "policy", "apply", pol)
+	const inboundPort = 9443
+	inbound := fmt.Sprintf("%s:%d", b.overlay, inboundPort)
+	policySock := func(w *wgNode) string { return filepath.Join(filepath.Dir(w.ag.socket), "policy.sock") }
+	logB := crossProxy(t, b.nd, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+allow_non_loopback: true
+access_log: stdout
+inbound:
+  - name: api
+    listen: %s
+    forward: %s
+`, b.ag.socket, policySock(b), inbound, echoServer(t, filepath.Join(dir, "b-app.sock"))))
+	outbound := filepath.Join(dir, "to-api.sock")
+	logA := crossProxy(t, a.nd, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+access_log: stdout
+outbound:
+  - name: to-api
+    listen: unix://%s
+    remote: %s
+    server_id: %s
+`, a.ag.socket, policySock(a), outbound, inbound, apiID))
+	inside := b.nd.Capture(t) // every interface of b, ward0 included
+	msg := string(marker) + " through both layers"
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		c, err := net.DialTimeout("unix", outbound, 5*time.Second)
+		if err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			fmt.Fprintf(c, "%s\n", msg)
+			line, rerr := bufio.NewReader(c).ReadString('\n')
+			c.Close()
+			if rerr == nil && line == "echo "+msg+"\n" {
+				break
+			}
+			err = fmt.Errorf("reply %q: %v", line, rerr)
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no round trip through the proxy pair over the tunnel: %v\nproxy a:\n%s\nproxy b:\n%s", err, tail(logA.String(), 2000), tail(logB.String(), 2000))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	waitUntil(t, "b's access log line", func() bool { return strings.Contains(logB.String(), `"peer_id":"`+clientID+`"`) })
+	if !strings.Contains(logB.String(), `"decision":"allow"`) {
+		t.Fatalf("b's proxy did not decide allow for a's client:\n%s", tail(logB.String(), 2000))
+	}
+	time.Sleep(300 * time.Millisecond)
+	inside.Stop()
+	checked := 0
+	for _, f := range inside.Flows() {
+		if f.Dst.Port != inboundPort && f.Src.Port != inboundPort || len(f.Payload) == 0 {
+			continue
+		}
+		if bytes.Contains(f.Payload, marker) {
+			t.Fatalf("the application's bytes crossed %s -> %s in clear inside the tunnel", f.Src, f.Dst)
+		}
+		if !f.SYN {
+			continue
+		}
+		if err := onlyTLSAfterHello(f.Payload, f.Dst.Port == inboundPort); err != nil {
+			t.Fatalf("%s -> %s inside the tunnel: %v", f.Src, f.Dst, err)
+		}
+		if !strings.HasPrefix(f.Src.String(), "10.250.") || !strings.HasPrefix(f.Dst.String(), "10.250.") {
+			t.Fatalf("the proxied connection %s -> %s is not between overlay addresses", f.Src, f.Dst)
+		}
+		checked++
+	}
+	if checked < 2 {
+		t.Fatalf("captured too little inside the tunnel to prove anything (%d directions)", checked)
+	}
+	if markers, clear, _, _, _ := lw.counts(); markers != 0 || clear != 0 {
+		t.Fatalf("on the link: %d packets with the marker, %d overlay packets in clear", markers, clear)
+	}
+	t.Logf("defense in depth: %d TLS directions between overlay addresses inside the tunnel, b decided allow for %s; on the link only WireGuard", checked, clientID)
 }

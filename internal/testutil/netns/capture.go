@@ -82,8 +82,9 @@ type flowState struct {
 }
 
 // Capture records the IPv4 TCP segments of every interface of a
-// namespace (an AF_PACKET socket, as tcpdump -i any would), for tests that
-// must show what crosses a link.
+// namespace (an AF_PACKET socket, as tcpdump -i any would; Ethernet
+// interfaces and TUN devices), for tests that must show what crosses a
+// link.
 type Capture struct {
 	fd    int
 	mu    sync.Mutex
@@ -142,20 +143,28 @@ func (c *Capture) run() {
 			return
 		default:
 		}
-		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		n, from, err := unix.Recvfrom(c.fd, buf, 0)
 		if err != nil || n < 14 {
+			continue
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Hatype == unix.ARPHRD_NONE {
+			c.packet(buf[:n]) // a TUN device (WireGuard): IP packets, no link header
 			continue
 		}
 		c.frame(buf[:n])
 	}
 }
 
-// frame records one Ethernet frame carrying IPv4 TCP.
+// frame records one Ethernet frame carrying IPv4.
 func (c *Capture) frame(b []byte) {
 	if binary.BigEndian.Uint16(b[12:14]) != 0x0800 {
 		return
 	}
-	ip := b[14:]
+	c.packet(b[14:])
+}
+
+// packet records one IPv4 packet, and its segment if it is TCP.
+func (c *Capture) packet(ip []byte) {
 	if len(ip) < 20 || ip[0]>>4 != 4 {
 		return
 	}
