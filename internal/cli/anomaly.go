@@ -8,7 +8,9 @@ import (
 	"io"
 	"log/slog"
 	"strconv"
+	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -18,6 +20,7 @@ import (
 	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/dashboard"
 	"github.com/wardproject/ward/internal/authority/server"
 	"github.com/wardproject/ward/internal/governance/anomaly"
 	"github.com/wardproject/ward/internal/shared/reqctx"
@@ -53,6 +56,8 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 		return func() {}, nil
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	recent := &alertRing{}
+	srv.SetDashboardExtras(dashboard.Extras{Anomalies: recent.list})
 	d, err := anomaly.New(anomalyConfig(cfg),
 		anomaly.WithClassifier(func(key string) string { return srv.KeyClassification(ctx, key) }),
 		anomaly.WithPrimer(func(ctx context.Context, _ time.Time, prime func(anomaly.Event)) error {
@@ -61,6 +66,9 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 				n = 100000
 			}
 			return srv.ReadRecentAudit(ctx, n, func(ev audit.Event) {
+				if ev.Operation == anomaly.Operation && ev.Actor == anomalyActor {
+					recent.add(alertFromEvent(ev))
+				}
 				for _, e := range anomalyEvents(ev) {
 					prime(e)
 				}
@@ -68,6 +76,7 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 		}),
 		anomaly.WithSink(func(ctx context.Context, a anomaly.Alert) {
 			log.Warn("anomaly alert", "kind", a.Kind, "caller", a.Caller, "key", a.Key, "detail", a.Detail)
+			recent.add(a)
 			if err := srv.RecordEvent(ctx, alertEvent(a)); err != nil {
 				log.Error("could not audit an anomaly alert", "err", err, "kind", a.Kind)
 			}
@@ -90,6 +99,35 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
 	return func() { cancel(); <-done }, nil
+}
+
+// alertRing keeps the newest alerts for the dashboard.
+type alertRing struct {
+	mu     sync.Mutex
+	alerts []anomaly.Alert
+}
+
+const alertRingSize = 100
+
+func (r *alertRing) add(a anomaly.Alert) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.alerts) >= alertRingSize {
+		r.alerts = slices.Delete(r.alerts, 0, len(r.alerts)-alertRingSize+1)
+	}
+	r.alerts = append(r.alerts, a)
+}
+
+// list returns the alerts newest first, in the dashboard's form.
+func (r *alertRing) list() []dashboard.Alert {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]dashboard.Alert, 0, len(r.alerts))
+	for i := len(r.alerts) - 1; i >= 0; i-- {
+		a := r.alerts[i]
+		out = append(out, dashboard.Alert{Time: a.Time.UTC(), Kind: a.Kind, Caller: a.Caller, Key: a.Key, Detail: a.Detail})
+	}
+	return out
 }
 
 // anomalyEvents is what the detector reads of a committed audit event: one

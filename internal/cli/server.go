@@ -145,6 +145,7 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain, meshDir string) error {
 		KMS:         config.KMS{RotationCheckInterval: yamlconf.Duration(time.Minute)},
 		Identity:    config.Identity{NodeAPIAddress: "127.0.0.1:0"},
 		Federation:  config.Federation{BundleEndpoint: config.BundleEndpoint{Address: "127.0.0.1:0"}},
+		Dashboard:   config.Dashboard{Address: "127.0.0.1:0", TokenFile: filepath.Join(dir, "dashboard.token"), RefreshInterval: yamlconf.Duration(time.Second)},
 	}
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
@@ -176,6 +177,7 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain, meshDir string) error {
 		fmt.Fprintf(&b, "  metrics:       http://%s/metrics   (/healthz, /readyz)\n", srv.HTTPAddress())
 		fmt.Fprintf(&b, "  node API:      %s   (agents: server_address; server ID spiffe://%s/ward/server)\n", srv.NodeAPIAddress(), cfg.TrustDomain)
 		fmt.Fprintf(&b, "  bundle:        https://%s   (SPIFFE bundle endpoint, https_spiffe; for `ward federation add`)\n", srv.BundleEndpointAddress())
+		fmt.Fprintf(&b, "  dashboard:     http://%s/   (log in with the token in %s)\n", srv.DashboardAddress(), srv.DashboardTokenFile())
 		fmt.Fprintf(&b, "  data:          %s (%s)\n\n", dir, where)
 		fmt.Fprintf(&b, "Point the CLI at it (paste into another shell):\n\n    export WARD_ADDRESS=%s\n\n", srv.AdminAddress())
 		if m != nil {

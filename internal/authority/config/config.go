@@ -43,6 +43,9 @@ type Server struct {
 	// Anomaly configures the anomaly alerts on key access (anomaly.go,
 	// docs/anomaly.md).
 	Anomaly Anomaly `yaml:"anomaly"`
+	// Dashboard configures the read-only web dashboard (dashboard.go,
+	// docs/dashboard.md); off unless dashboard.address is set.
+	Dashboard Dashboard `yaml:"dashboard"`
 }
 
 // Storage selects the backend.
@@ -153,6 +156,7 @@ func (c *Server) defaults() {
 		c.LogLevel = "info"
 	}
 	c.Identity.defaults(c)
+	c.Dashboard.defaults(c.DataDir)
 }
 
 // Validate checks the configuration as a whole.
@@ -230,6 +234,9 @@ func (c *Server) Validate() error {
 	if err := c.Anomaly.validate(table.Names()); err != nil {
 		return err
 	}
+	if err := c.Dashboard.validate(); err != nil {
+		return err
+	}
 	if err := c.Identity.validate(); err != nil {
 		return err
 	}
@@ -252,6 +259,7 @@ func (c *Server) checkListenerClash() error {
 		{"identity.node_api_address", c.Identity.NodeAPIAddress},
 		{"federation.bundle_endpoint.address", be.Address},
 		{"federation.bundle_endpoint.web_address", be.WebAddress},
+		{"dashboard.address", c.Dashboard.Address},
 	}
 	for i := range ls {
 		for j := i + 1; j < len(ls); j++ {

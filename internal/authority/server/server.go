@@ -31,6 +31,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/config"
+	"github.com/wardproject/ward/internal/authority/dashboard"
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/policystore"
@@ -82,6 +83,14 @@ type Server struct {
 
 	leaderHook  func(context.Context) // a job only the leader runs (SetLeaderJob)
 	leaderships atomic.Uint64         // times this authority became leader
+
+	// the dashboard (dashboard.go), when dashboard.address is set
+	dash       *http.Server
+	dashLn     net.Listener
+	dashExtras dashboard.Extras
+	dashMu     sync.Mutex
+	entries    int // entry count, cached
+	entriesAt  time.Time
 }
 
 type unsealedState struct {
@@ -178,6 +187,13 @@ func (s *Server) Start(ctx context.Context) error {
 			}
 		}()
 	}
+	if err := s.startDashboard(); err != nil {
+		s.grpc.Stop()
+		if s.http != nil {
+			s.http.Close()
+		}
+		return err
+	}
 	st, err := s.seals.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("reading the seal configuration: %w", err)
@@ -254,6 +270,7 @@ func (s *Server) Wait(ctx context.Context) error {
 
 // Stop seals (wiping keys from memory) and shuts down gracefully.
 func (s *Server) Stop() {
+	s.stopDashboard()
 	if s.http != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		s.http.Shutdown(ctx)
