@@ -13,6 +13,7 @@ command -v testssl >/dev/null 2>&1 || need_pkgs+=(testssl.sh)
 command -v sslscan >/dev/null 2>&1 || need_pkgs+=(sslscan)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2) # PKCS#11 seal tests (docs/hsm.md)
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium) # the dashboard test (internal/cli, chromedp)
 
 if [ "${WARD_TEST_NO_INSTALL:-0}" != 1 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
   echo "==> installing test dependencies: ${need_pkgs[*]}"

@@ -117,3 +117,40 @@ func TestRejectsBadPathsAndAddresses(t *testing.T) {
 		}
 	}
 }
+
+func TestDashboardConfig(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /var/lib/ward\n"
+	c, err := Parse([]byte(base))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dashboard.Address != "" {
+		t.Fatalf("the dashboard is on by default: %+v", c.Dashboard)
+	}
+	c, err = Parse([]byte(base + "dashboard:\n  address: 127.0.0.1:8300\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dashboard.TokenFile != "/var/lib/ward/dashboard.token" || c.Dashboard.RefreshInterval == 0 {
+		t.Fatalf("defaults: %+v", c.Dashboard)
+	}
+	for _, bad := range []string{
+		"dashboard:\n  address: 0.0.0.0:8300\n",
+		"dashboard:\n  address: :8300\n",
+		"dashboard:\n  address: 10.1.2.3:8300\n",
+		"dashboard:\n  address: example.org:8300\n",
+		"dashboard:\n  address: 127.0.0.1\n",
+		"dashboard:\n  address: 127.0.0.1:8300\n  token_file: relative/token\n",
+		"dashboard:\n  address: 127.0.0.1:8300\n  refresh_interval: 1ms\n",
+		"http_address: 127.0.0.1:8300\ndashboard:\n  address: 127.0.0.1:8300\n",
+	} {
+		if _, err := Parse([]byte(base + bad)); err == nil {
+			t.Errorf("accepted:\n%s", bad)
+		}
+	}
+	for _, good := range []string{"[::1]:8300", "localhost:8300", "127.0.0.2:0"} {
+		if _, err := Parse([]byte(base + "dashboard:\n  address: \"" + good + "\"\n")); err != nil {
+			t.Errorf("%s: %v", good, err)
+		}
+	}
+}

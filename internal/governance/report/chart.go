@@ -47,7 +47,7 @@ const (
 
 // barChart lays out rows of stacked segments scaled to the largest total.
 func barChart(title string, labels []string, values [][]SegmentValue, valueText []string) Chart {
-	c := Chart{Title: title, Width: chartLabelW + chartBarW + 110}
+	c := Chart{Title: title, Width: chartLabelW + chartBarW + 200}
 	var maxTotal float64
 	for _, row := range values {
 		var t float64
