@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -18,9 +19,12 @@ import (
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/dashboard"
 	"github.com/wardproject/ward/internal/authority/server"
+	"github.com/wardproject/ward/internal/governance/drift"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -81,6 +85,7 @@ func TestDashboardInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv.SetDriftEvaluator(drift.Evaluate, 0) // as runServer wires it
 	stopAnomaly, err := wireAnomaly(srv, cfg.Anomaly, logger)
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +110,17 @@ func TestDashboardInChromium(t *testing.T) {
 	os.WriteFile(pol, []byte(`permit(principal, action, resource);`), 0o600)
 	// A comment is free text from the operator: it must render as text.
 	must("policy", "apply", pol, "--message", `<img src=x onerror="window.__xss=1">first`)
+	// A declared posture the registered entry breaks: one drift finding.
+	must("entry", "create", "--spiffe-id", "spiffe://dash.example.org/payments", "--parent", "spiffe://dash.example.org/ward/agent/node-1",
+		"--selector", "unix:uid:1000", "--ttl", "2h")
+	c, err := client.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Posture.SetPosture(ctx, &wardv1.SetPostureRequest{File: []byte("defaults:\n  max_svid_ttl: 1h\n")}); err != nil {
+		t.Fatal(err)
+	}
 	tok, err := os.ReadFile(srv.DashboardTokenFile())
 	if err != nil {
 		t.Fatal(err)
@@ -206,16 +222,30 @@ func TestDashboardInChromium(t *testing.T) {
 			must("revoke", "--spiffe-id", "spiffe://dash.example.org/stolen")
 			waitFor("the revocation", `document.querySelector("#denylist").textContent.includes("spiffe://dash.example.org/stolen")`)
 		case "governance":
-			waitFor("drift state", `document.querySelector("#drift-off, #drift") !== null`)
+			waitFor("the drift finding", `document.querySelector("#drift") !== null && document.querySelector("#drift").textContent.includes("max_ttl")`)
 		}
 		shot(p.Name)
 	}
 	var xss bool
-	c, cancel := context.WithTimeout(bctx, 10*time.Second)
-	xss, err = chromedp.Run(c, chromedp.Evaluate[bool](`window.__xss === 1 || document.querySelector("main img") !== null`))
+	cx, cancel := context.WithTimeout(bctx, 10*time.Second)
+	xss, err = chromedp.Run(cx, chromedp.Evaluate[bool](`window.__xss === 1 || document.querySelector("main img") !== null`))
 	cancel()
 	if err != nil || xss {
 		t.Errorf("the policy comment ran as markup (xss %v, err %v)", xss, err)
+	}
+	// ward report reads the same drift evaluation.
+	out, err := ward(t, addr, "report", "--format", "json", "--no-verify")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep struct {
+		Drift struct {
+			Configured bool
+			Findings   []struct{ Rule, Object string }
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || !rep.Drift.Configured || len(rep.Drift.Findings) != 1 || rep.Drift.Findings[0].Rule != "svid.max_ttl" {
+		t.Errorf("report drift: %v %+v", err, rep.Drift)
 	}
 	mu.Lock()
 	defer mu.Unlock()

@@ -2,14 +2,17 @@ package cli
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,6 +27,8 @@ import (
 	"github.com/wardproject/ward/internal/governance/report"
 	"github.com/wardproject/ward/internal/shared/atomicfile"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/posture"
+	"github.com/wardproject/ward/internal/shared/telemetry"
 )
 
 func init() {
@@ -156,7 +161,65 @@ func reportInput(ctx context.Context, c *client.Client, verify bool, stateDir st
 	if err := reportAudit(ctx, c, &in, verify, stateDir); err != nil {
 		return in, err
 	}
+	if err := reportDrift(ctx, c, &in); err != nil {
+		return in, err
+	}
 	return in, nil
+}
+
+// reportDrift reads the authority's latest drift evaluation: its findings
+// (when a posture is declared) and the nodes' telemetry it evaluated
+// (connections with and without mTLS, for coverage). An authority without
+// drift evaluation wired in leaves both out: the report says so.
+func reportDrift(ctx context.Context, c *client.Client, in *report.Input) error {
+	d, err := c.Posture.GetDrift(ctx, &wardv1.GetDriftRequest{Latest: true})
+	if code := status.Code(err); code == codes.FailedPrecondition || code == codes.Unimplemented {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	var rep posture.Report
+	if err := json.Unmarshal(d.Report, &rep); err != nil {
+		return fmt.Errorf("the authority's drift report: %w", err)
+	}
+	var st posture.State
+	if err := json.Unmarshal(d.State, &st); err != nil {
+		return fmt.Errorf("the state of the authority's drift report: %w", err)
+	}
+	if rep.PostureVersion > 0 {
+		in.Drift = &report.Drift{Source: fmt.Sprintf("Posture.GetDrift: posture version %d (%s), evaluated %s", rep.PostureVersion, cmp.Or(rep.Scope, "defaults"), rep.Evaluated),
+			Findings: []report.Finding{}}
+		fs := slices.Clone(rep.Findings)
+		slices.SortStableFunc(fs, func(a, b posture.Finding) int { return cmp.Compare(b.Severity, a.Severity) })
+		for _, f := range fs {
+			in.Drift.Findings = append(in.Drift.Findings, report.Finding{Severity: f.Severity.String(), Object: f.Object, Rule: f.Rule,
+				Evidence: f.Evidence + " (" + f.Source + ")", Fix: f.Fix})
+		}
+	}
+	in.Coverage = append(in.Coverage, telemetryCoverage(st.Nodes)...)
+	return nil
+}
+
+// telemetryCoverage is what each node's processes reported.
+func telemetryCoverage(nodes []telemetry.NodeReport) []report.Coverage {
+	var out []report.Coverage
+	for _, n := range nodes {
+		for _, p := range n.Processes {
+			if p.Kind == telemetry.KindGateway {
+				continue // it splices TLS it does not terminate: the inbound proxy behind it counts those connections
+			}
+			cv := report.Coverage{Source: fmt.Sprintf("%s %s on %s", p.Kind, p.Name, n.Node), MTLS: p.MTLS, Plaintext: p.Plain,
+				TLS13: p.TLSVersions["1.3"], Evidence: fmt.Sprintf("telemetry received %s", n.Received.UTC().Format(time.RFC3339))}
+			for g, k := range p.Groups {
+				if strings.Contains(strings.ToUpper(g), "MLKEM") {
+					cv.PQ += k
+				}
+			}
+			cv.TLS13, cv.PQ = min(cv.TLS13, cv.MTLS+cv.Plaintext), min(cv.PQ, cv.MTLS+cv.Plaintext)
+			out = append(out, cv)
+		}
+	}
+	return out
 }
 
 func isFailedPrecondition(err error) bool {

@@ -122,8 +122,12 @@ type Decision struct {
 
 // Drift is what drift detection found, or that it is not configured.
 type Drift struct {
-	Configured bool      `json:"configured"`
-	Findings   []Finding `json:"findings"`
+	Configured     bool      `json:"configured"`
+	PostureVersion uint64    `json:"posture_version,omitempty"`
+	Evaluated      string    `json:"evaluated,omitempty"`
+	Findings       []Finding `json:"findings"`
+	// Total counts every finding (Findings holds the worst 200).
+	Total int `json:"total"`
 }
 
 // Finding is one drift finding.

@@ -21,6 +21,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/dashboard"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/atomicfile"
+	"github.com/wardproject/ward/internal/shared/posture"
 )
 
 // maxDashboardKeys bounds the keys one snapshot lists (the most urgent
@@ -173,7 +174,20 @@ func (s *Server) dashboardState(ctx context.Context) dashboard.State {
 			if out.Drift.Findings == nil {
 				out.Drift.Findings = []dashboard.Finding{}
 			}
+			out.Drift.Total = max(out.Drift.Total, len(out.Drift.Findings))
 		}
+	} else if rep, ok := s.Drift(); ok && rep.PostureVersion > 0 {
+		// the authority's own continuous evaluation (drift.go); without a
+		// declared posture there is nothing to drift from
+		out.Drift.Configured = true
+		out.Drift.PostureVersion, out.Drift.Evaluated = rep.PostureVersion, rep.Evaluated
+		fs := slices.Clone(rep.Findings)
+		slices.SortStableFunc(fs, func(a, b posture.Finding) int { return cmp.Compare(b.Severity, a.Severity) })
+		for _, f := range fs[:min(len(fs), 200)] {
+			out.Drift.Findings = append(out.Drift.Findings, dashboard.Finding{Severity: f.Severity.String(), Object: f.Object, Rule: f.Rule,
+				Evidence: f.Evidence, Fix: f.Fix})
+		}
+		out.Drift.Total = len(fs)
 	}
 	st, err := s.state()
 	if err != nil {
@@ -314,6 +328,14 @@ func (s *Server) decisionCounts() []dashboard.Decision {
 	}
 	if x := s.dashExtras; x.Decisions != nil {
 		out = append(out, x.Decisions()...)
+	}
+	// denials the proxies and gateways reported through their agents
+	for _, n := range s.Telemetry() {
+		for _, p := range n.Processes {
+			if p.Denials > 0 || p.MTLS > 0 {
+				out = append(out, dashboard.Decision{Source: p.Kind + " " + p.Name + " on " + n.Node, Action: "connect", Result: "deny", Count: p.Denials})
+			}
+		}
 	}
 	return out
 }

@@ -230,7 +230,7 @@ func coverage(srcs []Coverage) CoverageSection {
 		c.Note = "no connections seen yet by the reporters"
 	default:
 		c.Percent = 100 * float64(c.MTLS) / float64(c.MTLS+c.Plaintext)
-		c.Note = "connections through ward proxies use mTLS by construction; connections that bypass the mesh are counted only by reporters that see them"
+		c.Note = "counted by ward proxies (their metrics, or their telemetry through the agents): plaintext is what a reporter accepted without a client certificate; connections that bypass every reporter are not counted"
 	}
 	return c
 }

@@ -77,7 +77,7 @@ const pages = {
       card("Keys", String(s.key_count), s.keys_overdue + " overdue for rotation", s.keys_overdue ? "fail" : "ok"),
       card("Agents", String(s.agent_count), s.entries + " registration entries", "ok"),
       card("Policy", s.policy.current ? "v" + s.policy.current : "none", s.policy.deny_list.length + " on the deny-list", s.policy.current ? "ok" : "warn"),
-      card("Drift", s.drift.configured ? String(s.drift.findings.length) : "not configured", s.drift.configured ? "findings" : "no posture declared", s.drift.configured ? (s.drift.findings.length ? "warn" : "ok") : ""),
+      card("Drift", s.drift.configured ? String(s.drift.total) : "not configured", s.drift.configured ? "findings, posture v" + s.drift.posture_version : "no posture declared", s.drift.configured ? (s.drift.total ? "warn" : "ok") : ""),
       card("Anomalies", String(s.anomalies.length), "recent alerts", s.anomalies.length ? "warn" : "ok"),
       card("Storage", h.storage, "identity " + (h.identity_active ? "running" : "off"), "")));
     if (h.warnings && h.warnings.length) out.push(section("Warnings", el("ul", {}, h.warnings.map(w => el("li", {}, w)))));
@@ -129,10 +129,13 @@ const pages = {
   },
   governance(s) {
     const d = s.drift;
+    const sev = v => (v === "critical" || v === "high") ? "fail" : v === "medium" ? "warn" : "";
     return [
       section("Drift", d.configured
-        ? table("drift", ["Severity", "Object", "Rule", "Evidence", "Fix"], d.findings.map(f => [badge(f.severity, f.severity === "fail" || f.severity === "high" ? "fail" : "warn"), f.object, f.rule, f.evidence, f.fix]))
-        : el("p", { class: "muted", id: "drift-off" }, "drift: not configured (no declared posture to compare with)")),
+        ? [el("p", { class: "muted" }, "Posture version " + d.posture_version + ", evaluated " + ts(d.evaluated) + ": " + d.total + " finding(s)" + (d.findings.length < d.total ? " (the " + d.findings.length + " worst shown)" : "") + "."),
+           table("drift", ["Severity", "Object", "Rule", "Evidence", "Fix"], d.findings.map(f => [badge(f.severity, sev(f.severity)), f.object, f.rule, f.evidence, f.fix]),
+             d.findings.map(f => f.object + "|" + f.rule))]
+        : el("p", { class: "muted", id: "drift-off" }, "drift: not configured (no posture declared: see docs/governance.md)")),
       section("Anomaly alerts", table("anomalies", ["Time", "Kind", "Caller", "Key", "Detail"],
         s.anomalies.map(a => [ts(a.time), badge(a.kind, "warn"), a.caller, a.key || "", a.detail]), s.anomalies.map(a => a.time + a.kind + a.caller))),
       sealedNotice(s),
