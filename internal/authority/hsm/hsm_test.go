@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -190,4 +191,41 @@ func FuzzOpen(f *testing.F) {
 			t.Fatalf("Open(%x): %v, want an authentication failure", payload, err)
 		}
 	})
+}
+
+// Concurrent use, and Close while operations run: no crash, later
+// operations fail with ErrToken.
+func TestConcurrentUseAndClose(t *testing.T) {
+	tok := openToken(t, "hsm-conc")
+	if err := tok.GenerateKey("c"); err != nil {
+		t.Fatal(err)
+	}
+	k, err := tok.Key("c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 50; i++ {
+				ct, err := k.Seal([]byte("dk"), nil)
+				if err != nil {
+					if !errors.Is(err, hsm.ErrToken) {
+						t.Errorf("Seal: %v", err)
+					}
+					return
+				}
+				if pt, err := k.Open(ct, nil); err == nil && string(pt) != "dk" {
+					t.Errorf("Open = %q", pt)
+				}
+			}
+		}()
+	}
+	tok.Close()
+	wg.Wait()
+	if _, err := k.Seal([]byte("x"), nil); !errors.Is(err, hsm.ErrToken) {
+		t.Fatalf("Seal after Close: %v", err)
+	}
 }

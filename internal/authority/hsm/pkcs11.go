@@ -82,7 +82,9 @@ type Token struct {
 	cfg      Config
 	ctx      *pkcs11.Ctx
 	slot     uint
-	sessions chan pkcs11.SessionHandle
+	sessions chan pkcs11.SessionHandle // idle sessions; never closed
+	opened   int                       // sessions opened (all return to sessions)
+	done     chan struct{}             // closed by Close
 
 	closeOnce sync.Once
 }
@@ -105,7 +107,7 @@ func Open(cfg Config) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	t := &Token{cfg: cfg, ctx: ctx, sessions: make(chan pkcs11.SessionHandle, poolSize)}
+	t := &Token{cfg: cfg, ctx: ctx, sessions: make(chan pkcs11.SessionHandle, poolSize), done: make(chan struct{})}
 	if err := t.open(pin); err != nil {
 		t.Close()
 		return nil, err
@@ -144,6 +146,7 @@ func (t *Token) open(pin string) error {
 			return fmt.Errorf("%w: opening a session on %s: %v", ErrToken, t.cfg, err)
 		}
 		t.sessions <- sh
+		t.opened++
 		if i == 0 {
 			// Login applies to every session of this process on the slot.
 			if err := t.ctx.Login(sh, pkcs11.CKU_USER, pin); err != nil && !isCode(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
@@ -168,15 +171,15 @@ func (t *Token) loginErr(err error) error {
 	return fmt.Errorf("%w: logging in to %s: %v", ErrToken, t.cfg, err)
 }
 
-// Close logs out, closes the sessions and releases the module.
+// Close waits for operations in flight, logs out, closes the sessions
+// and releases the module. Operations after Close fail.
 func (t *Token) Close() error {
 	t.closeOnce.Do(func() {
-		close(t.sessions)
-		first := true
-		for sh := range t.sessions {
-			if first {
+		close(t.done)
+		for i := 0; i < t.opened; i++ {
+			sh := <-t.sessions
+			if i == 0 {
 				t.ctx.Logout(sh)
-				first = false
 			}
 			t.ctx.CloseSession(sh)
 		}
@@ -186,8 +189,15 @@ func (t *Token) Close() error {
 }
 
 func (t *Token) with(f func(sh pkcs11.SessionHandle) error) error {
-	sh, ok := <-t.sessions
-	if !ok {
+	select {
+	case <-t.done:
+		return fmt.Errorf("%w: %s was closed", ErrToken, t.cfg)
+	default:
+	}
+	var sh pkcs11.SessionHandle
+	select {
+	case sh = <-t.sessions:
+	case <-t.done:
 		return fmt.Errorf("%w: %s was closed", ErrToken, t.cfg)
 	}
 	defer func() { t.sessions <- sh }()

@@ -279,3 +279,36 @@ func TestHardwareBackedNeedsPKCS11Seal(t *testing.T) {
 		t.Fatalf("create: %v", err)
 	}
 }
+
+// Without recovery shares nothing but the HSM can unseal: a wrong PIN
+// makes Start fail with a clear error (no PIN in it) and the authority
+// sealed; the right PIN auto-unseals again.
+func TestPKCS11SealWithoutRecoveryShares(t *testing.T) {
+	ctx := context.Background()
+	softhsm.NewToken(t, "srv-norec", hsmPIN)
+	t.Setenv(hsmPINEnv, hsmPIN)
+	cfg := hsmConfig(t, filepath.Join(t.TempDir(), "a"), "srv-norec")
+	a, err := startHSM(t, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ir, err := a.c.Operator.Init(ctx, &wardv1.InitRequest{})
+	if err != nil || len(ir.Shares) != 0 || ir.Status.Sealed {
+		t.Fatalf("init without recovery shares: %v, %v", ir, err)
+	}
+	a.close()
+
+	t.Setenv(hsmPINEnv, hsmWrongPIN)
+	a, err = startHSM(t, cfg)
+	if err == nil || !strings.Contains(err.Error(), "refused the user PIN") || !a.srv.Sealed() {
+		t.Fatalf("start with a wrong PIN: %v (sealed %v)", err, a.srv.Sealed())
+	}
+	if strings.Contains(err.Error(), hsmWrongPIN) || strings.Contains(err.Error(), hsmPIN) || a.log.Contains(hsmWrongPIN) {
+		t.Fatalf("a PIN in the error or the log: %v", err)
+	}
+	t.Setenv(hsmPINEnv, hsmPIN)
+	a, err = startHSM(t, cfg)
+	if err != nil || a.srv.Sealed() {
+		t.Fatalf("start with the right PIN: %v", err)
+	}
+}
