@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/testutil/etcdtest"
 )
@@ -100,7 +103,16 @@ func decryptCanaries(t *testing.T, s *server, cs map[string]string) {
 	t.Helper()
 	c := s.client()
 	for ct, pt := range cs {
-		r, err := c.KMS.Decrypt(context.Background(), &wardv1.DecryptRequest{Ciphertext: []byte(ct), Context: map[string]string{"drill": "backup"}})
+		var r *wardv1.DecryptResponse
+		var err error
+		// Unavailable is retried (bounded): an authority on etcd refuses
+		// calls until its HA lease is first renewed after the unseal.
+		for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			r, err = c.KMS.Decrypt(context.Background(), &wardv1.DecryptRequest{Ciphertext: []byte(ct), Context: map[string]string{"drill": "backup"}})
+			if status.Code(err) != codes.Unavailable || time.Now().After(deadline) {
+				break
+			}
+		}
 		if err != nil {
 			t.Fatalf("decrypting a ciphertext made before the backup: %v", err)
 		}

@@ -76,6 +76,10 @@ func (a *authority) backup(t testing.TB) ([]byte, Manifest) {
 func TestCreateVerifyRestore(t *testing.T) {
 	ctx := context.Background()
 	a := newAuthority(t, memstore.New(), 50)
+	// HA election state (plaintext, lease-bound in etcd) is not data.
+	if _, err := a.raw.Put(ctx, "ha/leader/694d9a3b", []byte("member-a")); err != nil {
+		t.Fatal(err)
+	}
 	data, m := a.backup(t)
 	if m.Entries < 50+5+2 || m.Audit.Checkpoint.Size != 5 || m.Audit.Entries != 5 || m.Seal.Threshold != 2 {
 		t.Fatalf("manifest: %+v", m)
@@ -106,6 +110,9 @@ func TestCreateVerifyRestore(t *testing.T) {
 		if _, err := m2.SubmitShare(ctx, s); err != nil {
 			t.Fatal(err)
 		}
+	}
+	if kvs, _ := dst.List(ctx, "ha/"); len(kvs) != 0 {
+		t.Fatalf("HA election state was backed up and restored: %v", kvs[0].Key)
 	}
 	kv, err := b2.Store().Get(ctx, "kms/keys/00042")
 	if err != nil || string(kv.Value) != "secret-value-42" {

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -108,6 +109,7 @@ func Create(ctx context.Context, src Source) ([]byte, Manifest, error) {
 	m.Audit = AuditInfo{Entries: size, Checkpoint: *cp}
 
 	var payload bytes.Buffer
+	kvs = slices.DeleteFunc(kvs, func(kv store.KV) bool { return ephemeral(kv.Key) })
 	leaves := make([]byte, 0, 32*size)
 	rng := (&compact.RangeFactory{Hash: rfc6962.DefaultHasher.HashChildren}).NewEmptyRange(0)
 	next := uint64(0)
@@ -173,6 +175,19 @@ func Create(ctx context.Context, src Source) ([]byte, Manifest, error) {
 	out = append(out, sig...)
 	out = append(out, payload.Bytes()...)
 	return out, m, nil
+}
+
+// ephemeralPrefixes hold process state bound to etcd leases (the HA
+// members and election, internal/authority/ha): not data, never restored.
+var ephemeralPrefixes = []string{"ha/"}
+
+func ephemeral(key string) bool {
+	for _, p := range ephemeralPrefixes {
+		if strings.HasPrefix(key, p) {
+			return true
+		}
+	}
+	return false
 }
 
 func appendEntry(w *bytes.Buffer, key string, value []byte) error {

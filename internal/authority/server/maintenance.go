@@ -2,7 +2,6 @@ package server
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -25,9 +24,10 @@ type maintainer struct{ s *Server }
 
 var _ adminapi.Maintainer = maintainer{}
 
-// rewriter runs the barrier rewrite of a rotation in the background (one
-// at a time), and remembers its last error for the status.
+// rewriter is the state of the barrier rewrite the leader runs
+// (rewriteLoop): whether it runs here and its last error, for the status.
 type rewriter struct {
+	kick    chan struct{} // wakes rewriteLoop after a rotation
 	mu      sync.Mutex
 	running bool
 	lastErr string
@@ -81,10 +81,10 @@ func (m maintainer) RotateBarrier(ctx context.Context) (adminapi.BarrierStatus, 
 	if err := m.record(ctx, st, ev); err != nil {
 		// The term is in place; the rewrite still runs (it is audited
 		// when done).
-		s.startRewrite(st)
+		s.kickRewrite()
 		return adminapi.BarrierStatus{}, err
 	}
-	s.startRewrite(st)
+	s.kickRewrite()
 	return m.BarrierStatus(ctx)
 }
 
@@ -102,55 +102,78 @@ func (m maintainer) BarrierStatus(ctx context.Context) (adminapi.BarrierStatus, 
 	return adminapi.BarrierStatus{ActiveTerm: s.barrier.ActiveTerm(), Rotation: rot, Running: s.rewrite.running, Err: s.rewrite.lastErr}, nil
 }
 
-// startRewrite runs the rewrite of the stored rotation in the background
-// of the unsealed state st (stopped by seal; resumed at the next unseal).
-func (s *Server) startRewrite(st *unsealedState) {
+// rewriteLoop is a leader job: it runs the rewrite of a rotation whose
+// rewrite is unfinished (started on any authority sharing the store,
+// or interrupted by a crash or a seal), checking the stored state when
+// kicked (a rotation here) and every few seconds. Its store writes are
+// fenced on the leadership (etcd), so two authorities never rewrite at
+// once.
+func (s *Server) rewriteLoop(ctx context.Context, st *unsealedState) {
+	t := time.NewTicker(rewriteCheckInterval)
+	defer t.Stop()
+	for {
+		if rot, err := s.barrier.RotationStatus(ctx); err != nil {
+			if ctx.Err() == nil {
+				s.log.Warn("reading the barrier rotation state", "err", err)
+			}
+		} else if rot != nil && !rot.Done {
+			s.runRewrite(ctx, st)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-s.rewrite.kick:
+		}
+	}
+}
+
+// rewriteCheckInterval is how often the leader looks for an unfinished
+// barrier rewrite.
+const rewriteCheckInterval = 5 * time.Second
+
+// runRewrite runs the barrier rewrite to its end (or until ctx ends) and
+// audits how it ended.
+func (s *Server) runRewrite(ctx context.Context, st *unsealedState) {
 	s.rewrite.mu.Lock()
-	defer s.rewrite.mu.Unlock()
-	if s.rewrite.running {
-		return
-	}
-	s.mu.RLock()
-	ok := s.unsealed == st && st.jobCtx != nil
-	if ok {
-		st.wg.Add(1) // under s.mu: sealInternal waits only after taking it
-	}
-	s.mu.RUnlock()
-	if !ok {
-		return
-	}
 	s.rewrite.running, s.rewrite.lastErr = true, ""
-	go func() {
-		defer st.wg.Done()
-		ctx := reqctx.With(st.jobCtx, reqctx.Caller{Actor: "system:barrier-rewrite", RequestID: reqctx.NewRequestID()})
-		res, err := s.barrier.Rewrite(ctx, time.Now, nil)
-		s.rewrite.mu.Lock()
-		s.rewrite.running = false
-		if err != nil && !errors.Is(err, context.Canceled) {
-			s.rewrite.lastErr = err.Error()
+	s.rewrite.mu.Unlock()
+	ctx = reqctx.With(ctx, reqctx.Caller{Actor: "system:barrier-rewrite", RequestID: reqctx.NewRequestID()})
+	res, err := s.barrier.Rewrite(ctx, time.Now, nil)
+	s.rewrite.mu.Lock()
+	s.rewrite.running = false
+	if err != nil && ctx.Err() == nil {
+		s.rewrite.lastErr = err.Error()
+	}
+	s.rewrite.mu.Unlock()
+	switch {
+	case ctx.Err() != nil:
+		return // sealed or no longer the leader: resumed by the next one
+	case err != nil:
+		s.log.Error("barrier rewrite stopped; it is retried", "err", err)
+		ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultError)
+		ev.Error = err.Error()
+		st.recorder.Record(ctx, ev)
+	case res != nil && res.Done:
+		ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultOK)
+		ev.Count = int(res.Rewritten)
+		ev.Fields = map[string]string{"term": strconv.FormatUint(uint64(res.Term), 10), "failed": strconv.FormatInt(res.Failed, 10)}
+		if res.Failed > 0 {
+			ev.Result, ev.Error = audit.ResultError, fmt.Sprintf("%d values could not be opened and stay under older terms (first: %v)", res.Failed, res.FailedKeys)
 		}
-		s.rewrite.mu.Unlock()
-		switch {
-		case errors.Is(err, context.Canceled):
-			return // sealed: resumed at the next unseal
-		case err != nil:
-			s.log.Error("barrier rewrite stopped; it resumes at the next unseal or rotate", "err", err)
-			ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultError)
-			ev.Error = err.Error()
-			st.recorder.Record(ctx, ev)
-		case res != nil && res.Done:
-			ev := audit.NewEvent(ctx, "operator.rotate.rewrite", audit.ResultOK)
-			ev.Count = int(res.Rewritten)
-			ev.Fields = map[string]string{"term": strconv.FormatUint(uint64(res.Term), 10), "failed": strconv.FormatInt(res.Failed, 10)}
-			if res.Failed > 0 {
-				ev.Result, ev.Error = audit.ResultError, fmt.Sprintf("%d values could not be opened and stay under older terms (first: %v)", res.Failed, res.FailedKeys)
-			}
-			if err := st.recorder.Record(ctx, ev); err != nil {
-				s.log.Error("could not audit the end of the barrier rewrite", "err", err)
-			}
-			s.log.Info("barrier rewrite finished", "term", res.Term, "rewritten", res.Rewritten, "failed", res.Failed)
+		if err := st.recorder.Record(ctx, ev); err != nil {
+			s.log.Error("could not audit the end of the barrier rewrite", "err", err)
 		}
-	}()
+		s.log.Info("barrier rewrite finished", "term", res.Term, "rewritten", res.Rewritten, "failed", res.Failed)
+	}
+}
+
+// kickRewrite wakes the leader's rewrite loop (if it runs here).
+func (s *Server) kickRewrite() {
+	select {
+	case s.rewrite.kick <- struct{}{}:
+	default:
+	}
 }
 
 func (m maintainer) rekeyEvent(ctx context.Context, op string, err error) audit.Event {
@@ -230,18 +253,4 @@ func (m maintainer) RekeyStatus(ctx context.Context) (seal.RekeyStatus, error) {
 		return rs, errs.ToStatus(err)
 	}
 	return rs, nil
-}
-
-// resumeRewrite continues a barrier rotation's rewrite that a seal or a
-// crash interrupted.
-func (s *Server) resumeRewrite(ctx context.Context, st *unsealedState) {
-	rot, err := s.barrier.RotationStatus(ctx)
-	if err != nil {
-		s.log.Error("reading the barrier rotation state", "err", err)
-		return
-	}
-	if rot != nil && !rot.Done {
-		s.log.Info("resuming the barrier rewrite", "term", rot.Term, "scanned", rot.Scanned, "total", rot.Total)
-		s.startRewrite(st)
-	}
 }

@@ -126,6 +126,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	}
 	b := barrier.New(raw)
 	srv := &Server{cfg: cfg, log: log, raw: raw, barrier: b, table: table, serveErr: make(chan error, 2), journalCount: -1}
+	srv.rewrite.kick = make(chan struct{}, 1)
 	srv.seals, srv.sealer = seal.NewManager(raw, b, s), s
 	_, srv.auto = s.(seal.AutoSeal)
 	srv.drift = newDriftState()
@@ -430,7 +431,6 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	st.wg.Add(1)
 	go func() { defer st.wg.Done(); s.driftLoop(jobCtx) }()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
-	s.resumeRewrite(ctx, st)
 	return nil
 }
 
