@@ -18,7 +18,7 @@ import (
 // writeCerts creates a throwaway CA, a server certificate for 127.0.0.1 and
 // localhost, and a client certificate, writes them as PEM files under dir
 // and returns the matching client TLS configuration.
-func writeCerts(dir string) (*tls.Config, certFiles, error) {
+func writeCerts(dir string, extraIPs ...net.IP) (*tls.Config, certFiles, error) {
 	files := certFiles{
 		ca:         filepath.Join(dir, "ca.pem"),
 		cert:       filepath.Join(dir, "client.pem"),
@@ -68,7 +68,7 @@ func writeCerts(dir string) (*tls.Config, certFiles, error) {
 			// etcd's gRPC gateway dials the server with the server
 			// certificate, so it needs client auth usage too.
 			tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
-			tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+			tmpl.IPAddresses = append([]net.IP{net.IPv4(127, 0, 0, 1)}, extraIPs...)
 			tmpl.DNSNames = []string{"localhost"}
 		}
 		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)

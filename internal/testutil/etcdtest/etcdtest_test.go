@@ -86,3 +86,35 @@ func TestStopIsIdempotent(t *testing.T) {
 		t.Error("server still answers after Stop")
 	}
 }
+
+// A three-member TLS cluster keeps serving with one member killed.
+func TestClusterSurvivesOneMember(t *testing.T) {
+	c := StartCluster(t, 3, ClusterTLS())
+	cli, err := clientv3.New(clientv3.Config{Endpoints: c.Endpoints(), TLS: c.ClientTLS(), DialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := cli.Put(ctx, "k", "v1"); err != nil {
+		t.Fatal(err)
+	}
+	c.Kill(0)
+	// A request in flight when the member died may fail ("request timed
+	// out, possibly due to previous leader failure"); the next succeeds.
+	for {
+		_, err := cli.Put(ctx, "k", "v2")
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("two of three members should keep quorum: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	r, err := cli.Get(ctx, "k")
+	if err != nil || len(r.Kvs) != 1 || string(r.Kvs[0].Value) != "v2" {
+		t.Fatalf("get after a member died: %v %v", r, err)
+	}
+}
