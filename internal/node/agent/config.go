@@ -21,7 +21,9 @@ const DefaultSyncInterval = 5 * time.Second
 type Config struct {
 	// TrustDomain is the authority's trust domain, e.g. prod-eu.example.org.
 	TrustDomain string `yaml:"trust_domain"`
-	// ServerAddress is host:port of the authority's Node API.
+	// ServerAddress is host:port of the authority's Node API, or several
+	// authorities sharing one store separated by commas: the agent spreads
+	// its calls over them and retries safe ones on another (docs/ha.md).
 	ServerAddress string `yaml:"server_address"`
 	// ServerSPIFFEID is the SPIFFE ID the authority's certificate must carry
 	// (default spiffe://<trust_domain>/ward/server).
@@ -146,8 +148,10 @@ func (c *Config) Validate() error {
 	if c.ServerAddress == "" {
 		return errors.New("server_address is required: host:port of the authority's Node API (identity.node_api_address in its config)")
 	}
-	if h, p, err := net.SplitHostPort(c.ServerAddress); err != nil || h == "" || p == "" {
-		return fmt.Errorf("server_address %q: use host:port, e.g. ward.example.org:8443", c.ServerAddress)
+	for _, a := range strings.Split(c.ServerAddress, ",") {
+		if h, p, err := net.SplitHostPort(strings.TrimSpace(a)); err != nil || h == "" || p == "" {
+			return fmt.Errorf("server_address %q: use host:port, e.g. ward.example.org:8443 (several authorities separated by commas)", c.ServerAddress)
+		}
 	}
 	sid, err := spiffeid.FromString(c.ServerSPIFFEID)
 	if err != nil {

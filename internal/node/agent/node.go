@@ -87,10 +87,11 @@ func (a *Agent) dial(mtls bool) (*grpc.ClientConn, error) {
 	// reach the proxies within 2 s of an authority coming back (an outage
 	// of a few seconds otherwise left the agent waiting up to 5 s before
 	// its next attempt; found by test/e2e TestChaos).
-	conn, err := grpc.NewClient(a.cfg.ServerAddress, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+	target, opts := authorityTarget(a.cfg.ServerAddress) // failover.go
+	conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMsg)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: 20 * time.Second}))
+			MinConnectTimeout: 20 * time.Second}))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to authority %s: %w", a.cfg.ServerAddress, err)
 	}

@@ -54,7 +54,9 @@ type Config struct {
 
 // AuthorityConfig names the authority's admin socket.
 type AuthorityConfig struct {
-	// Address is unix:///path/to/admin.sock (default $WARD_ADDRESS).
+	// Address is unix:///path/to/admin.sock (default $WARD_ADDRESS), or the
+	// admin sockets of several authorities sharing one store separated by
+	// commas: calls fail over between them (docs/ha.md).
 	Address string `yaml:"address"`
 	// ServerUID also trusts an admin socket served by this uid (as the
 	// CLI's --server-uid); -1 or absent: only root, the plugin's own uid or
