@@ -126,6 +126,7 @@ type Log struct {
 	cp      *checkpoint.Checkpoint
 	changed chan struct{} // closed and replaced whenever size grows
 	stale   bool          // committer-only: reload the head before committing
+	turnKey string        // the writers' turn (turn.go)
 }
 
 type pending struct {
@@ -156,8 +157,8 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 	if err != nil {
 		return nil, fmt.Errorf("audit checkpoint signer: %w", err)
 	}
-	if st.MaxBatch() < 2 {
-		return nil, fmt.Errorf("store %s accepts batches of %d ops: the audit log needs at least 2", st.Backend(), st.MaxBatch())
+	if st.MaxBatch() < 3 {
+		return nil, fmt.Errorf("store %s accepts batches of %d ops: the audit log needs at least 3", st.Backend(), st.MaxBatch())
 	}
 	l := &Log{
 		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now, log: slog.Default(),
@@ -168,6 +169,7 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 		o(l)
 	}
 	l.headKey = l.prefix + headKeySuffix
+	l.turnKey = l.prefix + turnKeySuffix
 	h, rev, err := l.loadHead(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w (the audit log cannot be appended to until its head is readable)", err)
@@ -396,6 +398,8 @@ func (l *Log) commit(group []*pending) {
 	defer cancel()
 	rest := group
 	conflicted := false
+	var t turn
+	defer l.releaseTurn(&t)
 	for attempt := 0; ; attempt++ {
 		if attempt == l.maxAttempts {
 			l.fail(rest, fmt.Errorf("%d audit events not stored: still losing revision races after %d attempts (too many authorities appending at once?); retry the operation", len(rest), attempt))
@@ -408,7 +412,7 @@ func (l *Log) commit(group []*pending) {
 			}
 			l.stale = false
 		}
-		n, err := l.tryCommit(ctx, rest)
+		n, err := l.tryCommit(ctx, rest, &t)
 		rest = rest[n:]
 		if err == nil {
 			return
@@ -419,8 +423,22 @@ func (l *Log) commit(group []*pending) {
 			return
 		}
 		conflicted = true
-		// Another authority won the race; let it finish before retrying.
-		time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) * int64(min(attempt+1, 10)))))
+		// Another writer won the race, or holds the turn. Wait for a
+		// turn held by another (not counted as an attempt), or take the
+		// turn after losing turnAfter races in a row (turn.go).
+		waited, err := l.awaitTurn(ctx, &t, attempt)
+		if err != nil {
+			l.fail(rest, err)
+			return
+		}
+		if waited {
+			attempt--
+			continue
+		}
+		if t.rev == 0 {
+			// Let the winner finish before retrying.
+			time.Sleep(time.Duration(rand.Int64N(int64(time.Millisecond) * int64(min(attempt+1, 10)))))
+		}
 	}
 }
 
@@ -428,14 +446,14 @@ func (l *Log) commit(group []*pending) {
 // the head (conditional on its revision), with one signed checkpoint carried
 // by the last chunk. It returns how many leading events are stored (their
 // waiters released) and the error that stopped it.
-func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
+func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error) {
 	base := l.size
 	n := len(ps)
 	rng, err := factory.NewRange(0, base, slices.Clone(l.hashes))
 	if err != nil {
 		return 0, fmt.Errorf("in-memory audit tree at size %d is invalid: %w", base, err)
 	}
-	chunk := l.st.MaxBatch() - 1
+	chunk := l.st.MaxBatch() - 2 // the head and the turn take one op each
 	nChunks := (n + chunk - 1) / chunk
 	leaves := make([][]byte, n)
 	snaps := make([][][]byte, nChunks)
@@ -471,12 +489,13 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending) (int, error) {
 			release(ps[:a], base)
 			return a, err
 		}
-		ops = append(ops, store.Op{Key: l.headKey, Value: hv, ExpectRevision: l.headRev})
+		ops = append(ops, store.Op{Key: l.headKey, Value: hv, ExpectRevision: l.headRev}, l.turnOp(t, c == nChunks-1))
 		rev, err := l.st.Batch(ctx, ops)
 		if err != nil {
 			release(ps[:a], base)
 			return a, fmt.Errorf("storing audit events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)
 		}
+		l.turnCommitted(t, c == nChunks-1, rev)
 		l.setState(h.Size, snaps[c], rev, h.Checkpoint)
 		l.commits.Add(1)
 	}

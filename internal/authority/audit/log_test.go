@@ -123,7 +123,7 @@ func TestAppendReadVerifyRoundTrip(t *testing.T) {
 		{"one", 1024, 1},
 		{"several", 1024, 7},
 		{"etcd-sized batches", 128, 300},
-		{"two-op batches", 2, 25},
+		{"one-event batches (event, head, turn)", 3, 25},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			st := memstore.New(memstore.WithMaxBatch(tc.maxBatch))
@@ -275,8 +275,9 @@ func TestGroupCommitSignsOncePerGroup(t *testing.T) {
 	if got := signer.n.Load(); got != 2 {
 		t.Fatalf("%d checkpoint signatures for 2 groups, want 2", got)
 	}
-	// 1 batch for the first event, ceil(300/127) = 3 chunks for the group.
-	if want := []int{2, 128, 128, 300 - 2*127 + 1}; !slices.Equal(st.BatchSizes(), want) {
+	// 1 batch for the first event, ceil(300/126) = 3 chunks for the group
+	// (each batch also carries the head and the writers' turn).
+	if want := []int{3, 128, 128, 300 - 2*126 + 2}; !slices.Equal(st.BatchSizes(), want) {
 		t.Fatalf("batch sizes %v, want %v", st.BatchSizes(), want)
 	}
 	cp := head(t, l)
@@ -319,7 +320,7 @@ func TestStoreFailureFailsAppend(t *testing.T) {
 		requireOK(t, verifyLog(t, l, key.Public()))
 	})
 	t.Run("later chunk fails", func(t *testing.T) {
-		st := memstore.New(memstore.WithMaxBatch(4)) // 3 events + head per chunk
+		st := memstore.New(memstore.WithMaxBatch(5)) // 3 events + head + turn per chunk
 		key := newKey(t)
 		l := openLog(t, st, key)
 		g := blockBatches(st)
@@ -689,7 +690,7 @@ func TestWaitSeesAppendsFromAnyLog(t *testing.T) {
 }
 
 func TestHeadOfEmptyLogAndInterruptedCommit(t *testing.T) {
-	st := memstore.New(memstore.WithMaxBatch(3)) // 2 events per chunk
+	st := memstore.New(memstore.WithMaxBatch(4)) // 2 events per chunk (+ head and turn)
 	key := newKey(t)
 	l := openLog(t, st, key)
 	cp := head(t, l)

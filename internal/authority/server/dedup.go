@@ -36,7 +36,7 @@ const (
 	requestTTL = 24 * time.Hour
 	// requestStale is when a claimed but unanswered entry is taken over
 	// even if its authority still looks alive.
-	requestStale = 10 * time.Minute
+	requestStale = 2 * time.Minute
 	// maxAnswer bounds a stored answer (larger ones are not kept: the
 	// call ran, a retry gets Aborted with the reason).
 	maxAnswer = 1 << 20
@@ -112,8 +112,22 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 		}
 		inflight.Store(path, true)
 		resp, herr := h(ctx, req)
+		if !s.finishRequest(path, rev, rec, resp, herr) {
+			// etcd did not take the answer (an election, a lost member):
+			// keep trying in the background; until then retries of this
+			// key are told it is still running here.
+			go func() {
+				defer inflight.Delete(path)
+				for delay := 100 * time.Millisecond; time.Since(rec.Started) < requestStale; delay = min(2*delay, 5*time.Second) {
+					time.Sleep(delay)
+					if s.finishRequest(path, rev, rec, resp, herr) {
+						return
+					}
+				}
+			}()
+			return resp, herr
+		}
 		inflight.Delete(path)
-		s.finishRequest(path, rev, rec, resp, herr)
 		return resp, herr
 	}
 	return nil, status.Errorf(codes.Aborted, "request %s is contended between authorities: retry", caller.IdempotencyKey)
@@ -143,17 +157,19 @@ func (s *Server) requestAlive(ctx context.Context, rec requestRecord, path strin
 // finishRequest stores the answer of a claimed request, or releases the
 // claim when the outcome says nothing happened or is unknown (a retry then
 // runs it again; the KMS recognises a rotation it already made by the key).
-func (s *Server) finishRequest(path string, rev int64, rec requestRecord, resp any, herr error) {
+// It reports whether the store took it (or it no longer matters).
+func (s *Server) finishRequest(path string, rev int64, rec requestRecord, resp any, herr error) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	bs := s.barrier.Store()
 	st, _ := status.FromError(herr)
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Aborted, codes.ResourceExhausted, codes.Unknown, codes.Internal:
-		if _, err := bs.Batch(ctx, []store.Op{{Key: path, Delete: true, ExpectRevision: rev}}); err != nil {
+		if _, err := bs.Batch(ctx, []store.Op{{Key: path, Delete: true, ExpectRevision: rev}}); err != nil && !errors.Is(err, store.ErrConflict) {
 			s.log.Warn("releasing an idempotency record", "path", path, "err", err)
+			return s.Sealed()
 		}
-		return
+		return true
 	}
 	rec.State = "done"
 	rec.Code, rec.Message = uint32(st.Code()), st.Message()
@@ -170,9 +186,11 @@ func (s *Server) finishRequest(path string, rev int64, rec requestRecord, resp a
 		}
 	}
 	b, _ := json.Marshal(rec)
-	if _, err := bs.CompareAndSwap(ctx, path, b, rev); err != nil {
+	if _, err := bs.CompareAndSwap(ctx, path, b, rev); err != nil && !errors.Is(err, store.ErrConflict) {
 		s.log.Warn("storing the answer of a request for its retries", "path", path, "err", err)
+		return s.Sealed()
 	}
+	return true
 }
 
 func replay(rec requestRecord) (any, error) {
