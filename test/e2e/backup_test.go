@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,6 +182,7 @@ func TestBackupRestoreDrill(t *testing.T) {
 	if matches, _ := filepath.Glob(filepath.Join(root, ".a.wbk.tmp-*")); len(matches) != 0 {
 		t.Fatalf("temporary files left: %v", matches)
 	}
+	backupAsOtherUID(t, a, root)
 	cpFile := filepath.Join(root, "backup-cp.json")
 	out = mustWard(t, "", "", "operator", "backup", "verify", file, "--checkpoint-out", cpFile)
 	if !strings.Contains(out, "is intact") {
@@ -324,5 +327,53 @@ func TestBackupRestoreDrill(t *testing.T) {
 	decryptCanaries(t, c, cs)
 	if hasEvent(auditEvents(t, c, 30), "operator.rekey", "ok") == nil {
 		t.Fatal("the rekey is not in the audit log")
+	}
+}
+
+// backupAsOtherUID is the attack of another local user: run `ward operator
+// backup create` and `rotate` against the authority's admin socket as
+// uid 41005. The socket (0600, in a 0700 directory) refuses the
+// connection: no backup file, no rotation. Needs root (skipped otherwise,
+// except under CI=true).
+func backupAsOtherUID(t *testing.T, s *server, root string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("CI=true: the other-uid attack needs root")
+		}
+		t.Log("skipping the other-uid attack: needs root")
+		return
+	}
+	const uid = 41005
+	dir, err := os.MkdirTemp("", "ward-e2e-otheruid-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	os.Chmod(dir, 0o777)
+	bin := filepath.Join(dir, "ward")
+	b, err := os.ReadFile(wardBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "stolen.wbk")
+	for _, args := range [][]string{{"operator", "backup", "create", "-o", out}, {"operator", "rotate", "--no-wait"}, {"operator", "rekey", "--status"}} {
+		cmd := exec.Command(bin, append([]string{"--address", s.addr}, args...)...)
+		cmd.Env = []string{"HOME=" + dir, "WARD_STATE_DIR=" + dir}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		res, err := cmd.CombinedOutput()
+		if err == nil {
+			t.Fatalf("uid %d ran ward %v against the admin socket:\n%s", uid, args, res)
+		}
+		t.Logf("uid %d: ward %s: %s", uid, strings.Join(args, " "), strings.TrimSpace(string(res)))
+	}
+	if _, err := os.Stat(out); !os.IsNotExist(err) {
+		t.Fatalf("another uid got a backup file: %v", err)
+	}
+	if matches, _ := filepath.Glob(filepath.Join(dir, ".stolen*")); len(matches) != 0 {
+		t.Fatalf("another uid got a partial backup: %v", matches)
 	}
 }
