@@ -85,7 +85,8 @@ func isKMS(m string) bool { return strings.HasPrefix(m, "/ward.v1.KMS/") }
 // policy distribution, mounted where the real ones are.
 func newAuthHarness(t testing.TB) (*harness, fakePolicy) {
 	fp := fakePolicy{more: make(chan struct{})}
-	return newHarnessMounting(t, nil, fakeKMS{}, fp), fp
+	telemetryOK := func(c *Config) { c.Telemetry = func(string, []byte) error { return nil } }
+	return newHarnessMounting(t, telemetryOK, fakeKMS{}, fp), fp
 }
 
 // caSigned has the CA sign an SVID for any path, as it signs the server's
@@ -154,6 +155,10 @@ func nodeCalls(t testing.TB) []call {
 				return err
 			}
 			_, err = ss.Recv()
+			return err
+		}},
+		{"Telemetry", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {
+			_, err := wardv1.NewTelemetryClient(conn).Report(ctx, &wardv1.TelemetryReport{Report: []byte(`{"agent":{"kind":"agent"}}`)})
 			return err
 		}},
 		{"KMS/Encrypt", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {

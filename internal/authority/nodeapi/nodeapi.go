@@ -109,6 +109,17 @@ type Config struct {
 	// API closes at accept for being over a connection limit, with the
 	// reason (a Refused* constant), e.g. to count it in a metric.
 	OnConnRefused func(reason string)
+	// Telemetry, when set, takes each agent's telemetry report (JSON of a
+	// telemetry.NodeReport; the Telemetry service, telemetry.go): node is
+	// the authenticated agent's SPIFFE ID. Return ErrOtherNode for a
+	// report naming another node.
+	Telemetry func(node string, report []byte) error
+	// TelemetryInterval is how often agents report (default
+	// DefaultTelemetryInterval); each agent may report once per half.
+	TelemetryInterval time.Duration
+	// OnTelemetry, when set, is called with the reason of every refused
+	// telemetry report (too_large, rate_limited).
+	OnTelemetry func(reason string)
 }
 
 // AuditSource is the authority's audit log as Sync needs it.
@@ -247,6 +258,10 @@ func newServer(cfg Config) (*Server, error) {
 // on the anonymous server too, so that a call without a certificate gets
 // authenticate's Unauthenticated, not Unimplemented.
 func (s *Server) register(kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) {
+	var tel wardv1.TelemetryServer
+	if s.cfg.Telemetry != nil {
+		tel = newTelemetryService(s)
+	}
 	for _, g := range []*grpc.Server{s.grpc, s.anon} {
 		wardv1.RegisterNodeServer(g, &nodeService{s: s})
 		wardv1.RegisterNodeNetworkServer(g, &nodeNetwork{s: s})
@@ -255,6 +270,9 @@ func (s *Server) register(kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistri
 		}
 		if policySrv != nil {
 			wardv1.RegisterPolicyDistributionServer(g, policySrv)
+		}
+		if tel != nil {
+			wardv1.RegisterTelemetryServer(g, tel)
 		}
 	}
 }

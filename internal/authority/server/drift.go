@@ -12,6 +12,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/kms"
+	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
@@ -39,8 +40,11 @@ const driftActor = "system:drift"
 type driftState struct {
 	eval     DriftEvaluator
 	interval time.Duration
-	now      func() time.Time
-	kick     chan struct{}
+	// telemetryInterval is the agents' reporting interval the Node API
+	// enforces (0: nodeapi.DefaultTelemetryInterval).
+	telemetryInterval time.Duration
+	now               func() time.Time
+	kick              chan struct{}
 	// evalMu serializes evaluations (the loop and admin calls), so
 	// changes are audited once.
 	evalMu sync.Mutex
@@ -72,6 +76,11 @@ func (s *Server) SetDriftEvaluator(fn DriftEvaluator, interval time.Duration) {
 	}
 }
 
+// SetTelemetryInterval sets how often agents may report telemetry (once
+// per half of it; default nodeapi.DefaultTelemetryInterval). Call it
+// before Start.
+func (s *Server) SetTelemetryInterval(d time.Duration) { s.drift.telemetryInterval = d }
+
 // SetDriftClock replaces the clock of drift evaluations (tests).
 func (s *Server) SetDriftClock(now func() time.Time) { s.drift.now = now }
 
@@ -99,7 +108,7 @@ func (s *Server) ReportTelemetry(node string, raw []byte) error {
 	}
 	if r.Node != "" && r.Node != node {
 		s.metrics.telemetry.WithLabelValues("other_node").Inc()
-		return fmt.Errorf("telemetry for %s sent by %s: a node reports for itself only", r.Node, node)
+		return nodeapi.ErrOtherNode{Msg: fmt.Sprintf("telemetry for %s sent by %s: a node reports for itself only", r.Node, node)}
 	}
 	r.Node, r.Received = node, s.drift.now().UTC()
 	s.drift.tel.put(r)

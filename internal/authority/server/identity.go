@@ -92,7 +92,9 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
 			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
 			FederatedBundles: id.fed.BundleDocuments,
-			OnConnRefused:    func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() }})
+			OnConnRefused:    func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() },
+			Telemetry:        s.ReportTelemetry, TelemetryInterval: s.drift.telemetryInterval,
+			OnTelemetry: func(reason string) { s.metrics.telemetry.WithLabelValues(reason).Inc() }})
 		if err != nil {
 			return err
 		}

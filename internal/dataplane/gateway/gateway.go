@@ -19,6 +19,7 @@ import (
 
 	"github.com/wardproject/ward/internal/shared/netsource"
 	"github.com/wardproject/ward/internal/shared/proxyproto"
+	"github.com/wardproject/ward/internal/shared/telemetry"
 )
 
 // PeerIdentityNote is the access log's peer_identity field: the gateway
@@ -150,7 +151,13 @@ func (g *Gateway) Run(ctx context.Context) error {
 		cctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() { defer close(done); g.followCatalog(cctx) }()
-		defer func() { cancel(); <-done }()
+		// Telemetry goes to the same agent, over the same connection.
+		telDone := make(chan struct{})
+		go func() {
+			defer close(telDone)
+			telemetry.Send(cctx, g.catalog.conn, telemetry.DefaultInterval, g.log, g.TelemetryReport)
+		}()
+		defer func() { cancel(); <-done; <-telDone }()
 	}
 	g.mu.Lock()
 	g.listener = l

@@ -222,6 +222,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 				p.log.Error("policy source stopped", "error", err)
 			}
 		}()
+		if as, ok := p.psrc.(*agentPolicySource); ok {
+			// Telemetry goes to the same agent, over the same connection.
+			psWG.Add(1)
+			go func() { defer psWG.Done(); p.runTelemetry(runCtx, as.conn) }()
+		}
 		defer psWG.Wait()
 		defer cancel()
 	}

@@ -55,6 +55,9 @@ const signBatch = 500
 // Agent is a node agent. Create it with New and start it with Run; it
 // implements workloadapi.Source.
 type Agent struct {
+	// tel keeps local proxies' and gateways' telemetry (telemetry.go).
+	tel *localTelemetry
+
 	cfg      *Config
 	td       spiffeid.TrustDomain
 	serverID spiffeid.ID
@@ -131,6 +134,7 @@ func New(cfg *Config, opts ...Option) (*Agent, error) {
 		now: time.Now, jitter: rand.Float64,
 		entries: map[string]*entry{}, index: map[attest.Selector][]*entry{}, byID: map[spiffeid.ID][]*entry{},
 		svids: map[string]*svid{}, changed: make(chan struct{}), kick: make(chan struct{}, 1), retryIssue: map[string]time.Time{},
+		tel: &localTelemetry{procs: map[string]localReport{}},
 	}
 	for _, o := range opts {
 		o(a)
@@ -226,6 +230,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		defer stop()
 	}
+	telCtx, stopTel := context.WithCancel(ctx)
+	telDone := make(chan struct{})
+	go func() { defer close(telDone); a.runTelemetry(telCtx) }()
+	defer func() { stopTel(); <-telDone }()
 	if a.cfg.HealthAddress != "" {
 		hl, err := net.Listen("tcp", a.cfg.HealthAddress)
 		if err != nil {

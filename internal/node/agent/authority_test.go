@@ -45,6 +45,8 @@ type testAuthority struct {
 	federated func(names []string) map[string][]byte
 	// psat, when set before start, enables k8s_psat attestation.
 	psat map[string]nodeapi.PSATCluster
+	// telemetry holds the last telemetry report of each node.
+	telemetry map[string][]byte
 }
 
 // testAgentPath names the agent of every join token (so entries can be
@@ -93,6 +95,14 @@ func (a *testAuthority) start(addr string) {
 				return nil
 			}
 			return f(names)
+		}, TelemetryInterval: time.Second, Telemetry: func(node string, b []byte) error {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if a.telemetry == nil {
+				a.telemetry = map[string][]byte{}
+			}
+			a.telemetry[node] = b
+			return nil
 		}})
 	if err != nil {
 		a.t.Fatal(err)

@@ -58,6 +58,10 @@ type Config struct {
 	DataDir string `yaml:"data_dir"`
 	// SyncInterval between syncs with the authority (default 5s).
 	SyncInterval yamlconf.Duration `yaml:"sync_interval"`
+	// TelemetryInterval between telemetry reports to the authority
+	// (default 15s, 1s..1h; docs/governance.md): the agent's own summary
+	// and what local proxies and gateways reported on the policy socket.
+	TelemetryInterval yamlconf.Duration `yaml:"telemetry_interval"`
 	// LogLevel: debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
 	// HealthAddress, if set, serves /metrics and /status on this
@@ -123,6 +127,9 @@ func ParseConfig(b []byte) (*Config, error) {
 	}
 	if c.SyncInterval == 0 {
 		c.SyncInterval = yamlconf.Duration(DefaultSyncInterval)
+	}
+	if c.TelemetryInterval == 0 {
+		c.TelemetryInterval = yamlconf.Duration(DefaultTelemetryInterval)
 	}
 	if c.LogLevel == "" {
 		c.LogLevel = "info"
@@ -233,6 +240,9 @@ func (c *Config) Validate() error {
 	}
 	if d := time.Duration(c.SyncInterval); d < 100*time.Millisecond || d > time.Hour {
 		return fmt.Errorf("sync_interval %s is out of range: use between 100ms and 1h (default 5s)", d)
+	}
+	if d := time.Duration(c.TelemetryInterval); d != 0 && (d < time.Second || d > time.Hour) {
+		return fmt.Errorf("telemetry_interval %s is out of range: use between 1s and 1h (default 15s)", d)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

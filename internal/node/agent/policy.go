@@ -66,6 +66,7 @@ func (a *Agent) servePolicy(ctx context.Context) (stop func(), err error) {
 			return h(srv, ss)
 		}))
 	wardv1.RegisterPolicyDistributionServer(g, relay)
+	wardv1.RegisterTelemetryServer(g, telemetryServer{a: a})
 	go g.Serve(ln)
 	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
