@@ -438,6 +438,7 @@ socket_path: {{.Dir}}/agent/agent.sock   # the Workload API: proxies' workload_a
 policy_socket: {{.Dir}}/agent/policy.sock
 data_dir: {{.Dir}}/agent/data
 sync_interval: 1s
+telemetry_interval: 1s   # what the proxies report reaches ward drift within seconds
 log_level: warn
 `,
 	"proxy-api.yaml": `# The api workload's proxy (every field: docs/proxy.md): it terminates mutual

@@ -162,6 +162,9 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain, meshDir string) error {
 		// The init's audit events (operator.init, ca.init, operator.unseal)
 		// name the user who started the dev authority.
 		ctx = reqctx.With(ctx, reqctx.Caller{Actor: fmt.Sprintf("dev:uid=%d", os.Getuid()), RequestID: reqctx.NewRequestID()})
+		// Telemetry every 2 s (the Node API starts at the unseal below), so
+		// ward drift sees a dev mesh's proxies at once.
+		srv.SetTelemetryInterval(2 * time.Second)
 		if err := srv.DevInit(ctx); err != nil {
 			return fmt.Errorf("initialising the dev authority: %w", err)
 		}

@@ -81,8 +81,10 @@ func (s *Server) SetDriftEvaluator(fn DriftEvaluator, interval time.Duration) {
 // before Start.
 func (s *Server) SetTelemetryInterval(d time.Duration) { s.drift.telemetryInterval = d }
 
-// SetDriftClock replaces the clock of drift evaluations (tests).
-func (s *Server) SetDriftClock(now func() time.Time) { s.drift.now = now }
+// SetClock replaces the clock of the KMS (key creation and rotation
+// times), of drift evaluations and of telemetry receipts: tests make a key
+// look old with it. Call it before Start.
+func (s *Server) SetClock(now func() time.Time) { s.drift.now = now }
 
 // Drift returns the latest drift report (ok false before the first
 // evaluation, or when no evaluator is wired).

@@ -393,7 +393,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	if s.observer != nil {
 		st.recorder = observedRecorder{Recorder: st.recorder, fn: s.observer}
 	}
-	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog), s.kmsHSM())
+	st.kms, err = kms.New(bs, pathKey, s.table, st.recorder, kms.WithLogger(s.log), kmsWitness(alog), s.kmsHSM(), kms.WithClock(s.drift.now))
 	if err != nil {
 		alog.Close()
 		return err
