@@ -127,8 +127,9 @@ func (s *Server) PostureChanged() {
 	}
 }
 
-// driftLoop evaluates drift periodically until ctx ends. It is a plain
-// loop started with the other unsealed jobs (one per authority).
+// driftLoop evaluates drift periodically until ctx ends: a singleton job
+// of the elected leader (ha.go), so each finding is audited once per
+// cluster.
 func (s *Server) driftLoop(ctx context.Context) {
 	if s.drift.eval == nil {
 		return
@@ -136,8 +137,12 @@ func (s *Server) driftLoop(ctx context.Context) {
 	t := time.NewTicker(s.drift.interval)
 	defer t.Stop()
 	for {
-		if _, err := s.EvaluateDrift(ctx); err != nil && ctx.Err() == nil {
-			s.log.Warn("drift evaluation failed", "err", err)
+		// Leader jobs may start a moment before the unsealed state is
+		// published: that first tick has nothing to evaluate.
+		if _, err := s.state(); err == nil {
+			if _, err := s.EvaluateDrift(ctx); err != nil && ctx.Err() == nil {
+				s.log.Warn("drift evaluation failed", "err", err)
+			}
 		}
 		select {
 		case <-ctx.Done():

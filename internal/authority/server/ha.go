@@ -75,6 +75,7 @@ func (s *Server) leaderJobs(ctx context.Context, st *unsealedState) {
 	run(func() { s.rotationLoop(ctx, st.kms) })
 	run(func() { s.purgeRequests(ctx) })
 	run(func() { s.rewriteLoop(ctx, st) }) // barrier rotation (maintenance.go)
+	run(func() { s.driftLoop(ctx) })
 	if id := st.ident; id != nil {
 		fc := s.cfg.Federation.Effective()
 		svid := federation.RevocationClient{SVID: id.svid.SVID}

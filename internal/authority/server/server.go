@@ -427,9 +427,6 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	s.mu.Lock()
 	s.unsealed = st
 	s.mu.Unlock()
-	// After s.unsealed is set: an evaluation reads the unsealed state.
-	st.wg.Add(1)
-	go func() { defer st.wg.Done(); s.driftLoop(jobCtx) }()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
 	return nil
 }
