@@ -52,7 +52,16 @@ func (n *nodeNetwork) RegisterTunnel(ctx context.Context, r *wardv1.RegisterTunn
 		}
 		ep = net.JoinHostPort(host.String(), strconv.Itoa(int(r.ListenPort)))
 	}
-	t, err := n.s.cfg.Registry.RegisterTunnel(ctx, id, registry.Tunnel{PublicKey: r.PublicKey, NextKey: r.NextPublicKey, Endpoint: ep, AllowedIPs: r.AllowedIps})
+	// The authority's own address, as this agent reached it, is never a
+	// node's to route (a prefix covering it would take every peer's Node
+	// API connection into that node's tunnel).
+	var protect []netip.Addr
+	if p, _ := peer.FromContext(ctx); p != nil && p.LocalAddr != nil {
+		if ap, err := netip.ParseAddrPort(p.LocalAddr.String()); err == nil {
+			protect = append(protect, ap.Addr().Unmap())
+		}
+	}
+	t, err := n.s.cfg.Registry.RegisterTunnel(ctx, id, registry.Tunnel{PublicKey: r.PublicKey, NextKey: r.NextPublicKey, Endpoint: ep, AllowedIPs: r.AllowedIps}, protect...)
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}

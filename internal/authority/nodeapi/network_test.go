@@ -128,3 +128,50 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 	}
 	wantCode(t, "evicted agent watching", err, codes.PermissionDenied, "evicted")
 }
+
+// TestRegisterTunnelCannotHijackUnderlay runs the route hijack: every peer
+// routes a node's allowed IPs into that node's tunnel, so a compromised
+// agent registering prefixes that cover the authority's address, another
+// node's endpoint or the whole space in halves (0.0.0.0/1 + 128.0.0.0/1
+// slips past the /0 check) would pull the peers' Node API connections and
+// WireGuard packets to itself. All refused, nothing stored.
+func TestRegisterTunnelCannotHijackUnderlay(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	svA, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svB, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	if _, err := a.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "192.0.2.10:51820", AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		what    string
+		ep      string
+		allowed []string
+		code    codes.Code
+		msg     string
+	}{
+		// The harness's authority listens on 127.0.0.1.
+		{"the authority's address", "198.51.100.2:51820", []string{"10.250.2.1/32", "127.0.0.1/32"}, codes.PermissionDenied, "authority's address"},
+		{"everything in two halves", "198.51.100.2:51820", []string{"0.0.0.0/1", "128.0.0.0/1"}, codes.InvalidArgument, "covers"},
+		{"another node's endpoint", "198.51.100.2:51820", []string{"10.250.2.1/32", "192.0.2.10/32"}, codes.PermissionDenied, "endpoint 192.0.2.10:51820"},
+		{"its own endpoint (a loop)", "198.51.100.2:51820", []string{"10.250.2.1/32", "198.51.100.0/24"}, codes.InvalidArgument, "own endpoint"},
+	} {
+		_, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: tc.ep, AllowedIps: tc.allowed})
+		wantCode(t, tc.what, err, tc.code, tc.msg)
+	}
+	ts, err := h.reg.Tunnels(ctx, true)
+	if err != nil || len(ts) != 1 || ts[0].AgentID != svA.ID.String() {
+		t.Fatalf("stored tunnels after the refused hijacks: %v, %v", ts, err)
+	}
+	// B's own overlay prefixes are fine.
+	if _, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "198.51.100.2:51820", AllowedIps: []string{"10.250.2.1/32", "10.250.2.0/24"}}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -120,11 +120,40 @@ func overlaps(a, b []string) string {
 	return ""
 }
 
+// covering returns the first of prefixes (normalized) that contains a,
+// or "".
+func covering(prefixes []string, a netip.Addr) string {
+	a = a.Unmap()
+	for _, s := range prefixes {
+		if p := netip.MustParsePrefix(s); p.Contains(a) {
+			return s
+		}
+	}
+	return ""
+}
+
+// endpointAddr returns the IP of a stored endpoint (host:port), or the
+// zero Addr.
+func endpointAddr(ep string) netip.Addr {
+	host, _, err := net.SplitHostPort(ep)
+	if err != nil {
+		return netip.Addr{}
+	}
+	a, _ := netip.ParseAddr(host)
+	return a.Unmap()
+}
+
 // RegisterTunnel records agent id's WireGuard tunnel (the caller has
 // authenticated id with its current SVID). It is refused when another
 // node already holds one of its keys or a prefix overlapping its
-// allowed IPs: a node cannot take over another's key or traffic. Audited.
-func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel) (Tunnel, error) {
+// allowed IPs: a node cannot take over another's key or traffic. Nor may
+// its allowed IPs cover an underlay address peers must reach in clear:
+// its own endpoint, another node's endpoint, or an address in protect
+// (the authority's, as the agent reached it): every peer routes a node's
+// prefixes into its tunnel, so such a prefix would send the peers'
+// WireGuard packets, or their Node API connections, to that node (a
+// route hijack, or a loop that takes the overlay down). Audited.
+func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel, protect ...netip.Addr) (Tunnel, error) {
 	t.AgentID = id.String()
 	fields := map[string]string{"agent_id": t.AgentID, "endpoint": t.Endpoint,
 		"public_key": base64.StdEncoding.EncodeToString(t.PublicKey), "allowed_ips": strings.Join(t.AllowedIPs, ",")}
@@ -138,6 +167,16 @@ func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel)
 	if err := checkTunnel(&t); err != nil {
 		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
 	}
+	if p := covering(t.AllowedIPs, endpointAddr(t.Endpoint)); p != "" {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Invalid,
+			"allowed_ips: %s covers this node's own endpoint %s: peers would send its WireGuard packets into the tunnel itself; name only overlay prefixes", p, t.Endpoint))
+	}
+	for _, a := range protect {
+		if p := covering(t.AllowedIPs, a); a.IsValid() && p != "" {
+			return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
+				"allowed_ips: %s covers the authority's address %s: peers would send their Node API traffic to this node; name only overlay prefixes", p, a.Unmap()))
+		}
+	}
 	others, err := r.Tunnels(ctx, true)
 	if err != nil {
 		return Tunnel{}, err
@@ -145,6 +184,12 @@ func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel)
 	for _, o := range others {
 		if o.AgentID == t.AgentID {
 			continue
+		}
+		if oa := endpointAddr(o.Endpoint); oa.IsValid() {
+			if p := covering(t.AllowedIPs, oa); p != "" {
+				return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
+					"allowed_ips: %s covers the endpoint %s of %s: peers would send its WireGuard packets to this node; name only overlay prefixes", p, o.Endpoint, o.AgentID))
+			}
 		}
 		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
 			if len(k) > 0 && (bytes.Equal(k, o.PublicKey) || bytes.Equal(k, o.NextKey)) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -421,6 +422,7 @@ func (a *Agent) applyPeers(ctx context.Context, cl wardv1.NodeNetworkClient, dev
 		}
 		peers = append(peers, p)
 	}
+	peers = a.routablePeers(peers)
 	err := dev.SetPeers(peers)
 	a.net.mu.Lock()
 	a.net.peers = len(peers)
@@ -434,6 +436,60 @@ func (a *Agent) applyPeers(ctx context.Context, cl wardv1.NodeNetworkClient, dev
 		return a.register(ctx, cl, ks)
 	}
 	return nil
+}
+
+// routablePeers drops, with a warning, the peer prefixes this node must
+// never route into the tunnel, whatever the authority accepted: one
+// overlapping this node's own address or subnets, one covering a peer's
+// endpoint or the authority's address (the underlay WireGuard and the
+// Node API need), and in strict mode one outside strict_cidrs (the
+// declared overlay). A compromised peer's registration can then take
+// none of this node's traffic but what is addressed to that peer's own
+// overlay prefixes.
+func (a *Agent) routablePeers(peers []wgnet.Peer) []wgnet.Peer {
+	n := a.cfg.Network
+	var under []netip.Addr
+	for _, p := range peers {
+		under = append(under, p.Endpoint.Addr().Unmap())
+	}
+	if host, _, err := net.SplitHostPort(a.cfg.ServerAddress); err == nil {
+		if ip, err := netip.ParseAddr(host); err == nil {
+			under = append(under, ip.Unmap())
+		}
+	}
+	out := make([]wgnet.Peer, 0, len(peers))
+	for _, p := range peers {
+		var keep []netip.Prefix
+		for _, pr := range p.AllowedIPs {
+			why := ""
+			for _, o := range n.own {
+				if pr.Overlaps(o) {
+					why = "overlaps this node's own " + o.String()
+				}
+			}
+			for _, u := range under {
+				if why == "" && pr.Contains(u) {
+					why = "covers the underlay address " + u.String() + " (a peer's endpoint or the authority)"
+				}
+			}
+			if why == "" && n.Strict {
+				why = "is outside strict_cidrs"
+				for _, c := range n.strictCIDRs {
+					if c.Bits() <= pr.Bits() && c.Contains(pr.Addr()) {
+						why = ""
+					}
+				}
+			}
+			if why != "" {
+				a.log.Warn("network: not routing a peer's prefix", "agent_id", p.ID, "prefix", pr, "reason", why)
+				continue
+			}
+			keep = append(keep, pr)
+		}
+		p.AllowedIPs = keep
+		out = append(out, p)
+	}
+	return out
 }
 
 func peerFrom(t *wardv1.Tunnel) (wgnet.Peer, error) {

@@ -1,8 +1,11 @@
 package agent
 
 import (
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -76,5 +79,45 @@ func TestWireGuardKeySealed(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, wgKeyFile), raw, 0o600)
 	if _, err := a.loadWGKeys(); err == nil {
 		t.Fatal("a damaged key file was accepted")
+	}
+}
+
+// TestPeerPrefixesNotRouted runs a compromised peer's registration against
+// this node (the authority's own checks aside): prefixes taking this
+// node's own address, a peer's endpoint, the authority's address or, in
+// strict mode, anything outside strict_cidrs are not routed; the peer's
+// own overlay prefix still is.
+func TestPeerPrefixesNotRouted(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig + "network:\n  address: 10.250.1.1\n  subnets: [10.250.1.0/24]\n  strict: true\n  strict_cidrs: [10.250.0.0/16]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: c, log: slog.New(slog.DiscardHandler)}
+	pfx := func(ss ...string) (out []netip.Prefix) {
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	honest := wgnet.Peer{ID: "honest", Endpoint: netip.MustParseAddrPort("192.0.2.3:51820"), AllowedIPs: pfx("10.250.3.1/32")}
+	evil := wgnet.Peer{ID: "evil", Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"), AllowedIPs: pfx(
+		"10.250.2.1/32",            // its own overlay address: routed
+		"10.250.1.0/25",            // this node's subnet
+		"192.0.2.3/32",             // the honest peer's endpoint
+		"127.0.0.0/8",              // the authority (server_address 127.0.0.1)
+		"0.0.0.0/1", "128.0.0.0/1", // everything
+		"10.0.0.0/8",     // wider than the overlay
+		"203.0.113.0/24", // outside the overlay
+	)}
+	got := a.routablePeers([]wgnet.Peer{honest, evil})
+	if len(got) != 2 || !slices.Equal(got[0].AllowedIPs, honest.AllowedIPs) || !slices.Equal(got[1].AllowedIPs, pfx("10.250.2.1/32")) {
+		t.Fatalf("routed %+v", got)
+	}
+	// Without strict mode the overlay is not declared: only the node's own
+	// prefixes and the underlay addresses are protected.
+	c.Network.Strict, c.Network.strictCIDRs = false, nil
+	got = a.routablePeers([]wgnet.Peer{honest, evil})
+	if !slices.Equal(got[1].AllowedIPs, pfx("10.250.2.1/32", "203.0.113.0/24")) {
+		t.Fatalf("routed without strict %+v", got[1].AllowedIPs)
 	}
 }
