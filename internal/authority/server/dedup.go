@@ -42,6 +42,40 @@ const (
 	maxAnswer = 1 << 20
 )
 
+// secretAnswers are the methods whose answers carry secrets the
+// authority otherwise never stores: a rekey's new unseal shares ("shown
+// once"), a join token (stored only as its hash). Their answers are
+// never written to the store (where the barrier keys of an old root key
+// and any later copy of the storage, a backup included, would read them):
+// the record says the call ran and its answer is kept in this
+// authority's memory for secretAnswerTTL, long enough for the client's
+// retries, which go to the same authority (a rekey session lives in one
+// authority only).
+var secretAnswers = map[string]bool{
+	"/ward.v1.Maintenance/Rekey":      true,
+	"/ward.v1.Agents/CreateJoinToken": true,
+}
+
+const secretAnswerTTL = 10 * time.Minute
+
+type heldAnswer struct {
+	msg   proto.Message
+	until time.Time
+}
+
+// held are the secret answers of this process, by record path.
+var held sync.Map
+
+func holdAnswer(path string, m proto.Message, now time.Time) {
+	held.Range(func(k, v any) bool {
+		if now.After(v.(heldAnswer).until) {
+			held.Delete(k)
+		}
+		return true
+	})
+	held.Store(path, heldAnswer{msg: m, until: now.Add(secretAnswerTTL)})
+}
+
 type requestRecord struct {
 	State   string    `json:"state"` // "running" or "done"
 	Owner   string    `json:"owner"` // member name of the authority running it
@@ -53,6 +87,9 @@ type requestRecord struct {
 	Code    uint32 `json:"code,omitempty"`
 	Message string `json:"message,omitempty"`
 	Answer  []byte `json:"answer,omitempty"` // anypb of the response
+	// Held: the answer carries secrets and is kept only in the memory of
+	// Owner (secretAnswers).
+	Held bool `json:"held,omitempty"`
 }
 
 // inflight is the set of entries this process is running now.
@@ -92,6 +129,12 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 			}
 			if !slices.Equal(rec.Request, reqSum[:]) || rec.Method != info.FullMethod {
 				return nil, status.Errorf(codes.InvalidArgument, "idempotency key %s was already used for another request by %s: use a new key for each call", caller.IdempotencyKey, caller.Actor)
+			}
+			if rec.State == "done" && rec.Held {
+				if v, ok := held.Load(path); ok && time.Now().Before(v.(heldAnswer).until) {
+					return proto.Clone(v.(heldAnswer).msg), nil
+				}
+				return nil, status.Errorf(codes.FailedPrecondition, "request %s ran on authority %s; its answer carries secrets and was kept only in that authority's memory for %s: it is not available here", caller.IdempotencyKey, rec.Owner, secretAnswerTTL)
 			}
 			if rec.State == "done" {
 				return replay(rec)
@@ -173,7 +216,10 @@ func (s *Server) finishRequest(path string, rev int64, rec requestRecord, resp a
 	}
 	rec.State = "done"
 	rec.Code, rec.Message = uint32(st.Code()), st.Message()
-	if herr == nil {
+	if m, ok := resp.(proto.Message); ok && herr == nil && secretAnswers[rec.Method] {
+		holdAnswer(path, proto.Clone(m), time.Now())
+		rec.Held = true
+	} else if herr == nil {
 		if m, ok := resp.(proto.Message); ok {
 			if a, err := anypb.New(m); err == nil {
 				if b, err := proto.Marshal(a); err == nil && len(b) <= maxAnswer {
