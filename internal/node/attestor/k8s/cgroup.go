@@ -37,7 +37,10 @@ func ParseCgroup(data []byte) (podUID, containerID string, err error) {
 		if len(parts) != 3 {
 			return "", "", fmt.Errorf("cgroup line %.80q is not hierarchy:controllers:path", line)
 		}
-		p, c := podInPath(string(parts[2]))
+		p, c, err := podInPath(string(parts[2]))
+		if err != nil {
+			return "", "", err
+		}
 		if p == "" {
 			continue
 		}
@@ -56,20 +59,30 @@ func ParseCgroup(data []byte) (podUID, containerID string, err error) {
 }
 
 // podInPath returns the pod UID and container ID in one cgroup path: the
-// last segment that names a pod, and the segment right below it.
-func podInPath(path string) (pod, container string) {
+// outermost segment that names a pod (the kubelet made it), and the
+// segment right below it (the runtime's). A second segment naming a pod
+// further down is an error: below its container's cgroup everything is
+// the workload's to name (a container with a writable, delegated cgroup
+// subtree can make ".../pod<A>/<its id>/pod<B>/<any id>" and move itself
+// there), so it must never be read as the pod.
+func podInPath(path string) (pod, container string, err error) {
 	segs := strings.Split(path, "/")
-	for i := len(segs) - 1; i >= 0; i-- {
-		uid, ok := podSegment(segs[i])
+	for i, seg := range segs {
+		uid, ok := podSegment(seg)
 		if !ok {
 			continue
+		}
+		for _, below := range segs[i+1:] {
+			if other, ok := podSegment(below); ok {
+				return "", "", fmt.Errorf("cgroup path names pod %s below pod %s: a cgroup made inside a pod's own subtree is not a pod", other, uid)
+			}
 		}
 		if i+1 < len(segs) {
 			container = containerSegment(segs[i+1])
 		}
-		return uid, container
+		return uid, container, nil
 	}
-	return "", ""
+	return "", "", nil
 }
 
 // podSegment parses "pod<uid>" (cgroupfs) or "<prefix>-pod<uid>.slice"

@@ -41,6 +41,12 @@ func TestParseCgroup(t *testing.T) {
 		{"two pods", "1:cpu:/kubepods/pod" + uid + "/" + cid + "\n0::/kubepods/pod7e6d5c4b-3333-4a1b-8c2d-3e4f5a6b7c8d/" + cid + "\n", "", "", "two pods"},
 		{"two containers", "1:cpu:/kubepods/pod" + uid + "/" + cid + "\n0::/kubepods/pod" + uid + "/" + cid2 + "\n", "", "", "two containers"},
 		{"malformed line", "garbage\n", "", "", "hierarchy:controllers:path"},
+		// The spoof: a container that can write its own cgroup subtree
+		// makes a child named like another pod on the node (and a
+		// container of it) and moves itself in. The outermost pod segment
+		// is the kubelet's; a pod named below it is refused, never taken.
+		{"pod cgroup made inside a container (systemd)", "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod" + uidU + ".slice/cri-containerd-" + cid + ".scope/kubepods-pod7e6d5c4b_3333_4a1b_8c2d_3e4f5a6b7c8d.slice/cri-containerd-" + cid2 + ".scope\n", "", "", "below pod " + uid},
+		{"pod cgroup made inside a container (cgroupfs)", "0::/kubepods/besteffort/pod" + uid + "/" + cid + "/pod7e6d5c4b-3333-4a1b-8c2d-3e4f5a6b7c8d/" + cid2 + "\n", "", "", "below pod " + uid},
 		{"upper-case uid is no pod", "0::/kubepods/pod" + strings.ToUpper(uid) + "/" + cid + "\n", "", "", ""},
 		{"short uid is no pod", "0::/kubepods/pod0b6a4f8e-1111/" + cid + "\n", "", "", ""},
 		{"underscores outside a slice are no pod", "0::/kubepods/pod" + uidU + "/" + cid + "\n", "", "", ""},

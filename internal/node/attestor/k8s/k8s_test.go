@@ -235,3 +235,31 @@ func TestAttestRefusesWhileUnsynced(t *testing.T) {
 		t.Fatal("no PID: no error")
 	}
 }
+
+// TestAttestRefusesPodCgroupMadeInsideAContainer runs the cgroup spoof: a
+// process of pod "attacker" whose container may write its own cgroup
+// subtree (a delegated, writable cgroup mount) makes a child cgroup named
+// like pod "vault" on the same node (and a container of it), moves itself
+// there and calls the Workload API. It must get neither pod's identity.
+func TestAttestRefusesPodCgroupMadeInsideAContainer(t *testing.T) {
+	const victim = "7e6d5c4b-3333-4a1b-8c2d-3e4f5a6b7c8d"
+	f := &fakeAPI{events: make(chan string, 10), pods: []map[string]any{
+		podJSON(uid, "tenant", "attacker", "default", "node-a", nil),
+		podJSON(victim, "vault", "vault-0", "vault", "node-a", nil),
+	}}
+	pods := NewPods(startFake(t, f), "node-a", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go pods.Run(ctx)
+	for _, cg := range []string{
+		"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod" + uidU + ".slice/cri-containerd-" + cid +
+			".scope/kubepods-pod" + strings.ReplaceAll(victim, "-", "_") + ".slice/cri-containerd-" + cid2 + ".scope\n",
+		"0::/kubepods/besteffort/pod" + uid + "/" + cid + "/pod" + victim + "/" + cid2 + "\n",
+	} {
+		root, caller := procWith(t, cg)
+		got, err := New(pods, WithProcRoot(root), WithWait(5*time.Second)).Attest(ctx, caller)
+		if err == nil {
+			t.Fatalf("cgroup %q attested as %v", cg, strs(got))
+		}
+	}
+}
