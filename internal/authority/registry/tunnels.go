@@ -177,7 +177,10 @@ func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel,
 				"allowed_ips: %s covers the authority's address %s: peers would send their Node API traffic to this node; name only overlay prefixes", p, a.Unmap()))
 		}
 	}
-	others, err := r.Tunnels(ctx, true)
+	// Against current agents only: the tunnel of an evicted agent, or of
+	// one whose SVID expired (a node that attested again under another
+	// agent ID, with the same key and subnets), holds nothing.
+	others, err := r.Tunnels(ctx, false)
 	if err != nil {
 		return Tunnel{}, err
 	}
@@ -224,8 +227,10 @@ func sameTunnel(a, b Tunnel) bool {
 }
 
 // Tunnels returns the registered tunnels sorted by agent ID: those of
-// current agents only (an evicted or unknown agent's tunnel is left out),
-// or every stored one with all.
+// current agents only (an evicted or unknown agent's tunnel is left out,
+// and so is one whose agent SVID expired: it must attest again), or every
+// stored one with all. (An expiry is no store write: watchers see it with
+// the next change.)
 func (r *Registry) Tunnels(ctx context.Context, all bool) ([]Tunnel, error) {
 	kvs, err := r.st.List(ctx, tunnelPrefix)
 	if err != nil {
@@ -238,8 +243,9 @@ func (r *Registry) Tunnels(ctx context.Context, all bool) ([]Tunnel, error) {
 			return nil, err
 		}
 		live = make(map[string]bool, len(agents))
+		now := r.now()
 		for _, a := range agents {
-			if !a.Evicted {
+			if !a.Evicted && now.Before(a.Expires) {
 				live[a.SPIFFEID] = true
 			}
 		}

@@ -117,3 +117,43 @@ func BenchmarkRegisterTunnel(b *testing.B) {
 		}
 	}
 }
+
+// TestStaleTunnelHoldsNothing: a node that attested again under a new
+// agent ID (its old SVID expired) registers its same key and subnets; a
+// current agent's are still refused to anyone else.
+func TestStaleTunnelHoldsNothing(t *testing.T) {
+	ctx := context.Background()
+	now := time.Now()
+	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
+		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := spiffeid.RequireFromString("spiffe://example.org/ward/agent/join_token/old")
+	fresh := spiffeid.RequireFromString("spiffe://example.org/ward/agent/join_token/new")
+	other := spiffeid.RequireFromString("spiffe://example.org/ward/agent/other")
+	for _, id := range []spiffeid.ID{old, other} {
+		if _, err := r.RecordAttestation(ctx, id, AttestJoinToken, nil, "aa", now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	key := pubKey(t)
+	tn := Tunnel{PublicKey: key, Endpoint: "192.0.2.1:51820", AllowedIPs: []string{"10.250.1.0/24"}}
+	if _, err := r.RegisterTunnel(ctx, old, tn); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RegisterTunnel(ctx, other, tn); err == nil {
+		t.Fatal("another agent took a current agent's key and subnet")
+	}
+	now = now.Add(2 * time.Hour) // old's SVID expired
+	if _, err := r.RecordAttestation(ctx, fresh, AttestJoinToken, nil, "bb", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.RegisterTunnel(ctx, fresh, tn); err != nil {
+		t.Fatalf("the node's new agent could not take over its own key: %v", err)
+	}
+	ts, err := r.Tunnels(ctx, false)
+	if err != nil || len(ts) != 1 || ts[0].AgentID != fresh.String() {
+		t.Fatalf("live tunnels %v, %v", ts, err)
+	}
+}
