@@ -272,12 +272,20 @@ func (a *Agent) runNetwork(ctx context.Context) {
 		return
 	}
 	cur, _ := wgnet.KeyFrom(ks.Current)
-	dev, err := wgnet.Open(wgnet.Config{Interface: n.Interface, ListenPort: n.ListenPort, MTU: n.MTU, Address: n.addr,
-		Own: n.own, Strict: n.Strict, StrictCIDRs: n.strictCIDRs, Log: a.log}, cur)
-	if err != nil {
-		a.log.Error("network: the WireGuard interface could not start; node encryption is off", "err", err)
+	var dev *wgnet.Device
+	for {
+		dev, err = wgnet.Open(wgnet.Config{Interface: n.Interface, ListenPort: n.ListenPort, MTU: n.MTU, Address: n.addr,
+			Own: n.own, Strict: n.Strict, StrictCIDRs: n.strictCIDRs, Log: a.log}, cur)
+		if err == nil {
+			break
+		}
+		a.log.Error("network: the WireGuard interface could not start; retrying in 10s (no tunnel to any peer until then)", "err", err)
 		a.net.setErr(err)
-		return
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(10 * time.Second):
+		}
 	}
 	defer dev.Close()
 	a.net.mu.Lock()

@@ -186,36 +186,48 @@ func (d *Device) strict() error {
 		}
 	}
 	// Inbound: the local table is consulted after our rules, so traffic
-	// to Own is delivered only from loopback or the tunnel.
-	out, err := ipOut("rule", "show", "pref", strconv.Itoa(localPref))
-	if err != nil {
-		return err
-	}
-	if !strings.Contains(out, "lookup local") {
-		if err := ip("rule", "add", "pref", strconv.Itoa(localPref), "lookup", "local"); err != nil {
-			return err
-		}
-	}
-	if out, _ := ipOut("rule", "show", "pref", "0"); strings.Contains(out, "lookup local") {
-		if err := ip("rule", "del", "pref", "0", "lookup", "local"); err != nil {
-			return err
-		}
-	}
-	for _, pref := range []int{prefLoopback, prefTunnel, prefDrop} {
-		for range 256 {
-			if ip("rule", "del", "pref", strconv.Itoa(pref)) != nil {
-				break
+	// to Own is delivered only from loopback or the tunnel (per address
+	// family: IPv4 and IPv6 have their own rules).
+	for _, fam := range []string{"-4", "-6"} {
+		var own []netip.Prefix
+		for _, p := range d.cfg.Own {
+			if p.Addr().Is4() == (fam == "-4") {
+				own = append(own, p)
 			}
 		}
-	}
-	for _, p := range d.cfg.Own {
-		for _, args := range [][]string{
-			{"rule", "add", "pref", strconv.Itoa(prefLoopback), "to", p.String(), "iif", "lo", "lookup", "local"},
-			{"rule", "add", "pref", strconv.Itoa(prefTunnel), "to", p.String(), "iif", dev, "lookup", "local"},
-			{"rule", "add", "pref", strconv.Itoa(prefDrop), "to", p.String(), "blackhole"},
-		} {
-			if err := ip(args...); err != nil {
+		if len(own) == 0 {
+			continue
+		}
+		out, err := ipOut(fam, "rule", "show", "pref", strconv.Itoa(localPref))
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "lookup local") {
+			if err := ip(fam, "rule", "add", "pref", strconv.Itoa(localPref), "lookup", "local"); err != nil {
 				return err
+			}
+		}
+		if out, _ := ipOut(fam, "rule", "show", "pref", "0"); strings.Contains(out, "lookup local") {
+			if err := ip(fam, "rule", "del", "pref", "0", "lookup", "local"); err != nil {
+				return err
+			}
+		}
+		for _, pref := range []int{prefLoopback, prefTunnel, prefDrop} {
+			for range 256 {
+				if ip(fam, "rule", "del", "pref", strconv.Itoa(pref)) != nil {
+					break
+				}
+			}
+		}
+		for _, p := range own {
+			for _, args := range [][]string{
+				{fam, "rule", "add", "pref", strconv.Itoa(prefLoopback), "to", p.String(), "iif", "lo", "lookup", "local"},
+				{fam, "rule", "add", "pref", strconv.Itoa(prefTunnel), "to", p.String(), "iif", dev, "lookup", "local"},
+				{fam, "rule", "add", "pref", strconv.Itoa(prefDrop), "to", p.String(), "blackhole"},
+			} {
+				if err := ip(args...); err != nil {
+					return err
+				}
 			}
 		}
 	}
@@ -291,6 +303,11 @@ func (d *Device) SetPeers(peers []Peer) error {
 	}
 	if b.Len() > 0 {
 		if err := d.dev.IpcSet(b.String()); err != nil {
+			// Part may be applied: the next list removes every key that
+			// may be on the device and sets every wanted one again.
+			for k := range want {
+				d.peers[k] = wgPeer{id: "(unknown)"}
+			}
 			return fmt.Errorf("network: configuring peers: %w", err)
 		}
 	}
