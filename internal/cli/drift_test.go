@@ -185,6 +185,29 @@ func TestDriftEndToEnd(t *testing.T) {
 	if m := metricsText(t, srv); strings.Contains(m, `rule="rotation.period"`) {
 		t.Fatalf("/metrics still shows the resolved finding:\n%s", m)
 	}
+
+	// Reality by scan: the api's listener offers TLS 1.3 only and requires
+	// a client certificate, but (Go's defaults) accepts classical groups
+	// besides the hybrid the posture allows: a medium finding, so
+	// --fail-on high passes.
+	out, err = ward(t, addr, "drift", "--scan", "--json", "--fail-on", "high")
+	if err != nil {
+		t.Fatalf("ward drift --scan: %v\n%s", err, out)
+	}
+	res = driftResult{}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if len(res.State.Scans) != 1 {
+		t.Fatalf("scans: %+v", res.State.Scans)
+	}
+	sc := res.State.Scans[0]
+	if sc.Error != "" || sc.Service != "api" || !sc.ClientCertRequired || strings.Join(sc.Versions, ",") != "1.3" {
+		t.Fatalf("the scan of the api listener: %+v", sc)
+	}
+	if len(res.Findings) != 1 || res.Findings[0].Rule != drift.RuleTLSGroups || res.Findings[0].Source != "scan" || res.Findings[0].Object != "endpoint/"+sc.Target {
+		t.Fatalf("scan findings: %+v", res.Findings)
+	}
 }
 
 func proxyReported(nodes []telemetry.NodeReport, service string) bool {

@@ -22,21 +22,23 @@ import (
 
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
+	"github.com/wardproject/ward/internal/shared/posture"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
-// Kinds of documents. Exported services and posture will become further
-// kinds: a parse function in kinds, a state reader, a plan step, an
-// execute step and an export writer (docs/apply.md, "Extending").
+// Kinds of documents. Exported services will become a further kind: a
+// parse function in kinds, a state reader, a plan step, an execute step
+// and an export writer (docs/apply.md, "Extending").
 const (
 	KindKey        = "Key"
 	KindEntry      = "Entry"
 	KindPolicy     = "Policy"
 	KindFederation = "Federation"
+	KindPosture    = "Posture"
 )
 
 // kindNames lists the kinds for messages.
-var kindNames = []string{KindKey, KindEntry, KindPolicy, KindFederation}
+var kindNames = []string{KindKey, KindEntry, KindPolicy, KindFederation, KindPosture}
 
 // kinds maps each kind to its fields (for "did you mean") and parser.
 var kinds = map[string]struct {
@@ -47,6 +49,7 @@ var kinds = map[string]struct {
 	KindEntry:      {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
 	KindPolicy:     {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
 	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle"}, parseFederation},
+	KindPosture:    {[]string{"kind", "file", "posture"}, parsePosture},
 }
 
 // Limits on untrusted input.
@@ -64,6 +67,7 @@ type Doc struct {
 	Entry      *EntrySpec
 	Policy     *PolicySpec
 	Federation *FederationSpec
+	Posture    *PostureSpec
 	// lines of the fields, for errors found after parsing.
 	lines map[string]int
 }
@@ -135,6 +139,15 @@ type PolicySpec struct {
 	// YAML document (the line before the block's first).
 	SourceFile string
 	SourceLine int
+}
+
+// PostureSpec is the declared posture file (docs/governance.md).
+type PostureSpec struct {
+	// Path is the posture file the document names (relative to the
+	// document), read by Load; empty for an inline posture.
+	Path string
+	// Source is the file's text (inline, or read from Path).
+	Source []byte
 }
 
 // FederationSpec is a federation relationship with a foreign trust domain.
@@ -269,7 +282,7 @@ func yamlErrMsg(err error) string {
 
 func (p *parser) document(n *yaml.Node) *Doc {
 	if n.Kind != yaml.MappingNode {
-		p.fail(n.Line, "", "a document must be a mapping starting with kind: Key, Entry, Policy or Federation")
+		p.fail(n.Line, "", "a document must be a mapping starting with kind: Key, Entry, Policy, Federation or Posture")
 		return nil
 	}
 	fields := map[string]*yaml.Node{}
@@ -290,7 +303,7 @@ func (p *parser) document(n *yaml.Node) *Doc {
 	}
 	kn, ok := fields["kind"]
 	if !ok {
-		p.fail(n.Line, "kind", "missing: every document starts with kind: Key, Entry, Policy or Federation")
+		p.fail(n.Line, "kind", "missing: every document starts with kind: Key, Entry, Policy, Federation or Posture")
 		return nil
 	}
 	kind, ok := p.scalar(kn, "kind")
@@ -572,6 +585,34 @@ func parsePolicy(p *parser, d *Doc, f map[string]*yaml.Node) {
 		p.fail(n.Line, "name", "only for inline cedar: a policy file is named by its path")
 	}
 	d.Policy = ps
+}
+
+func parsePosture(p *parser, d *Doc, f map[string]*yaml.Node) {
+	ps := &PostureSpec{}
+	fileN, hasFile := f["file"]
+	srcN, hasSrc := f["posture"]
+	switch {
+	case hasFile == hasSrc:
+		p.fail(d.Line, "file", "a Posture document needs exactly one of file (a posture file, relative to this document) or posture (its text)")
+		return
+	case hasFile:
+		ps.Path, _ = p.scalar(fileN, "file")
+		if ps.Path == "" {
+			p.fail(fileN.Line, "file", "is empty: give the posture file")
+			return
+		}
+	default:
+		src, ok := p.scalar(srcN, "posture")
+		if !ok {
+			return
+		}
+		ps.Source = []byte(src)
+		if _, err := posture.Parse(ps.Source, nil); err != nil {
+			p.fail(srcN.Line, "posture", "%v", err)
+			return
+		}
+	}
+	d.Posture = ps
 }
 
 func parseFederation(p *parser, d *Doc, f map[string]*yaml.Node) {

@@ -169,6 +169,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &x [*x]\n"))
 	f.Add([]byte("kind: Policy\ncedar: >\n  folded\n"))
 	f.Add([]byte("---\n---\nkind: Key\n"))
+	f.Add([]byte("kind: Posture\nposture: |\n  defaults: {max_svid_ttl: 1h}\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		docs, err := Parse("f.yaml", b)
 		var es Errors
@@ -186,6 +187,7 @@ func FuzzParse(f *testing.F) {
 			case d.Kind == KindEntry && d.Entry != nil && len(d.Entry.Selectors) > 0:
 			case d.Kind == KindPolicy && d.Policy != nil && (d.Policy.Path != "" || d.Policy.Name != ""):
 			case d.Kind == KindFederation && d.Federation != nil && d.Federation.TrustDomain != "" && d.Federation.EndpointURL != "":
+			case d.Kind == KindPosture && d.Posture != nil && (d.Posture.Path != "" || d.Posture.Source != nil):
 			default:
 				t.Fatalf("incomplete document %+v", d)
 			}

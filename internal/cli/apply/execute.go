@@ -26,6 +26,7 @@ type Result struct {
 	EntriesCreated, EntriesChanged, EntriesDelete int
 	Batches                                       int
 	PolicyVersion                                 uint64
+	PostureVersion                                uint64
 }
 
 func (r Result) String() string {
@@ -36,6 +37,9 @@ func (r Result) String() string {
 	}
 	if r.PolicyVersion != 0 {
 		s += fmt.Sprintf("; policy version %d", r.PolicyVersion)
+	}
+	if r.PostureVersion != 0 {
+		s += fmt.Sprintf("; posture version %d", r.PostureVersion)
 	}
 	return s + "."
 }
@@ -168,6 +172,13 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 			return res, fmt.Errorf("storing the policy set: %w", client.Unwrap(err))
 		}
 		res.PolicyVersion = v.Version
+	}
+	if p.PostureFile != nil {
+		v, err := c.Posture.SetPosture(ctx, &wardv1.SetPostureRequest{File: p.PostureFile, Comment: "ward apply"})
+		if err != nil {
+			return res, fmt.Errorf("storing the posture: %w", client.Unwrap(err))
+		}
+		res.PostureVersion = v.Number
 	}
 	return res, nil
 }

@@ -38,6 +38,11 @@ type federationOut struct {
 	EndpointSPIFFEID string `yaml:"endpoint_spiffe_id,omitempty"`
 }
 
+type postureOut struct {
+	Kind    string `yaml:"kind"`
+	Posture string `yaml:"posture"`
+}
+
 type policyOut struct {
 	Kind  string `yaml:"kind"`
 	Name  string `yaml:"name"`
@@ -49,7 +54,8 @@ type policyOut struct {
 // added through the API (without its bootstrap bundle: add bundle: FILE
 // before applying to another authority), every entry (identified by
 // SPIFFE ID, parent and selectors), and the current policy set's files
-// inline. Applying the output to the same authority changes nothing.
+// inline, and the declared posture inline. Applying the output to the same
+// authority changes nothing.
 func Export(w io.Writer, st *State) error {
 	var buf bytes.Buffer
 	fmt.Fprintln(&buf, "# Written by `ward export`: the authority's keys, entries and policy set as")
@@ -90,6 +96,9 @@ func Export(w io.Writer, st *State) error {
 	}
 	for _, n := range sortedNames(st.Policy) {
 		docs = append(docs, policyOut{KindPolicy, n, string(st.Policy[n])})
+	}
+	if st.Posture != nil {
+		docs = append(docs, postureOut{KindPosture, string(st.Posture)})
 	}
 	for _, d := range docs {
 		var b bytes.Buffer

@@ -2,12 +2,15 @@ package apply
 
 import (
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
 	"sort"
 	"strings"
+
+	"github.com/wardproject/ward/internal/shared/posture"
 )
 
 // Set is every document of one `ward apply`, checked as a whole.
@@ -17,6 +20,8 @@ type Set struct {
 	Policies []*Doc // one per Cedar file (a directory is expanded)
 	// Federations are relationships with foreign trust domains.
 	Federations []*Doc
+	// Posture is the declared posture (at most one document).
+	Posture *Doc
 }
 
 // Load reads the documents of every path (a file, or a directory: every
@@ -55,7 +60,14 @@ func Load(paths []string) (*Set, error) {
 		sort.Strings(found)
 		files = append(files, found...)
 	}
-	var docs []*Doc
+	type parsed struct {
+		docs []*Doc
+		errs Errors
+	}
+	byFile := map[string]parsed{}
+	// A posture file a Posture document names is YAML too, but no
+	// document: it is read by readPosture, not parsed here.
+	postureFiles := map[string]bool{}
 	for _, f := range files {
 		b, err := os.ReadFile(f)
 		if err != nil {
@@ -63,14 +75,30 @@ func Load(paths []string) (*Set, error) {
 			continue
 		}
 		ds, err := Parse(f, b)
-		if pe, ok := err.(Errors); ok {
-			errs = append(errs, pe...)
+		pe, _ := err.(Errors)
+		byFile[f] = parsed{ds, pe}
+		for _, d := range ds {
+			if d.Kind == KindPosture && d.Posture.Path != "" {
+				postureFiles[filepath.Clean(postureFilePath(d))] = true
+			}
 		}
-		docs = append(docs, ds...)
+	}
+	var docs []*Doc
+	for _, f := range files {
+		if postureFiles[filepath.Clean(f)] {
+			continue
+		}
+		errs = append(errs, byFile[f].errs...)
+		docs = append(docs, byFile[f].docs...)
 	}
 	set, serrs := build(docs, readPolicyPath)
 	for _, d := range set.Federations {
 		if err := readBundle(d); err != nil {
+			serrs = append(serrs, err)
+		}
+	}
+	if d := set.Posture; d != nil {
+		if err := readPosture(d); err != nil {
 			serrs = append(serrs, err)
 		}
 	}
@@ -124,6 +152,38 @@ func readPolicyPath(d *Doc) ([]*PolicySpec, *Error) {
 	return out, nil
 }
 
+// postureFilePath is the file a Posture document names (relative to it).
+func postureFilePath(d *Doc) string {
+	full := filepath.FromSlash(d.Posture.Path)
+	if !filepath.IsAbs(full) {
+		full = filepath.Join(filepath.Dir(d.File), full)
+	}
+	return full
+}
+
+// readPosture reads and parses a Posture document's file.
+func readPosture(d *Doc) *Error {
+	ps := d.Posture
+	if ps.Path == "" {
+		return nil
+	}
+	full := postureFilePath(d)
+	f, err := os.Open(full)
+	if err != nil {
+		return d.errAt("file", "cannot read the posture file %s: %v", full, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, posture.MaxFileBytes+1))
+	if err != nil {
+		return d.errAt("file", "cannot read the posture file %s: %v", full, err)
+	}
+	if _, err := posture.Parse(b, nil); err != nil {
+		return d.errAt("file", "%s: %v", full, err)
+	}
+	ps.Source = b
+	return nil
+}
+
 // readBundle reads a Federation document's bootstrap bundle file.
 func readBundle(d *Doc) *Error {
 	fs := d.Federation
@@ -161,6 +221,12 @@ func build(docs []*Doc, readPolicy func(*Doc) ([]*PolicySpec, *Error)) (*Set, Er
 			}
 			feds[d.Federation.TrustDomain] = d
 			s.Federations = append(s.Federations, d)
+		case KindPosture:
+			if s.Posture != nil {
+				errs = append(errs, d.errAt("kind", "the posture is also declared at %s: declare it once", s.Posture.Where()))
+				continue
+			}
+			s.Posture = d
 		case KindKey:
 			if o, dup := keys[d.Key.Name]; dup {
 				errs = append(errs, d.errAt("name", "key %s is also declared at %s: declare each key once", d.Key.Name, o.Where()))

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/shared/posture"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -46,9 +47,13 @@ type Change struct {
 	revision   int64
 }
 
-// Plan is what apply would change, in order: keys, entries, policy.
+// Plan is what apply would change, in order: keys, entries, policy,
+// posture.
 type Plan struct {
-	Keys, Federations, Entries, Policies []*Change
+	Keys, Federations, Entries, Policies, Posture []*Change
+	// PostureFile is the posture to store as a new version (nil: it does
+	// not change).
+	PostureFile []byte
 	// PolicyFiles is the policy set to store as a new version (nil: the
 	// policy set does not change).
 	PolicyFiles map[string][]byte
@@ -62,12 +67,12 @@ type Plan struct {
 
 // Empty reports whether the plan changes nothing.
 func (p *Plan) Empty() bool {
-	return len(p.Keys)+len(p.Federations)+len(p.Entries)+len(p.Policies) == 0
+	return len(p.Keys)+len(p.Federations)+len(p.Entries)+len(p.Policies)+len(p.Posture) == 0
 }
 
 // Counts returns how many creates, changes and deletes the plan holds.
 func (p *Plan) Counts() (create, change, del int) {
-	for _, cs := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies} {
+	for _, cs := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies, p.Posture} {
 		for _, c := range cs {
 			switch c.Action {
 			case Create:
@@ -93,6 +98,7 @@ func NewPlan(set *Set, st *State, prune bool) (*Plan, error) {
 	errs = append(errs, p.planFederations(set, st)...)
 	p.planEntries(set, st)
 	errs = append(errs, p.planPolicy(set, st)...)
+	errs = append(errs, p.planPosture(set, st)...)
 	if err := errs.orNil(); err != nil {
 		return nil, err
 	}
@@ -479,13 +485,42 @@ func lineDiff(a, b []byte) []string {
 	return out
 }
 
+// planPosture stores the document's posture as a new version when it
+// differs from the current one (checked against the authority's
+// classifications). Without a Posture document the posture is left alone,
+// also with --prune: a declared posture is replaced, never removed.
+func (p *Plan) planPosture(set *Set, st *State) Errors {
+	d := set.Posture
+	if d == nil || d.Posture.Source == nil {
+		return nil
+	}
+	src := d.Posture.Source
+	if _, err := posture.Parse(src, st.Classifications); err != nil {
+		field := "posture"
+		if d.Posture.Path != "" {
+			field = "file"
+		}
+		return Errors{d.errAt(field, "%v", err)}
+	}
+	if bytes.Equal(src, st.Posture) {
+		return nil
+	}
+	action := byte(Update)
+	if st.Posture == nil {
+		action = Create
+	}
+	p.Posture = append(p.Posture, &Change{Action: action, Kind: KindPosture, Name: "file", Doc: d, Lines: lineDiff(st.Posture, src)})
+	p.PostureFile = src
+	return nil
+}
+
 // Render writes the plan as a readable diff. With brief, creates are
 // counted instead of listed one by one when there are more than 20.
 func (p *Plan) Render(w io.Writer, brief bool) {
 	if p.Empty() {
 		fmt.Fprintln(w, "No changes: the authority already matches the documents.")
 	}
-	for _, group := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies} {
+	for _, group := range [][]*Change{p.Keys, p.Federations, p.Entries, p.Policies, p.Posture} {
 		creates := 0
 		for _, c := range group {
 			if c.Action == Create {

@@ -193,6 +193,7 @@ func TestExportRoundTrip(t *testing.T) {
 	st.Keys["a/b"].MinDecryptVersion = 2
 	st.Keys["a/b"].Purpose = "it's \"quoted\""
 	st.Policy["multi.cedar"] = []byte("// trailing spaces   \npermit (principal, action, resource);\n\n")
+	st.Posture = []byte("# the posture  \ndefaults:\n  max_svid_ttl: 1h\n  rotation: {confidential: {period: 30d}}\n")
 	var buf bytes.Buffer
 	if err := Export(&buf, st); err != nil {
 		t.Fatal(err)
@@ -273,5 +274,60 @@ func TestPruneOnlyManagedKinds(t *testing.T) {
 		var out bytes.Buffer
 		p.Render(&out, false)
 		t.Fatalf("--prune with only a Key document plans:\n%s", out.String())
+	}
+}
+
+// A Posture document (a file or inline) is planned as one change: created
+// when none is declared, a diff when it differs, nothing when equal; its
+// classifications are checked against the authority's, and it is stored
+// by Execute as a new posture version.
+func TestPlanPosture(t *testing.T) {
+	const file = "defaults:\n  tls: {min_version: \"1.3\"}\n  rotation: {confidential: {period: 30d}}\n"
+	set := mustSet(t, map[string]string{"p.yaml": "kind: Posture\nfile: posture/p.yaml\n", "posture/p.yaml": file})
+	st := baseState()
+	p, err := NewPlan(set, st, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Posture) != 1 || p.Posture[0].Action != Create || string(p.PostureFile) != file {
+		t.Fatalf("create: %+v", p.Posture)
+	}
+	var out bytes.Buffer
+	p.Render(&out, false)
+	if !strings.Contains(out.String(), "+ posture file") || !strings.Contains(out.String(), `+ defaults:`) {
+		t.Fatalf("render:\n%s", out.String())
+	}
+	st.Posture = []byte(file)
+	if p, err = NewPlan(set, st, true); err != nil || len(p.Posture) != 0 || p.PostureFile != nil {
+		t.Fatalf("unchanged: %+v %v", p, err)
+	}
+	st.Posture = []byte("defaults: {max_svid_ttl: 1h}\n")
+	if p, err = NewPlan(set, st, false); err != nil || len(p.Posture) != 1 || p.Posture[0].Action != Update {
+		t.Fatalf("update: %+v %v", p, err)
+	}
+	st.Classifications = []string{"public"}
+	if _, err = NewPlan(set, st, false); err == nil || !strings.Contains(err.Error(), `"confidential" is no KMS classification`) || !strings.Contains(err.Error(), "field file") {
+		t.Fatalf("unknown classification: %v", err)
+	}
+	// Without a Posture document, --prune leaves the declared one alone.
+	if p, err = NewPlan(&Set{}, baseState(), true); err != nil || len(p.Posture) != 0 {
+		t.Fatalf("no document: %+v %v", p, err)
+	}
+	for _, tc := range []struct {
+		files map[string]string
+		want  string
+	}{
+		{map[string]string{"a.yaml": "kind: Posture\nposture: |\n  defaults: {tls: {min_version: \"1.0\"}}\n"}, "defaults.tls.min_version"},
+		{map[string]string{"a.yaml": "kind: Posture\n"}, "exactly one of file"},
+		{map[string]string{"a.yaml": "kind: Posture\nfile: missing.yaml\n"}, "cannot read the posture file"},
+		{map[string]string{"a.yaml": "kind: Posture\nposture: \"defaults: {}\"\n---\nkind: Posture\nposture: \"defaults: {}\"\n"}, "the posture is also declared at"},
+	} {
+		dir := t.TempDir()
+		for n, c := range tc.files {
+			os.WriteFile(filepath.Join(dir, n), []byte(c), 0o644)
+		}
+		if _, err := Load([]string{dir}); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.files, err, tc.want)
+		}
 	}
 }

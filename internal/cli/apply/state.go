@@ -30,6 +30,8 @@ type State struct {
 	// says why there are none to manage (federation not running).
 	Federations  map[string]*StoredFederation
 	NoFederation string
+	// Posture is the current posture file (nil: none declared).
+	Posture []byte
 }
 
 // StoredFederation is a relationship as the authority holds it.
@@ -91,6 +93,14 @@ func Fetch(ctx context.Context, c *client.Client) (*State, error) {
 			s.Federations[r.TrustDomain] = &StoredFederation{Source: r.Source, FederationSpec: FederationSpec{
 				TrustDomain: r.TrustDomain, EndpointURL: r.EndpointUrl, Profile: r.Profile, EndpointSPIFFEID: r.EndpointSpiffeId}}
 		}
+	}
+	pst, err := c.Posture.GetPosture(ctx, &wardv1.GetPostureRequest{})
+	switch code := status.Code(err); {
+	case code == codes.NotFound || code == codes.Unimplemented || code == codes.FailedPrecondition:
+	case err != nil:
+		return nil, err
+	default:
+		s.Posture = pst.File
 	}
 	pv, err := c.Policy.GetPolicy(ctx, &wardv1.GetPolicyRequest{})
 	switch {
