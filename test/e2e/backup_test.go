@@ -235,6 +235,8 @@ func TestBackupRestoreDrill(t *testing.T) {
 	out = mustWard(t, b.addr, "", "audit", "verify", "--checkpoint", cpFile)
 	t.Logf("audit verify on the restored etcd authority: %s", out)
 
+	forgedBackupRefused(t, root, file, stateDirFor(b.addr))
+
 	// C: back up B (etcd) and restore onto bbolt.
 	fileB := filepath.Join(root, "b.wbk")
 	mustWard(t, b.addr, "", "operator", "backup", "create", "-o", fileB)
@@ -375,5 +377,43 @@ func backupAsOtherUID(t *testing.T, s *server, root string) {
 	}
 	if matches, _ := filepath.Glob(filepath.Join(dir, ".stolen*")); len(matches) != 0 {
 		t.Fatalf("another uid got a partial backup: %v", matches)
+	}
+}
+
+// forgedBackupRefused: a backup made by another authority of the same
+// trust domain (its own audit key: what a forger with write access to the
+// backup store could make) verifies on its own, but is refused against
+// the real authority's key, given with --public-key or remembered by the
+// CLI from `ward audit verify` (stateDir).
+func forgedBackupRefused(t *testing.T, root, genuine, stateDir string) {
+	t.Helper()
+	dir := filepath.Join(root, "forger")
+	os.MkdirAll(dir, 0o700)
+	f := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("seal:\n  type: keyfile\n  key_file: %s\n", filepath.Join(dir, "seal.key"))))
+	mustWard(t, f.addr, "", "operator", "init", "--shares", "0", "--threshold", "0")
+	forged := filepath.Join(root, "forged.wbk")
+	mustWard(t, f.addr, "", "operator", "backup", "create", "-o", forged)
+	f.stop()
+	mustWard(t, "", "", "operator", "backup", "verify", forged, "--state-dir", t.TempDir())
+
+	var man struct {
+		PublicKey string `json:"public_key"`
+	}
+	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", genuine, "--json")), &man); err != nil {
+		t.Fatal(err)
+	}
+	pem := filepath.Join(root, "audit.pem")
+	os.WriteFile(pem, []byte(man.PublicKey), 0o600)
+	mustWard(t, "", "", "operator", "backup", "verify", genuine, "--public-key", pem)
+	for _, args := range [][]string{{"--public-key", pem}, {"--state-dir", stateDir}} {
+		r := ward(t, "", "", append([]string{"operator", "backup", "verify", forged}, args...)...)
+		if r.code == 0 || !strings.Contains(r.stderr, "another authority") {
+			t.Fatalf("a forged backup with %v: exit %d %s", args, r.code, r.stderr)
+		}
+		t.Logf("forged backup, %s: %s", args[0], strings.TrimSpace(r.stderr))
+		r = ward(t, "", "", append([]string{"operator", "backup", "restore", forged, "--data-dir", filepath.Join(root, "never")}, args...)...)
+		if r.code == 0 {
+			t.Fatalf("a forged backup was restored with %v", args)
+		}
 	}
 }
