@@ -194,3 +194,40 @@ func TestShortTokenRefused(t *testing.T) {
 		t.Fatal("a short token was accepted")
 	}
 }
+
+// FuzzUnauthenticated sends requests no one logged in: whatever the
+// method, path, cookie or Authorization header, the answer is 401 (or 421
+// for a foreign Host) and holds nothing about the authority.
+func FuzzUnauthenticated(f *testing.F) {
+	h, err := New(Options{Token: testToken, State: func(ctx context.Context) State {
+		return State{TrustDomain: "secret-td.example.org"}
+	}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add("GET", "/api/state", "ward_dashboard=x", "Bearer x", "127.0.0.1")
+	f.Add("POST", "/login", "", "", "localhost:1")
+	f.Add("GET", "/static/../api/state", "", "Basic YTpi", "[::1]:8300")
+	f.Add("HEAD", "//api/events", "ward_dashboard="+testToken, "bearer "+testToken, "127.0.0.1")
+	f.Fuzz(func(t *testing.T, method, path, cookie, auth, host string) {
+		if strings.Contains(auth, testToken) && strings.HasPrefix(auth, "Bearer "+testToken) && len(auth) == len("Bearer "+testToken) {
+			return // the token itself
+		}
+		r := httptest.NewRequest(http.MethodGet, "/", nil)
+		r.Method, r.URL.Path, r.Host = method, path, host
+		if cookie != "" {
+			r.Header.Set("Cookie", cookie)
+		}
+		if auth != "" {
+			r.Header.Set("Authorization", auth)
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r)
+		if w.Code != http.StatusUnauthorized && w.Code != http.StatusMisdirectedRequest {
+			t.Fatalf("%s %q Host %q Cookie %q Authorization %q: %d", method, path, host, cookie, auth, w.Code)
+		}
+		if strings.Contains(w.Body.String(), "secret-td") {
+			t.Fatal("the state leaked")
+		}
+	})
+}
