@@ -5,6 +5,8 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"sync"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -23,6 +25,57 @@ import (
 type nodeNetwork struct {
 	wardv1.UnimplementedNodeNetworkServer
 	s *Server
+
+	mu      sync.Mutex
+	buckets map[string]tunnelBucket // agent ID → its registration budget
+}
+
+// Registrations per agent: a burst, then one per tunnelRefill. An agent
+// registers at start and twice per key rotation (rotation_period is at
+// least 10 s); every accepted change is a store write, an audit event and
+// a new peer list sent to every agent, so a compromised agent flipping
+// its registration would otherwise make all of them work for it.
+const (
+	tunnelBurst      = 20
+	tunnelRefill     = 2 * time.Second
+	maxTunnelBuckets = 100000
+)
+
+type tunnelBucket struct {
+	tokens float64
+	at     time.Time
+}
+
+// admit spends one registration of agent at now, or says when the next
+// may come.
+func (n *nodeNetwork) admit(agent string, now time.Time) (time.Duration, bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.buckets == nil {
+		n.buckets = map[string]tunnelBucket{}
+	}
+	b, ok := n.buckets[agent]
+	if !ok {
+		if len(n.buckets) >= maxTunnelBuckets {
+			for a, o := range n.buckets {
+				if now.Sub(o.at) > tunnelBurst*tunnelRefill {
+					delete(n.buckets, a) // full again: forgetting it changes nothing
+				}
+			}
+		}
+		b = tunnelBucket{tokens: tunnelBurst, at: now}
+	}
+	if el := now.Sub(b.at); el > 0 {
+		b.tokens = min(tunnelBurst, b.tokens+float64(el)/float64(tunnelRefill))
+	}
+	b.at = now
+	if b.tokens < 1 {
+		n.buckets[agent] = b
+		return time.Duration((1 - b.tokens) * float64(tunnelRefill)), false
+	}
+	b.tokens--
+	n.buckets[agent] = b
+	return 0, true
 }
 
 func tunnelProto(t registry.Tunnel, td string) *wardv1.Tunnel {
@@ -34,6 +87,9 @@ func (n *nodeNetwork) RegisterTunnel(ctx context.Context, r *wardv1.RegisterTunn
 	id := agentFrom(ctx)
 	if id.IsZero() {
 		return nil, status.Error(codes.Unauthenticated, "RegisterTunnel needs an agent SVID")
+	}
+	if wait, ok := n.admit(id.String(), n.s.cfg.Clock()); !ok {
+		return nil, status.Errorf(codes.ResourceExhausted, "RegisterTunnel: %s registers too often (a burst of %d, then one per %s); the next in %s", id, tunnelBurst, tunnelRefill, wait.Round(time.Millisecond))
 	}
 	ep := r.Endpoint
 	if ep == "" {

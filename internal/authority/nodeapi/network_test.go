@@ -175,3 +175,44 @@ func TestRegisterTunnelCannotHijackUnderlay(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestRegisterTunnelFlood runs a compromised agent flipping its
+// registration as fast as it can (each change is a store write, an audit
+// event and a new peer list for every agent): past a burst it is refused
+// until its budget refills; the other agents' registrations are not
+// affected.
+func TestRegisterTunnelFlood(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	svA, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svB, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	key := wgKey(t)
+	accepted := 0
+	for i := range 3 * tunnelBurst {
+		_, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: key, ListenPort: uint32(40000 + i), AllowedIps: []string{"10.250.2.1/32"}})
+		if status.Code(err) == codes.ResourceExhausted {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		accepted++
+	}
+	if accepted >= 3*tunnelBurst {
+		t.Fatalf("%d registration changes in a row were all accepted", accepted)
+	}
+	if _, err := a.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), ListenPort: 51820, AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
+		t.Fatalf("another agent's registration: %v", err)
+	}
+	h.clock.Advance(tunnelBurst * tunnelRefill)
+	if _, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: key, ListenPort: 51820, AllowedIps: []string{"10.250.2.1/32"}}); err != nil {
+		t.Fatalf("after the budget refilled: %v", err)
+	}
+}
