@@ -91,11 +91,23 @@ func wireAnomaly(srv *server.Server, cfg config.Anomaly, log *slog.Logger) (func
 			return nil, err
 		}
 	}
-	srv.SetAuditObserver(func(ev audit.Event) {
+	submit := func(ev audit.Event) {
 		for _, e := range anomalyEvents(ev) {
 			d.Submit(e)
 		}
-	})
+	}
+	if srv.Clustered() {
+		// Several authorities share the log: the leader alone follows
+		// it (everyone's events), so each unusual use is scored once,
+		// against one baseline (docs/ha.md).
+		srv.AddLeaderJob(func(ctx context.Context) {
+			if err := srv.FollowAudit(ctx, submit); err != nil && ctx.Err() == nil {
+				log.Warn("anomaly: following the audit log stopped", "err", err)
+			}
+		})
+	} else {
+		srv.SetAuditObserver(submit)
+	}
 	done := make(chan struct{})
 	go func() { defer close(done); d.Run(ctx) }()
 	return func() { cancel(); <-done }, nil

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/ha"
 	"github.com/wardproject/ward/internal/authority/store/etcdstore"
@@ -102,16 +103,59 @@ func (s *Server) leaderJobs(ctx context.Context, st *unsealedState) {
 			}
 		})
 	}
-	if f := s.leaderHook; f != nil {
+	for _, f := range s.leaderHooks {
 		run(func() { f(ctx) })
 	}
 	wg.Wait()
 }
 
-// SetLeaderJob adds a job that runs only on the elected leader (the
-// anomaly detector, wired by the CLI): f runs while this authority leads
-// and must return soon after its context ends. Call it before Start.
-func (s *Server) SetLeaderJob(f func(ctx context.Context)) { s.leaderHook = f }
+// AddLeaderJob adds a job that runs only on the elected leader (the
+// anomaly detector's feed, wired by the CLI): f runs while this authority
+// leads and must return soon after its context ends. Call it before Start.
+func (s *Server) AddLeaderJob(f func(ctx context.Context)) { s.leaderHooks = append(s.leaderHooks, f) }
+
+// Clustered reports whether this authority shares its store with others
+// (etcd): then jobs that must see every authority's events (the anomaly
+// detector) follow the audit log on the leader instead of observing this
+// authority's own events.
+func (s *Server) Clustered() bool {
+	_, ok := s.raw.(*etcdstore.Store)
+	return ok
+}
+
+// FollowAudit calls fn with every event appended to the audit log, by any
+// authority sharing the store, from the call until ctx ends (or the
+// authority seals). Records that cannot be read are skipped (`ward audit
+// verify` names them).
+func (s *Server) FollowAudit(ctx context.Context, fn func(audit.Event)) error {
+	st, err := s.state()
+	if err != nil {
+		return err
+	}
+	size := st.audit.Size()
+	if h, err := st.audit.Head(ctx); err == nil && h.Size > size {
+		size = h.Size
+	}
+	for {
+		n, err := st.audit.Wait(ctx, size)
+		if err != nil {
+			return err
+		}
+		err = st.audit.Read(ctx, size, n, func(r audit.Record) error {
+			if r.Err == nil {
+				if ev, err := audit.DecodeEvent(r.Leaf); err == nil {
+					ev.Context = nil
+					fn(ev)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		size = n
+	}
+}
 
 // ClusterStatus reports the authorities sharing this one's store and the
 // elected leader; sealed authorities are not members.

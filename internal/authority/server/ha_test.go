@@ -8,12 +8,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
@@ -159,5 +161,66 @@ func TestClusterStatusAndTakeover(t *testing.T) {
 	l2 := leader(live)
 	if l2 == l {
 		t.Fatal("the stopped authority still leads")
+	}
+}
+
+// The leader's followers of the audit log (the anomaly detector's feed)
+// see the events every authority appends, not only its own.
+func TestFollowAuditSeesEveryAuthority(t *testing.T) {
+	srvs, cs := etcdAuthorities(t, "a", "b")
+	if !srvs[0].Clustered() {
+		t.Fatal("an authority on etcd must say it is clustered")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	seen := make(chan string, 100)
+	go srvs[0].FollowAudit(ctx, func(ev audit.Event) {
+		if ev.Operation == "key.create" {
+			seen <- ev.Key
+		}
+	})
+	time.Sleep(200 * time.Millisecond) // FollowAudit starts at the current size
+	if _, err := cs[1].Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "from/b", Classification: "internal"}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case k := <-seen:
+		if k != "from/b" {
+			t.Fatalf("followed key.create of %q", k)
+		}
+	case <-ctx.Done():
+		t.Fatal("A's follower never saw B's key.create")
+	}
+}
+
+// Idempotency keys are scoped to the caller: another caller (another
+// local uid on the admin socket) who learns or guesses a key neither gets
+// the first caller's answer (a join token, say) nor blocks its request;
+// the same caller's retry gets the stored answer without running again.
+func TestIdempotencyKeyIsScopedToTheCaller(t *testing.T) {
+	srvs, _ := etcdAuthorities(t, "a")
+	s := srvs[0]
+	runs := 0
+	h := func(ctx context.Context, req any) (any, error) {
+		runs++
+		return &wardv1.Key{Name: reqctx.From(ctx).Actor, LatestVersion: uint32(runs)}, nil
+	}
+	info := &grpc.UnaryServerInfo{FullMethod: "/ward.v1.Keys/RotateKey"}
+	call := func(actor string) *wardv1.Key {
+		t.Helper()
+		ctx := reqctx.With(context.Background(), reqctx.Caller{Actor: actor, RequestID: "r", IdempotencyKey: "shared-key"})
+		resp, err := s.dedupUnary(ctx, &wardv1.RotateKeyRequest{Name: "k"}, info, h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.(*wardv1.Key)
+	}
+	first := call("admin:uid=1000")
+	if again := call("admin:uid=1000"); runs != 1 || again.Name != first.Name || again.LatestVersion != first.LatestVersion {
+		t.Fatalf("a retry of the same caller ran again (%d runs) or got another answer: %v vs %v", runs, again, first)
+	}
+	other := call("admin:uid=1001")
+	if runs != 2 || other.Name != "admin:uid=1001" {
+		t.Fatalf("another caller with the same key got the first caller's answer: %v (%d runs)", other, runs)
 	}
 }

@@ -81,8 +81,8 @@ type Server struct {
 	journalMu    sync.Mutex
 	journalCount int // sealed-events journal entries, -1: unknown (sealedjournal.go)
 
-	leaderHook  func(context.Context) // a job only the leader runs (SetLeaderJob)
-	leaderships atomic.Uint64         // times this authority became leader
+	leaderHooks []func(context.Context) // jobs only the leader runs (AddLeaderJob)
+	leaderships atomic.Uint64           // times this authority became leader
 
 	// the dashboard (dashboard.go), when dashboard.address is set
 	dash       *http.Server
