@@ -344,14 +344,24 @@ follows the rewrite's progress until it is done (--no-wait returns at once; --st
 				}
 				if !statusOnly && !noWait {
 					cnt := newCounter(cmd.ErrOrStderr(), fmt.Sprintf("rewriting values to term %d", st.RotationTerm), uint64(st.Total))
+					moved := time.Now()
 					for !st.RewriteDone && (st.RewriteRunning || st.Error == "") {
 						time.Sleep(200 * time.Millisecond)
+						prev := st.Scanned
 						if st, err = m.GetBarrierStatus(ctx, &wardv1.BarrierStatusRequest{}); err != nil {
 							return client.Unwrap(err)
 						}
 						cnt.total = uint64(st.Total)
 						if uint64(st.Scanned) > cnt.n {
 							cnt.add(uint64(st.Scanned) - cnt.n)
+						}
+						if st.Scanned != prev || st.RewriteRunning {
+							moved = time.Now()
+						} else if time.Since(moved) > rotateStall {
+							cnt.done()
+							fmt.Fprintf(w, "The rewrite made no progress for %s and does not run on this authority: it runs on the elected leader (see ward operator status) and resumes there; follow it with ward operator rotate --status.\n", rotateStall)
+							printBarrierStatus(w, st)
+							return nil
 						}
 					}
 					cnt.done()
@@ -368,6 +378,10 @@ follows the rewrite's progress until it is done (--no-wait returns at once; --st
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the new term is active, without following the rewrite")
 	return cmd
 }
+
+// rotateStall is how long `ward operator rotate` follows a rewrite that
+// does not move and does not run on the authority it asked.
+const rotateStall = time.Minute
 
 func printBarrierStatus(w io.Writer, st *wardv1.BarrierStatus) {
 	fmt.Fprintf(w, "Active barrier term: %d\n", st.ActiveTerm)

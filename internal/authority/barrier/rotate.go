@@ -71,6 +71,9 @@ func (b *Barrier) Rotate(ctx context.Context, now time.Time) (uint32, error) {
 		return 0, fmt.Errorf("barrier: reading %s: %w", KeyringKey, err)
 	}
 	kr, err := openKeyring(root, kv.Value)
+	if errors.Is(err, ErrBadRootKey) {
+		return 0, fmt.Errorf("barrier: the stored keyring is no longer wrapped under the root key this authority was unsealed with: another authority rekeyed it. Seal and unseal this authority with the new shares, or rotate on the authority that rekeyed; nothing was changed")
+	}
 	if err != nil {
 		return 0, err
 	}

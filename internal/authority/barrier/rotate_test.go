@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -150,6 +151,10 @@ func TestRekeyRewrapsKeyringOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	before, _ := raw.Get(ctx, "k")
+	other := New(raw) // another authority, unsealed before the rekey
+	if err := other.Unseal(ctx, root); err != nil {
+		t.Fatal(err)
+	}
 	newRoot := randomKey()
 	if err := b.Rekey(ctx, randomKey(), newRoot); !errors.Is(err, ErrBadRootKey) {
 		t.Fatalf("rekey with a wrong root key: %v", err)
@@ -170,6 +175,13 @@ func TestRekeyRewrapsKeyringOnly(t *testing.T) {
 	}
 	if kv, err := b2.Store().Get(ctx, "k"); err != nil || string(kv.Value) != "v" {
 		t.Fatal(err)
+	}
+	// The other authority still reads, but cannot rotate on the old key.
+	if _, err := other.Store().Get(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Rotate(ctx, time.Now()); err == nil || !strings.Contains(err.Error(), "another authority rekeyed") {
+		t.Fatalf("rotate on an authority unsealed before a rekey: %v", err)
 	}
 	// The rekeyed barrier still rotates (it kept the new root key).
 	if _, err := b.Rotate(ctx, time.Now()); err != nil {
