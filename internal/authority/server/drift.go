@@ -97,7 +97,7 @@ func (s *Server) Drift() (posture.Report, bool) {
 }
 
 // Telemetry returns the latest telemetry report of every node, by node.
-func (s *Server) Telemetry() []telemetry.NodeReport { return s.drift.tel.snapshot() }
+func (s *Server) Telemetry() []telemetry.NodeReport { return s.drift.tel.snapshot(s.drift.now()) }
 
 // ReportTelemetry stores what node (an authenticated agent's SPIFFE ID)
 // reported: raw is its NodeReport JSON, decoded and bounded here. The
@@ -250,7 +250,7 @@ func (s *Server) DriftState(ctx context.Context) (rules posture.Rules, version u
 	if err != nil {
 		return rules, 0, "", st, err
 	}
-	st = posture.State{TrustDomain: s.cfg.TrustDomain, Now: s.drift.now().UTC(), AuthorityFIPS: fips140.Enabled(), Nodes: s.drift.tel.snapshot()}
+	st = posture.State{TrustDomain: s.cfg.TrustDomain, Now: s.drift.now().UTC(), AuthorityFIPS: fips140.Enabled(), Nodes: s.drift.tel.snapshot(s.drift.now())}
 	if v, err := u.posture.Get(ctx, 0); err == nil {
 		f, perr := v.File()
 		if perr != nil {
@@ -383,6 +383,10 @@ type telemetryStore struct {
 // maxTelemetryNodes bounds the nodes kept; past it the oldest report goes.
 const maxTelemetryNodes = 100000
 
+// telemetryForget: a node silent this long is forgotten (it was evicted or
+// removed); until then drift reports it as telemetry.stale.
+const telemetryForget = 24 * time.Hour
+
 func newTelemetryStore() *telemetryStore {
 	return &telemetryStore{nodes: map[string]telemetry.NodeReport{}}
 }
@@ -403,11 +407,15 @@ func (t *telemetryStore) put(r telemetry.NodeReport) {
 	t.nodes[r.Node] = r
 }
 
-func (t *telemetryStore) snapshot() []telemetry.NodeReport {
+func (t *telemetryStore) snapshot(now time.Time) []telemetry.NodeReport {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	out := make([]telemetry.NodeReport, 0, len(t.nodes))
-	for _, r := range t.nodes {
+	for k, r := range t.nodes {
+		if now.Sub(r.Received) > telemetryForget {
+			delete(t.nodes, k)
+			continue
+		}
 		out = append(out, r)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
@@ -438,7 +446,7 @@ func (c *driftCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *driftCollector) Collect(ch chan<- prometheus.Metric) {
 	rep, ok := c.s.Drift()
-	ch <- prometheus.MustNewConstMetric(telemetryNodesDesc, prometheus.GaugeValue, float64(len(c.s.drift.tel.snapshot())))
+	ch <- prometheus.MustNewConstMetric(telemetryNodesDesc, prometheus.GaugeValue, float64(len(c.s.drift.tel.snapshot(c.s.drift.now()))))
 	if !ok {
 		return
 	}

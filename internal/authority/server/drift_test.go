@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/nodeapi"
 	"github.com/wardproject/ward/internal/shared/posture"
 )
 
@@ -109,4 +110,34 @@ func TestPostureAndDriftFindings(t *testing.T) {
 	if err != nil || old.Current || !strings.Contains(string(old.File), "confidential") {
 		t.Fatalf("version 1: %v %v", old, err)
 	}
+}
+
+// A node silent for telemetryForget is forgotten; a report naming another
+// node than its sender is refused and stores nothing.
+func TestTelemetryStore(t *testing.T) {
+	srv := &Server{drift: newDriftState(), metrics: newMetrics(&Server{})}
+	now := time.Now()
+	srv.drift.now = func() time.Time { return now }
+	good := []byte(`{"agent":{"kind":"agent","fips":true}}`)
+	if err := srv.ReportTelemetry("spiffe://td/ward/agent/a", good); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.ReportTelemetry("spiffe://td/ward/agent/b", []byte(`{"node":"spiffe://td/ward/agent/a","agent":{"kind":"agent"}}`)); err == nil || !isOtherNodeErr(err) {
+		t.Fatalf("a report for another node: %v", err)
+	}
+	if err := srv.ReportTelemetry("spiffe://td/ward/agent/b", []byte(`{"agent":{"kind":"agent"},"x":1}`)); err == nil {
+		t.Fatal("an unknown field was accepted")
+	}
+	if got := srv.Telemetry(); len(got) != 1 || got[0].Node != "spiffe://td/ward/agent/a" || !got[0].Agent.FIPS || !got[0].Received.Equal(now.UTC()) {
+		t.Fatalf("telemetry: %+v", got)
+	}
+	now = now.Add(telemetryForget + time.Minute)
+	if got := srv.Telemetry(); len(got) != 0 {
+		t.Fatalf("a node silent for %v is still held: %+v", telemetryForget, got)
+	}
+}
+
+func isOtherNodeErr(err error) bool {
+	_, ok := err.(nodeapi.ErrOtherNode)
+	return ok
 }
