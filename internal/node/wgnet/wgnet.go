@@ -24,7 +24,6 @@ import (
 	"sync"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
 )
@@ -100,10 +99,11 @@ type Peer struct {
 
 // Device is the running interface.
 type Device struct {
-	cfg Config
-	log *slog.Logger
-	tun tun.Device
-	dev *device.Device
+	cfg  Config
+	log  *slog.Logger
+	tun  tun.Device
+	dev  *device.Device
+	bind *nsBind
 
 	mu      sync.Mutex
 	public  Key
@@ -140,8 +140,14 @@ func Open(cfg Config, key Key) (*Device, error) {
 		Verbosef: func(string, ...any) {},
 		Errorf:   func(f string, args ...any) { d.log.Warn("wireguard: " + fmt.Sprintf(f, args...)) },
 	}
-	d.dev = device.NewDevice(t, conn.NewDefaultBind(), logger)
-	fail := func(err error) (*Device, error) { d.dev.Close(); return nil, err }
+	bind, err := newNSBind()
+	if err != nil {
+		t.Close()
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	d.bind = bind
+	d.dev = device.NewDevice(t, bind, logger)
+	fail := func(err error) (*Device, error) { d.dev.Close(); d.bind.ns.Close(); return nil, err }
 	if err := d.dev.IpcSet(fmt.Sprintf("private_key=%s\nlisten_port=%d\n", key.hex(), cfg.ListenPort)); err != nil {
 		return fail(fmt.Errorf("network: configuring %s: %w", cfg.Interface, err))
 	}
@@ -435,6 +441,7 @@ func (d *Device) Handshakes() uint64 {
 // clear while the agent is down).
 func (d *Device) Close() {
 	d.dev.Close()
+	d.bind.ns.Close()
 }
 
 func ip(args ...string) error {
