@@ -134,7 +134,9 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 				if v, ok := held.Load(path); ok && time.Now().Before(v.(heldAnswer).until) {
 					return proto.Clone(v.(heldAnswer).msg), nil
 				}
-				return nil, status.Errorf(codes.FailedPrecondition, "request %s ran on authority %s; its answer carries secrets and was kept only in that authority's memory for %s: it is not available here", caller.IdempotencyKey, rec.Owner, secretAnswerTTL)
+				// Unavailable: a failover client tries the other authorities,
+				// the one holding the answer among them.
+				return nil, status.Errorf(codes.Unavailable, "request %s ran on authority %s; its answer carries secrets and is kept only in that authority's memory (for %s): retry there", caller.IdempotencyKey, rec.Owner, secretAnswerTTL)
 			}
 			if rec.State == "done" {
 				return replay(rec)
