@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/testutil/etcdtest"
@@ -28,6 +30,8 @@ import (
 // and one can be cut off from it (Partition).
 type haCluster struct {
 	t        *testing.T
+	nw       *netns.Network
+	nodeAPI  []string // each authority's Node API address
 	etcd     *etcdtest.Cluster
 	etcdNS   []*netns.Node
 	authNS   []*netns.Node
@@ -38,7 +42,7 @@ type haCluster struct {
 func startHACluster(t *testing.T, leaseTTL time.Duration) *haCluster {
 	t.Helper()
 	nw := netns.New(t)
-	h := &haCluster{t: t, leaseTTL: leaseTTL}
+	h := &haCluster{t: t, nw: nw, leaseTTL: leaseTTL}
 	var ips []string
 	for i := range 3 {
 		nd := nw.AddNode(fmt.Sprintf("e%d", i))
@@ -76,7 +80,10 @@ func startHACluster(t *testing.T, leaseTTL time.Duration) *haCluster {
 seal:
   type: keyfile
   key_file: %s
-`, strings.Join(eps, ", "), caFile, certFile, keyFile, leaseTTL, i, filepath.Join(root, "seal.key"))
+identity:
+  node_api_address: %s
+`, strings.Join(eps, ", "), caFile, certFile, keyFile, leaseTTL, i, filepath.Join(root, "seal.key"), h.authNS[i].Addr(8443))
+		h.nodeAPI = append(h.nodeAPI, h.authNS[i].Addr(8443))
 		s := startServerIn(t, h.authNS[i], dir, writeConfig(t, dir, extra))
 		if i == 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -147,13 +154,14 @@ type haLoad struct {
 	stop    chan struct{}
 	wg      sync.WaitGroup
 	calls   atomic.Int64
+	signed  atomic.Int64 // JWT-SVIDs signed through the agent
 	mu      sync.Mutex
 	failed  []string // calls the client reported failed for good
 	cts     [][]byte // acknowledged ciphertexts
 	rotated []uint32 // versions acknowledged by rotations
 }
 
-func startHALoad(t *testing.T, addrs string, workers int) *haLoad {
+func startHALoad(t *testing.T, addrs, agentSocket string, workers int) *haLoad {
 	t.Helper()
 	c, err := client.Dial(addrs, client.WithAttemptTimeout(3*time.Second))
 	if err != nil {
@@ -209,6 +217,26 @@ func startHALoad(t *testing.T, addrs string, workers int) *haLoad {
 			}
 		}()
 	}
+	if agentSocket != "" {
+		l.wg.Add(1)
+		go func() { // SVID signing through the agent: a new audience every 50 ms
+			defer l.wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-l.stop:
+					return
+				case <-time.After(50 * time.Millisecond):
+				}
+				call("sign JWT-SVID", func(ctx context.Context) error {
+					_, err := fetchJWT(ctx, agentSocket, fmt.Sprintf("ha-aud-%d", n))
+					if err == nil {
+						l.signed.Add(1)
+					}
+					return err
+				})
+			}
+		}()
+	}
 	l.wg.Add(1)
 	go func() { // a rotation every 300 ms: a non-idempotent admin call
 		defer l.wg.Done()
@@ -257,7 +285,7 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 	const ttl = 3 * time.Second
 	h := startHACluster(t, ttl)
 	first, _ := h.leader()
-	load := startHALoad(t, h.addresses(), 4)
+	load := startHALoad(t, h.addresses(), h.startHAAgent(), 4)
 	time.Sleep(phase)
 
 	// 1. SIGKILL the leader authority: another takes over.
@@ -275,7 +303,7 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 	// 3. Cut the current leader off from etcd: it stops leading within
 	// its lease, the other live authority takes over, clients move on.
 	h.authNS[second].Partition()
-	t.Logf("authority a%d partitioned from etcd", second)
+	t.Logf("authority a%d partitioned (its link is down: no etcd, no agent)", second)
 	time.Sleep(2*ttl + phase)
 	third := 3 - first - second
 	if l, _ := h.leader(first, second); l != third {
@@ -290,7 +318,10 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 
 	load.mu.Lock()
 	defer load.mu.Unlock()
-	t.Logf("%d calls, %d ciphertexts, %d rotations acknowledged", load.calls.Load(), len(load.cts), len(load.rotated))
+	t.Logf("%d calls, %d ciphertexts, %d rotations acknowledged, %d JWT-SVIDs signed through the agent", load.calls.Load(), len(load.cts), len(load.rotated), load.signed.Load())
+	if load.signed.Load() == 0 {
+		t.Fatal("no JWT-SVID was signed through the agent")
+	}
 	if len(load.failed) > 0 {
 		t.Fatalf("%d calls failed for good:\n%s", len(load.failed), strings.Join(load.failed[:min(len(load.failed), 20)], "\n"))
 	}
@@ -329,4 +360,49 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 		}
 		t.Logf("a%d: %s", i, strings.TrimSpace(r.stdout))
 	}
+}
+
+// startHAAgent runs `ward agent` in its own namespace with every
+// authority's Node API in server_address, and registers the test process
+// (uid 0) as a workload under it; it returns the Workload API socket once
+// a JWT-SVID can be fetched through it.
+func (h *haCluster) startHAAgent() string {
+	t := h.t
+	t.Helper()
+	a := h.servers[0].addr
+	pub := t.TempDir()
+	bundle := filepath.Join(pub, "bundle.pem")
+	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "ha-node", "-q"))
+	mustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/e2e/ha-load",
+		"--parent", "spiffe://e2e.example.org/ward/agent/ha-node", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	ag := startAgentProcIn(t, h.nw.AddNode("g"), "e2e.example.org", pub, strings.Join(h.nodeAPI, ","), bundle, token)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err := fetchJWT(ctx, ag.socket, "ha-ready")
+		cancel()
+		if err == nil {
+			return ag.socket
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no JWT-SVID through the agent: %v\nagent logs:\n%s", err, tail(ag.logs.String(), 4000))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// fetchJWT asks the Workload API at socket for a JWT-SVID for aud: with a
+// new audience each time, the agent has it signed by an authority.
+func fetchJWT(ctx context.Context, socket, aud string) (string, error) {
+	c, err := workloadapi.New(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	svid, err := c.FetchJWTSVID(ctx, jwtsvid.Params{Audience: aud})
+	if err != nil {
+		return "", err
+	}
+	return svid.Marshal(), nil
 }

@@ -1,11 +1,16 @@
 package agent
 
 import (
+	"context"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/resolver/manual"
+	"google.golang.org/grpc/status"
 )
 
 // failoverServiceConfig spreads the agent's calls over every authority
@@ -48,5 +53,40 @@ func authorityTarget(addr string) (string, []grpc.DialOption) {
 		st.Addresses = append(st.Addresses, resolver.Address{Addr: strings.TrimSpace(p)})
 	}
 	r.InitialState(st)
-	return r.Scheme() + ":///authorities", []grpc.DialOption{grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(failoverServiceConfig)}
+	return r.Scheme() + ":///authorities", []grpc.DialOption{grpc.WithResolvers(r), grpc.WithDefaultServiceConfig(failoverServiceConfig),
+		// A black-holed authority (cut off, powered off) is noticed within
+		// 15 s and dropped from the round robin (the Node API permits pings
+		// every 10 s).
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.WithChainUnaryInterceptor(attemptTimeout)}
+}
+
+// failoverAttempt bounds one attempt of a repeatable Node API call when
+// there are several authorities: one that does not answer (cut off from
+// etcd, black-holed) holds a call no longer than this before it is tried
+// on the next.
+const failoverAttempt = 10 * time.Second
+
+// attemptTimeout retries Sync and SVID signing on the next authority after
+// an attempt timed out or found its authority unavailable, until the
+// call's own deadline.
+func attemptTimeout(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoke grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	switch method {
+	case "/ward.v1.Node/Sync", "/ward.v1.Node/SignX509SVIDs", "/ward.v1.Node/SignJWTSVID":
+	default:
+		return invoke(ctx, method, req, reply, cc, opts...)
+	}
+	for pause := 50 * time.Millisecond; ; pause = min(2*pause, time.Second) {
+		actx, cancel := context.WithTimeout(ctx, failoverAttempt)
+		err := invoke(actx, method, req, reply, cc, opts...)
+		cancel()
+		if c := status.Code(err); ctx.Err() != nil || (c != codes.DeadlineExceeded && c != codes.Unavailable) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(pause):
+		}
+	}
 }
