@@ -2,6 +2,8 @@ package nodeapi
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -151,6 +153,22 @@ func nodeCalls(t testing.TB) []call {
 		}},
 		{"WatchPolicy", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {
 			ss, err := wardv1.NewPolicyDistributionClient(conn).WatchPolicy(ctx, &wardv1.WatchPolicyRequest{})
+			if err != nil {
+				return err
+			}
+			_, err = ss.Recv()
+			return err
+		}},
+		{"RegisterTunnel", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {
+			// A random /32 each time: every call is another agent's.
+			var b [3]byte
+			rand.Read(b[:])
+			_, err := wardv1.NewNodeNetworkClient(conn).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t),
+				Endpoint: "192.0.2.1:51820", AllowedIps: []string{fmt.Sprintf("10.%d.%d.%d/32", b[0], b[1], b[2])}})
+			return err
+		}},
+		{"WatchPeers", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {
+			ss, err := wardv1.NewNodeNetworkClient(conn).WatchPeers(ctx, &wardv1.WatchPeersRequest{})
 			if err != nil {
 				return err
 			}

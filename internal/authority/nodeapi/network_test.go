@@ -101,6 +101,14 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 	if len(pl.Peers) != 2 || !bytes.Equal(pl.Peers[0].PublicKey, keyA) && !bytes.Equal(pl.Peers[1].PublicKey, keyA) {
 		t.Fatalf("peer list %v", pl.Peers)
 	}
+	// B's own stream, open before its eviction, ends with it.
+	bOpen, err := b.WatchPeers(ctx, &wardv1.WatchPeersRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bOpen.Recv(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.reg.EvictAgent(ctx, svB.ID); err != nil {
 		t.Fatal(err)
 	}
@@ -120,6 +128,8 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no peer list after the eviction")
 	}
+	_, err = bOpen.Recv()
+	wantCode(t, "evicted agent's open stream", err, codes.PermissionDenied, "evicted")
 	_, err = b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyB, Endpoint: "10.0.0.2:51820", AllowedIps: []string{"10.250.2.0/24"}})
 	wantCode(t, "evicted agent", err, codes.PermissionDenied, "evicted")
 	bs, err := b.WatchPeers(ctx, &wardv1.WatchPeersRequest{})

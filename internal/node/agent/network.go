@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"crypto/fips140"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -59,6 +60,9 @@ type NetworkConfig struct {
 }
 
 func (n *NetworkConfig) validate() error {
+	if fips140.Enabled() {
+		return errors.New("WireGuard's algorithms (Curve25519, ChaCha20-Poly1305, BLAKE2s) are not FIPS 140-3 approved, and this agent runs in FIPS mode (GODEBUG=fips140): remove the network section and encrypt between nodes with the mTLS proxies (docs/network.md)")
+	}
 	if n.Interface == "" {
 		n.Interface = "ward0"
 	}

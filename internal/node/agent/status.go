@@ -38,7 +38,11 @@ type Status struct {
 }
 
 // Status reports the agent's health and how stale its state is.
-func (a *Agent) Status() Status {
+func (a *Agent) Status() Status { return a.status(true) }
+
+// status is Status, with the tunnel table (which reads the WireGuard
+// device) only when withNet.
+func (a *Agent) status(withNet bool) Status {
 	now := a.now()
 	exp := a.soonestExpiry()
 	a.mu.RLock()
@@ -52,7 +56,9 @@ func (a *Agent) Status() Status {
 	if sv := a.agentSVID.Load(); sv != nil {
 		st.AgentID, st.AgentSVIDExpires = sv.ID.String(), sv.Certificates[0].NotAfter
 	}
-	st.Network = a.networkStatus()
+	if withNet {
+		st.Network = a.networkStatus()
+	}
 	return st
 }
 
@@ -75,7 +81,7 @@ func newMetrics(a *Agent) *metrics {
 	})
 	gauge := func(name, help string, f func(Status) float64) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "ward", Subsystem: "agent", Name: name, Help: help},
-			func() float64 { return f(a.Status()) })
+			func() float64 { return f(a.status(false)) })
 	}
 	m.reg.MustRegister(m.failures, m.issued,
 		gauge("seconds_since_last_sync", "Seconds since the last successful sync with the authority (-1: never).",
