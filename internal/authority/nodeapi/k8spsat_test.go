@@ -3,6 +3,7 @@ package nodeapi
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -222,4 +223,45 @@ func TestK8sPSATOff(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "configure identity.k8s_psat") {
 		t.Fatalf("PSAT on an authority without clusters: %v", err)
 	}
+}
+
+// staticReview answers every TokenReview with st.
+type staticReview struct{ st kubeapi.TokenReviewStatus }
+
+func (s staticReview) ReviewToken(context.Context, string, []string) (kubeapi.TokenReviewStatus, error) {
+	return s.st, nil
+}
+
+// FuzzVerifyPSAT: whatever an apiserver (or one in the middle of the
+// authority's connection to it) answers, verifyPSAT never panics, and an
+// accepted answer always gives an agent ID directly under this cluster's
+// k8s_psat prefix, for an allowed service account, with the node UID as
+// one path segment (no "/", ".", ".." tricks naming another node).
+func FuzzVerifyPSAT(f *testing.F) {
+	f.Add("system:serviceaccount:ward-system:ward-agent", "ward", "ward-agent-x", "1b2c", "node-1", "9f1e", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent", "ward", "p", "u", "n", "..", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent:x", "ward", "p", "u", "n", "a/b", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent", "other", "p", "u", "n", "x", true)
+	f.Fuzz(func(t *testing.T, user, aud, pod, podUID, node, nodeUID string, authed bool) {
+		st := kubeapi.TokenReviewStatus{Authenticated: authed, Audiences: []string{aud}}
+		st.User.Username = user
+		st.User.Extra = map[string][]string{extraPodName: {pod}, extraPodUID: {podUID}, extraNodeName: {node}, extraNodeUID: {nodeUID}}
+		s := &Server{td: testTD, cfg: Config{Log: slog.New(slog.DiscardHandler),
+			PSATClusters: map[string]PSATCluster{"c1": {Reviewer: staticReview{st}, AllowedServiceAccounts: []string{"ward-system:ward-agent"}}}}}
+		r, err := s.verifyPSAT(context.Background(), "c1", "token")
+		if err != nil {
+			return
+		}
+		if !authed || aud != "ward" || user != "system:serviceaccount:ward-system:ward-agent" {
+			t.Fatalf("accepted authenticated=%v audience %q user %q", authed, aud, user)
+		}
+		prefix := "spiffe://" + testTD.Name() + registry.AgentIDPrefix + registry.AttestK8sPSAT + "/c1/"
+		rest, ok := strings.CutPrefix(r.id.String(), prefix)
+		if !ok || rest != nodeUID || strings.Contains(rest, "/") || rest == "." || rest == ".." {
+			t.Fatalf("agent ID %s for node UID %q", r.id, nodeUID)
+		}
+		if r.podUID != podUID {
+			t.Fatalf("pod UID %q, want %q", r.podUID, podUID)
+		}
+	})
 }
