@@ -33,18 +33,28 @@ type wgNode struct {
 	overlay string // 10.250.<i>.1
 }
 
-// netStatus reads the agent's /status from inside its namespace.
-func (w *wgNode) netStatus(t *testing.T) (*agent.NetworkStatus, error) {
+// get reads path from the agent's health address, inside its namespace.
+func (w *wgNode) get(path string) (string, error) {
 	c := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
 		return w.nd.Dial(w.ag.health)
 	}}}
-	resp, err := c.Get("http://agent/status")
+	resp, err := c.Get("http://agent" + path)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// netStatus reads the agent's /status from inside its namespace.
+func (w *wgNode) netStatus(t *testing.T) (*agent.NetworkStatus, error) {
+	body, err := w.get("/status")
 	if err != nil {
 		return nil, err
 	}
-	defer resp.Body.Close()
 	var st agent.Status
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.Unmarshal([]byte(body), &st); err != nil {
 		return nil, err
 	}
 	if st.Network == nil {
@@ -261,6 +271,17 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		t.Fatalf("ward agent status: %v\n%s", err, table)
 	}
 	t.Logf("ward agent status in a:\n%s", table)
+	metrics, err := a.get("/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{"ward_agent_network_peers 2", "ward_agent_network_handshakes_total ", "ward_agent_network_key_rotations_total ",
+		`ward_agent_network_received_bytes_total{peer="` + b.id, `ward_agent_network_sent_bytes_total{peer="` + b.id,
+		`ward_agent_network_last_handshake_age_seconds{peer="` + b.id} {
+		if !strings.Contains(metrics, m) {
+			t.Fatalf("a's /metrics lacks %q:\n%s", m, metrics)
+		}
+	}
 
 	// 2. Attacks. An intruder with a WireGuard key the authority never
 	// saw, configured with b's real key and endpoint.
