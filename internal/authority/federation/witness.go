@@ -335,6 +335,15 @@ func (m *Manager) RunWitness(ctx context.Context, c WitnessClient) {
 	}
 }
 
+// SetWitnessSVID names the SVID WitnessNow authenticates with on an
+// authority that does not run the witness rounds itself (RunWitness runs
+// on the elected leader only; docs/ha.md).
+func (m *Manager) SetWitnessSVID(svid func() (*x509svid.SVID, error)) {
+	m.mu.Lock()
+	m.witnessSVID = svid
+	m.mu.Unlock()
+}
+
 // WitnessNow witnesses td's audit log now, as the running witness
 // (RunWitness) does.
 func (m *Manager) WitnessNow(ctx context.Context, td spiffeid.TrustDomain) (WitnessStatus, error) {

@@ -92,9 +92,6 @@ type requestRecord struct {
 	Held bool `json:"held,omitempty"`
 }
 
-// inflight is the set of entries this process is running now.
-var inflight sync.Map
-
 // dedupUnary deduplicates calls that carry an idempotency key and change
 // state (reqctx.RetryOf == RetryWithKey).
 func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
@@ -155,14 +152,14 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 		if err != nil {
 			return nil, status.Errorf(codes.Unavailable, "claiming request %s: %v; retry", caller.IdempotencyKey, err)
 		}
-		inflight.Store(path, true)
+		s.inflight.Store(path, true)
 		resp, herr := h(ctx, req)
 		if !s.finishRequest(path, rev, rec, resp, herr) {
 			// etcd did not take the answer (an election, a lost member):
 			// keep trying in the background; until then retries of this
 			// key are told it is still running here.
 			go func() {
-				defer inflight.Delete(path)
+				defer s.inflight.Delete(path)
 				for delay := 100 * time.Millisecond; time.Since(rec.Started) < requestStale; delay = min(2*delay, 5*time.Second) {
 					time.Sleep(delay)
 					if s.finishRequest(path, rev, rec, resp, herr) {
@@ -172,7 +169,7 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 			}()
 			return resp, herr
 		}
-		inflight.Delete(path)
+		s.inflight.Delete(path)
 		return resp, herr
 	}
 	return nil, status.Errorf(codes.Aborted, "request %s is contended between authorities: retry", caller.IdempotencyKey)
@@ -184,7 +181,7 @@ func (s *Server) requestAlive(ctx context.Context, rec requestRecord, path strin
 		return false
 	}
 	if rec.Owner == s.memberName() {
-		_, ok := inflight.Load(path)
+		_, ok := s.inflight.Load(path)
 		return ok
 	}
 	st, err := s.ClusterStatus(ctx)

@@ -132,6 +132,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 	}
 	id.svid = svidEP
+	id.fed.SetWitnessSVID(svidEP.SVID) // `ward federation witness` works on every authority
 	// Every authority keeps its view of the CA and of the federation
 	// current; the jobs that change them (CA rotation, bundle refresh,
 	// the revocation, catalog and witness channels) run on the elected

@@ -82,6 +82,7 @@ type Server struct {
 	journalCount int // sealed-events journal entries, -1: unknown (sealedjournal.go)
 
 	leaderHooks []func(context.Context) // jobs only the leader runs (AddLeaderJob)
+	inflight    sync.Map                // idempotency records this authority is running (dedup.go)
 	leaderships atomic.Uint64           // times this authority became leader
 
 	// the dashboard (dashboard.go), when dashboard.address is set
