@@ -141,9 +141,19 @@ func TestK8sPSATAttestation(t *testing.T) {
 	refused("service account not allowed", "c1", "other-sa", codes.PermissionDenied, "service account default:default of cluster c1 may not attest agents")
 	refused("token bound to no pod", "c1", "unbound", codes.PermissionDenied, "not bound to a pod")
 	refused("malformed claims", "c1", "bad-name", codes.PermissionDenied, "malformed")
+	// Refused before any TokenReview (no amplification towards the
+	// apiserver by unauthenticated callers).
+	rev.mu.Lock()
+	calls := rev.calls
+	rev.mu.Unlock()
 	refused("unknown cluster", "c2", "good", codes.FailedPrecondition, `cluster "c2" is not configured`)
 	refused("empty token", "c1", "", codes.InvalidArgument, "projected service-account token")
 	refused("oversized token", "c1", strings.Repeat("a", maxPSATToken+1), codes.InvalidArgument, "projected service-account token")
+	rev.mu.Lock()
+	if rev.calls != calls {
+		t.Errorf("%d TokenReviews for requests refused before review", rev.calls-calls)
+	}
+	rev.mu.Unlock()
 	rev.mu.Lock()
 	rev.down = true
 	rev.mu.Unlock()
@@ -155,6 +165,9 @@ func TestK8sPSATAttestation(t *testing.T) {
 	// Replay: the same pod's token again, while the first agent's SVID is
 	// valid: refused, and the first agent keeps working.
 	refused("replayed token (same pod)", "c1", "good", codes.PermissionDenied, "already attested agent")
+	if n := len(h.auth.Events("agent.attest")); n < 10 {
+		t.Errorf("%d agent.attest audit events after 1 attestation and 11 refusals", n)
+	}
 	if _, err := h.client(t, sv).Sync(ctx, &wardv1.SyncRequest{}); err != nil {
 		t.Fatalf("the first agent after a refused replay: %v", err)
 	}

@@ -41,6 +41,7 @@ type harness struct {
 	addr      string
 	auditDown atomic.Bool
 	clock     *clock.Fake
+	auth      *authoritytest.Authority
 	anonOnce  sync.Once
 	anon      wardv1.NodeClient
 }
@@ -67,7 +68,7 @@ func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSSer
 			}
 			return nil
 		}))
-	h.ca, h.reg = auth.CA, auth.Registry
+	h.ca, h.reg, h.auth = auth.CA, auth.Registry, auth
 	cfg := Config{CA: h.ca, Registry: h.reg, Audit: auth, Clock: h.clock.Now, DNSNames: []string{"ward.example.org"}}
 	if adjust != nil {
 		adjust(&cfg)
