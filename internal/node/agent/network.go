@@ -469,10 +469,14 @@ func (a *Agent) routablePeers(peers []wgnet.Peer) []wgnet.Peer {
 			under = append(under, ip.Unmap())
 		}
 	}
+	skip := func(p wgnet.Peer, pr netip.Prefix, why string) {
+		a.log.Warn("network: not routing a peer's prefix", "agent_id", p.ID, "prefix", pr, "reason", why)
+	}
 	out := make([]wgnet.Peer, 0, len(peers))
 	for _, p := range peers {
 		var keep []netip.Prefix
 		for _, pr := range p.AllowedIPs {
+			pr = pr.Masked()
 			why := ""
 			for _, o := range n.own {
 				if pr.Overlaps(o) {
@@ -493,13 +497,51 @@ func (a *Agent) routablePeers(peers []wgnet.Peer) []wgnet.Peer {
 				}
 			}
 			if why != "" {
-				a.log.Warn("network: not routing a peer's prefix", "agent_id", p.ID, "prefix", pr, "reason", why)
+				skip(p, pr, why)
 				continue
 			}
 			keep = append(keep, pr)
 		}
 		p.AllowedIPs = keep
 		out = append(out, p)
+	}
+	// A prefix two peers claim (the authority checks overlaps against the
+	// current agents only, so a node that comes back after its SVID
+	// expired can find its subnet claimed meanwhile) goes to neither: in
+	// WireGuard a prefix belongs to the peer configured last, an order an
+	// attacker must not be able to arrange. Only prefixes kept so far
+	// count, so one refused above takes nothing from another peer.
+	owners := map[netip.Prefix][]int{}
+	for i, p := range out {
+		for _, pr := range p.AllowedIPs {
+			owners[pr] = append(owners[pr], i)
+		}
+	}
+	contested := map[netip.Prefix]bool{}
+	for i, p := range out {
+		for _, pr := range p.AllowedIPs {
+			for b := 0; b <= pr.Bits(); b++ {
+				q := netip.PrefixFrom(pr.Addr(), b).Masked()
+				for _, j := range owners[q] {
+					if j != i {
+						contested[pr], contested[q] = true, true
+					}
+				}
+			}
+		}
+	}
+	if len(contested) > 0 {
+		for i, p := range out {
+			var keep []netip.Prefix
+			for _, pr := range p.AllowedIPs {
+				if contested[pr] {
+					skip(p, pr, "overlaps another peer's prefix")
+					continue
+				}
+				keep = append(keep, pr)
+			}
+			out[i].AllowedIPs = keep
+		}
 	}
 	return out
 }

@@ -129,3 +129,24 @@ func TestPeerPrefixesNotRouted(t *testing.T) {
 		t.Fatalf("routed without strict %+v", got[1].AllowedIPs)
 	}
 }
+
+// TestPeerPrefixClaimedTwiceNotRouted: two peers in the list claim
+// overlapping prefixes (a node back after its SVID expired finds its
+// subnet registered by another meanwhile): neither gets it, so no
+// configuration order decides who receives the traffic.
+func TestPeerPrefixClaimedTwiceNotRouted(t *testing.T) {
+	c, err := ParseConfig([]byte(goodConfig + "network:\n  address: 10.250.1.1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: c, log: slog.New(slog.DiscardHandler)}
+	v := wgnet.Peer{ID: "victim", Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.250.2.1/32"), netip.MustParsePrefix("10.250.2.0/24")}}
+	x := wgnet.Peer{ID: "claimer", Endpoint: netip.MustParseAddrPort("192.0.2.3:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.250.3.1/32"), netip.MustParsePrefix("10.250.2.128/25")}}
+	got := a.routablePeers([]wgnet.Peer{v, x})
+	if !slices.Equal(got[0].AllowedIPs, []netip.Prefix{netip.MustParsePrefix("10.250.2.1/32")}) ||
+		!slices.Equal(got[1].AllowedIPs, []netip.Prefix{netip.MustParsePrefix("10.250.3.1/32")}) {
+		t.Fatalf("routed %v and %v", got[0].AllowedIPs, got[1].AllowedIPs)
+	}
+}
