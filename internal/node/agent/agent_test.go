@@ -99,7 +99,7 @@ func startAgent(t testing.TB, cfg *Config, clk *clock.Fake) *runningAgent {
 // waitFor polls cond (bounded) and fails with what.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
