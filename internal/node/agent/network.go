@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
@@ -192,6 +193,10 @@ type netState struct {
 	rotatedAt  time.Time
 	nextRotate time.Time
 	rotations  uint64
+	// authority is the Node API's address as this agent's peer-list
+	// stream reached it (server_address may be a name): no peer's prefix
+	// may cover it.
+	authority netip.Addr
 }
 
 // NetworkStatus is the network section of /status: the tunnel table.
@@ -361,6 +366,13 @@ func (a *Agent) netSession(ctx context.Context, dev *wgnet.Device, ks *wgKeys) e
 	if err != nil {
 		return err
 	}
+	if p, ok := peer.FromContext(stream.Context()); ok && p.Addr != nil {
+		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
+			a.net.mu.Lock()
+			a.net.authority = ap.Addr().Unmap()
+			a.net.mu.Unlock()
+		}
+	}
 	lists, errc := make(chan *wardv1.PeerList), make(chan error, 1)
 	go func() {
 		for {
@@ -469,6 +481,11 @@ func (a *Agent) routablePeers(peers []wgnet.Peer) []wgnet.Peer {
 			under = append(under, ip.Unmap())
 		}
 	}
+	a.net.mu.Lock()
+	if a.net.authority.IsValid() {
+		under = append(under, a.net.authority)
+	}
+	a.net.mu.Unlock()
 	skip := func(p wgnet.Peer, pr netip.Prefix, why string) {
 		a.log.Warn("network: not routing a peer's prefix", "agent_id", p.ID, "prefix", pr, "reason", why)
 	}

@@ -150,3 +150,22 @@ func TestPeerPrefixClaimedTwiceNotRouted(t *testing.T) {
 		t.Fatalf("routed %v and %v", got[0].AllowedIPs, got[1].AllowedIPs)
 	}
 }
+
+// TestPeerPrefixNotCoveringAuthorityByName: with server_address a name,
+// the authority's address as the peer-list stream reached it is still
+// never routed to a peer (behind a load balancer the authority cannot
+// see that address to refuse it).
+func TestPeerPrefixNotCoveringAuthorityByName(t *testing.T) {
+	c, err := ParseConfig([]byte(strings.Replace(goodConfig, "127.0.0.1:8443", "ward.example.org:8443", 1) + "network:\n  address: 10.250.1.1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &Agent{cfg: c, log: slog.New(slog.DiscardHandler)}
+	a.net.authority = netip.MustParseAddr("198.51.100.7")
+	evil := wgnet.Peer{ID: "evil", Endpoint: netip.MustParseAddrPort("192.0.2.2:51820"),
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.250.2.1/32"), netip.MustParsePrefix("198.51.100.0/24")}}
+	got := a.routablePeers([]wgnet.Peer{evil})
+	if !slices.Equal(got[0].AllowedIPs, []netip.Prefix{netip.MustParsePrefix("10.250.2.1/32")}) {
+		t.Fatalf("routed %v", got[0].AllowedIPs)
+	}
+}
