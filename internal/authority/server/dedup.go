@@ -76,6 +76,14 @@ func holdAnswer(path string, m proto.Message, now time.Time) {
 	held.Store(path, heldAnswer{msg: m, until: now.Add(secretAnswerTTL)})
 }
 
+// forgetHeldAnswers drops every held secret answer (at seal).
+func forgetHeldAnswers() {
+	held.Range(func(k, _ any) bool {
+		held.Delete(k)
+		return true
+	})
+}
+
 type requestRecord struct {
 	State   string    `json:"state"` // "running" or "done"
 	Owner   string    `json:"owner"` // member name of the authority running it

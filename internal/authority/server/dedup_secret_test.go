@@ -57,6 +57,19 @@ func TestIdempotencyRecordsHoldNoSecrets(t *testing.T) {
 	if _, err := e.agents.CreateJoinToken(ctx, &wardv1.CreateJoinTokenRequest{TtlSeconds: 600, AgentPath: "rack1/node-1"}); err == nil {
 		t.Fatal("a retry after the answer expired got an answer")
 	}
+	// Sealing forgets every held answer.
+	if _, err := e.agents.CreateJoinToken(metadata.AppendToOutgoingContext(context.Background(), reqctx.IdempotencyHeader, "another"),
+		&wardv1.CreateJoinTokenRequest{TtlSeconds: 600, AgentPath: "rack1/node-2"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wardv1.NewOperatorClient(e.conn).Seal(context.Background(), &wardv1.SealRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	held.Range(func(any, any) bool { n++; return true })
+	if n != 0 {
+		t.Fatalf("%d secret answers held after the seal", n)
+	}
 }
 
 func TestSecretAnswersNamed(t *testing.T) {

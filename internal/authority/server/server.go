@@ -456,6 +456,7 @@ func (s *Server) sealInternal() {
 	st := s.unsealed
 	s.unsealed = nil
 	s.mu.Unlock()
+	forgetHeldAnswers() // secrets kept for retries (dedup.go) go with the keys
 	if st != nil {
 		st.cancel()
 		st.wg.Wait()
