@@ -112,7 +112,7 @@ func (m *Manager) load(ctx context.Context, name string) (*loaded, error) {
 	}
 	m.mu.Lock()
 	if cur, ok := m.cache[name]; !ok || cur.rev < l.rev {
-		m.cache[name] = l
+		m.cacheLocked(name, l)
 		m.names[p] = name
 	}
 	m.mu.Unlock()
@@ -153,10 +153,21 @@ func (m *Manager) mutate(ctx context.Context, name string, f func(rec *KeyRecord
 		}
 		m.mu.Lock()
 		if cur, ok := m.cache[name]; !ok || cur.rev < rev {
-			m.cache[name] = nl
+			m.cacheLocked(name, nl)
 		}
 		m.mu.Unlock()
 		return nl, nil
 	}
 	return nil, errs.Errorf(errs.Conflict, "key %q is being changed concurrently by another authority: retry", name)
+}
+
+// cacheLocked caches l, unless an HSM-held version of it could not be
+// prepared (the HSM unreachable, its key missing): then the key is loaded
+// again at its next use, so it works as soon as the HSM does.
+func (m *Manager) cacheLocked(name string, l *loaded) {
+	if len(l.unavailable) > 0 {
+		delete(m.cache, name)
+		return
+	}
+	m.cache[name] = l
 }

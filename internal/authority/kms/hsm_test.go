@@ -167,9 +167,21 @@ func TestHardwareBackedKeys(t *testing.T) {
 		t.Fatalf("a failed create left a key in the HSM: %d keys, was %d", len(h.keys), n)
 	}
 	// Another authority (sharing the store) whose HSM lacks the key says so.
-	m2, _ := New(st, bytes.Repeat([]byte{7}, 32), hsmTable(), &recorder{}, WithHSM(&fakeHSM{}))
+	h2 := &fakeHSM{}
+	m2, _ := New(st, bytes.Repeat([]byte{7}, 32), hsmTable(), &recorder{}, WithHSM(h2))
 	if _, _, err := m2.Encrypt(ctx, "t/hsm", []byte("x"), nil); errs.KindOf(err) != errs.Unavailable || !strings.Contains(err.Error(), "no key labelled") {
 		t.Fatalf("encrypt on an authority whose HSM lacks the key: %v", err)
+	}
+	// Once its HSM has the keys (restored from the HSM's backup), the key
+	// works there without a restart: the failure was not cached.
+	h.mu.Lock()
+	h2.keys = map[string][]byte{}
+	for l, k := range h.keys {
+		h2.keys[l] = k
+	}
+	h.mu.Unlock()
+	if _, _, err := m2.Encrypt(ctx, "t/hsm", []byte("x"), nil); err != nil {
+		t.Fatalf("encrypt once the HSM has the key: %v", err)
 	}
 }
 
