@@ -5,12 +5,20 @@ package kms
 import (
 	"bytes"
 	"context"
+	"os"
 	"testing"
 
 	"github.com/wardproject/ward/internal/authority/hsm"
 	"github.com/wardproject/ward/internal/shared/kmscrypto"
 	"github.com/wardproject/ward/internal/testutil/softhsm"
 )
+
+// TestMain removes the package's SoftHSM2 token store after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	softhsm.Cleanup()
+	os.Exit(code)
+}
 
 // tokenHSM is an hsm.Token as the KMS sees it (the server has its own).
 type tokenHSM struct{ t *hsm.Token }

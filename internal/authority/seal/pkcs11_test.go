@@ -5,6 +5,7 @@ package seal
 import (
 	"context"
 	"errors"
+	"os"
 	"strings"
 	"testing"
 
@@ -13,6 +14,13 @@ import (
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/testutil/softhsm"
 )
+
+// TestMain removes the package's SoftHSM2 token store after the tests.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	softhsm.Cleanup()
+	os.Exit(code)
+}
 
 const testPIN = "seal-test-pin-2718"
 
