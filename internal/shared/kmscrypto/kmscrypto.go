@@ -2,7 +2,9 @@
 // internal/shared/kmsfmt) with one key version's material. It holds the only AEAD
 // constructions the KMS uses, all from the standard library and all
 // FIPS 140-3 approved: AES-256-GCM with a module-generated random nonce,
-// and the same preceded by a per-message HKDF-SHA256 subkey.
+// and the same preceded by a per-message HKDF-SHA256 subkey. A third
+// algorithm, aes-256-gcm-hsm, runs AES-256-GCM inside a PKCS#11 HSM: its
+// versions have no material here, only an External (the HSM's key).
 package kmscrypto
 
 import (
