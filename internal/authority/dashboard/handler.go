@@ -233,7 +233,9 @@ func (h *Handler) snapshot(ctx context.Context) []byte {
 	if h.snapJSON != nil && time.Since(h.snapAt) < h.opts.Interval {
 		return h.snapJSON
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// Not the request's context: the snapshot is shared, and a viewer who
+	// leaves must not cut it short for the others.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
 	st := h.opts.State(ctx)
 	b, err := json.Marshal(st)
