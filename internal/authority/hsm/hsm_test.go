@@ -229,3 +229,29 @@ func TestConcurrentUseAndClose(t *testing.T) {
 		t.Fatalf("Seal after Close: %v", err)
 	}
 }
+
+// Anyone logged in to the token (another process with the PIN) cannot get
+// the value of a key ward generated: CKA_VALUE is refused (sensitive) and
+// wrapping it out under a key of their own is refused (not extractable).
+// The control, an exportable key, shows both paths work when allowed.
+func TestKeyValueNeverLeaves(t *testing.T) {
+	tok := openToken(t, "hsm-export")
+	if err := tok.GenerateKey("ward-key"); err != nil {
+		t.Fatal(err)
+	}
+	if err := hsm.GenerateExportable(tok, "attacker"); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := hsm.ValueOf(tok, "attacker"); err != nil || len(v) != 32 {
+		t.Fatalf("control: CKA_VALUE of an exportable key: %d bytes, %v", len(v), err)
+	}
+	if w, err := hsm.WrapWith(tok, "attacker", "attacker"); err != nil || len(w) < 32 {
+		t.Fatalf("control: wrapping an exportable key: %v", err)
+	}
+	if v, err := hsm.ValueOf(tok, "ward-key"); err == nil || len(v) != 0 || !strings.Contains(err.Error(), "CKR_ATTRIBUTE_SENSITIVE") {
+		t.Fatalf("CKA_VALUE of ward's key: %d bytes, %v", len(v), err)
+	}
+	if w, err := hsm.WrapWith(tok, "attacker", "ward-key"); err == nil || len(w) != 0 || !strings.Contains(err.Error(), "CKR_KEY_UNEXTRACTABLE") {
+		t.Fatalf("wrapping ward's key out: %d bytes, %v", len(w), err)
+	}
+}
