@@ -172,7 +172,7 @@ func TestSourceReconnects(t *testing.T) {
 // limit (policies plus federated catalogs grow) still reaches the proxy; a
 // source stuck on its old version would miss every revocation after it.
 func TestLargeVersionArrives(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	relay := NewRelay()
 	conn, _ := serve(t, relay)
