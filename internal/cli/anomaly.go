@@ -41,6 +41,7 @@ func anomalyConfig(a config.Anomaly) anomaly.Config {
 		Alpha:                     a.Alpha, Sigma: a.Sigma, Factor: a.Factor,
 		MinDecrypts: a.MinDecryptsPerMinute, MinDenials: a.MinDenialsPerMinute,
 		LearningPeriod: time.Duration(a.LearningPeriod), Cooldown: time.Duration(a.Cooldown),
+		HourBaseline: time.Duration(a.HourBaseline), HourMinEvents: a.HourMinEvents,
 		MaxSeries: a.MaxSeries, QueueSize: a.QueueSize,
 		WebhookURL: a.WebhookURL, WebhookTimeout: time.Duration(a.WebhookTimeout),
 	}

@@ -28,6 +28,11 @@ type Anomaly struct {
 	LearningPeriod            yamlconf.Duration `yaml:"learning_period"`
 	Cooldown                  yamlconf.Duration `yaml:"cooldown"`
 	MaxSeries                 int               `yaml:"max_series"`
+	// HourBaseline and HourMinEvents: when a (caller, key) pair's
+	// hour-of-day histogram is its time-of-day baseline (defaults 168h and
+	// 200 events); then a use in an hour it never was used in is alerted.
+	HourBaseline  yamlconf.Duration `yaml:"hour_baseline"`
+	HourMinEvents int               `yaml:"hour_min_events"`
 	// PrimeEvents: how many of the log's newest events build the baseline
 	// before the first live event is scored (default 100000).
 	PrimeEvents    int               `yaml:"prime_events"`
@@ -48,6 +53,10 @@ func (a *Anomaly) validate(classifications []string) error {
 		return errors.New("anomaly.min_decrypts_per_minute and min_denials_per_minute must not be negative (0 means the default)")
 	case a.LearningPeriod < 0 || a.Cooldown < 0:
 		return errors.New("anomaly.learning_period and anomaly.cooldown must not be negative")
+	case a.HourBaseline != 0 && time.Duration(a.HourBaseline) < 24*time.Hour:
+		return fmt.Errorf("anomaly.hour_baseline is %v: use at least 24h (0 means the default, 168h)", time.Duration(a.HourBaseline))
+	case a.HourMinEvents < 0:
+		return errors.New("anomaly.hour_min_events must not be negative (0 means the default, 200)")
 	case a.MaxSeries < 0 || a.QueueSize < 0:
 		return errors.New("anomaly.max_series and anomaly.queue_size must not be negative (0 means the default)")
 	case a.PrimeEvents < 0 || a.PrimeEvents > 10_000_000:

@@ -33,6 +33,14 @@ type Config struct {
 	LearningPeriod time.Duration
 	// Cooldown: one alert per kind, caller and key in this time (default 10m).
 	Cooldown time.Duration
+	// HourBaseline: a (caller, key) pair's hour-of-day histogram is its
+	// time-of-day baseline once the pair has been seen for this long
+	// (default 7 days, at least 24h); after that a use in an hour of the
+	// day (UTC) in which the pair was never used is an unusual_hour alert.
+	HourBaseline time.Duration
+	// HourMinEvents: the pair must also have at least this many events
+	// (default 200), so a rarely used pair has no time-of-day baseline.
+	HourMinEvents int
 	// MaxSeries bounds the tracked (caller, key, operation) series
 	// (default 200000); beyond it new series are counted, not tracked.
 	MaxSeries int
@@ -73,6 +81,12 @@ func (c Config) Defaults() Config {
 	if c.Cooldown == 0 {
 		c.Cooldown = 10 * time.Minute
 	}
+	if c.HourBaseline == 0 {
+		c.HourBaseline = 7 * 24 * time.Hour
+	}
+	if c.HourMinEvents == 0 {
+		c.HourMinEvents = 200
+	}
 	if c.MaxSeries == 0 {
 		c.MaxSeries = 200000
 	}
@@ -105,6 +119,10 @@ func (c Config) Validate() error {
 		return fmt.Errorf("anomaly.learning_period is %v: use 0 (default 1h) or more", c.LearningPeriod)
 	case c.Cooldown < 0:
 		return fmt.Errorf("anomaly.cooldown is %v: use 0 (default 10m) or more", c.Cooldown)
+	case c.HourBaseline < 24*time.Hour:
+		return fmt.Errorf("anomaly.hour_baseline is %v: use at least 24h (a whole day of the pair's hours; default 168h)", c.HourBaseline)
+	case c.HourMinEvents < 1:
+		return fmt.Errorf("anomaly.hour_min_events is %d: use at least 1 (default 200)", c.HourMinEvents)
 	case c.MaxSeries < 0 || c.QueueSize < 0 || c.RecentAlerts < 0:
 		return errors.New("anomaly.max_series, queue_size and recent_alerts must not be negative")
 	case c.WebhookTimeout < 0 || c.WebhookTimeout > time.Minute:

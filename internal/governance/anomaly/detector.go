@@ -10,7 +10,10 @@
 //   - a minute's decrypt volume of a series exceeds mean + Sigma·stddev,
 //     Factor × mean and MinDecrypts at once,
 //   - a caller's denials in a minute exceed mean + Sigma·stddev and MinDenials,
-//   - a key is used by a caller of a trust domain it never was used from.
+//   - a key is used by a caller of a trust domain it never was used from,
+//   - a (caller, key) pair with a time-of-day baseline (seen for
+//     HourBaseline, HourMinEvents events) is used in an hour of the day it
+//     never was used in.
 //
 // Time is the events' own time (a virtual clock in tests), so a replayed
 // log scores as the live stream did. The authority feeds it the events its
@@ -23,6 +26,7 @@ package anomaly
 
 import (
 	"context"
+	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -50,6 +54,7 @@ const (
 	KindDecryptBurst       = "decrypt_burst"
 	KindDenialSpike        = "denial_spike"
 	KindNewTrustDomain     = "new_trust_domain"
+	KindUnusualHour        = "unusual_hour"
 )
 
 // Operation is the audit operation of an alert event.
@@ -70,6 +75,7 @@ type Alert struct {
 	Stddev         float64   `json:"stddev,omitempty"`    // EWMA standard deviation
 	Threshold      float64   `json:"threshold,omitempty"` // what Observed crossed
 	HourShare      float64   `json:"hour_share,omitempty"`
+	Hour           *int      `json:"hour,omitempty"` // unusual_hour: the hour of the day (UTC)
 	Detail         string    `json:"detail"`
 }
 
@@ -89,7 +95,8 @@ type pairKey struct{ caller, key string }
 type pair struct {
 	hours [24]uint32
 	total uint32
-	class string // the key's classification when the pair was first seen
+	since time.Time // the pair's first event
+	class string    // the key's classification when the pair was first seen
 }
 
 type alertKey struct{ kind, caller, key string }
@@ -330,7 +337,7 @@ func (d *Detector) Observe(ev Event) []Alert {
 			d.m.overflow.Inc()
 			return d.keep(out)
 		}
-		p = &pair{}
+		p = &pair{since: ev.Time}
 		d.pairs[pk] = p
 		d.m.series.Inc()
 		if ev.Classification == "" && d.classify != nil {
@@ -346,6 +353,12 @@ func (d *Detector) Observe(ev Event) []Alert {
 		ev.Classification = p.class
 	}
 	h := ev.Time.UTC().Hour()
+	if p.hours[h] == 0 && p.total >= uint32(d.cfg.HourMinEvents) && ev.Time.Sub(p.since) >= d.cfg.HourBaseline {
+		hour := h
+		out = d.raise(out, ev, Alert{Kind: KindUnusualHour, Hour: &hour,
+			Detail: fmt.Sprintf("key used at %02d:00-%02d:59 UTC, an hour of the day this caller never used it in (%d uses since %s)",
+				h, h, p.total, p.since.UTC().Format(time.RFC3339))})
+	}
 	p.hours[h]++
 	p.total++
 

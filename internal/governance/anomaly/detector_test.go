@@ -3,6 +3,7 @@ package anomaly
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -180,6 +181,8 @@ func TestConfigValidation(t *testing.T) {
 		{Config{WebhookURL: "https://user:pw@hooks.example/x"}, "credentials"},
 		{Config{WebhookTimeout: time.Hour}, "anomaly.webhook_timeout"},
 		{Config{RestrictedClassifications: []string{""}}, "empty name"},
+		{Config{HourBaseline: 23 * time.Hour}, "anomaly.hour_baseline"},
+		{Config{HourMinEvents: -3}, "anomaly.hour_min_events"},
 	} {
 		_, err := New(tc.c)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -294,5 +297,92 @@ func TestDenialOverflowCounted(t *testing.T) {
 	d.Observe(ev)
 	if got := counterValue(t, d.m.overflow); got != before+1 {
 		t.Fatalf("overflow %v after an untracked caller's denial, want %v", got, before+1)
+	}
+}
+
+// TestUnusualHour: the time-of-day baseline. Seeded normal traffic runs
+// for four days, among it callers that work office hours only (08:00 to
+// 18:00 UTC); once their pairs have a baseline (HourBaseline 72h here)
+// none of it alerts, round-the-clock callers included. Then an office-hours
+// caller decrypts at 03:00: an unusual_hour alert within seconds, naming
+// the hour; the same caller at 10:00 the same day raises nothing, and a
+// pair younger than the baseline is not judged by its hours.
+func TestUnusualHour(t *testing.T) {
+	d, err := New(Config{HourBaseline: 72 * time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	syn := newSynthetic(7, 40, 60)
+	// Office callers use keys round-the-clock callers of their trust
+	// domain use too (a new key for a trust domain would be another alert).
+	var office []stream
+	for _, st := range syn.streams {
+		if len(office) < 5 && strings.HasPrefix(st.caller, "spiffe://prod.example/") && st.op == "kms.decrypt" && syn.class[st.key] != "restricted" {
+			office = append(office, stream{caller: fmt.Sprintf("spiffe://prod.example/ns/office-%d/sa/clerk", len(office)), key: st.key,
+				op: "kms.decrypt", rate: 4, from: 8, to: 18})
+		}
+	}
+	syn.streams = append(syn.streams, office...)
+	var buf []Event
+	events, falsePositives, armed := 0, 0, 0
+	for m := 0; m < 4*24*60; m++ {
+		now := day0.Add(time.Duration(m) * time.Minute)
+		buf = syn.minute(now, buf)
+		for _, ev := range buf {
+			events++
+			if ev.Time.Sub(day0) >= 72*time.Hour {
+				armed++
+			}
+			for _, a := range d.Observe(ev) {
+				falsePositives++
+				if falsePositives <= 10 {
+					t.Errorf("false positive at %s: %+v", a.Time.Format(time.DateTime), a)
+				}
+			}
+		}
+	}
+	t.Logf("four normal days: %d events (%d with the hour baseline armed), %d streams, %d false positives", events, armed, len(syn.streams), falsePositives)
+	if falsePositives != 0 {
+		t.Fatalf("%d false positives over the normal days", falsePositives)
+	}
+	if armed == 0 {
+		t.Fatal("no event was scored with the hour baseline armed: the test proves nothing")
+	}
+
+	night := day0.Add(4*24*time.Hour + 3*time.Hour)
+	victim := office[2]
+	// A newcomer: first seen at 09:00 on the last day, used at 03:00 —
+	// too young for a time-of-day baseline.
+	class := syn.class[victim.key]
+	newcomer := Event{Actor: "spiffe://prod.example/ns/new/sa/clerk", Operation: "kms.decrypt", Key: victim.key, Classification: class, Result: "ok"}
+	for i := 0; i < 300; i++ {
+		newcomer.Time = day0.Add(3*24*time.Hour + 9*time.Hour + time.Duration(i)*time.Second)
+		if a := d.Observe(newcomer); len(a) != 0 {
+			t.Fatalf("newcomer in office hours: %+v", a)
+		}
+	}
+	var alerts []Alert
+	for s := 0; s < 30; s++ { // a decrypt every 2 s from 03:00:05
+		ev := Event{Time: night.Add(5*time.Second + time.Duration(s)*2*time.Second), Actor: victim.caller, Operation: "kms.decrypt",
+			Key: victim.key, Classification: class, Result: "ok"}
+		alerts = append(alerts, d.Observe(ev)...)
+	}
+	newcomer.Time = night.Add(10 * time.Second)
+	alerts = append(alerts, d.Observe(newcomer)...)
+	if len(alerts) != 1 {
+		t.Fatalf("alerts at 03:00: %+v, want one unusual_hour for %s", alerts, victim.caller)
+	}
+	a := alerts[0]
+	if a.Kind != KindUnusualHour || a.Caller != victim.caller || a.Key != victim.key || a.Hour == nil || *a.Hour != 3 ||
+		!strings.Contains(a.Detail, "03:00-03:59 UTC") {
+		t.Fatalf("alert: %+v", a)
+	}
+	if lag := a.Time.Sub(night.Add(5 * time.Second)); lag < 0 || lag > 5*time.Second {
+		t.Fatalf("flagged %v after the first use at night", lag)
+	}
+	t.Logf("%s flagged at %s: %s", a.Kind, a.Time.Format(time.TimeOnly), a.Detail)
+	day := Event{Time: night.Add(7 * time.Hour), Actor: victim.caller, Operation: "kms.decrypt", Key: victim.key, Classification: class, Result: "ok"}
+	if got := d.Observe(day); len(got) != 0 {
+		t.Fatalf("the same caller at 10:00: %+v", got)
 	}
 }

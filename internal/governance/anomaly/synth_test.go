@@ -23,6 +23,7 @@ type stream struct {
 	rate            float64 // events per minute at the daily peak
 	batchP          float64 // chance an event is a batch of 2..20
 	denyRate        float64 // denials per minute at peak
+	from, to        int     // active only from:00 to to:00 UTC when to > 0 (office hours)
 }
 
 var domains = []string{"prod.example", "edge.example", "partner.example"}
@@ -79,6 +80,9 @@ func (s *synthetic) minute(t time.Time, out []Event) []Event {
 	out = out[:0]
 	f := profile(t)
 	for _, st := range s.streams {
+		if st.to > 0 && (t.Hour() < st.from || t.Hour() >= st.to) {
+			continue
+		}
 		for k := s.poisson(st.rate * f); k > 0; k-- {
 			ev := Event{Time: t.Add(time.Duration(s.rng.Int64N(int64(time.Minute)))), Actor: st.caller, Operation: st.op,
 				Key: st.key, Classification: s.class[st.key], Result: "ok"}
