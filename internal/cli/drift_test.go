@@ -18,6 +18,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/server"
 	"github.com/wardproject/ward/internal/governance/drift"
+	"github.com/wardproject/ward/internal/governance/scan"
 	"github.com/wardproject/ward/internal/shared/telemetry"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
@@ -207,6 +208,40 @@ func TestDriftEndToEnd(t *testing.T) {
 	}
 	if len(res.Findings) != 1 || res.Findings[0].Rule != drift.RuleTLSGroups || res.Findings[0].Source != "scan" || res.Findings[0].Object != "endpoint/"+sc.Target {
 		t.Fatalf("scan findings: %+v", res.Findings)
+	}
+
+	// ward scan --reported: the same listener, found through the
+	// authority, its chain verified against the authority's bundle and
+	// its certificate checked against the SPIFFE ID the listener reports.
+	out, err = ward(t, addr, "scan", "--reported", "--json", "--fail-on", "never")
+	if err != nil {
+		t.Fatalf("ward scan --reported: %v\n%s", err, out)
+	}
+	var sr struct {
+		Results []struct {
+			Target, Source, Error string
+			Chain                 *scan.Chain
+		}
+	}
+	if err := json.Unmarshal([]byte(out), &sr); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	scans := sr.Results
+	if len(scans) != 1 || scans[0].Target != sc.Target || !strings.Contains(scans[0].Source, "service api") || scans[0].Error != "" {
+		t.Fatalf("ward scan --reported: %+v", scans)
+	}
+	ch := scans[0].Chain
+	if ch == nil || !ch.Trusted || !strings.HasPrefix(ch.Bundle, "authority ") || ch.SPIFFEID == "" || ch.SPIFFEIDMatch == nil || !*ch.SPIFFEIDMatch {
+		t.Fatalf("the reported listener's chain: %+v", ch)
+	}
+	// Named targets come first and are not scanned twice; without an
+	// endpoint and without --reported there is nothing to scan.
+	out, err = ward(t, addr, "scan", sc.Target, "--reported", "--json", "--fail-on", "never")
+	if err != nil || strings.Count(out, `"target"`) != 1 || strings.Contains(out, `"source"`) {
+		t.Fatalf("ward scan TARGET --reported: %v\n%s", err, out)
+	}
+	if out, err := ward(t, addr, "scan"); err == nil || !strings.Contains(out+err.Error(), "--reported") {
+		t.Fatalf("ward scan with no target: %v\n%s", err, out)
 	}
 }
 

@@ -16,6 +16,9 @@ func WriteTable(w io.Writer, results []*Result) error {
 			fmt.Fprintln(w)
 		}
 		fmt.Fprintf(w, "== %s", r.Target)
+		if r.Source != "" {
+			fmt.Fprintf(w, " [%s]", r.Source)
+		}
 		if r.ServerName != "" {
 			fmt.Fprintf(w, " (SNI %s)", r.ServerName)
 		}

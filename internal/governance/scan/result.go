@@ -6,7 +6,10 @@ import "time"
 // `ward scan --json` (one object per endpoint) and the input of the
 // governance parts that build on scans (drift, report).
 type Result struct {
-	Target     string    `json:"target"`
+	Target string `json:"target"`
+	// Source says where the target came from when it was not named on the
+	// command line (ward scan --reported: the node and listener reporting it).
+	Source     string    `json:"source,omitempty"`
 	ServerName string    `json:"server_name,omitempty"` // SNI sent and name checked
 	Started    time.Time `json:"started"`
 	DurationMS float64   `json:"duration_ms"`
