@@ -11,6 +11,7 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v curl >/dev/null 2>&1 || need_pkgs+=(curl ca-certificates)
 command -v testssl >/dev/null 2>&1 || need_pkgs+=(testssl.sh)
 command -v sslscan >/dev/null 2>&1 || need_pkgs+=(sslscan)
+command -v haproxy >/dev/null 2>&1 || need_pkgs+=(haproxy) # ward scan against a weak and a strong haproxy
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v softhsm2-util >/dev/null 2>&1 || need_pkgs+=(softhsm2) # PKCS#11 seal tests (docs/hsm.md)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium) # the dashboard test (internal/cli, chromedp)
