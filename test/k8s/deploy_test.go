@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -181,6 +182,7 @@ func TestDeployManifestsDryRun(t *testing.T) {
 			apply(f, o, true)
 		}
 	}
+	checkLimitsAndPolicies(t, docs)
 	t.Logf("applied (dry-run) from %d files: %v; ward configurations parsed: %v", len(files), kinds, configs)
 	for _, k := range []string{"Namespace", "StatefulSet", "DaemonSet", "Deployment", "Service", "ValidatingWebhookConfiguration", "Pod", "EncryptionConfiguration"} {
 		if kinds[k] == 0 {
@@ -192,4 +194,102 @@ func TestDeployManifestsDryRun(t *testing.T) {
 			t.Errorf("no %s under deploy/", c)
 		}
 	}
+}
+
+// checkLimitsAndPolicies: every container of every workload under deploy/
+// has a memory limit, and the webhook's pods are isolated by a
+// NetworkPolicy: ingress only to the port they serve, no egress.
+func checkLimitsAndPolicies(t *testing.T, docs map[string][]*unstructured.Unstructured) {
+	t.Helper()
+	var policies []*unstructured.Unstructured
+	webhookPort := int64(0)
+	var webhookLabels map[string]string
+	for f, objs := range docs {
+		for _, o := range objs {
+			var podSpec []string
+			switch o.GetKind() {
+			case "Pod":
+				podSpec = []string{"spec"}
+			case "Deployment", "DaemonSet", "StatefulSet":
+				podSpec = []string{"spec", "template", "spec"}
+			case "NetworkPolicy":
+				policies = append(policies, o)
+				continue
+			default:
+				continue
+			}
+			containers, _, _ := unstructured.NestedSlice(o.Object, append(podSpec, "containers")...)
+			if len(containers) == 0 {
+				t.Errorf("deploy/%s: %s %s has no containers", f, o.GetKind(), o.GetName())
+			}
+			for _, c := range containers {
+				cm, _ := c.(map[string]any)
+				if mem, _, _ := unstructured.NestedString(cm, "resources", "limits", "memory"); mem == "" {
+					t.Errorf("deploy/%s: %s %s, container %v: no memory limit", f, o.GetKind(), o.GetName(), cm["name"])
+				}
+			}
+			if o.GetKind() == "Deployment" && o.GetName() == "ward-webhook" {
+				webhookLabels, _, _ = unstructured.NestedStringMap(o.Object, "spec", "template", "metadata", "labels")
+				ports, _, _ := unstructured.NestedSlice(containers[0].(map[string]any), "ports")
+				if len(ports) == 1 {
+					webhookPort = number(ports[0].(map[string]any)["containerPort"])
+				}
+			}
+		}
+	}
+	if webhookPort == 0 || len(webhookLabels) == 0 {
+		t.Fatalf("the ward-webhook Deployment: labels %v, one container port %d", webhookLabels, webhookPort)
+	}
+	found := false
+	for _, p := range policies {
+		sel, _, _ := unstructured.NestedStringMap(p.Object, "spec", "podSelector", "matchLabels")
+		matches := len(sel) > 0
+		for k, v := range sel {
+			if webhookLabels[k] != v {
+				matches = false
+			}
+		}
+		if !matches || p.GetNamespace() != "ward-system" {
+			continue
+		}
+		found = true
+		types, _, _ := unstructured.NestedStringSlice(p.Object, "spec", "policyTypes")
+		if !slices.Contains(types, "Ingress") || !slices.Contains(types, "Egress") {
+			t.Errorf("NetworkPolicy %s: policyTypes %v, want Ingress and Egress", p.GetName(), types)
+		}
+		if egress, _, _ := unstructured.NestedSlice(p.Object, "spec", "egress"); len(egress) != 0 {
+			t.Errorf("NetworkPolicy %s allows egress: %v", p.GetName(), egress)
+		}
+		ingress, _, _ := unstructured.NestedSlice(p.Object, "spec", "ingress")
+		for _, r := range ingress {
+			ports, _, _ := unstructured.NestedSlice(r.(map[string]any), "ports")
+			if len(ports) == 0 {
+				t.Errorf("NetworkPolicy %s: an ingress rule open on every port", p.GetName())
+			}
+			for _, pt := range ports {
+				if n := number(pt.(map[string]any)["port"]); n != webhookPort {
+					t.Errorf("NetworkPolicy %s: ingress to port %v, the webhook serves %d", p.GetName(), pt, webhookPort)
+				}
+			}
+		}
+		if len(ingress) == 0 {
+			t.Errorf("NetworkPolicy %s admits nothing: the apiserver cannot call the webhook", p.GetName())
+		}
+	}
+	if !found {
+		t.Error("no NetworkPolicy in ward-system selects the webhook's pods")
+	}
+}
+
+// number reads a YAML number however the decoder typed it (int64, float64).
+func number(v any) int64 {
+	switch n := v.(type) {
+	case int64:
+		return n
+	case float64:
+		return int64(n)
+	case int:
+		return int64(n)
+	}
+	return -1
 }
