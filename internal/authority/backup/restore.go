@@ -51,7 +51,7 @@ func Restore(ctx context.Context, f io.ReadSeeker, dst store.Store, opts Restore
 	total := v.Manifest.Entries
 	var (
 		ops     []store.Op
-		bytes   int
+		nbytes  int
 		done    int64
 		keyring []byte
 	)
@@ -63,7 +63,7 @@ func Restore(ctx context.Context, f io.ReadSeeker, dst store.Store, opts Restore
 			return fmt.Errorf("writing entries %d..%d of %d: %w; the target now holds a partial restore without a keyring (it cannot be unsealed): empty it, then restore again", done+1, done+int64(len(ops)), total, err)
 		}
 		done += int64(len(ops))
-		ops, bytes = ops[:0], 0
+		ops, nbytes = ops[:0], 0
 		if opts.Progress != nil {
 			opts.Progress(done, total)
 		}
@@ -75,13 +75,13 @@ func Restore(ctx context.Context, f io.ReadSeeker, dst store.Store, opts Restore
 			keyring = value
 			return nil
 		}
-		if len(ops) > 0 && (len(ops) >= maxOps || bytes+len(key)+len(value) > opts.MaxBatchBytes) {
+		if len(ops) > 0 && (len(ops) >= maxOps || nbytes+len(key)+len(value) > opts.MaxBatchBytes) {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
 		ops = append(ops, store.Op{Key: key, Value: value, ExpectRevision: 0})
-		bytes += len(key) + len(value)
+		nbytes += len(key) + len(value)
 		return nil
 	}
 	// The second pass re-verifies what it writes: a file changed between
