@@ -36,6 +36,7 @@ type Etcd struct {
 	leading bool
 	term    int64
 	lease   *leaseValidity // of the current session
+	created time.Time
 }
 
 // Connected reports whether this member holds a live lease now, that is
@@ -46,7 +47,12 @@ func (e *Etcd) Connected() bool {
 	e.mu.Lock()
 	lv := e.lease
 	e.mu.Unlock()
-	return lv != nil && time.Now().Before(lv.until(0))
+	if lv == nil {
+		// Not yet joined: connected until a first lease is overdue (an
+		// authority just unsealed serves at once).
+		return time.Since(e.created) < e.ttl
+	}
+	return time.Now().Before(lv.until(0))
 }
 
 // NewEtcd returns the coordinator of self over st's etcd cluster and
@@ -59,7 +65,7 @@ func NewEtcd(st *etcdstore.Store, self Member, ttl time.Duration, log *slog.Logg
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Etcd{cli: st.Client(), prefix: st.Prefix() + "ha/", self: self, ttl: ttl, log: log, margin: max(ttl/10, 200*time.Millisecond)}
+	return &Etcd{cli: st.Client(), prefix: st.Prefix() + "ha/", self: self, ttl: ttl, log: log, margin: max(ttl/10, 200*time.Millisecond), created: time.Now()}
 }
 
 func (e *Etcd) membersPrefix() string  { return e.prefix + "members/" }

@@ -145,3 +145,22 @@ func TestLeaseValidityEndsLeadership(t *testing.T) {
 		t.Fatalf("validity with margin %v", got)
 	}
 }
+
+// A member just created counts as connected until a first lease is
+// overdue, so an authority serves at once after unseal; then it follows
+// its lease.
+func TestConnectedBeforeTheFirstLease(t *testing.T) {
+	e := &Etcd{ttl: 2 * time.Second, created: time.Now()}
+	if !e.Connected() {
+		t.Fatal("a new member must count as connected during its first TTL")
+	}
+	e.created = time.Now().Add(-3 * time.Second)
+	if e.Connected() {
+		t.Fatal("a member without a lease after a TTL is cut off")
+	}
+	e.lease = &leaseValidity{}
+	e.lease.renewed(time.Now(), 2*time.Second)
+	if !e.Connected() {
+		t.Fatal("a member with a live lease is connected")
+	}
+}
