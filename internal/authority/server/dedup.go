@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -63,23 +62,22 @@ type heldAnswer struct {
 	until time.Time
 }
 
-// held are the secret answers of this process, by record path.
-var held sync.Map
-
-func holdAnswer(path string, m proto.Message, now time.Time) {
-	held.Range(func(k, v any) bool {
+// holdAnswer keeps a secret answer in this authority's memory (s.held,
+// by record path), dropping expired ones.
+func (s *Server) holdAnswer(path string, m proto.Message, now time.Time) {
+	s.held.Range(func(k, v any) bool {
 		if now.After(v.(heldAnswer).until) {
-			held.Delete(k)
+			s.held.Delete(k)
 		}
 		return true
 	})
-	held.Store(path, heldAnswer{msg: m, until: now.Add(secretAnswerTTL)})
+	s.held.Store(path, heldAnswer{msg: m, until: now.Add(secretAnswerTTL)})
 }
 
 // forgetHeldAnswers drops every held secret answer (at seal).
-func forgetHeldAnswers() {
-	held.Range(func(k, _ any) bool {
-		held.Delete(k)
+func (s *Server) forgetHeldAnswers() {
+	s.held.Range(func(k, _ any) bool {
+		s.held.Delete(k)
 		return true
 	})
 }
@@ -136,7 +134,7 @@ func (s *Server) dedupUnary(ctx context.Context, req any, info *grpc.UnaryServer
 				return nil, status.Errorf(codes.InvalidArgument, "idempotency key %s was already used for another request by %s: use a new key for each call", caller.IdempotencyKey, caller.Actor)
 			}
 			if rec.State == "done" && rec.Held {
-				if v, ok := held.Load(path); ok && time.Now().Before(v.(heldAnswer).until) {
+				if v, ok := s.held.Load(path); ok && time.Now().Before(v.(heldAnswer).until) {
 					return proto.Clone(v.(heldAnswer).msg), nil
 				}
 				// Unavailable: a failover client tries the other authorities,
@@ -224,7 +222,7 @@ func (s *Server) finishRequest(path string, rev int64, rec requestRecord, resp a
 	rec.State = "done"
 	rec.Code, rec.Message = uint32(st.Code()), st.Message()
 	if m, ok := resp.(proto.Message); ok && herr == nil && secretAnswers[rec.Method] {
-		holdAnswer(path, proto.Clone(m), time.Now())
+		s.holdAnswer(path, proto.Clone(m), time.Now())
 		rec.Held = true
 	} else if herr == nil {
 		if m, ok := resp.(proto.Message); ok {

@@ -50,8 +50,8 @@ func TestIdempotencyRecordsHoldNoSecrets(t *testing.T) {
 		t.Fatalf("the token does not attest: %v", err)
 	}
 	// Once the answer left this authority's memory, a retry is told so.
-	held.Range(func(k, v any) bool {
-		held.Store(k, heldAnswer{msg: v.(heldAnswer).msg, until: time.Now().Add(-time.Second)})
+	e.srv.held.Range(func(k, v any) bool {
+		e.srv.held.Store(k, heldAnswer{msg: v.(heldAnswer).msg, until: time.Now().Add(-time.Second)})
 		return true
 	})
 	if _, err := e.agents.CreateJoinToken(ctx, &wardv1.CreateJoinTokenRequest{TtlSeconds: 600, AgentPath: "rack1/node-1"}); err == nil {
@@ -66,7 +66,7 @@ func TestIdempotencyRecordsHoldNoSecrets(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := 0
-	held.Range(func(any, any) bool { n++; return true })
+	e.srv.held.Range(func(any, any) bool { n++; return true })
 	if n != 0 {
 		t.Fatalf("%d secret answers held after the seal", n)
 	}

@@ -83,6 +83,7 @@ type Server struct {
 
 	leaderHooks []func(context.Context) // jobs only the leader runs (AddLeaderJob)
 	inflight    sync.Map                // idempotency records this authority is running (dedup.go)
+	held        sync.Map                // secret answers kept for retries, by record path (dedup.go)
 	leaderships atomic.Uint64           // times this authority became leader
 
 	// the dashboard (dashboard.go), when dashboard.address is set
@@ -456,7 +457,7 @@ func (s *Server) sealInternal() {
 	st := s.unsealed
 	s.unsealed = nil
 	s.mu.Unlock()
-	forgetHeldAnswers() // secrets kept for retries (dedup.go) go with the keys
+	s.forgetHeldAnswers() // secrets kept for retries (dedup.go) go with the keys
 	if st != nil {
 		st.cancel()
 		st.wg.Wait()
