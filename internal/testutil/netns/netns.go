@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +23,44 @@ import (
 
 // seq makes names unique within the process; the pid across processes.
 var seq atomic.Uint32
+
+// sweepOnce removes, before a process creates its first network, the
+// namespaces that test processes which no longer run left behind (a run
+// killed by its timeout cannot clean up): a later process with the same pid
+// would otherwise fail to create its namespaces.
+var sweepOnce sync.Once
+
+// nameRE matches the namespaces New and AddNode create: w<pid base 36>-<seq><node>.
+var nameRE = regexp.MustCompile(`^w([0-9a-z]+)-[0-9]+`)
+
+func sweepStale() {
+	out, err := run("ip", "netns", "list")
+	if err != nil {
+		return
+	}
+	self := os.Getpid()
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		m := nameRE.FindStringSubmatch(f[0])
+		if m == nil {
+			continue
+		}
+		pid, err := strconv.ParseInt(m[1], 36, 64)
+		if err != nil {
+			continue
+		}
+		// Ours before we made any: a dead process's with our pid.
+		if int(pid) != self {
+			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pid)); err == nil {
+				continue // its process still runs
+			}
+		}
+		run("ip", "netns", "del", f[0])
+	}
+}
 
 // Network is a hub namespace with a bridge; nodes attach to it.
 type Network struct {
@@ -61,8 +101,9 @@ func New(t testing.TB) *Network {
 	if why := Skip(); why != "" {
 		t.Skip(why)
 	}
+	sweepOnce.Do(sweepStale)
 	n := seq.Add(1)
-	id := fmt.Sprintf("w%d%d", os.Getpid()%100000, n)
+	id := fmt.Sprintf("w%s-%d", strconv.FormatInt(int64(os.Getpid()), 36), n)
 	nw := &Network{t: t, prefix: id, hub: id + "hub", subnet: 100 + int((uint32(os.Getpid())+n)%100)}
 	t.Cleanup(nw.destroy)
 	nw.ip("netns", "add", nw.hub)

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,5 +82,34 @@ func TestPartitionAndHeal(t *testing.T) {
 	// A node as another uid.
 	if o, err := b.Command(41099, "id", "-u").Output(); err != nil || strings.TrimSpace(string(o)) != "41099" {
 		t.Fatalf("command as uid 41099: %q %v", o, err)
+	}
+}
+
+// TestSweepStale: namespaces a killed test process left behind (its pid no
+// longer runs) are removed before a process creates its first network;
+// those of a live process stay.
+func TestSweepStale(t *testing.T) {
+	if why := Skip(); why != "" {
+		t.Skip(why)
+	}
+	dead := exec.Command("true")
+	if err := dead.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("w%s-1hub", strconv.FormatInt(int64(dead.Process.Pid), 36))
+	live := fmt.Sprintf("w%s-1hub", strconv.FormatInt(1, 36)) // pid 1 always runs
+	for _, ns := range []string{stale, live} {
+		if out, err := run("ip", "netns", "add", ns); err != nil {
+			t.Fatalf("ip netns add %s: %v %s", ns, err, out)
+		}
+	}
+	t.Cleanup(func() { run("ip", "netns", "del", stale); run("ip", "netns", "del", live) })
+	sweepStale()
+	out, _ := run("ip", "netns", "list")
+	if strings.Contains(out, stale) {
+		t.Errorf("the dead process's namespace %s is still there", stale)
+	}
+	if !strings.Contains(out, live) {
+		t.Errorf("the live process's namespace %s was removed", live)
 	}
 }
