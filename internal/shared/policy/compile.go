@@ -334,6 +334,7 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 			c.actionMask = m.actionMask(pa.Action)
 			c.needsAttrs, c.needsContext = dataNeeds(pa)
 			c.readsTime = readsTime(pa)
+			c.fast = compileFast(pa)
 			c.pKey, c.pAny = scopeKey(pa.Principal)
 			c.rKey, c.rAny = scopeKey(pa.Resource)
 			set.byID[id] = c

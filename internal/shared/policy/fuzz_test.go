@@ -12,6 +12,7 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte(`@id("x") @dryrun("true") forbid(principal in Group::"g", action in [Action::"connect"], resource is Key in Key::"k") unless { if true then false else 1 };`))
 	f.Add([]byte(`permit(principal, action, resource) when { "\u{1F600}" like "*\*" && [1,{a:2}].contains(ip("10.0.0.1")) };`))
 	f.Add([]byte("permit(principal,\n action resource)"))
+	f.Add([]byte(`permit(principal is Workload in TrustDomain::"a", action, resource) when { context.unix_time > 5 && !(resource.name like "a*") || principal.labels.x != resource.port } unless { action in Action::"kms" };`))
 	f.Add([]byte(`forbid(principal, action, resource) when { -9223372036854775808 < 99999999999999999999 };`))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		s, err := Compile(map[string][]byte{"f.cedar": src})

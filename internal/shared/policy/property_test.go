@@ -75,7 +75,7 @@ func randomPolicy(r *rand.Rand, i int) string {
 		fmt.Fprintf(&b, "resource is Key in Key::%q", pick(r, propKeys))
 	}
 	b.WriteString(")")
-	switch r.IntN(8) {
+	switch r.IntN(10) {
 	case 0:
 		b.WriteString(` when { context.tls_version == "1.3" }`)
 	case 1:
@@ -88,6 +88,10 @@ func randomPolicy(r *rand.Rand, i int) string {
 		b.WriteString(` when { resource.name like "s*" && context.source_trust_domain != "c.example" }`)
 	case 5:
 		fmt.Fprintf(&b, ` when { action in Action::%q }`, pick(r, propActionAll))
+	case 6:
+		b.WriteString(` when { context.unix_time >= 1700000000 && !(principal.path like "/ns/*") || principal.trust_domain == "c.example" }`)
+	case 7:
+		b.WriteString(` unless { resource.classification != "" || context.destination == resource }`)
 	}
 	b.WriteString(";\n")
 	return b.String()
@@ -118,7 +122,7 @@ func randomRequest(r *rand.Rand) Request {
 // TestIndexMatchesUnindexed: for random policy sets and requests, the
 // indexed decision equals handing cedar-go every policy.
 func TestIndexMatchesUnindexed(t *testing.T) {
-	var allowed, forbidden, dry, errs int
+	var allowed, forbidden, dry, errs, fast int
 	for seed := uint64(0); seed < 150; seed++ {
 		r := rand.New(rand.NewPCG(seed, 42))
 		var src strings.Builder
@@ -133,6 +137,9 @@ func TestIndexMatchesUnindexed(t *testing.T) {
 		for j := 0; j < 150; j++ {
 			req := randomRequest(r)
 			got := set.Decide(req)
+			if q := req; func() bool { _, _, ok := set.fastEvaluate(&q); return ok }() {
+				fast++ // decided without cedar-go (fast.go)
+			}
 			want := set.decide(&req, true)
 			if !reflect.DeepEqual(got, want) {
 				t.Fatalf("seed %d request %+v:\nindexed   %+v\nunindexed %+v\npolicies:\n%s", seed, req, got, want, src.String())
@@ -152,8 +159,8 @@ func TestIndexMatchesUnindexed(t *testing.T) {
 		}
 	}
 	// The generator must exercise every branch, or the comparison proves little.
-	if allowed < 1000 || forbidden < 1000 || dry < 500 || errs < 500 {
-		t.Fatalf("weak coverage: allowed=%d forbidden=%d dry-run=%d errors=%d", allowed, forbidden, dry, errs)
+	if allowed < 1000 || forbidden < 1000 || dry < 500 || errs < 500 || fast < 5000 {
+		t.Fatalf("weak coverage: allowed=%d forbidden=%d dry-run=%d errors=%d fast-path=%d", allowed, forbidden, dry, errs, fast)
 	}
-	t.Logf("allowed=%d forbidden=%d dry-run=%d with-errors=%d", allowed, forbidden, dry, errs)
+	t.Logf("allowed=%d forbidden=%d dry-run=%d with-errors=%d fast-path=%d", allowed, forbidden, dry, errs, fast)
 }

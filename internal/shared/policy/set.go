@@ -128,6 +128,8 @@ type compiled struct {
 	// needsContext: it reads the context; readsTime: it may read the
 	// request time. Conservative (true when unsure).
 	needsAttrs, needsContext, readsTime bool
+	// fast is the form the fast path evaluates (fast.go); nil when it cannot.
+	fast *fastPolicy
 }
 
 type bucket struct {
@@ -584,6 +586,11 @@ func (s *Set) decide(req *Request, unindexed bool) Decision {
 // passed the deny-list, the request is valid, and no candidate policy may
 // read the time.
 func (s *Set) evaluate(req *Request, unindexed bool) (Decision, bool) {
+	if !unindexed {
+		if d, cacheable, ok := s.fastEvaluate(req); ok {
+			return d, cacheable
+		}
+	}
 	d, e, done := s.preCheck(req)
 	if done {
 		return d, false
