@@ -46,6 +46,9 @@ type Server struct {
 	// Dashboard configures the read-only web dashboard (dashboard.go,
 	// docs/dashboard.md); off unless dashboard.address is set.
 	Dashboard Dashboard `yaml:"dashboard"`
+	// Network configures the WireGuard overlay (network.go,
+	// docs/network.md).
+	Network Network `yaml:"network"`
 }
 
 // Storage selects the backend.
@@ -232,6 +235,9 @@ func (c *Server) Validate() error {
 		return err
 	}
 	if err := c.Anomaly.validate(table.Names()); err != nil {
+		return err
+	}
+	if err := c.Network.validate(); err != nil {
 		return err
 	}
 	if err := c.Dashboard.validate(); err != nil {

@@ -154,3 +154,21 @@ func TestDashboardConfig(t *testing.T) {
 		}
 	}
 }
+
+// TestNetworkOverlayCIDRs: network.overlay_cidrs parses into the
+// registry's ranges; a bad or all-covering prefix is refused.
+func TestNetworkOverlayCIDRs(t *testing.T) {
+	base := "trust_domain: a.org\ndata_dir: /tmp/x\n"
+	c, err := Parse([]byte(base + "network:\n  overlay_cidrs: [10.250.0.0/16, fd00:77::1/48]\n  advertised_endpoints: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.Network.Overlay(); len(got) != 2 || got[1].String() != "fd00:77::/48" || !c.Network.AdvertisedEndpoints {
+		t.Fatalf("network %+v: overlay %v", c.Network, got)
+	}
+	for _, bad := range []string{"[10.250.0.0]", "[0.0.0.0/0]", "[\"::/0\"]"} {
+		if _, err := Parse([]byte(base + "network:\n  overlay_cidrs: " + bad + "\n")); err == nil || !strings.Contains(err.Error(), "network.overlay_cidrs") {
+			t.Errorf("overlay_cidrs %s: %v", bad, err)
+		}
+	}
+}

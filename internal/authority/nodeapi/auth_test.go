@@ -164,7 +164,7 @@ func nodeCalls(t testing.TB) []call {
 			var b [3]byte
 			rand.Read(b[:])
 			_, err := wardv1.NewNodeNetworkClient(conn).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t),
-				Endpoint: "192.0.2.1:51820", AllowedIps: []string{fmt.Sprintf("10.%d.%d.%d/32", b[0], b[1], b[2])}})
+				ListenPort: 51820, AllowedIps: []string{fmt.Sprintf("10.%d.%d.%d/32", b[0], b[1], b[2])}})
 			return err
 		}},
 		{"WatchPeers", func(ctx context.Context, conn *grpc.ClientConn, _ caller) error {

@@ -92,16 +92,25 @@ func (n *nodeNetwork) RegisterTunnel(ctx context.Context, r *wardv1.RegisterTunn
 		return nil, status.Errorf(codes.ResourceExhausted, "RegisterTunnel: %s registers too often (a burst of %d, then one per %s); the next in %s", id, tunnelBurst, tunnelRefill, wait.Round(time.Millisecond))
 	}
 	ep := r.Endpoint
+	var host netip.Addr
+	if p, _ := peer.FromContext(ctx); p != nil && p.Addr != nil {
+		if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
+			host = ap.Addr().Unmap()
+		}
+	}
+	if ep != "" && !n.s.cfg.AdvertisedEndpoints {
+		// Without network.advertised_endpoints the endpoint is where this
+		// connection came from: an agent naming another host's address
+		// would have every peer send that host its handshakes.
+		h, _, err := net.SplitHostPort(ep)
+		a, perr := netip.ParseAddr(h)
+		if err == nil && perr == nil && a.Unmap() != host {
+			return nil, status.Errorf(codes.PermissionDenied, "endpoint %s: its address is not the one this connection came from (%s); register listen_port instead, or have the authority allow advertised endpoints (network.advertised_endpoints, for nodes behind NAT)", ep, host)
+		}
+	}
 	if ep == "" {
 		if r.ListenPort == 0 || r.ListenPort > 65535 {
 			return nil, status.Error(codes.InvalidArgument, "give endpoint (host:port) or listen_port (1-65535)")
-		}
-		p, _ := peer.FromContext(ctx)
-		var host netip.Addr
-		if p != nil && p.Addr != nil {
-			if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
-				host = ap.Addr().Unmap()
-			}
 		}
 		if !host.IsValid() {
 			return nil, status.Error(codes.InvalidArgument, "the caller's address is unknown: give endpoint (host:port)")

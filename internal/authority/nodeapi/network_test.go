@@ -35,7 +35,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, msg string)
 // subnets, and nobody but a current agent registers at all (no SVID, a
 // workload SVID, a forged agent ID, an evicted agent).
 func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
-	h := newHarness(t)
+	h := newHarnessWith(t, allowAdvertised) // endpoints other than the caller's address
 	ctx := context.Background()
 	svA, err := h.attest(t, h.token(t))
 	if err != nil {
@@ -146,7 +146,7 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 // slips past the /0 check) would pull the peers' Node API connections and
 // WireGuard packets to itself. All refused, nothing stored.
 func TestRegisterTunnelCannotHijackUnderlay(t *testing.T) {
-	h := newHarness(t)
+	h := newHarnessWith(t, allowAdvertised) // endpoints other than the caller's address
 	ctx := context.Background()
 	svA, err := h.attest(t, h.token(t))
 	if err != nil {
@@ -224,5 +224,41 @@ func TestRegisterTunnelFlood(t *testing.T) {
 	h.clock.Advance(tunnelBurst * tunnelRefill)
 	if _, err := b.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: key, ListenPort: 51820, AllowedIps: []string{"10.250.2.1/32"}}); err != nil {
 		t.Fatalf("after the budget refilled: %v", err)
+	}
+}
+
+func allowAdvertised(c *Config) { c.AdvertisedEndpoints = true }
+
+// TestRegisterTunnelEndpointIsTheCaller (red team): unless the authority
+// allows advertised endpoints (network.advertised_endpoints), an agent
+// cannot register another host's address as its endpoint, which would
+// have every peer send that host its handshakes (reflection); its own
+// address, or listen_port alone, is accepted.
+func TestRegisterTunnelEndpointIsTheCaller(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t)
+	sv, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := wardv1.NewNodeNetworkClient(h.conn(t, sv))
+	for _, ep := range []string{"192.0.2.53:51820", "[::1]:51820", "127.0.0.2:51820"} {
+		_, err := c.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: ep, AllowedIps: []string{"10.250.1.1/32"}})
+		if code(err) != codes.PermissionDenied {
+			t.Fatalf("registering another host's endpoint %s: %v", ep, err)
+		}
+	}
+	got, err := c.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "127.0.0.1:40000", AllowedIps: []string{"10.250.1.1/32"}})
+	if err != nil || got.Endpoint != "127.0.0.1:40000" {
+		t.Fatalf("its own address: %v %v", got, err)
+	}
+
+	h2 := newHarnessWith(t, allowAdvertised)
+	sv2, err := h2.attest(t, h2.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wardv1.NewNodeNetworkClient(h2.conn(t, sv2)).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "192.0.2.53:51820", AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
+		t.Fatalf("with advertised endpoints allowed: %v", err)
 	}
 }

@@ -120,6 +120,12 @@ type Config struct {
 	// OnTelemetry, when set, is called with the reason of every refused
 	// telemetry report (too_large, rate_limited).
 	OnTelemetry func(reason string)
+	// AdvertisedEndpoints lets an agent register a WireGuard endpoint
+	// whose IP is not the address its connection came from (authority
+	// config network.advertised_endpoints: NAT). Off, such an endpoint
+	// is refused (an agent could aim every peer's handshakes at another
+	// host).
+	AdvertisedEndpoints bool
 }
 
 // AuditSource is the authority's audit log as Sync needs it.

@@ -454,5 +454,35 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID) (Agent, error
 	if err == nil {
 		fields["serial"] = a.Serial
 	}
-	return a, r.auditEnd(ctx, "agent.evict", fields, err)
+	if err = r.auditEnd(ctx, "agent.evict", fields, err); err != nil {
+		return a, err
+	}
+	return a, r.deleteEvictedTunnel(ctx, id)
+}
+
+// deleteEvictedTunnel removes an evicted agent's tunnel record (it no
+// longer holds its key or prefixes), audited as tunnel.delete.
+func (r *Registry) deleteEvictedTunnel(ctx context.Context, id spiffeid.ID) error {
+	key, err := r.tunnelKey(id)
+	if err != nil {
+		return err
+	}
+	kv, err := r.st.Get(ctx, key)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return storeErr("reading the tunnel of "+id.String(), err)
+	}
+	var t Tunnel
+	_ = json.Unmarshal(kv.Value, &t)
+	f := map[string]string{"agent_id": id.String(), "allowed_ips": strings.Join(t.AllowedIPs, ","), "endpoint": t.Endpoint, "reason": "agent evicted"}
+	if err := r.auditStart(ctx, "tunnel.delete", f); err != nil {
+		return err
+	}
+	err = r.st.Delete(ctx, key)
+	if err != nil {
+		err = storeErr("deleting the tunnel of "+id.String(), err)
+	}
+	return r.auditEnd(ctx, "tunnel.delete", f, err)
 }

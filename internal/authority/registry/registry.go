@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -43,6 +44,11 @@ type Options struct {
 	MaxTokenTTL time.Duration
 	// Clock returns the current time (default time.Now).
 	Clock func() time.Time
+	// OverlayCIDRs are the ranges WireGuard tunnels may claim prefixes
+	// in (authority config network.overlay_cidrs); every registered
+	// prefix must lie inside one. Empty: any prefix not held by another
+	// current agent (the authority warns at start).
+	OverlayCIDRs []netip.Prefix
 }
 
 // Registry is the store of entries, join tokens and agents. Safe for

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/errs"
 )
 
@@ -177,49 +179,194 @@ func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel,
 				"allowed_ips: %s covers the authority's address %s: peers would send their Node API traffic to this node; name only overlay prefixes", p, a.Unmap()))
 		}
 	}
-	// Against current agents only: the tunnel of an evicted agent, or of
-	// one whose SVID expired (a node that attested again under another
-	// agent ID, with the same key and subnets), holds nothing.
-	others, err := r.Tunnels(ctx, false)
-	if err != nil {
-		return Tunnel{}, err
+	if err := r.inOverlay(t.AllowedIPs); err != nil {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
 	}
-	for _, o := range others {
+	// Check and write under the allocation record's revision: the write
+	// is one batch conditional on it, so two registrations checked
+	// against the same tunnels (on this authority or another sharing
+	// the store) cannot both land; the loser checks again.
+	started := false
+	for attempt := 0; ; attempt++ {
+		res, stale, err := r.checkTunnelAgainst(ctx, key, t)
+		if err != nil {
+			if errs.KindOf(err) == errs.Unavailable && !started {
+				return Tunnel{}, err
+			}
+			return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
+		}
+		if res.unchanged {
+			if started {
+				return res.old, r.auditEnd(ctx, "tunnel.register", fields, nil)
+			}
+			return res.old, nil // unchanged: no write, no event (agents re-register on every start)
+		}
+		if !started {
+			if err := r.auditStart(ctx, "tunnel.register", fields); err != nil {
+				return Tunnel{}, err
+			}
+			started = true
+		}
+		t.Updated = r.now()
+		b, _ := json.Marshal(t)
+		ops := []store.Op{{Key: key, Value: b, ExpectRevision: -1},
+			{Key: tunnelAllocKey, Value: []byte(t.AgentID), ExpectRevision: res.allocRev}}
+		for _, o := range stale {
+			ops = append(ops, store.Op{Key: o.key, Delete: true, ExpectRevision: o.rev})
+		}
+		_, err = r.st.Batch(ctx, ops)
+		if errors.Is(err, store.ErrConflict) && attempt < maxTunnelAttempts {
+			continue
+		}
+		if err != nil {
+			return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, storeErr("storing the tunnel of "+t.AgentID, err))
+		}
+		for _, o := range stale {
+			r.auditStaleTunnel(ctx, o.t, t.AgentID)
+		}
+		return t, r.auditEnd(ctx, "tunnel.register", fields, nil)
+	}
+}
+
+// tunnelAllocKey is the record every tunnel registration writes,
+// conditional on the revision it read before checking (outside
+// tunnelPrefix: it is no tunnel).
+const tunnelAllocKey = "network/tunnel-alloc"
+
+// maxTunnelAttempts bounds the re-checks of a registration that keeps
+// losing the race to others.
+const maxTunnelAttempts = 16
+
+type storedTunnel struct {
+	key string
+	rev int64
+	t   Tunnel
+}
+
+type tunnelCheck struct {
+	allocRev  int64
+	unchanged bool
+	old       Tunnel
+}
+
+// inOverlay refuses a prefix outside the configured overlay ranges
+// (Options.OverlayCIDRs; none configured: any prefix).
+func (r *Registry) inOverlay(prefixes []string) error {
+	if len(r.opts.OverlayCIDRs) == 0 {
+		return nil
+	}
+	for _, s := range prefixes {
+		p := netip.MustParsePrefix(s)
+		ok := false
+		for _, o := range r.opts.OverlayCIDRs {
+			if o.Bits() <= p.Bits() && o.Contains(p.Addr()) {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return errs.Errorf(errs.Denied, "allowed_ips: %s is outside the overlay ranges agents may claim (network.overlay_cidrs: %v)", s, r.opts.OverlayCIDRs)
+		}
+	}
+	return nil
+}
+
+// checkTunnelAgainst checks t (agent key) against the stored tunnels,
+// reading the allocation record's revision first. Against current agents
+// only: the tunnel of an evicted agent, or of one whose SVID expired (a
+// node that attested again under another agent ID, with the same key and
+// subnets), holds nothing; such a tunnel that t conflicts with is
+// returned as stale, to be deleted with t's write.
+func (r *Registry) checkTunnelAgainst(ctx context.Context, key string, t Tunnel) (tunnelCheck, []storedTunnel, error) {
+	var res tunnelCheck
+	if kv, err := r.st.Get(ctx, tunnelAllocKey); err == nil {
+		res.allocRev = kv.Revision
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return res, nil, storeErr("reading the tunnel allocation", err)
+	}
+	kvs, err := r.st.List(ctx, tunnelPrefix)
+	if err != nil {
+		return res, nil, storeErr("listing tunnels", err)
+	}
+	live, err := r.liveAgents(ctx)
+	if err != nil {
+		return res, nil, err
+	}
+	var stale []storedTunnel
+	for _, kv := range kvs {
+		var o Tunnel
+		if err := json.Unmarshal(kv.Value, &o); err != nil {
+			return res, nil, errs.Errorf(errs.Internal, "stored tunnel %s is unreadable: %v", kv.Key, err)
+		}
+		if kv.Key == key {
+			if sameTunnel(o, t) {
+				res.unchanged, res.old = true, o
+			}
+			continue
+		}
 		if o.AgentID == t.AgentID {
 			continue
 		}
-		if oa := endpointAddr(o.Endpoint); oa.IsValid() {
-			if p := covering(t.AllowedIPs, oa); p != "" {
-				return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
-					"allowed_ips: %s covers the endpoint %s of %s: peers would send its WireGuard packets to this node; name only overlay prefixes", p, o.Endpoint, o.AgentID))
-			}
+		why := tunnelConflict(t, o)
+		if why == nil {
+			continue
 		}
-		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
-			if len(k) > 0 && (bytes.Equal(k, o.PublicKey) || bytes.Equal(k, o.NextKey)) {
-				return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
-					"the WireGuard key %s is registered to %s: a node registers only its own key", base64.StdEncoding.EncodeToString(k), o.AgentID))
-			}
+		if !live[o.AgentID] {
+			stale = append(stale, storedTunnel{key: kv.Key, rev: kv.Revision, t: o})
+			continue
 		}
-		if why := overlaps(t.AllowedIPs, o.AllowedIPs); why != "" {
-			return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Denied,
-				"allowed_ips: %s, which %s routes: give each node its own subnets (network.address, network.subnets)", why, o.AgentID))
+		return res, nil, why
+	}
+	if res.unchanged && len(stale) > 0 {
+		res.unchanged = false // write anyway: the stale records go
+	}
+	return res, stale, nil
+}
+
+// tunnelConflict says why t may not be registered while o is, or nil.
+func tunnelConflict(t, o Tunnel) error {
+	if oa := endpointAddr(o.Endpoint); oa.IsValid() {
+		if p := covering(t.AllowedIPs, oa); p != "" {
+			return errs.Errorf(errs.Denied,
+				"allowed_ips: %s covers the endpoint %s of %s: peers would send its WireGuard packets to this node; name only overlay prefixes", p, o.Endpoint, o.AgentID)
 		}
 	}
-	t.Updated = r.now()
-	if cur, err := r.st.Get(ctx, key); err == nil {
-		var old Tunnel
-		if json.Unmarshal(cur.Value, &old) == nil && sameTunnel(old, t) {
-			return old, nil // unchanged: no write, no event (agents re-register on every start)
+	for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+		if len(k) > 0 && (bytes.Equal(k, o.PublicKey) || bytes.Equal(k, o.NextKey)) {
+			return errs.Errorf(errs.Denied,
+				"the WireGuard key %s is registered to %s: a node registers only its own key", base64.StdEncoding.EncodeToString(k), o.AgentID)
 		}
 	}
-	if err := r.auditStart(ctx, "tunnel.register", fields); err != nil {
-		return Tunnel{}, err
+	if why := overlaps(t.AllowedIPs, o.AllowedIPs); why != "" {
+		return errs.Errorf(errs.Denied,
+			"allowed_ips: %s, which %s routes: give each node its own subnets (network.address, network.subnets)", why, o.AgentID)
 	}
-	b, _ := json.Marshal(t)
-	if _, err := r.st.Put(ctx, key, b); err != nil {
-		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, storeErr("storing the tunnel of "+t.AgentID, err))
+	return nil
+}
+
+// auditStaleTunnel records the deletion of a no longer current agent's
+// tunnel that by's registration replaced.
+func (r *Registry) auditStaleTunnel(ctx context.Context, o Tunnel, by string) {
+	f := map[string]string{"agent_id": o.AgentID, "allowed_ips": strings.Join(o.AllowedIPs, ","), "endpoint": o.Endpoint,
+		"reason": "agent no longer current; its key or prefixes were taken by " + by}
+	_ = r.auditEnd(ctx, "tunnel.delete", f, nil)
+}
+
+// liveAgents returns the IDs of the current agents: not evicted, SVID
+// not expired.
+func (r *Registry) liveAgents(ctx context.Context) (map[string]bool, error) {
+	agents, err := r.ListAgents(ctx)
+	if err != nil {
+		return nil, err
 	}
-	return t, r.auditEnd(ctx, "tunnel.register", fields, nil)
+	live := make(map[string]bool, len(agents))
+	now := r.now()
+	for _, a := range agents {
+		if !a.Evicted && now.Before(a.Expires) {
+			live[a.SPIFFEID] = true
+		}
+	}
+	return live, nil
 }
 
 func sameTunnel(a, b Tunnel) bool {
@@ -238,16 +385,8 @@ func (r *Registry) Tunnels(ctx context.Context, all bool) ([]Tunnel, error) {
 	}
 	var live map[string]bool
 	if !all {
-		agents, err := r.ListAgents(ctx)
-		if err != nil {
+		if live, err = r.liveAgents(ctx); err != nil {
 			return nil, err
-		}
-		live = make(map[string]bool, len(agents))
-		now := r.now()
-		for _, a := range agents {
-			if !a.Evicted && now.Before(a.Expires) {
-				live[a.SPIFFEID] = true
-			}
 		}
 	}
 	out := make([]Tunnel, 0, len(kvs))

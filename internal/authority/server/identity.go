@@ -60,7 +60,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 	}
 	reg, err := registry.New(bs, registry.Options{TrustDomain: td, Audit: st.recorder,
-		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL)})
+		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL), OverlayCIDRs: s.cfg.Network.Overlay()})
 	if err != nil {
 		return err
 	}
@@ -94,9 +94,13 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			FederatedBundles: id.fed.BundleDocuments,
 			OnConnRefused:    func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() },
 			Telemetry:        s.ReportTelemetry, TelemetryInterval: s.drift.telemetryInterval,
-			OnTelemetry: func(reason string) { s.metrics.telemetry.WithLabelValues(reason).Inc() }})
+			OnTelemetry:         func(reason string) { s.metrics.telemetry.WithLabelValues(reason).Inc() },
+			AdvertisedEndpoints: s.cfg.Network.AdvertisedEndpoints})
 		if err != nil {
 			return err
+		}
+		if len(s.cfg.Network.OverlayCIDRs) == 0 {
+			s.log.Warn("network.overlay_cidrs is not set: any current agent may claim any WireGuard prefix no other agent holds (e.g. a DNS server's /32); set it to the overlay's ranges (docs/network.md)")
 		}
 		if err := id.node.Listen(ic.NodeAPIAddress); err != nil {
 			return err
