@@ -3,7 +3,7 @@ package dashboard
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
 	"embed"
@@ -46,6 +46,13 @@ type Options struct {
 	MaxStreamsPerClient int
 	MaxStreams          int
 	Log                 *slog.Logger
+	// SessionTTL is how long a login lasts (default 12h); MaxSessions
+	// bounds the sessions held (default 64: a new login beyond ends the
+	// oldest).
+	SessionTTL  time.Duration
+	MaxSessions int
+	// Clock returns the current time (default time.Now).
+	Clock func() time.Time
 }
 
 // SessionCookie is the name of the dashboard's session cookie.
@@ -59,15 +66,22 @@ const CSP = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 's
 
 // Handler is the dashboard.
 type Handler struct {
-	opts    Options
-	session string // the cookie value: an HMAC of the token
-	mux     *http.ServeMux
-	page    *template.Template
-	login   []byte
+	opts  Options
+	mux   *http.ServeMux
+	page  *template.Template
+	login []byte
 
 	mu      sync.Mutex
 	streams map[string]int
 	total   int
+
+	// Sessions live here only: a login gets a random cookie value, kept
+	// as its SHA-256 with its expiry; logout, expiry and a token change
+	// (SetToken) end them.
+	sessMu   sync.Mutex
+	token    string
+	sessions map[[32]byte]session
+	sessSeq  uint64
 
 	snapMu   sync.Mutex
 	snapAt   time.Time
@@ -91,9 +105,16 @@ func New(opts Options) (*Handler, error) {
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
-	mac := hmac.New(sha256.New, []byte(opts.Token))
-	mac.Write([]byte("ward dashboard session v1"))
-	h := &Handler{opts: opts, session: base64.RawURLEncoding.EncodeToString(mac.Sum(nil)), streams: map[string]int{}}
+	if opts.SessionTTL <= 0 {
+		opts.SessionTTL = 12 * time.Hour
+	}
+	if opts.MaxSessions <= 0 {
+		opts.MaxSessions = 64
+	}
+	if opts.Clock == nil {
+		opts.Clock = time.Now
+	}
+	h := &Handler{opts: opts, streams: map[string]int{}, token: opts.Token, sessions: map[[32]byte]session{}}
 	pageSrc, err := static.ReadFile("static/page.html")
 	if err != nil {
 		return nil, err
@@ -162,10 +183,85 @@ func loopbackHost(hostport string) bool {
 
 func (h *Handler) authenticated(r *http.Request) bool {
 	if auth, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
-		return subtle.ConstantTimeCompare([]byte(auth), []byte(h.opts.Token)) == 1
+		return h.tokenMatches(auth)
 	}
 	c, err := r.Cookie(SessionCookie)
-	return err == nil && subtle.ConstantTimeCompare([]byte(c.Value), []byte(h.session)) == 1
+	if err != nil {
+		return false
+	}
+	k := sha256.Sum256([]byte(c.Value))
+	h.sessMu.Lock()
+	defer h.sessMu.Unlock()
+	se, ok := h.sessions[k]
+	if ok && !h.opts.Clock().Before(se.expires) {
+		delete(h.sessions, k)
+		return false
+	}
+	return ok
+}
+
+func (h *Handler) tokenMatches(tok string) bool {
+	h.sessMu.Lock()
+	cur := h.token
+	h.sessMu.Unlock()
+	return cur != "" && subtle.ConstantTimeCompare([]byte(tok), []byte(cur)) == 1
+}
+
+// newSession records a new random session and returns its cookie value.
+// The table is bounded: expired sessions go first, then the oldest.
+func (h *Handler) newSession() (string, error) {
+	var b [32]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	v := base64.RawURLEncoding.EncodeToString(b[:])
+	now := h.opts.Clock()
+	h.sessMu.Lock()
+	defer h.sessMu.Unlock()
+	for len(h.sessions) >= h.opts.MaxSessions {
+		var oldest [32]byte
+		seq := uint64(0)
+		for k, se := range h.sessions {
+			if !now.Before(se.expires) {
+				delete(h.sessions, k)
+				continue
+			}
+			if seq == 0 || se.seq < seq {
+				oldest, seq = k, se.seq
+			}
+		}
+		if len(h.sessions) >= h.opts.MaxSessions {
+			delete(h.sessions, oldest)
+		}
+	}
+	h.sessSeq++
+	h.sessions[sha256.Sum256([]byte(v))] = session{expires: now.Add(h.opts.SessionTTL), seq: h.sessSeq}
+	return v, nil
+}
+
+type session struct {
+	expires time.Time
+	seq     uint64 // login order: the oldest goes first past MaxSessions
+}
+
+// Sessions returns how many sessions are held.
+func (h *Handler) Sessions() int {
+	h.sessMu.Lock()
+	defer h.sessMu.Unlock()
+	return len(h.sessions)
+}
+
+// SetToken replaces the token (the token file changed; "" refuses every
+// login): when it differs, every session ends.
+func (h *Handler) SetToken(tok string) {
+	h.sessMu.Lock()
+	defer h.sessMu.Unlock()
+	if tok == h.token {
+		return
+	}
+	h.token = tok
+	clear(h.sessions)
+	h.opts.Log.Warn("dashboard token changed: every session ended")
 }
 
 // unauthorized answers 401 with the static login form (pages) or a short
@@ -188,17 +284,29 @@ func (h *Handler) serveLogin(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	tok := strings.TrimSpace(r.PostForm.Get("token"))
-	if subtle.ConstantTimeCompare([]byte(tok), []byte(h.opts.Token)) != 1 {
+	if !h.tokenMatches(tok) {
 		h.opts.Log.Warn("dashboard login refused: wrong token", "remote", r.RemoteAddr)
 		r.Method = http.MethodGet // answer with the form
 		h.unauthorized(w, r)
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: h.session, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil})
+	sess, err := h.newSession()
+	if err != nil {
+		http.Error(w, "no session: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: sess, Path: "/", HttpOnly: true, SameSite: http.SameSiteStrictMode, Secure: r.TLS != nil,
+		MaxAge: int(h.opts.SessionTTL / time.Second)})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }
 
 func (h *Handler) serveLogout(w http.ResponseWriter, r *http.Request) {
+	if c, err := r.Cookie(SessionCookie); err == nil {
+		k := sha256.Sum256([]byte(c.Value))
+		h.sessMu.Lock()
+		delete(h.sessions, k) // the cookie is dead server-side, wherever a copy is
+		h.sessMu.Unlock()
+	}
 	http.SetCookie(w, &http.Cookie{Name: SessionCookie, Value: "", Path: "/", MaxAge: -1, HttpOnly: true, SameSite: http.SameSiteStrictMode})
 	http.Redirect(w, r, "/", http.StatusSeeOther)
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -122,6 +123,9 @@ func (s *Server) startDashboard() error {
 		return fmt.Errorf("dashboard.address %s bound %s, which is not a loopback address: the dashboard listens on loopback only", dc.Address, ln.Addr())
 	}
 	s.dashLn = ln
+	wctx, stop := context.WithCancel(context.Background())
+	s.dashStop = stop
+	go watchDashboardToken(wctx, dc.TokenFile, h, s.log)
 	s.dash = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 32 << 10, IdleTimeout: time.Minute}
 	go func() {
 		if err := s.dash.Serve(netutil.LimitListener(ln, maxDashboardConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -131,7 +135,36 @@ func (s *Server) startDashboard() error {
 	return nil
 }
 
+// dashboardTokenCheck is how often the token file is read again: a
+// changed token ends every dashboard session.
+const dashboardTokenCheck = 2 * time.Second
+
+// watchDashboardToken reads the token file every dashboardTokenCheck
+// until ctx ends and gives h what it holds: a new token ends every
+// session; a file that became unreadable (or readable by others) ends
+// them too and refuses logins until it is fixed.
+func watchDashboardToken(ctx context.Context, path string, h *dashboard.Handler, log *slog.Logger) {
+	t := time.NewTicker(dashboardTokenCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		tok, err := dashboardToken(path)
+		if err != nil {
+			log.Error("dashboard token file: refusing every dashboard login until it is fixed", "err", err)
+			tok = ""
+		}
+		h.SetToken(tok)
+	}
+}
+
 func (s *Server) stopDashboard() {
+	if s.dashStop != nil {
+		s.dashStop()
+	}
 	if s.dash == nil {
 		return
 	}

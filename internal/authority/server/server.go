@@ -88,6 +88,7 @@ type Server struct {
 
 	// the dashboard (dashboard.go), when dashboard.address is set
 	dash       *http.Server
+	dashStop   context.CancelFunc // ends the dashboard token file watch
 	dashLn     net.Listener
 	dashExtras dashboard.Extras
 	dashMu     sync.Mutex
