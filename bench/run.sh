@@ -13,7 +13,7 @@ trap 'rm -f "$SUM"' EXIT
 export WARD_BENCH_SUMMARY="$SUM"
 . ./lib.sh
 export BENCHTIME=${BENCHTIME:-1s}
-suites=${ONLY:-"kms policy envelope proxy identity apply gateway federation backup hsm wireguard"}
+suites=${ONLY:-"kms policy envelope proxy identity spire apply gateway federation backup hsm wireguard"}
 for s in $suites; do
   echo "=================== bench/$s ==================="
   case "$s" in
