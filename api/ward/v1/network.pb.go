@@ -204,7 +204,12 @@ func (x *Tunnel) GetTrustDomain() string {
 }
 
 type WatchPeersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// federated names the federated trust domains whose nodes the caller
+	// also wants as peers (agent.yaml network.federated): their tunnels are
+	// in the list when the authority's relationship with them shares the
+	// network, each with its trust_domain.
+	Federated     []string `protobuf:"bytes,1,rep,name=federated,proto3" json:"federated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -237,6 +242,13 @@ func (x *WatchPeersRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use WatchPeersRequest.ProtoReflect.Descriptor instead.
 func (*WatchPeersRequest) Descriptor() ([]byte, []int) {
 	return file_ward_v1_network_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *WatchPeersRequest) GetFederated() []string {
+	if x != nil {
+		return x.Federated
+	}
+	return nil
 }
 
 // PeerList is every registered, non-evicted node of the trust domain
@@ -308,8 +320,9 @@ const file_ward_v1_network_proto_rawDesc = "" +
 	"\vallowed_ips\x18\x05 \x03(\tR\n" +
 	"allowedIps\x124\n" +
 	"\aupdated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\aupdated\x12!\n" +
-	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\"\x13\n" +
-	"\x11WatchPeersRequest\"1\n" +
+	"\ftrust_domain\x18\a \x01(\tR\vtrustDomain\"1\n" +
+	"\x11WatchPeersRequest\x12\x1c\n" +
+	"\tfederated\x18\x01 \x03(\tR\tfederated\"1\n" +
 	"\bPeerList\x12%\n" +
 	"\x05peers\x18\x01 \x03(\v2\x0f.ward.v1.TunnelR\x05peers2\x8f\x01\n" +
 	"\vNodeNetwork\x12A\n" +

@@ -58,6 +58,10 @@ type FederatedDomain struct {
 	// BundleFile is its bootstrap bundle (SPIFFE bundle JSON), read when the
 	// relationship is first stored; required for https_spiffe.
 	BundleFile string `yaml:"bundle_file"`
+	// Network shares this cluster's WireGuard tunnels with the trust
+	// domain and relays its tunnels to the agents whose network.federated
+	// names it (docs/network.md; https_spiffe only; default false).
+	Network bool `yaml:"network"`
 }
 
 // Effective returns f with defaults filled in.

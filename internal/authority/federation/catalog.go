@@ -20,16 +20,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
@@ -453,90 +449,28 @@ func (m *Manager) AcceptCatalog(ctx context.Context, td spiffeid.TrustDomain, bo
 // relationship uses https_spiffe, over its bundle endpoint, until ctx ends
 // (authenticated like the revocation channel).
 func (m *Manager) RunCatalogs(ctx context.Context, c RevocationClient) {
-	m.runFollowers(ctx, c, m.followCatalog)
+	m.runFollowers(ctx, c, nil, m.followCatalog)
+}
+
+// catalogChannel is the catalog channel's long-poll (longpoll.go).
+func (m *Manager) catalogChannel() channel {
+	return channel{name: "catalog channel", what: "catalog", path: CatalogPath, header: catalogHeader,
+		max: MaxCatalogUpdate, accept: m.AcceptCatalog, setErr: m.setCatalogErr,
+		after: func(td spiffeid.TrustDomain) (uint64, bool) {
+			st := m.RemoteCatalog(td)
+			return st.Sequence, st.Has
+		},
+		notWard: "serves no ward catalog (not a ward authority?)"}
 }
 
 func (m *Manager) followCatalog(ctx context.Context, rel Relationship, c RevocationClient) {
-	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
-	backoff := minBackoff
-	// A peer answering every long-poll at once is paced like on the
-	// revocation channel (pollbudget.go).
-	var budget pollBudget
-	throttled := false
-	for ctx.Err() == nil {
-		if d := budget.take(m.opts.Clock()); d > 0 {
-			if !throttled {
-				throttled = true
-				m.opts.Log.Warn("federation: the catalog channel answers faster than it is polled; polling it at most once per "+revocationRefill.String()+" (a peer that answers every long-poll at once is broken or hostile)",
-					"trust_domain", rel.TrustDomain.Name(), "burst", revocationBurst)
-			}
-			c.pause(ctx, d)
-			continue
-		}
-		body, err := m.pollCatalog(ctx, rel, c)
-		if err == nil {
-			err = m.AcceptCatalog(ctx, rel.TrustDomain, body)
-		} else if ctx.Err() == nil {
-			m.setCatalogErr(rel.TrustDomain, err.Error())
-			m.opts.Log.Debug("catalog channel", "trust_domain", rel.TrustDomain.Name(), "err", err)
-		}
-		if err == nil {
-			backoff = minBackoff
-			continue
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
+	m.follow(ctx, rel, c, m.catalogChannel())
 }
 
-// pollCatalog asks rel's endpoint for a catalog newer than the last
-// received, presenting this authority's server SVID and requiring the
-// endpoint's SPIFFE ID, verified with the peer's own bundle only.
+// pollCatalog asks rel's endpoint once for a catalog newer than the last
+// received.
 func (m *Manager) pollCatalog(ctx context.Context, rel Relationship, c RevocationClient) ([]byte, error) {
-	e, ok := m.get(rel.TrustDomain)
-	if !ok || e.bundle == nil {
-		return nil, fmt.Errorf("no bundle of %s yet", rel.TrustDomain)
-	}
-	st := m.RemoteCatalog(rel.TrustDomain)
-	u, err := url.Parse(rel.EndpointURL)
-	if err != nil {
-		return nil, err
-	}
-	u.Path, u.RawQuery = CatalogPath, url.Values{"wait": {c.Wait.String()}}.Encode()
-	if st.Has {
-		u.RawQuery += "&after=" + strconv.FormatUint(st.Sequence, 10)
-	}
-	tc := tlsconfig.MTLSClientConfig(svidFunc(c.SVID), e.bundle, tlsconfig.AuthorizeID(rel.EndpointID))
-	client := &http.Client{
-		Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true, TLSHandshakeTimeout: m.opts.FetchTimeout},
-		Timeout:   c.Wait + m.opts.FetchTimeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return errors.New("the catalog channel does not follow redirects")
-		},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), http.NoBody)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("catalog of %s: %w", rel.TrustDomain, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxCatalogUpdate+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the catalog of %s: %w", rel.TrustDomain, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("catalog channel of %s answered %s: %.200q", rel.TrustDomain, resp.Status, bytes.TrimSpace(body))
-	}
-	if resp.Header.Get(catalogHeader) != "1" {
-		return nil, fmt.Errorf("the bundle endpoint of %s serves no ward catalog (not a ward authority?)", rel.TrustDomain)
-	}
-	return body, nil
+	return m.poll(ctx, rel, c, m.catalogChannel())
 }
 
 // SetServiceDefaults sets what an export without them gets: the gateway

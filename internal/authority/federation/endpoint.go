@@ -71,6 +71,9 @@ type EndpointConfig struct {
 	// Catalog, when set with Revocations, is served at CatalogPath to the
 	// same clients (catalog.go).
 	Catalog CatalogSource
+	// Network, when set with Revocations, is served at NetworkPath to the
+	// peers whose relationship shares the network (network.go).
+	Network NetworkSource
 }
 
 // Endpoint serves the trust domain's SPIFFE bundle (GET on any path) over
@@ -140,6 +143,9 @@ func NewEndpoint(cfg EndpointConfig) (*Endpoint, error) {
 		}
 		if cfg.Catalog != nil {
 			mux.HandleFunc(CatalogPath, e.serveCatalog)
+		}
+		if cfg.Network != nil {
+			mux.HandleFunc(NetworkPath, e.serveNetwork)
 		}
 		e.handler = mux
 	}

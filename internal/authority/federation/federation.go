@@ -70,6 +70,10 @@ type Relationship struct {
 	EndpointID spiffeid.ID
 	// Source is SourceAPI or SourceConfig.
 	Source string
+	// Network shares this cluster's WireGuard tunnels with the trust
+	// domain's authority and accepts its tunnels for the agents that ask
+	// (network.go; https_spiffe only, off by default).
+	Network bool
 }
 
 // Validate checks r against the authority's own trust domain own.
@@ -101,6 +105,9 @@ func (r Relationship) Validate(own spiffeid.TrustDomain) error {
 	}
 	if r.Source != SourceAPI && r.Source != SourceConfig {
 		return errs.Errorf(errs.Invalid, "%w: source %q", ErrInvalid, r.Source)
+	}
+	if r.Network && r.Profile != ProfileSPIFFE {
+		return errs.Errorf(errs.Invalid, "%w: network needs profile https_spiffe (the tunnels are exchanged between the authorities' server IDs)", ErrInvalid)
 	}
 	return nil
 }
@@ -143,6 +150,7 @@ type record struct {
 	Profile     Profile         `json:"profile"`
 	EndpointID  string          `json:"endpoint_id,omitempty"`
 	Source      string          `json:"source"`
+	Network     bool            `json:"network,omitempty"`
 	Bundle      json.RawMessage `json:"bundle"`
 	AddedAt     time.Time       `json:"added_at"`
 	LastRefresh time.Time       `json:"last_refresh,omitzero"`
@@ -267,6 +275,8 @@ type Manager struct {
 	ownAlert    map[spiffeid.TrustDomain]*WitnessAlert
 	// cat is the services catalog, local and received (catalog.go).
 	cat *catalogState
+	// net is the WireGuard tunnel lists, local and received (network.go).
+	net *netState
 }
 
 type counters struct {
@@ -284,7 +294,7 @@ func Open(ctx context.Context, opts Options) (*Manager, error) {
 		stats: map[spiffeid.TrustDomain]*counters{}, remote: map[spiffeid.TrustDomain]received{},
 		revErr: map[spiffeid.TrustDomain]string{}, witness: map[spiffeid.TrustDomain]*witnessState{},
 		cosigned: map[spiffeid.TrustDomain]cosignedRecord{}, witnessWake: make(chan struct{}, 1),
-		ownAlert: map[spiffeid.TrustDomain]*WitnessAlert{}, cat: newCatalogState()}
+		ownAlert: map[spiffeid.TrustDomain]*WitnessAlert{}, cat: newCatalogState(), net: newNetState()}
 	if err := m.Reload(ctx); err != nil {
 		return nil, err
 	}
@@ -310,6 +320,10 @@ func (m *Manager) Reload(ctx context.Context) error {
 	if err := m.loadCatalogs(ctx); err != nil {
 		return err
 	}
+	if err := m.loadNetwork(ctx); err != nil {
+		return err
+	}
+	defer m.checkNetShared() // after the entries below, without m.mu
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	seen := map[spiffeid.TrustDomain]bool{}
@@ -350,7 +364,7 @@ func (m *Manager) decode(kv store.KV) (*entry, error) {
 	if err != nil || storeKey(td) != kv.Key {
 		return nil, fmt.Errorf("record names trust domain %q under key %s", rec.TrustDomain, kv.Key)
 	}
-	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source}
+	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source, Network: rec.Network}
 	if rec.EndpointID != "" {
 		if rel.EndpointID, err = spiffeid.FromString(rec.EndpointID); err != nil {
 			return nil, fmt.Errorf("endpoint ID: %w", err)
@@ -386,6 +400,7 @@ func (m *Manager) write(ctx context.Context, rec record, rev int64, b *spiffebun
 	m.entries[rel.TrustDomain] = e
 	m.gen++
 	m.mu.Unlock()
+	m.netChanged()
 	return e, nil
 }
 
@@ -417,6 +432,7 @@ func relFields(r Relationship) map[string]string {
 	if !r.EndpointID.IsZero() {
 		f["endpoint_id"] = r.EndpointID.String()
 	}
+	f["network"] = strconv.FormatBool(r.Network)
 	return f
 }
 
@@ -479,7 +495,7 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 
 func newRecord(r Relationship, doc []byte, now time.Time) record {
 	rec := record{Version: recordVersion, TrustDomain: r.TrustDomain.Name(), EndpointURL: r.EndpointURL,
-		Profile: r.Profile, Source: r.Source, Bundle: doc, AddedAt: now, NextRefresh: now}
+		Profile: r.Profile, Source: r.Source, Network: r.Network, Bundle: doc, AddedAt: now, NextRefresh: now}
 	if doc != nil {
 		rec.LastRefresh = now
 	}
@@ -517,7 +533,7 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 		case e.rel != r:
 			err := m.audited(ctx, "federation.update", relFields(r), func() error {
 				rec := e.rec
-				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID = r.EndpointURL, r.Profile, r.Source, ""
+				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID, rec.Network = r.EndpointURL, r.Profile, r.Source, "", r.Network
 				if !r.EndpointID.IsZero() {
 					rec.EndpointID = r.EndpointID.String()
 				}
@@ -576,6 +592,9 @@ func (m *Manager) remove(ctx context.Context, td spiffeid.TrustDomain) error {
 			}
 		}
 		if err := m.forgetCatalog(ctx, td); err != nil {
+			return err
+		}
+		if err := m.forgetNetwork(ctx, td); err != nil {
 			return err
 		}
 		m.mu.Lock()

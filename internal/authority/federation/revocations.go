@@ -18,11 +18,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
-	"net/http"
-	"net/url"
 	"slices"
 	"sort"
 	"strconv"
@@ -30,7 +26,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/wardproject/ward/internal/authority/audit"
@@ -305,13 +300,14 @@ type RevocationClient struct {
 // whose relationship uses https_spiffe, over its bundle endpoint, until ctx
 // ends.
 func (m *Manager) RunRevocations(ctx context.Context, c RevocationClient) {
-	m.runFollowers(ctx, c, m.followRevocations)
+	m.runFollowers(ctx, c, nil, m.followRevocations)
 }
 
-// runFollowers runs follow for every https_spiffe relationship, restarting
-// it when the relationship changes and stopping it when it is removed,
-// until ctx ends (the revocation and catalog channels).
-func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, follow func(context.Context, Relationship, RevocationClient)) {
+// runFollowers runs follow for every https_spiffe relationship (that want
+// accepts, when given), restarting it when the relationship changes and
+// stopping it when it is removed, until ctx ends (the revocation, catalog
+// and network channels).
+func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, want func(Relationship) bool, follow func(context.Context, Relationship, RevocationClient)) {
 	if c.Wait <= 0 || c.Wait > MaxRevocationWait {
 		c.Wait = MaxRevocationWait
 	}
@@ -330,19 +326,19 @@ func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, follow f
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
-		want := map[spiffeid.TrustDomain]Relationship{}
+		wanted := map[spiffeid.TrustDomain]Relationship{}
 		for _, st := range m.List() {
-			if st.Profile == ProfileSPIFFE {
-				want[st.TrustDomain] = st.Relationship
+			if st.Profile == ProfileSPIFFE && (want == nil || want(st.Relationship)) {
+				wanted[st.TrustDomain] = st.Relationship
 			}
 		}
 		for td, p := range running {
-			if r, ok := want[td]; !ok || r != p.rel {
+			if r, ok := wanted[td]; !ok || r != p.rel {
 				p.cancel()
 				delete(running, td)
 			}
 		}
-		for td, r := range want {
+		for td, r := range wanted {
 			if running[td] != nil {
 				continue
 			}
@@ -359,86 +355,26 @@ func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, follow f
 	}
 }
 
-// followRevocations long-polls one trust domain's revocations.
-func (m *Manager) followRevocations(ctx context.Context, rel Relationship, c RevocationClient) {
-	const minBackoff, maxBackoff = 500 * time.Millisecond, 30 * time.Second
-	backoff := minBackoff
-	var budget pollBudget
-	throttled := false
-	for ctx.Err() == nil {
-		if d := budget.take(m.opts.Clock()); d > 0 {
-			if !throttled {
-				throttled = true
-				m.opts.Log.Warn("federation: the revocation channel answers faster than it is polled; polling it at most once per "+revocationRefill.String()+" (a peer that answers every long-poll at once is broken or hostile)",
-					"trust_domain", rel.TrustDomain.Name(), "burst", revocationBurst)
-			}
-			c.pause(ctx, d)
-			continue
-		}
-		body, err := m.pollRevocations(ctx, rel, c)
-		if err == nil {
-			err = m.AcceptRevocations(ctx, rel.TrustDomain, body)
-		} else if ctx.Err() == nil {
-			m.setRevErr(rel.TrustDomain, err.Error())
-			m.opts.Log.Debug("revocation channel", "trust_domain", rel.TrustDomain.Name(), "err", err)
-		}
-		if err == nil {
-			backoff = minBackoff
-			continue
-		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff):
-		}
-		backoff = min(backoff*2, maxBackoff)
-	}
+// revocationChannel is the revocation channel's long-poll (longpoll.go).
+func (m *Manager) revocationChannel() channel {
+	return channel{name: "revocation channel", what: "revocations", path: RevocationPath, header: revocationHeader,
+		max: MaxRevocationUpdate, accept: m.AcceptRevocations, setErr: m.setRevErr,
+		after: func(td spiffeid.TrustDomain) (uint64, bool) {
+			st := m.Revocation(td)
+			return st.Sequence, st.Has
+		},
+		notWard: "serves no ward revocation channel (not a ward authority?); its revocations cannot be followed"}
 }
 
-// pollRevocations asks rel's endpoint for revocations newer than the last
-// received, presenting this authority's server SVID and requiring the
-// endpoint's SPIFFE ID, verified with the peer's own bundle only.
+// followRevocations long-polls one trust domain's revocations.
+func (m *Manager) followRevocations(ctx context.Context, rel Relationship, c RevocationClient) {
+	m.follow(ctx, rel, c, m.revocationChannel())
+}
+
+// pollRevocations asks rel's endpoint once for revocations newer than the
+// last received.
 func (m *Manager) pollRevocations(ctx context.Context, rel Relationship, c RevocationClient) ([]byte, error) {
-	e, ok := m.get(rel.TrustDomain)
-	if !ok || e.bundle == nil {
-		return nil, fmt.Errorf("no bundle of %s yet", rel.TrustDomain)
-	}
-	st := m.Revocation(rel.TrustDomain)
-	u, err := url.Parse(rel.EndpointURL)
-	if err != nil {
-		return nil, err
-	}
-	u.Path, u.RawQuery = RevocationPath, url.Values{"wait": {c.Wait.String()}}.Encode()
-	if st.Has {
-		u.RawQuery += "&after=" + strconv.FormatUint(st.Sequence, 10)
-	}
-	tc := tlsconfig.MTLSClientConfig(svidFunc(c.SVID), e.bundle, tlsconfig.AuthorizeID(rel.EndpointID))
-	client := &http.Client{
-		Transport: &http.Transport{TLSClientConfig: tc, DisableKeepAlives: true, TLSHandshakeTimeout: m.opts.FetchTimeout},
-		Timeout:   c.Wait + m.opts.FetchTimeout,
-		CheckRedirect: func(*http.Request, []*http.Request) error {
-			return errors.New("the revocation channel does not follow redirects")
-		},
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u.String(), http.NoBody)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("revocations of %s: %w", rel.TrustDomain, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxRevocationUpdate+1))
-	if err != nil {
-		return nil, fmt.Errorf("reading the revocations of %s: %w", rel.TrustDomain, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("revocation channel of %s answered %s: %.200q", rel.TrustDomain, resp.Status, bytes.TrimSpace(body))
-	}
-	if resp.Header.Get(revocationHeader) != "1" {
-		return nil, fmt.Errorf("the bundle endpoint of %s serves no ward revocation channel (not a ward authority?); its revocations cannot be followed", rel.TrustDomain)
-	}
-	return body, nil
+	return m.poll(ctx, rel, c, m.revocationChannel())
 }
 
 type svidFunc func() (*x509svid.SVID, error)

@@ -2,8 +2,10 @@ package nodeapi
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -11,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
@@ -133,15 +136,90 @@ func (n *nodeNetwork) RegisterTunnel(ctx context.Context, r *wardv1.RegisterTunn
 	return tunnelProto(t, n.s.td.Name()), nil
 }
 
-func (n *nodeNetwork) WatchPeers(_ *wardv1.WatchPeersRequest, ss wardv1.NodeNetwork_WatchPeersServer) error {
+// maxFederatedAsked bounds network.federated in one WatchPeers request.
+const maxFederatedAsked = 64
+
+func (n *nodeNetwork) WatchPeers(r *wardv1.WatchPeersRequest, ss wardv1.NodeNetwork_WatchPeersServer) error {
 	td := n.s.td.Name()
-	err := n.s.cfg.Registry.WatchTunnels(ss.Context(), func(ts []registry.Tunnel) error {
-		pl := &wardv1.PeerList{Peers: make([]*wardv1.Tunnel, 0, len(ts))}
-		for _, t := range ts {
-			pl.Peers = append(pl.Peers, tunnelProto(t, td))
+	if len(r.Federated) > maxFederatedAsked {
+		return status.Errorf(codes.InvalidArgument, "federated names %d trust domains; at most %d", len(r.Federated), maxFederatedAsked)
+	}
+	asked := map[string]bool{}
+	for _, f := range r.Federated {
+		if f != td {
+			asked[f] = true
 		}
-		return ss.Send(pl)
-	})
+	}
+	if len(asked) == 0 || n.s.cfg.ForeignTunnels == nil {
+		return n.watchLocal(ss, func(ts []registry.Tunnel) error {
+			pl := &wardv1.PeerList{Peers: make([]*wardv1.Tunnel, 0, len(ts))}
+			for _, t := range ts {
+				pl.Peers = append(pl.Peers, tunnelProto(t, td))
+			}
+			return ss.Send(pl)
+		})
+	}
+	// The local list comes from the registry's watch, the foreign ones
+	// from the federation channel: the loop below sends their merge
+	// whenever either changes.
+	var protect []netip.Addr
+	if p, _ := peer.FromContext(ss.Context()); p != nil && p.LocalAddr != nil {
+		if ap, err := netip.ParseAddrPort(p.LocalAddr.String()); err == nil {
+			protect = append(protect, ap.Addr().Unmap())
+		}
+	}
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	var mu sync.Mutex
+	var local []registry.Tunnel
+	haveLocal := false
+	localChanged := make(chan struct{}, 1)
+	errc := make(chan error, 1)
+	go func() {
+		errc <- n.watchLocal(ss, func(ts []registry.Tunnel) error {
+			mu.Lock()
+			local, haveLocal = ts, true
+			mu.Unlock()
+			select {
+			case localChanged <- struct{}{}:
+			default:
+			}
+			return nil
+		})
+		cancel()
+	}()
+	var last *wardv1.PeerList
+	for {
+		foreign, fch := n.s.cfg.ForeignTunnels()
+		mu.Lock()
+		cur, ok := local, haveLocal
+		mu.Unlock()
+		if ok {
+			pl := mergePeers(td, cur, foreign, asked, protect, n.s.cfg.Log)
+			if last == nil || !proto.Equal(pl, last) {
+				if err := ss.Send(pl); err != nil {
+					return err
+				}
+				last = pl
+			}
+		}
+		select {
+		case <-ctx.Done():
+			select {
+			case err := <-errc:
+				return err
+			default:
+				return nil
+			}
+		case <-localChanged:
+		case <-fch:
+		}
+	}
+}
+
+// watchLocal runs the registry's tunnel watch for a WatchPeers stream.
+func (n *nodeNetwork) watchLocal(ss wardv1.NodeNetwork_WatchPeersServer, send func([]registry.Tunnel) error) error {
+	err := n.s.cfg.Registry.WatchTunnels(ss.Context(), send)
 	if ss.Context().Err() != nil {
 		return nil
 	}
@@ -149,4 +227,104 @@ func (n *nodeNetwork) WatchPeers(_ *wardv1.WatchPeersRequest, ss wardv1.NodeNetw
 		return err
 	}
 	return errs.ToStatus(err)
+}
+
+// mergePeers is the peer list of a WatchPeers stream that asked for the
+// federated trust domains in asked: the local tunnels, then the foreign
+// ones of those trust domains, each foreign prefix dropped (with a
+// warning) when it overlaps a local prefix, covers a local node's
+// endpoint or the authority's address (protect), or overlaps a prefix of
+// another foreign trust domain (then neither gets it), and a foreign
+// tunnel dropped when it carries a local key: a federated cluster cannot
+// take a route or a key of this one, nor of another federated cluster.
+// The agent checks the list again (routablePeers).
+func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, log *slog.Logger) *wardv1.PeerList {
+	pl := &wardv1.PeerList{Peers: make([]*wardv1.Tunnel, 0, len(local))}
+	var localPrefixes []netip.Prefix
+	keys := map[string]bool{}
+	under := slices.Clone(protect)
+	for _, t := range local {
+		pl.Peers = append(pl.Peers, tunnelProto(t, td))
+		for _, s := range t.AllowedIPs {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				localPrefixes = append(localPrefixes, p)
+			}
+		}
+		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+			if len(k) > 0 {
+				keys[string(k)] = true
+			}
+		}
+		if ap, err := netip.ParseAddrPort(t.Endpoint); err == nil {
+			under = append(under, ap.Addr().Unmap())
+		}
+	}
+	tds := make([]string, 0, len(foreign))
+	for f := range foreign {
+		if asked[f] && f != td {
+			tds = append(tds, f)
+		}
+	}
+	slices.Sort(tds)
+	type claim struct {
+		p  netip.Prefix
+		td string
+	}
+	var claims []claim
+	for _, f := range tds {
+		for _, t := range foreign[f] {
+			for _, s := range t.AllowedIPs {
+				if p, err := netip.ParsePrefix(s); err == nil {
+					claims = append(claims, claim{p, f})
+				}
+			}
+		}
+	}
+	drop := func(t registry.Tunnel, f, what, why string) {
+		if log != nil {
+			log.Warn("network: not relaying a federated tunnel's "+what, "trust_domain", f, "agent_id", t.AgentID, "reason", why)
+		}
+	}
+	for _, f := range tds {
+	tunnels:
+		for _, t := range foreign[f] {
+			for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+				if len(k) > 0 && keys[string(k)] {
+					drop(t, f, "tunnel", "it carries a key of this cluster")
+					continue tunnels
+				}
+			}
+			var keep []string
+			for _, s := range t.AllowedIPs {
+				p, err := netip.ParsePrefix(s)
+				if err != nil {
+					continue
+				}
+				why := ""
+				for _, q := range localPrefixes {
+					if why == "" && p.Overlaps(q) {
+						why = "overlaps this cluster's " + q.String()
+					}
+				}
+				for _, u := range under {
+					if why == "" && p.Contains(u) {
+						why = "covers the underlay address " + u.String()
+					}
+				}
+				for _, c := range claims {
+					if why == "" && c.td != f && p.Overlaps(c.p) {
+						why = "overlaps " + c.p.String() + " of " + c.td
+					}
+				}
+				if why != "" {
+					drop(t, f, "prefix "+s, why)
+					continue
+				}
+				keep = append(keep, s)
+			}
+			t.AllowedIPs = keep
+			pl.Peers = append(pl.Peers, tunnelProto(t, f))
+		}
+	}
+	return pl
 }

@@ -105,6 +105,11 @@ type Config struct {
 	// others are left out): Sync sends those the agent's entries name in
 	// federates_with.
 	FederatedBundles func(names []string) map[string][]byte
+	// ForeignTunnels, when set, returns the WireGuard tunnels received from
+	// each federated trust domain that shares its network (the federation
+	// Manager's, by trust domain name) and a channel closed when they may
+	// change: WatchPeers merges those an agent asks for (docs/network.md).
+	ForeignTunnels func() (map[string][]registry.Tunnel, <-chan struct{})
 	// OnConnRefused, when set, is called for every connection the Node
 	// API closes at accept for being over a connection limit, with the
 	// reason (a Refused* constant), e.g. to count it in a metric.

@@ -85,6 +85,7 @@ func (s *Server) leaderJobs(ctx context.Context, st *unsealedState) {
 			id.fed.RunWitness(ctx, federation.WitnessClient{SVID: id.svid.SVID, Interval: time.Duration(fc.WitnessInterval)})
 		})
 		run(func() { id.fed.RunCatalogs(ctx, svid) })
+		run(func() { id.fed.RunNetwork(ctx, svid) })
 		run(func() { id.fed.Run(ctx) })
 		run(func() { id.ca.Run(ctx, 0, func(err error) { s.log.Error("CA rotation schedule", "err", err) }) })
 		run(func() {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"time"
@@ -91,9 +92,9 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		id.node, err = nodeapi.New(nodeapi.Config{CA: c, Registry: reg, Audit: st.recorder, X509PopRoots: roots, PSATClusters: psat,
 			AgentSVIDTTL: time.Duration(ic.AgentSVIDTTL), DNSNames: ic.NodeAPIDNSNames, Log: s.log.With("component", "nodeapi"),
 			AuditLog: newAuditSource(st.audit), KMS: st.kms, Policy: st.policy, OnDecision: s.metrics.decision,
-			FederatedBundles: id.fed.BundleDocuments,
-			OnConnRefused:    func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() },
-			Telemetry:        s.ReportTelemetry, TelemetryInterval: s.drift.telemetryInterval,
+			FederatedBundles: id.fed.BundleDocuments, ForeignTunnels: foreignTunnels(id.fed),
+			OnConnRefused: func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() },
+			Telemetry:     s.ReportTelemetry, TelemetryInterval: s.drift.telemetryInterval,
 			OnTelemetry:         func(reason string) { s.metrics.telemetry.WithLabelValues(reason).Inc() },
 			AdvertisedEndpoints: s.cfg.Network.AdvertisedEndpoints})
 		if err != nil {
@@ -111,7 +112,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	if be := fc.BundleEndpoint; be.Address != "" || be.WebAddress != "" {
 		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
 			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation"),
-			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed, Catalog: id.fed,
+			Revocations: ownRevocations{ps: st.policy, td: td}, Peers: id.fed, Catalog: id.fed, Network: id.fed,
 			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() },
 			Checkpoints:         newAuditSource(st.audit), Cosignatures: id.fed.CosignatureOf,
 			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() },
@@ -143,10 +144,14 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	// leader only (leaderJobs, ha.go).
 	jobCtx, cancel := context.WithCancel(context.Background())
 	id.cancel = cancel
-	id.wg.Add(2)
+	id.wg.Add(3)
 	go func() {
 		defer id.wg.Done()
 		c.Follow(jobCtx, 0, func(err error) { s.log.Warn("CA reload", "err", err) })
+	}()
+	go func() {
+		defer id.wg.Done()
+		publishTunnels(jobCtx, reg, id.fed, s.log)
 	}()
 	go func() {
 		defer id.wg.Done()
@@ -212,7 +217,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 		if err != nil {
 			return nil, fmt.Errorf("federation.trust_domains: %w", err)
 		}
-		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile)}
+		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile), Network: d.Network}
 		if d.EndpointID != "" {
 			if r.EndpointID, err = spiffeid.FromString(d.EndpointID); err != nil {
 				return nil, fmt.Errorf("federation.trust_domains %s: endpoint_id: %w", ftd, err)
@@ -276,5 +281,48 @@ func (s *Server) followFederation(ctx context.Context, m *federation.Manager) {
 				s.log.Warn("federation: re-reading what the leader stored", "err", err)
 			}
 		}
+	}
+}
+
+// publishTunnels keeps the federation's copy of this cluster's WireGuard
+// tunnels (served to the peers that share the network) current, from the
+// registry's tunnel watch, until ctx ends.
+func publishTunnels(ctx context.Context, reg *registry.Registry, fed *federation.Manager, log *slog.Logger) {
+	for ctx.Err() == nil {
+		err := reg.WatchTunnels(ctx, func(ts []registry.Tunnel) error {
+			out := make([]federation.NetworkTunnel, len(ts))
+			for i, t := range ts {
+				out[i] = federation.NetworkTunnel{AgentID: t.AgentID, PublicKey: t.PublicKey, NextKey: t.NextKey,
+					Endpoint: t.Endpoint, AllowedIPs: t.AllowedIPs}
+			}
+			fed.SetLocalTunnels(out)
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
+		}
+		log.Warn("federation: watching the tunnels to publish", "err", err)
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// foreignTunnels adapts the federation's received tunnels for the Node
+// API's WatchPeers.
+func foreignTunnels(fed *federation.Manager) func() (map[string][]registry.Tunnel, <-chan struct{}) {
+	return func() (map[string][]registry.Tunnel, <-chan struct{}) {
+		got, ch := fed.ForeignTunnels()
+		out := make(map[string][]registry.Tunnel, len(got))
+		for td, ts := range got {
+			l := make([]registry.Tunnel, len(ts))
+			for i, t := range ts {
+				l[i] = registry.Tunnel{AgentID: t.AgentID, PublicKey: t.PublicKey, NextKey: t.NextKey, Endpoint: t.Endpoint,
+					AllowedIPs: t.AllowedIPs}
+			}
+			out[td.Name()] = l
+		}
+		return out, ch
 	}
 }

@@ -10,10 +10,12 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -54,6 +56,10 @@ type NetworkConfig struct {
 	RotationOverlap yamlconf.Duration `yaml:"rotation_overlap"`
 	// MTU of the interface (default 1420).
 	MTU int `yaml:"mtu"`
+	// Federated names federated trust domains whose nodes are peers too
+	// (their authority must share the network with this one: the
+	// relationship's network: true on both sides).
+	Federated []string `yaml:"federated"`
 
 	addr        netip.Addr
 	own         []netip.Prefix
@@ -118,6 +124,11 @@ func (n *NetworkConfig) validate() error {
 	}
 	if !n.Strict && len(n.strictCIDRs) > 0 {
 		return errors.New("strict_cidrs is set but strict is false: set strict: true, or remove strict_cidrs")
+	}
+	for _, f := range n.Federated {
+		if _, err := spiffeid.TrustDomainFromString(f); err != nil {
+			return fmt.Errorf("federated: %q is not a trust domain name: %v", f, err)
+		}
 	}
 	if n.RotationPeriod == 0 {
 		n.RotationPeriod = yamlconf.Duration(24 * time.Hour)
@@ -362,7 +373,7 @@ func (a *Agent) netSession(ctx context.Context, dev *wgnet.Device, ks *wgKeys) e
 	if err := a.register(ctx, cl, ks); err != nil {
 		return fmt.Errorf("registering the tunnel: %w", err)
 	}
-	stream, err := cl.WatchPeers(ctx, &wardv1.WatchPeersRequest{})
+	stream, err := cl.WatchPeers(ctx, &wardv1.WatchPeersRequest{Federated: a.cfg.Network.Federated})
 	if err != nil {
 		return err
 	}
@@ -435,6 +446,14 @@ func (a *Agent) applyPeers(ctx context.Context, cl wardv1.NodeNetworkClient, dev
 	var peers []wgnet.Peer
 	seen := false
 	for _, t := range pl.GetPeers() {
+		if td := t.TrustDomain; td != "" && td != a.cfg.TrustDomain && !slices.Contains(a.cfg.Network.Federated, td) {
+			a.log.Warn("network: skipping a peer of a trust domain not in network.federated", "agent_id", t.AgentId, "trust_domain", td)
+			continue
+		}
+		if id, err := spiffeid.FromString(t.AgentId); err != nil || (t.TrustDomain != "" && id.TrustDomain().Name() != t.TrustDomain) {
+			a.log.Warn("network: skipping a peer whose agent ID is not of its trust domain", "agent_id", t.AgentId, "trust_domain", t.TrustDomain)
+			continue
+		}
 		if t.AgentId == self {
 			seen = string(t.PublicKey) == string(pub[:])
 			continue

@@ -1,0 +1,521 @@
+package federation
+
+// The network channel (docs/network.md, "Federated clusters"): this trust
+// domain's WireGuard tunnels (each current node's public keys, endpoint
+// and prefixes: only what a peer needs to reach it) are served at
+// NetworkPath to the federated authorities whose relationship has
+// Network set, and the tunnels of those peers are followed like the
+// revocations and the catalog (longpoll.go). What is received is checked
+// (the publisher's own agents only, bounded size, well-formed keys,
+// endpoints and prefixes, no key or prefix claimed twice, sequence never
+// backwards), audited, stored behind the barrier and handed to the Node
+// API (ForeignTunnels), which merges it into the peer lists of the agents
+// that name the trust domain in network.federated, after dropping what
+// overlaps this cluster's own prefixes or underlay addresses.
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
+)
+
+const (
+	// NetworkPath is where the https_spiffe bundle endpoint serves this
+	// trust domain's WireGuard tunnels to federated authorities (mTLS,
+	// relationships with network enabled only).
+	NetworkPath = "/ward/federation/v1/network"
+	// MaxNetworkUpdate bounds one tunnel list (bytes of JSON),
+	// MaxNetworkTunnels its tunnels and MaxNetworkPrefixes one tunnel's
+	// prefixes.
+	MaxNetworkUpdate   = 1 << 20
+	MaxNetworkTunnels  = 2048
+	MaxNetworkPrefixes = 64
+
+	networkRemotePrefix = "federation-network/"
+	networkHeader       = "Ward-Network"
+)
+
+// NetworkTunnel is one node's tunnel as it crosses trust domains.
+type NetworkTunnel struct {
+	AgentID    string   `json:"agent_id"`
+	PublicKey  []byte   `json:"public_key"`
+	NextKey    []byte   `json:"next_public_key,omitempty"`
+	Endpoint   string   `json:"endpoint"`
+	AllowedIPs []string `json:"allowed_ips"`
+}
+
+// NetworkList is one trust domain's tunnels at a sequence.
+type NetworkList struct {
+	TrustDomain string          `json:"trust_domain"`
+	Sequence    uint64          `json:"sequence"`
+	Tunnels     []NetworkTunnel `json:"tunnels"`
+}
+
+type receivedNetwork struct {
+	NetworkList
+	ReceivedAt time.Time `json:"received_at"`
+}
+
+// netState is the Manager's tunnel memory (Manager.net).
+type netState struct {
+	mu      sync.Mutex
+	local   NetworkList
+	changed chan struct{} // closed and replaced when local changes
+	remote  map[spiffeid.TrustDomain]receivedNetwork
+	errs    map[spiffeid.TrustDomain]string
+	// foreign is closed and replaced when what ForeignTunnels returns may
+	// have changed (a list accepted or forgotten, a relationship changed).
+	foreign chan struct{}
+	// shared lists the trust domains sharing the network at the last
+	// loadNetwork.
+	shared string
+}
+
+func newNetState() *netState {
+	return &netState{changed: make(chan struct{}), foreign: make(chan struct{}),
+		remote: map[spiffeid.TrustDomain]receivedNetwork{}, errs: map[spiffeid.TrustDomain]string{}}
+}
+
+func networkRemoteKey(td spiffeid.TrustDomain) string { return networkRemotePrefix + td.Name() }
+
+func (m *Manager) netChanged() {
+	m.net.mu.Lock()
+	close(m.net.foreign)
+	m.net.foreign = make(chan struct{})
+	m.net.mu.Unlock()
+}
+
+// loadNetwork reads the stored received tunnel lists (Reload).
+func (m *Manager) loadNetwork(ctx context.Context) error {
+	kvs, err := m.opts.Store.List(ctx, networkRemotePrefix)
+	if err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: listing received tunnels: %v", ErrUnavailable, err)
+	}
+	n := m.net
+	n.mu.Lock()
+	changed := false
+	for _, kv := range kvs {
+		var r receivedNetwork
+		if err := json.Unmarshal(kv.Value, &r); err != nil {
+			m.opts.Log.Error("skipping a stored tunnel list", "key", kv.Key, "err", err)
+			continue
+		}
+		td, err := spiffeid.TrustDomainFromString(r.TrustDomain)
+		if err != nil || networkRemoteKey(td) != kv.Key {
+			m.opts.Log.Error("skipping a stored tunnel list", "key", kv.Key, "trust_domain", r.TrustDomain)
+			continue
+		}
+		if old, ok := n.remote[td]; ok && old.Sequence >= r.Sequence {
+			continue
+		}
+		n.remote[td], changed = r, true
+	}
+	n.mu.Unlock()
+	if changed {
+		m.netChanged()
+	}
+	return nil
+}
+
+// checkNetShared wakes the ForeignTunnels watchers when the set of
+// relationships sharing the network changed (a Reload picked up what
+// another authority changed).
+func (m *Manager) checkNetShared() {
+	m.mu.Lock()
+	var shared []string
+	known := map[spiffeid.TrustDomain]bool{}
+	for td, e := range m.entries {
+		known[td] = true
+		if e.rel.Network {
+			shared = append(shared, td.Name())
+		}
+	}
+	m.mu.Unlock()
+	slices.Sort(shared)
+	now := strings.Join(shared, ",")
+	m.net.mu.Lock()
+	changed := now != m.net.shared
+	m.net.shared = now
+	for td := range m.net.remote {
+		if !known[td] { // removed by another authority: a new relationship starts over
+			delete(m.net.remote, td)
+			changed = true
+		}
+	}
+	m.net.mu.Unlock()
+	if changed {
+		m.netChanged()
+	}
+}
+
+// SetLocalTunnels publishes this trust domain's current tunnels (the
+// registry's, as WatchTunnels delivers them) to the federated peers. The
+// sequence is the publisher's clock in nanoseconds at the change (never
+// below the last one + 1), so it keeps growing across restarts.
+func (m *Manager) SetLocalTunnels(ts []NetworkTunnel) {
+	n := m.net
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.local.Sequence != 0 && sameTunnels(n.local.Tunnels, ts) {
+		return
+	}
+	seq := max(uint64(m.opts.Clock().UnixNano()), n.local.Sequence+1)
+	n.local = NetworkList{TrustDomain: m.opts.TrustDomain.Name(), Sequence: seq, Tunnels: slices.Clone(ts)}
+	close(n.changed)
+	n.changed = make(chan struct{})
+}
+
+func sameTunnels(a, b []NetworkTunnel) bool {
+	return slices.EqualFunc(a, b, func(x, y NetworkTunnel) bool {
+		return x.AgentID == y.AgentID && bytes.Equal(x.PublicKey, y.PublicKey) && bytes.Equal(x.NextKey, y.NextKey) &&
+			x.Endpoint == y.Endpoint && slices.Equal(x.AllowedIPs, y.AllowedIPs)
+	})
+}
+
+// WaitNetwork returns this trust domain's tunnel list once its sequence is
+// above after, or the current one when ctx ends first. Nothing is served
+// before SetLocalTunnels was called (sequence 0: an empty list).
+func (m *Manager) WaitNetwork(ctx context.Context, after uint64) (NetworkList, error) {
+	for {
+		m.net.mu.Lock()
+		local, ch := m.net.local, m.net.changed
+		m.net.mu.Unlock()
+		if local.Sequence > after || ctx.Err() != nil {
+			local.TrustDomain = m.opts.TrustDomain.Name()
+			if local.Tunnels == nil {
+				local.Tunnels = []NetworkTunnel{}
+			}
+			return local, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+		}
+	}
+}
+
+// NetworkShared says whether the relationship with td shares tunnels.
+func (m *Manager) NetworkShared(td spiffeid.TrustDomain) bool {
+	e, ok := m.get(td)
+	return ok && e.rel.Network
+}
+
+// ForeignTunnels returns the last tunnels received from every trust
+// domain whose relationship (still) has network enabled, and a channel
+// closed when that may change.
+func (m *Manager) ForeignTunnels() (map[spiffeid.TrustDomain][]NetworkTunnel, <-chan struct{}) {
+	m.mu.Lock()
+	shared := map[spiffeid.TrustDomain]bool{}
+	for td, e := range m.entries {
+		shared[td] = e.rel.Network
+	}
+	m.mu.Unlock()
+	m.net.mu.Lock()
+	defer m.net.mu.Unlock()
+	out := map[spiffeid.TrustDomain][]NetworkTunnel{}
+	for td, r := range m.net.remote {
+		if shared[td] {
+			out[td] = r.Tunnels
+		}
+	}
+	return out, m.net.foreign
+}
+
+// NetworkStatus is the state of the network channel with one trust domain.
+type NetworkStatus struct {
+	Sequence   uint64
+	Has        bool
+	ReceivedAt time.Time
+	Tunnels    int
+	LastError  string
+}
+
+// RemoteNetwork returns the network channel's state with td.
+func (m *Manager) RemoteNetwork(td spiffeid.TrustDomain) NetworkStatus {
+	m.net.mu.Lock()
+	defer m.net.mu.Unlock()
+	r, ok := m.net.remote[td]
+	return NetworkStatus{Sequence: r.Sequence, Has: ok, ReceivedAt: r.ReceivedAt, Tunnels: len(r.Tunnels), LastError: m.net.errs[td]}
+}
+
+func (m *Manager) setNetErr(td spiffeid.TrustDomain, e string) {
+	m.net.mu.Lock()
+	defer m.net.mu.Unlock()
+	if e == "" {
+		delete(m.net.errs, td)
+	} else {
+		m.net.errs[td] = e
+	}
+}
+
+// forgetNetwork drops the tunnels td sent (its relationship was removed):
+// the Node API's watchers remove them from every agent at once.
+func (m *Manager) forgetNetwork(ctx context.Context, td spiffeid.TrustDomain) error {
+	if err := m.opts.Store.Delete(ctx, networkRemoteKey(td)); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return errs.Errorf(errs.Unavailable, "%w: deleting the received tunnels: %v", ErrUnavailable, err)
+	}
+	m.net.mu.Lock()
+	delete(m.net.remote, td)
+	delete(m.net.errs, td)
+	m.net.mu.Unlock()
+	m.netChanged()
+	return nil
+}
+
+// checkNetworkTunnel validates one received tunnel of trust domain td and
+// normalizes its prefixes.
+func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel) error {
+	id, err := spiffeid.FromString(t.AgentID)
+	if err != nil {
+		return fmt.Errorf("agent_id %q: %v", t.AgentID, err)
+	}
+	if !id.MemberOf(td) {
+		return fmt.Errorf("tunnel of %s: not an agent of %s, which can only publish its own nodes", id, td.Name())
+	}
+	for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+		if k == nil && len(t.PublicKey) > 0 {
+			continue
+		}
+		if len(k) != 32 || bytes.Equal(k, make([]byte, 32)) {
+			return fmt.Errorf("tunnel of %s: a WireGuard public key is 32 bytes, not all zero", id)
+		}
+	}
+	ep, err := netip.ParseAddrPort(t.Endpoint)
+	if err != nil || ep.Port() == 0 {
+		return fmt.Errorf("tunnel of %s: endpoint %q is not ip:port", id, t.Endpoint)
+	}
+	if len(t.AllowedIPs) == 0 || len(t.AllowedIPs) > MaxNetworkPrefixes {
+		return fmt.Errorf("tunnel of %s: %d prefixes; 1 to %d", id, len(t.AllowedIPs), MaxNetworkPrefixes)
+	}
+	out := make([]string, 0, len(t.AllowedIPs))
+	for _, s := range t.AllowedIPs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil || p.Bits() == 0 {
+			return fmt.Errorf("tunnel of %s: %q is not a CIDR prefix narrower than everything", id, s)
+		}
+		if p.Contains(ep.Addr().Unmap()) {
+			return fmt.Errorf("tunnel of %s: %s covers its own endpoint %s", id, p, t.Endpoint)
+		}
+		out = append(out, p.Masked().String())
+	}
+	slices.Sort(out)
+	t.AllowedIPs = slices.Compact(out)
+	return nil
+}
+
+// AcceptNetwork checks a tunnel list received from td's authority, audits
+// it (accepted or refused: one whose audit event cannot be written is not
+// installed) and stores it. Refused: no relationship with td or one
+// without network, a list over MaxNetworkUpdate or MaxNetworkTunnels, one
+// that does not parse, one for another trust domain or with a tunnel of
+// another trust domain's agent, a bad key, endpoint or prefix, a key or a
+// prefix claimed by two of its tunnels, a sequence older than the last
+// accepted one, the same sequence with other content.
+func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
+	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
+	m.net.mu.Lock()
+	prev, hasPrev := m.net.remote[td]
+	m.net.mu.Unlock()
+	if hasPrev {
+		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
+	}
+	refuse := func(format string, args ...any) error {
+		err := errs.Errorf(errs.Denied, "federation: tunnels from %s refused: "+format, append([]any{td.Name()}, args...)...)
+		ev := m.event(ctx, "federation.network", audit.ResultDenied, fields)
+		ev.Error = err.Error()
+		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
+			m.opts.Log.Error("could not audit refused tunnels", "trust_domain", td.Name(), "err", aerr)
+		}
+		m.opts.Log.Warn("refused the tunnels of a federated authority", "trust_domain", td.Name(), "err", err)
+		m.setNetErr(td, err.Error())
+		return err
+	}
+	if !m.NetworkShared(td) {
+		return refuse("no federation relationship with %s that shares the network", td.Name())
+	}
+	if len(body) > MaxNetworkUpdate {
+		return refuse("list of %d bytes or more, the limit is %d", len(body), MaxNetworkUpdate)
+	}
+	var u NetworkList
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&u); err != nil {
+		return refuse("list does not parse: %v", err)
+	}
+	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
+	if u.TrustDomain != td.Name() {
+		return refuse("the list is for trust domain %q; this channel is with %s, which can only publish its own nodes", u.TrustDomain, td.Name())
+	}
+	if len(u.Tunnels) > MaxNetworkTunnels {
+		return refuse("%d tunnels; at most %d", len(u.Tunnels), MaxNetworkTunnels)
+	}
+	keys, ids := map[string]string{}, map[string]bool{}
+	var prefixes []netip.Prefix
+	var owners []string
+	for i := range u.Tunnels {
+		t := &u.Tunnels[i]
+		if err := checkNetworkTunnel(td, t); err != nil {
+			return refuse("%v", err)
+		}
+		if ids[t.AgentID] {
+			return refuse("two tunnels of %s", t.AgentID)
+		}
+		ids[t.AgentID] = true
+		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
+			if len(k) == 0 {
+				continue
+			}
+			if o, ok := keys[string(k)]; ok && o != t.AgentID {
+				return refuse("key %s is claimed by %s and %s", base64.StdEncoding.EncodeToString(k), o, t.AgentID)
+			}
+			keys[string(k)] = t.AgentID
+		}
+		for _, s := range t.AllowedIPs {
+			p := netip.MustParsePrefix(s)
+			for j, q := range prefixes {
+				if owners[j] != t.AgentID && p.Overlaps(q) {
+					return refuse("%s of %s overlaps %s of %s", p, t.AgentID, q, owners[j])
+				}
+			}
+			prefixes, owners = append(prefixes, p), append(owners, t.AgentID)
+		}
+	}
+	slices.SortFunc(u.Tunnels, func(a, b NetworkTunnel) int { return strings.Compare(a.AgentID, b.AgentID) })
+	names := make([]string, len(u.Tunnels))
+	for i, t := range u.Tunnels {
+		names[i] = t.AgentID + "=" + strings.Join(t.AllowedIPs, ",")
+	}
+	fields["tunnels"] = auditNames(names)
+	switch {
+	case hasPrev && u.Sequence < prev.Sequence:
+		return refuse("sequence %d is older than %d, already received (a replayed list, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
+	case hasPrev && u.Sequence == prev.Sequence:
+		if sameTunnels(u.Tunnels, prev.Tunnels) {
+			m.setNetErr(td, "")
+			return nil
+		}
+		return refuse("sequence %d was already received with other content", u.Sequence)
+	}
+	changed := !hasPrev || !sameTunnels(u.Tunnels, prev.Tunnels)
+	fields["changed"] = strconv.FormatBool(changed)
+	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.network", audit.ResultOK, fields)); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: tunnels from %s not installed, their audit event could not be written: %v", ErrUnavailable, td.Name(), err)
+	}
+	r := receivedNetwork{NetworkList: NetworkList{TrustDomain: td.Name(), Sequence: u.Sequence, Tunnels: u.Tunnels}, ReceivedAt: m.opts.Clock().UTC()}
+	v, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := m.opts.Store.Put(ctx, networkRemoteKey(td), v); err != nil {
+		return errs.Errorf(errs.Unavailable, "%w: storing the tunnels from %s: %v", ErrUnavailable, td.Name(), err)
+	}
+	m.net.mu.Lock()
+	m.net.remote[td] = r
+	m.net.mu.Unlock()
+	m.setNetErr(td, "")
+	m.opts.Log.Info("tunnels received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
+		"tunnels", len(u.Tunnels), "changed", changed)
+	if changed {
+		m.netChanged()
+	}
+	return nil
+}
+
+// networkChannel is the network channel's long-poll (longpoll.go).
+func (m *Manager) networkChannel() channel {
+	return channel{name: "network channel", what: "tunnels", path: NetworkPath, header: networkHeader,
+		max: MaxNetworkUpdate, accept: m.AcceptNetwork, setErr: m.setNetErr,
+		after: func(td spiffeid.TrustDomain) (uint64, bool) {
+			st := m.RemoteNetwork(td)
+			return st.Sequence, st.Has
+		},
+		notWard: "serves no ward network channel (not a ward authority, or network is not enabled there for this trust domain)"}
+}
+
+// RunNetwork follows the tunnels of every federated trust domain whose
+// relationship has network enabled (https_spiffe), until ctx ends.
+func (m *Manager) RunNetwork(ctx context.Context, c RevocationClient) {
+	m.runFollowers(ctx, c, func(r Relationship) bool { return r.Network }, func(ctx context.Context, rel Relationship, c RevocationClient) {
+		m.follow(ctx, rel, c, m.networkChannel())
+	})
+}
+
+// NetworkSource publishes this trust domain's tunnels to the peers that
+// NetworkShared allows (the Manager).
+type NetworkSource interface {
+	WaitNetwork(ctx context.Context, after uint64) (NetworkList, error)
+	NetworkShared(td spiffeid.TrustDomain) bool
+}
+
+// serveNetwork answers a federated authority's long-poll for this trust
+// domain's tunnels: only a peer whose relationship has network enabled
+// gets them (the others get 403 and nothing else).
+func (e *Endpoint) serveNetwork(w http.ResponseWriter, r *http.Request) {
+	id, ok := e.peer(w, r, "network channel", e.cfg.OnRevocationRefused)
+	if !ok {
+		return
+	}
+	shared := func() bool {
+		if e.cfg.Network.NetworkShared(id.TrustDomain()) {
+			return true
+		}
+		e.logRefused("network channel", "network_not_shared", r.RemoteAddr, "the relationship with "+id.TrustDomain().Name()+" does not share the network")
+		if e.cfg.OnRevocationRefused != nil {
+			e.cfg.OnRevocationRefused("network_not_shared")
+		}
+		http.Error(w, "this trust domain does not share its network with "+id.TrustDomain().Name()+" (federation relationship without network: true)", http.StatusForbidden)
+		return false
+	}
+	if !shared() {
+		return
+	}
+	if !e.peerSlot(w, r, id.TrustDomain(), "network channel", "network", maxLongPollsPerPeer, e.cfg.OnRevocationRefused) {
+		return
+	}
+	defer e.slots.give(id.TrustDomain(), "network")
+	var after uint64
+	if a := r.URL.Query().Get("after"); a != "" {
+		var err error
+		if after, err = strconv.ParseUint(a, 10, 64); err != nil {
+			http.Error(w, "after: not a sequence number", http.StatusBadRequest)
+			return
+		}
+	}
+	wait := MaxRevocationWait
+	if ws := r.URL.Query().Get("wait"); ws != "" {
+		if d, err := time.ParseDuration(ws); err == nil && d >= 0 && d < wait {
+			wait = d
+		}
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), wait)
+	defer cancel()
+	l, err := e.cfg.Network.WaitNetwork(ctx, after)
+	if err != nil {
+		http.Error(w, "network unavailable: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	// The relationship may have been removed or changed during the wait.
+	if _, ok := e.peer(w, r, "network channel", e.cfg.OnRevocationRefused); !ok || !shared() {
+		return
+	}
+	l.TrustDomain = e.cfg.CA.TrustDomain().Name()
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set(networkHeader, "1")
+	_ = json.NewEncoder(w).Encode(l)
+}
