@@ -31,6 +31,9 @@ func TestParseNetworkConfig(t *testing.T) {
 		time.Duration(n.RotationOverlap) != 2*time.Second || len(n.own) != 2 || n.own[0].String() != "10.250.1.1/32" {
 		t.Fatalf("defaults: %+v", n)
 	}
+	if c, err := ParseConfig([]byte(goodConfig + "network:\n  address: 10.250.1.1\n  federated: [b.example]\n")); err != nil || len(c.Network.Federated) != 1 {
+		t.Fatalf("federated: %v", err)
+	}
 	for _, tc := range []struct{ yaml, want string }{
 		{"network:\n  subnets: [10.250.1.0/24]\n", "address"},
 		{"network:\n  address: node-1\n", "address"},
@@ -43,7 +46,7 @@ func TestParseNetworkConfig(t *testing.T) {
 		{"network:\n  address: 10.250.1.1\n  endpoint: node-1:51820\n", "endpoint"},
 		{"network:\n  address: 10.250.1.1\n  interface: a-very-long-interface-name\n", "15 bytes"},
 		{"network:\n  address: 10.250.1.1\n  listen_port: 70000\n", "listen_port"},
-		{"network:\n  address: 10.250.1.1\n  federated: true\n", "federated"},
+		{"network:\n  address: 10.250.1.1\n  federated: [\"not a trust domain!\"]\n", "federated"},
 	} {
 		if _, err := ParseConfig([]byte(goodConfig + tc.yaml)); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: got %v, want an error naming %q", tc.yaml, err, tc.want)
