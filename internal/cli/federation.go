@@ -71,6 +71,16 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 		if r.RevocationError != "" {
 			fmt.Fprintf(tw, "Revocation channel:\t%s\n", r.RevocationError)
 		}
+		if r.Network {
+			net := "shared; no tunnels received yet"
+			if r.NetworkSequence > 0 {
+				net = fmt.Sprintf("shared; %d tunnels received (sequence %d)", r.NetworkTunnels, r.NetworkSequence)
+			}
+			fmt.Fprintf(tw, "Network:\t%s\n", net)
+			if r.NetworkError != "" {
+				fmt.Fprintf(tw, "Network channel:\t%s\n", r.NetworkError)
+			}
+		}
 		wit := "nothing witnessed yet"
 		if r.WitnessedSize > 0 || r.Witnessed != nil {
 			wit = fmt.Sprintf("its audit log at %d events (root %x), cosigned %s; its checkpoint key %s", r.WitnessedSize, r.WitnessedRoot, fedTime(r.Witnessed), r.WitnessKeyId)
@@ -97,6 +107,7 @@ func federationCommand() *cobra.Command {
 	var asJSON bool
 
 	var endpoint, profile, endpointID, bundleFile string
+	var network bool
 	add := &cobra.Command{
 		Use:   "add TRUST-DOMAIN --endpoint URL [--profile https_spiffe] [--endpoint-id SPIFFE-ID] --bundle BOOTSTRAP-FILE",
 		Short: "Trust a foreign trust domain: fetch its bundle from its bundle endpoint and keep it refreshed",
@@ -104,7 +115,7 @@ func federationCommand() *cobra.Command {
 			"  (b.bundle.json: `ward ca bundle --format spiffe` run against b.example's authority)",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID}
+			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID, Network: network}
 			if profile == "https_spiffe" && endpointID == "" {
 				req.EndpointSpiffeId = "spiffe://" + args[0] + "/ward/server"
 			}
@@ -130,6 +141,7 @@ func federationCommand() *cobra.Command {
 	add.Flags().StringVar(&profile, "profile", "https_spiffe", "bundle endpoint profile: https_spiffe or https_web")
 	add.Flags().StringVar(&endpointID, "endpoint-id", "", "SPIFFE ID the https_spiffe endpoint presents (default spiffe://TRUST-DOMAIN/ward/server)")
 	add.Flags().StringVar(&bundleFile, "bundle", "", "bootstrap bundle of the foreign trust domain (SPIFFE bundle JSON; required for https_spiffe)")
+	add.Flags().BoolVar(&network, "network", false, "share this cluster's WireGuard tunnels with the trust domain and relay its tunnels to agents whose network.federated names it (docs/network.md)")
 	_ = add.MarkFlagRequired("endpoint")
 
 	list := &cobra.Command{

@@ -73,9 +73,17 @@ type FederationRelationship struct {
 	CosignedByPeer     *timestamppb.Timestamp `protobuf:"bytes,29,opt,name=cosigned_by_peer,json=cosignedByPeer,proto3" json:"cosigned_by_peer,omitempty"`
 	// Set while this authority's own audit log does not extend the
 	// checkpoint the peer cosigned: it was rolled back in storage.
-	OwnLogAlert   *WitnessAlert `protobuf:"bytes,30,opt,name=own_log_alert,json=ownLogAlert,proto3" json:"own_log_alert,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	OwnLogAlert *WitnessAlert `protobuf:"bytes,30,opt,name=own_log_alert,json=ownLogAlert,proto3" json:"own_log_alert,omitempty"`
+	// network: the relationship shares this cluster's WireGuard tunnels
+	// with the trust domain and relays its tunnels to the agents that ask
+	// (docs/network.md); network_sequence, network_tunnels and
+	// network_error are the state of that channel.
+	Network         bool   `protobuf:"varint,31,opt,name=network,proto3" json:"network,omitempty"`
+	NetworkSequence uint64 `protobuf:"varint,32,opt,name=network_sequence,json=networkSequence,proto3" json:"network_sequence,omitempty"`
+	NetworkTunnels  int32  `protobuf:"varint,33,opt,name=network_tunnels,json=networkTunnels,proto3" json:"network_tunnels,omitempty"`
+	NetworkError    string `protobuf:"bytes,34,opt,name=network_error,json=networkError,proto3" json:"network_error,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *FederationRelationship) Reset() {
@@ -318,6 +326,34 @@ func (x *FederationRelationship) GetOwnLogAlert() *WitnessAlert {
 	return nil
 }
 
+func (x *FederationRelationship) GetNetwork() bool {
+	if x != nil {
+		return x.Network
+	}
+	return false
+}
+
+func (x *FederationRelationship) GetNetworkSequence() uint64 {
+	if x != nil {
+		return x.NetworkSequence
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetNetworkTunnels() int32 {
+	if x != nil {
+		return x.NetworkTunnels
+	}
+	return 0
+}
+
+func (x *FederationRelationship) GetNetworkError() string {
+	if x != nil {
+		return x.NetworkError
+	}
+	return ""
+}
+
 // WitnessAlert is evidence that a federated peer's audit log did not
 // extend what this authority witnessed.
 type WitnessAlert struct {
@@ -417,8 +453,10 @@ type AddFederationRequest struct {
 	// Bootstrap bundle of the foreign trust domain, obtained out of band
 	// (SPIFFE bundle JSON; required for https_spiffe).
 	BundleSpiffeJson []byte `protobuf:"bytes,5,opt,name=bundle_spiffe_json,json=bundleSpiffeJson,proto3" json:"bundle_spiffe_json,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// network shares the WireGuard tunnels with the trust domain (https_spiffe).
+	Network       bool `protobuf:"varint,6,opt,name=network,proto3" json:"network,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddFederationRequest) Reset() {
@@ -484,6 +522,13 @@ func (x *AddFederationRequest) GetBundleSpiffeJson() []byte {
 		return x.BundleSpiffeJson
 	}
 	return nil
+}
+
+func (x *AddFederationRequest) GetNetwork() bool {
+	if x != nil {
+		return x.Network
+	}
+	return false
 }
 
 type ListFederationsRequest struct {
@@ -738,8 +783,7 @@ var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xdf\n" +
-	"\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\v\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -772,20 +816,25 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\rwitness_alert\x18\x1b \x01(\v2\x15.ward.v1.WitnessAlertR\fwitnessAlert\x121\n" +
 	"\x15cosigned_by_peer_size\x18\x1c \x01(\x04R\x12cosignedByPeerSize\x12D\n" +
 	"\x10cosigned_by_peer\x18\x1d \x01(\v2\x1a.google.protobuf.TimestampR\x0ecosignedByPeer\x129\n" +
-	"\rown_log_alert\x18\x1e \x01(\v2\x15.ward.v1.WitnessAlertR\vownLogAlert\"\xda\x01\n" +
+	"\rown_log_alert\x18\x1e \x01(\v2\x15.ward.v1.WitnessAlertR\vownLogAlert\x12\x18\n" +
+	"\anetwork\x18\x1f \x01(\bR\anetwork\x12)\n" +
+	"\x10network_sequence\x18  \x01(\x04R\x0fnetworkSequence\x12'\n" +
+	"\x0fnetwork_tunnels\x18! \x01(\x05R\x0enetworkTunnels\x12#\n" +
+	"\rnetwork_error\x18\" \x01(\tR\fnetworkError\"\xda\x01\n" +
 	"\fWitnessAlert\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
 	"\x14witnessed_checkpoint\x18\x04 \x01(\fR\x13witnessedCheckpoint\x12'\n" +
 	"\x0fhead_checkpoint\x18\x05 \x01(\fR\x0eheadCheckpoint\x12\x14\n" +
-	"\x05count\x18\x06 \x01(\x05R\x05count\"\xd2\x01\n" +
+	"\x05count\x18\x06 \x01(\x05R\x05count\"\xec\x01\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
 	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
 	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12,\n" +
-	"\x12bundle_spiffe_json\x18\x05 \x01(\fR\x10bundleSpiffeJson\"\x18\n" +
+	"\x12bundle_spiffe_json\x18\x05 \x01(\fR\x10bundleSpiffeJson\x12\x18\n" +
+	"\anetwork\x18\x06 \x01(\bR\anetwork\"\x18\n" +
 	"\x16ListFederationsRequest\"`\n" +
 	"\x17ListFederationsResponse\x12E\n" +
 	"\rrelationships\x18\x01 \x03(\v2\x1f.ward.v1.FederationRelationshipR\rrelationships\":\n" +

@@ -51,7 +51,8 @@ func (f *federationService) AddFederation(ctx context.Context, r *wardv1.AddFede
 	if err != nil {
 		return nil, err
 	}
-	rel := federation.Relationship{TrustDomain: td, EndpointURL: r.EndpointUrl, Profile: federation.Profile(r.Profile), Source: federation.SourceAPI}
+	rel := federation.Relationship{TrustDomain: td, EndpointURL: r.EndpointUrl, Profile: federation.Profile(r.Profile), Source: federation.SourceAPI,
+		Network: r.Network}
 	if r.EndpointSpiffeId != "" {
 		if rel.EndpointID, err = spiffeid.FromString(r.EndpointSpiffeId); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "endpoint SPIFFE ID %q: %v", r.EndpointSpiffeId, err)
@@ -149,7 +150,8 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 		Added: apiconv.Timestamp(st.AddedAt), LastRefresh: apiconv.Timestamp(st.LastRefresh), LastAttempt: apiconv.Timestamp(st.LastAttempt),
 		NextRefresh: apiconv.Timestamp(st.NextRefresh), LastError: st.LastError, Failures: int32(st.Failures), Stale: st.Stale,
 		RevocationsSequence: st.Revocations.Sequence, HasRevocations: st.Revocations.Has, RevocationError: st.Revocations.LastError,
-		RevokedEntries: int32(st.Revocations.Entries)}
+		RevokedEntries: int32(st.Revocations.Entries), Network: st.Network, NetworkSequence: st.NetworkChannel.Sequence,
+		NetworkTunnels: int32(st.NetworkChannel.Tunnels), NetworkError: st.NetworkChannel.LastError}
 	if st.Revocations.Has {
 		p.RevocationsReceived = apiconv.Timestamp(st.Revocations.ReceivedAt)
 	}

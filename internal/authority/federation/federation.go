@@ -140,6 +140,8 @@ type Status struct {
 	// Witness is what this authority witnessed of the peer's audit log
 	// (https_spiffe).
 	Witness WitnessStatus
+	// NetworkChannel is the state of the network channel (network.go).
+	NetworkChannel NetworkStatus
 }
 
 // record is a relationship as stored under store key "federation/<td>".
@@ -732,6 +734,7 @@ func (m *Manager) status(e *entry, now time.Time) Status {
 	st.Stale = e.bundle == nil || now.Sub(e.rec.LastRefresh) > time.Duration(m.opts.StaleAfterHints)*st.RefreshHint
 	st.Revocations = m.Revocation(e.rel.TrustDomain)
 	st.Witness = m.Witnessed(e.rel.TrustDomain)
+	st.NetworkChannel = m.RemoteNetwork(e.rel.TrustDomain)
 	return st
 }
 

@@ -170,7 +170,9 @@ func TestNetworkRefusesWhatIsNotThePeers(t *testing.T) {
 		b, _ := json.Marshal(l)
 		return p.f.m.AcceptNetwork(ctx, tdA, b)
 	}
-	list := func(ts ...NetworkTunnel) NetworkList { return NetworkList{TrustDomain: "a.example", Sequence: 5, Tunnels: ts} }
+	list := func(ts ...NetworkTunnel) NetworkList {
+		return NetworkList{TrustDomain: "a.example", Sequence: 5, Tunnels: ts}
+	}
 	other := good
 	other.AgentID = "spiffe://b.example/ward/agent/victim"
 	many := make([]NetworkTunnel, MaxNetworkTunnels+1)
