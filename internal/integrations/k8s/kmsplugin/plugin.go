@@ -133,11 +133,16 @@ func ParseKeyID(id string) (key string, v uint32, err error) {
 // Status reports "ok" only after a real encrypt/decrypt round trip through
 // the authority (reused for the health TTL), else the reason; key_id names
 // the key's newest version, so a rotation changes it and the apiserver
-// makes a new DEK seed.
+// makes a new DEK seed. An unhealthy Status carries no key_id: the
+// apiserver extends its write seed's 3-minute expiry on every Status whose
+// key_id matches, healthy or not, so a key_id kept while the authority is
+// sealed let it write under the cached seed for as long as the seal lasted
+// (TestKMSPluginSealedBeyondWriteTTL); without it, writes stop 3 minutes
+// after the last healthy Status, as KMS v2 bounds them.
 func (p *Plugin) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
 	healthz, v := p.Health(ctx)
 	r := &kmsapi.StatusResponse{Version: APIVersion, Healthz: healthz}
-	if v > 0 {
+	if v > 0 && healthz == "ok" {
 		r.KeyId = KeyID(p.key, v)
 	}
 	return r, nil
