@@ -366,7 +366,7 @@ func (s *Server) decisionCounts() []dashboard.Decision {
 	for _, n := range s.Telemetry() {
 		for _, p := range n.Processes {
 			if p.Denials > 0 || p.MTLS > 0 {
-				out = append(out, dashboard.Decision{Source: p.Kind + " " + p.Name + " on " + n.Node, Action: "connect", Result: "deny", Count: p.Denials})
+				out = append(out, dashboard.Decision{Source: p.Kind + " " + p.Name + " on " + n.Node + reportedBy(p.Source), Action: "connect", Result: "deny", Count: p.Denials})
 			}
 		}
 	}
@@ -387,4 +387,13 @@ func (s *Server) entryCount(ctx context.Context, reg *registry.Registry) (int, e
 	}
 	s.entries, s.entriesAt = len(es), time.Now()
 	return s.entries, nil
+}
+
+// reportedBy names the attested sender of a process's telemetry (the
+// agent's record of the caller), when known.
+func reportedBy(src string) string {
+	if src == "" {
+		return ""
+	}
+	return " (reported by " + src + ")"
 }

@@ -4,9 +4,13 @@ import (
 	"context"
 	"crypto/fips140"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -14,6 +18,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/peercred"
 	"github.com/wardproject/ward/internal/shared/telemetry"
 )
@@ -38,6 +43,7 @@ type localTelemetry struct {
 
 type localReport struct {
 	uid uint32
+	pid int32
 	at  time.Time
 	r   telemetry.Report
 }
@@ -64,12 +70,35 @@ func (t telemetryServer) Report(ctx context.Context, req *wardv1.TelemetryReport
 		return nil, status.Error(codes.InvalidArgument, "telemetry: only proxies and gateways report on the policy socket (kind agent is the agent's own)")
 	}
 	c := ai.Caller
+	// Bind the report to the caller: its source is what the agent
+	// attested, and a listener identity must be one of the caller's own
+	// (when it has entries; a caller let in by uid has none to check).
+	var ids []string
+	if sel, err := t.a.att.Attest(ctx, c); err == nil {
+		for _, id := range t.a.Identities(attest.Normalize(sel)) {
+			ids = append(ids, id.ID.String())
+		}
+	}
+	r.Source = reportSource(c, ids)
+	if len(ids) > 0 {
+		for _, l := range r.Listeners {
+			if l.SPIFFEID != "" && !slices.Contains(ids, l.SPIFFEID) {
+				return nil, status.Errorf(codes.PermissionDenied, "telemetry: listener %q presents %s, which is not an identity of this caller (%s)", l.Name, l.SPIFFEID, r.Source)
+			}
+		}
+		if strings.HasPrefix(r.Name, "spiffe://") && !slices.Contains(ids, r.Name) {
+			return nil, status.Errorf(codes.PermissionDenied, "telemetry: name %s is not an identity of this caller (%s)", r.Name, r.Source)
+		}
+	}
 	key := fmt.Sprintf("%d/%d/%s/%s", c.UID, c.PID, r.Kind, r.Name)
 	now := t.a.now()
 	lt := t.a.tel
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
 	lt.expire(now, t.a.telemetryInterval())
+	if err := lt.claimedByOther(c.PID, r); err != nil {
+		return nil, err
+	}
 	prev, known := lt.procs[key]
 	if known && now.Sub(prev.at) < minLocalReport {
 		return nil, status.Errorf(codes.ResourceExhausted, "telemetry: one report per %s per process", minLocalReport)
@@ -85,8 +114,63 @@ func (t telemetryServer) Report(ctx context.Context, req *wardv1.TelemetryReport
 			return nil, status.Errorf(codes.ResourceExhausted, "telemetry: this agent keeps the reports of at most %d processes (%d per uid)", telemetry.MaxProcesses, maxProcsPerUID)
 		}
 	}
-	lt.procs[key] = localReport{uid: c.UID, at: now, r: r}
+	lt.procs[key] = localReport{uid: c.UID, pid: c.PID, at: now, r: r}
 	return &wardv1.TelemetryAck{NextReportAfter: uint32(t.a.telemetryInterval() / time.Second)}, nil
+}
+
+// reportSource names a report's sender as attested: pid, uid and the
+// SPIFFE IDs of its entries (at most 4).
+func reportSource(c attest.Caller, ids []string) string {
+	s := fmt.Sprintf("pid %d uid %d", c.PID, c.UID)
+	if len(ids) > 4 {
+		ids = append(ids[:4:4], "...")
+	}
+	if len(ids) > 0 {
+		s += " " + strings.Join(ids, ",")
+	}
+	return s
+}
+
+// claimedByOther refuses r when another live process reports the same
+// kind and name, or a listener at one of r's addresses: one workload
+// cannot report under another proxy's name or listeners (false drift
+// findings). The report of a process that is gone no longer holds them:
+// it is dropped (a restarted proxy takes its name over at once).
+func (lt *localTelemetry) claimedByOther(pid int32, r telemetry.Report) error {
+	for k, o := range lt.procs {
+		if o.pid == pid {
+			continue
+		}
+		why := ""
+		if o.r.Kind == r.Kind && o.r.Name == r.Name {
+			why = r.Kind + " " + r.Name
+		}
+		for _, l := range r.Listeners {
+			for _, ol := range o.r.Listeners {
+				if why == "" && l.Address != "" && l.Address == ol.Address {
+					why = "a listener at " + l.Address
+				}
+			}
+		}
+		if why == "" {
+			continue
+		}
+		if !processAlive(o.pid) {
+			delete(lt.procs, k)
+			continue
+		}
+		return status.Errorf(codes.PermissionDenied, "telemetry: %s is reported by another process (%s)", why, o.r.Source)
+	}
+	return nil
+}
+
+// processAlive says whether pid runs (or exists under another uid).
+func processAlive(pid int32) bool {
+	if pid <= 0 {
+		return false
+	}
+	err := syscall.Kill(int(pid), 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
 // expire drops the reports of processes silent for three intervals.

@@ -56,6 +56,10 @@ type Report struct {
 	Plain   uint64 `json:"plain_connections"`
 	Denials uint64 `json:"denials"`
 	SVIDs   []SVID `json:"svids,omitempty"`
+	// Source is who sent the report, as the agent attested the caller on
+	// its local socket (pid, uid and the SPIFFE IDs of its registration
+	// entries): set by the agent, whatever the process sent.
+	Source string `json:"source,omitempty"`
 }
 
 // Listener is one listening socket of a process.
@@ -157,6 +161,9 @@ func (r *Report) Validate() error {
 	}
 	if len(r.Name) > MaxString {
 		return errors.New("telemetry: name too long")
+	}
+	if len(r.Source) > 4*MaxString {
+		return errors.New("telemetry: source too long")
 	}
 	if len(r.Listeners) > MaxListeners {
 		return fmt.Errorf("telemetry: %d listeners: at most %d", len(r.Listeners), MaxListeners)
