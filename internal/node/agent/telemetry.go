@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"sort"
 	"strings"
@@ -96,7 +97,7 @@ func (t telemetryServer) Report(ctx context.Context, req *wardv1.TelemetryReport
 	lt.mu.Lock()
 	defer lt.mu.Unlock()
 	lt.expire(now, t.a.telemetryInterval())
-	if err := lt.claimedByOther(c.PID, r); err != nil {
+	if err := lt.claimedByOther(c.PID, r, slices.Contains(ids, r.Name)); err != nil {
 		return nil, err
 	}
 	prev, known := lt.procs[key]
@@ -132,23 +133,31 @@ func reportSource(c attest.Caller, ids []string) string {
 }
 
 // claimedByOther refuses r when another live process reports the same
-// kind and name, or a listener at one of r's addresses: one workload
-// cannot report under another proxy's name or listeners (false drift
-// findings). The report of a process that is gone no longer holds them:
-// it is dropped (a restarted proxy takes its name over at once).
-func (lt *localTelemetry) claimedByOther(pid int32, r telemetry.Report) error {
+// kind and name (unless the name is one of the caller's own SPIFFE IDs,
+// proven: replicas of one workload share it), or a listener at one of
+// r's addresses in the same network namespace: one workload cannot
+// report under another proxy's name or listeners (false drift findings).
+// The report of a process that is gone no longer holds them: it is
+// dropped (a restarted proxy takes its name over at once).
+func (lt *localTelemetry) claimedByOther(pid int32, r telemetry.Report, nameProven bool) error {
+	var ns string
 	for k, o := range lt.procs {
 		if o.pid == pid {
 			continue
 		}
 		why := ""
-		if o.r.Kind == r.Kind && o.r.Name == r.Name {
+		if !nameProven && o.r.Kind == r.Kind && o.r.Name == r.Name {
 			why = r.Kind + " " + r.Name
 		}
 		for _, l := range r.Listeners {
 			for _, ol := range o.r.Listeners {
 				if why == "" && l.Address != "" && l.Address == ol.Address {
-					why = "a listener at " + l.Address
+					if ns == "" {
+						ns = netnsOf(pid)
+					}
+					if ons := netnsOf(o.pid); ns == "?" || ons == "?" || ns == ons {
+						why = "a listener at " + l.Address
+					}
 				}
 			}
 		}
@@ -162,6 +171,16 @@ func (lt *localTelemetry) claimedByOther(pid int32, r telemetry.Report) error {
 		return status.Errorf(codes.PermissionDenied, "telemetry: %s is reported by another process (%s)", why, o.r.Source)
 	}
 	return nil
+}
+
+// netnsOf names pid's network namespace, or "?" when it cannot be read
+// (then it counts as the same as any).
+func netnsOf(pid int32) string {
+	l, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/net", pid))
+	if err != nil {
+		return "?"
+	}
+	return l
 }
 
 // processAlive says whether pid runs (or exists under another uid).
