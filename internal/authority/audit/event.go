@@ -94,11 +94,15 @@ func encodeBody(e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
-	b, err := json.Marshal(eventBody{
+	body := eventBody{
 		Time: e.Time.UTC().Round(0), RequestID: e.RequestID, Actor: e.Actor,
 		Operation: e.Operation, Key: e.Key, KeyVersion: e.KeyVersion, Result: e.Result,
 		Error: e.Error, Fields: e.Fields, Count: e.Count,
-	})
+	}
+	if b, ok := appendBody(make([]byte, 0, 256), &body); ok {
+		return b, nil
+	}
+	b, err := json.Marshal(body)
 	if err != nil {
 		return nil, fmt.Errorf("encoding audit event %q: %w", e.Operation, err)
 	}
