@@ -75,7 +75,7 @@ func randomPolicy(r *rand.Rand, i int) string {
 		fmt.Fprintf(&b, "resource is Key in Key::%q", pick(r, propKeys))
 	}
 	b.WriteString(")")
-	switch r.IntN(10) {
+	switch r.IntN(20) {
 	case 0:
 		b.WriteString(` when { context.tls_version == "1.3" }`)
 	case 1:
@@ -92,6 +92,30 @@ func randomPolicy(r *rand.Rand, i int) string {
 		b.WriteString(` when { context.unix_time >= 1700000000 && !(principal.path like "/ns/*") || principal.trust_domain == "c.example" }`)
 	case 7:
 		b.WriteString(` unless { resource.classification != "" || context.destination == resource }`)
+	// The shapes below also compare the fast path (fast.go) with cedar-go:
+	// literal on the left, entity equality and `in` inside conditions,
+	// <, <=, long equality, boolean literals, labels with !=, and operands
+	// of the wrong type (which must error, not decide).
+	case 8:
+		fmt.Fprintf(&b, ` when { "1.2" == context.tls_version || principal == Workload::%q }`, pick(r, propWorkloads))
+	case 9:
+		b.WriteString(` when { resource.port < 50 || resource.port <= 150 && resource.port == 120 }`)
+	case 10:
+		fmt.Fprintf(&b, ` when { resource in Key::%q || resource == Service::%q }`, pick(r, propKeys), pick(r, propServices))
+	case 11:
+		fmt.Fprintf(&b, ` unless { principal in TrustDomain::%q && action == Action::%q }`, pick(r, propTDs), pick(r, propActions))
+	case 12:
+		b.WriteString(` when { principal.labels.team != "b" } unless { context.source_trust_domain == principal.trust_domain }`)
+	case 13:
+		b.WriteString(` when { true && !false } when { context.unix_time < 1800000000 }`)
+	case 14:
+		b.WriteString(` when { context.tls_version && true }`) // not a boolean: errors
+	case 15:
+		b.WriteString(` when { context.tls_version < 2 || resource.name like "k*" }`) // a string compared: errors
+	case 16:
+		fmt.Fprintf(&b, ` when { principal in Workload::%q || principal.path == "/w1" }`, pick(r, propWorkloads))
+	case 17:
+		b.WriteString(` unless { context has destination && resource.name == "s2" }`) // not fast: cedar-go decides
 	}
 	b.WriteString(";\n")
 	return b.String()
