@@ -72,12 +72,12 @@ func serveFake(t *testing.T, f *fakeAuthority) string {
 func TestFailoverSkipsADeadAuthority(t *testing.T) {
 	live := &fakeAuthority{}
 	dead := "unix://" + filepath.Join(t.TempDir(), "gone.sock")
-	c, err := Dial(dead+","+serveFake(t, live), WithAttemptTimeout(2*time.Second))
+	c, err := Dial(dead+","+serveFake(t, live), WithAttemptTimeout(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	for range 3 {
 		if _, err := c.KMS.Encrypt(ctx, &wardv1.EncryptRequest{Key: "k", Plaintext: []byte("x")}); err != nil {
@@ -93,12 +93,12 @@ func TestFailoverSkipsADeadAuthority(t *testing.T) {
 // attempt (the authorities deduplicate it by that key).
 func TestFailoverRetriesAChangeWithOneIdempotencyKey(t *testing.T) {
 	a, b := &fakeAuthority{failNext: 1}, &fakeAuthority{failNext: 1}
-	c, err := Dial(serveFake(t, a)+","+serveFake(t, b), WithAttemptTimeout(2*time.Second))
+	c, err := Dial(serveFake(t, a)+","+serveFake(t, b), WithAttemptTimeout(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	k, err := c.Keys.RotateKey(ctx, &wardv1.RotateKeyRequest{Name: "k"})
 	if err != nil || k.LatestVersion != 2 {
@@ -135,12 +135,12 @@ func TestFailoverRetriesAChangeWithOneIdempotencyKey(t *testing.T) {
 // Operator lifecycle calls are never repeated once sent.
 func TestFailoverNeverRepeatsInit(t *testing.T) {
 	a, b := &fakeAuthority{}, &fakeAuthority{}
-	c, err := Dial(serveFake(t, a)+","+serveFake(t, b), WithAttemptTimeout(2*time.Second))
+	c, err := Dial(serveFake(t, a)+","+serveFake(t, b), WithAttemptTimeout(30*time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if _, err := c.Operator.Init(ctx, &wardv1.InitRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("init: %v", err)
