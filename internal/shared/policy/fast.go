@@ -326,36 +326,21 @@ func (q *freq) eval(x *fexpr) (fval, bool) {
 			return fval{kind: kEntity, e: q.rUID}, true
 		}
 	case fAttr:
-		r := q.r
 		switch x.id {
-		case aCtxSourceTD:
-			if r.Context.SourceTrustDomain == "" {
-				return fval{kind: kString, s: q.td}, true
-			}
-			return fval{kind: kString, s: r.Context.SourceTrustDomain}, true
-		case aCtxDest:
-			return fval{kind: kString, s: r.Context.Destination}, true
-		case aCtxTLS:
-			return fval{kind: kString, s: r.Context.TLSVersion}, true
 		case aCtxUnix:
 			if !q.unixSet {
-				now := r.Context.Time
+				now := q.r.Context.Time
 				if now.IsZero() {
 					now = time.Now()
 				}
 				q.unix, q.unixSet = now.Unix(), true
 			}
 			return fval{kind: kLong, n: q.unix}, true
-		case aResName:
-			return fval{kind: kString, s: r.Resource.Name}, true
-		case aResClass:
-			return fval{kind: kString, s: r.Resource.Classification}, true
 		case aResPort:
-			return fval{kind: kLong, n: int64(r.Resource.Port)}, q.hasPort
-		case aPrinTD:
-			return fval{kind: kString, s: q.td}, true
-		case aPrinPath:
-			return fval{kind: kString, s: q.path}, true
+			return fval{kind: kLong, n: int64(q.r.Resource.Port)}, q.hasPort
+		}
+		if stringAttr(x.id) {
+			return fval{kind: kString, s: q.str(x.id)}, true
 		}
 	case fLabel:
 		v, ok := q.r.Labels[x.name]
