@@ -195,7 +195,7 @@ func (n *nodeNetwork) WatchPeers(r *wardv1.WatchPeersRequest, ss wardv1.NodeNetw
 		cur, ok := local, haveLocal
 		mu.Unlock()
 		if ok {
-			pl := mergePeers(td, cur, foreign, asked, protect, n.s.cfg.Log)
+			pl := mergePeers(td, cur, foreign, asked, protect, n.s.cfg.Registry.InOverlay, n.s.cfg.Log)
 			if last == nil || !proto.Equal(pl, last) {
 				if err := ss.Send(pl); err != nil {
 					return err
@@ -234,11 +234,12 @@ func (n *nodeNetwork) watchLocal(ss wardv1.NodeNetwork_WatchPeersServer, send fu
 // ones of those trust domains, each foreign prefix dropped (with a
 // warning) when it overlaps a local prefix, covers a local node's
 // endpoint or the authority's address (protect), or overlaps a prefix of
-// another foreign trust domain (then neither gets it), and a foreign
+// another foreign trust domain (then neither gets it), or lies outside
+// network.overlay_cidrs (inOverlay, the bound local agents have), and a foreign
 // tunnel dropped when it carries a local key: a federated cluster cannot
 // take a route or a key of this one, nor of another federated cluster.
 // The agent checks the list again (routablePeers).
-func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, log *slog.Logger) *wardv1.PeerList {
+func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, inOverlay func(string) bool, log *slog.Logger) *wardv1.PeerList {
 	pl := &wardv1.PeerList{Peers: make([]*wardv1.Tunnel, 0, len(local))}
 	var localPrefixes []netip.Prefix
 	keys := map[string]bool{}
@@ -301,6 +302,9 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 					continue
 				}
 				why := ""
+				if inOverlay != nil && !inOverlay(s) {
+					why = "is outside this authority's network.overlay_cidrs"
+				}
 				for _, q := range localPrefixes {
 					if why == "" && p.Overlaps(q) {
 						why = "overlaps this cluster's " + q.String()

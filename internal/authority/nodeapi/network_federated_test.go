@@ -38,7 +38,7 @@ func TestMergePeersForeignCannotHijack(t *testing.T) {
 		"d.example": {fedTunnel("spiffe://d.example/ward/agent/y1", 31, "198.51.100.31:51820", "10.4.1.1/32")},
 	}
 	asked := map[string]bool{"b.example": true, "c.example": true}
-	pl := mergePeers("a.example", local, foreign, asked, []netip.Addr{netip.MustParseAddr("203.0.113.5")}, nil)
+	pl := mergePeers("a.example", local, foreign, asked, []netip.Addr{netip.MustParseAddr("203.0.113.5")}, nil, nil)
 	got := map[string][]string{}
 	tds := map[string]string{}
 	for _, p := range pl.Peers {
@@ -66,7 +66,21 @@ func TestMergePeersForeignCannotHijack(t *testing.T) {
 		t.Errorf("trust domains: %v", tds)
 	}
 	// Nothing asked: only the local list.
-	if pl := mergePeers("a.example", local, foreign, nil, nil, nil); len(pl.Peers) != 2 {
+	if pl := mergePeers("a.example", local, foreign, nil, nil, nil, nil); len(pl.Peers) != 2 {
 		t.Fatalf("no federated asked: %d peers", len(pl.Peers))
+	}
+	// With overlay ranges, a foreign prefix outside them (a DNS server's
+	// address, say) is not relayed, as a local agent could not claim it.
+	overlay := netip.MustParsePrefix("10.0.0.0/8")
+	in := func(s string) bool {
+		p, err := netip.ParsePrefix(s)
+		return err == nil && overlay.Bits() <= p.Bits() && overlay.Contains(p.Addr())
+	}
+	foreign["b.example"] = append(foreign["b.example"], fedTunnel("spiffe://b.example/ward/agent/m5", 15, "198.51.100.5:51820", "10.2.5.1/32", "8.8.8.8/32"))
+	pl = mergePeers("a.example", local, foreign, map[string]bool{"b.example": true}, nil, in, nil)
+	for _, p := range pl.Peers {
+		if p.AgentId == "spiffe://b.example/ward/agent/m5" && !slices.Equal(p.AllowedIps, []string{"10.2.5.1/32"}) {
+			t.Fatalf("outside the overlay relayed: %v", p.AllowedIps)
+		}
 	}
 }

@@ -249,6 +249,16 @@ type tunnelCheck struct {
 	old       Tunnel
 }
 
+// InOverlay says whether the tunnel prefix p (CIDR) is inside the
+// configured overlay ranges (none configured: every prefix is): the Node
+// API holds federated clusters' prefixes to the same bound.
+func (r *Registry) InOverlay(p string) bool {
+	if _, err := netip.ParsePrefix(p); err != nil {
+		return false
+	}
+	return r.inOverlay([]string{p}) == nil
+}
+
 // inOverlay refuses a prefix outside the configured overlay ranges
 // (Options.OverlayCIDRs; none configured: any prefix).
 func (r *Registry) inOverlay(prefixes []string) error {
