@@ -82,11 +82,10 @@ func TestElectionOneLeaderTakeoverAndFence(t *testing.T) {
 		return nil
 	}
 	first := leader()
-	st, err := first.coord.Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Leader.Name != first.name || len(st.Members) != 3 || !st.IsLeader {
+	// A member may win the election before the last one has registered:
+	// wait (bounded) for all three in the status.
+	st := statusWith(t, first, 3)
+	if st.Leader.Name != first.name || !st.IsLeader {
 		t.Fatalf("status from the leader: %+v", st)
 	}
 	// The first leader leaves (its process stops): another takes over.
@@ -104,11 +103,8 @@ func TestElectionOneLeaderTakeoverAndFence(t *testing.T) {
 	if second == first {
 		t.Fatal("the stopped member still leads")
 	}
-	st, err = second.coord.Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.Leader.Name != second.name || len(st.Members) != 2 {
+	st = statusWith(t, second, 2)
+	if st.Leader.Name != second.name {
 		t.Fatalf("status after takeover: %+v", st)
 	}
 	// A write fenced on the first leadership is refused; on the current
@@ -162,5 +158,24 @@ func TestConnectedBeforeTheFirstLease(t *testing.T) {
 	e.lease.renewed(time.Now(), 2*time.Second)
 	if !e.Connected() {
 		t.Fatal("a member with a live lease is connected")
+	}
+}
+
+// statusWith polls m's status (bounded) until it lists n members.
+func statusWith(t *testing.T, m *member, n int) Status {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		st, err := m.coord.Status(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(st.Members) == n {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("status never listed %d members: %+v", n, st)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
