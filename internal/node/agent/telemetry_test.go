@@ -18,6 +18,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/shared/telemetry"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
+	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
 // A local proxy's report reaches the authority inside its node's report;
@@ -35,6 +36,11 @@ func TestTelemetryRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent's clock stands still: "one report per second per process"
+	// and "silent for three intervals" are then decided by the test, not
+	// by how long a loaded CI machine takes between two calls (a pause of
+	// a second made the second report pass, of three dropped the proxy's).
+	a.now = clock.At(time.Now()).Now
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { _ = a.Run(ctx); close(done) }()
