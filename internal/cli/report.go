@@ -360,7 +360,15 @@ func rememberedCheckpoint(stateDir string, cp checkpoint.Checkpoint) (*checkpoin
 	if err != nil {
 		return nil, ""
 	}
-	remembered, _, err := checkpoint.NewWitness(mem).CheckLog(cp)
+	w := checkpoint.NewWitness(mem)
+	// As `ward audit verify`: a log signed by another key than the one
+	// remembered for its origin is refused there (the memory under the
+	// new key is empty, so CheckLog alone would find nothing to compare).
+	var kc *checkpoint.KeyChangedError
+	if err := w.CheckKey(cp); errors.As(err, &kc) {
+		return nil, fmt.Sprintf("AUDIT SIGNING KEY CHANGED: the log of %s is signed by key %s, but `ward audit verify` remembered key %s (%s); if the change is expected, run `ward audit verify --accept-new-key`", kc.Origin, kc.NewKeyID, kc.OldKeyID, kc.Path)
+	}
+	remembered, _, err := w.CheckLog(cp)
 	var rb *checkpoint.RollbackError
 	if errors.As(err, &rb) {
 		return nil, "AUDIT LOG ROLLBACK: " + err.Error()
