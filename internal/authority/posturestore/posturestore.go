@@ -145,6 +145,11 @@ func (s *Store) Set(ctx context.Context, actor string, src []byte, comment strin
 		_ = s.record(ctx, audit.ResultError, 0, "", err)
 		return Version{}, errs.Wrap(errs.Invalid, err, "")
 	}
+	// Nothing is stored unless its audit trail can be written: a started
+	// event first, as policy changes do.
+	if err := s.record(ctx, audit.ResultStarted, 0, "", nil); err != nil {
+		return Version{}, fmt.Errorf("audit log unavailable, posture.set refused: %w", err)
+	}
 	for attempt := 0; attempt < 16; attempt++ {
 		h, rev, err := s.readHead(ctx)
 		if err != nil {

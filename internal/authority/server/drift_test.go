@@ -65,8 +65,8 @@ func TestPostureAndDriftFindings(t *testing.T) {
 	if err != nil || v.Number != 1 || !v.Current {
 		t.Fatalf("set: %v %v", v, err)
 	}
-	if countOps(t, srv, "posture.set") != 2 {
-		t.Fatal("posture.set not audited (the refused one and the stored one)")
+	if countOps(t, srv, "posture.set") != 3 {
+		t.Fatal("posture.set not audited (the refused one, then started and stored)")
 	}
 	rep, err := srv.EvaluateDrift(ctx)
 	if err != nil || len(rep.Findings) != 1 || rep.PostureVersion != 1 || rep.Findings[0].Object != "key/k1" {
