@@ -12,6 +12,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/wardproject/ward/internal/authority/hsm"
 	"github.com/wardproject/ward/internal/testutil/softhsm"
@@ -132,6 +133,21 @@ func TestPINFilePermissions(t *testing.T) {
 		}
 	}
 	os.Chmod(p, 0o600)
+	// A FIFO at the path is refused at once, not waited on for a writer.
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fifoErr := make(chan error, 1)
+	go func() { _, err := (hsm.Config{PINFile: fifo}).ReadPIN(); fifoErr <- err }()
+	select {
+	case err := <-fifoErr:
+		if !errors.Is(err, hsm.ErrPIN) || !strings.Contains(err.Error(), "not a regular file") {
+			t.Fatalf("FIFO PIN file: %v", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("reading a FIFO PIN file blocked")
+	}
 	link := filepath.Join(dir, "link")
 	os.Symlink(p, link)
 	if _, err := (hsm.Config{PINFile: link}).ReadPIN(); err == nil {
