@@ -150,8 +150,13 @@ inbound:
 		}
 		c2.Close()
 	}
-	if !strings.Contains(w.output(), `"policies":["lockdown"]`) {
-		t.Fatalf("access log does not name the forbid:\n%s", w.output())
+	// The proxy writes the access log line as the connection ends, which
+	// can be just after the client saw it close: wait for it (bounded).
+	for deadline := time.Now().Add(60 * time.Second); !strings.Contains(w.output(), `"policies":["lockdown"]`); {
+		if time.Now().After(deadline) {
+			t.Fatalf("access log does not name the forbid:\n%s", w.output())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 
 	w.cmd.Process.Signal(syscall.SIGTERM)
