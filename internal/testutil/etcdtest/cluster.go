@@ -60,13 +60,7 @@ func StartCluster(t testing.TB, n int, opts ...ClusterOption) *Cluster {
 	for _, o := range opts {
 		o(&c)
 	}
-	bin, err := Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("etcdtest: %v (CI=true: refusing to skip)", err)
-		}
-		t.Skipf("etcdtest: %v", err)
-	}
+	bin := binaryOrSkip(t)
 	dir := t.TempDir()
 	cl := &Cluster{}
 	hosts := make([]string, n)
@@ -81,6 +75,7 @@ func StartCluster(t testing.TB, n int, opts ...ClusterOption) *Cluster {
 		}
 	}
 	if c.tls {
+		var err error
 		if cl.clientTLS, cl.files, err = writeCerts(dir, ips...); err != nil {
 			t.Fatalf("etcdtest: generate TLS certificates: %v", err)
 		}

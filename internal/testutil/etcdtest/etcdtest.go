@@ -73,16 +73,11 @@ func Start(t testing.TB, opts ...Option) *Server {
 	for _, o := range opts {
 		o(&c)
 	}
-	bin, err := Binary()
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("etcdtest: %v (CI=true: refusing to skip)", err)
-		}
-		t.Skipf("etcdtest: %v", err)
-	}
+	bin := binaryOrSkip(t)
 	dir := t.TempDir()
 	s := &Server{}
 	if c.tls {
+		var err error
 		s.clientTLS, s.files, err = writeCerts(dir)
 		if err != nil {
 			t.Fatalf("etcdtest: generate TLS certificates: %v", err)
@@ -216,4 +211,18 @@ func (s *Server) logTail() string {
 		b = b[len(b)-4000:]
 	}
 	return string(b)
+}
+
+// binaryOrSkip returns the etcd binary, or skips t without one (fails it
+// under CI=true, where a missing etcd is a missing install step).
+func binaryOrSkip(t testing.TB) string {
+	t.Helper()
+	bin, err := Binary()
+	if err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("etcdtest: %v (CI=true: refusing to skip)", err)
+		}
+		t.Skipf("etcdtest: %v", err)
+	}
+	return bin
 }
