@@ -14,7 +14,6 @@ package federation
 // the policy stream they already follow.
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -27,7 +26,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/errs"
@@ -285,9 +283,9 @@ func (m *Manager) changeCatalog(ctx context.Context, op string, fields map[strin
 // received from every federated trust domain.
 func (m *Manager) Services() map[string][]catalog.Service {
 	m.mu.Lock()
-	federated := map[spiffeid.TrustDomain]bool{}
-	for td := range m.entries {
-		federated[td] = true
+	federated := map[spiffeid.TrustDomain]Relationship{}
+	for td, e := range m.entries {
+		federated[td] = e.rel
 	}
 	m.mu.Unlock()
 	m.cat.mu.Lock()
@@ -303,9 +301,17 @@ func (m *Manager) Services() map[string][]catalog.Service {
 		}
 	}
 	for td, r := range m.cat.remote {
-		if federated[td] && len(r.Services) > 0 {
-			out[td.Name()] = r.Services
+		rel, ok := federated[td]
+		if !ok || len(r.Services) == 0 {
+			continue
 		}
+		// Accepted under an earlier relationship: a catalog whose
+		// gateways its allowed_gateways no longer allow is not carried.
+		if err := gatewaysAllowed(rel, r.Services); err != nil {
+			m.opts.Log.Warn("not carrying the catalog of a federated authority", "trust_domain", td.Name(), "err", err)
+			continue
+		}
+		out[td.Name()] = r.Services
 	}
 	if len(out) == 0 {
 		return nil
@@ -331,13 +337,7 @@ func (m *Manager) RemoteCatalog(td spiffeid.TrustDomain) CatalogStatus {
 }
 
 func (m *Manager) setCatalogErr(td spiffeid.TrustDomain, e string) {
-	m.cat.mu.Lock()
-	defer m.cat.mu.Unlock()
-	if e == "" {
-		delete(m.cat.errs, td)
-	} else {
-		m.cat.errs[td] = e
-	}
+	setChannelErr(&m.cat.mu, m.cat.errs, td, e)
 }
 
 // forgetCatalog drops what td sent (its relationship was removed).
@@ -354,93 +354,84 @@ func (m *Manager) forgetCatalog(ctx context.Context, td spiffeid.TrustDomain) er
 
 // AcceptCatalog checks a catalog received from td's authority, audits it
 // (accepted or refused: one whose audit event cannot be written is not
-// installed), stores it and, when it changed, calls Options.OnCatalog.
-// Refused: a catalog over MaxCatalogUpdate or catalog.MaxServices, one
-// that does not parse, one for another trust domain or naming another
-// trust domain's identities, a bad service name or gateway address, a
-// sequence older than the last accepted one (a replay, or a peer rolled
-// back), the same sequence with other content.
+// installed), stores it and, when it changed, calls Options.OnCatalog
+// (acceptDoc). Refused: a catalog over MaxCatalogUpdate or
+// catalog.MaxServices, one that does not parse, one for another trust
+// domain or naming another trust domain's identities, a bad service name
+// or gateway address, a gateway the relationship's allowed_gateways do
+// not allow (Relationship.GatewayAllow), a sequence older than the last
+// accepted one (a replay, or a peer rolled back), the same sequence with
+// other content.
 func (m *Manager) AcceptCatalog(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
-	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
-	m.cat.mu.Lock()
-	prev, hasPrev := m.cat.remote[td]
-	m.cat.mu.Unlock()
-	_, federated := m.get(td)
-	if hasPrev {
-		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
-	}
-	refuse := func(format string, args ...any) error {
-		err := errs.Errorf(errs.Denied, "federation: catalog from %s refused: "+format, append([]any{td.Name()}, args...)...)
-		ev := m.event(ctx, "federation.catalog", audit.ResultDenied, fields)
-		ev.Error = err.Error()
-		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
-			m.opts.Log.Error("could not audit a refused catalog", "trust_domain", td.Name(), "err", aerr)
-		}
-		m.opts.Log.Warn("refused the catalog of a federated authority", "trust_domain", td.Name(), "err", err)
-		m.setCatalogErr(td, err.Error())
-		return err
-	}
-	if !federated {
-		return refuse("no federation relationship with %s", td.Name())
-	}
-	if len(body) > MaxCatalogUpdate {
-		return refuse("catalog of %d bytes or more, the limit is %d", len(body), MaxCatalogUpdate)
-	}
-	var u Catalog
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return refuse("catalog does not parse: %v", err)
-	}
-	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
-	if u.TrustDomain != td.Name() {
-		return refuse("the catalog is for trust domain %q; this channel is with %s, which can only export its own services", u.TrustDomain, td.Name())
-	}
-	for _, s := range u.Services {
-		if s.Forward != "" {
-			return refuse("service %s carries a forward address (only the gateway's address crosses trust domains)", s.Name)
-		}
-	}
-	svcs, err := catalog.Check(td.Name(), u.Services)
-	if err != nil {
-		return refuse("%v", err)
-	}
-	names := make([]string, len(svcs))
-	for i, s := range svcs {
-		names[i] = s.Name + "=" + s.SPIFFEID + "@" + s.Gateway
-	}
-	fields["services"] = auditNames(names)
-	switch {
-	case hasPrev && u.Sequence < prev.Sequence:
-		return refuse("sequence %d is older than %d, already received (a replayed catalog, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
-	case hasPrev && u.Sequence == prev.Sequence:
-		if catalog.Equal(svcs, prev.Services) {
-			m.setCatalogErr(td, "")
+	e, federated := m.get(td)
+	return acceptDoc(ctx, m, td, body, acceptSpec[Catalog]{
+		event: "federation.catalog", noun: "catalog", own: "services", max: MaxCatalogUpdate, key: catalogRemoteKey(td),
+		refusedLog: "refused the catalog of a federated authority", acceptedLog: "catalog received from a federated authority",
+		allowed: func() string {
+			if !federated {
+				return "no federation relationship with " + td.Name()
+			}
+			return ""
+		},
+		prev: func() (Catalog, bool) {
+			m.cat.mu.Lock()
+			defer m.cat.mu.Unlock()
+			r, ok := m.cat.remote[td]
+			return r.Catalog, ok
+		},
+		check: func(u *Catalog, fields map[string]string) error {
+			for _, s := range u.Services {
+				if s.Forward != "" {
+					return fmt.Errorf("service %s carries a forward address (only the gateway's address crosses trust domains)", s.Name)
+				}
+			}
+			svcs, err := catalog.Check(td.Name(), u.Services)
+			if err != nil {
+				return err
+			}
+			names := make([]string, len(svcs))
+			for i, s := range svcs {
+				names[i] = s.Name + "=" + s.SPIFFEID + "@" + s.Gateway
+			}
+			fields["services"] = auditNames(names)
+			if err := gatewaysAllowed(e.rel, svcs); err != nil {
+				return err
+			}
+			u.Services = svcs
 			return nil
-		}
-		return refuse("sequence %d was already received with other content", u.Sequence)
-	}
-	changed := !hasPrev || !catalog.Equal(svcs, prev.Services)
-	fields["changed"] = strconv.FormatBool(changed)
-	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.catalog", audit.ResultOK, fields)); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: catalog from %s not installed, its audit event could not be written: %v", ErrUnavailable, td.Name(), err)
-	}
-	r := receivedCatalog{Catalog: Catalog{TrustDomain: td.Name(), Sequence: u.Sequence, Services: svcs}, ReceivedAt: m.opts.Clock().UTC()}
-	v, err := json.Marshal(r)
+		},
+		same:   func(a, b Catalog) bool { return catalog.Equal(a.Services, b.Services) },
+		setErr: func(e string) { m.setCatalogErr(td, e) },
+		stored: func(u Catalog, at time.Time) (any, func()) {
+			r := receivedCatalog{Catalog: Catalog{TrustDomain: td.Name(), Sequence: u.Sequence, Services: u.Services}, ReceivedAt: at}
+			return r, keepIn(&m.cat.mu, m.cat.remote, td, r)
+		},
+		done: func(ctx context.Context, u Catalog, changed bool, fields map[string]string) []any {
+			if changed && m.opts.OnCatalog != nil {
+				m.opts.OnCatalog(ctx, td, fields)
+			}
+			return []any{"services", len(u.Services)}
+		},
+	})
+}
+
+// gatewaysAllowed refuses services whose gateway rel's allowed_gateways
+// do not allow (a peer naming an address of its choosing, for this
+// cluster's proxies to dial).
+func gatewaysAllowed(rel Relationship, svcs []catalog.Service) error {
+	allow, err := rel.GatewayAllow()
 	if err != nil {
 		return err
 	}
-	if _, err := m.opts.Store.Put(ctx, catalogRemoteKey(td), v); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: storing the catalog from %s: %v", ErrUnavailable, td.Name(), err)
-	}
-	m.cat.mu.Lock()
-	m.cat.remote[td] = r
-	m.cat.mu.Unlock()
-	m.setCatalogErr(td, "")
-	m.opts.Log.Info("catalog received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
-		"services", len(svcs), "changed", changed)
-	if changed && m.opts.OnCatalog != nil {
-		m.opts.OnCatalog(ctx, td, fields)
+	for _, s := range svcs {
+		if !allow.Permits(s.Gateway) {
+			where := "the relationship's allowed_gateways"
+			if len(rel.AllowedGateways) == 0 {
+				where = "the host of its bundle endpoint " + rel.EndpointURL + ", the only gateway host allowed while the relationship lists no allowed_gateways"
+			}
+			return fmt.Errorf("service %s names gateway %s, outside %s: if it is %s's gateway, add it to allowed_gateways of the federation relationship with %s (docs/federation.md)",
+				s.Name, s.Gateway, where, rel.TrustDomain.Name(), rel.TrustDomain.Name())
+		}
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ func TestCatalogFollowerThrottlesAPeerAnsweringAtOnce(t *testing.T) {
 		n := polls.Add(1)
 		w.Header().Set(catalogHeader, "1")
 		_ = json.NewEncoder(w).Encode(Catalog{TrustDomain: tdA.Name(), Sequence: uint64(n),
-			Services: []catalog.Service{{Name: fmt.Sprintf("s%d", n), SPIFFEID: "spiffe://a.example/s", Gateway: "gw.a.example:1"}}})
+			Services: []catalog.Service{{Name: fmt.Sprintf("s%d", n), SPIFFEID: "spiffe://a.example/s", Gateway: "127.0.0.1:1"}}}) // the endpoint's host: allowed without allowed_gateways
 	})}
 	go func() { _ = srv.Serve(ln) }()
 	t.Cleanup(func() { _ = srv.Close() })

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/catalog"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // catalogPair is authority A exporting services (mA, served on its bundle
@@ -62,7 +64,9 @@ func newCatalogPair(t *testing.T) *catalogPair {
 	}
 	t.Cleanup(p.ep.Stop)
 	f.url = "https://" + p.ep.Addr(ProfileSPIFFE).String() + "/"
-	if _, err := mB.Add(context.Background(), f.rel(f.url), bundleOf(t, f.a)); err != nil {
+	rel := f.rel(f.url)
+	rel.AllowedGateways = []string{"gw.a.example:*"}
+	if _, err := mB.Add(context.Background(), rel, bundleOf(t, f.a)); err != nil {
 		t.Fatal(err)
 	}
 	return p
@@ -265,5 +269,73 @@ func TestCatalogChannelRefusesClients(t *testing.T) {
 	var got Catalog
 	if code != 200 || json.Unmarshal([]byte(body), &got) != nil || got.Sequence != 1 || len(got.Services) != 1 || got.Services[0].Forward != "" {
 		t.Fatalf("B's server: %d %s", code, body)
+	}
+}
+
+// TestCatalogGatewaysBounded is the attack of a federated peer naming a
+// gateway of its choosing (an address inside this cluster) for this
+// cluster's proxies to dial: outside allowed_gateways, or without them
+// outside the host of the peer's bundle endpoint, the catalog is refused,
+// audited and logged; a relationship narrowed later stops carrying a
+// catalog accepted before.
+func TestCatalogGatewaysBounded(t *testing.T) {
+	p := newCatalogPair(t)
+	m := p.f.m
+	ctx := context.Background()
+	var logs syncbuf.Buffer
+	m.opts.Log = slog.New(slog.NewTextHandler(&logs, nil))
+	svc := func(gw string) []catalog.Service {
+		return []catalog.Service{{Name: "payments", SPIFFEID: "spiffe://a.example/payments", Gateway: gw}}
+	}
+	if err := m.AcceptCatalog(ctx, tdA, mustJSON(Catalog{TrustDomain: "a.example", Sequence: 1, Services: svc("gw.a.example:15443")})); err != nil {
+		t.Fatal(err)
+	}
+	before := len(p.f.aud.ops())
+	for _, gw := range []string{"10.0.0.5:6379", "127.0.0.1:2379", "gw.a.example.evil.test:15443", "metadata.google.internal:80"} {
+		err := m.AcceptCatalog(ctx, tdA, mustJSON(Catalog{TrustDomain: "a.example", Sequence: 2, Services: svc(gw)}))
+		if err == nil || !strings.Contains(err.Error(), "allowed_gateways") {
+			t.Fatalf("gateway %s: %v, want refused naming allowed_gateways", gw, err)
+		}
+	}
+	if ops := p.f.aud.ops()[before:]; len(ops) != 4 || ops[0] != "federation.catalog:denied" {
+		t.Fatalf("refusals audited: %v", ops)
+	}
+	if !strings.Contains(logs.String(), "refused the catalog of a federated authority") || !strings.Contains(logs.String(), "10.0.0.5:6379") {
+		t.Fatalf("no log line names the refused gateway:\n%s", logs.String())
+	}
+	if got := m.Services()["a.example"]; len(got) != 1 || got[0].Gateway != "gw.a.example:15443" {
+		t.Fatalf("a refused catalog changed what is carried: %+v", got)
+	}
+
+	// Narrowed: the catalog accepted before is no longer carried.
+	rel := p.f.rel(p.f.url)
+	rel.AllowedGateways = []string{"10.9.0.0/16"}
+	if err := m.Declare(ctx, []Relationship{rel}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := m.Services()["a.example"]; len(got) != 0 {
+		t.Fatalf("a gateway outside the narrowed allowed_gateways still carried: %+v", got)
+	}
+	if err := m.AcceptCatalog(ctx, tdA, mustJSON(Catalog{TrustDomain: "a.example", Sequence: 3, Services: svc("10.9.1.2:15443")})); err != nil {
+		t.Fatalf("a gateway inside the CIDR: %v", err)
+	}
+
+	// No allowed_gateways: only the bundle endpoint's host.
+	rel.AllowedGateways = nil
+	if err := m.Declare(ctx, []Relationship{rel}, nil); err != nil {
+		t.Fatal(err)
+	}
+	host := strings.Split(strings.TrimPrefix(p.f.url, "https://"), ":")[0]
+	if err := m.AcceptCatalog(ctx, tdA, mustJSON(Catalog{TrustDomain: "a.example", Sequence: 4, Services: svc("gw.a.example:15443")})); err == nil ||
+		!strings.Contains(err.Error(), "host of its bundle endpoint") {
+		t.Fatalf("without allowed_gateways, a gateway off the endpoint's host: %v", err)
+	}
+	if err := m.AcceptCatalog(ctx, tdA, mustJSON(Catalog{TrustDomain: "a.example", Sequence: 4, Services: svc(host + ":15443")})); err != nil {
+		t.Fatalf("without allowed_gateways, the endpoint's host: %v", err)
+	}
+	bad := rel
+	bad.AllowedGateways = []string{"0.0.0.0/0"}
+	if err := m.Declare(ctx, []Relationship{bad}, nil); err == nil {
+		t.Fatal("allowed_gateways 0.0.0.0/0 accepted")
 	}
 }

@@ -15,9 +15,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -29,6 +32,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/errs"
 )
 
@@ -74,6 +78,33 @@ type Relationship struct {
 	// domain's authority and accepts its tunnels for the agents that ask
 	// (network.go; https_spiffe only, off by default).
 	Network bool
+	// AllowedGateways is where the trust domain's exported services may
+	// have their gateways (CIDR prefixes and host:port patterns,
+	// catalog.ParseGatewayAllow); a catalog naming a gateway elsewhere is
+	// refused. Empty: only the host of EndpointURL (any port).
+	AllowedGateways []string
+}
+
+// Equal reports whether r and o are the same relationship.
+func (r Relationship) Equal(o Relationship) bool {
+	return r.TrustDomain == o.TrustDomain && r.EndpointURL == o.EndpointURL && r.Profile == o.Profile &&
+		r.EndpointID == o.EndpointID && r.Source == o.Source && r.Network == o.Network &&
+		slices.Equal(r.AllowedGateways, o.AllowedGateways)
+}
+
+// GatewayAllow returns where r's trust domain may place its gateways:
+// AllowedGateways, or when it is empty the host of EndpointURL (any
+// port: the peer can only point this cluster's proxies at the host its
+// bundle endpoint was configured on).
+func (r Relationship) GatewayAllow() (catalog.GatewayAllow, error) {
+	if len(r.AllowedGateways) > 0 {
+		return catalog.ParseGatewayAllow(r.AllowedGateways)
+	}
+	u, err := url.Parse(r.EndpointURL)
+	if err != nil || u.Hostname() == "" {
+		return catalog.GatewayAllow{}, fmt.Errorf("endpoint %q has no host", r.EndpointURL)
+	}
+	return catalog.ParseGatewayAllow([]string{net.JoinHostPort(u.Hostname(), "*")})
 }
 
 // Validate checks r against the authority's own trust domain own.
@@ -108,6 +139,9 @@ func (r Relationship) Validate(own spiffeid.TrustDomain) error {
 	}
 	if r.Network && r.Profile != ProfileSPIFFE {
 		return errs.Errorf(errs.Invalid, "%w: network needs profile https_spiffe (the tunnels are exchanged between the authorities' server IDs)", ErrInvalid)
+	}
+	if _, err := r.GatewayAllow(); err != nil {
+		return errs.Errorf(errs.Invalid, "%w: %v", ErrInvalid, err)
 	}
 	return nil
 }
@@ -153,6 +187,7 @@ type record struct {
 	EndpointID  string          `json:"endpoint_id,omitempty"`
 	Source      string          `json:"source"`
 	Network     bool            `json:"network,omitempty"`
+	Gateways    []string        `json:"allowed_gateways,omitempty"`
 	Bundle      json.RawMessage `json:"bundle"`
 	AddedAt     time.Time       `json:"added_at"`
 	LastRefresh time.Time       `json:"last_refresh,omitzero"`
@@ -366,7 +401,8 @@ func (m *Manager) decode(kv store.KV) (*entry, error) {
 	if err != nil || storeKey(td) != kv.Key {
 		return nil, fmt.Errorf("record names trust domain %q under key %s", rec.TrustDomain, kv.Key)
 	}
-	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source, Network: rec.Network}
+	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source, Network: rec.Network,
+		AllowedGateways: rec.Gateways}
 	if rec.EndpointID != "" {
 		if rel.EndpointID, err = spiffeid.FromString(rec.EndpointID); err != nil {
 			return nil, fmt.Errorf("endpoint ID: %w", err)
@@ -435,6 +471,9 @@ func relFields(r Relationship) map[string]string {
 		f["endpoint_id"] = r.EndpointID.String()
 	}
 	f["network"] = strconv.FormatBool(r.Network)
+	if len(r.AllowedGateways) > 0 {
+		f["allowed_gateways"] = strings.Join(r.AllowedGateways, ",")
+	}
 	return f
 }
 
@@ -497,7 +536,7 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 
 func newRecord(r Relationship, doc []byte, now time.Time) record {
 	rec := record{Version: recordVersion, TrustDomain: r.TrustDomain.Name(), EndpointURL: r.EndpointURL,
-		Profile: r.Profile, Source: r.Source, Network: r.Network, Bundle: doc, AddedAt: now, NextRefresh: now}
+		Profile: r.Profile, Source: r.Source, Network: r.Network, Gateways: slices.Clone(r.AllowedGateways), Bundle: doc, AddedAt: now, NextRefresh: now}
 	if doc != nil {
 		rec.LastRefresh = now
 	}
@@ -532,10 +571,11 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 			if err != nil {
 				return fmt.Errorf("federation with %s from the server config: %w", td, err)
 			}
-		case e.rel != r:
+		case !e.rel.Equal(r):
 			err := m.audited(ctx, "federation.update", relFields(r), func() error {
 				rec := e.rec
 				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID, rec.Network = r.EndpointURL, r.Profile, r.Source, "", r.Network
+				rec.Gateways = slices.Clone(r.AllowedGateways)
 				if !r.EndpointID.IsZero() {
 					rec.EndpointID = r.EndpointID.String()
 				}

@@ -30,7 +30,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
-	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/errs"
 )
@@ -255,13 +254,7 @@ func (m *Manager) RemoteNetwork(td spiffeid.TrustDomain) NetworkStatus {
 }
 
 func (m *Manager) setNetErr(td spiffeid.TrustDomain, e string) {
-	m.net.mu.Lock()
-	defer m.net.mu.Unlock()
-	if e == "" {
-		delete(m.net.errs, td)
-	} else {
-		m.net.errs[td] = e
-	}
+	setChannelErr(&m.net.mu, m.net.errs, td, e)
 }
 
 // forgetNetwork drops the tunnels td sent (its relationship was removed):
@@ -319,51 +312,54 @@ func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel) error {
 	return nil
 }
 
-// AcceptNetwork checks a tunnel list received from td's authority, audits
-// it (accepted or refused: one whose audit event cannot be written is not
-// installed) and stores it. Refused: no relationship with td or one
-// without network, a list over MaxNetworkUpdate or MaxNetworkTunnels, one
-// that does not parse, one for another trust domain or with a tunnel of
-// another trust domain's agent, a bad key, endpoint or prefix, a key or a
-// prefix claimed by two of its tunnels, a sequence older than the last
-// accepted one, the same sequence with other content.
+// AcceptNetwork checks a tunnel list received from td's authority,
+// audits it (accepted or refused: one whose audit event cannot be written
+// is not installed) and stores it (acceptDoc). Refused: no relationship
+// with td or one without network, a list over MaxNetworkUpdate or
+// MaxNetworkTunnels, one that does not parse, one for another trust
+// domain or with a tunnel of another trust domain's agent, a bad key,
+// endpoint or prefix, a key or a prefix claimed by two of its tunnels, a
+// sequence older than the last accepted one, the same sequence with
+// other content.
 func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
-	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
-	m.net.mu.Lock()
-	prev, hasPrev := m.net.remote[td]
-	m.net.mu.Unlock()
-	if hasPrev {
-		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
-	}
-	refuse := func(format string, args ...any) error {
-		err := errs.Errorf(errs.Denied, "federation: tunnels from %s refused: "+format, append([]any{td.Name()}, args...)...)
-		ev := m.event(ctx, "federation.network", audit.ResultDenied, fields)
-		ev.Error = err.Error()
-		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
-			m.opts.Log.Error("could not audit refused tunnels", "trust_domain", td.Name(), "err", aerr)
-		}
-		m.opts.Log.Warn("refused the tunnels of a federated authority", "trust_domain", td.Name(), "err", err)
-		m.setNetErr(td, err.Error())
-		return err
-	}
-	if !m.NetworkShared(td) {
-		return refuse("no federation relationship with %s that shares the network", td.Name())
-	}
-	if len(body) > MaxNetworkUpdate {
-		return refuse("list of %d bytes or more, the limit is %d", len(body), MaxNetworkUpdate)
-	}
-	var u NetworkList
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return refuse("list does not parse: %v", err)
-	}
-	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
-	if u.TrustDomain != td.Name() {
-		return refuse("the list is for trust domain %q; this channel is with %s, which can only publish its own nodes", u.TrustDomain, td.Name())
-	}
+	return acceptDoc(ctx, m, td, body, acceptSpec[NetworkList]{
+		event: "federation.network", noun: "tunnels", own: "nodes", max: MaxNetworkUpdate, key: networkRemoteKey(td),
+		refusedLog: "refused the tunnels of a federated authority", acceptedLog: "tunnels received from a federated authority",
+		allowed: func() string {
+			if !m.NetworkShared(td) {
+				return "no federation relationship with " + td.Name() + " that shares the network"
+			}
+			return ""
+		},
+		prev: func() (NetworkList, bool) {
+			m.net.mu.Lock()
+			defer m.net.mu.Unlock()
+			r, ok := m.net.remote[td]
+			return r.NetworkList, ok
+		},
+		check: func(u *NetworkList, fields map[string]string) error {
+			return checkNetworkList(td, u, fields)
+		},
+		same:   func(a, b NetworkList) bool { return sameTunnels(a.Tunnels, b.Tunnels) },
+		setErr: func(e string) { m.setNetErr(td, e) },
+		stored: func(u NetworkList, at time.Time) (any, func()) {
+			r := receivedNetwork{NetworkList: NetworkList{TrustDomain: td.Name(), Sequence: u.Sequence, Tunnels: u.Tunnels}, ReceivedAt: at}
+			return r, keepIn(&m.net.mu, m.net.remote, td, r)
+		},
+		done: func(_ context.Context, u NetworkList, changed bool, _ map[string]string) []any {
+			if changed {
+				m.netChanged()
+			}
+			return []any{"tunnels", len(u.Tunnels)}
+		},
+	})
+}
+
+// checkNetworkList checks the tunnels of td's list u (each one, no agent,
+// key or prefix twice), sorts them and adds the audit field.
+func checkNetworkList(td spiffeid.TrustDomain, u *NetworkList, fields map[string]string) error {
 	if len(u.Tunnels) > MaxNetworkTunnels {
-		return refuse("%d tunnels; at most %d", len(u.Tunnels), MaxNetworkTunnels)
+		return fmt.Errorf("%d tunnels; at most %d", len(u.Tunnels), MaxNetworkTunnels)
 	}
 	keys, ids := map[string]string{}, map[string]bool{}
 	var prefixes []netip.Prefix
@@ -371,10 +367,10 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 	for i := range u.Tunnels {
 		t := &u.Tunnels[i]
 		if err := checkNetworkTunnel(td, t); err != nil {
-			return refuse("%v", err)
+			return err
 		}
 		if ids[t.AgentID] {
-			return refuse("two tunnels of %s", t.AgentID)
+			return fmt.Errorf("two tunnels of %s", t.AgentID)
 		}
 		ids[t.AgentID] = true
 		for _, k := range [][]byte{t.PublicKey, t.NextKey} {
@@ -382,7 +378,7 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 				continue
 			}
 			if o, ok := keys[string(k)]; ok && o != t.AgentID {
-				return refuse("key %s is claimed by %s and %s", base64.StdEncoding.EncodeToString(k), o, t.AgentID)
+				return fmt.Errorf("key %s is claimed by %s and %s", base64.StdEncoding.EncodeToString(k), o, t.AgentID)
 			}
 			keys[string(k)] = t.AgentID
 		}
@@ -390,7 +386,7 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 			p := netip.MustParsePrefix(s)
 			for j, q := range prefixes {
 				if owners[j] != t.AgentID && p.Overlaps(q) {
-					return refuse("%s of %s overlaps %s of %s", p, t.AgentID, q, owners[j])
+					return fmt.Errorf("%s of %s overlaps %s of %s", p, t.AgentID, q, owners[j])
 				}
 			}
 			prefixes, owners = append(prefixes, p), append(owners, t.AgentID)
@@ -402,38 +398,6 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 		names[i] = t.AgentID + "=" + strings.Join(t.AllowedIPs, ",")
 	}
 	fields["tunnels"] = auditNames(names)
-	switch {
-	case hasPrev && u.Sequence < prev.Sequence:
-		return refuse("sequence %d is older than %d, already received (a replayed list, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
-	case hasPrev && u.Sequence == prev.Sequence:
-		if sameTunnels(u.Tunnels, prev.Tunnels) {
-			m.setNetErr(td, "")
-			return nil
-		}
-		return refuse("sequence %d was already received with other content", u.Sequence)
-	}
-	changed := !hasPrev || !sameTunnels(u.Tunnels, prev.Tunnels)
-	fields["changed"] = strconv.FormatBool(changed)
-	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.network", audit.ResultOK, fields)); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: tunnels from %s not installed, their audit event could not be written: %v", ErrUnavailable, td.Name(), err)
-	}
-	r := receivedNetwork{NetworkList: NetworkList{TrustDomain: td.Name(), Sequence: u.Sequence, Tunnels: u.Tunnels}, ReceivedAt: m.opts.Clock().UTC()}
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if _, err := m.opts.Store.Put(ctx, networkRemoteKey(td), v); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: storing the tunnels from %s: %v", ErrUnavailable, td.Name(), err)
-	}
-	m.net.mu.Lock()
-	m.net.remote[td] = r
-	m.net.mu.Unlock()
-	m.setNetErr(td, "")
-	m.opts.Log.Info("tunnels received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
-		"tunnels", len(u.Tunnels), "changed", changed)
-	if changed {
-		m.netChanged()
-	}
 	return nil
 }
 

@@ -15,20 +15,17 @@ package federation
 // (policy.Bundle.RemoteDenyLists).
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"slices"
 	"sort"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
-	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
 )
@@ -193,96 +190,56 @@ func sameDeny(a, b policy.DenyList) bool {
 // AcceptRevocations checks an update received from td's authority, audits
 // it (accepted or refused: an update whose audit event cannot be written
 // is not installed), stores it and, when the deny-list changed, calls
-// Options.OnRevocations. Refused: an update over MaxRevocationUpdate, one
-// that does not parse, one for another trust domain or naming another
-// trust domain's identities, a sequence older than the last accepted one
-// (a replay, or a peer rolled back), the same sequence with other content.
+// Options.OnRevocations (acceptDoc). Refused: an update over
+// MaxRevocationUpdate, one that does not parse, one for another trust
+// domain or naming another trust domain's identities, a sequence older
+// than the last accepted one (a replay, or a peer rolled back), the same
+// sequence with other content.
 func (m *Manager) AcceptRevocations(ctx context.Context, td spiffeid.TrustDomain, body []byte) error {
-	fields := map[string]string{"trust_domain": td.Name(), "bytes": strconv.Itoa(len(body))}
-	m.mu.Lock()
-	prev, hasPrev := m.remote[td]
-	_, federated := m.entries[td]
-	m.mu.Unlock()
-	if hasPrev {
-		fields["previous_sequence"] = strconv.FormatUint(prev.Sequence, 10)
-	}
-	refuse := func(format string, args ...any) error {
-		err := errs.Errorf(errs.Denied, "federation: revocations from %s refused: "+format, append([]any{td.Name()}, args...)...)
-		ev := m.event(ctx, "federation.revocations", audit.ResultDenied, fields)
-		ev.Error = err.Error()
-		if aerr := m.opts.Audit.Record(ctx, ev); aerr != nil {
-			m.opts.Log.Error("could not audit refused revocations", "trust_domain", td.Name(), "err", aerr)
-		}
-		m.opts.Log.Warn("refused revocations from a federated authority", "trust_domain", td.Name(), "err", err)
-		m.setRevErr(td, err.Error())
-		return err
-	}
-	if !federated {
-		return refuse("no federation relationship with %s", td.Name())
-	}
-	if len(body) > MaxRevocationUpdate {
-		return refuse("update of %d bytes or more, the limit is %d", len(body), MaxRevocationUpdate)
-	}
-	var u Revocations
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&u); err != nil {
-		return refuse("update does not parse: %v", err)
-	}
-	fields["sequence"] = strconv.FormatUint(u.Sequence, 10)
-	if u.TrustDomain != td.Name() {
-		return refuse("the update is for trust domain %q; this channel is with %s, which can only revoke its own identities", u.TrustDomain, td.Name())
-	}
-	d, err := canonical(td, u.DenyList)
-	if err != nil {
-		return refuse("%v", err)
-	}
-	fields["spiffe_ids"] = fmt.Sprint(d.SPIFFEIDs)
-	fields["serials"] = fmt.Sprint(d.Serials)
-	fields["tainted_keys"] = fmt.Sprint(d.TaintedKeys)
-	switch {
-	case hasPrev && u.Sequence < prev.Sequence:
-		return refuse("sequence %d is older than %d, already received (a replayed update, or %s's authority was rolled back)", u.Sequence, prev.Sequence, td.Name())
-	case hasPrev && u.Sequence == prev.Sequence:
-		if sameDeny(d, prev.DenyList) {
-			m.setRevErr(td, "")
-			return nil // nothing new
-		}
-		return refuse("sequence %d was already received with other content", u.Sequence)
-	}
-	changed := !hasPrev || !sameDeny(d, prev.DenyList)
-	fields["changed"] = strconv.FormatBool(changed)
-	if err := m.opts.Audit.Record(ctx, m.event(ctx, "federation.revocations", audit.ResultOK, fields)); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: revocations from %s not installed, their audit event could not be written: %v", ErrUnavailable, td.Name(), err)
-	}
-	r := received{Revocations: Revocations{TrustDomain: td.Name(), Sequence: u.Sequence, DenyList: d}, ReceivedAt: m.opts.Clock().UTC()}
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	if _, err := m.opts.Store.Put(ctx, revocationKey(td), v); err != nil {
-		return errs.Errorf(errs.Unavailable, "%w: storing revocations from %s: %v", ErrUnavailable, td.Name(), err)
-	}
-	m.mu.Lock()
-	m.remote[td] = r
-	m.mu.Unlock()
-	m.setRevErr(td, "")
-	m.opts.Log.Info("revocations received from a federated authority", "trust_domain", td.Name(), "sequence", u.Sequence,
-		"spiffe_ids", len(d.SPIFFEIDs), "serials", len(d.Serials), "tainted_keys", len(d.TaintedKeys), "changed", changed)
-	if changed && m.opts.OnRevocations != nil {
-		m.opts.OnRevocations(ctx, td, fields)
-	}
-	return nil
+	return acceptDoc(ctx, m, td, body, acceptSpec[Revocations]{
+		event: "federation.revocations", noun: "revocations", own: "identities", max: MaxRevocationUpdate, key: revocationKey(td),
+		refusedLog: "refused revocations from a federated authority", acceptedLog: "revocations received from a federated authority",
+		allowed: func() string {
+			if _, ok := m.get(td); !ok {
+				return "no federation relationship with " + td.Name()
+			}
+			return ""
+		},
+		prev: func() (Revocations, bool) {
+			m.mu.Lock()
+			defer m.mu.Unlock()
+			r, ok := m.remote[td]
+			return r.Revocations, ok
+		},
+		check: func(u *Revocations, fields map[string]string) error {
+			d, err := canonical(td, u.DenyList)
+			if err != nil {
+				return err
+			}
+			u.DenyList = d
+			fields["spiffe_ids"] = fmt.Sprint(d.SPIFFEIDs)
+			fields["serials"] = fmt.Sprint(d.Serials)
+			fields["tainted_keys"] = fmt.Sprint(d.TaintedKeys)
+			return nil
+		},
+		same:   func(a, b Revocations) bool { return sameDeny(a.DenyList, b.DenyList) },
+		setErr: func(e string) { m.setRevErr(td, e) },
+		stored: func(u Revocations, at time.Time) (any, func()) {
+			r := received{Revocations: Revocations{TrustDomain: td.Name(), Sequence: u.Sequence, DenyList: u.DenyList}, ReceivedAt: at}
+			return r, keepIn(&m.mu, m.remote, td, r)
+		},
+		done: func(ctx context.Context, u Revocations, changed bool, fields map[string]string) []any {
+			if changed && m.opts.OnRevocations != nil {
+				m.opts.OnRevocations(ctx, td, fields)
+			}
+			d := u.DenyList
+			return []any{"spiffe_ids", len(d.SPIFFEIDs), "serials", len(d.Serials), "tainted_keys", len(d.TaintedKeys)}
+		},
+	})
 }
 
 func (m *Manager) setRevErr(td spiffeid.TrustDomain, e string) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if e == "" {
-		delete(m.revErr, td)
-	} else {
-		m.revErr[td] = e
-	}
+	setChannelErr(&m.mu, m.revErr, td, e)
 }
 
 // RevocationClient is how this authority authenticates on the channel.
@@ -333,7 +290,7 @@ func (m *Manager) runFollowers(ctx context.Context, c RevocationClient, want fun
 			}
 		}
 		for td, p := range running {
-			if r, ok := wanted[td]; !ok || r != p.rel {
+			if r, ok := wanted[td]; !ok || !r.Equal(p.rel) {
 				p.cancel()
 				delete(running, td)
 			}

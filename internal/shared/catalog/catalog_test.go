@@ -51,3 +51,41 @@ func TestParseRef(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewayAllow(t *testing.T) {
+	a, err := ParseGatewayAllow([]string{"10.20.0.0/16", "gw.b.example:15443", "*.edge.b.example:15443", "lb.b.example:*", "[2001:db8::1]:443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for gw, want := range map[string]bool{
+		"10.20.3.4:15443":           true,
+		"10.20.3.4:22":              true, // a prefix allows any port
+		"10.21.0.1:15443":           false,
+		"gw.b.example:15443":        true,
+		"GW.B.example.:15443":       true,
+		"gw.b.example:15444":        false,
+		"x.edge.b.example:15443":    true,
+		"a.x.edge.b.example:15443":  true,
+		"edge.b.example:15443":      false,
+		"evil-edge.b.example:15443": false,
+		"lb.b.example:1":            true,
+		"gw.c.example:15443":        false,
+		"[2001:db8::1]:443":         true,
+		"[2001:db8::2]:443":         false,
+		"127.0.0.1:15443":           false,
+		"[::ffff:10.20.0.1]:1":      true,
+		"no-port":                   false,
+	} {
+		if got := a.Permits(gw); got != want {
+			t.Errorf("Permits(%q) = %v, want %v", gw, got, want)
+		}
+	}
+	for _, bad := range []string{"0.0.0.0/0", "::/0", "gw", "*:15443", "gw.*.example:1", "*.10.0.0.1:1", "gw:0", "gw:x", ":1"} {
+		if _, err := ParseGatewayAllow([]string{bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	if (GatewayAllow{}).Permits("gw.b.example:15443") || !(GatewayAllow{}).Empty() {
+		t.Fatal("an empty allow list permits")
+	}
+}
