@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -71,6 +72,11 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 		if r.RevocationError != "" {
 			fmt.Fprintf(tw, "Revocation channel:\t%s\n", r.RevocationError)
 		}
+		gws := "the bundle endpoint's host only"
+		if len(r.AllowedGateways) > 0 {
+			gws = strings.Join(r.AllowedGateways, ", ")
+		}
+		fmt.Fprintf(tw, "Allowed gateways:\t%s\n", gws)
 		if r.Network {
 			net := "shared; no tunnels received yet"
 			if r.NetworkSequence > 0 {
@@ -108,6 +114,7 @@ func federationCommand() *cobra.Command {
 
 	var endpoint, profile, endpointID, bundleFile string
 	var network bool
+	var allowedGateways []string
 	add := &cobra.Command{
 		Use:   "add TRUST-DOMAIN --endpoint URL [--profile https_spiffe] [--endpoint-id SPIFFE-ID] --bundle BOOTSTRAP-FILE",
 		Short: "Trust a foreign trust domain: fetch its bundle from its bundle endpoint and keep it refreshed",
@@ -115,7 +122,8 @@ func federationCommand() *cobra.Command {
 			"  (b.bundle.json: `ward ca bundle --format spiffe` run against b.example's authority)",
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID, Network: network}
+			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID, Network: network,
+				AllowedGateways: allowedGateways}
 			if profile == "https_spiffe" && endpointID == "" {
 				req.EndpointSpiffeId = "spiffe://" + args[0] + "/ward/server"
 			}
@@ -142,6 +150,7 @@ func federationCommand() *cobra.Command {
 	add.Flags().StringVar(&endpointID, "endpoint-id", "", "SPIFFE ID the https_spiffe endpoint presents (default spiffe://TRUST-DOMAIN/ward/server)")
 	add.Flags().StringVar(&bundleFile, "bundle", "", "bootstrap bundle of the foreign trust domain (SPIFFE bundle JSON; required for https_spiffe)")
 	add.Flags().BoolVar(&network, "network", false, "share this cluster's WireGuard tunnels with the trust domain and relay its tunnels to agents whose network.federated names it (docs/network.md)")
+	add.Flags().StringSliceVar(&allowedGateways, "allowed-gateway", nil, "where the trust domain's exported services may have their gateways: a CIDR prefix (10.20.0.0/16) or host:port (gw.b.example:15443, *.b.example:15443, gw.b.example:*); repeat or comma-separate; default: only the --endpoint host (docs/federation.md)")
 	_ = add.MarkFlagRequired("endpoint")
 
 	list := &cobra.Command{

@@ -82,6 +82,10 @@ type FederationRelationship struct {
 	NetworkSequence uint64 `protobuf:"varint,32,opt,name=network_sequence,json=networkSequence,proto3" json:"network_sequence,omitempty"`
 	NetworkTunnels  int32  `protobuf:"varint,33,opt,name=network_tunnels,json=networkTunnels,proto3" json:"network_tunnels,omitempty"`
 	NetworkError    string `protobuf:"bytes,34,opt,name=network_error,json=networkError,proto3" json:"network_error,omitempty"`
+	// Where the trust domain's exported services may have their gateways
+	// (CIDR prefixes, host:port patterns); empty: only the bundle
+	// endpoint's host (docs/federation.md).
+	AllowedGateways []string `protobuf:"bytes,35,rep,name=allowed_gateways,json=allowedGateways,proto3" json:"allowed_gateways,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
 }
@@ -354,6 +358,13 @@ func (x *FederationRelationship) GetNetworkError() string {
 	return ""
 }
 
+func (x *FederationRelationship) GetAllowedGateways() []string {
+	if x != nil {
+		return x.AllowedGateways
+	}
+	return nil
+}
+
 // WitnessAlert is evidence that a federated peer's audit log did not
 // extend what this authority witnessed.
 type WitnessAlert struct {
@@ -454,9 +465,13 @@ type AddFederationRequest struct {
 	// (SPIFFE bundle JSON; required for https_spiffe).
 	BundleSpiffeJson []byte `protobuf:"bytes,5,opt,name=bundle_spiffe_json,json=bundleSpiffeJson,proto3" json:"bundle_spiffe_json,omitempty"`
 	// network shares the WireGuard tunnels with the trust domain (https_spiffe).
-	Network       bool `protobuf:"varint,6,opt,name=network,proto3" json:"network,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Network bool `protobuf:"varint,6,opt,name=network,proto3" json:"network,omitempty"`
+	// allowed_gateways bounds the gateways of the trust domain's exported
+	// services (CIDR prefixes, host:port patterns); empty: only the host of
+	// endpoint_url.
+	AllowedGateways []string `protobuf:"bytes,7,rep,name=allowed_gateways,json=allowedGateways,proto3" json:"allowed_gateways,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AddFederationRequest) Reset() {
@@ -529,6 +544,13 @@ func (x *AddFederationRequest) GetNetwork() bool {
 		return x.Network
 	}
 	return false
+}
+
+func (x *AddFederationRequest) GetAllowedGateways() []string {
+	if x != nil {
+		return x.AllowedGateways
+	}
+	return nil
 }
 
 type ListFederationsRequest struct {
@@ -783,7 +805,7 @@ var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xf2\v\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\f\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -820,21 +842,23 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\anetwork\x18\x1f \x01(\bR\anetwork\x12)\n" +
 	"\x10network_sequence\x18  \x01(\x04R\x0fnetworkSequence\x12'\n" +
 	"\x0fnetwork_tunnels\x18! \x01(\x05R\x0enetworkTunnels\x12#\n" +
-	"\rnetwork_error\x18\" \x01(\tR\fnetworkError\"\xda\x01\n" +
+	"\rnetwork_error\x18\" \x01(\tR\fnetworkError\x12)\n" +
+	"\x10allowed_gateways\x18# \x03(\tR\x0fallowedGateways\"\xda\x01\n" +
 	"\fWitnessAlert\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
 	"\x14witnessed_checkpoint\x18\x04 \x01(\fR\x13witnessedCheckpoint\x12'\n" +
 	"\x0fhead_checkpoint\x18\x05 \x01(\fR\x0eheadCheckpoint\x12\x14\n" +
-	"\x05count\x18\x06 \x01(\x05R\x05count\"\xec\x01\n" +
+	"\x05count\x18\x06 \x01(\x05R\x05count\"\x97\x02\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
 	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
 	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12,\n" +
 	"\x12bundle_spiffe_json\x18\x05 \x01(\fR\x10bundleSpiffeJson\x12\x18\n" +
-	"\anetwork\x18\x06 \x01(\bR\anetwork\"\x18\n" +
+	"\anetwork\x18\x06 \x01(\bR\anetwork\x12)\n" +
+	"\x10allowed_gateways\x18\a \x03(\tR\x0fallowedGateways\"\x18\n" +
 	"\x16ListFederationsRequest\"`\n" +
 	"\x17ListFederationsResponse\x12E\n" +
 	"\rrelationships\x18\x01 \x03(\v2\x1f.ward.v1.FederationRelationshipR\rrelationships\":\n" +

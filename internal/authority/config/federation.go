@@ -7,6 +7,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -62,6 +63,12 @@ type FederatedDomain struct {
 	// domain and relays its tunnels to the agents whose network.federated
 	// names it (docs/network.md; https_spiffe only; default false).
 	Network bool `yaml:"network"`
+	// AllowedGateways bounds where the trust domain's exported services
+	// may have their gateways: CIDR prefixes (10.20.0.0/16, any port) and
+	// host:port patterns (gw.b.example:15443, *.b.example:15443,
+	// gw.b.example:*). A catalog naming a gateway elsewhere is refused.
+	// Empty: only the host of Endpoint (docs/federation.md).
+	AllowedGateways []string `yaml:"allowed_gateways"`
 }
 
 // Effective returns f with defaults filled in.
@@ -150,6 +157,9 @@ func (f *Federation) validate(own string) error {
 			}
 		default:
 			return fmt.Errorf("%s.profile %q: use https_spiffe or https_web", where, d.Profile)
+		}
+		if _, err := catalog.ParseGatewayAllow(d.AllowedGateways); err != nil {
+			return fmt.Errorf("%s.%v", where, err)
 		}
 	}
 	return nil

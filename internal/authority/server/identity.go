@@ -217,7 +217,8 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 		if err != nil {
 			return nil, fmt.Errorf("federation.trust_domains: %w", err)
 		}
-		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile), Network: d.Network}
+		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile), Network: d.Network,
+			AllowedGateways: d.AllowedGateways}
 		if d.EndpointID != "" {
 			if r.EndpointID, err = spiffeid.FromString(d.EndpointID); err != nil {
 				return nil, fmt.Errorf("federation.trust_domains %s: endpoint_id: %w", ftd, err)
