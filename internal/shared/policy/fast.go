@@ -260,7 +260,9 @@ func compileExpr(n xast.IsNode) (*fexpr, bool) {
 
 // freq is a request as the fast path sees it.
 type freq struct {
-	r        *Request
+	// r is a copy: holding the caller's request by pointer would move it
+	// to the heap (escape analysis cannot follow the evaluator's recursion).
+	r        Request
 	s        *Set
 	td, path string
 	pUID     types.EntityUID
@@ -409,6 +411,12 @@ func (q *freq) matches(fp *fastPolicy) (match, ok bool) {
 	if !q.scope(&fp.principal, true) || !q.scope(&fp.resource, false) {
 		return false, true
 	}
+	return q.conds(fp)
+}
+
+// conds evaluates the conditions of fp alone (its scopes are known to
+// match); ok is false where Cedar would raise an error.
+func (q *freq) conds(fp *fastPolicy) (match, ok bool) {
 	for i := range fp.conds {
 		v, ok := q.test(fp.conds[i].e)
 		if !ok {
@@ -478,27 +486,29 @@ func (s *Set) fastEvaluate(req *Request) (d Decision, cacheable, ok bool) {
 	if req.CertSerial != "" && !validSerial(req.CertSerial) {
 		return d, false, false
 	}
-	for i, g := range req.Groups {
-		if slices.Contains(req.Groups[:i], g) {
-			return d, false, false // cedar-go would see the group's policies twice
-		}
-	}
 	q := freq{
-		r: req, s: s, td: td, path: path, bit: bit, hasPort: attrs["port"],
+		r: *req, s: s, td: td, path: path, bit: bit, hasPort: attrs["port"],
 		pUID: types.EntityUID{Type: TypeWorkload, ID: types.String(req.Principal)},
 		rUID: types.EntityUID{Type: rt, ID: types.String(req.Resource.Name)},
 	}
+	ix := s.ix
+	rid := ix.resID(q.rUID)
 	var fm fastMatches
-	if !s.fastBucket(s.byPrincipal[q.pUID], &q, &fm) ||
-		!s.fastBucket(s.byPrincipal[types.EntityUID{Type: TypeTrustDomain, ID: types.String(td)}], &q, &fm) {
+	if b := ix.workloads[req.Principal]; b != nil && !fastBucket(b, rid, &q, &fm) {
 		return d, false, false
 	}
-	for _, g := range req.Groups {
-		if !s.fastBucket(s.byPrincipal[types.EntityUID{Type: TypeGroup, ID: types.String(g)}], &q, &fm) {
+	if b := ix.tds[td]; b != nil && !fastBucket(b, rid, &q, &fm) {
+		return d, false, false
+	}
+	for i, g := range req.Groups {
+		if slices.Contains(req.Groups[:i], g) {
+			continue // a parent named twice is one parent
+		}
+		if b := ix.groups[g]; b != nil && !fastBucket(b, rid, &q, &fm) {
 			return d, false, false
 		}
 	}
-	if !s.fastBucket(&s.anyPrincipal, &q, &fm) {
+	if !fastBucket(&ix.anyPrincipal, rid, &q, &fm) {
 		return d, false, false
 	}
 
@@ -520,46 +530,64 @@ func (s *Set) fastEvaluate(req *Request) (d Decision, cacheable, ok bool) {
 	return d, !fm.readsTime, true
 }
 
-// fastBucket evaluates the candidates of b (nil: none) into fm; false means
-// the request must go to cedar-go.
-func (s *Set) fastBucket(b *bucket, q *freq, fm *fastMatches) bool {
-	if b == nil {
-		return true
-	}
-	if !fastList(b.any, q, fm) {
+// fastBucket evaluates the candidates of b for resource rid into fm;
+// false means the request must go to cedar-go.
+func fastBucket(b *bucket, rid int32, q *freq, fm *fastMatches) bool {
+	if !fastList(&b.any, q, fm) {
 		return false
 	}
-	if b.byRes != nil {
-		return fastList(b.byRes[q.rUID], q, fm)
+	if l := b.forRes(rid); l != nil {
+		return fastList(l, q, fm)
 	}
 	return true
 }
 
-func fastList(list []*compiled, q *freq, fm *fastMatches) bool {
-	for _, c := range list {
-		if c.actionMask&q.bit == 0 {
-			continue
-		}
-		if c.fast == nil {
+// fastList evaluates the candidates of l: every plain entry, and of each
+// guard only the entries under the request's own value.
+func fastList(l *plist, q *freq, fm *fastMatches) bool {
+	if !fastEntries(l.plain, q, fm) {
+		return false
+	}
+	for i := range l.guards {
+		g := &l.guards[i]
+		if es := g.byLit[q.str(g.attr)]; es != nil && !fastEntries(es, q, fm) {
 			return false
 		}
-		fm.readsTime = fm.readsTime || c.readsTime
-		match, ok := q.matches(c.fast)
+	}
+	return true
+}
+
+func fastEntries(es []entry, q *freq, fm *fastMatches) bool {
+	for i := range es {
+		e := &es[i]
+		if e.mask&q.bit == 0 {
+			continue
+		}
+		if e.fast == nil {
+			return false
+		}
+		fm.readsTime = fm.readsTime || e.readsTime
+		match, ok := true, true
+		if e.scoped {
+			match, ok = q.matches(e.fast)
+		} else if e.hasConds {
+			match, ok = q.conds(e.fast)
+		}
 		if !ok {
 			return false
 		}
 		if !match {
 			continue
 		}
-		switch {
-		case c.dryRun && c.forbid:
-			fm.dryForbids.add(c.id)
-		case c.dryRun:
-			fm.dryPermits.add(c.id)
-		case c.forbid:
-			fm.forbids.add(c.id)
+		switch e.role {
+		case roleForbid:
+			fm.forbids.add(e.id)
+		case rolePermit:
+			fm.permits.add(e.id)
+		case roleDryForbid:
+			fm.dryForbids.add(e.id)
 		default:
-			fm.permits.add(c.id)
+			fm.dryPermits.add(e.id)
 		}
 	}
 	return true
@@ -603,7 +631,7 @@ func specialise(x *fexpr) *fexpr {
 
 // str returns string attribute id (see stringAttr).
 func (q *freq) str(id int) string {
-	r := q.r
+	r := &q.r
 	switch id {
 	case aCtxSourceTD:
 		if r.Context.SourceTrustDomain == "" {

@@ -132,22 +132,6 @@ type compiled struct {
 	fast *fastPolicy
 }
 
-type bucket struct {
-	any   []*compiled
-	byRes map[types.EntityUID][]*compiled
-}
-
-func (b *bucket) add(c *compiled) {
-	if c.rAny {
-		b.any = append(b.any, c)
-		return
-	}
-	if b.byRes == nil {
-		b.byRes = map[types.EntityUID][]*compiled{}
-	}
-	b.byRes[c.rKey] = append(b.byRes[c.rKey], c)
-}
-
 // Set is an immutable, compiled and indexed policy set version with its
 // deny-list. It is safe for concurrent use.
 type Set struct {
@@ -163,28 +147,12 @@ type Set struct {
 	// principals fill in Labels and Groups of requests that carry none.
 	principals map[string]Principal
 
-	anyPrincipal bucket
-	byPrincipal  map[types.EntityUID]*bucket
+	// ix finds a request's candidate policies (index.go).
+	ix *index
 
 	// cache holds recent decisions of this Set (cache.go); every Set,
 	// copies made by WithDenyList and WithVersion included, has its own.
 	cache *decisionCache
-}
-
-func (s *Set) buildIndex() {
-	s.byPrincipal = map[types.EntityUID]*bucket{}
-	for _, c := range s.all {
-		if c.pAny {
-			s.anyPrincipal.add(c)
-			continue
-		}
-		b := s.byPrincipal[c.pKey]
-		if b == nil {
-			b = &bucket{}
-			s.byPrincipal[c.pKey] = b
-		}
-		b.add(c)
-	}
 }
 
 // Version is the version the Set was labelled with (0 if none).
@@ -265,7 +233,6 @@ type env struct {
 	principal types.Entity
 	resource  types.Entity
 	actions   map[types.EntityUID]types.Entity
-	parents   []types.EntityUID // principal's parents, for the index
 	actionBit uint64
 	td, path  string
 	r         *Request
@@ -337,7 +304,6 @@ func (m *model) env(r *Request) (*env, error) {
 	e := &env{
 		principal: types.Entity{UID: pUID, Parents: types.NewEntityUIDSet(parents...)},
 		actions:   m.actionEnts,
-		parents:   parents,
 		actionBit: bit,
 		td:        td,
 		path:      path,
@@ -428,46 +394,36 @@ type candidates struct {
 	enforced, dryForbid, dryPermit policyList
 }
 
-func (cs *candidates) add(list []*compiled, bit uint64) {
-	for _, c := range list {
-		if c.actionMask&bit == 0 {
-			continue
+func (cs *candidates) add(l *plist, bit uint64) {
+	l.each(func(e *entry) {
+		if e.mask&bit == 0 {
+			return
 		}
-		switch {
-		case !c.dryRun:
-			cs.enforced = append(cs.enforced, c)
-		case c.forbid:
-			cs.dryForbid = append(cs.dryForbid, c)
+		switch e.role {
+		case roleForbid, rolePermit:
+			cs.enforced = append(cs.enforced, e.c)
+		case roleDryForbid:
+			cs.dryForbid = append(cs.dryForbid, e.c)
 		default:
-			cs.dryPermit = append(cs.dryPermit, c)
+			cs.dryPermit = append(cs.dryPermit, e.c)
 		}
-	}
-}
-
-func (cs *candidates) addBucket(b *bucket, res types.EntityUID, bit uint64) {
-	cs.add(b.any, bit)
-	if b.byRes != nil {
-		cs.add(b.byRes[res], bit)
-	}
+	})
 }
 
 // lookup returns every policy whose scopes can match e: principal anchored
 // to the principal or one of its parents (or unanchored), resource anchored
 // to the resource (or unanchored), action scope covering the action. The
 // resource has no parents in ward's model, so `resource in E` is anchored
-// to E like `resource == E`.
+// to E like `resource == E`. A group named twice is looked at once.
 func (s *Set) lookup(e *env) candidates {
 	cs := candidates{enforced: make(policyList, 0, 32)}
-	res := e.resource.UID
-	if b := s.byPrincipal[e.principal.UID]; b != nil {
-		cs.addBucket(b, res, e.actionBit)
-	}
-	for _, p := range e.parents {
-		if b := s.byPrincipal[p]; b != nil {
-			cs.addBucket(b, res, e.actionBit)
+	rid := s.ix.resID(e.resource.UID)
+	s.ix.buckets(e.r.Principal, e.td, e.r.Groups, func(b *bucket) {
+		cs.add(&b.any, e.actionBit)
+		if l := b.forRes(rid); l != nil {
+			cs.add(l, e.actionBit)
 		}
-	}
-	cs.addBucket(&s.anyPrincipal, res, e.actionBit)
+	})
 	return cs
 }
 
@@ -591,7 +547,14 @@ func (s *Set) evaluate(req *Request, unindexed bool) (Decision, bool) {
 			return d, cacheable
 		}
 	}
-	d, e, done := s.preCheck(req)
+	return s.cedarEvaluate(*req, unindexed)
+}
+
+// cedarEvaluate is evaluate through cedar-go. It takes req by value: the
+// Cedar entities keep it, which moves it to the heap, and evaluate's own
+// request must stay where its caller put it.
+func (s *Set) cedarEvaluate(req Request, unindexed bool) (Decision, bool) {
+	d, e, done := s.preCheck(&req)
 	if done {
 		return d, false
 	}
