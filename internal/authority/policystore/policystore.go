@@ -11,7 +11,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -24,14 +23,10 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/authority/store/versioned"
 	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/policy"
-)
-
-const (
-	headKey       = "policy/head"
-	versionPrefix = "policy/v/"
 )
 
 // ErrNoPolicy means no policy version has been applied yet.
@@ -64,14 +59,10 @@ func (v Version) Digest() string {
 	return hex.EncodeToString(sum[:])
 }
 
-type head struct {
-	Current uint64 `json:"current"`
-	Latest  uint64 `json:"latest"`
-}
-
 // Store is the policy version store. Safe for concurrent use.
 type Store struct {
 	st         store.Store
+	versions   *versioned.Store[Version]
 	audit      audit.Recorder
 	schema     *policy.Schema
 	now        func() time.Time
@@ -123,34 +114,18 @@ func WithTrustDomain(td string) Option { return func(s *Store) { s.td = td } }
 // change through a (an error there means the change does not happen: fail
 // closed).
 func New(st store.Store, a audit.Recorder, opts ...Option) *Store {
-	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now}
+	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now,
+		versions: versioned.New(st, "policy", true, func(v Version) uint64 { return v.Number })}
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
 
-func (s *Store) readHead(ctx context.Context) (head, int64, error) {
-	kv, err := s.st.Get(ctx, headKey)
-	if errors.Is(err, store.ErrNotFound) {
-		return head{}, 0, nil
-	}
-	if err != nil {
-		return head{}, 0, err
-	}
-	var h head
-	if err := json.Unmarshal(kv.Value, &h); err != nil {
-		return head{}, 0, fmt.Errorf("stored policy head is unreadable: %w", err)
-	}
-	return h, kv.Revision, nil
-}
-
-func versionKey(n uint64) string { return fmt.Sprintf("%s%020d", versionPrefix, n) }
-
 // Get returns version n (0 = current).
 func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
 	defer func() { err = classify(err) }()
-	h, _, err := s.readHead(ctx)
+	h, _, err := s.versions.Head(ctx)
 	if err != nil {
 		return Version{}, err
 	}
@@ -160,48 +135,25 @@ func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
 		}
 		n = h.Current
 	}
-	kv, err := s.st.Get(ctx, versionKey(n))
+	v, err := s.versions.Version(ctx, n)
 	if errors.Is(err, store.ErrNotFound) {
 		return Version{}, fmt.Errorf("%w: version %d (latest is %d)", ErrNotFound, n, h.Latest)
 	}
-	if err != nil {
-		return Version{}, err
-	}
-	var v Version
-	if err := json.Unmarshal(kv.Value, &v); err != nil {
-		return Version{}, fmt.Errorf("stored policy version %d is unreadable: %w", n, err)
-	}
-	return v, nil
+	return v, err
 }
 
 // Current returns the current version number (0 = none).
 func (s *Store) Current(ctx context.Context) (_ uint64, err error) {
 	defer func() { err = classify(err) }()
-	h, _, err := s.readHead(ctx)
+	h, _, err := s.versions.Head(ctx)
 	return h.Current, err
 }
 
 // List returns every version, oldest first, and the current number.
 func (s *Store) List(ctx context.Context) (_ []Version, _ uint64, err error) {
 	defer func() { err = classify(err) }()
-	h, _, err := s.readHead(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	kvs, err := s.st.List(ctx, versionPrefix)
-	if err != nil {
-		return nil, 0, err
-	}
-	out := make([]Version, 0, len(kvs))
-	for _, kv := range kvs {
-		var v Version
-		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, 0, fmt.Errorf("stored policy version %s is unreadable: %w", kv.Key, err)
-		}
-		out = append(out, v)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
-	return out, h.Current, nil
+	vs, h, err := s.versions.List(ctx)
+	return vs, h.Current, err
 }
 
 // Compile checks a bundle as the enforcement points will.
@@ -216,24 +168,20 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	if err := s.record(ctx, op, audit.ResultStarted, 0, fields, nil); err != nil {
 		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
 	}
-	for attempt := 0; attempt < 16; attempt++ {
-		h, rev, err := s.readHead(ctx)
-		if err != nil {
-			return Version{}, s.fail(ctx, op, fields, err)
-		}
+	next, err := s.versions.Commit(ctx, func(h versioned.Head) (Version, error) {
 		var cur *Version
 		if h.Current != 0 {
 			v, err := s.Get(ctx, h.Current)
 			if err != nil {
-				return Version{}, s.fail(ctx, op, fields, err)
+				return Version{}, err
 			}
 			cur = &v
 		}
 		next, err := f(cur)
 		if err != nil {
-			return Version{}, s.fail(ctx, op, fields, err)
+			return Version{}, err
 		}
-		next.Number = h.Latest + 1
+		next.Number = h.Next()
 		next.Bundle.Version = next.Number
 		// Tainted keys are never dropped by a new version (apply, rollback,
 		// unrevoke): they only leave with the CA key itself.
@@ -245,7 +193,7 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 			keep = append(slices.Clone(keep), s.tainted()...)
 		}
 		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
-			return Version{}, s.fail(ctx, op, fields, err)
+			return Version{}, err
 		}
 		switch {
 		case s.remote != nil:
@@ -261,43 +209,30 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		if s.principals != nil {
 			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
-				return Version{}, s.fail(ctx, op, fields, fmt.Errorf("reading principal attributes: %w", err))
+				return Version{}, fmt.Errorf("reading principal attributes: %w", err)
 			}
 		}
 		next.Created = s.now().UTC()
 		set, err := s.Compile(next.Bundle)
 		if err != nil {
-			return Version{}, s.fail(ctx, op, fields, err)
-		}
-		next.PolicyCount = set.Len()
-		vb, err := json.Marshal(next)
-		if err != nil {
 			return Version{}, err
 		}
-		hb, _ := json.Marshal(head{Current: next.Number, Latest: next.Number})
-		// rev 0 (no head yet) means "head must not exist".
-		_, err = s.st.Batch(ctx, []store.Op{
-			{Key: versionKey(next.Number), Value: vb, ExpectRevision: 0},
-			{Key: headKey, Value: hb, ExpectRevision: rev},
-		})
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return Version{}, s.fail(ctx, op, fields, err)
-		}
-		f2 := maps.Clone(fields)
-		if f2 == nil {
-			f2 = map[string]string{}
-		}
-		f2["policies"] = fmt.Sprint(next.PolicyCount)
-		f2["digest"] = next.Digest()
-		if err := s.record(ctx, op, audit.ResultOK, next.Number, f2, nil); err != nil {
-			return next, fmt.Errorf("%s stored version %d but its audit event could not be written: %w", op, next.Number, err)
-		}
+		next.PolicyCount = set.Len()
 		return next, nil
+	})
+	if err != nil {
+		return Version{}, s.fail(ctx, op, fields, err)
 	}
-	return Version{}, s.fail(ctx, op, fields, errors.New("policy is being changed concurrently by another authority: retry"))
+	f2 := maps.Clone(fields)
+	if f2 == nil {
+		f2 = map[string]string{}
+	}
+	f2["policies"] = fmt.Sprint(next.PolicyCount)
+	f2["digest"] = next.Digest()
+	if err := s.record(ctx, op, audit.ResultOK, next.Number, f2, nil); err != nil {
+		return next, fmt.Errorf("%s stored version %d but its audit event could not be written: %w", op, next.Number, err)
+	}
+	return next, nil
 }
 
 // record audits a policy change: result, the version it made (0: none),
@@ -655,7 +590,7 @@ func samePrincipals(a, b map[string]policy.Principal) bool {
 func (s *Store) Watch(ctx context.Context, known uint64, send func(Version) error) (err error) {
 	defer func() { err = classify(err) }()
 	for ctx.Err() == nil {
-		ch, err := s.st.Watch(ctx, headKey)
+		ch, err := s.st.Watch(ctx, s.versions.HeadKey())
 		if err != nil {
 			return err
 		}

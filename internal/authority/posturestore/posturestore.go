@@ -10,23 +10,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"sort"
 	"time"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/authority/store/versioned"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/posture"
 )
 
-const (
-	headKey       = "posture/head"
-	versionPrefix = "posture/v/"
-	maxComment    = 1024
-)
+const maxComment = 1024
 
 // ErrNoPosture means no posture has been declared yet.
 var ErrNoPosture = errs.New(errs.NotFound, "no posture has been declared yet: declare one with `ward posture set -f FILE` (docs/governance.md)")
@@ -51,13 +46,9 @@ func (v Version) Digest() string {
 // may have changed since, so they are not checked again).
 func (v Version) File() (*posture.File, error) { return posture.Parse(v.Source, nil) }
 
-type head struct {
-	Current uint64 `json:"current"`
-}
-
 // Store is the posture version store. Safe for concurrent use.
 type Store struct {
-	st              store.Store
+	versions        *versioned.Store[Version]
 	audit           audit.Recorder
 	classifications []string
 	now             func() time.Time
@@ -66,29 +57,15 @@ type Store struct {
 // New returns a Store over st (barrier-encrypted) recording through a;
 // classifications are the KMS classifications a posture may name.
 func New(st store.Store, a audit.Recorder, classifications []string) *Store {
-	return &Store{st: st, audit: a, classifications: classifications, now: time.Now}
-}
-
-func versionKey(n uint64) string { return fmt.Sprintf("%s%020d", versionPrefix, n) }
-
-func (s *Store) readHead(ctx context.Context) (head, int64, error) {
-	kv, err := s.st.Get(ctx, headKey)
-	if errors.Is(err, store.ErrNotFound) {
-		return head{}, 0, nil
+	return &Store{
+		versions: versioned.New(st, "posture", false, func(v Version) uint64 { return v.Number }),
+		audit:    a, classifications: classifications, now: time.Now,
 	}
-	if err != nil {
-		return head{}, 0, err
-	}
-	var h head
-	if err := json.Unmarshal(kv.Value, &h); err != nil {
-		return head{}, 0, fmt.Errorf("stored posture head is unreadable: %w", err)
-	}
-	return h, kv.Revision, nil
 }
 
 // Get returns version n (0 = current).
 func (s *Store) Get(ctx context.Context, n uint64) (Version, error) {
-	h, _, err := s.readHead(ctx)
+	h, _, err := s.versions.Head(ctx)
 	if err != nil {
 		return Version{}, err
 	}
@@ -98,40 +75,17 @@ func (s *Store) Get(ctx context.Context, n uint64) (Version, error) {
 		}
 		n = h.Current
 	}
-	kv, err := s.st.Get(ctx, versionKey(n))
+	v, err := s.versions.Version(ctx, n)
 	if errors.Is(err, store.ErrNotFound) {
 		return Version{}, errs.Errorf(errs.NotFound, "posture version %d not found (the current one is %d): ward posture history lists them", n, h.Current)
 	}
-	if err != nil {
-		return Version{}, err
-	}
-	var v Version
-	if err := json.Unmarshal(kv.Value, &v); err != nil {
-		return Version{}, fmt.Errorf("stored posture version %d is unreadable: %w", n, err)
-	}
-	return v, nil
+	return v, err
 }
 
 // List returns every version, oldest first, and the current number.
 func (s *Store) List(ctx context.Context) ([]Version, uint64, error) {
-	h, _, err := s.readHead(ctx)
-	if err != nil {
-		return nil, 0, err
-	}
-	kvs, err := s.st.List(ctx, versionPrefix)
-	if err != nil {
-		return nil, 0, err
-	}
-	out := make([]Version, 0, len(kvs))
-	for _, kv := range kvs {
-		var v Version
-		if err := json.Unmarshal(kv.Value, &v); err != nil {
-			return nil, 0, fmt.Errorf("stored posture version %s is unreadable: %w", kv.Key, err)
-		}
-		out = append(out, v)
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Number < out[j].Number })
-	return out, h.Current, nil
+	vs, h, err := s.versions.List(ctx)
+	return vs, h.Current, err
 }
 
 // Set parses src strictly and stores it as the new current version. A
@@ -150,36 +104,19 @@ func (s *Store) Set(ctx context.Context, actor string, src []byte, comment strin
 	if err := s.record(ctx, audit.ResultStarted, 0, "", nil); err != nil {
 		return Version{}, fmt.Errorf("audit log unavailable, posture.set refused: %w", err)
 	}
-	for attempt := 0; attempt < 16; attempt++ {
-		h, rev, err := s.readHead(ctx)
-		if err != nil {
-			return Version{}, s.fail(ctx, err)
-		}
-		// Versions only grow: the next number follows the newest stored,
-		// which is the current one (there is no rollback that moves it back;
-		// setting an old file again makes a new version).
-		v := Version{Number: h.Current + 1, Created: s.now().UTC(), Actor: actor, Comment: comment, Source: append([]byte(nil), src...)}
-		vb, err := json.Marshal(v)
-		if err != nil {
-			return Version{}, err
-		}
-		hb, _ := json.Marshal(head{Current: v.Number})
-		_, err = s.st.Batch(ctx, []store.Op{
-			{Key: versionKey(v.Number), Value: vb, ExpectRevision: 0},
-			{Key: headKey, Value: hb, ExpectRevision: rev},
-		})
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return Version{}, s.fail(ctx, err)
-		}
-		if err := s.record(ctx, audit.ResultOK, v.Number, v.Digest(), nil); err != nil {
-			return v, fmt.Errorf("posture version %d stored but its audit event could not be written: %w", v.Number, err)
-		}
-		return v, nil
+	// Versions only grow: the next number follows the newest stored, which
+	// is the current one (there is no rollback that moves it back; setting
+	// an old file again makes a new version).
+	v, err := s.versions.Commit(ctx, func(h versioned.Head) (Version, error) {
+		return Version{Number: h.Next(), Created: s.now().UTC(), Actor: actor, Comment: comment, Source: append([]byte(nil), src...)}, nil
+	})
+	if err != nil {
+		return Version{}, s.fail(ctx, err)
 	}
-	return Version{}, s.fail(ctx, errs.New(errs.Precondition, "the posture is being changed concurrently by another authority: retry"))
+	if err := s.record(ctx, audit.ResultOK, v.Number, v.Digest(), nil); err != nil {
+		return v, fmt.Errorf("posture version %d stored but its audit event could not be written: %w", v.Number, err)
+	}
+	return v, nil
 }
 
 func (s *Store) fail(ctx context.Context, err error) error {
