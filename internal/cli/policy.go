@@ -68,20 +68,15 @@ func fetchBundle(ctx context.Context, c *client.Client, version uint64) (policy.
 }
 
 func printVersions(cmd *cobra.Command, vs []*wardv1.PolicyVersion) error {
-	tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tCURRENT\tCREATED\tACTOR\tPOLICIES\tDENY-LIST\tNOTE")
+	t := newVersionTable(cmd.OutOrStdout(), "POLICIES", "DENY-LIST", "NOTE")
 	for _, v := range vs {
-		cur := ""
-		if v.Current {
-			cur = "*"
-		}
 		note := v.Comment
 		if v.RestoredFrom != 0 {
 			note = strings.TrimSpace(fmt.Sprintf("rollback to %d. %s", v.RestoredFrom, v.Comment))
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%d\t%d\t%s\n", v.Version, cur, v.Created.AsTime().UTC().Format(time.RFC3339), v.Actor, v.PolicyCount, v.DenyListSize, note)
+		t.row(v.Version, v.Current, v.Created, v.Actor, v.PolicyCount, v.DenyListSize, note)
 	}
-	return tw.Flush()
+	return t.flush()
 }
 
 func policyCommand() *cobra.Command {
@@ -132,8 +127,8 @@ func policyCommand() *cobra.Command {
 			var n uint64
 			if len(args) == 1 {
 				var err error
-				if n, err = strconv.ParseUint(args[0], 10, 64); err != nil {
-					return fmt.Errorf("version %q is not a number", args[0])
+				if n, err = versionArg(args[0], "ward policy list"); err != nil {
+					return err
 				}
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -173,9 +168,9 @@ func policyCommand() *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			nums := make([]uint64, len(args))
 			for i, a := range args {
-				n, err := strconv.ParseUint(a, 10, 64)
-				if err != nil || n == 0 {
-					return fmt.Errorf("version %q is not a positive number", a)
+				n, err := versionArg(a, "ward policy list")
+				if err != nil {
+					return err
 				}
 				nums[i] = n
 			}
@@ -221,9 +216,9 @@ func policyCommand() *cobra.Command {
 	rollback := &cobra.Command{
 		Use: "rollback VERSION", Short: "Store a new version with the policies of VERSION (the deny-list is kept)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			n, err := strconv.ParseUint(args[0], 10, 64)
-			if err != nil || n == 0 {
-				return fmt.Errorf("version %q is not a positive number", args[0])
+			n, err := versionArg(args[0], "ward policy list")
+			if err != nil {
+				return err
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				v, err := c.Policy.RollbackPolicy(ctx, &wardv1.RollbackPolicyRequest{Version: n, Comment: comment})

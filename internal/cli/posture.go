@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -90,8 +89,8 @@ func postureCommand() *cobra.Command {
 			var n uint64
 			if len(args) == 1 {
 				var err error
-				if n, err = strconv.ParseUint(args[0], 10, 64); err != nil || n == 0 {
-					return fmt.Errorf("version %q: give a version number from ward posture history", args[0])
+				if n, err = versionArg(args[0], "ward posture history"); err != nil {
+					return err
 				}
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
@@ -117,16 +116,11 @@ func postureCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "VERSION\tCURRENT\tCREATED\tACTOR\tDIGEST\tNOTE")
+				t := newVersionTable(cmd.OutOrStdout(), "DIGEST", "NOTE")
 				for _, v := range r.Versions {
-					cur := ""
-					if v.Current {
-						cur = "*"
-					}
-					fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\n", v.Number, cur, v.Created.AsTime().UTC().Format(time.RFC3339), v.Actor, v.Digest[:16], v.Comment)
+					t.row(v.Number, v.Current, v.Created, v.Actor, v.Digest[:16], v.Comment)
 				}
-				return tw.Flush()
+				return t.flush()
 			})
 		},
 	}
