@@ -549,25 +549,41 @@ func validEntryID(id string) bool {
 	return true
 }
 
+// fileOrText reads the source a document gives either as file (a path
+// relative to the document) or inline as text under key: exactly one of
+// them (need says so when both or neither are there). An empty file fails
+// saying emptyFile. ok is false when there is nothing to go on.
+func (p *parser) fileOrText(d *Doc, f map[string]*yaml.Node, key, need, emptyFile string) (path string, text *yaml.Node, ok bool) {
+	fileN, hasFile := f["file"]
+	textN, hasText := f[key]
+	switch {
+	case hasFile == hasText:
+		p.fail(d.Line, "file", "%s", need)
+		return "", nil, false
+	case hasFile:
+		path, _ = p.scalar(fileN, "file")
+		if path == "" {
+			p.fail(fileN.Line, "file", "is empty: %s", emptyFile)
+		}
+		return path, nil, true
+	}
+	_, ok = p.scalar(textN, key)
+	return "", textN, ok
+}
+
 func parsePolicy(p *parser, d *Doc, f map[string]*yaml.Node) {
 	ps := &PolicySpec{}
-	fileN, hasFile := f["file"]
-	cedarN, hasCedar := f["cedar"]
+	path, cedarN, ok := p.fileOrText(d, f, "cedar", "a Policy document needs exactly one of file (a .cedar file or a directory, relative to this document) or cedar (the policy text)", "give a .cedar file or a directory")
 	switch {
-	case hasFile == hasCedar:
-		p.fail(d.Line, "file", "a Policy document needs exactly one of file (a .cedar file or a directory, relative to this document) or cedar (the policy text)")
+	case !ok:
 		return
-	case hasFile:
-		ps.Path, _ = p.scalar(fileN, "file")
-		if ps.Path == "" {
-			p.fail(fileN.Line, "file", "is empty: give a .cedar file or a directory")
+	case cedarN == nil:
+		ps.Path = path
+		if n, ok := f["name"]; ok {
+			p.fail(n.Line, "name", "only for inline cedar: a policy file is named by its path")
 		}
 	default:
-		src, ok := p.scalar(cedarN, "cedar")
-		if !ok {
-			return
-		}
-		ps.Source = []byte(src)
+		ps.Source = []byte(cedarN.Value)
 		ps.SourceFile, ps.SourceLine = p.file, cedarN.Line
 		if cedarN.Style&(yaml.LiteralStyle|yaml.FoldedStyle) != 0 {
 			ps.SourceLine = cedarN.Line // the "|" line; the text starts on the next
@@ -581,32 +597,21 @@ func parsePolicy(p *parser, d *Doc, f map[string]*yaml.Node) {
 		}
 		ps.Name, _ = p.scalar(n, "name")
 	}
-	if n, ok := f["name"]; ok && hasFile {
-		p.fail(n.Line, "name", "only for inline cedar: a policy file is named by its path")
-	}
 	d.Policy = ps
 }
 
 func parsePosture(p *parser, d *Doc, f map[string]*yaml.Node) {
 	ps := &PostureSpec{}
-	fileN, hasFile := f["file"]
-	srcN, hasSrc := f["posture"]
+	path, srcN, ok := p.fileOrText(d, f, "posture", "a Posture document needs exactly one of file (a posture file, relative to this document) or posture (its text)", "give the posture file")
 	switch {
-	case hasFile == hasSrc:
-		p.fail(d.Line, "file", "a Posture document needs exactly one of file (a posture file, relative to this document) or posture (its text)")
+	case !ok:
 		return
-	case hasFile:
-		ps.Path, _ = p.scalar(fileN, "file")
-		if ps.Path == "" {
-			p.fail(fileN.Line, "file", "is empty: give the posture file")
+	case srcN == nil:
+		if ps.Path = path; path == "" {
 			return
 		}
 	default:
-		src, ok := p.scalar(srcN, "posture")
-		if !ok {
-			return
-		}
-		ps.Source = []byte(src)
+		ps.Source = []byte(srcN.Value)
 		if _, err := posture.Parse(ps.Source, nil); err != nil {
 			p.fail(srcN.Line, "posture", "%v", err)
 			return
