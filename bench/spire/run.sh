@@ -54,6 +54,34 @@ port() { echo $((20000 + RANDOM % 30000)); }
 cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; } # utime+stime in clock ticks
 rss() { awk '/^VmRSS/ { print $2 / 1024 }' "/proc/$1/status"; }
 TCK=$(getconf CLK_TCK)
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; } # seconds since $1
+# held SOCKET GID: seconds until the workload of group GID holds N+1 SVIDs.
+held() {
+  local t0
+  t0=$(now)
+  "$FETCH" -socket "unix://$1" -gid "$2" wait $((N + 1)) >&2
+  since "$t0"
+}
+# measure_agent SIDE SERVER_PID SOCKET LOG CMD...: steps 2-4 on one side. Starts the
+# agent (CMD, output to LOG; its pid in AGENT), then sets SIDE_start,
+# SIDE_cpu (the server's, per SVID), SIDE_rss, SIDE_p50 and SIDE_p99.
+measure_agent() {
+  local side=$1 srv=$2 sock=$3 log=$4 c0 c1 t0 p50 p99
+  shift 4
+  c0=$(cpu "$srv")
+  t0=$(now)
+  "$@" >"$log" 2>&1 &
+  AGENT=$!
+  PIDS+=("$AGENT")
+  "$FETCH" -socket "unix://$sock" -gid "$GID" wait $((N + 1)) >&2
+  printf -v "${side}_start" '%s' "$(since "$t0")"
+  c1=$(cpu "$srv")
+  printf -v "${side}_cpu" '%s' "$(awk -v a="$c0" -v b="$c1" -v t="$TCK" -v n="$N" 'BEGIN { printf "%.0f", (b - a) / t / n * 1e6 }')"
+  printf -v "${side}_rss" '%s' "$(rss "$AGENT")"
+  read -r _ p50 _ p99 < <("$FETCH" -socket "unix://$sock" lat "$LAT")
+  printf -v "${side}_p50" '%s' "$p50"
+  printf -v "${side}_p99" '%s' "$p99"
+}
 
 # ---------------------------------------------------------------- ward
 W="$WORK/ward-run"
@@ -86,8 +114,7 @@ parent=spiffe://$TD/ward/agent/node-1
 } >"$W/entries.yaml"
 t0=$(now)
 "$WARD" apply -f "$W/entries.yaml" >"$W/apply.out"
-t1=$(now)
-w_create=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+w_create=$(since "$t0")
 "$WARD" token create --ttl 10m --agent-path node-1 -q >"$W/join-token"
 cat >"$W/agent.yaml" <<CFG
 trust_domain: $TD
@@ -99,28 +126,15 @@ data_dir: $W/agent-data
 log_level: warn
 policy_socket: none
 CFG
-c0=$(cpu "$WSRV")
-t0=$(now)
-"$WARD" agent --config "$W/agent.yaml" >"$W/agent.log" 2>&1 &
-WAG=$!
-PIDS+=("$WAG")
-"$FETCH" -socket "unix://$W/agent/agent.sock" -gid "$GID" wait $((N + 1)) >&2
-t1=$(now)
-c1=$(cpu "$WSRV")
-w_start=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
-w_cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TCK" -v n="$N" 'BEGIN { printf "%.0f", (b - a) / t / n * 1e6 }')
-w_rss=$(rss "$WAG")
-read -r _ w_p50 _ w_p99 < <("$FETCH" -socket "unix://$W/agent/agent.sock" lat "$LAT")
+measure_agent w "$WSRV" "$W/agent/agent.sock" "$W/agent.log" "$WARD" agent --config "$W/agent.yaml"
+WAG=$AGENT
 # 5. with the agent running: N more entries (gid GID2), from the last one
 # created until the workload holds them.
 for i in $(seq 1 "$N"); do
   printf -- '---\nkind: Entry\nspiffe_id: spiffe://%s/v/%d\nparent_id: %s\nselectors: [unix:uid:0, unix:gid:%d]\n' "$TD" "$i" "$parent" "$GID2"
 done >"$W/more.yaml"
 "$WARD" apply -f "$W/more.yaml" >"$W/more.out"
-t0=$(now)
-"$FETCH" -socket "unix://$W/agent/agent.sock" -gid "$GID2" wait $((N + 1)) >&2
-t1=$(now)
-w_last=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+w_last=$(held "$W/agent/agent.sock" "$GID2")
 kill "$WAG" "$WSRV"; wait "$WAG" "$WSRV" 2>/dev/null || true
 PIDS=()
 unset WARD_ADDRESS WARD_STATE_DIR
@@ -172,8 +186,7 @@ sparent=spiffe://$TD/spire/agent/join_token/$tok
 } >"$S/entries.json"
 t0=$(now)
 "$SS" entry create -socketPath "$S/api.sock" -data "$S/entries.json" >"$S/create.out"
-t1=$(now)
-s_create=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+s_create=$(since "$t0")
 created=$(grep -c '^Entry ID' "$S/create.out" || true)
 [ "$created" -eq $((N + 1)) ] || { echo "spire-server created $created of $((N + 1)) entries:" >&2; tail -5 "$S/create.out" >&2; exit 1; }
 cat >"$S/agent.conf" <<CFG
@@ -200,18 +213,7 @@ plugins {
 }
 CFG
 mkdir -p "$S/agent"
-c0=$(cpu "$SSRV")
-t0=$(now)
-"$CACHE/spire-agent" run -config "$S/agent.conf" >"$S/agent.log" 2>&1 &
-SAG=$!
-PIDS+=("$SAG")
-"$FETCH" -socket "unix://$S/agent/agent.sock" -gid "$GID" wait $((N + 1)) >&2
-t1=$(now)
-c1=$(cpu "$SSRV")
-s_start=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
-s_cpu=$(awk -v a="$c0" -v b="$c1" -v t="$TCK" -v n="$N" 'BEGIN { printf "%.0f", (b - a) / t / n * 1e6 }')
-s_rss=$(rss "$SAG")
-read -r _ s_p50 _ s_p99 < <("$FETCH" -socket "unix://$S/agent/agent.sock" lat "$LAT")
+measure_agent s "$SSRV" "$S/agent/agent.sock" "$S/agent.log" "$CACHE/spire-agent" run -config "$S/agent.conf"
 {
   printf '{"entries": [\n'
   for i in $(seq 1 "$N"); do
@@ -221,10 +223,7 @@ read -r _ s_p50 _ s_p99 < <("$FETCH" -socket "unix://$S/agent/agent.sock" lat "$
   printf '\n]}\n'
 } >"$S/more.json"
 "$SS" entry create -socketPath "$S/api.sock" -data "$S/more.json" >"$S/more.out"
-t0=$(now)
-"$FETCH" -socket "unix://$S/agent/agent.sock" -gid "$GID2" wait $((N + 1)) >&2
-t1=$(now)
-s_last=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
+s_last=$(held "$S/agent/agent.sock" "$GID2")
 
 printf '\n== ward vs SPIRE %s (%d entries, one run, %d cores shared) ==\n' "$VER" "$N" "$(nproc)"
 printf '%-44s %12s %12s\n' "" "ward" "SPIRE"
