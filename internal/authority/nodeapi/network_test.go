@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 )
 
@@ -30,6 +32,17 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, msg string)
 	}
 }
 
+// networkAgent attests a new agent on h: its SVID and the Node Network
+// client of its mTLS connection.
+func (h *harness) networkAgent(t *testing.T) (*x509svid.SVID, wardv1.NodeNetworkClient) {
+	t.Helper()
+	sv, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sv, wardv1.NewNodeNetworkClient(h.conn(t, sv))
+}
+
 // TestRegisterTunnelIsBoundToTheCaller: a registration is stored under the
 // calling agent's own ID; an agent cannot register another node's key or
 // subnets, and nobody but a current agent registers at all (no SVID, a
@@ -37,15 +50,8 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, msg string)
 func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 	h := newHarnessWith(t, allowAdvertised) // endpoints other than the caller's address
 	ctx := context.Background()
-	svA, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svB, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	svA, a := h.networkAgent(t)
+	svB, b := h.networkAgent(t)
 	keyA := wgKey(t)
 	got, err := a.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: keyA, ListenPort: 51820, AllowedIps: []string{"10.250.1.1/32", "10.250.1.0/24"}})
 	if err != nil {
@@ -148,15 +154,8 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 func TestRegisterTunnelCannotHijackUnderlay(t *testing.T) {
 	h := newHarnessWith(t, allowAdvertised) // endpoints other than the caller's address
 	ctx := context.Background()
-	svA, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svB, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	svA, a := h.networkAgent(t)
+	_, b := h.networkAgent(t)
 	if _, err := a.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "192.0.2.10:51820", AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -194,15 +193,8 @@ func TestRegisterTunnelCannotHijackUnderlay(t *testing.T) {
 func TestRegisterTunnelFlood(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
-	svA, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	svB, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	a, b := wardv1.NewNodeNetworkClient(h.conn(t, svA)), wardv1.NewNodeNetworkClient(h.conn(t, svB))
+	_, a := h.networkAgent(t)
+	_, b := h.networkAgent(t)
 	key := wgKey(t)
 	accepted := 0
 	for i := range 3 * tunnelBurst {
@@ -237,11 +229,7 @@ func allowAdvertised(c *Config) { c.AdvertisedEndpoints = true }
 func TestRegisterTunnelEndpointIsTheCaller(t *testing.T) {
 	ctx := context.Background()
 	h := newHarness(t)
-	sv, err := h.attest(t, h.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := wardv1.NewNodeNetworkClient(h.conn(t, sv))
+	_, c := h.networkAgent(t)
 	for _, ep := range []string{"192.0.2.53:51820", "[::1]:51820", "127.0.0.2:51820"} {
 		_, err := c.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: ep, AllowedIps: []string{"10.250.1.1/32"}})
 		if code(err) != codes.PermissionDenied {
@@ -254,11 +242,8 @@ func TestRegisterTunnelEndpointIsTheCaller(t *testing.T) {
 	}
 
 	h2 := newHarnessWith(t, allowAdvertised)
-	sv2, err := h2.attest(t, h2.token(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := wardv1.NewNodeNetworkClient(h2.conn(t, sv2)).RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "192.0.2.53:51820", AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
+	_, c2 := h2.networkAgent(t)
+	if _, err := c2.RegisterTunnel(ctx, &wardv1.RegisterTunnelRequest{PublicKey: wgKey(t), Endpoint: "192.0.2.53:51820", AllowedIps: []string{"10.250.1.1/32"}}); err != nil {
 		t.Fatalf("with advertised endpoints allowed: %v", err)
 	}
 }
