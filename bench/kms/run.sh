@@ -17,7 +17,7 @@ run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Ben
 echo "== running benchmarks (benchtime $BT) ==" >&2
 run 'BenchmarkWrapDataKey' ./internal/shared/kmscrypto
 run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/authority/kms
-run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt' ./internal/authority/server
+run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAPINoopUnaryCallers|BenchmarkKMSPluginEncryptCallers|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt' ./internal/authority/server
 run 'BenchmarkAppendParallel|BenchmarkAppendClosedLoop|BenchmarkVerify1M' ./internal/authority/audit
 
 # per_sec NAME -> operations per second from ns/op (or a custom metric).
@@ -47,19 +47,29 @@ if [ -n "$v" ]; then
 fi
 
 # Unary vs batched vs in-process, side by side: the same encrypt (or data
-# key) through the API one call at a time, in batches, and in process
-# (audited through the same log and bbolt file, or with an in-memory
-# recorder: the ceiling).
+# key) through the API one call at a time, through the Kubernetes KMS v2
+# plugin (its unix socket, then the admin socket), in batches, and in
+# process (audited through the same log and bbolt file, or with an
+# in-memory recorder: the ceiling). "no-op via API" is the same request and
+# reply through the same gRPC stack with a method that does nothing: what
+# the stack itself carries on this machine, client and server sharing the
+# cores.
 inproc=$(per_sec 'EncryptDecryptRewrap/encrypt')
 batched=$(metric 'APIDataKeyBatch' 'keys/s')
 printf '\n%-44s %12s %10s %12s %12s %14s\n' "KMS encrypt, callers" "ops/s" "events/cmt" "p50 µs" "p99 µs" "÷ in-process"
 for c in 1 8 64; do
-  for kind in APIEncryptUnaryCallers KMSEncryptAuditedCallers; do
+  for kind in APIEncryptUnaryCallers KMSPluginEncryptCallers KMSEncryptAuditedCallers APINoopUnaryCallers; do
     n="$kind/callers=$c-"
-    label="unary via API"; [ "$kind" = KMSEncryptAuditedCallers ] && label="in process, audited (bbolt)"
+    case $kind in
+    APIEncryptUnaryCallers) label="unary via API" ;;
+    KMSPluginEncryptCallers) label="KMS v2 plugin (unix socket -> API)" ;;
+    KMSEncryptAuditedCallers) label="in process, audited (bbolt)" ;;
+    APINoopUnaryCallers) label="no-op via API (the stack's ceiling)" ;;
+    esac
     ops=$(metric "$n" 'ops/s')
     [ -z "$ops" ] && continue
-    printf '%-44s %12s %10s %12s %12s %14s\n' "$label, $c" "$ops" "$(metric "$n" 'events/commit')" \
+    ev=$(metric "$n" 'events/commit'); [ "$kind" = APINoopUnaryCallers ] && ev="-"
+    printf '%-44s %12s %10s %12s %12s %14s\n' "$label, $c" "$ops" "$ev" \
       "$(metric "$n" 'p50-µs')" "$(metric "$n" 'p99-µs')" \
       "$([ -n "$inproc" ] && awk -v a="$ops" -v b="$inproc" 'BEGIN { printf "%.3f", a / b }')"
   done
@@ -81,3 +91,8 @@ a64=$(metric 'KMSEncryptAuditedCallers/callers=64-' 'ops/s')
 summary "KMS unary encrypt via API, 64 callers" "${u64:-?}/s" "aim 50000/s; in-process audited ${a64:-?}/s" "$(ratio "$u64" 50000)" ">= 1.00x of aim" "$(met "$(ratio "$u64" 50000)" '>=' 1)"
 summary "KMS unary via API, 64 callers, p99" "${p64:-?} µs" "-" "-" "< 2000 µs" "$(met "$p64" '<=' 1999)"
 summary "KMS unary via API / in-process (ceiling)" "${u64:-?}/s" "in-process ${inproc:-?}/s" "$(ratio "$u64" "$inproc")" "(context)" "-"
+n64=$(metric 'APINoopUnaryCallers/callers=64-' 'ops/s')
+summary "KMS unary via API / no-op via the same stack, 64 callers" "${u64:-?}/s" "no-op ${n64:-?}/s" "$(ratio "$u64" "$n64")" "(context: the stack's ceiling here)" "-"
+k64=$(metric 'KMSPluginEncryptCallers/callers=64-' 'ops/s')
+kp99=$(metric 'KMSPluginEncryptCallers/callers=64-' 'p99-µs')
+summary "KMS v2 plugin Encrypt, 64 callers" "${k64:-?}/s, p99 ${kp99:-?} µs" "aim 50000/s; unary via API ${u64:-?}/s" "$(ratio "$k64" 50000)" ">= 1.00x of aim" "$(met "$(ratio "$k64" 50000)" '>=' 1)"

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -11,6 +12,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/shared/policy"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -19,6 +21,7 @@ type metrics struct {
 	reg     *prometheus.Registry
 	ops     *prometheus.CounterVec
 	latency *prometheus.HistogramVec
+	methods sync.Map // full method name -> *methodMetrics
 	// Policy decisions for workload KMS calls.
 	decisions       *prometheus.CounterVec
 	decisionLatency prometheus.Histogram
@@ -138,10 +141,36 @@ func splitMethod(full string) (svc, method string) {
 	return
 }
 
-func (m *metrics) observe(full string, start time.Time, err error) {
+// methodMetrics are one method's series, resolved once: the label lookups
+// (hashing the label values, a locked map) are not paid per call.
+type methodMetrics struct {
+	svc, method string
+	latency     prometheus.Observer
+	ok          prometheus.Counter
+}
+
+// method returns full's series. Only registered methods reach the
+// interceptors (gRPC refuses others before), so the map stays bounded.
+func (m *metrics) method(full string) *methodMetrics {
+	if v, ok := m.methods.Load(full); ok {
+		return v.(*methodMetrics)
+	}
 	svc, method := splitMethod(full)
-	m.ops.WithLabelValues(svc, method, status.Code(err).String()).Inc()
-	m.latency.WithLabelValues(svc, method).Observe(time.Since(start).Seconds())
+	mm := &methodMetrics{svc: svc, method: method,
+		latency: m.latency.WithLabelValues(svc, method),
+		ok:      m.ops.WithLabelValues(svc, method, codes.OK.String())}
+	v, _ := m.methods.LoadOrStore(full, mm)
+	return v.(*methodMetrics)
+}
+
+func (m *metrics) observe(full string, start time.Time, err error) {
+	mm := m.method(full)
+	if c := status.Code(err); c == codes.OK {
+		mm.ok.Inc()
+	} else {
+		m.ops.WithLabelValues(mm.svc, mm.method, c.String()).Inc()
+	}
+	mm.latency.Observe(time.Since(start).Seconds())
 }
 
 func (m *metrics) unary() grpc.UnaryServerInterceptor {
