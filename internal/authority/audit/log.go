@@ -470,7 +470,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 	if err != nil {
 		return 0, fmt.Errorf("computing the audit root at size %d: %w", base+uint64(n), err)
 	}
-	cp, err := checkpoint.Sign(l.signer, l.origin, base+uint64(n), root, l.now())
+	cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, base+uint64(n), root, l.now())
 	if err != nil {
 		return 0, fmt.Errorf("signing the audit checkpoint: %w", err)
 	}
@@ -609,7 +609,7 @@ func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
 	if err != nil {
 		return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
 	}
-	cp, err := checkpoint.Sign(l.signer, l.origin, h.Size, root, l.now())
+	cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, h.Size, root, l.now())
 	if err != nil {
 		return checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
 	}

@@ -99,12 +99,6 @@ func P256Key(pub crypto.PublicKey) (*ecdsa.PublicKey, error) {
 // SignCheckpoint signs a checkpoint for a tree of size with root, at time t,
 // with an ECDSA P-256 signer.
 func Sign(signer crypto.Signer, origin string, size uint64, root []byte, t time.Time) (Checkpoint, error) {
-	if err := CheckOrigin(origin); err != nil {
-		return Checkpoint{}, err
-	}
-	if len(root) != sha256.Size {
-		return Checkpoint{}, fmt.Errorf("checkpoint root hash is %d bytes: need %d", len(root), sha256.Size)
-	}
 	pub, err := P256Key(signer.Public())
 	if err != nil {
 		return Checkpoint{}, err
@@ -113,7 +107,20 @@ func Sign(signer crypto.Signer, origin string, size uint64, root []byte, t time.
 	if err != nil {
 		return Checkpoint{}, err
 	}
-	cp := Checkpoint{Origin: origin, Size: size, RootHash: bytes.Clone(root), Time: t.UTC().Round(0), KeyID: id}
+	return SignAs(signer, id, origin, size, root, t)
+}
+
+// SignAs is Sign with the key ID of signer's public key already computed
+// (keyutil.CheckpointKeyID of signer.Public(), which Sign derives on every
+// call): the audit log signs one checkpoint per group commit with one key.
+func SignAs(signer crypto.Signer, keyID, origin string, size uint64, root []byte, t time.Time) (Checkpoint, error) {
+	if err := CheckOrigin(origin); err != nil {
+		return Checkpoint{}, err
+	}
+	if len(root) != sha256.Size {
+		return Checkpoint{}, fmt.Errorf("checkpoint root hash is %d bytes: need %d", len(root), sha256.Size)
+	}
+	cp := Checkpoint{Origin: origin, Size: size, RootHash: bytes.Clone(root), Time: t.UTC().Round(0), KeyID: keyID}
 	digest := sha256.Sum256(cp.SignedBody())
 	sig, err := signer.Sign(rand.Reader, digest[:], crypto.SHA256)
 	if err != nil {

@@ -123,3 +123,27 @@ func TestPublicKeyPEM(t *testing.T) {
 		}
 	}
 }
+
+// TestSignAsMatchesSign: SignAs (the key ID computed once by its caller)
+// makes the checkpoint Sign makes, and a wrong key ID does not verify.
+func TestSignAsMatchesSign(t *testing.T) {
+	key := newKey(t)
+	root := sha256.Sum256([]byte("root"))
+	at := time.Date(2026, 12, 7, 16, 0, 0, 0, time.UTC)
+	want := must(Sign(key, testOrigin, 7, root[:], at))
+	got := must(SignAs(key, want.KeyID, testOrigin, 7, root[:], at))
+	if err := Verify(got, key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if got.KeyID != want.KeyID || string(got.SignedBody()) != string(want.SignedBody()) {
+		t.Fatalf("SignAs made %+v, Sign %+v", got, want)
+	}
+	other := must(Sign(newKey(t), testOrigin, 7, root[:], at))
+	bad := must(SignAs(key, other.KeyID, testOrigin, 7, root[:], at))
+	if err := Verify(bad, key.Public()); err == nil {
+		t.Fatal("a checkpoint naming another key's ID verified")
+	}
+	if _, err := SignAs(key, want.KeyID, testOrigin, 7, root[:5], at); err == nil {
+		t.Fatal("a short root hash was signed")
+	}
+}
