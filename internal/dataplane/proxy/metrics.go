@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"sync/atomic"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 )
@@ -25,7 +27,7 @@ type metrics struct {
 	serviceDials    *prometheus.CounterVec
 }
 
-func newMetrics(svidExpiry func() float64) *metrics {
+func newMetrics(svidExpiry func() float64, chainHits, chainMisses *atomic.Int64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.open = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ward_proxy_connections_open",
@@ -67,6 +69,14 @@ func newMetrics(svidExpiry func() float64) *metrics {
 	}
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ward_proxy_svid_expiry_seconds",
 		Help: "Seconds until the proxy's current X509-SVID expires (negative: expired)."}, svidExpiry))
+	for _, r := range []struct {
+		result string
+		n      *atomic.Int64
+	}{{"cached", chainHits}, {"verified", chainMisses}} {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "ward_proxy_peer_chain_verifications_total",
+			Help:        "Peer X509-SVID chains checked at handshakes: verified (against the bundle) or cached (the same chain under the same bundle, verified before, within its validity).",
+			ConstLabels: prometheus.Labels{"result": r.result}}, func() float64 { return float64(r.n.Load()) }))
+	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m

@@ -66,6 +66,12 @@ type Proxy struct {
 	wg        sync.WaitGroup
 
 	inboundTLS *tls.Config
+	// certs: the handshake certificate of the current SVID; chains: peer
+	// chains verified, by chain and bundle (verify.go), with their hit
+	// and miss counts.
+	certs                  certCache
+	chains                 *chainCache
+	chainHits, chainMisses atomic.Int64
 }
 
 // Option configures a Proxy.
@@ -106,6 +112,7 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		started:   make(chan struct{}),
 		conns:     map[*connState]struct{}{},
 		addrs:     map[string]net.Addr{},
+		chains:    newChainCache(),
 	}
 	for _, o := range opts {
 		o(p)
@@ -134,7 +141,7 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 	if fs, ok := p.psrc.(*FileSource); ok && fs.OnError == nil {
 		fs.OnError = p.policyFailed
 	}
-	p.m = newMetrics(p.svidExpiry)
+	p.m = newMetrics(p.svidExpiry, &p.chainHits, &p.chainMisses)
 	return p, nil
 }
 

@@ -53,10 +53,14 @@ func (p *Proxy) baseTLS() *tls.Config {
 // serverTLS terminates mTLS: the client must present an X509-SVID that
 // chains to the bundle of its trust domain; which IDs may connect is the
 // policy's decision, made after the handshake. It is the template of
-// inboundTLS: serveInbound uses it through withChainKeys.
+// inboundTLS: serveInbound uses it through withChainKeys. The certificate
+// is built once per SVID (certCache); the peer's chain is verified by
+// withChainKeys's VerifyConnection (verify.go), Go's own verification is
+// off (RequireAnyClientCert).
 func (p *Proxy) serverTLS() *tls.Config {
 	c := p.baseTLS()
-	tlsconfig.HookMTLSServerConfig(c, p.src, federatedOnly{p.src}, tlsconfig.AuthorizeAny())
+	c.ClientAuth = tls.RequireAnyClientCert
+	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return p.certs.get(p.src) }
 	return c
 }
 
@@ -95,12 +99,12 @@ func (e *notFederatedError) Unwrap() error { return e.err }
 const reasonNotFederated = "trust_domain_not_federated"
 
 // withChainKeys returns a per-connection copy of the server template
-// whose chain verification (the handshake's only one) also stores the
-// CA key IDs of the verified chains in *keys, for the deny-list's tainted
-// keys at the decision and on every re-check.
+// whose peer verification (the handshake's only one, verify.go) also
+// stores the CA key IDs of the verified chains in *keys, for the
+// deny-list's tainted keys at the decision and on every re-check.
 func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 	c := tmpl.Clone()
-	c.VerifyPeerCertificate = tlsconfig.VerifyPeerCertificate(federatedOnly{p.src}, captureChainKeys(tlsconfig.AuthorizeAny(), keys))
+	c.VerifyConnection = p.verifyConnection(tlsconfig.AuthorizeAny(), nil, keys)
 	serverVerdictConfig(c)
 	return c
 }
@@ -109,45 +113,25 @@ func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 // CA key the policy's deny-list names as tainted. It is built per
 // connection: the verification stores the server chain's CA key IDs in
 // *keys, so that the connection is closed when a later policy version
-// taints one of them (recheck).
+// taints one of them (recheck). Go's verification is off
+// (InsecureSkipVerify: a SPIFFE peer is named by its ID, not a host name);
+// VerifyConnection (verify.go) is the one verification.
 func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tls.Config {
 	c := p.baseTLS()
-	authorize := captureChainKeys(tlsconfig.AuthorizeID(id), keys)
-	tlsconfig.HookMTLSClientConfig(c, p.src, federatedOnly{p.src}, func(got spiffeid.ID, chains [][]*x509.Certificate) error {
-		if err := authorize(got, chains); err != nil {
-			return err
-		}
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.certs.get(p.src) }
+	c.InsecureSkipVerify = true
+	c.VerifyConnection = p.verifyConnection(tlsconfig.AuthorizeID(id), func(got spiffeid.ID, k []string) error {
 		if set := p.engine.Current(); set != nil {
-			if k := set.TaintedKeyOf(got.TrustDomain().Name(), *keys); k != "" {
-				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, k)
+			if tk := set.TaintedKeyOf(got.TrustDomain().Name(), k); tk != "" {
+				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, tk)
 			}
 		}
 		return nil
-	})
+	}, keys)
 	c.ServerName = serverName
 	// A remote ward proxy then says why it refuses (verdict.go).
 	c.NextProtos = []string{ALPNVerdict, "http/1.1"}
 	return c
-}
-
-// captureChainKeys wraps authorize (go-spiffe's authorizer, called by the
-// handshake with the chains x509svid verified against the current bundle)
-// so that, once it accepts, *keys holds the CA key IDs of those chains.
-// Reusing the handshake's chains costs no second verification; a peer's
-// extra certificates that are in no verified chain contribute no key ID
-// (they are not what it is trusted through).
-func captureChainKeys(authorize tlsconfig.Authorizer, keys *[]string) tlsconfig.Authorizer {
-	return func(id spiffeid.ID, chains [][]*x509.Certificate) error {
-		if err := authorize(id, chains); err != nil {
-			return err
-		}
-		ids, err := chainKeyIDs(chains)
-		if err != nil {
-			return err
-		}
-		*keys = ids
-		return nil
-	}
 }
 
 // chainKeyIDs returns the CA key IDs (keyutil.CAKeyID, the key IDs `ward ca
