@@ -1,9 +1,10 @@
 #!/bin/sh
 # Side-by-side loopback benchmark of the ward proxy pair against a direct
-# connection, a bare Go TLS pair, an stunnel4 pair and an haproxy 2.6 pair
-# (Debian: stunnel4, haproxy; installed here with apt-get when missing),
-# plus the Go benchmarks of the proxy's hot path.
-# Usage: bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000]
+# connection, a bare Go TLS pair, an stunnel4 pair and an HAProxy 2.6 pair,
+# each pair doing the same mTLS job (Debian: stunnel4, haproxy; installed
+# here with apt-get when missing), RUNS times taking turns (medians), plus
+# the Go benchmarks of the proxy's hot path.
+# Usage: [RUNS=3] bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000 -profile DIR]
 set -eu
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -22,19 +23,25 @@ stunnel=$(command -v stunnel4 || command -v stunnel || true)
 haproxy=$(command -v haproxy || true)
 echo "== ward proxy pair vs direct, bare Go TLS, stunnel and haproxy ($(go version | cut -d' ' -f3))"
 "$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" -haproxy "$haproxy" \
-  -only direct,go-tls,ward,stunnel,haproxy -stream-mb 128 "$@" | tee "$tmp/out"
+  -only direct,go-tls,ward,stunnel,haproxy -stream-mb 128 -runs "${RUNS:-3}" "$@" | tee "$tmp/out"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
-go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
+go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection|PeerVerify' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
 
 # Rows of bench/run.sh's summary table (issue 17, gap 3 and the proxy
-# columns): col PATH N -> column N of PATH's row of the table above
-# (2 stream MB/s, 3 req/s, 5 p99 µs at the fixed rate, 7 new conn/s).
-col() { awk -v p="$1" -v c="$2" '$1 == p && $2 != "skipped" && NF >= 8 { print $c; exit }' "$tmp/out"; }
+# columns): col PATH N -> column N of PATH's row of the medians table
+# (2 stream MB/s, 3 req/s, 5 p99 µs at the fixed rate, 7 new conn/s,
+# 10 CPU µs per new connection of the path's two processes).
+col() { awk -v p="$1" -v c="$2" '$1 == p && $2 ~ /^[0-9]/ && NF >= 10 { print $c; exit }' "$tmp/out"; }
 w=$(col ward 7)
 for peer in go-tls haproxy stunnel; do
   v=$(col "$peer" 7); x=$(ratio "$w" "$v")
   summary "new mTLS connections/s vs $peer" "${w:-?}/s" "$peer ${v:-not run}/s" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
+done
+w=$(col ward 10)
+for peer in go-tls haproxy; do
+  v=$(col "$peer" 10); x=$(ratio "$v" "$w")
+  summary "CPU per new mTLS connection vs $peer" "${w:-?} µs" "$peer ${v:-not run} µs" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
 done
 for peer in haproxy stunnel; do
   for c in 2 3; do

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -16,7 +17,7 @@ func init() {
 }
 
 func proxyCommand() *cobra.Command {
-	var cfgPath, logLevel string
+	var cfgPath, logLevel, cpuProfile string
 	var check bool
 	cmd := &cobra.Command{
 		Use:   "proxy --config proxy.yaml",
@@ -45,6 +46,17 @@ SIGHUP re-reads the policy files; SIGTERM or SIGINT drains open connections
 			if err != nil {
 				return err
 			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			hup := make(chan os.Signal, 1)
 			signal.Notify(hup, syscall.SIGHUP)
 			defer signal.Stop(hup)
@@ -59,5 +71,8 @@ SIGHUP re-reads the policy files; SIGTERM or SIGINT drains open connections
 	cmd.Flags().StringVar(&cfgPath, "config", "", "path to the proxy configuration (YAML)")
 	cmd.Flags().StringVar(&logLevel, "log-level", "info", "operational log level: debug, info, warn or error")
 	cmd.Flags().BoolVar(&check, "check", false, "validate the configuration (and compile policy_files and deny_list_file) and exit")
+	// For bench/proxy (-profile): the profile is written when the proxy stops (SIGTERM).
+	cmd.Flags().StringVar(&cpuProfile, "cpu-profile", "", "write a CPU profile (runtime/pprof) of the run to this file")
+	_ = cmd.Flags().MarkHidden("cpu-profile")
 	return cmd
 }
