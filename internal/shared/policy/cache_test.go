@@ -240,3 +240,56 @@ func TestCacheConcurrentDecisions(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestCachedAllowNotReusedAfterForbid runs the attack on the decision
+// cache through an Engine, as enforcement points hold it: an allow cached
+// by version 1 must not answer once version 2 adds a forbid for the
+// principal, whether version 2 is compiled afresh or the deny-list of a
+// re-labelled Set names it.
+func TestCachedAllowNotReusedAfterForbid(t *testing.T) {
+	permit := `@id("allow") permit (principal == Workload::"spiffe://a.example/w1", action == Action::"connect", resource == Service::"s1");` + "\n"
+	v1, err := CompileBundle(Bundle{Files: map[string][]byte{"p.cedar": []byte(permit)}, Version: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine()
+	e.Store(v1)
+	req := Request{Principal: "spiffe://a.example/w1", CertSerial: "1f", Action: ActionConnect,
+		Resource: Resource{Type: TypeService, Name: "s1", Port: 443}, Context: Context{TLSVersion: "1.3"}}
+	for range 3 {
+		if d := e.Decide(req); !d.Allowed || d.Version != 1 {
+			t.Fatalf("version 1: %+v", d)
+		}
+	}
+	if !cachedFor(v1, req) {
+		t.Fatal("version 1 did not cache the allow; the attack proves nothing")
+	}
+	v2, err := CompileBundle(Bundle{Files: map[string][]byte{"p.cedar": []byte(permit +
+		`@id("block") forbid (principal == Workload::"spiffe://a.example/w1", action, resource);`)}, Version: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !e.StoreIfNewer(v2) {
+		t.Fatal("version 2 not stored")
+	}
+	for range 3 {
+		if d := e.Decide(req); d.Allowed || d.Cause != CauseForbid || d.Version != 2 || !slices.Equal(d.Reasons, []string{"block"}) {
+			t.Fatalf("version 2 adds a forbid, decided %+v", d)
+		}
+	}
+	// Version 3: the forbid removed, then the deny-list of a re-labelled
+	// copy of the same Set names the principal.
+	v3 := v1.WithVersion(3)
+	e.Store(v3)
+	if d := e.Decide(req); !d.Allowed || d.Version != 3 {
+		t.Fatalf("version 3: %+v", d)
+	}
+	v4, err := v3.WithDenyList(DenyList{SPIFFEIDs: []string{req.Principal}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Store(v4.WithVersion(4))
+	if d := e.Decide(req); d.Allowed || d.Cause != CauseDenyList || d.Version != 4 {
+		t.Fatalf("version 4 deny-lists the principal, decided %+v", d)
+	}
+}
