@@ -53,8 +53,8 @@ func sweepProxy(tb testing.TB, n, principals, total int, perWorkload bool) (p *P
 	}
 	after = compile(b.String(), 2)
 
-	p = &Proxy{engine: policy.NewEngine(), m: newMetrics(func() float64 { return 0 }), conns: map[*connState]struct{}{},
-		log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p = &Proxy{engine: policy.NewEngine(), conns: map[*connState]struct{}{}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	p.m = newMetrics(func() float64 { return 0 }, &p.chainHits, &p.chainMisses)
 	p.engine.Store(before)
 	for i := range n {
 		c := &connState{listener: "api", inbound: true, req: policy.Request{
