@@ -28,6 +28,26 @@ func decryptBoth(t *testing.T, kms KMS, ct []byte, opts ...Option) (released []b
 	if (err == nil) != (err2 == nil) {
 		t.Fatalf("Reader says %v, ReaderAt says %v", err, err2)
 	}
+	// The parallel in-order path (ReaderAt.WriteTo, what the CLI uses for
+	// files), with the usual batches (a bad segment inside a batch) and
+	// with every segment its own batch, so several are opened at once:
+	// the same verdict as ReadAt, and it releases no more than the Reader
+	// did (a prefix of whole authenticated segments).
+	defer func(b int) { batchBytes = b }(batchBytes)
+	for _, b := range []int{batchBytes, seg} {
+		batchBytes = b
+		var par bytes.Buffer
+		ra, err3 := NewReaderAt(bg, bytes.NewReader(ct), int64(len(ct)), kms, append([]Option{WithConcurrency(4)}, opts...)...)
+		if err3 == nil {
+			_, err3 = ra.WriteTo(&par)
+		}
+		if (err2 == nil) != (err3 == nil) || err2 != nil && err2.Error() != err3.Error() {
+			t.Fatalf("batch %d: ReaderAt.ReadAt says %v, ReaderAt.WriteTo says %v", b, err2, err3)
+		}
+		if !bytes.HasPrefix(out.Bytes(), par.Bytes()) || err3 == nil && !bytes.Equal(par.Bytes(), out.Bytes()) {
+			t.Fatalf("batch %d: WriteTo released %d bytes, the Reader %d (not a prefix)", b, par.Len(), out.Len())
+		}
+	}
 	return out.Bytes(), err
 }
 

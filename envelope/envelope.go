@@ -207,6 +207,10 @@ func unwrap(ctx context.Context, h *Header, kms KMS, c *config) (*keys, error) {
 // segCT is the ciphertext size of a full segment.
 func segCT(seg int) int { return seg + segTag }
 
+// batchBytes is about how much plaintext one unit of parallel work holds
+// (a variable so tests can make every segment its own batch).
+var batchBytes = 1 << 20
+
 // batchSegments picks how many segments one unit of parallel work holds:
-// about 1 MiB, at least one segment.
-func batchSegments(seg int) int { return max(1, (1<<20)/seg) }
+// about batchBytes, at least one segment.
+func batchSegments(seg int) int { return max(1, batchBytes/seg) }

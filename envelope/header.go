@@ -82,6 +82,10 @@ var (
 	ErrTrailing    = errors.New("envelope has data after its last segment")
 	ErrInvalid     = errors.New("invalid envelope parameters")
 	ErrTooLarge    = errors.New("input too large for the envelope format")
+	// ErrInputFault: reading the caller's memory faulted, e.g. a
+	// memory-mapped input file shrank while it was encrypted (the sealing
+	// goroutines turn the fault into this error instead of a crash).
+	ErrInputFault = errors.New("the input memory could not be read")
 )
 
 // Header is the parsed header of an envelope file. It holds no secret:

@@ -13,6 +13,7 @@ import (
 // final segment is authenticated when the ReaderAt is created, so a
 // truncated or extended file is rejected up front. Safe for concurrent use.
 type ReaderAt struct {
+	ctx     context.Context
 	src     io.ReaderAt
 	o       opener
 	hdr     *Header
@@ -24,7 +25,7 @@ type ReaderAt struct {
 }
 
 // NewReaderAt opens the envelope in src (size bytes long). Options used:
-// WithContext, WithConcurrency.
+// WithContext, WithConcurrency. ctx also bounds WriteTo.
 func NewReaderAt(ctx context.Context, src io.ReaderAt, size int64, kms KMS, opts ...Option) (*ReaderAt, error) {
 	c, err := newConfig(opts)
 	if err != nil {
@@ -47,7 +48,7 @@ func NewReaderAt(ctx context.Context, src io.ReaderAt, size int64, kms KMS, opts
 	if n > maxSegs {
 		return nil, fmt.Errorf("%w: more than %d segments", ErrTrailing, uint64(maxSegs))
 	}
-	ra := &ReaderAt{src: src, o: opener{k: k, seg: h.SegmentSize, hl: int64(h.Len)}, hdr: h, nseg: uint64(n), workers: c.workers}
+	ra := &ReaderAt{ctx: ctx, src: src, o: opener{k: k, seg: h.SegmentSize, hl: int64(h.Len)}, hdr: h, nseg: uint64(n), workers: c.workers}
 	ra.lastCT = int(body - (n-1)*cs)
 	ra.size = body - n*segTag
 	ra.bufs.New = func() any { b := make([]byte, 2*cs); return &b }
@@ -164,4 +165,39 @@ func (ra *ReaderAt) ReadAt(p []byte, off int64) (int, error) {
 		return len(want), io.EOF
 	}
 	return len(p), nil
+}
+
+// WriteTo writes the whole plaintext to w, in order (io.WriterTo). The
+// segments are read (one ReadAt each) and opened by up to WithConcurrency
+// goroutines at once, a batch of them ahead of w; each batch reaches w
+// only after every segment in it authenticated. On a bad segment w has
+// received exactly the plaintext before it, and the error says which
+// segment failed. src is not used after WriteTo returns.
+func (ra *ReaderAt) WriteTo(w io.Writer) (int64, error) {
+	seg, cs := ra.o.seg, segCT(ra.o.seg)
+	per := uint64(batchSegments(seg))
+	nb := (ra.nseg + per - 1) / per
+	var total int64
+	err := ordered(ra.ctx, ra.workers, int(nb), int(min(per, ra.nseg))*seg+cs, func(k int, buf []byte) ([]byte, error) {
+		first := uint64(k) * per
+		end := min(first+per, ra.nseg)
+		out, ct := buf[:int(end-first)*seg], buf[int(end-first)*seg:]
+		o := 0
+		for i := first; i < end; i++ {
+			pt, err := ra.segment(ct, out[o:], int64(i))
+			if err != nil {
+				return out[:o], err
+			}
+			o += len(pt)
+		}
+		return out[:o], nil
+	}, func(p []byte) error {
+		n, err := w.Write(p)
+		total += int64(n)
+		if err == nil && n < len(p) {
+			err = io.ErrShortWrite
+		}
+		return err
+	})
+	return total, err
 }

@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 	"sync"
 )
 
 // job is one batch of consecutive segments sealed or opened together.
 type job struct {
-	buf   []byte // sealing: plaintext at i*(S+16), sealed in place
-	src   []byte // sealing: plaintext borrowed from the caller (sealed into buf)
+	buf   []byte      // sealing: plaintext at i*(S+16), sealed in place
+	src   []byte      // sealing: plaintext borrowed from the caller (sealed into buf)
+	ra    io.ReaderAt // sealing: read the plaintext from ra at raOff first
+	raOff int64
 	sent  bool   // handed to the workers (done will be closed)
 	out   []byte // opening: plaintext, contiguous
 	n     int    // sealing: plaintext bytes; opening: ciphertext bytes
@@ -20,7 +23,7 @@ type job struct {
 	last  bool   // holds the final segment
 	done  chan struct{}
 	ok    int   // opening: plaintext bytes that verified
-	err   error // opening: first failure
+	err   error // first failure (opening; sealing: reading ra)
 	res   []byte
 }
 
@@ -36,8 +39,14 @@ func newPool(workers int, run func(*job)) *pool {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
+			// The caller's memory (Write's p) may be a mapped file that
+			// shrinks under us: a fault becomes the job's error.
+			defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
 			for j := range p.jobs {
-				run(j)
+				func() {
+					defer recoverFault(&j.err)
+					run(j)
+				}()
 				close(j.done)
 			}
 		}()
@@ -68,6 +77,7 @@ type Writer struct {
 	err      error
 	closed   bool
 	hdr      *Header
+	copied   int64 // plaintext bytes Write copied rather than sealed in place (tests)
 }
 
 // NewWriter writes an envelope header to dst and returns a Writer whose
@@ -160,6 +170,15 @@ func (w *Writer) seal(j *job) {
 		if j.src != nil {
 			in = j.src[i*w.seg : i*w.seg+l]
 		}
+		if j.ra != nil {
+			if n, err := j.ra.ReadAt(in, j.raOff+int64(i*w.seg)); n < l {
+				if err == nil || err == io.EOF {
+					err = io.ErrUnexpectedEOF
+				}
+				j.err = fmt.Errorf("reading the input at byte %d: %w (did it shrink while it was encrypted?)", j.raOff+int64(i*w.seg)+int64(n), err)
+				return
+			}
+		}
 		w.k.aead.Seal(j.buf[base:base], w.k.nonce(&nb, j.first+uint64(i), last), in, nil)
 		out = base + l + segTag
 	}
@@ -200,39 +219,35 @@ func (w *Writer) flushOne() error {
 	j := w.pending[0]
 	<-j.done
 	w.pending = w.pending[1:]
-	_, err := w.dst.Write(j.res)
 	w.free = append(w.free, j.buf)
+	if j.err != nil {
+		return j.err
+	}
+	_, err := w.dst.Write(j.res)
 	if err != nil {
 		return fmt.Errorf("writing encrypted segments: %w", err)
 	}
 	return nil
 }
 
-// ensure makes room for at least one more plaintext byte.
-func (w *Writer) ensure() error {
-	if w.cur != nil && w.cur.n == w.capacity() {
-		if err := w.submit(false); err != nil {
-			return err
-		}
-	}
-	if w.cur == nil {
-		w.cur = w.newJob()
-	}
-	return nil
-}
-
 // Write encrypts p. Segments are released to dst in order as they seal.
-func (w *Writer) Write(p []byte) (int, error) {
+//
+// p may be a memory-mapped file: if reading it faults (the file shrank)
+// in a sealing goroutine, or in the caller's when it has
+// debug.SetPanicOnFault on, Write fails with ErrInputFault and so does
+// the Writer from then on (Close writes no final segment).
+func (w *Writer) Write(p []byte) (total int, err error) {
 	if w.err != nil {
 		return 0, w.err
 	}
 	if w.closed {
 		return 0, errors.New("envelope: write after Close")
 	}
-	total := 0
+	defer w.failOnFault(&err)
 	// Large writes: whole jobs are sealed straight from p (no copy); more
 	// of p follows each, so none of them holds the final segment. Write
-	// waits until they are sealed, so p is not retained.
+	// waits until they are sealed, so p is not retained. A write that
+	// starts inside a job fills that job first by copying.
 	var borrowed []*job
 	defer func() {
 		for _, j := range borrowed {
@@ -242,35 +257,56 @@ func (w *Writer) Write(p []byte) (int, error) {
 			j.src = nil
 		}
 	}()
-	for w.pool != nil && (w.cur == nil || w.cur.n == 0) && len(p) > w.capacity() {
+	for len(p) > 0 {
+		if w.cur != nil && w.cur.n == w.capacity() {
+			// Full, and more of p follows: it does not hold the final segment.
+			if err := w.submit(false); err != nil {
+				w.fail(err)
+				return total, err
+			}
+		}
+		if w.pool != nil && (w.cur == nil || w.cur.n == 0) && len(p) > w.capacity() {
+			if w.cur == nil {
+				w.cur = w.newJob()
+			}
+			w.cur.src, w.cur.n = p[:w.capacity()], w.capacity()
+			borrowed = append(borrowed, w.cur)
+			if err := w.submit(false); err != nil {
+				w.cur = nil
+				w.fail(err)
+				return total, err
+			}
+			p = p[w.capacity():]
+			total += w.capacity()
+			continue
+		}
+		// Copy into the current job; once it is full and more of p
+		// follows, it is submitted above and large remainders borrow again.
 		if w.cur == nil {
 			w.cur = w.newJob()
 		}
-		w.cur.src, w.cur.n = p[:w.capacity()], w.capacity()
-		borrowed = append(borrowed, w.cur)
-		if err := w.submit(false); err != nil {
-			w.cur = nil
-			w.fail(err)
-			return total, err
-		}
-		p = p[w.capacity():]
-		total += w.capacity()
-	}
-	for len(p) > 0 {
-		if err := w.ensure(); err != nil {
-			w.fail(err)
-			return total, err
-		}
 		n := copy(w.slot(), p)
 		w.cur.n += n
+		w.copied += int64(n)
 		p = p[n:]
 		total += n
 	}
 	return total, nil
 }
 
+// sizedReaderAt is what ReadFrom reads in parallel: *io.SectionReader.
+type sizedReaderAt interface {
+	io.ReaderAt
+	io.Seeker
+	Size() int64
+}
+
 // ReadFrom encrypts everything r yields, reading straight into segment
-// buffers (io.Copy uses it).
+// buffers (io.Copy uses it). If r is an *io.SectionReader (anything with
+// ReadAt, Seek and Size), the sealing goroutines read their segments from
+// it themselves with ReadAt, in parallel (an *os.File under it is safe
+// for that), and r ends positioned at its end; r is not used after
+// ReadFrom returns.
 func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 	if w.err != nil {
 		return 0, w.err
@@ -279,6 +315,14 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		return 0, errors.New("envelope: write after Close")
 	}
 	var total int64
+	if sr, ok := r.(sizedReaderAt); ok && w.pool != nil && (w.cur == nil || w.cur.n == 0) {
+		n, err := w.readFromAt(sr)
+		total += n
+		if err != nil {
+			w.fail(err)
+			return total, err
+		}
+	}
 	for {
 		if w.cur != nil && w.cur.n == w.capacity() {
 			// Only submit a full job once more data exists: the final
@@ -316,6 +360,59 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			return total, err
 		}
 	}
+}
+
+// readFromAt submits every whole job of sr but the last one (which holds
+// the final segment: ReadFrom's loop reads it) as jobs the workers read
+// with ReadAt, and waits until they have read.
+func (w *Writer) readFromAt(sr sizedReaderAt) (int64, error) {
+	pos, err := sr.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	var (
+		total int64
+		read  []*job
+	)
+	defer func() {
+		for _, j := range read {
+			if j.sent {
+				<-j.done
+			}
+			j.ra = nil
+		}
+	}()
+	capacity := int64(w.capacity())
+	for sr.Size()-pos > capacity {
+		if w.cur == nil {
+			w.cur = w.newJob()
+		}
+		w.cur.ra, w.cur.raOff, w.cur.n = sr, pos, int(capacity)
+		read = append(read, w.cur)
+		if err := w.submit(false); err != nil {
+			w.cur = nil
+			return total, err
+		}
+		pos += capacity
+		total += capacity
+	}
+	_, err = sr.Seek(pos, io.SeekStart)
+	return total, err
+}
+
+// failOnFault, deferred by Write, turns a memory fault while copying p
+// into the Writer's error.
+func (w *Writer) failOnFault(err *error) {
+	r := recover()
+	if r == nil {
+		return
+	}
+	f, ok := r.(interface{ Addr() uintptr })
+	if !ok {
+		panic(r)
+	}
+	*err = fmt.Errorf("%w: fault at address %#x (was a memory-mapped input file truncated while it was read?)", ErrInputFault, f.Addr())
+	w.fail(*err)
 }
 
 func (w *Writer) fail(err error) {

@@ -81,6 +81,21 @@ func (p *Progress) FileDone() { p.files.Add(1) }
 // Reader counts bytes read through r.
 func (p *Progress) Reader(r io.Reader) io.Reader { return &countingReader{r: r, p: p} }
 
+// ReaderAt counts bytes read through r with ReadAt (safe for concurrent
+// use, as r must be).
+func (p *Progress) ReaderAt(r io.ReaderAt) io.ReaderAt { return &countingReaderAt{r: r, p: p} }
+
+type countingReaderAt struct {
+	r io.ReaderAt
+	p *Progress
+}
+
+func (c *countingReaderAt) ReadAt(b []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(b, off)
+	c.p.Add(int64(n))
+	return n, err
+}
+
 // Stop erases the bar. Safe to call more than once.
 func (p *Progress) Stop() {
 	if p.enabled {
