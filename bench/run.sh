@@ -17,7 +17,8 @@ suites=${ONLY:-"kms policy envelope proxy identity spire apply gateway federatio
 for s in $suites; do
   echo "=================== bench/$s ==================="
   case "$s" in
-    envelope) SIZE_MB=${SIZE_MB:-256} FILES=${FILES:-2000} bash envelope/run.sh ;;
+    envelope) SIZE_MB=${SIZE_MB:-256} FILES=${FILES:-2000} bash envelope/run.sh &&
+      if [ -d /dev/shm ]; then WORKDIR=/dev/shm SIZE_MB=${SIZE_MB:-256} FILES=0 bash envelope/run.sh; fi ;; # disk, then tmpfs
     federation) RUNS=${RUNS:-5} ROTATIONS=${ROTATIONS:-2} bash federation/run.sh ;;
     *) bash "$s/run.sh" ;;
   esac

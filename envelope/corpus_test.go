@@ -314,5 +314,17 @@ func FuzzDecrypt(f *testing.F) {
 		if err != nil && (len(got) > len(pt) || !bytes.Equal(got, pt[:len(got)])) {
 			t.Fatal("released plaintext that is not a prefix of the original")
 		}
+		// The parallel path for files: the same verdict, no more released.
+		var par bytes.Buffer
+		ra, perr := NewReaderAt(bg, bytes.NewReader(b), int64(len(b)), kms, WithConcurrency(2))
+		if perr == nil {
+			_, perr = ra.WriteTo(&par)
+		}
+		if (err == nil) != (perr == nil) {
+			t.Fatalf("Reader says %v, ReaderAt.WriteTo says %v", err, perr)
+		}
+		if !bytes.HasPrefix(got, par.Bytes()) {
+			t.Fatal("WriteTo released plaintext the Reader did not")
+		}
 	})
 }
