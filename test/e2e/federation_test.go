@@ -45,8 +45,9 @@ func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster 
 		c.nodeAPI, bep = nd.Addr(8443), nd.Addr(8444)
 	}
 	c.bundleURL = "https://" + bep
-	// Short SVIDs, so workloads move to a new root within half a minute.
-	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\nfederation:\n  bundle_endpoint:\n    address: %s\n%s",
+	// Short SVIDs, so workloads move to a new root within half a minute;
+	// the WireGuard network on for the overlay the network tests use.
+	cfg := fmt.Sprintf("trust_domain: %s\ndata_dir: %s\nhttp_address: 127.0.0.1:0\nlog_level: info\nidentity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\nnetwork:\n  overlay_cidrs: [10.250.0.0/16]\nfederation:\n  bundle_endpoint:\n    address: %s\n%s",
 		td, dir, c.nodeAPI, bep, fedExtra)
 	p := filepath.Join(dir, "ward.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {

@@ -159,7 +159,7 @@ func TestDashboardConfig(t *testing.T) {
 // registry's ranges; a bad or all-covering prefix is refused.
 func TestNetworkOverlayCIDRs(t *testing.T) {
 	base := "trust_domain: a.org\ndata_dir: /tmp/x\n"
-	c, err := Parse([]byte(base + "network:\n  overlay_cidrs: [10.250.0.0/16, fd00:77::1/48]\n  advertised_endpoints: true\n"))
+	c, err := Parse([]byte(base + "network:\n  overlay_cidrs: [10.250.0.0/16, fd00:77::1/48]\n  advertised_endpoints: true\n  endpoint_cidrs: [192.168.10.0/24]\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -169,6 +169,21 @@ func TestNetworkOverlayCIDRs(t *testing.T) {
 	for _, bad := range []string{"[10.250.0.0]", "[0.0.0.0/0]", "[\"::/0\"]"} {
 		if _, err := Parse([]byte(base + "network:\n  overlay_cidrs: " + bad + "\n")); err == nil || !strings.Contains(err.Error(), "network.overlay_cidrs") {
 			t.Errorf("overlay_cidrs %s: %v", bad, err)
+		}
+	}
+	if got := c.Network.Endpoints(); len(got) != 1 || got[0].String() != "192.168.10.0/24" {
+		t.Fatalf("endpoint_cidrs %v", got)
+	}
+	// Safe by default: advertised endpoints need endpoint_cidrs, and any
+	// network setting needs overlay_cidrs (the errors name what to set).
+	for yaml, want := range map[string]string{
+		"network:\n  overlay_cidrs: [10.250.0.0/16]\n  advertised_endpoints: true\n":   "needs network.endpoint_cidrs",
+		"network:\n  advertised_endpoints: true\n  endpoint_cidrs: [192.168.0.0/16]\n": "needs network.overlay_cidrs",
+		"network:\n  overlay_cidrs: [10.250.0.0/16]\n  endpoint_cidrs: [0.0.0.0/0]\n":  "network.endpoint_cidrs",
+		"network:\n  overlay_cidrs: [10.250.0.0/16]\n  endpoint_cidrs: [host]\n":       "network.endpoint_cidrs",
+	} {
+		if _, err := Parse([]byte(base + yaml)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want %q", yaml, err, want)
 		}
 	}
 }

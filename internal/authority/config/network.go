@@ -10,23 +10,32 @@ import (
 type Network struct {
 	// OverlayCIDRs are the ranges agents may claim tunnel prefixes in
 	// (allowed_ips): every registered prefix must lie inside one of them.
-	// Unset, an agent may claim any prefix no other current agent holds
-	// (besides the checks on endpoints and the authority's address),
-	// e.g. a DNS server's /32 on a node without strict mode: the
-	// authority warns at start. Set it in production.
+	// Unset, the WireGuard network is off: every tunnel registration is
+	// refused (an agent could otherwise pre-claim any prefix no other
+	// agent holds, e.g. a DNS server's /32).
 	OverlayCIDRs []string `yaml:"overlay_cidrs"`
 	// AdvertisedEndpoints lets an agent register a WireGuard endpoint
 	// whose IP is not the address its Node API connection came from
 	// (nodes behind NAT, or reached on another interface). Off, such an
 	// endpoint is refused: otherwise an agent could name another host's
-	// address and make every peer send it handshakes (reflection).
+	// address and make every peer send it handshakes (reflection). On, it
+	// needs EndpointCIDRs.
 	AdvertisedEndpoints bool `yaml:"advertised_endpoints"`
+	// EndpointCIDRs are the ranges the nodes' WireGuard endpoints may be
+	// in (every endpoint, advertised or not, must lie inside one).
+	// Required with AdvertisedEndpoints.
+	EndpointCIDRs []string `yaml:"endpoint_cidrs"`
 }
 
 // Overlay returns overlay_cidrs parsed (validate refuses a bad one).
-func (n *Network) Overlay() []netip.Prefix {
+func (n *Network) Overlay() []netip.Prefix { return prefixes(n.OverlayCIDRs) }
+
+// Endpoints returns endpoint_cidrs parsed (validate refuses a bad one).
+func (n *Network) Endpoints() []netip.Prefix { return prefixes(n.EndpointCIDRs) }
+
+func prefixes(ss []string) []netip.Prefix {
 	var out []netip.Prefix
-	for _, s := range n.OverlayCIDRs {
+	for _, s := range ss {
 		if p, err := netip.ParsePrefix(s); err == nil {
 			out = append(out, p.Masked())
 		}
@@ -35,14 +44,25 @@ func (n *Network) Overlay() []netip.Prefix {
 }
 
 func (n *Network) validate() error {
-	for _, s := range n.OverlayCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return fmt.Errorf("network.overlay_cidrs: %q is not a CIDR prefix (e.g. 10.250.0.0/16): %v", s, err)
+	for _, f := range []struct {
+		name, example string
+		list          []string
+	}{{"overlay_cidrs", "10.250.0.0/16", n.OverlayCIDRs}, {"endpoint_cidrs", "192.168.10.0/24", n.EndpointCIDRs}} {
+		for _, s := range f.list {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return fmt.Errorf("network.%s: %q is not a CIDR prefix (e.g. %s): %v", f.name, s, f.example, err)
+			}
+			if p.Bits() == 0 {
+				return fmt.Errorf("network.%s: %s is every address: name the %s", f.name, s, map[string]string{"overlay_cidrs": "overlay's own range", "endpoint_cidrs": "nodes' own network"}[f.name])
+			}
 		}
-		if p.Bits() == 0 {
-			return fmt.Errorf("network.overlay_cidrs: %s is every address: name the overlay's own range", s)
-		}
+	}
+	if len(n.OverlayCIDRs) == 0 && (n.AdvertisedEndpoints || len(n.EndpointCIDRs) > 0) {
+		return fmt.Errorf("network: the WireGuard network needs network.overlay_cidrs, the ranges the nodes' tunnel prefixes lie in (e.g. overlay_cidrs: [10.250.0.0/16]); without it every tunnel registration is refused")
+	}
+	if n.AdvertisedEndpoints && len(n.EndpointCIDRs) == 0 {
+		return fmt.Errorf("network.advertised_endpoints needs network.endpoint_cidrs, the ranges the nodes' WireGuard endpoints may be in (e.g. endpoint_cidrs: [192.168.10.0/24]): otherwise any agent could name any host as its endpoint and make every peer send it handshakes")
 	}
 	return nil
 }

@@ -46,9 +46,16 @@ type Options struct {
 	Clock func() time.Time
 	// OverlayCIDRs are the ranges WireGuard tunnels may claim prefixes
 	// in (authority config network.overlay_cidrs); every registered
-	// prefix must lie inside one. Empty: any prefix not held by another
-	// current agent (the authority warns at start).
+	// prefix must lie inside one. Empty: the WireGuard network is off,
+	// every tunnel registration is refused (an agent could otherwise
+	// pre-claim any prefix, e.g. a DNS server's /32).
 	OverlayCIDRs []netip.Prefix
+	// EndpointCIDRs bound the tunnels' WireGuard endpoints
+	// (network.endpoint_cidrs): every endpoint's address must lie inside
+	// one. Empty: any (the Node API then only takes the address the
+	// agent's connection came from, unless advertised endpoints are on,
+	// which the config refuses without endpoint_cidrs).
+	EndpointCIDRs []netip.Prefix
 }
 
 // Registry is the store of entries, join tokens and agents. Safe for

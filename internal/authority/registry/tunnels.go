@@ -166,7 +166,14 @@ func (r *Registry) RegisterTunnel(ctx context.Context, id spiffeid.ID, t Tunnel,
 	if err != nil {
 		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
 	}
+	if len(r.opts.OverlayCIDRs) == 0 {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, errs.Errorf(errs.Precondition,
+			"the WireGuard network is off on this authority: network.overlay_cidrs is not set; set it in the server config to the ranges the nodes' tunnel prefixes lie in, e.g. network: {overlay_cidrs: [10.250.0.0/16]} (docs/network.md)"))
+	}
 	if err := checkTunnel(&t); err != nil {
+		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
+	}
+	if err := r.inEndpoints(t.Endpoint); err != nil {
 		return Tunnel{}, r.auditEnd(ctx, "tunnel.register", fields, err)
 	}
 	if p := covering(t.AllowedIPs, endpointAddr(t.Endpoint)); p != "" {
@@ -250,21 +257,32 @@ type tunnelCheck struct {
 }
 
 // InOverlay says whether the tunnel prefix p (CIDR) is inside the
-// configured overlay ranges (none configured: every prefix is): the Node
-// API holds federated clusters' prefixes to the same bound.
+// configured overlay ranges (none configured: none is, the network is
+// off): the Node API holds federated clusters' prefixes to the same bound.
 func (r *Registry) InOverlay(p string) bool {
-	if _, err := netip.ParsePrefix(p); err != nil {
+	if _, err := netip.ParsePrefix(p); err != nil || len(r.opts.OverlayCIDRs) == 0 {
 		return false
 	}
 	return r.inOverlay([]string{p}) == nil
 }
 
-// inOverlay refuses a prefix outside the configured overlay ranges
-// (Options.OverlayCIDRs; none configured: any prefix).
-func (r *Registry) inOverlay(prefixes []string) error {
-	if len(r.opts.OverlayCIDRs) == 0 {
+// inEndpoints refuses an endpoint outside Options.EndpointCIDRs.
+func (r *Registry) inEndpoints(ep string) error {
+	if len(r.opts.EndpointCIDRs) == 0 {
 		return nil
 	}
+	a := endpointAddr(ep)
+	for _, o := range r.opts.EndpointCIDRs {
+		if a.IsValid() && o.Contains(a.Unmap()) {
+			return nil
+		}
+	}
+	return errs.Errorf(errs.Denied, "endpoint %s is outside the ranges WireGuard endpoints may be in (network.endpoint_cidrs: %v): peers would send their handshakes there; register an endpoint on the nodes' network, or widen endpoint_cidrs", ep, r.opts.EndpointCIDRs)
+}
+
+// inOverlay refuses a prefix outside the configured overlay ranges
+// (Options.OverlayCIDRs).
+func (r *Registry) inOverlay(prefixes []string) error {
 	for _, s := range prefixes {
 		p := netip.MustParsePrefix(s)
 		ok := false

@@ -51,6 +51,9 @@ func redteamRegistry(t testing.TB, st store.Store, now *atomic.Pointer[time.Time
 	for _, s := range overlay {
 		o.OverlayCIDRs = append(o.OverlayCIDRs, netip.MustParsePrefix(s))
 	}
+	if len(overlay) == 0 {
+		o.OverlayCIDRs = everywhere
+	}
 	r, err := New(st, o)
 	if err != nil {
 		t.Fatal(err)
@@ -81,6 +84,52 @@ func TestTunnelOverlayCIDRs(t *testing.T) {
 	}
 	if _, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "192.0.2.1:51820", AllowedIPs: []string{"10.250.1.1/32", "10.250.1.0/24", "fd00:77::1/128"}}); err != nil {
 		t.Fatalf("inside the overlay: %v", err)
+	}
+}
+
+// TestTunnelNetworkOffWithoutOverlay (red team): without
+// network.overlay_cidrs the WireGuard network is off, so a current agent
+// cannot pre-claim any prefix (a DNS server's /32 on a node without strict
+// mode); the refusal is audited and names the setting to add.
+func TestTunnelNetworkOffWithoutOverlay(t *testing.T) {
+	ctx := context.Background()
+	l := &auditLog{}
+	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), Audit: l})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := liveAgent(t, r, "a", time.Now().Add(time.Hour))
+	_, err = r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "192.0.2.1:51820", AllowedIPs: []string{"10.53.0.53/32"}})
+	if errs.KindOf(err) != errs.Precondition || !strings.Contains(err.Error(), "network.overlay_cidrs") {
+		t.Fatalf("a claim with the network off: %v, want refused naming network.overlay_cidrs", err)
+	}
+	if ts, _ := r.Tunnels(ctx, true); len(ts) != 0 || r.InOverlay("10.53.0.53/32") {
+		t.Fatalf("network off: %d tunnels stored, InOverlay %v", len(ts), r.InOverlay("10.53.0.53/32"))
+	}
+	if len(l.find("tunnel.register", audit.ResultError)) == 0 && len(l.find("tunnel.register", audit.ResultDenied)) == 0 {
+		t.Fatal("the refused registration was not audited")
+	}
+}
+
+// TestTunnelEndpointCIDRs (red team): with network.endpoint_cidrs, an
+// agent cannot name an endpoint outside them (another host's address, for
+// every peer to send its handshakes: reflection).
+func TestTunnelEndpointCIDRs(t *testing.T) {
+	ctx := context.Background()
+	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), Audit: &auditLog{},
+		OverlayCIDRs: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}, EndpointCIDRs: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := liveAgent(t, r, "a", time.Now().Add(time.Hour))
+	for _, ep := range []string{"198.51.100.7:51820", "10.0.0.53:53", "[2001:db8::1]:51820", "[::ffff:198.51.100.7]:51820"} {
+		_, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: ep, AllowedIPs: []string{"10.250.1.1/32"}})
+		if errs.KindOf(err) != errs.Denied || !strings.Contains(err.Error(), "network.endpoint_cidrs") {
+			t.Fatalf("endpoint %s outside endpoint_cidrs: %v", ep, err)
+		}
+	}
+	if _, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "192.0.2.9:51820", AllowedIPs: []string{"10.250.1.1/32"}}); err != nil {
+		t.Fatalf("an endpoint inside: %v", err)
 	}
 }
 

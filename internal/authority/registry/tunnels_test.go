@@ -16,9 +16,14 @@ import (
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 )
 
+// everywhere is an overlay covering every prefix narrower than /0: the
+// tests of the other checks run with the network on and no overlay bound.
+var everywhere = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1"),
+	netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1")}
+
 func tunnelRegistry(t testing.TB) *Registry {
 	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil })})
+		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), OverlayCIDRs: everywhere})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,7 +130,8 @@ func TestStaleTunnelHoldsNothing(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"),
-		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now }})
+		Audit: audit.RecorderFunc(func(context.Context, audit.Event) error { return nil }), Clock: func() time.Time { return now },
+		OverlayCIDRs: everywhere})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,8 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		}
 	}
 	reg, err := registry.New(bs, registry.Options{TrustDomain: td, Audit: st.recorder,
-		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL), OverlayCIDRs: s.cfg.Network.Overlay()})
+		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL), OverlayCIDRs: s.cfg.Network.Overlay(),
+		EndpointCIDRs: s.cfg.Network.Endpoints()})
 	if err != nil {
 		return err
 	}
@@ -101,7 +102,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			return err
 		}
 		if len(s.cfg.Network.OverlayCIDRs) == 0 {
-			s.log.Warn("network.overlay_cidrs is not set: any current agent may claim any WireGuard prefix no other agent holds (e.g. a DNS server's /32); set it to the overlay's ranges (docs/network.md)")
+			s.log.Info("the WireGuard network is off: network.overlay_cidrs is not set, agents' tunnel registrations are refused (set it to the overlay's ranges to turn it on, docs/network.md)")
 		}
 		if err := id.node.Listen(ic.NodeAPIAddress); err != nil {
 			return err

@@ -325,6 +325,11 @@ func (a *Agent) runNetwork(ctx context.Context) {
 			// Evicted or replaced: this node is no one's peer any more.
 			_ = dev.SetPeers(nil)
 			a.log.Error("network: the authority refused this agent; tunnels removed", "err", err)
+		} else if status.Code(err) == codes.FailedPrecondition {
+			// The authority's network is off (no network.overlay_cidrs):
+			// nothing changes until its operator turns it on.
+			a.log.Error("network: the authority does not run the WireGuard network; set network.overlay_cidrs in its server config (docs/network.md)", "err", err)
+			backoff = 5 * time.Second
 		} else {
 			a.log.Warn("network: peer list interrupted; reconnecting", "err", err)
 		}

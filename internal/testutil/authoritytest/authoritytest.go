@@ -14,6 +14,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"fmt"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
@@ -63,12 +64,26 @@ type options struct {
 	now   func() time.Time
 	st    store.Store
 	hook  func(context.Context, audit.Event) error
+	// overlay is the registry's network.overlay_cidrs.
+	overlay []netip.Prefix
 
-	auditLog, kms, policy bool
+	auditLog, kms, policy, overlaySet bool
 }
 
 // Option configures an Authority.
 type Option func(*options)
+
+// Everywhere is an overlay covering every prefix narrower than /0: the
+// registry's WireGuard network on without an overlay bound (the default
+// here, so tests of the other tunnel checks need not name one).
+var Everywhere = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustParsePrefix("128.0.0.0/1"),
+	netip.MustParsePrefix("::/1"), netip.MustParsePrefix("8000::/1")}
+
+// WithOverlay sets the registry's overlay ranges (network.overlay_cidrs;
+// default Everywhere; none: the WireGuard network is off).
+func WithOverlay(p ...netip.Prefix) Option {
+	return func(o *options) { o.overlay = p; o.overlaySet = true }
+}
 
 // WithTrustDomain names the trust domain (default DefaultTrustDomain).
 func WithTrustDomain(td string) Option { return func(o *options) { o.td = td } }
@@ -133,7 +148,10 @@ func Open(ctx context.Context, opts ...Option) (*Authority, error) {
 			return nil, err
 		}
 	}
-	a.Registry, err = registry.New(o.st, registry.Options{TrustDomain: td, Audit: a, Clock: o.now})
+	if !o.overlaySet {
+		o.overlay = Everywhere
+	}
+	a.Registry, err = registry.New(o.st, registry.Options{TrustDomain: td, Audit: a, Clock: o.now, OverlayCIDRs: o.overlay})
 	if err != nil {
 		return nil, err
 	}
