@@ -64,6 +64,7 @@ type decisionKey struct {
 }
 
 type decisionEntry struct {
+	h      uint64 // the hash of its request, compared before the key
 	set    *Set
 	key    decisionKey
 	labels map[string]string
@@ -80,17 +81,15 @@ func keyOf(req *Request) decisionKey {
 
 // hash is where req (key k) lives: the decisionCacheWays slots from
 // h % decisionCacheSlots rounded down to a multiple of decisionCacheWays.
-func (c *decisionCache) hash(k *decisionKey, req *Request) uint64 {
-	h := maphash.Comparable(c.seed, *k)
-	var labels uint64 // order-independent: a map has no order
-	for lk, lv := range req.Labels {
-		labels += maphash.String(c.seed, lk)*0x9e3779b97f4a7c15 ^ maphash.String(c.seed, lv)
-	}
-	h = h*31 + labels
-	for _, g := range req.Groups {
-		h = h*31 + maphash.String(c.seed, g)
-	}
-	return h
+// Only the fields that tell an enforcement point's requests apart are
+// hashed (principal, action, resource name, destination); the rest of the
+// key, the labels and the groups are compared on a hit (matches), so two
+// requests differing only there share ways but never an entry.
+func (c *decisionCache) hash(k *decisionKey) uint64 {
+	h := maphash.String(c.seed, k.principal)
+	h = h*31 + maphash.String(c.seed, k.resource.Name)
+	h = h*31 + maphash.String(c.seed, k.dest)
+	return h*31 + maphash.String(c.seed, k.action)
 }
 
 // matches reports whether e holds the decision of req (key k) by s.
@@ -112,11 +111,11 @@ func (d Decision) clone() Decision {
 // checked) from the cache, evaluating and remembering it on a miss.
 func (s *Set) cachedDecide(req *Request) Decision {
 	k := keyOf(req)
-	h := s.cache.hash(&k, req)
+	h := s.cache.hash(&k)
 	t := s.cache.slots()
 	first := h % decisionCacheSlots &^ (decisionCacheWays - 1)
 	for i := first; i < first+decisionCacheWays; i++ {
-		if e := t[i].Load(); e != nil && e.matches(s, &k, req) {
+		if e := t[i].Load(); e != nil && e.h == h && e.matches(s, &k, req) {
 			return e.d.clone()
 		}
 	}
@@ -140,7 +139,7 @@ func (s *Set) decideAndCache(req Request, k decisionKey, h uint64) Decision {
 				break
 			}
 		}
-		t[i].Store(&decisionEntry{set: s, key: k, labels: maps.Clone(req.Labels), groups: slices.Clone(req.Groups), d: d.clone()})
+		t[i].Store(&decisionEntry{h: h, set: s, key: k, labels: maps.Clone(req.Labels), groups: slices.Clone(req.Groups), d: d.clone()})
 	}
 	return d
 }

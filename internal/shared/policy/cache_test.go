@@ -40,7 +40,7 @@ func cachedFor(s *Set, req Request) bool {
 		return false
 	}
 	k := keyOf(&req)
-	first := s.cache.hash(&k, &req) % decisionCacheSlots &^ (decisionCacheWays - 1)
+	first := s.cache.hash(&k) % decisionCacheSlots &^ (decisionCacheWays - 1)
 	for i := first; i < first+decisionCacheWays; i++ {
 		if e := t[i].Load(); e != nil && e.matches(s, &k, &req) {
 			return true
