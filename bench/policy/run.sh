@@ -35,9 +35,10 @@ for k in mixed cached uncached; do
   printf '%-36s %10s %10s %10s\n' "Decide, $k" "$(val "$n" p50-ns)" "$(val "$n" p99-ns)" "$(val "$n" allocs/op)"
 done
 printf '%-36s %10s %10s %10s\n' "cedar-go, whole set (peer)" "$(val 'unindexed-' p50-ns)" "$(val 'unindexed-' p99-ns)" "$(val 'unindexed-' allocs/op)"
-printf '\n%-36s %10s %10s %10s\n' "re-decide 100,000 open connections" "ms/sweep" "ns/conn" "allocs/op"
+printf '\n%-36s %10s %10s %12s %10s\n' "re-decide 100,000 open connections" "ms/sweep" "ns/conn" "cpu-ns/conn" "allocs/op"
 for k in distinct shared; do
-  printf '%-36s %10s %10s %10s\n' "$k principals" "$(val "Recheck/$k-" ms/sweep)" "$(val "Recheck/$k-" ns/conn)" "$(val "Recheck/$k-" allocs/op)"
+  printf '%-36s %10s %10s %12s %10s\n' "$k principals" "$(val "Recheck/$k-" ms/sweep)" "$(val "Recheck/$k-" ns/conn)" \
+    "$(val "Recheck/$k-" cpu-ns/conn)" "$(val "Recheck/$k-" allocs/op)"
 done
 
 m99=$(val 'policies=10000/mixed-' p99-ns); ma=$(val 'policies=10000/mixed-' allocs/op)
@@ -46,5 +47,5 @@ c99=$(val 'unindexed-' p99-ns)
 summary "policy decision p99, 10k policies (mix)" "${m99:-?} ns" "cedar-go whole set ${c99:-?} ns" "$(ratio "$c99" "$m99")" "< 2000 ns" "$(met "$m99" '<=' 1999)"
 summary "policy decision allocs, 10k policies (mix)" "${ma:-?}/op" "-" "-" "<= 2/op" "$(met "$ma" '<=' 2)"
 summary "policy decision uncached, 10k: p99, allocs" "${u99:-?} ns, ${ua:-?}/op" "-" "-" "< 2000 ns, <= 2" "$(awk -v p="$u99" -v a="$ua" 'BEGIN { if (p == "") print "-"; else print (p < 2000 && a <= 2) ? "yes" : "no" }')"
-sd=$(val 'Recheck/distinct-' ms/sweep); ss=$(val 'Recheck/shared-' ms/sweep)
-summary "policy sweep, 100k open conns re-decided" "${sd:-?} ms (shared ${ss:-?})" "- (no peer)" "-" "none set (reported)" "-"
+sd=$(val 'Recheck/distinct-' ms/sweep); sc=$(val 'Recheck/distinct-' cpu-ns/conn)
+summary "policy sweep, 100k open conns re-decided" "${sd:-?} ms, ${sc:-?} cpu-ns/conn" "- (no peer)" "-" "none set (reported)" "-"
