@@ -43,7 +43,7 @@ type testCA struct {
 	key  *ecdsa.PrivateKey
 }
 
-func newTestCA(t *testing.T, cn string) *testCA {
+func newTestCA(t testing.TB, cn string) *testCA {
 	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
@@ -56,7 +56,7 @@ func newTestCA(t *testing.T, cn string) *testCA {
 	return &testCA{cert: c, key: k}
 }
 
-func (ca *testCA) leaf(t *testing.T, id string, notBefore, notAfter time.Time) *x509.Certificate {
+func (ca *testCA) leaf(t testing.TB, id string, notBefore, notAfter time.Time) *x509.Certificate {
 	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	u, _ := url.Parse(id)
@@ -152,5 +152,34 @@ func TestPeerChainCacheIsExact(t *testing.T) {
 	}
 	if n := p.chains.len(); n > chainCacheMax {
 		t.Fatalf("cache holds %d entries, bound %d", n, chainCacheMax)
+	}
+}
+
+// BenchmarkPeerVerify is the handshake's peer verification (VerifyConnection)
+// of a leaf under a root: verified (the first time a chain is seen under a
+// bundle) and cached (every later handshake of the same chain).
+func BenchmarkPeerVerify(b *testing.B) {
+	td := spiffeid.RequireTrustDomainFromString("prod.example")
+	ca := newTestCA(b, "A")
+	src := &swapSource{}
+	src.set(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.cert}))
+	chain := []*x509.Certificate{ca.leaf(b, "spiffe://prod.example/ns/shop/web", time.Now().Add(-time.Minute), time.Now().Add(time.Hour))}
+	for _, cached := range []bool{false, true} {
+		name := "verified"
+		if cached {
+			name = "cached"
+		}
+		b.Run(name, func(b *testing.B) {
+			p := &Proxy{src: src, chains: newChainCache()}
+			b.ReportAllocs()
+			for i := 0; i < b.N; i++ {
+				if !cached {
+					p.chains = newChainCache()
+				}
+				if _, _, _, err := p.verifyPeer(chain); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
