@@ -26,7 +26,7 @@ echo "== ward proxy pair vs direct, bare Go TLS, stunnel and haproxy ($(go versi
   -only direct,go-tls,ward,stunnel,haproxy -stream-mb 128 -runs "${RUNS:-3}" "$@" | tee "$tmp/out"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
-go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection|PeerVerify' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
+go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection|PeerVerify|RoundTrip' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
 
 # Rows of bench/run.sh's summary table (issue 17, gap 3 and the proxy
 # columns): col PATH N -> column N of PATH's row of the medians table
