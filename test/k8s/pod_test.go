@@ -198,7 +198,7 @@ func TestPodIdentityWithRealAPIServer(t *testing.T) {
 		must(os.WriteFile(p, []byte(content), 0o600))
 		return p
 	}
-	agentToken := write("agent-token", token("ward-system", "ward-agent", agentPod, "ward"))
+	agentToken := write("agent-token", token("ward-system", "ward-agent", agentPod, "ward:k8s.example.org"))
 	// The authority's and the agent's own apiserver credentials: the
 	// static admin token (AlwaysAllow here; docs/kubernetes.md lists the
 	// RBAC they need in a real cluster).
@@ -314,15 +314,20 @@ log_level: info
 		}
 	}
 	refused("a token for another audience", token("ward-system", "ward-agent", agentPod, "vault"), "refused the token")
+	// The default audience names the trust domain: a token projected for
+	// another trust domain's authority (or for the old shared audience
+	// ward) is refused when replayed to this one.
+	refused("a token for another trust domain's authority", token("ward-system", "ward-agent", agentPod, "ward:other.example.org"), "refused the token")
+	refused("a token for the old shared audience", token("ward-system", "ward-agent", agentPod, "ward"), "refused the token")
 	intruderPod := mkPod("ward-system", "intruder-1", "intruder", nil)
-	refused("a service account not allowed to be an agent", token("ward-system", "intruder", intruderPod, "ward"), "service account ward-system:intruder of cluster test may not attest agents")
-	refused("a token bound to no pod", token("ward-system", "ward-agent", nil, "ward"), "not bound to a pod")
+	refused("a service account not allowed to be an agent", token("ward-system", "intruder", intruderPod, "ward:k8s.example.org"), "service account ward-system:intruder of cluster test may not attest agents")
+	refused("a token bound to no pod", token("ward-system", "ward-agent", nil, "ward:k8s.example.org"), "not bound to a pod")
 	agentTok, err := os.ReadFile(agentToken)
 	must(err)
 	refused("the agent's token again (replay, a second agent)", string(agentTok), "already attested agent "+agentID)
 	// Revoked: the token of a pod that was deleted.
 	oldPod := mkPod("ward-system", "ward-agent-old", "ward-agent", nil)
-	oldTok := token("ward-system", "ward-agent", oldPod, "ward")
+	oldTok := token("ward-system", "ward-agent", oldPod, "ward:k8s.example.org")
 	must(kc.CoreV1().Pods("ward-system").Delete(ctx, oldPod.Name, metav1.DeleteOptions{GracePeriodSeconds: new(int64)}))
 	deadline = time.Now().Add(20 * time.Second)
 	for {

@@ -62,7 +62,9 @@ type K8sPSATCluster struct {
 	// service account needs system:auth-delegator); empty = the pod's
 	// service-account token.
 	TokenFile string `yaml:"token_file"`
-	// Audience the agents' tokens must be issued for (default ward).
+	// Audience the agents' tokens must be issued for (default
+	// ward:<trust domain>: a token projected for another trust domain's
+	// authority is refused here).
 	Audience string `yaml:"audience"`
 	// AllowedServiceAccounts are "namespace:name" of the service accounts
 	// agents run as (e.g. ward-system:ward-agent). Required.
@@ -164,7 +166,7 @@ func (c K8sPSATCluster) validate() error {
 		return fmt.Errorf("apiserver %q: use an https:// URL (empty = the cluster the authority runs in)", c.APIServer)
 	}
 	if c.Audience != "" && (len(c.Audience) > 256 || strings.ContainsAny(c.Audience, " \t\r\n")) {
-		return fmt.Errorf("audience %q: one word of at most 256 bytes (default ward)", c.Audience)
+		return fmt.Errorf("audience %q: one word of at most 256 bytes (default ward:<trust domain>)", c.Audience)
 	}
 	if len(c.AllowedServiceAccounts) == 0 {
 		return errors.New("allowed_service_accounts is required: the namespace:name of the agents' service account, e.g. ward-system:ward-agent")

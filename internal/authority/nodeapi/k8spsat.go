@@ -21,7 +21,8 @@ import (
 type PSATCluster struct {
 	// Reviewer validates tokens: the cluster's TokenReview API.
 	Reviewer TokenReviewer
-	// Audience the token must be issued for (default "ward").
+	// Audience the token must be issued for (default DefaultPSATAudience
+	// of the trust domain: "ward:<trust domain>").
 	Audience string
 	// AllowedServiceAccounts are "namespace:name" of the service accounts
 	// agents run as; a token of any other one is refused.
@@ -45,6 +46,13 @@ const (
 	maxPSATToken  = 16 << 10
 	reviewTimeout = 10 * time.Second
 )
+
+// DefaultPSATAudience is the audience an agent's projected token must be
+// issued for when identity.k8s_psat names none: "ward:<trust domain>",
+// so a token projected for one trust domain's authority is refused by
+// another's (a cluster's agents may attest to several authorities, and
+// the apiserver checks the audience, not the authority it is shown to).
+func DefaultPSATAudience(td spiffeid.TrustDomain) string { return "ward:" + td.Name() }
 
 // PSATAgentID is the agent ID a k8s_psat node gets:
 // spiffe://TD/ward/agent/k8s_psat/<cluster>/<node UID>.
@@ -77,7 +85,7 @@ func (s *Server) verifyPSAT(ctx context.Context, cluster, token string) (psatRes
 	}
 	aud := cl.Audience
 	if aud == "" {
-		aud = "ward"
+		aud = DefaultPSATAudience(s.td)
 	}
 	rctx, cancel := context.WithTimeout(ctx, reviewTimeout)
 	defer cancel()

@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/attest"
@@ -89,14 +91,14 @@ func (h *harness) attestPSAT(t testing.TB, cluster, token string) (*x509svid.SVI
 // node attests again and takes the node over; the old SVID stops working.
 func TestK8sPSATAttestation(t *testing.T) {
 	rev := &fakeReview{tokens: map[string]fakeToken{
-		"good":      {aud: "ward", ns: "ward-system", sa: "ward-agent", pod: "ward-agent-abcde", podUID: "0b6a4f8e-1111-4d2c-9a3e-5c1f7d2e8a90", node: "node-a", nodeUID: "5d3c2b1a-2222-4e5f-8a9b-0c1d2e3f4a5b"},
+		"good":      {aud: "ward:node.example.org", ns: "ward-system", sa: "ward-agent", pod: "ward-agent-abcde", podUID: "0b6a4f8e-1111-4d2c-9a3e-5c1f7d2e8a90", node: "node-a", nodeUID: "5d3c2b1a-2222-4e5f-8a9b-0c1d2e3f4a5b"},
 		"other-aud": {aud: "vault", ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
 		"lying-aud": {aud: "vault", lieAudiences: true, ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
-		"revoked":   {aud: "ward", revoked: true, ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
-		"other-sa":  {aud: "ward", ns: "default", sa: "default", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
-		"unbound":   {aud: "ward", ns: "ward-system", sa: "ward-agent"},
-		"bad-name":  {aud: "ward", ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1/../x", node: "node-a", nodeUID: "n1"},
-		"new-pod":   {aud: "ward", ns: "ward-system", sa: "ward-agent", pod: "ward-agent-fghij", podUID: "7e6d5c4b-3333-4a1b-8c2d-3e4f5a6b7c8d", node: "node-a", nodeUID: "5d3c2b1a-2222-4e5f-8a9b-0c1d2e3f4a5b"},
+		"revoked":   {aud: "ward:node.example.org", revoked: true, ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
+		"other-sa":  {aud: "ward:node.example.org", ns: "default", sa: "default", pod: "p", podUID: "u1", node: "node-a", nodeUID: "n1"},
+		"unbound":   {aud: "ward:node.example.org", ns: "ward-system", sa: "ward-agent"},
+		"bad-name":  {aud: "ward:node.example.org", ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "u1/../x", node: "node-a", nodeUID: "n1"},
+		"new-pod":   {aud: "ward:node.example.org", ns: "ward-system", sa: "ward-agent", pod: "ward-agent-fghij", podUID: "7e6d5c4b-3333-4a1b-8c2d-3e4f5a6b7c8d", node: "node-a", nodeUID: "5d3c2b1a-2222-4e5f-8a9b-0c1d2e3f4a5b"},
 	}}
 	h := newHarnessWith(t, func(c *Config) {
 		c.PSATClusters = map[string]PSATCluster{"c1": {Reviewer: rev, AllowedServiceAccounts: []string{"ward-system:ward-agent"}}}
@@ -135,7 +137,7 @@ func TestK8sPSATAttestation(t *testing.T) {
 		}
 	}
 	refused("wrong audience", "c1", "other-aud", codes.PermissionDenied, "refused the token")
-	refused("reviewer ignoring the audience", "c1", "lying-aud", codes.PermissionDenied, `not valid for audience "ward"`)
+	refused("reviewer ignoring the audience", "c1", "lying-aud", codes.PermissionDenied, `not valid for audience "ward:node.example.org"`)
 	refused("expired or revoked", "c1", "revoked", codes.PermissionDenied, "expired, revoked")
 	refused("unknown token", "c1", "forged.jwt.token", codes.PermissionDenied, "refused the token")
 	refused("service account not allowed", "c1", "other-sa", codes.PermissionDenied, "service account default:default of cluster c1 may not attest agents")
@@ -207,7 +209,7 @@ func TestK8sPSATAttestation(t *testing.T) {
 // once; exactly one gets the node.
 func TestK8sPSATReplayRace(t *testing.T) {
 	rev := &fakeReview{tokens: map[string]fakeToken{
-		"good": {aud: "ward", ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "pod-uid-1", node: "node-a", nodeUID: "node-uid-1"},
+		"good": {aud: "ward:node.example.org", ns: "ward-system", sa: "ward-agent", pod: "p", podUID: "pod-uid-1", node: "node-a", nodeUID: "node-uid-1"},
 	}}
 	h := newHarnessWith(t, func(c *Config) {
 		c.PSATClusters = map[string]PSATCluster{"c1": {Reviewer: rev, AllowedServiceAccounts: []string{"ward-system:ward-agent"}}}
@@ -251,9 +253,10 @@ func (s staticReview) ReviewToken(context.Context, string, []string) (kubeapi.To
 // k8s_psat prefix, for an allowed service account, with the node UID as
 // one path segment (no "/", ".", ".." tricks naming another node).
 func FuzzVerifyPSAT(f *testing.F) {
-	f.Add("system:serviceaccount:ward-system:ward-agent", "ward", "ward-agent-x", "1b2c", "node-1", "9f1e", true)
-	f.Add("system:serviceaccount:ward-system:ward-agent", "ward", "p", "u", "n", "..", true)
-	f.Add("system:serviceaccount:ward-system:ward-agent:x", "ward", "p", "u", "n", "a/b", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent", "ward:node.example.org", "ward-agent-x", "1b2c", "node-1", "9f1e", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent", "ward:node.example.org", "p", "u", "n", "..", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent", "ward", "p", "u", "n", "x", true)
+	f.Add("system:serviceaccount:ward-system:ward-agent:x", "ward:node.example.org", "p", "u", "n", "a/b", true)
 	f.Add("system:serviceaccount:ward-system:ward-agent", "other", "p", "u", "n", "x", true)
 	f.Fuzz(func(t *testing.T, user, aud, pod, podUID, node, nodeUID string, authed bool) {
 		st := kubeapi.TokenReviewStatus{Authenticated: authed, Audiences: []string{aud}}
@@ -265,7 +268,7 @@ func FuzzVerifyPSAT(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if !authed || aud != "ward" || user != "system:serviceaccount:ward-system:ward-agent" {
+		if !authed || aud != DefaultPSATAudience(testTD) || user != "system:serviceaccount:ward-system:ward-agent" {
 			t.Fatalf("accepted authenticated=%v audience %q user %q", authed, aud, user)
 		}
 		prefix := "spiffe://" + testTD.Name() + registry.AgentIDPrefix + registry.AttestK8sPSAT + "/c1/"
@@ -277,4 +280,40 @@ func FuzzVerifyPSAT(f *testing.F) {
 			t.Fatalf("pod UID %q, want %q", r.podUID, podUID)
 		}
 	})
+}
+
+// TestK8sPSATAudiencePerTrustDomain: one Kubernetes cluster whose agents
+// attest to two authorities (two trust domains). A token projected for
+// the other trust domain's authority (audience ward:other.example.org),
+// or for the old shared default audience ward, replayed to this one is
+// refused: the default audience names this trust domain. An explicit
+// audience in the config still works.
+func TestK8sPSATAudiencePerTrustDomain(t *testing.T) {
+	other := spiffeid.RequireTrustDomainFromString("other.example.org")
+	if DefaultPSATAudience(testTD) == DefaultPSATAudience(other) || DefaultPSATAudience(testTD) != "ward:"+testTD.Name() {
+		t.Fatalf("default audiences %q %q", DefaultPSATAudience(testTD), DefaultPSATAudience(other))
+	}
+	tok := func(aud, pod, uid string) fakeToken {
+		return fakeToken{aud: aud, ns: "ward-system", sa: "ward-agent", pod: pod, podUID: uid, node: "node-" + pod, nodeUID: "n-" + uid}
+	}
+	rev := &fakeReview{tokens: map[string]fakeToken{
+		"for-other-td": tok(DefaultPSATAudience(other), "a", "u1"),
+		"shared-ward":  tok("ward", "b", "u2"),
+		"for-this-td":  tok(DefaultPSATAudience(testTD), "c", "u3"),
+	}}
+	h := newHarnessWith(t, func(c *Config) {
+		c.PSATClusters = map[string]PSATCluster{"c1": {Reviewer: rev, AllowedServiceAccounts: []string{"ward-system:ward-agent"}},
+			"explicit": {Reviewer: rev, Audience: "ward", AllowedServiceAccounts: []string{"ward-system:ward-agent"}}}
+	})
+	for _, name := range []string{"for-other-td", "shared-ward"} {
+		if _, err := h.attestPSAT(t, "c1", name); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), DefaultPSATAudience(testTD)) {
+			t.Fatalf("token %s replayed to %s's authority: %v, want refused naming audience %s", name, testTD, err, DefaultPSATAudience(testTD))
+		}
+	}
+	if _, err := h.attestPSAT(t, "c1", "for-this-td"); err != nil {
+		t.Fatalf("a token for this trust domain's audience: %v", err)
+	}
+	if _, err := h.attestPSAT(t, "explicit", "shared-ward"); err != nil {
+		t.Fatalf("an explicitly configured audience: %v", err)
+	}
 }

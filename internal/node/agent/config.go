@@ -84,7 +84,9 @@ type X509Pop struct {
 type K8sPSAT struct {
 	// Cluster is the cluster's name in the authority's identity.k8s_psat.
 	Cluster string `yaml:"cluster"`
-	// TokenPath is the projected service-account token (audience ward),
+	// TokenPath is the projected service-account token (audience
+	// ward:<trust domain> unless the authority's identity.k8s_psat names
+	// another),
 	// re-read at every attestation (the kubelet refreshes it).
 	TokenPath string `yaml:"token_path"`
 }

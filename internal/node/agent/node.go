@@ -186,7 +186,7 @@ func readPSAT(path string) (string, error) {
 	}
 	t := strings.TrimSpace(string(b))
 	if t == "" || len(t) > 16<<10 {
-		return "", fmt.Errorf("k8s_psat token_path %s: empty or over 16 KiB: mount a projected serviceAccountToken (audience ward) there", path)
+		return "", fmt.Errorf("k8s_psat token_path %s: empty or over 16 KiB: mount a projected serviceAccountToken (audience ward:<trust domain>, or the authority's identity.k8s_psat audience) there", path)
 	}
 	return t, nil
 }
