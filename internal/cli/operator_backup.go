@@ -66,13 +66,13 @@ func backupCommand() *cobra.Command {
 	create.Flags().StringVarP(&out, "output", "o", "", "the backup file to write (replaced atomically)")
 
 	var keyPath, cpOut, stateDir string
-	var asJSON bool
+	var asJSON, skipKeyCheck bool
 	verify := &cobra.Command{
 		Use:   "verify FILE",
 		Short: "Check a backup without unsealing anything: signature, payload hash, structure, audit checkpoint",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			v, err := verifyBackupFile(cmd, args[0], keyPath, stateDir)
+			v, err := verifyBackupFile(cmd, args[0], keyPath, stateDir, skipKeyCheck)
 			if err != nil {
 				return err
 			}
@@ -103,6 +103,7 @@ func backupCommand() *cobra.Command {
 	verify.Flags().StringVar(&cpOut, "checkpoint-out", "", "write the backup's audit checkpoint to this file (for ward audit verify --checkpoint)")
 	verify.Flags().StringVar(&stateDir, "state-dir", "", "where ward audit verify remembers audit keys (default $WARD_STATE_DIR, ...): a remembered key for the backup's trust domain must match")
 	verify.Flags().BoolVar(&asJSON, "json", false, "print the manifest as JSON")
+	verify.Flags().BoolVar(&skipKeyCheck, "skip-key-check", false, "accept a backup whose signing key nothing trusted vouches for (no --public-key, no key remembered by ward audit verify): a warning is printed; anyone who can write a backup can sign one")
 
 	var dataDir, prefix, caFile, certFile, keyFile string
 	var endpoints []string
@@ -119,7 +120,7 @@ Start ward server on the target, then unseal it with the shares of the backed-up
 			if (dataDir == "") == (len(endpoints) == 0) {
 				return errors.New("give exactly one target: --data-dir DIR (bbolt) or --etcd-endpoints (etcd, with --etcd-prefix)")
 			}
-			v, err := verifyBackupFile(cmd, args[0], keyPath, stateDir)
+			v, err := verifyBackupFile(cmd, args[0], keyPath, stateDir, skipKeyCheck)
 			if err != nil {
 				return err
 			}
@@ -166,6 +167,7 @@ Start ward server on the target, then unseal it with the shares of the backed-up
 	restore.Flags().StringVar(&keyFile, "etcd-key", "", "etcd client key (PEM)")
 	restore.Flags().StringVar(&keyPath, "public-key", "", "the authority's audit public key (PEM): the backup must be signed by it")
 	restore.Flags().StringVar(&stateDir, "state-dir", "", "where ward audit verify remembers audit keys: a remembered key for the backup's trust domain must match")
+	restore.Flags().BoolVar(&skipKeyCheck, "skip-key-check", false, "restore a backup whose signing key nothing trusted vouches for (a warning is printed)")
 
 	cmd.AddCommand(create, verify, restore)
 	return cmd
@@ -277,8 +279,10 @@ func receiveBackup(ctx context.Context, c *client.Client, path string) (*backup.
 }
 
 // verifyBackupFile verifies a backup file against --public-key, else
-// against the audit key the CLI remembers for its trust domain (if any).
-func verifyBackupFile(cmd *cobra.Command, path, keyPath, stateDir string) (*backup.Verified, error) {
+// against the audit key the CLI remembers for its trust domain. With
+// neither, the signature only proves someone signed it: refused unless
+// skip (--skip-key-check), which warns.
+func verifyBackupFile(cmd *cobra.Command, path, keyPath, stateDir string, skip bool) (*backup.Verified, error) {
 	var trusted crypto.PublicKey
 	if keyPath != "" {
 		b, err := os.ReadFile(keyPath)
@@ -298,20 +302,32 @@ func verifyBackupFile(cmd *cobra.Command, path, keyPath, stateDir string) (*back
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	if trusted == nil {
-		if dir, err := checkpointDir(stateDir); err == nil {
-			if _, serr := os.Stat(dir); serr == nil {
-				if mem, err := checkpoint.OpenDirMemory(dir); err == nil {
-					if id, where, err := mem.PinnedKey(v.Manifest.Audit.Checkpoint.Origin); err == nil && id != "" && id != v.Manifest.KeyID {
-						return nil, fmt.Errorf("%s: %w: it is signed by audit key %s, but the audit key of %s remembered in %s is %s: it comes from another authority, or was forged",
-							path, backup.ErrRefused, v.Manifest.KeyID, v.Manifest.Audit.Checkpoint.Origin, where, id)
-					} else if err == nil && id == "" {
-						fmt.Fprintf(cmd.ErrOrStderr(), "note: the backup's signing key %s was not checked against a trusted key; pass --public-key or compare it with `ward audit verify`'s key\n", v.Manifest.KeyID)
-					}
-				}
-			}
-		}
+	if trusted != nil {
+		return v, nil
 	}
+	origin := v.Manifest.Audit.Checkpoint.Origin
+	why := "no audit key is remembered for " + origin
+	if dir, err := checkpointDir(stateDir); err != nil {
+		why = fmt.Sprintf("no state directory to look for a remembered audit key in (%v)", err)
+	} else if _, serr := os.Stat(dir); serr != nil {
+		why = fmt.Sprintf("no audit key is remembered for %s (%s does not exist)", origin, dir)
+	} else if mem, err := checkpoint.OpenDirMemory(dir); err != nil {
+		why = fmt.Sprintf("the remembered audit keys in %s cannot be read: %v", dir, err)
+	} else if id, where, err := mem.PinnedKey(origin); err != nil {
+		why = fmt.Sprintf("the remembered audit key of %s cannot be read: %v", origin, err)
+	} else if id != "" && id != v.Manifest.KeyID {
+		return nil, fmt.Errorf("%s: %w: it is signed by audit key %s, but the audit key of %s remembered in %s is %s: it comes from another authority, or was forged",
+			path, backup.ErrRefused, v.Manifest.KeyID, origin, where, id)
+	} else if id != "" {
+		return v, nil
+	} else {
+		why = fmt.Sprintf("no audit key is remembered for %s in %s", origin, dir)
+	}
+	if !skip {
+		return nil, fmt.Errorf("%s: its signing key %s was not checked: %s. Pass --public-key FILE (the authority's audit public key, kept apart from the backups), or run `ward audit verify` against the authority first (it remembers the key), or --skip-key-check to accept a signature anyone who can write a backup could make",
+			path, v.Manifest.KeyID, why)
+	}
+	fmt.Fprintf(cmd.ErrOrStderr(), "WARNING: --skip-key-check: the backup's signing key %s was not checked against a trusted key (%s): anyone who can write a backup could have signed it; compare the key with `ward audit verify`'s\n", v.Manifest.KeyID, why)
 	return v, nil
 }
 

@@ -184,9 +184,21 @@ func TestBackupRestoreDrill(t *testing.T) {
 	}
 	backupAsOtherUID(t, a, root)
 	cpFile := filepath.Join(root, "backup-cp.json")
-	out = mustWard(t, "", "", "operator", "backup", "verify", file, "--checkpoint-out", cpFile)
-	if !strings.Contains(out, "is intact") {
-		t.Fatalf("verify: %s", out)
+	// Nothing trusted names the signing key (no --public-key, nothing
+	// remembered): refused, unless --skip-key-check, which warns.
+	noState := []string{"--state-dir", filepath.Join(root, "no-state")}
+	for _, sub := range [][]string{{"verify", file}, {"restore", file, "--data-dir", filepath.Join(root, "never")}} {
+		r := ward(t, "", "", append(append([]string{"operator", "backup"}, sub...), noState...)...)
+		if r.code == 0 || !strings.Contains(r.stderr, "was not checked") || !strings.Contains(r.stderr, "--public-key") || !strings.Contains(r.stderr, "ward audit verify") {
+			t.Fatalf("backup %s without a trusted key: exit %d\n%s%s", sub[0], r.code, r.stdout, r.stderr)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "never")); !os.IsNotExist(err) {
+		t.Fatalf("a restore refused for its unchecked key left %s behind", filepath.Join(root, "never"))
+	}
+	r := ward(t, "", "", append([]string{"operator", "backup", "verify", file, "--checkpoint-out", cpFile, "--skip-key-check"}, noState...)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "is intact") || !strings.Contains(r.stderr, "WARNING: --skip-key-check") {
+		t.Fatalf("verify --skip-key-check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
 	}
 
 	// One altered byte anywhere is refused with the reason.
@@ -222,8 +234,8 @@ func TestBackupRestoreDrill(t *testing.T) {
 	// B: restore onto etcd, unseal with other original shares.
 	ca, cert, key := etcd.ClientCertFiles()
 	etcdFlags := []string{"--etcd-endpoints", etcd.Endpoints()[0], "--etcd-prefix", "/drill-b/", "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key}
-	mustWard(t, "", "", append([]string{"operator", "backup", "restore", file}, etcdFlags...)...)
-	r := ward(t, "", "", append([]string{"operator", "backup", "restore", file}, etcdFlags...)...)
+	mustWard(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
+	r = ward(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
 	if r.code == 0 || !strings.Contains(r.stderr, "not empty") || !strings.Contains(r.stderr, "nothing was changed") {
 		t.Fatalf("restore into a non-empty prefix: exit %d %s", r.code, r.stderr)
 	}
@@ -241,13 +253,13 @@ func TestBackupRestoreDrill(t *testing.T) {
 	fileB := filepath.Join(root, "b.wbk")
 	mustWard(t, b.addr, "", "operator", "backup", "create", "-o", fileB)
 	cpB := filepath.Join(root, "b-cp.json")
-	mustWard(t, "", "", "operator", "backup", "verify", fileB, "--checkpoint-out", cpB)
+	mustWard(t, "", "", "operator", "backup", "verify", fileB, "--checkpoint-out", cpB, "--skip-key-check")
 	if hasEvent(auditEvents(t, b, 5), "operator.backup", "ok") == nil {
 		t.Fatal("the backup of B is not in B's audit log")
 	}
 	b.stop()
 	dirC := filepath.Join(root, "c")
-	mustWard(t, "", "", "operator", "backup", "restore", fileB, "--data-dir", dirC)
+	mustWard(t, "", "", "operator", "backup", "restore", fileB, "--data-dir", dirC, "--skip-key-check")
 	c := startServer(t, dirC, writeConfig(t, dirC, ""))
 
 	// While sealed: a rejected share, then SIGKILL: the event survives.
@@ -283,7 +295,7 @@ func TestBackupRestoreDrill(t *testing.T) {
 	var man struct {
 		Terms map[string]int64 `json:"barrier_terms"`
 	}
-	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", fileC, "--json")), &man); err != nil {
+	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", fileC, "--json", "--skip-key-check")), &man); err != nil {
 		t.Fatal(err)
 	}
 	if len(man.Terms) != 1 || man.Terms["2"] == 0 {
@@ -394,12 +406,12 @@ func forgedBackupRefused(t *testing.T, root, genuine, stateDir string) {
 	forged := filepath.Join(root, "forged.wbk")
 	mustWard(t, f.addr, "", "operator", "backup", "create", "-o", forged)
 	f.stop()
-	mustWard(t, "", "", "operator", "backup", "verify", forged, "--state-dir", t.TempDir())
+	mustWard(t, "", "", "operator", "backup", "verify", forged, "--state-dir", t.TempDir(), "--skip-key-check")
 
 	var man struct {
 		PublicKey string `json:"public_key"`
 	}
-	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", genuine, "--json")), &man); err != nil {
+	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", genuine, "--json", "--skip-key-check")), &man); err != nil {
 		t.Fatal(err)
 	}
 	pem := filepath.Join(root, "audit.pem")
