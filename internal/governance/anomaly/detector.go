@@ -13,7 +13,10 @@
 //   - a key is used by a caller of a trust domain it never was used from,
 //   - a (caller, key) pair with a time-of-day baseline (seen for
 //     HourBaseline, HourMinEvents events) is used in an hour of the day it
-//     never was used in.
+//     never was used in,
+//   - one of its tables is full (max_series): what is not tracked is not
+//     scored, so an attacker flooding new callers or keys could hide in
+//     the overflow; raised once per overflow episode.
 //
 // Time is the events' own time (a virtual clock in tests), so a replayed
 // log scores as the live stream did. The authority feeds it the events its
@@ -55,6 +58,10 @@ const (
 	KindDenialSpike        = "denial_spike"
 	KindNewTrustDomain     = "new_trust_domain"
 	KindUnusualHour        = "unusual_hour"
+	// KindTablesFull: a baseline table reached max_series; events on new
+	// series of it are no longer scored (raised once per episode: until
+	// the table takes a new series again).
+	KindTablesFull = "tables_full"
 )
 
 // Operation is the audit operation of an alert event.
@@ -115,6 +122,8 @@ type Detector struct {
 	last    map[alertKey]time.Time
 	first   time.Time
 	priming bool
+	// full names the tables in an overflow episode (an alert raised).
+	full map[string]bool
 
 	queue    chan Event
 	sinks    []func(context.Context, Alert)
@@ -163,7 +172,7 @@ func New(cfg Config, opts ...Option) (*Detector, error) {
 	d := &Detector{
 		cfg: cfg, restricted: map[string]bool{},
 		series: map[seriesKey]*series{}, denials: map[string]*series{}, pairs: map[pairKey]*pair{},
-		domains: map[string]map[string]struct{}{}, last: map[alertKey]time.Time{},
+		domains: map[string]map[string]struct{}{}, last: map[alertKey]time.Time{}, full: map[string]bool{},
 		queue: make(chan Event, cfg.QueueSize), recent: make([]Alert, 0, cfg.RecentAlerts),
 	}
 	for _, n := range cfg.RestrictedClassifications {
@@ -314,9 +323,10 @@ func (d *Detector) Observe(ev Event) []Alert {
 			s = &series{minute: min}
 			d.denials[ev.Actor] = s
 			d.m.series.Inc()
+			d.full["denials"] = false
 		}
 		if s == nil {
-			d.m.overflow.Inc() // as docs/anomaly.md says: every overflow is counted
+			out = d.overflow(out, ev, "denials", "callers' denial rates")
 		} else {
 			s.add(min, n, d.cfg.Alpha)
 			thr := math.Max(d.cfg.MinDenials, s.mean+d.cfg.Sigma*math.Sqrt(s.vr))
@@ -334,12 +344,12 @@ func (d *Detector) Observe(ev Event) []Alert {
 	p := d.pairs[pk]
 	if p == nil {
 		if len(d.pairs) >= d.cfg.MaxSeries {
-			d.m.overflow.Inc()
-			return d.keep(out)
+			return d.keep(d.overflow(out, ev, "pairs", "(caller, key) pairs: first uses, hours of the day, trust domains"))
 		}
 		p = &pair{since: ev.Time}
 		d.pairs[pk] = p
 		d.m.series.Inc()
+		d.full["pairs"] = false
 		if ev.Classification == "" && d.classify != nil {
 			ev.Classification = d.classify(ev.Key)
 		}
@@ -384,12 +394,12 @@ func (d *Detector) Observe(ev Event) []Alert {
 		s := d.series[sk]
 		if s == nil {
 			if len(d.series) >= d.cfg.MaxSeries {
-				d.m.overflow.Inc()
-				return d.keep(out)
+				return d.keep(d.overflow(out, ev, "series", "decrypt rates per (caller, key, operation)"))
 			}
 			s = &series{minute: min}
 			d.series[sk] = s
 			d.m.series.Inc()
+			d.full["series"] = false
 		}
 		s.add(min, n, d.cfg.Alpha)
 		sd := math.Sqrt(s.vr)
@@ -401,6 +411,21 @@ func (d *Detector) Observe(ev Event) []Alert {
 		}
 	}
 	return d.keep(out)
+}
+
+// overflow counts an event on a new series of a full table (every
+// overflow is counted, as docs/anomaly.md says) and, at the first of an
+// episode, raises a tables_full alert naming the table and the event that
+// found it full (not while priming: the first live overflow raises it).
+func (d *Detector) overflow(out []Alert, ev Event, table, what string) []Alert {
+	d.m.overflow.Inc()
+	if d.priming || d.full[table] {
+		return out
+	}
+	d.full[table] = true
+	return append(out, Alert{Time: ev.Time.UTC(), Kind: KindTablesFull, Caller: ev.Actor, Key: ev.Key, Operation: ev.Operation,
+		Classification: ev.Classification, Threshold: float64(d.cfg.MaxSeries),
+		Detail: fmt.Sprintf("the %s table (%s) is full at max_series %d: events on new ones, from this one on, are not scored (counted in ward_anomaly_series_overflow_total); raise anomaly.max_series or restart the authority to rebuild the baselines", table, what, d.cfg.MaxSeries)})
 }
 
 // add counts n items at minute m, first closing the minutes before it.

@@ -386,3 +386,64 @@ func TestUnusualHour(t *testing.T) {
 		t.Fatalf("the same caller at 10:00: %+v", got)
 	}
 }
+
+// TestTablesFullAlert: an attacker floods new callers and keys until the
+// tables are full, so its own unusual use would go unscored: the first
+// overflow of each table raises one tables_full alert (an audited alert
+// in the authority, through the sinks), the following ones only count.
+// Priming that fills a table raises none; the first live overflow does.
+func TestTablesFullAlert(t *testing.T) {
+	var sunk []Alert
+	d, err := New(Config{MaxSeries: 2}, WithSink(func(_ context.Context, a Alert) { sunk = append(sunk, a) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := func(i int, actor string) Event {
+		return Event{Time: day0.Add(time.Duration(i) * time.Second), Actor: actor, Operation: "kms.decrypt", Key: fmt.Sprintf("k%d", i), Result: "ok"}
+	}
+	d.Prime(dec(0, "spiffe://a/p0"))
+	d.Prime(dec(1, "spiffe://a/p1"))
+	d.Prime(dec(2, "spiffe://a/p2")) // overflow while priming: counted, no alert
+	if got := counterValue(t, d.m.overflow); got != 1 {
+		t.Fatalf("overflow while priming counted %v, want 1", got)
+	}
+	var full []Alert
+	for i := 3; i < 20; i++ {
+		for _, a := range d.Observe(dec(i, fmt.Sprintf("spiffe://a/flood%d", i))) {
+			if a.Kind == KindTablesFull {
+				full = append(full, a)
+			}
+		}
+	}
+	if len(full) != 1 || full[0].Caller != "spiffe://a/flood3" || full[0].Key != "k3" || !strings.Contains(full[0].Detail, "pairs") ||
+		!strings.Contains(full[0].Detail, "max_series 2") {
+		t.Fatalf("tables_full alerts after a flood: %+v, want one naming the pairs table and the first untracked event", full)
+	}
+	// The denials table overflows on its own: one more alert, once.
+	var denied []Alert
+	for i := range 6 {
+		denied = append(denied, d.Observe(Event{Time: day0.Add(time.Minute), Actor: fmt.Sprintf("spiffe://a/deny%d", i), Operation: "kms.decrypt", Result: "denied"})...)
+	}
+	if len(denied) != 1 || denied[0].Kind != KindTablesFull || !strings.Contains(denied[0].Detail, "denials") {
+		t.Fatalf("denial flood: %+v", denied)
+	}
+	if l := d.List(0); len(l) != 2 || l[0].Kind != KindTablesFull {
+		t.Fatalf("recent alerts: %+v", l)
+	}
+	// Through Run, the alert reaches the sinks (the authority audits it).
+	d2, _ := New(Config{MaxSeries: 1}, WithSink(func(_ context.Context, a Alert) { sunk = append(sunk, a) }))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); d2.Run(ctx) }()
+	d2.Submit(dec(0, "spiffe://a/x"))
+	d2.Submit(dec(1, "spiffe://a/y"))
+	deadline := time.Now().Add(10 * time.Second)
+	for len(d2.List(0)) == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	if len(sunk) != 1 || sunk[0].Kind != KindTablesFull {
+		t.Fatalf("sunk: %+v", sunk)
+	}
+}
