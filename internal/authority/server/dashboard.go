@@ -125,7 +125,7 @@ func (s *Server) startDashboard() error {
 	s.dashLn = ln
 	wctx, stop := context.WithCancel(context.Background())
 	s.dashStop = stop
-	go watchDashboardToken(wctx, dc.TokenFile, h, s.log)
+	go watchDashboardToken(wctx, dc.TokenFile, h, s.log, dashboardTokenCheck)
 	s.dash = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, MaxHeaderBytes: 32 << 10, IdleTimeout: time.Minute}
 	go func() {
 		if err := s.dash.Serve(netutil.LimitListener(ln, maxDashboardConns)); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -139,12 +139,12 @@ func (s *Server) startDashboard() error {
 // changed token ends every dashboard session.
 const dashboardTokenCheck = 2 * time.Second
 
-// watchDashboardToken reads the token file every dashboardTokenCheck
-// until ctx ends and gives h what it holds: a new token ends every
-// session; a file that became unreadable (or readable by others) ends
-// them too and refuses logins until it is fixed.
-func watchDashboardToken(ctx context.Context, path string, h *dashboard.Handler, log *slog.Logger) {
-	t := time.NewTicker(dashboardTokenCheck)
+// watchDashboardToken reads the token file every period (the server:
+// dashboardTokenCheck) until ctx ends and gives h what it holds: a new
+// token ends every session; a file that became unreadable (or readable by
+// others) ends them too and refuses logins until it is fixed.
+func watchDashboardToken(ctx context.Context, path string, h *dashboard.Handler, log *slog.Logger, period time.Duration) {
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {

@@ -77,3 +77,49 @@ func TestTelemetryIsBoundToTheCaller(t *testing.T) {
 		t.Fatalf("the source is not the attested caller: %+v", procs)
 	}
 }
+
+// TestTelemetryRefusesAnotherSPIFFEID (red team): a caller with entries
+// cannot report a listener presenting, or a proxy named, a SPIFFE ID that
+// is not one of its own identities (another workload's: its drift findings
+// would be forged); its own identity is taken.
+func TestTelemetryRefusesAnotherSPIFFEID(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
+	auth.addEntry("/shop/api", uidSelector())
+	cfg := agentConfig(t, auth, t.TempDir())
+	cfg.JoinToken = auth.joinToken()
+	r := startAgent(t, cfg, nil)
+	me := attest.Caller{PID: int32(os.Getpid()), UID: uint32(os.Getuid()), GID: uint32(os.Getgid())}
+	own := "spiffe://" + testTD.Name() + "/shop/api"
+	waitFor(t, "the caller's entry synced", func() bool {
+		sel, err := r.att.Attest(context.Background(), me)
+		return err == nil && len(r.Identities(attest.Normalize(sel))) > 0
+	})
+	srv := telemetryServer{a: r.Agent}
+	report := func(rep telemetry.Report) error {
+		b, _ := json.Marshal(rep)
+		ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: peercred.AuthInfo{Caller: me}})
+		_, err := srv.Report(ctx, &wardv1.TelemetryReport{Report: b})
+		return err
+	}
+	other := "spiffe://" + testTD.Name() + "/payments/db"
+	listener := func(id string) []telemetry.Listener {
+		return []telemetry.Listener{{Name: "in", Address: "127.0.0.1:9443", Direction: "inbound", Service: "api", SPIFFEID: id, MTLS: true, MinTLS: "1.3"}}
+	}
+	if err := report(telemetry.Report{Kind: telemetry.KindProxy, Name: "edge", Listeners: listener(other)}); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), other) {
+		t.Fatalf("a listener presenting another workload's SPIFFE ID: %v, want PermissionDenied naming it", err)
+	}
+	if err := report(telemetry.Report{Kind: telemetry.KindProxy, Name: other, Listeners: listener("")}); status.Code(err) != codes.PermissionDenied ||
+		!strings.Contains(err.Error(), other) {
+		t.Fatalf("a proxy named another workload's SPIFFE ID: %v, want PermissionDenied naming it", err)
+	}
+	if procs := r.nodeReport().Processes; len(procs) != 0 {
+		t.Fatalf("refused reports were kept: %+v", procs)
+	}
+	if err := report(telemetry.Report{Kind: telemetry.KindProxy, Name: own, Listeners: listener(own)}); err != nil {
+		t.Fatalf("the caller's own identity: %v", err)
+	}
+	if procs := r.nodeReport().Processes; len(procs) != 1 || !strings.Contains(procs[0].Source, own) {
+		t.Fatalf("the honest report: %+v", procs)
+	}
+}
