@@ -6,6 +6,7 @@
 #   SIZE_MB=256 FILES=1000 bench/envelope/run.sh
 #   WORKDIR=/dev/shm bench/envelope/run.sh  # keep the disk out of the figures
 #   RUNS=5 bench/envelope/run.sh            # medians of 5 runs (default 3)
+#   WARD_BASE=<commit> bench/envelope/run.sh  # also time ward built from <commit>, same runs (before/after)
 #
 # age is built from the Go module proxy into a temporary GOBIN (never committed).
 set -euo pipefail
@@ -23,14 +24,27 @@ mkdir -p "$BIN"
 
 echo "building ward and age ($AGE_VERSION) ..." >&2
 (cd "$ROOT" && go build -o "$BIN/ward" ./cmd/ward)
+if [ -n "${WARD_BASE:-}" ]; then
+  mkdir -p "$WORK/base"
+  (cd "$ROOT" && git archive "$WARD_BASE") | tar -x -C "$WORK/base"
+  (cd "$WORK/base" && go build -o "$BIN/ward-base" ./cmd/ward)
+  rm -rf "$WORK/base"
+fi
 GOBIN="$BIN" GOFLAGS= go install "filippo.io/age/cmd/age@$AGE_VERSION" "filippo.io/age/cmd/age-keygen@$AGE_VERSION" 2>&1 | grep -v '^go: downloading' >&2 || true
 [ -x "$BIN/age" ] || { echo "could not build age from the module proxy" >&2; exit 1; }
 
 now() { date +%s.%N; }
 # rate BYTES SECONDS -> MB/s
 rate() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
-# timeit CMD... : prints elapsed seconds
-timeit() { local t0 t1; t0=$(now); "$@"; t1=$(now); awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }'; }
+# timeit CMD... : prints elapsed seconds; the command's CPU seconds (user
+# + system, all its threads) go to $WORK/cpu.last
+timeit() {
+  local r
+  r=$( { TIMEFORMAT='%3R %3U %3S'; time "$@" >/dev/null; } 2>&1 | tail -1)
+  set -- $r
+  awk -v u="$2" -v s="$3" 'BEGIN { printf "%.3f", u + s }' >"$WORK/cpu.last"
+  printf '%s' "$1"
+}
 
 cd "$WORK"
 echo "creating a ${SIZE_MB} MiB input in $WORK ..." >&2
@@ -47,23 +61,34 @@ FS=$(stat -f -c %T "$WORK")
 # figures are the medians over RUNS runs (the machine is shared).
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 all_we= all_wd= all_wen= all_wdn= all_ae= all_ad= all_aen= all_adn=
+c_we= c_wd= c_wen= c_wdn= c_ae= c_ad= c_aen= c_adn=
+all_be= all_bd= all_ben= all_bdn= c_be= c_bd= c_ben= c_bdn=
 for run in $(seq "$RUNS"); do
   echo "run $run of $RUNS ..." >&2
-  all_we+=" $(timeit "$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward)"
-  all_ae+=" $(timeit "$BIN/age" -r "$RCPT" -o in.age in.bin)"
-  all_wd+=" $(timeit "$BIN/ward" decrypt --local-key key.json -i in.ward -o out.ward.bin)"
+  all_we+=" $(timeit "$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward)"; c_we+=" $(cat "$WORK/cpu.last")"
+  all_ae+=" $(timeit "$BIN/age" -r "$RCPT" -o in.age in.bin)"; c_ae+=" $(cat "$WORK/cpu.last")"
+  all_wd+=" $(timeit "$BIN/ward" decrypt --local-key key.json -i in.ward -o out.ward.bin)"; c_wd+=" $(cat "$WORK/cpu.last")"
   cmp -s in.bin out.ward.bin || { echo "ward round trip differs" >&2; exit 1; }
   rm -f out.ward.bin
-  all_ad+=" $(timeit "$BIN/age" -d -i age.key -o out.age.bin in.age)"
+  all_ad+=" $(timeit "$BIN/age" -d -i age.key -o out.age.bin in.age)"; c_ad+=" $(cat "$WORK/cpu.last")"
   cmp -s in.bin out.age.bin || { echo "age round trip differs" >&2; exit 1; }
   rm -f out.age.bin
-  all_wen+=" $(timeit sh -c "'$BIN/ward' encrypt --local-key key.json -i in.bin > /dev/null")"
-  all_aen+=" $(timeit sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null")"
-  all_wdn+=" $(timeit sh -c "'$BIN/ward' decrypt --local-key key.json -i in.ward > /dev/null")"
-  all_adn+=" $(timeit sh -c "'$BIN/age' -d -i age.key in.age > /dev/null")"
+  all_wen+=" $(timeit sh -c "'$BIN/ward' encrypt --local-key key.json -i in.bin > /dev/null")"; c_wen+=" $(cat "$WORK/cpu.last")"
+  all_aen+=" $(timeit sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null")"; c_aen+=" $(cat "$WORK/cpu.last")"
+  all_wdn+=" $(timeit sh -c "'$BIN/ward' decrypt --local-key key.json -i in.ward > /dev/null")"; c_wdn+=" $(cat "$WORK/cpu.last")"
+  all_adn+=" $(timeit sh -c "'$BIN/age' -d -i age.key in.age > /dev/null")"; c_adn+=" $(cat "$WORK/cpu.last")"
+  if [ -n "${WARD_BASE:-}" ]; then
+    all_be+=" $(timeit "$BIN/ward-base" encrypt --local-key key.json -i in.bin -o in.base.ward)"; c_be+=" $(cat "$WORK/cpu.last")"
+    all_bd+=" $(timeit "$BIN/ward-base" decrypt --local-key key.json -i in.ward -o out.base.bin)"; c_bd+=" $(cat "$WORK/cpu.last")"
+    cmp -s in.bin out.base.bin || { echo "ward (base) round trip differs" >&2; exit 1; }
+    rm -f out.base.bin in.base.ward
+    all_ben+=" $(timeit sh -c "'$BIN/ward-base' encrypt --local-key key.json -i in.bin > /dev/null")"; c_ben+=" $(cat "$WORK/cpu.last")"
+    all_bdn+=" $(timeit sh -c "'$BIN/ward-base' decrypt --local-key key.json -i in.ward > /dev/null")"; c_bdn+=" $(cat "$WORK/cpu.last")"
+  fi
 done
-for v in we wd wen wdn ae ad aen adn; do
+for v in we wd wen wdn ae ad aen adn ${WARD_BASE:+be bd ben bdn}; do
   eval "t_$v=\$(echo \"\$all_$v\" | median)"
+  eval "cpu_$v=\$(echo \"\$c_$v\" | median)"
 done
 
 echo "measuring the AES-256-GCM ceiling and the library (go test -bench) ..." >&2
@@ -73,25 +98,35 @@ RAW=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkSegmentAESGCM$' -benchti
 	awk '/^BenchmarkSegmentAESGCM\/seal/ {s=$(NF-1)} /^BenchmarkSegmentAESGCM\/open/ {o=$(NF-1)} END {print s, o}')
 LIBE=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkEncrypt$/^aes-256-gcm$/^seg=64K$' -benchtime 2s ./envelope/ | awk '/^BenchmarkEncrypt/ {print $(NF-1)}')
 LIBD=$(cd "$ROOT" && go test -run '^$' -bench '^BenchmarkReaderAtWriteTo$' -benchtime 2s ./envelope/ | awk '/^BenchmarkReaderAtWriteTo/ {print $(NF-1)}')
-read -r SEAL1 OPEN1 <<<"$RAW"
+read -r SEAL1 OPEN1 <<<"$RAW"  # MB per CPU-second: what one core does when it has the core
 CORES=$(getconf _NPROCESSORS_ONLN)
 
 echo
 echo "input: ${SIZE_MB} MiB, cores: $CORES, workdir: $WORK ($FS), medians of $RUNS runs"
-printf "%-44s %10s %10s\n" "" "seconds" "MB/s"
-row() { printf "%-44s %10s %10s\n" "$1" "$2" "$(rate "$BYTES" "$2")"; }
-row "ward encrypt  (file -> file, fsync+rename)" "$t_we"
-row "ward decrypt  (file -> file, fsync+rename)" "$t_wd"
-row "ward encrypt  (file -> /dev/null)" "$t_wen"
-row "ward decrypt  (file -> /dev/null)" "$t_wdn"
-row "age encrypt   (file -> file)" "$t_ae"
-row "age decrypt   (file -> file)" "$t_ad"
-row "age encrypt   (file -> /dev/null)" "$t_aen"
-row "age decrypt   (file -> /dev/null)" "$t_adn"
+printf "%-44s %10s %10s %10s\n" "" "seconds" "MB/s" "CPU s"
+row() { printf "%-44s %10s %10s %10s\n" "$1" "$2" "$(rate "$BYTES" "$2")" "$3"; }
+row "ward encrypt  (file -> file, fsync+rename)" "$t_we" "$cpu_we"
+row "ward decrypt  (file -> file, fsync+rename)" "$t_wd" "$cpu_wd"
+row "ward encrypt  (file -> /dev/null)" "$t_wen" "$cpu_wen"
+row "ward decrypt  (file -> /dev/null)" "$t_wdn" "$cpu_wdn"
+row "age encrypt   (file -> file)" "$t_ae" "$cpu_ae"
+row "age decrypt   (file -> file)" "$t_ad" "$cpu_ad"
+row "age encrypt   (file -> /dev/null)" "$t_aen" "$cpu_aen"
+row "age decrypt   (file -> /dev/null)" "$t_adn" "$cpu_adn"
+if [ -n "${WARD_BASE:-}" ]; then
+  row "ward @$WARD_BASE encrypt (file -> file)" "$t_be" "$cpu_be"
+  row "ward @$WARD_BASE decrypt (file -> file)" "$t_bd" "$cpu_bd"
+  row "ward @$WARD_BASE encrypt (file -> /dev/null)" "$t_ben" "$cpu_ben"
+  row "ward @$WARD_BASE decrypt (file -> /dev/null)" "$t_bdn" "$cpu_bdn"
+  awk -v a="$t_we" -v b="$t_be" -v c="$t_wd" -v d="$t_bd" -v e="$t_wen" -v f="$t_ben" -v g="$t_wdn" -v h="$t_bdn" 'BEGIN {
+    printf "ward vs ward @base (time ratio, > 1 faster now): file->file encrypt %.2fx decrypt %.2fx; ->/dev/null encrypt %.2fx decrypt %.2fx\n", b/a, d/c, f/e, h/g }'
+  awk -v a="$cpu_we" -v b="$cpu_be" -v c="$cpu_wd" -v d="$cpu_bd" -v e="$cpu_wen" -v f="$cpu_ben" -v g="$cpu_wdn" -v h="$cpu_bdn" 'BEGIN {
+    printf "ward vs ward @base (CPU ratio, > 1 less now):   file->file encrypt %.2fx decrypt %.2fx; ->/dev/null encrypt %.2fx decrypt %.2fx\n", b/a, d/c, f/e, h/g }'
+fi
 printf "%-44s %10s %10.0f\n" "envelope library encrypt (64 MiB in memory)" "-" "$LIBE"
 printf "%-44s %10s %10.0f\n" "envelope library decrypt (ReaderAt.WriteTo)" "-" "$LIBD"
-printf "%-44s %10s %10.0f\n" "AES-256-GCM seal, 1 core, one 64 KiB segment" "-" "$SEAL1"
-printf "%-44s %10s %10.0f\n" "AES-256-GCM open, 1 core, one 64 KiB segment" "-" "$OPEN1"
+printf "%-44s %10s %10.0f\n" "AES-256-GCM seal, one 64 KiB segment, per CPU-s" "-" "$SEAL1"
+printf "%-44s %10s %10.0f\n" "AES-256-GCM open, one 64 KiB segment, per CPU-s" "-" "$OPEN1"
 awk -v c="$CORES" -v s="$SEAL1" -v o="$OPEN1" -v b="$BYTES" -v e="$t_wen" -v d="$t_wdn" -v ae="$t_aen" -v ad="$t_adn" -v le="$LIBE" -v ld="$LIBD" 'BEGIN {
   printf "ward CLI vs %d cores x AES-GCM: encrypt %.0f%%, decrypt %.0f%% (to /dev/null)\n", c, 100*b/e/1e6/(c*s), 100*b/d/1e6/(c*o)
   printf "library  vs %d cores x AES-GCM: encrypt %.0f%%, decrypt %.0f%%\n", c, 100*le/(c*s), 100*ld/(c*o)
@@ -104,11 +139,18 @@ x=$(ratio "$t_ad" "$t_wd"); summary "decrypt ${SIZE_MB} MiB file -> file ($FS)" 
 x=$(ratio "$t_aen" "$t_wen"); summary "encrypt ${SIZE_MB} MiB file -> /dev/null" "${t_wen} s" "age ${t_aen} s" "$x" ">= 4x age" "$(met "$x" '>=' 4)"
 x=$(ratio "$t_adn" "$t_wdn"); summary "decrypt ${SIZE_MB} MiB file -> /dev/null" "${t_wdn} s" "age ${t_adn} s" "$x" "(context)" "-"
 for op in encrypt decrypt; do
-  t=$t_wen one=$SEAL1 what=seal
-  [ "$op" = decrypt ] && t=$t_wdn one=$OPEN1 what=open
-  x=$(awk -v c="$CORES" -v r="$one" -v b="$BYTES" -v t="$t" 'BEGIN { printf "%.2fx\n", b / t / 1e6 / (c * r) }')
-  summary "CLI $op -> /dev/null vs cores x AES-GCM" "$(rate "$BYTES" "$t") MB/s" "$CORES x $(printf '%.0f' "$one") MB/s ($what, 64 KiB, go test)" "$x" ">= 0.80x" "$(met "$x" '>=' 0.8)"
+  t=$t_wen c=$cpu_wen one=$SEAL1 what=seal
+  [ "$op" = decrypt ] && t=$t_wdn c=$cpu_wdn one=$OPEN1 what=open
+  x=$(awk -v n="$CORES" -v r="$one" -v b="$BYTES" -v t="$t" 'BEGIN { printf "%.2fx\n", b / t / 1e6 / (n * r) }')
+  summary "CLI $op -> /dev/null vs cores x AES-GCM" "$(rate "$BYTES" "$t") MB/s" "$CORES x $(printf '%.0f' "$one") MB/s ($what 64 KiB, per CPU-s)" "$x" ">= 0.80x" "$(met "$x" '>=' 0.8)"
+  # The same per CPU-second: how much of ward's CPU time is the cipher's
+  # own work (reading the input, writing the output and the rest cost
+  # the remainder), which a busy machine does not change.
+  x=$(awk -v r="$one" -v b="$BYTES" -v c="$c" 'BEGIN { printf "%.2fx\n", b / c / 1e6 / r }')
+  summary "CLI $op -> /dev/null per CPU-s vs AES-GCM" "$(rate "$BYTES" "$c") MB/cpu-s" "$(printf '%.0f' "$one") MB/cpu-s ($what 64 KiB)" "$x" "(context)" "-"
 done
+x=$(ratio "$cpu_aen" "$cpu_wen"); summary "encrypt ${SIZE_MB} MiB -> /dev/null, CPU s" "${cpu_wen} s" "age ${cpu_aen} s" "$x" "(context)" "-"
+x=$(ratio "$cpu_adn" "$cpu_wdn"); summary "decrypt ${SIZE_MB} MiB -> /dev/null, CPU s" "${cpu_wdn} s" "age ${cpu_adn} s" "$x" "(context)" "-"
 [ "$FILES" -gt 0 ] || exit 0
 echo >&2
 echo "preparing $FILES small files for rewrap ..." >&2
