@@ -178,13 +178,27 @@ func (ra *ReaderAt) WriteTo(w io.Writer) (int64, error) {
 	per := uint64(batchSegments(seg))
 	nb := (ra.nseg + per - 1) / per
 	var total int64
-	err := ordered(ra.ctx, ra.workers, int(nb), int(min(per, ra.nseg))*seg+cs, func(k int, buf []byte) ([]byte, error) {
+	batch := int(min(per, ra.nseg))
+	err := ordered(ra.ctx, ra.workers, int(nb), batch*(seg+cs), func(k int, buf []byte) ([]byte, error) {
 		first := uint64(k) * per
 		end := min(first+per, ra.nseg)
-		out, ct := buf[:int(end-first)*seg], buf[int(end-first)*seg:]
+		out, ct := buf[:batch*seg], buf[batch*seg:]
+		// One ReadAt for the whole batch, then each segment opened.
+		l := int64(end-first) * int64(cs)
+		if end == ra.nseg {
+			l += int64(ra.lastCT - cs)
+		}
+		off := int64(ra.hdr.Len) + int64(first)*int64(cs)
+		if n, err := ra.src.ReadAt(ct[:l], off); int64(n) < l {
+			if err == nil || errors.Is(err, io.EOF) {
+				return nil, fmt.Errorf("%w: segment %d ends early at byte %d: the file shrank while it was read", ErrTruncated, first+uint64(n)/uint64(cs), off+int64(n))
+			}
+			return nil, fmt.Errorf("reading segments %d..%d: %w", first, end-1, err)
+		}
 		o := 0
 		for i := first; i < end; i++ {
-			pt, err := ra.segment(ct, out[o:], int64(i))
+			c := ct[int(i-first)*cs : min(int(l), int(i-first+1)*cs)]
+			pt, err := ra.o.open(out[o:], c, i, i == ra.nseg-1)
 			if err != nil {
 				return out[:o], err
 			}

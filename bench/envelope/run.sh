@@ -7,6 +7,8 @@
 #   WORKDIR=/dev/shm bench/envelope/run.sh  # keep the disk out of the figures
 #   RUNS=5 bench/envelope/run.sh            # medians of 5 runs (default 3)
 #   WARD_BASE=<commit> bench/envelope/run.sh  # also time ward built from <commit>, same runs (before/after)
+#   RT=1 bench/envelope/run.sh              # timed commands at real-time priority (root): on a
+#                                           # busy shared machine, what an idle one would show
 #
 # age is built from the Go module proxy into a temporary GOBIN (never committed).
 set -euo pipefail
@@ -14,6 +16,8 @@ set -euo pipefail
 SIZE_MB=${SIZE_MB:-1024}
 FILES=${FILES:-10000}
 RUNS=${RUNS:-3}
+RTPRE=
+[ "${RT:-0}" = 1 ] && RTPRE="chrt -f 10"
 AGE_VERSION=${AGE_VERSION:-latest}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 . "$ROOT/bench/lib.sh"
@@ -40,7 +44,7 @@ rate() { awk -v b="$1" -v s="$2" 'BEGIN { printf "%.0f", b / s / 1e6 }'; }
 # + system, all its threads) go to $WORK/cpu.last
 timeit() {
   local r
-  r=$( { TIMEFORMAT='%3R %3U %3S'; time "$@" >/dev/null; } 2>&1 | tail -1)
+  r=$( { TIMEFORMAT='%3R %3U %3S'; time $RTPRE "$@" >/dev/null; } 2>&1 | tail -1)
   set -- $r
   awk -v u="$2" -v s="$3" 'BEGIN { printf "%.3f", u + s }' >"$WORK/cpu.last"
   printf '%s' "$1"
@@ -102,7 +106,7 @@ read -r SEAL1 OPEN1 <<<"$RAW"  # MB per CPU-second: what one core does when it h
 CORES=$(getconf _NPROCESSORS_ONLN)
 
 echo
-echo "input: ${SIZE_MB} MiB, cores: $CORES, workdir: $WORK ($FS), medians of $RUNS runs"
+echo "input: ${SIZE_MB} MiB, cores: $CORES, workdir: $WORK ($FS), medians of $RUNS runs${RTPRE:+, timed at real-time priority}"
 printf "%-44s %10s %10s %10s\n" "" "seconds" "MB/s" "CPU s"
 row() { printf "%-44s %10s %10s %10s\n" "$1" "$2" "$(rate "$BYTES" "$2")" "$3"; }
 row "ward encrypt  (file -> file, fsync+rename)" "$t_we" "$cpu_we"
