@@ -67,27 +67,34 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR 
 all_we= all_wd= all_wen= all_wdn= all_ae= all_ad= all_aen= all_adn=
 c_we= c_wd= c_wen= c_wdn= c_ae= c_ad= c_aen= c_adn=
 all_be= all_bd= all_ben= all_bdn= c_be= c_bd= c_ben= c_bdn=
+# Every timed command writes a new file (old outputs are removed before,
+# untimed: freeing them is nobody's cost); the decrypts read in.ward and
+# in.age made once here.
+"$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward
+"$BIN/age" -r "$RCPT" -o in.age in.bin
+# one CMD... : times CMD, appends its seconds and CPU seconds to all_$V and c_$V
+one() { local v=$1; shift; eval "all_$v+=\" \$(timeit \"\$@\")\""; eval "c_$v+=\" \$(cat \"\$WORK/cpu.last\")\""; }
 for run in $(seq "$RUNS"); do
   echo "run $run of $RUNS ..." >&2
-  all_we+=" $(timeit "$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward)"; c_we+=" $(cat "$WORK/cpu.last")"
-  all_ae+=" $(timeit "$BIN/age" -r "$RCPT" -o in.age in.bin)"; c_ae+=" $(cat "$WORK/cpu.last")"
-  all_wd+=" $(timeit "$BIN/ward" decrypt --local-key key.json -i in.ward -o out.ward.bin)"; c_wd+=" $(cat "$WORK/cpu.last")"
+  rm -f out.ward out.age out.ward.bin out.age.bin out.base.ward out.base.bin
+  one we "$BIN/ward" encrypt --local-key key.json -i in.bin -o out.ward
+  one ae "$BIN/age" -r "$RCPT" -o out.age in.bin
+  one wd "$BIN/ward" decrypt --local-key key.json -i in.ward -o out.ward.bin
   cmp -s in.bin out.ward.bin || { echo "ward round trip differs" >&2; exit 1; }
-  rm -f out.ward.bin
-  all_ad+=" $(timeit "$BIN/age" -d -i age.key -o out.age.bin in.age)"; c_ad+=" $(cat "$WORK/cpu.last")"
+  one ad "$BIN/age" -d -i age.key -o out.age.bin in.age
   cmp -s in.bin out.age.bin || { echo "age round trip differs" >&2; exit 1; }
-  rm -f out.age.bin
-  all_wen+=" $(timeit sh -c "'$BIN/ward' encrypt --local-key key.json -i in.bin > /dev/null")"; c_wen+=" $(cat "$WORK/cpu.last")"
-  all_aen+=" $(timeit sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null")"; c_aen+=" $(cat "$WORK/cpu.last")"
-  all_wdn+=" $(timeit sh -c "'$BIN/ward' decrypt --local-key key.json -i in.ward > /dev/null")"; c_wdn+=" $(cat "$WORK/cpu.last")"
-  all_adn+=" $(timeit sh -c "'$BIN/age' -d -i age.key in.age > /dev/null")"; c_adn+=" $(cat "$WORK/cpu.last")"
+  rm -f out.ward out.age out.ward.bin out.age.bin
+  one wen sh -c "'$BIN/ward' encrypt --local-key key.json -i in.bin > /dev/null"
+  one aen sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null"
+  one wdn sh -c "'$BIN/ward' decrypt --local-key key.json -i in.ward > /dev/null"
+  one adn sh -c "'$BIN/age' -d -i age.key in.age > /dev/null"
   if [ -n "${WARD_BASE:-}" ]; then
-    all_be+=" $(timeit "$BIN/ward-base" encrypt --local-key key.json -i in.bin -o in.base.ward)"; c_be+=" $(cat "$WORK/cpu.last")"
-    all_bd+=" $(timeit "$BIN/ward-base" decrypt --local-key key.json -i in.ward -o out.base.bin)"; c_bd+=" $(cat "$WORK/cpu.last")"
+    one be "$BIN/ward-base" encrypt --local-key key.json -i in.bin -o out.base.ward
+    one bd "$BIN/ward-base" decrypt --local-key key.json -i in.ward -o out.base.bin
     cmp -s in.bin out.base.bin || { echo "ward (base) round trip differs" >&2; exit 1; }
-    rm -f out.base.bin in.base.ward
-    all_ben+=" $(timeit sh -c "'$BIN/ward-base' encrypt --local-key key.json -i in.bin > /dev/null")"; c_ben+=" $(cat "$WORK/cpu.last")"
-    all_bdn+=" $(timeit sh -c "'$BIN/ward-base' decrypt --local-key key.json -i in.ward > /dev/null")"; c_bdn+=" $(cat "$WORK/cpu.last")"
+    rm -f out.base.bin out.base.ward
+    one ben sh -c "'$BIN/ward-base' encrypt --local-key key.json -i in.bin > /dev/null"
+    one bdn sh -c "'$BIN/ward-base' decrypt --local-key key.json -i in.ward > /dev/null"
   fi
 done
 for v in we wd wen wdn ae ad aen adn ${WARD_BASE:+be bd ben bdn}; do
