@@ -72,8 +72,9 @@ all_be= all_bd= all_ben= all_bdn= c_be= c_bd= c_ben= c_bdn=
 # in.age made once here.
 "$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward
 "$BIN/age" -r "$RCPT" -o in.age in.bin
-# one CMD... : times CMD, appends its seconds and CPU seconds to all_$V and c_$V
-one() { local v=$1; shift; eval "all_$v+=\" \$(timeit \"\$@\")\""; eval "c_$v+=\" \$(cat \"\$WORK/cpu.last\")\""; }
+# one V CMD... : times CMD, appends its seconds and CPU seconds to all_$V and c_$V
+# (sync first, untimed: no command starts behind another's dirty pages)
+one() { local v=$1; shift; sync; eval "all_$v+=\" \$(timeit \"\$@\")\""; eval "c_$v+=\" \$(cat \"\$WORK/cpu.last\")\""; }
 for run in $(seq "$RUNS"); do
   echo "run $run of $RUNS ..." >&2
   rm -f out.ward out.age out.ward.bin out.age.bin out.base.ward out.base.bin
