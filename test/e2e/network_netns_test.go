@@ -177,6 +177,23 @@ func (l *linkWatch) counts() (markers, clear, intruderC, wgUDP, wgFromX int) {
 	return l.markers, l.clear, l.intruderC, l.wgUDP, l.wgFromX
 }
 
+// wantOnlyWireGuard is the capture check at a test's end: once the last
+// frames are in, the link carried WireGuard UDP (else the capture proves
+// nothing) and neither the plaintext marker nor an overlay packet of a
+// ward node in clear.
+func (l *linkWatch) wantOnlyWireGuard(t *testing.T) {
+	t.Helper()
+	time.Sleep(300 * time.Millisecond) // the last frames
+	markers, clear, _, wgUDP, _ := l.counts()
+	if markers != 0 || clear != 0 {
+		t.Fatalf("on the shared link: %d packets with the plaintext marker, %d overlay packets of ward nodes in clear", markers, clear)
+	}
+	if wgUDP == 0 {
+		t.Fatal("no WireGuard UDP on the link: the capture proves nothing")
+	}
+	t.Logf("shared link: %d WireGuard UDP packets, no marker, no overlay packet of a ward node in clear", wgUDP)
+}
+
 // TestNodeEncryptionInNetworkNamespaces is issue 16's proof: three nodes
 // (network namespaces on one bridge), each running a real `ward agent`
 // with a network section against one authority (in a fourth namespace).
@@ -405,15 +422,7 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		t.Fatal("c connects after its eviction")
 	}
 
-	time.Sleep(300 * time.Millisecond) // the last frames
-	markers, clear, _, wgUDP, _ := lw.counts()
-	if markers != 0 || clear != 0 {
-		t.Fatalf("on the shared link: %d packets with the plaintext marker, %d overlay packets of ward nodes in clear", markers, clear)
-	}
-	if wgUDP == 0 {
-		t.Fatal("no WireGuard UDP on the link: the capture proves nothing")
-	}
-	t.Logf("shared link: %d WireGuard UDP packets, no marker, no overlay packet of a ward node in clear", wgUDP)
+	lw.wantOnlyWireGuard(t)
 }
 
 // defenseInDepth runs a ward proxy pair between a and b over the tunnel
