@@ -3,30 +3,12 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 )
-
-// `ward audit verify` remembers checkpoints; keep the e2e runs out of the
-// user's ~/.local/state. The CLI remembers each origin's signing key and
-// every test's authority has the same trust domain but its own key, so
-// each admin address gets its own directory under this one (stateDirFor).
-// TestMain removes the directory (e2eStateDir) after the run.
-func init() {
-	if os.Getenv("WARD_STATE_DIR") == "" {
-		if d, err := os.MkdirTemp("", "ward-e2e-state-"); err == nil {
-			os.Setenv("WARD_STATE_DIR", d)
-			e2eStateDir = d
-		}
-	}
-}
-
-// e2eStateDir is the state directory init made, if it made one.
-var e2eStateDir string
 
 // TestAuditTruncationWithOldHeadIsCaught is the red team's attack: truncate
 // the audit tail in the raw bbolt file and put an old head back. The log is

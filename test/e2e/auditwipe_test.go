@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -163,12 +160,4 @@ func TestAuditWipeOfEverythingIsCaught(t *testing.T) {
 		t.Errorf("--accept-new-key output:\n%s", out)
 	}
 	mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
-}
-
-// stateDirFor is the WARD_STATE_DIR the harness gives the CLI for the
-// authority at addr: one per authority, since they all share a trust
-// domain (so an origin) but each has its own audit signing key.
-func stateDirFor(addr string) string {
-	h := sha256.Sum256([]byte(addr))
-	return filepath.Join(os.Getenv("WARD_STATE_DIR"), hex.EncodeToString(h[:8]))
 }

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -202,36 +201,6 @@ func TestAuthorityTourThroughTheCLI(t *testing.T) {
 	}
 	s.unseal(shares[2:5])
 	mustWard(t, a, "", "audit", "verify", "--checkpoint", cp)
-}
-
-func httpAddr(t *testing.T, s *server) string {
-	t.Helper()
-	m := regexp.MustCompile(`"http":"([^"]+)"`).FindStringSubmatch(s.logs.String())
-	if m == nil {
-		t.Fatalf("no http address in logs:\n%s", s.logs.String())
-	}
-	return m[1]
-}
-
-func httpGet(t *testing.T, s *server, path string) string {
-	t.Helper()
-	resp, err := http.Get("http://" + httpAddr(t, s) + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return string(b)
-}
-
-func httpStatus(t *testing.T, s *server, path string) int {
-	t.Helper()
-	resp, err := http.Get("http://" + httpAddr(t, s) + path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	return resp.StatusCode
 }
 
 func TestMalformedConfigs(t *testing.T) {

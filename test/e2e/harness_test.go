@@ -6,11 +6,16 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -24,7 +29,9 @@ import (
 
 var wardBin string
 
-func TestMain(m *testing.M) {
+// Main runs the tests of an e2e package (its TestMain calls it): it builds
+// the ward binary the tests run once, and removes what the harness made.
+func Main(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ward-e2e-bin-")
 	if err != nil {
 		panic(err)
@@ -214,4 +221,98 @@ func (s *server) unseal(shares []string) {
 	for _, sh := range shares {
 		mustWard(s.t, s.addr, sh+"\n", "operator", "unseal")
 	}
+}
+
+// `ward audit verify` remembers checkpoints; keep the e2e runs out of the
+// user's ~/.local/state. The CLI remembers each origin's signing key and
+// every test's authority has the same trust domain but its own key, so
+// each admin address gets its own directory under this one (stateDirFor).
+// TestMain removes the directory (e2eStateDir) after the run.
+func init() {
+	if os.Getenv("WARD_STATE_DIR") == "" {
+		if d, err := os.MkdirTemp("", "ward-e2e-state-"); err == nil {
+			os.Setenv("WARD_STATE_DIR", d)
+			e2eStateDir = d
+		}
+	}
+}
+
+// e2eStateDir is the state directory init made, if it made one.
+var e2eStateDir string
+
+// stateDirFor is the WARD_STATE_DIR the harness gives the CLI for the
+// authority at addr: one per authority, since they all share a trust
+// domain (so an origin) but each has its own audit signing key.
+func stateDirFor(addr string) string {
+	h := sha256.Sum256([]byte(addr))
+	return filepath.Join(os.Getenv("WARD_STATE_DIR"), hex.EncodeToString(h[:8]))
+}
+
+// fields parses "OK k=v k=v" lines.
+func fields(line string) map[string]string {
+	out := map[string]string{}
+	for _, f := range strings.Fields(line) {
+		if k, v, ok := strings.Cut(f, "="); ok {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// waitClient waits (bounded by the SVID TTL) for an OK line satisfying cond.
+func waitClient(t *testing.T, w *workload, from int, cond func(map[string]string) bool) (string, int) {
+	t.Helper()
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		lines := w.output()
+		for i := from; i < len(lines); i++ {
+			if strings.HasPrefix(lines[i], "OK ") && cond(fields(lines[i])) {
+				return lines[i], i + 1
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	lines := w.output()
+	t.Fatalf("client never reached the expected state; last lines:\n%s", strings.Join(lines[max(0, len(lines)-5):], "\n"))
+	return "", 0
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func httpAddr(t *testing.T, s *server) string {
+	t.Helper()
+	m := regexp.MustCompile(`"http":"([^"]+)"`).FindStringSubmatch(s.logs.String())
+	if m == nil {
+		t.Fatalf("no http address in logs:\n%s", s.logs.String())
+	}
+	return m[1]
+}
+
+func httpGet(t *testing.T, s *server, path string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr(t, s) + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func httpStatus(t *testing.T, s *server, path string) int {
+	t.Helper()
+	resp, err := http.Get("http://" + httpAddr(t, s) + path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

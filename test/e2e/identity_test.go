@@ -171,35 +171,6 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	t.Logf("%d successful mTLS handshakes with JWT-SVID checks, none failed", oks)
 }
 
-// fields parses "OK k=v k=v" lines.
-func fields(line string) map[string]string {
-	out := map[string]string{}
-	for _, f := range strings.Fields(line) {
-		if k, v, ok := strings.Cut(f, "="); ok {
-			out[k] = v
-		}
-	}
-	return out
-}
-
-// waitClient waits (bounded by the SVID TTL) for an OK line satisfying cond.
-func waitClient(t *testing.T, w *workload, from int, cond func(map[string]string) bool) (string, int) {
-	t.Helper()
-	deadline := time.Now().Add(90 * time.Second)
-	for time.Now().Before(deadline) {
-		lines := w.output()
-		for i := from; i < len(lines); i++ {
-			if strings.HasPrefix(lines[i], "OK ") && cond(fields(lines[i])) {
-				return lines[i], i + 1
-			}
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	lines := w.output()
-	t.Fatalf("client never reached the expected state; last lines:\n%s", strings.Join(lines[max(0, len(lines)-5):], "\n"))
-	return "", 0
-}
-
 func checkMissingHeader(t *testing.T, socket string) {
 	t.Helper()
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))

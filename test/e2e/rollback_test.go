@@ -89,13 +89,3 @@ func TestDestroyedKeyVersionRollback(t *testing.T) {
 		t.Errorf("no key.rollback_detected audit event:\n%s", tail)
 	}
 }
-
-func grepLines(s, sub string) string {
-	var out []string
-	for _, l := range strings.Split(s, "\n") {
-		if strings.Contains(l, sub) {
-			out = append(out, l)
-		}
-	}
-	return strings.Join(out, "\n")
-}
