@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Chaos soak (issue 12, scenario 4): TestChaos in test/e2e for DURATION
+# Chaos soak (issue 12, scenario 4): TestChaos in test/e2e/multicluster for DURATION
 # instead of its short default (40 s, at most 20 steps), with no bound on
 # the number of steps. Three clusters in network namespaces (root only),
 # C's gateway between A and C; partitions, SIGKILLed authorities, agents,
@@ -22,7 +22,7 @@ fi
 DURATION=${DURATION:-10m}
 LOG=$(mktemp /tmp/ward-chaos-XXXXXX.log)
 WARD_CHAOS_DURATION=$DURATION WARD_CHAOS_SEED=${SEED:-} WARD_CHAOS_STEPS=${STEPS:-0} \
-  go test -count=1 -timeout 0 -run '^TestChaos$' -v ./test/e2e >"$LOG" 2>&1 && rc=0 || rc=$?
+  go test -count=1 -timeout 0 -run '^TestChaos$' -v ./test/e2e/multicluster >"$LOG" 2>&1 && rc=0 || rc=$?
 grep -E 'chaos_netns_test.go|^(--- |FAIL|ok|PASS)' "$LOG" || true
 echo "full output: $LOG"
 exit $rc

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Federation figures, on real authorities, agents and proxies on loopback
-# (the harness of test/e2e/crosscluster_test.go; no root needed), in one run:
+# (the harness of test/e2e/multicluster/crosscluster_test.go; no root needed), in one run:
 #
 #  - TestBenchFederation: new connections/s and the latency (p50, p99) of a
 #    new connection's round trip to the same app in cluster B, side by side:
@@ -30,7 +30,7 @@ T=$(mktemp)
 WARD_BENCH_FEDERATION=1 WARD_BENCH_REVOKE_RUNS=$RUNS WARD_BENCH_REVOKE_PAUSE=${PAUSE:-0} \
   WARD_BENCH_SAMPLES=${SAMPLES:-1000} WARD_BENCH_LOOP_SECONDS=${LOOP:-3} WARD_BENCH_CONNS=${CONNS:-4} \
   WARD_BENCH_ROTATE_RUNS=${ROTATIONS:-5} \
-  go test -count=1 -timeout 30m -run '^(TestBenchFederation|TestBenchCrossClusterRevocation)$' -v ./test/e2e 2>&1 |
+  go test -count=1 -timeout 30m -run '^(TestBenchFederation|TestBenchCrossClusterRevocation)$' -v ./test/e2e/multicluster 2>&1 |
   grep -E '^(run |rotate |BENCH|--- |FAIL|ok)' | tee "$T" || true
 # Row of bench/run.sh's summary table: the revocation median against the 2 s bound.
 med=$(grep 'cross-cluster revocation' "$T" | sed -n 's/.*median \([0-9.]*\)\(m\{0,1\}s\).*/\1 \2/p' | awk '{ print ($2 == "ms") ? $1 / 1000 : $1 }')

@@ -22,7 +22,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 LOG=$(mktemp /tmp/ward-ha-bench-XXXXXX.log)
 WARD_HA_BENCH=1 WARD_HA_BENCH_DURATION=${DURATION:-10s} WARD_HA_TAKEOVERS=${TAKEOVERS:-10} \
-  go test -count=1 -timeout 0 -run '^TestHABench$' -v ./test/e2e >"$LOG" 2>&1 || { tail -50 "$LOG"; exit 1; }
+  go test -count=1 -timeout 0 -run '^TestHABench$' -v ./test/e2e/etcd >"$LOG" 2>&1 || { tail -50 "$LOG"; exit 1; }
 grep '^ha-bench:' "$LOG"
 val() { grep "^ha-bench: $1" "$LOG" | tr ' ' '\n' | sed -n "s/^$2=//p" | head -1; }
 r1=$(val single-bbolt calls_per_s); p1=$(val single-bbolt p99_ms)
@@ -32,7 +32,7 @@ summary "HA: KMS encrypt calls/s, 3 authorities on 3-member etcd vs 1 on bbolt" 
 summary "HA: KMS encrypt p99, 3 on etcd vs 1 on bbolt" "${p3} ms" "${p1} ms (bbolt)" "$(ratio "$p1" "$p3")" "-" "-"
 summary "HA: leader takeover after SIGKILL (median / max)" "${med} / ${max} ms" "lease TTL ${ttl} ms" "$(ratio "$ttl" "$max")" "<= lease TTL + 0.5 s" "$(met "$max" "<=" "$((ttl + 500))")"
 if [ "${SOAK:-1}" != 0 ]; then
-  WARD_HA_PHASE=${PHASE:-20s} go test -count=1 -timeout 0 -run '^TestHAOnEtcdUnderFaults$' -v ./test/e2e >>"$LOG" 2>&1 && rc=0 || rc=$?
+  WARD_HA_PHASE=${PHASE:-20s} go test -count=1 -timeout 0 -run '^TestHAOnEtcdUnderFaults$' -v ./test/e2e/etcd >>"$LOG" 2>&1 && rc=0 || rc=$?
   grep -E 'ha_netns_test.go|^(--- |FAIL|ok|PASS)' "$LOG" | grep -v "^\s*$" | cut -c1-300 || true
   [ $rc = 0 ] || exit $rc
 fi

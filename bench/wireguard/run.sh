@@ -21,7 +21,7 @@ cd "$ROOT"
 . bench/lib.sh
 T=$(mktemp)
 WARD_BENCH_NETWORK=1 WARD_BENCH_SIZE_MB=${SIZE_MB:-256} WARD_BENCH_RUNS=${RUNS:-3} WARD_BENCH_SAMPLES=${SAMPLES:-2000} \
-  go test -count=1 -timeout 20m -run '^TestBenchNetworkEncryption$' -v ./test/e2e 2>&1 |
+  go test -count=1 -timeout 20m -run '^TestBenchNetworkEncryption$' -v ./test/e2e/multicluster 2>&1 |
   grep -E '^(BENCH|--- |FAIL|ok)' | tee "$T" || true
 # Rows of bench/run.sh's summary table: each layer's throughput against the plain link.
 for p in wireguard mtls both; do

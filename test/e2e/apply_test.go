@@ -47,10 +47,10 @@ func TestApplyExport(t *testing.T) {
 		dir, netutil.FreeLoopbackAddr(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s := startServer(t, dir, cfg)
-	s.initAndUnseal()
-	a := s.addr
-	c := s.client()
+	s := StartServer(t, dir, cfg)
+	s.InitAndUnseal()
+	a := s.Addr
+	c := s.Client()
 	auditSize := func() uint64 {
 		t.Helper()
 		st, err := c.Operator.Status(context.Background(), &wardv1.StatusRequest{})
@@ -61,14 +61,14 @@ func TestApplyExport(t *testing.T) {
 	}
 	state := func() string {
 		t.Helper()
-		return mustWard(t, a, "", "export")
+		return MustWard(t, a, "", "export")
 	}
 
 	docs := filepath.Join(t.TempDir(), "apply")
 	copyDir(t, filepath.Join("..", "..", "examples", "apply"), docs)
 
 	// Apply the example directory.
-	out := mustWard(t, a, "", "apply", "-f", docs)
+	out := MustWard(t, a, "", "apply", "-f", docs)
 	for _, want := range []string{"+ key tenant-a/payments", "+ entry spiffe://dev.ward.internal/payments", "+ policy file policies/connect.cedar",
 		"Applied: 2 key(s) created, 0 changed; 2 entry(ies) created, 0 changed, 0 deleted in 1 batch(es); policy version"} {
 		if !strings.Contains(out, want) {
@@ -78,7 +78,7 @@ func TestApplyExport(t *testing.T) {
 
 	// Re-apply: nothing changes, nothing is written, not even an audit event.
 	size := auditSize()
-	out = mustWard(t, a, "", "apply", "-f", docs)
+	out = MustWard(t, a, "", "apply", "-f", docs)
 	if !strings.Contains(out, "No changes") || strings.Contains(out, "Applied") {
 		t.Fatalf("second apply:\n%s", out)
 	}
@@ -96,7 +96,7 @@ func TestApplyExport(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := state()
-	out = mustWard(t, a, "", "apply", "--dry-run", "-f", docs)
+	out = MustWard(t, a, "", "apply", "--dry-run", "-f", docs)
 	if !strings.Contains(out, "~ entry spiffe://dev.ward.internal/payments") || !strings.Contains(out, `labels.tier: "backend" → "critical"`) ||
 		!strings.Contains(out, "Plan: 0 to create, 1 to change, 0 to delete.") {
 		t.Fatalf("dry-run diff:\n%s", out)
@@ -104,7 +104,7 @@ func TestApplyExport(t *testing.T) {
 	if state() != before || auditSize() != size {
 		t.Fatal("a dry run changed the authority")
 	}
-	out = mustWard(t, a, "", "apply", "-f", docs)
+	out = MustWard(t, a, "", "apply", "-f", docs)
 	if !strings.Contains(out, "0 entry(ies) created, 1 changed") {
 		t.Fatalf("applying the edit:\n%s", out)
 	}
@@ -115,21 +115,21 @@ func TestApplyExport(t *testing.T) {
 	if err := os.WriteFile(fed, []byte("kind: Federation\ntrust_domain: b.example\nendpoint_url: https://127.0.0.1:9/\nprofile: https_web\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out = mustWard(t, a, "", "apply", "-f", docs)
+	out = MustWard(t, a, "", "apply", "-f", docs)
 	if !strings.Contains(out, "+ federation b.example") || !strings.Contains(out, "1 federation relationship(s) added, 0 removed") {
 		t.Fatalf("applying a federation relationship:\n%s", out)
 	}
-	if out = mustWard(t, a, "", "apply", "-f", docs); !strings.Contains(out, "No changes") {
+	if out = MustWard(t, a, "", "apply", "-f", docs); !strings.Contains(out, "No changes") {
 		t.Fatalf("re-applying a federation relationship:\n%s", out)
 	}
 
 	// Export round trip: the export applied to the same authority is no change.
 	exported := filepath.Join(t.TempDir(), "export.yaml")
-	mustWard(t, a, "", "export", "-o", exported)
+	MustWard(t, a, "", "export", "-o", exported)
 	if b, err := os.ReadFile(exported); err != nil || !strings.Contains(string(b), "kind: Federation\ntrust_domain: b.example\n") {
 		t.Fatalf("export lacks the federation relationship (%v):\n%s", err, b)
 	}
-	out = mustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", exported)
+	out = MustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", exported)
 	if !strings.Contains(out, "No changes") {
 		t.Fatalf("export round trip is not a no-op:\n%s", out)
 	}
@@ -140,7 +140,7 @@ func TestApplyExport(t *testing.T) {
 	if err := os.WriteFile(web, []byte("kind: Entry\nspiffe_id: spiffe://dev.ward.internal/payments\nparent_id: spiffe://dev.ward.internal/ward/agent/node-1\nselectors: [unix:uid:1000]\nttl: 1h\ndns_names: [payments.internal]\nlabels: {app: payments, tier: critical}\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out = mustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", web)
+	out = MustWard(t, a, "", "apply", "--dry-run", "--prune", "-f", web)
 	if !strings.Contains(out, "- entry spiffe://dev.ward.internal/web") || strings.Contains(out, "federation") ||
 		!strings.Contains(out, "Plan: 0 to create, 0 to change, 1 to delete.") {
 		t.Fatalf("prune plan:\n%s", out)
@@ -166,9 +166,9 @@ func TestApplyExport(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, args := range [][]string{{"apply", "-f", bad}, {"apply", "--dry-run", "-f", bad}} {
-			r := ward(t, a, "", args...)
-			if r.code == 0 || !strings.Contains(r.stderr, tc.want) || !strings.Contains(r.stderr, "nothing was changed") {
-				t.Fatalf("ward %v on a broken document: exit %d\nstdout: %s\nstderr: %s\nwant %q", args, r.code, r.stdout, r.stderr, tc.want)
+			r := Ward(t, a, "", args...)
+			if r.Code == 0 || !strings.Contains(r.Stderr, tc.want) || !strings.Contains(r.Stderr, "nothing was changed") {
+				t.Fatalf("ward %v on a broken document: exit %d\nstdout: %s\nstderr: %s\nwant %q", args, r.Code, r.Stdout, r.Stderr, tc.want)
 			}
 		}
 		if state() != before || auditSize() != size {

@@ -17,14 +17,14 @@ import (
 func TestAuditTruncationWithOldHeadIsCaught(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(t.TempDir(), "state")
-	s := startServer(t, dir, writeConfig(t, dir, ""))
-	shares := s.initAndUnseal()
-	mustWard(t, s.addr, "", "key", "create", "k", "--classification", "internal")
-	out := mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	s := StartServer(t, dir, WriteConfig(t, dir, ""))
+	shares := s.InitAndUnseal()
+	MustWard(t, s.Addr, "", "key", "create", "k", "--classification", "internal")
+	out := MustWard(t, s.Addr, "", "audit", "verify", "--state-dir", state)
 	if !strings.Contains(out, "remembered this checkpoint") {
 		t.Fatalf("first verify did not remember its checkpoint:\n%s", out)
 	}
-	s.stop()
+	s.Stop()
 
 	ctx := context.Background()
 	path := filepath.Join(dir, "ward.db")
@@ -38,12 +38,12 @@ func TestAuditTruncationWithOldHeadIsCaught(t *testing.T) {
 	}
 	st.Close()
 
-	s.start()
-	s.unseal(shares[:3])
+	s.Start()
+	s.Unseal(shares[:3])
 	for i := 0; i < 20; i++ {
-		mustWard(t, s.addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
+		MustWard(t, s.Addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
 	}
-	out = mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	out = MustWard(t, s.Addr, "", "audit", "verify", "--state-dir", state)
 	if !strings.Contains(out, "consistent with the checkpoint of") {
 		t.Fatalf("second verify did not prove consistency with the remembered checkpoint:\n%s", out)
 	}
@@ -51,7 +51,7 @@ func TestAuditTruncationWithOldHeadIsCaught(t *testing.T) {
 	if _, err := fmt.Sscanf(out, "OK: %d events", &remembered); err != nil {
 		t.Fatalf("no size in verify output: %v\n%s", err, out)
 	}
-	s.stop()
+	s.Stop()
 
 	// Truncate the tail and restore the old head, bypassing the barrier.
 	st, err = boltstore.Open(path)
@@ -74,24 +74,24 @@ func TestAuditTruncationWithOldHeadIsCaught(t *testing.T) {
 	}
 	st.Close()
 
-	s.start()
-	s.unseal(shares[1:4])
+	s.Start()
+	s.Unseal(shares[1:4])
 	// Without memory (the old behaviour) the rolled-back log verifies.
-	if r := ward(t, s.addr, "", "audit", "verify", "--state-dir", filepath.Join(t.TempDir(), "fresh")); r.code != 0 {
-		t.Fatalf("precondition: the rolled-back log should verify without memory: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	if r := Ward(t, s.Addr, "", "audit", "verify", "--state-dir", filepath.Join(t.TempDir(), "fresh")); r.Code != 0 {
+		t.Fatalf("precondition: the rolled-back log should verify without memory: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state)
-	if r.code == 0 {
-		t.Fatalf("verify passed on a truncated log with an old head:\n%s", r.stdout)
+	r := Ward(t, s.Addr, "", "audit", "verify", "--state-dir", state)
+	if r.Code == 0 {
+		t.Fatalf("verify passed on a truncated log with an old head:\n%s", r.Stdout)
 	}
-	all := r.stdout + r.stderr
+	all := r.Stdout + r.Stderr
 	for _, want := range []string{"AUDIT LOG ROLLBACK", "went BACKWARDS", fmt.Sprintf("but %d events with root", remembered)} {
 		if !strings.Contains(all, want) {
 			t.Errorf("verify output lacks %q:\n%s", want, all)
 		}
 	}
 	// And it keeps failing: the memory did not move back.
-	if r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state); r.code == 0 {
-		t.Fatalf("second verify after the rollback passed:\n%s", r.stdout)
+	if r := Ward(t, s.Addr, "", "audit", "verify", "--state-dir", state); r.Code == 0 {
+		t.Fatalf("second verify after the rollback passed:\n%s", r.Stdout)
 	}
 }

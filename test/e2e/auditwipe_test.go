@@ -13,27 +13,27 @@ import (
 // auditWipeSetup creates a key, encrypts ct1 under version 1, rotates,
 // keeps the raw key record (the attacker's old copy), then destroys
 // version 1 and lets `ward audit verify` remember a checkpoint in state.
-func auditWipeSetup(t *testing.T, s *server, dir, state string) (shares []string, ct1 string, backup store.KV) {
+func auditWipeSetup(t *testing.T, s *Server, dir, state string) (shares []string, ct1 string, backup store.KV) {
 	t.Helper()
-	shares = s.initAndUnseal()
-	mustWard(t, s.addr, "", "key", "create", "tenant-a/payments", "--classification", "internal")
-	ct1 = mustWard(t, s.addr, "card 4111", "kms", "encrypt", "--key", "tenant-a/payments")
-	mustWard(t, s.addr, "", "key", "rotate", "tenant-a/payments")
-	s.stop()
+	shares = s.InitAndUnseal()
+	MustWard(t, s.Addr, "", "key", "create", "tenant-a/payments", "--classification", "internal")
+	ct1 = MustWard(t, s.Addr, "card 4111", "kms", "encrypt", "--key", "tenant-a/payments")
+	MustWard(t, s.Addr, "", "key", "rotate", "tenant-a/payments")
+	s.Stop()
 	recs := rawKeyRecords(t, dir)
 	if len(recs) != 1 {
 		t.Fatalf("want 1 raw key record, got %d", len(recs))
 	}
-	s.start()
-	s.unseal(shares[:3])
-	mustWard(t, s.addr, "", "key", "destroy", "tenant-a/payments", "--version", "1", "--yes")
-	if r := ward(t, s.addr, ct1, "kms", "decrypt"); r.code == 0 {
+	s.Start()
+	s.Unseal(shares[:3])
+	MustWard(t, s.Addr, "", "key", "destroy", "tenant-a/payments", "--version", "1", "--yes")
+	if r := Ward(t, s.Addr, ct1, "kms", "decrypt"); r.Code == 0 {
 		t.Fatal("v1 decrypted after destroy")
 	}
-	if out := mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state); !strings.Contains(out, "remembered this checkpoint") {
+	if out := MustWard(t, s.Addr, "", "audit", "verify", "--state-dir", state); !strings.Contains(out, "remembered this checkpoint") {
 		t.Fatalf("verify did not remember its checkpoint:\n%s", out)
 	}
-	s.stop()
+	s.Stop()
 	return shares, ct1, recs[0]
 }
 
@@ -77,38 +77,38 @@ func tamper(t *testing.T, dir string, deletePrefixes []string, puts ...store.KV)
 func TestAuditWipeDoesNotBringBackADestroyedVersion(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(t.TempDir(), "state")
-	s := startServer(t, dir, writeConfig(t, dir, ""))
+	s := StartServer(t, dir, WriteConfig(t, dir, ""))
 	shares, ct1, backup := auditWipeSetup(t, s, dir, state)
 
 	tamper(t, dir, []string{"audit/"}, backup)
 
-	s.start()
+	s.Start()
 	for _, sh := range shares[1:3] {
-		mustWard(t, s.addr, sh+"\n", "operator", "unseal")
+		MustWard(t, s.Addr, sh+"\n", "operator", "unseal")
 	}
-	r := ward(t, s.addr, shares[3]+"\n", "operator", "unseal")
-	if r.code == 0 {
-		if d := ward(t, s.addr, ct1, "kms", "decrypt"); d.code == 0 {
-			t.Fatalf("the destroyed version decrypted again after audit/ was wiped: %q", d.stdout)
+	r := Ward(t, s.Addr, shares[3]+"\n", "operator", "unseal")
+	if r.Code == 0 {
+		if d := Ward(t, s.Addr, ct1, "kms", "decrypt"); d.Code == 0 {
+			t.Fatalf("the destroyed version decrypted again after audit/ was wiped: %q", d.Stdout)
 		}
-		t.Fatalf("unseal succeeded with audit/ wiped from storage:\n%s", r.stdout)
+		t.Fatalf("unseal succeeded with audit/ wiped from storage:\n%s", r.Stdout)
 	}
 	for _, want := range []string{"audit/signing-key", "deleted or rolled back", "Restore the whole storage", "stays sealed"} {
-		if !strings.Contains(r.stderr, want) {
-			t.Errorf("unseal error lacks %q:\n%s", want, r.stderr)
+		if !strings.Contains(r.Stderr, want) {
+			t.Errorf("unseal error lacks %q:\n%s", want, r.Stderr)
 		}
 	}
-	if d := ward(t, s.addr, ct1, "kms", "decrypt"); d.code == 0 || !strings.Contains(d.stderr, "sealed") {
-		t.Fatalf("decrypt after the refused unseal: exit %d\n%s%s", d.code, d.stdout, d.stderr)
+	if d := Ward(t, s.Addr, ct1, "kms", "decrypt"); d.Code == 0 || !strings.Contains(d.Stderr, "sealed") {
+		t.Fatalf("decrypt after the refused unseal: exit %d\n%s%s", d.Code, d.Stdout, d.Stderr)
 	}
-	if logs := s.logs.String(); !strings.Contains(logs, "unseal refused") || !strings.Contains(logs, "audit/signing-key") {
+	if logs := s.Logs.String(); !strings.Contains(logs, "unseal refused") || !strings.Contains(logs, "audit/signing-key") {
 		t.Errorf("server log does not report the refused unseal:\n%s", logs)
 	}
 	// It keeps failing: nothing was created at the failed unseal.
 	for _, sh := range shares[:2] {
-		mustWard(t, s.addr, sh+"\n", "operator", "unseal")
+		MustWard(t, s.Addr, sh+"\n", "operator", "unseal")
 	}
-	if r := ward(t, s.addr, shares[4]+"\n", "operator", "unseal"); r.code == 0 {
+	if r := Ward(t, s.Addr, shares[4]+"\n", "operator", "unseal"); r.Code == 0 {
 		t.Fatal("the second unseal with audit/ wiped succeeded")
 	}
 }
@@ -121,43 +121,43 @@ func TestAuditWipeDoesNotBringBackADestroyedVersion(t *testing.T) {
 func TestAuditWipeOfEverythingIsCaught(t *testing.T) {
 	dir := t.TempDir()
 	state := filepath.Join(t.TempDir(), "state")
-	s := startServer(t, dir, writeConfig(t, dir, ""))
+	s := StartServer(t, dir, WriteConfig(t, dir, ""))
 	shares, ct1, backup := auditWipeSetup(t, s, dir, state)
 
 	tamper(t, dir, []string{""})
-	s.start()
-	s.unseal(shares[1:4])
-	s.stop()
+	s.Start()
+	s.Unseal(shares[1:4])
+	s.Stop()
 	tamper(t, dir, nil, backup)
 
-	s.start()
-	s.unseal(shares[2:5])
-	d := ward(t, s.addr, ct1, "kms", "decrypt")
-	if d.code == 0 {
-		t.Fatalf("the destroyed version decrypted again after storage was wiped and the record put back: %q", d.stdout)
+	s.Start()
+	s.Unseal(shares[2:5])
+	d := Ward(t, s.Addr, ct1, "kms", "decrypt")
+	if d.Code == 0 {
+		t.Fatalf("the destroyed version decrypted again after storage was wiped and the record put back: %q", d.Stdout)
 	}
 	for _, want := range []string{"tenant-a/payments", "no event", "Restore"} {
-		if !strings.Contains(d.stderr, want) {
-			t.Errorf("decrypt error lacks %q:\n%s", want, d.stderr)
+		if !strings.Contains(d.Stderr, want) {
+			t.Errorf("decrypt error lacks %q:\n%s", want, d.Stderr)
 		}
 	}
-	r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state)
-	if r.code == 0 {
-		t.Fatalf("verify with saved state passed on a log under a new signing key:\n%s", r.stdout)
+	r := Ward(t, s.Addr, "", "audit", "verify", "--state-dir", state)
+	if r.Code == 0 {
+		t.Fatalf("verify with saved state passed on a log under a new signing key:\n%s", r.Stdout)
 	}
-	all := r.stdout + r.stderr
+	all := r.Stdout + r.Stderr
 	for _, want := range []string{"AUDIT SIGNING KEY CHANGED", "ward/", "--accept-new-key"} {
 		if !strings.Contains(all, want) {
 			t.Errorf("verify output lacks %q:\n%s", want, all)
 		}
 	}
 	// It keeps failing until the operator accepts the key.
-	if r := ward(t, s.addr, "", "audit", "verify", "--state-dir", state); r.code == 0 {
+	if r := Ward(t, s.Addr, "", "audit", "verify", "--state-dir", state); r.Code == 0 {
 		t.Fatal("second verify passed")
 	}
-	out := mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state, "--accept-new-key")
+	out := MustWard(t, s.Addr, "", "audit", "verify", "--state-dir", state, "--accept-new-key")
 	if !strings.Contains(out, "WARNING") || !strings.Contains(out, "remembered key") {
 		t.Errorf("--accept-new-key output:\n%s", out)
 	}
-	mustWard(t, s.addr, "", "audit", "verify", "--state-dir", state)
+	MustWard(t, s.Addr, "", "audit", "verify", "--state-dir", state)
 }

@@ -36,7 +36,7 @@ func TestConfigRejectedBeforeAnythingIsCreated(t *testing.T) {
 			os.WriteFile(p, []byte("trust_domain: a.org\n"+strings.ReplaceAll(c.yaml, "DATA", data)), 0o600)
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, wardBin, "server", "--config", p)
+			cmd := exec.CommandContext(ctx, WardBin, "server", "--config", p)
 			cmd.Dir = cwd
 			var stderr bytes.Buffer
 			cmd.Stderr = &stderr

@@ -91,12 +91,12 @@ func runDocBlocks(t *testing.T, root, rel string, blocks []docBlock) {
 func startDevAuthority(t *testing.T, dir string) string {
 	t.Helper()
 	logs := &syncbuf.Buffer{}
-	cmd := exec.Command(wardBin, "server", "--dev", "--dev-dir", dir)
+	cmd := exec.Command(WardBin, "server", "--dev", "--dev-dir", dir)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(cmd) })
+	t.Cleanup(func() { StopProcess(cmd) })
 	deadline := time.Now().Add(time.Minute)
 	for !logs.Contains("initialised and unsealed") {
 		if time.Now().After(deadline) {

@@ -101,7 +101,7 @@ func startDocShell(t *testing.T, dir string, env ...string) *docShell {
 			base = append(base, e)
 		}
 	}
-	s.cmd.Env = append(append(base, "PATH="+filepath.Dir(wardBin)+":"+os.Getenv("PATH"),
+	s.cmd.Env = append(append(base, "PATH="+filepath.Dir(WardBin)+":"+os.Getenv("PATH"),
 		"WARD_STATE_DIR="+filepath.Join(dir, ".ward-state")), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

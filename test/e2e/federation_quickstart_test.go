@@ -68,7 +68,7 @@ func TestFederationQuickstart(t *testing.T) {
 			}
 			log, _ := os.ReadFile(filepath.Join(dir, "mesh-b", "access.log"))
 			if !strings.Contains(string(log), "deny-list of a.example: SPIFFE ID") {
-				t.Fatalf("mesh-b/access.log records no connection closed by A's deny-list:\n%s", tail(string(log), 3000))
+				t.Fatalf("mesh-b/access.log records no connection closed by A's deny-list:\n%s", Tail(string(log), 3000))
 			}
 			revoked = true
 		case strings.HasPrefix(comment, "denied"):

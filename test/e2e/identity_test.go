@@ -44,57 +44,57 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	}
 	dir := t.TempDir()
 	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI)))
-	shares := s.initAndUnseal()
-	a := s.addr
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI)))
+	shares := s.InitAndUnseal()
+	a := s.Addr
 
-	pub := publicDir(t)
+	pub := PublicDir(t)
 	bundle := filepath.Join(pub, "bundle.pem")
-	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
 	agentID := "spiffe://e2e.example.org/ward/agent/node-1"
 	serverID := "spiffe://e2e.example.org/e2e/server"
 	clientID := "spiffe://e2e.example.org/e2e/client"
 	toolID := "spiffe://e2e.example.org/e2e/tool"
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", serverID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidServer), "--dns", "server.e2e.internal")
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", clientID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidClient))
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", toolID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", serverID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidServer), "--dns", "server.e2e.internal")
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", clientID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", uidClient))
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", toolID, "--parent", agentID, "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
 
 	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
-	ag.waitStatus("3 SVIDs", func(st agentStatus) bool { return st.AgentID == agentID && st.SVIDs == 3 })
-	if out := mustWard(t, a, "", "agent", "list"); !strings.Contains(out, agentID) {
+	ag.WaitStatus("3 SVIDs", func(st AgentStatus) bool { return st.AgentID == agentID && st.SVIDs == 3 })
+	if out := MustWard(t, a, "", "agent", "list"); !strings.Contains(out, agentID) {
 		t.Fatalf("ward agent list lacks %s:\n%s", agentID, out)
 	}
 
 	// A caller matching no entry gets PermissionDenied; one without the
 	// security header gets InvalidArgument.
-	nobody := startWorkload(t, uidNoEntry, "fetch", ag.socket)
-	if line, _ := nobody.waitLine(t, "FETCH", 0); line != "FETCH PermissionDenied" {
+	nobody := StartWorkload(t, uidNoEntry, "fetch", ag.Socket)
+	if line, _ := nobody.WaitLine(t, "FETCH", 0); line != "FETCH PermissionDenied" {
 		t.Fatalf("caller without entry: %s", line)
 	}
-	checkMissingHeader(t, ag.socket)
+	checkMissingHeader(t, ag.Socket)
 
 	// openssl accepts an issued chain against the bundle and shows the URI SAN.
-	checkWithOpenSSL(t, ag.socket, pub, toolID)
+	checkWithOpenSSL(t, ag.Socket, pub, toolID)
 
-	srv := startWorkload(t, uidServer, "server", ag.socket, envPeer+"="+clientID)
-	listen, _ := srv.waitLine(t, "LISTEN ", 0)
-	cli := startWorkload(t, uidClient, "client", ag.socket, envPeer+"="+serverID, envAddr+"="+strings.TrimPrefix(listen, "LISTEN "))
-	first, pos := cli.waitLine(t, "OK ", 0)
-	f0 := fields(first)
+	srv := StartWorkload(t, uidServer, "server", ag.Socket, EnvPeer+"="+clientID)
+	listen, _ := srv.WaitLine(t, "LISTEN ", 0)
+	cli := StartWorkload(t, uidClient, "client", ag.Socket, EnvPeer+"="+serverID, EnvAddr+"="+strings.TrimPrefix(listen, "LISTEN "))
+	first, pos := cli.WaitLine(t, "OK ", 0)
+	f0 := Fields(first)
 
 	// 1. SVID rotation with an intermediate rotation: rotate the
 	// intermediate now; the next SVID (at half life) is signed by the new one.
-	mustWard(t, a, "", "ca", "rotate")
-	line, pos := waitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f0["serial"] && f["issuer"] != f0["issuer"] })
-	f1 := fields(line)
+	MustWard(t, a, "", "ca", "rotate")
+	line, pos := WaitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f0["serial"] && f["issuer"] != f0["issuer"] })
+	f1 := Fields(line)
 	t.Logf("SVID and intermediate rotated: %s -> %s", first, line)
 
 	// 2. Root rotation: the new root reaches every bundle before any SVID
 	// chains to it.
-	mustWard(t, a, "", "ca", "rotate", "--root")
-	line, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["root"] != f1["root"] && f["root"] != "" })
-	f2 := fields(line)
+	MustWard(t, a, "", "ca", "rotate", "--root")
+	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["root"] != f1["root"] && f["root"] != "" })
+	f2 := Fields(line)
 	if n, _ := strconv.Atoi(f2["roots"]); n < 2 {
 		t.Fatalf("after the root rotation the client trusts %s roots, want both", f2["roots"])
 	}
@@ -110,7 +110,7 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	var caState struct {
 		Keys []struct{ ID, Kind, State string } `json:"keys"`
 	}
-	if err := json.Unmarshal([]byte(mustWard(t, a, "", "ca", "show", "--json")), &caState); err != nil {
+	if err := json.Unmarshal([]byte(MustWard(t, a, "", "ca", "show", "--json")), &caState); err != nil {
 		t.Fatal(err)
 	}
 	active := ""
@@ -122,18 +122,18 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if active == "" {
 		t.Fatalf("no active intermediate in ca show: %+v", caState)
 	}
-	mustWard(t, a, "", "ca", "taint", active, "--yes") // also activates a fresh intermediate
-	line, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["issuer"] != f2["issuer"] })
+	MustWard(t, a, "", "ca", "taint", active, "--yes") // also activates a fresh intermediate
+	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["issuer"] != f2["issuer"] })
 	t.Logf("re-issued after tainting %s: %s", active, line)
 	time.Sleep(2 * time.Second) // the server workload's SVID is re-issued at the same sync
-	s.stop()
+	s.Stop()
 	downAt := time.Now()
-	ag.waitStatus("staleness reported", func(st agentStatus) bool { return st.LastError != "" && st.SecondsSinceLastSync > 2 })
+	ag.WaitStatus("staleness reported", func(st AgentStatus) bool { return st.LastError != "" && st.SecondsSinceLastSync > 2 })
 	ag.stop()
-	ag.start()
-	st := ag.waitStatus("cache loaded after restart", func(st agentStatus) bool { return st.SVIDs == 3 && st.LastError != "" })
-	if !strings.Contains(ag.logs.String(), "agent cache loaded") {
-		t.Fatalf("restarted agent did not load its cache:\n%s", tail(ag.logs.String(), 3000))
+	ag.Start()
+	st := ag.WaitStatus("cache loaded after restart", func(st AgentStatus) bool { return st.SVIDs == 3 && st.LastError != "" })
+	if !strings.Contains(ag.Logs.String(), "agent cache loaded") {
+		t.Fatalf("restarted agent did not load its cache:\n%s", Tail(ag.Logs.String(), 3000))
 	}
 	if st.SoonestSVIDExpiry.Before(time.Now()) {
 		t.Fatalf("agent serves an expired SVID: %+v", st)
@@ -141,29 +141,29 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	for time.Since(downAt) < 32*time.Second {
 		time.Sleep(time.Second)
 	}
-	ag.waitStatus("long staleness", func(st agentStatus) bool { return st.SecondsSinceLastSync > 30 })
-	if !strings.Contains(ag.logs.String(), "authority unreachable; serving cached SVIDs") {
-		t.Fatalf("agent did not log staleness:\n%s", tail(ag.logs.String(), 3000))
+	ag.WaitStatus("long staleness", func(st AgentStatus) bool { return st.SecondsSinceLastSync > 30 })
+	if !strings.Contains(ag.Logs.String(), "authority unreachable; serving cached SVIDs") {
+		t.Fatalf("agent did not log staleness:\n%s", Tail(ag.Logs.String(), 3000))
 	}
-	_, pos = cli.waitLine(t, "OK ", pos) // still talking, on cached SVIDs
-	f3 := fields(cli.output()[pos-1])
+	_, pos = cli.WaitLine(t, "OK ", pos) // still talking, on cached SVIDs
+	f3 := Fields(cli.Output()[pos-1])
 
 	// 4. The authority returns (restart + unseal): rotation catches up.
-	s.start()
-	s.unseal(shares[:3])
-	ag.waitStatus("sync after the outage", func(st agentStatus) bool { return st.LastError == "" && st.SecondsSinceLastSync < 5 })
-	line, _ = waitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f3["serial"] })
+	s.Start()
+	s.Unseal(shares[:3])
+	ag.WaitStatus("sync after the outage", func(st AgentStatus) bool { return st.LastError == "" && st.SecondsSinceLastSync < 5 })
+	line, _ = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f3["serial"] })
 	t.Logf("caught up after the outage: %s", line)
 
-	for name, w := range map[string]*workload{"client": cli, "server": srv} {
-		for _, l := range w.output() {
+	for name, w := range map[string]*Workload{"client": cli, "server": srv} {
+		for _, l := range w.Output() {
 			if strings.HasPrefix(l, "FAIL") || strings.HasPrefix(l, "ERROR") {
 				t.Errorf("%s workload: %s", name, l)
 			}
 		}
 	}
 	oks := 0
-	for _, l := range cli.output() {
+	for _, l := range cli.Output() {
 		if strings.HasPrefix(l, "OK ") {
 			oks++
 		}

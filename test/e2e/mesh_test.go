@@ -2,8 +2,6 @@ package e2e
 
 import (
 	"fmt"
-	"github.com/wardproject/ward/internal/testutil/netutil"
-	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"io"
 	"net/http"
 	"os"
@@ -12,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestPolicyReachesTheProxyThroughTheAgent runs the real chain: `ward
@@ -22,17 +23,17 @@ import (
 func TestPolicyReachesTheProxyThroughTheAgent(t *testing.T) {
 	dir := t.TempDir()
 	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
-	shares := s.initAndUnseal()
-	a := s.addr
-	pub := publicDir(t)
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
+	shares := s.InitAndUnseal()
+	a := s.Addr
+	pub := PublicDir(t)
 	bundle := filepath.Join(pub, "bundle.pem")
-	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments",
+	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments",
 		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
 	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
-	ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	ag.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
 
 	admin := netutil.FreeLoopbackAddr(t)
 	proxyCfg := filepath.Join(dir, "proxy.yaml")
@@ -43,15 +44,15 @@ inbound:
   - name: payments
     listen: %s
     forward: %s
-`, ag.socket, filepath.Join(pub, "policy.sock"), admin, netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t))), 0o600)
+`, ag.Socket, filepath.Join(pub, "policy.sock"), admin, netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t))), 0o600)
 	startProxy := func() *exec.Cmd {
-		cmd := exec.Command(wardBin, "proxy", "--config", proxyCfg)
+		cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
 		logs := &syncbuf.Buffer{}
 		cmd.Stdout, cmd.Stderr = logs, logs
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { stopProcess(cmd) })
+		t.Cleanup(func() { StopProcess(cmd) })
 		return cmd
 	}
 	proxy := startProxy()
@@ -89,24 +90,24 @@ inbound:
 	}
 	pol := filepath.Join(dir, "p.cedar")
 	os.WriteFile(pol, []byte(`permit(principal == Workload::"spiffe://e2e.example.org/frontend", action == Action::"connect", resource == Service::"payments");`), 0o600)
-	mustWard(t, a, "", "policy", "apply", pol)
+	MustWard(t, a, "", "policy", "apply", pol)
 	waitVersion("1", 5*time.Second)
 	if got := httpStatusOf("http://" + admin + "/readyz"); got != http.StatusOK {
 		t.Fatalf("/readyz with policy = %d", got)
 	}
-	mustWard(t, a, "", "revoke", "--spiffe-id", "spiffe://e2e.example.org/frontend")
+	MustWard(t, a, "", "revoke", "--spiffe-id", "spiffe://e2e.example.org/frontend")
 	waitVersion("2", 2*time.Second)
 
 	// Authority down: a proxy (re)started now gets version 2 from the
 	// agent's cache.
-	s.stop()
-	stopProcess(proxy)
+	s.Stop()
+	StopProcess(proxy)
 	startProxy()
 	waitVersion("2", 10*time.Second)
 	// The authority returns: the next version flows again.
-	s.start()
-	s.unseal(shares[:3])
-	mustWard(t, a, "", "revoke", "--remove", "--spiffe-id", "spiffe://e2e.example.org/frontend")
+	s.Start()
+	s.Unseal(shares[:3])
+	MustWard(t, a, "", "revoke", "--remove", "--spiffe-id", "spiffe://e2e.example.org/frontend")
 	waitVersion("3", 15*time.Second)
 }
 

@@ -32,24 +32,24 @@ func rawKeyRecords(t *testing.T, dir string) []store.KV {
 // version must stay gone, and the authority must say why.
 func TestDestroyedKeyVersionRollback(t *testing.T) {
 	dir := t.TempDir()
-	s := startServer(t, dir, writeConfig(t, dir, ""))
-	shares := s.initAndUnseal()
-	mustWard(t, s.addr, "", "key", "create", "tenant-a/payments", "--classification", "internal")
-	ct1 := mustWard(t, s.addr, "card 4111", "kms", "encrypt", "--key", "tenant-a/payments")
-	mustWard(t, s.addr, "", "key", "rotate", "tenant-a/payments")
-	s.stop()
+	s := StartServer(t, dir, WriteConfig(t, dir, ""))
+	shares := s.InitAndUnseal()
+	MustWard(t, s.Addr, "", "key", "create", "tenant-a/payments", "--classification", "internal")
+	ct1 := MustWard(t, s.Addr, "card 4111", "kms", "encrypt", "--key", "tenant-a/payments")
+	MustWard(t, s.Addr, "", "key", "rotate", "tenant-a/payments")
+	s.Stop()
 	backup := rawKeyRecords(t, dir) // the old copy (a backup, an etcd snapshot)
 	if len(backup) != 1 {
 		t.Fatalf("want 1 raw key record, got %d", len(backup))
 	}
 
-	s.start()
-	s.unseal(shares[:3])
-	mustWard(t, s.addr, "", "key", "destroy", "tenant-a/payments", "--version", "1", "--yes")
-	if r := ward(t, s.addr, ct1, "kms", "decrypt"); r.code == 0 {
+	s.Start()
+	s.Unseal(shares[:3])
+	MustWard(t, s.Addr, "", "key", "destroy", "tenant-a/payments", "--version", "1", "--yes")
+	if r := Ward(t, s.Addr, ct1, "kms", "decrypt"); r.Code == 0 {
 		t.Fatal("v1 decrypted after destroy")
 	}
-	s.stop()
+	s.Stop()
 
 	st, err := boltstore.Open(filepath.Join(dir, "ward.db"))
 	if err != nil {
@@ -60,31 +60,31 @@ func TestDestroyedKeyVersionRollback(t *testing.T) {
 	}
 	st.Close()
 
-	s.start()
-	s.unseal(shares[1:4])
-	r := ward(t, s.addr, ct1, "kms", "decrypt")
-	if r.code == 0 {
-		t.Fatalf("the destroyed version decrypted again after the old record was copied back: %q", r.stdout)
+	s.Start()
+	s.Unseal(shares[1:4])
+	r := Ward(t, s.Addr, ct1, "kms", "decrypt")
+	if r.Code == 0 {
+		t.Fatalf("the destroyed version decrypted again after the old record was copied back: %q", r.Stdout)
 	}
 	for _, want := range []string{"rolled back", "tenant-a/payments", "Restore"} {
-		if !strings.Contains(r.stderr, want) {
-			t.Errorf("decrypt error lacks %q: %s", want, r.stderr)
+		if !strings.Contains(r.Stderr, want) {
+			t.Errorf("decrypt error lacks %q: %s", want, r.Stderr)
 		}
 	}
-	r = ward(t, s.addr, "", "key", "show", "tenant-a/payments")
-	if r.code == 0 || !strings.Contains(r.stderr, "rolled back") {
-		t.Errorf("key show of a rolled-back record: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = Ward(t, s.Addr, "", "key", "show", "tenant-a/payments")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "rolled back") {
+		t.Errorf("key show of a rolled-back record: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	logs := s.logs.String()
+	logs := s.Logs.String()
 	for _, want := range []string{"key record rolled back", "tenant-a/payments", "resurrected_versions"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("server log lacks %q:\n%s", want, logs)
 		}
 	}
-	if m := httpGet(t, s, "/metrics"); !strings.Contains(m, "ward_kms_key_record_rollbacks_detected_total 1") {
-		t.Errorf("metric not raised:\n%s", grepLines(m, "rollback"))
+	if m := HTTPGet(t, s, "/metrics"); !strings.Contains(m, "ward_kms_key_record_rollbacks_detected_total 1") {
+		t.Errorf("metric not raised:\n%s", GrepLines(m, "rollback"))
 	}
-	tail := mustWard(t, s.addr, "", "audit", "tail", "-n", "5")
+	tail := MustWard(t, s.Addr, "", "audit", "tail", "-n", "5")
 	if !strings.Contains(tail, "key.rollback_detected") {
 		t.Errorf("no key.rollback_detected audit event:\n%s", tail)
 	}

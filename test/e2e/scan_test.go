@@ -17,12 +17,12 @@ import (
 // exit 2 when the expected SPIFFE ID is wrong.
 func TestScanAuthorityListeners(t *testing.T) {
 	logs := &syncbuf.Buffer{}
-	cmd := exec.Command(wardBin, "server", "--dev", "--dev-dir", t.TempDir())
+	cmd := exec.Command(WardBin, "server", "--dev", "--dev-dir", t.TempDir())
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(cmd) })
+	t.Cleanup(func() { StopProcess(cmd) })
 	deadline := time.Now().Add(time.Minute)
 	for !logs.Contains("Press Ctrl-C to stop") {
 		if time.Now().After(deadline) {
@@ -47,9 +47,9 @@ func TestScanAuthorityListeners(t *testing.T) {
 	}
 	serverID := "spiffe://" + td + "/ward/server"
 
-	r := ward(t, admin, "", "scan", nodeAPI, "--spiffe-id", serverID, "--fail-on", "medium", "--json")
-	if r.code != 0 {
-		t.Fatalf("ward scan %s: exit %d\n%s\n%s", nodeAPI, r.code, r.stdout, r.stderr)
+	r := Ward(t, admin, "", "scan", nodeAPI, "--spiffe-id", serverID, "--fail-on", "medium", "--json")
+	if r.Code != 0 {
+		t.Fatalf("ward scan %s: exit %d\n%s\n%s", nodeAPI, r.Code, r.Stdout, r.Stderr)
 	}
 	var doc struct {
 		Results []struct {
@@ -66,8 +66,8 @@ func TestScanAuthorityListeners(t *testing.T) {
 			Findings []struct{ Rule, Severity string }
 		}
 	}
-	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil || len(doc.Results) != 1 {
-		t.Fatalf("--json: %v\n%s", err, r.stdout)
+	if err := json.Unmarshal([]byte(r.Stdout), &doc); err != nil || len(doc.Results) != 1 {
+		t.Fatalf("--json: %v\n%s", err, r.Stdout)
 	}
 	res := doc.Results[0]
 	if !res.Chain.Trusted || res.Chain.Bundle != "authority "+td || res.Chain.SPIFFEIDMatch == nil || !*res.Chain.SPIFFEIDMatch {
@@ -83,8 +83,8 @@ func TestScanAuthorityListeners(t *testing.T) {
 	}
 	t.Logf("node API findings: %v", res.Findings)
 
-	r = ward(t, admin, "", "scan", nodeAPI, "--spiffe-id", "spiffe://"+td+"/not/the/server")
-	if r.code != 2 || !strings.Contains(r.stdout, "spiffe-id-mismatch") {
-		t.Errorf("wrong SPIFFE ID: exit %d, want 2\n%s\n%s", r.code, r.stdout, r.stderr)
+	r = Ward(t, admin, "", "scan", nodeAPI, "--spiffe-id", "spiffe://"+td+"/not/the/server")
+	if r.Code != 2 || !strings.Contains(r.Stdout, "spiffe-id-mismatch") {
+		t.Errorf("wrong SPIFFE ID: exit %d, want 2\n%s\n%s", r.Code, r.Stdout, r.Stderr)
 	}
 }

@@ -32,21 +32,21 @@ func TestTaintRevokesAtTheProxy(t *testing.T) {
 	}
 	dir := t.TempDir()
 	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
-	s.initAndUnseal()
-	a := s.addr
-	pub := publicDir(t)
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
+	s.InitAndUnseal()
+	a := s.Addr
+	pub := PublicDir(t)
 	bundle := filepath.Join(pub, "bundle.pem")
-	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
 	const payments = "spiffe://e2e.example.org/payments"
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
 		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
 	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
-	ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	ag.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
 	pol := filepath.Join(dir, "p.cedar")
 	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
-	mustWard(t, a, "", "policy", "apply", pol)
+	MustWard(t, a, "", "policy", "apply", pol)
 
 	// The app behind the proxy: accepts and discards.
 	app, err := net.Listen("tcp", "127.0.0.1:0")
@@ -73,21 +73,21 @@ inbound:
   - name: payments
     listen: %s
     forward: %s
-`, ag.socket, filepath.Join(pub, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
+`, ag.Socket, filepath.Join(pub, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
 	logs := &syncbuf.Buffer{}
-	cmd := exec.Command(wardBin, "proxy", "--config", proxyCfg)
+	cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(cmd) })
+	t.Cleanup(func() { StopProcess(cmd) })
 
 	// The workload's current SVID: what an attacker who stole it keeps.
 	fetch := func() *x509svid.SVID {
 		t.Helper()
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.socket))
+		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.Socket))
 		if err != nil {
 			t.Fatalf("fetch X509-SVID: %v", err)
 		}
@@ -141,13 +141,13 @@ inbound:
 	deadline := time.Now().Add(30 * time.Second)
 	for accessLine("allow", 0) == nil {
 		if time.Now().After(deadline) {
-			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", tail(logs.String(), 4000))
+			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", Tail(logs.String(), 4000))
 		}
 		replay()
 		time.Sleep(200 * time.Millisecond)
 	}
 
-	mustWard(t, a, "", "ca", "taint", kid, "--yes")
+	MustWard(t, a, "", "ca", "taint", kid, "--yes")
 	afterTaint := len(logs.String())
 	// The agent re-issues from the new intermediate (bounded wait).
 	deadline = time.Now().Add(30 * time.Second)
@@ -167,7 +167,7 @@ inbound:
 	var denied map[string]any
 	for denied = accessLine("deny", afterTaint); denied == nil; denied = accessLine("deny", afterTaint) {
 		if time.Now().After(deadline) {
-			t.Fatalf("replayed chain through tainted %s not denied; proxy log:\n%s", kid, tail(logs.String(), 4000))
+			t.Fatalf("replayed chain through tainted %s not denied; proxy log:\n%s", kid, Tail(logs.String(), 4000))
 		}
 		replay()
 		time.Sleep(100 * time.Millisecond)

@@ -36,14 +36,14 @@ func TestAuditTamperingIsReported(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()
-			s := startServer(t, dir, writeConfig(t, dir, ""))
-			shares := s.initAndUnseal()
-			mustWard(t, s.addr, "", "key", "create", "k", "--classification", "internal")
+			s := StartServer(t, dir, WriteConfig(t, dir, ""))
+			shares := s.InitAndUnseal()
+			MustWard(t, s.Addr, "", "key", "create", "k", "--classification", "internal")
 			for i := 0; i < 10; i++ {
-				mustWard(t, s.addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
+				MustWard(t, s.Addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
 			}
-			mustWard(t, s.addr, "", "audit", "verify")
-			s.stop()
+			MustWard(t, s.Addr, "", "audit", "verify")
+			s.Stop()
 
 			st, err := boltstore.Open(filepath.Join(dir, "ward.db"))
 			if err != nil {
@@ -52,15 +52,15 @@ func TestAuditTamperingIsReported(t *testing.T) {
 			c.tamper(t, st)
 			st.Close()
 
-			s.start()
-			s.unseal(shares[:3])
-			r := ward(t, s.addr, "", "audit", "verify")
-			if r.code == 0 {
-				t.Fatalf("verify passed after %s:\n%s", c.name, r.stdout)
+			s.Start()
+			s.Unseal(shares[:3])
+			r := Ward(t, s.Addr, "", "audit", "verify")
+			if r.Code == 0 {
+				t.Fatalf("verify passed after %s:\n%s", c.name, r.Stdout)
 			}
 			for _, w := range c.want {
-				if !strings.Contains(r.stdout, w) {
-					t.Errorf("verify output lacks %q:\n%s", w, r.stdout)
+				if !strings.Contains(r.Stdout, w) {
+					t.Errorf("verify output lacks %q:\n%s", w, r.Stdout)
 				}
 			}
 		})

@@ -19,9 +19,9 @@ func TestUnsealThroughTheCLI(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := busy.Addr().String()
-	s := startServer(t, dir, writeConfig(t, dir, "identity: {node_api_address: '"+addr+"'}\n"))
-	a := s.addr
-	out := mustWard(t, a, "", "operator", "init", "--shares", "3", "--threshold", "2")
+	s := StartServer(t, dir, WriteConfig(t, dir, "identity: {node_api_address: '"+addr+"'}\n"))
+	a := s.Addr
+	out := MustWard(t, a, "", "operator", "init", "--shares", "3", "--threshold", "2")
 	var shares []string
 	for _, line := range strings.Split(out, "\n") {
 		if v, ok := strings.CutPrefix(line, "Unseal share "); ok {
@@ -33,22 +33,22 @@ func TestUnsealThroughTheCLI(t *testing.T) {
 		t.Fatalf("init output: %s", out)
 	}
 
-	r := ward(t, a, "", "operator", "unseal", shares[0])
-	if r.code == 0 || !strings.Contains(r.stderr, "ward operator unseal < share.txt") || strings.Contains(r.stderr, shares[0]) {
-		t.Fatalf("argv share: exit %d, %s", r.code, r.stderr)
+	r := Ward(t, a, "", "operator", "unseal", shares[0])
+	if r.Code == 0 || !strings.Contains(r.Stderr, "ward operator unseal < share.txt") || strings.Contains(r.Stderr, shares[0]) {
+		t.Fatalf("argv share: exit %d, %s", r.Code, r.Stderr)
 	}
-	r = ward(t, a, "", "operator", "status")
-	if !strings.Contains(r.stdout, "Unseal progress:     0/2") {
-		t.Fatalf("status after an argv share:\n%s", r.stdout)
+	r = Ward(t, a, "", "operator", "status")
+	if !strings.Contains(r.Stdout, "Unseal progress:     0/2") {
+		t.Fatalf("status after an argv share:\n%s", r.Stdout)
 	}
 
-	r = ward(t, a, shares[0]+"\n", "operator", "unseal")
-	if r.code == 0 || !strings.Contains(r.stderr, "identity.node_api_address "+addr) || !strings.Contains(r.stderr, "not accepted") {
-		t.Fatalf("share with the Node API port busy: exit %d, %s", r.code, r.stderr)
+	r = Ward(t, a, shares[0]+"\n", "operator", "unseal")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "identity.node_api_address "+addr) || !strings.Contains(r.Stderr, "not accepted") {
+		t.Fatalf("share with the Node API port busy: exit %d, %s", r.Code, r.Stderr)
 	}
 	busy.Close()
-	s.unseal(shares[:2])
-	audit := mustWard(t, a, "", "audit", "tail", "-n", "50")
+	s.Unseal(shares[:2])
+	audit := MustWard(t, a, "", "audit", "tail", "-n", "50")
 	iErr, iOK := strings.Index(audit, "node_api_address"), strings.LastIndex(audit, "operator.unseal")
 	if iErr < 0 || iOK < iErr {
 		t.Fatalf("audit log does not show the refused unseal before the unseal:\n%s", audit)

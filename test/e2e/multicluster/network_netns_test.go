@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproject/ward/test/e2e"
+
 	"github.com/wardproject/ward/internal/node/agent"
 	"github.com/wardproject/ward/internal/node/wgnet"
 	"github.com/wardproject/ward/internal/testutil/netns"
@@ -28,7 +30,7 @@ import (
 // `ward agent` with a network section.
 type wgNode struct {
 	nd      *netns.Node
-	ag      *agentProc
+	ag      *e2e.AgentProc
 	id      string
 	overlay string // 10.250.<i>.1
 }
@@ -36,7 +38,7 @@ type wgNode struct {
 // get reads path from the agent's health address, inside its namespace.
 func (w *wgNode) get(path string) (string, error) {
 	c := http.Client{Timeout: 3 * time.Second, Transport: &http.Transport{DialContext: func(context.Context, string, string) (net.Conn, error) {
-		return w.nd.Dial(w.ag.health)
+		return w.nd.Dial(w.ag.Health)
 	}}}
 	resp, err := c.Get("http://agent" + path)
 	if err != nil {
@@ -72,7 +74,7 @@ func (w *wgNode) waitNet(t *testing.T, what string, cond func(*agent.NetworkStat
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %s never held (status %+v, err %v); agent log:\n%s", w.id, what, st, err, tail(w.ag.logs.String(), 3000))
+			t.Fatalf("%s: %s never held (status %+v, err %v); agent log:\n%s", w.id, what, st, err, e2e.Tail(w.ag.Logs.String(), 3000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -242,7 +244,7 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 			period = "10s"
 		}
 		token := strings.TrimSpace(cl.ward(t, "token", "create", "--ttl", "10m", "--agent-path", "node-"+names[i], "-q"))
-		w.ag = startAgentProcExtra(t, w.nd, "wg.example", publicDir(t), cl.nodeAPI, bundle, token, fmt.Sprintf(`network:
+		w.ag = e2e.StartAgentProcExtra(t, w.nd, "wg.example", e2e.PublicDir(t), cl.nodeAPI, bundle, token, fmt.Sprintf(`network:
   address: %s
   strict: true
   strict_cidrs: [10.250.0.0/16]
@@ -283,7 +285,7 @@ func TestNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		return false
 	})
 	t.Logf("a's tunnel table: %d peers, %d handshakes", len(st.Peers), st.Handshakes)
-	table, err := a.nd.Run(wardBin, "agent", "status", "--address", a.ag.health)
+	table, err := a.nd.Run(e2e.WardBin, "agent", "status", "--address", a.ag.Health)
 	if err != nil || !strings.Contains(table, "PEER") || !strings.Contains(table, b.id) || !strings.Contains(table, "10.250.2.1/32") {
 		t.Fatalf("ward agent status: %v\n%s", err, table)
 	}
@@ -435,13 +437,13 @@ func defenseInDepth(t *testing.T, cl *cluster, a, b *wgNode, marker []byte, lw *
 	clientID, apiID := "spiffe://wg.example/client", "spiffe://wg.example/api"
 	cl.ward(t, "entry", "create", "--spiffe-id", clientID, "--parent", a.id, "--selector", uid)
 	cl.ward(t, "entry", "create", "--spiffe-id", apiID, "--parent", b.id, "--selector", uid)
-	dir := publicDir(t)
+	dir := e2e.PublicDir(t)
 	pol := filepath.Join(dir, "p.cedar")
 	os.WriteFile(pol, []byte(`permit(principal, action == Action::"connect", resource == Service::"api") when { principal.path == "/client" };`), 0o600)
 	cl.ward(t, "policy", "apply", pol)
 	const inboundPort = 9443
 	inbound := fmt.Sprintf("%s:%d", b.overlay, inboundPort)
-	policySock := func(w *wgNode) string { return filepath.Join(filepath.Dir(w.ag.socket), "policy.sock") }
+	policySock := func(w *wgNode) string { return filepath.Join(filepath.Dir(w.ag.Socket), "policy.sock") }
 	logB := crossProxy(t, b.nd, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 allow_non_loopback: true
@@ -450,7 +452,7 @@ inbound:
   - name: api
     listen: %s
     forward: %s
-`, b.ag.socket, policySock(b), inbound, echoServer(t, filepath.Join(dir, "b-app.sock"))))
+`, b.ag.Socket, policySock(b), inbound, echoServer(t, filepath.Join(dir, "b-app.sock"))))
 	outbound := filepath.Join(dir, "to-api.sock")
 	logA := crossProxy(t, a.nd, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
@@ -460,7 +462,7 @@ outbound:
     listen: unix://%s
     remote: %s
     server_id: %s
-`, a.ag.socket, policySock(a), outbound, inbound, apiID))
+`, a.ag.Socket, policySock(a), outbound, inbound, apiID))
 	inside := b.nd.Capture(t) // every interface of b, ward0 included
 	msg := string(marker) + " through both layers"
 	deadline := time.Now().Add(60 * time.Second)
@@ -477,13 +479,13 @@ outbound:
 			err = fmt.Errorf("reply %q: %v", line, rerr)
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no round trip through the proxy pair over the tunnel: %v\nproxy a:\n%s\nproxy b:\n%s", err, tail(logA.String(), 2000), tail(logB.String(), 2000))
+			t.Fatalf("no round trip through the proxy pair over the tunnel: %v\nproxy a:\n%s\nproxy b:\n%s", err, e2e.Tail(logA.String(), 2000), e2e.Tail(logB.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	waitUntil(t, "b's access log line", func() bool { return strings.Contains(logB.String(), `"peer_id":"`+clientID+`"`) })
 	if !strings.Contains(logB.String(), `"decision":"allow"`) {
-		t.Fatalf("b's proxy did not decide allow for a's client:\n%s", tail(logB.String(), 2000))
+		t.Fatalf("b's proxy did not decide allow for a's client:\n%s", e2e.Tail(logB.String(), 2000))
 	}
 	time.Sleep(300 * time.Millisecond)
 	inside.Stop()

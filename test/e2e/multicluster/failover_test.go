@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -21,6 +21,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
@@ -73,13 +75,13 @@ func startGateway(t *testing.T, dir, name, cfg string) (*exec.Cmd, *syncbuf.Buff
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(wardBin, "gateway", "--config", p)
+	cmd := exec.Command(e2e.WardBin, "gateway", "--config", p)
 	logs := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = logs, logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(cmd) })
+	t.Cleanup(func() { e2e.StopProcess(cmd) })
 	return cmd, logs
 }
 
@@ -168,7 +170,7 @@ func TestServiceFailoverThroughGateways(t *testing.T) {
 	os.WriteFile(polA, []byte(`permit(principal in TrustDomain::"a.example", action == Action::"connect", resource);`), 0o600)
 	a.ward(t, "policy", "apply", polA)
 	agA := a.agent(t)
-	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	agA.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
 
 	gws := map[string]string{}
 	gwCfg, gwAdmin := map[string]string{}, map[string]string{}
@@ -182,7 +184,7 @@ func TestServiceFailoverThroughGateways(t *testing.T) {
   when { context.source_trust_domain == "a.example" && principal.path == "/client" };`), 0o600)
 		c.ward(t, "policy", "apply", pol)
 		ag := c.agent(t)
-		ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+		ag.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
 		inbound, gw := netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t)
 		crossProxy(t, nil, dir, c.td, fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
@@ -192,7 +194,7 @@ inbound:
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-`, ag.socket, filepath.Join(c.pub, "policy.sock"), inbound, taggedEcho(t, c.td)))
+`, ag.Socket, filepath.Join(c.pub, "policy.sock"), inbound, taggedEcho(t, c.td)))
 		out := c.ward(t, "service", "export", "api", "--forward", inbound, "--spiffe-id", apiID, "--gateway", gw)
 		if !strings.Contains(out, "api."+c.td+".ward") {
 			t.Fatalf("ward service export: %s", out)
@@ -239,7 +241,7 @@ outbound:
     service: api@b.example
     failover: [c.example]
     failover_hold: 1s
-`, agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+`, agA.Socket, filepath.Join(a.pub, "policy.sock"), outbound))
 
 	// One request per connection: every one chooses its cluster anew.
 	call := func() (string, error) {
@@ -367,10 +369,10 @@ outbound:
 		}
 	}
 	if !strings.Contains(logA.String(), `"failovers":1`) {
-		t.Errorf("A's access log records no failover:\n%s", tail(logA.String(), 2000))
+		t.Errorf("A's access log records no failover:\n%s", e2e.Tail(logA.String(), 2000))
 	}
 	if !strings.Contains(gwLog["c.example"].String(), `"sni":"api.c.example.ward"`) {
-		t.Errorf("C's gateway did not route api.c.example.ward:\n%s", tail(gwLog["c.example"].String(), 2000))
+		t.Errorf("C's gateway did not route api.c.example.ward:\n%s", e2e.Tail(gwLog["c.example"].String(), 2000))
 	}
 
 	// Only exported services are routable: B unexports api, its gateway

@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"fmt"
@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
@@ -21,7 +23,7 @@ const (
 // and bundle endpoint on loopback, and one `ward agent` process.
 type cluster struct {
 	td, nodeAPI, bundleURL string
-	s                      *server
+	s                      *e2e.Server
 	pub                    string
 	ns                     *netns.Node
 	shares                 []string
@@ -37,7 +39,7 @@ func startCluster(t *testing.T, td string) *cluster {
 func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster {
 	t.Helper()
 	dir := t.TempDir()
-	c := &cluster{td: td, ns: nd, pub: publicDir(t)}
+	c := &cluster{td: td, ns: nd, pub: e2e.PublicDir(t)}
 	var bep string
 	if nd == nil {
 		c.nodeAPI, bep = netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t)
@@ -53,28 +55,28 @@ func startClusterIn(t *testing.T, nd *netns.Node, td, fedExtra string) *cluster 
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	c.s = startServerIn(t, nd, dir, p)
-	c.shares = c.s.initAndUnseal()
-	mustWard(t, c.s.addr, "", "ca", "bundle", "--format", "spiffe", "-o", filepath.Join(c.pub, td+".json"))
+	c.s = e2e.StartServerIn(t, nd, dir, p)
+	c.shares = c.s.InitAndUnseal()
+	e2e.MustWard(t, c.s.Addr, "", "ca", "bundle", "--format", "spiffe", "-o", filepath.Join(c.pub, td+".json"))
 	return c
 }
 
 func (c *cluster) ward(t *testing.T, args ...string) string {
 	t.Helper()
-	return mustWard(t, c.s.addr, "", args...)
+	return e2e.MustWard(t, c.s.Addr, "", args...)
 }
 
-func (c *cluster) agent(t *testing.T) *agentProc {
+func (c *cluster) agent(t *testing.T) *e2e.AgentProc {
 	t.Helper()
 	bundle := filepath.Join(c.pub, "bundle.pem")
 	c.ward(t, "ca", "bundle", "-o", bundle)
 	token := strings.TrimSpace(c.ward(t, "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
-	return startAgentProcIn(t, c.ns, c.td, c.pub, c.nodeAPI, bundle, token)
+	return e2e.StartAgentProcIn(t, c.ns, c.td, c.pub, c.nodeAPI, bundle, token)
 }
 
 // countFails counts FAIL lines from index from on.
-func countFails(w *workload, from int) (fails int, last string) {
-	lines := w.output()
+func countFails(w *e2e.Workload, from int) (fails int, last string) {
+	lines := w.Output()
 	for i := from; i < len(lines); i++ {
 		if strings.HasPrefix(lines[i], "FAIL") {
 			fails++
@@ -85,10 +87,10 @@ func countFails(w *workload, from int) (fails int, last string) {
 }
 
 // waitOKs waits (bounded) for n more OK lines after from.
-func waitOKs(t *testing.T, w *workload, from, n int) int {
+func waitOKs(t *testing.T, w *e2e.Workload, from, n int) int {
 	t.Helper()
 	for range n {
-		_, from = w.waitLine(t, "OK ", from)
+		_, from = w.WaitLine(t, "OK ", from)
 	}
 	return from
 }
@@ -126,13 +128,13 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 	b.ward(t, "entry", "create", "--spiffe-id", "spiffe://b.example/local-only", "--parent", "spiffe://b.example/ward/agent/node-1",
 		"--selector", fmt.Sprintf("unix:uid:%d", uidFedUnfedded))
 	agA, agB := a.agent(t), b.agent(t)
-	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
-	agB.waitStatus("2 SVIDs", func(st agentStatus) bool { return st.SVIDs == 2 })
+	agA.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
+	agB.WaitStatus("2 SVIDs", func(st e2e.AgentStatus) bool { return st.SVIDs == 2 })
 
-	srv := startWorkload(t, uidFedServer, "server", agA.socket, envPeer+"="+clientID)
-	listen, _ := srv.waitLine(t, "LISTEN ", 0)
-	addr := envAddr + "=" + strings.TrimPrefix(listen, "LISTEN ")
-	cli := startWorkload(t, uidFedClient, "client", agB.socket, envPeer+"="+serverID, addr)
+	srv := e2e.StartWorkload(t, uidFedServer, "server", agA.Socket, e2e.EnvPeer+"="+clientID)
+	listen, _ := srv.WaitLine(t, "LISTEN ", 0)
+	addr := e2e.EnvAddr + "=" + strings.TrimPrefix(listen, "LISTEN ")
+	cli := e2e.StartWorkload(t, uidFedClient, "client", agB.Socket, e2e.EnvPeer+"="+serverID, addr)
 	pos := waitOKs(t, cli, 0, 5)
 	if n, last := countFails(cli, 0); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed, last: %s", n, last)
@@ -140,13 +142,13 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 
 	// Trust domains stay apart: B's workload without federates_with has no
 	// bundle of a.example and refuses A's server.
-	lone := startWorkload(t, uidFedUnfedded, "client", agB.socket, envPeer+"="+serverID, addr)
-	line, _ := lone.waitLine(t, "FAIL", 0)
+	lone := e2e.StartWorkload(t, uidFedUnfedded, "client", agB.Socket, e2e.EnvPeer+"="+serverID, addr)
+	line, _ := lone.WaitLine(t, "FAIL", 0)
 	if !strings.Contains(line, "handshake") {
 		t.Fatalf("unfederated workload: %s", line)
 	}
 	t.Logf("workload of B without federates_with: %s", line)
-	if out := strings.Join(lone.output(), "\n"); strings.Contains(out, "OK ") {
+	if out := strings.Join(lone.Output(), "\n"); strings.Contains(out, "OK ") {
 		t.Fatalf("a workload of B without federates_with validated A's SVID:\n%s", out)
 	}
 
@@ -165,7 +167,7 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 // (--prepare), the peers fetch it (their refresh, here asked for at once)
 // and hand it to their workloads, and only then does A activate it;
 // afterwards A's server presents a chain to the new root.
-func rotateUnderTraffic(t *testing.T, a *cluster, cli *workload, pos int, peers ...*cluster) int {
+func rotateUnderTraffic(t *testing.T, a *cluster, cli *e2e.Workload, pos int, peers ...*cluster) int {
 	t.Helper()
 	a.ward(t, "ca", "rotate")
 	from := pos
@@ -174,15 +176,15 @@ func rotateUnderTraffic(t *testing.T, a *cluster, cli *workload, pos int, peers 
 		t.Fatalf("%d cross-cluster rounds failed across A's intermediate rotation, last: %s", n, last)
 	}
 
-	f0 := fields(cli.output()[pos-1])
+	f0 := e2e.Fields(cli.Output()[pos-1])
 	a.ward(t, "ca", "rotate", "--root", "--prepare")
 	for _, p := range peers {
 		p.ward(t, "federation", "refresh", a.td)
 	}
 	from = pos
-	_, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroots"] == "2" })
+	_, pos = e2e.WaitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroots"] == "2" })
 	a.ward(t, "ca", "rotate", "--root")
-	_, pos = waitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroot"] != f0["peerroot"] && f["peerroot"] != "" })
+	_, pos = e2e.WaitClient(t, cli, pos, func(f map[string]string) bool { return f["peerroot"] != f0["peerroot"] && f["peerroot"] != "" })
 	if n, last := countFails(cli, from); n > 0 {
 		t.Fatalf("%d cross-cluster rounds failed across A's root rotation, last: %s", n, last)
 	}
@@ -196,16 +198,16 @@ func rotateUnderTraffic(t *testing.T, a *cluster, cli *workload, pos int, peers 
 // unsealed: its relationship with B is still there, B refreshes from it
 // again and the rounds go on. whileDown (if not nil) runs while A is down.
 // It returns the new position in cli's output.
-func authorityOutage(t *testing.T, a, b *cluster, cli *workload, pos int, kill bool, whileDown func()) int {
+func authorityOutage(t *testing.T, a, b *cluster, cli *e2e.Workload, pos int, kill bool, whileDown func()) int {
 	t.Helper()
 	if kill {
-		a.s.kill()
+		a.s.Kill()
 	} else {
-		a.s.stop()
+		a.s.Stop()
 	}
-	res := ward(t, b.s.addr, "", "federation", "refresh", a.td)
-	if res.code == 0 || !strings.Contains(res.stderr, "last good bundle stays in use") {
-		t.Fatalf("refresh with A down: exit %d, %s", res.code, res.stderr)
+	res := e2e.Ward(t, b.s.Addr, "", "federation", "refresh", a.td)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "last good bundle stays in use") {
+		t.Fatalf("refresh with A down: exit %d, %s", res.Code, res.Stderr)
 	}
 	show := b.ward(t, "federation", "show", a.td)
 	if !strings.Contains(show, "Last error:") || strings.Contains(show, "Bundle sequence:  none") {
@@ -220,8 +222,8 @@ func authorityOutage(t *testing.T, a, b *cluster, cli *workload, pos int, kill b
 		whileDown()
 	}
 
-	a.s.start()
-	a.s.unseal(a.shares[:3])
+	a.s.Start()
+	a.s.Unseal(a.shares[:3])
 	if out := a.ward(t, "federation", "list"); !strings.Contains(out, b.td) {
 		t.Fatalf("A lost its relationship with B across a restart:\n%s", out)
 	}

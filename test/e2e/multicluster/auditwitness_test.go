@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/authority/store/boltstore"
 	"github.com/wardproject/ward/internal/testutil/netns"
@@ -33,7 +35,7 @@ func TestAuditRollbackDetectedByWitness(t *testing.T) {
 	}
 	a := startClusterIn(t, nil, "a.example", "  witness_interval: 1s\n")
 	b := startClusterIn(t, nil, "b.example", "  witness_interval: 1s\n")
-	auditRollbackWitnessed(t, a, b, func(c *cluster, path string) string { return httpGet(t, c.s, path) })
+	auditRollbackWitnessed(t, a, b, func(c *cluster, path string) string { return e2e.HTTPGet(t, c.s, path) })
 }
 
 // TestAuditRollbackDetectedByWitnessAcrossNetworkNamespaces is scenario 6:
@@ -53,7 +55,7 @@ func TestAuditRollbackDetectedByWitnessAcrossNetworkNamespaces(t *testing.T) {
 			t.Logf("no curl: %s of %s not checked inside its namespace", path, c.td)
 			return ""
 		}
-		out, err := c.ns.Run("curl", "-sS", "--max-time", "10", "http://"+httpAddr(t, c.s)+path)
+		out, err := c.ns.Run("curl", "-sS", "--max-time", "10", "http://"+e2e.HTTPAddr(t, c.s)+path)
 		if err != nil {
 			t.Fatalf("curl %s in the namespace of %s: %v\n%s", path, c.td, err, out)
 		}
@@ -67,9 +69,9 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 	a.ward(t, "federation", "add", "b.example", "--endpoint", b.bundleURL, "--bundle", filepath.Join(b.pub, "b.example.json"))
 
 	// The attacker's copy of A's audit head, taken at rest.
-	a.s.stop()
+	a.s.Stop()
 	ctx := context.Background()
-	dbPath := filepath.Join(a.s.dir, "ward.db")
+	dbPath := filepath.Join(a.s.Dir, "ward.db")
 	st, err := boltstore.Open(dbPath)
 	if err != nil {
 		t.Fatal(err)
@@ -79,15 +81,15 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 		t.Fatal(err)
 	}
 	st.Close()
-	a.s.start()
-	a.s.unseal(a.shares[:3])
+	a.s.Start()
+	a.s.Unseal(a.shares[:3])
 
 	// A's log grows; B witnesses it (the refresh witnesses at once, the
 	// 1s rounds would too), then A witnesses B and picks up B's
 	// cosignature of its log.
 	a.ward(t, "key", "create", "k", "--classification", "internal")
 	for i := range 10 {
-		mustWard(t, a.s.addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
+		e2e.MustWard(t, a.s.Addr, fmt.Sprint(i), "kms", "encrypt", "--key", "k")
 	}
 	head := auditSize(t, a)
 	b.ward(t, "federation", "refresh", "a.example")
@@ -108,7 +110,7 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 	// The attack: A's audit tail deleted and the old head put back,
 	// bypassing the barrier, while A is down. (B kept witnessing A's
 	// growing log every second until then.)
-	a.s.stop()
+	a.s.Stop()
 	final := fedWitness(t, b, "a.example").WitnessedSize
 	st, err = boltstore.Open(dbPath)
 	if err != nil {
@@ -129,19 +131,19 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 		t.Fatal(err)
 	}
 	st.Close()
-	a.s.start()
-	a.s.unseal(a.shares[1:4])
+	a.s.Start()
+	a.s.Unseal(a.shares[1:4])
 	// Without memory the rolled-back log verifies on its own records.
 	if after := auditSize(t, a); after >= witnessed {
 		t.Fatalf("precondition: the rolled-back log has %d events, B witnessed %d", after, witnessed)
 	}
 
 	// B's witness catches it: the refresh fails with the alert.
-	r := ward(t, b.s.addr, "", "federation", "refresh", "a.example")
-	if r.code == 0 || !strings.Contains(r.stderr, "AUDIT WITNESS ALERT for a.example") {
-		t.Fatalf("refresh in B after A's rollback: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r := e2e.Ward(t, b.s.Addr, "", "federation", "refresh", "a.example")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "AUDIT WITNESS ALERT for a.example") {
+		t.Fatalf("refresh in B after A's rollback: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	t.Logf("B: %s", strings.TrimSpace(r.stderr))
+	t.Logf("B: %s", strings.TrimSpace(r.Stderr))
 	sb = fedWitness(t, b, "a.example")
 	if sb.WitnessAlert == nil || sb.WitnessAlert.Reason != "went_backwards" {
 		t.Fatalf("B's witness state after A's rollback: %+v", sb)
@@ -162,15 +164,15 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 			t.Fatalf("%s: /healthz of B:\n%s", when, h)
 		}
 		if m := httpOf(b, "/metrics"); m != "" && !strings.Contains(m, `ward_federation_witness_alert{reason="went_backwards",trust_domain="a.example"} 1`) {
-			t.Fatalf("%s: /metrics of B lack the alert:\n%s", when, grepLines(m, "ward_federation_witness"))
+			t.Fatalf("%s: /metrics of B lack the alert:\n%s", when, e2e.GrepLines(m, "ward_federation_witness"))
 		}
 	}
 	checkAlert("at once")
 	if tail := b.ward(t, "audit", "tail", "-n", "100"); !regexp.MustCompile(`federation\.witness.*error`).MatchString(tail) {
 		t.Fatalf("B's audit log lacks the alert:\n%s", tail)
 	}
-	if !strings.Contains(b.s.logs.String(), "AUDIT WITNESS ALERT") {
-		t.Fatalf("B logged no error:\n%s", b.s.logs.String())
+	if !strings.Contains(b.s.Logs.String(), "AUDIT WITNESS ALERT") {
+		t.Fatalf("B logged no error:\n%s", b.s.Logs.String())
 	}
 
 	// More activity in A and more witness rounds (1s) do not clear it,
@@ -180,16 +182,16 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 	}
 	time.Sleep(3 * time.Second)
 	checkAlert("after more rounds")
-	b.s.stop()
-	b.s.start()
-	b.s.unseal(b.shares[:3])
+	b.s.Stop()
+	b.s.Start()
+	b.s.Unseal(b.shares[:3])
 	checkAlert("after B restarted")
 
 	// A finds out itself from B's cosignature, kept behind its barrier:
 	// its next round with B raises the alert about its own log.
-	r = ward(t, a.s.addr, "", "federation", "refresh", "b.example")
-	if r.code == 0 || !strings.Contains(r.stderr, "AUDIT LOG ROLLBACK of this authority's own log, seen by its witness b.example") {
-		t.Fatalf("refresh in the rolled-back A: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = e2e.Ward(t, a.s.Addr, "", "federation", "refresh", "b.example")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "AUDIT LOG ROLLBACK of this authority's own log, seen by its witness b.example") {
+		t.Fatalf("refresh in the rolled-back A: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 	if show := a.ward(t, "federation", "show", "b.example"); !strings.Contains(show, "OWN AUDIT LOG ROLLBACK:") {
 		t.Fatalf("federation show in A:\n%s", show)
@@ -198,16 +200,16 @@ func auditRollbackWitnessed(t *testing.T, a, b *cluster, httpOf func(c *cluster,
 		t.Fatalf("/healthz of A:\n%s", h)
 	}
 	if m := httpOf(a, "/metrics"); m != "" && !strings.Contains(m, `ward_federation_witness_own_log_alert{reason="went_backwards",trust_domain="b.example"} 1`) {
-		t.Fatalf("/metrics of A lack the alert:\n%s", grepLines(m, "ward_federation_witness"))
+		t.Fatalf("/metrics of A lack the alert:\n%s", e2e.GrepLines(m, "ward_federation_witness"))
 	}
 
 	// A's own verify, with no local memory, fails too: B cosigned a
 	// checkpoint A's log no longer extends.
-	r = ward(t, a.s.addr, "", "audit", "verify", "--state-dir", filepath.Join(t.TempDir(), "fresh"))
-	if r.code == 0 || !strings.Contains(r.stdout, "PROBLEM witnessed by b.example at size ") || !strings.Contains(r.stdout, "AUDIT LOG ROLLBACK") {
-		t.Fatalf("audit verify in the rolled-back A: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r = e2e.Ward(t, a.s.Addr, "", "audit", "verify", "--state-dir", filepath.Join(t.TempDir(), "fresh"))
+	if r.Code == 0 || !strings.Contains(r.Stdout, "PROBLEM witnessed by b.example at size ") || !strings.Contains(r.Stdout, "AUDIT LOG ROLLBACK") {
+		t.Fatalf("audit verify in the rolled-back A: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
-	t.Logf("ward audit verify in the rolled-back A:\n%s", r.stdout)
+	t.Logf("ward audit verify in the rolled-back A:\n%s", r.Stdout)
 }
 
 // auditSize is the size of c's latest audit checkpoint.

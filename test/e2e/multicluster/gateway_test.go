@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"fmt"
@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
@@ -43,8 +45,8 @@ func TestCrossClusterThroughGateway(t *testing.T) {
 	a.ward(t, "policy", "apply", polA)
 	b.ward(t, "policy", "apply", polB)
 	agA, agB := a.agent(t), b.agent(t)
-	agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
-	agB.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+	agA.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
+	agB.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
 
 	app := echoServer(t, "")
 	inbound, gw, gwAdmin, outbound := netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t), netutil.FreeLoopbackAddr(t)
@@ -57,7 +59,7 @@ inbound:
     forward: %s
     service: {name: api, port: 8443}
     accept_proxy_v2: true
-`, agB.socket, filepath.Join(b.pub, "policy.sock"), inbound, app))
+`, agB.Socket, filepath.Join(b.pub, "policy.sock"), inbound, app))
 	gwCfg := filepath.Join(dir, "gateway.yaml")
 	os.WriteFile(gwCfg, []byte(fmt.Sprintf(`listen: %s
 trust_domain: b.example
@@ -69,16 +71,16 @@ routes:
     forward: %s
     proxy_protocol: v2
 `, gw, gwAdmin, inbound)), 0o600)
-	if out, err := exec.Command(wardBin, "gateway", "--config", gwCfg, "--check").CombinedOutput(); err != nil || !strings.Contains(string(out), "api.b.example.ward -> "+inbound) {
+	if out, err := exec.Command(e2e.WardBin, "gateway", "--config", gwCfg, "--check").CombinedOutput(); err != nil || !strings.Contains(string(out), "api.b.example.ward -> "+inbound) {
 		t.Fatalf("ward gateway --check: %v\n%s", err, out)
 	}
-	gcmd := exec.Command(wardBin, "gateway", "--config", gwCfg)
+	gcmd := exec.Command(e2e.WardBin, "gateway", "--config", gwCfg)
 	logGW := &syncbuf.Buffer{}
 	gcmd.Stdout, gcmd.Stderr = logGW, logGW
 	if err := gcmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(gcmd) })
+	t.Cleanup(func() { e2e.StopProcess(gcmd) })
 	logA := crossProxy(t, nil, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: stdout
@@ -88,7 +90,7 @@ outbound:
     remote: %s
     server_id: %s
     gateway_service: api
-`, agA.socket, filepath.Join(a.pub, "policy.sock"), outbound, gw, apiID))
+`, agA.Socket, filepath.Join(a.pub, "policy.sock"), outbound, gw, apiID))
 
 	var err error
 	deadline := time.Now().Add(60 * time.Second)
@@ -100,7 +102,7 @@ outbound:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no round trip through B's gateway: %v\nproxy A:\n%s\ngateway:\n%s\nproxy B:\n%s", err,
-				tail(logA.String(), 2000), tail(logGW.String(), 2000), tail(logB.String(), 2000))
+				e2e.Tail(logA.String(), 2000), e2e.Tail(logGW.String(), 2000), e2e.Tail(logB.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -108,16 +110,16 @@ outbound:
 		return strings.Contains(logGW.String(), `"outcome":"closed"`) && strings.Contains(logB.String(), `"decision":"allow"`)
 	})
 	if !strings.Contains(logB.String(), `"peer_id":"`+clientID+`"`) {
-		t.Errorf("B's access log does not name A's client:\n%s", tail(logB.String(), 2000))
+		t.Errorf("B's access log does not name A's client:\n%s", e2e.Tail(logB.String(), 2000))
 	}
 	for _, want := range []string{`"sni":"api.b.example.ward"`, `"outcome":"closed"`, `"peer_identity":"unknown to the gateway`} {
 		if !strings.Contains(logGW.String(), want) {
-			t.Errorf("gateway log lacks %s:\n%s", want, tail(logGW.String(), 2000))
+			t.Errorf("gateway log lacks %s:\n%s", want, e2e.Tail(logGW.String(), 2000))
 		}
 	}
 	for _, want := range []string{`"via_gateway":"127.0.0.1:`, `"gateway_id":"`, `"peer_trust_domain":"a.example"`, `"decision":"allow"`} {
 		if !strings.Contains(logB.String(), want) {
-			t.Errorf("B's access log lacks %s:\n%s", want, tail(logB.String(), 2000))
+			t.Errorf("B's access log lacks %s:\n%s", want, e2e.Tail(logB.String(), 2000))
 		}
 	}
 
@@ -155,7 +157,7 @@ outbound:
 	select {
 	case err := <-exited:
 		if err != nil {
-			t.Fatalf("the gateway exited with %v after the drain\n%s", err, tail(logGW.String(), 2000))
+			t.Fatalf("the gateway exited with %v after the drain\n%s", err, e2e.Tail(logGW.String(), 2000))
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the gateway did not exit after its last connection closed")

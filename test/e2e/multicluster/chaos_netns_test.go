@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/shared/proxyproto"
 	"github.com/wardproject/ward/internal/testutil/netns"
@@ -261,7 +263,7 @@ func TestChaos(t *testing.T) {
 	e := startClustersWith(t, nw, ids)
 	a, b, c := e.a, e.b, e.c
 	clusters := []*cluster{a, b, c}
-	agents := map[string]*agentProc{"a": e.agA, "b": e.agB, "c": e.agC}
+	agents := map[string]*e2e.AgentProc{"a": e.agA, "b": e.agB, "c": e.agC}
 
 	// C's gateway (routes from C's catalog) and a second proxy of A whose
 	// listener names the service, not an address.
@@ -278,10 +280,10 @@ outbound:
   - name: to-c-via-gateway
     listen: %s
     service: api@c.example
-`, e.agA.socket, filepath.Join(a.pub, "policy.sock"), viaGW))
+`, e.agA.Socket, filepath.Join(a.pub, "policy.sock"), viaGW))
 	targets := []chaosTarget{{"A->B", e.outbound, "b-app"}, {"A->C", e.outboundC, "c-app"}, {"A->C via C's gateway", viaGW, "c-app"}}
 	if conn, _, err := waitCross(viaGW, 60*time.Second); err != nil {
-		t.Fatalf("no round through C's gateway: %v\ngateway:\n%s\nproxy a-gw:\n%s", err, tail(gw.logs.String(), 3000), tail(e.proxies["a-gw"].logs.String(), 3000))
+		t.Fatalf("no round through C's gateway: %v\ngateway:\n%s\nproxy a-gw:\n%s", err, e2e.Tail(gw.logs.String(), 3000), e2e.Tail(e.proxies["a-gw"].logs.String(), 3000))
 	} else {
 		conn.Close()
 	}
@@ -308,18 +310,18 @@ outbound:
 	verifyAudit := func(x *cluster) {
 		t.Helper()
 		auditRuns++
-		if r := ward(t, x.s.addr, "", "audit", "verify", "--state-dir", auditState[x.td]); r.code != 0 {
+		if r := e2e.Ward(t, x.s.Addr, "", "audit", "verify", "--state-dir", auditState[x.td]); r.Code != 0 {
 			auditFailed++
-			t.Errorf("ward audit verify of %s failed (exit %d):\n%s%s", x.td, r.code, r.stdout, r.stderr)
+			t.Errorf("ward audit verify of %s failed (exit %d):\n%s%s", x.td, r.Code, r.Stdout, r.Stderr)
 		}
 	}
 	// checkAcks: nothing x acknowledged is lost.
 	checkAcks := func(x *cluster) {
 		t.Helper()
 		for _, k := range kmsAcks[x.td] {
-			if r := ward(t, x.s.addr, k.ciph, "kms", "decrypt"); r.code != 0 || r.stdout != k.plain {
+			if r := e2e.Ward(t, x.s.Addr, k.ciph, "kms", "decrypt"); r.Code != 0 || r.Stdout != k.plain {
 				lost++
-				t.Errorf("LOST: %s's acknowledged %s version %d: its ciphertext decrypts to %q (exit %d) %s", x.td, k.key, k.version, r.stdout, r.code, r.stderr)
+				t.Errorf("LOST: %s's acknowledged %s version %d: its ciphertext decrypts to %q (exit %d) %s", x.td, k.key, k.version, r.Stdout, r.Code, r.Stderr)
 			}
 		}
 		if acks := policyAcks[x.td]; len(acks) > 0 {
@@ -352,10 +354,10 @@ outbound:
 		}},
 		{"kill-authority", func(int) string {
 			x, d := pick(), between(500*time.Millisecond, 3*time.Second)
-			x.s.kill()
+			x.s.Kill()
 			time.Sleep(d)
-			x.s.start()
-			x.s.unseal(x.shares[:3])
+			x.s.Start()
+			x.s.Unseal(x.shares[:3])
 			checkAcks(x)
 			verifyAudit(x)
 			return fmt.Sprintf("%s's authority SIGKILLed, restarted and unsealed after %s", x.td, d)
@@ -363,11 +365,11 @@ outbound:
 		{"restart-agent", func(int) string {
 			name := []string{"a", "b", "c"}[rng.IntN(3)]
 			ag, d := agents[name], between(0, time.Second)
-			ag.cmd.Process.Kill()
-			ag.cmd.Wait()
-			os.Remove(ag.socket)
+			ag.Cmd.Process.Kill()
+			ag.Cmd.Wait()
+			os.Remove(ag.Socket)
 			time.Sleep(d)
-			ag.start()
+			ag.Start()
 			return fmt.Sprintf("%s's agent SIGKILLed, restarted after %s", name, d)
 		}},
 		{"restart-proxy", func(int) string {
@@ -448,7 +450,7 @@ outbound:
 				t.Errorf("LOST: %s's key rotated to version %d, but version %d was acknowledged", x.td, v, acks[len(acks)-1].version)
 			}
 			plain := fmt.Sprintf("chaos %d step %d", seed, step)
-			ciph := mustWard(t, x.s.addr, plain, "kms", "encrypt", "--key", "chaos/k")
+			ciph := e2e.MustWard(t, x.s.Addr, plain, "kms", "encrypt", "--key", "chaos/k")
 			kmsAcks[x.td] = append(kmsAcks[x.td], kmsAck{"chaos/k", v, plain, ciph})
 			return fmt.Sprintf("%s's key chaos/k version %d acknowledged", x.td, v)
 		}},
@@ -479,7 +481,7 @@ outbound:
 		for _, tg := range targets {
 			if conn, _, err := waitCross(tg.addr, 120*time.Second); err != nil {
 				t.Fatalf("%s did not recover within 120s after %s: %v\nproxy A:\n%s\nproxy B:\n%s%s", tg.name, after, err,
-					tail(e.logA.String(), 3000), tail(e.logB.String(), 3000), e.logCTail())
+					e2e.Tail(e.logA.String(), 3000), e2e.Tail(e.logB.String(), 3000), e.logCTail())
 			} else {
 				conn.Close()
 			}

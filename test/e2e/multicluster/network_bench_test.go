@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"encoding/binary"
@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/node/agent"
 	"github.com/wardproject/ward/internal/testutil/netns"
@@ -118,7 +120,7 @@ func TestBenchNetworkEncryption(t *testing.T) {
 	for i, n := range []string{"a", "b"} {
 		w := &wgNode{nd: nw.AddNode(n), overlay: fmt.Sprintf("10.250.%d.1", i+1), id: "spiffe://wg.example/ward/agent/node-" + n}
 		token := strings.TrimSpace(cl.ward(t, "token", "create", "--ttl", "10m", "--agent-path", "node-"+n, "-q"))
-		w.ag = startAgentProcExtra(t, w.nd, "wg.example", publicDir(t), cl.nodeAPI, bundle, token,
+		w.ag = e2e.StartAgentProcExtra(t, w.nd, "wg.example", e2e.PublicDir(t), cl.nodeAPI, bundle, token,
 			fmt.Sprintf("network:\n  address: %s\n  strict: true\n  strict_cidrs: [10.250.0.0/16]\n", w.overlay))
 		nodes = append(nodes, w)
 	}
@@ -139,7 +141,7 @@ func TestBenchNetworkEncryption(t *testing.T) {
 		}
 		benchListen(t, ln)
 	}
-	dir := publicDir(t)
+	dir := e2e.PublicDir(t)
 	appSock := filepath.Join(dir, "app.sock")
 	ln, err := net.Listen("unix", appSock)
 	if err != nil {
@@ -155,7 +157,7 @@ func TestBenchNetworkEncryption(t *testing.T) {
 	pol := filepath.Join(dir, "p.cedar")
 	os.WriteFile(pol, []byte(`permit(principal, action == Action::"connect", resource) when { principal.path == "/client" };`), 0o600)
 	cl.ward(t, "policy", "apply", pol)
-	policySock := func(w *wgNode) string { return filepath.Join(filepath.Dir(w.ag.socket), "policy.sock") }
+	policySock := func(w *wgNode) string { return filepath.Join(filepath.Dir(w.ag.Socket), "policy.sock") }
 	crossProxy(t, b.nd, dir, "b", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 allow_non_loopback: true
@@ -167,7 +169,7 @@ inbound:
   - name: overlay
     listen: %s:9443
     forward: unix://%s
-`, b.ag.socket, policySock(b), b.nd.Addr(9443), appSock, b.overlay, appSock))
+`, b.ag.Socket, policySock(b), b.nd.Addr(9443), appSock, b.overlay, appSock))
 	crossProxy(t, a.nd, dir, "a", fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
 access_log: off
@@ -180,7 +182,7 @@ outbound:
     listen: unix://%s/overlay.sock
     remote: %s:9443
     server_id: %s
-`, a.ag.socket, policySock(a), dir, b.nd.Addr(9443), apiID, dir, b.overlay, apiID))
+`, a.ag.Socket, policySock(a), dir, b.nd.Addr(9443), apiID, dir, b.overlay, apiID))
 	unixDial := func(name string) func() (net.Conn, error) {
 		return func() (net.Conn, error) { return net.Dial("unix", filepath.Join(dir, name)) }
 	}

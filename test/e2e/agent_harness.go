@@ -36,12 +36,12 @@ import (
 const (
 	envWorkload = "WARD_E2E_WORKLOAD" // server, client or fetch
 	envSocket   = "WARD_E2E_SOCKET"
-	envPeer     = "WARD_E2E_PEER"   // SPIFFE ID the other side must have
-	envAddr     = "WARD_E2E_ADDR"   // client: where the server listens
-	envListen   = "WARD_E2E_LISTEN" // server: where to listen (default 127.0.0.1:0)
+	EnvPeer     = "WARD_E2E_PEER"   // SPIFFE ID the other side must have
+	EnvAddr     = "WARD_E2E_ADDR"   // client: where the server listens
+	EnvListen   = "WARD_E2E_LISTEN" // server: where to listen (default 127.0.0.1:0)
 	// envBundles set: the client also verifies the server's chain with a
 	// go-spiffe BundleSource of its own Workload API (bundles=ok).
-	envBundles = "WARD_E2E_BUNDLE_SOURCE"
+	EnvBundles = "WARD_E2E_BUNDLE_SOURCE"
 )
 
 func init() {
@@ -69,7 +69,7 @@ func runWorkload(mode string) error {
 		fmt.Println("FETCH", grpcCode(err))
 		return nil
 	}
-	peer, err := spiffeid.FromString(os.Getenv(envPeer))
+	peer, err := spiffeid.FromString(os.Getenv(EnvPeer))
 	if err != nil {
 		return err
 	}
@@ -84,7 +84,7 @@ func runWorkload(mode string) error {
 	}
 	defer jwtsrc.Close()
 	var bundles *workloadapi.BundleSource
-	if os.Getenv(envBundles) != "" {
+	if os.Getenv(EnvBundles) != "" {
 		if bundles, err = workloadapi.NewBundleSource(ctx, workloadapi.WithClientOptions(addr)); err != nil {
 			return fmt.Errorf("BundleSource: %w", err)
 		}
@@ -92,7 +92,7 @@ func runWorkload(mode string) error {
 	}
 	switch mode {
 	case "server":
-		listen := os.Getenv(envListen)
+		listen := os.Getenv(EnvListen)
 		if listen == "" {
 			listen = "127.0.0.1:0"
 		}
@@ -110,7 +110,7 @@ func runWorkload(mode string) error {
 			go serveConn(c.(*tls.Conn), jwtsrc)
 		}
 	case "client":
-		serverAddr := os.Getenv(envAddr)
+		serverAddr := os.Getenv(EnvAddr)
 		for ctx.Err() == nil {
 			line, err := clientRound(ctx, serverAddr, x509src, jwtsrc, bundles, peer)
 			if err != nil {
@@ -247,7 +247,7 @@ func cachedJWT(ctx context.Context, src *workloadapi.JWTSource, aud string) (*jw
 }
 
 // workload is a helper child process running as uid.
-type workload struct {
+type Workload struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	mu    sync.Mutex
@@ -280,19 +280,19 @@ var helperBinary = sync.OnceValues(func() (string, error) {
 	return p, os.WriteFile(p, b, 0o755)
 })
 
-func startWorkload(t *testing.T, uid uint32, mode, socket string, env ...string) *workload {
+func StartWorkload(t *testing.T, uid uint32, mode, socket string, env ...string) *Workload {
 	t.Helper()
-	return startWorkloadIn(t, nil, uid, mode, socket, env...)
+	return StartWorkloadIn(t, nil, uid, mode, socket, env...)
 }
 
 // startWorkloadIn starts a workload in network namespace nd (nil: this one).
-func startWorkloadIn(t *testing.T, nd *netns.Node, uid uint32, mode, socket string, env ...string) *workload {
+func StartWorkloadIn(t *testing.T, nd *netns.Node, uid uint32, mode, socket string, env ...string) *Workload {
 	t.Helper()
 	bin, err := helperBinary()
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &workload{cmd: exec.Command(bin)}
+	w := &Workload{cmd: exec.Command(bin)}
 	if nd != nil {
 		w.cmd = nd.Command(uid, bin)
 	} else {
@@ -329,18 +329,18 @@ func startWorkloadIn(t *testing.T, nd *netns.Node, uid uint32, mode, socket stri
 }
 
 // output returns the lines printed so far.
-func (w *workload) output() []string {
+func (w *Workload) Output() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return append([]string(nil), w.lines...)
 }
 
 // waitLine waits (bounded) for a line with prefix and returns it.
-func (w *workload) waitLine(t *testing.T, prefix string, after int) (string, int) {
+func (w *Workload) WaitLine(t *testing.T, prefix string, after int) (string, int) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		lines := w.output()
+		lines := w.Output()
 		for i := after; i < len(lines); i++ {
 			if strings.HasPrefix(lines[i], prefix) {
 				return lines[i], i + 1
@@ -348,23 +348,23 @@ func (w *workload) waitLine(t *testing.T, prefix string, after int) (string, int
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("workload printed no %q line; output:\n%s", prefix, strings.Join(w.output(), "\n"))
+	t.Fatalf("workload printed no %q line; output:\n%s", prefix, strings.Join(w.Output(), "\n"))
 	return "", 0
 }
 
 // agentProc is a `ward agent` child process.
-type agentProc struct {
+type AgentProc struct {
 	t      *testing.T
 	ns     *netns.Node // run in this network namespace (nil: this one)
 	config string
-	cmd    *exec.Cmd
-	logs   *syncbuf.Buffer
-	socket string
-	health string
+	Cmd    *exec.Cmd
+	Logs   *syncbuf.Buffer
+	Socket string
+	Health string
 }
 
 // publicDir makes a directory other uids can traverse (for the socket).
-func publicDir(t *testing.T) string {
+func PublicDir(t *testing.T) string {
 	t.Helper()
 	d, err := os.MkdirTemp("", "ward-e2e-agent-")
 	if err != nil {
@@ -375,28 +375,28 @@ func publicDir(t *testing.T) string {
 	return d
 }
 
-func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *AgentProc {
 	t.Helper()
 	return startAgentProcTD(t, "e2e.example.org", dir, serverAddr, bundlePath, joinToken)
 }
 
 // startAgentProcTD starts an agent of trust domain td.
-func startAgentProcTD(t *testing.T, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+func startAgentProcTD(t *testing.T, td, dir, serverAddr, bundlePath, joinToken string) *AgentProc {
 	t.Helper()
-	return startAgentProcIn(t, nil, td, dir, serverAddr, bundlePath, joinToken)
+	return StartAgentProcIn(t, nil, td, dir, serverAddr, bundlePath, joinToken)
 }
 
 // startAgentProcIn starts an agent of trust domain td in network namespace
 // nd (nil: this one).
-func startAgentProcIn(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken string) *agentProc {
+func StartAgentProcIn(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken string) *AgentProc {
 	t.Helper()
-	return startAgentProcExtra(t, nd, td, dir, serverAddr, bundlePath, joinToken, "")
+	return StartAgentProcExtra(t, nd, td, dir, serverAddr, bundlePath, joinToken, "")
 }
 
 // startAgentProcExtra starts an agent whose config ends with extra (YAML).
-func startAgentProcExtra(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken, extra string) *agentProc {
+func StartAgentProcExtra(t *testing.T, nd *netns.Node, td, dir, serverAddr, bundlePath, joinToken, extra string) *AgentProc {
 	t.Helper()
-	a := &agentProc{t: t, ns: nd, socket: filepath.Join(dir, "agent.sock"), health: netutil.FreeLoopbackAddr(t)}
+	a := &AgentProc{t: t, ns: nd, Socket: filepath.Join(dir, "agent.sock"), Health: netutil.FreeLoopbackAddr(t)}
 	cfg := fmt.Sprintf(`trust_domain: %s
 server_address: %s
 trust_bundle_path: %s
@@ -406,45 +406,45 @@ data_dir: %s
 sync_interval: 500ms
 health_address: %s
 log_level: debug
-%s`, td, serverAddr, bundlePath, joinToken, a.socket, filepath.Join(dir, "agent-data"), a.health, extra)
+%s`, td, serverAddr, bundlePath, joinToken, a.Socket, filepath.Join(dir, "agent-data"), a.Health, extra)
 	a.config = filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(a.config, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a.start()
+	a.Start()
 	t.Cleanup(a.stop)
 	return a
 }
 
-func (a *agentProc) start() {
+func (a *AgentProc) Start() {
 	a.t.Helper()
-	a.logs = &syncbuf.Buffer{}
-	a.cmd = exec.Command(wardBin, "agent", "--config", a.config)
+	a.Logs = &syncbuf.Buffer{}
+	a.Cmd = exec.Command(WardBin, "agent", "--config", a.config)
 	if a.ns != nil {
-		a.cmd = a.ns.Command(0, wardBin, "agent", "--config", a.config)
+		a.Cmd = a.ns.Command(0, WardBin, "agent", "--config", a.config)
 	}
-	a.cmd.Stdout, a.cmd.Stderr = a.logs, a.logs
-	if err := a.cmd.Start(); err != nil {
+	a.Cmd.Stdout, a.Cmd.Stderr = a.Logs, a.Logs
+	if err := a.Cmd.Start(); err != nil {
 		a.t.Fatal(err)
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		// An agent in another namespace: its health address is out of
 		// reach, its Workload API socket (a file) is not.
-		if _, err := a.status(); err == nil || (a.ns != nil && fileExists(a.socket)) {
+		if _, err := a.status(); err == nil || (a.ns != nil && fileExists(a.Socket)) {
 			return
 		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("agent did not come up; logs:\n%s", a.logs.String())
+			a.t.Fatalf("agent did not come up; logs:\n%s", a.Logs.String())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func (a *agentProc) stop() { stopProcess(a.cmd) }
+func (a *AgentProc) stop() { StopProcess(a.Cmd) }
 
 // agentStatus is the subset of the agent's /status the tests read.
-type agentStatus struct {
+type AgentStatus struct {
 	AgentID              string    `json:"agent_id"`
 	LastError            string    `json:"last_error"`
 	SecondsSinceLastSync float64   `json:"seconds_since_last_sync"`
@@ -452,10 +452,10 @@ type agentStatus struct {
 	SoonestSVIDExpiry    time.Time `json:"soonest_svid_expiry"`
 }
 
-func (a *agentProc) status() (agentStatus, error) {
-	var st agentStatus
+func (a *AgentProc) status() (AgentStatus, error) {
+	var st AgentStatus
 	c := http.Client{Timeout: 2 * time.Second}
-	resp, err := c.Get("http://" + a.health + "/status")
+	resp, err := c.Get("http://" + a.Health + "/status")
 	if err != nil {
 		return st, err
 	}
@@ -464,7 +464,7 @@ func (a *agentProc) status() (agentStatus, error) {
 }
 
 // waitStatus polls /status (bounded) until cond holds.
-func (a *agentProc) waitStatus(what string, cond func(agentStatus) bool) agentStatus {
+func (a *AgentProc) WaitStatus(what string, cond func(AgentStatus) bool) AgentStatus {
 	a.t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
@@ -473,13 +473,13 @@ func (a *agentProc) waitStatus(what string, cond func(agentStatus) bool) agentSt
 			return st
 		}
 		if time.Now().After(deadline) {
-			a.t.Fatalf("agent never reached %s (last status %+v, err %v); logs:\n%s", what, st, err, tail(a.logs.String(), 4000))
+			a.t.Fatalf("agent never reached %s (last status %+v, err %v); logs:\n%s", what, st, err, Tail(a.Logs.String(), 4000))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
 }
 
-func tail(s string, n int) string {
+func Tail(s string, n int) string {
 	if len(s) > n {
 		return s[len(s)-n:]
 	}

@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
@@ -74,19 +76,19 @@ inbound:
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-`, agB.socket, filepath.Join(b.pub, "policy.sock"), inbound, echoServer(t, filepath.Join(dir, "b-app.sock"))))
+`, agB.Socket, filepath.Join(b.pub, "policy.sock"), inbound, echoServer(t, filepath.Join(dir, "b-app.sock"))))
 	b.ward(t, "service", "export", "api", "--forward", inbound, "--spiffe-id", apiID, "--gateway", gw)
 	gwAdmin := filepath.Join(dir, "gw-admin.sock")
 	gwCfg := filepath.Join(dir, "gw.yaml")
 	os.WriteFile(gwCfg, []byte(fmt.Sprintf("listen: %s\ntrust_domain: b.example\nadmin_address: unix://%s\naccess_log: stdout\ncatalog_socket: unix://%s\n",
 		gw, gwAdmin, filepath.Join(b.pub, "policy.sock"))), 0o600)
-	gcmd := nb.Command(0, wardBin, "gateway", "--config", gwCfg)
+	gcmd := nb.Command(0, e2e.WardBin, "gateway", "--config", gwCfg)
 	logGW := &syncbuf.Buffer{}
 	gcmd.Stdout, gcmd.Stderr = logGW, logGW
 	if err := gcmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(gcmd) })
+	t.Cleanup(func() { e2e.StopProcess(gcmd) })
 	admin := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return (&net.Dialer{}).DialContext(ctx, "unix", gwAdmin)
 	}}, Timeout: 5 * time.Second}
@@ -111,7 +113,7 @@ outbound:
   - name: to-api
     listen: unix://%s
     service: api@b.example
-`, agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+`, agA.Socket, filepath.Join(a.pub, "policy.sock"), outbound))
 	// The only way in: B's inbound listener is not reachable from A.
 	if c, err := na.Dial(nb.Addr(inboundPort)); err == nil {
 		c.Close()
@@ -136,13 +138,13 @@ outbound:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no round trip through B's gateway: %v\nproxy A:\n%s\ngateway:\n%s\nproxy B:\n%s", err,
-				tail(logA.String(), 2000), tail(logGW.String(), 2000), tail(logB.String(), 2000))
+				e2e.Tail(logA.String(), 2000), e2e.Tail(logGW.String(), 2000), e2e.Tail(logB.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	waitUntil(t, "B's access log line", func() bool { return strings.Contains(logB.String(), `"peer_id":"`+clientID+`"`) })
 	if !strings.Contains(logB.String(), `"decision":"allow"`) {
-		t.Fatalf("B's proxy did not decide allow for A's client:\n%s", tail(logB.String(), 2000))
+		t.Fatalf("B's proxy did not decide allow for A's client:\n%s", e2e.Tail(logB.String(), 2000))
 	}
 	time.Sleep(300 * time.Millisecond) // the last segments
 	capture.Stop()
@@ -174,7 +176,7 @@ outbound:
 
 	// The gateway holds no workload's key: neither A's client's nor B's
 	// api's private key is anywhere in its memory.
-	for _, w := range []struct{ name, sock string }{{"A's client", agA.socket}, {"B's api", agB.socket}} {
+	for _, w := range []struct{ name, sock string }{{"A's client", agA.Socket}, {"B's api", agB.Socket}} {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		svid, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+w.sock))
 		cancel()
@@ -191,10 +193,10 @@ outbound:
 		}
 		// The search finds a key where one is: the agent that issued it.
 		ag := agA
-		if w.sock == agB.socket {
+		if w.sock == agB.Socket {
 			ag = agB
 		}
-		if inAgent, _, err := memContains(ag.cmd.Process.Pid, d); err != nil || !inAgent {
+		if inAgent, _, err := memContains(ag.Cmd.Process.Pid, d); err != nil || !inAgent {
 			t.Fatalf("the memory search does not find %s's key in its agent (%v): it proves nothing", w.name, err)
 		}
 		found, scanned, err := memContains(gcmd.Process.Pid, d)
@@ -277,10 +279,10 @@ outbound:
 		}
 	}
 	if conns() != before {
-		t.Fatalf("B's inbound proxy logged connections during the attacks:\n%s", tail(logB.String(), 2000))
+		t.Fatalf("B's inbound proxy logged connections during the attacks:\n%s", e2e.Tail(logB.String(), 2000))
 	}
 	if !strings.Contains(logGW.String(), `"outcome":"refused","reason":"too_large"`) {
-		t.Errorf("the gateway's access log lacks the refusal:\n%s", tail(logGW.String(), 3000))
+		t.Errorf("the gateway's access log lacks the refusal:\n%s", e2e.Tail(logGW.String(), 3000))
 	}
 }
 

@@ -1,4 +1,4 @@
-package e2e
+package etcd
 
 import (
 	"context"
@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
@@ -35,7 +37,7 @@ type haCluster struct {
 	etcd     *etcdtest.Cluster
 	etcdNS   []*netns.Node
 	authNS   []*netns.Node
-	servers  []*server
+	servers  []*e2e.Server
 	leaseTTL time.Duration
 }
 
@@ -84,10 +86,10 @@ identity:
   node_api_address: %s
 `, strings.Join(eps, ", "), caFile, certFile, keyFile, leaseTTL, i, filepath.Join(root, "seal.key"), h.authNS[i].Addr(8443))
 		h.nodeAPI = append(h.nodeAPI, h.authNS[i].Addr(8443))
-		s := startServerIn(t, h.authNS[i], dir, writeConfig(t, dir, extra))
+		s := e2e.StartServerIn(t, h.authNS[i], dir, e2e.WriteConfig(t, dir, extra))
 		if i == 0 {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			_, err := s.client().Operator.Init(ctx, &wardv1.InitRequest{}) // the key-file seal unseals at once
+			_, err := s.Client().Operator.Init(ctx, &wardv1.InitRequest{}) // the key-file seal unseals at once
 			cancel()
 			if err != nil {
 				t.Fatal(err)
@@ -101,7 +103,7 @@ identity:
 func (h *haCluster) addresses() string {
 	var a []string
 	for _, s := range h.servers {
-		a = append(a, s.addr)
+		a = append(a, s.Addr)
 	}
 	return strings.Join(a, ",")
 }
@@ -118,7 +120,7 @@ func (h *haCluster) leader(skip ...int) (int, time.Time) {
 			if slices.Contains(skip, i) {
 				continue
 			}
-			c, err := client.Dial(s.addr)
+			c, err := client.Dial(s.Addr)
 			if err != nil {
 				h.t.Fatal(err)
 			}
@@ -290,7 +292,7 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 
 	// 1. SIGKILL the leader authority: another takes over.
 	killed := time.Now()
-	h.servers[first].kill()
+	h.servers[first].Kill()
 	second, at := h.leader(first)
 	t.Logf("leader a%d SIGKILLed; a%d leads %v later (lease TTL %v)", first, second, at.Sub(killed).Round(time.Millisecond), ttl)
 	time.Sleep(phase)
@@ -312,7 +314,7 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 	h.authNS[second].Heal()
 	t.Logf("authority a%d healed", second)
 	// The killed authority comes back (it auto-unseals and rejoins).
-	h.servers[first].start()
+	h.servers[first].Start()
 	time.Sleep(phase)
 	load.finish()
 
@@ -354,11 +356,11 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 	}
 	// One audit log, verified on every authority.
 	for i, s := range h.servers {
-		r := ward(t, s.addr, "", "audit", "verify")
-		if r.code != 0 {
-			t.Fatalf("ward audit verify on a%d: exit %d\n%s%s\nlogs:\n%s", i, r.code, r.stdout, r.stderr, tail(s.logs.String(), 6000))
+		r := e2e.Ward(t, s.Addr, "", "audit", "verify")
+		if r.Code != 0 {
+			t.Fatalf("ward audit verify on a%d: exit %d\n%s%s\nlogs:\n%s", i, r.Code, r.Stdout, r.Stderr, e2e.Tail(s.Logs.String(), 6000))
 		}
-		t.Logf("a%d: %s", i, strings.TrimSpace(r.stdout))
+		t.Logf("a%d: %s", i, strings.TrimSpace(r.Stdout))
 	}
 }
 
@@ -369,24 +371,24 @@ func TestHAOnEtcdUnderFaults(t *testing.T) {
 func (h *haCluster) startHAAgent() string {
 	t := h.t
 	t.Helper()
-	a := h.servers[0].addr
+	a := h.servers[0].Addr
 	pub := t.TempDir()
 	bundle := filepath.Join(pub, "bundle.pem")
-	mustWard(t, a, "", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(mustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "ha-node", "-q"))
-	mustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/e2e/ha-load",
+	e2e.MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(e2e.MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "ha-node", "-q"))
+	e2e.MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/e2e/ha-load",
 		"--parent", "spiffe://e2e.example.org/ward/agent/ha-node", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-	ag := startAgentProcIn(t, h.nw.AddNode("g"), "e2e.example.org", pub, strings.Join(h.nodeAPI, ","), bundle, token)
+	ag := e2e.StartAgentProcIn(t, h.nw.AddNode("g"), "e2e.example.org", pub, strings.Join(h.nodeAPI, ","), bundle, token)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err := fetchJWT(ctx, ag.socket, "ha-ready")
+		_, err := fetchJWT(ctx, ag.Socket, "ha-ready")
 		cancel()
 		if err == nil {
-			return ag.socket
+			return ag.Socket
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no JWT-SVID through the agent: %v\nagent logs:\n%s", err, tail(ag.logs.String(), 4000))
+			t.Fatalf("no JWT-SVID through the agent: %v\nagent logs:\n%s", err, e2e.Tail(ag.Logs.String(), 4000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

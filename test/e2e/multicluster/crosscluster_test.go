@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
@@ -50,14 +52,14 @@ func startWardProc(t *testing.T, nd *netns.Node, kind, dir, name, cfg string) *w
 	if err := p.start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { stopProcess(p.cmd) })
+	t.Cleanup(func() { e2e.StopProcess(p.cmd) })
 	return p
 }
 
 func (p *wardProc) start() error {
-	p.cmd = exec.Command(wardBin, p.kind, "--config", p.path)
+	p.cmd = exec.Command(e2e.WardBin, p.kind, "--config", p.path)
 	if p.nd != nil {
-		p.cmd = p.nd.Command(0, wardBin, p.kind, "--config", p.path)
+		p.cmd = p.nd.Command(0, e2e.WardBin, p.kind, "--config", p.path)
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	return p.cmd.Start()
@@ -143,9 +145,9 @@ func crossRound(addr string) (net.Conn, *bufio.Reader, error) {
 // proxies. Every cluster federates with every other.
 type xcEnv struct {
 	a, b, c  *cluster // c: nil with two clusters
-	agA      *agentProc
-	agB      *agentProc
-	agC      *agentProc // nil with two clusters
+	agA      *e2e.AgentProc
+	agB      *e2e.AgentProc
+	agC      *e2e.AgentProc // nil with two clusters
 	clientID string
 	apiID    string // B's api
 	apiIDC   string // C's api ("" with two clusters)
@@ -231,7 +233,7 @@ func startClustersWith(t *testing.T, nw *netns.Network, ids *identityApps) *xcEn
 	e.policies[a.td] = polA
 	e.agA = a.agent(t)
 	if nw == nil {
-		e.agA.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+		e.agA.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
 	}
 
 	// Each other cluster: its api behind an inbound proxy, a policy that
@@ -256,7 +258,7 @@ permit(principal in TrustDomain::"a.example", action == Action::"connect", resou
 				peerID = "    peer_identity: proxy-v2\n"
 			}
 		} else {
-			ag.waitStatus("1 SVID", func(st agentStatus) bool { return st.SVIDs == 1 })
+			ag.WaitStatus("1 SVID", func(st e2e.AgentStatus) bool { return st.SVIDs == 1 })
 		}
 		pp := startWardProc(t, nodes[i+1], "proxy", dir, c.td, fmt.Sprintf(`workload_api_socket: unix://%s
 policy_socket: unix://%s
@@ -266,7 +268,7 @@ access_log: stdout
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-%s`, ag.socket, filepath.Join(c.pub, "policy.sock"), allow, inbound, app, peerID))
+%s`, ag.Socket, filepath.Join(c.pub, "policy.sock"), allow, inbound, app, peerID))
 		logs := pp.logs
 		e.proxies[c.td[:1]] = pp
 		outbound += fmt.Sprintf(`  - name: to-%s-api
@@ -284,7 +286,7 @@ access_log: stdout
 policy_socket: unix://%s
 access_log: stdout
 outbound:
-%s`, e.agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+%s`, e.agA.Socket, filepath.Join(a.pub, "policy.sock"), outbound))
 	e.logA, e.proxies["a"] = pa.logs, pa
 	for _, addr := range []string{e.outbound, e.outboundC} {
 		if addr != "" {
@@ -313,7 +315,7 @@ func (e *xcEnv) waitRoundTo(t *testing.T, addr string, within time.Duration) (ne
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no cross-cluster round trip through %s: %v\nproxy A:\n%s\nproxy B:\n%s%s", addr, err,
-				tail(e.logA.String(), 3000), tail(e.logB.String(), 3000), e.logCTail())
+				e2e.Tail(e.logA.String(), 3000), e2e.Tail(e.logB.String(), 3000), e.logCTail())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -323,7 +325,7 @@ func (e *xcEnv) logCTail() string {
 	if e.logC == nil {
 		return ""
 	}
-	return "\nproxy C:\n" + tail(e.logC.String(), 3000)
+	return "\nproxy C:\n" + e2e.Tail(e.logC.String(), 3000)
 }
 
 // openConn is a connection of A's client open into another cluster.
@@ -356,7 +358,7 @@ func (e *xcEnv) revokeAndWait(t *testing.T, conns ...openConn) []time.Duration {
 	}
 	for range conns {
 		if err := <-errc; err != nil {
-			t.Fatalf("%v\nproxy B:\n%s%s", err, tail(e.logB.String(), 3000), e.logCTail())
+			t.Fatalf("%v\nproxy B:\n%s%s", err, e2e.Tail(e.logB.String(), 3000), e.logCTail())
 		}
 	}
 	return ds
@@ -378,13 +380,13 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 	conn, r := e.waitRound(t, 10*time.Second)
 	defer conn.Close()
 	if !strings.Contains(e.logB.String(), `"peer_trust_domain":"a.example"`) {
-		t.Fatalf("B's access log does not name the peer's trust domain:\n%s", tail(e.logB.String(), 2000))
+		t.Fatalf("B's access log does not name the peer's trust domain:\n%s", e2e.Tail(e.logB.String(), 2000))
 	}
 
 	// A revoke in A naming B's identity is refused, and changes nothing.
-	res := ward(t, e.a.s.addr, "", "revoke", "--spiffe-id", e.apiID)
-	if res.code == 0 || !strings.Contains(res.stderr, "can only revoke its own identities") {
-		t.Fatalf("revoke of B's ID in A: exit %d\n%s", res.code, res.stderr)
+	res := e2e.Ward(t, e.a.s.Addr, "", "revoke", "--spiffe-id", e.apiID)
+	if res.Code == 0 || !strings.Contains(res.Stderr, "can only revoke its own identities") {
+		t.Fatalf("revoke of B's ID in A: exit %d\n%s", res.Code, res.Stderr)
 	}
 
 	// The open connection still works; then A revokes its client.
@@ -400,11 +402,11 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 		t.Fatal("a new connection of the revoked client into B was allowed")
 	}
 	if !strings.Contains(e.logB.String(), "deny-list of a.example: SPIFFE ID") {
-		t.Fatalf("B's access log does not name A's deny-list:\n%s", tail(e.logB.String(), 3000))
+		t.Fatalf("B's access log does not name A's deny-list:\n%s", e2e.Tail(e.logB.String(), 3000))
 	}
 	// B's audit log holds the received update.
 	if out := e.b.ward(t, "audit", "tail", "-n", "200"); !strings.Contains(out, "federation.revocations") {
-		t.Fatalf("B's audit log has no federation.revocations event:\n%s", tail(out, 3000))
+		t.Fatalf("B's audit log has no federation.revocations event:\n%s", e2e.Tail(out, 3000))
 	}
 
 	if show := e.b.ward(t, "federation", "show", "a.example"); !strings.Contains(show, "Revocations:") || !strings.Contains(show, "1 entries") {
@@ -414,17 +416,17 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 	// Partitioned: A's authority is gone, B's restarts (the revocations it
 	// received are stored behind its barrier) and publishes a new policy
 	// version, which still carries A's deny-list.
-	e.a.s.stop()
-	e.b.s.stop()
-	e.b.s.start()
-	e.b.s.unseal(e.b.shares[:3])
+	e.a.s.Stop()
+	e.b.s.Stop()
+	e.b.s.Start()
+	e.b.s.Unseal(e.b.shares[:3])
 	e.b.ward(t, "policy", "apply", e.polB)
 	out := e.b.ward(t, "policy", "show", "--json")
 	var shown struct {
 		Version uint64 `json:"version"`
 	}
 	if err := json.Unmarshal([]byte(out), &shown); err != nil || !strings.Contains(out, "spiffe://a.example/client") {
-		t.Fatalf("B's policy version after a restart without A lacks A's revocation (%v):\n%s", err, tail(out, 3000))
+		t.Fatalf("B's policy version after a restart without A lacks A's revocation (%v):\n%s", err, e2e.Tail(out, 3000))
 	}
 	// New connections are refused by that version (bounded wait for it to
 	// reach B's proxy).
@@ -439,7 +441,7 @@ func TestCrossClusterPolicyAndRevocation(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("B's proxy never decided with version %d:\n%s", shown.Version, tail(e.logB.String(), 3000))
+			t.Fatalf("B's proxy never decided with version %d:\n%s", shown.Version, e2e.Tail(e.logB.String(), 3000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

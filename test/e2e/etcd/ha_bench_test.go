@@ -1,4 +1,4 @@
-package e2e
+package etcd
 
 import (
 	"context"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
@@ -43,12 +45,12 @@ func TestHABench(t *testing.T) {
 	// One authority on bbolt.
 	dir := filepath.Join(t.TempDir(), "single")
 	os.MkdirAll(dir, 0o700)
-	single := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("seal:\n  type: keyfile\n  key_file: %s\n", filepath.Join(dir, "..", "seal.key"))))
+	single := e2e.StartServer(t, dir, e2e.WriteConfig(t, dir, fmt.Sprintf("seal:\n  type: keyfile\n  key_file: %s\n", filepath.Join(dir, "..", "seal.key"))))
 	ctx := context.Background()
-	if _, err := single.client().Operator.Init(ctx, &wardv1.InitRequest{}); err != nil {
+	if _, err := single.Client().Operator.Init(ctx, &wardv1.InitRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	rate, p99 := haKMSLoad(t, single.addr, callers, dur)
+	rate, p99 := haKMSLoad(t, single.Addr, callers, dur)
 	fmt.Printf("ha-bench: single-bbolt calls_per_s=%.0f p99_ms=%.2f\n", rate, p99)
 
 	h := startHACluster(t, ttl)
@@ -60,12 +62,12 @@ func TestHABench(t *testing.T) {
 	for r := range runs {
 		l, _ := h.leader()
 		killed := time.Now()
-		h.servers[l].kill()
+		h.servers[l].Kill()
 		_, at := h.leader(l)
 		d := at.Sub(killed)
 		takeovers = append(takeovers, d)
 		fmt.Printf("ha-bench: takeover run=%d ms=%d\n", r+1, d.Milliseconds())
-		h.servers[l].start()
+		h.servers[l].Start()
 	}
 	slices.Sort(takeovers)
 	fmt.Printf("ha-bench: takeover_median_ms=%d takeover_max_ms=%d lease_ttl_ms=%d runs=%d\n",

@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"fmt"
@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/node/agent"
 	"github.com/wardproject/ward/internal/testutil/netns"
@@ -51,7 +53,7 @@ func TestFederatedNodeEncryptionInNetworkNamespaces(t *testing.T) {
 		bundle := filepath.Join(n.c.pub, "bundle.pem")
 		n.c.ward(t, "ca", "bundle", "-o", bundle)
 		token := strings.TrimSpace(n.c.ward(t, "token", "create", "--ttl", "10m", "--agent-path", n.name, "-q"))
-		n.w.ag = startAgentProcExtra(t, n.w.nd, n.c.td, publicDir(t), n.c.nodeAPI, bundle, token, fmt.Sprintf(`network:
+		n.w.ag = e2e.StartAgentProcExtra(t, n.w.nd, n.c.td, e2e.PublicDir(t), n.c.nodeAPI, bundle, token, fmt.Sprintf(`network:
   address: %s
   strict: true
   strict_cidrs: [10.250.0.0/16]

@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"encoding/base64"
@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -58,9 +60,9 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		"--selector", fmt.Sprintf("unix:uid:%d", uidFedServer), "--federates-with", "b.example")
 	b.ward(t, "entry", "create", "--spiffe-id", clientID, "--parent", "spiffe://b.example/ward/agent/node-1",
 		"--selector", fmt.Sprintf("unix:uid:%d", uidFedClient), "--federates-with", "a.example")
-	srv := startWorkloadIn(t, a.ns, uidFedServer, "server", e.agA.socket, envPeer+"="+clientID, envListen+"="+a.ns.Addr(9445))
-	srv.waitLine(t, "LISTEN ", 0)
-	cli := startWorkloadIn(t, b.ns, uidFedClient, "client", e.agB.socket, envPeer+"="+serverID, envAddr+"="+a.ns.Addr(9445), envBundles+"=1")
+	srv := e2e.StartWorkloadIn(t, a.ns, uidFedServer, "server", e.agA.Socket, e2e.EnvPeer+"="+clientID, e2e.EnvListen+"="+a.ns.Addr(9445))
+	srv.WaitLine(t, "LISTEN ", 0)
+	cli := e2e.StartWorkloadIn(t, b.ns, uidFedClient, "client", e.agB.Socket, e2e.EnvPeer+"="+serverID, e2e.EnvAddr+"="+a.ns.Addr(9445), e2e.EnvBundles+"=1")
 	pos := 0
 
 	ok := t.Run("1-call-across", func(t *testing.T) {
@@ -68,14 +70,14 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		if n, last := countFails(cli, 0); n > 0 {
 			t.Fatalf("%d rounds of B's go-spiffe client into A failed, last: %s", n, last)
 		}
-		if f := fields(cli.output()[pos-1]); f["bundles"] != "ok" || f["peerroots"] != "1" {
-			t.Fatalf("B's client did not validate A's SVID with its BundleSource and X509Source: %s", cli.output()[pos-1])
+		if f := e2e.Fields(cli.Output()[pos-1]); f["bundles"] != "ok" || f["peerroots"] != "1" {
+			t.Fatalf("B's client did not validate A's SVID with its BundleSource and X509Source: %s", cli.Output()[pos-1])
 		}
 		for _, to := range []struct{ addr, name, log string }{{e.outbound, "B", e.logB.String()}, {e.outboundC, "C", e.logC.String()}} {
 			conn, _ := e.waitRoundTo(t, to.addr, 10*time.Second)
 			conn.Close()
 			if !strings.Contains(to.log, `"peer_trust_domain":"a.example"`) || !strings.Contains(to.log, e.clientID) {
-				t.Fatalf("%s's access log does not name A's client:\n%s", to.name, tail(to.log, 2000))
+				t.Fatalf("%s's access log does not name A's client:\n%s", to.name, e2e.Tail(to.log, 2000))
 			}
 		}
 	})
@@ -85,9 +87,9 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		tr.end(t, "A's intermediate and root rotations")
 	})
 	ok = ok && t.Run("5-revoke-across", func(t *testing.T) {
-		res := ward(t, a.s.addr, "", "revoke", "--spiffe-id", e.apiID)
-		if res.code == 0 || !strings.Contains(res.stderr, "can only revoke its own identities") {
-			t.Fatalf("revoke of B's ID in A: exit %d\n%s", res.code, res.stderr)
+		res := e2e.Ward(t, a.s.Addr, "", "revoke", "--spiffe-id", e.apiID)
+		if res.Code == 0 || !strings.Contains(res.Stderr, "can only revoke its own identities") {
+			t.Fatalf("revoke of B's ID in A: exit %d\n%s", res.Code, res.Stderr)
 		}
 		cb, rb := e.waitRoundTo(t, e.outbound, 10*time.Second)
 		defer cb.Close()
@@ -106,7 +108,7 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 			deadline := time.Now().Add(10 * time.Second)
 			for !to.log.Contains("deny-list of a.example: SPIFFE ID") {
 				if time.Now().After(deadline) {
-					t.Fatalf("%s's access log does not name A's deny-list:\n%s", to.name, tail(to.log.String(), 3000))
+					t.Fatalf("%s's access log does not name A's deny-list:\n%s", to.name, e2e.Tail(to.log.String(), 3000))
 				}
 				time.Sleep(50 * time.Millisecond)
 			}
@@ -130,9 +132,9 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 
 		// Partition A: B cannot refresh and keeps the last good bundle.
 		a.ns.Partition()
-		res := ward(t, b.s.addr, "", "federation", "refresh", "a.example")
-		if res.code == 0 || !strings.Contains(res.stderr, "last good bundle stays in use") {
-			t.Fatalf("refresh with A partitioned: exit %d, %s", res.code, res.stderr)
+		res := e2e.Ward(t, b.s.Addr, "", "federation", "refresh", "a.example")
+		if res.Code == 0 || !strings.Contains(res.Stderr, "last good bundle stays in use") {
+			t.Fatalf("refresh with A partitioned: exit %d, %s", res.Code, res.Stderr)
 		}
 		during := fedShow(t, b, "a.example")
 		// Compared as bundles: the JSON's key order is not fixed (go-spiffe
@@ -161,14 +163,14 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		if line, err := r.ReadString('\n'); err != nil || line != "echo after the partition\n" {
 			t.Fatalf("the connection open across the partition: %q %v", line, err)
 		}
-		pos = waitOKs(t, cli, len(cli.output()), 5)
+		pos = waitOKs(t, cli, len(cli.Output()), 5)
 	})
 	_ = ok && t.Run("4-authority-killed", func(t *testing.T) {
 		// What A holds before: entries, a key and a ciphertext under it,
 		// relationships and the policy version.
 		entries := a.ward(t, "entry", "list")
 		a.ward(t, "key", "create", "netns/before-kill", "--classification", "internal")
-		ct := mustWard(t, a.s.addr, "kept across the kill", "kms", "encrypt", "--key", "netns/before-kill")
+		ct := e2e.MustWard(t, a.s.Addr, "kept across the kill", "kms", "encrypt", "--key", "netns/before-kill")
 		keys := a.ward(t, "key", "list")
 		feds := fedNames(a.ward(t, "federation", "list"))
 		ver := policyVersion(t, a)
@@ -177,8 +179,8 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		pos = authorityOutage(t, a, b, cli, pos, true, func() {
 			// A's agent serves a workload from its cache, and B and C
 			// accept A's client's still-valid SVID on new connections.
-			fetch := startWorkloadIn(t, a.ns, uidFedServer, "fetch", e.agA.socket)
-			if line, _ := fetch.waitLine(t, "FETCH", 0); line != "FETCH OK" {
+			fetch := e2e.StartWorkloadIn(t, a.ns, uidFedServer, "fetch", e.agA.Socket)
+			if line, _ := fetch.WaitLine(t, "FETCH", 0); line != "FETCH OK" {
 				t.Fatalf("A's agent with its authority down: %s", line)
 			}
 			for _, addr := range []string{e.outbound, e.outboundC} {
@@ -197,7 +199,7 @@ func TestThreeClustersInNetworkNamespaces(t *testing.T) {
 		if got := a.ward(t, "key", "list"); got != keys {
 			t.Fatalf("A's keys changed across the kill:\nbefore:\n%s\nafter:\n%s", keys, got)
 		}
-		if pt := mustWard(t, a.s.addr, ct, "kms", "decrypt"); pt != "kept across the kill" {
+		if pt := e2e.MustWard(t, a.s.Addr, ct, "kms", "decrypt"); pt != "kept across the kill" {
 			t.Fatalf("a ciphertext of before the kill decrypts to %q", pt)
 		}
 		if got := fedNames(a.ward(t, "federation", "list")); got != feds {
@@ -227,7 +229,7 @@ func policyVersion(t *testing.T, c *cluster) uint64 {
 	}
 	out := c.ward(t, "policy", "show", "--json")
 	if err := json.Unmarshal([]byte(out), &shown); err != nil {
-		t.Fatalf("ward policy show --json: %v\n%s", err, tail(out, 2000))
+		t.Fatalf("ward policy show --json: %v\n%s", err, e2e.Tail(out, 2000))
 	}
 	return shown.Version
 }

@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bufio"
@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wardproject/ward/test/e2e"
 
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
@@ -68,17 +70,17 @@ inbound:
     listen: %s
     forward: %s
     service: {name: api, port: 8443}
-`, ag.socket, filepath.Join(c.pub, "policy.sock"), inbound, taggedEcho(t, c.td, filepath.Join(dir, c.td+"-app.sock"))))
+`, ag.Socket, filepath.Join(c.pub, "policy.sock"), inbound, taggedEcho(t, c.td, filepath.Join(dir, c.td+"-app.sock"))))
 		c.ward(t, "service", "export", "api", "--forward", inbound, "--spiffe-id", apiID, "--gateway", nd.Addr(15443))
 		cfg := filepath.Join(dir, "gw-"+c.td+".yaml")
 		os.WriteFile(cfg, []byte(fmt.Sprintf("listen: %s\ntrust_domain: %s\naccess_log: stdout\ncatalog_socket: unix://%s\n",
 			nd.Addr(15443), c.td, filepath.Join(c.pub, "policy.sock"))), 0o600)
-		g := nd.Command(0, wardBin, "gateway", "--config", cfg)
+		g := nd.Command(0, e2e.WardBin, "gateway", "--config", cfg)
 		g.Stdout, g.Stderr = &syncbuf.Buffer{}, &syncbuf.Buffer{}
 		if err := g.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { stopProcess(g) })
+		t.Cleanup(func() { e2e.StopProcess(g) })
 	}
 	waitUntil(t, "A's catalog lists api in b.example and c.example", func() bool {
 		return strings.Count(a.ward(t, "service", "list"), "imported") == 2
@@ -94,7 +96,7 @@ outbound:
     service: api@b.example
     failover: [c.example]
     failover_hold: 2s
-`, agA.socket, filepath.Join(a.pub, "policy.sock"), outbound))
+`, agA.Socket, filepath.Join(a.pub, "policy.sock"), outbound))
 	call := func() (string, error) {
 		c, err := net.DialTimeout("unix", outbound, 5*time.Second)
 		if err != nil {
@@ -118,7 +120,7 @@ outbound:
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("no answer from B: %q %v\n%s", got, err, tail(logA.String(), 2000))
+			t.Fatalf("no answer from B: %q %v\n%s", got, err, e2e.Tail(logA.String(), 2000))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

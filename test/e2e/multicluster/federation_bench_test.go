@@ -1,4 +1,4 @@
-package e2e
+package multicluster
 
 import (
 	"bytes"
@@ -58,7 +58,7 @@ outbound:
     listen: %s
     remote: %s
     server_id: %s
-`, e.agB.socket, filepath.Join(e.b.pub, "policy.sock"), sameAddr, e.inboundB, e.apiID))
+`, e.agB.Socket, filepath.Join(e.b.pub, "policy.sock"), sameAddr, e.inboundB, e.apiID))
 	c, _ := e.waitRoundTo(t, sameAddr, 60*time.Second)
 	c.Close()
 
@@ -105,7 +105,7 @@ outbound:
 	// Root rotations in A: until B's workload holds the new root.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+e.agB.socket)))
+	src, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr("unix://"+e.agB.Socket)))
 	if err != nil {
 		t.Fatal(err)
 	}

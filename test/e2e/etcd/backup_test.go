@@ -1,4 +1,4 @@
-package e2e
+package etcd
 
 import (
 	"context"
@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wardproject/ward/test/e2e"
+
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,7 +28,7 @@ import (
 func etcdConfig(t *testing.T, dir string, e *etcdtest.Server, prefix string) string {
 	t.Helper()
 	ca, cert, key := e.ClientCertFiles()
-	return writeConfig(t, dir, fmt.Sprintf("storage:\n  backend: etcd\n  etcd:\n    endpoints: [%s]\n    prefix: %q\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n",
+	return e2e.WriteConfig(t, dir, fmt.Sprintf("storage:\n  backend: etcd\n  etcd:\n    endpoints: [%s]\n    prefix: %q\n    ca_file: %s\n    cert_file: %s\n    key_file: %s\n",
 		e.Endpoints()[0], prefix, ca, cert, key))
 }
 
@@ -40,9 +42,9 @@ type kmsLoad struct {
 	firstFailure  error
 }
 
-func startKMSLoad(t *testing.T, s *server, key string, workers int) *kmsLoad {
+func startKMSLoad(t *testing.T, s *e2e.Server, key string, workers int) *kmsLoad {
 	l := &kmsLoad{stop: make(chan struct{})}
-	c := s.client()
+	c := s.Client()
 	for w := range workers {
 		l.wg.Add(1)
 		go func() {
@@ -86,9 +88,9 @@ func (l *kmsLoad) end(t *testing.T) {
 }
 
 // canaries encrypts a few plaintexts and returns ciphertext → plaintext.
-func canaries(t *testing.T, s *server, key string) map[string]string {
+func canaries(t *testing.T, s *e2e.Server, key string) map[string]string {
 	t.Helper()
-	c := s.client()
+	c := s.Client()
 	out := map[string]string{}
 	for i := range 3 {
 		pt := fmt.Sprintf("canary %d made before the backup", i)
@@ -101,9 +103,9 @@ func canaries(t *testing.T, s *server, key string) map[string]string {
 	return out
 }
 
-func decryptCanaries(t *testing.T, s *server, cs map[string]string) {
+func decryptCanaries(t *testing.T, s *e2e.Server, cs map[string]string) {
 	t.Helper()
-	c := s.client()
+	c := s.Client()
 	for ct, pt := range cs {
 		var r *wardv1.DecryptResponse
 		var err error
@@ -125,9 +127,9 @@ func decryptCanaries(t *testing.T, s *server, cs map[string]string) {
 }
 
 // auditEvents returns the stored JSON of the newest n events.
-func auditEvents(t *testing.T, s *server, n int) []map[string]any {
+func auditEvents(t *testing.T, s *e2e.Server, n int) []map[string]any {
 	t.Helper()
-	out := mustWard(t, s.addr, "", "audit", "tail", "--json", "-n", fmt.Sprint(n))
+	out := e2e.MustWard(t, s.Addr, "", "audit", "tail", "--json", "-n", fmt.Sprint(n))
 	var evs []map[string]any
 	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
 		var ev map[string]any
@@ -163,16 +165,16 @@ func TestBackupRestoreDrill(t *testing.T) {
 	// A: bbolt.
 	dirA := filepath.Join(root, "a")
 	os.MkdirAll(dirA, 0o700)
-	a := startServer(t, dirA, writeConfig(t, dirA, ""))
-	shares := a.initAndUnseal()
-	mustWard(t, a.addr, "", "key", "create", "drill/payments", "--classification", "confidential")
-	mustWard(t, a.addr, "", "key", "rotate", "drill/payments")
+	a := e2e.StartServer(t, dirA, e2e.WriteConfig(t, dirA, ""))
+	shares := a.InitAndUnseal()
+	e2e.MustWard(t, a.Addr, "", "key", "create", "drill/payments", "--classification", "confidential")
+	e2e.MustWard(t, a.Addr, "", "key", "rotate", "drill/payments")
 	cs := canaries(t, a, "drill/payments")
 
 	load := startKMSLoad(t, a, "drill/payments", 4)
 	time.Sleep(300 * time.Millisecond)
 	file := filepath.Join(root, "a.wbk")
-	out := mustWard(t, a.addr, "", "operator", "backup", "create", "-o", file)
+	out := e2e.MustWard(t, a.Addr, "", "operator", "backup", "create", "-o", file)
 	time.Sleep(300 * time.Millisecond)
 	load.end(t)
 	t.Logf("backup: %s", out)
@@ -188,17 +190,17 @@ func TestBackupRestoreDrill(t *testing.T) {
 	// remembered): refused, unless --skip-key-check, which warns.
 	noState := []string{"--state-dir", filepath.Join(root, "no-state")}
 	for _, sub := range [][]string{{"verify", file}, {"restore", file, "--data-dir", filepath.Join(root, "never")}} {
-		r := ward(t, "", "", append(append([]string{"operator", "backup"}, sub...), noState...)...)
-		if r.code == 0 || !strings.Contains(r.stderr, "was not checked") || !strings.Contains(r.stderr, "--public-key") || !strings.Contains(r.stderr, "ward audit verify") {
-			t.Fatalf("backup %s without a trusted key: exit %d\n%s%s", sub[0], r.code, r.stdout, r.stderr)
+		r := e2e.Ward(t, "", "", append(append([]string{"operator", "backup"}, sub...), noState...)...)
+		if r.Code == 0 || !strings.Contains(r.Stderr, "was not checked") || !strings.Contains(r.Stderr, "--public-key") || !strings.Contains(r.Stderr, "ward audit verify") {
+			t.Fatalf("backup %s without a trusted key: exit %d\n%s%s", sub[0], r.Code, r.Stdout, r.Stderr)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(root, "never")); !os.IsNotExist(err) {
 		t.Fatalf("a restore refused for its unchecked key left %s behind", filepath.Join(root, "never"))
 	}
-	r := ward(t, "", "", append([]string{"operator", "backup", "verify", file, "--checkpoint-out", cpFile, "--skip-key-check"}, noState...)...)
-	if r.code != 0 || !strings.Contains(r.stdout, "is intact") || !strings.Contains(r.stderr, "WARNING: --skip-key-check") {
-		t.Fatalf("verify --skip-key-check: exit %d\n%s%s", r.code, r.stdout, r.stderr)
+	r := e2e.Ward(t, "", "", append([]string{"operator", "backup", "verify", file, "--checkpoint-out", cpFile, "--skip-key-check"}, noState...)...)
+	if r.Code != 0 || !strings.Contains(r.Stdout, "is intact") || !strings.Contains(r.Stderr, "WARNING: --skip-key-check") {
+		t.Fatalf("verify --skip-key-check: exit %d\n%s%s", r.Code, r.Stdout, r.Stderr)
 	}
 
 	// One altered byte anywhere is refused with the reason.
@@ -211,13 +213,13 @@ func TestBackupRestoreDrill(t *testing.T) {
 		bad[off] ^= 0x20
 		p := filepath.Join(root, "altered.wbk")
 		os.WriteFile(p, bad, 0o600)
-		r := ward(t, "", "", "operator", "backup", "verify", p)
-		if r.code == 0 || !strings.Contains(r.stderr, "backup refused") {
-			t.Fatalf("%s altered: exit %d\n%s%s", name, r.code, r.stdout, r.stderr)
+		r := e2e.Ward(t, "", "", "operator", "backup", "verify", p)
+		if r.Code == 0 || !strings.Contains(r.Stderr, "backup refused") {
+			t.Fatalf("%s altered: exit %d\n%s%s", name, r.Code, r.Stdout, r.Stderr)
 		}
-		t.Logf("%s altered: %s", name, strings.TrimSpace(r.stderr))
-		r = ward(t, "", "", "operator", "backup", "restore", p, "--data-dir", filepath.Join(root, "never"))
-		if r.code == 0 {
+		t.Logf("%s altered: %s", name, strings.TrimSpace(r.Stderr))
+		r = e2e.Ward(t, "", "", "operator", "backup", "restore", p, "--data-dir", filepath.Join(root, "never"))
+		if r.Code == 0 {
 			t.Fatalf("restore of an altered backup succeeded")
 		}
 		if _, err := os.Stat(filepath.Join(root, "never")); !os.IsNotExist(err) {
@@ -226,7 +228,7 @@ func TestBackupRestoreDrill(t *testing.T) {
 	}
 
 	// Destroy A's data.
-	a.kill()
+	a.Kill()
 	if err := os.Remove(filepath.Join(dirA, "ward.db")); err != nil {
 		t.Fatal(err)
 	}
@@ -234,45 +236,45 @@ func TestBackupRestoreDrill(t *testing.T) {
 	// B: restore onto etcd, unseal with other original shares.
 	ca, cert, key := etcd.ClientCertFiles()
 	etcdFlags := []string{"--etcd-endpoints", etcd.Endpoints()[0], "--etcd-prefix", "/drill-b/", "--etcd-ca", ca, "--etcd-cert", cert, "--etcd-key", key}
-	mustWard(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
-	r = ward(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
-	if r.code == 0 || !strings.Contains(r.stderr, "not empty") || !strings.Contains(r.stderr, "nothing was changed") {
-		t.Fatalf("restore into a non-empty prefix: exit %d %s", r.code, r.stderr)
+	e2e.MustWard(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
+	r = e2e.Ward(t, "", "", append([]string{"operator", "backup", "restore", file, "--skip-key-check"}, etcdFlags...)...)
+	if r.Code == 0 || !strings.Contains(r.Stderr, "not empty") || !strings.Contains(r.Stderr, "nothing was changed") {
+		t.Fatalf("restore into a non-empty prefix: exit %d %s", r.Code, r.Stderr)
 	}
 	dirB := filepath.Join(root, "b")
 	os.MkdirAll(dirB, 0o700)
-	b := startServer(t, dirB, etcdConfig(t, dirB, etcd, "/drill-b/"))
-	b.unseal(shares[2:5])
+	b := e2e.StartServer(t, dirB, etcdConfig(t, dirB, etcd, "/drill-b/"))
+	b.Unseal(shares[2:5])
 	decryptCanaries(t, b, cs)
-	out = mustWard(t, b.addr, "", "audit", "verify", "--checkpoint", cpFile)
+	out = e2e.MustWard(t, b.Addr, "", "audit", "verify", "--checkpoint", cpFile)
 	t.Logf("audit verify on the restored etcd authority: %s", out)
 
-	forgedBackupRefused(t, root, file, stateDirFor(b.addr))
+	forgedBackupRefused(t, root, file, e2e.StateDirFor(b.Addr))
 
 	// C: back up B (etcd) and restore onto bbolt.
 	fileB := filepath.Join(root, "b.wbk")
-	mustWard(t, b.addr, "", "operator", "backup", "create", "-o", fileB)
+	e2e.MustWard(t, b.Addr, "", "operator", "backup", "create", "-o", fileB)
 	cpB := filepath.Join(root, "b-cp.json")
-	mustWard(t, "", "", "operator", "backup", "verify", fileB, "--checkpoint-out", cpB, "--skip-key-check")
+	e2e.MustWard(t, "", "", "operator", "backup", "verify", fileB, "--checkpoint-out", cpB, "--skip-key-check")
 	if hasEvent(auditEvents(t, b, 5), "operator.backup", "ok") == nil {
 		t.Fatal("the backup of B is not in B's audit log")
 	}
-	b.stop()
+	b.Stop()
 	dirC := filepath.Join(root, "c")
-	mustWard(t, "", "", "operator", "backup", "restore", fileB, "--data-dir", dirC, "--skip-key-check")
-	c := startServer(t, dirC, writeConfig(t, dirC, ""))
+	e2e.MustWard(t, "", "", "operator", "backup", "restore", fileB, "--data-dir", dirC, "--skip-key-check")
+	c := e2e.StartServer(t, dirC, e2e.WriteConfig(t, dirC, ""))
 
 	// While sealed: a rejected share, then SIGKILL: the event survives.
-	r = ward(t, c.addr, "00"+shares[0][2:]+"\n", "operator", "unseal")
-	if r.code == 0 {
+	r = e2e.Ward(t, c.Addr, "00"+shares[0][2:]+"\n", "operator", "unseal")
+	if r.Code == 0 {
 		t.Fatal("a bogus share was accepted")
 	}
-	c.kill()
-	c.start()
-	c.unseal(shares[:3])
+	c.Kill()
+	c.Start()
+	c.Unseal(shares[:3])
 	decryptCanaries(t, c, cs)
-	mustWard(t, c.addr, "", "audit", "verify", "--checkpoint", cpB)
-	mustWard(t, c.addr, "", "audit", "verify", "--checkpoint", cpFile)
+	e2e.MustWard(t, c.Addr, "", "audit", "verify", "--checkpoint", cpB)
+	e2e.MustWard(t, c.Addr, "", "audit", "verify", "--checkpoint", cpFile)
 	evs := auditEvents(t, c, 50)
 	ev := hasEvent(evs, "operator.unseal", "error")
 	if ev == nil {
@@ -284,18 +286,18 @@ func TestBackupRestoreDrill(t *testing.T) {
 
 	// Barrier rotation: every value moves to term 2; data still readable.
 	load = startKMSLoad(t, c, "drill/payments", 4)
-	out = mustWard(t, c.addr, "", "operator", "rotate")
+	out = e2e.MustWard(t, c.Addr, "", "operator", "rotate")
 	load.end(t)
 	if !strings.Contains(out, "Rewrite to term 2: done") {
 		t.Fatalf("rotate: %s", out)
 	}
 	decryptCanaries(t, c, cs)
 	fileC := filepath.Join(root, "c.wbk")
-	mustWard(t, c.addr, "", "operator", "backup", "create", "-o", fileC)
+	e2e.MustWard(t, c.Addr, "", "operator", "backup", "create", "-o", fileC)
 	var man struct {
 		Terms map[string]int64 `json:"barrier_terms"`
 	}
-	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", fileC, "--json", "--skip-key-check")), &man); err != nil {
+	if err := json.Unmarshal([]byte(e2e.MustWard(t, "", "", "operator", "backup", "verify", fileC, "--json", "--skip-key-check")), &man); err != nil {
 		t.Fatal(err)
 	}
 	if len(man.Terms) != 1 || man.Terms["2"] == 0 {
@@ -307,7 +309,7 @@ func TestBackupRestoreDrill(t *testing.T) {
 	}
 
 	// Rekey: 3 old shares, new 3/2; the old shares stop working.
-	out = mustWard(t, c.addr, "", "operator", "rekey", "--shares", "3", "--threshold", "2", "--json")
+	out = e2e.MustWard(t, c.Addr, "", "operator", "rekey", "--shares", "3", "--threshold", "2", "--json")
 	var rk struct {
 		Nonce string `json:"nonce"`
 	}
@@ -315,13 +317,13 @@ func TestBackupRestoreDrill(t *testing.T) {
 	if rk.Nonce == "" {
 		t.Fatalf("rekey start: %s", out)
 	}
-	r = ward(t, c.addr, "00"+shares[0][2:]+"\n", "operator", "rekey", "--nonce", rk.Nonce)
-	if r.code == 0 {
+	r = e2e.Ward(t, c.Addr, "00"+shares[0][2:]+"\n", "operator", "rekey", "--nonce", rk.Nonce)
+	if r.Code == 0 {
 		t.Fatal("a bogus share counted towards the rekey")
 	}
 	var newShares []string
 	for _, sh := range shares[1:4] {
-		out = mustWard(t, c.addr, sh+"\n", "operator", "rekey", "--nonce", rk.Nonce)
+		out = e2e.MustWard(t, c.Addr, sh+"\n", "operator", "rekey", "--nonce", rk.Nonce)
 		for _, line := range strings.Split(out, "\n") {
 			if v, ok := strings.CutPrefix(line, "New unseal share "); ok {
 				_, s, _ := strings.Cut(v, ": ")
@@ -332,12 +334,12 @@ func TestBackupRestoreDrill(t *testing.T) {
 	if len(newShares) != 3 {
 		t.Fatalf("rekey gave %d new shares: %s", len(newShares), out)
 	}
-	mustWard(t, c.addr, "", "operator", "seal")
-	r = ward(t, c.addr, shares[0]+"\n", "operator", "unseal")
-	if r.code == 0 || !strings.Contains(r.stderr, "not one of the shares") {
-		t.Fatalf("an old share after the rekey: exit %d %s", r.code, r.stderr)
+	e2e.MustWard(t, c.Addr, "", "operator", "seal")
+	r = e2e.Ward(t, c.Addr, shares[0]+"\n", "operator", "unseal")
+	if r.Code == 0 || !strings.Contains(r.Stderr, "not one of the shares") {
+		t.Fatalf("an old share after the rekey: exit %d %s", r.Code, r.Stderr)
 	}
-	c.unseal(newShares[:2])
+	c.Unseal(newShares[:2])
 	decryptCanaries(t, c, cs)
 	if hasEvent(auditEvents(t, c, 30), "operator.rekey", "ok") == nil {
 		t.Fatal("the rekey is not in the audit log")
@@ -349,7 +351,7 @@ func TestBackupRestoreDrill(t *testing.T) {
 // uid 41005. The socket (0600, in a 0700 directory) refuses the
 // connection: no backup file, no rotation. Needs root (skipped otherwise,
 // except under CI=true).
-func backupAsOtherUID(t *testing.T, s *server, root string) {
+func backupAsOtherUID(t *testing.T, s *e2e.Server, root string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		if os.Getenv("CI") == "true" {
@@ -366,7 +368,7 @@ func backupAsOtherUID(t *testing.T, s *server, root string) {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o777)
 	bin := filepath.Join(dir, "ward")
-	b, err := os.ReadFile(wardBin)
+	b, err := os.ReadFile(e2e.WardBin)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -375,7 +377,7 @@ func backupAsOtherUID(t *testing.T, s *server, root string) {
 	}
 	out := filepath.Join(dir, "stolen.wbk")
 	for _, args := range [][]string{{"operator", "backup", "create", "-o", out}, {"operator", "rotate", "--no-wait"}, {"operator", "rekey", "--status"}} {
-		cmd := exec.Command(bin, append([]string{"--address", s.addr}, args...)...)
+		cmd := exec.Command(bin, append([]string{"--address", s.Addr}, args...)...)
 		cmd.Env = []string{"HOME=" + dir, "WARD_STATE_DIR=" + dir}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 		res, err := cmd.CombinedOutput()
@@ -401,30 +403,30 @@ func forgedBackupRefused(t *testing.T, root, genuine, stateDir string) {
 	t.Helper()
 	dir := filepath.Join(root, "forger")
 	os.MkdirAll(dir, 0o700)
-	f := startServer(t, dir, writeConfig(t, dir, fmt.Sprintf("seal:\n  type: keyfile\n  key_file: %s\n", filepath.Join(dir, "seal.key"))))
-	mustWard(t, f.addr, "", "operator", "init", "--shares", "0", "--threshold", "0")
+	f := e2e.StartServer(t, dir, e2e.WriteConfig(t, dir, fmt.Sprintf("seal:\n  type: keyfile\n  key_file: %s\n", filepath.Join(dir, "seal.key"))))
+	e2e.MustWard(t, f.Addr, "", "operator", "init", "--shares", "0", "--threshold", "0")
 	forged := filepath.Join(root, "forged.wbk")
-	mustWard(t, f.addr, "", "operator", "backup", "create", "-o", forged)
-	f.stop()
-	mustWard(t, "", "", "operator", "backup", "verify", forged, "--state-dir", t.TempDir(), "--skip-key-check")
+	e2e.MustWard(t, f.Addr, "", "operator", "backup", "create", "-o", forged)
+	f.Stop()
+	e2e.MustWard(t, "", "", "operator", "backup", "verify", forged, "--state-dir", t.TempDir(), "--skip-key-check")
 
 	var man struct {
 		PublicKey string `json:"public_key"`
 	}
-	if err := json.Unmarshal([]byte(mustWard(t, "", "", "operator", "backup", "verify", genuine, "--json", "--skip-key-check")), &man); err != nil {
+	if err := json.Unmarshal([]byte(e2e.MustWard(t, "", "", "operator", "backup", "verify", genuine, "--json", "--skip-key-check")), &man); err != nil {
 		t.Fatal(err)
 	}
 	pem := filepath.Join(root, "audit.pem")
 	os.WriteFile(pem, []byte(man.PublicKey), 0o600)
-	mustWard(t, "", "", "operator", "backup", "verify", genuine, "--public-key", pem)
+	e2e.MustWard(t, "", "", "operator", "backup", "verify", genuine, "--public-key", pem)
 	for _, args := range [][]string{{"--public-key", pem}, {"--state-dir", stateDir}} {
-		r := ward(t, "", "", append([]string{"operator", "backup", "verify", forged}, args...)...)
-		if r.code == 0 || !strings.Contains(r.stderr, "another authority") {
-			t.Fatalf("a forged backup with %v: exit %d %s", args, r.code, r.stderr)
+		r := e2e.Ward(t, "", "", append([]string{"operator", "backup", "verify", forged}, args...)...)
+		if r.Code == 0 || !strings.Contains(r.Stderr, "another authority") {
+			t.Fatalf("a forged backup with %v: exit %d %s", args, r.Code, r.Stderr)
 		}
-		t.Logf("forged backup, %s: %s", args[0], strings.TrimSpace(r.stderr))
-		r = ward(t, "", "", append([]string{"operator", "backup", "restore", forged, "--data-dir", filepath.Join(root, "never")}, args...)...)
-		if r.code == 0 {
+		t.Logf("forged backup, %s: %s", args[0], strings.TrimSpace(r.Stderr))
+		r = e2e.Ward(t, "", "", append([]string{"operator", "backup", "restore", forged, "--data-dir", filepath.Join(root, "never")}, args...)...)
+		if r.Code == 0 {
 			t.Fatalf("a forged backup was restored with %v", args)
 		}
 	}
