@@ -143,8 +143,11 @@ func TestUnsealRefusesForeignSocket(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
-	for i := 0; ; i++ { // wait for the socket (bounded)
-		if _, err := os.Stat(sock); err == nil {
+	// Wait (bounded) until the listener accepts: the socket file exists
+	// from bind, before listen, when a dial is still refused.
+	for i := 0; ; i++ {
+		if c, err := net.Dial("unix", sock); err == nil {
+			c.Close()
 			break
 		}
 		if i == 500 {
