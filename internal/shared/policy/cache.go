@@ -70,6 +70,8 @@ type decisionEntry struct {
 	labels map[string]string
 	groups []string
 	d      Decision
+	// reasons holds d.Reasons when they are few (one allocation per entry).
+	reasons [2]string
 }
 
 func keyOf(req *Request) decisionKey {
@@ -139,7 +141,16 @@ func (s *Set) decideAndCache(req Request, k decisionKey, h uint64) Decision {
 				break
 			}
 		}
-		t[i].Store(&decisionEntry{h: h, set: s, key: k, labels: maps.Clone(req.Labels), groups: slices.Clone(req.Groups), d: d.clone()})
+		e := &decisionEntry{h: h, set: s, key: k, labels: maps.Clone(req.Labels), groups: slices.Clone(req.Groups), d: d}
+		e.d.Reasons = nil // cloned below, in the entry when few
+		e.d = e.d.clone()
+		if n := len(d.Reasons); d.Reasons != nil && n <= len(e.reasons) {
+			copy(e.reasons[:], d.Reasons)
+			e.d.Reasons = e.reasons[:n:n]
+		} else {
+			e.d.Reasons = slices.Clone(d.Reasons)
+		}
+		t[i].Store(e)
 	}
 	return d
 }
