@@ -130,7 +130,7 @@ func (s *Set) cachedDecide(req *Request) Decision {
 //
 //go:noinline
 func (s *Set) decideAndCache(req Request, k decisionKey, h uint64) Decision {
-	d, cacheable := s.evaluate(&req, false)
+	d, cacheable := s.evaluateChecked(&req)
 	if cacheable {
 		t := s.cache.slots()
 		first := h % decisionCacheSlots &^ (decisionCacheWays - 1)

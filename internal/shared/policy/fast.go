@@ -465,9 +465,20 @@ type fastMatches struct {
 // fastEvaluate is evaluate's fast path; ok is false when the request must
 // go to cedar-go (see the top of this file).
 func (s *Set) fastEvaluate(req *Request) (d Decision, cacheable, ok bool) {
-	s.fillPrincipal(req)
-	if _, denied := s.denied(req); denied {
-		return d, false, false
+	return s.fastEvaluateChecked(req, false)
+}
+
+// fastEvaluateChecked is fastEvaluate; checked says Decide has already
+// filled in the principal, checked the deny-list and the serial's syntax.
+func (s *Set) fastEvaluateChecked(req *Request, checked bool) (d Decision, cacheable, ok bool) {
+	if !checked {
+		s.fillPrincipal(req)
+		if _, denied := s.denied(req); denied {
+			return d, false, false
+		}
+		if req.CertSerial != "" && !validSerial(req.CertSerial) {
+			return d, false, false
+		}
 	}
 	td, path, err := parseSPIFFEID(req.Principal)
 	if err != nil {
@@ -481,9 +492,6 @@ func (s *Set) fastEvaluate(req *Request) (d Decision, cacheable, ok bool) {
 	rt := types.EntityType(req.Resource.Type)
 	attrs, known := m.resources[rt]
 	if !known || req.Resource.Name == "" {
-		return d, false, false
-	}
-	if req.CertSerial != "" && !validSerial(req.CertSerial) {
 		return d, false, false
 	}
 	q := freq{

@@ -550,6 +550,15 @@ func (s *Set) evaluate(req *Request, unindexed bool) (Decision, bool) {
 	return s.cedarEvaluate(*req, unindexed)
 }
 
+// evaluateChecked is evaluate (indexed) of a request Decide has checked
+// (principal filled in, deny-list passed, serial well-formed).
+func (s *Set) evaluateChecked(req *Request) (Decision, bool) {
+	if d, cacheable, ok := s.fastEvaluateChecked(req, true); ok {
+		return d, cacheable
+	}
+	return s.cedarEvaluate(*req, false)
+}
+
 // cedarEvaluate is evaluate through cedar-go. It takes req by value: the
 // Cedar entities keep it, which moves it to the heap, and evaluate's own
 // request must stay where its caller put it.
