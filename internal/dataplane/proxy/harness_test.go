@@ -195,6 +195,10 @@ func newEnv(t testing.TB, opts ...envOpt) *env {
 	var sctx context.Context
 	sctx, e.stopServer = context.WithCancel(ctx)
 	e.server, e.serverDone = startProxy(t, sctx, cfg, proxy.WithAccessLog(e.serverLog))
+	// The policy source loads its first version beside the listeners
+	// (Run): a first request may otherwise be decided with no policy yet
+	// (fail closed) on a loaded machine. The env wrote a valid one.
+	waitFor(t, "the server proxy's first policy version", 10*time.Second, func() bool { _, ok := e.server.Engine().Status(); return ok })
 	e.clientLog = &syncbuf.Buffer{}
 	e.clientWeb = e.clientProxy(ctx, e.web, e.clientLog)
 	e.clientTool = e.clientProxy(ctx, e.tool, io.Discard)
