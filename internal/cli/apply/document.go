@@ -21,6 +21,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 	"github.com/wardproject/ward/internal/shared/posture"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
@@ -48,7 +49,7 @@ var kinds = map[string]struct {
 	KindKey:        {[]string{"kind", "name", "classification", "purpose", "min_decrypt_version"}, parseKey},
 	KindEntry:      {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
 	KindPolicy:     {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
-	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle"}, parseFederation},
+	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle", "allowed_gateways"}, parseFederation},
 	KindPosture:    {[]string{"kind", "file", "posture"}, parsePosture},
 }
 
@@ -161,6 +162,10 @@ type FederationSpec struct {
 	// relationship.
 	BundlePath string
 	Bundle     []byte
+	// AllowedGateways bound where the trust domain's exported services
+	// may have their gateways (catalog.ParseGatewayAllow; empty: the
+	// endpoint's host only).
+	AllowedGateways []string
 }
 
 // Error is a problem in the documents: file, line and field.
@@ -663,6 +668,14 @@ func parseFederation(p *parser, d *Doc, f map[string]*yaml.Node) {
 	}
 	if n, ok := f["bundle"]; ok {
 		fs.BundlePath, _ = p.scalar(n, "bundle")
+	}
+	if n, ok := f["allowed_gateways"]; ok {
+		if l, ok := p.list(n, "allowed_gateways"); ok {
+			if _, err := catalog.ParseGatewayAllow(l); err != nil {
+				p.fail(n.Line, "allowed_gateways", "%v", err)
+			}
+			fs.AllowedGateways = l
+		}
 	}
 	d.Federation = fs
 }

@@ -85,6 +85,8 @@ func TestParseErrors(t *testing.T) {
 		{"federation bad profile", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: spiffe\n", 4, "profile", "https_spiffe or https_web"},
 		{"federation endpoint id elsewhere", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nendpoint_spiffe_id: spiffe://c.example/ward/server\n", 4, "endpoint_spiffe_id", "not in trust domain b.example"},
 		{"federation web with id", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: https_web\nendpoint_spiffe_id: spiffe://b.example/x\n", 5, "endpoint_spiffe_id", "Web PKI"},
+		{"federation allowed gateways everywhere", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nallowed_gateways: [0.0.0.0/0]\n", 4, "allowed_gateways", "allows every address"},
+		{"federation allowed gateway without port", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nallowed_gateways: [gw.b.example]\n", 4, "allowed_gateways", "host:port"},
 		{"no kind", "name: x\n", 1, "kind", "missing"},
 		{"not a mapping", "- a\n- b\n", 1, "", "must be a mapping"},
 		{"invalid YAML", "kind: Key\nname: [\n", 2, "", "invalid YAML"},

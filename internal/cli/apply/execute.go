@@ -136,7 +136,7 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 		}
 		f := ch.federation
 		_, err := c.Federation.AddFederation(ctx, &wardv1.AddFederationRequest{TrustDomain: f.TrustDomain, EndpointUrl: f.EndpointURL,
-			Profile: f.Profile, EndpointSpiffeId: f.EndpointSPIFFEID, BundleSpiffeJson: f.Bundle})
+			Profile: f.Profile, EndpointSpiffeId: f.EndpointSPIFFEID, BundleSpiffeJson: f.Bundle, AllowedGateways: f.AllowedGateways})
 		if err != nil {
 			return res, fmt.Errorf("%s: adding the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
 		}

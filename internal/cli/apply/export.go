@@ -31,11 +31,12 @@ type entryOut struct {
 }
 
 type federationOut struct {
-	Kind             string `yaml:"kind"`
-	TrustDomain      string `yaml:"trust_domain"`
-	EndpointURL      string `yaml:"endpoint_url"`
-	Profile          string `yaml:"profile"`
-	EndpointSPIFFEID string `yaml:"endpoint_spiffe_id,omitempty"`
+	Kind             string   `yaml:"kind"`
+	TrustDomain      string   `yaml:"trust_domain"`
+	EndpointURL      string   `yaml:"endpoint_url"`
+	Profile          string   `yaml:"profile"`
+	EndpointSPIFFEID string   `yaml:"endpoint_spiffe_id,omitempty"`
+	AllowedGateways  []string `yaml:"allowed_gateways,omitempty"`
 }
 
 type postureOut struct {
@@ -75,7 +76,7 @@ func Export(w io.Writer, st *State) error {
 		if f.Source == "config" {
 			continue // the server's configuration declares it
 		}
-		docs = append(docs, federationOut{KindFederation, f.TrustDomain, f.EndpointURL, f.Profile, f.EndpointSPIFFEID})
+		docs = append(docs, federationOut{KindFederation, f.TrustDomain, f.EndpointURL, f.Profile, f.EndpointSPIFFEID, f.AllowedGateways})
 	}
 	entries := append([]*StoredEntry(nil), st.Entries...)
 	sort.SliceStable(entries, func(i, j int) bool {

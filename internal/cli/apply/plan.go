@@ -178,11 +178,15 @@ func (p *Plan) planFederations(set *Set, st *State) Errors {
 			if f.EndpointSPIFFEID != "" {
 				detail += ", endpoint ID " + f.EndpointSPIFFEID
 			}
+			if len(f.AllowedGateways) > 0 {
+				detail += ", allowed gateways " + strings.Join(f.AllowedGateways, ",")
+			}
 			p.Federations = append(p.Federations, &Change{Action: Create, Kind: KindFederation, Name: f.TrustDomain, Detail: detail, Doc: d, federation: f})
 			continue
 		}
 		var diff []string
-		for _, fc := range []FieldChange{{"endpoint_url", cur.EndpointURL, f.EndpointURL}, {"profile", cur.Profile, f.Profile}, {"endpoint_spiffe_id", cur.EndpointSPIFFEID, f.EndpointSPIFFEID}} {
+		for _, fc := range []FieldChange{{"endpoint_url", cur.EndpointURL, f.EndpointURL}, {"profile", cur.Profile, f.Profile}, {"endpoint_spiffe_id", cur.EndpointSPIFFEID, f.EndpointSPIFFEID},
+			{"allowed_gateways", strings.Join(cur.AllowedGateways, ","), strings.Join(f.AllowedGateways, ",")}} {
 			if fc.Before != fc.After {
 				diff = append(diff, fmt.Sprintf("%s %s → %s", fc.Field, quote(fc.Before), quote(fc.After)))
 			}

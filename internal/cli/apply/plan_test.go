@@ -155,6 +155,7 @@ func TestPlanErrorsNeedState(t *testing.T) {
 		{"min_decrypt_version too high", "kind: Key\nname: a/b\nclassification: confidential\nmin_decrypt_version: 4\n", "versions up to 3"},
 		{"federation without bundle", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\n", "d.yaml:1: field bundle: a new https_spiffe relationship needs"},
 		{"federation changes", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c2.example\n", "cannot change in place"},
+		{"federation allowed gateways change", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c.example:8444\nallowed_gateways: [10.0.0.0/8]\n", "allowed_gateways \"\" → \"10.0.0.0/8\""},
 		{"federation from config", "kind: Federation\ntrust_domain: conf.example\nendpoint_url: https://other.example\nprofile: https_web\n", "server's configuration"},
 		{"policy does not compile", "kind: Policy\nname: x.cedar\ncedar: |\n  permit (principal,\n    action == Action::\"conect\", resource);\n", "d.yaml:5: field cedar: validation error"},
 	}

@@ -91,7 +91,8 @@ func Fetch(ctx context.Context, c *client.Client) (*State, error) {
 	default:
 		for _, r := range fl.Relationships {
 			s.Federations[r.TrustDomain] = &StoredFederation{Source: r.Source, FederationSpec: FederationSpec{
-				TrustDomain: r.TrustDomain, EndpointURL: r.EndpointUrl, Profile: r.Profile, EndpointSPIFFEID: r.EndpointSpiffeId}}
+				TrustDomain: r.TrustDomain, EndpointURL: r.EndpointUrl, Profile: r.Profile, EndpointSPIFFEID: r.EndpointSpiffeId,
+				AllowedGateways: r.AllowedGateways}}
 		}
 	}
 	pst, err := c.Posture.GetPosture(ctx, &wardv1.GetPostureRequest{})
