@@ -22,7 +22,7 @@ type reviewer struct{ token string }
 
 func (r reviewer) ReviewToken(_ context.Context, token string, auds []string) (kubeapi.TokenReviewStatus, error) {
 	var st kubeapi.TokenReviewStatus
-	if token != r.token || len(auds) != 1 || auds[0] != "ward" {
+	if token != r.token || len(auds) != 1 || auds[0] != nodeapi.DefaultPSATAudience(testTD) {
 		return st, nil
 	}
 	st.Authenticated, st.Audiences = true, auds
