@@ -1,0 +1,61 @@
+package server
+
+import (
+	"context"
+	"sync"
+	"testing"
+
+	dto "github.com/prometheus/client_model/go"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// TestAPIMetricsPerMethodAndCode: the interceptor resolves a method's
+// series once and shares them between concurrent calls; every call is
+// still counted under its service, method and code, and timed.
+func TestAPIMetricsPerMethodAndCode(t *testing.T) {
+	m := newMetrics(&Server{})
+	intercept := m.unary()
+	ok := func(context.Context, any) (any, error) { return "reply", nil }
+	notFound := func(context.Context, any) (any, error) { return nil, status.Error(codes.NotFound, "no such key") }
+	infos := []*grpc.UnaryServerInfo{{FullMethod: "/ward.v1.KMS/Encrypt"}, {FullMethod: "/ward.v1.Keys/ListKeys"}}
+	const callers, calls = 32, 50
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			for j := range calls {
+				h := ok
+				if (i+j)%5 == 0 {
+					h = notFound
+				}
+				if _, err := intercept(context.Background(), nil, infos[j%2], h); (err == nil) != ((i+j)%5 != 0) {
+					t.Errorf("caller %d call %d: error %v", i, j, err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	count := func(svc, method, code string) float64 {
+		var d dto.Metric
+		if err := m.ops.WithLabelValues(svc, method, code).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetCounter().GetValue()
+	}
+	var okN, nfN float64
+	for _, sm := range [][2]string{{"KMS", "Encrypt"}, {"Keys", "ListKeys"}} {
+		okN += count(sm[0], sm[1], "OK")
+		nfN += count(sm[0], sm[1], "NotFound")
+		var d dto.Metric
+		if err := m.latency.WithLabelValues(sm[0], sm[1]).(interface{ Write(*dto.Metric) error }).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		if got := d.GetHistogram().GetSampleCount(); got != callers*calls/2 {
+			t.Errorf("%s.%s: %d latency samples, want %d", sm[0], sm[1], got, callers*calls/2)
+		}
+	}
+	if okN != callers*calls*4/5 || nfN != callers*calls/5 {
+		t.Fatalf("counted %v OK and %v NotFound, want %d and %d", okN, nfN, callers*calls*4/5, callers*calls/5)
+	}
+}
