@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
@@ -159,8 +160,8 @@ func (p *Proxy) verifyPeer(certs []*x509.Certificate) (spiffeid.ID, [][]*x509.Ce
 	if err != nil {
 		return got, chains, nil, err
 	}
-	v := &verifiedChain{id: got, chains: chains, keys: keys}
-	for i, chain := range chains {
+	v := &verifiedChain{id: got, chains: ownChains(chains, certs), keys: keys}
+	for i, chain := range v.chains {
 		for j, c := range chain {
 			if i == 0 && j == 0 || c.NotBefore.After(v.from) {
 				v.from = c.NotBefore
@@ -170,10 +171,42 @@ func (p *Proxy) verifyPeer(certs []*x509.Certificate) (spiffeid.ID, [][]*x509.Ce
 			}
 		}
 	}
-	if len(chains) > 0 && v.validAt(now) {
+	if len(v.chains) > 0 && v.validAt(now) {
 		p.chains.put(k, v)
 	}
 	return got, chains, slices.Clone(keys), nil
+}
+
+// ownChains returns chains with every certificate the peer sent (one of
+// certs) parsed again from a copy of its bytes, for the cache to keep. The
+// certificates crypto/tls parsed point into its copy of the whole
+// Certificate message (up to 256 KiB, any number of extra certificates the
+// verification never used): a cached entry holding one of them would keep
+// the whole message, and a peer, before it proves its key (VerifyConnection
+// runs before CertificateVerify), could park 256 KiB per entry. The
+// bundle's certificates are ours and kept as they are.
+func ownChains(chains [][]*x509.Certificate, certs []*x509.Certificate) [][]*x509.Certificate {
+	copies := map[*x509.Certificate]*x509.Certificate{}
+	out := make([][]*x509.Certificate, len(chains))
+	for i, chain := range chains {
+		out[i] = make([]*x509.Certificate, len(chain))
+		for j, c := range chain {
+			out[i][j] = c
+			if !slices.Contains(certs, c) {
+				continue
+			}
+			if cp, ok := copies[c]; ok {
+				out[i][j] = cp
+				continue
+			}
+			cp, err := x509.ParseCertificate(bytes.Clone(c.Raw))
+			if err != nil { // it parsed once: cannot happen; keep nothing of it
+				return nil
+			}
+			copies[c], out[i][j] = cp, cp
+		}
+	}
+	return out
 }
 
 func verifyUncached(certs []*x509.Certificate, bundles x509bundle.Source) (spiffeid.ID, [][]*x509.Certificate, []string, error) {

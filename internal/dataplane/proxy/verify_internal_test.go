@@ -183,3 +183,49 @@ func BenchmarkPeerVerify(b *testing.B) {
 		})
 	}
 }
+
+// TestPeerChainCacheKeepsNoHandshakeBuffer runs a flood of distinct valid
+// chains, each as crypto/tls hands it over: certificates parsed out of one
+// copy of a Certificate message padded to its 256 KiB maximum (extra
+// certificates the verification never uses; the peer need not even hold
+// the leaf's key, VerifyConnection runs before CertificateVerify). A
+// cached entry must hold only its own certificates' bytes, not the
+// message: the cache's memory is bounded by its entry count times a
+// chain, not times 256 KiB.
+func TestPeerChainCacheKeepsNoHandshakeBuffer(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("prod.example")
+	ca := newTestCA(t, "A")
+	src := &swapSource{}
+	src.set(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca.cert}))
+	p := &Proxy{src: src, chains: newChainCache()}
+	now := time.Now()
+	const flood, msgMax = 32, 256 << 10
+	for i := 0; i < flood; i++ {
+		der := ca.leaf(t, "spiffe://prod.example/ns/shop/web", now.Add(-time.Minute), now.Add(time.Hour)).Raw
+		msg := make([]byte, msgMax)
+		copy(msg, der)
+		leaf, err := x509.ParseCertificate(msg[:len(der)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, _, err := p.verifyPeer([]*x509.Certificate{leaf}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := p.chains.len(); n != flood {
+		t.Fatalf("%d cache entries, want %d", n, flood)
+	}
+	held := 0
+	p.chains.mu.Lock()
+	for _, v := range p.chains.m {
+		for _, chain := range v.chains {
+			for _, c := range chain {
+				held += cap(c.Raw)
+			}
+		}
+	}
+	p.chains.mu.Unlock()
+	if held > flood*8<<10 {
+		t.Fatalf("the cache holds %d KiB of certificate buffers for %d chains (a handshake message each?)", held>>10, flood)
+	}
+}
