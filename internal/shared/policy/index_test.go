@@ -50,7 +50,13 @@ func guardPolicy(r *rand.Rand, i int) string {
 	if r.IntN(6) == 0 {
 		dry = "@dryrun(\"true\")\n"
 	}
-	return fmt.Sprintf("@id(\"g%d\")\n%s%s (%s) when { %s%s }%s;\n", i, dry, effect, scope, guard, rest, more)
+	// An unless whose condition starts the same way is no guard (the
+	// policy applies when it is false): never skipped by the index.
+	first := "when"
+	if r.IntN(5) == 0 {
+		first = "unless"
+	}
+	return fmt.Sprintf("@id(\"g%d\")\n%s%s (%s) %s { %s%s }%s;\n", i, dry, effect, scope, first, guard, rest, more)
 }
 
 // TestGuardsMatchUnindexed: sets with many guarded policies (grouped by

@@ -62,9 +62,13 @@ func randomPolicy(r *rand.Rand, i int) string {
 		fmt.Fprintf(&b, "action in [Action::%q, Action::%q]", pick(r, propActionAll), pick(r, propActionAll))
 	}
 	b.WriteString(", ")
-	switch r.IntN(6) {
+	switch r.IntN(8) {
 	case 0:
 		b.WriteString("resource")
+	case 6: // never met: a Service is not a Key, though filed under Key::k
+		fmt.Fprintf(&b, "resource is Service in Key::%q", pick(r, propKeys))
+	case 7:
+		fmt.Fprintf(&b, "resource == Key::%q", pick(r, propKeys))
 	case 1, 2:
 		fmt.Fprintf(&b, "resource == Service::%q", pick(r, propServices))
 	case 3:
