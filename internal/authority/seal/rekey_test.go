@@ -85,7 +85,11 @@ func TestRekeyAttacksChangeNothing(t *testing.T) {
 			t.Fatalf("foreign share: %v", err)
 		}
 	}
-	if _, _, err := m.RekeySubmit(ctx, "00"+rs.Nonce[2:], old[0]); !errors.Is(err, ErrRekeyNonce) {
+	wrong := "00" + rs.Nonce[2:]
+	if wrong == rs.Nonce { // its first byte was 00 already (1 in 256)
+		wrong = "ff" + rs.Nonce[2:]
+	}
+	if _, _, err := m.RekeySubmit(ctx, wrong, old[0]); !errors.Is(err, ErrRekeyNonce) {
 		t.Fatalf("wrong nonce: %v", err)
 	}
 	// Too few shares, then a repeat, then cancel.
