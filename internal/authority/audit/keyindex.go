@@ -142,11 +142,31 @@ func (x *RevisionIndex) Latest(ctx context.Context, key string) (Mark, bool, err
 	if err := x.syncLocked(ctx); err != nil {
 		return Mark{}, false, err
 	}
+	m, ok := x.markLocked(key)
+	return m, ok, nil
+}
+
+// Synced syncs with the stored log once and returns a lookup of the marks
+// that does not read the log again: for checking many records read before
+// the call (a listing) against one reading of the log's head instead of
+// one each. A lookup sees the marks as of the sync or later.
+func (x *RevisionIndex) Synced(ctx context.Context) (func(key string) (Mark, bool), error) {
+	if err := x.Sync(ctx); err != nil {
+		return nil, err
+	}
+	return func(key string) (Mark, bool) {
+		x.mu.Lock()
+		defer x.mu.Unlock()
+		return x.markLocked(key)
+	}, nil
+}
+
+func (x *RevisionIndex) markLocked(key string) (Mark, bool) {
 	m, ok := x.marks[key]
 	if !ok {
-		return Mark{}, false, nil
+		return Mark{}, false
 	}
 	out := *m
 	out.Destroyed = slices.Clone(m.Destroyed)
-	return out, true, nil
+	return out, true
 }

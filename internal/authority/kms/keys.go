@@ -38,6 +38,7 @@ func (m *Manager) list(ctx context.Context, prefix string, skipRolledBack bool) 
 		return nil, errs.Errorf(errs.Unavailable, "listing keys: %v", err)
 	}
 	var out []View
+	w := m.listWitness(ctx)
 	for _, kv := range kvs {
 		var rec KeyRecord
 		if err := json.Unmarshal(kv.Value, &rec); err != nil {
@@ -50,7 +51,7 @@ func (m *Manager) list(ctx context.Context, prefix string, skipRolledBack bool) 
 			return nil, errs.Errorf(errs.Unavailable, "stored key record %s names key %q, which lives elsewhere; storage was tampered with", kv.Key, rec.Name)
 		}
 		digest := m.recordDigest(kv.Value)
-		if err := m.checkRecord(ctx, &rec, digest); err != nil {
+		if err := m.checkRecordWith(ctx, w, &rec, digest); err != nil {
 			if skipRolledBack && errs.KindOf(err) == errs.RolledBack {
 				continue
 			}

@@ -26,6 +26,15 @@ type Witness interface {
 	Latest(ctx context.Context, name string) (m Mark, ok bool, err error)
 }
 
+// A SyncedWitness can also answer for many keys from one reading of the
+// audit log: Synced reads it once and returns a Witness that answers from
+// that reading (or a later one) without reading the log again. A listing
+// checks every key it read through it.
+type SyncedWitness interface {
+	Witness
+	Synced(ctx context.Context) (Witness, error)
+}
+
 // WithWitness makes the KMS check every key record it loads against w.
 func WithWitness(w Witness) Option { return func(m *Manager) { m.witness = w } }
 
@@ -57,10 +66,27 @@ const rollbackHelp = "ward refuses to use it. Restore the key's newest record (f
 // log recorded for it. Older (or, at the same revision, different) means
 // the record was rolled back: it is reported and refused.
 func (m *Manager) checkRecord(ctx context.Context, rec *KeyRecord, digest string) error {
-	if m.witness == nil {
+	return m.checkRecordWith(ctx, m.witness, rec, digest)
+}
+
+// listWitness is the witness a listing checks its records with: one
+// reading of the audit log for all of them where the witness offers it
+// (if that reading fails, each record is checked on its own, failing as
+// it would).
+func (m *Manager) listWitness(ctx context.Context) Witness {
+	if sw, ok := m.witness.(SyncedWitness); ok {
+		if w, err := sw.Synced(ctx); err == nil {
+			return w
+		}
+	}
+	return m.witness
+}
+
+func (m *Manager) checkRecordWith(ctx context.Context, w Witness, rec *KeyRecord, digest string) error {
+	if w == nil {
 		return nil
 	}
-	mark, ok, err := m.witness.Latest(ctx, rec.Name)
+	mark, ok, err := w.Latest(ctx, rec.Name)
 	if err != nil {
 		return errs.Errorf(errs.Unavailable, "key %q: cannot check its stored record against the audit log, so it is not used: %v", rec.Name, err)
 	}

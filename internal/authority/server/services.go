@@ -84,6 +84,23 @@ func (w auditWitness) Latest(ctx context.Context, name string) (kms.Mark, bool, 
 	return kms.Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, err
 }
 
+// Synced reads the audit log once for a listing of keys (kms.SyncedWitness).
+func (w auditWitness) Synced(ctx context.Context) (kms.Witness, error) {
+	lookup, err := w.idx.Synced(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return syncedWitness(lookup), nil
+}
+
+// syncedWitness answers from one reading of the audit log.
+type syncedWitness func(key string) (audit.Mark, bool)
+
+func (w syncedWitness) Latest(_ context.Context, name string) (kms.Mark, bool, error) {
+	m, ok := w(name)
+	return kms.Mark{Revision: m.Revision, Digest: m.Digest, Seq: m.Seq, Destroyed: m.Destroyed}, ok, nil
+}
+
 // kmsWitness is the KMS option that ties key records to the audit log l.
 func kmsWitness(l *audit.Log) kms.Option {
 	return kms.WithWitness(auditWitness{idx: audit.NewRevisionIndex(l)})
