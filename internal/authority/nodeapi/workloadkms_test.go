@@ -34,7 +34,7 @@ type kmsHarness struct {
 	events []audit.Event
 }
 
-func newKMSHarness(t *testing.T) *kmsHarness {
+func newKMSHarness(t testing.TB) *kmsHarness {
 	t.Helper()
 	st := memstore.New()
 	pathKey := make([]byte, 32)
@@ -62,12 +62,12 @@ func (k *kmsHarness) auditEvents() []audit.Event {
 	return append([]audit.Event(nil), k.events...)
 }
 
-func (k *kmsHarness) workloadKMS(t *testing.T, svid *x509svid.SVID) wardv1.KMSClient {
+func (k *kmsHarness) workloadKMS(t testing.TB, svid *x509svid.SVID) wardv1.KMSClient {
 	t.Helper()
 	return wardv1.NewKMSClient(k.conn(t, svid))
 }
 
-func (k *kmsHarness) apply(t *testing.T, pol string) {
+func (k *kmsHarness) apply(t testing.TB, pol string) {
 	t.Helper()
 	if _, err := k.policy.Apply(context.Background(), "admin:uid=0", map[string][]byte{"kms.cedar": []byte(pol)}, ""); err != nil {
 		t.Fatal(err)
