@@ -17,7 +17,8 @@ run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Ben
 echo "== running benchmarks (benchtime $BT) ==" >&2
 run 'BenchmarkWrapDataKey' ./internal/shared/kmscrypto
 run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/authority/kms
-run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAPINoopUnaryCallers|BenchmarkKMSPluginEncryptCallers|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt' ./internal/authority/server
+run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAPINoopUnaryCallers|BenchmarkKMSPluginEncryptCallers|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt|BenchmarkNodeKMSEncryptCallers' ./internal/authority/server
+run 'BenchmarkWorkloadKMSCallers' ./internal/authority/nodeapi
 run 'BenchmarkAppendParallel|BenchmarkAppendClosedLoop|BenchmarkVerify1M' ./internal/authority/audit
 
 # per_sec NAME -> operations per second from ns/op (or a custom metric).
@@ -82,6 +83,26 @@ done
 [ -n "$batched" ] && printf '%-44s %12s %10s %12s %12s %14s\n' "data keys via API, batches of 1000" "$batched" "-" "-" "-" \
   "$([ -n "$inproc" ] && awk -v a="$batched" -v b="$inproc" 'BEGIN { printf "%.3f", a / b }')"
 [ -n "$inproc" ] && printf '%-44s %12s %10s %12s %12s %14s\n' "in process, in-memory recorder (ceiling)" "$inproc" "-" "-" "-" "1.000"
+# The workload KMS over mTLS (Node API: TLS 1.3 with the workload's SVID,
+# authentication, policy decision) on the real authority (bbolt audit), the
+# same with an audit recorder that keeps nothing, and a no-op KMS on the
+# same mTLS server: the stack's ceiling.
+for c in 8 64; do
+  for n in "NodeKMSEncryptCallers/callers=$c-" "WorkloadKMSCallers/encrypt/callers=$c-" "WorkloadKMSCallers/noop/callers=$c-"; do
+    case $n in
+    Node*) label="workload KMS via Node API mTLS (bbolt)" ;;
+    *encrypt*) label="workload KMS via mTLS, audit discarded" ;;
+    *) label="no-op via Node API mTLS (the ceiling)" ;;
+    esac
+    ops=$(metric "$n" 'ops/s')
+    [ -z "$ops" ] && continue
+    ev=$(metric "$n" 'events/commit'); [ -z "$ev" ] && ev="-"
+    printf '%-44s %12s %10s %12s %12s %14s %12s\n' "$label, $c" "$ops" "$ev" \
+      "$(metric "$n" 'p50-µs')" "$(metric "$n" 'p99-µs')" \
+      "$([ -n "$inproc" ] && awk -v a="$ops" -v b="$inproc" 'BEGIN { printf "%.3f", a / b }')" \
+      "$(cpu "$n")"
+  done
+done
 printf '%s\n' "aim: unary via API, 64 callers >= 50000 ops/s with p99 < 2000 µs"
 for c in 1 8 64; do
   n="AppendClosedLoop/callers=$c-"
@@ -106,3 +127,9 @@ cu=$(cpu 'APIEncryptUnaryCallers/callers=64-')
 cn=$(cpu 'APINoopUnaryCallers/callers=64-')
 ca=$(cpu 'KMSEncryptAuditedCallers/callers=64-')
 summary "KMS unary via API, CPU per call, 64 callers" "${cu:-?} µs" "no-op, same gRPC stack ${cn:-?} µs; in process, audited ${ca:-?} µs" "$(ratio "$cn" "$cu")" "(context: no-op ÷ encrypt)" "-"
+w64=$(metric 'NodeKMSEncryptCallers/callers=64-' 'ops/s')
+wp99=$(metric 'NodeKMSEncryptCallers/callers=64-' 'p99-µs')
+wn64=$(metric 'WorkloadKMSCallers/noop/callers=64-' 'ops/s')
+summary "workload KMS via Node API mTLS, 64 callers" "${w64:-?}/s" "aim 50000/s; no-op on the same mTLS stack ${wn64:-?}/s" "$(ratio "$w64" 50000)" ">= 1.00x of aim" "$(met "$(ratio "$w64" 50000)" '>=' 1)"
+summary "workload KMS via Node API mTLS, 64 callers, p99" "${wp99:-?} µs" "-" "-" "< 2000 µs" "$(met "$wp99" '<=' 1999)"
+summary "workload KMS via Node API mTLS, CPU per call" "$(cpu 'NodeKMSEncryptCallers/callers=64-') µs" "no-op on the same mTLS stack $(cpu 'WorkloadKMSCallers/noop/callers=64-') µs" "-" "(context)" "-"

@@ -27,7 +27,7 @@ import (
 
 // workloadSVID registers an entry under a fresh agent and has the agent
 // sign an X509-SVID for it, as the node agent would.
-func (e *idEnv) workloadSVID(t *testing.T, path string) *x509svid.SVID {
+func (e *idEnv) workloadSVID(t testing.TB, path string) *x509svid.SVID {
 	t.Helper()
 	agent := e.joinAgent(t, "node-"+strings.TrimPrefix(path, "/"))
 	en, err := e.entries.CreateEntry(context.Background(), &wardv1.CreateEntryRequest{Entry: &wardv1.Entry{
@@ -43,7 +43,7 @@ func (e *idEnv) workloadSVID(t *testing.T, path string) *x509svid.SVID {
 	return toSVID(t, res.Results[0].Chain, key)
 }
 
-func (e *idEnv) workloadKMS(t *testing.T, svid *x509svid.SVID) wardv1.KMSClient {
+func (e *idEnv) workloadKMS(t testing.TB, svid *x509svid.SVID) wardv1.KMSClient {
 	t.Helper()
 	tc := tlsconfig.MTLSClientConfig(svid, e.bundle, tlsconfig.AuthorizeID(serverID()))
 	tc.MinVersion = tls.VersionTLS13
