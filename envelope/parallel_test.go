@@ -121,6 +121,35 @@ func TestReadFromSectionShrinks(t *testing.T) {
 	}
 }
 
+// An input that shrinks only in its last job's part (after the parallel
+// readers had all they asked for: the cut at the start of the final job,
+// or its last byte) fails too: the final segment is never sealed short or
+// empty (an output that looks written and never decrypts).
+func TestReadFromSectionShrinksInTail(t *testing.T) {
+	kms := newKMS(t)
+	pt := randBytes(8 << 20)
+	for _, workers := range []int{2, 3} {
+		probe, _ := NewWriter(bg, io.Discard, kms, "local/test", WithConcurrency(workers))
+		c := int64(probe.capacity())
+		probe.Close()
+		tail := int64(len(pt)) - (int64(len(pt))-1)/c*c
+		for _, cut := range []int64{int64(len(pt)) - tail, int64(len(pt)) - tail + 1, int64(len(pt)) - 1} {
+			var buf bytes.Buffer
+			w, _ := NewWriter(bg, &buf, kms, "local/test", WithConcurrency(workers))
+			_, err := w.ReadFrom(io.NewSectionReader(&shrinking{pt, cut}, 0, int64(len(pt))))
+			if cerr := w.Close(); err == nil {
+				err = cerr
+			}
+			if !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("workers %d, cut at %d (final job from %d): %v", workers, cut, int64(len(pt))-tail, err)
+			}
+			if _, err := open(kms, buf.Bytes()); err == nil {
+				t.Fatalf("workers %d, cut at %d: the partial output decrypts", workers, cut)
+			}
+		}
+	}
+}
+
 // WriteTo, with segments opened in parallel (every segment its own
 // batch), round-trips and refuses the attacks on the order and length of
 // the segments, releasing at most the authenticated segments before the

@@ -315,13 +315,27 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		return 0, errors.New("envelope: write after Close")
 	}
 	var total int64
+	// tail: the bytes a section input still holds for the final job after
+	// readFromAt (its size was fixed when it started). Reaching EOF
+	// before them means the input shrank: an error, as in the parallel
+	// readers, never a final segment sealed short or empty.
+	tail, size := int64(-1), int64(0)
 	if sr, ok := r.(sizedReaderAt); ok && w.pool != nil && (w.cur == nil || w.cur.n == 0) {
-		n, err := w.readFromAt(sr)
+		n, rest, err := w.readFromAt(sr)
 		total += n
 		if err != nil {
 			w.fail(err)
 			return total, err
 		}
+		tail, size = rest, sr.Size()
+	}
+	eof := func() (int64, error) {
+		if tail > 0 {
+			err := fmt.Errorf("reading the input at byte %d: %w (did it shrink while it was encrypted?)", size-tail, io.ErrUnexpectedEOF)
+			w.fail(err)
+			return total, err
+		}
+		return total, nil
 	}
 	for {
 		if w.cur != nil && w.cur.n == w.capacity() {
@@ -332,7 +346,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			if n == 0 {
 				w.free = append(w.free, nj.buf)
 				if err == io.EOF {
-					return total, nil
+					return eof()
 				}
 				w.fail(err)
 				return total, err
@@ -345,6 +359,7 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 			nj.n = 1
 			w.cur = nj
 			total++
+			tail--
 		}
 		if w.cur == nil {
 			w.cur = w.newJob()
@@ -352,8 +367,9 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 		n, err := r.Read(w.slot())
 		w.cur.n += n
 		total += int64(n)
+		tail -= int64(n)
 		if err == io.EOF {
-			return total, nil
+			return eof()
 		}
 		if err != nil {
 			w.fail(err)
@@ -364,16 +380,14 @@ func (w *Writer) ReadFrom(r io.Reader) (int64, error) {
 
 // readFromAt submits every whole job of sr but the last one (which holds
 // the final segment: ReadFrom's loop reads it) as jobs the workers read
-// with ReadAt, and waits until they have read.
-func (w *Writer) readFromAt(sr sizedReaderAt) (int64, error) {
+// with ReadAt, and waits until they have read. rest is what sr holds
+// after them (what the final job must get).
+func (w *Writer) readFromAt(sr sizedReaderAt) (total, rest int64, err error) {
 	pos, err := sr.Seek(0, io.SeekCurrent)
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	var (
-		total int64
-		read  []*job
-	)
+	var read []*job
 	defer func() {
 		for _, j := range read {
 			if j.sent {
@@ -391,13 +405,13 @@ func (w *Writer) readFromAt(sr sizedReaderAt) (int64, error) {
 		read = append(read, w.cur)
 		if err := w.submit(false); err != nil {
 			w.cur = nil
-			return total, err
+			return total, 0, err
 		}
 		pos += capacity
 		total += capacity
 	}
 	_, err = sr.Seek(pos, io.SeekStart)
-	return total, err
+	return total, sr.Size() - pos, err
 }
 
 // failOnFault, deferred by Write, turns a memory fault while copying p

@@ -169,3 +169,63 @@ func isOneOf(err error, targets ...error) bool {
 	}
 	return false
 }
+
+// TestEncryptFileTruncatedWhileRunning is the real race: EncryptFile of
+// an input while another goroutine truncates the file at some point of
+// the run (before it starts, while the segments seal, after it is done),
+// mapped (24 MiB) and read in parallel with ReadAt (3 MiB). The process
+// never crashes; a failed run says the input faulted or shrank and leaves
+// no output and no temporary file; a run that succeeds wrote a file that
+// decrypts to the input as it was (whole) or as the truncation left it,
+// never a prefix cut short.
+func TestEncryptFileTruncatedWhileRunning(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("inputs are mapped on Linux only")
+	}
+	r, l, dir := setup(t)
+	src, enc := filepath.Join(dir, "src"), filepath.Join(dir, "src.ward")
+	const cut = 1 << 20
+	for _, size := range []int{24 << 20, 3 << 20} {
+		pt := randBytes(size)
+		faults := 0
+		for i := range 8 {
+			write(t, src, pt)
+			os.Remove(enc)
+			done := make(chan error, 1)
+			go func() {
+				_, err := r.EncryptFile(bg, enc, src, l.KeyName(), envelope.WithSegmentSize(envelope.MinSegmentSize))
+				done <- err
+			}()
+			// Spread the truncation over the run: right away, then after
+			// yielding a growing number of times.
+			for range i * i * 20 {
+				runtime.Gosched()
+			}
+			if err := os.Truncate(src, cut); err != nil {
+				t.Fatal(err)
+			}
+			err := <-done
+			if err != nil {
+				if !errors.Is(err, envelope.ErrInputFault) && !errors.Is(err, io.ErrUnexpectedEOF) {
+					t.Fatalf("size %d run %d: %v, want success, ErrInputFault or ErrUnexpectedEOF", size, i, err)
+				}
+				faults++
+				if got := strings.Join(listDir(t, dir), ","); got != "src" {
+					t.Fatalf("size %d run %d: a failed encryption left %s", size, i, got)
+				}
+				continue
+			}
+			var out bytes.Buffer
+			in, _ := os.Open(enc)
+			_, err = r.Decrypt(bg, &out, in)
+			in.Close()
+			if err != nil {
+				t.Fatalf("size %d run %d: the output of a successful encryption: %v", size, i, err)
+			}
+			if !bytes.Equal(out.Bytes(), pt) && !bytes.Equal(out.Bytes(), pt[:cut]) {
+				t.Fatalf("size %d run %d: decrypts to %d bytes, neither the input nor its truncation", size, i, out.Len())
+			}
+		}
+		t.Logf("size %d: %d of 8 runs failed", size, faults)
+	}
+}
