@@ -2,13 +2,18 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/local"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 )
 
 // TestAPIMetricsPerMethodAndCode: the interceptor resolves a method's
@@ -58,4 +63,33 @@ func TestAPIMetricsPerMethodAndCode(t *testing.T) {
 	if okN != callers*calls*4/5 || nfN != callers*calls/5 {
 		t.Fatalf("counted %v OK and %v NotFound, want %d and %d", okN, nfN, callers*calls*4/5, callers*calls/5)
 	}
+}
+
+// TestAPIMetricsUnknownMethodsNotKept runs the attack on the per-method
+// series the interceptors keep forever: a local caller (any uid that can
+// reach the admin socket, before any authorization) invokes many made-up
+// method names. gRPC refuses them before the interceptors, so none of them
+// gets a series (the map and the label sets stay bounded by the
+// registered methods).
+func TestAPIMetricsUnknownMethodsNotKept(t *testing.T) {
+	srv, _ := startB(t, baseConfig(filepath.Join(t.TempDir(), "a")))
+	conn, err := grpc.NewClient(srv.AdminAddress(), grpc.WithTransportCredentials(local.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	for i := range 200 {
+		for _, m := range []string{fmt.Sprintf("/attack.v1.S%d/M", i), fmt.Sprintf("/ward.v1.KMS/Encrypt%d", i)} {
+			err := conn.Invoke(context.Background(), m, &emptypb.Empty{}, &emptypb.Empty{})
+			if status.Code(err) != codes.Unimplemented {
+				t.Fatalf("%s: %v, want Unimplemented", m, err)
+			}
+		}
+	}
+	srv.metrics.methods.Range(func(k, _ any) bool {
+		if s := k.(string); strings.HasPrefix(s, "/attack.") || strings.Contains(s, "Encrypt1") {
+			t.Errorf("a made-up method has series: %s", s)
+		}
+		return true
+	})
 }
