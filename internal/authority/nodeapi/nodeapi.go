@@ -161,6 +161,8 @@ type Server struct {
 	certMu sync.Mutex
 	cert   atomic.Pointer[serverCert]
 
+	verified svidCache // client chains verifySVID accepted
+
 	lnMu sync.Mutex
 	ln   net.Listener
 
@@ -322,10 +324,26 @@ func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 
 // verifySVID checks that raw is an X509-SVID of this trust domain, valid
 // now against the current bundle.
+// A chain that verified against the same anchors is not verified again
+// while every certificate of it is still valid (see svidCache).
 func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
-	id, _, err := x509svid.ParseAndVerify(raw, bundleSource{s.cfg.CA}, x509svid.WithTime(s.cfg.Clock()))
+	now := s.cfg.Clock()
+	var src x509bundle.Source = bundleSource{s.cfg.CA}
+	var anchors []*x509.Certificate
+	if b, err := s.cfg.CA.Bundle(); err == nil {
+		anchors = b.X509Authorities()
+		if id, ok := s.verified.get(raw, anchors, now); ok {
+			return id, nil
+		}
+		// Verify against exactly the anchors the cache will name.
+		src = x509bundle.FromX509Authorities(s.td, anchors)
+	}
+	id, chains, err := x509svid.ParseAndVerify(raw, src, x509svid.WithTime(now))
 	if err != nil {
 		return spiffeid.ID{}, fmt.Errorf("client SVID rejected: %v", err)
+	}
+	if anchors != nil && len(chains) > 0 {
+		s.verified.put(raw, anchors, id, chains[0])
 	}
 	return id, nil
 }
