@@ -16,7 +16,14 @@ const MaxGatewayPatterns = 64
 // cannot make this cluster's proxies dial an address of its choosing.
 type GatewayAllow struct {
 	prefixes []netip.Prefix
-	hosts    []hostPattern
+	addrs    []addrPattern // IP addresses: they match addresses only
+	hosts    []hostPattern // host names: they match names only
+}
+
+// addrPattern is ip:port where port may be "*".
+type addrPattern struct {
+	ip   netip.Addr
+	port string
 }
 
 // hostPattern is host:port where host may start with "*." (one or more
@@ -48,6 +55,9 @@ func ParseGatewayAllow(entries []string) (GatewayAllow, error) {
 		if err != nil || h == "" || port == "" {
 			return a, fmt.Errorf("allowed_gateways: %q: give a CIDR prefix (10.20.0.0/16) or host:port (gw.b.example:15443, *.b.example:15443, gw.b.example:*)", e)
 		}
+		if ip, err := netip.ParseAddr(h); strings.HasPrefix(e, "[") && (err != nil || !ip.Is6()) {
+			return a, fmt.Errorf("allowed_gateways: %q: only an IPv6 address goes in brackets", e)
+		}
 		if port != "*" {
 			if err := CheckHostPort(net.JoinHostPort(strings.TrimPrefix(h, "*."), port)); err != nil {
 				return a, fmt.Errorf("allowed_gateways: %v", err)
@@ -60,21 +70,32 @@ func ParseGatewayAllow(entries []string) (GatewayAllow, error) {
 		if _, err := netip.ParseAddr(rest); err == nil && rest != h {
 			return a, fmt.Errorf("allowed_gateways: %q: a wildcard applies to host names; give IP ranges as CIDR prefixes", e)
 		}
+		if ip, err := netip.ParseAddr(h); err == nil {
+			a.addrs = append(a.addrs, addrPattern{ip: ip.Unmap(), port: port})
+			continue
+		}
+		if !ValidHostName(rest) {
+			return a, fmt.Errorf("allowed_gateways: %q: %q is neither an IP address nor a DNS host name", e, h)
+		}
 		a.hosts = append(a.hosts, hostPattern{host: strings.ToLower(strings.TrimSuffix(h, ".")), port: port})
 	}
 	return a, nil
 }
 
 // Empty reports whether no entry was given.
-func (a GatewayAllow) Empty() bool { return len(a.prefixes) == 0 && len(a.hosts) == 0 }
+func (a GatewayAllow) Empty() bool {
+	return len(a.prefixes) == 0 && len(a.addrs) == 0 && len(a.hosts) == 0
+}
 
-// Permits reports whether gateway (host:port, as CheckHostPort accepts)
-// matches an entry.
+// Permits reports whether gateway (host:port, as CheckHostPort accepts:
+// anything else is refused) matches an entry. An address matches the
+// prefixes and addresses, a name the names only ("192.0.2.7.:15443" is a
+// name to resolve, not the address 192.0.2.7).
 func (a GatewayAllow) Permits(gateway string) bool {
-	h, port, err := net.SplitHostPort(gateway)
-	if err != nil {
+	if CheckHostPort(gateway) != nil {
 		return false
 	}
+	h, port, _ := net.SplitHostPort(gateway)
 	if ip, err := netip.ParseAddr(h); err == nil {
 		ip = ip.Unmap()
 		for _, p := range a.prefixes {
@@ -82,8 +103,8 @@ func (a GatewayAllow) Permits(gateway string) bool {
 				return true
 			}
 		}
-		for _, hp := range a.hosts {
-			if want, err := netip.ParseAddr(hp.host); err == nil && want.Unmap() == ip && (hp.port == "*" || hp.port == port) {
+		for _, ap := range a.addrs {
+			if ap.ip == ip && (ap.port == "*" || ap.port == port) {
 				return true
 			}
 		}

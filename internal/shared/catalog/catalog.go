@@ -7,6 +7,7 @@ package catalog
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -90,17 +91,50 @@ func CheckOne(td string, s Service) error {
 	return nil
 }
 
-// CheckHostPort accepts host:port with a non-empty host of at most 253
-// bytes and a port 1..65535.
+// CheckHostPort accepts host:port whose host is an IP address (IPv6 in
+// brackets) or a DNS host name (labels of letters, digits, '-' and '_',
+// 1..63 bytes each, at most 253 in all, one trailing dot allowed, the last
+// label not all digits: "10.0.0.1." or "0300.0.2.7" would be a name some
+// resolvers read as an address), and a port 1..65535.
 func CheckHostPort(a string) error {
 	h, p, err := net.SplitHostPort(a)
-	if err != nil || h == "" || len(h) > 253 || strings.ContainsAny(h, " /\t\r\n") {
+	if err != nil || h == "" {
 		return fmt.Errorf("%q: give host:port", a)
+	}
+	if strings.HasPrefix(a, "[") {
+		if ip, err := netip.ParseAddr(h); err != nil || !ip.Is6() {
+			return fmt.Errorf("%q: only an IPv6 address goes in brackets", a)
+		}
+	} else if _, err := netip.ParseAddr(h); err != nil && !ValidHostName(h) {
+		return fmt.Errorf("%q: host %q is neither an IP address nor a DNS host name", a, h)
 	}
 	if n, err := strconv.ParseUint(p, 10, 16); err != nil || n == 0 {
 		return fmt.Errorf("%q: port %q is not a number 1..65535", a, p)
 	}
 	return nil
+}
+
+// ValidHostName reports whether h is a DNS host name as CheckHostPort
+// takes them.
+func ValidHostName(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	labels := strings.Split(h, ".")
+	for _, l := range labels {
+		if l == "" || len(l) > 63 || l[0] == '-' || l[len(l)-1] == '-' {
+			return false
+		}
+		for i := 0; i < len(l); i++ {
+			c := l[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	last := labels[len(labels)-1]
+	return strings.Trim(last, "0123456789") != ""
 }
 
 // Ref is how an outbound listener names a service: name@trust domain.

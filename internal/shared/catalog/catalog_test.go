@@ -89,3 +89,37 @@ func TestGatewayAllow(t *testing.T) {
 		t.Fatal("an empty allow list permits")
 	}
 }
+
+// TestGatewayAllowEdgeForms runs the forms a peer can give its gateway to
+// slip past allowed_gateways: a name that spells an allowed address (a
+// trailing dot makes it a name to resolve), numeric forms some resolvers
+// read as an address (octal, hex, one number), empty labels under a
+// wildcard, brackets around a name, control bytes, a zone; and the forms
+// that must still match (case, a trailing dot on a name, an IPv4-mapped
+// IPv6 address of an allowed IPv4 one).
+func TestGatewayAllowEdgeForms(t *testing.T) {
+	a, err := ParseGatewayAllow([]string{"10.20.0.0/16", "192.0.2.7:15443", "*.gw.b.example:15443", "gw.b.example:*", "[2001:db8::1]:15443"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, g := range []string{
+		"192.0.2.7.:15443", "10.20.0.5.:15443", "0300.0.2.7:15443", "0xc0.0.2.7:15443", "3221226055:15443", "192.0.2.07:15443",
+		".gw.b.example:15443", "x..gw.b.example:15443", "[x.gw.b.example]:15443", "[gw.b.example]:22", "-x.gw.b.example:15443",
+		"evil.example\x00.gw.b.example:15443", "x\x1b[2J.gw.b.example:15443", "[2001:db8::1%eth0]:15443", "[192.0.2.7]:15443",
+		"x.gw.b.example:015443", "gw.b.example.evil:22", "gw.b.example:0",
+	} {
+		if a.Permits(g) {
+			t.Errorf("%q permitted", g)
+		}
+	}
+	for _, g := range []string{"GW.B.Example:22", "gw.b.example.:22", "X.Gw.B.Example.:15443", "[::ffff:192.0.2.7]:15443", "[::ffff:10.20.3.4]:1", "[2001:DB8::1]:15443", "10.20.255.255:9"} {
+		if !a.Permits(g) {
+			t.Errorf("%q refused", g)
+		}
+	}
+	for _, e := range []string{"*.0.2.7:15443", "gw..b.example:1", "-gw.b.example:1", "gw.b.example\x00:1", "[gw.b.example]:1"} {
+		if _, err := ParseGatewayAllow([]string{e}); err == nil {
+			t.Errorf("allowed_gateways %q accepted", e)
+		}
+	}
+}
