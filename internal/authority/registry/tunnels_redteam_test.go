@@ -250,3 +250,37 @@ func TestExpiredAgentTunnelIsReplaced(t *testing.T) {
 		t.Fatalf("tunnel.delete events %+v", evs)
 	}
 }
+
+// TestTunnelBoundsEdgeForms (red team): the forms of a claim or an
+// endpoint that could slip past the overlay and endpoint bounds: an
+// IPv4-mapped IPv6 prefix of an overlay range (a different family, never
+// inside an IPv4 overlay), a wide prefix written with a host address
+// inside the overlay (10.250.1.5/8 is 10.0.0.0/8), a prefix one bit wider
+// than an IPv6 overlay, an endpoint with a zone, an IPv4-mapped endpoint
+// outside the range. An IPv4-mapped endpoint of an allowed address is the
+// same host and is taken.
+func TestTunnelBoundsEdgeForms(t *testing.T) {
+	ctx := context.Background()
+	r, err := New(memstore.New(), Options{TrustDomain: spiffeid.RequireTrustDomainFromString("example.org"), Audit: &auditLog{},
+		OverlayCIDRs:  []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16"), netip.MustParsePrefix("fd00:77::/48")},
+		EndpointCIDRs: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := liveAgent(t, r, "a", time.Now().Add(time.Hour))
+	for _, bad := range []string{"::ffff:10.250.1.0/120", "10.250.1.5/8", "10.250.0.0/15", "fd00:77::/47", "fd00::/8", "0.0.0.0/1", "::/1"} {
+		_, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "192.0.2.1:51820", AllowedIPs: []string{bad}})
+		if errs.KindOf(err) != errs.Denied && errs.KindOf(err) != errs.Invalid {
+			t.Fatalf("claiming %s: %v, want refused", bad, err)
+		}
+	}
+	for _, ep := range []string{"[fe80::1%eth0]:51820", "[::ffff:198.51.100.7]:51820", "[::ffff:c633:6407]:51820"} {
+		_, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: ep, AllowedIPs: []string{"10.250.1.1/32"}})
+		if err == nil {
+			t.Fatalf("endpoint %s taken", ep)
+		}
+	}
+	if _, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "[::ffff:192.0.2.9]:51820", AllowedIPs: []string{"10.250.1.1/32"}}); err != nil {
+		t.Fatalf("the IPv4-mapped form of an endpoint inside: %v", err)
+	}
+}
