@@ -88,6 +88,13 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 			continue
 		}
 		seen[k] = true
+		// A name no key can have is refused before the policy decision:
+		// the caller's string (up to the message limit) would otherwise
+		// be kept by the decision cache and written into a denial's
+		// audit event, for every made-up name.
+		if err := kmsfmt.ValidateKeyName(k); err != nil {
+			return status.Errorf(codes.InvalidArgument, "%v", err)
+		}
 		cls, err := cfg.KMS.Classification(ctx, k)
 		if err != nil {
 			// Unknown keys are not revealed to callers policy does not

@@ -214,3 +214,36 @@ permit(principal in TrustDomain::"`+testTD.Name()+`", action == Action::"kms:enc
 		}
 	}
 }
+
+// TestWorkloadKMSRefusesMadeUpKeyNames runs the attack of a workload with
+// no permission on the key names it sends: names of a megabyte each, all
+// different. Each is refused as invalid before any policy decision, so
+// neither the decision cache nor the audit log keeps the caller's string
+// (a denial event would carry the name, one megabyte per call).
+func TestWorkloadKMSRefusesMadeUpKeyNames(t *testing.T) {
+	k := newKMSHarness(t)
+	ctx := context.Background()
+	c := k.workloadKMS(t, k.caSigned(t, "/batch"))
+	base := len(k.auditEvents())
+	for i := range 8 {
+		name := strings.Repeat(string(rune('a'+i)), 1<<20)
+		_, err := c.Encrypt(ctx, &wardv1.EncryptRequest{Key: name, Plaintext: []byte("x")})
+		if code(err) != codes.InvalidArgument || len(err.Error()) > 1024 {
+			t.Fatalf("a 1 MiB key name: %v (%d bytes)", code(err), len(err.Error()))
+		}
+		_, err = c.BatchGenerateDataKey(ctx, &wardv1.BatchGenerateDataKeyRequest{Key: name + "/x", Count: 1})
+		if code(err) != codes.InvalidArgument {
+			t.Fatalf("a 1 MiB key name (batch data keys): %v", code(err))
+		}
+	}
+	for _, ev := range k.auditEvents()[base:] {
+		if len(ev.Key) > 128 {
+			t.Fatalf("an audit event keeps a %d-byte key name", len(ev.Key))
+		}
+	}
+	// A well-formed unknown name is still decided by policy (denied: no
+	// policy), not answered by the name check.
+	if _, err := c.Encrypt(ctx, &wardv1.EncryptRequest{Key: "no/such-key", Plaintext: []byte("x")}); code(err) != codes.PermissionDenied {
+		t.Fatalf("a well-formed unknown key name: %v", err)
+	}
+}
