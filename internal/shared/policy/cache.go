@@ -27,7 +27,8 @@ import (
 // (context.time, context.unix_time, or the context record as a whole:
 // readsTime is conservative); such requests are always evaluated. A
 // request whose certificate serial is malformed is evaluated too (it is a
-// bad request, whose error the full path words). The cache is a bounded
+// bad request, whose error the full path words), and so is one whose
+// strings exceed maxCachedKey (made-up names are not kept). The cache is a bounded
 // table of decisionCacheSlots entries, decisionCacheWays per hash: a
 // colliding request replaces an entry.
 

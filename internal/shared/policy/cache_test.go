@@ -293,3 +293,25 @@ func TestCachedAllowNotReusedAfterForbid(t *testing.T) {
 		t.Fatalf("version 4 deny-lists the principal, decided %+v", d)
 	}
 }
+
+// TestCacheKeepsNoHugeKeys: requests naming made-up resources of a
+// megabyte each (a caller's strings) are decided, identically, but not
+// kept by the cache; ordinary ones still are.
+func TestCacheKeepsNoHugeKeys(t *testing.T) {
+	s := compileOne(t, `permit (principal, action, resource);`)
+	for i := range 4 {
+		req := Request{Principal: "spiffe://a.example/w1", Action: ActionKMSEncrypt,
+			Resource: Resource{Type: TypeKey, Name: strings.Repeat(string(rune('a'+i)), 1<<20)}}
+		if d := s.Decide(req); !d.Allowed || !reflect.DeepEqual(d, s.decide(&req, true)) {
+			t.Fatalf("decision %+v", d)
+		}
+		if cachedFor(s, req) {
+			t.Fatal("a 1 MiB resource name was cached")
+		}
+	}
+	req := Request{Principal: "spiffe://a.example/w1", Action: ActionKMSEncrypt, Resource: Resource{Type: TypeKey, Name: "k1"}}
+	s.Decide(req)
+	if !cachedFor(s, req) {
+		t.Fatal("an ordinary request was not cached")
+	}
+}

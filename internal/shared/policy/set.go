@@ -451,10 +451,21 @@ func (s *Set) Decide(req Request) Decision {
 	if d, denied := s.denied(&req); denied {
 		return d
 	}
-	if s.cache == nil || req.CertSerial != "" && !validSerial(req.CertSerial) {
+	if s.cache == nil || req.CertSerial != "" && !validSerial(req.CertSerial) || !cacheSized(&req) {
 		return s.decideCopy(req)
 	}
 	return s.cachedDecide(&req)
+}
+
+// maxCachedKey bounds the caller-supplied strings of a request the cache
+// keeps (an entry holds them until it is replaced): a request naming
+// longer ones is decided without the cache, so a caller sending made-up
+// names cannot park megabytes in every slot.
+const maxCachedKey = 4096
+
+func cacheSized(req *Request) bool {
+	return len(req.Principal)+len(req.Action)+len(req.Resource.Name)+len(req.Resource.Classification)+
+		len(req.Context.Destination)+len(req.Context.SourceTrustDomain)+len(req.Context.TLSVersion) <= maxCachedKey
 }
 
 // decideCopy decides a copy of req without the cache, so that Decide's own
