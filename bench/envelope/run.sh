@@ -67,8 +67,7 @@ median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR 
 all_we= all_wd= all_wen= all_wdn= all_ae= all_ad= all_aen= all_adn=
 c_we= c_wd= c_wen= c_wdn= c_ae= c_ad= c_aen= c_adn=
 all_be= all_bd= all_ben= all_bdn= c_be= c_bd= c_ben= c_bdn=
-# Every timed command writes a new file (old outputs are removed before,
-# untimed: freeing them is nobody's cost); the decrypts read in.ward and
+# Every timed command writes a new file; the decrypts read in.ward and
 # in.age made once here.
 "$BIN/ward" encrypt --local-key key.json -i in.bin -o in.ward
 "$BIN/age" -r "$RCPT" -o in.age in.bin
@@ -77,23 +76,29 @@ all_be= all_bd= all_ben= all_bdn= c_be= c_bd= c_ben= c_bdn=
 one() { local v=$1; shift; sync; eval "all_$v+=\" \$(timeit \"\$@\")\""; eval "c_$v+=\" \$(cat \"\$WORK/cpu.last\")\""; }
 for run in $(seq "$RUNS"); do
   echo "run $run of $RUNS ..." >&2
-  rm -f out.ward out.age out.ward.bin out.age.bin out.base.ward out.base.bin
+  # Each output is removed right after its command (untimed), so every
+  # command writes into memory just freed, none into memory untouched
+  # for long (on a VM the first touch of such pages costs far more).
   one we "$BIN/ward" encrypt --local-key key.json -i in.bin -o out.ward
+  rm -f out.ward
   one ae "$BIN/age" -r "$RCPT" -o out.age in.bin
+  rm -f out.age
   one wd "$BIN/ward" decrypt --local-key key.json -i in.ward -o out.ward.bin
   cmp -s in.bin out.ward.bin || { echo "ward round trip differs" >&2; exit 1; }
+  rm -f out.ward.bin
   one ad "$BIN/age" -d -i age.key -o out.age.bin in.age
   cmp -s in.bin out.age.bin || { echo "age round trip differs" >&2; exit 1; }
-  rm -f out.ward out.age out.ward.bin out.age.bin
+  rm -f out.age.bin
   one wen sh -c "'$BIN/ward' encrypt --local-key key.json -i in.bin > /dev/null"
   one aen sh -c "'$BIN/age' -r '$RCPT' in.bin > /dev/null"
   one wdn sh -c "'$BIN/ward' decrypt --local-key key.json -i in.ward > /dev/null"
   one adn sh -c "'$BIN/age' -d -i age.key in.age > /dev/null"
   if [ -n "${WARD_BASE:-}" ]; then
     one be "$BIN/ward-base" encrypt --local-key key.json -i in.bin -o out.base.ward
+    rm -f out.base.ward
     one bd "$BIN/ward-base" decrypt --local-key key.json -i in.ward -o out.base.bin
     cmp -s in.bin out.base.bin || { echo "ward (base) round trip differs" >&2; exit 1; }
-    rm -f out.base.bin out.base.ward
+    rm -f out.base.bin
     one ben sh -c "'$BIN/ward-base' encrypt --local-key key.json -i in.bin > /dev/null"
     one bdn sh -c "'$BIN/ward-base' decrypt --local-key key.json -i in.ward > /dev/null"
   fi
