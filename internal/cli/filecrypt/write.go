@@ -137,11 +137,14 @@ func WriteInRoot(root *os.Root, name string, mode fs.FileMode, fill func(f *os.F
 			root.Remove(tmpName)
 		}
 	}()
-	if err := tmp.Chmod(mode.Perm()); err != nil { // fchmod on our own descriptor: no race
-		return fmt.Errorf("setting the mode of the temporary file for %s: %w", full, err)
-	}
 	if err := fill(tmp); err != nil {
 		return err
+	}
+	// The mode only once the content is complete: while fill runs (a
+	// decryption that may still fail) no other uid can read it, whatever
+	// mode the output gets. fchmod on our own descriptor: no race.
+	if err := tmp.Chmod(mode.Perm()); err != nil {
+		return fmt.Errorf("setting the mode of the temporary file for %s: %w", full, err)
 	}
 	if err := tmp.Sync(); err != nil {
 		return fmt.Errorf("syncing the temporary file for %s: %w", full, err)

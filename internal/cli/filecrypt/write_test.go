@@ -205,3 +205,35 @@ func FuzzParseMode(f *testing.F) {
 		}
 	})
 }
+
+// TestTempFileUnreadableWhileFilled: an output of mode 0644 (readable by
+// other uids) is 0600 while it is being written (a decryption that may
+// still fail half-way), and gets its mode only when complete; a fill that
+// fails leaves nothing.
+func TestTempFileUnreadableWhileFilled(t *testing.T) {
+	dir := t.TempDir()
+	out := filepath.Join(dir, "out")
+	err := AtomicWrite(out, 0o644, func(f *os.File) error {
+		st, err := f.Stat()
+		if err != nil {
+			return err
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("the temporary file is %v while it is filled, want 0600", st.Mode().Perm())
+		}
+		_, err = f.WriteString("plaintext")
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(out); st.Mode().Perm() != 0o644 {
+		t.Fatalf("output mode %v, want 0644", st.Mode().Perm())
+	}
+	if err := AtomicWrite(filepath.Join(dir, "bad"), 0o644, func(*os.File) error { return errors.New("segment 400 failed") }); err == nil {
+		t.Fatal("a failed fill succeeded")
+	}
+	if got := strings.Join(listDir(t, dir), ","); got != "out" {
+		t.Fatalf("left behind: %s", got)
+	}
+}
