@@ -2,7 +2,9 @@ package nodeapi
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"slices"
 	"sync"
 	"time"
@@ -24,7 +26,7 @@ const maxVerifiedSVIDs = 4096
 //
 // Verifying a chain depends only on the chain's bytes, the trust anchors and
 // the time, so a hit needs all three to match what was verified: the whole
-// presented chain byte for byte, the very same anchors (the bundle's X.509
+// presented chain (by its length-prefixed SHA-256), the very same anchors (the bundle's X.509
 // authorities, in the same order: any change of the bundle is a miss) and a
 // time inside every certificate's validity of the chain that verified.
 // Anything else (taint, agent authorization) is still checked on every call
@@ -35,7 +37,10 @@ type svidCache struct {
 }
 
 type verifiedSVID struct {
-	chain    [][]byte            // the presented chain, leaf first
+	// sum digests the presented chain (chainSum), not the chain itself:
+	// a client may present up to 256 KiB of extra certificates the
+	// verification never uses, which an entry would otherwise keep.
+	sum      [32]byte
 	anchors  []*x509.Certificate // the X.509 authorities it verified against
 	id       spiffeid.ID
 	from, to time.Time // every certificate of the verified chain is valid in [from, to]
@@ -50,8 +55,7 @@ func (c *svidCache) get(raw [][]byte, anchors []*x509.Certificate, now time.Time
 	c.mu.RLock()
 	v := c.m[string(raw[0])]
 	c.mu.RUnlock()
-	if v == nil || now.Before(v.from) || now.After(v.to) ||
-		!slices.EqualFunc(v.chain, raw, bytes.Equal) ||
+	if v == nil || now.Before(v.from) || now.After(v.to) || chainSum(raw) != v.sum ||
 		!slices.EqualFunc(v.anchors, anchors, func(a, b *x509.Certificate) bool { return a == b || bytes.Equal(a.Raw, b.Raw) }) {
 		return spiffeid.ID{}, false
 	}
@@ -64,10 +68,7 @@ func (c *svidCache) put(raw [][]byte, anchors []*x509.Certificate, id spiffeid.I
 	if len(raw) == 0 || len(verified) == 0 {
 		return
 	}
-	v := &verifiedSVID{id: id, anchors: slices.Clone(anchors), from: verified[0].NotBefore, to: verified[0].NotAfter}
-	for _, r := range raw {
-		v.chain = append(v.chain, bytes.Clone(r))
-	}
+	v := &verifiedSVID{id: id, sum: chainSum(raw), anchors: slices.Clone(anchors), from: verified[0].NotBefore, to: verified[0].NotAfter}
 	for _, cert := range verified[1:] {
 		if cert.NotBefore.After(v.from) {
 			v.from = cert.NotBefore
@@ -81,5 +82,20 @@ func (c *svidCache) put(raw [][]byte, anchors []*x509.Certificate, id spiffeid.I
 	if c.m == nil || len(c.m) >= maxVerifiedSVIDs {
 		c.m = make(map[string]*verifiedSVID)
 	}
-	c.m[string(v.chain[0])] = v
+	c.m[string(raw[0])] = v // a copy of the leaf's bytes
+}
+
+// chainSum is a SHA-256 of the certificates of raw, each length-prefixed
+// (no two chains share an encoding).
+func chainSum(raw [][]byte) [32]byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, r := range raw {
+		binary.BigEndian.PutUint64(n[:], uint64(len(r)))
+		h.Write(n[:])
+		h.Write(r)
+	}
+	var sum [32]byte
+	h.Sum(sum[:0])
+	return sum
 }

@@ -1,9 +1,11 @@
 package nodeapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"fmt"
+	"reflect"
 	"testing"
 	"time"
 
@@ -140,5 +142,73 @@ func TestCachedChainStillExpiresOnAnOpenConnection(t *testing.T) {
 	k.clock.Advance(svid.Certificates[0].NotAfter.Sub(k.clock.Now()) + time.Second)
 	if _, err := c.Encrypt(ctx, req); code(err) != codes.Unauthenticated {
 		t.Fatalf("expired SVID on an open connection: %v", err)
+	}
+}
+
+// TestSVIDCacheKeepsNoPresentedPadding: a client holding a live SVID
+// presents it with a quarter megabyte of extra certificates, different on
+// every connection (the Certificate message allows 256 KiB). An entry
+// keeps only its leaf and a digest of the chain, not the padding; the
+// digest still tells every other chain apart (a byte changed in the
+// padding, the padding split differently).
+func TestSVIDCacheKeepsNoPresentedPadding(t *testing.T) {
+	h := newHarness(t)
+	svid := h.caSigned(t, "/app")
+	b, err := h.ca.Bundle()
+	if err != nil {
+		t.Fatal(err)
+	}
+	anchors := b.X509Authorities()
+	leafDER := svid.Certificates[0].Raw
+	var base [][]byte
+	for _, c := range svid.Certificates {
+		base = append(base, c.Raw)
+	}
+	pad := make([]byte, 250<<10)
+	with := func(extra ...[]byte) [][]byte { return append(append([][]byte(nil), base...), extra...) }
+	raw := with(pad[:100<<10], pad[100<<10:])
+	id, chains, err := x509svid.ParseAndVerify(base, b, x509svid.WithTime(h.clock.Now()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c svidCache
+	now := h.clock.Now()
+	c.put(raw, anchors, id, chains[0])
+	if _, ok := c.get(raw, anchors, now); !ok {
+		t.Fatal("the same chain missed")
+	}
+	for k, v := range c.m {
+		if len(k) != len(leafDER) || len(v.anchors) != len(anchors) {
+			t.Fatalf("an entry keeps %d bytes of key and %d anchors", len(k), len(v.anchors))
+		}
+		// Whatever byte slices the entry holds (beside the anchors,
+		// which are the CA's own) stay far below the padding.
+		held := 0
+		e := reflect.ValueOf(v).Elem()
+		for i := range e.NumField() {
+			f := e.Field(i)
+			switch {
+			case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Uint8:
+				held += f.Len()
+			case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Slice:
+				for j := range f.Len() {
+					held += f.Index(j).Len()
+				}
+			}
+		}
+		if held > 16<<10 {
+			t.Fatalf("an entry keeps %d KiB of the presented chain", held>>10)
+		}
+	}
+	changed := bytes.Clone(pad)
+	changed[200<<10] = 1
+	for name, other := range map[string][][]byte{
+		"a byte of the padding changed": with(changed[:100<<10], changed[100<<10:]),
+		"the padding split elsewhere":   with(pad[:100<<10+1], pad[100<<10+1:]),
+		"the padding joined":            with(pad),
+	} {
+		if _, ok := c.get(other, anchors, now); ok {
+			t.Errorf("%s: hit", name)
+		}
 	}
 }
