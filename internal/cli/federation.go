@@ -83,6 +83,11 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 				net = fmt.Sprintf("shared; %d tunnels received (sequence %d)", r.NetworkTunnels, r.NetworkSequence)
 			}
 			fmt.Fprintf(tw, "Network:\t%s\n", net)
+			ends := "anywhere but this cluster's own overlay and endpoint ranges"
+			if len(r.NetworkEndpointCidrs) > 0 {
+				ends = strings.Join(r.NetworkEndpointCidrs, ", ")
+			}
+			fmt.Fprintf(tw, "Network endpoints:\t%s\n", ends)
 			if r.NetworkError != "" {
 				fmt.Fprintf(tw, "Network channel:\t%s\n", r.NetworkError)
 			}
@@ -114,7 +119,7 @@ func federationCommand() *cobra.Command {
 
 	var endpoint, profile, endpointID, bundleFile string
 	var network bool
-	var allowedGateways []string
+	var allowedGateways, networkEndpoints []string
 	add := &cobra.Command{
 		Use:   "add TRUST-DOMAIN --endpoint URL [--profile https_spiffe] [--endpoint-id SPIFFE-ID] --bundle BOOTSTRAP-FILE",
 		Short: "Trust a foreign trust domain: fetch its bundle from its bundle endpoint and keep it refreshed",
@@ -123,7 +128,7 @@ func federationCommand() *cobra.Command {
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := &wardv1.AddFederationRequest{TrustDomain: args[0], EndpointUrl: endpoint, Profile: profile, EndpointSpiffeId: endpointID, Network: network,
-				AllowedGateways: allowedGateways}
+				AllowedGateways: allowedGateways, NetworkEndpointCidrs: networkEndpoints}
 			if profile == "https_spiffe" && endpointID == "" {
 				req.EndpointSpiffeId = "spiffe://" + args[0] + "/ward/server"
 			}
@@ -151,6 +156,7 @@ func federationCommand() *cobra.Command {
 	add.Flags().StringVar(&bundleFile, "bundle", "", "bootstrap bundle of the foreign trust domain (SPIFFE bundle JSON; required for https_spiffe)")
 	add.Flags().BoolVar(&network, "network", false, "share this cluster's WireGuard tunnels with the trust domain and relay its tunnels to agents whose network.federated names it (docs/network.md)")
 	add.Flags().StringSliceVar(&allowedGateways, "allowed-gateway", nil, "where the trust domain's exported services may have their gateways: a CIDR prefix (10.20.0.0/16) or host:port (gw.b.example:15443, *.b.example:15443, gw.b.example:*); repeat or comma-separate; default: only the --endpoint host (docs/federation.md)")
+	add.Flags().StringSliceVar(&networkEndpoints, "network-endpoint-cidr", nil, "with --network: where the trust domain's WireGuard endpoints may be (CIDR prefix, e.g. 198.51.100.0/24; repeat or comma-separate); a tunnel list naming an endpoint elsewhere is refused; default: anywhere but this cluster's network.overlay_cidrs and network.endpoint_cidrs (docs/network.md)")
 	_ = add.MarkFlagRequired("endpoint")
 
 	list := &cobra.Command{

@@ -86,8 +86,12 @@ type FederationRelationship struct {
 	// (CIDR prefixes, host:port patterns); empty: only the bundle
 	// endpoint's host (docs/federation.md).
 	AllowedGateways []string `protobuf:"bytes,35,rep,name=allowed_gateways,json=allowedGateways,proto3" json:"allowed_gateways,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Where the trust domain's WireGuard endpoints may be (CIDR prefixes;
+	// network only); empty: anywhere but this cluster's own ranges
+	// (docs/network.md, "Federated clusters").
+	NetworkEndpointCidrs []string `protobuf:"bytes,36,rep,name=network_endpoint_cidrs,json=networkEndpointCidrs,proto3" json:"network_endpoint_cidrs,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *FederationRelationship) Reset() {
@@ -365,6 +369,13 @@ func (x *FederationRelationship) GetAllowedGateways() []string {
 	return nil
 }
 
+func (x *FederationRelationship) GetNetworkEndpointCidrs() []string {
+	if x != nil {
+		return x.NetworkEndpointCidrs
+	}
+	return nil
+}
+
 // WitnessAlert is evidence that a federated peer's audit log did not
 // extend what this authority witnessed.
 type WitnessAlert struct {
@@ -470,8 +481,12 @@ type AddFederationRequest struct {
 	// services (CIDR prefixes, host:port patterns); empty: only the host of
 	// endpoint_url.
 	AllowedGateways []string `protobuf:"bytes,7,rep,name=allowed_gateways,json=allowedGateways,proto3" json:"allowed_gateways,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// network_endpoint_cidrs bounds where the trust domain's WireGuard
+	// endpoints may be (CIDR prefixes; needs network); empty: anywhere but
+	// this cluster's own ranges.
+	NetworkEndpointCidrs []string `protobuf:"bytes,8,rep,name=network_endpoint_cidrs,json=networkEndpointCidrs,proto3" json:"network_endpoint_cidrs,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *AddFederationRequest) Reset() {
@@ -549,6 +564,13 @@ func (x *AddFederationRequest) GetNetwork() bool {
 func (x *AddFederationRequest) GetAllowedGateways() []string {
 	if x != nil {
 		return x.AllowedGateways
+	}
+	return nil
+}
+
+func (x *AddFederationRequest) GetNetworkEndpointCidrs() []string {
+	if x != nil {
+		return x.NetworkEndpointCidrs
 	}
 	return nil
 }
@@ -805,7 +827,7 @@ var File_ward_v1_federation_proto protoreflect.FileDescriptor
 
 const file_ward_v1_federation_proto_rawDesc = "" +
 	"\n" +
-	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9d\f\n" +
+	"\x18ward/v1/federation.proto\x12\award.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd3\f\n" +
 	"\x16FederationRelationship\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -843,14 +865,15 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\x10network_sequence\x18  \x01(\x04R\x0fnetworkSequence\x12'\n" +
 	"\x0fnetwork_tunnels\x18! \x01(\x05R\x0enetworkTunnels\x12#\n" +
 	"\rnetwork_error\x18\" \x01(\tR\fnetworkError\x12)\n" +
-	"\x10allowed_gateways\x18# \x03(\tR\x0fallowedGateways\"\xda\x01\n" +
+	"\x10allowed_gateways\x18# \x03(\tR\x0fallowedGateways\x124\n" +
+	"\x16network_endpoint_cidrs\x18$ \x03(\tR\x14networkEndpointCidrs\"\xda\x01\n" +
 	"\fWitnessAlert\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x14\n" +
 	"\x05error\x18\x02 \x01(\tR\x05error\x12*\n" +
 	"\x02at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x121\n" +
 	"\x14witnessed_checkpoint\x18\x04 \x01(\fR\x13witnessedCheckpoint\x12'\n" +
 	"\x0fhead_checkpoint\x18\x05 \x01(\fR\x0eheadCheckpoint\x12\x14\n" +
-	"\x05count\x18\x06 \x01(\x05R\x05count\"\x97\x02\n" +
+	"\x05count\x18\x06 \x01(\x05R\x05count\"\xcd\x02\n" +
 	"\x14AddFederationRequest\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12!\n" +
 	"\fendpoint_url\x18\x02 \x01(\tR\vendpointUrl\x12\x18\n" +
@@ -858,7 +881,8 @@ const file_ward_v1_federation_proto_rawDesc = "" +
 	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12,\n" +
 	"\x12bundle_spiffe_json\x18\x05 \x01(\fR\x10bundleSpiffeJson\x12\x18\n" +
 	"\anetwork\x18\x06 \x01(\bR\anetwork\x12)\n" +
-	"\x10allowed_gateways\x18\a \x03(\tR\x0fallowedGateways\"\x18\n" +
+	"\x10allowed_gateways\x18\a \x03(\tR\x0fallowedGateways\x124\n" +
+	"\x16network_endpoint_cidrs\x18\b \x03(\tR\x14networkEndpointCidrs\"\x18\n" +
 	"\x16ListFederationsRequest\"`\n" +
 	"\x17ListFederationsResponse\x12E\n" +
 	"\rrelationships\x18\x01 \x03(\v2\x1f.ward.v1.FederationRelationshipR\rrelationships\":\n" +

@@ -52,7 +52,7 @@ func (f *federationService) AddFederation(ctx context.Context, r *wardv1.AddFede
 		return nil, err
 	}
 	rel := federation.Relationship{TrustDomain: td, EndpointURL: r.EndpointUrl, Profile: federation.Profile(r.Profile), Source: federation.SourceAPI,
-		Network: r.Network, AllowedGateways: r.AllowedGateways}
+		Network: r.Network, AllowedGateways: r.AllowedGateways, NetworkEndpoints: r.NetworkEndpointCidrs}
 	if r.EndpointSpiffeId != "" {
 		if rel.EndpointID, err = spiffeid.FromString(r.EndpointSpiffeId); err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "endpoint SPIFFE ID %q: %v", r.EndpointSpiffeId, err)
@@ -152,7 +152,7 @@ func federationProto(st federation.Status) (*wardv1.FederationRelationship, erro
 		RevocationsSequence: st.Revocations.Sequence, HasRevocations: st.Revocations.Has, RevocationError: st.Revocations.LastError,
 		RevokedEntries: int32(st.Revocations.Entries), Network: st.Network, NetworkSequence: st.NetworkChannel.Sequence,
 		NetworkTunnels: int32(st.NetworkChannel.Tunnels), NetworkError: st.NetworkChannel.LastError,
-		AllowedGateways: st.AllowedGateways}
+		AllowedGateways: st.AllowedGateways, NetworkEndpointCidrs: st.NetworkEndpoints}
 	if st.Revocations.Has {
 		p.RevocationsReceived = apiconv.Timestamp(st.Revocations.ReceivedAt)
 	}

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"net/netip"
 	"net/url"
 	"time"
 
@@ -69,6 +70,11 @@ type FederatedDomain struct {
 	// gw.b.example:*). A catalog naming a gateway elsewhere is refused.
 	// Empty: only the host of Endpoint (docs/federation.md).
 	AllowedGateways []string `yaml:"allowed_gateways"`
+	// NetworkEndpoints bound where the trust domain's WireGuard endpoints
+	// may be (CIDR prefixes; needs Network): a tunnel list naming an
+	// endpoint elsewhere is refused. Empty: anywhere but this cluster's
+	// own network.overlay_cidrs and network.endpoint_cidrs (docs/network.md).
+	NetworkEndpoints []string `yaml:"network_endpoint_cidrs"`
 }
 
 // Effective returns f with defaults filled in.
@@ -160,6 +166,14 @@ func (f *Federation) validate(own string) error {
 		}
 		if _, err := catalog.ParseGatewayAllow(d.AllowedGateways); err != nil {
 			return fmt.Errorf("%s.%v", where, err)
+		}
+		if len(d.NetworkEndpoints) > 0 && !d.Network {
+			return fmt.Errorf("%s.network_endpoint_cidrs bound the tunnels of a relationship with network: true; set it too, or drop them", where)
+		}
+		for _, c := range d.NetworkEndpoints {
+			if p, err := netip.ParsePrefix(c); err != nil || p.Bits() == 0 {
+				return fmt.Errorf("%s.network_endpoint_cidrs: %q is not a CIDR prefix narrower than everything (e.g. 198.51.100.0/24)", where, c)
+			}
 		}
 	}
 	return nil

@@ -83,13 +83,18 @@ type Relationship struct {
 	// catalog.ParseGatewayAllow); a catalog naming a gateway elsewhere is
 	// refused. Empty: only the host of EndpointURL (any port).
 	AllowedGateways []string
+	// NetworkEndpoints bound where the trust domain's WireGuard endpoints
+	// may be (CIDR prefixes; Network only): a tunnel list naming an
+	// endpoint elsewhere is refused. Empty: anywhere but this cluster's
+	// own ranges (Options.OwnNetwork, checkNetworkEndpoint).
+	NetworkEndpoints []string
 }
 
 // Equal reports whether r and o are the same relationship.
 func (r Relationship) Equal(o Relationship) bool {
 	return r.TrustDomain == o.TrustDomain && r.EndpointURL == o.EndpointURL && r.Profile == o.Profile &&
 		r.EndpointID == o.EndpointID && r.Source == o.Source && r.Network == o.Network &&
-		slices.Equal(r.AllowedGateways, o.AllowedGateways)
+		slices.Equal(r.AllowedGateways, o.AllowedGateways) && slices.Equal(r.NetworkEndpoints, o.NetworkEndpoints)
 }
 
 // GatewayAllow returns where r's trust domain may place its gateways:
@@ -143,6 +148,12 @@ func (r Relationship) Validate(own spiffeid.TrustDomain) error {
 	if _, err := r.GatewayAllow(); err != nil {
 		return errs.Errorf(errs.Invalid, "%w: %v", ErrInvalid, err)
 	}
+	if len(r.NetworkEndpoints) > 0 && !r.Network {
+		return errs.Errorf(errs.Invalid, "%w: network_endpoint_cidrs bound the tunnels of a relationship with network; set network too, or drop them", ErrInvalid)
+	}
+	if _, err := ParseNetworkEndpoints(r.NetworkEndpoints); err != nil {
+		return errs.Errorf(errs.Invalid, "%w: %v", ErrInvalid, err)
+	}
 	return nil
 }
 
@@ -188,6 +199,7 @@ type record struct {
 	Source      string          `json:"source"`
 	Network     bool            `json:"network,omitempty"`
 	Gateways    []string        `json:"allowed_gateways,omitempty"`
+	NetEnds     []string        `json:"network_endpoint_cidrs,omitempty"`
 	Bundle      json.RawMessage `json:"bundle"`
 	AddedAt     time.Time       `json:"added_at"`
 	LastRefresh time.Time       `json:"last_refresh,omitzero"`
@@ -250,6 +262,11 @@ type Options struct {
 	// domain's, or the one received from td), with the audit fields:
 	// publish it (policystore.RefreshRemote).
 	OnCatalog func(ctx context.Context, td spiffeid.TrustDomain, fields map[string]string)
+	// OwnNetwork is this cluster's own WireGuard ranges (the server's
+	// network.overlay_cidrs and network.endpoint_cidrs): no federated
+	// endpoint may lie in the overlay, nor in the endpoint ranges unless
+	// the relationship's NetworkEndpoints name it (checkNetworkEndpoint).
+	OwnNetwork OwnNetwork
 }
 
 func (o *Options) setDefaults() error {
@@ -402,7 +419,7 @@ func (m *Manager) decode(kv store.KV) (*entry, error) {
 		return nil, fmt.Errorf("record names trust domain %q under key %s", rec.TrustDomain, kv.Key)
 	}
 	rel := Relationship{TrustDomain: td, EndpointURL: rec.EndpointURL, Profile: rec.Profile, Source: rec.Source, Network: rec.Network,
-		AllowedGateways: rec.Gateways}
+		AllowedGateways: rec.Gateways, NetworkEndpoints: rec.NetEnds}
 	if rec.EndpointID != "" {
 		if rel.EndpointID, err = spiffeid.FromString(rec.EndpointID); err != nil {
 			return nil, fmt.Errorf("endpoint ID: %w", err)
@@ -474,6 +491,9 @@ func relFields(r Relationship) map[string]string {
 	if len(r.AllowedGateways) > 0 {
 		f["allowed_gateways"] = strings.Join(r.AllowedGateways, ",")
 	}
+	if len(r.NetworkEndpoints) > 0 {
+		f["network_endpoint_cidrs"] = strings.Join(r.NetworkEndpoints, ",")
+	}
 	return f
 }
 
@@ -536,7 +556,8 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 
 func newRecord(r Relationship, doc []byte, now time.Time) record {
 	rec := record{Version: recordVersion, TrustDomain: r.TrustDomain.Name(), EndpointURL: r.EndpointURL,
-		Profile: r.Profile, Source: r.Source, Network: r.Network, Gateways: slices.Clone(r.AllowedGateways), Bundle: doc, AddedAt: now, NextRefresh: now}
+		Profile: r.Profile, Source: r.Source, Network: r.Network, Gateways: slices.Clone(r.AllowedGateways),
+		NetEnds: slices.Clone(r.NetworkEndpoints), Bundle: doc, AddedAt: now, NextRefresh: now}
 	if doc != nil {
 		rec.LastRefresh = now
 	}
@@ -575,7 +596,7 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 			err := m.audited(ctx, "federation.update", relFields(r), func() error {
 				rec := e.rec
 				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID, rec.Network = r.EndpointURL, r.Profile, r.Source, "", r.Network
-				rec.Gateways = slices.Clone(r.AllowedGateways)
+				rec.Gateways, rec.NetEnds = slices.Clone(r.AllowedGateways), slices.Clone(r.NetworkEndpoints)
 				if !r.EndpointID.IsZero() {
 					rec.EndpointID = r.EndpointID.String()
 				}

@@ -221,17 +221,30 @@ func (m *Manager) NetworkShared(td spiffeid.TrustDomain) bool {
 func (m *Manager) ForeignTunnels() (map[spiffeid.TrustDomain][]NetworkTunnel, <-chan struct{}) {
 	m.mu.Lock()
 	shared := map[spiffeid.TrustDomain]bool{}
+	bounds := map[spiffeid.TrustDomain][]netip.Prefix{}
 	for td, e := range m.entries {
 		shared[td] = e.rel.Network
+		bounds[td], _ = ParseNetworkEndpoints(e.rel.NetworkEndpoints) // validated when added
 	}
 	m.mu.Unlock()
 	m.net.mu.Lock()
 	defer m.net.mu.Unlock()
 	out := map[spiffeid.TrustDomain][]NetworkTunnel{}
 	for td, r := range m.net.remote {
-		if shared[td] {
-			out[td] = r.Tunnels
+		if !shared[td] {
+			continue
 		}
+		// A list stored under other bounds (the server's network ranges
+		// changed since) is relayed only where today's bounds allow.
+		ts := make([]NetworkTunnel, 0, len(r.Tunnels))
+		for _, t := range r.Tunnels {
+			ep, err := netip.ParseAddrPort(t.Endpoint)
+			if err != nil || checkNetworkEndpoint(ep, bounds[td], m.opts.OwnNetwork) != "" {
+				continue
+			}
+			ts = append(ts, t)
+		}
+		out[td] = ts
 	}
 	return out, m.net.foreign
 }
@@ -271,9 +284,72 @@ func (m *Manager) forgetNetwork(ctx context.Context, td spiffeid.TrustDomain) er
 	return nil
 }
 
+// OwnNetwork is this cluster's own WireGuard ranges (Options.OwnNetwork):
+// the server's network.overlay_cidrs and network.endpoint_cidrs.
+type OwnNetwork struct {
+	Overlay, Endpoints []netip.Prefix
+}
+
+// MaxNetworkEndpoints bounds a relationship's network_endpoint_cidrs.
+const MaxNetworkEndpoints = 64
+
+// ParseNetworkEndpoints parses a relationship's network_endpoint_cidrs:
+// CIDR prefixes, none covering everything.
+func ParseNetworkEndpoints(cidrs []string) ([]netip.Prefix, error) {
+	if len(cidrs) > MaxNetworkEndpoints {
+		return nil, fmt.Errorf("network_endpoint_cidrs: %d entries, at most %d", len(cidrs), MaxNetworkEndpoints)
+	}
+	out := make([]netip.Prefix, 0, len(cidrs))
+	for _, c := range cidrs {
+		p, err := netip.ParsePrefix(c)
+		if err != nil {
+			return nil, fmt.Errorf("network_endpoint_cidrs: %q is not a CIDR prefix (e.g. 198.51.100.0/24)", c)
+		}
+		if p.Bits() == 0 {
+			return nil, fmt.Errorf("network_endpoint_cidrs: %q allows every address: name the peer's node networks", c)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// checkNetworkEndpoint says why a federated tunnel's endpoint ep may not
+// be used by this cluster's nodes ("" when it may): one that is not a
+// unicast address of another host (loopback, link-local, multicast,
+// unspecified), one inside this cluster's overlay (its packets would be
+// routed into the tunnels), and then either one outside the relationship's
+// network_endpoint_cidrs (bound) or, when it has none, one inside this
+// cluster's own endpoint ranges (a peer could otherwise aim this cluster's
+// handshakes at its own nodes or hosts beside them).
+func checkNetworkEndpoint(ep netip.AddrPort, bound []netip.Prefix, own OwnNetwork) string {
+	a := ep.Addr().Unmap()
+	if !a.IsGlobalUnicast() {
+		return "is not a unicast address of another host (loopback, link-local, multicast or unspecified)"
+	}
+	for _, p := range own.Overlay {
+		if p.Contains(a) {
+			return "lies in this cluster's overlay " + p.String() + " (network.overlay_cidrs)"
+		}
+	}
+	if len(bound) > 0 {
+		for _, p := range bound {
+			if p.Contains(a) {
+				return ""
+			}
+		}
+		return "lies outside the relationship's network_endpoint_cidrs"
+	}
+	for _, p := range own.Endpoints {
+		if p.Contains(a) {
+			return "lies in this cluster's own endpoint range " + p.String() + " (network.endpoint_cidrs); if the clusters share that underlay, name the peer's node networks in the relationship's network_endpoint_cidrs"
+		}
+	}
+	return ""
+}
+
 // checkNetworkTunnel validates one received tunnel of trust domain td and
 // normalizes its prefixes.
-func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel) error {
+func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel, bound []netip.Prefix, own OwnNetwork) error {
 	id, err := spiffeid.FromString(t.AgentID)
 	if err != nil {
 		return fmt.Errorf("agent_id %q: %v", t.AgentID, err)
@@ -292,6 +368,9 @@ func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel) error {
 	ep, err := netip.ParseAddrPort(t.Endpoint)
 	if err != nil || ep.Port() == 0 {
 		return fmt.Errorf("tunnel of %s: endpoint %q is not ip:port", id, t.Endpoint)
+	}
+	if why := checkNetworkEndpoint(ep, bound, own); why != "" {
+		return fmt.Errorf("tunnel of %s: endpoint %s %s", id, t.Endpoint, why)
 	}
 	if len(t.AllowedIPs) == 0 || len(t.AllowedIPs) > MaxNetworkPrefixes {
 		return fmt.Errorf("tunnel of %s: %d prefixes; 1 to %d", id, len(t.AllowedIPs), MaxNetworkPrefixes)
@@ -338,7 +417,12 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 			return r.NetworkList, ok
 		},
 		check: func(u *NetworkList, fields map[string]string) error {
-			return checkNetworkList(td, u, fields)
+			e, _ := m.get(td)
+			bound, err := ParseNetworkEndpoints(e.rel.NetworkEndpoints)
+			if err != nil {
+				return err
+			}
+			return checkNetworkList(td, u, bound, m.opts.OwnNetwork, fields)
 		},
 		same:   func(a, b NetworkList) bool { return sameTunnels(a.Tunnels, b.Tunnels) },
 		setErr: func(e string) { m.setNetErr(td, e) },
@@ -357,7 +441,7 @@ func (m *Manager) AcceptNetwork(ctx context.Context, td spiffeid.TrustDomain, bo
 
 // checkNetworkList checks the tunnels of td's list u (each one, no agent,
 // key or prefix twice), sorts them and adds the audit field.
-func checkNetworkList(td spiffeid.TrustDomain, u *NetworkList, fields map[string]string) error {
+func checkNetworkList(td spiffeid.TrustDomain, u *NetworkList, bound []netip.Prefix, own OwnNetwork, fields map[string]string) error {
 	if len(u.Tunnels) > MaxNetworkTunnels {
 		return fmt.Errorf("%d tunnels; at most %d", len(u.Tunnels), MaxNetworkTunnels)
 	}
@@ -366,7 +450,7 @@ func checkNetworkList(td spiffeid.TrustDomain, u *NetworkList, fields map[string
 	var owners []string
 	for i := range u.Tunnels {
 		t := &u.Tunnels[i]
-		if err := checkNetworkTunnel(td, t); err != nil {
+		if err := checkNetworkTunnel(td, t, bound, own); err != nil {
 			return err
 		}
 		if ids[t.AgentID] {

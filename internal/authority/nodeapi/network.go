@@ -236,7 +236,10 @@ func (n *nodeNetwork) watchLocal(ss wardv1.NodeNetwork_WatchPeersServer, send fu
 // endpoint or the authority's address (protect), or overlaps a prefix of
 // another foreign trust domain (then neither gets it), or lies outside
 // network.overlay_cidrs (inOverlay, the bound local agents have), and a foreign
-// tunnel dropped when it carries a local key: a federated cluster cannot
+// tunnel dropped when it carries a local key or its endpoint is a local
+// node's endpoint address or the authority's (the federation manager
+// already bounds foreign endpoints by the relationship's
+// network_endpoint_cidrs and this cluster's own ranges): a federated cluster cannot
 // take a route or a key of this one, nor of another federated cluster.
 // The agent checks the list again (routablePeers).
 func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, inOverlay func(string) bool, log *slog.Logger) *wardv1.PeerList {
@@ -294,6 +297,16 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 					drop(t, f, "tunnel", "it carries a key of this cluster")
 					continue tunnels
 				}
+			}
+			// Its endpoint may not be where this cluster's own nodes or
+			// authority are: the peer would aim every local node's
+			// handshakes (and, for a node, its WireGuard socket) there.
+			if ap, err := netip.ParseAddrPort(t.Endpoint); err != nil {
+				drop(t, f, "tunnel", "its endpoint "+t.Endpoint+" is not ip:port")
+				continue tunnels
+			} else if slices.Contains(under, ap.Addr().Unmap()) {
+				drop(t, f, "tunnel", "its endpoint "+t.Endpoint+" is the underlay address of this cluster's node or authority")
+				continue tunnels
 			}
 			var keep []string
 			for _, s := range t.AllowedIPs {

@@ -84,3 +84,24 @@ func TestMergePeersForeignCannotHijack(t *testing.T) {
 		}
 	}
 }
+
+// A federated cluster cannot aim this cluster's nodes at their own
+// underlay: a foreign tunnel whose endpoint is a local node's endpoint
+// address or the authority's (as the agent reached it) is not relayed.
+func TestMergePeersForeignEndpointOnLocalUnderlay(t *testing.T) {
+	local := []registry.Tunnel{fedTunnel("spiffe://a.example/ward/agent/n1", 1, "192.0.2.1:51820", "10.1.1.1/32")}
+	foreign := map[string][]registry.Tunnel{"b.example": {
+		fedTunnel("spiffe://b.example/ward/agent/m1", 11, "198.51.100.1:51820", "10.2.1.1/32"),
+		fedTunnel("spiffe://b.example/ward/agent/m2", 12, "192.0.2.1:51999", "10.2.2.1/32"),   // a local node's address
+		fedTunnel("spiffe://b.example/ward/agent/m3", 13, "203.0.113.5:51820", "10.2.3.1/32"), // the authority's
+		fedTunnel("spiffe://b.example/ward/agent/m4", 14, "not-an-endpoint", "10.2.4.1/32"),
+	}}
+	pl := mergePeers("a.example", local, foreign, map[string]bool{"b.example": true}, []netip.Addr{netip.MustParseAddr("203.0.113.5")}, nil, nil)
+	var ids []string
+	for _, p := range pl.Peers {
+		ids = append(ids, p.AgentId)
+	}
+	if want := []string{"spiffe://a.example/ward/agent/n1", "spiffe://b.example/ward/agent/m1"}; !slices.Equal(ids, want) {
+		t.Fatalf("relayed %v, want %v", ids, want)
+	}
+}

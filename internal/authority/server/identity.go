@@ -207,7 +207,8 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 	m, err := federation.Open(ctx, federation.Options{Store: s.barrier.Store(), TrustDomain: td, Audit: st.recorder,
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
 		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer,
-		OwnLog: newAuditSource(st.audit), OnCatalog: s.onCatalog(st)})
+		OwnLog: newAuditSource(st.audit), OnCatalog: s.onCatalog(st),
+		OwnNetwork: federation.OwnNetwork{Overlay: s.cfg.Network.Overlay(), Endpoints: s.cfg.Network.Endpoints()}})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}
@@ -219,7 +220,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 			return nil, fmt.Errorf("federation.trust_domains: %w", err)
 		}
 		r := federation.Relationship{TrustDomain: ftd, EndpointURL: d.Endpoint, Profile: federation.Profile(d.Profile), Network: d.Network,
-			AllowedGateways: d.AllowedGateways}
+			AllowedGateways: d.AllowedGateways, NetworkEndpoints: d.NetworkEndpoints}
 		if d.EndpointID != "" {
 			if r.EndpointID, err = spiffeid.FromString(d.EndpointID); err != nil {
 				return nil, fmt.Errorf("federation.trust_domains %s: endpoint_id: %w", ftd, err)
