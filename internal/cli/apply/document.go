@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"net/url"
 	"sort"
 	"strconv"
@@ -49,7 +50,7 @@ var kinds = map[string]struct {
 	KindKey:        {[]string{"kind", "name", "classification", "purpose", "min_decrypt_version"}, parseKey},
 	KindEntry:      {[]string{"kind", "id", "spiffe_id", "parent_id", "selectors", "ttl", "dns_names", "hint", "federates_with", "labels"}, parseEntry},
 	KindPolicy:     {[]string{"kind", "name", "file", "cedar"}, parsePolicy},
-	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle", "allowed_gateways"}, parseFederation},
+	KindFederation: {[]string{"kind", "trust_domain", "endpoint_url", "profile", "endpoint_spiffe_id", "bundle", "allowed_gateways", "network", "network_endpoint_cidrs"}, parseFederation},
 	KindPosture:    {[]string{"kind", "file", "posture"}, parsePosture},
 }
 
@@ -166,6 +167,12 @@ type FederationSpec struct {
 	// may have their gateways (catalog.ParseGatewayAllow; empty: the
 	// endpoint's host only).
 	AllowedGateways []string
+	// Network shares this cluster's WireGuard tunnels with the trust
+	// domain and relays its tunnels (https_spiffe only; docs/network.md);
+	// NetworkEndpoints bound where its tunnels' endpoints may be (CIDR
+	// prefixes; empty: anywhere but this cluster's own ranges).
+	Network          bool
+	NetworkEndpoints []string
 }
 
 // Error is a problem in the documents: file, line and field.
@@ -675,6 +682,30 @@ func parseFederation(p *parser, d *Doc, f map[string]*yaml.Node) {
 				p.fail(n.Line, "allowed_gateways", "%v", err)
 			}
 			fs.AllowedGateways = l
+		}
+	}
+	if n, ok := f["network"]; ok {
+		switch {
+		case n.Kind != yaml.ScalarNode || n.Tag != "!!bool":
+			p.fail(n.Line, "network", "expected true or false, got %s", describe(n))
+		default:
+			fs.Network = n.Value == "true" || n.Value == "True" || n.Value == "TRUE"
+			if fs.Network && fs.Profile != "https_spiffe" {
+				p.fail(n.Line, "network", "network needs profile https_spiffe (the tunnels are exchanged between the authorities' server IDs)")
+			}
+		}
+	}
+	if n, ok := f["network_endpoint_cidrs"]; ok {
+		if l, ok := p.list(n, "network_endpoint_cidrs"); ok {
+			for _, c := range l {
+				if pr, err := netip.ParsePrefix(c); err != nil || pr.Bits() == 0 {
+					p.fail(n.Line, "network_endpoint_cidrs", "%q is not a CIDR prefix narrower than everything (e.g. 198.51.100.0/24): name the peer's node networks", c)
+				}
+			}
+			if !fs.Network {
+				p.fail(n.Line, "network_endpoint_cidrs", "bounds the tunnels of a relationship with network: true; set it too, or drop this field")
+			}
+			fs.NetworkEndpoints = l
 		}
 	}
 	d.Federation = fs

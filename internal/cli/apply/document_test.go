@@ -87,6 +87,11 @@ func TestParseErrors(t *testing.T) {
 		{"federation web with id", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: https_web\nendpoint_spiffe_id: spiffe://b.example/x\n", 5, "endpoint_spiffe_id", "Web PKI"},
 		{"federation allowed gateways everywhere", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nallowed_gateways: [0.0.0.0/0]\n", 4, "allowed_gateways", "allows every address"},
 		{"federation allowed gateway without port", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nallowed_gateways: [gw.b.example]\n", 4, "allowed_gateways", "host:port"},
+		{"federation network not a bool", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nnetwork: yes please\n", 4, "network", "true or false"},
+		{"federation network over https_web", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nprofile: https_web\nnetwork: true\n", 5, "network", "https_spiffe"},
+		{"federation network endpoints without network", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nnetwork_endpoint_cidrs: [198.51.100.0/24]\n", 4, "network_endpoint_cidrs", "network: true"},
+		{"federation network endpoints everywhere", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nnetwork: true\nnetwork_endpoint_cidrs: [0.0.0.0/0]\n", 5, "network_endpoint_cidrs", "narrower than everything"},
+		{"federation network endpoint not a prefix", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nnetwork: true\nnetwork_endpoint_cidrs: [198.51.100.1]\n", 5, "network_endpoint_cidrs", "not a CIDR prefix"},
 		{"no kind", "name: x\n", 1, "kind", "missing"},
 		{"not a mapping", "- a\n- b\n", 1, "", "must be a mapping"},
 		{"invalid YAML", "kind: Key\nname: [\n", 2, "", "invalid YAML"},
@@ -172,6 +177,7 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("kind: Policy\ncedar: >\n  folded\n"))
 	f.Add([]byte("---\n---\nkind: Key\n"))
 	f.Add([]byte("kind: Posture\nposture: |\n  defaults: {max_svid_ttl: 1h}\n"))
+	f.Add([]byte("kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\nnetwork: true\nnetwork_endpoint_cidrs: [198.51.100.0/24]\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		docs, err := Parse("f.yaml", b)
 		var es Errors
@@ -200,4 +206,25 @@ func FuzzParse(f *testing.F) {
 			}
 		}
 	})
+}
+
+// A Federation document sets what `ward federation add --network
+// --network-endpoint-cidr` sets, and the request carries it.
+func TestParseFederationNetwork(t *testing.T) {
+	docs, err := Parse("f.yaml", []byte("kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example:8444\nnetwork: true\nnetwork_endpoint_cidrs: [198.51.100.0/24, \"2001:db8::/32\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := docs[0].Federation
+	if !f.Network || strings.Join(f.NetworkEndpoints, ",") != "198.51.100.0/24,2001:db8::/32" {
+		t.Fatalf("spec %+v", f)
+	}
+	r := addFederationRequest(f)
+	if !r.Network || strings.Join(r.NetworkEndpointCidrs, ",") != "198.51.100.0/24,2001:db8::/32" || r.EndpointSpiffeId != "spiffe://b.example/ward/server" {
+		t.Fatalf("request %v", r)
+	}
+	docs, err = Parse("f.yaml", []byte("kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example:8444\nnetwork: false\n"))
+	if err != nil || docs[0].Federation.Network {
+		t.Fatalf("network: false: %v %+v", err, docs)
+	}
 }

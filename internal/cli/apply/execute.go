@@ -134,9 +134,7 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 		if ch.Action != Create {
 			continue
 		}
-		f := ch.federation
-		_, err := c.Federation.AddFederation(ctx, &wardv1.AddFederationRequest{TrustDomain: f.TrustDomain, EndpointUrl: f.EndpointURL,
-			Profile: f.Profile, EndpointSpiffeId: f.EndpointSPIFFEID, BundleSpiffeJson: f.Bundle, AllowedGateways: f.AllowedGateways})
+		_, err := c.Federation.AddFederation(ctx, addFederationRequest(ch.federation))
 		if err != nil {
 			return res, fmt.Errorf("%s: adding the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
 		}
@@ -234,4 +232,11 @@ func batchError(b []*Change, err error) error {
 		line = ch.Doc.FieldLine(field)
 	}
 	return Errors{{File: ch.Doc.File, Line: line, Field: field, Msg: "the authority refused this entry: " + msg}}
+}
+
+// addFederationRequest is the admin API's request creating relationship f.
+func addFederationRequest(f *FederationSpec) *wardv1.AddFederationRequest {
+	return &wardv1.AddFederationRequest{TrustDomain: f.TrustDomain, EndpointUrl: f.EndpointURL,
+		Profile: f.Profile, EndpointSpiffeId: f.EndpointSPIFFEID, BundleSpiffeJson: f.Bundle, AllowedGateways: f.AllowedGateways,
+		Network: f.Network, NetworkEndpointCidrs: f.NetworkEndpoints}
 }

@@ -37,6 +37,8 @@ type federationOut struct {
 	Profile          string   `yaml:"profile"`
 	EndpointSPIFFEID string   `yaml:"endpoint_spiffe_id,omitempty"`
 	AllowedGateways  []string `yaml:"allowed_gateways,omitempty"`
+	Network          bool     `yaml:"network,omitempty"`
+	NetworkEndpoints []string `yaml:"network_endpoint_cidrs,omitempty"`
 }
 
 type postureOut struct {
@@ -76,7 +78,7 @@ func Export(w io.Writer, st *State) error {
 		if f.Source == "config" {
 			continue // the server's configuration declares it
 		}
-		docs = append(docs, federationOut{KindFederation, f.TrustDomain, f.EndpointURL, f.Profile, f.EndpointSPIFFEID, f.AllowedGateways})
+		docs = append(docs, federationOut{KindFederation, f.TrustDomain, f.EndpointURL, f.Profile, f.EndpointSPIFFEID, f.AllowedGateways, f.Network, f.NetworkEndpoints})
 	}
 	entries := append([]*StoredEntry(nil), st.Entries...)
 	sort.SliceStable(entries, func(i, j int) bool {

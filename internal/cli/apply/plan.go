@@ -7,6 +7,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -181,12 +182,20 @@ func (p *Plan) planFederations(set *Set, st *State) Errors {
 			if len(f.AllowedGateways) > 0 {
 				detail += ", allowed gateways " + strings.Join(f.AllowedGateways, ",")
 			}
+			if f.Network {
+				detail += ", network shared"
+				if len(f.NetworkEndpoints) > 0 {
+					detail += " (endpoints in " + strings.Join(f.NetworkEndpoints, ",") + ")"
+				}
+			}
 			p.Federations = append(p.Federations, &Change{Action: Create, Kind: KindFederation, Name: f.TrustDomain, Detail: detail, Doc: d, federation: f})
 			continue
 		}
 		var diff []string
 		for _, fc := range []FieldChange{{"endpoint_url", cur.EndpointURL, f.EndpointURL}, {"profile", cur.Profile, f.Profile}, {"endpoint_spiffe_id", cur.EndpointSPIFFEID, f.EndpointSPIFFEID},
-			{"allowed_gateways", strings.Join(cur.AllowedGateways, ","), strings.Join(f.AllowedGateways, ",")}} {
+			{"allowed_gateways", strings.Join(cur.AllowedGateways, ","), strings.Join(f.AllowedGateways, ",")},
+			{"network", strconv.FormatBool(cur.Network), strconv.FormatBool(f.Network)},
+			{"network_endpoint_cidrs", strings.Join(cur.NetworkEndpoints, ","), strings.Join(f.NetworkEndpoints, ",")}} {
 			if fc.Before != fc.After {
 				diff = append(diff, fmt.Sprintf("%s %s → %s", fc.Field, quote(fc.Before), quote(fc.After)))
 			}

@@ -156,13 +156,19 @@ func TestPlanErrorsNeedState(t *testing.T) {
 		{"federation without bundle", "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example\n", "d.yaml:1: field bundle: a new https_spiffe relationship needs"},
 		{"federation changes", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c2.example\n", "cannot change in place"},
 		{"federation allowed gateways change", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c.example:8444\nallowed_gateways: [10.0.0.0/8]\n", "allowed_gateways \"\" → \"10.0.0.0/8\""},
+		{"federation network turned on", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c.example:8444\nnetwork: true\n", "network \"false\" → \"true\""},
+		{"federation network endpoints change", "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n.example:8444\nnetwork: true\nnetwork_endpoint_cidrs: [203.0.113.0/24]\n", "network_endpoint_cidrs \"198.51.100.0/24\" → \"203.0.113.0/24\""},
+		{"federation network turned off", "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n.example:8444\n", "cannot change in place"},
 		{"federation from config", "kind: Federation\ntrust_domain: conf.example\nendpoint_url: https://other.example\nprofile: https_web\n", "server's configuration"},
 		{"policy does not compile", "kind: Policy\nname: x.cedar\ncedar: |\n  permit (principal,\n    action == Action::\"conect\", resource);\n", "d.yaml:5: field cedar: validation error"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			set := mustSet(t, map[string]string{"d.yaml": tc.docs})
-			_, err := NewPlan(set, baseState(), false)
+			st := baseState()
+			st.Federations["n.example"] = &StoredFederation{Source: "api", FederationSpec: FederationSpec{TrustDomain: "n.example", EndpointURL: "https://n.example:8444",
+				Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://n.example/ward/server", Network: true, NetworkEndpoints: []string{"198.51.100.0/24"}}}
+			_, err := NewPlan(set, st, false)
 			var es Errors
 			if !errors.As(err, &es) {
 				t.Fatalf("NewPlan = %v, want Errors", err)
@@ -195,9 +201,14 @@ func TestExportRoundTrip(t *testing.T) {
 	st.Keys["a/b"].Purpose = "it's \"quoted\""
 	st.Policy["multi.cedar"] = []byte("// trailing spaces   \npermit (principal, action, resource);\n\n")
 	st.Posture = []byte("# the posture  \ndefaults:\n  max_svid_ttl: 1h\n  rotation: {confidential: {period: 30d}}\n")
+	st.Federations["c.example"].Network = true
+	st.Federations["c.example"].NetworkEndpoints = []string{"198.51.100.0/24", "2001:db8::/32"}
 	var buf bytes.Buffer
 	if err := Export(&buf, st); err != nil {
 		t.Fatal(err)
+	}
+	if !strings.Contains(buf.String(), "network: true\nnetwork_endpoint_cidrs:\n") {
+		t.Fatalf("the relationship's network is not exported:\n%s", buf.String())
 	}
 	set := mustSet(t, map[string]string{"export.yaml": buf.String()})
 	p, err := NewPlan(set, st, true)
@@ -330,5 +341,21 @@ func TestPlanPosture(t *testing.T) {
 		if _, err := Load([]string{dir}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want %q", tc.files, err, tc.want)
 		}
+	}
+}
+
+func TestPlanFederationWithNetwork(t *testing.T) {
+	set := mustSet(t, map[string]string{"d.yaml": "kind: Federation\ntrust_domain: b.example\nendpoint_url: https://b.example:8444\nbundle: b.json\nnetwork: true\nnetwork_endpoint_cidrs: [198.51.100.0/24]\n", "b.json": "{}"})
+	p, err := NewPlan(set, baseState(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	p.Render(&out, false)
+	if !strings.Contains(out.String(), "+ federation b.example  endpoint https://b.example:8444, profile https_spiffe, endpoint ID spiffe://b.example/ward/server, network shared (endpoints in 198.51.100.0/24)") {
+		t.Fatalf("plan:\n%s", out.String())
+	}
+	if r := addFederationRequest(p.Federations[0].federation); !r.Network || len(r.NetworkEndpointCidrs) != 1 {
+		t.Fatalf("request %v", r)
 	}
 }

@@ -92,7 +92,7 @@ func Fetch(ctx context.Context, c *client.Client) (*State, error) {
 		for _, r := range fl.Relationships {
 			s.Federations[r.TrustDomain] = &StoredFederation{Source: r.Source, FederationSpec: FederationSpec{
 				TrustDomain: r.TrustDomain, EndpointURL: r.EndpointUrl, Profile: r.Profile, EndpointSPIFFEID: r.EndpointSpiffeId,
-				AllowedGateways: r.AllowedGateways}}
+				AllowedGateways: r.AllowedGateways, Network: r.Network, NetworkEndpoints: r.NetworkEndpointCidrs}}
 		}
 	}
 	pst, err := c.Posture.GetPosture(ctx, &wardv1.GetPostureRequest{})
