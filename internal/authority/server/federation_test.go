@@ -323,3 +323,28 @@ func TestFederationFromConfig(t *testing.T) {
 		t.Fatalf("a relationship removed from the config stayed: %v, %v", l, err)
 	}
 }
+
+// The network endpoint bound of a relationship travels through the admin
+// API (ward federation add --network-endpoint-cidr, ward apply) and back
+// (show, export); without network, or covering everything, it is refused.
+func TestFederationNetworkEndpointsThroughTheAdminAPI(t *testing.T) {
+	ctx := context.Background()
+	a := startFedAuthority(t, "a.example")
+	b := startFedAuthority(t, "b.example")
+	req := func(network bool, cidrs ...string) *wardv1.AddFederationRequest {
+		return &wardv1.AddFederationRequest{TrustDomain: b.td.Name(), EndpointUrl: "https://" + b.srv.BundleEndpointAddress(), Profile: "https_spiffe",
+			EndpointSpiffeId: "spiffe://b.example/ward/server", BundleSpiffeJson: b.bundleJSON(t), Network: network, NetworkEndpointCidrs: cidrs}
+	}
+	for _, bad := range []*wardv1.AddFederationRequest{req(false, "198.51.100.0/24"), req(true, "0.0.0.0/0"), req(true, "198.51.100.1")} {
+		if _, err := a.c.Federation.AddFederation(ctx, bad); code(err) != codes.InvalidArgument {
+			t.Fatalf("AddFederation %v: %v, want InvalidArgument", bad.NetworkEndpointCidrs, err)
+		}
+	}
+	if _, err := a.c.Federation.AddFederation(ctx, req(true, "198.51.100.0/24")); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.c.Federation.ShowFederation(ctx, &wardv1.ShowFederationRequest{TrustDomain: "b.example"})
+	if err != nil || !r.Network || strings.Join(r.NetworkEndpointCidrs, ",") != "198.51.100.0/24" {
+		t.Fatalf("show: %v, %v", r, err)
+	}
+}
