@@ -160,9 +160,10 @@ func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
 }
 
 // clientRound dials a fresh mTLS connection (a full handshake each time,
-// so every rotation is exercised), sends a JWT-SVID and reports the serial
-// and issuer of its own SVID and the number of X.509 roots it trusts. With
-// bundles, the server's chain is also verified with that BundleSource.
+// so every rotation is exercised), sends a JWT-SVID and reports the serial,
+// issuer and expiry (unix seconds) of its own SVID and of the server's, and
+// the number of X.509 roots it trusts. With bundles, the server's chain is
+// also verified with that BundleSource.
 func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Source, jwtsrc *workloadapi.JWTSource, bundles *workloadapi.BundleSource, peer spiffeid.ID) (string, error) {
 	d := tls.Dialer{Config: tlsconfig.MTLSClientConfig(x509src, x509src, tlsconfig.AuthorizeID(peer))}
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -198,11 +199,16 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 	if len(sv.Certificates) > 1 {
 		root = hex.EncodeToString(sv.Certificates[len(sv.Certificates)-1].AuthorityKeyId)
 	}
-	// The peer's side: the root its chain names, and how many roots of its
-	// trust domain this workload trusts (another domain's when federated).
-	peerRoot, peerRoots := "", 0
-	if pc := nc.(*tls.Conn).ConnectionState().PeerCertificates; len(pc) > 1 {
-		peerRoot = hex.EncodeToString(pc[len(pc)-1].AuthorityKeyId)
+	// The peer's side: its leaf (serial, issuer, expiry), the root its
+	// chain names, and how many roots of its trust domain this workload
+	// trusts (another domain's when federated).
+	peerRoot, peerRoots, peerLeaf := "", 0, ""
+	if pc := nc.(*tls.Conn).ConnectionState().PeerCertificates; len(pc) > 0 {
+		peerLeaf = fmt.Sprintf(" peerserial=%s peerissuer=%s peerexp=%d", pc[0].SerialNumber.Text(16),
+			hex.EncodeToString(pc[0].AuthorityKeyId), pc[0].NotAfter.Unix())
+		if len(pc) > 1 {
+			peerRoot = hex.EncodeToString(pc[len(pc)-1].AuthorityKeyId)
+		}
 	}
 	if pb, err := x509src.GetX509BundleForTrustDomain(peer.TrustDomain()); err == nil {
 		peerRoots = len(pb.X509Authorities())
@@ -215,8 +221,8 @@ func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Sour
 		}
 		viaBundles = " bundles=ok"
 	}
-	return fmt.Sprintf("serial=%s issuer=%s root=%s roots=%d peerroot=%s peerroots=%d%s", leaf.SerialNumber.Text(16),
-		hex.EncodeToString(leaf.AuthorityKeyId), root, len(b.X509Authorities()), peerRoot, peerRoots, viaBundles), nil
+	return fmt.Sprintf("serial=%s issuer=%s exp=%d root=%s roots=%d peerroot=%s peerroots=%d%s%s", leaf.SerialNumber.Text(16),
+		hex.EncodeToString(leaf.AuthorityKeyId), leaf.NotAfter.Unix(), root, len(b.X509Authorities()), peerRoot, peerRoots, peerLeaf, viaBundles), nil
 }
 
 // jwtCache holds the client's JWT-SVID the way a real workload would:
@@ -450,6 +456,7 @@ type AgentStatus struct {
 	SecondsSinceLastSync float64   `json:"seconds_since_last_sync"`
 	SVIDs                int       `json:"svids"`
 	SoonestSVIDExpiry    time.Time `json:"soonest_svid_expiry"`
+	AgentSVIDExpires     time.Time `json:"agent_svid_expires"`
 }
 
 func (a *AgentProc) status() (AgentStatus, error) {

@@ -42,9 +42,15 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if os.Getuid() != 0 {
 		t.Skip("needs root to run workloads as other uids")
 	}
+	// The outage below lasts a little more than half an SVID life and
+	// begins with SVIDs fresh everywhere: what is left of their life once
+	// the authority is back (about svidTTL/2) absorbs a slow unseal, agent
+	// reconnection and re-issue on a loaded machine.
+	const svidTTL = time.Minute
+	outage := svidTTL/2 + 2*time.Second
 	dir := t.TempDir()
 	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: 1m\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI)))
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: %s\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI, svidTTL)))
 	shares := s.InitAndUnseal()
 	a := s.Addr
 
@@ -91,9 +97,12 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	t.Logf("SVID and intermediate rotated: %s -> %s", first, line)
 
 	// 2. Root rotation: the new root reaches every bundle before any SVID
-	// chains to it.
+	// chains to it. Both workloads' SVIDs rotate onto it (each at its own
+	// jittered half life, so the server's may come later than the client's).
 	MustWard(t, a, "", "ca", "rotate", "--root")
-	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["root"] != f1["root"] && f["root"] != "" })
+	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool {
+		return f["root"] != f1["root"] && f["root"] != "" && f["peerroot"] == f["root"]
+	})
 	f2 := Fields(line)
 	if n, _ := strconv.Atoi(f2["roots"]); n < 2 {
 		t.Fatalf("after the root rotation the client trusts %s roots, want both", f2["roots"])
@@ -106,7 +115,8 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	// one issued just before its rotation has less than an outage of more
 	// than half a life left: start the outage with fresh SVIDs everywhere,
 	// by tainting the active intermediate (`ward ca taint` forces every
-	// SVID it signed to be re-issued at the next sync).
+	// SVID it signed to be re-issued at the next sync), and waiting until
+	// the client sees both its own and the server's SVID re-issued.
 	var caState struct {
 		Keys []struct{ ID, Kind, State string } `json:"keys"`
 	}
@@ -122,12 +132,27 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if active == "" {
 		t.Fatalf("no active intermediate in ca show: %+v", caState)
 	}
+	pre := f2 // the last OK line before the taint
+	for _, l := range cli.Output()[pos:] {
+		if strings.HasPrefix(l, "OK ") {
+			pre = Fields(l)
+		}
+	}
 	MustWard(t, a, "", "ca", "taint", active, "--yes") // also activates a fresh intermediate
-	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["issuer"] != f2["issuer"] })
+	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool {
+		return f["issuer"] != active && f["peerissuer"] != active && f["issuer"] != "" && f["peerissuer"] != "" &&
+			f["serial"] != pre["serial"] && f["peerserial"] != pre["peerserial"]
+	})
 	t.Logf("re-issued after tainting %s: %s", active, line)
-	time.Sleep(2 * time.Second) // the server workload's SVID is re-issued at the same sync
+	fresh := Fields(line)
 	s.Stop()
 	downAt := time.Now()
+	// The SVIDs must outlive the outage; log the margins for a post-mortem.
+	soonest := time.Unix(min(atoi(t, fresh["exp"]), atoi(t, fresh["peerexp"])), 0)
+	t.Logf("authority down; SVIDs expire in %s at the soonest, the outage lasts %s", soonest.Sub(downAt).Round(time.Second), outage)
+	if soonest.Sub(downAt) < outage+5*time.Second {
+		t.Fatalf("SVIDs not fresh at the outage: they expire %s after it begins (%s)", soonest.Sub(downAt), line)
+	}
 	ag.WaitStatus("staleness reported", func(st AgentStatus) bool { return st.LastError != "" && st.SecondsSinceLastSync > 2 })
 	ag.stop()
 	ag.Start()
@@ -138,22 +163,31 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if st.SoonestSVIDExpiry.Before(time.Now()) {
 		t.Fatalf("agent serves an expired SVID: %+v", st)
 	}
-	for time.Since(downAt) < 32*time.Second {
-		time.Sleep(time.Second)
+	// The authority process comes back sealed during the outage (its Node
+	// API listens only once unsealed), so that a slow start is not added
+	// to the outage.
+	s.Start()
+	for time.Since(downAt) < outage {
+		time.Sleep(100 * time.Millisecond)
 	}
-	ag.WaitStatus("long staleness", func(st AgentStatus) bool { return st.SecondsSinceLastSync > 30 })
+	st = ag.WaitStatus("long staleness", func(st AgentStatus) bool { return st.SecondsSinceLastSync > svidTTL.Seconds()/2 })
 	if !strings.Contains(ag.Logs.String(), "authority unreachable; serving cached SVIDs") {
 		t.Fatalf("agent did not log staleness:\n%s", Tail(ag.Logs.String(), 3000))
 	}
-	_, pos = cli.WaitLine(t, "OK ", pos) // still talking, on cached SVIDs
+	_, pos = cli.WaitLine(t, "OK ", len(cli.Output())) // still talking, on cached SVIDs, past their half life
 	f3 := Fields(cli.Output()[pos-1])
+	t.Logf("after %s of outage: agent SVID expires in %s, soonest SVID in %s", time.Since(downAt).Round(time.Second),
+		time.Until(st.AgentSVIDExpires).Round(time.Second), time.Until(soonest).Round(time.Second))
 
-	// 4. The authority returns (restart + unseal): rotation catches up.
-	s.Start()
+	// 4. The authority returns (unseal): rotation catches up, for both
+	// workloads.
 	s.Unseal(shares[:3])
 	ag.WaitStatus("sync after the outage", func(st AgentStatus) bool { return st.LastError == "" && st.SecondsSinceLastSync < 5 })
-	line, _ = WaitClient(t, cli, pos, func(f map[string]string) bool { return f["serial"] != f3["serial"] })
-	t.Logf("caught up after the outage: %s", line)
+	line, _ = WaitClient(t, cli, pos, func(f map[string]string) bool {
+		return f["serial"] != f3["serial"] && f["peerserial"] != f3["peerserial"]
+	})
+	t.Logf("caught up %s after the outage began, %s before the soonest expiry: %s", time.Since(downAt).Round(time.Second),
+		time.Until(soonest).Round(time.Second), line)
 
 	for name, w := range map[string]*Workload{"client": cli, "server": srv} {
 		for _, l := range w.Output() {
@@ -169,6 +203,15 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 		}
 	}
 	t.Logf("%d successful mTLS handshakes with JWT-SVID checks, none failed", oks)
+}
+
+func atoi(t *testing.T, s string) int64 {
+	t.Helper()
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil {
+		t.Fatalf("not a number: %q", s)
+	}
+	return n
 }
 
 func checkMissingHeader(t *testing.T, socket string) {
