@@ -4,8 +4,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wardproject/ward/test/e2e"
 
@@ -84,6 +86,17 @@ func countFails(w *e2e.Workload, from int) (fails int, last string) {
 		}
 	}
 	return fails, last
+}
+
+// lastOK is the fields of w's last OK line (empty if none).
+func lastOK(w *e2e.Workload) map[string]string {
+	lines := w.Output()
+	for i := len(lines) - 1; i >= 0; i-- {
+		if strings.HasPrefix(lines[i], "OK ") {
+			return e2e.Fields(lines[i])
+		}
+	}
+	return map[string]string{}
 }
 
 // waitOKs waits (bounded) for n more OK lines after from.
@@ -200,6 +213,21 @@ func rotateUnderTraffic(t *testing.T, a *cluster, cli *e2e.Workload, pos int, pe
 // It returns the new position in cli's output.
 func authorityOutage(t *testing.T, a, b *cluster, cli *e2e.Workload, pos int, kill bool, whileDown func()) int {
 	t.Helper()
+	// The outage must not outlast the SVID of A's server. One is rotated
+	// at about half its life (svid_ttl 1m), so one due for rotation has
+	// under 30s left, which a loaded machine's restart and unseal can
+	// use up: if it has less than minLeft, wait (bounded) for its
+	// rotation first.
+	const minLeft = 40 * time.Second
+	if f := lastOK(cli); f["peerexp"] != "" {
+		exp, err := strconv.ParseInt(f["peerexp"], 10, 64)
+		if err != nil {
+			t.Fatalf("peerexp %q: %v", f["peerexp"], err)
+		}
+		if time.Until(time.Unix(exp, 0)) < minLeft {
+			_, pos = e2e.WaitClient(t, cli, pos, func(g map[string]string) bool { return g["peerserial"] != f["peerserial"] })
+		}
+	}
 	if kill {
 		a.s.Kill()
 	} else {
