@@ -46,11 +46,11 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	// begins with SVIDs fresh everywhere: what is left of their life once
 	// the authority is back (about svidTTL/2) absorbs a slow unseal, agent
 	// reconnection and re-issue on a loaded machine.
-	const svidTTL = time.Minute
+	const svidTTL, agentSVIDTTL = time.Minute, 2 * time.Minute
 	outage := svidTTL/2 + 2*time.Second
 	dir := t.TempDir()
 	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: %s\n  agent_svid_ttl: 2m\n  jwt_svid_ttl: 5m\n", nodeAPI, svidTTL)))
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n  svid_ttl: %s\n  agent_svid_ttl: %s\n  jwt_svid_ttl: 5m\n", nodeAPI, svidTTL, agentSVIDTTL)))
 	shares := s.InitAndUnseal()
 	a := s.Addr
 
@@ -116,17 +116,24 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	// than half a life left: start the outage with fresh SVIDs everywhere,
 	// by tainting the active intermediate (`ward ca taint` forces every
 	// SVID it signed to be re-issued at the next sync), and waiting until
-	// the client sees both its own and the server's SVID re-issued.
+	// the client sees both its own and the server's SVID re-issued. The
+	// agent's own SVID (rotated at half its life too) must outlive the
+	// outage as well, or the agent, its join token spent, could never sync
+	// again: the intermediates of before (one of which signed it) are
+	// tainted with the active one, and the agent renews it at once.
 	var caState struct {
 		Keys []struct{ ID, Kind, State string } `json:"keys"`
 	}
 	if err := json.Unmarshal([]byte(MustWard(t, a, "", "ca", "show", "--json")), &caState); err != nil {
 		t.Fatal(err)
 	}
-	active := ""
+	active, tainted := "", map[string]bool{}
 	for _, k := range caState.Keys {
 		if k.Kind == "intermediate" && k.State == "active" {
 			active = k.ID
+		}
+		if k.Kind == "intermediate" && k.State != "tainted" {
+			tainted[k.ID] = true
 		}
 	}
 	if active == "" {
@@ -138,18 +145,27 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 			pre = Fields(l)
 		}
 	}
+	for id := range tainted {
+		if id != active {
+			MustWard(t, a, "", "ca", "taint", id, "--yes")
+		}
+	}
 	MustWard(t, a, "", "ca", "taint", active, "--yes") // also activates a fresh intermediate
 	line, pos = WaitClient(t, cli, pos, func(f map[string]string) bool {
-		return f["issuer"] != active && f["peerissuer"] != active && f["issuer"] != "" && f["peerissuer"] != "" &&
+		return !tainted[f["issuer"]] && !tainted[f["peerissuer"]] && f["issuer"] != "" && f["peerissuer"] != "" &&
 			f["serial"] != pre["serial"] && f["peerserial"] != pre["peerserial"]
 	})
-	t.Logf("re-issued after tainting %s: %s", active, line)
+	t.Logf("re-issued after tainting %s (active) and %d other intermediates: %s", active, len(tainted)-1, line)
 	fresh := Fields(line)
+	agentExp := ag.WaitStatus("agent SVID renewed", func(st AgentStatus) bool {
+		return time.Until(st.AgentSVIDExpires) > agentSVIDTTL*3/4
+	}).AgentSVIDExpires
 	s.Stop()
 	downAt := time.Now()
 	// The SVIDs must outlive the outage; log the margins for a post-mortem.
 	soonest := time.Unix(min(atoi(t, fresh["exp"]), atoi(t, fresh["peerexp"])), 0)
-	t.Logf("authority down; SVIDs expire in %s at the soonest, the outage lasts %s", soonest.Sub(downAt).Round(time.Second), outage)
+	t.Logf("authority down; SVIDs expire in %s at the soonest, the agent's in %s, the outage lasts %s",
+		soonest.Sub(downAt).Round(time.Second), agentExp.Sub(downAt).Round(time.Second), outage)
 	if soonest.Sub(downAt) < outage+5*time.Second {
 		t.Fatalf("SVIDs not fresh at the outage: they expire %s after it begins (%s)", soonest.Sub(downAt), line)
 	}
