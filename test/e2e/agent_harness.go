@@ -112,9 +112,10 @@ func runWorkload(mode string) error {
 	case "client":
 		serverAddr := os.Getenv(EnvAddr)
 		for ctx.Err() == nil {
+			t0 := time.Now()
 			line, err := clientRound(ctx, serverAddr, x509src, jwtsrc, bundles, peer)
 			if err != nil {
-				fmt.Println("FAIL", err)
+				fmt.Printf("FAIL %v (after %s, at %s)\n", err, time.Since(t0).Round(time.Millisecond), t0.UTC().Format("15:04:05.000"))
 			} else {
 				fmt.Println("OK", line)
 			}
@@ -140,7 +141,7 @@ func grpcCode(err error) string {
 // client's JWT subject.
 func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
 	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c.SetDeadline(time.Now().Add(roundTimeout + 10*time.Second))
 	if err := c.Handshake(); err != nil {
 		fmt.Println("FAIL server handshake:", err)
 		return
@@ -159,6 +160,12 @@ func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
 	fmt.Fprintf(c, "JWT-OK %s\n", svid.ID)
 }
 
+// roundTimeout bounds one client round (dial, handshake, JWT, reply). It
+// only stops a round that hangs: a failed verification fails at once. A
+// few seconds were not enough on 2 cores at load 12+ with the race
+// detector on (one round in ~1000 timed out in its handshake).
+const roundTimeout = 20 * time.Second
+
 // clientRound dials a fresh mTLS connection (a full handshake each time,
 // so every rotation is exercised), sends a JWT-SVID and reports the serial,
 // issuer and expiry (unix seconds) of its own SVID and of the server's, and
@@ -166,14 +173,14 @@ func serveConn(c *tls.Conn, jwtsrc *workloadapi.JWTSource) {
 // also verified with that BundleSource.
 func clientRound(ctx context.Context, addr string, x509src *workloadapi.X509Source, jwtsrc *workloadapi.JWTSource, bundles *workloadapi.BundleSource, peer spiffeid.ID) (string, error) {
 	d := tls.Dialer{Config: tlsconfig.MTLSClientConfig(x509src, x509src, tlsconfig.AuthorizeID(peer))}
-	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	dctx, cancel := context.WithTimeout(ctx, roundTimeout)
 	defer cancel()
 	nc, err := d.DialContext(dctx, "tcp", addr)
 	if err != nil {
 		return "", fmt.Errorf("handshake: %w", err)
 	}
 	defer nc.Close()
-	nc.SetDeadline(time.Now().Add(5 * time.Second))
+	nc.SetDeadline(time.Now().Add(roundTimeout))
 	tok, err := cachedJWT(dctx, jwtsrc, "e2e-server")
 	if err != nil {
 		return "", fmt.Errorf("JWT-SVID: %w", err)
