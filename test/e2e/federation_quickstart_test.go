@@ -66,7 +66,16 @@ func TestFederationQuickstart(t *testing.T) {
 			if !ok || rc != 0 || !strings.Contains(out, "stream closed by B") {
 				t.Fatalf("%s: exit %d (returned: %v):\n%s", cmd, rc, ok, out)
 			}
-			log, _ := os.ReadFile(filepath.Join(dir, "mesh-b", "access.log"))
+			// The access log line is written as the proxy finishes the
+			// connection, possibly after the client saw the close: re-read
+			// it for a bounded while.
+			var log []byte
+			for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+				log, _ = os.ReadFile(filepath.Join(dir, "mesh-b", "access.log"))
+				if strings.Contains(string(log), "deny-list of a.example: SPIFFE ID") || time.Now().After(deadline) {
+					break
+				}
+			}
 			if !strings.Contains(string(log), "deny-list of a.example: SPIFFE ID") {
 				t.Fatalf("mesh-b/access.log records no connection closed by A's deny-list:\n%s", Tail(string(log), 3000))
 			}
