@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +15,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/testutil/benchcpu"
 	"github.com/wardproject/ward/internal/testutil/clock"
 )
 
@@ -522,18 +522,11 @@ func TestUpdatedNotifies(t *testing.T) {
 	}
 }
 
-// cpuTime is the CPU time this process has used (user + system).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // reportCPU adds the CPU cost per op and the throughput that cost allows on
 // two dedicated cores: on a shared machine wall-clock figures swing with
 // other processes' load, CPU time per op does not.
 func reportCPU(b *testing.B, start time.Duration) {
-	per := (cpuTime() - start) / time.Duration(b.N)
+	per := (benchcpu.Process(b) - start) / time.Duration(b.N)
 	b.ReportMetric(float64(per.Microseconds()), "cpu-µs/op")
 	if per > 0 {
 		b.ReportMetric(2*float64(time.Second)/float64(per), "svids/s@2cores")
@@ -546,7 +539,7 @@ func BenchmarkSignX509SVID(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPU(b, cpuTime())
+	defer reportCPU(b, benchcpu.Process(b))
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := c.SignX509SVID(ctx, SVIDRequest{ID: wid("/ns/payments/sa/api"), PublicKey: pub}); err != nil {
@@ -563,7 +556,7 @@ func BenchmarkSignJWTSVID(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPU(b, cpuTime())
+	defer reportCPU(b, benchcpu.Process(b))
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			if _, err := c.SignJWTSVID(ctx, wid("/ns/payments/sa/api"), []string{"aud"}, 0); err != nil {

@@ -3,14 +3,11 @@ package nodeapi
 import (
 	"context"
 	"fmt"
-	"slices"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/testutil/benchcpu"
 )
 
 // noopKMS answers Encrypt at once with a canned reply: the mTLS stack, the
@@ -60,7 +57,7 @@ func BenchmarkWorkloadKMSCallers(b *testing.B) {
 					h := newHarnessMounting(b, nil, &noopKMS{resp: ct}, nil)
 					c = wardv1.NewKMSClient(h.conn(b, h.caSigned(b, "/bench")))
 				}
-				runCallers(b, callers, func(ctx context.Context) error {
+				benchcpu.Callers(b, callers, func(ctx context.Context) error {
 					r, err := c.Encrypt(ctx, req)
 					if err == nil && len(r.Ciphertext) == 0 {
 						err = fmt.Errorf("empty reply")
@@ -70,51 +67,4 @@ func BenchmarkWorkloadKMSCallers(b *testing.B) {
 			})
 		}
 	}
-}
-
-// runCallers runs b.N calls of call from callers goroutines and reports
-// throughput, p50/p99 latency and cpu-µs/op: the process's CPU time (user
-// + system: client, server and GC, all in this process) ÷ calls, steadier
-// than a rate on a shared machine.
-func runCallers(b *testing.B, callers int, call func(context.Context) error) {
-	ctx := context.Background()
-	lat := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	b.ReportAllocs()
-	b.ResetTimer()
-	cpu0 := processCPU(b)
-	for range callers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				t0 := time.Now()
-				if err := call(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		})
-	}
-	wg.Wait()
-	cpu := processCPU(b) - cpu0
-	b.StopTimer()
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
-	slices.Sort(lat)
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
-}
-
-// processCPU is the CPU time (user + system) this process has used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -4,10 +4,6 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
-	"slices"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +15,7 @@ import (
 	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/integrations/k8s/kmsplugin"
 	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/testutil/benchcpu"
 )
 
 func benchAuthority(b *testing.B) *client.Client {
@@ -226,15 +223,6 @@ func BenchmarkKMSEncryptAuditedCallers(b *testing.B) {
 	})
 }
 
-// processCPU is the CPU time (user + system) this process has used so far.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // benchCallers runs b.N calls of the function mk returns from 1, 8 and 64
 // concurrent callers against a fresh authority each (see measureCallers).
 func benchCallers(b *testing.B, mk func(*testing.B, *Server, *client.Client, *unsealedState) func(context.Context) error) {
@@ -257,41 +245,11 @@ func benchCallers(b *testing.B, mk func(*testing.B, *Server, *client.Client, *un
 // On a shared 2-core machine that is steadier than ops/s, which counts
 // time spent waiting for a core or for another build's fsync.
 func measureCallers(b *testing.B, st *unsealedState, callers int, call func(context.Context) error) {
-	ctx := context.Background()
-	lat := make([]time.Duration, b.N)
-	var next atomic.Int64
-	var wg sync.WaitGroup
 	commits := st.audit.Commits()
-	b.ReportAllocs()
-	b.ResetTimer()
-	cpu0 := processCPU(b)
-	for range callers {
-		wg.Go(func() {
-			for {
-				i := next.Add(1) - 1
-				if i >= int64(b.N) {
-					return
-				}
-				t0 := time.Now()
-				if err := call(ctx); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		})
-	}
-	wg.Wait()
-	cpu := processCPU(b) - cpu0
-	b.StopTimer()
-	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/op")
+	benchcpu.Callers(b, callers, call)
 	if c := st.audit.Commits() - commits; c > 0 { // none for the no-op
 		b.ReportMetric(float64(b.N)/float64(c), "events/commit")
 	}
-	slices.Sort(lat)
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "p50-µs")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds()), "p99-µs")
 }
 
 // BenchmarkNodeKMSEncryptCallers measures the workload KMS as a workload

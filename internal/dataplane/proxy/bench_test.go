@@ -10,12 +10,12 @@ import (
 	"net"
 	"os"
 	"sort"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wardproject/ward/internal/dataplane/proxy"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/benchcpu"
 )
 
 // BenchmarkDecide is the per-connection policy work of an inbound
@@ -105,22 +105,6 @@ func BenchmarkForward(b *testing.B) {
 	}
 }
 
-// processCPU is the CPU time (user + system) this process has used.
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
-// reportCPU reports the process CPU time per operation since t0 (both
-// proxies, the app and the client: all in this process). On a shared
-// machine it says more than ns/op, which counts waiting for a core.
-func reportCPU(b *testing.B, t0 time.Duration) {
-	b.ReportMetric(float64((processCPU(b)-t0).Microseconds())/float64(b.N), "cpu-µs/op")
-}
-
 // BenchmarkNewConnection is one request on a fresh connection: TCP to the
 // client proxy, mTLS handshake (hybrid PQ key exchange, both chains
 // verified), connect decision, PROXY header, app round trip.
@@ -128,7 +112,7 @@ func BenchmarkNewConnection(b *testing.B) {
 	e := newEnv(b)
 	b.ReportAllocs()
 	b.ResetTimer()
-	defer reportCPU(b, processCPU(b))
+	defer benchcpu.ReportPerOp(b, benchcpu.Process(b))
 	for i := 0; i < b.N; i++ {
 		c, err := net.Dial("tcp", e.clientWeb.Addr("to-api").String())
 		if err != nil {
@@ -173,7 +157,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 			msg := []byte("0123456789abcdef0123456789abcdef\n")
 			lat := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
-			t0cpu := processCPU(b)
+			t0cpu := benchcpu.Process(b)
 			for i := 0; i < b.N; i++ {
 				t0 := time.Now()
 				if _, err := c.Write(msg); err != nil {
@@ -185,7 +169,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 				lat = append(lat, time.Since(t0))
 			}
 			b.StopTimer()
-			reportCPU(b, t0cpu)
+			benchcpu.ReportPerOp(b, t0cpu)
 			sort.Slice(lat, func(i, j int) bool { return lat[i] < lat[j] })
 			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1000, "p50-µs")
 			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1000, "p99-µs")

@@ -5,11 +5,11 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/benchcpu"
 )
 
 // sweepProxy is a proxy with n open, authorized inbound connections to
@@ -70,17 +70,6 @@ func sweepProxy(tb testing.TB, n, principals, total int, perWorkload bool) (p *P
 	return p, before, after
 }
 
-// processCPU is the CPU time the process has used (user and system, every
-// thread: the garbage collector's share of a sweep included). On a shared,
-// loaded machine it is steadier than the wall time.
-func processCPU(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
-
 // BenchmarkRecheck measures the sweep a new policy version starts: every
 // open inbound connection (100,000) decided again against the new Set,
 // 1% of them closed. "distinct" has a workload per connection (every
@@ -109,11 +98,11 @@ func BenchmarkRecheck(b *testing.B) {
 					c.revoked.Store(nil)
 				}
 				b.StartTimer()
-				t0, c0 := time.Now(), processCPU(b)
+				t0, c0 := time.Now(), benchcpu.Process(b)
 				p.engine.Store(next)
 				p.recheck()
 				total += time.Since(t0)
-				cpu += processCPU(b) - c0
+				cpu += benchcpu.Process(b) - c0
 			}
 			b.StopTimer()
 			closed := 0
