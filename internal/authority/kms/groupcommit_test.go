@@ -25,27 +25,7 @@ import (
 // the store is back, every caller gets a ciphertext whose event is stored.
 func TestConcurrentEncryptsFailClosedWithTheirGroup(t *testing.T) {
 	ctx := context.Background()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast := memstore.New()
-	l, err := audit.Open(ctx, ast, key, "ward/example.org")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	h, err := audit.NewHasher(bytes.Repeat([]byte{9}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(openStore(t), bytes.Repeat([]byte{7}, 32), DefaultTable(), audit.NewLogRecorder(l, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Create(ctx, "k", "internal", ""); err != nil {
-		t.Fatal(err)
-	}
+	m, l, ast := auditedManager(t, "internal")
 	const n = 32
 	encryptAll := func() ([][]byte, []error) {
 		cts, errs := make([][]byte, n), make([]error, n)
@@ -94,27 +74,7 @@ func TestConcurrentEncryptsFailClosedWithTheirGroup(t *testing.T) {
 // storing, or an operation that returned before its event, fails here).
 func TestResultsOnlyOnceTheirEventsAreStored(t *testing.T) {
 	ctx := context.Background()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ast := memstore.New()
-	l, err := audit.Open(ctx, ast, key, "ward/example.org")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	h, err := audit.NewHasher(bytes.Repeat([]byte{9}, 32))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(openStore(t), bytes.Repeat([]byte{7}, 32), DefaultTable(), audit.NewLogRecorder(l, h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := m.Create(ctx, "k", "confidential", ""); err != nil {
-		t.Fatal(err)
-	}
+	m, _, ast := auditedManager(t, "confidential")
 	ct, _, err := m.Encrypt(ctx, "k", []byte("x"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -176,4 +136,34 @@ func TestResultsOnlyOnceTheirEventsAreStored(t *testing.T) {
 	if got := stored() - base; got != n {
 		t.Fatalf("%d events stored for %d results", got, n)
 	}
+}
+
+// auditedManager is a Manager whose events go through the real audit log
+// (group commit, returned) onto ast, an in-memory store the test can hold or fail,
+// with one key "k" of the given classification.
+func auditedManager(t *testing.T, classification string) (*Manager, *audit.Log, *memstore.Store) {
+	t.Helper()
+	ctx := context.Background()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ast := memstore.New()
+	l, err := audit.Open(ctx, ast, key, "ward/example.org")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	h, err := audit.NewHasher(bytes.Repeat([]byte{9}, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(openStore(t), bytes.Repeat([]byte{7}, 32), DefaultTable(), audit.NewLogRecorder(l, h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.Create(ctx, "k", classification, ""); err != nil {
+		t.Fatal(err)
+	}
+	return m, l, ast
 }
