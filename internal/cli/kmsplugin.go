@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -25,9 +26,13 @@ func kmsPluginCommand() *cobra.Command {
 
 It serves the KMS v2 gRPC API on a unix socket (mode 0600) named in the
 apiserver's EncryptionConfiguration, and wraps the DEK seeds the apiserver
-makes with a ward key through the authority's admin socket, bound to the
-encryption context k8s-kms-plugin=<cluster>. Every call is authorized and
-audited by the authority like any other KMS call.
+makes with a ward key through the authority, bound to the encryption context
+k8s-kms-plugin=<cluster>. It reaches the authority over its admin socket on
+the same node (authority.address), or, with authority.node_api, as a
+workload: its X509-SVID from the node's ward agent (workload_api_socket),
+mutual TLS to the Node API, which must present authority.server_id. Every
+call is authorized and audited by the authority like any other KMS call
+(in the mTLS mode by policy on the plugin's SPIFFE ID).
 
 Status answers "ok" only after a real encrypt/decrypt round trip through the
 authority (reused for health_ttl, 10s by default), and otherwise says why
@@ -46,12 +51,12 @@ unless it succeeded.`,
 			if err != nil {
 				return err
 			}
-			c, err := dialKMSPluginAuthority(cmd, cfg)
+			auth, closeAuth, err := kmsPluginAuthority(cmd, cfg, check)
 			if err != nil {
 				return err
 			}
-			defer c.Close()
-			p := kmsplugin.New(cfg, kmsplugin.ClientAuthority(c))
+			defer closeAuth()
+			p := kmsplugin.New(cfg, auth)
 			out := cmd.OutOrStdout()
 			if check {
 				healthz, v := p.Health(cmd.Context())
@@ -69,7 +74,7 @@ unless it succeeded.`,
 			defer os.Remove(cfg.Socket)
 			healthz, v := p.Health(cmd.Context())
 			log.Info("kms-plugin serving", "socket", cfg.Socket, "key", cfg.Key, "cluster", cfg.Cluster,
-				"healthz", healthz, "key_id", keyIDOrNone(cfg.Key, v))
+				"mode", kmsPluginMode(cfg), "healthz", healthz, "key_id", keyIDOrNone(cfg.Key, v))
 			fmt.Fprintf(out, "kms-plugin: serving KMS v2 on unix://%s (key %s, cluster %s)\n", cfg.Socket, cfg.Key, cfg.Cluster)
 			return p.Serve(cmd.Context(), ln)
 		},
@@ -85,6 +90,41 @@ func keyIDOrNone(key string, v uint32) string {
 		return "(none yet)"
 	}
 	return kmsplugin.KeyID(key, v)
+}
+
+func kmsPluginMode(cfg *kmsplugin.Config) string {
+	if cfg.Authority.MTLS() {
+		return "mtls node_api " + cfg.Authority.NodeAPI + " as a workload (server " + cfg.Authority.ServerID + ")"
+	}
+	return "admin socket"
+}
+
+// kmsPluginAuthority is the authority in the configuration's mode: the
+// admin socket, or the workload KMS on the Node API with the plugin's
+// X509-SVID from the Workload API. For --check (once) it waits a bounded
+// while for the first SVID; serving, it starts at once and Status says
+// why it is unhealthy until the SVID comes.
+func kmsPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config, once bool) (kmsplugin.Authority, func(), error) {
+	if !cfg.Authority.MTLS() {
+		c, err := dialKMSPluginAuthority(cmd, cfg)
+		if err != nil {
+			return nil, nil, err
+		}
+		return kmsplugin.ClientAuthority(c), func() { c.Close() }, nil
+	}
+	src := kmsplugin.WatchWorkloadAPI(cfg.Authority.WorkloadAPISocket)
+	auth, err := kmsplugin.NodeAPIAuthorityFor(cfg, src)
+	if err != nil {
+		src.Close()
+		return nil, nil, err
+	}
+	if once {
+		deadline := time.Now().Add(10 * time.Second)
+		for _, err := auth.SVID(); err != nil && time.Now().Before(deadline) && cmd.Context().Err() == nil; _, err = auth.SVID() {
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return auth, func() { auth.Close(); src.Close() }, nil
 }
 
 // dialKMSPluginAuthority dials the admin socket named by the configuration

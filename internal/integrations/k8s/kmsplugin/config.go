@@ -9,9 +9,13 @@ package kmsplugin
 import (
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
@@ -52,7 +56,11 @@ type Config struct {
 	Timeout yamlconf.Duration `yaml:"timeout"`
 }
 
-// AuthorityConfig names the authority's admin socket.
+// AuthorityConfig says how the plugin reaches the authority, in one of two
+// modes: the authority's admin socket on the same node (Address,
+// ServerUID), or the workload KMS on the authority's Node API over mutual
+// TLS with the plugin's own X509-SVID from the node's ward agent (NodeAPI,
+// ServerID, WorkloadAPISocket).
 type AuthorityConfig struct {
 	// Address is unix:///path/to/admin.sock (default $WARD_ADDRESS), or the
 	// admin sockets of several authorities sharing one store separated by
@@ -62,6 +70,29 @@ type AuthorityConfig struct {
 	// CLI's --server-uid); -1 or absent: only root, the plugin's own uid or
 	// the owner of a private directory holding the socket.
 	ServerUID *int `yaml:"server_uid"`
+
+	// NodeAPI (mTLS mode) is host:port of the authority's Node API
+	// (identity.node_api_address), or those of several authorities sharing
+	// one store separated by commas (calls fail over between them). The
+	// plugin calls the workload KMS there as a workload: every call is
+	// authorized by policy on the plugin's SPIFFE ID and audited under it.
+	NodeAPI string `yaml:"node_api"`
+	// ServerID (mTLS mode) is the only SPIFFE ID the plugin accepts from the
+	// Node API: spiffe://<trust domain>/ward/server.
+	ServerID string `yaml:"server_id"`
+	// WorkloadAPISocket (mTLS mode) is the node's ward agent's Workload API
+	// socket (an absolute path), where the plugin gets its X509-SVID and
+	// the trust bundle, rotations included.
+	WorkloadAPISocket string `yaml:"workload_api_socket"`
+}
+
+// MTLS reports whether the plugin reaches the authority over the Node API
+// (mutual TLS, the plugin's own SVID) rather than the admin socket.
+func (a AuthorityConfig) MTLS() bool { return a.NodeAPI != "" }
+
+// ServerSPIFFEID is ServerID parsed (mTLS mode; validated by ParseConfig).
+func (a AuthorityConfig) ServerSPIFFEID() (spiffeid.ID, error) {
+	return spiffeid.FromString(a.ServerID)
 }
 
 const configDocs = "docs/kubernetes.md"
@@ -106,6 +137,7 @@ func (c *Config) validate() error {
 	if err := kmsfmt.ValidateKeyName(c.Key); err != nil {
 		problems = append(problems, fmt.Errorf("key: %v", err))
 	}
+	problems = append(problems, c.Authority.validate()...)
 	if c.HealthTTL == 0 {
 		c.HealthTTL = yamlconf.Duration(DefaultHealthTTL)
 	} else if c.HealthTTL < 0 || time.Duration(c.HealthTTL) > time.Minute {
@@ -117,4 +149,53 @@ func (c *Config) validate() error {
 		problems = append(problems, fmt.Errorf("timeout: %s: use 0s < timeout < 3s (the apiserver gives a KMS call 3s)", time.Duration(c.Timeout)))
 	}
 	return errors.Join(problems...)
+}
+
+// validate checks that exactly one mode is configured, and that mode's
+// fields.
+func (a AuthorityConfig) validate() []error {
+	var problems []error
+	if !a.MTLS() {
+		var stray []string
+		if a.ServerID != "" {
+			stray = append(stray, "server_id")
+		}
+		if a.WorkloadAPISocket != "" {
+			stray = append(stray, "workload_api_socket")
+		}
+		if len(stray) > 0 {
+			problems = append(problems, fmt.Errorf("authority.%s: only for the mTLS mode: set authority.node_api (host:port of the Node API) too, or remove %s to use the admin socket (authority.address)",
+				strings.Join(stray, ", authority."), strings.Join(stray, " and ")))
+		}
+		return problems
+	}
+	if a.Address != "" || a.ServerUID != nil {
+		problems = append(problems, errors.New("authority: node_api (mTLS to the Node API) and address/server_uid (the admin socket) are both set: choose one mode (docs/kubernetes.md)"))
+	}
+	for _, addr := range strings.Split(a.NodeAPI, ",") {
+		addr = strings.TrimSpace(addr)
+		host, port, err := net.SplitHostPort(addr)
+		switch {
+		case strings.Contains(addr, "://"):
+			problems = append(problems, fmt.Errorf("authority.node_api: %q: give host:port (the authority's identity.node_api_address), without a scheme", addr))
+		case err != nil || host == "" || port == "":
+			problems = append(problems, fmt.Errorf("authority.node_api: %q is not host:port (several authorities: separated by commas)", addr))
+		}
+	}
+	if a.ServerID == "" {
+		problems = append(problems, errors.New("authority.server_id: required with node_api: the SPIFFE ID the Node API must present, spiffe://<trust domain>/ward/server"))
+	} else if id, err := spiffeid.FromString(a.ServerID); err != nil {
+		problems = append(problems, fmt.Errorf("authority.server_id: %q is not a SPIFFE ID (%v): use spiffe://<trust domain>/ward/server", a.ServerID, err))
+	} else if id.Path() == "" {
+		problems = append(problems, fmt.Errorf("authority.server_id: %q names a whole trust domain: the Node API's SVID is spiffe://%s/ward/server", a.ServerID, id.TrustDomain().Name()))
+	}
+	switch {
+	case a.WorkloadAPISocket == "":
+		problems = append(problems, errors.New("authority.workload_api_socket: required with node_api: the ward agent's Workload API socket on this node, e.g. /run/ward/agent.sock (the plugin's X509-SVID comes from there)"))
+	case strings.HasPrefix(a.WorkloadAPISocket, "unix:"):
+		problems = append(problems, fmt.Errorf("authority.workload_api_socket: %q: give the socket's path, without unix://", a.WorkloadAPISocket))
+	case !filepath.IsAbs(a.WorkloadAPISocket):
+		problems = append(problems, fmt.Errorf("authority.workload_api_socket: %q must be an absolute path", a.WorkloadAPISocket))
+	}
+	return problems
 }

@@ -211,7 +211,8 @@ func (p *Plugin) saw(v uint32) {
 }
 
 // Reason turns an authority error into the healthz text: a short cause
-// ("authority sealed", "authority unreachable", "key disabled", ...)
+// ("authority sealed", "authority unreachable", "key disabled", "no valid
+// SVID", ...)
 // followed by the authority's own message.
 func Reason(err error) string {
 	code := status.Code(err)
@@ -221,7 +222,14 @@ func Reason(err error) string {
 	}
 	low := strings.ToLower(msg)
 	var cause string
+	var svidErr *SVIDError
 	switch {
+	case errors.As(err, &svidErr):
+		cause = "no valid SVID"
+	case strings.Contains(low, "authentication handshake failed"):
+		// mTLS mode: the server's SVID is not the configured server_id
+		// (or not of the bundle), or it refused the plugin's.
+		cause = "TLS handshake with the authority failed"
 	case strings.Contains(low, "sealed"):
 		cause = "authority sealed"
 	case code == codes.Unavailable || code == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):

@@ -38,6 +38,20 @@ func TestParseConfig(t *testing.T) {
 		{"timeout too long", testConfig + "timeout: 3s\n", "timeout"},
 		{"unknown field", testConfig + "keyy: x\n", "keyy"},
 		{"empty", "", "empty"},
+		{"mtls", testConfig + mtlsAuthority, ""},
+		{"mtls, several authorities", testConfig + "authority:\n  node_api: a.example:8443, b.example:8443\n  server_id: spiffe://td.example/ward/server\n  workload_api_socket: /run/ward/agent.sock\n", ""},
+		{"both modes", testConfig + mtlsAuthority + "  address: unix:///var/lib/ward/admin.sock\n", "choose one mode"},
+		{"mtls with server_uid", testConfig + mtlsAuthority + "  server_uid: 0\n", "choose one mode"},
+		{"mtls without server_id", testConfig + "authority:\n  node_api: a.example:8443\n  workload_api_socket: /run/ward/agent.sock\n", "authority.server_id: required"},
+		{"mtls without socket", testConfig + "authority:\n  node_api: a.example:8443\n  server_id: spiffe://td.example/ward/server\n", "authority.workload_api_socket: required"},
+		{"mtls bad server_id", testConfig + "authority:\n  node_api: a.example:8443\n  server_id: https://td.example/ward/server\n  workload_api_socket: /run/ward/agent.sock\n", "is not a SPIFFE ID"},
+		{"mtls trust domain as server_id", testConfig + "authority:\n  node_api: a.example:8443\n  server_id: spiffe://td.example\n  workload_api_socket: /run/ward/agent.sock\n", "names a whole trust domain"},
+		{"mtls node_api with scheme", testConfig + "authority:\n  node_api: https://a.example:8443\n  server_id: spiffe://td.example/ward/server\n  workload_api_socket: /run/ward/agent.sock\n", "without a scheme"},
+		{"mtls node_api without port", testConfig + "authority:\n  node_api: a.example\n  server_id: spiffe://td.example/ward/server\n  workload_api_socket: /run/ward/agent.sock\n", "is not host:port"},
+		{"mtls socket as unix URL", testConfig + "authority:\n  node_api: a.example:8443\n  server_id: spiffe://td.example/ward/server\n  workload_api_socket: unix:///run/ward/agent.sock\n", "without unix://"},
+		{"mtls relative socket", testConfig + "authority:\n  node_api: a.example:8443\n  server_id: spiffe://td.example/ward/server\n  workload_api_socket: agent.sock\n", "must be an absolute path"},
+		{"server_id without node_api", testConfig + "authority:\n  server_id: spiffe://td.example/ward/server\n", "only for the mTLS mode"},
+		{"socket without node_api", testConfig + "authority:\n  address: unix:///var/lib/ward/admin.sock\n  workload_api_socket: /run/ward/agent.sock\n", "authority.workload_api_socket: only for the mTLS mode"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -57,6 +71,12 @@ func TestParseConfig(t *testing.T) {
 		})
 	}
 }
+
+const mtlsAuthority = `authority:
+  node_api: authority.example:8443
+  server_id: spiffe://td.example/ward/server
+  workload_api_socket: /run/ward/agent.sock
+`
 
 func TestKeyID(t *testing.T) {
 	if got := KeyID("k8s/etcd", 7); got != "ward:k8s/etcd:7" {
