@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/client"
 )
@@ -139,7 +141,8 @@ func (a *NodeAPIAuthority) Encrypt(ctx context.Context, key string, pt []byte, e
 	if err != nil {
 		return nil, 0, err
 	}
-	return ClientAuthority(c).Encrypt(ctx, key, pt, encCtx)
+	ct, v, err := ClientAuthority(c).Encrypt(ctx, key, pt, encCtx)
+	return ct, v, a.explain(err)
 }
 
 // Decrypt implements Authority.
@@ -148,7 +151,17 @@ func (a *NodeAPIAuthority) Decrypt(ctx context.Context, ct []byte, encCtx map[st
 	if err != nil {
 		return nil, err
 	}
-	return ClientAuthority(c).Decrypt(ctx, ct, encCtx)
+	pt, err := ClientAuthority(c).Decrypt(ctx, ct, encCtx)
+	return pt, a.explain(err)
+}
+
+// explain adds to a failed TLS handshake which server the plugin accepts.
+func (a *NodeAPIAuthority) explain(err error) error {
+	s, ok := status.FromError(err)
+	if err == nil || !ok || !strings.Contains(s.Message(), "authentication handshake failed") {
+		return err
+	}
+	return status.Errorf(s.Code(), "%s (the plugin accepts only %s, its authority.server_id, with a certificate chaining to the bundle from the Workload API)", s.Message(), a.serverID)
 }
 
 // Close closes every connection.
