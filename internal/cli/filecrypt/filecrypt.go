@@ -196,9 +196,23 @@ func (r *Runner) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, keyN
 // writeMapped writes the mapped file m to w in large pieces (progress
 // between them). Write seals whole segments straight from m and does not
 // keep it; a fault reading m (the file shrank) becomes Write's error,
-// here (SetPanicOnFault) as in the envelope's goroutines.
+// here (SetPanicOnFault) as in the envelope's goroutines. Each piece w
+// is done with is released (see release) by another goroutine while the
+// next ones are sealed; all of them before writeMapped returns.
 func (r *Runner) writeMapped(w io.Writer, m []byte) (n int64, err error) {
 	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	done := make(chan []byte, len(m)/mapChunk+1) // never blocks the sender
+	released := make(chan struct{})
+	go func() {
+		for c := range done {
+			release(c)
+		}
+		close(released)
+	}()
+	defer func() {
+		close(done)
+		<-released
+	}()
 	for len(m) > 0 {
 		c := m[:min(len(m), mapChunk)]
 		k, err := w.Write(c)
@@ -209,6 +223,7 @@ func (r *Runner) writeMapped(w io.Writer, m []byte) (n int64, err error) {
 		if err != nil {
 			return n, err
 		}
+		done <- c
 		m = m[len(c):]
 	}
 	return n, nil
