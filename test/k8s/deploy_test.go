@@ -140,7 +140,15 @@ func TestDeployManifestsDryRun(t *testing.T) {
 			}
 			switch filepath.Base(f) {
 			case "kms-plugin.config.yaml":
-				_, err = kmsplugin.ParseConfig(b)
+				var c *kmsplugin.Config
+				if c, err = kmsplugin.ParseConfig(b); err == nil && c.Authority.MTLS() {
+					err = errors.New("in the mTLS mode: this is the admin-socket variant")
+				}
+			case "kms-plugin-mtls.config.yaml":
+				var c *kmsplugin.Config
+				if c, err = kmsplugin.ParseConfig(b); err == nil && !c.Authority.MTLS() {
+					err = errors.New("not in the mTLS mode (authority.node_api)")
+				}
 			default:
 				t.Errorf("deploy/%s: no ward configuration parser for it", f)
 			}
@@ -189,7 +197,7 @@ func TestDeployManifestsDryRun(t *testing.T) {
 			t.Errorf("no %s under deploy/", k)
 		}
 	}
-	for _, c := range []string{"ward.yaml", "agent.yaml", "webhook.yaml", "kms-plugin.config.yaml"} {
+	for _, c := range []string{"ward.yaml", "agent.yaml", "webhook.yaml", "kms-plugin.config.yaml", "kms-plugin-mtls.config.yaml"} {
 		if !configs[c] {
 			t.Errorf("no %s under deploy/", c)
 		}
