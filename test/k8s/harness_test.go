@@ -157,8 +157,15 @@ type plugin struct {
 // rotation or a seal quickly) and starts the plugin.
 func startPlugin(t testing.TB, a *authority, dir, key, cluster string) *plugin {
 	t.Helper()
+	return startPluginWith(t, a, dir, key, cluster, fmt.Sprintf("authority:\n  address: %s\n", a.addr))
+}
+
+// startPluginWith is startPlugin with the configuration's authority
+// section (the mode: admin socket or mTLS).
+func startPluginWith(t testing.TB, a *authority, dir, key, cluster, authoritySection string) *plugin {
+	t.Helper()
 	p := &plugin{socket: filepath.Join(dir, "kms.sock"), logs: &syncbuf.Buffer{}}
-	cfg := fmt.Sprintf("socket: %s\ncluster: %s\nkey: %s\nhealth_ttl: 1s\nauthority:\n  address: %s\n", p.socket, cluster, key, a.addr)
+	cfg := fmt.Sprintf("socket: %s\ncluster: %s\nkey: %s\nhealth_ttl: 1s\n%s", p.socket, cluster, key, authoritySection)
 	path := filepath.Join(dir, "kms-plugin.yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

@@ -278,6 +278,41 @@ func freeAddr(t testing.TB) string {
 	return l.Addr().String()
 }
 
+// startNodeAgent starts a `ward agent` child on this "node" (agent
+// spiffe://k8s.example.org/ward/agent/node-1, attested with a join token)
+// after registering an entry under it (`ward entry create` with entryArgs);
+// it returns ward's bundle file and the agent's Workload API socket.
+func startNodeAgent(t testing.TB, a *authority, dir, nodeAPI string, entryArgs ...string) (bundle, socket string) {
+	t.Helper()
+	agentDir := filepath.Join(dir, "agent")
+	if err := os.MkdirAll(agentDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	bundle = filepath.Join(agentDir, "bundle.pem")
+	a.ward("", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(a.ward("", "token", "create", "--agent-path", "node-1", "-q"))
+	a.ward("", append([]string{"entry", "create", "--parent", "spiffe://k8s.example.org/ward/agent/node-1"}, entryArgs...)...)
+	socket = filepath.Join(agentDir, "agent.sock")
+	agentCfg := filepath.Join(agentDir, "agent.yaml")
+	if err := os.WriteFile(agentCfg, []byte(fmt.Sprintf("trust_domain: k8s.example.org\nserver_address: %s\ntrust_bundle_path: %s\njoin_token: %s\nsocket_path: %s\ndata_dir: %s\nsync_interval: 500ms\nlog_level: warn\n",
+		nodeAPI, bundle, token, socket, filepath.Join(agentDir, "data"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	agentLogs := &syncbuf.Buffer{}
+	agent := exec.Command(wardBin, "agent", "--config", agentCfg)
+	agent.Stdout, agent.Stderr = agentLogs, agentLogs
+	if err := agent.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		stop(agent)
+		if t.Failed() {
+			t.Logf("agent logs:\n%s", agentLogs.String())
+		}
+	})
+	return bundle, socket
+}
+
 // startWebhookStack starts an authority, a ward agent on this "node" and
 // `ward webhook` (mode) serving the SVID of an entry for this uid with the
 // Service's DNS name, and localhost, the name the tests dial (no cluster
@@ -292,29 +327,8 @@ func startWebhookStack(t testing.TB, dir, mode string) (a *authority, wh *webhoo
 	// A ward agent on this "node", and an entry giving the webhook (this
 	// uid) an SVID with the Service's DNS name; localhost too, the name
 	// the test's apiserver dials (no cluster DNS here).
-	agentDir := filepath.Join(dir, "agent")
-	if err := os.MkdirAll(agentDir, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	bundle = filepath.Join(agentDir, "bundle.pem")
-	a.ward("", "ca", "bundle", "-o", bundle)
-	token := strings.TrimSpace(a.ward("", "token", "create", "--agent-path", "node-1", "-q"))
-	a.ward("", "entry", "create", "--spiffe-id", "spiffe://k8s.example.org/ward-system/webhook",
-		"--parent", "spiffe://k8s.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()),
-		"--dns", webhookDNS, "--dns", "localhost")
-	socket := filepath.Join(agentDir, "agent.sock")
-	agentCfg := filepath.Join(agentDir, "agent.yaml")
-	if err := os.WriteFile(agentCfg, []byte(fmt.Sprintf("trust_domain: k8s.example.org\nserver_address: %s\ntrust_bundle_path: %s\njoin_token: %s\nsocket_path: %s\ndata_dir: %s\nsync_interval: 500ms\nlog_level: warn\n",
-		nodeAPI, bundle, token, socket, filepath.Join(agentDir, "data"))), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	agentLogs := &syncbuf.Buffer{}
-	agent := exec.Command(wardBin, "agent", "--config", agentCfg)
-	agent.Stdout, agent.Stderr = agentLogs, agentLogs
-	if err := agent.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stop(agent) })
+	bundle, socket := startNodeAgent(t, a, dir, nodeAPI, "--spiffe-id", "spiffe://k8s.example.org/ward-system/webhook",
+		"--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()), "--dns", webhookDNS, "--dns", "localhost")
 
 	// The webhook: rules checked against the authority's classification table.
 	whAddr := freeAddr(t)
