@@ -165,6 +165,7 @@ type view struct {
 	inter  *keyRecord // active intermediate
 	jwt    *keyRecord // active JWT key
 	bundle *spiffebundle.Bundle
+	roots  []*x509.Certificate // bundle's X.509 authorities (X509Authorities)
 	crls   [][]byte
 }
 
@@ -249,7 +250,7 @@ func (c *CA) installLocked(s *persisted, rev int64) error {
 	}
 	b.SetRefreshHint(c.cfg.RefreshHint)
 	b.SetSequenceNumber(s.Sequence)
-	v.bundle = b
+	v.bundle, v.roots = b, b.X509Authorities()
 	crls, err := buildCRLs(s, rev)
 	if err != nil {
 		return err

@@ -87,6 +87,18 @@ func (c *CA) Bundle() (*spiffebundle.Bundle, error) {
 	return v.bundle.Clone(), nil
 }
 
+// X509Authorities returns the trust bundle's X.509 authorities (those of
+// Bundle) without copying the bundle, for callers that verify a chain on
+// every call (the Node API). The slice is the CA's own: read it, never
+// modify it. A new bundle comes with a new slice.
+func (c *CA) X509Authorities() ([]*x509.Certificate, error) {
+	v := c.view.Load()
+	if v.bundle == nil {
+		return nil, ErrNotInitialized
+	}
+	return v.roots, nil
+}
+
 // TrustDomain returns the CA's trust domain.
 func (c *CA) TrustDomain() spiffeid.TrustDomain { return c.cfg.TrustDomain }
 

@@ -329,9 +329,9 @@ func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
 	now := s.cfg.Clock()
 	var src x509bundle.Source = bundleSource{s.cfg.CA}
-	var anchors []*x509.Certificate
-	if b, err := s.cfg.CA.Bundle(); err == nil {
-		anchors = b.X509Authorities()
+	// The CA's own slice, not a copy of its bundle: this runs on every call.
+	anchors, err := s.cfg.CA.X509Authorities()
+	if err == nil {
 		if id, ok := s.verified.get(raw, anchors, now); ok {
 			return id, nil
 		}
@@ -548,16 +548,13 @@ func reserved(id spiffeid.ID) bool {
 // A certificate chaining to a tainted CA key may only call RenewAgent.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
-	actor := "node:unauthenticated"
-	if p != nil && p.Addr != nil {
-		actor += "@" + p.Addr.String()
-	}
 	var raw [][]byte
 	var leaf *x509.Certificate
 	if p != nil {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
-			for _, c := range ti.State.PeerCertificates {
-				raw = append(raw, c.Raw)
+			raw = make([][]byte, len(ti.State.PeerCertificates))
+			for i, c := range ti.State.PeerCertificates {
+				raw[i] = c.Raw
 			}
 			leaf = ti.State.PeerCertificates[0]
 		}
@@ -567,6 +564,10 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 			// Attest is served on connections without a certificate only,
 			// where messages are bounded to what attestation needs.
 			return nil, status.Error(codes.FailedPrecondition, "Attest is for nodes without an SVID: dial the Node API without a client certificate to attest")
+		}
+		actor := "node:unauthenticated"
+		if p != nil && p.Addr != nil {
+			actor += "@" + p.Addr.String()
 		}
 		return reqctx.With(ctx, reqctx.Caller{Actor: actor, RequestID: reqctx.RequestIDFrom(ctx)}), nil
 	}

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"google.golang.org/grpc/peer"
@@ -16,15 +18,39 @@ import (
 )
 
 // adminCaller builds the audit identity of an admin-socket caller
-// (its uid, from SO_PEERCRED) and its request id (x-request-id, or new).
+// (its uid, from SO_PEERCRED, read once per connection at its handshake)
+// and its request id (x-request-id, or new).
 func adminCaller(ctx context.Context) reqctx.Caller {
 	c := reqctx.Caller{Actor: "unknown", RequestID: reqctx.RequestIDFrom(ctx), IdempotencyKey: reqctx.IdempotencyKeyFrom(ctx)}
 	if p, ok := peer.FromContext(ctx); ok {
 		if info, ok := p.AuthInfo.(peercred.AuthInfo); ok {
-			c.Actor = "admin:uid=" + strconv.FormatUint(uint64(info.Caller.UID), 10)
+			c.Actor = adminActor(info.Caller.UID)
 		}
 	}
 	return c
+}
+
+// adminActors remembers the actor name of each uid seen on the admin
+// socket ("admin:uid=N", a function of the uid alone), so that a call does
+// not build the same string again. Only uids that can open the socket
+// (its owner's, root's) get in; maxAdminActors bounds it all the same.
+var adminActors sync.Map // uint32 -> string
+
+const maxAdminActors = 256
+
+var adminActorCount atomic.Int32
+
+func adminActor(uid uint32) string {
+	if v, ok := adminActors.Load(uid); ok {
+		return v.(string)
+	}
+	a := "admin:uid=" + strconv.FormatUint(uint64(uid), 10)
+	if adminActorCount.Load() < maxAdminActors {
+		if _, loaded := adminActors.LoadOrStore(uid, a); !loaded {
+			adminActorCount.Add(1)
+		}
+	}
+	return a
 }
 
 // listenAdmin creates the admin socket, readable and writable by its owner

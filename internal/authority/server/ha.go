@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -220,10 +219,13 @@ func (s *Server) cutOff() bool {
 	return ok && !c.Connected()
 }
 
-// haUnary refuses calls other than status and lifecycle while cut off.
-func (s *Server) haUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if !strings.HasPrefix(info.FullMethod, "/ward.v1.Operator/") && !strings.HasPrefix(info.FullMethod, "/ward.v1.Cluster/") && s.cutOff() {
-		return nil, status.Error(codes.Unavailable, "this authority is cut off from etcd (its lease was not renewed within the lease TTL): try another authority")
+// cutOffRefusal refuses unary calls other than status and lifecycle while
+// cut off (adminUnary); nil otherwise.
+func (s *Server) cutOffRefusal(method string) error {
+	if !strings.HasPrefix(method, "/ward.v1.Operator/") && !strings.HasPrefix(method, "/ward.v1.Cluster/") && s.cutOff() {
+		return errCutOff
 	}
-	return h(ctx, req)
+	return nil
 }
+
+var errCutOff = status.Error(codes.Unavailable, "this authority is cut off from etcd (its lease was not renewed within the lease TTL): try another authority")

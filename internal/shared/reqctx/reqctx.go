@@ -24,13 +24,30 @@ type Caller struct {
 
 type key struct{}
 
+// callerCtx carries a Caller in one allocation per call (context.WithValue
+// with a Caller takes two: the node and the boxed Caller). It answers key{}
+// with a pointer to its own copy, which nothing writes through.
+type callerCtx struct {
+	context.Context
+	c Caller
+}
+
+func (c *callerCtx) Value(k any) any {
+	if _, ok := k.(key); ok {
+		return &c.c
+	}
+	return c.Context.Value(k)
+}
+
+func (c *callerCtx) String() string { return "reqctx.With(" + c.c.Actor + ")" }
+
 // With returns ctx carrying c.
-func With(ctx context.Context, c Caller) context.Context { return context.WithValue(ctx, key{}, c) }
+func With(ctx context.Context, c Caller) context.Context { return &callerCtx{Context: ctx, c: c} }
 
 // From returns the caller in ctx; an unknown caller has Actor "unknown".
 func From(ctx context.Context) Caller {
-	if c, ok := ctx.Value(key{}).(Caller); ok {
-		return c
+	if c, ok := ctx.Value(key{}).(*Caller); ok {
+		return *c
 	}
 	return Caller{Actor: "unknown"}
 }
