@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
@@ -82,6 +84,7 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 		return status.Error(codes.Unauthenticated, "no workload identity on this call")
 	}
 	action := kmsActions[method]
+	serial := peerSerial(ctx)
 	seen := map[string]bool{}
 	for _, k := range keys {
 		if k == "" || seen[k] {
@@ -102,7 +105,7 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 			cls = ""
 		}
 		start := time.Now()
-		d := w.s.engine.Decide(policy.Request{Principal: id.String(), Action: action,
+		d := w.s.engine.Decide(policy.Request{Principal: id.String(), CertSerial: serial, Action: action,
 			Resource: policy.Resource{Type: policy.TypeKey, Name: k, Classification: cls},
 			Context:  policy.Context{SourceTrustDomain: id.TrustDomain().Name(), TLSVersion: "1.3"}})
 		if cfg.OnDecision != nil {
@@ -124,6 +127,21 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 		return status.Errorf(codes.PermissionDenied, "policy version %d denies %s %s on key %q (%s)", d.Version, id, action, k, why)
 	}
 	return nil
+}
+
+// peerSerial is the hex serial of the caller's certificate, for the
+// deny-list's serials (`ward revoke --serial`): a revoked SVID is refused
+// even while its SPIFFE ID is not.
+func peerSerial(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return ""
+	}
+	return policy.SerialHex(ti.State.PeerCertificates[0].SerialNumber)
 }
 
 func (w *workloadKMS) Encrypt(ctx context.Context, r *wardv1.EncryptRequest) (*wardv1.EncryptResponse, error) {

@@ -247,3 +247,51 @@ func TestWorkloadKMSRefusesMadeUpKeyNames(t *testing.T) {
 		t.Fatalf("a well-formed unknown key name: %v", err)
 	}
 }
+
+// TestWorkloadKMSRefusesRevokedSerial: `ward revoke --serial` of one
+// workload SVID refuses that certificate's KMS calls (audited), while
+// another SVID of the same SPIFFE ID is still served.
+func TestWorkloadKMSRefusesRevokedSerial(t *testing.T) {
+	k := newKMSHarness(t)
+	ctx := context.Background()
+	if _, err := k.kms.Create(ctx, "team/data", "internal", ""); err != nil {
+		t.Fatal(err)
+	}
+	k.apply(t, `@id("app-encrypts")
+permit(principal == Workload::"spiffe://`+testTD.Name()+`/app", action == Action::"kms:encrypt", resource);`)
+	stolen, fresh := k.caSigned(t, "/app"), k.caSigned(t, "/app")
+	encrypt := func(s *x509svid.SVID) error {
+		_, err := k.workloadKMS(t, s).Encrypt(ctx, &wardv1.EncryptRequest{Key: "team/data", Plaintext: []byte("x")})
+		return err
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	err := encrypt(stolen)
+	for ; err != nil && time.Now().Before(deadline); err = encrypt(stolen) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("before the revocation: %v", err)
+	}
+	serial := stolen.Certificates[0].SerialNumber.Text(16)
+	if _, err := k.policy.Revoke(ctx, "admin:uid=0", nil, []string{serial}, false, ""); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	err = encrypt(stolen)
+	for ; code(err) != codes.PermissionDenied && time.Now().Before(deadline); err = encrypt(stolen) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "deny-list") {
+		t.Fatalf("revoked serial: %v", err)
+	}
+	if err := encrypt(fresh); err != nil {
+		t.Fatalf("another SVID of the same ID: %v", err)
+	}
+	denied := false
+	for _, ev := range k.auditEvents() {
+		denied = denied || ev.Operation == "kms.encrypt" && ev.Result == audit.ResultDenied && ev.Actor == stolen.ID.String()
+	}
+	if !denied {
+		t.Fatal("the refusal was not audited")
+	}
+}
