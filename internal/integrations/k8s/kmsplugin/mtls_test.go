@@ -379,6 +379,30 @@ func TestMTLSMode(t *testing.T) {
 		eventually(t, "healthy again", func() (bool, string) { st := statusOf(t, kc); return st.Healthz == "ok", st.Healthz })
 	})
 
+	t.Run("revoked SVID serial: refused until the next SVID", func(t *testing.T) {
+		cur, err := auth.SVID()
+		if err != nil {
+			t.Fatal(err)
+		}
+		serial := cur.Certificates[0].SerialNumber.Text(16)
+		if _, err := e.a.Policy.Revoke(ctx, "admin:uid=0", nil, []string{serial}, false, ""); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "an unhealthy Status naming the deny-list", func() (bool, string) {
+			st := statusOf(t, kc)
+			said = append(said, st.Healthz)
+			if s, err := auth.SVID(); err == nil && s.Certificates[0].SerialNumber.Text(16) != serial {
+				t.Skip("the SVID was renewed before the revocation was seen (a loaded machine)")
+			}
+			return strings.HasPrefix(st.Healthz, "denied by the authority: ") && strings.Contains(st.Healthz, "deny-list"), st.Healthz
+		})
+		// The agent's next SVID (new serial) is served again.
+		eventually(t, "healthy on the renewed SVID", func() (bool, string) { st := statusOf(t, kc); return st.Healthz == "ok", st.Healthz })
+		if now, _ := auth.SVID(); now == nil || now.Certificates[0].SerialNumber.Text(16) == serial {
+			t.Fatal("healthy on the revoked serial")
+		}
+	})
+
 	t.Run("only the configured server ID", func(t *testing.T) {
 		// Another workload of the same trust domain, valid SVID.
 		other, otherCalls := impostor(t, issued(t, e.a, e.a.ID("/ns/shop/sa/api")), e.a)
