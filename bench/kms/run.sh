@@ -17,7 +17,7 @@ run() { go test -run '^$' -bench "$1" -benchtime "$BT" "$2" 2>&1 | grep -E '^Ben
 echo "== running benchmarks (benchtime $BT) ==" >&2
 run 'BenchmarkWrapDataKey' ./internal/shared/kmscrypto
 run 'BenchmarkDataKeyInProcess|BenchmarkEncryptDecryptRewrap' ./internal/authority/kms
-run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAPINoopUnaryCallers|BenchmarkKMSPluginEncryptCallers|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt|BenchmarkNodeKMSEncryptCallers' ./internal/authority/server
+run 'BenchmarkAPIDataKeyBatch|BenchmarkAPIEncryptUnary|BenchmarkAPINoopUnaryCallers|BenchmarkKMSPluginEncryptCallers|BenchmarkKMSEncryptAuditedCallers|BenchmarkAuditAppendBbolt|BenchmarkNodeKMSEncryptCallers|BenchmarkKMSPluginMTLSEncryptCallers' ./internal/authority/server
 run 'BenchmarkWorkloadKMSCallers' ./internal/authority/nodeapi
 run 'BenchmarkAppendParallel|BenchmarkAppendClosedLoop|BenchmarkVerify1M' ./internal/authority/audit
 
@@ -85,12 +85,14 @@ done
 [ -n "$inproc" ] && printf '%-44s %12s %10s %12s %12s %14s\n' "in process, in-memory recorder (ceiling)" "$inproc" "-" "-" "-" "1.000"
 # The workload KMS over mTLS (Node API: TLS 1.3 with the workload's SVID,
 # authentication, policy decision) on the real authority (bbolt audit), the
-# same with an audit recorder that keeps nothing, and a no-op KMS on the
-# same mTLS server: the stack's ceiling.
+# KMS v2 plugin in its mTLS mode in front of it, the same with an audit
+# recorder that keeps nothing, and a no-op KMS on the same mTLS server: the
+# stack's ceiling.
 for c in 8 64; do
-  for n in "NodeKMSEncryptCallers/callers=$c-" "WorkloadKMSCallers/encrypt/callers=$c-" "WorkloadKMSCallers/noop/callers=$c-"; do
+  for n in "NodeKMSEncryptCallers/callers=$c-" "KMSPluginMTLSEncryptCallers/callers=$c-" "WorkloadKMSCallers/encrypt/callers=$c-" "WorkloadKMSCallers/noop/callers=$c-"; do
     case $n in
     Node*) label="workload KMS via Node API mTLS (bbolt)" ;;
+    KMSPlugin*) label="KMS v2 plugin, mTLS mode (socket -> Node API)" ;;
     *encrypt*) label="workload KMS via mTLS, audit discarded" ;;
     *) label="no-op via Node API mTLS (the ceiling)" ;;
     esac
