@@ -98,11 +98,24 @@ type Config struct {
 	Outbound []Outbound `yaml:"outbound"`
 }
 
-// TLSConfig selects the protocol floor.
+// TLSConfig selects the protocol floor and session resumption.
 type TLSConfig struct {
 	// MinVersion is "1.3" (default) or "1.2" (then only ECDHE AEAD suites).
 	MinVersion string `yaml:"min_version"`
+	// SessionResumption resumes TLS 1.3 sessions (default true): a new
+	// connection to or from a peer met within session_lifetime skips the
+	// certificate signatures, never the verification (session.go).
+	SessionResumption *bool `yaml:"session_resumption"`
+	// SessionLifetime caps a session (default 10m, at most 1h); it never
+	// outlives either side's SVID. Ticket keys rotate at this period.
+	SessionLifetime yamlconf.Duration `yaml:"session_lifetime"`
+	// SessionCacheSize bounds the sessions outbound listeners keep
+	// (default 1024).
+	SessionCacheSize int `yaml:"session_cache_size"`
 }
+
+// Resumption reports whether session resumption is on.
+func (t TLSConfig) Resumption() bool { return t.SessionResumption == nil || *t.SessionResumption }
 
 // Service is the policy resource an inbound listener protects.
 type Service struct {
@@ -229,6 +242,10 @@ func (c *Config) defaults() {
 	if c.TLS.MinVersion == "" {
 		c.TLS.MinVersion = "1.3"
 	}
+	def(&c.TLS.SessionLifetime, DefaultSessionLifetime)
+	if c.TLS.SessionCacheSize == 0 {
+		c.TLS.SessionCacheSize = DefaultSessionCacheSize
+	}
 	if c.AccessLog == "" {
 		c.AccessLog = "stderr"
 	}
@@ -288,6 +305,13 @@ func (c *Config) Validate() error {
 	}
 	if c.TLS.MinVersion != "1.3" && c.TLS.MinVersion != "1.2" {
 		bad("tls.min_version %q: use \"1.3\" (default) or \"1.2\"", c.TLS.MinVersion)
+	}
+	if l := time.Duration(c.TLS.SessionLifetime); l <= 0 || l > MaxSessionLifetime {
+		bad("tls.session_lifetime %s must be positive and at most %s (a resumed session skips the certificate signatures; "+
+			"its chain is still verified at every handshake)", l, MaxSessionLifetime)
+	}
+	if n := c.TLS.SessionCacheSize; n < 1 || n > MaxSessionCacheSize {
+		bad("tls.session_cache_size %d must be between 1 and %d", n, MaxSessionCacheSize)
 	}
 	if c.PolicySocket != "" && len(c.PolicyFiles) > 0 {
 		bad("policy_socket and policy_files exclude each other: follow the agent's policy, or read local files")

@@ -40,6 +40,7 @@ type connState struct {
 	revoked    atomic.Pointer[policy.Decision]
 
 	tlsVersion string
+	resumed    bool   // the handshake resumed a session
 	outcome    string // handshake_failed, denied, dial_failed, closed, ...
 	errText    string
 	bytesIn    atomic.Int64

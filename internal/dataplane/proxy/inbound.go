@@ -79,7 +79,7 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 			return
 		}
 	}
-	tc := tls.Server(conn, p.withChainKeys(p.inboundTLS, &keys))
+	tc := tls.Server(conn, p.withChainKeys(p.inboundTLS, in.Name, &keys))
 	c.add(tc)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(p.cfg.HandshakeTimeout))
 	err := tc.HandshakeContext(ctx)
@@ -94,6 +94,9 @@ func (p *Proxy) serveInbound(in *Inbound, hf *httpFront, c *connState, raw net.C
 	cs := tc.ConnectionState()
 	c.tlsVersion = tlsVersionName(cs.Version)
 	p.m.tlsVersion.WithLabelValues(c.listener, c.tlsVersion, cs.CurveID.String()).Inc()
+	if c.resumed = cs.DidResume; c.resumed {
+		p.m.resumed.WithLabelValues(c.listener, "inbound").Inc()
+	}
 	leaf := cs.PeerCertificates[0]
 	id, err := x509svid.IDFromCert(leaf)
 	if err != nil { // verified by the handshake already; belt and braces
@@ -239,6 +242,9 @@ func (p *Proxy) logAccess(c *connState) {
 	}
 	if c.tlsVersion != "" {
 		attrs = append(attrs, slog.String("tls_version", c.tlsVersion))
+		if c.resumed {
+			attrs = append(attrs, slog.Bool("tls_resumed", true))
+		}
 	}
 	outcome := c.outcome
 	if r := c.revoked.Load(); r != nil {

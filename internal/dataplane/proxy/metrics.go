@@ -25,6 +25,8 @@ type metrics struct {
 	policyLoaded    prometheus.Gauge
 	policyErrors    prometheus.Counter
 	serviceDials    *prometheus.CounterVec
+	resumed         *prometheus.CounterVec
+	ticketsRefused  *prometheus.CounterVec
 }
 
 func newMetrics(svidExpiry func() float64, chainHits, chainMisses *atomic.Int64) *metrics {
@@ -52,6 +54,12 @@ func newMetrics(svidExpiry func() float64, chainHits, chainMisses *atomic.Int64)
 	m.serviceDials = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_service_attempts_total",
 		Help: "Attempts of outbound listeners naming a service (service: name@td) to reach one of its clusters, by listener, cluster (trust domain) and result (ok, dial_failed, handshake_failed, skipped_down)."},
 		[]string{"listener", "cluster", "result"})
+	m.resumed = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_tls_resumed_total",
+		Help: "Completed TLS handshakes that resumed a session (verified and decided as a full one), by listener and direction."},
+		[]string{"listener", "direction"})
+	m.ticketsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_tls_session_tickets_refused_total",
+		Help: "Session tickets presented to inbound listeners and refused (a full handshake follows), by reason (unknown_key: rotated out, dropped or not ours; expired; other_listener; own_svid_changed; trust_changed; invalid; not_tls13)."},
+		[]string{"reason"})
 	m.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ward_proxy_connections_rejected_total",
 		Help: "Connections refused before the handshake or the app dial, by reason (max_connections, per_source, per_source_handshakes, draining, dial_app, dial_remote)."},
 		[]string{"listener", "reason"})
@@ -64,7 +72,7 @@ func newMetrics(svidExpiry func() float64, chainHits, chainMisses *atomic.Int64)
 	m.policyErrors = prometheus.NewCounter(prometheus.CounterOpts{Name: "ward_proxy_policy_load_errors_total",
 		Help: "Policy updates rejected (the previous set stays in force)."})
 	for _, c := range []prometheus.Collector{m.open, m.total, m.bytes, m.handshakeFail, m.tlsVersion, m.decisions, m.dryRun,
-		m.decisionSeconds, m.rejected, m.policyClosed, m.policyVersion, m.policyLoaded, m.policyErrors, m.serviceDials} {
+		m.decisionSeconds, m.rejected, m.policyClosed, m.policyVersion, m.policyLoaded, m.policyErrors, m.serviceDials, m.resumed, m.ticketsRefused} {
 		f(c)
 	}
 	f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ward_proxy_svid_expiry_seconds",

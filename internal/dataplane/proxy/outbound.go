@@ -79,7 +79,7 @@ func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, sni string, c *conn
 			c.outcome, c.errText = "dial_failed", fmt.Sprintf("dial remote %s: %v", out.Remote, err)
 			return
 		}
-		tc = tls.Client(tcp, p.clientTLS(id, sni, &keys))
+		tc = tls.Client(tcp, p.clientTLS(out.Name, id, sni, out.Remote, &keys))
 		c.add(tc)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			reason := handshakeReason(err)
@@ -103,6 +103,9 @@ func (p *Proxy) serveOutbound(out *Outbound, id spiffeid.ID, sni string, c *conn
 		return
 	}
 	p.m.tlsVersion.WithLabelValues(c.listener, c.tlsVersion, cs.CurveID.String()).Inc()
+	if c.resumed = cs.DidResume; c.resumed {
+		p.m.resumed.WithLabelValues(c.listener, "outbound").Inc()
+	}
 	c.outcome = "closed"
 	vc := newVerdictConn(tc)
 	if err := pipe(c, raw, vc, time.Duration(p.cfg.IdleTimeout)); err != nil {

@@ -72,7 +72,15 @@ type Proxy struct {
 	certs                  certCache
 	chains                 *chainCache
 	chainHits, chainMisses atomic.Int64
+	// Session resumption (session.go; nil when off): inbound ticket keys
+	// and the outbound session cache.
+	tickets  *ticketKeys
+	sessions *sessionCache
 }
+
+// updater is an X509Source that notifies its updates (go-spiffe's
+// workloadapi.X509Source): session resumption needs it (session.go).
+type updater interface{ Updated() <-chan struct{} }
 
 // Option configures a Proxy.
 type Option func(*Proxy)
@@ -114,8 +122,17 @@ func New(cfg *Config, opts ...Option) (*Proxy, error) {
 		addrs:     map[string]net.Addr{},
 		chains:    newChainCache(),
 	}
+	if cfg.TLS.Resumption() {
+		p.tickets = newTicketKeys(time.Duration(cfg.TLS.SessionLifetime))
+		p.sessions = newSessionCache(cfg.TLS.SessionCacheSize)
+	}
 	for _, o := range opts {
 		o(p)
+	}
+	if _, ok := p.src.(updater); p.src != nil && !ok {
+		// No notice of bundle or SVID changes: no sessions to drop on
+		// them, so none are made.
+		p.tickets, p.sessions = nil, nil
 	}
 	if p.log == nil {
 		p.log = slog.New(slog.NewJSONHandler(os.Stderr, nil))
@@ -217,6 +234,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 		p.src = xs
 	}
 	p.srcReady.Store(true)
+	if u, ok := p.src.(updater); ok && p.tickets != nil {
+		// Every Workload API update (SVID, bundles) ends every session.
+		var upWG sync.WaitGroup
+		defer func() { cancel(); upWG.Wait() }()
+		upWG.Add(1)
+		go func() { defer upWG.Done(); p.watchUpdates(runCtx, u) }()
+	}
 	if svid, err := p.src.GetX509SVID(); err == nil {
 		p.log.Info("identity", "spiffe_id", svid.ID.String(), "expires", svid.Certificates[0].NotAfter)
 	}
@@ -279,11 +303,37 @@ func (p *Proxy) applyPolicy(s *policy.Set) {
 		return
 	}
 	p.policyErr.Store(nil)
+	// Taints and deny-lists arrive with policy versions: no session made
+	// before one is resumed after it (each would be refused at its
+	// handshake anyway; session.go).
+	p.dropSessions()
 	p.m.policyVersion.Set(float64(s.Version()))
 	p.m.policyLoaded.Set(1)
 	p.log.Info("policy in force", "version", s.Version(), "policies", s.Len(),
 		"deny_list_ids", len(s.DenyList().SPIFFEIDs), "deny_list_serials", len(s.DenyList().Serials))
 	p.recheck()
+}
+
+// watchUpdates drops every session on each update of the X509 source
+// until ctx ends.
+func (p *Proxy) watchUpdates(ctx context.Context, u updater) {
+	for {
+		select {
+		case <-u.Updated():
+			p.dropSessions()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// dropSessions drops every ticket key and every cached outbound session.
+func (p *Proxy) dropSessions() {
+	if p.tickets == nil || p.tickets.keepOnChange {
+		return
+	}
+	p.tickets.drop()
+	p.sessions.clear()
 }
 
 // recheck decides every open inbound connection again and closes those the

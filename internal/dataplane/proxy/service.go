@@ -154,7 +154,7 @@ func (p *Proxy) dialService(ctx context.Context, out *Outbound, c *connState, ke
 			continue
 		}
 		var k []string
-		tc := tls.Client(tcp, p.clientTLS(t.id, t.sni, &k))
+		tc := tls.Client(tcp, p.clientTLS(out.Name, t.id, t.sni, t.gateway, &k))
 		c.add(tc)
 		err = tc.HandshakeContext(actx)
 		cancel()

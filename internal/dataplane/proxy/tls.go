@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -35,9 +36,10 @@ var aeadSuites12 = []uint16{
 // baseTLS is the protocol part shared by both directions. CurvePreferences
 // stays nil on purpose: Go's default list puts the hybrid post-quantum
 // X25519MLKEM768 first (and, in FIPS mode, keeps only approved groups).
-// Session tickets are off, so every connection presents and has its
-// certificate chain verified against the current bundle (a resumed session
-// would skip that). Go's TLS server never accepts 0-RTT early data.
+// Session tickets are off here; with tls.session_resumption the
+// per-connection configs resume TLS 1.3 sessions (session.go), verified at
+// every resumed handshake as at a full one. Go's TLS server never accepts
+// 0-RTT early data.
 func (p *Proxy) baseTLS() *tls.Config {
 	c := &tls.Config{
 		MinVersion:             tls.VersionTLS13,
@@ -98,13 +100,16 @@ func (e *notFederatedError) Unwrap() error { return e.err }
 // domain is not federated.
 const reasonNotFederated = "trust_domain_not_federated"
 
-// withChainKeys returns a per-connection copy of the server template
-// whose peer verification (the handshake's only one, verify.go) also
-// stores the CA key IDs of the verified chains in *keys, for the
-// deny-list's tainted keys at the decision and on every re-check.
-func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
+// withChainKeys returns a per-connection copy of the server template for
+// inbound listener listener whose peer verification (the handshake's only
+// one, verify.go, also on a resumed session) stores the CA key IDs of the
+// verified chains in *keys, for the deny-list's tainted keys at the
+// decision and on every re-check. With session resumption its tickets
+// are bound to listener (session.go).
+func (p *Proxy) withChainKeys(tmpl *tls.Config, listener string, keys *[]string) *tls.Config {
 	c := tmpl.Clone()
 	c.VerifyConnection = p.verifyConnection(tlsconfig.AuthorizeAny(), nil, keys)
+	p.sessionTicketFuncs(c, listener)
 	serverVerdictConfig(c)
 	return c
 }
@@ -115,12 +120,24 @@ func (p *Proxy) withChainKeys(tmpl *tls.Config, keys *[]string) *tls.Config {
 // *keys, so that the connection is closed when a later policy version
 // taints one of them (recheck). Go's verification is off
 // (InsecureSkipVerify: a SPIFFE peer is named by its ID, not a host name);
-// VerifyConnection (verify.go) is the one verification.
-func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tls.Config {
+// VerifyConnection (verify.go) is the one verification, on full and
+// resumed handshakes alike. With session resumption, sessions are cached
+// under listener, id, serverName, remote and the own leaf (session.go).
+func (p *Proxy) clientTLS(listener string, id spiffeid.ID, serverName, remote string, keys *[]string) *tls.Config {
 	c := p.baseTLS()
 	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return p.certs.get(p.src) }
+	var view *sessionView
+	if p.sessions != nil {
+		if own, err := p.certs.current(p.src); err == nil {
+			view = &sessionView{cache: p.sessions, own: own, prefix: sessionKeyPrefix(listener, id.String(), serverName, remote, own)}
+			c.SessionTicketsDisabled = false
+			c.ClientSessionCache = view
+			// The certificate the cache key names.
+			c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return own.cert, nil }
+		}
+	}
 	c.InsecureSkipVerify = true
-	c.VerifyConnection = p.verifyConnection(tlsconfig.AuthorizeID(id), func(got spiffeid.ID, k []string) error {
+	verify := p.verifyConnection(tlsconfig.AuthorizeID(id), func(got spiffeid.ID, k []string) error {
 		if set := p.engine.Current(); set != nil {
 			if tk := set.TaintedKeyOf(got.TrustDomain().Name(), k); tk != "" {
 				return fmt.Errorf("x509svid: server %s presents a certificate chain through tainted CA key %s (policy deny-list): refusing; the server must fetch a re-issued SVID", id, tk)
@@ -128,6 +145,17 @@ func (p *Proxy) clientTLS(id spiffeid.ID, serverName string, keys *[]string) *tl
 		}
 		return nil
 	}, keys)
+	c.VerifyConnection = verify
+	if view != nil {
+		lifetime := time.Duration(p.cfg.TLS.SessionLifetime)
+		c.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := verify(cs); err != nil {
+				return err
+			}
+			view.verified(cs, lifetime)
+			return nil
+		}
+	}
 	c.ServerName = serverName
 	// A remote ward proxy then says why it refuses (verdict.go).
 	c.NextProtos = []string{ALPNVerdict, "http/1.1"}

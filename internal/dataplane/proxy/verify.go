@@ -246,29 +246,41 @@ func (p *Proxy) verifyConnection(authorize tlsconfig.Authorizer, extra func(spif
 
 // svidCert is the proxy's own certificate for the handshake, built once
 // per X509-SVID the source hands out (go-spiffe's GetCertificate builds a
-// new one per handshake).
+// new one per handshake), with the SHA-256 of its leaf (session.go binds
+// sessions to it).
 type svidCert struct {
 	svid *x509svid.SVID
 	cert *tls.Certificate
+	fp   [32]byte
 }
 
 type certCache struct{ cur atomic.Pointer[svidCert] }
 
 func (cc *certCache) get(src x509svid.Source) (*tls.Certificate, error) {
+	sc, err := cc.current(src)
+	if err != nil {
+		return nil, err
+	}
+	return sc.cert, nil
+}
+
+// current returns the svidCert of src's current SVID.
+func (cc *certCache) current(src x509svid.Source) (*svidCert, error) {
 	s, err := src.GetX509SVID()
 	if err != nil {
 		return nil, err
 	}
-	if len(s.Certificates) == 0 {
+	if s == nil || len(s.Certificates) == 0 {
 		return nil, errors.New("the X509-SVID from the Workload API holds no certificate")
 	}
 	if c := cc.cur.Load(); c != nil && c.svid == s {
-		return c.cert, nil
+		return c, nil
 	}
 	cert := &tls.Certificate{PrivateKey: s.PrivateKey, Leaf: s.Certificates[0]}
 	for _, c := range s.Certificates {
 		cert.Certificate = append(cert.Certificate, c.Raw)
 	}
-	cc.cur.Store(&svidCert{svid: s, cert: cert})
-	return cert, nil
+	sc := &svidCert{svid: s, cert: cert, fp: sha256.Sum256(s.Certificates[0].Raw)}
+	cc.cur.Store(sc)
+	return sc, nil
 }
