@@ -62,7 +62,7 @@ var (
 	loopDur                                                     = flag.Duration("loop-duration", 3*time.Second, "length of the closed-loop runs")
 	conns                                                       = flag.Int("conns", 8, "concurrent connections for the request and connection runs")
 	msgSize                                                     = flag.Int("msg", 128, "request and response size in bytes")
-	only                                                        = flag.String("only", "", "comma-separated subset of paths: direct,go-tls,ward,stunnel,haproxy,ward-base,ward-gw,haproxy-sni (default: the first four)")
+	only                                                        = flag.String("only", "", "comma-separated subset of paths: direct,go-tls,ward,stunnel,haproxy,ward-base,ward-gw,haproxy-sni,ward-resume,haproxy-resume (default: the first four; ward does not resume TLS sessions, like the haproxy and stunnel pairs; ward-resume and haproxy-resume do)")
 	runs                                                        = flag.Int("runs", 1, "measure every path this many times, taking turns, and report the medians")
 	profileDir                                                  = flag.String("profile", "", "write CPU profiles of the ward proxies (ward path) to this directory")
 	bareMode                                                    = flag.String("bare", "", "internal: run a bare Go TLS forwarder (server|client)")
@@ -532,7 +532,7 @@ func printRow(name string, r result) {
 		}
 		return fmt.Sprintf("%.0f", us(d))
 	}
-	fmt.Printf("%-12s %12.0f %12.0f %10.0f %10.0f %10.0f %12.0f %7d %11s %12s\n", name, r.mbps, r.rps,
+	fmt.Printf("%-14s %12.0f %12.0f %10.0f %10.0f %10.0f %12.0f %7d %11s %12s\n", name, r.mbps, r.rps,
 		us(r.p50), us(r.p99), r.rateAchieved, r.connsPerSec, r.errors, cpu(r.cpuReq), cpu(r.cpuConn))
 }
 
@@ -583,14 +583,18 @@ func run() error {
 	// server proxy) with gateway_service set.
 	startWard := func(tag string, via func(srv string) (string, []*exec.Cmd, error)) (string, []*exec.Cmd, error) {
 		bin := *wardBin
-		if tag == "ward-base" {
-			bin = *wardBase
+		tlsCfg := "tls:\n  session_resumption: false\n" // like for like: the peers' pairs do not resume
+		switch tag {
+		case "ward-base":
+			bin, tlsCfg = *wardBase, "" // may predate the setting (and resumption)
+		case "ward-resume":
+			tlsCfg = "tls:\n  session_resumption: true\n"
 		}
 		srv, cli := freePort(), freePort()
 		pol := filepath.Join(dir, "bench.cedar")
 		os.WriteFile(pol, []byte(`@id("client-to-server") permit (principal == Workload::"spiffe://bench.example/ns/bench/client", action == Action::"connect", resource == Service::"server");`), 0o600)
-		scfg := fmt.Sprintf("workload_api_socket: %s\npolicy_files: [%s]\naccess_log: %s\nmax_connections: 100000\ninbound:\n  - name: server\n    listen: %s\n    forward: %s\n",
-			api.Addr, pol, filepath.Join(dir, tag+"-server-access.log"), srv, app)
+		scfg := fmt.Sprintf("workload_api_socket: %s\npolicy_files: [%s]\naccess_log: %s\nmax_connections: 100000\n%sinbound:\n  - name: server\n    listen: %s\n    forward: %s\n",
+			api.Addr, pol, filepath.Join(dir, tag+"-server-access.log"), tlsCfg, srv, app)
 		remote, extra := srv, ""
 		var cmds []*exec.Cmd
 		if via != nil {
@@ -600,8 +604,8 @@ func run() error {
 			}
 			extra = "    gateway_service: server\n"
 		}
-		ccfg := fmt.Sprintf("workload_api_socket: %s\naccess_log: %s\nmax_connections: 100000\noutbound:\n  - name: to-server\n    listen: %s\n    remote: %s\n    server_id: spiffe://bench.example/ns/bench/server\n%s",
-			web.Addr, filepath.Join(dir, tag+"-client-access.log"), cli, remote, extra)
+		ccfg := fmt.Sprintf("workload_api_socket: %s\naccess_log: %s\nmax_connections: 100000\n%soutbound:\n  - name: to-server\n    listen: %s\n    remote: %s\n    server_id: spiffe://bench.example/ns/bench/server\n%s",
+			web.Addr, filepath.Join(dir, tag+"-client-access.log"), tlsCfg, cli, remote, extra)
 		for _, side := range []struct{ name, cfg string }{{"server", scfg}, {"client", ccfg}} {
 			path := filepath.Join(dir, tag+"-"+side.name+".yaml")
 			if err := os.WriteFile(path, []byte(side.cfg), 0o600); err != nil {
@@ -641,6 +645,54 @@ func run() error {
 		return err == nil
 	}
 
+	// An HAProxy pair doing the proxy pair's mTLS job: the server side
+	// terminates TLS 1.3 and requires a client certificate chaining to the
+	// bundle, the client side presents the client SVID and verifies the
+	// server's chain and name; tickets and session reuse off, or (resume)
+	// on as HAProxy's defaults have them.
+	startHAProxy := func(resume bool) (string, []*exec.Cmd, error) {
+		if !haproxyOK() {
+			return "", nil, errSkip
+		}
+		spem, err := pemPair("haproxy-server", sCrt, sKey)
+		if err != nil {
+			return "", nil, err
+		}
+		cpem, err := pemPair("haproxy-client", cCrt, cKey)
+		if err != nil {
+			return "", nil, err
+		}
+		noTickets, noReuse := " no-tls-tickets", " no-ssl-reuse"
+		if resume { // HAProxy's defaults: tickets on the server side, session reuse on the client side
+			noTickets, noReuse = "", ""
+		}
+		name := "haproxy"
+		if resume {
+			name = "haproxy-resume"
+		}
+		srv, cli := freePort(), freePort()
+		common := "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n"
+		cfgs := map[string]string{
+			"haproxy-server.cfg": common + fmt.Sprintf("frontend mtls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3 %s\n  default_backend app\nbackend app\n  server app %s\n",
+				srv, spem, bundle, noTickets, app),
+			"haproxy-client.cfg": common + fmt.Sprintf("frontend plain\n  bind %s\n  default_backend mtls\nbackend mtls\n  server s1 %s ssl crt %s ca-file %s verify required verifyhost server.bench.example sni str(server.bench.example) ssl-min-ver TLSv1.3%s\n",
+				cli, srv, cpem, bundle, noReuse),
+		}
+		var cmds []*exec.Cmd
+		for _, side := range []string{"haproxy-server.cfg", "haproxy-client.cfg"} {
+			path := filepath.Join(dir, name+"-"+side)
+			if err := os.WriteFile(path, []byte(cfgs[side]), 0o600); err != nil {
+				return "", nil, err
+			}
+			cmd, err := ps.start(*haproxy, "-db", "-f", path)
+			if err != nil {
+				return "", nil, err
+			}
+			cmds = append(cmds, cmd)
+		}
+		return cli, cmds, nil
+	}
+
 	paths := map[string]func() (string, []*exec.Cmd, error){
 		"direct": func() (string, []*exec.Cmd, error) { return app, nil, nil },
 		"go-tls": func() (string, []*exec.Cmd, error) {
@@ -657,6 +709,9 @@ func run() error {
 			return cli, []*exec.Cmd{s, c}, nil
 		},
 		"ward": func() (string, []*exec.Cmd, error) { return startWard("ward", nil) },
+		// The ward pair with TLS session resumption (on by default in
+		// ward; the ward path above turns it off to match the peers).
+		"ward-resume": func() (string, []*exec.Cmd, error) { return startWard("ward-resume", nil) },
 		"ward-base": func() (string, []*exec.Cmd, error) {
 			if *wardBase == "" {
 				return "", nil, errSkip
@@ -710,44 +765,8 @@ backend server
 				return gw, []*exec.Cmd{cmd}, err
 			})
 		},
-		// An HAProxy pair doing the proxy pair's mTLS job: the server side
-		// terminates TLS 1.3 and requires a client certificate chaining to
-		// the bundle, the client side presents the client SVID and verifies
-		// the server's chain and name; tickets and session reuse off.
-		"haproxy": func() (string, []*exec.Cmd, error) {
-			if !haproxyOK() {
-				return "", nil, errSkip
-			}
-			spem, err := pemPair("haproxy-server", sCrt, sKey)
-			if err != nil {
-				return "", nil, err
-			}
-			cpem, err := pemPair("haproxy-client", cCrt, cKey)
-			if err != nil {
-				return "", nil, err
-			}
-			srv, cli := freePort(), freePort()
-			common := "global\n  maxconn 8000\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 5m\n  timeout server 5m\n"
-			cfgs := map[string]string{
-				"haproxy-server.cfg": common + fmt.Sprintf("frontend mtls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3 no-tls-tickets\n  default_backend app\nbackend app\n  server app %s\n",
-					srv, spem, bundle, app),
-				"haproxy-client.cfg": common + fmt.Sprintf("frontend plain\n  bind %s\n  default_backend mtls\nbackend mtls\n  server s1 %s ssl crt %s ca-file %s verify required verifyhost server.bench.example sni str(server.bench.example) ssl-min-ver TLSv1.3 no-ssl-reuse\n",
-					cli, srv, cpem, bundle),
-			}
-			var cmds []*exec.Cmd
-			for _, name := range []string{"haproxy-server.cfg", "haproxy-client.cfg"} {
-				path := filepath.Join(dir, name)
-				if err := os.WriteFile(path, []byte(cfgs[name]), 0o600); err != nil {
-					return "", nil, err
-				}
-				cmd, err := ps.start(*haproxy, "-db", "-f", path)
-				if err != nil {
-					return "", nil, err
-				}
-				cmds = append(cmds, cmd)
-			}
-			return cli, cmds, nil
-		},
+		"haproxy":        func() (string, []*exec.Cmd, error) { return startHAProxy(false) },
+		"haproxy-resume": func() (string, []*exec.Cmd, error) { return startHAProxy(true) },
 		"stunnel": func() (string, []*exec.Cmd, error) {
 			if *stunnel == "" {
 				return "", nil, errSkip
@@ -782,7 +801,7 @@ backend server
 	fmt.Printf("loopback, %d CPUs; stream %d MiB; closed loop %s x %d conns; fixed rate %d req/s for %s; %d-byte messages; %d run(s), paths taking turns\n\n",
 		numCPU(), *streamMB, *loopDur, *conns, *rate, *rateDur, *msgSize, *runs)
 	header := func() {
-		fmt.Printf("%-12s %12s %12s %10s %10s %10s %12s %7s %11s %12s\n", "path", "stream MB/s", "req/s", "p50 µs", "p99 µs", "rate req/s", "new conn/s", "errors", "cpu µs/req", "cpu µs/conn")
+		fmt.Printf("%-14s %12s %12s %10s %10s %10s %12s %7s %11s %12s\n", "path", "stream MB/s", "req/s", "p50 µs", "p99 µs", "rate req/s", "new conn/s", "errors", "cpu µs/req", "cpu µs/conn")
 	}
 	type setup struct {
 		name string
@@ -797,7 +816,7 @@ backend server
 		}
 		addr, cmds, err := start()
 		if errors.Is(err, errSkip) {
-			fmt.Printf("%-12s skipped (not installed: apt-get install stunnel4 / haproxy)\n", name)
+			fmt.Printf("%-14s skipped (not installed: apt-get install stunnel4 / haproxy)\n", name)
 			continue
 		}
 		if err != nil {
@@ -868,6 +887,12 @@ backend server
 		ratio("ward", peer, cps, "new conn/s")
 		ratio("ward", peer, cpuR, "CPU per request (peer/ward)")
 		ratio("ward", peer, cpuC, "CPU per new conn (peer/ward)")
+	}
+	// Session resumption: ward resuming against ward not resuming, and
+	// against the HAProxy pair resuming (tickets and session reuse on).
+	for _, peer := range []string{"ward", "haproxy-resume", "go-tls"} {
+		ratio("ward-resume", peer, cps, "new conn/s")
+		ratio("ward-resume", peer, cpuC, "CPU per new conn (peer/ward)")
 	}
 	for _, what := range []struct {
 		f    func(result) float64

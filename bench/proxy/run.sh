@@ -1,7 +1,9 @@
 #!/bin/sh
 # Side-by-side loopback benchmark of the ward proxy pair against a direct
 # connection, a bare Go TLS pair, an stunnel4 pair and an HAProxy 2.6 pair,
-# each pair doing the same mTLS job (Debian: stunnel4, haproxy; installed
+# each pair doing the same mTLS job without TLS session resumption, plus the
+# ward and HAProxy pairs with it (ward-resume, haproxy-resume: tickets and
+# session reuse on) (Debian: stunnel4, haproxy; installed
 # here with apt-get when missing), RUNS times taking turns (medians), plus
 # the Go benchmarks of the proxy's hot path.
 # Usage: [RUNS=3] bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000 -profile DIR]
@@ -23,7 +25,7 @@ stunnel=$(command -v stunnel4 || command -v stunnel || true)
 haproxy=$(command -v haproxy || true)
 echo "== ward proxy pair vs direct, bare Go TLS, stunnel and haproxy ($(go version | cut -d' ' -f3))"
 "$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" -haproxy "$haproxy" \
-  -only direct,go-tls,ward,stunnel,haproxy -stream-mb 128 -runs "${RUNS:-3}" "$@" | tee "$tmp/out"
+  -only direct,go-tls,ward,stunnel,haproxy,ward-resume,haproxy-resume -stream-mb 128 -runs "${RUNS:-3}" "$@" | tee "$tmp/out"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
 go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection|PeerVerify|RoundTrip' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
@@ -43,6 +45,15 @@ for peer in go-tls haproxy; do
   v=$(col "$peer" 10); x=$(ratio "$v" "$w")
   summary "CPU per new mTLS connection vs $peer" "${w:-?} µs" "$peer ${v:-not run} µs" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
 done
+# Session resumption: new connections of the resuming ward pair against
+# the same pair not resuming and the resuming HAProxy pair.
+r=$(col ward-resume 7)
+for peer in ward haproxy-resume; do
+  v=$(col "$peer" 7); x=$(ratio "$r" "$v")
+  summary "new mTLS conn/s, resumed, vs $peer" "${r:-?}/s" "$peer ${v:-not run}/s" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
+done
+r=$(col ward-resume 10); v=$(col haproxy-resume 10); x=$(ratio "$v" "$r")
+summary "CPU per new mTLS conn, resumed, vs haproxy-resume" "${r:-?} µs" "haproxy-resume ${v:-not run} µs" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
 for peer in haproxy stunnel; do
   for c in 2 3; do
     what="stream MB/s, 1 conn"; unit=" MB/s"; [ "$c" = 3 ] && { what="req/s, 8 conns"; unit="/s"; }

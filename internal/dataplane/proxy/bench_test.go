@@ -107,24 +107,38 @@ func BenchmarkForward(b *testing.B) {
 
 // BenchmarkNewConnection is one request on a fresh connection: TCP to the
 // client proxy, mTLS handshake (hybrid PQ key exchange, both chains
-// verified), connect decision, PROXY header, app round trip.
+// verified), connect decision, PROXY header, app round trip; with TLS
+// session resumption off (a full handshake with both certificate
+// signatures every time) and on (a resumed handshake: no signatures, the
+// chain still verified and the decision still made). The two take turns
+// (-count interleaves runs of both).
 func BenchmarkNewConnection(b *testing.B) {
-	e := newEnv(b)
-	b.ReportAllocs()
-	b.ResetTimer()
-	defer benchcpu.ReportPerOp(b, benchcpu.Process(b))
-	for i := 0; i < b.N; i++ {
-		c, err := net.Dial("tcp", e.clientWeb.Addr("to-api").String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := io.WriteString(c, "x\n"); err != nil {
-			b.Fatal(err)
-		}
-		if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
-			b.Fatal(err)
-		}
-		c.Close()
+	for _, resume := range []bool{false, true} {
+		b.Run(fmt.Sprintf("resumption=%v", resume), func(b *testing.B) {
+			e := newEnv(b, withConfig(func(c *proxy.Config) { c.TLS.SessionResumption = &resume }), withClientTLS(proxy.TLSConfig{SessionResumption: &resume}))
+			b.ReportAllocs()
+			b.ResetTimer()
+			defer benchcpu.ReportPerOp(b, benchcpu.Process(b))
+			for i := 0; i < b.N; i++ {
+				c, err := net.Dial("tcp", e.clientWeb.Addr("to-api").String())
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.WriteString(c, "x\n"); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := bufio.NewReader(c).ReadString('\n'); err != nil {
+					b.Fatal(err)
+				}
+				c.Close()
+			}
+			b.StopTimer()
+			if resume {
+				if v := metric(b, e.server, "ward_proxy_tls_resumed_total"); v < float64(b.N)/2 {
+					b.Fatalf("%v of %d connections resumed", v, b.N)
+				}
+			}
+		})
 	}
 }
 

@@ -131,6 +131,7 @@ type env struct {
 	stopServer context.CancelFunc
 	serverDone chan error
 	mutateCfg  func(*proxy.Config)
+	clientTLS  proxy.TLSConfig // of the client proxies
 	svidTTL    time.Duration
 }
 
@@ -138,6 +139,7 @@ type envOpt func(*env)
 
 func withConfig(f func(*proxy.Config)) envOpt { return func(e *env) { e.mutateCfg = f } }
 func withTTL(d time.Duration) envOpt          { return func(e *env) { e.svidTTL = d } }
+func withClientTLS(c proxy.TLSConfig) envOpt  { return func(e *env) { e.clientTLS = c } }
 
 func newEnv(t testing.TB, opts ...envOpt) *env {
 	t.Helper()
@@ -210,6 +212,7 @@ func cfgDur(d time.Duration) yamlconf.Duration { return yamlconf.Duration(d) }
 func (e *env) clientProxy(ctx context.Context, w *proxytest.Workload, log io.Writer) *proxy.Proxy {
 	cfg := &proxy.Config{
 		WorkloadAPISocket: w.Addr,
+		TLS:               e.clientTLS,
 		Outbound: []proxy.Outbound{{Name: "to-api", Listen: "127.0.0.1:0",
 			Remote: e.server.Addr("api").String(), ServerID: apiID}},
 	}
