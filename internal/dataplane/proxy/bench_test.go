@@ -134,7 +134,7 @@ func BenchmarkNewConnection(b *testing.B) {
 			}
 			b.StopTimer()
 			if resume {
-				if v := metric(b, e.server, "ward_proxy_tls_resumed_total"); v < float64(b.N)/2 {
+				if v := metric(b, e.server, "ward_proxy_tls_resumed_total"); b.N > 1 && v < float64(b.N-1)/2 {
 					b.Fatalf("%v of %d connections resumed", v, b.N)
 				}
 			}
