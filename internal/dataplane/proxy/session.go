@@ -497,8 +497,8 @@ func (v *sessionView) Put(key string, cs *tls.ClientSessionState) {
 // session lifetime from now, or, when the handshake resumed, the end of the
 // session it resumed (a resumption never extends a session).
 func (v *sessionView) verified(cs tls.ConnectionState, lifetime time.Duration) {
-	if len(cs.PeerCertificates) == 0 || v.own == nil {
-		return
+	if len(cs.PeerCertificates) == 0 || v.own == nil || cs.Version != tls.VersionTLS13 {
+		return // TLS 1.2 sessions (a non-ward server) are never kept: their resumption has no fresh key exchange
 	}
 	end := minTime(time.Now().Add(lifetime), cs.PeerCertificates[0].NotAfter, v.own.svid.Certificates[0].NotAfter)
 	if cs.DidResume {

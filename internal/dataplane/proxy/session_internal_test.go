@@ -302,6 +302,15 @@ func TestTicketEndsWithEarliestSVID(t *testing.T) {
 	if got := endOf(&serverSession{listener: "api", resumed: resumed}, cs); got != resumed.expiry {
 		t.Fatalf("re-issued ticket ends %d, the resumed one %d", got, resumed.expiry)
 	}
+	// 0-RTT stays off: a session marked for early data is sealed without
+	// it (Go's TLS server never offers it outside QUIC; unwrapSession
+	// clears it too).
+	cs.DidResume = false
+	early := &tls.SessionState{EarlyData: true}
+	p.wrapSession(&serverSession{listener: "api", own: own}, cs, early)
+	if early.EarlyData {
+		t.Fatal("a session was sealed allowing early data")
+	}
 	// Past its end: refused.
 	old, err := p.tickets.seal(&ticketMeta{expiry: now.Add(-time.Second).UnixMilli(), listener: "api", ownFP: own.fp}, nil, time.Now())
 	if err != nil {
@@ -455,6 +464,20 @@ func TestSessionCacheBoundedAndKeyed(t *testing.T) {
 	}
 	if _, _, ok := c.get(base+"k", now.Add(2*time.Minute)); ok {
 		t.Fatal("session past its end was offered")
+	}
+	// A TLS 1.2 session (a non-ward server) is never kept: its resumption
+	// has no fresh key exchange.
+	leaf := newTestCA(t, "A").leaf(t, "spiffe://a.example/api", now.Add(-time.Minute), now.Add(time.Hour))
+	v := &sessionView{cache: c, prefix: "v12", own: &svidCert{svid: &x509svid.SVID{Certificates: []*x509.Certificate{leaf}}}}
+	v.verified(tls.ConnectionState{Version: tls.VersionTLS12, PeerCertificates: []*x509.Certificate{leaf}}, time.Minute)
+	v.Put("k", &tls.ClientSessionState{})
+	if _, ok := v.Get("k"); ok {
+		t.Fatal("a TLS 1.2 session was kept")
+	}
+	v.verified(tls.ConnectionState{Version: tls.VersionTLS13, PeerCertificates: []*x509.Certificate{leaf}}, time.Minute)
+	v.Put("k", &tls.ClientSessionState{})
+	if _, ok := v.Get("k"); !ok {
+		t.Fatal("a TLS 1.3 session was not kept")
 	}
 	for i := 0; i < 100; i++ {
 		c.put(string(rune(i)), &tls.ClientSessionState{}, now.Add(time.Minute))
