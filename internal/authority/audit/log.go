@@ -87,11 +87,27 @@ func WithCommitTimeout(d time.Duration) Option {
 	}
 }
 
+// DefaultCheckpointInterval is how often, at most, the committer signs a
+// checkpoint into the stored head under steady load (WithCheckpointInterval).
+const DefaultCheckpointInterval = time.Second
+
+// WithCheckpointInterval sets how often, at most, the committer signs a
+// checkpoint and stores it with the head (default DefaultCheckpointInterval;
+// 0 or less: with every commit). Between those, commits carry the newest
+// signed checkpoint, which then lags the stored size; Head signs one for the
+// full stored size when it is asked, as a Certificate Transparency log signs
+// its tree head on a schedule rather than per entry.
+func WithCheckpointInterval(d time.Duration) Option {
+	return func(l *Log) { l.cpEvery = max(d, 0) }
+}
+
 // Log is the append side of the audit log. Append is safe for concurrent
 // use; one committer goroutine batches waiting events into a single
-// conditional store batch per group (chunked to the store's MaxBatch) and
-// signs one checkpoint per group. Several Logs (authorities) may share one
-// store: revision conflicts are resolved by reloading the head.
+// conditional store batch per group (chunked to the store's MaxBatch). It
+// signs a checkpoint into the stored head at most once per checkpoint
+// interval; Head signs one for the full stored size on demand. Several Logs
+// (authorities) may share one store: revision conflicts are resolved by
+// reloading the head.
 type Log struct {
 	st            store.Store
 	signer        crypto.Signer
@@ -104,6 +120,7 @@ type Log struct {
 	maxGroup      int
 	maxAttempts   int
 	commitTimeout time.Duration
+	cpEvery       time.Duration // WithCheckpointInterval
 	log           *slog.Logger
 
 	// rollbacks counts the times the stored log was found to have gone
@@ -127,6 +144,13 @@ type Log struct {
 	changed chan struct{} // closed and replaced whenever size grows
 	stale   bool          // committer-only: reload the head before committing
 	turnKey string        // the writers' turn (turn.go)
+
+	// signedAt is when the committer last signed a checkpoint that was
+	// stored (committer-only; the process clock, not WithClock's).
+	signedAt time.Time
+
+	servedMu sync.Mutex
+	served   *checkpoint.Checkpoint // the newest checkpoint Head signed on demand
 }
 
 type pending struct {
@@ -162,7 +186,7 @@ func Open(ctx context.Context, st store.Store, signer crypto.Signer, origin stri
 	}
 	l := &Log{
 		st: st, signer: signer, pub: pub, keyID: keyID, origin: origin, now: time.Now, log: slog.Default(),
-		maxGroup: 4096, maxAttempts: 32, commitTimeout: 30 * time.Second,
+		maxGroup: 4096, maxAttempts: 32, commitTimeout: 30 * time.Second, cpEvery: DefaultCheckpointInterval,
 		wake: make(chan struct{}, 1), exited: make(chan struct{}), changed: make(chan struct{}),
 	}
 	for _, o := range opts {
@@ -224,8 +248,8 @@ func (l *Log) loadHead(ctx context.Context) (*headRecord, int64, error) {
 }
 
 // Append stores e (its Seq is assigned, a zero Time becomes now) and
-// returns its sequence number once it is durable and covered by a stored
-// signed checkpoint. An error means the event is not known to be stored:
+// returns its sequence number once it is durable: stored with the head
+// that counts it, so Head serves a signed checkpoint covering it. An error means the event is not known to be stored:
 // the caller must not perform the audited operation (fail closed).
 func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
 	if e.Time.IsZero() {
@@ -466,13 +490,20 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 			snaps[i/chunk] = slices.Clone(rng.Hashes())
 		}
 	}
-	root, err := rng.GetRootHash(nil)
-	if err != nil {
-		return 0, fmt.Errorf("computing the audit root at size %d: %w", base+uint64(n), err)
-	}
-	cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, base+uint64(n), root, l.now())
-	if err != nil {
-		return 0, fmt.Errorf("signing the audit checkpoint: %w", err)
+	// The last chunk carries a checkpoint for the full size if the last
+	// one stored is older than the interval (or by another key, or none),
+	// else the newest one signed, which then lags (Head signs on demand).
+	cp, signed := l.cp, false
+	if l.cpEvery == 0 || cp == nil || cp.KeyID != l.keyID || cp.Origin != l.origin || time.Since(l.signedAt) >= l.cpEvery {
+		root, err := rng.GetRootHash(nil)
+		if err != nil {
+			return 0, fmt.Errorf("computing the audit root at size %d: %w", base+uint64(n), err)
+		}
+		c, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, base+uint64(n), root, l.now())
+		if err != nil {
+			return 0, fmt.Errorf("signing the audit checkpoint: %w", err)
+		}
+		cp, signed = &c, true
 	}
 	for c := range nChunks {
 		a, b := c*chunk, min((c+1)*chunk, n)
@@ -482,7 +513,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 		}
 		h := headRecord{Size: base + uint64(b), Hashes: snaps[c], Checkpoint: l.cp}
 		if c == nChunks-1 {
-			h.Checkpoint = &cp
+			h.Checkpoint = cp
 		}
 		hv, err := encodeHead(&h)
 		if err != nil {
@@ -498,6 +529,9 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 		l.turnCommitted(t, c == nChunks-1, rev)
 		l.setState(h.Size, snaps[c], rev, h.Checkpoint)
 		l.commits.Add(1)
+	}
+	if signed {
+		l.signedAt = time.Now()
 	}
 	release(ps, base)
 	return n, nil
@@ -592,8 +626,10 @@ func bodyOperation(body []byte) string {
 
 // Head returns a signed checkpoint for the stored head, which may include
 // events appended by other authorities sharing the store. If the head holds
-// no checkpoint for its full size by this Log's key (an interrupted
-// multi-chunk commit, an empty log, a rotated key), a fresh one is signed.
+// no checkpoint for its full size by this Log's key (commits since the last
+// scheduled signature, an interrupted multi-chunk commit, an empty log, a
+// rotated key), one is signed for it (and kept for the next caller while
+// the head stays the same).
 func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
 	h, _, err := l.loadHead(ctx)
 	if err != nil {
@@ -602,18 +638,32 @@ func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
 	if h == nil {
 		h = &headRecord{}
 	}
-	if c := h.Checkpoint; c != nil && c.Size == h.Size && c.KeyID == l.keyID && c.Origin == l.origin {
+	if c := h.Checkpoint; l.covers(c, h.Size) {
 		return *c, nil
 	}
 	root, err := rootOf(h.Size, h.Hashes)
 	if err != nil {
 		return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
 	}
+	// Asked again before the head moved (witnesses, agents and federated
+	// peers poll): the checkpoint signed for it last time serves.
+	l.servedMu.Lock()
+	defer l.servedMu.Unlock()
+	if c := l.served; l.covers(c, h.Size) && bytes.Equal(c.RootHash, root) {
+		return *c, nil
+	}
 	cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, h.Size, root, l.now())
 	if err != nil {
 		return checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
 	}
+	l.served = &cp
 	return cp, nil
+}
+
+// covers reports whether c is this Log's checkpoint (key and origin) for
+// size.
+func (l *Log) covers(c *checkpoint.Checkpoint, size uint64) bool {
+	return c != nil && c.Size == size && c.KeyID == l.keyID && c.Origin == l.origin
 }
 
 // storedSize is the size of the stored head, or this Log's size if the

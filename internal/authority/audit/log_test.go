@@ -256,7 +256,7 @@ func appendAsync(l *Log, from, n int) <-chan result {
 func TestGroupCommitSignsOncePerGroup(t *testing.T) {
 	st := memstore.New(memstore.WithMaxBatch(128))
 	signer := &countingSigner{Signer: newKey(t)}
-	l := openLog(t, st, signer)
+	l := openLog(t, st, signer, WithCheckpointInterval(0)) // a checkpoint with every commit
 	g := blockBatches(st)
 	first := appendAsync(l, 0, 1)
 	<-g.entered // the committer is stuck storing the first event

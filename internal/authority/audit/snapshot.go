@@ -1,10 +1,14 @@
 package audit
 
 import (
+	"crypto"
+	"fmt"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/wardproject/ward/internal/shared/checkpoint"
+	"github.com/wardproject/ward/internal/shared/keyutil"
 )
 
 // HeadKey and EventKeyPrefix are where an unprefixed log (the authority's)
@@ -50,3 +54,35 @@ func ParseHead(b []byte) (size uint64, cp *checkpoint.Checkpoint, err error) {
 // LeafHash is the RFC 6962 leaf hash of a stored event (the Merkle tree's
 // leaf for it).
 func LeafHash(leaf []byte) []byte { return th.HashLeaf(leaf) }
+
+// SignedHead decodes a stored (decrypted) audit head like ParseHead and
+// returns a checkpoint for its full size: the stored one if it covers the
+// size under signer's key and origin, else one signed now over the head's
+// root (the stored checkpoint lags the size between the committer's
+// scheduled signatures, WithCheckpointInterval). Backups name it.
+func SignedHead(b []byte, signer crypto.Signer, origin string, now time.Time) (uint64, checkpoint.Checkpoint, error) {
+	h, err := decodeHead(b)
+	if err != nil {
+		return 0, checkpoint.Checkpoint{}, err
+	}
+	pub, err := checkpoint.P256Key(signer.Public())
+	if err != nil {
+		return 0, checkpoint.Checkpoint{}, fmt.Errorf("audit checkpoint signer: %w", err)
+	}
+	keyID, err := keyutil.CheckpointKeyID(pub)
+	if err != nil {
+		return 0, checkpoint.Checkpoint{}, fmt.Errorf("audit checkpoint signer: %w", err)
+	}
+	if c := h.Checkpoint; c != nil && c.Size == h.Size && c.KeyID == keyID && c.Origin == origin {
+		return h.Size, *c, nil
+	}
+	root, err := rootOf(h.Size, h.Hashes)
+	if err != nil {
+		return 0, checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
+	}
+	cp, err := checkpoint.SignAs(signer, keyID, origin, h.Size, root, now)
+	if err != nil {
+		return 0, checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
+	}
+	return h.Size, cp, nil
+}

@@ -98,6 +98,14 @@ func Create(ctx context.Context, src Source) ([]byte, Manifest, error) {
 	if err := checkpoint.Verify(*cp, pub); err != nil {
 		return nil, Manifest{}, fmt.Errorf("the snapshot's audit checkpoint does not verify with this authority's key: %w", err)
 	}
+	// The stored checkpoint may lag the head's size (the log signs on a
+	// schedule): name one for every event in the backup, signed now over
+	// the head's root if need be (the events are checked against it below).
+	var full checkpoint.Checkpoint
+	if _, full, err = audit.SignedHead(head, src.Signer, cp.Origin, src.Now().UTC()); err != nil {
+		return nil, Manifest{}, err
+	}
+	cp = &full
 	pemKey, err := checkpoint.MarshalPublicKeyPEM(pub)
 	if err != nil {
 		return nil, Manifest{}, err
