@@ -90,7 +90,10 @@ func (e *Event) Validate() error {
 
 // encodeBody encodes everything but Seq, with Time in UTC. It returns
 // JSON starting with `{"time":`.
-func encodeBody(e *Event) ([]byte, error) {
+func encodeBody(e *Event) ([]byte, error) { return appendEncodedBody(make([]byte, 0, 256), e) }
+
+// appendEncodedBody is encodeBody appending to dst (a pooled buffer).
+func appendEncodedBody(dst []byte, e *Event) ([]byte, error) {
 	if err := e.Validate(); err != nil {
 		return nil, err
 	}
@@ -99,7 +102,7 @@ func encodeBody(e *Event) ([]byte, error) {
 		Operation: e.Operation, Key: e.Key, KeyVersion: e.KeyVersion, Result: e.Result,
 		Error: e.Error, Fields: e.Fields, Count: e.Count,
 	}
-	if b, ok := appendBody(make([]byte, 0, 256), &body); ok {
+	if b, ok := appendBody(dst, &body); ok {
 		return b, nil
 	}
 	b, err := json.Marshal(body)
@@ -113,11 +116,18 @@ const seqPrefix = `{"seq":`
 
 // joinLeaf builds the leaf for body at seq: {"seq":N, + body without '{'.
 func joinLeaf(seq uint64, body []byte) []byte {
-	leaf := make([]byte, 0, len(seqPrefix)+21+len(body))
-	leaf = append(leaf, seqPrefix...)
-	leaf = strconv.AppendUint(leaf, seq, 10)
-	leaf = append(leaf, ',')
-	return append(leaf, body[1:]...)
+	return appendLeaf(make([]byte, 0, leafLen(body)), seq, body)
+}
+
+// leafLen bounds the length of the leaf of body (any seq).
+func leafLen(body []byte) int { return len(seqPrefix) + 21 + len(body) }
+
+// appendLeaf appends the leaf for body at seq to dst.
+func appendLeaf(dst []byte, seq uint64, body []byte) []byte {
+	dst = append(dst, seqPrefix...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	dst = append(dst, ',')
+	return append(dst, body[1:]...)
 }
 
 // EncodeEvent returns the deterministic JSON encoding of e (the Merkle

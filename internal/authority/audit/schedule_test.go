@@ -159,3 +159,34 @@ func TestLaggingCheckpointDoesNotHideAlteredEvents(t *testing.T) {
 		t.Fatal("Head served the checkpoint of the earlier tree for a head with another tree")
 	}
 }
+
+// The stored leaves are byte for byte EncodeEvent of each event at its
+// sequence number, whether the group shares one buffer or not (leaf
+// hashes, tree heads and checkpoints unchanged), across chunked groups.
+func TestGroupLeavesAreEncodeEvent(t *testing.T) {
+	st := memstore.New(memstore.WithMaxBatch(5))
+	now := time.Date(2026, 12, 7, 19, 0, 0, 0, time.UTC)
+	l := openLog(t, st, newKey(t), WithClock(func() time.Time { return now }))
+	g := blockBatches(st)
+	first := appendAsync(l, 0, 1)
+	<-g.entered
+	rest := appendAsync(l, 1, 20)
+	waitQueued(t, l, 20)
+	close(g.open)
+	<-first
+	for range 20 {
+		if r := <-rest; r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	for _, r := range readAll(t, l, 0, 21) {
+		ev, err := DecodeEvent(r.Leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, err := EncodeEvent(ev)
+		if err != nil || !bytes.Equal(want, r.Leaf) || ev.Seq != r.Seq || ev.Time != now {
+			t.Fatalf("leaf %d: %s, want %s (%v)", r.Seq, r.Leaf, want, err)
+		}
+	}
+}
