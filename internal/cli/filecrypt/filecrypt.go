@@ -154,11 +154,11 @@ func (r *Runner) section(src io.Reader) *io.SectionReader {
 }
 
 // mapMin is the smallest input file Encrypt maps into memory instead of
-// reading it; mapChunk is how much of a mapping one Write hands over.
-const (
-	mapMin   = 4 << 20
-	mapChunk = 64 << 20
-)
+// reading it; mapChunk is how much of a mapping one Write hands over (and
+// is released at once after it; a variable for tests).
+const mapMin = 4 << 20
+
+var mapChunk = 64 << 20
 
 // Encrypt encrypts src (stream) into dst under keyName. A regular file
 // is encrypted as much of it as it held when Encrypt started: mapped into
@@ -193,6 +193,9 @@ func (r *Runner) Encrypt(ctx context.Context, dst io.Writer, src io.Reader, keyN
 	return n, err
 }
 
+// releaseMapped is release (a variable for tests).
+var releaseMapped = release
+
 // writeMapped writes the mapped file m to w in large pieces (progress
 // between them). Write seals whole segments straight from m and does not
 // keep it; a fault reading m (the file shrank) becomes Write's error,
@@ -205,7 +208,7 @@ func (r *Runner) writeMapped(w io.Writer, m []byte) (n int64, err error) {
 	released := make(chan struct{})
 	go func() {
 		for c := range done {
-			release(c)
+			releaseMapped(c)
 		}
 		close(released)
 	}()

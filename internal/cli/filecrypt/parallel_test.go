@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/wardproject/ward/envelope"
@@ -228,4 +229,91 @@ func TestEncryptFileTruncatedWhileRunning(t *testing.T) {
 		}
 		t.Logf("size %d: %d of 8 runs failed", size, faults)
 	}
+}
+
+// writeMapped releases every piece of the mapping it sealed, each only
+// after Write returned it (the envelope no longer reads it), and all of
+// them before it returns: the caller unmaps right after, and a release
+// arriving later could drop pages of whatever is mapped there next. A
+// failed Write releases nothing more.
+func TestWriteMappedReleases(t *testing.T) {
+	saved := releaseMapped
+	defer func() { releaseMapped = saved }()
+	var (
+		mu       sync.Mutex
+		released [][]byte
+	)
+	releaseMapped = func(b []byte) {
+		mu.Lock()
+		released = append(released, b)
+		mu.Unlock()
+	}
+	savedChunk := mapChunk
+	defer func() { mapChunk = savedChunk }()
+	mapChunk = 1 << 20
+	r, l, _ := setup(t)
+	m := randBytes(2*mapChunk + 7)
+	var ct bytes.Buffer
+	w, err := envelope.NewWriter(bg, &ct, l, l.KeyName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rw := &recordingWriter{w: w}
+	if n, err := r.writeMapped(rw, m); err != nil || n != int64(len(m)) {
+		t.Fatalf("writeMapped: %d, %v", n, err)
+	}
+	mu.Lock()
+	got := len(released)
+	mu.Unlock()
+	if got != 3 || len(rw.returned) != 3 {
+		t.Fatalf("released %d pieces, Write returned %d, want 3 and 3", got, len(rw.returned))
+	}
+	for i, c := range released {
+		if &c[0] != &rw.returned[i][0] || len(c) != len(rw.returned[i]) {
+			t.Fatalf("piece %d released is not the piece Write returned", i)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if _, err := r.Decrypt(bg, &out, bytes.NewReader(ct.Bytes())); err != nil || !bytes.Equal(out.Bytes(), m) {
+		t.Fatalf("round trip: %v", err)
+	}
+
+	// A Write that fails: its piece and the rest are not released.
+	released = nil
+	w, err = envelope.NewWriter(bg, io.Discard, l, l.KeyName())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	fw := &recordingWriter{w: w, failAt: 1}
+	if _, err := r.writeMapped(fw, m); err == nil {
+		t.Fatal("writeMapped: no error from a failing Write")
+	}
+	if len(released) != 1 {
+		t.Fatalf("released %d pieces after the second Write failed, want 1", len(released))
+	}
+}
+
+// recordingWriter records each piece its Write returned (failing the
+// failAt'th call when failAt > 0).
+type recordingWriter struct {
+	w        io.Writer
+	returned [][]byte
+	calls    int
+	failAt   int
+}
+
+func (rw *recordingWriter) Write(p []byte) (int, error) {
+	rw.calls++
+	if rw.failAt > 0 && rw.calls > rw.failAt {
+		return 0, errors.New("write failed")
+	}
+	n, err := rw.w.Write(p)
+	if err == nil {
+		rw.returned = append(rw.returned, p)
+	}
+	return n, err
 }
