@@ -73,6 +73,7 @@ func serverCommand() *cobra.Command {
 // until SIGINT/SIGTERM. ready, if set, runs once the server listens.
 func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server) error) error {
 	log := newLogger(cmd.ErrOrStderr(), cfg.LogLevel)
+	server.TuneGC()
 	ctx := cmd.Context()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data_dir: %w", err)

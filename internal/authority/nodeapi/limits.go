@@ -87,6 +87,10 @@ const (
 	// maxAuthStreams bounds concurrent streams per connection on the main
 	// server (an agent needs a few: Sync, SignX509SVIDs, WatchPolicy).
 	maxAuthStreams = 64
+	// authStreamWorkers is how many calls of the main server run at once
+	// on reused goroutines (long-lived streams such as WatchPolicy hold
+	// one each while they last; beyond, calls get a goroutine of their own).
+	authStreamWorkers = 64
 	// handshakeTimeout bounds the TLS handshake (and grpc's HTTP/2
 	// preface): a legitimate one takes milliseconds.
 	handshakeTimeout = 5 * time.Second

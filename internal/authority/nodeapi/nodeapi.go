@@ -244,6 +244,10 @@ func newServer(cfg Config) (*Server, error) {
 		grpc.MaxHeaderListSize(maxAuthHeaderList),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.ConnectionTimeout(handshakeTimeout),
+		// Calls of authenticated peers run on reused goroutines (their
+		// stacks already grown), not a new goroutine each; past
+		// authStreamWorkers at once gRPC starts goroutines as before.
+		grpc.NumStreamWorkers(authStreamWorkers),
 	)
 	s.anon = grpc.NewServer(
 		grpc.Creds(handshaken{}),

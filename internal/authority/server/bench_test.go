@@ -25,6 +25,7 @@ func benchAuthority(b *testing.B) *client.Client {
 
 func benchServer(b *testing.B) (*Server, *client.Client) {
 	b.Helper()
+	TuneGC() // as `ward server` runs (GOGC=100 in the environment measures Go's default)
 	cfg := baseConfig(filepath.Join(b.TempDir(), "a"))
 	srv, c := startB(b, cfg)
 	ctx := context.Background()

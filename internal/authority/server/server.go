@@ -496,8 +496,16 @@ func (s *Server) adminServerOptions() []grpc.ServerOption {
 		grpc.UnaryInterceptor(s.adminUnary),
 		grpc.ChainStreamInterceptor(s.metrics.stream(), s.streamCaller),
 		grpc.MaxRecvMsgSize(64 << 20), grpc.MaxSendMsgSize(64 << 20),
+		// Calls run on long-lived goroutines whose stacks have grown
+		// already, not on a new goroutine each (which grows its stack
+		// again on every call); past them gRPC starts goroutines as before.
+		grpc.NumStreamWorkers(adminStreamWorkers),
 	}
 }
+
+// adminStreamWorkers is how many admin calls run at once on reused
+// goroutines (the unary KMS aim is 64 concurrent callers).
+const adminStreamWorkers = 64
 
 // adminUnary is every unary admin call's way in, in this order: counted
 // and timed in the metrics, the caller (uid, request id) attached, refused
