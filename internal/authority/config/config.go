@@ -71,6 +71,10 @@ type Etcd struct {
 	CertFile    string            `yaml:"cert_file"`
 	KeyFile     string            `yaml:"key_file"`
 	DialTimeout yamlconf.Duration `yaml:"dial_timeout"`
+	// RequestTimeout bounds each etcd request an API call makes (default
+	// 5s, 100ms to 1m): an etcd that does not answer fails the call with
+	// Unavailable instead of holding it (docs/ha.md).
+	RequestTimeout yamlconf.Duration `yaml:"request_timeout"`
 	// LeaseTTL is the lease of each authority's membership and of the
 	// leader election (docs/ha.md): a dead leader is replaced within it.
 	// Default 10s, at least 2s.
@@ -199,6 +203,9 @@ func (c *Server) Validate() error {
 		e := c.Storage.Etcd
 		if (e.CertFile == "") != (e.KeyFile == "") {
 			return errors.New("storage.etcd: cert_file and key_file go together: set both or neither")
+		}
+		if r := time.Duration(e.RequestTimeout); r != 0 && (r < 100*time.Millisecond || r > time.Minute) {
+			return fmt.Errorf("storage.etcd.request_timeout %s is out of range: use 100ms to 1m (each etcd request of an API call is bounded by it; 5s is the default)", r)
 		}
 		if e.LeaseTTL != 0 && (time.Duration(e.LeaseTTL) < 2*time.Second || time.Duration(e.LeaseTTL) > 5*time.Minute) {
 			return fmt.Errorf("storage.etcd.lease_ttl %s is out of range: use 2s to 5m (a dead leader is replaced within it; 10s is the default)", time.Duration(e.LeaseTTL))

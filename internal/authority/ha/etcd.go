@@ -37,6 +37,11 @@ type Etcd struct {
 	term    int64
 	lease   *leaseValidity // of the current session
 	created time.Time
+
+	// lost is closed when this member is found cut off (watchConnectivity);
+	// a new one is made when it is connected again.
+	lostMu sync.Mutex
+	lost   chan struct{}
 }
 
 // Connected reports whether this member holds a live lease now, that is
@@ -53,6 +58,49 @@ func (e *Etcd) Connected() bool {
 		return time.Since(e.created) < e.ttl
 	}
 	return time.Now().Before(lv.until(0))
+}
+
+// connectivityPoll is how often Run looks whether the member was cut off,
+// to close the channel Lost returned.
+const connectivityPoll = 100 * time.Millisecond
+
+// Lost returns a channel closed once this member is cut off from etcd
+// (already closed when it is now): long-lived streams end on it, so their
+// clients move to another authority instead of waiting on one that can
+// no longer read or write.
+func (e *Etcd) Lost() <-chan struct{} {
+	connected := e.Connected()
+	e.lostMu.Lock()
+	defer e.lostMu.Unlock()
+	if e.lost == nil {
+		e.lost = make(chan struct{})
+	}
+	select {
+	case <-e.lost:
+		if connected {
+			e.lost = make(chan struct{})
+		}
+	default:
+		if !connected {
+			close(e.lost)
+		}
+	}
+	return e.lost
+}
+
+// watchConnectivity closes Lost's channel when the member is cut off,
+// until ctx ends.
+func (e *Etcd) watchConnectivity(ctx context.Context) {
+	t := time.NewTicker(connectivityPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			e.Lost()
+		}
+	}
 }
 
 // NewEtcd returns the coordinator of self over st's etcd cluster and
@@ -74,6 +122,7 @@ func (e *Etcd) electionPrefix() string { return e.prefix + "leader/" }
 // Run registers and campaigns until ctx ends; after a lost session (etcd
 // unreachable for longer than the lease) it starts over with a new one.
 func (e *Etcd) Run(ctx context.Context, lead func(context.Context)) error {
+	go e.watchConnectivity(ctx)
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		err := e.session(ctx, lead)

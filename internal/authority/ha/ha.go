@@ -73,7 +73,12 @@ func DefaultName() string {
 
 // Connectivity is implemented by coordinators that can be cut off from
 // the shared store (Etcd).
-type Connectivity interface{ Connected() bool }
+type Connectivity interface {
+	Connected() bool
+	// Lost returns a channel closed once the member is cut off (already
+	// closed when it is now).
+	Lost() <-chan struct{}
+}
 
 // Local is the coordinator of a single authority (bbolt storage): it is
 // always the leader.

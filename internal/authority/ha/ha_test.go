@@ -161,6 +161,36 @@ func TestConnectedBeforeTheFirstLease(t *testing.T) {
 	}
 }
 
+// Lost's channel is closed while the member is cut off and a fresh one is
+// handed out once it is connected again (a stream opened then must not end
+// at once on the old episode).
+func TestLostFollowsConnectivity(t *testing.T) {
+	e := &Etcd{ttl: 2 * time.Second, created: time.Now()}
+	ch := e.Lost()
+	select {
+	case <-ch:
+		t.Fatal("Lost closed while connected")
+	default:
+	}
+	e.lease = &leaseValidity{}
+	e.lease.renewed(time.Now().Add(-3*time.Second), 2*time.Second) // lapsed
+	if e.Lost() != ch {
+		t.Fatal("Lost handed out another channel instead of closing the current one")
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("Lost not closed while cut off")
+	}
+	e.lease.renewed(time.Now(), 2*time.Second)
+	next := e.Lost()
+	select {
+	case <-next:
+		t.Fatal("after reconnecting Lost still returns the closed channel")
+	default:
+	}
+}
+
 // statusWith polls m's status (bounded) until it lists n members.
 func statusWith(t *testing.T, m *member, n int) Status {
 	t.Helper()

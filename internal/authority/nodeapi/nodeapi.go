@@ -131,6 +131,15 @@ type Config struct {
 	// is refused (an agent could aim every peer's handshakes at another
 	// host).
 	AdvertisedEndpoints bool
+	// Available, when set, says whether this authority can serve now. An
+	// error (an authority cut off from the etcd it shares with others)
+	// fails every call at once with Unavailable, before authentication,
+	// so agents move on to another authority instead of waiting on one
+	// whose store does not answer; lost, when not nil, is closed once the
+	// authority can no longer serve: open streams (WatchPolicy,
+	// WatchPeers) end then with Unavailable and their agents reconnect
+	// elsewhere.
+	Available func() (lost <-chan struct{}, err error)
 }
 
 // AuditSource is the authority's audit log as Sync needs it.
@@ -628,6 +637,9 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 }
 
 func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if _, err := s.available(); err != nil {
+		return nil, err
+	}
 	ctx, err := s.authenticate(ctx, info.FullMethod)
 	if err != nil {
 		return nil, err
@@ -658,9 +670,49 @@ func (c ctxStream) SendMsg(m any) error {
 }
 
 func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	lost, err := s.available()
+	if err != nil {
+		return err
+	}
 	ctx, err := s.authenticate(ss.Context(), info.FullMethod)
 	if err != nil {
 		return err
 	}
-	return h(srv, ctxStream{ss, ctx, info.FullMethod, s})
+	if lost == nil {
+		return h(srv, ctxStream{ss, ctx, info.FullMethod, s})
+	}
+	// The stream ends when the authority can no longer serve, so its
+	// agent follows another authority (a policy watch on a store that
+	// does not answer would keep the agent on a stale version).
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	err = h(srv, ctxStream{ss, ctx, info.FullMethod, s})
+	select {
+	case <-lost:
+		if _, aerr := s.available(); aerr != nil {
+			return aerr
+		}
+	default:
+	}
+	return err
+}
+
+// available is Config.Available: nil, nil when the authority can serve
+// (or nothing says otherwise); its error as Unavailable.
+func (s *Server) available() (<-chan struct{}, error) {
+	if s.cfg.Available == nil {
+		return nil, nil
+	}
+	lost, err := s.cfg.Available()
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "%v", err)
+	}
+	return lost, nil
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -203,20 +204,27 @@ func (c haCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(haTermsDesc, prometheus.CounterValue, float64(c.s.leaderships.Load()))
 }
 
+// connectivity is this authority's link to the store it shares with
+// others (etcd), nil when there is none (bbolt) or it is not unsealed.
+func (s *Server) connectivity() ha.Connectivity {
+	st, err := s.state()
+	if err != nil {
+		return nil
+	}
+	h := st.ha.Load()
+	if h == nil {
+		return nil
+	}
+	c, _ := h.coord.(ha.Connectivity)
+	return c
+}
+
 // cutOff reports whether this authority lost its etcd lease (etcd has not
 // answered within the lease TTL): its calls would hang, so they are
 // refused at once and failover clients try another authority.
 func (s *Server) cutOff() bool {
-	st, err := s.state()
-	if err != nil {
-		return false
-	}
-	h := st.ha.Load()
-	if h == nil {
-		return false
-	}
-	c, ok := h.coord.(ha.Connectivity)
-	return ok && !c.Connected()
+	c := s.connectivity()
+	return c != nil && !c.Connected()
 }
 
 // cutOffRefusal refuses unary calls other than status and lifecycle while
@@ -228,4 +236,21 @@ func (s *Server) cutOffRefusal(method string) error {
 	return nil
 }
 
-var errCutOff = status.Error(codes.Unavailable, "this authority is cut off from etcd (its lease was not renewed within the lease TTL): try another authority")
+// cutOffMessage is what calls get from an authority cut off from etcd.
+const cutOffMessage = "this authority is cut off from etcd (its lease was not renewed within the lease TTL): try another authority"
+
+var errCutOff = status.Error(codes.Unavailable, cutOffMessage)
+
+// nodeAvailable is the Node API's Available: while cut off every call
+// fails at once with Unavailable (agents move to another authority);
+// otherwise open streams end when it gets cut off.
+func (s *Server) nodeAvailable() (<-chan struct{}, error) {
+	c := s.connectivity()
+	if c == nil {
+		return nil, nil
+	}
+	if !c.Connected() {
+		return nil, errors.New(cutOffMessage)
+	}
+	return c.Lost(), nil
+}

@@ -25,7 +25,8 @@ func OpenStore(ctx context.Context, cfg *config.Server) (store.Store, error) {
 	case "etcd":
 		e := cfg.Storage.Etcd
 		st, err := etcdstore.Open(ctx, etcdstore.Config{Endpoints: e.Endpoints, Prefix: e.Prefix,
-			CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile, DialTimeout: time.Duration(e.DialTimeout)})
+			CAFile: e.CAFile, CertFile: e.CertFile, KeyFile: e.KeyFile, DialTimeout: time.Duration(e.DialTimeout),
+			RequestTimeout: time.Duration(e.RequestTimeout)})
 		if err != nil {
 			return nil, fmt.Errorf("opening etcd store %v: %w", e.Endpoints, err)
 		}

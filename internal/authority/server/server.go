@@ -179,6 +179,12 @@ func (s *Server) Start(ctx context.Context) error {
 				http.Error(w, "sealed: run `ward operator unseal`", http.StatusServiceUnavailable)
 				return
 			}
+			if s.cutOff() {
+				// Load balancers and orchestrators take it out of
+				// rotation; it joins again by itself when etcd answers.
+				http.Error(w, "not ready: "+cutOffMessage+"; check the network to etcd (storage.etcd.endpoints)", http.StatusServiceUnavailable)
+				return
+			}
 			fmt.Fprintln(w, "ready")
 		})
 		s.http = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}

@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
 )
 
 // Defaults for Config fields left zero.
@@ -31,7 +32,9 @@ const (
 	DefaultMaxBatch    = 128
 	DefaultPrefix      = "/ward/"
 	DefaultDialTimeout = 5 * time.Second
-	DefaultWatchBuffer = 1024
+	// DefaultRequestTimeout bounds one etcd request (Config.RequestTimeout).
+	DefaultRequestTimeout = 5 * time.Second
+	DefaultWatchBuffer    = 1024
 )
 
 // listPage is how many entries one List round trip fetches.
@@ -55,6 +58,13 @@ type Config struct {
 	// DialTimeout bounds connecting and the reachability check in Open
 	// (default 5s).
 	DialTimeout time.Duration
+	// RequestTimeout bounds each request (get, list page, put, delete,
+	// transaction; not watches) when the caller's context allows longer
+	// (default DefaultRequestTimeout; negative: unbounded). An etcd that
+	// does not answer in time fails the operation with an error of kind
+	// Unavailable instead of holding the caller, so the API call that
+	// needed it fails fast and failover clients try another authority.
+	RequestTimeout time.Duration
 	// MaxBatch must not exceed the cluster's --max-txn-ops (default 128).
 	MaxBatch int
 	// WatchBuffer is how many undelivered events a watcher may queue
@@ -69,6 +79,7 @@ type Store struct {
 	endpoints   string
 	maxBatch    int
 	watchBuffer int
+	reqTimeout  time.Duration
 
 	closed atomic.Bool
 	ctx    context.Context // cancelled by Close; ends watches
@@ -88,6 +99,9 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = DefaultDialTimeout
+	}
+	if cfg.RequestTimeout == 0 {
+		cfg.RequestTimeout = DefaultRequestTimeout
 	}
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = DefaultMaxBatch
@@ -129,7 +143,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	sctx, scancel := context.WithCancel(context.Background())
 	return &Store{
 		cli: cli, prefix: cfg.Prefix, endpoints: eps,
-		maxBatch: cfg.MaxBatch, watchBuffer: cfg.WatchBuffer,
+		maxBatch: cfg.MaxBatch, watchBuffer: cfg.WatchBuffer, reqTimeout: cfg.RequestTimeout,
 		ctx: sctx, cancel: scancel,
 	}, nil
 }
@@ -185,7 +199,31 @@ func (s *Store) fail(op, key string, err error) error {
 	if s.closed.Load() {
 		return fmt.Errorf("etcdstore: %s %q: %w", op, key, store.ErrClosed)
 	}
+	if errors.Is(err, errSlow) {
+		return err
+	}
 	return fmt.Errorf("etcdstore: %s %q at %s: %w", op, key, s.endpoints, err)
+}
+
+// errSlow is the cause of a request context that reached RequestTimeout.
+var errSlow = errors.New("etcd request timeout")
+
+// request runs one etcd request under RequestTimeout: when the bound (not
+// the caller's context) ended it, the error is of kind Unavailable and
+// says so (it does not wrap etcd's status, which would pass through
+// ToStatus as DeadlineExceeded).
+func (s *Store) request(ctx context.Context, op, key string, f func(ctx context.Context) error) error {
+	if s.reqTimeout <= 0 {
+		return f(ctx)
+	}
+	rctx, cancel := context.WithTimeoutCause(ctx, s.reqTimeout, errSlow)
+	defer cancel()
+	err := f(rctx)
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(rctx), errSlow) {
+		return errs.Wrap(errs.Unavailable, fmt.Errorf("%w: %v", errSlow, err),
+			fmt.Sprintf("etcdstore: %s %q: etcd at %s did not answer within %s (this authority may be cut off from etcd; clients should try another authority)", op, key, s.endpoints, s.reqTimeout))
+	}
+	return err
 }
 
 // Get returns the entry for key.
@@ -193,7 +231,11 @@ func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
 	if err := s.check("get", key, true); err != nil {
 		return store.KV{}, err
 	}
-	resp, err := s.cli.Get(ctx, s.prefix+key)
+	var resp *clientv3.GetResponse
+	err := s.request(ctx, "get", key, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Get(ctx, s.prefix+key)
+		return err
+	})
 	if err != nil {
 		return store.KV{}, s.fail("get", key, err)
 	}
@@ -221,7 +263,11 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, error) {
 		if rev > 0 {
 			opts = append(opts, clientv3.WithRev(rev))
 		}
-		resp, err := s.cli.Get(ctx, start, opts...)
+		var resp *clientv3.GetResponse
+		err := s.request(ctx, "list", prefix, func(ctx context.Context) (err error) {
+			resp, err = s.cli.Get(ctx, start, opts...)
+			return err
+		})
 		if err != nil {
 			return nil, s.fail("list", prefix, err)
 		}
@@ -244,13 +290,17 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 		return 0, err
 	}
 	if _, fenced := fenceFrom(ctx); fenced {
-		resp, err := s.fencedTxn(ctx, nil, []clientv3.Op{clientv3.OpPut(s.prefix+key, string(value))}, nil)
+		resp, err := s.fencedTxn(ctx, "put", key, nil, []clientv3.Op{clientv3.OpPut(s.prefix+key, string(value))}, nil)
 		if err != nil {
 			return 0, s.fail("put", key, err)
 		}
 		return resp.Header.Revision, nil
 	}
-	resp, err := s.cli.Put(ctx, s.prefix+key, string(value))
+	var resp *clientv3.PutResponse
+	err := s.request(ctx, "put", key, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Put(ctx, s.prefix+key, string(value))
+		return err
+	})
 	if err != nil {
 		return 0, s.fail("put", key, err)
 	}
@@ -263,12 +313,12 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	if _, fenced := fenceFrom(ctx); fenced {
-		if _, err := s.fencedTxn(ctx, nil, []clientv3.Op{clientv3.OpDelete(s.prefix + key)}, nil); err != nil {
+		if _, err := s.fencedTxn(ctx, "delete", key, nil, []clientv3.Op{clientv3.OpDelete(s.prefix + key)}, nil); err != nil {
 			return s.fail("delete", key, err)
 		}
 		return nil
 	}
-	if _, err := s.cli.Delete(ctx, s.prefix+key); err != nil {
+	if err := s.request(ctx, "delete", key, func(ctx context.Context) error { _, err := s.cli.Delete(ctx, s.prefix+key); return err }); err != nil {
 		return s.fail("delete", key, err)
 	}
 	return nil
@@ -284,7 +334,7 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ex
 		return 0, fmt.Errorf("etcdstore: compare-and-swap %q: expected revision %d is negative; use 0 for create-only or Put for unconditional writes", key, expectRevision)
 	}
 	k := s.prefix + key
-	resp, err := s.fencedTxn(ctx, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", expectRevision)},
+	resp, err := s.fencedTxn(ctx, "compare-and-swap", key, []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", expectRevision)},
 		[]clientv3.Op{clientv3.OpPut(k, string(value))}, []clientv3.Op{clientv3.OpGet(k, clientv3.WithKeysOnly())})
 	if err != nil {
 		return 0, s.fail("compare-and-swap", key, err)
@@ -336,7 +386,7 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 			thens = append(thens, clientv3.OpPut(k, string(op.Value)))
 		}
 	}
-	resp, err := s.fencedTxn(ctx, cmps, thens, elses)
+	resp, err := s.fencedTxn(ctx, "batch", "", cmps, thens, elses)
 	if err != nil {
 		return 0, s.fail("batch", "", err)
 	}

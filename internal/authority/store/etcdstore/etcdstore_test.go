@@ -10,9 +10,14 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/authority/store/storetest"
+	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/testutil/etcdtest"
+	"github.com/wardproject/ward/internal/testutil/netutil"
 )
 
 func open(t testing.TB, cfg Config) *Store {
@@ -47,6 +52,52 @@ func TestPlain(t *testing.T) {
 	t.Run("PrefixIsolation", func(t *testing.T) { testPrefixIsolation(t, srv) })
 	t.Run("SlowWatcherDropped", func(t *testing.T) { testSlowWatcherDropped(t, srv) })
 	t.Run("Defaults", func(t *testing.T) { testDefaults(t, srv) })
+	t.Run("CutOffFailsFast", func(t *testing.T) { testCutOffFailsFast(t, srv) })
+}
+
+// testCutOffFailsFast: with the link to etcd silently cut (packets
+// dropped, connections open), a request with no deadline of its own
+// returns an error of kind Unavailable after RequestTimeout instead of
+// hanging; once the link is back the same store works again.
+func testCutOffFailsFast(t *testing.T, srv *etcdtest.Server) {
+	hole := netutil.NewBlackhole(t, strings.TrimPrefix(srv.Endpoints()[0], "http://"))
+	s := open(t, Config{Endpoints: []string{"http://" + hole.Addr()}, Prefix: prefixFor(t), RequestTimeout: 300 * time.Millisecond})
+	ctx := context.Background()
+	if _, err := s.Put(ctx, "k", []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	hole.Cut()
+	ops := map[string]func() error{
+		"get":   func() error { _, err := s.Get(ctx, "k"); return err },
+		"list":  func() error { _, err := s.List(ctx, ""); return err },
+		"put":   func() error { _, err := s.Put(ctx, "k", []byte("w")); return err },
+		"cas":   func() error { _, err := s.CompareAndSwap(ctx, "k2", []byte("w"), 0); return err },
+		"batch": func() error { _, err := s.Batch(ctx, []store.Op{{Key: "k3", Value: []byte("x"), ExpectRevision: -1}}); return err },
+	}
+	for name, op := range ops {
+		done := make(chan error, 1)
+		go func() { done <- op() }()
+		select {
+		case err := <-done:
+			if !errs.Is(err, errs.Unavailable) || !strings.Contains(err.Error(), "did not answer within") {
+				t.Fatalf("%s while cut off: %v, want an Unavailable error saying etcd did not answer", name, err)
+			}
+			if st := status.Convert(errs.ToStatus(err)); st.Code() != codes.Unavailable {
+				t.Fatalf("%s while cut off maps to %v, want Unavailable", name, st.Code())
+			}
+		case <-time.After(time.Minute): // a bound on the test, not a timing assertion
+			t.Fatalf("%s with the link to etcd cut still hangs after a minute", name)
+		}
+	}
+	hole.Heal()
+	var err error
+	for range 100 {
+		if _, err = s.Get(ctx, "k"); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("after the link came back: %v", err)
 }
 
 // TestTLS runs the suite and the TLS configuration checks against an etcd

@@ -44,13 +44,17 @@ func (f fence) cmp() clientv3.Cmp {
 // fencedTxn runs thens under ctx's fence (if any) and the conditions cmps.
 // When the fence fails, the error wraps ErrFenced. elses are the reads
 // that explain failed conditions (the fence's own read is appended last).
-func (s *Store) fencedTxn(ctx context.Context, cmps []clientv3.Cmp, thens, elses []clientv3.Op) (*clientv3.TxnResponse, error) {
+func (s *Store) fencedTxn(ctx context.Context, op, key string, cmps []clientv3.Cmp, thens, elses []clientv3.Op) (*clientv3.TxnResponse, error) {
 	f, fenced := fenceFrom(ctx)
 	if fenced {
 		cmps = append(cmps, f.cmp())
 		elses = append(elses, clientv3.OpGet(f.key, clientv3.WithKeysOnly()))
 	}
-	resp, err := s.cli.Txn(ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
+	var resp *clientv3.TxnResponse
+	err := s.request(ctx, op, key, func(ctx context.Context) (err error) {
+		resp, err = s.cli.Txn(ctx).If(cmps...).Then(thens...).Else(elses...).Commit()
+		return err
+	})
 	if err != nil || resp.Succeeded || !fenced {
 		return resp, err
 	}
