@@ -190,7 +190,19 @@ func (e *Etcd) session(ctx context.Context, lead func(context.Context)) error {
 		}
 		ccancel()
 	}()
-	err = el.Campaign(cctx, string(body))
+	// Campaign, when its context ends, resigns with the etcd client's own
+	// context, which waits for etcd without bound: a member cut off from
+	// etcd would then never stop (seal, SIGTERM). So a stop does not wait
+	// for it; it returns once etcd answers or the client is closed, and the
+	// lease nobody renews any more expires in etcd by itself.
+	campaigned := make(chan error, 1)
+	go func() { campaigned <- el.Campaign(cctx, string(body)) }()
+	select {
+	case err = <-campaigned:
+	case <-sctx.Done():
+		ccancel()
+		return fmt.Errorf("campaigning: %w", sctx.Err())
+	}
 	if err != nil {
 		ccancel()
 		return fmt.Errorf("campaigning: %w", err)

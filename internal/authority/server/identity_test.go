@@ -104,11 +104,7 @@ func startIdentity(t testing.TB) *idEnv {
 	if _, err := c.Operator.Init(ctx, &wardv1.InitRequest{}); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(srv.AdminAddress(), grpc.WithTransportCredentials(local.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := adminConn(t, srv)
 	e := &idEnv{srv: srv, dir: root, pki: pki, conn: conn, entries: wardv1.NewEntriesClient(conn),
 		agents: wardv1.NewAgentsClient(conn), ca: wardv1.NewCAClient(conn)}
 	e.refreshBundle(t)
@@ -134,6 +130,12 @@ func serverID() spiffeid.ID { return nodeapi.ServerID(spiffeid.RequireTrustDomai
 // spiffe://TD/ward/server chaining to the bundle.
 func (e *idEnv) nodeClient(t testing.TB, svid *x509svid.SVID) wardv1.NodeClient {
 	t.Helper()
+	return wardv1.NewNodeClient(dialNode(t, e, svid, e.srv.NodeAPIAddress()))
+}
+
+// dialNode connects to the Node API at addr as nodeClient does.
+func dialNode(t testing.TB, e *idEnv, svid *x509svid.SVID, addr string) *grpc.ClientConn {
+	t.Helper()
 	var tc *tls.Config
 	if svid == nil {
 		tc = tlsconfig.TLSClientConfig(e.bundle, tlsconfig.AuthorizeID(serverID()))
@@ -141,12 +143,23 @@ func (e *idEnv) nodeClient(t testing.TB, svid *x509svid.SVID) wardv1.NodeClient 
 		tc = tlsconfig.MTLSClientConfig(svid, e.bundle, tlsconfig.AuthorizeID(serverID()))
 	}
 	tc.MinVersion = tls.VersionTLS13
-	conn, err := grpc.NewClient(e.srv.NodeAPIAddress(), grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return wardv1.NewNodeClient(conn)
+	return conn
+}
+
+// adminConn is a raw gRPC connection to srv's admin socket.
+func adminConn(t testing.TB, srv *Server) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(srv.AdminAddress(), grpc.WithTransportCredentials(local.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }
 
 func newCSR(t testing.TB) ([]byte, *ecdsa.PrivateKey) {

@@ -221,7 +221,7 @@ func (s *Store) request(ctx context.Context, op, key string, f func(ctx context.
 	err := f(rctx)
 	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(rctx), errSlow) {
 		return errs.Wrap(errs.Unavailable, fmt.Errorf("%w: %v", errSlow, err),
-			fmt.Sprintf("etcdstore: %s %q: etcd at %s did not answer within %s (this authority may be cut off from etcd; clients should try another authority)", op, key, s.endpoints, s.reqTimeout))
+			fmt.Sprintf("etcdstore: %s %q: etcd at %s did not answer within %s: check the network to etcd; clients should try another authority", op, key, s.endpoints, s.reqTimeout))
 	}
 	return err
 }

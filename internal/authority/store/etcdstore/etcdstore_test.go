@@ -68,11 +68,14 @@ func testCutOffFailsFast(t *testing.T, srv *etcdtest.Server) {
 	}
 	hole.Cut()
 	ops := map[string]func() error{
-		"get":   func() error { _, err := s.Get(ctx, "k"); return err },
-		"list":  func() error { _, err := s.List(ctx, ""); return err },
-		"put":   func() error { _, err := s.Put(ctx, "k", []byte("w")); return err },
-		"cas":   func() error { _, err := s.CompareAndSwap(ctx, "k2", []byte("w"), 0); return err },
-		"batch": func() error { _, err := s.Batch(ctx, []store.Op{{Key: "k3", Value: []byte("x"), ExpectRevision: -1}}); return err },
+		"get":  func() error { _, err := s.Get(ctx, "k"); return err },
+		"list": func() error { _, err := s.List(ctx, ""); return err },
+		"put":  func() error { _, err := s.Put(ctx, "k", []byte("w")); return err },
+		"cas":  func() error { _, err := s.CompareAndSwap(ctx, "k2", []byte("w"), 0); return err },
+		"batch": func() error {
+			_, err := s.Batch(ctx, []store.Op{{Key: "k3", Value: []byte("x"), ExpectRevision: -1}})
+			return err
+		},
 	}
 	for name, op := range ops {
 		done := make(chan error, 1)
