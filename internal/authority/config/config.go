@@ -247,6 +247,10 @@ func (c *Server) Validate() error {
 	if err := c.Network.validate(); err != nil {
 		return err
 	}
+	if err := c.Network.checkAddresses(map[string]string{"identity.node_api_address": c.Identity.NodeAPIAddress,
+		"federation.bundle_endpoint.address": c.Federation.BundleEndpoint.Address, "federation.bundle_endpoint.web_address": c.Federation.BundleEndpoint.WebAddress}); err != nil {
+		return err
+	}
 	if err := c.Dashboard.validate(); err != nil {
 		return err
 	}

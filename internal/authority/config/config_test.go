@@ -187,3 +187,36 @@ func TestNetworkOverlayCIDRs(t *testing.T) {
 		}
 	}
 }
+
+// TestOverlayCIDRsRefuseSpecialRanges: an overlay that would make every
+// node route real traffic into its tunnel (most of the address space,
+// loopback, link-local, multicast, the nodes' own network, the
+// authority's own address) is refused with an error naming the value,
+// what it overlaps and what to do.
+func TestOverlayCIDRsRefuseSpecialRanges(t *testing.T) {
+	base := "trust_domain: a.org\ndata_dir: /tmp/x\n"
+	for yaml, want := range map[string]string{
+		"network:\n  overlay_cidrs: [0.0.0.0/1]\n":                                                `"0.0.0.0/1" refused: 0.0.0.0/1 is wider than /8`,
+		"network:\n  overlay_cidrs: [10.250.0.0/16, 128.0.0.0/2]\n":                               `"128.0.0.0/2" refused`,
+		"network:\n  overlay_cidrs: [\"fc00::/7\"]\n":                                             "wider than /16",
+		"network:\n  overlay_cidrs: [127.0.0.0/16]\n":                                             "overlaps loopback",
+		"network:\n  overlay_cidrs: [169.254.0.0/16]\n":                                           "overlaps link-local",
+		"network:\n  overlay_cidrs: [232.0.0.0/8]\n":                                              "overlaps multicast",
+		"network:\n  overlay_cidrs: [\"fe80::/64\"]\n":                                            "overlaps link-local",
+		"network:\n  overlay_cidrs: [10.0.0.0/8]\n  endpoint_cidrs: [10.1.0.0/16]\n":              "overlaps network.endpoint_cidrs 10.1.0.0/16",
+		"network:\n  overlay_cidrs: [10.0.0.0/8]\nidentity:\n  node_api_address: 10.3.0.1:8443\n": "contains 10.3.0.1:8443 (identity.node_api_address)",
+	} {
+		_, err := Parse([]byte(base + yaml))
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "network.overlay_cidrs") {
+			t.Errorf("%q: %v, want an error naming network.overlay_cidrs and %q", yaml, err, want)
+		}
+	}
+	for _, ok := range []string{
+		"network:\n  overlay_cidrs: [10.0.0.0/8, \"fd00:77::/48\"]\n  endpoint_cidrs: [192.168.10.0/24]\nidentity:\n  node_api_address: 0.0.0.0:8443\n",
+		"network:\n  overlay_cidrs: [100.64.0.0/10]\nidentity:\n  node_api_address: 192.168.10.5:8443\n",
+	} {
+		if _, err := Parse([]byte(base + ok)); err != nil {
+			t.Errorf("%q: %v", ok, err)
+		}
+	}
+}

@@ -2,7 +2,10 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"net/netip"
+
+	"github.com/wardproject/ward/internal/shared/netrange"
 )
 
 // Network configures the WireGuard overlay agents register their tunnels
@@ -58,11 +61,47 @@ func (n *Network) validate() error {
 			}
 		}
 	}
+	// Every node routes the overlay into its tunnel: a range over
+	// loopback, link-local, multicast, most of the address space or the
+	// nodes' own underlay would swallow traffic that is not the overlay's.
+	for _, s := range n.OverlayCIDRs {
+		p := netip.MustParsePrefix(s).Masked()
+		if err := netrange.CheckOverlay(p); err != nil {
+			return fmt.Errorf("network.overlay_cidrs: %q refused: %v (docs/network.md)", s, err)
+		}
+		for _, e := range n.Endpoints() {
+			if e.Overlaps(p) {
+				return fmt.Errorf("network.overlay_cidrs: %q overlaps network.endpoint_cidrs %s, the nodes' own network: their WireGuard packets would be routed into the tunnels; give the overlay a range of its own (docs/network.md)", s, e)
+			}
+		}
+	}
 	if len(n.OverlayCIDRs) == 0 && (n.AdvertisedEndpoints || len(n.EndpointCIDRs) > 0) {
 		return fmt.Errorf("network: the WireGuard network needs network.overlay_cidrs, the ranges the nodes' tunnel prefixes lie in (e.g. overlay_cidrs: [10.250.0.0/16]); without it every tunnel registration is refused")
 	}
 	if n.AdvertisedEndpoints && len(n.EndpointCIDRs) == 0 {
 		return fmt.Errorf("network.advertised_endpoints needs network.endpoint_cidrs, the ranges the nodes' WireGuard endpoints may be in (e.g. endpoint_cidrs: [192.168.10.0/24]): otherwise any agent could name any host as its endpoint and make every peer send it handshakes")
+	}
+	return nil
+}
+
+// checkAddresses refuses an overlay range that contains one of the
+// authority's own listening addresses (literal IPs): nodes would route
+// their Node API or federation traffic into the tunnels.
+func (n *Network) checkAddresses(addrs map[string]string) error {
+	for field, a := range addrs {
+		host, _, err := net.SplitHostPort(a)
+		if err != nil {
+			continue
+		}
+		ip, err := netip.ParseAddr(host)
+		if err != nil || ip.IsUnspecified() {
+			continue
+		}
+		for _, p := range n.Overlay() {
+			if p.Contains(ip.Unmap()) {
+				return fmt.Errorf("network.overlay_cidrs: %s contains %s (%s): nodes would route the traffic to the authority into their tunnels; give the overlay a range of its own (docs/network.md)", p, a, field)
+			}
+		}
 	}
 	return nil
 }

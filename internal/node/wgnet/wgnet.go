@@ -26,6 +26,8 @@ import (
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
+
+	"github.com/wardproject/ward/internal/shared/netrange"
 )
 
 // Key is a Curve25519 key (private or public).
@@ -259,6 +261,21 @@ func (d *Device) SetPrivateKey(key Key) error {
 	return nil
 }
 
+// routable splits a peer's prefixes into those the device may route into
+// the tunnel and the reasons the others may not (netrange.CheckOverlay:
+// loopback, link-local, multicast, most of the address space): whatever
+// the authority sends, a node never routes such traffic to a peer.
+func routable(prefixes []netip.Prefix) (ok []netip.Prefix, dropped []string) {
+	for _, p := range prefixes {
+		if err := netrange.CheckOverlay(p); err != nil {
+			dropped = append(dropped, err.Error())
+			continue
+		}
+		ok = append(ok, p)
+	}
+	return ok, dropped
+}
+
 // SetPeers makes the device's peers exactly peers (the node itself is
 // left out by the caller): new and changed ones are configured, gone ones
 // removed (their sessions with them), and the routes to their prefixes
@@ -271,7 +288,10 @@ func (d *Device) SetPeers(peers []Peer) error {
 		if p.PublicKey == d.public {
 			continue
 		}
-		allowed := slices.Clone(p.AllowedIPs)
+		allowed, dropped := routable(p.AllowedIPs)
+		for _, r := range dropped {
+			d.log.Warn("network: a peer's prefix is not routed: it is no overlay range (the authority should have refused it)", "peer", p.ID, "reason", r)
+		}
 		slices.SortFunc(allowed, func(a, b netip.Prefix) int { return strings.Compare(a.String(), b.String()) })
 		want[p.PublicKey] = wgPeer{id: p.ID, endpoint: p.Endpoint, allowed: allowed}
 		if p.NextKey != nil && *p.NextKey != p.PublicKey && *p.NextKey != d.public {

@@ -187,3 +187,27 @@ func BenchmarkSetPeersOneChange(b *testing.B) {
 		}
 	}
 }
+
+// The attack: an authority (compromised, or misconfigured before it
+// refused such overlays) hands a node a peer whose prefixes cover
+// loopback, the cloud metadata service, multicast or half the address
+// space. The node routes none of them into the tunnel; the overlay
+// prefixes beside them still are.
+func TestPeerPrefixesOutsideAnyOverlayAreNotRouted(t *testing.T) {
+	in := []netip.Prefix{
+		netip.MustParsePrefix("10.250.1.0/24"),
+		netip.MustParsePrefix("0.0.0.0/1"),
+		netip.MustParsePrefix("127.0.0.1/32"),
+		netip.MustParsePrefix("169.254.169.254/32"),
+		netip.MustParsePrefix("224.0.0.0/4"),
+		netip.MustParsePrefix("::/1"),
+		netip.MustParsePrefix("fd00:77:0:1::/64"),
+	}
+	ok, dropped := routable(in)
+	if len(ok) != 2 || ok[0] != in[0] || ok[1] != in[6] {
+		t.Fatalf("routed %v, want only the overlay prefixes", ok)
+	}
+	if len(dropped) != 5 {
+		t.Fatalf("dropped %v, want the five non-overlay prefixes", dropped)
+	}
+}
