@@ -14,11 +14,13 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/netsource"
+	"github.com/wardproject/ward/internal/shared/policy"
 )
 
 // Resource limits of the Node API.
@@ -436,7 +438,48 @@ func (handshaken) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthInfo, e
 		c.Close()
 		return nil, nil, errors.New("nodeapi: connection did not come through the TLS listener")
 	}
-	return c, credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}, nil
+	return c, newConnInfo(credentials.TLSInfo{State: tc.ConnectionState(), CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}), nil
+}
+
+// connInfo is a connection's TLS state with what authenticate derives from
+// its peer chain on every call, derived once at the handshake: the chain
+// of a TLS 1.3 connection never changes (no renegotiation), so these are
+// the values every call would compute again. Verification itself still
+// runs per call (verifySVID: time, bundle, taint, agent record).
+type connInfo struct {
+	credentials.TLSInfo
+	raw    [][]byte // the peer certificates' DER, leaf first
+	sum    [32]byte // chainSum(raw): the verified-chain cache's check
+	serial string   // the leaf's serial in hex (deny-list serials)
+}
+
+func newConnInfo(ti credentials.TLSInfo) connInfo {
+	ci := connInfo{TLSInfo: ti}
+	if certs := ti.State.PeerCertificates; len(certs) > 0 {
+		ci.raw = make([][]byte, len(certs))
+		for i, c := range certs {
+			ci.raw[i] = c.Raw
+		}
+		ci.sum = chainSum(ci.raw)
+		ci.serial = policy.SerialHex(certs[0].SerialNumber)
+	}
+	return ci
+}
+
+// peerTLS returns the TLS state of the connection a call came on, with its
+// derived values (computed here for AuthInfo that did not come through
+// handshaken, as in tests).
+func peerTLS(p *peer.Peer) (connInfo, bool) {
+	if p == nil {
+		return connInfo{}, false
+	}
+	switch ai := p.AuthInfo.(type) {
+	case connInfo:
+		return ai, true
+	case credentials.TLSInfo:
+		return newConnInfo(ai), true
+	}
+	return connInfo{}, false
 }
 
 func (handshaken) ClientHandshake(context.Context, string, net.Conn) (net.Conn, credentials.AuthInfo, error) {

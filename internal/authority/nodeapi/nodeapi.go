@@ -35,7 +35,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
@@ -318,7 +317,7 @@ func (s *Server) TLSConfig() *tls.Config {
 			}
 			// Any SVID of this trust domain may connect; authenticate
 			// decides per call whether it must be an agent.
-			_, err := s.verifySVID(raw)
+			_, err := s.verifySVID(raw, chainSum(raw))
 			return err
 		},
 	}
@@ -339,13 +338,13 @@ func (b bundleSource) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x50
 // now against the current bundle.
 // A chain that verified against the same anchors is not verified again
 // while every certificate of it is still valid (see svidCache).
-func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
+func (s *Server) verifySVID(raw [][]byte, sum [32]byte) (spiffeid.ID, error) {
 	now := s.cfg.Clock()
 	var src x509bundle.Source = bundleSource{s.cfg.CA}
 	// The CA's own slice, not a copy of its bundle: this runs on every call.
 	anchors, err := s.cfg.CA.X509Authorities()
 	if err == nil {
-		if id, ok := s.verified.get(raw, anchors, now); ok {
+		if id, ok := s.verified.get(raw, sum, anchors, now); ok {
 			return id, nil
 		}
 		// Verify against exactly the anchors the cache will name.
@@ -356,7 +355,7 @@ func (s *Server) verifySVID(raw [][]byte) (spiffeid.ID, error) {
 		return spiffeid.ID{}, fmt.Errorf("client SVID rejected: %v", err)
 	}
 	if anchors != nil && len(chains) > 0 {
-		s.verified.put(raw, anchors, id, chains[0])
+		s.verified.put(raw, sum, anchors, id, chains[0])
 	}
 	return id, nil
 }
@@ -561,16 +560,11 @@ func reserved(id spiffeid.ID) bool {
 // A certificate chaining to a tainted CA key may only call RenewAgent.
 func (s *Server) authenticate(ctx context.Context, method string) (context.Context, error) {
 	p, _ := peer.FromContext(ctx)
-	var raw [][]byte
+	ci, _ := peerTLS(p)
+	raw := ci.raw
 	var leaf *x509.Certificate
-	if p != nil {
-		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.PeerCertificates) > 0 {
-			raw = make([][]byte, len(ti.State.PeerCertificates))
-			for i, c := range ti.State.PeerCertificates {
-				raw[i] = c.Raw
-			}
-			leaf = ti.State.PeerCertificates[0]
-		}
+	if len(raw) > 0 {
+		leaf = ci.State.PeerCertificates[0]
 	}
 	if method == attestMethod {
 		if leaf != nil {
@@ -591,7 +585,7 @@ func (s *Server) authenticate(ctx context.Context, method string) (context.Conte
 		}
 		return nil, status.Error(codes.Unauthenticated, "this call needs an agent SVID as TLS client certificate: attest first")
 	}
-	id, err := s.verifySVID(raw)
+	id, err := s.verifySVID(raw, ci.sum)
 	if err != nil {
 		if workload {
 			return nil, status.Errorf(codes.Unauthenticated, "%v: fetch a fresh SVID from the Workload API", err)

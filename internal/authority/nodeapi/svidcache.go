@@ -46,29 +46,29 @@ type verifiedSVID struct {
 	from, to time.Time // every certificate of the verified chain is valid in [from, to]
 }
 
-// get returns the ID of raw if it verified against exactly anchors and now
-// is inside its validity.
-func (c *svidCache) get(raw [][]byte, anchors []*x509.Certificate, now time.Time) (spiffeid.ID, bool) {
+// get returns the ID of raw (whose chainSum is sum) if it verified against
+// exactly anchors and now is inside its validity.
+func (c *svidCache) get(raw [][]byte, sum [32]byte, anchors []*x509.Certificate, now time.Time) (spiffeid.ID, bool) {
 	if len(raw) == 0 {
 		return spiffeid.ID{}, false
 	}
 	c.mu.RLock()
 	v := c.m[string(raw[0])]
 	c.mu.RUnlock()
-	if v == nil || now.Before(v.from) || now.After(v.to) || chainSum(raw) != v.sum ||
+	if v == nil || now.Before(v.from) || now.After(v.to) || sum != v.sum ||
 		!slices.EqualFunc(v.anchors, anchors, func(a, b *x509.Certificate) bool { return a == b || bytes.Equal(a.Raw, b.Raw) }) {
 		return spiffeid.ID{}, false
 	}
 	return v.id, true
 }
 
-// put records that raw verified as id against anchors with verified as the
-// chain that verified it (leaf to root).
-func (c *svidCache) put(raw [][]byte, anchors []*x509.Certificate, id spiffeid.ID, verified []*x509.Certificate) {
+// put records that raw (whose chainSum is sum) verified as id against
+// anchors with verified as the chain that verified it (leaf to root).
+func (c *svidCache) put(raw [][]byte, sum [32]byte, anchors []*x509.Certificate, id spiffeid.ID, verified []*x509.Certificate) {
 	if len(raw) == 0 || len(verified) == 0 {
 		return
 	}
-	v := &verifiedSVID{id: id, sum: chainSum(raw), anchors: slices.Clone(anchors), from: verified[0].NotBefore, to: verified[0].NotAfter}
+	v := &verifiedSVID{id: id, sum: sum, anchors: slices.Clone(anchors), from: verified[0].NotBefore, to: verified[0].NotAfter}
 	for _, cert := range verified[1:] {
 		if cert.NotBefore.After(v.from) {
 			v.from = cert.NotBefore

@@ -36,11 +36,11 @@ func TestSVIDCacheMatchesOnlyTheVerifiedChainAnchorsAndTime(t *testing.T) {
 	}
 	var c svidCache
 	now := h.clock.Now()
-	if _, ok := c.get(raw, anchors, now); ok {
+	if _, ok := c.get(raw, chainSum(raw), anchors, now); ok {
 		t.Fatal("hit in an empty cache")
 	}
-	c.put(raw, anchors, id, chains[0])
-	if got, ok := c.get(raw, anchors, now); !ok || got != id {
+	c.put(raw, chainSum(raw), anchors, id, chains[0])
+	if got, ok := c.get(raw, chainSum(raw), anchors, now); !ok || got != id {
 		t.Fatalf("verified chain: %v %v", got, ok)
 	}
 	// The same anchors as other *x509.Certificate values still match.
@@ -52,7 +52,7 @@ func TestSVIDCacheMatchesOnlyTheVerifiedChainAnchorsAndTime(t *testing.T) {
 		}
 		copies = append(copies, cp)
 	}
-	if _, ok := c.get(raw, copies, now); !ok {
+	if _, ok := c.get(raw, chainSum(raw), copies, now); !ok {
 		t.Fatal("equal anchors missed")
 	}
 	leaf := svid.Certificates[0]
@@ -77,13 +77,14 @@ func TestSVIDCacheMatchesOnlyTheVerifiedChainAnchorsAndTime(t *testing.T) {
 		"a changed intermediate":   {[][]byte{raw[0], append(append([]byte(nil), raw[1]...), 0)}, anchors, now},
 		"nothing":                  {nil, anchors, now},
 	} {
-		if _, ok := c.get(miss.raw, miss.anchors, miss.now); ok {
+		if _, ok := c.get(miss.raw, chainSum(miss.raw), miss.anchors, miss.now); ok {
 			t.Errorf("%s: hit", name)
 		}
 	}
 	// Bounded: filling it past the limit starts over.
 	for i := range maxVerifiedSVIDs + 10 {
-		c.put([][]byte{fmt.Appendf(nil, "leaf-%d", i)}, anchors, id, chains[0])
+		leaf := [][]byte{fmt.Appendf(nil, "leaf-%d", i)}
+		c.put(leaf, chainSum(leaf), anchors, id, chains[0])
 		if n := len(c.m); n > maxVerifiedSVIDs {
 			t.Fatalf("%d entries", n)
 		}
@@ -173,8 +174,8 @@ func TestSVIDCacheKeepsNoPresentedPadding(t *testing.T) {
 	}
 	var c svidCache
 	now := h.clock.Now()
-	c.put(raw, anchors, id, chains[0])
-	if _, ok := c.get(raw, anchors, now); !ok {
+	c.put(raw, chainSum(raw), anchors, id, chains[0])
+	if _, ok := c.get(raw, chainSum(raw), anchors, now); !ok {
 		t.Fatal("the same chain missed")
 	}
 	for k, v := range c.m {
@@ -207,7 +208,7 @@ func TestSVIDCacheKeepsNoPresentedPadding(t *testing.T) {
 		"the padding split elsewhere":   with(pad[:100<<10+1], pad[100<<10+1:]),
 		"the padding joined":            with(pad),
 	} {
-		if _, ok := c.get(other, anchors, now); ok {
+		if _, ok := c.get(other, chainSum(other), anchors, now); ok {
 			t.Errorf("%s: hit", name)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -133,15 +132,9 @@ func (w *workloadKMS) authorize(ctx context.Context, method string, keys ...stri
 // deny-list's serials (`ward revoke --serial`): a revoked SVID is refused
 // even while its SPIFFE ID is not.
 func peerSerial(ctx context.Context) string {
-	p, ok := peer.FromContext(ctx)
-	if !ok {
-		return ""
-	}
-	ti, ok := p.AuthInfo.(credentials.TLSInfo)
-	if !ok || len(ti.State.PeerCertificates) == 0 {
-		return ""
-	}
-	return policy.SerialHex(ti.State.PeerCertificates[0].SerialNumber)
+	p, _ := peer.FromContext(ctx)
+	ci, _ := peerTLS(p) // computed once per connection (connInfo)
+	return ci.serial
 }
 
 func (w *workloadKMS) Encrypt(ctx context.Context, r *wardv1.EncryptRequest) (*wardv1.EncryptResponse, error) {
