@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"maps"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +27,8 @@ type metrics struct {
 	// Policy decisions for workload KMS calls.
 	decisions       *prometheus.CounterVec
 	decisionLatency prometheus.Histogram
+	decisionsBy     atomic.Pointer[map[string]*decisionCounters] // decisionSeries
+	decisionsMu     sync.Mutex
 	// Node API connections closed at accept for being over a limit.
 	nodeAPIRefused *prometheus.CounterVec
 	// revocationRefused counts refused clients of the revocation channel.
@@ -42,19 +46,59 @@ type metrics struct {
 
 // decision counts one policy decision (dry-run denials separately).
 func (m *metrics) decision(action string, d policy.Decision, took time.Duration) {
-	result := "deny"
+	c := m.decisionSeries(action)
 	if d.Allowed {
-		result = "allow"
+		c.allow.inc(m.decisions, action, "allow")
+	} else {
+		c.deny.inc(m.decisions, action, "deny")
 	}
-	m.decisions.WithLabelValues(action, result).Inc()
 	if len(d.DryRunDenials) > 0 {
-		m.decisions.WithLabelValues(action, "dry-run-deny").Inc()
+		c.dryRunDeny.inc(m.decisions, action, "dry-run-deny")
 	}
 	m.decisionLatency.Observe(took.Seconds())
 }
 
+// decisionCounters are one action's decision series, each resolved at its
+// first count (a series appears when it counts, as before) and then kept:
+// the label lookup is not paid on every workload KMS call.
+type decisionCounters struct{ allow, deny, dryRunDeny lazyCounter }
+
+type lazyCounter struct{ c atomic.Pointer[prometheus.Counter] }
+
+func (l *lazyCounter) inc(vec *prometheus.CounterVec, action, result string) {
+	c := l.c.Load()
+	if c == nil {
+		x := vec.WithLabelValues(action, result) // the same series if two race here
+		c = &x
+		l.c.Store(c)
+	}
+	(*c).Inc()
+}
+
+// decisionSeries returns action's series. The actions are the KMS's few
+// (kms:encrypt, ...), so the map stays small; it is replaced, never
+// written, so reading it needs no lock.
+func (m *metrics) decisionSeries(action string) *decisionCounters {
+	if c := (*m.decisionsBy.Load())[action]; c != nil {
+		return c
+	}
+	m.decisionsMu.Lock()
+	defer m.decisionsMu.Unlock()
+	old := *m.decisionsBy.Load()
+	if c := old[action]; c != nil {
+		return c
+	}
+	c := &decisionCounters{}
+	next := make(map[string]*decisionCounters, len(old)+1)
+	maps.Copy(next, old)
+	next[action] = c
+	m.decisionsBy.Store(&next)
+	return c
+}
+
 func newMetrics(s *Server) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
+	m.decisionsBy.Store(&map[string]*decisionCounters{})
 	m.ops = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "ward", Name: "api_operations_total",
 		Help: "API operations by service, method and result (gRPC code).",

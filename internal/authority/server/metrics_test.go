@@ -14,6 +14,8 @@ import (
 	"google.golang.org/grpc/credentials/local"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/wardproject/ward/internal/shared/policy"
 )
 
 // TestAPIMetricsPerMethodAndCode: the interceptor resolves a method's
@@ -92,4 +94,73 @@ func TestAPIMetricsUnknownMethodsNotKept(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestDecisionMetrics: decisions from concurrent calls are counted under
+// their action and result (series resolved once per action); a result
+// that never happened has no series (the dashboard lists every series).
+func TestDecisionMetrics(t *testing.T) {
+	m := newMetrics(&Server{})
+	const callers, calls = 16, 40
+	var wg sync.WaitGroup
+	for i := range callers {
+		wg.Go(func() {
+			for j := range calls {
+				action := []string{"kms:encrypt", "kms:decrypt"}[(i+j)%2]
+				d := policy.Decision{Allowed: j%4 != 0}
+				if j%8 == 0 {
+					d.DryRunDenials = []string{"p"}
+				}
+				m.decision(action, d, 0)
+			}
+		})
+	}
+	wg.Wait()
+	got := map[string]float64{}
+	mfs, err := m.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ward_policy_decisions_total" {
+			continue
+		}
+		for _, s := range mf.GetMetric() {
+			var a, r string
+			for _, l := range s.GetLabel() {
+				switch l.GetName() {
+				case "action":
+					a = l.GetValue()
+				case "result":
+					r = l.GetValue()
+				}
+			}
+			got[a+" "+r] = s.GetCounter().GetValue()
+		}
+	}
+	want := map[string]float64{}
+	for i := range callers {
+		for j := range calls {
+			action := []string{"kms:encrypt", "kms:decrypt"}[(i+j)%2]
+			if j%4 != 0 {
+				want[action+" allow"]++
+			} else {
+				want[action+" deny"]++
+			}
+			if j%8 == 0 {
+				want[action+" dry-run-deny"]++
+			}
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("decision series %v, want %v", got, want)
+	}
+	m2 := newMetrics(&Server{})
+	m2.decision("kms:encrypt", policy.Decision{Allowed: true}, 0)
+	mfs, _ = m2.reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "ward_policy_decisions_total" && len(mf.GetMetric()) != 1 {
+			t.Fatalf("one allowed decision made %d series", len(mf.GetMetric()))
+		}
+	}
 }
