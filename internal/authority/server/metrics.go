@@ -63,7 +63,9 @@ func (m *metrics) decision(action string, d policy.Decision, took time.Duration)
 // the label lookup is not paid on every workload KMS call.
 type decisionCounters struct{ allow, deny, dryRunDeny lazyCounter }
 
-type lazyCounter struct{ c atomic.Pointer[prometheus.Counter] }
+type lazyCounter struct {
+	c atomic.Pointer[prometheus.Counter]
+}
 
 func (l *lazyCounter) inc(vec *prometheus.CounterVec, action, result string) {
 	c := l.c.Load()
