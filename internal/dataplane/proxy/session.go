@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"sync"
@@ -298,7 +299,7 @@ func (p *Proxy) sessionTicketFuncs(c *tls.Config, listener string) {
 
 func (p *Proxy) wrapSession(st *serverSession, cs tls.ConnectionState, ss *tls.SessionState) []byte {
 	now := time.Now()
-	if cs.Version != tls.VersionTLS13 || len(cs.PeerCertificates) == 0 {
+	if cs.Version != tls.VersionTLS13 || len(cs.PeerCertificates) == 0 || chainSize(cs.PeerCertificates) > maxSessionChain {
 		return unusableTicket()
 	}
 	ss.EarlyData = false
@@ -500,6 +501,9 @@ func (v *sessionView) verified(cs tls.ConnectionState, lifetime time.Duration) {
 	if len(cs.PeerCertificates) == 0 || v.own == nil || cs.Version != tls.VersionTLS13 {
 		return // TLS 1.2 sessions (a non-ward server) are never kept: their resumption has no fresh key exchange
 	}
+	if chainSize(cs.PeerCertificates) > maxSessionChain {
+		return // a kept session would hold the server's whole Certificate message (see maxSessionChain)
+	}
 	end := minTime(time.Now().Add(lifetime), cs.PeerCertificates[0].NotAfter, v.own.svid.Certificates[0].NotAfter)
 	if cs.DidResume {
 		end = minTime(end, v.offeredEnd)
@@ -507,11 +511,29 @@ func (v *sessionView) verified(cs tls.ConnectionState, lifetime time.Duration) {
 	v.end = end
 }
 
+// maxSessionChain bounds the certificates (DER bytes) of a peer chain a
+// session is kept or a ticket issued for. crypto/tls parses the peer's
+// certificates in place: a kept session holds the peer's whole Certificate
+// message (up to 256 KiB, any number of certificates the verification never
+// used), and a ticket carries them all. An SVID chain is a few KiB; a peer
+// sending more gets full handshakes only, so it cannot park 256 KiB in
+// every slot of the session cache (the chain cache keeps its own copies,
+// ownChains) nor have the server seal that much per ticket.
+const maxSessionChain = 16 << 10
+
+func chainSize(certs []*x509.Certificate) int {
+	n := 0
+	for _, c := range certs {
+		n += len(c.Raw)
+	}
+	return n
+}
+
 // sessionKeyPrefix names what an outbound session is for.
 func sessionKeyPrefix(listener, serverID, sni, remote string, own *svidCert) string {
 	b := make([]byte, 0, 128)
 	for _, s := range []string{listener, serverID, sni, remote} {
-		b = binary.BigEndian.AppendUint16(b, uint16(min(len(s), 0xffff)))
+		b = binary.BigEndian.AppendUint32(b, uint32(len(s))) // the whole length: no two routes share a key
 		b = append(b, s...)
 	}
 	b = append(b, own.fp[:]...)
