@@ -281,8 +281,9 @@ func (l *Log) loadHead(ctx context.Context) (*headRecord, int64, error) {
 
 // Append stores e (its Seq is assigned, a zero Time becomes now) and
 // returns its sequence number once it is durable: stored with the head
-// that counts it, so Head serves a signed checkpoint covering it. An error means the event is not known to be stored:
-// the caller must not perform the audited operation (fail closed).
+// that counts it, so Head serves a signed checkpoint covering it. An error
+// means the event is not known to be stored: the caller must not perform
+// the audited operation (fail closed).
 func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
 	if e.Time.IsZero() {
 		e.Time = l.now()
