@@ -39,6 +39,15 @@ var Specials = []Special{
 	{netip.MustParsePrefix("::ffff:0:0/96"), "IPv4-mapped addresses (::ffff:0:0/96)"},
 	{netip.MustParsePrefix("fe80::/10"), "link-local (fe80::/10)"},
 	{netip.MustParsePrefix("ff00::/8"), "multicast (ff00::/8)"},
+	// IPv6 ranges that carry IPv4 addresses: a node routing one into its
+	// tunnel would send its NAT64 (DNS64 answers for every IPv4-only name),
+	// 6to4 or Teredo traffic, IPv4 loopback and metadata included, to a
+	// peer.
+	{netip.MustParsePrefix("::/96"), "IPv4-compatible addresses (::/96)"},
+	{netip.MustParsePrefix("64:ff9b::/96"), "the NAT64 prefix (64:ff9b::/96)"},
+	{netip.MustParsePrefix("64:ff9b:1::/48"), "local-use NAT64 (64:ff9b:1::/48)"},
+	{netip.MustParsePrefix("2001::/32"), "Teredo (2001::/32)"},
+	{netip.MustParsePrefix("2002::/16"), "6to4 (2002::/16)"},
 }
 
 // CheckOverlay says why p may not be (part of) an overlay: wider than

@@ -33,6 +33,18 @@ func TestCheckOverlay(t *testing.T) {
 		"::ffff:10.0.0.0/104": "IPv4-mapped",
 		"fe80::/16":           "link-local",
 		"ff02::/16":           "multicast",
+		// IPv4 inside IPv6: the mapped range above, and the ranges that
+		// carry IPv4 traffic (an overlay there swallows it).
+		"::a00:0/104":            "IPv4-compatible",
+		"::7f00:1/128":           "IPv4-compatible",
+		"64:ff9b::/96":           "NAT64",
+		"64:ff9b::a9fe:a9fe/128": "NAT64",
+		"64:ff9b::/16":           "NAT64",
+		"64:ff9b:1:2::/64":       "NAT64",
+		"2001::/32":              "Teredo",
+		"2001:0:a00::/48":        "Teredo",
+		"2002:7f00:1::/48":       "6to4",
+		"2002::/16":              "6to4",
 	} {
 		err := CheckOverlay(netip.MustParsePrefix(bad))
 		if err == nil || !strings.Contains(err.Error(), want) {
