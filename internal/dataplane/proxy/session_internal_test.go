@@ -74,6 +74,23 @@ func (s *svidSource) setBundle(cas ...*testCA) {
 	s.notify()
 }
 
+// setTDBundle sets (cas) or removes (none) the bundle of trust domain td.
+func (s *svidSource) setTDBundle(td string, cas ...*testCA) {
+	s.mu.Lock()
+	id := spiffeid.RequireTrustDomainFromString(td)
+	if len(cas) == 0 {
+		delete(s.bundles, id)
+	} else {
+		var certs []*x509.Certificate
+		for _, ca := range cas {
+			certs = append(certs, ca.cert)
+		}
+		s.bundles[id] = x509bundle.FromX509Authorities(id, certs)
+	}
+	s.mu.Unlock()
+	s.notify()
+}
+
 func (ca *testCA) svid(t testing.TB, id string, notAfter time.Time) *x509svid.SVID {
 	t.Helper()
 	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -257,6 +274,36 @@ func TestResumedHandshakeVerifiedAgainstCurrentTrust(t *testing.T) {
 			t.Fatalf("client resumed with a server chain through a tainted key (or did not offer the session: resumed %v): %v", r, ce)
 		}
 	})
+}
+
+// TestFederatedPeerResumption: a client of a federated trust domain
+// resumes like a local one, and once its trust domain's bundle is gone
+// from the server (the federation ended) or replaced by one without its
+// CA, its session is refused at the verification (keys kept to show it).
+func TestFederatedPeerResumption(t *testing.T) {
+	for _, end := range []string{"bundle removed", "CA rotated out"} {
+		t.Run(end, func(t *testing.T) {
+			sp := newSessionPair(t)
+			sp.server.tickets.keepOnChange = true
+			caB := newTestCA(t, "B")
+			sp.srvSrc.setTDBundle("b.example", caB)
+			sp.cliSrc.setSVID(caB.svid(t, "spiffe://b.example/ns/pay/client", time.Now().Add(time.Hour)))
+			sp.mustResume("", false)
+			sp.mustResume("", true)
+			if end == "bundle removed" {
+				sp.srvSrc.setTDBundle("b.example")
+			} else {
+				sp.srvSrc.setTDBundle("b.example", newTestCA(t, "B2"))
+			}
+			r, ce, se := sp.handshake("")
+			if se == nil || ce == nil || !r {
+				t.Fatalf("federated peer after %s: resumed %v, client %v, server %v", end, r, ce, se)
+			}
+			if end == "bundle removed" && handshakeReason(se) != reasonNotFederated {
+				t.Fatalf("reason %q: %v", handshakeReason(se), se)
+			}
+		})
+	}
 }
 
 // TestTicketEndsWithEarliestSVID: a ticket ends at the earliest of the
