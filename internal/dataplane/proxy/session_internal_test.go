@@ -548,8 +548,14 @@ func FuzzTicketOpen(f *testing.F) {
 		if r == "" && m == nil {
 			t.Fatal("opened without meta")
 		}
-		if _, _, err := decodeTicketMeta(b); err == nil && len(b) < 1+8+4+32 {
-			t.Fatal("short meta decoded")
+		m2, rest, err := decodeTicketMeta(b)
+		if err == nil {
+			if len(b) < 1+8+4+32 {
+				t.Fatal("short meta decoded")
+			}
+			if again := append(m2.encode(nil), rest...); string(again) != string(b) {
+				t.Fatal("meta does not round-trip")
+			}
 		}
 	})
 }
