@@ -32,6 +32,12 @@ func TestParseConfig(t *testing.T) {
 		time.Duration(c.PolicyPollInterval) != DefaultPolicyPoll || c.MaxConnections != DefaultMaxConnections || c.AccessLog != "stderr" {
 		t.Fatalf("defaults not applied: %+v", c)
 	}
+	if !c.TLS.Resumption() || time.Duration(c.TLS.SessionLifetime) != DefaultSessionLifetime || c.TLS.SessionCacheSize != DefaultSessionCacheSize {
+		t.Fatalf("session defaults not applied: %+v", c.TLS)
+	}
+	if off, err := ParseConfig([]byte(goodConfig + "\ntls: {session_resumption: false}")); err != nil || off.TLS.Resumption() {
+		t.Fatalf("session_resumption: false: %v %+v", err, off)
+	}
 	for _, tc := range []struct {
 		name, edit, want string
 	}{
@@ -42,6 +48,8 @@ func TestParseConfig(t *testing.T) {
 		{"bad duration", "\nidle_timeout: soon", `bad duration "soon"`},
 		{"second document", "\n---\nfoo: 1", "more than one YAML document"},
 		{"zero max", "\nmax_connections: -1", "max_connections -1"},
+		{"session lifetime too long", "\ntls: {session_lifetime: 2h}", "tls.session_lifetime 2h0m0s must be positive and at most 1h0m0s"},
+		{"session cache too big", "\ntls: {session_cache_size: 100000}", "tls.session_cache_size 100000 must be between 1 and 65536"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.want == "" {

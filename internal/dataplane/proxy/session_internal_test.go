@@ -559,3 +559,26 @@ func FuzzTicketOpen(f *testing.F) {
 		}
 	})
 }
+
+// TestResumptionOff: with session_resumption: false nothing is resumed,
+// and a proxy given a source that does not notify updates does not resume.
+func TestResumptionOff(t *testing.T) {
+	off := false
+	src := &svidSource{upd: make(chan struct{}, 1)}
+	cfg := &Config{WorkloadAPISocket: "unix:///x", TLS: TLSConfig{SessionResumption: &off},
+		Outbound: []Outbound{{Name: "o", Listen: "127.0.0.1:0", Remote: "127.0.0.1:1", ServerID: pairServerID}}}
+	p, err := New(cfg, WithX509Source(src), WithAccessLog(discard{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.tickets != nil || p.sessions != nil {
+		t.Fatal("session_resumption: false left resumption on")
+	}
+	if p := newTestProxy(t, &swapSource{}); p.tickets != nil || p.sessions != nil {
+		t.Fatal("resumption on with a source that does not notify its updates")
+	}
+	sp := newSessionPair(t)
+	sp.server.tickets, sp.client.sessions = nil, nil
+	sp.mustResume("", false)
+	sp.mustResume("", false)
+}
