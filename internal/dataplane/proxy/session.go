@@ -42,7 +42,9 @@ import (
 //     all dropped on any Workload API update (SVID or bundle rotation, a
 //     federated bundle replaced, a CA removed) and on every new policy
 //     version (where taints and deny-lists arrive); the outbound session
-//     cache is emptied with them. Resumption is off with an X509 source
+//     cache is emptied with them; a handshake that began before a drop
+//     gets no usable ticket and its session is not cached. Resumption is
+//     off with an X509 source
 //     that does not notify its updates (WithX509Source without an
 //     Updated method).
 //   - A ticket is bound to the inbound listener and SNI that issued it.
@@ -263,6 +265,7 @@ func unusableTicket() []byte {
 // serverSession is one inbound handshake's ticket state.
 type serverSession struct {
 	listener string
+	gen      int64       // tickets.drops when the handshake began
 	own      *svidCert   // the certificate this handshake presented
 	resumed  *ticketMeta // the ticket accepted (at most one per handshake)
 }
@@ -275,7 +278,7 @@ func (p *Proxy) sessionTicketFuncs(c *tls.Config, listener string) {
 		return
 	}
 	c.SessionTicketsDisabled = false
-	st := &serverSession{listener: listener}
+	st := &serverSession{listener: listener, gen: p.tickets.drops.Load()}
 	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 		sc, err := p.certs.current(p.src)
 		if err != nil {
@@ -300,6 +303,11 @@ func (p *Proxy) sessionTicketFuncs(c *tls.Config, listener string) {
 func (p *Proxy) wrapSession(st *serverSession, cs tls.ConnectionState, ss *tls.SessionState) []byte {
 	now := time.Now()
 	if cs.Version != tls.VersionTLS13 || len(cs.PeerCertificates) == 0 || chainSize(cs.PeerCertificates) > maxSessionChain {
+		return unusableTicket()
+	}
+	if p.tickets.drops.Load() != st.gen {
+		// The keys were dropped during this handshake (a bundle, SVID or
+		// policy change): a session verified before it is not kept.
 		return unusableTicket()
 	}
 	ss.EarlyData = false
@@ -378,6 +386,7 @@ func minTime(t time.Time, more ...time.Time) time.Time {
 // be offered until. Connections use it through a sessionView.
 type sessionCache struct {
 	max int
+	gen atomic.Int64 // clears so far
 
 	mu sync.Mutex
 	ll *list.List // of *sessionEntry, most recent first
@@ -415,8 +424,17 @@ func (c *sessionCache) get(key string, now time.Time) (*tls.ClientSessionState, 
 }
 
 func (c *sessionCache) put(key string, cs *tls.ClientSessionState, end time.Time) {
+	c.putGen(key, cs, end, -1)
+}
+
+// putGen stores unless the cache was cleared since generation gen (-1:
+// any).
+func (c *sessionCache) putGen(key string, cs *tls.ClientSessionState, end time.Time, gen int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if cs != nil && gen >= 0 && c.gen.Load() != gen {
+		return // made before a clear (a bundle, SVID or policy change)
+	}
 	if el, ok := c.m[key]; ok {
 		if cs == nil {
 			c.ll.Remove(el)
@@ -445,6 +463,7 @@ func (c *sessionCache) clear() {
 		return
 	}
 	c.mu.Lock()
+	c.gen.Add(1)
 	c.ll.Init()
 	clear(c.m)
 	c.mu.Unlock()
@@ -464,6 +483,7 @@ func (c *sessionCache) len() int {
 // stores may be offered until then.
 type sessionView struct {
 	cache  *sessionCache
+	gen    int64 // cache.gen when the connection began
 	prefix string
 	own    *svidCert // the own certificate the prefix names
 
@@ -490,7 +510,7 @@ func (v *sessionView) Put(key string, cs *tls.ClientSessionState) {
 	if _, s, err := cs.ResumptionState(); err == nil && s != nil && s.EarlyData {
 		return // never 0-RTT
 	}
-	v.cache.put(v.prefix+key, cs, v.end)
+	v.cache.putGen(v.prefix+key, cs, v.end, v.gen)
 }
 
 // verified records the end of a session made on this connection: the

@@ -420,8 +420,31 @@ func TestTicketBindings(t *testing.T) {
 		t.Fatal("not refused as unknown_key after the keys were dropped")
 	}
 
+	// Keys dropped during a handshake: the session it verified before the
+	// drop gets no usable ticket; a client cache cleared during a
+	// handshake keeps nothing of it.
+	st := &serverSession{listener: "api", gen: sp.server.tickets.drops.Load()}
+	if sc, err := sp.server.certs.current(sp.server.src); err == nil {
+		st.own = sc
+	}
+	sp.server.dropSessions()
+	peer := sp.ca.svid(t, pairClientID, time.Now().Add(time.Hour)).Certificates[0]
+	tk := sp.server.wrapSession(st, tls.ConnectionState{Version: tls.VersionTLS13, PeerCertificates: []*x509.Certificate{peer}}, &tls.SessionState{})
+	if _, _, r := sp.server.tickets.open(tk, time.Now()); r != ticketUnknownKey {
+		t.Fatalf("a ticket from a handshake that began before a drop opens (%q)", r)
+	}
+	view := &sessionView{cache: sp.client.sessions, gen: sp.client.sessions.gen.Load(), prefix: "during",
+		own: &svidCert{svid: &x509svid.SVID{Certificates: []*x509.Certificate{peer}}}}
+	view.verified(tls.ConnectionState{Version: tls.VersionTLS13, PeerCertificates: []*x509.Certificate{peer}}, time.Minute)
+	sp.client.sessions.clear()
+	view.Put("k", &tls.ClientSessionState{})
+	if _, ok := view.Get("k"); ok {
+		t.Fatal("a session from a handshake that began before a clear was kept")
+	}
+
 	// A bundle change (a CA added) notified by the source drops every
 	// key and empties the client's cache.
+	sp.mustResume("a.example", false)
 	sp.mustResume("a.example", true)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -129,7 +129,7 @@ func (p *Proxy) clientTLS(listener string, id spiffeid.ID, serverName, remote st
 	var view *sessionView
 	if p.sessions != nil {
 		if own, err := p.certs.current(p.src); err == nil {
-			view = &sessionView{cache: p.sessions, own: own, prefix: sessionKeyPrefix(listener, id.String(), serverName, remote, own)}
+			view = &sessionView{cache: p.sessions, gen: p.sessions.gen.Load(), own: own, prefix: sessionKeyPrefix(listener, id.String(), serverName, remote, own)}
 			c.SessionTicketsDisabled = false
 			c.ClientSessionCache = view
 			// The certificate the cache key names.
