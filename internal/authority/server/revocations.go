@@ -15,16 +15,48 @@ import (
 // ownRevocations publishes this trust domain's deny-list on the revocation
 // channel (federation.RevocationSource): its sequence is the policy
 // version, so it only ever grows and survives restarts.
+//
+// While this authority is cut off from the etcd it shares with others
+// (available, the Node API's nodeAvailable) it answers no federated
+// subscriber: its policy versions no longer follow the other authorities',
+// so a long poll held here would wait out MaxRevocationWait for a
+// revocation stored elsewhere, poll after poll. The subscriber gets 503 at
+// once instead (and at once when the cut happens during its wait) and
+// tries again, through another authority behind the endpoint's name.
 type ownRevocations struct {
-	ps *policystore.Store
-	td spiffeid.TrustDomain
+	ps        *policystore.Store
+	td        spiffeid.TrustDomain
+	available func() (<-chan struct{}, error)
 }
 
 var errGot = errors.New("got a version")
 
 func (o ownRevocations) Revocations(ctx context.Context, after uint64) (federation.Revocations, error) {
+	if o.available != nil {
+		lost, err := o.available()
+		if err != nil {
+			return federation.Revocations{}, err
+		}
+		if lost != nil {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+			go func() {
+				select {
+				case <-lost:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+		}
+	}
 	var got *policystore.Version
 	err := o.ps.Watch(ctx, after, func(v policystore.Version) error { got = &v; return errGot })
+	if o.available != nil {
+		if _, aerr := o.available(); aerr != nil {
+			return federation.Revocations{}, aerr
+		}
+	}
 	if got == nil {
 		if ctx.Err() == nil && err != nil {
 			return federation.Revocations{}, err
