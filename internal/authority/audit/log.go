@@ -149,8 +149,12 @@ type Log struct {
 	// stored (committer-only; the process clock, not WithClock's).
 	signedAt time.Time
 
-	servedMu sync.Mutex
-	served   *checkpoint.Checkpoint // the newest checkpoint Head signed on demand
+	// On-demand signatures (Head, Latest): at most one in flight, shared.
+	servedMu     sync.Mutex
+	served       *checkpoint.Checkpoint // the newest checkpoint signed on demand
+	flight       *signFlight            // the on-demand signature in flight
+	latestSignAt time.Time              // when Latest last started one (its budget)
+	onDemand     atomic.Uint64          // on-demand signatures made
 }
 
 type pending struct {
@@ -683,40 +687,238 @@ func bodyOperation(body []byte) string {
 	return e.Operation
 }
 
-// Head returns a signed checkpoint for the stored head, which may include
-// events appended by other authorities sharing the store. If the head holds
-// no checkpoint for its full size by this Log's key (commits since the last
-// scheduled signature, an interrupted multi-chunk commit, an empty log, a
-// rotated key), one is signed for it (and kept for the next caller while
-// the head stays the same).
+// Head returns a signed checkpoint covering the stored head: its size is at
+// least the stored size when Head was called, so it covers every event
+// whose Append returned before (inclusion proofs, `ward audit verify`,
+// reads up to the head, a federation peer's cosignature compared with this
+// log). The head may include events appended by other authorities sharing
+// the store. If the head holds no checkpoint for its full size by this
+// Log's key (commits since the last scheduled signature, an interrupted
+// multi-chunk commit, an empty log, a rotated key), one is signed for it;
+// it serves again while the head stays the same. Concurrent callers share
+// one signature in flight, so however many callers ask, Head signs at most
+// once per stored head. Callers that only follow the log use Latest.
 func (l *Log) Head(ctx context.Context) (checkpoint.Checkpoint, error) {
-	h, _, err := l.loadHead(ctx)
+	h, err := l.storedHead(ctx)
 	if err != nil {
 		return checkpoint.Checkpoint{}, err
+	}
+	if c, err := l.known(h); c != nil || err != nil {
+		return derefCP(c), err
+	}
+	cp, _, err := l.signShared(ctx, h.Size, false)
+	return cp, err
+}
+
+// ErrCheckpointBehind is Latest's answer to a caller that knows a newer
+// checkpoint than any this Log signed or stored within the checkpoint
+// interval, once this Log's on-demand signature for the interval is spent:
+// ask again later (nodeapi's Sync then sends no checkpoint; the agent keeps
+// the one it has).
+var ErrCheckpointBehind = errors.New("no audit checkpoint signed within the checkpoint interval reaches the size the caller knows; ask again later")
+
+// Latest returns the newest signed checkpoint of this log for callers that
+// witness or follow it (agents' Sync, federated peers fetching it to
+// cosign): unlike Head it may lag the stored head by at most the checkpoint
+// interval (WithCheckpointInterval: it was signed for the head's full size
+// less than an interval ago), so callers in a loop cannot make the
+// authority sign on demand. It never returns a checkpoint smaller than
+// atLeast (the size the caller already verified) unless the stored head
+// itself is smaller. It signs on demand (one signature shared by concurrent
+// callers) only when nothing fresh is at hand, at most once per interval;
+// past that budget it returns the newest it has if that reaches atLeast,
+// else ErrCheckpointBehind. With an interval of 0 it is Head.
+func (l *Log) Latest(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, error) {
+	if l.cpEvery == 0 {
+		return l.Head(ctx)
+	}
+	h, err := l.storedHead(ctx)
+	if err != nil {
+		return checkpoint.Checkpoint{}, err
+	}
+	if c, err := l.known(h); c != nil || err != nil {
+		return derefCP(c), err
+	}
+	need := min(atLeast, h.Size)
+	newest := l.newest(h)
+	if newest != nil && newest.Size >= need && l.fresh(newest) {
+		return *newest, nil
+	}
+	cp, ok, err := l.signShared(ctx, h.Size, true)
+	switch {
+	case err != nil:
+		return checkpoint.Checkpoint{}, err
+	case ok:
+		return cp, nil
+	case newest != nil && newest.Size >= need:
+		return *newest, nil
+	}
+	return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d, caller knows size %d: %w", h.Size, atLeast, ErrCheckpointBehind)
+}
+
+// StoredSize is the size of the stored head (events appended by every
+// authority sharing the store), read without signing anything.
+func (l *Log) StoredSize(ctx context.Context) (uint64, error) {
+	h, err := l.storedHead(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return h.Size, nil
+}
+
+// OnDemandSignatures counts the checkpoints Head and Latest signed (the
+// committer's scheduled ones not included).
+func (l *Log) OnDemandSignatures() uint64 { return l.onDemand.Load() }
+
+func derefCP(c *checkpoint.Checkpoint) checkpoint.Checkpoint {
+	if c == nil {
+		return checkpoint.Checkpoint{}
+	}
+	return *c
+}
+
+// storedHead loads the stored head (an empty one before the first commit).
+func (l *Log) storedHead(ctx context.Context) (*headRecord, error) {
+	h, _, err := l.loadHead(ctx)
+	if err != nil {
+		return nil, err
 	}
 	if h == nil {
 		h = &headRecord{}
 	}
+	return h, nil
+}
+
+// known returns a checkpoint at hand that covers h exactly: the stored one,
+// or the one last signed on demand for the same size and root (witnesses,
+// agents and federated peers poll a head that did not move); nil if none.
+func (l *Log) known(h *headRecord) (*checkpoint.Checkpoint, error) {
 	if c := h.Checkpoint; l.covers(c, h.Size) {
-		return *c, nil
+		return c, nil
+	}
+	l.servedMu.Lock()
+	c := l.served
+	l.servedMu.Unlock()
+	if !l.covers(c, h.Size) {
+		return nil, nil
 	}
 	root, err := rootOf(h.Size, h.Hashes)
 	if err != nil {
-		return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
+		return nil, fmt.Errorf("audit head at size %d: %w", h.Size, err)
 	}
-	// Asked again before the head moved (witnesses, agents and federated
-	// peers poll): the checkpoint signed for it last time serves.
+	if bytes.Equal(c.RootHash, root) {
+		return c, nil
+	}
+	return nil, nil
+}
+
+// newest is the largest checkpoint of this Log's key at hand for h: the
+// stored one or the last signed on demand (not past h's size).
+func (l *Log) newest(h *headRecord) *checkpoint.Checkpoint {
+	var best *checkpoint.Checkpoint
+	if c := h.Checkpoint; c != nil && c.KeyID == l.keyID && c.Origin == l.origin {
+		best = c
+	}
 	l.servedMu.Lock()
-	defer l.servedMu.Unlock()
-	if c := l.served; l.covers(c, h.Size) && bytes.Equal(c.RootHash, root) {
-		return *c, nil
+	c := l.served
+	l.servedMu.Unlock()
+	if c != nil && c.Size <= h.Size && (best == nil || c.Size > best.Size) {
+		best = c
 	}
-	cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, h.Size, root, l.now())
-	if err != nil {
-		return checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
+	return best
+}
+
+// fresh reports whether c was signed less than a checkpoint interval ago
+// (by its own signed time, on this Log's clock; a time ahead of the clock
+// is not fresh).
+func (l *Log) fresh(c *checkpoint.Checkpoint) bool {
+	age := l.now().Sub(c.Time)
+	return age >= 0 && age < l.cpEvery
+}
+
+// signFlight is one on-demand signature; every caller waiting for it
+// shares its result.
+type signFlight struct {
+	done chan struct{}
+	cp   checkpoint.Checkpoint
+	err  error
+}
+
+// signShared returns a checkpoint of at least need events signed on demand,
+// joining the signature in flight if there is one (at most one is). A
+// flight loads the head when it starts, so it covers every caller whose own
+// load came before; a caller that saw a larger head than the flight it
+// joined waits for the next one. budgeted flights (Latest) start at most
+// once per checkpoint interval: ok is false when the budget is spent.
+func (l *Log) signShared(ctx context.Context, need uint64, budgeted bool) (cp checkpoint.Checkpoint, ok bool, err error) {
+	for {
+		l.servedMu.Lock()
+		f, mine := l.flight, false
+		if f == nil {
+			if budgeted {
+				if !l.latestSignAt.IsZero() && l.now().Sub(l.latestSignAt) < l.cpEvery {
+					l.servedMu.Unlock()
+					return checkpoint.Checkpoint{}, false, nil
+				}
+				l.latestSignAt = l.now()
+			}
+			f, mine = &signFlight{done: make(chan struct{})}, true
+			l.flight = f
+		}
+		l.servedMu.Unlock()
+		if mine {
+			l.fly(ctx, f)
+		}
+		select {
+		case <-f.done:
+		case <-ctx.Done():
+			return checkpoint.Checkpoint{}, false, ctx.Err()
+		}
+		if f.err != nil {
+			return checkpoint.Checkpoint{}, false, f.err
+		}
+		// The flight this caller ran answers it even if the head went
+		// backwards meanwhile (witnesses tell).
+		if f.cp.Size >= need || mine {
+			return f.cp, true, nil
+		}
 	}
-	l.served = &cp
-	return cp, nil
+}
+
+// fly runs flight f: loads the head and signs a checkpoint for it unless
+// one covering it is already at hand. It does not end with the context of
+// the caller that started it (others wait on it), only after the commit
+// timeout.
+func (l *Log) fly(ctx context.Context, f *signFlight) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.commitTimeout)
+	defer cancel()
+	cp, err := func() (checkpoint.Checkpoint, error) {
+		h, err := l.storedHead(ctx)
+		if err != nil {
+			return checkpoint.Checkpoint{}, err
+		}
+		if c, err := l.known(h); c != nil || err != nil {
+			return derefCP(c), err
+		}
+		root, err := rootOf(h.Size, h.Hashes)
+		if err != nil {
+			return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d: %w", h.Size, err)
+		}
+		l.onDemand.Add(1)
+		cp, err := checkpoint.SignAs(l.signer, l.keyID, l.origin, h.Size, root, l.now())
+		if err != nil {
+			return checkpoint.Checkpoint{}, fmt.Errorf("signing the audit checkpoint: %w", err)
+		}
+		return cp, nil
+	}()
+	l.servedMu.Lock()
+	if err == nil && (l.served == nil || cp.Size >= l.served.Size) {
+		l.served = &cp
+	}
+	f.cp, f.err = cp, err
+	l.flight = nil
+	l.servedMu.Unlock()
+	close(f.done)
 }
 
 // covers reports whether c is this Log's checkpoint (key and origin) for

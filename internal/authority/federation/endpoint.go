@@ -374,7 +374,7 @@ func (e *Endpoint) serveCheckpoint(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
-	cp, pub, err := e.cfg.Checkpoints.LatestCheckpoint(ctx)
+	cp, pub, err := e.cfg.Checkpoints.LatestCheckpoint(ctx, from)
 	if err != nil {
 		http.Error(w, "audit checkpoint unavailable: "+err.Error(), http.StatusServiceUnavailable)
 		return

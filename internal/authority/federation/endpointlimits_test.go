@@ -165,14 +165,14 @@ type blockingCheckpoints struct {
 	release chan struct{}
 }
 
-func (b *blockingCheckpoints) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+func (b *blockingCheckpoints) LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error) {
 	b.waiting.Add(1)
 	defer b.waiting.Add(-1)
 	select {
 	case <-b.release:
 	case <-ctx.Done():
 	}
-	return b.inner.LatestCheckpoint(ctx)
+	return b.inner.LatestCheckpoint(ctx, atLeast)
 }
 
 func (b *blockingCheckpoints) ConsistencyProof(ctx context.Context, o, n uint64) ([][]byte, error) {

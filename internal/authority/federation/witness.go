@@ -78,7 +78,10 @@ const (
 // CheckpointSource is this authority's audit log as the bundle endpoint
 // serves it to witnesses.
 type CheckpointSource interface {
-	LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error)
+	// LatestCheckpoint is the newest signed checkpoint (it may lag the
+	// head by the log's checkpoint interval), never smaller than atLeast
+	// unless the log is.
+	LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error)
 	ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error)
 }
 
@@ -560,7 +563,7 @@ func (m *Manager) checkOwnLog(ctx context.Context, td spiffeid.TrustDomain) erro
 		return nil
 	}
 	cs := c.Cosignature.Checkpoint
-	head, _, err := m.opts.OwnLog.LatestCheckpoint(ctx)
+	head, _, err := m.opts.OwnLog.LatestCheckpoint(ctx, cs.Size)
 	if err != nil {
 		return fmt.Errorf("reading this authority's audit head to compare with %s's cosignature: %w", td.Name(), err)
 	}

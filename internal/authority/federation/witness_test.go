@@ -43,7 +43,7 @@ func (s *switchSource) use(l *audit.Log, tamper func(*checkpoint.Checkpoint)) {
 	s.log, s.prover, s.tamper = l, audit.NewProver(l), tamper
 }
 
-func (s *switchSource) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+func (s *switchSource) LatestCheckpoint(ctx context.Context, _ uint64) (checkpoint.Checkpoint, crypto.PublicKey, error) {
 	s.mu.Lock()
 	l, tamper := s.log, s.tamper
 	s.mu.Unlock()

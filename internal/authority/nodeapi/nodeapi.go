@@ -143,8 +143,10 @@ type Config struct {
 
 // AuditSource is the authority's audit log as Sync needs it.
 type AuditSource interface {
-	// LatestCheckpoint is the current signed head and the key that signs it.
-	LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error)
+	// LatestCheckpoint is the newest signed head (it may lag the stored
+	// head by the log's checkpoint interval; never smaller than atLeast,
+	// the agent's known size, unless the log is) and the key that signs it.
+	LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error)
 	// ConsistencyProof proves the tree of oldSize records is a prefix of
 	// the tree of newSize records (RFC 6962).
 	ConsistencyProof(ctx context.Context, oldSize, newSize uint64) ([][]byte, error)

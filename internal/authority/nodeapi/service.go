@@ -296,7 +296,7 @@ func (s *Server) auditCheckpoint(ctx context.Context, agent spiffeid.ID, known u
 	if s.cfg.AuditLog == nil {
 		return
 	}
-	cp, pub, err := s.cfg.AuditLog.LatestCheckpoint(ctx)
+	cp, pub, err := s.cfg.AuditLog.LatestCheckpoint(ctx, known)
 	if err != nil {
 		s.cfg.Log.Warn("Sync: no audit checkpoint for the agent", "agent_id", agent.String(), "err", err)
 		return

@@ -134,8 +134,8 @@ func (s *Server) FollowAudit(ctx context.Context, fn func(audit.Event)) error {
 		return err
 	}
 	size := st.audit.Size()
-	if h, err := st.audit.Head(ctx); err == nil && h.Size > size {
-		size = h.Size
+	if n, err := st.audit.StoredSize(ctx); err == nil && n > size {
+		size = n
 	}
 	for {
 		n, err := st.audit.Wait(ctx, size)

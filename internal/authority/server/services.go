@@ -66,8 +66,11 @@ type auditSource struct {
 
 func newAuditSource(l *audit.Log) auditSource { return auditSource{log: l, prover: audit.NewProver(l)} }
 
-func (a auditSource) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	cp, err := a.log.Head(ctx)
+// LatestCheckpoint serves agents' Sync and federated witnesses: the newest
+// checkpoint, which may lag by the checkpoint interval (audit.Log.Latest),
+// so that callers in a loop cannot make the authority sign on demand.
+func (a auditSource) LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+	cp, err := a.log.Latest(ctx, atLeast)
 	return cp, a.log.PublicKey(), err
 }
 

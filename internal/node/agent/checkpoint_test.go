@@ -31,10 +31,10 @@ func newTestAuditLog(t testing.TB, key *ecdsa.PrivateKey, from, n int) *authorit
 
 // addAuditCheckpoint fills a Sync response from src as nodeapi's Sync does.
 func addAuditCheckpoint(t testing.TB, ctx context.Context, src interface {
-	LatestCheckpoint(context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error)
+	LatestCheckpoint(context.Context, uint64) (checkpoint.Checkpoint, crypto.PublicKey, error)
 	ConsistencyProof(context.Context, uint64, uint64) ([][]byte, error)
 }, known uint64, resp *wardv1.SyncResponse) {
-	cp, pub, err := src.LatestCheckpoint(ctx)
+	cp, pub, err := src.LatestCheckpoint(ctx, 0)
 	if err != nil {
 		t.Error(err)
 		return

@@ -50,9 +50,10 @@ func (l *AuditLog) Append(t testing.TB, from, n int) *AuditLog {
 	return l
 }
 
-// LatestCheckpoint is the log's signed head and its public key.
-func (l *AuditLog) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
-	cp, err := l.Log.Head(ctx)
+// LatestCheckpoint is the log's newest signed head (audit.Log.Latest) and
+// its public key.
+func (l *AuditLog) LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+	cp, err := l.Log.Latest(ctx, atLeast)
 	return cp, l.Log.PublicKey(), err
 }
 
@@ -83,13 +84,13 @@ func (s *AuditSource) Set(l *AuditLog) { s.cur.Store(l) }
 func (s *AuditSource) Asked() int { return int(s.asked.Load()) }
 
 // LatestCheckpoint implements nodeapi.AuditSource.
-func (s *AuditSource) LatestCheckpoint(ctx context.Context) (checkpoint.Checkpoint, crypto.PublicKey, error) {
+func (s *AuditSource) LatestCheckpoint(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, crypto.PublicKey, error) {
 	s.asked.Add(1)
 	l := s.cur.Load()
 	if l == nil {
 		return checkpoint.Checkpoint{}, nil, ErrNoAuditLog
 	}
-	return l.LatestCheckpoint(ctx)
+	return l.LatestCheckpoint(ctx, atLeast)
 }
 
 // ConsistencyProof implements nodeapi.AuditSource.
