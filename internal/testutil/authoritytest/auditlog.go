@@ -27,7 +27,9 @@ type AuditLog struct {
 // test ends.
 func NewAuditLog(t testing.TB, key *ecdsa.PrivateKey, origin string) *AuditLog {
 	t.Helper()
-	l, err := audit.Open(context.Background(), memstore.New(memstore.WithMaxBatch(128)), key, origin)
+	// Interval 0: every commit signs, so Latest serves the full head and a
+	// test sees every event it appended (the lag is audit's own test).
+	l, err := audit.Open(context.Background(), memstore.New(memstore.WithMaxBatch(128)), key, origin, audit.WithCheckpointInterval(0))
 	if err != nil {
 		t.Fatal(err)
 	}
