@@ -285,6 +285,9 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 	}
 	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
 		b := tx.Bucket(bucketKV)
+		if appends(b, ops) {
+			b.FillPercent = appendFillPercent
+		}
 		for _, op := range ops {
 			if op.ExpectRevision < 0 {
 				continue
@@ -316,6 +319,43 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 		}
 		return evs, nil
 	})
+}
+
+// appendFillPercent is how full bbolt fills the pages it splits in a batch
+// that appends (appends): keys added past the end of their prefix are never
+// followed by smaller ones, so pages left half empty (bbolt's default,
+// 0.5) stay half empty and every append writes more pages. It changes no
+// data, only how full pages are: the audit log's group commits wrote ~15
+// pages each at 0.5, ~12 at 0.9.
+const appendFillPercent = 0.9
+
+// appends reports whether a batch is mostly an append: at least two new
+// keys (expected revision 0) under one prefix (up to the last '/'), in
+// ascending order, more than half of the ops, and no stored key of that
+// prefix after the first of them (the audit log's events; ids in random
+// order are not).
+func appends(b *bbolt.Bucket, ops []store.Op) bool {
+	var first, last, prefix string
+	n := 0
+	for _, op := range ops {
+		if op.Delete || op.ExpectRevision != 0 {
+			continue
+		}
+		p := op.Key[:strings.LastIndexByte(op.Key, '/')+1]
+		switch {
+		case n == 0:
+			first, prefix = op.Key, p
+		case p != prefix || op.Key <= last:
+			return false
+		}
+		last = op.Key
+		n++
+	}
+	if n < 2 || 2*n <= len(ops) || prefix == "" {
+		return false
+	}
+	k, _ := b.Cursor().Seek([]byte(first))
+	return k == nil || !bytes.HasPrefix(k, []byte(prefix))
 }
 
 func validateBatch(ops []store.Op, limit int) error {
