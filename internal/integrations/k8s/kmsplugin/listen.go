@@ -59,9 +59,15 @@ func ownerOf(st os.FileInfo) uint32 {
 	return ^uint32(0)
 }
 
+// streamWorkers is how many goroutines the plugin's gRPC server keeps to
+// run calls on. kube-apiserver calls the plugin once per object it stores
+// or reads; without a pool each call starts a new goroutine whose stack
+// grows again every time, as measured on the authority's admin socket.
+const streamWorkers = 16
+
 // Serve serves the KMS v2 API on ln until ctx ends, then stops gracefully.
 func (p *Plugin) Serve(ctx context.Context, ln net.Listener) error {
-	srv := grpc.NewServer()
+	srv := grpc.NewServer(grpc.NumStreamWorkers(streamWorkers))
 	kmsapi.RegisterKeyManagementServiceServer(srv, p)
 	done := make(chan struct{})
 	go func() {
