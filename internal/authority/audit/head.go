@@ -4,6 +4,8 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"hash"
+	"sync"
 
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
@@ -19,8 +21,47 @@ const (
 
 var (
 	th      = rfc6962.DefaultHasher
-	factory = &compact.RangeFactory{Hash: th.HashChildren}
+	factory = &compact.RangeFactory{Hash: hashChildren}
 )
+
+// The RFC 6962 hashes as rfc6962.DefaultHasher computes them (same bytes:
+// SHA-256 of the leaf or node prefix and the data, crypto/sha256), without
+// its three allocations per hash: the committer hashes each event's leaf
+// into one buffer per group and every merge of the tree costs one 32-byte
+// result (TestHashesAreRFC6962s).
+var (
+	leafPrefix   = []byte{rfc6962.RFC6962LeafHashPrefix}
+	leafHashPool = sync.Pool{New: func() any { return sha256.New() }}
+)
+
+// appendLeafHash appends the RFC 6962 leaf hash of leaf to dst.
+func appendLeafHash(dst, leaf []byte) []byte {
+	h := leafHashPool.Get().(hash.Hash)
+	h.Reset()
+	h.Write(leafPrefix)
+	h.Write(leaf)
+	dst = h.Sum(dst)
+	leafHashPool.Put(h)
+	return dst
+}
+
+// leafHash is th.HashLeaf with one allocation (its result).
+func leafHash(leaf []byte) []byte {
+	return appendLeafHash(make([]byte, 0, sha256.Size), leaf)
+}
+
+// hashChildren is th.HashChildren with one allocation (its result).
+func hashChildren(l, r []byte) []byte {
+	if len(l) != sha256.Size || len(r) != sha256.Size {
+		return th.HashChildren(l, r)
+	}
+	var b [1 + 2*sha256.Size]byte
+	b[0] = rfc6962.RFC6962NodeHashPrefix
+	copy(b[1:], l)
+	copy(b[1+sha256.Size:], r)
+	sum := sha256.Sum256(b[:])
+	return append(make([]byte, 0, sha256.Size), sum[:]...)
+}
 
 // headRecord is the value at audit/head: the tree size, the compact range
 // of [0, Size) and the latest signed checkpoint (whose size may lag Size

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -538,6 +539,7 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 		size += leafLen(p.body)
 	}
 	buf := make([]byte, 0, size)
+	leafHashes := make([]byte, 0, n*sha256.Size)
 	leaves := make([][]byte, n)
 	keys := l.eventKeys(base, n)
 	keyLen := len(keys) / max(n, 1)
@@ -546,7 +548,9 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 		at := len(buf)
 		buf = appendLeaf(buf, base+uint64(i), p.body)
 		leaves[i] = buf[at:len(buf):len(buf)]
-		if err := rng.Append(th.HashLeaf(leaves[i]), nil); err != nil {
+		at = len(leafHashes)
+		leafHashes = appendLeafHash(leafHashes, leaves[i])
+		if err := rng.Append(leafHashes[at:len(leafHashes):len(leafHashes)], nil); err != nil {
 			return 0, fmt.Errorf("extending the audit tree at size %d: %w", base+uint64(i), err)
 		}
 		if (i+1)%chunk == 0 || i == n-1 {
@@ -648,7 +652,7 @@ func (l *Log) reload(ctx context.Context, afterConflict bool) error {
 		if r.Err != nil {
 			return fmt.Errorf("catching up with another writer of the audit log: %w; refusing to append: run `ward audit verify`", r.Err)
 		}
-		return rng.Append(th.HashLeaf(r.Leaf), nil)
+		return rng.Append(leafHash(r.Leaf), nil)
 	})
 	if err != nil {
 		return err

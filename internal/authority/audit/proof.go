@@ -96,7 +96,7 @@ func (p *Prover) node(ctx context.Context, id compact.NodeID) ([]byte, error) {
 			if r.Seq != rng.End() {
 				return fmt.Errorf("record %d is missing", rng.End())
 			}
-			return rng.Append(th.HashLeaf(r.Leaf), func(n compact.NodeID, nh []byte) {
+			return rng.Append(leafHash(r.Leaf), func(n compact.NodeID, nh []byte) {
 				if n == id {
 					h = nh
 				}

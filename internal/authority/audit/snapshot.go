@@ -53,7 +53,7 @@ func ParseHead(b []byte) (size uint64, cp *checkpoint.Checkpoint, err error) {
 
 // LeafHash is the RFC 6962 leaf hash of a stored event (the Merkle tree's
 // leaf for it).
-func LeafHash(leaf []byte) []byte { return th.HashLeaf(leaf) }
+func LeafHash(leaf []byte) []byte { return leafHash(leaf) }
 
 // SignedHead decodes a stored (decrypted) audit head like ParseHead and
 // returns a checkpoint for its full size: the stored one if it covers the

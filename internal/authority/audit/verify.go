@@ -183,7 +183,7 @@ func (v *Verifier) Add(r Record) {
 		return
 	}
 	// Append cannot fail on a range that starts at 0.
-	_ = v.rng.Append(th.HashLeaf(r.Leaf), v.visit)
+	_ = v.rng.Append(leafHash(r.Leaf), v.visit)
 	if e := v.opts.Earlier; e != nil && v.rng.End() == e.Size {
 		v.earlierRoot, _ = v.rng.GetRootHash(nil)
 	}
