@@ -377,9 +377,22 @@ func aad(h []byte, key string) []byte {
 // sealValue encrypts pt for storage key under term.
 func sealValue(a cipher.AEAD, term uint32, key string, pt []byte) []byte {
 	h := header(term)
-	out := make([]byte, 0, headerSize+nonceSize+len(pt)+tagSize)
+	out := make([]byte, 0, sealedSize(pt))
 	out = append(out, h[:]...)
 	return a.Seal(out, nil, pt, aad(h[:], key))
+}
+
+// sealedSize is the length of pt sealed.
+func sealedSize(pt []byte) int { return headerSize + nonceSize + len(pt) + tagSize }
+
+// appendSealed appends pt sealed for key under term to dst, building the
+// additional data in scratch (returned for reuse: the AEAD keeps none of
+// it); a batch seals all its values into one buffer this way.
+func appendSealed(dst, scratch []byte, a cipher.AEAD, term uint32, key string, pt []byte) (out, aadBuf []byte) {
+	h := header(term)
+	scratch = append(append(scratch[:0], h[:]...), key...)
+	dst = append(dst, h[:]...)
+	return a.Seal(dst, nil, pt, scratch), scratch
 }
 
 // openValue authenticates and decrypts a stored value for key. It never

@@ -138,6 +138,15 @@ func (v *view) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("barrier: batch of %d ops: %w", len(ops), ErrSealed)
 	}
+	// Every value sealed into one buffer (each its own full slice, never
+	// written again), the additional data built in one scratch buffer.
+	size := 0
+	for _, op := range ops {
+		if !op.Delete {
+			size += sealedSize(op.Value)
+		}
+	}
+	buf, scratch := make([]byte, 0, size), []byte(nil)
 	enc := make([]store.Op, len(ops))
 	for i, op := range ops {
 		enc[i] = op
@@ -145,7 +154,9 @@ func (v *view) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 			enc[i].Value = nil
 			continue
 		}
-		enc[i].Value = sealValue(a, term, op.Key, op.Value)
+		at := len(buf)
+		buf, scratch = appendSealed(buf, scratch, a, term, op.Key, op.Value)
+		enc[i].Value = buf[at:len(buf):len(buf)]
 	}
 	return v.b.raw.Batch(ctx, enc)
 }

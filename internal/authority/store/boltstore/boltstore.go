@@ -300,19 +300,35 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 				return nil, fmt.Errorf("boltstore: batch: key %q: expected revision %d, found %d; nothing was applied: %w", op.Key, op.ExpectRevision, cur, store.ErrConflict)
 			}
 		}
-		var evs []store.Event
+		// The stored forms of the keys and values (revision + value) in one
+		// buffer: bbolt keeps each until the commit, none is written again.
+		size := 0
 		for _, op := range ops {
+			size += len(op.Key)
+			if !op.Delete {
+				size += 8 + len(op.Value)
+			}
+		}
+		buf := make([]byte, 0, size)
+		evs := make([]store.Event, 0, len(ops))
+		for _, op := range ops {
+			at := len(buf)
+			buf = append(buf, op.Key...)
+			k := buf[at:len(buf):len(buf)]
 			if op.Delete {
-				if b.Get([]byte(op.Key)) == nil {
+				if b.Get(k) == nil {
 					continue
 				}
-				if err := b.Delete([]byte(op.Key)); err != nil {
+				if err := b.Delete(k); err != nil {
 					return nil, fmt.Errorf("boltstore: batch: delete %q: %w", op.Key, err)
 				}
 				evs = append(evs, store.Event{Type: store.EventDelete, Key: op.Key, Revision: rev})
 				continue
 			}
-			if err := put(tx, op.Key, op.Value, rev); err != nil {
+			at = len(buf)
+			buf = binary.BigEndian.AppendUint64(buf, uint64(rev))
+			buf = append(buf, op.Value...)
+			if err := b.Put(k, buf[at:len(buf):len(buf)]); err != nil {
 				return nil, fmt.Errorf("boltstore: batch: put %q: %w", op.Key, err)
 			}
 			evs = append(evs, store.Event{Type: store.EventPut, Key: op.Key, Value: op.Value, Revision: rev})
