@@ -114,7 +114,7 @@ func printFederation(w io.Writer, r *wardv1.FederationRelationship) {
 }
 
 func federationCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "federation", Short: "Federate with other trust domains (SPIFFE Federation): add, list, show, refresh, remove"}
+	cmd := &cobra.Command{Use: "federation", Short: "Federate with other trust domains (SPIFFE Federation): add, list, show, refresh, update, remove"}
 	var asJSON bool
 
 	var endpoint, profile, endpointID, bundleFile string
@@ -236,6 +236,51 @@ func federationCommand() *cobra.Command {
 		},
 	}
 
+	var clearEndpoints bool
+	update := &cobra.Command{
+		Use:   "update TRUST-DOMAIN (--network-endpoint-cidr CIDR... | --clear-network-endpoint-cidrs)",
+		Short: "Change where a federated trust domain's WireGuard endpoints may be, in place (audited; its tunnels are checked again)",
+		Long: "Changes the relationship's network_endpoint_cidrs without removing it: its bundle and state are kept, the\n" +
+			"change is audited (federation.update, with the previous value), the tunnels already accepted from the trust\n" +
+			"domain are relayed to agents only where the new bound allows, and a tunnel list the old bound refused is\n" +
+			"fetched and checked again. Other fields of a relationship still change by remove and add (docs/network.md).",
+		Example: "  ward federation update b.example --network-endpoint-cidr 198.51.100.0/24,203.0.113.0/24",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if clearEndpoints == (len(networkEndpoints) > 0) {
+				return fmt.Errorf("give the new bound with --network-endpoint-cidr, or --clear-network-endpoint-cidrs for the default (anywhere but this cluster's own ranges)")
+			}
+			return withFederation(cmd, func(ctx context.Context, c wardv1.FederationClient) error {
+				cur, err := c.ShowFederation(ctx, &wardv1.ShowFederationRequest{TrustDomain: args[0]})
+				if err != nil {
+					return err
+				}
+				if !cur.Network {
+					return fmt.Errorf("the relationship with %s does not share the network (network: false): network_endpoint_cidrs bound its tunnels only; remove it and add it again with --network", args[0])
+				}
+				req := &wardv1.AddFederationRequest{TrustDomain: cur.TrustDomain, EndpointUrl: cur.EndpointUrl, Profile: cur.Profile,
+					EndpointSpiffeId: cur.EndpointSpiffeId, Network: cur.Network, AllowedGateways: cur.AllowedGateways, NetworkEndpointCidrs: networkEndpoints}
+				r, err := c.AddFederation(ctx, req)
+				if err != nil {
+					return err
+				}
+				before := strings.Join(cur.NetworkEndpointCidrs, ",")
+				if before == "" {
+					before = "(default)"
+				}
+				after := strings.Join(r.NetworkEndpointCidrs, ",")
+				if after == "" {
+					after = "(default)"
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "network_endpoint_cidrs of %s: %s → %s; its tunnels are checked again.\n\n", r.TrustDomain, before, after)
+				printFederation(cmd.OutOrStdout(), r)
+				return nil
+			})
+		},
+	}
+	update.Flags().StringSliceVar(&networkEndpoints, "network-endpoint-cidr", nil, "where the trust domain's WireGuard endpoints may be from now on (CIDR prefix; repeat or comma-separate)")
+	update.Flags().BoolVar(&clearEndpoints, "clear-network-endpoint-cidrs", false, "drop the bound: anywhere but this cluster's network.overlay_cidrs and network.endpoint_cidrs (docs/network.md)")
+
 	remove := &cobra.Command{
 		Use: "remove TRUST-DOMAIN", Short: "Stop trusting a foreign trust domain (its bundle leaves agents at their next sync)", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -248,6 +293,6 @@ func federationCommand() *cobra.Command {
 			})
 		},
 	}
-	cmd.AddCommand(add, list, show, refresh, remove)
+	cmd.AddCommand(add, list, show, refresh, update, remove)
 	return cmd
 }

@@ -507,6 +507,9 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 	if err := r.Validate(m.opts.TrustDomain); err != nil {
 		return Status{}, err
 	}
+	if e, ok := m.get(r.TrustDomain); ok && bootstrap == nil && onlyNetworkEndpointsDiffer(e.rel, r) {
+		return m.updateNetworkEndpoints(ctx, e, r)
+	}
 	// https_web authenticates the endpoint with Web PKI, so it may start
 	// without a bundle; https_spiffe needs one to authenticate the endpoint.
 	if bootstrap != nil || r.Profile == ProfileSPIFFE {
@@ -523,7 +526,7 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 	var st Status
 	err := m.audited(ctx, "federation.add", fields, func() error {
 		if _, ok := m.get(r.TrustDomain); ok {
-			return errs.Errorf(errs.Exists, "%w: %s; remove it first", ErrExists, r.TrustDomain)
+			return errs.Errorf(errs.Exists, "%w: %s; remove it first (only network_endpoint_cidrs changes in place: `ward federation update %s --network-endpoint-cidr ...`)", ErrExists, r.TrustDomain, r.TrustDomain)
 		}
 		var doc []byte
 		if bootstrap != nil {
@@ -552,6 +555,55 @@ func (m *Manager) Add(ctx context.Context, r Relationship, bootstrap *spiffebund
 		}
 	}
 	return st, err
+}
+
+// onlyNetworkEndpointsDiffer reports whether the API relationship r
+// differs from the stored one cur in its network_endpoint_cidrs alone:
+// the one change Add makes in place (updateNetworkEndpoints).
+func onlyNetworkEndpointsDiffer(cur, r Relationship) bool {
+	if cur.Source != SourceAPI || r.Source != SourceAPI || slices.Equal(cur.NetworkEndpoints, r.NetworkEndpoints) {
+		return false
+	}
+	c := cur
+	c.NetworkEndpoints = r.NetworkEndpoints
+	return c.Equal(r)
+}
+
+// updateNetworkEndpoints changes the network_endpoint_cidrs of the stored
+// relationship e to r's (audited federation.update, with the previous
+// value), keeping its bundle and state. The tunnels already accepted from
+// the peer are relayed from then on under the new bound only
+// (ForeignTunnels checks every endpoint against today's bound; what it
+// drops is reported), and the network channel's follower restarts with the new bound (within
+// a second, runFollowers), so a list refused under the old one is fetched
+// and checked anew.
+func (m *Manager) updateNetworkEndpoints(ctx context.Context, e *entry, r Relationship) (Status, error) {
+	if _, err := ParseNetworkEndpoints(r.NetworkEndpoints); err != nil {
+		return Status{}, errs.Errorf(errs.Invalid, "%w: %v", ErrInvalid, err)
+	}
+	fields := relFields(r)
+	fields["previous_network_endpoint_cidrs"] = strings.Join(e.rel.NetworkEndpoints, ",")
+	var st Status
+	err := m.audited(ctx, "federation.update", fields, func() error {
+		rec := e.rec
+		rec.NetEnds = slices.Clone(r.NetworkEndpoints)
+		ne, err := m.write(ctx, rec, e.rev, e.bundle, r)
+		if errors.Is(err, store.ErrConflict) {
+			return errs.Errorf(errs.Conflict, "%w: the relationship with %s changed meanwhile (a refresh, or another authority); retry", ErrUnavailable, r.TrustDomain)
+		}
+		if err != nil {
+			return errs.Errorf(errs.Unavailable, "%w: storing relationship: %v", ErrUnavailable, err)
+		}
+		st = m.status(ne, m.opts.Clock().UTC())
+		return nil
+	})
+	if err != nil {
+		return Status{}, err
+	}
+	m.netChanged()
+	m.setNetErr(r.TrustDomain, "")
+	m.kick()
+	return st, nil
 }
 
 func newRecord(r Relationship, doc []byte, now time.Time) record {

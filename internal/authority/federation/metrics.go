@@ -43,6 +43,9 @@ var (
 	witnessRoundsDesc = prometheus.NewDesc("ward_federation_witness_rounds_total",
 		"Rounds witnessing the trust domain's audit log by result (ok, error, refused, alert) since this authority unsealed.",
 		[]string{"trust_domain", "result"}, nil)
+	relayDroppedDesc = prometheus.NewDesc("ward_federation_network_relay_dropped_total",
+		"Federated tunnels or prefixes not relayed to this cluster's nodes, by trust domain and reason (each counted once per change of the relayed tunnels; docs/network.md).",
+		[]string{"trust_domain", "reason"}, nil)
 )
 
 type collector struct{ get func() *Manager }
@@ -65,6 +68,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- witnessAgeDesc
 	ch <- witnessErrDesc
 	ch <- witnessRoundsDesc
+	ch <- relayDroppedDesc
 }
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
@@ -118,6 +122,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- prometheus.MustNewConstMetric(witnessErrDesc, prometheus.GaugeValue, werr, td)
 			}
 		}
+	}
+	for k, n := range m.relayDropCounts() {
+		ch <- prometheus.MustNewConstMetric(relayDroppedDesc, prometheus.CounterValue, float64(n), k[0], k[1])
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -84,6 +84,9 @@ type netState struct {
 	// shared lists the trust domains sharing the network at the last
 	// loadNetwork.
 	shared string
+	// drops are the relay drops reported since the last change
+	// (relaydrops.go).
+	drops relayDrops
 }
 
 func newNetState() *netState {
@@ -97,6 +100,7 @@ func (m *Manager) netChanged() {
 	m.net.mu.Lock()
 	close(m.net.foreign)
 	m.net.foreign = make(chan struct{})
+	m.net.resetDropsLocked()
 	m.net.mu.Unlock()
 }
 
@@ -239,7 +243,12 @@ func (m *Manager) ForeignTunnels() (map[spiffeid.TrustDomain][]NetworkTunnel, <-
 		ts := make([]NetworkTunnel, 0, len(r.Tunnels))
 		for _, t := range r.Tunnels {
 			ep, err := netip.ParseAddrPort(t.Endpoint)
-			if err != nil || checkNetworkEndpoint(ep, bounds[td], m.opts.OwnNetwork) != "" {
+			if err != nil {
+				m.reportDropLocked(td.Name(), t.AgentID, "tunnel", DropEndpointInvalid, "endpoint "+t.Endpoint+" is not ip:port")
+				continue
+			}
+			if why := checkNetworkEndpoint(ep, bounds[td], m.opts.OwnNetwork); why != "" {
+				m.reportDropLocked(td.Name(), t.AgentID, "tunnel", DropEndpointBounds, "endpoint "+t.Endpoint+" "+why)
 				continue
 			}
 			ts = append(ts, t)

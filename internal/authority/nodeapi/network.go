@@ -2,7 +2,6 @@ package nodeapi
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"net/netip"
 	"slices"
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/errs"
 )
@@ -195,7 +195,7 @@ func (n *nodeNetwork) WatchPeers(r *wardv1.WatchPeersRequest, ss wardv1.NodeNetw
 		cur, ok := local, haveLocal
 		mu.Unlock()
 		if ok {
-			pl := mergePeers(td, cur, foreign, asked, protect, n.s.cfg.Registry.InOverlay, n.s.cfg.Log)
+			pl := mergePeers(td, cur, foreign, asked, protect, n.s.cfg.Registry.InOverlay, n.s.relayDrop())
 			if last == nil || !proto.Equal(pl, last) {
 				if err := ss.Send(pl); err != nil {
 					return err
@@ -229,6 +229,21 @@ func (n *nodeNetwork) watchLocal(ss wardv1.NodeNetwork_WatchPeersServer, send fu
 	return errs.ToStatus(err)
 }
 
+// RelayDropFunc is told about each federated tunnel, or prefix of one
+// (what), that WatchPeers does not relay, with the reason label
+// (federation.Drop*) and the detail: Config.OnRelayDrop.
+type RelayDropFunc func(td, agentID, what, reason, detail string)
+
+// relayDrop is Config.OnRelayDrop, else a warning in the log.
+func (s *Server) relayDrop() RelayDropFunc {
+	if f := s.cfg.OnRelayDrop; f != nil {
+		return f
+	}
+	return func(td, agentID, what, reason, detail string) {
+		s.cfg.Log.Warn("network: not relaying a federated tunnel's "+what, "trust_domain", td, "agent_id", agentID, "reason", reason, "detail", detail)
+	}
+}
+
 // mergePeers is the peer list of a WatchPeers stream that asked for the
 // federated trust domains in asked: the local tunnels, then the foreign
 // ones of those trust domains, each foreign prefix dropped (with a
@@ -242,7 +257,7 @@ func (n *nodeNetwork) watchLocal(ss wardv1.NodeNetwork_WatchPeersServer, send fu
 // network_endpoint_cidrs and this cluster's own ranges): a federated cluster cannot
 // take a route or a key of this one, nor of another federated cluster.
 // The agent checks the list again (routablePeers).
-func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, inOverlay func(string) bool, log *slog.Logger) *wardv1.PeerList {
+func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registry.Tunnel, asked map[string]bool, protect []netip.Addr, inOverlay func(string) bool, report RelayDropFunc) *wardv1.PeerList {
 	pl := &wardv1.PeerList{Peers: make([]*wardv1.Tunnel, 0, len(local))}
 	var localPrefixes []netip.Prefix
 	keys := map[string]bool{}
@@ -284,9 +299,9 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 			}
 		}
 	}
-	drop := func(t registry.Tunnel, f, what, why string) {
-		if log != nil {
-			log.Warn("network: not relaying a federated tunnel's "+what, "trust_domain", f, "agent_id", t.AgentID, "reason", why)
+	drop := func(t registry.Tunnel, f, what, reason, why string) {
+		if report != nil {
+			report(f, t.AgentID, what, reason, why)
 		}
 	}
 	for _, f := range tds {
@@ -294,7 +309,7 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 		for _, t := range foreign[f] {
 			for _, k := range [][]byte{t.PublicKey, t.NextKey} {
 				if len(k) > 0 && keys[string(k)] {
-					drop(t, f, "tunnel", "it carries a key of this cluster")
+					drop(t, f, "tunnel", federation.DropLocalKey, "it carries a key of this cluster")
 					continue tunnels
 				}
 			}
@@ -302,10 +317,10 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 			// authority are: the peer would aim every local node's
 			// handshakes (and, for a node, its WireGuard socket) there.
 			if ap, err := netip.ParseAddrPort(t.Endpoint); err != nil {
-				drop(t, f, "tunnel", "its endpoint "+t.Endpoint+" is not ip:port")
+				drop(t, f, "tunnel", federation.DropEndpointInvalid, "its endpoint "+t.Endpoint+" is not ip:port")
 				continue tunnels
 			} else if slices.Contains(under, ap.Addr().Unmap()) {
-				drop(t, f, "tunnel", "its endpoint "+t.Endpoint+" is the underlay address of this cluster's node or authority")
+				drop(t, f, "tunnel", federation.DropEndpointLocal, "its endpoint "+t.Endpoint+" is the underlay address of this cluster's node or authority")
 				continue tunnels
 			}
 			var keep []string
@@ -314,27 +329,27 @@ func mergePeers(td string, local []registry.Tunnel, foreign map[string][]registr
 				if err != nil {
 					continue
 				}
-				why := ""
+				why, reason := "", ""
 				if inOverlay != nil && !inOverlay(s) {
-					why = "is outside this authority's network.overlay_cidrs"
+					why, reason = "is outside this authority's network.overlay_cidrs", federation.DropOutsideOverlay
 				}
 				for _, q := range localPrefixes {
 					if why == "" && p.Overlaps(q) {
-						why = "overlaps this cluster's " + q.String()
+						why, reason = "overlaps this cluster's "+q.String(), federation.DropOverlapsLocal
 					}
 				}
 				for _, u := range under {
 					if why == "" && p.Contains(u) {
-						why = "covers the underlay address " + u.String()
+						why, reason = "covers the underlay address "+u.String(), federation.DropCoversUnderlay
 					}
 				}
 				for _, c := range claims {
 					if why == "" && c.td != f && p.Overlaps(c.p) {
-						why = "overlaps " + c.p.String() + " of " + c.td
+						why, reason = "overlaps "+c.p.String()+" of "+c.td, federation.DropOverlapsPeer
 					}
 				}
 				if why != "" {
-					drop(t, f, "prefix "+s, why)
+					drop(t, f, "prefix "+s, reason, why)
 					continue
 				}
 				keep = append(keep, s)

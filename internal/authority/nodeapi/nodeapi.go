@@ -139,6 +139,11 @@ type Config struct {
 	// WatchPeers) end then with Unavailable and their agents reconnect
 	// elsewhere.
 	Available func() (lost <-chan struct{}, err error)
+	// OnRelayDrop, when set, is told about every federated tunnel or
+	// prefix WatchPeers does not relay (federation.Manager's
+	// ReportRelayDrop: logged and audited once per change, counted);
+	// unset, each is logged as a warning.
+	OnRelayDrop RelayDropFunc
 }
 
 // AuditSource is the authority's audit log as Sync needs it.

@@ -23,6 +23,7 @@ const maxBatch = 1000
 type Result struct {
 	KeysCreated, KeysChanged                      int
 	FederationsAdded, FederationsRemoved          int
+	FederationsChanged                            int
 	EntriesCreated, EntriesChanged, EntriesDelete int
 	Batches                                       int
 	PolicyVersion                                 uint64
@@ -32,6 +33,9 @@ type Result struct {
 func (r Result) String() string {
 	s := fmt.Sprintf("Applied: %d key(s) created, %d changed; %d entry(ies) created, %d changed, %d deleted in %d batch(es)",
 		r.KeysCreated, r.KeysChanged, r.EntriesCreated, r.EntriesChanged, r.EntriesDelete, r.Batches)
+	if r.FederationsChanged > 0 {
+		s += fmt.Sprintf("; %d federation relationship(s) changed in place", r.FederationsChanged)
+	}
 	if r.FederationsAdded+r.FederationsRemoved > 0 {
 		s += fmt.Sprintf("; %d federation relationship(s) added, %d removed", r.FederationsAdded, r.FederationsRemoved)
 	}
@@ -131,14 +135,23 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 		}
 	}
 	for _, ch := range p.Federations {
-		if ch.Action != Create {
-			continue
+		switch ch.Action {
+		case Create:
+			_, err := c.Federation.AddFederation(ctx, addFederationRequest(ch.federation))
+			if err != nil {
+				return res, fmt.Errorf("%s: adding the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
+			}
+			res.FederationsAdded++
+		case Update:
+			// In place (network_endpoint_cidrs only): the same relationship
+			// without a bootstrap bundle changes it (federation.update).
+			req := addFederationRequest(ch.federation)
+			req.BundleSpiffeJson = nil
+			if _, err := c.Federation.AddFederation(ctx, req); err != nil {
+				return res, fmt.Errorf("%s: changing network_endpoint_cidrs of the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
+			}
+			res.FederationsChanged++
 		}
-		_, err := c.Federation.AddFederation(ctx, addFederationRequest(ch.federation))
-		if err != nil {
-			return res, fmt.Errorf("%s: adding the federation relationship with %s: %w", ch.Doc.Where(), ch.Name, client.Unwrap(err))
-		}
-		res.FederationsAdded++
 	}
 	for i, b := range batches {
 		r, err := c.Entries.BatchEntries(ctx, batchRequest(b, false))

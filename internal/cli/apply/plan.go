@@ -192,20 +192,27 @@ func (p *Plan) planFederations(set *Set, st *State) Errors {
 			continue
 		}
 		var diff []string
+		var changed []FieldChange
 		for _, fc := range []FieldChange{{"endpoint_url", cur.EndpointURL, f.EndpointURL}, {"profile", cur.Profile, f.Profile}, {"endpoint_spiffe_id", cur.EndpointSPIFFEID, f.EndpointSPIFFEID},
 			{"allowed_gateways", strings.Join(cur.AllowedGateways, ","), strings.Join(f.AllowedGateways, ",")},
 			{"network", strconv.FormatBool(cur.Network), strconv.FormatBool(f.Network)},
 			{"network_endpoint_cidrs", strings.Join(cur.NetworkEndpoints, ","), strings.Join(f.NetworkEndpoints, ",")}} {
 			if fc.Before != fc.After {
 				diff = append(diff, fmt.Sprintf("%s %s → %s", fc.Field, quote(fc.Before), quote(fc.After)))
+				changed = append(changed, fc)
 			}
 		}
 		switch {
 		case len(diff) == 0:
+		case cur.Source != "config" && len(changed) == 1 && changed[0].Field == "network_endpoint_cidrs":
+			// The one field that changes in place (audited
+			// federation.update; the peer's tunnels are checked again).
+			p.Federations = append(p.Federations, &Change{Action: Update, Kind: KindFederation, Name: f.TrustDomain, Doc: d, federation: f,
+				Fields: changed, Detail: "network_endpoint_cidrs " + quote(changed[0].Before) + " → " + quote(changed[0].After)})
 		case cur.Source == "config":
 			errs = append(errs, d.errAt("trust_domain", "the relationship with %s is declared in the server's configuration (federation:), which differs (%s): change it there, or drop this document", f.TrustDomain, strings.Join(diff, ", ")))
 		default:
-			errs = append(errs, d.errAt("trust_domain", "the relationship with %s differs (%s) and cannot change in place: `ward federation remove %s`, then apply again with its bootstrap bundle", f.TrustDomain, strings.Join(diff, ", "), f.TrustDomain))
+			errs = append(errs, d.errAt("trust_domain", "the relationship with %s differs (%s) and cannot change in place (only network_endpoint_cidrs can): `ward federation remove %s`, then apply again with its bootstrap bundle", f.TrustDomain, strings.Join(diff, ", "), f.TrustDomain))
 		}
 	}
 	if len(set.Federations) == 0 {

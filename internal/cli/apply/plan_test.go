@@ -157,7 +157,7 @@ func TestPlanErrorsNeedState(t *testing.T) {
 		{"federation changes", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c2.example\n", "cannot change in place"},
 		{"federation allowed gateways change", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c.example:8444\nallowed_gateways: [10.0.0.0/8]\n", "allowed_gateways \"\" → \"10.0.0.0/8\""},
 		{"federation network turned on", "kind: Federation\ntrust_domain: c.example\nendpoint_url: https://c.example:8444\nnetwork: true\n", "network \"false\" → \"true\""},
-		{"federation network endpoints change", "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n.example:8444\nnetwork: true\nnetwork_endpoint_cidrs: [203.0.113.0/24]\n", "network_endpoint_cidrs \"198.51.100.0/24\" → \"203.0.113.0/24\""},
+		{"federation network endpoints and more change", "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n2.example:8444\nnetwork: true\nnetwork_endpoint_cidrs: [203.0.113.0/24]\n", "network_endpoint_cidrs \"198.51.100.0/24\" → \"203.0.113.0/24\""},
 		{"federation network turned off", "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n.example:8444\n", "cannot change in place"},
 		{"federation from config", "kind: Federation\ntrust_domain: conf.example\nendpoint_url: https://other.example\nprofile: https_web\n", "server's configuration"},
 		{"policy does not compile", "kind: Policy\nname: x.cedar\ncedar: |\n  permit (principal,\n    action == Action::\"conect\", resource);\n", "d.yaml:5: field cedar: validation error"},
@@ -177,6 +177,31 @@ func TestPlanErrorsNeedState(t *testing.T) {
 				t.Fatalf("error %v\nlacks %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// network_endpoint_cidrs alone changes in place: the plan holds an update
+// of the relationship (was an error asking to remove and add it again).
+func TestPlanFederationNetworkEndpointsChangeInPlace(t *testing.T) {
+	set := mustSet(t, map[string]string{"d.yaml": "kind: Federation\ntrust_domain: n.example\nendpoint_url: https://n.example:8444\nnetwork: true\nnetwork_endpoint_cidrs: [203.0.113.0/24]\n"})
+	st := baseState()
+	st.Federations["n.example"] = &StoredFederation{Source: "api", FederationSpec: FederationSpec{TrustDomain: "n.example", EndpointURL: "https://n.example:8444",
+		Profile: "https_spiffe", EndpointSPIFFEID: "spiffe://n.example/ward/server", Network: true, NetworkEndpoints: []string{"198.51.100.0/24"}}}
+	p, err := NewPlan(set, st, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ch *Change
+	for _, c := range p.Federations {
+		if c.Name == "n.example" {
+			ch = c
+		}
+	}
+	if ch == nil || ch.Action != Update || len(ch.Fields) != 1 || ch.Fields[0] != (FieldChange{"network_endpoint_cidrs", "198.51.100.0/24", "203.0.113.0/24"}) {
+		t.Fatalf("plan for n.example: %+v", ch)
+	}
+	if req := addFederationRequest(ch.federation); req.TrustDomain != "n.example" || strings.Join(req.NetworkEndpointCidrs, ",") != "203.0.113.0/24" || !req.Network {
+		t.Fatalf("request: %+v", req)
 	}
 }
 
