@@ -161,9 +161,11 @@ inbound:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	// Replaying the old chain is denied within the loop bound, and the
-	// log names the tainted key.
-	deadline = time.Now().Add(5 * time.Second)
+	// Replaying the old chain is denied, and the log names the tainted
+	// key. The deadline bounds the test only (a hang fails it instead of
+	// running on), as the other waits here: it asserts no speed; how soon
+	// the proxy learns of the taint depends on the machine's load.
+	deadline = time.Now().Add(60 * time.Second)
 	var denied map[string]any
 	for denied = accessLine("deny", afterTaint); denied == nil; denied = accessLine("deny", afterTaint) {
 		if time.Now().After(deadline) {
