@@ -33,18 +33,19 @@ func init() { register(func(root *cobra.Command) { root.AddCommand(scanCmd()) })
 func scanCmd() *cobra.Command {
 	var (
 		bundleFile, serverName, spiffeID, failOn string
-		asJSON, asSARIF, reported                bool
+		asJSON, asSARIF, reported, crl           bool
 		timeout                                  time.Duration
 		concurrency, parallel                    int
 	)
 	cmd := &cobra.Command{
 		Use:   "scan [HOST:PORT...] [--reported]",
-		Short: "Scan TLS endpoints: versions, cipher suites, groups (post-quantum), client auth, chain, names, OCSP; graded findings",
+		Short: "Scan TLS endpoints: versions, cipher suites, groups (post-quantum), client auth, chain, names, OCSP, CRLs; graded findings",
 		Long: "Scan TLS endpoints: the protocol versions offered (SSLv3 to TLS 1.3) and the cipher suites of\n" +
 			"each, the key-exchange groups (is X25519MLKEM768 offered and preferred?), whether a client\n" +
 			"certificate is required, the chain (verified against --bundle, else the authority's bundle when\n" +
 			"--address or $WARD_ADDRESS names one, else the system roots), the host name (--server-name) or\n" +
-			"SPIFFE ID (--spiffe-id), and a stapled OCSP response. Findings are graded by the rubric in\n" +
+			"SPIFFE ID (--spiffe-id), a stapled OCSP response, and the CRLs the chain names (--crl). Findings\n" +
+			"are graded by the rubric in\n" +
 			"docs/scan.md. --reported also scans every inbound and gateway listener the authority's proxies\n" +
 			"and gateways report (telemetry), each checked against the SPIFFE ID the listener says it presents.\n" +
 			"Exit status: 0, or 2 when a finding is at or above --fail-on (1 on errors).",
@@ -71,7 +72,7 @@ func scanCmd() *cobra.Command {
 					return fmt.Errorf("--spiffe-id %q: %w", spiffeID, err)
 				}
 			}
-			opts := scan.Options{ServerName: serverName, SPIFFEID: spiffeID, Timeout: timeout, Concurrency: concurrency}
+			opts := scan.Options{ServerName: serverName, SPIFFEID: spiffeID, Timeout: timeout, Concurrency: concurrency, CheckCRLs: crl}
 			var err error
 			if opts.Roots, opts.RootsName, err = scanRoots(cmd, bundleFile, spiffeID); err != nil {
 				return err
@@ -114,6 +115,7 @@ func scanCmd() *cobra.Command {
 	f.DurationVar(&timeout, "timeout", 5*time.Second, "timeout of each connection")
 	f.IntVar(&concurrency, "concurrency", 8, "connections open at once per endpoint")
 	f.IntVar(&parallel, "parallel", 4, "endpoints scanned at once")
+	f.BoolVar(&crl, "crl", true, "fetch the CRLs the served certificates name (http and https only, at most 4 MiB each within --timeout, no redirects, never link-local addresses) and report a certificate they list as revoked; --crl=false to skip (air-gapped scans)")
 	f.BoolVar(&reported, "reported", false, "also scan every inbound and gateway listener the authority's nodes report (needs --address or $WARD_ADDRESS)")
 	return cmd
 }

@@ -119,7 +119,7 @@ func (e *endpoint) goHandshake(ctx context.Context) *handshakeResult {
 
 // finish fills in the negotiated handshake, client authentication and the
 // chain, from Go's handshake or else from a cleartext flight.
-func (e *endpoint) finish(r *Result, hs *handshakeResult, flight *serverHello) {
+func (e *endpoint) finish(ctx context.Context, r *Result, hs *handshakeResult, flight *serverHello) {
 	opts := e.s.opts
 	var certs []*x509.Certificate
 	var staple []byte
@@ -168,7 +168,7 @@ func (e *endpoint) finish(r *Result, hs *handshakeResult, flight *serverHello) {
 	for _, c := range certs[1:] {
 		inter.AddCert(c)
 	}
-	_, err := leaf.Verify(x509.VerifyOptions{
+	verified, err := leaf.Verify(x509.VerifyOptions{
 		Roots: opts.Roots, Intermediates: inter, CurrentTime: opts.Now(),
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	})
@@ -197,6 +197,15 @@ func (e *endpoint) finish(r *Result, hs *handshakeResult, flight *serverHello) {
 	}
 	if len(staple) > 0 {
 		ch.OCSP = parseStaple(staple, leaf, certs)
+	}
+	if opts.CheckCRLs {
+		// The verified chain names each certificate's issuer (the root
+		// from the bundle included); else the chain as served.
+		path := certs
+		if len(verified) > 0 {
+			path = verified[0]
+		}
+		ch.CRLs = e.checkCRLs(ctx, path)
 	}
 	r.Chain = ch
 }

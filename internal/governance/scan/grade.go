@@ -91,6 +91,9 @@ var Rules = []Rule{
 	{"ocsp-revoked", Critical, "stapled OCSP response says the certificate is revoked", "replace the certificate"},
 	{"ocsp-invalid", Medium, "stapled OCSP response unusable (malformed, wrongly signed or stale)", "fix the server's OCSP stapling"},
 	{"ocsp-not-stapled", Info, "certificate names an OCSP responder but no response is stapled", "enable OCSP stapling"},
+	{"crl-revoked", Critical, "certificate listed as revoked in the CRL it names", "replace the certificate (and find out why its issuer revoked it)"},
+	{"crl-invalid", Medium, "CRL the certificate names is unusable (malformed, not signed by the issuer, or stale)", "publish a current CRL signed by the issuer at the URL the certificate names"},
+	{"crl-unavailable", Low, "CRL the certificate names could not be fetched", "make the CRL distribution point reachable, or scan from where clients run"},
 }
 
 // RuleByID returns the rubric entry id.
@@ -283,6 +286,23 @@ func gradeAll(r *Result, opts Options) []Finding {
 		add("ocsp-invalid", "stale: next update was due "+o.NextUpdate.Format(time.RFC3339))
 	case o == nil && len(leaf.OCSPServers) > 0:
 		add("ocsp-not-stapled", "the leaf names "+strings.Join(leaf.OCSPServers, ", "))
+	}
+	for _, c := range ch.CRLs {
+		who := "the leaf"
+		if c.Certificate > 0 {
+			who = fmt.Sprintf("certificate %d of the chain", c.Certificate)
+		}
+		if c.Certificate < len(ch.Certificates) {
+			who += " (" + ch.Certificates[c.Certificate].Subject + ", serial " + ch.Certificates[c.Certificate].Serial + ")"
+		}
+		switch {
+		case c.Status == "revoked":
+			add("crl-revoked", fmt.Sprintf("%s is listed in %s, revoked at %s", who, c.URL, c.RevokedAt.Format(time.RFC3339)))
+		case c.Unavailable:
+			add("crl-unavailable", fmt.Sprintf("%s names %s: %s", who, c.URL, c.Error))
+		case c.Error != "":
+			add("crl-invalid", fmt.Sprintf("%s names %s: %s", who, c.URL, c.Error))
+		}
 	}
 	return out
 }

@@ -95,6 +95,9 @@ type Chain struct {
 	SPIFFEIDMatch *bool  `json:"spiffe_id_match,omitempty"`
 
 	OCSP *OCSP `json:"ocsp,omitempty"`
+	// CRLs are the certificates checked against the CRLs they name
+	// (Options.CheckCRLs).
+	CRLs []CRL `json:"crls,omitempty"`
 }
 
 // Certificate describes one certificate of a chain.

@@ -34,6 +34,10 @@ type Options struct {
 	Concurrency int
 	// Now is the clock certificates are judged by (tests): default time.Now.
 	Now func() time.Time
+	// CheckCRLs fetches the CRLs the chain's certificates name (http and
+	// https only, bounded: crl.go) and reports a certificate they list as
+	// revoked, and a CRL that cannot be fetched or trusted.
+	CheckCRLs bool
 	// Dial opens the TCP connections (tests): default a net.Dialer.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
@@ -278,7 +282,7 @@ func (s *Scanner) Scan(ctx context.Context, target string) *Result {
 	if pqLast != 0 {
 		r.PostQuantum.ChosenWhenListedLast = GroupByID(pqLast).Name
 	}
-	e.finish(r, hs, flight)
+	e.finish(ctx, r, hs, flight)
 	if !slices.ContainsFunc(r.Protocols, func(p Protocol) bool { return p.Offered }) && r.Chain == nil {
 		// Nothing spoke TLS: say why, rather than grade an empty result.
 		why := "no ClientHello of any version was accepted"
