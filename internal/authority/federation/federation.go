@@ -585,17 +585,40 @@ func (m *Manager) updateNetworkEndpoints(ctx context.Context, e *entry, r Relati
 	fields["previous_network_endpoint_cidrs"] = strings.Join(e.rel.NetworkEndpoints, ",")
 	var st Status
 	err := m.audited(ctx, "federation.update", fields, func() error {
-		rec := e.rec
-		rec.NetEnds = slices.Clone(r.NetworkEndpoints)
-		ne, err := m.write(ctx, rec, e.rev, e.bundle, r)
-		if errors.Is(err, store.ErrConflict) {
-			return errs.Errorf(errs.Conflict, "%w: the relationship with %s changed meanwhile (a refresh, or another authority); retry", ErrUnavailable, r.TrustDomain)
+		// A refresh (or another authority) may rewrite the record
+		// between our read and our write: read it again and retry.
+		for attempt := 0; ; attempt++ {
+			rec := e.rec
+			rec.NetEnds = slices.Clone(r.NetworkEndpoints)
+			ne, err := m.write(ctx, rec, e.rev, e.bundle, r)
+			if errors.Is(err, store.ErrConflict) && attempt < 20 {
+				select {
+				case <-ctx.Done():
+					return errs.Errorf(errs.Unavailable, "%w: %v", ErrUnavailable, ctx.Err())
+				case <-time.After(time.Duration(attempt+1) * 10 * time.Millisecond):
+				}
+				if err := m.Reload(ctx); err != nil {
+					return err
+				}
+				cur, ok := m.get(r.TrustDomain)
+				if !ok {
+					return errs.Errorf(errs.NotFound, "%w %s (removed meanwhile)", ErrNotFound, r.TrustDomain)
+				}
+				if !slices.Equal(cur.rel.NetworkEndpoints, e.rel.NetworkEndpoints) || !onlyNetworkEndpointsDiffer(cur.rel, r) && !cur.rel.Equal(r) {
+					return errs.Errorf(errs.Conflict, "%w: the relationship with %s was changed meanwhile by someone else; check it and retry", ErrExists, r.TrustDomain)
+				}
+				e = cur
+				continue
+			}
+			if errors.Is(err, store.ErrConflict) {
+				return errs.Errorf(errs.Conflict, "%w: the relationship with %s keeps changing (refreshes); retry", ErrExists, r.TrustDomain)
+			}
+			if err != nil {
+				return errs.Errorf(errs.Unavailable, "%w: storing relationship: %v", ErrUnavailable, err)
+			}
+			st = m.status(ne, m.opts.Clock().UTC())
+			return nil
 		}
-		if err != nil {
-			return errs.Errorf(errs.Unavailable, "%w: storing relationship: %v", ErrUnavailable, err)
-		}
-		st = m.status(ne, m.opts.Clock().UTC())
-		return nil
 	})
 	if err != nil {
 		return Status{}, err
