@@ -115,7 +115,7 @@ func scanCmd() *cobra.Command {
 	f.DurationVar(&timeout, "timeout", 5*time.Second, "timeout of each connection")
 	f.IntVar(&concurrency, "concurrency", 8, "connections open at once per endpoint")
 	f.IntVar(&parallel, "parallel", 4, "endpoints scanned at once")
-	f.BoolVar(&crl, "crl", true, "fetch the CRLs the served certificates name (http and https only, at most 4 MiB each within --timeout, no redirects, never link-local addresses) and report a certificate they list as revoked; --crl=false to skip (air-gapped scans)")
+	f.BoolVar(&crl, "crl", false, "also fetch the CRLs the served certificates name and report a certificate they list as revoked (off by default: the scanned server chooses those URLs, so the scan would make requests it names from where it runs; http and https only, at most 4 MiB each within --timeout, no redirects, never link-local addresses)")
 	f.BoolVar(&reported, "reported", false, "also scan every inbound and gateway listener the authority's nodes report (needs --address or $WARD_ADDRESS)")
 	return cmd
 }
