@@ -370,7 +370,7 @@ func agentAdminCommands() []*cobra.Command {
 	}
 	list.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	evict := &cobra.Command{
-		Use: "evict AGENT-ID", Short: "Evict an agent: it can no longer renew, sync or sign and must attest again", Args: cobra.ExactArgs(1),
+		Use: "evict AGENT-ID", Short: "Evict an agent: it can no longer renew, sync or sign and must attest again; the SVIDs signed through it are revoked", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return withIdentity(cmd, func(ctx context.Context, c identityClients) error {
 				a, err := c.agents.EvictAgent(ctx, &wardv1.EvictAgentRequest{SpiffeId: args[0]})
@@ -378,6 +378,8 @@ func agentAdminCommands() []*cobra.Command {
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "Agent %s evicted: it must attest again (new join token or x509pop) to get SVIDs.\n", a.SpiffeId)
+				fmt.Fprintf(cmd.OutOrStdout(), "Revoked %d X509-SVIDs still valid that were signed through it (its workloads' and its own): "+
+					"proxies, the Node API and federated peers refuse them now (deny-list, until each one expires).\n", a.RevokedSvids)
 				return nil
 			})
 		},

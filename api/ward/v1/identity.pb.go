@@ -748,11 +748,15 @@ type Agent struct {
 	AttestationType string      `protobuf:"bytes,2,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
 	Selectors       []*Selector `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
 	// Serial (hex) and expiry of the agent's current SVID.
-	Serial        string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
-	Expires       *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires,proto3" json:"expires,omitempty"`
-	Attested      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=attested,proto3" json:"attested,omitempty"`
-	LastSeen      *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
-	Evicted       bool                   `protobuf:"varint,8,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	Serial   string                 `protobuf:"bytes,4,opt,name=serial,proto3" json:"serial,omitempty"`
+	Expires  *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=expires,proto3" json:"expires,omitempty"`
+	Attested *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=attested,proto3" json:"attested,omitempty"`
+	LastSeen *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_seen,json=lastSeen,proto3" json:"last_seen,omitempty"`
+	Evicted  bool                   `protobuf:"varint,8,opt,name=evicted,proto3" json:"evicted,omitempty"`
+	// Set in EvictAgent's answer only: how many X509-SVIDs still valid that
+	// were signed through the agent (its workloads' and its own) the
+	// eviction put on the deny-list.
+	RevokedSvids  uint32 `protobuf:"varint,9,opt,name=revoked_svids,json=revokedSvids,proto3" json:"revoked_svids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -841,6 +845,13 @@ func (x *Agent) GetEvicted() bool {
 		return x.Evicted
 	}
 	return false
+}
+
+func (x *Agent) GetRevokedSvids() uint32 {
+	if x != nil {
+		return x.RevokedSvids
+	}
+	return 0
 }
 
 type CreateJoinTokenRequest struct {
@@ -2479,7 +2490,7 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x0fexpect_revision\x18\x02 \x01(\x03R\x0eexpectRevision\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13DeleteEntryResponse\"\xd9\x02\n" +
+	"\x13DeleteEntryResponse\"\xfe\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12/\n" +
@@ -2488,7 +2499,8 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\aexpires\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\aexpires\x126\n" +
 	"\battested\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\battested\x127\n" +
 	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
-	"\aevicted\x18\b \x01(\bR\aevicted\"X\n" +
+	"\aevicted\x18\b \x01(\bR\aevicted\x12#\n" +
+	"\rrevoked_svids\x18\t \x01(\rR\frevokedSvids\"X\n" +
 	"\x16CreateJoinTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1d\n" +

@@ -189,11 +189,34 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "agent ID %q is not a SPIFFE ID (%v): see `ward agent list`", r.SpiffeId, err)
 	}
-	ag, err := id.Registry.EvictAgent(ctx, aid)
+	// The SVIDs still valid that were signed through the agent go on the
+	// deny-list (until each one's NotAfter) in the same audited step: an
+	// evicted node's workloads are cut off now, not at expiry.
+	revoke := func(ctx context.Context, svids []registry.Issued) (int, error) {
+		ps, err := a.a.policyStore()
+		if err != nil {
+			return 0, err
+		}
+		exp := make([]policystore.Expiring, len(svids))
+		for i, s := range svids {
+			exp[i] = policystore.Expiring{Serial: s.Serial, NotAfter: s.NotAfter}
+		}
+		_, err = ps.RevokeExpiring(ctx, reqctx.From(ctx).Actor, exp, "agent "+aid.String()+" evicted")
+		if errors.Is(err, policystore.ErrNoPolicy) {
+			return 0, nil // everything is refused anyway; a later evict revokes them
+		}
+		if err != nil {
+			return 0, err
+		}
+		return len(svids), nil
+	}
+	ag, n, err := id.Registry.EvictAgent(ctx, aid, revoke)
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}
-	return apiconv.AgentProto(ag), nil
+	out := apiconv.AgentProto(ag)
+	out.RevokedSvids = uint32(n)
+	return out, nil
 }
 
 // --- CA ---

@@ -239,7 +239,7 @@ func TestEveryMethodRefusesStaleAndReservedSVIDs(t *testing.T) {
 	}{
 		{"evicted agent", func(t *testing.T) caller {
 			c := h.agentCaller(t)
-			if _, err := h.reg.EvictAgent(ctx, c.svid.ID); err != nil {
+			if _, _, err := h.reg.EvictAgent(ctx, c.svid.ID, nil); err != nil {
 				t.Fatal(err)
 			}
 			return c
@@ -317,7 +317,7 @@ func TestOpenStreamEndsOnEviction(t *testing.T) {
 	if v, err := ss.Recv(); err != nil || v.Version != 2 {
 		t.Fatalf("second version while current: %v %v", v, err)
 	}
-	if _, err := h.reg.EvictAgent(ctx, c.svid.ID); err != nil {
+	if _, _, err := h.reg.EvictAgent(ctx, c.svid.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	fp.more <- struct{}{}

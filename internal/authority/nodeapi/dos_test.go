@@ -204,7 +204,7 @@ func TestRefusedAgentSVIDGetsSmallLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.reg.EvictAgent(ctx, evicted.ID); err != nil {
+	if _, _, err := h.reg.EvictAgent(ctx, evicted.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	big := &wardv1.SignX509SVIDsRequest{Params: []*wardv1.X509SVIDParams{{Csr: make([]byte, 30<<20)}}}

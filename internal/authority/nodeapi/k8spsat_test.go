@@ -193,7 +193,7 @@ func TestK8sPSATAttestation(t *testing.T) {
 		t.Fatalf("same pod after its agent SVID expired: %v", err)
 	}
 	// Evicted: the same pod may not come back, not even later.
-	if _, err := h.reg.EvictAgent(ctx, sv3.ID); err != nil {
+	if _, _, err := h.reg.EvictAgent(ctx, sv3.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	refused("evicted agent's pod", "c1", "new-pod", codes.PermissionDenied, "was evicted")

@@ -115,7 +115,7 @@ func TestRegisterTunnelIsBoundToTheCaller(t *testing.T) {
 	if _, err := bOpen.Recv(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := h.reg.EvictAgent(ctx, svB.ID); err != nil {
+	if _, _, err := h.reg.EvictAgent(ctx, svB.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan *wardv1.PeerList, 1)

@@ -51,7 +51,7 @@ func TestOpenConnectionLosesAccessAtNextCall(t *testing.T) {
 		node := h.client(t, agent)
 		sync := func() error { _, err := node.Sync(ctx, &wardv1.SyncRequest{}); return err }
 		waitCode(t, sync, codes.OK)
-		if _, err := h.reg.EvictAgent(ctx, agent.ID); err != nil {
+		if _, _, err := h.reg.EvictAgent(ctx, agent.ID, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := sync(); code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "evicted") {

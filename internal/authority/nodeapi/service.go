@@ -100,6 +100,15 @@ func (s *Server) bundleJSON() ([]byte, uint64, error) {
 	return j, seq, nil
 }
 
+// recordIssued records the agent's own SVID under it (registry.RecordIssued).
+func (s *Server) recordIssued(ctx context.Context, id spiffeid.ID, it registry.Issued, attested bool) error {
+	perItem, err := s.cfg.Registry.RecordIssued(ctx, id, []registry.Issued{it}, attested)
+	if err != nil {
+		return err
+	}
+	return perItem[0]
+}
+
 // signAgent signs an agent SVID for id.
 func (s *Server) signAgent(ctx context.Context, id spiffeid.ID, pub crypto.PublicKey) ([]*x509.Certificate, error) {
 	chain, err := s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: s.cfg.AgentSVIDTTL})
@@ -217,6 +226,9 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 	if _, err := s.cfg.Registry.RecordAttestationIf(ctx, id, typ, sels, serial, leaf.NotAfter, reuse); err != nil {
 		return s.deny(ctx, "agent.attest", fields, err)
 	}
+	if err := s.recordIssued(ctx, id, registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}, true); err != nil {
+		return s.deny(ctx, "agent.attest", fields, err)
+	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
 	// Audit before release: an SVID whose issuance is not in the log is
 	// never handed out.
@@ -247,6 +259,9 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	serial := leaf.SerialNumber.Text(16)
 	from, _ := ctx.Value(agentSerialKey{}).(string)
 	if _, err := s.cfg.Registry.RecordRenewal(ctx, id, from, serial, leaf.NotAfter); err != nil {
+		return nil, s.deny(ctx, "agent.renew", fields, err)
+	}
+	if err := s.recordIssued(ctx, id, registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}, false); err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
@@ -396,6 +411,27 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 		}
 		close(next)
 		wg.Wait()
+	}
+	// Every SVID is recorded under the agent before it is released, so
+	// evicting the agent revokes it (registry.RecordIssued: bounded per
+	// entry, refused once the agent is evicted).
+	var issued []registry.Issued
+	var at []int
+	for i := range items {
+		if it := &items[i]; it.err == nil {
+			issued = append(issued, registry.Issued{Entry: it.entry.ID, Serial: it.chain[0].SerialNumber.Text(16), NotAfter: it.chain[0].NotAfter})
+			at = append(at, i)
+		}
+	}
+	if len(issued) > 0 {
+		perItem, err := s.cfg.Registry.RecordIssued(ctx, agent, issued, false)
+		for j, i := range at {
+			if err != nil {
+				items[i].err = err
+			} else if perItem[j] != nil {
+				items[i].err = perItem[j]
+			}
+		}
 	}
 	var ok, failed []string
 	var serials, expiries, ids []string

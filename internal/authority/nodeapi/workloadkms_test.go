@@ -186,7 +186,7 @@ permit(principal in TrustDomain::"`+testTD.Name()+`", action == Action::"kms:enc
 
 	current := k.agentCaller(t).svid
 	evicted := k.agentCaller(t).svid
-	if _, err := k.reg.EvictAgent(ctx, evicted.ID); err != nil {
+	if _, _, err := k.reg.EvictAgent(ctx, evicted.ID, nil); err != nil {
 		t.Fatal(err)
 	}
 	first := k.agentCaller(t).svid

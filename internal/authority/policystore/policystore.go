@@ -183,6 +183,7 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		next.Number = h.Next()
 		next.Bundle.Version = next.Number
+		pruneExpired(&next.Bundle.DenyList, s.now())
 		// Tainted keys are never dropped by a new version (apply, rollback,
 		// unrevoke): they only leave with the CA key itself.
 		var keep []string
@@ -361,9 +362,85 @@ func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string,
 		} else {
 			d.SPIFFEIDs = appendNew(slices.Clone(d.SPIFFEIDs), ids)
 			d.Serials = appendNew(slices.Clone(d.Serials), norm)
+			// Revoked by hand: for good, even if an eviction had revoked
+			// it until its NotAfter.
+			d.SerialsNotAfter = maps.Clone(d.SerialsNotAfter)
+			for _, n := range norm {
+				delete(d.SerialsNotAfter, n)
+			}
 		}
 		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
 	})
+}
+
+// Expiring is a certificate serial (hex) revoked until its NotAfter.
+type Expiring struct {
+	Serial   string
+	NotAfter time.Time
+}
+
+// RevokeExpiring adds serials to the deny-list as a new version, each
+// kept only until its certificate's NotAfter (dropped by the first new
+// version after it): `ward agent evict` revokes the SVIDs signed through
+// the agent with it. Audited as policy.revoke. With no policy applied
+// yet it returns ErrNoPolicy (everything is refused then).
+func (s *Store) RevokeExpiring(ctx context.Context, actor string, serials []Expiring, comment string) (_ Version, err error) {
+	defer func() { err = classify(err) }()
+	if len(serials) == 0 {
+		return Version{}, errors.New("no serials to revoke")
+	}
+	norm := make([]string, len(serials))
+	for i, sr := range serials {
+		if norm[i], err = policy.NormalizeSerial(sr.Serial); err != nil {
+			return Version{}, fmt.Errorf("serial %q: %w", sr.Serial, err)
+		}
+	}
+	fields := map[string]string{"serials": fmt.Sprint(norm), "until_not_after": "true"}
+	return s.commit(ctx, "policy.revoke", fields, func(cur *Version) (Version, error) {
+		if cur == nil {
+			return Version{}, ErrNoPolicy
+		}
+		d := cur.Bundle.DenyList
+		had := slices.Clone(d.Serials)
+		d.Serials = appendNew(slices.Clone(d.Serials), norm)
+		na := make(map[string]time.Time, len(d.SerialsNotAfter)+len(norm))
+		maps.Copy(na, d.SerialsNotAfter)
+		for i, n := range norm {
+			// A serial already revoked for good (`ward revoke --serial`)
+			// stays so; one already expiring keeps the later NotAfter.
+			if slices.Contains(had, n) && na[n].IsZero() {
+				continue
+			}
+			if t := serials[i].NotAfter.UTC(); t.After(na[n]) {
+				na[n] = t
+			}
+		}
+		d.SerialsNotAfter = na
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+	})
+}
+
+// pruneExpired drops the serials whose NotAfter (SerialsNotAfter) has
+// passed: their certificates are refused as expired anyway.
+func pruneExpired(d *policy.DenyList, now time.Time) {
+	if len(d.SerialsNotAfter) == 0 {
+		d.SerialsNotAfter = nil
+		return
+	}
+	na := make(map[string]time.Time, len(d.SerialsNotAfter))
+	for sr, t := range d.SerialsNotAfter {
+		if t.After(now) && slices.Contains(d.Serials, sr) {
+			na[sr] = t
+		}
+	}
+	d.Serials = slices.DeleteFunc(slices.Clone(d.Serials), func(sr string) bool {
+		t, ok := d.SerialsNotAfter[sr]
+		return ok && !t.After(now)
+	})
+	d.SerialsNotAfter = na
+	if len(na) == 0 {
+		d.SerialsNotAfter = nil
+	}
 }
 
 // TaintKeys adds CA key IDs (tainted in the CA) to the deny-list as a new

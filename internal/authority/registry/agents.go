@@ -6,6 +6,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -435,14 +437,20 @@ func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string,
 }
 
 // EvictAgent marks agent id evicted: it can no longer renew, sync or sign
-// and must attest again. Audited.
-func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID) (Agent, error) {
+// and must attest again. With revoke set, the X509-SVIDs still valid that
+// were signed through the agent (its workloads' and its own) are handed to
+// revoke (the deny-list) in the same audited step, and no signing in
+// flight is released after that (RecordIssued refuses an evicted agent).
+// revoke returns how many it revoked (0: kept in the record, e.g. no
+// policy applied yet, when everything is refused anyway; a later evict
+// revokes them). It returns how many were revoked. Audited (agent.evict, with the count).
+func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(context.Context, []Issued) (int, error)) (Agent, int, error) {
 	fields := map[string]string{"agent_id": id.String()}
 	if _, err := r.agentKey(id); err != nil {
-		return Agent{}, r.auditEnd(ctx, "agent.evict", fields, err)
+		return Agent{}, 0, r.auditEnd(ctx, "agent.evict", fields, err)
 	}
 	if err := r.auditStart(ctx, "agent.evict", fields); err != nil {
-		return Agent{}, err
+		return Agent{}, 0, err
 	}
 	now := r.now()
 	a, err := r.update(ctx, id, false, func(a *Agent, _ bool) error {
@@ -451,13 +459,23 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID) (Agent, error
 		}
 		return nil
 	})
+	n := 0
 	if err == nil {
 		fields["serial"] = a.Serial
+		var svids []Issued
+		if svids, err = r.takeIssued(ctx, id); err == nil && revoke != nil && len(svids) > 0 {
+			if n, err = revoke(ctx, svids); err != nil {
+				err = fmt.Errorf("agent %s is evicted, but revoking its %d unexpired SVIDs failed (run `ward agent evict` again): %w", id, len(svids), err)
+			} else if n > 0 {
+				err = r.forgetIssued(ctx, id, svids)
+			}
+		}
+		fields["revoked_svids"] = strconv.Itoa(n)
 	}
 	if err = r.auditEnd(ctx, "agent.evict", fields, err); err != nil {
-		return a, err
+		return a, n, err
 	}
-	return a, r.deleteEvictedTunnel(ctx, id)
+	return a, n, r.deleteEvictedTunnel(ctx, id)
 }
 
 // deleteEvictedTunnel removes an evicted agent's tunnel record (it no

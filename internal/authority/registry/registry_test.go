@@ -257,7 +257,7 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if err != nil || !a.LastSeen.Equal(f.clk.Now()) {
 		t.Fatalf("last seen not refreshed: %v %v", a.LastSeen, err)
 	}
-	if _, err := f.reg.EvictAgent(ctx, id); err != nil {
+	if _, _, err := f.reg.EvictAgent(ctx, id, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.reg.Authorize(ctx, id, "bb"); errs.KindOf(err) != errs.Denied || !strings.Contains(err.Error(), "agent evicted: attest again") {
@@ -266,10 +266,10 @@ func TestAgentsEvictAndAuthorize(t *testing.T) {
 	if _, err := f.reg.RecordRenewal(ctx, id, "bb", "cc", exp); errs.KindOf(err) != errs.Denied {
 		t.Fatalf("evicted renewal: %v", err)
 	}
-	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/ward/agent/none")); errs.KindOf(err) != errs.NotFound {
+	if _, _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/ward/agent/none"), nil); errs.KindOf(err) != errs.NotFound {
 		t.Fatalf("evict unknown: %v", err)
 	}
-	if _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/payments")); errs.KindOf(err) != errs.Invalid {
+	if _, _, err := f.reg.EvictAgent(ctx, spiffeid.RequireFromString("spiffe://example.org/payments"), nil); errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("evict non-agent: %v", err)
 	}
 	// Re-attestation lifts the eviction.

@@ -211,7 +211,7 @@ func TestEvictionDeletesTunnel(t *testing.T) {
 	if _, err := r.RegisterTunnel(ctx, a, Tunnel{PublicKey: pubKey(t), Endpoint: "192.0.2.1:51820", AllowedIPs: []string{"10.250.1.0/24"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.EvictAgent(ctx, a); err != nil {
+	if _, _, err := r.EvictAgent(ctx, a, nil); err != nil {
 		t.Fatal(err)
 	}
 	if ts, err := r.Tunnels(ctx, true); err != nil || len(ts) != 0 {

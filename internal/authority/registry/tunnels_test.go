@@ -61,7 +61,7 @@ func TestTunnelsLeaveOutEvictedAgents(t *testing.T) {
 	if got := <-lists; len(got) != 2 {
 		t.Fatalf("first list %v", got)
 	}
-	if _, err := r.EvictAgent(ctx, ids[1]); err != nil {
+	if _, _, err := r.EvictAgent(ctx, ids[1], nil); err != nil {
 		t.Fatal(err)
 	}
 	select {

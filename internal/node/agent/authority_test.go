@@ -192,7 +192,7 @@ func (a *testAuthority) removeEntries() {
 
 func (a *testAuthority) evict(id spiffeid.ID) {
 	a.t.Helper()
-	if _, err := a.Registry.EvictAgent(context.Background(), id); err != nil {
+	if _, _, err := a.Registry.EvictAgent(context.Background(), id, nil); err != nil {
 		a.t.Fatal(err)
 	}
 }

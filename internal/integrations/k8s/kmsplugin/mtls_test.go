@@ -441,7 +441,7 @@ func TestMTLSMode(t *testing.T) {
 	})
 
 	t.Run("evicted agent: access ends with the SVID", func(t *testing.T) {
-		if _, err := e.a.Registry.EvictAgent(ctx, e.agentID); err != nil {
+		if _, _, err := e.a.Registry.EvictAgent(ctx, e.agentID, nil); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "Status: no valid SVID (expired)", func() (bool, string) {
