@@ -44,6 +44,11 @@ type Version struct {
 	RestoredFrom uint64        `json:"restored_from,omitempty"`
 	Bundle       policy.Bundle `json:"bundle"`
 	PolicyCount  int           `json:"policy_count"`
+	// SerialsNotAfter is the NotAfter of the deny-list's serials revoked
+	// until then (RevokeExpiring: an evicted agent's SVIDs): the first
+	// version after it drops such a serial, so the list stays bounded. Kept
+	// beside the bundle, not in it (enforcement points need only the list).
+	SerialsNotAfter map[string]time.Time `json:"serials_not_after,omitempty"`
 }
 
 // BundleJSON is the version's bundle as distributed.
@@ -183,7 +188,7 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		next.Number = h.Next()
 		next.Bundle.Version = next.Number
-		pruneExpired(&next.Bundle.DenyList, s.now())
+		pruneExpired(&next, cur, s.now())
 		// Tainted keys are never dropped by a new version (apply, rollback,
 		// unrevoke): they only leave with the CA key itself.
 		var keep []string
@@ -362,14 +367,19 @@ func (s *Store) Revoke(ctx context.Context, actor string, ids, serials []string,
 		} else {
 			d.SPIFFEIDs = appendNew(slices.Clone(d.SPIFFEIDs), ids)
 			d.Serials = appendNew(slices.Clone(d.Serials), norm)
-			// Revoked by hand: for good, even if an eviction had revoked
-			// it until its NotAfter.
-			d.SerialsNotAfter = maps.Clone(d.SerialsNotAfter)
+		}
+		// Revoked by hand: for good, even if an eviction had revoked it
+		// until its NotAfter (non-nil: this version's, see pruneExpired).
+		na := maps.Clone(cur.SerialsNotAfter)
+		if na == nil {
+			na = map[string]time.Time{}
+		}
+		if !remove {
 			for _, n := range norm {
-				delete(d.SerialsNotAfter, n)
+				delete(na, n)
 			}
 		}
-		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}, SerialsNotAfter: na}, nil
 	})
 }
 
@@ -403,8 +413,8 @@ func (s *Store) RevokeExpiring(ctx context.Context, actor string, serials []Expi
 		d := cur.Bundle.DenyList
 		had := slices.Clone(d.Serials)
 		d.Serials = appendNew(slices.Clone(d.Serials), norm)
-		na := make(map[string]time.Time, len(d.SerialsNotAfter)+len(norm))
-		maps.Copy(na, d.SerialsNotAfter)
+		na := make(map[string]time.Time, len(cur.SerialsNotAfter)+len(norm))
+		maps.Copy(na, cur.SerialsNotAfter)
 		for i, n := range norm {
 			// A serial already revoked for good (`ward revoke --serial`)
 			// stays so; one already expiring keeps the later NotAfter.
@@ -415,31 +425,37 @@ func (s *Store) RevokeExpiring(ctx context.Context, actor string, serials []Expi
 				na[n] = t
 			}
 		}
-		d.SerialsNotAfter = na
-		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}}, nil
+		return Version{Actor: actor, Comment: comment, Bundle: policy.Bundle{Files: cur.Bundle.Files, DenyList: d}, SerialsNotAfter: na}, nil
 	})
 }
 
-// pruneExpired drops the serials whose NotAfter (SerialsNotAfter) has
-// passed: their certificates are refused as expired anyway.
-func pruneExpired(d *policy.DenyList, now time.Time) {
-	if len(d.SerialsNotAfter) == 0 {
-		d.SerialsNotAfter = nil
-		return
+// pruneExpired drops from v's deny-list the serials whose NotAfter
+// (SerialsNotAfter) has passed: their certificates are refused as expired
+// anyway. A version that sets no SerialsNotAfter (nil) keeps cur's.
+func pruneExpired(v, cur *Version, now time.Time) {
+	all := v.SerialsNotAfter
+	if all == nil && cur != nil {
+		all = cur.SerialsNotAfter
 	}
-	na := make(map[string]time.Time, len(d.SerialsNotAfter))
-	for sr, t := range d.SerialsNotAfter {
+	d := &v.Bundle.DenyList
+	na := make(map[string]time.Time, len(all))
+	for sr, t := range all {
 		if t.After(now) && slices.Contains(d.Serials, sr) {
 			na[sr] = t
 		}
 	}
-	d.Serials = slices.DeleteFunc(slices.Clone(d.Serials), func(sr string) bool {
-		t, ok := d.SerialsNotAfter[sr]
-		return ok && !t.After(now)
-	})
-	d.SerialsNotAfter = na
+	if len(all) > 0 {
+		d.Serials = slices.DeleteFunc(slices.Clone(d.Serials), func(sr string) bool {
+			t, ok := all[sr]
+			return ok && !t.After(now)
+		})
+		if len(d.Serials) == 0 {
+			d.Serials = nil
+		}
+	}
+	v.SerialsNotAfter = na
 	if len(na) == 0 {
-		d.SerialsNotAfter = nil
+		v.SerialsNotAfter = nil
 	}
 }
 

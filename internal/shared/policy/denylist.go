@@ -7,7 +7,6 @@ import (
 	"math/big"
 	"sort"
 	"strings"
-	"time"
 
 	"github.com/wardproject/ward/internal/shared/catalog"
 )
@@ -21,11 +20,6 @@ type DenyList struct {
 	// Serials are X.509 certificate serial numbers in hex (case, colons and
 	// leading zeros do not matter: "0A:1b" == "a1b").
 	Serials []string `json:"serials,omitempty"`
-	// SerialsNotAfter is the NotAfter of serials revoked with it (an
-	// evicted agent's SVIDs): the authority drops such a serial from the
-	// list once its certificate has expired, so the list stays bounded.
-	// Enforcement points ignore it.
-	SerialsNotAfter map[string]time.Time `json:"serials_not_after,omitempty"`
 	// TaintedKeys are IDs of compromised CA keys (keyutil.CAKeyID: hex of the
 	// first 20 bytes of the SHA-256 of the PKIX public key, which is also
 	// the subject key identifier of ward's CA certificates). A peer whose
