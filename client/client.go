@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 )
 
 // EnvAddress is the environment variable that names the authority.
@@ -162,7 +163,9 @@ func dialOne(address string, o options) (*grpc.ClientConn, error) {
 		}
 		creds = credentials.NewTLS(o.tls)
 	}
-	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(creds))
+	// Reconnects at most 2 s apart (gRPC's default backoff reaches 120 s:
+	// the kms-plugin stayed failing that long after an authority outage).
+	conn, err := grpc.NewClient(address, grpc.WithTransportCredentials(creds), reconnect.DialOption(0))
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", address, err)
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/wardproject/ward/internal/shared/catalog"
 	"github.com/wardproject/ward/internal/shared/policy"
 	"github.com/wardproject/ward/internal/shared/policystream"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 	"github.com/wardproject/ward/internal/shared/sniname"
 )
 
@@ -52,7 +53,8 @@ type catalogSource struct {
 
 func newCatalogSource(socket string, log *slog.Logger) (*catalogSource, error) {
 	path := strings.TrimPrefix(socket, "unix://")
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(local.NewCredentials()))
+	// Reconnects at most reconnect.MaxDelay apart once the agent is back.
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(local.NewCredentials()), reconnect.DialOption(0))
 	if err != nil {
 		return nil, fmt.Errorf("catalog_socket %s: %w", socket, err)
 	}

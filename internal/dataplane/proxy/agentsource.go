@@ -11,6 +11,7 @@ import (
 
 	"github.com/wardproject/ward/internal/shared/policy"
 	"github.com/wardproject/ward/internal/shared/policystream"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 )
 
 // agentPolicySource follows the node agent's policy socket: the
@@ -26,7 +27,8 @@ func newAgentPolicySource(socket string, log *slog.Logger) (*agentPolicySource, 
 	if !strings.HasPrefix(path, "/") {
 		return nil, fmt.Errorf("policy_socket %q: give an absolute path (unix:///run/ward/policy.sock)", socket)
 	}
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(local.NewCredentials()))
+	// Reconnects at most reconnect.MaxDelay apart once the agent is back.
+	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(local.NewCredentials()), reconnect.DialOption(0))
 	if err != nil {
 		return nil, fmt.Errorf("policy_socket %s: %w", socket, err)
 	}

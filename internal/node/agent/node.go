@@ -23,11 +23,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/shared/keyutil"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 	"github.com/wardproject/ward/internal/shared/x509pop"
 )
 
@@ -90,8 +90,7 @@ func (a *Agent) dial(mtls bool) (*grpc.ClientConn, error) {
 	target, opts := authorityTarget(a.cfg.ServerAddress) // failover.go
 	conn, err := grpc.NewClient(target, append(opts, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxSyncMsg)),
-		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: time.Second},
-			MinConnectTimeout: 20 * time.Second}))...)
+		reconnect.DialOption(time.Second))...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to authority %s: %w", a.cfg.ServerAddress, err)
 	}
