@@ -12,6 +12,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/integrations/k8s/webhook"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 )
 
 func init() {
@@ -72,7 +73,7 @@ admits with those messages as admission warnings.
 				}
 				return svids[0]
 			}
-			src, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr("unix://"+cfg.WorkloadAPISocket)), gsw.WithDefaultX509SVIDPicker(pick))
+			src, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(append(reconnect.WorkloadAPI(), gsw.WithAddr("unix://"+cfg.WorkloadAPISocket))...), gsw.WithDefaultX509SVIDPicker(pick))
 			if err != nil {
 				return fmt.Errorf("workload API unix://%s: %w (is the ward agent running, and does an entry match the webhook?)", cfg.WorkloadAPISocket, err)
 			}

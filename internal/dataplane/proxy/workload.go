@@ -14,6 +14,8 @@ import (
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/wardproject/ward/internal/shared/reconnect"
 )
 
 // DefaultWaitDiagnosis is how long the proxy waits for its first X509-SVID
@@ -123,7 +125,7 @@ func (p *Proxy) connectWorkloadAPI(ctx context.Context) (*pickedSource, error) {
 	go func() { defer diagWG.Done(); p.diagnoseWait(diagCtx, addr, picker) }()
 	defer func() { stopDiag(); diagWG.Wait(); p.waitReason.Store(nil) }()
 
-	xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr(addr)), gsw.WithDefaultX509SVIDPicker(picker.pick))
+	xs, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(append(reconnect.WorkloadAPI(), gsw.WithAddr(addr))...), gsw.WithDefaultX509SVIDPicker(picker.pick))
 	if err != nil {
 		why := p.waitReasonText()
 		if why == "" {

@@ -6,8 +6,10 @@
 package reconnect
 
 import (
+	"math/rand/v2"
 	"time"
 
+	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 )
@@ -32,3 +34,30 @@ func DialOption(max time.Duration) grpc.DialOption {
 	}
 	return grpc.WithConnectParams(grpc.ConnectParams{Backoff: Config(max), MinConnectTimeout: 20 * time.Second})
 }
+
+// WorkloadAPI are the go-spiffe Workload API client options of ward's
+// workloads (proxy, kms-plugin, webhook): the gRPC reconnect bounded as
+// above, and go-spiffe's own retry of its watch (linear, up to 30 s by
+// default) bounded at MaxDelay too, so an SVID flows again within seconds
+// of the agent coming back.
+func WorkloadAPI() []gsw.ClientOption {
+	return []gsw.ClientOption{gsw.WithDialOptions(DialOption(0)), gsw.WithBackoffStrategy(watchBackoff{})}
+}
+
+type watchBackoff struct{}
+
+func (watchBackoff) NewBackoff() gsw.Backoff { return &watchDelay{} }
+
+// watchDelay: 100 ms, doubling, at most MaxDelay, 20% jitter.
+type watchDelay struct{ next time.Duration }
+
+func (w *watchDelay) Next() time.Duration {
+	if w.next == 0 {
+		w.next = 100 * time.Millisecond
+	}
+	d := w.next
+	w.next = min(2*w.next, MaxDelay)
+	return d - time.Duration(rand.Int64N(int64(d)/5+1))
+}
+
+func (w *watchDelay) Reset() { w.next = 0 }

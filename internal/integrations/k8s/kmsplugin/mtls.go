@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/shared/reconnect"
 )
 
 // The mTLS mode: the plugin is a workload. Its X509-SVID comes from the
@@ -206,7 +207,7 @@ func WatchWorkloadAPI(socket string) *WorkloadAPI {
 func (w *WorkloadAPI) run(ctx context.Context) {
 	defer close(w.done)
 	for ctx.Err() == nil {
-		src, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(gsw.WithAddr("unix://"+w.socket), gsw.WithLogger(errorLog{w})))
+		src, err := gsw.NewX509Source(ctx, gsw.WithClientOptions(append(reconnect.WorkloadAPI(), gsw.WithAddr("unix://"+w.socket), gsw.WithLogger(errorLog{w}))...))
 		if err == nil {
 			w.src.Store(src)
 			<-ctx.Done()
