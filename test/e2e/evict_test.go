@@ -1,0 +1,177 @@
+package e2e
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
+)
+
+// TestEvictRevokesAtTheProxy runs the attack of a compromised node: a
+// workload's SVID chain obtained through the node's agent is saved, the
+// agent (node-1) is evicted with `ward agent evict`, and the saved chain
+// (still unexpired) is replayed with `openssl s_client` into an inbound
+// `ward proxy` on another node (fed by node-2's agent's policy socket).
+// The proxy must deny it by the deny-list on its next connection.
+func TestEvictRevokesAtTheProxy(t *testing.T) {
+	if _, err := exec.LookPath("openssl"); err != nil {
+		t.Skip("openssl not installed (it is in the test dependencies)")
+	}
+	dir := t.TempDir()
+	nodeAPI := netutil.FreeLoopbackAddr(t)
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
+	s.InitAndUnseal()
+	a := s.Addr
+	pub := PublicDir(t)
+	bundle := filepath.Join(pub, "bundle.pem")
+	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	const payments = "spiffe://e2e.example.org/payments"
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
+		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
+	ag.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
+	// node-2 runs the proxy, with an identity of its own.
+	pub2 := PublicDir(t)
+	token2 := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-2", "-q"))
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments-api",
+		"--parent", "spiffe://e2e.example.org/ward/agent/node-2", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	ag2 := startAgentProc(t, pub2, nodeAPI, bundle, token2)
+	ag2.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
+	pol := filepath.Join(dir, "p.cedar")
+	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
+	MustWard(t, a, "", "policy", "apply", pol)
+
+	// The app behind the proxy: accepts and discards.
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
+		}
+	}()
+	inbound := netutil.FreeLoopbackAddr(t)
+	proxyCfg := filepath.Join(dir, "proxy.yaml")
+	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+admin_address: %s
+access_log: stdout
+inbound:
+  - name: payments
+    listen: %s
+    forward: %s
+`, ag2.Socket, filepath.Join(pub2, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
+	logs := &syncbuf.Buffer{}
+	cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { StopProcess(cmd) })
+
+	// The workload's current SVID: what an attacker who stole it keeps.
+	fetch := func() *x509svid.SVID {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.Socket))
+		if err != nil {
+			t.Fatalf("fetch X509-SVID: %v", err)
+		}
+		return sv
+	}
+	old := fetch()
+	if len(old.Certificates) < 2 {
+		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))
+	}
+	oldSerial := old.Certificates[0].SerialNumber.Text(16)
+	leafPEM, interPEM, keyPEM := filepath.Join(dir, "old.crt"), filepath.Join(dir, "old-chain.crt"), filepath.Join(dir, "old.key")
+	writePEM(t, leafPEM, "CERTIFICATE", old.Certificates[0].Raw)
+	var chain []byte
+	for _, c := range old.Certificates[1:] {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	os.WriteFile(interPEM, chain, 0o600)
+	der, err := x509.MarshalPKCS8PrivateKey(old.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, keyPEM, "PRIVATE KEY", der)
+
+	replay := func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c := exec.CommandContext(ctx, "openssl", "s_client", "-connect", inbound, "-cert", leafPEM, "-key", keyPEM,
+			"-cert_chain", interPEM, "-quiet", "-no_ign_eof")
+		c.Stdin = strings.NewReader("hello\n")
+		_ = c.Run() // the verdict is in the proxy's access log
+	}
+	// accessLine returns the proxy's access-log line for the old serial
+	// with the given decision, if any.
+	accessLine := func(decision string, from int) map[string]any {
+		for _, l := range strings.Split(logs.String()[from:], "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) != nil || m["peer_serial"] != oldSerial {
+				continue
+			}
+			if m["decision"] == decision {
+				return m
+			}
+		}
+		return nil
+	}
+	// Before the taint the replayed chain is allowed (the attack works).
+	deadline := time.Now().Add(30 * time.Second)
+	for accessLine("allow", 0) == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", Tail(logs.String(), 4000))
+		}
+		replay()
+		time.Sleep(200 * time.Millisecond)
+	}
+
+	out := MustWard(t, a, "", "agent", "evict", "spiffe://e2e.example.org/ward/agent/node-1")
+	if !strings.Contains(out, "Revoked ") || strings.Contains(out, "Revoked 0 ") {
+		t.Fatalf("`ward agent evict` does not say it revoked the agent's SVIDs:\n%s", out)
+	}
+	afterEvict := len(logs.String())
+	// The deadline bounds the test only; it asserts no speed.
+	deadline = time.Now().Add(60 * time.Second)
+	var denied map[string]any
+	for denied = accessLine("deny", afterEvict); denied == nil; denied = accessLine("deny", afterEvict) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the evicted agent's workload SVID %s was not denied; proxy log:\n%s", oldSerial, Tail(logs.String(), 4000))
+		}
+		replay()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if denied["cause"] != "deny-list" {
+		t.Fatalf("deny line does not say the deny-list refused it: %v", denied)
+	}
+	allows := countLines(logs.String(), oldSerial, "allow")
+	replay()
+	time.Sleep(200 * time.Millisecond)
+	if n := countLines(logs.String(), oldSerial, "allow"); n != allows {
+		t.Fatalf("old chain allowed again after the deny: %d allow lines, was %d", n, allows)
+	}
+}
