@@ -96,14 +96,28 @@ func (r *Registry) updateIssued(ctx context.Context, id spiffeid.ID, fn func(rec
 // RecordIssued records X509-SVIDs signed through agent before they are
 // released. It returns one error per item (nil: recorded, release it): an
 // entry that already holds MaxIssuedPerEntry unexpired SVIDs gets
-// Precondition. attested clears an eviction (the agent attested
-// again); otherwise an evicted agent's items are all refused (Denied), so
-// a signing in flight while the agent is evicted is never released
-// unrevoked. err is set when nothing could be recorded.
+// Precondition. attested clears an eviction (the agent attested again,
+// its attestation already recorded) unless the agent's record is evicted
+// again by now; otherwise an evicted agent's items are all refused
+// (Denied), so a signing in flight while the agent is evicted is never
+// released unrevoked. err is set when nothing could be recorded.
 func (r *Registry) RecordIssued(ctx context.Context, agent spiffeid.ID, items []Issued, attested bool) (perItem []error, err error) {
 	_, err = r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
 		perItem = make([]error, len(items))
-		if attested {
+		if attested && rec.Evicted {
+			// An eviction may have run between the attestation's record
+			// and this one (EvictAgent marks the agent, then takes this
+			// record): the agent's record, read after this record and
+			// before the compare-and-swap that writes it, says. Cleared
+			// unchecked, the attestation's SVID was released unrevoked by
+			// an eviction that had already taken the record.
+			a, err := r.GetAgent(ctx, agent)
+			if err != nil {
+				return err
+			}
+			if a.Evicted {
+				return errs.Errorf(errs.Denied, "agent %s was evicted while it attested: attest again", agent)
+			}
 			rec.Evicted = false
 		}
 		if rec.Evicted {

@@ -115,7 +115,46 @@ func TestEvictTakesIssued(t *testing.T) {
 		t.Fatalf("signing for an evicted agent: %v", err)
 	}
 	// Attesting again lifts it.
+	if _, err := f.reg.RecordAttestation(ctx, id, AttestJoinToken, nil, "a2", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
 	if perItem, err := f.reg.RecordIssued(ctx, id, []Issued{{Entry: AgentSelf, Serial: "a2", NotAfter: now.Add(time.Hour)}}, true); err != nil || perItem[0] != nil {
 		t.Fatalf("after attesting again: %v %v", err, perItem)
+	}
+}
+
+// TestEvictDuringAttest runs an eviction between an attestation's record
+// (RecordAttestation, which lifts an earlier eviction) and the record of
+// its SVID (RecordIssued, attested): the eviction has taken the record
+// without that SVID, so the SVID must be refused, never released
+// unrevoked; and one in flight after the agent is marked but before the
+// record is taken is revoked with the rest.
+func TestEvictDuringAttest(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := spiffeid.RequireFromString("spiffe://example.org/ward/agent/race")
+	now := f.clk.Now()
+	var revoked []Issued
+	revoke := func(_ context.Context, s []Issued) (int, error) { revoked = append(revoked, s...); return len(s), nil }
+	if _, err := f.reg.RecordAttestation(ctx, id, AttestJoinToken, nil, "a1", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.reg.EvictAgent(ctx, id, revoke); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.reg.RecordIssued(ctx, id, []Issued{{Entry: AgentSelf, Serial: "a1", NotAfter: now.Add(time.Hour)}}, true)
+	if errs.KindOf(err) != errs.Denied {
+		t.Fatalf("an attestation's SVID recorded after an eviction took the record: %v (revoked %v)", err, revoked)
+	}
+	// Attesting again, not evicted in between: recorded; a later eviction
+	// revokes it.
+	if _, err := f.reg.RecordAttestation(ctx, id, AttestJoinToken, nil, "a2", now.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if perItem, err := f.reg.RecordIssued(ctx, id, []Issued{{Entry: AgentSelf, Serial: "a2", NotAfter: now.Add(time.Hour)}}, true); err != nil || perItem[0] != nil {
+		t.Fatalf("attesting again: %v %v", err, perItem)
+	}
+	if _, n, err := f.reg.EvictAgent(ctx, id, revoke); err != nil || n != 1 || revoked[len(revoked)-1].Serial != "a2" {
+		t.Fatalf("evicting the re-attested agent: %d %v %v", n, revoked, err)
 	}
 }
