@@ -166,15 +166,36 @@ func (e *endpoint) fetchCRL(ctx context.Context, u string) ([]byte, error) {
 
 // refuseSpecialDestinations keeps CRL fetches (URLs a scanned server
 // chose) off link-local (cloud metadata services), multicast and
-// unspecified addresses.
+// unspecified addresses, and the metadata services outside link-local
+// (AWS's IPv6 fd00:ec2::254, Alibaba's 100.100.100.200). It runs on the
+// address dialled (after DNS), and looks through the IPv6 forms that carry
+// an IPv4 address: IPv4-mapped, IPv4-compatible (::/96) and NAT64
+// (64:ff9b::/96, where a DNS64 resolver puts every IPv4-only name) are
+// judged by the IPv4 address they carry; local-use NAT64
+// (64:ff9b:1::/48), 6to4 (2002::/16) and Teredo (2001::/32) are refused
+// (their IPv4 part is the relay's choice or obfuscated).
 func refuseSpecialDestinations(_, address string, _ syscall.RawConn) error {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
 		return err
 	}
 	a := ap.Addr().Unmap()
+	if a.Is6() {
+		b := a.As16()
+		switch {
+		case netip.MustParsePrefix("64:ff9b::/96").Contains(a),
+			netip.MustParsePrefix("::/96").Contains(a) && !a.IsUnspecified() && !a.IsLoopback():
+			a = netip.AddrFrom4([4]byte(b[12:]))
+		case netip.MustParsePrefix("64:ff9b:1::/48").Contains(a), netip.MustParsePrefix("2002::/16").Contains(a),
+			netip.MustParsePrefix("2001::/32").Contains(a):
+			return fmt.Errorf("a CRL is never fetched from %s (NAT64 local-use, 6to4 or Teredo: the IPv4 address it reaches is not checked)", a)
+		}
+	}
 	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsMulticast() || a.IsUnspecified() {
-		return fmt.Errorf("a CRL is never fetched from %s (link-local, multicast or unspecified)", a)
+		return fmt.Errorf("a CRL is never fetched from %s (link-local, multicast or unspecified)", ap.Addr())
+	}
+	if a == netip.MustParseAddr("fd00:ec2::254") || a == netip.MustParseAddr("100.100.100.200") {
+		return fmt.Errorf("a CRL is never fetched from %s (a cloud metadata service)", ap.Addr())
 	}
 	return nil
 }
