@@ -113,7 +113,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	if be := fc.BundleEndpoint; be.Address != "" || be.WebAddress != "" {
 		id.bep, err = federation.NewEndpoint(federation.EndpointConfig{CA: c, Address: be.Address, WebAddress: be.WebAddress,
 			CertFile: be.CertFile, KeyFile: be.KeyFile, Log: s.log.With("component", "federation"),
-			Revocations: ownRevocations{ps: st.policy, td: td, available: s.nodeAvailable}, Peers: id.fed, Catalog: id.fed, Network: id.fed,
+			Revocations: ownRevocations{ps: st.policy, td: td, available: s.nodeAvailable}, Peers: id.fed, Catalog: cutOffCatalog{id.fed, s.nodeAvailable}, Network: cutOffNetwork{id.fed, s.nodeAvailable},
 			OnRevocationRefused: func(reason string) { s.metrics.revocationRefused.WithLabelValues(reason).Inc() },
 			Checkpoints:         newAuditSource(st.audit), Cosignatures: id.fed.CosignatureOf,
 			OnWitnessRefused: func(reason string) { s.metrics.witnessRefused.WithLabelValues(reason).Inc() },

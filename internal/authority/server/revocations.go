@@ -103,3 +103,62 @@ func (s *Server) onRevocations(st *unsealedState) func(ctx context.Context, td s
 		}
 	}
 }
+
+// whileConnected runs wait (a federated long poll) only while this
+// authority is connected to the etcd it shares with others (available,
+// the Node API's nodeAvailable), and fails it once the cut happens during
+// the wait: the catalog and tunnel lists it holds in memory stop following
+// the other authorities' when it is cut off (an evicted agent's tunnel
+// deleted elsewhere stayed in the list it served), so a federated peer
+// gets 503 and tries another authority, as on the revocation channel.
+func whileConnected[T any](ctx context.Context, available func() (<-chan struct{}, error), wait func(context.Context) (T, error)) (T, error) {
+	var zero T
+	if available == nil {
+		return wait(ctx)
+	}
+	lost, err := available()
+	if err != nil {
+		return zero, err
+	}
+	if lost != nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			select {
+			case <-lost:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+	}
+	v, err := wait(ctx)
+	if _, aerr := available(); aerr != nil {
+		return zero, aerr
+	}
+	return v, err
+}
+
+// cutOffNetwork is the network channel's source, refused while cut off.
+type cutOffNetwork struct {
+	federation.NetworkSource
+	available func() (<-chan struct{}, error)
+}
+
+func (c cutOffNetwork) WaitNetwork(ctx context.Context, after uint64) (federation.NetworkList, error) {
+	return whileConnected(ctx, c.available, func(ctx context.Context) (federation.NetworkList, error) {
+		return c.NetworkSource.WaitNetwork(ctx, after)
+	})
+}
+
+// cutOffCatalog is the catalog channel's source, refused while cut off.
+type cutOffCatalog struct {
+	federation.CatalogSource
+	available func() (<-chan struct{}, error)
+}
+
+func (c cutOffCatalog) WaitCatalog(ctx context.Context, after uint64) (federation.Catalog, error) {
+	return whileConnected(ctx, c.available, func(ctx context.Context) (federation.Catalog, error) {
+		return c.CatalogSource.WaitCatalog(ctx, after)
+	})
+}
