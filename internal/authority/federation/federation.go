@@ -669,20 +669,38 @@ func (m *Manager) Declare(ctx context.Context, decl []Relationship, bootstrap ma
 			}
 		case !e.rel.Equal(r):
 			err := m.audited(ctx, "federation.update", relFields(r), func() error {
-				rec := e.rec
-				rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID, rec.Network = r.EndpointURL, r.Profile, r.Source, "", r.Network
-				rec.Gateways, rec.NetEnds = slices.Clone(r.AllowedGateways), slices.Clone(r.NetworkEndpoints)
-				if !r.EndpointID.IsZero() {
-					rec.EndpointID = r.EndpointID.String()
-				}
-				rec.NextRefresh = m.opts.Clock().UTC()
-				_, err := m.write(ctx, rec, e.rev, e.bundle, r)
-				if errors.Is(err, store.ErrConflict) {
+				for attempt := 0; ; attempt++ {
+					rec := e.rec
+					rec.EndpointURL, rec.Profile, rec.Source, rec.EndpointID, rec.Network = r.EndpointURL, r.Profile, r.Source, "", r.Network
+					rec.Gateways, rec.NetEnds = slices.Clone(r.AllowedGateways), slices.Clone(r.NetworkEndpoints)
+					if !r.EndpointID.IsZero() {
+						rec.EndpointID = r.EndpointID.String()
+					}
+					rec.NextRefresh = m.opts.Clock().UTC()
+					_, err := m.write(ctx, rec, e.rev, e.bundle, r)
+					if !errors.Is(err, store.ErrConflict) {
+						return err
+					}
 					// Changed meanwhile (a refresh, or another authority
-					// applying the same config): the next unseal reconciles.
-					return m.Reload(ctx)
+					// applying the same config): read it again and apply
+					// the change to what is stored now. Returning here
+					// left the old relationship (a wider bound, say) in
+					// force until the next unseal, audited as updated.
+					if attempt >= 20 {
+						return errs.Errorf(errs.Conflict, "%w: the relationship with %s keeps changing (refreshes); unseal again", ErrExists, td)
+					}
+					if err := m.Reload(ctx); err != nil {
+						return err
+					}
+					cur, ok := m.get(td)
+					if !ok {
+						return errs.Errorf(errs.NotFound, "%w %s (removed meanwhile)", ErrNotFound, td)
+					}
+					if cur.rel.Equal(r) {
+						return nil // another authority applied the same config
+					}
+					e = cur
 				}
-				return err
 			})
 			if err != nil {
 				return fmt.Errorf("federation with %s from the server config: %w", td, err)

@@ -16,6 +16,7 @@ import (
 	"math/big"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -693,6 +694,44 @@ func BenchmarkRefresh(b *testing.B) {
 	for range b.N {
 		if _, err := f.m.refresh(ctx, tdA, false); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestDeclareChangeAfterAConcurrentRefresh runs a config change (a
+// narrowed network_endpoint_cidrs) applied by an authority whose view of
+// the relationship is one write behind (another authority's refresh wrote
+// it meanwhile): the change is stored and in force once Declare returns,
+// as its audit event says. Before, the conflict was swallowed (audited
+// ok, the old, wider bound kept until the next unseal).
+func TestDeclareChangeAfterAConcurrentRefresh(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	other := f.open(t)
+	good := bundleOf(t, f.a)
+	rel := f.rel(f.url)
+	rel.Network, rel.NetworkEndpoints = true, []string{"198.51.100.0/24"}
+	boot := map[spiffeid.TrustDomain]*spiffebundle.Bundle{tdA: good}
+	if err := f.m.Declare(ctx, []Relationship{rel}, boot); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.m.Refresh(ctx, tdA); err != nil { // other's view is now one write behind
+		t.Fatal(err)
+	}
+	narrowed := rel
+	narrowed.NetworkEndpoints = []string{"198.51.100.7/32"}
+	if err := other.Declare(ctx, []Relationship{narrowed}, boot); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.m.Reload(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, m := range map[string]*Manager{"the declaring authority": other, "the stored record": f.m} {
+		if e, ok := m.get(tdA); !ok || !slices.Equal(e.rel.NetworkEndpoints, narrowed.NetworkEndpoints) {
+			t.Fatalf("%s keeps network_endpoint_cidrs %v after Declare narrowed it", name, e.rel.NetworkEndpoints)
 		}
 	}
 }
