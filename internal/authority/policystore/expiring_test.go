@@ -55,3 +55,31 @@ func TestRevokeExpiringDropsAfterNotAfter(t *testing.T) {
 		t.Fatalf("past every NotAfter: %v %v (cc was revoked by hand: for good)", v.Bundle.DenyList.Serials, v.SerialsNotAfter)
 	}
 }
+
+// TestRevokeExpiringOutlivesClockSkew: a serial revoked until its NotAfter
+// is not dropped by an authority whose clock runs ahead of a proxy's by
+// less than PruneSkew (the proxy still takes the certificate as current):
+// kept through a version written just past the NotAfter, dropped past it
+// by PruneSkew.
+func TestRevokeExpiringOutlivesClockSkew(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	now := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	s.now = func() time.Time { return now }
+	if _, err := s.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(allowAB)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	notAfter := now.Add(time.Hour)
+	if _, err := s.RevokeExpiring(ctx, "admin", []Expiring{{Serial: "aa", NotAfter: notAfter}}, "agent evicted"); err != nil {
+		t.Fatal(err)
+	}
+	now = notAfter.Add(time.Minute) // this authority's clock, a minute ahead of a proxy's
+	v, err := s.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(denyAll)}, "")
+	if err != nil || !slices.Equal(v.Bundle.DenyList.Serials, []string{"aa"}) {
+		t.Fatalf("just past NotAfter: %v %v", v.Bundle.DenyList.Serials, err)
+	}
+	now = notAfter.Add(PruneSkew + time.Second)
+	if v, err = s.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(allowAB)}, ""); err != nil || len(v.Bundle.DenyList.Serials) != 0 {
+		t.Fatalf("past NotAfter by PruneSkew: %v %v", v.Bundle.DenyList.Serials, err)
+	}
+}

@@ -429,10 +429,18 @@ func (s *Store) RevokeExpiring(ctx context.Context, actor string, serials []Expi
 	})
 }
 
+// PruneSkew is how long past its NotAfter a serial revoked until then
+// stays on the deny-list: the clock of the authority writing a version may
+// run ahead of a proxy's, which would still take the certificate as
+// current for that long once the serial was dropped.
+const PruneSkew = 5 * time.Minute
+
 // pruneExpired drops from v's deny-list the serials whose NotAfter
-// (SerialsNotAfter) has passed: their certificates are refused as expired
-// anyway. A version that sets no SerialsNotAfter (nil) keeps cur's.
+// (SerialsNotAfter) has passed by PruneSkew: their certificates are refused
+// as expired anyway. A version that sets no SerialsNotAfter (nil) keeps
+// cur's.
 func pruneExpired(v, cur *Version, now time.Time) {
+	now = now.Add(-PruneSkew)
 	all := v.SerialsNotAfter
 	if all == nil && cur != nil {
 		all = cur.SerialsNotAfter
