@@ -39,6 +39,8 @@ type Problem struct {
 	Policy  string `json:"policy,omitempty"` // policy id, when the problem is inside a parsed policy
 	Kind    string `json:"kind"`             // "syntax", "validation", "annotation", "duplicate-id", "limit", "deny-list"
 	Message string `json:"message"`
+	// Warning marks a problem that does not reject the set (Set.Warnings).
+	Warning bool `json:"warning,omitempty"`
 }
 
 func (p Problem) String() string {
@@ -49,7 +51,11 @@ func (p Problem) String() string {
 	}
 	b.WriteString(": ")
 	b.WriteString(p.Kind)
-	b.WriteString(" error")
+	if p.Warning {
+		b.WriteString(" warning")
+	} else {
+		b.WriteString(" error")
+	}
 	if p.Policy != "" {
 		fmt.Fprintf(&b, " in policy %q", p.Policy)
 	}
@@ -305,6 +311,16 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 					continue
 				}
 			}
+			fedOK := false
+			if v, ok := ann[AnnotationFederated]; ok {
+				var ferr error
+				if fedOK, ferr = federatedAnnotation(string(v)); ferr != nil {
+					q := loc
+					q.Kind, q.Message = "annotation", ferr.Error()
+					addProb(q)
+					continue
+				}
+			}
 			if prev, dup := firstSeen[id]; dup {
 				q := loc
 				q.Kind, q.Message = "duplicate-id", fmt.Sprintf("policy id %q is already used at %s:%d:%d; policy ids must be unique across the set", id, prev.File, prev.Line, prev.Column)
@@ -337,6 +353,11 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 			c.fast = compileFast(pa)
 			c.pKey, c.pAny = scopeKey(pa.Principal)
 			c.rKey, c.rAny = scopeKey(pa.Resource)
+			if !fedOK {
+				if w, bad := federationWarning(pa, loc); bad {
+					set.warnings = append(set.warnings, w)
+				}
+			}
 			set.byID[id] = c
 			set.all = append(set.all, c)
 		}

@@ -153,6 +153,9 @@ type Set struct {
 	// cache holds recent decisions of this Set (cache.go); every Set,
 	// copies made by WithDenyList and WithVersion included, has its own.
 	cache *decisionCache
+
+	// warnings are compile-time warnings (federation.go).
+	warnings []Problem
 }
 
 // Version is the version the Set was labelled with (0 if none).
