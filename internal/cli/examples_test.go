@@ -78,6 +78,11 @@ func TestExamplesPassTheirOwnCheck(t *testing.T) {
 		}
 	}
 
+	// The example policies lint clean, even under --strict.
+	if out, err := wardIn(t, root, "policy", "lint", "--strict", "examples/policies/"); err != nil || !strings.Contains(out, " 0 warning(s)") {
+		t.Errorf("ward policy lint --strict examples/policies/: %v\n%s", err, out)
+	}
+
 	type decision struct {
 		args  []string
 		allow bool
@@ -119,8 +124,10 @@ func TestPolicyDocCompiles(t *testing.T) {
 	all := map[string][]byte{}
 	for i, m := range blocks {
 		name := "policy.md#" + string(rune('1'+i))
-		if _, err := policy.Compile(map[string][]byte{name: m[1]}); err != nil {
+		if set, err := policy.Compile(map[string][]byte{name: m[1]}); err != nil {
 			t.Errorf("docs/policy.md block %d does not compile: %v\n%s", i+1, err, m[1])
+		} else if ws := set.Warnings(); len(ws) > 0 && !strings.Contains(string(m[1]), "lint: warns") {
+			t.Errorf("docs/policy.md block %d has warnings (mark a block meant to warn with a `// lint: warns` comment): %v", i+1, ws)
 		}
 		all[name] = m[1]
 	}

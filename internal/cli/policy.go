@@ -79,9 +79,18 @@ func printVersions(cmd *cobra.Command, vs []*wardv1.PolicyVersion) error {
 	return t.flush()
 }
 
+// printWarnings writes compile warnings to stderr, so stdout (and --json)
+// stays what scripts parse.
+func printWarnings(cmd *cobra.Command, ws []policy.Problem) {
+	for _, w := range ws {
+		fmt.Fprintln(cmd.ErrOrStderr(), w.String())
+	}
+}
+
 func policyCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "policy", Short: "Authorization policy (Cedar): apply, list, show, diff, rollback, test"}
+	cmd := &cobra.Command{Use: "policy", Short: "Authorization policy (Cedar): apply, lint, list, show, diff, rollback, test"}
 	var comment string
+	var strict bool
 
 	apply := &cobra.Command{
 		Use: "apply FILE|DIR...", Short: "Validate the files as one policy set and store it as a new version (all or nothing)", Args: cobra.MinimumNArgs(1),
@@ -92,8 +101,15 @@ func policyCommand() *cobra.Command {
 			}
 			// Validate locally first: the same compiler the authority and
 			// the proxies use, so errors come back with file:line:column.
-			if _, err := policy.Compile(files); err != nil {
+			set, err := policy.Compile(files)
+			if err != nil {
 				return err
+			}
+			if ws := set.Warnings(); len(ws) > 0 {
+				printWarnings(cmd, ws)
+				if strict {
+					return fmt.Errorf("policy set refused: %d warning(s) and --strict; nothing was applied", len(ws))
+				}
 			}
 			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
 				v, err := c.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: files, Comment: comment})
@@ -106,6 +122,35 @@ func policyCommand() *cobra.Command {
 		},
 	}
 	apply.Flags().StringVarP(&comment, "message", "m", "", "a note stored with the version")
+	apply.Flags().BoolVar(&strict, "strict", false, "refuse the set (store nothing) when it has warnings")
+
+	lint := &cobra.Command{
+		Use:   "lint FILE|DIR...",
+		Short: "Compile the files offline and print errors and warnings (exit 1 on errors, or on warnings with --strict)",
+		Long: `lint runs the compiler ward policy apply runs, without an authority. Warnings are things that
+are valid Cedar but probably wrong; today: a permit that does not constrain the caller's trust
+domain, so workloads of federated trust domains with the same path or labels match it too
+(fix: principal in TrustDomain::"<yours>", or @federated("allow") when it is meant to).`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			files, err := readPolicyFiles(args)
+			if err != nil {
+				return err
+			}
+			set, err := policy.Compile(files)
+			if err != nil {
+				return err
+			}
+			ws := set.Warnings()
+			printWarnings(cmd, ws)
+			fmt.Fprintf(cmd.OutOrStdout(), "%d policies in %d file(s): %d warning(s).\n", set.Len(), len(files), len(ws))
+			if strict && len(ws) > 0 {
+				return &exitError{code: 1, err: fmt.Errorf("%d warning(s) and --strict", len(ws))}
+			}
+			return nil
+		},
+	}
+	lint.Flags().BoolVar(&strict, "strict", false, "exit 1 when there are warnings")
 
 	list := &cobra.Command{
 		Use: "list", Short: "List policy versions", Args: cobra.NoArgs,
@@ -232,7 +277,7 @@ func policyCommand() *cobra.Command {
 	}
 	rollback.Flags().StringVarP(&comment, "message", "m", "", "a note stored with the version")
 
-	cmd.AddCommand(apply, list, show, diff, rollback, policyTestCommand())
+	cmd.AddCommand(apply, lint, list, show, diff, rollback, policyTestCommand())
 	return cmd
 }
 
@@ -295,6 +340,7 @@ authority at all. It prints the decision and every candidate policy with what it
 				if set, err = policy.Compile(fs); err != nil {
 					return err
 				}
+				printWarnings(cmd, set.Warnings())
 				source = "local files"
 			} else {
 				err := withClient(cmd, func(ctx context.Context, c *client.Client) error {

@@ -1,0 +1,121 @@
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// wardStreams is ward with stderr kept apart.
+func wardStreams(t *testing.T, addr string, args ...string) (stdout, stderr string, err error) {
+	t.Helper()
+	root := identityRoot()
+	var out, errb bytes.Buffer
+	if addr != "" {
+		args = append([]string{"--address", addr}, args...)
+	}
+	root.SetArgs(args)
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetIn(strings.NewReader(""))
+	err = root.ExecuteContext(context.Background())
+	return out.String(), errb.String(), err
+}
+
+const (
+	pathOnlyPolicy = `@id("by-path")
+permit (principal, action == Action::"connect", resource == Service::"api")
+when { principal.path == "/ns/shop/web" };
+`
+	fencedPolicy = `@id("by-path-home")
+permit (principal in TrustDomain::"cli.example.org", action == Action::"connect", resource == Service::"api")
+when { principal.path == "/ns/shop/web" };
+`
+)
+
+func writePolicy(t *testing.T, src string) string {
+	t.Helper()
+	dir := t.TempDir()
+	p := filepath.Join(dir, "p.cedar")
+	if err := os.WriteFile(p, []byte(src), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestPolicyLintCLI: ward policy lint prints the federation warning with
+// file:line:column and the policy id, exits 1 with --strict only, and is
+// quiet on a constrained permit; ward policy test -f prints it too.
+func TestPolicyLintCLI(t *testing.T) {
+	open, fenced := writePolicy(t, pathOnlyPolicy), writePolicy(t, fencedPolicy)
+	out, errOut, err := wardStreams(t, "", "policy", "lint", open)
+	if err != nil || !strings.Contains(errOut, open+":1:1: federation warning in policy \"by-path\"") || !strings.Contains(out, "1 warning(s)") {
+		t.Fatalf("lint: err %v\nstdout %s\nstderr %s", err, out, errOut)
+	}
+	_, _, err = wardStreams(t, "", "policy", "lint", "--strict", open)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("lint --strict: err %v, want exit 1", err)
+	}
+	out, errOut, err = wardStreams(t, "", "policy", "lint", "--strict", fenced)
+	if err != nil || errOut != "" || !strings.Contains(out, "0 warning(s)") {
+		t.Fatalf("lint --strict of a fenced permit: err %v\n%s\n%s", err, out, errOut)
+	}
+	_, errOut, err = wardStreams(t, "", "policy", "test", "-f", open, "--principal", "spiffe://peer.example/ns/shop/web",
+		"--action", "connect", "--resource", "service:api")
+	if err != nil || !strings.Contains(errOut, "federation warning") {
+		t.Fatalf("policy test -f: err %v, stderr %s", err, errOut)
+	}
+	// A syntax error is an error, not a warning.
+	if _, _, err := wardStreams(t, "", "policy", "lint", writePolicy(t, "permit (")); err == nil {
+		t.Fatal("lint accepted a syntax error")
+	}
+}
+
+// TestPolicyApplyStrictCLI: apply prints the warnings and stores the set;
+// apply --strict refuses it and stores nothing (the version count is
+// unchanged); a clean set applies under --strict.
+func TestPolicyApplyStrictCLI(t *testing.T) {
+	addr := devAuthority(t)
+	versions := func() int {
+		t.Helper()
+		out, _, err := wardStreams(t, addr, "policy", "list")
+		if err != nil {
+			t.Fatalf("policy list: %v", err)
+		}
+		n := 0
+		for _, l := range strings.Split(strings.TrimSpace(out), "\n")[1:] {
+			if strings.TrimSpace(l) != "" {
+				n++
+			}
+		}
+		return n
+	}
+	open, fenced := writePolicy(t, pathOnlyPolicy), writePolicy(t, fencedPolicy)
+	v0 := versions()
+	_, errOut, err := wardStreams(t, addr, "policy", "apply", "--strict", open)
+	if err == nil || !strings.Contains(err.Error(), "nothing was applied") || !strings.Contains(errOut, "federation warning") {
+		t.Fatalf("apply --strict: err %v, stderr %s", err, errOut)
+	}
+	if v := versions(); v != v0 {
+		t.Fatalf("apply --strict stored a version: %d -> %d", v0, v)
+	}
+	out, errOut, err := wardStreams(t, addr, "policy", "apply", open)
+	if err != nil || !strings.Contains(out, "applied") || !strings.Contains(errOut, `federation warning in policy "by-path"`) {
+		t.Fatalf("apply: err %v\nstdout %s\nstderr %s", err, out, errOut)
+	}
+	if v := versions(); v != v0+1 {
+		t.Fatalf("apply: versions %d -> %d", v0, v)
+	}
+	out, errOut, err = wardStreams(t, addr, "policy", "apply", "--strict", fenced)
+	if err != nil || errOut != "" || !strings.Contains(out, "applied") {
+		t.Fatalf("apply --strict of a clean set: err %v\n%s\n%s", err, out, errOut)
+	}
+	if v := versions(); v != v0+2 {
+		t.Fatalf("versions %d -> %d", v0, v)
+	}
+}
