@@ -37,10 +37,11 @@ func federationWarning(p *xast.Policy, loc Problem) (Problem, bool) {
 		return Problem{}, false
 	}
 	for _, c := range p.Conditions {
-		if c.Condition == xast.ConditionWhen && tdIfTrue(c.Body) {
+		a := &tdCheck{budget: tdCheckBudget}
+		if c.Condition == xast.ConditionWhen && a.ifTrue(c.Body) {
 			return Problem{}, false
 		}
-		if c.Condition == xast.ConditionUnless && tdIfFalse(c.Body) {
+		if c.Condition == xast.ConditionUnless && a.ifFalse(c.Body) {
 			return Problem{}, false
 		}
 	}
@@ -122,9 +123,20 @@ func entityFixesTD(n xast.IsNode) bool {
 	return ok && fixesTD(e)
 }
 
-// tdIfTrue: n evaluating to true implies the caller's trust domain is one
+// tdCheckBudget bounds the work on one condition: `if` nested in the
+// condition of `if` visits that condition twice, so a hostile policy could
+// make the walk exponential. Out of budget, the answer is "not constrained"
+// (a warning), never a wrong silence.
+const tdCheckBudget = 1 << 16
+
+type tdCheck struct{ budget int }
+
+// ifTrue: n evaluating to true implies the caller's trust domain is one
 // named in the policy.
-func tdIfTrue(n xast.IsNode) bool {
+func (a *tdCheck) ifTrue(n xast.IsNode) bool {
+	if a.budget--; a.budget < 0 {
+		return false
+	}
 	switch x := n.(type) {
 	case xast.NodeTypeEquals:
 		return (isTDAttr(x.Left) && isStringLit(x.Right)) || (isTDAttr(x.Right) && isStringLit(x.Left)) ||
@@ -163,14 +175,14 @@ func tdIfTrue(n xast.IsNode) bool {
 	case xast.NodeTypeLike:
 		return isTDAttr(x.Arg) && !hasWildcard(x.Value)
 	case xast.NodeTypeAnd:
-		return tdIfTrue(x.Left) || tdIfTrue(x.Right)
+		return a.ifTrue(x.Left) || a.ifTrue(x.Right)
 	case xast.NodeTypeOr:
-		return tdIfTrue(x.Left) && tdIfTrue(x.Right)
+		return a.ifTrue(x.Left) && a.ifTrue(x.Right)
 	case xast.NodeTypeNot:
-		return tdIfFalse(x.Arg)
+		return a.ifFalse(x.Arg)
 	case xast.NodeTypeIfThenElse:
 		// true means (If && Then) or (!If && Else).
-		return (tdIfTrue(x.If) || tdIfTrue(x.Then)) && (tdIfFalse(x.If) || tdIfTrue(x.Else))
+		return (a.ifTrue(x.If) || a.ifTrue(x.Then)) && (a.ifFalse(x.If) || a.ifTrue(x.Else))
 	case xast.NodeValue:
 		// `false` never matches.
 		b, ok := x.Value.(types.Boolean)
@@ -179,21 +191,24 @@ func tdIfTrue(n xast.IsNode) bool {
 	return false
 }
 
-// tdIfFalse: n evaluating to false implies the caller's trust domain is one
+// ifFalse: n evaluating to false implies the caller's trust domain is one
 // named in the policy. (An evaluation error never makes a policy match.)
-func tdIfFalse(n xast.IsNode) bool {
+func (a *tdCheck) ifFalse(n xast.IsNode) bool {
+	if a.budget--; a.budget < 0 {
+		return false
+	}
 	switch x := n.(type) {
 	case xast.NodeTypeNotEquals:
 		return (isTDAttr(x.Left) && isStringLit(x.Right)) || (isTDAttr(x.Right) && isStringLit(x.Left)) ||
 			(isVar(x.Left, "principal") && entityFixesTD(x.Right)) || (isVar(x.Right, "principal") && entityFixesTD(x.Left))
 	case xast.NodeTypeAnd:
-		return tdIfFalse(x.Left) && tdIfFalse(x.Right)
+		return a.ifFalse(x.Left) && a.ifFalse(x.Right)
 	case xast.NodeTypeOr:
-		return tdIfFalse(x.Left) || tdIfFalse(x.Right)
+		return a.ifFalse(x.Left) || a.ifFalse(x.Right)
 	case xast.NodeTypeNot:
-		return tdIfTrue(x.Arg)
+		return a.ifTrue(x.Arg)
 	case xast.NodeTypeIfThenElse:
-		return (tdIfTrue(x.If) || tdIfFalse(x.Then)) && (tdIfFalse(x.If) || tdIfFalse(x.Else))
+		return (a.ifTrue(x.If) || a.ifFalse(x.Then)) && (a.ifFalse(x.If) || a.ifFalse(x.Else))
 	case xast.NodeValue:
 		b, ok := x.Value.(types.Boolean)
 		return ok && bool(b)

@@ -142,3 +142,17 @@ when { principal.path == "/ns/shop/web" };`})
 		t.Fatalf("the constrained permit admitted the federated workload: %+v", d)
 	}
 }
+
+// TestFederationCheckNestedIf: `if` nested in the condition of `if` makes
+// the walk revisit conditions; the budget keeps it linear and the answer
+// conservative (a warning).
+func TestFederationCheckNestedIf(t *testing.T) {
+	cond := `principal.path == "/x"`
+	for range 60 {
+		cond = "if (" + cond + ") then principal.path == \"/y\" else principal.path == \"/z\""
+	}
+	s := mustCompile(t, map[string]string{"p.cedar": `permit (principal, action, resource) when { ` + cond + ` };`})
+	if len(s.Warnings()) != 1 {
+		t.Fatalf("warnings = %v", s.Warnings())
+	}
+}

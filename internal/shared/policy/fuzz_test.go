@@ -1,8 +1,10 @@
 package policy
 
 import (
+	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -14,6 +16,8 @@ func FuzzCompile(f *testing.F) {
 	f.Add([]byte("permit(principal,\n action resource)"))
 	f.Add([]byte(`permit(principal is Workload in TrustDomain::"a", action, resource) when { context.unix_time > 5 && !(resource.name like "a*") || principal.labels.x != resource.port } unless { action in Action::"kms" };`))
 	f.Add([]byte(`forbid(principal, action, resource) when { -9223372036854775808 < 99999999999999999999 };`))
+	f.Add([]byte(`permit(principal, action, resource) when { if principal.trust_domain == "a" then principal.path == "/x" else false } unless { principal.trust_domain != "b" && !(principal in [TrustDomain::"c"]) };`))
+	f.Add([]byte(`permit(principal, action, resource) when { ["a", "b"].contains(context.source_trust_domain) || principal.trust_domain like "c" };`))
 	f.Fuzz(func(t *testing.T, src []byte) {
 		s, err := Compile(map[string][]byte{"f.cedar": src})
 		if err != nil {
@@ -30,6 +34,23 @@ func FuzzCompile(f *testing.F) {
 				}
 			}
 			return
+		}
+		for _, w := range s.Warnings() {
+			if !w.Warning || w.Kind != KindFederation || w.File != "f.cedar" || w.Line <= 0 || w.Policy == "" {
+				t.Fatalf("bad warning %+v", w)
+			}
+		}
+		// The federation check is sound: with no warning and no
+		// @federated, no permit admits a trust domain the source never
+		// names, whatever the path and labels.
+		if len(s.Warnings()) == 0 && !bytes.Contains(src, []byte("federated")) && !bytes.Contains(src, []byte("fuzz-peer")) {
+			for _, req := range []Request{connect(web, "api"), kms(api, ActionKMSDecrypt, "k")} {
+				req.Principal = strings.Replace(req.Principal, "prod.example", "fuzz-peer.example", 1)
+				req.Labels = map[string]string{"team": "shop", "x": "1"}
+				if d := s.Decide(req); d.Allowed {
+					t.Fatalf("no federation warning, yet %s is allowed: %+v", req.Principal, d)
+				}
+			}
 		}
 		// Whatever compiled must decide identically with and without the index.
 		for _, req := range []Request{connect(web, "api"), kms(api, ActionKMSDecrypt, "k")} {
