@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/registry"
 )
 
 // TestLostRenewalResponseRetry runs the flow that locked a join-token agent
@@ -64,5 +65,33 @@ func TestLostRenewalResponseRetry(t *testing.T) {
 	der, _ = csr(t)
 	if _, err := h.client(t, cur).RenewAgent(ctx, &wardv1.RenewAgentRequest{Csr: der}); err != nil {
 		t.Fatalf("the current SVID's renewal: %v", err)
+	}
+}
+
+// TestRenewRetriesThroughAuditOutage: an agent retrying RenewAgent while
+// the audit log is down gets every renewal withheld; those SVIDs were
+// never released, so they must not use up its bound of recorded SVIDs
+// (registry.MaxIssuedPerEntry). Before, after 8 withheld retries every
+// renewal (and attestation) was refused FailedPrecondition until the
+// withheld ones expired, a whole SVID lifetime after the log was back.
+func TestRenewRetriesThroughAuditOutage(t *testing.T) {
+	h := newHarness(t)
+	ctx := context.Background()
+	old, err := h.attest(t, h.token(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := h.client(t, old)
+	h.auditDown.Store(true)
+	for i := range 3 * registry.MaxIssuedPerEntry {
+		der, _ := csr(t)
+		if _, err := c.RenewAgent(ctx, &wardv1.RenewAgentRequest{Csr: der}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("retry %d with the audit log down: %v; want Unavailable", i, err)
+		}
+	}
+	h.auditDown.Store(false)
+	der, _ := csr(t)
+	if _, err := c.RenewAgent(ctx, &wardv1.RenewAgentRequest{Csr: der}); err != nil {
+		t.Fatalf("renewal once the audit log is back: %v", err)
 	}
 }

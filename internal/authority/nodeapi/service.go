@@ -109,6 +109,14 @@ func (s *Server) recordIssued(ctx context.Context, id spiffeid.ID, it registry.I
 	return perItem[0]
 }
 
+// forgetWithheld drops from the agent's record the serials of SVIDs
+// withheld because the audit log was down (registry.ForgetWithheld), so
+// the agent's retries do not use up its per-entry bound. Best effort: a
+// serial left behind only holds a slot until it expires.
+func (s *Server) forgetWithheld(ctx context.Context, agent spiffeid.ID, serials []string) {
+	_ = s.cfg.Registry.ForgetWithheld(context.WithoutCancel(ctx), agent, serials)
+}
+
 // signAgent signs an agent SVID for id.
 func (s *Server) signAgent(ctx context.Context, id spiffeid.ID, pub crypto.PublicKey) ([]*x509.Certificate, error) {
 	chain, err := s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: s.cfg.AgentSVIDTTL})
@@ -233,6 +241,7 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 	// Audit before release: an SVID whose issuance is not in the log is
 	// never handed out.
 	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.attest", audit.ResultOK, "", fields)); err != nil {
+		s.forgetWithheld(ctx, id, []string{serial})
 		return status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -269,6 +278,7 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	// it renewed with, which may renew again until the new one is presented
 	// (registry.RecordRenewal). So is a response lost on the way.
 	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
+		s.forgetWithheld(ctx, id, []string{serial})
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v; retry RenewAgent with the same agent SVID", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -468,6 +478,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	ev := s.event(ctx, "svid.x509.sign", result, "", fields)
 	ev.Count = len(ok)
 	if err := s.cfg.Audit.Record(ctx, ev); err != nil {
+		s.forgetWithheld(ctx, agent, serials)
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, %d SVIDs for agent %s withheld: %v", len(ok), agent, err)
 	}
 	return out, nil

@@ -187,3 +187,19 @@ func (r *Registry) forgetIssued(ctx context.Context, agent spiffeid.ID, revoked 
 	})
 	return err
 }
+
+// ForgetWithheld drops serials recorded by RecordIssued whose SVIDs were
+// then withheld (the audit log was down): never released, they need no
+// revocation, and kept they held the entry's bound, so an agent retrying
+// through an audit outage was refused (FailedPrecondition) for up to a
+// whole SVID lifetime once the log was back. An eviction is kept.
+func (r *Registry) ForgetWithheld(ctx context.Context, agent spiffeid.ID, serials []string) error {
+	if len(serials) == 0 {
+		return nil
+	}
+	_, err := r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
+		rec.SVIDs = slices.DeleteFunc(rec.SVIDs, func(s Issued) bool { return slices.Contains(serials, s.Serial) })
+		return nil
+	})
+	return err
+}
