@@ -730,8 +730,10 @@ var ErrCheckpointBehind = errors.New("no audit checkpoint signed within the chec
 // atLeast (the size the caller already verified) unless the stored head
 // itself is smaller. It signs on demand (one signature shared by concurrent
 // callers) only when nothing fresh is at hand, at most once per interval;
-// past that budget it returns the newest it has if that reaches atLeast,
-// else ErrCheckpointBehind. With an interval of 0 it is Head.
+// past that budget it returns the newest it has if that reaches atLeast, or
+// if the stored head is smaller than atLeast (the caller then sees the log
+// went backwards), else ErrCheckpointBehind. With an interval of 0 it is
+// Head.
 func (l *Log) Latest(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint, error) {
 	if l.cpEvery == 0 {
 		return l.Head(ctx)
@@ -755,6 +757,15 @@ func (l *Log) Latest(ctx context.Context, atLeast uint64) (checkpoint.Checkpoint
 	case ok:
 		return cp, nil
 	case newest != nil && newest.Size >= need:
+		return *newest, nil
+	case newest != nil && h.Size < atLeast:
+		// The caller knows more of this log than its stored head holds
+		// (a rollback, or a restore from an older backup): any checkpoint
+		// of it smaller than atLeast is what lets a witness or an agent
+		// see that, even one that lags the head. Refusing here would hide
+		// a rollback from the witness for as long as other callers keep
+		// spending the interval's signature (the head moves after an
+		// unseal: each new size needs a new one).
 		return *newest, nil
 	}
 	return checkpoint.Checkpoint{}, fmt.Errorf("audit head at size %d, caller knows size %d: %w", h.Size, atLeast, ErrCheckpointBehind)

@@ -226,3 +226,40 @@ func TestLatestLagsAtMostTheInterval(t *testing.T) {
 		t.Fatalf("Head at size %d, want 8", cp.Size)
 	}
 }
+
+// A caller that knows more of the log than its stored head holds (the head
+// was rolled back, for instance to an older copy of the store) gets a
+// checkpoint smaller than what it knows even when the interval's on-demand
+// signature is spent, so a witness sees the rollback at once: refusing
+// ("ask again later") would hide it for as long as other callers keep
+// spending the interval's signature.
+func TestLatestShowsARollbackWithTheBudgetSpent(t *testing.T) {
+	st := memstore.New(memstore.WithMaxBatch(16))
+	key := &countingSigner{Signer: newKey(t)}
+	now := time.Date(2026, 12, 7, 21, 0, 0, 0, time.UTC)
+	l := openLog(t, st, key, WithCheckpointInterval(10*time.Second), WithClock(func() time.Time { return now }))
+	ctx := context.Background()
+	appendN(t, l, 0, 5)
+	old, err := st.Get(ctx, headKeySuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	appendN(t, l, 5, 5)
+	known, err := l.Latest(ctx, 10) // spends the interval's signature
+	if err != nil || known.Size != 10 {
+		t.Fatalf("Latest(10) over a head of 10: size %d, %v", known.Size, err)
+	}
+	if _, err := st.Put(ctx, headKeySuffix, old.Value); err != nil { // the rollback
+		t.Fatal(err)
+	}
+	cp, err := l.Latest(ctx, known.Size)
+	if err != nil {
+		t.Fatalf("Latest(%d) over a rolled-back head of 5 with the budget spent: %v, want a smaller checkpoint", known.Size, err)
+	}
+	if cp.Size >= known.Size {
+		t.Fatalf("Latest(%d) over a rolled-back head served size %d", known.Size, cp.Size)
+	}
+	if err := checkpoint.Verify(cp, key.Public()); err != nil {
+		t.Fatalf("served checkpoint does not verify: %v", err)
+	}
+}
