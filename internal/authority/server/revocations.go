@@ -32,28 +32,13 @@ type ownRevocations struct {
 var errGot = errors.New("got a version")
 
 func (o ownRevocations) Revocations(ctx context.Context, after uint64) (federation.Revocations, error) {
-	if o.available != nil {
-		lost, err := o.available()
-		if err != nil {
-			return federation.Revocations{}, err
-		}
-		if lost != nil {
-			var cancel context.CancelFunc
-			ctx, cancel = context.WithCancel(ctx)
-			defer cancel()
-			go func() {
-				select {
-				case <-lost:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-		}
-	}
-	var got *policystore.Version
-	err := o.ps.Watch(ctx, after, func(v policystore.Version) error { got = &v; return errGot })
-	if o.available != nil {
-		if _, aerr := o.available(); aerr != nil {
+	got, err := whileConnected(ctx, o.available, func(ctx context.Context) (*policystore.Version, error) {
+		var got *policystore.Version
+		err := o.ps.Watch(ctx, after, func(v policystore.Version) error { got = &v; return errGot })
+		return got, err
+	})
+	if got == nil && o.available != nil {
+		if _, aerr := o.available(); aerr != nil { // cut off before or during the wait
 			return federation.Revocations{}, aerr
 		}
 	}
