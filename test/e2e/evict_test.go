@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,9 +14,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/testutil/netutil"
-	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestEvictRevokesAtTheProxy runs the attack of a compromised node: a
@@ -55,51 +52,11 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
 	MustWard(t, a, "", "policy", "apply", pol)
 
-	// The app behind the proxy: accepts and discards.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
-		}
-	}()
-	inbound := netutil.FreeLoopbackAddr(t)
-	proxyCfg := filepath.Join(dir, "proxy.yaml")
-	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
-policy_socket: unix://%s
-admin_address: %s
-access_log: stdout
-inbound:
-  - name: payments
-    listen: %s
-    forward: %s
-`, ag2.Socket, filepath.Join(pub2, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
-	logs := &syncbuf.Buffer{}
-	cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { StopProcess(cmd) })
+	// A real ward proxy in front of an app that accepts and discards.
+	inbound, logs := startPaymentsProxy(t, dir, ag2.Socket, filepath.Join(pub2, "policy.sock"))
 
 	// The workload's current SVID: what an attacker who stole it keeps.
-	fetch := func() *x509svid.SVID {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.Socket))
-		if err != nil {
-			t.Fatalf("fetch X509-SVID: %v", err)
-		}
-		return sv
-	}
+	fetch := func() *x509svid.SVID { t.Helper(); return fetchX509SVID(t, ag.Socket) }
 	old := fetch()
 	if len(old.Certificates) < 2 {
 		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))

@@ -48,51 +48,11 @@ func TestTaintRevokesAtTheProxy(t *testing.T) {
 	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
 	MustWard(t, a, "", "policy", "apply", pol)
 
-	// The app behind the proxy: accepts and discards.
-	app, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer app.Close()
-	go func() {
-		for {
-			c, err := app.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
-		}
-	}()
-	inbound := netutil.FreeLoopbackAddr(t)
-	proxyCfg := filepath.Join(dir, "proxy.yaml")
-	os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
-policy_socket: unix://%s
-admin_address: %s
-access_log: stdout
-inbound:
-  - name: payments
-    listen: %s
-    forward: %s
-`, ag.Socket, filepath.Join(pub, "policy.sock"), netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600)
-	logs := &syncbuf.Buffer{}
-	cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
-	cmd.Stdout, cmd.Stderr = logs, logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { StopProcess(cmd) })
+	// A real ward proxy in front of an app that accepts and discards.
+	inbound, logs := startPaymentsProxy(t, dir, ag.Socket, filepath.Join(pub, "policy.sock"))
 
 	// The workload's current SVID: what an attacker who stole it keeps.
-	fetch := func() *x509svid.SVID {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+ag.Socket))
-		if err != nil {
-			t.Fatalf("fetch X509-SVID: %v", err)
-		}
-		return sv
-	}
+	fetch := func() *x509svid.SVID { t.Helper(); return fetchX509SVID(t, ag.Socket) }
 	old := fetch()
 	if len(old.Certificates) < 2 {
 		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))
@@ -201,4 +161,59 @@ func countLines(logs, serial, decision string) int {
 		}
 	}
 	return n
+}
+
+// startPaymentsProxy starts a real `ward proxy` (its SVID from the agent at
+// agentSocket, its policy from policySocket) with one inbound listener,
+// service "payments", forwarding to an app on loopback that accepts and
+// discards. It returns the listener's address and the proxy's output.
+func startPaymentsProxy(t *testing.T, dir, agentSocket, policySocket string) (string, *syncbuf.Buffer) {
+	t.Helper()
+	app, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { app.Close() })
+	go func() {
+		for {
+			c, err := app.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); buf := make([]byte, 512); _, _ = c.Read(buf) }()
+		}
+	}()
+	inbound := netutil.FreeLoopbackAddr(t)
+	proxyCfg := filepath.Join(dir, "proxy.yaml")
+	if err := os.WriteFile(proxyCfg, []byte(fmt.Sprintf(`workload_api_socket: unix://%s
+policy_socket: unix://%s
+admin_address: %s
+access_log: stdout
+inbound:
+  - name: payments
+    listen: %s
+    forward: %s
+`, agentSocket, policySocket, netutil.FreeLoopbackAddr(t), inbound, app.Addr().String())), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncbuf.Buffer{}
+	cmd := exec.Command(WardBin, "proxy", "--config", proxyCfg)
+	cmd.Stdout, cmd.Stderr = logs, logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { StopProcess(cmd) })
+	return inbound, logs
+}
+
+// fetchX509SVID fetches the X509-SVID the agent at socket gives this process.
+func fetchX509SVID(t *testing.T, socket string) *x509svid.SVID {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	sv, err := workloadapi.FetchX509SVID(ctx, workloadapi.WithAddr("unix://"+socket))
+	if err != nil {
+		t.Fatalf("fetch X509-SVID: %v", err)
+	}
+	return sv
 }
