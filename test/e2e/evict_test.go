@@ -1,10 +1,6 @@
 package e2e
 
 import (
-	"context"
-	"crypto/x509"
-	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"os/exec"
@@ -62,50 +58,10 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 		t.Fatalf("SVID chain has %d certificates, want leaf and intermediate", len(old.Certificates))
 	}
 	oldSerial := old.Certificates[0].SerialNumber.Text(16)
-	leafPEM, interPEM, keyPEM := filepath.Join(dir, "old.crt"), filepath.Join(dir, "old-chain.crt"), filepath.Join(dir, "old.key")
-	writePEM(t, leafPEM, "CERTIFICATE", old.Certificates[0].Raw)
-	var chain []byte
-	for _, c := range old.Certificates[1:] {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	os.WriteFile(interPEM, chain, 0o600)
-	der, err := x509.MarshalPKCS8PrivateKey(old.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, keyPEM, "PRIVATE KEY", der)
-
-	replay := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c := exec.CommandContext(ctx, "openssl", "s_client", "-connect", inbound, "-cert", leafPEM, "-key", keyPEM,
-			"-cert_chain", interPEM, "-quiet", "-no_ign_eof")
-		c.Stdin = strings.NewReader("hello\n")
-		_ = c.Run() // the verdict is in the proxy's access log
-	}
-	// accessLine returns the proxy's access-log line for the old serial
-	// with the given decision, if any.
-	accessLine := func(decision string, from int) map[string]any {
-		for _, l := range strings.Split(logs.String()[from:], "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) != nil || m["peer_serial"] != oldSerial {
-				continue
-			}
-			if m["decision"] == decision {
-				return m
-			}
-		}
-		return nil
-	}
-	// Before the taint the replayed chain is allowed (the attack works).
-	deadline := time.Now().Add(30 * time.Second)
-	for accessLine("allow", 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", Tail(logs.String(), 4000))
-		}
-		replay()
-		time.Sleep(200 * time.Millisecond)
-	}
+	stolen := stealSVID(t, dir, old, inbound, logs)
+	replay, accessLine := stolen.replay, stolen.accessLine
+	// Before the eviction the replayed chain is allowed (the attack works).
+	stolen.waitAllowed("the eviction")
 
 	out := MustWard(t, a, "", "agent", "evict", "spiffe://e2e.example.org/ward/agent/node-1")
 	if !strings.Contains(out, "Revoked ") || strings.Contains(out, "Revoked 0 ") {
@@ -113,7 +69,7 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 	}
 	afterEvict := len(logs.String())
 	// The deadline bounds the test only; it asserts no speed.
-	deadline = time.Now().Add(60 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	var denied map[string]any
 	for denied = accessLine("deny", afterEvict); denied == nil; denied = accessLine("deny", afterEvict) {
 		if time.Now().After(deadline) {

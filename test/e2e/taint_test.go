@@ -62,55 +62,15 @@ func TestTaintRevokesAtTheProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	oldSerial := old.Certificates[0].SerialNumber.Text(16)
-	leafPEM, interPEM, keyPEM := filepath.Join(dir, "old.crt"), filepath.Join(dir, "old-chain.crt"), filepath.Join(dir, "old.key")
-	writePEM(t, leafPEM, "CERTIFICATE", old.Certificates[0].Raw)
-	var chain []byte
-	for _, c := range old.Certificates[1:] {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
-	}
-	os.WriteFile(interPEM, chain, 0o600)
-	der, err := x509.MarshalPKCS8PrivateKey(old.PrivateKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writePEM(t, keyPEM, "PRIVATE KEY", der)
-
-	replay := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c := exec.CommandContext(ctx, "openssl", "s_client", "-connect", inbound, "-cert", leafPEM, "-key", keyPEM,
-			"-cert_chain", interPEM, "-quiet", "-no_ign_eof")
-		c.Stdin = strings.NewReader("hello\n")
-		_ = c.Run() // the verdict is in the proxy's access log
-	}
-	// accessLine returns the proxy's access-log line for the old serial
-	// with the given decision, if any.
-	accessLine := func(decision string, from int) map[string]any {
-		for _, l := range strings.Split(logs.String()[from:], "\n") {
-			var m map[string]any
-			if json.Unmarshal([]byte(l), &m) != nil || m["peer_serial"] != oldSerial {
-				continue
-			}
-			if m["decision"] == decision {
-				return m
-			}
-		}
-		return nil
-	}
+	stolen := stealSVID(t, dir, old, inbound, logs)
+	replay, accessLine := stolen.replay, stolen.accessLine
 	// Before the taint the replayed chain is allowed (the attack works).
-	deadline := time.Now().Add(30 * time.Second)
-	for accessLine("allow", 0) == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("the chain was never allowed before the taint; proxy log:\n%s", Tail(logs.String(), 4000))
-		}
-		replay()
-		time.Sleep(200 * time.Millisecond)
-	}
+	stolen.waitAllowed("the taint")
 
 	MustWard(t, a, "", "ca", "taint", kid, "--yes")
 	afterTaint := len(logs.String())
 	// The agent re-issues from the new intermediate (bounded wait).
-	deadline = time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for {
 		sv := fetch()
 		if k, _ := keyutil.CAKeyID(sv.Certificates[len(sv.Certificates)-1].PublicKey); k != kid && sv.Certificates[0].SerialNumber.Text(16) != oldSerial {
@@ -216,4 +176,74 @@ func fetchX509SVID(t *testing.T, socket string) *x509svid.SVID {
 		t.Fatalf("fetch X509-SVID: %v", err)
 	}
 	return sv
+}
+
+// stolen is a workload's X509-SVID as an attacker who took it off a node
+// keeps it (PEM files), replayed with openssl against a real proxy whose
+// access log tells the verdict.
+type stolen struct {
+	t                *testing.T
+	serial, inbound  string
+	leaf, chain, key string
+	logs             *syncbuf.Buffer
+}
+
+func stealSVID(t *testing.T, dir string, sv *x509svid.SVID, inbound string, logs *syncbuf.Buffer) *stolen {
+	t.Helper()
+	s := &stolen{t: t, serial: sv.Certificates[0].SerialNumber.Text(16), inbound: inbound, logs: logs,
+		leaf: filepath.Join(dir, "old.crt"), chain: filepath.Join(dir, "old-chain.crt"), key: filepath.Join(dir, "old.key")}
+	writePEM(t, s.leaf, "CERTIFICATE", sv.Certificates[0].Raw)
+	var chain []byte
+	for _, c := range sv.Certificates[1:] {
+		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
+	}
+	if err := os.WriteFile(s.chain, chain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(sv.PrivateKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writePEM(t, s.key, "PRIVATE KEY", der)
+	return s
+}
+
+// replay connects once with the stolen chain; the verdict is in the
+// proxy's access log.
+func (s *stolen) replay() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c := exec.CommandContext(ctx, "openssl", "s_client", "-connect", s.inbound, "-cert", s.leaf, "-key", s.key,
+		"-cert_chain", s.chain, "-quiet", "-no_ign_eof")
+	c.Stdin = strings.NewReader("hello\n")
+	_ = c.Run()
+}
+
+// accessLine returns the proxy's access-log line for the stolen serial with
+// the given decision, written at or after byte from of the log, if any.
+func (s *stolen) accessLine(decision string, from int) map[string]any {
+	for _, l := range strings.Split(s.logs.String()[from:], "\n") {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) != nil || m["peer_serial"] != s.serial {
+			continue
+		}
+		if m["decision"] == decision {
+			return m
+		}
+	}
+	return nil
+}
+
+// waitAllowed replays until the proxy allows the stolen chain (bounded):
+// before the revocation under test, the attack works.
+func (s *stolen) waitAllowed(before string) {
+	s.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for s.accessLine("allow", 0) == nil {
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the stolen chain was never allowed before %s; proxy log:\n%s", before, Tail(s.logs.String(), 4000))
+		}
+		s.replay()
+		time.Sleep(200 * time.Millisecond)
+	}
 }
