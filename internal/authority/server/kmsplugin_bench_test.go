@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -13,8 +12,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	kmsapi "k8s.io/kms/apis/v2"
 
-	wardv1 "github.com/wardproject/ward/api/ward/v1"
-	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/integrations/k8s/kmsplugin"
 )
 
@@ -36,18 +33,7 @@ func BenchmarkKMSPluginMTLSEncryptCallers(b *testing.B) {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			e := startIdentity(b)
 			ctx := context.Background()
-			admin, err := client.Dial(e.srv.AdminAddress())
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer admin.Close()
-			if _, err := admin.Keys.CreateKey(ctx, &wardv1.CreateKeyRequest{Name: "bench", Classification: "confidential"}); err != nil {
-				b.Fatal(err)
-			}
-			pol := `@id("bench") permit(principal == Workload::"spiffe://` + testTD + `/kms-plugin", action in [Action::"kms:encrypt", Action::"kms:decrypt"], resource == Key::"bench");`
-			if _, err := admin.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"p.cedar": []byte(pol)}}); err != nil {
-				b.Fatal(err)
-			}
+			e.benchKey(b, `@id("bench") permit(principal == Workload::"spiffe://`+testTD+`/kms-plugin", action in [Action::"kms:encrypt", Action::"kms:decrypt"], resource == Key::"bench");`)
 			sock := filepath.Join(b.TempDir(), "kms.sock")
 			cfg := &kmsplugin.Config{Socket: sock, Cluster: "bench", Key: "bench", Authority: kmsplugin.AuthorityConfig{
 				NodeAPI: e.srv.NodeAPIAddress(), ServerID: serverID().String(), WorkloadAPISocket: "/unused"}}
@@ -70,14 +56,7 @@ func BenchmarkKMSPluginMTLSEncryptCallers(b *testing.B) {
 			}
 			defer conn.Close()
 			kc := kmsapi.NewKeyManagementServiceClient(conn)
-			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-				if _, err = kc.Encrypt(ctx, seed); err == nil || time.Now().After(deadline) {
-					break
-				}
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
+			untilFirstCall(b, func() error { _, err := kc.Encrypt(ctx, seed); return err })
 			st, err := e.srv.state()
 			if err != nil {
 				b.Fatal(err)
