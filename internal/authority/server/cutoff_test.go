@@ -21,6 +21,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/node/agent"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
+	"github.com/wardproject/ward/internal/testutil/agenttest"
 	"github.com/wardproject/ward/internal/testutil/etcdtest"
 	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
@@ -90,20 +91,7 @@ func TestNodeAPICutOffFromEtcdFailsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	logs := &syncbuf.Buffer{}
-	ag, err := agent.New(acfg, agent.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { ag.Run(actx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", logs.String())
-		}
-	})
+	agenttest.Run(t, ctx, acfg, logs, slog.LevelInfo)
 	wl := workloadapi.WithAddr("unix://" + acfg.SocketPath)
 	n := 0
 	// jwt asks the agent for a JWT-SVID with a new audience (a signing

@@ -32,6 +32,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/node/agent"
 	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/testutil/agenttest"
 	"github.com/wardproject/ward/internal/testutil/authoritytest"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
@@ -99,20 +100,7 @@ func newMTLSEnv(t *testing.T) *mtlsEnv {
 	cfg := &agent.Config{TrustDomain: a.TD.Name(), ServerAddress: e.nodeAPI, ServerSPIFFEID: nodeapi.ServerID(a.TD).String(),
 		TrustBundlePath: bp, SocketPath: e.agentSock, DataDir: filepath.Join(dir, "data"),
 		JoinToken: a.JoinToken(t, "node-1"), SyncInterval: 200 * 1e6, LogLevel: "debug"}
-	ag, err := agent.New(cfg, agent.WithLogger(slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	actx, cancel := context.WithCancel(ctx)
-	done := make(chan struct{})
-	go func() { ag.Run(actx); close(done) }()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-		if t.Failed() {
-			t.Logf("agent logs:\n%s", e.logs.String())
-		}
-	})
+	agenttest.Run(t, ctx, cfg, e.logs, slog.LevelDebug)
 	return e
 }
 
