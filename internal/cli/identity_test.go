@@ -23,7 +23,7 @@ import (
 
 // devAuthority starts an initialised, unsealed in-process authority and
 // returns its admin address.
-func devAuthority(t *testing.T) string {
+func devAuthority(t *testing.T, configure ...func(*config.Server)) string {
 	t.Helper()
 	dir := t.TempDir()
 	cfg := &config.Server{TrustDomain: "cli.example.org", DataDir: dir, LogLevel: "warn",
@@ -32,6 +32,9 @@ func devAuthority(t *testing.T) string {
 	cfg.Storage.Backend = "bbolt"
 	cfg.Storage.Bbolt.Path = filepath.Join(dir, "ward.db")
 	cfg.AdminSocket = filepath.Join(dir, "admin.sock")
+	for _, f := range configure {
+		f(cfg)
+	}
 	ctx := context.Background()
 	raw, err := server.OpenStore(ctx, cfg)
 	if err != nil {

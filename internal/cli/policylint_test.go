@@ -8,6 +8,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/authority/config"
 )
 
 // wardStreams is ward with stderr kept apart.
@@ -117,5 +124,34 @@ func TestPolicyApplyStrictCLI(t *testing.T) {
 	}
 	if v := versions(); v != v0+2 {
 		t.Fatalf("versions %d -> %d", v0, v)
+	}
+}
+
+// TestAuthorityStrictFederationLint: with policy.federation_lint: strict
+// the authority itself refuses a set whose permit is open to federated
+// trust domains, whoever sends it: `ward policy apply` without --strict
+// (an old CLI) and a script on the admin API both get the refusal, naming
+// the policy and the fixes, and no version is stored. A fenced set applies.
+func TestAuthorityStrictFederationLint(t *testing.T) {
+	addr := devAuthority(t, func(c *config.Server) { c.Policy.FederationLint = config.FederationLintStrict })
+	_, errOut, err := wardStreams(t, addr, "policy", "apply", writePolicy(t, pathOnlyPolicy))
+	if err == nil || !strings.Contains(err.Error(), "policy.federation_lint: strict") || !strings.Contains(err.Error(), `(policy "by-path")`) {
+		t.Fatalf("apply without --strict to a strict authority: err %v\nstderr %s", err, errOut)
+	}
+	c, err := client.Dial(addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := context.Background()
+	_, err = c.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"p.cedar": []byte(pathOnlyPolicy)}, Comment: "script"})
+	if status.Code(err) != codes.InvalidArgument || !strings.Contains(err.Error(), `@federated("allow")`) {
+		t.Fatalf("admin API apply to a strict authority: %v", err)
+	}
+	if l, err := c.Policy.ListPolicyVersions(ctx, &wardv1.ListPolicyVersionsRequest{}); err != nil || len(l.Versions) != 0 {
+		t.Fatalf("a refused set was stored: %v %v", l, err)
+	}
+	if out, errOut, err := wardStreams(t, addr, "policy", "apply", writePolicy(t, fencedPolicy)); err != nil || !strings.Contains(out, "applied") {
+		t.Fatalf("a fenced set: err %v\n%s\n%s", err, out, errOut)
 	}
 }

@@ -49,6 +49,9 @@ type Server struct {
 	// Network configures the WireGuard overlay (network.go,
 	// docs/network.md).
 	Network Network `yaml:"network"`
+	// Policy configures the checks the authority runs on every policy set
+	// it stores (policy.go, docs/policy.md).
+	Policy Policy `yaml:"policy"`
 }
 
 // Storage selects the backend.
@@ -164,6 +167,7 @@ func (c *Server) defaults() {
 	}
 	c.Identity.defaults(c)
 	c.Dashboard.defaults(c.DataDir)
+	c.Policy.defaults()
 }
 
 // Validate checks the configuration as a whole.
@@ -252,6 +256,9 @@ func (c *Server) Validate() error {
 		return err
 	}
 	if err := c.Dashboard.validate(); err != nil {
+		return err
+	}
+	if err := c.Policy.validate(); err != nil {
 		return err
 	}
 	if err := c.Identity.validate(); err != nil {

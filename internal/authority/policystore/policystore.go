@@ -76,6 +76,7 @@ type Store struct {
 	remote     func() map[string]policy.DenyList
 	services   func() map[string][]catalog.Service
 	td         string
+	strictFed  bool
 }
 
 // PrincipalsFunc returns the attributes (labels, groups) of every known
@@ -114,6 +115,16 @@ func WithServices(f func() map[string][]catalog.Service) Option {
 // SPIFFE IDs of any other (a trust domain only revokes its own identities;
 // its federated peers learn of them over the revocation channel).
 func WithTrustDomain(td string) Option { return func(s *Store) { s.td = td } }
+
+// WithStrictFederationLint makes the store refuse (store nothing) a new
+// set of policies one of whose permits does not constrain the caller's
+// trust domain (policy.KindFederation warnings; the authority's
+// policy.federation_lint: strict). Without it such a set is stored and
+// its warnings are recorded in the change's audit event. Only versions
+// whose policy files differ from the current version's are checked
+// (apply, rollback): a revocation, a taint or a refresh of the current
+// policies is never refused by the lint.
+func WithStrictFederationLint(strict bool) Option { return func(s *Store) { s.strictFed = strict } }
 
 // New returns a Store over st (barrier-encrypted) that records every
 // change through a (an error there means the change does not happen: fail
@@ -173,7 +184,9 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	if err := s.record(ctx, op, audit.ResultStarted, 0, fields, nil); err != nil {
 		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
 	}
+	var warnings []policy.Problem
 	next, err := s.versions.Commit(ctx, func(h versioned.Head) (Version, error) {
+		warnings = nil
 		var cur *Version
 		if h.Current != 0 {
 			v, err := s.Get(ctx, h.Current)
@@ -224,6 +237,12 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 			return Version{}, err
 		}
 		next.PolicyCount = set.Len()
+		if cur == nil || !maps.EqualFunc(cur.Bundle.Files, next.Bundle.Files, slices.Equal) {
+			warnings = federationWarnings(set)
+			if s.strictFed && len(warnings) > 0 {
+				return Version{}, federationRefusal(warnings)
+			}
+		}
 		return next, nil
 	})
 	if err != nil {
@@ -235,11 +254,81 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	}
 	f2["policies"] = fmt.Sprint(next.PolicyCount)
 	f2["digest"] = next.Digest()
+	if len(warnings) > 0 {
+		f2["federation_warnings"] = fmt.Sprint(len(warnings))
+		f2["federation_warning_policies"] = strings.Join(warningPlaces(warnings), "; ")
+	}
 	if err := s.record(ctx, op, audit.ResultOK, next.Number, f2, nil); err != nil {
 		return next, fmt.Errorf("%s stored version %d but its audit event could not be written: %w", op, next.Number, err)
 	}
 	return next, nil
 }
+
+// CurrentFederationWarnings names the permits of the current version that
+// do not constrain the caller's trust domain (file:line:column and policy
+// id), with that version's number; none with no policy applied. A version
+// stored before strict lint was turned on, or restored from a backup, is
+// served as it is: the authority reports it at unseal (server) rather than
+// refuse to serve it.
+func (s *Store) CurrentFederationWarnings(ctx context.Context) (_ uint64, _ []string, err error) {
+	defer func() { err = classify(err) }()
+	v, err := s.Get(ctx, 0)
+	if errors.Is(err, ErrNoPolicy) {
+		return 0, nil, nil
+	}
+	if err != nil {
+		return 0, nil, err
+	}
+	set, err := s.Compile(v.Bundle)
+	if err != nil {
+		return v.Number, nil, err
+	}
+	return v.Number, warningPlaces(federationWarnings(set)), nil
+}
+
+// federationWarnings are the set's permits that do not constrain the
+// caller's trust domain.
+func federationWarnings(set *policy.Set) []policy.Problem {
+	var out []policy.Problem
+	for _, w := range set.Warnings() {
+		if w.Kind == policy.KindFederation {
+			out = append(out, w)
+		}
+	}
+	return out
+}
+
+// warningPlaces names each warned policy: file:line:column and its id.
+func warningPlaces(ws []policy.Problem) []string {
+	out := make([]string, len(ws))
+	for i, w := range ws {
+		at := w.File
+		if w.Line > 0 {
+			at = fmt.Sprintf("%s:%d:%d", w.File, w.Line, w.Column)
+		}
+		if w.Policy != "" {
+			at += fmt.Sprintf(" (policy %q)", w.Policy)
+		}
+		out[i] = at
+	}
+	return out
+}
+
+// federationRefusal is the error of a set refused by the strict lint: it
+// names every offending permit and the two fixes.
+func federationRefusal(ws []policy.Problem) error {
+	return &lintRefusal{fmt.Errorf("policy set refused by the authority (policy.federation_lint: strict), nothing was stored: "+
+		"%d permit(s) do not constrain the caller's trust domain, so workloads of federated trust domains with the same path or labels "+
+		"would match them too: %s; fix each one by adding `principal in TrustDomain::\"<your trust domain>\"` to its scope "+
+		"(or `when { principal.trust_domain == \"<your trust domain>\" }`), or annotate it @federated(\"allow\") if it is meant to admit "+
+		"federated workloads (`ward policy lint --strict FILE...` shows the same offline)", len(ws), strings.Join(warningPlaces(ws), "; "))}
+}
+
+// lintRefusal is a set the strict federation lint refused: Invalid, as a
+// compile error is.
+type lintRefusal struct{ error }
+
+func (e *lintRefusal) Unwrap() error { return e.error }
 
 // record audits a policy change: result, the version it made (0: none),
 // fields and, for a failure, its error.
@@ -276,9 +365,10 @@ func classify(err error) error {
 		return err
 	}
 	var ce *policy.CompileError
+	var lr *lintRefusal
 	k := errs.Precondition
 	switch {
-	case errors.As(err, &ce):
+	case errors.As(err, &ce), errors.As(err, &lr):
 		k = errs.Invalid
 	case errors.Is(err, ErrNoPolicy), errors.Is(err, ErrNotFound):
 		k = errs.NotFound

@@ -400,7 +400,8 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		return err
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)),
-		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain))
+		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain),
+		policystore.WithStrictFederationLint(s.cfg.Policy.StrictFederationLint()))
 	st.posture = posturestore.New(bs, st.recorder, s.table.Names())
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The
@@ -429,6 +430,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	s.unsealed.Store(st)
 	s.mu.Unlock()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
+	s.reportStoredPolicyLint(ctx, st.policy)
 	return nil
 }
 
