@@ -14,7 +14,7 @@ func TestPolicyFederationLint(t *testing.T) {
 	base := "trust_domain: a.org\ndata_dir: /d\n"
 	for _, c := range []struct {
 		yaml, want, wantErr string
-		strict             bool
+		strict              bool
 	}{
 		{"", "warn", "", false},
 		{"policy: {federation_lint: warn}\n", "warn", "", false},
