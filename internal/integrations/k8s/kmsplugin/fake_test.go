@@ -22,9 +22,18 @@ type fakeAuthority struct {
 	fail     error // returned by every call while set
 	encrypts int
 	decrypts int
+	// hold, if set, keeps every Encrypt waiting until it is closed (calls
+	// in flight while others arrive).
+	hold chan struct{}
 }
 
 func (f *fakeAuthority) Encrypt(_ context.Context, key string, pt []byte, encCtx map[string]string) ([]byte, uint32, error) {
+	f.mu.Lock()
+	hold := f.hold
+	f.mu.Unlock()
+	if hold != nil {
+		<-hold
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.encrypts++
@@ -78,4 +87,24 @@ func (f *fakeAuthority) calls() (int, int) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.encrypts, f.decrypts
+}
+
+// readyAuthority is a fakeAuthority with the mTLS mode's local check
+// (Ready): the credential it names, or the error it gives, are the test's.
+type readyAuthority struct {
+	*fakeAuthority
+	cred string
+	err  error
+}
+
+func (r *readyAuthority) Ready() (string, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cred, r.err
+}
+
+func (r *readyAuthority) set(cred string, err error) {
+	r.mu.Lock()
+	r.cred, r.err = cred, err
+	r.mu.Unlock()
 }

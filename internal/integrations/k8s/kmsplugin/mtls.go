@@ -96,6 +96,16 @@ func (a *NodeAPIAuthority) SVID() (*x509svid.SVID, error) {
 	return s, nil
 }
 
+// Ready implements Ready: the serial of the current X509-SVID if it is
+// valid now, else an *SVIDError. It asks nothing of the authority.
+func (a *NodeAPIAuthority) Ready() (string, error) {
+	s, err := a.SVID()
+	if err != nil {
+		return "", err
+	}
+	return s.Certificates[0].SerialNumber.Text(16), nil
+}
+
 // client returns the connection for the current SVID, dialing it if the
 // SVID changed.
 func (a *NodeAPIAuthority) client() (*client.Client, error) {
@@ -281,3 +291,5 @@ func NodeAPIAuthorityFor(cfg *Config, src SVIDSource) (*NodeAPIAuthority, error)
 	}
 	return NewNodeAPIAuthority(cfg.Authority.NodeAPI, id, src, 2*timeout+time.Second), nil
 }
+
+var _ Ready = (*NodeAPIAuthority)(nil)

@@ -116,11 +116,18 @@ permit(principal == Workload::"%s", action in [Action::"kms:encrypt", Action::"k
 
 // pluginFor runs the plugin in the mTLS mode against nodeAPI, accepting
 // serverID, on a fresh socket; it returns the apiserver's view of it.
+// Its health_ttl is 1ms: every Status makes a round trip.
 func (e *mtlsEnv) pluginFor(t *testing.T, nodeAPI string, serverID spiffeid.ID) (kmsapi.KeyManagementServiceClient, *NodeAPIAuthority, *Config) {
 	t.Helper()
+	return e.pluginTTL(t, nodeAPI, serverID, "1ms")
+}
+
+// pluginTTL is pluginFor with the health_ttl given.
+func (e *mtlsEnv) pluginTTL(t *testing.T, nodeAPI string, serverID spiffeid.ID, ttl string) (kmsapi.KeyManagementServiceClient, *NodeAPIAuthority, *Config) {
+	t.Helper()
 	sock := filepath.Join(t.TempDir(), "kms.sock")
-	cfg, err := ParseConfig(fmt.Appendf(nil, "socket: %s\ncluster: prod-1\nkey: k8s/etcd\nhealth_ttl: 1ms\nauthority:\n  node_api: %s\n  server_id: %s\n  workload_api_socket: %s\n",
-		sock, nodeAPI, serverID, e.agentSock))
+	cfg, err := ParseConfig(fmt.Appendf(nil, "socket: %s\ncluster: prod-1\nkey: k8s/etcd\nhealth_ttl: %s\nauthority:\n  node_api: %s\n  server_id: %s\n  workload_api_socket: %s\n",
+		sock, ttl, nodeAPI, serverID, e.agentSock))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,6 +199,20 @@ func (e *mtlsEnv) pluginEvents(op, result string) []audit.Event {
 	return out
 }
 
+// pluginKMSCalls counts the KMS calls of the plugin's SPIFFE ID the
+// authority audited, whatever their result.
+func (e *mtlsEnv) pluginKMSCalls() int {
+	n := 0
+	for _, op := range []string{"kms.encrypt", "kms.decrypt"} {
+		for _, ev := range e.a.Events(op) {
+			if ev.Actor == e.pluginID.String() {
+				n++
+			}
+		}
+	}
+	return n
+}
+
 // impostor is a gRPC KMS server with a valid SVID that is not the Node
 // API's; it counts the calls that reach it.
 func impostor(t *testing.T, svid *x509svid.SVID, bundle *authoritytest.Authority) (addr string, calls *atomic.Int64) {
@@ -261,6 +282,9 @@ func TestMTLSMode(t *testing.T) {
 		}
 	}
 	kc, auth, cfg := e.pluginFor(t, e.nodeAPI, serverID)
+	// slow reuses what it learned for a minute: it must still say not-ok
+	// as soon as it knows it cannot be served (its SVID refused or expired).
+	slow, slowAuth, _ := e.pluginTTL(t, e.nodeAPI, serverID, "1m")
 	if st, err := os.Lstat(cfg.Socket); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("plugin socket: %v %v", st.Mode(), err)
 	}
@@ -391,6 +415,50 @@ func TestMTLSMode(t *testing.T) {
 		}
 	})
 
+	t.Run("revoked SVID serial: Status not-ok at the first refused call", func(t *testing.T) {
+		var serial string
+		eventually(t, "the slow plugin healthy on its current SVID", func() (bool, string) {
+			cur, err := slowAuth.SVID()
+			if err != nil {
+				return false, err.Error()
+			}
+			serial = cur.Certificates[0].SerialNumber.Text(16)
+			st := statusOf(t, slow)
+			return st.Healthz == "ok", st.Healthz
+		})
+		renewed := func() {
+			if s, err := slowAuth.SVID(); err == nil && s.Certificates[0].SerialNumber.Text(16) != serial {
+				t.Skip("the SVID was renewed before the refusal was seen (a loaded machine)")
+			}
+		}
+		if _, err := e.a.Policy.Revoke(ctx, "admin:uid=0", nil, []string{serial}, false, ""); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "an Encrypt refused by the deny-list", func() (bool, string) {
+			renewed()
+			_, err := slow.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "6"})
+			return status.Code(err) == codes.PermissionDenied, fmt.Sprint(err)
+		})
+		before := e.pluginKMSCalls()
+		st := statusOf(t, slow)
+		renewed()
+		said = append(said, st.Healthz)
+		if !strings.HasPrefix(st.Healthz, "denied by the authority: ") || !strings.Contains(st.Healthz, "deny-list") || st.KeyId != "" {
+			t.Fatalf("Status right after a refused Encrypt (health_ttl 1m): %+v", st)
+		}
+		if after := e.pluginKMSCalls(); after != before {
+			t.Fatalf("that Status called the authority (%d KMS events, was %d)", after, before)
+		}
+		// The agent's next SVID ends it, without waiting out the minute.
+		eventually(t, "the slow plugin healthy on its renewed SVID", func() (bool, string) {
+			st := statusOf(t, slow)
+			return st.Healthz == "ok", st.Healthz
+		})
+		if now, _ := slowAuth.SVID(); now == nil || now.Certificates[0].SerialNumber.Text(16) == serial {
+			t.Fatal("healthy on the revoked serial")
+		}
+	})
+
 	t.Run("only the configured server ID", func(t *testing.T) {
 		// Another workload of the same trust domain, valid SVID.
 		other, otherCalls := impostor(t, issued(t, e.a, e.a.ID("/ns/shop/sa/api")), e.a)
@@ -429,8 +497,25 @@ func TestMTLSMode(t *testing.T) {
 	})
 
 	t.Run("evicted agent: access ends with the SVID", func(t *testing.T) {
+		eventually(t, "the slow plugin healthy before the eviction", func() (bool, string) {
+			st := statusOf(t, slow)
+			return st.Healthz == "ok", st.Healthz
+		})
 		if _, _, err := e.a.Registry.EvictAgent(ctx, e.agentID, nil); err != nil {
 			t.Fatal(err)
+		}
+		// The slow plugin learned "ok" less than an SVID lifetime ago: once
+		// its SVID has expired, Status says so, asking nothing.
+		eventually(t, "the slow plugin's SVID to expire", func() (bool, string) {
+			_, err := slowAuth.SVID()
+			return err != nil, ""
+		})
+		before := e.pluginKMSCalls()
+		if st := statusOf(t, slow); !strings.HasPrefix(st.Healthz, "no valid SVID: ") || !strings.Contains(st.Healthz, "expired") || st.KeyId != "" {
+			t.Fatalf("Status of the slow plugin once its SVID expired: %+v", st)
+		}
+		if after := e.pluginKMSCalls(); after != before {
+			t.Fatalf("that Status called the authority (%d KMS events, was %d)", after, before)
 		}
 		eventually(t, "Status: no valid SVID (expired)", func() (bool, string) {
 			st := statusOf(t, kc)

@@ -73,9 +73,29 @@ type Plugin struct {
 
 	probeMu sync.Mutex // one round trip at a time; the others wait for its result
 
-	mu        sync.Mutex
-	version   uint32    // newest key version seen (Status round trip or Encrypt)
-	checkedAt time.Time // when the last good round trip ended (zero: none cached)
+	mu      sync.Mutex
+	version uint32 // newest key version seen (Status round trip or Encrypt)
+	last    health // what the last round trip (or a refused call) said
+}
+
+// health is what the plugin last learned of the authority: reused by
+// Status for the health TTL, whether good or bad, so that however often
+// the apiserver asks, Status calls the authority at most once per TTL.
+type health struct {
+	at      time.Time // when it was learned (zero: nothing to reuse)
+	cred    string    // the credential the calls rode on (Ready), "" if none
+	healthz string    // "ok" or the reason
+}
+
+// Ready is implemented by an Authority whose calls ride on a credential of
+// the plugin's own that can run out (the mTLS mode's X509-SVID). Status
+// asks it first, at no cost to the authority: a plugin that knows it
+// cannot be served says so at once, whatever it learned before.
+type Ready interface {
+	// Ready returns an error (an *SVIDError) when no call can succeed now,
+	// else a token naming the credential calls ride on; a new token (a
+	// renewed SVID) ends whatever Status learned with the old one.
+	Ready() (string, error)
 }
 
 // Option configures New.
@@ -131,9 +151,15 @@ func ParseKeyID(id string) (key string, v uint32, err error) {
 }
 
 // Status reports "ok" only after a real encrypt/decrypt round trip through
-// the authority (reused for the health TTL), else the reason; key_id names
-// the key's newest version, so a rotation changes it and the apiserver
-// makes a new DEK seed. An unhealthy Status carries no key_id: the
+// the authority, else the reason; key_id names the key's newest version,
+// so a rotation changes it and the apiserver makes a new DEK seed. What a
+// round trip said, good or bad, is reused for the health TTL: Status never
+// calls the authority more than once per TTL however often it is asked.
+// It says not-ok sooner when the plugin knows it cannot be served: no
+// valid SVID (expired, or none from the agent: checked on every Status,
+// locally), or an Encrypt or Decrypt of the apiserver's refused (the
+// plugin's identity denied or unauthenticated, the TLS handshake failed,
+// the authority sealed). An unhealthy Status carries no key_id: the
 // apiserver extends its write seed's 3-minute expiry on every Status whose
 // key_id matches, healthy or not, so a key_id kept while the authority is
 // sealed let it write under the cached seed for as long as the seal lasted
@@ -149,34 +175,66 @@ func (p *Plugin) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.S
 }
 
 // Health returns "ok" or the reason the plugin is not healthy, and the
-// newest key version known (0: none yet).
+// newest key version known (0: none yet). It makes at most one round trip
+// per health TTL (concurrent callers wait for the one in flight), more
+// only when a key version or the plugin's SVID changed since.
 func (p *Plugin) Health(ctx context.Context) (string, uint32) {
-	if v, ok := p.cached(); ok {
-		return "ok", v
+	cred, err := p.ready()
+	if err != nil {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return Reason(err), p.version
+	}
+	if healthz, v, ok := p.cached(cred); ok {
+		return healthz, v
 	}
 	p.probeMu.Lock()
 	defer p.probeMu.Unlock()
-	if v, ok := p.cached(); ok { // another caller probed while we waited
-		return "ok", v
+	if healthz, v, ok := p.cached(cred); ok { // another caller probed while we waited
+		return healthz, v
 	}
-	err := p.roundTrip(ctx)
+	// The round trip outlives a caller that gives up: its result is what
+	// the next callers within the TTL get.
+	healthz := "ok"
+	if err := p.roundTrip(context.WithoutCancel(ctx)); err != nil {
+		healthz = Reason(err)
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if err != nil {
-		p.checkedAt = time.Time{}
-		return Reason(err), p.version
-	}
-	p.checkedAt = p.now()
-	return "ok", p.version
+	p.last = health{at: p.now(), cred: cred, healthz: healthz}
+	return healthz, p.version
 }
 
-func (p *Plugin) cached() (uint32, bool) {
+// ready is the authority's local check (Ready), if it has one.
+func (p *Plugin) ready() (string, error) {
+	if r, ok := p.auth.(Ready); ok {
+		return r.Ready()
+	}
+	return "", nil
+}
+
+// cached returns what Status learned last if it is still to be reused: within
+// the TTL and with the same credential.
+func (p *Plugin) cached(cred string) (string, uint32, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.checkedAt.IsZero() || p.now().Sub(p.checkedAt) >= p.healthTTL {
-		return 0, false
+	if p.last.at.IsZero() || p.last.cred != cred || p.now().Sub(p.last.at) >= p.healthTTL {
+		return "", 0, false
 	}
-	return p.version, true
+	return p.last.healthz, p.version, true
+}
+
+// refused records a call of the apiserver's that says the plugin cannot be
+// served now (cannotServe): Status reports it until the TTL has passed or
+// the plugin's SVID changed, without asking the authority.
+func (p *Plugin) refused(err error) {
+	if !cannotServe(err) {
+		return
+	}
+	cred, _ := p.ready()
+	p.mu.Lock()
+	p.last = health{at: p.now(), cred: cred, healthz: Reason(err)}
+	p.mu.Unlock()
 }
 
 // roundTrip seals a random probe under the key and opens it again.
@@ -205,45 +263,75 @@ func (p *Plugin) saw(v uint32) {
 	p.mu.Lock()
 	if v > p.version {
 		p.version = v
-		p.checkedAt = time.Time{} // Status re-probes and reports the new key_id
+		p.last.at = time.Time{} // Status re-probes and reports the new key_id
 	}
 	p.mu.Unlock()
 }
 
 // Reason turns an authority error into the healthz text: a short cause
 // ("authority sealed", "authority unreachable", "key disabled", "no valid
-// SVID", ...)
-// followed by the authority's own message.
+// SVID", ...) followed by the authority's own message.
 func Reason(err error) string {
+	msg := err.Error()
+	if s, ok := status.FromError(err); ok {
+		msg = s.Message()
+	}
+	return causeOf(err) + ": " + msg
+}
+
+// The causes Reason names.
+const (
+	causeNoSVID      = "no valid SVID"
+	causeHandshake   = "TLS handshake with the authority failed"
+	causeSealed      = "authority sealed"
+	causeUnreachable = "authority unreachable"
+	causeNotFound    = "key not found"
+	causeDenied      = "denied by the authority"
+	causeDisabled    = "key disabled"
+	causeOther       = "round trip failed"
+)
+
+func causeOf(err error) string {
 	code := status.Code(err)
 	msg := err.Error()
 	if s, ok := status.FromError(err); ok {
 		msg = s.Message()
 	}
 	low := strings.ToLower(msg)
-	var cause string
 	var svidErr *SVIDError
 	switch {
 	case errors.As(err, &svidErr):
-		cause = "no valid SVID"
+		return causeNoSVID
 	case strings.Contains(low, "authentication handshake failed"):
 		// mTLS mode: the server's SVID is not the configured server_id
 		// (or not of the bundle), or it refused the plugin's.
-		cause = "TLS handshake with the authority failed"
+		return causeHandshake
 	case strings.Contains(low, "sealed"):
-		cause = "authority sealed"
+		return causeSealed
 	case code == codes.Unavailable || code == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):
-		cause = "authority unreachable"
+		return causeUnreachable
 	case code == codes.NotFound:
-		cause = "key not found"
+		return causeNotFound
 	case code == codes.PermissionDenied || code == codes.Unauthenticated:
-		cause = "denied by the authority"
+		return causeDenied
 	case strings.Contains(low, "disabled") || strings.Contains(low, "destroyed"):
-		cause = "key disabled"
-	default:
-		cause = "round trip failed"
+		return causeDisabled
 	}
-	return cause + ": " + msg
+	return causeOther
+}
+
+// cannotServe says whether a failed call means no call of the plugin's can
+// succeed now, whatever it carries: its identity refused or missing, the
+// authority not the one configured, or sealed. An unreachable authority is
+// not among them (one call may time out while the next goes through, and
+// Status finds out within the TTL), nor what concerns one object (a
+// disabled key version, a ciphertext that does not open).
+func cannotServe(err error) bool {
+	switch causeOf(err) {
+	case causeNoSVID, causeHandshake, causeSealed, causeDenied:
+		return true
+	}
+	return false
 }
 
 // Encrypt wraps a DEK seed under the key's active version.
@@ -255,6 +343,7 @@ func (p *Plugin) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsa
 	defer cancel()
 	ct, v, err := p.auth.Encrypt(ctx, p.key, req.Plaintext, p.encCtx)
 	if err != nil {
+		p.refused(err)
 		return nil, authError("encrypt", err)
 	}
 	p.saw(v)
@@ -271,6 +360,7 @@ func (p *Plugin) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsa
 	defer cancel()
 	pt, err := p.auth.Decrypt(ctx, req.Ciphertext, p.encCtx)
 	if err != nil {
+		p.refused(err)
 		return nil, authError("decrypt", err)
 	}
 	return &kmsapi.DecryptResponse{Plaintext: pt}, nil
