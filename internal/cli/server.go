@@ -73,7 +73,9 @@ func serverCommand() *cobra.Command {
 // until SIGINT/SIGTERM. ready, if set, runs once the server listens.
 func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server) error) error {
 	log := newLogger(cmd.ErrOrStderr(), cfg.LogLevel)
-	server.TuneGC()
+	gc := server.TuneGC()
+	// docs/configuration.md#memory; GOGC and GOMEMLIMIT override.
+	log.Info("garbage collector", "gogc", gc.GOGC, "memory_limit", gc.MemoryLimit, "memory_limit_from", gc.Source)
 	ctx := cmd.Context()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return fmt.Errorf("creating data_dir: %w", err)

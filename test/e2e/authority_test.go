@@ -32,6 +32,12 @@ func TestAuthorityTourThroughTheCLI(t *testing.T) {
 		t.Fatalf("key list while sealed: exit %d stderr %q", r.Code, r.Stderr)
 	}
 
+	// The collector's settings are logged at start (docs/configuration.md#memory).
+	if logs := s.Logs.String(); !strings.Contains(logs, `"msg":"garbage collector"`) ||
+		(os.Getenv("GOMEMLIMIT") == "" && !regexp.MustCompile(`"memory_limit":"[0-9]+MiB","memory_limit_from":"[^"]+"`).MatchString(logs)) {
+		t.Errorf("the start-up log lacks the garbage collector's memory limit:\n%s", logs)
+	}
+
 	shares := s.InitAndUnseal()
 	r = Ward(t, a, "", "operator", "init")
 	if r.Code == 0 || !strings.Contains(r.Stderr, "already") {
