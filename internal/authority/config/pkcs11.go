@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 )
 
 // PKCS11 configures the PKCS#11 HSM seal (seal.type pkcs11). The PIN is
@@ -23,7 +24,7 @@ type PKCS11 struct {
 	PINFile  string `yaml:"pin_file"`
 }
 
-var envName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+var envName = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`) })
 
 func (p PKCS11) validate() error {
 	if p.Module == "" {
@@ -41,7 +42,7 @@ func (p PKCS11) validate() error {
 	if (p.PINEnv == "") == (p.PINFile == "") {
 		return errors.New("seal.pkcs11: set exactly one of pin_env (an environment variable holding the user PIN) and pin_file (a file of mode 0600 holding it); the PIN itself never goes in the config")
 	}
-	if p.PINEnv != "" && !envName.MatchString(p.PINEnv) {
+	if p.PINEnv != "" && !envName().MatchString(p.PINEnv) {
 		return fmt.Errorf("seal.pkcs11.pin_env %q is not an environment variable name (give the name, e.g. WARD_HSM_PIN, not the PIN)", p.PINEnv)
 	}
 	if err := absPath("seal.pkcs11.pin_file", p.PINFile); err != nil {

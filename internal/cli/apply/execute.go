@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -194,7 +195,7 @@ func Execute(ctx context.Context, c *client.Client, p *Plan, progress io.Writer)
 	return res, nil
 }
 
-var batchIndex = regexp.MustCompile(`^(create|update|delete)\[(\d+)\]`)
+var batchIndex = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^(create|update|delete)\[(\d+)\]`) })
 
 // entryFields are the document fields an authority message may name.
 var entryFields = []string{"spiffe_id", "parent_id", "selector", "ttl", "dns_names", "DNS name", "hint", "federates_with", "federated", "label"}
@@ -206,7 +207,7 @@ func batchError(b []*Change, err error) error {
 		msg = err.Error()
 	}
 	var ch *Change
-	if m := batchIndex.FindStringSubmatch(msg); m != nil {
+	if m := batchIndex().FindStringSubmatch(msg); m != nil {
 		i, _ := strconv.Atoi(m[2])
 		want := map[string]byte{"create": Create, "update": Update, "delete": Delete}[m[1]]
 		for _, c := range b {

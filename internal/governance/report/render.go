@@ -7,21 +7,26 @@ import (
 	"html/template"
 	"io"
 	"strconv"
+	"sync"
 	"time"
 )
 
 //go:embed report.html.tmpl
 var reportTemplate string
 
-var tmpl = template.Must(template.New("report").Funcs(template.FuncMap{
-	"ts": func(t time.Time) string {
-		if t.IsZero() {
-			return "-"
-		}
-		return t.UTC().Format("2006-01-02 15:04:05Z")
-	},
-	"pct": formatPct,
-}).Parse(reportTemplate))
+// tmpl is parsed on first use, not when ward starts (every command links
+// this package; only `ward report` renders).
+var tmpl = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("report").Funcs(template.FuncMap{
+		"ts": func(t time.Time) string {
+			if t.IsZero() {
+				return "-"
+			}
+			return t.UTC().Format("2006-01-02 15:04:05Z")
+		},
+		"pct": formatPct,
+	}).Parse(reportTemplate))
+})
 
 func formatPct(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) + "%" }
 
@@ -33,7 +38,7 @@ func WriteHTML(w io.Writer, r *Report) error {
 		*Report
 		Charts []Chart
 	}{r, charts(r)}
-	if err := tmpl.Execute(bw, data); err != nil {
+	if err := tmpl().Execute(bw, data); err != nil {
 		return err
 	}
 	return bw.Flush()

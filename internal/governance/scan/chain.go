@@ -13,6 +13,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"net"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/ocsp"
@@ -30,8 +31,9 @@ type handshakeResult struct {
 	err           error
 }
 
-// goSuites: every suite Go's client implements, insecure ones included.
-var goSuites = func() []uint16 {
+// goSuites: every suite Go's client implements, insecure ones included
+// (listed on first use).
+var goSuites = sync.OnceValue(func() []uint16 {
 	var out []uint16
 	for _, s := range tls.CipherSuites() {
 		out = append(out, s.ID)
@@ -40,7 +42,7 @@ var goSuites = func() []uint16 {
 		out = append(out, s.ID)
 	}
 	return out
-}()
+})
 
 // goHandshake runs a full handshake with Go's TLS client offering all it
 // can, presenting no client certificate: the chain as sent, the stapled
@@ -70,7 +72,7 @@ func (e *endpoint) goHandshake(ctx context.Context) *handshakeResult {
 		ServerName:         e.sni,
 		MinVersion:         tls.VersionTLS10,
 		MaxVersion:         tls.VersionTLS13,
-		CipherSuites:       goSuites,
+		CipherSuites:       goSuites(),
 		GetClientCertificate: func(cri *tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			r.requested = true
 			r.acceptableCAs = cri.AcceptableCAs

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Version is a protocol version as it appears on the wire.
@@ -164,21 +165,22 @@ func cipherBits(c string, export bool) int {
 	return 0
 }
 
-// allSuites are the probed suites, sorted by number.
-var allSuites = func() []Suite {
+// allSuites are the probed suites, sorted by number (built on first use,
+// not when ward starts).
+var allSuites = sync.OnceValue(func() []Suite {
 	out := make([]Suite, 0, len(suiteNames))
 	for id, n := range suiteNames {
 		out = append(out, parseSuite(id, n))
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
-}()
+})
 
 // suitesFor are the suites worth offering in a hello of version v: TLS 1.3
 // suites only in TLS 1.3, AEAD and SHA-2 suites only from TLS 1.2 on.
 func suitesFor(v Version) []uint16 {
 	var out []uint16
-	for _, s := range allSuites {
+	for _, s := range allSuites() {
 		switch {
 		case v == TLS13:
 			if s.tls13() {

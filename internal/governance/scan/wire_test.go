@@ -122,7 +122,7 @@ func TestParseSuite(t *testing.T) {
 			t.Errorf("0x%04X: got %+v, want %+v", id, got, want)
 		}
 	}
-	for _, s := range allSuites {
+	for _, s := range allSuites() {
 		if s.Cipher == "" || s.MAC == "" || s.KeyExchange == "" {
 			t.Errorf("%s: incomplete %+v", s.Name, s)
 		}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	cedar "github.com/cedar-policy/cedar-go"
 	"github.com/cedar-policy/cedar-go/types"
@@ -28,7 +29,9 @@ const (
 	AnnotationDryRun = "dryrun"
 )
 
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9._:/@+-]{1,200}$`)
+// The patterns are compiled on first use, not at start: every ward
+// command links this package, few compile policies.
+var idPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^[A-Za-z0-9._:/@+-]{1,200}$`) })
 
 // Problem is one thing wrong with the input of Compile, located as precisely
 // as cedar-go allows (Line and Column are 1-based; 0 when unknown).
@@ -97,11 +100,13 @@ func (s *Schema) Compile(files map[string][]byte) (*Set, error) {
 }
 
 var (
-	posPattern    = regexp.MustCompile(`<input>:(\d+):(\d+)`)
-	tokenPattern  = regexp.MustCompile(`^"((?:[^"\\]|\\.)*)": `)
-	effectPattern = regexp.MustCompile(`^unexpected effect: (.*)$`)
-	exactPattern  = regexp.MustCompile(`^exact got (.*) want (.*)$`)
-	numberPattern = regexp.MustCompile(`^strconv.ParseInt: parsing "(-?[0-9]+)": value out of range$`)
+	posPattern    = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`<input>:(\d+):(\d+)`) })
+	tokenPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^"((?:[^"\\]|\\.)*)": `) })
+	effectPattern = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^unexpected effect: (.*)$`) })
+	exactPattern  = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^exact got (.*) want (.*)$`) })
+	numberPattern = sync.OnceValue(func() *regexp.Regexp {
+		return regexp.MustCompile(`^strconv.ParseInt: parsing "(-?[0-9]+)": value out of range$`)
+	})
 )
 
 // syntaxProblem turns a cedar-go parse error, whose text names the position
@@ -113,21 +118,21 @@ func syntaxProblem(file string, src []byte, err error) Problem {
 	p := Problem{File: file, Kind: "syntax"}
 	msg = strings.TrimPrefix(msg, "parser error: ")
 	msg = strings.TrimPrefix(msg, "parse error at ")
-	if m := posPattern.FindStringSubmatchIndex(msg); m != nil {
+	if m := posPattern().FindStringSubmatchIndex(msg); m != nil {
 		p.Line, _ = strconv.Atoi(msg[m[2]:m[3]])
 		p.Column, _ = strconv.Atoi(msg[m[4]:m[5]])
 		msg = msg[:m[0]] + msg[m[1]:]
 	}
 	msg = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(msg), ":"))
 	near := ""
-	if m := tokenPattern.FindStringSubmatch(msg); m != nil {
+	if m := tokenPattern().FindStringSubmatch(msg); m != nil {
 		near = m[1]
 		msg = msg[len(m[0]):]
 	}
-	if m := effectPattern.FindStringSubmatch(msg); m != nil {
+	if m := effectPattern().FindStringSubmatch(msg); m != nil {
 		msg = fmt.Sprintf("unexpected %q, expected permit or forbid", m[1])
 		p.Line, p.Column = backTo(src, p.Line, p.Column, m[1])
-	} else if m := exactPattern.FindStringSubmatch(msg); m != nil {
+	} else if m := exactPattern().FindStringSubmatch(msg); m != nil {
 		got, want := m[1], m[2]
 		if got == "" {
 			msg = fmt.Sprintf("unexpected end of input, expected %q", want)
@@ -145,7 +150,7 @@ func syntaxProblem(file string, src []byte, err error) Problem {
 			}
 			p.Line, p.Column = positionOf(src, i)
 		}
-	} else if m := numberPattern.FindStringSubmatch(msg); m != nil && p.Line == 0 {
+	} else if m := numberPattern().FindStringSubmatch(msg); m != nil && p.Line == 0 {
 		if i := strings.Index(string(src), strings.TrimPrefix(m[1], "-")); i >= 0 {
 			p.Line, p.Column = positionOf(src, i)
 		}
@@ -290,7 +295,7 @@ func compile(m *model, files map[string][]byte) (*Set, error) {
 			id := fmt.Sprintf("%s#%d", name, i)
 			if v, ok := ann[AnnotationID]; ok {
 				id = string(v)
-				if !idPattern.MatchString(id) {
+				if !idPattern().MatchString(id) {
 					q := loc
 					q.Kind, q.Message = "annotation", fmt.Sprintf("@id(%q) is not a valid policy id: use 1-200 of A-Z a-z 0-9 . _ : / @ + -", id)
 					addProb(q)

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -72,7 +73,7 @@ func ParseDuration(s string) (time.Duration, error) {
 }
 
 // unknownField is yaml.v3's message for a field KnownFields refuses.
-var unknownField = regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`)
+var unknownField = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`^line (\d+): field (\S+) not found in type (\S+)$`) })
 
 // explainTypeError says yaml.v3's decoding errors in ward's words: an
 // unknown field is named with its line, where it is (top level, or under
@@ -82,7 +83,7 @@ func explainTypeError(te *yaml.TypeError, out any, docs string) error {
 	collectSections(reflect.TypeOf(out), "", sections)
 	msgs := make([]string, 0, len(te.Errors))
 	for _, e := range te.Errors {
-		m := unknownField.FindStringSubmatch(e)
+		m := unknownField().FindStringSubmatch(e)
 		if m == nil {
 			msgs = append(msgs, e)
 			continue
