@@ -194,7 +194,12 @@ type Agent struct {
 	LastSeen    time.Time `json:"last_seen"`
 	Evicted     bool      `json:"evicted,omitempty"`
 	EvictedAt   time.Time `json:"evicted_at,omitzero"`
-	Revision    int64     `json:"-"`
+	// EvictPending: an eviction marked the agent but has not revoked the
+	// SVIDs signed through it yet (it failed, or is under way): the agent
+	// may not attest again until an eviction completes, or its old SVIDs
+	// would stay valid beside its new ones (EvictAgent).
+	EvictPending bool  `json:"evict_pending,omitempty"`
+	Revision     int64 `json:"-"`
 }
 
 func (r *Registry) agentKey(id spiffeid.ID) (string, error) {
@@ -302,6 +307,10 @@ func (r *Registry) RecordAttestationIf(ctx context.Context, id spiffeid.ID, typ 
 	allow func(prev Agent, exists bool) error) (Agent, error) {
 	now := r.now()
 	return r.update(ctx, id, true, func(a *Agent, exists bool) error {
+		if a.EvictPending {
+			return errs.Errorf(errs.Precondition, "agent %s may not attest: its eviction at %s has not revoked the SVIDs signed through it "+
+				"yet (it failed or is under way): run `ward agent evict %s` again until it succeeds", id, a.EvictedAt.Format(time.RFC3339), id)
+		}
 		if allow != nil {
 			if err := allow(*a, exists); err != nil {
 				return err
@@ -443,7 +452,11 @@ func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string,
 // flight is released after that (RecordIssued refuses an evicted agent).
 // revoke returns how many it revoked (0: kept in the record, e.g. no
 // policy applied yet, when everything is refused anyway; a later evict
-// revokes them). It returns how many were revoked. Audited (agent.evict, with the count).
+// revokes them). Until that step succeeds the agent is EvictPending and
+// may not attest again (RecordAttestationIf): an eviction that failed
+// (the deny-list or the audit log down) leaves the agent out, not back
+// with its old SVIDs still valid; running it again completes it. It
+// returns how many were revoked. Audited (agent.evict, with the count).
 func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(context.Context, []Issued) (int, error)) (Agent, int, error) {
 	fields := map[string]string{"agent_id": id.String()}
 	if _, err := r.agentKey(id); err != nil {
@@ -457,6 +470,7 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(c
 		if !a.Evicted {
 			a.Evicted, a.EvictedAt = true, now
 		}
+		a.EvictPending = true
 		return nil
 	})
 	n := 0
@@ -465,10 +479,18 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(c
 		var svids []Issued
 		if svids, err = r.takeIssued(ctx, id); err == nil && revoke != nil && len(svids) > 0 {
 			if n, err = revoke(ctx, svids); err != nil {
-				err = fmt.Errorf("agent %s is evicted, but revoking its %d unexpired SVIDs failed (run `ward agent evict` again): %w", id, len(svids), err)
-			} else if n > 0 {
-				err = r.forgetIssued(ctx, id, svids)
+				err = fmt.Errorf("agent %s is evicted, but revoking its %d unexpired SVIDs failed (run `ward agent evict` again; "+
+					"until it succeeds the agent may not attest again): %w", id, len(svids), err)
 			}
+		}
+		if err == nil {
+			a, err = r.update(ctx, id, false, func(a *Agent, _ bool) error {
+				a.EvictPending = false
+				return nil
+			})
+		}
+		if err == nil && n > 0 {
+			err = r.forgetIssued(ctx, id, svids)
 		}
 		fields["revoked_svids"] = strconv.Itoa(n)
 	}

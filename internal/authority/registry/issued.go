@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -16,19 +17,47 @@ import (
 
 // The X509-SVIDs the authority signed through an agent (its workloads'
 // and its own), so that evicting the agent can revoke every one still
-// valid (docs/agents.md). One record per agent, under issuedPrefix; only
-// unexpired serials are kept (expired ones are dropped on every write),
-// and at most MaxIssuedPerEntry per entry (and per agent for its own), so
-// an agent asking for SVIDs in a loop cannot grow the record: it is
-// bounded by the agent's entries x MaxIssuedPerEntry.
+// valid (docs/agents.md). Per agent, a head under issuedPrefix+<agent
+// path> (evicted or not) and one record per entry under
+// issuedPrefix+<agent path>+entrySep+<entry ID>: a signing rewrites the
+// head and the records of the entries it signed for, never the others
+// (one record for all entries made every rotation rewrite them all: 19 ms
+// for one SVID of a 1,000-entry agent, 50 times the signing;
+// BenchmarkRecordIssued). Only unexpired serials are kept, at most
+// MaxIssuedPerEntry per entry (and for the agent itself); beyond that the
+// oldest are displaced to the deny-list (at most MaxDisplacedPerEntry
+// still on it), so an agent asking for SVIDs in a loop grows neither the
+// record nor the deny-list past entries x (MaxIssuedPerEntry +
+// MaxDisplacedPerEntry).
 const issuedPrefix = "identity/issued/"
+
+// entrySep separates an agent's path from an entry ID in the keys of its
+// entry records: '#' is in no SPIFFE path, so the records of agent
+// "rack1/node-7" never share a prefix with those of "rack1/node-70".
+const entrySep = "/#/"
 
 // MaxIssuedPerEntry is how many unexpired X509-SVIDs one entry (or the
 // agent itself) may hold at once. A rotating agent holds 2-3 (the current
-// one and the next, renewed at half its lifetime; a restart adds one); a
-// signing beyond the bound is refused (FailedPrecondition) until one of the
-// older SVIDs expires.
+// one and the next, renewed at half its lifetime; a restart adds one).
+// Beyond it, a signing displaces the oldest (RecordIssuedDisplacing) or,
+// without a deny-list to displace them to, is refused (FailedPrecondition)
+// until one of them expires.
 const MaxIssuedPerEntry = 8
+
+// MaxDisplacedPerEntry is how many X509-SVIDs of one entry displaced to
+// the deny-list may be on it at once (until DenyListSkew past their
+// NotAfter): an entry gets at most MaxIssuedPerEntry+MaxDisplacedPerEntry
+// SVIDs within one lifetime. 24 covers an agent crash-looping under
+// Kubernetes' CrashLoopBackOff (at most one restart per 5 minutes after
+// the first few, 17 in the first hour) with a 1 h SVID TTL; a signing
+// beyond it is refused (FailedPrecondition) until a displaced one leaves.
+const MaxDisplacedPerEntry = 16
+
+// DenyListSkew is how long past its NotAfter a displaced serial stays on
+// the deny-list, counted against MaxDisplacedPerEntry until then: the
+// policy store's PruneSkew (policystore.PruneSkew; a test holds them
+// equal).
+const DenyListSkew = 5 * time.Minute
 
 // AgentSelf is the entry key of the agent's own SVIDs in RecordIssued.
 const AgentSelf = "agent"
@@ -41,165 +70,474 @@ type Issued struct {
 	NotAfter time.Time `json:"x"`
 }
 
-type issuedRecord struct {
+// issuedHead is an agent's head record.
+type issuedHead struct {
 	// Evicted: the agent was evicted; no signing is recorded (so none is
 	// released) until it attests again.
-	Evicted bool     `json:"evicted,omitempty"`
-	SVIDs   []Issued `json:"svids,omitempty"`
+	Evicted bool `json:"evicted,omitempty"`
+	// SVIDs: the one-record form's SVIDs (before the entry records), only
+	// ever pruned, taken by an eviction or forgotten; never added to.
+	SVIDs []Issued `json:"svids,omitempty"`
 }
 
-func (r *Registry) issuedKey(id spiffeid.ID) (string, error) {
+// issuedEntry is the record of the SVIDs of one entry signed through an
+// agent.
+type issuedEntry struct {
+	SVIDs []Issued `json:"svids,omitempty"`
+	// Displaced: SVIDs put on the deny-list to make room, kept until
+	// DenyListSkew past their NotAfter (when the deny-list drops them).
+	Displaced []Issued `json:"displaced,omitempty"`
+}
+
+func (r *Registry) issuedKeys(id spiffeid.ID) (head, entries string, err error) {
 	k, err := r.agentKey(id)
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
-	return issuedPrefix + strings.TrimPrefix(k, agentPrefix), nil
+	head = issuedPrefix + strings.TrimPrefix(k, agentPrefix)
+	return head, head + entrySep, nil
 }
 
-// updateIssued applies fn to agent id's record (pruned of expired SVIDs)
-// in one compare-and-swap.
-func (r *Registry) updateIssued(ctx context.Context, id spiffeid.ID, fn func(rec *issuedRecord) error) (issuedRecord, error) {
-	key, err := r.issuedKey(id)
+func pruneIssued(s []Issued, now time.Time, keep time.Duration) []Issued {
+	return slices.DeleteFunc(s, func(x Issued) bool { return !x.NotAfter.Add(keep).After(now) })
+}
+
+// issuedState is what one read of an agent's records holds: the head and
+// the records of some entries, pruned, with their revisions (0: absent).
+type issuedState struct {
+	head    issuedHead
+	headRev int64
+	recs    map[string]*issuedEntry
+	revs    map[string]int64
+}
+
+func (st *issuedState) rec(entry string) *issuedEntry {
+	if st.recs[entry] == nil {
+		st.recs[entry] = &issuedEntry{}
+	}
+	return st.recs[entry]
+}
+
+// readIssued reads agent's head and the records of entries (all of them
+// when all is set), pruned of what has expired.
+func (r *Registry) readIssued(ctx context.Context, agent spiffeid.ID, entries []string, all bool) (issuedState, error) {
+	hkey, prefix, err := r.issuedKeys(agent)
 	if err != nil {
-		return issuedRecord{}, err
+		return issuedState{}, err
+	}
+	st := issuedState{recs: map[string]*issuedEntry{}, revs: map[string]int64{}}
+	bad := func(err error) error {
+		return errs.Errorf(errs.Internal, "the SVIDs issued through %s: bad record: %v", agent, err)
+	}
+	kv, err := r.st.Get(ctx, hkey)
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(kv.Value, &st.head); err != nil {
+			return issuedState{}, bad(err)
+		}
+		st.headRev = kv.Revision
+	case errors.Is(err, store.ErrNotFound):
+	default:
+		return issuedState{}, storeErr("reading the SVIDs issued through "+agent.String(), err)
+	}
+	load := func(entry string, kv store.KV) error {
+		var e issuedEntry
+		if err := json.Unmarshal(kv.Value, &e); err != nil {
+			return bad(err)
+		}
+		st.recs[entry], st.revs[entry] = &e, kv.Revision
+		return nil
+	}
+	if all || len(entries) > 32 {
+		// One read for many: the agent's records, those asked for kept.
+		kvs, err := r.st.List(ctx, prefix)
+		if err != nil {
+			return issuedState{}, storeErr("reading the SVIDs issued through "+agent.String(), err)
+		}
+		want := make(map[string]bool, len(entries))
+		for _, e := range entries {
+			want[e], st.revs[e] = true, 0
+		}
+		for _, kv := range kvs {
+			entry := strings.TrimPrefix(kv.Key, prefix)
+			if all || want[entry] {
+				if err := load(entry, kv); err != nil {
+					return issuedState{}, err
+				}
+			}
+		}
+	} else {
+		for _, entry := range entries {
+			if _, ok := st.revs[entry]; ok {
+				continue
+			}
+			kv, err := r.st.Get(ctx, prefix+entry)
+			switch {
+			case err == nil:
+				if err := load(entry, kv); err != nil {
+					return issuedState{}, err
+				}
+			case errors.Is(err, store.ErrNotFound):
+				st.revs[entry] = 0
+			default:
+				return issuedState{}, storeErr("reading the SVIDs issued through "+agent.String(), err)
+			}
+		}
+	}
+	now := r.now()
+	st.head.SVIDs = pruneIssued(st.head.SVIDs, now, 0)
+	for _, e := range st.recs {
+		e.SVIDs = pruneIssued(e.SVIDs, now, 0)
+		e.Displaced = pruneIssued(e.Displaced, now, DenyListSkew)
+	}
+	return st, nil
+}
+
+// chunkSize is how many entry records one batch writes (with the head).
+func (r *Registry) chunkSize() int { return max(1, r.st.MaxBatch()-1) }
+
+// updateIssued applies fn to agent's head and the records of entries (at
+// most chunkSize): read, then written in one batch conditional on every
+// revision read, the head's included (so an eviction, which writes the
+// head, fails any signing record in flight: it is read again and
+// refused). fn is called again after a conflict.
+func (r *Registry) updateIssued(ctx context.Context, agent spiffeid.ID, entries []string, fn func(st *issuedState) error) error {
+	hkey, prefix, err := r.issuedKeys(agent)
+	if err != nil {
+		return err
 	}
 	for range maxCASRetry {
-		var rec issuedRecord
-		var rev int64
-		kv, err := r.st.Get(ctx, key)
-		switch {
-		case err == nil:
-			if err := json.Unmarshal(kv.Value, &rec); err != nil {
-				return issuedRecord{}, errs.Errorf(errs.Internal, "the SVIDs issued through %s: bad record: %v", id, err)
+		st, err := r.readIssued(ctx, agent, entries, false)
+		if err != nil {
+			return err
+		}
+		if err := fn(&st); err != nil {
+			return err
+		}
+		hv, _ := json.Marshal(st.head)
+		ops := []store.Op{{Key: hkey, Value: hv, ExpectRevision: st.headRev}}
+		written := map[string]bool{}
+		for _, entry := range entries {
+			if written[entry] {
+				continue
 			}
-			rev = kv.Revision
-		case errors.Is(err, store.ErrNotFound):
-		default:
-			return issuedRecord{}, storeErr("reading the SVIDs issued through "+id.String(), err)
+			written[entry] = true
+			e, rev := st.recs[entry], st.revs[entry]
+			switch {
+			case e != nil && (len(e.SVIDs) > 0 || len(e.Displaced) > 0):
+				v, _ := json.Marshal(e)
+				ops = append(ops, store.Op{Key: prefix + entry, Value: v, ExpectRevision: rev})
+			case rev > 0:
+				ops = append(ops, store.Op{Key: prefix + entry, Delete: true, ExpectRevision: rev})
+			}
 		}
-		now := r.now()
-		rec.SVIDs = slices.DeleteFunc(rec.SVIDs, func(s Issued) bool { return !s.NotAfter.After(now) })
-		if err := fn(&rec); err != nil {
-			return issuedRecord{}, err
-		}
-		b, _ := json.Marshal(rec)
-		if _, err = r.st.CompareAndSwap(ctx, key, b, rev); errors.Is(err, store.ErrConflict) {
+		if _, err := r.st.Batch(ctx, ops); errors.Is(err, store.ErrConflict) {
 			continue
 		} else if err != nil {
-			return issuedRecord{}, storeErr("writing the SVIDs issued through "+id.String(), err)
+			return storeErr("writing the SVIDs issued through "+agent.String(), err)
 		}
-		return rec, nil
+		return nil
 	}
-	return issuedRecord{}, errs.Errorf(errs.Conflict, "the SVIDs issued through %s: too much contention; retry", id)
+	return errs.Errorf(errs.Conflict, "the SVIDs issued through %s: too much contention; retry", agent)
 }
 
 // RecordIssued records X509-SVIDs signed through agent before they are
-// released. It returns one error per item (nil: recorded, release it): an
-// entry that already holds MaxIssuedPerEntry unexpired SVIDs gets
-// Precondition. attested clears an eviction (the agent attested again,
-// its attestation already recorded) unless the agent's record is evicted
-// again by now; otherwise an evicted agent's items are all refused
-// (Denied), so a signing in flight while the agent is evicted is never
-// released unrevoked. err is set when nothing could be recorded.
+// released, refusing (Precondition) those of an entry already at
+// MaxIssuedPerEntry: RecordIssuedDisplacing with nothing to displace to.
 func (r *Registry) RecordIssued(ctx context.Context, agent spiffeid.ID, items []Issued, attested bool) (perItem []error, err error) {
-	_, err = r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
-		perItem = make([]error, len(items))
-		if attested && rec.Evicted {
-			// An eviction may have run between the attestation's record
-			// and this one (EvictAgent marks the agent, then takes this
-			// record): the agent's record, read after this record and
-			// before the compare-and-swap that writes it, says. Cleared
-			// unchecked, the attestation's SVID was released unrevoked by
-			// an eviction that had already taken the record.
-			a, err := r.GetAgent(ctx, agent)
-			if err != nil {
-				return err
+	perItem, _, err = r.RecordIssuedDisplacing(ctx, agent, items, attested, nil)
+	return perItem, err
+}
+
+// Displace puts SVIDs on the deny-list until their NotAfter; its error
+// refuses the signings that needed the room.
+type Displace func(ctx context.Context, svids []Issued) error
+
+// room decides whether entry's record has room for one more SVID: nil
+// and nothing to displace, nil and the oldest SVIDs to displace (when
+// displacing), or an error (Precondition).
+func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool) ([]Issued, error) {
+	over := len(e.SVIDs) + 1 - MaxIssuedPerEntry
+	if over <= 0 {
+		return nil, nil
+	}
+	if !displacing {
+		return nil, errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired X509-SVIDs signed through agent %s: "+
+			"no more until one expires (an agent rotates at half the lifetime and holds 2-3)", entry, len(e.SVIDs), agent)
+	}
+	if len(e.Displaced)+over > MaxDisplacedPerEntry {
+		return nil, errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired X509-SVIDs signed through agent %s and %d more "+
+			"were revoked to make room, the most within a lifetime: no more until one expires (a crash-looping agent: give it a "+
+			"persistent data directory)", entry, len(e.SVIDs), agent, len(e.Displaced))
+	}
+	old := slices.SortedFunc(slices.Values(e.SVIDs), func(a, b Issued) int { return a.NotAfter.Compare(b.NotAfter) })
+	return old[:over], nil
+}
+
+// RecordIssuedDisplacing records X509-SVIDs signed through agent before
+// they are released. It returns one error per item (nil: recorded,
+// release it) and the SVIDs displaced. An entry at MaxIssuedPerEntry
+// makes room by displacing its oldest SVIDs (earliest NotAfter) to the
+// deny-list through displace (before the record drops them, so an
+// eviction always finds every unexpired SVID in the record or on the
+// deny-list), at most MaxDisplacedPerEntry on it at once; nil displace,
+// a displace error, or the displaced bound refuse the item instead
+// (Precondition, or displace's error). attested clears an eviction (the
+// agent attested again, its attestation already recorded) unless the
+// agent's record is evicted again by now; otherwise an evicted agent's
+// items are all refused (Denied), so a signing in flight while the agent
+// is evicted is never released unrevoked. err is set when nothing could
+// be recorded.
+func (r *Registry) RecordIssuedDisplacing(ctx context.Context, agent spiffeid.ID, items []Issued, attested bool, displace Displace) (perItem []error, displaced []Issued, err error) {
+	perItem = make([]error, len(items))
+	entries := distinct(items, func(it Issued) string { return it.Entry })
+	recorded := false
+	for len(entries) > 0 {
+		chunk := entries[:min(r.chunkSize(), len(entries))]
+		entries = entries[len(chunk):]
+		var out []Issued
+		err := r.updateIssued(ctx, agent, chunk, func(st *issuedState) error {
+			out = nil
+			if st.head.Evicted && attested {
+				// An eviction may have run between the attestation's
+				// record and this one (EvictAgent marks the agent, then
+				// takes this record): the agent's record, read after this
+				// record and before the batch that writes it, says.
+				// Cleared unchecked, the attestation's SVID was released
+				// unrevoked by an eviction that had already taken the
+				// record.
+				a, err := r.GetAgent(ctx, agent)
+				if err != nil {
+					return err
+				}
+				if a.Evicted {
+					return errs.Errorf(errs.Denied, "agent %s was evicted while it attested: attest again", agent)
+				}
+				st.head.Evicted = false
 			}
-			if a.Evicted {
-				return errs.Errorf(errs.Denied, "agent %s was evicted while it attested: attest again", agent)
+			if st.head.Evicted {
+				return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 			}
-			rec.Evicted = false
+			out = r.placeIssued(ctx, agent, st, chunk, items, perItem, displace)
+			return nil
+		})
+		if err != nil {
+			if !recorded {
+				return nil, displaced, err
+			}
+			// Earlier chunks are recorded: this one's items and the
+			// rest are refused.
+			left := map[string]bool{}
+			for _, e := range append(chunk, entries...) {
+				left[e] = true
+			}
+			for i, it := range items {
+				if left[it.Entry] {
+					perItem[i] = err
+				}
+			}
+			return perItem, displaced, nil
 		}
-		if rec.Evicted {
-			return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
+		recorded = true
+		displaced = append(displaced, out...)
+	}
+	return perItem, displaced, nil
+}
+
+// placeIssued adds the items of chunk's entries to st, setting their
+// perItem; an entry at its bound displaces its oldest SVIDs through
+// displace first. It returns the SVIDs displaced.
+func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issuedState, chunk []string, items []Issued, perItem []error, displace Displace) []Issued {
+	try := func(displacing bool) (map[string]*issuedEntry, []Issued, []bool) {
+		plan := map[string]*issuedEntry{}
+		for _, entry := range chunk {
+			e := st.rec(entry)
+			plan[entry] = &issuedEntry{SVIDs: slices.Clone(e.SVIDs), Displaced: slices.Clone(e.Displaced)}
 		}
-		count := map[string]int{}
-		for _, s := range rec.SVIDs {
-			count[s.Entry]++
-		}
+		var out []Issued
+		needed := make([]bool, len(items))
 		for i, it := range items {
-			if count[it.Entry] >= MaxIssuedPerEntry {
-				perItem[i] = errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired X509-SVIDs signed through agent %s: "+
-					"no more until one expires (an agent rotates at half the lifetime and holds 2-3)", it.Entry, MaxIssuedPerEntry, agent)
+			e := plan[it.Entry]
+			if e == nil {
+				continue // another chunk's
+			}
+			old, err := room(agent, it.Entry, e, displacing)
+			perItem[i] = err
+			if err != nil {
 				continue
 			}
-			count[it.Entry]++
-			rec.SVIDs = append(rec.SVIDs, it)
+			needed[i] = len(old) > 0
+			e.SVIDs = slices.DeleteFunc(e.SVIDs, func(s Issued) bool { return slices.Contains(old, s) })
+			e.Displaced = append(e.Displaced, old...)
+			e.SVIDs = append(e.SVIDs, it)
+			out = append(out, old...)
 		}
-		return nil
-	})
+		return plan, out, needed
+	}
+	plan, out, needed := try(displace != nil)
+	if len(out) > 0 {
+		if err := displace(ctx, out); err != nil {
+			// Nothing displaced: the items that needed room are refused
+			// with displace's error, the others recorded as they fit.
+			plan, out, _ = try(false)
+			for i := range items {
+				if needed[i] {
+					perItem[i] = err
+				}
+			}
+		}
+	}
+	for entry, e := range plan {
+		st.recs[entry] = e
+	}
+	return out
+}
+
+// IssueRoom says, before anything is signed, whether X509-SVIDs for
+// entries could be recorded through agent now (one read of its records):
+// one error per entry (nil: there is room, or displacing could make it),
+// the same as RecordIssuedDisplacing would give (Precondition at the
+// bounds); err (Denied) for an agent evicted (unless attested: its
+// attestation lifts the eviction). A Node API call checks it first, so an
+// agent at its bounds costs no signing. Entries listed twice are counted
+// twice.
+func (r *Registry) IssueRoom(ctx context.Context, agent spiffeid.ID, entries []string, attested, displacing bool) ([]error, error) {
+	st, err := r.readIssued(ctx, agent, distinct(entries, func(e string) string { return e }), false)
 	if err != nil {
 		return nil, err
 	}
-	return perItem, nil
+	if st.head.Evicted && !attested {
+		return nil, errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
+	}
+	out := make([]error, len(entries))
+	for i, entry := range entries {
+		e := st.rec(entry)
+		old, err := room(agent, entry, e, displacing)
+		if out[i] = err; err != nil {
+			continue
+		}
+		e.SVIDs = slices.DeleteFunc(e.SVIDs, func(s Issued) bool { return slices.Contains(old, s) })
+		e.Displaced = append(e.Displaced, old...)
+		e.SVIDs = append(e.SVIDs, Issued{Entry: entry})
+	}
+	return out, nil
 }
 
 // IssuedSVIDs returns the unexpired X509-SVIDs recorded for agent (for
-// tests and `ward agent list`-style views).
+// tests and `ward agent list`-style views); displaced ones are not (they
+// are on the deny-list).
 func (r *Registry) IssuedSVIDs(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
-	key, err := r.issuedKey(agent)
+	st, err := r.readIssued(ctx, agent, nil, true)
 	if err != nil {
 		return nil, err
 	}
-	kv, err := r.st.Get(ctx, key)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, storeErr("reading the SVIDs issued through "+agent.String(), err)
-	}
-	var rec issuedRecord
-	if err := json.Unmarshal(kv.Value, &rec); err != nil {
-		return nil, errs.Errorf(errs.Internal, "the SVIDs issued through %s: bad record: %v", agent, err)
-	}
-	now := r.now()
-	return slices.DeleteFunc(rec.SVIDs, func(s Issued) bool { return !s.NotAfter.After(now) }), nil
+	return st.all(false), nil
 }
 
-// takeIssued marks agent's record evicted (no signing recorded, so none
-// released, until it attests again) and returns its unexpired SVIDs.
+// DisplacedSVIDs returns the SVIDs signed through agent that were
+// displaced to the deny-list and are still on it.
+func (r *Registry) DisplacedSVIDs(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
+	st, err := r.readIssued(ctx, agent, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []Issued
+	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
+		out = append(out, st.recs[entry].Displaced...)
+	}
+	return out, nil
+}
+
+// all returns the SVIDs of st (the head's, then by entry's), with the
+// displaced ones when displaced is set.
+func (st *issuedState) all(displaced bool) []Issued {
+	out := slices.Clone(st.head.SVIDs)
+	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
+		e := st.recs[entry]
+		out = append(out, e.SVIDs...)
+		if displaced {
+			out = append(out, e.Displaced...)
+		}
+	}
+	return out
+}
+
+// takeIssued marks agent's records evicted (no signing recorded, so none
+// released, until it attests again) and returns its unexpired SVIDs, the
+// displaced ones included (revoking them again keeps them revoked if the
+// deny-list lost them, e.g. to a rollback).
 func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
-	rec, err := r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
-		rec.Evicted = true
+	if err := r.updateIssued(ctx, agent, nil, func(st *issuedState) error {
+		st.head.Evicted = true
 		return nil
-	})
-	return rec.SVIDs, err
+	}); err != nil {
+		return nil, err
+	}
+	// Every record written before the head is in this read; none is
+	// written after it (their batches expect the head's old revision).
+	st, err := r.readIssued(ctx, agent, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	now := r.now()
+	return slices.DeleteFunc(st.all(true), func(s Issued) bool { return !s.NotAfter.After(now) }), nil
+}
+
+// forget drops serials from agent's records (the head's and the entries'
+// live SVIDs; displaced ones stay counted). Entries are read in one list
+// and written chunkSize at a time.
+func (r *Registry) forget(ctx context.Context, agent spiffeid.ID, gone []Issued) error {
+	if len(gone) == 0 {
+		return nil
+	}
+	serials := map[string]bool{}
+	for _, s := range gone {
+		serials[s.Serial] = true
+	}
+	entries := distinct(gone, func(it Issued) string { return it.Entry })
+	drop := func(s []Issued) []Issued {
+		return slices.DeleteFunc(s, func(x Issued) bool { return serials[x.Serial] })
+	}
+	for first := true; first || len(entries) > 0; first = false {
+		chunk := entries[:min(r.chunkSize(), len(entries))]
+		entries = entries[len(chunk):]
+		if err := r.updateIssued(ctx, agent, chunk, func(st *issuedState) error {
+			st.head.SVIDs = drop(st.head.SVIDs)
+			for _, e := range chunk {
+				st.rec(e).SVIDs = drop(st.rec(e).SVIDs)
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // forgetIssued drops the SVIDs of an evicted agent once they are revoked
-// (the record stays evicted).
+// (the head stays evicted).
 func (r *Registry) forgetIssued(ctx context.Context, agent spiffeid.ID, revoked []Issued) error {
-	_, err := r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
-		rec.SVIDs = slices.DeleteFunc(rec.SVIDs, func(s Issued) bool {
-			return slices.ContainsFunc(revoked, func(x Issued) bool { return x.Serial == s.Serial })
-		})
-		return nil
-	})
-	return err
+	return r.forget(ctx, agent, revoked)
 }
 
-// ForgetWithheld drops serials recorded by RecordIssued whose SVIDs were
-// then withheld (the audit log was down): never released, they need no
+// ForgetWithheld drops SVIDs recorded by RecordIssued that were then
+// withheld (the audit log was down): never released, they need no
 // revocation, and kept they held the entry's bound, so an agent retrying
 // through an audit outage was refused (FailedPrecondition) for up to a
 // whole SVID lifetime once the log was back. An eviction is kept.
-func (r *Registry) ForgetWithheld(ctx context.Context, agent spiffeid.ID, serials []string) error {
-	if len(serials) == 0 {
-		return nil
+func (r *Registry) ForgetWithheld(ctx context.Context, agent spiffeid.ID, withheld []Issued) error {
+	return r.forget(ctx, agent, withheld)
+}
+
+// distinct returns the keys of s, each once, in their first order.
+func distinct[T any](s []T, key func(T) string) []string {
+	seen := make(map[string]bool, len(s))
+	var out []string
+	for _, x := range s {
+		if k := key(x); !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
 	}
-	_, err := r.updateIssued(ctx, agent, func(rec *issuedRecord) error {
-		rec.SVIDs = slices.DeleteFunc(rec.SVIDs, func(s Issued) bool { return slices.Contains(serials, s.Serial) })
-		return nil
-	})
-	return err
+	return out
 }
