@@ -156,6 +156,8 @@ type CA struct {
 	mu      sync.Mutex // serializes local mutations and view swaps
 	view    atomic.Pointer[view]
 	updated chan struct{}
+
+	x509Signed atomic.Uint64 // X509-SVIDs signed (SignedX509SVIDs)
 }
 
 // view is an immutable snapshot of the loaded state.

@@ -180,6 +180,7 @@ func (c *CA) SignX509SVID(ctx context.Context, req SVIDRequest) ([]*x509.Certifi
 	if len(req.DNSNames) > 0 {
 		tmpl.Subject.CommonName = req.DNSNames[0]
 	}
+	c.x509Signed.Add(1)
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, v.inter.cert, req.PublicKey, v.inter.signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign X509-SVID for %s: %w", req.ID, err)
@@ -190,6 +191,10 @@ func (c *CA) SignX509SVID(ctx context.Context, req SVIDRequest) ([]*x509.Certifi
 	}
 	return []*x509.Certificate{leaf, v.inter.cert}, nil
 }
+
+// SignedX509SVIDs is how many X509-SVIDs this CA has signed (attempted:
+// each is a private-key signature) since it was opened.
+func (c *CA) SignedX509SVIDs() uint64 { return c.x509Signed.Load() }
 
 func (c *CA) checkID(id spiffeid.ID) error {
 	if id.IsZero() {

@@ -124,6 +124,10 @@ type Config struct {
 	// OnTelemetry, when set, is called with the reason of every refused
 	// telemetry report (too_large, rate_limited).
 	OnTelemetry func(reason string)
+	// OnSVIDsDisplaced, when set, is called with the number of X509-SVIDs
+	// deny-listed to make room for new ones of entries at their bound
+	// (registry.MaxIssuedPerEntry; service.go displacer).
+	OnSVIDsDisplaced func(n int)
 	// AdvertisedEndpoints lets an agent register a WireGuard endpoint
 	// whose IP is not the address its connection came from (authority
 	// config network.advertised_endpoints: NAT). Off, such an endpoint

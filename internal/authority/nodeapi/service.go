@@ -5,6 +5,8 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"errors"
+	"fmt"
 	"runtime"
 	"slices"
 	"strconv"
@@ -21,6 +23,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/apiconv"
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/ca"
+	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/checkpoint"
@@ -100,21 +103,67 @@ func (s *Server) bundleJSON() ([]byte, uint64, error) {
 	return j, seq, nil
 }
 
-// recordIssued records the agent's own SVID under it (registry.RecordIssued).
+// recordIssued records the agent's own SVID under it
+// (registry.RecordIssuedDisplacing: at the bound its oldest are
+// deny-listed).
 func (s *Server) recordIssued(ctx context.Context, id spiffeid.ID, it registry.Issued, attested bool) error {
-	perItem, err := s.cfg.Registry.RecordIssued(ctx, id, []registry.Issued{it}, attested)
+	perItem, _, err := s.cfg.Registry.RecordIssuedDisplacing(ctx, id, []registry.Issued{it}, attested, s.displacer(id))
 	if err != nil {
 		return err
 	}
 	return perItem[0]
 }
 
-// forgetWithheld drops from the agent's record the serials of SVIDs
-// withheld because the audit log was down (registry.ForgetWithheld), so
-// the agent's retries do not use up its per-entry bound. Best effort: a
-// serial left behind only holds a slot until it expires.
-func (s *Server) forgetWithheld(ctx context.Context, agent spiffeid.ID, serials []string) {
-	_ = s.cfg.Registry.ForgetWithheld(context.WithoutCancel(ctx), agent, serials)
+// displacer deny-lists the oldest SVIDs of an entry at its bound of
+// unexpired SVIDs signed through agent (registry.MaxIssuedPerEntry), so
+// the new one can be issued: an agent crash-looping without a data
+// directory, or whose responses were lost, is not refused, while the SVIDs
+// out there stay bounded and eviction still revokes every one. Audited
+// (policy.revoke) and counted (Config.OnSVIDsDisplaced). Without a policy
+// store, or before any policy is applied, there is no deny-list to put
+// them on: the signing is refused at the bound.
+func (s *Server) displacer(agent spiffeid.ID) registry.Displace {
+	if s.cfg.Policy == nil {
+		return nil
+	}
+	return func(ctx context.Context, svids []registry.Issued) error {
+		exp := make([]policystore.Expiring, len(svids))
+		for i, sv := range svids {
+			exp[i] = policystore.Expiring{Serial: sv.Serial, NotAfter: sv.NotAfter}
+		}
+		_, err := s.cfg.Policy.RevokeExpiring(ctx, agent.String(), exp, fmt.Sprintf("displaced: %d X509-SVIDs signed through agent %s, "+
+			"whose entries held %d unexpired ones", len(svids), agent, registry.MaxIssuedPerEntry))
+		if errors.Is(err, policystore.ErrNoPolicy) {
+			return errs.Errorf(errs.Precondition, "the entry already holds %d unexpired X509-SVIDs signed through agent %s and no policy "+
+				"is applied to revoke the oldest: no more until one expires (apply a policy)", registry.MaxIssuedPerEntry, agent)
+		}
+		if err != nil {
+			return fmt.Errorf("revoking the oldest X509-SVIDs of the entry (at its bound of %d) to make room: %w", registry.MaxIssuedPerEntry, err)
+		}
+		if s.cfg.OnSVIDsDisplaced != nil {
+			s.cfg.OnSVIDsDisplaced(len(svids))
+		}
+		return nil
+	}
+}
+
+// checkRoom refuses, before anything is signed, an SVID for the agent
+// itself that could not be recorded (registry.IssueRoom): an agent at its
+// bounds costs no signing.
+func (s *Server) checkRoom(ctx context.Context, id spiffeid.ID, attested bool) error {
+	perEntry, err := s.cfg.Registry.IssueRoom(ctx, id, []string{registry.AgentSelf}, attested, s.cfg.Policy != nil)
+	if err != nil {
+		return err
+	}
+	return perEntry[0]
+}
+
+// forgetWithheld drops from the agent's record the SVIDs withheld because
+// the audit log was down (registry.ForgetWithheld), so the agent's
+// retries do not use up its per-entry bound. Best effort: a serial left
+// behind only holds a slot until it expires.
+func (s *Server) forgetWithheld(ctx context.Context, agent spiffeid.ID, withheld []registry.Issued) {
+	_ = s.cfg.Registry.ForgetWithheld(context.WithoutCancel(ctx), agent, withheld)
 }
 
 // signAgent signs an agent SVID for id.
@@ -225,6 +274,16 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 		return s.deny(ctx, "agent.attest", fields, status.Error(codes.InvalidArgument, "attestation needs join_token, x509pop or k8s_psat in the first message"))
 	}
 	fields["agent_id"] = id.String()
+	// Refused before signing: an agent whose eviction has not revoked yet
+	// (RecordAttestationIf refuses it too, in its compare-and-swap), or at
+	// its bounds.
+	if a, err := s.cfg.Registry.GetAgent(ctx, id); err == nil && a.EvictPending {
+		return s.deny(ctx, "agent.attest", fields, errs.Errorf(errs.Precondition, "agent %s may not attest: its eviction has not "+
+			"revoked the SVIDs signed through it yet: run `ward agent evict %s` again until it succeeds", id, id))
+	}
+	if err := s.checkRoom(ctx, id, true); err != nil {
+		return s.deny(ctx, "agent.attest", fields, err)
+	}
 	chain, err := s.signAgent(ctx, id, pub)
 	if err != nil {
 		return s.deny(ctx, "agent.attest", fields, err)
@@ -234,14 +293,15 @@ func (n *nodeService) Attest(stream wardv1.Node_AttestServer) error {
 	if _, err := s.cfg.Registry.RecordAttestationIf(ctx, id, typ, sels, serial, leaf.NotAfter, reuse); err != nil {
 		return s.deny(ctx, "agent.attest", fields, err)
 	}
-	if err := s.recordIssued(ctx, id, registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}, true); err != nil {
+	self := registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}
+	if err := s.recordIssued(ctx, id, self, true); err != nil {
 		return s.deny(ctx, "agent.attest", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
 	// Audit before release: an SVID whose issuance is not in the log is
 	// never handed out.
 	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.attest", audit.ResultOK, "", fields)); err != nil {
-		s.forgetWithheld(ctx, id, []string{serial})
+		s.forgetWithheld(ctx, id, []registry.Issued{self})
 		return status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -260,6 +320,9 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	if err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
+	if err := s.checkRoom(ctx, id, false); err != nil {
+		return nil, s.deny(ctx, "agent.renew", fields, err)
+	}
 	chain, err := s.signAgent(ctx, id, pub)
 	if err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
@@ -270,7 +333,8 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	if _, err := s.cfg.Registry.RecordRenewal(ctx, id, from, serial, leaf.NotAfter); err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
-	if err := s.recordIssued(ctx, id, registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}, false); err != nil {
+	self := registry.Issued{Entry: registry.AgentSelf, Serial: serial, NotAfter: leaf.NotAfter}
+	if err := s.recordIssued(ctx, id, self, false); err != nil {
 		return nil, s.deny(ctx, "agent.renew", fields, err)
 	}
 	fields["serial"], fields["expires"] = serial, leaf.NotAfter.UTC().Format(time.RFC3339)
@@ -278,7 +342,7 @@ func (n *nodeService) RenewAgent(ctx context.Context, r *wardv1.RenewAgentReques
 	// it renewed with, which may renew again until the new one is presented
 	// (registry.RecordRenewal). So is a response lost on the way.
 	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "agent.renew", audit.ResultOK, "", fields)); err != nil {
-		s.forgetWithheld(ctx, id, []string{serial})
+		s.forgetWithheld(ctx, id, []registry.Issued{self})
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, agent SVID for %s withheld: %v; retry RenewAgent with the same agent SVID", id, err)
 	}
 	bj, _, err := s.bundleJSON()
@@ -377,7 +441,12 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 		return nil, status.Errorf(codes.InvalidArgument, "%d SVIDs requested in one call; at most %d: split the batch", len(r.Params), MaxBatch)
 	}
 	items := make([]signed, len(r.Params))
-	one := func(i int) {
+	pubs := make([]crypto.PublicKey, len(items))
+	ids := make([]spiffeid.ID, len(items))
+	// Checked first, signed after: what could not be recorded (the agent
+	// evicted, an entry at its bounds) is refused before it costs a
+	// signature, so an agent looping at its bound spends no signing.
+	parallel(len(items), func(i int) {
 		p := r.Params[i]
 		it := &items[i]
 		it.result = &wardv1.X509SVIDResult{EntryId: p.GetEntryId()}
@@ -387,54 +456,53 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 			return
 		}
 		it.entry = e
-		pub, err := parseCSR(p.GetCsr(), false)
-		if err != nil {
+		if pubs[i], err = parseCSR(p.GetCsr(), false); err != nil {
 			it.err = err
 			return
 		}
-		id, err := spiffeid.FromString(e.SPIFFEID)
-		if err != nil {
+		if ids[i], err = spiffeid.FromString(e.SPIFFEID); err != nil {
 			it.err = status.Errorf(codes.Internal, "entry %s has a bad SPIFFE ID: %v", e.ID, err)
-			return
 		}
-		it.chain, it.err = s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: id, PublicKey: pub, TTL: e.TTL, DNSNames: e.DNSNames})
-	}
-	workers := min(runtime.GOMAXPROCS(0), len(items))
-	if workers <= 1 {
-		for i := range items {
-			one(i)
-		}
-	} else {
-		var wg sync.WaitGroup
-		next := make(chan int)
-		for range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range next {
-					one(i)
-				}
-			}()
-		}
-		for i := range items {
-			next <- i
-		}
-		close(next)
-		wg.Wait()
-	}
-	// Every SVID is recorded under the agent before it is released, so
-	// evicting the agent revokes it (registry.RecordIssued: bounded per
-	// entry, refused once the agent is evicted).
-	var issued []registry.Issued
+	})
+	var want []string
 	var at []int
+	for i := range items {
+		if items[i].err == nil {
+			want, at = append(want, items[i].entry.ID), append(at, i)
+		}
+	}
+	if len(want) > 0 {
+		perEntry, err := s.cfg.Registry.IssueRoom(ctx, agent, want, false, s.cfg.Policy != nil)
+		for j, i := range at {
+			if err != nil {
+				items[i].err = err
+			} else if perEntry[j] != nil {
+				items[i].err = perEntry[j]
+			}
+		}
+	}
+	parallel(len(items), func(i int) {
+		if it := &items[i]; it.err == nil {
+			it.chain, it.err = s.cfg.CA.SignX509SVID(ctx, ca.SVIDRequest{ID: ids[i], PublicKey: pubs[i], TTL: it.entry.TTL, DNSNames: it.entry.DNSNames})
+		}
+	})
+	// Every SVID is recorded under the agent before it is released, so
+	// evicting the agent revokes it (registry.RecordIssuedDisplacing:
+	// bounded per entry, the oldest displaced to the deny-list at the
+	// bound, refused once the agent is evicted).
+	var issued []registry.Issued
+	at = at[:0]
 	for i := range items {
 		if it := &items[i]; it.err == nil {
 			issued = append(issued, registry.Issued{Entry: it.entry.ID, Serial: it.chain[0].SerialNumber.Text(16), NotAfter: it.chain[0].NotAfter})
 			at = append(at, i)
 		}
 	}
+	var displaced []registry.Issued
 	if len(issued) > 0 {
-		perItem, err := s.cfg.Registry.RecordIssued(ctx, agent, issued, false)
+		var perItem []error
+		var err error
+		perItem, displaced, err = s.cfg.Registry.RecordIssuedDisplacing(ctx, agent, issued, false, s.displacer(agent))
 		for j, i := range at {
 			if err != nil {
 				items[i].err = err
@@ -444,7 +512,8 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 		}
 	}
 	var ok, failed []string
-	var serials, expiries, ids []string
+	var serials, expiries, spiffeIDs []string
+	var released []registry.Issued
 	out := &wardv1.SignX509SVIDsResponse{Results: make([]*wardv1.X509SVIDResult, len(items))}
 	for i := range items {
 		it := &items[i]
@@ -457,8 +526,9 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 			it.result.Chain = chainDER(it.chain)
 			it.result.Expires = timestamppb.New(leaf.NotAfter)
 			ok = append(ok, it.entry.ID)
-			ids = append(ids, it.entry.SPIFFEID)
+			spiffeIDs = append(spiffeIDs, it.entry.SPIFFEID)
 			serials = append(serials, leaf.SerialNumber.Text(16))
+			released = append(released, registry.Issued{Entry: it.entry.ID, Serial: leaf.SerialNumber.Text(16), NotAfter: leaf.NotAfter})
 			expiries = append(expiries, leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
 		out.Results[i] = it.result
@@ -466,8 +536,15 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	fields := map[string]string{"agent_id": agent.String(), "requested": strconv.Itoa(len(items))}
 	result := audit.ResultOK
 	if len(ok) > 0 {
-		fields["entries"], fields["spiffe_ids"] = strings.Join(ok, ","), strings.Join(ids, ",")
+		fields["entries"], fields["spiffe_ids"] = strings.Join(ok, ","), strings.Join(spiffeIDs, ",")
 		fields["serials"], fields["expires"] = strings.Join(serials, ","), strings.Join(expiries, ",")
+	}
+	if len(displaced) > 0 {
+		d := make([]string, len(displaced))
+		for i, sv := range displaced {
+			d[i] = sv.Entry + ":" + sv.Serial
+		}
+		fields["displaced"] = strings.Join(d, ",")
 	}
 	if len(failed) > 0 {
 		fields["failed"] = strings.Join(failed, "; ")
@@ -478,7 +555,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 	ev := s.event(ctx, "svid.x509.sign", result, "", fields)
 	ev.Count = len(ok)
 	if err := s.cfg.Audit.Record(ctx, ev); err != nil {
-		s.forgetWithheld(ctx, agent, serials)
+		s.forgetWithheld(ctx, agent, released)
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, %d SVIDs for agent %s withheld: %v", len(ok), agent, err)
 	}
 	return out, nil
@@ -508,4 +585,31 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequ
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, JWT-SVID for %s withheld: %v", id, err)
 	}
 	return &wardv1.SignJWTSVIDResponse{Token: j.Token, Expires: timestamppb.New(j.Expiry)}, nil
+}
+
+// parallel runs f(0..n-1) on up to GOMAXPROCS goroutines.
+func parallel(n int, f func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), n)
+	if workers <= 1 {
+		for i := range n {
+			f(i)
+		}
+		return
+	}
+	var wg sync.WaitGroup
+	next := make(chan int)
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(i)
+			}
+		}()
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
 }

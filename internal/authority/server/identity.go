@@ -97,6 +97,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 			OnConnRefused: func(reason string) { s.metrics.nodeAPIRefused.WithLabelValues(reason).Inc() },
 			Telemetry:     s.ReportTelemetry, TelemetryInterval: s.drift.telemetryInterval,
 			OnTelemetry:         func(reason string) { s.metrics.telemetry.WithLabelValues(reason).Inc() },
+			OnSVIDsDisplaced:    func(n int) { s.metrics.svidsDisplaced.Add(float64(n)) },
 			AdvertisedEndpoints: s.cfg.Network.AdvertisedEndpoints, Available: s.nodeAvailable, OnRelayDrop: id.fed.ReportRelayDrop})
 		if err != nil {
 			return err

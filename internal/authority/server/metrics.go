@@ -42,6 +42,9 @@ type metrics struct {
 	// telemetry reports by result (drift.go).
 	driftEvaluations prometheus.Counter
 	telemetry        *prometheus.CounterVec
+	// svidsDisplaced counts X509-SVIDs deny-listed to make room for new
+	// ones of entries at their bound (docs/agents.md).
+	svidsDisplaced prometheus.Counter
 }
 
 // decision counts one policy decision (dry-run denials separately).
@@ -149,7 +152,9 @@ func newMetrics(s *Server) *metrics {
 		Help: "Drift evaluations of the declared posture (docs/governance.md)."})
 	m.telemetry = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "ward", Name: "telemetry_reports_total",
 		Help: "Node telemetry reports by result (ok, invalid, other_node, rate_limited, too_large)."}, []string{"result"})
-	m.reg.MustRegister(m.driftEvaluations, m.telemetry)
+	m.svidsDisplaced = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "ward", Name: "svids_displaced_total",
+		Help: "X509-SVIDs revoked (deny-listed until their NotAfter) to make room for new ones of entries holding the most unexpired SVIDs signed through their agent (docs/agents.md)."})
+	m.reg.MustRegister(m.driftEvaluations, m.telemetry, m.svidsDisplaced)
 	m.reg.MustRegister(federation.NewCollector(s.federation), m.revocationRefused, m.witnessRefused, m.bundleEndpointRefused)
 	m.reg.MustRegister(m.ops, m.latency, m.decisions, m.decisionLatency, m.nodeAPIRefused, sealed, auditSize, &keyAgeCollector{s: s},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
