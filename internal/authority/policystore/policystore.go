@@ -126,6 +126,10 @@ func WithTrustDomain(td string) Option { return func(s *Store) { s.td = td } }
 // policies is never refused by the lint.
 func WithStrictFederationLint(strict bool) Option { return func(s *Store) { s.strictFed = strict } }
 
+// WithClock sets the clock that dates versions and prunes expired serials
+// from the deny-list (default time.Now).
+func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = now } }
+
 // New returns a Store over st (barrier-encrypted) that records every
 // change through a (an error there means the change does not happen: fail
 // closed).
