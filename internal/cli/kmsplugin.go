@@ -131,12 +131,12 @@ func kmsPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config, once bool) (k
 // (else --address / $WARD_ADDRESS), checking its server like every CLI
 // command does (adminPeer).
 func dialKMSPluginAuthority(cmd *cobra.Command, cfg *kmsplugin.Config) (*client.Client, error) {
-	return dialIntegrationAuthority(cmd, cfg.Authority.Address, cfg.Authority.ServerUID, "kms-plugin")
+	return dialIntegrationAuthority(cmd, cfg.Authority.Address, cfg.Authority.ServerUID, "kms-plugin", client.WithAttemptTimeout(cfg.AttemptTimeout()))
 }
 
 // dialIntegrationAuthority dials the admin socket address (else --address /
 // $WARD_ADDRESS) for an integration (who), trusting serverUID too if set.
-func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int, who string) (*client.Client, error) {
+func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int, who string, opts ...client.Option) (*client.Client, error) {
 	flag, _ := cmd.Flags().GetString("address")
 	if address != "" {
 		flag = address
@@ -156,5 +156,5 @@ func dialIntegrationAuthority(cmd *cobra.Command, address string, serverUID *int
 		extra, _ = cmd.Flags().GetInt("server-uid")
 	}
 	chk := &adminPeer{path: paths[0], paths: paths, self: uint32(os.Geteuid()), extraUID: extra}
-	return client.Dial(addr, client.WithUnixPeerCheck(chk.check))
+	return client.Dial(addr, append([]client.Option{client.WithUnixPeerCheck(chk.check)}, opts...)...)
 }

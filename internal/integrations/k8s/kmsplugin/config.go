@@ -86,6 +86,19 @@ type AuthorityConfig struct {
 	WorkloadAPISocket string `yaml:"workload_api_socket"`
 }
 
+// AttemptTimeout bounds one attempt of a call when the authority section
+// names several authorities: half the call's timeout, so a call that finds
+// the first one silent (a partition drops its packets; a stopped one
+// refuses at once) still has the time to fail over to the next one. The
+// client's own default (10 s) is longer than the whole call.
+func (c *Config) AttemptTimeout() time.Duration {
+	t := time.Duration(c.Timeout)
+	if t <= 0 {
+		t = DefaultTimeout
+	}
+	return t / 2
+}
+
 // MTLS reports whether the plugin reaches the authority over the Node API
 // (mutual TLS, the plugin's own SVID) rather than the admin socket.
 func (a AuthorityConfig) MTLS() bool { return a.NodeAPI != "" }

@@ -53,6 +53,7 @@ type NodeAPIAuthority struct {
 	src      SVIDSource
 	now      func() time.Time
 	drain    time.Duration
+	attempt  time.Duration // per attempt with several addresses (0: the client's default)
 
 	mu     sync.Mutex
 	c      *client.Client
@@ -124,7 +125,11 @@ func (a *NodeAPIAuthority) client() (*client.Client, error) {
 	}
 	tc := tlsconfig.MTLSClientConfig(pinned{s}, a.src, tlsconfig.AuthorizeID(a.serverID))
 	tc.MinVersion = tls.VersionTLS13
-	c, err := client.Dial(a.addr, client.WithTLS(tc))
+	opts := []client.Option{client.WithTLS(tc)}
+	if a.attempt > 0 {
+		opts = append(opts, client.WithAttemptTimeout(a.attempt))
+	}
+	c, err := client.Dial(a.addr, opts...)
 	if err != nil {
 		return nil, err
 	}
@@ -289,7 +294,9 @@ func NodeAPIAuthorityFor(cfg *Config, src SVIDSource) (*NodeAPIAuthority, error)
 	if timeout <= 0 {
 		timeout = DefaultTimeout
 	}
-	return NewNodeAPIAuthority(cfg.Authority.NodeAPI, id, src, 2*timeout+time.Second), nil
+	a := NewNodeAPIAuthority(cfg.Authority.NodeAPI, id, src, 2*timeout+time.Second)
+	a.attempt = cfg.AttemptTimeout()
+	return a, nil
 }
 
 var _ Ready = (*NodeAPIAuthority)(nil)

@@ -34,6 +34,7 @@ import (
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/testutil/agenttest"
 	"github.com/wardproject/ward/internal/testutil/authoritytest"
+	"github.com/wardproject/ward/internal/testutil/netutil"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
@@ -61,18 +62,9 @@ func newMTLSEnv(t *testing.T) *mtlsEnv {
 	ctx := context.Background()
 	a := authoritytest.New(t, authoritytest.WithKMS(), authoritytest.WithPolicy(),
 		authoritytest.WithCAConfig(func(c *ca.Config) { c.SVIDTTL = mtlsSVIDTTL }))
-	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a, KMS: a.KMS, Policy: a.Policy, AgentSVIDTTL: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Serve(l)
-	t.Cleanup(srv.Stop)
-	e := &mtlsEnv{a: a, nodeAPI: l.Addr().String(), agentID: a.ID(registry.AgentIDPrefix + "node-1"),
+	e := &mtlsEnv{a: a, agentID: a.ID(registry.AgentIDPrefix + "node-1"),
 		pluginID: a.ID("/k8s/kms-plugin/node-1"), logs: &syncbuf.Buffer{}}
+	e.nodeAPI = e.serveNodeAPI(t).addr
 
 	if _, err := a.KMS.Create(ctx, "k8s/etcd", "confidential", ""); err != nil {
 		t.Fatal(err)
@@ -102,6 +94,46 @@ func newMTLSEnv(t *testing.T) *mtlsEnv {
 		JoinToken: a.JoinToken(t, "node-1"), SyncInterval: 200 * 1e6, LogLevel: "debug"}
 	agenttest.Run(t, ctx, cfg, e.logs, slog.LevelDebug)
 	return e
+}
+
+// nodeAPIServer is one Node API serving the test authority.
+type nodeAPIServer struct {
+	addr     string
+	srv      *nodeapi.Server
+	accepted *atomic.Int64 // connections accepted
+}
+
+// serveNodeAPI starts a Node API over the test authority (CA, registry,
+// KMS, policy, audit) on a fresh loopback port until the test ends.
+// Several of them stand for several authorities sharing one store.
+func (e *mtlsEnv) serveNodeAPI(t *testing.T) nodeAPIServer {
+	t.Helper()
+	a := e.a
+	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a, KMS: a.KMS, Policy: a.Policy, AgentSVIDTTL: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := nodeAPIServer{addr: l.Addr().String(), srv: srv, accepted: &atomic.Int64{}}
+	go srv.Serve(countingListener{l, n.accepted})
+	t.Cleanup(srv.Stop)
+	return n
+}
+
+type countingListener struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.n.Add(1)
+	}
+	return c, err
 }
 
 // permit applies a policy version letting only id use the key.
@@ -586,5 +618,73 @@ func TestMTLSModeWithoutAgent(t *testing.T) {
 	_, err = p.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no X509-SVID yet") {
 		t.Fatalf("encrypt: %v", err)
+	}
+}
+
+// TestMTLSModeFailsOver: with node_api naming two authorities (two Node
+// APIs over one store), the plugin in the mTLS mode keeps serving when the
+// first one stops, or is cut off by a partition that drops its packets
+// (connections open, no answer: each attempt is bounded by half the
+// call's timeout, or the first authority would take the whole call and
+// every call would fail): its calls, and Status's round trips, go to the
+// second. The agent has a Node API of its own, which stays up.
+func TestMTLSModeFailsOver(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		cut  bool
+	}{{"first authority stopped", false}, {"first authority cut off", true}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newMTLSEnv(t)
+			ctx := context.Background()
+			first, second := e.serveNodeAPI(t), e.serveNodeAPI(t)
+			firstAddr := first.addr
+			var link *netutil.Blackhole
+			if c.cut {
+				link = netutil.NewBlackhole(t, first.addr)
+				firstAddr = link.Addr()
+			}
+			kc, _, _ := e.pluginFor(t, firstAddr+","+second.addr, nodeapi.ServerID(e.a.TD))
+			eventually(t, "a healthy Status through the first authority", func() (bool, string) {
+				st := statusOf(t, kc)
+				return st.Healthz == "ok", st.Healthz
+			})
+			seed := []byte("0123456789abcdef0123456789abcdef")
+			enc, err := kc.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "1"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if first.accepted.Load() == 0 || second.accepted.Load() != 0 {
+				t.Fatalf("before the failover: %d connections to the first authority, %d to the second; want the first only", first.accepted.Load(), second.accepted.Load())
+			}
+
+			if c.cut {
+				link.Cut()
+			} else {
+				first.srv.Stop()
+				if conn, err := net.DialTimeout("tcp", first.addr, time.Second); err == nil {
+					conn.Close()
+					t.Fatal("the first authority still accepts connections")
+				}
+			}
+			// The plugin's own timeout (2 s) bounds each call; the loop
+			// bounds the test, not the failover's speed.
+			eventually(t, "an Encrypt through the second authority", func() (bool, string) {
+				_, err := kc.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed, Uid: "2"})
+				return err == nil, fmt.Sprint(err)
+			})
+			if second.accepted.Load() == 0 {
+				t.Fatal("no connection reached the second authority")
+			}
+			// From now on every call and round trip goes through.
+			for i := range 10 {
+				if st := statusOf(t, kc); st.Healthz != "ok" || st.KeyId != "ward:k8s/etcd:1" {
+					t.Fatalf("Status %d after the failover: %+v", i, st)
+				}
+				d, err := kc.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId, Uid: "3"})
+				if err != nil || string(d.Plaintext) != string(seed) {
+					t.Fatalf("decrypt %d after the failover: %v", i, err)
+				}
+			}
+		})
 	}
 }
