@@ -16,6 +16,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"time"
@@ -71,6 +72,12 @@ type Store struct {
 	life    sync.RWMutex // read-held by every operation; write-held by Close
 	closed  bool
 	writeMu sync.Mutex // serializes commit+publish so watchers see revision order
+
+	// zeros writes zeros past bbolt's high water mark (prezero); zeroEnd is
+	// where the file is known to hold written blocks up to. Both under the
+	// write transaction.
+	zeros   *os.File
+	zeroEnd int64
 
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
@@ -138,7 +145,12 @@ func Open(path string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
-	return &Store{db: db, path: path, opts: o, watchers: make(map[*watcher]struct{})}, nil
+	zeros, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: open %s for preallocation: %w", path, err)
+	}
+	return &Store{db: db, path: path, opts: o, zeros: zeros, watchers: make(map[*watcher]struct{})}, nil
 }
 
 // Path returns the file the store was opened on.
@@ -407,6 +419,7 @@ func (s *Store) write(fn func(tx *bbolt.Tx, rev int64) ([]store.Event, error)) (
 	)
 	errNoChange := errors.New("no change")
 	err := s.db.Update(func(tx *bbolt.Tx) error {
+		s.prezero(tx.Size())
 		meta := tx.Bucket(bucketMeta)
 		cur := int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
 		rev = cur + 1
@@ -428,6 +441,51 @@ func (s *Store) write(fn func(tx *bbolt.Tx, rev int64) ([]store.Event, error)) (
 	}
 	s.publish(evs)
 	return rev, nil
+}
+
+// Preallocation. bbolt grows its file by truncating it (a sparse hole) and
+// writes new pages into the hole: the fdatasync of each such commit then
+// also commits the filesystem's block allocation (on ext4 a journal
+// commit, measured ~200 µs per synced 4 KiB write into a hole against ~110
+// into written blocks on this project's virtio disk). So every write
+// transaction first makes sure the file holds written (zeroed) blocks for
+// a while past bbolt's high water mark: the next commits only overwrite
+// blocks, and the zeros reach the disk with the fdatasync of the
+// transaction that wrote them. Issue 17 gap 1: an audit group commit's
+// store write got ~18% faster (p50 0.81 -> 0.63 ms, interleaved).
+//
+// Safety: the zeros go only past the high water mark read inside the write
+// transaction (no other writer can move it; no page at or past it is part
+// of any committed or older meta's tree, and readers never read past their
+// own transaction's mark), before bbolt allocates any page of this
+// transaction. A crash leaves zeros where bbolt keeps nothing.
+const (
+	prezeroMin   = 256 << 10 // ahead of the mark, at least
+	prezeroMax   = 4 << 20   // ahead of the mark, at most
+	prezeroChunk = 64 << 10  // written at once, at least (a few commits' growth)
+)
+
+// zeroBlock is what prezero writes.
+var zeroBlock [prezeroChunk]byte
+
+// prezero writes zeros from the known-written end (or hwm) to hwm plus
+// ahead, when less than half of ahead is left: ahead is a quarter of hwm
+// within [prezeroMin, prezeroMax], so small stores stay small. A failed
+// write is ignored: bbolt's own writes then allocate, as without it.
+func (s *Store) prezero(hwm int64) {
+	ahead := min(max(hwm/4, prezeroMin), prezeroMax)
+	if s.zeroEnd-hwm >= ahead/2 {
+		return
+	}
+	at := max(s.zeroEnd, hwm)
+	for end := hwm + ahead; at < end; {
+		n := min(int64(len(zeroBlock)), end-at)
+		if _, err := s.zeros.WriteAt(zeroBlock[:n], at); err != nil {
+			return
+		}
+		at += n
+		s.zeroEnd = at
+	}
 }
 
 func put(tx *bbolt.Tx, key string, value []byte, rev int64) error {
@@ -534,6 +592,7 @@ func (s *Store) Close() error {
 		s.dropLocked(w)
 	}
 	s.watchMu.Unlock()
+	s.zeros.Close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("boltstore: close %s: %w", s.path, err)
 	}
