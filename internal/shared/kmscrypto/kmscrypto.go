@@ -11,10 +11,13 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/hkdf"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash"
+	"sync"
 
 	"github.com/wardproject/ward/internal/shared/kmsfmt"
 )
@@ -37,6 +40,49 @@ type Version struct {
 	aead cipher.AEAD // AlgAES256GCM
 	prk  []byte      // AlgAES256GCMHKDF: HKDF-Extract of the version key
 	ext  External    // AlgAES256GCMHSM: the key is in an HSM
+	// scratch holds *scratch values: per-call buffers, and for
+	// AlgAES256GCMHKDF an HMAC-SHA256 keyed with prk, so that a message
+	// key costs no allocation (messageKey).
+	scratch sync.Pool
+}
+
+// scratch is what one Encrypt or Decrypt call borrows from its Version.
+type scratch struct {
+	aad []byte    // header || canonical encryption context
+	mac hash.Hash // HMAC-SHA256 keyed with the version's PRK (HKDF only)
+	sum [2 * sha256.Size]byte
+	key [KeySize]byte
+}
+
+// maxScratchAAD bounds the AAD buffer kept for reuse (larger encryption
+// contexts get a fresh one that is not kept).
+const maxScratchAAD = 4 << 10
+
+func (v *Version) getScratch() *scratch {
+	if s, ok := v.scratch.Get().(*scratch); ok {
+		return s
+	}
+	s := &scratch{aad: make([]byte, 0, 256)}
+	if v.prk != nil {
+		s.mac = hmac.New(sha256.New, v.prk)
+	}
+	return s
+}
+
+func (v *Version) putScratch(s *scratch) {
+	clear(s.key[:])
+	clear(s.sum[:])
+	if cap(s.aad) > maxScratchAAD {
+		return
+	}
+	s.aad = s.aad[:0]
+	v.scratch.Put(s)
+}
+
+// aad returns header || canonical encryption context in s's buffer.
+func (s *scratch) aadOf(rawHeader []byte, encCtx map[string]string) []byte {
+	s.aad = kmsfmt.AppendContext(append(s.aad[:0], rawHeader...), encCtx)
+	return s.aad
 }
 
 // External is an AEAD whose key is held outside the process (a PKCS#11
@@ -95,26 +141,31 @@ func (v *Version) Alg() kmsfmt.Alg { return v.alg }
 // h.Alg is overwritten with the version's algorithm.
 func (v *Version) Encrypt(h kmsfmt.Header, plaintext []byte, encCtx map[string]string) ([]byte, error) {
 	h.Alg = v.alg
-	out := kmsfmt.AppendHeader(make([]byte, 0, 64+len(h.KeyName)+len(plaintext)), h)
-	aad := kmsfmt.AAD(out, encCtx)
-	switch v.alg {
-	case kmsfmt.AlgAES256GCM:
-		return v.aead.Seal(out, nil, plaintext, aad), nil
-	case kmsfmt.AlgAES256GCMHKDF:
-		var salt [saltSize]byte
-		rand.Read(salt[:])
-		aead, err := v.messageAEAD(salt[:])
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, salt[:]...)
-		return aead.Seal(out, nil, plaintext, aad), nil
-	case kmsfmt.AlgAES256GCMHSM:
-		ct, err := v.ext.Seal(plaintext, aad)
+	// Header, salt, nonce, plaintext and tag: Seal never grows it.
+	out := kmsfmt.AppendHeader(make([]byte, 0, headerMax+len(h.KeyName)+saltSize+gcmNonce+len(plaintext)+gcmTag), h)
+	if v.ext != nil {
+		// A fresh AAD: the HSM's client gets its own copy to keep.
+		ct, err := v.ext.Seal(plaintext, kmsfmt.AAD(out, encCtx))
 		if err != nil {
 			return nil, err
 		}
 		return append(out, ct...), nil
+	}
+	s := v.getScratch()
+	defer v.putScratch(s)
+	aad := s.aadOf(out, encCtx)
+	switch v.alg {
+	case kmsfmt.AlgAES256GCM:
+		return v.aead.Seal(out, nil, plaintext, aad), nil
+	case kmsfmt.AlgAES256GCMHKDF:
+		n := len(out)
+		out = out[:n+saltSize]
+		rand.Read(out[n:])
+		aead, err := v.messageAEAD(s, out[n:])
+		if err != nil {
+			return nil, err
+		}
+		return aead.Seal(out, nil, plaintext, aad), nil
 	}
 	return nil, fmt.Errorf("algorithm %s is not supported", v.alg)
 }
@@ -125,21 +176,23 @@ func (v *Version) Decrypt(h kmsfmt.Header, rawHeader, payload []byte, encCtx map
 	if h.Alg != v.alg {
 		return nil, fmt.Errorf("ciphertext says algorithm %s but key %s version %d uses %s", h.Alg, h.KeyName, h.Version, v.alg)
 	}
-	aad := kmsfmt.AAD(rawHeader, encCtx)
 	if v.ext != nil {
-		pt, err := v.ext.Open(payload, aad)
+		pt, err := v.ext.Open(payload, kmsfmt.AAD(rawHeader, encCtx))
 		if err != nil && errors.Is(err, ErrAuth) {
 			return nil, ErrAuth
 		}
 		return pt, err
 	}
+	s := v.getScratch()
+	defer v.putScratch(s)
+	aad := s.aadOf(rawHeader, encCtx)
 	aead := v.aead
 	if v.alg == kmsfmt.AlgAES256GCMHKDF {
 		if len(payload) < saltSize {
 			return nil, ErrAuth
 		}
 		var err error
-		if aead, err = v.messageAEAD(payload[:saltSize]); err != nil {
+		if aead, err = v.messageAEAD(s, payload[:saltSize]); err != nil {
 			return nil, err
 		}
 		payload = payload[saltSize:]
@@ -154,19 +207,44 @@ func (v *Version) Decrypt(h kmsfmt.Header, rawHeader, payload []byte, encCtx map
 	return pt, nil
 }
 
-func (v *Version) messageAEAD(salt []byte) (cipher.AEAD, error) {
-	info := make([]byte, 0, len(hkdfInfo)+saltSize)
-	info = append(append(info, hkdfInfo...), salt...)
-	mk, err := hkdf.Expand(sha256.New, v.prk, string(info), KeySize)
-	if err != nil {
-		return nil, err
-	}
-	b, err := aes.NewCipher(mk)
+// Sizes of the parts of a ciphertext around the plaintext: the header
+// without its key name (at most), the nonce and the tag of AES-GCM.
+const (
+	headerMax = 16
+	gcmNonce  = 12
+	gcmTag    = 16
+)
+
+// messageAEAD returns AES-256-GCM under the message key of salt
+// (messageKey).
+func (v *Version) messageAEAD(s *scratch, salt []byte) (cipher.AEAD, error) {
+	b, err := aes.NewCipher(v.messageKey(s, salt))
 	if err != nil {
 		return nil, err
 	}
 	return cipher.NewGCMWithRandomNonce(b)
 }
+
+// messageKey derives the message key of salt into s.key: HKDF-SHA256
+// (RFC 5869) Expand of the version's PRK with info = hkdfInfo || salt to
+// KeySize bytes. For one block of output (KeySize = SHA-256's size) Expand
+// is T(1) = HMAC-SHA256(PRK, info || 0x01), which is what this computes,
+// with crypto/hmac keyed once per version and Reset per message, instead
+// of crypto/hkdf.Expand building a new HMAC (and a dozen allocations) on
+// every call. TestMessageKeyIsHKDFExpand holds it equal to crypto/hkdf.
+func (v *Version) messageKey(s *scratch, salt []byte) []byte {
+	s.mac.Reset()
+	s.mac.Write(hkdfInfoBytes)
+	s.mac.Write(salt)
+	s.mac.Write(hkdfCounter1)
+	copy(s.key[:], s.mac.Sum(s.sum[:0]))
+	return s.key[:]
+}
+
+var (
+	hkdfInfoBytes = []byte(hkdfInfo)
+	hkdfCounter1  = []byte{1}
+)
 
 // NewKey returns fresh random key material.
 func NewKey() []byte {
