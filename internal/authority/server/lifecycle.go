@@ -8,6 +8,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/adminapi"
 	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/seal"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
@@ -48,6 +49,10 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	}
 	return sv, nil
 }
+
+// KMS returns the unsealed KMS, or errSealed (what Services().KMS is,
+// without building Services on every KMS call).
+func (l lifecycle) KMS() (*kms.Manager, error) { return l.s.kmsManager() }
 
 func (l lifecycle) Init(ctx context.Context, opts seal.InitOptions) ([]string, error) {
 	s := l.s

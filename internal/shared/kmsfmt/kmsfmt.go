@@ -104,7 +104,8 @@ func ValidateKeyName(name string) error {
 	if len(name) > MaxNameLen {
 		return fmt.Errorf("key name is %d characters long: the limit is %d", len(name), MaxNameLen)
 	}
-	for _, seg := range strings.Split(name, "/") {
+	// strings.SplitSeq, not Split: no slice on every KMS call's check.
+	for seg := range strings.SplitSeq(name, "/") {
 		if seg == "" {
 			return fmt.Errorf("key name %q has an empty segment: do not start or end with '/' or use '//'", name)
 		}

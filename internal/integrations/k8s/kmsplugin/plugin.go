@@ -76,6 +76,10 @@ type Plugin struct {
 	mu      sync.Mutex
 	version uint32 // newest key version seen (Status round trip or Encrypt)
 	last    health // what the last round trip (or a refused call) said
+	// keyID is KeyID(key, keyIDVersion), the last one Encrypt answered
+	// (built once a version, not on every call).
+	keyID        string
+	keyIDVersion uint32
 }
 
 // health is what the plugin last learned of the authority: reused by
@@ -258,14 +262,20 @@ func (p *Plugin) roundTrip(ctx context.Context) error {
 	return nil
 }
 
-// saw records a key version the authority used; versions only grow.
-func (p *Plugin) saw(v uint32) {
+// saw records a key version the authority used (versions only grow) and
+// returns its key_id.
+func (p *Plugin) saw(v uint32) (keyID string) {
 	p.mu.Lock()
 	if v > p.version {
 		p.version = v
 		p.last.at = time.Time{} // Status re-probes and reports the new key_id
 	}
+	if p.keyID == "" || p.keyIDVersion != v {
+		p.keyID, p.keyIDVersion = KeyID(p.key, v), v
+	}
+	keyID = p.keyID
 	p.mu.Unlock()
+	return keyID
 }
 
 // Reason turns an authority error into the healthz text: a short cause
@@ -346,8 +356,7 @@ func (p *Plugin) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsa
 		p.refused(err)
 		return nil, authError("encrypt", err)
 	}
-	p.saw(v)
-	return &kmsapi.EncryptResponse{Ciphertext: ct, KeyId: KeyID(p.key, v)}, nil
+	return &kmsapi.EncryptResponse{Ciphertext: ct, KeyId: p.saw(v)}, nil
 }
 
 // Decrypt unwraps a DEK seed made by Encrypt under any version of the key
