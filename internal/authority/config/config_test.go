@@ -1,6 +1,8 @@
 package config
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -219,4 +221,81 @@ func TestOverlayCIDRsRefuseSpecialRanges(t *testing.T) {
 			t.Errorf("%q: %v", ok, err)
 		}
 	}
+}
+
+// TestOverlayCIDRsMustBePrivate: an overlay range in public space is
+// refused, naming the range and network.allow_public_overlay_cidrs,
+// unless that setting covers it; the setting itself is checked.
+func TestOverlayCIDRsMustBePrivate(t *testing.T) {
+	base := "trust_domain: a.org\ndata_dir: /tmp/x\nnetwork:\n"
+	for _, c := range []struct {
+		name, yaml, wantErr string
+	}{
+		{"rfc1918", "  overlay_cidrs: [10.250.0.0/16, 172.20.0.0/16, 192.168.100.0/24]\n", ""},
+		{"shared space", "  overlay_cidrs: [100.64.0.0/10]\n", ""},
+		{"benchmarking", "  overlay_cidrs: [198.18.0.0/16]\n", ""},
+		{"ula", "  overlay_cidrs: [\"fd00:77::/48\"]\n", ""},
+		{"public v4", "  overlay_cidrs: [8.8.8.0/24]\n", `"8.8.8.0/24" refused: 8.8.8.0/24 is public address space`},
+		{"public beside private", "  overlay_cidrs: [10.250.0.0/16, 172.32.0.0/16]\n", `"172.32.0.0/16" refused`},
+		{"mostly public around private", "  overlay_cidrs: [172.0.0.0/8]\n", `"172.0.0.0/8" refused`},
+		{"public v6", "  overlay_cidrs: [\"2001:4860::/32\"]\n", "2001:4860::/32 is public address space"},
+		{"public opted in", "  overlay_cidrs: [203.0.113.0/24]\n  allow_public_overlay_cidrs: [203.0.113.0/24]\n", ""},
+		{"public inside an opt-in", "  overlay_cidrs: [203.0.113.0/25]\n  allow_public_overlay_cidrs: [203.0.113.0/24]\n", ""},
+		{"public wider than its opt-in", "  overlay_cidrs: [203.0.112.0/23]\n  allow_public_overlay_cidrs: [203.0.113.0/24]\n", `"203.0.112.0/23" refused`},
+		{"another public range than opted in", "  overlay_cidrs: [8.8.8.0/24]\n  allow_public_overlay_cidrs: [203.0.113.0/24]\n", `"8.8.8.0/24" refused`},
+		{"opt-in not a prefix", "  overlay_cidrs: [10.250.0.0/16]\n  allow_public_overlay_cidrs: [8.8.8.8]\n", "network.allow_public_overlay_cidrs: \"8.8.8.8\" is not a CIDR prefix"},
+		{"opt-in of everything", "  overlay_cidrs: [10.250.0.0/16]\n  allow_public_overlay_cidrs: [0.0.0.0/0]\n", "network.allow_public_overlay_cidrs: 0.0.0.0/0 is every address"},
+		{"opt-in too wide", "  overlay_cidrs: [10.250.0.0/16]\n  allow_public_overlay_cidrs: [0.0.0.0/1]\n", "network.allow_public_overlay_cidrs: \"0.0.0.0/1\" refused"},
+		{"opt-in of loopback", "  overlay_cidrs: [10.250.0.0/16]\n  allow_public_overlay_cidrs: [127.0.0.0/8]\n", "overlaps loopback"},
+		{"opt-in without overlay", "  allow_public_overlay_cidrs: [203.0.113.0/24]\n", "network.overlay_cidrs is not"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := Parse([]byte(base + c.yaml))
+			if c.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), c.wantErr) {
+				t.Fatalf("err %v, want %q", err, c.wantErr)
+			}
+			if strings.Contains(c.wantErr, "public address space") && !strings.Contains(err.Error(), "network.allow_public_overlay_cidrs") {
+				t.Fatalf("the error does not name the opt-in setting: %v", err)
+			}
+		})
+	}
+}
+
+// TestNetworkDocPublicOptIn: the allow_public_overlay_cidrs example of
+// docs/network.md is a valid authority network section.
+func TestNetworkDocPublicOptIn(t *testing.T) {
+	block := docYAMLAfter(t, "network.md", "**Private address space only, unless you opt in.**")
+	if !strings.HasPrefix(block, "# ward.yaml") {
+		t.Fatalf("the first block is not the authority's: %q", block)
+	}
+	c, err := Parse([]byte("trust_domain: a.org\ndata_dir: /tmp/x\n" + block))
+	if err != nil || len(c.Network.AllowPublic()) != 1 {
+		t.Fatalf("docs/network.md's example: %v", err)
+	}
+	// Without the opt-in the same overlay is refused.
+	if _, err := Parse([]byte("trust_domain: a.org\ndata_dir: /tmp/x\nnetwork:\n  overlay_cidrs: [10.250.0.0/16, 203.0.113.0/24]\n")); err == nil {
+		t.Fatal("a public overlay range without allow_public_overlay_cidrs was accepted")
+	}
+}
+
+// docYAMLAfter returns the first ```yaml block after marker in docs/name.
+func docYAMLAfter(t *testing.T, name, marker string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("..", "..", "..", "docs", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(b), marker)
+	_, block, ok2 := strings.Cut(sec, "```yaml\n")
+	block, _, ok3 := strings.Cut(block, "```")
+	if !ok || !ok2 || !ok3 {
+		t.Fatalf("docs/%s lacks a yaml block after %q", name, marker)
+	}
+	return block
 }

@@ -32,6 +32,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/errs"
+	"github.com/wardproject/ward/internal/shared/netrange"
 )
 
 const (
@@ -297,6 +298,11 @@ func (m *Manager) forgetNetwork(ctx context.Context, td spiffeid.TrustDomain) er
 // the server's network.overlay_cidrs and network.endpoint_cidrs.
 type OwnNetwork struct {
 	Overlay, Endpoints []netip.Prefix
+	// AllowPublic is network.allow_public_overlay_cidrs: a peer's tunnel
+	// prefix in public address space is refused unless inside it (this
+	// cluster's nodes would route traffic for those internet hosts to the
+	// peer; they refuse it too).
+	AllowPublic []netip.Prefix
 }
 
 // MaxNetworkEndpoints bounds a relationship's network_endpoint_cidrs.
@@ -392,6 +398,9 @@ func checkNetworkTunnel(td spiffeid.TrustDomain, t *NetworkTunnel, bound []netip
 		}
 		if p.Contains(ep.Addr().Unmap()) {
 			return fmt.Errorf("tunnel of %s: %s covers its own endpoint %s", id, p, t.Endpoint)
+		}
+		if err := netrange.CheckPrivate(p, own.AllowPublic); err != nil {
+			return fmt.Errorf("tunnel of %s: %v", id, err)
 		}
 		out = append(out, p.Masked().String())
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -184,19 +185,20 @@ func TestNetworkRefusesWhatIsNotThePeers(t *testing.T) {
 	everything := tunnelA("n1", 1, "0.0.0.0/0")
 	ownEndpoint := tunnelA("n1", 1, "192.0.2.0/24")
 	for name, l := range map[string]NetworkList{
-		"another trust domain's list":   {TrustDomain: "b.example", Sequence: 5, Tunnels: []NetworkTunnel{good}},
-		"a tunnel of B's own agent":     list(other),
-		"too many tunnels":              list(many...),
-		"an all-zero key":               list(zero),
-		"a route for everything":        list(everything),
-		"a prefix over its endpoint":    list(ownEndpoint),
-		"a key claimed twice":           list(good, tunnelA("n2", 1, "10.1.2.1/32")),
-		"a prefix claimed twice":        list(good, tunnelA("n2", 2, "10.1.0.0/16")),
-		"an agent listed twice":         list(good, good),
-		"a bad endpoint":                list(NetworkTunnel{AgentID: good.AgentID, PublicKey: good.PublicKey, Endpoint: "a.example:1", AllowedIPs: good.AllowedIPs}),
-		"no prefixes":                   list(NetworkTunnel{AgentID: good.AgentID, PublicKey: good.PublicKey, Endpoint: good.Endpoint}),
-		"a prefix that does not parse":  list(tunnelA("n1", 1, "10.1.1.1/33")),
-		"a trust domain's prefix is ok": {},
+		"another trust domain's list":      {TrustDomain: "b.example", Sequence: 5, Tunnels: []NetworkTunnel{good}},
+		"a tunnel of B's own agent":        list(other),
+		"too many tunnels":                 list(many...),
+		"an all-zero key":                  list(zero),
+		"a route for everything":           list(everything),
+		"a prefix over its endpoint":       list(ownEndpoint),
+		"a key claimed twice":              list(good, tunnelA("n2", 1, "10.1.2.1/32")),
+		"a prefix claimed twice":           list(good, tunnelA("n2", 2, "10.1.0.0/16")),
+		"an agent listed twice":            list(good, good),
+		"a bad endpoint":                   list(NetworkTunnel{AgentID: good.AgentID, PublicKey: good.PublicKey, Endpoint: "a.example:1", AllowedIPs: good.AllowedIPs}),
+		"no prefixes":                      list(NetworkTunnel{AgentID: good.AgentID, PublicKey: good.PublicKey, Endpoint: good.Endpoint}),
+		"a prefix that does not parse":     list(tunnelA("n1", 1, "10.1.1.1/33")),
+		"a public prefix (internet hosts)": list(good, tunnelA("n2", 2, "10.1.2.1/32", "8.8.8.0/24")),
+		"a trust domain's prefix is ok":    {},
 	} {
 		if name == "a trust domain's prefix is ok" {
 			continue
@@ -261,4 +263,39 @@ func FuzzAcceptNetwork(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNetworkPublicPrefixNeedsOptIn: a federated peer's tunnel claiming
+// public address space would have this cluster's nodes route traffic for
+// those internet hosts to it: refused, naming the prefix and
+// network.allow_public_overlay_cidrs, unless that setting (OwnNetwork's
+// AllowPublic) covers it.
+func TestNetworkPublicPrefixNeedsOptIn(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("a.example")
+	for _, c := range []struct {
+		prefix, allow string
+		ok            bool
+	}{
+		{"10.1.1.1/32", "", true},
+		{"100.64.3.0/24", "", true},
+		{"fd00:1::/64", "", true},
+		{"8.8.8.0/24", "", false},
+		{"2001:4860::/32", "", false},
+		{"172.32.0.0/16", "", false},
+		{"203.0.113.0/25", "203.0.113.0/24", true},
+		{"203.0.112.0/23", "203.0.113.0/24", false},
+	} {
+		own := OwnNetwork{Overlay: []netip.Prefix{netip.MustParsePrefix("10.250.0.0/16")}}
+		if c.allow != "" {
+			own.AllowPublic = []netip.Prefix{netip.MustParsePrefix(c.allow)}
+		}
+		tu := tunnelA("n1", 1, c.prefix)
+		err := checkNetworkTunnel(td, &tu, nil, own)
+		if c.ok != (err == nil) {
+			t.Errorf("%s (allowed %q): %v, want ok=%v", c.prefix, c.allow, err, c.ok)
+		}
+		if err != nil && (!strings.Contains(err.Error(), c.prefix) || !strings.Contains(err.Error(), "network.allow_public_overlay_cidrs")) {
+			t.Errorf("%s: the error names neither the prefix nor the setting: %v", c.prefix, err)
+		}
+	}
 }

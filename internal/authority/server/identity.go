@@ -209,7 +209,7 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 		Log: s.log.With("component", "federation"), MinRefresh: time.Duration(fc.RefreshMin), MaxRefresh: time.Duration(fc.RefreshMax),
 		StaleAfterHints: fc.StaleAfterHints, WebRoots: roots, OnRevocations: s.onRevocations(st), Signer: st.signer,
 		OwnLog: newAuditSource(st.audit), OnCatalog: s.onCatalog(st),
-		OwnNetwork: federation.OwnNetwork{Overlay: s.cfg.Network.Overlay(), Endpoints: s.cfg.Network.Endpoints()}})
+		OwnNetwork: federation.OwnNetwork{Overlay: s.cfg.Network.Overlay(), Endpoints: s.cfg.Network.Endpoints(), AllowPublic: s.cfg.Network.AllowPublic()}})
 	if err != nil {
 		return nil, fmt.Errorf("opening federation: %w", err)
 	}

@@ -23,6 +23,7 @@ import (
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/node/wgnet"
 	"github.com/wardproject/ward/internal/shared/atomicfile"
+	"github.com/wardproject/ward/internal/shared/netrange"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
 
@@ -60,8 +61,17 @@ type NetworkConfig struct {
 	// (their authority must share the network with this one: the
 	// relationship's network: true on both sides).
 	Federated []string `yaml:"federated"`
+	// AllowPublicOverlayCIDRs are public ranges (outside RFC 1918,
+	// 100.64.0.0/10, 198.18.0.0/15 and fc00::/7) this node may route into
+	// its tunnel: the same opt-in as the authority's
+	// network.allow_public_overlay_cidrs, list the same ranges. Without it
+	// a peer prefix in public space is never routed, whatever the authority
+	// or a federated peer sends, and this node's own address, subnets and
+	// strict_cidrs must be private.
+	AllowPublicOverlayCIDRs []string `yaml:"allow_public_overlay_cidrs"`
 
 	addr        netip.Addr
+	allowPublic []netip.Prefix
 	own         []netip.Prefix
 	strictCIDRs []netip.Prefix
 }
@@ -93,6 +103,19 @@ func (n *NetworkConfig) validate() error {
 		return fmt.Errorf("address %q is required and must be an IP address (this node's address in the overlay, e.g. 10.250.1.1): %v", n.Address, err)
 	}
 	n.addr = a
+	for _, s := range n.AllowPublicOverlayCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("allow_public_overlay_cidrs: %q is not a CIDR prefix (e.g. 203.0.113.0/24): %v", s, err)
+		}
+		if err := netrange.CheckOverlay(p); err != nil {
+			return fmt.Errorf("allow_public_overlay_cidrs: %q refused: %v", s, err)
+		}
+		n.allowPublic = append(n.allowPublic, p.Masked())
+	}
+	if err := netrange.CheckPrivate(netip.PrefixFrom(a, a.BitLen()), n.allowPublic); err != nil {
+		return fmt.Errorf("address %s: %v", a, err)
+	}
 	n.own = []netip.Prefix{netip.PrefixFrom(a, a.BitLen())}
 	for _, s := range n.Subnets {
 		p, err := netip.ParsePrefix(s)
@@ -101,6 +124,9 @@ func (n *NetworkConfig) validate() error {
 		}
 		if p.Bits() == 0 {
 			return fmt.Errorf("subnets: %s is everything; name this node's own subnets", s)
+		}
+		if err := netrange.CheckPrivate(p, n.allowPublic); err != nil {
+			return fmt.Errorf("subnets: %q: %v", s, err)
 		}
 		n.own = append(n.own, p.Masked())
 	}
@@ -116,6 +142,9 @@ func (n *NetworkConfig) validate() error {
 		}
 		if p.Bits() == 0 {
 			return fmt.Errorf("strict_cidrs: %s would send everything, the authority included, into the tunnel", s)
+		}
+		if err := netrange.CheckPrivate(p, n.allowPublic); err != nil {
+			return fmt.Errorf("strict_cidrs: %q: %v", s, err)
 		}
 		n.strictCIDRs = append(n.strictCIDRs, p.Masked())
 	}
@@ -528,6 +557,13 @@ func (a *Agent) routablePeers(peers []wgnet.Peer) []wgnet.Peer {
 				if why == "" && pr.Contains(u) {
 					why = "covers the underlay address " + u.String() + " (a peer's endpoint or the authority)"
 				}
+			}
+			// Public address space only with this node's own opt-in: a
+			// peer (or an authority, or a federated authority's relayed
+			// tunnels) claiming 8.8.8.0/24 would take this node's traffic
+			// to those internet hosts.
+			if why == "" && netrange.CheckPrivate(pr, n.allowPublic) != nil {
+				why = "is public address space outside " + netrange.AllowPublicSetting + " (agent.yaml)"
 			}
 			if why == "" && n.Strict {
 				why = "is outside strict_cidrs"

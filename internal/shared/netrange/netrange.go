@@ -4,7 +4,11 @@
 // its tunnel, so a prefix over loopback, link-local, multicast or most of
 // the address space would swallow traffic that is not the overlay's. The
 // authority refuses such network.overlay_cidrs (config) and agents refuse
-// such peer prefixes (wgnet), whatever the authority sends.
+// such peer prefixes (wgnet), whatever the authority sends. An overlay must
+// also lie in private or shared address space (Private) unless the
+// operator named the public range in allow_public_overlay_cidrs: routing a
+// public range into the mesh would send traffic for real internet hosts
+// to a peer.
 package netrange
 
 import (
@@ -70,4 +74,62 @@ func CheckOverlay(p netip.Prefix) error {
 		}
 	}
 	return nil
+}
+
+// Private are the ranges an overlay may use without an opt-in: address
+// space no internet host has, so routing it into the mesh takes nobody's
+// traffic but the mesh's.
+var Private = []Special{
+	{netip.MustParsePrefix("10.0.0.0/8"), "private (RFC 1918)"},
+	{netip.MustParsePrefix("172.16.0.0/12"), "private (RFC 1918)"},
+	{netip.MustParsePrefix("192.168.0.0/16"), "private (RFC 1918)"},
+	{netip.MustParsePrefix("100.64.0.0/10"), "shared address space (RFC 6598, carrier-grade NAT; Tailscale-style overlays)"},
+	{netip.MustParsePrefix("198.18.0.0/15"), "benchmarking (RFC 2544, never routed on the internet)"},
+	{netip.MustParsePrefix("fc00::/7"), "unique local (RFC 4193)"},
+}
+
+// AllowPublicSetting is the setting (authority and agent alike) that lets
+// an overlay range outside Private be used.
+const AllowPublicSetting = "network.allow_public_overlay_cidrs"
+
+// IsPrivate reports whether p lies entirely inside one Private range.
+func IsPrivate(p netip.Prefix) bool {
+	return within(p.Masked(), Private)
+}
+
+func within(p netip.Prefix, in []Special) bool {
+	for _, r := range in {
+		if r.Prefix.Bits() <= p.Bits() && r.Prefix.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// Covered reports whether p lies entirely inside one of ranges.
+func Covered(p netip.Prefix, ranges []netip.Prefix) bool {
+	p = p.Masked()
+	for _, r := range ranges {
+		if r.Bits() <= p.Bits() && r.Contains(p.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckPrivate says why p may not be an overlay range as far as address
+// space goes: it is (partly) public and lies inside none of allowPublic
+// (the operator's allow_public_overlay_cidrs). nil when it may. It does
+// not repeat CheckOverlay.
+func CheckPrivate(p netip.Prefix, allowPublic []netip.Prefix) error {
+	if !p.IsValid() {
+		return fmt.Errorf("%s is not a valid prefix", p)
+	}
+	p = p.Masked()
+	if IsPrivate(p) || Covered(p, allowPublic) {
+		return nil
+	}
+	return fmt.Errorf("%s is public address space (not inside 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 198.18.0.0/15 or fc00::/7): "+
+		"nodes would route traffic for real internet hosts there into the mesh; use a private range (e.g. 10.250.0.0/16 or fd00:77::/48), "+
+		"or, for public space you own and mean to route through the mesh, list it in %s", p, AllowPublicSetting)
 }

@@ -52,3 +52,49 @@ func TestCheckOverlay(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckPrivate: an overlay range must lie in private or shared space,
+// or inside a public range the operator allowed; the error names the
+// range and the setting.
+func TestCheckPrivate(t *testing.T) {
+	allow := []netip.Prefix{netip.MustParsePrefix("203.0.113.0/24"), netip.MustParsePrefix("2001:db8:77::/48")}
+	for _, c := range []struct {
+		prefix string
+		ok     bool
+	}{
+		{"10.250.0.0/16", true},
+		{"10.0.0.0/8", true},
+		{"172.16.0.0/12", true},
+		{"172.31.255.0/24", true},
+		{"192.168.7.0/24", true},
+		{"100.64.0.0/10", true},
+		{"100.127.1.1/32", true},
+		{"198.18.0.0/15", true},
+		{"fd00:77::/48", true},
+		{"fc00::/8", true},
+		{"203.0.113.0/24", true},   // allowed
+		{"203.0.113.128/25", true}, // inside an allowed range
+		{"2001:db8:77:1::/64", true},
+		{"8.8.8.0/24", false},
+		{"1.1.1.1/32", false},
+		{"172.32.0.0/16", false},    // just outside 172.16.0.0/12
+		{"172.0.0.0/8", false},      // contains private space, mostly public
+		{"100.128.0.0/16", false},   // just outside 100.64.0.0/10
+		{"192.169.0.0/16", false},   //
+		{"203.0.112.0/23", false},   // wider than the allowed /24
+		{"2001:4860::/32", false},   // public IPv6
+		{"2001:db8:78::/48", false}, // beside the allowed /48
+		{"fe00::/7", false},         // covers fc00::/7 and more
+	} {
+		err := CheckPrivate(netip.MustParsePrefix(c.prefix), allow)
+		if c.ok != (err == nil) {
+			t.Errorf("%s: %v, want ok=%v", c.prefix, err, c.ok)
+		}
+		if err != nil && (!strings.Contains(err.Error(), netip.MustParsePrefix(c.prefix).Masked().String()) || !strings.Contains(err.Error(), AllowPublicSetting)) {
+			t.Errorf("%s: the error names neither the range nor %s: %v", c.prefix, AllowPublicSetting, err)
+		}
+	}
+	if err := CheckPrivate(netip.MustParsePrefix("203.0.113.0/24"), nil); err == nil {
+		t.Error("a public range passed without an opt-in")
+	}
+}
