@@ -129,6 +129,8 @@ type Log struct {
 	rollbacks atomic.Uint64
 	// commits counts the store batches that stored events.
 	commits atomic.Uint64
+	// stats is where an appended event's time goes (CommitStats).
+	stats commitStats
 
 	mu     sync.Mutex // guards queue, closed
 	queue  []*pending
@@ -161,6 +163,9 @@ type Log struct {
 type pending struct {
 	body []byte
 	done chan result
+	// queued is when Append queued it, released when the committer sent
+	// its result (CommitStats).
+	queued, released time.Time
 }
 
 // pendings are reused once their caller took the result (the committer is
@@ -300,6 +305,7 @@ func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
 		return 0, err
 	}
 	p.body = body
+	p.queued = time.Now()
 	l.mu.Lock()
 	if l.closed {
 		l.mu.Unlock()
@@ -314,6 +320,7 @@ func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
 	}
 	select {
 	case r := <-p.done:
+		l.stats.resumed.Add(int64(time.Since(p.released)))
 		putPending(p)
 		return r.seq, r.err
 	case <-ctx.Done():
@@ -396,6 +403,7 @@ func (l *Log) run() {
 			l.mu.Unlock()
 			return
 		}
+		lingerFrom := time.Now()
 		if want, had := min(active, l.maxGroup), len(l.queue); had < want && skip == 0 {
 			timedOut := false
 			for len(l.queue) < want && !l.closed {
@@ -436,8 +444,10 @@ func (l *Log) run() {
 		}
 		l.mu.Unlock()
 		start := time.Now()
+		l.stats.closed(group, lingerFrom, start)
 		l.commit(group)
 		end := time.Now()
+		l.stats.committed.Add(int64(end.Sub(start)))
 		l.mu.Lock()
 		active = len(group) + len(l.queue)
 		l.mu.Unlock()
@@ -457,13 +467,17 @@ func (l *Log) fail(ps []*pending, err error) {
 		l.log.Error("audit: events could not be stored; the operations they record were refused",
 			"events", len(ps), "operations", ops, "origin", l.origin, "backend", l.st.Backend(), "err", err)
 	}
+	now := time.Now()
 	for _, p := range ps {
+		p.released = now
 		p.done <- result{err: err}
 	}
 }
 
 func release(ps []*pending, base uint64) {
+	now := time.Now()
 	for i, p := range ps {
+		p.released = now
 		p.done <- result{seq: base + uint64(i)}
 	}
 }
@@ -588,7 +602,9 @@ func (l *Log) tryCommit(ctx context.Context, ps []*pending, t *turn) (int, error
 			return a, err
 		}
 		ops = append(ops, store.Op{Key: l.headKey, Value: hv, ExpectRevision: l.headRev}, l.turnOp(t, c == nChunks-1))
+		stored := time.Now()
 		rev, err := l.st.Batch(ctx, ops)
+		l.stats.stored.Add(int64(time.Since(stored)))
 		if err != nil {
 			release(ps[:a], base)
 			return a, fmt.Errorf("storing audit events %d..%d in %s: %w", base+uint64(a), base+uint64(b)-1, l.st.Backend(), err)

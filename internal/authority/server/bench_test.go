@@ -13,6 +13,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/client"
+	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/integrations/k8s/kmsplugin"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/testutil/benchcpu"
@@ -246,11 +247,30 @@ func benchCallers(b *testing.B, mk func(*testing.B, *Server, *client.Client, *un
 // On a shared 2-core machine that is steadier than ops/s, which counts
 // time spent waiting for a core or for another build's fsync.
 func measureCallers(b *testing.B, st *unsealedState, callers int, call func(context.Context) error) {
-	commits := st.audit.Commits()
+	commits, s0 := st.audit.Commits(), st.audit.CommitStats()
 	benchcpu.Callers(b, callers, call)
 	if c := st.audit.Commits() - commits; c > 0 { // none for the no-op
 		b.ReportMetric(float64(b.N)/float64(c), "events/commit")
+		reportCommitStats(b, s0, st.audit.CommitStats())
 	}
+}
+
+// reportCommitStats reports where the audit log's events spent their time
+// between s0 and s1 (audit.CommitStats), in µs: per event queue-µs (queued
+// until its group closed) and resume-µs (result sent until its caller ran
+// again); per group linger-µs (the committer waiting for returning
+// callers), commit-µs (the commit) and, of it, store-µs (the store batch).
+func reportCommitStats(b *testing.B, s0, s1 audit.CommitStats) {
+	ev, gr := float64(s1.Events-s0.Events), float64(s1.Groups-s0.Groups)
+	if ev == 0 || gr == 0 {
+		return
+	}
+	us := func(d time.Duration, n float64) float64 { return float64(d.Microseconds()) / n }
+	b.ReportMetric(us(s1.Queued-s0.Queued, ev), "queue-µs")
+	b.ReportMetric(us(s1.Resumed-s0.Resumed, ev), "resume-µs")
+	b.ReportMetric(us(s1.Lingered-s0.Lingered, gr), "linger-µs")
+	b.ReportMetric(us(s1.Committed-s0.Committed, gr), "commit-µs")
+	b.ReportMetric(us(s1.Stored-s0.Stored, gr), "store-µs")
 }
 
 // BenchmarkNodeKMSEncryptCallers measures the workload KMS as a workload
