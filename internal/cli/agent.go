@@ -9,7 +9,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(agentCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(agentCommand()) }, "agent")
 }
 
 // agentCommand is `ward agent --config agent.yaml` (run the node agent).

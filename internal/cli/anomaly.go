@@ -27,7 +27,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(anomalyCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(anomalyCommand()) }, "anomaly")
 }
 
 // anomalyActor is the actor of the "anomaly.alert" audit events.

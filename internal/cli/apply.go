@@ -13,7 +13,8 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(applyCommand(), exportCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(applyCommand()) }, "apply")
+	register(func(root *cobra.Command) { root.AddCommand(exportCommand()) }, "export")
 }
 
 func applyCommand() *cobra.Command {

@@ -18,7 +18,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(auditCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(auditCommand()) }, "audit")
 }
 
 // formatEvent renders one audit record as a single human-readable line.

@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(federationCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(federationCommand()) }, "federation")
 }
 
 func withFederation(cmd *cobra.Command, f func(ctx context.Context, c wardv1.FederationClient) error) error {

@@ -20,10 +20,13 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) {
-		root.AddCommand(encryptCommand(), decryptCommand(), verifyCommand(), inspectCommand(),
-			rewrapCommand(), reencryptCommand(), localKeyCommand())
-	})
+	register(func(root *cobra.Command) { root.AddCommand(encryptCommand()) }, "encrypt")
+	register(func(root *cobra.Command) { root.AddCommand(decryptCommand()) }, "decrypt")
+	register(func(root *cobra.Command) { root.AddCommand(verifyCommand()) }, "verify")
+	register(func(root *cobra.Command) { root.AddCommand(inspectCommand()) }, "inspect")
+	register(func(root *cobra.Command) { root.AddCommand(rewrapCommand()) }, "rewrap")
+	register(func(root *cobra.Command) { root.AddCommand(reencryptCommand()) }, "reencrypt")
+	register(func(root *cobra.Command) { root.AddCommand(localKeyCommand()) }, "local-key")
 }
 
 // kmsFlags are shared by every file command.

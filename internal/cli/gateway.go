@@ -9,7 +9,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(gatewayCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(gatewayCommand()) }, "gateway")
 }
 
 func gatewayCommand() *cobra.Command {

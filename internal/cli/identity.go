@@ -21,9 +21,9 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) {
-		root.AddCommand(entryCommand(), tokenCommand(), caCommand())
-	})
+	register(func(root *cobra.Command) { root.AddCommand(entryCommand()) }, "entry")
+	register(func(root *cobra.Command) { root.AddCommand(tokenCommand()) }, "token")
+	register(func(root *cobra.Command) { root.AddCommand(caCommand()) }, "ca")
 }
 
 // identityClients are the identity admin services on the admin socket.

@@ -19,7 +19,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(k8sCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(k8sCommand()) }, "k8s")
 }
 
 func k8sCommand() *cobra.Command {

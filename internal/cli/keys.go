@@ -17,9 +17,8 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) {
-		root.AddCommand(keyCommand(), kmsCommand())
-	})
+	register(func(root *cobra.Command) { root.AddCommand(keyCommand()) }, "key")
+	register(func(root *cobra.Command) { root.AddCommand(kmsCommand()) }, "kms")
 }
 
 func fmtTime(t interface{ AsTime() time.Time }) string {

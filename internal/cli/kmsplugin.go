@@ -13,7 +13,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(kmsPluginCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(kmsPluginCommand()) }, "kms-plugin")
 }
 
 func kmsPluginCommand() *cobra.Command {

@@ -492,7 +492,7 @@ forbid (
 }
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(devCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(devCommand()) }, "dev")
 }
 
 // devCommand is `ward dev up|down DIR`: the mesh demo in the background.

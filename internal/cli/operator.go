@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(operatorCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(operatorCommand()) }, "operator")
 }
 
 func printStatus(w io.Writer, s *wardv1.SealStatus) {

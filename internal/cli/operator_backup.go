@@ -35,7 +35,7 @@ func init() {
 			}
 		}
 		panic("cli: the operator command must be registered before its maintenance commands")
-	})
+	}, "operator")
 }
 
 func backupCommand() *cobra.Command {

@@ -21,7 +21,7 @@ func init() {
 				c.AddCommand(membersCommand())
 			}
 		}
-	})
+	}, "operator")
 }
 
 // printCluster adds the authority's place among those sharing its store

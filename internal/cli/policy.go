@@ -20,7 +20,8 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(policyCommand(), revokeCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(policyCommand()) }, "policy")
+	register(func(root *cobra.Command) { root.AddCommand(revokeCommand()) }, "revoke")
 }
 
 // readPolicyFiles reads .cedar files (directories: every *.cedar inside,

@@ -24,10 +24,8 @@ import (
 const exitDriftFindings = 2
 
 func init() {
-	register(func(root *cobra.Command) {
-		root.AddCommand(postureCommand())
-		root.AddCommand(driftCommand())
-	})
+	register(func(root *cobra.Command) { root.AddCommand(postureCommand()) }, "posture")
+	register(func(root *cobra.Command) { root.AddCommand(driftCommand()) }, "drift")
 }
 
 // readPostureFile reads FILE (or - for stdin), bounded, and parses it as

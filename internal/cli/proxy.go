@@ -13,7 +13,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(proxyCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(proxyCommand()) }, "proxy")
 }
 
 func proxyCommand() *cobra.Command {

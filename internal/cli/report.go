@@ -33,7 +33,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(reportCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(reportCommand()) }, "report")
 }
 
 func reportCommand() *cobra.Command {

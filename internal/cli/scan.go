@@ -28,7 +28,7 @@ import (
 // exitScanFindings: ward scan found something at or above --fail-on.
 const exitScanFindings = 2
 
-func init() { register(func(root *cobra.Command) { root.AddCommand(scanCmd()) }) }
+func init() { register(func(root *cobra.Command) { root.AddCommand(scanCmd()) }, "scan") }
 
 func scanCmd() *cobra.Command {
 	var (

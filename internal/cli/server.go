@@ -20,7 +20,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(serverCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(serverCommand()) }, "server")
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

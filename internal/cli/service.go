@@ -12,7 +12,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(serviceCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(serviceCommand()) }, "service")
 }
 
 func withCatalog(cmd *cobra.Command, f func(ctx context.Context, c wardv1.CatalogClient) error) error {

@@ -16,7 +16,7 @@ import (
 )
 
 func init() {
-	register(func(root *cobra.Command) { root.AddCommand(webhookCommand()) })
+	register(func(root *cobra.Command) { root.AddCommand(webhookCommand()) }, "webhook")
 }
 
 func webhookCommand() *cobra.Command {
