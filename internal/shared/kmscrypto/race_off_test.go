@@ -1,0 +1,5 @@
+//go:build !race
+
+package kmscrypto
+
+const raceEnabled = false
