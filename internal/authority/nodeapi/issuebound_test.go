@@ -41,6 +41,21 @@ type boundHarness struct {
 
 func newBoundHarness(t *testing.T) *boundHarness {
 	t.Helper()
+	b := newBoundHarnessNoPolicy(t)
+	td := testTD.Name()
+	if _, err := b.policy.Apply(context.Background(), "admin:uid=0", map[string][]byte{"p.cedar": []byte(`@id("apps-encrypt")
+permit(principal in TrustDomain::"` + td + `", action == Action::"kms:encrypt", resource == Key::"team/data");
+@id("apps-connect")
+permit(principal in TrustDomain::"` + td + `", action == Action::"connect", resource == Service::"payments");`)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// newBoundHarnessNoPolicy is newBoundHarness before any policy is
+// applied: there is no deny-list to displace SVIDs to yet.
+func newBoundHarnessNoPolicy(t *testing.T) *boundHarness {
+	t.Helper()
 	b := &boundHarness{}
 	st := memstore.New()
 	pathKey := make([]byte, 32)
@@ -64,15 +79,7 @@ func newBoundHarness(t *testing.T) *boundHarness {
 		c.KMS, c.Policy = b.kms, b.policy
 		c.OnSVIDsDisplaced = func(n int) { b.displaced.Add(int64(n)) }
 	})
-	ctx := context.Background()
-	if _, err := b.kms.Create(ctx, "team/data", "internal", ""); err != nil {
-		t.Fatal(err)
-	}
-	td := testTD.Name()
-	if _, err := b.policy.Apply(ctx, "admin:uid=0", map[string][]byte{"p.cedar": []byte(`@id("apps-encrypt")
-permit(principal in TrustDomain::"` + td + `", action == Action::"kms:encrypt", resource == Key::"team/data");
-@id("apps-connect")
-permit(principal in TrustDomain::"` + td + `", action == Action::"connect", resource == Service::"payments");`)}, ""); err != nil {
+	if _, err := b.kms.Create(context.Background(), "team/data", "internal", ""); err != nil {
 		t.Fatal(err)
 	}
 	return b
@@ -219,21 +226,22 @@ func serialOf(s *x509svid.SVID) string { return policy.SerialHex(s.Certificates[
 // batches of that entry (and RenewAgent at its own bound): every item is
 // refused FailedPrecondition before the CA signs anything. Before, the
 // whole batch was signed and then refused, a signature per item per call.
-// Without a policy store the bound is MaxIssuedPerEntry; with one it is
-// MaxIssuedPerEntry + MaxDisplacedPerEntry (the rest displaced).
+// Without a policy store, or before a policy is applied, the bound is
+// MaxIssuedPerEntry; with a policy it is MaxIssuedPerEntry +
+// MaxDisplacedPerEntry (the rest displaced).
 func TestAgentAtItsBoundCostsNoSigning(t *testing.T) {
-	for _, displacing := range []bool{false, true} {
-		name := "refusing"
-		if displacing {
-			name = "displacing"
-		}
-		t.Run(name, func(t *testing.T) {
-			var h *harness
-			if displacing {
-				h = newBoundHarness(t).harness
-			} else {
-				h = newHarness(t)
-			}
+	for _, tc := range []struct {
+		name       string
+		new        func(t *testing.T) *harness
+		displacing bool
+	}{
+		{"no policy store", newHarness, false},
+		{"no policy applied", func(t *testing.T) *harness { return newBoundHarnessNoPolicy(t).harness }, false},
+		{"displacing", func(t *testing.T) *harness { return newBoundHarness(t).harness }, true},
+	} {
+		displacing := tc.displacing
+		t.Run(tc.name, func(t *testing.T) {
+			h := tc.new(t)
 			agent := h.agentCaller(t)
 			c := h.client(t, agent.svid)
 			bound := registry.MaxIssuedPerEntry

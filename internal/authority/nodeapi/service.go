@@ -147,11 +147,23 @@ func (s *Server) displacer(agent spiffeid.ID) registry.Displace {
 	}
 }
 
+// canDisplace says whether an entry at its bound could displace its
+// oldest SVIDs now: a policy store with a version applied (a deny-list to
+// put them on). Without, a signing at the bound is refused, and the check
+// before signing must say so (or each such call would sign, then refuse).
+func (s *Server) canDisplace(ctx context.Context) bool {
+	if s.cfg.Policy == nil {
+		return false
+	}
+	cur, err := s.cfg.Policy.Current(ctx)
+	return err == nil && cur > 0
+}
+
 // checkRoom refuses, before anything is signed, an SVID for the agent
 // itself that could not be recorded (registry.IssueRoom): an agent at its
 // bounds costs no signing.
 func (s *Server) checkRoom(ctx context.Context, id spiffeid.ID, attested bool) error {
-	perEntry, err := s.cfg.Registry.IssueRoom(ctx, id, []string{registry.AgentSelf}, attested, s.cfg.Policy != nil)
+	perEntry, err := s.cfg.Registry.IssueRoom(ctx, id, []string{registry.AgentSelf}, attested, s.canDisplace(ctx))
 	if err != nil {
 		return err
 	}
@@ -472,7 +484,7 @@ func (n *nodeService) SignX509SVIDs(ctx context.Context, r *wardv1.SignX509SVIDs
 		}
 	}
 	if len(want) > 0 {
-		perEntry, err := s.cfg.Registry.IssueRoom(ctx, agent, want, false, s.cfg.Policy != nil)
+		perEntry, err := s.cfg.Registry.IssueRoom(ctx, agent, want, false, s.canDisplace(ctx))
 		for j, i := range at {
 			if err != nil {
 				items[i].err = err

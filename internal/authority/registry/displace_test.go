@@ -244,3 +244,38 @@ func TestIssuedInChunks(t *testing.T) {
 		t.Fatalf("the other agent's record: %v", left)
 	}
 }
+
+// TestEvictTakesTheOneRecordForm: SVIDs recorded in the one-record form
+// (before the per-entry records) are revoked by an eviction, never
+// counted against a bound, and forgotten once revoked.
+func TestEvictTakesTheOneRecordForm(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	id := spiffeid.RequireFromString("spiffe://example.org/ward/agent/old-form")
+	na := f.clk.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	if _, err := f.st.Put(ctx, issuedPrefix+"old-form", []byte(`{"svids":[{"e":"agent","s":"a1","x":"`+na+`"},{"e":"e1","s":"w1","x":"`+na+`"}]}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.reg.RecordAttestation(ctx, id, AttestJoinToken, nil, "a1", f.clk.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if perItem, err := f.reg.RecordIssued(ctx, id, []Issued{{Entry: "e1", Serial: "w2", NotAfter: f.clk.Now().Add(time.Hour)}}, false); err != nil || perItem[0] != nil {
+		t.Fatalf("%v %v", err, perItem)
+	}
+	var revoked []string
+	if _, n, err := f.reg.EvictAgent(ctx, id, func(_ context.Context, s []Issued) (int, error) {
+		for _, x := range s {
+			revoked = append(revoked, x.Serial)
+		}
+		return len(s), nil
+	}); err != nil || n != 3 {
+		t.Fatalf("evict: %d %v", n, err)
+	}
+	slices.Sort(revoked)
+	if !slices.Equal(revoked, []string{"a1", "w1", "w2"}) {
+		t.Fatalf("revoked %v", revoked)
+	}
+	if left, _ := f.reg.IssuedSVIDs(ctx, id); len(left) != 0 {
+		t.Fatalf("kept after the eviction: %v", left)
+	}
+}
