@@ -230,9 +230,15 @@ func (p *Plugin) cached(cred string) (string, uint32, bool) {
 
 // refused records a call of the apiserver's that says the plugin cannot be
 // served now (cannotServe): Status reports it until the TTL has passed or
-// the plugin's SVID changed, without asking the authority.
-func (p *Plugin) refused(err error) {
-	if !cannotServe(err) {
+// the plugin's SVID changed, without asking the authority. A Decrypt's
+// PermissionDenied is not taken as such: the authority answers that too
+// for a ciphertext that fails authentication, and what Decrypt carries
+// comes from etcd, not from the plugin, so one altered object (read again
+// on every list) would keep Status not-ok, and the apiserver off the
+// plugin, for every object; Status's own round trip finds out within the
+// TTL whether the plugin's identity is denied.
+func (p *Plugin) refused(err error, decrypt bool) {
+	if !cannotServe(err) || (decrypt && status.Code(err) == codes.PermissionDenied) {
 		return
 	}
 	cred, _ := p.ready()
@@ -316,7 +322,10 @@ func causeOf(err error) string {
 		// mTLS mode: the server's SVID is not the configured server_id
 		// (or not of the bundle), or it refused the plugin's.
 		return causeHandshake
-	case strings.Contains(low, "sealed"):
+	case code == codes.FailedPrecondition && strings.Contains(low, "authority is sealed"):
+		// The authority's own words (server.errSealed), not any message
+		// with "sealed" in it: a key named "sealed-secrets" in a
+		// disabled-version error is not a sealed authority.
 		return causeSealed
 	case code == codes.Unavailable || code == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded):
 		return causeUnreachable
@@ -353,7 +362,7 @@ func (p *Plugin) Encrypt(ctx context.Context, req *kmsapi.EncryptRequest) (*kmsa
 	defer cancel()
 	ct, v, err := p.auth.Encrypt(ctx, p.key, req.Plaintext, p.encCtx)
 	if err != nil {
-		p.refused(err)
+		p.refused(err, false)
 		return nil, authError("encrypt", err)
 	}
 	return &kmsapi.EncryptResponse{Ciphertext: ct, KeyId: p.saw(v)}, nil
@@ -369,7 +378,7 @@ func (p *Plugin) Decrypt(ctx context.Context, req *kmsapi.DecryptRequest) (*kmsa
 	defer cancel()
 	pt, err := p.auth.Decrypt(ctx, req.Ciphertext, p.encCtx)
 	if err != nil {
-		p.refused(err)
+		p.refused(err, true)
 		return nil, authError("decrypt", err)
 	}
 	return &kmsapi.DecryptResponse{Plaintext: pt}, nil

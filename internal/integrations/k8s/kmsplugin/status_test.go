@@ -196,3 +196,102 @@ func TestStatusChecksTheSVIDFirst(t *testing.T) {
 		t.Fatalf("status on the SVID after the refused one: %+v", r)
 	}
 }
+
+// alteringAuthority answers a Decrypt of a ciphertext it did not make as
+// the real authority does (kmscrypto.ErrAuth is errs.Denied:
+// PermissionDenied): what an object altered in etcd gets.
+type alteringAuthority struct {
+	*fakeAuthority
+	made map[string]bool
+}
+
+func (a *alteringAuthority) Encrypt(ctx context.Context, key string, pt []byte, encCtx map[string]string) ([]byte, uint32, error) {
+	ct, v, err := a.fakeAuthority.Encrypt(ctx, key, pt, encCtx)
+	if err == nil {
+		a.mu.Lock()
+		a.made[string(ct)] = true
+		a.mu.Unlock()
+	}
+	return ct, v, err
+}
+
+func (a *alteringAuthority) Decrypt(ctx context.Context, ct []byte, encCtx map[string]string) ([]byte, error) {
+	a.mu.Lock()
+	made := a.made[string(ct)]
+	a.mu.Unlock()
+	if !made {
+		a.mu.Lock()
+		a.decrypts++
+		a.mu.Unlock()
+		return nil, status.Error(codes.PermissionDenied, "key \"k8s/etcd\" version 1: ciphertext failed authentication: it was altered or truncated")
+	}
+	return a.fakeAuthority.Decrypt(ctx, ct, encCtx)
+}
+
+// TestAlteredObjectDoesNotPoisonStatus (attack): one DEK seed altered in
+// etcd (whoever can write there, or a torn write) makes every read of that
+// object a Decrypt the authority refuses with PermissionDenied. That
+// refusal concerns the ciphertext, not the plugin: Status stays ok with
+// its key_id for every other object (a not-ok Status, read on every list,
+// took the apiserver off a healthy plugin), and the flood of refused
+// Decrypts costs no extra round trip. A key whose name holds "sealed" is
+// not a sealed authority either.
+func TestAlteredObjectDoesNotPoisonStatus(t *testing.T) {
+	ctx := context.Background()
+	_, f, clk := newTestPlugin(t)
+	a := &alteringAuthority{fakeAuthority: f, made: map[string]bool{}}
+	p := New(&Config{Cluster: "prod-1", Key: "k8s/etcd"}, a, WithClock(clk.now))
+	if r := status_(t, p); r.Healthz != "ok" {
+		t.Fatal(r.Healthz)
+	}
+	good, err := p.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: []byte("0123456789abcdef0123456789abcdef")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good.Ciphertext...)
+	bad[len(bad)-1] ^= 1
+	e0, _ := f.calls()
+	for range 200 {
+		if _, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: bad, KeyId: good.KeyId}); status.Code(err) != codes.PermissionDenied {
+			t.Fatalf("decrypt of the altered seed: %v", err)
+		}
+		if r := status_(t, p); r.Healthz != "ok" || r.KeyId != "ward:k8s/etcd:1" {
+			t.Fatalf("status after decrypts of one altered object: %+v, want ok with its key_id", r)
+		}
+	}
+	if e, _ := f.calls(); e != e0 {
+		t.Fatalf("%d round trips within the TTL while an altered object was read", e-e0)
+	}
+	if _, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: good.Ciphertext, KeyId: good.KeyId}); err != nil {
+		t.Fatalf("the good object: %v", err)
+	}
+	// A denied identity still shows within the TTL, by Status's own round
+	// trip (and at once through a refused Encrypt, TestStatusNotOKOnceACallIsRefused).
+	f.setFail(status.Error(codes.PermissionDenied, "deny-list: serial 1f revoked"))
+	clk.add(DefaultHealthTTL)
+	if r := status_(t, p); !strings.HasPrefix(r.Healthz, "denied by the authority: ") {
+		t.Fatalf("status of a denied plugin: %+v", r)
+	}
+
+	// A key named with "sealed" in it: its disabled version is not a
+	// sealed authority.
+	_, f2, clk2 := newTestPlugin(t)
+	f2.key, f2.version, f2.minVer = "k8s/sealed-secrets", 2, 1
+	p2 := New(&Config{Cluster: "prod-1", Key: "k8s/sealed-secrets"}, f2, WithClock(clk2.now))
+	old, err := p2.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := status_(t, p2); r.Healthz != "ok" {
+		t.Fatal(r.Healthz)
+	}
+	f2.mu.Lock()
+	f2.minVer = 3 // version 2 disabled
+	f2.mu.Unlock()
+	if _, err := p2.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: old.Ciphertext, KeyId: old.KeyId}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("decrypt under a disabled version: %v", err)
+	}
+	if r := status_(t, p2); r.Healthz != "ok" {
+		t.Fatalf("status after a disabled version of key \"k8s/sealed-secrets\": %q, want ok", r.Healthz)
+	}
+}
