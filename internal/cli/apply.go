@@ -52,6 +52,9 @@ the policy set as one new version. A second run prints "No changes".`,
 				if err := apply.Check(ctx, c, plan); err != nil {
 					return err
 				}
+				for _, w := range plan.PolicyWarnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "policy warning: %s: this permit does not constrain the caller's trust domain (docs/policy.md#federated-callers-and-ward-policy-lint)\n", w)
+				}
 				out := cmd.OutOrStdout()
 				plan.Render(out, !dryRun && !full)
 				if dryRun || plan.Empty() {

@@ -155,3 +155,45 @@ func TestAuthorityStrictFederationLint(t *testing.T) {
 		t.Fatalf("a fenced set: err %v\n%s\n%s", err, out, errOut)
 	}
 }
+
+// TestApplyDocumentsStrictLintChangesNothing: `ward apply` of documents
+// with a key and a policy set the strict authority refuses changes
+// nothing: the authority's check (CheckPolicy) runs before the key is
+// created. Against a warn authority the same documents apply and the
+// warning is printed.
+func TestApplyDocumentsStrictLintChangesNothing(t *testing.T) {
+	docs := `kind: Key
+name: tenant-a/payments
+classification: confidential
+---
+kind: Policy
+name: open.cedar
+cedar: |
+` + indent(pathOnlyPolicy)
+	dir := t.TempDir()
+	f := filepath.Join(dir, "ward.yaml")
+	if err := os.WriteFile(f, []byte(docs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	addr := devAuthority(t, func(c *config.Server) { c.Policy.FederationLint = config.FederationLintStrict })
+	_, errOut, err := wardStreams(t, addr, "apply", "-f", f)
+	if err == nil || !strings.Contains(err.Error(), "policy.federation_lint: strict") || !strings.Contains(err.Error(), "nothing was changed") {
+		t.Fatalf("ward apply to a strict authority: %v\n%s", err, errOut)
+	}
+	if out, _, err := wardStreams(t, addr, "key", "list"); err != nil || strings.Contains(out, "tenant-a/payments") {
+		t.Fatalf("a refused apply created the key: %v\n%s", err, out)
+	}
+	addr = devAuthority(t)
+	out, errOut, err := wardStreams(t, addr, "apply", "-f", f)
+	if err != nil || !strings.Contains(errOut, `policy warning: open.cedar:1:1 (policy "by-path")`) {
+		t.Fatalf("ward apply to a warn authority: %v\n%s\n%s", err, out, errOut)
+	}
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimRight(s, "\n"), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}

@@ -197,6 +197,61 @@ func (x *ApplyPolicyRequest) GetComment() string {
 	return ""
 }
 
+type CheckPolicyResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	PolicyCount uint32                 `protobuf:"varint,1,opt,name=policy_count,json=policyCount,proto3" json:"policy_count,omitempty"`
+	// Permits that do not constrain the caller's trust domain, each
+	// "file:line:column (policy \"id\")" (refused instead under
+	// policy.federation_lint: strict).
+	FederationWarnings []string `protobuf:"bytes,2,rep,name=federation_warnings,json=federationWarnings,proto3" json:"federation_warnings,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *CheckPolicyResponse) Reset() {
+	*x = CheckPolicyResponse{}
+	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CheckPolicyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CheckPolicyResponse) ProtoMessage() {}
+
+func (x *CheckPolicyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CheckPolicyResponse.ProtoReflect.Descriptor instead.
+func (*CheckPolicyResponse) Descriptor() ([]byte, []int) {
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *CheckPolicyResponse) GetPolicyCount() uint32 {
+	if x != nil {
+		return x.PolicyCount
+	}
+	return 0
+}
+
+func (x *CheckPolicyResponse) GetFederationWarnings() []string {
+	if x != nil {
+		return x.FederationWarnings
+	}
+	return nil
+}
+
 type ListPolicyVersionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -205,7 +260,7 @@ type ListPolicyVersionsRequest struct {
 
 func (x *ListPolicyVersionsRequest) Reset() {
 	*x = ListPolicyVersionsRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	mi := &file_ward_v1_policy_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +272,7 @@ func (x *ListPolicyVersionsRequest) String() string {
 func (*ListPolicyVersionsRequest) ProtoMessage() {}
 
 func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	mi := &file_ward_v1_policy_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +285,7 @@ func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{3}
 }
 
 type ListPolicyVersionsResponse struct {
@@ -242,7 +297,7 @@ type ListPolicyVersionsResponse struct {
 
 func (x *ListPolicyVersionsResponse) Reset() {
 	*x = ListPolicyVersionsResponse{}
-	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	mi := &file_ward_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +309,7 @@ func (x *ListPolicyVersionsResponse) String() string {
 func (*ListPolicyVersionsResponse) ProtoMessage() {}
 
 func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	mi := &file_ward_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +322,7 @@ func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ListPolicyVersionsResponse) GetVersions() []*PolicyVersion {
@@ -287,7 +342,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[4]
+	mi := &file_ward_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +354,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[4]
+	mi := &file_ward_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +367,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetPolicyRequest) GetVersion() uint64 {
@@ -332,7 +387,7 @@ type RollbackPolicyRequest struct {
 
 func (x *RollbackPolicyRequest) Reset() {
 	*x = RollbackPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[5]
+	mi := &file_ward_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -344,7 +399,7 @@ func (x *RollbackPolicyRequest) String() string {
 func (*RollbackPolicyRequest) ProtoMessage() {}
 
 func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[5]
+	mi := &file_ward_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -357,7 +412,7 @@ func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackPolicyRequest.ProtoReflect.Descriptor instead.
 func (*RollbackPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RollbackPolicyRequest) GetVersion() uint64 {
@@ -386,7 +441,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[6]
+	mi := &file_ward_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -398,7 +453,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[6]
+	mi := &file_ward_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -411,7 +466,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{6}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *RevokeRequest) GetSpiffeIds() []string {
@@ -451,7 +506,7 @@ type WatchPolicyRequest struct {
 
 func (x *WatchPolicyRequest) Reset() {
 	*x = WatchPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[7]
+	mi := &file_ward_v1_policy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -463,7 +518,7 @@ func (x *WatchPolicyRequest) String() string {
 func (*WatchPolicyRequest) ProtoMessage() {}
 
 func (x *WatchPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[7]
+	mi := &file_ward_v1_policy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -476,7 +531,7 @@ func (x *WatchPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPolicyRequest.ProtoReflect.Descriptor instead.
 func (*WatchPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{7}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *WatchPolicyRequest) GetKnownVersion() uint64 {
@@ -510,7 +565,10 @@ const file_ward_v1_policy_proto_rawDesc = "" +
 	"\n" +
 	"FilesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"\x1b\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"i\n" +
+	"\x13CheckPolicyResponse\x12!\n" +
+	"\fpolicy_count\x18\x01 \x01(\rR\vpolicyCount\x12/\n" +
+	"\x13federation_warnings\x18\x02 \x03(\tR\x12federationWarnings\"\x1b\n" +
 	"\x19ListPolicyVersionsRequest\"P\n" +
 	"\x1aListPolicyVersionsResponse\x122\n" +
 	"\bversions\x18\x01 \x03(\v2\x16.ward.v1.PolicyVersionR\bversions\",\n" +
@@ -526,9 +584,10 @@ const file_ward_v1_policy_proto_rawDesc = "" +
 	"\x06remove\x18\x03 \x01(\bR\x06remove\x12\x18\n" +
 	"\acomment\x18\x04 \x01(\tR\acomment\"9\n" +
 	"\x12WatchPolicyRequest\x12#\n" +
-	"\rknown_version\x18\x01 \x01(\x04R\fknownVersion2\xef\x02\n" +
+	"\rknown_version\x18\x01 \x01(\x04R\fknownVersion2\xb9\x03\n" +
 	"\x06Policy\x12B\n" +
-	"\vApplyPolicy\x12\x1b.ward.v1.ApplyPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x12]\n" +
+	"\vApplyPolicy\x12\x1b.ward.v1.ApplyPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x12H\n" +
+	"\vCheckPolicy\x12\x1b.ward.v1.ApplyPolicyRequest\x1a\x1c.ward.v1.CheckPolicyResponse\x12]\n" +
 	"\x12ListPolicyVersions\x12\".ward.v1.ListPolicyVersionsRequest\x1a#.ward.v1.ListPolicyVersionsResponse\x12>\n" +
 	"\tGetPolicy\x12\x19.ward.v1.GetPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x12H\n" +
 	"\x0eRollbackPolicy\x12\x1e.ward.v1.RollbackPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x128\n" +
@@ -548,40 +607,43 @@ func file_ward_v1_policy_proto_rawDescGZIP() []byte {
 	return file_ward_v1_policy_proto_rawDescData
 }
 
-var file_ward_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_ward_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_ward_v1_policy_proto_goTypes = []any{
 	(*PolicyVersion)(nil),              // 0: ward.v1.PolicyVersion
 	(*ApplyPolicyRequest)(nil),         // 1: ward.v1.ApplyPolicyRequest
-	(*ListPolicyVersionsRequest)(nil),  // 2: ward.v1.ListPolicyVersionsRequest
-	(*ListPolicyVersionsResponse)(nil), // 3: ward.v1.ListPolicyVersionsResponse
-	(*GetPolicyRequest)(nil),           // 4: ward.v1.GetPolicyRequest
-	(*RollbackPolicyRequest)(nil),      // 5: ward.v1.RollbackPolicyRequest
-	(*RevokeRequest)(nil),              // 6: ward.v1.RevokeRequest
-	(*WatchPolicyRequest)(nil),         // 7: ward.v1.WatchPolicyRequest
-	nil,                                // 8: ward.v1.ApplyPolicyRequest.FilesEntry
-	(*timestamppb.Timestamp)(nil),      // 9: google.protobuf.Timestamp
+	(*CheckPolicyResponse)(nil),        // 2: ward.v1.CheckPolicyResponse
+	(*ListPolicyVersionsRequest)(nil),  // 3: ward.v1.ListPolicyVersionsRequest
+	(*ListPolicyVersionsResponse)(nil), // 4: ward.v1.ListPolicyVersionsResponse
+	(*GetPolicyRequest)(nil),           // 5: ward.v1.GetPolicyRequest
+	(*RollbackPolicyRequest)(nil),      // 6: ward.v1.RollbackPolicyRequest
+	(*RevokeRequest)(nil),              // 7: ward.v1.RevokeRequest
+	(*WatchPolicyRequest)(nil),         // 8: ward.v1.WatchPolicyRequest
+	nil,                                // 9: ward.v1.ApplyPolicyRequest.FilesEntry
+	(*timestamppb.Timestamp)(nil),      // 10: google.protobuf.Timestamp
 }
 var file_ward_v1_policy_proto_depIdxs = []int32{
-	9, // 0: ward.v1.PolicyVersion.created:type_name -> google.protobuf.Timestamp
-	8, // 1: ward.v1.ApplyPolicyRequest.files:type_name -> ward.v1.ApplyPolicyRequest.FilesEntry
-	0, // 2: ward.v1.ListPolicyVersionsResponse.versions:type_name -> ward.v1.PolicyVersion
-	1, // 3: ward.v1.Policy.ApplyPolicy:input_type -> ward.v1.ApplyPolicyRequest
-	2, // 4: ward.v1.Policy.ListPolicyVersions:input_type -> ward.v1.ListPolicyVersionsRequest
-	4, // 5: ward.v1.Policy.GetPolicy:input_type -> ward.v1.GetPolicyRequest
-	5, // 6: ward.v1.Policy.RollbackPolicy:input_type -> ward.v1.RollbackPolicyRequest
-	6, // 7: ward.v1.Policy.Revoke:input_type -> ward.v1.RevokeRequest
-	7, // 8: ward.v1.PolicyDistribution.WatchPolicy:input_type -> ward.v1.WatchPolicyRequest
-	0, // 9: ward.v1.Policy.ApplyPolicy:output_type -> ward.v1.PolicyVersion
-	3, // 10: ward.v1.Policy.ListPolicyVersions:output_type -> ward.v1.ListPolicyVersionsResponse
-	0, // 11: ward.v1.Policy.GetPolicy:output_type -> ward.v1.PolicyVersion
-	0, // 12: ward.v1.Policy.RollbackPolicy:output_type -> ward.v1.PolicyVersion
-	0, // 13: ward.v1.Policy.Revoke:output_type -> ward.v1.PolicyVersion
-	0, // 14: ward.v1.PolicyDistribution.WatchPolicy:output_type -> ward.v1.PolicyVersion
-	9, // [9:15] is the sub-list for method output_type
-	3, // [3:9] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	10, // 0: ward.v1.PolicyVersion.created:type_name -> google.protobuf.Timestamp
+	9,  // 1: ward.v1.ApplyPolicyRequest.files:type_name -> ward.v1.ApplyPolicyRequest.FilesEntry
+	0,  // 2: ward.v1.ListPolicyVersionsResponse.versions:type_name -> ward.v1.PolicyVersion
+	1,  // 3: ward.v1.Policy.ApplyPolicy:input_type -> ward.v1.ApplyPolicyRequest
+	1,  // 4: ward.v1.Policy.CheckPolicy:input_type -> ward.v1.ApplyPolicyRequest
+	3,  // 5: ward.v1.Policy.ListPolicyVersions:input_type -> ward.v1.ListPolicyVersionsRequest
+	5,  // 6: ward.v1.Policy.GetPolicy:input_type -> ward.v1.GetPolicyRequest
+	6,  // 7: ward.v1.Policy.RollbackPolicy:input_type -> ward.v1.RollbackPolicyRequest
+	7,  // 8: ward.v1.Policy.Revoke:input_type -> ward.v1.RevokeRequest
+	8,  // 9: ward.v1.PolicyDistribution.WatchPolicy:input_type -> ward.v1.WatchPolicyRequest
+	0,  // 10: ward.v1.Policy.ApplyPolicy:output_type -> ward.v1.PolicyVersion
+	2,  // 11: ward.v1.Policy.CheckPolicy:output_type -> ward.v1.CheckPolicyResponse
+	4,  // 12: ward.v1.Policy.ListPolicyVersions:output_type -> ward.v1.ListPolicyVersionsResponse
+	0,  // 13: ward.v1.Policy.GetPolicy:output_type -> ward.v1.PolicyVersion
+	0,  // 14: ward.v1.Policy.RollbackPolicy:output_type -> ward.v1.PolicyVersion
+	0,  // 15: ward.v1.Policy.Revoke:output_type -> ward.v1.PolicyVersion
+	0,  // 16: ward.v1.PolicyDistribution.WatchPolicy:output_type -> ward.v1.PolicyVersion
+	10, // [10:17] is the sub-list for method output_type
+	3,  // [3:10] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_policy_proto_init() }
@@ -595,7 +657,7 @@ func file_ward_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_policy_proto_rawDesc), len(file_ward_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

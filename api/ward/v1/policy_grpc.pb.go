@@ -23,6 +23,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	Policy_ApplyPolicy_FullMethodName        = "/ward.v1.Policy/ApplyPolicy"
+	Policy_CheckPolicy_FullMethodName        = "/ward.v1.Policy/CheckPolicy"
 	Policy_ListPolicyVersions_FullMethodName = "/ward.v1.Policy/ListPolicyVersions"
 	Policy_GetPolicy_FullMethodName          = "/ward.v1.Policy/GetPolicy"
 	Policy_RollbackPolicy_FullMethodName     = "/ward.v1.Policy/RollbackPolicy"
@@ -38,6 +39,11 @@ type PolicyClient interface {
 	// ApplyPolicy validates the files as one set and stores it as a new
 	// version; any error (reported with file, line and column) stores nothing.
 	ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*PolicyVersion, error)
+	// CheckPolicy runs ApplyPolicy's checks on the files (compilation, the
+	// authority's policy.federation_lint) and stores nothing: `ward apply`
+	// asks it before it changes anything. An authority without it answers
+	// Unimplemented.
+	CheckPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*CheckPolicyResponse, error)
 	ListPolicyVersions(ctx context.Context, in *ListPolicyVersionsRequest, opts ...grpc.CallOption) (*ListPolicyVersionsResponse, error)
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*PolicyVersion, error)
 	// RollbackPolicy makes a new version with the policies of an old one;
@@ -60,6 +66,16 @@ func (c *policyClient) ApplyPolicy(ctx context.Context, in *ApplyPolicyRequest, 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(PolicyVersion)
 	err := c.cc.Invoke(ctx, Policy_ApplyPolicy_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *policyClient) CheckPolicy(ctx context.Context, in *ApplyPolicyRequest, opts ...grpc.CallOption) (*CheckPolicyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CheckPolicyResponse)
+	err := c.cc.Invoke(ctx, Policy_CheckPolicy_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -115,6 +131,11 @@ type PolicyServer interface {
 	// ApplyPolicy validates the files as one set and stores it as a new
 	// version; any error (reported with file, line and column) stores nothing.
 	ApplyPolicy(context.Context, *ApplyPolicyRequest) (*PolicyVersion, error)
+	// CheckPolicy runs ApplyPolicy's checks on the files (compilation, the
+	// authority's policy.federation_lint) and stores nothing: `ward apply`
+	// asks it before it changes anything. An authority without it answers
+	// Unimplemented.
+	CheckPolicy(context.Context, *ApplyPolicyRequest) (*CheckPolicyResponse, error)
 	ListPolicyVersions(context.Context, *ListPolicyVersionsRequest) (*ListPolicyVersionsResponse, error)
 	GetPolicy(context.Context, *GetPolicyRequest) (*PolicyVersion, error)
 	// RollbackPolicy makes a new version with the policies of an old one;
@@ -135,6 +156,9 @@ type UnimplementedPolicyServer struct{}
 
 func (UnimplementedPolicyServer) ApplyPolicy(context.Context, *ApplyPolicyRequest) (*PolicyVersion, error) {
 	return nil, status.Error(codes.Unimplemented, "method ApplyPolicy not implemented")
+}
+func (UnimplementedPolicyServer) CheckPolicy(context.Context, *ApplyPolicyRequest) (*CheckPolicyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CheckPolicy not implemented")
 }
 func (UnimplementedPolicyServer) ListPolicyVersions(context.Context, *ListPolicyVersionsRequest) (*ListPolicyVersionsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListPolicyVersions not implemented")
@@ -183,6 +207,24 @@ func _Policy_ApplyPolicy_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(PolicyServer).ApplyPolicy(ctx, req.(*ApplyPolicyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Policy_CheckPolicy_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ApplyPolicyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PolicyServer).CheckPolicy(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Policy_CheckPolicy_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PolicyServer).CheckPolicy(ctx, req.(*ApplyPolicyRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -269,6 +311,10 @@ var Policy_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ApplyPolicy",
 			Handler:    _Policy_ApplyPolicy_Handler,
+		},
+		{
+			MethodName: "CheckPolicy",
+			Handler:    _Policy_CheckPolicy_Handler,
 		},
 		{
 			MethodName: "ListPolicyVersions",

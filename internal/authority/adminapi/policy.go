@@ -29,6 +29,20 @@ func (p *policyService) ApplyPolicy(ctx context.Context, r *wardv1.ApplyPolicyRe
 	return apiconv.VersionProto(v, v.Number, false)
 }
 
+// CheckPolicy runs ApplyPolicy's checks and stores nothing (ward apply
+// asks it before changing anything).
+func (p *policyService) CheckPolicy(_ context.Context, r *wardv1.ApplyPolicyRequest) (*wardv1.CheckPolicyResponse, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	n, ws, err := ps.Check(r.Files)
+	if err != nil {
+		return nil, errs.ToStatus(err)
+	}
+	return &wardv1.CheckPolicyResponse{PolicyCount: uint32(n), FederationWarnings: ws}, nil
+}
+
 func (p *policyService) ListPolicyVersions(ctx context.Context, _ *wardv1.ListPolicyVersionsRequest) (*wardv1.ListPolicyVersionsResponse, error) {
 	ps, err := p.a.policyStore()
 	if err != nil {

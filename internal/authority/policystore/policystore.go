@@ -404,6 +404,26 @@ func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte
 	})
 }
 
+// Check runs Apply's checks on files (compilation; with
+// WithStrictFederationLint, the refusal of permits open to federated trust
+// domains) and stores nothing. It returns the number of policies and the
+// federation warnings (file:line:column and policy id).
+func (s *Store) Check(files map[string][]byte) (_ int, _ []string, err error) {
+	defer func() { err = classify(err) }()
+	if len(files) == 0 {
+		return 0, nil, errors.New("no policy files given: pass at least one .cedar file")
+	}
+	set, err := s.Compile(policy.Bundle{Files: files})
+	if err != nil {
+		return 0, nil, err
+	}
+	ws := federationWarnings(set)
+	if s.strictFed && len(ws) > 0 {
+		return 0, nil, federationRefusal(ws)
+	}
+	return set.Len(), warningPlaces(ws), nil
+}
+
 // Rollback stores a new version with the policies of version n; the
 // current deny-list is kept, so a rollback never un-revokes anyone.
 func (s *Store) Rollback(ctx context.Context, actor string, n uint64, comment string) (_ Version, err error) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -100,6 +101,16 @@ func Check(ctx context.Context, c *client.Client, p *Plan) error {
 		if _, err := c.Entries.BatchEntries(ctx, batchRequest(b, true)); err != nil {
 			return batchError(b, err)
 		}
+	}
+	// The policy set is checked by the authority too (its
+	// policy.federation_lint may refuse it) before keys or entries change;
+	// an older authority without CheckPolicy checks it when it is stored.
+	if p.PolicyFiles != nil {
+		r, err := c.Policy.CheckPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: p.PolicyFiles})
+		if err != nil && status.Code(err) != codes.Unimplemented {
+			return fmt.Errorf("the policy set: %w (nothing was changed)", client.Unwrap(err))
+		}
+		p.PolicyWarnings = r.GetFederationWarnings()
 	}
 	p.checked = true
 	return nil

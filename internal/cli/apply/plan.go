@@ -58,6 +58,10 @@ type Plan struct {
 	// PolicyFiles is the policy set to store as a new version (nil: the
 	// policy set does not change).
 	PolicyFiles map[string][]byte
+	// PolicyWarnings are the authority's federation warnings about
+	// PolicyFiles (Check fills them): permits that do not constrain the
+	// caller's trust domain, "file:line:column (policy "id")" each.
+	PolicyWarnings []string
 	// What is left alone.
 	KeptEntries, KeptKeys, KeptFederations int
 	KeptPolicies                           []string
