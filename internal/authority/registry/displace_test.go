@@ -43,9 +43,10 @@ func (d *denyList) displace(_ context.Context, svids []Issued) error {
 
 // TestDisplacingLoopStaysBounded runs the attack of an agent asking for
 // SVIDs in a loop once entries displace their oldest SVIDs instead of
-// refusing: over three lifetimes of the SVIDs, what the record keeps stays
+// refusing: over six lifetimes of the SVIDs, what the record keeps stays
 // within MaxIssuedPerEntry per entry, the deny-list within
-// MaxDisplacedPerEntry per entry, signings beyond both are refused, and
+// MaxDisplacedPerEntry per entry, the displacements (policy versions)
+// within MaxDisplacementsPerAgent an hour, signings beyond are refused, and
 // every unexpired SVID ever recorded is either in the record (an eviction
 // revokes it) or on the deny-list.
 func TestDisplacingLoopStaysBounded(t *testing.T) {
@@ -58,13 +59,18 @@ func TestDisplacingLoopStaysBounded(t *testing.T) {
 	serial := 0
 	all := map[string]Issued{}
 	ok, refused, displaced := 0, 0, 0
-	for round := range 600 {
+	var calls []time.Time
+	displace := func(ctx context.Context, s []Issued) error {
+		calls = append(calls, f.clk.Now())
+		return dl.displace(ctx, s)
+	}
+	for round := range 300 {
 		items := make([]Issued, 0, entries)
 		for _, e := range names {
 			serial++
 			items = append(items, Issued{Entry: e, Serial: fmt.Sprintf("%x", serial), NotAfter: f.clk.Now().Add(ttl)})
 		}
-		perItem, out, err := f.reg.RecordIssuedDisplacing(ctx, agent, items, false, dl.displace)
+		perItem, out, err := f.reg.RecordIssuedDisplacing(ctx, agent, items, false, displace)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -101,7 +107,18 @@ func TestDisplacingLoopStaysBounded(t *testing.T) {
 				t.Fatalf("round %d: SVID %s (entry %s) is unexpired, neither recorded nor deny-listed: an eviction would miss it", round, s, it.Entry)
 			}
 		}
-		f.advance(ttl / 100) // 600 rounds: six lifetimes
+		f.advance(ttl / 50) // 300 rounds: six lifetimes
+	}
+	for i, c := range calls {
+		n := 0
+		for _, d := range calls[i:] {
+			if d.Before(c.Add(DisplaceWindow)) {
+				n++
+			}
+		}
+		if n > MaxDisplacementsPerAgent {
+			t.Fatalf("%d displacements (policy versions) within %s from %s", n, DisplaceWindow, c)
+		}
 	}
 	// Per entry and lifetime (plus the skew), at most 8 + 16 signings.
 	if max := entries * (MaxIssuedPerEntry + MaxDisplacedPerEntry) * 7; ok > max || refused == 0 || displaced == 0 {
@@ -277,5 +294,63 @@ func TestEvictTakesTheOneRecordForm(t *testing.T) {
 	}
 	if left, _ := f.reg.IssuedSVIDs(ctx, id); len(left) != 0 {
 		t.Fatalf("kept after the eviction: %v", left)
+	}
+}
+
+// TestDisplacementsPerAgentBounded runs the attack of an agent whose
+// entries are all at their bound, asking for one entry per call in turn:
+// each call would displace (a policy version, kept), so an agent with
+// many entries could make entries x MaxDisplacedPerEntry versions per
+// lifetime. At most MaxDisplacementsPerAgent are made within
+// DisplaceWindow; the rest are refused (also by IssueRoom, so unsigned)
+// until the window moves on.
+func TestDisplacementsPerAgentBounded(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	agent := spiffeid.RequireFromString("spiffe://example.org/ward/agent/stagger")
+	dl := &denyList{clk: f.clk, serials: map[string]time.Time{}}
+	calls := 0
+	displace := func(ctx context.Context, s []Issued) error { calls++; return dl.displace(ctx, s) }
+	const entries = 40
+	serial := 0
+	item := func(e int) Issued {
+		serial++
+		return Issued{Entry: fmt.Sprintf("e%d", e), Serial: fmt.Sprintf("%x", serial), NotAfter: f.clk.Now().Add(3 * time.Hour)}
+	}
+	for range MaxIssuedPerEntry {
+		var items []Issued
+		for e := range entries {
+			items = append(items, item(e))
+		}
+		if _, _, err := f.reg.RecordIssuedDisplacing(ctx, agent, items, false, displace); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 0 {
+		t.Fatalf("%d displacements while filling up to the bound", calls)
+	}
+	for window := range 2 {
+		ok := 0
+		for i := range 80 {
+			it := item(i % entries)
+			if room, err := f.reg.IssueRoom(ctx, agent, []string{it.Entry}, false, true); err != nil {
+				t.Fatal(err)
+			} else if ok >= MaxDisplacementsPerAgent && errs.KindOf(room[0]) != errs.Precondition {
+				t.Fatalf("IssueRoom with the displacements used up: %v", room[0])
+			}
+			perItem, _, err := f.reg.RecordIssuedDisplacing(ctx, agent, []Issued{it}, false, displace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if perItem[0] == nil {
+				ok++
+			} else if errs.KindOf(perItem[0]) != errs.Precondition {
+				t.Fatal(perItem[0])
+			}
+		}
+		if ok != MaxDisplacementsPerAgent || calls != (window+1)*MaxDisplacementsPerAgent {
+			t.Fatalf("window %d: %d signings recorded, %d displacements; want %d", window, ok, calls, MaxDisplacementsPerAgent)
+		}
+		f.advance(DisplaceWindow)
 	}
 }

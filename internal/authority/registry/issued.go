@@ -59,6 +59,22 @@ const MaxDisplacedPerEntry = 16
 // equal).
 const DenyListSkew = 5 * time.Minute
 
+// MaxDisplacementsPerAgent is how many displacements (each a new policy
+// version, kept like every version) one agent may cause within
+// DisplaceWindow, whatever its number of entries: without it an agent
+// looping over its entries one at a time made a version per call, up to
+// entries x MaxDisplacedPerEntry per lifetime. An agent restarting makes
+// at most one for its own SVID and one per SignX509SVIDs batch (500
+// entries), and only from its 9th start within a lifetime, so 32 an hour
+// covers CrashLoopBackOff's pace (17 starts in the first hour) for agents
+// of up to 1,000 entries; beyond
+// it, a signing that needs room is refused (FailedPrecondition) until the
+// window moves on or an old SVID expires.
+const MaxDisplacementsPerAgent = 32
+
+// DisplaceWindow is the window of MaxDisplacementsPerAgent.
+const DisplaceWindow = time.Hour
+
 // AgentSelf is the entry key of the agent's own SVIDs in RecordIssued.
 const AgentSelf = "agent"
 
@@ -78,6 +94,20 @@ type issuedHead struct {
 	// SVIDs: the one-record form's SVIDs (before the entry records), only
 	// ever pruned, taken by an eviction or forgotten; never added to.
 	SVIDs []Issued `json:"svids,omitempty"`
+	// Displacements: when each displacement within the last
+	// DisplaceWindow was made (each one a policy version).
+	Displacements []time.Time `json:"displacements,omitempty"`
+}
+
+// displaceBudget refuses (Precondition) one more displacement by agent
+// once it made MaxDisplacementsPerAgent within DisplaceWindow (those
+// older were pruned on reading).
+func (h *issuedHead) displaceBudget(agent spiffeid.ID) error {
+	if len(h.Displacements) < MaxDisplacementsPerAgent {
+		return nil
+	}
+	return errs.Errorf(errs.Precondition, "agent %s displaced old X509-SVIDs %d times within %s (each a policy version): "+
+		"no more until the window moves on or an old SVID expires", agent, MaxDisplacementsPerAgent, DisplaceWindow)
 }
 
 // issuedEntry is the record of the SVIDs of one entry signed through an
@@ -186,6 +216,7 @@ func (r *Registry) readIssued(ctx context.Context, agent spiffeid.ID, entries []
 	}
 	now := r.now()
 	st.head.SVIDs = pruneIssued(st.head.SVIDs, now, 0)
+	st.head.Displacements = slices.DeleteFunc(st.head.Displacements, func(t time.Time) bool { return !t.Add(DisplaceWindow).After(now) })
 	for _, e := range st.recs {
 		e.SVIDs = pruneIssued(e.SVIDs, now, 0)
 		e.Displaced = pruneIssued(e.Displaced, now, DenyListSkew)
@@ -376,15 +407,21 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 	}
 	plan, out, needed := try(displace != nil)
 	if len(out) > 0 {
-		if err := displace(ctx, out); err != nil {
+		err := st.head.displaceBudget(agent)
+		if err == nil {
+			err = displace(ctx, out)
+		}
+		if err != nil {
 			// Nothing displaced: the items that needed room are refused
-			// with displace's error, the others recorded as they fit.
+			// with that error, the others recorded as they fit.
 			plan, out, _ = try(false)
 			for i := range items {
 				if needed[i] {
 					perItem[i] = err
 				}
 			}
+		} else {
+			st.head.Displacements = append(st.head.Displacements, r.now())
 		}
 	}
 	for entry, e := range plan {
@@ -409,10 +446,14 @@ func (r *Registry) IssueRoom(ctx context.Context, agent spiffeid.ID, entries []s
 	if st.head.Evicted && !attested {
 		return nil, errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 	}
+	budget := st.head.displaceBudget(agent)
 	out := make([]error, len(entries))
 	for i, entry := range entries {
 		e := st.rec(entry)
 		old, err := room(agent, entry, e, displacing)
+		if err == nil && len(old) > 0 && budget != nil {
+			err = budget
+		}
 		if out[i] = err; err != nil {
 			continue
 		}
