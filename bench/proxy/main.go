@@ -482,8 +482,10 @@ func measure(name, addr string, cmds []*exec.Cmd) (result, error) {
 	if n > 0 {
 		r.cpuReq = (cpuTime(cmds) - c0) / time.Duration(n)
 	}
-	if r.p50, r.p99, r.rateAchieved, e2, err = fixedRate(addr); err != nil {
-		return r, fmt.Errorf("%s fixed rate: %w", name, err)
+	if *latRounds == 0 { // else the latency phase measures it (latency.go)
+		if r.p50, r.p99, r.rateAchieved, e2, err = fixedRate(addr); err != nil {
+			return r, fmt.Errorf("%s fixed rate: %w", name, err)
+		}
 	}
 	c0 = cpuTime(cmds)
 	r.connsPerSec, e3, n = newConns(addr)
@@ -532,8 +534,14 @@ func printRow(name string, r result) {
 		}
 		return fmt.Sprintf("%.0f", us(d))
 	}
-	fmt.Printf("%-14s %12.0f %12.0f %10.0f %10.0f %10.0f %12.0f %7d %11s %12s\n", name, r.mbps, r.rps,
-		us(r.p50), us(r.p99), r.rateAchieved, r.connsPerSec, r.errors, cpu(r.cpuReq), cpu(r.cpuConn))
+	lat := func(d time.Duration) string { // "-": measured by the latency phase instead
+		if r.rateAchieved == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.0f", us(d))
+	}
+	fmt.Printf("%-14s %12.0f %12.0f %10s %10s %10.0f %12.0f %7d %11s %12s\n", name, r.mbps, r.rps,
+		lat(r.p50), lat(r.p99), r.rateAchieved, r.connsPerSec, r.errors, cpu(r.cpuReq), cpu(r.cpuConn))
 }
 
 // ---- setup
@@ -840,6 +848,16 @@ backend server
 			}
 		}
 	}
+	if *latRounds > 0 {
+		addrs := map[string]string{}
+		for _, p := range ready {
+			addrs[p.name] = p.addr
+		}
+		if err := latencyPhase(addrs); err != nil {
+			return err
+		}
+		fmt.Println()
+	}
 	if *runs > 1 {
 		fmt.Printf("\nmedians of %d runs:\n", *runs)
 	}
@@ -902,14 +920,14 @@ backend server
 		ratio("haproxy-sni", "ward", what.f, what.name)
 		ratio("ward-gw", "haproxy-sni", what.f, what.name)
 	}
-	if w, ok := res["ward"]; ok {
+	if w, ok := res["ward"]; ok && *latRounds == 0 {
 		for _, n := range []string{"ward-gw", "haproxy-sni"} {
 			if r, ok := res[n]; ok {
 				fmt.Printf("%-44s %6.0f µs (p50 %.0f µs)\n", n+" added p99 vs ward proxy->proxy", us(r.p99-w.p99), us(r.p50-w.p50))
 			}
 		}
 	}
-	if d, ok := res["direct"]; ok {
+	if d, ok := res["direct"]; ok && *latRounds == 0 {
 		for _, n := range []string{"go-tls", "ward", "ward-base", "stunnel", "haproxy"} {
 			if r, ok := res[n]; ok {
 				fmt.Printf("%-44s %6.0f µs\n", n+" added p99 latency at fixed rate", us(r.p99-d.p99))

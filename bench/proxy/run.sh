@@ -4,9 +4,12 @@
 # each pair doing the same mTLS job without TLS session resumption, plus the
 # ward and HAProxy pairs with it (ward-resume, haproxy-resume: tickets and
 # session reuse on) (Debian: stunnel4, haproxy; installed
-# here with apt-get when missing), RUNS times taking turns (medians), plus
-# the Go benchmarks of the proxy's hot path.
-# Usage: [RUNS=3] bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000 -profile DIR]
+# here with apt-get when missing), RUNS times taking turns (medians), then
+# the fixed-rate latency phase (direct, go-tls, ward, haproxy taking turns
+# in 1,000-request slices, LAT_SAMPLES requests per path in each of
+# LAT_ROUNDS rounds: medians of the rounds' p99s and of the per-round
+# differences), plus the Go benchmarks of the proxy's hot path.
+# Usage: [RUNS=3] [LAT_ROUNDS=2] [LAT_SAMPLES=20000] bench/proxy/run.sh [proxybench flags, e.g. -stream-mb 256 -rate 1000 -profile DIR]
 set -eu
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -25,7 +28,8 @@ stunnel=$(command -v stunnel4 || command -v stunnel || true)
 haproxy=$(command -v haproxy || true)
 echo "== ward proxy pair vs direct, bare Go TLS, stunnel and haproxy ($(go version | cut -d' ' -f3))"
 "$tmp/proxybench" -ward "$tmp/ward" -stunnel "$stunnel" -haproxy "$haproxy" \
-  -only direct,go-tls,ward,stunnel,haproxy,ward-resume,haproxy-resume -stream-mb 128 -runs "${RUNS:-3}" "$@" | tee "$tmp/out"
+  -only direct,go-tls,ward,stunnel,haproxy,ward-resume,haproxy-resume -stream-mb 128 -runs "${RUNS:-3}" \
+  -lat-rounds "${LAT_ROUNDS:-2}" -lat-samples "${LAT_SAMPLES:-20000}" "$@" | tee "$tmp/out"
 echo
 echo "== hot path (go test -bench): decision, forwarding, new connection"
 go test ./internal/dataplane/proxy/ -run '^$' -bench 'Decide|Forward|NewConnection|PeerVerify|RoundTrip' -benchtime "${BENCHTIME:-1s}" | grep -E '^Benchmark|^ok'
@@ -61,8 +65,10 @@ for peer in haproxy stunnel; do
     summary "proxy pair $what vs $peer" "${a:-?}$unit" "$peer ${v:-not run}$unit" "$x" ">= 1.00x" "$(met "$x" '>=' 1)"
   done
 done
-d=$(col direct 5); g=$(col go-tls 5); w99=$(col ward 5)
-if [ -n "$d" ] && [ -n "$g" ] && [ -n "$w99" ]; then
-  wa=$((w99 - d)); ga=$((g - d)); over=$((w99 - g))
-  summary "p99 added over direct, fixed rate" "$wa µs" "go-tls $ga µs" "-" "<= go-tls + 100 µs" "$(met "$over" '<=' 100)"
+# The fixed-rate latency phase (latency.go): medians over the rounds of
+# each round's p99 difference (the paths take turns within a round).
+lat() { awk -v d="$1" '$1 == "latadd" && $2 == d { print $4; exit }' "$tmp/out"; }
+wa=$(lat ward-direct); ga=$(lat go-tls-direct); over=$(lat ward-go-tls)
+if [ -n "$wa" ] && [ -n "$ga" ] && [ -n "$over" ]; then
+  summary "p99 added over direct, 1000 req/s" "$wa µs" "go-tls $ga µs (ward-go-tls $over)" "-" "<= go-tls + 100 µs" "$(met "${over#+}" '<=' 100)"
 fi
