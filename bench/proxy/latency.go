@@ -17,9 +17,11 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -28,7 +30,29 @@ var (
 	latSamples = flag.Int("lat-samples", 20000, "fixed-rate latency phase: requests per path per round")
 	latSlice   = flag.Int("lat-slice", 1000, "fixed-rate latency phase: requests per turn of a path (the paths take turns within a round)")
 	latPaths   = flag.String("lat-paths", "direct,go-tls,ward,haproxy", "fixed-rate latency phase: the paths (those set up)")
+	latNice    = flag.Int("lat-nice", 0, "fixed-rate latency phase: nice value for every thread of this process and of the paths' processes (negative needs root): the same priority for all paths, above the shared machine's other work")
 )
+
+// renice sets the nice value of every thread of pids (nice is per thread
+// on Linux; threads started later inherit their creator's).
+func renice(pids []int, nice int) error {
+	for _, pid := range pids {
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			return err
+		}
+		for _, t := range tasks {
+			tid, err := strconv.Atoi(t.Name())
+			if err != nil {
+				continue
+			}
+			if err := syscall.Setpriority(syscall.PRIO_PROCESS, tid, nice); err != nil {
+				return fmt.Errorf("nice %d for thread %d of %d: %w", nice, tid, pid, err)
+			}
+		}
+	}
+	return nil
+}
 
 // latConns are one path's persistent echo connections for the phase.
 type latConns struct {
@@ -95,7 +119,12 @@ func percentiles(lat []time.Duration) pct {
 // latencyPhase runs the rounds over the paths in ready (name -> address)
 // and prints per-round rows, the medians and, for the summary, lines
 // starting with "lat " (path rows) and "latadd " (differences).
-func latencyPhase(ready map[string]string) error {
+func latencyPhase(ready map[string]string, pids []int) error {
+	if *latNice != 0 {
+		if err := renice(append(pids, os.Getpid()), *latNice); err != nil {
+			return err
+		}
+	}
 	var paths []latConns
 	for _, name := range strings.Split(*latPaths, ",") {
 		addr, ok := ready[name]
@@ -123,8 +152,8 @@ func latencyPhase(ready map[string]string) error {
 		return nil
 	}
 	slice := max(*latSlice, len(paths[0].ecs))
-	fmt.Printf("\nfixed-rate latency: %d req/s over %d conns, %d rounds x %d requests per path, the paths taking turns in slices of %d (order rotating); µs\n",
-		*rate, *conns, *latRounds, *latSamples, slice)
+	fmt.Printf("\nfixed-rate latency: %d req/s over %d conns, %d rounds x %d requests per path, the paths taking turns in slices of %d (order rotating), nice %d; µs\n",
+		*rate, *conns, *latRounds, *latSamples, slice, *latNice)
 	fmt.Printf("%-10s %-8s %9s %9s %9s %9s\n", "round", "path", "p50", "p99", "p99.9", "late")
 	per := map[string][]pct{} // path -> one per round
 	var late atomic.Int64
@@ -197,7 +226,7 @@ func latencyPhase(ready map[string]string) error {
 	}
 	p99 := func(q pct) time.Duration { return q.p99 }
 	p50 := func(q pct) time.Duration { return q.p50 }
-	for _, d := range [][2]string{{"ward", "go-tls"}, {"haproxy", "go-tls"}, {"ward", "haproxy"}, {"go-tls", "direct"}, {"ward", "direct"}, {"haproxy", "direct"}} {
+	for _, d := range [][2]string{{"ward", "go-tls"}, {"ward", "ward-base"}, {"ward-base", "go-tls"}, {"haproxy", "go-tls"}, {"ward", "haproxy"}, {"go-tls", "direct"}, {"ward", "direct"}, {"haproxy", "direct"}} {
 		v := diff(d[0], d[1], p99)
 		if v == nil {
 			continue

@@ -850,10 +850,14 @@ backend server
 	}
 	if *latRounds > 0 {
 		addrs := map[string]string{}
+		var pids []int
 		for _, p := range ready {
 			addrs[p.name] = p.addr
+			for _, c := range p.cmds {
+				pids = append(pids, c.Process.Pid)
+			}
 		}
-		if err := latencyPhase(addrs); err != nil {
+		if err := latencyPhase(addrs, pids); err != nil {
 			return err
 		}
 		fmt.Println()
