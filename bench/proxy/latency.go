@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"slices"
 	"sort"
 	"strconv"
@@ -34,7 +35,9 @@ var (
 )
 
 // renice sets the nice value of every thread of pids (nice is per thread
-// on Linux; threads started later inherit their creator's).
+// on Linux; threads started later inherit their creator's). Not a
+// real-time policy: SCHED_FIFO was tried and starved the kernel's
+// softirq threads (loopback delivery) while Go's idle threads spun.
 func renice(pids []int, nice int) error {
 	for _, pid := range pids {
 		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
@@ -54,10 +57,35 @@ func renice(pids []int, nice int) error {
 	return nil
 }
 
-// latConns are one path's persistent echo connections for the phase.
+// latConns are one path's persistent echo connections for the phase and
+// its processes (proxies; none for direct).
 type latConns struct {
 	name string
 	ecs  []*echoConn
+	cmds []*exec.Cmd
+}
+
+// switches is the number of context switches (voluntary: a thread went to
+// sleep waiting, e.g. in epoll or on a futex; and involuntary) of every
+// thread of cmds' processes so far: a thread wake-up per switch, roughly.
+func switches(cmds []*exec.Cmd) int64 {
+	var n int64
+	for _, c := range cmds {
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", c.Process.Pid))
+		for _, t := range tasks {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/status", c.Process.Pid, t.Name()))
+			if err != nil {
+				continue
+			}
+			for _, line := range strings.Split(string(b), "\n") {
+				if k, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(k, "ctxt_switches") {
+					x, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+					n += x
+				}
+			}
+		}
+	}
+	return n
 }
 
 // rateSlice sends n requests at *rate req/s in total over ecs (each
@@ -119,9 +147,15 @@ func percentiles(lat []time.Duration) pct {
 // latencyPhase runs the rounds over the paths in ready (name -> address)
 // and prints per-round rows, the medians and, for the summary, lines
 // starting with "lat " (path rows) and "latadd " (differences).
-func latencyPhase(ready map[string]string, pids []int) error {
+func latencyPhase(ready map[string]string, procs map[string][]*exec.Cmd) error {
 	if *latNice != 0 {
-		if err := renice(append(pids, os.Getpid()), *latNice); err != nil {
+		pids := []int{os.Getpid()}
+		for _, cmds := range procs {
+			for _, c := range cmds {
+				pids = append(pids, c.Process.Pid)
+			}
+		}
+		if err := renice(pids, *latNice); err != nil {
 			return err
 		}
 	}
@@ -131,7 +165,7 @@ func latencyPhase(ready map[string]string, pids []int) error {
 		if !ok {
 			continue
 		}
-		lc := latConns{name: name}
+		lc := latConns{name: name, cmds: procs[name]}
 		for range *conns {
 			ec, err := dialEcho(addr)
 			if err != nil {
@@ -152,14 +186,18 @@ func latencyPhase(ready map[string]string, pids []int) error {
 		return nil
 	}
 	slice := max(*latSlice, len(paths[0].ecs))
-	fmt.Printf("\nfixed-rate latency: %d req/s over %d conns, %d rounds x %d requests per path, the paths taking turns in slices of %d (order rotating), nice %d; µs\n",
-		*rate, *conns, *latRounds, *latSamples, slice, *latNice)
-	fmt.Printf("%-10s %-8s %9s %9s %9s %9s\n", "round", "path", "p50", "p99", "p99.9", "late")
-	per := map[string][]pct{} // path -> one per round
+	prio := fmt.Sprintf("nice %d", *latNice)
+	fmt.Printf("\nfixed-rate latency: %d req/s over %d conns, %d rounds x %d requests per path, the paths taking turns in slices of %d (order rotating), %s; µs\n",
+		*rate, *conns, *latRounds, *latSamples, slice, prio)
+	fmt.Printf("%-10s %-10s %9s %9s %9s %9s %12s %10s\n", "round", "path", "p50", "p99", "p99.9", "late", "cpu µs/req", "switch/req")
+	per := map[string][]pct{}          // path -> one per round
+	slices99 := map[string][]float64{} // path -> p99 of each of its slices (µs), cycle by cycle
 	var late atomic.Int64
 	for round := 1; round <= *latRounds; round++ {
 		lat := make([][]time.Duration, len(paths))
 		lateAt := make([]int64, len(paths))
+		cpu := make([]time.Duration, len(paths))
+		sw := make([]int64, len(paths))
 		for cycle := 0; ; cycle++ {
 			moved := false
 			for j := range paths {
@@ -169,11 +207,14 @@ func latencyPhase(ready map[string]string, pids []int) error {
 					continue
 				}
 				moved = true
-				l0 := late.Load()
+				l0, c0, s0, at := late.Load(), cpuTime(paths[i].cmds), switches(paths[i].cmds), len(lat[i])
 				if err := rateSlice(paths[i].ecs, min(slice, left), &lat[i], &late); err != nil {
 					return fmt.Errorf("latency %s: %w", paths[i].name, err)
 				}
+				slices99[paths[i].name] = append(slices99[paths[i].name], us(percentiles(lat[i][at:]).p99))
 				lateAt[i] += late.Load() - l0
+				cpu[i] += cpuTime(paths[i].cmds) - c0
+				sw[i] += switches(paths[i].cmds) - s0
 			}
 			if !moved {
 				break
@@ -182,7 +223,12 @@ func latencyPhase(ready map[string]string, pids []int) error {
 		for i, p := range paths {
 			q := percentiles(lat[i])
 			per[p.name] = append(per[p.name], q)
-			fmt.Printf("%-10s %-8s %9.0f %9.0f %9.0f %9d\n", fmt.Sprint(round), p.name, us(q.p50), us(q.p99), us(q.p999), lateAt[i])
+			cpuReq, swReq := "-", "-"
+			if len(p.cmds) > 0 {
+				cpuReq = fmt.Sprintf("%.1f", us(cpu[i])/float64(len(lat[i])))
+				swReq = fmt.Sprintf("%.2f", float64(sw[i])/float64(len(lat[i])))
+			}
+			fmt.Printf("%-10s %-10s %9.0f %9.0f %9.0f %9d %12s %10s\n", fmt.Sprint(round), p.name, us(q.p50), us(q.p99), us(q.p999), lateAt[i], cpuReq, swReq)
 		}
 	}
 	if l := late.Load(); l > int64(*latRounds**latSamples*len(paths)/100) {
@@ -209,7 +255,7 @@ func latencyPhase(ready map[string]string, pids []int) error {
 		m50, _, _ := med(field(p.name, func(q pct) time.Duration { return q.p50 }))
 		m99, lo99, hi99 := med(field(p.name, func(q pct) time.Duration { return q.p99 }))
 		m999, _, _ := med(field(p.name, func(q pct) time.Duration { return q.p999 }))
-		fmt.Printf("lat %-8s p50 %6.0f  p99 %6.0f (%.0f..%.0f)  p99.9 %6.0f\n", p.name, m50, m99, lo99, hi99, m999)
+		fmt.Printf("lat %-10s p50 %6.0f  p99 %6.0f (%.0f..%.0f)  p99.9 %6.0f\n", p.name, m50, m99, lo99, hi99, m999)
 	}
 	// Per-round differences of p99 (and p50): a paired comparison, each
 	// round's paths having shared the same stretch of noise.
@@ -233,7 +279,24 @@ func latencyPhase(ready map[string]string, pids []int) error {
 		}
 		m, lo, hi := med(v)
 		m50, lo50, hi50 := med(diff(d[0], d[1], p50))
-		fmt.Printf("latadd %-18s p99 %+6.0f (%+.0f..%+.0f)  p50 %+5.0f (%+.0f..%+.0f)  per round: %s\n", d[0]+"-"+d[1], m, lo, hi, m50, lo50, hi50, fmtList(v))
+		fmt.Printf("latadd %-20s p99 %+6.0f (%+.0f..%+.0f)  p50 %+5.0f (%+.0f..%+.0f)  per round: %s\n", d[0]+"-"+d[1], m, lo, hi, m50, lo50, hi50, fmtList(v))
+	}
+	// The same, paired cycle by cycle: within one cycle the paths' slices
+	// ran back to back (about a second each), so a burst of the machine's
+	// other work lands on one or two of them, not on all; the median of
+	// many such paired differences is what a burst moves least. Each
+	// slice's p99 is its 10th-slowest request, noisy alone.
+	for _, d := range [][2]string{{"ward", "go-tls"}, {"ward", "ward-base"}, {"haproxy", "go-tls"}, {"go-tls", "direct"}, {"ward", "direct"}} {
+		a, b := slices99[d[0]], slices99[d[1]]
+		if len(a) == 0 || len(a) != len(b) {
+			continue
+		}
+		v := make([]float64, len(a))
+		for i := range a {
+			v[i] = a[i] - b[i]
+		}
+		sort.Float64s(v)
+		fmt.Printf("latslice %-18s p99 %+6.0f (quartiles %+.0f..%+.0f) over %d paired slices\n", d[0]+"-"+d[1], v[len(v)/2], v[len(v)/4], v[len(v)*3/4], len(v))
 	}
 	return nil
 }

@@ -849,15 +849,11 @@ backend server
 		}
 	}
 	if *latRounds > 0 {
-		addrs := map[string]string{}
-		var pids []int
+		addrs, procs := map[string]string{}, map[string][]*exec.Cmd{}
 		for _, p := range ready {
-			addrs[p.name] = p.addr
-			for _, c := range p.cmds {
-				pids = append(pids, c.Process.Pid)
-			}
+			addrs[p.name], procs[p.name] = p.addr, p.cmds
 		}
-		if err := latencyPhase(addrs, pids); err != nil {
+		if err := latencyPhase(addrs, procs); err != nil {
 			return err
 		}
 		fmt.Println()
