@@ -129,29 +129,28 @@ type closeWriter interface{ CloseWrite() error }
 // write syscall per message; no channel, no extra goroutine, no copy
 // beyond TLS's own), plus one atomic add per Read for the byte counters.
 // In particular nothing per Read asks for the time (time.Now costs
-// ~120 ns here, two per Read before): the idle timeout is kept by the
-// a->b direction alone, which reads with a deadline idle/8 ahead and, each
-// time it passes, looks whether the byte counters (both directions)
-// moved; after idle without a byte either way (closed between idle and
-// idle + idle/8 after the last byte) both sides are closed, which also
-// ends the other direction's Read. When a->b ends cleanly first (a
-// half-closed), it hands the watch over to b->a by setting a deadline on
-// b. A live connection costs one timer wake-up per idle/8, none per
+// ~120 ns here, two per Read before): each direction reads with a
+// deadline idle/8 ahead and, each time it passes, looks whether the byte
+// counters (both directions) moved; after idle without a byte either way
+// (closed between idle and idle + idle/8 after the last byte) both sides
+// are closed, which also ends the other direction's Read or Write. Both
+// directions keep the watch, not one: a direction blocked in Write (its
+// peer stopped reading, the socket buffers full) has no Read whose
+// deadline could fire, so the other one must see that nothing moves (a
+// client that keeps sending to a server that never reads was held open
+// for good when only a->b watched: TestPipeIdleWhenTheServerStopsReading).
+// A live connection costs two timer wake-ups per idle/8, none per
 // message.
 func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 	errc := make(chan error, 2)
 	step := max(idle/8, time.Millisecond)
-	var handoff atomic.Bool // a->b ended cleanly: b->a keeps the idle timeout
-	cp := func(dst, src net.Conn, n *atomic.Int64, watch bool) {
+	cp := func(dst, src net.Conn, n *atomic.Int64) {
 		bp := bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
 		buf := *bp
-		var seen int64          // both counters at the last deadline
-		var quiet time.Duration // time without a byte either way, in steps
-		if watch {
-			seen = c.bytesIn.Load() + c.bytesOut.Load()
-			src.SetReadDeadline(time.Now().Add(step))
-		}
+		seen := c.bytesIn.Load() + c.bytesOut.Load() // both counters at the last deadline
+		var quiet time.Duration                      // time without a byte either way, in steps
+		src.SetReadDeadline(time.Now().Add(step))
 		for {
 			r, err := src.Read(buf)
 			if r > 0 {
@@ -162,12 +161,7 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 				n.Add(int64(r))
 			}
 			if err != nil {
-				if !watch && handoff.Load() && errors.Is(err, os.ErrDeadlineExceeded) {
-					watch, seen = true, c.bytesIn.Load()+c.bytesOut.Load()
-					src.SetReadDeadline(time.Now().Add(step))
-					continue
-				}
-				if watch && errors.Is(err, os.ErrDeadlineExceeded) {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
 					if now := c.bytesIn.Load() + c.bytesOut.Load(); now != seen {
 						seen, quiet = now, 0
 					} else if quiet += step; quiet >= idle {
@@ -181,10 +175,6 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 					if cw, ok := dst.(closeWriter); ok {
 						_ = cw.CloseWrite()
 					}
-					if watch && src == a {
-						handoff.Store(true)
-						b.SetReadDeadline(time.Now().Add(step))
-					}
 					errc <- nil
 					return
 				}
@@ -193,8 +183,8 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 			}
 		}
 	}
-	go cp(b, a, &c.bytesIn, true)
-	go cp(a, b, &c.bytesOut, false)
+	go cp(b, a, &c.bytesIn)
+	go cp(a, b, &c.bytesOut)
 	var first error
 	for i := 0; i < 2; i++ {
 		if err := <-errc; err != nil {

@@ -42,10 +42,10 @@ func pipeUnderTest(t *testing.T, idle time.Duration) (client, server net.Conn, c
 	return client, server, c, errc
 }
 
-// TestPipeIdleCountsBothDirections: the idle timeout is kept by the
-// client->server direction alone (conn.go), so traffic that only flows
-// server->client must keep the connection open, and once it stops the
-// connection is closed as idle.
+// TestPipeIdleCountsBothDirections: each direction's watch looks at both
+// byte counters (conn.go), so traffic that only flows server->client must
+// keep the connection open (the client->server Read times out all along),
+// and once it stops the connection is closed as idle.
 func TestPipeIdleCountsBothDirections(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	client, server, c, done := pipeUnderTest(t, idle)
@@ -75,7 +75,7 @@ func TestPipeIdleCountsBothDirections(t *testing.T) {
 }
 
 // TestPipeIdleAfterHalfClose: once the client half-closes, the idle
-// timeout is handed to the server->client direction: a server that then
+// timeout is kept by the server->client direction alone: a server that then
 // goes silent does not hold the connection forever; one that keeps
 // sending keeps it open.
 func TestPipeIdleAfterHalfClose(t *testing.T) {
@@ -220,5 +220,57 @@ func BenchmarkPipe(b *testing.B) {
 				b.ReportMetric(float64(lat[q.at].Nanoseconds())/1000, q.name)
 			}
 		})
+	}
+}
+
+// TestPipeIdleWhenTheServerStopsReading (attack): the client keeps
+// sending, the server never reads, so once the socket buffers are full
+// the client->server direction blocks in Write, where no read deadline of
+// its own can fire. No byte moves either way: the connection is idle and
+// must be closed as such (it was before the copy loop stopped asking for
+// the time on every Read), not held, with its buffers and goroutines,
+// for as long as the peer likes. The server->client direction is the one
+// whose Read can time out meanwhile, so it must keep the watch too.
+func TestPipeIdleWhenTheServerStopsReading(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	client, _, _, done := pipeUnderTest(t, idle)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := client.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errIdle) {
+			t.Fatalf("pipe = %v, want the idle timeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a connection whose server stopped reading was never closed: the client->server Write blocks, and nothing else watched the idle timeout")
+	}
+}
+
+// TestPipeIdleWhenTheClientStopsReading: the mirror case, the server
+// sends and the client never reads (the server->client Write blocks).
+func TestPipeIdleWhenTheClientStopsReading(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	_, server, _, done := pipeUnderTest(t, idle)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		for {
+			if _, err := server.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errIdle) {
+			t.Fatalf("pipe = %v, want the idle timeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a connection whose client stopped reading was never closed")
 	}
 }
