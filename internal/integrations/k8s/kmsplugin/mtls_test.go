@@ -676,7 +676,7 @@ func TestMTLSModeFailsOver(t *testing.T) {
 				t.Fatal("no connection reached the second authority")
 			}
 			// From now on every call and round trip goes through.
-			for i := range 10 {
+			for i := range 3 {
 				if st := statusOf(t, kc); st.Healthz != "ok" || st.KeyId != "ward:k8s/etcd:1" {
 					t.Fatalf("Status %d after the failover: %+v", i, st)
 				}
