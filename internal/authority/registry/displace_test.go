@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,5 +354,70 @@ func TestDisplacementsPerAgentBounded(t *testing.T) {
 			t.Fatalf("window %d: %d signings recorded, %d displacements; want %d", window, ok, calls, MaxDisplacementsPerAgent)
 		}
 		f.advance(DisplaceWindow)
+	}
+}
+
+// TestConcurrentDisplacementsStayCounted (attack): the displacement (a
+// policy version) is made inside the record's compare-and-swap, so an
+// agent sending many SignX509SVIDs at once, all at their bound, had every
+// call displace (a version each) while only the call whose write won was
+// counted: the rest retried on the moved head and displaced again, and
+// MaxDisplacementsPerAgent bounded the counted ones only. However many
+// calls run at once, an agent makes at most MaxDisplacementsPerAgent
+// displacements within the window, and a retry never displaces the same
+// SVIDs twice.
+func TestConcurrentDisplacementsStayCounted(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	agent := spiffeid.RequireFromString("spiffe://example.org/ward/agent/burst")
+	dl := &denyList{clk: f.clk, serials: map[string]time.Time{}}
+	var mu sync.Mutex
+	calls, twice := 0, 0
+	seen := map[string]bool{}
+	displace := func(ctx context.Context, s []Issued) error {
+		// Slow, like a policy commit with its audit event: the other
+		// calls read the same head meanwhile.
+		time.Sleep(2 * time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		for _, sv := range s {
+			if seen[sv.Serial] {
+				twice++
+			}
+			seen[sv.Serial] = true
+		}
+		return dl.displace(ctx, s)
+	}
+	const entries, callers, perCaller = 16, 16, 6
+	var serial atomic.Int64
+	item := func(e int) Issued {
+		return Issued{Entry: fmt.Sprintf("e%d", e), Serial: fmt.Sprintf("%x", serial.Add(1)), NotAfter: f.clk.Now().Add(3 * time.Hour)}
+	}
+	for range MaxIssuedPerEntry {
+		var items []Issued
+		for e := range entries {
+			items = append(items, item(e))
+		}
+		if _, _, err := f.reg.RecordIssuedDisplacing(ctx, agent, items, false, displace); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wg sync.WaitGroup
+	for c := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range perCaller {
+				// Errors (the bound, contention) are refusals: what is
+				// checked is what was displaced.
+				_, _, _ = f.reg.RecordIssuedDisplacing(ctx, agent, []Issued{item((c + i) % entries)}, false, displace)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls > MaxDisplacementsPerAgent || twice > 0 {
+		t.Fatalf("%d concurrent calls at the bound made %d displacements (policy versions; at most %d within %s), %d SVIDs displaced twice",
+			callers*perCaller, calls, MaxDisplacementsPerAgent, DisplaceWindow, twice)
 	}
 }

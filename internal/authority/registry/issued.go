@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"hash/maphash"
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -320,6 +322,20 @@ func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool) ([]I
 // is evicted is never released unrevoked. err is set when nothing could
 // be recorded.
 func (r *Registry) RecordIssuedDisplacing(ctx context.Context, agent spiffeid.ID, items []Issued, attested bool, displace Displace) (perItem []error, displaced []Issued, err error) {
+	if displace != nil {
+		// A displacement (a policy version) is made inside the record's
+		// compare-and-swap: calls of one agent at once would each make
+		// one on the same head, and only the one whose write won would
+		// be counted against MaxDisplacementsPerAgent (the others retry
+		// on the moved head and displace again). One at a time per agent
+		// here, and a retry never displaces what this call already did
+		// (TestConcurrentDisplacementsStayCounted); authorities sharing
+		// a store can still each lose one race, no more.
+		mu := r.displaceLock(agent)
+		mu.Lock()
+		defer mu.Unlock()
+		displace = displaceOnce(displace)
+	}
 	perItem = make([]error, len(items))
 	entries := distinct(items, func(it Issued) string { return it.Entry })
 	recorded := false
@@ -373,6 +389,39 @@ func (r *Registry) RecordIssuedDisplacing(ctx context.Context, agent spiffeid.ID
 		displaced = append(displaced, out...)
 	}
 	return perItem, displaced, nil
+}
+
+// displaceLock is the lock of agent's displacing calls on this authority.
+func (r *Registry) displaceLock(agent spiffeid.ID) *sync.Mutex {
+	return &r.displaceMu[maphash.String(displaceSeed, agent.String())%uint64(len(r.displaceMu))]
+}
+
+var displaceSeed = maphash.MakeSeed()
+
+// displaceOnce wraps displace for one call: SVIDs it already put on the
+// deny-list (an attempt whose write then lost the compare-and-swap) are
+// not displaced again, and a retry that needs nothing new makes no
+// version.
+func displaceOnce(displace Displace) Displace {
+	done := map[string]bool{}
+	return func(ctx context.Context, svids []Issued) error {
+		var fresh []Issued
+		for _, sv := range svids {
+			if !done[sv.Serial] {
+				fresh = append(fresh, sv)
+			}
+		}
+		if len(fresh) == 0 {
+			return nil
+		}
+		if err := displace(ctx, fresh); err != nil {
+			return err
+		}
+		for _, sv := range fresh {
+			done[sv.Serial] = true
+		}
+		return nil
+	}
 }
 
 // placeIssued adds the items of chunk's entries to st, setting their

@@ -68,6 +68,10 @@ type Registry struct {
 
 	hubOnce sync.Once
 	hub     *hub // the tunnel watch every WatchTunnels shares (tunnels.go)
+
+	// displaceMu serializes the displacing calls of each agent (striped
+	// by agent; RecordIssuedDisplacing).
+	displaceMu [64]sync.Mutex
 }
 
 // New returns a registry over st (normally the barrier's store view).
