@@ -132,9 +132,13 @@ type Log struct {
 	// stats is where an appended event's time goes (CommitStats).
 	stats commitStats
 
-	mu     sync.Mutex // guards queue, closed
+	mu     sync.Mutex // guards queue, closed, lingerFor
 	queue  []*pending
 	closed bool
+	// lingerFor is how many queued events the lingering committer waits
+	// for (0 when it does not linger): Append wakes it only when the
+	// queue reaches that, not for every event (a goroutine wake-up each).
+	lingerFor int
 	wake   chan struct{}
 	exited chan struct{}
 
@@ -313,10 +317,13 @@ func (l *Log) Append(ctx context.Context, e Event) (uint64, error) {
 		return 0, ErrClosed
 	}
 	l.queue = append(l.queue, p)
+	wake := len(l.queue) >= l.lingerFor
 	l.mu.Unlock()
-	select {
-	case l.wake <- struct{}{}:
-	default:
+	if wake {
+		select {
+		case l.wake <- struct{}{}:
+		default:
+		}
 	}
 	select {
 	case r := <-p.done:
@@ -406,6 +413,7 @@ func (l *Log) run() {
 		lingerFrom := time.Now()
 		if want, had := min(active, l.maxGroup), len(l.queue); had < want && skip == 0 {
 			timedOut := false
+			l.lingerFor = want
 			for len(l.queue) < want && !l.closed {
 				wait := time.Until(deadline)
 				if wait <= 0 {
@@ -425,6 +433,7 @@ func (l *Log) run() {
 				timer.Stop()
 				l.mu.Lock()
 			}
+			l.lingerFor = 0
 			if timedOut && len(l.queue) == had {
 				skip = lingerSkip
 			}
