@@ -139,8 +139,8 @@ type Log struct {
 	// for (0 when it does not linger): Append wakes it only when the
 	// queue reaches that, not for every event (a goroutine wake-up each).
 	lingerFor int
-	wake   chan struct{}
-	exited chan struct{}
+	wake      chan struct{}
+	exited    chan struct{}
 
 	// Tree state: written only by the committer (and Open), under stateMu.
 	stateMu sync.Mutex
