@@ -6,6 +6,7 @@
 #   SIZE_MB=256 FILES=1000 bench/envelope/run.sh
 #   WORKDIR=/dev/shm bench/envelope/run.sh  # keep the disk out of the figures
 #   RUNS=5 bench/envelope/run.sh            # medians of 5 runs (default 3)
+#   SMALL_RUNS=60 bench/envelope/run.sh     # runs of the 1 KiB file rows (default 30; 0: none)
 #   WARD_BASE=<commit> bench/envelope/run.sh  # also time ward built from <commit>, same runs (before/after)
 #   RT=1 bench/envelope/run.sh              # timed commands at real-time priority (root): on a
 #                                           # busy shared machine, what an idle one would show
@@ -18,6 +19,9 @@
 #                       divided by (cores x MB per CPU-second of Go's
 #                       AES-256-GCM sealing / opening one 64 KiB segment hot
 #                       in cache, envelope BenchmarkSegmentAESGCM), >= 0.80
+# and, for a 1 KiB file (the whole process: start-up is most of it), ward's
+# seconds and CPU seconds against age's, medians of SMALL_RUNS interleaved
+# runs (context: no aim); with WARD_BASE, against ward @base too;
 # and the ceilings they are read against (filecrypt BenchmarkCeiling, all
 # cores, no process start): AES-GCM alone on hot buffers, and the same with
 # the input read the way ward reads it (encrypt: sealed from a mapping of
@@ -236,6 +240,46 @@ for op in encrypt decrypt; do
 done
 x=$(ratio "$cpu_aen" "$cpu_wen"); summary "encrypt ${SIZE_MB} MiB -> /dev/null, CPU s" "${cpu_wen} s" "age ${cpu_aen} s" "$x" "(context)" "-"
 x=$(ratio "$cpu_adn" "$cpu_wdn"); summary "decrypt ${SIZE_MB} MiB -> /dev/null, CPU s" "${cpu_wdn} s" "age ${cpu_adn} s" "$x" "(context)" "-"
+# A 1 KiB file, file -> file: what a script encrypting small files in a
+# loop pays per file, process start-up included (test/e2e/startup_test.go
+# keeps ward's own packages out of start-up).
+SMALL_RUNS=${SMALL_RUNS:-30}
+if [ "$SMALL_RUNS" -gt 0 ]; then
+  echo >&2
+  echo "timing a 1 KiB file, $SMALL_RUNS runs ..." >&2
+  head -c 1024 /dev/urandom > small.bin
+  "$BIN/ward" encrypt --local-key key.json -i small.bin -o small.ward
+  "$BIN/age" -r "$RCPT" -o small.age small.bin
+  all_swe= all_swd= all_sae= all_sad= all_sbe= all_sbd= c_swe= c_swd= c_sae= c_sad= c_sbe= c_sbd=
+  for run in $(seq "$SMALL_RUNS"); do
+    one swe "$BIN/ward" encrypt --local-key key.json -i small.bin -o s.ward; rm -f s.ward
+    one sae "$BIN/age" -r "$RCPT" -o s.age small.bin; rm -f s.age
+    one swd "$BIN/ward" decrypt --local-key key.json -i small.ward -o s.bin; rm -f s.bin
+    one sad "$BIN/age" -d -i age.key -o s.bin small.age; rm -f s.bin
+    if [ -n "${WARD_BASE:-}" ]; then
+      one sbe "$BIN/ward-base" encrypt --local-key key.json -i small.bin -o s.ward; rm -f s.ward
+      one sbd "$BIN/ward-base" decrypt --local-key key.json -i small.ward -o s.bin; rm -f s.bin
+    fi
+  done
+  for v in swe swd sae sad ${WARD_BASE:+sbe sbd}; do
+    eval "t_$v=\$(echo \"\$all_$v\" | median)"
+    eval "cpu_$v=\$(echo \"\$c_$v\" | median)"
+  done
+  echo
+  echo "1 KiB file -> file, medians of $SMALL_RUNS runs (seconds; CPU seconds):"
+  printf "  %-42s %10s %10s\n" "ward encrypt" "$t_swe" "$cpu_swe"
+  printf "  %-42s %10s %10s\n" "age encrypt" "$t_sae" "$cpu_sae"
+  printf "  %-42s %10s %10s\n" "ward decrypt" "$t_swd" "$cpu_swd"
+  printf "  %-42s %10s %10s\n" "age decrypt" "$t_sad" "$cpu_sad"
+  x=$(ratio "$cpu_sae" "$cpu_swe"); summary "encrypt 1 KiB file -> file, CPU s (start-up)" "${cpu_swe} s" "age ${cpu_sae} s" "$x" "(context)" "-"
+  x=$(ratio "$cpu_sad" "$cpu_swd"); summary "decrypt 1 KiB file -> file, CPU s (start-up)" "${cpu_swd} s" "age ${cpu_sad} s" "$x" "(context)" "-"
+  if [ -n "${WARD_BASE:-}" ]; then
+    printf "  %-42s %10s %10s\n" "ward @$WARD_BASE encrypt" "$t_sbe" "$cpu_sbe"
+    printf "  %-42s %10s %10s\n" "ward @$WARD_BASE decrypt" "$t_sbd" "$cpu_sbd"
+    awk -v a="$cpu_swe" -v b="$cpu_sbe" -v c="$cpu_swd" -v d="$cpu_sbd" 'BEGIN {
+      printf "1 KiB: ward vs ward @base (CPU ratio, > 1 less now): encrypt %.2fx decrypt %.2fx\n", b/a, d/c }'
+  fi
+fi
 [ "$FILES" -gt 0 ] || exit 0
 echo >&2
 echo "preparing $FILES small files for rewrap ..." >&2
