@@ -82,6 +82,9 @@ func (e *exitError) Unwrap() error { return e.err }
 func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if len(args) == 1 && args[0] == "--version" {
+		args = []string{"version"} // as other tools answer it
+	}
 	root := rootFor(args)
 	root.SetArgs(args)
 	if err := root.ExecuteContext(ctx); err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/server"
 	"github.com/wardproject/ward/internal/governance/drift"
+	"github.com/wardproject/ward/internal/shared/buildinfo"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 	"github.com/wardproject/ward/internal/shared/yamlconf"
 )
@@ -107,7 +108,7 @@ func runServer(cmd *cobra.Command, cfg *config.Server, ready func(*server.Server
 	}
 	defer srv.Stop()
 	log.Info("authority started", "trust_domain", cfg.TrustDomain, "admin", srv.AdminAddress(), "http", srv.HTTPAddress(),
-		"storage", raw.Backend(), "sealed", srv.Sealed(), "version", server.Version)
+		"storage", raw.Backend(), "sealed", srv.Sealed(), "version", buildinfo.Read().Version)
 	if ready != nil {
 		if err := ready(srv); err != nil {
 			return err
@@ -177,7 +178,7 @@ func runDevServer(cmd *cobra.Command, dir, trustDomain, meshDir string) error {
 			where = "the directory you gave, kept on exit"
 		}
 		var b strings.Builder
-		fmt.Fprintf(&b, "ward %s: development authority running, initialised and unsealed.\n\n", server.Version)
+		fmt.Fprintf(&b, "ward %s: development authority running, initialised and unsealed.\n\n", buildinfo.Read().Version)
 		fmt.Fprintf(&b, "  trust domain:  %s\n", cfg.TrustDomain)
 		fmt.Fprintf(&b, "  admin socket:  %s\n", srv.AdminAddress())
 		fmt.Fprintf(&b, "  metrics:       http://%s/metrics   (/healthz, /readyz)\n", srv.HTTPAddress())

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,5 +94,40 @@ func TestStartupInitIsLight(t *testing.T) {
 	}
 	if bytes.Contains(out, []byte("gc 1 @")) {
 		t.Errorf("encrypting 1 KiB ran a garbage collection: start-up and the command reached the first heap goal (4 MB); look for eager work in init (GODEBUG=inittrace=1) or in building the command tree:\n%s", out)
+	}
+}
+
+// TestVersionOfTheBuiltBinary: the binary says which commit it was built
+// from (the go command stamps it in a checkout), and --version answers as
+// `ward version` does.
+func TestVersionOfTheBuiltBinary(t *testing.T) {
+	out, err := exec.Command(WardBin, "version", "--json").Output()
+	if err != nil {
+		t.Fatalf("ward version --json: %v", err)
+	}
+	var v struct {
+		Version string `json:"version"`
+		Commit  string `json:"commit"`
+		Go      string `json:"go"`
+	}
+	if err := json.Unmarshal(out, &v); err != nil {
+		t.Fatalf("ward version --json: %v\n%s", err, out)
+	}
+	if v.Version == "" || !strings.HasPrefix(v.Go, "go") {
+		t.Errorf("ward version --json = %s", out)
+	}
+	if v.Commit != "" && len(v.Commit) != 40 {
+		t.Errorf("commit %q is not a full git commit", v.Commit)
+	}
+	plain, err := exec.Command(WardBin, "version").Output()
+	if err != nil {
+		t.Fatalf("ward version: %v", err)
+	}
+	flag, err := exec.Command(WardBin, "--version").Output()
+	if err != nil {
+		t.Fatalf("ward --version: %v", err)
+	}
+	if string(flag) != string(plain) || !strings.HasPrefix(string(plain), "ward "+v.Version+"\n") {
+		t.Errorf("ward --version printed %q, ward version %q", flag, plain)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/dashboard"
 	"github.com/wardproject/ward/internal/authority/registry"
 	"github.com/wardproject/ward/internal/shared/atomicfile"
+	"github.com/wardproject/ward/internal/shared/buildinfo"
 	"github.com/wardproject/ward/internal/shared/posture"
 )
 
@@ -179,7 +180,7 @@ func (s *Server) stopDashboard() {
 // and times, never key material, context values or tokens.
 func (s *Server) dashboardState(ctx context.Context) dashboard.State {
 	now := time.Now()
-	out := dashboard.State{Generated: now.UTC(), TrustDomain: s.cfg.TrustDomain, Version: Version,
+	out := dashboard.State{Generated: now.UTC(), TrustDomain: s.cfg.TrustDomain, Version: buildinfo.Read().Version,
 		Federation: []dashboard.Federation{}, Agents: []dashboard.Agent{}, Keys: []dashboard.Key{}, Anomalies: []dashboard.Alert{},
 		Recent: []dashboard.Event{}, CA: dashboard.CA{Keys: []dashboard.CAKey{}},
 		Policy: dashboard.Policy{Versions: []dashboard.PolicyVersion{}, DenyList: []string{}, Decisions: []dashboard.Decision{}},

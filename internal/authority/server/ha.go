@@ -16,6 +16,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/federation"
 	"github.com/wardproject/ward/internal/authority/ha"
 	"github.com/wardproject/ward/internal/authority/store/etcdstore"
+	"github.com/wardproject/ward/internal/shared/buildinfo"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
@@ -46,7 +47,7 @@ func (s *Server) memberName() string {
 // runHA joins the election until ctx ends (seal); while this authority
 // leads, the singleton jobs run (leaderJobs).
 func (s *Server) runHA(ctx context.Context, st *unsealedState) {
-	self := ha.Member{Name: s.memberName(), Version: Version, Since: time.Now().UTC().Truncate(time.Second)}
+	self := ha.Member{Name: s.memberName(), Version: buildinfo.Read().Version, Since: time.Now().UTC().Truncate(time.Second)}
 	if st.ident != nil && st.ident.node != nil {
 		if a := st.ident.node.Addr(); a != nil {
 			self.Address = a.String()
@@ -163,11 +164,11 @@ func (s *Server) FollowAudit(ctx context.Context, fn func(audit.Event)) error {
 func (s *Server) ClusterStatus(ctx context.Context) (ha.Status, error) {
 	st, err := s.state()
 	if err != nil {
-		return ha.Status{Mode: "sealed", Self: ha.Member{Name: s.memberName(), Version: Version}}, nil
+		return ha.Status{Mode: "sealed", Self: ha.Member{Name: s.memberName(), Version: buildinfo.Read().Version}}, nil
 	}
 	h := st.ha.Load()
 	if h == nil {
-		return ha.Status{Mode: "starting", Self: ha.Member{Name: s.memberName(), Version: Version}}, nil
+		return ha.Status{Mode: "starting", Self: ha.Member{Name: s.memberName(), Version: buildinfo.Read().Version}}, nil
 	}
 	out, err := h.coord.Status(ctx)
 	out.IsLeader = h.leading.Load()

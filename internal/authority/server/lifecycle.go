@@ -10,6 +10,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/kms"
 	"github.com/wardproject/ward/internal/authority/seal"
+	"github.com/wardproject/ward/internal/shared/buildinfo"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
@@ -30,7 +31,7 @@ func (l lifecycle) Status(ctx context.Context) (adminapi.Status, error) {
 		return adminapi.Status{}, err
 	}
 	st.Sealed = l.s.Sealed()
-	return adminapi.Status{Status: st, StorageBackend: l.s.raw.Backend(), Version: Version,
+	return adminapi.Status{Status: st, StorageBackend: l.s.raw.Backend(), Version: buildinfo.Read().Version,
 		TrustDomain: l.s.cfg.TrustDomain, AuditSize: l.s.auditSize()}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/backup"
 	"github.com/wardproject/ward/internal/authority/seal"
+	"github.com/wardproject/ward/internal/shared/buildinfo"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
@@ -47,7 +48,7 @@ func (m maintainer) Backup(ctx context.Context) ([]byte, backup.Manifest, error)
 		return nil, backup.Manifest{}, err
 	}
 	data, man, err := backup.Create(ctx, backup.Source{Raw: s.raw, Open: s.barrier.OpenRaw, Signer: st.signer,
-		TrustDomain: s.cfg.TrustDomain, WardVersion: Version})
+		TrustDomain: s.cfg.TrustDomain, WardVersion: buildinfo.Read().Version})
 	if err != nil {
 		ev := audit.NewEvent(ctx, "operator.backup", audit.ResultError)
 		ev.Error = err.Error()

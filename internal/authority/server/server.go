@@ -42,9 +42,6 @@ import (
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
-// Version is ward's version, set at build time with -ldflags.
-var Version = "dev"
-
 const auditSigningKeyPath = "audit/signing-key"
 
 // Server is one authority.
