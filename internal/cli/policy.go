@@ -89,7 +89,7 @@ func printWarnings(cmd *cobra.Command, ws []policy.Problem) {
 }
 
 func policyCommand() *cobra.Command {
-	cmd := &cobra.Command{Use: "policy", Short: "Authorization policy (Cedar): apply, lint, list, show, diff, rollback, test"}
+	cmd := &cobra.Command{Use: "policy", Short: "Authorization policy (Cedar): apply, lint, list, show, diff, rollback, lint-mode, test"}
 	var comment string
 	var strict bool
 
@@ -278,8 +278,44 @@ domain, so workloads of federated trust domains with the same path or labels mat
 	}
 	rollback.Flags().StringVarP(&comment, "message", "m", "", "a note stored with the version")
 
-	cmd.AddCommand(apply, lint, list, show, diff, rollback, policyTestCommand())
+	cmd.AddCommand(apply, lint, list, show, diff, rollback, policyLintModeCommand(), policyTestCommand())
 	return cmd
+}
+
+// policyLintModeCommand shows or sets the cluster's stored federation lint
+// mode (docs/policy.md#strict-is-cluster-wide).
+func policyLintModeCommand() *cobra.Command {
+	var comment string
+	c := &cobra.Command{
+		Use: "lint-mode [warn|strict]", Short: "Show or set the federation lint mode every authority sharing the store enforces (audited)",
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return withClient(cmd, func(ctx context.Context, c *client.Client) error {
+				var r *wardv1.PolicyLintModeResponse
+				var err error
+				if len(args) == 0 {
+					r, err = c.Policy.PolicyLintMode(ctx, &wardv1.PolicyLintModeRequest{})
+				} else {
+					r, err = c.Policy.SetPolicyLintMode(ctx, &wardv1.SetPolicyLintModeRequest{Mode: args[0], Comment: comment})
+				}
+				if err != nil {
+					return err
+				}
+				out := cmd.OutOrStdout()
+				fmt.Fprintf(out, "Federation lint mode (cluster): %s", r.Mode)
+				if r.Actor != "" {
+					fmt.Fprintf(out, " (set by %s at %s)", r.Actor, r.Changed.AsTime().UTC().Format(time.RFC3339))
+				}
+				fmt.Fprintln(out)
+				if r.LocalStrict && r.Mode != "strict" {
+					fmt.Fprintln(out, "This authority's policy.federation_lint is strict: it still refuses such sets, and records strict again at its next unseal.")
+				}
+				return nil
+			})
+		},
+	}
+	c.Flags().StringVarP(&comment, "message", "m", "", "why (stored and audited)")
+	return c
 }
 
 // parseResource reads "service:NAME[:PORT]" or "key:NAME".

@@ -145,6 +145,173 @@ func (x *PolicyVersion) GetDenyListSize() uint32 {
 	return 0
 }
 
+type PolicyLintModeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyLintModeRequest) Reset() {
+	*x = PolicyLintModeRequest{}
+	mi := &file_ward_v1_policy_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyLintModeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyLintModeRequest) ProtoMessage() {}
+
+func (x *PolicyLintModeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_policy_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyLintModeRequest.ProtoReflect.Descriptor instead.
+func (*PolicyLintModeRequest) Descriptor() ([]byte, []int) {
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{1}
+}
+
+type SetPolicyLintModeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mode          string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	Comment       string                 `protobuf:"bytes,2,opt,name=comment,proto3" json:"comment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetPolicyLintModeRequest) Reset() {
+	*x = SetPolicyLintModeRequest{}
+	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetPolicyLintModeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetPolicyLintModeRequest) ProtoMessage() {}
+
+func (x *SetPolicyLintModeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetPolicyLintModeRequest.ProtoReflect.Descriptor instead.
+func (*SetPolicyLintModeRequest) Descriptor() ([]byte, []int) {
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SetPolicyLintModeRequest) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *SetPolicyLintModeRequest) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+type PolicyLintModeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The cluster's stored mode: warn or strict.
+	Mode    string                 `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	Actor   string                 `protobuf:"bytes,2,opt,name=actor,proto3" json:"actor,omitempty"`
+	Changed *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=changed,proto3" json:"changed,omitempty"`
+	Comment string                 `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
+	// This authority's own policy.federation_lint: strict (it enforces
+	// strict whatever the stored mode says).
+	LocalStrict   bool `protobuf:"varint,5,opt,name=local_strict,json=localStrict,proto3" json:"local_strict,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PolicyLintModeResponse) Reset() {
+	*x = PolicyLintModeResponse{}
+	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PolicyLintModeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PolicyLintModeResponse) ProtoMessage() {}
+
+func (x *PolicyLintModeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PolicyLintModeResponse.ProtoReflect.Descriptor instead.
+func (*PolicyLintModeResponse) Descriptor() ([]byte, []int) {
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *PolicyLintModeResponse) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *PolicyLintModeResponse) GetActor() string {
+	if x != nil {
+		return x.Actor
+	}
+	return ""
+}
+
+func (x *PolicyLintModeResponse) GetChanged() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Changed
+	}
+	return nil
+}
+
+func (x *PolicyLintModeResponse) GetComment() string {
+	if x != nil {
+		return x.Comment
+	}
+	return ""
+}
+
+func (x *PolicyLintModeResponse) GetLocalStrict() bool {
+	if x != nil {
+		return x.LocalStrict
+	}
+	return false
+}
+
 type ApplyPolicyRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Files         map[string][]byte      `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
@@ -155,7 +322,7 @@ type ApplyPolicyRequest struct {
 
 func (x *ApplyPolicyRequest) Reset() {
 	*x = ApplyPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[1]
+	mi := &file_ward_v1_policy_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +334,7 @@ func (x *ApplyPolicyRequest) String() string {
 func (*ApplyPolicyRequest) ProtoMessage() {}
 
 func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[1]
+	mi := &file_ward_v1_policy_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +347,7 @@ func (x *ApplyPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyPolicyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{1}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyPolicyRequest) GetFiles() map[string][]byte {
@@ -210,7 +377,7 @@ type CheckPolicyResponse struct {
 
 func (x *CheckPolicyResponse) Reset() {
 	*x = CheckPolicyResponse{}
-	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	mi := &file_ward_v1_policy_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +389,7 @@ func (x *CheckPolicyResponse) String() string {
 func (*CheckPolicyResponse) ProtoMessage() {}
 
 func (x *CheckPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[2]
+	mi := &file_ward_v1_policy_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +402,7 @@ func (x *CheckPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CheckPolicyResponse.ProtoReflect.Descriptor instead.
 func (*CheckPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{2}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *CheckPolicyResponse) GetPolicyCount() uint32 {
@@ -260,7 +427,7 @@ type ListPolicyVersionsRequest struct {
 
 func (x *ListPolicyVersionsRequest) Reset() {
 	*x = ListPolicyVersionsRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	mi := &file_ward_v1_policy_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -272,7 +439,7 @@ func (x *ListPolicyVersionsRequest) String() string {
 func (*ListPolicyVersionsRequest) ProtoMessage() {}
 
 func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[3]
+	mi := &file_ward_v1_policy_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -285,7 +452,7 @@ func (x *ListPolicyVersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsRequest.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{3}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{6}
 }
 
 type ListPolicyVersionsResponse struct {
@@ -297,7 +464,7 @@ type ListPolicyVersionsResponse struct {
 
 func (x *ListPolicyVersionsResponse) Reset() {
 	*x = ListPolicyVersionsResponse{}
-	mi := &file_ward_v1_policy_proto_msgTypes[4]
+	mi := &file_ward_v1_policy_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +476,7 @@ func (x *ListPolicyVersionsResponse) String() string {
 func (*ListPolicyVersionsResponse) ProtoMessage() {}
 
 func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[4]
+	mi := &file_ward_v1_policy_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +489,7 @@ func (x *ListPolicyVersionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListPolicyVersionsResponse.ProtoReflect.Descriptor instead.
 func (*ListPolicyVersionsResponse) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{4}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListPolicyVersionsResponse) GetVersions() []*PolicyVersion {
@@ -342,7 +509,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[5]
+	mi := &file_ward_v1_policy_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +521,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[5]
+	mi := &file_ward_v1_policy_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +534,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{5}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetPolicyRequest) GetVersion() uint64 {
@@ -387,7 +554,7 @@ type RollbackPolicyRequest struct {
 
 func (x *RollbackPolicyRequest) Reset() {
 	*x = RollbackPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[6]
+	mi := &file_ward_v1_policy_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -399,7 +566,7 @@ func (x *RollbackPolicyRequest) String() string {
 func (*RollbackPolicyRequest) ProtoMessage() {}
 
 func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[6]
+	mi := &file_ward_v1_policy_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -412,7 +579,7 @@ func (x *RollbackPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RollbackPolicyRequest.ProtoReflect.Descriptor instead.
 func (*RollbackPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{6}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *RollbackPolicyRequest) GetVersion() uint64 {
@@ -441,7 +608,7 @@ type RevokeRequest struct {
 
 func (x *RevokeRequest) Reset() {
 	*x = RevokeRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[7]
+	mi := &file_ward_v1_policy_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -453,7 +620,7 @@ func (x *RevokeRequest) String() string {
 func (*RevokeRequest) ProtoMessage() {}
 
 func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[7]
+	mi := &file_ward_v1_policy_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -466,7 +633,7 @@ func (x *RevokeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeRequest.ProtoReflect.Descriptor instead.
 func (*RevokeRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{7}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RevokeRequest) GetSpiffeIds() []string {
@@ -506,7 +673,7 @@ type WatchPolicyRequest struct {
 
 func (x *WatchPolicyRequest) Reset() {
 	*x = WatchPolicyRequest{}
-	mi := &file_ward_v1_policy_proto_msgTypes[8]
+	mi := &file_ward_v1_policy_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -518,7 +685,7 @@ func (x *WatchPolicyRequest) String() string {
 func (*WatchPolicyRequest) ProtoMessage() {}
 
 func (x *WatchPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ward_v1_policy_proto_msgTypes[8]
+	mi := &file_ward_v1_policy_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -531,7 +698,7 @@ func (x *WatchPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchPolicyRequest.ProtoReflect.Descriptor instead.
 func (*WatchPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_ward_v1_policy_proto_rawDescGZIP(), []int{8}
+	return file_ward_v1_policy_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *WatchPolicyRequest) GetKnownVersion() uint64 {
@@ -558,7 +725,17 @@ const file_ward_v1_policy_proto_rawDesc = "" +
 	"\x06digest\x18\b \x01(\tR\x06digest\x12#\n" +
 	"\rrestored_from\x18\t \x01(\x04R\frestoredFrom\x12$\n" +
 	"\x0edeny_list_size\x18\n" +
-	" \x01(\rR\fdenyListSize\"\xa6\x01\n" +
+	" \x01(\rR\fdenyListSize\"\x17\n" +
+	"\x15PolicyLintModeRequest\"H\n" +
+	"\x18SetPolicyLintModeRequest\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x18\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"\xb5\x01\n" +
+	"\x16PolicyLintModeResponse\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
+	"\x05actor\x18\x02 \x01(\tR\x05actor\x124\n" +
+	"\achanged\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\achanged\x12\x18\n" +
+	"\acomment\x18\x04 \x01(\tR\acomment\x12!\n" +
+	"\flocal_strict\x18\x05 \x01(\bR\vlocalStrict\"\xa6\x01\n" +
 	"\x12ApplyPolicyRequest\x12<\n" +
 	"\x05files\x18\x01 \x03(\v2&.ward.v1.ApplyPolicyRequest.FilesEntryR\x05files\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\x1a8\n" +
@@ -584,14 +761,16 @@ const file_ward_v1_policy_proto_rawDesc = "" +
 	"\x06remove\x18\x03 \x01(\bR\x06remove\x12\x18\n" +
 	"\acomment\x18\x04 \x01(\tR\acomment\"9\n" +
 	"\x12WatchPolicyRequest\x12#\n" +
-	"\rknown_version\x18\x01 \x01(\x04R\fknownVersion2\xb9\x03\n" +
+	"\rknown_version\x18\x01 \x01(\x04R\fknownVersion2\xe5\x04\n" +
 	"\x06Policy\x12B\n" +
 	"\vApplyPolicy\x12\x1b.ward.v1.ApplyPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x12H\n" +
 	"\vCheckPolicy\x12\x1b.ward.v1.ApplyPolicyRequest\x1a\x1c.ward.v1.CheckPolicyResponse\x12]\n" +
 	"\x12ListPolicyVersions\x12\".ward.v1.ListPolicyVersionsRequest\x1a#.ward.v1.ListPolicyVersionsResponse\x12>\n" +
 	"\tGetPolicy\x12\x19.ward.v1.GetPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x12H\n" +
 	"\x0eRollbackPolicy\x12\x1e.ward.v1.RollbackPolicyRequest\x1a\x16.ward.v1.PolicyVersion\x128\n" +
-	"\x06Revoke\x12\x16.ward.v1.RevokeRequest\x1a\x16.ward.v1.PolicyVersion2Z\n" +
+	"\x06Revoke\x12\x16.ward.v1.RevokeRequest\x1a\x16.ward.v1.PolicyVersion\x12Q\n" +
+	"\x0ePolicyLintMode\x12\x1e.ward.v1.PolicyLintModeRequest\x1a\x1f.ward.v1.PolicyLintModeResponse\x12W\n" +
+	"\x11SetPolicyLintMode\x12!.ward.v1.SetPolicyLintModeRequest\x1a\x1f.ward.v1.PolicyLintModeResponse2Z\n" +
 	"\x12PolicyDistribution\x12D\n" +
 	"\vWatchPolicy\x12\x1b.ward.v1.WatchPolicyRequest\x1a\x16.ward.v1.PolicyVersion0\x01B0Z.github.com/wardproject/ward/api/ward/v1;wardv1b\x06proto3"
 
@@ -607,43 +786,51 @@ func file_ward_v1_policy_proto_rawDescGZIP() []byte {
 	return file_ward_v1_policy_proto_rawDescData
 }
 
-var file_ward_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_ward_v1_policy_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_ward_v1_policy_proto_goTypes = []any{
 	(*PolicyVersion)(nil),              // 0: ward.v1.PolicyVersion
-	(*ApplyPolicyRequest)(nil),         // 1: ward.v1.ApplyPolicyRequest
-	(*CheckPolicyResponse)(nil),        // 2: ward.v1.CheckPolicyResponse
-	(*ListPolicyVersionsRequest)(nil),  // 3: ward.v1.ListPolicyVersionsRequest
-	(*ListPolicyVersionsResponse)(nil), // 4: ward.v1.ListPolicyVersionsResponse
-	(*GetPolicyRequest)(nil),           // 5: ward.v1.GetPolicyRequest
-	(*RollbackPolicyRequest)(nil),      // 6: ward.v1.RollbackPolicyRequest
-	(*RevokeRequest)(nil),              // 7: ward.v1.RevokeRequest
-	(*WatchPolicyRequest)(nil),         // 8: ward.v1.WatchPolicyRequest
-	nil,                                // 9: ward.v1.ApplyPolicyRequest.FilesEntry
-	(*timestamppb.Timestamp)(nil),      // 10: google.protobuf.Timestamp
+	(*PolicyLintModeRequest)(nil),      // 1: ward.v1.PolicyLintModeRequest
+	(*SetPolicyLintModeRequest)(nil),   // 2: ward.v1.SetPolicyLintModeRequest
+	(*PolicyLintModeResponse)(nil),     // 3: ward.v1.PolicyLintModeResponse
+	(*ApplyPolicyRequest)(nil),         // 4: ward.v1.ApplyPolicyRequest
+	(*CheckPolicyResponse)(nil),        // 5: ward.v1.CheckPolicyResponse
+	(*ListPolicyVersionsRequest)(nil),  // 6: ward.v1.ListPolicyVersionsRequest
+	(*ListPolicyVersionsResponse)(nil), // 7: ward.v1.ListPolicyVersionsResponse
+	(*GetPolicyRequest)(nil),           // 8: ward.v1.GetPolicyRequest
+	(*RollbackPolicyRequest)(nil),      // 9: ward.v1.RollbackPolicyRequest
+	(*RevokeRequest)(nil),              // 10: ward.v1.RevokeRequest
+	(*WatchPolicyRequest)(nil),         // 11: ward.v1.WatchPolicyRequest
+	nil,                                // 12: ward.v1.ApplyPolicyRequest.FilesEntry
+	(*timestamppb.Timestamp)(nil),      // 13: google.protobuf.Timestamp
 }
 var file_ward_v1_policy_proto_depIdxs = []int32{
-	10, // 0: ward.v1.PolicyVersion.created:type_name -> google.protobuf.Timestamp
-	9,  // 1: ward.v1.ApplyPolicyRequest.files:type_name -> ward.v1.ApplyPolicyRequest.FilesEntry
-	0,  // 2: ward.v1.ListPolicyVersionsResponse.versions:type_name -> ward.v1.PolicyVersion
-	1,  // 3: ward.v1.Policy.ApplyPolicy:input_type -> ward.v1.ApplyPolicyRequest
-	1,  // 4: ward.v1.Policy.CheckPolicy:input_type -> ward.v1.ApplyPolicyRequest
-	3,  // 5: ward.v1.Policy.ListPolicyVersions:input_type -> ward.v1.ListPolicyVersionsRequest
-	5,  // 6: ward.v1.Policy.GetPolicy:input_type -> ward.v1.GetPolicyRequest
-	6,  // 7: ward.v1.Policy.RollbackPolicy:input_type -> ward.v1.RollbackPolicyRequest
-	7,  // 8: ward.v1.Policy.Revoke:input_type -> ward.v1.RevokeRequest
-	8,  // 9: ward.v1.PolicyDistribution.WatchPolicy:input_type -> ward.v1.WatchPolicyRequest
-	0,  // 10: ward.v1.Policy.ApplyPolicy:output_type -> ward.v1.PolicyVersion
-	2,  // 11: ward.v1.Policy.CheckPolicy:output_type -> ward.v1.CheckPolicyResponse
-	4,  // 12: ward.v1.Policy.ListPolicyVersions:output_type -> ward.v1.ListPolicyVersionsResponse
-	0,  // 13: ward.v1.Policy.GetPolicy:output_type -> ward.v1.PolicyVersion
-	0,  // 14: ward.v1.Policy.RollbackPolicy:output_type -> ward.v1.PolicyVersion
-	0,  // 15: ward.v1.Policy.Revoke:output_type -> ward.v1.PolicyVersion
-	0,  // 16: ward.v1.PolicyDistribution.WatchPolicy:output_type -> ward.v1.PolicyVersion
-	10, // [10:17] is the sub-list for method output_type
-	3,  // [3:10] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	13, // 0: ward.v1.PolicyVersion.created:type_name -> google.protobuf.Timestamp
+	13, // 1: ward.v1.PolicyLintModeResponse.changed:type_name -> google.protobuf.Timestamp
+	12, // 2: ward.v1.ApplyPolicyRequest.files:type_name -> ward.v1.ApplyPolicyRequest.FilesEntry
+	0,  // 3: ward.v1.ListPolicyVersionsResponse.versions:type_name -> ward.v1.PolicyVersion
+	4,  // 4: ward.v1.Policy.ApplyPolicy:input_type -> ward.v1.ApplyPolicyRequest
+	4,  // 5: ward.v1.Policy.CheckPolicy:input_type -> ward.v1.ApplyPolicyRequest
+	6,  // 6: ward.v1.Policy.ListPolicyVersions:input_type -> ward.v1.ListPolicyVersionsRequest
+	8,  // 7: ward.v1.Policy.GetPolicy:input_type -> ward.v1.GetPolicyRequest
+	9,  // 8: ward.v1.Policy.RollbackPolicy:input_type -> ward.v1.RollbackPolicyRequest
+	10, // 9: ward.v1.Policy.Revoke:input_type -> ward.v1.RevokeRequest
+	1,  // 10: ward.v1.Policy.PolicyLintMode:input_type -> ward.v1.PolicyLintModeRequest
+	2,  // 11: ward.v1.Policy.SetPolicyLintMode:input_type -> ward.v1.SetPolicyLintModeRequest
+	11, // 12: ward.v1.PolicyDistribution.WatchPolicy:input_type -> ward.v1.WatchPolicyRequest
+	0,  // 13: ward.v1.Policy.ApplyPolicy:output_type -> ward.v1.PolicyVersion
+	5,  // 14: ward.v1.Policy.CheckPolicy:output_type -> ward.v1.CheckPolicyResponse
+	7,  // 15: ward.v1.Policy.ListPolicyVersions:output_type -> ward.v1.ListPolicyVersionsResponse
+	0,  // 16: ward.v1.Policy.GetPolicy:output_type -> ward.v1.PolicyVersion
+	0,  // 17: ward.v1.Policy.RollbackPolicy:output_type -> ward.v1.PolicyVersion
+	0,  // 18: ward.v1.Policy.Revoke:output_type -> ward.v1.PolicyVersion
+	3,  // 19: ward.v1.Policy.PolicyLintMode:output_type -> ward.v1.PolicyLintModeResponse
+	3,  // 20: ward.v1.Policy.SetPolicyLintMode:output_type -> ward.v1.PolicyLintModeResponse
+	0,  // 21: ward.v1.PolicyDistribution.WatchPolicy:output_type -> ward.v1.PolicyVersion
+	13, // [13:22] is the sub-list for method output_type
+	4,  // [4:13] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_ward_v1_policy_proto_init() }
@@ -657,7 +844,7 @@ func file_ward_v1_policy_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ward_v1_policy_proto_rawDesc), len(file_ward_v1_policy_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

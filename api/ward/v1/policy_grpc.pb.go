@@ -28,6 +28,8 @@ const (
 	Policy_GetPolicy_FullMethodName          = "/ward.v1.Policy/GetPolicy"
 	Policy_RollbackPolicy_FullMethodName     = "/ward.v1.Policy/RollbackPolicy"
 	Policy_Revoke_FullMethodName             = "/ward.v1.Policy/Revoke"
+	Policy_PolicyLintMode_FullMethodName     = "/ward.v1.Policy/PolicyLintMode"
+	Policy_SetPolicyLintMode_FullMethodName  = "/ward.v1.Policy/SetPolicyLintMode"
 )
 
 // PolicyClient is the client API for Policy service.
@@ -52,6 +54,12 @@ type PolicyClient interface {
 	// Revoke adds (or with remove, removes) SPIFFE IDs and certificate
 	// serials to the deny-list, as a new version.
 	Revoke(ctx context.Context, in *RevokeRequest, opts ...grpc.CallOption) (*PolicyVersion, error)
+	// PolicyLintMode reports the cluster's stored federation lint mode
+	// (warn|strict; every authority sharing the store enforces it).
+	PolicyLintMode(ctx context.Context, in *PolicyLintModeRequest, opts ...grpc.CallOption) (*PolicyLintModeResponse, error)
+	// SetPolicyLintMode sets the stored mode (audited): the only way to
+	// lower it to warn once an authority configured strict raised it.
+	SetPolicyLintMode(ctx context.Context, in *SetPolicyLintModeRequest, opts ...grpc.CallOption) (*PolicyLintModeResponse, error)
 }
 
 type policyClient struct {
@@ -122,6 +130,26 @@ func (c *policyClient) Revoke(ctx context.Context, in *RevokeRequest, opts ...gr
 	return out, nil
 }
 
+func (c *policyClient) PolicyLintMode(ctx context.Context, in *PolicyLintModeRequest, opts ...grpc.CallOption) (*PolicyLintModeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyLintModeResponse)
+	err := c.cc.Invoke(ctx, Policy_PolicyLintMode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *policyClient) SetPolicyLintMode(ctx context.Context, in *SetPolicyLintModeRequest, opts ...grpc.CallOption) (*PolicyLintModeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PolicyLintModeResponse)
+	err := c.cc.Invoke(ctx, Policy_SetPolicyLintMode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // PolicyServer is the server API for Policy service.
 // All implementations must embed UnimplementedPolicyServer
 // for forward compatibility.
@@ -144,6 +172,12 @@ type PolicyServer interface {
 	// Revoke adds (or with remove, removes) SPIFFE IDs and certificate
 	// serials to the deny-list, as a new version.
 	Revoke(context.Context, *RevokeRequest) (*PolicyVersion, error)
+	// PolicyLintMode reports the cluster's stored federation lint mode
+	// (warn|strict; every authority sharing the store enforces it).
+	PolicyLintMode(context.Context, *PolicyLintModeRequest) (*PolicyLintModeResponse, error)
+	// SetPolicyLintMode sets the stored mode (audited): the only way to
+	// lower it to warn once an authority configured strict raised it.
+	SetPolicyLintMode(context.Context, *SetPolicyLintModeRequest) (*PolicyLintModeResponse, error)
 	mustEmbedUnimplementedPolicyServer()
 }
 
@@ -171,6 +205,12 @@ func (UnimplementedPolicyServer) RollbackPolicy(context.Context, *RollbackPolicy
 }
 func (UnimplementedPolicyServer) Revoke(context.Context, *RevokeRequest) (*PolicyVersion, error) {
 	return nil, status.Error(codes.Unimplemented, "method Revoke not implemented")
+}
+func (UnimplementedPolicyServer) PolicyLintMode(context.Context, *PolicyLintModeRequest) (*PolicyLintModeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PolicyLintMode not implemented")
+}
+func (UnimplementedPolicyServer) SetPolicyLintMode(context.Context, *SetPolicyLintModeRequest) (*PolicyLintModeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetPolicyLintMode not implemented")
 }
 func (UnimplementedPolicyServer) mustEmbedUnimplementedPolicyServer() {}
 func (UnimplementedPolicyServer) testEmbeddedByValue()                {}
@@ -301,6 +341,42 @@ func _Policy_Revoke_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Policy_PolicyLintMode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PolicyLintModeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PolicyServer).PolicyLintMode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Policy_PolicyLintMode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PolicyServer).PolicyLintMode(ctx, req.(*PolicyLintModeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Policy_SetPolicyLintMode_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetPolicyLintModeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(PolicyServer).SetPolicyLintMode(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Policy_SetPolicyLintMode_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(PolicyServer).SetPolicyLintMode(ctx, req.(*SetPolicyLintModeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Policy_ServiceDesc is the grpc.ServiceDesc for Policy service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -331,6 +407,14 @@ var Policy_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Revoke",
 			Handler:    _Policy_Revoke_Handler,
+		},
+		{
+			MethodName: "PolicyLintMode",
+			Handler:    _Policy_PolicyLintMode_Handler,
+		},
+		{
+			MethodName: "SetPolicyLintMode",
+			Handler:    _Policy_SetPolicyLintMode_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

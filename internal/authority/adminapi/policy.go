@@ -5,9 +5,11 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/apiconv"
+	"github.com/wardproject/ward/internal/authority/policystore"
 	"github.com/wardproject/ward/internal/shared/errs"
 	"github.com/wardproject/ward/internal/shared/reqctx"
 )
@@ -31,12 +33,12 @@ func (p *policyService) ApplyPolicy(ctx context.Context, r *wardv1.ApplyPolicyRe
 
 // CheckPolicy runs ApplyPolicy's checks and stores nothing (ward apply
 // asks it before changing anything).
-func (p *policyService) CheckPolicy(_ context.Context, r *wardv1.ApplyPolicyRequest) (*wardv1.CheckPolicyResponse, error) {
+func (p *policyService) CheckPolicy(ctx context.Context, r *wardv1.ApplyPolicyRequest) (*wardv1.CheckPolicyResponse, error) {
 	ps, err := p.a.policyStore()
 	if err != nil {
 		return nil, err
 	}
-	n, ws, err := ps.Check(r.Files)
+	n, ws, err := ps.Check(ctx, r.Files)
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}
@@ -131,4 +133,40 @@ func (a *api) refreshPrincipals(ctx context.Context) {
 	} else if v != 0 {
 		a.log.Info("principal labels changed: new policy version", "version", v)
 	}
+}
+
+// PolicyLintMode reports the cluster's stored federation lint mode.
+func (p *policyService) PolicyLintMode(ctx context.Context, _ *wardv1.PolicyLintModeRequest) (*wardv1.PolicyLintModeResponse, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	m, err := ps.FederationLint(ctx)
+	if err != nil {
+		return nil, errs.ToStatus(err)
+	}
+	return lintModeProto(m, ps.LocalStrict()), nil
+}
+
+// SetPolicyLintMode sets the cluster's stored federation lint mode
+// (audited as policy.federation_lint): the operator's explicit action,
+// the only way to lower it to warn.
+func (p *policyService) SetPolicyLintMode(ctx context.Context, r *wardv1.SetPolicyLintModeRequest) (*wardv1.PolicyLintModeResponse, error) {
+	ps, err := p.a.policyStore()
+	if err != nil {
+		return nil, err
+	}
+	m, err := ps.SetFederationLint(ctx, reqctx.From(ctx).Actor, r.Mode, r.Comment)
+	if err != nil {
+		return nil, errs.ToStatus(err)
+	}
+	return lintModeProto(m, ps.LocalStrict()), nil
+}
+
+func lintModeProto(m policystore.LintMode, local bool) *wardv1.PolicyLintModeResponse {
+	out := &wardv1.PolicyLintModeResponse{Mode: m.Mode, Actor: m.Actor, Comment: m.Comment, LocalStrict: local}
+	if !m.Changed.IsZero() {
+		out.Changed = timestamppb.New(m.Changed)
+	}
+	return out
 }

@@ -142,6 +142,7 @@ func TestStrictFederationLintRefusesOnEveryPolicyPath(t *testing.T) {
 // strict lint's refusal) and reports the warnings without storing a
 // version, in either mode.
 func TestCheckStoresNothing(t *testing.T) {
+	ctx := context.Background()
 	st, err := boltstore.Open(filepath.Join(t.TempDir(), "p.db"))
 	if err != nil {
 		t.Fatal(err)
@@ -150,17 +151,17 @@ func TestCheckStoresNothing(t *testing.T) {
 	ev := &events{}
 	warn, strict := New(st, ev), New(st, ev, WithStrictFederationLint(true))
 	open := map[string][]byte{"a.cedar": []byte(openByPath)}
-	n, ws, err := warn.Check(open)
+	n, ws, err := warn.Check(ctx, open)
 	if err != nil || n != 1 || len(ws) != 1 || !strings.Contains(ws[0], `a.cedar:1:1 (policy "by-path")`) {
 		t.Fatalf("warn Check: %d %v %v", n, ws, err)
 	}
-	if _, _, err := strict.Check(open); err == nil || errs.KindOf(err) != errs.Invalid || !strings.Contains(err.Error(), `(policy "by-path")`) {
+	if _, _, err := strict.Check(ctx, open); err == nil || errs.KindOf(err) != errs.Invalid || !strings.Contains(err.Error(), `(policy "by-path")`) {
 		t.Fatalf("strict Check: %v", err)
 	}
-	if _, _, err := strict.Check(map[string][]byte{"bad.cedar": []byte("permit(")}); err == nil || errs.KindOf(err) != errs.Invalid {
+	if _, _, err := strict.Check(ctx, map[string][]byte{"bad.cedar": []byte("permit(")}); err == nil || errs.KindOf(err) != errs.Invalid {
 		t.Fatalf("Check of a syntax error: %v", err)
 	}
-	if n, ws, err := strict.Check(map[string][]byte{"a.cedar": []byte(fencedByPath)}); err != nil || n != 1 || len(ws) != 0 {
+	if n, ws, err := strict.Check(ctx, map[string][]byte{"a.cedar": []byte(fencedByPath)}); err != nil || n != 1 || len(ws) != 0 {
 		t.Fatalf("strict Check of a clean set: %d %v %v", n, ws, err)
 	}
 	if cur, _ := warn.Current(context.Background()); cur != 0 || len(ev.all) != 0 {

@@ -116,14 +116,16 @@ func WithServices(f func() map[string][]catalog.Service) Option {
 // its federated peers learn of them over the revocation channel).
 func WithTrustDomain(td string) Option { return func(s *Store) { s.td = td } }
 
-// WithStrictFederationLint makes the store refuse (store nothing) a new
+// WithStrictFederationLint (this authority's policy.federation_lint:
+// strict) makes the store refuse (store nothing) a new
 // set of policies one of whose permits does not constrain the caller's
 // trust domain (policy.KindFederation warnings; the authority's
 // policy.federation_lint: strict). Without it such a set is stored and
 // its warnings are recorded in the change's audit event. Only versions
 // whose policy files differ from the current version's are checked
 // (apply, rollback): a revocation, a taint or a refresh of the current
-// policies is never refused by the lint.
+// policies is never refused by the lint. The cluster's stored mode
+// (FederationLint) is enforced as well: strict if either says so.
 func WithStrictFederationLint(strict bool) Option { return func(s *Store) { s.strictFed = strict } }
 
 // WithClock sets the clock that dates versions and prunes expired serials
@@ -243,8 +245,16 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		next.PolicyCount = set.Len()
 		if cur == nil || !maps.EqualFunc(cur.Bundle.Files, next.Bundle.Files, slices.Equal) {
 			warnings = federationWarnings(set)
-			if s.strictFed && len(warnings) > 0 {
-				return Version{}, federationRefusal(warnings)
+			if len(warnings) > 0 {
+				// Read on every attempt: a mode raised by another
+				// authority while this one built the version counts.
+				strict, err := s.strict(ctx)
+				if err != nil {
+					return Version{}, err
+				}
+				if strict {
+					return Version{}, federationRefusal(warnings)
+				}
 			}
 		}
 		return next, nil
@@ -405,10 +415,10 @@ func (s *Store) Apply(ctx context.Context, actor string, files map[string][]byte
 }
 
 // Check runs Apply's checks on files (compilation; with
-// WithStrictFederationLint, the refusal of permits open to federated trust
-// domains) and stores nothing. It returns the number of policies and the
+// WithStrictFederationLint or the cluster's stored strict mode, the
+// refusal of permits open to federated trust domains) and stores nothing. It returns the number of policies and the
 // federation warnings (file:line:column and policy id).
-func (s *Store) Check(files map[string][]byte) (_ int, _ []string, err error) {
+func (s *Store) Check(ctx context.Context, files map[string][]byte) (_ int, _ []string, err error) {
 	defer func() { err = classify(err) }()
 	if len(files) == 0 {
 		return 0, nil, errors.New("no policy files given: pass at least one .cedar file")
@@ -418,8 +428,14 @@ func (s *Store) Check(files map[string][]byte) (_ int, _ []string, err error) {
 		return 0, nil, err
 	}
 	ws := federationWarnings(set)
-	if s.strictFed && len(ws) > 0 {
-		return 0, nil, federationRefusal(ws)
+	if len(ws) > 0 {
+		strict, err := s.strict(ctx)
+		if err != nil {
+			return 0, nil, err
+		}
+		if strict {
+			return 0, nil, federationRefusal(ws)
+		}
 	}
 	return set.Len(), warningPlaces(ws), nil
 }

@@ -14,7 +14,22 @@ import (
 // which permits to fix and how. Every new set is checked by the store.
 func (s *Server) reportStoredPolicyLint(ctx context.Context, ps *policystore.Store) {
 	if !s.cfg.Policy.StrictFederationLint() {
+		if m, err := ps.FederationLint(ctx); err == nil && m.Strict() {
+			s.log.Info("policy.federation_lint is warn here, but the cluster's stored mode is strict and this authority enforces it "+
+				"(lower it only with `ward policy lint-mode warn`)", "set_by", m.Actor, "changed", m.Changed)
+		}
 		return
+	}
+	// Strict is a property of the cluster's policy store, not of one
+	// replica: record it there (audited) so every authority sharing the
+	// store refuses what this one refuses.
+	raised, err := ps.RaiseFederationLint(ctx, "authority "+s.memberName(), "policy.federation_lint: strict in this authority's configuration")
+	if err != nil {
+		s.log.Error("recording policy.federation_lint: strict in the policy store failed: other authorities sharing the store may "+
+			"still accept sets this one refuses; this authority enforces strict itself", "err", err)
+	} else if raised {
+		s.log.Info("policy.federation_lint: strict recorded in the policy store: every authority sharing it now refuses such sets "+
+			"(lower it only with `ward policy lint-mode warn`)")
 	}
 	n, places, err := ps.CurrentFederationWarnings(ctx)
 	if err != nil {

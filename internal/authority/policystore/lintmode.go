@@ -1,0 +1,168 @@
+package policystore
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/errs"
+)
+
+// Federation lint modes (policy.federation_lint).
+const (
+	LintWarn   = "warn"
+	LintStrict = "strict"
+)
+
+// lintModeKey holds the cluster's federation lint mode beside the policy
+// versions (barrier-encrypted like them): one value for every authority
+// sharing the store, so strict does not depend on which replica a client
+// reaches. Not under "policy/v/" (the versions' prefix).
+const lintModeKey = "policy/federation-lint"
+
+// LintMode is the stored federation lint mode and who set it last.
+type LintMode struct {
+	Mode    string    `json:"mode"`
+	Actor   string    `json:"actor,omitempty"`
+	Changed time.Time `json:"changed,omitempty"`
+	Comment string    `json:"comment,omitempty"`
+}
+
+// Strict reports whether m refuses sets the lint warns about.
+func (m LintMode) Strict() bool { return m.Mode == LintStrict }
+
+// FederationLint returns the cluster's stored lint mode (warn, with no
+// actor, when none was ever stored).
+func (s *Store) FederationLint(ctx context.Context) (_ LintMode, err error) {
+	defer func() { err = classify(err) }()
+	m, _, err := s.lintMode(ctx)
+	return m, err
+}
+
+func (s *Store) lintMode(ctx context.Context) (LintMode, int64, error) {
+	kv, err := s.st.Get(ctx, lintModeKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return LintMode{Mode: LintWarn}, 0, nil
+	}
+	if err != nil {
+		return LintMode{}, 0, fmt.Errorf("reading the stored federation lint mode: %w", err)
+	}
+	var m LintMode
+	if err := json.Unmarshal(kv.Value, &m); err != nil || (m.Mode != LintWarn && m.Mode != LintStrict) {
+		// Fail closed: an unreadable mode is enforced as strict.
+		return LintMode{Mode: LintStrict}, kv.Revision, nil
+	}
+	return m, kv.Revision, nil
+}
+
+// strict is the mode every store path enforces: this authority's own
+// policy.federation_lint or the cluster's stored mode, whichever is
+// stricter. An unreadable store refuses (the caller fails).
+func (s *Store) strict(ctx context.Context) (bool, error) {
+	if s.strictFed {
+		return true, nil
+	}
+	m, _, err := s.lintMode(ctx)
+	if err != nil {
+		return false, err
+	}
+	return m.Strict(), nil
+}
+
+// RaiseFederationLint records strict as the cluster's mode if it is not
+// already (an authority started with policy.federation_lint: strict does
+// this at unseal), audited as policy.federation_lint with the actor; it
+// reports whether it changed the stored mode. Nothing ever lowers the
+// mode but SetFederationLint.
+func (s *Store) RaiseFederationLint(ctx context.Context, actor, comment string) (_ bool, err error) {
+	defer func() { err = classify(err) }()
+	for range 16 {
+		m, rev, err := s.lintMode(ctx)
+		if err != nil {
+			return false, err
+		}
+		if m.Strict() {
+			return false, nil
+		}
+		ok, err := s.storeLintMode(ctx, actor, LintStrict, m.Mode, comment, rev)
+		if err != nil || ok {
+			return ok, err
+		}
+	}
+	return false, errs.Errorf(errs.Precondition, "the federation lint mode is being changed concurrently by another authority: retry")
+}
+
+// SetFederationLint is the explicit, audited operator action that sets the
+// cluster's mode (`ward policy lint-mode warn|strict`), the only way to
+// lower it to warn. An authority whose own configuration says strict still
+// enforces strict on its store paths, and raises the stored mode again at
+// its next unseal.
+func (s *Store) SetFederationLint(ctx context.Context, actor, mode, comment string) (LintMode, error) {
+	mode = strings.TrimSpace(mode)
+	if mode != LintWarn && mode != LintStrict {
+		return LintMode{}, errs.Errorf(errs.Invalid, "federation lint mode %q: want warn or strict", mode)
+	}
+	if len(comment) > 1024 {
+		return LintMode{}, errs.Errorf(errs.Invalid, "comment too long (%d bytes, at most 1024)", len(comment))
+	}
+	m, err := s.setFederationLint(ctx, actor, mode, comment)
+	return m, classify(err)
+}
+
+func (s *Store) setFederationLint(ctx context.Context, actor, mode, comment string) (LintMode, error) {
+	for range 16 {
+		m, rev, err := s.lintMode(ctx)
+		if err != nil {
+			return LintMode{}, err
+		}
+		if m.Mode == mode {
+			return m, nil
+		}
+		ok, err := s.storeLintMode(ctx, actor, mode, m.Mode, comment, rev)
+		if err != nil {
+			return LintMode{}, err
+		}
+		if ok {
+			return s.FederationLint(ctx)
+		}
+	}
+	return LintMode{}, errs.Errorf(errs.Precondition, "the federation lint mode is being changed concurrently by another authority: retry")
+}
+
+// storeLintMode writes mode if the key is still at rev (false on a lost
+// race), audited before (started: no audit, no change) and after.
+func (s *Store) storeLintMode(ctx context.Context, actor, mode, from, comment string, rev int64) (bool, error) {
+	const op = "policy.federation_lint"
+	fields := map[string]string{"mode": mode, "previous_mode": from, "set_by": actor}
+	if comment != "" {
+		fields["comment"] = comment
+	}
+	if err := s.record(ctx, op, audit.ResultStarted, 0, fields, nil); err != nil {
+		return false, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
+	}
+	b, err := json.Marshal(LintMode{Mode: mode, Actor: actor, Changed: s.now().UTC(), Comment: comment})
+	if err != nil {
+		return false, err
+	}
+	_, err = s.st.CompareAndSwap(ctx, lintModeKey, b, rev)
+	if errors.Is(err, store.ErrConflict) {
+		_ = s.record(ctx, op, audit.ResultError, 0, fields, errors.New("lost a race with another authority; retrying"))
+		return false, nil
+	}
+	if err != nil {
+		return false, s.fail(ctx, op, fields, err)
+	}
+	if err := s.record(ctx, op, audit.ResultOK, 0, fields, nil); err != nil {
+		return true, fmt.Errorf("%s stored mode %s but its audit event could not be written: %w", op, mode, err)
+	}
+	return true, nil
+}
+
+// LocalStrict reports this authority's own policy.federation_lint: strict
+// (WithStrictFederationLint).
+func (s *Store) LocalStrict() bool { return s.strictFed }
