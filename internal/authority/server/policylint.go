@@ -28,7 +28,7 @@ func (s *Server) reportStoredPolicyLint(ctx context.Context, ps *policystore.Sto
 		s.log.Error("recording policy.federation_lint: strict in the policy store failed: other authorities sharing the store may "+
 			"still accept sets this one refuses; this authority enforces strict itself", "err", err)
 	} else if raised {
-		s.log.Info("policy.federation_lint: strict recorded in the policy store: every authority sharing it now refuses such sets "+
+		s.log.Info("policy.federation_lint: strict recorded in the policy store: every authority sharing it now refuses such sets " +
 			"(lower it only with `ward policy lint-mode warn`)")
 	}
 	n, places, err := ps.CurrentFederationWarnings(ctx)
