@@ -149,7 +149,20 @@ func (s *Store) storeLintMode(ctx context.Context, actor, mode, from, comment st
 	if err != nil {
 		return false, err
 	}
-	_, err = s.st.CompareAndSwap(ctx, lintModeKey, b, rev)
+	ops := []store.Op{{Key: lintModeKey, Value: b, ExpectRevision: rev}}
+	if mode == LintStrict {
+		// Rewrite the policy head as it is, in the same batch: an apply
+		// or rollback on another authority that read the head (and the
+		// old mode) before this loses its compare-and-swap on the head,
+		// reads again and meets strict. (With no policy yet there is no
+		// head to guard, and none is created.)
+		if hk, err := s.st.Get(ctx, s.versions.HeadKey()); err == nil {
+			ops = append(ops, store.Op{Key: hk.Key, Value: hk.Value, ExpectRevision: hk.Revision})
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return false, s.fail(ctx, op, fields, err)
+		}
+	}
+	_, err = s.st.Batch(ctx, ops)
 	if errors.Is(err, store.ErrConflict) {
 		_ = s.record(ctx, op, audit.ResultError, 0, fields, errors.New("lost a race with another authority; retrying"))
 		return false, nil
