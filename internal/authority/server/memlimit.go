@@ -28,6 +28,14 @@ const (
 	// workloads), it is a bound on the collector's headroom, not a claim
 	// on the machine.
 	HostMemoryFraction = 0.5
+	// MinMemoryLimit is the floor of the chosen soft limit: below the
+	// live heap of a small authority (tens of MiB) the collector would run
+	// back to back (a GC storm capped at half the CPU) for no gain. A tiny
+	// limit read from the cgroup tree is far more likely one that does not
+	// bind the process (a cgroup v1 parent with use_hierarchy 0, a stale
+	// slice setting) than a real 100 MiB box; on such a box set
+	// GOMEMLIMIT.
+	MinMemoryLimit = 128 << 20
 )
 
 // maxMemFile bounds what is read of one cgroup or /proc file: the real
@@ -52,12 +60,21 @@ type MemoryLimit struct {
 func chooseMemoryLimit(root fs.FS) (MemoryLimit, bool) {
 	total, totalErr := readMemTotal(root)
 	if lim, src, ok := cgroupMemoryLimit(root); ok && (totalErr != nil || lim < total) {
-		return MemoryLimit{Bytes: int64(float64(lim) * CgroupMemoryFraction), Source: src, Of: lim}, true
+		return floored(MemoryLimit{Bytes: int64(float64(lim) * CgroupMemoryFraction), Source: src, Of: lim}), true
 	}
 	if totalErr != nil {
 		return MemoryLimit{}, false
 	}
-	return MemoryLimit{Bytes: int64(float64(total) * HostMemoryFraction), Source: "/proc/meminfo MemTotal", Of: total}, true
+	return floored(MemoryLimit{Bytes: int64(float64(total) * HostMemoryFraction), Source: "/proc/meminfo MemTotal", Of: total}), true
+}
+
+// floored raises m to MinMemoryLimit, saying so in its Source.
+func floored(m MemoryLimit) MemoryLimit {
+	if m.Bytes < MinMemoryLimit {
+		m.Bytes = MinMemoryLimit
+		m.Source += fmt.Sprintf(" (of %dMiB; raised to the %dMiB floor)", m.Of>>20, MinMemoryLimit>>20)
+	}
+	return m
 }
 
 func readSmall(root fs.FS, name string) ([]byte, error) {
@@ -183,9 +200,13 @@ func cgroupMemoryLimit(root fs.FS) (int64, string, bool) {
 	}
 	var best int64
 	var src string
+	own := p
 	for {
 		name := path.Join(dir, p, file)
-		if b, err := readSmall(root, name); err == nil {
+		// A v1 parent without use_hierarchy does not count its children's
+		// memory: its limit does not bind this process.
+		binds := version != "cgroup v1" || p == own || v1Hierarchical(root, path.Join(dir, p))
+		if b, err := readSmall(root, name); binds && err == nil {
 			if lim, ok, err := parseCgroupLimit(b); err == nil && ok && (best == 0 || lim < best) {
 				best, src = lim, version+" /"+name
 			}
@@ -196,4 +217,13 @@ func cgroupMemoryLimit(root fs.FS) (int64, string, bool) {
 		p = path.Dir(p)
 	}
 	return best, src, best > 0
+}
+
+// v1Hierarchical reports whether the cgroup v1 memory directory dir
+// charges its children's usage to its own limit (memory.use_hierarchy 1;
+// when the file is unreadable, assume it does, as every kernel since
+// 4.x forces).
+func v1Hierarchical(root fs.FS, dir string) bool {
+	b, err := readSmall(root, path.Join(dir, "memory.use_hierarchy"))
+	return err != nil || strings.TrimSpace(string(b)) != "0"
 }
