@@ -64,6 +64,7 @@ var retrySafe = map[string]bool{
 	"/ward.v1.Policy/ListPolicyVersions":      true,
 	"/ward.v1.Policy/GetPolicy":               true,
 	"/ward.v1.Policy/CheckPolicy":             true, // stores nothing
+	"/ward.v1.Policy/PolicyLintMode":          true,
 	"/ward.v1.PolicyDistribution/WatchPolicy": true,
 	"/ward.v1.Entries/ListEntries":            true,
 	"/ward.v1.Entries/GetEntry":               true,
