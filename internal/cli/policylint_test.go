@@ -197,3 +197,31 @@ func indent(s string) string {
 	}
 	return b.String()
 }
+
+// TestPolicyLintModeCLI: `ward policy lint-mode` shows the cluster's stored
+// mode; `lint-mode strict` makes a warn-configured authority refuse an open
+// permit, `lint-mode warn` (the audited admin action) lowers it again, and
+// an unknown mode is refused.
+func TestPolicyLintModeCLI(t *testing.T) {
+	addr := devAuthority(t)
+	open := writePolicy(t, pathOnlyPolicy)
+	if out, _, err := wardStreams(t, addr, "policy", "lint-mode"); err != nil || !strings.Contains(out, "Federation lint mode (cluster): warn") {
+		t.Fatalf("lint-mode: %v\n%s", err, out)
+	}
+	if out, _, err := wardStreams(t, addr, "policy", "lint-mode", "strict", "-m", "federating soon"); err != nil ||
+		!strings.Contains(out, "Federation lint mode (cluster): strict (set by ") {
+		t.Fatalf("lint-mode strict: %v\n%s", err, out)
+	}
+	if _, _, err := wardStreams(t, addr, "policy", "apply", open); err == nil || !strings.Contains(err.Error(), `(policy "by-path")`) {
+		t.Fatalf("apply under the stored strict mode: %v", err)
+	}
+	if _, _, err := wardStreams(t, addr, "policy", "lint-mode", "off"); err == nil || !strings.Contains(err.Error(), "want warn or strict") {
+		t.Fatalf("lint-mode off: %v", err)
+	}
+	if out, _, err := wardStreams(t, addr, "policy", "lint-mode", "warn"); err != nil || !strings.Contains(out, "(cluster): warn") {
+		t.Fatalf("lint-mode warn: %v\n%s", err, out)
+	}
+	if out, _, err := wardStreams(t, addr, "policy", "apply", open); err != nil || !strings.Contains(out, "applied") {
+		t.Fatalf("apply after lowering: %v\n%s", err, out)
+	}
+}
