@@ -151,11 +151,32 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 		}
 		return got
 	}
-	lastLine := func() map[string]any {
+	// exchange makes one request through the web client proxy and returns
+	// the server's access-log line of that very connection. The line is
+	// written when the connection ends, so a line of an earlier connection
+	// can still arrive after a later request (under load): each request's
+	// message has its own length and the line is the one with that
+	// bytes_in, never merely the last one.
+	sent := 0
+	exchange := func(t *testing.T, what string) (map[string]any, error) {
 		t.Helper()
-		var l []map[string]any
-		waitFor(t, "the server's log line", 10*time.Second, func() bool { l = findLog(e.serverLog, "peer_id", webID); return len(l) > 0 })
-		return l[len(l)-1]
+		sent++
+		msg := fmt.Sprintf("%s %s", what, strings.Repeat("x", 1000+sent))
+		if _, err := request(e.clientWeb, msg); err != nil {
+			return nil, err
+		}
+		want := fmt.Sprint(len(msg) + 1) // and the newline
+		var line map[string]any
+		waitFor(t, "the server's log line of the connection", 10*time.Second, func() bool {
+			for _, l := range findLog(e.serverLog, "peer_id", webID) {
+				if fmt.Sprint(l["bytes_in"]) == want {
+					line = l
+					return true
+				}
+			}
+			return false
+		})
+		return line, nil
 	}
 
 	t.Run("server", func(t *testing.T) {
@@ -165,11 +186,11 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "the server proxy presenting its rotated SVID", 10*time.Second, func() bool { return serverSerial() == fmt.Sprintf("%x", newSerial) })
-		e.serverLog.Reset()
-		if _, err := request(e.clientWeb, "after"); err != nil {
+		l, err := exchange(t, "after")
+		if err != nil {
 			t.Fatal(err)
 		}
-		if l := lastLine(); l["tls_resumed"] != nil {
+		if l["tls_resumed"] != nil {
 			t.Fatalf("a session of the server's old SVID was resumed: %v", l)
 		}
 	})
@@ -182,16 +203,15 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 		}
 		want := fmt.Sprintf("%x", newSerial)
 		waitFor(t, "the client proxy presenting its rotated SVID", 10*time.Second, func() bool {
-			e.serverLog.Reset()
-			_, err := request(e.clientWeb, "rotating")
-			return err == nil && lastLine()["peer_serial"] == want
+			l, err := exchange(t, "rotating")
+			return err == nil && l["peer_serial"] == want
 		})
 		for i := 0; i < 3; i++ {
-			e.serverLog.Reset()
-			if _, err := request(e.clientWeb, "after"); err != nil {
+			l, err := exchange(t, "after")
+			if err != nil {
 				t.Fatal(err)
 			}
-			if l := lastLine(); l["peer_serial"] != want {
+			if l["peer_serial"] != want {
 				t.Fatalf("after rotating to %s the client connected as %v (old %s): %v", want, l["peer_serial"], old, l)
 			}
 		}
