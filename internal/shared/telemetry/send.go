@@ -15,10 +15,19 @@ import (
 // DefaultInterval is how often proxies and gateways report to their agent.
 const DefaultInterval = 15 * time.Second
 
+// MinInterval is the shortest interval Send reports at, whatever the agent
+// asks for (the agent takes one report per second per process).
+const MinInterval = time.Second
+
 // Send reports build() to the agent over conn (its policy socket) every
-// interval (or the longer interval the agent asks for) until ctx ends.
-// Failures are logged at debug level and retried at the next interval:
-// telemetry never holds up the data plane.
+// interval until the agent answers, then at the interval the agent asks
+// for (its telemetry_interval, at least MinInterval), until ctx ends. The
+// agent forgets a process silent for three of its intervals, so a shorter
+// one is followed too: with an agent at 1s (the dev mesh) and proxies at
+// the 15s default, a proxy's listeners were missing from its node's
+// reports (and from drift and scans) most of the time. Failures are logged
+// at debug level and retried at the next interval: telemetry never holds
+// up the data plane.
 func Send(ctx context.Context, conn grpc.ClientConnInterface, interval time.Duration, log *slog.Logger, build func() Report) {
 	if interval <= 0 {
 		interval = DefaultInterval
@@ -49,8 +58,9 @@ func Send(ctx context.Context, conn grpc.ClientConnInterface, interval time.Dura
 			}
 			continue
 		}
-		if d := time.Duration(ack.NextReportAfter) * time.Second; d > wait && d <= time.Hour {
-			wait = d
+		if d := time.Duration(ack.NextReportAfter) * time.Second; d > 0 && d <= time.Hour {
+			interval = max(d, MinInterval)
+			wait = interval
 		}
 	}
 }
