@@ -156,12 +156,13 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 	// written when the connection ends, so a line of an earlier connection
 	// can still arrive after a later request (under load): each request's
 	// message has its own length and the line is the one with that
-	// bytes_in, never merely the last one.
+	// bytes_in (1000 + the request's number, and the newline), never
+	// merely the last one.
 	sent := 0
-	exchange := func(t *testing.T, what string) (map[string]any, error) {
+	exchange := func(t *testing.T) (map[string]any, error) {
 		t.Helper()
 		sent++
-		msg := fmt.Sprintf("%s %s", what, strings.Repeat("x", 1000+sent))
+		msg := strings.Repeat("x", 1000+sent)
 		if _, err := request(e.clientWeb, msg); err != nil {
 			return nil, err
 		}
@@ -186,7 +187,7 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "the server proxy presenting its rotated SVID", 10*time.Second, func() bool { return serverSerial() == fmt.Sprintf("%x", newSerial) })
-		l, err := exchange(t, "after")
+		l, err := exchange(t)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,11 +204,11 @@ func TestSessionNotResumedAfterSVIDRotation(t *testing.T) {
 		}
 		want := fmt.Sprintf("%x", newSerial)
 		waitFor(t, "the client proxy presenting its rotated SVID", 10*time.Second, func() bool {
-			l, err := exchange(t, "rotating")
+			l, err := exchange(t)
 			return err == nil && l["peer_serial"] == want
 		})
 		for i := 0; i < 3; i++ {
-			l, err := exchange(t, "after")
+			l, err := exchange(t)
 			if err != nil {
 				t.Fatal(err)
 			}
