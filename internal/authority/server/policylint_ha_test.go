@@ -136,3 +136,29 @@ func TestStrictFederationLintIsClusterWide(t *testing.T) {
 	_, err = a.Policy.ApplyPolicy(ctx, &wardv1.ApplyPolicyRequest{Files: map[string][]byte{"q.cedar": []byte(openPermit)}})
 	refused("A after B restarted", err)
 }
+
+// TestPolicyLintModeOnlyOnTheAdminSocket: the attack. Lowering the stored
+// mode is an operator action: a client of the Node API (reachable before
+// authentication, and by agents) cannot call it, and a sealed authority
+// changes nothing.
+func TestPolicyLintModeOnlyOnTheAdminSocket(t *testing.T) {
+	e := startIdentity(t)
+	ctx := context.Background()
+	admin := wardv1.NewPolicyClient(e.conn)
+	if _, err := admin.SetPolicyLintMode(ctx, &wardv1.SetPolicyLintModeRequest{Mode: "strict"}); err != nil {
+		t.Fatal(err)
+	}
+	node := wardv1.NewPolicyClient(dialNode(t, e, nil, e.srv.NodeAPIAddress()))
+	if _, err := node.SetPolicyLintMode(ctx, &wardv1.SetPolicyLintModeRequest{Mode: "warn"}); err == nil {
+		t.Fatal("the Node API lowered the lint mode for an unauthenticated client")
+	}
+	if m, err := admin.PolicyLintMode(ctx, &wardv1.PolicyLintModeRequest{}); err != nil || m.Mode != "strict" {
+		t.Fatalf("mode after the Node API attempt: %v %v", m, err)
+	}
+	if _, err := wardv1.NewOperatorClient(e.conn).Seal(ctx, &wardv1.SealRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.SetPolicyLintMode(ctx, &wardv1.SetPolicyLintModeRequest{Mode: "warn"}); err == nil {
+		t.Fatal("a sealed authority accepted a lint mode change")
+	}
+}
