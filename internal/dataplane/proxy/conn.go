@@ -5,7 +5,7 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,28 +129,31 @@ type closeWriter interface{ CloseWrite() error }
 // write syscall per message; no channel, no extra goroutine, no copy
 // beyond TLS's own), plus one atomic add per Read for the byte counters.
 // In particular nothing per Read asks for the time (time.Now costs
-// ~120 ns here, two per Read before): each direction reads with a
-// deadline idle/8 ahead and, each time it passes, looks whether the byte
-// counters (both directions) moved; after idle without a byte either way
-// (closed between idle and idle + idle/8 after the last byte) both sides
-// are closed, which also ends the other direction's Read or Write. Both
-// directions keep the watch, not one: a direction blocked in Write (its
-// peer stopped reading, the socket buffers full) has no Read whose
-// deadline could fire, so the other one must see that nothing moves (a
-// client that keeps sending to a server that never reads was held open
-// for good when only a->b watched: TestPipeIdleWhenTheServerStopsReading).
-// A live connection costs two timer wake-ups per idle/8, none per
-// message.
+// ~120 ns here, two per Read before) or sets a deadline.
+//
+// The idle timeout is kept by a timer of the connection's own, not by
+// the copying goroutines: every idle/8 it looks whether the byte counters
+// (both directions) moved; after idle without a byte either way (closed
+// between idle and idle + idle/8 after the last byte) both sides are
+// closed, which ends each direction's Read or Write. A watch kept by Read
+// deadlines misses a direction blocked in Write (its peer stopped reading,
+// the socket buffers full): a client that keeps sending to a server that
+// never reads (TestPipeIdleWhenTheServerStopsReading), both sides sending
+// and neither reading (TestPipeIdleWhenNeitherSideReads), or a client that
+// half-closed and stopped reading while the server answers
+// (TestPipeIdleWhenTheClientHalfClosesAndStopsReading) held the connection,
+// its buffers and goroutines for good. A live connection costs one timer
+// wake-up per idle/8, none per message.
 func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 	errc := make(chan error, 2)
-	step := max(idle/8, time.Millisecond)
+	w := &idleWatch{c: c, a: a, b: b, idle: idle, step: max(idle/8, time.Millisecond)}
+	w.start()
+	defer w.stop()
 	cp := func(dst, src net.Conn, n *atomic.Int64) {
 		bp := bufPool.Get().(*[]byte)
 		defer bufPool.Put(bp)
 		buf := *bp
-		seen := c.bytesIn.Load() + c.bytesOut.Load() // both counters at the last deadline
-		var quiet time.Duration                      // time without a byte either way, in steps
-		src.SetReadDeadline(time.Now().Add(step))
+		src.SetReadDeadline(time.Time{}) // none left from the handshake
 		for {
 			r, err := src.Read(buf)
 			if r > 0 {
@@ -161,16 +164,6 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 				n.Add(int64(r))
 			}
 			if err != nil {
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					if now := c.bytesIn.Load() + c.bytesOut.Load(); now != seen {
-						seen, quiet = now, 0
-					} else if quiet += step; quiet >= idle {
-						errc <- errIdle
-						return
-					}
-					src.SetReadDeadline(time.Now().Add(step))
-					continue
-				}
 				if errors.Is(err, io.EOF) {
 					if cw, ok := dst.(closeWriter); ok {
 						_ = cw.CloseWrite()
@@ -196,7 +189,57 @@ func pipe(c *connState, a, b net.Conn, idle time.Duration) error {
 			b.Close()
 		}
 	}
+	if w.fired.Load() {
+		return errIdle
+	}
 	return first
+}
+
+// idleWatch closes a pipe's two sides once neither moved a byte for idle,
+// looking every step (a time.AfterFunc: no goroutine between looks).
+type idleWatch struct {
+	c          *connState
+	a, b       net.Conn
+	idle, step time.Duration
+
+	t     atomic.Pointer[time.Timer]
+	done  atomic.Bool // pipe returned: no further look
+	fired atomic.Bool // closed as idle
+	// seen: both counters at the last look; quiet: the time since without
+	// a byte either way, in steps (atomics: successive looks run on
+	// different goroutines).
+	seen, quiet atomic.Int64
+}
+
+func (w *idleWatch) start() {
+	w.seen.Store(w.c.bytesIn.Load() + w.c.bytesOut.Load())
+	w.t.Store(time.AfterFunc(w.step, w.look))
+}
+
+func (w *idleWatch) stop() {
+	w.done.Store(true)
+	if t := w.t.Load(); t != nil {
+		t.Stop()
+	}
+}
+
+func (w *idleWatch) look() {
+	if w.done.Load() {
+		return
+	}
+	if now := w.c.bytesIn.Load() + w.c.bytesOut.Load(); now != w.seen.Load() {
+		w.seen.Store(now)
+		w.quiet.Store(0)
+	} else if w.quiet.Add(int64(w.step)) >= int64(w.idle) {
+		w.fired.Store(true)
+		w.a.Close()
+		w.b.Close()
+		return
+	}
+	for w.t.Load() == nil { // start has not stored the timer yet
+		runtime.Gosched()
+	}
+	w.t.Load().Reset(w.step)
 }
 
 var errIdle = errors.New("idle timeout")

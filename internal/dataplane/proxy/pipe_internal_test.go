@@ -274,3 +274,60 @@ func TestPipeIdleWhenTheClientStopsReading(t *testing.T) {
 		t.Fatal("a connection whose client stopped reading was never closed")
 	}
 }
+
+// flood writes to conn until a write fails.
+func flood(conn net.Conn) {
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := conn.Write(chunk); err != nil {
+			return
+		}
+	}
+}
+
+// waitIdle fails t unless pipe ends with the idle timeout.
+func waitIdle(t *testing.T, done <-chan error, what string) {
+	t.Helper()
+	select {
+	case err := <-done:
+		if !errors.Is(err, errIdle) {
+			t.Fatalf("pipe = %v, want the idle timeout", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal(what)
+	}
+}
+
+// TestPipeIdleWhenNeitherSideReads (attack, red team): the client and the
+// server both send and neither reads (an HTTP/1.1 client pipelining
+// requests without reading the responses, against a server that stops
+// reading while its responses are not taken), so both directions block in
+// Write and neither has a Read whose deadline could fire. Nothing moves:
+// the idle timeout must close the connection (it held it for good).
+func TestPipeIdleWhenNeitherSideReads(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	client, server, _, done := pipeUnderTest(t, idle)
+	go flood(client)
+	go flood(server)
+	waitIdle(t, done, "a connection where both sides send and neither reads was never closed: both directions block in Write")
+}
+
+// TestPipeIdleWhenTheClientHalfClosesAndStopsReading (attack, red team):
+// the client sends its request, half-closes and never reads; the server
+// answers with more than the socket buffers hold. The client->server
+// direction ended at the half-close, the server->client one blocks in
+// Write: the idle timeout must still close the connection (it held it
+// for good, the server's response stuck in it).
+func TestPipeIdleWhenTheClientHalfClosesAndStopsReading(t *testing.T) {
+	const idle = 200 * time.Millisecond
+	client, server, _, done := pipeUnderTest(t, idle)
+	if err := client.(*net.TCPConn).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	server.SetReadDeadline(time.Now().Add(30 * time.Second))
+	if _, err := server.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+		t.Fatalf("server read = %v, want EOF after the client's half-close", err)
+	}
+	go flood(server)
+	waitIdle(t, done, "a half-closed connection whose client stopped reading was never closed")
+}
