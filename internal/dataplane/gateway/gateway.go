@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -465,11 +466,41 @@ type closeWriter interface{ CloseWrite() error }
 // runs as splice(2) (no copy through user space); its read deadline is
 // renewed every idle/4 to notice idleness. A direction that ends cleanly
 // half-closes the other side.
+//
+// A direction blocked writing (its peer stopped reading) has no read
+// deadline that could fire, so a timer of the connection's own also looks
+// every window: after idle without a byte either way both sides are
+// closed. Without it, both sides sending and neither reading, or a caller
+// that half-closed and stopped reading, held the connection for good
+// (TestSpliceIdleWhenNeitherSideReads,
+// TestSpliceIdleWhenTheClientHalfClosesAndStopsReading).
 func splice(c *conn, a, b net.Conn, idle time.Duration) error {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
 	window := max(idle/4, time.Millisecond)
 	errc := make(chan error, 2)
+	var watch atomic.Pointer[time.Timer]
+	var ended, fired atomic.Bool
+	look := func() {
+		if ended.Load() {
+			return
+		}
+		if time.Since(time.Unix(0, last.Load())) >= idle {
+			fired.Store(true)
+			a.Close()
+			b.Close()
+			return
+		}
+		for watch.Load() == nil { // not stored yet
+			runtime.Gosched()
+		}
+		watch.Load().Reset(window)
+	}
+	watch.Store(time.AfterFunc(window, look))
+	defer func() {
+		ended.Store(true)
+		watch.Load().Stop()
+	}()
 	cp := func(dst, src net.Conn, n *atomic.Int64) {
 		for {
 			src.SetReadDeadline(time.Now().Add(window))
@@ -508,6 +539,9 @@ func splice(c *conn, a, b net.Conn, idle time.Duration) error {
 			a.Close()
 			b.Close()
 		}
+	}
+	if fired.Load() {
+		return errIdle
 	}
 	return first
 }
