@@ -52,12 +52,17 @@ func (s *Store) lintMode(ctx context.Context) (LintMode, int64, error) {
 	if err != nil {
 		return LintMode{}, 0, fmt.Errorf("reading the stored federation lint mode: %w", err)
 	}
+	return parseLintMode(kv.Value), kv.Revision, nil
+}
+
+// parseLintMode reads a stored mode; an unreadable one is enforced as
+// strict (fail closed).
+func parseLintMode(b []byte) LintMode {
 	var m LintMode
-	if err := json.Unmarshal(kv.Value, &m); err != nil || (m.Mode != LintWarn && m.Mode != LintStrict) {
-		// Fail closed: an unreadable mode is enforced as strict.
-		return LintMode{Mode: LintStrict}, kv.Revision, nil
+	if err := json.Unmarshal(b, &m); err != nil || (m.Mode != LintWarn && m.Mode != LintStrict) {
+		return LintMode{Mode: LintStrict}
 	}
-	return m, kv.Revision, nil
+	return m
 }
 
 // strict is the mode every store path enforces: this authority's own
@@ -72,6 +77,27 @@ func (s *Store) strict(ctx context.Context) (bool, error) {
 		return false, err
 	}
 	return m.Strict(), nil
+}
+
+// strictGuard is strict and, when not strict by this authority's own
+// configuration, the condition a store path that relied on a stored warn
+// mode puts in its batch: the mode key rewritten as read at its revision,
+// or deleted while it must not exist (no write when absent).
+func (s *Store) strictGuard(ctx context.Context) (bool, []store.Op, error) {
+	if s.strictFed {
+		return true, nil, nil
+	}
+	kv, err := s.st.Get(ctx, lintModeKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return false, []store.Op{{Key: lintModeKey, Delete: true, ExpectRevision: 0}}, nil
+	}
+	if err != nil {
+		return false, nil, fmt.Errorf("reading the stored federation lint mode: %w", err)
+	}
+	if m := parseLintMode(kv.Value); m.Strict() {
+		return true, nil, nil
+	}
+	return false, []store.Op{{Key: lintModeKey, Value: kv.Value, ExpectRevision: kv.Revision}}, nil
 }
 
 // RaiseFederationLint records strict as the cluster's mode if it is not

@@ -2,6 +2,7 @@ package policystore
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 
@@ -105,4 +106,76 @@ func (s beforeBatch) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 		return 0, err
 	}
 	return s.Store.Batch(ctx, ops)
+}
+
+// TestFirstApplyRacingTheRaiseIsRefused (attack, red team): with no
+// policy yet there is no head for the raise to rewrite, so an apply on a
+// warn authority that read the warn mode before another authority raised
+// it to strict (at its first unseal), and committed after, stored a set
+// strict refuses as the cluster's first version. The apply's batch now
+// carries a condition on the mode it read.
+func TestFirstApplyRacingTheRaiseIsRefused(t *testing.T) {
+	ctx := context.Background()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "p.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := New(st, &events{}, WithStrictFederationLint(true))
+	raisedOnce := false
+	a := New(beforeBatch{st, func(ctx context.Context) error {
+		if raisedOnce {
+			return nil
+		}
+		raisedOnce = true
+		_, err := b.RaiseFederationLint(ctx, "authority b", "config")
+		return err
+	}}, &events{})
+	_, err = a.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(openByPath)}, "")
+	if !raisedOnce || err == nil || errs.KindOf(err) != errs.Invalid {
+		t.Fatalf("a first apply that raced the raise was stored (raised %v): %v", raisedOnce, err)
+	}
+	if n, err := a.Current(ctx); err != nil || n != 0 {
+		t.Fatalf("current version %d (%v), want none stored", n, err)
+	}
+	// Without a race the warn store's guard changes nothing it stores:
+	// the mode stays strict, and a fenced set applies.
+	if _, err := a.Apply(ctx, "admin", map[string][]byte{"a.cedar": []byte(fencedByPath)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.FederationLint(ctx); err != nil || !m.Strict() || m.Actor != "authority b" {
+		t.Fatalf("stored mode: %+v %v", m, err)
+	}
+}
+
+// TestApplyInWarnModeKeepsTheStoredMode: the guard a warn apply with
+// warnings adds (the mode it read, rewritten as it is) leaves the stored
+// mode unchanged, absent or warn.
+func TestApplyInWarnModeKeepsTheStoredMode(t *testing.T) {
+	ctx := context.Background()
+	st, err := boltstore.Open(filepath.Join(t.TempDir(), "p.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	a := New(st, &events{})
+	open := map[string][]byte{"a.cedar": []byte(openByPath)}
+	if _, err := a.Apply(ctx, "admin", open, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Get(ctx, lintModeKey); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("a warn apply stored a mode: %v", err)
+	}
+	if _, err := a.SetFederationLint(ctx, "uid:0", LintStrict, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.SetFederationLint(ctx, "uid:0", LintWarn, "why"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Apply(ctx, "admin", map[string][]byte{"b.cedar": []byte(openByLabel)}, ""); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := a.FederationLint(ctx); err != nil || m.Mode != LintWarn || m.Actor != "uid:0" || m.Comment != "why" {
+		t.Fatalf("stored mode after a warn apply: %+v %v", m, err)
+	}
 }

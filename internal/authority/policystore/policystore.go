@@ -191,19 +191,20 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
 	}
 	var warnings []policy.Problem
-	next, err := s.versions.Commit(ctx, func(h versioned.Head) (Version, error) {
+	next, err := s.versions.CommitWith(ctx, func(h versioned.Head) (Version, []store.Op, error) {
+		var guard []store.Op
 		warnings = nil
 		var cur *Version
 		if h.Current != 0 {
 			v, err := s.Get(ctx, h.Current)
 			if err != nil {
-				return Version{}, err
+				return Version{}, nil, err
 			}
 			cur = &v
 		}
 		next, err := f(cur)
 		if err != nil {
-			return Version{}, err
+			return Version{}, nil, err
 		}
 		next.Number = h.Next()
 		next.Bundle.Version = next.Number
@@ -218,7 +219,7 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 			keep = append(slices.Clone(keep), s.tainted()...)
 		}
 		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
-			return Version{}, err
+			return Version{}, nil, err
 		}
 		switch {
 		case s.remote != nil:
@@ -234,13 +235,13 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		}
 		if s.principals != nil {
 			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
-				return Version{}, fmt.Errorf("reading principal attributes: %w", err)
+				return Version{}, nil, fmt.Errorf("reading principal attributes: %w", err)
 			}
 		}
 		next.Created = s.now().UTC()
 		set, err := s.Compile(next.Bundle)
 		if err != nil {
-			return Version{}, err
+			return Version{}, nil, err
 		}
 		next.PolicyCount = set.Len()
 		if cur == nil || !maps.EqualFunc(cur.Bundle.Files, next.Bundle.Files, slices.Equal) {
@@ -248,16 +249,21 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 			if len(warnings) > 0 {
 				// Read on every attempt: a mode raised by another
 				// authority while this one built the version counts.
-				strict, err := s.strict(ctx)
+				strict, g, err := s.strictGuard(ctx)
 				if err != nil {
-					return Version{}, err
+					return Version{}, nil, err
 				}
 				if strict {
-					return Version{}, federationRefusal(warnings)
+					return Version{}, nil, federationRefusal(warnings)
 				}
+				// Stored only if the mode is still the one read: a
+				// raise by another authority in between (with no
+				// policy yet, no head it could rewrite) fails the
+				// batch, and the next attempt reads strict.
+				guard = g
 			}
 		}
-		return next, nil
+		return next, guard, nil
 	})
 	if err != nil {
 		return Version{}, s.fail(ctx, op, fields, err)

@@ -110,13 +110,24 @@ func (s *Store[V]) List(ctx context.Context) ([]V, Head, error) {
 // another writer moved the head in between, it reads again and rebuilds
 // (bounded); an error of build's is returned as it is.
 func (s *Store[V]) Commit(ctx context.Context, build func(h Head) (V, error)) (V, error) {
+	return s.CommitWith(ctx, func(h Head) (V, []store.Op, error) {
+		v, err := build(h)
+		return v, nil, err
+	})
+}
+
+// CommitWith is Commit with build's ops stored in the same batch: guards
+// (a key rewritten at the revision build read, or deleted while it must
+// not exist) on other state the version depended on, so that a change of
+// it in between fails the batch and build runs again.
+func (s *Store[V]) CommitWith(ctx context.Context, build func(h Head) (V, []store.Op, error)) (V, error) {
 	var zero V
 	for attempt := 0; attempt < attempts; attempt++ {
 		h, rev, err := s.Head(ctx)
 		if err != nil {
 			return zero, err
 		}
-		v, err := build(h)
+		v, guards, err := build(h)
 		if err != nil {
 			return zero, err
 		}
@@ -131,10 +142,10 @@ func (s *Store[V]) Commit(ctx context.Context, build func(h Head) (V, error)) (V
 		}
 		hb, _ := json.Marshal(next)
 		// rev 0 (no head yet) means "head must not exist".
-		_, err = s.st.Batch(ctx, []store.Op{
+		_, err = s.st.Batch(ctx, append([]store.Op{
 			{Key: s.versionKey(n), Value: vb, ExpectRevision: 0},
 			{Key: s.headKey, Value: hb, ExpectRevision: rev},
-		})
+		}, guards...))
 		if errors.Is(err, store.ErrConflict) {
 			continue
 		}
