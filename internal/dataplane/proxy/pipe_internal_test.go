@@ -234,22 +234,8 @@ func BenchmarkPipe(b *testing.B) {
 func TestPipeIdleWhenTheServerStopsReading(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	client, _, _, done := pipeUnderTest(t, idle)
-	go func() {
-		chunk := make([]byte, 64<<10)
-		for {
-			if _, err := client.Write(chunk); err != nil {
-				return
-			}
-		}
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, errIdle) {
-			t.Fatalf("pipe = %v, want the idle timeout", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a connection whose server stopped reading was never closed: the client->server Write blocks, and nothing else watched the idle timeout")
-	}
+	go flood(client)
+	waitIdle(t, done, "a connection whose server stopped reading was never closed: the client->server Write blocks, and nothing else watched the idle timeout")
 }
 
 // TestPipeIdleWhenTheClientStopsReading: the mirror case, the server
@@ -257,22 +243,8 @@ func TestPipeIdleWhenTheServerStopsReading(t *testing.T) {
 func TestPipeIdleWhenTheClientStopsReading(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	_, server, _, done := pipeUnderTest(t, idle)
-	go func() {
-		chunk := make([]byte, 64<<10)
-		for {
-			if _, err := server.Write(chunk); err != nil {
-				return
-			}
-		}
-	}()
-	select {
-	case err := <-done:
-		if !errors.Is(err, errIdle) {
-			t.Fatalf("pipe = %v, want the idle timeout", err)
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatal("a connection whose client stopped reading was never closed")
-	}
+	go flood(server)
+	waitIdle(t, done, "a connection whose client stopped reading was never closed")
 }
 
 // flood writes to conn until a write fails.
