@@ -7,8 +7,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/wardproject/ward/internal/testutil/netutil"
 )
 
 // TestCrashLoopingAgentDisplacesAtTheProxy runs an honest agent that
@@ -25,34 +23,15 @@ func TestCrashLoopingAgentDisplacesAtTheProxy(t *testing.T) {
 			t.Skip("openssl not installed (it is in the test dependencies)")
 		}
 	}
-	dir := t.TempDir()
-	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
-	s.InitAndUnseal()
-	a := s.Addr
-	pub := PublicDir(t)
-	bundle := filepath.Join(pub, "bundle.pem")
-	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
-	const payments = "spiffe://e2e.example.org/payments"
-	MustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
-		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-	pub2 := PublicDir(t)
-	token2 := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-2", "-q"))
-	MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments-api",
-		"--parent", "spiffe://e2e.example.org/ward/agent/node-2", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-	ag2 := startAgentProc(t, pub2, nodeAPI, bundle, token2)
-	ag2.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
-	pol := filepath.Join(dir, "p.cedar")
-	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
-	MustWard(t, a, "", "policy", "apply", pol)
-	inbound, logs := startPaymentsProxy(t, dir, ag2.Socket, filepath.Join(pub2, "policy.sock"))
+	sc := startPaymentsScenario(t)
+	a, dir, pub, inbound, logs := sc.addr, sc.dir, sc.pub, sc.inbound, sc.logs
 
 	var first, newest *stolen
 	from := 0 // the proxy's log after the first SVID was allowed
 	for i := range 10 {
 		token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
 		os.RemoveAll(filepath.Join(pub, "agent-data")) // a crash loop without the data directory
-		ag := startAgentProc(t, pub, nodeAPI, bundle, token)
+		ag := startAgentProc(t, pub, sc.nodeAPI, sc.bundle, token)
 		ag.WaitStatus(fmt.Sprintf("restart %d: 1 SVID", i), func(st AgentStatus) bool { return st.SVIDs == 1 })
 		sv := fetchX509SVID(t, ag.Socket)
 		d := filepath.Join(dir, fmt.Sprintf("start-%d", i))

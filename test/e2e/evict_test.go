@@ -11,6 +11,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // TestEvictRevokesAtTheProxy runs the attack of a compromised node: a
@@ -23,33 +24,11 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 	if _, err := exec.LookPath("openssl"); err != nil {
 		t.Skip("openssl not installed (it is in the test dependencies)")
 	}
-	dir := t.TempDir()
-	nodeAPI := netutil.FreeLoopbackAddr(t)
-	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
-	s.InitAndUnseal()
-	a := s.Addr
-	pub := PublicDir(t)
-	bundle := filepath.Join(pub, "bundle.pem")
-	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	sc := startPaymentsScenario(t)
+	a, dir, inbound, logs := sc.addr, sc.dir, sc.inbound, sc.logs
 	token := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
-	const payments = "spiffe://e2e.example.org/payments"
-	MustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
-		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-	ag := startAgentProc(t, pub, nodeAPI, bundle, token)
+	ag := startAgentProc(t, sc.pub, sc.nodeAPI, sc.bundle, token)
 	ag.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
-	// node-2 runs the proxy, with an identity of its own.
-	pub2 := PublicDir(t)
-	token2 := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-2", "-q"))
-	MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments-api",
-		"--parent", "spiffe://e2e.example.org/ward/agent/node-2", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
-	ag2 := startAgentProc(t, pub2, nodeAPI, bundle, token2)
-	ag2.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
-	pol := filepath.Join(dir, "p.cedar")
-	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
-	MustWard(t, a, "", "policy", "apply", pol)
-
-	// A real ward proxy in front of an app that accepts and discards.
-	inbound, logs := startPaymentsProxy(t, dir, ag2.Socket, filepath.Join(pub2, "policy.sock"))
 
 	// The workload's current SVID: what an attacker who stole it keeps.
 	fetch := func() *x509svid.SVID { t.Helper(); return fetchX509SVID(t, ag.Socket) }
@@ -87,4 +66,44 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 	if n := countLines(logs.String(), oldSerial, "allow"); n != allows {
 		t.Fatalf("old chain allowed again after the deny: %d allow lines, was %d", n, allows)
 	}
+}
+
+// paymentsScenario is the stage of the node-compromise tests (evict,
+// crash loop): an authority with its Node API, the CA bundle, an entry
+// for spiffe://e2e.example.org/payments under node-1 (whose agent the test
+// starts itself), node-2's agent with an identity of its own, a policy
+// that lets payments connect to the payments service, and a real inbound
+// `ward proxy` on node-2 (startPaymentsProxy).
+type paymentsScenario struct {
+	addr, dir, pub, bundle, nodeAPI string
+	inbound                         string
+	logs                            *syncbuf.Buffer
+}
+
+func startPaymentsScenario(t *testing.T) *paymentsScenario {
+	t.Helper()
+	dir := t.TempDir()
+	nodeAPI := netutil.FreeLoopbackAddr(t)
+	s := StartServer(t, dir, WriteConfig(t, dir, fmt.Sprintf("identity:\n  node_api_address: %s\n", nodeAPI)))
+	s.InitAndUnseal()
+	a := s.Addr
+	pub := PublicDir(t)
+	bundle := filepath.Join(pub, "bundle.pem")
+	MustWard(t, a, "", "ca", "bundle", "-o", bundle)
+	const payments = "spiffe://e2e.example.org/payments"
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", payments,
+		"--parent", "spiffe://e2e.example.org/ward/agent/node-1", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	// node-2 runs the proxy, with an identity of its own.
+	pub2 := PublicDir(t)
+	token2 := strings.TrimSpace(MustWard(t, a, "", "token", "create", "--ttl", "10m", "--agent-path", "node-2", "-q"))
+	MustWard(t, a, "", "entry", "create", "--spiffe-id", "spiffe://e2e.example.org/payments-api",
+		"--parent", "spiffe://e2e.example.org/ward/agent/node-2", "--selector", fmt.Sprintf("unix:uid:%d", os.Getuid()))
+	ag2 := startAgentProc(t, pub2, nodeAPI, bundle, token2)
+	ag2.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
+	pol := filepath.Join(dir, "p.cedar")
+	os.WriteFile(pol, []byte(`permit(principal == Workload::"`+payments+`", action == Action::"connect", resource == Service::"payments");`), 0o600)
+	MustWard(t, a, "", "policy", "apply", pol)
+	// A real ward proxy in front of an app that accepts and discards.
+	inbound, logs := startPaymentsProxy(t, dir, ag2.Socket, filepath.Join(pub2, "policy.sock"))
+	return &paymentsScenario{addr: a, dir: dir, pub: pub, bundle: bundle, nodeAPI: nodeAPI, inbound: inbound, logs: logs}
 }
