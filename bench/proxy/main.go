@@ -409,12 +409,7 @@ func fixedRate(addr string) (p50, p99 time.Duration, achieved float64, errs int6
 			defer wg.Done()
 			offset := interval * time.Duration(i) / time.Duration(*conns)
 			for k := 0; k < perConn; k++ {
-				at := start.Add(offset + time.Duration(k)*interval)
-				if d := time.Until(at); d > 0 {
-					time.Sleep(d)
-				} else if -d > time.Millisecond {
-					late.Add(1)
-				}
+				waitSlot(start.Add(offset+time.Duration(k)*interval), &late)
 				t0 := time.Now()
 				if err := ec.do(); err != nil {
 					e.Add(1)
