@@ -36,6 +36,15 @@ const (
 	// DefaultTimeout bounds every call to the authority; the apiserver
 	// gives a KMS v2 call 3 s in all.
 	DefaultTimeout = 2 * time.Second
+	// RetryAfterFailure is how long a failed Status round trip (or a call
+	// of the apiserver's refused for every call) is reused: the next
+	// Status after it asks the authority again, so a blip (one call lost)
+	// clears within about a second instead of a health TTL, while an
+	// authority that stays down is asked at most about once a second
+	// (plus the round trip's own time: concurrent Status calls wait for
+	// the one in flight), never once per apiserver poll. At most the
+	// health TTL.
+	RetryAfterFailure = time.Second
 )
 
 // Config is the plugin's YAML configuration file.

@@ -154,8 +154,8 @@ func (e *mtlsEnv) pluginFor(t *testing.T, nodeAPI string, serverID spiffeid.ID) 
 	return e.pluginTTL(t, nodeAPI, serverID, "1ms")
 }
 
-// pluginTTL is pluginFor with the health_ttl given.
-func (e *mtlsEnv) pluginTTL(t *testing.T, nodeAPI string, serverID spiffeid.ID, ttl string) (kmsapi.KeyManagementServiceClient, *NodeAPIAuthority, *Config) {
+// pluginTTL is pluginFor with the health_ttl (and the plugin's options) given.
+func (e *mtlsEnv) pluginTTL(t *testing.T, nodeAPI string, serverID spiffeid.ID, ttl string, opts ...Option) (kmsapi.KeyManagementServiceClient, *NodeAPIAuthority, *Config) {
 	t.Helper()
 	sock := filepath.Join(t.TempDir(), "kms.sock")
 	cfg, err := ParseConfig(fmt.Appendf(nil, "socket: %s\ncluster: prod-1\nkey: k8s/etcd\nhealth_ttl: %s\nauthority:\n  node_api: %s\n  server_id: %s\n  workload_api_socket: %s\n",
@@ -179,7 +179,7 @@ func (e *mtlsEnv) pluginTTL(t *testing.T, nodeAPI string, serverID spiffeid.ID, 
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
-	go func() { served <- New(cfg, auth).Serve(ctx, ln) }()
+	go func() { served <- New(cfg, auth, opts...).Serve(ctx, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		if err := <-served; err != nil {
@@ -316,7 +316,10 @@ func TestMTLSMode(t *testing.T) {
 	kc, auth, cfg := e.pluginFor(t, e.nodeAPI, serverID)
 	// slow reuses what it learned for a minute: it must still say not-ok
 	// as soon as it knows it cannot be served (its SVID refused or expired).
-	slow, slowAuth, _ := e.pluginTTL(t, e.nodeAPI, serverID, "1m")
+	// It reuses a refusal for a minute too (the default, a second, could
+	// pass on a loaded machine between the refused call and the Status
+	// that must not ask the authority).
+	slow, slowAuth, _ := e.pluginTTL(t, e.nodeAPI, serverID, "1m", WithRetryAfterFailure(time.Minute))
 	if st, err := os.Lstat(cfg.Socket); err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("plugin socket: %v %v", st.Mode(), err)
 	}

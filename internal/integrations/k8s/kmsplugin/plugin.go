@@ -68,6 +68,7 @@ type Plugin struct {
 	key       string
 	encCtx    map[string]string
 	healthTTL time.Duration
+	failTTL   time.Duration // how long a failure is reused (RetryAfterFailure, at most healthTTL)
 	timeout   time.Duration
 	now       func() time.Time
 
@@ -83,8 +84,10 @@ type Plugin struct {
 }
 
 // health is what the plugin last learned of the authority: reused by
-// Status for the health TTL, whether good or bad, so that however often
-// the apiserver asks, Status calls the authority at most once per TTL.
+// Status, a success for the health TTL and a failure for
+// RetryAfterFailure, so that however often the apiserver asks, Status
+// calls the authority at most once per TTL while it answers and about
+// once a second while it does not.
 type health struct {
 	at      time.Time // when it was learned (zero: nothing to reuse)
 	cred    string    // the credential the calls rode on (Ready), "" if none
@@ -108,6 +111,10 @@ type Option func(*Plugin)
 // WithClock replaces time.Now (tests).
 func WithClock(now func() time.Time) Option { return func(p *Plugin) { p.now = now } }
 
+// WithRetryAfterFailure replaces RetryAfterFailure (tests that must see a
+// failure reused for longer than a loaded machine may take between calls).
+func WithRetryAfterFailure(d time.Duration) Option { return func(p *Plugin) { p.failTTL = d } }
+
 // New returns the plugin for cfg (validated by ParseConfig) over auth.
 func New(cfg *Config, auth Authority, opts ...Option) *Plugin {
 	p := &Plugin{
@@ -122,9 +129,11 @@ func New(cfg *Config, auth Authority, opts ...Option) *Plugin {
 	if p.timeout <= 0 {
 		p.timeout = DefaultTimeout
 	}
+	p.failTTL = RetryAfterFailure
 	for _, o := range opts {
 		o(p)
 	}
+	p.failTTL = min(p.failTTL, p.healthTTL)
 	return p
 }
 
@@ -156,17 +165,20 @@ func ParseKeyID(id string) (key string, v uint32, err error) {
 
 // Status reports "ok" only after a real encrypt/decrypt round trip through
 // the authority, else the reason; key_id names the key's newest version,
-// so a rotation changes it and the apiserver makes a new DEK seed. What a
-// round trip said, good or bad, is reused for the health TTL: Status never
-// calls the authority more than once per TTL however often it is asked.
-// It says not-ok sooner when the plugin knows it cannot be served: no
-// valid SVID (expired, or none from the agent: checked on every Status,
-// locally), or an Encrypt or Decrypt of the apiserver's refused (the
-// plugin's identity denied or unauthenticated, the TLS handshake failed,
-// the authority sealed). An unhealthy Status carries no key_id: the
-// apiserver extends its write seed's 3-minute expiry on every Status whose
-// key_id matches, healthy or not, so a key_id kept while the authority is
-// sealed let it write under the cached seed for as long as the seal lasted
+// so a rotation changes it and the apiserver makes a new DEK seed. A good
+// round trip is reused for the health TTL; a failed one only for
+// RetryAfterFailure, so a blip clears at the first Status a second later
+// while an authority that stays down is asked about once a second,
+// however often Status is polled (concurrent callers wait for the round
+// trip in flight). It says not-ok sooner when the plugin knows it cannot
+// be served: no valid SVID (expired, or none from the agent: checked on
+// every Status, locally), or an Encrypt or Decrypt of the apiserver's
+// refused (the plugin's identity denied or unauthenticated, the TLS
+// handshake failed, the authority sealed, the key gone). An unhealthy
+// Status carries no key_id: the apiserver extends its write seed's
+// 3-minute expiry on every Status whose key_id matches, healthy or not,
+// so a key_id kept while the authority is sealed let it write under the
+// cached seed for as long as the seal lasted
 // (TestKMSPluginSealedBeyondWriteTTL); without it, writes stop 3 minutes
 // after the last healthy Status, as KMS v2 bounds them.
 func (p *Plugin) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.StatusResponse, error) {
@@ -180,8 +192,9 @@ func (p *Plugin) Status(ctx context.Context, _ *kmsapi.StatusRequest) (*kmsapi.S
 
 // Health returns "ok" or the reason the plugin is not healthy, and the
 // newest key version known (0: none yet). It makes at most one round trip
-// per health TTL (concurrent callers wait for the one in flight), more
-// only when a key version or the plugin's SVID changed since.
+// per health TTL while they succeed and one per RetryAfterFailure while
+// they fail (concurrent callers wait for the one in flight), more only
+// when a key version or the plugin's SVID changed since.
 func (p *Plugin) Health(ctx context.Context) (string, uint32) {
 	cred, err := p.ready()
 	if err != nil {
@@ -217,28 +230,39 @@ func (p *Plugin) ready() (string, error) {
 	return "", nil
 }
 
-// cached returns what Status learned last if it is still to be reused: within
-// the TTL and with the same credential.
+// cached returns what Status learned last if it is still to be reused: with
+// the same credential, a success within the health TTL, a failure within
+// RetryAfterFailure.
 func (p *Plugin) cached(cred string) (string, uint32, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.last.at.IsZero() || p.last.cred != cred || p.now().Sub(p.last.at) >= p.healthTTL {
+	ttl := p.healthTTL
+	if p.last.healthz != "ok" {
+		ttl = p.failTTL
+	}
+	if p.last.at.IsZero() || p.last.cred != cred || p.now().Sub(p.last.at) >= ttl {
 		return "", 0, false
 	}
 	return p.last.healthz, p.version, true
 }
 
 // refused records a call of the apiserver's that says the plugin cannot be
-// served now (cannotServe): Status reports it until the TTL has passed or
-// the plugin's SVID changed, without asking the authority. A Decrypt's
+// served now (cannotServe): Status reports it, without asking the
+// authority, until RetryAfterFailure has passed (then its own round trip
+// tells) or the plugin's SVID changed. A Decrypt's
 // PermissionDenied is not taken as such: the authority answers that too
 // for a ciphertext that fails authentication, and what Decrypt carries
 // comes from etcd, not from the plugin, so one altered object (read again
 // on every list) would keep Status not-ok, and the apiserver off the
 // plugin, for every object; Status's own round trip finds out within the
 // TTL whether the plugin's identity is denied.
+//
+// An Encrypt's NotFound is taken as such: Encrypt names only the plugin's
+// key, so the key is gone for every call (a Decrypt's NotFound names a
+// version of one ciphertext).
 func (p *Plugin) refused(err error, decrypt bool) {
-	if !cannotServe(err) || (decrypt && status.Code(err) == codes.PermissionDenied) {
+	keyGone := !decrypt && causeOf(err) == causeNotFound
+	if !keyGone && (!cannotServe(err) || (decrypt && status.Code(err) == codes.PermissionDenied)) {
 		return
 	}
 	cred, _ := p.ready()

@@ -209,18 +209,18 @@ func TestStatusReasons(t *testing.T) {
 			if r.KeyId != "" {
 				t.Fatalf("key_id %q while unhealthy, want none", r.KeyId)
 			}
-			// A failure is reused for the TTL like a success (Status is no
+			// A failure is reused for RetryAfterFailure (Status is no
 			// amplifier: TestStatusCallsTheAuthorityOncePerTTL), and
 			// recovery shows at the first Status after it.
 			f.setFail(nil)
 			before, _ := f.calls()
 			if r := status_(t, p); !strings.HasPrefix(r.Healthz, c.want) || r.KeyId != "" {
-				t.Fatalf("within the TTL of the failure: %+v", r)
+				t.Fatalf("within RetryAfterFailure of the failure: %+v", r)
 			}
 			if after, _ := f.calls(); after != before {
-				t.Fatal("a Status within the TTL of a failed round trip called the authority")
+				t.Fatal("a Status within RetryAfterFailure of a failed round trip called the authority")
 			}
-			clk.add(DefaultHealthTTL)
+			clk.add(RetryAfterFailure)
 			if r := status_(t, p); r.Healthz != "ok" || r.KeyId != "ward:k8s/etcd:1" {
 				t.Fatalf("after recovery: %+v", r)
 			}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,18 +53,25 @@ func statusStorm(t *testing.T, p *Plugin, f *fakeAuthority, callers, n int) map[
 }
 
 // TestStatusCallsTheAuthorityOncePerTTL: however often and however many
-// at once ask, Status makes at most one round trip per health TTL, healthy
-// or not: a failing authority is not asked again for every poll (nor is a
-// refusal audited again for each).
+// at once ask, Status makes at most one round trip per health TTL while
+// the authority answers, and one per RetryAfterFailure while it fails: a
+// failing authority is not asked again for every poll (nor is a refusal
+// audited again for each).
 func TestStatusCallsTheAuthorityOncePerTTL(t *testing.T) {
 	p, f, clk := newTestPlugin(t)
 	seen := statusStorm(t, p, f, 64, 10)
 	if e, d := f.calls(); e != 1 || d != 1 || seen["ok"] != 640 {
 		t.Fatalf("640 concurrent Status calls: %d encrypts, %d decrypts, healthz %v; want one round trip, all ok", e, d, seen)
 	}
+	// Within the TTL of the success: not asked again.
+	clk.add(DefaultHealthTTL - time.Millisecond)
+	statusStorm(t, p, f, 16, 4)
+	if e, _ := f.calls(); e != 1 {
+		t.Fatalf("%d encrypts within the TTL of a success, want 1", e)
+	}
 
 	f.setFail(status.Error(codes.Unavailable, "connection refused"))
-	clk.add(DefaultHealthTTL)
+	clk.add(time.Millisecond)
 	seen = statusStorm(t, p, f, 64, 10)
 	if e, _ := f.calls(); e != 2 || len(seen) != 1 {
 		t.Fatalf("640 concurrent Status calls against a failing authority: %d encrypts in all (want 2), healthz %v", e, seen)
@@ -73,25 +81,111 @@ func TestStatusCallsTheAuthorityOncePerTTL(t *testing.T) {
 			t.Fatalf("healthz %q", h)
 		}
 	}
-	// Still within the TTL of the failed round trip: not asked again.
-	clk.add(DefaultHealthTTL - time.Millisecond)
+	// Still within RetryAfterFailure of the failed round trip: not asked
+	// again.
+	clk.add(RetryAfterFailure - time.Millisecond)
 	statusStorm(t, p, f, 16, 4)
 	if e, _ := f.calls(); e != 2 {
-		t.Fatalf("%d encrypts within the TTL of a failure, want 2", e)
+		t.Fatalf("%d encrypts within RetryAfterFailure of a failure, want 2", e)
 	}
 	// Past it: asked once more.
 	clk.add(time.Millisecond)
 	statusStorm(t, p, f, 16, 4)
 	if e, _ := f.calls(); e != 3 {
-		t.Fatalf("%d encrypts once the TTL of the failure passed, want 3", e)
+		t.Fatalf("%d encrypts once RetryAfterFailure of the failure passed, want 3", e)
+	}
+}
+
+// TestStatusBlipClearsSoon: one failed round trip (a blip: a call lost, an
+// authority restarting) is not reported for the whole health TTL: the
+// first Status RetryAfterFailure later asks again and is ok with its
+// key_id, long before the TTL (the apiserver polls every 10 s while the
+// plugin is unhealthy: a minute-long TTL held it off the plugin for a
+// minute).
+func TestStatusBlipClearsSoon(t *testing.T) {
+	cfg, err := ParseConfig([]byte(testConfig + "health_ttl: 1m\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeAuthority{key: "k8s/etcd", version: 1, minVer: 1}
+	clk := &clock{t: time.Unix(1_800_000_000, 0)}
+	p := New(cfg, f, WithClock(clk.now))
+	if r := status_(t, p); r.Healthz != "ok" {
+		t.Fatal(r.Healthz)
+	}
+	clk.add(time.Minute)
+	f.setFail(status.Error(codes.Unavailable, "connection reset by peer"))
+	if r := status_(t, p); !strings.HasPrefix(r.Healthz, "authority unreachable: ") || r.KeyId != "" {
+		t.Fatalf("status during the blip: %+v", r)
+	}
+	f.setFail(nil)
+	clk.add(RetryAfterFailure)
+	if r := status_(t, p); r.Healthz != "ok" || r.KeyId != "ward:k8s/etcd:1" {
+		t.Fatalf("status %s after the blip (health_ttl 1m): %+v, want ok", RetryAfterFailure, r)
+	}
+	// And the success is reused for the TTL again.
+	e, _ := f.calls()
+	clk.add(time.Minute - time.Millisecond)
+	status_(t, p)
+	if e2, _ := f.calls(); e2 != e {
+		t.Fatal("a success after a blip was not reused for the health TTL")
+	}
+}
+
+// TestStatusHammeredDuringOutage (attack on the authority through the
+// plugin): an apiserver (or anything that reaches the socket) polling
+// Status as fast as it can while the authority is down makes at most one
+// round trip per RetryAfterFailure, and the outage is reported on every
+// poll. Simulated over 30 s of the plugin's clock, in steps of 10 ms with
+// 8 concurrent pollers each.
+func TestStatusHammeredDuringOutage(t *testing.T) {
+	p, f, clk := newTestPlugin(t)
+	if r := status_(t, p); r.Healthz != "ok" {
+		t.Fatal(r.Healthz)
+	}
+	f.setFail(status.Error(codes.Unavailable, "connection refused"))
+	clk.add(DefaultHealthTTL)
+	e0, _ := f.calls()
+	const span, step = 30 * time.Second, 10 * time.Millisecond
+	polls := 0
+	for elapsed := time.Duration(0); elapsed < span; elapsed += step {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var bad string
+		for range 8 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, _ := p.Status(context.Background(), &kmsapi.StatusRequest{})
+				if !strings.HasPrefix(r.Healthz, "authority unreachable: ") || r.KeyId != "" {
+					mu.Lock()
+					bad = r.Healthz + " " + r.KeyId
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		if bad != "" {
+			t.Fatalf("Status during the outage: %s", bad)
+		}
+		polls += 8
+		clk.add(step)
+	}
+	e, _ := f.calls()
+	rounds := e - e0
+	limit := int(span/RetryAfterFailure) + 1
+	t.Logf("%d Status polls over %s of outage: %d round trips (limit %d)", polls, span, rounds, limit)
+	if rounds > limit || rounds < limit-1 {
+		t.Fatalf("%d round trips for %d polls over %s of outage, want about one per %s (%d)", rounds, polls, span, RetryAfterFailure, limit)
 	}
 }
 
 // TestStatusNotOKOnceACallIsRefused: a call of the apiserver's refused in a
 // way that holds for every call (identity denied or unauthenticated, TLS
-// handshake failed, authority sealed) turns Status not-ok at once, not a
-// TTL later, without asking the authority; a failure that concerns one
-// object or one attempt does not.
+// handshake failed, authority sealed, the key gone from an Encrypt) turns
+// Status not-ok at once, not a TTL later, without asking the authority; a
+// failure that concerns one object or one attempt does not (a Decrypt's
+// NotFound: TestStatusDecryptNotFoundStaysOK).
 func TestStatusNotOKOnceACallIsRefused(t *testing.T) {
 	ctx := context.Background()
 	seed := []byte("0123456789abcdef0123456789abcdef")
@@ -106,7 +200,7 @@ func TestStatusNotOKOnceACallIsRefused(t *testing.T) {
 		{"sealed", status.Error(codes.FailedPrecondition, "the authority is sealed"), "authority sealed: "},
 		{"no SVID", &SVIDError{msg: "the plugin's X509-SVID expired"}, "no valid SVID: "},
 		{"one attempt unavailable", status.Error(codes.Unavailable, "connection reset"), ""},
-		{"not found", status.Error(codes.NotFound, "key not found"), ""},
+		{"key gone", status.Error(codes.NotFound, "key not found"), "key not found: "},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -144,6 +238,49 @@ func TestStatusNotOKOnceACallIsRefused(t *testing.T) {
 				t.Fatalf("after recovery: %+v", r)
 			}
 		})
+	}
+}
+
+// decryptNotFound answers Decrypt with NotFound while on, as the authority
+// does for a ciphertext naming a version the key does not have.
+type decryptNotFound struct {
+	*fakeAuthority
+	on *atomic.Bool
+}
+
+func (d decryptNotFound) Decrypt(ctx context.Context, ct []byte, encCtx map[string]string) ([]byte, error) {
+	if d.on.Load() {
+		return nil, status.Error(codes.NotFound, `key "k8s/etcd" has no version 9 (latest is 1)`)
+	}
+	return d.fakeAuthority.Decrypt(ctx, ct, encCtx)
+}
+
+// TestStatusDecryptNotFoundStaysOK: a Decrypt's NotFound concerns the
+// ciphertext (a version the key never had: an object altered in etcd), not
+// the plugin, unlike an Encrypt's (the plugin's key gone): Status stays ok
+// with its key_id, without a round trip.
+func TestStatusDecryptNotFoundStaysOK(t *testing.T) {
+	_, f, clk := newTestPlugin(t)
+	on := &atomic.Bool{}
+	p := New(&Config{Cluster: "prod-1", Key: "k8s/etcd"}, decryptNotFound{f, on}, WithClock(clk.now))
+	if r := status_(t, p); r.Healthz != "ok" {
+		t.Fatal(r.Healthz)
+	}
+	enc, err := p.Encrypt(context.Background(), &kmsapi.EncryptRequest{Plaintext: []byte("seed")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	on.Store(true)
+	if _, err := p.Decrypt(context.Background(), &kmsapi.DecryptRequest{Ciphertext: enc.Ciphertext, KeyId: enc.KeyId}); status.Code(err) != codes.NotFound {
+		t.Fatal(err)
+	}
+	on.Store(false)
+	e, _ := f.calls()
+	if r := status_(t, p); r.Healthz != "ok" || r.KeyId != "ward:k8s/etcd:1" {
+		t.Fatalf("Status after a Decrypt's NotFound: %+v", r)
+	}
+	if e2, _ := f.calls(); e2 != e {
+		t.Fatal("Status made a round trip within the TTL of a success")
 	}
 }
 
