@@ -72,7 +72,10 @@ func BenchmarkPluginPathNoopAuthority(b *testing.B) {
 			}
 			ctx, cancel := context.WithCancel(context.Background())
 			served := make(chan struct{})
-			go func() { New(&Config{Socket: sock, Cluster: "bench", Key: "k8s/etcd"}, ClientAuthority(c)).Serve(ctx, pln); close(served) }()
+			go func() {
+				New(&Config{Socket: sock, Cluster: "bench", Key: "k8s/etcd"}, ClientAuthority(c)).Serve(ctx, pln)
+				close(served)
+			}()
 			defer func() { cancel(); <-served }()
 			conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 			if err != nil {
