@@ -1,16 +1,14 @@
 package cli
 
 import (
-	"context"
 	"fmt"
 	"net"
-	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	gsw "github.com/spiffe/go-spiffe/v2/workloadapi"
 
-	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/client"
 	"github.com/wardproject/ward/internal/integrations/k8s/webhook"
 	"github.com/wardproject/ward/internal/shared/reconnect"
 )
@@ -97,22 +95,13 @@ admits with those messages as admission warnings.
 }
 
 // checkWebhookTable reads the KMS classification table from the authority
-// and checks the file covers exactly it.
+// and checks the file covers exactly it (webhook.Config.CheckAuthorityTable:
+// each attempt bounded so a silent authority leaves time for the next).
 func checkWebhookTable(cmd *cobra.Command, cfg *webhook.Config) error {
-	c, err := dialIntegrationAuthority(cmd, cfg.Authority.Address, cfg.Authority.ServerUID, "webhook")
+	c, err := dialIntegrationAuthority(cmd, cfg.Authority.Address, cfg.Authority.ServerUID, "webhook", client.WithAttemptTimeout(cfg.Authority.AttemptTimeout()))
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	ctx, cancel := context.WithTimeout(cmd.Context(), 10*time.Second)
-	defer cancel()
-	resp, err := c.Keys.ListClassifications(ctx, &wardv1.ListClassificationsRequest{})
-	if err != nil {
-		return fmt.Errorf("reading the classification table from the authority: %w", err)
-	}
-	var names []string
-	for _, cl := range resp.Classifications {
-		names = append(names, cl.Name)
-	}
-	return cfg.CheckTable(names)
+	return cfg.CheckAuthorityTable(cmd.Context(), c)
 }
