@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -108,8 +109,15 @@ type nodeAPIServer struct {
 // Several of them stand for several authorities sharing one store.
 func (e *mtlsEnv) serveNodeAPI(t *testing.T) nodeAPIServer {
 	t.Helper()
+	return e.serveNodeAPIWith(t, nil)
+}
+
+// serveNodeAPIWith is serveNodeAPI with available as the Node API's
+// Config.Available (nil: always available).
+func (e *mtlsEnv) serveNodeAPIWith(t *testing.T, available func() (<-chan struct{}, error)) nodeAPIServer {
+	t.Helper()
 	a := e.a
-	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a, KMS: a.KMS, Policy: a.Policy, AgentSVIDTTL: time.Hour})
+	srv, err := nodeapi.New(nodeapi.Config{CA: a.CA, Registry: a.Registry, Audit: a, KMS: a.KMS, Policy: a.Policy, AgentSVIDTTL: time.Hour, Available: available})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -626,23 +634,36 @@ func TestMTLSModeWithoutAgent(t *testing.T) {
 
 // TestMTLSModeFailsOver: with node_api naming two authorities (two Node
 // APIs over one store), the plugin in the mTLS mode keeps serving when the
-// first one stops, or is cut off by a partition that drops its packets
+// first one stops, is cut off by a partition that drops its packets
 // (connections open, no answer: each attempt is bounded by half the
 // call's timeout, or the first authority would take the whole call and
-// every call would fail): its calls, and Status's round trips, go to the
-// second. The agent has a Node API of its own, which stays up.
+// every call would fail), or is cut off from the etcd the authorities
+// share (it answers every call at once with Unavailable, as an HA
+// authority whose lease lapsed does): its calls, and Status's round trips,
+// go to the second. The agent has a Node API of its own, which stays up.
 func TestMTLSModeFailsOver(t *testing.T) {
-	for _, c := range []struct {
-		name string
-		cut  bool
-	}{{"first authority stopped", false}, {"first authority cut off", true}} {
-		t.Run(c.name, func(t *testing.T) {
+	const (
+		stopped = "first authority stopped"
+		cut     = "first authority cut off"
+		noStore = "first authority cut off from its store"
+	)
+	for _, name := range []string{stopped, cut, noStore} {
+		t.Run(name, func(t *testing.T) {
 			e := newMTLSEnv(t)
 			ctx := context.Background()
-			first, second := e.serveNodeAPI(t), e.serveNodeAPI(t)
+			var lost atomic.Bool
+			var refused atomic.Int64 // calls the cut-off authority answered Unavailable
+			first := e.serveNodeAPIWith(t, func() (<-chan struct{}, error) {
+				if lost.Load() {
+					refused.Add(1)
+					return nil, errors.New("this authority is cut off from etcd (its lease was not renewed within the lease TTL): try another authority")
+				}
+				return nil, nil
+			})
+			second := e.serveNodeAPI(t)
 			firstAddr := first.addr
 			var link *netutil.Blackhole
-			if c.cut {
+			if name == cut {
 				link = netutil.NewBlackhole(t, first.addr)
 				firstAddr = link.Addr()
 			}
@@ -660,9 +681,12 @@ func TestMTLSModeFailsOver(t *testing.T) {
 				t.Fatalf("before the failover: %d connections to the first authority, %d to the second; want the first only", first.accepted.Load(), second.accepted.Load())
 			}
 
-			if c.cut {
+			switch name {
+			case cut:
 				link.Cut()
-			} else {
+			case noStore:
+				lost.Store(true)
+			default:
 				first.srv.Stop()
 				if conn, err := net.DialTimeout("tcp", first.addr, time.Second); err == nil {
 					conn.Close()
@@ -677,6 +701,9 @@ func TestMTLSModeFailsOver(t *testing.T) {
 			})
 			if second.accepted.Load() == 0 {
 				t.Fatal("no connection reached the second authority")
+			}
+			if name == noStore && refused.Load() == 0 {
+				t.Fatal("the cut-off authority was never asked: the failover was not tested")
 			}
 			// From now on every call and round trip goes through.
 			for i := range 3 {
