@@ -432,3 +432,57 @@ func TestAlteredObjectDoesNotPoisonStatus(t *testing.T) {
 		t.Fatalf("status after a disabled version of key \"k8s/sealed-secrets\": %q, want ok", r.Healthz)
 	}
 }
+
+// TestNothingCachedOutlivesDisableOrRevocation (attack): what the plugin
+// reuses is Status's word, never a call's result. A key version disabled
+// (`ward key disable`) refuses the very next Decrypt of a seed under it,
+// however recently Status was ok; the plugin's identity revoked refuses
+// the very next Encrypt and Decrypt and turns Status not-ok at once, and
+// Status stays not-ok past RetryAfterFailure (it asks again and is refused
+// again: the short reuse of a failure never lapses into an old "ok").
+func TestNothingCachedOutlivesDisableOrRevocation(t *testing.T) {
+	ctx := context.Background()
+	p, f, clk := newTestPlugin(t)
+	seed := []byte("0123456789abcdef0123456789abcdef")
+	old, err := p.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.rotate()
+	if r := status_(t, p); r.Healthz != "ok" || r.KeyId != "ward:k8s/etcd:2" {
+		t.Fatalf("status: %+v", r)
+	}
+	if d, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: old.Ciphertext, KeyId: old.KeyId}); err != nil || string(d.Plaintext) != string(seed) {
+		t.Fatalf("decrypt under version 1: %v", err)
+	}
+	// Version 1 disabled: the next Decrypt is refused, no clock moved.
+	f.mu.Lock()
+	f.minVer = 2
+	f.mu.Unlock()
+	if _, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: old.Ciphertext, KeyId: old.KeyId}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("decrypt under a disabled version: %v, want FailedPrecondition", err)
+	}
+
+	// The plugin's identity revoked: every call refused at once, Status
+	// too, with no round trip of its own.
+	cur, err := p.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.setFail(status.Error(codes.PermissionDenied, "deny-list: spiffe://td/k8s/kms-plugin/cp-1 revoked"))
+	if _, err := p.Decrypt(ctx, &kmsapi.DecryptRequest{Ciphertext: cur.Ciphertext, KeyId: cur.KeyId}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("decrypt once revoked: %v", err)
+	}
+	if _, err := p.Encrypt(ctx, &kmsapi.EncryptRequest{Plaintext: seed}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("encrypt once revoked: %v", err)
+	}
+	if r := status_(t, p); !strings.HasPrefix(r.Healthz, "denied by the authority: ") || r.KeyId != "" {
+		t.Fatalf("status once revoked: %+v", r)
+	}
+	for range 3 {
+		clk.add(RetryAfterFailure)
+		if r := status_(t, p); !strings.HasPrefix(r.Healthz, "denied by the authority: ") || r.KeyId != "" {
+			t.Fatalf("status %s after the refusal: %+v, want still denied", RetryAfterFailure, r)
+		}
+	}
+}
