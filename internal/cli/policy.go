@@ -77,7 +77,14 @@ func printVersions(cmd *cobra.Command, vs []*wardv1.PolicyVersion) error {
 		}
 		t.row(v.Version, v.Current, v.Created, v.Actor, v.PolicyCount, v.DenyListSize, note)
 	}
-	return t.flush()
+	if err := t.flush(); err != nil {
+		return err
+	}
+	if len(vs) > 0 && vs[0].Version > 1 {
+		// the list is oldest first (policystore.List)
+		fmt.Fprintf(cmd.OutOrStdout(), "Versions 1 to %d were pruned: the authority keeps the current version and policy.keep_versions before it (docs/policy.md).\n", vs[0].Version-1)
+	}
+	return nil
 }
 
 // printWarnings writes compile warnings to stderr, so stdout (and --json)

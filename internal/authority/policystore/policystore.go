@@ -77,6 +77,7 @@ type Store struct {
 	services   func() map[string][]catalog.Service
 	td         string
 	strictFed  bool
+	keep       int
 }
 
 // PrincipalsFunc returns the attributes (labels, groups) of every known
@@ -136,7 +137,7 @@ func WithClock(now func() time.Time) Option { return func(s *Store) { s.now = no
 // change through a (an error there means the change does not happen: fail
 // closed).
 func New(st store.Store, a audit.Recorder, opts ...Option) *Store {
-	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now,
+	s := &Store{st: st, audit: a, schema: policy.DefaultSchema(), now: time.Now, keep: DefaultKeepVersions,
 		versions: versioned.New(st, "policy", true, func(v Version) uint64 { return v.Number })}
 	for _, o := range opts {
 		o(s)
@@ -159,7 +160,7 @@ func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
 	}
 	v, err := s.versions.Version(ctx, n)
 	if errors.Is(err, store.ErrNotFound) {
-		return Version{}, fmt.Errorf("%w: version %d (latest is %d)", ErrNotFound, n, h.Latest)
+		return Version{}, s.prunedError(ctx, n, h.Next()-1)
 	}
 	return v, err
 }
@@ -191,9 +192,11 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		return Version{}, fmt.Errorf("audit log unavailable, %s refused: %w", op, err)
 	}
 	var warnings []policy.Problem
+	var pruned int
+	var oldest uint64
 	next, err := s.versions.CommitWith(ctx, func(h versioned.Head) (Version, []store.Op, error) {
 		var guard []store.Op
-		warnings = nil
+		warnings, pruned = nil, 0
 		var cur *Version
 		if h.Current != 0 {
 			v, err := s.Get(ctx, h.Current)
@@ -263,10 +266,24 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 				guard = g
 			}
 		}
-		return next, guard, nil
+		// Versions older than the retention are deleted in this batch:
+		// the history is never half pruned, and a lost race on the head
+		// prunes nothing.
+		prune, n, o, err := s.pruneOps(ctx, next.Number, s.st.MaxBatch()-2-len(guard))
+		if err != nil {
+			return Version{}, nil, err
+		}
+		pruned, oldest = n, o
+		return next, append(guard, prune...), nil
 	})
 	if err != nil {
 		return Version{}, s.fail(ctx, op, fields, err)
+	}
+	var pruneErr error
+	if oldest < s.cut(next.Number) {
+		// a backlog longer than one batch holds (see pruneBacklog)
+		n, err := s.pruneBacklog(ctx, next.Number)
+		pruned, pruneErr = pruned+n, err
 	}
 	f2 := maps.Clone(fields)
 	if f2 == nil {
@@ -274,6 +291,13 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	}
 	f2["policies"] = fmt.Sprint(next.PolicyCount)
 	f2["digest"] = next.Digest()
+	if pruned > 0 {
+		f2["pruned_versions"] = fmt.Sprint(pruned)
+		f2["keep_versions"] = fmt.Sprint(s.keep)
+	}
+	if pruneErr != nil {
+		f2["prune_error"] = pruneErr.Error()
+	}
 	if len(warnings) > 0 {
 		f2["federation_warnings"] = fmt.Sprint(len(warnings))
 		f2["federation_warning_policies"] = strings.Join(warningPlaces(warnings), "; ")

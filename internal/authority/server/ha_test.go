@@ -24,6 +24,13 @@ import (
 
 func etcdAuthorities(t *testing.T, names ...string) ([]*Server, []*client.Client) {
 	t.Helper()
+	return etcdAuthoritiesWith(t, nil, names...)
+}
+
+// etcdAuthoritiesWith is etcdAuthorities with edit applied to each
+// authority's configuration.
+func etcdAuthoritiesWith(t *testing.T, edit func(*config.Server), names ...string) ([]*Server, []*client.Client) {
+	t.Helper()
 	etcd := etcdtest.Start(t)
 	root := t.TempDir()
 	var srvs []*Server
@@ -33,6 +40,9 @@ func etcdAuthorities(t *testing.T, names ...string) ([]*Server, []*client.Client
 		c.Storage.Backend = "etcd"
 		c.Storage.Etcd = config.Etcd{Endpoints: etcd.Endpoints(), Prefix: "/ward/ha/", DialTimeout: yamlconf.Duration(5 * time.Second),
 			LeaseTTL: yamlconf.Duration(2 * time.Second), MemberName: name}
+		if edit != nil {
+			edit(c)
+		}
 		s, cl := start(t, c)
 		if i == 0 {
 			if _, err := cl.Operator.Init(context.Background(), &wardv1.InitRequest{}); err != nil {

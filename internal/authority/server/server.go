@@ -398,7 +398,7 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	}
 	st.policy = policystore.New(bs, st.recorder, policystore.WithPrincipals(s.principalsFunc(st)), policystore.WithTaintedKeys(s.taintedKeysFunc(st)),
 		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain),
-		policystore.WithStrictFederationLint(s.cfg.Policy.StrictFederationLint()))
+		policystore.WithStrictFederationLint(s.cfg.Policy.StrictFederationLint()), policystore.WithKeepVersions(s.cfg.Policy.KeepVersions))
 	st.posture = posturestore.New(bs, st.recorder, s.table.Names())
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The

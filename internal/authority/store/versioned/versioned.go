@@ -52,6 +52,10 @@ func (s *Store[V]) HeadKey() string { return s.headKey }
 
 func (s *Store[V]) versionKey(n uint64) string { return fmt.Sprintf("%s%020d", s.prefix, n) }
 
+// VersionKey is the key version n is stored under (for an owner that
+// prunes old versions in the batch of a commit, see CommitWith).
+func (s *Store[V]) VersionKey(n uint64) string { return s.versionKey(n) }
+
 // Head reads the head and its revision (a zero Head and revision 0 when
 // nothing was stored yet).
 func (s *Store[V]) Head(ctx context.Context) (Head, int64, error) {
