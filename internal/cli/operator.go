@@ -163,6 +163,9 @@ Before the share is sent, the CLI checks who serves the admin socket (see --serv
 				}
 				printStatus(cmd.OutOrStdout(), s)
 				printCluster(ctx, cmd.OutOrStdout(), c) // operator_status.go
+				if !s.Sealed {
+					printPolicyLintStatus(ctx, cmd.OutOrStdout(), c)
+				}
 				return nil
 			})
 			if err == nil && sealed {

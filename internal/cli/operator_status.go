@@ -61,6 +61,19 @@ func printCluster(ctx context.Context, w io.Writer, c *client.Client) {
 	tw.Flush()
 }
 
+// printPolicyLintStatus adds to `ward operator status` a current policy
+// version in force under strict with permits strict refuses (stored
+// before strict, or restored from a backup). Nothing when there is none,
+// or the authority cannot say.
+func printPolicyLintStatus(ctx context.Context, w io.Writer, c *client.Client) {
+	r, err := c.Policy.PolicyLintMode(ctx, &wardv1.PolicyLintModeRequest{})
+	if err != nil || len(r.CurrentWarnings) == 0 || (r.Mode != "strict" && !r.LocalStrict) {
+		return
+	}
+	fmt.Fprintf(w, "Policy lint:      strict; WARNING: version %d, in force, has %d permit(s) strict refuses: `ward policy lint-mode` names them\n",
+		r.CurrentVersion, len(r.CurrentWarnings))
+}
+
 func orDash(s string) string {
 	if s == "" {
 		return "-"

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -317,12 +318,32 @@ func policyLintModeCommand() *cobra.Command {
 				if r.LocalStrict && r.Mode != "strict" {
 					fmt.Fprintln(out, "This authority's policy.federation_lint is strict: it still refuses such sets, and records strict again at its next unseal.")
 				}
+				printCurrentLintWarnings(out, r)
 				return nil
 			})
 		},
 	}
 	c.Flags().StringVarP(&comment, "message", "m", "", "why (stored and audited)")
 	return c
+}
+
+// printCurrentLintWarnings names the current version's permits the
+// federation lint warns about: under strict, in force only because they
+// were stored before strict or restored from a backup.
+func printCurrentLintWarnings(out io.Writer, r *wardv1.PolicyLintModeResponse) {
+	if len(r.CurrentWarnings) == 0 {
+		return
+	}
+	if r.Mode == "strict" || r.LocalStrict {
+		fmt.Fprintf(out, "WARNING: policy version %d, in force, has %d permit(s) strict refuses (stored before strict, or restored from a backup); "+
+			"the next apply must fix each: add a trust-domain condition (`principal in TrustDomain::\"<your trust domain>\"`) or @federated(\"allow\"):\n",
+			r.CurrentVersion, len(r.CurrentWarnings))
+	} else {
+		fmt.Fprintf(out, "Policy version %d (current) has %d permit(s) the lint warns about (strict would refuse them):\n", r.CurrentVersion, len(r.CurrentWarnings))
+	}
+	for _, w := range r.CurrentWarnings {
+		fmt.Fprintf(out, "  %s\n", w)
+	}
 }
 
 // parseResource reads "service:NAME[:PORT]" or "key:NAME".

@@ -225,3 +225,30 @@ func TestPolicyLintModeCLI(t *testing.T) {
 		t.Fatalf("apply after lowering: %v\n%s", err, out)
 	}
 }
+
+// TestWarnedPolicyInForceCLI: a version stored in warn mode with an open
+// permit, in force once the cluster is strict, is named by `ward policy
+// lint-mode` (each permit, and the fix) and flagged by `ward operator
+// status`; in warn mode lint-mode lists it without the warning, and
+// operator status says nothing.
+func TestWarnedPolicyInForceCLI(t *testing.T) {
+	addr := devAuthority(t)
+	if _, _, err := wardStreams(t, addr, "policy", "apply", writePolicy(t, pathOnlyPolicy)); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err := wardStreams(t, addr, "policy", "lint-mode")
+	if err != nil || !strings.Contains(out, "Policy version 1 (current) has 1 permit(s) the lint warns about") || strings.Contains(out, "WARNING") {
+		t.Fatalf("lint-mode in warn mode: %v\n%s", err, out)
+	}
+	if out, _, err := wardStreams(t, addr, "operator", "status"); err != nil || strings.Contains(out, "Policy lint") {
+		t.Fatalf("operator status in warn mode: %v\n%s", err, out)
+	}
+	out, _, err = wardStreams(t, addr, "policy", "lint-mode", "strict")
+	if err != nil || !strings.Contains(out, "WARNING: policy version 1, in force, has 1 permit(s) strict refuses") || !strings.Contains(out, `(policy "by-path")`) {
+		t.Fatalf("lint-mode strict: %v\n%s", err, out)
+	}
+	if out, _, err := wardStreams(t, addr, "operator", "status"); err != nil ||
+		!strings.Contains(out, "Policy lint:      strict; WARNING: version 1, in force, has 1 permit(s) strict refuses") {
+		t.Fatalf("operator status under strict: %v\n%s", err, out)
+	}
+}

@@ -242,9 +242,16 @@ type PolicyLintModeResponse struct {
 	Comment string                 `protobuf:"bytes,4,opt,name=comment,proto3" json:"comment,omitempty"`
 	// This authority's own policy.federation_lint: strict (it enforces
 	// strict whatever the stored mode says).
-	LocalStrict   bool `protobuf:"varint,5,opt,name=local_strict,json=localStrict,proto3" json:"local_strict,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	LocalStrict bool `protobuf:"varint,5,opt,name=local_strict,json=localStrict,proto3" json:"local_strict,omitempty"`
+	// The current policy version and its permits the federation lint warns
+	// about (file:line:column (policy "id")). Under strict (the stored mode
+	// or local_strict) such a version is in force only because it was stored
+	// before strict was set or restored from a backup: the next apply must
+	// fix them.
+	CurrentVersion  uint64   `protobuf:"varint,6,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
+	CurrentWarnings []string `protobuf:"bytes,7,rep,name=current_warnings,json=currentWarnings,proto3" json:"current_warnings,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PolicyLintModeResponse) Reset() {
@@ -310,6 +317,20 @@ func (x *PolicyLintModeResponse) GetLocalStrict() bool {
 		return x.LocalStrict
 	}
 	return false
+}
+
+func (x *PolicyLintModeResponse) GetCurrentVersion() uint64 {
+	if x != nil {
+		return x.CurrentVersion
+	}
+	return 0
+}
+
+func (x *PolicyLintModeResponse) GetCurrentWarnings() []string {
+	if x != nil {
+		return x.CurrentWarnings
+	}
+	return nil
 }
 
 type ApplyPolicyRequest struct {
@@ -729,13 +750,15 @@ const file_ward_v1_policy_proto_rawDesc = "" +
 	"\x15PolicyLintModeRequest\"H\n" +
 	"\x18SetPolicyLintModeRequest\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x18\n" +
-	"\acomment\x18\x02 \x01(\tR\acomment\"\xb5\x01\n" +
+	"\acomment\x18\x02 \x01(\tR\acomment\"\x89\x02\n" +
 	"\x16PolicyLintModeResponse\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
 	"\x05actor\x18\x02 \x01(\tR\x05actor\x124\n" +
 	"\achanged\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\achanged\x12\x18\n" +
 	"\acomment\x18\x04 \x01(\tR\acomment\x12!\n" +
-	"\flocal_strict\x18\x05 \x01(\bR\vlocalStrict\"\xa6\x01\n" +
+	"\flocal_strict\x18\x05 \x01(\bR\vlocalStrict\x12'\n" +
+	"\x0fcurrent_version\x18\x06 \x01(\x04R\x0ecurrentVersion\x12)\n" +
+	"\x10current_warnings\x18\a \x03(\tR\x0fcurrentWarnings\"\xa6\x01\n" +
 	"\x12ApplyPolicyRequest\x12<\n" +
 	"\x05files\x18\x01 \x03(\v2&.ward.v1.ApplyPolicyRequest.FilesEntryR\x05files\x12\x18\n" +
 	"\acomment\x18\x02 \x01(\tR\acomment\x1a8\n" +

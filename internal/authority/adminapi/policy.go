@@ -141,11 +141,13 @@ func (p *policyService) PolicyLintMode(ctx context.Context, _ *wardv1.PolicyLint
 	if err != nil {
 		return nil, err
 	}
-	m, err := ps.FederationLint(ctx)
+	ls, err := ps.LintStatus(ctx)
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}
-	return lintModeProto(m, ps.LocalStrict()), nil
+	out := lintModeProto(ls.Stored, ps.LocalStrict())
+	out.CurrentVersion, out.CurrentWarnings = ls.Version, ls.Warnings
+	return out, nil
 }
 
 // SetPolicyLintMode sets the cluster's stored federation lint mode
@@ -160,7 +162,11 @@ func (p *policyService) SetPolicyLintMode(ctx context.Context, r *wardv1.SetPoli
 	if err != nil {
 		return nil, errs.ToStatus(err)
 	}
-	return lintModeProto(m, ps.LocalStrict()), nil
+	out := lintModeProto(m, ps.LocalStrict())
+	if ls, err := ps.LintStatus(ctx); err == nil { // the mode is set: a failed check only leaves these out
+		out.CurrentVersion, out.CurrentWarnings = ls.Version, ls.Warnings
+	}
+	return out, nil
 }
 
 func lintModeProto(m policystore.LintMode, local bool) *wardv1.PolicyLintModeResponse {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -205,3 +206,61 @@ func (s *Store) storeLintMode(ctx context.Context, actor, mode, from, comment st
 // LocalStrict reports this authority's own policy.federation_lint: strict
 // (WithStrictFederationLint).
 func (s *Store) LocalStrict() bool { return s.strictFed }
+
+// LintStatus is the federation lint as it stands: the mode enforced and
+// the current version's permits the lint warns about.
+type LintStatus struct {
+	// Version is the current version (0: no policy).
+	Version uint64
+	// Stored is the cluster's stored mode; Strict whether this authority
+	// enforces strict (its own configuration or the stored mode).
+	Stored LintMode
+	Strict bool
+	// Warnings names each permit of the current version that does not
+	// constrain the caller's trust domain (file:line:column and policy
+	// id). Under Strict such a version is in force only because it was
+	// stored before strict was set, or restored from a backup: the next
+	// apply must fix them.
+	Warnings []string
+}
+
+// WarnedInForce reports a current version with permits strict refuses.
+func (l LintStatus) WarnedInForce() bool { return l.Strict && len(l.Warnings) > 0 }
+
+// LintStatus reads the mode and checks the current version (compiled
+// once per version: the result is kept for the next call).
+func (s *Store) LintStatus(ctx context.Context) (_ LintStatus, err error) {
+	defer func() { err = classify(err) }()
+	m, _, err := s.lintMode(ctx)
+	if err != nil {
+		return LintStatus{}, err
+	}
+	out := LintStatus{Stored: m, Strict: s.strictFed || m.Strict()}
+	cur, err := s.Current(ctx)
+	if err != nil || cur == 0 {
+		return out, err
+	}
+	out.Version = cur
+	s.lintMu.Lock()
+	cached, ok := s.lintCache[cur]
+	s.lintMu.Unlock()
+	if !ok {
+		n, places, err := s.CurrentFederationWarnings(ctx)
+		if err != nil {
+			return out, err
+		}
+		out.Version, cached = n, places
+		s.lintMu.Lock()
+		s.lintCache = map[uint64][]string{n: places} // only the current one
+		s.lintMu.Unlock()
+	}
+	out.Warnings = slices.Clone(cached)
+	return out, nil
+}
+
+// Changes streams the changes of everything the policy store keeps
+// (versions, head, lint mode, retention mark) until ctx ends or the
+// backend drops the watch (then the channel is closed: watch again).
+func (s *Store) Changes(ctx context.Context) (<-chan store.Event, error) {
+	return s.st.Watch(ctx, "policy/")
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/wardproject/ward/internal/authority/audit"
@@ -177,5 +178,44 @@ func TestApplyInWarnModeKeepsTheStoredMode(t *testing.T) {
 	}
 	if m, err := a.FederationLint(ctx); err != nil || m.Mode != LintWarn || m.Actor != "uid:0" || m.Comment != "why" {
 		t.Fatalf("stored mode after a warn apply: %+v %v", m, err)
+	}
+}
+
+// TestLintStatus: the current version's federation warnings with the mode
+// enforced; WarnedInForce only under strict (stored or local); a fixed
+// set clears them; no policy, no warnings.
+func TestLintStatus(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newStore(t)
+	if ls, err := s.LintStatus(ctx); err != nil || ls.Version != 0 || ls.Strict || len(ls.Warnings) != 0 {
+		t.Fatalf("empty store: %+v %v", ls, err)
+	}
+	open := map[string][]byte{"p.cedar": []byte("@id(\"open\")\npermit (principal, action == Action::\"connect\", resource == Service::\"b\");\n")}
+	if _, err := s.Apply(ctx, "admin", open, ""); err != nil {
+		t.Fatal(err)
+	}
+	ls, err := s.LintStatus(ctx)
+	if err != nil || ls.Version != 1 || ls.Strict || ls.WarnedInForce() || len(ls.Warnings) != 1 || !strings.Contains(ls.Warnings[0], `(policy "open")`) {
+		t.Fatalf("warn mode: %+v %v", ls, err)
+	}
+	if _, err := s.SetFederationLint(ctx, "admin", LintStrict, ""); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err = s.LintStatus(ctx); err != nil || !ls.Strict || !ls.WarnedInForce() {
+		t.Fatalf("stored strict: %+v %v", ls, err)
+	}
+	fenced := map[string][]byte{"p.cedar": []byte("@id(\"fenced\")\npermit (principal in TrustDomain::\"td\", action == Action::\"connect\", resource == Service::\"b\");\n")}
+	if _, err := s.Apply(ctx, "admin", fenced, ""); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err = s.LintStatus(ctx); err != nil || ls.Version != 2 || ls.WarnedInForce() || len(ls.Warnings) != 0 {
+		t.Fatalf("after the fix: %+v %v", ls, err)
+	}
+	local := New(s.st, &auditLog{}, WithStrictFederationLint(true))
+	if _, err := s.SetFederationLint(ctx, "admin", LintWarn, ""); err != nil {
+		t.Fatal(err)
+	}
+	if ls, err = local.LintStatus(ctx); err != nil || !ls.Strict || ls.Stored.Mode != LintWarn {
+		t.Fatalf("local strict: %+v %v", ls, err)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/status"
@@ -78,6 +79,8 @@ type Store struct {
 	td         string
 	strictFed  bool
 	keep       int
+	lintMu     sync.Mutex
+	lintCache  map[uint64][]string // LintStatus: the current version's warnings
 }
 
 // PrincipalsFunc returns the attributes (labels, groups) of every known

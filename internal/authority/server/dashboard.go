@@ -227,6 +227,9 @@ func (s *Server) dashboardState(ctx context.Context) dashboard.State {
 	if err != nil {
 		return out
 	}
+	if w := s.policyLintWarning(true); w != "" {
+		out.Health.Warnings = append(out.Health.Warnings, w)
+	}
 	// keys
 	if keys, err := st.kms.List(ctx, ""); err == nil {
 		out.KeyCount = len(keys)

@@ -117,6 +117,10 @@ type unsealedState struct {
 	cancel context.CancelFunc
 	jobCtx context.Context // ends at seal: background jobs run under it
 	wg     sync.WaitGroup
+
+	// policyLint is the federation lint's view of the current policy
+	// version, kept current by followPolicyLint (policylint.go).
+	policyLint atomic.Pointer[policystore.LintStatus]
 }
 
 // New builds an authority over an opened raw store and seal. It does not
@@ -136,6 +140,7 @@ func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*S
 	srv.metrics.reg.MustRegister(&driftCollector{s: srv})
 	srv.metrics.reg.MustRegister(&integrityCollector{s: srv})
 	srv.metrics.reg.MustRegister(haCollector{s: srv})
+	srv.metrics.reg.MustRegister(policyLintCollector{s: srv})
 	return srv, nil
 }
 
@@ -169,6 +174,9 @@ func (s *Server) Start(ctx context.Context) error {
 				for _, warn := range m.Warnings() {
 					fmt.Fprintln(w, "warning:", warn)
 				}
+			}
+			if warn := s.policyLintWarning(false); warn != "" {
+				fmt.Fprintln(w, "warning:", warn)
 			}
 		})
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -423,11 +431,13 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 	// The singleton jobs (rotation schedules, federation refresh...) run
 	// only while this authority is the elected leader (ha.go).
 	go func() { defer st.wg.Done(); s.runHA(jobCtx, st) }()
+	st.wg.Add(1) // /healthz, metrics and dashboard warnings (policylint.go)
+	go func() { defer st.wg.Done(); s.followPolicyLint(jobCtx, st) }()
 	s.mu.Lock()
 	s.unsealed.Store(st)
 	s.mu.Unlock()
 	s.log.Info("authority unsealed", "actor", caller.Actor)
-	s.reportStoredPolicyLint(ctx, st.policy)
+	s.reportStoredPolicyLint(ctx, st)
 	return nil
 }
 
