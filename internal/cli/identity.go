@@ -355,16 +355,7 @@ func agentAdminCommands() []*cobra.Command {
 				if asJSON {
 					return printJSON(cmd.OutOrStdout(), r)
 				}
-				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "SPIFFE ID\tATTESTATION\tSTATE\tSVID SERIAL\tSVID EXPIRES\tLAST SEEN")
-				for _, a := range r.Agents {
-					state := "active"
-					if a.Evicted {
-						state = "evicted"
-					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.SpiffeId, a.AttestationType, state, a.Serial, fmtTime(a.Expires), fmtTime(a.LastSeen))
-				}
-				return tw.Flush()
+				return printAgents(cmd.OutOrStdout(), r.Agents)
 			})
 		},
 	}
@@ -385,6 +376,41 @@ func agentAdminCommands() []*cobra.Command {
 		},
 	}
 	return []*cobra.Command{list, evict}
+}
+
+// agentState is an agent's STATE in `ward agent list`: "evict pending"
+// when an eviction marked it but has not revoked the SVIDs signed through
+// it yet (run `ward agent evict` again until it succeeds).
+func agentState(a *wardv1.Agent) string {
+	switch {
+	case a.EvictPending:
+		return "evict pending"
+	case a.Evicted:
+		return "evicted"
+	}
+	return "active"
+}
+
+// printAgents is `ward agent list`'s table.
+func printAgents(w io.Writer, agents []*wardv1.Agent) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SPIFFE ID\tATTESTATION\tSTATE\tSVID SERIAL\tSVID EXPIRES\tLAST SEEN")
+	pending := 0
+	for _, a := range agents {
+		if a.EvictPending {
+			pending++
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", a.SpiffeId, a.AttestationType, agentState(a), a.Serial, fmtTime(a.Expires), fmtTime(a.LastSeen))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if pending > 0 {
+		_, err := fmt.Fprintf(w, "\n%d agent(s) evict pending: the eviction has not revoked the SVIDs signed through them yet; "+
+			"run `ward agent evict AGENT-ID` again until it succeeds (until then they may not attest again).\n", pending)
+		return err
+	}
+	return nil
 }
 
 func printCA(w io.Writer, s *wardv1.CAStatus) {

@@ -756,7 +756,12 @@ type Agent struct {
 	// Set in EvictAgent's answer only: how many X509-SVIDs still valid that
 	// were signed through the agent (its workloads' and its own) the
 	// eviction put on the deny-list.
-	RevokedSvids  uint32 `protobuf:"varint,9,opt,name=revoked_svids,json=revokedSvids,proto3" json:"revoked_svids,omitempty"`
+	RevokedSvids uint32 `protobuf:"varint,9,opt,name=revoked_svids,json=revokedSvids,proto3" json:"revoked_svids,omitempty"`
+	// An eviction marked the agent but has not yet put the SVIDs signed
+	// through it on the deny-list (it failed, e.g. the audit log or the
+	// policy store was down, or it is under way): the agent may not attest
+	// again until `ward agent evict` is run again and succeeds.
+	EvictPending  bool `protobuf:"varint,10,opt,name=evict_pending,json=evictPending,proto3" json:"evict_pending,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -852,6 +857,13 @@ func (x *Agent) GetRevokedSvids() uint32 {
 		return x.RevokedSvids
 	}
 	return 0
+}
+
+func (x *Agent) GetEvictPending() bool {
+	if x != nil {
+		return x.EvictPending
+	}
+	return false
 }
 
 type CreateJoinTokenRequest struct {
@@ -2490,7 +2502,7 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x0fexpect_revision\x18\x02 \x01(\x03R\x0eexpectRevision\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13DeleteEntryResponse\"\xfe\x02\n" +
+	"\x13DeleteEntryResponse\"\xa3\x03\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12/\n" +
@@ -2500,7 +2512,9 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\battested\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\battested\x127\n" +
 	"\tlast_seen\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
 	"\aevicted\x18\b \x01(\bR\aevicted\x12#\n" +
-	"\rrevoked_svids\x18\t \x01(\rR\frevokedSvids\"X\n" +
+	"\rrevoked_svids\x18\t \x01(\rR\frevokedSvids\x12#\n" +
+	"\revict_pending\x18\n" +
+	" \x01(\bR\fevictPending\"X\n" +
 	"\x16CreateJoinTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1d\n" +

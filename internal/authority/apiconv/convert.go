@@ -68,5 +68,6 @@ func EntryFromProto(p *wardv1.Entry) registry.Entry {
 // AgentProto converts an agent record to its wire form.
 func AgentProto(a registry.Agent) *wardv1.Agent {
 	return &wardv1.Agent{SpiffeId: a.SPIFFEID, AttestationType: a.AttestationType, Selectors: SelectorsProto(a.Selectors),
-		Serial: a.Serial, Expires: Timestamp(a.Expires), Attested: Timestamp(a.Attested), LastSeen: Timestamp(a.LastSeen), Evicted: a.Evicted}
+		Serial: a.Serial, Expires: Timestamp(a.Expires), Attested: Timestamp(a.Attested), LastSeen: Timestamp(a.LastSeen), Evicted: a.Evicted,
+		EvictPending: a.EvictPending}
 }

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/authority/registry"
 )
 
 func TestEntryProtoRoundTrip(t *testing.T) {
@@ -21,5 +22,20 @@ func TestEntryProtoRoundTrip(t *testing.T) {
 	}
 	if e := EntryFromProto(&wardv1.Entry{TtlSeconds: 1 << 62}); e.TTL >= 0 {
 		t.Fatal("overflowing TTL wrapped instead of failing validation")
+	}
+}
+
+// TestAgentProtoEvictPending: an eviction that has not revoked yet reaches
+// the wire (`ward agent list` shows it).
+func TestAgentProtoEvictPending(t *testing.T) {
+	for _, a := range []registry.Agent{
+		{SPIFFEID: "spiffe://x.org/ward/agent/n", Evicted: true, EvictPending: true},
+		{SPIFFEID: "spiffe://x.org/ward/agent/n", Evicted: true},
+		{SPIFFEID: "spiffe://x.org/ward/agent/n"},
+	} {
+		p := AgentProto(a)
+		if p.EvictPending != a.EvictPending || p.Evicted != a.Evicted {
+			t.Fatalf("%+v -> %v", a, p)
+		}
 	}
 }
