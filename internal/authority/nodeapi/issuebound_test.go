@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -454,5 +455,63 @@ func TestFailedEvictRefusesReattestation(t *testing.T) {
 func TestDenyListSkewIsThePolicyStores(t *testing.T) {
 	if registry.DenyListSkew != policystore.PruneSkew {
 		t.Fatalf("registry.DenyListSkew %s, policystore.PruneSkew %s", registry.DenyListSkew, policystore.PruneSkew)
+	}
+}
+
+// TestConcurrentSigningOfOneAgentAllSucceeds: a burst of SignX509SVIDs
+// calls of one agent at once (a node starting many workloads), with its
+// own renewal and withheld SVIDs forgotten beside them, is each signed and
+// recorded: every write of one agent's records is made one call at a time,
+// so no call gives up with Aborted (the record's compare-and-swap lost
+// maxCASRetry times) as calls not displacing did under such a burst.
+func TestConcurrentSigningOfOneAgentAllSucceeds(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		new  func(t *testing.T) *harness
+	}{
+		{"no policy store", newHarness},
+		{"displacing", func(t *testing.T) *harness { return newBoundHarness(t).harness }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { concurrentSigning(t, tc.new(t)) })
+	}
+}
+
+func concurrentSigning(t *testing.T, b *harness) {
+	agent := b.agentCaller(t)
+	c := b.client(t, agent.svid)
+	const callers = 48
+	entries := make([]string, callers/2)
+	for i := range entries {
+		entries[i] = b.entryUnder(t, agent.svid.ID, fmt.Sprintf("/burst/%d", i))
+	}
+	csrs := make([][]byte, callers)
+	for i := range csrs {
+		csrs[i], _ = csr(t)
+	}
+	var wg sync.WaitGroup
+	errc := make(chan error, callers)
+	for i := range callers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Two calls per entry: each call writes the agent's head,
+			// and every record is shared with another call.
+			resp, err := c.SignX509SVIDs(context.Background(), &wardv1.SignX509SVIDsRequest{
+				Params: []*wardv1.X509SVIDParams{{EntryId: entries[i%len(entries)], Csr: csrs[i]}}})
+			switch {
+			case err != nil:
+				errc <- fmt.Errorf("call %d: %v", i, err)
+			case resp.Results[0].Error != nil:
+				errc <- fmt.Errorf("call %d: %s %s", i, resp.Results[0].Error.Code, resp.Results[0].Error.Message)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errc)
+	for err := range errc {
+		t.Error(err)
+	}
+	if recorded, err := b.reg.IssuedSVIDs(context.Background(), agent.svid.ID); err != nil || len(recorded) != callers+1 {
+		t.Fatalf("%d SVIDs recorded (want %d: the calls' and the agent's own), %v", len(recorded), callers+1, err)
 	}
 }

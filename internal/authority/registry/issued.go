@@ -8,7 +8,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -322,18 +321,20 @@ func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool) ([]I
 // is evicted is never released unrevoked. err is set when nothing could
 // be recorded.
 func (r *Registry) RecordIssuedDisplacing(ctx context.Context, agent spiffeid.ID, items []Issued, attested bool, displace Displace) (perItem []error, displaced []Issued, err error) {
+	// One call of an agent at a time on this authority (issuedLock): its
+	// calls no longer compare-and-swap against each other, so none gives
+	// up with Conflict however many there are at once
+	// (TestConcurrentRecordsOfOneAgentAllSucceed). A displacement (a
+	// policy version) is made inside the record's compare-and-swap: calls
+	// of one agent at once would each make one on the same head, and only
+	// the one whose write won would be counted against
+	// MaxDisplacementsPerAgent (the others retry on the moved head and
+	// displace again). A retry never displaces what this call already did
+	// (TestConcurrentDisplacementsStayCounted); authorities sharing a
+	// store can still each lose one race, no more.
+	unlock := r.issuedLock(agent)
+	defer unlock()
 	if displace != nil {
-		// A displacement (a policy version) is made inside the record's
-		// compare-and-swap: calls of one agent at once would each make
-		// one on the same head, and only the one whose write won would
-		// be counted against MaxDisplacementsPerAgent (the others retry
-		// on the moved head and displace again). One at a time per agent
-		// here, and a retry never displaces what this call already did
-		// (TestConcurrentDisplacementsStayCounted); authorities sharing
-		// a store can still each lose one race, no more.
-		mu := r.displaceLock(agent)
-		mu.Lock()
-		defer mu.Unlock()
 		displace = displaceOnce(displace)
 	}
 	perItem = make([]error, len(items))
@@ -391,12 +392,20 @@ func (r *Registry) RecordIssuedDisplacing(ctx context.Context, agent spiffeid.ID
 	return perItem, displaced, nil
 }
 
-// displaceLock is the lock of agent's displacing calls on this authority.
-func (r *Registry) displaceLock(agent spiffeid.ID) *sync.Mutex {
-	return &r.displaceMu[maphash.String(displaceSeed, agent.String())%uint64(len(r.displaceMu))]
+// issuedLock takes the lock of agent's issued records on this authority
+// and returns its unlock: every write of them (recording, an eviction
+// taking them, forgetting) holds it, so the calls of one agent queue here
+// instead of retrying their compare-and-swap against each other (which
+// gave up with Conflict after maxCASRetry under a burst of one agent's
+// calls). Only authorities sharing the store still race, each retrying.
+// Striped: agents sharing a stripe queue behind each other too.
+func (r *Registry) issuedLock(agent spiffeid.ID) (unlock func()) {
+	mu := &r.issuedMu[maphash.String(issuedSeed, agent.String())%uint64(len(r.issuedMu))]
+	mu.Lock()
+	return mu.Unlock
 }
 
-var displaceSeed = maphash.MakeSeed()
+var issuedSeed = maphash.MakeSeed()
 
 // displaceOnce wraps displace for one call: SVIDs it already put on the
 // deny-list (an attempt whose write then lost the compare-and-swap) are
@@ -557,6 +566,8 @@ func (st *issuedState) all(displaced bool) []Issued {
 // displaced ones included (revoking them again keeps them revoked if the
 // deny-list lost them, e.g. to a rollback).
 func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
+	unlock := r.issuedLock(agent)
+	defer unlock()
 	if err := r.updateIssued(ctx, agent, nil, func(st *issuedState) error {
 		st.head.Evicted = true
 		return nil
@@ -580,6 +591,8 @@ func (r *Registry) forget(ctx context.Context, agent spiffeid.ID, gone []Issued)
 	if len(gone) == 0 {
 		return nil
 	}
+	unlock := r.issuedLock(agent)
+	defer unlock()
 	serials := map[string]bool{}
 	for _, s := range gone {
 		serials[s.Serial] = true

@@ -69,9 +69,9 @@ type Registry struct {
 	hubOnce sync.Once
 	hub     *hub // the tunnel watch every WatchTunnels shares (tunnels.go)
 
-	// displaceMu serializes the displacing calls of each agent (striped
-	// by agent; RecordIssuedDisplacing).
-	displaceMu [64]sync.Mutex
+	// issuedMu serializes the writes of each agent's issued records on
+	// this authority (striped by agent; issued.go: issuedLock).
+	issuedMu [64]sync.Mutex
 }
 
 // New returns a registry over st (normally the barrier's store view).
