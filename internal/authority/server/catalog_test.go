@@ -65,8 +65,7 @@ func TestServicesFromConfig(t *testing.T) {
 	if cur := bundle().Version; cur != v.Version {
 		t.Fatalf("a restart with nothing changed made policy version %d (was %d)", cur, v.Version)
 	}
-	b.cfg.Services.Export = nil
-	b.restart(t)
+	b.restart(t, func(cfg *config.Server) { cfg.Services.Export = nil })
 	got := bundle().Services["b.example"]
 	if len(got) != 1 || got[0].Name != "pay" {
 		t.Fatalf("after api left the config: %+v", got)

@@ -53,10 +53,19 @@ func startFedAuthority(t *testing.T, td string) *fedAuthority {
 	return &fedAuthority{cfg: cfg, raw: srv.raw, srv: srv, c: c, td: spiffeid.RequireTrustDomainFromString(td)}
 }
 
-func (a *fedAuthority) restart(t *testing.T) {
+// restart stops the authority and starts it again over the same storage;
+// change, if given, edits its configuration in between. A running
+// authority reads the configuration it was given (its leader jobs read
+// cfg.Federation whenever they start, after Start returned), so a test
+// never writes a.cfg while one runs: doing so before restart was a data
+// race with the previous start's leader jobs.
+func (a *fedAuthority) restart(t *testing.T, change ...func(*config.Server)) {
 	t.Helper()
 	a.c.Close()
 	a.srv.Stop()
+	for _, f := range change {
+		f(a.cfg)
+	}
 	a.srv, a.c = restartStart(t, a.cfg, a.raw)
 	t.Cleanup(func() { a.c.Close(); a.srv.Stop() })
 	if a.srv.Sealed() {
@@ -317,8 +326,7 @@ func TestFederationFromConfig(t *testing.T) {
 	if r, err := b.c.Federation.ShowFederation(ctx, &wardv1.ShowFederationRequest{TrustDomain: "a.example"}); err != nil || len(r.BundleSpiffeJson) == 0 {
 		t.Fatalf("after restart: %v, %v", r, err)
 	}
-	b.cfg.Federation.TrustDomains = nil
-	b.restart(t)
+	b.restart(t, func(cfg *config.Server) { cfg.Federation.TrustDomains = nil })
 	if l, err := b.c.Federation.ListFederations(ctx, &wardv1.ListFederationsRequest{}); err != nil || len(l.Relationships) != 0 {
 		t.Fatalf("a relationship removed from the config stayed: %v, %v", l, err)
 	}

@@ -124,7 +124,9 @@ type unsealedState struct {
 }
 
 // New builds an authority over an opened raw store and seal. It does not
-// listen yet: call Start.
+// listen yet: call Start. The authority keeps cfg and reads it until Stop
+// returns (background jobs read it too, at unseal and whenever this
+// authority becomes leader): do not change it in between.
 func New(cfg *config.Server, raw store.Store, s seal.Seal, log *slog.Logger) (*Server, error) {
 	table, err := cfg.ClassificationTable()
 	if err != nil {
