@@ -119,4 +119,7 @@ echo "==> time per package (slowest first)"
 times="$( (pkgtimes "$log" ""; pkgtimes "$fipslog" " (fips)") | sort -rn)"
 echo "$times"
 echo "$times" | awk '{ t = $1; sub(/s$/, "", t); total += t } END { printf "%9.1fs  in all (packages run 2 at a time)\n", total }'
+# Data race reports once more, last: CI keeps only the tail of the output,
+# which held only the end of a report (scripts/racereport.sh).
+bash scripts/racereport.sh "$log" || true
 exit "$rc"
