@@ -17,7 +17,7 @@ import (
 func OpenStore(ctx context.Context, cfg *config.Server) (store.Store, error) {
 	switch cfg.Storage.Backend {
 	case "bbolt":
-		st, err := boltstore.Open(cfg.Storage.Bbolt.Path)
+		st, err := boltstore.Open(cfg.Storage.Bbolt.Path, boltstore.WithJournal())
 		if err != nil {
 			return nil, fmt.Errorf("opening bbolt store %s: %w", cfg.Storage.Bbolt.Path, err)
 		}

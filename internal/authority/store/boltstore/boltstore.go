@@ -47,6 +47,7 @@ type options struct {
 	lockTimeout time.Duration
 	maxBatch    int
 	watchBuffer int
+	journal     bool
 }
 
 // Option configures Open.
@@ -58,6 +59,12 @@ func WithLockTimeout(d time.Duration) Option { return func(o *options) { o.lockT
 
 // WithMaxBatch sets the largest Batch accepted (default 10000).
 func WithMaxBatch(n int) Option { return func(o *options) { o.maxBatch = n } }
+
+// WithJournal makes writes durable through a journal (journal.go): one
+// synced write per Put, Delete, CompareAndSwap or Batch, with bbolt
+// written in larger groups behind it. Without it, Open still replays a
+// journal left by a process that had it and stopped without a clean Close.
+func WithJournal() Option { return func(o *options) { o.journal = true } }
 
 // WithWatchBuffer sets how many undelivered events a watcher may queue before
 // it is dropped (default 1024).
@@ -81,6 +88,12 @@ type Store struct {
 
 	watchMu  sync.Mutex
 	watchers map[*watcher]struct{}
+
+	// jr is the journal (nil without WithJournal); overlay holds the
+	// writes journaled but not yet in bbolt, under ovMu (journal.go).
+	jr      *journal
+	ovMu    sync.RWMutex
+	overlay map[string]*ovEntry
 }
 
 type watcher struct {
@@ -145,12 +158,25 @@ func Open(path string, opts ...Option) (*Store, error) {
 		db.Close()
 		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
 	}
+	jr, err := openJournal(db, path, o.journal)
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("boltstore: open %s: %w", path, err)
+	}
 	zeros, err := os.OpenFile(path, os.O_WRONLY, 0)
 	if err != nil {
+		if jr != nil {
+			jr.closeFiles()
+		}
 		db.Close()
 		return nil, fmt.Errorf("boltstore: open %s for preallocation: %w", path, err)
 	}
-	return &Store{db: db, path: path, opts: o, zeros: zeros, watchers: make(map[*watcher]struct{})}, nil
+	s := &Store{db: db, path: path, opts: o, zeros: zeros, watchers: make(map[*watcher]struct{}), jr: jr}
+	if jr != nil {
+		s.overlay = make(map[string]*ovEntry)
+		go s.flusher()
+	}
+	return s, nil
 }
 
 // Path returns the file the store was opened on.
@@ -186,14 +212,13 @@ func (s *Store) Get(ctx context.Context, key string) (store.KV, error) {
 	}
 	defer s.life.RUnlock()
 	var kv store.KV
-	err := s.db.View(func(tx *bbolt.Tx) error {
-		raw := tx.Bucket(bucketKV).Get([]byte(key))
-		if raw == nil {
-			return fmt.Errorf("boltstore: get %q: %w", key, store.ErrNotFound)
-		}
-		rev, val, err := decode(key, raw)
+	err := s.view(func(get func(string) ([]byte, int64, bool, error)) error {
+		val, rev, ok, err := get(key)
 		if err != nil {
 			return err
+		}
+		if !ok {
+			return fmt.Errorf("boltstore: get %q: %w", key, store.ErrNotFound)
 		}
 		kv = store.KV{Key: key, Value: bytes.Clone(val), Revision: rev}
 		return nil
@@ -207,6 +232,9 @@ func (s *Store) List(ctx context.Context, prefix string) ([]store.KV, error) {
 		return nil, err
 	}
 	defer s.life.RUnlock()
+	if s.jr != nil {
+		return s.jlist(prefix)
+	}
 	var out []store.KV
 	err := s.db.View(func(tx *bbolt.Tx) error {
 		c := tx.Bucket(bucketKV).Cursor()
@@ -232,12 +260,9 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 		return 0, err
 	}
 	defer s.life.RUnlock()
-	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
-		if err := put(tx, key, value, rev); err != nil {
-			return nil, fmt.Errorf("boltstore: put %q: %w", key, err)
-		}
+	return s.write(func(_ func(string) (int64, error), rev int64) ([]store.Event, error) {
 		return []store.Event{{Type: store.EventPut, Key: key, Value: value, Revision: rev}}, nil
-	})
+	}, nil)
 }
 
 // Delete removes key; a missing key is not an error and changes nothing.
@@ -246,16 +271,13 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		return err
 	}
 	defer s.life.RUnlock()
-	_, err := s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
-		b := tx.Bucket(bucketKV)
-		if b.Get([]byte(key)) == nil {
-			return nil, nil
-		}
-		if err := b.Delete([]byte(key)); err != nil {
-			return nil, fmt.Errorf("boltstore: delete %q: %w", key, err)
+	_, err := s.write(func(revOf func(string) (int64, error), rev int64) ([]store.Event, error) {
+		cur, err := revOf(key)
+		if err != nil || cur == 0 {
+			return nil, err
 		}
 		return []store.Event{{Type: store.EventDelete, Key: key, Revision: rev}}, nil
-	})
+	}, nil)
 	return err
 }
 
@@ -269,19 +291,16 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ex
 	if expectRevision < 0 {
 		return 0, fmt.Errorf("boltstore: compare-and-swap %q: expected revision %d is negative; use 0 for create-only or Put for unconditional writes", key, expectRevision)
 	}
-	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
-		cur, err := currentRevision(tx, key)
+	return s.write(func(revOf func(string) (int64, error), rev int64) ([]store.Event, error) {
+		cur, err := revOf(key)
 		if err != nil {
 			return nil, err
 		}
 		if cur != expectRevision {
 			return nil, fmt.Errorf("boltstore: compare-and-swap %q: expected revision %d, found %d: %w", key, expectRevision, cur, store.ErrConflict)
 		}
-		if err := put(tx, key, value, rev); err != nil {
-			return nil, fmt.Errorf("boltstore: compare-and-swap %q: %w", key, err)
-		}
 		return []store.Event{{Type: store.EventPut, Key: key, Value: value, Revision: rev}}, nil
-	})
+	}, nil)
 }
 
 // Batch applies ops in one bbolt transaction: all conditions are checked
@@ -295,16 +314,12 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 	if err := validateBatch(ops, s.opts.maxBatch); err != nil {
 		return 0, err
 	}
-	return s.write(func(tx *bbolt.Tx, rev int64) ([]store.Event, error) {
-		b := tx.Bucket(bucketKV)
-		if appends(b, ops) {
-			b.FillPercent = appendFillPercent
-		}
+	return s.write(func(revOf func(string) (int64, error), rev int64) ([]store.Event, error) {
 		for _, op := range ops {
 			if op.ExpectRevision < 0 {
 				continue
 			}
-			cur, err := currentRevision(tx, op.Key)
+			cur, err := revOf(op.Key)
 			if err != nil {
 				return nil, err
 			}
@@ -312,41 +327,22 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 				return nil, fmt.Errorf("boltstore: batch: key %q: expected revision %d, found %d; nothing was applied: %w", op.Key, op.ExpectRevision, cur, store.ErrConflict)
 			}
 		}
-		// The stored forms of the keys and values (revision + value) in one
-		// buffer: bbolt keeps each until the commit, none is written again.
-		size := 0
-		for _, op := range ops {
-			size += len(op.Key)
-			if !op.Delete {
-				size += 8 + len(op.Value)
-			}
-		}
-		buf := make([]byte, 0, size)
 		evs := make([]store.Event, 0, len(ops))
 		for _, op := range ops {
-			at := len(buf)
-			buf = append(buf, op.Key...)
-			k := buf[at:len(buf):len(buf)]
 			if op.Delete {
-				if b.Get(k) == nil {
+				if cur, err := revOf(op.Key); err != nil || cur == 0 {
+					if err != nil {
+						return nil, err
+					}
 					continue
-				}
-				if err := b.Delete(k); err != nil {
-					return nil, fmt.Errorf("boltstore: batch: delete %q: %w", op.Key, err)
 				}
 				evs = append(evs, store.Event{Type: store.EventDelete, Key: op.Key, Revision: rev})
 				continue
 			}
-			at = len(buf)
-			buf = binary.BigEndian.AppendUint64(buf, uint64(rev))
-			buf = append(buf, op.Value...)
-			if err := b.Put(k, buf[at:len(buf):len(buf)]); err != nil {
-				return nil, fmt.Errorf("boltstore: batch: put %q: %w", op.Key, err)
-			}
 			evs = append(evs, store.Event{Type: store.EventPut, Key: op.Key, Value: op.Value, Revision: rev})
 		}
 		return evs, nil
-	})
+	}, ops)
 }
 
 // appendFillPercent is how full bbolt fills the pages it splits in a batch
@@ -406,11 +402,22 @@ func validateBatch(ops []store.Op, limit int) error {
 	return nil
 }
 
-// write runs fn in one read-write transaction with the next revision. If fn
-// reports no events nothing changed: the transaction is rolled back and the
-// current revision returned. After commit, events go to watchers; writeMu
-// keeps commit and publish in the same order.
-func (s *Store) write(fn func(tx *bbolt.Tx, rev int64) ([]store.Event, error)) (int64, error) {
+// planFunc decides a write at revision rev: it reads the revision a key
+// has now through revOf (0: missing) and returns the changes as events
+// (EventPut with the value, EventDelete only for existing keys), none if
+// nothing changes, or an error (then nothing is written).
+type planFunc func(revOf func(string) (int64, error), rev int64) ([]store.Event, error)
+
+// write commits the changes plan returns at the next revision: with the
+// journal as one synced frame (jwrite), else in one bbolt transaction. If
+// plan returns no change nothing is written and the current revision is
+// returned. After commit, events go to watchers; writeMu keeps commit and
+// publish in the same order. ops, if not nil, is the Batch the plan
+// comes from (for the fill of pages it appends to).
+func (s *Store) write(plan planFunc, ops []store.Op) (int64, error) {
+	if s.jr != nil {
+		return s.jwrite(plan)
+	}
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
 	var (
@@ -423,13 +430,43 @@ func (s *Store) write(fn func(tx *bbolt.Tx, rev int64) ([]store.Event, error)) (
 		meta := tx.Bucket(bucketMeta)
 		cur := int64(binary.BigEndian.Uint64(meta.Get(keyRevision)))
 		rev = cur + 1
+		b := tx.Bucket(bucketKV)
 		var err error
-		if evs, err = fn(tx, rev); err != nil {
+		evs, err = plan(func(key string) (int64, error) { return currentRevision(b, key) }, rev)
+		if err != nil {
 			return err
 		}
 		if len(evs) == 0 {
 			rev = cur
 			return errNoChange
+		}
+		if ops != nil && appends(b, ops) {
+			b.FillPercent = appendFillPercent
+		}
+		// The stored forms of the keys and values (revision + value) in
+		// one buffer: bbolt keeps each until the commit, none is written
+		// again.
+		size := 0
+		for _, ev := range evs {
+			size += len(ev.Key) + 8 + len(ev.Value)
+		}
+		buf := make([]byte, 0, size)
+		for _, ev := range evs {
+			at := len(buf)
+			buf = append(buf, ev.Key...)
+			k := buf[at:len(buf):len(buf)]
+			if ev.Type == store.EventDelete {
+				if err := b.Delete(k); err != nil {
+					return fmt.Errorf("boltstore: delete %q: %w", ev.Key, err)
+				}
+				continue
+			}
+			at = len(buf)
+			buf = binary.BigEndian.AppendUint64(buf, uint64(rev))
+			buf = append(buf, ev.Value...)
+			if err := b.Put(k, buf[at:len(buf):len(buf)]); err != nil {
+				return fmt.Errorf("boltstore: put %q: %w", ev.Key, err)
+			}
 		}
 		return meta.Put(keyRevision, u64(uint64(rev)))
 	})
@@ -488,15 +525,8 @@ func (s *Store) prezero(hwm int64) {
 	}
 }
 
-func put(tx *bbolt.Tx, key string, value []byte, rev int64) error {
-	buf := make([]byte, 8+len(value))
-	binary.BigEndian.PutUint64(buf, uint64(rev))
-	copy(buf[8:], value)
-	return tx.Bucket(bucketKV).Put([]byte(key), buf)
-}
-
-func currentRevision(tx *bbolt.Tx, key string) (int64, error) {
-	raw := tx.Bucket(bucketKV).Get([]byte(key))
+func currentRevision(b *bbolt.Bucket, key string) (int64, error) {
+	raw := b.Get([]byte(key))
 	if raw == nil {
 		return 0, nil
 	}
@@ -587,6 +617,10 @@ func (s *Store) Close() error {
 		return fmt.Errorf("boltstore: close %s: %w", s.path, store.ErrClosed)
 	}
 	s.closed = true
+	var jerr error
+	if s.jr != nil {
+		jerr = s.closeJournal()
+	}
 	s.watchMu.Lock()
 	for w := range s.watchers {
 		s.dropLocked(w)
@@ -595,6 +629,9 @@ func (s *Store) Close() error {
 	s.zeros.Close()
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("boltstore: close %s: %w", s.path, err)
+	}
+	if jerr != nil {
+		return fmt.Errorf("boltstore: close %s: %w", s.path, jerr)
 	}
 	return nil
 }

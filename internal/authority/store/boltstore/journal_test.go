@@ -1,0 +1,164 @@
+package boltstore
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/authority/store/storetest"
+)
+
+func TestConformanceJournal(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return openTemp(t, WithJournal()) })
+}
+
+// copyDir copies the data directory of a running store as a crash would
+// leave it: bbolt as far as the flusher got, the journal files as written.
+func copyDir(t *testing.T, src string) string {
+	t.Helper()
+	dst := t.TempDir()
+	ents, err := os.ReadDir(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(src, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, e.Name()), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dst
+}
+
+// TestJournalReplaysAfterCrash: writes acknowledged by a journaled store
+// that never closed are all there when the directory is opened again,
+// with their revisions, with or without the journal.
+func TestJournalReplaysAfterCrash(t *testing.T) {
+	for _, reopenJournal := range []bool{true, false} {
+		t.Run(fmt.Sprintf("reopen-journal=%v", reopenJournal), func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(filepath.Join(dir, "ward.db"), WithJournal())
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := t.Context()
+			want := map[string]store.KV{}
+			for i := range 300 {
+				k := fmt.Sprintf("audit/e/%05d", i)
+				v := bytes.Repeat([]byte{byte(i)}, i%700)
+				rev, err := s.Batch(ctx, []store.Op{{Key: k, Value: v, ExpectRevision: 0}, {Key: "head", Value: []byte(k), ExpectRevision: -1}})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want[k] = store.KV{Key: k, Value: v, Revision: rev}
+				want["head"] = store.KV{Key: "head", Value: []byte(k), Revision: rev}
+				if i%50 == 0 {
+					s.flush() // some in bbolt, some only in the journal
+				}
+			}
+			if err := s.Delete(ctx, "audit/e/00007"); err != nil {
+				t.Fatal(err)
+			}
+			delete(want, "audit/e/00007")
+			last, err := s.Put(ctx, "x", []byte("y"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want["x"] = store.KV{Key: "x", Value: []byte("y"), Revision: last}
+			crashed := copyDir(t, dir)
+			s.Close()
+
+			var opts []Option
+			if reopenJournal {
+				opts = append(opts, WithJournal())
+			}
+			r, err := Open(filepath.Join(crashed, "ward.db"), opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			kvs, err := r.List(ctx, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(kvs) != len(want) {
+				t.Errorf("after replay %d keys, want %d", len(kvs), len(want))
+			}
+			for _, kv := range kvs {
+				w := want[kv.Key]
+				if !bytes.Equal(kv.Value, w.Value) || kv.Revision != w.Revision {
+					t.Errorf("after replay %q = rev %d, want rev %d (value equal: %v)", kv.Key, kv.Revision, w.Revision, bytes.Equal(kv.Value, w.Value))
+				}
+			}
+			next, err := r.Put(ctx, "z", nil)
+			if err != nil || next != last+1 {
+				t.Errorf("first write after replay: rev %d, %v; want %d", next, err, last+1)
+			}
+			_, err = os.Stat(filepath.Join(crashed, "ward.db.journal0"))
+			if exists := err == nil; exists != reopenJournal {
+				t.Errorf("journal file exists after replay = %v, want %v", exists, reopenJournal)
+			}
+		})
+	}
+}
+
+// TestJournalCleanCloseRemovesFiles: a clean Close leaves everything in
+// bbolt and no journal behind.
+func TestJournalCleanCloseRemovesFiles(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "ward.db")
+	s, err := Open(path, WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := s.Put(t.Context(), "a", []byte("b"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range journalPaths(path) {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after a clean close: %v, want it removed", p, err)
+		}
+	}
+	r, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if kv, err := r.Get(context.Background(), "a"); err != nil || kv.Revision != rev {
+		t.Errorf("Get after clean close = %+v, %v", kv, err)
+	}
+}
+
+// TestJournalFileModes: the journal is readable by its owner only.
+func TestJournalFileModes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ward.db")
+	s, err := Open(path, WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for _, p := range journalPaths(path) {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m := fi.Mode().Perm(); m != 0o600 {
+			t.Errorf("%s mode %o, want 600", p, m)
+		}
+	}
+}
+
+var _ = strings.Contains
