@@ -52,7 +52,8 @@ func journalPaths(path string) [2]string {
 
 // jfile is one journal file.
 type jfile struct {
-	f    *os.File
+	f     *os.File
+	dsync *os.File
 	path string
 	size int64 // allocated (written) length
 }
@@ -73,6 +74,7 @@ type journal struct {
 	rev    int64 // the store's revision, bbolt's plus the overlay's (under writeMu)
 	broken error // set when a write or flush failed: every later write fails (under writeMu)
 
+	flushMu   sync.Mutex    // one flush at a time (the switch needs the previous one done)
 	kick      chan struct{} // wakes the flusher early
 	stop      chan struct{}
 	stopped   chan struct{}
@@ -174,6 +176,8 @@ func replay(db *bbolt.DB, paths [2]string, floor int64, frames []frame) error {
 		}
 		next++
 	}
+	slog.Default().Info("boltstore: replaying the journal left by a process that did not close the store",
+		"journal", paths[0], "records", len(frames), "from_revision", frames[0].rev, "to_revision", frames[len(frames)-1].rev)
 	return db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(bucketKV)
 		for _, f := range frames {
@@ -238,8 +242,19 @@ func createJournalFile(p string) (jfile, error) {
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
+	if journalDSync {
+		d, err := os.OpenFile(p, os.O_RDWR|syscall.O_DSYNC, 0)
+		if err != nil {
+			return fail(err)
+		}
+		jf.dsync = d
+		f.Close()
+		jf.f = d
+	}
 	return jf, nil
 }
+
+var journalDSync = os.Getenv("WARD_JOURNAL_DSYNC") == "1"
 
 var zeroChunk [64 << 10]byte
 
@@ -264,6 +279,9 @@ func (jf *jfile) append(buf []byte, off int64) error {
 	}
 	if _, err := jf.f.WriteAt(buf, off); err != nil {
 		return err
+	}
+	if jf.dsync != nil {
+		return nil
 	}
 	return fdatasync(jf.f)
 }
@@ -469,6 +487,8 @@ func (s *Store) flusher() {
 // drops those entries from the overlay (unless written again since).
 func (s *Store) flush() {
 	j := s.jr
+	j.flushMu.Lock()
+	defer j.flushMu.Unlock()
 	s.writeMu.Lock()
 	if j.broken != nil || len(s.overlay) == 0 {
 		s.writeMu.Unlock()

@@ -162,3 +162,31 @@ func TestJournalFileModes(t *testing.T) {
 }
 
 var _ = strings.Contains
+
+// BenchmarkGroupCommit is one audit-like group commit: 22 new 600-byte
+// events and an overwritten head per Batch, with and without the journal.
+func BenchmarkGroupCommit(b *testing.B) {
+	for _, journal := range []bool{false, true} {
+		b.Run(fmt.Sprintf("journal=%v", journal), func(b *testing.B) {
+			var opts []Option
+			if journal {
+				opts = append(opts, WithJournal())
+			}
+			s := openTemp(b, opts...)
+			ctx := context.Background()
+			val := bytes.Repeat([]byte{7}, 600)
+			seq := 0
+			for b.Loop() {
+				ops := make([]store.Op, 0, 23)
+				for range 22 {
+					ops = append(ops, store.Op{Key: fmt.Sprintf("audit/e/%020d", seq), Value: val, ExpectRevision: 0})
+					seq++
+				}
+				ops = append(ops, store.Op{Key: "audit/head", Value: val, ExpectRevision: -1})
+				if _, err := s.Batch(ctx, ops); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
