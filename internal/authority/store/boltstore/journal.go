@@ -54,8 +54,8 @@ func journalPaths(path string) [2]string {
 type jfile struct {
 	f     *os.File
 	dsync *os.File
-	path string
-	size int64 // allocated (written) length
+	path  string
+	size  int64 // allocated (written) length
 }
 
 // ovEntry is one write in the overlay: the newest value of a key not yet

@@ -3,8 +3,10 @@ package boltstore
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"strings"
@@ -161,7 +163,149 @@ func TestJournalFileModes(t *testing.T) {
 	}
 }
 
-var _ = strings.Contains
+// crashedJournal writes n batches through a journaled store that is never
+// flushed (the test holds the flush lock) and returns a copy of its
+// directory as a crash leaves it, with the path of the journal holding the
+// frames and the frames' offsets in it.
+func crashedJournal(t *testing.T, n int) (dir, journal string, offs []int64) {
+	t.Helper()
+	return crashedJournalOn(t, t.TempDir(), n)
+}
+
+func crashedJournalOn(t *testing.T, src string, n int) (dir, journal string, offs []int64) {
+	t.Helper()
+	s, err := Open(filepath.Join(src, "ward.db"), WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.jr.flushMu.Lock() // no flush: every frame stays needed
+	active := s.jr.active
+	for i := range n {
+		off := s.jr.off
+		if _, err := s.Batch(t.Context(), []store.Op{{Key: fmt.Sprintf("k/%03d", i), Value: bytes.Repeat([]byte{'v'}, 100+i), ExpectRevision: 0}}); err != nil {
+			t.Fatal(err)
+		}
+		offs = append(offs, off)
+	}
+	dir = copyDir(t, src)
+	s.jr.flushMu.Unlock()
+	s.Close()
+	return dir, journalPaths(filepath.Join(dir, "ward.db"))[active], offs
+}
+
+func countKeys(t *testing.T, path string) (int, error) {
+	t.Helper()
+	s, err := Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer s.Close()
+	kvs, err := s.List(t.Context(), "k/")
+	return len(kvs), err
+}
+
+// TestJournalTornTail: a last frame cut short (the crash hit the write) is
+// ignored, never misread; the frames before it are replayed.
+func TestJournalTornTail(t *testing.T) {
+	dir, jpath, offs := crashedJournal(t, 5)
+	last := offs[4]
+	// Cut the file in the middle of the last frame, then also as a torn
+	// write into preallocated zeros leaves it: length and crc intact, the
+	// payload's tail zero.
+	b, err := os.ReadFile(jpath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(jpath, b[:last+40], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := countKeys(t, filepath.Join(dir, "ward.db")); err != nil || n != 4 {
+		t.Fatalf("after a truncated last frame: %d keys, %v; want 4", n, err)
+	}
+
+	dir, jpath, offs = crashedJournal(t, 5)
+	b, _ = os.ReadFile(jpath)
+	clear(b[offs[4]+60 : offs[4]+frameHeaderLen+104])
+	os.WriteFile(jpath, b, 0o600)
+	if n, err := countKeys(t, filepath.Join(dir, "ward.db")); err != nil || n != 4 {
+		t.Fatalf("after a torn last frame: %d keys, %v; want 4", n, err)
+	}
+}
+
+// TestJournalCorruptMiddleRefused: a damaged frame followed by valid newer
+// ones is not a torn write: Open refuses, naming the file, and skips
+// nothing.
+func TestJournalCorruptMiddleRefused(t *testing.T) {
+	for name, damage := range map[string]func(b []byte, off int64){
+		"checksum": func(b []byte, off int64) { b[off+4] ^= 0xff },
+		"payload":  func(b []byte, off int64) { b[off+frameHeaderLen+20] ^= 1 },
+		"length":   func(b []byte, off int64) { b[off] = 0xff },
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir, jpath, offs := crashedJournal(t, 5)
+			b, _ := os.ReadFile(jpath)
+			damage(b, offs[2])
+			os.WriteFile(jpath, b, 0o600)
+			_, err := countKeys(t, filepath.Join(dir, "ward.db"))
+			if err == nil || !errors.Is(err, errJournalCorrupt) || !strings.Contains(err.Error(), jpath) || !strings.Contains(err.Error(), "newer record follows") {
+				t.Fatalf("Open with a damaged middle frame: %v; want a corruption error naming %s", err, jpath)
+			}
+		})
+	}
+}
+
+// TestJournalUnknownFormatRefused: a journal of a newer format is not
+// replayed (nor removed): Open says which file and what to do.
+func TestJournalUnknownFormatRefused(t *testing.T) {
+	dir, jpath, _ := crashedJournal(t, 2)
+	b, _ := os.ReadFile(jpath)
+	b[11] = 2 // format 2
+	copy(b[12:16], journalHeaderFormat(2)[12:16])
+	os.WriteFile(jpath, b, 0o600)
+	_, err := countKeys(t, filepath.Join(dir, "ward.db"))
+	if err == nil || !strings.Contains(err.Error(), jpath) || !strings.Contains(err.Error(), "format 2") || !strings.Contains(err.Error(), "ward version that wrote it") {
+		t.Fatalf("Open with a format-2 journal: %v", err)
+	}
+	if _, err := os.Stat(jpath); err != nil {
+		t.Fatalf("the unknown journal was removed: %v", err)
+	}
+	os.WriteFile(jpath, []byte("not a journal at all, but long enough"), 0o600)
+	if _, err := countKeys(t, filepath.Join(dir, "ward.db")); err == nil || !strings.Contains(err.Error(), "is not a ward journal") {
+		t.Fatalf("Open with a foreign file as journal: %v", err)
+	}
+}
+
+// TestJournalGapRefused: a journal that does not continue the store (the
+// store file replaced by an older copy) is refused, not applied.
+func TestJournalGapRefused(t *testing.T) {
+	src := t.TempDir()
+	path := filepath.Join(src, "ward.db")
+	s, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	old, _ := os.ReadFile(path) // revision 0
+	s, err = Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Put(t.Context(), "a", nil) // revision 1: the journal starts at 2
+	s.Close()
+	dir, _, _ := crashedJournalOn(t, src, 3)
+	os.WriteFile(filepath.Join(dir, "ward.db"), old, 0o600)
+	_, err = countKeys(t, filepath.Join(dir, "ward.db"))
+	if err == nil || !strings.Contains(err.Error(), "restored") {
+		t.Fatalf("Open with a journal ahead of an older store file: %v", err)
+	}
+}
+
+func journalHeaderFormat(v uint32) []byte {
+	h := journalHeader()
+	binary.BigEndian.PutUint32(h[8:], v)
+	binary.BigEndian.PutUint32(h[12:], crc32.Checksum(h[:12], castagnoli))
+	return h
+}
 
 // BenchmarkGroupCommit is one audit-like group commit: 22 new 600-byte
 // events and an overwritten head per Batch, with and without the journal.
