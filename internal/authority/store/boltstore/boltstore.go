@@ -4,7 +4,10 @@
 // Layout: bucket "ward.meta" holds the format version and the global revision
 // counter; bucket "ward.kv" maps each key to an 8-byte big-endian revision
 // followed by the value. Every write is one bbolt transaction (fsynced on
-// commit), so a Batch is atomic and a crash never leaves half a batch. Watch
+// commit), so a Batch is atomic and a crash never leaves half a batch; with
+// WithJournal (what `ward server` uses) every write is instead one synced,
+// checksummed journal frame, and bbolt is written behind it in larger
+// transactions (journal.go; the frames are replayed on Open). Watch
 // is served in-process: committed changes fan out to watchers through
 // bounded buffers, and a watcher too slow to keep up is dropped (its channel
 // closed) rather than allowed to block writers.
