@@ -52,10 +52,9 @@ func journalPaths(path string) [2]string {
 
 // jfile is one journal file.
 type jfile struct {
-	f     *os.File
-	dsync *os.File
-	path  string
-	size  int64 // allocated (written) length
+	f    *os.File
+	path string
+	size int64 // allocated (written) length
 }
 
 // ovEntry is one write in the overlay: the newest value of a key not yet
@@ -242,19 +241,8 @@ func createJournalFile(p string) (jfile, error) {
 	if err := f.Sync(); err != nil {
 		return fail(err)
 	}
-	if journalDSync {
-		d, err := os.OpenFile(p, os.O_RDWR|syscall.O_DSYNC, 0)
-		if err != nil {
-			return fail(err)
-		}
-		jf.dsync = d
-		f.Close()
-		jf.f = d
-	}
 	return jf, nil
 }
-
-var journalDSync = os.Getenv("WARD_JOURNAL_DSYNC") == "1"
 
 var zeroChunk [64 << 10]byte
 
@@ -270,7 +258,8 @@ func (jf *jfile) grow(n int64) error {
 	return nil
 }
 
-// append writes buf (one frame) at off and syncs it.
+// append writes buf (one frame) at off and syncs it: pwrite and fdatasync
+// (an O_DSYNC file measured 1.4-1.5x slower per group here, under load).
 func (jf *jfile) append(buf []byte, off int64) error {
 	if end := off + int64(len(buf)); end > jf.size {
 		if err := jf.grow(max(2*jf.size, alignUp(end))); err != nil {
@@ -279,9 +268,6 @@ func (jf *jfile) append(buf []byte, off int64) error {
 	}
 	if _, err := jf.f.WriteAt(buf, off); err != nil {
 		return err
-	}
-	if jf.dsync != nil {
-		return nil
 	}
 	return fdatasync(jf.f)
 }
