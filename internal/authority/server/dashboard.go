@@ -293,7 +293,7 @@ func (s *Server) dashboardState(ctx context.Context) dashboard.State {
 	}
 	slices.Reverse(out.Recent) // newest first
 	// identity
-	id := st.ident
+	id := st.ident.Load()
 	if id == nil {
 		return out
 	}

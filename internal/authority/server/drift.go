@@ -271,7 +271,7 @@ func (s *Server) DriftState(ctx context.Context) (rules posture.Rules, version u
 		st.Keys = append(st.Keys, driftKey(k))
 	}
 	ic := s.cfg.Identity.Effective()
-	if id := u.ident; id != nil {
+	if id := u.ident.Load(); id != nil {
 		entries, err := id.reg.ListEntries(ctx, registry.ListFilter{})
 		if err != nil {
 			return rules, version, scope, st, fmt.Errorf("listing entries: %w", err)

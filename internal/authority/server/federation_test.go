@@ -76,10 +76,10 @@ func (a *fedAuthority) restart(t *testing.T, change ...func(*config.Server)) {
 func (a *fedAuthority) ca(t *testing.T) *ca.CA {
 	t.Helper()
 	st, err := a.srv.state()
-	if err != nil || st.ident == nil {
+	if err != nil || st.ident.Load() == nil {
 		t.Fatalf("authority %s has no CA: %v", a.td, err)
 	}
-	return st.ident.ca
+	return st.ident.Load().ca
 }
 
 func (a *fedAuthority) bundleJSON(t *testing.T) []byte {

@@ -48,8 +48,8 @@ func (s *Server) memberName() string {
 // leads, the singleton jobs run (leaderJobs).
 func (s *Server) runHA(ctx context.Context, st *unsealedState) {
 	self := ha.Member{Name: s.memberName(), Version: buildinfo.Read().Version, Since: time.Now().UTC().Truncate(time.Second)}
-	if st.ident != nil && st.ident.node != nil {
-		if a := st.ident.node.Addr(); a != nil {
+	if id := st.ident.Load(); id != nil && id.node != nil {
+		if a := id.node.Addr(); a != nil {
 			self.Address = a.String()
 		}
 	}
@@ -78,7 +78,7 @@ func (s *Server) leaderJobs(ctx context.Context, st *unsealedState) {
 	run(func() { s.purgeRequests(ctx) })
 	run(func() { s.rewriteLoop(ctx, st) }) // barrier rotation (maintenance.go)
 	run(func() { s.driftLoop(ctx) })
-	if id := st.ident; id != nil {
+	if id := st.ident.Load(); id != nil {
 		fc := s.cfg.Federation.Effective()
 		svid := federation.RevocationClient{SVID: id.svid.SVID}
 		run(func() { id.fed.RunRevocations(ctx, svid) })

@@ -159,13 +159,13 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 		defer id.wg.Done()
 		s.followFederation(jobCtx, id.fed)
 	}()
-	st.ident = id
+	st.ident.Store(id)
 	return nil
 }
 
 // stopIdentity stops them on seal.
 func (s *Server) stopIdentity(st *unsealedState) {
-	id := st.ident
+	id := st.ident.Swap(nil)
 	if id == nil {
 		return
 	}
@@ -177,17 +177,20 @@ func (s *Server) stopIdentity(st *unsealedState) {
 	}
 	id.cancel()
 	id.wg.Wait()
-	st.ident = nil
 }
 
 // NodeAPIAddress is the bound Node API address, or "" when it is off or
 // the authority is sealed.
 func (s *Server) NodeAPIAddress() string {
 	st, err := s.state()
-	if err != nil || st.ident == nil || st.ident.node == nil {
+	if err != nil {
 		return ""
 	}
-	if a := st.ident.node.Addr(); a != nil {
+	id := st.ident.Load()
+	if id == nil || id.node == nil {
+		return ""
+	}
+	if a := id.node.Addr(); a != nil {
 		return a.String()
 	}
 	return ""
@@ -248,20 +251,27 @@ func (s *Server) openFederation(ctx context.Context, st *unsealedState, td spiff
 // otherwise).
 func (s *Server) federation() *federation.Manager {
 	st, err := s.state()
-	if err != nil || st.ident == nil {
+	if err != nil {
 		return nil
 	}
-	return st.ident.fed
+	if id := st.ident.Load(); id != nil {
+		return id.fed
+	}
+	return nil
 }
 
 // BundleEndpointAddress is the bound https_spiffe bundle endpoint address,
 // or "" when it is off or the authority is sealed.
 func (s *Server) BundleEndpointAddress() string {
 	st, err := s.state()
-	if err != nil || st.ident == nil || st.ident.bep == nil {
+	if err != nil {
 		return ""
 	}
-	if a := st.ident.bep.Addr(federation.ProfileSPIFFE); a != nil {
+	id := st.ident.Load()
+	if id == nil || id.bep == nil {
+		return ""
+	}
+	if a := id.bep.Addr(federation.ProfileSPIFFE); a != nil {
 		return a.String()
 	}
 	return ""

@@ -45,8 +45,8 @@ func (l lifecycle) Services() (*adminapi.Services, error) {
 	if l.s.drift.eval != nil {
 		sv.Drift = l.s
 	}
-	if st.ident != nil {
-		sv.CA, sv.Registry, sv.Federation = st.ident.ca, st.ident.reg, st.ident.fed
+	if id := st.ident.Load(); id != nil {
+		sv.CA, sv.Registry, sv.Federation = id.ca, id.reg, id.fed
 	}
 	return sv, nil
 }

@@ -96,7 +96,11 @@ type Server struct {
 }
 
 type unsealedState struct {
-	ident  *identityState // workload identity services (identity.go)
+	// ident is the workload identity services (identity.go), nil until
+	// they started and once the seal stopped them: calls and jobs that
+	// took this state read it while the seal runs, so it is swapped, never
+	// written in place.
+	ident  atomic.Pointer[identityState]
 	kms    *kms.Manager
 	policy *policystore.Store
 	// posture is the declared posture's versions (drift.go).

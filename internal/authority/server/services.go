@@ -20,10 +20,11 @@ import (
 // ID are merged in entry-ID order (a later entry's label wins).
 func (s *Server) principalsFunc(st *unsealedState) policystore.PrincipalsFunc {
 	return func(ctx context.Context) (map[string]policy.Principal, error) {
-		if st.ident == nil {
+		id := st.ident.Load()
+		if id == nil {
 			return nil, nil
 		}
-		entries, err := st.ident.reg.ListEntries(ctx, registry.ListFilter{})
+		entries, err := id.reg.ListEntries(ctx, registry.ListFilter{})
 		if err != nil {
 			return nil, err
 		}
@@ -50,10 +51,11 @@ func (s *Server) principalsFunc(st *unsealedState) policystore.PrincipalsFunc {
 // version carries on its deny-list (none while identity is not running).
 func (s *Server) taintedKeysFunc(st *unsealedState) func() []string {
 	return func() []string {
-		if st.ident == nil || st.ident.ca == nil {
+		id := st.ident.Load()
+		if id == nil || id.ca == nil {
 			return nil
 		}
-		return st.ident.ca.TaintedKeyIDs()
+		return id.ca.TaintedKeyIDs()
 	}
 }
 
