@@ -28,6 +28,7 @@ type procStats struct {
 	gcs           float64 // completed GC cycles
 	scheds        float64 // runnable → running transitions (sampled 1 in 8 by the runtime, scaled back)
 	goroutinesNew float64
+	sysµs         float64 // system (kernel) CPU time, µs
 }
 
 var procMetrics = []rtmetrics.Sample{
@@ -55,6 +56,7 @@ func readProcStats(tb testing.TB) procStats {
 		tb.Fatal(err)
 	}
 	s.vcsw, s.ivcsw = float64(ru.Nvcsw), float64(ru.Nivcsw)
+	s.sysµs = float64(ru.Stime.Nano()) / 1e3
 	ms := make([]rtmetrics.Sample, len(procMetrics))
 	copy(ms, procMetrics)
 	rtmetrics.Read(ms)
@@ -80,6 +82,7 @@ func readProcStats(tb testing.TB) procStats {
 // reportProcStats reports s1 − s0 per call (GC cycles per 1,000 calls).
 func reportProcStats(b *testing.B, s0, s1 procStats) {
 	n := float64(b.N)
+	b.ReportMetric((s1.sysµs-s0.sysµs)/n, "sys-µs/op")
 	b.ReportMetric((s1.syscr-s0.syscr)/n, "syscr/op")
 	b.ReportMetric((s1.syscw-s0.syscw)/n, "syscw/op")
 	b.ReportMetric((s1.vcsw-s0.vcsw)/n, "vcsw/op")

@@ -40,6 +40,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/peercred"
 	"github.com/wardproject/ward/internal/shared/reqctx"
+	"github.com/wardproject/ward/internal/shared/wirecodec"
 )
 
 const auditSigningKeyPath = "audit/signing-key"
@@ -521,6 +522,9 @@ func (s *Server) adminServerOptions() []grpc.ServerOption {
 		// already, not on a new goroutine each (which grows its stack
 		// again on every call); past them gRPC starts goroutines as before.
 		grpc.NumStreamWorkers(adminStreamWorkers),
+		// Small messages marshaled into pooled buffers (grpc-go pools only
+		// those over 1 KiB).
+		wirecodec.ServerOption(),
 	}
 }
 
