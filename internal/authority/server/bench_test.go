@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -347,9 +349,21 @@ func BenchmarkKMSEncryptAuditedCallers(b *testing.B) {
 }
 
 // benchCallers runs b.N calls of the function mk returns from 1, 8 and 64
-// concurrent callers against a fresh authority each (see measureCallers).
+// concurrent callers (or the counts WARD_BENCH_CALLERS lists, as in
+// "22,64") against a fresh authority each (see measureCallers).
 func benchCallers(b *testing.B, mk func(*testing.B, *Server, *client.Client, *unsealedState) func(context.Context) error) {
-	for _, callers := range []int{1, 8, 64} {
+	counts := []int{1, 8, 64}
+	if v := os.Getenv("WARD_BENCH_CALLERS"); v != "" {
+		counts = nil
+		for _, f := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || n < 1 {
+				b.Fatalf("WARD_BENCH_CALLERS=%q: want caller counts separated by commas, as in 22,64", v)
+			}
+			counts = append(counts, n)
+		}
+	}
+	for _, callers := range counts {
 		b.Run(fmt.Sprintf("callers=%d", callers), func(b *testing.B) {
 			srv, c := benchServer(b)
 			st, err := srv.state()
