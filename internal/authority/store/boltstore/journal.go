@@ -71,7 +71,10 @@ type journal struct {
 	active int   // the file frames go to (under writeMu)
 	off    int64 // where the next frame goes in it (under writeMu)
 	rev    int64 // the store's revision, bbolt's plus the overlay's (under writeMu)
-	broken error // set when a write or flush failed: every later write fails (under writeMu)
+	broken error // set when a frame's write failed: every later write fails (under writeMu)
+	// behind is set while a failed flush left the other file holding
+	// frames bbolt lacks: flushes then do not switch files (under writeMu).
+	behind bool
 
 	flushMu   sync.Mutex    // one flush at a time (the switch needs the previous one done)
 	kick      chan struct{} // wakes the flusher early
@@ -260,16 +263,19 @@ func (jf *jfile) grow(n int64) error {
 
 // append writes buf (one frame) at off and syncs it: pwrite and fdatasync
 // (an O_DSYNC file measured 1.4-1.5x slower per group here, under load).
-func (jf *jfile) append(buf []byte, off int64) error {
+// A failed growth (disk full) wrote nothing where a frame goes: the write
+// fails but the journal stays usable (grown is false). Once the frame's
+// pwrite or fdatasync failed, it is not.
+func (jf *jfile) append(buf []byte, off int64) (grown bool, err error) {
 	if end := off + int64(len(buf)); end > jf.size {
 		if err := jf.grow(max(2*jf.size, alignUp(end))); err != nil {
-			return err
+			return false, err
 		}
 	}
 	if _, err := jf.f.WriteAt(buf, off); err != nil {
-		return err
+		return true, err
 	}
-	return fdatasync(jf.f)
+	return true, fdatasync(jf.f)
 }
 
 func fdatasync(f *os.File) error {
@@ -312,7 +318,10 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 		return j.rev, nil
 	}
 	buf, valAt := appendFrame(make([]byte, 0, s.frameSize(evs)), rev, evs, make([]int, 0, len(evs)))
-	if err := j.files[j.active].append(buf, j.off); err != nil {
+	if grown, err := j.files[j.active].append(buf, j.off); err != nil {
+		if !grown {
+			return 0, fmt.Errorf("boltstore: journal %s: allocating room for a write: %w; nothing was written", j.files[j.active].path, err)
+		}
 		// The frame may be partly on disk, and after a failed fdatasync
 		// the page cache cannot be trusted: no write succeeds any more.
 		j.broken = fmt.Errorf("boltstore: journal %s: a write failed (%v): the store accepts no more writes; restart the authority (the journal is replayed on open)", j.files[j.active].path, err)
@@ -490,8 +499,10 @@ func (s *Store) flush() {
 		entries[k] = e
 	}
 	s.ovMu.RUnlock()
-	j.active = 1 - j.active
-	j.off = journalBlock
+	if !j.behind {
+		j.active = 1 - j.active
+		j.off = journalBlock
+	}
 	s.writeMu.Unlock()
 
 	slices.Sort(snap)
@@ -523,14 +534,19 @@ func (s *Store) flush() {
 	})
 	if err != nil {
 		// The file switched from still holds frames bbolt lacks: it must
-		// not be reused. The journal replays them on the next open.
+		// not be written again until a flush succeeds (the next ones
+		// retry without switching). Writes go on into the journal.
 		s.writeMu.Lock()
-		j.broken = fmt.Errorf("boltstore: writing the journal into %s failed (%v): the store accepts no more writes; restart the authority (the journal is replayed on open)", s.path, err)
+		j.behind = true
 		s.writeMu.Unlock()
-		slog.Default().Error("boltstore: journal flush failed", "path", s.path, "err", err)
+		slog.Default().Error("boltstore: writing the journal into bbolt failed; the writes stay in the journal and the flush is retried",
+			"path", s.path, "err", err)
 		s.noteFlushed()
 		return
 	}
+	s.writeMu.Lock()
+	j.behind = false
+	s.writeMu.Unlock()
 	s.ovMu.Lock()
 	for _, k := range snap {
 		if s.overlay[k] == entries[k] {
