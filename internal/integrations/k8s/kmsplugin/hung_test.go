@@ -47,12 +47,16 @@ func TestHungAuthorityBoundedByTimeout(t *testing.T) {
 	}{
 		{"accepts and never answers", func(t *testing.T, ln net.Listener) {
 			go func() {
+				var conns []net.Conn // held open, silent, until the listener closes
 				for {
 					conn, err := ln.Accept()
 					if err != nil {
+						for _, c := range conns {
+							c.Close()
+						}
 						return
 					}
-					t.Cleanup(func() { conn.Close() })
+					conns = append(conns, conn)
 				}
 			}()
 		}},
