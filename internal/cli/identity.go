@@ -371,6 +371,13 @@ func agentAdminCommands() []*cobra.Command {
 				fmt.Fprintf(cmd.OutOrStdout(), "Agent %s evicted: it must attest again (new join token or x509pop) to get SVIDs.\n", a.SpiffeId)
 				fmt.Fprintf(cmd.OutOrStdout(), "Revoked %d X509-SVIDs still valid that were signed through it (its workloads' and its own): "+
 					"proxies, the Node API and federated peers refuse them now (deny-list, until each one expires).\n", a.RevokedSvids)
+				if a.RevokedJwtSvids == 0 {
+					fmt.Fprintln(cmd.OutOrStdout(), "No JWT-SVID minted through it was still unexpired.")
+					return nil
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "Revoked %d JWT-SVIDs not yet expired that were minted through it: every ward agent's "+
+					"Workload API (ValidateJWTSVID), here and at federated peers, refuses them now; relying parties that validate "+
+					"offline against the bundle still accept them until they expire.\n", a.RevokedJwtSvids)
 				return nil
 			})
 		},

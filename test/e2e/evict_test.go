@@ -68,6 +68,41 @@ func TestEvictRevokesAtTheProxy(t *testing.T) {
 	}
 }
 
+// TestEvictRevokesJWTSVIDs runs the attack of a JWT-SVID taken off an
+// evicted node: the payments workload's token minted through node-1's
+// agent before `ward agent evict` validates on node-2's Workload API
+// (ValidateJWTSVID) until the eviction, and is refused there after it
+// (its jti on the deny-list that node-2's agent follows), while the token
+// node-2's own workload got still validates. `ward agent evict` says how
+// many JWT-SVIDs it revoked.
+func TestEvictRevokesJWTSVIDs(t *testing.T) {
+	sc := startPaymentsScenario(t)
+	token := strings.TrimSpace(MustWard(t, sc.addr, "", "token", "create", "--ttl", "10m", "--agent-path", "node-1", "-q"))
+	ag := startAgentProc(t, sc.pub, sc.nodeAPI, sc.bundle, token)
+	ag.WaitStatus("1 SVID", func(st AgentStatus) bool { return st.SVIDs == 1 })
+	stolen, jti := FetchJWTSVID(t, ag.Socket, "orders")
+	kept, _ := FetchJWTSVID(t, sc.ag2.Socket, "orders")
+	if len(jti) != 32 {
+		t.Fatalf("JWT-SVID jti %q, want 128 bits in hex", jti)
+	}
+	for what, tok := range map[string]string{"node-1's": stolen, "node-2's": kept} {
+		if err := ValidateJWTSVID(sc.ag2.Socket, tok, "orders"); err != nil {
+			t.Fatalf("%s JWT-SVID before the eviction: %v", what, err)
+		}
+	}
+	out := MustWard(t, sc.addr, "", "agent", "evict", "spiffe://e2e.example.org/ward/agent/node-1")
+	if !strings.Contains(out, "Revoked 1 JWT-SVIDs") {
+		t.Fatalf("`ward agent evict` does not say it revoked the JWT-SVID:\n%s", out)
+	}
+	WaitJWTSVIDRefused(t, sc.ag2.Socket, stolen, "orders", "node-1's JWT-SVID on node-2 after the eviction")
+	if err := ValidateJWTSVID(sc.ag2.Socket, kept, "orders"); err != nil {
+		t.Fatalf("node-2's own JWT-SVID after node-1's eviction: %v", err)
+	}
+	if !strings.Contains(MustWard(t, sc.addr, "", "policy", "show"), strings.TrimLeft(jti, "0")) { // listed normalized
+		t.Fatalf("the deny-list does not name the jti %s", jti)
+	}
+}
+
 // paymentsScenario is the stage of the node-compromise tests (evict,
 // crash loop): an authority with its Node API, the CA bundle, an entry
 // for spiffe://e2e.example.org/payments under node-1 (whose agent the test
@@ -78,6 +113,7 @@ type paymentsScenario struct {
 	addr, dir, pub, bundle, nodeAPI string
 	inbound                         string
 	logs                            *syncbuf.Buffer
+	ag2                             *AgentProc // node-2's agent
 }
 
 func startPaymentsScenario(t *testing.T) *paymentsScenario {
@@ -105,5 +141,5 @@ func startPaymentsScenario(t *testing.T) *paymentsScenario {
 	MustWard(t, a, "", "policy", "apply", pol)
 	// A real ward proxy in front of an app that accepts and discards.
 	inbound, logs := startPaymentsProxy(t, dir, ag2.Socket, filepath.Join(pub2, "policy.sock"))
-	return &paymentsScenario{addr: a, dir: dir, pub: pub, bundle: bundle, nodeAPI: nodeAPI, inbound: inbound, logs: logs}
+	return &paymentsScenario{addr: a, dir: dir, pub: pub, bundle: bundle, nodeAPI: nodeAPI, inbound: inbound, logs: logs, ag2: ag2}
 }

@@ -761,9 +761,13 @@ type Agent struct {
 	// through it on the deny-list (it failed, e.g. the audit log or the
 	// policy store was down, or it is under way): the agent may not attest
 	// again until `ward agent evict` is run again and succeeds.
-	EvictPending  bool `protobuf:"varint,10,opt,name=evict_pending,json=evictPending,proto3" json:"evict_pending,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	EvictPending bool `protobuf:"varint,10,opt,name=evict_pending,json=evictPending,proto3" json:"evict_pending,omitempty"`
+	// Set in EvictAgent's answer only: how many JWT-SVIDs minted through the
+	// agent and not yet expired the eviction put on the deny-list (by jti,
+	// until their exp); not counted in revoked_svids.
+	RevokedJwtSvids uint32 `protobuf:"varint,11,opt,name=revoked_jwt_svids,json=revokedJwtSvids,proto3" json:"revoked_jwt_svids,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -864,6 +868,13 @@ func (x *Agent) GetEvictPending() bool {
 		return x.EvictPending
 	}
 	return false
+}
+
+func (x *Agent) GetRevokedJwtSvids() uint32 {
+	if x != nil {
+		return x.RevokedJwtSvids
+	}
+	return 0
 }
 
 type CreateJoinTokenRequest struct {
@@ -2502,7 +2513,7 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\x0fexpect_revision\x18\x02 \x01(\x03R\x0eexpectRevision\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13DeleteEntryResponse\"\xa3\x03\n" +
+	"\x13DeleteEntryResponse\"\xcf\x03\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12/\n" +
@@ -2514,7 +2525,8 @@ const file_ward_v1_identity_proto_rawDesc = "" +
 	"\aevicted\x18\b \x01(\bR\aevicted\x12#\n" +
 	"\rrevoked_svids\x18\t \x01(\rR\frevokedSvids\x12#\n" +
 	"\revict_pending\x18\n" +
-	" \x01(\bR\fevictPending\"X\n" +
+	" \x01(\bR\fevictPending\x12*\n" +
+	"\x11revoked_jwt_svids\x18\v \x01(\rR\x0frevokedJwtSvids\"X\n" +
 	"\x16CreateJoinTokenRequest\x12\x1f\n" +
 	"\vttl_seconds\x18\x01 \x01(\x03R\n" +
 	"ttlSeconds\x12\x1d\n" +

@@ -191,7 +191,11 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 	}
 	// The SVIDs still valid that were signed through the agent go on the
 	// deny-list (until each one's NotAfter) in the same audited step: an
-	// evicted node's workloads are cut off now, not at expiry.
+	// evicted node's workloads are cut off now, not at expiry. So do the
+	// jtis of the JWT-SVIDs minted through it (until each one's exp),
+	// which every Workload API's ValidateJWTSVID, here and at federated
+	// peers, refuses.
+	jwts := 0
 	revoke := func(ctx context.Context, svids []registry.Issued) (int, error) {
 		ps, err := a.a.policyStore()
 		if err != nil {
@@ -208,6 +212,12 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 		if err != nil {
 			return 0, err
 		}
+		jwts = 0
+		for _, s := range svids {
+			if s.JWT {
+				jwts++ // its jti, on the same list until its exp
+			}
+		}
 		return len(svids), nil
 	}
 	ag, n, err := id.Registry.EvictAgent(ctx, aid, revoke)
@@ -215,7 +225,9 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 		return nil, errs.ToStatus(err)
 	}
 	out := apiconv.AgentProto(ag)
-	out.RevokedSvids = uint32(n)
+	if n > 0 {
+		out.RevokedSvids, out.RevokedJwtSvids = uint32(n-jwts), uint32(jwts)
+	}
 	return out, nil
 }
 

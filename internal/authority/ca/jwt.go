@@ -3,6 +3,8 @@ package ca
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"time"
 
@@ -19,6 +21,10 @@ type JWTSVID struct {
 	IssuedAt time.Time
 	Expiry   time.Time
 	KeyID    string
+	// JTI is the token's jti claim: 128 random bits in hex, by which an
+	// eviction of the agent it was minted through revokes it (the
+	// deny-list's serials, until Expiry).
+	JTI string
 }
 
 // SignJWTSVID signs a JWT-SVID for id with the active JWT key (ES256 for
@@ -63,7 +69,10 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 		return JWTSVID{}, fmt.Errorf("JWT signer for key %s: %w", v.jwt.ID, err)
 	}
 	iat := now.Truncate(time.Second)
+	var jti [16]byte
+	rand.Read(jti[:])
 	claims := jwt.Claims{
+		ID:       hex.EncodeToString(jti[:]),
 		Subject:  id.String(),
 		Audience: jwt.Audience(audience),
 		Expiry:   jwt.NewNumericDate(exp),
@@ -74,5 +83,5 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 		return JWTSVID{}, fmt.Errorf("sign JWT-SVID for %s: %w", id, err)
 	}
 	return JWTSVID{Token: tok, ID: id, Audience: append([]string(nil), audience...), IssuedAt: iat,
-		Expiry: exp.Truncate(time.Second), KeyID: v.jwt.ID}, nil
+		Expiry: exp.Truncate(time.Second), KeyID: v.jwt.ID, JTI: claims.ID}, nil
 }

@@ -593,7 +593,18 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequ
 		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
 	}
 	fields["spiffe_id"], fields["key_id"], fields["expires"] = id.String(), j.KeyID, j.Expiry.UTC().Format(time.RFC3339)
+	fields["jti"] = j.JTI
+	// Recorded under the agent before it is released, so evicting the
+	// agent revokes it (its jti on the deny-list until its exp): refused
+	// for an agent evicted meanwhile, or an entry at its bound of
+	// unexpired JWT-SVIDs (registry.MaxJWTPerEntry).
+	if err := s.cfg.Registry.RecordJWT(ctx, agent, e.ID, j.JTI, j.Expiry); err != nil {
+		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
+	}
 	if err := s.cfg.Audit.Record(ctx, s.event(ctx, "svid.jwt.sign", audit.ResultOK, "", fields)); err != nil {
+		// Never released: it needs no revocation, and kept it would hold
+		// the entry's bound.
+		_ = s.cfg.Registry.ForgetWithheld(context.WithoutCancel(ctx), agent, []registry.Issued{{Entry: e.ID, Serial: j.JTI, NotAfter: j.Expiry, JWT: true}})
 		return nil, status.Errorf(codes.Unavailable, "audit log unavailable, JWT-SVID for %s withheld: %v", id, err)
 	}
 	return &wardv1.SignJWTSVIDResponse{Token: j.Token, Expires: timestamppb.New(j.Expiry)}, nil

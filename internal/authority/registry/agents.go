@@ -447,8 +447,9 @@ func (r *Registry) authorize(ctx context.Context, id spiffeid.ID, serial string,
 
 // EvictAgent marks agent id evicted: it can no longer renew, sync or sign
 // and must attest again. With revoke set, the X509-SVIDs still valid that
-// were signed through the agent (its workloads' and its own) are handed to
-// revoke (the deny-list) in the same audited step, and no signing in
+// were signed through the agent (its workloads' and its own), and the
+// JWT-SVIDs minted through it still unexpired (Issued.JWT: their jti and
+// exp), are handed to revoke (the deny-list) in the same audited step, and no signing in
 // flight is released after that (RecordIssued refuses an evicted agent).
 // revoke returns how many it revoked (0: kept in the record, e.g. no
 // policy applied yet, when everything is refused anyway; a later evict
@@ -492,12 +493,29 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(c
 		if err == nil && n > 0 {
 			err = r.forgetIssued(ctx, id, svids)
 		}
-		fields["revoked_svids"] = strconv.Itoa(n)
+		if j := countJWT(svids); n > 0 {
+			// X509-SVIDs and JWT-SVIDs (their jti on the deny-list until
+			// exp) apart.
+			fields["revoked_svids"], fields["revoked_jwt_svids"] = strconv.Itoa(n-j), strconv.Itoa(j)
+		} else {
+			fields["revoked_svids"] = "0"
+		}
 	}
 	if err = r.auditEnd(ctx, "agent.evict", fields, err); err != nil {
 		return a, n, err
 	}
 	return a, n, r.deleteEvictedTunnel(ctx, id)
+}
+
+// countJWT counts the JWT-SVIDs in s.
+func countJWT(s []Issued) int {
+	n := 0
+	for _, x := range s {
+		if x.JWT {
+			n++
+		}
+	}
+	return n
 }
 
 // deleteEvictedTunnel removes an evicted agent's tunnel record (it no

@@ -80,12 +80,24 @@ const DisplaceWindow = time.Hour
 const AgentSelf = "agent"
 
 // Issued is one signed X509-SVID: the entry it was signed for (AgentSelf:
-// the agent's own), its serial (hex) and its NotAfter.
+// the agent's own), its serial (hex) and its NotAfter; or, with JWT set,
+// one minted JWT-SVID: its entry, its jti (hex, in Serial) and its exp.
 type Issued struct {
 	Entry    string    `json:"e"`
 	Serial   string    `json:"s"`
 	NotAfter time.Time `json:"x"`
+	JWT      bool      `json:"j,omitempty"`
 }
+
+// MaxJWTPerEntry is how many unexpired JWT-SVIDs minted through an agent
+// one entry may hold at once. An agent caches one token per (entry,
+// audience set) and mints the next at half its lifetime: 2 per audience
+// set, so 64 covers a workload using 32 audiences at once. Beyond it a
+// mint is refused (FailedPrecondition) until one expires (jwt_svid_ttl,
+// 5m by default), so an agent minting in a loop holds at most entries x
+// 64 records and puts at most that many jtis on the deny-list when it is
+// evicted.
+const MaxJWTPerEntry = 64
 
 // issuedHead is an agent's head record.
 type issuedHead struct {
@@ -115,6 +127,9 @@ func (h *issuedHead) displaceBudget(agent spiffeid.ID) error {
 // agent.
 type issuedEntry struct {
 	SVIDs []Issued `json:"svids,omitempty"`
+	// JWTs: the JWT-SVIDs minted for the entry, unexpired (their jti and
+	// exp), so an eviction revokes them.
+	JWTs []Issued `json:"jwts,omitempty"`
 	// Displaced: SVIDs put on the deny-list to make room, kept until
 	// DenyListSkew past their NotAfter (when the deny-list drops them).
 	Displaced []Issued `json:"displaced,omitempty"`
@@ -220,6 +235,7 @@ func (r *Registry) readIssued(ctx context.Context, agent spiffeid.ID, entries []
 	st.head.Displacements = slices.DeleteFunc(st.head.Displacements, func(t time.Time) bool { return !t.Add(DisplaceWindow).After(now) })
 	for _, e := range st.recs {
 		e.SVIDs = pruneIssued(e.SVIDs, now, 0)
+		e.JWTs = pruneIssued(e.JWTs, now, 0)
 		e.Displaced = pruneIssued(e.Displaced, now, DenyListSkew)
 	}
 	return st, nil
@@ -256,7 +272,7 @@ func (r *Registry) updateIssued(ctx context.Context, agent spiffeid.ID, entries 
 			written[entry] = true
 			e, rev := st.recs[entry], st.revs[entry]
 			switch {
-			case e != nil && (len(e.SVIDs) > 0 || len(e.Displaced) > 0):
+			case e != nil && (len(e.SVIDs) > 0 || len(e.Displaced) > 0 || len(e.JWTs) > 0):
 				v, _ := json.Marshal(e)
 				ops = append(ops, store.Op{Key: prefix + entry, Value: v, ExpectRevision: rev})
 			case rev > 0:
@@ -441,7 +457,7 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 		plan := map[string]*issuedEntry{}
 		for _, entry := range chunk {
 			e := st.rec(entry)
-			plan[entry] = &issuedEntry{SVIDs: slices.Clone(e.SVIDs), Displaced: slices.Clone(e.Displaced)}
+			plan[entry] = &issuedEntry{SVIDs: slices.Clone(e.SVIDs), Displaced: slices.Clone(e.Displaced), JWTs: slices.Clone(e.JWTs)}
 		}
 		var out []Issued
 		needed := make([]bool, len(items))
@@ -486,6 +502,44 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 		st.recs[entry] = e
 	}
 	return out
+}
+
+// RecordJWT records a JWT-SVID minted for entry through agent (its jti
+// and exp) before it is released, so that evicting the agent revokes it
+// until exp. Refused: an evicted agent (Denied: a mint in flight when the
+// agent is evicted is never released unrecorded), an entry already
+// holding MaxJWTPerEntry unexpired ones (Precondition).
+func (r *Registry) RecordJWT(ctx context.Context, agent spiffeid.ID, entry, jti string, exp time.Time) error {
+	if entry == "" || jti == "" {
+		return errs.Errorf(errs.Invalid, "recording a JWT-SVID through %s: no entry or jti", agent)
+	}
+	unlock := r.issuedLock(agent)
+	defer unlock()
+	return r.updateIssued(ctx, agent, []string{entry}, func(st *issuedState) error {
+		if st.head.Evicted {
+			return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
+		}
+		e := st.rec(entry)
+		if len(e.JWTs) >= MaxJWTPerEntry {
+			return errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired JWT-SVIDs minted through agent %s: "+
+				"no more until one expires (an agent caches one per audience set and renews it at half its lifetime)", entry, len(e.JWTs), agent)
+		}
+		e.JWTs = append(e.JWTs, Issued{Entry: entry, Serial: jti, NotAfter: exp, JWT: true})
+		return nil
+	})
+}
+
+// IssuedJWTs returns the unexpired JWT-SVIDs recorded for agent.
+func (r *Registry) IssuedJWTs(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
+	st, err := r.readIssued(ctx, agent, nil, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []Issued
+	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
+		out = append(out, st.recs[entry].JWTs...)
+	}
+	return out, nil
 }
 
 // IssueRoom says, before anything is signed, whether X509-SVIDs for
@@ -564,7 +618,8 @@ func (st *issuedState) all(displaced bool) []Issued {
 // takeIssued marks agent's records evicted (no signing recorded, so none
 // released, until it attests again) and returns its unexpired SVIDs, the
 // displaced ones included (revoking them again keeps them revoked if the
-// deny-list lost them, e.g. to a rollback).
+// deny-list lost them, e.g. to a rollback), then its unexpired JWT-SVIDs
+// (JWT set).
 func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
 	unlock := r.issuedLock(agent)
 	defer unlock()
@@ -581,11 +636,19 @@ func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued,
 		return nil, err
 	}
 	now := r.now()
-	return slices.DeleteFunc(st.all(true), func(s Issued) bool { return !s.NotAfter.After(now) }), nil
+	out := st.all(true)
+	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
+		for _, j := range st.recs[entry].JWTs {
+			j.JWT = true
+			out = append(out, j)
+		}
+	}
+	return slices.DeleteFunc(out, func(s Issued) bool { return !s.NotAfter.After(now) }), nil
 }
 
-// forget drops serials from agent's records (the head's and the entries'
-// live SVIDs; displaced ones stay counted). Entries are read in one list
+// forget drops serials (and JWT-SVIDs' jtis) from agent's records (the
+// head's and the entries' live SVIDs and JWTs; displaced ones stay
+// counted). Entries are read in one list
 // and written chunkSize at a time.
 func (r *Registry) forget(ctx context.Context, agent spiffeid.ID, gone []Issued) error {
 	if len(gone) == 0 {
@@ -608,6 +671,7 @@ func (r *Registry) forget(ctx context.Context, agent spiffeid.ID, gone []Issued)
 			st.head.SVIDs = drop(st.head.SVIDs)
 			for _, e := range chunk {
 				st.rec(e).SVIDs = drop(st.rec(e).SVIDs)
+				st.rec(e).JWTs = drop(st.rec(e).JWTs)
 			}
 			return nil
 		}); err != nil {

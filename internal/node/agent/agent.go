@@ -44,6 +44,7 @@ import (
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/keyutil"
 	"github.com/wardproject/ward/internal/shared/kubeapi"
+	"github.com/wardproject/ward/internal/shared/policy"
 )
 
 // opRenew names the agent SVID renewal in logs and metrics.
@@ -109,6 +110,11 @@ type Agent struct {
 
 	jwt jwtCache
 	net netState // the WireGuard network (network.go), with a network section
+
+	// policySet is the latest policy version's compiled set (policy.go),
+	// nil before one arrives: ValidateJWTSVID refuses tokens whose jti
+	// its deny-list names (JWTRevoked).
+	policySet atomic.Pointer[policy.Set]
 }
 
 // Option configures an Agent.
@@ -228,6 +234,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("policy_socket %s: %w", a.cfg.PolicySocket, err)
 		}
+		defer stop()
+	} else {
+		// No proxies to serve, but the deny-list is still followed: the
+		// Workload API's ValidateJWTSVID refuses revoked JWT-SVIDs by it.
+		stop := a.followPolicyOnly(ctx)
 		defer stop()
 	}
 	telCtx, stopTel := context.WithCancel(ctx)

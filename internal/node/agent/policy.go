@@ -9,6 +9,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
@@ -33,6 +34,7 @@ func (a *Agent) servePolicy(ctx context.Context) (stop func(), err error) {
 	relay := policystream.NewRelay()
 	if v := a.loadPolicy(); v != nil {
 		relay.Publish(v)
+		a.setPolicy(v, nil)
 		a.log.Info("serving cached policy version until the authority is reachable", "version", v.Version)
 	}
 	if err := os.MkdirAll(filepath.Dir(a.cfg.PolicySocket), 0o755); err != nil {
@@ -126,14 +128,64 @@ func (a *Agent) followPolicy(ctx context.Context, relay *policystream.Relay) {
 	if v := relay.Latest(); v != nil {
 		src.SetKnown(v.Version)
 	}
-	src.RunVersions(ctx, func(v *wardv1.PolicyVersion, _ *policy.Set) {
+	src.RunVersions(ctx, func(v *wardv1.PolicyVersion, set *policy.Set) {
 		if relay.Publish(v) {
+			a.setPolicy(v, set)
 			a.log.Info("policy version received", "version", v.Version)
 			if err := a.savePolicy(v); err != nil {
 				a.log.Warn("caching the policy version failed", "err", err)
 			}
 		}
 	})
+}
+
+// followPolicyOnly follows the authority's policy versions without
+// serving them (policy_socket: none), for the deny-list JWTRevoked reads;
+// stop ends it.
+func (a *Agent) followPolicyOnly(ctx context.Context) (stop func()) {
+	relay := policystream.NewRelay()
+	if v := a.loadPolicy(); v != nil {
+		relay.Publish(v)
+		a.setPolicy(v, nil)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.followPolicy(ctx, relay)
+	}()
+	return func() { cancel(); <-done }
+}
+
+// setPolicy makes v (compiled: set, or compiled here when nil) the
+// version whose deny-list JWTRevoked reads, unless a newer one is there.
+func (a *Agent) setPolicy(v *wardv1.PolicyVersion, set *policy.Set) {
+	if set == nil {
+		var err error
+		if set, err = policystream.Verify(v); err != nil {
+			return
+		}
+	}
+	for {
+		cur := a.policySet.Load()
+		if cur != nil && cur.Version() >= set.Version() {
+			return
+		}
+		if a.policySet.CompareAndSwap(cur, set) {
+			return
+		}
+	}
+}
+
+// JWTRevoked implements workloadapi.RevocationSource: whether the latest
+// policy version's deny-list names jti, the jti of a JWT-SVID of trust
+// domain td (`ward agent evict` puts those minted through the evicted
+// agent there, until their exp; federated trust domains' reach this
+// agent as their remote deny-lists). Before any policy version arrived
+// nothing is known to be revoked.
+func (a *Agent) JWTRevoked(td spiffeid.TrustDomain, jti string) bool {
+	set := a.policySet.Load()
+	return set != nil && set.CredentialRevoked(td.Name(), jti)
 }
 
 func (a *Agent) savePolicy(v *wardv1.PolicyVersion) error {

@@ -16,7 +16,8 @@ import (
 
 // FuzzValidateJWTSVID feeds arbitrary tokens, audiences and requested IDs to
 // the handlers that parse caller input: they must answer with a status code,
-// never panic, and never validate a token the CA did not sign.
+// never panic, never validate a token the CA did not sign, nor one whose
+// jti is revoked.
 func FuzzValidateJWTSVID(f *testing.F) {
 	c := newTestCA(f)
 	src := newMemSource(f, c)
@@ -27,6 +28,10 @@ func FuzzValidateJWTSVID(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	// The same source with good's jti revoked: nothing validates there.
+	rsrc := &revokingSource{memSource: src, revoked: map[string]bool{}}
+	rsrc.revoke(td.Name(), good.JTI)
+	rs := New(rsrc, socketAttestor("a"))
 	f.Add(good.Token, "aud", "spiffe://prod-eu.example.org/a")
 	f.Add("e30.e30.", "aud", "spiffe://x")
 	f.Add("a.b.c", "", "")
@@ -38,6 +43,9 @@ func FuzzValidateJWTSVID(f *testing.F) {
 			}
 		} else if status.Code(err) != codes.InvalidArgument {
 			t.Fatalf("ValidateJWTSVID: %v", err)
+		}
+		if _, err := rs.ValidateJWTSVID(ctx, &pb.ValidateJWTSVIDRequest{Svid: tok, Audience: aud}); status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("ValidateJWTSVID with the token's jti revoked: %v, want InvalidArgument", err)
 		}
 		_, err = s.FetchJWTSVID(ctx, &pb.JWTSVIDRequest{Audience: []string{aud}, SpiffeId: id})
 		switch status.Code(err) {

@@ -87,6 +87,15 @@ type CRLSource interface {
 	CRLs() [][]byte
 }
 
+// RevocationSource is optionally implemented by a Source that follows the
+// authority's deny-list (the agent): ValidateJWTSVID refuses a JWT-SVID
+// whose jti it names (`ward agent evict` revokes those minted through the
+// evicted agent until their exp; a federated trust domain's revocations
+// reach it over the revocation channel). td is the token's trust domain.
+type RevocationSource interface {
+	JWTRevoked(td spiffeid.TrustDomain, jti string) bool
+}
+
 // Server implements the SPIFFE Workload API.
 type Server struct {
 	pb.UnimplementedSpiffeWorkloadAPIServer
@@ -396,6 +405,13 @@ func (s *Server) ValidateJWTSVID(ctx context.Context, req *pb.ValidateJWTSVIDReq
 	svid, err := jwtsvid.ParseAndValidate(req.Svid, set, []string{req.Audience})
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: %v", err)
+	}
+	if rs, ok := s.src.(RevocationSource); ok {
+		if jti, _ := svid.Claims["jti"].(string); jti != "" && rs.JWTRevoked(svid.ID.TrustDomain(), jti) {
+			s.log.Debug("revoked JWT-SVID refused", "spiffe_id", svid.ID.String(), "jti", jti)
+			return nil, status.Errorf(codes.InvalidArgument, "invalid JWT-SVID: revoked (jti %s is on the deny-list of %s: "+
+				"the agent it was minted through was evicted)", jti, svid.ID.TrustDomain())
+		}
 	}
 	claims, err := structpb.NewStruct(svid.Claims)
 	if err != nil {

@@ -140,3 +140,29 @@ func (s *Set) TaintedKeyOf(td string, keyIDs []string) string {
 	}
 	return ""
 }
+
+// CredentialRevoked says whether id, the serial of a certificate or the
+// jti of a JWT-SVID (hex) of an identity of trust domain td, is on the
+// deny-list: this trust domain's own (which revokes what it names
+// whatever its trust domain) or the one td published (RemoteDenyLists:
+// each revokes only its own credentials). An eviction puts the jtis of
+// the JWT-SVIDs minted through the agent among the serials, so the
+// Workload API's ValidateJWTSVID asks this for a token's jti. An id that
+// is not hex is never revoked.
+func (s *Set) CredentialRevoked(td, id string) bool {
+	n, err := NormalizeSerial(id)
+	if err != nil {
+		return false
+	}
+	if s.deny != nil {
+		if _, ok := s.deny.serials[n]; ok {
+			return true
+		}
+	}
+	if ds := s.remote[td]; ds != nil {
+		if _, ok := ds.serials[n]; ok {
+			return true
+		}
+	}
+	return false
+}

@@ -95,3 +95,35 @@ permit(principal == Workload::"spiffe://c.example/batch", action == Action::"con
 		t.Fatalf("other principal of c.example: %+v", d)
 	}
 }
+
+// TestCredentialRevoked: a JWT-SVID's jti (or a serial) is revoked by this
+// trust domain's own deny-list, or by the remote deny-list of the token's
+// own trust domain only: a federated peer cannot revoke another trust
+// domain's tokens.
+func TestCredentialRevoked(t *testing.T) {
+	own, peer := strings.Repeat("a1", 16), strings.Repeat("b2", 16)
+	set, err := CompileBundle(Bundle{Version: 1, Files: map[string][]byte{"p.cedar": []byte(crossPolicy)},
+		DenyList:        DenyList{Serials: []string{own}},
+		RemoteDenyLists: map[string]DenyList{"peer.example": {Serials: []string{peer}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		td, id string
+		want   bool
+	}{
+		{"example.org", own, true},
+		{"example.org", strings.ToUpper(own), true},
+		{"peer.example", own, true}, // this trust domain's own list names it
+		{"peer.example", peer, true},
+		{"example.org", peer, false}, // peer.example's list revokes only its own
+		{"third.example", peer, false},
+		{"example.org", strings.Repeat("c3", 16), false},
+		{"example.org", "not hex", false},
+		{"example.org", "", false},
+	} {
+		if got := set.CredentialRevoked(tc.td, tc.id); got != tc.want {
+			t.Errorf("CredentialRevoked(%s, %s) = %v, want %v", tc.td, tc.id, got, tc.want)
+		}
+	}
+}

@@ -15,6 +15,8 @@ import (
 // through that agent and still unexpired, is on A's deny-list by serial;
 // A's revocation channel carries it to B, whose proxy closes the open
 // connection and refuses new ones (the deadlines bound the test only).
+// The JWT-SVID the client got through that agent travels the same way (its
+// jti): B's Workload API refuses it after the eviction, not B's own.
 func TestCrossClusterEvict(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two authorities, two agents and two proxies")
@@ -22,6 +24,15 @@ func TestCrossClusterEvict(t *testing.T) {
 	e := startCrossCluster(t)
 	conn, r := e.waitRound(t, 10*time.Second)
 	defer conn.Close()
+	// JWT-SVIDs: the client's, minted through the node about to be
+	// evicted, and B's api's own; B's Workload API validates both.
+	stolen, _ := e2e.FetchJWTSVID(t, e.agA.Socket, "b-api")
+	kept, _ := e2e.FetchJWTSVID(t, e.agB.Socket, "b-api")
+	for what, tok := range map[string]string{"A's client's": stolen, "B's api's": kept} {
+		if err := e2e.ValidateJWTSVID(e.agB.Socket, tok, "b-api"); err != nil {
+			t.Fatalf("%s JWT-SVID at B before the eviction: %v", what, err)
+		}
+	}
 
 	out := e.a.ward(t, "agent", "evict", "spiffe://a.example/ward/agent/node-1")
 	if !strings.Contains(out, "Revoked ") || strings.Contains(out, "Revoked 0 ") {
@@ -46,5 +57,11 @@ func TestCrossClusterEvict(t *testing.T) {
 	}
 	if !strings.Contains(e.logB.String(), "deny-list of a.example: certificate serial") {
 		t.Fatalf("B's access log does not name A's deny-list by serial:\n%s", e2e.Tail(e.logB.String(), 3000))
+	}
+	// The client's JWT-SVID reached B's agent by jti over the same
+	// channel: refused there; B's own token is untouched.
+	e2e.WaitJWTSVIDRefused(t, e.agB.Socket, stolen, "b-api", "A's evicted node's JWT-SVID at B")
+	if err := e2e.ValidateJWTSVID(e.agB.Socket, kept, "b-api"); err != nil {
+		t.Fatalf("B's api's JWT-SVID after A's eviction: %v", err)
 	}
 }
