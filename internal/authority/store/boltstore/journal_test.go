@@ -9,6 +9,7 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,40 @@ import (
 
 func TestConformanceJournal(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) store.Store { return openTemp(t, WithJournal()) })
+}
+
+// TestConformanceJournalFlushing (red team): the conformance suite with
+// the overlay moved into bbolt as often as possible while each test runs,
+// so its reads, conditions, lists and watches meet writes half in the
+// overlay, half in bbolt.
+func TestConformanceJournalFlushing(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		s := openTemp(t, WithJournal())
+		done := make(chan struct{})
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				s.life.RLock()
+				closed := s.closed
+				if !closed {
+					s.flush()
+				}
+				s.life.RUnlock()
+				if closed {
+					return
+				}
+				runtime.Gosched()
+			}
+		}()
+		t.Cleanup(func() { close(done); <-stopped })
+		return s
+	})
 }
 
 // copyDir copies the data directory of a running store as a crash would
