@@ -97,6 +97,7 @@ type Store struct {
 	jr      *journal
 	ovMu    sync.RWMutex
 	overlay map[string]*ovEntry
+	ovBytes int64 // the frames the overlay keeps (ovFrame)
 }
 
 type watcher struct {

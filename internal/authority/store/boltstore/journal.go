@@ -43,6 +43,13 @@ const (
 	// journalInitial is how much of a new journal file is allocated
 	// (zeros) at once; it grows by doubling when a frame does not fit.
 	journalInitial = 256 << 10
+	// maxOverlayEntries and maxOverlayBytes bound the overlay (and so the
+	// memory and journal a write flood can pile up while flushes are
+	// slow or fail): a write that finds it at either waits for a flush,
+	// or fails if the last flush failed (bbolt refuses the writes).
+	// Bytes count the frames the overlay's values keep alive.
+	maxOverlayEntries = 8 * flushOps
+	maxOverlayBytes   = 8 * flushBytes
 )
 
 // journalPaths are the two journal files of the bbolt file at path.
@@ -63,6 +70,21 @@ type ovEntry struct {
 	rev int64
 	val []byte
 	del bool
+	fr  *ovFrame // the frame val is part of
+}
+
+// ovFrame is one frame's buffer, counted in Store.ovBytes while an overlay
+// entry refers to it (under ovMu).
+type ovFrame struct {
+	size int64
+	refs int
+}
+
+// ovUnref drops e's hold on its frame (under ovMu held for writing).
+func (s *Store) ovUnref(e *ovEntry) {
+	if e.fr.refs--; e.fr.refs == 0 {
+		s.ovBytes -= e.fr.size
+	}
 }
 
 // journal is the write-ahead side of a Store with WithJournal.
@@ -75,6 +97,11 @@ type journal struct {
 	// behind is set while a failed flush left the other file holding
 	// frames bbolt lacks: flushes then do not switch files (under writeMu).
 	behind bool
+	// flushErr is the last flush's error, nil once one succeeds (under
+	// writeMu); maxEntries and maxBytes bound the overlay (tests lower them).
+	flushErr   error
+	maxEntries int
+	maxBytes   int64
 
 	flushMu   sync.Mutex    // one flush at a time (the switch needs the previous one done)
 	kick      chan struct{} // wakes the flusher early
@@ -122,7 +149,8 @@ func openJournal(db *bbolt.DB, path string, keep bool) (*journal, error) {
 		}
 		return nil, nil
 	}
-	j := &journal{kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}), flushed: make(chan struct{})}
+	j := &journal{kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}), flushed: make(chan struct{}),
+		maxEntries: maxOverlayEntries, maxBytes: maxOverlayBytes}
 	if j.rev, err = bboltRevision(db); err != nil {
 		return nil, err
 	}
@@ -304,6 +332,9 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 	if j.broken != nil {
 		return 0, j.broken
 	}
+	if err := s.waitRoom(); err != nil {
+		return 0, err
+	}
 	rev := j.rev + 1
 	var evs []store.Event
 	err := s.readView(func(revOf func(string) (int64, error)) error {
@@ -332,12 +363,17 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 	// written again); the events handed to watchers keep the caller's.
 	s.ovMu.Lock()
 	puts := 0
+	fr := &ovFrame{size: int64(cap(buf)), refs: len(evs)}
+	s.ovBytes += fr.size
 	for _, ev := range evs {
-		e := &ovEntry{rev: rev, del: ev.Type == store.EventDelete}
+		e := &ovEntry{rev: rev, del: ev.Type == store.EventDelete, fr: fr}
 		if !e.del {
 			i := valAt[puts]
 			puts++
 			e.val = buf[i : i+len(ev.Value) : i+len(ev.Value)]
+		}
+		if old, ok := s.overlay[ev.Key]; ok {
+			s.ovUnref(old)
 		}
 		s.overlay[ev.Key] = e
 	}
@@ -352,6 +388,39 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 		}
 	}
 	return rev, nil
+}
+
+// waitRoom returns once the overlay is below its bounds (under writeMu,
+// which it releases while it waits for a flush), or an error if the
+// journal broke meanwhile or the last flush failed: then bbolt refuses
+// the overlay, and a write flood must not pile up in memory behind it.
+func (s *Store) waitRoom() error {
+	j := s.jr
+	for {
+		s.ovMu.RLock()
+		n, size := len(s.overlay), s.ovBytes
+		s.ovMu.RUnlock()
+		if n < j.maxEntries && size < j.maxBytes {
+			return nil
+		}
+		if j.flushErr != nil {
+			return fmt.Errorf("boltstore: %s: %d writes (%d bytes) wait in the journal for bbolt, which refuses them (%v); no more are taken until a flush succeeds; nothing was written",
+				s.path, n, size, j.flushErr)
+		}
+		j.flushedMu.Lock()
+		flushed := j.flushed
+		j.flushedMu.Unlock()
+		select {
+		case j.kick <- struct{}{}:
+		default:
+		}
+		s.writeMu.Unlock()
+		<-flushed
+		s.writeMu.Lock()
+		if j.broken != nil {
+			return j.broken
+		}
+	}
 }
 
 func (s *Store) frameSize(evs []store.Event) int {
@@ -538,6 +607,7 @@ func (s *Store) flush() {
 		// retry without switching). Writes go on into the journal.
 		s.writeMu.Lock()
 		j.behind = true
+		j.flushErr = err
 		s.writeMu.Unlock()
 		slog.Default().Error("boltstore: writing the journal into bbolt failed; the writes stay in the journal and the flush is retried",
 			"path", s.path, "err", err)
@@ -546,11 +616,13 @@ func (s *Store) flush() {
 	}
 	s.writeMu.Lock()
 	j.behind = false
+	j.flushErr = nil
 	s.writeMu.Unlock()
 	s.ovMu.Lock()
 	for _, k := range snap {
-		if s.overlay[k] == entries[k] {
+		if e := entries[k]; s.overlay[k] == e {
 			delete(s.overlay, k)
+			s.ovUnref(e)
 		}
 	}
 	s.ovMu.Unlock()

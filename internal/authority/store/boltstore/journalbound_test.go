@@ -1,0 +1,126 @@
+package boltstore
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wardproject/ward/internal/authority/store"
+)
+
+// TestJournalOverlayBounded (red team): a write flood while flushes are
+// slow (here: stalled) cannot pile up writes in memory without bound:
+// past the overlay's bound a write waits for a flush, and then goes on.
+func TestJournalOverlayBounded(t *testing.T) {
+	s := openTemp(t, WithJournal())
+	const limit, writes = 64, 300
+	s.writeMu.Lock()
+	s.jr.maxEntries = limit
+	s.writeMu.Unlock()
+	ctx := t.Context()
+
+	s.jr.flushMu.Lock() // the flush stalls
+	var acked atomic.Int64
+	done := make(chan error, 1)
+	go func() {
+		for i := range writes {
+			if _, err := s.Put(ctx, fmt.Sprintf("flood/%04d", i), []byte("x")); err != nil {
+				done <- err
+				return
+			}
+			acked.Add(1)
+		}
+		done <- nil
+	}()
+	// Let the flood run into the bound, and give it time to go past it
+	// if it could (a broken bound shows here; a slow machine only makes
+	// the check weaker, never wrong).
+	for acked.Load() < limit {
+		select {
+		case err := <-done:
+			t.Fatalf("the flood ended with the flush stalled: %v (%d acknowledged)", err, acked.Load())
+		case <-time.After(time.Millisecond):
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	s.ovMu.RLock()
+	n := len(s.overlay)
+	s.ovMu.RUnlock()
+	if got := acked.Load(); got > limit || n > limit {
+		t.Fatalf("with flushes stalled, %d writes were acknowledged and the overlay holds %d: the bound is %d", got, n, limit)
+	}
+	s.jr.flushMu.Unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	kvs, err := s.List(ctx, "flood/")
+	if err != nil || len(kvs) != writes {
+		t.Fatalf("after the flood: %d keys, %v; want %d", len(kvs), err, writes)
+	}
+	s.ovMu.RLock()
+	defer s.ovMu.RUnlock()
+	var live int64
+	seen := map[*ovFrame]bool{}
+	for _, e := range s.overlay {
+		if !seen[e.fr] {
+			seen[e.fr] = true
+			live += e.fr.size
+		}
+	}
+	if s.ovBytes != live {
+		t.Fatalf("the overlay counts %d bytes, its entries keep %d", s.ovBytes, live)
+	}
+}
+
+// TestJournalOverlayBoundedWhenBboltFails (red team): with bbolt refusing
+// every flush (disk full) and the journal still having room, writes past
+// the overlay's bound are refused (not acknowledged, not kept in memory),
+// and taken again once a flush succeeds.
+func TestJournalOverlayBoundedWhenBboltFails(t *testing.T) {
+	dir := smallFS(t, 3<<20)
+	s, err := Open(filepath.Join(dir, "ward.db"), WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	const limit = 6
+	s.writeMu.Lock()
+	s.jr.maxEntries = limit
+	s.writeMu.Unlock()
+	filler := fill(t, dir)
+	val := bytes.Repeat([]byte{1}, 2000) // the journal's allocated blocks hold them all
+	var refused error
+	acked := 0
+	for i := range 3 * limit {
+		if _, err := s.Put(ctx, fmt.Sprintf("k/%02d", i), val); err != nil {
+			refused = err
+			break
+		}
+		acked++
+		s.flush() // fails: bbolt has no room
+	}
+	if refused == nil || acked != limit || !strings.Contains(refused.Error(), "refuses them") {
+		t.Fatalf("with bbolt refusing flushes: %d writes acknowledged, then %v; want %d, then a refusal", acked, refused, limit)
+	}
+	if _, err := s.Get(ctx, fmt.Sprintf("k/%02d", acked)); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused write is visible: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	s.flush()
+	if _, err := s.Put(ctx, "after", val); err != nil {
+		t.Fatalf("a write after a successful flush: %v", err)
+	}
+	kvs, err := s.List(ctx, "k/")
+	if err != nil || len(kvs) != acked {
+		t.Fatalf("%d keys, %v; want the %d acknowledged", len(kvs), err, acked)
+	}
+}
