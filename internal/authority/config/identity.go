@@ -44,6 +44,52 @@ type Identity struct {
 	// K8sPSAT lists the Kubernetes clusters whose agents attest with
 	// projected service-account tokens (k8s_psat); empty = off.
 	K8sPSAT []K8sPSATCluster `yaml:"k8s_psat"`
+
+	// What is recorded and displaced per agent (docs/identity.md, What is
+	// recorded per agent); unset = the default, an explicit 0 is refused.
+	// MaxSVIDsPerEntry: unexpired X509-SVIDs per entry before the oldest
+	// is displaced (default 8).
+	MaxSVIDsPerEntry *int `yaml:"max_svids_per_entry"`
+	// MaxDisplacedPerEntry: displaced X509-SVIDs of one entry on the
+	// deny-list at once (default 16).
+	MaxDisplacedPerEntry *int `yaml:"max_displaced_per_entry"`
+	// MaxDisplacementsPerAgentHour: displacements (each a policy
+	// version) per agent per hour (default 32).
+	MaxDisplacementsPerAgentHour *int `yaml:"max_displacements_per_agent_hour"`
+	// MaxJWTSVIDsPerEntry: unexpired JWT-SVIDs minted per entry (default
+	// 64).
+	MaxJWTSVIDsPerEntry *int `yaml:"max_jwt_svids_per_entry"`
+}
+
+// IssueLimit is one of the per-agent bounds of identity: its YAML name,
+// value (nil: unset), default and accepted range.
+type IssueLimit struct {
+	Name     string
+	V        *int
+	Def      int
+	Min, Max int
+}
+
+// IssueLimits lists the per-agent bounds with their defaults and ranges.
+// The ranges: an agent rotating holds 2-3 SVIDs per entry (so at least
+// 3), one audience set holds 2 JWT-SVIDs; above the maxima the per-entry
+// record, rewritten on each signing, or the deny-list and the policy
+// versions an agent can cause grow past what is sensible.
+func (i Identity) IssueLimits() []IssueLimit {
+	return []IssueLimit{
+		{"max_svids_per_entry", i.MaxSVIDsPerEntry, 8, 3, 256},
+		{"max_displaced_per_entry", i.MaxDisplacedPerEntry, 16, 1, 1024},
+		{"max_displacements_per_agent_hour", i.MaxDisplacementsPerAgentHour, 32, 1, 3600},
+		{"max_jwt_svids_per_entry", i.MaxJWTSVIDsPerEntry, 64, 2, 4096},
+	}
+}
+
+// Value is the limit's value, its default when unset.
+func (l IssueLimit) Value() int {
+	if l.V == nil {
+		return l.Def
+	}
+	return *l.V
 }
 
 // K8sPSATCluster is one cluster for k8s_psat node attestation: where its
@@ -129,6 +175,11 @@ func (i *Identity) validate() error {
 		return fmt.Errorf("identity.root_ttl %s must be at least twice intermediate_ttl %s", time.Duration(e.RootTTL), time.Duration(e.IntermediateTTL))
 	case 6*e.RefreshHint*3 > e.IntermediateTTL:
 		return fmt.Errorf("identity.refresh_hint %s is too long for intermediate_ttl %s: keys are prepared 6 refresh hints ahead, which must stay under a third of intermediate_ttl", time.Duration(e.RefreshHint), time.Duration(e.IntermediateTTL))
+	}
+	for _, l := range e.IssueLimits() {
+		if v := l.Value(); v < l.Min || v > l.Max {
+			return fmt.Errorf("identity.%s %d is out of range: use between %d and %d (default %d; leave it out for the default)", l.Name, v, l.Min, l.Max, l.Def)
+		}
 	}
 	if a := e.NodeAPIAddress; a != "" {
 		if err := ValidateListenAddress("identity.node_api_address", a); err != nil {

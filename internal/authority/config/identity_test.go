@@ -55,3 +55,69 @@ func TestIdentityConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestIdentityIssueLimits: the per-agent bounds default to the registry's
+// (8, 16, 32, 64) when left out, take any value in their range, and refuse
+// 0, negative and absurd values with an error naming the field, its range
+// and its default.
+func TestIdentityIssueLimits(t *testing.T) {
+	base := "trust_domain: example.org\ndata_dir: /tmp/x\nidentity:\n"
+	c, err := Parse([]byte(base + "  svid_ttl: 1h\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"max_svids_per_entry": 8, "max_displaced_per_entry": 16, "max_displacements_per_agent_hour": 32, "max_jwt_svids_per_entry": 64}
+	for _, l := range c.Identity.IssueLimits() {
+		if l.Value() != want[l.Name] {
+			t.Errorf("default %s = %d, want %d", l.Name, l.Value(), want[l.Name])
+		}
+	}
+	cases := []struct {
+		name, yaml string
+		field      string
+		value      int
+		err        string
+	}{
+		{"svids set", "  max_svids_per_entry: 12\n", "max_svids_per_entry", 12, ""},
+		{"svids lowest", "  max_svids_per_entry: 3\n", "max_svids_per_entry", 3, ""},
+		{"svids zero", "  max_svids_per_entry: 0\n", "", 0, "identity.max_svids_per_entry 0 is out of range: use between 3 and 256 (default 8"},
+		{"svids two", "  max_svids_per_entry: 2\n", "", 0, "identity.max_svids_per_entry 2 is out of range"},
+		{"svids negative", "  max_svids_per_entry: -1\n", "", 0, "identity.max_svids_per_entry -1 is out of range"},
+		{"svids absurd", "  max_svids_per_entry: 100000\n", "", 0, "identity.max_svids_per_entry 100000 is out of range"},
+		{"displaced set", "  max_displaced_per_entry: 40\n", "max_displaced_per_entry", 40, ""},
+		{"displaced zero", "  max_displaced_per_entry: 0\n", "", 0, "identity.max_displaced_per_entry 0 is out of range: use between 1 and 1024 (default 16"},
+		{"displaced absurd", "  max_displaced_per_entry: 5000\n", "", 0, "identity.max_displaced_per_entry 5000"},
+		{"displacements set", "  max_displacements_per_agent_hour: 100\n", "max_displacements_per_agent_hour", 100, ""},
+		{"displacements zero", "  max_displacements_per_agent_hour: 0\n", "", 0, "identity.max_displacements_per_agent_hour 0 is out of range: use between 1 and 3600 (default 32"},
+		{"displacements negative", "  max_displacements_per_agent_hour: -5\n", "", 0, "identity.max_displacements_per_agent_hour -5"},
+		{"displacements absurd", "  max_displacements_per_agent_hour: 1000000\n", "", 0, "identity.max_displacements_per_agent_hour 1000000"},
+		{"jwts set", "  max_jwt_svids_per_entry: 256\n", "max_jwt_svids_per_entry", 256, ""},
+		{"jwts zero", "  max_jwt_svids_per_entry: 0\n", "", 0, "identity.max_jwt_svids_per_entry 0 is out of range: use between 2 and 4096 (default 64"},
+		{"jwts one", "  max_jwt_svids_per_entry: 1\n", "", 0, "identity.max_jwt_svids_per_entry 1"},
+		{"jwts absurd", "  max_jwt_svids_per_entry: 99999\n", "", 0, "identity.max_jwt_svids_per_entry 99999"},
+		{"not a number", "  max_jwt_svids_per_entry: many\n", "", 0, "many"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := Parse([]byte(base + tc.yaml))
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, l := range c.Identity.IssueLimits() {
+				w := want[l.Name]
+				if l.Name == tc.field {
+					w = tc.value
+				}
+				if l.Value() != w {
+					t.Errorf("%s = %d, want %d", l.Name, l.Value(), w)
+				}
+			}
+		})
+	}
+}

@@ -132,13 +132,13 @@ func (s *Server) displacer(agent spiffeid.ID) registry.Displace {
 			exp[i] = policystore.Expiring{Serial: sv.Serial, NotAfter: sv.NotAfter}
 		}
 		_, err := s.cfg.Policy.RevokeExpiring(ctx, agent.String(), exp, fmt.Sprintf("displaced: %d X509-SVIDs signed through agent %s, "+
-			"whose entries held %d unexpired ones", len(svids), agent, registry.MaxIssuedPerEntry))
+			"whose entries held %d unexpired ones", len(svids), agent, s.cfg.Registry.Limits().SVIDsPerEntry))
 		if errors.Is(err, policystore.ErrNoPolicy) {
 			return errs.Errorf(errs.Precondition, "the entry already holds %d unexpired X509-SVIDs signed through agent %s and no policy "+
-				"is applied to revoke the oldest: no more until one expires (apply a policy)", registry.MaxIssuedPerEntry, agent)
+				"is applied to revoke the oldest: no more until one expires (apply a policy)", s.cfg.Registry.Limits().SVIDsPerEntry, agent)
 		}
 		if err != nil {
-			return fmt.Errorf("revoking the oldest X509-SVIDs of the entry (at its bound of %d) to make room: %w", registry.MaxIssuedPerEntry, err)
+			return fmt.Errorf("revoking the oldest X509-SVIDs of the entry (at its bound of %d) to make room: %w", s.cfg.Registry.Limits().SVIDsPerEntry, err)
 		}
 		if s.cfg.OnSVIDsDisplaced != nil {
 			s.cfg.OnSVIDsDisplaced(len(svids))

@@ -37,16 +37,18 @@ const issuedPrefix = "identity/issued/"
 // "rack1/node-7" never share a prefix with those of "rack1/node-70".
 const entrySep = "/#/"
 
-// MaxIssuedPerEntry is how many unexpired X509-SVIDs one entry (or the
-// agent itself) may hold at once. A rotating agent holds 2-3 (the current
+// MaxIssuedPerEntry is the default of how many unexpired X509-SVIDs one
+// entry (or the agent itself) may hold at once (IssueLimits.SVIDsPerEntry,
+// identity.max_svids_per_entry). A rotating agent holds 2-3 (the current
 // one and the next, renewed at half its lifetime; a restart adds one).
 // Beyond it, a signing displaces the oldest (RecordIssuedDisplacing) or,
 // without a deny-list to displace them to, is refused (FailedPrecondition)
 // until one of them expires.
 const MaxIssuedPerEntry = 8
 
-// MaxDisplacedPerEntry is how many X509-SVIDs of one entry displaced to
-// the deny-list may be on it at once (until DenyListSkew past their
+// MaxDisplacedPerEntry is the default of how many X509-SVIDs of one entry
+// displaced to the deny-list may be on it at once
+// (IssueLimits.DisplacedPerEntry, identity.max_displaced_per_entry) (until DenyListSkew past their
 // NotAfter): an entry gets at most MaxIssuedPerEntry+MaxDisplacedPerEntry
 // SVIDs within one lifetime. 24 covers an agent crash-looping under
 // Kubernetes' CrashLoopBackOff (at most one restart per 5 minutes after
@@ -60,9 +62,10 @@ const MaxDisplacedPerEntry = 16
 // equal).
 const DenyListSkew = 5 * time.Minute
 
-// MaxDisplacementsPerAgent is how many displacements (each a new policy
-// version, kept like every version) one agent may cause within
-// DisplaceWindow, whatever its number of entries: without it an agent
+// MaxDisplacementsPerAgent is the default of how many displacements (each
+// a new policy version, kept like every version) one agent may cause
+// within DisplaceWindow (IssueLimits.DisplacementsPerAgent,
+// identity.max_displacements_per_agent_hour), whatever its number of entries: without it an agent
 // looping over its entries one at a time made a version per call, up to
 // entries x MaxDisplacedPerEntry per lifetime. An agent restarting makes
 // at most one for its own SVID and one per SignX509SVIDs batch (500
@@ -75,6 +78,41 @@ const MaxDisplacementsPerAgent = 32
 
 // DisplaceWindow is the window of MaxDisplacementsPerAgent.
 const DisplaceWindow = time.Hour
+
+// IssueLimits are the bounds of what is recorded and displaced per agent
+// (Options.Limits; authority config identity.max_svids_per_entry,
+// max_displaced_per_entry, max_displacements_per_agent_hour,
+// max_jwt_svids_per_entry). Zero fields take the defaults: the Max*
+// constants.
+type IssueLimits struct {
+	// SVIDsPerEntry: unexpired X509-SVIDs per entry (MaxIssuedPerEntry).
+	SVIDsPerEntry int
+	// DisplacedPerEntry: displaced X509-SVIDs of an entry on the
+	// deny-list at once (MaxDisplacedPerEntry).
+	DisplacedPerEntry int
+	// DisplacementsPerAgent: displacements (policy versions) per agent
+	// within DisplaceWindow (MaxDisplacementsPerAgent).
+	DisplacementsPerAgent int
+	// JWTsPerEntry: unexpired JWT-SVIDs per entry (MaxJWTPerEntry).
+	JWTsPerEntry int
+}
+
+// Effective returns l with defaults filled in.
+func (l IssueLimits) Effective() IssueLimits {
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&l.SVIDsPerEntry, MaxIssuedPerEntry)
+	def(&l.DisplacedPerEntry, MaxDisplacedPerEntry)
+	def(&l.DisplacementsPerAgent, MaxDisplacementsPerAgent)
+	def(&l.JWTsPerEntry, MaxJWTPerEntry)
+	return l
+}
+
+// Limits returns the registry's effective issue limits.
+func (r *Registry) Limits() IssueLimits { return r.opts.Limits }
 
 // AgentSelf is the entry key of the agent's own SVIDs in RecordIssued.
 const AgentSelf = "agent"
@@ -89,8 +127,9 @@ type Issued struct {
 	JWT      bool      `json:"j,omitempty"`
 }
 
-// MaxJWTPerEntry is how many unexpired JWT-SVIDs minted through an agent
-// one entry may hold at once. An agent caches one token per (entry,
+// MaxJWTPerEntry is the default of how many unexpired JWT-SVIDs minted
+// through an agent one entry may hold at once (IssueLimits.JWTsPerEntry,
+// identity.max_jwt_svids_per_entry). An agent caches one token per (entry,
 // audience set) and mints the next at half its lifetime: 2 per audience
 // set, so 64 covers a workload using 32 audiences at once. Beyond it a
 // mint is refused (FailedPrecondition) until one expires (jwt_svid_ttl,
@@ -113,14 +152,14 @@ type issuedHead struct {
 }
 
 // displaceBudget refuses (Precondition) one more displacement by agent
-// once it made MaxDisplacementsPerAgent within DisplaceWindow (those
+// once it made lim.DisplacementsPerAgent within DisplaceWindow (those
 // older were pruned on reading).
-func (h *issuedHead) displaceBudget(agent spiffeid.ID) error {
-	if len(h.Displacements) < MaxDisplacementsPerAgent {
+func (h *issuedHead) displaceBudget(agent spiffeid.ID, lim IssueLimits) error {
+	if len(h.Displacements) < lim.DisplacementsPerAgent {
 		return nil
 	}
 	return errs.Errorf(errs.Precondition, "agent %s displaced old X509-SVIDs %d times within %s (each a policy version): "+
-		"no more until the window moves on or an old SVID expires", agent, MaxDisplacementsPerAgent, DisplaceWindow)
+		"no more until the window moves on or an old SVID expires (identity.max_displacements_per_agent_hour)", agent, lim.DisplacementsPerAgent, DisplaceWindow)
 }
 
 // issuedEntry is the record of the SVIDs of one entry signed through an
@@ -304,8 +343,8 @@ type Displace func(ctx context.Context, svids []Issued) error
 // room decides whether entry's record has room for one more SVID: nil
 // and nothing to displace, nil and the oldest SVIDs to displace (when
 // displacing), or an error (Precondition).
-func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool) ([]Issued, error) {
-	over := len(e.SVIDs) + 1 - MaxIssuedPerEntry
+func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool, lim IssueLimits) ([]Issued, error) {
+	over := len(e.SVIDs) + 1 - lim.SVIDsPerEntry
 	if over <= 0 {
 		return nil, nil
 	}
@@ -313,7 +352,7 @@ func room(agent spiffeid.ID, entry string, e *issuedEntry, displacing bool) ([]I
 		return nil, errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired X509-SVIDs signed through agent %s: "+
 			"no more until one expires (an agent rotates at half the lifetime and holds 2-3)", entry, len(e.SVIDs), agent)
 	}
-	if len(e.Displaced)+over > MaxDisplacedPerEntry {
+	if len(e.Displaced)+over > lim.DisplacedPerEntry {
 		return nil, errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired X509-SVIDs signed through agent %s and %d more "+
 			"were revoked to make room, the most within a lifetime: no more until one expires (a crash-looping agent: give it a "+
 			"persistent data directory)", entry, len(e.SVIDs), agent, len(e.Displaced))
@@ -466,7 +505,7 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 			if e == nil {
 				continue // another chunk's
 			}
-			old, err := room(agent, it.Entry, e, displacing)
+			old, err := room(agent, it.Entry, e, displacing, r.opts.Limits)
 			perItem[i] = err
 			if err != nil {
 				continue
@@ -481,7 +520,7 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 	}
 	plan, out, needed := try(displace != nil)
 	if len(out) > 0 {
-		err := st.head.displaceBudget(agent)
+		err := st.head.displaceBudget(agent, r.opts.Limits)
 		if err == nil {
 			err = displace(ctx, out)
 		}
@@ -520,7 +559,7 @@ func (r *Registry) RecordJWT(ctx context.Context, agent spiffeid.ID, entry, jti 
 			return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 		}
 		e := st.rec(entry)
-		if len(e.JWTs) >= MaxJWTPerEntry {
+		if len(e.JWTs) >= r.opts.Limits.JWTsPerEntry {
 			return errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired JWT-SVIDs minted through agent %s: "+
 				"no more until one expires (an agent caches one per audience set and renews it at half its lifetime)", entry, len(e.JWTs), agent)
 		}
@@ -558,11 +597,11 @@ func (r *Registry) IssueRoom(ctx context.Context, agent spiffeid.ID, entries []s
 	if st.head.Evicted && !attested {
 		return nil, errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 	}
-	budget := st.head.displaceBudget(agent)
+	budget := st.head.displaceBudget(agent, r.opts.Limits)
 	out := make([]error, len(entries))
 	for i, entry := range entries {
 		e := st.rec(entry)
-		old, err := room(agent, entry, e, displacing)
+		old, err := room(agent, entry, e, displacing, r.opts.Limits)
 		if err == nil && len(old) > 0 && budget != nil {
 			err = budget
 		}

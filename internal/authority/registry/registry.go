@@ -56,6 +56,9 @@ type Options struct {
 	// agent's connection came from, unless advertised endpoints are on,
 	// which the config refuses without endpoint_cidrs).
 	EndpointCIDRs []netip.Prefix
+	// Limits bound what is recorded and displaced per agent (issued.go;
+	// authority config identity.max_*): zero fields take the defaults.
+	Limits IssueLimits
 }
 
 // Registry is the store of entries, join tokens and agents. Safe for
@@ -88,6 +91,7 @@ func New(st store.Store, opts Options) (*Registry, error) {
 	if opts.MaxTokenTTL <= 0 {
 		opts.MaxTokenTTL = 24 * time.Hour
 	}
+	opts.Limits = opts.Limits.Effective()
 	if opts.Clock == nil {
 		opts.Clock = time.Now
 	}

@@ -62,7 +62,7 @@ func (s *Server) startIdentity(ctx context.Context, st *unsealedState) error {
 	}
 	reg, err := registry.New(bs, registry.Options{TrustDomain: td, Audit: st.recorder,
 		MaxEntryTTL: time.Duration(ic.MaxSVIDTTL), MaxTokenTTL: time.Duration(ic.JoinTokenMaxTTL), OverlayCIDRs: s.cfg.Network.Overlay(),
-		EndpointCIDRs: s.cfg.Network.Endpoints()})
+		EndpointCIDRs: s.cfg.Network.Endpoints(), Limits: issueLimits(ic)})
 	if err != nil {
 		return err
 	}
@@ -339,4 +339,12 @@ func foreignTunnels(fed *federation.Manager) func() (map[string][]registry.Tunne
 		}
 		return out, ch
 	}
+}
+
+// issueLimits are the registry's per-agent bounds from the identity
+// config (validated there).
+func issueLimits(ic config.Identity) registry.IssueLimits {
+	l := ic.IssueLimits()
+	return registry.IssueLimits{SVIDsPerEntry: l[0].Value(), DisplacedPerEntry: l[1].Value(),
+		DisplacementsPerAgent: l[2].Value(), JWTsPerEntry: l[3].Value()}
 }
