@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -119,14 +120,18 @@ func openJournal(db *bbolt.DB, path string, keep bool) (*journal, error) {
 	if err != nil {
 		return nil, err
 	}
+	owner, err := fileOwner(path)
+	if err != nil {
+		return nil, err
+	}
 	var frames []frame
 	for _, p := range paths {
-		b, err := os.ReadFile(p)
+		b, err := readJournalFile(p, owner)
 		if errors.Is(err, os.ErrNotExist) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("reading journal %s: %w", p, err)
+			return nil, err
 		}
 		fs, err := parseJournal(p, b, floor)
 		if err != nil {
@@ -155,7 +160,7 @@ func openJournal(db *bbolt.DB, path string, keep bool) (*journal, error) {
 		return nil, err
 	}
 	for i, p := range paths {
-		if j.files[i], err = createJournalFile(p); err != nil {
+		if j.files[i], err = createJournalFile(p, owner); err != nil {
 			j.closeFiles()
 			return nil, err
 		}
@@ -242,13 +247,75 @@ func encodeEntry(rev int64, val []byte) []byte {
 	return v
 }
 
+// fileOwner returns the owner of the bbolt file at path.
+func fileOwner(path string) (uint32, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, fmt.Errorf("%s: no owner", path)
+	}
+	return st.Uid, nil
+}
+
+// openJournalFile opens a journal file without following a symbolic link
+// and checks it is what ward creates: a regular file with one link, owned
+// by owner (the bbolt file's owner) or by this process's user. Anything else was planted by whoever
+// could write the directory (a link to another file would have ward read
+// or overwrite it, a file of another user would let that user read the
+// journal): it is refused, never read, written or removed.
+func openJournalFile(p string, flag int, owner uint32) (*os.File, error) {
+	f, err := os.OpenFile(p, flag|syscall.O_NOFOLLOW, 0o600)
+	if err != nil {
+		if errors.Is(err, syscall.ELOOP) {
+			return nil, fmt.Errorf("journal %s is a symbolic link, not a file ward created: remove it (and check who can write %s)", p, filepath.Dir(p))
+		}
+		return nil, fmt.Errorf("opening journal %s: %w", p, err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("opening journal %s: %w", p, err)
+	}
+	st, _ := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		err = fmt.Errorf("journal %s is not a regular file (%v)", p, fi.Mode().Type())
+	case st == nil || st.Nlink != 1:
+		err = fmt.Errorf("journal %s has other links (hard-linked to another file)", p)
+	case st.Uid != owner && int(st.Uid) != os.Geteuid():
+		err = fmt.Errorf("journal %s is owned by uid %d, the store file by uid %d and this process runs as uid %d", p, st.Uid, owner, os.Geteuid())
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("%w: ward did not create it; remove it (and check who can write %s)", err, filepath.Dir(p))
+	}
+	return f, nil
+}
+
+// readJournalFile reads a journal file (openJournalFile's checks).
+func readJournalFile(p string, owner uint32) ([]byte, error) {
+	f, err := openJournalFile(p, os.O_RDONLY, owner)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("reading journal %s: %w", p, err)
+	}
+	return b, nil
+}
+
 // createJournalFile opens (creating, mode 0600) a journal file, writes its
 // header if it has none and makes sure its first journalInitial bytes are
 // written blocks. What is past the header stays (frames bbolt holds).
-func createJournalFile(p string) (jfile, error) {
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+func createJournalFile(p string, owner uint32) (jfile, error) {
+	f, err := openJournalFile(p, os.O_RDWR|os.O_CREATE, owner)
 	if err != nil {
-		return jfile{}, fmt.Errorf("opening journal %s: %w", p, err)
+		return jfile{}, err
 	}
 	jf := jfile{f: f, path: p}
 	fail := func(err error) (jfile, error) {
