@@ -107,6 +107,7 @@ func backupCommand() *cobra.Command {
 
 	var dataDir, prefix, caFile, certFile, keyFile string
 	var endpoints []string
+	var keepLint bool
 	restore := &cobra.Command{
 		Use:   "restore FILE (--data-dir DIR | --etcd-endpoints URL,... --etcd-prefix P)",
 		Short: "Restore a verified backup into an empty data directory or etcd prefix (then unseal with the original shares)",
@@ -114,7 +115,12 @@ func backupCommand() *cobra.Command {
 empty) or an etcd prefix holding no key. A non-empty target is refused and nothing is changed.
 The backup is verified completely before anything is written; the barrier keyring is written
 last, so an interrupted restore leaves a store nobody can unseal (empty it and restore again).
-Start ward server on the target, then unseal it with the shares of the backed-up authority.`,
+Start ward server on the target, then unseal it with the shares of the backed-up authority.
+
+A restore never lowers the policy federation lint: the restored authority enforces the stricter
+of the backup's stored mode and strict (the restore cannot read the mode of the cluster it
+replaces), and audits it at its first unseal (operator.backup.restore). --keep-backup-lint-mode
+lets the backup's mode stand, warn included (audited as such).`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if (dataDir == "") == (len(endpoints) == 0) {
@@ -142,7 +148,7 @@ Start ward server on the target, then unseal it with the shares of the backed-up
 				return fmt.Errorf("opening the restore target: %w", err)
 			}
 			cnt := newCounter(cmd.ErrOrStderr(), "restoring entries", uint64(v.Manifest.Entries))
-			_, err = backup.Restore(ctx, f, dst, backup.RestoreOptions{TrustedKey: v.PublicKey,
+			_, err = backup.Restore(ctx, f, dst, backup.RestoreOptions{TrustedKey: v.PublicKey, KeepBackupLintMode: keepLint,
 				Progress: func(done, _ int64) { cnt.add(uint64(done) - cnt.n) }})
 			cnt.done()
 			dst.Close()
@@ -156,6 +162,11 @@ Start ward server on the target, then unseal it with the shares of the backed-up
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "Restored %d entries of the %s authority (audit checkpoint at %d events) into %s.\n", v.Manifest.Entries, v.Manifest.TrustDomain, v.Manifest.Audit.Checkpoint.Size, targetName(dataDir, endpoints, prefix))
 			fmt.Fprintf(w, "Start ward server on it and unseal with %d of the original %d shares (ward operator unseal).\n", v.Manifest.Seal.Threshold, v.Manifest.Seal.Shares)
+			if keepLint {
+				fmt.Fprintln(w, "Policy federation lint: the backup's stored mode stands, warn included (--keep-backup-lint-mode); audited at the first unseal.")
+			} else {
+				fmt.Fprintln(w, "Policy federation lint: strict at the first unseal, whatever the backup stored (a restore never lowers it; audited). If the cluster it replaces was in warn mode: ward policy lint-mode warn -m WHY.")
+			}
 			return nil
 		},
 	}
@@ -168,6 +179,7 @@ Start ward server on the target, then unseal it with the shares of the backed-up
 	restore.Flags().StringVar(&keyPath, "public-key", "", "the authority's audit public key (PEM): the backup must be signed by it")
 	restore.Flags().StringVar(&stateDir, "state-dir", "", "where ward audit verify remembers audit keys: a remembered key for the backup's trust domain must match")
 	restore.Flags().BoolVar(&skipKeyCheck, "skip-key-check", false, "restore a backup whose signing key nothing trusted vouches for (a warning is printed)")
+	restore.Flags().BoolVar(&keepLint, "keep-backup-lint-mode", false, "let the backup's stored policy federation lint mode stand, warn included (default: the restored authority enforces strict; audited either way)")
 
 	cmd.AddCommand(create, verify, restore)
 	return cmd

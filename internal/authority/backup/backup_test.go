@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/wardproject/ward/internal/authority/audit"
 	"github.com/wardproject/ward/internal/authority/barrier"
@@ -212,4 +213,44 @@ func FuzzPayload(f *testing.F) {
 			t.Fatal("a different payload verified")
 		}
 	})
+}
+
+// TestRestoreRecord: a complete restore leaves a restore record beside
+// the keyring for the restored authority to apply and audit at its first
+// unseal: by default the federation lint is kept at the stricter mode,
+// with KeepBackupLintMode the backup's stands. A record the backup itself
+// holds (not yet consumed when it was taken) is replaced by the new one.
+// An unreadable record reads as the stricter choice.
+func TestRestoreRecord(t *testing.T) {
+	ctx := context.Background()
+	a := newAuthority(t, memstore.New(), 3)
+	if _, err := a.raw.Put(ctx, RecordKey, []byte(`{"policy_lint":"backup","trust_domain":"old"}`)); err != nil {
+		t.Fatal(err)
+	}
+	data, m := a.backup(t)
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, keep := range []bool{false, true} {
+		dst := memstore.New()
+		if _, err := Restore(ctx, bytes.NewReader(data), dst, RestoreOptions{KeepBackupLintMode: keep, Now: func() time.Time { return at }}); err != nil {
+			t.Fatal(err)
+		}
+		kv, err := dst.Get(ctx, RecordKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, ok := ParseRecord(kv.Value)
+		want := LintStricter
+		if keep {
+			want = LintFromBackup
+		}
+		if !ok || rec.PolicyLint != want || !rec.Restored.Equal(at) || rec.TrustDomain != "backup.test" || rec.PayloadSHA256 != m.PayloadSHA256 ||
+			!rec.BackupCreated.Equal(m.Created) || rec.KeyID != m.KeyID {
+			t.Fatalf("keep=%t: record %+v", keep, rec)
+		}
+	}
+	for _, b := range []string{"", "{", `{"policy_lint":"warn"}`, `{"policy_lint":"backup"`} {
+		if rec, ok := ParseRecord([]byte(b)); ok || rec.PolicyLint != LintStricter {
+			t.Fatalf("unreadable record %q read as %+v", b, rec)
+		}
+	}
 }

@@ -2,9 +2,11 @@ package backup
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/store"
@@ -20,6 +22,13 @@ type RestoreOptions struct {
 	// MaxBatchBytes bounds the value bytes of one store batch (default
 	// 1 MiB, under etcd's default request limit of 1.5 MiB).
 	MaxBatchBytes int
+	// KeepBackupLintMode lets the backup's stored federation lint mode
+	// stand, warn included; without it the restored authority enforces
+	// at least strict (LintStricter). Either way the restored authority
+	// audits the choice and the resulting mode at its first unseal.
+	KeepBackupLintMode bool
+	// Now dates the restore record (default time.Now).
+	Now func() time.Time
 }
 
 // ErrNotEmpty: the restore target holds data; nothing was written.
@@ -75,6 +84,11 @@ func Restore(ctx context.Context, f io.ReadSeeker, dst store.Store, opts Restore
 			keyring = value
 			return nil
 		}
+		if key == RecordKey {
+			// a record the backed-up authority had not consumed yet:
+			// this restore's own replaces it
+			return nil
+		}
 		if len(ops) > 0 && (len(ops) >= maxOps || nbytes+len(key)+len(value) > opts.MaxBatchBytes) {
 			if err := flush(); err != nil {
 				return err
@@ -91,6 +105,27 @@ func Restore(ctx context.Context, f io.ReadSeeker, dst store.Store, opts Restore
 	}
 	if err := flush(); err != nil {
 		return nil, err
+	}
+	rec := Record{BackupCreated: v.Manifest.Created, TrustDomain: v.Manifest.TrustDomain, PayloadSHA256: v.Manifest.PayloadSHA256,
+		KeyID: v.Manifest.KeyID, PolicyLint: LintStricter}
+	if opts.KeepBackupLintMode {
+		rec.PolicyLint = LintFromBackup
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	rec.Restored = opts.Now().UTC()
+	rb, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	// The record goes with the keyring, in one batch: a restore that
+	// stops before has neither (no authority unseals it).
+	ops = append(ops, store.Op{Key: RecordKey, Value: rb, ExpectRevision: 0})
+	if maxOps < 2 {
+		if err := flush(); err != nil {
+			return nil, err
+		}
 	}
 	ops = append(ops, store.Op{Key: barrier.KeyringKey, Value: keyring, ExpectRevision: 0})
 	if err := flush(); err != nil {

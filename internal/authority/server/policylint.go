@@ -2,13 +2,18 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/backup"
 	"github.com/wardproject/ward/internal/authority/policystore"
+	"github.com/wardproject/ward/internal/authority/store"
+	"github.com/wardproject/ward/internal/shared/reqctx"
 )
 
 // reportStoredPolicyLint logs, at unseal with policy.federation_lint:
@@ -143,4 +148,68 @@ func (c policyLintCollector) Collect(ch chan<- prometheus.Metric) {
 		mode = policystore.LintStrict
 	}
 	ch <- prometheus.MustNewConstMetric(policyLintDesc, prometheus.GaugeValue, float64(len(ls.Warnings)), mode)
+}
+
+// applyRestoreRecord carries out, at the first unseal after `ward
+// operator backup restore`, what the restore decided about the federation
+// lint mode (backup.Record): by default the stricter of the backup's
+// stored mode and strict (the restore cannot read the mode of the cluster
+// it replaced), so a backup taken in warn mode never lowers a cluster
+// that had turned strict; with --keep-backup-lint-mode the backup's mode
+// stands. Either way it is audited (operator.backup.restore: the backup,
+// the choice, the backup's mode and the mode now; a raise also as
+// policy.federation_lint, set_by "backup restore"). It runs before the
+// unsealed authority serves anything, and an error keeps it sealed (the
+// record stays for the next unseal): no call is ever served under a mode
+// the restore was to raise. The record is deleted once audited.
+func (s *Server) applyRestoreRecord(ctx context.Context, st *unsealedState) error {
+	kv, err := s.raw.Get(ctx, backup.RecordKey)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("reading it: %w", err)
+	}
+	ctx = reqctx.With(ctx, reqctx.Caller{Actor: "system:restore", RequestID: reqctx.NewRequestID()})
+	rec, readable := backup.ParseRecord(kv.Value)
+	fields := map[string]string{"policy_lint": rec.PolicyLint, "backup_created": rec.BackupCreated.Format(time.RFC3339),
+		"backup_payload_sha256": rec.PayloadSHA256, "backup_key_id": rec.KeyID, "restored": rec.Restored.Format(time.RFC3339)}
+	if !readable {
+		fields["record"] = "unreadable: applied as policy_lint=stricter"
+	}
+	was, err := st.policy.FederationLint(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the restored federation lint mode: %w", err)
+	}
+	fields["backup_lint_mode"] = was.Mode
+	if rec.PolicyLint == backup.LintStricter {
+		comment := fmt.Sprintf("restored from the backup of %s (payload sha256 %s), whose stored mode was %s: a restore keeps the stricter mode "+
+			"(ward operator backup restore --keep-backup-lint-mode lets the backup's stand)", fields["backup_created"], rec.PayloadSHA256, was.Mode)
+		if _, err := st.policy.RaiseFederationLint(ctx, "backup restore", comment); err != nil {
+			return fmt.Errorf("raising the restored federation lint mode to strict: %w", err)
+		}
+	}
+	now, err := st.policy.FederationLint(ctx)
+	if err != nil {
+		return fmt.Errorf("reading the federation lint mode after the restore: %w", err)
+	}
+	fields["lint_mode"] = now.Mode
+	ev := audit.NewEvent(ctx, "operator.backup.restore", audit.ResultOK)
+	ev.Fields = fields
+	if err := st.recorder.Record(ctx, ev); err != nil {
+		return fmt.Errorf("auditing the restore: %w", err)
+	}
+	if _, err := s.raw.Batch(ctx, []store.Op{{Key: backup.RecordKey, Delete: true, ExpectRevision: kv.Revision}}); err != nil && !errors.Is(err, store.ErrConflict) {
+		s.log.Error("deleting the applied restore record failed: the next unseal audits it again", "err", err)
+	}
+	switch {
+	case rec.PolicyLint == backup.LintFromBackup:
+		s.log.Warn("restored from a backup with --keep-backup-lint-mode: the backup's federation lint mode stands", "mode", now.Mode, "backup_created", fields["backup_created"])
+	case was.Mode != now.Mode:
+		s.log.Warn("restored from a backup taken in federation lint mode "+was.Mode+": the authority keeps the stricter mode, strict (audited); "+
+			"if the cluster it replaces was in warn mode, lower it with `ward policy lint-mode warn -m ...` (audited)", "backup_created", fields["backup_created"])
+	default:
+		s.log.Info("restored from a backup; federation lint mode unchanged", "mode", now.Mode, "backup_created", fields["backup_created"])
+	}
+	return nil
 }

@@ -29,6 +29,7 @@ import (
 
 	"github.com/wardproject/ward/internal/authority/adminapi"
 	"github.com/wardproject/ward/internal/authority/audit"
+	"github.com/wardproject/ward/internal/authority/backup"
 	"github.com/wardproject/ward/internal/authority/barrier"
 	"github.com/wardproject/ward/internal/authority/config"
 	"github.com/wardproject/ward/internal/authority/dashboard"
@@ -415,6 +416,10 @@ func (s *Server) afterUnseal(ctx context.Context, caller reqctx.Caller) error {
 		policystore.WithRemoteDenyLists(s.remoteDenyLists(st)), policystore.WithServices(s.services(st)), policystore.WithTrustDomain(s.cfg.TrustDomain),
 		policystore.WithStrictFederationLint(s.cfg.Policy.StrictFederationLint()), policystore.WithKeepVersions(s.cfg.Policy.KeepVersions))
 	st.posture = posturestore.New(bs, st.recorder, s.table.Names())
+	if err := s.applyRestoreRecord(ctx, st); err != nil { // policylint.go: before anything is served
+		alog.Close()
+		return fmt.Errorf("applying the restore record (%s), staying sealed; unseal again: %w", backup.RecordKey, err)
+	}
 	// Start the services before recording the unseal as done: an unseal
 	// whose services fail is recorded as failed, with the cause. The
 	// caller of the unseal is the caller of what it does (ca.init).
