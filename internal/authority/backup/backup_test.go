@@ -254,3 +254,21 @@ func TestRestoreRecord(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParseRecord: a restore record is read from storage (writable by
+// whoever holds the disk): any bytes give either a readable record with a
+// known choice or the stricter one, never a panic.
+func FuzzParseRecord(f *testing.F) {
+	f.Add([]byte(`{"policy_lint":"backup","restored":"2026-01-02T03:04:05Z"}`))
+	f.Add([]byte(`{"policy_lint":"stricter"}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, ok := ParseRecord(b)
+		if r.PolicyLint != LintStricter && r.PolicyLint != LintFromBackup {
+			t.Fatalf("%q read as %+v", b, r)
+		}
+		if !ok && r.PolicyLint != LintStricter {
+			t.Fatalf("unreadable %q read as %+v", b, r)
+		}
+	})
+}
