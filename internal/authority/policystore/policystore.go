@@ -151,21 +151,29 @@ func New(st store.Store, a audit.Recorder, opts ...Option) *Store {
 // Get returns version n (0 = current).
 func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
 	defer func() { err = classify(err) }()
-	h, _, err := s.versions.Head(ctx)
-	if err != nil {
-		return Version{}, err
-	}
-	if n == 0 {
-		if h.Current == 0 {
-			return Version{}, ErrNoPolicy
+	for try := 0; ; try++ {
+		h, _, err := s.versions.Head(ctx)
+		if err != nil {
+			return Version{}, err
 		}
-		n = h.Current
+		want := n
+		if n == 0 {
+			if h.Current == 0 {
+				return Version{}, ErrNoPolicy
+			}
+			want = h.Current
+		}
+		v, err := s.versions.Version(ctx, want)
+		if errors.Is(err, store.ErrNotFound) {
+			if n == 0 && try < 8 {
+				// the current version read was pruned by the commits of
+				// other authorities since: read the head again
+				continue
+			}
+			return Version{}, s.prunedError(ctx, want, h.Next()-1)
+		}
+		return v, err
 	}
-	v, err := s.versions.Version(ctx, n)
-	if errors.Is(err, store.ErrNotFound) {
-		return Version{}, s.prunedError(ctx, n, h.Next()-1)
-	}
-	return v, err
 }
 
 // Current returns the current version number (0 = none).
@@ -197,88 +205,21 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	var warnings []policy.Problem
 	var pruned int
 	var oldest uint64
-	next, err := s.versions.CommitWith(ctx, func(h versioned.Head) (Version, []store.Op, error) {
-		var guard []store.Op
-		warnings, pruned = nil, 0
-		var cur *Version
-		if h.Current != 0 {
-			v, err := s.Get(ctx, h.Current)
-			if err != nil {
-				return Version{}, nil, err
-			}
-			cur = &v
+	var next Version
+	var err error
+	for try := 0; ; try++ {
+		next, err = s.versions.CommitWith(ctx, func(h versioned.Head) (Version, []store.Op, error) {
+			return s.build(ctx, h, f, &warnings, &pruned, &oldest)
+		})
+		// The current version read was pruned by other authorities'
+		// commits in between: read again (bounded).
+		if !errors.Is(err, errCurrentMoved) || try >= 8 {
+			break
 		}
-		next, err := f(cur)
-		if err != nil {
-			return Version{}, nil, err
-		}
-		next.Number = h.Next()
-		next.Bundle.Version = next.Number
-		pruneExpired(&next, cur, s.now())
-		// Tainted keys are never dropped by a new version (apply, rollback,
-		// unrevoke): they only leave with the CA key itself.
-		var keep []string
-		if cur != nil {
-			keep = cur.Bundle.DenyList.TaintedKeys
-		}
-		if s.tainted != nil {
-			keep = append(slices.Clone(keep), s.tainted()...)
-		}
-		if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
-			return Version{}, nil, err
-		}
-		switch {
-		case s.remote != nil:
-			next.Bundle.RemoteDenyLists = s.remote()
-		case cur != nil:
-			next.Bundle.RemoteDenyLists = cur.Bundle.RemoteDenyLists
-		}
-		switch {
-		case s.services != nil:
-			next.Bundle.Services = s.services()
-		case cur != nil:
-			next.Bundle.Services = cur.Bundle.Services
-		}
-		if s.principals != nil {
-			if next.Bundle.Principals, err = s.principals(ctx); err != nil {
-				return Version{}, nil, fmt.Errorf("reading principal attributes: %w", err)
-			}
-		}
-		next.Created = s.now().UTC()
-		set, err := s.Compile(next.Bundle)
-		if err != nil {
-			return Version{}, nil, err
-		}
-		next.PolicyCount = set.Len()
-		if cur == nil || !maps.EqualFunc(cur.Bundle.Files, next.Bundle.Files, slices.Equal) {
-			warnings = federationWarnings(set)
-			if len(warnings) > 0 {
-				// Read on every attempt: a mode raised by another
-				// authority while this one built the version counts.
-				strict, g, err := s.strictGuard(ctx)
-				if err != nil {
-					return Version{}, nil, err
-				}
-				if strict {
-					return Version{}, nil, federationRefusal(warnings)
-				}
-				// Stored only if the mode is still the one read: a
-				// raise by another authority in between (with no
-				// policy yet, no head it could rewrite) fails the
-				// batch, and the next attempt reads strict.
-				guard = g
-			}
-		}
-		// Versions older than the retention are deleted in this batch:
-		// the history is never half pruned, and a lost race on the head
-		// prunes nothing.
-		prune, n, o, err := s.pruneOps(ctx, next.Number, s.st.MaxBatch()-2-len(guard))
-		if err != nil {
-			return Version{}, nil, err
-		}
-		pruned, oldest = n, o
-		return next, append(guard, prune...), nil
-	})
+	}
+	if errors.Is(err, errCurrentMoved) {
+		err = errs.Errorf(errs.Precondition, "the policy is being changed concurrently by other authorities: retry")
+	}
 	if err != nil {
 		return Version{}, s.fail(ctx, op, fields, err)
 	}
@@ -288,6 +229,103 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 		n, err := s.pruneBacklog(ctx, next.Number)
 		pruned, pruneErr = pruned+n, err
 	}
+	return s.committed(ctx, op, fields, next, warnings, pruned, pruneErr)
+}
+
+// errCurrentMoved: the current version a commit read the head for was
+// pruned before it could be read.
+var errCurrentMoved = errors.New("the current policy version moved while it was read")
+
+// build makes the next version from head h (commit's CommitWith step):
+// warnings, pruned and oldest report what it found.
+func (s *Store) build(ctx context.Context, h versioned.Head, f func(cur *Version) (Version, error), warnings *[]policy.Problem, pruned *int, oldest *uint64) (Version, []store.Op, error) {
+	var guard []store.Op
+	*warnings, *pruned = nil, 0
+	var cur *Version
+	if h.Current != 0 {
+		v, err := s.versions.Version(ctx, h.Current)
+		if errors.Is(err, store.ErrNotFound) {
+			return Version{}, nil, errCurrentMoved
+		}
+		if err != nil {
+			return Version{}, nil, err
+		}
+		cur = &v
+	}
+	next, err := f(cur)
+	if err != nil {
+		return Version{}, nil, err
+	}
+	next.Number = h.Next()
+	next.Bundle.Version = next.Number
+	pruneExpired(&next, cur, s.now())
+	// Tainted keys are never dropped by a new version (apply, rollback,
+	// unrevoke): they only leave with the CA key itself.
+	var keep []string
+	if cur != nil {
+		keep = cur.Bundle.DenyList.TaintedKeys
+	}
+	if s.tainted != nil {
+		keep = append(slices.Clone(keep), s.tainted()...)
+	}
+	if next.Bundle.DenyList.TaintedKeys, err = mergeKeyIDs(next.Bundle.DenyList.TaintedKeys, keep); err != nil {
+		return Version{}, nil, err
+	}
+	switch {
+	case s.remote != nil:
+		next.Bundle.RemoteDenyLists = s.remote()
+	case cur != nil:
+		next.Bundle.RemoteDenyLists = cur.Bundle.RemoteDenyLists
+	}
+	switch {
+	case s.services != nil:
+		next.Bundle.Services = s.services()
+	case cur != nil:
+		next.Bundle.Services = cur.Bundle.Services
+	}
+	if s.principals != nil {
+		if next.Bundle.Principals, err = s.principals(ctx); err != nil {
+			return Version{}, nil, fmt.Errorf("reading principal attributes: %w", err)
+		}
+	}
+	next.Created = s.now().UTC()
+	set, err := s.Compile(next.Bundle)
+	if err != nil {
+		return Version{}, nil, err
+	}
+	next.PolicyCount = set.Len()
+	if cur == nil || !maps.EqualFunc(cur.Bundle.Files, next.Bundle.Files, slices.Equal) {
+		*warnings = federationWarnings(set)
+		if len(*warnings) > 0 {
+			// Read on every attempt: a mode raised by another
+			// authority while this one built the version counts.
+			strict, g, err := s.strictGuard(ctx)
+			if err != nil {
+				return Version{}, nil, err
+			}
+			if strict {
+				return Version{}, nil, federationRefusal(*warnings)
+			}
+			// Stored only if the mode is still the one read: a
+			// raise by another authority in between (with no
+			// policy yet, no head it could rewrite) fails the
+			// batch, and the next attempt reads strict.
+			guard = g
+		}
+	}
+	// Versions older than the retention are deleted in this batch:
+	// the history is never half pruned, and a lost race on the head
+	// prunes nothing.
+	prune, n, o, err := s.pruneOps(ctx, next.Number, s.st.MaxBatch()-2-len(guard))
+	if err != nil {
+		return Version{}, nil, err
+	}
+	*pruned, *oldest = n, o
+	return next, append(guard, prune...), nil
+}
+
+// committed audits a stored version.
+func (s *Store) committed(ctx context.Context, op string, fields map[string]string, next Version, warnings []policy.Problem, pruned int, pruneErr error) (Version, error) {
 	f2 := maps.Clone(fields)
 	if f2 == nil {
 		f2 = map[string]string{}
@@ -858,30 +896,37 @@ func (s *Store) Watch(ctx context.Context, known uint64, send func(Version) erro
 		if err != nil {
 			return err
 		}
-		// Read after subscribing, so no change is lost in between.
+		// Read after subscribing, so no change is lost in between. The
+		// current version is read as one (Get 0): a number read first may
+		// be pruned by the time its version is.
 		if cur, err := s.Current(ctx); err == nil && cur > known {
-			v, err := s.Get(ctx, cur)
+			v, err := s.Get(ctx, 0)
 			if err != nil {
 				return err
 			}
-			if err := send(v); err != nil {
-				return err
+			if v.Number > known {
+				if err := send(v); err != nil {
+					return err
+				}
+				known = v.Number
 			}
-			known = cur
 		}
 		for range ch {
 			cur, err := s.Current(ctx)
 			if err != nil || cur <= known {
 				continue
 			}
-			v, err := s.Get(ctx, cur)
+			v, err := s.Get(ctx, 0)
 			if err != nil {
 				return err
+			}
+			if v.Number <= known {
+				continue
 			}
 			if err := send(v); err != nil {
 				return err
 			}
-			known = cur
+			known = v.Number
 		}
 	}
 	return ctx.Err()

@@ -249,3 +249,54 @@ func TestRetentionConcurrentWriters(t *testing.T) {
 		t.Fatalf("audited %d pruned versions, want 25", total)
 	}
 }
+
+// racyStore runs hook once, just before the first read of a version key
+// after arm: another authority's commits landing between a reader's read
+// of the head and its read of the version the head named.
+type racyStore struct {
+	store.Store
+	armed bool
+	hook  func()
+}
+
+func (r *racyStore) Get(ctx context.Context, key string) (store.KV, error) {
+	if r.armed && strings.HasPrefix(key, "policy/v/") {
+		r.armed = false
+		r.hook()
+	}
+	return r.Store.Get(ctx, key)
+}
+
+// TestCurrentPrunedWhileRead: with keep_versions 1, two commits of another
+// authority between this one's read of the head and of the current
+// version prune that version. An apply reads the head again and stores
+// its version on top; a read of the current version (Get 0, what Watch
+// sends) returns the new current one; neither fails.
+func TestCurrentPrunedWhileRead(t *testing.T) {
+	ctx := context.Background()
+	st := boltFor(t)
+	other := New(st, &eventLog{}, WithKeepVersions(1))
+	r := &racyStore{Store: st, hook: func() {
+		for i := range 2 {
+			if _, err := other.Apply(ctx, "other", files(100+i), ""); err != nil {
+				t.Error(err)
+			}
+		}
+	}}
+	s := New(r, &eventLog{}, WithKeepVersions(1))
+	if _, err := s.Apply(ctx, "admin", files(1), ""); err != nil {
+		t.Fatal(err)
+	}
+	r.armed = true
+	v, err := s.Apply(ctx, "admin", files(2), "")
+	if err != nil || v.Number != 4 {
+		t.Fatalf("apply racing two pruning commits: %+v %v", v, err)
+	}
+	r.armed = true
+	if v, err = s.Get(ctx, 0); err != nil || v.Number != 6 {
+		t.Fatalf("current version read racing two pruning commits: %+v %v", v, err)
+	}
+	if got := stored(t, s); fmt.Sprint(got) != fmt.Sprint(run(5, 6)) {
+		t.Fatalf("stored: %v", got)
+	}
+}
