@@ -51,6 +51,10 @@ const (
 	// Bytes count the frames the overlay's values keep alive.
 	maxOverlayEntries = 8 * flushOps
 	maxOverlayBytes   = 8 * flushBytes
+	// maxBehindBytes bounds the journal file while flushes fail: rewrites
+	// of a few keys keep the overlay small but each adds a frame, and
+	// Open reads the files whole.
+	maxBehindBytes = 8 * flushBytes
 )
 
 // journalPaths are the two journal files of the bbolt file at path.
@@ -99,10 +103,11 @@ type journal struct {
 	// frames bbolt lacks: flushes then do not switch files (under writeMu).
 	behind bool
 	// flushErr is the last flush's error, nil once one succeeds (under
-	// writeMu); maxEntries and maxBytes bound the overlay (tests lower them).
-	flushErr   error
-	maxEntries int
-	maxBytes   int64
+	// writeMu); maxEntries and maxBytes bound the overlay, maxBehind the
+	// journal file while flushes fail (tests lower them).
+	flushErr            error
+	maxEntries          int
+	maxBytes, maxBehind int64
 
 	flushMu   sync.Mutex    // one flush at a time (the switch needs the previous one done)
 	kick      chan struct{} // wakes the flusher early
@@ -155,7 +160,7 @@ func openJournal(db *bbolt.DB, path string, keep bool) (*journal, error) {
 		return nil, nil
 	}
 	j := &journal{kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}), flushed: make(chan struct{}),
-		maxEntries: maxOverlayEntries, maxBytes: maxOverlayBytes}
+		maxEntries: maxOverlayEntries, maxBytes: maxOverlayBytes, maxBehind: maxBehindBytes}
 	if j.rev, err = bboltRevision(db); err != nil {
 		return nil, err
 	}
@@ -460,10 +465,15 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 // waitRoom returns once the overlay is below its bounds (under writeMu,
 // which it releases while it waits for a flush), or an error if the
 // journal broke meanwhile or the last flush failed: then bbolt refuses
-// the overlay, and a write flood must not pile up in memory behind it.
+// the overlay, and a write flood must not pile up in memory behind it
+// (nor in the journal file, which is not switched then).
 func (s *Store) waitRoom() error {
 	j := s.jr
 	for {
+		if j.flushErr != nil && j.off >= j.maxBehind {
+			return fmt.Errorf("boltstore: %s: the journal holds %d bytes of writes bbolt refuses (%v); no more are taken until a flush succeeds; nothing was written",
+				s.path, j.off, j.flushErr)
+		}
 		s.ovMu.RLock()
 		n, size := len(s.overlay), s.ovBytes
 		s.ovMu.RUnlock()

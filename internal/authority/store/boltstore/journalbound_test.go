@@ -124,3 +124,57 @@ func TestJournalOverlayBoundedWhenBboltFails(t *testing.T) {
 		t.Fatalf("%d keys, %v; want the %d acknowledged", len(kvs), err, acked)
 	}
 }
+
+// TestJournalBoundedWhenBboltFailsHotKey (red team): rewrites of one key
+// keep the overlay at one entry, but each adds a frame to a journal file
+// that is not switched while bbolt refuses the flushes: past the bound
+// they are refused too, and taken again once a flush succeeds.
+func TestJournalBoundedWhenBboltFailsHotKey(t *testing.T) {
+	dir := smallFS(t, 3<<20)
+	s, err := Open(filepath.Join(dir, "ward.db"), WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	filler := fill(t, dir)
+	// Values big enough that bbolt needs room it does not get: the
+	// flushes fail (the journal's blocks were allocated before).
+	behind := func() bool {
+		s.writeMu.Lock()
+		defer s.writeMu.Unlock()
+		return s.jr.flushErr != nil
+	}
+	for i := 0; !behind(); i++ {
+		if _, err := s.Put(ctx, fmt.Sprintf("big/%d", i), bytes.Repeat([]byte{2}, 20000)); err != nil {
+			t.Fatalf("write %d refused before any flush failed: %v", i, err)
+		}
+		s.flush()
+	}
+	const limit = 64 << 10
+	s.writeMu.Lock()
+	s.jr.maxBehind = s.jr.off + limit
+	s.writeMu.Unlock()
+	var refused error
+	acked := 0
+	for i := range 100 { // 16 frames of 4 KiB reach the bound
+		if _, err := s.Put(ctx, "hot", []byte(fmt.Sprint(i))); err != nil {
+			refused = err
+			break
+		}
+		acked++
+		s.flush() // fails: bbolt has no room
+	}
+	if refused == nil || !strings.Contains(refused.Error(), "bbolt refuses") {
+		t.Fatalf("with bbolt refusing flushes, %d rewrites of one key acknowledged, then %v; want a refusal past %d bytes of journal", acked, refused, limit)
+	}
+	if kv, err := s.Get(ctx, "hot"); err != nil || string(kv.Value) != fmt.Sprint(acked-1) {
+		t.Fatalf("after the refusal: %q, %v; want the last acknowledged %d", kv.Value, err, acked-1)
+	}
+	must(t, os.Remove(filler))
+	s.flush() // succeeds, bbolt has it all
+	s.flush() // switches files
+	if _, err := s.Put(ctx, "hot", []byte("again")); err != nil {
+		t.Fatalf("a write after successful flushes: %v", err)
+	}
+}
