@@ -108,6 +108,7 @@ type journal struct {
 	flushErr            error
 	maxEntries          int
 	maxBytes, maxBehind int64
+	maxFrame            int // the largest payload of one frame (maxFramePayload)
 
 	flushMu   sync.Mutex    // one flush at a time (the switch needs the previous one done)
 	kick      chan struct{} // wakes the flusher early
@@ -160,7 +161,8 @@ func openJournal(db *bbolt.DB, path string, keep bool) (*journal, error) {
 		return nil, nil
 	}
 	j := &journal{kick: make(chan struct{}, 1), stop: make(chan struct{}), stopped: make(chan struct{}), flushed: make(chan struct{}),
-		maxEntries: maxOverlayEntries, maxBytes: maxOverlayBytes, maxBehind: maxBehindBytes}
+		maxEntries: maxOverlayEntries, maxBytes: maxOverlayBytes, maxBehind: maxBehindBytes,
+		maxFrame: maxFramePayload}
 	if j.rev, err = bboltRevision(db); err != nil {
 		return nil, err
 	}
@@ -419,6 +421,11 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 	}
 	if len(evs) == 0 {
 		return j.rev, nil
+	}
+	if n := s.frameSize(evs); n > frameHeaderLen+j.maxFrame {
+		// Replay would refuse a longer frame (a torn or corrupt record):
+		// it is never acknowledged.
+		return 0, fmt.Errorf("boltstore: a write of %d ops and about %d bytes is larger than a journal record holds (%d bytes); split it; nothing was written", len(evs), n, j.maxFrame)
 	}
 	buf, valAt := appendFrame(make([]byte, 0, s.frameSize(evs)), rev, evs, make([]int, 0, len(evs)))
 	if grown, err := j.files[j.active].append(buf, j.off); err != nil {

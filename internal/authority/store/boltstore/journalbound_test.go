@@ -178,3 +178,36 @@ func TestJournalBoundedWhenBboltFailsHotKey(t *testing.T) {
 		t.Fatalf("a write after successful flushes: %v", err)
 	}
 }
+
+// TestJournalOversizedWriteRefused (red team): a write whose frame would
+// be longer than replay accepts (maxFramePayload: a longer length field
+// reads as corruption) is refused before anything is written, instead of
+// acknowledged and then dropped as a torn last record (or refusing the
+// whole journal) after a crash. The bound is lowered here; the real one
+// is replay's.
+func TestJournalOversizedWriteRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(filepath.Join(dir, "ward.db"), WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.jr.maxFrame != maxFramePayload {
+		t.Fatalf("the write bound %d is not replay's %d", s.jr.maxFrame, maxFramePayload)
+	}
+	s.writeMu.Lock()
+	s.jr.maxFrame = 64 << 10
+	s.writeMu.Unlock()
+	ctx := t.Context()
+	ops := []store.Op{{Key: "a", Value: bytes.Repeat([]byte{1}, 40<<10), ExpectRevision: -1}, {Key: "b", Value: bytes.Repeat([]byte{2}, 40<<10), ExpectRevision: -1}}
+	if _, err := s.Batch(ctx, ops); err == nil || !strings.Contains(err.Error(), "larger than a journal record holds") {
+		t.Fatalf("an oversized batch: %v", err)
+	}
+	if _, err := s.Get(ctx, "a"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("the refused batch is visible: %v", err)
+	}
+	rev, err := s.Batch(ctx, ops[:1])
+	if err != nil || rev != 1 {
+		t.Fatalf("a batch within the bound after the refusal: rev %d, %v; want 1", rev, err)
+	}
+}
