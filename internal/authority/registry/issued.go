@@ -138,6 +138,16 @@ type Issued struct {
 // evicted.
 const MaxJWTPerEntry = 64
 
+// JWTLeeway is how long past its exp a JWT-SVID is still accepted: the
+// Workload API's ValidateJWTSVID (go-spiffe's jwtsvid.ParseAndValidate)
+// validates the claims with go-jose's jwt.DefaultLeeway, one minute. A
+// JWT-SVID's record is kept, and an eviction revokes it, until exp plus
+// this: one minted through the agent whose exp had just passed when the
+// agent was evicted is still accepted for up to a minute, and was left
+// off the deny-list (the deny-list keeps it policystore.PruneSkew past
+// exp, longer than this).
+const JWTLeeway = time.Minute
+
 // issuedHead is an agent's head record.
 type issuedHead struct {
 	// Evicted: the agent was evicted; no signing is recorded (so none is
@@ -274,7 +284,7 @@ func (r *Registry) readIssued(ctx context.Context, agent spiffeid.ID, entries []
 	st.head.Displacements = slices.DeleteFunc(st.head.Displacements, func(t time.Time) bool { return !t.Add(DisplaceWindow).After(now) })
 	for _, e := range st.recs {
 		e.SVIDs = pruneIssued(e.SVIDs, now, 0)
-		e.JWTs = pruneIssued(e.JWTs, now, 0)
+		e.JWTs = pruneIssued(e.JWTs, now, JWTLeeway) // still accepted that long past exp
 		e.Displaced = pruneIssued(e.Displaced, now, DenyListSkew)
 	}
 	return st, nil
@@ -657,8 +667,8 @@ func (st *issuedState) all(displaced bool) []Issued {
 // takeIssued marks agent's records evicted (no signing recorded, so none
 // released, until it attests again) and returns its unexpired SVIDs, the
 // displaced ones included (revoking them again keeps them revoked if the
-// deny-list lost them, e.g. to a rollback), then its unexpired JWT-SVIDs
-// (JWT set).
+// deny-list lost them, e.g. to a rollback), then its JWT-SVIDs still
+// accepted (JWT set: unexpired, or expired less than JWTLeeway ago).
 func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued, error) {
 	unlock := r.issuedLock(agent)
 	defer unlock()
@@ -675,14 +685,17 @@ func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued,
 		return nil, err
 	}
 	now := r.now()
-	out := st.all(true)
+	out := slices.DeleteFunc(st.all(true), func(s Issued) bool { return !s.NotAfter.After(now) })
 	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
 		for _, j := range st.recs[entry].JWTs {
-			j.JWT = true
-			out = append(out, j)
+			// still accepted for JWTLeeway past its exp: revoked until then
+			if j.NotAfter.Add(JWTLeeway).After(now) {
+				j.JWT = true
+				out = append(out, j)
+			}
 		}
 	}
-	return slices.DeleteFunc(out, func(s Issued) bool { return !s.NotAfter.After(now) }), nil
+	return out, nil
 }
 
 // forget drops serials (and JWT-SVIDs' jtis) from agent's records (the
