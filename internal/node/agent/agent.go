@@ -384,6 +384,7 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 			id = sv.ID.String()
 		}
 		a.dropAgentSVID()
+		a.jwt.drop() // revoked by the eviction: never handed out again
 		a.mu.Lock()
 		a.evicted = true
 		a.mu.Unlock()

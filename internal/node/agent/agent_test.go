@@ -284,7 +284,7 @@ func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 }
 
 // TestAgentEvictedX509PopReattests: an evicted x509pop agent attests again
-// by itself.
+// by itself, and forgets the JWT-SVIDs it cached before (revoked).
 func TestAgentEvictedX509PopReattests(t *testing.T) {
 	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
 	auth.addEntry("/web", uidSelector())
@@ -294,6 +294,11 @@ func TestAgentEvictedX509PopReattests(t *testing.T) {
 	cfg.X509Pop = &X509Pop{CertPath: cp, KeyPath: kp}
 	r := startAgent(t, cfg, nil)
 	mustFetch(t, r)
+	web := spiffeid.RequireFromPath(testTD, "/web")
+	before, err := r.MintJWTSVID(context.Background(), web, []string{"orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
 	id := spiffeid.RequireFromString(r.Status().AgentID)
 	auth.evict(id)
 	waitFor(t, "re-attestation after eviction", func() bool { return auth.count("Attest") >= 2 })
@@ -301,6 +306,12 @@ func TestAgentEvictedX509PopReattests(t *testing.T) {
 		st := r.Status()
 		return !st.Evicted && st.AgentID == id.String() && st.LastError == ""
 	})
+	// The JWT-SVID cached before the eviction is revoked by it: never
+	// handed out again; the workload gets a new one.
+	after, err := r.MintJWTSVID(context.Background(), web, []string{"orders"})
+	if err != nil || after == before {
+		t.Fatalf("JWT-SVID after the eviction: the one cached before it is handed out again (%v)", err)
+	}
 	if !strings.Contains(r.logs.String(), "attesting again with x509pop") {
 		t.Fatal("eviction not logged")
 	}

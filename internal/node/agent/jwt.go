@@ -64,6 +64,16 @@ func (c *jwtCache) put(key string, t jwtToken, now time.Time) {
 	c.tokens[key] = t
 }
 
+// drop forgets every cached token: after an eviction they are revoked
+// (their jti on the deny-list), so none is handed out again, not even
+// while the authority is away; the agent mints new ones once it attested
+// again.
+func (c *jwtCache) drop() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	clear(c.tokens)
+}
+
 func (c *jwtCache) mint(ctx context.Context, a *Agent, id spiffeid.ID, audience []string) (string, error) {
 	key := jwtKey(id, audience)
 	now := a.now()
