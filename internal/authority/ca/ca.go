@@ -158,6 +158,7 @@ type CA struct {
 	updated chan struct{}
 
 	x509Signed atomic.Uint64 // X509-SVIDs signed (SignedX509SVIDs)
+	jwtSigned  atomic.Uint64 // JWT-SVIDs signed (SignedJWTSVIDs)
 }
 
 // view is an immutable snapshot of the loaded state.

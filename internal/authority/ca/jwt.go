@@ -78,6 +78,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 		Expiry:   jwt.NewNumericDate(exp),
 		IssuedAt: jwt.NewNumericDate(iat),
 	}
+	c.jwtSigned.Add(1)
 	tok, err := jwt.Signed(sig).Claims(claims).Serialize()
 	if err != nil {
 		return JWTSVID{}, fmt.Errorf("sign JWT-SVID for %s: %w", id, err)
@@ -85,3 +86,7 @@ func (c *CA) SignJWTSVID(ctx context.Context, id spiffeid.ID, audience []string,
 	return JWTSVID{Token: tok, ID: id, Audience: append([]string(nil), audience...), IssuedAt: iat,
 		Expiry: exp.Truncate(time.Second), KeyID: v.jwt.ID, JTI: claims.ID}, nil
 }
+
+// SignedJWTSVIDs is how many JWT-SVIDs this CA has signed (attempted: each
+// is a private-key signature) since it was opened.
+func (c *CA) SignedJWTSVIDs() uint64 { return c.jwtSigned.Load() }

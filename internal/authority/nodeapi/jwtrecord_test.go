@@ -15,8 +15,8 @@ import (
 // TestJWTSVIDsRecordedBoundedAndRevokedOnEvict: every JWT-SVID minted
 // through an agent is recorded under it (its jti, also in the audit
 // event) before it is released, and forgotten when it is withheld; an agent minting in a loop is refused
-// past registry.MaxJWTPerEntry unexpired ones for an entry, and the
-// record stays at that bound; evicting the agent hands all of them to
+// past registry.MaxJWTPerEntry unexpired ones for an entry, before any
+// signing, and the record stays at that bound; evicting the agent hands all of them to
 // the revocation, and the evicted agent mints no more.
 func TestJWTSVIDsRecordedBoundedAndRevokedOnEvict(t *testing.T) {
 	h := newHarness(t)
@@ -34,7 +34,11 @@ func TestJWTSVIDsRecordedBoundedAndRevokedOnEvict(t *testing.T) {
 		t.Fatalf("a withheld JWT-SVID stayed recorded: %v", got)
 	}
 	minted := map[string]bool{}
+	var signedAtBound uint64
 	for i := range registry.MaxJWTPerEntry + 20 {
+		if i == registry.MaxJWTPerEntry {
+			signedAtBound = h.ca.SignedJWTSVIDs()
+		}
 		resp, err := c.SignJWTSVID(ctx, &wardv1.SignJWTSVIDRequest{EntryId: agent.entry, Audience: []string{"orders"}})
 		if i >= registry.MaxJWTPerEntry {
 			if status.Code(err) != codes.FailedPrecondition {
@@ -50,6 +54,9 @@ func TestJWTSVIDsRecordedBoundedAndRevokedOnEvict(t *testing.T) {
 			t.Fatalf("token %q", resp.Token)
 		}
 		minted[resp.Token] = true
+	}
+	if n := h.ca.SignedJWTSVIDs() - signedAtBound; n != 0 {
+		t.Fatalf("20 mints past the bound cost %d signatures, want 0 (refused before signing)", n)
 	}
 	recorded, err := h.reg.IssuedJWTs(ctx, agent.svid.ID)
 	if err != nil || len(recorded) != registry.MaxJWTPerEntry {

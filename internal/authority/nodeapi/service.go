@@ -588,6 +588,11 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequ
 	if r.TtlSeconds < 0 || r.TtlSeconds > int64(24*time.Hour/time.Second) {
 		return nil, s.deny(ctx, "svid.jwt.sign", fields, status.Errorf(codes.InvalidArgument, "ttl_seconds %d is out of range: use 0 (the default) up to 86400", r.TtlSeconds))
 	}
+	// Refused before signing when it could not be recorded (the entry at
+	// its bound of unexpired JWT-SVIDs): a loop costs no signature.
+	if err := s.cfg.Registry.JWTRoom(ctx, agent, e.ID); err != nil {
+		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
+	}
 	j, err := s.cfg.CA.SignJWTSVID(ctx, id, r.Audience, time.Duration(r.TtlSeconds)*time.Second)
 	if err != nil {
 		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)

@@ -569,13 +569,37 @@ func (r *Registry) RecordJWT(ctx context.Context, agent spiffeid.ID, entry, jti 
 			return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 		}
 		e := st.rec(entry)
-		if len(e.JWTs) >= r.opts.Limits.JWTsPerEntry {
-			return errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired JWT-SVIDs minted through agent %s: "+
-				"no more until one expires (an agent caches one per audience set and renews it at half its lifetime)", entry, len(e.JWTs), agent)
+		if err := r.jwtBound(agent, entry, e); err != nil {
+			return err
 		}
 		e.JWTs = append(e.JWTs, Issued{Entry: entry, Serial: jti, NotAfter: exp, JWT: true})
 		return nil
 	})
+}
+
+// JWTRoom says, before anything is signed, whether a JWT-SVID for entry
+// could be recorded through agent now (one read): nil, Denied (evicted),
+// or Precondition (the entry at its bound), as RecordJWT would answer. A
+// Node API mint checks it first, so an agent at its bound minting in a
+// loop costs no signature.
+func (r *Registry) JWTRoom(ctx context.Context, agent spiffeid.ID, entry string) error {
+	st, err := r.readIssued(ctx, agent, []string{entry}, false)
+	if err != nil {
+		return err
+	}
+	if st.head.Evicted {
+		return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
+	}
+	return r.jwtBound(agent, entry, st.rec(entry))
+}
+
+func (r *Registry) jwtBound(agent spiffeid.ID, entry string, e *issuedEntry) error {
+	if len(e.JWTs) < r.opts.Limits.JWTsPerEntry {
+		return nil
+	}
+	return errs.Errorf(errs.Precondition, "entry %s already holds %d unexpired JWT-SVIDs minted through agent %s: "+
+		"no more until one expires (an agent caches one per audience set and renews it at half its lifetime; "+
+		"identity.max_jwt_svids_per_entry)", entry, len(e.JWTs), agent)
 }
 
 // IssuedJWTs returns the unexpired JWT-SVIDs recorded for agent.
