@@ -170,6 +170,11 @@ func (s *Store) Get(ctx context.Context, n uint64) (_ Version, err error) {
 				// other authorities since: read the head again
 				continue
 			}
+			if n != 0 { // an apply or rollback pinned beyond the window?
+				if p, ok, err := s.pinned(ctx, want); err != nil || ok {
+					return p, err
+				}
+			}
 			return Version{}, s.prunedError(ctx, want, h.Next()-1)
 		}
 		return v, err
@@ -209,7 +214,7 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 	var err error
 	for try := 0; ; try++ {
 		next, err = s.versions.CommitWith(ctx, func(h versioned.Head) (Version, []store.Op, error) {
-			return s.build(ctx, h, f, &warnings, &pruned, &oldest)
+			return s.build(ctx, h, f, op == "policy.apply" || op == "policy.rollback", &warnings, &pruned, &oldest)
 		})
 		// The current version read was pruned by other authorities'
 		// commits in between: read again (bounded).
@@ -237,8 +242,9 @@ func (s *Store) commit(ctx context.Context, op string, fields map[string]string,
 var errCurrentMoved = errors.New("the current policy version moved while it was read")
 
 // build makes the next version from head h (commit's CommitWith step):
-// warnings, pruned and oldest report what it found.
-func (s *Store) build(ctx context.Context, h versioned.Head, f func(cur *Version) (Version, error), warnings *[]policy.Problem, pruned *int, oldest *uint64) (Version, []store.Op, error) {
+// warnings, pruned and oldest report what it found. operator: an apply or
+// a rollback makes it (pinned once pruned, see MaxPinnedVersions).
+func (s *Store) build(ctx context.Context, h versioned.Head, f func(cur *Version) (Version, error), operator bool, warnings *[]policy.Problem, pruned *int, oldest *uint64) (Version, []store.Op, error) {
 	var guard []store.Op
 	*warnings, *pruned = nil, 0
 	var cur *Version
@@ -316,7 +322,7 @@ func (s *Store) build(ctx context.Context, h versioned.Head, f func(cur *Version
 	// Versions older than the retention are deleted in this batch:
 	// the history is never half pruned, and a lost race on the head
 	// prunes nothing.
-	prune, n, o, err := s.pruneOps(ctx, next.Number, s.st.MaxBatch()-2-len(guard))
+	prune, n, o, err := s.pruneOps(ctx, next.Number, operator, s.st.MaxBatch()-2-len(guard))
 	if err != nil {
 		return Version{}, nil, err
 	}

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/wardproject/ward/internal/authority/store"
 	"github.com/wardproject/ward/internal/shared/errs"
@@ -27,7 +29,35 @@ const retentionKey = "policy/retention"
 
 type retention struct {
 	Oldest uint64 `json:"oldest"`
+	// Applies are the newest versions made by an apply or a rollback, at
+	// most pinCount, oldest first; Pinned are
+	// those of them already pruned, each kept under pinnedKey (see
+	// MaxPinnedVersions).
+	Applies []uint64 `json:"applies,omitempty"`
+	Pinned  []uint64 `json:"pinned,omitempty"`
 }
+
+// MaxPinnedVersions bounds how many of the newest versions made by an
+// operator's apply or rollback are kept even once pruned:
+// min(policy.keep_versions, MaxPinnedVersions) of them. Every other
+// commit (an agent's displacement, an eviction, a federated trust
+// domain's revocations or catalog, principals) makes a version too, so
+// callers with little or no privilege (a compromised agent, a federated
+// peer) could otherwise push every operator's version out of the window
+// and leave nothing to roll back to. A pinned version is stored under
+// pinnedPrefix, outside the unbroken run of versions, written in the
+// batch that prunes it and deleted in the batch of the apply that makes
+// it one too many; Get, and so rollback, show and diff, read it there.
+const MaxPinnedVersions = 16
+
+// pinnedPrefix holds the pinned versions (not under "policy/v/").
+const pinnedPrefix = "policy/pinned/"
+
+func pinnedKey(n uint64) string { return fmt.Sprintf("%s%020d", pinnedPrefix, n) }
+
+// pinCount is how many of the newest applies and rollbacks are kept
+// pinned once pruned.
+func (s *Store) pinCount() int { return min(s.keep, MaxPinnedVersions) }
 
 // WithKeepVersions keeps the current version and the n before it
 // (policy.keep_versions); older ones are deleted by the commit that makes
@@ -47,18 +77,41 @@ func (s *Store) KeepVersions() int { return s.keep }
 // oldest reads the oldest stored version (1 when nothing was pruned) and
 // the retention key's revision (0: absent).
 func (s *Store) oldest(ctx context.Context) (uint64, int64, error) {
+	r, rev, err := s.readRetention(ctx)
+	return r.Oldest, rev, err
+}
+
+// readRetention reads the retention mark (Oldest 1 when absent) and its
+// revision (0: absent).
+func (s *Store) readRetention(ctx context.Context) (retention, int64, error) {
 	kv, err := s.st.Get(ctx, retentionKey)
 	if errors.Is(err, store.ErrNotFound) {
-		return 1, 0, nil
+		return retention{Oldest: 1}, 0, nil
 	}
 	if err != nil {
-		return 0, 0, fmt.Errorf("reading the policy retention mark: %w", err)
+		return retention{}, 0, fmt.Errorf("reading the policy retention mark: %w", err)
 	}
 	var r retention
 	if err := json.Unmarshal(kv.Value, &r); err != nil || r.Oldest == 0 {
-		return 0, 0, fmt.Errorf("the stored policy retention mark (%s) is unreadable; nothing was changed", retentionKey)
+		return retention{}, 0, fmt.Errorf("the stored policy retention mark (%s) is unreadable; nothing was changed", retentionKey)
 	}
-	return r.Oldest, kv.Revision, nil
+	return r, kv.Revision, nil
+}
+
+// pinned reads pruned version n where it is pinned (ok false: it is not).
+func (s *Store) pinned(ctx context.Context, n uint64) (Version, bool, error) {
+	kv, err := s.st.Get(ctx, pinnedKey(n))
+	if errors.Is(err, store.ErrNotFound) {
+		return Version{}, false, nil
+	}
+	if err != nil {
+		return Version{}, false, err
+	}
+	var v Version
+	if err := json.Unmarshal(kv.Value, &v); err != nil {
+		return Version{}, false, fmt.Errorf("pinned policy version %d is unreadable: %w", n, err)
+	}
+	return v, true, nil
 }
 
 // OldestKept is the oldest version still stored (0 with no policy).
@@ -72,28 +125,67 @@ func (s *Store) OldestKept(ctx context.Context) (_ uint64, err error) {
 	return o, err
 }
 
-// pruneOps are the ops that delete, in the batch storing version next,
-// the versions before next-keep, oldest first, at most room of them (a
-// store batch is bounded: a longer backlog, after an upgrade, a restore or
-// a lowered keep_versions, is pruned by later batches, see pruneBacklog),
-// and move the retention mark, conditional on its revision as read. It
-// returns the ops, how many versions they delete and the version from
-// which history is kept once they are applied.
-func (s *Store) pruneOps(ctx context.Context, next uint64, room int) ([]store.Op, int, uint64, error) {
-	from, rev, err := s.oldest(ctx)
+// pruneOps are the ops that delete, in the batch storing version next
+// (operator: made by an apply or a rollback), the versions before next-keep,
+// oldest first, at most about room ops' worth (a store batch is bounded:
+// a longer backlog, after an upgrade, a restore or a lowered
+// keep_versions, is pruned by later batches, see pruneBacklog), pin those
+// of them among the newest applies and rollbacks (and unpin
+// the one next pushes out of them), and move the retention mark,
+// conditional on its revision as read. It returns the ops, how many
+// versions they delete and the version from which history is kept once
+// they are applied.
+func (s *Store) pruneOps(ctx context.Context, next uint64, operator bool, room int) ([]store.Op, int, uint64, error) {
+	r, rev, err := s.readRetention(ctx)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	cut := s.cut(next)
-	if cut <= from || room < 2 {
+	from := r.Oldest
+	applies := slices.Clone(r.Applies)
+	if operator {
+		applies = append(applies, next)
+	}
+	if over := len(applies) - s.pinCount(); over > 0 {
+		applies = applies[over:]
+	}
+	var ops []store.Op
+	var pinned []uint64
+	for _, p := range r.Pinned {
+		if slices.Contains(applies, p) {
+			pinned = append(pinned, p)
+		} else { // pushed out by newer applies
+			ops = append(ops, store.Op{Key: pinnedKey(p), Delete: true, ExpectRevision: -1})
+		}
+	}
+	to := from
+	if cut := s.cut(next); cut > from && room >= 2 {
+		for n := from; n < cut; n++ {
+			pin := slices.Contains(applies, n)
+			need := 1
+			if pin {
+				need = 2
+			}
+			if len(ops)+need+1 > room { // the retention mark is the last op
+				break
+			}
+			if pin {
+				kv, err := s.st.Get(ctx, s.versions.VersionKey(n))
+				if err != nil && !errors.Is(err, store.ErrNotFound) {
+					return nil, 0, 0, err
+				}
+				if err == nil {
+					ops = append(ops, store.Op{Key: pinnedKey(n), Value: kv.Value, ExpectRevision: -1})
+					pinned = append(pinned, n)
+				}
+			}
+			ops = append(ops, store.Op{Key: s.versions.VersionKey(n), Delete: true, ExpectRevision: -1})
+			to = n + 1
+		}
+	}
+	if to == from && len(ops) == 0 && slices.Equal(applies, r.Applies) {
 		return nil, 0, from, nil
 	}
-	to := min(cut, from+uint64(room-1))
-	ops := make([]store.Op, 0, to-from+1)
-	for n := from; n < to; n++ {
-		ops = append(ops, store.Op{Key: s.versions.VersionKey(n), Delete: true, ExpectRevision: -1})
-	}
-	b, _ := json.Marshal(retention{Oldest: to})
+	b, _ := json.Marshal(retention{Oldest: to, Applies: applies, Pinned: pinned})
 	ops = append(ops, store.Op{Key: retentionKey, Value: b, ExpectRevision: rev})
 	return ops, int(to - from), to, nil
 }
@@ -122,7 +214,7 @@ func (s *Store) pruneBacklog(ctx context.Context, latest uint64) (int, error) {
 			return pruned, err
 		}
 		latest = max(latest, h.Next()-1)
-		ops, n, _, err := s.pruneOps(ctx, latest, s.st.MaxBatch()-1)
+		ops, n, _, err := s.pruneOps(ctx, latest, false, s.st.MaxBatch()-1)
 		if err != nil || n == 0 {
 			return pruned, err
 		}
@@ -142,11 +234,16 @@ func (s *Store) pruneBacklog(ctx context.Context, latest uint64) (int, error) {
 
 // prunedError is the error of a read of version n, which was pruned.
 func (s *Store) prunedError(ctx context.Context, n uint64, latest uint64) error {
-	o, _, err := s.oldest(ctx)
-	if err != nil || n >= o {
+	r, _, err := s.readRetention(ctx)
+	if err != nil || n >= r.Oldest {
 		return fmt.Errorf("%w: version %d (latest is %d)", ErrNotFound, n, latest)
 	}
+	o := r.Oldest
+	pinned := ""
+	if len(r.Pinned) > 0 {
+		pinned = fmt.Sprintf(" or a pinned one (the newest applies and rollbacks, kept beyond that: %s)", strings.Trim(fmt.Sprint(r.Pinned), "[]"))
+	}
 	return fmt.Errorf("%w: version %d was pruned: the authority keeps the current version and the %d before it (policy.keep_versions); "+
-		"the oldest version still kept is %d, so use a version from %d to %d (`ward policy history`), or apply the old files again "+
-		"with `ward policy apply`; nothing was changed", ErrNotFound, n, s.keep, o, o, latest)
+		"the oldest version still kept is %d, so use a version from %d to %d (`ward policy history`)%s, or apply the old files again "+
+		"with `ward policy apply`; nothing was changed", ErrNotFound, n, s.keep, o, o, latest, pinned)
 }
