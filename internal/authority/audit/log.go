@@ -361,8 +361,9 @@ func (l *Log) Close() error {
 }
 
 // maxLinger bounds how long the committer waits for the callers of the
-// previous group to come back before it closes the next group; lingerSkip
-// is how many groups it closes at once after a wait that did not pay.
+// previous group to come back before it closes the next group (see also
+// lingerCommits); lingerSkip is how many groups it closes at once after a
+// wait that did not pay.
 const (
 	maxLinger  = 5 * time.Millisecond
 	lingerSkip = 16
@@ -375,29 +376,35 @@ const (
 // commit; the callers just released would miss it and wait for two commits
 // (the one under way and their own), and concurrent callers would split
 // into two alternating halves. So the committer waits until as many events
-// are queued as the previous group held plus those queued during its
-// commit (the active callers), but never longer than the last commit took
-// (nor maxLinger): an event arriving within that window saves a whole
-// commit. An event arriving after that window (after an idle spell) or
-// with a single caller is taken at once, and if a wait ran out with no
-// event come (callers that do not append again at once), the next
-// lingerSkip groups are closed without waiting.
+// are queued as there are active callers (nextActive: the previous group
+// plus those queued during its commit, or a decaying peak of that), for one
+// commit time after the commit, and one more while callers keep arriving,
+// up to lingerCommits of them and maxLinger (lingerWindow): an event
+// arriving within that window saves a whole commit. An event arriving after
+// that window (after an idle spell) or with a single caller is taken at
+// once, and if the committer waited and no event came (callers that do not
+// append again at once), the next lingerSkip groups are closed without
+// waiting.
 //
-// Issue 17: through the API the callers come back slowly (each call's gRPC
-// work competes for the cores), so a wait of half a commit that gathered
-// fewer than a quarter of the awaited events used to stop the waiting for
-// 16 groups, and 64 callers shared 15-25 events per commit. Each commit
-// costs ~400 µs of CPU (bbolt's writes and two fdatasyncs) whatever it
-// holds, and while the cores are busy a wait costs no CPU: waiting a whole
-// commit, and giving up only when nothing came, gave 30-40 events per
-// commit and less CPU per call.
+// Issue 17: through the API the callers come back slowly and spread out
+// (each call's gRPC work competes for the cores). Each commit costs
+// ~270-400 µs of CPU (the store write, its fsync, context switches)
+// whatever it holds, and while the cores are busy a wait costs no CPU, so
+// bigger groups make calls cheaper. With 64 callers most groups used to be
+// closed without waiting: the first caller back often came after the
+// one-commit window had passed, which counted as a wait that did not pay
+// and switched waiting off for 16 groups; and a small group's count made
+// the next group small. Only a wait that ran out now does that, the
+// window grows while callers arrive, and the active count decays instead
+// of dropping.
 func (l *Log) run() {
 	defer close(l.exited)
 	var (
-		timer    *time.Timer
-		active   int       // events released by the previous commit plus those queued during it
-		deadline time.Time // its end plus its duration (at most maxLinger)
-		skip     int       // groups to close without waiting
+		timer  *time.Timer
+		active int          // events released by the previous commit plus those queued during it
+		window lingerWindow // how long to wait for them
+		skip   int          // groups to close without waiting
+		short  bool         // the last group closed on a window without arrivals
 	)
 	for {
 		l.mu.Lock()
@@ -412,12 +419,19 @@ func (l *Log) run() {
 		}
 		lingerFrom := time.Now()
 		if want, had := min(active, l.maxGroup), len(l.queue); had < want && skip == 0 {
-			timedOut := false
+			timedOut, slept := false, false
+			short = false
 			l.lingerFor = want
 			for len(l.queue) < want && !l.closed {
-				wait := time.Until(deadline)
+				wait := time.Until(window.deadline)
 				if wait <= 0 {
-					timedOut = true
+					// Woken after the window (an idle spell): take what
+					// came. Else wait one more commit time if callers
+					// came during the window that just ran out.
+					if slept && window.extend(len(l.queue)) {
+						continue
+					}
+					timedOut, short = true, slept
 					break
 				}
 				l.mu.Unlock()
@@ -431,10 +445,11 @@ func (l *Log) run() {
 				case <-timer.C:
 				}
 				timer.Stop()
+				slept = true
 				l.mu.Lock()
 			}
 			l.lingerFor = 0
-			if timedOut && len(l.queue) == had {
+			if timedOut && slept && len(l.queue) == had {
 				skip = lingerSkip
 			}
 			if len(l.queue) == 0 { // the waiting callers gave up
@@ -458,9 +473,11 @@ func (l *Log) run() {
 		end := time.Now()
 		l.stats.committed.Add(int64(end.Sub(start)))
 		l.mu.Lock()
-		active = len(group) + len(l.queue)
+		queued := len(l.queue)
 		l.mu.Unlock()
-		deadline = end.Add(min(end.Sub(start), maxLinger))
+		active = nextActive(active, len(group)+queued, short)
+		short = false
+		window = newLingerWindow(end, end.Sub(start), queued)
 	}
 }
 
