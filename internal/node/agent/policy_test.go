@@ -5,13 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,6 +18,7 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 )
 
 // envPolicyClient makes the test binary a policy-socket client (run as
@@ -61,53 +59,7 @@ func watchPolicyOnce(sock string) string {
 // runPolicyClientAs runs watchPolicyOnce in a child process as uid/gid.
 func runPolicyClientAs(t *testing.T, bin, sock string, uid uint32) string {
 	t.Helper()
-	cmd := exec.Command(bin)
-	cmd.Env = []string{envPolicyClient + "=" + sock, "HOME=/", "PATH=/usr/bin:/bin"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("policy client as uid %d: %v\n%s", uid, err, out)
-	}
-	return strings.TrimSpace(string(out))
-}
-
-// publicTestDir is a directory every local user may enter (for the other
-// uid's socket connections and the copied test binary).
-func publicTestDir(t *testing.T) string {
-	t.Helper()
-	d, err := os.MkdirTemp("", "ward-agent-pol-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(d, 0o755)
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
-}
-
-func copyTestBinary(t *testing.T, dir string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	p := filepath.Join(dir, "agent.test")
-	out, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return p
+	return otheruid.Run(t, bin, uid, envPolicyClient+"="+sock)
 }
 
 // startPolicyAgent starts an agent whose policy cache holds a version with
@@ -147,14 +99,12 @@ func startPolicyAgent(t *testing.T, auth *testAuthority, dir string, allowUIDs [
 // one of the agent's entries or whose uid is allowed in the config; any
 // other local user gets PermissionDenied saying what to do.
 func TestPolicySocketRefusesUnattestedCallers(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run a policy client as uid 65534")
-	}
-	const nobody = 65534
+	otheruid.Require(t)
+	const nobody = otheruid.Nobody
 	auth := newTestAuthority(t, testTD, time.Hour, time.Hour)
 	auth.addEntry("/proxy", uidSelector()) // the test process (root) is the proxy
-	dir := publicTestDir(t)
-	bin := copyTestBinary(t, dir)
+	dir := otheruid.PublicDir(t, "ward-agent-pol-")
+	bin := otheruid.CopyTestBinary(t, dir, "agent.test")
 
 	a, sock := startPolicyAgent(t, auth, filepath.Join(dir, "a"), nil)
 	waitFor(t, "the proxy entry synced", func() bool { return a.Status().Entries == 1 })

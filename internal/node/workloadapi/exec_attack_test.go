@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -24,6 +23,7 @@ import (
 	"github.com/wardproject/ward/internal/node/attestor/unix"
 	"github.com/wardproject/ward/internal/shared/attest"
 	"github.com/wardproject/ward/internal/shared/peercred"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 )
 
 // Helper modes of the test binary (re-executed as another user by
@@ -194,9 +194,7 @@ func fetchOnce(dialOpt grpc.DialOption, target string) string {
 // unix:gid) and docs/identity.md says so; this test proves the image
 // check, not that race.
 func TestConnectThenExecIsRefused(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run helper processes as uid 65534 (CI runs as root); run as root to exercise the connect-then-exec attack")
-	}
+	otheruid.Require(t) // helper processes run as uid 65534
 	work, err := os.MkdirTemp("", "wexec")
 	if err != nil {
 		t.Fatal(err)
@@ -211,14 +209,8 @@ func TestConnectThenExecIsRefused(t *testing.T) {
 	}
 	// The target: a copy of this test binary at another path (so its
 	// /proc/PID/exe differs from the attacker's), readable by uid 65534.
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	target := filepath.Join(work, "target-workload")
-	copyFile(t, self, target)
-	attacker := filepath.Join(work, "attacker")
-	copyFile(t, self, attacker)
+	target := otheruid.CopyTestBinary(t, work, "target-workload")
+	attacker := otheruid.CopyTestBinary(t, work, "attacker")
 
 	c := newTestCA(t)
 	src := newMemSource(t, c)
@@ -232,9 +224,9 @@ func TestConnectThenExecIsRefused(t *testing.T) {
 	run := func(t *testing.T, bin, mode string) string {
 		t.Helper()
 		result := filepath.Join(work, mode+".result")
-		cmd := exec.Command(bin)
+		cmd := otheruid.Command(otheruid.Nobody, bin)
 		cmd.Env = append(os.Environ(), helperEnv+"="+mode, helperSock+"="+sock, helperTarget+"="+target, helperResult+"="+result)
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}, Setpgid: true}
+		cmd.SysProcAttr.Setpgid = true
 		cmd.Stderr = &testWriter{t}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -303,25 +295,6 @@ type testWriter struct{ t *testing.T }
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
-}
-
-func copyFile(t *testing.T, from, to string) {
-	t.Helper()
-	in, err := os.Open(from)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	out, err := os.OpenFile(to, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // TestAnswerRefusedAfterImageChange: before every answer the server

@@ -3,12 +3,9 @@ package kmsplugin
 import (
 	"context"
 	"fmt"
-	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,6 +13,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	kmsapi "k8s.io/kms/apis/v2"
+
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 )
 
 // envSocketClient makes the test binary a client of the plugin's socket
@@ -61,22 +60,10 @@ func callPluginOnce(sock string) string {
 // or unwrapped under the cluster's key; nothing reaches the authority. The
 // plugin's own uid is served.
 func TestSocketRefusesOtherUIDs(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("CI runs as root: this attack needs a second uid")
-		}
-		t.Skip("needs root to run a client as uid 65534")
-	}
-	const nobody = 65534
-	dir, err := os.MkdirTemp("", "ward-kms-plugin-sock-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil { // only the socket's own mode protects it
-		t.Fatal(err)
-	}
-	bin := copyTestBinary(t, dir)
+	otheruid.Require(t)
+	const nobody = otheruid.Nobody
+	dir := otheruid.PublicDir(t, "ward-kms-plugin-sock-") // only the socket's own mode protects it
+	bin := otheruid.CopyTestBinary(t, dir, "kmsplugin.test")
 	sock := filepath.Join(dir, "kms.sock")
 	ln, err := Listen(sock)
 	if err != nil {
@@ -97,46 +84,11 @@ func TestSocketRefusesOtherUIDs(t *testing.T) {
 		t.Fatalf("the plugin's own uid: %q, want served", got)
 	}
 	e, d := f.calls()
-	cmd := exec.Command(bin)
-	cmd.Env = []string{envSocketClient + "=" + sock, "HOME=/", "PATH=/usr/bin:/bin"}
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("client as uid %d: %v\n%s", nobody, err, out)
-	}
-	got := strings.TrimSpace(string(out))
+	got := otheruid.Run(t, bin, nobody, envSocketClient+"="+sock)
 	if !strings.HasPrefix(got, "ERR Unavailable ") || !strings.Contains(got, "permission denied") {
 		t.Fatalf("uid %d on the plugin's socket: %q, want the connection refused (permission denied)", nobody, got)
 	}
 	if e2, d2 := f.calls(); e2 != e || d2 != d {
 		t.Fatalf("uid %d's calls reached the authority (%d encrypts, %d decrypts; were %d, %d)", nobody, e2, d2, e, d)
 	}
-}
-
-// copyTestBinary copies this test binary into dir (the go build cache is
-// not open to other users).
-func copyTestBinary(t *testing.T, dir string) string {
-	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := os.Open(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer in.Close()
-	path := filepath.Join(dir, "kmsplugin.test")
-	out, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		t.Fatal(err)
-	}
-	if err := out.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }
