@@ -5,18 +5,17 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 )
 
 // fakeAuthority is an Operator service that records every share it is
@@ -105,39 +104,20 @@ func TestFakeAuthorityHelper(t *testing.T) {
 // --server-uid shows the same listener does record shares, so the test
 // would fail on code that sent them.
 func TestUnsealRefusesForeignSocket(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to run the fake listener as another uid")
-	}
-	const nobody = 65534
-	base, err := os.MkdirTemp("", "ward-peer-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	os.Chmod(base, 0o755)
+	otheruid.Require(t) // the fake listener runs as another uid
+	const nobody = otheruid.Nobody
+	base := otheruid.PublicDir(t, "ward-peer-")
 	// The test binary, readable and executable by the other uid.
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(base, "ward.test")
-	data, err := os.ReadFile(self)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(bin, data, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	bin := otheruid.CopyTestBinary(t, base, "ward.test")
 	evil := filepath.Join(base, "evil")
 	os.Mkdir(evil, 0o700)
 	if err := os.Chown(evil, nobody, nobody); err != nil {
 		t.Fatal(err)
 	}
 	sock, logPath := filepath.Join(evil, "admin.sock"), filepath.Join(evil, "received")
-	child := exec.Command(bin, "-test.run=^TestFakeAuthorityHelper$")
+	child := otheruid.Command(nobody, bin, "-test.run=^TestFakeAuthorityHelper$")
 	child.Dir = evil
 	child.Env = []string{"WARD_FAKE_AUTHORITY_SOCKET=" + sock, "WARD_FAKE_AUTHORITY_LOG=" + logPath, "HOME=" + evil}
-	child.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
 	child.Stderr = os.Stderr
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
@@ -158,7 +138,7 @@ func TestUnsealRefusesForeignSocket(t *testing.T) {
 	addr := "unix://" + sock
 	received := func() string { b, _ := os.ReadFile(logPath); return string(b) }
 
-	_, _, err = runWard(t, []byte(testShare+"\n"), "--address", addr, "operator", "unseal")
+	_, _, err := runWard(t, []byte(testShare+"\n"), "--address", addr, "operator", "unseal")
 	if err == nil || !strings.Contains(err.Error(), "served by uid "+strconv.Itoa(nobody)) || !strings.Contains(err.Error(), "refusing to send") {
 		t.Fatalf("unseal to a socket served by uid %d: %v", nobody, err)
 	}

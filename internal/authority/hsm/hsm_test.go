@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"errors"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/wardproject/ward/internal/authority/hsm"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 	"github.com/wardproject/ward/internal/testutil/softhsm"
 )
 
@@ -153,13 +153,12 @@ func TestPINFilePermissions(t *testing.T) {
 	if _, err := (hsm.Config{PINFile: link}).ReadPIN(); err == nil {
 		t.Fatal("a PIN file reached through a symlink was accepted")
 	}
-	if os.Geteuid() != 0 {
+	if !otheruid.Available(t) {
 		t.Log("not root: the other-uid checks are skipped")
 		return
 	}
 	// Another uid cannot read the accepted file...
-	cmd := exec.Command("cat", p)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd := otheruid.Command(otheruid.Nobody, "cat", p)
 	os.Chmod(dir, 0o755)
 	if out, err := cmd.CombinedOutput(); err == nil || strings.Contains(string(out), "1234") {
 		t.Fatalf("uid 65534 read the PIN file: %q", out)
