@@ -63,6 +63,13 @@ func TestConformanceJournalFlushing(t *testing.T) {
 func copyDir(t *testing.T, src string) string {
 	t.Helper()
 	dst := t.TempDir()
+	copyDirTo(t, src, dst)
+	return dst
+}
+
+// copyDirTo is copyDir into dst, an existing directory.
+func copyDirTo(t *testing.T, src, dst string) {
+	t.Helper()
 	ents, err := os.ReadDir(src)
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +83,6 @@ func copyDir(t *testing.T, src string) string {
 			t.Fatal(err)
 		}
 	}
-	return dst
 }
 
 // TestJournalReplaysAfterCrash: writes acknowledged by a journaled store

@@ -235,20 +235,8 @@ func crashState(t *testing.T, src string, journal bool) (map[string]store.KV, in
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer os.RemoveAll(dir)
-	ents, err := os.ReadDir(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range ents {
-		b, err := os.ReadFile(filepath.Join(src, e.Name()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, e.Name()), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
+	defer os.RemoveAll(dir) // not t.TempDir: one copy a crash, many a test
+	copyDirTo(t, src, dir)
 	var opts []Option
 	if journal {
 		opts = append(opts, WithJournal())
