@@ -26,14 +26,7 @@ import (
 // and prints what it got.
 const envPolicyClient = "WARD_TEST_POLICY_CLIENT"
 
-func init() {
-	sock := os.Getenv(envPolicyClient)
-	if sock == "" {
-		return
-	}
-	fmt.Println(watchPolicyOnce(sock))
-	os.Exit(0)
-}
+func init() { otheruid.Child(envPolicyClient, watchPolicyOnce) }
 
 // watchPolicyOnce reads one version from the policy socket: "OK <version>
 // <labels seen>" or "ERR <code> <message>".

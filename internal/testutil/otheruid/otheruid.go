@@ -6,6 +6,7 @@
 package otheruid
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -91,7 +92,7 @@ func Command(uid uint32, name string, args ...string) *exec.Cmd {
 }
 
 // Run runs bin as uid in /, with only HOME=/, PATH and env in its
-// environment (a test binary whose init acts on one of env's variables),
+// environment (a test binary whose init calls Child on one of env's variables),
 // and returns its trimmed output; the test fails if it does not exit 0.
 func Run(t testing.TB, bin string, uid uint32, env ...string) string {
 	t.Helper()
@@ -103,4 +104,16 @@ func Run(t testing.TB, bin string, uid uint32, env ...string) string {
 		t.Fatalf("%s as uid %d: %v\n%s", filepath.Base(bin), uid, err, out)
 	}
 	return strings.TrimSpace(string(out))
+}
+
+// Child, called from a test package's init, makes the test binary the
+// child Run starts: when env is set, it prints do(env's value) and exits 0
+// before any test runs.
+func Child(env string, do func(string) string) {
+	v := os.Getenv(env)
+	if v == "" {
+		return
+	}
+	fmt.Println(do(v))
+	os.Exit(0)
 }

@@ -3,7 +3,6 @@ package kmsplugin
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,14 +21,7 @@ import (
 // Encrypt and prints what it got.
 const envSocketClient = "WARD_TEST_KMS_PLUGIN_CLIENT"
 
-func init() {
-	sock := os.Getenv(envSocketClient)
-	if sock == "" {
-		return
-	}
-	fmt.Println(callPluginOnce(sock))
-	os.Exit(0)
-}
+func init() { otheruid.Child(envSocketClient, callPluginOnce) }
 
 // callPluginOnce calls Status, then Encrypt, on the plugin's socket: "OK
 // <healthz> <key_id>" or "ERR <code> <message>".
