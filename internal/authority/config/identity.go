@@ -59,6 +59,10 @@ type Identity struct {
 	// MaxJWTSVIDsPerEntry: unexpired JWT-SVIDs minted per entry (default
 	// 64).
 	MaxJWTSVIDsPerEntry *int `yaml:"max_jwt_svids_per_entry"`
+	// MaxJWTSVIDsPerAgent: unexpired JWT-SVIDs minted through one agent,
+	// all its entries together (default 1024): bounds the jtis one
+	// eviction puts on the deny-list.
+	MaxJWTSVIDsPerAgent *int `yaml:"max_jwt_svids_per_agent"`
 }
 
 // IssueLimit is one of the per-agent bounds of identity: its YAML name,
@@ -72,7 +76,9 @@ type IssueLimit struct {
 
 // IssueLimits lists the per-agent bounds with their defaults and ranges.
 // The ranges: an agent rotating holds 2-3 SVIDs per entry (so at least
-// 3), one audience set holds 2 JWT-SVIDs; above the maxima the per-entry
+// 3), one audience set holds 2 JWT-SVIDs; 8192 JWT-SVIDs per agent are
+// about 290 KB of deny-list when it is evicted, under a third of the
+// federation revocation channel's 1 MiB; above the maxima the per-entry
 // record, rewritten on each signing, or the deny-list and the policy
 // versions an agent can cause grow past what is sensible.
 func (i Identity) IssueLimits() []IssueLimit {
@@ -81,6 +87,7 @@ func (i Identity) IssueLimits() []IssueLimit {
 		{"max_displaced_per_entry", i.MaxDisplacedPerEntry, 16, 1, 1024},
 		{"max_displacements_per_agent_hour", i.MaxDisplacementsPerAgentHour, 32, 1, 3600},
 		{"max_jwt_svids_per_entry", i.MaxJWTSVIDsPerEntry, 64, 2, 4096},
+		{"max_jwt_svids_per_agent", i.MaxJWTSVIDsPerAgent, 1024, 2, 8192},
 	}
 }
 

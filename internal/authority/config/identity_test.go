@@ -57,7 +57,7 @@ func TestIdentityConfig(t *testing.T) {
 }
 
 // TestIdentityIssueLimits: the per-agent bounds default to the registry's
-// (8, 16, 32, 64) when left out, take any value in their range, and refuse
+// (8, 16, 32, 64, 1024) when left out, take any value in their range, and refuse
 // 0, negative and absurd values with an error naming the field, its range
 // and its default.
 func TestIdentityIssueLimits(t *testing.T) {
@@ -66,7 +66,7 @@ func TestIdentityIssueLimits(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int{"max_svids_per_entry": 8, "max_displaced_per_entry": 16, "max_displacements_per_agent_hour": 32, "max_jwt_svids_per_entry": 64}
+	want := map[string]int{"max_svids_per_entry": 8, "max_displaced_per_entry": 16, "max_displacements_per_agent_hour": 32, "max_jwt_svids_per_entry": 64, "max_jwt_svids_per_agent": 1024}
 	for _, l := range c.Identity.IssueLimits() {
 		if l.Value() != want[l.Name] {
 			t.Errorf("default %s = %d, want %d", l.Name, l.Value(), want[l.Name])
@@ -95,6 +95,11 @@ func TestIdentityIssueLimits(t *testing.T) {
 		{"jwts zero", "  max_jwt_svids_per_entry: 0\n", "", 0, "identity.max_jwt_svids_per_entry 0 is out of range: use between 2 and 4096 (default 64"},
 		{"jwts one", "  max_jwt_svids_per_entry: 1\n", "", 0, "identity.max_jwt_svids_per_entry 1"},
 		{"jwts absurd", "  max_jwt_svids_per_entry: 99999\n", "", 0, "identity.max_jwt_svids_per_entry 99999"},
+		{"agent jwts set", "  max_jwt_svids_per_agent: 300\n", "max_jwt_svids_per_agent", 300, ""},
+		{"agent jwts highest", "  max_jwt_svids_per_agent: 8192\n", "max_jwt_svids_per_agent", 8192, ""},
+		{"agent jwts zero", "  max_jwt_svids_per_agent: 0\n", "", 0, "identity.max_jwt_svids_per_agent 0 is out of range: use between 2 and 8192 (default 1024"},
+		{"agent jwts negative", "  max_jwt_svids_per_agent: -3\n", "", 0, "identity.max_jwt_svids_per_agent -3"},
+		{"agent jwts absurd", "  max_jwt_svids_per_agent: 30000\n", "", 0, "identity.max_jwt_svids_per_agent 30000 is out of range"},
 		{"not a number", "  max_jwt_svids_per_entry: many\n", "", 0, "many"},
 	}
 	for _, tc := range cases {

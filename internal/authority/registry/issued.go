@@ -95,6 +95,9 @@ type IssueLimits struct {
 	DisplacementsPerAgent int
 	// JWTsPerEntry: unexpired JWT-SVIDs per entry (MaxJWTPerEntry).
 	JWTsPerEntry int
+	// JWTsPerAgent: unexpired JWT-SVIDs per agent, all its entries
+	// together (MaxJWTPerAgent).
+	JWTsPerAgent int
 }
 
 // Effective returns l with defaults filled in.
@@ -108,6 +111,7 @@ func (l IssueLimits) Effective() IssueLimits {
 	def(&l.DisplacedPerEntry, MaxDisplacedPerEntry)
 	def(&l.DisplacementsPerAgent, MaxDisplacementsPerAgent)
 	def(&l.JWTsPerEntry, MaxJWTPerEntry)
+	def(&l.JWTsPerAgent, MaxJWTPerAgent)
 	return l
 }
 
@@ -138,6 +142,21 @@ type Issued struct {
 // evicted.
 const MaxJWTPerEntry = 64
 
+// MaxJWTPerAgent is the default of how many unexpired JWT-SVIDs minted
+// through one agent, all its entries together, may be recorded at once
+// (IssueLimits.JWTsPerAgent, identity.max_jwt_svids_per_agent). Without
+// it an agent with many entries (or a compromised one minting for each)
+// held entries x MaxJWTPerEntry records, and its eviction put as many
+// jtis on the deny-list: past ~30,000 serials (about 35 bytes each) the
+// deny-list exceeds the federation revocation channel's 1 MiB
+// (federation.MaxRevocationUpdate), and federated peers refuse every
+// revocation of this trust domain until it shrinks; a little more and the
+// policy version exceeds etcd's 1.5 MiB request. 1024 jtis are about 36
+// KB of deny-list; an agent caching 2 per (workload, audience set) covers
+// 512 of those. Beyond it a mint is refused (FailedPrecondition), before
+// signing, until one expires.
+const MaxJWTPerAgent = 1024
+
 // JWTLeeway is how long past its exp a JWT-SVID is still accepted: the
 // Workload API's ValidateJWTSVID (go-spiffe's jwtsvid.ParseAndValidate)
 // validates the claims with go-jose's jwt.DefaultLeeway, one minute. A
@@ -159,6 +178,11 @@ type issuedHead struct {
 	// Displacements: when each displacement within the last
 	// DisplaceWindow was made (each one a policy version).
 	Displacements []time.Time `json:"displacements,omitempty"`
+	// JWTExps: the exp (Unix seconds) of each JWT-SVID recorded in the
+	// agent's entry records and not yet forgotten, kept until JWTLeeway
+	// past it like the records: their number is held to
+	// IssueLimits.JWTsPerAgent without reading every entry record.
+	JWTExps []int64 `json:"jwt_exps,omitempty"`
 }
 
 // displaceBudget refuses (Precondition) one more displacement by agent
@@ -282,6 +306,7 @@ func (r *Registry) readIssued(ctx context.Context, agent spiffeid.ID, entries []
 	now := r.now()
 	st.head.SVIDs = pruneIssued(st.head.SVIDs, now, 0)
 	st.head.Displacements = slices.DeleteFunc(st.head.Displacements, func(t time.Time) bool { return !t.Add(DisplaceWindow).After(now) })
+	st.head.JWTExps = slices.DeleteFunc(st.head.JWTExps, func(x int64) bool { return !time.Unix(x, 0).Add(JWTLeeway).After(now) })
 	for _, e := range st.recs {
 		e.SVIDs = pruneIssued(e.SVIDs, now, 0)
 		e.JWTs = pruneIssued(e.JWTs, now, JWTLeeway) // still accepted that long past exp
@@ -569,10 +594,11 @@ func (r *Registry) RecordJWT(ctx context.Context, agent spiffeid.ID, entry, jti 
 			return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 		}
 		e := st.rec(entry)
-		if err := r.jwtBound(agent, entry, e); err != nil {
+		if err := r.jwtBound(agent, entry, &st.head, e); err != nil {
 			return err
 		}
 		e.JWTs = append(e.JWTs, Issued{Entry: entry, Serial: jti, NotAfter: exp, JWT: true})
+		st.head.JWTExps = append(st.head.JWTExps, exp.Unix())
 		return nil
 	})
 }
@@ -590,10 +616,15 @@ func (r *Registry) JWTRoom(ctx context.Context, agent spiffeid.ID, entry string)
 	if st.head.Evicted {
 		return errs.Errorf(errs.Denied, "agent %s was evicted: attest again", agent)
 	}
-	return r.jwtBound(agent, entry, st.rec(entry))
+	return r.jwtBound(agent, entry, &st.head, st.rec(entry))
 }
 
-func (r *Registry) jwtBound(agent spiffeid.ID, entry string, e *issuedEntry) error {
+func (r *Registry) jwtBound(agent spiffeid.ID, entry string, h *issuedHead, e *issuedEntry) error {
+	if n := len(h.JWTExps); n >= r.opts.Limits.JWTsPerAgent {
+		return errs.Errorf(errs.Precondition, "agent %s already holds %d unexpired JWT-SVIDs minted for its entries: "+
+			"no more for any entry until one expires (an eviction revokes each of them on the deny-list, which federated "+
+			"peers take up to 1 MiB of; identity.max_jwt_svids_per_agent)", agent, n)
+	}
 	if len(e.JWTs) < r.opts.Limits.JWTsPerEntry {
 		return nil
 	}
@@ -747,6 +778,14 @@ func (r *Registry) forget(ctx context.Context, agent spiffeid.ID, gone []Issued)
 			st.head.SVIDs = drop(st.head.SVIDs)
 			for _, e := range chunk {
 				st.rec(e).SVIDs = drop(st.rec(e).SVIDs)
+				for _, j := range st.rec(e).JWTs {
+					if serials[j.Serial] {
+						// one fewer counted against the agent's bound
+						if i := slices.Index(st.head.JWTExps, j.NotAfter.Unix()); i >= 0 {
+							st.head.JWTExps = slices.Delete(st.head.JWTExps, i, i+1)
+						}
+					}
+				}
 				st.rec(e).JWTs = drop(st.rec(e).JWTs)
 			}
 			return nil

@@ -346,5 +346,5 @@ func foreignTunnels(fed *federation.Manager) func() (map[string][]registry.Tunne
 func issueLimits(ic config.Identity) registry.IssueLimits {
 	l := ic.IssueLimits()
 	return registry.IssueLimits{SVIDsPerEntry: l[0].Value(), DisplacedPerEntry: l[1].Value(),
-		DisplacementsPerAgent: l[2].Value(), JWTsPerEntry: l[3].Value()}
+		DisplacementsPerAgent: l[2].Value(), JWTsPerEntry: l[3].Value(), JWTsPerAgent: l[4].Value()}
 }

@@ -14,8 +14,8 @@ func TestIssueLimitsFromConfig(t *testing.T) {
 		t.Fatalf("defaults: %+v, want %+v", got, want)
 	}
 	n := func(v int) *int { return &v }
-	got := issueLimits(config.Identity{MaxSVIDsPerEntry: n(5), MaxDisplacedPerEntry: n(7), MaxDisplacementsPerAgentHour: n(11), MaxJWTSVIDsPerEntry: n(13)})
-	if want := (registry.IssueLimits{SVIDsPerEntry: 5, DisplacedPerEntry: 7, DisplacementsPerAgent: 11, JWTsPerEntry: 13}); got != want {
+	got := issueLimits(config.Identity{MaxSVIDsPerEntry: n(5), MaxDisplacedPerEntry: n(7), MaxDisplacementsPerAgentHour: n(11), MaxJWTSVIDsPerEntry: n(13), MaxJWTSVIDsPerAgent: n(17)})
+	if want := (registry.IssueLimits{SVIDsPerEntry: 5, DisplacedPerEntry: 7, DisplacementsPerAgent: 11, JWTsPerEntry: 13, JWTsPerAgent: 17}); got != want {
 		t.Fatalf("set: %+v, want %+v", got, want)
 	}
 }

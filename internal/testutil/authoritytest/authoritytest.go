@@ -66,6 +66,8 @@ type options struct {
 	hook  func(context.Context, audit.Event) error
 	// overlay is the registry's network.overlay_cidrs.
 	overlay []netip.Prefix
+	// limits are the registry's per-agent bounds (zero: defaults).
+	limits registry.IssueLimits
 
 	auditLog, kms, policy, overlaySet bool
 }
@@ -84,6 +86,10 @@ var Everywhere = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1"), netip.MustPa
 func WithOverlay(p ...netip.Prefix) Option {
 	return func(o *options) { o.overlay = p; o.overlaySet = true }
 }
+
+// WithIssueLimits sets the registry's per-agent bounds (identity.max_*;
+// zero fields take the defaults).
+func WithIssueLimits(l registry.IssueLimits) Option { return func(o *options) { o.limits = l } }
 
 // WithTrustDomain names the trust domain (default DefaultTrustDomain).
 func WithTrustDomain(td string) Option { return func(o *options) { o.td = td } }
@@ -151,7 +157,7 @@ func Open(ctx context.Context, opts ...Option) (*Authority, error) {
 	if !o.overlaySet {
 		o.overlay = Everywhere
 	}
-	a.Registry, err = registry.New(o.st, registry.Options{TrustDomain: td, Audit: a, Clock: o.now, OverlayCIDRs: o.overlay})
+	a.Registry, err = registry.New(o.st, registry.Options{TrustDomain: td, Audit: a, Clock: o.now, OverlayCIDRs: o.overlay, Limits: o.limits})
 	if err != nil {
 		return nil, err
 	}

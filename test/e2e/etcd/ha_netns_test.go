@@ -85,6 +85,7 @@ seal:
 identity:
   node_api_address: %s
   max_jwt_svids_per_entry: 4096 # the load mints for one entry with a new audience every 50 ms
+  max_jwt_svids_per_agent: 8192 # and so for its agent (default 1024)
 `, strings.Join(eps, ", "), caFile, certFile, keyFile, leaseTTL, i, filepath.Join(root, "seal.key"), h.authNS[i].Addr(8443))
 		h.nodeAPI = append(h.nodeAPI, h.authNS[i].Addr(8443))
 		s := e2e.StartServerIn(t, h.authNS[i], dir, e2e.WriteConfig(t, dir, extra))
