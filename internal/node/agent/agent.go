@@ -385,6 +385,10 @@ func (a *Agent) noteFailure(now time.Time, what string, err error) {
 		}
 		a.dropAgentSVID()
 		a.jwt.drop() // revoked by the eviction: never handed out again
+		// Saved at once (dropAgentSVID marked the cache dirty): a restart
+		// before the next save would load the revoked tokens again and
+		// serve them while the authority is away.
+		a.persist()
 		a.mu.Lock()
 		a.evicted = true
 		a.mu.Unlock()

@@ -513,3 +513,33 @@ func bigBundle(t testing.TB, td string, size int) []byte {
 	b.WriteString("]}")
 	return []byte(b.String())
 }
+
+// TestAgentEvictionDropPersistsJWTs: the JWT-SVIDs an eviction revokes
+// leave the disk cache when the agent learns of it, not at a later save:
+// an agent restarted right after (the authority away) does not serve
+// them again.
+func TestAgentEvictionDropPersistsJWTs(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
+	auth.addEntry("/web", uidSelector())
+	dir := t.TempDir()
+	cfg := agentConfig(t, auth, dir)
+	cfg.JoinTokenFile = filepath.Join(dir, "token")
+	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
+	r1 := startAgent(t, cfg, nil)
+	mustFetch(t, r1)
+	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer jcancel()
+	jwt1, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "db"}, r1.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r1.stop(t) // saved with the token
+	// The agent learns of its eviction (as a sync refused with
+	// PermissionDenied tells it) and nothing is saved after that.
+	r1.noteFailure(r1.now(), "sync", status.Error(codes.PermissionDenied, "evicted"))
+	auth.stop()
+	r2 := startAgent(t, cfg, nil)
+	if jwt2, err := workloadapi.FetchJWTSVID(jctx, jwtsvid.Params{Audience: "db"}, r2.addr()); err == nil && jwt2.Marshal() == jwt1.Marshal() {
+		t.Fatal("restarted after the eviction, the agent serves the revoked JWT-SVID from its disk cache")
+	}
+}

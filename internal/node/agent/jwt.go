@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 )
@@ -94,6 +96,16 @@ func (c *jwtCache) mint(ctx context.Context, a *Agent, id spiffeid.ID, audience 
 	ctx, cancel := context.WithTimeout(ctx, rpcTimeout)
 	defer cancel()
 	resp, err := a.node().SignJWTSVID(ctx, &wardv1.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	if status.Code(err) == codes.PermissionDenied {
+		// The agent was evicted: every token minted through it is revoked,
+		// the cached ones too; none is served again (step handles the
+		// eviction at its next sync).
+		c.drop()
+		a.mu.Lock()
+		a.dirty = true
+		a.mu.Unlock()
+		return "", fmt.Errorf("sign JWT-SVID for %s (entry %s): the authority refused this agent (evicted?): %w", id, entryID, err)
+	}
 	if err != nil {
 		if ok && now.Before(cached.expires) {
 			a.log.Warn("authority unreachable; serving a cached JWT-SVID", "spiffe_id", id.String(), "expires", cached.expires, "error", err)
