@@ -1,6 +1,7 @@
 package federation
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdsa"
@@ -311,9 +312,23 @@ func (e *Endpoint) serveRevocations(w http.ResponseWriter, r *http.Request) {
 	}
 	rev.DenyList = OwnOnly(e.cfg.CA.TrustDomain(), rev.DenyList)
 	rev.TrustDomain = e.cfg.CA.TrustDomain().Name()
+	var body bytes.Buffer
+	_ = json.NewEncoder(&body).Encode(rev)
+	if body.Len() > MaxRevocationUpdate {
+		// Sent anyway (a smaller limit on the peer's side is its own), but
+		// a ward peer refuses it, and with it every revocation of this
+		// trust domain, until the deny-list shrinks: said here, where the
+		// fix is.
+		e.cfg.Log.Error("this trust domain's deny-list is too big for the federation revocation channel: federated peers refuse all of its revocations until it shrinks; "+
+			"remove serials that have expired or are no longer needed (`ward policy`), or lower identity.max_jwt_svids_per_agent and the other per-agent bounds so evictions revoke fewer",
+			"bytes", body.Len(), "limit", MaxRevocationUpdate, "serials", len(rev.DenyList.Serials), "peer", id.String())
+		if e.cfg.OnRevocationRefused != nil {
+			e.cfg.OnRevocationRefused("own_deny_list_over_limit")
+		}
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set(revocationHeader, "1")
-	_ = json.NewEncoder(w).Encode(rev)
+	_, _ = w.Write(body.Bytes())
 }
 
 // peer authenticates a client of the revocation channel or the witness:
