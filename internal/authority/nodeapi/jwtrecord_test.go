@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -10,6 +11,8 @@ import (
 
 	wardv1 "github.com/wardproject/ward/api/ward/v1"
 	"github.com/wardproject/ward/internal/authority/registry"
+	"github.com/wardproject/ward/internal/shared/attest"
+	"github.com/wardproject/ward/internal/testutil/authoritytest"
 )
 
 // TestJWTSVIDsRecordedBoundedAndRevokedOnEvict: every JWT-SVID minted
@@ -91,5 +94,63 @@ func TestJWTSVIDsRecordedBoundedAndRevokedOnEvict(t *testing.T) {
 	}
 	if _, err := c.SignJWTSVID(ctx, &wardv1.SignJWTSVIDRequest{EntryId: agent.entry, Audience: []string{"orders"}}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("mint through the evicted agent: %v, want PermissionDenied", err)
+	}
+}
+
+// TestJWTSVIDsPerAgentBoundBeforeSigning runs the attack of an agent
+// minting in a loop for each of its entries in turn (so no entry reaches
+// its own bound): past identity.max_jwt_svids_per_agent unexpired ones,
+// every mint, for any entry, is refused (FailedPrecondition) before
+// signing, and the eviction revokes exactly the bound.
+func TestJWTSVIDsPerAgentBoundBeforeSigning(t *testing.T) {
+	const perEntry, perAgent, entries = 8, 20, 6
+	h := newHarnessMounting(t, nil, nil, nil, authoritytest.WithIssueLimits(registry.IssueLimits{JWTsPerEntry: perEntry, JWTsPerAgent: perAgent}))
+	agent := h.agentCaller(t)
+	ids := []string{agent.entry}
+	for i := 1; i < entries; i++ {
+		e, err := h.reg.CreateEntry(context.Background(), registry.Entry{SPIFFEID: fmt.Sprintf("spiffe://%s/app/many-%d", testTD.Name(), i),
+			ParentID: agent.svid.ID.String(), Selectors: []attest.Selector{{Type: "unix", Value: fmt.Sprintf("uid:%d", i+1)}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, e.ID)
+	}
+	c := h.client(t, agent.svid)
+	ctx := context.Background()
+	minted, refused := 0, 0
+	var signedAtBound uint64
+	for i := range 2 * perAgent {
+		if minted == perAgent && signedAtBound == 0 {
+			signedAtBound = h.ca.SignedJWTSVIDs()
+		}
+		_, err := c.SignJWTSVID(ctx, &wardv1.SignJWTSVIDRequest{EntryId: ids[i%entries], Audience: []string{"orders"}})
+		switch {
+		case err == nil:
+			minted++
+		case status.Code(err) == codes.FailedPrecondition && strings.Contains(err.Error(), "max_jwt_svids_per_agent"):
+			refused++
+		default:
+			t.Fatalf("mint %d: %v", i, err)
+		}
+	}
+	if minted != perAgent || refused != perAgent {
+		t.Fatalf("minted %d, refused %d: want %d each", minted, refused, perAgent)
+	}
+	if n := h.ca.SignedJWTSVIDs() - signedAtBound; n != 0 {
+		t.Fatalf("%d mints past the agent's bound cost %d signatures, want 0", refused, n)
+	}
+	var jwts int
+	if _, _, err := h.reg.EvictAgent(ctx, agent.svid.ID, func(_ context.Context, s []registry.Issued) (int, error) {
+		for _, r := range s {
+			if r.JWT {
+				jwts++
+			}
+		}
+		return len(s), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if jwts != perAgent {
+		t.Fatalf("the eviction revoked %d JWT-SVIDs, want the agent's bound %d", jwts, perAgent)
 	}
 }

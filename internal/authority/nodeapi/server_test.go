@@ -57,17 +57,18 @@ func newHarnessWith(t testing.TB, adjust func(*Config)) *harness {
 
 // newHarnessMounting serves kmsSrv and policySrv in place of the services
 // the Config asks for, when either is set (to test authentication apart
-// from what the services decide).
-func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer) *harness {
+// from what the services decide); opts adjust the authority (registry
+// limits).
+func newHarnessMounting(t testing.TB, adjust func(*Config), kmsSrv wardv1.KMSServer, policySrv wardv1.PolicyDistributionServer, opts ...authoritytest.Option) *harness {
 	t.Helper()
 	h := &harness{clock: clock.Running()}
-	auth := authoritytest.New(t, authoritytest.WithTrustDomain(testTD.Name()), authoritytest.WithClock(h.clock.Now),
+	auth := authoritytest.New(t, append([]authoritytest.Option{authoritytest.WithTrustDomain(testTD.Name()), authoritytest.WithClock(h.clock.Now),
 		authoritytest.WithAuditHook(func(context.Context, audit.Event) error {
 			if h.auditDown.Load() {
 				return errors.New("audit log down")
 			}
 			return nil
-		}))
+		})}, opts...)...)
 	h.ca, h.reg, h.auth = auth.CA, auth.Registry, auth
 	cfg := Config{CA: h.ca, Registry: h.reg, Audit: auth, Clock: h.clock.Now, DNSNames: []string{"ward.example.org"}}
 	if adjust != nil {
