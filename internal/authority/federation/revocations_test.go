@@ -6,7 +6,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"sync"
@@ -23,6 +25,7 @@ import (
 	"github.com/wardproject/ward/internal/authority/ca"
 	"github.com/wardproject/ward/internal/authority/store/memstore"
 	"github.com/wardproject/ward/internal/shared/policy"
+	"github.com/wardproject/ward/internal/testutil/syncbuf"
 )
 
 // pubSource publishes revocations for the endpoint under test.
@@ -70,6 +73,8 @@ type channelPair struct {
 	ep      *Endpoint
 	refused atomic.Value
 	updates atomic.Int32
+	// logs: what A's endpoint logged.
+	logs syncbuf.Buffer
 }
 
 func newChannelPair(t *testing.T) *channelPair {
@@ -93,7 +98,7 @@ func newChannelPair(t *testing.T) *channelPair {
 		t.Fatal(err)
 	}
 	p.ep, err = NewEndpoint(EndpointConfig{CA: f.a, Address: "127.0.0.1:0", Revocations: p.pub, Peers: mA,
-		OnRevocationRefused: func(r string) { p.refused.Store(r) }})
+		OnRevocationRefused: func(r string) { p.refused.Store(r) }, Log: slog.New(slog.NewTextHandler(&p.logs, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,4 +350,43 @@ func TestRevocationsOfANonWardPeer(t *testing.T) {
 	if ops := f.aud.ops()[before:]; len(ops) != 0 {
 		t.Fatalf("audited: %v", ops)
 	}
+}
+
+// TestRevocationChannelDenyListOverLimit: a deny-list too big for the
+// channel (more than MaxRevocationUpdate of JSON, ~30,000 serials) is
+// refused by the follower, which says why in its channel status, and the
+// publisher logs the cause and the fix and counts it
+// (own_deny_list_over_limit) instead of failing silently; once the list
+// shrinks, the follower takes it again.
+func TestRevocationChannelDenyListOverLimit(t *testing.T) {
+	p := newChannelPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		p.f.m.RunRevocations(ctx, RevocationClient{SVID: serverSVID(t, p.b), Wait: 5 * time.Second})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	var big policy.DenyList
+	for i := range 32000 {
+		big.Serials = append(big.Serials, fmt.Sprintf("f%031x", i))
+	}
+	p.pub.publish(7, big)
+	waitFor(t, "the follower refusing the oversized update", func() bool {
+		return strings.Contains(p.f.m.Revocation(tdA).LastError, fmt.Sprint(MaxRevocationUpdate))
+	})
+	if st := p.f.m.Revocation(tdA); st.Sequence == 7 {
+		t.Fatalf("oversized update accepted: %+v", st)
+	}
+	waitFor(t, "the publisher logging it", func() bool {
+		return strings.Contains(p.logs.String(), "too big for the federation revocation channel")
+	})
+	if l := p.logs.String(); !strings.Contains(l, "max_jwt_svids_per_agent") || !strings.Contains(l, "bytes=") {
+		t.Fatalf("the log names neither the fix nor the size: %s", l)
+	}
+	if r, _ := p.refused.Load().(string); r != "own_deny_list_over_limit" {
+		t.Fatalf("counted as %q, want own_deny_list_over_limit", r)
+	}
+	p.pub.publish(8, policy.DenyList{Serials: big.Serials[:1024]})
+	waitFor(t, "the shrunk list taken", func() bool { return p.f.m.Revocation(tdA).Sequence == 8 })
 }
