@@ -543,3 +543,33 @@ func TestAgentEvictionDropPersistsJWTs(t *testing.T) {
 		t.Fatal("restarted after the eviction, the agent serves the revoked JWT-SVID from its disk cache")
 	}
 }
+
+// TestAgentEvictedMintServesNoCachedJWT: an agent that learns of its
+// eviction from a JWT-SVID mint (refused, PermissionDenied) before its
+// next sync does not fall back to the token it cached (revoked by the
+// eviction), as it does when the authority is only unreachable.
+func TestAgentEvictedMintServesNoCachedJWT(t *testing.T) {
+	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
+	auth.addEntry("/web", uidSelector())
+	dir := t.TempDir()
+	cfg := agentConfig(t, auth, dir)
+	cfg.JoinTokenFile = filepath.Join(dir, "token")
+	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
+	clk := clock.Running()
+	r := startAgent(t, cfg, clk)
+	mustFetch(t, r)
+	web := spiffeid.RequireFromPath(testTD, "/web")
+	before, err := r.MintJWTSVID(context.Background(), web, []string{"orders"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth.evict(spiffeid.RequireFromString(r.Status().AgentID))
+	clk.Advance(35 * time.Minute) // past the token's refresh (half of its 1h here), before its expiry
+	after, err := r.MintJWTSVID(context.Background(), web, []string{"orders"})
+	if after == before {
+		t.Fatal("the evicted agent served its cached (revoked) JWT-SVID when the mint was refused")
+	}
+	if err == nil || !strings.Contains(err.Error(), "evicted") {
+		t.Fatalf("mint through the evicted agent: %q, %v; want an error saying it was refused (evicted?)", after, err)
+	}
+}
