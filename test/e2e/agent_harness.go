@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -25,6 +24,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 	"github.com/wardproject/ward/internal/testutil/syncbuf"
 	"google.golang.org/grpc/status"
 )
@@ -305,11 +305,9 @@ func StartWorkloadIn(t *testing.T, nd *netns.Node, uid uint32, mode, socket stri
 	if err != nil {
 		t.Fatal(err)
 	}
-	w := &Workload{cmd: exec.Command(bin)}
+	w := &Workload{cmd: otheruid.Command(uid, bin)}
 	if nd != nil {
 		w.cmd = nd.Command(uid, bin)
-	} else {
-		w.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	}
 	w.cmd.Env = append([]string{envWorkload + "=" + mode, envSocket + "=" + socket, "HOME=/", "PATH=/usr/bin:/bin:/usr/sbin:/sbin"}, env...)
 	w.cmd.Dir = "/"

@@ -16,6 +16,7 @@ import (
 	pb "github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -39,9 +40,7 @@ func TestWorkloadIdentityThroughRotationsAndOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("takes about two minutes (the shortest SVID TTL is one minute)")
 	}
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run workloads as other uids")
-	}
+	otheruid.Require(t) // workloads run as other uids
 	// The outage below lasts a little more than half an SVID life and
 	// begins with SVIDs fresh everywhere: what is left of their life once
 	// the authority is back (about svidTTL/2) absorbs a slow unseal, agent

@@ -13,6 +13,7 @@ import (
 
 	"github.com/wardproject/ward/internal/testutil/netns"
 	"github.com/wardproject/ward/internal/testutil/netutil"
+	"github.com/wardproject/ward/internal/testutil/otheruid"
 )
 
 const (
@@ -121,9 +122,7 @@ func TestFederatedClustersTalkAcrossTrustDomains(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two authorities, two agents and three workloads")
 	}
-	if os.Getuid() != 0 {
-		t.Skip("needs root to run workloads as other uids")
-	}
+	otheruid.Require(t) // workloads run as other uids
 	a := startCluster(t, "a.example")
 	b := startCluster(t, "b.example")
 	b.ward(t, "federation", "add", "a.example", "--endpoint", a.bundleURL, "--bundle", filepath.Join(a.pub, "a.example.json"))
