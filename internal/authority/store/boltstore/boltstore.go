@@ -93,11 +93,14 @@ type Store struct {
 	watchers map[*watcher]struct{}
 
 	// jr is the journal (nil without WithJournal); overlay holds the
-	// writes journaled but not yet in bbolt, under ovMu (journal.go).
-	jr      *journal
-	ovMu    sync.RWMutex
-	overlay map[string]*ovEntry
-	ovBytes int64 // the frames the overlay keeps (ovFrame)
+	// writes journaled but not yet in bbolt, under ovMu (journal.go);
+	// flushing (nil between flushes) the older ones a flush is writing
+	// into bbolt: reads see overlay over flushing over bbolt.
+	jr       *journal
+	ovMu     sync.RWMutex
+	overlay  map[string]*ovEntry
+	flushing map[string]*ovEntry
+	ovBytes  int64 // the frames both keep (ovFrame)
 }
 
 type watcher struct {

@@ -452,7 +452,7 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 			e.val = buf[i : i+len(ev.Value) : i+len(ev.Value)]
 		}
 		if old, ok := s.overlay[ev.Key]; ok {
-			s.ovUnref(old)
+			s.ovUnref(old) // one under flush stays until it is in bbolt
 		}
 		s.overlay[ev.Key] = e
 	}
@@ -482,7 +482,7 @@ func (s *Store) waitRoom() error {
 				s.path, j.off, j.flushErr)
 		}
 		s.ovMu.RLock()
-		n, size := len(s.overlay), s.ovBytes
+		n, size := len(s.overlay)+len(s.flushing), s.ovBytes
 		s.ovMu.RUnlock()
 		if n < j.maxEntries && size < j.maxBytes {
 			return nil
@@ -550,7 +550,11 @@ func (s *Store) view(fn func(get func(string) ([]byte, int64, bool, error)) erro
 	defer s.ovMu.RUnlock()
 	b := tx.Bucket(bucketKV)
 	return fn(func(key string) ([]byte, int64, bool, error) {
-		if e, ok := s.overlay[key]; ok {
+		e, ok := s.overlay[key]
+		if !ok {
+			e, ok = s.flushing[key]
+		}
+		if ok {
 			if e.del {
 				return nil, 0, false, nil
 			}
@@ -574,9 +578,11 @@ func bboltGet(b *bbolt.Bucket, key string) ([]byte, int64, bool, error) {
 func (s *Store) jlist(prefix string) ([]store.KV, error) {
 	s.ovMu.RLock()
 	ov := make(map[string]*ovEntry)
-	for k, e := range s.overlay {
-		if strings.HasPrefix(k, prefix) {
-			ov[k] = e
+	for _, m := range [2]map[string]*ovEntry{s.flushing, s.overlay} { // the newer last
+		for k, e := range m {
+			if strings.HasPrefix(k, prefix) {
+				ov[k] = e
+			}
 		}
 	}
 	tx, err := s.db.Begin(false)
@@ -630,9 +636,11 @@ func (s *Store) flusher() {
 }
 
 // flush moves the overlay into bbolt: it switches the journal to the other
-// file (whose frames bbolt already holds: the previous flush synced them),
-// writes the overlay as of that moment in one bbolt transaction and then
-// drops those entries from the overlay (unless written again since).
+// file (whose frames bbolt already holds: the previous flush synced them)
+// and the overlay to a fresh one, the old one becoming flushing (reads see
+// both: a constant-time hand-off under the write lock), writes flushing in
+// one bbolt transaction and then drops it. If bbolt refuses it, its entries
+// go back under the overlay (those written again since stay newer).
 func (s *Store) flush() {
 	j := s.jr
 	j.flushMu.Lock()
@@ -644,20 +652,20 @@ func (s *Store) flush() {
 		return
 	}
 	rev := j.rev
-	s.ovMu.RLock()
-	snap := make([]string, 0, len(s.overlay))
-	entries := make(map[string]*ovEntry, len(s.overlay))
-	for k, e := range s.overlay {
-		snap = append(snap, k)
-		entries[k] = e
-	}
-	s.ovMu.RUnlock()
+	s.ovMu.Lock()
+	entries := s.overlay
+	s.flushing, s.overlay = entries, make(map[string]*ovEntry, len(entries))
+	s.ovMu.Unlock()
 	if !j.behind {
 		j.active = 1 - j.active
 		j.off = journalBlock
 	}
 	s.writeMu.Unlock()
 
+	snap := make([]string, 0, len(entries))
+	for k := range entries {
+		snap = append(snap, k)
+	}
 	slices.Sort(snap)
 	err := s.db.Update(func(tx *bbolt.Tx) error {
 		s.prezero(tx.Size())
@@ -692,6 +700,16 @@ func (s *Store) flush() {
 		s.writeMu.Lock()
 		j.behind = true
 		j.flushErr = err
+		s.ovMu.Lock()
+		for k, e := range entries {
+			if _, ok := s.overlay[k]; ok {
+				s.ovUnref(e)
+			} else {
+				s.overlay[k] = e
+			}
+		}
+		s.flushing = nil
+		s.ovMu.Unlock()
 		s.writeMu.Unlock()
 		slog.Default().Error("boltstore: writing the journal into bbolt failed; the writes stay in the journal and the flush is retried",
 			"path", s.path, "err", err)
@@ -703,12 +721,10 @@ func (s *Store) flush() {
 	j.flushErr = nil
 	s.writeMu.Unlock()
 	s.ovMu.Lock()
-	for _, k := range snap {
-		if e := entries[k]; s.overlay[k] == e {
-			delete(s.overlay, k)
-			s.ovUnref(e)
-		}
+	for _, e := range entries {
+		s.ovUnref(e)
 	}
+	s.flushing = nil
 	s.ovMu.Unlock()
 	s.noteFlushed()
 }
@@ -731,7 +747,7 @@ func (s *Store) closeJournal() error {
 	broken := j.broken
 	s.writeMu.Unlock()
 	j.closeFiles()
-	if broken != nil || len(s.overlay) != 0 {
+	if broken != nil || len(s.overlay) != 0 || len(s.flushing) != 0 {
 		return nil // replayed on the next open
 	}
 	var errs []error

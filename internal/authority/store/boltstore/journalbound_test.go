@@ -67,10 +67,12 @@ func TestJournalOverlayBounded(t *testing.T) {
 	defer s.ovMu.RUnlock()
 	var live int64
 	seen := map[*ovFrame]bool{}
-	for _, e := range s.overlay {
-		if !seen[e.fr] {
-			seen[e.fr] = true
-			live += e.fr.size
+	for _, m := range [2]map[string]*ovEntry{s.overlay, s.flushing} { // a flush may be under way
+		for _, e := range m {
+			if !seen[e.fr] {
+				seen[e.fr] = true
+				live += e.fr.size
+			}
 		}
 	}
 	if s.ovBytes != live {
