@@ -26,6 +26,7 @@ func TestJournalFlushHandOffKeepsEveryWriteVisible(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = tx.Rollback() }) // before Close: a failure here must not hang it
 	flushed := make(chan struct{})
 	go func() { s.flush(); close(flushed) }()
 	for i := 0; ; i++ { // until the flush handed the overlay over
@@ -36,7 +37,6 @@ func TestJournalFlushHandOffKeepsEveryWriteVisible(t *testing.T) {
 			break
 		}
 		if i > 10000 {
-			_ = tx.Rollback()
 			t.Fatal("the flush did not hand the overlay over")
 		}
 		time.Sleep(time.Millisecond)
