@@ -267,6 +267,9 @@ func (s *Store) Put(ctx context.Context, key string, value []byte) (int64, error
 		return 0, err
 	}
 	defer s.life.RUnlock()
+	if err := checkKeySize("put", key); err != nil {
+		return 0, err
+	}
 	return s.write(func(_ func(string) (int64, error), rev int64) ([]store.Event, error) {
 		return []store.Event{{Type: store.EventPut, Key: key, Value: value, Revision: rev}}, nil
 	}, nil)
@@ -297,6 +300,9 @@ func (s *Store) CompareAndSwap(ctx context.Context, key string, value []byte, ex
 	defer s.life.RUnlock()
 	if expectRevision < 0 {
 		return 0, fmt.Errorf("boltstore: compare-and-swap %q: expected revision %d is negative; use 0 for create-only or Put for unconditional writes", key, expectRevision)
+	}
+	if err := checkKeySize("compare-and-swap", key); err != nil {
+		return 0, err
 	}
 	return s.write(func(revOf func(string) (int64, error), rev int64) ([]store.Event, error) {
 		cur, err := revOf(key)
@@ -389,6 +395,17 @@ func appends(b *bbolt.Bucket, ops []store.Op) bool {
 	return k == nil || !bytes.HasPrefix(k, []byte(prefix))
 }
 
+// checkKeySize refuses a key longer than bbolt stores. With the journal
+// such a write would be acknowledged and then refused by every flush
+// ("key too large"): the store would stop taking writes, and the journal
+// replays it on every open.
+func checkKeySize(op, key string) error {
+	if len(key) > bbolt.MaxKeySize {
+		return fmt.Errorf("boltstore: %s: a key of %d bytes (%.32q...) is longer than the %d bytes a key may have; nothing was written", op, len(key), key, bbolt.MaxKeySize)
+	}
+	return nil
+}
+
 func validateBatch(ops []store.Op, limit int) error {
 	if len(ops) > limit {
 		return fmt.Errorf("boltstore: batch has %d ops, more than the limit of %d; split it into smaller batches", len(ops), limit)
@@ -397,6 +414,11 @@ func validateBatch(ops []store.Op, limit int) error {
 	for i, op := range ops {
 		if op.Key == "" {
 			return fmt.Errorf("boltstore: batch: op %d has an empty key; keys must be non-empty", i)
+		}
+		if !op.Delete {
+			if err := checkKeySize(fmt.Sprintf("batch: op %d", i), op.Key); err != nil {
+				return err
+			}
 		}
 		if op.ExpectRevision < -1 {
 			return fmt.Errorf("boltstore: batch: op %d (key %q): expected revision %d is invalid; use -1 (unconditional), 0 (must not exist) or a revision", i, op.Key, op.ExpectRevision)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -226,4 +227,47 @@ func trunc(b []byte) string {
 		return fmt.Sprintf("%s...(%d bytes)", b[:8], len(b))
 	}
 	return string(b)
+}
+
+// TestJournalRefusesKeysBboltRefuses (red team): a key longer than bbolt
+// takes was acknowledged by the journal and then refused by every flush
+// ("key too large"): one such write stopped the store's writes for good
+// (replayed on every open). Put, CompareAndSwap and Batch refuse it now,
+// with and without the journal; a key of the longest size bbolt takes
+// is written and flushed.
+func TestJournalRefusesKeysBboltRefuses(t *testing.T) {
+	ctx := t.Context()
+	long := strings.Repeat("k", bbolt.MaxKeySize+1)
+	for _, opts := range [][]Option{{WithJournal()}, nil} {
+		s := openTemp(t, opts...)
+		if _, err := s.Put(ctx, long, []byte("v")); err == nil || !strings.Contains(err.Error(), "longer than") {
+			t.Fatalf("put of a %d-byte key: %v; want a refusal", len(long), err)
+		}
+		if _, err := s.CompareAndSwap(ctx, long, []byte("v"), 0); err == nil || !strings.Contains(err.Error(), "longer than") {
+			t.Fatalf("compare-and-swap of a %d-byte key: %v; want a refusal", len(long), err)
+		}
+		if _, err := s.Batch(ctx, []store.Op{{Key: "ok", Value: []byte("v"), ExpectRevision: -1}, {Key: long, Value: []byte("v"), ExpectRevision: -1}}); err == nil || !strings.Contains(err.Error(), "longer than") {
+			t.Fatalf("batch with a %d-byte key: %v; want a refusal", len(long), err)
+		}
+		if _, err := s.Get(ctx, "ok"); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("the refused batch is visible: %v", err)
+		}
+		longest := long[:bbolt.MaxKeySize]
+		rev, err := s.Put(ctx, longest, []byte("v"))
+		if err != nil {
+			t.Fatalf("put of a %d-byte key: %v", len(longest), err)
+		}
+		if s.jr != nil {
+			s.flush()
+			s.writeMu.Lock()
+			ferr := s.jr.flushErr
+			s.writeMu.Unlock()
+			if ferr != nil {
+				t.Fatalf("the flush after the refused writes failed: %v", ferr)
+			}
+		}
+		if kv, err := s.Get(ctx, longest); err != nil || kv.Revision != rev {
+			t.Fatalf("the %d-byte key: rev %d, %v; want %d", len(longest), kv.Revision, err, rev)
+		}
+	}
 }
