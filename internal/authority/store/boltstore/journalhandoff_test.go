@@ -17,12 +17,16 @@ import (
 func TestJournalFlushHandOffKeepsEveryWriteVisible(t *testing.T) {
 	ctx := context.Background()
 	s := openTemp(t, WithJournal())
+	// No flush (the flusher's ticks) takes the writes before tx holds bbolt.
+	s.jr.flushMu.Lock()
 	for _, k := range []string{"h/a", "h/b", "h/c"} {
 		if _, err := s.Put(ctx, k, []byte("old")); err != nil {
+			s.jr.flushMu.Unlock()
 			t.Fatal(err)
 		}
 	}
 	tx, err := s.db.Begin(true) // holds the flush's bbolt transaction
+	s.jr.flushMu.Unlock()
 	if err != nil {
 		t.Fatal(err)
 	}

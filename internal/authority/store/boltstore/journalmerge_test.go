@@ -29,7 +29,7 @@ func TestJournalFailedFlushMergesBack(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer func() { s.Close() }()
+	t.Cleanup(func() { s.Close() }) // after tx's rollback below (cleanups run last first)
 	ctx := t.Context()
 	type want struct {
 		val string
@@ -92,6 +92,12 @@ func TestJournalFailedFlushMergesBack(t *testing.T) {
 	// The overlay the failing flush takes: too big for the room bbolt
 	// will have (the journal holds it: it is written before the disk fills).
 	s.jr.flushMu.Lock() // no flush until the disk is full
+	held := true
+	defer func() { // before Close, if a check below failed
+		if held {
+			s.jr.flushMu.Unlock()
+		}
+	}()
 	big := string(bytes.Repeat([]byte{0x5a}, 200<<10))
 	for i := range 4 {
 		put(fmt.Sprintf("m/big%d", i), big)
@@ -109,6 +115,7 @@ func TestJournalFailedFlushMergesBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = tx.Rollback() })
+	held = false
 	s.jr.flushMu.Unlock()
 	flushed := make(chan struct{})
 	go func() { s.flush(); close(flushed) }()
@@ -269,5 +276,112 @@ func TestJournalRefusesKeysBboltRefuses(t *testing.T) {
 		if kv, err := s.Get(ctx, longest); err != nil || kv.Revision != rev {
 			t.Fatalf("the %d-byte key: rev %d, %v; want %d", len(longest), kv.Revision, err, rev)
 		}
+	}
+}
+
+// TestJournalCloseDuringFlush (red team): a watcher sees every write made
+// during a flush's hand-off, in order, with the write's revision; Close
+// called while the flush is in the middle (its bbolt transaction held)
+// waits for it, flushes the newer writes too, removes the journal, and a
+// reopen reads every write (a delete during the flush stays deleted).
+func TestJournalCloseDuringFlush(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ward.db")
+	s, err := Open(path, WithJournal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	s.jr.flushMu.Lock() // no flush takes the writes before the transaction below holds bbolt
+	for _, k := range []string{"c/a", "c/b", "c/c"} {
+		if _, err := s.Put(ctx, k, []byte("old")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	events, err := s.Watch(ctx, "c/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := s.db.Begin(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	t.Cleanup(func() {
+		if !released {
+			_ = tx.Rollback()
+		}
+	})
+	s.jr.flushMu.Unlock()
+	select { // the flusher's flush, stopped in bbolt
+	case s.jr.kick <- struct{}{}:
+	default:
+	}
+	for i := 0; ; i++ {
+		s.ovMu.RLock()
+		n := len(s.flushing)
+		s.ovMu.RUnlock()
+		if n == 3 {
+			break
+		}
+		if i > 10000 {
+			t.Fatal("the flusher did not hand the overlay over")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	type ev struct {
+		typ store.EventType
+		key string
+		rev int64
+	}
+	var wantEvs []ev
+	rev, err := s.Put(ctx, "c/a", []byte("new"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEvs = append(wantEvs, ev{store.EventPut, "c/a", rev})
+	if err := s.Delete(ctx, "c/b"); err != nil {
+		t.Fatal(err)
+	}
+	wantEvs = append(wantEvs, ev{store.EventDelete, "c/b", rev + 1})
+	if rev, err = s.CompareAndSwap(ctx, "c/a", []byte("newer"), rev); err != nil {
+		t.Fatal(err)
+	}
+	wantEvs = append(wantEvs, ev{store.EventPut, "c/a", rev})
+	for i, w := range wantEvs {
+		got := <-events
+		if got.Type != w.typ || got.Key != w.key || got.Revision != w.rev {
+			t.Fatalf("event %d during the flush: %v %s rev %d; want %v %s rev %d", i, got.Type, got.Key, got.Revision, w.typ, w.key, w.rev)
+		}
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- s.Close() }()
+	select {
+	case err := <-closed:
+		t.Fatalf("Close returned with the flush in the middle: %v", err)
+	case <-time.After(50 * time.Millisecond): // only makes the check weaker on a slow machine
+	}
+	released = true
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-closed; err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, ok := <-events; ok {
+		t.Fatal("the watch channel is open after Close")
+	}
+	for i := range 2 {
+		if _, err := os.Stat(fmt.Sprintf("%s.journal%d", path, i)); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("journal %d left after a clean Close: %v", i, err)
+		}
+	}
+	r, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	kvs, err := r.List(ctx, "c/")
+	if err != nil || len(kvs) != 2 || kvs[0].Key != "c/a" || string(kvs[0].Value) != "newer" || kvs[0].Revision != rev || kvs[1].Key != "c/c" || string(kvs[1].Value) != "old" {
+		t.Fatalf("reopened: %v, %v; want c/a = newer (rev %d), c/c = old", kvs, err, rev)
 	}
 }
