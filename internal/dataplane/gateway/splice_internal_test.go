@@ -6,46 +6,19 @@ import (
 	"net"
 	"testing"
 	"time"
-)
 
-// tcpPair is a connected pair of loopback TCP connections.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"github.com/wardproject/ward/internal/testutil/netutil"
+)
 
 // spliceUnderTest runs splice between a (the caller's gateway end) and b
 // (the inbound proxy's) and returns the far ends and splice's result.
 func spliceUnderTest(t *testing.T, idle time.Duration) (client, server net.Conn, done <-chan error) {
 	t.Helper()
-	client, a := tcpPair(t)
-	b, server := tcpPair(t)
+	client, a := netutil.TCPPair(t)
+	b, server := netutil.TCPPair(t)
 	errc := make(chan error, 1)
 	go func() { errc <- splice(&conn{}, a, b, idle) }()
 	return client, server, errc
-}
-
-func flood(c net.Conn) {
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := c.Write(chunk); err != nil {
-			return
-		}
-	}
 }
 
 func waitIdle(t *testing.T, done <-chan error, what string) {
@@ -66,8 +39,8 @@ func waitIdle(t *testing.T, done <-chan error, what string) {
 // was held for good).
 func TestSpliceIdleWhenNeitherSideReads(t *testing.T) {
 	client, server, done := spliceUnderTest(t, 200*time.Millisecond)
-	go flood(client)
-	go flood(server)
+	go netutil.Flood(client)
+	go netutil.Flood(server)
 	waitIdle(t, done, "a connection where both sides send and neither reads was never closed")
 }
 
@@ -83,7 +56,7 @@ func TestSpliceIdleWhenTheClientHalfClosesAndStopsReading(t *testing.T) {
 	if _, err := server.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("server read = %v, want EOF after the half-close", err)
 	}
-	go flood(server)
+	go netutil.Flood(server)
 	waitIdle(t, done, "a half-closed connection whose caller stopped reading was never closed")
 }
 

@@ -7,35 +7,17 @@ import (
 	"slices"
 	"testing"
 	"time"
-)
 
-// tcpPair is a connected pair of loopback TCP connections.
-func tcpPair(t *testing.T) (net.Conn, net.Conn) {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	c, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := l.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c, s
-}
+	"github.com/wardproject/ward/internal/testutil/netutil"
+)
 
 // pipeUnderTest runs pipe between a (the connecting side's proxy end) and
 // b (the other side's) and returns the far ends (client, server) and
 // pipe's result.
 func pipeUnderTest(t *testing.T, idle time.Duration) (client, server net.Conn, c *connState, done <-chan error) {
 	t.Helper()
-	client, a := tcpPair(t)
-	b, server := tcpPair(t)
+	client, a := netutil.TCPPair(t)
+	b, server := netutil.TCPPair(t)
 	c = newConnState("test", true, a)
 	errc := make(chan error, 1)
 	go func() { errc <- pipe(c, a, b, idle) }()
@@ -234,7 +216,7 @@ func BenchmarkPipe(b *testing.B) {
 func TestPipeIdleWhenTheServerStopsReading(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	client, _, _, done := pipeUnderTest(t, idle)
-	go flood(client)
+	go netutil.Flood(client)
 	waitIdle(t, done, "a connection whose server stopped reading was never closed: the client->server Write blocks, and nothing else watched the idle timeout")
 }
 
@@ -243,18 +225,8 @@ func TestPipeIdleWhenTheServerStopsReading(t *testing.T) {
 func TestPipeIdleWhenTheClientStopsReading(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	_, server, _, done := pipeUnderTest(t, idle)
-	go flood(server)
+	go netutil.Flood(server)
 	waitIdle(t, done, "a connection whose client stopped reading was never closed")
-}
-
-// flood writes to conn until a write fails.
-func flood(conn net.Conn) {
-	chunk := make([]byte, 64<<10)
-	for {
-		if _, err := conn.Write(chunk); err != nil {
-			return
-		}
-	}
 }
 
 // waitIdle fails t unless pipe ends with the idle timeout.
@@ -279,8 +251,8 @@ func waitIdle(t *testing.T, done <-chan error, what string) {
 func TestPipeIdleWhenNeitherSideReads(t *testing.T) {
 	const idle = 200 * time.Millisecond
 	client, server, _, done := pipeUnderTest(t, idle)
-	go flood(client)
-	go flood(server)
+	go netutil.Flood(client)
+	go netutil.Flood(server)
 	waitIdle(t, done, "a connection where both sides send and neither reads was never closed: both directions block in Write")
 }
 
@@ -300,6 +272,6 @@ func TestPipeIdleWhenTheClientHalfClosesAndStopsReading(t *testing.T) {
 	if _, err := server.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
 		t.Fatalf("server read = %v, want EOF after the client's half-close", err)
 	}
-	go flood(server)
+	go netutil.Flood(server)
 	waitIdle(t, done, "a half-closed connection whose client stopped reading was never closed")
 }

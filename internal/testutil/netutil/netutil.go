@@ -156,3 +156,35 @@ func FreeLoopbackAddr(t testing.TB) string {
 	t.Cleanup(func() { release(ports[0]) })
 	return fmt.Sprintf("127.0.0.1:%d", ports[0])
 }
+
+// TCPPair is a connected pair of loopback TCP connections (dialer,
+// accepted), both closed by the test's cleanup.
+func TCPPair(t testing.TB) (net.Conn, net.Conn) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	c, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c, s
+}
+
+// Flood writes to conn until a write fails (the peer never reading fills
+// the socket buffers, then blocks the write until conn is closed).
+func Flood(conn net.Conn) {
+	chunk := make([]byte, 64<<10)
+	for {
+		if _, err := conn.Write(chunk); err != nil {
+			return
+		}
+	}
+}
