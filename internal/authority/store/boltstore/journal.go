@@ -422,12 +422,13 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 	if len(evs) == 0 {
 		return j.rev, nil
 	}
-	if n := s.frameSize(evs); n > frameHeaderLen+j.maxFrame {
+	n := frameSize(evs)
+	if n > frameHeaderLen+j.maxFrame {
 		// Replay would refuse a longer frame (a torn or corrupt record):
 		// it is never acknowledged.
 		return 0, fmt.Errorf("boltstore: a write of %d ops and about %d bytes is larger than a journal record holds (%d bytes); split it; nothing was written", len(evs), n, j.maxFrame)
 	}
-	buf, valAt := appendFrame(make([]byte, 0, s.frameSize(evs)), rev, evs, make([]int, 0, len(evs)))
+	buf, valAt := appendFrame(make([]byte, 0, n), rev, evs, make([]int, 0, len(evs)))
 	if grown, err := j.files[j.active].append(buf, j.off); err != nil {
 		if !grown {
 			return 0, fmt.Errorf("boltstore: journal %s: allocating room for a write: %w; nothing was written", j.files[j.active].path, err)
@@ -456,11 +457,11 @@ func (s *Store) jwrite(plan planFunc) (int64, error) {
 		}
 		s.overlay[ev.Key] = e
 	}
-	n := len(s.overlay)
+	entries := len(s.overlay)
 	s.ovMu.Unlock()
 	j.rev = rev
 	s.publish(evs)
-	if n >= flushOps || j.off >= flushBytes {
+	if entries >= flushOps || j.off >= flushBytes {
 		select {
 		case j.kick <- struct{}{}:
 		default:
@@ -507,7 +508,8 @@ func (s *Store) waitRoom() error {
 	}
 }
 
-func (s *Store) frameSize(evs []store.Event) int {
+// frameSize bounds the encoded size of a frame of evs.
+func frameSize(evs []store.Event) int {
 	n := frameHeaderLen + binary.MaxVarintLen64
 	for _, ev := range evs {
 		n += 1 + 2*binary.MaxVarintLen64 + len(ev.Key) + len(ev.Value)
