@@ -17,6 +17,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/encoding"
+	grpcproto "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/protoadapt"
@@ -77,16 +78,14 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
-// Unmarshal decodes data into v (as grpc-go's codec: protobuf copies what
-// it keeps, so data may be freed afterwards).
+// grpcProto is grpc-go's proto codec (registered by the package
+// imported), which decodes.
+var grpcProto = encoding.GetCodecV2(grpcproto.Name)
+
+// Unmarshal decodes data into v with grpc-go's codec (protobuf copies
+// what it keeps, so data may be freed afterwards).
 func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
-	m := messageOf(v)
-	if m == nil {
-		return fmt.Errorf("proto: cannot unmarshal into %T: not a protobuf message", v)
-	}
-	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-	defer buf.Free()
-	return proto.Unmarshal(buf.ReadOnlyData(), m)
+	return grpcProto.Unmarshal(data, v)
 }
 
 // Name returns Name.
