@@ -343,10 +343,11 @@ func (s *Store) Batch(ctx context.Context, ops []store.Op) (int64, error) {
 		evs := make([]store.Event, 0, len(ops))
 		for _, op := range ops {
 			if op.Delete {
-				if cur, err := revOf(op.Key); err != nil || cur == 0 {
-					if err != nil {
-						return nil, err
-					}
+				cur, err := revOf(op.Key)
+				if err != nil {
+					return nil, err
+				}
+				if cur == 0 {
 					continue
 				}
 				evs = append(evs, store.Event{Type: store.EventDelete, Key: op.Key, Revision: rev})
