@@ -133,7 +133,7 @@ func allZero(b []byte) bool {
 }
 
 // errJournalCorrupt marks a journal that must not be replayed.
-var errJournalCorrupt = errors.New("the audit/store journal is corrupt")
+var errJournalCorrupt = errors.New("the store journal is corrupt")
 
 // parseJournal reads the frames of one journal file's contents b (name is
 // for errors). floor is the revision bbolt holds: an invalid frame is a
