@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -209,7 +210,7 @@ func replay(db *bbolt.DB, paths [2]string, floor int64, frames []frame) error {
 	if len(frames) == 0 {
 		return nil
 	}
-	slices.SortFunc(frames, func(a, b frame) int { return int(a.rev - b.rev) })
+	slices.SortFunc(frames, func(a, b frame) int { return cmp.Compare(a.rev, b.rev) })
 	next := floor + 1
 	for _, f := range frames {
 		if f.rev != next {
