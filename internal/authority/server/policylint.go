@@ -47,9 +47,11 @@ func (s *Server) reportStoredPolicyLint(ctx context.Context, st *unsealedState) 
 
 // logWarnedInForce logs a current version with permits strict refuses
 // (also on /healthz, the dashboard and ward_policy_lint_warnings, see
-// followPolicyLint).
+// followPolicyLint, which reads the same cached result: the current
+// version is compiled once).
 func (s *Server) logWarnedInForce(ctx context.Context, ps *policystore.Store) {
-	n, places, err := ps.CurrentFederationWarnings(ctx)
+	ls, err := ps.LintStatus(ctx)
+	n, places := ls.Version, ls.Warnings
 	if err != nil {
 		s.log.Warn("checking the current policy version against policy.federation_lint failed", "err", err)
 		return
