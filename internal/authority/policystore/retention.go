@@ -74,13 +74,6 @@ func WithKeepVersions(n int) Option {
 // KeepVersions is how many versions before the current one are kept.
 func (s *Store) KeepVersions() int { return s.keep }
 
-// oldest reads the oldest stored version (1 when nothing was pruned) and
-// the retention key's revision (0: absent).
-func (s *Store) oldest(ctx context.Context) (uint64, int64, error) {
-	r, rev, err := s.readRetention(ctx)
-	return r.Oldest, rev, err
-}
-
 // readRetention reads the retention mark (Oldest 1 when absent) and its
 // revision (0: absent).
 func (s *Store) readRetention(ctx context.Context) (retention, int64, error) {
@@ -121,8 +114,8 @@ func (s *Store) OldestKept(ctx context.Context) (_ uint64, err error) {
 	if err != nil || h.Current == 0 {
 		return 0, err
 	}
-	o, _, err := s.oldest(ctx)
-	return o, err
+	r, _, err := s.readRetention(ctx)
+	return r.Oldest, err
 }
 
 // pruneOps are the ops that delete, in the batch storing version next
