@@ -106,22 +106,9 @@ func (s *Store) strictGuard(ctx context.Context) (bool, []store.Op, error) {
 // this at unseal), audited as policy.federation_lint with the actor; it
 // reports whether it changed the stored mode. Nothing ever lowers the
 // mode but SetFederationLint.
-func (s *Store) RaiseFederationLint(ctx context.Context, actor, comment string) (_ bool, err error) {
-	defer func() { err = classify(err) }()
-	for range 16 {
-		m, rev, err := s.lintMode(ctx)
-		if err != nil {
-			return false, err
-		}
-		if m.Strict() {
-			return false, nil
-		}
-		ok, err := s.storeLintMode(ctx, actor, LintStrict, m.Mode, comment, rev)
-		if err != nil || ok {
-			return ok, err
-		}
-	}
-	return false, errs.Errorf(errs.Precondition, "the federation lint mode is being changed concurrently by another authority: retry")
+func (s *Store) RaiseFederationLint(ctx context.Context, actor, comment string) (bool, error) {
+	_, changed, err := s.changeLintMode(ctx, actor, LintStrict, comment)
+	return changed, classify(err)
 }
 
 // SetFederationLint is the explicit, audited operator action that sets the
@@ -142,23 +129,32 @@ func (s *Store) SetFederationLint(ctx context.Context, actor, mode, comment stri
 }
 
 func (s *Store) setFederationLint(ctx context.Context, actor, mode, comment string) (LintMode, error) {
+	m, changed, err := s.changeLintMode(ctx, actor, mode, comment)
+	if err != nil || !changed {
+		return m, err
+	}
+	return s.FederationLint(ctx)
+}
+
+// changeLintMode stores mode unless it is already the stored one (then it
+// returns that, changed false), retrying a lost race a bounded number of
+// times.
+func (s *Store) changeLintMode(ctx context.Context, actor, mode, comment string) (LintMode, bool, error) {
 	for range 16 {
 		m, rev, err := s.lintMode(ctx)
 		if err != nil {
-			return LintMode{}, err
+			return LintMode{}, false, err
 		}
 		if m.Mode == mode {
-			return m, nil
+			return m, false, nil
 		}
+		// ok with an error: stored, but its audit event failed
 		ok, err := s.storeLintMode(ctx, actor, mode, m.Mode, comment, rev)
-		if err != nil {
-			return LintMode{}, err
-		}
-		if ok {
-			return s.FederationLint(ctx)
+		if err != nil || ok {
+			return LintMode{}, ok, err
 		}
 	}
-	return LintMode{}, errs.Errorf(errs.Precondition, "the federation lint mode is being changed concurrently by another authority: retry")
+	return LintMode{}, false, errs.Errorf(errs.Precondition, "the federation lint mode is being changed concurrently by another authority: retry")
 }
 
 // storeLintMode writes mode if the key is still at rev (false on a lost
