@@ -72,6 +72,20 @@ func agentConfig(t testing.TB, auth *testAuthority, dir string) *Config {
 		SyncInterval: 200 * 1e6, LogLevel: "debug"}
 }
 
+// joinTokenAgentConfig is agentConfig in a fresh directory, attesting
+// with a join token of auth written (newline-terminated, as an operator
+// would) to the agent's join_token_file.
+func joinTokenAgentConfig(t testing.TB, auth *testAuthority) *Config {
+	t.Helper()
+	dir := t.TempDir()
+	cfg := agentConfig(t, auth, dir)
+	cfg.JoinTokenFile = filepath.Join(dir, "token")
+	if err := os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 func startAgent(t testing.TB, cfg *Config, clk *clock.Fake) *runningAgent {
 	t.Helper()
 	logs := &syncbuf.Buffer{}
@@ -231,10 +245,7 @@ func TestAgentRotatesAndPushes(t *testing.T) {
 func TestAgentRestartWhileAuthorityDown(t *testing.T) {
 	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
 	auth.addEntry("/web", uidSelector())
-	dir := t.TempDir()
-	cfg := agentConfig(t, auth, dir)
-	cfg.JoinTokenFile = filepath.Join(dir, "token")
-	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
+	cfg := joinTokenAgentConfig(t, auth)
 	r1 := startAgent(t, cfg, nil)
 	before := mustFetch(t, r1)
 	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -521,10 +532,7 @@ func bigBundle(t testing.TB, td string, size int) []byte {
 func TestAgentEvictionDropPersistsJWTs(t *testing.T) {
 	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
 	auth.addEntry("/web", uidSelector())
-	dir := t.TempDir()
-	cfg := agentConfig(t, auth, dir)
-	cfg.JoinTokenFile = filepath.Join(dir, "token")
-	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
+	cfg := joinTokenAgentConfig(t, auth)
 	r1 := startAgent(t, cfg, nil)
 	mustFetch(t, r1)
 	jctx, jcancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -551,10 +559,7 @@ func TestAgentEvictionDropPersistsJWTs(t *testing.T) {
 func TestAgentEvictedMintServesNoCachedJWT(t *testing.T) {
 	auth := newTestAuthority(t, testTD, time.Hour, 2*time.Hour)
 	auth.addEntry("/web", uidSelector())
-	dir := t.TempDir()
-	cfg := agentConfig(t, auth, dir)
-	cfg.JoinTokenFile = filepath.Join(dir, "token")
-	os.WriteFile(cfg.JoinTokenFile, []byte(auth.joinToken()+"\n"), 0o600)
+	cfg := joinTokenAgentConfig(t, auth)
 	clk := clock.Running()
 	r := startAgent(t, cfg, clk)
 	mustFetch(t, r)
