@@ -212,12 +212,7 @@ func (a *agentsService) EvictAgent(ctx context.Context, r *wardv1.EvictAgentRequ
 		if err != nil {
 			return 0, err
 		}
-		jwts = 0
-		for _, s := range svids {
-			if s.JWT {
-				jwts++ // its jti, on the same list until its exp
-			}
-		}
+		jwts = registry.CountJWT(svids) // their jtis, on the same list until each one's exp
 		return len(svids), nil
 	}
 	ag, n, err := id.Registry.EvictAgent(ctx, aid, revoke)

@@ -493,7 +493,7 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(c
 		if err == nil && n > 0 {
 			err = r.forgetIssued(ctx, id, svids)
 		}
-		if j := countJWT(svids); n > 0 {
+		if j := CountJWT(svids); n > 0 {
 			// X509-SVIDs and JWT-SVIDs (their jti on the deny-list until
 			// exp) apart.
 			fields["revoked_svids"], fields["revoked_jwt_svids"] = strconv.Itoa(n-j), strconv.Itoa(j)
@@ -507,8 +507,8 @@ func (r *Registry) EvictAgent(ctx context.Context, id spiffeid.ID, revoke func(c
 	return a, n, r.deleteEvictedTunnel(ctx, id)
 }
 
-// countJWT counts the JWT-SVIDs in s.
-func countJWT(s []Issued) int {
+// CountJWT counts the JWT-SVIDs in s (Issued.JWT).
+func CountJWT(s []Issued) int {
 	n := 0
 	for _, x := range s {
 		if x.JWT {

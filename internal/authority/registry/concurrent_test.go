@@ -162,7 +162,7 @@ func TestManyAgentsStripedLockRedTeam(t *testing.T) {
 		t.Error(err)
 	}
 	for i := 0; i < n; i += 3 {
-		if len(taken[i]) != 6 || countJWT(taken[i]) != 3 {
+		if len(taken[i]) != 6 || CountJWT(taken[i]) != 3 {
 			t.Errorf("eviction of agent %d took %v, want its 3 X509-SVIDs and 3 JWT-SVIDs", i, taken[i])
 		}
 	}
