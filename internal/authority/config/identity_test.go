@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wardproject/ward/internal/authority/registry"
 )
 
 func TestIdentityConfig(t *testing.T) {
@@ -124,5 +126,27 @@ func TestIdentityIssueLimits(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIssueLimitDefaultsAreTheRegistrys: the defaults identity.max_*
+// documents and validates are the ones the registry applies (its Max*
+// constants), so a change to one side cannot leave the other behind.
+func TestIssueLimitDefaultsAreTheRegistrys(t *testing.T) {
+	want := map[string]int{
+		"max_svids_per_entry":              registry.MaxIssuedPerEntry,
+		"max_displaced_per_entry":          registry.MaxDisplacedPerEntry,
+		"max_displacements_per_agent_hour": registry.MaxDisplacementsPerAgent,
+		"max_jwt_svids_per_entry":          registry.MaxJWTPerEntry,
+		"max_jwt_svids_per_agent":          registry.MaxJWTPerAgent,
+	}
+	limits := Identity{}.IssueLimits()
+	if len(limits) != len(want) {
+		t.Fatalf("%d issue limits, want %d: add the new one here", len(limits), len(want))
+	}
+	for _, l := range limits {
+		if d, ok := want[l.Name]; !ok || l.Def != d {
+			t.Errorf("identity.%s defaults to %d, the registry to %d (known: %v)", l.Name, l.Def, d, ok)
+		}
 	}
 }
