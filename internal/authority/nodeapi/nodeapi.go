@@ -126,7 +126,7 @@ type Config struct {
 	OnTelemetry func(reason string)
 	// OnSVIDsDisplaced, when set, is called with the number of X509-SVIDs
 	// deny-listed to make room for new ones of entries at their bound
-	// (registry.MaxIssuedPerEntry; service.go displacer).
+	// (registry.IssueLimits.SVIDsPerEntry; service.go displacer).
 	OnSVIDsDisplaced func(n int)
 	// AdvertisedEndpoints lets an agent register a WireGuard endpoint
 	// whose IP is not the address its connection came from (authority

@@ -115,7 +115,7 @@ func (s *Server) recordIssued(ctx context.Context, id spiffeid.ID, it registry.I
 }
 
 // displacer deny-lists the oldest SVIDs of an entry at its bound of
-// unexpired SVIDs signed through agent (registry.MaxIssuedPerEntry), so
+// unexpired SVIDs signed through agent (registry.IssueLimits.SVIDsPerEntry), so
 // the new one can be issued: an agent crash-looping without a data
 // directory, or whose responses were lost, is not refused, while the SVIDs
 // out there stay bounded and eviction still revokes every one. Audited
@@ -601,8 +601,9 @@ func (n *nodeService) SignJWTSVID(ctx context.Context, r *wardv1.SignJWTSVIDRequ
 	fields["jti"] = j.JTI
 	// Recorded under the agent before it is released, so evicting the
 	// agent revokes it (its jti on the deny-list until its exp): refused
-	// for an agent evicted meanwhile, or an entry at its bound of
-	// unexpired JWT-SVIDs (registry.MaxJWTPerEntry).
+	// for an agent evicted meanwhile, or an entry or the agent at its
+	// bound of unexpired JWT-SVIDs (registry.IssueLimits.JWTsPerEntry,
+	// JWTsPerAgent).
 	if err := s.cfg.Registry.RecordJWT(ctx, agent, e.ID, j.JTI, j.Expiry); err != nil {
 		return nil, s.deny(ctx, "svid.jwt.sign", fields, err)
 	}

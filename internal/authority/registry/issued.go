@@ -581,8 +581,9 @@ func (r *Registry) placeIssued(ctx context.Context, agent spiffeid.ID, st *issue
 // RecordJWT records a JWT-SVID minted for entry through agent (its jti
 // and exp) before it is released, so that evicting the agent revokes it
 // until exp. Refused: an evicted agent (Denied: a mint in flight when the
-// agent is evicted is never released unrecorded), an entry already
-// holding MaxJWTPerEntry unexpired ones (Precondition).
+// agent is evicted is never released unrecorded), an entry or the agent
+// already holding its bound of unexpired ones (Limits: JWTsPerEntry,
+// JWTsPerAgent; Precondition).
 func (r *Registry) RecordJWT(ctx context.Context, agent spiffeid.ID, entry, jti string, exp time.Time) error {
 	if entry == "" || jti == "" {
 		return errs.Errorf(errs.Invalid, "recording a JWT-SVID through %s: no entry or jti", agent)
