@@ -640,11 +640,16 @@ func (r *Registry) IssuedJWTs(ctx context.Context, agent spiffeid.ID) ([]Issued,
 	if err != nil {
 		return nil, err
 	}
+	return st.jwts(), nil
+}
+
+// jwts is the JWT-SVIDs of st's entry records, by entry.
+func (st *issuedState) jwts() []Issued {
 	var out []Issued
 	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
 		out = append(out, st.recs[entry].JWTs...)
 	}
-	return out, nil
+	return out
 }
 
 // IssueRoom says, before anything is signed, whether X509-SVIDs for
@@ -742,16 +747,9 @@ func (r *Registry) takeIssued(ctx context.Context, agent spiffeid.ID) ([]Issued,
 	}
 	now := r.now()
 	out := slices.DeleteFunc(st.all(true), func(s Issued) bool { return !s.NotAfter.After(now) })
-	for _, entry := range slices.Sorted(maps.Keys(st.recs)) {
-		for _, j := range st.recs[entry].JWTs {
-			// still accepted for JWTLeeway past its exp: revoked until then
-			if j.NotAfter.Add(JWTLeeway).After(now) {
-				j.JWT = true
-				out = append(out, j)
-			}
-		}
-	}
-	return out, nil
+	// readIssued kept the JWT-SVIDs still accepted (JWTLeeway past exp):
+	// revoked until then.
+	return append(out, st.jwts()...), nil
 }
 
 // forget drops serials (and JWT-SVIDs' jtis) from agent's records (the
