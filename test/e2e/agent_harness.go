@@ -374,16 +374,10 @@ type AgentProc struct {
 	Health string
 }
 
-// publicDir makes a directory other uids can traverse (for the socket).
+// PublicDir makes a directory other uids can traverse (for the socket).
 func PublicDir(t *testing.T) string {
 	t.Helper()
-	d, err := os.MkdirTemp("", "ward-e2e-agent-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	os.Chmod(d, 0o755)
-	t.Cleanup(func() { os.RemoveAll(d) })
-	return d
+	return otheruid.PublicDir(t, "ward-e2e-agent-")
 }
 
 func startAgentProc(t *testing.T, dir, serverAddr, bundlePath, joinToken string) *AgentProc {
